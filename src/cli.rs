@@ -1,0 +1,1 @@
+//! Command line: clap derive, then one validated `Config`.

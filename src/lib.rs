@@ -1,0 +1,16 @@
+//! mpsync: run a process under a Kubernetes Lease.
+//!
+//! Data flows one way: `cli` turns flags into a validated `Config`; `run` drives one loop that asks
+//! `lease` what to do and tells `store` and `supervise` to do it.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod cli;
+pub mod error;
+pub mod exit;
+pub mod lease;
+pub mod run;
+pub mod store;
+pub mod supervise;
+
+pub use error::{Error, Result};
+pub use exit::Exit;

@@ -1,0 +1,1 @@
+//! The test API server (placeholder).

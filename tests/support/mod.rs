@@ -1,0 +1,4 @@
+//! Test support: the test API server, the command builder, and helpers to read and write leases.
+#![allow(dead_code)]
+
+pub mod apiserver;
