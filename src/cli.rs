@@ -1,1 +1,592 @@
-//! Command line: clap derive, then one validated `Config`.
+//! The command line: clap derive for the raw flags, then `Cli::into_config` turns them, once, into a
+//! validated `Config`. Nothing past this module sees a raw flag; every check that can be made without
+//! the API server is made here, so bad input exits 125 before any API call.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::lease::Timing;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mpsync",
+    version,
+    about = "Run a process under a Kubernetes Lease: locks, leader election and semaphores",
+    after_help = "Exit codes: the child's code (128+N if it died of signal N); 123 lease lost; \
+                  124 not acquired; 125 mpsync failed; 126 not executable; 127 not found; \
+                  128+N mpsync stopped by signal N before the child started."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CommandArgs,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, env = "MPSYNC_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More logging (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less logging (-q: errors only, -qq: nothing but the final error).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CommandArgs {
+    /// Run COMMAND once, while holding the lease NAME.
+    Lock(LockArgs),
+    /// Campaign for the lease NAME; run COMMAND while this process is the leader.
+    Elect(ElectArgs),
+    /// Show who holds the lease NAME.
+    Status(QueryArgs),
+    /// Print one line per change of holder of the lease NAME, until interrupted.
+    Observe(QueryArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// coordination.k8s.io/v1 Leases on a Kubernetes API server.
+    Kube,
+    /// Lease records in files under --lock-dir, for one machine.
+    File,
+}
+
+/// Where leases live: shared by every lease command.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Namespace of the Lease [env: MPSYNC_NAMESPACE, then POD_NAMESPACE, then the kubeconfig
+    /// context's namespace, then the pod's service-account namespace, then "default"].
+    #[arg(long, short = 'n', env = "MPSYNC_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Path to a kubeconfig file (otherwise $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "MPSYNC_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use.
+    #[arg(long, env = "MPSYNC_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Where leases live: a Kubernetes API server, or files on this machine.
+    #[arg(long, value_enum, env = "MPSYNC_BACKEND", default_value = "kube")]
+    pub backend: BackendKind,
+
+    /// Directory for --backend file [default: $XDG_RUNTIME_DIR/mpsync, else /tmp/mpsync-$UID].
+    #[arg(long, env = "MPSYNC_LOCK_DIR", value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+}
+
+/// Options shared by `lock` and `elect`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Name of the Lease (a DNS-1123 subdomain).
+    pub name: String,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Identity written as holderIdentity [default: <POD_NAME or hostname>_<random>].
+    #[arg(long, env = "MPSYNC_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long a holder's lease stays valid without renewal (whole seconds).
+    #[arg(long, env = "MPSYNC_LEASE_DURATION", value_parser = parse_duration, default_value = "15s", value_name = "DURATION")]
+    pub lease_duration: Duration,
+
+    /// The lease counts as lost when no renewal succeeded for this long.
+    #[arg(long, env = "MPSYNC_RENEW_DEADLINE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub renew_deadline: Duration,
+
+    /// How often the holder renews, and how often waiters poll while the watch is down.
+    #[arg(long, env = "MPSYNC_RETRY_PERIOD", value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    pub retry_period: Duration,
+
+    /// How long the child gets between --kill-signal and SIGKILL [default: lease-duration - renew-deadline - 1s].
+    #[arg(long, env = "MPSYNC_GRACE", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace: Option<Duration>,
+
+    /// Signal sent to the child's process group when the lease is lost.
+    #[arg(long, env = "MPSYNC_KILL_SIGNAL", value_parser = parse_signal, default_value = "SIGTERM", value_name = "SIGNAL")]
+    pub kill_signal: Signal,
+
+    /// Reap orphaned processes as PID 1 does, even when not PID 1.
+    #[arg(long, env = "MPSYNC_SUBREAPER")]
+    pub subreaper: bool,
+
+    /// Up to N holders at once: one Lease per slot, NAME-0 .. NAME-(N-1).
+    #[arg(long, env = "MPSYNC_SLOTS", value_name = "N")]
+    pub slots: Option<u32>,
+
+    /// The command to run, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Stop waiting for the lease after this long (exit 124).
+    #[arg(long, env = "MPSYNC_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "no_wait")]
+    pub timeout: Option<Duration>,
+
+    /// Try once; if the lease is held, exit 124 at once.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Exit code for "not acquired" (0 lets a CronJob skip quietly).
+    #[arg(long, env = "MPSYNC_CONFLICT_EXIT_CODE", default_value_t = crate::exit::NOT_ACQUIRED, value_parser = clap::value_parser!(i32).range(0..=255), value_name = "N")]
+    pub conflict_exit_code: i32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ElectArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// When leadership is lost, exit 123 instead of campaigning again.
+    #[arg(long, env = "MPSYNC_EXIT_ON_LOSS")]
+    pub exit_on_loss: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QueryArgs {
+    /// Name of the Lease.
+    pub name: String,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration: what the rest of mpsync works from.
+#[derive(Debug, Clone)]
+pub enum Config {
+    Run(RunConfig),
+    Status(QueryConfig),
+    Observe(QueryConfig),
+}
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Kube { kubeconfig: Option<PathBuf>, context: Option<String>, namespace: Option<String> },
+    File { lock_dir: PathBuf, namespace: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Forever,
+    NoWait,
+    Timeout(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Lock { wait: Wait, conflict_exit_code: i32 },
+    Elect { exit_on_loss: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub name: String,
+    pub backend: Backend,
+    pub identity: String,
+    pub timing: Timing,
+    pub grace: Duration,
+    pub kill_signal: Signal,
+    pub subreaper: bool,
+    /// `None`: one plain lease NAME. `Some(n)`: n leases NAME-0 .. NAME-(n-1).
+    pub slots: Option<u32>,
+    pub mode: Mode,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+impl RunConfig {
+    /// The Lease objects this process may hold: NAME, or NAME-0 .. NAME-(N-1).
+    pub fn lease_names(&self) -> Vec<String> {
+        slot_names(&self.name, self.slots)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    pub name: String,
+    pub backend: Backend,
+    pub output: OutputFormat,
+}
+
+impl Cli {
+    /// Parse the process's arguments. Help and version print and exit 0; usage errors print one or two
+    /// lines and exit 125 (not clap's 2: 125 is mpsync's own failure in the exit-code table).
+    pub fn parse_args() -> std::result::Result<Cli, Error> {
+        Cli::try_parse_from(std::env::args_os()).map_err(usage_error)
+    }
+
+    pub fn try_parse_from<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        <Cli as Parser>::try_parse_from(args)
+    }
+
+    /// Turn the raw flags into the one validated `Config`.
+    pub fn into_config(self) -> Result<Config> {
+        match self.command {
+            CommandArgs::Lock(lock) => {
+                let wait = match (lock.no_wait, lock.timeout) {
+                    (true, _) => Wait::NoWait,
+                    (false, Some(timeout)) => Wait::Timeout(timeout),
+                    (false, None) => Wait::Forever,
+                };
+                let mode = Mode::Lock { wait, conflict_exit_code: lock.conflict_exit_code };
+                Ok(Config::Run(run_config(lock.run, mode, "lock")?))
+            }
+            CommandArgs::Elect(elect) => {
+                let mode = Mode::Elect { exit_on_loss: elect.exit_on_loss };
+                Ok(Config::Run(run_config(elect.run, mode, "elect")?))
+            }
+            CommandArgs::Status(query) => Ok(Config::Status(query_config(query)?)),
+            CommandArgs::Observe(query) => Ok(Config::Observe(query_config(query)?)),
+        }
+    }
+}
+
+/// Render a clap error as mpsync's usage error: help and version are not errors.
+fn usage_error(err: clap::Error) -> Error {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            let code = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 125 } else { 0 };
+            std::process::exit(code);
+        }
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            Error::Usage(format!("{first}\n(see 'mpsync --help')"))
+        }
+    }
+}
+
+fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
+    let usage = format!("usage: mpsync {verb} NAME [OPTIONS] -- COMMAND [ARGS...]");
+    validate_name(&run.name)?;
+    let backend = backend(run.backend)?;
+    let Some((program, args)) = run.command.split_first() else {
+        return Err(Error::Usage(format!("no command given after `--`\n{usage}")));
+    };
+    if program.is_empty() {
+        return Err(Error::Usage(format!("the command after `--` is empty\n{usage}")));
+    }
+
+    let timing = Timing {
+        lease_duration: run.lease_duration,
+        renew_deadline: run.renew_deadline,
+        retry_period: run.retry_period,
+    };
+    let grace = validate_timing(timing, run.grace)?;
+
+    if let Some(slots) = run.slots {
+        if !(1..=1000).contains(&slots) {
+            return Err(Error::Usage(format!("--slots must be between 1 and 1000, not {slots}")));
+        }
+        for name in slot_names(&run.name, Some(slots)) {
+            validate_name(&name)?;
+        }
+    }
+
+    let identity = match run.identity {
+        Some(identity) if identity.trim().is_empty() => {
+            return Err(Error::Usage("--identity must not be empty".into()));
+        }
+        Some(identity) => identity,
+        None => default_identity(),
+    };
+
+    Ok(RunConfig {
+        name: run.name,
+        backend,
+        identity,
+        timing,
+        grace,
+        kill_signal: run.kill_signal,
+        subreaper: run.subreaper,
+        slots: run.slots,
+        mode,
+        program: program.clone(),
+        args: args.to_vec(),
+    })
+}
+
+fn query_config(query: QueryArgs) -> Result<QueryConfig> {
+    validate_name(&query.name)?;
+    Ok(QueryConfig { name: query.name, backend: backend(query.backend)?, output: query.output })
+}
+
+fn backend(args: BackendArgs) -> Result<Backend> {
+    let namespace = args.namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
+    if let Some(namespace) = &namespace {
+        validate_namespace(namespace)?;
+    }
+    Ok(match args.backend {
+        BackendKind::Kube => Backend::Kube { kubeconfig: args.kubeconfig, context: args.context, namespace },
+        BackendKind::File => Backend::File {
+            lock_dir: args.lock_dir.unwrap_or_else(default_lock_dir),
+            namespace: namespace.unwrap_or_else(|| "default".into()),
+        },
+    })
+}
+
+/// Check the timing invariants and work out the grace period. With clocks that run at the same rate,
+/// they make the old child dead before any other process can see the lease as expired:
+/// `renew_deadline + grace < lease_duration`, and `retry_period * 1.2 < renew_deadline` (room for at
+/// least one retry, as client-go requires).
+pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Duration> {
+    let Timing { lease_duration, renew_deadline, retry_period } = timing;
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if lease_duration.subsec_nanos() != 0 || lease_duration < Duration::from_secs(1) {
+        return Err(Error::Usage(format!(
+            "--lease-duration must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
+            show(lease_duration)
+        )));
+    }
+    if lease_duration.as_secs() > i32::MAX as u64 {
+        return Err(Error::Usage(format!("--lease-duration {} is too long", show(lease_duration))));
+    }
+    if retry_period.is_zero() {
+        return Err(Error::Usage("--retry-period must be greater than 0".into()));
+    }
+    if renew_deadline >= lease_duration {
+        return Err(Error::Usage(format!(
+            "--renew-deadline ({}) must be less than --lease-duration ({})",
+            show(renew_deadline),
+            show(lease_duration)
+        )));
+    }
+    if retry_period.mul_f64(1.2) >= renew_deadline {
+        return Err(Error::Usage(format!(
+            "--retry-period ({}) times 1.2 must be less than --renew-deadline ({})",
+            show(retry_period),
+            show(renew_deadline)
+        )));
+    }
+    let grace = match grace {
+        Some(grace) => grace,
+        None => lease_duration.saturating_sub(renew_deadline).saturating_sub(Duration::from_secs(1)),
+    };
+    if renew_deadline + grace >= lease_duration {
+        return Err(Error::Usage(format!(
+            "--renew-deadline ({}) + --grace ({}) must be less than --lease-duration ({}), \
+             so a lost child is dead before anyone else can take the lease",
+            show(renew_deadline),
+            show(grace),
+            show(lease_duration)
+        )));
+    }
+    Ok(grace)
+}
+
+/// A Lease name: a lowercase RFC 1123 subdomain, as the API server validates it.
+pub fn validate_name(name: &str) -> Result<()> {
+    if is_dns1123_subdomain(name) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "invalid lease name {name:?}: must be a lowercase RFC 1123 subdomain (lowercase letters, digits, \
+         '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+    )))
+}
+
+fn validate_namespace(namespace: &str) -> Result<()> {
+    let label_ok = namespace.len() <= 63 && is_dns1123_subdomain(namespace) && !namespace.contains('.');
+    if label_ok {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "invalid namespace {namespace:?}: must be a lowercase RFC 1123 label (letters, digits and '-', at most 63)"
+    )))
+}
+
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+pub fn slot_names(name: &str, slots: Option<u32>) -> Vec<String> {
+    match slots {
+        None => vec![name.to_string()],
+        Some(n) => (0..n).map(|slot| format!("{name}-{slot}")).collect(),
+    }
+}
+
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{err} (examples: 500ms, 15s, 2m)"))
+}
+
+fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::try_from(number).map_err(|_| format!("no signal number {number}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))
+}
+
+/// `<POD_NAME or hostname>_<random>`: unique per process, so two processes never share an identity
+/// by accident (klock's fixed default let two instances both lead).
+fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "mpsync".into());
+    format!("{host}_{}", random_hex(4))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buffer)).is_ok();
+    if !filled {
+        // No /dev/urandom (a very bare container): fall back to pid and time, still unique per process.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let mix = (std::process::id() as u64) << 32 | nanos as u64;
+        buffer.iter_mut().enumerate().for_each(|(i, b)| *b = (mix >> (8 * (i % 8))) as u8);
+    }
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn default_lock_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("mpsync"),
+        None => PathBuf::from(format!("/tmp/mpsync-{}", nix::unistd::getuid())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config> {
+        let cli = Cli::try_parse_from(std::iter::once("mpsync").chain(args.iter().copied())).map_err(usage_error)?;
+        cli.into_config()
+    }
+
+    fn run(args: &[&str]) -> RunConfig {
+        match config(args) {
+            Ok(Config::Run(run)) => run,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_work_before_and_after_the_name() {
+        let before = run(&["lock", "--lease-duration", "20s", "job", "--", "true"]);
+        let after = run(&["lock", "job", "--lease-duration", "20s", "--", "true"]);
+        assert_eq!(before.timing.lease_duration, Duration::from_secs(20));
+        assert_eq!(after.timing.lease_duration, Duration::from_secs(20));
+        assert_eq!(after.name, "job");
+    }
+
+    #[test]
+    fn default_grace_is_lease_minus_deadline_minus_one_second() {
+        assert_eq!(run(&["lock", "job", "--", "true"]).grace, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn command_keeps_its_own_flags() {
+        let config = run(&["lock", "job", "--", "ls", "-l", "--timeout", "x"]);
+        assert_eq!(config.program, "ls");
+        assert_eq!(config.args, vec![OsString::from("-l"), "--timeout".into(), "x".into()]);
+    }
+
+    #[test]
+    fn bad_inputs_are_usage_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["lock", "Bad_Name", "--", "true"], "invalid lease name"),
+            (&["lock", "job", "--lease-duration", "soon", "--", "true"], "--lease-duration"),
+            (&["lock", "job", "--renew-deadline", "15s", "--", "true"], "must be less than --lease-duration"),
+            (&["lock", "job", "--retry-period", "9s", "--", "true"], "--retry-period"),
+            (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
+            (&["lock", "job", "--lease-duration", "1500ms", "--", "true"], "whole number of seconds"),
+            (&["lock", "job", "--"], "no command given"),
+            (&["lock", "job"], "no command given"),
+            (&["lock", "job", "--kill-signal", "NOPE", "--", "true"], "unknown signal"),
+            (&["lock", "job", "--no-wait", "--timeout", "1s", "--", "true"], "cannot be used with"),
+            (&["lock", "job", "--slots", "0", "--", "true"], "--slots"),
+            (&["lock", "job", "-n", "Bad", "--", "true"], "invalid namespace"),
+            (&["lock", "job", "--conflict-exit-code", "300", "--", "true"], "300"),
+        ];
+        for (args, expected) in cases {
+            let err = config(args).expect_err(&format!("{args:?} should fail"));
+            assert!(matches!(err, Error::Usage(_)), "{args:?}: {err:?}");
+            let message = err.to_string();
+            assert!(message.contains(expected), "{args:?}: {message}");
+            assert!(message.lines().count() <= 2, "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn signals_parse_by_name_or_number() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+    }
+
+    #[test]
+    fn default_identity_is_unique_per_call() {
+        assert_ne!(default_identity(), default_identity());
+    }
+
+    #[test]
+    fn dns1123_subdomain() {
+        for good in ["a", "job-1", "a.b.c", "0x"] {
+            assert!(is_dns1123_subdomain(good), "{good}");
+        }
+        for bad in ["", "A", "a_b", "-a", "a-", "a..b", &"x".repeat(254)] {
+            assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slots_name_one_lease_each() {
+        let config = run(&["lock", "pool", "--slots", "3", "--", "true"]);
+        assert_eq!(config.lease_names(), vec!["pool-0", "pool-1", "pool-2"]);
+    }
+}

@@ -229,6 +229,10 @@ impl Elector {
     /// Record that `write` was sent at `sent_at`.
     pub fn write_sent(&mut self, write: &Write, sent_at: Instant) {
         self.pending = Some(PendingWrite { record: write.record().clone(), sent_at });
+        if let Some(held) = &mut self.held {
+            // Renewals keep their cadence whether or not this one succeeds, as client-go's do.
+            held.next_renew_at = sent_at + self.timing.retry_period;
+        }
     }
 
     /// Record what became of the write sent last.
@@ -666,7 +670,9 @@ mod tests {
         let mut touched = elector.current().unwrap().clone();
         touched.resource_version = "9".into();
         elector.observe(Some(touched), t0 + Duration::from_secs(2));
-        let Action::Write(Write::Replace { resource_version, .. }) = elector.next(now(t0, 2.0)) else { panic!() };
+        // The next attempt keeps the cadence: one retry period after the failed one.
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(t0 + Duration::from_secs(4)));
+        let Action::Write(Write::Replace { resource_version, .. }) = elector.next(now(t0, 4.0)) else { panic!() };
         assert_eq!(resource_version, "9");
     }
 

@@ -8,7 +8,9 @@ pub mod cli;
 pub mod error;
 pub mod exit;
 pub mod lease;
+pub mod logging;
 pub mod run;
+pub mod status;
 pub mod store;
 pub mod supervise;
 

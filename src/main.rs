@@ -1,1 +1,21 @@
-fn main() {}
+//! parse → logging → run → exit code. Nothing else.
+
+use mpsync::cli::Cli;
+
+fn main() {
+    let exit = match Cli::parse_args() {
+        Ok(cli) => {
+            mpsync::logging::init(cli.log_format, cli.verbose, cli.quiet);
+            cli.into_config().and_then(mpsync::run::run)
+        }
+        Err(err) => Err(err),
+    };
+    let code = match exit {
+        Ok(exit) => exit.code(),
+        Err(err) => {
+            eprintln!("mpsync: {err}");
+            err.exit().code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,456 @@
-//! lock and elect: one select loop over lease events, child exit and signals.
+//! `lock` and `elect`: one loop over lease events, the child's exit and signals.
+//!
+//! The loop asks `lease::Elector` what to do and tells `store` and `supervise` to do it. Two phases:
+//! *campaign* (wait for and acquire one of the leases) and *hold* (run the child, renew, watch for loss,
+//! release after the child is reaped). `elect` returns to the campaign after a loss; `lock` exits 123.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use nix::sys::signal::Signal;
+
+use crate::cli::{Backend, Config, Mode, RunConfig, Wait};
+use crate::error::{Error, Result};
+use crate::exit::Exit;
+use crate::lease::{Action, Elector, Now, Versioned, Write, WriteResult};
+use crate::store::file::FileStore;
+use crate::store::kube::KubeStore;
+use crate::store::{Store, StoreError, Watch, WatchUpdate, backoff};
+use crate::supervise::{ChildCommand, Event, SpawnError, SuperviseOptions, Supervisor};
+
+/// Run a validated configuration to its exit.
+pub fn run(config: Config) -> Result<Exit> {
+    match config {
+        Config::Run(run) => run_lease_command(run),
+        Config::Status(query) => crate::status::status(query),
+        Config::Observe(query) => crate::status::observe(query),
+    }
+}
+
+/// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
+/// record read back compares equal to the one written.
+pub fn now() -> Now {
+    let wall = Timestamp::now();
+    let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
+    Now::at(Instant::now(), MicroTime(wall))
+}
+
+/// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
+/// its parent-death signal (which fires when the forking *thread* exits) cannot fire early.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))
+}
+
+/// Timeout for one API call: long enough for a slow server, short enough to retry within the renew
+/// deadline.
+pub fn call_timeout(renew_deadline: Duration, retry_period: Duration) -> Duration {
+    (renew_deadline / 2).max(retry_period).max(Duration::from_millis(500))
+}
+
+pub async fn open_store(backend: &Backend, call_timeout: Duration) -> Result<Store> {
+    match backend {
+        Backend::Kube { kubeconfig, context, namespace } => Ok(Store::Kube(
+            KubeStore::connect(kubeconfig.clone(), context.clone(), namespace.clone(), call_timeout).await?,
+        )),
+        Backend::File { lock_dir, namespace } => Ok(Store::File(FileStore::open(lock_dir.clone(), namespace.clone())?)),
+    }
+}
+
+fn run_lease_command(config: RunConfig) -> Result<Exit> {
+    // The supervisor forks its guard process: before the runtime starts any thread.
+    let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper })
+        .map_err(|err| Error::Internal(format!("cannot start supervision: {err}")))?;
+    runtime()?.block_on(async move {
+        let timeout = call_timeout(config.timing.renew_deadline, config.timing.retry_period);
+        let store = open_store(&config.backend, timeout).await?;
+        Campaign::new(config, store, supervisor).run().await
+    })
+}
+
+/// One lease this process may hold (one per slot).
+struct Slot {
+    name: String,
+    elector: Elector,
+    watch: Watch,
+    /// Consecutive failed calls, and when to try again.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+struct Campaign {
+    config: RunConfig,
+    store: Store,
+    supervisor: Supervisor,
+    slots: Vec<Slot>,
+}
+
+enum Acquired {
+    Slot(usize),
+    Stop(Exit),
+}
+
+enum Held {
+    /// The child exited on its own (or after a forwarded signal); the lease was released.
+    ChildExited(Exit),
+    /// The lease was lost; the child was stopped and reaped.
+    Lost,
+}
+
+impl Campaign {
+    fn new(config: RunConfig, store: Store, supervisor: Supervisor) -> Campaign {
+        let slots = config
+            .lease_names()
+            .into_iter()
+            .map(|name| Slot {
+                watch: store.watch(&name, config.timing.retry_period),
+                elector: Elector::new(config.identity.clone(), config.timing),
+                name,
+                failures: 0,
+                retry_at: None,
+            })
+            .collect();
+        Campaign { config, store, supervisor, slots }
+    }
+
+    async fn run(mut self) -> Result<Exit> {
+        let started = Instant::now();
+        let (deadline, conflict_exit_code) = match self.config.mode {
+            Mode::Lock { wait: Wait::Timeout(timeout), conflict_exit_code } => (Some(started + timeout), conflict_exit_code),
+            // One attempt: but an API blip is retried for up to a lease duration before giving up.
+            Mode::Lock { wait: Wait::NoWait, conflict_exit_code } => {
+                (Some(started + self.config.timing.lease_duration), conflict_exit_code)
+            }
+            Mode::Lock { wait: Wait::Forever, conflict_exit_code } => (None, conflict_exit_code),
+            Mode::Elect { .. } => (None, crate::exit::NOT_ACQUIRED),
+        };
+        let no_wait = matches!(self.config.mode, Mode::Lock { wait: Wait::NoWait, .. });
+        loop {
+            let slot = match self.campaign(deadline, no_wait, conflict_exit_code).await? {
+                Acquired::Slot(slot) => slot,
+                Acquired::Stop(exit) => return Ok(exit),
+            };
+            match self.hold(slot).await? {
+                Held::ChildExited(exit) => return Ok(exit),
+                Held::Lost => match self.config.mode {
+                    Mode::Lock { .. } | Mode::Elect { exit_on_loss: true } => return Ok(Exit::LeaseLost),
+                    Mode::Elect { exit_on_loss: false } => {
+                        tracing::info!(lease = %self.config.name, "campaigning again");
+                        self.slots[slot].elector.forget_loss();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Wait for and acquire one of the leases. Waiting is driven by the watch; timers only wake us when
+    /// an observed lease expires, when a retry is due, or at the deadline.
+    async fn campaign(&mut self, deadline: Option<Instant>, no_wait: bool, conflict_exit_code: i32) -> Result<Acquired> {
+        let mut last_error: Option<String> = None;
+        loop {
+            let now_instant = Instant::now();
+            let mut wake = deadline;
+            let mut all_held_by_others = true;
+            let mut acted = false;
+            for index in 0..self.slots.len() {
+                let slot = &mut self.slots[index];
+                if let Some(at) = slot.retry_at {
+                    if now_instant < at {
+                        wake = earliest(wake, at);
+                        all_held_by_others = false;
+                        continue;
+                    }
+                    slot.retry_at = None;
+                }
+                match slot.elector.next(now()) {
+                    Action::Read => {
+                        all_held_by_others = false;
+                        acted = true;
+                        if let Err(err) = read(&self.store, slot).await? {
+                            last_error = Some(err);
+                        }
+                    }
+                    Action::Write(write) => {
+                        all_held_by_others = false;
+                        acted = true;
+                        if let Err(err) = send_write(&self.store, slot, write).await? {
+                            last_error = Some(err);
+                        }
+                        if slot.elector.held().is_some() {
+                            return Ok(Acquired::Slot(index));
+                        }
+                    }
+                    Action::WaitUntil(at) => wake = earliest(wake, at),
+                    Action::Lost(_) => slot.elector.forget_loss(),
+                }
+            }
+            if acted {
+                continue;
+            }
+            if no_wait && all_held_by_others {
+                tracing::info!(lease = %self.config.name, "held by another process; not waiting (--no-wait)");
+                return Ok(Acquired::Stop(Exit::NotAcquired(conflict_exit_code)));
+            }
+            if let Some(deadline) = deadline
+                && Instant::now() >= deadline
+            {
+                match &last_error {
+                    Some(err) => tracing::error!(lease = %self.config.name, last_error = %err, "lease not acquired in time"),
+                    None => tracing::info!(lease = %self.config.name, "lease not acquired in time (--timeout)"),
+                }
+                return Ok(Acquired::Stop(Exit::NotAcquired(conflict_exit_code)));
+            }
+            tokio::select! {
+                _ = sleep_until(wake) => {}
+                (index, update) = next_update(&mut self.slots) => {
+                    self.slots[index].elector.observe(update, Instant::now());
+                }
+                event = self.supervisor.next_event() => match event {
+                    Event::Signal(signal @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)) => {
+                        tracing::info!(lease = %self.config.name, signal = %signal, "stopped while waiting for the lease");
+                        return Ok(Acquired::Stop(Exit::Signaled(signal as i32)));
+                    }
+                    Event::Signal(signal) => tracing::debug!(signal = %signal, "ignored while waiting"),
+                    Event::ChildExited(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Run the child while holding slot `index`: renew, watch for loss, forward signals; release after
+    /// the child has been reaped.
+    async fn hold(&mut self, index: usize) -> Result<Held> {
+        let Campaign { config, store, supervisor, slots } = self;
+        let slot = &mut slots[index];
+        let Some(held) = slot.elector.held() else {
+            return Err(Error::Internal("hold without a lease".into()));
+        };
+        let token = held.fencing_token;
+        let span = tracing::info_span!("held", lease = %slot.name, identity = %config.identity, token);
+        let _entered = span.enter();
+        tracing::info!("acquired the lease");
+
+        let mut env = vec![
+            ("MPSYNC_LEASE".into(), slot.name.clone().into()),
+            ("MPSYNC_NAMESPACE".into(), store.namespace().to_string().into()),
+            ("MPSYNC_IDENTITY".into(), config.identity.clone().into()),
+            ("MPSYNC_FENCING_TOKEN".into(), token.to_string().into()),
+        ];
+        if config.slots.is_some() {
+            env.push(("MPSYNC_SLOT".into(), index.to_string().into()));
+        }
+        let command = ChildCommand { program: config.program.clone(), args: config.args.clone(), env };
+        if let Err(err) = supervisor.spawn(&command) {
+            release(store, slot).await;
+            return Err(match err {
+                SpawnError::NotFound(program) => Error::CommandNotFound(program),
+                SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
+                SpawnError::Other(program, err) => Error::Internal(format!("{program}: cannot start: {err}")),
+            });
+        }
+
+        type Call<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
+        let store: &Store = store;
+        let mut in_flight: Option<Call<'_>> = None;
+        loop {
+            let mut wake = slot.retry_at;
+            let call_allowed = in_flight.is_none() && slot.retry_at.is_none_or(|at| at <= Instant::now());
+            match slot.elector.next(now()) {
+                Action::Lost(reason) => {
+                    drop(in_flight.take());
+                    tracing::error!(reason = %reason, "lost the lease; stopping the child");
+                    let exit = supervisor.stop(config.kill_signal, config.grace).await;
+                    tracing::warn!(child_exit = exit.code(), "child stopped after losing the lease");
+                    return Ok(Held::Lost);
+                }
+                Action::Read if call_allowed => {
+                    slot.retry_at = None;
+                    let name = slot.name.clone();
+                    in_flight = Some(Box::pin(async move { Outcome::Read(store.get(&name).await) }));
+                }
+                Action::Write(write) if call_allowed => {
+                    slot.retry_at = None;
+                    slot.elector.write_sent(&write, Instant::now());
+                    let name = slot.name.clone();
+                    in_flight = Some(Box::pin(async move { Outcome::Write(write_to(store, &name, &write).await) }));
+                }
+                Action::WaitUntil(at) => wake = earliest(wake, at),
+                _ => {}
+            }
+            if let Some(held) = slot.elector.held() {
+                // Whatever is in flight, wake at the renew deadline.
+                wake = earliest(wake, held.last_renew_sent + config.timing.renew_deadline);
+            }
+            tokio::select! {
+                outcome = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    match outcome {
+                        Outcome::Read(result) => match result {
+                            Ok(current) => slot.elector.observe(current, Instant::now()),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "reading the lease failed");
+                                slot.elector.want_read();
+                                slot.retry_at = Some(Instant::now() + backoff(config.timing.retry_period, 1));
+                            }
+                        },
+                        Outcome::Write(result) => {
+                            let result = match result {
+                                Ok(stored) => WriteResult::Applied(stored),
+                                Err(StoreError::Conflict(_)) => WriteResult::Conflict,
+                                Err(err @ StoreError::Unknown(_)) => {
+                                    tracing::warn!(error = %err, "renewal outcome unknown; reading the lease");
+                                    WriteResult::Unknown
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "renewal failed");
+                                    WriteResult::NotApplied
+                                }
+                            };
+                            slot.elector.write_result(result, Instant::now());
+                        }
+                    }
+                }
+                _ = sleep_until(wake) => {}
+                update = slot.watch.updates.recv() => {
+                    if let Some(update) = update {
+                        slot.elector.observe(update, Instant::now());
+                    }
+                }
+                event = supervisor.next_event() => match event {
+                    Event::Signal(signal) => {
+                        tracing::info!(signal = %signal, "forwarding signal to the child");
+                        supervisor.forward(signal);
+                    }
+                    Event::ChildExited(exit) => {
+                        drop(in_flight.take());
+                        tracing::info!(exit = exit.code(), "child exited");
+                        supervisor.finish(config.kill_signal, config.grace).await;
+                        release(store, slot).await;
+                        return Ok(Held::ChildExited(Exit::Child(exit.code())));
+                    }
+                },
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Read(std::result::Result<Option<Versioned>, StoreError>),
+    Write(std::result::Result<Versioned, StoreError>),
+}
+
+async fn write_to(store: &Store, name: &str, write: &Write) -> std::result::Result<Versioned, StoreError> {
+    match write {
+        Write::Create(record) => store.create(name, record).await,
+        Write::Replace { resource_version, record } => store.replace(name, resource_version, record).await,
+    }
+}
+
+/// Read one slot's lease. A failure that retrying may fix schedules a retry and returns its text; one
+/// that it will not (forbidden, namespace missing, ...) is an error.
+async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), String>> {
+    match store.get(&slot.name).await {
+        Ok(current) => {
+            slot.failures = 0;
+            slot.elector.observe(current, Instant::now());
+            Ok(Ok(()))
+        }
+        Err(StoreError::Fatal(err)) => Err(err),
+        Err(err) => Ok(Err(retry_later(slot, err))),
+    }
+}
+
+/// Send one acquisition write for a slot and feed the result to its elector.
+async fn send_write(store: &Store, slot: &mut Slot, write: Write) -> Result<std::result::Result<(), String>> {
+    slot.elector.write_sent(&write, Instant::now());
+    let (result, failure) = match write_to(store, &slot.name, &write).await {
+        Ok(stored) => (WriteResult::Applied(stored), None),
+        Err(StoreError::Conflict(_)) => (WriteResult::Conflict, None),
+        Err(StoreError::Fatal(err)) => return Err(err),
+        Err(err @ StoreError::Unknown(_)) => (WriteResult::Unknown, Some(err)),
+        Err(err) => (WriteResult::NotApplied, Some(err)),
+    };
+    slot.elector.write_result(result, Instant::now());
+    match failure {
+        None => {
+            slot.failures = 0;
+            Ok(Ok(()))
+        }
+        Some(err) => Ok(Err(retry_later(slot, err))),
+    }
+}
+
+fn retry_later(slot: &mut Slot, err: StoreError) -> String {
+    slot.failures += 1;
+    let delay = backoff(Duration::from_secs(2), slot.failures);
+    tracing::warn!(lease = %slot.name, error = %err, retry_in = ?delay, "API call failed; retrying");
+    slot.retry_at = Some(Instant::now() + delay);
+    err.to_string()
+}
+
+/// Give the lease up after the child is gone: holder cleared, duration 1s, with a compare-and-swap on a
+/// fresh timeout, so a waiter takes over at once. A lease that is no longer ours is never written.
+async fn release(store: &Store, slot: &mut Slot) {
+    for _attempt in 0..4 {
+        let Some(write) = slot.elector.release(now()) else {
+            slot.elector.released();
+            return;
+        };
+        slot.elector.write_sent(&write, Instant::now());
+        match write_to(store, &slot.name, &write).await {
+            Ok(stored) => {
+                slot.elector.write_result(WriteResult::Applied(stored), Instant::now());
+                slot.elector.released();
+                tracing::info!("released the lease");
+                return;
+            }
+            Err(StoreError::Fatal(err)) => {
+                tracing::warn!(error = %err, "cannot release the lease; it will expire");
+                break;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "release did not go through; reading the lease again");
+                slot.elector.write_result(WriteResult::Unknown, Instant::now());
+                match store.get(&slot.name).await {
+                    Ok(current) => slot.elector.observe(current, Instant::now()),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "reading the lease failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+    tracing::warn!("could not release the lease; it will expire after its duration");
+    slot.elector.released();
+}
+
+/// The next watch update from any slot.
+async fn next_update(slots: &mut [Slot]) -> (usize, WatchUpdate) {
+    let receivers = slots.iter_mut().enumerate().map(|(index, slot)| {
+        Box::pin(async move {
+            match slot.watch.updates.recv().await {
+                Some(update) => (index, update),
+                // A watch task that ended (it never does on its own) must not spin the loop.
+                None => std::future::pending().await,
+            }
+        })
+    });
+    futures::future::select_all(receivers).await.0
+}
+
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

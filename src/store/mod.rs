@@ -71,7 +71,8 @@ impl Drop for Watch {
     }
 }
 
-/// The backend chosen by `--backend`.
+/// The backend chosen by `--backend`. One per process, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Kube(kube::KubeStore),
     File(file::FileStore),
@@ -119,4 +120,21 @@ impl Store {
             Store::File(store) => store.watch(name, retry_period),
         }
     }
+}
+
+/// `base` scaled by a random factor in [0.5, 1.0]: spreads the retries of many processes apart.
+pub fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761));
+    let factor = 0.5 + (nanos % 1000) as f64 / 2000.0;
+    base.mul_f64(factor)
+}
+
+/// Exponential backoff for retries after `failures` consecutive failures: from `base / 4` up to
+/// `base`, jittered.
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let step = (base / 4).max(Duration::from_millis(50));
+    let grown = step.saturating_mul(1u32 << failures.min(6).saturating_sub(1)).min(base.max(step));
+    jittered(grown)
 }
