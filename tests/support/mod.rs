@@ -1,4 +1,473 @@
 //! Test support: the test API server, the command builder, and helpers to read and write leases.
+//!
+//! Every end-to-end test gets a `TestEnv`. With `MPSYNC_TEST_KUBECONFIG` set, it talks to that real
+//! cluster (namespace `MPSYNC_TEST_NAMESPACE`, default "default"); otherwise it starts its own test API
+//! server. `TestEnv::file()` uses the file backend instead. Clients are always built from an explicit
+//! config, and every child runs with KUBECONFIG and the in-cluster variables scrubbed.
 #![allow(dead_code)]
 
 pub mod apiserver;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+use apiserver::TestApiServer;
+
+/// Generous: tests must pass on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Short timings for tests: grace is lease - deadline - 1s = 1s.
+pub const FAST: &[&str] = &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Kube,
+    File,
+}
+
+pub struct TestEnv {
+    pub backend: Backend,
+    /// The test API server; `None` against a real cluster or with the file backend.
+    pub server: Option<TestApiServer>,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+    runtime: tokio::runtime::Runtime,
+    api: Option<Api<Lease>>,
+    file_store: Option<mpsync::store::file::FileStore>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{:x}{:x}{}", std::process::id(), nanos % 0xffff, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl TestEnv {
+    pub fn new(backend: Backend) -> TestEnv {
+        match backend {
+            Backend::Kube => TestEnv::kube(),
+            Backend::File => TestEnv::file(),
+        }
+    }
+
+    /// The Kubernetes backend: a real cluster if `MPSYNC_TEST_KUBECONFIG` names one, else a test server.
+    pub fn kube() -> TestEnv {
+        let dir = temp_dir("kube");
+        let runtime = runtime();
+        let (server, kubeconfig, namespace) = match std::env::var_os("MPSYNC_TEST_KUBECONFIG") {
+            Some(path) => {
+                let namespace = std::env::var("MPSYNC_TEST_NAMESPACE").unwrap_or_else(|_| "default".into());
+                (None, PathBuf::from(path), namespace)
+            }
+            None => {
+                let server = TestApiServer::start();
+                let path = dir.join("kubeconfig");
+                fs::write(&path, server.kubeconfig_yaml("default")).unwrap();
+                (Some(server), path, "default".to_string())
+            }
+        };
+        let api = runtime.block_on(async {
+            let yaml = fs::read_to_string(&kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::from_yaml(&yaml).unwrap(),
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap();
+            Api::<Lease>::namespaced(Client::try_from(config).unwrap(), &namespace)
+        });
+        TestEnv { backend: Backend::Kube, server, dir, kubeconfig, namespace, runtime, api: Some(api), file_store: None }
+    }
+
+    pub fn file() -> TestEnv {
+        let dir = temp_dir("file");
+        let lock_dir = dir.join("locks");
+        let file_store = mpsync::store::file::FileStore::open(lock_dir, "default".into()).unwrap();
+        TestEnv {
+            backend: Backend::File,
+            server: None,
+            kubeconfig: dir.join("no-kubeconfig"),
+            dir,
+            namespace: "default".into(),
+            runtime: runtime(),
+            api: None,
+            file_store: Some(file_store),
+        }
+    }
+
+    /// Whether this run talks to a real cluster (fault-injection tests skip then).
+    pub fn real_cluster() -> bool {
+        std::env::var_os("MPSYNC_TEST_KUBECONFIG").is_some()
+    }
+
+    pub fn server(&self) -> Option<&TestApiServer> {
+        self.server.as_ref()
+    }
+
+    pub fn lock_dir(&self) -> PathBuf {
+        self.dir.join("locks")
+    }
+
+    /// A lease name no other test (or earlier run on a real cluster) uses.
+    pub fn lease_name(&self, prefix: &str) -> String {
+        unique(prefix)
+    }
+
+    /// A path in this test's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `mpsync ARGS...` with this environment's backend, and nothing inherited that could point it
+    /// anywhere else.
+    pub fn mpsync<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mpsync"));
+        command.args(args);
+        scrub(&mut command);
+        command.env("MPSYNC_NAMESPACE", &self.namespace);
+        match self.backend {
+            Backend::Kube => {
+                command.env("MPSYNC_KUBECONFIG", &self.kubeconfig);
+            }
+            Backend::File => {
+                command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", self.lock_dir());
+            }
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Start mpsync with stdout and stderr captured in files (no pipe can fill up and block it).
+    pub fn spawn<I, S>(&self, args: I) -> Proc
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Proc::spawn(self.mpsync(args), &self.dir)
+    }
+
+    /// Run mpsync to completion (within PATIENCE) and return what it did.
+    pub fn run<I, S>(&self, args: I) -> Finished
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.spawn(args).finish()
+    }
+
+    /// The lease as stored now: (resourceVersion, spec).
+    pub fn get(&self, name: &str) -> Option<(String, LeaseSpec)> {
+        match self.backend {
+            Backend::Kube => self.runtime.block_on(async {
+                let lease = self.api.as_ref().unwrap().get_opt(name).await.expect("get lease")?;
+                Some((lease.metadata.resource_version.unwrap_or_default(), lease.spec.unwrap_or_default()))
+            }),
+            Backend::File => self.runtime.block_on(async {
+                let store = self.file_store.as_ref().unwrap();
+                let versioned = store.get(name).await.expect("get lease")?;
+                Some((versioned.resource_version, versioned.record))
+            }),
+        }
+    }
+
+    pub fn holder(&self, name: &str) -> Option<String> {
+        self.get(name).and_then(|(_, spec)| spec.holder_identity)
+    }
+
+    /// Write `spec` as another writer would: create, or replace the current version.
+    pub fn put(&self, name: &str, spec: LeaseSpec) {
+        match self.backend {
+            Backend::Kube => self.runtime.block_on(async {
+                let api = self.api.as_ref().unwrap();
+                match api.get_opt(name).await.expect("get lease") {
+                    None => {
+                        let lease = Lease {
+                            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+                            spec: Some(spec),
+                        };
+                        api.create(&PostParams::default(), &lease).await.expect("create lease");
+                    }
+                    Some(mut lease) => {
+                        lease.spec = Some(spec);
+                        api.replace(name, &PostParams::default(), &lease).await.expect("replace lease");
+                    }
+                }
+            }),
+            Backend::File => self.runtime.block_on(async {
+                let store = self.file_store.as_ref().unwrap();
+                match store.get(name).await.expect("get lease") {
+                    None => store.create(name, &spec).await.map(drop).expect("create lease"),
+                    Some(current) => store.replace(name, &current.resource_version, &spec).await.map(drop).expect("replace lease"),
+                }
+            }),
+        }
+    }
+
+    /// Change the lease with `edit` (read-modify-write, retried on conflict).
+    pub fn edit(&self, name: &str, edit: impl Fn(&mut LeaseSpec)) {
+        for _ in 0..20 {
+            let (version, mut spec) = self.get(name).expect("lease exists");
+            edit(&mut spec);
+            let ok = match self.backend {
+                Backend::Kube => self.runtime.block_on(async {
+                    let api = self.api.as_ref().unwrap();
+                    let mut lease = api.get(name).await.unwrap();
+                    if lease.metadata.resource_version.as_deref() != Some(version.as_str()) {
+                        return false;
+                    }
+                    lease.spec = Some(spec);
+                    api.replace(name, &PostParams::default(), &lease).await.is_ok()
+                }),
+                Backend::File => self.runtime.block_on(async {
+                    self.file_store.as_ref().unwrap().replace(name, &version, &spec).await.is_ok()
+                }),
+            };
+            if ok {
+                return;
+            }
+        }
+        panic!("could not edit lease {name}");
+    }
+
+    /// The full Lease object (Kubernetes only): for labels, annotations and exact fields.
+    pub fn get_object(&self, name: &str) -> Option<Lease> {
+        self.runtime.block_on(async { self.api.as_ref().unwrap().get_opt(name).await.unwrap() })
+    }
+
+    pub fn create_object(&self, lease: Lease) {
+        self.runtime.block_on(async {
+            self.api.as_ref().unwrap().create(&PostParams::default(), &lease).await.expect("create lease");
+        })
+    }
+
+    pub fn delete(&self, name: &str) {
+        if self.backend == Backend::Kube {
+            self.runtime.block_on(async {
+                let _ = self.api.as_ref().unwrap().delete(name, &DeleteParams::default()).await;
+            });
+        }
+    }
+
+    /// A record another process holds, as client-go writes it.
+    pub fn foreign_record(holder: &str, duration_seconds: i32) -> LeaseSpec {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap();
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(duration_seconds),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Remove everything from the environment that could point mpsync at a cluster or change its behaviour.
+pub fn scrub(command: &mut Command) {
+    for name in ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE", "POD_NAME"] {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MPSYNC_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(&format!("mpsync-test-{prefix}")));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running process with captured output. Dropping it kills it (and its group, if it made one).
+pub struct Proc {
+    pub child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+    status: Option<ExitStatus>,
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Finished {
+        assert_eq!(self.code, Some(code), "exit status {:?}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        self
+    }
+}
+
+impl Proc {
+    pub fn spawn(mut command: Command, dir: &Path) -> Proc {
+        let id = unique("out");
+        let stdout = dir.join(format!("{id}.stdout"));
+        let stderr = dir.join(format!("{id}.stderr"));
+        command.stdout(fs::File::create(&stdout).unwrap()).stderr(fs::File::create(&stderr).unwrap());
+        let child = command.spawn().expect("spawn mpsync");
+        Proc { child, stdout, stderr, started: Instant::now(), status: None }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Wait up to `limit` for the process to exit.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                return self.status;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait (within PATIENCE) for the exit and collect the output.
+    #[track_caller]
+    pub fn finish(mut self) -> Finished {
+        let Some(status) = self.wait_for(PATIENCE) else {
+            let stderr = fs::read_to_string(&self.stderr).unwrap_or_default();
+            panic!("mpsync did not exit within {PATIENCE:?}; stderr so far:\n{stderr}");
+        };
+        Finished {
+            status,
+            code: status.code().or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                status.signal().map(|s| 128 + s)
+            }),
+            stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Wait (within PATIENCE) until `condition` holds, polling every 10 ms: waiting for an event, with a
+/// generous limit, never a fixed sleep.
+#[track_caller]
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait until `path` exists and contains `needle`; return its contents.
+#[track_caller]
+pub fn wait_for_file(path: &Path, needle: &str) -> String {
+    let mut contents = String::new();
+    wait_until(&format!("{} to contain {needle:?}", path.display()), || {
+        contents = fs::read_to_string(path).unwrap_or_default();
+        contents.contains(needle)
+    });
+    contents
+}
+
+/// Whether a process with this pid is alive (zombies count as dead).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Read a pid written by a child script.
+#[track_caller]
+pub fn read_pid(path: &Path) -> i32 {
+    let text = wait_for_file(path, "\n");
+    text.trim().lines().last().unwrap().trim().parse().unwrap()
+}
+
+/// Nanoseconds since the epoch: children stamp their start and end with `date +%s%N` (same host,
+/// one clock).
+pub fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Parse a log of lines `WORD NANOS [TOKEN]` as written by `stamp_script`.
+pub fn read_stamps(path: &Path) -> Vec<(String, u128, Option<i64>)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let word = parts.next()?.to_string();
+            let nanos = parts.next()?.parse().ok()?;
+            let token = parts.next().and_then(|t| t.parse().ok());
+            Some((word, nanos, token))
+        })
+        .collect()
+}
+
+/// A child script that appends `start NANOS TOKEN` to `log`, runs `body`, then appends `end NANOS TOKEN`.
+pub fn stamp_script(log: &Path, body: &str) -> String {
+    let log = log.display();
+    format!(
+        "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; {body}; echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}"
+    )
+}
