@@ -171,7 +171,8 @@ impl FileStore {
         };
         let poll_every = retry_period.max(MIN_POLL);
         let wakeups = match start_inotify_thread(&self.dir, &files) {
-            Ok(wakeups) => Some(wakeups),
+            // The thread is detached: it ends by itself once the task below is gone.
+            Ok((wakeups, _thread)) => Some(wakeups),
             Err(err) => {
                 warn!(
                     lease = name,
@@ -437,7 +438,10 @@ struct InotifyWakeups {
 
 /// Watch the lock directory with inotify before the first read, so no change between that read and
 /// the watch can be missed; events go to a dedicated thread blocking in poll(2).
-fn start_inotify_thread(dir: &Path, files: &LeaseFiles) -> io::Result<InotifyWakeups> {
+fn start_inotify_thread(
+    dir: &Path,
+    files: &LeaseFiles,
+) -> io::Result<(InotifyWakeups, std::thread::JoinHandle<()>)> {
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
     inotify.add_watch(
         dir,
@@ -454,15 +458,16 @@ fn start_inotify_thread(dir: &Path, files: &LeaseFiles) -> io::Result<InotifyWak
     let (wake_tx, wake_rx) = mpsc::channel(1);
     let file_name = std::ffi::OsString::from(format!("{}.json", files.name));
     let lease = files.name.clone();
-    std::thread::Builder::new()
-        .name(format!("mpsync-watch-{}", files.name))
+    let thread = std::thread::Builder::new()
+        .name("mpsync-watch".to_string())
         .spawn(move || {
             watch_directory(&inotify, &stop_read, &file_name, &wake_tx, &lease);
         })?;
-    Ok(InotifyWakeups {
+    let wakeups = InotifyWakeups {
         wakeups: wake_rx,
         _stop: stop_write,
-    })
+    };
+    Ok((wakeups, thread))
 }
 
 /// The inotify thread: wake the async half on every batch of events about `file_name`; return when the
@@ -521,5 +526,510 @@ fn watch_directory(
                 Err(mpsc::error::TrySendError::Closed(())) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::mpsc as std_mpsc;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    /// Generous, for a loaded machine: only reached when something is wrong.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_nanos())
+                .unwrap_or_default();
+            TempDir(std::env::temp_dir().join(format!(
+                "mpsync-filestore-{test}-{}-{nanos}",
+                std::process::id()
+            )))
+        }
+
+        fn path(&self) -> PathBuf {
+            self.0.clone()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    }
+
+    fn open(dir: &TempDir) -> FileStore {
+        FileStore::open(dir.path(), "default".to_string()).expect("the lock directory opens")
+    }
+
+    fn held_by(holder: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.to_string()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(0),
+            acquire_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    fn file_error(result: Result<impl std::fmt::Debug, StoreError>) -> String {
+        match result {
+            Err(StoreError::Fatal(Error::File(message))) => message,
+            other => panic!("expected a fatal file error, got {other:?}"),
+        }
+    }
+
+    fn is_conflict<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Conflict(_)))
+    }
+
+    async fn next_update(watch: &mut Watch) -> WatchUpdate {
+        tokio::time::timeout(PATIENCE, watch.updates.recv())
+            .await
+            .expect("an update within the patience")
+            .expect("the watch is still running")
+    }
+
+    #[test]
+    fn open_creates_missing_lock_directory_with_mode_0700() {
+        let temp = TempDir::new("mode");
+        let dir = temp.path().join("nested").join("locks");
+        FileStore::open(dir.clone(), "default".to_string()).expect("opens");
+        let meta = fs::metadata(&dir).expect("the directory exists");
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o777, 0o700);
+        // The write probe leaves nothing behind.
+        assert_eq!(fs::read_dir(&dir).expect("readable").count(), 0);
+    }
+
+    #[test]
+    fn unwritable_lock_directory_is_a_file_error_naming_it() {
+        let temp = TempDir::new("unwritable");
+        fs::create_dir_all(temp.path()).expect("temp dir");
+        let dir = if nix::unistd::geteuid().is_root() {
+            // Permission bits do not stop root; a path below a regular file stops everyone (ENOTDIR).
+            let file = temp.path().join("a-file");
+            fs::write(&file, b"").expect("a regular file");
+            file.join("sub")
+        } else {
+            let dir = temp.path().join("read-only");
+            DirBuilder::new()
+                .mode(0o500)
+                .create(&dir)
+                .expect("a read-only dir");
+            dir
+        };
+        let result = FileStore::open(dir.clone(), "default".to_string());
+        let _ = fs::set_permissions(
+            temp.path().join("read-only"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        );
+        match result {
+            Err(Error::File(message)) => {
+                assert!(message.contains(&dir.display().to_string()), "{message}");
+                assert!(message.contains("--lock-dir"), "{message}");
+                assert_eq!(message.lines().count(), 1, "{message}");
+            }
+            Err(other) => panic!("expected Error::File, got {other:?}"),
+            Ok(_) => panic!("opened an unwritable lock directory"),
+        }
+    }
+
+    #[test]
+    fn get_of_missing_lease_is_none() {
+        let temp = TempDir::new("missing");
+        let store = open(&temp);
+        let got = runtime().block_on(store.get("nobody")).expect("get works");
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn create_writes_a_kubernetes_lease_and_get_reads_back_what_create_returned() {
+        let temp = TempDir::new("create");
+        let store = open(&temp);
+        let rt = runtime();
+        let created = rt
+            .block_on(store.create("job", &held_by("a")))
+            .expect("created");
+        assert_eq!(created.resource_version, "1");
+        let got = rt.block_on(store.get("job")).expect("get works");
+        // Times come back at microsecond precision from both, as from the API server.
+        assert_eq!(got, Some(created));
+
+        let text = fs::read_to_string(temp.path().join("job.json")).expect("the record file");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(json["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(json["kind"], "Lease");
+        assert_eq!(json["metadata"]["name"], "job");
+        assert_eq!(json["metadata"]["namespace"], "default");
+        assert_eq!(json["metadata"]["resourceVersion"], "1");
+        assert!(json["metadata"]["creationTimestamp"].is_string());
+        assert_eq!(json["spec"]["holderIdentity"], "a");
+        assert_eq!(json["spec"]["leaseDurationSeconds"], 15);
+    }
+
+    #[test]
+    fn create_of_existing_lease_conflicts() {
+        let temp = TempDir::new("create-twice");
+        let store = open(&temp);
+        let rt = runtime();
+        rt.block_on(store.create("job", &held_by("a")))
+            .expect("created");
+        let again = rt.block_on(store.create("job", &held_by("b")));
+        assert!(is_conflict(&again), "{again:?}");
+        let got = rt.block_on(store.get("job")).expect("get works");
+        assert_eq!(
+            got.expect("exists").record.holder_identity.as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn replace_with_current_resource_version_bumps_it() {
+        let temp = TempDir::new("replace");
+        let store = open(&temp);
+        let rt = runtime();
+        let created = rt
+            .block_on(store.create("job", &held_by("a")))
+            .expect("created");
+        let replaced = rt
+            .block_on(store.replace("job", &created.resource_version, &held_by("b")))
+            .expect("replaced");
+        assert_eq!(replaced.resource_version, "2");
+        assert_eq!(replaced.record.holder_identity.as_deref(), Some("b"));
+        let again = rt
+            .block_on(store.replace("job", "2", &held_by("c")))
+            .expect("replaced again");
+        assert_eq!(again.resource_version, "3");
+        assert_eq!(
+            rt.block_on(store.get("job")).expect("get works"),
+            Some(again)
+        );
+    }
+
+    #[test]
+    fn replace_with_stale_resource_version_conflicts() {
+        let temp = TempDir::new("stale");
+        let store = open(&temp);
+        let rt = runtime();
+        rt.block_on(store.create("job", &held_by("a")))
+            .expect("created");
+        rt.block_on(store.replace("job", "1", &held_by("b")))
+            .expect("replaced");
+        let stale = rt.block_on(store.replace("job", "1", &held_by("c")));
+        assert!(is_conflict(&stale), "{stale:?}");
+        let got = rt
+            .block_on(store.get("job"))
+            .expect("get works")
+            .expect("exists");
+        assert_eq!(got.resource_version, "2");
+        assert_eq!(got.record.holder_identity.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn replace_of_missing_lease_conflicts() {
+        let temp = TempDir::new("replace-missing");
+        let store = open(&temp);
+        let rt = runtime();
+        let result = rt.block_on(store.replace("job", "1", &held_by("a")));
+        assert!(is_conflict(&result), "{result:?}");
+        assert_eq!(rt.block_on(store.get("job")).expect("get works"), None);
+    }
+
+    #[test]
+    fn strategy_preferred_holder_and_labels_survive_replace() {
+        let temp = TempDir::new("unknown-fields");
+        let store = open(&temp);
+        let rt = runtime();
+        let record = LeaseSpec {
+            strategy: Some("OldestEmulationVersion".to_string()),
+            preferred_holder: Some("the-new-one".to_string()),
+            ..held_by("a")
+        };
+        rt.block_on(store.create("job", &record)).expect("created");
+        // Someone (kubectl label, say) adds metadata the state machine knows nothing of.
+        let path = temp.path().join("job.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
+        json["metadata"]["labels"] = serde_json::json!({"team": "batch"});
+        json["metadata"]["annotations"] = serde_json::json!({"note": "keep me"});
+        fs::write(&path, serde_json::to_vec(&json).expect("JSON")).expect("written");
+
+        let read = rt
+            .block_on(store.get("job"))
+            .expect("get works")
+            .expect("exists");
+        let mut renewed = read.record.clone();
+        renewed.holder_identity = Some("b".to_string());
+        let replaced = rt
+            .block_on(store.replace("job", &read.resource_version, &renewed))
+            .expect("replaced");
+        assert_eq!(
+            replaced.record.strategy.as_deref(),
+            Some("OldestEmulationVersion")
+        );
+        assert_eq!(
+            replaced.record.preferred_holder.as_deref(),
+            Some("the-new-one")
+        );
+
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
+        assert_eq!(json["spec"]["strategy"], "OldestEmulationVersion");
+        assert_eq!(json["spec"]["preferredHolder"], "the-new-one");
+        assert_eq!(json["spec"]["holderIdentity"], "b");
+        assert_eq!(json["metadata"]["labels"]["team"], "batch");
+        assert_eq!(json["metadata"]["annotations"]["note"], "keep me");
+        assert_eq!(json["metadata"]["resourceVersion"], "2");
+    }
+
+    #[test]
+    fn corrupt_record_is_fatal_names_the_file_and_never_panics() {
+        let temp = TempDir::new("corrupt");
+        let store = open(&temp);
+        let rt = runtime();
+        let path = temp.path().join("job.json");
+        let contents: [&[u8]; 9] = [
+            b"",
+            b"not json {",
+            b"[1, 2]",
+            b"null",
+            b"\xff\xfe\x00garbage",
+            br#"{"apiVersion":"v1","kind":"Pod","metadata":{"resourceVersion":"1"}}"#,
+            br#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"job"}}"#,
+            br#"{"metadata":{"resourceVersion":"seven"},"spec":{}}"#,
+            br#"{"metadata":{"resourceVersion":"1"},"spec":{"leaseDurationSeconds":"soon"}}"#,
+        ];
+        for content in contents {
+            fs::write(&path, content).expect("written");
+            let shown = String::from_utf8_lossy(content);
+            let message = file_error(rt.block_on(store.get("job")));
+            assert!(
+                message.contains("corrupt lease record"),
+                "{shown}: {message}"
+            );
+            assert!(
+                message.contains(&path.display().to_string()),
+                "{shown}: {message}"
+            );
+            assert!(message.contains("remove it"), "{shown}: {message}");
+            file_error(rt.block_on(store.replace("job", "1", &held_by("a"))));
+            file_error(rt.block_on(store.create("job", &held_by("a"))));
+            // The bad record is left for the user to see, not overwritten.
+            assert_eq!(fs::read(&path).expect("still there"), content);
+        }
+    }
+
+    #[test]
+    fn a_record_without_spec_reads_as_an_empty_spec() {
+        let temp = TempDir::new("no-spec");
+        let store = open(&temp);
+        fs::write(
+            temp.path().join("job.json"),
+            br#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"job","resourceVersion":"7"}}"#,
+        )
+        .expect("written");
+        let got = runtime().block_on(store.get("job")).expect("get works");
+        assert_eq!(
+            got,
+            Some(Versioned {
+                resource_version: "7".to_string(),
+                record: LeaseSpec::default()
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_records_and_names_are_rejected_like_the_api_server_does() {
+        let temp = TempDir::new("invalid");
+        let store = open(&temp);
+        let rt = runtime();
+        let zero_duration = LeaseSpec {
+            lease_duration_seconds: Some(0),
+            ..held_by("a")
+        };
+        let message = file_error(rt.block_on(store.create("job", &zero_duration)));
+        assert!(message.contains("leaseDurationSeconds"), "{message}");
+        assert_eq!(rt.block_on(store.get("job")).expect("get works"), None);
+
+        rt.block_on(store.create("job", &held_by("a")))
+            .expect("created");
+        let negative_transitions = LeaseSpec {
+            lease_transitions: Some(-1),
+            ..held_by("a")
+        };
+        let message = file_error(rt.block_on(store.replace("job", "1", &negative_transitions)));
+        assert!(message.contains("leaseTransitions"), "{message}");
+
+        for name in ["a/b", "../escape", "", ".hidden"] {
+            file_error(rt.block_on(store.get(name)));
+            file_error(rt.block_on(store.create(name, &held_by("a"))));
+        }
+    }
+
+    #[test]
+    fn watch_delivers_current_record_then_a_change_from_another_thread_at_once() {
+        let temp = TempDir::new("watch");
+        let store = open(&temp);
+        runtime().block_on(async {
+            store.create("job", &held_by("a")).await.expect("created");
+            // A retry period far beyond the test's patience: only inotify can deliver the change.
+            let mut watch = store.watch("job", Duration::from_secs(600));
+            let first = next_update(&mut watch).await.expect("the current record");
+            assert_eq!(first.resource_version, "1");
+
+            let dir = temp.path();
+            let writer = std::thread::spawn(move || {
+                let other = FileStore::open(dir, "default".to_string()).expect("opens");
+                let rt = runtime();
+                let started = Instant::now();
+                rt.block_on(other.replace("job", "1", &held_by("b")))
+                    .expect("replaced");
+                started
+            });
+            let changed = next_update(&mut watch).await.expect("the changed record");
+            let received = Instant::now();
+            let write_started = writer.join().expect("the writer thread");
+            assert_eq!(changed.resource_version, "2");
+            assert_eq!(changed.record.holder_identity.as_deref(), Some("b"));
+            // From the start of the write (fsyncs included) to the watcher having the new record.
+            let handoff = received.saturating_duration_since(write_started);
+            assert!(handoff < Duration::from_secs(1), "took {handoff:?}");
+        });
+    }
+
+    #[test]
+    fn watch_of_missing_lease_delivers_none_then_its_creation() {
+        let temp = TempDir::new("watch-missing");
+        let store = open(&temp);
+        runtime().block_on(async {
+            let mut watch = store.watch("job", Duration::from_secs(600));
+            assert_eq!(next_update(&mut watch).await, None);
+            // Writes to other leases in the directory are not reported.
+            store.create("other", &held_by("x")).await.expect("created");
+            store.create("job", &held_by("a")).await.expect("created");
+            let created = next_update(&mut watch).await.expect("the new record");
+            assert_eq!(created.record.holder_identity.as_deref(), Some("a"));
+        });
+    }
+
+    #[test]
+    fn watch_without_inotify_polls_at_the_retry_period() {
+        let temp = TempDir::new("watch-poll");
+        let store = open(&temp);
+        let files = store.files("job").expect("a valid name");
+        runtime().block_on(async {
+            let (updates_tx, updates_rx) = mpsc::channel(16);
+            // No inotify: the task alone, as when the directory cannot be watched.
+            let task = tokio::spawn(forward_changes(
+                files,
+                Duration::from_millis(50),
+                None,
+                updates_tx,
+            ));
+            let mut watch = Watch::new(updates_rx, task);
+            assert_eq!(next_update(&mut watch).await, None);
+            store.create("job", &held_by("a")).await.expect("created");
+            let created = next_update(&mut watch).await.expect("the new record");
+            assert_eq!(created.resource_version, "1");
+        });
+    }
+
+    #[test]
+    fn dropping_the_watch_stops_its_inotify_thread() {
+        let temp = TempDir::new("watch-stop");
+        let store = open(&temp);
+        let files = store.files("job").expect("a valid name");
+        let (wakeups, thread) = start_inotify_thread(&temp.path(), &files).expect("inotify works");
+        let (ended_tx, ended_rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = thread.join();
+            let _ = ended_tx.send(());
+        });
+        // Still running while the async end lives (no sign of ending in a short while).
+        assert!(ended_rx.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(wakeups);
+        // The stop pipe wakes it at once; its own 5 s safety net would be slower than this bound.
+        ended_rx
+            .recv_timeout(Duration::from_secs(4))
+            .expect("the inotify thread ended");
+    }
+
+    #[test]
+    fn concurrent_compare_and_swap_never_loses_an_update() {
+        const WRITERS: u32 = 4;
+        const INCREMENTS: u32 = 50;
+        let temp = TempDir::new("cas");
+        let store = open(&temp);
+        let rt = runtime();
+        rt.block_on(store.create("counter", &held_by("nobody")))
+            .expect("created");
+
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let dir = temp.path();
+                std::thread::spawn(move || {
+                    let store = FileStore::open(dir, "default".to_string()).expect("opens");
+                    let rt = runtime();
+                    let mut conflicts = 0u32;
+                    for _ in 0..INCREMENTS {
+                        loop {
+                            let read = rt
+                                .block_on(store.get("counter"))
+                                .expect("get works")
+                                .expect("exists");
+                            let mut record = read.record.clone();
+                            record.lease_transitions =
+                                Some(record.lease_transitions.unwrap_or(0) + 1);
+                            record.holder_identity = Some(format!("writer-{writer}"));
+                            match rt.block_on(store.replace(
+                                "counter",
+                                &read.resource_version,
+                                &record,
+                            )) {
+                                Ok(_) => break,
+                                Err(StoreError::Conflict(_)) => conflicts += 1,
+                                // A lock held long on a loaded machine: nothing written, try again.
+                                Err(StoreError::Transient(_)) => {}
+                                Err(other) => panic!("writer {writer}: {other}"),
+                            }
+                        }
+                    }
+                    conflicts
+                })
+            })
+            .collect();
+        let conflicts: u32 = writers
+            .into_iter()
+            .map(|writer| writer.join().expect("writer thread"))
+            .sum();
+
+        let last = rt
+            .block_on(store.get("counter"))
+            .expect("get works")
+            .expect("exists");
+        let total = i32::try_from(WRITERS * INCREMENTS).expect("small");
+        assert_eq!(
+            last.record.lease_transitions,
+            Some(total),
+            "after {conflicts} conflicts"
+        );
+        assert_eq!(last.resource_version, (total + 1).to_string());
     }
 }
