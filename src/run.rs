@@ -152,6 +152,7 @@ impl Campaign {
     /// an observed lease expires, when a retry is due, or at the deadline.
     async fn campaign(&mut self, deadline: Option<Instant>, no_wait: bool, conflict_exit_code: i32) -> Result<Acquired> {
         let mut last_error: Option<String> = None;
+        let mut announced = false;
         loop {
             let now_instant = Instant::now();
             let mut wake = deadline;
@@ -191,6 +192,15 @@ impl Campaign {
             }
             if acted {
                 continue;
+            }
+            if !announced && all_held_by_others {
+                announced = true;
+                let holders: Vec<String> = self
+                    .slots
+                    .iter()
+                    .filter_map(|slot| slot.elector.current()?.record.holder_identity.clone())
+                    .collect();
+                tracing::info!(lease = %self.config.name, holder = %holders.join(","), "held by another; waiting");
             }
             if no_wait && all_held_by_others {
                 tracing::info!(lease = %self.config.name, "held by another process; not waiting (--no-wait)");

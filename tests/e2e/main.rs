@@ -1,8 +1,31 @@
 //! The end-to-end suite: one integration binary. Every test runs the real `mpsync` binary as a separate
 //! process against an API server over real HTTP: the test API server in `support/`, or a real cluster
-//! when `MPSYNC_TEST_KUBECONFIG` names one.
+//! when `MPSYNC_TEST_KUBECONFIG` names one. Tests written with `both_backends!` also run against the
+//! file backend.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+/// For each `fn name(env: &TestEnv)`, generate `name::kube` and `name::file` tests.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn kube() {
+                    super::$name(&crate::support::TestEnv::kube());
+                }
+                #[test]
+                fn file() {
+                    super::$name(&crate::support::TestEnv::file());
+                }
+            }
+        )*
+    };
+}
+
 mod apiserver;
+mod lock;
+mod supervise;
+mod elect;
+mod backends;

@@ -1,0 +1,215 @@
+//! `--slots N` semaphores on both backends, the file backend's own guarantees, and no silent fallback.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+both_backends!(
+    slots_two_run_at_most_two_children_at_once,
+    slots_one_is_a_plain_mutex,
+    freed_slot_wakes_a_waiter_at_once,
+);
+
+/// Stamps with the slot: `start NANOS TOKEN SLOT`.
+fn slot_script(log: &Path, gate: &Path) -> String {
+    format!(
+        "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN $MPSYNC_SLOT >> {log}; while [ ! -e {gate} ]; do sleep 0.05; done; echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN $MPSYNC_SLOT >> {log}",
+        log = log.display(),
+        gate = gate.display()
+    )
+}
+
+/// The most children that ever ran at once, from a stamp log.
+fn max_concurrency(log: &Path) -> usize {
+    let mut events: Vec<(u128, i32)> = read_stamps(log)
+        .into_iter()
+        .map(|(word, nanos, _)| (nanos, if word == "start" { 1 } else { -1 }))
+        .collect();
+    // At equal times count ends first: touching intervals do not overlap.
+    events.sort_by_key(|&(nanos, delta)| (nanos, delta));
+    let (mut running, mut most) = (0i32, 0i32);
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    most as usize
+}
+
+fn run_slots(env: &TestEnv, slots: &str, expected: usize) {
+    let name = env.lease_name("pool");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let script = slot_script(&log, &gate);
+    let mut processes: Vec<Proc> = (0..3)
+        .map(|_| env.spawn(["lock", &name, "--slots", slots, "--", "sh", "-c", &script]))
+        .collect();
+    wait_until("the slots to fill", || read_stamps(&log).len() >= expected);
+    // The others are waiting: give them a real chance to (wrongly) start too.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_stamps(&log).len(), expected, "more children started than slots");
+    let slots_used: Vec<String> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_string())
+        .collect();
+    let mut distinct = slots_used.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), slots_used.len(), "two children shared a slot: {slots_used:?}");
+    fs::write(&gate, "").unwrap();
+    for process in &mut processes {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    assert_eq!(read_stamps(&log).len(), 6, "every process ran its child");
+    assert!(max_concurrency(&log) <= expected, "at most {expected} at once");
+}
+
+fn slots_two_run_at_most_two_children_at_once(env: &TestEnv) {
+    run_slots(env, "2", 2);
+}
+
+fn slots_one_is_a_plain_mutex(env: &TestEnv) {
+    run_slots(env, "1", 1);
+}
+
+fn freed_slot_wakes_a_waiter_at_once(env: &TestEnv) {
+    let name = env.lease_name("wake");
+    let log = env.path("log");
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let first = env.spawn(
+        ["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "sleep 0.5")]),
+    );
+    wait_for_file(&log, "start");
+    let second = env.spawn(
+        ["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]),
+    );
+    first.finish().assert_code(0);
+    second.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?} with a 30s retry period");
+}
+
+#[test]
+fn file_backend_creates_its_lock_dir_0700() {
+    let env = TestEnv::file();
+    let dir = env.path("fresh/locks");
+    let mut command = env.mpsync(["lock", "job", "--", "true"]);
+    command.env("MPSYNC_LOCK_DIR", &dir);
+    Proc::spawn(command, &env.dir).finish().assert_code(0);
+    let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn file_backend_waiter_takes_over_a_sigkilled_holder_after_the_lease_duration() {
+    let env = TestEnv::file();
+    let name = env.lease_name("fkill");
+    let ready = env.path("ready");
+    let holder = env.spawn(
+        ["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
+            "--",
+            "sh",
+            "-c",
+            &format!("echo ready > {}; exec sleep 1000", ready.display()),
+        ]),
+    );
+    wait_for_file(&ready, "ready");
+    let ran = env.path("ran");
+    let waiter = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
+        "--",
+        "touch",
+        ran.to_str().unwrap(),
+    ]));
+    holder.signal(Signal::SIGKILL);
+    let killed_at = std::time::Instant::now();
+    waiter.finish().assert_code(0);
+    assert!(ran.exists());
+    assert!(killed_at.elapsed() >= Duration::from_secs(3), "took over before the lease expired");
+}
+
+#[test]
+fn file_backend_corrupt_record_is_a_clear_error() {
+    let env = TestEnv::file();
+    fs::create_dir_all(env.lock_dir()).unwrap();
+    fs::write(env.lock_dir().join("broken.json"), "{ not json").unwrap();
+    let done = env.run(["lock", "broken", "--", "true"]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("broken.json"), "{}", done.stderr);
+    assert!(!done.stderr.contains("panicked"));
+    let status = env.run(["status", "broken"]);
+    status.assert_code(125);
+}
+
+#[test]
+fn file_backend_unwritable_lock_dir_is_a_clear_error() {
+    let env = TestEnv::file();
+    let not_a_dir = env.path("plain-file");
+    fs::write(&not_a_dir, "").unwrap();
+    let mut command = env.mpsync(["lock", "job", "--", "true"]);
+    command.env("MPSYNC_LOCK_DIR", not_a_dir.join("locks"));
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("--lock-dir"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+}
+
+#[test]
+fn without_a_cluster_or_backend_file_mpsync_exits_125_and_suggests_both() {
+    let env = TestEnv::file();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
+    command.args(["lock", "job", "--", "true"]);
+    scrub(&mut command);
+    // No kubeconfig anywhere: an empty HOME.
+    command.env("HOME", env.path("empty-home"));
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
+    assert!(done.stderr.contains("--backend file"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+}
+
+/// 8 processes x 200 acquisitions on the file backend: no two children overlap, and fencing tokens
+/// strictly increase in start order.
+#[test]
+fn file_backend_stress_8_processes_200_acquisitions_each() {
+    let env = TestEnv::file();
+    let name = env.lease_name("stress");
+    let log = env.path("log");
+    let per_process: usize =
+        std::env::var("MPSYNC_STRESS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let child = stamp_script(&log, "true");
+    let mpsync = env!("CARGO_BIN_EXE_mpsync");
+    let loop_script = format!(
+        "i=0; while [ $i -lt {per_process} ]; do \"{mpsync}\" lock {name} -- sh -c '{}' || exit 1; i=$((i+1)); done",
+        child.replace('\'', "'\\''")
+    );
+    let mut loops: Vec<Proc> = (0..8)
+        .map(|_| {
+            let mut command = std::process::Command::new("sh");
+            command.args(["-c", &loop_script]);
+            scrub(&mut command);
+            command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir());
+            Proc::spawn(command, &env.dir)
+        })
+        .collect();
+    for process in &mut loops {
+        let status = process.wait_for(Duration::from_secs(600)).expect("stress loop finishes");
+        assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 8 * per_process * 2);
+    let mut previous_token = -1;
+    for (i, pair) in stamps.chunks(2).enumerate() {
+        assert_eq!((pair[0].0.as_str(), pair[1].0.as_str()), ("start", "end"), "overlap at run {i}");
+        assert_eq!(pair[0].2, pair[1].2, "one child's token");
+        let token = pair[0].2.unwrap();
+        assert!(token > previous_token, "token {token} after {previous_token} at run {i}");
+        previous_token = token;
+    }
+}

@@ -1,0 +1,274 @@
+//! `mpsync elect`, `mpsync status`, `mpsync observe`, and client-go compatibility.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+both_backends!(
+    three_replicas_run_exactly_one_child_at_a_time,
+    sigkill_of_the_leader_fails_over_after_the_lease_duration,
+    sigterm_to_the_leader_hands_off_through_the_watch,
+    stolen_leadership_stops_the_child_and_runs_it_again_when_reelected,
+    exit_on_loss_exits_123,
+    child_exiting_on_its_own_releases_and_passes_its_status,
+    status_prints_the_record_in_plain_words_and_json,
+    status_says_clearly_when_the_lease_does_not_exist,
+    observe_prints_one_line_per_holder_change_and_exits_0_on_signals,
+    client_go_record_is_read_and_respected,
+    preferred_holder_and_strategy_are_preserved_on_every_write,
+);
+
+/// Three replicas; each child stamps start/end into a shared log and runs until its replica is told
+/// to stop. Kill leaders one after another; the log must show one child at a time.
+fn three_replicas_run_exactly_one_child_at_a_time(env: &TestEnv) {
+    let name = env.lease_name("one-leader");
+    let log = env.path("log");
+    let leader_file = env.path("leader");
+    let body = format!("echo $PPID > {}; trap 'exit 0' TERM; while :; do sleep 0.05; done", leader_file.display());
+    let script = stamp_script(&log, &body);
+    let mut replicas: Vec<Proc> = (0..3)
+        .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
+        .collect();
+    for round in 0..3 {
+        let leader = read_pid(&leader_file);
+        let index = replicas.iter().position(|r| r.pid() == leader).expect("leader is a replica");
+        let mut stopped = replicas.remove(index);
+        fs::remove_file(&leader_file).unwrap();
+        stopped.signal(Signal::SIGTERM);
+        assert_eq!(stopped.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "round {round}: {}", stopped.stderr());
+        if !replicas.is_empty() {
+            wait_for_file(&leader_file, "\n");
+        }
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 6, "{stamps:?}");
+    for pair in stamps.chunks(2) {
+        assert_eq!((pair[0].0.as_str(), pair[1].0.as_str()), ("start", "end"), "children overlapped: {stamps:?}");
+    }
+    let tokens: Vec<i64> = stamps.iter().step_by(2).map(|s| s.2.unwrap()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must increase: {tokens:?}");
+}
+
+fn sigkill_of_the_leader_fails_over_after_the_lease_duration(env: &TestEnv) {
+    let name = env.lease_name("failover");
+    let leader_file = env.path("leader");
+    let child_file = env.path("child");
+    let script = format!(
+        "echo $$ >> {child}; echo $PPID > {leader}; exec sleep 1000",
+        child = child_file.display(),
+        leader = leader_file.display()
+    );
+    let mut replicas: Vec<Proc> = (0..2)
+        .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
+        .collect();
+    let leader = read_pid(&leader_file);
+    let first_child = read_pid(&child_file);
+    fs::remove_file(&leader_file).unwrap();
+    let index = replicas.iter().position(|r| r.pid() == leader).unwrap();
+    let killed_at = Instant::now();
+    replicas[index].signal(Signal::SIGKILL);
+    wait_until("the dead leader's child to die too", || !alive(first_child));
+    let new_leader = read_pid(&leader_file);
+    let took = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    // The survivor saw the last renewal at most a retry period before the kill, and waits the full
+    // lease duration (4s) from then.
+    assert!(took >= Duration::from_millis(3400), "failover after {took:?}: before the lease expired");
+    assert!(took < Duration::from_secs(8), "failover after {took:?}: not within twice the lease duration");
+}
+
+fn sigterm_to_the_leader_hands_off_through_the_watch(env: &TestEnv) {
+    let name = env.lease_name("handoff");
+    let leader_file = env.path("leader");
+    let log = env.path("log");
+    let body = format!("echo $PPID > {}; trap 'exit 0' TERM; while :; do sleep 0.05; done", leader_file.display());
+    let script = stamp_script(&log, &body);
+    // With a 30s retry period only the watch can make the handoff prompt.
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let mut replicas: Vec<Proc> = (0..2)
+        .map(|_| env.spawn(["elect", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &script])))
+        .collect();
+    let leader = read_pid(&leader_file);
+    fs::remove_file(&leader_file).unwrap();
+    let index = replicas.iter().position(|r| r.pid() == leader).unwrap();
+    replicas[index].signal(Signal::SIGTERM);
+    assert_eq!(replicas[index].wait_for(PATIENCE).and_then(|s| s.code()), Some(0));
+    let new_leader = read_pid(&leader_file);
+    assert_ne!(new_leader, leader);
+    let stamps = read_stamps(&log);
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    eprintln!("graceful handoff took {handoff:?}");
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?}: not watch-driven");
+}
+
+fn stolen_leadership_stops_the_child_and_runs_it_again_when_reelected(env: &TestEnv) {
+    let name = env.lease_name("reelect");
+    let starts = env.path("starts");
+    let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
+    let mut elect = env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let first = read_pid(&starts);
+    let stolen_at = Instant::now();
+    // A thief that holds for 2s and never renews.
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(2);
+    });
+    wait_until("the first child to be stopped", || !alive(first));
+    // renew deadline (2s) + grace (1s), with slack for a loaded machine.
+    assert!(stolen_at.elapsed() < Duration::from_secs(10));
+    wait_until("the command to run again after re-election", || {
+        fs::read_to_string(&starts).unwrap_or_default().lines().count() >= 2
+    });
+    assert!(elect.wait_for(Duration::from_millis(10)).is_none(), "elect keeps running");
+    elect.signal(Signal::SIGTERM);
+    elect.wait_for(PATIENCE).expect("elect exits on SIGTERM");
+}
+
+fn exit_on_loss_exits_123(env: &TestEnv) {
+    let name = env.lease_name("exitonloss");
+    let ready = env.path("ready");
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let mut elect = env.spawn(
+        ["elect", &name, "--exit-on-loss"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
+    );
+    wait_for_file(&ready, "ready");
+    env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
+    assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", elect.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some("thief"));
+}
+
+fn child_exiting_on_its_own_releases_and_passes_its_status(env: &TestEnv) {
+    let name = env.lease_name("electexit");
+    env.run(["elect", &name, "--", "sh", "-c", "exit 9"]).assert_code(9);
+    assert_eq!(env.holder(&name).as_deref(), Some(""));
+}
+
+fn status_prints_the_record_in_plain_words_and_json(env: &TestEnv) {
+    let name = env.lease_name("status");
+    let ready = env.path("ready");
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let _holder = env.spawn(["lock", &name, "--identity", "status-holder", "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "ready");
+
+    let text = env.run(["status", &name]);
+    text.assert_code(0);
+    for word in ["holder:", "status-holder", "held:", "yes", "acquired:", "renewed:", "duration:", "15s", "transitions:"] {
+        assert!(text.stdout.contains(word), "missing {word:?} in:\n{}", text.stdout);
+    }
+    let json = env.run(["status", &name, "-o", "json"]);
+    json.assert_code(0);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["holderIdentity"], "status-holder");
+    assert_eq!(value["held"], true);
+    assert_eq!(value["exists"], true);
+    assert_eq!(value["leaseDurationSeconds"], 15);
+    assert!(value["leaseTransitions"].is_number());
+}
+
+fn status_says_clearly_when_the_lease_does_not_exist(env: &TestEnv) {
+    let name = env.lease_name("nolease");
+    let text = env.run(["status", &name]);
+    text.assert_code(0);
+    assert!(text.stdout.contains("does not exist"), "{}", text.stdout);
+    let json = env.run(["status", &name, "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["exists"], false);
+    assert_eq!(value["held"], false);
+}
+
+fn observe_prints_one_line_per_holder_change_and_exits_0_on_signals(env: &TestEnv) {
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let name = env.lease_name("observe");
+        env.put(&name, TestEnv::foreign_record("first", 60));
+        let observer = env.spawn(["observe", &name, "-o", "json"]);
+        wait_until("the first line", || observer.stdout().contains("first"));
+        if let Some(server) = env.server() {
+            // Survives a dropped watch.
+            server.drop_watches();
+        }
+        env.edit(&name, |spec| spec.holder_identity = Some("second".into()));
+        wait_until("the second line", || observer.stdout().contains("second"));
+        // A renewal by the same holder is not a change of holder.
+        env.edit(&name, |spec| spec.renew_time = TestEnv::foreign_record("x", 1).renew_time);
+        env.edit(&name, |spec| spec.holder_identity = Some("third".into()));
+        wait_until("the third line", || observer.stdout().contains("third"));
+        let lines: Vec<serde_json::Value> =
+            observer.stdout().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        let holders: Vec<&str> = lines.iter().map(|l| l["holderIdentity"].as_str().unwrap()).collect();
+        assert_eq!(holders, ["first", "second", "third"]);
+        observer.signal(signal);
+        let done = observer.finish();
+        done.assert_code(0);
+    }
+    // Text lines name the holder too.
+    let name = env.lease_name("observe-text");
+    env.put(&name, TestEnv::foreign_record("texty", 60));
+    let observer = env.spawn(["observe", &name]);
+    wait_until("a text line", || observer.stdout().contains("holder=texty transitions=0"));
+    observer.signal(Signal::SIGINT);
+    observer.finish().assert_code(0);
+}
+
+/// A Lease exactly as client-go's LeaseLock writes it (apiserver-reference/40-client-go-holder.txt).
+fn client_go_record() -> LeaseSpec {
+    let fresh = TestEnv::foreign_record("host-a_7c1d", 15);
+    LeaseSpec { lease_transitions: Some(0), ..fresh }
+}
+
+fn client_go_record_is_read_and_respected(env: &TestEnv) {
+    let name = env.lease_name("clientgo");
+    env.put(&name, client_go_record());
+    let json = env.run(["status", &name, "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["holderIdentity"], "host-a_7c1d");
+    assert_eq!(value["held"], true);
+    assert_eq!(value["leaseDurationSeconds"], 15);
+    env.run(["lock", &name, "--no-wait", "--", "true"]).assert_code(124);
+    let mut elect = env.spawn(["elect", &name, "-v", "--", "true"]);
+    wait_until("elect to wait for the client-go leader", || elect.stderr().contains("waiting"));
+    elect.signal(Signal::SIGTERM);
+    assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(143));
+    assert_eq!(env.holder(&name).as_deref(), Some("host-a_7c1d"));
+    // After client-go's release (41-client-go-after-release.txt) the lease is free at once.
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some(String::new());
+        spec.lease_duration_seconds = Some(1);
+    });
+    env.run(["lock", &name, "--no-wait", "--", "true"]).assert_code(0);
+}
+
+fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
+    let name = env.lease_name("preserve");
+    let mut record = client_go_record();
+    record.holder_identity = Some(String::new());
+    record.strategy = Some("OldestEmulationVersion".into());
+    record.preferred_holder = Some("someone".into());
+    if env.backend == Backend::Kube {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("team".to_string(), "infra".to_string());
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert("note".to_string(), "keep me".to_string());
+        env.create_object(Lease {
+            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
+            spec: Some(record),
+        });
+    } else {
+        env.put(&name, record);
+    }
+    let seen = env.path("seen");
+    let check = format!("echo held > {}; sleep 1.5", seen.display());
+    env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &check])).assert_code(0);
+    let (_, spec) = env.get(&name).unwrap();
+    assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
+    assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
+    if env.backend == Backend::Kube {
+        let object = env.get_object(&name).unwrap();
+        assert_eq!(object.metadata.labels.unwrap()["team"], "infra");
+        assert_eq!(object.metadata.annotations.unwrap()["note"], "keep me");
+    }
+}

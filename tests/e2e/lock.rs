@@ -1,0 +1,238 @@
+//! `mpsync lock`: exit codes, mutual exclusion, handoff, not acquired, release and fencing, expiry,
+//! stolen leases, bad input and signals. Each test runs on both backends unless it needs the server.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+both_backends!(
+    exit_status_of_the_child_passes_through,
+    child_killed_by_a_signal_gives_128_plus_n,
+    missing_command_exits_127_and_leaves_the_lease_free,
+    non_executable_command_exits_126,
+    two_locks_never_overlap_and_hand_off_through_the_watch,
+    no_wait_on_a_held_lease_exits_124_at_once,
+    timeout_on_a_held_lease_exits_124_after_it_passes,
+    conflict_exit_code_zero_skips_quietly,
+    released_after_the_run_and_tokens_increase,
+    lease_of_a_silent_holder_is_taken_only_after_its_duration,
+    stolen_lease_stops_the_child_and_exits_123,
+    child_gets_the_lease_environment,
+    sigterm_while_waiting_exits_143_and_holds_nothing,
+    sigterm_while_the_child_runs_reaches_it_then_releases,
+    mpsync_writes_nothing_to_stdout,
+);
+
+fn exit_status_of_the_child_passes_through(env: &TestEnv) {
+    let name = env.lease_name("exit");
+    env.run(["lock", &name, "--", "sh", "-c", "exit 7"]).assert_code(7);
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+}
+
+fn child_killed_by_a_signal_gives_128_plus_n(env: &TestEnv) {
+    let name = env.lease_name("signal");
+    env.run(["lock", &name, "--", "sh", "-c", "kill -9 $$"]).assert_code(137);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released after the child died");
+}
+
+fn missing_command_exits_127_and_leaves_the_lease_free(env: &TestEnv) {
+    let name = env.lease_name("missing");
+    let done = env.run(["lock", &name, "--", "/no/such/command-xyz"]);
+    done.assert_code(127);
+    assert!(done.stderr.contains("command-xyz"), "{}", done.stderr);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "the lease is released when the command cannot start");
+}
+
+fn non_executable_command_exits_126(env: &TestEnv) {
+    let name = env.lease_name("noexec");
+    let script = env.path("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let done = env.run(["lock".as_ref(), name.as_ref(), "--".as_ref(), script.as_os_str()]);
+    done.assert_code(126);
+}
+
+fn two_locks_never_overlap_and_hand_off_through_the_watch(env: &TestEnv) {
+    let name = env.lease_name("handoff");
+    let log = env.path("log");
+    // A retry period of 30s: if the second child started within seconds, the watch drove it.
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let first_go = env.path("first-go");
+    let first_body = format!("while [ ! -e {} ]; do sleep 0.05; done", first_go.display());
+    let mut first = env.spawn(
+        ["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &first_body)]),
+    );
+    wait_for_file(&log, "start");
+    let mut second =
+        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]));
+    // Let the second one settle into waiting (it has read the lease and watches it).
+    wait_until("the second process to be waiting", || env.holder(&name).is_some_and(|h| !h.is_empty()));
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(&first_go, "").unwrap();
+    assert_eq!(first.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", first.stderr());
+    assert_eq!(second.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", second.stderr());
+
+    let stamps = read_stamps(&log);
+    let words: Vec<&str> = stamps.iter().map(|(w, _, _)| w.as_str()).collect();
+    assert_eq!(words, ["start", "end", "start", "end"], "children overlapped: {stamps:?}");
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    eprintln!("handoff took {handoff:?}");
+    // Far below the 30s retry period (the benchmark measures the real figure).
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?}: not watch-driven");
+}
+
+fn no_wait_on_a_held_lease_exits_124_at_once(env: &TestEnv) {
+    let name = env.lease_name("nowait");
+    env.put(&name, TestEnv::foreign_record("someone-else", 60));
+    let done = env.run(["lock", &name, "--no-wait", "--", "touch", env.path("ran").to_str().unwrap()]);
+    done.assert_code(124);
+    assert!(!env.path("ran").exists(), "the command must not run");
+    assert!(done.elapsed < Duration::from_secs(10), "took {:?}", done.elapsed);
+    assert_eq!(env.holder(&name).as_deref(), Some("someone-else"));
+}
+
+fn timeout_on_a_held_lease_exits_124_after_it_passes(env: &TestEnv) {
+    let name = env.lease_name("timeout");
+    env.put(&name, TestEnv::foreign_record("someone-else", 60));
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+    done.assert_code(124);
+    assert!(done.elapsed >= Duration::from_secs(1), "gave up early: {:?}", done.elapsed);
+}
+
+fn conflict_exit_code_zero_skips_quietly(env: &TestEnv) {
+    let name = env.lease_name("skip");
+    env.put(&name, TestEnv::foreign_record("someone-else", 60));
+    let done = env.run(["lock", &name, "--no-wait", "--conflict-exit-code", "0", "--", "false"]);
+    done.assert_code(0);
+}
+
+fn released_after_the_run_and_tokens_increase(env: &TestEnv) {
+    let name = env.lease_name("fencing");
+    let tokens = env.path("tokens");
+    let script = format!("echo $MPSYNC_FENCING_TOKEN >> {}", tokens.display());
+    env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    let (_, spec) = env.get(&name).expect("lease exists");
+    assert_eq!(spec.holder_identity.as_deref(), Some(""), "released: holder cleared");
+    assert_eq!(spec.lease_duration_seconds, Some(1), "released as client-go does");
+    env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    let tokens: Vec<i64> = fs::read_to_string(&tokens).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens[1] > tokens[0], "fencing tokens must increase: {tokens:?}");
+    assert_eq!(env.get(&name).unwrap().1.lease_transitions, Some(tokens[1] as i32));
+}
+
+fn lease_of_a_silent_holder_is_taken_only_after_its_duration(env: &TestEnv) {
+    let name = env.lease_name("expiry");
+    // A holder that stopped renewing, with its own duration of 3s (ours is 4s: the holder's counts).
+    env.put(&name, TestEnv::foreign_record("crashed-holder", 3));
+    let started = Instant::now();
+    let stamp = env.path("stamp");
+    let script = format!("date +%s%N > {}", stamp.display());
+    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    done.assert_code(0);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "took over after {waited:?}, before the holder's 3s passed");
+    assert!(fs::read_to_string(&stamp).is_ok());
+}
+
+fn stolen_lease_stops_the_child_and_exits_123(env: &TestEnv) {
+    let name = env.lease_name("stolen");
+    let pid_file = env.path("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
+    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let child = read_pid(&pid_file);
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(60);
+    });
+    let status = lock.wait_for(PATIENCE).expect("mpsync exits after the theft");
+    assert_eq!(status.code(), Some(123), "{}", lock.stderr());
+    assert!(!alive(child), "the child must be stopped");
+    assert_eq!(env.holder(&name).as_deref(), Some("thief"), "a lease that is not ours is never written");
+}
+
+fn child_gets_the_lease_environment(env: &TestEnv) {
+    let name = env.lease_name("environ");
+    let out = env.path("env");
+    let script = format!(
+        "echo \"$MPSYNC_LEASE|$MPSYNC_NAMESPACE|$MPSYNC_IDENTITY|$MPSYNC_FENCING_TOKEN\" > {}",
+        out.display()
+    );
+    env.run(["lock", &name, "--identity", "worker-1", "--", "sh", "-c", &script]).assert_code(0);
+    let line = fs::read_to_string(&out).unwrap();
+    let fields: Vec<&str> = line.trim().split('|').collect();
+    assert_eq!(fields[..3], [name.as_str(), env.namespace.as_str(), "worker-1"]);
+    assert!(fields[3].parse::<i64>().is_ok(), "token: {line}");
+}
+
+fn sigterm_while_waiting_exits_143_and_holds_nothing(env: &TestEnv) {
+    let name = env.lease_name("termwait");
+    env.put(&name, TestEnv::foreign_record("someone-else", 60));
+    let mut lock = env.spawn(["lock", &name, "-v", "--identity", "waiter", "--", "true"]);
+    wait_until("mpsync to start waiting", || lock.stderr().contains("waiting"));
+    lock.signal(Signal::SIGTERM);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(143), "{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some("someone-else"));
+}
+
+fn sigterm_while_the_child_runs_reaches_it_then_releases(env: &TestEnv) {
+    let name = env.lease_name("termchild");
+    let ready = env.path("ready");
+    let got = env.path("got");
+    let script = format!(
+        "trap 'echo TERM > {got}; exit 42' TERM; echo ready > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "ready");
+    lock.signal(Signal::SIGTERM);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(42), "{}", lock.stderr());
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "TERM");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released after the child exited");
+}
+
+fn mpsync_writes_nothing_to_stdout(env: &TestEnv) {
+    let name = env.lease_name("stdout");
+    let done = env.run(["lock", &name, "-vv", "--", "echo", "only the child"]);
+    done.assert_code(0);
+    assert_eq!(done.stdout, "only the child\n");
+}
+
+#[test]
+fn bad_input_exits_125_with_a_message_and_makes_no_api_call() {
+    let env = TestEnv::kube();
+    let cases: &[(&[&str], &str)] = &[
+        (&["lock", "Not_A_Name", "--", "true"], "invalid lease name"),
+        (&["lock", "job", "--lease-duration", "fast", "--", "true"], "--lease-duration"),
+        (&["lock", "job", "--renew-deadline", "20s", "--", "true"], "--renew-deadline (20s) must be less than --lease-duration (15s)"),
+        (&["lock", "job", "--"], "no command given after `--`"),
+        (&["lock", "job", "--grace", "10s", "--", "true"], "--grace"),
+        (&["lock", "job", "--kill-signal", "SIGNOPE", "--", "true"], "unknown signal"),
+        (&["lock", "job", "--frobnicate", "--", "true"], "--frobnicate"),
+    ];
+    for (args, expected) in cases {
+        let done = env.run(args.iter().copied());
+        done.assert_code(125);
+        assert!(done.stderr.contains(expected), "{args:?}: {}", done.stderr);
+        assert!(done.stderr.trim().lines().count() <= 2, "{args:?}: {}", done.stderr);
+        assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    }
+    if let Some(server) = env.server() {
+        assert!(server.requests().is_empty(), "bad input must make no API call: {:?}", server.requests().len());
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let env = TestEnv::kube();
+    let help = env.run(["--help"]);
+    help.assert_code(0);
+    assert!(help.stdout.contains("lock"));
+    env.run(["lock", "--help"]).assert_code(0);
+    env.run(["--version"]).assert_code(0);
+}

@@ -1,0 +1,333 @@
+//! Supervision that a PID 1 can trust: process groups, every signal, clean signal state, parent death,
+//! reaping as PID 1 and as a subreaper, the terminal, grace and kill signal, standard streams, and
+//! release strictly after reaping.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+both_backends!(
+    whole_group_is_stopped_when_the_lease_is_lost,
+    whole_group_is_stopped_after_sigterm_to_mpsync,
+    every_forwarded_signal_reaches_the_child,
+    sigint_and_sighup_while_waiting_exit_128_plus_n,
+    child_inherits_no_signal_mask_and_no_ignored_signals,
+    sigkill_of_mpsync_kills_the_childs_whole_group,
+    child_ignoring_sigterm_is_sigkilled_after_grace,
+    kill_signal_option_chooses_the_signal,
+    stdin_and_stdout_pass_through_untouched,
+    lease_is_released_only_after_the_child_is_reaped,
+    subreaper_reaps_orphans_and_keeps_the_childs_status,
+    leftover_background_processes_are_stopped_when_the_child_exits,
+);
+
+/// A script that starts a background `sleep 1000`, records its pid, and waits for it.
+fn worker_script(pid_file: &std::path::Path) -> String {
+    format!("sleep 1000 & echo $! > {}; wait", pid_file.display())
+}
+
+fn whole_group_is_stopped_when_the_lease_is_lost(env: &TestEnv) {
+    let name = env.lease_name("grouploss");
+    let worker = env.path("worker");
+    let mut lock = env.spawn(
+        ["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &worker_script(&worker)]),
+    );
+    let worker_pid = read_pid(&worker);
+    env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    assert!(!alive(worker_pid), "the background worker must not survive the loss");
+}
+
+fn whole_group_is_stopped_after_sigterm_to_mpsync(env: &TestEnv) {
+    let name = env.lease_name("groupterm");
+    let worker = env.path("worker");
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);
+    let worker_pid = read_pid(&worker);
+    lock.signal(Signal::SIGTERM);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(143), "{}", lock.stderr());
+    assert!(!alive(worker_pid), "the background worker must not survive SIGTERM");
+    assert_eq!(env.holder(&name).as_deref(), Some(""));
+}
+
+fn every_forwarded_signal_reaches_the_child(env: &TestEnv) {
+    let signals = [
+        (Signal::SIGTERM, "TERM"),
+        (Signal::SIGINT, "INT"),
+        (Signal::SIGHUP, "HUP"),
+        (Signal::SIGQUIT, "QUIT"),
+        (Signal::SIGUSR1, "USR1"),
+        (Signal::SIGUSR2, "USR2"),
+        (Signal::SIGWINCH, "WINCH"),
+    ];
+    for (signal, trap_name) in signals {
+        let name = env.lease_name(&format!("fwd-{}", trap_name.to_lowercase()));
+        let ready = env.path(&format!("ready-{trap_name}"));
+        let got = env.path(&format!("got-{trap_name}"));
+        // `ulimit -c 0`: SIGQUIT must not leave core files behind.
+        let script = format!(
+            "ulimit -c 0; trap 'echo {trap_name} > {got}; exit 3' {trap_name}; echo ready > {ready}; while :; do sleep 0.05; done",
+            got = got.display(),
+            ready = ready.display()
+        );
+        let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
+        wait_for_file(&ready, "ready");
+        lock.signal(signal);
+        assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(3), "{trap_name}: {}", lock.stderr());
+        assert_eq!(fs::read_to_string(&got).unwrap().trim(), trap_name);
+        assert_eq!(env.holder(&name).as_deref(), Some(""), "{trap_name}: released");
+    }
+}
+
+fn sigint_and_sighup_while_waiting_exit_128_plus_n(env: &TestEnv) {
+    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM] {
+        let name = env.lease_name("waitsig");
+        env.put(&name, TestEnv::foreign_record("someone-else", 60));
+        let mut lock = env.spawn(["lock", &name, "-v", "--", "true"]);
+        wait_until("mpsync to start waiting", || lock.stderr().contains("waiting"));
+        lock.signal(signal);
+        assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(128 + signal as i32), "{signal}");
+        assert_eq!(env.holder(&name).as_deref(), Some("someone-else"), "{signal}: nothing held");
+    }
+}
+
+fn child_inherits_no_signal_mask_and_no_ignored_signals(env: &TestEnv) {
+    let name = env.lease_name("sigstate");
+    let mut command = env.mpsync(["lock", &name, "--", "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+    // Start mpsync the way nohup does (SIGHUP ignored) with SIGUSR1 blocked: the child gets neither.
+    // SAFETY: only async-signal-safe calls (sigaction, sigprocmask) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
+            signal(Signal::SIGHUP, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGUSR1);
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(0);
+    for line in done.stdout.lines() {
+        let mask = line.split_whitespace().nth(1).unwrap();
+        assert!(mask.chars().all(|c| c == '0'), "child signal state not clean: {}", done.stdout);
+    }
+    assert_eq!(done.stdout.lines().count(), 2, "{}", done.stdout);
+}
+
+fn sigkill_of_mpsync_kills_the_childs_whole_group(env: &TestEnv) {
+    let name = env.lease_name("pdeath");
+    let worker = env.path("worker");
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);
+    let worker_pid = read_pid(&worker);
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("mpsync dies");
+    wait_until("the background worker to die with mpsync", || !alive(worker_pid));
+}
+
+fn child_ignoring_sigterm_is_sigkilled_after_grace(env: &TestEnv) {
+    let name = env.lease_name("grace");
+    let pid_file = env.path("pid");
+    let script = format!("trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done", pid_file.display());
+    let mut lock = env.spawn(
+        ["lock", &name, "--grace", "1s"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
+    );
+    let child = read_pid(&pid_file);
+    let stolen_at = Instant::now();
+    env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    assert!(stolen_at.elapsed() >= Duration::from_secs(1), "SIGKILL came before the grace period");
+    assert!(!alive(child));
+}
+
+fn kill_signal_option_chooses_the_signal(env: &TestEnv) {
+    let name = env.lease_name("killsig");
+    let ready = env.path("ready");
+    let got = env.path("got");
+    let script = format!(
+        "trap 'echo USR1 > {got}; exit 0' USR1; echo ready > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let mut lock = env.spawn(
+        ["lock", &name, "--kill-signal", "USR1"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
+    );
+    wait_for_file(&ready, "ready");
+    env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "USR1");
+}
+
+fn stdin_and_stdout_pass_through_untouched(env: &TestEnv) {
+    let name = env.lease_name("streams");
+    let mut command = env.mpsync(["lock", &name, "-v", "--", "sh", "-c", "cat; echo err >&2"]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let input: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let input = input.clone();
+        std::thread::spawn(move || {
+            stdin.write_all(&input).unwrap();
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(output.stdout == input, "stdout differs from stdin ({} vs {} bytes)", output.stdout.len(), input.len());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("err"));
+}
+
+fn lease_is_released_only_after_the_child_is_reaped(env: &TestEnv) {
+    let name = env.lease_name("order");
+    let ready = env.path("ready");
+    let at_end = env.path("at-end");
+    // On SIGTERM the child takes its time, then looks at the lease itself as its last act: it must
+    // still be held (by this mpsync), because release comes only after the child is reaped.
+    let script = format!(
+        "trap 'sleep 1; \"$MPSYNC_BIN\" status \"$MPSYNC_LEASE\" -o json > {at_end}; exit 0' TERM; echo ready > {ready}; while :; do sleep 0.05; done",
+        at_end = at_end.display(),
+        ready = ready.display()
+    );
+    let mut command = env.mpsync(["lock", &name, "--identity", "the-holder", "--", "sh", "-c", &script]);
+    command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync"));
+    let mut lock = Proc::spawn(command, &env.dir);
+    wait_for_file(&ready, "ready");
+    lock.signal(Signal::SIGTERM);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+    let status: serde_json::Value = serde_json::from_str(&fs::read_to_string(&at_end).unwrap()).unwrap();
+    assert_eq!(status["holderIdentity"], "the-holder", "released before the child ended: {status}");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released after");
+}
+
+fn subreaper_reaps_orphans_and_keeps_the_childs_status(env: &TestEnv) {
+    let name = env.lease_name("subreaper");
+    // The inner sh exits at once, orphaning its `sleep 0.3`: it must be re-parented to mpsync (the
+    // subreaper), and reaped by it when it exits. The main child then exits 7.
+    let script = r#"sh -c 'sleep 0.3 & echo $! > orphan'; o=$(cat orphan)
+        parent=$(awk '/^PPid:/ {print $2}' /proc/$o/status 2>/dev/null)
+        [ "$parent" = "$PPID" ] || { echo "orphan parent $parent, mpsync $PPID"; exit 90; }
+        i=0; while [ -e /proc/$o ]; do i=$((i+1)); [ $i -gt 600 ] && { echo "orphan not reaped"; exit 91; }; sleep 0.05; done
+        exit 7"#;
+    let mut command = env.mpsync(["lock", &name, "--subreaper", "--", "sh", "-c", script]);
+    command.current_dir(&env.dir);
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(7);
+}
+
+fn leftover_background_processes_are_stopped_when_the_child_exits(env: &TestEnv) {
+    let name = env.lease_name("leftover");
+    let worker = env.path("worker");
+    // The child exits at once, leaving a background worker in its group: it must not run unguarded.
+    let script = format!("sleep 1000 & echo $! > {}; exit 5", worker.display());
+    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    done.assert_code(5);
+    let worker_pid = read_pid(&worker);
+    assert!(!alive(worker_pid), "the leftover worker must be stopped before the lease is released");
+}
+
+/// Under `unshare --pid --fork --mount-proc`, mpsync is PID 1: it reaps orphaned zombies and still
+/// returns the main child's exact status.
+#[test]
+fn as_pid_1_mpsync_reaps_orphans_and_returns_the_childs_status() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork --mount-proc` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let env = TestEnv::file();
+    let name = env.lease_name("pid1");
+    let script = r#"[ "$PPID" = 1 ] || { echo "mpsync is not PID 1 (PPID $PPID)"; exit 90; }
+        sh -c 'sleep 0.2 &'
+        i=0
+        while :; do
+          zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == "Z"' | wc -l)
+          sleepers=$(grep -lx sleep /proc/[0-9]*/comm 2>/dev/null | wc -l)
+          [ "$zombies" -eq 0 ] && [ "$sleepers" -eq 0 ] && break
+          i=$((i+1)); [ $i -gt 600 ] && { echo "zombies left: $zombies"; exit 91; }
+          sleep 0.05
+        done
+        echo reaped
+        exit 7"#;
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--", "sh", "-c", script]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(7);
+    assert!(done.stdout.contains("reaped"), "{}", done.stdout);
+}
+
+/// In a pseudo-terminal, the child owns the terminal: it reads the keyboard, one Ctrl-C stops it (and
+/// mpsync exits 130), and the terminal is left as it was.
+#[test]
+fn in_a_terminal_the_child_reads_it_and_ctrl_c_stops_it() {
+    use nix::pty::openpty;
+    use nix::sys::termios::tcgetattr;
+    let env = TestEnv::file();
+    let name = env.lease_name("tty");
+    let pty = openpty(None, None).expect("openpty");
+    let before = tcgetattr(&pty.slave).expect("tcgetattr");
+    let slave = pty.slave.as_raw_fd();
+    let script = "read line; echo \"got:$line\"; exec sleep 1000";
+    let mut command = env.mpsync(["lock", &name, "--", "sh", "-c", script]);
+    let stdio = || Stdio::from(pty.slave.try_clone().unwrap());
+    command.stdin(stdio()).stdout(stdio()).stderr(stdio());
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; they make the pty mpsync's
+    // controlling terminal, with mpsync's group in the foreground, as a shell would.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _ = slave;
+    let mut child = command.spawn().unwrap();
+    let mut master = fs::File::from(pty.master);
+    master.write_all(b"hello\n").unwrap();
+    let output = read_until(&mut master, "got:hello");
+    assert!(output.contains("got:hello"), "child did not read the terminal: {output:?}");
+    // Ctrl-C, as typed: the terminal driver sends SIGINT to the foreground group, the child's.
+    master.write_all(&[3]).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "mpsync did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    let after = tcgetattr(&pty.slave).expect("tcgetattr");
+    assert_eq!(format!("{before:?}"), format!("{after:?}"), "terminal settings changed");
+}
+
+fn read_until(master: &mut fs::File, needle: &str) -> String {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buffer) {
+            if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + PATIENCE;
+    while !seen.contains(needle) && Instant::now() < deadline {
+        if let Ok(bytes) = receiver.recv_timeout(Duration::from_millis(100)) {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    seen
+}

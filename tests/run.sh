@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: unit tests, property tests, the end-to-end suite (the real
+# binary against the test API server, or a real cluster when MPSYNC_TEST_KUBECONFIG is set), and the
+# offline checks of deploy/ and examples/. Installs what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests run besides cargo: sh, awk, grep, date, unshare (util-linux) and python3 (for the
+# offline manifest checks). Install any that are missing (Debian).
+missing=()
+for tool in sh awk grep date unshare python3; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing test prerequisites: ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq coreutils gawk grep util-linux python3 python3-venv >/dev/null
+fi
+
+cargo build --locked --all-targets
+# Tests run two at a time: each end-to-end test runs several processes of its own.
+cargo test --locked -- --test-threads "${MPSYNC_TEST_THREADS:-2}"
+bash deploy/check.sh
