@@ -423,6 +423,10 @@ fn is_older(a: &str, b: &str) -> bool {
 }
 
 #[cfg(test)]
+#[path = "lease_properties.rs"]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
