@@ -63,7 +63,7 @@ fn sigkill_of_the_leader_fails_over_after_the_lease_duration(env: &TestEnv) {
         child = child_file.display(),
         leader = leader_file.display()
     );
-    let mut replicas: Vec<Proc> = (0..2)
+    let replicas: Vec<Proc> = (0..2)
         .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
         .collect();
     let leader = read_pid(&leader_file);
