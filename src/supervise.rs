@@ -10,7 +10,13 @@
 //! - After `Event::ChildExited`, call [`Supervisor::finish`] (kills what the child left in its group, hands the
 //!   terminal back, disarms the guard) before releasing the lease or spawning again.
 //! - To stop a running child (lease lost, or a signal that should end it), call [`Supervisor::stop`]: it returns
-//!   the child's exit itself, and `next_event` will not report that exit again.
+//!   the child's exit itself, and `next_event` will not report that exit again. Signals that arrive during
+//!   `stop` or `finish` are queued, in order, for the following `next_event` calls. Await `stop` and `finish`
+//!   to the end (not inside a `select!` that may drop them).
+//! - Reaping: as PID 1 or subreaper, `waitpid(-1)` reaps every orphan; otherwise only the main child and the
+//!   guard are reaped, by pid, so that other children of mpsync keep their status for whoever waits for them.
+//! - If mpsync dies, even by SIGKILL, the guard process kills the child's whole group; dropping the
+//!   `Supervisor` (or exiting) without `stop`/`finish` does the same.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
