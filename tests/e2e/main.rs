@@ -6,3 +6,4 @@
 mod support;
 
 mod apiserver;
+mod proxy;
