@@ -19,6 +19,7 @@
 //! [`TICK`] to notice partitions, drops and shutdown (no busy loops).
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -304,17 +305,18 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
             let conn = Arc::clone(&conn);
             thread::Builder::new().name(format!("proxy-conn-{id}")).spawn(move || serve(&state, &conn, client))
         };
-        match spawned {
-            Ok(thread) => registry.threads.push(thread),
-            Err(_) => {
-                registry.open.remove(&id);
-                conn.close();
-            }
+        if let Ok(thread) = spawned {
+            registry.threads.push(thread);
+        } else {
+            registry.open.remove(&id);
+            conn.close();
         }
     }
 }
 
 /// Run one connection: connect upstream, pump both ways, unregister when both pumps are done.
+/// Takes the client socket so that it is closed when the connection ends.
+#[allow(clippy::needless_pass_by_value)]
 fn serve(state: &Arc<State>, conn: &Arc<Conn>, client: TcpStream) {
     if conn.blackholed.load(Ordering::SeqCst) {
         // Accepted during a partition: the upstream is unreachable, and stays so for this
@@ -535,10 +537,10 @@ fn rewrite_kubeconfig(yaml: &str, proxy_authority: &str) -> String {
             continue;
         };
         let ServerLine { indent, key, scheme, authority, rest } = server;
-        out.push_str(&format!("{indent}{key}{scheme}://{proxy_authority}{rest}\n"));
+        let _ = writeln!(out, "{indent}{key}{scheme}://{proxy_authority}{rest}");
         if scheme.eq_ignore_ascii_case("https") && !has_tls_server_name(&lines, i, indent.len()) {
             let (host, _) = split_authority(authority);
-            out.push_str(&format!("{indent}tls-server-name: {host}\n"));
+            let _ = writeln!(out, "{indent}tls-server-name: {host}");
         }
     }
     if !yaml.ends_with('\n') {
