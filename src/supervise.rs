@@ -10,7 +10,13 @@
 //! - After `Event::ChildExited`, call [`Supervisor::finish`] (kills what the child left in its group, hands the
 //!   terminal back, disarms the guard) before releasing the lease or spawning again.
 //! - To stop a running child (lease lost, or a signal that should end it), call [`Supervisor::stop`]: it returns
-//!   the child's exit itself, and `next_event` will not report that exit again.
+//!   the child's exit itself, and `next_event` will not report that exit again. Signals that arrive during
+//!   `stop` or `finish` are queued, in order, for the following `next_event` calls. Await `stop` and `finish`
+//!   to the end (not inside a `select!` that may drop them).
+//! - Reaping: as PID 1 or subreaper, `waitpid(-1)` reaps every orphan; otherwise only the main child and the
+//!   guard are reaped, by pid, so that other children of mpsync keep their status for whoever waits for them.
+//! - If mpsync dies, even by SIGKILL, the guard process kills the child's whole group; dropping the
+//!   `Supervisor` (or exiting) without `stop`/`finish` does the same.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -1325,6 +1331,7 @@ mod tests {
         match mode.as_str() {
             "guard" => helper_guarded_until_killed(&dir),
             "subreaper" => helper_subreaper(),
+            "terminal" => helper_terminal(&dir),
             _ => panic!("unknown helper mode {mode}"),
         }
     }
@@ -1406,6 +1413,107 @@ mod tests {
         assert!(
             status.success(),
             "the subreaper helper failed ({status}):\n{log}"
+        );
+        assert!(log.contains("1 passed"), "the helper did not run:\n{log}");
+    }
+
+    /// In the foreground of a terminal: the child gets the terminal, Ctrl-C reaches only the child, and the
+    /// terminal comes back afterwards.
+    fn helper_terminal(dir: &Path) {
+        let mut supervisor = start();
+        assert!(
+            supervisor.terminal.is_some(),
+            "not in the foreground of a terminal"
+        );
+        runtime().block_on(async {
+            let foreground = dir.join("foreground");
+            let pid = supervisor
+                .spawn(&sh(
+                    r#"cut -d' ' -f5,8 /proc/$$/stat > "$0""#,
+                    &[&foreground],
+                ))
+                .unwrap();
+            assert_eq!(
+                event(&mut supervisor).await,
+                Event::ChildExited(ChildExit::Exited(0))
+            );
+            supervisor
+                .finish(Signal::SIGTERM, Duration::from_secs(10))
+                .await;
+            // pgrp and the terminal's foreground group, as the child saw them.
+            let seen = fs::read_to_string(&foreground).unwrap();
+            assert_eq!(seen.trim(), format!("{pid} {pid}"));
+            assert_eq!(
+                tcgetpgrp(io::stdin()),
+                Ok(getpgrp()),
+                "the terminal was not taken back"
+            );
+
+            // The test writes Ctrl-C to the terminal once the child is ready.
+            let script = r#"echo ready > "$0/ready"; exec sleep 1000"#;
+            supervisor.spawn(&sh(script, &[dir])).unwrap();
+            let exit = event(&mut supervisor).await;
+            assert_eq!(exit, Event::ChildExited(ChildExit::Signaled(libc::SIGINT)));
+            let more =
+                tokio::time::timeout(Duration::from_millis(300), supervisor.next_event()).await;
+            assert!(more.is_err(), "Ctrl-C reached mpsync too: {more:?}");
+            supervisor
+                .finish(Signal::SIGTERM, Duration::from_secs(10))
+                .await;
+            assert_eq!(
+                tcgetpgrp(io::stdin()),
+                Ok(getpgrp()),
+                "the terminal was not taken back"
+            );
+        });
+    }
+
+    #[test]
+    fn interactive_child_owns_the_terminal_and_ctrl_c_reaches_only_it() {
+        let _serial = serial();
+        let dir = TempDir::new("terminal");
+        let log = dir.join("helper.log");
+        let binary = std::env::current_exe().unwrap();
+        let command = format!(
+            "'{}' --ignored --exact supervise::tests::helper_process --test-threads=1 --nocapture",
+            binary.display()
+        );
+        // script(1) runs the helper on a new pseudo-terminal, in its foreground, and copies our stdin to it.
+        let spawned = std::process::Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .env(HELPER_MODE, "terminal")
+            .env(HELPER_DIR, &dir.0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(mut script) = spawned else {
+            eprintln!("script(1) is not installed: skipping the terminal test");
+            return;
+        };
+        let outcome = runtime().block_on(async {
+            let wait = async {
+                line_in(&dir.join("ready")).await;
+                use std::io::Write;
+                let stdin = script.stdin.as_mut().unwrap();
+                stdin.write_all(b"\x03").unwrap();
+                stdin.flush().unwrap();
+                loop {
+                    if let Some(status) = script.try_wait().unwrap() {
+                        return status;
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            };
+            tokio::time::timeout(PATIENCE * 2, wait).await
+        });
+        let _ = script.kill();
+        let _ = script.wait();
+        let log = fs::read_to_string(&log).unwrap_or_default();
+        let status = outcome.unwrap_or_else(|_| panic!("the terminal helper hung:\n{log}"));
+        assert!(
+            status.success(),
+            "the terminal helper failed ({status}):\n{log}"
         );
         assert!(log.contains("1 passed"), "the helper did not run:\n{log}");
     }

@@ -1122,7 +1122,10 @@ fn restart_keeps_objects_closes_connections_and_moves_the_resource_version_on() 
         200
     );
     let mut watching = Conn::open(&server);
-    watching.watch(&format!("resourceVersion={}&timeoutSeconds=60", rv_of(&created)));
+    watching.watch(&format!(
+        "resourceVersion={}&timeoutSeconds=60",
+        rv_of(&created)
+    ));
     wait_until("the watch is open", || server.watch_count() == 1);
     let before = server.resource_version();
 
@@ -1390,4 +1393,51 @@ async fn kube_client_watch_stream_works_end_to_end() {
         }
         other => panic!("expected a BOOKMARK, got {other:?}"),
     }
+}
+
+#[test]
+fn expect_100_continue_and_chunked_request_bodies_are_understood() {
+    let server = TestApiServer::start();
+    let mut conn = Conn::open(&server);
+    let body = lease_body("x", "a", None);
+    conn.writer
+        .write_all(
+            format!(
+                "POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let (status, _) = conn.read_head().expect("100 Continue");
+    assert_eq!(status, 100);
+    conn.writer.write_all(body.as_bytes()).unwrap();
+    let (status, headers) = conn.read_head().expect("the answer");
+    assert_eq!(status, 201);
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "Content-Length")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let mut created = vec![0; length];
+    conn.reader.read_exact(&mut created).unwrap();
+
+    let body = lease_body("y", "a", None);
+    let (first, second) = body.split_at(10);
+    conn.writer
+        .write_all(
+            format!(
+                "POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+                first.len(),
+                second.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let (status, _) = conn.read_head().expect("the answer");
+    assert_eq!(status, 201);
+    assert!(server.lease("default", "y").is_some());
 }

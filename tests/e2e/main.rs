@@ -29,3 +29,4 @@ mod lock;
 mod supervise;
 mod elect;
 mod backends;
+mod proxy;

@@ -388,7 +388,7 @@ fn serve_connection(shared: &Arc<Shared>, id: u64, stream: TcpStream) {
         let mut reader = BufReader::new(read_half);
         let mut writer = stream;
         loop {
-            let request = match read_request(&mut reader) {
+            let request = match read_request(&mut reader, &mut writer) {
                 Ok(Some(request)) => request,
                 Ok(None) | Err(ReadError::Closed) => break,
                 Err(ReadError::Bad(code, message)) => {
@@ -472,7 +472,10 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, ReadError> {
         .map_err(|_| ReadError::Bad(400, "request header is not UTF-8".into()))
 }
 
-fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, ReadError> {
+fn read_request(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+) -> Result<Option<Request>, ReadError> {
     let line = loop {
         match read_line(reader)? {
             None => return Ok(None),
@@ -516,6 +519,11 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, ReadError>
     } else {
         !connection.contains("close")
     };
+    if header("expect").is_some_and(|e| e == "100-continue") {
+        writer
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|_| ReadError::Closed)?;
+    }
     let body = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
         read_chunked_body(reader)?
     } else if let Some(length) = header("content-length") {
@@ -818,7 +826,8 @@ fn status_response(code: u16, reason: &str, message: &str, details: Option<Value
 
 fn reason_for(code: u16) -> &'static str {
     match code {
-        400 | 413 | 431 => "BadRequest",
+        400 | 431 => "BadRequest",
+        413 => "RequestEntityTooLarge",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "NotFound",

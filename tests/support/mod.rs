@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod proxy;
 
 use std::ffi::OsStr;
 use std::fs;
