@@ -179,14 +179,19 @@ impl Elector {
         self.held
     }
 
-    /// Record what a read or a watch showed.
-    pub fn observe(&mut self, current: Option<Versioned>, now: Instant) {
-        if let (Some(new), Some(known)) = (&current, self.current())
-            && is_older(&new.resource_version, &known.resource_version)
-        {
-            // A watch event that lags behind what a write already told us: not news.
-            return;
+    /// Record what a watch showed. Watch events can lag behind what our own writes already told us,
+    /// so an older version is ignored, and "absent" while we hold the lease (which a list made before
+    /// our create reports) only asks for a fresh read: a read, not a stale event, decides a deletion.
+    pub fn observe_event(&mut self, current: Option<Versioned>, now: Instant) {
+        match (&current, self.current()) {
+            (Some(new), Some(known)) if is_older(&new.resource_version, &known.resource_version) => {}
+            (None, _) if self.held.is_some() => self.needs_read = true,
+            _ => self.observe(current, now),
         }
+    }
+
+    /// Record what a read (or a write's answer) showed: the current state, authoritative.
+    pub fn observe(&mut self, current: Option<Versioned>, now: Instant) {
         self.needs_read = false;
 
         // A write whose outcome we did not learn: if the record now carries exactly what we sent,
@@ -703,9 +708,21 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = holding(t0);
         // rv 1 (free) arrives from a lagging watch after our acquisition (rv 2): ignored.
-        elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        elector.observe_event(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
         assert!(elector.held().is_some());
         assert_eq!(elector.current().unwrap().resource_version, "2");
+    }
+
+    #[test]
+    fn absent_in_a_watch_while_holding_asks_for_a_read() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        // A list made before our create reports "absent" after it: read before believing it.
+        elector.observe_event(None, t0);
+        assert!(elector.held().is_some());
+        assert_eq!(elector.next(now(t0, 0.1)), Action::Read);
+        elector.observe(None, t0);
+        assert_eq!(elector.next(now(t0, 0.1)), Action::Lost(LossReason::Deleted));
     }
 
     #[test]

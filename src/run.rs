@@ -218,7 +218,7 @@ impl Campaign {
             tokio::select! {
                 _ = sleep_until(wake) => {}
                 (index, update) = next_update(&mut self.slots) => {
-                    self.slots[index].elector.observe(update, Instant::now());
+                    self.slots[index].elector.observe_event(update, Instant::now());
                 }
                 event = self.supervisor.next_event() => match event {
                     Event::Signal(signal @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)) => {
@@ -328,7 +328,7 @@ impl Campaign {
                 _ = sleep_until(wake) => {}
                 update = slot.watch.updates.recv() => {
                     if let Some(update) = update {
-                        slot.elector.observe(update, Instant::now());
+                        slot.elector.observe_event(update, Instant::now());
                     }
                 }
                 event = supervisor.next_event() => match event {
