@@ -23,14 +23,22 @@ both_backends!(
     preferred_holder_and_strategy_are_preserved_on_every_write,
 );
 
+/// A leader's child: stamps `start`, records its mpsync's pid, and on SIGTERM stamps `end` and exits 0.
+fn leader_script(log: &std::path::Path, leader_file: &std::path::Path) -> String {
+    format!(
+        "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; trap 'echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; exit 0' TERM; echo $PPID > {leader}; while :; do sleep 0.05; done",
+        log = log.display(),
+        leader = leader_file.display()
+    )
+}
+
 /// Three replicas; each child stamps start/end into a shared log and runs until its replica is told
 /// to stop. Kill leaders one after another; the log must show one child at a time.
 fn three_replicas_run_exactly_one_child_at_a_time(env: &TestEnv) {
     let name = env.lease_name("one-leader");
     let log = env.path("log");
     let leader_file = env.path("leader");
-    let body = format!("echo $PPID > {}; trap 'exit 0' TERM; while :; do sleep 0.05; done", leader_file.display());
-    let script = stamp_script(&log, &body);
+    let script = leader_script(&log, &leader_file);
     let mut replicas: Vec<Proc> = (0..3)
         .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
         .collect();
@@ -86,8 +94,7 @@ fn sigterm_to_the_leader_hands_off_through_the_watch(env: &TestEnv) {
     let name = env.lease_name("handoff");
     let leader_file = env.path("leader");
     let log = env.path("log");
-    let body = format!("echo $PPID > {}; trap 'exit 0' TERM; while :; do sleep 0.05; done", leader_file.display());
-    let script = stamp_script(&log, &body);
+    let script = leader_script(&log, &leader_file);
     // With a 30s retry period only the watch can make the handoff prompt.
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
     let mut replicas: Vec<Proc> = (0..2)
@@ -100,6 +107,7 @@ fn sigterm_to_the_leader_hands_off_through_the_watch(env: &TestEnv) {
     assert_eq!(replicas[index].wait_for(PATIENCE).and_then(|s| s.code()), Some(0));
     let new_leader = read_pid(&leader_file);
     assert_ne!(new_leader, leader);
+    wait_until("the new leader's start stamp", || read_stamps(&log).len() >= 3);
     let stamps = read_stamps(&log);
     let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
     eprintln!("graceful handoff took {handoff:?}");
