@@ -63,9 +63,14 @@ impl KubeStore {
                 Error::Config(format!("cannot use kubeconfig context {:?}: {}", context.unwrap_or_default(), one_line(&err)))
             })?,
             None => kube::Config::infer().await.map_err(|err| {
+                tracing::debug!(error = %one_line(&err), "cannot infer a Kubernetes configuration");
+                let kubeconfig = match std::env::var_os("KUBECONFIG") {
+                    Some(path) => format!("$KUBECONFIG ({}) is unusable", PathBuf::from(path).display()),
+                    None => "no ~/.kube/config".to_string(),
+                };
                 Error::Config(format!(
-                    "no Kubernetes configuration found ({}).\npass --kubeconfig PATH, or use --backend file to lock on this machine only",
-                    one_line(&err)
+                    "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n\
+                     pass --kubeconfig PATH, or use --backend file to lock on this machine only"
                 ))
             })?,
         };
@@ -243,7 +248,11 @@ fn one_line(err: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text.replace('\n', " ")
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(240) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 async fn watch_loop(
@@ -272,12 +281,18 @@ async fn watch_loop(
             Ok(Err(err)) => {
                 failures += 1;
                 let err = classify(err, Verb::List, &name, &namespace);
-                tracing::warn!(lease = %name, error = %err, "cannot list the lease; retrying (waiting falls back to polling)");
+                tracing::warn!(lease = %name, error = %err, "cannot list the lease; polling it with get meanwhile");
+                if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
+                    return;
+                }
                 continue;
             }
             Err(_) => {
                 failures += 1;
-                tracing::warn!(lease = %name, "listing the lease timed out; retrying");
+                tracing::warn!(lease = %name, "listing the lease timed out; polling it with get meanwhile");
+                if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
+                    return;
+                }
                 continue;
             }
         };
@@ -292,6 +307,9 @@ async fn watch_loop(
                     failures += 1;
                     let err = classify(err, Verb::Watch, &name, &namespace);
                     tracing::warn!(lease = %name, error = %err, "cannot watch the lease; polling meanwhile");
+                    if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
+                        return;
+                    }
                     break;
                 }
                 Err(_) => {
@@ -348,5 +366,25 @@ async fn watch_loop(
                 break;
             }
         }
+    }
+}
+
+/// One poll while the watch is down: a plain get, delivered like a watch event. Returns false when
+/// nobody listens any more.
+async fn poll_once(
+    api: &Api<Lease>,
+    name: &str,
+    namespace: &str,
+    call_timeout: Duration,
+    sender: &mpsc::Sender<WatchUpdate>,
+) -> bool {
+    match timeout(call_timeout, api.get_opt(name)).await {
+        Ok(Ok(current)) => sender.send(current.as_ref().map(versioned)).await.is_ok(),
+        Ok(Err(err)) => {
+            let err = classify(err, Verb::Get, name, namespace);
+            tracing::debug!(lease = %name, error = %err, "polling the lease failed");
+            !sender.is_closed()
+        }
+        Err(_) => !sender.is_closed(),
     }
 }

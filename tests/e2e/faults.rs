@@ -1,0 +1,305 @@
+//! The bad-input matrix of CONTRACT §7 and API faults: every case asserts the exit code and the
+//! message; mpsync never panics and never leaves the lease held by a process that is gone.
+
+use std::fs;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+#[track_caller]
+fn assert_clean_failure(done: &Finished, code: i32, expected: &[&str]) {
+    done.assert_code(code);
+    for needle in expected {
+        assert!(done.stderr.contains(needle), "expected {needle:?} in stderr:\n{}", done.stderr);
+    }
+    assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    assert!(!done.stderr.contains("RUST_BACKTRACE"), "{}", done.stderr);
+}
+
+/// The last line of stderr is mpsync's final error: one or two lines.
+#[track_caller]
+fn assert_short_error(done: &Finished) {
+    // Log lines start with their timestamp; the rest is the final error.
+    let lines: Vec<&str> = done.stderr.lines().filter(|l| !l.starts_with("20")).collect();
+    assert!(lines.len() <= 2, "error longer than two lines:\n{}", done.stderr);
+}
+
+/// A kubeconfig pointing at a port where nothing listens.
+fn closed_port_kubeconfig(env: &TestEnv) -> std::path::PathBuf {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: x\n"
+    );
+    let path = env.path("closed-kubeconfig");
+    fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn unreachable_api_server_is_retried_while_waiting_until_the_timeout() {
+    let env = TestEnv::file();
+    let mut command = env.mpsync(["lock", "job", "--timeout", "2s", "--", "true"]);
+    command.env_remove("MPSYNC_BACKEND").env("MPSYNC_KUBECONFIG", closed_port_kubeconfig(&env));
+    let done = Proc::spawn(command, &env.dir).finish();
+    assert_clean_failure(&done, 124, &["not acquired", "retrying"]);
+    assert!(done.elapsed >= Duration::from_secs(2), "gave up before the timeout: {:?}", done.elapsed);
+}
+
+#[test]
+fn status_against_a_closed_port_fails_clearly() {
+    let env = TestEnv::file();
+    let mut command = env.mpsync(["status", "job"]);
+    command.env_remove("MPSYNC_BACKEND").env("MPSYNC_KUBECONFIG", closed_port_kubeconfig(&env));
+    let done = Proc::spawn(command, &env.dir).finish();
+    assert_clean_failure(&done, 125, &["cannot read the lease"]);
+}
+
+#[test]
+fn missing_kubeconfig_file_is_exit_125() {
+    let env = TestEnv::file();
+    let mut command = env.mpsync(["lock", "job", "--", "true"]);
+    command.env_remove("MPSYNC_BACKEND").env("MPSYNC_KUBECONFIG", env.path("does-not-exist"));
+    let done = Proc::spawn(command, &env.dir).finish();
+    assert_clean_failure(&done, 125, &["kubeconfig", "does-not-exist"]);
+    assert_short_error(&done);
+}
+
+#[test]
+fn garbage_kubeconfig_is_exit_125() {
+    let env = TestEnv::file();
+    let path = env.path("garbage");
+    fs::write(&path, "this: [is not: a kubeconfig\n\x01\x02").unwrap();
+    let mut command = env.mpsync(["lock", "job", "--", "true"]);
+    command.env_remove("MPSYNC_BACKEND").env("MPSYNC_KUBECONFIG", &path);
+    let done = Proc::spawn(command, &env.dir).finish();
+    assert_clean_failure(&done, 125, &["kubeconfig"]);
+    assert_short_error(&done);
+}
+
+#[test]
+fn unknown_context_is_exit_125() {
+    let env = TestEnv::kube();
+    let done = env.run(["lock", "job", "--context", "no-such-context", "--", "true"]);
+    assert_clean_failure(&done, 125, &["no-such-context"]);
+}
+
+#[test]
+fn rbac_forbidden_names_the_verbs_and_the_manifest() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for verb in ["get", "create", "update"] {
+        let env = TestEnv::kube();
+        let name = env.lease_name("rbac");
+        if verb == "update" {
+            // Someone else's released lease exists, so acquiring it needs update.
+            let mut free = TestEnv::foreign_record("", 1);
+            free.holder_identity = Some(String::new());
+            env.put(&name, free);
+        }
+        env.server().unwrap().forbid(verb);
+        let done = env.run(["lock", &name, "--", "true"]);
+        assert_clean_failure(&done, 125, &["forbidden", "get, list, watch, create and update", "deploy/rbac.yaml"]);
+        assert!(!env.path("ran").exists());
+    }
+}
+
+#[test]
+fn unauthorized_is_exit_125_with_a_hint() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    env.server().unwrap().unauthorized(true);
+    let done = env.run(["lock", "job", "--", "true"]);
+    assert_clean_failure(&done, 125, &["401", "credentials"]);
+}
+
+#[test]
+fn missing_namespace_is_exit_125() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("nons");
+    let done = env.run(["lock", &name, "--namespace", "no-such-namespace-x1", "--", "true"]);
+    assert_clean_failure(&done, 125, &["namespace \"no-such-namespace-x1\" does not exist"]);
+    assert_short_error(&done);
+}
+
+fn garbage(holder: &str, duration: Option<i32>, renew: Option<&str>) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(holder.into()),
+        lease_duration_seconds: duration,
+        renew_time: renew.map(|t| MicroTime(t.parse().unwrap())),
+        ..LeaseSpec::default()
+    }
+}
+
+both_backends!(
+    holder_with_no_duration_or_times_is_waited_out_for_our_duration,
+    huge_duration_is_respected_without_crashing,
+    renew_time_in_the_far_future_does_not_extend_the_lease,
+    status_reads_garbage_records_without_crashing,
+);
+
+fn holder_with_no_duration_or_times_is_waited_out_for_our_duration(env: &TestEnv) {
+    let name = env.lease_name("onlyholder");
+    env.put(&name, garbage("only-holder", None, None));
+    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "true"]));
+    done.assert_code(0);
+    assert!(done.elapsed >= Duration::from_secs(4), "took over after {:?}", done.elapsed);
+}
+
+fn huge_duration_is_respected_without_crashing(env: &TestEnv) {
+    let name = env.lease_name("huge");
+    env.put(&name, garbage("x", Some(i32::MAX), None));
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+    assert_clean_failure(&done, 124, &[]);
+    assert_eq!(env.holder(&name).as_deref(), Some("x"));
+}
+
+fn renew_time_in_the_far_future_does_not_extend_the_lease(env: &TestEnv) {
+    let name = env.lease_name("future");
+    env.put(&name, garbage("x", Some(1), Some("2999-01-01T00:00:00Z")));
+    let done = env.run(["lock", &name, "--timeout", "20s", "--", "true"]);
+    done.assert_code(0);
+}
+
+fn status_reads_garbage_records_without_crashing(env: &TestEnv) {
+    for record in [garbage("only-holder", None, None), garbage("x", Some(i32::MAX), Some("2999-01-01T00:00:00Z"))] {
+        let name = env.lease_name("garbage-status");
+        env.put(&name, record);
+        let done = env.run(["status", &name]);
+        done.assert_code(0);
+        let json = env.run(["status", &name, "-o", "json"]);
+        json.assert_code(0);
+        let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(value["held"], true);
+    }
+}
+
+#[test]
+fn file_backend_negative_duration_in_a_record_is_treated_as_ours() {
+    let env = TestEnv::file();
+    fs::create_dir_all(env.lock_dir()).unwrap();
+    let record = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"neg","namespace":"default","resourceVersion":"3"},"spec":{"holderIdentity":"x","leaseDurationSeconds":-5}}"#;
+    fs::write(env.lock_dir().join("neg.json"), record).unwrap();
+    let done = env.run(["lock", "neg"].iter().copied().chain(FAST.iter().copied()).chain(["--", "true"]));
+    done.assert_code(0);
+    assert!(done.elapsed >= Duration::from_secs(4));
+}
+
+// API faults, on the test server only.
+
+fn server_env() -> Option<TestEnv> {
+    if TestEnv::real_cluster() {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return None;
+    }
+    Some(TestEnv::kube())
+}
+
+#[test]
+fn api_5xx_and_429_while_waiting_are_retried() {
+    let Some(env) = server_env() else { return };
+    for status in [500, 503, 429] {
+        let name = env.lease_name("retry");
+        env.server().unwrap().fail_next(3, status);
+        env.run(["lock", &name, "--", "true"]).assert_code(0);
+    }
+}
+
+#[test]
+fn api_failing_while_holding_loses_the_lease_and_stops_the_child() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("apidown");
+    let pid_file = env.path("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
+    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let child = read_pid(&pid_file);
+    env.server().unwrap().fail_next(100_000, 500);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    assert!(!alive(child));
+    env.server().unwrap().fail_next(0, 500);
+}
+
+#[test]
+fn latency_above_the_renew_deadline_loses_the_lease() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("slow");
+    let ready = env.path("ready");
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    wait_for_file(&ready, "ready");
+    env.server().unwrap().set_latency(Duration::from_secs(3));
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    env.server().unwrap().set_latency(Duration::ZERO);
+}
+
+#[test]
+fn api_server_restart_while_holding_keeps_the_lease() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("restart");
+    let ready = env.path("ready");
+    let go = env.path("go");
+    let script = format!(
+        "echo ready > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 4",
+        ready.display(),
+        go.display()
+    );
+    let lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    wait_for_file(&ready, "ready");
+    let server = env.server().unwrap();
+    let before = server.resource_version();
+    server.restart();
+    // Renewals go on after the restart.
+    wait_until("a renewal after the restart", || server.resource_version() > before + 1);
+    fs::write(&go, "").unwrap();
+    lock.finish().assert_code(4);
+    assert_eq!(env.holder(&name).as_deref(), Some(""));
+}
+
+#[test]
+fn dropped_watches_and_410_gone_still_hand_off_promptly() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("rewatch");
+    let log = env.path("log");
+    let go = env.path("go");
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let first = env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
+    wait_for_file(&log, "start");
+    let second = env.spawn(
+        ["lock", &name, "-v"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]),
+    );
+    wait_until("the second to wait", || second.stderr().contains("waiting"));
+    let server = env.server().unwrap();
+    wait_until("the second to watch", || server.watch_count() >= 1);
+    server.compact();
+    server.drop_watches();
+    // The watcher re-lists (410 Gone or a broken stream) and watches again.
+    wait_until("a new watch", || server.watch_count() >= 1);
+    fs::write(&go, "").unwrap();
+    first.finish().assert_code(0);
+    second.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?} after the watch was dropped");
+}
+
+#[test]
+fn sigkilled_waiter_leaves_nothing_held() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("deadwaiter");
+    env.put(&name, TestEnv::foreign_record("someone", 60));
+    let mut waiter = env.spawn(["lock", &name, "-v", "--identity", "waiter", "--", "true"]);
+    wait_until("waiting", || waiter.stderr().contains("waiting"));
+    waiter.signal(Signal::SIGKILL);
+    waiter.wait_for(PATIENCE);
+    assert_eq!(env.holder(&name).as_deref(), Some("someone"));
+}
