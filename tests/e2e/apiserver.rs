@@ -1441,3 +1441,18 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
     assert_eq!(status, 201);
     assert!(server.lease("default", "y").is_some());
 }
+
+/// Not a test: serves a test API server until killed, writing its kubeconfig to
+/// `$MPSYNC_SERVE_KUBECONFIG`. Lets the whole suite run in "real cluster" mode against it:
+/// `cargo test --test e2e serve_test_apiserver -- --ignored &` then
+/// `MPSYNC_TEST_KUBECONFIG=$that_path cargo test`.
+#[test]
+#[ignore]
+fn serve_test_apiserver() {
+    let Some(path) = std::env::var_os("MPSYNC_SERVE_KUBECONFIG") else { return };
+    let server = crate::support::apiserver::TestApiServer::start();
+    std::fs::write(&path, server.kubeconfig_yaml("default")).unwrap();
+    loop {
+        std::thread::park();
+    }
+}

@@ -303,3 +303,26 @@ fn sigkilled_waiter_leaves_nothing_held() {
     waiter.wait_for(PATIENCE);
     assert_eq!(env.holder(&name).as_deref(), Some("someone"));
 }
+
+#[test]
+fn elect_leader_cut_off_from_the_api_stops_its_child_and_runs_it_again_after_recovery() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("electdown");
+    let starts = env.path("starts");
+    let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
+    let mut elect = env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let first = read_pid(&starts);
+    let server = env.server().unwrap();
+    server.fail_next(100_000, 503);
+    let cut_at = std::time::Instant::now();
+    wait_until("the first child to be stopped", || !alive(first));
+    // renew deadline (2s) + grace (1s), counted from the last good renewal before the cut.
+    let stopped_after = cut_at.elapsed();
+    assert!(stopped_after < Duration::from_secs(10), "child stopped after {stopped_after:?}");
+    server.fail_next(0, 503);
+    wait_until("the command to run again after re-election", || {
+        fs::read_to_string(&starts).unwrap_or_default().lines().count() >= 2
+    });
+    elect.signal(Signal::SIGTERM);
+    assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(143), "{}", elect.stderr());
+}
