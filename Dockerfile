@@ -16,7 +16,8 @@
 #   COPY worker /app/worker
 #   ENTRYPOINT ["/usr/local/bin/mpsync", "elect", "my-leader", "--", "/app/worker"]
 #
-# The binary needs glibc 2.36 or newer (Debian 12, Ubuntu 22.04, UBI 9, ...); not Alpine/musl.
+# mpsync is linked dynamically against glibc (and libgcc_s): copy it into a glibc image as new as
+# Debian 12, Ubuntu 22.04 or UBI 9, not into Alpine (musl).
 
 FROM rust:1-slim-bookworm AS builder
 WORKDIR /build
