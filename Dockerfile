@@ -4,8 +4,9 @@
 #   docker build -t mpsync .
 #   docker run --rm mpsync --help
 #
-# The final image is distroless: just the mpsync binary, glibc and the CA certificates, running as the
-# unprivileged user "nonroot" (uid 65532). mpsync links glibc; TLS is rustls with ring, so no OpenSSL.
+# The final image is distroless: the mpsync binary on top of what gcr.io/distroless/cc has (glibc,
+# libgcc, CA certificates; no shell), running as the unprivileged user "nonroot" (uid 65532).
+# mpsync links glibc; TLS is rustls with ring, so no OpenSSL.
 #
 # Most users want mpsync as the entrypoint of their own image, in front of their own program
 # (see deploy/deployment-elect.yaml):

@@ -8,8 +8,9 @@
 # the re-exec runs while the Lease is held; the lease is released once the deploy has exited.
 #
 # Each deploy gets a fencing token, MPSYNC_FENCING_TOKEN, that is larger than every earlier holder's.
-# Recording it with the deploy (here: as an annotation and in the log) tells you which deploy came
-# last, even if a stalled one wakes up later; see fencing-token.sh for refusing stale writes.
+# Recording it with the deploy (here: in the log, and as DEPLOY_FENCING_TOKEN for the deploy command,
+# say for an annotation) tells you which deploy came last, even if a stalled one wakes up later; see
+# fencing-token.sh for refusing stale writes.
 #
 # Exit codes: the deploy's own; 124 another deploy held the lock for all of 10 minutes; 123 the lease
 # was lost during the deploy (it was stopped); 125 mpsync failed (kubeconfig, RBAC, ...).

@@ -11,7 +11,8 @@
 #
 # In a real system the check is one conditional write, for example in SQL:
 #   UPDATE jobs SET result = $1, fencing_token = $2 WHERE id = $3 AND fencing_token <= $2
-# (zero rows updated: a newer holder has written; give up). Tokens restart if the Lease is deleted.
+# (zero rows updated: a newer holder has written; give up). Tokens restart from 0 if the Lease is
+# deleted, and such a storage then refuses every write: do not delete a Lease whose tokens are in use.
 #
 #   ./fencing-token.sh              run the demo (file backend unless MPSYNC_BACKEND says otherwise)
 #   ./fencing-token.sh write TEXT   what the child runs under `mpsync lock`: write TEXT with its token
