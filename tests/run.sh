@@ -19,4 +19,5 @@ fi
 cargo build --locked --all-targets
 # Tests run two at a time: each end-to-end test runs several processes of its own.
 cargo test --locked -- --test-threads "${MPSYNC_TEST_THREADS:-2}"
-bash deploy/check.sh
+# The examples run against the binary just built (check (e) of deploy/check.sh).
+MPSYNC_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/mpsync" bash deploy/check.sh
