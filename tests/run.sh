@@ -17,7 +17,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo build --locked --all-targets
-# Tests run two at a time: each end-to-end test runs several processes of its own.
-cargo test --locked -- --test-threads "${MPSYNC_TEST_THREADS:-2}"
-# The examples run against the binary just built (check (e) of deploy/check.sh).
+# The offline checks of deploy/ and examples/ (the examples run against the binary just built).
 MPSYNC_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/mpsync" bash deploy/check.sh
+# Unit and property tests, then the end-to-end suite, whose summary closes the run. Tests run two at a
+# time: each end-to-end test runs several processes of its own.
+cargo test --locked --lib --test e2e -- --test-threads "${MPSYNC_TEST_THREADS:-2}"
