@@ -54,6 +54,25 @@ pub enum CommandArgs {
     Status(QueryArgs),
     /// Print one line per change of holder of the lease NAME, until interrupted.
     Observe(QueryArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) or the man page (man).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish, powershell, or man for the man page (roff).
+    #[arg(value_enum)]
+    pub shell: CompletionTarget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionTarget {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+    Man,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +207,7 @@ pub enum Config {
     Run(RunConfig),
     Status(QueryConfig),
     Observe(QueryConfig),
+    Completions(CompletionTarget),
 }
 
 #[derive(Debug, Clone)]
@@ -272,8 +292,26 @@ impl Cli {
             }
             CommandArgs::Status(query) => Ok(Config::Status(query_config(query)?)),
             CommandArgs::Observe(query) => Ok(Config::Observe(query_config(query)?)),
+            CommandArgs::Completions(args) => Ok(Config::Completions(args.shell)),
         }
     }
+}
+
+/// Write shell completions or the man page to `out`.
+pub fn write_completions(target: CompletionTarget, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut command = Cli::command();
+    let shell = match target {
+        CompletionTarget::Man => return clap_mangen::Man::new(command).render(out),
+        CompletionTarget::Bash => Shell::Bash,
+        CompletionTarget::Zsh => Shell::Zsh,
+        CompletionTarget::Fish => Shell::Fish,
+        CompletionTarget::Elvish => Shell::Elvish,
+        CompletionTarget::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut command, "mpsync", out);
+    Ok(())
 }
 
 /// Render a clap error as mpsync's usage error: help and version are not errors.

@@ -27,6 +27,11 @@ pub fn run(config: Config) -> Result<Exit> {
         Config::Run(run) => run_lease_command(run),
         Config::Status(query) => crate::status::status(query),
         Config::Observe(query) => crate::status::observe(query),
+        Config::Completions(target) => {
+            crate::cli::write_completions(target, &mut std::io::stdout().lock())
+                .map_err(|err| Error::Internal(format!("cannot write completions: {err}")))?;
+            Ok(Exit::Success)
+        }
     }
 }
 

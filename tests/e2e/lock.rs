@@ -236,3 +236,18 @@ fn help_and_version_exit_0() {
     env.run(["lock", "--help"]).assert_code(0);
     env.run(["--version"]).assert_code(0);
 }
+
+#[test]
+fn completions_and_man_page_are_printed() {
+    let env = TestEnv::file();
+    for shell in ["bash", "zsh", "fish"] {
+        let done = env.run(["completions", shell]);
+        done.assert_code(0);
+        assert!(done.stdout.contains("mpsync"), "{shell}: {}", done.stdout);
+        assert!(done.stdout.contains("lease-duration"), "{shell}");
+    }
+    let man = env.run(["completions", "man"]);
+    man.assert_code(0);
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH"), "{}", man.stdout);
+    env.run(["completions", "tcsh"]).assert_code(125);
+}
