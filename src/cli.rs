@@ -149,6 +149,10 @@ pub struct RunArgs {
     #[arg(long, env = "MPSYNC_SLOTS", value_name = "N")]
     pub slots: Option<u32>,
 
+    /// Serve /healthz, /leader and /metrics on this address (e.g. 0.0.0.0:8080).
+    #[arg(long, env = "MPSYNC_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -240,6 +244,7 @@ pub struct RunConfig {
     pub subreaper: bool,
     /// `None`: one plain lease NAME. `Some(n)`: n leases NAME-0 .. NAME-(n-1).
     pub slots: Option<u32>,
+    pub health_addr: Option<std::net::SocketAddr>,
     pub mode: Mode,
     pub program: OsString,
     pub args: Vec<OsString>,
@@ -380,6 +385,7 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
         kill_signal: run.kill_signal,
         subreaper: run.subreaper,
         slots: run.slots,
+        health_addr: run.health_addr,
         mode,
         program: program.clone(),
         args: args.to_vec(),

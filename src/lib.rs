@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod exit;
+pub mod health;
 pub mod lease;
 pub mod logging;
 pub mod run;

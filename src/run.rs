@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use crate::cli::{Backend, Config, Mode, RunConfig, Wait};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
+use crate::health::Health;
 use crate::lease::{Action, Elector, Now, Versioned, Write, WriteResult};
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
@@ -74,7 +75,11 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
     runtime()?.block_on(async move {
         let timeout = call_timeout(config.timing.renew_deadline, config.timing.retry_period);
         let store = open_store(&config.backend, timeout).await?;
-        Campaign::new(config, store, supervisor).run().await
+        let health = Health::new(config.timing.retry_period);
+        if let Some(addr) = config.health_addr {
+            crate::health::serve(addr, health.clone()).await?;
+        }
+        Campaign::new(config, store, supervisor, health).run().await
     })
 }
 
@@ -93,6 +98,7 @@ struct Campaign {
     store: Store,
     supervisor: Supervisor,
     slots: Vec<Slot>,
+    health: Health,
 }
 
 enum Acquired {
@@ -108,7 +114,7 @@ enum Held {
 }
 
 impl Campaign {
-    fn new(config: RunConfig, store: Store, supervisor: Supervisor) -> Campaign {
+    fn new(config: RunConfig, store: Store, supervisor: Supervisor, health: Health) -> Campaign {
         let slots = config
             .lease_names()
             .into_iter()
@@ -120,7 +126,7 @@ impl Campaign {
                 retry_at: None,
             })
             .collect();
-        Campaign { config, store, supervisor, slots }
+        Campaign { config, store, supervisor, slots, health }
     }
 
     async fn run(mut self) -> Result<Exit> {
@@ -178,14 +184,16 @@ impl Campaign {
                         all_held_by_others = false;
                         acted = true;
                         if let Err(err) = read(&self.store, slot).await? {
-                            last_error = Some(err);
+                            self.health.api_error(err.kind());
+                            last_error = Some(err.to_string());
                         }
                     }
                     Action::Write(write) => {
                         all_held_by_others = false;
                         acted = true;
                         if let Err(err) = send_write(&self.store, slot, write).await? {
-                            last_error = Some(err);
+                            self.health.api_error(err.kind());
+                            last_error = Some(err.to_string());
                         }
                         if slot.elector.held().is_some() {
                             return Ok(Acquired::Slot(index));
@@ -240,7 +248,7 @@ impl Campaign {
     /// Run the child while holding slot `index`: renew, watch for loss, forward signals; release after
     /// the child has been reaped.
     async fn hold(&mut self, index: usize) -> Result<Held> {
-        let Campaign { config, store, supervisor, slots } = self;
+        let Campaign { config, store, supervisor, slots, health } = self;
         let slot = &mut slots[index];
         let Some(held) = slot.elector.held() else {
             return Err(Error::Internal("hold without a lease".into()));
@@ -249,6 +257,7 @@ impl Campaign {
         let span = tracing::info_span!("held", lease = %slot.name, identity = %config.identity, token);
         let _entered = span.enter();
         tracing::info!("acquired the lease");
+        health.acquired(held.last_renew_sent);
 
         let mut env = vec![
             ("MPSYNC_LEASE".into(), slot.name.clone().into()),
@@ -262,12 +271,14 @@ impl Campaign {
         let command = ChildCommand { program: config.program.clone(), args: config.args.clone(), env };
         if let Err(err) = supervisor.spawn(&command) {
             release(store, slot).await;
+            health.released();
             return Err(match err {
                 SpawnError::NotFound(program) => Error::CommandNotFound(program),
                 SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
                 SpawnError::Other(program, err) => Error::Internal(format!("{program}: cannot start: {err}")),
             });
         }
+        health.child_started();
 
         type Call<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
         let store: &Store = store;
@@ -279,7 +290,9 @@ impl Campaign {
                 Action::Lost(reason) => {
                     drop(in_flight.take());
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
+                    health.lost();
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;
+                    health.child_exited();
                     tracing::warn!(child_exit = exit.code(), "child stopped after losing the lease");
                     return Ok(Held::Lost);
                 }
@@ -308,12 +321,17 @@ impl Campaign {
                         Outcome::Read(result) => match result {
                             Ok(current) => slot.elector.observe(current, Instant::now()),
                             Err(err) => {
+                                health.api_error(err.kind());
                                 tracing::warn!(error = %err, "reading the lease failed");
                                 slot.elector.want_read();
                                 slot.retry_at = Some(Instant::now() + backoff(config.timing.retry_period, 1));
                             }
                         },
                         Outcome::Write(result) => {
+                            if let Err(err) = &result {
+                                health.api_error(err.kind());
+                            }
+                            let applied = result.is_ok();
                             let result = match result {
                                 Ok(stored) => WriteResult::Applied(stored),
                                 Err(StoreError::Conflict(_)) => WriteResult::Conflict,
@@ -327,6 +345,9 @@ impl Campaign {
                                 }
                             };
                             slot.elector.write_result(result, Instant::now());
+                            if let (true, Some(held)) = (applied, slot.elector.held()) {
+                                health.renewed(held.last_renew_sent, Instant::now());
+                            }
                         }
                     }
                 }
@@ -344,8 +365,10 @@ impl Campaign {
                     Event::ChildExited(exit) => {
                         drop(in_flight.take());
                         tracing::info!(exit = exit.code(), "child exited");
+                        health.child_exited();
                         supervisor.finish(config.kill_signal, config.grace).await;
                         release(store, slot).await;
+                        health.released();
                         return Ok(Held::ChildExited(Exit::Child(exit.code())));
                     }
                 },
@@ -366,9 +389,9 @@ async fn write_to(store: &Store, name: &str, write: &Write) -> std::result::Resu
     }
 }
 
-/// Read one slot's lease. A failure that retrying may fix schedules a retry and returns its text; one
+/// Read one slot's lease. A failure that retrying may fix schedules a retry and is returned; one
 /// that it will not (forbidden, namespace missing, ...) is an error.
-async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), String>> {
+async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), StoreError>> {
     match store.get(&slot.name).await {
         Ok(current) => {
             slot.failures = 0;
@@ -376,12 +399,15 @@ async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), 
             Ok(Ok(()))
         }
         Err(StoreError::Fatal(err)) => Err(err),
-        Err(err) => Ok(Err(retry_later(slot, err))),
+        Err(err) => {
+            retry_later(slot, &err);
+            Ok(Err(err))
+        }
     }
 }
 
 /// Send one acquisition write for a slot and feed the result to its elector.
-async fn send_write(store: &Store, slot: &mut Slot, write: Write) -> Result<std::result::Result<(), String>> {
+async fn send_write(store: &Store, slot: &mut Slot, write: Write) -> Result<std::result::Result<(), StoreError>> {
     slot.elector.write_sent(&write, Instant::now());
     let (result, failure) = match write_to(store, &slot.name, &write).await {
         Ok(stored) => (WriteResult::Applied(stored), None),
@@ -396,16 +422,18 @@ async fn send_write(store: &Store, slot: &mut Slot, write: Write) -> Result<std:
             slot.failures = 0;
             Ok(Ok(()))
         }
-        Some(err) => Ok(Err(retry_later(slot, err))),
+        Some(err) => {
+            retry_later(slot, &err);
+            Ok(Err(err))
+        }
     }
 }
 
-fn retry_later(slot: &mut Slot, err: StoreError) -> String {
+fn retry_later(slot: &mut Slot, err: &StoreError) {
     slot.failures += 1;
     let delay = backoff(Duration::from_secs(2), slot.failures);
     tracing::warn!(lease = %slot.name, error = %err, retry_in = ?delay, "API call failed; retrying");
     slot.retry_at = Some(Instant::now() + delay);
-    err.to_string()
 }
 
 /// Give the lease up after the child is gone: holder cleared, duration 1s, with a compare-and-swap on a
