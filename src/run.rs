@@ -107,8 +107,9 @@ enum Acquired {
 }
 
 enum Held {
-    /// The child exited on its own (or after a forwarded signal); the lease was released.
-    ChildExited(Exit),
+    /// Done, with this exit: the child exited (on its own or after a forwarded signal), or a stop signal
+    /// came before it started. The lease was released.
+    Done(Exit),
     /// The lease was lost; the child was stopped and reaped.
     Lost,
 }
@@ -147,7 +148,7 @@ impl Campaign {
                 Acquired::Stop(exit) => return Ok(exit),
             };
             match self.hold(slot).await? {
-                Held::ChildExited(exit) => return Ok(exit),
+                Held::Done(exit) => return Ok(exit),
                 Held::Lost => match self.config.mode {
                     Mode::Lock { .. } | Mode::Elect { exit_on_loss: true } => return Ok(Exit::LeaseLost),
                     Mode::Elect { exit_on_loss: false } => {
@@ -269,6 +270,16 @@ impl Campaign {
             env.push(("MPSYNC_SLOT".into(), index.to_string().into()));
         }
         let command = ChildCommand { program: config.program.clone(), args: config.args.clone(), env };
+        // A stop signal that arrived while the acquisition was on the wire still ends the wait: give the
+        // lease back rather than start a child only to stop it.
+        if let Some(Event::Signal(signal @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP))) =
+            futures::FutureExt::now_or_never(supervisor.next_event())
+        {
+            tracing::info!(signal = %signal, "stopped before the child started");
+            release(store, slot).await;
+            health.released();
+            return Ok(Held::Done(Exit::Signaled(signal as i32)));
+        }
         if let Err(err) = supervisor.spawn(&command) {
             release(store, slot).await;
             health.released();
@@ -369,7 +380,7 @@ impl Campaign {
                         supervisor.finish(config.kill_signal, config.grace).await;
                         release(store, slot).await;
                         health.released();
-                        return Ok(Held::ChildExited(Exit::Child(exit.code())));
+                        return Ok(Held::Done(Exit::Child(exit.code())));
                     }
                 },
             }
