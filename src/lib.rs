@@ -10,6 +10,7 @@ pub mod exit;
 pub mod lease;
 pub mod logging;
 pub mod run;
+pub mod sidecar;
 pub mod status;
 pub mod store;
 pub mod supervise;

@@ -27,6 +27,7 @@ pub fn run(config: Config) -> Result<Exit> {
         Config::Run(run) => run_lease_command(run),
         Config::Status(query) => crate::status::status(query),
         Config::Observe(query) => crate::status::observe(query),
+        Config::Sidecar(sidecar) => crate::sidecar::sidecar(sidecar),
     }
 }
 
