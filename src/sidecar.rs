@@ -393,6 +393,10 @@ async fn read_request(stream: &mut TcpStream) -> Received {
         if buffer.len() > MAX_HEAD {
             return Received::Bad(Response::error(431, "request head too large"));
         }
+        // Refuse garbage (a TLS handshake, say) as soon as it shows, not after the read timeout.
+        if let Err(response) = check_request_line(&buffer) {
+            return Received::Bad(response);
+        }
         match stream.read(&mut chunk).await {
             Ok(0) if buffer.is_empty() => return Received::Gone,
             Ok(0) => return Received::Bad(Response::error(400, "incomplete request")),
@@ -457,13 +461,21 @@ fn head_length(buffer: &[u8]) -> Option<usize> {
     }
 }
 
-/// Parse a request head: the request line and the headers, strictly enough to refuse garbage.
-fn parse_head(head: &[u8]) -> std::result::Result<Request, Response> {
+/// Check what has arrived of the request line: complete, it must parse; incomplete, it must be text.
+fn check_request_line(received: &[u8]) -> std::result::Result<(), Response> {
+    match received.iter().position(|&byte| byte == b'\n') {
+        Some(end) => parse_request_line(&received[..end]).map(drop),
+        None if received.iter().all(|&byte| byte == b'\r' || (byte.is_ascii() && !byte.is_ascii_control())) => Ok(()),
+        None => Err(Response::error(400, "the request is not HTTP")),
+    }
+}
+
+/// METHOD TARGET HTTP/1.x → (method, path).
+fn parse_request_line(line: &[u8]) -> std::result::Result<(&str, &str), Response> {
     let bad = |message: &str| Response::error(400, message);
-    let text = std::str::from_utf8(head).map_err(|_| bad("the request head is not text"))?;
-    let mut lines = text.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line));
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|_| bad("the request line is not text"))?;
+    let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad("malformed request line: expected METHOD TARGET HTTP/1.1"));
@@ -476,9 +488,19 @@ fn parse_head(head: &[u8]) -> std::result::Result<Request, Response> {
         other if other.starts_with("HTTP/") => return Err(Response::error(505, "only HTTP/1.1 is served")),
         _ => return Err(bad("malformed request line: expected METHOD TARGET HTTP/1.1")),
     }
-    let Some(path) = target_path(target) else {
-        return Err(bad("malformed request target"));
-    };
+    match target_path(target) {
+        Some(path) => Ok((method, path)),
+        None => Err(bad("malformed request target")),
+    }
+}
+
+/// Parse a request head: the request line and the headers, strictly enough to refuse garbage.
+fn parse_head(head: &[u8]) -> std::result::Result<Request, Response> {
+    let bad = |message: &str| Response::error(400, message);
+    let line_end = head.iter().position(|&byte| byte == b'\n').unwrap_or(head.len());
+    let (method, path) = parse_request_line(&head[..line_end])?;
+    let headers = std::str::from_utf8(&head[line_end..]).map_err(|_| bad("the request head is not text"))?;
+    let lines = headers.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line));
 
     let mut content_length: Option<usize> = None;
     let mut transfer_encoding = false;
@@ -651,6 +673,14 @@ mod tests {
         assert_eq!(parse("PRI * HTTP/2.0\r\n\r\n"), Err(505));
         assert_eq!(parse("PUT /locks/a HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), Err(413));
         assert_eq!(parse_head(b"GET /\xff HTTP/1.1\r\n\r\n").map_err(|r| r.status).err(), Some(400));
+    }
+
+    #[test]
+    fn garbage_is_refused_before_the_request_line_is_complete() {
+        assert!(check_request_line(b"PUT /locks/a HT").is_ok());
+        assert!(check_request_line(b"PUT /locks/a HTTP/1.1\r\nHost: x").is_ok());
+        assert_eq!(check_request_line(b"\x16\x03\x01\x02\x00").map_err(|r| r.status), Err(400));
+        assert_eq!(check_request_line(b"hello\r\n").map_err(|r| r.status), Err(400));
     }
 
     #[test]

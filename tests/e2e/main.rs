@@ -31,3 +31,4 @@ mod elect;
 mod backends;
 mod proxy;
 mod faults;
+mod sidecar;
