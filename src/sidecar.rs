@@ -17,6 +17,7 @@
 //! connection. Parsing, routing and rendering are pure functions, tested without sockets.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -97,7 +98,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
 /// period zero); one that comes later than 90% of the TTL takes the lock afresh instead. There is no
 /// child to stop here, so `lock`'s start-up invariant has nothing to protect and is not applied.
 fn timing(ttl: Duration) -> Timing {
-    Timing { lease_duration: ttl, renew_deadline: ttl - ttl / 10, retry_period: Duration::ZERO }
+    Timing { lease_duration: ttl, renew_deadline: ttl.saturating_sub(ttl / 10), retry_period: Duration::ZERO }
 }
 
 /// Every lock this side-car has been asked about: one elector each, each behind its own mutex, so
@@ -164,7 +165,7 @@ impl Locks {
                 elector.observe(current, Instant::now());
                 self.lock_response(200, name, elector)
             }
-            Err(err) => self.failure(name, err),
+            Err(err) => failure(name, err),
         }
     }
 
@@ -176,7 +177,7 @@ impl Locks {
         for _attempt in 0..3 {
             let current = match self.store.get(name).await {
                 Ok(current) => current,
-                Err(err) => return self.failure(name, err),
+                Err(err) => return failure(name, err),
             };
             if create_only && current.is_some() {
                 elector.observe(current, Instant::now());
@@ -198,7 +199,7 @@ impl Locks {
                         None => last_race = "the write did not leave the lock ours".into(),
                     },
                     Err(StoreError::Conflict(err) | StoreError::Unknown(err)) => last_race = err,
-                    Err(err) => return self.failure(name, err),
+                    Err(err) => return failure(name, err),
                 },
                 // Another identity holds it, unexpired as this side-car has observed it.
                 Action::WaitUntil(_) => return self.lock_response(409, name, elector),
@@ -214,10 +215,10 @@ impl Locks {
     async fn delete(&self, name: &str, elector: &mut Elector) -> Response {
         match self.store.get(name).await {
             Ok(current) => elector.observe(current, Instant::now()),
-            Err(err) => return self.failure(name, err),
+            Err(err) => return failure(name, err),
         }
         if let Err(err) = self.release(name, elector).await {
-            return self.failure(name, err);
+            return failure(name, err);
         }
         let holder = elector.current().map(|current| current.record.holder_identity.clone().unwrap_or_default());
         match holder {
@@ -306,25 +307,25 @@ impl Locks {
         match elector.current() {
             Some(current) => Response::json(
                 status,
-                lock_json(name, self.store.namespace(), current, elector.observed_expiry(), Instant::now()),
+                &lock_json(name, self.store.namespace(), current, elector.observed_expiry(), Instant::now()),
             ),
             None => Response::error(404, format!("no lock {name}")),
         }
     }
+}
 
-    /// A failed API call: 503 if retrying may help, 403 or 500 (and an error log) if it will not.
-    fn failure(&self, name: &str, err: StoreError) -> Response {
-        match err {
-            StoreError::Fatal(err) => {
-                let message = err.to_string();
-                tracing::error!(lease = %name, error = %message, "API call failed");
-                let status = if message.contains("forbidden") { 403 } else { 500 };
-                Response::error(status, message)
-            }
-            err => {
-                tracing::warn!(lease = %name, error = %err, "API call failed; asking the client to retry");
-                Response::error(503, format!("{err}; retry")).with_header("Retry-After", "1")
-            }
+/// A failed API call: 503 if retrying may help, 403 or 500 (and an error log) if it will not.
+fn failure(name: &str, err: StoreError) -> Response {
+    match err {
+        StoreError::Fatal(err) => {
+            let message = err.to_string();
+            tracing::error!(lease = %name, error = %message, "API call failed");
+            let status = if message.contains("forbidden") { 403 } else { 500 };
+            Response::error(status, message)
+        }
+        err => {
+            tracing::warn!(lease = %name, error = %err, "API call failed; asking the client to retry");
+            Response::error(503, format!("{err}; retry")).with_header("Retry-After", "1")
         }
     }
 }
@@ -579,13 +580,13 @@ struct Response {
 }
 
 impl Response {
-    fn json(status: u16, value: Value) -> Response {
+    fn json(status: u16, value: &Value) -> Response {
         Response { status, headers: Vec::new(), body: format!("{value}\n"), head_only: false }
     }
 
     /// An error, as the original side-car sent them: `{"message": ...}`.
     fn error(status: u16, message: impl Into<String>) -> Response {
-        Response::json(status, json!({ "message": message.into() }))
+        Response::json(status, &json!({ "message": message.into() }))
     }
 
     fn with_header(mut self, name: &'static str, value: &str) -> Response {
@@ -607,7 +608,7 @@ impl Response {
             self.body.len()
         );
         for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
+            let _ = write!(out, "{name}: {value}\r\n");
         }
         out.push_str("\r\n");
         if !self.head_only {

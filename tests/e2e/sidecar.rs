@@ -312,9 +312,9 @@ fn listen_address_in_use_or_bad_ttl_exits_125() {
     assert!(done.stderr.contains("--ttl"), "{}", done.stderr);
 }
 
-/// The metaparticle Python client (`metaparticle-sync` 0.2.0 from PyPI), unchanged. `tests/run.sh`
+/// The metaparticle Python client (`metaparticle-sync` 0.2.0 from `PyPI`), unchanged. `tests/run.sh`
 /// installs it in `.venv-test` and sets `MPSYNC_TEST_PYTHON`; without it the test says so and skips.
-const PYTHON_CLIENT: &str = r#"
+const PYTHON_CLIENT: &str = r"
 import importlib.util, os, sys
 # The package's __init__ imports election.py, whose `from lock import Lock` is a Python 2 relative
 # import: put the package's own directory on the path so that it loads unchanged.
@@ -324,7 +324,7 @@ lock = Lock(sys.argv[1], base_uri=sys.argv[2])
 print(lock.acquire(blocking=False), flush=True)
 # A holder heartbeats from a non-daemon thread every 10s: leave without waiting for it.
 os._exit(0)
-"#;
+";
 
 fn python_acquire(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) -> String {
     let mut command = Command::new(python);
