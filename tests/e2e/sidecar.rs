@@ -17,6 +17,7 @@ both_backends!(
     lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl,
     post_creates_only_and_delete_hands_the_lock_over_at_once,
     sigterm_releases_every_lock_held_and_exits_0,
+    simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
 );
 
 /// A running side-car and the address it listens on.
@@ -257,6 +258,31 @@ fn sigterm_releases_every_lock_held_and_exits_0(env: &TestEnv) {
     b.put(&one).assert_status(200);
 }
 
+fn simultaneous_puts_from_two_side_cars_leave_exactly_one_holder(env: &TestEnv) {
+    let a = Sidecar::start(env, Some("sidecar-a"), &[]);
+    let b = Sidecar::start(env, Some("sidecar-b"), &[]);
+    for _round in 0..8 {
+        let name = env.lease_name("sc-race");
+        let start = std::sync::Barrier::new(2);
+        let racer = |sidecar: &Sidecar| {
+            start.wait();
+            let reply = sidecar.put(&name);
+            (reply.status, reply.json()["holder"].as_str().unwrap_or_default().to_string())
+        };
+        let (from_a, from_b) = std::thread::scope(|scope| {
+            let one = scope.spawn(|| racer(&a));
+            let two = scope.spawn(|| racer(&b));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        let winner = env.holder(&name).expect("the Lease exists");
+        let mut statuses = [from_a.0, from_b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "exactly one holder: {from_a:?} {from_b:?}");
+        assert_eq!(from_a.1, winner, "both answers name the holder");
+        assert_eq!(from_b.1, winner, "both answers name the holder");
+    }
+}
+
 #[test]
 fn bad_requests_get_400_404_405_and_never_hang() {
     let env = TestEnv::file();
@@ -355,4 +381,33 @@ fn python_client_acquires_and_sees_the_lock_held_by_another_side_car() {
     a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
     assert_eq!(python_acquire(&env, &python, &name, &b), "True");
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-b"));
+}
+
+#[test]
+fn api_failures_answer_503_or_403_and_the_side_car_carries_on() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-faults");
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &[]);
+
+    server.fail_next(100_000, 503);
+    let unavailable = sidecar.put(&name);
+    unavailable.assert_status(503);
+    assert_eq!(unavailable.header("retry-after").as_deref(), Some("1"));
+    assert!(unavailable.json()["message"].is_string());
+    server.fail_next(0, 503);
+    sidecar.put(&name).assert_status(200);
+
+    let other = env.lease_name("sc-faults");
+    server.forbid("create");
+    let forbidden = sidecar.put(&other);
+    forbidden.assert_status(403);
+    let message = forbidden.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("forbidden") && message.contains("rbac"), "{message}");
+    server.allow("create");
+    sidecar.put(&other).assert_status(200);
+    assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"));
 }
