@@ -355,6 +355,11 @@ os._exit(0)
 fn python_acquire(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) -> String {
     let mut command = Command::new(python);
     command.args(["-c", PYTHON_CLIENT, name, &format!("http://{}", sidecar.address)]);
+    // urllib honours proxy variables: the side-car is on loopback, never behind a proxy.
+    for proxy in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+        command.env_remove(proxy);
+    }
+    command.env("no_proxy", "*").env("NO_PROXY", "*");
     let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(0);
     done.stdout.trim().to_string()
