@@ -3,6 +3,7 @@
 //! the API server is made here, so bad input exits 125 before any API call.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub enum CommandArgs {
     Status(QueryArgs),
     /// Print one line per change of holder of the lease NAME, until interrupted.
     Observe(QueryArgs),
+    /// Serve the metaparticle elector HTTP protocol (/locks/NAME), one Lease per lock.
+    Sidecar(SidecarArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) or the man page (man).
     Completions(CompletionsArgs),
 }
@@ -199,6 +202,25 @@ pub struct QueryArgs {
     pub output: OutputFormat,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct SidecarArgs {
+    /// Address to serve the protocol on (port 0: any free port; the address is printed at start).
+    #[arg(long, env = "MPSYNC_LISTEN", default_value = "127.0.0.1:13131", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// How long a lock stays held without a heartbeat (whole seconds).
+    #[arg(long, env = "MPSYNC_TTL", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub ttl: Duration,
+
+    /// Identity written as holderIdentity of every lock this side-car takes
+    /// [default: <POD_NAME or hostname>_<random>].
+    #[arg(long, env = "MPSYNC_IDENTITY")]
+    pub identity: Option<String>,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
@@ -212,6 +234,7 @@ pub enum Config {
     Status(QueryConfig),
     Observe(QueryConfig),
     Completions(CompletionTarget),
+    Sidecar(SidecarConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +287,15 @@ pub struct QueryConfig {
     pub output: OutputFormat,
 }
 
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub identity: String,
+    /// A lock's lease duration: how long it stays held without a heartbeat.
+    pub ttl: Duration,
+}
+
 impl Cli {
     /// Parse the process's arguments. Help and version print and exit 0; usage errors print one or two
     /// lines and exit 125 (not clap's 2: 125 is mpsync's own failure in the exit-code table).
@@ -298,6 +330,7 @@ impl Cli {
             CommandArgs::Status(query) => Ok(Config::Status(query_config(query)?)),
             CommandArgs::Observe(query) => Ok(Config::Observe(query_config(query)?)),
             CommandArgs::Completions(args) => Ok(Config::Completions(args.shell)),
+            CommandArgs::Sidecar(sidecar) => Ok(Config::Sidecar(sidecar_config(sidecar)?)),
         }
     }
 }
@@ -368,13 +401,7 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
         }
     }
 
-    let identity = match run.identity {
-        Some(identity) if identity.trim().is_empty() => {
-            return Err(Error::Usage("--identity must not be empty".into()));
-        }
-        Some(identity) => identity,
-        None => default_identity(),
-    };
+    let identity = identity(run.identity)?;
 
     Ok(RunConfig {
         name: run.name,
@@ -390,6 +417,31 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
         program: program.clone(),
         args: args.to_vec(),
     })
+}
+
+fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
+    let ttl = sidecar.ttl;
+    if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) || ttl.as_secs() > i32::MAX as u64 {
+        return Err(Error::Usage(format!(
+            "--ttl must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
+            humantime::format_duration(ttl)
+        )));
+    }
+    Ok(SidecarConfig {
+        listen: sidecar.listen,
+        backend: backend(sidecar.backend)?,
+        identity: identity(sidecar.identity)?,
+        ttl,
+    })
+}
+
+/// `--identity` if given (not blank), else a default unique to this process.
+fn identity(given: Option<String>) -> Result<String> {
+    match given {
+        Some(identity) if identity.trim().is_empty() => Err(Error::Usage("--identity must not be empty".into())),
+        Some(identity) => Ok(identity),
+        None => Ok(default_identity()),
+    }
 }
 
 fn query_config(query: QueryArgs) -> Result<QueryConfig> {
@@ -625,6 +677,18 @@ mod tests {
         }
         for bad in ["", "A", "a_b", "-a", "a-", "a..b", &"x".repeat(254)] {
             assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sidecar_defaults_to_the_original_port_and_ttl() {
+        let Ok(Config::Sidecar(sidecar)) = config(&["sidecar", "--identity", "pod-a"]) else { panic!() };
+        assert_eq!(sidecar.listen.to_string(), "127.0.0.1:13131");
+        assert_eq!(sidecar.ttl, Duration::from_secs(30));
+        assert_eq!(sidecar.identity, "pod-a");
+        for (args, expected) in [(&["sidecar", "--ttl", "1500ms"][..], "--ttl"), (&["sidecar", "--listen", "nowhere"], "--listen")] {
+            let err = config(args).expect_err(&format!("{args:?} should fail"));
+            assert!(err.to_string().contains(expected), "{args:?}: {err}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod lease;
 pub mod logging;
 pub mod run;
+pub mod sidecar;
 pub mod status;
 pub mod store;
 pub mod supervise;

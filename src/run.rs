@@ -33,6 +33,7 @@ pub fn run(config: Config) -> Result<Exit> {
                 .map_err(|err| Error::Internal(format!("cannot write completions: {err}")))?;
             Ok(Exit::Success)
         }
+        Config::Sidecar(sidecar) => crate::sidecar::sidecar(sidecar),
     }
 }
 

@@ -11,9 +11,25 @@ missing=()
 for tool in sh awk grep date unshare python3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing test prerequisites: ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq coreutils gawk grep util-linux python3 python3-venv >/dev/null
+fi
+
+# The metaparticle Python client (metaparticle-sync 0.2.0 from PyPI, which needs six without declaring
+# it), for the side-car's interoperability test, in a venv of its own: .venv-test (gitignored).
+# Without it (no network, say) that one test prints that it skipped.
+metaparticle_ready() {
+  .venv-test/bin/python -c 'import importlib.metadata as m; assert m.version("metaparticle-sync") == "0.2.0"; m.version("six")' \
+    >/dev/null 2>&1
+}
+if [ -z "${MPSYNC_TEST_PYTHON:-}" ]; then
+  if metaparticle_ready || { python3 -m venv .venv-test && .venv-test/bin/pip install -q metaparticle-sync==0.2.0 six; }; then
+    export MPSYNC_TEST_PYTHON="$PWD/.venv-test/bin/python"
+  else
+    echo "warning: cannot install metaparticle-sync into .venv-test; the side-car's Python client test will skip" >&2
+  fi
 fi
 
 cargo build --locked --all-targets

@@ -32,3 +32,4 @@ mod backends;
 mod proxy;
 mod faults;
 mod health;
+mod sidecar;
