@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Error, Result};
+use crate::http::{self, Response};
 
 /// Renew latency buckets, in seconds.
 const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -150,47 +150,16 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<()> {
     Ok(())
 }
 
-/// One request per connection: read the head (bounded in size and time), answer, close.
-async fn answer_connection(mut stream: TcpStream, health: Health) {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => head.extend_from_slice(&buffer[..n]),
-            }
+/// One request per connection, answered from `health`.
+async fn answer_connection(stream: TcpStream, health: Health) {
+    http::serve_connection(stream, |request| async move {
+        match (request.method.as_str(), health.answer(&request.path, Instant::now())) {
+            ("GET" | "HEAD", Some(answer)) => Response::text(answer.status, answer.content_type, answer.body),
+            (_, Some(_)) => Response::text(405, "text/plain", "method not allowed\n".into()).with_header("Allow", "GET, HEAD"),
+            (_, None) => Response::text(404, "text/plain", "not found\n".into()),
         }
-        true
     })
     .await;
-    if !matches!(read, Ok(true)) {
-        return;
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let answer = match (method, health.answer(path, Instant::now())) {
-        ("GET" | "HEAD", Some(answer)) => answer,
-        (_, Some(_)) => Answer { status: 405, content_type: "text/plain", body: "method not allowed\n".into() },
-        (_, None) => Answer { status: 404, content_type: "text/plain", body: "not found\n".into() },
-    };
-    let reason = match answer.status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let body = if method == "HEAD" { "" } else { answer.body.as_str() };
-    let response = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        answer.status,
-        answer.content_type,
-        answer.body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 impl State {

@@ -5,9 +5,11 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod drive;
 pub mod error;
 pub mod exit;
 pub mod health;
+pub mod http;
 pub mod lease;
 pub mod logging;
 pub mod run;

@@ -8,15 +8,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::Signal;
 
 use crate::cli::{Backend, Config, Mode, RunConfig, Wait};
+use crate::drive::{self, now};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::health::Health;
-use crate::lease::{Action, Elector, Now, Versioned, Write, WriteResult};
+use crate::lease::{Action, Elector, Versioned, Write};
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
 use crate::store::{Store, StoreError, Watch, WatchUpdate, backoff};
@@ -35,14 +34,6 @@ pub fn run(config: Config) -> Result<Exit> {
         }
         Config::Sidecar(sidecar) => crate::sidecar::sidecar(sidecar),
     }
-}
-
-/// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
-/// record read back compares equal to the one written.
-pub fn now() -> Now {
-    let wall = Timestamp::now();
-    let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
-    Now::at(Instant::now(), MicroTime(wall))
 }
 
 /// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
@@ -317,7 +308,7 @@ impl Campaign {
                     slot.retry_at = None;
                     slot.elector.write_sent(&write, Instant::now());
                     let name = slot.name.clone();
-                    in_flight = Some(Box::pin(async move { Outcome::Write(write_to(store, &name, &write).await) }));
+                    in_flight = Some(Box::pin(async move { Outcome::Write(store.write(&name, &write).await) }));
                 }
                 Action::WaitUntil(at) => wake = earliest(wake, at),
                 _ => {}
@@ -343,20 +334,17 @@ impl Campaign {
                             if let Err(err) = &result {
                                 health.api_error(err.kind());
                             }
-                            let applied = result.is_ok();
-                            let result = match result {
-                                Ok(stored) => WriteResult::Applied(stored),
-                                Err(StoreError::Conflict(_)) => WriteResult::Conflict,
+                            match &result {
                                 Err(err @ StoreError::Unknown(_)) => {
                                     tracing::warn!(error = %err, "renewal outcome unknown; reading the lease");
-                                    WriteResult::Unknown
                                 }
-                                Err(err) => {
+                                Err(err @ (StoreError::Transient(_) | StoreError::Fatal(_))) => {
                                     tracing::warn!(error = %err, "renewal failed");
-                                    WriteResult::NotApplied
                                 }
-                            };
-                            slot.elector.write_result(result, Instant::now());
+                                _ => {}
+                            }
+                            let applied = result.is_ok();
+                            slot.elector.write_result(drive::write_result(&result), Instant::now());
                             if let (true, Some(held)) = (applied, slot.elector.held()) {
                                 health.renewed(held.last_renew_sent, Instant::now());
                             }
@@ -394,13 +382,6 @@ enum Outcome {
     Write(std::result::Result<Versioned, StoreError>),
 }
 
-async fn write_to(store: &Store, name: &str, write: &Write) -> std::result::Result<Versioned, StoreError> {
-    match write {
-        Write::Create(record) => store.create(name, record).await,
-        Write::Replace { resource_version, record } => store.replace(name, resource_version, record).await,
-    }
-}
-
 /// Read one slot's lease. A failure that retrying may fix schedules a retry and is returned; one
 /// that it will not (forbidden, namespace missing, ...) is an error.
 async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), StoreError>> {
@@ -420,21 +401,13 @@ async fn read(store: &Store, slot: &mut Slot) -> Result<std::result::Result<(), 
 
 /// Send one acquisition write for a slot and feed the result to its elector.
 async fn send_write(store: &Store, slot: &mut Slot, write: Write) -> Result<std::result::Result<(), StoreError>> {
-    slot.elector.write_sent(&write, Instant::now());
-    let (result, failure) = match write_to(store, &slot.name, &write).await {
-        Ok(stored) => (WriteResult::Applied(stored), None),
-        Err(StoreError::Conflict(_)) => (WriteResult::Conflict, None),
-        Err(StoreError::Fatal(err)) => return Err(err),
-        Err(err @ StoreError::Unknown(_)) => (WriteResult::Unknown, Some(err)),
-        Err(err) => (WriteResult::NotApplied, Some(err)),
-    };
-    slot.elector.write_result(result, Instant::now());
-    match failure {
-        None => {
+    match drive::send(store, &slot.name, &mut slot.elector, &write).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => {
             slot.failures = 0;
             Ok(Ok(()))
         }
-        Some(err) => {
+        Err(StoreError::Fatal(err)) => Err(err),
+        Err(err) => {
             retry_later(slot, &err);
             Ok(Err(err))
         }
@@ -448,41 +421,14 @@ fn retry_later(slot: &mut Slot, err: &StoreError) {
     slot.retry_at = Some(Instant::now() + delay);
 }
 
-/// Give the lease up after the child is gone: holder cleared, duration 1s, with a compare-and-swap on a
-/// fresh timeout, so a waiter takes over at once. A lease that is no longer ours is never written.
+/// Give the lease up after the child is gone (see `drive::release`); a failure only means the lease
+/// expires after its duration instead.
 async fn release(store: &Store, slot: &mut Slot) {
-    for _attempt in 0..4 {
-        let Some(write) = slot.elector.release(now()) else {
-            slot.elector.released();
-            return;
-        };
-        slot.elector.write_sent(&write, Instant::now());
-        match write_to(store, &slot.name, &write).await {
-            Ok(stored) => {
-                slot.elector.write_result(WriteResult::Applied(stored), Instant::now());
-                slot.elector.released();
-                tracing::info!("released the lease");
-                return;
-            }
-            Err(StoreError::Fatal(err)) => {
-                tracing::warn!(error = %err, "cannot release the lease; it will expire");
-                break;
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "release did not go through; reading the lease again");
-                slot.elector.write_result(WriteResult::Unknown, Instant::now());
-                match store.get(&slot.name).await {
-                    Ok(current) => slot.elector.observe(current, Instant::now()),
-                    Err(err) => {
-                        tracing::debug!(error = %err, "reading the lease failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        }
+    match drive::release(store, &slot.name, &mut slot.elector).await {
+        Ok(true) => tracing::info!("released the lease"),
+        Ok(false) => tracing::debug!("the lease is no longer ours; nothing to release"),
+        Err(err) => tracing::warn!(error = %err, "could not release the lease; it will expire after its duration"),
     }
-    tracing::warn!("could not release the lease; it will expire after its duration");
-    slot.elector.released();
 }
 
 /// The next watch update from any slot.

@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::lease::Versioned;
+use crate::lease::{Versioned, Write};
 
 /// What can go wrong with one store call, in the terms the run loop acts on.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,14 @@ impl Store {
         match self {
             Store::Kube(store) => store.replace(name, resource_version, record).await,
             Store::File(store) => store.replace(name, resource_version, record).await,
+        }
+    }
+
+    /// Send one write of the elector's: a create or a compare-and-swap replace.
+    pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
+        match write {
+            Write::Create(record) => self.create(name, record).await,
+            Write::Replace { resource_version, record } => self.replace(name, resource_version, record).await,
         }
     }
 
