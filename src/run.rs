@@ -79,7 +79,9 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
 struct Slot {
     name: String,
     elector: Elector,
-    watch: Watch,
+    /// Started the first time this slot has to wait: an uncontended run needs no watch (and saves
+    /// the list and the watch requests, or the inotify set-up).
+    watch: Option<Watch>,
     /// Consecutive failed calls, and when to try again.
     failures: u32,
     retry_at: Option<Instant>,
@@ -112,7 +114,7 @@ impl Campaign {
             .lease_names()
             .into_iter()
             .map(|name| Slot {
-                watch: store.watch(&name, config.timing.retry_period),
+                watch: None,
                 elector: Elector::new(config.identity.clone(), config.timing),
                 name,
                 failures: 0,
@@ -192,7 +194,12 @@ impl Campaign {
                             return Ok(Acquired::Slot(index));
                         }
                     }
-                    Action::WaitUntil(at) => wake = earliest(wake, at),
+                    Action::WaitUntil(at) => {
+                        wake = earliest(wake, at);
+                        if slot.watch.is_none() {
+                            slot.watch = Some(self.store.watch(&slot.name, self.config.timing.retry_period));
+                        }
+                    }
                     Action::Lost(_) => slot.elector.forget_loss(),
                 }
             }
@@ -223,7 +230,7 @@ impl Campaign {
             }
             tokio::select! {
                 _ = sleep_until(wake) => {}
-                (index, update) = next_update(&mut self.slots) => {
+                Some((index, update)) = next_update(&mut self.slots) => {
                     self.slots[index].elector.observe_event(update, Instant::now());
                 }
                 event = self.supervisor.next_event() => match event {
@@ -352,10 +359,8 @@ impl Campaign {
                     }
                 }
                 _ = sleep_until(wake) => {}
-                update = slot.watch.updates.recv() => {
-                    if let Some(update) = update {
-                        slot.elector.observe_event(update, Instant::now());
-                    }
+                Some(update) = next_update(std::slice::from_mut(slot)) => {
+                    slot.elector.observe_event(update.1, Instant::now());
                 }
                 event = supervisor.next_event() => match event {
                     Event::Signal(signal) => {
@@ -431,18 +436,26 @@ async fn release(store: &Store, slot: &mut Slot) {
     }
 }
 
-/// The next watch update from any slot.
-async fn next_update(slots: &mut [Slot]) -> (usize, WatchUpdate) {
-    let receivers = slots.iter_mut().enumerate().map(|(index, slot)| {
-        Box::pin(async move {
-            match slot.watch.updates.recv().await {
-                Some(update) => (index, update),
-                // A watch task that ended (it never does on its own) must not spin the loop.
-                None => std::future::pending().await,
-            }
+/// The next watch update from any slot that has a watch; never ready while none has.
+async fn next_update(slots: &mut [Slot]) -> Option<(usize, WatchUpdate)> {
+    let receivers: Vec<_> = slots
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(index, slot)| Some((index, slot.watch.as_mut()?)))
+        .map(|(index, watch)| {
+            Box::pin(async move {
+                match watch.updates.recv().await {
+                    Some(update) => (index, update),
+                    // A watch task that ended (it never does on its own) must not spin the loop.
+                    None => std::future::pending().await,
+                }
+            })
         })
-    });
-    futures::future::select_all(receivers).await.0
+        .collect();
+    if receivers.is_empty() {
+        return std::future::pending().await;
+    }
+    Some(futures::future::select_all(receivers).await.0)
 }
 
 fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
