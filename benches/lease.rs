@@ -11,7 +11,8 @@
 //! Sections (`MPSYNC_BENCH_ONLY` picks some): `uncontended`, `handoff`, `takeover`, `memory` (runs
 //! together with `api`, whose window it uses), `api`. `MPSYNC_BENCH_BIN` runs another mpsync binary
 //! (for an A/B comparison of two builds); by default it is the one cargo builds for this bench (the
-//! release profile). `MPSYNC_BENCH_API_SECS` sets the API-load window (default 30).
+//! release profile). `MPSYNC_BENCH_API_SECS` sets the API-load window (default 30). `MPSYNC_BENCH_KEEP=1`
+//! keeps the temporary directory with every process's stderr (it is kept anyway when the bench fails).
 //!
 //! The machine this runs on may be small and shared, so: every comparison is measured in the same run,
 //! variants are interleaved in a fresh random order each round, and results are medians and p90s.
@@ -188,6 +189,28 @@ fn uncontended(ctx: &Ctx) -> String {
     }
     let requests = kube.server.requests();
     let runs = (3 + n) as f64;
+    // Where the time goes: the same runs again with `-vv`, split at mpsync's own log lines.
+    let phase_n = (n / 3).max(10);
+    let mut phase_rows = vec![(
+        "`mpsync lock --backend file -- true`",
+        phases(ctx, phase_n, || {
+            ctx.mpsync(&Backend::File(&file), &["lock", name, "-vv", "--", "true"])
+        }),
+    )];
+    if let Some(shm_file) = &shm_file {
+        phase_rows.push((
+            "`mpsync lock --backend file -- true`, tmpfs",
+            phases(ctx, phase_n, || {
+                ctx.mpsync(&Backend::File(shm_file), &["lock", name, "-vv", "--", "true"])
+            }),
+        ));
+    }
+    phase_rows.push((
+        "`mpsync lock -- true` (test API server)",
+        phases(ctx, phase_n, || {
+            ctx.mpsync(&Backend::Kube(&kube), &["lock", name, "-vv", "--", "true"])
+        }),
+    ));
     writeln!(
         out,
         "\nAPI requests per `mpsync lock -- true` on the test server: {} (by verb: {}).",
@@ -195,7 +218,105 @@ fn uncontended(ctx: &Ctx) -> String {
         by_verb(&requests, 1.0 / runs)
     )
     .unwrap();
+    writeln!(
+        out,
+        "\nWhere the time goes: medians in ms of {phase_n} more runs each with `-vv`, cut at mpsync's log lines \
+         (wall-clock timestamps; spawn and exit seen by the bench).\n\n\
+         | command | spawn → supervisor started | → lease acquired | → child started | child exited → released | released → exit (teardown) | total |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    )
+    .unwrap();
+    let inotify = inotify_close_ms(ctx, phase_n * 3);
+    for (label, rows) in &phase_rows {
+        let column = |i: usize| Stats::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>()).median;
+        writeln!(
+            out,
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            column(0),
+            column(1),
+            column(2),
+            column(3),
+            column(4),
+            column(5)
+        )
+        .unwrap();
+    }
+    let inotify = Stats::of(&inotify);
+    writeln!(
+        out,
+        "\nFor the teardown: on this kernel, `close()` of an inotify instance that watched a directory and saw an \
+         event takes median {:.2} ms, p90 {:.2} ms (N = {}; measured here, in the bench process). The file \
+         backend's watch thread closes one as mpsync exits.",
+        inotify.median, inotify.p90, inotify.n
+    )
+    .unwrap();
     out
+}
+
+/// The time `close(2)` of an inotify descriptor takes after a directory watch saw one event.
+fn inotify_close_ms(ctx: &Ctx, n: usize) -> Vec<f64> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = ctx.dir.join("inotify");
+    fs::create_dir_all(&dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let inotify = Inotify::init(InitFlags::IN_CLOEXEC).expect("inotify");
+            inotify
+                .add_watch(
+                    &dir,
+                    AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
+                )
+                .expect("inotify watch");
+            fs::write(dir.join(format!("f{i}")), "x").unwrap();
+            inotify.read_events().expect("an event");
+            let started = Instant::now();
+            drop(inotify);
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// Run `make()` (a `lock -vv -- true`) `n` times; per run: spawn → "supervisor started" → "acquired the
+/// lease" → "child started", "child exited" → "released the lease" → exit, and the total.
+fn phases(ctx: &Ctx, n: usize, make: impl Fn() -> Command) -> Vec<[f64; 6]> {
+    let marks = [
+        "supervisor started",
+        "acquired the lease",
+        "child started",
+        "child exited exit",
+        "released the lease",
+    ];
+    let stderr = ctx.dir.join("phases.stderr");
+    (0..n)
+        .map(|_| {
+            let mut command = make();
+            command.stderr(fs::File::create(&stderr).unwrap());
+            let spawned = epoch_micros();
+            let status = command.status().expect("spawn");
+            let exited = epoch_micros();
+            assert!(status.success(), "{command:?}: {status}");
+            let log = fs::read_to_string(&stderr).unwrap();
+            let at: Vec<i64> = marks
+                .iter()
+                .map(|mark| {
+                    let line = log
+                        .lines()
+                        .find(|l| l.contains(mark))
+                        .unwrap_or_else(|| panic!("no {mark:?} in:\n{log}"));
+                    parse_micro_time(line.split_whitespace().next().unwrap()).expect("a timestamp")
+                })
+                .collect();
+            let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
+            [
+                ms(spawned, at[0]),
+                ms(at[0], at[1]),
+                ms(at[1], at[2]),
+                ms(at[3], at[4]),
+                ms(at[4], exited),
+                ms(spawned, exited),
+            ]
+        })
+        .collect()
 }
 
 fn run_timed(command: &mut Command) -> f64 {
@@ -217,6 +338,9 @@ struct HandoffVariant<'a> {
     waiter: Box<dyn Fn(&str) -> Command + 'a>,
     /// Whether the waiter is now waiting (has read the lease and watches it).
     waiting: Box<dyn Fn(&mut Proc) -> bool + 'a>,
+    /// How long the waiter waits before the holder's child exits: uniform in [from, from + spread) ms. A
+    /// poller's spread covers its whole period, so that the release falls anywhere in its cycle.
+    settle: (u64, u64),
 }
 
 fn handoff(ctx: &Ctx) -> String {
@@ -266,15 +390,20 @@ fn handoff(ctx: &Ctx) -> String {
             waiting: Box::new(|waiter: &mut Proc| {
                 proc_stat(waiter.pid()).is_some_and(|s| s.comm == "flock" && s.state == 'S')
             }),
+            settle: WATCH_SETTLE,
         },
-        mpsync_variant(
-            ctx,
-            "mpsync, test API server, watch forbidden: polling (default `--retry-period 2s`)",
-            Backend::Kube(&polled),
-            name,
-            &[],
-            None,
-        ),
+        HandoffVariant {
+            // Its watch task lists again every jittered retry period (1–2 s).
+            settle: (150, 2000),
+            ..mpsync_variant(
+                ctx,
+                "mpsync, test API server, watch forbidden: polling (default `--retry-period 2s`)",
+                Backend::Kube(&polled),
+                name,
+                &[],
+                None,
+            )
+        },
     ];
     if let Some(shm_file) = &shm_file {
         variants.insert(
@@ -311,7 +440,7 @@ fn handoff(ctx: &Ctx) -> String {
         "\n## 2. Handoff latency (holder's child exits → waiter's child starts)\n\n\
          Both children stamp bash's `$EPOCHREALTIME` (same host, same clock, no fork): the holder's child as its \
          last act, the waiter's child as its first. The waiter has been waiting for 150–450 ms when the \
-         holder's child is told to exit. Variants interleaved, random order per round.\n\n\
+         holder's child is told to exit (the poller: 150–2150 ms, so that the release falls anywhere in its cycle). Variants interleaved, random order per round.\n\n\
          | variant | N | median ms | p90 ms | min ms | max ms |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for (variant, s) in variants.iter().zip(&samples) {
@@ -358,8 +487,12 @@ fn mpsync_variant<'a>(
         waiting: Box::new(move |waiter: &mut Proc| {
             waiter.stderr().contains("waiting") && watches.is_none_or(|server| server.watch_count() >= 2)
         }),
+        settle: WATCH_SETTLE,
     }
 }
+
+/// An event-driven waiter is settled after a moment; the spread only varies the timing a little.
+const WATCH_SETTLE: (u64, u64) = (150, 300);
 
 fn one_handoff(ctx: &Ctx, variant: &HandoffVariant<'_>, tag: &str) -> f64 {
     let go = ctx.dir.join(format!("go-{tag}"));
@@ -388,7 +521,8 @@ fn one_handoff(ctx: &Ctx, variant: &HandoffVariant<'_>, tag: &str) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(150 + ctx.random() % 300));
+    let (from, spread) = variant.settle;
+    std::thread::sleep(Duration::from_millis(from + ctx.random() % spread));
     release_fifo(&go);
     holder.expect_exit(0);
     waiter.expect_exit(0);
@@ -1082,7 +1216,9 @@ impl Drop for Ctx {
         if let Some(shm) = &self.shm {
             let _ = fs::remove_dir_all(shm);
         }
-        if !std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MPSYNC_BENCH_KEEP").is_some() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
