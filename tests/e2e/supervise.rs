@@ -331,3 +331,22 @@ fn read_until(master: &mut fs::File, needle: &str) -> String {
     }
     seen
 }
+
+/// The child's parent-death signal fires when the *thread* that forked it exits. mpsync forks from its
+/// main thread, so a helper thread that ends (tokio's blocking pool lets idle threads go after 10 s;
+/// resolving a host name uses one) must not kill the child. The kubeconfig names `localhost`, so the
+/// client resolves it on such a thread, and the child outlives the pool's 10 s keep-alive.
+#[test]
+fn child_outlives_mpsyncs_helper_threads() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let yaml = env.server().unwrap().kubeconfig_yaml("default").replace("127.0.0.1", "localhost");
+    let kubeconfig = env.path("localhost-kubeconfig");
+    fs::write(&kubeconfig, yaml).unwrap();
+    let name = env.lease_name("threads");
+    let mut command = env.mpsync(["lock", &name, "--", "sh", "-c", "sleep 11.5; exit 3"]);
+    command.env("MPSYNC_KUBECONFIG", &kubeconfig);
+    Proc::spawn(command, &env.dir).finish().assert_code(3);
+}
