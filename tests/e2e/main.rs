@@ -30,3 +30,4 @@ mod supervise;
 mod elect;
 mod backends;
 mod proxy;
+mod chaos;
