@@ -18,11 +18,14 @@
 //! last moment it *saw* the child alive (the time taken just before a read that found it alive: the child
 //! existed before that moment and after it, so it was alive at it) and the first moment it saw it dead.
 //!
-//! Faults, at random (`MPSYNC_CHAOS_SEED` replays a run): SIGKILL or SIGTERM of a wrapper, a partition of
-//! a proxy (usually the current holder's) for 3-6 s, latency above the renew deadline on a proxy for 4-6
-//! s, bursts of 5xx from the test server, and restarts of the test server. The last two are skipped
-//! against a real cluster (`MPSYNC_TEST_KUBECONFIG`). At most two proxies are faulted at once; every
-//! fault heals; the chaos lasts `MPSYNC_CHAOS_SECS` (default 60).
+//! Faults, one every 1-3 s, at random (`MPSYNC_CHAOS_SEED` replays the choices): SIGKILL or SIGTERM of a
+//! wrapper, a partition of a proxy for 4-6 s, latency (2.5-4 s, above the renew deadline) on a proxy for
+//! 4-6 s, bursts of 5xx from the test server, and restarts of the test server. The last two are skipped
+//! against a real cluster (`MPSYNC_TEST_KUBECONFIG`). Targeted faults hit the current holder three times in
+//! four. At most two proxies are faulted at once; every fault heals; the chaos lasts `MPSYNC_CHAOS_SECS`
+//! (default 60), then everything heals. Most children hold the lease for 100-800 ms (many handoffs), one in
+//! four for 2.5-5 s (longer than the renew deadline, so that a fault against the holder makes it lose).
+//! `MPSYNC_CHAOS_KEEP=DIR` copies the log and `history.txt` (faults, each wrapper's stderr) there.
 //!
 //! What the checker verifies (every check is built so that a violation it reports is a proof, never a
 //! guess; the price is that some real violations could go unseen):
@@ -79,6 +82,7 @@ use nix::unistd::Pid;
 
 use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
+use crate::support::apiserver;
 
 /// Short timings: renew_deadline + grace (3s) < lease_duration (4s); retry_period * 1.2 < renew_deadline.
 const TIMINGS: &[&str] =
@@ -512,8 +516,347 @@ struct Active {
     heal_at: Instant,
 }
 
+/// Chooses and applies the faults, heals them when due, and keeps the record.
+struct Injector<'a> {
+    chaos: &'a Chaos<'a>,
+    proxies: &'a [FaultProxy],
+    server: Option<&'a apiserver::TestApiServer>,
+    rng: Rng,
+    kinds: Vec<(Kind, u64)>,
+    active: Vec<Active>,
+    faults: Vec<Fault>,
+    next_fault: Instant,
+}
+
+impl Injector<'_> {
+    /// The chaos phase: a fault every 1-3 s after a calm start, until `length` has passed *and* every
+    /// proxy fault has healed (they must not be cut short: check 3 relies on their length).
+    fn run(&mut self, length: Duration) {
+        let end = Instant::now() + length;
+        self.next_fault = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end || !self.active.is_empty() {
+            self.heal_due();
+            if Instant::now() >= self.next_fault && Instant::now() < end {
+                self.inject();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn heal_due(&mut self) {
+        let now = Instant::now();
+        let (due, active): (Vec<Active>, Vec<Active>) = self.active.drain(..).partition(|a| a.heal_at <= now);
+        self.active = active;
+        for a in due {
+            let proxy = &self.proxies[a.contender];
+            // Read before healing: a lower bound of the moment traffic flows again.
+            self.faults[a.fault].healed = Some(epoch_nanos());
+            proxy.set_latency(Duration::ZERO);
+            proxy.heal();
+            // Connections blackholed by a partition never recover: reset them.
+            if self.faults[a.fault].kind == Kind::Partition {
+                proxy.drop_connections();
+            }
+        }
+    }
+
+    /// Heal everything that can be: the proxies, and 5xx still pending. Returns the moment, read first.
+    fn heal_all(&mut self) -> Nanos {
+        let healed = epoch_nanos();
+        if let Some(server) = self.server {
+            server.fail_next(0, 500);
+        }
+        for proxy in self.proxies {
+            proxy.set_latency(Duration::ZERO);
+            proxy.heal();
+        }
+        for fault in self.faults.iter_mut().filter(|f| f.healed.is_none()) {
+            fault.healed = Some(healed);
+        }
+        healed
+    }
+
+    fn pick_kind(&mut self) -> Kind {
+        let total: u64 = self.kinds.iter().map(|(_, weight)| weight).sum();
+        let mut pick = self.rng.below(total);
+        for &(kind, weight) in &self.kinds {
+            if pick < weight {
+                return kind;
+            }
+            pick -= weight;
+        }
+        unreachable!("weights add up")
+    }
+
+    fn inject(&mut self) {
+        let now = Instant::now();
+        let mut kind = self.pick_kind();
+        let faulted: Vec<usize> = self.active.iter().map(|a| a.contender).collect();
+        if matches!(kind, Kind::Partition | Kind::Latency) && faulted.len() >= MAX_FAULTED_PROXIES {
+            kind = if self.rng.percent(50) { Kind::Sigkill } else { Kind::Sigterm };
+        }
+        // Target the current holder most of the time, else any contender. Between two children nobody
+        // holds: then wait a little for the next holder.
+        let holder = self.chaos.holder();
+        let targeted = matches!(kind, Kind::Partition | Kind::Latency | Kind::Sigkill | Kind::Sigterm);
+        if targeted && holder.is_none() && self.rng.percent(90) {
+            self.next_fault = now + Duration::from_millis(100);
+            return;
+        }
+        self.next_fault = now + self.rng.millis(1000, 3000);
+        let mut target = match holder {
+            Some(holder) if self.rng.percent(75) => holder,
+            _ => self.rng.below(CONTENDERS as u64) as usize,
+        };
+        let about = |target: usize| if holder == Some(target) { "the holder" } else { "not the holder" };
+        let fault = match kind {
+            Kind::Partition | Kind::Latency => {
+                if faulted.contains(&target) {
+                    let free: Vec<usize> = (0..CONTENDERS).filter(|c| !faulted.contains(c)).collect();
+                    target = free[self.rng.below(free.len() as u64) as usize];
+                }
+                // Long enough for the loss to be certain (see check 3).
+                let length = self.rng.millis((RENEW_DEADLINE + CALL_TIMEOUT).as_millis() as u64 + 1000, 6000);
+                let wrapper = self.chaos.current_wrapper(target);
+                let before = epoch_nanos();
+                let detail = if kind == Kind::Partition {
+                    self.proxies[target].partition();
+                    format!("{}, for {length:?}", about(target))
+                } else {
+                    let latency = self.rng.millis(2500, 4000);
+                    self.proxies[target].set_latency(latency);
+                    format!("{}, {latency:?} for {length:?}", about(target))
+                };
+                let after = epoch_nanos();
+                self.active.push(Active { contender: target, fault: self.faults.len(), heal_at: Instant::now() + length });
+                Fault { kind, contender: Some(target), wrapper, before, after, healed: None, detail }
+            }
+            Kind::Sigkill | Kind::Sigterm => {
+                let signal = if kind == Kind::Sigkill { Signal::SIGKILL } else { Signal::SIGTERM };
+                let before = epoch_nanos();
+                let Some(wrapper) = self.chaos.signal_wrapper(target, signal) else { return };
+                let after = epoch_nanos();
+                let detail = about(target).to_string();
+                Fault { kind, contender: Some(target), wrapper: Some(wrapper), before, after, healed: Some(after), detail }
+            }
+            Kind::Api5xx => {
+                let server = self.server.expect("test server");
+                let count = 3 + self.rng.below(10) as usize;
+                let status = [500, 503, 504][self.rng.below(3) as usize];
+                let before = epoch_nanos();
+                server.fail_next(count, status);
+                let after = epoch_nanos();
+                let detail = format!("the next {count} requests answer {status}");
+                Fault { kind, contender: None, wrapper: None, before, after, healed: None, detail }
+            }
+            Kind::Restart => {
+                let server = self.server.expect("test server");
+                let before = epoch_nanos();
+                server.restart();
+                let after = epoch_nanos();
+                Fault { kind, contender: None, wrapper: None, before, after, healed: Some(after), detail: String::new() }
+            }
+        };
+        self.faults.push(fault);
+    }
+}
+
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// What a run produced, for the checks.
+struct History {
+    children: Vec<Child>,
+    wrappers: Vec<Wrapper>,
+    faults: Vec<Fault>,
+    /// When every fault was healed, and how long the first `HANDOFFS_AFTER_HEAL` children after it took.
+    healed: Nanos,
+    recovery: Option<Duration>,
+}
+
+impl History {
+    /// The children that stamped a start, in start order.
+    fn started(&self) -> Vec<&Child> {
+        let mut started: Vec<&Child> = self.children.iter().filter(|c| c.start.is_some()).collect();
+        started.sort_by_key(|c| c.start);
+        started
+    }
+}
+
+fn start_of(child: &Child) -> Nanos {
+    child.start.expect("started")
+}
+
+/// Check 1: no two children overlap (proofs only; unproven suspicions are printed).
+fn check_overlap(history: &History, violations: &mut Vec<String>) -> usize {
+    let mut latest: Option<&Child> = None;
+    let mut suspects = 0;
+    for child in history.started() {
+        if let Some(previous) = latest {
+            if start_of(child) < previous.proven_alive {
+                violations.push(format!(
+                    "overlap: {} started at {} while {} (started at {}) was proven alive until {}, {:.3}s later",
+                    child.identity,
+                    start_of(child),
+                    previous.identity,
+                    start_of(previous),
+                    previous.proven_alive,
+                    secs_between(start_of(child), previous.proven_alive),
+                ));
+            } else if previous.end.is_none()
+                && let Some(dead) = previous.seen_dead
+                && start_of(child) < dead
+            {
+                // Not a proof: the monitor may have noticed the death late.
+                suspects += 1;
+                eprintln!(
+                    "chaos: note: {} started {:.3}s before the monitor saw {} dead; its last sign of life was \
+                     {:.3}s before that start",
+                    child.identity,
+                    secs_between(start_of(child), dead),
+                    previous.identity,
+                    secs_between(previous.proven_alive, start_of(child)),
+                );
+            }
+        }
+        if latest.is_none_or(|l| child.proven_alive > l.proven_alive) {
+            latest = Some(child);
+        }
+    }
+    suspects
+}
+
+/// Check 2: fencing tokens strictly increase in start order.
+fn check_fencing(history: &History, violations: &mut Vec<String>) {
+    let started = history.started();
+    for pair in started.windows(2) {
+        match (pair[0].token, pair[1].token) {
+            (Some(a), Some(b)) if b > a => {}
+            (a, b) => violations.push(format!(
+                "fencing: {} (token {a:?}) started before {} (token {b:?})",
+                pair[0].identity, pair[1].identity
+            )),
+        }
+    }
+    for child in started.iter().filter(|c| c.token.is_none()) {
+        violations.push(format!("fencing: {} got no MPSYNC_FENCING_TOKEN", child.identity));
+    }
+}
+
+/// Check 3: a holder that lost the lease (partition, latency) or was killed stopped its child in time.
+/// Returns, per fault kind, how many children the check covered and the latest a child was proven alive
+/// after the fault (seconds).
+fn check_stop_on_loss(history: &History, violations: &mut Vec<String>) -> BTreeMap<&'static str, (usize, f64)> {
+    let by_identity: HashMap<&str, &Child> = history.children.iter().map(|c| (c.identity.as_str(), c)).collect();
+    let mut covered: BTreeMap<&'static str, (usize, f64)> = BTreeMap::new();
+    for fault in &history.faults {
+        let bound = match fault.kind {
+            Kind::Partition | Kind::Latency => RENEW_DEADLINE + GRACE + SLACK,
+            Kind::Sigkill => SLACK,
+            _ => continue,
+        };
+        let Some(child) = fault.wrapper.as_deref().and_then(|identity| by_identity.get(identity)) else { continue };
+        // Which children the argument covers (see the module comment): for a partition, those that
+        // started before it healed (traffic flows again after that: a later acquisition is legitimate);
+        // for latency, those that started before it began; for a SIGKILL, its only child.
+        let covered_until = match fault.kind {
+            Kind::Partition => fault.healed.expect("every partition healed"),
+            Kind::Latency => fault.before,
+            _ => Nanos::MAX,
+        };
+        if child.start.is_none_or(|start| start >= covered_until) {
+            continue;
+        }
+        let entry = covered.entry(fault.kind.name()).or_insert((0, f64::NEG_INFINITY));
+        entry.0 += 1;
+        entry.1 = entry.1.max(secs_between(fault.after, child.proven_alive));
+        if child.proven_alive > fault.after + nanos(bound) {
+            violations.push(format!(
+                "late stop: {}'s child (pid {}) was alive {:.3}s after the {} fault ({}) against its wrapper, \
+                 beyond the {bound:?} bound",
+                child.identity,
+                child.pid,
+                secs_between(fault.after, child.proven_alive),
+                fault.kind.name(),
+                fault.detail,
+            ));
+        }
+    }
+    covered
+}
+
+/// Check 4: handoffs went on after every fault healed.
+fn check_liveness(history: &History, violations: &mut Vec<String>) -> usize {
+    let after = history.started().iter().filter(|c| start_of(c) > history.healed).count();
+    if history.recovery.is_none() {
+        violations.push(format!(
+            "liveness: only {after} children started within {AFTER_HEAL_LIMIT:?} after every fault healed \
+             (want {HANDOFFS_AFTER_HEAL})"
+        ));
+    }
+    after
+}
+
+/// Check 5: every wrapper exited as documented, and each child's parent is the wrapper it names.
+fn check_exits(history: &History, violations: &mut Vec<String>) {
+    for wrapper in &history.wrappers {
+        let Some((_, status)) = wrapper.exit else {
+            violations.push(format!("exit: {} (pid {}) never exited", wrapper.identity, wrapper.pid));
+            continue;
+        };
+        let expected = match (status.code(), status.signal()) {
+            (Some(0 | 123 | 143), _) => true,
+            (None, Some(9)) => wrapper.sigkilled,
+            _ => false,
+        };
+        if !expected || wrapper.hung || wrapper.stderr.contains("panicked") {
+            violations.push(format!(
+                "exit: {} (pid {}) {status}{}; stderr:\n{}",
+                wrapper.identity,
+                wrapper.pid,
+                if wrapper.hung { ", hung after SIGTERM" } else { "" },
+                wrapper.stderr.trim_end()
+            ));
+        }
+    }
+    let pids: HashMap<&str, i32> = history.wrappers.iter().map(|w| (w.identity.as_str(), w.pid)).collect();
+    for child in &history.children {
+        if pids.get(child.identity.as_str()) != Some(&child.ppid) {
+            violations.push(format!(
+                "identity: child pid {} with MPSYNC_IDENTITY {} has parent {}, but that wrapper's pid is {:?}",
+                child.pid,
+                child.identity,
+                child.ppid,
+                pids.get(child.identity.as_str())
+            ));
+        }
+    }
+}
+
+/// The faults, the wrappers and their stderr, as text: written next to the log (kept on failure).
+fn describe(history: &History) -> String {
+    let origin = history.faults.first().map_or(0, |f| f.before);
+    let mut text = String::from("faults (seconds from the first):\n");
+    for fault in &history.faults {
+        let _ = writeln!(
+            text,
+            "  {:>8.3}s {:<9} {:<3} {:<7} {} {}",
+            secs_between(origin, fault.before),
+            fault.kind.name(),
+            fault.contender.map(|c| format!("c{c}")).unwrap_or_default(),
+            fault.wrapper.as_deref().unwrap_or(""),
+            fault.detail,
+            fault.healed.map(|h| format!("(healed at {:.3}s)", secs_between(origin, h))).unwrap_or_default(),
+        );
+    }
+    text.push_str("wrappers:\n");
+    for wrapper in &history.wrappers {
+        let exit = wrapper.exit.map(|(at, status)| format!("{status} at {:.3}s", secs_between(origin, at)));
+        let _ = writeln!(text, "== {} pid {} {}", wrapper.identity, wrapper.pid, exit.unwrap_or_default());
+        text.push_str(&wrapper.stderr);
+    }
+    text
 }
 
 #[test]
@@ -553,176 +896,46 @@ fn chaos_contenders_never_overlap_under_faults() {
         if real { ", real cluster: no 5xx bursts or restarts" } else { "" }
     );
     let began = Instant::now();
-    let mut faults: Vec<Fault> = Vec::new();
-    let mut after_heal: Option<(Nanos, Option<Duration>)> = None;
+    let mut kinds = vec![(Kind::Partition, 3), (Kind::Latency, 2), (Kind::Sigkill, 2), (Kind::Sigterm, 2)];
+    if !real {
+        kinds.extend([(Kind::Api5xx, 2), (Kind::Restart, 1)]);
+    }
+    let contender_seeds: Vec<u64> = (0..CONTENDERS).map(|_| rng.next()).collect();
+    let mut injector = Injector {
+        chaos: &chaos,
+        proxies: &proxies,
+        server: env.server(),
+        rng,
+        kinds,
+        active: Vec::new(),
+        faults: Vec::new(),
+        next_fault: Instant::now(),
+    };
 
-    thread::scope(|scope| {
+    let (healed, recovery) = thread::scope(|scope| {
         let monitor = scope.spawn(|| chaos.monitor.run(&chaos.log));
-        let contenders: Vec<_> = (0..CONTENDERS)
-            .map(|index| {
-                let seed = rng.next();
+        let contenders: Vec<_> = contender_seeds
+            .iter()
+            .enumerate()
+            .map(|(index, &seed)| {
                 let chaos = &chaos;
                 scope.spawn(move || chaos.contend(index, seed))
             })
             .collect();
 
-        // The chaos phase: faults at random, one every 0.5-2 s, after a calm start.
-        let chaos_end = Instant::now() + Duration::from_secs(chaos_secs);
-        let mut next_fault = Instant::now() + Duration::from_secs(2);
-        let mut active: Vec<Active> = Vec::new();
-        let mut kinds = vec![
-            (Kind::Partition, 3),
-            (Kind::Latency, 2),
-            (Kind::Sigkill, 2),
-            (Kind::Sigterm, 2),
-        ];
-        if !real {
-            kinds.extend([(Kind::Api5xx, 2), (Kind::Restart, 1)]);
-        }
-        let total_weight: u64 = kinds.iter().map(|(_, w)| w).sum();
-        // Proxy faults must not be cut short (check 3 relies on their length), so the phase ends when the
-        // time is up *and* every one of them has healed.
-        while Instant::now() < chaos_end || !active.is_empty() {
-            let now = Instant::now();
-            active.retain(|a| {
-                if now < a.heal_at {
-                    return true;
-                }
-                let proxy = &proxies[a.contender];
-                // Read before healing: a lower bound of the moment traffic flows again.
-                faults[a.fault].healed = Some(epoch_nanos());
-                proxy.set_latency(Duration::ZERO);
-                proxy.heal();
-                // Connections blackholed by a partition never recover: reset them.
-                if faults[a.fault].kind == Kind::Partition {
-                    proxy.drop_connections();
-                }
-                false
-            });
-            if now >= next_fault && now < chaos_end {
-                next_fault = now + rng.millis(500, 2000);
-                let mut pick = rng.below(total_weight);
-                let kind = kinds
-                    .iter()
-                    .find(|(_, w)| {
-                        let hit = pick < *w;
-                        pick = pick.saturating_sub(*w);
-                        hit
-                    })
-                    .map(|(k, _)| *k)
-                    .unwrap();
-                let faulted: Vec<usize> = active.iter().map(|a| a.contender).collect();
-                // Target the current holder most of the time, else any contender. Between two children
-                // nobody holds: then wait for the next holder, a little.
-                let holder = chaos.holder();
-                if holder.is_none()
-                    && matches!(kind, Kind::Partition | Kind::Latency | Kind::Sigkill | Kind::Sigterm)
-                    && rng.percent(90)
-                {
-                    next_fault = now + Duration::from_millis(100);
-                    thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                let mut target = match holder {
-                    Some(holder) if rng.percent(75) => holder,
-                    _ => rng.below(CONTENDERS as u64) as usize,
-                };
-                match kind {
-                    Kind::Partition | Kind::Latency => {
-                        if faulted.len() >= MAX_FAULTED_PROXIES {
-                            continue;
-                        }
-                        if faulted.contains(&target) {
-                            let free: Vec<usize> = (0..CONTENDERS).filter(|c| !faulted.contains(c)).collect();
-                            target = free[rng.below(free.len() as u64) as usize];
-                        }
-                        // Long enough for the loss to be certain (see check 3).
-                        let length = rng.millis(
-                            (RENEW_DEADLINE + CALL_TIMEOUT).as_millis() as u64 + 1000,
-                            if kind == Kind::Partition { 6000 } else { 6000 },
-                        );
-                        let wrapper = chaos.current_wrapper(target);
-                        let before = epoch_nanos();
-                        let detail = if kind == Kind::Partition {
-                            proxies[target].partition();
-                            format!("for {length:?}")
-                        } else {
-                            let latency = rng.millis(2500, 4000);
-                            proxies[target].set_latency(latency);
-                            format!("{latency:?} for {length:?}")
-                        };
-                        let after = epoch_nanos();
-                        active.push(Active { contender: target, fault: faults.len(), heal_at: Instant::now() + length });
-                        faults.push(Fault { kind, contender: Some(target), wrapper, before, after, healed: None, detail });
-                    }
-                    Kind::Sigkill | Kind::Sigterm => {
-                        let signal = if kind == Kind::Sigkill { Signal::SIGKILL } else { Signal::SIGTERM };
-                        let before = epoch_nanos();
-                        let Some(wrapper) = chaos.signal_wrapper(target, signal) else { continue };
-                        let after = epoch_nanos();
-                        let detail = if holder == Some(target) { "holder" } else { "not the holder" }.to_string();
-                        faults.push(Fault {
-                            kind,
-                            contender: Some(target),
-                            wrapper: Some(wrapper),
-                            before,
-                            after,
-                            healed: Some(after),
-                            detail,
-                        });
-                    }
-                    Kind::Api5xx => {
-                        let server = env.server().expect("test server");
-                        let count = 3 + rng.below(10) as usize;
-                        let status = [500, 503, 504][rng.below(3) as usize];
-                        let before = epoch_nanos();
-                        server.fail_next(count, status);
-                        let after = epoch_nanos();
-                        let detail = format!("next {count} requests answer {status}");
-                        faults.push(Fault { kind, contender: None, wrapper: None, before, after, healed: None, detail });
-                    }
-                    Kind::Restart => {
-                        let server = env.server().expect("test server");
-                        let before = epoch_nanos();
-                        server.restart();
-                        let after = epoch_nanos();
-                        faults.push(Fault {
-                            kind,
-                            contender: None,
-                            wrapper: None,
-                            before,
-                            after,
-                            healed: Some(after),
-                            detail: String::new(),
-                        });
-                    }
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        injector.run(Duration::from_secs(chaos_secs));
 
-        // Heal everything (the proxies already are), then handoffs must go on.
-        if let Some(server) = env.server() {
-            server.fail_next(0, 500);
-        }
-        for proxy in &proxies {
-            proxy.set_latency(Duration::ZERO);
-            proxy.heal();
-        }
-        let healed = epoch_nanos();
-        for fault in faults.iter_mut().filter(|f| f.healed.is_none()) {
-            fault.healed = Some(healed);
-        }
+        // Heal everything, then handoffs must go on.
+        let healed = injector.heal_all();
         let heal_instant = Instant::now();
-        let mut took = None;
+        let mut recovery = None;
         while heal_instant.elapsed() < AFTER_HEAL_LIMIT {
             if chaos.monitor.started_after(healed) >= HANDOFFS_AFTER_HEAL {
-                took = Some(heal_instant.elapsed());
+                recovery = Some(heal_instant.elapsed());
                 break;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        after_heal = Some((healed, took));
 
         // Stop: no new wrappers, SIGTERM the running ones (under the lock: no new one can slip in).
         {
@@ -741,197 +954,64 @@ fn chaos_contenders_never_overlap_under_faults() {
         }
         chaos.monitor.stop.store(true, Ordering::SeqCst);
         monitor.join().expect("monitor thread");
+        (healed, recovery)
     });
     let elapsed = began.elapsed();
 
-    // The checks.
-    let children = read_children(&chaos.log, &chaos.monitor);
-    let contenders = chaos.contenders.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let history = History {
+        children: read_children(&chaos.log, &chaos.monitor),
+        wrappers: std::mem::take(&mut lock(&chaos.contenders).wrappers),
+        faults: injector.faults,
+        healed,
+        recovery,
+    };
     let mut violations: Vec<String> = Vec::new();
-    let mut started: Vec<&Child> = children.iter().filter(|c| c.start.is_some()).collect();
-    started.sort_by_key(|c| c.start);
-    let start_of = |c: &Child| c.start.expect("started");
-    let by_identity: HashMap<&str, &Child> = children.iter().map(|c| (c.identity.as_str(), c)).collect();
-
-    // 1. No overlap.
-    let mut latest: Option<&Child> = None;
-    let mut suspects = 0;
-    for &child in &started {
-        if let Some(previous) = latest
-            && start_of(child) < previous.proven_alive
-        {
-            violations.push(format!(
-                "overlap: {} started at {} while {} (started {}) was proven alive until {} ({:.3}s later)",
-                child.identity,
-                start_of(child),
-                previous.identity,
-                start_of(previous),
-                previous.proven_alive,
-                secs_between(start_of(child), previous.proven_alive),
-            ));
-        } else if let Some(previous) = latest
-            && let Some(dead) = previous.seen_dead
-            && start_of(child) < dead
-            && previous.end.is_none()
-        {
-            // Not proven: the monitor may have noticed the death late.
-            suspects += 1;
-            eprintln!(
-                "chaos: note: {} started {:.3}s before the monitor saw {} dead (its last sign of life was {:.3}s \
-                 before that start)",
-                child.identity,
-                secs_between(start_of(child), dead),
-                previous.identity,
-                secs_between(previous.proven_alive, start_of(child)),
-            );
-        }
-        if latest.is_none_or(|l| child.proven_alive > l.proven_alive) {
-            latest = Some(child);
-        }
-    }
-
-    // 2. Fencing tokens strictly increase in start order.
-    for pair in started.windows(2) {
-        match (pair[0].token, pair[1].token) {
-            (Some(a), Some(b)) if b > a => {}
-            (a, b) => violations.push(format!(
-                "fencing: {} (token {a:?}) started before {} (token {b:?})",
-                pair[0].identity, pair[1].identity
-            )),
-        }
-    }
-    for child in started.iter().filter(|c| c.token.is_none()) {
-        violations.push(format!("fencing: {} got no MPSYNC_FENCING_TOKEN", child.identity));
-    }
-
-    // 3. A holder that lost the lease (partition, latency) or was killed stopped its child in time.
-    let mut checked_losses = 0;
-    for fault in &faults {
-        let (Some(identity), bound) = (
-            fault.wrapper.as_deref(),
-            match fault.kind {
-                Kind::Partition | Kind::Latency => nanos(RENEW_DEADLINE + GRACE + SLACK),
-                Kind::Sigkill => nanos(SLACK),
-                _ => continue,
-            },
-        ) else {
-            continue;
-        };
-        let Some(child) = by_identity.get(identity) else { continue };
-        // Which children the argument covers (see the module comment): for a partition, those that
-        // started before it healed (traffic flowed again after that, a later acquisition is legitimate);
-        // for latency, those that started before it began.
-        let covered_until = match fault.kind {
-            Kind::Partition => fault.healed.expect("every partition healed"),
-            Kind::Latency => fault.before,
-            _ => Nanos::MAX,
-        };
-        if child.start.is_none_or(|s| s >= covered_until) {
-            continue;
-        }
-        checked_losses += 1;
-        let limit = fault.after + bound;
-        if child.proven_alive > limit {
-            violations.push(format!(
-                "late stop: {}'s child (pid {}) was alive {:.3}s after the {} fault ({}) against its wrapper, \
-                 beyond the {:.1}s bound",
-                identity,
-                child.pid,
-                secs_between(fault.after, child.proven_alive),
-                fault.kind.name(),
-                fault.detail,
-                bound as f64 / 1e9,
-            ));
-        }
-    }
-
-    // 4. Handoffs go on after the faults heal.
-    let (healed, took) = after_heal.expect("healed");
-    let after = started.iter().filter(|c| start_of(c) > healed).count();
-    if took.is_none() {
-        violations.push(format!(
-            "liveness: only {after} children started within {AFTER_HEAL_LIMIT:?} after every fault healed \
-             (want {HANDOFFS_AFTER_HEAL})"
-        ));
-    }
-
-    // 5. Every wrapper exited as documented.
-    for wrapper in &contenders.wrappers {
-        let Some((_, status)) = wrapper.exit else {
-            violations.push(format!("exit: {} (pid {}) never exited", wrapper.identity, wrapper.pid));
-            continue;
-        };
-        let expected = match (status.code(), status.signal()) {
-            (Some(0 | 123 | 143), _) => true,
-            (None, Some(9)) => wrapper.sigkilled && !wrapper.hung,
-            _ => false,
-        };
-        if !expected || wrapper.hung || wrapper.stderr.contains("panicked") {
-            violations.push(format!(
-                "exit: {} (pid {}) {}{}; stderr:\n{}",
-                wrapper.identity,
-                wrapper.pid,
-                status,
-                if wrapper.hung { ", hung after SIGTERM" } else { "" },
-                wrapper.stderr.trim_end()
-            ));
-        }
-    }
-
-    let pids: HashMap<&str, i32> = contenders.wrappers.iter().map(|w| (w.identity.as_str(), w.pid)).collect();
-    for child in &children {
-        if pids.get(child.identity.as_str()) != Some(&child.ppid) {
-            violations.push(format!(
-                "identity: child pid {} with MPSYNC_IDENTITY {} has parent {}, but that wrapper's pid is {:?}",
-                child.pid,
-                child.identity,
-                child.ppid,
-                pids.get(child.identity.as_str())
-            ));
-        }
-    }
+    let suspects = check_overlap(&history, &mut violations);
+    check_fencing(&history, &mut violations);
+    let covered = check_stop_on_loss(&history, &mut violations);
+    let after_heal = check_liveness(&history, &mut violations);
+    check_exits(&history, &mut violations);
 
     // The report.
-    let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
-    for fault in &faults {
-        *by_kind.entry(fault.kind).or_default() += 1;
+    let description = describe(&history);
+    fs::write(env.path("history.txt"), &description).unwrap();
+    if let Some(keep) = std::env::var_os("MPSYNC_CHAOS_KEEP") {
+        let keep = PathBuf::from(keep);
+        fs::create_dir_all(&keep).unwrap();
+        fs::copy(&chaos.log, keep.join("chaos.log")).unwrap();
+        fs::write(keep.join("history.txt"), &description).unwrap();
     }
-    let fault_counts = by_kind.iter().map(|(k, n)| format!("{}: {n}", k.name())).collect::<Vec<_>>().join(", ");
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for fault in &history.faults {
+        *by_kind.entry(fault.kind.name()).or_default() += 1;
+    }
+    let fault_counts = by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ");
     let mut exits: BTreeMap<String, usize> = BTreeMap::new();
-    for wrapper in &contenders.wrappers {
-        let key = match wrapper.exit.map(|(_, s)| s) {
+    for wrapper in &history.wrappers {
+        let key = match wrapper.exit.map(|(_, status)| status) {
             Some(status) => status.code().map_or_else(|| format!("signal {}", status.signal().unwrap_or(0)), |c| c.to_string()),
             None => "running".into(),
         };
         *exits.entry(key).or_default() += 1;
     }
-    let killed = started.iter().filter(|c| c.end.is_none()).count();
-    let termed = started.iter().filter(|c| c.term).count();
-    let mut report = String::new();
-    for fault in &faults {
-        let _ = writeln!(
-            report,
-            "  {:>8.3}s {:<9} {:<9} {} {}",
-            secs_between(faults[0].before, fault.before),
-            fault.kind.name(),
-            fault.contender.map(|c| format!("c{c}")).unwrap_or_default(),
-            fault.wrapper.as_deref().unwrap_or(""),
-            fault.detail,
-        );
-    }
-    eprintln!("chaos: faults:\n{report}");
+    let started = history.started();
+    let mut gaps: Vec<f64> = started
+        .windows(2)
+        .filter_map(|pair| Some(secs_between(pair[0].end?, start_of(pair[1]))))
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    eprintln!("chaos: faults:\n{}", description.split("wrappers:\n").next().unwrap_or_default());
     eprintln!(
-        "chaos: {} children ({} ended by their TERM trap, {} killed without an end stamp), wrapper exits {:?}, \
-         {} losses checked against their bound, {} unproven late deaths, {} children started after the heal \
-         (the first {HANDOFFS_AFTER_HEAL} within {:?}), ran {:.1}s",
+        "chaos: {} children ({} ended by their TERM trap, {} without an end stamp); wrapper exits {exits:?}; \
+         handoff after a clean end: median {:.3}s, max {:.3}s; checked against a stop bound (count, latest \
+         sign of life after the fault): {covered:.3?}; {suspects} unproven late deaths; {after_heal} children started after the heal (the first \
+         {HANDOFFS_AFTER_HEAL} within {:?}); ran {:.1}s",
         started.len(),
-        termed,
-        killed,
-        exits,
-        checked_losses,
-        suspects,
-        after,
-        took,
+        started.iter().filter(|c| c.term).count(),
+        started.iter().filter(|c| c.end.is_none()).count(),
+        gaps.get(gaps.len() / 2).copied().unwrap_or(0.0),
+        gaps.last().copied().unwrap_or(0.0),
+        history.recovery,
         elapsed.as_secs_f64(),
     );
     for violation in &violations {
@@ -947,7 +1027,7 @@ fn chaos_contenders_never_overlap_under_faults() {
     }
     assert!(
         violations.is_empty(),
-        "{} violations (seed {seed}); the log and each wrapper's stderr are kept in {}",
+        "{} violations (seed {seed}); the log and history.txt (faults, each wrapper's stderr) are kept in {}",
         violations.len(),
         env.dir.display()
     );
