@@ -97,6 +97,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(3);
 
 const CONTENDERS: usize = 4;
+/// How long a fault waits for a suitable target (a holder; for a partition or latency, one whose child
+/// holds for long) before it goes ahead anyway.
+const PATIENCE_FOR_TARGET: Duration = Duration::from_secs(3);
 /// At most this many proxies faulted at once, so that some contenders can always make progress.
 const MAX_FAULTED_PROXIES: usize = 2;
 const DEFAULT_CHAOS_SECS: u64 = 60;
@@ -200,6 +203,8 @@ struct Wrapper {
     sigkilled: bool,
     /// Sent SIGTERM by the test (a fault, or the stop at the end).
     sigtermed: bool,
+    /// Its child holds for longer than the renew deadline.
+    long: bool,
     hung: bool,
 }
 
@@ -282,12 +287,12 @@ impl Monitor {
     }
 
     /// The identity of the child that started last and is still running, if any.
-    fn running(&self) -> Option<String> {
+    fn running(&self) -> Option<(String, Nanos)> {
         lock(&self.children)
             .iter()
             .filter(|(_, s)| !s.ended && s.first_seen_dead.is_none())
             .max_by_key(|(_, s)| s.start)
-            .map(|(identity, _)| identity.clone())
+            .map(|(identity, s)| (identity.clone(), s.start))
     }
 
     fn started_after(&self, at: Nanos) -> usize {
@@ -450,6 +455,7 @@ impl Chaos<'_> {
                     stderr: String::new(),
                     sigkilled: false,
                     sigtermed: false,
+                    long: beats * 50 > RENEW_DEADLINE.as_millis() as u64,
                     hung: false,
                 });
                 contenders.current[index] = Some(contenders.wrappers.len() - 1);
@@ -505,10 +511,13 @@ impl Chaos<'_> {
         contenders.current[index].map(|slot| contenders.wrappers[slot].identity.clone())
     }
 
-    /// The contender whose child runs now, if any.
-    fn holder(&self) -> Option<usize> {
-        let identity = self.monitor.running()?;
-        identity.strip_prefix('c')?.split('-').next()?.parse().ok()
+    /// The contender whose child runs now, if any, and whether that child is a long one that started
+    /// less than a second ago (it will still run when the renew deadline passes).
+    fn holder(&self) -> Option<(usize, bool)> {
+        let (identity, start) = self.monitor.running()?;
+        let contender = identity.strip_prefix('c')?.split('-').next()?.parse().ok()?;
+        let long = lock(&self.contenders).wrappers.iter().any(|w| w.identity == identity && w.long);
+        Some((contender, long && epoch_nanos() < start + nanos(Duration::from_secs(1))))
     }
 }
 
@@ -529,6 +538,8 @@ struct Injector<'a> {
     active: Vec<Active>,
     faults: Vec<Fault>,
     next_fault: Instant,
+    /// A fault chosen and waiting for a suitable target, until the moment it goes ahead anyway.
+    pending: Option<(Kind, Instant)>,
 }
 
 impl Injector<'_> {
@@ -593,19 +604,30 @@ impl Injector<'_> {
 
     fn inject(&mut self) {
         let now = Instant::now();
-        let mut kind = self.pick_kind();
+        let (mut kind, wait_until) = match self.pending.take() {
+            Some(pending) => pending,
+            None => (self.pick_kind(), now + PATIENCE_FOR_TARGET),
+        };
         let faulted: Vec<usize> = self.active.iter().map(|a| a.contender).collect();
         if matches!(kind, Kind::Partition | Kind::Latency) && faulted.len() >= MAX_FAULTED_PROXIES {
             kind = if self.rng.percent(50) { Kind::Sigkill } else { Kind::Sigterm };
         }
         // Target the current holder most of the time, else any contender. Between two children nobody
-        // holds: then wait a little for the next holder.
+        // holds: then wait a little for the next holder. A partition or latency waits a little for a
+        // holder whose child just started a long hold: that holder will lose the lease; one whose child
+        // ends within the renew deadline would not.
         let holder = self.chaos.holder();
-        let targeted = matches!(kind, Kind::Partition | Kind::Latency | Kind::Sigkill | Kind::Sigterm);
-        if targeted && holder.is_none() && self.rng.percent(90) {
-            self.next_fault = now + Duration::from_millis(100);
+        let wanted = match kind {
+            Kind::Partition | Kind::Latency => holder.is_some_and(|(_, long)| long),
+            Kind::Sigkill | Kind::Sigterm => holder.is_some(),
+            Kind::Api5xx | Kind::Restart => true,
+        };
+        if !wanted && now < wait_until {
+            self.pending = Some((kind, wait_until));
+            self.next_fault = now + Duration::from_millis(50);
             return;
         }
+        let holder = holder.map(|(contender, _)| contender);
         self.next_fault = now + self.rng.millis(1000, 3000);
         let mut target = match holder {
             Some(holder) if self.rng.percent(75) => holder,
@@ -916,6 +938,7 @@ fn chaos_contenders_never_overlap_under_faults() {
         active: Vec::new(),
         faults: Vec::new(),
         next_fault: Instant::now(),
+        pending: None,
     };
 
     let (healed, recovery) = thread::scope(|scope| {
