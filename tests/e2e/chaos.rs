@@ -287,12 +287,12 @@ impl Monitor {
     }
 
     /// The identity of the child that started last and is still running, if any.
-    fn running(&self) -> Option<(String, Nanos)> {
+    fn running(&self) -> Option<(String, Sighting)> {
         lock(&self.children)
             .iter()
             .filter(|(_, s)| !s.ended && s.first_seen_dead.is_none())
             .max_by_key(|(_, s)| s.start)
-            .map(|(identity, s)| (identity.clone(), s.start))
+            .map(|(identity, s)| (identity.clone(), s.clone()))
     }
 
     fn started_after(&self, at: Nanos) -> usize {
@@ -495,6 +495,40 @@ impl Chaos<'_> {
         }
     }
 
+    /// Run the monitor and one contender per seed while `body` runs; then stop them all: no new
+    /// wrappers, SIGTERM to the running ones (under the lock, so that no new one slips in), and wait
+    /// until the monitor has seen every child dead (within a limit).
+    fn run<R>(&self, seeds: &[u64], body: impl FnOnce() -> R) -> R {
+        thread::scope(|scope| {
+            let monitor = scope.spawn(|| self.monitor.run(&self.log));
+            let contenders: Vec<_> = seeds
+                .iter()
+                .enumerate()
+                .map(|(index, &seed)| scope.spawn(move || self.contend(index, seed)))
+                .collect();
+            let result = body();
+            {
+                let mut contenders = lock(&self.contenders);
+                contenders.stop = true;
+                for slot in contenders.current.into_iter().flatten() {
+                    let wrapper = &mut contenders.wrappers[slot];
+                    wrapper.sigtermed = true;
+                    let _ = kill(Pid::from_raw(wrapper.pid), Signal::SIGTERM);
+                }
+            }
+            for contender in contenders {
+                contender.join().expect("contender thread");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.monitor.all_dead() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            self.monitor.stop.store(true, Ordering::SeqCst);
+            monitor.join().expect("monitor thread");
+            result
+        })
+    }
+
     /// Send `signal` to contender `index`'s current wrapper; its identity if there was one.
     fn signal_wrapper(&self, index: usize, signal: Signal) -> Option<String> {
         let mut contenders = lock(&self.contenders);
@@ -514,10 +548,10 @@ impl Chaos<'_> {
     /// The contender whose child runs now, if any, and whether that child is a long one that started
     /// less than a second ago (it will still run when the renew deadline passes).
     fn holder(&self) -> Option<(usize, bool)> {
-        let (identity, start) = self.monitor.running()?;
+        let (identity, sighting) = self.monitor.running()?;
         let contender = identity.strip_prefix('c')?.split('-').next()?.parse().ok()?;
         let long = lock(&self.contenders).wrappers.iter().any(|w| w.identity == identity && w.long);
-        Some((contender, long && epoch_nanos() < start + nanos(Duration::from_secs(1))))
+        Some((contender, long && epoch_nanos() < sighting.start + nanos(Duration::from_secs(1))))
     }
 }
 
@@ -941,17 +975,7 @@ fn chaos_contenders_never_overlap_under_faults() {
         pending: None,
     };
 
-    let (healed, recovery) = thread::scope(|scope| {
-        let monitor = scope.spawn(|| chaos.monitor.run(&chaos.log));
-        let contenders: Vec<_> = contender_seeds
-            .iter()
-            .enumerate()
-            .map(|(index, &seed)| {
-                let chaos = &chaos;
-                scope.spawn(move || chaos.contend(index, seed))
-            })
-            .collect();
-
+    let (healed, recovery) = chaos.run(&contender_seeds, || {
         injector.run(Duration::from_secs(chaos_secs));
 
         // Heal everything, then handoffs must go on.
@@ -965,26 +989,6 @@ fn chaos_contenders_never_overlap_under_faults() {
             }
             thread::sleep(Duration::from_millis(20));
         }
-
-        // Stop: no new wrappers, SIGTERM the running ones (under the lock: no new one can slip in).
-        {
-            let mut contenders = lock(&chaos.contenders);
-            contenders.stop = true;
-            for slot in contenders.current.into_iter().flatten() {
-                let wrapper = &mut contenders.wrappers[slot];
-                wrapper.sigtermed = true;
-                let _ = kill(Pid::from_raw(wrapper.pid), Signal::SIGTERM);
-            }
-        }
-        for contender in contenders {
-            contender.join().expect("contender thread");
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !chaos.monitor.all_dead() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        chaos.monitor.stop.store(true, Ordering::SeqCst);
-        monitor.join().expect("monitor thread");
         (healed, recovery)
     });
     let elapsed = began.elapsed();
@@ -1063,4 +1067,63 @@ fn chaos_contenders_never_overlap_under_faults() {
         env.dir.display()
     );
     assert!(started.len() > HANDOFFS_AFTER_HEAL, "too few children ran: {}", started.len());
+}
+
+/// The checker is not vacuous: a holder frozen (SIGSTOP to mpsync and to its child's group) for longer than
+/// the lease, which the README lists among what mpsync cannot guarantee, lets another child start while the
+/// frozen one still exists, and check 1 proves the overlap.
+#[test]
+fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
+    let env = TestEnv::kube();
+    let chaos = Chaos {
+        env: &env,
+        name: env.lease_name("frozen"),
+        log: env.path("chaos.log"),
+        kubeconfigs: vec![env.kubeconfig.clone(); 2],
+        contenders: Mutex::new(Contenders::default()),
+        monitor: Monitor::default(),
+    };
+    let mut rng = Rng::new(epoch_nanos() as u64);
+    let seeds = [rng.next(), rng.next()];
+    let frozen = chaos.run(&seeds, || {
+        // A holder whose child just started a long hold: it will still run when the lease expires.
+        let deadline = Instant::now() + PATIENCE;
+        let (identity, child) = loop {
+            if let Some((identity, sighting)) = chaos.monitor.running()
+                && lock(&chaos.contenders).wrappers.iter().any(|w| w.identity == identity && w.long)
+                && epoch_nanos() < sighting.start + nanos(Duration::from_millis(500))
+            {
+                break (identity, sighting.pid);
+            }
+            assert!(Instant::now() < deadline, "no long child started within {PATIENCE:?}");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let wrapper = lock(&chaos.contenders).wrappers.iter().find(|w| w.identity == identity).expect("wrapper").pid;
+        let group = Pid::from_raw(-child);
+        let _ = kill(Pid::from_raw(wrapper), Signal::SIGSTOP);
+        let _ = kill(group, Signal::SIGSTOP);
+        let frozen_at = epoch_nanos();
+        let deadline = Instant::now() + PATIENCE;
+        while chaos.monitor.started_after(frozen_at) == 0 {
+            assert!(Instant::now() < deadline, "nobody took over from a frozen holder within {PATIENCE:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(group, Signal::SIGCONT);
+        let _ = kill(Pid::from_raw(wrapper), Signal::SIGCONT);
+        identity
+    });
+    let history = History {
+        children: read_children(&chaos.log, &chaos.monitor),
+        wrappers: std::mem::take(&mut lock(&chaos.contenders).wrappers),
+        faults: Vec::new(),
+        healed: 0,
+        recovery: None,
+    };
+    let mut violations = Vec::new();
+    check_overlap(&history, &mut violations);
+    eprintln!("chaos: the checker on a frozen holder ({frozen}): {violations:#?}");
+    assert!(
+        violations.iter().any(|v| v.starts_with("overlap:") && v.contains(&format!("while {frozen} "))),
+        "check 1 missed the overlap of the frozen holder {frozen}: {violations:?}"
+    );
 }
