@@ -25,6 +25,8 @@
 //! four. At most two proxies are faulted at once; every fault heals; the chaos lasts `MPSYNC_CHAOS_SECS`
 //! (default 60), then everything heals. Most children hold the lease for 100-800 ms (many handoffs), one in
 //! four for 2.5-5 s (longer than the renew deadline, so that a fault against the holder makes it lose).
+//! A run takes about `MPSYNC_CHAOS_SECS` + 10 s, and at most `MPSYNC_CHAOS_SECS` + 60 s whatever happens
+//! (the limits: `AFTER_HEAL_LIMIT`, `STOP_LIMIT`, and 5 s for the monitor to see the last children die).
 //! `MPSYNC_CHAOS_KEEP=DIR` copies the log and `history.txt` (faults, each wrapper's stderr) there.
 //!
 //! What the checker verifies (every check is built so that a violation it reports is a proof, never a
@@ -111,13 +113,17 @@ const CONTENDERS: usize = 4;
 /// How long a fault waits for a suitable target (a holder; for a partition or latency, one whose child
 /// holds for long) before it goes ahead anyway.
 const PATIENCE_FOR_TARGET: Duration = Duration::from_secs(3);
+/// How long a partition or latency lasts: long enough for the loss to be certain (see check 3).
+const PROXY_FAULT_MIN: Duration = Duration::from_secs(4);
+const PROXY_FAULT_MAX: Duration = Duration::from_secs(6);
+const _: () = assert!(PROXY_FAULT_MIN.as_millis() > RENEW_DEADLINE.as_millis() + CALL_TIMEOUT.as_millis());
 /// At most this many proxies faulted at once, so that some contenders can always make progress.
 const MAX_FAULTED_PROXIES: usize = 2;
 const DEFAULT_CHAOS_SECS: u64 = 60;
 const HANDOFFS_AFTER_HEAL: usize = 3;
-const AFTER_HEAL_LIMIT: Duration = Duration::from_secs(60);
+const AFTER_HEAL_LIMIT: Duration = Duration::from_secs(40);
 /// How long a wrapper may take to exit after the final SIGTERM before it counts as hung (and is killed).
-const STOP_LIMIT: Duration = Duration::from_secs(30);
+const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 type Nanos = u128;
 
@@ -548,7 +554,7 @@ impl Chaos<'_> {
             for contender in contenders {
                 contender.join().expect("contender thread");
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(5);
             while !self.monitor.all_dead() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(20));
             }
@@ -609,17 +615,19 @@ struct Injector<'a> {
     next_fault: Instant,
     /// A fault chosen and waiting for a suitable target, until the moment it goes ahead anyway.
     pending: Option<(Kind, Instant)>,
+    /// The end of the chaos phase: proxy faults must heal by then.
+    end: Instant,
 }
 
 impl Injector<'_> {
-    /// The chaos phase: a fault every 1-3 s after a calm start, until `length` has passed *and* every
-    /// proxy fault has healed (they must not be cut short: check 3 relies on their length).
+    /// The chaos phase: a fault every 1-3 s after a calm start, for `length`. A proxy fault must not be
+    /// cut short (check 3 relies on its length): none starts that would outlast the phase.
     fn run(&mut self, length: Duration) {
-        let end = Instant::now() + length;
+        self.end = Instant::now() + length;
         self.next_fault = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < end || !self.active.is_empty() {
+        while Instant::now() < self.end || !self.active.is_empty() {
             self.heal_due();
-            if Instant::now() >= self.next_fault && Instant::now() < end {
+            if Instant::now() >= self.next_fault && Instant::now() < self.end {
                 self.inject();
             }
             thread::sleep(Duration::from_millis(20));
@@ -678,7 +686,12 @@ impl Injector<'_> {
             None => (self.pick_kind(), now + PATIENCE_FOR_TARGET),
         };
         let faulted: Vec<usize> = self.active.iter().map(|a| a.contender).collect();
-        if matches!(kind, Kind::Partition | Kind::Latency) && faulted.len() >= MAX_FAULTED_PROXIES {
+        let length = self
+            .rng
+            .millis(PROXY_FAULT_MIN.as_millis() as u64, PROXY_FAULT_MAX.as_millis() as u64);
+        if matches!(kind, Kind::Partition | Kind::Latency)
+            && (faulted.len() >= MAX_FAULTED_PROXIES || now + length > self.end)
+        {
             kind = if self.rng.percent(50) {
                 Kind::Sigkill
             } else {
@@ -719,10 +732,6 @@ impl Injector<'_> {
                     let free: Vec<usize> = (0..CONTENDERS).filter(|c| !faulted.contains(c)).collect();
                     target = free[self.rng.below(free.len() as u64) as usize];
                 }
-                // Long enough for the loss to be certain (see check 3).
-                let length = self
-                    .rng
-                    .millis((RENEW_DEADLINE + CALL_TIMEOUT).as_millis() as u64 + 1000, 6000);
                 let wrapper = self.chaos.current_wrapper(target);
                 let before = epoch_nanos();
                 let detail = if kind == Kind::Partition {
@@ -1091,6 +1100,7 @@ fn chaos_contenders_never_overlap_under_faults() {
         faults: Vec::new(),
         next_fault: Instant::now(),
         pending: None,
+        end: Instant::now(),
     };
 
     let (healed, recovery) = chaos.run(&contender_seeds, || {
