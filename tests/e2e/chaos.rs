@@ -18,7 +18,8 @@
 //! last moment it *saw* the child alive (the time taken just before a read that found it alive: the child
 //! existed before that moment and after it, so it was alive at it) and the first moment it saw it dead.
 //!
-//! Faults, one every 1-3 s, at random (`MPSYNC_CHAOS_SEED` replays the choices): SIGKILL or SIGTERM of a
+//! Faults, one every 1-3 s, drawn at random from a shuffled deck so that every kind comes up in each
+//! deck's worth (`MPSYNC_CHAOS_SEED` replays the draws, not the timing): SIGKILL or SIGTERM of a
 //! wrapper, a partition of a proxy for 4-6 s, latency (2.5-4 s, above the renew deadline) on a proxy for
 //! 4-6 s, bursts of 5xx from the test server, and restarts of the test server. The last two are skipped
 //! against a real cluster (`MPSYNC_TEST_KUBECONFIG`). Targeted faults hit the current holder three times in
@@ -610,6 +611,7 @@ struct Injector<'a> {
     server: Option<&'a apiserver::TestApiServer>,
     rng: Rng,
     kinds: Vec<(Kind, u64)>,
+    deck: Vec<Kind>,
     active: Vec<Active>,
     faults: Vec<Fault>,
     next_fault: Instant,
@@ -667,16 +669,21 @@ impl Injector<'_> {
         healed
     }
 
+    /// The next kind from a shuffled deck holding each kind `weight` times: every kind comes up in every
+    /// deck's worth of faults (12 with the test server), not just on average.
     fn pick_kind(&mut self) -> Kind {
-        let total: u64 = self.kinds.iter().map(|(_, weight)| weight).sum();
-        let mut pick = self.rng.below(total);
-        for &(kind, weight) in &self.kinds {
-            if pick < weight {
-                return kind;
+        if self.deck.is_empty() {
+            self.deck = self
+                .kinds
+                .iter()
+                .flat_map(|&(kind, weight)| (0..weight).map(move |_| kind))
+                .collect();
+            for i in (1..self.deck.len()).rev() {
+                let j = self.rng.below(i as u64 + 1) as usize;
+                self.deck.swap(i, j);
             }
-            pick -= weight;
         }
-        unreachable!("weights add up")
+        self.deck.pop().expect("a full deck")
     }
 
     fn inject(&mut self) {
@@ -1047,10 +1054,7 @@ fn chaos_contenders_never_overlap_under_faults() {
     let seed = env_number("MPSYNC_CHAOS_SEED").unwrap_or_else(|| epoch_nanos() as u64);
     let mut rng = Rng::new(seed);
     let yaml = fs::read_to_string(&env.kubeconfig).expect("read the kubeconfig");
-    let upstream = match env.server() {
-        Some(server) => server.url().trim_start_matches("http://").to_string(),
-        None => kubeconfig_upstream(&yaml).expect("a server: line in MPSYNC_TEST_KUBECONFIG"),
-    };
+    let upstream = kubeconfig_upstream(&yaml).expect("a server: line in the kubeconfig");
     let proxies: Vec<FaultProxy> = (0..CONTENDERS).map(|_| FaultProxy::start(&upstream)).collect();
     let kubeconfigs = proxies
         .iter()
@@ -1089,6 +1093,8 @@ fn chaos_contenders_never_overlap_under_faults() {
     if !real {
         kinds.extend([(Kind::Api5xx, 2), (Kind::Restart, 1)]);
     }
+    // Every kind in the summary, those that happened not to be drawn too.
+    let mut by_kind: BTreeMap<&str, usize> = kinds.iter().map(|(kind, _)| (kind.name(), 0)).collect();
     let contender_seeds: Vec<u64> = (0..CONTENDERS).map(|_| rng.next()).collect();
     let mut injector = Injector {
         chaos: &chaos,
@@ -1096,6 +1102,7 @@ fn chaos_contenders_never_overlap_under_faults() {
         server: env.server(),
         rng,
         kinds,
+        deck: Vec::new(),
         active: Vec::new(),
         faults: Vec::new(),
         next_fault: Instant::now(),
@@ -1144,7 +1151,6 @@ fn chaos_contenders_never_overlap_under_faults() {
         fs::copy(&chaos.log, keep.join("chaos.log")).unwrap();
         fs::write(keep.join("history.txt"), &description).unwrap();
     }
-    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for fault in &history.faults {
         *by_kind.entry(fault.kind.name()).or_default() += 1;
     }
