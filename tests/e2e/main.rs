@@ -33,3 +33,4 @@ mod proxy;
 mod faults;
 mod health;
 mod sidecar;
+mod chaos;
