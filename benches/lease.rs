@@ -49,23 +49,9 @@ const MARKER: &str = "LEASE_BENCH_RUN";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The e2e tests' short timings: a crashed holder's lease is taken over after 4s.
-const FAST: &[&str] = &[
-    "--lease-duration",
-    "4s",
-    "--renew-deadline",
-    "2s",
-    "--retry-period",
-    "500ms",
-];
+const FAST: &[&str] = &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms"];
 /// A retry period of 30s: a handoff within milliseconds can only be the watch's doing.
-const SLOW: &[&str] = &[
-    "--lease-duration",
-    "60s",
-    "--renew-deadline",
-    "40s",
-    "--retry-period",
-    "30s",
-];
+const SLOW: &[&str] = &["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
@@ -91,11 +77,7 @@ fn main() {
         report,
         "\nTotal bench time {:.0} s. Processes left behind: {}.",
         started.elapsed().as_secs_f64(),
-        if leftovers.is_empty() {
-            "none".to_string()
-        } else {
-            format!("{leftovers:?} (killed)")
-        }
+        if leftovers.is_empty() { "none".to_string() } else { format!("{leftovers:?} (killed)") }
     )
     .unwrap();
     println!("{report}");
@@ -119,18 +101,12 @@ fn uncontended(ctx: &Ctx) -> String {
 
     type Make<'a> = Box<dyn Fn() -> Command + 'a>;
     let mut variants: Vec<(&str, Make)> = vec![
-        (
-            "`true` (process spawn floor)",
-            Box::new(|| ctx.command("true", &[] as &[&str])),
-        ),
+        ("`true` (process spawn floor)", Box::new(|| ctx.command("true", &[] as &[&str]))),
         (
             "`flock FILE true` (util-linux flock(1))",
             Box::new(|| ctx.command("flock", &[flock_file.as_os_str(), OsStr::new("true")])),
         ),
-        (
-            "`mpsync --version` (mpsync start-up floor)",
-            Box::new(|| ctx.mpsync(&Backend::File(&file), &["--version"])),
-        ),
+        ("`mpsync --version` (mpsync start-up floor)", Box::new(|| ctx.mpsync(&Backend::File(&file), &["--version"]))),
         (
             "`mpsync lock --backend file -- true`",
             Box::new(|| ctx.mpsync(&Backend::File(&file), &["lock", name, "--", "true"])),
@@ -193,23 +169,17 @@ fn uncontended(ctx: &Ctx) -> String {
     let phase_n = (n / 3).max(10);
     let mut phase_rows = vec![(
         "`mpsync lock --backend file -- true`",
-        phases(ctx, phase_n, || {
-            ctx.mpsync(&Backend::File(&file), &["lock", name, "-vv", "--", "true"])
-        }),
+        phases(ctx, phase_n, || ctx.mpsync(&Backend::File(&file), &["lock", name, "-vv", "--", "true"])),
     )];
     if let Some(shm_file) = &shm_file {
         phase_rows.push((
             "`mpsync lock --backend file -- true`, tmpfs",
-            phases(ctx, phase_n, || {
-                ctx.mpsync(&Backend::File(shm_file), &["lock", name, "-vv", "--", "true"])
-            }),
+            phases(ctx, phase_n, || ctx.mpsync(&Backend::File(shm_file), &["lock", name, "-vv", "--", "true"])),
         ));
     }
     phase_rows.push((
         "`mpsync lock -- true` (test API server)",
-        phases(ctx, phase_n, || {
-            ctx.mpsync(&Backend::Kube(&kube), &["lock", name, "-vv", "--", "true"])
-        }),
+        phases(ctx, phase_n, || ctx.mpsync(&Backend::Kube(&kube), &["lock", name, "-vv", "--", "true"])),
     ));
     writeln!(
         out,
@@ -262,10 +232,7 @@ fn inotify_close_ms(ctx: &Ctx, n: usize) -> Vec<f64> {
         .map(|i| {
             let inotify = Inotify::init(InitFlags::IN_CLOEXEC).expect("inotify");
             inotify
-                .add_watch(
-                    &dir,
-                    AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
-                )
+                .add_watch(&dir, AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
                 .expect("inotify watch");
             fs::write(dir.join(format!("f{i}")), "x").unwrap();
             inotify.read_events().expect("an event");
@@ -279,13 +246,8 @@ fn inotify_close_ms(ctx: &Ctx, n: usize) -> Vec<f64> {
 /// Run `make()` (a `lock -vv -- true`) `n` times; per run: spawn → "supervisor started" → "acquired the
 /// lease" → "child started", "child exited" → "released the lease" → exit, and the total.
 fn phases(ctx: &Ctx, n: usize, make: impl Fn() -> Command) -> Vec<[f64; 6]> {
-    let marks = [
-        "supervisor started",
-        "acquired the lease",
-        "child started",
-        "child exited exit",
-        "released the lease",
-    ];
+    let marks =
+        ["supervisor started", "acquired the lease", "child started", "child exited exit", "released the lease"];
     let stderr = ctx.dir.join("phases.stderr");
     (0..n)
         .map(|_| {
@@ -299,10 +261,8 @@ fn phases(ctx: &Ctx, n: usize, make: impl Fn() -> Command) -> Vec<[f64; 6]> {
             let at: Vec<i64> = marks
                 .iter()
                 .map(|mark| {
-                    let line = log
-                        .lines()
-                        .find(|l| l.contains(mark))
-                        .unwrap_or_else(|| panic!("no {mark:?} in:\n{log}"));
+                    let line =
+                        log.lines().find(|l| l.contains(mark)).unwrap_or_else(|| panic!("no {mark:?} in:\n{log}"));
                     parse_micro_time(line.split_whitespace().next().unwrap()).expect("a timestamp")
                 })
                 .collect();
@@ -375,16 +335,10 @@ fn handoff(ctx: &Ctx) -> String {
         HandoffVariant {
             label: "flock(1) on one file (the kernel wakes the waiter)",
             holder: Box::new(|script| {
-                ctx.command(
-                    "flock",
-                    &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()],
-                )
+                ctx.command("flock", &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()])
             }),
             waiter: Box::new(|script| {
-                ctx.command(
-                    "flock",
-                    &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()],
-                )
+                ctx.command("flock", &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()])
             }),
             // flock(1) sleeps only in flock(2).
             waiting: Box::new(|waiter: &mut Proc| {
@@ -429,11 +383,7 @@ fn handoff(ctx: &Ctx) -> String {
         eprintln!(
             "  round {}/{n}: {}",
             round + 1,
-            order
-                .iter()
-                .map(|&v| format!("{:.1}", samples[v].last().unwrap()))
-                .collect::<Vec<_>>()
-                .join(" ")
+            order.iter().map(|&v| format!("{:.1}", samples[v].last().unwrap())).collect::<Vec<_>>().join(" ")
         );
     }
     let mut out = String::from(
@@ -445,12 +395,8 @@ fn handoff(ctx: &Ctx) -> String {
     );
     for (variant, s) in variants.iter().zip(&samples) {
         let s = Stats::of(s);
-        writeln!(
-            out,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            variant.label, s.n, s.median, s.p90, s.min, s.max
-        )
-        .unwrap();
+        writeln!(out, "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |", variant.label, s.n, s.median, s.p90, s.min, s.max)
+            .unwrap();
     }
     out.push_str(
         "| *reference, not measured:* a poller whose attempt is uniform in 0–2 s after the release | – | 1000 | 1800 | 0 | 2000 |\n\
@@ -472,16 +418,10 @@ fn mpsync_variant<'a>(
     HandoffVariant {
         label,
         holder: Box::new(move |script| {
-            ctx.mpsync(
-                &holder_backend,
-                &[&["lock", name], timings, &["--", "bash", "-c", script]].concat(),
-            )
+            ctx.mpsync(&holder_backend, &[&["lock", name], timings, &["--", "bash", "-c", script]].concat())
         }),
         waiter: Box::new(move |script| {
-            ctx.mpsync(
-                &waiter_backend,
-                &[&["lock", name, "-v"], timings, &["--", "bash", "-c", script]].concat(),
-            )
+            ctx.mpsync(&waiter_backend, &[&["lock", name, "-v"], timings, &["--", "bash", "-c", script]].concat())
         }),
         // The holder keeps its own watch open, hence two.
         waiting: Box::new(move |waiter: &mut Proc| {
@@ -513,11 +453,7 @@ fn one_handoff(ctx: &Ctx, variant: &HandoffVariant<'_>, tag: &str) -> f64 {
     let deadline = Instant::now() + PATIENCE;
     while !waiting(&mut waiter) {
         if Instant::now() > deadline || waiter.exited() || holder.exited() {
-            panic!(
-                "the waiter is not waiting:\nholder:\n{}\nwaiter:\n{}",
-                holder.stderr(),
-                waiter.stderr()
-            );
+            panic!("the waiter is not waiting:\nholder:\n{}\nwaiter:\n{}", holder.stderr(), waiter.stderr());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -537,11 +473,7 @@ fn one_handoff(ctx: &Ctx, variant: &HandoffVariant<'_>, tag: &str) -> f64 {
 fn release_fifo(fifo: &Path) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(fifo)
-        {
+        match fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(fifo) {
             Ok(mut pipe) => {
                 pipe.write_all(b"go\n").expect("write to the fifo");
                 return;
@@ -563,10 +495,7 @@ fn read_stamps(path: &Path) -> Vec<(String, i64)> {
             let mut parts = line.split_whitespace();
             let word = parts.next()?.to_string();
             let (secs, micros) = parts.next()?.split_once('.')?;
-            Some((
-                word,
-                secs.parse::<i64>().ok()? * 1_000_000 + micros.parse::<i64>().ok()?,
-            ))
+            Some((word, secs.parse::<i64>().ok()? * 1_000_000 + micros.parse::<i64>().ok()?))
         })
         .collect()
 }
@@ -581,10 +510,7 @@ fn takeover(ctx: &Ctx) -> String {
     let kube = KubeEnv::start(ctx, "takeover");
     let file = ctx.dir.join("locks-takeover");
     let name = "bench-takeover";
-    let backends = [
-        ("test API server", Backend::Kube(&kube)),
-        ("file backend", Backend::File(&file)),
-    ];
+    let backends = [("test API server", Backend::Kube(&kube)), ("file backend", Backend::File(&file))];
 
     // Per backend: kill → start, last renewal → start, kill → holder's child dead.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; backends.len()];
@@ -600,24 +526,14 @@ fn takeover(ctx: &Ctx) -> String {
             let waiter_script = format!("echo start $EPOCHREALTIME >> {}", log.display());
             let mut holder = Proc::spawn(
                 ctx,
-                ctx.mpsync(
-                    backend,
-                    &[&["lock", name], FAST, &["--", "bash", "-c", &holder_script]].concat(),
-                ),
+                ctx.mpsync(backend, &[&["lock", name], FAST, &["--", "bash", "-c", &holder_script]].concat()),
                 &format!("holder-{tag}"),
             );
-            wait_until(
-                "the holder's child to start",
-                || read_pid(&pid_file).is_some(),
-                &mut [&mut holder],
-            );
+            wait_until("the holder's child to start", || read_pid(&pid_file).is_some(), &mut [&mut holder]);
             let child = read_pid(&pid_file).unwrap();
             let mut waiter = Proc::spawn(
                 ctx,
-                ctx.mpsync(
-                    backend,
-                    &[&["lock", name, "-v"], FAST, &["--", "bash", "-c", &waiter_script]].concat(),
-                ),
+                ctx.mpsync(backend, &[&["lock", name, "-v"], FAST, &["--", "bash", "-c", &waiter_script]].concat()),
                 &format!("waiter-{tag}"),
             );
             wait_until(
@@ -666,11 +582,8 @@ fn takeover(ctx: &Ctx) -> String {
          same clock). The holder's child is `sleep`, which its guard must kill.\n\n\
          | backend | measure | N | median ms | p90 ms | min ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
-    let measures = [
-        "kill → waiter's child starts",
-        "last renewal → waiter's child starts",
-        "kill → holder's child dead (guard)",
-    ];
+    let measures =
+        ["kill → waiter's child starts", "last renewal → waiter's child starts", "kill → holder's child dead (guard)"];
     for ((label, _), per) in backends.iter().zip(&samples) {
         for (measure, s) in measures.iter().zip(per) {
             let s = Stats::of(s);
@@ -707,10 +620,7 @@ fn last_renew_time(backend: &Backend<'_>, name: &str) -> i64 {
 
 fn api_and_memory(ctx: &Ctx) -> String {
     let window = Duration::from_secs_f64(
-        std::env::var("MPSYNC_BENCH_API_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(30.0),
+        std::env::var("MPSYNC_BENCH_API_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30.0),
     );
     eprintln!("api load and memory: a {window:?} window");
     // One server per process observed, so that every request counted is that process's.
@@ -732,26 +642,17 @@ fn api_and_memory(ctx: &Ctx) -> String {
         ctx.mpsync(&Backend::Kube(&holding), &["lock", name, "--", "bash", "-c", &script]),
         "api-holder",
     );
-    wait_until(
-        "the holder's child",
-        || read_pid(&holder_ready).is_some(),
-        &mut [&mut holder],
-    );
+    wait_until("the holder's child", || read_pid(&holder_ready).is_some(), &mut [&mut holder]);
     let startup_ms = spawned.elapsed().as_secs_f64() * 1e3;
     let startup_requests = holding.server.requests();
     // Waiter on a lease another holder keeps for an hour.
-    let mut waiter = Proc::spawn(
-        ctx,
-        ctx.mpsync(&Backend::Kube(&waiting), &["lock", name, "-v", "--", "true"]),
-        "api-waiter",
-    );
+    let mut waiter =
+        Proc::spawn(ctx, ctx.mpsync(&Backend::Kube(&waiting), &["lock", name, "-v", "--", "true"]), "api-waiter");
     let waiter_stderr = waiter.stderr.clone();
     wait_until(
         "the waiter to wait",
         || {
-            fs::read_to_string(&waiter_stderr)
-                .unwrap_or_default()
-                .contains("waiting")
+            fs::read_to_string(&waiter_stderr).unwrap_or_default().contains("waiting")
                 && waiting.server.watch_count() >= 1
         },
         &mut [&mut holder],
@@ -772,19 +673,13 @@ fn api_and_memory(ctx: &Ctx) -> String {
     let (script, file_ready) = sleeper("memory-file");
     let mut file_holder = Proc::spawn(
         ctx,
-        ctx.mpsync(
-            &Backend::File(&file),
-            &[&["lock", "bench-memory"], FAST, &["--", "bash", "-c", &script]].concat(),
-        ),
+        ctx.mpsync(&Backend::File(&file), &[&["lock", "bench-memory"], FAST, &["--", "bash", "-c", &script]].concat()),
         "memory-file",
     );
     let (script, flock_ready) = sleeper("memory-flock");
     let mut flock_holder = Proc::spawn(
         ctx,
-        ctx.command(
-            "flock",
-            &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()],
-        ),
+        ctx.command("flock", &[flock_file.as_os_str(), "bash".as_ref(), "-c".as_ref(), script.as_ref()]),
         "memory-flock",
     );
     wait_until(
@@ -839,15 +734,9 @@ fn api_and_memory(ctx: &Ctx) -> String {
         .unwrap();
         let rows: Vec<(String, &Memory)> = vec![
             ("mpsync holding, test API server (early)".into(), &memory_early[0]),
-            (
-                format!("mpsync holding, test API server (after {elapsed:.0} s)"),
-                &memory_late[0],
-            ),
+            (format!("mpsync holding, test API server (after {elapsed:.0} s)"), &memory_late[0]),
             ("mpsync holding, file backend (early)".into(), &memory_early[1]),
-            (
-                format!("mpsync holding, file backend (after {elapsed:.0} s)"),
-                &memory_late[1],
-            ),
+            (format!("mpsync holding, file backend (after {elapsed:.0} s)"), &memory_late[1]),
             ("mpsync's guard process, test API server".into(), &guard_memory[0]),
             ("mpsync's guard process, file backend".into(), &guard_memory[1]),
             ("flock(1) holding a lock (same child)".into(), &flock_memory),
@@ -878,16 +767,8 @@ fn api_and_memory(ctx: &Ctx) -> String {
         .unwrap();
         let per_minute = 60.0 / elapsed;
         for (label, log, cpu) in [
-            (
-                "holding (renewing every 2 s)",
-                &holder_window,
-                cpu_after[0] - cpu_before[0],
-            ),
-            (
-                "waiting (lease held by another for 1 h)",
-                &waiter_window,
-                cpu_after[1] - cpu_before[1],
-            ),
+            ("holding (renewing every 2 s)", &holder_window, cpu_after[0] - cpu_before[0]),
+            ("waiting (lease held by another for 1 h)", &waiter_window, cpu_after[1] - cpu_before[1]),
         ] {
             writeln!(
                 out,
@@ -931,10 +812,7 @@ fn create_foreign_lease(server: &TestApiServer, name: &str, holder: &str, second
     .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 201"),
-        "creating the foreign lease: {answer}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 201"), "creating the foreign lease: {answer}");
 }
 
 fn verb(r: &RequestLog) -> &'static str {
@@ -957,19 +835,11 @@ fn by_verb(log: &[RequestLog], factor: f64) -> String {
             parts.push(format!("{name} {}", fmt_per(count as f64 * factor)));
         }
     }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
 }
 
 fn fmt_per(x: f64) -> String {
-    if (x - x.round()).abs() < 0.05 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.1}")
-    }
+    if (x - x.round()).abs() < 0.05 { format!("{x:.0}") } else { format!("{x:.1}") }
 }
 
 #[derive(Debug, Default)]
@@ -1025,10 +895,7 @@ fn machine(ctx: &Ctx) -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_else(|| "?".into());
     let output = |program: &str, args: &[&str]| {
         Command::new(program)
@@ -1046,9 +913,7 @@ fn machine(ctx: &Ctx) -> String {
          | load average at start | {} |\n| binary | `{}` |\n| scale (`MPSYNC_BENCH_N`) | {} |",
         output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         output("rustc", &["--version"]),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         ctx.bin.display(),
@@ -1102,28 +967,14 @@ impl Ctx {
         let shm = fs::create_dir(&shm).is_ok().then_some(shm);
         let bin = std::env::var_os("MPSYNC_BENCH_BIN")
             .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mpsync")), PathBuf::from);
-        let scale = std::env::var("MPSYNC_BENCH_N")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|s: &f64| *s > 0.0)
-            .unwrap_or(1.0);
-        let only = std::env::var("MPSYNC_BENCH_ONLY")
-            .ok()
-            .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
-        let bash_ok = Command::new("bash")
-            .args(["-c", "[ -n \"$EPOCHREALTIME\" ]"])
-            .status()
-            .is_ok_and(|s| s.success());
+        let scale =
+            std::env::var("MPSYNC_BENCH_N").ok().and_then(|s| s.parse().ok()).filter(|s: &f64| *s > 0.0).unwrap_or(1.0);
+        let only =
+            std::env::var("MPSYNC_BENCH_ONLY").ok().map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+        let bash_ok =
+            Command::new("bash").args(["-c", "[ -n \"$EPOCHREALTIME\" ]"]).status().is_ok_and(|s| s.success());
         assert!(bash_ok, "the bench needs bash 5 (for $EPOCHREALTIME)");
-        Ctx {
-            dir,
-            shm,
-            bin,
-            marker,
-            scale,
-            only,
-            rng: Cell::new(seed),
-        }
+        Ctx { dir, shm, bin, marker, scale, only, rng: Cell::new(seed) }
     }
 
     fn wants(&self, section: &str) -> bool {
@@ -1154,13 +1005,7 @@ impl Ctx {
     fn command<S: AsRef<OsStr>>(&self, program: impl AsRef<OsStr>, args: &[S]) -> Command {
         let mut command = Command::new(program);
         command.args(args);
-        for name in [
-            "KUBECONFIG",
-            "KUBERNETES_SERVICE_HOST",
-            "KUBERNETES_SERVICE_PORT",
-            "POD_NAMESPACE",
-            "POD_NAME",
-        ] {
+        for name in ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE", "POD_NAME"] {
             command.env_remove(name);
         }
         for (name, _) in std::env::vars_os() {
@@ -1237,11 +1082,7 @@ impl Proc {
         let stderr = ctx.dir.join(format!("{tag}.stderr"));
         command.stderr(fs::File::create(&stderr).unwrap());
         let child = command.spawn().unwrap_or_else(|err| panic!("spawn {command:?}: {err}"));
-        Proc {
-            child,
-            stderr,
-            status: None,
-        }
+        Proc { child, stderr, status: None }
     }
 
     fn pid(&self) -> i32 {
@@ -1300,12 +1141,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool, procs: &mut [&mut
     let deadline = Instant::now() + PATIENCE;
     while !condition() {
         for proc in procs.iter_mut() {
-            assert!(
-                !proc.exited(),
-                "a process exited while waiting for {what}: {:?}\n{}",
-                proc.status,
-                proc.stderr()
-            );
+            assert!(!proc.exited(), "a process exited while waiting for {what}: {:?}\n{}", proc.status, proc.stderr());
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(2));
@@ -1332,11 +1168,7 @@ fn proc_stat(pid: i32) -> Option<ProcStat> {
     let close = stat.rfind(')')?;
     let comm = stat[open + 1..close].to_string();
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    Some(ProcStat {
-        comm,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-    })
+    Some(ProcStat { comm, state: fields.first()?.chars().next()?, ppid: fields.get(1)?.parse().ok()? })
 }
 
 fn alive(pid: i32) -> bool {
@@ -1368,19 +1200,9 @@ impl Stats {
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
         assert!(n > 0, "no samples");
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
         let rank = ((0.9 * n as f64).ceil() as usize).clamp(1, n);
-        Stats {
-            n,
-            median,
-            p90: sorted[rank - 1],
-            min: sorted[0],
-            max: sorted[n - 1],
-        }
+        Stats { n, median, p90: sorted[rank - 1], min: sorted[0], max: sorted[n - 1] }
     }
 }
 

@@ -686,7 +686,9 @@ mod tests {
         assert_eq!(sidecar.listen.to_string(), "127.0.0.1:13131");
         assert_eq!(sidecar.ttl, Duration::from_secs(30));
         assert_eq!(sidecar.identity, "pod-a");
-        for (args, expected) in [(&["sidecar", "--ttl", "1500ms"][..], "--ttl"), (&["sidecar", "--listen", "nowhere"], "--listen")] {
+        for (args, expected) in
+            [(&["sidecar", "--ttl", "1500ms"][..], "--ttl"), (&["sidecar", "--listen", "nowhere"], "--listen")]
+        {
             let err = config(args).expect_err(&format!("{args:?} should fail"));
             assert!(err.to_string().contains(expected), "{args:?}: {err}");
         }

@@ -70,5 +70,6 @@ pub async fn release(store: &Store, name: &str, elector: &mut Elector) -> Result
         }
     }
     elector.released();
-    Err(last_error.unwrap_or_else(|| StoreError::Transient(format!("lease {name} kept changing while it was released"))))
+    Err(last_error
+        .unwrap_or_else(|| StoreError::Transient(format!("lease {name} kept changing while it was released"))))
 }

@@ -33,11 +33,7 @@ impl Error {
         match self {
             Error::CommandNotFound(_) => Exit::NotFound,
             Error::CommandNotExecutable(..) => Exit::NotExecutable,
-            Error::Usage(_)
-            | Error::Config(_)
-            | Error::Api(_)
-            | Error::File(_)
-            | Error::Internal(_) => Exit::Failure,
+            Error::Usage(_) | Error::Config(_) | Error::Api(_) | Error::File(_) | Error::Internal(_) => Exit::Failure,
         }
     }
 }

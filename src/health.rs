@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -105,7 +105,8 @@ impl Health {
 
     /// The answer for `path` (GET only; the HTTP side handles methods).
     pub fn answer(&self, path: &str, now: Instant) -> Option<Answer> {
-        let text = |status, body: &str| Answer { status, content_type: "text/plain; charset=utf-8", body: body.to_string() };
+        let text =
+            |status, body: &str| Answer { status, content_type: "text/plain; charset=utf-8", body: body.to_string() };
         self.with(|state| match path {
             "/healthz" => Some(match state.held_since_renewal {
                 Some(sent) if now.saturating_duration_since(sent) > state.overdue_after => {
@@ -155,7 +156,9 @@ async fn answer_connection(stream: TcpStream, health: Health) {
     http::serve_connection(stream, |request| async move {
         match (request.method.as_str(), health.answer(&request.path, Instant::now())) {
             ("GET" | "HEAD", Some(answer)) => Response::text(answer.status, answer.content_type, answer.body),
-            (_, Some(_)) => Response::text(405, "text/plain", "method not allowed\n".into()).with_header("Allow", "GET, HEAD"),
+            (_, Some(_)) => {
+                Response::text(405, "text/plain", "method not allowed\n".into()).with_header("Allow", "GET, HEAD")
+            }
             (_, None) => Response::text(404, "text/plain", "not found\n".into()),
         }
     })
@@ -172,14 +175,24 @@ impl State {
             }
         };
         let held = u8::from(self.held_since_renewal.is_some());
-        metric("mpsync_lease_held", "gauge", "1 while this process holds the lease.", &[format!("mpsync_lease_held {held}")]);
+        metric(
+            "mpsync_lease_held",
+            "gauge",
+            "1 while this process holds the lease.",
+            &[format!("mpsync_lease_held {held}")],
+        );
         metric(
             "mpsync_acquisitions_total",
             "counter",
             "Leases acquired.",
             &[format!("mpsync_acquisitions_total {}", self.acquisitions)],
         );
-        metric("mpsync_losses_total", "counter", "Leases lost while held.", &[format!("mpsync_losses_total {}", self.losses)]);
+        metric(
+            "mpsync_losses_total",
+            "counter",
+            "Leases lost while held.",
+            &[format!("mpsync_losses_total {}", self.losses)],
+        );
         let mut histogram: Vec<String> = BUCKETS
             .iter()
             .zip(self.renew_buckets)

@@ -105,7 +105,6 @@ pub struct Request {
     pub body_to_read: usize,
 }
 
-
 /// The length of the request head (through the blank line), if it is all in `buffer`. Bare LF line
 /// ends are accepted too, as most servers do.
 fn head_length(buffer: &[u8]) -> Option<usize> {
@@ -215,7 +214,6 @@ fn target_path(target: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
-
 fn is_token_char(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
@@ -292,7 +290,6 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,7 +353,6 @@ mod tests {
         assert_eq!(head_length(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
 
-
     #[test]
     fn responses_close_the_connection_and_carry_their_length() {
         let response = Response::error(405, "no").with_header("Allow", "GET");
@@ -373,5 +369,4 @@ mod tests {
         let head = String::from_utf8(Response::error(404, "no").head_only().render()).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains(&format!("Content-Length: {}", body.len())), "{head}");
     }
-
 }

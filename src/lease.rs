@@ -219,9 +219,9 @@ impl Elector {
         if self.held.is_some() {
             let loss = match self.current() {
                 None => Some(LossReason::Deleted),
-                Some(v) if !self.is_ours(&v.record) => Some(LossReason::Taken {
-                    holder: v.record.holder_identity.clone().unwrap_or_default(),
-                }),
+                Some(v) if !self.is_ours(&v.record) => {
+                    Some(LossReason::Taken { holder: v.record.holder_identity.clone().unwrap_or_default() })
+                }
                 Some(_) => None,
             };
             if let Some(reason) = loss {
@@ -500,9 +500,7 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(7, record(Some(""), Some(1), Some(4)))), t0);
-        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 0.0)) else {
-            panic!()
-        };
+        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 0.0)) else { panic!() };
         assert_eq!(resource_version, "7");
         assert_eq!(record.holder_identity.as_deref(), Some("me"));
         assert_eq!(record.lease_transitions, Some(5));
@@ -633,9 +631,7 @@ mod tests {
         let t0 = Instant::now();
         let elector = holding(t0);
         assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(t0 + Duration::from_secs(2)));
-        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 2.0)) else {
-            panic!()
-        };
+        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 2.0)) else { panic!() };
         assert_eq!(resource_version, "2");
         assert_eq!(record.renew_time, Some(wall(2)));
         assert_eq!(record.acquire_time, Some(wall(0)), "a renewal keeps acquireTime");

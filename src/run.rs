@@ -127,7 +127,9 @@ impl Campaign {
     async fn run(mut self) -> Result<Exit> {
         let started = Instant::now();
         let (deadline, conflict_exit_code) = match self.config.mode {
-            Mode::Lock { wait: Wait::Timeout(timeout), conflict_exit_code } => (Some(started + timeout), conflict_exit_code),
+            Mode::Lock { wait: Wait::Timeout(timeout), conflict_exit_code } => {
+                (Some(started + timeout), conflict_exit_code)
+            }
             // One attempt: but an API blip is retried for up to a lease duration before giving up.
             Mode::Lock { wait: Wait::NoWait, conflict_exit_code } => {
                 (Some(started + self.config.timing.lease_duration), conflict_exit_code)
@@ -156,7 +158,12 @@ impl Campaign {
 
     /// Wait for and acquire one of the leases. Waiting is driven by the watch; timers only wake us when
     /// an observed lease expires, when a retry is due, or at the deadline.
-    async fn campaign(&mut self, deadline: Option<Instant>, no_wait: bool, conflict_exit_code: i32) -> Result<Acquired> {
+    async fn campaign(
+        &mut self,
+        deadline: Option<Instant>,
+        no_wait: bool,
+        conflict_exit_code: i32,
+    ) -> Result<Acquired> {
         let mut last_error: Option<String> = None;
         let mut announced = false;
         loop {
@@ -223,7 +230,9 @@ impl Campaign {
                 && Instant::now() >= deadline
             {
                 match &last_error {
-                    Some(err) => tracing::error!(lease = %self.config.name, last_error = %err, "lease not acquired in time"),
+                    Some(err) => {
+                        tracing::error!(lease = %self.config.name, last_error = %err, "lease not acquired in time")
+                    }
                     None => tracing::info!(lease = %self.config.name, "lease not acquired in time (--timeout)"),
                 }
                 return Ok(Acquired::Stop(Exit::NotAcquired(conflict_exit_code)));

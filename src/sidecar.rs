@@ -28,11 +28,11 @@ use tokio::sync::Mutex;
 use tokio::time::timeout;
 
 use crate::cli::{SidecarConfig, is_dns1123_subdomain};
-use crate::error::{Error, Result};
-use crate::http::{self, Request, Response};
-use crate::exit::Exit;
-use crate::lease::{Action, Elector, Timing, Versioned};
 use crate::drive::{self, now};
+use crate::error::{Error, Result};
+use crate::exit::Exit;
+use crate::http::{self, Request, Response};
+use crate::lease::{Action, Elector, Timing, Versioned};
 use crate::run::{open_store, runtime};
 use crate::store::{Store, StoreError};
 

@@ -32,9 +32,7 @@ use nix::libc;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
 use nix::sys::termios::{SetArg, Termios, tcgetattr, tcsetattr};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{
-    ForkResult, Pid, fork, getpgrp, getpid, isatty, pipe2, setpgid, tcgetpgrp, tcsetpgrp,
-};
+use nix::unistd::{ForkResult, Pid, fork, getpgrp, getpid, isatty, pipe2, setpgid, tcgetpgrp, tcsetpgrp};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -91,15 +89,8 @@ pub enum SpawnError {
 }
 
 /// The signals mpsync passes on to the run loop (and, through it, to the child).
-const FORWARDED: [i32; 7] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
+const FORWARDED: [i32; 7] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
 /// How often group membership is checked while waiting for a group to empty.
 const POLL: Duration = Duration::from_millis(20);
@@ -143,19 +134,13 @@ impl Supervisor {
         }
 
         let stdin = io::stdin();
-        let foreground =
-            isatty(&stdin).unwrap_or(false) && tcgetpgrp(&stdin).ok() == Some(getpgrp());
-        let terminal = if foreground {
-            tcgetattr(&stdin).ok()
-        } else {
-            None
-        };
+        let foreground = isatty(&stdin).unwrap_or(false) && tcgetpgrp(&stdin).ok() == Some(getpgrp());
+        let terminal = if foreground { tcgetattr(&stdin).ok() } else { None };
 
         if options.subreaper {
             nix::sys::prctl::set_child_subreaper(true)?;
         }
-        let reap_orphans =
-            getpid().as_raw() == 1 || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+        let reap_orphans = getpid().as_raw() == 1 || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
 
         // The guard first, while no signal handler is installed and no other thread exists.
         let guard = Guard::spawn()?;
@@ -163,22 +148,15 @@ impl Supervisor {
         let mut signals = Signals::new(FORWARDED.iter().copied().chain([libc::SIGCHLD]))?;
         let handle = signals.handle();
         let (sender, receiver) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("mpsync-signals".into())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    if sender.send(signal).is_err() {
-                        break;
-                    }
+        let thread = std::thread::Builder::new().name("mpsync-signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(signal).is_err() {
+                    break;
                 }
-            })?;
+            }
+        })?;
 
-        debug!(
-            guard = guard.pid.as_raw(),
-            reap_orphans,
-            interactive = terminal.is_some(),
-            "supervisor started"
-        );
+        debug!(guard = guard.pid.as_raw(), reap_orphans, interactive = terminal.is_some(), "supervisor started");
         Ok(Supervisor {
             signals: receiver,
             signals_open: true,
@@ -218,16 +196,10 @@ impl Supervisor {
     pub fn spawn(&mut self, command: &ChildCommand) -> Result<u32, SpawnError> {
         let name = command.program.to_string_lossy().into_owned();
         if self.running() {
-            return Err(SpawnError::Other(
-                name,
-                io::Error::other("a child is already running"),
-            ));
+            return Err(SpawnError::Other(name, io::Error::other("a child is already running")));
         }
         if let Some(pgid) = self.group.take() {
-            warn!(
-                pgid = pgid.as_raw(),
-                "the previous child's group was never finished; killing it"
-            );
+            warn!(pgid = pgid.as_raw(), "the previous child's group was never finished; killing it");
             signal_group(pgid, Signal::SIGKILL);
         }
         self.reap();
@@ -237,10 +209,7 @@ impl Supervisor {
             debug!(guard = guard.pid.as_raw(), "guard process restarted");
             self.guard = Some(guard);
         }
-        let guard_fd = self
-            .guard
-            .as_ref()
-            .map_or(-1, |guard| guard.pipe.as_raw_fd());
+        let guard_fd = self.guard.as_ref().map_or(-1, |guard| guard.pipe.as_raw_fd());
         let parent = getpid().as_raw();
         let interactive = self.terminal.is_some();
 
@@ -257,10 +226,7 @@ impl Supervisor {
             // Exec never fails with EPIPE; only the write to a dead guard in `prepare_child` does.
             Err(error) if error.raw_os_error() == Some(libc::EPIPE) => {
                 self.reap();
-                return Err(SpawnError::Other(
-                    name,
-                    io::Error::other("the guard process is gone"),
-                ));
+                return Err(SpawnError::Other(name, io::Error::other("the guard process is gone")));
             }
             Err(error) => return Err(spawn_error(name, error)),
         };
@@ -287,11 +253,7 @@ impl Supervisor {
     /// Send `signal` to the child's whole process group.
     pub fn forward(&self, signal: Signal) {
         if let Some(pgid) = self.group {
-            debug!(
-                pgid = pgid.as_raw(),
-                ?signal,
-                "forwarding signal to the child's group"
-            );
+            debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child's group");
             signal_group(pgid, signal);
         }
     }
@@ -305,25 +267,14 @@ impl Supervisor {
     /// Afterwards the terminal is mpsync's again, the guard is disarmed and `spawn` may be called again.
     pub async fn stop(&mut self, kill_signal: Signal, grace: Duration) -> ChildExit {
         if let Some(pgid) = self.group {
-            debug!(
-                pgid = pgid.as_raw(),
-                ?kill_signal,
-                ?grace,
-                "stopping the child's group"
-            );
+            debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's group");
             signal_group(pgid, kill_signal);
-            if !self
-                .wait_for(Until::GroupEmpty(pgid), Instant::now() + grace)
-                .await
-            {
+            if !self.wait_for(Until::GroupEmpty(pgid), Instant::now() + grace).await {
                 self.kill_group(pgid).await;
             }
             self.release_group();
         }
-        let reaped = self
-            .events
-            .iter()
-            .position(|event| matches!(event, Event::ChildExited(_)));
+        let reaped = self.events.iter().position(|event| matches!(event, Event::ChildExited(_)));
         if let Some(Event::ChildExited(exit)) = reaped.and_then(|index| self.events.remove(index)) {
             self.last_exit = Some(exit);
         }
@@ -344,16 +295,9 @@ impl Supervisor {
         }
         let Some(pgid) = self.group else { return };
         if group_alive(pgid) {
-            debug!(
-                pgid = pgid.as_raw(),
-                ?kill_signal,
-                "the child left processes in its group; stopping them"
-            );
+            debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes in its group; stopping them");
             signal_group(pgid, kill_signal);
-            if !self
-                .wait_for(Until::GroupEmpty(pgid), Instant::now() + grace)
-                .await
-            {
+            if !self.wait_for(Until::GroupEmpty(pgid), Instant::now() + grace).await {
                 self.kill_group(pgid).await;
             }
         }
@@ -362,19 +306,10 @@ impl Supervisor {
 
     /// SIGKILL the group, reap the main child, wait (bounded) for the rest of the group to disappear.
     async fn kill_group(&mut self, pgid: Pid) {
-        warn!(
-            pgid = pgid.as_raw(),
-            "grace period over; killing the child's process group"
-        );
+        warn!(pgid = pgid.as_raw(), "grace period over; killing the child's process group");
         signal_group(pgid, Signal::SIGKILL);
-        while !self
-            .wait_for(Until::MainExited, Instant::now() + AFTER_KILL)
-            .await
-        {
-            warn!(
-                pgid = pgid.as_raw(),
-                "the child is still not dead after SIGKILL; waiting"
-            );
+        while !self.wait_for(Until::MainExited, Instant::now() + AFTER_KILL).await {
+            warn!(pgid = pgid.as_raw(), "the child is still not dead after SIGKILL; waiting");
         }
         let deadline = Instant::now() + AFTER_KILL;
         loop {
@@ -385,10 +320,7 @@ impl Supervisor {
                 return;
             }
             if Instant::now() >= deadline {
-                warn!(
-                    pgid = pgid.as_raw(),
-                    "processes of the child's group survive SIGKILL; giving up on them"
-                );
+                warn!(pgid = pgid.as_raw(), "processes of the child's group survive SIGKILL; giving up on them");
                 return;
             }
         }
@@ -477,13 +409,9 @@ impl Supervisor {
                     Ok(status) => self.reaped(status),
                     Err(Errno::ECHILD) if Some(pid) == self.main => {
                         // Someone else in this process reaped our child: its status is lost. Never hang on it.
-                        warn!(
-                            pid = pid.as_raw(),
-                            "the child was reaped elsewhere; its exit status is lost"
-                        );
+                        warn!(pid = pid.as_raw(), "the child was reaped elsewhere; its exit status is lost");
                         self.main = None;
-                        self.events
-                            .push_back(Event::ChildExited(ChildExit::Exited(255)));
+                        self.events.push_back(Event::ChildExited(ChildExit::Exited(255)));
                     }
                     Err(Errno::ECHILD) => self.guard = None,
                     Err(error) => debug!(pid = pid.as_raw(), %error, "waitpid failed"),
@@ -503,11 +431,7 @@ impl Supervisor {
             self.main = None;
             self.events.push_back(Event::ChildExited(exit));
         } else if Some(pid) == self.guard.as_ref().map(|guard| guard.pid) {
-            warn!(
-                pid = pid.as_raw(),
-                ?exit,
-                "the guard process died; a new one starts with the next child"
-            );
+            warn!(pid = pid.as_raw(), ?exit, "the guard process died; a new one starts with the next child");
             self.guard = None;
         } else {
             debug!(pid = pid.as_raw(), ?exit, "reaped an orphan");
@@ -568,11 +492,7 @@ fn group_alive(pgid: Pid) -> bool {
     };
     let mut zombies = 0;
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
             continue;
         };
         let Some(stat) = ProcStat::read(pid) else {
@@ -615,13 +535,7 @@ fn spawn_error(name: String, error: io::Error) -> SpawnError {
     match error.raw_os_error() {
         Some(libc::ENOENT) => SpawnError::NotFound(name),
         Some(
-            libc::EACCES
-            | libc::EPERM
-            | libc::ENOEXEC
-            | libc::EISDIR
-            | libc::ENOTDIR
-            | libc::ELOOP
-            | libc::ETXTBSY,
+            libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR | libc::ENOTDIR | libc::ELOOP | libc::ETXTBSY,
         ) => SpawnError::NotExecutable(name, error),
         _ => SpawnError::Other(name, error),
     }
@@ -647,9 +561,7 @@ fn prepare_child(parent: libc::pid_t, interactive: bool, guard_fd: RawFd) -> io:
         if guard_fd >= 0 {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             let message = pid.to_ne_bytes();
-            if libc::write(guard_fd, message.as_ptr().cast(), message.len())
-                != message.len() as isize
-            {
+            if libc::write(guard_fd, message.as_ptr().cast(), message.len()) != message.len() as isize {
                 // EPIPE: the guard is gone (`spawn` says so).
                 return Err(io::Error::last_os_error());
             }
@@ -662,32 +574,13 @@ fn prepare_child(parent: libc::pid_t, interactive: bool, guard_fd: RawFd) -> io:
         let empty_set = 0u64;
         for signal in 1..=64 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    &default_action,
-                    std::ptr::null::<u64>(),
-                    8,
-                );
+                libc::syscall(libc::SYS_rt_sigaction, signal, &default_action, std::ptr::null::<u64>(), 8);
             }
         }
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty_set,
-            std::ptr::null::<u64>(),
-            8,
-        );
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty_set, std::ptr::null::<u64>(), 8);
         // If mpsync dies the child dies with it (the guard takes care of the rest of the group). This fires
         // when the forking *thread* exits, which is why spawn runs on the main thread.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
         // mpsync may have died before the line above: then no signal would ever come.
@@ -715,11 +608,7 @@ impl Guard {
         // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
         // before it has ignored everything.
         let mut previous = SigSet::empty();
-        pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut previous),
-        )?;
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut previous))?;
         // SAFETY: the child runs only `guard_main`, which makes async-signal-safe calls and never returns,
         // so it is sound even when other threads exist.
         let forked = unsafe { fork() };
@@ -729,10 +618,7 @@ impl Guard {
         }
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
         match forked? {
-            ForkResult::Parent { child } => Ok(Guard {
-                pid: child,
-                pipe: write,
-            }),
+            ForkResult::Parent { child } => Ok(Guard { pid: child, pipe: write }),
             ForkResult::Child => unreachable!("the guard never returns"),
         }
     }
@@ -782,11 +668,7 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
         let mut message = [0u8; 4];
         let mut filled = 0;
         loop {
-            let n = libc::read(
-                pipe,
-                message.as_mut_ptr().add(filled).cast(),
-                message.len() - filled,
-            );
+            let n = libc::read(pipe, message.as_mut_ptr().add(filled).cast(), message.len() - filled);
             if n > 0 {
                 filled += n as usize;
                 if filled == message.len() {
@@ -856,16 +738,11 @@ mod tests {
     const HELPER_DIR: &str = "MPSYNC_SUPERVISE_HELPER_DIR";
 
     fn serial() -> MutexGuard<'static, ()> {
-        SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
     }
 
     fn start() -> Supervisor {
@@ -876,25 +753,15 @@ mod tests {
     fn sh(script: &str, args: &[&Path]) -> ChildCommand {
         let mut argv = vec![OsString::from("-c"), OsString::from(script)];
         argv.extend(args.iter().map(|arg| arg.as_os_str().to_owned()));
-        ChildCommand {
-            program: "sh".into(),
-            args: argv,
-            env: vec![],
-        }
+        ChildCommand { program: "sh".into(), args: argv, env: vec![] }
     }
 
     struct TempDir(PathBuf);
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos();
-            let path = std::env::temp_dir().join(format!(
-                "mpsync-supervise-{name}-{}-{nanos}",
-                std::process::id()
-            ));
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+            let path = std::env::temp_dir().join(format!("mpsync-supervise-{name}-{}-{nanos}", std::process::id()));
             fs::create_dir_all(&path).unwrap();
             TempDir(path)
         }
@@ -911,9 +778,7 @@ mod tests {
     }
 
     async fn event(supervisor: &mut Supervisor) -> Event {
-        tokio::time::timeout(PATIENCE, supervisor.next_event())
-            .await
-            .expect("no event within the patience")
+        tokio::time::timeout(PATIENCE, supervisor.next_event()).await.expect("no event within the patience")
     }
 
     /// Wait for a file holding one whole line (a pid, or "ready") and return that line.
@@ -925,11 +790,7 @@ mod tests {
             {
                 return line.to_owned();
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} was never written",
-                path.display()
-            );
+            assert!(Instant::now() < deadline, "{} was never written", path.display());
             tokio::time::sleep(POLL).await;
         }
     }
@@ -961,14 +822,9 @@ mod tests {
         runtime().block_on(async {
             supervisor.spawn(&sh("exit 7", &[])).unwrap();
             assert!(supervisor.running());
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(7))
-            );
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(7)));
             assert!(!supervisor.running());
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
     }
 
@@ -978,14 +834,10 @@ mod tests {
         let mut supervisor = start();
         runtime().block_on(async {
             supervisor.spawn(&sh("kill -9 $$", &[])).unwrap();
-            let Event::ChildExited(exit) = event(&mut supervisor).await else {
-                panic!("expected the child's exit")
-            };
+            let Event::ChildExited(exit) = event(&mut supervisor).await else { panic!("expected the child's exit") };
             assert_eq!(exit, ChildExit::Signaled(9));
             assert_eq!(exit.code(), 137);
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
     }
 
@@ -993,20 +845,10 @@ mod tests {
     fn missing_command_is_not_found() {
         let _serial = serial();
         let mut supervisor = start();
-        for program in [
-            "/nonexistent-mpsync-dir/command",
-            "mpsync-no-such-command-anywhere",
-        ] {
-            let command = ChildCommand {
-                program: program.into(),
-                args: vec![],
-                env: vec![],
-            };
+        for program in ["/nonexistent-mpsync-dir/command", "mpsync-no-such-command-anywhere"] {
+            let command = ChildCommand { program: program.into(), args: vec![], env: vec![] };
             let result = supervisor.spawn(&command);
-            assert!(
-                matches!(result, Err(SpawnError::NotFound(ref name)) if name == program),
-                "{result:?}"
-            );
+            assert!(matches!(result, Err(SpawnError::NotFound(ref name)) if name == program), "{result:?}");
             assert!(!supervisor.running());
         }
     }
@@ -1019,17 +861,9 @@ mod tests {
         fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
         let mut supervisor = start();
         for program in [script, dir.0.clone()] {
-            let command = ChildCommand {
-                program: program.clone().into(),
-                args: vec![],
-                env: vec![],
-            };
+            let command = ChildCommand { program: program.clone().into(), args: vec![], env: vec![] };
             let result = supervisor.spawn(&command);
-            assert!(
-                matches!(result, Err(SpawnError::NotExecutable(..))),
-                "{}: {result:?}",
-                program.display()
-            );
+            assert!(matches!(result, Err(SpawnError::NotExecutable(..))), "{}: {result:?}", program.display());
             assert!(!supervisor.running());
         }
     }
@@ -1041,28 +875,15 @@ mod tests {
         let out = dir.join("out");
         let mut supervisor = start();
         runtime().block_on(async {
-            let mut command = sh(
-                r#"printf '%s|%s|%s\n' "$1" "$MPSYNC_TEST_EXTRA" "$HOME" > "$0""#,
-                &[&out],
-            );
+            let mut command = sh(r#"printf '%s|%s|%s\n' "$1" "$MPSYNC_TEST_EXTRA" "$HOME" > "$0""#, &[&out]);
             command.args.push("two words; $(no shell)".into());
-            command
-                .env
-                .push(("MPSYNC_TEST_EXTRA".into(), "extra".into()));
+            command.env.push(("MPSYNC_TEST_EXTRA".into(), "extra".into()));
             supervisor.spawn(&command).unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(0))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(0)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
         let home = std::env::var("HOME").unwrap_or_default();
-        assert_eq!(
-            fs::read_to_string(&out).unwrap(),
-            format!("two words; $(no shell)|extra|{home}\n")
-        );
+        assert_eq!(fs::read_to_string(&out).unwrap(), format!("two words; $(no shell)|extra|{home}\n"));
     }
 
     #[test]
@@ -1072,16 +893,9 @@ mod tests {
         let out = dir.join("pgid");
         let mut supervisor = start();
         let pid = runtime().block_on(async {
-            let pid = supervisor
-                .spawn(&sh(r#"cut -d' ' -f5 /proc/$$/stat > "$0""#, &[&out]))
-                .unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(0))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5 /proc/$$/stat > "$0""#, &[&out])).unwrap();
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(0)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
             pid
         });
         let pgid: i32 = fs::read_to_string(&out).unwrap().trim().parse().unwrap();
@@ -1109,22 +923,14 @@ mod tests {
             // SAFETY: puts back the action that was there (the supervisor's handler).
             unsafe { sigaction(Signal::SIGHUP, &previous) }.unwrap();
             spawned.unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(0))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(0)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
         let status = fs::read_to_string(&status).unwrap();
         for field in ["SigBlk:", "SigIgn:"] {
             let line = status.lines().find(|line| line.starts_with(field)).unwrap();
             let value = line[field.len()..].trim();
-            assert!(
-                value.chars().all(|digit| digit == '0'),
-                "the child has {line}"
-            );
+            assert!(value.chars().all(|digit| digit == '0'), "the child has {line}");
         }
     }
 
@@ -1141,13 +947,8 @@ mod tests {
             kill(getpid(), Signal::SIGUSR1).unwrap();
             assert_eq!(event(&mut supervisor).await, Event::Signal(Signal::SIGUSR1));
             supervisor.forward(Signal::SIGUSR1);
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(42))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(42)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
     }
 
@@ -1158,9 +959,7 @@ mod tests {
         let sleep_pid = dir.join("sleep.pid");
         let mut supervisor = start();
         runtime().block_on(async {
-            let pid = supervisor
-                .spawn(&sh(r#"sleep 1000 & echo $! > "$0"; wait"#, &[&sleep_pid]))
-                .unwrap();
+            let pid = supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0"; wait"#, &[&sleep_pid])).unwrap();
             let sleep = pid_in(&sleep_pid).await;
             assert!(!gone(sleep));
             let stop = supervisor.stop(Signal::SIGTERM, Duration::from_secs(10));
@@ -1171,13 +970,8 @@ mod tests {
             assert!(!group_alive(Pid::from_raw(pid as i32)));
             // A stopped supervisor runs a command again (elect, after re-election).
             supervisor.spawn(&sh("exit 3", &[])).unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(3))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(3)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
     }
 
@@ -1193,14 +987,9 @@ mod tests {
             line_in(&ready).await;
             let grace = Duration::from_millis(300);
             let started = Instant::now();
-            let exit = tokio::time::timeout(PATIENCE, supervisor.stop(Signal::SIGTERM, grace))
-                .await
-                .unwrap();
+            let exit = tokio::time::timeout(PATIENCE, supervisor.stop(Signal::SIGTERM, grace)).await.unwrap();
             assert_eq!(exit, ChildExit::Signaled(libc::SIGKILL));
-            assert!(
-                started.elapsed() >= grace,
-                "SIGKILL came before the grace period was over"
-            );
+            assert!(started.elapsed() >= grace, "SIGKILL came before the grace period was over");
             assert!(!supervisor.running());
         });
     }
@@ -1217,10 +1006,7 @@ mod tests {
             line_in(&ready).await;
             kill(getpid(), Signal::SIGUSR2).unwrap();
             let stop = supervisor.stop(Signal::SIGTERM, Duration::from_millis(300));
-            assert_eq!(
-                tokio::time::timeout(PATIENCE, stop).await.unwrap(),
-                ChildExit::Signaled(libc::SIGKILL)
-            );
+            assert_eq!(tokio::time::timeout(PATIENCE, stop).await.unwrap(), ChildExit::Signaled(libc::SIGKILL));
             assert_eq!(event(&mut supervisor).await, Event::Signal(Signal::SIGUSR2));
         });
     }
@@ -1233,12 +1019,8 @@ mod tests {
             let pid = supervisor.spawn(&sh("exit 3", &[])).unwrap();
             assert!(until_gone(pid as i32).await);
             let stop = supervisor.stop(Signal::SIGTERM, Duration::from_secs(10));
-            assert_eq!(
-                tokio::time::timeout(PATIENCE, stop).await.unwrap(),
-                ChildExit::Exited(3)
-            );
-            let again =
-                tokio::time::timeout(Duration::from_millis(300), supervisor.next_event()).await;
+            assert_eq!(tokio::time::timeout(PATIENCE, stop).await.unwrap(), ChildExit::Exited(3));
+            let again = tokio::time::timeout(Duration::from_millis(300), supervisor.next_event()).await;
             assert!(again.is_err(), "the exit was reported twice: {again:?}");
         });
     }
@@ -1250,30 +1032,17 @@ mod tests {
         let sleep_pid = dir.join("sleep.pid");
         let mut supervisor = start();
         runtime().block_on(async {
-            supervisor
-                .spawn(&sh(r#"sleep 1000 & echo $! > "$0""#, &[&sleep_pid]))
-                .unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(0))
-            );
+            supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0""#, &[&sleep_pid])).unwrap();
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(0)));
             let sleep = pid_in(&sleep_pid).await;
-            assert!(
-                !gone(sleep),
-                "the background sleep should outlive its shell"
-            );
+            assert!(!gone(sleep), "the background sleep should outlive its shell");
             let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
             tokio::time::timeout(PATIENCE, finish).await.unwrap();
             assert!(gone(sleep), "the background sleep survived finish");
             assert!(!supervisor.running());
             supervisor.spawn(&sh("exit 4", &[])).unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(4))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(4)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         });
     }
 
@@ -1285,32 +1054,20 @@ mod tests {
         runtime().block_on(async {
             let deadline = Instant::now() + PATIENCE;
             while ProcStat::read(guard).map(|stat| stat.pgrp) != Some(guard) {
-                assert!(
-                    Instant::now() < deadline,
-                    "the guard never left mpsync's process group"
-                );
+                assert!(Instant::now() < deadline, "the guard never left mpsync's process group");
                 tokio::time::sleep(POLL).await;
             }
         });
         drop(supervisor);
         // Drop closed the pipe and reaped the guard.
-        assert!(
-            ProcStat::read(guard).is_none(),
-            "the guard outlived its supervisor"
-        );
+        assert!(ProcStat::read(guard).is_none(), "the guard outlived its supervisor");
     }
 
     /// Run `helper_process` in a new process (the test binary again), with its stderr in DIR/helper.log.
     fn helper(mode: &str, dir: &TempDir) -> std::process::Child {
         let log = fs::File::create(dir.join("helper.log")).unwrap();
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "supervise::tests::helper_process",
-                "--test-threads=1",
-                "--nocapture",
-            ])
+            .args(["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1", "--nocapture"])
             .env(HELPER_MODE, mode)
             .env(HELPER_DIR, &dir.0)
             .stdin(std::process::Stdio::null())
@@ -1323,8 +1080,7 @@ mod tests {
     #[test]
     #[ignore = "not a test: run by other tests in a process of its own"]
     fn helper_process() {
-        let (Ok(mode), Some(dir)) = (std::env::var(HELPER_MODE), std::env::var_os(HELPER_DIR))
-        else {
+        let (Ok(mode), Some(dir)) = (std::env::var(HELPER_MODE), std::env::var_os(HELPER_DIR)) else {
             return;
         };
         let dir = PathBuf::from(dir);
@@ -1339,11 +1095,7 @@ mod tests {
     /// Start a child whose background worker only the guard can reach, then wait to be SIGKILLed.
     fn helper_guarded_until_killed(dir: &Path) {
         let mut supervisor = start();
-        fs::write(
-            dir.join("guard.pid"),
-            format!("{}\n", supervisor.guard_pid().unwrap()),
-        )
-        .unwrap();
+        fs::write(dir.join("guard.pid"), format!("{}\n", supervisor.guard_pid().unwrap())).unwrap();
         runtime().block_on(async {
             let script = r#"echo $$ > "$0/sh.pid"; sleep 1000 & echo $! > "$0/sleep.pid"; wait"#;
             supervisor.spawn(&sh(script, &[dir])).unwrap();
@@ -1389,18 +1141,12 @@ mod tests {
         runtime().block_on(async {
             let script = "(sh -c 'exit 5' &); (sleep 1000 &); sleep 0.5; exit 3";
             let pid = supervisor.spawn(&sh(script, &[])).unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(3))
-            );
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(3)));
             let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
             tokio::time::timeout(PATIENCE, finish).await.unwrap();
             // Reaped, not merely dead: kill(2) no longer finds even a zombie of the group.
             assert_eq!(killpg(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
-            assert!(
-                supervisor.guard_pid().is_some(),
-                "the guard was reaped as an orphan"
-            );
+            assert!(supervisor.guard_pid().is_some(), "the guard was reaped as an orphan");
         });
     }
 
@@ -1410,10 +1156,7 @@ mod tests {
         let dir = TempDir::new("subreaper");
         let status = helper("subreaper", &dir).wait().unwrap();
         let log = fs::read_to_string(dir.join("helper.log")).unwrap_or_default();
-        assert!(
-            status.success(),
-            "the subreaper helper failed ({status}):\n{log}"
-        );
+        assert!(status.success(), "the subreaper helper failed ({status}):\n{log}");
         assert!(log.contains("1 passed"), "the helper did not run:\n{log}");
     }
 
@@ -1421,50 +1164,26 @@ mod tests {
     /// terminal comes back afterwards.
     fn helper_terminal(dir: &Path) {
         let mut supervisor = start();
-        assert!(
-            supervisor.terminal.is_some(),
-            "not in the foreground of a terminal"
-        );
+        assert!(supervisor.terminal.is_some(), "not in the foreground of a terminal");
         runtime().block_on(async {
             let foreground = dir.join("foreground");
-            let pid = supervisor
-                .spawn(&sh(
-                    r#"cut -d' ' -f5,8 /proc/$$/stat > "$0""#,
-                    &[&foreground],
-                ))
-                .unwrap();
-            assert_eq!(
-                event(&mut supervisor).await,
-                Event::ChildExited(ChildExit::Exited(0))
-            );
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
+            let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5,8 /proc/$$/stat > "$0""#, &[&foreground])).unwrap();
+            assert_eq!(event(&mut supervisor).await, Event::ChildExited(ChildExit::Exited(0)));
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
             // pgrp and the terminal's foreground group, as the child saw them.
             let seen = fs::read_to_string(&foreground).unwrap();
             assert_eq!(seen.trim(), format!("{pid} {pid}"));
-            assert_eq!(
-                tcgetpgrp(io::stdin()),
-                Ok(getpgrp()),
-                "the terminal was not taken back"
-            );
+            assert_eq!(tcgetpgrp(io::stdin()), Ok(getpgrp()), "the terminal was not taken back");
 
             // The test writes Ctrl-C to the terminal once the child is ready.
             let script = r#"echo ready > "$0/ready"; exec sleep 1000"#;
             supervisor.spawn(&sh(script, &[dir])).unwrap();
             let exit = event(&mut supervisor).await;
             assert_eq!(exit, Event::ChildExited(ChildExit::Signaled(libc::SIGINT)));
-            let more =
-                tokio::time::timeout(Duration::from_millis(300), supervisor.next_event()).await;
+            let more = tokio::time::timeout(Duration::from_millis(300), supervisor.next_event()).await;
             assert!(more.is_err(), "Ctrl-C reached mpsync too: {more:?}");
-            supervisor
-                .finish(Signal::SIGTERM, Duration::from_secs(10))
-                .await;
-            assert_eq!(
-                tcgetpgrp(io::stdin()),
-                Ok(getpgrp()),
-                "the terminal was not taken back"
-            );
+            supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
+            assert_eq!(tcgetpgrp(io::stdin()), Ok(getpgrp()), "the terminal was not taken back");
         });
     }
 
@@ -1511,10 +1230,7 @@ mod tests {
         let _ = script.wait();
         let log = fs::read_to_string(&log).unwrap_or_default();
         let status = outcome.unwrap_or_else(|_| panic!("the terminal helper hung:\n{log}"));
-        assert!(
-            status.success(),
-            "the terminal helper failed ({status}):\n{log}"
-        );
+        assert!(status.success(), "the terminal helper failed ({status}):\n{log}");
         assert!(log.contains("1 passed"), "the helper did not run:\n{log}");
     }
 }

@@ -58,28 +58,16 @@ impl FileStore {
     pub fn open(dir: PathBuf, namespace: String) -> Result<FileStore, Error> {
         let hint = "pass --lock-dir with a directory you can write, or fix its permissions";
         if let Err(err) = DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-            return Err(Error::File(format!(
-                "cannot create lock directory {}: {err}; {hint}",
-                dir.display()
-            )));
+            return Err(Error::File(format!("cannot create lock directory {}: {err}; {hint}", dir.display())));
         }
         // Prove we can write it (permission bits, read-only mounts), now rather than at the first lease write.
         let probe = dir.join(format!(".probe.{}", std::process::id()));
-        match OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&probe)
-        {
+        match OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&probe) {
             Ok(_) => {
                 let _ = fs::remove_file(&probe);
             }
             Err(err) => {
-                return Err(Error::File(format!(
-                    "cannot write lock directory {}: {err}; {hint}",
-                    dir.display()
-                )));
+                return Err(Error::File(format!("cannot write lock directory {}: {err}; {hint}", dir.display())));
             }
         }
         // Someone else's directory (a squatted /tmp/mpsync-UID, say) could have its leases tampered with.
@@ -199,9 +187,7 @@ impl FileStore {
             name: name.to_string(),
             record: self.dir.join(format!("{name}.json")),
             lock: self.dir.join(format!("{name}.lock")),
-            temp: self
-                .dir
-                .join(format!(".{name}.json.tmp.{}", std::process::id())),
+            temp: self.dir.join(format!(".{name}.json.tmp.{}", std::process::id())),
         })
     }
 
@@ -209,20 +195,14 @@ impl FileStore {
     /// later `get` will read it (times at microsecond precision, as the API server returns them).
     /// The caller holds the lease's lock.
     fn write_lease(&self, files: &LeaseFiles, lease: &Lease) -> Result<Versioned, StoreError> {
-        let mut bytes = serde_json::to_vec(lease).map_err(|err| {
-            StoreError::Fatal(Error::File(format!(
-                "cannot serialize lease {}: {err}",
-                files.name
-            )))
-        })?;
+        let mut bytes = serde_json::to_vec(lease)
+            .map_err(|err| StoreError::Fatal(Error::File(format!("cannot serialize lease {}: {err}", files.name))))?;
         bytes.push(b'\n');
         let written = parse_lease(&files.record, &bytes)?;
 
-        let result = write_synced(&files.temp, &bytes)
-            .map_err(|err| io_failure("write", &files.temp, &err))
-            .and_then(|()| {
-                fs::rename(&files.temp, &files.record)
-                    .map_err(|err| io_failure("replace", &files.record, &err))
+        let result =
+            write_synced(&files.temp, &bytes).map_err(|err| io_failure("write", &files.temp, &err)).and_then(|()| {
+                fs::rename(&files.temp, &files.record).map_err(|err| io_failure("replace", &files.record, &err))
             });
         if let Err(err) = result {
             let _ = fs::remove_file(&files.temp);
@@ -258,21 +238,11 @@ fn parse_lease(path: &Path, bytes: &[u8]) -> Result<Stored, StoreError> {
     let Some(resource_version) = lease.metadata.resource_version.clone() else {
         return Err(corrupt(path, "metadata.resourceVersion is missing"));
     };
-    let version: u64 = resource_version.parse().map_err(|_| {
-        corrupt(
-            path,
-            format!("metadata.resourceVersion {resource_version:?} is not a whole number"),
-        )
-    })?;
+    let version: u64 = resource_version
+        .parse()
+        .map_err(|_| corrupt(path, format!("metadata.resourceVersion {resource_version:?} is not a whole number")))?;
     let record = lease.spec.clone().unwrap_or_default();
-    Ok(Stored {
-        lease,
-        version,
-        versioned: Versioned {
-            resource_version,
-            record,
-        },
-    })
+    Ok(Stored { lease, version, versioned: Versioned { resource_version, record } })
 }
 
 /// The API server's validation of a Lease spec (the state machine never writes these; a guard anyway).
@@ -328,12 +298,7 @@ async fn lock_exclusive(path: &Path) -> Result<Flock<File>, StoreError> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -348,26 +313,18 @@ fn corrupt(path: &Path, err: impl std::fmt::Display) -> StoreError {
 /// An I/O failure, classified: interrupted or would-block is worth retrying; anything else (permission,
 /// read-only file system, no space) will not fix itself.
 fn io_failure(action: &str, path: &Path, err: &io::Error) -> StoreError {
-    if matches!(
-        err.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-    ) {
+    if matches!(err.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
         return StoreError::Transient(format!("cannot {action} {}: {err}", path.display()));
     }
     let hint = match err.kind() {
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
             "; pass --lock-dir with a directory you can write, or fix its permissions"
         }
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            "; free some space on its file system"
-        }
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "; free some space on its file system",
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
         _ => "",
     };
-    StoreError::Fatal(Error::File(format!(
-        "cannot {action} {}: {err}{hint}",
-        path.display()
-    )))
+    StoreError::Fatal(Error::File(format!("cannot {action} {}: {err}{hint}", path.display())))
 }
 
 /// The watch's async half: reads the record at once, then whenever inotify says it may have changed or
@@ -438,10 +395,7 @@ struct InotifyWakeups {
 
 /// Watch the lock directory with inotify before the first read, so no change between that read and
 /// the watch can be missed; events go to a dedicated thread blocking in poll(2).
-fn start_inotify_thread(
-    dir: &Path,
-    files: &LeaseFiles,
-) -> io::Result<(InotifyWakeups, std::thread::JoinHandle<()>)> {
+fn start_inotify_thread(dir: &Path, files: &LeaseFiles) -> io::Result<(InotifyWakeups, std::thread::JoinHandle<()>)> {
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
     inotify.add_watch(
         dir,
@@ -458,15 +412,10 @@ fn start_inotify_thread(
     let (wake_tx, wake_rx) = mpsc::channel(1);
     let file_name = std::ffi::OsString::from(format!("{}.json", files.name));
     let lease = files.name.clone();
-    let thread = std::thread::Builder::new()
-        .name("mpsync-watch".to_string())
-        .spawn(move || {
-            watch_directory(&inotify, &stop_read, &file_name, &wake_tx, &lease);
-        })?;
-    let wakeups = InotifyWakeups {
-        wakeups: wake_rx,
-        _stop: stop_write,
-    };
+    let thread = std::thread::Builder::new().name("mpsync-watch".to_string()).spawn(move || {
+        watch_directory(&inotify, &stop_read, &file_name, &wake_tx, &lease);
+    })?;
+    let wakeups = InotifyWakeups { wakeups: wake_rx, _stop: stop_write };
     Ok((wakeups, thread))
 }
 
@@ -482,10 +431,7 @@ fn watch_directory(
     // Only a safety net: the stop pipe wakes this thread as soon as the watch is dropped.
     let idle = PollTimeout::from(5000u16);
     loop {
-        let mut fds = [
-            PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, idle) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(errno) => {
@@ -509,11 +455,10 @@ fn watch_directory(
         };
         let mut relevant = false;
         for event in &events {
-            if event.mask.intersects(
-                AddWatchFlags::IN_IGNORED
-                    | AddWatchFlags::IN_DELETE_SELF
-                    | AddWatchFlags::IN_MOVE_SELF,
-            ) {
+            if event
+                .mask
+                .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+            {
                 // The directory itself went away: nothing more will come from this watch.
                 return;
             }
@@ -549,10 +494,7 @@ mod tests {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|since| since.as_nanos())
                 .unwrap_or_default();
-            TempDir(std::env::temp_dir().join(format!(
-                "mpsync-filestore-{test}-{}-{nanos}",
-                std::process::id()
-            )))
+            TempDir(std::env::temp_dir().join(format!("mpsync-filestore-{test}-{}-{nanos}", std::process::id())))
         }
 
         fn path(&self) -> PathBuf {
@@ -567,10 +509,7 @@ mod tests {
     }
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
     }
 
     fn open(dir: &TempDir) -> FileStore {
@@ -629,17 +568,11 @@ mod tests {
             file.join("sub")
         } else {
             let dir = temp.path().join("read-only");
-            DirBuilder::new()
-                .mode(0o500)
-                .create(&dir)
-                .expect("a read-only dir");
+            DirBuilder::new().mode(0o500).create(&dir).expect("a read-only dir");
             dir
         };
         let result = FileStore::open(dir.clone(), "default".to_string());
-        let _ = fs::set_permissions(
-            temp.path().join("read-only"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        );
+        let _ = fs::set_permissions(temp.path().join("read-only"), std::os::unix::fs::PermissionsExt::from_mode(0o700));
         match result {
             Err(Error::File(message)) => {
                 assert!(message.contains(&dir.display().to_string()), "{message}");
@@ -664,9 +597,7 @@ mod tests {
         let temp = TempDir::new("create");
         let store = open(&temp);
         let rt = runtime();
-        let created = rt
-            .block_on(store.create("job", &held_by("a")))
-            .expect("created");
+        let created = rt.block_on(store.create("job", &held_by("a"))).expect("created");
         assert_eq!(created.resource_version, "1");
         let got = rt.block_on(store.get("job")).expect("get works");
         // Times come back at microsecond precision from both, as from the API server.
@@ -689,15 +620,11 @@ mod tests {
         let temp = TempDir::new("create-twice");
         let store = open(&temp);
         let rt = runtime();
-        rt.block_on(store.create("job", &held_by("a")))
-            .expect("created");
+        rt.block_on(store.create("job", &held_by("a"))).expect("created");
         let again = rt.block_on(store.create("job", &held_by("b")));
         assert!(is_conflict(&again), "{again:?}");
         let got = rt.block_on(store.get("job")).expect("get works");
-        assert_eq!(
-            got.expect("exists").record.holder_identity.as_deref(),
-            Some("a")
-        );
+        assert_eq!(got.expect("exists").record.holder_identity.as_deref(), Some("a"));
     }
 
     #[test]
@@ -705,22 +632,13 @@ mod tests {
         let temp = TempDir::new("replace");
         let store = open(&temp);
         let rt = runtime();
-        let created = rt
-            .block_on(store.create("job", &held_by("a")))
-            .expect("created");
-        let replaced = rt
-            .block_on(store.replace("job", &created.resource_version, &held_by("b")))
-            .expect("replaced");
+        let created = rt.block_on(store.create("job", &held_by("a"))).expect("created");
+        let replaced = rt.block_on(store.replace("job", &created.resource_version, &held_by("b"))).expect("replaced");
         assert_eq!(replaced.resource_version, "2");
         assert_eq!(replaced.record.holder_identity.as_deref(), Some("b"));
-        let again = rt
-            .block_on(store.replace("job", "2", &held_by("c")))
-            .expect("replaced again");
+        let again = rt.block_on(store.replace("job", "2", &held_by("c"))).expect("replaced again");
         assert_eq!(again.resource_version, "3");
-        assert_eq!(
-            rt.block_on(store.get("job")).expect("get works"),
-            Some(again)
-        );
+        assert_eq!(rt.block_on(store.get("job")).expect("get works"), Some(again));
     }
 
     #[test]
@@ -728,16 +646,11 @@ mod tests {
         let temp = TempDir::new("stale");
         let store = open(&temp);
         let rt = runtime();
-        rt.block_on(store.create("job", &held_by("a")))
-            .expect("created");
-        rt.block_on(store.replace("job", "1", &held_by("b")))
-            .expect("replaced");
+        rt.block_on(store.create("job", &held_by("a"))).expect("created");
+        rt.block_on(store.replace("job", "1", &held_by("b"))).expect("replaced");
         let stale = rt.block_on(store.replace("job", "1", &held_by("c")));
         assert!(is_conflict(&stale), "{stale:?}");
-        let got = rt
-            .block_on(store.get("job"))
-            .expect("get works")
-            .expect("exists");
+        let got = rt.block_on(store.get("job")).expect("get works").expect("exists");
         assert_eq!(got.resource_version, "2");
         assert_eq!(got.record.holder_identity.as_deref(), Some("b"));
     }
@@ -765,32 +678,19 @@ mod tests {
         rt.block_on(store.create("job", &record)).expect("created");
         // Someone (kubectl label, say) adds metadata the state machine knows nothing of.
         let path = temp.path().join("job.json");
-        let mut json: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
+        let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
         json["metadata"]["labels"] = serde_json::json!({"team": "batch"});
         json["metadata"]["annotations"] = serde_json::json!({"note": "keep me"});
         fs::write(&path, serde_json::to_vec(&json).expect("JSON")).expect("written");
 
-        let read = rt
-            .block_on(store.get("job"))
-            .expect("get works")
-            .expect("exists");
+        let read = rt.block_on(store.get("job")).expect("get works").expect("exists");
         let mut renewed = read.record.clone();
         renewed.holder_identity = Some("b".to_string());
-        let replaced = rt
-            .block_on(store.replace("job", &read.resource_version, &renewed))
-            .expect("replaced");
-        assert_eq!(
-            replaced.record.strategy.as_deref(),
-            Some("OldestEmulationVersion")
-        );
-        assert_eq!(
-            replaced.record.preferred_holder.as_deref(),
-            Some("the-new-one")
-        );
+        let replaced = rt.block_on(store.replace("job", &read.resource_version, &renewed)).expect("replaced");
+        assert_eq!(replaced.record.strategy.as_deref(), Some("OldestEmulationVersion"));
+        assert_eq!(replaced.record.preferred_holder.as_deref(), Some("the-new-one"));
 
-        let json: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("record")).expect("JSON");
         assert_eq!(json["spec"]["strategy"], "OldestEmulationVersion");
         assert_eq!(json["spec"]["preferredHolder"], "the-new-one");
         assert_eq!(json["spec"]["holderIdentity"], "b");
@@ -820,14 +720,8 @@ mod tests {
             fs::write(&path, content).expect("written");
             let shown = String::from_utf8_lossy(content);
             let message = file_error(rt.block_on(store.get("job")));
-            assert!(
-                message.contains("corrupt lease record"),
-                "{shown}: {message}"
-            );
-            assert!(
-                message.contains(&path.display().to_string()),
-                "{shown}: {message}"
-            );
+            assert!(message.contains("corrupt lease record"), "{shown}: {message}");
+            assert!(message.contains(&path.display().to_string()), "{shown}: {message}");
             assert!(message.contains("remove it"), "{shown}: {message}");
             file_error(rt.block_on(store.replace("job", "1", &held_by("a"))));
             file_error(rt.block_on(store.create("job", &held_by("a"))));
@@ -846,13 +740,7 @@ mod tests {
         )
         .expect("written");
         let got = runtime().block_on(store.get("job")).expect("get works");
-        assert_eq!(
-            got,
-            Some(Versioned {
-                resource_version: "7".to_string(),
-                record: LeaseSpec::default()
-            })
-        );
+        assert_eq!(got, Some(Versioned { resource_version: "7".to_string(), record: LeaseSpec::default() }));
     }
 
     #[test]
@@ -860,20 +748,13 @@ mod tests {
         let temp = TempDir::new("invalid");
         let store = open(&temp);
         let rt = runtime();
-        let zero_duration = LeaseSpec {
-            lease_duration_seconds: Some(0),
-            ..held_by("a")
-        };
+        let zero_duration = LeaseSpec { lease_duration_seconds: Some(0), ..held_by("a") };
         let message = file_error(rt.block_on(store.create("job", &zero_duration)));
         assert!(message.contains("leaseDurationSeconds"), "{message}");
         assert_eq!(rt.block_on(store.get("job")).expect("get works"), None);
 
-        rt.block_on(store.create("job", &held_by("a")))
-            .expect("created");
-        let negative_transitions = LeaseSpec {
-            lease_transitions: Some(-1),
-            ..held_by("a")
-        };
+        rt.block_on(store.create("job", &held_by("a"))).expect("created");
+        let negative_transitions = LeaseSpec { lease_transitions: Some(-1), ..held_by("a") };
         let message = file_error(rt.block_on(store.replace("job", "1", &negative_transitions)));
         assert!(message.contains("leaseTransitions"), "{message}");
 
@@ -899,8 +780,7 @@ mod tests {
                 let other = FileStore::open(dir, "default".to_string()).expect("opens");
                 let rt = runtime();
                 let started = Instant::now();
-                rt.block_on(other.replace("job", "1", &held_by("b")))
-                    .expect("replaced");
+                rt.block_on(other.replace("job", "1", &held_by("b"))).expect("replaced");
                 started
             });
             let changed = next_update(&mut watch).await.expect("the changed record");
@@ -937,12 +817,7 @@ mod tests {
         runtime().block_on(async {
             let (updates_tx, updates_rx) = mpsc::channel(16);
             // No inotify: the task alone, as when the directory cannot be watched.
-            let task = tokio::spawn(forward_changes(
-                files,
-                Duration::from_millis(50),
-                None,
-                updates_tx,
-            ));
+            let task = tokio::spawn(forward_changes(files, Duration::from_millis(50), None, updates_tx));
             let mut watch = Watch::new(updates_rx, task);
             assert_eq!(next_update(&mut watch).await, None);
             store.create("job", &held_by("a")).await.expect("created");
@@ -966,9 +841,7 @@ mod tests {
         assert!(ended_rx.recv_timeout(Duration::from_millis(100)).is_err());
         drop(wakeups);
         // The stop pipe wakes it at once; its own 5 s safety net would be slower than this bound.
-        ended_rx
-            .recv_timeout(Duration::from_secs(4))
-            .expect("the inotify thread ended");
+        ended_rx.recv_timeout(Duration::from_secs(4)).expect("the inotify thread ended");
     }
 
     #[test]
@@ -978,8 +851,7 @@ mod tests {
         let temp = TempDir::new("cas");
         let store = open(&temp);
         let rt = runtime();
-        rt.block_on(store.create("counter", &held_by("nobody")))
-            .expect("created");
+        rt.block_on(store.create("counter", &held_by("nobody"))).expect("created");
 
         let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
@@ -990,19 +862,11 @@ mod tests {
                     let mut conflicts = 0u32;
                     for _ in 0..INCREMENTS {
                         loop {
-                            let read = rt
-                                .block_on(store.get("counter"))
-                                .expect("get works")
-                                .expect("exists");
+                            let read = rt.block_on(store.get("counter")).expect("get works").expect("exists");
                             let mut record = read.record.clone();
-                            record.lease_transitions =
-                                Some(record.lease_transitions.unwrap_or(0) + 1);
+                            record.lease_transitions = Some(record.lease_transitions.unwrap_or(0) + 1);
                             record.holder_identity = Some(format!("writer-{writer}"));
-                            match rt.block_on(store.replace(
-                                "counter",
-                                &read.resource_version,
-                                &record,
-                            )) {
+                            match rt.block_on(store.replace("counter", &read.resource_version, &record)) {
                                 Ok(_) => break,
                                 Err(StoreError::Conflict(_)) => conflicts += 1,
                                 // A lock held long on a loaded machine: nothing written, try again.
@@ -1015,21 +879,11 @@ mod tests {
                 })
             })
             .collect();
-        let conflicts: u32 = writers
-            .into_iter()
-            .map(|writer| writer.join().expect("writer thread"))
-            .sum();
+        let conflicts: u32 = writers.into_iter().map(|writer| writer.join().expect("writer thread")).sum();
 
-        let last = rt
-            .block_on(store.get("counter"))
-            .expect("get works")
-            .expect("exists");
+        let last = rt.block_on(store.get("counter")).expect("get works").expect("exists");
         let total = i32::try_from(WRITERS * INCREMENTS).expect("small");
-        assert_eq!(
-            last.record.lease_transitions,
-            Some(total),
-            "after {conflicts} conflicts"
-        );
+        assert_eq!(last.record.lease_transitions, Some(total), "after {conflicts} conflicts");
         assert_eq!(last.resource_version, (total + 1).to_string());
     }
 }

@@ -60,7 +60,11 @@ impl KubeStore {
                 })?
             }
             None if context.is_some() => kube::Config::from_kubeconfig(&options).await.map_err(|err| {
-                Error::Config(format!("cannot use kubeconfig context {:?}: {}", context.unwrap_or_default(), one_line(&err)))
+                Error::Config(format!(
+                    "cannot use kubeconfig context {:?}: {}",
+                    context.unwrap_or_default(),
+                    one_line(&err)
+                ))
             })?,
             None => kube::Config::infer().await.map_err(|err| {
                 tracing::debug!(error = %one_line(&err), "cannot infer a Kubernetes configuration");
@@ -111,7 +115,12 @@ impl KubeStore {
         self.write(name, Verb::Create, self.api.create(&PostParams::default(), &lease)).await
     }
 
-    pub async fn replace(&self, name: &str, resource_version: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
+    pub async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+    ) -> Result<Versioned, StoreError> {
         let base = self.objects.lock().map(|objects| objects.get(name).cloned()).unwrap_or(None);
         let metadata = match base {
             Some(base) if base.metadata.resource_version.as_deref() == Some(resource_version) => base.metadata,
@@ -130,7 +139,11 @@ impl KubeStore {
         call: impl std::future::Future<Output = kube::Result<Lease>>,
     ) -> Result<Versioned, StoreError> {
         match timeout(self.call_timeout, call).await {
-            Err(_) => Err(StoreError::Unknown(format!("{} lease {name}: timed out after {:?}", verb.as_str(), self.call_timeout))),
+            Err(_) => Err(StoreError::Unknown(format!(
+                "{} lease {name}: timed out after {:?}",
+                verb.as_str(),
+                self.call_timeout
+            ))),
             Ok(Err(err)) => Err(self.classify(err, verb, name)),
             Ok(Ok(lease)) => Ok(self.remember(name, lease)),
         }
@@ -207,11 +220,9 @@ fn classify(err: kube::Error, verb: Verb, name: &str, namespace: &str) -> StoreE
                     "{what}: forbidden: {message}\nmpsync needs get, list, watch, create and update on \
                      leases.coordination.k8s.io in namespace {namespace}: see deploy/rbac.yaml"
                 ))),
-                404 if status.details.as_ref().is_some_and(|d| d.kind == "namespaces") => {
-                    StoreError::Fatal(Error::Api(format!(
-                        "namespace {namespace:?} does not exist\ncreate it, or pass --namespace"
-                    )))
-                }
+                404 if status.details.as_ref().is_some_and(|d| d.kind == "namespaces") => StoreError::Fatal(
+                    Error::Api(format!("namespace {namespace:?} does not exist\ncreate it, or pass --namespace")),
+                ),
                 // The object vanished under a write: read again.
                 404 if verb.is_write() => StoreError::Conflict(message),
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),

@@ -39,10 +39,7 @@ impl Resp {
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -64,20 +61,13 @@ impl Conn {
     }
 
     fn send(&mut self, method: &str, target: &str, body: Option<&str>) {
-        let mut request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n"
-        );
+        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n");
         if let Some(body) = body {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
         }
         request.push_str("\r\n");
         request.push_str(body.unwrap_or(""));
-        self.writer
-            .write_all(request.as_bytes())
-            .expect("send request");
+        self.writer.write_all(request.as_bytes()).expect("send request");
     }
 
     /// Status and headers; None if the server closed the connection.
@@ -86,11 +76,7 @@ impl Conn {
         if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
             return None;
         }
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
@@ -115,11 +101,7 @@ impl Conn {
             .expect("Content-Length");
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).expect("body");
-        Resp {
-            status,
-            headers,
-            body: String::from_utf8(body).unwrap(),
-        }
+        Resp { status, headers, body: String::from_utf8(body).unwrap() }
     }
 
     /// Opens a watch: the response head must be 200 chunked.
@@ -127,9 +109,7 @@ impl Conn {
         self.send("GET", &format!("{LEASES}?watch=true&{query}"), None);
         let (status, headers) = self.read_head().expect("a response");
         assert_eq!(status, 200);
-        let te = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+        let te = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
         assert_eq!(te.map(|(_, v)| v.as_str()), Some("chunked"));
         headers
     }
@@ -145,11 +125,7 @@ impl Conn {
         if self.reader.read_exact(&mut data).is_err() {
             return Chunk::Eof;
         }
-        if size == 0 {
-            Chunk::End
-        } else {
-            Chunk::Data(String::from_utf8(data[..size].to_vec()).unwrap())
-        }
+        if size == 0 { Chunk::End } else { Chunk::Data(String::from_utf8(data[..size].to_vec()).unwrap()) }
     }
 
     fn next_line(&mut self) -> String {
@@ -186,21 +162,13 @@ fn lease_body(name: &str, holder: &str, rv: Option<&str>) -> String {
 }
 
 fn create(server: &TestApiServer, name: &str, holder: &str) -> Value {
-    let resp = call(
-        server,
-        "POST",
-        LEASES,
-        Some(&lease_body(name, holder, None)),
-    );
+    let resp = call(server, "POST", LEASES, Some(&lease_body(name, holder, None)));
     assert_eq!(resp.status, 201, "{}", resp.body);
     resp.json()
 }
 
 fn rv_of(object: &Value) -> String {
-    object["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("resourceVersion")
-        .to_string()
+    object["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string()
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -241,10 +209,7 @@ fn create_is_201_with_the_stored_object() {
     assert_eq!(meta["uid"].as_str().unwrap().len(), 36);
     assert_eq!(rv_of(&created), (before + 1).to_string());
     let created_at = meta["creationTimestamp"].as_str().unwrap();
-    assert!(
-        created_at.len() == 20 && created_at.ends_with('Z'),
-        "{created_at}"
-    );
+    assert!(created_at.len() == 20 && created_at.ends_with('Z'), "{created_at}");
     assert_eq!(
         created["spec"],
         json!({
@@ -264,12 +229,7 @@ fn create_is_201_with_the_stored_object() {
 fn create_of_an_existing_name_is_409_already_exists() {
     let server = TestApiServer::start();
     create(&server, "ref-lease", "a");
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(&lease_body("ref-lease", "b", None)),
-    );
+    let resp = call(&server, "POST", LEASES, Some(&lease_body("ref-lease", "b", None)));
     assert_eq!(resp.status, 409);
     assert_eq!(
         resp.json(),
@@ -296,12 +256,7 @@ fn get_of_a_missing_lease_is_404_with_the_real_body_and_headers() {
     assert_eq!(resp.header("Cache-Control"), Some("no-cache, private"));
     assert_eq!(resp.header("Audit-Id").map(str::len), Some(36));
     // In a namespace that does not exist, it is still the lease that is not found.
-    let resp = call(
-        &server,
-        "GET",
-        "/apis/coordination.k8s.io/v1/namespaces/nope/leases/x",
-        None,
-    );
+    let resp = call(&server, "GET", "/apis/coordination.k8s.io/v1/namespaces/nope/leases/x", None);
     assert_eq!(resp.status, 404);
     assert_eq!(resp.json()["details"]["kind"], "leases");
 }
@@ -313,23 +268,12 @@ fn replace_with_current_resource_version_is_200_and_moves_it_on() {
     let mut body: Value = created.clone();
     body["spec"]["renewTime"] = json!("2026-11-26T03:00:02.000000Z");
     body["metadata"]["labels"] = json!({"app": "x"});
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&body.to_string()),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&body.to_string()));
     assert_eq!(resp.status, 200, "{}", resp.body);
     let replaced = resp.json();
-    assert_eq!(
-        rv_of(&replaced),
-        (rv_of(&created).parse::<u64>().unwrap() + 1).to_string()
-    );
+    assert_eq!(rv_of(&replaced), (rv_of(&created).parse::<u64>().unwrap() + 1).to_string());
     assert_eq!(replaced["metadata"]["uid"], created["metadata"]["uid"]);
-    assert_eq!(
-        replaced["metadata"]["creationTimestamp"],
-        created["metadata"]["creationTimestamp"]
-    );
+    assert_eq!(replaced["metadata"]["creationTimestamp"], created["metadata"]["creationTimestamp"]);
     assert_eq!(replaced["metadata"]["labels"], json!({"app": "x"}));
     assert_eq!(replaced["spec"]["renewTime"], "2026-11-26T03:00:02.000000Z");
 }
@@ -338,12 +282,7 @@ fn replace_with_current_resource_version_is_200_and_moves_it_on() {
 fn replace_that_changes_nothing_keeps_the_resource_version() {
     let server = TestApiServer::start();
     let created = create(&server, "ref-lease", "a");
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&created.to_string()),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&created.to_string()));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json(), created);
     assert_eq!(server.resource_version().to_string(), rv_of(&created));
@@ -354,19 +293,10 @@ fn replace_with_stale_resource_version_is_409_conflict() {
     let server = TestApiServer::start();
     let created = create(&server, "ref-lease", "a");
     let stale = rv_of(&created);
-    let current = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&lease_body("ref-lease", "b", Some(&stale))),
-    );
+    let current =
+        call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&lease_body("ref-lease", "b", Some(&stale))));
     assert_eq!(current.status, 200);
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&lease_body("ref-lease", "c", Some(&stale))),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&lease_body("ref-lease", "c", Some(&stale))));
     assert_eq!(resp.status, 409);
     assert_eq!(
         resp.json(),
@@ -384,12 +314,8 @@ fn replace_with_stale_resource_version_is_409_conflict() {
 fn replace_without_resource_version_is_422() {
     let server = TestApiServer::start();
     create(&server, "ref-lease", "a");
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&lease_body("ref-lease", "no-rv-writer", None)),
-    );
+    let resp =
+        call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&lease_body("ref-lease", "no-rv-writer", None)));
     assert_eq!(resp.status, 422);
     assert_eq!(
         resp.json(),
@@ -416,16 +342,8 @@ fn replace_of_a_deleted_lease_with_its_uid_is_409_precondition_failed() {
     let server = TestApiServer::start();
     let created = create(&server, "ref-lease", "a");
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
-    assert_eq!(
-        call(&server, "DELETE", &format!("{LEASES}/ref-lease"), None).status,
-        200
-    );
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&created.to_string()),
-    );
+    assert_eq!(call(&server, "DELETE", &format!("{LEASES}/ref-lease"), None).status, 200);
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&created.to_string()));
     assert_eq!(resp.status, 409);
     assert_eq!(
         resp.json(),
@@ -446,12 +364,7 @@ fn replace_of_a_deleted_lease_with_its_uid_is_409_precondition_failed() {
 fn replace_of_a_missing_lease_without_uid_creates_it() {
     // Leases allow create-on-update, so a PUT without a uid creates the Lease (201).
     let server = TestApiServer::start();
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/fresh"),
-        Some(&lease_body("fresh", "a", Some("12345"))),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/fresh"), Some(&lease_body("fresh", "a", Some("12345"))));
     assert_eq!(resp.status, 201, "{}", resp.body);
     let object = resp.json();
     assert_eq!(rv_of(&object), server.resource_version().to_string());
@@ -462,26 +375,13 @@ fn replace_of_a_missing_lease_without_uid_creates_it() {
 fn replace_with_another_name_or_namespace_is_400() {
     let server = TestApiServer::start();
     let created = create(&server, "ref-lease", "a");
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/other"),
-        Some(&created.to_string()),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/other"), Some(&created.to_string()));
     assert_eq!(resp.status, 400);
-    assert_eq!(
-        resp.json()["message"],
-        "the name of the object (ref-lease) does not match the name on the URL (other)"
-    );
+    assert_eq!(resp.json()["message"], "the name of the object (ref-lease) does not match the name on the URL (other)");
     assert_eq!(resp.json()["reason"], "BadRequest");
     let mut body = created.clone();
     body["metadata"]["namespace"] = json!("elsewhere");
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&body.to_string()),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&body.to_string()));
     assert_eq!(resp.status, 400);
     assert_eq!(
         resp.json()["message"],
@@ -495,12 +395,7 @@ fn replace_is_validated_like_create() {
     let created = create(&server, "ref-lease", "a");
     let mut body = created.clone();
     body["spec"]["leaseDurationSeconds"] = json!(0);
-    let resp = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&body.to_string()),
-    );
+    let resp = call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&body.to_string()));
     assert_eq!(resp.status, 422);
     assert_eq!(
         resp.json()["message"],
@@ -517,30 +412,18 @@ fn delete_answers_the_final_object_and_then_get_is_404() {
     let deleted = resp.json();
     assert_eq!(deleted["metadata"]["uid"], created["metadata"]["uid"]);
     assert_eq!(rv_of(&deleted), server.resource_version().to_string());
-    assert_eq!(
-        call(&server, "GET", &format!("{LEASES}/ref-lease"), None).status,
-        404
-    );
+    assert_eq!(call(&server, "GET", &format!("{LEASES}/ref-lease"), None).status, 404);
     let again = call(&server, "DELETE", &format!("{LEASES}/ref-lease"), None);
     assert_eq!(again.status, 404);
-    assert_eq!(
-        again.json()["message"],
-        "leases.coordination.k8s.io \"ref-lease\" not found"
-    );
+    assert_eq!(again.json()["message"], "leases.coordination.k8s.io \"ref-lease\" not found");
 }
 
 #[test]
 fn delete_with_a_failed_precondition_is_409() {
     let server = TestApiServer::start();
     create(&server, "ref-lease", "a");
-    let options =
-        json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "not-it"}});
-    let resp = call(
-        &server,
-        "DELETE",
-        &format!("{LEASES}/ref-lease"),
-        Some(&options.to_string()),
-    );
+    let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "not-it"}});
+    let resp = call(&server, "DELETE", &format!("{LEASES}/ref-lease"), Some(&options.to_string()));
     assert_eq!(resp.status, 409);
     assert_eq!(resp.json()["reason"], "Conflict");
     assert!(server.lease("default", "ref-lease").is_some());
@@ -608,8 +491,7 @@ fn create_with_negative_transitions_is_422() {
 #[test]
 fn create_with_several_invalid_fields_lists_every_cause() {
     let server = TestApiServer::start();
-    let body =
-        r#"{"metadata":{"name":"ok"},"spec":{"leaseDurationSeconds":0,"leaseTransitions":-1}}"#;
+    let body = r#"{"metadata":{"name":"ok"},"spec":{"leaseDurationSeconds":0,"leaseTransitions":-1}}"#;
     let resp = call(&server, "POST", LEASES, Some(body));
     assert_eq!(resp.status, 422);
     let status = resp.json();
@@ -624,34 +506,18 @@ fn create_with_several_invalid_fields_lists_every_cause() {
 #[test]
 fn create_without_a_name_is_422_required() {
     let server = TestApiServer::start();
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(r#"{"metadata":{},"spec":{}}"#),
-    );
+    let resp = call(&server, "POST", LEASES, Some(r#"{"metadata":{},"spec":{}}"#));
     assert_eq!(resp.status, 422);
     let status = resp.json();
     assert_eq!(
         status["message"],
         "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value: name or generateName is required"
     );
-    assert_eq!(
-        status["details"]["causes"][0]["reason"],
-        "FieldValueRequired"
-    );
+    assert_eq!(status["details"]["causes"][0]["reason"], "FieldValueRequired");
     // generateName makes a name.
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(r#"{"metadata":{"generateName":"gen-"},"spec":{}}"#),
-    );
+    let resp = call(&server, "POST", LEASES, Some(r#"{"metadata":{"generateName":"gen-"},"spec":{}}"#));
     assert_eq!(resp.status, 201);
-    let name = resp.json()["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let name = resp.json()["metadata"]["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
 }
 
@@ -670,14 +536,10 @@ fn create_accepts_what_validation_lets_through_and_drops_unknown_fields() {
 #[test]
 fn micro_times_are_stored_in_utc_and_bad_ones_are_400() {
     let server = TestApiServer::start();
-    let body =
-        r#"{"metadata":{"name":"t"},"spec":{"renewTime":"2026-11-26T04:30:00.123456+01:30"}}"#;
+    let body = r#"{"metadata":{"name":"t"},"spec":{"renewTime":"2026-11-26T04:30:00.123456+01:30"}}"#;
     let resp = call(&server, "POST", LEASES, Some(body));
     assert_eq!(resp.status, 201);
-    assert_eq!(
-        resp.json()["spec"]["renewTime"],
-        "2026-11-26T03:00:00.123456Z"
-    );
+    assert_eq!(resp.json()["spec"]["renewTime"], "2026-11-26T03:00:00.123456Z");
     let body = r#"{"metadata":{"name":"t2"},"spec":{"renewTime":"2026-11-26T04:30:00Z"}}"#;
     let resp = call(&server, "POST", LEASES, Some(body));
     assert_eq!(resp.status, 400);
@@ -688,12 +550,7 @@ fn micro_times_are_stored_in_utc_and_bad_ones_are_400() {
 fn create_in_a_missing_namespace_is_404_namespaces() {
     let server = TestApiServer::start();
     let target = "/apis/coordination.k8s.io/v1/namespaces/no-such-ns/leases";
-    let resp = call(
-        &server,
-        "POST",
-        target,
-        Some(&lease_body("ref-lease", "a", None)),
-    );
+    let resp = call(&server, "POST", target, Some(&lease_body("ref-lease", "a", None)));
     assert_eq!(resp.status, 404);
     assert_eq!(
         resp.json(),
@@ -705,32 +562,15 @@ fn create_in_a_missing_namespace_is_404_namespaces() {
         )
     );
     server.add_namespace("no-such-ns");
-    assert_eq!(
-        call(
-            &server,
-            "POST",
-            target,
-            Some(&lease_body("ref-lease", "a", None))
-        )
-        .status,
-        201
-    );
+    assert_eq!(call(&server, "POST", target, Some(&lease_body("ref-lease", "a", None))).status, 201);
 }
 
 #[test]
 fn create_with_a_resource_version_is_500() {
     let server = TestApiServer::start();
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(&lease_body("x", "a", Some("5"))),
-    );
+    let resp = call(&server, "POST", LEASES, Some(&lease_body("x", "a", Some("5"))));
     assert_eq!(resp.status, 500);
-    assert_eq!(
-        resp.json()["message"],
-        "resourceVersion should not be set on objects to be created"
-    );
+    assert_eq!(resp.json()["message"], "resourceVersion should not be set on objects to be created");
 }
 
 #[test]
@@ -739,19 +579,9 @@ fn bad_bodies_are_400() {
     let resp = call(&server, "POST", LEASES, Some("{not json"));
     assert_eq!(resp.status, 400);
     assert_eq!(resp.json()["reason"], "BadRequest");
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(r#"{"metadata":{"name":"x"},"spec":{"leaseDurationSeconds":"15"}}"#),
-    );
+    let resp = call(&server, "POST", LEASES, Some(r#"{"metadata":{"name":"x"},"spec":{"leaseDurationSeconds":"15"}}"#));
     assert_eq!(resp.status, 400);
-    let resp = call(
-        &server,
-        "POST",
-        LEASES,
-        Some(r#"{"metadata":{"name":"x","namespace":"other"},"spec":{}}"#),
-    );
+    let resp = call(&server, "POST", LEASES, Some(r#"{"metadata":{"name":"x","namespace":"other"},"spec":{}}"#));
     assert_eq!(resp.status, 400);
     assert_eq!(
         resp.json()["message"],
@@ -768,20 +598,12 @@ fn list_honours_the_field_selector() {
     let server = TestApiServer::start();
     create(&server, "a", "x");
     let b = create(&server, "b", "x");
-    let resp = call(
-        &server,
-        "GET",
-        &format!("{LEASES}?fieldSelector=metadata.name%3Db"),
-        None,
-    );
+    let resp = call(&server, "GET", &format!("{LEASES}?fieldSelector=metadata.name%3Db"), None);
     assert_eq!(resp.status, 200);
     let list = resp.json();
     assert_eq!(list["kind"], "LeaseList");
     assert_eq!(list["apiVersion"], "coordination.k8s.io/v1");
-    assert_eq!(
-        list["metadata"]["resourceVersion"],
-        server.resource_version().to_string()
-    );
+    assert_eq!(list["metadata"]["resourceVersion"], server.resource_version().to_string());
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     // Items carry no kind or apiVersion, as on a real server.
@@ -789,50 +611,27 @@ fn list_honours_the_field_selector() {
     expected.as_object_mut().unwrap().remove("kind");
     expected.as_object_mut().unwrap().remove("apiVersion");
     assert_eq!(items[0], expected);
-    let resp = call(
-        &server,
-        "GET",
-        &format!("{LEASES}?fieldSelector=metadata.name!%3Db,metadata.namespace%3Ddefault"),
-        None,
-    );
+    let resp =
+        call(&server, "GET", &format!("{LEASES}?fieldSelector=metadata.name!%3Db,metadata.namespace%3Ddefault"), None);
     let list = resp.json();
-    let names: Vec<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a"]);
-    let resp = call(
-        &server,
-        "GET",
-        "/apis/coordination.k8s.io/v1/namespaces/empty/leases",
-        None,
-    );
+    let resp = call(&server, "GET", "/apis/coordination.k8s.io/v1/namespaces/empty/leases", None);
     assert_eq!(resp.json()["items"], json!([]));
 }
 
 #[test]
 fn list_with_an_unsupported_field_selector_is_400() {
     let server = TestApiServer::start();
-    let resp = call(
-        &server,
-        "GET",
-        &format!("{LEASES}?fieldSelector=spec.holderIdentity%3Dx"),
-        None,
-    );
+    let resp = call(&server, "GET", &format!("{LEASES}?fieldSelector=spec.holderIdentity%3Dx"), None);
     assert_eq!(resp.status, 400);
     assert_eq!(
         resp.body,
         r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"\"spec.holderIdentity\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"","reason":"BadRequest","code":400}"#
     );
     // The same before a watch streams anything.
-    let resp = call(
-        &server,
-        "GET",
-        &format!("{LEASES}?watch=true&fieldSelector=spec.holderIdentity%3Dx"),
-        None,
-    );
+    let resp = call(&server, "GET", &format!("{LEASES}?watch=true&fieldSelector=spec.holderIdentity%3Dx"), None);
     assert_eq!(resp.status, 400);
 }
 
@@ -847,17 +646,9 @@ fn watch_without_resource_version_starts_with_added() {
     create(&server, "other", "a");
     let mut conn = Conn::open(&server);
     let headers = conn.watch("fieldSelector=metadata.name%3Dref-lease&timeoutSeconds=30");
-    assert!(
-        headers
-            .iter()
-            .any(|(n, v)| n == "Content-Type" && v == "application/json")
-    );
+    assert!(headers.iter().any(|(n, v)| n == "Content-Type" && v == "application/json"));
     assert!(headers.iter().any(|(n, _)| n == "Audit-Id"));
-    assert!(
-        !headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    );
+    assert!(!headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")));
     let line = conn.next_line();
     assert!(line.ends_with('\n'));
     let event: Value = serde_json::from_str(&line).unwrap();
@@ -875,12 +666,8 @@ fn watch_from_resource_version_gets_modified_deleted_and_bookmarks() {
     conn.watch(&format!(
         "fieldSelector=metadata.name%3Dref-lease&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=60"
     ));
-    let modified = call(
-        &server,
-        "PUT",
-        &format!("{LEASES}/ref-lease"),
-        Some(&lease_body("ref-lease", "", Some(&from))),
-    );
+    let modified =
+        call(&server, "PUT", &format!("{LEASES}/ref-lease"), Some(&lease_body("ref-lease", "", Some(&from))));
     assert_eq!(modified.status, 200);
     create(&server, "unrelated", "a"); // filtered out, but moves the resourceVersion on
     let mut seen = Vec::new();
@@ -926,10 +713,7 @@ fn watch_from_a_compacted_resource_version_gets_the_410_error_line() {
     server.compact();
     let current = server.resource_version();
     let mut conn = Conn::open(&server);
-    conn.watch(&format!(
-        "resourceVersion={}&timeoutSeconds=30",
-        rv_of(&created)
-    ));
+    conn.watch(&format!("resourceVersion={}&timeoutSeconds=30", rv_of(&created)));
     let line = conn.next_line();
     assert_eq!(
         line,
@@ -1030,24 +814,13 @@ fn forbidden_verbs_are_403_with_the_real_message() {
         )
     );
     // Other verbs still work; allow undoes forbid.
-    assert_eq!(
-        call(&server, "POST", LEASES, Some(&lease_body("y", "a", None))).status,
-        201
-    );
+    assert_eq!(call(&server, "POST", LEASES, Some(&lease_body("y", "a", None))).status, 201);
     server.allow("get");
-    assert_eq!(
-        call(&server, "GET", &format!("{LEASES}/x"), None).status,
-        200
-    );
+    assert_eq!(call(&server, "GET", &format!("{LEASES}/x"), None).status, 200);
     server.forbid("watch");
     let resp = call(&server, "GET", &format!("{LEASES}?watch=1"), None);
     assert_eq!(resp.status, 403);
-    assert!(
-        resp.json()["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot watch resource")
-    );
+    assert!(resp.json()["message"].as_str().unwrap().contains("cannot watch resource"));
 }
 
 #[test]
@@ -1085,20 +858,13 @@ fn fail_next_answers_the_status_then_recovers() {
     assert_eq!(resp.header("Retry-After"), Some("1"));
     assert_eq!(resp.json()["reason"], "TooManyRequests");
     assert_eq!(resp.json()["details"]["retryAfterSeconds"], 1);
-    assert!(
-        server.lease("default", "x").is_none(),
-        "a failed request changes nothing"
-    );
+    assert!(server.lease("default", "x").is_none(), "a failed request changes nothing");
 
     server.fail_next(1, 503);
     let resp = conn.call("GET", &format!("{LEASES}?watch=true"), None);
     assert_eq!(resp.status, 503);
     assert_eq!(resp.json()["reason"], "ServiceUnavailable");
-    assert_eq!(
-        conn.call("POST", LEASES, Some(&lease_body("x", "a", None)))
-            .status,
-        201
-    );
+    assert_eq!(conn.call("POST", LEASES, Some(&lease_body("x", "a", None))).status, 201);
 }
 
 #[test]
@@ -1116,16 +882,9 @@ fn restart_keeps_objects_closes_connections_and_moves_the_resource_version_on() 
     let server = TestApiServer::start();
     let created = create(&server, "ref-lease", "a");
     let mut idle = Conn::open(&server);
-    assert_eq!(
-        idle.call("GET", &format!("{LEASES}/ref-lease"), None)
-            .status,
-        200
-    );
+    assert_eq!(idle.call("GET", &format!("{LEASES}/ref-lease"), None).status, 200);
     let mut watching = Conn::open(&server);
-    watching.watch(&format!(
-        "resourceVersion={}&timeoutSeconds=60",
-        rv_of(&created)
-    ));
+    watching.watch(&format!("resourceVersion={}&timeoutSeconds=60", rv_of(&created)));
     wait_until("the watch is open", || server.watch_count() == 1);
     let before = server.resource_version();
 
@@ -1140,10 +899,7 @@ fn restart_keeps_objects_closes_connections_and_moves_the_resource_version_on() 
     assert_eq!(resp.json(), created);
     // The history is gone: a watch from before the restart gets 410.
     let mut conn = Conn::open(&server);
-    conn.watch(&format!(
-        "resourceVersion={}&timeoutSeconds=30",
-        rv_of(&created)
-    ));
+    conn.watch(&format!("resourceVersion={}&timeoutSeconds=30", rv_of(&created)));
     let event: Value = serde_json::from_str(&conn.next_line()).unwrap();
     assert_eq!(event["type"], "ERROR");
     assert_eq!(event["object"]["code"], 410);
@@ -1166,27 +922,12 @@ fn restart_keeps_objects_closes_connections_and_moves_the_resource_version_on() 
 fn one_connection_serves_several_requests_and_all_are_logged() {
     let server = TestApiServer::start();
     let mut conn = Conn::open(&server);
-    assert_eq!(
-        conn.call("POST", LEASES, Some(&lease_body("x", "a", None)))
-            .status,
-        201
-    );
+    assert_eq!(conn.call("POST", LEASES, Some(&lease_body("x", "a", None))).status, 201);
     assert_eq!(conn.call("GET", &format!("{LEASES}/x"), None).status, 200);
-    assert_eq!(
-        conn.call(
-            "GET",
-            &format!("{LEASES}?fieldSelector=metadata.name%3Dx"),
-            None
-        )
-        .status,
-        200
-    );
+    assert_eq!(conn.call("GET", &format!("{LEASES}?fieldSelector=metadata.name%3Dx"), None).status, 200);
     let log = server.requests();
     assert_eq!(log.len(), 3);
-    assert_eq!(
-        (log[0].method.as_str(), log[0].path.as_str()),
-        ("POST", LEASES)
-    );
+    assert_eq!((log[0].method.as_str(), log[0].path.as_str()), ("POST", LEASES));
     assert_eq!(log[1].path, format!("{LEASES}/x"));
     assert_eq!(log[2].query, "fieldSelector=metadata.name%3Dx");
 }
@@ -1199,15 +940,7 @@ fn version_and_unknown_paths() {
     assert_eq!(resp.json()["gitVersion"], "v1.28.7");
     let resp = call(&server, "GET", "/api/v1/namespaces/default/pods", None);
     assert_eq!(resp.status, 404);
-    assert_eq!(
-        resp.json(),
-        status(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            json!({})
-        )
-    );
+    assert_eq!(resp.json(), status(404, "NotFound", "the server could not find the requested resource", json!({})));
     let resp = call(&server, "PATCH", &format!("{LEASES}/x"), Some("{}"));
     assert_eq!(resp.status, 405);
 }
@@ -1223,14 +956,15 @@ fn bad_input_is_400_and_the_server_keeps_serving() {
     // A client that goes away in the middle of a request.
     let mut conn = Conn::open(&server);
     conn.writer
-        .write_all(format!("POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").as_bytes())
+        .write_all(
+            format!("POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{")
+                .as_bytes(),
+        )
         .unwrap();
     drop(conn);
     // Garbage bytes.
     let mut conn = Conn::open(&server);
-    conn.writer
-        .write_all(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'])
-        .unwrap();
+    conn.writer.write_all(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).unwrap();
     let _ = conn.read_head();
     assert_eq!(call(&server, "GET", "/version", None).status, 200);
 }
@@ -1253,9 +987,7 @@ fn kubeconfig_names_the_server_and_namespace() {
 
 async fn kube_api(server: &TestApiServer) -> Api<Lease> {
     let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml("default")).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
     assert_eq!(config.default_namespace, "default");
     let client = kube::Client::try_from(config).unwrap();
     Api::namespaced(client, "default")
@@ -1263,10 +995,7 @@ async fn kube_api(server: &TestApiServer) -> Api<Lease> {
 
 fn lease(name: &str, holder: &str) -> Lease {
     Lease {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
         spec: Some(LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
@@ -1301,27 +1030,13 @@ async fn kube_client_create_get_replace_delete() {
     let mut next = created.clone();
     next.spec.as_mut().unwrap().holder_identity = Some("you".into());
     let replaced = api.replace("mine", &pp, &next).await.unwrap();
-    assert_ne!(
-        replaced.metadata.resource_version.as_deref(),
-        Some(rv.as_str())
-    );
+    assert_ne!(replaced.metadata.resource_version.as_deref(), Some(rv.as_str()));
     let stale = api_error(api.replace("mine", &pp, &next).await);
     assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
 
-    let listed = api
-        .list(&ListParams::default().fields("metadata.name=mine"))
-        .await
-        .unwrap();
+    let listed = api.list(&ListParams::default().fields("metadata.name=mine")).await.unwrap();
     assert_eq!(listed.items.len(), 1);
-    assert_eq!(
-        listed.items[0]
-            .spec
-            .as_ref()
-            .unwrap()
-            .holder_identity
-            .as_deref(),
-        Some("you")
-    );
+    assert_eq!(listed.items[0].spec.as_ref().unwrap().holder_identity.as_deref(), Some("you"));
 
     let deleted = api.delete("mine", &DeleteParams::default()).await.unwrap();
     assert!(deleted.is_left());
@@ -1333,10 +1048,7 @@ async fn kube_client_create_get_replace_delete() {
 
     server.forbid("create");
     let forbidden = api_error(api.create(&pp, &lease("mine", "me")).await);
-    assert_eq!(
-        (forbidden.code, forbidden.reason.as_str()),
-        (403, "Forbidden")
-    );
+    assert_eq!((forbidden.code, forbidden.reason.as_str()), (403, "Forbidden"));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -1363,10 +1075,7 @@ async fn kube_client_watch_stream_works_end_to_end() {
         other => panic!("expected MODIFIED, got {other:?}"),
     }
     api.delete("w", &DeleteParams::default()).await.unwrap();
-    assert!(matches!(
-        stream.next().await,
-        Some(Ok(WatchEvent::Deleted(_)))
-    ));
+    assert!(matches!(stream.next().await, Some(Ok(WatchEvent::Deleted(_)))));
 
     // A watch from a compacted resourceVersion: the 410 comes through as an error event.
     server.compact();
@@ -1378,10 +1087,7 @@ async fn kube_client_watch_stream_works_end_to_end() {
         }
         other => panic!("expected a 410 ERROR event, got {other:?}"),
     }
-    assert!(
-        stream.next().await.is_none(),
-        "the stream ends after the ERROR"
-    );
+    assert!(stream.next().await.is_none(), "the stream ends after the ERROR");
 
     // Bookmarks reach the client too.
     server.set_bookmark_interval(Duration::from_millis(100));
@@ -1414,13 +1120,7 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
     conn.writer.write_all(body.as_bytes()).unwrap();
     let (status, headers) = conn.read_head().expect("the answer");
     assert_eq!(status, 201);
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "Content-Length")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let length: usize = headers.iter().find(|(n, _)| n == "Content-Length").unwrap().1.parse().unwrap();
     let mut created = vec![0; length];
     conn.reader.read_exact(&mut created).unwrap();
 

@@ -26,10 +26,8 @@ fn slot_script(log: &Path, gate: &Path) -> String {
 
 /// The most children that ever ran at once, from a stamp log.
 fn max_concurrency(log: &Path) -> usize {
-    let mut events: Vec<(u128, i32)> = read_stamps(log)
-        .into_iter()
-        .map(|(word, nanos, _)| (nanos, if word == "start" { 1 } else { -1 }))
-        .collect();
+    let mut events: Vec<(u128, i32)> =
+        read_stamps(log).into_iter().map(|(word, nanos, _)| (nanos, if word == "start" { 1 } else { -1 })).collect();
     // At equal times count ends first: touching intervals do not overlap.
     events.sort_by_key(|&(nanos, delta)| (nanos, delta));
     let (mut running, mut most) = (0i32, 0i32);
@@ -45,9 +43,8 @@ fn run_slots(env: &TestEnv, slots: &str, expected: usize) {
     let log = env.path("log");
     let gate = env.path("gate");
     let script = slot_script(&log, &gate);
-    let mut processes: Vec<Proc> = (0..3)
-        .map(|_| env.spawn(["lock", &name, "--slots", slots, "--", "sh", "-c", &script]))
-        .collect();
+    let mut processes: Vec<Proc> =
+        (0..3).map(|_| env.spawn(["lock", &name, "--slots", slots, "--", "sh", "-c", &script])).collect();
     wait_until("the slots to fill", || read_stamps(&log).len() >= expected);
     // The others are waiting: give them a real chance to (wrongly) start too.
     std::thread::sleep(Duration::from_millis(500));
@@ -81,13 +78,19 @@ fn freed_slot_wakes_a_waiter_at_once(env: &TestEnv) {
     let name = env.lease_name("wake");
     let log = env.path("log");
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
-    let first = env.spawn(
-        ["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "sleep 0.5")]),
-    );
+    let first = env.spawn(["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "sleep 0.5"),
+    ]));
     wait_for_file(&log, "start");
-    let second = env.spawn(
-        ["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]),
-    );
+    let second = env.spawn(["lock", &name, "--slots", "1"].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
     first.finish().assert_code(0);
     second.finish().assert_code(0);
     let stamps = read_stamps(&log);
@@ -111,14 +114,12 @@ fn file_backend_waiter_takes_over_a_sigkilled_holder_after_the_lease_duration() 
     let env = TestEnv::file();
     let name = env.lease_name("fkill");
     let ready = env.path("ready");
-    let holder = env.spawn(
-        ["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
-            "--",
-            "sh",
-            "-c",
-            &format!("echo ready > {}; exec sleep 1000", ready.display()),
-        ]),
-    );
+    let holder = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
+        "--",
+        "sh",
+        "-c",
+        &format!("echo ready > {}; exec sleep 1000", ready.display()),
+    ]));
     wait_for_file(&ready, "ready");
     let ran = env.path("ran");
     let waiter = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
@@ -181,8 +182,7 @@ fn file_backend_stress_8_processes_200_acquisitions_each() {
     let env = TestEnv::file();
     let name = env.lease_name("stress");
     let log = env.path("log");
-    let per_process: usize =
-        std::env::var("MPSYNC_STRESS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let per_process: usize = std::env::var("MPSYNC_STRESS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let child = stamp_script(&log, "true");
     let mpsync = env!("CARGO_BIN_EXE_mpsync");
     let loop_script = format!(

@@ -92,16 +92,8 @@ use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 /// Short timings: renew_deadline + grace (3s) < lease_duration (4s); retry_period * 1.2 < renew_deadline.
-const TIMINGS: &[&str] = &[
-    "--lease-duration",
-    "4s",
-    "--renew-deadline",
-    "2s",
-    "--retry-period",
-    "500ms",
-    "--grace",
-    "1s",
-];
+const TIMINGS: &[&str] =
+    &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms", "--grace", "1s"];
 const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(1);
 /// mpsync's timeout for one API call with these timings: `run::call_timeout` = max(renew_deadline / 2,
@@ -357,11 +349,8 @@ impl Stamp {
             return None;
         }
         // An empty token (no MPSYNC_FENCING_TOKEN) shifts the fields: then there are only 5.
-        let (token, rest) = if fields.len() >= 6 {
-            (fields[2].parse().ok(), &fields[3..])
-        } else {
-            (None, &fields[2..])
-        };
+        let (token, rest) =
+            if fields.len() >= 6 { (fields[2].parse().ok(), &fields[3..]) } else { (None, &fields[2..]) };
         let at: Nanos = fields[1].parse().ok()?;
         // A `$(date)` killed mid-way leaves the field empty (the others shift): no stamp, not a time in 1970.
         if at < nanos(Duration::from_secs(1_000_000_000)) {
@@ -462,11 +451,7 @@ impl Chaos<'_> {
             let identity = format!("c{index}-{sequence}");
             // Most children hold for 100-800 ms (many handoffs); one in four for 2.5-5 s, longer than the
             // renew deadline, so that a partition or latency against the holder makes it lose the lease.
-            let beats = if rng.percent(75) {
-                2 + rng.below(15)
-            } else {
-                50 + rng.below(51)
-            };
+            let beats = if rng.percent(75) { 2 + rng.below(15) } else { 50 + rng.below(51) };
             let script = child_script(&self.log, &identity, beats);
             let mut args: Vec<&str> = vec!["lock", &self.name, "-v", "--identity", &identity];
             args.extend_from_slice(TIMINGS);
@@ -521,11 +506,8 @@ impl Chaos<'_> {
                 }
             }
             // mpsync failing at once must not become a busy loop.
-            let pause = if matches!(status.code(), Some(0 | 123 | 143)) || status.signal().is_some() {
-                20
-            } else {
-                500
-            };
+            let pause =
+                if matches!(status.code(), Some(0 | 123 | 143)) || status.signal().is_some() { 20 } else { 500 };
             thread::sleep(Duration::from_millis(pause));
         }
     }
@@ -536,11 +518,8 @@ impl Chaos<'_> {
     fn run<R>(&self, seeds: &[u64], body: impl FnOnce() -> R) -> R {
         thread::scope(|scope| {
             let monitor = scope.spawn(|| self.monitor.run(&self.log));
-            let contenders: Vec<_> = seeds
-                .iter()
-                .enumerate()
-                .map(|(index, &seed)| scope.spawn(move || self.contend(index, seed)))
-                .collect();
+            let contenders: Vec<_> =
+                seeds.iter().enumerate().map(|(index, &seed)| scope.spawn(move || self.contend(index, seed))).collect();
             // Whatever happens in `body`, stop the contenders: the scope would wait for them forever.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
             {
@@ -586,14 +565,8 @@ impl Chaos<'_> {
     fn holder(&self) -> Option<(usize, bool)> {
         let (identity, sighting) = self.monitor.running()?;
         let contender = identity.strip_prefix('c')?.split('-').next()?.parse().ok()?;
-        let long = lock(&self.contenders)
-            .wrappers
-            .iter()
-            .any(|w| w.identity == identity && w.long);
-        Some((
-            contender,
-            long && epoch_nanos() < sighting.start + nanos(Duration::from_secs(1)),
-        ))
+        let long = lock(&self.contenders).wrappers.iter().any(|w| w.identity == identity && w.long);
+        Some((contender, long && epoch_nanos() < sighting.start + nanos(Duration::from_secs(1))))
     }
 }
 
@@ -673,11 +646,7 @@ impl Injector<'_> {
     /// deck's worth of faults (12 with the test server), not just on average.
     fn pick_kind(&mut self) -> Kind {
         if self.deck.is_empty() {
-            self.deck = self
-                .kinds
-                .iter()
-                .flat_map(|&(kind, weight)| (0..weight).map(move |_| kind))
-                .collect();
+            self.deck = self.kinds.iter().flat_map(|&(kind, weight)| (0..weight).map(move |_| kind)).collect();
             for i in (1..self.deck.len()).rev() {
                 let j = self.rng.below(i as u64 + 1) as usize;
                 self.deck.swap(i, j);
@@ -693,17 +662,11 @@ impl Injector<'_> {
             None => (self.pick_kind(), now + PATIENCE_FOR_TARGET),
         };
         let faulted: Vec<usize> = self.active.iter().map(|a| a.contender).collect();
-        let length = self
-            .rng
-            .millis(PROXY_FAULT_MIN.as_millis() as u64, PROXY_FAULT_MAX.as_millis() as u64);
+        let length = self.rng.millis(PROXY_FAULT_MIN.as_millis() as u64, PROXY_FAULT_MAX.as_millis() as u64);
         if matches!(kind, Kind::Partition | Kind::Latency)
             && (faulted.len() >= MAX_FAULTED_PROXIES || now + length > self.end)
         {
-            kind = if self.rng.percent(50) {
-                Kind::Sigkill
-            } else {
-                Kind::Sigterm
-            };
+            kind = if self.rng.percent(50) { Kind::Sigkill } else { Kind::Sigterm };
         }
         // Target the current holder most of the time, else any contender. Between two children nobody
         // holds: then wait a little for the next holder. A partition or latency waits a little for a
@@ -727,11 +690,7 @@ impl Injector<'_> {
             _ => self.rng.below(CONTENDERS as u64) as usize,
         };
         let about = |target: usize| {
-            if holder == Some(target) {
-                "the holder"
-            } else {
-                "not the holder"
-            }
+            if holder == Some(target) { "the holder" } else { "not the holder" }
         };
         let fault = match kind {
             Kind::Partition | Kind::Latency => {
@@ -755,22 +714,10 @@ impl Injector<'_> {
                     fault: self.faults.len(),
                     heal_at: Instant::now() + length,
                 });
-                Fault {
-                    kind,
-                    contender: Some(target),
-                    wrapper,
-                    before,
-                    after,
-                    healed: None,
-                    detail,
-                }
+                Fault { kind, contender: Some(target), wrapper, before, after, healed: None, detail }
             }
             Kind::Sigkill | Kind::Sigterm => {
-                let signal = if kind == Kind::Sigkill {
-                    Signal::SIGKILL
-                } else {
-                    Signal::SIGTERM
-                };
+                let signal = if kind == Kind::Sigkill { Signal::SIGKILL } else { Signal::SIGTERM };
                 let before = epoch_nanos();
                 let Some(wrapper) = self.chaos.signal_wrapper(target, signal) else {
                     return;
@@ -795,15 +742,7 @@ impl Injector<'_> {
                 server.fail_next(count, status);
                 let after = epoch_nanos();
                 let detail = format!("the next {count} requests answer {status}");
-                Fault {
-                    kind,
-                    contender: None,
-                    wrapper: None,
-                    before,
-                    after,
-                    healed: None,
-                    detail,
-                }
+                Fault { kind, contender: None, wrapper: None, before, after, healed: None, detail }
             }
             Kind::Restart => {
                 let server = self.server.expect("test server");
@@ -954,11 +893,7 @@ fn check_stop_on_loss(history: &History, violations: &mut Vec<String>) -> BTreeM
 
 /// Check 4: handoffs went on after every fault healed.
 fn check_liveness(history: &History, violations: &mut Vec<String>) -> usize {
-    let after = history
-        .started()
-        .iter()
-        .filter(|c| start_of(c) > history.healed)
-        .count();
+    let after = history.started().iter().filter(|c| start_of(c) > history.healed).count();
     if history.recovery.is_none() {
         violations.push(format!(
             "liveness: only {after} children started within {AFTER_HEAL_LIMIT:?} after every fault healed \
@@ -1023,24 +958,13 @@ fn describe(history: &History) -> String {
             fault.contender.map(|c| format!("c{c}")).unwrap_or_default(),
             fault.wrapper.as_deref().unwrap_or(""),
             fault.detail,
-            fault
-                .healed
-                .map(|h| format!("(healed at {:.3}s)", secs_between(origin, h)))
-                .unwrap_or_default(),
+            fault.healed.map(|h| format!("(healed at {:.3}s)", secs_between(origin, h))).unwrap_or_default(),
         );
     }
     text.push_str("wrappers:\n");
     for wrapper in &history.wrappers {
-        let exit = wrapper
-            .exit
-            .map(|(at, status)| format!("{status} at {:.3}s", secs_between(origin, at)));
-        let _ = writeln!(
-            text,
-            "== {} pid {} {}",
-            wrapper.identity,
-            wrapper.pid,
-            exit.unwrap_or_default()
-        );
+        let exit = wrapper.exit.map(|(at, status)| format!("{status} at {:.3}s", secs_between(origin, at)));
+        let _ = writeln!(text, "== {} pid {} {}", wrapper.identity, wrapper.pid, exit.unwrap_or_default());
         text.push_str(&wrapper.stderr);
     }
     text
@@ -1077,19 +1001,10 @@ fn chaos_contenders_never_overlap_under_faults() {
         "chaos: seed {seed} (MPSYNC_CHAOS_SEED), {chaos_secs}s of faults (MPSYNC_CHAOS_SECS), lease {}, log {}{}",
         chaos.name,
         chaos.log.display(),
-        if real {
-            ", real cluster: no 5xx bursts or restarts"
-        } else {
-            ""
-        }
+        if real { ", real cluster: no 5xx bursts or restarts" } else { "" }
     );
     let began = Instant::now();
-    let mut kinds = vec![
-        (Kind::Partition, 3),
-        (Kind::Latency, 2),
-        (Kind::Sigkill, 2),
-        (Kind::Sigterm, 2),
-    ];
+    let mut kinds = vec![(Kind::Partition, 3), (Kind::Latency, 2), (Kind::Sigkill, 2), (Kind::Sigterm, 2)];
     if !real {
         kinds.extend([(Kind::Api5xx, 2), (Kind::Restart, 1)]);
     }
@@ -1154,31 +1069,22 @@ fn chaos_contenders_never_overlap_under_faults() {
     for fault in &history.faults {
         *by_kind.entry(fault.kind.name()).or_default() += 1;
     }
-    let fault_counts = by_kind
-        .iter()
-        .map(|(k, n)| format!("{k}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let fault_counts = by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ");
     let mut exits: BTreeMap<String, usize> = BTreeMap::new();
     for wrapper in &history.wrappers {
         let key = match wrapper.exit.map(|(_, status)| status) {
-            Some(status) => status
-                .code()
-                .map_or_else(|| format!("signal {}", status.signal().unwrap_or(0)), |c| c.to_string()),
+            Some(status) => {
+                status.code().map_or_else(|| format!("signal {}", status.signal().unwrap_or(0)), |c| c.to_string())
+            }
             None => "running".into(),
         };
         *exits.entry(key).or_default() += 1;
     }
     let started = history.started();
-    let mut gaps: Vec<f64> = started
-        .windows(2)
-        .filter_map(|pair| Some(secs_between(pair[0].end?, start_of(pair[1]))))
-        .collect();
+    let mut gaps: Vec<f64> =
+        started.windows(2).filter_map(|pair| Some(secs_between(pair[0].end?, start_of(pair[1])))).collect();
     gaps.sort_by(f64::total_cmp);
-    eprintln!(
-        "chaos: faults:\n{}",
-        description.split("wrappers:\n").next().unwrap_or_default()
-    );
+    eprintln!("chaos: faults:\n{}", description.split("wrappers:\n").next().unwrap_or_default());
     eprintln!(
         "chaos: {} children ({} ended by their TERM trap, {} without an end stamp); wrapper exits {exits:?}; \
          handoff after a clean end: median {:.3}s, max {:.3}s; checked against a stop bound (count, latest \
@@ -1209,11 +1115,7 @@ fn chaos_contenders_never_overlap_under_faults() {
         violations.len(),
         env.dir.display()
     );
-    assert!(
-        started.len() > HANDOFFS_AFTER_HEAL,
-        "too few children ran: {}",
-        started.len()
-    );
+    assert!(started.len() > HANDOFFS_AFTER_HEAL, "too few children ran: {}", started.len());
 }
 
 /// The checker is not vacuous: a holder frozen (SIGSTOP to mpsync and to its child's group) for longer than
@@ -1237,10 +1139,7 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
         let deadline = Instant::now() + PATIENCE;
         let (identity, child) = loop {
             if let Some((identity, sighting)) = chaos.monitor.running()
-                && lock(&chaos.contenders)
-                    .wrappers
-                    .iter()
-                    .any(|w| w.identity == identity && w.long)
+                && lock(&chaos.contenders).wrappers.iter().any(|w| w.identity == identity && w.long)
                 && epoch_nanos() < sighting.start + nanos(Duration::from_millis(500))
             {
                 break (identity, sighting.pid);
@@ -1248,22 +1147,14 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
             assert!(Instant::now() < deadline, "no long child started within {PATIENCE:?}");
             thread::sleep(Duration::from_millis(10));
         };
-        let wrapper = lock(&chaos.contenders)
-            .wrappers
-            .iter()
-            .find(|w| w.identity == identity)
-            .expect("wrapper")
-            .pid;
+        let wrapper = lock(&chaos.contenders).wrappers.iter().find(|w| w.identity == identity).expect("wrapper").pid;
         let group = Pid::from_raw(-child);
         let _ = kill(Pid::from_raw(wrapper), Signal::SIGSTOP);
         let _ = kill(group, Signal::SIGSTOP);
         let frozen_at = epoch_nanos();
         let deadline = Instant::now() + PATIENCE;
         while chaos.monitor.started_after(frozen_at) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "nobody took over from a frozen holder within {PATIENCE:?}"
-            );
+            assert!(Instant::now() < deadline, "nobody took over from a frozen holder within {PATIENCE:?}");
             thread::sleep(Duration::from_millis(10));
         }
         let _ = kill(group, Signal::SIGCONT);
@@ -1281,9 +1172,7 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
     check_overlap(&history, &mut violations);
     eprintln!("chaos: the checker on a frozen holder ({frozen}): {violations:#?}");
     assert!(
-        violations
-            .iter()
-            .any(|v| v.starts_with("overlap:") && v.contains(&format!("while {frozen} "))),
+        violations.iter().any(|v| v.starts_with("overlap:") && v.contains(&format!("while {frozen} "))),
         "check 1 missed the overlap of the frozen holder {frozen}: {violations:?}"
     );
 }

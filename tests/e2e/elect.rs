@@ -40,7 +40,9 @@ fn three_replicas_run_exactly_one_child_at_a_time(env: &TestEnv) {
     let leader_file = env.path("leader");
     let script = leader_script(&log, &leader_file);
     let mut replicas: Vec<Proc> = (0..3)
-        .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
+        .map(|_| {
+            env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]))
+        })
         .collect();
     for round in 0..3 {
         let leader = read_pid(&leader_file);
@@ -72,7 +74,9 @@ fn sigkill_of_the_leader_fails_over_after_the_lease_duration(env: &TestEnv) {
         leader = leader_file.display()
     );
     let replicas: Vec<Proc> = (0..2)
-        .map(|_| env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script])))
+        .map(|_| {
+            env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]))
+        })
         .collect();
     let leader = read_pid(&leader_file);
     let first_child = read_pid(&child_file);
@@ -118,7 +122,8 @@ fn stolen_leadership_stops_the_child_and_runs_it_again_when_reelected(env: &Test
     let name = env.lease_name("reelect");
     let starts = env.path("starts");
     let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
-    let mut elect = env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut elect =
+        env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     let first = read_pid(&starts);
     let stolen_at = Instant::now();
     // A thief that holds for 2s and never renews.
@@ -142,7 +147,11 @@ fn exit_on_loss_exits_123(env: &TestEnv) {
     let ready = env.path("ready");
     let script = format!("echo ready > {}; exec sleep 1000", ready.display());
     let mut elect = env.spawn(
-        ["elect", &name, "--exit-on-loss"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
+        ["elect", &name, "--exit-on-loss"]
+            .iter()
+            .copied()
+            .chain(FAST.iter().copied())
+            .chain(["--", "sh", "-c", &script]),
     );
     wait_for_file(&ready, "ready");
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
@@ -165,7 +174,9 @@ fn status_prints_the_record_in_plain_words_and_json(env: &TestEnv) {
 
     let text = env.run(["status", &name]);
     text.assert_code(0);
-    for word in ["holder:", "status-holder", "held:", "yes", "acquired:", "renewed:", "duration:", "15s", "transitions:"] {
+    for word in
+        ["holder:", "status-holder", "held:", "yes", "acquired:", "renewed:", "duration:", "15s", "transitions:"]
+    {
         assert!(text.stdout.contains(word), "missing {word:?} in:\n{}", text.stdout);
     }
     let json = env.run(["status", &name, "-o", "json"]);
@@ -262,7 +273,12 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
         let mut annotations = std::collections::BTreeMap::new();
         annotations.insert("note".to_string(), "keep me".to_string());
         env.create_object(Lease {
-            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
             spec: Some(record),
         });
     } else {
@@ -270,7 +286,8 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
     }
     let seen = env.path("seen");
     let check = format!("echo held > {}; sleep 1.5", seen.display());
-    env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &check])).assert_code(0);
+    env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &check]))
+        .assert_code(0);
     let (_, spec) = env.get(&name).unwrap();
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));

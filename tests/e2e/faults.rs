@@ -220,7 +220,8 @@ fn api_failing_while_holding_loses_the_lease_and_stops_the_child() {
     let name = env.lease_name("apidown");
     let pid_file = env.path("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
-    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock =
+        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     let child = read_pid(&pid_file);
     env.server().unwrap().fail_next(100_000, 500);
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -234,7 +235,8 @@ fn latency_above_the_renew_deadline_loses_the_lease() {
     let name = env.lease_name("slow");
     let ready = env.path("ready");
     let script = format!("echo ready > {}; exec sleep 1000", ready.display());
-    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock =
+        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     env.server().unwrap().set_latency(Duration::from_secs(3));
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -247,12 +249,10 @@ fn api_server_restart_while_holding_keeps_the_lease() {
     let name = env.lease_name("restart");
     let ready = env.path("ready");
     let go = env.path("go");
-    let script = format!(
-        "echo ready > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 4",
-        ready.display(),
-        go.display()
-    );
-    let lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let script =
+        format!("echo ready > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 4", ready.display(), go.display());
+    let lock =
+        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     let server = env.server().unwrap();
     let before = server.resource_version();
@@ -272,11 +272,15 @@ fn dropped_watches_and_410_gone_still_hand_off_promptly() {
     let go = env.path("go");
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
     let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
-    let first = env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
+    let first =
+        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
     wait_for_file(&log, "start");
-    let second = env.spawn(
-        ["lock", &name, "-v"].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]),
-    );
+    let second = env.spawn(["lock", &name, "-v"].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
     wait_until("the second to wait", || second.stderr().contains("waiting"));
     let server = env.server().unwrap();
     wait_until("the second to watch", || server.watch_count() >= 1);
@@ -310,7 +314,8 @@ fn elect_leader_cut_off_from_the_api_stops_its_child_and_runs_it_again_after_rec
     let name = env.lease_name("electdown");
     let starts = env.path("starts");
     let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
-    let mut elect = env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut elect =
+        env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     let first = read_pid(&starts);
     let server = env.server().unwrap();
     server.fail_next(100_000, 503);

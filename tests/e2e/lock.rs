@@ -63,9 +63,12 @@ fn two_locks_never_overlap_and_hand_off_through_the_watch(env: &TestEnv) {
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
     let first_go = env.path("first-go");
     let first_body = format!("while [ ! -e {} ]; do sleep 0.05; done", first_go.display());
-    let mut first = env.spawn(
-        ["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &first_body)]),
-    );
+    let mut first = env.spawn(["lock", &name].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, &first_body),
+    ]));
     wait_for_file(&log, "start");
     let mut second =
         env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]));
@@ -143,7 +146,8 @@ fn stolen_lease_stops_the_child_and_exits_123(env: &TestEnv) {
     let name = env.lease_name("stolen");
     let pid_file = env.path("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
-    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock =
+        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
     let child = read_pid(&pid_file);
     env.edit(&name, |spec| {
         spec.holder_identity = Some("thief".into());
@@ -158,10 +162,8 @@ fn stolen_lease_stops_the_child_and_exits_123(env: &TestEnv) {
 fn child_gets_the_lease_environment(env: &TestEnv) {
     let name = env.lease_name("environ");
     let out = env.path("env");
-    let script = format!(
-        "echo \"$MPSYNC_LEASE|$MPSYNC_NAMESPACE|$MPSYNC_IDENTITY|$MPSYNC_FENCING_TOKEN\" > {}",
-        out.display()
-    );
+    let script =
+        format!("echo \"$MPSYNC_LEASE|$MPSYNC_NAMESPACE|$MPSYNC_IDENTITY|$MPSYNC_FENCING_TOKEN\" > {}", out.display());
     env.run(["lock", &name, "--identity", "worker-1", "--", "sh", "-c", &script]).assert_code(0);
     let line = fs::read_to_string(&out).unwrap();
     let fields: Vec<&str> = line.trim().split('|').collect();
@@ -209,7 +211,10 @@ fn bad_input_exits_125_with_a_message_and_makes_no_api_call() {
     let cases: &[(&[&str], &str)] = &[
         (&["lock", "Not_A_Name", "--", "true"], "invalid lease name"),
         (&["lock", "job", "--lease-duration", "fast", "--", "true"], "--lease-duration"),
-        (&["lock", "job", "--renew-deadline", "20s", "--", "true"], "--renew-deadline (20s) must be less than --lease-duration (15s)"),
+        (
+            &["lock", "job", "--renew-deadline", "20s", "--", "true"],
+            "--renew-deadline (20s) must be less than --lease-duration (15s)",
+        ),
         (&["lock", "job", "--"], "no command given after `--`"),
         (&["lock", "job", "--grace", "10s", "--", "true"], "--grace"),
         (&["lock", "job", "--kill-signal", "SIGNOPE", "--", "true"], "unknown signal"),

@@ -25,12 +25,12 @@ macro_rules! both_backends {
 }
 
 mod apiserver;
-mod lock;
-mod supervise;
-mod elect;
 mod backends;
-mod proxy;
+mod chaos;
+mod elect;
 mod faults;
 mod health;
+mod lock;
+mod proxy;
 mod sidecar;
-mod chaos;
+mod supervise;

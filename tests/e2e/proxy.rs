@@ -53,10 +53,8 @@ fn http_server(body: &'static str) -> SocketAddr {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let response =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                 let _ = stream.write_all(response.as_bytes());
             });
         }

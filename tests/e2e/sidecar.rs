@@ -43,7 +43,11 @@ impl Sidecar {
             if let Some(status) = process.wait_for(Duration::ZERO) {
                 panic!("the side-car exited ({status}) before listening:\n{}", process.stderr());
             }
-            assert!(Instant::now() < deadline, "the side-car did not listen within {PATIENCE:?}:\n{}", process.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "the side-car did not listen within {PATIENCE:?}:\n{}",
+                process.stderr()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -368,9 +372,7 @@ fn python_acquire(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) ->
 #[test]
 fn python_client_acquires_and_sees_the_lock_held_by_another_side_car() {
     let Some(python) = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty()) else {
-        eprintln!(
-            "SKIPPED: MPSYNC_TEST_PYTHON is not set (tests/run.sh sets it after installing metaparticle-sync)"
-        );
+        eprintln!("SKIPPED: MPSYNC_TEST_PYTHON is not set (tests/run.sh sets it after installing metaparticle-sync)");
         return;
     };
     let env = TestEnv::kube();

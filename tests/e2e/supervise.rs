@@ -36,9 +36,12 @@ fn worker_script(pid_file: &std::path::Path) -> String {
 fn whole_group_is_stopped_when_the_lease_is_lost(env: &TestEnv) {
     let name = env.lease_name("grouploss");
     let worker = env.path("worker");
-    let mut lock = env.spawn(
-        ["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &worker_script(&worker)]),
-    );
+    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
+        "--",
+        "sh",
+        "-c",
+        &worker_script(&worker),
+    ]));
     let worker_pid = read_pid(&worker);
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -156,7 +159,11 @@ fn kill_signal_option_chooses_the_signal(env: &TestEnv) {
         ready = ready.display()
     );
     let mut lock = env.spawn(
-        ["lock", &name, "--kill-signal", "USR1"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
+        ["lock", &name, "--kill-signal", "USR1"]
+            .iter()
+            .copied()
+            .chain(FAST.iter().copied())
+            .chain(["--", "sh", "-c", &script]),
     );
     wait_for_file(&ready, "ready");
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
@@ -256,7 +263,18 @@ fn as_pid_1_mpsync_reaps_orphans_and_returns_the_childs_status() {
         echo reaped
         exit 7"#;
     let mut command = std::process::Command::new("unshare");
-    command.args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--", "sh", "-c", script]);
+    command.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        env!("CARGO_BIN_EXE_mpsync"),
+        "lock",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
     scrub(&mut command);
     command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
     let done = Proc::spawn(command, &env.dir).finish();

@@ -90,9 +90,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -136,13 +134,7 @@ struct Event {
 impl State {
     /// Moves the counter on and records a write; `object` already carries the new resourceVersion.
     fn record(&mut self, kind: &'static str, namespace: &str, name: &str, object: Value) {
-        self.events.push(Event {
-            rv: self.rv,
-            kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            object,
-        });
+        self.events.push(Event { rv: self.rv, kind, namespace: namespace.to_string(), name: name.to_string(), object });
         if self.events.len() > MAX_HISTORY {
             let drop = self.events.len() - MAX_HISTORY / 2;
             self.history_start = self.events[drop - 1].rv;
@@ -187,10 +179,7 @@ impl TestApiServer {
             next_conn: 0,
             stopping: false,
         };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() });
         let acceptor = {
             let shared = shared.clone();
             thread::Builder::new()
@@ -198,11 +187,7 @@ impl TestApiServer {
                 .spawn(move || accept_loop(shared, listener))
                 .expect("spawn the listener thread")
         };
-        TestApiServer {
-            shared,
-            addr,
-            acceptor: Some(acceptor),
-        }
+        TestApiServer { shared, addr, acceptor: Some(acceptor) }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -315,11 +300,7 @@ impl TestApiServer {
 
     /// The stored Lease, as a GET would serve it.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.shared
-            .lock()
-            .objects
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        self.shared.lock().objects.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 }
 
@@ -358,23 +339,14 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
             let id = st.next_conn;
             st.next_conn += 1;
-            st.conns.insert(
-                id,
-                Conn {
-                    stream: registered,
-                    watching: false,
-                    killed: false,
-                },
-            );
+            st.conns.insert(id, Conn { stream: registered, watching: false, killed: false });
             id
         };
         let shared = shared.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("test-apiserver-conn-{id}"))
-            .spawn({
-                let shared = shared.clone();
-                move || serve_connection(&shared, id, stream)
-            });
+        let spawned = thread::Builder::new().name(format!("test-apiserver-conn-{id}")).spawn({
+            let shared = shared.clone();
+            move || serve_connection(&shared, id, stream)
+        });
         if spawned.is_err() {
             shared.lock().conns.remove(&id);
         }
@@ -422,21 +394,15 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The first value of query parameter `key`, decoded.
     fn param(&self, key: &str) -> Option<String> {
-        self.query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k, true) == key).then(|| percent_decode(v, true))
-            })
+        self.query.split('&').filter(|p| !p.is_empty()).find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k, true) == key).then(|| percent_decode(v, true))
+        })
     }
 }
 
@@ -449,10 +415,7 @@ enum ReadError {
 
 fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, ReadError> {
     let mut buf = Vec::new();
-    let n = reader
-        .take(MAX_HEADER_LINE as u64)
-        .read_until(b'\n', &mut buf)
-        .map_err(|_| ReadError::Closed)?;
+    let n = reader.take(MAX_HEADER_LINE as u64).read_until(b'\n', &mut buf).map_err(|_| ReadError::Closed)?;
     if n == 0 {
         return Ok(None);
     }
@@ -467,15 +430,10 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, ReadError> {
     if buf.last() == Some(&b'\r') {
         buf.pop();
     }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| ReadError::Bad(400, "request header is not UTF-8".into()))
+    String::from_utf8(buf).map(Some).map_err(|_| ReadError::Bad(400, "request header is not UTF-8".into()))
 }
 
-fn read_request(
-    reader: &mut impl BufRead,
-    writer: &mut impl Write,
-) -> Result<Option<Request>, ReadError> {
+fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Option<Request>, ReadError> {
     let line = loop {
         match read_line(reader)? {
             None => return Ok(None),
@@ -507,36 +465,22 @@ fn read_request(
         };
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_ascii_lowercase());
     let connection = header("connection").unwrap_or_default();
-    let keep_alive = if version == "HTTP/1.0" {
-        connection.contains("keep-alive")
-    } else {
-        !connection.contains("close")
-    };
+    let keep_alive =
+        if version == "HTTP/1.0" { connection.contains("keep-alive") } else { !connection.contains("close") };
     if header("expect").is_some_and(|e| e == "100-continue") {
-        writer
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .map_err(|_| ReadError::Closed)?;
+        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|_| ReadError::Closed)?;
     }
     let body = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
         read_chunked_body(reader)?
     } else if let Some(length) = header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| ReadError::Bad(400, "invalid Content-Length".into()))?;
+        let length: usize = length.parse().map_err(|_| ReadError::Bad(400, "invalid Content-Length".into()))?;
         if length > MAX_BODY {
             return Err(ReadError::Bad(413, "request entity too large".into()));
         }
         let mut body = vec![0; length];
-        reader
-            .read_exact(&mut body)
-            .map_err(|_| ReadError::Closed)?;
+        reader.read_exact(&mut body).map_err(|_| ReadError::Closed)?;
         body
     } else {
         Vec::new()
@@ -558,8 +502,7 @@ fn read_chunked_body(reader: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
             return Err(ReadError::Closed);
         };
         let size = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16)
-            .map_err(|_| ReadError::Bad(400, "malformed chunked body".into()))?;
+        let size = usize::from_str_radix(size, 16).map_err(|_| ReadError::Bad(400, "malformed chunked body".into()))?;
         if size == 0 {
             // Trailers, up to the empty line.
             while let Some(line) = read_line(reader)? {
@@ -574,9 +517,7 @@ fn read_chunked_body(reader: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
         }
         let start = body.len();
         body.resize(start + size, 0);
-        reader
-            .read_exact(&mut body[start..])
-            .map_err(|_| ReadError::Closed)?;
+        reader.read_exact(&mut body[start..]).map_err(|_| ReadError::Closed)?;
         match read_line(reader)? {
             Some(line) if line.is_empty() => {}
             Some(_) => return Err(ReadError::Bad(400, "malformed chunked body".into())),
@@ -748,14 +689,7 @@ fn key_order(context: &str) -> &'static [&'static str] {
             "strategy",
             "preferredHolder",
         ],
-        "details" => &[
-            "name",
-            "group",
-            "kind",
-            "uid",
-            "causes",
-            "retryAfterSeconds",
-        ],
+        "details" => &["name", "group", "kind", "uid", "causes", "retryAfterSeconds"],
         "causes" => &["reason", "message", "field"],
         _ => &[],
     }
@@ -794,12 +728,7 @@ fn write_json(out: &mut String, value: &Value, context: &str) {
 }
 
 fn json_response(status: u16, value: &Value) -> Response {
-    Response {
-        status,
-        body: to_json(value).into_bytes(),
-        content_type: "application/json",
-        extra_headers: Vec::new(),
-    }
+    Response { status, body: to_json(value).into_bytes(), content_type: "application/json", extra_headers: Vec::new() }
 }
 
 fn status_value(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
@@ -875,13 +804,7 @@ fn conflict(name: &str, why: &str) -> Response {
 }
 
 /// The 409 of a failed storage precondition, as etcd3's store words it.
-fn precondition_conflict(
-    namespace: &str,
-    name: &str,
-    what: &str,
-    wanted: &str,
-    actual: &str,
-) -> Response {
+fn precondition_conflict(namespace: &str, name: &str, what: &str, wanted: &str, actual: &str) -> Response {
     conflict(
         name,
         &format!(
@@ -923,12 +846,7 @@ fn failure_response(code: u16) -> Response {
             "Timeout: request did not complete within requested timeout - context deadline exceeded",
             Some(json!({})),
         ),
-        code => status_response(
-            code,
-            reason_for(code),
-            &format!("injected failure ({code})"),
-            Some(json!({})),
-        ),
+        code => status_response(code, reason_for(code), &format!("injected failure ({code})"), Some(json!({}))),
     }
 }
 
@@ -979,25 +897,14 @@ fn invalid_response(kind: &str, name: &str, errors: &[FieldError]) -> Response {
             messages.push(message);
         }
     }
-    let aggregate = if messages.len() == 1 {
-        messages[0].clone()
-    } else {
-        format!("[{}]", messages.join(", "))
-    };
-    let causes: Vec<Value> = errors
-        .iter()
-        .map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field}))
-        .collect();
+    let aggregate = if messages.len() == 1 { messages[0].clone() } else { format!("[{}]", messages.join(", ")) };
+    let causes: Vec<Value> =
+        errors.iter().map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field})).collect();
     let mut details = json!({"group": GROUP, "kind": kind, "causes": causes});
     if !name.is_empty() {
         details["name"] = json!(name);
     }
-    status_response(
-        422,
-        "Invalid",
-        &format!("{kind}.{GROUP} \"{name}\" is invalid: {aggregate}"),
-        Some(details),
-    )
+    status_response(422, "Invalid", &format!("{kind}.{GROUP} \"{name}\" is invalid: {aggregate}"), Some(details))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1019,20 +926,12 @@ fn route(path: &str) -> Route {
     if path == "/version" || path == "/version/" {
         return Route::Version;
     }
-    let segments: Vec<String> = path
-        .split('/')
-        .skip(1)
-        .map(|s| percent_decode(s, false))
-        .collect();
+    let segments: Vec<String> = path.split('/').skip(1).map(|s| percent_decode(s, false)).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segments[..] {
         ["apis", GROUP, "v1", "leases"] => Route::Collection(None),
-        ["apis", GROUP, "v1", "namespaces", ns, "leases"] if !ns.is_empty() => {
-            Route::Collection(Some(ns.to_string()))
-        }
-        ["apis", GROUP, "v1", "namespaces", ns, "leases", name]
-            if !ns.is_empty() && !name.is_empty() =>
-        {
+        ["apis", GROUP, "v1", "namespaces", ns, "leases"] if !ns.is_empty() => Route::Collection(Some(ns.to_string())),
+        ["apis", GROUP, "v1", "namespaces", ns, "leases", name] if !ns.is_empty() && !name.is_empty() => {
             Route::Item(ns.to_string(), name.to_string())
         }
         ["api" | "apis", ..] => Route::UnknownApi,
@@ -1112,9 +1011,8 @@ fn dispatch(shared: &Shared, request: &Request, forbidden: &BTreeSet<String>) ->
         Route::Collection(namespace) => (namespace, None),
         Route::Item(namespace, name) => (Some(namespace), Some(name)),
     };
-    let watching = method == "GET"
-        && name.is_none()
-        && matches!(parse_bool(request.param("watch").as_deref()), Ok(true));
+    let watching =
+        method == "GET" && name.is_none() && matches!(parse_bool(request.param("watch").as_deref()), Ok(true));
     let verb = match (method, &name) {
         ("GET", None) if watching => "watch",
         ("GET", None) => "list",
@@ -1127,26 +1025,16 @@ fn dispatch(shared: &Shared, request: &Request, forbidden: &BTreeSet<String>) ->
         _ => return Reply::Answer(method_not_allowed()),
     };
     if forbidden.contains(verb) {
-        return Reply::Answer(forbidden_response(
-            verb,
-            namespace.as_deref(),
-            name.as_deref(),
-        ));
+        return Reply::Answer(forbidden_response(verb, namespace.as_deref(), name.as_deref()));
     }
     let store = Store { shared, forbidden };
     match (verb, namespace, name) {
         ("list" | "watch", namespace, None) => store.list_or_watch(request, namespace),
         ("get", Some(namespace), Some(name)) => Reply::Answer(store.get(&namespace, &name)),
         ("create", Some(namespace), None) => Reply::Answer(store.create(request, &namespace)),
-        ("update", Some(namespace), Some(name)) => {
-            Reply::Answer(store.replace(request, &namespace, &name))
-        }
-        ("delete", Some(namespace), Some(name)) => {
-            Reply::Answer(store.delete(request, &namespace, &name))
-        }
-        ("deletecollection", Some(namespace), None) => {
-            Reply::Answer(store.delete_collection(request, &namespace))
-        }
+        ("update", Some(namespace), Some(name)) => Reply::Answer(store.replace(request, &namespace, &name)),
+        ("delete", Some(namespace), Some(name)) => Reply::Answer(store.delete(request, &namespace, &name)),
+        ("deletecollection", Some(namespace), None) => Reply::Answer(store.delete_collection(request, &namespace)),
         _ => Reply::Answer(method_not_allowed()),
     }
 }
@@ -1166,9 +1054,7 @@ fn parse_bool(value: Option<&str>) -> Result<bool, String> {
         None | Some("") => Ok(false),
         Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
         Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-        Some(other) => Err(format!(
-            "strconv.ParseBool: parsing \"{other}\": invalid syntax"
-        )),
+        Some(other) => Err(format!("strconv.ParseBool: parsing \"{other}\": invalid syntax")),
     }
 }
 
@@ -1185,12 +1071,7 @@ struct Filter {
 impl Filter {
     fn parse(namespace: Option<String>, selector: Option<&str>) -> Result<Filter, Response> {
         let mut terms = Vec::new();
-        for term in selector
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
+        for term in selector.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
                 (f, false, v)
             } else if let Some((f, v)) = term.split_once("==") {
@@ -1199,9 +1080,7 @@ impl Filter {
                 (f, true, v)
             } else {
                 let all = selector.unwrap_or("");
-                return Err(bad_request(&format!(
-                    "invalid selector: '{all}'; can't understand '{term}'"
-                )));
+                return Err(bad_request(&format!("invalid selector: '{all}'; can't understand '{term}'")));
             };
             let field = field.trim();
             let is_name = match field {
@@ -1279,22 +1158,14 @@ impl Store<'_> {
                     "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
                 )
             } else {
-                (
-                    "sendInitialEvents",
-                    "sendInitialEvents is forbidden for list",
-                )
+                ("sendInitialEvents", "sendInitialEvents is forbidden for list")
             };
-            let error = FieldError {
-                reason: "FieldValueForbidden",
-                field: field.into(),
-                body: format!("Forbidden: {detail}"),
-            };
+            let error =
+                FieldError { reason: "FieldValueForbidden", field: field.into(), body: format!("Forbidden: {detail}") };
             let mut response = invalid_response("ListOptions", "", &[error]);
             // ListOptions errors belong to meta.k8s.io.
             let mut status: Value = serde_json::from_slice(&response.body).unwrap_or_default();
-            status["message"] = json!(format!(
-                "ListOptions.meta.k8s.io \"\" is invalid: {field}: Forbidden: {detail}"
-            ));
+            status["message"] = json!(format!("ListOptions.meta.k8s.io \"\" is invalid: {field}: Forbidden: {detail}"));
             status["details"]["group"] = json!("meta.k8s.io");
             response.body = to_json(&status).into_bytes();
             return Reply::Answer(response);
@@ -1344,12 +1215,7 @@ impl Store<'_> {
                 }
             },
         };
-        Reply::Watch(WatchRequest {
-            filter,
-            since,
-            bookmarks,
-            timeout,
-        })
+        Reply::Watch(WatchRequest { filter, since, bookmarks, timeout })
     }
 
     fn create(&self, request: &Request, namespace: &str) -> Response {
@@ -1370,12 +1236,7 @@ impl Store<'_> {
             return invalid_response("Lease", &incoming.name, &errors);
         }
         if !incoming.resource_version.is_empty() && incoming.resource_version != "0" {
-            return status_response(
-                500,
-                "",
-                "resourceVersion should not be set on objects to be created",
-                None,
-            );
+            return status_response(500, "", "resourceVersion should not be set on objects to be created", None);
         }
         if st.objects.contains_key(&key(namespace, &incoming.name)) {
             let name = &incoming.name;
@@ -1404,10 +1265,7 @@ impl Store<'_> {
         }
         let mut st = self.shared.lock();
         let existing = st.objects.get(&key(namespace, name)).cloned();
-        let existing_uid = existing
-            .as_ref()
-            .map(|o| str_at(o, "/metadata/uid"))
-            .unwrap_or_default();
+        let existing_uid = existing.as_ref().map(|o| str_at(o, "/metadata/uid")).unwrap_or_default();
         if !incoming.uid.is_empty() && incoming.uid != existing_uid {
             return precondition_conflict(namespace, name, "UID", &incoming.uid, &existing_uid);
         }
@@ -1441,10 +1299,7 @@ impl Store<'_> {
                 let error = invalid(
                     "resourceVersion",
                     &Value::String(rv.to_string()).to_string(),
-                    &format!(
-                        "strconv.ParseUint: parsing {}: invalid syntax",
-                        Value::String(rv.to_string())
-                    ),
+                    &format!("strconv.ParseUint: parsing {}: invalid syntax", Value::String(rv.to_string())),
                 );
                 return invalid_response("leases", name, &[error]);
             }
@@ -1500,29 +1355,16 @@ impl Store<'_> {
         if let Err(response) = decode_delete_options(request) {
             return response;
         }
-        let filter = match Filter::parse(
-            Some(namespace.to_string()),
-            request.param("fieldSelector").as_deref(),
-        ) {
+        let filter = match Filter::parse(Some(namespace.to_string()), request.param("fieldSelector").as_deref()) {
             Ok(filter) => filter,
             Err(response) => return response,
         };
         let mut st = self.shared.lock();
-        let names: Vec<String> = st
-            .objects
-            .keys()
-            .filter(|(ns, name)| filter.matches(ns, name))
-            .map(|(_, name)| name.clone())
-            .collect();
-        let items: Vec<Value> = names
-            .iter()
-            .map(|name| list_item(&remove(&mut st, namespace, name)))
-            .collect();
+        let names: Vec<String> =
+            st.objects.keys().filter(|(ns, name)| filter.matches(ns, name)).map(|(_, name)| name.clone()).collect();
+        let items: Vec<Value> = names.iter().map(|name| list_item(&remove(&mut st, namespace, name))).collect();
         self.shared.changed.notify_all();
-        json_response(
-            200,
-            &json!({"kind": "LeaseList", "apiVersion": API_VERSION, "metadata": {}, "items": items}),
-        )
+        json_response(200, &json!({"kind": "LeaseList", "apiVersion": API_VERSION, "metadata": {}, "items": items}))
     }
 }
 
@@ -1538,15 +1380,8 @@ fn namespace_not_found(namespace: &str) -> Response {
 /// Stores a new Lease with a fresh uid, creation time and resourceVersion, and records ADDED.
 fn insert_new(st: &mut State, namespace: &str, incoming: &Incoming) -> Value {
     let rv = st.next_rv();
-    let object = build_object(
-        namespace,
-        incoming,
-        &new_uid(),
-        &rfc3339_seconds(SystemTime::now()),
-        &rv.to_string(),
-    );
-    st.objects
-        .insert(key(namespace, &incoming.name), object.clone());
+    let object = build_object(namespace, incoming, &new_uid(), &rfc3339_seconds(SystemTime::now()), &rv.to_string());
+    st.objects.insert(key(namespace, &incoming.name), object.clone());
     st.record("ADDED", namespace, &incoming.name, object.clone());
     object
 }
@@ -1571,10 +1406,7 @@ fn build_object(namespace: &str, incoming: &Incoming, uid: &str, created: &str, 
     metadata.insert("uid".into(), json!(uid));
     metadata.insert("resourceVersion".into(), json!(rv));
     metadata.insert("creationTimestamp".into(), json!(created));
-    for (field, map) in [
-        ("labels", &incoming.labels),
-        ("annotations", &incoming.annotations),
-    ] {
+    for (field, map) in [("labels", &incoming.labels), ("annotations", &incoming.annotations)] {
         if let Some(map) = map.as_ref().filter(|m| !m.is_empty()) {
             metadata.insert(field.into(), Value::Object(map.clone()));
         }
@@ -1598,11 +1430,7 @@ fn list_item(object: &Value) -> Value {
 }
 
 fn str_at(value: &Value, pointer: &str) -> String {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -1617,9 +1445,7 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 fn cannot_decode(detail: &str) -> Response {
-    bad_request(&format!(
-        "Lease in version \"v1\" cannot be handled as a Lease: {detail}"
-    ))
+    bad_request(&format!("Lease in version \"v1\" cannot be handled as a Lease: {detail}"))
 }
 
 fn wrong_type(value: &Value, go_field: &str, go_type: &str) -> Response {
@@ -1627,19 +1453,12 @@ fn wrong_type(value: &Value, go_field: &str, go_type: &str) -> Response {
         Value::Number(n) => format!("number {n}"),
         other => json_type(other).to_string(),
     };
-    cannot_decode(&format!(
-        "json: cannot unmarshal {shown} into Go struct field {go_field} of type {go_type}"
-    ))
+    cannot_decode(&format!("json: cannot unmarshal {shown} into Go struct field {go_field} of type {go_type}"))
 }
 
 fn body_json(request: &Request) -> Result<Value, Response> {
     let content_type = request.header("content-type").unwrap_or("");
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" {
         return Err(status_response(
             415,
@@ -1689,11 +1508,7 @@ fn decode_lease(request: &Request, url_namespace: &str) -> Result<Incoming, Resp
         match metadata.get(field) {
             None | Some(Value::Null) => Ok(String::new()),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(wrong_type(
-                other,
-                &format!("ObjectMeta.metadata.{field}"),
-                "string",
-            )),
+            Some(other) => Err(wrong_type(other, &format!("ObjectMeta.metadata.{field}"), "string")),
         }
     };
     let meta_map = |field: &str| -> Result<Option<Map<String, Value>>, Response> {
@@ -1702,24 +1517,13 @@ fn decode_lease(request: &Request, url_namespace: &str) -> Result<Incoming, Resp
             Some(Value::Object(m)) => {
                 for value in m.values() {
                     if !value.is_string() && !value.is_null() {
-                        return Err(wrong_type(
-                            value,
-                            &format!("ObjectMeta.metadata.{field}"),
-                            "string",
-                        ));
+                        return Err(wrong_type(value, &format!("ObjectMeta.metadata.{field}"), "string"));
                     }
                 }
-                let cleaned = m
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v.as_str().unwrap_or(""))))
-                    .collect();
+                let cleaned = m.iter().map(|(k, v)| (k.clone(), json!(v.as_str().unwrap_or("")))).collect();
                 Ok(Some(cleaned))
             }
-            Some(other) => Err(wrong_type(
-                other,
-                &format!("ObjectMeta.metadata.{field}"),
-                "map[string]string",
-            )),
+            Some(other) => Err(wrong_type(other, &format!("ObjectMeta.metadata.{field}"), "map[string]string")),
         }
     };
     let incoming_namespace = meta_string("namespace")?;
@@ -1783,10 +1587,7 @@ struct DeleteOptions {
 }
 
 fn decode_delete_options(request: &Request) -> Result<DeleteOptions, Response> {
-    let mut options = DeleteOptions {
-        uid: None,
-        resource_version: None,
-    };
+    let mut options = DeleteOptions { uid: None, resource_version: None };
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(options);
     }
@@ -1809,11 +1610,7 @@ fn decode_delete_options(request: &Request) -> Result<DeleteOptions, Response> {
     Ok(options)
 }
 
-fn check_delete_preconditions(
-    options: &DeleteOptions,
-    existing: &Value,
-    name: &str,
-) -> Option<Response> {
+fn check_delete_preconditions(options: &DeleteOptions, existing: &Value, name: &str) -> Option<Response> {
     let conflict = |why: String| {
         status_response(
             409,
@@ -1859,11 +1656,7 @@ fn name_errors(field: &str, value: &str, checked: &str) -> Vec<FieldError> {
     let quoted = Value::String(value.to_string()).to_string();
     let mut errors = Vec::new();
     if checked.len() > 253 {
-        errors.push(invalid(
-            field,
-            &quoted,
-            "must be no more than 253 characters",
-        ));
+        errors.push(invalid(field, &quoted, "must be no more than 253 characters"));
     }
     if !is_dns1123_subdomain(checked) {
         errors.push(invalid(field, &quoted, NAME_REGEX_MESSAGE));
@@ -1881,11 +1674,7 @@ fn validate(incoming: &Incoming) -> Vec<FieldError> {
             masked.pop();
             masked.push('a');
         }
-        errors.extend(name_errors(
-            "metadata.generateName",
-            &incoming.generate_name,
-            &masked,
-        ));
+        errors.extend(name_errors("metadata.generateName", &incoming.generate_name, &masked));
     }
     if incoming.name.is_empty() {
         errors.push(FieldError {
@@ -1898,18 +1687,10 @@ fn validate(incoming: &Incoming) -> Vec<FieldError> {
     }
     let number = |field: &str| incoming.spec.get(field).and_then(Value::as_i64);
     if let Some(duration) = number("leaseDurationSeconds").filter(|d| *d <= 0) {
-        errors.push(invalid(
-            "spec.leaseDurationSeconds",
-            &duration.to_string(),
-            "must be greater than 0",
-        ));
+        errors.push(invalid("spec.leaseDurationSeconds", &duration.to_string(), "must be greater than 0"));
     }
     if let Some(transitions) = number("leaseTransitions").filter(|t| *t < 0) {
-        errors.push(invalid(
-            "spec.leaseTransitions",
-            &transitions.to_string(),
-            "must be greater than or equal to 0",
-        ));
+        errors.push(invalid("spec.leaseTransitions", &transitions.to_string(), "must be greater than or equal to 0"));
     }
     errors
 }
@@ -1982,30 +1763,22 @@ impl Drop for OpenWatch<'_> {
 }
 
 /// Streams one watch; false when the connection must be closed.
-fn serve_watch(
-    shared: &Arc<Shared>,
-    conn: u64,
-    w: &mut TcpStream,
-    watch: &WatchRequest,
-    keep_alive: bool,
-) -> bool {
+fn serve_watch(shared: &Arc<Shared>, conn: u64, w: &mut TcpStream, watch: &WatchRequest, keep_alive: bool) -> bool {
     // Notice a client that goes away while nothing is being sent: peek (which consumes nothing)
     // blocks until the client sends or closes.
     let gone = Arc::new(AtomicBool::new(false));
     if let Ok(peeker) = w.try_clone() {
         let gone = gone.clone();
         let shared = shared.clone();
-        let _ = thread::Builder::new()
-            .name("test-apiserver-peek".into())
-            .spawn(move || {
-                let mut byte = [0u8; 1];
-                if matches!(peeker.peek(&mut byte), Ok(0) | Err(_)) {
-                    gone.store(true, Ordering::SeqCst);
-                    // Take the lock so that the watch is either waiting (and is woken) or will see `gone`.
-                    drop(shared.lock());
-                    shared.changed.notify_all();
-                }
-            });
+        let _ = thread::Builder::new().name("test-apiserver-peek".into()).spawn(move || {
+            let mut byte = [0u8; 1];
+            if matches!(peeker.peek(&mut byte), Ok(0) | Err(_)) {
+                gone.store(true, Ordering::SeqCst);
+                // Take the lock so that the watch is either waiting (and is woken) or will see `gone`.
+                drop(shared.lock());
+                shared.changed.notify_all();
+            }
+        });
     }
 
     let (initial, mut last_rv, expired, _open) = {
@@ -2039,22 +1812,14 @@ fn serve_watch(
                     "reason": "Expired",
                     "code": 410,
                 });
-                (
-                    Vec::new(),
-                    current,
-                    Some(event_line("ERROR", &status)),
-                    open,
-                )
+                (Vec::new(), current, Some(event_line("ERROR", &status)), open)
             }
             Some(since) => (Vec::new(), since, None, open),
         }
     };
 
     let head = response_head(200, "application/json", None, &[], !keep_alive);
-    if w.write_all(head.as_bytes())
-        .and_then(|()| w.flush())
-        .is_err()
-    {
+    if w.write_all(head.as_bytes()).and_then(|()| w.flush()).is_err() {
         return false;
     }
     for line in &initial {
@@ -2063,9 +1828,7 @@ fn serve_watch(
         }
     }
     if let Some(line) = expired {
-        return write_chunk(w, line.as_bytes())
-            .and_then(|()| write_chunk(w, b""))
-            .is_ok();
+        return write_chunk(w, line.as_bytes()).and_then(|()| write_chunk(w, b"")).is_ok();
     }
 
     let deadline = Instant::now() + watch.timeout;
@@ -2074,10 +1837,7 @@ fn serve_watch(
         let step = {
             let mut st = shared.lock();
             loop {
-                if st.stopping
-                    || gone.load(Ordering::SeqCst)
-                    || st.conns.get(&conn).is_none_or(|c| c.killed)
-                {
+                if st.stopping || gone.load(Ordering::SeqCst) || st.conns.get(&conn).is_none_or(|c| c.killed) {
                     break WatchStep::Abort;
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
@@ -2101,16 +1861,8 @@ fn serve_watch(
                     last_rv = last_rv.max(st.rv);
                     break WatchStep::Send(vec![bookmark_line(st.rv)]);
                 }
-                let wake = if watch.bookmarks {
-                    deadline.min(next_bookmark)
-                } else {
-                    deadline
-                };
-                st = shared
-                    .changed
-                    .wait_timeout(st, wake - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                let wake = if watch.bookmarks { deadline.min(next_bookmark) } else { deadline };
+                st = shared.changed.wait_timeout(st, wake - now).unwrap_or_else(|e| e.into_inner()).0;
             }
         };
         match step {
@@ -2138,12 +1890,7 @@ fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
     hasher.finish()
 }
 
@@ -2188,18 +1935,13 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
 
 fn split_seconds(seconds: i64) -> ((i64, u32, u32), (i64, i64, i64)) {
     let days = seconds.div_euclid(86_400);
     let rest = seconds.rem_euclid(86_400);
-    (
-        civil_from_days(days),
-        (rest / 3600, rest / 60 % 60, rest % 60),
-    )
+    (civil_from_days(days), (rest / 3600, rest / 60 % 60, rest % 60))
 }
 
 /// `2026-11-26T03:28:52Z`, as creationTimestamp.
@@ -2211,9 +1953,7 @@ fn rfc3339_seconds(time: SystemTime) -> String {
 /// `Thu, 26 Nov 2026 03:28:58 GMT`, for the Date header.
 fn http_date(time: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let seconds = unix_seconds(time);
     let weekday = DAYS[seconds.div_euclid(86_400).rem_euclid(7) as usize];
     let ((year, month, day), (hour, minute, second)) = split_seconds(seconds);
@@ -2231,18 +1971,9 @@ fn normalize_micro_time(s: &str) -> Option<String> {
     }
     let digits = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = &s[range];
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
     };
-    let separators = [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-    ];
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')];
     if separators.iter().any(|&(i, c)| b[i] != c) {
         return None;
     }
@@ -2252,10 +1983,7 @@ fn normalize_micro_time(s: &str) -> Option<String> {
     digits(20..26)?;
     let offset = match &s[26..] {
         "Z" => 0,
-        zone if zone.len() == 6
-            && (zone.starts_with('+') || zone.starts_with('-'))
-            && &zone[3..4] == ":" =>
-        {
+        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) && &zone[3..4] == ":" => {
             let (h, m) = (digits(27..29)?, digits(30..32)?);
             if h > 23 || m > 59 {
                 return None;
@@ -2266,20 +1994,7 @@ fn normalize_micro_time(s: &str) -> Option<String> {
         _ => return None,
     };
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
     if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] {
         return None;
     }
@@ -2289,13 +2004,8 @@ fn normalize_micro_time(s: &str) -> Option<String> {
     if offset == 0 {
         return Some(s.to_string());
     }
-    let seconds = days_from_civil(year, month as u32, day as u32) * 86_400
-        + hour * 3600
-        + minute * 60
-        + second
-        - offset;
+    let seconds =
+        days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second - offset;
     let ((year, month, day), (hour, minute, second)) = split_seconds(seconds);
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros}Z"
-    ))
+    Some(format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros}Z"))
 }

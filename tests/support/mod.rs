@@ -88,7 +88,16 @@ impl TestEnv {
             .unwrap();
             Api::<Lease>::namespaced(Client::try_from(config).unwrap(), &namespace)
         });
-        TestEnv { backend: Backend::Kube, server, dir, kubeconfig, namespace, runtime, api: Some(api), file_store: None }
+        TestEnv {
+            backend: Backend::Kube,
+            server,
+            dir,
+            kubeconfig,
+            namespace,
+            runtime,
+            api: Some(api),
+            file_store: None,
+        }
     }
 
     pub fn file() -> TestEnv {
@@ -213,7 +222,9 @@ impl TestEnv {
                 let store = self.file_store.as_ref().unwrap();
                 match store.get(name).await.expect("get lease") {
                     None => store.create(name, &spec).await.map(drop).expect("create lease"),
-                    Some(current) => store.replace(name, &current.resource_version, &spec).await.map(drop).expect("replace lease"),
+                    Some(current) => {
+                        store.replace(name, &current.resource_version, &spec).await.map(drop).expect("replace lease")
+                    }
                 }
             }),
         }
@@ -234,9 +245,9 @@ impl TestEnv {
                     lease.spec = Some(spec);
                     api.replace(name, &PostParams::default(), &lease).await.is_ok()
                 }),
-                Backend::File => self.runtime.block_on(async {
-                    self.file_store.as_ref().unwrap().replace(name, &version, &spec).await.is_ok()
-                }),
+                Backend::File => self
+                    .runtime
+                    .block_on(async { self.file_store.as_ref().unwrap().replace(name, &version, &spec).await.is_ok() }),
             };
             if ok {
                 return;
@@ -329,7 +340,14 @@ pub struct Finished {
 impl Finished {
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Finished {
-        assert_eq!(self.code, Some(code), "exit status {:?}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit status {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }

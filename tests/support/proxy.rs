@@ -522,9 +522,7 @@ fn has_tls_server_name(lines: &[&str], at: usize, indent: usize) -> bool {
     }
     let before = lines[..at].iter().rev().take_while(|line| same_mapping(line, indent));
     let after = lines[at + 1..].iter().take_while(|line| same_mapping(line, indent));
-    before
-        .chain(after)
-        .any(|line| indent_of(line) == indent && line.trim_start().starts_with("tls-server-name:"))
+    before.chain(after).any(|line| indent_of(line) == indent && line.trim_start().starts_with("tls-server-name:"))
 }
 
 fn rewrite_kubeconfig(yaml: &str, proxy_authority: &str) -> String {
