@@ -423,9 +423,9 @@ fn mpsync_variant<'a>(
         waiter: Box::new(move |script| {
             ctx.mpsync(&waiter_backend, &[&["lock", name, "-v"], timings, &["--", "bash", "-c", script]].concat())
         }),
-        // The holder keeps its own watch open, hence two.
+        // Only the waiter watches: a holder that never waited opens no watch.
         waiting: Box::new(move |waiter: &mut Proc| {
-            waiter.stderr().contains("waiting") && watches.is_none_or(|server| server.watch_count() >= 2)
+            waiter.stderr().contains("waiting") && watches.is_none_or(|server| server.watch_count() >= 1)
         }),
         settle: WATCH_SETTLE,
     }
@@ -541,7 +541,7 @@ fn takeover(ctx: &Ctx) -> String {
                 || {
                     waiter.stderr().contains("waiting")
                         && match backend {
-                            Backend::Kube(kube) => kube.server.watch_count() >= 2,
+                            Backend::Kube(kube) => kube.server.watch_count() >= 1,
                             Backend::File(_) => true,
                         }
                 },
@@ -1210,50 +1210,12 @@ fn epoch_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 /// `2026-11-26T04:23:07.584740Z` (a MicroTime in UTC, as stored) to microseconds since the epoch.
 fn parse_micro_time(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, micros) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (h, m, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let micros: i64 = format!("{micros:0<6}")[..6].parse().ok()?;
-    Some(((days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec) * 1_000_000) + micros)
+    s.parse::<k8s_openapi::jiff::Timestamp>().ok().map(|t| t.as_microsecond())
 }
 
 fn format_micro_time(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let rest = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        micros.rem_euclid(1_000_000)
-    )
+    let at = k8s_openapi::jiff::Timestamp::from_microsecond(micros).expect("a time in range");
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", at).expect("formattable")
 }
