@@ -89,8 +89,8 @@ pub enum BackendKind {
 /// Where leases live: shared by every lease command.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Namespace of the Lease [env: MPSYNC_NAMESPACE, then POD_NAMESPACE, then the kubeconfig
-    /// context's namespace, then the pod's service-account namespace, then "default"].
+    /// Namespace of the Lease [default: POD_NAMESPACE, then the kubeconfig context's namespace, then
+    /// the pod's service-account namespace, then "default"].
     #[arg(long, short = 'n', env = "MPSYNC_NAMESPACE")]
     pub namespace: Option<String>,
 
