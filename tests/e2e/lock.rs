@@ -256,3 +256,17 @@ fn completions_and_man_page_are_printed() {
     assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH"), "{}", man.stdout);
     env.run(["completions", "tcsh"]).assert_code(125);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_carrying_lease_identity_and_token() {
+    let env = TestEnv::file();
+    let name = env.lease_name("jsonlog");
+    let done = env.run(["lock", &name, "-v", "--log-format", "json", "--identity", "me-1", "--", "true"]);
+    done.assert_code(0);
+    let events: Vec<serde_json::Value> =
+        done.stderr.lines().map(|line| serde_json::from_str(line).expect("a JSON object per line")).collect();
+    let acquired = events.iter().find(|e| e["message"] == "acquired the lease").expect("an acquisition event");
+    assert_eq!(acquired["span"]["lease"], name.as_str());
+    assert_eq!(acquired["span"]["identity"], "me-1");
+    assert!(acquired["span"]["token"].is_number(), "{acquired}");
+}
