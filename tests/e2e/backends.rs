@@ -114,19 +114,11 @@ fn file_backend_waiter_takes_over_a_sigkilled_holder_after_the_lease_duration() 
     let env = TestEnv::file();
     let name = env.lease_name("fkill");
     let ready = env.path("ready");
-    let holder = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
-        "--",
-        "sh",
-        "-c",
-        &format!("echo ready > {}; exec sleep 1000", ready.display()),
-    ]));
+    let holder =
+        env.spawn(fast(&["lock", &name], &["sh", "-c", &format!("echo ready > {}; exec sleep 1000", ready.display())]));
     wait_for_file(&ready, "ready");
     let ran = env.path("ran");
-    let waiter = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
-        "--",
-        "touch",
-        ran.to_str().unwrap(),
-    ]));
+    let waiter = env.spawn(fast(&["lock", &name], &["touch", ran.to_str().unwrap()]));
     holder.signal(Signal::SIGKILL);
     let killed_at = std::time::Instant::now();
     waiter.finish().assert_code(0);

@@ -39,11 +39,7 @@ fn three_replicas_run_exactly_one_child_at_a_time(env: &TestEnv) {
     let log = env.path("log");
     let leader_file = env.path("leader");
     let script = leader_script(&log, &leader_file);
-    let mut replicas: Vec<Proc> = (0..3)
-        .map(|_| {
-            env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]))
-        })
-        .collect();
+    let mut replicas: Vec<Proc> = (0..3).map(|_| env.spawn(fast(&["elect", &name], &["sh", "-c", &script]))).collect();
     for round in 0..3 {
         let leader = read_pid(&leader_file);
         let index = replicas.iter().position(|r| r.pid() == leader).expect("leader is a replica");
@@ -73,11 +69,7 @@ fn sigkill_of_the_leader_fails_over_after_the_lease_duration(env: &TestEnv) {
         child = child_file.display(),
         leader = leader_file.display()
     );
-    let replicas: Vec<Proc> = (0..2)
-        .map(|_| {
-            env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]))
-        })
-        .collect();
+    let replicas: Vec<Proc> = (0..2).map(|_| env.spawn(fast(&["elect", &name], &["sh", "-c", &script]))).collect();
     let leader = read_pid(&leader_file);
     let first_child = read_pid(&child_file);
     fs::remove_file(&leader_file).unwrap();
@@ -122,8 +114,7 @@ fn stolen_leadership_stops_the_child_and_runs_it_again_when_reelected(env: &Test
     let name = env.lease_name("reelect");
     let starts = env.path("starts");
     let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
-    let mut elect =
-        env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
     let first = read_pid(&starts);
     let stolen_at = Instant::now();
     // A thief that holds for 2s and never renews.
@@ -146,13 +137,7 @@ fn exit_on_loss_exits_123(env: &TestEnv) {
     let name = env.lease_name("exitonloss");
     let ready = env.path("ready");
     let script = format!("echo ready > {}; exec sleep 1000", ready.display());
-    let mut elect = env.spawn(
-        ["elect", &name, "--exit-on-loss"]
-            .iter()
-            .copied()
-            .chain(FAST.iter().copied())
-            .chain(["--", "sh", "-c", &script]),
-    );
+    let mut elect = env.spawn(fast(&["elect", &name, "--exit-on-loss"], &["sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
     assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", elect.stderr());
@@ -286,8 +271,7 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
     }
     let seen = env.path("seen");
     let check = format!("echo held > {}; sleep 1.5", seen.display());
-    env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &check]))
-        .assert_code(0);
+    env.run(fast(&["lock", &name], &["sh", "-c", &check])).assert_code(0);
     let (_, spec) = env.get(&name).unwrap();
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));

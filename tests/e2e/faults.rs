@@ -150,7 +150,7 @@ both_backends!(
 fn holder_with_no_duration_or_times_is_waited_out_for_our_duration(env: &TestEnv) {
     let name = env.lease_name("onlyholder");
     env.put(&name, garbage("only-holder", None, None));
-    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "true"]));
+    let done = env.run(fast(&["lock", &name], &["true"]));
     done.assert_code(0);
     assert!(done.elapsed >= Duration::from_secs(4), "took over after {:?}", done.elapsed);
 }
@@ -189,7 +189,7 @@ fn file_backend_negative_duration_in_a_record_is_treated_as_ours() {
     fs::create_dir_all(env.lock_dir()).unwrap();
     let record = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"neg","namespace":"default","resourceVersion":"3"},"spec":{"holderIdentity":"x","leaseDurationSeconds":-5}}"#;
     fs::write(env.lock_dir().join("neg.json"), record).unwrap();
-    let done = env.run(["lock", "neg"].iter().copied().chain(FAST.iter().copied()).chain(["--", "true"]));
+    let done = env.run(fast(&["lock", "neg"], &["true"]));
     done.assert_code(0);
     assert!(done.elapsed >= Duration::from_secs(4));
 }
@@ -220,8 +220,7 @@ fn api_failing_while_holding_loses_the_lease_and_stops_the_child() {
     let name = env.lease_name("apidown");
     let pid_file = env.path("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
-    let mut lock =
-        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     let child = read_pid(&pid_file);
     env.server().unwrap().fail_next(100_000, 500);
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -235,8 +234,7 @@ fn latency_above_the_renew_deadline_loses_the_lease() {
     let name = env.lease_name("slow");
     let ready = env.path("ready");
     let script = format!("echo ready > {}; exec sleep 1000", ready.display());
-    let mut lock =
-        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     env.server().unwrap().set_latency(Duration::from_secs(3));
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -251,8 +249,7 @@ fn api_server_restart_while_holding_keeps_the_lease() {
     let go = env.path("go");
     let script =
         format!("echo ready > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 4", ready.display(), go.display());
-    let lock =
-        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let lock = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     let server = env.server().unwrap();
     let before = server.resource_version();
@@ -314,8 +311,7 @@ fn elect_leader_cut_off_from_the_api_stops_its_child_and_runs_it_again_after_rec
     let name = env.lease_name("electdown");
     let starts = env.path("starts");
     let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
-    let mut elect =
-        env.spawn(["elect", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
     let first = read_pid(&starts);
     let server = env.server().unwrap();
     server.fail_next(100_000, 503);

@@ -135,7 +135,7 @@ fn lease_of_a_silent_holder_is_taken_only_after_its_duration(env: &TestEnv) {
     let started = Instant::now();
     let stamp = env.path("stamp");
     let script = format!("date +%s%N > {}", stamp.display());
-    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let done = env.run(fast(&["lock", &name], &["sh", "-c", &script]));
     done.assert_code(0);
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(3), "took over after {waited:?}, before the holder's 3s passed");
@@ -146,8 +146,7 @@ fn stolen_lease_stops_the_child_and_exits_123(env: &TestEnv) {
     let name = env.lease_name("stolen");
     let pid_file = env.path("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
-    let mut lock =
-        env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let mut lock = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     let child = read_pid(&pid_file);
     env.edit(&name, |spec| {
         spec.holder_identity = Some("thief".into());

@@ -36,12 +36,7 @@ fn worker_script(pid_file: &std::path::Path) -> String {
 fn whole_group_is_stopped_when_the_lease_is_lost(env: &TestEnv) {
     let name = env.lease_name("grouploss");
     let worker = env.path("worker");
-    let mut lock = env.spawn(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain([
-        "--",
-        "sh",
-        "-c",
-        &worker_script(&worker),
-    ]));
+    let mut lock = env.spawn(fast(&["lock", &name], &["sh", "-c", &worker_script(&worker)]));
     let worker_pid = read_pid(&worker);
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -138,9 +133,7 @@ fn child_ignoring_sigterm_is_sigkilled_after_grace(env: &TestEnv) {
     let name = env.lease_name("grace");
     let pid_file = env.path("pid");
     let script = format!("trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done", pid_file.display());
-    let mut lock = env.spawn(
-        ["lock", &name, "--grace", "1s"].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]),
-    );
+    let mut lock = env.spawn(fast(&["lock", &name, "--grace", "1s"], &["sh", "-c", &script]));
     let child = read_pid(&pid_file);
     let stolen_at = Instant::now();
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
@@ -158,13 +151,7 @@ fn kill_signal_option_chooses_the_signal(env: &TestEnv) {
         got = got.display(),
         ready = ready.display()
     );
-    let mut lock = env.spawn(
-        ["lock", &name, "--kill-signal", "USR1"]
-            .iter()
-            .copied()
-            .chain(FAST.iter().copied())
-            .chain(["--", "sh", "-c", &script]),
-    );
+    let mut lock = env.spawn(fast(&["lock", &name, "--kill-signal", "USR1"], &["sh", "-c", &script]));
     wait_for_file(&ready, "ready");
     env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
@@ -233,7 +220,7 @@ fn leftover_background_processes_are_stopped_when_the_child_exits(env: &TestEnv)
     let worker = env.path("worker");
     // The child exits at once, leaving a background worker in its group: it must not run unguarded.
     let script = format!("sleep 1000 & echo $! > {}; exit 5", worker.display());
-    let done = env.run(["lock", &name].iter().copied().chain(FAST.iter().copied()).chain(["--", "sh", "-c", &script]));
+    let done = env.run(fast(&["lock", &name], &["sh", "-c", &script]));
     done.assert_code(5);
     let worker_pid = read_pid(&worker);
     assert!(!alive(worker_pid), "the leftover worker must be stopped before the lease is released");

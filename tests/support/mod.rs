@@ -29,6 +29,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Short timings for tests: grace is lease - deadline - 1s = 1s.
 pub const FAST: &[&str] = &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms"];
 
+/// `head` (the command and its options), the `FAST` timings, then `--` and the child's `command`.
+pub fn fast<'a>(head: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    [head, FAST, &["--"], command].concat()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Kube,
