@@ -12,6 +12,13 @@ use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::lease::Timing;
+use crate::validate;
+pub use crate::validate::is_dns1123_subdomain;
+
+/// The variable that sets `--identity`. Deliberately not `MPSYNC_IDENTITY`, which the child receives
+/// (for its information): a nested mpsync must never inherit its parent's identity. It is also removed
+/// from the environment the child inherits.
+pub const IDENTITY_ENV: &str = "MPSYNC_HOLDER_IDENTITY";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,8 +127,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
 
-    /// Identity written as holderIdentity [default: <POD_NAME or hostname>_<random>].
-    #[arg(long, env = "MPSYNC_IDENTITY")]
+    /// Identity written as holderIdentity [default: <POD_NAME or hostname>_<random>, unique per process].
+    /// Not passed on to the child: a nested mpsync gets an identity of its own.
+    #[arg(long, env = IDENTITY_ENV)]
     pub identity: Option<String>,
 
     /// How long a holder's lease stays valid without renewal (whole seconds).
@@ -214,7 +222,7 @@ pub struct SidecarArgs {
 
     /// Identity written as holderIdentity of every lock this side-car takes
     /// [default: <POD_NAME or hostname>_<random>].
-    #[arg(long, env = "MPSYNC_IDENTITY")]
+    #[arg(long, env = IDENTITY_ENV)]
     pub identity: Option<String>,
 
     #[command(flatten)]
@@ -300,7 +308,11 @@ impl Cli {
     /// Parse the process's arguments. Help and version print and exit 0; usage errors print one or two
     /// lines and exit 125 (not clap's 2: 125 is mpsync's own failure in the exit-code table).
     pub fn parse_args() -> std::result::Result<Cli, Error> {
-        Cli::try_parse_from(std::env::args_os()).map_err(usage_error)
+        let cli = Cli::try_parse_from(std::env::args_os()).map_err(usage_error)?;
+        // SAFETY: called first thing in main, while the process is single-threaded (no runtime, no
+        // supervisor threads yet), so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(IDENTITY_ENV) };
+        Ok(cli)
     }
 
     pub fn try_parse_from<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
@@ -376,7 +388,7 @@ fn usage_error(err: clap::Error) -> Error {
 
 fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
     let usage = format!("usage: mpsync {verb} NAME [OPTIONS] -- COMMAND [ARGS...]");
-    validate_name(&run.name)?;
+    validate::name(&run.name)?;
     let backend = backend(run.backend)?;
     let Some((program, args)) = run.command.split_first() else {
         return Err(Error::Usage(format!("no command given after `--`\n{usage}")));
@@ -392,15 +404,7 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
     };
     let grace = validate_timing(timing, run.grace)?;
 
-    if let Some(slots) = run.slots {
-        if !(1..=1000).contains(&slots) {
-            return Err(Error::Usage(format!("--slots must be between 1 and 1000, not {slots}")));
-        }
-        for name in slot_names(&run.name, Some(slots)) {
-            validate_name(&name)?;
-        }
-    }
-
+    validate::slot_names(&run.name, run.slots)?;
     let identity = identity(run.identity)?;
 
     Ok(RunConfig {
@@ -438,21 +442,20 @@ fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
 /// `--identity` if given (not blank), else a default unique to this process.
 fn identity(given: Option<String>) -> Result<String> {
     match given {
-        Some(identity) if identity.trim().is_empty() => Err(Error::Usage("--identity must not be empty".into())),
-        Some(identity) => Ok(identity),
-        None => Ok(default_identity()),
+        Some(identity) => validate::identity(identity),
+        None => Ok(validate::default_identity()),
     }
 }
 
 fn query_config(query: QueryArgs) -> Result<QueryConfig> {
-    validate_name(&query.name)?;
+    validate::name(&query.name)?;
     Ok(QueryConfig { name: query.name, backend: backend(query.backend)?, output: query.output })
 }
 
 fn backend(args: BackendArgs) -> Result<Backend> {
     let namespace = args.namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
     if let Some(namespace) = &namespace {
-        validate_namespace(namespace)?;
+        validate::namespace(namespace)?;
     }
     Ok(match args.backend {
         BackendKind::Kube => Backend::Kube { kubeconfig: args.kubeconfig, context: args.context, namespace },
@@ -468,34 +471,9 @@ fn backend(args: BackendArgs) -> Result<Backend> {
 /// `renew_deadline + grace < lease_duration`, and `retry_period * 1.2 < renew_deadline` (room for at
 /// least one retry, as client-go requires).
 pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Duration> {
-    let Timing { lease_duration, renew_deadline, retry_period } = timing;
+    timing.validate()?;
+    let Timing { lease_duration, renew_deadline, .. } = timing;
     let show = |d: Duration| humantime::format_duration(d).to_string();
-    if lease_duration.subsec_nanos() != 0 || lease_duration < Duration::from_secs(1) {
-        return Err(Error::Usage(format!(
-            "--lease-duration must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
-            show(lease_duration)
-        )));
-    }
-    if lease_duration.as_secs() > i32::MAX as u64 {
-        return Err(Error::Usage(format!("--lease-duration {} is too long", show(lease_duration))));
-    }
-    if retry_period.is_zero() {
-        return Err(Error::Usage("--retry-period must be greater than 0".into()));
-    }
-    if renew_deadline >= lease_duration {
-        return Err(Error::Usage(format!(
-            "--renew-deadline ({}) must be less than --lease-duration ({})",
-            show(renew_deadline),
-            show(lease_duration)
-        )));
-    }
-    if retry_period.mul_f64(1.2) >= renew_deadline {
-        return Err(Error::Usage(format!(
-            "--retry-period ({}) times 1.2 must be less than --renew-deadline ({})",
-            show(retry_period),
-            show(renew_deadline)
-        )));
-    }
     let grace = match grace {
         Some(grace) => grace,
         None => lease_duration.saturating_sub(renew_deadline).saturating_sub(Duration::from_secs(1)),
@@ -512,43 +490,8 @@ pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Durati
     Ok(grace)
 }
 
-/// A Lease name: a lowercase RFC 1123 subdomain, as the API server validates it.
-pub fn validate_name(name: &str) -> Result<()> {
-    if is_dns1123_subdomain(name) {
-        return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "invalid lease name {name:?}: must be a lowercase RFC 1123 subdomain (lowercase letters, digits, \
-         '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
-    )))
-}
-
-fn validate_namespace(namespace: &str) -> Result<()> {
-    let label_ok = namespace.len() <= 63 && is_dns1123_subdomain(namespace) && !namespace.contains('.');
-    if label_ok {
-        return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "invalid namespace {namespace:?}: must be a lowercase RFC 1123 label (letters, digits and '-', at most 63)"
-    )))
-}
-
-pub fn is_dns1123_subdomain(name: &str) -> bool {
-    let label_ok = |label: &str| {
-        let bytes = label.as_bytes();
-        !bytes.is_empty()
-            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-            && bytes[0] != b'-'
-            && bytes[bytes.len() - 1] != b'-'
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
-}
-
 pub fn slot_names(name: &str, slots: Option<u32>) -> Vec<String> {
-    match slots {
-        None => vec![name.to_string()],
-        Some(n) => (0..n).map(|slot| format!("{name}-{slot}")).collect(),
-    }
+    validate::slot_names(name, slots).unwrap_or_default()
 }
 
 fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
@@ -562,30 +505,6 @@ fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))
-}
-
-/// `<POD_NAME or hostname>_<random>`: unique per process, so two processes never share an identity
-/// by accident (klock's fixed default let two instances both lead).
-fn default_identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .ok()
-        .filter(|name| !name.is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
-        .unwrap_or_else(|| "mpsync".into());
-    format!("{host}_{}", random_hex(4))
-}
-
-fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buffer = vec![0u8; bytes];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buffer)).is_ok();
-    if !filled {
-        // No /dev/urandom (a very bare container): fall back to pid and time, still unique per process.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let mix = (std::process::id() as u64) << 32 | nanos as u64;
-        buffer.iter_mut().enumerate().for_each(|(i, b)| *b = (mix >> (8 * (i % 8))) as u8);
-    }
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn default_lock_dir() -> PathBuf {
@@ -663,21 +582,6 @@ mod tests {
         assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
-    }
-
-    #[test]
-    fn default_identity_is_unique_per_call() {
-        assert_ne!(default_identity(), default_identity());
-    }
-
-    #[test]
-    fn dns1123_subdomain() {
-        for good in ["a", "job-1", "a.b.c", "0x"] {
-            assert!(is_dns1123_subdomain(good), "{good}");
-        }
-        for bad in ["", "A", "a_b", "-a", "a-", "a..b", &"x".repeat(254)] {
-            assert!(!is_dns1123_subdomain(bad), "{bad}");
-        }
     }
 
     #[test]

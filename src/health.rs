@@ -45,10 +45,12 @@ pub struct Answer {
 }
 
 impl Health {
-    /// `retry_period`: a held lease whose renewal has not succeeded for two retry periods is overdue.
-    pub fn new(retry_period: Duration) -> Health {
+    /// A held lease is overdue when no renewal has succeeded for the renew deadline (counted from the
+    /// send of the last one that did): exactly when mpsync itself counts it lost. API slowness that
+    /// mpsync tolerates never fails the liveness probe.
+    pub fn new(timing: crate::lease::Timing) -> Health {
         let health = Health::default();
-        health.with(|state| state.overdue_after = retry_period * 2);
+        health.with(|state| state.overdue_after = timing.renew_deadline);
         health
     }
 
@@ -125,6 +127,28 @@ impl Health {
             }),
             _ => None,
         })
+    }
+}
+
+impl crate::engine::Observer for Health {
+    fn acquired(&self, sent_at: Instant) {
+        Health::acquired(self, sent_at);
+    }
+
+    fn renewed(&self, sent_at: Instant, answered_at: Instant) {
+        Health::renewed(self, sent_at, answered_at);
+    }
+
+    fn lost(&self) {
+        Health::lost(self);
+    }
+
+    fn released(&self) {
+        Health::released(self);
+    }
+
+    fn api_error(&self, kind: &'static str) {
+        Health::api_error(self, kind);
     }
 }
 
@@ -230,16 +254,17 @@ mod tests {
 
     #[test]
     fn leader_and_healthz_follow_the_lease() {
-        let health = Health::new(Duration::from_secs(2));
+        let health = Health::new(crate::lease::Timing::DEFAULT);
         let t0 = Instant::now();
         assert_eq!(health.answer("/leader", t0).unwrap().status, 503);
         assert_eq!(health.answer("/healthz", t0).unwrap().status, 200);
         health.acquired(t0);
         assert_eq!(health.answer("/leader", t0).unwrap().status, 200);
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(3)).unwrap().status, 200);
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(5)).unwrap().status, 503, "overdue");
-        health.renewed(t0 + Duration::from_secs(4), t0 + Duration::from_secs(4));
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(5)).unwrap().status, 200);
+        // Slow renewals that mpsync tolerates (up to the renew deadline, 10s) do not fail the probe.
+        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(9)).unwrap().status, 200);
+        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(11)).unwrap().status, 503, "overdue");
+        health.renewed(t0 + Duration::from_secs(4), t0 + Duration::from_secs(8));
+        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(11)).unwrap().status, 200);
         health.lost();
         assert_eq!(health.answer("/leader", t0).unwrap().status, 503);
         assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(60)).unwrap().status, 200);
@@ -248,7 +273,7 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let health = Health::new(Duration::from_secs(2));
+        let health = Health::new(crate::lease::Timing::DEFAULT);
         let t0 = Instant::now();
         health.acquired(t0);
         health.child_started();

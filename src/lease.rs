@@ -1,8 +1,9 @@
 //! The lease algorithm as a pure state machine: no I/O, no clock of its own.
 //!
-//! The caller feeds it what it read (`observe`), what became of its writes (`write_sent`, `write_result`),
-//! and the time (`Now`); `next` answers what to do: read, write (acquire or renew), wait until a moment,
-//! or give up a lease that is lost. The rules are client-go's `leaderelection`, with two deliberate
+//! The caller feeds it what it read (`observe`, `observe_event`), what became of its writes
+//! (`write_sent`, which hands out a [`Ticket`], then `write_result` with that ticket), and the time
+//! (`Now`); `next` answers what to do: read, write (acquire or renew), wait until a moment, give up a
+//! lease that is lost, or refuse. The rules are client-go's `leaderelection`, with deliberate
 //! differences called out where they are made:
 //!
 //! - Expiry is judged on the local monotonic clock: a lease held by another counts as expired when its
@@ -10,27 +11,123 @@
 //!   the change. Remote timestamps are written for humans and client-go, never compared with our clock.
 //! - The renew deadline counts from when the last successful renewal was *sent*: the server may have
 //!   applied it at any moment after that, so only the send time is a safe lower bound for the holder.
+//!   The send time travels with the write as a [`Ticket`]; however the success is learned (the write's
+//!   answer, a read, a watch event) and however late, it counts from that send, never from "now".
+//! - A record under our identity is ours only if it is our own write: its `acquireTime` and
+//!   `leaseTransitions` match our acquisition or the write we have in flight. A live record under our
+//!   identity that we did not write belongs to another process (an identity collision: the same
+//!   `--identity` given twice, or inherited); it is waited out like any other holder, never shared.
+//!   (The side-car is the one deliberate exception: see [`Elector::adopting`].)
+//! - A lease that disappears while another holds it counts as held until that holder's observed expiry:
+//!   deleting the object does not let a waiter in beside a child that still runs.
 //! - Every acquisition increments `leaseTransitions` (the fencing token), even by the same identity,
-//!   so that tokens strictly increase across the children that ever held the lease.
+//!   so that tokens strictly increase across the children that ever held the lease; a token that
+//!   cannot increase any more is refused, never repeated.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
-/// A lease record as stored, with its compare-and-swap token.
-#[derive(Clone, Debug, PartialEq)]
+/// A lease record as stored, with its compare-and-swap token and the object's metadata (labels,
+/// annotations, uid), which every write carries back unchanged.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Versioned {
     pub resource_version: String,
     pub record: LeaseSpec,
+    pub metadata: ObjectMeta,
 }
 
-/// The timing options, already checked against each other (see `cli`).
+impl Versioned {
+    /// A record with only a resource version (tests, and stores that keep no other metadata).
+    pub fn new(resource_version: impl Into<String>, record: LeaseSpec) -> Versioned {
+        let resource_version = resource_version.into();
+        let metadata = ObjectMeta { resource_version: Some(resource_version.clone()), ..ObjectMeta::default() };
+        Versioned { resource_version, record, metadata }
+    }
+}
+
+/// What a watch (or a poll standing in for one) reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchUpdate {
+    /// The lease as it is now.
+    Present(Versioned),
+    /// The watch saw the lease deleted, at `resource_version`, in order after everything it delivered.
+    Deleted { resource_version: String },
+    /// A list (or a poll) found no such lease, as of `resource_version` (empty when unknown: then only a
+    /// read decides). Unlike `Deleted`, it may have skipped changes in between.
+    Absent { resource_version: String },
+}
+
+/// How an observation was made: in order after the one before (a watch event), or as a snapshot that
+/// may have skipped changes (a read, a list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    InOrder,
+    Snapshot,
+}
+
+/// The timing options of a lease (`validate` checks them against each other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
+    /// How long a holder's lease stays valid without renewal (whole seconds).
     pub lease_duration: Duration,
+    /// The lease counts as lost when no renewal succeeded for this long, counted from the send of the
+    /// last one that did.
     pub renew_deadline: Duration,
+    /// How often the holder renews, and how often waiters poll while their watch is down.
     pub retry_period: Duration,
+}
+
+impl Timing {
+    /// client-go's defaults: 15s, 10s, 2s.
+    pub const DEFAULT: Timing = Timing {
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
+    };
+
+    /// Check the timings against each other: a whole number of seconds for the duration, the renew
+    /// deadline below it, and room for at least one retry within the deadline (as client-go requires).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let usage = |message: String| Err(crate::Error::Usage(message));
+        let Timing { lease_duration, renew_deadline, retry_period } = *self;
+        if lease_duration.subsec_nanos() != 0 || lease_duration < Duration::from_secs(1) {
+            return usage(format!(
+                "--lease-duration must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
+                show(lease_duration)
+            ));
+        }
+        if lease_duration.as_secs() > i32::MAX as u64 {
+            return usage(format!("--lease-duration {} is too long", show(lease_duration)));
+        }
+        if retry_period.is_zero() {
+            return usage("--retry-period must be greater than 0".into());
+        }
+        if renew_deadline >= lease_duration {
+            return usage(format!(
+                "--renew-deadline ({}) must be less than --lease-duration ({})",
+                show(renew_deadline),
+                show(lease_duration)
+            ));
+        }
+        if retry_period.mul_f64(1.2) >= renew_deadline {
+            return usage(format!(
+                "--retry-period ({}) times 1.2 must be less than --renew-deadline ({})",
+                show(retry_period),
+                show(renew_deadline)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Timeout for one API call: long enough for a slow server, short enough to retry within the renew
+    /// deadline. (Safety does not depend on it: the renew deadline counts from sends, whatever the
+    /// answers do.)
+    pub fn call_timeout(&self) -> Duration {
+        (self.renew_deadline / 2).max(self.retry_period).max(Duration::from_millis(500))
+    }
 }
 
 /// The time, both ways: `instant` decides everything; `wall` is only written into records.
@@ -48,20 +145,52 @@ impl Now {
 
 /// A write to send: every one is a compare-and-swap.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Write {
-    /// No lease exists: create it (fails with a conflict if someone else created it first).
-    Create(LeaseSpec),
-    /// Replace the record we read, only if it still carries `resource_version`.
-    Replace { resource_version: String, record: LeaseSpec },
+pub struct Write {
+    /// The object's metadata as it will be written: `resource_version` is the compare-and-swap token of a
+    /// replace, `None` for a create (which fails if the object exists).
+    pub metadata: ObjectMeta,
+    pub record: LeaseSpec,
 }
 
 impl Write {
     pub fn record(&self) -> &LeaseSpec {
-        match self {
-            Write::Create(record) => record,
-            Write::Replace { record, .. } => record,
-        }
+        &self.record
     }
+
+    /// `None` for a create.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+
+    pub fn is_create(&self) -> bool {
+        self.metadata.resource_version.is_none()
+    }
+
+    fn create(record: LeaseSpec) -> Write {
+        Write { metadata: ObjectMeta::default(), record }
+    }
+
+    fn replace(base: &Versioned, record: LeaseSpec) -> Write {
+        let metadata = ObjectMeta { resource_version: Some(base.resource_version.clone()), ..base.metadata.clone() };
+        Write { metadata, record }
+    }
+}
+
+/// What a write is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Acquire,
+    Renew,
+    Release,
+}
+
+/// Proof that a write was sent, and when: handed out by `write_sent`, handed back to `write_result`
+/// with the answer. The send time is what a success counts from, however late the answer comes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ticket {
+    pub sent_at: Instant,
+    pub purpose: Purpose,
+    record: LeaseSpec,
 }
 
 /// What became of a write.
@@ -82,6 +211,8 @@ pub enum WriteResult {
 pub enum LossReason {
     /// Another identity is now the holder (or the holder was cleared by someone else).
     Taken { holder: String },
+    /// Another process wrote the record under our own identity (an identity collision).
+    Collision { identity: String },
     /// The Lease object was deleted.
     Deleted,
     /// No renewal succeeded for `renew_deadline`, counted from the send of the last good one.
@@ -95,8 +226,31 @@ impl std::fmt::Display for LossReason {
                 write!(f, "the lease was released by another writer")
             }
             LossReason::Taken { holder } => write!(f, "the lease is now held by {holder:?}"),
+            LossReason::Collision { identity } => write!(
+                f,
+                "another process wrote the lease under this process's identity {identity:?} (identity collision)"
+            ),
             LossReason::Deleted => write!(f, "the Lease was deleted"),
             LossReason::RenewDeadline => write!(f, "no renewal succeeded within the renew deadline"),
+        }
+    }
+}
+
+/// Why the machine will not acquire a lease at all: a condition waiting cannot fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `leaseTransitions` is at its maximum: the next fencing token cannot be larger than the last.
+    TokenExhausted { transitions: i32 },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TokenExhausted { transitions } => write!(
+                f,
+                "its fencing token (leaseTransitions) is {transitions}, the largest an int32 holds: a new holder \
+                 cannot get a larger one; deleting the Lease resets tokens, so fence on something else first"
+            ),
         }
     }
 }
@@ -112,17 +266,28 @@ pub enum Action {
     WaitUntil(Instant),
     /// The held lease is lost: stop the child; never write this lease again on this basis.
     Lost(LossReason),
+    /// The lease can never be acquired as it is (see [`Refusal`]).
+    Refuse(Refusal),
 }
 
 /// The facts about a lease this process holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     /// `leaseTransitions` as written by our acquisition.
     pub fencing_token: i32,
+    /// `acquireTime` as written by our acquisition: with the token, what makes a record our own write.
+    pub acquire_time: Option<MicroTime>,
     /// When the last renewal (or the acquisition) that succeeded was sent.
     pub last_renew_sent: Instant,
     /// When the next renewal is due.
     pub next_renew_at: Instant,
+}
+
+impl Held {
+    /// When the lease counts as lost unless a renewal sent before then succeeds.
+    pub fn deadline(&self, timing: Timing) -> Instant {
+        self.last_renew_sent + timing.renew_deadline
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -130,10 +295,13 @@ struct Observation {
     current: Option<Versioned>,
     /// When this process last saw the record's content change (or first saw it).
     changed_at: Instant,
+    /// The record vanished while another held it: it counts as held until then.
+    absent_held_until: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
 struct PendingWrite {
+    purpose: Purpose,
     record: LeaseSpec,
     sent_at: Instant,
 }
@@ -143,13 +311,24 @@ struct PendingWrite {
 pub struct Elector {
     identity: String,
     timing: Timing,
+    /// Take records under our identity as our own (the side-car's pod identity): see `adopting`.
+    adopt: bool,
     observation: Option<Observation>,
-    /// A write that was sent and whose result is not known yet (in flight, or Unknown).
+    /// The write sent last whose result is not known yet (in flight, or Unknown). A later write replaces
+    /// it; an answer or a read that shows it applied counts from its send.
     pending: Option<PendingWrite>,
     held: Option<Held>,
-    /// Set by a held lease turning out lost; cleared by `forget_loss`.
+    /// Set by a held lease turning out lost; cleared by `forget_loss` and `released`.
     lost: Option<LossReason>,
     needs_read: bool,
+    /// The largest `leaseTransitions` ever observed: a lease created again after a deletion continues
+    /// from there, so tokens keep increasing for every process that saw the old one.
+    token_floor: Option<i32>,
+    /// The acquisition (acquireTime, token) of the lease held last, after it was lost or released: a
+    /// record that still shows it is ours to release or take again at once, not a collision.
+    previous: Option<(Option<MicroTime>, i32)>,
+    /// A live record under our identity that we did not write was seen (reported once by the caller).
+    collision: bool,
 }
 
 impl Elector {
@@ -157,16 +336,31 @@ impl Elector {
         Elector {
             identity: identity.into(),
             timing,
+            adopt: false,
             observation: None,
             pending: None,
             held: None,
             lost: None,
             needs_read: true,
+            token_floor: None,
+            previous: None,
+            collision: false,
         }
+    }
+
+    /// An elector that adopts records held under its identity, as its own, keeping their token. Only the
+    /// side-car does this, on purpose: its identity is the pod's, stable across restarts of the side-car,
+    /// and the lock it finds under that identity belongs to the clients in the pod, which still heartbeat.
+    pub fn adopting(identity: impl Into<String>, timing: Timing) -> Elector {
+        Elector { adopt: true, ..Elector::new(identity, timing) }
     }
 
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     /// The lease as last observed (`None` if never read or known absent).
@@ -175,90 +369,188 @@ impl Elector {
     }
 
     /// Whether this process holds the lease, and the facts if it does.
-    pub fn held(&self) -> Option<Held> {
-        self.held
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
     }
 
-    /// Record what a watch showed. Watch events can lag behind what our own writes already told us,
-    /// so an older version is ignored, and "absent" while we hold the lease (which a list made before
-    /// our create reports) only asks for a fresh read: a read, not a stale event, decides a deletion.
-    pub fn observe_event(&mut self, current: Option<Versioned>, now: Instant) {
-        match (&current, self.current()) {
-            (Some(new), Some(known)) if is_older(&new.resource_version, &known.resource_version) => {}
-            (None, _) if self.held.is_some() => self.needs_read = true,
-            _ => self.observe(current, now),
+    /// Whether a write was sent whose outcome is not known: the process may hold the lease through it.
+    pub fn unresolved_write(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.purpose != Purpose::Release)
+    }
+
+    /// Whether a live record under our identity that is not our own write was seen since the last call.
+    pub fn take_collision(&mut self) -> bool {
+        std::mem::take(&mut self.collision)
+    }
+
+    /// Record what a watch showed. Watch events can lag behind what our own writes already told us, so
+    /// an older version is ignored; an absence without a version only asks for a read.
+    pub fn observe_event(&mut self, update: WatchUpdate, now: Instant) {
+        let known = self.current().map(|v| v.resource_version.clone());
+        match update {
+            WatchUpdate::Present(new) => {
+                if known.as_deref().is_some_and(|known| is_older(&new.resource_version, known)) {
+                    return;
+                }
+                self.observe_as(Some(new), now, Seen::InOrder);
+            }
+            WatchUpdate::Deleted { resource_version } => match known {
+                None if self.observation.is_some() => {}
+                Some(known) if is_older(&resource_version, &known) => {}
+                _ => self.observe_as(None, now, Seen::InOrder),
+            },
+            WatchUpdate::Absent { resource_version } => match known {
+                None if self.observation.is_some() => {}
+                Some(known) if !resource_version.is_empty() && is_older(&resource_version, &known) => {}
+                Some(known) if resource_version.is_empty() || resource_version == known => self.needs_read = true,
+                _ => self.observe_as(None, now, Seen::Snapshot),
+            },
         }
     }
 
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
     pub fn observe(&mut self, current: Option<Versioned>, now: Instant) {
-        self.needs_read = false;
+        self.observe_as(current, now, Seen::Snapshot);
+    }
 
-        // A write whose outcome we did not learn: if the record now carries exactly what we sent,
-        // it was applied, and it counts from when it was sent.
-        if let (Some(pending), Some(new)) = (&self.pending, &current)
-            && self.is_ours(&new.record)
-            && new.record.renew_time == pending.record.renew_time
-            && new.record.acquire_time == pending.record.acquire_time
+    fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
+        self.needs_read = false;
+        // An answer older than what we know already (a read overtaken by a watch event) changes nothing.
+        if let (Some(new), Some(known)) = (&current, self.current())
+            && is_older(&new.resource_version, &known.resource_version)
         {
-            let sent_at = pending.sent_at;
-            self.pending = None;
-            self.record_success(new.record.lease_transitions.unwrap_or(0), sent_at);
+            return;
         }
 
-        let changed = match &self.observation {
-            None => true,
-            Some(known) => known.current.as_ref().map(|v| &v.record) != current.as_ref().map(|v| &v.record),
-        };
-        let changed_at = match (&self.observation, changed) {
+        // A write whose outcome we did not learn: if the record now carries exactly what we sent, it was
+        // applied, and it counts from when it was sent.
+        if let (Some(pending), Some(new)) = (&self.pending, &current)
+            && same_write(&pending.record, &new.record)
+        {
+            let pending = self.pending.take().expect("checked");
+            self.applied(pending.purpose, &new.record, pending.sent_at, now, true);
+        }
+
+        if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
+            self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
+        }
+
+        let previous = self.observation.take();
+        let changed = previous
+            .as_ref()
+            .is_none_or(|known| known.current.as_ref().map(|v| &v.record) != current.as_ref().map(|v| &v.record));
+        let changed_at = match (&previous, changed) {
             (Some(known), false) => known.changed_at,
             _ => now,
         };
-        self.observation = Some(Observation { current, changed_at });
-
-        if self.held.is_some() {
-            let loss = match self.current() {
-                None => Some(LossReason::Deleted),
-                Some(v) if !self.is_ours(&v.record) => {
-                    Some(LossReason::Taken { holder: v.record.holder_identity.clone().unwrap_or_default() })
+        // A lease that vanishes while someone else may hold it counts as held until that holder's expiry.
+        // Seen in order (a watch's DELETED right after the record it removed), the record we saw last is
+        // the holder's last renewal: its expiry counts from when we saw it. Seen as a snapshot (a read or
+        // a list that found nothing), renewals or a new holder may have come and gone unseen: held for a
+        // full duration from now. Only a lease this process never saw at all is free at once.
+        let absent_held_until = match (&previous, &current, seen) {
+            (Some(known), None, _) => match &known.current {
+                Some(gone) if self.is_own_write(&gone.record) => None,
+                Some(gone) if seen == Seen::Snapshot => {
+                    now.checked_add(holder_duration(&gone.record, self.timing).max(self.timing.lease_duration))
+                }
+                Some(gone) if is_live(&gone.record) => {
+                    known.changed_at.checked_add(holder_duration(&gone.record, self.timing))
                 }
                 Some(_) => None,
-            };
-            if let Some(reason) = loss {
-                self.held = None;
-                self.lost = Some(reason);
+                None => known.absent_held_until,
+            },
+            _ => None,
+        };
+        self.observation = Some(Observation { current, changed_at, absent_held_until });
+
+        if self.held.is_none()
+            && let Some(current) = self.current()
+            && self.is_foreign_under_our_identity(&current.record)
+        {
+            self.collision = true;
+        }
+        self.check_held();
+    }
+
+    /// While we hold the lease, the record we know must be our own write; anything else is a loss.
+    fn check_held(&mut self) {
+        if self.held.is_none() {
+            return;
+        }
+        let loss = match self.current() {
+            None => Some(LossReason::Deleted),
+            Some(v) if self.is_current_acquisition(&v.record) => None,
+            Some(v) if v.record.holder_identity.as_deref() == Some(self.identity.as_str()) => {
+                self.collision = true;
+                Some(LossReason::Collision { identity: self.identity.clone() })
             }
+            Some(v) => Some(LossReason::Taken { holder: v.record.holder_identity.clone().unwrap_or_default() }),
+        };
+        if let Some(reason) = loss {
+            self.lose(reason);
         }
     }
 
-    /// Record that `write` was sent at `sent_at`.
-    pub fn write_sent(&mut self, write: &Write, sent_at: Instant) {
-        self.pending = Some(PendingWrite { record: write.record().clone(), sent_at });
+    fn lose(&mut self, reason: LossReason) {
+        if let Some(held) = self.held.take() {
+            self.previous = Some((held.acquire_time, held.fencing_token));
+        }
+        self.lost = Some(reason);
+    }
+
+    /// Record that `write` is being sent now; the ticket goes back with its answer to `write_result`.
+    pub fn write_sent(&mut self, write: &Write, sent_at: Instant) -> Ticket {
+        let purpose = if self.is_release(write) {
+            Purpose::Release
+        } else if self.held.is_some() {
+            Purpose::Renew
+        } else {
+            Purpose::Acquire
+        };
+        self.pending = Some(PendingWrite { purpose, record: write.record.clone(), sent_at });
         if let Some(held) = &mut self.held {
             // Renewals keep their cadence whether or not this one succeeds, as client-go's do.
             held.next_renew_at = sent_at + self.timing.retry_period;
         }
+        Ticket { sent_at, purpose, record: write.record.clone() }
     }
 
-    /// Record what became of the write sent last.
-    pub fn write_result(&mut self, result: WriteResult, now: Instant) {
+    /// Record what became of the write `ticket` stands for. Success counts from the ticket's send time.
+    pub fn write_result(&mut self, ticket: Ticket, result: WriteResult, now: Instant) {
+        let is_pending =
+            self.pending.as_ref().is_some_and(|p| p.sent_at == ticket.sent_at && p.record == ticket.record);
         match result {
             WriteResult::Applied(stored) => {
-                let sent_at = self.pending.take().map_or(now, |p| p.sent_at);
-                self.observe(Some(stored.clone()), now);
-                if self.is_ours(&stored.record) {
-                    self.record_success(stored.record.lease_transitions.unwrap_or(0), sent_at);
+                if is_pending {
+                    self.pending = None;
+                }
+                if same_write(&ticket.record, &stored.record) {
+                    self.applied(ticket.purpose, &stored.record, ticket.sent_at, now, is_pending);
+                }
+                // An answer older than what we know already (a watch event overtook it) does not replace
+                // what we know; what we hold must still agree with that.
+                let stale =
+                    self.current().is_some_and(|known| is_older(&stored.resource_version, &known.resource_version));
+                if stale {
+                    self.check_held();
+                } else {
+                    self.observe(Some(stored), now);
                 }
             }
             WriteResult::Conflict => {
-                self.pending = None;
+                if is_pending {
+                    self.pending = None;
+                }
                 self.needs_read = true;
             }
             WriteResult::NotApplied => {
-                self.pending = None;
+                if is_pending {
+                    self.pending = None;
+                }
             }
             WriteResult::Unknown => {
-                // Keep `pending`: the next read decides whether it was applied.
+                // Keep `pending`: a read decides whether it was applied.
                 self.needs_read = true;
             }
         }
@@ -269,29 +561,34 @@ impl Elector {
         self.needs_read = true;
     }
 
-    /// Whether a held lease was found lost, and why. Cleared by `forget_loss`.
+    /// Whether a held lease was found lost, and why. Cleared by `forget_loss` and `released`.
     pub fn loss(&self) -> Option<&LossReason> {
         self.lost.as_ref()
     }
 
-    /// After the child was stopped for a loss: campaign afresh.
+    /// After the child was stopped for a loss: campaign afresh. What was observed stays (its expiry
+    /// still counts from when it was seen).
     pub fn forget_loss(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.previous = Some((held.acquire_time, held.fencing_token));
+        }
         self.lost = None;
-        self.held = None;
         self.pending = None;
         self.needs_read = true;
     }
 
-    /// What to do now.
-    pub fn next(&self, now: Now) -> Action {
+    /// What to do now. Passing the renew deadline is recorded as a loss here.
+    pub fn next(&mut self, now: Now) -> Action {
+        if let Some(held) = &self.held
+            && now.instant >= held.deadline(self.timing)
+        {
+            self.lose(LossReason::RenewDeadline);
+        }
         if let Some(reason) = &self.lost {
             return Action::Lost(reason.clone());
         }
-        if let Some(held) = self.held {
-            let deadline = held.last_renew_sent + self.timing.renew_deadline;
-            if now.instant >= deadline {
-                return Action::Lost(LossReason::RenewDeadline);
-            }
+        if let Some(held) = &self.held {
+            let deadline = held.deadline(self.timing);
             if self.needs_read {
                 return Action::Read;
             }
@@ -311,38 +608,46 @@ impl Elector {
             return Action::Read;
         };
         let Some(current) = &observation.current else {
-            return Action::Write(Write::Create(self.fresh_record(None, now)));
+            if let Some(until) = observation.absent_held_until
+                && now.instant < until
+            {
+                return Action::WaitUntil(until);
+            }
+            return self.acquisition(None, now);
         };
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
-        if holder.is_empty() || holder == self.identity {
-            // Free, or a record left by this very identity (a restart): take it at once. The
-            // compare-and-swap guarantees nobody else moved in meanwhile.
-            return Action::Write(self.acquisition(current, now));
+        if holder.is_empty() {
+            return self.acquisition(Some(current), now);
         }
-        match observation.changed_at.checked_add(holder_duration(&current.record, self.timing)) {
+        if holder == self.identity && (self.adopt || self.is_own_write(&current.record)) {
+            // Our own record from an earlier hold (its child is gone), or the side-car's adoption.
+            return match self.adopt {
+                true => Action::Write(self.adoption(current, now)),
+                false => self.acquisition(Some(current), now),
+            };
+        }
+        match self.expiry() {
             Some(expiry) if now.instant < expiry => Action::WaitUntil(expiry),
-            Some(_) => Action::Write(self.acquisition(current, now)),
+            Some(_) => self.acquisition(Some(current), now),
             // A duration too long to add to the clock: as good as never.
             None => Action::WaitUntil(now.instant + Duration::from_secs(365 * 24 * 3600)),
         }
     }
 
-    /// When the record we last observed expires for us (for `status`-style reports; `None`: free now).
+    /// When the record we last observed expires for us (`None`: free now, or too far to tell).
     pub fn observed_expiry(&self) -> Option<Instant> {
-        let observation = self.observation.as_ref()?;
-        let current = observation.current.as_ref()?;
-        let holder = current.record.holder_identity.as_deref().unwrap_or("");
-        if holder.is_empty() {
+        let current = self.current()?;
+        if current.record.holder_identity.as_deref().unwrap_or("").is_empty() {
             return None;
         }
-        observation.changed_at.checked_add(holder_duration(&current.record, self.timing))
+        self.expiry()
     }
 
     /// The write that releases a lease we hold: holder cleared, duration 1s, as client-go writes it.
-    /// `None` if the record we know is not ours: a lease that is not ours is never written.
+    /// `None` if the record we know is not our own write: a lease that is not ours is never written.
     pub fn release(&self, now: Now) -> Option<Write> {
         let current = self.current()?;
-        if !self.is_ours(&current.record) {
+        if !self.is_own_write(&current.record) {
             return None;
         }
         let mut record = current.record.clone();
@@ -350,52 +655,113 @@ impl Elector {
         record.lease_duration_seconds = Some(1);
         record.acquire_time = Some(now.wall.clone());
         record.renew_time = Some(now.wall);
-        Some(Write::Replace { resource_version: current.resource_version.clone(), record })
+        Some(Write::replace(current, record))
     }
 
-    /// After a release was applied (or found unnecessary): we hold nothing.
+    /// After a release was applied, or found unnecessary, or given up: we hold nothing and have nothing
+    /// in flight that could make us hold.
     pub fn released(&mut self) {
-        self.held = None;
+        if let Some(held) = self.held.take() {
+            self.previous = Some((held.acquire_time, held.fencing_token));
+        }
         self.pending = None;
+        self.lost = None;
     }
 
-    fn record_success(&mut self, fencing_token: i32, sent_at: Instant) {
+    fn expiry(&self) -> Option<Instant> {
+        let observation = self.observation.as_ref()?;
+        let current = observation.current.as_ref()?;
+        observation.changed_at.checked_add(holder_duration(&current.record, self.timing))
+    }
+
+    /// A write of ours was applied. `current`: it is the write in flight (not one given up since).
+    fn applied(&mut self, purpose: Purpose, record: &LeaseSpec, sent_at: Instant, now: Instant, current: bool) {
+        let too_late = now >= sent_at + self.timing.renew_deadline;
+        match purpose {
+            Purpose::Release if current => return self.released(),
+            Purpose::Release => return,
+            Purpose::Renew if self.held.is_some() => {}
+            Purpose::Acquire if self.held.is_none() && current && !too_late => {}
+            _ => {
+                // A write that lands after its hold was given up (or too late to hold anything) never makes
+                // a hold, nor a second child with an old token; the record it leaves is ours to release or
+                // take again.
+                if self.held.is_none() {
+                    self.previous = Some((record.acquire_time.clone(), record.lease_transitions.unwrap_or(0)));
+                }
+                return;
+            }
+        }
         let next_renew_at = sent_at + self.timing.retry_period;
-        self.held = Some(match self.held {
-            // A renewal keeps the token of the acquisition.
-            Some(held) => Held { last_renew_sent: sent_at.max(held.last_renew_sent), next_renew_at, ..held },
-            None => Held { fencing_token, last_renew_sent: sent_at, next_renew_at },
+        self.held = Some(match self.held.take() {
+            // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
+            Some(held) => Held {
+                last_renew_sent: sent_at.max(held.last_renew_sent),
+                next_renew_at: next_renew_at.max(held.next_renew_at),
+                ..held
+            },
+            None => Held {
+                fencing_token: record.lease_transitions.unwrap_or(0),
+                acquire_time: record.acquire_time.clone(),
+                last_renew_sent: sent_at,
+                next_renew_at,
+            },
         });
         self.lost = None;
     }
 
-    fn is_ours(&self, record: &LeaseSpec) -> bool {
+    /// Whether `record` carries the acquisition (identity, time and token) of the lease we hold, or of
+    /// the write in flight.
+    fn is_current_acquisition(&self, record: &LeaseSpec) -> bool {
         record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && (self.held.as_ref().is_some_and(|h| same_acquisition(record, &h.acquire_time, h.fencing_token))
+                || self.pending.as_ref().is_some_and(|p| {
+                    same_acquisition(record, &p.record.acquire_time, p.record.lease_transitions.unwrap_or(0))
+                }))
+    }
+
+    /// Whether `record` is our own write: the current acquisition, or the one held last.
+    fn is_own_write(&self, record: &LeaseSpec) -> bool {
+        self.is_current_acquisition(record)
+            || (record.holder_identity.as_deref() == Some(self.identity.as_str())
+                && self.previous.as_ref().is_some_and(|(time, token)| same_acquisition(record, time, *token)))
+    }
+
+    /// A live record under our identity that is not our own write (and that we do not adopt).
+    fn is_foreign_under_our_identity(&self, record: &LeaseSpec) -> bool {
+        !self.adopt && record.holder_identity.as_deref() == Some(self.identity.as_str()) && !self.is_own_write(record)
+    }
+
+    fn is_release(&self, write: &Write) -> bool {
+        write.record.holder_identity.as_deref() == Some("")
     }
 
     fn our_duration_seconds(&self) -> i32 {
         i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX)
     }
 
-    fn fresh_record(&self, base: Option<&LeaseSpec>, now: Now) -> LeaseSpec {
-        let mut record = base.cloned().unwrap_or_default();
+    /// A new acquisition: ours, with the next fencing token.
+    fn acquisition(&self, base: Option<&Versioned>, now: Now) -> Action {
+        // Created leases start at 0, as client-go creates them, unless this process saw an earlier one
+        // (deleted since): then they continue from its token. Every later acquisition adds one.
+        let seen = base.map(|b| b.record.lease_transitions.unwrap_or(0)).max(self.token_floor).map(|t| t.max(0));
+        let transitions = match seen {
+            None => 0,
+            Some(last) => match last.checked_add(1) {
+                Some(next) => next,
+                None => return Action::Refuse(Refusal::TokenExhausted { transitions: last }),
+            },
+        };
+        let mut record = base.map(|b| b.record.clone()).unwrap_or_default();
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
         record.acquire_time = Some(now.wall.clone());
         record.renew_time = Some(now.wall);
-        // Created leases start at 0, as client-go creates them; every later acquisition adds one.
-        record.lease_transitions = Some(match base {
-            None => 0,
-            Some(base) => base.lease_transitions.unwrap_or(0).max(0).saturating_add(1),
-        });
-        record
-    }
-
-    fn acquisition(&self, current: &Versioned, now: Now) -> Write {
-        Write::Replace {
-            resource_version: current.resource_version.clone(),
-            record: self.fresh_record(Some(&current.record), now),
-        }
+        record.lease_transitions = Some(transitions);
+        Action::Write(match base {
+            Some(base) => Write::replace(base, record),
+            None => Write::create(record),
+        })
     }
 
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
@@ -403,8 +769,31 @@ impl Elector {
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
         record.renew_time = Some(now.wall);
-        Write::Replace { resource_version: current.resource_version.clone(), record }
+        Write::replace(current, record)
     }
+
+    /// Taking over a record under our own identity as it stands (the side-car only): its acquisition and
+    /// token are kept, as a renewal keeps them.
+    fn adoption(&self, current: &Versioned, now: Now) -> Write {
+        self.renewal(current, now)
+    }
+}
+
+/// Whether a stored record is exactly a write we sent: the fields we set all match.
+fn same_write(sent: &LeaseSpec, stored: &LeaseSpec) -> bool {
+    sent.holder_identity == stored.holder_identity
+        && sent.acquire_time == stored.acquire_time
+        && sent.renew_time == stored.renew_time
+        && sent.lease_transitions == stored.lease_transitions
+}
+
+fn same_acquisition(record: &LeaseSpec, acquire_time: &Option<MicroTime>, token: i32) -> bool {
+    record.acquire_time == *acquire_time && record.lease_transitions.unwrap_or(0) == token
+}
+
+/// A record that names a holder.
+fn is_live(record: &LeaseSpec) -> bool {
+    !record.holder_identity.as_deref().unwrap_or("").is_empty()
 }
 
 /// How long a holder's record stays valid after it was observed: the holder's own duration. A missing
@@ -420,13 +809,12 @@ pub fn holder_duration(record: &LeaseSpec, timing: Timing) -> Duration {
 /// Whether resource version `a` is older than `b`. Resource versions are opaque to clients, but both
 /// kube-apiserver (etcd revisions) and the file backend use increasing integers; anything else is
 /// never called older.
-fn is_older(a: &str, b: &str) -> bool {
+pub fn is_older(a: &str, b: &str) -> bool {
     match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(a), Ok(b)) => a < b,
         _ => false,
     }
 }
-
 #[cfg(test)]
 #[path = "lease_properties.rs"]
 mod properties;
@@ -446,8 +834,12 @@ mod tests {
         MicroTime(Timestamp::from_second(1_800_000_000 + second).unwrap())
     }
 
+    fn at(t0: Instant, seconds: f64) -> Instant {
+        t0 + Duration::from_secs_f64(seconds)
+    }
+
     fn now(t0: Instant, seconds: f64) -> Now {
-        Now::at(t0 + Duration::from_secs_f64(seconds), wall(seconds as i64))
+        Now::at(at(t0, seconds), wall(seconds as i64))
     }
 
     fn record(holder: Option<&str>, duration: Option<i32>, transitions: Option<i32>) -> LeaseSpec {
@@ -462,16 +854,28 @@ mod tests {
     }
 
     fn versioned(rv: u64, record: LeaseSpec) -> Versioned {
-        Versioned { resource_version: rv.to_string(), record }
+        Versioned::new(rv.to_string(), record)
     }
 
-    /// Acquire `me` from a free record at t0 and return the elector holding it.
+    /// Send `write` at `sent` and have it applied as version `rv`, answered at `answered`.
+    fn apply(elector: &mut Elector, write: &Write, rv: u64, sent: Instant, answered: Instant) {
+        let ticket = elector.write_sent(write, sent);
+        elector.write_result(ticket, WriteResult::Applied(versioned(rv, write.record.clone())), answered);
+    }
+
+    fn expect_write(action: Action) -> Write {
+        match action {
+            Action::Write(write) => write,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    /// Acquire `me` from a free record at t0 and return the elector holding it (record version 2).
     fn holding(t0: Instant) -> Elector {
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
-        let Action::Write(write) = elector.next(now(t0, 0.0)) else { panic!("expected a write") };
-        elector.write_sent(&write, t0);
-        elector.write_result(WriteResult::Applied(versioned(2, write.record().clone())), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        apply(&mut elector, &write, 2, t0, t0);
         assert!(elector.held().is_some());
         elector
     }
@@ -487,7 +891,9 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(None, t0);
-        let Action::Write(Write::Create(record)) = elector.next(now(t0, 0.0)) else { panic!() };
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        assert!(write.is_create());
+        let record = write.record;
         assert_eq!(record.holder_identity.as_deref(), Some("me"));
         assert_eq!(record.lease_duration_seconds, Some(15));
         assert_eq!(record.lease_transitions, Some(0));
@@ -500,10 +906,10 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(7, record(Some(""), Some(1), Some(4)))), t0);
-        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 0.0)) else { panic!() };
-        assert_eq!(resource_version, "7");
-        assert_eq!(record.holder_identity.as_deref(), Some("me"));
-        assert_eq!(record.lease_transitions, Some(5));
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        assert_eq!(write.resource_version(), Some("7"));
+        assert_eq!(write.record.holder_identity.as_deref(), Some("me"));
+        assert_eq!(write.record.lease_transitions, Some(5));
     }
 
     #[test]
@@ -511,8 +917,21 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(7, record(None, None, None))), t0);
-        let Action::Write(Write::Replace { record, .. }) = elector.next(now(t0, 0.0)) else { panic!() };
-        assert_eq!(record.lease_transitions, Some(1));
+        assert_eq!(expect_write(elector.next(now(t0, 0.0))).record.lease_transitions, Some(1));
+    }
+
+    #[test]
+    fn a_write_carries_the_metadata_it_read() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        let mut read = versioned(7, record(Some(""), Some(1), Some(4)));
+        read.metadata.labels = Some([("team".to_string(), "batch".to_string())].into());
+        read.metadata.uid = Some("u-1".into());
+        elector.observe(Some(read), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        assert_eq!(write.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(write.metadata.labels.as_ref().unwrap()["team"], "batch");
+        assert_eq!(write.metadata.resource_version.as_deref(), Some("7"));
     }
 
     #[test]
@@ -521,9 +940,9 @@ mod tests {
         let mut elector = Elector::new("me", TIMING);
         // The holder's own duration (5s) counts, not ours (15s).
         elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(0)))), t0);
-        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(t0 + Duration::from_secs(5)));
-        assert_eq!(elector.next(now(t0, 4.9)), Action::WaitUntil(t0 + Duration::from_secs(5)));
-        assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(Write::Replace { .. })));
+        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 5.0)));
+        assert_eq!(elector.next(now(t0, 4.9)), Action::WaitUntil(at(t0, 5.0)));
+        assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(_)));
     }
 
     #[test]
@@ -533,10 +952,10 @@ mod tests {
         elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(0)))), t0);
         let mut renewed = record(Some("other"), Some(5), Some(0));
         renewed.renew_time = Some(wall(3));
-        elector.observe(Some(versioned(4, renewed.clone())), t0 + Duration::from_secs(3));
-        assert_eq!(elector.next(now(t0, 5.0)), Action::WaitUntil(t0 + Duration::from_secs(8)));
+        elector.observe(Some(versioned(4, renewed.clone())), at(t0, 3.0));
+        assert_eq!(elector.next(now(t0, 5.0)), Action::WaitUntil(at(t0, 8.0)));
         // The same record again (a poll, a re-list) does not restart it.
-        elector.observe(Some(versioned(4, renewed)), t0 + Duration::from_secs(6));
+        elector.observe(Some(versioned(4, renewed)), at(t0, 6.0));
         assert!(matches!(elector.next(now(t0, 8.0)), Action::Write(_)));
     }
 
@@ -548,10 +967,10 @@ mod tests {
         let mut old = record(Some("other"), Some(5), Some(0));
         old.renew_time = Some(wall(-1_000_000));
         elector.observe(Some(versioned(3, old)), t0);
-        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(t0 + Duration::from_secs(5)));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 5.0)));
         let mut future = record(Some("other"), Some(1), Some(0));
         future.renew_time = Some(MicroTime(Timestamp::from_second(32_503_680_000).unwrap()));
-        elector.observe(Some(versioned(4, future)), t0 + Duration::from_secs(1));
+        elector.observe(Some(versioned(4, future)), at(t0, 1.0));
         assert!(matches!(elector.next(now(t0, 2.0)), Action::Write(_)));
     }
 
@@ -587,7 +1006,7 @@ mod tests {
             ..LeaseSpec::default()
         };
         elector.observe(Some(versioned(2246, client_go)), t0);
-        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(t0 + Duration::from_secs(15)));
+        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 15.0)));
     }
 
     #[test]
@@ -606,15 +1025,14 @@ mod tests {
         foreign.strategy = Some("OldestEmulationVersion".into());
         foreign.preferred_holder = Some("someone".into());
         elector.observe(Some(versioned(5, foreign)), t0);
-        let Action::Write(acquire) = elector.next(now(t0, 0.0)) else { panic!() };
-        assert_eq!(acquire.record().strategy.as_deref(), Some("OldestEmulationVersion"));
-        assert_eq!(acquire.record().preferred_holder.as_deref(), Some("someone"));
-        elector.write_sent(&acquire, t0);
-        elector.write_result(WriteResult::Applied(versioned(6, acquire.record().clone())), t0);
-        let Action::Write(renew) = elector.next(now(t0, 2.0)) else { panic!() };
-        assert_eq!(renew.record().strategy.as_deref(), Some("OldestEmulationVersion"));
+        let acquire = expect_write(elector.next(now(t0, 0.0)));
+        assert_eq!(acquire.record.strategy.as_deref(), Some("OldestEmulationVersion"));
+        assert_eq!(acquire.record.preferred_holder.as_deref(), Some("someone"));
+        apply(&mut elector, &acquire, 6, t0, t0);
+        let renew = expect_write(elector.next(now(t0, 2.0)));
+        assert_eq!(renew.record.strategy.as_deref(), Some("OldestEmulationVersion"));
         let release = elector.release(now(t0, 3.0)).unwrap();
-        assert_eq!(release.record().preferred_holder.as_deref(), Some("someone"));
+        assert_eq!(release.record.preferred_holder.as_deref(), Some("someone"));
     }
 
     #[test]
@@ -629,74 +1047,116 @@ mod tests {
     #[test]
     fn holder_renews_every_retry_period() {
         let t0 = Instant::now();
-        let elector = holding(t0);
-        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(t0 + Duration::from_secs(2)));
-        let Action::Write(Write::Replace { resource_version, record }) = elector.next(now(t0, 2.0)) else { panic!() };
-        assert_eq!(resource_version, "2");
-        assert_eq!(record.renew_time, Some(wall(2)));
-        assert_eq!(record.acquire_time, Some(wall(0)), "a renewal keeps acquireTime");
-        assert_eq!(record.lease_transitions, Some(4), "a renewal keeps the token");
+        let mut elector = holding(t0);
+        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 2.0)));
+        let write = expect_write(elector.next(now(t0, 2.0)));
+        assert_eq!(write.resource_version(), Some("2"));
+        assert_eq!(write.record.renew_time, Some(wall(2)));
+        assert_eq!(write.record.acquire_time, Some(wall(0)), "a renewal keeps acquireTime");
+        assert_eq!(write.record.lease_transitions, Some(4), "a renewal keeps the token");
     }
 
     #[test]
     fn renew_deadline_counts_from_the_send_of_the_last_success() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
-        let Action::Write(renew) = elector.next(now(t0, 2.0)) else { panic!() };
+        let renew = expect_write(elector.next(now(t0, 2.0)));
         // Sent at 2s, answered (slowly) at 6s: the deadline counts from 2s.
-        elector.write_sent(&renew, t0 + Duration::from_secs(2));
-        elector.write_result(WriteResult::Applied(versioned(3, renew.record().clone())), t0 + Duration::from_secs(6));
-        assert_eq!(elector.held().unwrap().last_renew_sent, t0 + Duration::from_secs(2));
+        apply(&mut elector, &renew, 3, at(t0, 2.0), at(t0, 6.0));
+        assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 2.0));
         assert!(!matches!(elector.next(now(t0, 11.9)), Action::Lost(_)));
         assert_eq!(elector.next(now(t0, 12.0)), Action::Lost(LossReason::RenewDeadline));
     }
 
+    /// The regression of "a late answer to a renewal moves the renew deadline forward": the renewal is
+    /// seen applied on the watch first (which settles it), and its own answer comes much later. The
+    /// deadline still counts from its send, never from the answer.
     #[test]
-    fn failed_renewals_lose_the_lease_at_the_deadline() {
+    fn late_answer_after_the_watch_showed_the_renewal_never_moves_the_deadline() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let renew = expect_write(elector.next(now(t0, 2.0)));
+        let ticket = elector.write_sent(&renew, at(t0, 2.0));
+        elector.observe_event(WatchUpdate::Present(versioned(3, renew.record.clone())), at(t0, 2.1));
+        assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 2.0));
+        // The answer, 3 s late.
+        elector.write_result(ticket, WriteResult::Applied(versioned(3, renew.record.clone())), at(t0, 5.0));
+        assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 2.0), "counted from the send");
+        assert_eq!(elector.next(now(t0, 12.0)), Action::Lost(LossReason::RenewDeadline));
+    }
+
+    #[test]
+    fn an_old_answer_never_moves_the_deadline_back_or_forward() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let first = expect_write(elector.next(now(t0, 2.0)));
+        let first_ticket = elector.write_sent(&first, at(t0, 2.0));
+        // Its answer is lost in the network for now; a read shows it applied.
+        elector.write_result(first_ticket.clone(), WriteResult::Unknown, at(t0, 3.0));
+        elector.observe(Some(versioned(3, first.record.clone())), at(t0, 3.0));
+        let second = expect_write(elector.next(now(t0, 4.0)));
+        apply(&mut elector, &second, 4, at(t0, 4.0), at(t0, 4.0));
+        // The first write's answer finally arrives: older than what we know, it changes nothing.
+        elector.write_result(first_ticket, WriteResult::Applied(versioned(3, first.record)), at(t0, 5.0));
+        assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 4.0));
+        assert_eq!(elector.current().unwrap().resource_version, "4");
+    }
+
+    #[test]
+    fn failed_renewals_lose_the_lease_at_the_deadline_and_it_is_recorded() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
         for second in [2.0, 4.0, 6.0, 8.0] {
-            let Action::Write(renew) = elector.next(now(t0, second)) else { panic!("at {second}") };
-            elector.write_sent(&renew, t0 + Duration::from_secs_f64(second));
-            elector.write_result(WriteResult::NotApplied, t0 + Duration::from_secs_f64(second));
+            let renew = expect_write(elector.next(now(t0, second)));
+            let ticket = elector.write_sent(&renew, at(t0, second));
+            elector.write_result(ticket, WriteResult::NotApplied, at(t0, second));
         }
         assert_eq!(elector.next(now(t0, 10.0)), Action::Lost(LossReason::RenewDeadline));
+        assert!(elector.held().is_none(), "the loss is recorded, not only reported");
+        assert_eq!(elector.loss(), Some(&LossReason::RenewDeadline));
     }
 
     #[test]
     fn conflict_while_holding_reads_then_renews_if_still_ours() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
-        let Action::Write(renew) = elector.next(now(t0, 2.0)) else { panic!() };
-        elector.write_sent(&renew, t0 + Duration::from_secs(2));
-        elector.write_result(WriteResult::Conflict, t0 + Duration::from_secs(2));
+        let renew = expect_write(elector.next(now(t0, 2.0)));
+        let ticket = elector.write_sent(&renew, at(t0, 2.0));
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 2.0));
         assert_eq!(elector.next(now(t0, 2.0)), Action::Read);
         // Someone touched the object (say, a label): still ours, renew against the new version.
         let mut touched = elector.current().unwrap().clone();
         touched.resource_version = "9".into();
-        elector.observe(Some(touched), t0 + Duration::from_secs(2));
+        elector.observe(Some(touched), at(t0, 2.0));
         // The next attempt keeps the cadence: one retry period after the failed one.
-        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(t0 + Duration::from_secs(4)));
-        let Action::Write(Write::Replace { resource_version, .. }) = elector.next(now(t0, 4.0)) else { panic!() };
-        assert_eq!(resource_version, "9");
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 4.0)));
+        assert_eq!(expect_write(elector.next(now(t0, 4.0))).resource_version(), Some("9"));
     }
 
     #[test]
     fn another_holder_in_the_record_means_lost() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
-        elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), t0 + Duration::from_secs(1));
+        elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), at(t0, 1.0));
         assert_eq!(elector.next(now(t0, 1.0)), Action::Lost(LossReason::Taken { holder: "thief".into() }));
         assert!(elector.held().is_none());
         assert!(elector.release(now(t0, 1.0)).is_none(), "a lease that is not ours is never written");
     }
 
     #[test]
-    fn deleted_lease_means_lost() {
+    fn deleted_lease_means_lost_on_a_read_and_on_a_newer_watch_deletion() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
-        elector.observe(None, t0 + Duration::from_secs(1));
+        elector.observe(None, at(t0, 1.0));
         assert_eq!(elector.next(now(t0, 1.0)), Action::Lost(LossReason::Deleted));
+
+        let mut elector = holding(t0);
+        elector.observe_event(WatchUpdate::Deleted { resource_version: "5".into() }, at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::Lost(LossReason::Deleted), "a deletion after our write");
+
+        let mut elector = holding(t0);
+        elector.observe_event(WatchUpdate::Absent { resource_version: "5".into() }, at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::Lost(LossReason::Deleted), "a list after our write");
     }
 
     #[test]
@@ -704,17 +1164,20 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = holding(t0);
         // rv 1 (free) arrives from a lagging watch after our acquisition (rv 2): ignored.
-        elector.observe_event(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        elector.observe_event(WatchUpdate::Present(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
         assert!(elector.held().is_some());
         assert_eq!(elector.current().unwrap().resource_version, "2");
+        // So is a list made before our create, which says "absent" as of an older version.
+        elector.observe_event(WatchUpdate::Absent { resource_version: "1".into() }, t0);
+        assert!(elector.held().is_some());
+        assert!(matches!(elector.next(now(t0, 0.1)), Action::WaitUntil(_)));
     }
 
     #[test]
-    fn absent_in_a_watch_while_holding_asks_for_a_read() {
+    fn absent_without_a_version_while_holding_asks_for_a_read() {
         let t0 = Instant::now();
         let mut elector = holding(t0);
-        // A list made before our create reports "absent" after it: read before believing it.
-        elector.observe_event(None, t0);
+        elector.observe_event(WatchUpdate::Absent { resource_version: String::new() }, t0);
         assert!(elector.held().is_some());
         assert_eq!(elector.next(now(t0, 0.1)), Action::Read);
         elector.observe(None, t0);
@@ -722,18 +1185,69 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_deleted_under_another_holder_counts_as_held_until_its_observed_expiry() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(7)))), t0);
+        // `kubectl delete lease` (or rm NAME.json) while the other child still runs, seen on the watch.
+        elector.observe_event(WatchUpdate::Deleted { resource_version: "4".into() }, at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 5.0)));
+        // A read confirms it is gone: still held until then.
+        elector.observe(None, at(t0, 2.0));
+        assert_eq!(elector.next(now(t0, 4.9)), Action::WaitUntil(at(t0, 5.0)));
+        let create = expect_write(elector.next(now(t0, 5.0)));
+        assert!(create.is_create());
+        assert_eq!(create.record.lease_transitions, Some(8), "tokens go on from the deleted lease");
+    }
+
+    #[test]
+    fn a_lease_found_gone_by_a_read_counts_as_held_for_a_full_duration_from_then() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        // What we saw last was free; a read finds nothing: someone may have taken it, and it was deleted
+        // under them, in between.
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(7)))), t0);
+        elector.observe(None, at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 16.0)));
+        // A list that finds nothing is a snapshot too.
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(7)))), t0);
+        elector.observe_event(WatchUpdate::Absent { resource_version: "9".into() }, at(t0, 2.0));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 17.0)));
+    }
+
+    #[test]
+    fn a_lease_never_seen_is_created_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(None, t0);
+        assert!(expect_write(elector.next(now(t0, 0.0))).is_create());
+    }
+
+    #[test]
+    fn a_lease_deleted_after_it_was_released_is_free_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(7)))), t0);
+        elector.observe_event(WatchUpdate::Deleted { resource_version: "4".into() }, at(t0, 1.0));
+        assert!(expect_write(elector.next(now(t0, 1.0))).is_create());
+    }
+
+    #[test]
     fn unknown_outcome_is_resolved_by_reading_applied() {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(0)))), t0);
-        let Action::Write(write) = elector.next(now(t0, 0.0)) else { panic!() };
-        elector.write_sent(&write, t0);
-        elector.write_result(WriteResult::Unknown, t0 + Duration::from_secs(1));
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Unknown, at(t0, 1.0));
+        assert!(elector.unresolved_write());
         assert_eq!(elector.next(now(t0, 1.0)), Action::Read);
-        elector.observe(Some(versioned(2, write.record().clone())), t0 + Duration::from_secs(1));
+        elector.observe(Some(versioned(2, write.record.clone())), at(t0, 1.0));
         let held = elector.held().expect("the read shows our write: held");
         assert_eq!(held.last_renew_sent, t0, "counted from the send");
         assert_eq!(held.fencing_token, 1);
+        assert!(!elector.unresolved_write());
     }
 
     #[test]
@@ -741,13 +1255,13 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(0)))), t0);
-        let Action::Write(write) = elector.next(now(t0, 0.0)) else { panic!() };
-        elector.write_sent(&write, t0);
-        elector.write_result(WriteResult::Unknown, t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Unknown, t0);
         // Someone else got it meanwhile.
-        elector.observe(Some(versioned(2, record(Some("other"), Some(15), Some(1)))), t0 + Duration::from_secs(1));
+        elector.observe(Some(versioned(2, record(Some("other"), Some(15), Some(1)))), at(t0, 1.0));
         assert!(elector.held().is_none());
-        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(t0 + Duration::from_secs(16)));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 16.0)));
     }
 
     #[test]
@@ -755,32 +1269,108 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.observe(None, t0);
-        let Action::Write(write) = elector.next(now(t0, 0.0)) else { panic!() };
-        elector.write_sent(&write, t0);
-        elector.write_result(WriteResult::Conflict, t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
         assert_eq!(elector.next(now(t0, 0.0)), Action::Read);
         assert!(elector.held().is_none());
     }
 
     #[test]
-    fn record_left_by_our_own_identity_is_taken_with_a_new_token() {
+    fn a_live_record_under_our_identity_that_we_did_not_write_is_waited_out() {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
+        // Another process given the same identity (or a nested mpsync that inherited it) holds it.
         elector.observe(Some(versioned(4, record(Some("me"), Some(15), Some(6)))), t0);
-        let Action::Write(write) = elector.next(now(t0, 0.0)) else { panic!() };
-        assert_eq!(write.record().lease_transitions, Some(7));
+        assert!(elector.take_collision(), "the collision is reported");
+        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 15.0)));
+        assert!(elector.release(now(t0, 1.0)).is_none(), "and never released by us");
+        let write = expect_write(elector.next(now(t0, 15.0)));
+        assert_eq!(write.record.lease_transitions, Some(7));
+    }
+
+    #[test]
+    fn a_record_under_our_identity_written_by_another_while_we_hold_is_a_loss() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let mut twin = record(Some("me"), Some(15), Some(5));
+        twin.acquire_time = Some(wall(1));
+        elector.observe(Some(versioned(3, twin)), at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::Lost(LossReason::Collision { identity: "me".into() }));
+        assert!(elector.release(now(t0, 1.0)).is_none());
+    }
+
+    #[test]
+    fn our_own_release_applied_is_not_a_loss() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let release = elector.release(now(t0, 1.0)).unwrap();
+        apply(&mut elector, &release, 3, at(t0, 1.0), at(t0, 1.0));
+        assert!(elector.held().is_none());
+        assert_eq!(elector.loss(), None);
+        assert!(!elector.unresolved_write());
+    }
+
+    #[test]
+    fn our_own_record_from_an_earlier_hold_is_taken_again_at_once_with_a_new_token() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        // Renewals fail until the deadline; the child is stopped; campaign again.
+        assert_eq!(elector.next(now(t0, 10.0)), Action::Lost(LossReason::RenewDeadline));
+        elector.forget_loss();
+        assert_eq!(elector.next(now(t0, 11.0)), Action::Read);
+        let ours = elector.current().unwrap().clone();
+        elector.observe(Some(ours), at(t0, 11.0));
+        assert!(!elector.take_collision());
+        let write = expect_write(elector.next(now(t0, 11.0)));
+        assert_eq!(write.record.lease_transitions, Some(5));
+    }
+
+    #[test]
+    fn a_renewal_that_lands_after_the_loss_never_makes_a_hold() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let renew = expect_write(elector.next(now(t0, 8.0)));
+        let ticket = elector.write_sent(&renew, at(t0, 8.0));
+        assert_eq!(elector.next(now(t0, 10.0)), Action::Lost(LossReason::RenewDeadline));
+        elector.forget_loss();
+        elector.write_result(ticket, WriteResult::Applied(versioned(3, renew.record)), at(t0, 11.0));
+        assert!(elector.held().is_none(), "no second child under the old token");
+    }
+
+    #[test]
+    fn a_token_that_cannot_grow_is_refused() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(i32::MAX)))), t0);
+        assert_eq!(elector.next(now(t0, 0.0)), Action::Refuse(Refusal::TokenExhausted { transitions: i32::MAX }));
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(1, record(Some(""), Some(1), Some(i32::MAX - 1)))), t0);
+        assert_eq!(expect_write(elector.next(now(t0, 0.0))).record.lease_transitions, Some(i32::MAX));
+    }
+
+    #[test]
+    fn the_side_car_adopts_its_pods_record_keeping_the_token() {
+        let t0 = Instant::now();
+        let mut elector = Elector::adopting("pod-a", TIMING);
+        elector.observe(Some(versioned(4, record(Some("pod-a"), Some(30), Some(6)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        assert_eq!(write.record.lease_transitions, Some(6));
+        assert_eq!(write.record.acquire_time, Some(wall(-100)));
+        apply(&mut elector, &write, 5, t0, t0);
+        assert_eq!(elector.held().unwrap().fencing_token, 6);
     }
 
     #[test]
     fn release_clears_holder_and_sets_duration_one() {
         let t0 = Instant::now();
         let elector = holding(t0);
-        let Some(Write::Replace { resource_version, record }) = elector.release(now(t0, 3.0)) else { panic!() };
-        assert_eq!(resource_version, "2");
-        assert_eq!(record.holder_identity.as_deref(), Some(""));
-        assert_eq!(record.lease_duration_seconds, Some(1));
-        assert_eq!(record.lease_transitions, Some(4), "release keeps the token");
-        assert_eq!(record.renew_time, Some(wall(3)));
+        let write = elector.release(now(t0, 3.0)).unwrap();
+        assert_eq!(write.resource_version(), Some("2"));
+        assert_eq!(write.record.holder_identity.as_deref(), Some(""));
+        assert_eq!(write.record.lease_duration_seconds, Some(1));
+        assert_eq!(write.record.lease_transitions, Some(4), "release keeps the token");
+        assert_eq!(write.record.renew_time, Some(wall(3)));
     }
 
     #[test]
@@ -790,7 +1380,7 @@ mod tests {
         elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), t0);
         elector.forget_loss();
         assert_eq!(elector.next(now(t0, 0.0)), Action::Read);
-        elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), t0 + Duration::from_secs(1));
+        elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), at(t0, 1.0));
         assert!(matches!(elector.next(now(t0, 1.0)), Action::WaitUntil(_)));
     }
 }

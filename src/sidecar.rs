@@ -27,13 +27,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
+use crate::backend::{open_store, runtime};
 use crate::cli::{SidecarConfig, is_dns1123_subdomain};
-use crate::drive::{self, now};
+use crate::engine::{self, now};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::http::{self, Request, Response};
 use crate::lease::{Action, Elector, Timing, Versioned};
-use crate::run::{open_store, runtime};
 use crate::store::{Store, StoreError};
 
 /// One API call's timeout.
@@ -179,7 +179,7 @@ impl Locks {
             let action = self.decide(name, elector, current);
             let renewal = elector.held().is_some();
             match action {
-                Action::Write(write) => match drive::send(&self.store, name, elector, &write).await {
+                Action::Write(write) => match engine::send(&self.store, name, elector, &write).await {
                     Ok(_) => match elector.held() {
                         Some(held) => {
                             if renewal {
@@ -196,6 +196,9 @@ impl Locks {
                 },
                 // Another identity holds it, unexpired as this side-car has observed it.
                 Action::WaitUntil(_) => return self.lock_response(409, name, elector),
+                Action::Refuse(refusal) => {
+                    return Response::error(409, format!("lock {name} cannot be acquired: {refusal}"));
+                }
                 Action::Read | Action::Lost(_) => last_race = "the lease changed while it was read".into(),
             }
         }
@@ -238,7 +241,7 @@ impl Locks {
 
     /// Release the lock if the record last read is ours (see `drive::release`).
     async fn release(&self, name: &str, elector: &mut Elector) -> std::result::Result<(), StoreError> {
-        if drive::release(&self.store, name, elector).await? {
+        if engine::release(&self.store, name, elector).await? {
             tracing::info!(lease = %name, identity = %self.identity, "released the lock");
         }
         Ok(())
@@ -367,6 +370,7 @@ mod tests {
         let t0 = Instant::now();
         let current = Versioned {
             resource_version: "3".into(),
+            metadata: Default::default(),
             record: LeaseSpec {
                 holder_identity: Some("pod-a_1f2e".into()),
                 lease_duration_seconds: Some(30),

@@ -5,12 +5,13 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
+use crate::backend::{open_store, runtime};
 use crate::cli::{OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::lease::Versioned;
-use crate::run::{open_store, runtime};
 use crate::store::StoreError;
+use crate::store::WatchUpdate;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,7 +48,11 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
                 _ = interrupt.recv() => return Ok(Exit::Success),
                 _ = terminate.recv() => return Ok(Exit::Success),
                 update = watch.updates.recv() => {
-                    let Some(current) = update else { return Ok(Exit::Success) };
+                    let current = match update {
+                        None => return Ok(Exit::Success),
+                        Some(WatchUpdate::Present(current)) => Some(current),
+                        Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
+                    };
                     let report = Report::new(&config.name, store.namespace(), current.as_ref(), Timestamp::now());
                     let key = (report.holder.clone(), report.transitions, report.exists);
                     if last.as_ref() == Some(&key) {

@@ -31,18 +31,25 @@ use tracing::{debug, warn};
 
 use super::{StoreError, Watch, WatchUpdate};
 use crate::error::Error;
-use crate::lease::Versioned;
+use crate::lease::{Versioned, Write};
 
 /// How long a write waits for another process to finish its own write before giving up (transiently).
 /// A write holds the lock for a read, a small write and an fsync: milliseconds.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// A call to the file system that takes longer than this has failed (a write: with an unknown outcome).
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The watch never polls faster than this, whatever `retry_period` says.
 const MIN_POLL: Duration = Duration::from_millis(10);
 
+/// Cheap to clone: every call runs its file I/O on tokio's blocking pool, bounded by `call_timeout`, so a
+/// stuck disk never freezes the run loop (its timers, signals and the child's exit).
+#[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
     namespace: String,
+    call_timeout: Duration,
 }
 
 /// The files that belong to one lease.
@@ -82,7 +89,36 @@ impl FileStore {
                 );
             }
         }
-        Ok(FileStore { dir, namespace })
+        Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT })
+    }
+
+    /// Bound every call by `call_timeout` (a write that takes longer has an unknown outcome).
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> FileStore {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
+    /// outcome unknown (a write) or only failed (a read).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: String,
+        write: bool,
+        work: impl FnOnce(FileStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store))).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StoreError::Fatal(Error::Internal(format!("{what}: {join}")))),
+            Err(_) if write => Err(StoreError::Unknown(format!(
+                "{what}: no answer from the file system within {:?}",
+                self.call_timeout
+            ))),
+            Err(_) => Err(StoreError::Transient(format!(
+                "{what}: no answer from the file system within {:?}",
+                self.call_timeout
+            ))),
+        }
     }
 
     pub fn namespace(&self) -> &str {
@@ -91,14 +127,44 @@ impl FileStore {
 
     pub async fn get(&self, name: &str) -> Result<Option<Versioned>, StoreError> {
         let files = self.files(name)?;
-        Ok(read_lease(&files.record)?.map(|stored| stored.versioned))
+        self.blocking(format!("read lease {name}"), false, move |_| Ok(read_lease(&files.record)?.map(|s| s.versioned)))
+            .await
     }
 
+    /// Create or compare-and-swap replace, as the write says, with the labels and annotations it carries.
+    pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
+        let (name, write) = (name.to_string(), write.clone());
+        self.blocking(format!("write lease {name}"), true, move |store| match write.resource_version() {
+            None => store.create_now(&name, &write.record, &write.metadata),
+            Some(resource_version) => store.replace_now(&name, resource_version, &write.record, &write.metadata),
+        })
+        .await
+    }
+
+    /// Create a record with no labels or annotations (tests, and writers other than the elector).
     pub async fn create(&self, name: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
+        let write = Write { metadata: ObjectMeta::default(), record: record.clone() };
+        self.write(name, &write).await
+    }
+
+    /// Replace the record at `resource_version`, keeping its labels and annotations.
+    pub async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+    ) -> Result<Versioned, StoreError> {
+        let (name, resource_version, record) = (name.to_string(), resource_version.to_string(), record.clone());
+        self.blocking(format!("write lease {name}"), true, move |store| {
+            store.replace_kept(&name, &resource_version, &record)
+        })
+        .await
+    }
+
+    fn create_now(&self, name: &str, record: &LeaseSpec, metadata: &ObjectMeta) -> Result<Versioned, StoreError> {
         let files = self.files(name)?;
         validate(name, record)?;
-        let _lock = lock_exclusive(&files.lock).await?;
-        // From here on there is no await: a cancelled call either wrote everything or nothing.
+        let _lock = lock_exclusive(&files.lock)?;
         if read_lease(&files.record)?.is_some() {
             return Err(StoreError::Conflict(format!("lease {name} already exists")));
         }
@@ -108,6 +174,8 @@ impl FileStore {
                 namespace: Some(self.namespace.clone()),
                 resource_version: Some("1".to_string()),
                 creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+                labels: metadata.labels.clone(),
+                annotations: metadata.annotations.clone(),
                 ..ObjectMeta::default()
             },
             spec: Some(record.clone()),
@@ -115,16 +183,34 @@ impl FileStore {
         self.write_lease(&files, &lease)
     }
 
-    pub async fn replace(
+    fn replace_now(
         &self,
         name: &str,
         resource_version: &str,
         record: &LeaseSpec,
+        metadata: &ObjectMeta,
+    ) -> Result<Versioned, StoreError> {
+        self.replace_with(name, resource_version, record, |stored| {
+            stored.labels = metadata.labels.clone();
+            stored.annotations = metadata.annotations.clone();
+        })
+    }
+
+    fn replace_kept(&self, name: &str, resource_version: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
+        self.replace_with(name, resource_version, record, |_| {})
+    }
+
+    /// The compare-and-swap under the lease's lock; `edit` sets what the write changes in the metadata.
+    fn replace_with(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+        edit: impl FnOnce(&mut ObjectMeta),
     ) -> Result<Versioned, StoreError> {
         let files = self.files(name)?;
         validate(name, record)?;
-        let _lock = lock_exclusive(&files.lock).await?;
-        // From here on there is no await: a cancelled call either wrote everything or nothing.
+        let _lock = lock_exclusive(&files.lock)?;
         let Some(stored) = read_lease(&files.record)? else {
             return Err(StoreError::Conflict(format!("lease {name} does not exist")));
         };
@@ -140,6 +226,7 @@ impl FileStore {
         // Metadata (labels, annotations, creationTimestamp) is kept; the spec is the caller's, whole,
         // as a Kubernetes replace does.
         let mut lease = stored.lease;
+        edit(&mut lease.metadata);
         lease.metadata.resource_version = Some(next.to_string());
         lease.spec = Some(record.clone());
         self.write_lease(&files, &lease)
@@ -242,7 +329,8 @@ fn parse_lease(path: &Path, bytes: &[u8]) -> Result<Stored, StoreError> {
         .parse()
         .map_err(|_| corrupt(path, format!("metadata.resourceVersion {resource_version:?} is not a whole number")))?;
     let record = lease.spec.clone().unwrap_or_default();
-    Ok(Stored { lease, version, versioned: Versioned { resource_version, record } })
+    let versioned = Versioned { resource_version, record, metadata: lease.metadata.clone() };
+    Ok(Stored { lease, version, versioned })
 }
 
 /// The API server's validation of a Lease spec (the state machine never writes these; a guard anyway).
@@ -264,9 +352,9 @@ fn validate(name: &str, record: &LeaseSpec) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Take the lease's lock file exclusively. Waits without blocking the runtime (other tasks, signals
-/// and the child keep being served), and gives up transiently after `LOCK_WAIT`: nothing was written.
-async fn lock_exclusive(path: &Path) -> Result<Flock<File>, StoreError> {
+/// Take the lease's lock file exclusively (on the blocking pool), giving up transiently after
+/// `LOCK_WAIT`: nothing was written.
+fn lock_exclusive(path: &Path) -> Result<Flock<File>, StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -288,7 +376,7 @@ async fn lock_exclusive(path: &Path) -> Result<Flock<File>, StoreError> {
                     )));
                 }
                 file = returned;
-                tokio::time::sleep(pause).await;
+                std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(10));
             }
             Err((returned, Errno::EINTR)) => file = returned,
@@ -338,11 +426,20 @@ async fn forward_changes(
 ) {
     let mut last_sent: Option<WatchUpdate> = None;
     let mut last_error: Option<String> = None;
+    let files = std::sync::Arc::new(files);
     loop {
-        match read_lease(&files.record) {
+        let reading = std::sync::Arc::clone(&files);
+        let read = tokio::task::spawn_blocking(move || read_lease(&reading.record))
+            .await
+            .unwrap_or_else(|join| Err(StoreError::Transient(join.to_string())));
+        match read {
             Ok(stored) => {
                 last_error = None;
-                let current = stored.map(|stored| stored.versioned);
+                // An absence seen here carries no version: only a read of the run loop decides on it.
+                let current = match stored {
+                    Some(stored) => WatchUpdate::Present(stored.versioned),
+                    None => WatchUpdate::Absent { resource_version: String::new() },
+                };
                 if last_sent.as_ref() != Some(&current) {
                     if updates.send(current.clone()).await.is_err() {
                         return;
@@ -538,11 +635,16 @@ mod tests {
         matches!(result, Err(StoreError::Conflict(_)))
     }
 
-    async fn next_update(watch: &mut Watch) -> WatchUpdate {
-        tokio::time::timeout(PATIENCE, watch.updates.recv())
+    /// The next update: the record, or `None` for an absence.
+    async fn next_update(watch: &mut Watch) -> Option<Versioned> {
+        let update = tokio::time::timeout(PATIENCE, watch.updates.recv())
             .await
             .expect("an update within the patience")
-            .expect("the watch is still running")
+            .expect("the watch is still running");
+        match update {
+            WatchUpdate::Present(current) => Some(current),
+            WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. } => None,
+        }
     }
 
     #[test]
@@ -740,7 +842,8 @@ mod tests {
         )
         .expect("written");
         let got = runtime().block_on(store.get("job")).expect("get works");
-        assert_eq!(got, Some(Versioned { resource_version: "7".to_string(), record: LeaseSpec::default() }));
+        let got = got.expect("a record");
+        assert_eq!((got.resource_version.as_str(), got.record), ("7", LeaseSpec::default()));
     }
 
     #[test]

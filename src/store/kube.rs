@@ -2,95 +2,42 @@
 //! single object (field selector `metadata.name`). The verbs used are exactly get, list, watch, create
 //! and update on leases; `deploy/rbac.yaml` grants those and nothing more.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::{StoreError, Watch, WatchUpdate, jittered};
+use super::{FailureLog, StoreError, Watch, WatchUpdate};
 use crate::error::Error;
-use crate::lease::Versioned;
+use crate::lease::{Versioned, Write};
+use crate::retry::backoff_between;
 
 /// How long a watch request asks the server to keep the stream open. The stream is restarted from the
 /// last resourceVersion after that; a stream silent for longer than this plus a margin is presumed dead
 /// (a partition can leave a TCP stream open and silent forever).
 const WATCH_SECONDS: u32 = 30;
 const WATCH_IDLE_MARGIN: Duration = Duration::from_secs(15);
+/// The first wait between consecutive watch failures (it doubles up to the retry period).
+const WATCH_MIN_BACKOFF: Duration = Duration::from_millis(100);
 
+#[derive(Clone)]
 pub struct KubeStore {
     api: Api<Lease>,
     namespace: String,
     /// Timeout for one API call. kube has no read timeout by default, so every call is wrapped.
     call_timeout: Duration,
-    /// The last full object seen per lease, so a replace can carry its metadata (labels, annotations,
-    /// uid) unchanged: mpsync writes the spec and nothing else.
-    objects: Mutex<HashMap<String, Lease>>,
 }
 
 impl KubeStore {
-    /// Build a client from `--kubeconfig`/`--context`, or the standard resolution ($KUBECONFIG,
-    /// ~/.kube/config, in-cluster). Never falls back to the file backend.
-    pub async fn connect(
-        kubeconfig: Option<PathBuf>,
-        context: Option<String>,
-        namespace: Option<String>,
-        call_timeout: Duration,
-    ) -> Result<KubeStore, Error> {
-        let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
-        let mut config = match &kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path).map_err(|err| {
-                    Error::Config(format!(
-                        "cannot use kubeconfig {}: {}\npass --kubeconfig with a readable kubeconfig file",
-                        path.display(),
-                        one_line(&err)
-                    ))
-                })?;
-                kube::Config::from_custom_kubeconfig(file, &options).await.map_err(|err| {
-                    Error::Config(format!("cannot use kubeconfig {}: {}", path.display(), one_line(&err)))
-                })?
-            }
-            None if context.is_some() => kube::Config::from_kubeconfig(&options).await.map_err(|err| {
-                Error::Config(format!(
-                    "cannot use kubeconfig context {:?}: {}",
-                    context.unwrap_or_default(),
-                    one_line(&err)
-                ))
-            })?,
-            None => kube::Config::infer().await.map_err(|err| {
-                tracing::debug!(error = %one_line(&err), "cannot infer a Kubernetes configuration");
-                let kubeconfig = match std::env::var_os("KUBECONFIG") {
-                    Some(path) => format!("$KUBECONFIG ({}) is unusable", PathBuf::from(path).display()),
-                    None => "no ~/.kube/config".to_string(),
-                };
-                Error::Config(format!(
-                    "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n\
-                     pass --kubeconfig PATH, or use --backend file to lock on this machine only"
-                ))
-            })?,
-        };
-        // mpsync retries by its own rules (the renew deadline counts every attempt); kube's own retry
-        // layer would hide failed attempts from it.
-        config.default_retry = false;
-        config.connect_timeout = Some(call_timeout);
-        let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
-        let client = Client::try_from(config)
-            .map_err(|err| Error::Config(format!("cannot build a Kubernetes client: {}", one_line(&err))))?;
-        Ok(KubeStore {
-            api: Api::namespaced(client, &namespace),
-            namespace,
-            call_timeout,
-            objects: Mutex::new(HashMap::new()),
-        })
+    /// A store over `client`, for leases in `namespace`; every call is bounded by `call_timeout`.
+    pub fn new(client: Client, namespace: impl Into<String>, call_timeout: Duration) -> KubeStore {
+        let namespace = namespace.into();
+        KubeStore { api: Api::namespaced(client, &namespace), namespace, call_timeout }
     }
 
     pub fn namespace(&self) -> &str {
@@ -103,36 +50,23 @@ impl KubeStore {
             Err(_) => Err(StoreError::Transient(format!("get lease {name}: timed out after {:?}", self.call_timeout))),
             Ok(Err(err)) => Err(self.classify(err, Verb::Get, name)),
             Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(lease))) => Ok(Some(self.remember(name, lease))),
+            Ok(Ok(Some(lease))) => Ok(Some(versioned(lease))),
         }
     }
 
-    pub async fn create(&self, name: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
-        let lease = Lease {
-            metadata: ObjectMeta { name: Some(name.to_string()), ..ObjectMeta::default() },
-            spec: Some(record.clone()),
-        };
-        self.write(name, Verb::Create, self.api.create(&PostParams::default(), &lease)).await
+    /// Create or compare-and-swap replace, as the write says. The object is written whole: the metadata
+    /// it carries (read with the record, so labels, annotations and uid are kept) and the new spec.
+    pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
+        let metadata = ObjectMeta { name: Some(name.to_string()), managed_fields: None, ..write.metadata.clone() };
+        let lease = Lease { metadata, spec: Some(write.record.clone()) };
+        if write.is_create() {
+            self.send(name, Verb::Create, self.api.create(&PostParams::default(), &lease)).await
+        } else {
+            self.send(name, Verb::Update, self.api.replace(name, &PostParams::default(), &lease)).await
+        }
     }
 
-    pub async fn replace(
-        &self,
-        name: &str,
-        resource_version: &str,
-        record: &LeaseSpec,
-    ) -> Result<Versioned, StoreError> {
-        let base = self.objects.lock().map(|objects| objects.get(name).cloned()).unwrap_or(None);
-        let metadata = match base {
-            Some(base) if base.metadata.resource_version.as_deref() == Some(resource_version) => base.metadata,
-            // We have not seen this version's full object: do not write a guess (it could drop labels
-            // or annotations). A conflict makes the caller read again.
-            _ => return Err(StoreError::Conflict(format!("lease {name}: version {resource_version} not read yet"))),
-        };
-        let lease = Lease { metadata: ObjectMeta { managed_fields: None, ..metadata }, spec: Some(record.clone()) };
-        self.write(name, Verb::Update, self.api.replace(name, &PostParams::default(), &lease)).await
-    }
-
-    async fn write(
+    async fn send(
         &self,
         name: &str,
         verb: Verb,
@@ -145,16 +79,8 @@ impl KubeStore {
                 self.call_timeout
             ))),
             Ok(Err(err)) => Err(self.classify(err, verb, name)),
-            Ok(Ok(lease)) => Ok(self.remember(name, lease)),
+            Ok(Ok(lease)) => Ok(versioned(lease)),
         }
-    }
-
-    fn remember(&self, name: &str, lease: Lease) -> Versioned {
-        let versioned = versioned(&lease);
-        if let Ok(mut objects) = self.objects.lock() {
-            objects.insert(name.to_string(), lease);
-        }
-        versioned
     }
 
     /// Turn a kube error into what the run loop acts on, with messages that say what to do.
@@ -231,24 +157,27 @@ fn classify(err: kube::Error, verb: Verb, name: &str, namespace: &str) -> StoreE
                 _ => StoreError::Fatal(Error::Api(format!("{what}: {code} {}: {message}", status.reason))),
             }
         }
-        kube::Error::SerdeError(err) => {
-            // A record the API server accepted but we cannot read: never guess, keep trying.
-            StoreError::Transient(format!("{what}: unreadable Lease record: {err}"))
+        // An answer we cannot read: to a write, the server may well have applied it (read to find out);
+        // to a read, never guess, keep trying.
+        kube::Error::SerdeError(err) if verb.is_write() => {
+            StoreError::Unknown(format!("{what}: unreadable answer: {err}"))
         }
+        kube::Error::SerdeError(err) => StoreError::Transient(format!("{what}: unreadable Lease record: {err}")),
         other if verb.is_write() => StoreError::Unknown(format!("{what}: {}", one_line(&other))),
         other => StoreError::Transient(format!("{what}: {}", one_line(&other))),
     }
 }
 
-fn versioned(lease: &Lease) -> Versioned {
+fn versioned(lease: Lease) -> Versioned {
     Versioned {
         resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
-        record: lease.spec.clone().unwrap_or_default(),
+        record: lease.spec.unwrap_or_default(),
+        metadata: ObjectMeta { managed_fields: None, ..lease.metadata },
     }
 }
 
 /// An error and its causes on one line.
-fn one_line(err: &dyn std::error::Error) -> String {
+pub fn one_line(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -275,32 +204,35 @@ async fn watch_loop(
     sender: mpsc::Sender<WatchUpdate>,
 ) {
     let selector = format!("metadata.name={name}");
+    // Consecutive failures: every failed list, failed or erroring watch, and watch that ended at once
+    // without delivering anything. The first is retried at once (a watch that was healthy broke); from
+    // the second on, after a jittered backoff doubling up to `retry_period` (the poll rate of the
+    // contract), so a server or proxy that answers every watch with an error, or closes it at once, is
+    // asked at a bounded rate.
     let mut failures: u32 = 0;
+    let mut log = FailureLog::new(&name, "watching the lease");
     loop {
-        if failures > 0 {
-            tokio::time::sleep(jittered(retry_period)).await;
-        }
+        tokio::time::sleep(backoff_between(WATCH_MIN_BACKOFF, retry_period, failures)).await;
         let listed = timeout(call_timeout, api.list(&ListParams::default().fields(&selector))).await;
         let mut resource_version = match listed {
             Ok(Ok(list)) => {
-                let current = list.items.first().map(versioned);
-                if sender.send(current).await.is_err() {
+                let resource_version = list.metadata.resource_version.unwrap_or_default();
+                let update = match list.items.into_iter().next() {
+                    Some(lease) => WatchUpdate::Present(versioned(lease)),
+                    None => WatchUpdate::Absent { resource_version: resource_version.clone() },
+                };
+                if sender.send(update).await.is_err() {
                     return;
                 }
-                list.metadata.resource_version.unwrap_or_default()
+                resource_version
             }
-            Ok(Err(err)) => {
+            failed => {
                 failures += 1;
-                let err = classify(err, Verb::List, &name, &namespace);
-                tracing::warn!(lease = %name, error = %err, "cannot list the lease; polling it with get meanwhile");
-                if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                failures += 1;
-                tracing::warn!(lease = %name, "listing the lease timed out; polling it with get meanwhile");
+                let err = match failed {
+                    Ok(Err(err)) => classify(err, Verb::List, &name, &namespace).to_string(),
+                    _ => format!("list timed out after {call_timeout:?}"),
+                };
+                log.failed(&format!("{err}; polling with get meanwhile"));
                 if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
                     return;
                 }
@@ -308,80 +240,96 @@ async fn watch_loop(
             }
         };
 
-        // Watch from the listed version; when a stream ends normally, watch again from the last
-        // version seen, without listing.
+        // Watch from the listed version; when a stream ends normally after a while, watch again from the
+        // last version seen, without listing.
         loop {
             let params = WatchParams::default().fields(&selector).timeout(WATCH_SECONDS);
             let stream = match timeout(call_timeout, api.watch(&params, &resource_version)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
+                failed => {
                     failures += 1;
-                    let err = classify(err, Verb::Watch, &name, &namespace);
-                    tracing::warn!(lease = %name, error = %err, "cannot watch the lease; polling meanwhile");
+                    let err = match failed {
+                        Ok(Err(err)) => classify(err, Verb::Watch, &name, &namespace).to_string(),
+                        _ => format!("starting a watch timed out after {call_timeout:?}"),
+                    };
+                    log.failed(&format!("{err}; polling with get meanwhile"));
                     if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
                         return;
                     }
                     break;
                 }
-                Err(_) => {
-                    failures += 1;
-                    tracing::warn!(lease = %name, "starting a watch timed out; polling meanwhile");
-                    break;
-                }
             };
             futures::pin_mut!(stream);
             let idle_limit = Duration::from_secs(WATCH_SECONDS as u64) + WATCH_IDLE_MARGIN;
-            let ended_cleanly = loop {
+            let started = tokio::time::Instant::now();
+            let mut delivered = false;
+            let ended = loop {
                 match timeout(idle_limit, stream.try_next()).await {
                     Ok(Ok(Some(event))) => {
-                        failures = 0;
                         let update = match event {
                             WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
                                 resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
-                                Some(Some(versioned(&lease)))
+                                Some(WatchUpdate::Present(versioned(lease)))
                             }
                             WatchEvent::Deleted(lease) => {
                                 resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
-                                Some(None)
+                                Some(WatchUpdate::Deleted { resource_version: resource_version.clone() })
                             }
                             WatchEvent::Bookmark(bookmark) => {
                                 resource_version = bookmark.metadata.resource_version;
                                 None
                             }
                             WatchEvent::Error(status) => {
-                                // 410 Gone: our version is too old; anything else: start over too.
-                                tracing::debug!(lease = %name, code = status.code, reason = %status.reason, "watch error event; listing again");
-                                break false;
+                                // 410 Gone: our version is too old; anything else: start over too. Either
+                                // way it counts as a failure, so an erroring server is not hammered.
+                                break Ended::Error(format!(
+                                    "watch error {} {}: {}",
+                                    status.code, status.reason, status.message
+                                ));
                             }
                         };
+                        if !delivered {
+                            delivered = true;
+                            failures = 0;
+                            log.recovered();
+                        }
                         if let Some(update) = update
                             && sender.send(update).await.is_err()
                         {
                             return;
                         }
                     }
-                    Ok(Ok(None)) => break true,
-                    Ok(Err(err)) => {
-                        tracing::debug!(lease = %name, error = %one_line(&err), "watch stream broke; listing again");
-                        failures += 1;
-                        break false;
-                    }
-                    Err(_) => {
-                        tracing::debug!(lease = %name, "watch stream silent too long; listing again");
-                        failures += 1;
-                        break false;
-                    }
+                    Ok(Ok(None)) => break Ended::Cleanly,
+                    Ok(Err(err)) => break Ended::Error(format!("watch stream broke: {}", one_line(&err))),
+                    Err(_) => break Ended::Error("watch stream silent for too long".to_string()),
                 }
             };
-            if !ended_cleanly {
-                break;
+            match ended {
+                // A stream that ran its course (or delivered something): watch again from where it was.
+                Ended::Cleanly if delivered || started.elapsed() >= Duration::from_secs(WATCH_SECONDS as u64) / 2 => {}
+                Ended::Cleanly => {
+                    failures += 1;
+                    log.failed("the watch ended at once without any event");
+                    tokio::time::sleep(backoff_between(WATCH_MIN_BACKOFF, retry_period, failures.max(2))).await;
+                }
+                Ended::Error(err) => {
+                    failures += 1;
+                    log.failed(&format!("{err}; listing again"));
+                    break;
+                }
             }
         }
     }
 }
 
-/// One poll while the watch is down: a plain get, delivered like a watch event. Returns false when
-/// nobody listens any more.
+enum Ended {
+    Cleanly,
+    Error(String),
+}
+
+/// One poll while the watch is down: a plain get, delivered like a watch event (an absence it shows
+/// carries no version: only a read of the run loop's own decides on it). Returns false when nobody
+/// listens any more.
 async fn poll_once(
     api: &Api<Lease>,
     name: &str,
@@ -390,7 +338,13 @@ async fn poll_once(
     sender: &mpsc::Sender<WatchUpdate>,
 ) -> bool {
     match timeout(call_timeout, api.get_opt(name)).await {
-        Ok(Ok(current)) => sender.send(current.as_ref().map(versioned)).await.is_ok(),
+        Ok(Ok(current)) => {
+            let update = match current {
+                Some(lease) => WatchUpdate::Present(versioned(lease)),
+                None => WatchUpdate::Absent { resource_version: String::new() },
+            };
+            sender.send(update).await.is_ok()
+        }
         Ok(Err(err)) => {
             let err = classify(err, Verb::Get, name, namespace);
             tracing::debug!(lease = %name, error = %err, "polling the lease failed");

@@ -1,24 +1,26 @@
 //! Where lease records live. Two backends with one contract:
 //!
 //! - `get` returns the record and its `resource_version` (the compare-and-swap token), or `None`.
-//! - `create` succeeds only if no record exists (`Conflict` otherwise, like 409 AlreadyExists).
-//! - `replace` succeeds only if the stored `resource_version` still equals the one given (`Conflict`
-//!   otherwise). Unknown fields of the stored object (spec fields such as `strategy` and `preferredHolder`,
-//!   labels, annotations) are preserved.
+//! - `write` of a create succeeds only if no record exists (`Conflict` otherwise, like 409 AlreadyExists);
+//!   of a replace, only if the stored `resource_version` still equals the one the write carries
+//!   (`Conflict` otherwise). A replace writes the whole object it was given: the spec, and the metadata
+//!   (labels, annotations, uid) it read, so unknown fields survive.
 //! - `watch` delivers the current record at once and then every change, driving waiting; while the
-//!   underlying watch is down it polls at `retry_period` instead.
+//!   underlying watch is down it polls at `retry_period` instead. An absence carries the resource version
+//!   it was seen at, so that a stale list cannot pass for a deletion.
 //!
-//! Every call has a timeout; a write whose outcome is unknown returns `Unknown`, never a guess.
+//! Every call has a timeout; a write whose outcome is unknown returns `Unknown`, never a guess. No store
+//! keeps state between calls.
 
 pub mod file;
 pub mod kube;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::LeaseSpec;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
+pub use crate::lease::WatchUpdate;
 use crate::lease::{Versioned, Write};
 
 /// What can go wrong with one store call, in the terms the run loop acts on.
@@ -50,9 +52,6 @@ impl StoreError {
     }
 }
 
-/// One update from a watch: the record as it is now (`None`: no such lease).
-pub type WatchUpdate = Option<Versioned>;
-
 /// A running watch on one lease. Dropping it stops the background task.
 pub struct Watch {
     pub updates: mpsc::Receiver<WatchUpdate>,
@@ -71,8 +70,9 @@ impl Drop for Watch {
     }
 }
 
-/// The backend chosen by `--backend`. One per process, so the size difference does not matter.
-#[allow(clippy::large_enum_variant)]
+/// The backend chosen by `--backend` (or by the library's caller). Stateless: everything a write needs
+/// travels in the `Write` (the object's metadata included), so clones share nothing but the client.
+#[derive(Clone)]
 pub enum Store {
     Kube(kube::KubeStore),
     File(file::FileStore),
@@ -94,30 +94,12 @@ impl Store {
         }
     }
 
-    pub async fn create(&self, name: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
-        match self {
-            Store::Kube(store) => store.create(name, record).await,
-            Store::File(store) => store.create(name, record).await,
-        }
-    }
-
-    pub async fn replace(
-        &self,
-        name: &str,
-        resource_version: &str,
-        record: &LeaseSpec,
-    ) -> Result<Versioned, StoreError> {
-        match self {
-            Store::Kube(store) => store.replace(name, resource_version, record).await,
-            Store::File(store) => store.replace(name, resource_version, record).await,
-        }
-    }
-
-    /// Send one write of the elector's: a create or a compare-and-swap replace.
+    /// Send one write of the elector's: a create, or a compare-and-swap replace carrying the metadata of
+    /// the object it replaces.
     pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
-        match write {
-            Write::Create(record) => self.create(name, record).await,
-            Write::Replace { resource_version, record } => self.replace(name, resource_version, record).await,
+        match self {
+            Store::Kube(store) => store.write(name, write).await,
+            Store::File(store) => store.write(name, write).await,
         }
     }
 
@@ -130,19 +112,4 @@ impl Store {
     }
 }
 
-/// `base` scaled by a random factor in [0.5, 1.0]: spreads the retries of many processes apart.
-pub fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761));
-    let factor = 0.5 + (nanos % 1000) as f64 / 2000.0;
-    base.mul_f64(factor)
-}
-
-/// Exponential backoff for retries after `failures` consecutive failures: from `base / 4` up to
-/// `base`, jittered.
-pub fn backoff(base: Duration, failures: u32) -> Duration {
-    let step = (base / 4).max(Duration::from_millis(50));
-    let grown = step.saturating_mul(1u32 << failures.min(6).saturating_sub(1)).min(base.max(step));
-    jittered(grown)
-}
+pub use crate::retry::{FailureLog, backoff, jittered};

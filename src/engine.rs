@@ -1,0 +1,495 @@
+//! The one driver of the lease state machine, shared by `lock`, `elect`, the side-car and the library.
+//!
+//! A [`Slot`] drives one Lease: it asks its `Elector` what to do and keeps at most one call to the store
+//! in flight. The call lives in the slot, not in the future that polls it, so [`Slot::step`] is
+//! cancel-safe: a `select!` that drops it (a signal, the child's exit) never loses a write whose outcome
+//! matters. Every write carries a `Ticket` with its send time, so however its success is learned, it
+//! counts from that send.
+//!
+//! On top of slots: [`campaign`] waits for and acquires one of several slots (at most one acquisition
+//! in flight across them, so a process never takes two), [`hold`] renews the one held until it is
+//! lost or to be released, and [`Slot::settle`] gives back whatever the process holds, or may hold
+//! through a write whose outcome is unknown, within a time budget.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::error::Error;
+use crate::lease::{Action, Elector, LossReason, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
+use crate::retry::{FailureLog, backoff};
+use crate::store::{Store, StoreError, Watch};
+
+/// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
+/// record read back compares equal to the one written.
+pub fn now() -> Now {
+    let wall = Timestamp::now();
+    let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
+    Now::at(Instant::now(), MicroTime(wall))
+}
+
+/// What became of a store write, in the elector's terms.
+pub fn write_result(result: &Result<Versioned, StoreError>) -> WriteResult {
+    match result {
+        Ok(stored) => WriteResult::Applied(stored.clone()),
+        Err(StoreError::Conflict(_)) => WriteResult::Conflict,
+        Err(StoreError::Unknown(_)) => WriteResult::Unknown,
+        // Transient (429 and the like) and fatal failures changed nothing on the server.
+        Err(_) => WriteResult::NotApplied,
+    }
+}
+
+/// Send one write and tell the elector what became of it, counting from the send.
+pub async fn send(store: &Store, name: &str, elector: &mut Elector, write: &Write) -> Result<Versioned, StoreError> {
+    let ticket = elector.write_sent(write, Instant::now());
+    let result = store.write(name, write).await;
+    elector.write_result(ticket, write_result(&result), Instant::now());
+    result
+}
+
+/// Give a lease up at once, for a caller that drives its elector by hand (the side-car): holder cleared and
+/// duration 1s, as client-go writes it, with a compare-and-swap. A record that is not our own write is
+/// never written; a lost race or an unknown outcome is settled by reading again. Returns whether a
+/// release was written.
+pub async fn release(store: &Store, name: &str, elector: &mut Elector) -> Result<bool, StoreError> {
+    let mut last_error = None;
+    for _attempt in 0..4 {
+        let Some(write) = elector.release(now()) else {
+            elector.released();
+            return Ok(false);
+        };
+        match send(store, name, elector, &write).await {
+            Ok(_) => {
+                elector.released();
+                return Ok(true);
+            }
+            Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),
+            Err(err) => {
+                tracing::debug!(lease = %name, error = %err, "release did not go through; reading the lease again");
+                last_error = Some(err);
+                match store.get(name).await {
+                    Ok(current) => elector.observe(current, Instant::now()),
+                    Err(err) => {
+                        last_error = Some(err);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| StoreError::Transient(format!("lease {name} kept changing while it was released"))))
+}
+
+/// What a slot tells whoever drives it: the events that matter beyond the slot itself.
+pub trait Observer: Send + Sync {
+    /// The lease was acquired by a write sent at `sent_at`.
+    fn acquired(&self, _sent_at: Instant) {}
+    /// A renewal sent at `sent_at` was applied; its answer came at `answered_at`.
+    fn renewed(&self, _sent_at: Instant, _answered_at: Instant) {}
+    /// The held lease was lost.
+    fn lost(&self) {}
+    /// The lease was given back (or found no longer ours).
+    fn released(&self) {}
+    /// A call to the store failed (`kind`: conflict, unknown, transient, fatal).
+    fn api_error(&self, _kind: &'static str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Ignore;
+
+impl Observer for Ignore {}
+
+/// What a step of a slot reports.
+#[derive(Debug)]
+pub enum Progress {
+    /// The slot is now held.
+    Acquired,
+    /// The held lease is lost (the caller stops the child, then calls `forget_loss`).
+    Lost(LossReason),
+    /// The lease can never be acquired as it stands.
+    Refused(Refusal),
+    /// A failure retrying will not fix (forbidden, namespace missing, ...), while not holding.
+    Fatal(Error),
+    /// Something else changed (a record, a failure); the caller may look again.
+    Changed,
+}
+
+enum Outcome {
+    Read(Result<Option<Versioned>, StoreError>),
+    Write(Ticket, Result<Versioned, StoreError>),
+}
+
+type Call = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// One Lease, driven: its elector, its watch, and its one call in flight.
+pub struct Slot {
+    name: String,
+    store: Store,
+    elector: Elector,
+    watch: Option<Watch>,
+    call: Option<Call>,
+    /// Consecutive failed calls, and when to try again.
+    failures: u32,
+    retry_at: Option<Instant>,
+    log: FailureLog,
+    observer: Arc<dyn Observer>,
+    /// Whether an identity collision was reported for the record seen last.
+    collision_reported: bool,
+}
+
+impl Slot {
+    pub fn new(name: String, store: Store, elector: Elector, observer: Arc<dyn Observer>) -> Slot {
+        Slot {
+            log: FailureLog::new(&name, "calling the API server"),
+            name,
+            store,
+            elector,
+            watch: None,
+            call: None,
+            failures: 0,
+            retry_at: None,
+            observer,
+            collision_reported: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn elector(&self) -> &Elector {
+        &self.elector
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.elector.timing()
+    }
+
+    /// After the child of a lost lease is gone: campaign afresh.
+    pub fn forget_loss(&mut self) {
+        self.elector.forget_loss();
+    }
+
+    /// Whether an acquisition of this slot is on the wire or its outcome unknown.
+    pub fn acquisition_pending(&self) -> bool {
+        self.elector.held().is_none() && self.elector.unresolved_write()
+    }
+
+    /// Whether the slot waits for another holder: not ours, nothing in flight, nothing to retry.
+    pub fn held_by_another(&mut self) -> bool {
+        self.call.is_none()
+            && self.retry_at.is_none()
+            && self.elector.held().is_none()
+            && self.elector.current().is_some_and(|c| !c.record.holder_identity.as_deref().unwrap_or("").is_empty())
+            && matches!(self.elector.next(now()), Action::WaitUntil(_))
+    }
+
+    /// The holder of the record seen last, if any.
+    pub fn holder(&self) -> Option<String> {
+        self.elector.current()?.record.holder_identity.clone().filter(|h| !h.is_empty())
+    }
+
+    /// Drive the slot until something happens that the caller must know. Cancel-safe.
+    ///
+    /// `may_acquire` is shared by the slots of one campaign: a slot that starts an acquisition clears it,
+    /// so that at most one is in flight. `watch_when_waiting`: start a watch when the slot has to wait
+    /// (an uncontended run never needs one).
+    pub async fn step(&mut self, may_acquire: &AtomicBool, watch_when_waiting: bool) -> Progress {
+        let was_held = self.elector.held().is_some();
+        let action = self.elector.next(now());
+        let mut wake: Option<Instant> = None;
+        let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);
+        match action {
+            Action::Lost(reason) => return Progress::Lost(reason),
+            Action::Refuse(refusal) => return Progress::Refused(refusal),
+            Action::WaitUntil(at) => {
+                wake = Some(at);
+                if watch_when_waiting && self.elector.held().is_none() && self.watch.is_none() {
+                    self.watch = Some(self.store.watch(&self.name, self.timing().retry_period));
+                }
+            }
+            _ if self.call.is_some() => {}
+            _ if retry_pending => wake = self.retry_at,
+            Action::Read => {
+                self.retry_at = None;
+                let (store, name) = (self.store.clone(), self.name.clone());
+                self.call = Some(Box::pin(async move { Outcome::Read(store.get(&name).await) }));
+            }
+            Action::Write(write) => {
+                let acquiring = self.elector.held().is_none();
+                if acquiring && !may_acquire.load(Ordering::Relaxed) {
+                    // Another slot's acquisition is on the wire: its result, or an event, wakes us.
+                } else {
+                    if acquiring {
+                        may_acquire.store(false, Ordering::Relaxed);
+                    }
+                    self.retry_at = None;
+                    let ticket = self.elector.write_sent(&write, Instant::now());
+                    let (store, name) = (self.store.clone(), self.name.clone());
+                    self.call = Some(Box::pin(async move { Outcome::Write(ticket, store.write(&name, &write).await) }));
+                }
+            }
+        }
+        if let Some(held) = self.elector.held() {
+            // Whatever is in flight, wake at the renew deadline.
+            let deadline = held.deadline(self.timing());
+            wake = Some(wake.map_or(deadline, |at| at.min(deadline)));
+        }
+
+        let (has_call, has_watch) = (self.call.is_some(), self.watch.is_some());
+        let call = self.call.as_mut();
+        let watch = self.watch.as_mut();
+        tokio::select! {
+            outcome = async { call.expect("guarded").await }, if has_call => {
+                self.call = None;
+                if let Some(fatal) = self.finish(outcome) {
+                    return Progress::Fatal(fatal);
+                }
+            }
+            update = async { watch.expect("guarded").updates.recv().await }, if has_watch => match update {
+                Some(update) => self.elector.observe_event(update, Instant::now()),
+                // The watch task ended (it never does on its own): poll by reads from now on.
+                None => self.watch = None,
+            },
+            () = sleep_until(wake) => {}
+        }
+        self.report_collision();
+        match (was_held, self.elector.held().is_some()) {
+            (false, true) => Progress::Acquired,
+            _ => Progress::Changed,
+        }
+    }
+
+    /// Feed a finished call to the elector; a failure retrying will not fix, while not holding, is
+    /// returned.
+    fn finish(&mut self, outcome: Outcome) -> Option<Error> {
+        let holding = self.elector.held().is_some();
+        let failure = match outcome {
+            Outcome::Read(Ok(current)) => {
+                self.elector.observe(current, Instant::now());
+                None
+            }
+            Outcome::Read(Err(err)) => {
+                self.elector.want_read();
+                Some(err)
+            }
+            Outcome::Write(ticket, result) => {
+                let sent_at = ticket.sent_at;
+                self.elector.write_result(ticket, write_result(&result), Instant::now());
+                match (holding, self.elector.held()) {
+                    (false, Some(held)) => self.observer.acquired(held.last_renew_sent),
+                    (true, Some(_)) if result.is_ok() => self.observer.renewed(sent_at, Instant::now()),
+                    _ => {}
+                }
+                match result {
+                    // A lost race is settled by reading again (or by the next event), not retried.
+                    Ok(_) | Err(StoreError::Conflict(_)) => None,
+                    Err(err) => Some(err),
+                }
+            }
+        };
+        let Some(err) = failure else {
+            self.failures = 0;
+            self.log.recovered();
+            return None;
+        };
+        self.observer.api_error(err.kind());
+        let err = match err {
+            // While holding, nothing is fatal: failures count against the renew deadline.
+            StoreError::Fatal(fatal) if !holding => return Some(fatal),
+            err => err,
+        };
+        self.failures += 1;
+        self.log.failed(&err.to_string());
+        if !holding || self.elector.held().is_none() {
+            self.retry_at = Some(Instant::now() + backoff(self.timing().retry_period, self.failures));
+        } else if matches!(err, StoreError::Unknown(_) | StoreError::Transient(_)) {
+            // A holder keeps its renewal cadence; only the read that settles an unknown outcome waits a
+            // little, so a dead server is not asked in a tight loop.
+            self.retry_at = Some(Instant::now() + backoff(self.timing().retry_period / 4, self.failures));
+        }
+        None
+    }
+
+    fn report_collision(&mut self) {
+        if self.elector.take_collision() {
+            if !self.collision_reported {
+                self.collision_reported = true;
+                tracing::error!(
+                    lease = %self.name,
+                    identity = %self.elector.identity(),
+                    "the lease is held under this process's identity by another process (identity collision): \
+                     never running beside it; give every process its own --identity"
+                );
+            }
+        } else if self
+            .elector
+            .current()
+            .is_none_or(|c| c.record.holder_identity.as_deref() != Some(self.elector.identity()))
+        {
+            self.collision_reported = false;
+        }
+    }
+
+    /// Give back whatever this slot holds, or may hold through a write whose outcome is unknown, within
+    /// `budget`: the call in flight is finished first (its outcome may change what we hold), then the
+    /// record is read if needed, and released only if it is our own write. Returns whether a release
+    /// was written.
+    pub async fn settle(&mut self, budget: Duration) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let result = tokio::time::timeout_at(deadline, self.settle_unbounded()).await;
+        let held = self.elector.held().is_some();
+        self.elector.released();
+        self.call = None;
+        match result {
+            Ok(Ok(released)) => {
+                if released || held {
+                    self.observer.released();
+                }
+                Ok(released)
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(StoreError::Transient(format!("releasing lease {} took longer than {budget:?}", self.name))),
+        }
+    }
+
+    async fn settle_unbounded(&mut self) -> Result<bool, StoreError> {
+        if let Some(call) = self.call.take() {
+            let outcome = call.await;
+            self.finish(outcome);
+        }
+        let mut last_error = None;
+        for attempt in 0..4 {
+            // Read first when the record we know may be out of date: a write's outcome is unknown, or an
+            // earlier attempt failed.
+            if attempt > 0 || self.elector.unresolved_write() {
+                match self.store.get(&self.name).await {
+                    Ok(current) => self.elector.observe(current, Instant::now()),
+                    Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),
+                    Err(err) => {
+                        last_error = Some(err);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+            // Only a record that is our own write is ever released.
+            let Some(write) = self.elector.release(now()) else {
+                return Ok(false);
+            };
+            match send(&self.store, &self.name, &mut self.elector, &write).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),
+                Err(err) => {
+                    tracing::debug!(lease = %self.name, error = %err, "release did not go through; reading the lease again");
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| StoreError::Transient(format!("lease {} kept changing", self.name))))
+    }
+}
+
+/// How long a campaign waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Until acquired.
+    Forever,
+    /// One attempt: give up as soon as every slot is seen held by another (API failures are retried for
+    /// up to a lease duration).
+    NoWait,
+    /// Until acquired, or this moment.
+    Until(Instant),
+}
+
+/// How a campaign ended.
+#[derive(Debug)]
+pub enum Campaigned {
+    /// This slot is held.
+    Acquired(usize),
+    /// Not acquired (`--no-wait` found it held, or the deadline passed); the last API error, if any.
+    NotAcquired { last_error: Option<String> },
+}
+
+/// Wait for and acquire one of `slots`. Waiting is driven by the watches; timers only wake us when an
+/// observed lease expires, when a retry is due, or at the deadline. Cancel-safe (calls in flight stay in
+/// the slots; `settle` them afterwards).
+pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Campaigned, Error> {
+    let started = Instant::now();
+    let deadline = match wait {
+        Wait::Forever => None,
+        Wait::Until(at) => Some(at),
+        Wait::NoWait => Some(started + slots.first().map_or(Duration::from_secs(15), |s| s.timing().lease_duration)),
+    };
+    let mut announced = false;
+    loop {
+        if let Some(index) = slots.iter().position(|slot| slot.elector.held().is_some()) {
+            return Ok(Campaigned::Acquired(index));
+        }
+        let all_held_by_others = slots.iter_mut().all(Slot::held_by_another);
+        if all_held_by_others && !announced {
+            announced = true;
+            let holders: Vec<String> = slots.iter().filter_map(Slot::holder).collect();
+            tracing::info!(lease = %lease, holder = %holders.join(","), "held by another; waiting");
+        }
+        if all_held_by_others && wait == Wait::NoWait {
+            tracing::info!(lease = %lease, "held by another process; not waiting (--no-wait)");
+            return Ok(Campaigned::NotAcquired { last_error: None });
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            let last_error = slots.iter().find_map(|slot| slot.log.last_error().map(str::to_string));
+            match &last_error {
+                Some(err) => tracing::error!(lease = %lease, last_error = %err, "lease not acquired in time"),
+                None => tracing::info!(lease = %lease, "lease not acquired in time"),
+            }
+            return Ok(Campaigned::NotAcquired { last_error });
+        }
+        let may_acquire = AtomicBool::new(!slots.iter().any(Slot::acquisition_pending));
+        let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
+        let (progress, index) = tokio::select! {
+            (progress, index, _) = futures::future::select_all(steps) => (progress, index),
+            () = sleep_until(deadline) => continue,
+        };
+        match progress {
+            Progress::Acquired | Progress::Changed => {}
+            // A loss while campaigning (a late answer about an earlier hold): nothing runs; start afresh.
+            Progress::Lost(_) => slots[index].forget_loss(),
+            Progress::Refused(refusal) => {
+                return Err(Error::Api(format!("lease {}: cannot be acquired: {refusal}", slots[index].name)));
+            }
+            Progress::Fatal(err) => return Err(err),
+        }
+    }
+}
+
+/// Renew `slot` until it is lost (returned) or `stop` completes (then `None`: the caller releases).
+pub async fn hold(slot: &mut Slot, stop: impl Future<Output = ()>, on_change: impl Fn(&Slot)) -> Option<LossReason> {
+    let no_acquisition = AtomicBool::new(false);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => return None,
+            progress = slot.step(&no_acquisition, false) => match progress {
+                Progress::Lost(reason) => {
+                    slot.observer.lost();
+                    return Some(reason);
+                }
+                _ => on_change(slot),
+            },
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

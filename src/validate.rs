@@ -1,0 +1,115 @@
+//! Checks made once, before any API call, on what a user or a program passes in: Lease names,
+//! namespaces, identities and slot counts. Every failure is an `Error::Usage` of one or two lines.
+
+use crate::error::{Error, Result};
+
+/// The most slots a semaphore may have.
+pub const MAX_SLOTS: u32 = 1000;
+
+/// A Lease name: a lowercase RFC 1123 subdomain, as the API server validates it.
+pub fn name(name: &str) -> Result<()> {
+    if is_dns1123_subdomain(name) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "invalid lease name {name:?}: must be a lowercase RFC 1123 subdomain (lowercase letters, digits, \
+         '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+    )))
+}
+
+/// A namespace: a lowercase RFC 1123 label.
+pub fn namespace(namespace: &str) -> Result<()> {
+    let label_ok = namespace.len() <= 63 && is_dns1123_subdomain(namespace) && !namespace.contains('.');
+    if label_ok {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "invalid namespace {namespace:?}: must be a lowercase RFC 1123 label (letters, digits and '-', at most 63)"
+    )))
+}
+
+/// An identity given explicitly: not blank.
+pub fn identity(identity: String) -> Result<String> {
+    if identity.trim().is_empty() {
+        return Err(Error::Usage("--identity must not be empty".into()));
+    }
+    Ok(identity)
+}
+
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+/// The Lease objects of a lock: NAME, or NAME-0 .. NAME-(N-1) for a semaphore of N slots.
+pub fn slot_names(name: &str, slots: Option<u32>) -> Result<Vec<String>> {
+    let Some(n) = slots else {
+        return Ok(vec![name.to_string()]);
+    };
+    if !(1..=MAX_SLOTS).contains(&n) {
+        return Err(Error::Usage(format!("--slots must be between 1 and {MAX_SLOTS}, not {n}")));
+    }
+    let names: Vec<String> = (0..n).map(|slot| format!("{name}-{slot}")).collect();
+    for slot_name in &names {
+        self::name(slot_name)?;
+    }
+    Ok(names)
+}
+
+/// `<POD_NAME or hostname>_<random>`: unique per call, so two processes (or two locks in one process)
+/// never share an identity by accident (klock's fixed default let two instances both lead).
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "mpsync".into());
+    format!("{host}_{}", random_hex(4))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buffer)).is_ok();
+    if !filled {
+        // No /dev/urandom (a very bare container): fall back to a pseudo-random number seeded by time, pid
+        // and address, still unique per process.
+        let mix = crate::retry::random_u64();
+        buffer.iter_mut().enumerate().for_each(|(i, b)| *b = (mix >> (8 * (i % 8))) as u8);
+    }
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_identity_is_unique_per_call() {
+        assert_ne!(default_identity(), default_identity());
+    }
+
+    #[test]
+    fn dns1123_subdomain() {
+        for good in ["a", "job-1", "a.b.c", "0x"] {
+            assert!(is_dns1123_subdomain(good), "{good}");
+        }
+        for bad in ["", "A", "a_b", "-a", "a-", "a..b", &"x".repeat(254)] {
+            assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slots_name_one_lease_each() {
+        assert_eq!(slot_names("pool", Some(3)).unwrap(), vec!["pool-0", "pool-1", "pool-2"]);
+        assert_eq!(slot_names("pool", None).unwrap(), vec!["pool"]);
+        assert!(slot_names("pool", Some(0)).is_err());
+        assert!(slot_names(&"x".repeat(252), Some(2)).is_err());
+    }
+}
