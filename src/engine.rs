@@ -201,7 +201,7 @@ impl Slot {
     /// so that at most one is in flight. `watch_when_waiting`: start a watch when the slot has to wait
     /// (an uncontended run never needs one).
     pub async fn step(&mut self, may_acquire: &AtomicBool, watch_when_waiting: bool) -> Progress {
-        let was_held = self.elector.held().is_some();
+        let was_usable = self.elector.usable(Instant::now());
         let action = self.elector.next(now());
         let mut wake: Option<Instant> = None;
         let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);
@@ -260,7 +260,7 @@ impl Slot {
             () = sleep_until(wake) => {}
         }
         self.report_collision();
-        match (was_held, self.elector.held().is_some()) {
+        match (was_usable, self.elector.usable(Instant::now())) {
             (false, true) => Progress::Acquired,
             _ => Progress::Changed,
         }
@@ -429,7 +429,8 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
     };
     let mut announced = false;
     loop {
-        if let Some(index) = slots.iter().position(|slot| slot.elector.held().is_some()) {
+        // Held, and not waiting out another holder (see `Held::usable_from`).
+        if let Some(index) = slots.iter().position(|slot| slot.elector.usable(Instant::now())) {
             return Ok(Campaigned::Acquired(index));
         }
         let all_held_by_others = slots.iter_mut().all(Slot::held_by_another);

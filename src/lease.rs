@@ -281,6 +281,9 @@ pub struct Held {
     pub last_renew_sent: Instant,
     /// When the next renewal is due.
     pub next_renew_at: Instant,
+    /// No child may start before this: an acquisition that landed after the lease was seen held by
+    /// another (and then deleted under it) waits out that holder's observed expiry, renewing meanwhile.
+    pub usable_from: Instant,
 }
 
 impl Held {
@@ -295,8 +298,6 @@ struct Observation {
     current: Option<Versioned>,
     /// When this process last saw the record's content change (or first saw it).
     changed_at: Instant,
-    /// The record vanished while another held it: it counts as held until then.
-    absent_held_until: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -304,6 +305,8 @@ struct PendingWrite {
     purpose: Purpose,
     record: LeaseSpec,
     sent_at: Instant,
+    /// The latest observed expiry of another holder seen while this acquisition was on the wire.
+    not_before: Option<Instant>,
 }
 
 /// One process's view of one lease.
@@ -329,6 +332,9 @@ pub struct Elector {
     previous: Option<(Option<MicroTime>, i32)>,
     /// A live record under our identity that we did not write was seen (reported once by the caller).
     collision: bool,
+    /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
+    /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
+    protected_until: Option<Instant>,
 }
 
 impl Elector {
@@ -345,6 +351,7 @@ impl Elector {
             token_floor: None,
             previous: None,
             collision: false,
+            protected_until: None,
         }
     }
 
@@ -428,7 +435,7 @@ impl Elector {
             && same_write(&pending.record, &new.record)
         {
             let pending = self.pending.take().expect("checked");
-            self.applied(pending.purpose, &new.record, pending.sent_at, now, true);
+            self.applied(pending.purpose, &new.record, pending.sent_at, pending.not_before, now, true);
         }
 
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
@@ -448,7 +455,7 @@ impl Elector {
         // the holder's last renewal: its expiry counts from when we saw it. Seen as a snapshot (a read or
         // a list that found nothing), renewals or a new holder may have come and gone unseen: held for a
         // full duration from now. Only a lease this process never saw at all is free at once.
-        let absent_held_until = match (&previous, &current, seen) {
+        let vanished_held_until = match (&previous, &current, seen) {
             (Some(known), None, _) => match &known.current {
                 Some(gone) if self.is_own_write(&gone.record) => None,
                 Some(gone) if seen == Seen::Snapshot => {
@@ -458,11 +465,14 @@ impl Elector {
                     known.changed_at.checked_add(holder_duration(&gone.record, self.timing))
                 }
                 Some(_) => None,
-                None => known.absent_held_until,
+                None => None,
             },
             _ => None,
         };
-        self.observation = Some(Observation { current, changed_at, absent_held_until });
+        if let Some(until) = vanished_held_until {
+            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+        }
+        self.observation = Some(Observation { current, changed_at });
 
         if self.held.is_none()
             && let Some(current) = self.current()
@@ -470,7 +480,29 @@ impl Elector {
         {
             self.collision = true;
         }
+        // An acquisition on the wire while another holder shows up (a create sent when the lease was
+        // absent, which lands only because that holder's record was deleted again): if it lands, it
+        // waits out that holder's expiry before any child starts.
+        let foreign_until = match self.observation.as_ref() {
+            Some(Observation { current: Some(v), changed_at, .. })
+                if is_live(&v.record) && !self.is_own_write(&v.record) =>
+            {
+                changed_at.checked_add(holder_duration(&v.record, self.timing))
+            }
+            Some(Observation { current: None, .. }) => self.protected_until,
+            _ => None,
+        };
+        if let (Some(until), Some(pending)) = (foreign_until, self.pending.as_mut())
+            && pending.purpose == Purpose::Acquire
+        {
+            pending.not_before = Some(pending.not_before.map_or(until, |at| at.max(until)));
+        }
         self.check_held();
+    }
+
+    /// Whether a child may run under the lease now: held, and not waiting out another holder.
+    pub fn usable(&self, now: Instant) -> bool {
+        self.held.as_ref().is_some_and(|held| now >= held.usable_from)
     }
 
     /// While we hold the lease, the record we know must be our own write; anything else is a loss.
@@ -508,7 +540,7 @@ impl Elector {
         } else {
             Purpose::Acquire
         };
-        self.pending = Some(PendingWrite { purpose, record: write.record.clone(), sent_at });
+        self.pending = Some(PendingWrite { purpose, record: write.record.clone(), sent_at, not_before: None });
         if let Some(held) = &mut self.held {
             // Renewals keep their cadence whether or not this one succeeds, as client-go's do.
             held.next_renew_at = sent_at + self.timing.retry_period;
@@ -522,11 +554,9 @@ impl Elector {
             self.pending.as_ref().is_some_and(|p| p.sent_at == ticket.sent_at && p.record == ticket.record);
         match result {
             WriteResult::Applied(stored) => {
-                if is_pending {
-                    self.pending = None;
-                }
+                let not_before = if is_pending { self.pending.take().and_then(|p| p.not_before) } else { None };
                 if same_write(&ticket.record, &stored.record) {
-                    self.applied(ticket.purpose, &stored.record, ticket.sent_at, now, is_pending);
+                    self.applied(ticket.purpose, &stored.record, ticket.sent_at, not_before, now, is_pending);
                 }
                 // An answer older than what we know already (a watch event overtook it) does not replace
                 // what we know; what we hold must still agree with that.
@@ -598,7 +628,11 @@ impl Elector {
                     None => Action::Read,
                 };
             }
-            return Action::WaitUntil(held.next_renew_at.min(deadline));
+            let mut wake = held.next_renew_at.min(deadline);
+            if now.instant < held.usable_from {
+                wake = wake.min(held.usable_from);
+            }
+            return Action::WaitUntil(wake);
         }
 
         if self.needs_read {
@@ -608,11 +642,6 @@ impl Elector {
             return Action::Read;
         };
         let Some(current) = &observation.current else {
-            if let Some(until) = observation.absent_held_until
-                && now.instant < until
-            {
-                return Action::WaitUntil(until);
-            }
             return self.acquisition(None, now);
         };
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
@@ -675,7 +704,20 @@ impl Elector {
     }
 
     /// A write of ours was applied. `current`: it is the write in flight (not one given up since).
-    fn applied(&mut self, purpose: Purpose, record: &LeaseSpec, sent_at: Instant, now: Instant, current: bool) {
+    fn applied(
+        &mut self,
+        purpose: Purpose,
+        record: &LeaseSpec,
+        sent_at: Instant,
+        not_before: Option<Instant>,
+        now: Instant,
+        current: bool,
+    ) {
+        if let Some(until) = not_before {
+            // Our acquisition landed although another holder was seen meanwhile: its record was deleted
+            // under it. Whatever we do with this write, nothing of ours runs before that holder's expiry.
+            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+        }
         let too_late = now >= sent_at + self.timing.renew_deadline;
         match purpose {
             Purpose::Release if current => return self.released(),
@@ -705,6 +747,11 @@ impl Elector {
                 acquire_time: record.acquire_time.clone(),
                 last_renew_sent: sent_at,
                 next_renew_at,
+                usable_from: [Some(sent_at), not_before, self.protected_until]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(sent_at),
             },
         });
         self.lost = None;
@@ -740,8 +787,14 @@ impl Elector {
         i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX)
     }
 
-    /// A new acquisition: ours, with the next fencing token.
+    /// A new acquisition: ours, with the next fencing token; after a deletion under another holder, not
+    /// before that holder's observed expiry.
     fn acquisition(&self, base: Option<&Versioned>, now: Now) -> Action {
+        if let Some(until) = self.protected_until
+            && now.instant < until
+        {
+            return Action::WaitUntil(until);
+        }
         // Created leases start at 0, as client-go creates them, unless this process saw an earlier one
         // (deleted since): then they continue from its token. Every later acquisition adds one.
         let seen = base.map(|b| b.record.lease_transitions.unwrap_or(0)).max(self.token_floor).map(|t| t.max(0));
@@ -1214,6 +1267,23 @@ mod tests {
         elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(7)))), t0);
         elector.observe_event(WatchUpdate::Absent { resource_version: "9".into() }, at(t0, 2.0));
         assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 17.0)));
+    }
+
+    #[test]
+    fn a_create_that_lands_after_the_lease_was_deleted_under_another_waits_out_that_holder() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(None, t0);
+        let create = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&create, t0);
+        // Meanwhile another process created it (our create will fail)... but the lease is deleted under
+        // that holder before our create is processed, so ours lands.
+        elector.observe_event(WatchUpdate::Present(versioned(3, record(Some("other"), Some(5), Some(0)))), at(t0, 0.5));
+        elector.write_result(ticket, WriteResult::Applied(versioned(5, create.record.clone())), at(t0, 1.0));
+        let held = elector.held().expect("held");
+        assert_eq!(held.usable_from, at(t0, 5.5), "no child before the other holder's observed expiry");
+        assert!(!elector.usable(at(t0, 5.4)));
+        assert!(elector.usable(at(t0, 5.5)));
     }
 
     #[test]
