@@ -1383,8 +1383,10 @@ fn after_commit_of_a_holder_spares_other_writers() {
     server.after_commit_of("b", 1, AfterCommit::Fail(500));
     // a writes (a before, a after): spared.
     assert_eq!(call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "a2"))).status, 200);
+    assert_eq!(server.after_commit_pending(), 1);
     // A write that makes b the holder is b's (b after).
     assert_eq!(call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b"))).status, 500);
+    assert_eq!(server.after_commit_pending(), 0, "fired");
     assert_eq!(holder_of(&server, "x"), "b");
     // And a release by b (b before, "" after) counts too.
     server.after_commit_of("b", 1, AfterCommit::Drop);

@@ -561,6 +561,11 @@ impl TestApiServer {
         self.set_after_commit(n, how, Some(holder.to_string()));
     }
 
+    /// Shots left of the pending after-commit fault (0: none pending, or all fired).
+    pub fn after_commit_pending(&self) -> usize {
+        self.shared.lock().after_commit.as_ref().map_or(0, |fault| fault.remaining)
+    }
+
     fn set_after_commit(&self, n: usize, how: AfterCommit, holder: Option<String>) {
         let mut st = self.shared.lock();
         st.after_commit = (n > 0).then_some(AfterCommitFault { remaining: n, how, holder });
