@@ -1591,20 +1591,22 @@ fn counts_are_exact_by_verb_and_status() {
 fn waits_wake_on_requests_and_watches_and_time_out_otherwise() {
     let server = TestApiServer::start();
     assert!(!server.wait_for_watch_count(1, Duration::from_millis(50)));
-    assert!(!server.wait_for_requests(Duration::from_millis(50), |log| !log.is_empty()));
+    assert!(!server.wait_for_requests(|log| !log.is_empty(), Duration::from_millis(50)));
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let mut conn = Conn::open(&server);
             conn.watch("timeoutSeconds=120");
             // Hold the watch until the main thread saw it, then go away.
-            assert!(server.wait_for_counts(crate::support::PATIENCE, |counts| {
-                counts.contains_key(&("get".to_string(), 404))
-            }));
+            assert!(
+                server
+                    .wait_for_counts(|counts| counts.contains_key(&("get".to_string(), 404)), crate::support::PATIENCE)
+            );
         });
         assert!(server.wait_for_watch_count(1, crate::support::PATIENCE));
-        assert!(server.wait_for_requests(crate::support::PATIENCE, |log| {
-            log.iter().any(|r| r.verb == "watch" && r.status == 200)
-        }));
+        assert!(server.wait_for_requests(
+            |log| log.iter().any(|r| r.verb == "watch" && r.status == 200),
+            crate::support::PATIENCE
+        ));
         assert_eq!(call(&server, "GET", &format!("{LEASES}/x"), None).status, 404);
     });
     assert!(server.wait_for_watch_count(0, crate::support::PATIENCE));

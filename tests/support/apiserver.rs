@@ -112,9 +112,9 @@ pub struct RequestLog {
     /// For Leases: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`, as
     /// the real server's RBAC names them; `version` for /version; `other` for anything else.
     pub verb: &'static str,
-    /// The HTTP status answered (200 for a watch whose stream began). 0 while the request is being carried
-    /// out, and for good when the connection was closed without an answer ([`AfterCommit::Drop`],
-    /// [`TestApiServer::restart`] during a delayed answer).
+    /// The HTTP status answered (200 for a watch whose stream began). 0 until the answer goes out (while
+    /// the request is carried out, and during any latency or delay), and for good when the connection was
+    /// closed without an answer ([`AfterCommit::Drop`], [`TestApiServer::restart`] during a delay).
     pub status: u16,
 }
 
@@ -639,8 +639,10 @@ impl TestApiServer {
     }
 
     /// Requests answered since the start (or [`reset_counts`](Self::reset_counts)), by (verb, status): see
-    /// [`RequestLog`]. A request is counted when its answer is decided (a watch when its stream begins); a
-    /// connection dropped without an answer counts with status 0.
+    /// [`RequestLog`]. A request is counted when its answer goes out, after any latency or delay (a watch
+    /// when its stream begins); one whose connection was closed without an answer counts with status 0.
+    /// What never became a request is not counted: a failed TLS handshake, plain HTTP on the TLS port, a
+    /// malformed request line or header.
     pub fn counts(&self) -> BTreeMap<(String, u16), usize> {
         self.shared.lock().counts.clone()
     }
@@ -656,16 +658,17 @@ impl TestApiServer {
     }
 
     /// Waits until `done` holds for the request log; false on timeout. Woken by every request logged or
-    /// answered: no polling.
-    pub fn wait_for_requests(&self, timeout: Duration, mut done: impl FnMut(&[RequestLog]) -> bool) -> bool {
+    /// answered: no polling. `done` runs with the server's lock held: it must not call the server.
+    pub fn wait_for_requests(&self, mut done: impl FnMut(&[RequestLog]) -> bool, timeout: Duration) -> bool {
         self.shared.wait_for(timeout, |st| done(&st.log))
     }
 
-    /// Waits until `done` holds for [`counts`](Self::counts); false on timeout.
+    /// Waits until `done` holds for [`counts`](Self::counts); false on timeout. `done` must not call the
+    /// server.
     pub fn wait_for_counts(
         &self,
-        timeout: Duration,
         mut done: impl FnMut(&BTreeMap<(String, u16), usize>) -> bool,
+        timeout: Duration,
     ) -> bool {
         self.shared.wait_for(timeout, |st| done(&st.counts))
     }
