@@ -22,8 +22,7 @@ use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -801,18 +800,8 @@ fn create_foreign_lease(server: &TestApiServer, name: &str, holder: &str, second
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds, "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
     })
     .to_string();
-    let addr = server.url().trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&addr).expect("connect to the test server");
-    write!(
-        stream,
-        "POST /apis/coordination.k8s.io/v1/namespaces/default/leases HTTP/1.1\r\nHost: {addr}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 201"), "creating the foreign lease: {answer}");
+    let (status, answer) = server.call("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases", Some(&body));
+    assert_eq!(status, 201, "creating the foreign lease: {answer}");
 }
 
 fn verb(r: &RequestLog) -> &'static str {

@@ -1,5 +1,6 @@
 //! Tests of the test API server itself: the answers a real kube-apiserver v1.28 gives (recorded in
-//! `shared/apiserver-reference/`), checked with a tiny raw HTTP client and with a real kube client.
+//! `shared/apiserver-reference/`), checked with a tiny raw HTTPS client and with a real kube client; its
+//! TLS set-up; and the faults it injects on demand.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,19 +12,18 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
-use crate::support::apiserver::TestApiServer;
+use crate::support::apiserver::{AfterCommit, ClientStream, KubeconfigOptions, TestApiServer, Trust, WatchFault};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 /// Generous: the machine is small and shared.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 client
+// A tiny HTTP/1.1 client, over TLS as the server speaks it
 // ---------------------------------------------------------------------------------------------
 
 struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<ClientStream>,
 }
 
 #[derive(Debug)]
@@ -53,11 +53,13 @@ enum Chunk {
 
 impl Conn {
     fn open(server: &TestApiServer) -> Conn {
-        let addr = server.url().trim_start_matches("http://").to_string();
-        let writer = TcpStream::connect(&addr).expect("connect");
-        writer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let reader = BufReader::new(writer.try_clone().unwrap());
-        Conn { reader, writer }
+        let stream = server.connect();
+        stream.socket().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        Conn { reader: BufReader::new(stream) }
+    }
+
+    fn writer(&mut self) -> &mut ClientStream {
+        self.reader.get_mut()
     }
 
     fn send(&mut self, method: &str, target: &str, body: Option<&str>) {
@@ -67,7 +69,7 @@ impl Conn {
         }
         request.push_str("\r\n");
         request.push_str(body.unwrap_or(""));
-        self.writer.write_all(request.as_bytes()).expect("send request");
+        self.writer().write_all(request.as_bytes()).expect("send request");
     }
 
     /// Status and headers; None if the server closed the connection.
@@ -950,12 +952,12 @@ fn bad_input_is_400_and_the_server_keeps_serving() {
     let server = TestApiServer::start();
     // A malformed request line.
     let mut conn = Conn::open(&server);
-    conn.writer.write_all(b"NONSENSE\r\n\r\n").unwrap();
+    conn.writer().write_all(b"NONSENSE\r\n\r\n").unwrap();
     let (status, _) = conn.read_head().expect("an answer");
     assert_eq!(status, 400);
     // A client that goes away in the middle of a request.
     let mut conn = Conn::open(&server);
-    conn.writer
+    conn.writer()
         .write_all(
             format!("POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{")
                 .as_bytes(),
@@ -964,7 +966,7 @@ fn bad_input_is_400_and_the_server_keeps_serving() {
     drop(conn);
     // Garbage bytes.
     let mut conn = Conn::open(&server);
-    conn.writer.write_all(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).unwrap();
+    conn.writer().write_all(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).unwrap();
     let _ = conn.read_head();
     assert_eq!(call(&server, "GET", "/version", None).status, 200);
 }
@@ -986,11 +988,19 @@ fn kubeconfig_names_the_server_and_namespace() {
 // ---------------------------------------------------------------------------------------------
 
 async fn kube_api(server: &TestApiServer) -> Api<Lease> {
-    let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml("default")).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    assert_eq!(config.default_namespace, "default");
-    let client = kube::Client::try_from(config).unwrap();
-    Api::namespaced(client, "default")
+    let api = kube_api_with(server, &KubeconfigOptions::new("default")).await.unwrap();
+    assert_eq!(api.namespace(), Some("default"));
+    api
+}
+
+/// A kube client built from the kubeconfig `options` describe.
+async fn kube_api_with(server: &TestApiServer, options: &KubeconfigOptions) -> Result<Api<Lease>, String> {
+    let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml_with(options)).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    Ok(Api::namespaced(client, "default"))
 }
 
 fn lease(name: &str, holder: &str) -> Lease {
@@ -1106,7 +1116,7 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
     let server = TestApiServer::start();
     let mut conn = Conn::open(&server);
     let body = lease_body("x", "a", None);
-    conn.writer
+    conn.writer()
         .write_all(
             format!(
                 "POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
@@ -1117,7 +1127,7 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
         .unwrap();
     let (status, _) = conn.read_head().expect("100 Continue");
     assert_eq!(status, 100);
-    conn.writer.write_all(body.as_bytes()).unwrap();
+    conn.writer().write_all(body.as_bytes()).unwrap();
     let (status, headers) = conn.read_head().expect("the answer");
     assert_eq!(status, 201);
     let length: usize = headers.iter().find(|(n, _)| n == "Content-Length").unwrap().1.parse().unwrap();
@@ -1126,7 +1136,7 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
 
     let body = lease_body("y", "a", None);
     let (first, second) = body.split_at(10);
-    conn.writer
+    conn.writer()
         .write_all(
             format!(
                 "POST {LEASES} HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -1140,6 +1150,466 @@ fn expect_100_continue_and_chunked_request_bodies_are_understood() {
     let (status, _) = conn.read_head().expect("the answer");
     assert_eq!(status, 201);
     assert!(server.lease("default", "y").is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn kubeconfig_carries_the_ca_as_data_or_file_or_skips_verification() {
+    use base64::Engine as _;
+    let server = TestApiServer::start();
+    assert!(server.url().starts_with("https://127.0.0.1:"), "{}", server.url());
+    let ca = server.ca_pem();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+
+    let config = Kubeconfig::from_yaml(&server.kubeconfig_yaml("default")).unwrap();
+    let cluster = config.clusters[0].cluster.as_ref().unwrap();
+    let data = cluster.certificate_authority_data.as_deref().expect("certificate-authority-data");
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(data).unwrap(), ca.as_bytes());
+    assert_eq!(cluster.insecure_skip_tls_verify, None);
+
+    let options = KubeconfigOptions::new("team-a")
+        .localhost()
+        .trust(Trust::CaFile("/some/ca.crt".into()))
+        .proxy_url("http://127.0.0.1:3128");
+    let config = Kubeconfig::from_yaml(&server.kubeconfig_yaml_with(&options)).unwrap();
+    let cluster = config.clusters[0].cluster.as_ref().unwrap();
+    assert_eq!(cluster.server.as_deref(), Some(format!("https://localhost:{}", server.addr().port()).as_str()));
+    assert_eq!(cluster.certificate_authority.as_deref(), Some("/some/ca.crt"));
+    assert_eq!(cluster.certificate_authority_data, None);
+    assert_eq!(cluster.proxy_url.as_deref(), Some("http://127.0.0.1:3128"));
+    assert_eq!(config.contexts[0].context.as_ref().unwrap().namespace.as_deref(), Some("team-a"));
+
+    let options = KubeconfigOptions::new("default").trust(Trust::InsecureSkipTlsVerify);
+    let config = Kubeconfig::from_yaml(&server.kubeconfig_yaml_with(&options)).unwrap();
+    let cluster = config.clusters[0].cluster.as_ref().unwrap();
+    assert_eq!(cluster.insecure_skip_tls_verify, Some(true));
+    assert_eq!((cluster.certificate_authority.as_deref(), cluster.certificate_authority_data.as_deref()), (None, None));
+
+    let options = KubeconfigOptions::new("default").trust(Trust::SystemRoots);
+    let config = Kubeconfig::from_yaml(&server.kubeconfig_yaml_with(&options)).unwrap();
+    let cluster = config.clusters[0].cluster.as_ref().unwrap();
+    assert_eq!(cluster.insecure_skip_tls_verify, None);
+    assert_eq!((cluster.certificate_authority.as_deref(), cluster.certificate_authority_data.as_deref()), (None, None));
+}
+
+/// A TLS handshake with the server, verifying its certificate against `name` with the server's CA.
+fn handshake(server: &TestApiServer, name: rustls::pki_types::ServerName<'static>) -> Result<(), std::io::Error> {
+    let socket = TcpStream::connect(server.addr()).unwrap();
+    socket.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let conn = rustls::ClientConnection::new(server.client_tls_config(), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, socket);
+    stream.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    if answer.starts_with("HTTP/1.1 200 OK\r\n") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("no answer: {answer:?}")))
+    }
+}
+
+#[test]
+fn certificate_covers_localhost_and_the_loopback_addresses_only() {
+    use rustls::pki_types::ServerName;
+    let server = TestApiServer::start();
+    for name in ["localhost", "127.0.0.1", "::1"] {
+        let name = ServerName::try_from(name).unwrap().to_owned();
+        handshake(&server, name.clone()).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+    }
+    for name in ["kubernetes.default.svc", "127.0.0.2"] {
+        let name = ServerName::try_from(name).unwrap().to_owned();
+        assert!(handshake(&server, name.clone()).is_err(), "{name:?} must not verify");
+    }
+    // Another server's CA does not verify this one.
+    let other = TestApiServer::start();
+    let socket = TcpStream::connect(server.addr()).unwrap();
+    socket.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(other.client_tls_config(), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, socket);
+    let err = stream.write_all(b"GET /version HTTP/1.1\r\n\r\n").and_then(|()| stream.flush()).unwrap_err();
+    // Both CAs have the same name, as every kubeadm cluster's "kubernetes" CA has: the signature fails.
+    assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+}
+
+#[test]
+fn plain_http_to_the_https_port_gets_gos_answer() {
+    let server = TestApiServer::start();
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert_eq!(answer, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
+    // It keeps serving TLS.
+    assert_eq!(call(&server, "GET", "/version", None).status, 200);
+}
+
+#[test]
+fn start_plain_serves_plain_http_for_debugging() {
+    let server = TestApiServer::start_plain();
+    assert!(server.url().starts_with("http://127.0.0.1:"), "{}", server.url());
+    assert!(!server.is_tls());
+    let yaml = server.kubeconfig_yaml("default");
+    assert!(!yaml.contains("certificate-authority"), "{yaml}");
+    let (status, body) = server.call("POST", LEASES, Some(&lease_body("x", "a", None)));
+    assert_eq!(status, 201, "{body}");
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.write_all(format!("GET {LEASES}/x HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kube_client_trusts_the_server_by_ca_data_ca_file_localhost_or_insecure_and_not_otherwise() {
+    let server = TestApiServer::start();
+    let dir = crate::support::temp_dir("apiserver-tls");
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, server.ca_pem()).unwrap();
+    let trusted = [
+        KubeconfigOptions::new("default"),
+        KubeconfigOptions::new("default").localhost(),
+        KubeconfigOptions::new("default").trust(Trust::CaFile(ca_file.clone())),
+        KubeconfigOptions::new("default").localhost().trust(Trust::CaFile(ca_file)),
+        KubeconfigOptions::new("default").trust(Trust::InsecureSkipTlsVerify),
+    ];
+    for options in trusted {
+        let api = kube_api_with(&server, &options).await.unwrap_or_else(|e| panic!("{options:?}: {e}"));
+        let missing = api_error(api.get("missing").await);
+        assert_eq!(missing.code, 404, "{options:?}");
+    }
+    // Without the CA the handshake fails (or no client can even be built without any root).
+    let options = KubeconfigOptions::new("default").trust(Trust::SystemRoots);
+    if let Ok(api) = kube_api_with(&server, &options).await {
+        match api.get("missing").await {
+            Err(kube::Error::Api(status)) => panic!("an answer without trusting the server: {status:?}"),
+            Err(_) => {}
+            Ok(lease) => panic!("an answer without trusting the server: {lease:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults after a commit
+// ---------------------------------------------------------------------------------------------
+
+fn replace_body(server: &TestApiServer, name: &str, holder: &str) -> String {
+    let rv = rv_of(&server.lease("default", name).expect("the lease exists"));
+    lease_body(name, holder, Some(&rv))
+}
+
+fn holder_of(server: &TestApiServer, name: &str) -> String {
+    server.lease("default", name).expect("the lease exists")["spec"]["holderIdentity"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn after_commit_fail_stores_the_write_then_answers_500_or_504() {
+    let server = TestApiServer::start();
+    create(&server, "x", "a");
+    let mut conn = Conn::open(&server);
+
+    server.after_commit(2, AfterCommit::Fail(500));
+    // A write that fails anyway is answered as usual and takes no shot.
+    let stale = lease_body("x", "b", Some("1"));
+    assert_eq!(conn.call("PUT", &format!("{LEASES}/x"), Some(&stale)).status, 409);
+    let before = server.resource_version();
+    let resp = conn.call("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b")));
+    assert_eq!(resp.status, 500);
+    assert_eq!(
+        resp.json(),
+        status(
+            500,
+            "InternalError",
+            "Internal error occurred: injected failure",
+            json!({"causes": [{"message": "injected failure"}]})
+        )
+    );
+    assert_eq!(holder_of(&server, "x"), "b", "the write was committed");
+    assert_eq!(server.resource_version(), before + 1);
+    // A create is a write too: the second shot.
+    let resp = conn.call("POST", LEASES, Some(&lease_body("y", "a", None)));
+    assert_eq!(resp.status, 500);
+    assert!(server.lease("default", "y").is_some(), "the create was committed");
+    // Then writes are answered as usual.
+    let resp = conn.call("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "c")));
+    assert_eq!(resp.status, 200);
+
+    server.after_commit(1, AfterCommit::Fail(504));
+    let resp = conn.call("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "d")));
+    assert_eq!(resp.status, 504);
+    assert_eq!(
+        resp.json(),
+        status(
+            504,
+            "Timeout",
+            "Timeout: request did not complete within requested timeout - context deadline exceeded",
+            json!({})
+        )
+    );
+    assert_eq!(holder_of(&server, "x"), "d");
+    // Reads are never touched.
+    server.after_commit(1, AfterCommit::Fail(500));
+    assert_eq!(conn.call("GET", &format!("{LEASES}/x"), None).status, 200);
+    server.after_commit(0, AfterCommit::Fail(500));
+    assert_eq!(conn.call("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "e"))).status, 200);
+}
+
+#[test]
+fn after_commit_drop_stores_the_write_and_closes_without_an_answer() {
+    let server = TestApiServer::start();
+    create(&server, "x", "a");
+    server.after_commit(1, AfterCommit::Drop);
+    let mut conn = Conn::open(&server);
+    conn.send("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b")));
+    assert!(conn.read_head().is_none(), "no answer");
+    assert_eq!(holder_of(&server, "x"), "b");
+    let log = server.requests();
+    assert_eq!((log[1].verb, log[1].status), ("update", 0));
+    assert_eq!(server.counts().get(&("update".to_string(), 0)), Some(&1));
+    // Only one shot.
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "c"))).status, 200);
+}
+
+#[test]
+fn after_commit_of_a_holder_spares_other_writers() {
+    let server = TestApiServer::start();
+    create(&server, "x", "a");
+    server.after_commit_of("b", 1, AfterCommit::Fail(500));
+    // a writes (a before, a after): spared.
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "a2"))).status, 200);
+    assert_eq!(server.after_commit_pending(), 1);
+    // A write that makes b the holder is b's (b after).
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b"))).status, 500);
+    assert_eq!(server.after_commit_pending(), 0, "fired");
+    assert_eq!(holder_of(&server, "x"), "b");
+    // And a release by b (b before, "" after) counts too.
+    server.after_commit_of("b", 1, AfterCommit::Drop);
+    let mut conn = Conn::open(&server);
+    conn.send("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "")));
+    assert!(conn.read_head().is_none(), "no answer");
+    assert_eq!(holder_of(&server, "x"), "");
+}
+
+#[test]
+fn after_commit_delay_shows_the_write_to_watches_and_reads_before_its_answer() {
+    let server = TestApiServer::start();
+    let created = create(&server, "x", "a");
+    let mut watch = Conn::open(&server);
+    watch.watch(&format!("resourceVersion={}&timeoutSeconds=120", rv_of(&created)));
+
+    // A long delay: the write is seen everywhere while its answer is still held.
+    server.after_commit(1, AfterCommit::Delay(Duration::from_secs(600)));
+    let mut writer = Conn::open(&server);
+    writer.send("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b")));
+    let event: Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["spec"]["holderIdentity"].as_str()),
+        (Some("MODIFIED"), Some("b"))
+    );
+    let resp = call(&server, "GET", &format!("{LEASES}/x"), None);
+    assert_eq!(resp.json()["spec"]["holderIdentity"], "b");
+    let put = server.requests().into_iter().find(|r| r.method == "PUT").unwrap();
+    assert_eq!(put.status, 0, "the answer is still held");
+    // A restart ends the wait: the answer never comes.
+    server.restart();
+    assert!(writer.read_head().is_none());
+
+    // A short delay: the answer comes, late.
+    let delay = Duration::from_millis(500);
+    server.after_commit(1, AfterCommit::Delay(delay));
+    let started = Instant::now();
+    let resp = call(&server, "PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "c")));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["spec"]["holderIdentity"], "c");
+    assert!(started.elapsed() >= delay, "answered after {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch faults
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn watch_fault_error_sends_one_error_event_then_ends_cleanly() {
+    let server = TestApiServer::start();
+    create(&server, "x", "a");
+    // An open watch gets the fault when it is switched on.
+    let mut open = Conn::open(&server);
+    open.watch("timeoutSeconds=120");
+    let added: Value = serde_json::from_str(&open.next_line()).unwrap();
+    assert_eq!(added["type"], "ADDED");
+    server.set_watch_fault(Some(WatchFault::Error(500)));
+    let internal = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\
+                    \"status\":\"Failure\",\"message\":\"Internal error occurred: injected failure\",\
+                    \"reason\":\"InternalError\",\"details\":{\"causes\":[{\"message\":\"injected failure\"}]},\
+                    \"code\":500}}\n";
+    assert_eq!(open.next_line(), internal);
+    assert!(matches!(open.read_chunk(), Chunk::End));
+    // So does every new one, keep-alive intact.
+    for _ in 0..2 {
+        open.watch("timeoutSeconds=120");
+        assert_eq!(open.next_line(), internal);
+        assert!(matches!(open.read_chunk(), Chunk::End));
+    }
+
+    // The Expired form, as after a compaction.
+    server.set_watch_fault(Some(WatchFault::Error(410)));
+    let current = server.resource_version();
+    open.watch(&format!("resourceVersion={current}&timeoutSeconds=120"));
+    assert_eq!(
+        open.next_line(),
+        format!(
+            "{{\"type\":\"ERROR\",\"object\":{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":\"too old resource version: {current} ({})\",\"reason\":\"Expired\",\"code\":410}}}}\n",
+            current + 1
+        )
+    );
+    assert!(matches!(open.read_chunk(), Chunk::End));
+
+    server.set_watch_fault(None);
+    open.watch("timeoutSeconds=120");
+    let added: Value = serde_json::from_str(&open.next_line()).unwrap();
+    assert_eq!(added["type"], "ADDED");
+    let counts = server.counts();
+    assert_eq!(counts.get(&("watch".to_string(), 200)), Some(&5));
+}
+
+#[test]
+fn watch_fault_end_at_once_ends_every_watch_with_no_event() {
+    let server = TestApiServer::start();
+    create(&server, "x", "a");
+    let mut open = Conn::open(&server);
+    open.watch("timeoutSeconds=120&allowWatchBookmarks=true");
+    assert_eq!(serde_json::from_str::<Value>(&open.next_line()).unwrap()["type"], "ADDED");
+    assert!(server.wait_for_watch_count(1, crate::support::PATIENCE));
+    server.set_watch_fault(Some(WatchFault::EndAtOnce));
+    loop {
+        match open.read_chunk() {
+            Chunk::Data(line) => assert!(line.contains("BOOKMARK"), "{line}"),
+            Chunk::End => break,
+            Chunk::Eof => panic!("closed abruptly"),
+        }
+    }
+    for _ in 0..3 {
+        open.watch("timeoutSeconds=120");
+        assert!(matches!(open.read_chunk(), Chunk::End), "zero events, then the end");
+    }
+    assert!(server.wait_for_watch_count(0, crate::support::PATIENCE));
+    server.set_watch_fault(None);
+    open.watch("timeoutSeconds=120");
+    assert_eq!(serde_json::from_str::<Value>(&open.next_line()).unwrap()["type"], "ADDED");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kube_client_sees_watch_faults_as_error_events_and_ended_streams() {
+    let server = TestApiServer::start();
+    let api = kube_api(&server).await;
+    api.create(&PostParams::default(), &lease("w", "me")).await.unwrap();
+    let params = WatchParams::default().fields("metadata.name=w").timeout(60);
+
+    server.set_watch_fault(Some(WatchFault::Error(500)));
+    let mut stream = api.watch(&params, "0").await.unwrap().boxed();
+    match stream.next().await {
+        Some(Ok(WatchEvent::Error(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"))
+        }
+        other => panic!("expected a 500 ERROR event, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none(), "the stream ends after the ERROR");
+
+    server.set_watch_fault(Some(WatchFault::EndAtOnce));
+    let mut stream = api.watch(&params, "0").await.unwrap().boxed();
+    assert!(stream.next().await.is_none(), "no event");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounting
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn counts_are_exact_by_verb_and_status() {
+    let server = TestApiServer::start();
+    let mut conn = Conn::open(&server);
+    assert_eq!(conn.call("GET", &format!("{LEASES}/x"), None).status, 404);
+    assert_eq!(conn.call("POST", LEASES, Some(&lease_body("x", "a", None))).status, 201);
+    assert_eq!(conn.call("POST", LEASES, Some(&lease_body("x", "a", None))).status, 409);
+    assert_eq!(conn.call("PUT", &format!("{LEASES}/x"), Some(&replace_body(&server, "x", "b"))).status, 200);
+    assert_eq!(conn.call("PUT", &format!("{LEASES}/x"), Some(&lease_body("x", "c", Some("1")))).status, 409);
+    assert_eq!(conn.call("GET", LEASES, None).status, 200);
+    server.fail_next(1, 503);
+    assert_eq!(conn.call("GET", &format!("{LEASES}/x"), None).status, 503);
+    assert_eq!(conn.call("GET", "/version", None).status, 200);
+    assert_eq!(conn.call("DELETE", &format!("{LEASES}/x"), None).status, 200);
+    conn.watch("timeoutSeconds=1");
+    assert!(matches!(conn.read_chunk(), Chunk::End));
+
+    let expected: std::collections::BTreeMap<(String, u16), usize> = [
+        (("get", 404), 1),
+        (("create", 201), 1),
+        (("create", 409), 1),
+        (("update", 200), 1),
+        (("update", 409), 1),
+        (("list", 200), 1),
+        (("get", 503), 1),
+        (("version", 200), 1),
+        (("delete", 200), 1),
+        (("watch", 200), 1),
+    ]
+    .into_iter()
+    .map(|((verb, status), n)| ((verb.to_string(), status), n))
+    .collect();
+    assert_eq!(server.counts(), expected);
+    assert_eq!(server.count("get"), 2);
+    let statuses: Vec<(&str, u16)> = server.requests().iter().map(|r| (r.verb, r.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("get", 404),
+            ("create", 201),
+            ("create", 409),
+            ("update", 200),
+            ("update", 409),
+            ("list", 200),
+            ("get", 503),
+            ("version", 200),
+            ("delete", 200),
+            ("watch", 200)
+        ]
+    );
+    server.reset_counts();
+    assert!(server.counts().is_empty());
+    assert_eq!(server.requests().len(), 10, "the log is kept");
+    assert_eq!(conn.call("GET", &format!("{LEASES}/x"), None).status, 404);
+    assert_eq!(server.counts().into_iter().collect::<Vec<_>>(), [(("get".to_string(), 404), 1)]);
+}
+
+#[test]
+fn waits_wake_on_requests_and_watches_and_time_out_otherwise() {
+    let server = TestApiServer::start();
+    assert!(!server.wait_for_watch_count(1, Duration::from_millis(50)));
+    assert!(!server.wait_for_requests(|log| !log.is_empty(), Duration::from_millis(50)));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut conn = Conn::open(&server);
+            conn.watch("timeoutSeconds=120");
+            // Hold the watch until the main thread saw it, then go away.
+            assert!(
+                server
+                    .wait_for_counts(|counts| counts.contains_key(&("get".to_string(), 404)), crate::support::PATIENCE)
+            );
+        });
+        assert!(server.wait_for_watch_count(1, crate::support::PATIENCE));
+        assert!(server.wait_for_requests(
+            |log| log.iter().any(|r| r.verb == "watch" && r.status == 200),
+            crate::support::PATIENCE
+        ));
+        assert_eq!(call(&server, "GET", &format!("{LEASES}/x"), None).status, 404);
+    });
+    assert!(server.wait_for_watch_count(0, crate::support::PATIENCE));
 }
 
 /// Not a test: serves a test API server until killed, writing its kubeconfig to

@@ -21,9 +21,20 @@
 //! Faults, one every 1-3 s, drawn at random from a shuffled deck so that every kind comes up in each
 //! deck's worth (`MPSYNC_CHAOS_SEED` replays the draws, not the timing): SIGKILL or SIGTERM of a
 //! wrapper, a partition of a proxy for 4-6 s, latency (2.5-4 s, above the renew deadline) on a proxy for
-//! 4-6 s, bursts of 5xx from the test server, and restarts of the test server. The last two are skipped
-//! against a real cluster (`MPSYNC_TEST_KUBECONFIG`). Targeted faults hit the current holder three times in
-//! four. At most two proxies are faulted at once; every fault heals; the chaos lasts `MPSYNC_CHAOS_SECS`
+//! 4-6 s, a *late answer* (a proxy holds back only its responses, by 1.2-1.9 s, for 1-1.9 s, then lets them
+//! all through), bursts of 5xx from the test server, *commit then fail* (the test server commits the next
+//! write of a wrapper, then answers it 500 or 504 or drops the connection without an answer), and restarts
+//! of the test server. The server-side kinds are skipped against a real cluster (`MPSYNC_TEST_KUBECONFIG`).
+//! Targeted faults hit the current holder three times in four.
+//!
+//! The two kinds that open the narrow windows: a *late answer* lets the holder's renewals commit at once
+//! (everyone else's watch sees them) while the holder learns of them late, by more than the safety margin
+//! `lease_duration - renew_deadline - grace` (1 s here), and longer than mpsync's call timeout; it heals
+//! before the renew deadline, so that what mpsync hears after the heal is about renewals committed more
+//! than the margin earlier. A holder that counted its renew deadline from such an answer, rather than from
+//! the send, would keep its child past the moment the others may take over: check 1 proves it. *Commit
+//! then fail* makes the outcome of an acquisition, renewal or release unknown to its writer although it
+//! happened. At most two proxies are faulted at once; every fault heals; the chaos lasts `MPSYNC_CHAOS_SECS`
 //! (default 60), then everything heals. Most children hold the lease for 100-800 ms (many handoffs), one in
 //! four for 2.5-5 s (longer than the renew deadline, so that a fault against the holder makes it lose).
 //! A run takes about `MPSYNC_CHAOS_SECS` + 10 s, and at most `MPSYNC_CHAOS_SECS` + 60 s whatever happens
@@ -87,13 +98,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::apiserver;
+use crate::support::apiserver::{self, AfterCommit};
 use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 /// Short timings: renew_deadline + grace (3s) < lease_duration (4s); retry_period * 1.2 < renew_deadline.
 const TIMINGS: &[&str] =
     &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms", "--grace", "1s"];
+const LEASE_DURATION: Duration = Duration::from_secs(4);
 const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(1);
 /// mpsync's timeout for one API call with these timings: `run::call_timeout` = max(renew_deadline / 2,
@@ -110,6 +122,19 @@ const PATIENCE_FOR_TARGET: Duration = Duration::from_secs(3);
 const PROXY_FAULT_MIN: Duration = Duration::from_secs(4);
 const PROXY_FAULT_MAX: Duration = Duration::from_secs(6);
 const _: () = assert!(PROXY_FAULT_MIN.as_millis() > RENEW_DEADLINE.as_millis() + CALL_TIMEOUT.as_millis());
+/// What a late answer is late by: more than the safety margin `LEASE_DURATION - RENEW_DEADLINE - GRACE`
+/// (and the call timeout), less than the renew deadline.
+const LATE_ANSWER_MIN: Duration = Duration::from_millis(1200);
+const LATE_ANSWER_MAX: Duration = Duration::from_millis(1900);
+const _: () = assert!(
+    LATE_ANSWER_MIN.as_millis() > LEASE_DURATION.as_millis() - RENEW_DEADLINE.as_millis() - GRACE.as_millis()
+        && LATE_ANSWER_MIN.as_millis() > CALL_TIMEOUT.as_millis()
+        && LATE_ANSWER_MAX.as_millis() < RENEW_DEADLINE.as_millis()
+);
+/// How long a late answer lasts: it heals before the renew deadline passes.
+const LATE_ANSWER_FOR_MIN: Duration = Duration::from_millis(1000);
+const LATE_ANSWER_FOR_MAX: Duration = Duration::from_millis(1900);
+const _: () = assert!(LATE_ANSWER_FOR_MAX.as_millis() < RENEW_DEADLINE.as_millis());
 /// At most this many proxies faulted at once, so that some contenders can always make progress.
 const MAX_FAULTED_PROXIES: usize = 2;
 const DEFAULT_CHAOS_SECS: u64 = 60;
@@ -174,6 +199,8 @@ enum Kind {
     Sigterm,
     Api5xx,
     Restart,
+    LateAnswer,
+    CommitThenFail,
 }
 
 impl Kind {
@@ -185,6 +212,8 @@ impl Kind {
             Kind::Sigterm => "sigterm",
             Kind::Api5xx => "api_5xx",
             Kind::Restart => "restart",
+            Kind::LateAnswer => "late_answer",
+            Kind::CommitThenFail => "commit_fail",
         }
     }
 }
@@ -592,6 +621,12 @@ struct Injector<'a> {
     pending: Option<(Kind, Instant)>,
     /// The end of the chaos phase: proxy faults must heal by then.
     end: Instant,
+    /// Per contender: no other targeted fault until then. Set by a late answer, until a lease duration
+    /// after it heals, so that it and what follows the heal (the window it opens) play out undisturbed.
+    quiet_until: [Option<Instant>; CONTENDERS],
+    /// The commit-then-fail fault armed on the server (its index in `faults`), until it fires, is
+    /// replaced, or everything heals.
+    armed_commit_fault: Option<usize>,
 }
 
 impl Injector<'_> {
@@ -626,12 +661,21 @@ impl Injector<'_> {
         }
     }
 
+    /// Notes in the record of the armed commit-then-fail fault whether it fired; disarms it.
+    fn disarm_commit_fault(&mut self) {
+        let (Some(index), Some(server)) = (self.armed_commit_fault.take(), self.server) else { return };
+        let pending = server.after_commit_pending();
+        server.after_commit(0, AfterCommit::Drop);
+        self.faults[index].detail.push_str(if pending == 0 { " (fired)" } else { " (never fired)" });
+    }
+
     /// Heal everything that can be: the proxies, and 5xx still pending. Returns the moment, read first.
     fn heal_all(&mut self) -> Nanos {
         let healed = epoch_nanos();
         if let Some(server) = self.server {
             server.fail_next(0, 500);
         }
+        self.disarm_commit_fault();
         for proxy in self.proxies {
             proxy.set_latency(Duration::ZERO);
             proxy.heal();
@@ -643,7 +687,7 @@ impl Injector<'_> {
     }
 
     /// The next kind from a shuffled deck holding each kind `weight` times: every kind comes up in every
-    /// deck's worth of faults (12 with the test server), not just on average.
+    /// deck's worth of faults (16 with the test server), not just on average.
     fn pick_kind(&mut self) -> Kind {
         if self.deck.is_empty() {
             self.deck = self.kinds.iter().flat_map(|&(kind, weight)| (0..weight).map(move |_| kind)).collect();
@@ -662,8 +706,13 @@ impl Injector<'_> {
             None => (self.pick_kind(), now + PATIENCE_FOR_TARGET),
         };
         let faulted: Vec<usize> = self.active.iter().map(|a| a.contender).collect();
-        let length = self.rng.millis(PROXY_FAULT_MIN.as_millis() as u64, PROXY_FAULT_MAX.as_millis() as u64);
-        if matches!(kind, Kind::Partition | Kind::Latency)
+        let (low, high) = if kind == Kind::LateAnswer {
+            (LATE_ANSWER_FOR_MIN, LATE_ANSWER_FOR_MAX)
+        } else {
+            (PROXY_FAULT_MIN, PROXY_FAULT_MAX)
+        };
+        let length = self.rng.millis(low.as_millis() as u64, high.as_millis() as u64);
+        if matches!(kind, Kind::Partition | Kind::Latency | Kind::LateAnswer)
             && (faulted.len() >= MAX_FAULTED_PROXIES || now + length > self.end)
         {
             kind = if self.rng.percent(50) { Kind::Sigkill } else { Kind::Sigterm };
@@ -674,8 +723,8 @@ impl Injector<'_> {
         // ends within the renew deadline would not.
         let holder = self.chaos.holder();
         let wanted = match kind {
-            Kind::Partition | Kind::Latency => holder.is_some_and(|(_, long)| long),
-            Kind::Sigkill | Kind::Sigterm => holder.is_some(),
+            Kind::Partition | Kind::Latency | Kind::LateAnswer => holder.is_some_and(|(_, long)| long),
+            Kind::Sigkill | Kind::Sigterm | Kind::CommitThenFail => holder.is_some(),
             Kind::Api5xx | Kind::Restart => true,
         };
         if !wanted && now < wait_until {
@@ -689,31 +738,52 @@ impl Injector<'_> {
             Some(holder) if self.rng.percent(75) => holder,
             _ => self.rng.below(CONTENDERS as u64) as usize,
         };
+        // Spare a contender in the aftermath of a late answer; a commit-then-fail spares one whose
+        // proxy is faulted (its next write would not reach the server).
+        let avoid = |c: usize| {
+            self.quiet_until[c].is_some_and(|until| now < until)
+                || (kind == Kind::CommitThenFail && faulted.contains(&c))
+        };
+        if avoid(target) {
+            let free: Vec<usize> = (0..CONTENDERS).filter(|&c| !avoid(c)).collect();
+            if !free.is_empty() {
+                target = free[self.rng.below(free.len() as u64) as usize];
+            }
+        }
         let about = |target: usize| {
             if holder == Some(target) { "the holder" } else { "not the holder" }
         };
         let fault = match kind {
-            Kind::Partition | Kind::Latency => {
+            Kind::Partition | Kind::Latency | Kind::LateAnswer => {
                 if faulted.contains(&target) {
                     let free: Vec<usize> = (0..CONTENDERS).filter(|c| !faulted.contains(c)).collect();
                     target = free[self.rng.below(free.len() as u64) as usize];
                 }
                 let wrapper = self.chaos.current_wrapper(target);
                 let before = epoch_nanos();
-                let detail = if kind == Kind::Partition {
-                    self.proxies[target].partition();
-                    format!("{}, for {length:?}", about(target))
-                } else {
-                    let latency = self.rng.millis(2500, 4000);
-                    self.proxies[target].set_latency(latency);
-                    format!("{}, {latency:?} for {length:?}", about(target))
+                let detail = match kind {
+                    Kind::Partition => {
+                        self.proxies[target].partition();
+                        format!("{}, for {length:?}", about(target))
+                    }
+                    Kind::Latency => {
+                        let latency = self.rng.millis(2500, 4000);
+                        self.proxies[target].set_latency(latency);
+                        format!("{}, {latency:?} for {length:?}", about(target))
+                    }
+                    _ => {
+                        let late =
+                            self.rng.millis(LATE_ANSWER_MIN.as_millis() as u64, LATE_ANSWER_MAX.as_millis() as u64);
+                        self.proxies[target].delay_responses(late);
+                        format!("{}, answers {late:?} late for {length:?}", about(target))
+                    }
                 };
                 let after = epoch_nanos();
-                self.active.push(Active {
-                    contender: target,
-                    fault: self.faults.len(),
-                    heal_at: Instant::now() + length,
-                });
+                let heal_at = Instant::now() + length;
+                self.active.push(Active { contender: target, fault: self.faults.len(), heal_at });
+                if kind == Kind::LateAnswer {
+                    self.quiet_until[target] = Some(heal_at + LEASE_DURATION);
+                }
                 Fault { kind, contender: Some(target), wrapper, before, after, healed: None, detail }
             }
             Kind::Sigkill | Kind::Sigterm => {
@@ -743,6 +813,24 @@ impl Injector<'_> {
                 let after = epoch_nanos();
                 let detail = format!("the next {count} requests answer {status}");
                 Fault { kind, contender: None, wrapper: None, before, after, healed: None, detail }
+            }
+            Kind::CommitThenFail => {
+                let server = self.server.expect("test server");
+                let Some(wrapper) = self.chaos.current_wrapper(target) else {
+                    return;
+                };
+                let how = match self.rng.below(3) {
+                    0 => AfterCommit::Fail(500),
+                    1 => AfterCommit::Fail(504),
+                    _ => AfterCommit::Drop,
+                };
+                self.disarm_commit_fault();
+                let before = epoch_nanos();
+                server.after_commit_of(&wrapper, 1, how);
+                let after = epoch_nanos();
+                self.armed_commit_fault = Some(self.faults.len());
+                let detail = format!("{}: its next write is committed, then {how:?}", about(target));
+                Fault { kind, contender: Some(target), wrapper: Some(wrapper), before, after, healed: None, detail }
             }
             Kind::Restart => {
                 let server = self.server.expect("test server");
@@ -1001,12 +1089,13 @@ fn chaos_contenders_never_overlap_under_faults() {
         "chaos: seed {seed} (MPSYNC_CHAOS_SEED), {chaos_secs}s of faults (MPSYNC_CHAOS_SECS), lease {}, log {}{}",
         chaos.name,
         chaos.log.display(),
-        if real { ", real cluster: no 5xx bursts or restarts" } else { "" }
+        if real { ", real cluster: no 5xx bursts, commit-then-fail or restarts" } else { "" }
     );
     let began = Instant::now();
-    let mut kinds = vec![(Kind::Partition, 3), (Kind::Latency, 2), (Kind::Sigkill, 2), (Kind::Sigterm, 2)];
+    let mut kinds =
+        vec![(Kind::Partition, 3), (Kind::Latency, 2), (Kind::LateAnswer, 2), (Kind::Sigkill, 2), (Kind::Sigterm, 2)];
     if !real {
-        kinds.extend([(Kind::Api5xx, 2), (Kind::Restart, 1)]);
+        kinds.extend([(Kind::Api5xx, 2), (Kind::CommitThenFail, 2), (Kind::Restart, 1)]);
     }
     // Every kind in the summary, those that happened not to be drawn too.
     let mut by_kind: BTreeMap<&str, usize> = kinds.iter().map(|(kind, _)| (kind.name(), 0)).collect();
@@ -1023,6 +1112,8 @@ fn chaos_contenders_never_overlap_under_faults() {
         next_fault: Instant::now(),
         pending: None,
         end: Instant::now(),
+        quiet_until: [None; CONTENDERS],
+        armed_commit_fault: None,
     };
 
     let (healed, recovery) = chaos.run(&contender_seeds, || {

@@ -1,10 +1,17 @@
-//! Tests of the fault-injection proxy itself, against tiny servers on std listeners.
+//! Tests of the fault-injection proxy and of the CONNECT proxy themselves, against tiny servers on std
+//! listeners and the test API server (TLS passes through both).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use rustls::pki_types::ServerName;
+
+use crate::support::apiserver::TestApiServer;
+use crate::support::connect_proxy::ConnectProxy;
 use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 
 /// Generous: the machine may be loaded.
@@ -334,4 +341,304 @@ current-context: remote
         Some("10.0.0.1:443")
     );
     assert_eq!(kubeconfig_upstream("clusters: []\n"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One direction only
+// ---------------------------------------------------------------------------------------------
+
+/// An echo server that reports every chunk it receives (and when) on a channel. With `greeting`, it
+/// first sends that on every connection, unasked.
+fn recording_echo_server(greeting: Option<&'static [u8]>) -> (SocketAddr, mpsc::Receiver<(Instant, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let sender = sender.clone();
+            thread::spawn(move || {
+                if let Some(greeting) = greeting
+                    && stream.write_all(greeting).is_err()
+                {
+                    return;
+                }
+                let mut buf = [0; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let _ = sender.send((Instant::now(), buf[..n].to_vec()));
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, receiver)
+}
+
+/// Nothing arrives on `stream` for now (a short look: used only where the bytes are held for a minute).
+fn assert_nothing_yet(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0; 64];
+    match stream.read(&mut buf) {
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("expected nothing yet, got {other:?}"),
+    }
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+}
+
+#[test]
+fn delay_responses_holds_answers_while_requests_reach_the_server_at_once() {
+    let (upstream, received) = recording_echo_server(None);
+    let proxy = FaultProxy::start(&upstream.to_string());
+    let mut stream = connect(&proxy);
+    assert_eq!(round_trip(&mut stream, b"warm").unwrap(), b"warm");
+    received.recv_timeout(WAIT).unwrap();
+
+    // Held for a minute: the request arrives, the answer does not.
+    proxy.delay_responses(Duration::from_secs(60));
+    stream.write_all(b"held").unwrap();
+    let (_, bytes) = received.recv_timeout(WAIT).expect("the request passes at once");
+    assert_eq!(bytes, b"held");
+    assert_nothing_yet(&mut stream);
+    // Lifting the delay releases what was held, at once and in order.
+    proxy.delay_responses(Duration::ZERO);
+    let mut answer = [0; 4];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"held");
+
+    // Measured: the answer comes at least the delay after the server got the request.
+    let delay = Duration::from_millis(300);
+    proxy.delay_responses(delay);
+    let started = Instant::now();
+    assert_eq!(round_trip(&mut stream, b"late").unwrap(), b"late");
+    let answered = Instant::now();
+    let (arrived, _) = received.recv_timeout(WAIT).unwrap();
+    assert!(answered - arrived >= delay, "answer held for only {:?}", answered - arrived);
+    assert!(answered - started >= delay);
+}
+
+#[test]
+fn delay_requests_holds_requests_while_answers_pass_at_once() {
+    let (upstream, received) = recording_echo_server(Some(b"hello"));
+    let proxy = FaultProxy::start(&upstream.to_string());
+    proxy.delay_requests(Duration::from_secs(60));
+    let mut stream = connect(&proxy);
+    stream.write_all(b"held").unwrap();
+    // The server's bytes come through at once...
+    let mut greeting = [0; 5];
+    stream.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"hello");
+    // ...while the request is held.
+    assert!(matches!(received.try_recv(), Err(mpsc::TryRecvError::Empty)), "the request passed");
+    proxy.delay_requests(Duration::ZERO);
+    let (_, bytes) = received.recv_timeout(WAIT).expect("released");
+    assert_eq!(bytes, b"held");
+    let mut echo = [0; 4];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"held");
+
+    // Measured: the request arrives at least the delay after it was sent.
+    let delay = Duration::from_millis(300);
+    proxy.delay_requests(delay);
+    let sent = Instant::now();
+    stream.write_all(b"late").unwrap();
+    let (arrived, _) = received.recv_timeout(WAIT).unwrap();
+    assert!(arrived - sent >= delay, "request held for only {:?}", arrived - sent);
+}
+
+#[test]
+fn tls_passes_through_a_proxy_that_delays_responses() {
+    let server = TestApiServer::start();
+    let proxy = FaultProxy::start(&server.addr().to_string());
+    let delay = Duration::from_millis(200);
+    proxy.delay_responses(delay);
+    let socket = connect(&proxy);
+    let name = ServerName::IpAddress(server.addr().ip().into());
+    let conn = rustls::ClientConnection::new(server.client_tls_config(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, socket);
+    let started = Instant::now();
+    tls.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // The handshake's flight and the answer were each held.
+    assert!(started.elapsed() >= 2 * delay, "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kube_client_reaches_the_tls_server_through_kubeconfig_through() {
+    let server = TestApiServer::start();
+    let proxy = FaultProxy::start(&server.addr().to_string());
+    let yaml = proxy.kubeconfig_through(&server.kubeconfig_yaml("default"));
+    assert!(yaml.contains("tls-server-name: 127.0.0.1"), "{yaml}");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&yaml).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    match api.get("missing").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("expected a 404 through the proxy, got {other:?}"),
+    }
+    assert!(proxy.accepted() >= 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CONNECT proxy
+// ---------------------------------------------------------------------------------------------
+
+/// Sends a request head to the CONNECT proxy and reads its answer head (byte by byte, so that nothing
+/// after it is consumed).
+fn proxy_request(proxy: &ConnectProxy, head: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(proxy.addr()).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            other => panic!("the proxy's answer ended early ({other:?}): {:?}", String::from_utf8_lossy(&answer)),
+        }
+    }
+    (stream, String::from_utf8(answer).unwrap())
+}
+
+#[test]
+fn connect_proxy_tunnels_bytes_and_records_tunnels_and_targets() {
+    let upstream = echo_server();
+    let proxy = ConnectProxy::start();
+    assert_eq!(proxy.url(), format!("http://{}", proxy.addr()));
+    let (mut stream, answer) = proxy_request(
+        &proxy,
+        &format!("CONNECT {upstream} HTTP/1.1\r\nHost: {upstream}\r\nProxy-Authorization: Basic dTpw\r\n\r\n"),
+    );
+    assert_eq!(answer, "HTTP/1.1 200 Connection established\r\n\r\n");
+    assert_eq!(round_trip(&mut stream, b"through the tunnel").unwrap(), b"through the tunnel");
+    assert_eq!(round_trip(&mut stream, &payload(100_000)).unwrap(), payload(100_000));
+    assert_eq!((proxy.tunnels(), proxy.open_tunnels()), (1, 1));
+    assert_eq!(proxy.targets(), [upstream.to_string()]);
+    let request = &proxy.requests()[0];
+    assert_eq!((request.method.as_str(), request.status), ("CONNECT", 200));
+    assert_eq!(request.proxy_authorization.as_deref(), Some("Basic dTpw"));
+
+    drop(stream);
+    assert!(proxy.wait_for_open_tunnels(0, WAIT), "open tunnels: {}", proxy.open_tunnels());
+    let (mut second, _) = proxy_request(&proxy, &format!("CONNECT {upstream} HTTP/1.1\r\n\r\n"));
+    assert_eq!(round_trip(&mut second, b"again").unwrap(), b"again");
+    assert_eq!(proxy.tunnels(), 2);
+    assert_eq!(proxy.requests()[1].proxy_authorization, None);
+}
+
+#[test]
+fn connect_proxy_refuses_with_403_or_407_and_tunnels_nothing() {
+    let upstream = echo_server();
+    let proxy = ConnectProxy::start();
+    proxy.refuse(Some(407));
+    let (mut stream, answer) = proxy_request(&proxy, &format!("CONNECT {upstream} HTTP/1.1\r\n\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"), "{answer}");
+    assert!(answer.contains("\r\nProxy-Authenticate: Basic realm=\"mpsync-test\"\r\n"), "{answer}");
+    assert_closed_after_body(&mut stream);
+    proxy.refuse(Some(403));
+    let (mut stream, answer) = proxy_request(&proxy, &format!("GET http://{upstream}/ HTTP/1.1\r\n\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert_closed_after_body(&mut stream);
+    assert_eq!((proxy.tunnels(), proxy.forwarded()), (0, 0));
+    let statuses: Vec<u16> = proxy.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [407, 403]);
+
+    proxy.refuse(None);
+    let (mut stream, answer) = proxy_request(&proxy, &format!("CONNECT {upstream} HTTP/1.1\r\n\r\n"));
+    assert_eq!(answer, "HTTP/1.1 200 Connection established\r\n\r\n");
+    assert_eq!(round_trip(&mut stream, b"ok").unwrap(), b"ok");
+    assert_eq!(proxy.targets(), [upstream.to_string(), format!("http://{upstream}/"), upstream.to_string()]);
+}
+
+/// The rest of a refusal is its short body, then the proxy closes.
+fn assert_closed_after_body(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.len() < 100, "{rest:?}");
+}
+
+#[test]
+fn connect_proxy_answers_502_for_an_unreachable_target() {
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let proxy = ConnectProxy::start();
+    let (_stream, answer) = proxy_request(&proxy, &format!("CONNECT {closed} HTTP/1.1\r\n\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{answer}");
+    assert_eq!(proxy.tunnels(), 0);
+    assert_eq!(proxy.requests()[0].status, 502);
+}
+
+#[test]
+fn connect_proxy_forwards_absolute_form_requests_in_origin_form() {
+    // A server that reports the request head it got, then answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (sender, heads) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = sender.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong");
+        }
+    });
+    let proxy = ConnectProxy::start();
+    let (mut stream, answer) = proxy_request(
+        &proxy,
+        &format!(
+            "GET http://{upstream}/ping?x=1 HTTP/1.1\r\nHost: {upstream}\r\nProxy-Authorization: Basic dTpw\r\n\
+             Proxy-Connection: keep-alive\r\n\r\n"
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    assert_eq!(body, "pong");
+    let head = heads.recv_timeout(WAIT).unwrap();
+    assert!(head.starts_with("GET /ping?x=1 HTTP/1.1\r\n"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("proxy-"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert_eq!(proxy.forwarded(), 1);
+    assert_eq!(proxy.targets(), [format!("http://{upstream}/ping?x=1")]);
+    assert_eq!(proxy.requests()[0].proxy_authorization.as_deref(), Some("Basic dTpw"));
+}
+
+#[test]
+fn tls_to_the_test_api_server_passes_through_a_connect_tunnel() {
+    let server = TestApiServer::start();
+    let proxy = ConnectProxy::start();
+    let target = format!("127.0.0.1:{}", server.addr().port());
+    let (socket, answer) = proxy_request(&proxy, &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
+    assert_eq!(answer, "HTTP/1.1 200 Connection established\r\n\r\n");
+    let name = ServerName::IpAddress(server.addr().ip().into());
+    let conn = rustls::ClientConnection::new(server.client_tls_config(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, socket);
+    tls.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"gitVersion\": \"v1.28.7\""), "{answer}");
+    assert_eq!(server.count("version"), 1);
+    assert_eq!(proxy.targets(), [target]);
 }

@@ -1,5 +1,5 @@
 //! The test API server: a small, strict stand-in for kube-apiserver v1.28 that serves only
-//! `coordination.k8s.io/v1` Leases over plain HTTP/1.1 on 127.0.0.1, with faults on demand.
+//! `coordination.k8s.io/v1` Leases over HTTPS (HTTP/1.1) on 127.0.0.1, with faults on demand.
 //!
 //! It answers as the real server does, as recorded in `shared/apiserver-reference/`: the same status
 //! codes, the same `Status` bodies (`reason`, `code`, `details`, `causes`, messages) and the same watch
@@ -11,6 +11,14 @@
 //! every write anywhere; the event history is kept so that a watch can start from any resourceVersion
 //! that has not been compacted away.
 //!
+//! TLS, as a kubeadm cluster has it: each server makes its own CA at start and a serving certificate
+//! signed by it for `localhost`, `127.0.0.1` and `::1` (rcgen, served with rustls). Kubeconfigs carry the
+//! CA in `certificate-authority-data`; [`TestApiServer::kubeconfig_yaml_with`] offers a CA file,
+//! `insecure-skip-tls-verify`, the host name `localhost` instead of the IP, and a `proxy-url`. Accepted
+//! sockets get TCP_NODELAY, as Go's net package sets it. It speaks HTTP/1.1 only (ALPN `http/1.1`; the
+//! real server also offers h2). Plain HTTP sent to it gets Go's answer, `400 Client sent an HTTP request
+//! to an HTTPS server.` [`TestApiServer::start_plain`] serves plain HTTP instead, for debugging only.
+//!
 //! Behaviour of the real server that is easy to miss, and reproduced here:
 //! - a replace (PUT) without `metadata.resourceVersion` is 422 (Leases have no unconditional update);
 //! - a replace of a Lease that does not exist *creates* it (201) unless the body carries a `uid`, in
@@ -21,17 +29,38 @@
 //!   on objects to be created";
 //! - a delete answers 200 with the object as it was, carrying the resourceVersion of the deletion;
 //! - list items carry no `kind`/`apiVersion`; watch event objects and single objects do.
+//!
+//! Faults on demand, each a method below:
+//! - before a request is carried out: [`fail_next`](TestApiServer::fail_next) (any verb, n-shot),
+//!   [`forbid`](TestApiServer::forbid), [`unauthorized`](TestApiServer::unauthorized),
+//!   [`set_latency`](TestApiServer::set_latency);
+//! - after a write was committed, on its answer only: [`after_commit`](TestApiServer::after_commit)
+//!   (a 500 or 504 with the real `Status`, a connection dropped without an answer, or a late answer);
+//! - on watches: [`set_watch_fault`](TestApiServer::set_watch_fault) (every watch gets an ERROR event,
+//!   or ends at once), [`drop_watches`](TestApiServer::drop_watches), [`compact`](TestApiServer::compact),
+//!   [`restart`](TestApiServer::restart), [`set_bookmark_interval`](TestApiServer::set_bookmark_interval).
+//!
+//! Accounting, exact and cheap to query: [`requests`](TestApiServer::requests) (every request with its
+//! verb and answered status), [`counts`](TestApiServer::counts) by (verb, status), and waits that need no
+//! sleep: [`wait_for_requests`](TestApiServer::wait_for_requests),
+//! [`wait_for_counts`](TestApiServer::wait_for_counts), [`wait_for_watch_count`](TestApiServer::wait_for_watch_count).
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use nix::poll::{PollFd, PollFlags, poll};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::{Map, Value, json};
 
 const GROUP: &str = "coordination.k8s.io";
@@ -53,6 +82,10 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 /// A client that stops reading is dropped after this long.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle watch looks whether its client hung up.
+const HANGUP_CHECK: Duration = Duration::from_millis(100);
+/// What Go's HTTPS server answers to plain HTTP.
+const PLAIN_HTTP_TO_HTTPS: &[u8] = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
 const NAME_REGEX_MESSAGE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
@@ -68,30 +101,189 @@ const VERSION_JSON: &str = r#"{
   "platform": "linux/amd64"
 }"#;
 
-/// One request as received: method, raw path (no query) and raw query (no `?`).
+/// One request as received, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestLog {
     pub method: String,
+    /// The raw path, without the query.
     pub path: String,
+    /// The raw query, without the `?`.
     pub query: String,
+    /// For Leases: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`, as
+    /// the real server's RBAC names them; `version` for /version; `other` for anything else.
+    pub verb: &'static str,
+    /// The HTTP status answered (200 for a watch whose stream began). 0 until the answer goes out (while
+    /// the request is carried out, and during any latency or delay), and for good when the connection was
+    /// closed without an answer ([`AfterCommit::Drop`], [`TestApiServer::restart`] during a delay).
+    pub status: u16,
+}
+
+/// What becomes of the answer to a committed write: see [`TestApiServer::after_commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// Answer this status with the real server's `Status` body for it, as [`TestApiServer::fail_next`]
+    /// does: 500 InternalError (etcd answered, then something failed), 504 Timeout (the apiserver's
+    /// request timeout fired while etcd committed).
+    Fail(u16),
+    /// Close the connection without answering (a TLS connection ends without close_notify): the client
+    /// cannot know whether the write happened.
+    Drop,
+    /// Answer as usual, but only this long after the commit. The write is visible to GETs and watches
+    /// at once.
+    Delay(Duration),
+}
+
+/// What every watch gets while set: see [`TestApiServer::set_watch_fault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFault {
+    /// HTTP 200, then one ERROR event whose object is the `Status` for this code, then the clean end of
+    /// the stream. 410 gives the Expired form (`too old resource version: X (Y)`, as after a
+    /// compaction); 500 gives InternalError; other codes the `Status` that `fail_next` answers.
+    Error(u16),
+    /// HTTP 200, then at once the clean end of the stream (the terminating chunk): zero events.
+    EndAtOnce,
+}
+
+/// Where a kubeconfig tells the client to find the CA: see [`KubeconfigOptions::trust`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `certificate-authority-data`: the CA PEM, base64 (the default).
+    CaData,
+    /// `certificate-authority: PATH`: the caller writes [`TestApiServer::ca_pem`] there.
+    CaFile(PathBuf),
+    /// `insecure-skip-tls-verify: true`, and no CA.
+    InsecureSkipTlsVerify,
+    /// Nothing: the client falls back to the system's roots, which do not know this server's CA.
+    SystemRoots,
+}
+
+/// Options of [`TestApiServer::kubeconfig_yaml_with`]; `KubeconfigOptions::new(namespace)` is what
+/// [`TestApiServer::kubeconfig_yaml`] writes.
+#[derive(Debug, Clone)]
+pub struct KubeconfigOptions {
+    namespace: String,
+    localhost: bool,
+    trust: Trust,
+    proxy_url: Option<String>,
+}
+
+impl KubeconfigOptions {
+    /// The server by IP (`https://127.0.0.1:PORT`), the CA as `certificate-authority-data`, no proxy.
+    pub fn new(namespace: &str) -> KubeconfigOptions {
+        KubeconfigOptions { namespace: namespace.to_string(), localhost: false, trust: Trust::CaData, proxy_url: None }
+    }
+
+    /// Name the server by host name: `https://localhost:PORT` (the certificate covers it).
+    pub fn localhost(mut self) -> KubeconfigOptions {
+        self.localhost = true;
+        self
+    }
+
+    /// How the client is told to trust the server (ignored by a plain-HTTP server).
+    pub fn trust(mut self, trust: Trust) -> KubeconfigOptions {
+        self.trust = trust;
+        self
+    }
+
+    /// Add `proxy-url: URL` to the cluster.
+    pub fn proxy_url(mut self, url: &str) -> KubeconfigOptions {
+        self.proxy_url = Some(url.to_string());
+        self
+    }
 }
 
 /// The running server. Dropping it stops the listener and closes every connection.
 pub struct TestApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls: Option<TlsMaterial>,
     acceptor: Option<JoinHandle<()>>,
+}
+
+/// The CA and the rustls configuration made for one server.
+struct TlsMaterial {
+    ca_pem: String,
+    ca_der: CertificateDer<'static>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsMaterial {
+    /// A CA, and a serving certificate signed by it for localhost, 127.0.0.1 and ::1: what kubeadm makes,
+    /// in miniature. ECDSA P-256 keys: fast to make.
+    fn generate() -> TlsMaterial {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.distinguished_name.push(DnType::CommonName, "test-apiserver-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA certificate");
+
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut params = CertificateParams::new(names).expect("serving certificate parameters");
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("serving key");
+        let cert = params.signed_by(&key, &ca).expect("serving certificate");
+
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("the serving certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsMaterial { ca_pem: ca.pem(), ca_der: ca.der().clone(), config: Arc::new(config) }
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes watchers: a write, a fault switched, a connection killed, the server stopping.
     changed: Condvar,
+    /// Wakes the `wait_for_*` methods: a request logged or answered, a watch opened or closed.
+    observed: Condvar,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until `done` holds; false on timeout.
+    fn wait_for(&self, timeout: Duration, mut done: impl FnMut(&State) -> bool) -> bool {
+        let st = self.lock();
+        let (st, _) = self.observed.wait_timeout_while(st, timeout, |st| !done(st)).unwrap_or_else(|e| e.into_inner());
+        done(&st)
+    }
+
+    /// Sets the status of logged request `index` and counts it.
+    fn answered(&self, index: usize, status: u16) {
+        let mut st = self.lock();
+        if let Some(entry) = st.log.get_mut(index) {
+            entry.status = status;
+            let verb = entry.verb;
+            *st.counts.entry((verb.to_string(), status)).or_default() += 1;
+        }
+        self.observed.notify_all();
+    }
+}
+
+/// A pending [`AfterCommit`] fault.
+struct AfterCommitFault {
+    remaining: usize,
+    how: AfterCommit,
+    /// Only writes by this holder (the holderIdentity before or after the write).
+    holder: Option<String>,
 }
 
 struct State {
@@ -106,11 +298,14 @@ struct State {
     events: Vec<Event>,
     /// Remaining count and status of injected failures.
     failures: Option<(usize, u16)>,
+    after_commit: Option<AfterCommitFault>,
+    watch_fault: Option<WatchFault>,
     latency: Duration,
     bookmark_interval: Duration,
     forbidden: BTreeSet<String>,
     unauthorized: bool,
     log: Vec<RequestLog>,
+    counts: BTreeMap<(String, u16), usize>,
     open_watches: usize,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
@@ -155,11 +350,39 @@ impl State {
             }
         }
     }
+
+    fn is_killed(&self, conn: u64) -> bool {
+        self.stopping || self.conns.get(&conn).is_none_or(|c| c.killed)
+    }
+
+    /// The pending after-commit fault, if it applies to a write by `before` or `after` (holderIdentity of
+    /// the object before and after the write); takes one shot.
+    fn take_after_commit(&mut self, before: &str, after: &str) -> Option<AfterCommit> {
+        let fault = self.after_commit.as_mut()?;
+        if fault.holder.as_deref().is_some_and(|holder| holder != before && holder != after) {
+            return None;
+        }
+        let how = fault.how;
+        fault.remaining -= 1;
+        if fault.remaining == 0 {
+            self.after_commit = None;
+        }
+        Some(how)
+    }
 }
 
 impl TestApiServer {
-    /// Binds 127.0.0.1 on a free port and starts serving. Namespace `default` exists.
+    /// Binds 127.0.0.1 on a free port and serves HTTPS with a fresh CA. Namespace `default` exists.
     pub fn start() -> TestApiServer {
+        TestApiServer::start_with(Some(TlsMaterial::generate()))
+    }
+
+    /// As [`start`](Self::start), but plain HTTP: for debugging only (what users run is HTTPS).
+    pub fn start_plain() -> TestApiServer {
+        TestApiServer::start_with(None)
+    }
+
+    fn start_with(tls: Option<TlsMaterial>) -> TestApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let state = State {
@@ -169,51 +392,145 @@ impl TestApiServer {
             objects: BTreeMap::new(),
             events: Vec::new(),
             failures: None,
+            after_commit: None,
+            watch_fault: None,
             latency: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             forbidden: BTreeSet::new(),
             unauthorized: false,
             log: Vec::new(),
+            counts: BTreeMap::new(),
             open_watches: 0,
             conns: HashMap::new(),
             next_conn: 0,
             stopping: false,
         };
-        let shared = Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() });
+        let shared = Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new(), observed: Condvar::new() });
         let acceptor = {
             let shared = shared.clone();
+            let config = tls.as_ref().map(|tls| tls.config.clone());
             thread::Builder::new()
                 .name("test-apiserver".into())
-                .spawn(move || accept_loop(shared, listener))
+                .spawn(move || accept_loop(shared, listener, config))
                 .expect("spawn the listener thread")
         };
-        TestApiServer { shared, addr, acceptor: Some(acceptor) }
+        TestApiServer { shared, addr, tls, acceptor: Some(acceptor) }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT` (`http://` for [`start_plain`](Self::start_plain)).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.addr)
     }
 
-    /// A complete kubeconfig for this server: one cluster, a user without credentials, and a current
-    /// context with `namespace`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The PEM of this server's CA (what `certificate-authority-data` carries, base64). Panics for a
+    /// plain-HTTP server, which has none.
+    pub fn ca_pem(&self) -> String {
+        self.tls.as_ref().expect("a plain-HTTP test server has no CA").ca_pem.clone()
+    }
+
+    /// A complete kubeconfig for this server: one cluster (by IP, with the CA as data), a user without
+    /// credentials, and a current context with `namespace`.
     pub fn kubeconfig_yaml(&self, namespace: &str) -> String {
+        self.kubeconfig_yaml_with(&KubeconfigOptions::new(namespace))
+    }
+
+    /// A kubeconfig as [`kubeconfig_yaml`](Self::kubeconfig_yaml), with the server named by IP or by
+    /// `localhost`, the CA given as data, as a file or not at all, and an optional `proxy-url`.
+    pub fn kubeconfig_yaml_with(&self, options: &KubeconfigOptions) -> String {
         // JSON strings are YAML double-quoted scalars, so this quotes anything safely.
         let quote = |s: &str| Value::String(s.to_string()).to_string();
+        let host = if options.localhost { "localhost".to_string() } else { self.addr.ip().to_string() };
+        let server = format!("{}://{host}:{}", if self.tls.is_some() { "https" } else { "http" }, self.addr.port());
+        let mut cluster = format!("    server: {}\n", quote(&server));
+        if let Some(tls) = &self.tls {
+            match &options.trust {
+                Trust::CaData => {
+                    let data = base64::engine::general_purpose::STANDARD.encode(&tls.ca_pem);
+                    cluster.push_str(&format!("    certificate-authority-data: {data}\n"));
+                }
+                Trust::CaFile(path) => {
+                    cluster.push_str(&format!("    certificate-authority: {}\n", quote(&path.to_string_lossy())));
+                }
+                Trust::InsecureSkipTlsVerify => cluster.push_str("    insecure-skip-tls-verify: true\n"),
+                Trust::SystemRoots => {}
+            }
+        }
+        if let Some(proxy) = &options.proxy_url {
+            cluster.push_str(&format!("    proxy-url: {}\n", quote(proxy)));
+        }
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
-             - name: test-apiserver\n  cluster:\n    server: {server}\n\
+             - name: test-apiserver\n  cluster:\n{cluster}\
              users:\n\
              - name: test-user\n  user: {{}}\n\
              contexts:\n\
              - name: test\n  context:\n    cluster: test-apiserver\n    user: test-user\n    namespace: {namespace}\n\
              current-context: test\n\
              preferences: {{}}\n",
-            server = quote(&self.url()),
-            namespace = quote(namespace),
+            namespace = quote(&options.namespace),
         )
+    }
+
+    /// A rustls client configuration that trusts this server's CA (HTTP/1.1), for raw clients.
+    pub fn client_tls_config(&self) -> Arc<rustls::ClientConfig> {
+        let tls = self.tls.as_ref().expect("a plain-HTTP test server has no CA");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(tls.ca_der.clone()).expect("the CA certificate");
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// A new raw connection to this server, TLS or plain as it serves (the TLS handshake happens on the
+    /// first read or write).
+    pub fn connect(&self) -> ClientStream {
+        let socket = TcpStream::connect(self.addr).expect("connect to the test API server");
+        let _ = socket.set_nodelay(true);
+        match &self.tls {
+            None => ClientStream::Plain(socket),
+            Some(_) => {
+                let name = ServerName::IpAddress(self.addr.ip().into());
+                let conn = rustls::ClientConnection::new(self.client_tls_config(), name).expect("a TLS client");
+                ClientStream::Tls(Box::new(rustls::StreamOwned::new(conn, socket)))
+            }
+        }
+    }
+
+    /// One request on a fresh connection (`Connection: close`), as any client would send it; the status
+    /// and the body of the answer. For set-up and checks that want no kube client; panics on I/O errors.
+    pub fn call(&self, method: &str, target: &str, body: Option<&str>) -> (u16, String) {
+        let mut stream = self.connect();
+        let _ = stream.socket().set_read_timeout(Some(Duration::from_secs(30)));
+        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        if let Some(body) = body {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or(""));
+        stream.write_all(request.as_bytes()).expect("send the request");
+        let mut answer = Vec::new();
+        // A TLS peer that closes without close_notify ends with an error after the data: keep what came.
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status =
+            head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no answer: {answer:?}"));
+        (status, body.to_string())
     }
 
     pub fn add_namespace(&self, namespace: &str) {
@@ -223,10 +540,35 @@ impl TestApiServer {
 
     /// The next `n` requests (any verb, watches too) answer `status` with the real server's `Status`
     /// body for it: 500 InternalError, 503 ServiceUnavailable, 429 TooManyRequests (with `Retry-After:
-    /// 1`), 504 Timeout, and so on. Replaces any failures still pending.
+    /// 1`), 504 Timeout, and so on. Nothing is carried out. Replaces any failures still pending.
     pub fn fail_next(&self, n: usize, status: u16) {
         let mut st = self.shared.lock();
         st.failures = if n == 0 { None } else { Some((n, status)) };
+    }
+
+    /// The next `n` creates or updates (POST or PUT) of any Lease that commit a change are carried out
+    /// (stored, resourceVersion moved on, the event sent to watches) and then answered as `how` says:
+    /// failed with a 500 or 504 `Status`, dropped without an answer, or answered late. Writes that fail
+    /// (409, 422, ...) or change nothing are answered as usual and do not count. Replaces any after-commit
+    /// fault still pending; `n == 0` clears it.
+    pub fn after_commit(&self, n: usize, how: AfterCommit) {
+        self.set_after_commit(n, how, None);
+    }
+
+    /// As [`after_commit`](Self::after_commit), but only for writes by `holder`: writes whose Lease has
+    /// `holderIdentity` `holder` before or after the write (acquisitions, renewals and releases by it).
+    pub fn after_commit_of(&self, holder: &str, n: usize, how: AfterCommit) {
+        self.set_after_commit(n, how, Some(holder.to_string()));
+    }
+
+    /// Shots left of the pending after-commit fault (0: none pending, or all fired).
+    pub fn after_commit_pending(&self) -> usize {
+        self.shared.lock().after_commit.as_ref().map_or(0, |fault| fault.remaining)
+    }
+
+    fn set_after_commit(&self, n: usize, how: AfterCommit, holder: Option<String>) {
+        let mut st = self.shared.lock();
+        st.after_commit = (n > 0).then_some(AfterCommitFault { remaining: n, how, holder });
     }
 
     /// Delays every answer (after the request has been carried out) by `latency`; zero for none.
@@ -237,6 +579,14 @@ impl TestApiServer {
     /// How often a watch that asked for `allowWatchBookmarks=true` gets a BOOKMARK (default 1s).
     pub fn set_bookmark_interval(&self, interval: Duration) {
         self.shared.lock().bookmark_interval = interval.max(Duration::from_millis(1));
+        self.shared.changed.notify_all();
+    }
+
+    /// While `Some`, every watch, those open now included, gets the fault: an ERROR event then the end
+    /// of the stream, or the end at once. A watch request is still answered 200 (and counted so), as the
+    /// real server answers it. `None` turns it off; watches opened afterwards stream as usual.
+    pub fn set_watch_fault(&self, fault: Option<WatchFault>) {
+        self.shared.lock().watch_fault = fault;
         self.shared.changed.notify_all();
     }
 
@@ -283,9 +633,49 @@ impl TestApiServer {
         self.shared.lock().unauthorized = on;
     }
 
-    /// Every request received so far, in order.
+    /// Every request received so far, in order, with its verb and answered status.
     pub fn requests(&self) -> Vec<RequestLog> {
         self.shared.lock().log.clone()
+    }
+
+    /// Requests answered since the start (or [`reset_counts`](Self::reset_counts)), by (verb, status): see
+    /// [`RequestLog`]. A request is counted when its answer goes out, after any latency or delay (a watch
+    /// when its stream begins); one whose connection was closed without an answer counts with status 0.
+    /// What never became a request is not counted: a failed TLS handshake, plain HTTP on the TLS port, a
+    /// malformed request line or header.
+    pub fn counts(&self) -> BTreeMap<(String, u16), usize> {
+        self.shared.lock().counts.clone()
+    }
+
+    /// Requests answered with this verb, whatever the status.
+    pub fn count(&self, verb: &str) -> usize {
+        self.shared.lock().counts.iter().filter(|((v, _), _)| v == verb).map(|(_, n)| n).sum()
+    }
+
+    /// Starts [`counts`](Self::counts) afresh (the request log is kept).
+    pub fn reset_counts(&self) {
+        self.shared.lock().counts.clear();
+    }
+
+    /// Waits until `done` holds for the request log; false on timeout. Woken by every request logged or
+    /// answered: no polling. `done` runs with the server's lock held: it must not call the server.
+    pub fn wait_for_requests(&self, mut done: impl FnMut(&[RequestLog]) -> bool, timeout: Duration) -> bool {
+        self.shared.wait_for(timeout, |st| done(&st.log))
+    }
+
+    /// Waits until `done` holds for [`counts`](Self::counts); false on timeout. `done` must not call the
+    /// server.
+    pub fn wait_for_counts(
+        &self,
+        mut done: impl FnMut(&BTreeMap<(String, u16), usize>) -> bool,
+        timeout: Duration,
+    ) -> bool {
+        self.shared.wait_for(timeout, |st| done(&st.counts))
+    }
+
+    /// Waits until exactly `n` watches are open; false on timeout.
+    pub fn wait_for_watch_count(&self, n: usize, timeout: Duration) -> bool {
+        self.shared.wait_for(timeout, |st| st.open_watches == n)
     }
 
     /// Watches currently open.
@@ -320,7 +710,48 @@ impl Drop for TestApiServer {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// A raw client connection to the test server: TLS (trusting its CA) or plain, as it serves.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP socket under it: for timeouts and shutdown.
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(socket) => socket,
+            ClientStream::Tls(stream) => stream.get_ref(),
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(socket) => socket.read(buf),
+            ClientStream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(socket) => socket.write(buf),
+            ClientStream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(socket) => socket.flush(),
+            ClientStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             if shared.lock().stopping {
@@ -342,10 +773,10 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             st.conns.insert(id, Conn { stream: registered, watching: false, killed: false });
             id
         };
-        let shared = shared.clone();
         let spawned = thread::Builder::new().name(format!("test-apiserver-conn-{id}")).spawn({
             let shared = shared.clone();
-            move || serve_connection(&shared, id, stream)
+            let tls = tls.clone();
+            move || serve_connection(&shared, id, stream, tls)
         });
         if spawned.is_err() {
             shared.lock().conns.remove(&id);
@@ -353,29 +784,125 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn serve_connection(shared: &Arc<Shared>, id: u64, stream: TcpStream) {
+/// The server's side of one connection.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.write(buf),
+            Transport::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// One connection as the handlers see it: a buffered reader over the transport (answers are written
+/// through it too), and the raw socket, for noticing a client that hung up and for closing abruptly.
+struct Io {
+    reader: BufReader<Transport>,
+    socket: TcpStream,
+}
+
+impl Io {
+    fn writer(&mut self) -> &mut Transport {
+        self.reader.get_mut()
+    }
+
+    /// Whether the client closed its side (or reset the connection), without consuming anything: unlike a
+    /// peek, this sees the FIN behind bytes nobody reads, such as a TLS close_notify.
+    fn client_hung_up(&self) -> bool {
+        // POLLRDHUP (Linux), which nix 0.30 does not name.
+        let rdhup = PollFlags::from_bits_retain(0x2000);
+        let mut fds = [PollFd::new(self.socket.as_fd(), rdhup)];
+        // Only POLLRDHUP was asked for; POLLHUP, POLLERR and POLLNVAL come unasked: any event is a hang-up.
+        // (`revents()` cannot be used: it hides flags nix does not know.)
+        match poll(&mut fds, 0u8) {
+            Ok(ready) => ready > 0,
+            Err(_) => true,
+        }
+    }
+
+    /// Closes the connection at once: no TLS close_notify, no terminating chunk.
+    fn abort(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+fn serve_connection(shared: &Arc<Shared>, id: u64, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+    // Go's net package sets TCP_NODELAY on every connection; so does kube-apiserver, then.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    if let Ok(read_half) = stream.try_clone() {
-        let mut reader = BufReader::new(read_half);
-        let mut writer = stream;
+    let Ok(socket) = stream.try_clone() else {
+        shared.lock().conns.remove(&id);
+        return;
+    };
+    let transport = match tls {
+        None => Some(Transport::Plain(stream)),
+        Some(config) => {
+            // Go answers plain HTTP on a TLS port with a 400 in plain text; a TLS record starts with 0x16.
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first) {
+                Ok(1) if first[0] != 0x16 => {
+                    let mut plain = &stream;
+                    let _ = plain.write_all(PLAIN_HTTP_TO_HTTPS);
+                    None
+                }
+                Ok(1) => rustls::ServerConnection::new(config)
+                    .ok()
+                    .map(|conn| Transport::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))),
+                _ => None,
+            }
+        }
+    };
+    if let Some(transport) = transport
+        && let Ok(io_socket) = socket.try_clone()
+    {
+        let mut io = Io { reader: BufReader::new(transport), socket: io_socket };
         loop {
-            let request = match read_request(&mut reader, &mut writer) {
+            let request = match read_request(&mut io.reader) {
                 Ok(Some(request)) => request,
                 Ok(None) | Err(ReadError::Closed) => break,
                 Err(ReadError::Bad(code, message)) => {
                     let response = status_response(code, reason_for(code), &message, None);
-                    let _ = write_response(&mut writer, &response, false);
+                    let _ = write_response(io.writer(), &response, false);
                     break;
                 }
             };
-            if !handle(shared, id, &request, &mut writer) || !request.keep_alive {
+            if !handle(shared, id, &request, &mut io) || !request.keep_alive {
+                close_gracefully(&mut io);
                 break;
             }
         }
-        let _ = writer.shutdown(Shutdown::Both);
     }
+    let _ = socket.shutdown(Shutdown::Both);
     shared.lock().conns.remove(&id);
+}
+
+/// Ends a connection as Go does on `Connection: close`: TLS close_notify first.
+fn close_gracefully(io: &mut Io) {
+    if let Transport::Tls(stream) = io.writer() {
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,7 +960,8 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, ReadError> {
     String::from_utf8(buf).map(Some).map_err(|_| ReadError::Bad(400, "request header is not UTF-8".into()))
 }
 
-fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Option<Request>, ReadError> {
+/// Reads one request; a `100 Continue` is written through the same reader's transport.
+fn read_request(reader: &mut BufReader<Transport>) -> Result<Option<Request>, ReadError> {
     let line = loop {
         match read_line(reader)? {
             None => return Ok(None),
@@ -470,7 +998,11 @@ fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Op
     let keep_alive =
         if version == "HTTP/1.0" { connection.contains("keep-alive") } else { !connection.contains("close") };
     if header("expect").is_some_and(|e| e == "100-continue") {
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|_| ReadError::Closed)?;
+        let writer = reader.get_mut();
+        writer
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .and_then(|()| writer.flush())
+            .map_err(|_| ReadError::Closed)?;
     }
     let body = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
         read_chunked_body(reader)?
@@ -941,17 +1473,61 @@ fn route(path: &str) -> Route {
 
 enum Reply {
     Answer(Response),
+    /// A write committed whose answer an [`AfterCommit`] fault takes over.
+    Committed(Response, AfterCommit),
     Watch(WatchRequest),
 }
 
+/// The verb of a request, as RBAC names it (see [`RequestLog::verb`]).
+fn verb_of(request: &Request, route: &Route) -> &'static str {
+    let item = match route {
+        Route::Version => return "version",
+        Route::UnknownApi | Route::Unknown => return "other",
+        Route::Collection(_) => false,
+        Route::Item(..) => true,
+    };
+    match (request.method.as_str(), item) {
+        ("GET", false) if matches!(parse_bool(request.param("watch").as_deref()), Ok(true)) => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        _ => "other",
+    }
+}
+
+/// Waits `delay` unless the connection is closed meanwhile (restart, drop, the server dropped); false
+/// then.
+fn pause(shared: &Shared, conn: u64, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    let mut st = shared.lock();
+    loop {
+        if st.is_killed(conn) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        st = shared.changed.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}
+
 /// Handles one request; false when the connection must be closed.
-fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, w: &mut TcpStream) -> bool {
-    let (failure, latency, unauthorized, forbidden) = {
+fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bool {
+    let route = route(&request.path);
+    let verb = verb_of(request, &route);
+    let (index, failure, latency, unauthorized, forbidden) = {
         let mut st = shared.lock();
         st.log.push(RequestLog {
             method: request.method.clone(),
             path: request.path.clone(),
             query: request.query.clone(),
+            verb,
+            status: 0,
         });
         let failure = match st.failures.take() {
             Some((n, code)) => {
@@ -962,28 +1538,46 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, w: &mut TcpStream)
             }
             None => None,
         };
-        (failure, st.latency, st.unauthorized, st.forbidden.clone())
+        (st.log.len() - 1, failure, st.latency, st.unauthorized, st.forbidden.clone())
     };
+    shared.observed.notify_all();
     let reply = if let Some(code) = failure {
         Reply::Answer(failure_response(code))
     } else if unauthorized {
         Reply::Answer(unauthorized_response())
     } else {
-        dispatch(shared, request, &forbidden)
+        dispatch(shared, request, route, verb, &forbidden)
     };
-    if !latency.is_zero() {
-        thread::sleep(latency);
+    let (response, delay) = match reply {
+        Reply::Answer(response) => (response, latency),
+        Reply::Committed(_, AfterCommit::Fail(code)) => (failure_response(code), latency),
+        Reply::Committed(response, AfterCommit::Delay(delay)) => (response, latency + delay),
+        Reply::Committed(_, AfterCommit::Drop) => {
+            pause(shared, conn, latency);
+            shared.answered(index, 0);
+            io.abort();
+            return false;
+        }
+        Reply::Watch(watch) => {
+            if !pause(shared, conn, latency) {
+                shared.answered(index, 0);
+                return false;
+            }
+            shared.answered(index, 200);
+            return serve_watch(shared, conn, io, &watch, request.keep_alive);
+        }
+    };
+    if !pause(shared, conn, delay) {
+        shared.answered(index, 0);
+        return false;
     }
-    match reply {
-        Reply::Answer(response) => write_response(w, &response, request.keep_alive).is_ok(),
-        Reply::Watch(watch) => serve_watch(shared, conn, w, &watch, request.keep_alive),
-    }
+    shared.answered(index, response.status);
+    write_response(io.writer(), &response, request.keep_alive).is_ok()
 }
 
-fn dispatch(shared: &Shared, request: &Request, forbidden: &BTreeSet<String>) -> Reply {
-    let method = request.method.as_str();
-    let (namespace, name) = match route(&request.path) {
-        Route::Version if method == "GET" => {
+fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbidden: &BTreeSet<String>) -> Reply {
+    let (namespace, name) = match route {
+        Route::Version if request.method == "GET" => {
             return Reply::Answer(Response {
                 status: 200,
                 body: VERSION_JSON.as_bytes().to_vec(),
@@ -1011,28 +1605,18 @@ fn dispatch(shared: &Shared, request: &Request, forbidden: &BTreeSet<String>) ->
         Route::Collection(namespace) => (namespace, None),
         Route::Item(namespace, name) => (Some(namespace), Some(name)),
     };
-    let watching =
-        method == "GET" && name.is_none() && matches!(parse_bool(request.param("watch").as_deref()), Ok(true));
-    let verb = match (method, &name) {
-        ("GET", None) if watching => "watch",
-        ("GET", None) => "list",
-        ("GET", Some(_)) => "get",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", None) => "deletecollection",
-        ("DELETE", Some(_)) => "delete",
-        _ => return Reply::Answer(method_not_allowed()),
-    };
+    if verb == "other" {
+        return Reply::Answer(method_not_allowed());
+    }
     if forbidden.contains(verb) {
         return Reply::Answer(forbidden_response(verb, namespace.as_deref(), name.as_deref()));
     }
-    let store = Store { shared, forbidden };
+    let store = Store { shared, forbidden, after_commit: Cell::new(None) };
     match (verb, namespace, name) {
         ("list" | "watch", namespace, None) => store.list_or_watch(request, namespace),
         ("get", Some(namespace), Some(name)) => Reply::Answer(store.get(&namespace, &name)),
-        ("create", Some(namespace), None) => Reply::Answer(store.create(request, &namespace)),
-        ("update", Some(namespace), Some(name)) => Reply::Answer(store.replace(request, &namespace, &name)),
+        ("create", Some(namespace), None) => store.write_reply(store.create(request, &namespace)),
+        ("update", Some(namespace), Some(name)) => store.write_reply(store.replace(request, &namespace, &name)),
         ("delete", Some(namespace), Some(name)) => Reply::Answer(store.delete(request, &namespace, &name)),
         ("deletecollection", Some(namespace), None) => Reply::Answer(store.delete_collection(request, &namespace)),
         _ => Reply::Answer(method_not_allowed()),
@@ -1115,6 +1699,8 @@ impl Filter {
 struct Store<'a> {
     shared: &'a Shared,
     forbidden: &'a BTreeSet<String>,
+    /// Set when a create or update committed and an after-commit fault takes over its answer.
+    after_commit: Cell<Option<AfterCommit>>,
 }
 
 /// A Lease as decoded from a request body.
@@ -1134,6 +1720,21 @@ fn key(namespace: &str, name: &str) -> (String, String) {
 }
 
 impl Store<'_> {
+    /// A create or update committed `object`, whose holder was `before`: an after-commit fault may
+    /// take over the answer.
+    fn committed(&self, st: &mut State, before: &str, object: &Value) {
+        let after = str_at(object, "/spec/holderIdentity");
+        self.after_commit.set(st.take_after_commit(before, &after));
+    }
+
+    /// The answer to a create or update, and what becomes of it.
+    fn write_reply(&self, response: Response) -> Reply {
+        match self.after_commit.take() {
+            Some(how) => Reply::Committed(response, how),
+            None => Reply::Answer(response),
+        }
+    }
+
     fn get(&self, namespace: &str, name: &str) -> Response {
         let st = self.shared.lock();
         match st.objects.get(&key(namespace, name)) {
@@ -1248,6 +1849,7 @@ impl Store<'_> {
             );
         }
         let object = insert_new(&mut st, namespace, &incoming);
+        self.committed(&mut st, "", &object);
         self.shared.changed.notify_all();
         json_response(201, &object)
     }
@@ -1282,6 +1884,7 @@ impl Store<'_> {
                 return forbidden_response("create", Some(namespace), Some(name));
             }
             let object = insert_new(&mut st, namespace, &incoming);
+            self.committed(&mut st, "", &object);
             self.shared.changed.notify_all();
             return json_response(201, &object);
         };
@@ -1330,6 +1933,7 @@ impl Store<'_> {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         st.objects.insert(key(namespace, name), object.clone());
         st.record("MODIFIED", namespace, name, object.clone());
+        self.committed(&mut st, &str_at(&existing, "/spec/holderIdentity"), &object);
         self.shared.changed.notify_all();
         json_response(200, &object)
     }
@@ -1724,9 +2328,12 @@ struct WatchRequest {
 enum WatchStep {
     /// Lines to send now.
     Send(Vec<String>),
-    /// timeoutSeconds passed: end the stream cleanly.
-    End,
-    /// Dropped, restarted, stopped, or the client went away: close the connection abruptly.
+    /// timeoutSeconds passed, or a watch fault: send this line (an ERROR), if any, and end the stream
+    /// cleanly.
+    End(Option<String>),
+    /// Time to look whether the client hung up.
+    CheckHangup,
+    /// Dropped, restarted, stopped: close the connection abruptly.
     Abort,
 }
 
@@ -1759,31 +2366,48 @@ impl Drop for OpenWatch<'_> {
         if let Some(conn) = st.conns.get_mut(&self.conn) {
             conn.watching = false;
         }
+        drop(st);
+        self.shared.observed.notify_all();
     }
 }
 
-/// Streams one watch; false when the connection must be closed.
-fn serve_watch(shared: &Arc<Shared>, conn: u64, w: &mut TcpStream, watch: &WatchRequest, keep_alive: bool) -> bool {
-    // Notice a client that goes away while nothing is being sent: peek (which consumes nothing)
-    // blocks until the client sends or closes.
-    let gone = Arc::new(AtomicBool::new(false));
-    if let Ok(peeker) = w.try_clone() {
-        let gone = gone.clone();
-        let shared = shared.clone();
-        let _ = thread::Builder::new().name("test-apiserver-peek".into()).spawn(move || {
-            let mut byte = [0u8; 1];
-            if matches!(peeker.peek(&mut byte), Ok(0) | Err(_)) {
-                gone.store(true, Ordering::SeqCst);
-                // Take the lock so that the watch is either waiting (and is woken) or will see `gone`.
-                drop(shared.lock());
-                shared.changed.notify_all();
-            }
-        });
-    }
+/// The `Status` of a watch from a resourceVersion older than the history: `oldest` is the oldest one
+/// served.
+fn expired_status(since: u64, oldest: u64) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("too old resource version: {since} ({oldest})"),
+        "reason": "Expired",
+        "code": 410,
+    })
+}
 
-    let (initial, mut last_rv, expired, _open) = {
+/// The ERROR line of a [`WatchFault::Error`], for a watch at resourceVersion `at`.
+fn watch_error_line(code: u16, at: u64, current: u64) -> String {
+    let status = if code == 410 {
+        expired_status(at, current.max(at + 1))
+    } else {
+        serde_json::from_slice(&failure_response(code).body).unwrap_or_default()
+    };
+    event_line("ERROR", &status)
+}
+
+/// How a watch begins.
+enum WatchStart {
+    /// Stream these lines (ADDED for what exists), then the events after this resourceVersion.
+    Stream(Vec<String>, u64),
+    /// Send this line (an ERROR), if any, then end the stream cleanly.
+    End(Option<String>),
+}
+
+/// Streams one watch; false when the connection must be closed.
+fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchRequest, keep_alive: bool) -> bool {
+    let (start, _open) = {
         let mut st = shared.lock();
-        if st.stopping || st.conns.get(&conn).is_none_or(|c| c.killed) {
+        if st.is_killed(conn) {
             return false;
         }
         st.open_watches += 1;
@@ -1792,53 +2416,59 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, w: &mut TcpStream, watch: &Watch
         }
         let open = OpenWatch { shared, conn };
         let current = st.rv;
-        match watch.since {
-            None => {
+        let start = match (st.watch_fault, watch.since) {
+            (Some(WatchFault::Error(code)), since) => {
+                WatchStart::End(Some(watch_error_line(code, since.unwrap_or(current), current)))
+            }
+            (Some(WatchFault::EndAtOnce), _) => WatchStart::End(None),
+            (None, None) => {
                 let lines: Vec<String> = st
                     .objects
                     .iter()
                     .filter(|((ns, name), _)| watch.filter.matches(ns, name))
                     .map(|(_, object)| event_line("ADDED", object))
                     .collect();
-                (lines, current, None, open)
+                WatchStart::Stream(lines, current)
             }
-            Some(since) if since < st.history_start => {
-                let status = json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": format!("too old resource version: {since} ({})", st.history_start),
-                    "reason": "Expired",
-                    "code": 410,
-                });
-                (Vec::new(), current, Some(event_line("ERROR", &status)), open)
+            (None, Some(since)) if since < st.history_start => {
+                WatchStart::End(Some(event_line("ERROR", &expired_status(since, st.history_start))))
             }
-            Some(since) => (Vec::new(), since, None, open),
-        }
+            (None, Some(since)) => WatchStart::Stream(Vec::new(), since),
+        };
+        (start, open)
     };
+    shared.observed.notify_all();
 
     let head = response_head(200, "application/json", None, &[], !keep_alive);
+    let w = io.writer();
     if w.write_all(head.as_bytes()).and_then(|()| w.flush()).is_err() {
         return false;
     }
+    let (initial, mut last_rv) = match start {
+        WatchStart::Stream(lines, rv) => (lines, rv),
+        WatchStart::End(line) => return finish_watch(io.writer(), line),
+    };
     for line in &initial {
-        if write_chunk(w, line.as_bytes()).is_err() {
+        if write_chunk(io.writer(), line.as_bytes()).is_err() {
             return false;
         }
-    }
-    if let Some(line) = expired {
-        return write_chunk(w, line.as_bytes()).and_then(|()| write_chunk(w, b"")).is_ok();
     }
 
     let deadline = Instant::now() + watch.timeout;
     let mut next_bookmark = Instant::now() + shared.lock().bookmark_interval;
+    let mut next_hangup_check = Instant::now() + HANGUP_CHECK;
     loop {
         let step = {
             let mut st = shared.lock();
             loop {
-                if st.stopping || gone.load(Ordering::SeqCst) || st.conns.get(&conn).is_none_or(|c| c.killed) {
+                if st.is_killed(conn) {
                     break WatchStep::Abort;
+                }
+                if let Some(fault) = st.watch_fault {
+                    break WatchStep::End(match fault {
+                        WatchFault::Error(code) => Some(watch_error_line(code, last_rv, st.rv)),
+                        WatchFault::EndAtOnce => None,
+                    });
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
                 if start < st.events.len() {
@@ -1854,32 +2484,55 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, w: &mut TcpStream, watch: &Watch
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    break WatchStep::End;
+                    break WatchStep::End(None);
                 }
                 if watch.bookmarks && now >= next_bookmark {
                     next_bookmark = now + st.bookmark_interval;
                     last_rv = last_rv.max(st.rv);
                     break WatchStep::Send(vec![bookmark_line(st.rv)]);
                 }
-                let wake = if watch.bookmarks { deadline.min(next_bookmark) } else { deadline };
+                if now >= next_hangup_check {
+                    next_hangup_check = now + HANGUP_CHECK;
+                    break WatchStep::CheckHangup;
+                }
+                let mut wake = deadline.min(next_hangup_check);
+                if watch.bookmarks {
+                    wake = wake.min(next_bookmark);
+                }
                 st = shared.changed.wait_timeout(st, wake - now).unwrap_or_else(|e| e.into_inner()).0;
             }
         };
         match step {
             WatchStep::Send(lines) => {
                 for line in lines {
-                    if write_chunk(w, line.as_bytes()).is_err() {
+                    if write_chunk(io.writer(), line.as_bytes()).is_err() {
                         return false;
                     }
                 }
             }
-            WatchStep::End => return write_chunk(w, b"").is_ok(),
+            WatchStep::End(line) => return finish_watch(io.writer(), line),
+            WatchStep::CheckHangup => {
+                if io.client_hung_up() {
+                    io.abort();
+                    return false;
+                }
+            }
             WatchStep::Abort => {
-                let _ = w.shutdown(Shutdown::Both);
+                io.abort();
                 return false;
             }
         }
     }
+}
+
+/// Sends `line` if any, then the terminating chunk: the clean end of a watch.
+fn finish_watch(w: &mut Transport, line: Option<String>) -> bool {
+    if let Some(line) = line
+        && write_chunk(w, line.as_bytes()).is_err()
+    {
+        return false;
+    }
+    write_chunk(w, b"").is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1909,56 +2562,18 @@ fn new_uid() -> String {
     )
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// (year, month, day) to days since 1970-01-01.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let month = i64::from(month);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
-}
-
-fn split_seconds(seconds: i64) -> ((i64, u32, u32), (i64, i64, i64)) {
-    let days = seconds.div_euclid(86_400);
-    let rest = seconds.rem_euclid(86_400);
-    (civil_from_days(days), (rest / 3600, rest / 60 % 60, rest % 60))
+fn timestamp(time: SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// `2026-11-26T03:28:52Z`, as creationTimestamp.
 fn rfc3339_seconds(time: SystemTime) -> String {
-    let ((year, month, day), (hour, minute, second)) = split_seconds(unix_seconds(time));
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+    timestamp(time).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `Thu, 26 Nov 2026 03:28:58 GMT`, for the Date header.
 fn http_date(time: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let seconds = unix_seconds(time);
-    let weekday = DAYS[seconds.div_euclid(86_400).rem_euclid(7) as usize];
-    let ((year, month, day), (hour, minute, second)) = split_seconds(seconds);
-    let month = MONTHS[month as usize - 1];
-    format!("{weekday}, {day:02} {month} {year} {hour:02}:{minute:02}:{second:02} GMT")
+    timestamp(time).strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// Parses a MicroTime as Go's `time.Parse("2006-01-02T15:04:05.000000Z07:00", s)` does (exactly six
@@ -1993,19 +2608,13 @@ fn normalize_micro_time(s: &str) -> Option<String> {
         }
         _ => return None,
     };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    if offset == 0 {
+    // jiff checks the calendar as Go does (month, day of the month, hour, minute, second in range).
+    let local =
+        jiff::civil::DateTime::new(year as i16, month as i8, day as i8, hour as i8, minute as i8, second as i8, 0)
+            .ok()?;
+    if &s[26..] == "Z" {
         return Some(s.to_string());
     }
-    let seconds =
-        days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    let ((year, month, day), (hour, minute, second)) = split_seconds(seconds);
-    Some(format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros}Z"))
+    let utc = jiff::tz::Offset::from_seconds(offset as i32).ok()?.to_timestamp(local).ok()?;
+    Some(format!("{}.{micros}Z", utc.strftime("%Y-%m-%dT%H:%M:%S")))
 }

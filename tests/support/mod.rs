@@ -1,12 +1,15 @@
-//! Test support: the test API server, the command builder, and helpers to read and write leases.
+//! Test support: the test API server (HTTPS), the fault proxy, an HTTP CONNECT proxy, the command
+//! builder, and helpers to read and write leases.
 //!
 //! Every end-to-end test gets a `TestEnv`. With `MPSYNC_TEST_KUBECONFIG` set, it talks to that real
 //! cluster (namespace `MPSYNC_TEST_NAMESPACE`, default "default"); otherwise it starts its own test API
-//! server. `TestEnv::file()` uses the file backend instead. Clients are always built from an explicit
-//! config, and every child runs with KUBECONFIG and the in-cluster variables scrubbed.
+//! server and writes its kubeconfig (with the server's CA as `certificate-authority-data`). `TestEnv::file()`
+//! uses the file backend instead. Clients are always built from an explicit config, and every child runs
+//! with KUBECONFIG, the in-cluster variables and the proxy variables scrubbed.
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod connect_proxy;
 pub mod proxy;
 
 use std::ffi::OsStr;
@@ -307,9 +310,17 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Remove everything from the environment that could point mpsync at a cluster or change its behaviour.
+/// The proxy variables HTTP clients honour, in both cases: tests about proxies set them explicitly.
+pub const PROXY_VARIABLES: &[&str] =
+    &["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "no_proxy", "all_proxy"];
+
+/// Remove everything from the environment that could point mpsync at a cluster, send it through a proxy,
+/// or change its behaviour.
 pub fn scrub(command: &mut Command) {
     for name in ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE", "POD_NAME"] {
+        command.env_remove(name);
+    }
+    for name in PROXY_VARIABLES {
         command.env_remove(name);
     }
     for (name, _) in std::env::vars_os() {

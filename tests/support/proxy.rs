@@ -5,6 +5,9 @@
 //!
 //! - [`FaultProxy::set_latency`]: every chunk is held for the given time before it is forwarded, in
 //!   both directions; order is preserved and chunks are pipelined (latency, not a bandwidth cap).
+//! - [`FaultProxy::delay_responses`] and [`FaultProxy::delay_requests`]: the same, one direction only.
+//!   Delaying responses lets requests reach the server at once while their answers come late: a write
+//!   is committed (and seen by everyone else's watches) long before its writer learns of it.
 //! - [`FaultProxy::partition`]: a blackhole. Nothing is forwarded in either direction; bytes that
 //!   arrive are read and dropped; no connection is closed (no FIN, no RST); new connections are
 //!   accepted but never reach the upstream.
@@ -48,7 +51,10 @@ pub struct FaultProxy {
 
 struct State {
     upstream: String,
-    latency_nanos: AtomicU64,
+    /// How long client-to-upstream bytes are held.
+    request_delay_nanos: AtomicU64,
+    /// How long upstream-to-client bytes are held.
+    response_delay_nanos: AtomicU64,
     partitioned: AtomicBool,
     shutdown: AtomicBool,
     accepted: AtomicUsize,
@@ -108,9 +114,26 @@ impl Conn {
     }
 }
 
+/// Which way bytes go through a pump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Client to upstream: requests.
+    Up,
+    /// Upstream to client: responses.
+    Down,
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl State {
-    fn latency(&self) -> Duration {
-        Duration::from_nanos(self.latency_nanos.load(Ordering::SeqCst))
+    fn delay(&self, direction: Direction) -> Duration {
+        let nanos = match direction {
+            Direction::Up => &self.request_delay_nanos,
+            Direction::Down => &self.response_delay_nanos,
+        };
+        Duration::from_nanos(nanos.load(Ordering::SeqCst))
     }
 
     fn is_partitioned(&self) -> bool {
@@ -145,7 +168,8 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("local address of the fault proxy");
         let state = Arc::new(State {
             upstream: upstream.to_owned(),
-            latency_nanos: AtomicU64::new(0),
+            request_delay_nanos: AtomicU64::new(0),
+            response_delay_nanos: AtomicU64::new(0),
             partitioned: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
@@ -182,9 +206,22 @@ impl FaultProxy {
 
     /// Hold every chunk for `latency` before forwarding it, in both directions (a round trip gets
     /// at least twice this). Applies to chunks already waiting, too. `Duration::ZERO` turns it off.
+    /// Sets both [`delay_requests`](Self::delay_requests) and [`delay_responses`](Self::delay_responses).
     pub fn set_latency(&self, latency: Duration) {
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.state.latency_nanos.store(nanos, Ordering::SeqCst);
+        self.delay_requests(latency);
+        self.delay_responses(latency);
+    }
+
+    /// Hold every upstream-to-client chunk (the answers) for `delay`; requests pass at once. Applies to
+    /// chunks already waiting, too: `Duration::ZERO` releases what is held at once, in order.
+    pub fn delay_responses(&self, delay: Duration) {
+        self.state.response_delay_nanos.store(nanos(delay), Ordering::SeqCst);
+    }
+
+    /// Hold every client-to-upstream chunk (the requests) for `delay`; answers pass at once. Applies to
+    /// chunks already waiting, too.
+    pub fn delay_requests(&self, delay: Duration) {
+        self.state.request_delay_nanos.store(nanos(delay), Ordering::SeqCst);
     }
 
     /// Blackhole: from now on nothing is forwarded in either direction and arriving bytes are
@@ -328,7 +365,7 @@ fn serve(state: &Arc<State>, conn: &Arc<Conn>, client: TcpStream) {
                 let (state, conn) = (Arc::clone(state), Arc::clone(conn));
                 thread::Builder::new()
                     .name(format!("proxy-conn-{}-down", conn.id))
-                    .spawn(move || pump(&state, &conn, &from, &to))
+                    .spawn(move || pump(&state, &conn, Direction::Down, &from, &to))
                     .ok()
             }
             _ => None,
@@ -336,7 +373,7 @@ fn serve(state: &Arc<State>, conn: &Arc<Conn>, client: TcpStream) {
         if backward.is_none() {
             conn.close();
         }
-        pump(state, conn, &client, &upstream);
+        pump(state, conn, Direction::Up, &client, &upstream);
         if let Some(backward) = backward {
             let _ = backward.join();
         }
@@ -391,10 +428,10 @@ struct Chunk {
     written: usize,
 }
 
-/// Forward `from` to `to`, holding each chunk for the current latency. On EOF the half-close is
-/// passed on once everything before it is written; on an error the whole connection is closed.
-/// Switches to [`discard`] as soon as the connection is blackholed.
-fn pump(state: &State, conn: &Conn, from: &TcpStream, to: &TcpStream) {
+/// Forward `from` to `to`, holding each chunk for the current delay of its `direction`. On EOF the
+/// half-close is passed on once everything before it is written; on an error the whole connection is
+/// closed. Switches to [`discard`] as soon as the connection is blackholed.
+fn pump(state: &State, conn: &Conn, direction: Direction, from: &TcpStream, to: &TcpStream) {
     let _ = to.set_write_timeout(Some(TICK));
     let (mut from_r, mut to_w) = (from, to);
     let mut buf = vec![0; CHUNK];
@@ -416,7 +453,7 @@ fn pump(state: &State, conn: &Conn, from: &TcpStream, to: &TcpStream) {
         }
 
         let now = Instant::now();
-        let due = queue.front().map(|chunk| chunk.read_at + state.latency());
+        let due = queue.front().map(|chunk| chunk.read_at + state.delay(direction));
         if let Some(due) = due
             && due <= now
         {
