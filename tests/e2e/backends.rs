@@ -24,20 +24,6 @@ fn slot_script(log: &Path, gate: &Path) -> String {
     )
 }
 
-/// The most children that ever ran at once, from a stamp log.
-fn max_concurrency(log: &Path) -> usize {
-    let mut events: Vec<(u128, i32)> =
-        read_stamps(log).into_iter().map(|(word, nanos, _)| (nanos, if word == "start" { 1 } else { -1 })).collect();
-    // At equal times count ends first: touching intervals do not overlap.
-    events.sort_by_key(|&(nanos, delta)| (nanos, delta));
-    let (mut running, mut most) = (0i32, 0i32);
-    for (_, delta) in events {
-        running += delta;
-        most = most.max(running);
-    }
-    most as usize
-}
-
 fn run_slots(env: &TestEnv, slots: &str, expected: usize) {
     let name = env.lease_name("pool");
     let log = env.path("log");

@@ -70,11 +70,15 @@ fn two_locks_never_overlap_and_hand_off_through_the_watch(env: &TestEnv) {
         &stamp_script(&log, &first_body),
     ]));
     wait_for_file(&log, "start");
-    let mut second =
-        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]));
-    // Let the second one settle into waiting (it has read the lease and watches it).
-    wait_until("the second process to be waiting", || env.holder(&name).is_some_and(|h| !h.is_empty()));
-    std::thread::sleep(Duration::from_millis(300));
+    let mut second = env.spawn(["lock", &name, "-v"].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
+    // The second has read the lease, found it held, and watches it (the watch is started as it says so;
+    // a release before the watch is established shows in the watch's first list).
+    wait_until("the second process to be waiting", || second.stderr().contains("waiting"));
     fs::write(&first_go, "").unwrap();
     assert_eq!(first.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", first.stderr());
     assert_eq!(second.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", second.stderr());

@@ -32,5 +32,6 @@ mod faults;
 mod health;
 mod lock;
 mod proxy;
+mod safety;
 mod sidecar;
 mod supervise;

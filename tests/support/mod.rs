@@ -275,11 +275,15 @@ impl TestEnv {
         })
     }
 
+    /// Delete the lease as an operator would: `kubectl delete lease`, or `rm NAME.json`.
     pub fn delete(&self, name: &str) {
-        if self.backend == Backend::Kube {
-            self.runtime.block_on(async {
+        match self.backend {
+            Backend::Kube => self.runtime.block_on(async {
                 let _ = self.api.as_ref().unwrap().delete(name, &DeleteParams::default()).await;
-            });
+            }),
+            Backend::File => {
+                let _ = fs::remove_file(self.lock_dir().join(format!("{name}.json")));
+            }
         }
     }
 
@@ -504,5 +508,30 @@ pub fn stamp_script(log: &Path, body: &str) -> String {
     let log = log.display();
     format!(
         "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; {body}; echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}"
+    )
+}
+
+/// The most children that ran at once, from a log of `start`/`end` stamps.
+pub fn max_concurrency(log: &Path) -> usize {
+    let mut events: Vec<(u128, i32)> =
+        read_stamps(log).into_iter().map(|(word, nanos, _)| (nanos, if word == "start" { 1 } else { -1 })).collect();
+    // At equal times count ends first: touching intervals do not overlap.
+    events.sort_by_key(|&(nanos, delta)| (nanos, delta));
+    let (mut running, mut most) = (0i32, 0i32);
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    most as usize
+}
+
+/// A child script that stamps its start, runs until SIGTERM, then uses `drain` seconds of its grace (as a
+/// draining worker would) before it stamps its end and exits.
+pub fn draining_script(log: &Path, drain: &str) -> String {
+    let log = log.display();
+    format!(
+        "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; \
+         trap 'sleep {drain}; echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; exit 0' TERM; \
+         while :; do sleep 0.05; done"
     )
 }

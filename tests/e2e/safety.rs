@@ -1,0 +1,229 @@
+//! "At most one child runs per lease" under the interleavings that broke it: nested runs and shared
+//! identities, a deleted Lease, answers that come late or not at all after the server committed, and watches
+//! that fail at once. Each window is reached on purpose, through the real binary.
+
+use std::fs;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::apiserver::{AfterCommit, WatchFault};
+use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
+use crate::support::*;
+
+both_backends!(
+    nested_runs_never_share_an_identity,
+    two_processes_given_one_identity_never_both_run,
+    lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
+);
+
+/// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
+/// has an identity of its own, so the three inner children run one after the other.
+fn nested_runs_never_share_an_identity(env: &TestEnv) {
+    let outer = env.lease_name("outer");
+    let inner = env.lease_name("inner");
+    let log = env.path("log");
+    let body = env.path("body.sh");
+    // Each inner child also records whether the identity-setting variable leaked into it.
+    let leaks = env.path("leaks");
+    let inner_body = format!("echo \"leak=[$MPSYNC_HOLDER_IDENTITY]\" >> {}; sleep 1", leaks.display());
+    fs::write(&body, stamp_script(&log, &inner_body)).unwrap();
+    let timings = FAST.join(" ");
+    let script = format!(
+        "for i in 1 2 3; do \"$MPSYNC_BIN\" lock {inner} {timings} -- sh {body} & done; wait",
+        body = body.display()
+    );
+    let mut command = env.mpsync(fast(&["lock", &outer], &["sh", "-c", &script]));
+    // An explicit identity for the outer run: it must not reach the nested runs.
+    command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync")).env("MPSYNC_HOLDER_IDENTITY", "outer-identity");
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(0);
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 6, "three inner children ran: {stamps:?}\n{}", done.stderr);
+    assert_eq!(max_concurrency(&log), 1, "inner children overlapped: {stamps:?}");
+    let tokens: Vec<i64> = stamps.iter().filter(|s| s.0 == "start").filter_map(|s| s.2).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must increase: {tokens:?}");
+    let leaks = fs::read_to_string(&leaks).unwrap();
+    assert!(leaks.lines().all(|line| line == "leak=[]"), "MPSYNC_HOLDER_IDENTITY reached the child: {leaks}");
+    assert_eq!(env.holder(&outer).as_deref(), Some(""));
+}
+
+/// The same `--identity` given to two processes by mistake (a copied manifest, a StatefulSet using the
+/// hostname): the second sees a record under its identity that it did not write, says so, and waits.
+fn two_processes_given_one_identity_never_both_run(env: &TestEnv) {
+    let name = env.lease_name("twin");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let first_body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let identity = ["--identity", "twin-pod"];
+    let first =
+        env.spawn(fast(&[&["lock", &name][..], &identity].concat(), &["sh", "-c", &stamp_script(&log, &first_body)]));
+    wait_for_file(&log, "start");
+    let second =
+        env.spawn(fast(&[&["lock", &name][..], &identity].concat(), &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the second to report the identity collision", || second.stderr().contains("identity collision"));
+    assert_eq!(read_stamps(&log).len(), 1, "the second must not run beside the first");
+    fs::write(&gate, "").unwrap();
+    first.finish().assert_code(0);
+    second.finish().assert_code(0);
+    assert_eq!(max_concurrency(&log), 1, "{:?}", read_stamps(&log));
+    assert_eq!(read_stamps(&log).len(), 4);
+}
+
+/// `kubectl delete lease` (or `rm NAME.json`) while the child runs and a waiter watches: the holder
+/// counts the lease lost and stops its child; the waiter counts the vanished lease as held until the
+/// holder's observed expiry, so its child starts only after the old one is gone.
+fn lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child(env: &TestEnv) {
+    let name = env.lease_name("deleted");
+    let log = env.path("log");
+    let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &draining_script(&log, "0.9")]));
+    wait_for_file(&log, "start");
+    let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    env.delete(&name);
+    let holder = holder.finish();
+    holder.assert_code(123);
+    assert!(holder.stderr.contains("lost the lease"), "{}", holder.stderr);
+    waiter.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 4, "{stamps:?}");
+    assert_eq!(max_concurrency(&log), 1, "the waiter's child ran beside the old one: {stamps:?}");
+}
+
+// The rest needs the test server's fault injection.
+
+fn server_env() -> Option<TestEnv> {
+    if TestEnv::real_cluster() {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return None;
+    }
+    Some(TestEnv::kube())
+}
+
+/// A watch answered with an ERROR event every time, or closed at once: the waiter's requests stay at a
+/// bounded rate (backoff), and it still takes over when the lease frees.
+#[test]
+fn failing_watches_are_retried_at_a_bounded_rate() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for fault in [WatchFault::Error(500), WatchFault::Error(410), WatchFault::EndAtOnce] {
+        let name = env.lease_name("badwatch");
+        env.put(&name, TestEnv::foreign_record("someone", 60));
+        server.set_watch_fault(Some(fault));
+        let waiter = env.spawn(fast(&["lock", &name, "-v"], &["true"]));
+        wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+        server.reset_counts();
+        // A rate is measured over time: four seconds of the fault.
+        std::thread::sleep(Duration::from_secs(4));
+        let requests: usize = server.counts().values().sum();
+        eprintln!("{fault:?}: {requests} requests in 4 s");
+        // Backoff doubles from 100 ms to the retry period (500 ms): about a list and a watch every 375 ms.
+        // A watch loop without backoff makes thousands.
+        assert!(requests <= 80, "{fault:?}: {requests} requests in 4 s: {:?}", server.counts());
+        server.set_watch_fault(None);
+        env.put(&name, TestEnv::foreign_record("", 1));
+        waiter.finish().assert_code(0);
+    }
+}
+
+/// The acquiring write is committed, then its answer is lost (the connection cut, or a 500 after the
+/// commit): a read settles that it was applied, and the lease is used, then released, never left held by
+/// a process that has gone.
+#[test]
+fn an_acquisition_answered_after_a_cut_connection_is_used_and_released() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for how in [AfterCommit::Drop, AfterCommit::Fail(500), AfterCommit::Fail(504)] {
+        // --no-wait: the record the read shows is ours, so the child runs (not "held by another").
+        let name = env.lease_name("cut");
+        server.after_commit(1, how);
+        let ran = env.path(&format!("ran-{name}"));
+        let done = env.run(fast(&["lock", &name, "--no-wait"], &["touch", ran.to_str().unwrap()]));
+        done.assert_code(0);
+        assert!(ran.exists(), "{how:?}: the child must run\n{}", done.stderr);
+        assert_eq!(env.holder(&name).as_deref(), Some(""), "{how:?}: released after the run");
+        assert_eq!(server.after_commit_pending(), 0);
+    }
+    // --slots 2: the slot whose acquisition was cut is used (no other acquisition is sent while its outcome
+    // is unknown), and no slot stays held.
+    let name = env.lease_name("cutslots");
+    server.after_commit(1, AfterCommit::Drop);
+    let slot_file = env.path("slot");
+    let script = format!("echo $MPSYNC_SLOT > {}", slot_file.display());
+    env.run(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script])).assert_code(0);
+    let used: usize = fs::read_to_string(&slot_file).unwrap().trim().parse().unwrap();
+    let other = format!("{name}-{}", 1 - used);
+    assert_eq!(env.get(&other), None, "only the cut acquisition was sent: {other} was never written");
+    for slot in 0..2 {
+        let holder = env.holder(&format!("{name}-{slot}"));
+        assert!(holder.as_deref().is_none_or(str::is_empty), "slot {slot} left held by {holder:?}");
+    }
+}
+
+/// SIGTERM while the acquiring write's answer is still on its way: mpsync exits 143 without starting the
+/// child, and gives back the lease that write took.
+#[test]
+fn sigterm_while_the_acquisition_is_unanswered_gives_the_lease_back() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("termcut");
+    server.after_commit(1, AfterCommit::Delay(Duration::from_secs(2)));
+    let ran = env.path("ran");
+    let lock = env.spawn(["lock", &name, "--", "touch", ran.to_str().unwrap()]);
+    wait_until("the create to be committed", || env.holder(&name).is_some_and(|h| !h.is_empty()));
+    lock.signal(Signal::SIGTERM);
+    let done = lock.finish();
+    done.assert_code(143);
+    assert!(!ran.exists(), "the child must not start after SIGTERM");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "the lease taken by the unanswered write is given back");
+}
+
+/// The late-answer window on purpose, with timings where an answer can come later than the safety margin
+/// (lease 8s, renew deadline 6s, grace 1s: a margin of 1s; a call may take 3s). The holder took over from
+/// someone else, so it watches the lease. Its next renewal is committed and seen on its watch at once,
+/// but the server holds the answer back 2.5s, and from then on nothing the holder sends reaches the
+/// server. The holder must count from the renewal's send, not its answer: its child (which uses its
+/// grace to drain) is gone before the waiter, which saw the commit, can take over.
+#[test]
+fn a_late_renewal_answer_never_lets_the_old_child_outlive_the_lease() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("late");
+    let log = env.path("log");
+    let timings = ["--lease-duration", "8s", "--renew-deadline", "6s", "--retry-period", "1s", "--grace", "1s"];
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+
+    // Held by someone else for a second: the holder-to-be waits for it, and so watches the lease.
+    env.put(&name, TestEnv::foreign_record("someone", 1));
+    let holder_args = ["lock", &name, "--identity", "late-holder"];
+    let mut command =
+        env.mpsync(holder_args.iter().copied().chain(timings).chain(["--", "sh", "-c", &draining_script(&log, "0.9")]));
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let holder = Proc::spawn(command, &env.dir);
+    wait_for_file(&log, "start");
+    let waiter = env.spawn(["lock", &name, "-v"].iter().copied().chain(timings).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+
+    // The next renewal is committed (and seen by both watches), its answer held back 2.5s; after it,
+    // nothing the holder sends reaches the server.
+    let updates = server.count("update");
+    server.after_commit_of("late-holder", 1, AfterCommit::Delay(Duration::from_millis(2500)));
+    wait_until("a renewal to be committed", || server.count("update") > updates);
+    proxy.delay_requests(Duration::from_secs(3600));
+
+    let holder = holder.finish();
+    holder.assert_code(123);
+    waiter.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 4, "{stamps:?}");
+    assert_eq!(max_concurrency(&log), 1, "the old child outlived the lease: {stamps:?}\n{}", holder.stderr);
+    drop(proxy);
+}
