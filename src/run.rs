@@ -138,7 +138,7 @@ impl Runner {
                 && is_stop(signal)
             {
                 tracing::info!(signal = %signal, "stopped before the child started");
-                release(held).await;
+                release(held, supervisor).await;
                 return Ok(Held::Done(Exit::Signaled(signal as i32)));
             }
         }
@@ -154,7 +154,7 @@ impl Runner {
         }
         let command = ChildCommand { program: config.program.clone(), args: config.args.clone(), env };
         if let Err(err) = supervisor.spawn(&command) {
-            release(held).await;
+            release(held, supervisor).await;
             return Err(match err {
                 SpawnError::NotFound(program) => Error::CommandNotFound(program),
                 SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
@@ -178,7 +178,7 @@ impl Runner {
                         health.child_exited();
                         supervisor.finish(config.kill_signal, config.grace).await;
                         // Given back only now, after the child and its group are gone.
-                        release(held).await;
+                        release(held, supervisor).await;
                         return Ok(Held::Done(Exit::Child(exit.code())));
                     }
                 },
@@ -200,11 +200,28 @@ fn is_stop(signal: Signal) -> bool {
     matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
 }
 
-/// Give the lease back (see `HeldLock::release`); a failure only means the lease expires after its
-/// duration instead.
-async fn release(held: HeldLock) {
-    match held.release().await {
-        Ok(()) => tracing::info!("released the lease"),
-        Err(err) => tracing::warn!(error = %err, "could not release the lease; it will expire after its duration"),
+/// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the
+/// lease expires after its duration instead. A stop signal meanwhile stops waiting for it: the user wants
+/// out, and the lease is safe either way (the child is gone).
+async fn release(held: HeldLock, supervisor: &mut Supervisor) {
+    let release = held.release();
+    tokio::pin!(release);
+    loop {
+        tokio::select! {
+            result = &mut release => {
+                match result {
+                    Ok(()) => tracing::info!("released the lease"),
+                    Err(err) => tracing::warn!(error = %err, "could not release the lease; it will expire after its duration"),
+                }
+                return;
+            }
+            event = supervisor.next_event() => match event {
+                Event::Signal(signal) if is_stop(signal) => {
+                    tracing::warn!(signal = %signal, "stopped while releasing; the lease expires after its duration");
+                    return;
+                }
+                _ => {}
+            },
+        }
     }
 }
