@@ -241,6 +241,12 @@ impl std::fmt::Display for LossReason {
 pub enum Refusal {
     /// `leaseTransitions` is at its maximum: the next fencing token cannot be larger than the last.
     TokenExhausted { transitions: i32 },
+    /// The slot's record says its semaphore has `recorded` slots; this process was told `ours`.
+    SlotCountMismatch { recorded: String, ours: u32 },
+    /// A plain lock on a lease that is a slot of a semaphore.
+    IsASlot { recorded: String },
+    /// A semaphore slot whose name is taken by a plain lease that is held.
+    NotASlot { holder: String },
 }
 
 impl std::fmt::Display for Refusal {
@@ -251,9 +257,27 @@ impl std::fmt::Display for Refusal {
                 "its fencing token (leaseTransitions) is {transitions}, the largest an int32 holds: a new holder \
                  cannot get a larger one; deleting the Lease resets tokens, so fence on something else first"
             ),
+            Refusal::SlotCountMismatch { recorded, ours } => write!(
+                f,
+                "it is a slot of a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not {ours}: every \
+                 process must pass the same --slots; to change it, stop every user and delete the slot Leases"
+            ),
+            Refusal::IsASlot { recorded } => write!(
+                f,
+                "it belongs to a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not a plain lease: \
+                 use --slots {recorded} with the semaphore's name, or another name"
+            ),
+            Refusal::NotASlot { holder } => write!(
+                f,
+                "a plain lease of that name is held by {holder:?}: a semaphore's slot names must not collide with \
+                 other leases; choose another name"
+            ),
         }
     }
 }
+
+/// The annotation that marks a Lease as a slot of a semaphore, with the number of slots as its value.
+pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 
 /// The answer to "what now?".
 #[derive(Clone, Debug, PartialEq)]
@@ -335,6 +359,8 @@ pub struct Elector {
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
+    /// For a slot of a semaphore: the number of slots, written on every write and checked on every record.
+    slots: Option<u32>,
 }
 
 impl Elector {
@@ -352,6 +378,7 @@ impl Elector {
             previous: None,
             collision: false,
             protected_until: None,
+            slots: None,
         }
     }
 
@@ -360,6 +387,13 @@ impl Elector {
     /// and the lock it finds under that identity belongs to the clients in the pod, which still heartbeat.
     pub fn adopting(identity: impl Into<String>, timing: Timing) -> Elector {
         Elector { adopt: true, ..Elector::new(identity, timing) }
+    }
+
+    /// This lease is one slot of a semaphore of `slots` slots: its records carry the count, and a record
+    /// that says otherwise (or a plain lease of the same name that is held) is refused, never taken.
+    pub fn with_slots(mut self, slots: u32) -> Elector {
+        self.slots = Some(slots);
+        self
     }
 
     pub fn identity(&self) -> &str {
@@ -378,6 +412,21 @@ impl Elector {
     /// Whether this process holds the lease, and the facts if it does.
     pub fn held(&self) -> Option<&Held> {
         self.held.as_ref()
+    }
+
+    /// Whether the record seen last forbids this process the lease for good (a semaphore's count that
+    /// differs, a slot name taken by a plain lease that is held): checked on every slot of a semaphore
+    /// before any is acquired.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.held.is_some() {
+            return None;
+        }
+        self.current().and_then(|current| self.slot_refusal(current))
+    }
+
+    /// Whether anything (a record, or its absence) was observed yet.
+    pub fn has_observed(&self) -> bool {
+        self.observation.is_some()
     }
 
     /// Whether a write was sent whose outcome is not known: the process may hold the lease through it.
@@ -644,6 +693,9 @@ impl Elector {
         let Some(current) = &observation.current else {
             return self.acquisition(None, now);
         };
+        if let Some(refusal) = self.slot_refusal(current) {
+            return Action::Refuse(refusal);
+        }
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
         if holder.is_empty() {
             return self.acquisition(Some(current), now);
@@ -695,6 +747,33 @@ impl Elector {
         }
         self.pending = None;
         self.lost = None;
+    }
+
+    /// Whether the record's slot marking disagrees with ours.
+    fn slot_refusal(&self, current: &Versioned) -> Option<Refusal> {
+        let recorded = current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)).cloned();
+        match (self.slots, recorded) {
+            (Some(ours), Some(recorded)) if recorded != ours.to_string() => {
+                Some(Refusal::SlotCountMismatch { recorded, ours })
+            }
+            (None, Some(recorded)) => Some(Refusal::IsASlot { recorded }),
+            (Some(_), None) if is_live(&current.record) && !self.is_own_write(&current.record) => {
+                Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
+            }
+            _ => None,
+        }
+    }
+
+    /// Mark a write as ours: for a slot, the semaphore's count.
+    fn marked(&self, mut write: Write) -> Write {
+        if let Some(slots) = self.slots {
+            write
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
+        }
+        write
     }
 
     fn expiry(&self) -> Option<Instant> {
@@ -811,10 +890,10 @@ impl Elector {
         record.acquire_time = Some(now.wall.clone());
         record.renew_time = Some(now.wall);
         record.lease_transitions = Some(transitions);
-        Action::Write(match base {
+        Action::Write(self.marked(match base {
             Some(base) => Write::replace(base, record),
             None => Write::create(record),
-        })
+        }))
     }
 
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
@@ -822,7 +901,7 @@ impl Elector {
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
         record.renew_time = Some(now.wall);
-        Write::replace(current, record)
+        self.marked(Write::replace(current, record))
     }
 
     /// Taking over a record under our own identity as it stands (the side-car only): its acquisition and
@@ -847,6 +926,42 @@ fn same_acquisition(record: &LeaseSpec, acquire_time: &Option<MicroTime>, token:
 /// A record that names a holder.
 fn is_live(record: &LeaseSpec) -> bool {
     !record.holder_identity.as_deref().unwrap_or("").is_empty()
+}
+
+/// What to do about a semaphore's marker: the Lease NAME itself, never held, annotated with the number of
+/// slots. Every process of a semaphore settles it (create, or check) before it acquires any slot, so two
+/// processes that disagree on the count can never both acquire: whichever writes the marker first fixes
+/// the count, and the compare-and-swap makes the other read it and refuse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Marker {
+    /// The marker says `slots`: go ahead.
+    Ready,
+    /// Write this (create the marker, or mark a free plain lease of that name), then look again.
+    Write(Write),
+    /// The count differs, or the name is a plain lease that is held.
+    Refuse(Refusal),
+}
+
+pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
+    let mark = |mut write: Write| {
+        write
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
+        Marker::Write(write)
+    };
+    let Some(current) = current else {
+        return mark(Write::create(LeaseSpec::default()));
+    };
+    match current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)) {
+        Some(recorded) if *recorded == slots.to_string() => Marker::Ready,
+        Some(recorded) => Marker::Refuse(Refusal::SlotCountMismatch { recorded: recorded.clone(), ours: slots }),
+        None if is_live(&current.record) => {
+            Marker::Refuse(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
+        }
+        None => mark(Write::replace(current, current.record.clone())),
+    }
 }
 
 /// How long a holder's record stays valid after it was observed: the holder's own duration. A missing
@@ -1429,6 +1544,61 @@ mod tests {
         assert_eq!(write.record.acquire_time, Some(wall(-100)));
         apply(&mut elector, &write, 5, t0, t0);
         assert_eq!(elector.held().unwrap().fencing_token, 6);
+    }
+
+    fn annotated(rv: u64, record: LeaseSpec, slots: &str) -> Versioned {
+        let mut versioned = versioned(rv, record);
+        versioned.metadata.annotations = Some([(SLOTS_ANNOTATION.to_string(), slots.to_string())].into());
+        versioned
+    }
+
+    #[test]
+    fn a_slot_writes_its_count_and_refuses_another_count_or_a_held_plain_lease() {
+        let t0 = Instant::now();
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(None, t0);
+        let write = expect_write(slot.next(now(t0, 0.0)));
+        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SLOTS_ANNOTATION], "3");
+
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(annotated(4, record(Some(""), Some(1), Some(2)), "2")), t0);
+        let refusal = Refusal::SlotCountMismatch { recorded: "2".into(), ours: 3 };
+        assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(refusal.clone()), "even when free");
+        assert_eq!(slot.refusal(), Some(refusal));
+
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(versioned(4, record(Some("plain-holder"), Some(15), Some(2)))), t0);
+        assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(Refusal::NotASlot { holder: "plain-holder".into() }));
+        // A free plain lease of that name becomes a slot.
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(versioned(4, record(Some(""), Some(1), Some(2)))), t0);
+        assert!(matches!(slot.next(now(t0, 0.0)), Action::Write(_)));
+    }
+
+    #[test]
+    fn a_plain_lock_refuses_a_lease_that_belongs_to_a_semaphore() {
+        let t0 = Instant::now();
+        let mut plain = Elector::new("me", TIMING);
+        plain.observe(Some(annotated(4, record(Some(""), Some(1), Some(2)), "2")), t0);
+        assert_eq!(plain.next(now(t0, 0.0)), Action::Refuse(Refusal::IsASlot { recorded: "2".into() }));
+    }
+
+    #[test]
+    fn the_semaphore_marker_fixes_the_count_first_come() {
+        let Marker::Write(create) = semaphore_marker(None, 3) else { panic!() };
+        assert!(create.is_create());
+        assert_eq!(create.record.holder_identity, None, "the marker is never held");
+        let marker = annotated(5, create.record.clone(), "3");
+        assert_eq!(semaphore_marker(Some(&marker), 3), Marker::Ready);
+        assert_eq!(
+            semaphore_marker(Some(&marker), 2),
+            Marker::Refuse(Refusal::SlotCountMismatch { recorded: "3".into(), ours: 2 })
+        );
+        let held_plain = versioned(6, record(Some("someone"), Some(15), Some(0)));
+        assert!(matches!(semaphore_marker(Some(&held_plain), 2), Marker::Refuse(Refusal::NotASlot { .. })));
+        let free_plain = versioned(6, record(Some(""), Some(1), Some(0)));
+        let Marker::Write(mark) = semaphore_marker(Some(&free_plain), 2) else { panic!() };
+        assert_eq!(mark.resource_version(), Some("6"));
     }
 
     #[test]

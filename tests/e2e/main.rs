@@ -33,5 +33,6 @@ mod health;
 mod lock;
 mod proxy;
 mod safety;
+mod semaphore;
 mod sidecar;
 mod supervise;
