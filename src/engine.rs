@@ -202,6 +202,7 @@ impl Slot {
     /// (an uncontended run never needs one).
     pub async fn step(&mut self, may_acquire: &AtomicBool, watch_when_waiting: bool) -> Progress {
         let was_usable = self.elector.usable(Instant::now());
+        self.elector.set_watching(self.watch.is_some());
         let action = self.elector.next(now());
         let mut wake: Option<Instant> = None;
         let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);

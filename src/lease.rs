@@ -276,6 +276,15 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// How far apart contending processes spread their attempts on a freed lease, per contender beyond the
+/// first: about twice the time a write takes to reach the other processes' watches, so that the first to
+/// try is usually seen by the others before they try.
+pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
+/// The most contenders a process believes in (bounds the stagger at about 10 s).
+const MAX_CONTENDERS: f64 = 1000.0;
+/// How much the belief in contention fades with every handoff seen without a lost race.
+const CONTENTION_DECAY: f64 = 0.99;
+
 /// The annotation that marks a Lease as a slot of a semaphore, with the number of slots as its value.
 pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 
@@ -361,6 +370,20 @@ pub struct Elector {
     protected_until: Option<Instant>,
     /// For a slot of a semaphore: the number of slots, written on every write and checked on every record.
     slots: Option<u32>,
+    /// How many processes this one believes contend for the lease (at least 1), learned from the races it
+    /// lost: when the lease is freed, attempts are spread over `(contenders - 1) * STAGGER_PER_CONTENDER`,
+    /// so a freed lease with many waiters draws about one write, not one per waiter. One waiter (the
+    /// usual case) tries at once.
+    contenders: f64,
+    /// The free record seen last (its version), and when this process may try to take it.
+    free_try_at: Option<(String, Instant)>,
+    /// After a lost race while a watch delivers changes: wait for the event that shows the winner rather
+    /// than read at once; read only if none came by then.
+    awaiting_event_until: Option<Instant>,
+    /// Whether a watch delivers changes to this process (set by its driver).
+    watching: bool,
+    /// A small pseudo-random generator (xorshift64*), seeded by the caller: the stagger's draws.
+    rng: u64,
 }
 
 impl Elector {
@@ -379,6 +402,11 @@ impl Elector {
             collision: false,
             protected_until: None,
             slots: None,
+            contenders: 1.0,
+            free_try_at: None,
+            awaiting_event_until: None,
+            watching: false,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -394,6 +422,23 @@ impl Elector {
     pub fn with_slots(mut self, slots: u32) -> Elector {
         self.slots = Some(slots);
         self
+    }
+
+    /// Seed the draws that spread attempts on a freed lease apart (give every process its own).
+    pub fn with_seed(mut self, seed: u64) -> Elector {
+        self.rng = seed | 1;
+        self
+    }
+
+    /// Tell the elector whether a watch delivers changes: then a lost race waits for the event that shows
+    /// the winner instead of reading at once.
+    pub fn set_watching(&mut self, watching: bool) {
+        self.watching = watching;
+    }
+
+    /// How many contenders this process believes in (see `STAGGER_PER_CONTENDER`).
+    pub fn contenders(&self) -> f64 {
+        self.contenders
     }
 
     pub fn identity(&self) -> &str {
@@ -471,6 +516,7 @@ impl Elector {
 
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
         self.needs_read = false;
+        self.awaiting_event_until = None;
         // An answer older than what we know already (a read overtaken by a watch event) changes nothing.
         if let (Some(new), Some(known)) = (&current, self.current())
             && is_older(&new.resource_version, &known.resource_version)
@@ -521,7 +567,9 @@ impl Elector {
         if let Some(until) = vanished_held_until {
             self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
         }
+        let was_free = previous.as_ref().and_then(|o| o.current.as_ref()).is_some_and(|v| !is_live(&v.record));
         self.observation = Some(Observation { current, changed_at });
+        self.note_contention(was_free, now);
 
         if self.held.is_none()
             && let Some(current) = self.current()
@@ -547,6 +595,35 @@ impl Elector {
             pending.not_before = Some(pending.not_before.map_or(until, |at| at.max(until)));
         }
         self.check_held();
+    }
+
+    /// Spread attempts on a freed lease: the first sight of a free record draws when to try it. A handoff
+    /// to another process seen without a lost race makes the belief in contention fade.
+    fn note_contention(&mut self, was_free: bool, now: Instant) {
+        let Some(current) = self.current().cloned() else { return };
+        if is_live(&current.record) {
+            self.free_try_at = None;
+            if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
+                self.contenders = (self.contenders * CONTENTION_DECAY).max(1.0);
+            }
+            return;
+        }
+        let version = current.resource_version.clone();
+        if self.free_try_at.as_ref().is_some_and(|(seen, _)| *seen == version) {
+            return;
+        }
+        let spread = STAGGER_PER_CONTENDER.mul_f64(self.contenders - 1.0);
+        let delay = spread.mul_f64(self.random_fraction());
+        self.free_try_at = Some((version, now + delay));
+    }
+
+    fn random_fraction(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whether a child may run under the lease now: held, and not waiting out another holder.
@@ -621,7 +698,16 @@ impl Elector {
                 if is_pending {
                     self.pending = None;
                 }
-                self.needs_read = true;
+                if ticket.purpose == Purpose::Acquire {
+                    // Lost a race: more contend than we thought.
+                    self.contenders = (self.contenders * 4.0).clamp(2.0, MAX_CONTENDERS);
+                }
+                if self.watching && self.held.is_none() {
+                    // The winner's write is on its way to our watch: act on that event, not on a read.
+                    self.awaiting_event_until = Some(now + self.timing.retry_period);
+                } else {
+                    self.needs_read = true;
+                }
             }
             WriteResult::NotApplied => {
                 if is_pending {
@@ -687,6 +773,10 @@ impl Elector {
         if self.needs_read {
             return Action::Read;
         }
+        if let Some(until) = self.awaiting_event_until {
+            // What we know is stale (a race was lost): wait for the event, read if none comes.
+            return if now.instant < until { Action::WaitUntil(until) } else { Action::Read };
+        }
         let Some(observation) = &self.observation else {
             return Action::Read;
         };
@@ -698,6 +788,11 @@ impl Elector {
         }
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
         if holder.is_empty() {
+            if let Some((_, try_at)) = &self.free_try_at
+                && now.instant < *try_at
+            {
+                return Action::WaitUntil(*try_at);
+            }
             return self.acquisition(Some(current), now);
         }
         if holder == self.identity && (self.adopt || self.is_own_write(&current.record)) {
@@ -1599,6 +1694,48 @@ mod tests {
         let free_plain = versioned(6, record(Some(""), Some(1), Some(0)));
         let Marker::Write(mark) = semaphore_marker(Some(&free_plain), 2) else { panic!() };
         assert_eq!(mark.resource_version(), Some("6"));
+    }
+
+    #[test]
+    fn a_lone_waiter_takes_a_freed_lease_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
+        assert!(matches!(elector.next(now(t0, 1.0)), Action::Write(_)));
+    }
+
+    #[test]
+    fn after_lost_races_attempts_on_a_freed_lease_are_spread_out() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(7);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
+        assert_eq!(elector.contenders(), 4.0);
+        // While watching, the lost race waits for the winner's event rather than reading.
+        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 2.0)));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::Read, "no event came: read");
+        elector
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
+        // The winner releases: this waiter tries within 3 contenders x 10 ms.
+        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
+        let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
+        assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.03), "{:?}", try_at - at(t0, 1.0));
+        assert!(matches!(elector.next(Now::at(try_at, wall(1))), Action::Write(_)));
+    }
+
+    #[test]
+    fn a_lost_race_without_a_watch_reads_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(None, t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
+        assert_eq!(elector.next(now(t0, 0.0)), Action::Read);
     }
 
     #[test]

@@ -154,8 +154,14 @@ impl World {
             next_request: 0,
             procs: IDENTITIES
                 .iter()
-                .map(|identity| Proc {
-                    elector: Elector::new(*identity, TIMING),
+                .enumerate()
+                .map(|(p, identity)| Proc {
+                    elector: {
+                        // Watching, as waiters do: lost races wait for events; freed leases are staggered.
+                        let mut elector = Elector::new(*identity, TIMING).with_seed(p as u64 + 1);
+                        elector.set_watching(true);
+                        elector
+                    },
                     call: None,
                     events: VecDeque::new(),
                     child: None,

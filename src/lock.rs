@@ -101,7 +101,7 @@ impl LockBuilder {
         let slots = slot_names
             .iter()
             .map(|name| {
-                let elector = Elector::new(identity.clone(), self.timing);
+                let elector = Elector::new(identity.clone(), self.timing).with_seed(crate::retry::random_u64());
                 let elector = match semaphore {
                     Some(n) => elector.with_slots(n),
                     None => elector,
