@@ -199,7 +199,7 @@ pub struct ElectArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct QueryArgs {
-    /// Name of the Lease.
+    /// Name of the Lease (or of a semaphore: every slot is shown).
     pub name: String,
 
     #[command(flatten)]
@@ -208,6 +208,10 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: OutputFormat,
+
+    /// Treat NAME as a semaphore of N slots (found from its marker Lease when not given).
+    #[arg(long, value_name = "N")]
+    pub slots: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -286,6 +290,8 @@ pub struct QueryConfig {
     pub name: String,
     pub backend: Backend,
     pub output: OutputFormat,
+    /// `--slots`: the semaphore's count, when its marker cannot tell.
+    pub slots: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -442,7 +448,8 @@ fn identity(given: Option<String>) -> Result<String> {
 
 fn query_config(query: QueryArgs) -> Result<QueryConfig> {
     validate::name(&query.name)?;
-    Ok(QueryConfig { name: query.name, backend: backend(query.backend)?, output: query.output })
+    validate::slot_names(&query.name, query.slots)?;
+    Ok(QueryConfig { name: query.name, backend: backend(query.backend)?, output: query.output, slots: query.slots })
 }
 
 fn backend(args: BackendArgs) -> Result<Backend> {

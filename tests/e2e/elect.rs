@@ -213,7 +213,7 @@ fn observe_prints_one_line_per_holder_change_and_exits_0_on_signals(env: &TestEn
     let name = env.lease_name("observe-text");
     env.put(&name, TestEnv::foreign_record("texty", 60));
     let observer = env.spawn(["observe", &name]);
-    wait_until("a text line", || observer.stdout().contains("holder=texty transitions=0"));
+    wait_until("a text line", || observer.stdout().contains("holder=texty held=true transitions=0"));
     observer.signal(Signal::SIGINT);
     observer.finish().assert_code(0);
 }

@@ -11,6 +11,8 @@ both_backends!(
     slots_one_is_the_plain_lease,
     slot_leases_and_plain_leases_never_mix,
     the_slot_count_can_change_once_every_user_has_stopped,
+    status_and_observe_show_every_slot_of_a_partly_held_semaphore,
+    status_and_observe_agree_on_held_for_an_expired_holder,
 );
 
 fn held_until(gate: &std::path::Path) -> String {
@@ -93,4 +95,50 @@ fn the_slot_count_can_change_once_every_user_has_stopped(env: &TestEnv) {
         env.delete(&lease);
     }
     env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+}
+
+fn status_and_observe_show_every_slot_of_a_partly_held_semaphore(env: &TestEnv) {
+    let name = env.lease_name("shown");
+    let gate = env.path("gate");
+    let log = env.path("log");
+    let observe = env.spawn(["observe", &name, "--slots", "3", "-o", "json"]);
+    let holder =
+        env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+    wait_for_file(&log, "start");
+    let text = env.run(["status", &name]);
+    text.assert_code(0);
+    assert!(text.stdout.contains("1 of 3 held"), "{}", text.stdout);
+    assert_eq!(text.stdout.lines().filter(|l| l.starts_with("slot ")).count(), 3, "{}", text.stdout);
+    let json = env.run(["status", &name, "-o", "json"]);
+    json.assert_code(0);
+    let slots: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let slots = slots.as_array().expect("an array, one object per slot");
+    assert_eq!(slots.len(), 3);
+    assert_eq!(slots.iter().filter(|s| s["held"] == true).count(), 1, "{slots:?}");
+    assert!(slots.iter().all(|s| s["slot"].is_u64()));
+    // observe prints the slot with every change.
+    wait_until("observe to see the holder", || {
+        observe.stdout().lines().any(|l| l.contains("\"held\":true") && l.contains("\"slot\""))
+    });
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    observe.signal(nix::sys::signal::Signal::SIGTERM);
+    observe.finish().assert_code(0);
+}
+
+fn status_and_observe_agree_on_held_for_an_expired_holder(env: &TestEnv) {
+    let name = env.lease_name("expired");
+    let mut record = TestEnv::foreign_record("gone", 1);
+    let long_ago = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap();
+    record.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(long_ago));
+    env.put(&name, record);
+    let status = env.run(["status", &name, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["held"], false);
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    let line: serde_json::Value = serde_json::from_str(observe.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(line["held"], false, "observe says what status says");
+    observe.signal(nix::sys::signal::Signal::SIGTERM);
+    observe.finish().assert_code(0);
 }
