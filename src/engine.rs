@@ -141,6 +141,8 @@ pub struct Slot {
     observer: Arc<dyn Observer>,
     /// Whether an identity collision was reported for the record seen last.
     collision_reported: bool,
+    /// Whether a read of this slot has finished once (with a record, an absence, or a failure).
+    looked_at: bool,
 }
 
 impl Slot {
@@ -156,6 +158,7 @@ impl Slot {
             retry_at: None,
             observer,
             collision_reported: false,
+            looked_at: false,
         }
     }
 
@@ -271,6 +274,7 @@ impl Slot {
     /// returned.
     fn finish(&mut self, outcome: Outcome) -> Option<Error> {
         let holding = self.elector.held().is_some();
+        self.looked_at |= matches!(outcome, Outcome::Read(_));
         let failure = match outcome {
             Outcome::Read(Ok(current)) => {
                 self.elector.observe(current, Instant::now());
@@ -458,9 +462,11 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
             return Err(Error::Api(format!("lease {}: cannot be acquired: {refusal}", slot.name)));
         }
         // No acquisition before every slot was looked at once (a semaphore's count is checked on all of
-        // them before anyone acquires), and never two at once.
+        // them before anyone acquires), and never two at once. A slot that cannot be read (a corrupt
+        // record, say) counts as held: it is retried, with a warning, while the others are used.
         let may_acquire = AtomicBool::new(
-            slots.iter().all(|slot| slot.elector.has_observed()) && !slots.iter().any(Slot::acquisition_pending),
+            slots.iter().all(|slot| slot.looked_at || slot.elector.has_observed())
+                && !slots.iter().any(Slot::acquisition_pending),
         );
         let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
         let (progress, index) = tokio::select! {
