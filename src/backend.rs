@@ -23,6 +23,16 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))
 }
 
+/// Run `future` to its end on a fresh `runtime()`, then leave without waiting for blocking work still
+/// under way (a file-system call stuck on a dead mount, say): mpsync has given up on it already, and it
+/// must never hold up the exit.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let runtime = runtime()?;
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    output
+}
+
 /// The store `--backend` names; every call bounded by `call_timeout`.
 pub async fn open_store(backend: &Backend, call_timeout: Duration) -> Result<Store> {
     match backend {

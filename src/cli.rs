@@ -478,7 +478,7 @@ pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Durati
         Some(grace) => grace,
         None => lease_duration.saturating_sub(renew_deadline).saturating_sub(Duration::from_secs(1)),
     };
-    if renew_deadline + grace >= lease_duration {
+    if renew_deadline.checked_add(grace).is_none_or(|total| total >= lease_duration) {
         return Err(Error::Usage(format!(
             "--renew-deadline ({}) + --grace ({}) must be less than --lease-duration ({}), \
              so a lost child is dead before anyone else can take the lease",
@@ -563,6 +563,9 @@ mod tests {
             (&["lock", "job", "--slots", "0", "--", "true"], "--slots"),
             (&["lock", "job", "-n", "Bad", "--", "true"], "invalid namespace"),
             (&["lock", "job", "--conflict-exit-code", "300", "--", "true"], "300"),
+            (&["lock", "job", "--retry-period", "500000000y", "--", "true"], "--retry-period"),
+            (&["lock", "job", "--grace", "500000000y", "--", "true"], "--grace"),
+            (&["lock", "job", "--lease-duration", "500000000y", "--", "true"], "--lease-duration"),
         ];
         for (args, expected) in cases {
             let err = config(args).expect_err(&format!("{args:?} should fail"));

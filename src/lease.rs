@@ -112,7 +112,8 @@ impl Timing {
                 show(lease_duration)
             ));
         }
-        if retry_period.mul_f64(1.2) >= renew_deadline {
+        // In f64: a huge duration must be refused, not overflow.
+        if retry_period.as_secs_f64() * 1.2 >= renew_deadline.as_secs_f64() {
             return usage(format!(
                 "--retry-period ({}) times 1.2 must be less than --renew-deadline ({})",
                 show(retry_period),

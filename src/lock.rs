@@ -173,7 +173,7 @@ impl Lock {
 
     /// Wait at most `timeout`: `None` if the lease was not acquired by then.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<HeldLock>> {
-        self.start(Wait::Until(Instant::now() + timeout)).await
+        self.start(Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until)).await
     }
 
     /// Start a campaign in the background. Dropping the returned future gives back anything it may

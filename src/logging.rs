@@ -1,11 +1,37 @@
 //! Logs go to stderr through `tracing`, one line per event; stdout belongs to the child.
+//!
+//! Lines are handed to a thread of their own that writes them to stderr: a stderr that blocks (a pipe
+//! nobody reads, a stuck terminal) must never stop the run loop, whose timers renew the lease and stop
+//! the child at the renew deadline. When that thread falls behind by `QUEUE` lines, further lines are
+//! dropped and counted, and the count is written once the queue drains.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
 use tracing::Level;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
 use crate::cli::LogFormat;
+
+/// Lines that may wait for stderr before new ones are dropped.
+const QUEUE: usize = 1024;
+/// How long `flush` waits for the queue to drain at exit.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+struct Sink {
+    lines: SyncSender<Vec<u8>>,
+    dropped: AtomicU64,
+    /// Lines sent minus lines written: what `flush` waits for.
+    pending: AtomicU64,
+}
 
 /// Default level is warn: quiet in scripts, like flock(1). `-v` info, `-vv` debug, `-vvv` trace;
 /// `-q` errors only; `-qq` nothing (fatal errors are still printed by `main`).
@@ -23,9 +49,12 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
         _ => Some(Level::TRACE),
     };
     let Some(level) = level else { return };
+    if start_writer().is_err() {
+        return;
+    }
     let libraries = if level == Level::TRACE { LevelFilter::DEBUG } else { LevelFilter::OFF };
     let filter = Targets::new().with_target("mpsync", level).with_default(libraries);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let layer = tracing_subscriber::fmt::layer().with_writer(Queued).with_target(false);
     match format {
         LogFormat::Json => {
             tracing_subscriber::registry()
@@ -33,5 +62,75 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
                 .init();
         }
         LogFormat::Text => tracing_subscriber::registry().with(layer.with_ansi(false).with_filter(filter)).init(),
+    }
+}
+
+/// Wait (briefly) until the lines logged so far are written: call before the process exits.
+pub fn flush() {
+    let Some(sink) = SINK.get() else { return };
+    let deadline = Instant::now() + FLUSH_WAIT;
+    while sink.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn start_writer() -> std::io::Result<()> {
+    let (lines, receiver) = sync_channel(QUEUE);
+    std::thread::Builder::new().name("mpsync-log".into()).spawn(move || write_lines(receiver))?;
+    let _ = SINK.set(Sink { lines, dropped: AtomicU64::new(0), pending: AtomicU64::new(0) });
+    Ok(())
+}
+
+fn write_lines(receiver: Receiver<Vec<u8>>) {
+    let mut stderr = std::io::stderr();
+    while let Ok(line) = receiver.recv() {
+        let _ = stderr.write_all(&line);
+        let Some(sink) = SINK.get() else { continue };
+        sink.pending.fetch_sub(1, Ordering::SeqCst);
+        let dropped = sink.dropped.swap(0, Ordering::SeqCst);
+        if dropped > 0 {
+            let _ = writeln!(stderr, "mpsync: {dropped} log lines dropped: stderr was not being read");
+        }
+    }
+}
+
+/// The writer `tracing` formats each event into: one line, queued whole.
+struct Queued;
+
+struct Line(Vec<u8>);
+
+impl<'a> MakeWriter<'a> for Queued {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line(Vec::with_capacity(256))
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let Some(sink) = SINK.get() else { return };
+        if self.0.is_empty() {
+            return;
+        }
+        sink.pending.fetch_add(1, Ordering::SeqCst);
+        match sink.lines.try_send(std::mem::take(&mut self.0)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                sink.pending.fetch_sub(1, Ordering::SeqCst);
+                sink.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 }

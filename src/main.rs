@@ -13,9 +13,11 @@ fn main() {
     let code = match exit {
         Ok(exit) => exit.code(),
         Err(err) => {
+            mpsync::logging::flush();
             eprintln!("mpsync: {err}");
             err.exit().code()
         }
     };
+    mpsync::logging::flush();
     std::process::exit(code);
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use nix::sys::signal::Signal;
 
-use crate::backend::{open_store, runtime};
+use crate::backend::{block_on, open_store};
 use crate::cli::{Config, Mode, RunConfig, Wait as WaitFlag};
 use crate::engine::{Observer, Wait};
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
     // The supervisor forks its guard process: before the runtime starts any thread.
     let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper })
         .map_err(|err| Error::Internal(format!("cannot start supervision: {err}")))?;
-    runtime()?.block_on(async move {
+    block_on(async move {
         let store = open_store(&config.backend, config.timing.call_timeout()).await?;
         let health = Health::new(config.timing);
         if let Some(addr) = config.health_addr {
@@ -77,7 +77,9 @@ impl Runner {
     async fn run(mut self) -> Result<Exit> {
         let (wait, conflict_exit_code) = match self.config.mode {
             Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } => {
-                (Wait::Until(Instant::now() + timeout), conflict_exit_code)
+                // A timeout too long for the clock is as good as none.
+                let wait = Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until);
+                (wait, conflict_exit_code)
             }
             Mode::Lock { wait: WaitFlag::NoWait, conflict_exit_code } => (Wait::NoWait, conflict_exit_code),
             Mode::Lock { wait: WaitFlag::Forever, conflict_exit_code } => (Wait::Forever, conflict_exit_code),

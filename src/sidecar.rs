@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
-use crate::backend::{open_store, runtime};
+use crate::backend::{block_on, open_store};
 use crate::cli::{SidecarConfig, is_dns1123_subdomain};
 use crate::engine::{self, now};
 use crate::error::{Error, Result};
@@ -48,7 +48,7 @@ const ALLOW: &str = "GET, HEAD, PUT, POST, DELETE";
 /// Serve the protocol until SIGTERM or SIGINT; then release every lock held and exit 0.
 pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
     use tokio::signal::unix::{SignalKind, signal};
-    runtime()?.block_on(async move {
+    block_on(async move {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         let listener = TcpListener::bind(config.listen).await.map_err(|err| {
             Error::Usage(format!(
@@ -56,7 +56,8 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
                 config.listen
             ))
         })?;
-        let address = listener.local_addr().map_err(|err| Error::Internal(format!("cannot read the address: {err}")))?;
+        let address =
+            listener.local_addr().map_err(|err| Error::Internal(format!("cannot read the address: {err}")))?;
         let signals = |err: std::io::Error| Error::Internal(format!("cannot handle signals: {err}"));
         let mut interrupt = signal(SignalKind::interrupt()).map_err(signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(signals)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use crate::backend::{open_store, runtime};
+use crate::backend::{block_on, open_store};
 use crate::cli::{OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
@@ -50,7 +50,7 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
 
 /// Print the lease record (or every slot) once. Exits 0 when it could be read (whether or not it exists).
 pub fn status(config: QueryConfig) -> Result<Exit> {
-    runtime()?.block_on(async {
+    block_on(async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         let (target, single) = target(&store, &config).await?;
         let now = Timestamp::now();
@@ -88,7 +88,7 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
 /// for.
 pub fn observe(config: QueryConfig) -> Result<Exit> {
     use tokio::signal::unix::{SignalKind, signal};
-    runtime()?.block_on(async {
+    block_on(async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         // Fail fast on what will never work (forbidden, namespace missing) before settling in.
         let (target, _) = target(&store, &config).await?;

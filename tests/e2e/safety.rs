@@ -15,6 +15,7 @@ both_backends!(
     nested_runs_never_share_an_identity,
     two_processes_given_one_identity_never_both_run,
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
+    a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -226,4 +227,31 @@ fn a_late_renewal_answer_never_lets_the_old_child_outlive_the_lease() {
     assert_eq!(stamps.len(), 4, "{stamps:?}");
     assert_eq!(max_concurrency(&log), 1, "the old child outlived the lease: {stamps:?}\n{}", holder.stderr);
     drop(proxy);
+}
+
+/// A stderr nobody reads (a pipe whose reader hung) fills up; the holder's log lines must not block it:
+/// it still stops its child when the lease is taken, and exits.
+fn a_blocked_stderr_never_stops_the_holder_from_stopping_its_child(env: &TestEnv) {
+    let name = env.lease_name("blocked");
+    let pid_file = env.path("child-pid");
+    // The child fills the pipe (and then blocks on it, which is its own business).
+    let script = format!("echo $$ > {}; head -c 200000 /dev/zero >&2; sleep 600", pid_file.display());
+    let mut command = env.mpsync(fast(&["lock", &name, "-vv"], &["sh", "-c", &script]));
+    let (reader, writer) = std::io::pipe().unwrap();
+    command.stdout(std::process::Stdio::null()).stderr(writer);
+    let mut holder = command.spawn().unwrap();
+    let child = read_pid(&pid_file);
+    wait_until("the lease to be held", || env.holder(&name).is_some_and(|h| !h.is_empty()));
+    env.put(&name, TestEnv::foreign_record("thief", 60));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = holder.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the holder hangs on its stderr");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(123));
+    assert!(!alive(child), "the child was stopped");
+    drop(reader);
 }
