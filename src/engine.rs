@@ -148,7 +148,7 @@ pub struct Slot {
 impl Slot {
     pub fn new(name: String, store: Store, elector: Elector, observer: Arc<dyn Observer>) -> Slot {
         Slot {
-            log: FailureLog::new(&name, "calling the API server"),
+            log: FailureLog::new(&name, "reading or writing the lease"),
             name,
             store,
             elector,
@@ -179,9 +179,15 @@ impl Slot {
         self.elector.forget_loss();
     }
 
-    /// Whether an acquisition of this slot is on the wire or its outcome unknown.
+    /// Whether an acquisition of this slot is on the wire, or its outcome unknown and not yet checked by
+    /// a read.
     pub fn acquisition_pending(&self) -> bool {
-        self.elector.held().is_none() && self.elector.unresolved_write()
+        self.elector.acquisition_in_doubt()
+    }
+
+    /// Whether this slot holds, or may hold through an unresolved write, anything to give back.
+    pub fn holds_anything(&self) -> bool {
+        self.elector.held().is_some() || self.elector.unresolved_write()
     }
 
     /// Whether the slot waits for another holder: not ours, nothing in flight, nothing to retry.

@@ -283,6 +283,8 @@ impl std::fmt::Display for Refusal {
 pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
 /// The most contenders a process believes in (bounds the stagger at about 10 s).
 const MAX_CONTENDERS: f64 = 1000.0;
+/// How many acquisitions given up unresolved are remembered as ours.
+const MAX_STRAYS: usize = 8;
 /// How much the belief in contention fades with every handoff seen without a lost race.
 const CONTENTION_DECAY: f64 = 0.99;
 
@@ -341,6 +343,9 @@ struct PendingWrite {
     sent_at: Instant,
     /// The latest observed expiry of another holder seen while this acquisition was on the wire.
     not_before: Option<Instant>,
+    /// A read since the send showed the write not applied (it may still land later, as any request the
+    /// client gave up on may).
+    checked: bool,
 }
 
 /// One process's view of one lease.
@@ -366,6 +371,9 @@ pub struct Elector {
     previous: Option<(Option<MicroTime>, i32)>,
     /// A live record under our identity that we did not write was seen (reported once by the caller).
     collision: bool,
+    /// Acquisitions of ours given up with their outcome unknown (superseded by a later write): a record
+    /// that shows one of them is ours to release or take again.
+    strays: Vec<(Option<MicroTime>, i32)>,
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
@@ -401,6 +409,7 @@ impl Elector {
             token_floor: None,
             previous: None,
             collision: false,
+            strays: Vec::new(),
             protected_until: None,
             slots: None,
             contenders: 1.0,
@@ -475,6 +484,12 @@ impl Elector {
         self.observation.is_some()
     }
 
+    /// Whether an acquisition is on the wire, or its outcome unknown and not yet checked by a read: while
+    /// it is, no other slot of the same process may send one (a process never takes two slots).
+    pub fn acquisition_in_doubt(&self) -> bool {
+        self.held.is_none() && self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Acquire && !p.checked)
+    }
+
     /// Whether a write was sent whose outcome is not known: the process may hold the lease through it.
     pub fn unresolved_write(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.purpose != Purpose::Release)
@@ -532,6 +547,11 @@ impl Elector {
         {
             let pending = self.pending.take().expect("checked");
             self.applied(pending.purpose, &new.record, pending.sent_at, pending.not_before, now, true);
+        } else if seen == Seen::Snapshot
+            && let Some(pending) = self.pending.as_mut()
+        {
+            // A read that does not show our write: not applied, as far as anyone can tell now.
+            pending.checked = true;
         }
 
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
@@ -629,7 +649,7 @@ impl Elector {
 
     /// Whether a child may run under the lease now: held, and not waiting out another holder.
     pub fn usable(&self, now: Instant) -> bool {
-        self.held.as_ref().is_some_and(|held| now >= held.usable_from)
+        self.held.as_ref().is_some_and(|held| now >= held.usable_from && now < held.deadline(self.timing))
     }
 
     /// While we hold the lease, the record we know must be our own write; anything else is a loss.
@@ -667,7 +687,18 @@ impl Elector {
         } else {
             Purpose::Acquire
         };
-        self.pending = Some(PendingWrite { purpose, record: write.record.clone(), sent_at, not_before: None });
+        if let Some(old) = self.pending.take()
+            && old.purpose == Purpose::Acquire
+        {
+            // An acquisition given up unresolved may still land: remember it as ours, to release or
+            // take again, never as someone else's record under our identity.
+            self.strays.push((old.record.acquire_time.clone(), old.record.lease_transitions.unwrap_or(0)));
+            if self.strays.len() > MAX_STRAYS {
+                self.strays.remove(0);
+            }
+        }
+        self.pending =
+            Some(PendingWrite { purpose, record: write.record.clone(), sent_at, not_before: None, checked: false });
         if let Some(held) = &mut self.held {
             // Renewals keep their cadence whether or not this one succeeds, as client-go's do.
             held.next_renew_at = sent_at + self.timing.retry_period;
@@ -942,11 +973,12 @@ impl Elector {
                 }))
     }
 
-    /// Whether `record` is our own write: the current acquisition, or the one held last.
+    /// Whether `record` is our own write: the current acquisition, the one held last, or an acquisition
+    /// given up unresolved.
     fn is_own_write(&self, record: &LeaseSpec) -> bool {
         self.is_current_acquisition(record)
             || (record.holder_identity.as_deref() == Some(self.identity.as_str())
-                && self.previous.as_ref().is_some_and(|(time, token)| same_acquisition(record, time, *token)))
+                && self.previous.iter().chain(&self.strays).any(|(time, token)| same_acquisition(record, time, *token)))
     }
 
     /// A live record under our identity that is not our own write (and that we do not adopt).

@@ -353,7 +353,16 @@ async fn acquisition(
             return;
         }
     };
-    // Nothing else may stay pending: only one acquisition is ever in flight, and it is this one.
+    // A process holds one slot: any other it holds, or may hold through an acquisition whose outcome was
+    // unknown, is given back now.
+    for (other, slot) in slots.iter_mut().enumerate() {
+        if other != index
+            && slot.holds_anything()
+            && let Err(err) = slot.settle(budget).await
+        {
+            tracing::warn!(lease = %slot.name(), error = %err, "could not give the lease back; it expires after its duration");
+        }
+    }
     let slot = &mut slots[index];
     let Some(held) = slot.elector().held().cloned() else {
         return;
@@ -394,11 +403,14 @@ async fn acquisition(
         Some(reason) => {
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
             state_tx.send_modify(|state| state.lost = Some(reason));
-            // Whoever holds the lock stops its work first; then the slot may campaign again.
+            // Whoever holds the lock stops its work first. Then a record that is still our own write (the
+            // renew deadline passed while the server was out of reach, say) is given back, so the next
+            // holder need not wait out its duration; then the slot may campaign again.
             let reply = release_rx.recv().await;
+            let released = slot.settle(budget).await.map_err(|err| err.to_string());
             slot.forget_loss();
             if let Some(reply) = reply {
-                let _ = reply.send(Ok(false));
+                let _ = reply.send(released);
             }
         }
         None => {
