@@ -873,6 +873,10 @@ pub fn is_older(a: &str, b: &str) -> bool {
 mod properties;
 
 #[cfg(test)]
+#[path = "lease_adversary.rs"]
+mod adversary;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
