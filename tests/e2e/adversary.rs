@@ -315,3 +315,36 @@ fn a_huge_retry_period_is_a_usage_error_not_a_panic() {
     assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
     done.assert_code(125);
 }
+
+/// Finding 7 (CONTRACT §10: "with N recorded on the slots, so that processes that disagree on N are
+/// refused"). Nothing records N: two holders of `--slots 2` and a third process given `--slots 3` run
+/// three children at once on a "2-slot" semaphore, and nobody is refused.
+#[test]
+#[ignore = "adversary finding 7: processes that disagree on --slots are not refused"]
+fn processes_that_disagree_on_slots_are_refused() {
+    let env = TestEnv::file();
+    let name = env.lease_name("sem");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let script = stamp_script(&log, &body);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    let b = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    wait_until("both slots of the 2-slot semaphore to run", || {
+        read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 2
+    });
+    let c = env.spawn(fast(&["lock", &name, "--slots", "3", "--timeout", "3s"], &["sh", "-c", &script]));
+    let mut c_done = c;
+    let starts = |log: &Path| read_stamps(log).iter().filter(|s| s.0 == "start").count();
+    wait_until("the third process to be refused or to run a third child", || {
+        c_done.wait_for(Duration::ZERO).is_some() || starts(&log) == 3
+    });
+    let running = starts(&log);
+    fs::write(&gate, "").unwrap();
+    a.finish().assert_code(0);
+    b.finish().assert_code(0);
+    let c = c_done.finish();
+    eprintln!("children started while both slots were held: {running}; third process exit {:?}", c.code);
+    assert_eq!(running, 2, "a third child ran on the 2-slot semaphore (--slots 3 was not refused)\n{}", c.stderr);
+    c.assert_code(125);
+}
