@@ -348,3 +348,63 @@ fn processes_that_disagree_on_slots_are_refused() {
     assert_eq!(running, 2, "a third child ran on the 2-slot semaphore (--slots 3 was not refused)\n{}", c.stderr);
     c.assert_code(125);
 }
+
+/// Finding 5 (README "What mpsync cannot guarantee": "A machine (or VM, or process) frozen for longer
+/// than the lease duration ... can run its child for a moment after another holder started"). The bound
+/// is much tighter than that: a freeze of mpsync alone (not even its child) of a little more than the
+/// safety margin `lease_duration - renew_deadline - grace` (1s with the defaults and here), at the moment
+/// it must SIGKILL its child, lets the child outlive the lease. Here: lease 4s, renew deadline 2s, grace
+/// 1s; mpsync is stopped for 2.5s (less than the lease duration) right after it sent SIGTERM to a child
+/// that drains through its grace; the waiter takes over while the old child still runs.
+#[test]
+#[ignore = "adversary finding 5: the README's freeze bound (longer than the lease duration) is too optimistic"]
+fn a_freeze_shorter_than_the_lease_duration_never_lets_the_child_outlive_the_lease() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("freeze");
+    let log = env.path("log");
+    let pid_file = env.path("pid");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+
+    // The old child notes SIGTERM and goes on draining: only the SIGKILL at the end of the grace stops it.
+    let script = format!(
+        "echo $$ > {pid}; echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; \
+         trap 'echo term $(date +%s%N) >> {log}' TERM; while :; do sleep 0.05; done",
+        pid = pid_file.display(),
+        log = log.display()
+    );
+    let mut command = env.mpsync(fast(&["lock", &name, "--identity", "frozen"], &["sh", "-c", &script]));
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let holder = Proc::spawn(command, &env.dir);
+    let old_child = read_pid(&pid_file);
+    let waiter_log = env.path("waiter-log");
+    let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&waiter_log, "sleep 0.5")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+
+    // Renewals stop reaching the server; at the renew deadline mpsync sends SIGTERM; right then it is
+    // stopped (SIGSTOP to mpsync alone) for 2.5s.
+    proxy.partition();
+    wait_for_file(&log, "term");
+    let frozen_at = Instant::now();
+    holder.signal(Signal::SIGSTOP);
+    wait_for_file(&waiter_log, "start");
+    let old_alive_when_waiter_started = alive(old_child);
+    let remaining = Duration::from_millis(2500).saturating_sub(frozen_at.elapsed());
+    std::thread::sleep(remaining);
+    holder.signal(Signal::SIGCONT);
+    let holder = holder.finish();
+    let waiter = waiter.finish();
+    eprintln!(
+        "old child alive when the waiter's child started ({:?} into a 2.5s freeze): {old_alive_when_waiter_started}\n\
+         old: {:?}\nnew: {:?}\nholder exit {:?}, waiter exit {:?}",
+        frozen_at.elapsed(),
+        read_stamps(&log),
+        read_stamps(&waiter_log),
+        holder.code,
+        waiter.code
+    );
+    proxy.heal();
+    assert!(!old_alive_when_waiter_started, "the old child ran when the waiter's child started");
+}
