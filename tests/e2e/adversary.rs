@@ -408,3 +408,44 @@ fn a_freeze_shorter_than_the_lease_duration_never_lets_the_child_outlive_the_lea
     proxy.heal();
     assert!(!old_alive_when_waiter_started, "the old child ran when the waiter's child started");
 }
+
+/// Finding 8a (file backend). Reads run on tokio's blocking pool with a timeout, but a read that never
+/// returns (here `NAME.json` is a FIFO, so `open` waits for a writer; a hung NFS or FUSE lock directory
+/// does the same) keeps its thread, and the runtime waits for every blocking thread when mpsync exits.
+/// SIGTERM while waiting is promised to exit 143 (CONTRACT §4); mpsync never exits at all.
+#[test]
+#[ignore = "adversary finding 8: a stuck file read makes mpsync unable to exit, even on SIGTERM"]
+fn a_stuck_read_of_the_lock_directory_never_blocks_the_exit() {
+    let env = TestEnv::file();
+    let name = env.lease_name("fifo");
+    let record = env.lock_dir().join(format!("{name}.json"));
+    nix::unistd::mkfifo(&record, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut lock = env.spawn(fast(&["lock", &name, "-v"], &["true"]));
+    wait_until("the read to time out", || lock.stderr().contains("no answer from the file system"));
+    lock.signal(Signal::SIGTERM);
+    let status = lock.wait_for(PATIENCE);
+    eprintln!("exit status within {PATIENCE:?} of SIGTERM: {status:?}\n{}", lock.stderr());
+    // Unblock the stuck open (a writer appears), so the process can go.
+    let _ = OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(&record);
+    assert_eq!(status.and_then(|s| s.code()), Some(143), "mpsync did not exit after SIGTERM");
+}
+
+/// Finding 8b (CONTRACT §9: "Records are never followed through symlinks"). Reads follow them: with
+/// `x.json -> y.json`, `lock x` reads lease y's record as its own (here it continues y's fencing token),
+/// then replaces the symlink by its own record.
+#[test]
+#[ignore = "adversary finding 8: file records are read through symlinks"]
+fn file_records_are_never_followed_through_symlinks() {
+    let env = TestEnv::file();
+    let (x, y) = (env.lease_name("x"), env.lease_name("y"));
+    let mut record = TestEnv::foreign_record("", 1);
+    record.lease_transitions = Some(41);
+    env.put(&y, record);
+    std::os::unix::fs::symlink(format!("{y}.json"), env.lock_dir().join(format!("{x}.json"))).unwrap();
+    let token_file = env.path("token");
+    let done =
+        env.run(fast(&["lock", &x], &["sh", "-c", &format!("echo $MPSYNC_FENCING_TOKEN > {}", token_file.display())]));
+    let token = fs::read_to_string(&token_file).unwrap_or_default();
+    eprintln!("exit {:?}; token {token:?}\n{}", done.code, done.stderr);
+    assert_ne!(token.trim(), "42", "lease x continued lease y's token: its record was read through the symlink");
+}
