@@ -281,13 +281,6 @@ pub struct RunConfig {
     pub args: Vec<OsString>,
 }
 
-impl RunConfig {
-    /// The Lease objects this process may hold: NAME, or NAME-0 .. NAME-(N-1).
-    pub fn lease_names(&self) -> Vec<String> {
-        slot_names(&self.name, self.slots)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
     pub name: String,
@@ -490,10 +483,6 @@ pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Durati
     Ok(grace)
 }
 
-pub fn slot_names(name: &str, slots: Option<u32>) -> Vec<String> {
-    validate::slot_names(name, slots).unwrap_or_default()
-}
-
 fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{err} (examples: 500ms, 15s, 2m)"))
 }
@@ -596,11 +585,5 @@ mod tests {
             let err = config(args).expect_err(&format!("{args:?} should fail"));
             assert!(err.to_string().contains(expected), "{args:?}: {err}");
         }
-    }
-
-    #[test]
-    fn slots_name_one_lease_each() {
-        let config = run(&["lock", "pool", "--slots", "3", "--", "true"]);
-        assert_eq!(config.lease_names(), vec!["pool-0", "pool-1", "pool-2"]);
     }
 }

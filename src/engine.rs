@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::error::Error;
-use crate::lease::{Action, Elector, LossReason, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
+use crate::lease::{Action, Elector, LossReason, Marker, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
 use crate::retry::{FailureLog, backoff};
 use crate::store::{Store, StoreError, Watch};
 
@@ -202,6 +202,7 @@ impl Slot {
     /// (an uncontended run never needs one).
     pub async fn step(&mut self, may_acquire: &AtomicBool, watch_when_waiting: bool) -> Progress {
         let was_usable = self.elector.usable(Instant::now());
+        self.elector.set_watching(self.watch.is_some());
         let action = self.elector.next(now());
         let mut wake: Option<Instant> = None;
         let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);
@@ -451,7 +452,16 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
             }
             return Ok(Campaigned::NotAcquired { last_error });
         }
-        let may_acquire = AtomicBool::new(!slots.iter().any(Slot::acquisition_pending));
+        // A semaphore whose count (or a slot's name) disagrees with ours is refused on whichever slot
+        // shows it, before any slot is acquired.
+        if let Some((slot, refusal)) = slots.iter().find_map(|slot| Some((slot, slot.elector.refusal()?))) {
+            return Err(Error::Api(format!("lease {}: cannot be acquired: {refusal}", slot.name)));
+        }
+        // No acquisition before every slot was looked at once (a semaphore's count is checked on all of
+        // them before anyone acquires), and never two at once.
+        let may_acquire = AtomicBool::new(
+            slots.iter().all(|slot| slot.elector.has_observed()) && !slots.iter().any(Slot::acquisition_pending),
+        );
         let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
         let (progress, index) = tokio::select! {
             (progress, index, _) = futures::future::select_all(steps) => (progress, index),
@@ -466,6 +476,42 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
             }
             Progress::Fatal(err) => return Err(err),
         }
+    }
+}
+
+/// Settle a semaphore's marker (see `lease::semaphore_marker`) before any of its slots is acquired:
+/// create it, or check that it records `slots`. Transient failures are retried (with backoff) until
+/// `deadline`, if any.
+pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Option<Instant>) -> Result<(), Error> {
+    let mut failures = 0;
+    let mut log = FailureLog::new(name, "reading the semaphore's marker");
+    loop {
+        let failure = match store.get(name).await {
+            Ok(current) => match crate::lease::semaphore_marker(current.as_ref(), slots) {
+                Marker::Ready => return Ok(()),
+                Marker::Refuse(refusal) => {
+                    return Err(Error::Api(format!(
+                        "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
+                    )));
+                }
+                Marker::Write(write) => match store.write(name, &write).await {
+                    // Written, or someone else wrote first: look again either way.
+                    Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
+                    Err(err) => Some(err),
+                },
+            },
+            Err(err) => Some(err),
+        };
+        let Some(err) = failure else { continue };
+        if let StoreError::Fatal(err) = err {
+            return Err(err);
+        }
+        failures += 1;
+        log.failed(&err.to_string());
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::Api(format!("semaphore {name}: cannot read its marker: {err}")));
+        }
+        tokio::time::sleep(backoff(Duration::from_secs(2), failures)).await;
     }
 }
 

@@ -241,6 +241,12 @@ impl std::fmt::Display for LossReason {
 pub enum Refusal {
     /// `leaseTransitions` is at its maximum: the next fencing token cannot be larger than the last.
     TokenExhausted { transitions: i32 },
+    /// The slot's record says its semaphore has `recorded` slots; this process was told `ours`.
+    SlotCountMismatch { recorded: String, ours: u32 },
+    /// A plain lock on a lease that is a slot of a semaphore.
+    IsASlot { recorded: String },
+    /// A semaphore slot whose name is taken by a plain lease that is held.
+    NotASlot { holder: String },
 }
 
 impl std::fmt::Display for Refusal {
@@ -251,9 +257,36 @@ impl std::fmt::Display for Refusal {
                 "its fencing token (leaseTransitions) is {transitions}, the largest an int32 holds: a new holder \
                  cannot get a larger one; deleting the Lease resets tokens, so fence on something else first"
             ),
+            Refusal::SlotCountMismatch { recorded, ours } => write!(
+                f,
+                "it is a slot of a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not {ours}: every \
+                 process must pass the same --slots; to change it, stop every user and delete the slot Leases"
+            ),
+            Refusal::IsASlot { recorded } => write!(
+                f,
+                "it belongs to a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not a plain lease: \
+                 use --slots {recorded} with the semaphore's name, or another name"
+            ),
+            Refusal::NotASlot { holder } => write!(
+                f,
+                "a plain lease of that name is held by {holder:?}: a semaphore's slot names must not collide with \
+                 other leases; choose another name"
+            ),
         }
     }
 }
+
+/// How far apart contending processes spread their attempts on a freed lease, per contender beyond the
+/// first: about twice the time a write takes to reach the other processes' watches, so that the first to
+/// try is usually seen by the others before they try.
+pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
+/// The most contenders a process believes in (bounds the stagger at about 10 s).
+const MAX_CONTENDERS: f64 = 1000.0;
+/// How much the belief in contention fades with every handoff seen without a lost race.
+const CONTENTION_DECAY: f64 = 0.99;
+
+/// The annotation that marks a Lease as a slot of a semaphore, with the number of slots as its value.
+pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 
 /// The answer to "what now?".
 #[derive(Clone, Debug, PartialEq)]
@@ -335,6 +368,22 @@ pub struct Elector {
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
+    /// For a slot of a semaphore: the number of slots, written on every write and checked on every record.
+    slots: Option<u32>,
+    /// How many processes this one believes contend for the lease (at least 1), learned from the races it
+    /// lost: when the lease is freed, attempts are spread over `(contenders - 1) * STAGGER_PER_CONTENDER`,
+    /// so a freed lease with many waiters draws about one write, not one per waiter. One waiter (the
+    /// usual case) tries at once.
+    contenders: f64,
+    /// The free record seen last (its version), and when this process may try to take it.
+    free_try_at: Option<(String, Instant)>,
+    /// After a lost race while a watch delivers changes: wait for the event that shows the winner rather
+    /// than read at once; read only if none came by then.
+    awaiting_event_until: Option<Instant>,
+    /// Whether a watch delivers changes to this process (set by its driver).
+    watching: bool,
+    /// A small pseudo-random generator (xorshift64*), seeded by the caller: the stagger's draws.
+    rng: u64,
 }
 
 impl Elector {
@@ -352,6 +401,12 @@ impl Elector {
             previous: None,
             collision: false,
             protected_until: None,
+            slots: None,
+            contenders: 1.0,
+            free_try_at: None,
+            awaiting_event_until: None,
+            watching: false,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -360,6 +415,30 @@ impl Elector {
     /// and the lock it finds under that identity belongs to the clients in the pod, which still heartbeat.
     pub fn adopting(identity: impl Into<String>, timing: Timing) -> Elector {
         Elector { adopt: true, ..Elector::new(identity, timing) }
+    }
+
+    /// This lease is one slot of a semaphore of `slots` slots: its records carry the count, and a record
+    /// that says otherwise (or a plain lease of the same name that is held) is refused, never taken.
+    pub fn with_slots(mut self, slots: u32) -> Elector {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// Seed the draws that spread attempts on a freed lease apart (give every process its own).
+    pub fn with_seed(mut self, seed: u64) -> Elector {
+        self.rng = seed | 1;
+        self
+    }
+
+    /// Tell the elector whether a watch delivers changes: then a lost race waits for the event that shows
+    /// the winner instead of reading at once.
+    pub fn set_watching(&mut self, watching: bool) {
+        self.watching = watching;
+    }
+
+    /// How many contenders this process believes in (see `STAGGER_PER_CONTENDER`).
+    pub fn contenders(&self) -> f64 {
+        self.contenders
     }
 
     pub fn identity(&self) -> &str {
@@ -378,6 +457,21 @@ impl Elector {
     /// Whether this process holds the lease, and the facts if it does.
     pub fn held(&self) -> Option<&Held> {
         self.held.as_ref()
+    }
+
+    /// Whether the record seen last forbids this process the lease for good (a semaphore's count that
+    /// differs, a slot name taken by a plain lease that is held): checked on every slot of a semaphore
+    /// before any is acquired.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.held.is_some() {
+            return None;
+        }
+        self.current().and_then(|current| self.slot_refusal(current))
+    }
+
+    /// Whether anything (a record, or its absence) was observed yet.
+    pub fn has_observed(&self) -> bool {
+        self.observation.is_some()
     }
 
     /// Whether a write was sent whose outcome is not known: the process may hold the lease through it.
@@ -422,6 +516,7 @@ impl Elector {
 
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
         self.needs_read = false;
+        self.awaiting_event_until = None;
         // An answer older than what we know already (a read overtaken by a watch event) changes nothing.
         if let (Some(new), Some(known)) = (&current, self.current())
             && is_older(&new.resource_version, &known.resource_version)
@@ -472,7 +567,9 @@ impl Elector {
         if let Some(until) = vanished_held_until {
             self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
         }
+        let was_free = previous.as_ref().and_then(|o| o.current.as_ref()).is_some_and(|v| !is_live(&v.record));
         self.observation = Some(Observation { current, changed_at });
+        self.note_contention(was_free, now);
 
         if self.held.is_none()
             && let Some(current) = self.current()
@@ -498,6 +595,35 @@ impl Elector {
             pending.not_before = Some(pending.not_before.map_or(until, |at| at.max(until)));
         }
         self.check_held();
+    }
+
+    /// Spread attempts on a freed lease: the first sight of a free record draws when to try it. A handoff
+    /// to another process seen without a lost race makes the belief in contention fade.
+    fn note_contention(&mut self, was_free: bool, now: Instant) {
+        let Some(current) = self.current().cloned() else { return };
+        if is_live(&current.record) {
+            self.free_try_at = None;
+            if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
+                self.contenders = (self.contenders * CONTENTION_DECAY).max(1.0);
+            }
+            return;
+        }
+        let version = current.resource_version.clone();
+        if self.free_try_at.as_ref().is_some_and(|(seen, _)| *seen == version) {
+            return;
+        }
+        let spread = STAGGER_PER_CONTENDER.mul_f64(self.contenders - 1.0);
+        let delay = spread.mul_f64(self.random_fraction());
+        self.free_try_at = Some((version, now + delay));
+    }
+
+    fn random_fraction(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whether a child may run under the lease now: held, and not waiting out another holder.
@@ -572,7 +698,16 @@ impl Elector {
                 if is_pending {
                     self.pending = None;
                 }
-                self.needs_read = true;
+                if ticket.purpose == Purpose::Acquire {
+                    // Lost a race: more contend than we thought.
+                    self.contenders = (self.contenders * 4.0).clamp(2.0, MAX_CONTENDERS);
+                }
+                if self.watching && self.held.is_none() {
+                    // The winner's write is on its way to our watch: act on that event, not on a read.
+                    self.awaiting_event_until = Some(now + self.timing.retry_period);
+                } else {
+                    self.needs_read = true;
+                }
             }
             WriteResult::NotApplied => {
                 if is_pending {
@@ -638,14 +773,26 @@ impl Elector {
         if self.needs_read {
             return Action::Read;
         }
+        if let Some(until) = self.awaiting_event_until {
+            // What we know is stale (a race was lost): wait for the event, read if none comes.
+            return if now.instant < until { Action::WaitUntil(until) } else { Action::Read };
+        }
         let Some(observation) = &self.observation else {
             return Action::Read;
         };
         let Some(current) = &observation.current else {
             return self.acquisition(None, now);
         };
+        if let Some(refusal) = self.slot_refusal(current) {
+            return Action::Refuse(refusal);
+        }
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
         if holder.is_empty() {
+            if let Some((_, try_at)) = &self.free_try_at
+                && now.instant < *try_at
+            {
+                return Action::WaitUntil(*try_at);
+            }
             return self.acquisition(Some(current), now);
         }
         if holder == self.identity && (self.adopt || self.is_own_write(&current.record)) {
@@ -695,6 +842,33 @@ impl Elector {
         }
         self.pending = None;
         self.lost = None;
+    }
+
+    /// Whether the record's slot marking disagrees with ours.
+    fn slot_refusal(&self, current: &Versioned) -> Option<Refusal> {
+        let recorded = current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)).cloned();
+        match (self.slots, recorded) {
+            (Some(ours), Some(recorded)) if recorded != ours.to_string() => {
+                Some(Refusal::SlotCountMismatch { recorded, ours })
+            }
+            (None, Some(recorded)) => Some(Refusal::IsASlot { recorded }),
+            (Some(_), None) if is_live(&current.record) && !self.is_own_write(&current.record) => {
+                Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
+            }
+            _ => None,
+        }
+    }
+
+    /// Mark a write as ours: for a slot, the semaphore's count.
+    fn marked(&self, mut write: Write) -> Write {
+        if let Some(slots) = self.slots {
+            write
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
+        }
+        write
     }
 
     fn expiry(&self) -> Option<Instant> {
@@ -811,10 +985,10 @@ impl Elector {
         record.acquire_time = Some(now.wall.clone());
         record.renew_time = Some(now.wall);
         record.lease_transitions = Some(transitions);
-        Action::Write(match base {
+        Action::Write(self.marked(match base {
             Some(base) => Write::replace(base, record),
             None => Write::create(record),
-        })
+        }))
     }
 
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
@@ -822,7 +996,7 @@ impl Elector {
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
         record.renew_time = Some(now.wall);
-        Write::replace(current, record)
+        self.marked(Write::replace(current, record))
     }
 
     /// Taking over a record under our own identity as it stands (the side-car only): its acquisition and
@@ -847,6 +1021,42 @@ fn same_acquisition(record: &LeaseSpec, acquire_time: &Option<MicroTime>, token:
 /// A record that names a holder.
 fn is_live(record: &LeaseSpec) -> bool {
     !record.holder_identity.as_deref().unwrap_or("").is_empty()
+}
+
+/// What to do about a semaphore's marker: the Lease NAME itself, never held, annotated with the number of
+/// slots. Every process of a semaphore settles it (create, or check) before it acquires any slot, so two
+/// processes that disagree on the count can never both acquire: whichever writes the marker first fixes
+/// the count, and the compare-and-swap makes the other read it and refuse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Marker {
+    /// The marker says `slots`: go ahead.
+    Ready,
+    /// Write this (create the marker, or mark a free plain lease of that name), then look again.
+    Write(Write),
+    /// The count differs, or the name is a plain lease that is held.
+    Refuse(Refusal),
+}
+
+pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
+    let mark = |mut write: Write| {
+        write
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
+        Marker::Write(write)
+    };
+    let Some(current) = current else {
+        return mark(Write::create(LeaseSpec::default()));
+    };
+    match current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)) {
+        Some(recorded) if *recorded == slots.to_string() => Marker::Ready,
+        Some(recorded) => Marker::Refuse(Refusal::SlotCountMismatch { recorded: recorded.clone(), ours: slots }),
+        None if is_live(&current.record) => {
+            Marker::Refuse(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
+        }
+        None => mark(Write::replace(current, current.record.clone())),
+    }
 }
 
 /// How long a holder's record stays valid after it was observed: the holder's own duration. A missing
@@ -1433,6 +1643,103 @@ mod tests {
         assert_eq!(write.record.acquire_time, Some(wall(-100)));
         apply(&mut elector, &write, 5, t0, t0);
         assert_eq!(elector.held().unwrap().fencing_token, 6);
+    }
+
+    fn annotated(rv: u64, record: LeaseSpec, slots: &str) -> Versioned {
+        let mut versioned = versioned(rv, record);
+        versioned.metadata.annotations = Some([(SLOTS_ANNOTATION.to_string(), slots.to_string())].into());
+        versioned
+    }
+
+    #[test]
+    fn a_slot_writes_its_count_and_refuses_another_count_or_a_held_plain_lease() {
+        let t0 = Instant::now();
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(None, t0);
+        let write = expect_write(slot.next(now(t0, 0.0)));
+        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SLOTS_ANNOTATION], "3");
+
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(annotated(4, record(Some(""), Some(1), Some(2)), "2")), t0);
+        let refusal = Refusal::SlotCountMismatch { recorded: "2".into(), ours: 3 };
+        assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(refusal.clone()), "even when free");
+        assert_eq!(slot.refusal(), Some(refusal));
+
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(versioned(4, record(Some("plain-holder"), Some(15), Some(2)))), t0);
+        assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(Refusal::NotASlot { holder: "plain-holder".into() }));
+        // A free plain lease of that name becomes a slot.
+        let mut slot = Elector::new("me", TIMING).with_slots(3);
+        slot.observe(Some(versioned(4, record(Some(""), Some(1), Some(2)))), t0);
+        assert!(matches!(slot.next(now(t0, 0.0)), Action::Write(_)));
+    }
+
+    #[test]
+    fn a_plain_lock_refuses_a_lease_that_belongs_to_a_semaphore() {
+        let t0 = Instant::now();
+        let mut plain = Elector::new("me", TIMING);
+        plain.observe(Some(annotated(4, record(Some(""), Some(1), Some(2)), "2")), t0);
+        assert_eq!(plain.next(now(t0, 0.0)), Action::Refuse(Refusal::IsASlot { recorded: "2".into() }));
+    }
+
+    #[test]
+    fn the_semaphore_marker_fixes_the_count_first_come() {
+        let Marker::Write(create) = semaphore_marker(None, 3) else { panic!() };
+        assert!(create.is_create());
+        assert_eq!(create.record.holder_identity, None, "the marker is never held");
+        let marker = annotated(5, create.record.clone(), "3");
+        assert_eq!(semaphore_marker(Some(&marker), 3), Marker::Ready);
+        assert_eq!(
+            semaphore_marker(Some(&marker), 2),
+            Marker::Refuse(Refusal::SlotCountMismatch { recorded: "3".into(), ours: 2 })
+        );
+        let held_plain = versioned(6, record(Some("someone"), Some(15), Some(0)));
+        assert!(matches!(semaphore_marker(Some(&held_plain), 2), Marker::Refuse(Refusal::NotASlot { .. })));
+        let free_plain = versioned(6, record(Some(""), Some(1), Some(0)));
+        let Marker::Write(mark) = semaphore_marker(Some(&free_plain), 2) else { panic!() };
+        assert_eq!(mark.resource_version(), Some("6"));
+    }
+
+    #[test]
+    fn a_lone_waiter_takes_a_freed_lease_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
+        assert!(matches!(elector.next(now(t0, 1.0)), Action::Write(_)));
+    }
+
+    #[test]
+    fn after_lost_races_attempts_on_a_freed_lease_are_spread_out() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(7);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
+        assert_eq!(elector.contenders(), 4.0);
+        // While watching, the lost race waits for the winner's event rather than reading.
+        assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 2.0)));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::Read, "no event came: read");
+        elector
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
+        // The winner releases: this waiter tries within 3 contenders x 10 ms.
+        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
+        let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
+        assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.03), "{:?}", try_at - at(t0, 1.0));
+        assert!(matches!(elector.next(Now::at(try_at, wall(1))), Action::Write(_)));
+    }
+
+    #[test]
+    fn a_lost_race_without_a_watch_reads_at_once() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(None, t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
+        assert_eq!(elector.next(now(t0, 0.0)), Action::Read);
     }
 
     #[test]

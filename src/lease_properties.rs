@@ -154,8 +154,14 @@ impl World {
             next_request: 0,
             procs: IDENTITIES
                 .iter()
-                .map(|identity| Proc {
-                    elector: Elector::new(*identity, TIMING),
+                .enumerate()
+                .map(|(p, identity)| Proc {
+                    elector: {
+                        // Watching, as waiters do: lost races wait for events; freed leases are staggered.
+                        let mut elector = Elector::new(*identity, TIMING).with_seed(p as u64 + 1);
+                        elector.set_watching(true);
+                        elector
+                    },
                     call: None,
                     events: VecDeque::new(),
                     child: None,
@@ -599,4 +605,201 @@ fn two_processes_with_one_identity_never_both_run() {
     let world = run(steps).expect("no overlap");
     assert_eq!(world.children_started, 1);
     assert!(world.procs[2].elector.held().is_none());
+}
+
+/// The semaphore: processes told different slot counts contend for the slots of one semaphore, in any
+/// interleaving of their marker reads and writes, slot reads, acquisitions and releases. Whichever count
+/// is fixed first, at most that many children run, only processes told that count run any, and no slot
+/// runs two.
+mod semaphore {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const COUNTS: [u32; 3] = [2, 2, 3];
+    const NAME: &str = "pool";
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A process settles the marker (one read, maybe one write).
+        Marker(usize),
+        /// A process reads one of its slots.
+        Read(usize, usize),
+        /// A process acts on one of its slots (as its campaign would).
+        Act(usize, usize),
+        /// A process's child exits and it releases its slot.
+        Exit(usize),
+        /// Someone deletes the marker (`kubectl delete lease pool`).
+        DeleteMarker,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let process = 0..COUNTS.len();
+        prop_oneof![
+            2 => process.clone().prop_map(Step::Marker),
+            4 => (process.clone(), 0..3usize).prop_map(|(p, i)| Step::Read(p, i)),
+            4 => (process.clone(), 0..3usize).prop_map(|(p, i)| Step::Act(p, i)),
+            1 => process.prop_map(Step::Exit),
+            1 => Just(Step::DeleteMarker),
+        ]
+    }
+
+    struct Proc {
+        count: u32,
+        marker_ready: bool,
+        refused: bool,
+        slots: Vec<Elector>,
+        child: Option<usize>,
+    }
+
+    struct World {
+        now: Instant,
+        wall: i64,
+        version: u64,
+        server: BTreeMap<String, Versioned>,
+        procs: Vec<Proc>,
+    }
+
+    impl World {
+        fn clock(&mut self) -> Now {
+            self.wall += 1;
+            Now::at(self.now, MicroTime(Timestamp::from_second(1_800_000_000 + self.wall).unwrap()))
+        }
+
+        /// A compare-and-swap write, carried out at once.
+        fn write(&mut self, name: &str, write: &Write) -> WriteResult {
+            let ok = match (write.resource_version(), self.server.get(name)) {
+                (None, None) => true,
+                (Some(rv), Some(current)) => rv == current.resource_version,
+                _ => false,
+            };
+            if !ok {
+                return WriteResult::Conflict;
+            }
+            self.version += 1;
+            let mut metadata = write.metadata.clone();
+            metadata.resource_version = Some(self.version.to_string());
+            let stored =
+                Versioned { resource_version: self.version.to_string(), record: write.record.clone(), metadata };
+            self.server.insert(name.to_string(), stored.clone());
+            WriteResult::Applied(stored)
+        }
+
+        fn check(&self) -> Result<(), TestCaseError> {
+            let running: Vec<(usize, usize)> =
+                self.procs.iter().enumerate().filter_map(|(p, proc)| proc.child.map(|slot| (p, slot))).collect();
+            let mut slots: Vec<usize> = running.iter().map(|(_, slot)| *slot).collect();
+            slots.sort();
+            slots.dedup();
+            prop_assert_eq!(slots.len(), running.len(), "two children on one slot: {:?}", running);
+            let counts: Vec<u32> = running.iter().map(|(p, _)| self.procs[*p].count).collect();
+            if let Some(first) = counts.first() {
+                prop_assert!(
+                    counts.iter().all(|c| c == first),
+                    "processes told different counts both run: {:?}",
+                    running
+                );
+                prop_assert!(running.len() as u32 <= *first, "{} children for {first} slots", running.len());
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn processes_that_disagree_on_the_count_never_both_run(steps in prop::collection::vec(step(), 1..120)) {
+            let timing = Timing { lease_duration: Duration::from_secs(3600), ..TIMING };
+            let mut world = World {
+                now: Instant::now(),
+                wall: 0,
+                version: 0,
+                server: BTreeMap::new(),
+                procs: COUNTS
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &count)| Proc {
+                        count,
+                        marker_ready: false,
+                        refused: false,
+                        slots: (0..count).map(|_| Elector::new(format!("p{p}"), timing).with_slots(count)).collect(),
+                        child: None,
+                    })
+                    .collect(),
+            };
+            for step in steps {
+                world.now += Duration::from_millis(10);
+                match step {
+                    Step::Marker(p) => {
+                        if world.procs[p].refused || world.procs[p].marker_ready {
+                            continue;
+                        }
+                        let count = world.procs[p].count;
+                        match semaphore_marker(world.server.get(NAME), count) {
+                            Marker::Ready => world.procs[p].marker_ready = true,
+                            Marker::Refuse(_) => world.procs[p].refused = true,
+                            Marker::Write(write) => {
+                                let _ = world.write(NAME, &write);
+                            }
+                        }
+                    }
+                    Step::Read(p, i) => {
+                        if i < world.procs[p].slots.len() {
+                            let current = world.server.get(&format!("{NAME}-{i}")).cloned();
+                            let now = world.now;
+                            world.procs[p].slots[i].observe(current, now);
+                        }
+                    }
+                    Step::Act(p, i) => {
+                        let proc = &world.procs[p];
+                        // The campaign's rules: the marker first; every slot looked at once; one at a time.
+                        if proc.refused || !proc.marker_ready || proc.child.is_some() || i >= proc.slots.len()
+                            || !proc.slots.iter().all(Elector::has_observed)
+                        {
+                            continue;
+                        }
+                        if proc.slots.iter().any(|slot| slot.refusal().is_some()) {
+                            world.procs[p].refused = true;
+                            continue;
+                        }
+                        let now = world.clock();
+                        let action = world.procs[p].slots[i].next(now.clone());
+                        match action {
+                            Action::Refuse(_) => world.procs[p].refused = true,
+                            Action::Write(write) => {
+                                let ticket = world.procs[p].slots[i].write_sent(&write, now.instant);
+                                let result = world.write(&format!("{NAME}-{i}"), &write);
+                                world.procs[p].slots[i].write_result(ticket, result, now.instant);
+                                if world.procs[p].slots[i].usable(now.instant) {
+                                    world.procs[p].child = Some(i);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Step::Exit(p) => {
+                        if let Some(i) = world.procs[p].child.take() {
+                            let now = world.clock();
+                            if let Some(write) = world.procs[p].slots[i].release(now.clone()) {
+                                let ticket = world.procs[p].slots[i].write_sent(&write, now.instant);
+                                let result = world.write(&format!("{NAME}-{i}"), &write);
+                                world.procs[p].slots[i].write_result(ticket, result, now.instant);
+                            }
+                        }
+                    }
+                    // Changing the count, as the README says: stop every user, delete the marker, start
+                    // again (every process settles the marker anew).
+                    Step::DeleteMarker if world.procs.iter().all(|p| p.child.is_none()) => {
+                        world.server.remove(NAME);
+                        for proc in &mut world.procs {
+                            proc.marker_ready = false;
+                        }
+                    }
+                    Step::DeleteMarker => {}
+                }
+                world.check()?;
+            }
+        }
+    }
 }

@@ -43,7 +43,9 @@ struct Inner {
     identity: String,
     timing: Timing,
     namespace: String,
-    slot_names: Vec<String>,
+    /// `--slots`, as given (one slot is the plain lease, but its holder still learns its slot number).
+    slot_count: Option<u32>,
+    store: Store,
     /// The slots and what they observed, kept across acquisitions (expiry clocks, earlier holds); one
     /// acquisition at a time uses them.
     slots: Arc<Mutex<Vec<Slot>>>,
@@ -95,10 +97,15 @@ impl LockBuilder {
             None => validate::default_identity(),
         };
         let slot_names = validate::slot_names(&self.name, self.slots)?;
+        let semaphore = self.slots.filter(|n| *n > 1);
         let slots = slot_names
             .iter()
             .map(|name| {
-                let elector = Elector::new(identity.clone(), self.timing);
+                let elector = Elector::new(identity.clone(), self.timing).with_seed(crate::retry::random_u64());
+                let elector = match semaphore {
+                    Some(n) => elector.with_slots(n),
+                    None => elector,
+                };
                 Slot::new(name.clone(), store.clone(), elector, Arc::clone(&self.observer))
             })
             .collect();
@@ -108,7 +115,8 @@ impl LockBuilder {
                 identity,
                 timing: self.timing,
                 namespace: store.namespace().to_string(),
-                slot_names,
+                slot_count: self.slots,
+                store: store.clone(),
                 slots: Arc::new(Mutex::new(slots)),
             }),
         })
@@ -317,8 +325,19 @@ async fn acquisition(
 ) {
     let mut slots = Arc::clone(&inner.slots).lock_owned().await;
     let budget = inner.timing.call_timeout();
+    let marker_deadline = match wait {
+        Wait::Forever => None,
+        Wait::Until(at) => Some(at),
+        Wait::NoWait => Some(Instant::now() + inner.timing.lease_duration),
+    };
+    let campaign = async {
+        if let Some(n) = inner.slot_count.filter(|n| *n > 1) {
+            engine::settle_marker(&inner.store, &inner.name, n, marker_deadline).await?;
+        }
+        engine::campaign(&mut slots, wait, &inner.name).await
+    };
     let campaigned = tokio::select! {
-        campaigned = engine::campaign(&mut slots, wait, &inner.name) => Some(campaigned),
+        campaigned = campaign => Some(campaigned),
         () = cancel.cancelled() => None,
         () = result_tx.closed() => None,
     };
@@ -344,7 +363,7 @@ async fn acquisition(
     let token = CancellationToken::new();
     let lock = HeldLock {
         name: slot.name().to_string(),
-        slot: (inner.slot_names.len() > 1 || inner.slot_names[0] != inner.name).then_some(index),
+        slot: inner.slot_count.map(|_| index),
         fencing_token: held.fencing_token,
         timing: inner.timing,
         state: state_rx,

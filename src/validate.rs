@@ -47,13 +47,18 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
-/// The Lease objects of a lock: NAME, or NAME-0 .. NAME-(N-1) for a semaphore of N slots.
+/// The Lease objects of a lock: NAME, or NAME-0 .. NAME-(N-1) for a semaphore of N > 1 slots (one slot is
+/// the plain lease NAME).
 pub fn slot_names(name: &str, slots: Option<u32>) -> Result<Vec<String>> {
     let Some(n) = slots else {
         return Ok(vec![name.to_string()]);
     };
     if !(1..=MAX_SLOTS).contains(&n) {
         return Err(Error::Usage(format!("--slots must be between 1 and {MAX_SLOTS}, not {n}")));
+    }
+    if n == 1 {
+        // One slot is the plain lease: `lock foo --slots 1` and `lock foo` exclude each other.
+        return Ok(vec![name.to_string()]);
     }
     let names: Vec<String> = (0..n).map(|slot| format!("{name}-{slot}")).collect();
     for slot_name in &names {
@@ -109,6 +114,7 @@ mod tests {
     fn slots_name_one_lease_each() {
         assert_eq!(slot_names("pool", Some(3)).unwrap(), vec!["pool-0", "pool-1", "pool-2"]);
         assert_eq!(slot_names("pool", None).unwrap(), vec!["pool"]);
+        assert_eq!(slot_names("pool", Some(1)).unwrap(), vec!["pool"], "one slot is the plain lease");
         assert!(slot_names("pool", Some(0)).is_err());
         assert!(slot_names(&"x".repeat(252), Some(2)).is_err());
     }

@@ -34,5 +34,6 @@ mod health;
 mod lock;
 mod proxy;
 mod safety;
+mod semaphore;
 mod sidecar;
 mod supervise;
