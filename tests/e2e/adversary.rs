@@ -306,7 +306,8 @@ fn file_rv_reset_never_lets_a_holder_that_saw_the_lease_run_beside_the_new_holde
 }
 
 /// Finding 6: `--retry-period` large enough that `retry_period * 1.2` does not fit a `Duration`
-/// panics in `Timing::validate` (exit 101 and a backtrace) instead of a usage error (125).
+/// panics in `Timing::validate` (exit 101 and a backtrace) instead of a usage error (125); so does a
+/// `--timeout` too large to add to the clock (`Instant + Duration` overflows in `run.rs`).
 #[test]
 #[ignore = "adversary finding 6: a huge --retry-period panics"]
 fn a_huge_retry_period_is_a_usage_error_not_a_panic() {
@@ -314,13 +315,16 @@ fn a_huge_retry_period_is_a_usage_error_not_a_panic() {
     let done = env.run(["lock", "x", "--retry-period", "500000000000y", "--", "true"]);
     assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
     done.assert_code(125);
+    // The same with --timeout: `Instant::now() + timeout` overflows.
+    let done = env.run(["lock", "x", "--timeout", "500000000000y", "--", "true"]);
+    assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    assert_ne!(done.code, Some(101), "{}", done.stderr);
 }
 
 /// Finding 7 (CONTRACT §10: "with N recorded on the slots, so that processes that disagree on N are
-/// refused"). Nothing records N: two holders of `--slots 2` and a third process given `--slots 3` run
-/// three children at once on a "2-slot" semaphore, and nobody is refused.
+/// refused"). Before main's 3044cfb nothing recorded N: two holders of `--slots 2` and a third process
+/// given `--slots 3` ran three children at once on a "2-slot" semaphore. Fixed on main; kept as a check.
 #[test]
-#[ignore = "adversary finding 7: processes that disagree on --slots are not refused"]
 fn processes_that_disagree_on_slots_are_refused() {
     let env = TestEnv::file();
     let name = env.lease_name("sem");
