@@ -1116,6 +1116,10 @@ pub fn is_older(a: &str, b: &str) -> bool {
 mod properties;
 
 #[cfg(test)]
+#[path = "lease_adversary.rs"]
+mod adversary;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;

@@ -24,6 +24,7 @@ macro_rules! both_backends {
     };
 }
 
+mod adversary;
 mod apiserver;
 mod backends;
 mod chaos;
