@@ -50,7 +50,6 @@ fn hold_write_lock(env: &TestEnv, name: &str) -> Flock<fs::File> {
 /// because five of its processes logged "outcome unknown: write lease ...: no answer from the file system
 /// within 5s" for their acquisition and then sat in epoll_wait for 15 minutes beside a free lease.
 #[test]
-#[ignore = "adversary finding 1: the campaign wedges after one 5xx to its acquisition"]
 fn one_5xx_to_the_acquisition_never_wedges_the_campaign() {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
@@ -78,7 +77,6 @@ fn one_5xx_to_the_acquisition_never_wedges_the_campaign() {
 /// to wake it. The blocked create then lands when the lock frees: the record is held under this
 /// process's identity, never renewed, and no child runs.
 #[test]
-#[ignore = "adversary finding 1: the campaign wedges after one unknown outcome of its acquisition"]
 fn file_acquisition_with_unknown_outcome_never_wedges_the_campaign() {
     let env = TestEnv::file();
     let name = env.lease_name("fwedge");
@@ -177,7 +175,6 @@ fn drain(read: &OwnedFd) {
 /// renewal times out and it logs the warning: frozen. The waiter takes the lease over after the observed
 /// expiry and runs its child to the end, while the old child still runs, unsupervised.
 #[test]
-#[ignore = "adversary finding 2: a blocked stderr freezes the holder; its child outlives the lease"]
 fn a_blocked_stderr_never_lets_the_child_outlive_the_lease() {
     let Some(env) = server_env() else { return };
     let name = env.lease_name("stderr");
@@ -314,7 +311,6 @@ fn file_rv_reset_never_lets_a_holder_that_saw_the_lease_run_beside_the_new_holde
 /// panics in `Timing::validate` (exit 101 and a backtrace) instead of a usage error (125); so does a
 /// `--timeout` too large to add to the clock (`Instant + Duration` overflows in `run.rs`).
 #[test]
-#[ignore = "adversary finding 6: a huge --retry-period panics"]
 fn a_huge_retry_period_is_a_usage_error_not_a_panic() {
     let env = TestEnv::file();
     let done = env.run(["lock", "x", "--retry-period", "500000000000y", "--", "true"]);
@@ -423,7 +419,6 @@ fn a_freeze_shorter_than_the_lease_duration_never_lets_the_child_outlive_the_lea
 /// does the same) keeps its thread, and the runtime waits for every blocking thread when mpsync exits.
 /// SIGTERM while waiting is promised to exit 143 (CONTRACT §4); mpsync never exits at all.
 #[test]
-#[ignore = "adversary finding 8: a stuck file read makes mpsync unable to exit, even on SIGTERM"]
 fn a_stuck_read_of_the_lock_directory_never_blocks_the_exit() {
     let env = TestEnv::file();
     let name = env.lease_name("fifo");
