@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod election;
 pub mod engine;
 pub mod error;
 pub mod exit;
@@ -22,7 +23,8 @@ pub mod store;
 pub mod supervise;
 pub mod validate;
 
+pub use election::{AfterLoss, Election, Leadership, Outcome};
 pub use error::{Error, Result};
 pub use exit::Exit;
 pub use lease::{LossReason, Timing};
-pub use lock::{HeldLock, Lock, LockBuilder};
+pub use lock::{HeldLock, LeaseStatus, Lock, LockBuilder};

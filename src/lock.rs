@@ -45,6 +45,7 @@ struct Inner {
     namespace: String,
     /// `--slots`, as given (one slot is the plain lease, but its holder still learns its slot number).
     slot_count: Option<u32>,
+    slot_names: Vec<String>,
     store: Store,
     /// The slots and what they observed, kept across acquisitions (expiry clocks, earlier holds); one
     /// acquisition at a time uses them.
@@ -116,6 +117,7 @@ impl LockBuilder {
                 timing: self.timing,
                 namespace: store.namespace().to_string(),
                 slot_count: self.slots,
+                slot_names: slot_names.clone(),
                 store: store.clone(),
                 slots: Arc::new(Mutex::new(slots)),
             }),
@@ -183,6 +185,107 @@ impl Lock {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(acquisition(Arc::clone(&self.inner), wait, result_tx, cancel.clone()));
         Acquiring { result: result_rx, cancel, task: Some(task) }
+    }
+}
+
+/// A Lease as it stands, for people and programs: who holds it, and since when. Nothing in mpsync decides
+/// anything from `held` (it judges expiry by when it *observed* a change); it is for display.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseStatus {
+    /// The Lease (for a semaphore, the slot's Lease).
+    pub name: String,
+    /// For a semaphore: the slot.
+    pub slot: Option<usize>,
+    /// Whether the Lease exists.
+    pub exists: bool,
+    /// `holderIdentity`, if someone holds it (empty: free).
+    pub holder: Option<String>,
+    /// A holder is named and its record has not expired by its own timestamps (`renewTime +
+    /// leaseDurationSeconds`), judged on this machine's clock now.
+    pub held: bool,
+    /// `acquireTime`.
+    pub acquire_time: Option<k8s_openapi::jiff::Timestamp>,
+    /// `renewTime`.
+    pub renew_time: Option<k8s_openapi::jiff::Timestamp>,
+    /// `leaseDurationSeconds`.
+    pub lease_duration_seconds: Option<i32>,
+    /// `leaseTransitions`: the fencing token of the last acquisition.
+    pub transitions: i32,
+}
+
+impl LeaseStatus {
+    fn new(name: &str, slot: Option<usize>, current: Option<&crate::lease::Versioned>) -> LeaseStatus {
+        let record = current.map(|v| v.record.clone()).unwrap_or_default();
+        let holder = record.holder_identity.clone().filter(|h| !h.is_empty());
+        let renew_time = record.renew_time.as_ref().map(|t| t.0);
+        let expires = match (renew_time, record.lease_duration_seconds) {
+            (Some(renewed), Some(seconds)) if seconds > 0 => {
+                renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds))).ok()
+            }
+            _ => None,
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        LeaseStatus {
+            name: name.to_string(),
+            slot,
+            exists: current.is_some(),
+            held: holder.is_some() && expires.is_none_or(|expires| expires > now),
+            holder,
+            acquire_time: record.acquire_time.as_ref().map(|t| t.0),
+            renew_time,
+            lease_duration_seconds: record.lease_duration_seconds,
+            transitions: record.lease_transitions.unwrap_or(0),
+        }
+    }
+}
+
+impl Lock {
+    /// The Lease as it stands now (for a semaphore, every slot).
+    pub async fn status(&self) -> Result<Vec<LeaseStatus>> {
+        let mut statuses = Vec::new();
+        for (index, name) in self.inner.slot_names.iter().enumerate() {
+            let current = self.inner.store.get(name).await.map_err(store_error)?;
+            statuses.push(LeaseStatus::new(name, self.inner.slot_count.map(|_| index), current.as_ref()));
+        }
+        Ok(statuses)
+    }
+
+    /// Every change of holder (of every slot, for a semaphore), from now on: the current state first.
+    /// The watches reconnect on their own; the stream ends only when dropped.
+    pub fn observe(&self) -> impl futures::Stream<Item = LeaseStatus> + Send + 'static {
+        use futures::StreamExt;
+        let retry_period = self.inner.timing.retry_period;
+        let streams = self.inner.slot_names.iter().enumerate().map(|(index, name)| {
+            let watch = self.inner.store.watch(name, retry_period);
+            let slot = self.inner.slot_count.map(|_| index);
+            let name = name.clone();
+            futures::stream::unfold((watch, None::<(Option<String>, i32, bool)>), move |(mut watch, mut last)| {
+                let name = name.clone();
+                async move {
+                    loop {
+                        let current = match watch.updates.recv().await? {
+                            crate::lease::WatchUpdate::Present(current) => Some(current),
+                            _ => None,
+                        };
+                        let status = LeaseStatus::new(&name, slot, current.as_ref());
+                        let key = (status.holder.clone(), status.transitions, status.exists);
+                        if last.as_ref() != Some(&key) {
+                            last = Some(key);
+                            return Some((status, (watch, last)));
+                        }
+                    }
+                }
+            })
+            .boxed()
+        });
+        futures::stream::select_all(streams)
+    }
+}
+
+fn store_error(err: crate::store::StoreError) -> Error {
+    match err {
+        crate::store::StoreError::Fatal(err) => err,
+        other => Error::Api(format!("cannot read the lease: {other}")),
     }
 }
 
