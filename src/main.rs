@@ -10,12 +10,12 @@ fn main() {
         }
         Err(err) => Err(err),
     };
-    let code = match exit {
-        Ok(exit) => exit.code(),
+    let exit = match exit {
+        Ok(exit) => exit,
         Err(err) => {
             eprintln!("mpsync: {err}");
-            err.exit().code()
+            err.exit()
         }
     };
-    std::process::exit(code);
+    mpsync::exit::exit_process(exit);
 }
