@@ -431,16 +431,25 @@ impl Supervisor {
         self.guard.as_ref().map(|guard| guard.pid.as_raw())
     }
 
-    /// Send `signal` to the child's whole process group. After one that asks the child to end (TERM, INT, HUP,
-    /// QUIT), SIGCONT follows, so that a stopped child acts on it; except while job control holds the job
-    /// stopped (mpsync was stopped too): then the run loop's answer to `Notice::Resumed`, which is coming,
-    /// decides whether it runs again.
+    /// Pass `signal` on to the child.
+    ///
+    /// USR1, USR2 and WINCH go to the child's process group, as the terminal sends its signals to a job.
+    /// TERM, INT, HUP and QUIT ask the job to end: they go to the whole job, the child's group and every
+    /// process of mpsync's tree that left it (`timeout`, `setsid`, `set -m` make groups of their own), as
+    /// systemd's control-group kill does, since none of it may run on once the lease is released. SIGCONT
+    /// follows them, so that a stopped process acts on them; except while job control holds the job stopped
+    /// (mpsync was stopped too): then the run loop's answer to `Notice::Resumed`, which is coming, decides
+    /// whether it runs again.
     pub fn forward(&self, signal: Signal) {
         if let Some(pgid) = self.group {
-            debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child's group");
-            self.signal_child(pgid, signal);
-            if ENDING.contains(&signal) && self.held.is_none() {
-                self.signal_child(pgid, Signal::SIGCONT);
+            debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child");
+            if ENDING.contains(&signal) {
+                self.signal_job(pgid, signal);
+                if self.held.is_none() {
+                    self.signal_job(pgid, Signal::SIGCONT);
+                }
+            } else {
+                self.signal_child(pgid, signal);
             }
         }
     }
@@ -607,11 +616,9 @@ impl Supervisor {
         // The job as it is before the signal: once the main child dies of it, its other descendants are
         // reparented out of mpsync's tree (unless mpsync is their subreaper).
         let job = self.job(&Snapshot::take(), pgid);
-        signal_group(pgid, signal);
-        if let Some(main) = self.main {
-            let _ = kill(main, signal);
-        }
-        for process in job.iter().filter(|process| process.pgrp != pgid.as_raw()) {
+        self.signal_child(pgid, signal);
+        let main = self.main.map(Pid::as_raw);
+        for process in job.iter().filter(|process| process.pgrp != pgid.as_raw() && Some(process.pid) != main) {
             let _ = kill(Pid::from_raw(process.pid), signal);
         }
     }

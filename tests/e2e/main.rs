@@ -34,3 +34,4 @@ mod lock;
 mod proxy;
 mod sidecar;
 mod supervise;
+mod terminal;

@@ -8,6 +8,7 @@
 
 pub mod apiserver;
 pub mod proxy;
+pub mod pty;
 
 use std::ffi::OsStr;
 use std::fs;
