@@ -319,8 +319,11 @@ impl Supervisor {
         loop {
             self.reap();
             if let Some(notice) = self.notices.pop_front() {
-                if let Notice::ChildExited(exit) = notice {
-                    self.last_exit = Some(exit);
+                match notice {
+                    Notice::ChildExited(exit) => self.last_exit = Some(exit),
+                    // Continued during `stop` or `finish`: there is no child to decide about any more.
+                    Notice::Resumed(_) if self.group.is_none() => continue,
+                    _ => {}
                 }
                 return notice;
             }
@@ -594,6 +597,11 @@ impl Supervisor {
     /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
     /// all (hidepid) but kill(2) finds it, believe kill(2).
     fn job_alive(&self, pgid: Pid) -> bool {
+        // The usual end, cheaply: the group is empty, and with the main child gone its other descendants
+        // have left mpsync's tree (unless mpsync adopts them).
+        if self.main.is_none() && !self.reap_orphans && killpg(pgid, None) == Err(Errno::ESRCH) {
+            return false;
+        }
         let snapshot = Snapshot::take();
         if !self.job(&snapshot, pgid).is_empty() {
             return true;
@@ -684,15 +692,27 @@ impl Supervisor {
     /// puts the terminal back) stop on their own, then SIGSTOP for those that catch or ignore it.
     fn stop_job(&self, pgid: Pid, signal: Signal) {
         self.signal_job(pgid, signal);
+        if !self.until_job_stopped(pgid) {
+            self.signal_job(pgid, Signal::SIGSTOP);
+            // A signal is sent before it is acted on: wait for the stop itself, or mpsync could stop first.
+            if !self.until_job_stopped(pgid) {
+                warn!(pgid = pgid.as_raw(), "the child's job does not stop (uninterruptible sleep?)");
+            }
+        }
+    }
+
+    /// Wait (at most `STOP_WAIT`) until every process of the job is stopped.
+    fn until_job_stopped(&self, pgid: Pid) -> bool {
         let deadline = std::time::Instant::now() + STOP_WAIT;
-        while std::time::Instant::now() < deadline {
-            let snapshot = Snapshot::take();
-            if self.job(&snapshot, pgid).iter().all(ProcStat::is_stopped) {
-                break;
+        loop {
+            if self.job(&Snapshot::take(), pgid).iter().all(ProcStat::is_stopped) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(POLL);
         }
-        self.signal_job(pgid, Signal::SIGSTOP);
     }
 
     /// Wait until `until` holds or `deadline` passes (false then), reaping and queueing signals meanwhile.

@@ -830,7 +830,7 @@ fn a_dead_guard_is_replaced_at_once_and_armed() {
     let _serial = serial();
     let mut supervisor = start();
     let first = supervisor.guard_pid().unwrap();
-    assert_eq!(fs::read_to_string(format!("/proc/{first}/comm")).unwrap().trim(), "mpsync-guard");
+    until_named_guard(first);
     runtime().block_on(async {
         supervisor.spawn(&sh("exec sleep 1000", &[])).unwrap();
         kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
@@ -839,8 +839,7 @@ fn a_dead_guard_is_replaced_at_once_and_armed() {
             assert!(Instant::now() < deadline, "no new guard");
             let _ = tokio::time::timeout(POLL, supervisor.next_notice()).await;
         }
-        let second = supervisor.guard_pid().expect("a new guard");
-        assert_eq!(fs::read_to_string(format!("/proc/{second}/comm")).unwrap().trim(), "mpsync-guard");
+        until_named_guard(supervisor.guard_pid().expect("a new guard"));
         supervisor.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
 }
@@ -944,4 +943,17 @@ fn a_child_stopped_by_sigstop_does_not_stop_mpsync() {
     let _serial = serial();
     let dir = TempDir::new("sigstop-child");
     helper_succeeded(helper_job("sigstop-child", &dir), &dir);
+}
+
+/// Wait until process `pid` has named itself mpsync-guard (it does so first thing after the fork).
+fn until_named_guard(pid: i32) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "mpsync-guard" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} is called {comm:?}, not mpsync-guard");
+        std::thread::sleep(POLL);
+    }
 }

@@ -11,6 +11,10 @@ use crate::support::*;
 /// FAST, as typed on a command line.
 const FAST_ARGS: &str = "--lease-duration 4s --renew-deadline 2s --retry-period 500ms";
 
+/// For tests that stop mpsync and continue it: nothing renews while mpsync is stopped, and a slow machine
+/// must not turn a short stop into a lost lease (the child would be killed, not continued).
+const SLOW_ARGS: &str = "--lease-duration 30s --renew-deadline 20s --retry-period 2s";
+
 fn shell(env: &TestEnv) -> Terminal {
     Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())])
 }
@@ -33,7 +37,7 @@ fn ctrl_z_then_fg_then_ctrl_c(redirect: &str) {
     let env = TestEnv::file();
     let mut terminal = shell(&env);
     let name = env.lease_name("ctrlz");
-    terminal.type_line(&format!("mpsync lock {name} {FAST_ARGS} -- {} {redirect}", beating_child(&env.dir)));
+    terminal.type_line(&format!("mpsync lock {name} {SLOW_ARGS} -- {} {redirect}", beating_child(&env.dir)));
     let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
     terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
 
@@ -102,7 +106,7 @@ fn after_background_then_fg_the_child_gets_the_terminal() {
     let name = env.lease_name("bgfg");
     let dir = env.dir.display();
     terminal.type_line(&format!(
-        "mpsync lock {name} {FAST_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; read x </dev/tty; echo got:$x' &"
+        "mpsync lock {name} {SLOW_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; read x </dev/tty; echo got:$x' &"
     ));
     let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
     terminal.wait_until("the child and mpsync to stop", || state(child) == Some('T') && state(mpsync) == Some('T'));
