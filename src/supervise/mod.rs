@@ -11,12 +11,16 @@
 //!   - [`Notice::Signal`]: TERM, INT, HUP, QUIT, USR1, USR2 or WINCH came (and was not inherited as
 //!     ignored). While a child runs, pass it on with [`Supervisor::forward`].
 //!   - [`Notice::ChildExited`], exactly once per child: call [`Supervisor::finish`] (stops what the child
-//!     left, hands the terminal back, disarms the guard) before releasing the lease or spawning again.
+//!     left, hands the terminal back, disarms the guard) before releasing the lease or spawning again, and
+//!     end with `Exit::from(exit)`: a child that died of SIGINT or SIGQUIT makes mpsync die of it too
+//!     ([`Exit::reraise_signal`]).
 //!   - [`Notice::Resumed`]: mpsync got SIGCONT while it has a child. If the child's job was stopped by job
 //!     control ([`Resume::held_for`]), it is still stopped. Check that the lease is still held (its renew
 //!     deadline has not passed) **before** anything else, then call [`Supervisor::continue_child`] if it
 //!     is, or [`Supervisor::kill_stopped_child`] if it is not (the job is SIGKILLed without ever running
 //!     again). The supervisor never continues a job it stopped on its own.
+//! - [`Supervisor::next_event`] is the same without [`Notice::Resumed`] (it continues the child at once, with
+//!   no lease check): for the run loop as it was before job control, until it moves to `next_notice`.
 //! - To stop a running child (lease lost, or a signal that should end it), call [`Supervisor::stop`]: it returns
 //!   the child's exit itself, and `next_notice` will not report that exit again. Signals that arrive during
 //!   `stop` or `finish` are queued for the following `next_notice` calls. Await `stop`, `finish` and

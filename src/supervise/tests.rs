@@ -436,6 +436,7 @@ fn helper_process() {
         "child-stops" => helper_child_stops(&dir),
         "cannot-stop" => helper_cannot_stop(&dir),
         "sigstop-child" => helper_sigstop_child(&dir),
+        "leave-group" => helper_leave_group(),
         "plugin" => helper_plugin(),
         "reraise-int" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGINT)),
         "reraise-quit" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGQUIT)),
@@ -883,14 +884,25 @@ fn the_replacement_guard_kills_the_group_when_the_supervisor_is_sigkilled() {
 #[test]
 fn stop_is_bounded_when_the_child_left_its_group() {
     let _serial = serial();
+    let dir = TempDir::new("leave-group");
     let mut supervisor = start();
-    let ours = getpgrp().as_raw().to_string();
-    let script = format!("import os, time; os.setpgid(0, {ours}); time.sleep(1000)");
-    let command = ChildCommand { program: "python3".into(), args: vec!["-c".into(), script.into()], env: vec![] };
+    let ours = getpgrp().as_raw();
+    // The child: this test binary again, in helper mode "leave-group".
+    let command = ChildCommand {
+        program: std::env::current_exe().unwrap().into(),
+        args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
+            .map(OsString::from)
+            .to_vec(),
+        env: vec![
+            (HELPER_MODE.into(), "leave-group".into()),
+            (HELPER_DIR.into(), dir.0.clone().into()),
+            (LEAVE_FOR.into(), ours.to_string().into()),
+        ],
+    };
     runtime().block_on(async {
         let pid = supervisor.spawn(&command).unwrap() as i32;
         let deadline = Instant::now() + PATIENCE;
-        while ProcStat::read(pid).map(|stat| stat.pgrp) != Some(getpgrp().as_raw()) {
+        while ProcStat::read(pid).map(|stat| stat.pgrp) != Some(ours) {
             assert!(Instant::now() < deadline, "the child never left its group");
             tokio::time::sleep(POLL).await;
         }
@@ -899,6 +911,16 @@ fn stop_is_bounded_when_the_child_left_its_group() {
         assert_eq!(exit, ChildExit::Signaled(libc::SIGTERM));
         assert!(gone(pid));
     });
+}
+
+/// The process group `leave-group` moves to.
+const LEAVE_FOR: &str = "MPSYNC_SUPERVISE_LEAVE_FOR";
+
+/// Leave the child's group for the one in LEAVE_FOR, then wait to be killed.
+fn helper_leave_group() {
+    let target: i32 = std::env::var(LEAVE_FOR).unwrap().parse().unwrap();
+    setpgid(Pid::from_raw(0), Pid::from_raw(target)).unwrap();
+    std::thread::sleep(PATIENCE * 10);
 }
 
 #[test]
