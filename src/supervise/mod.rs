@@ -46,9 +46,10 @@
 //! The main child and the guard are reaped by pid. As PID 1 or subreaper, every other zombie child is
 //! reaped too, except those in mpsync's own process group: those are what mpsync itself runs with
 //! `std::process::Command` (a kubeconfig exec credential plugin, run by kube for a token refresh), and
-//! their waiter must get their status. Orphans adopted from the child's job are never in mpsync's group
-//! (the child starts a group of its own), so the split is exact. The other way, a separate PID-1 reaper
-//! process as tini splits it, would need a second process to forward signals and mirror the exit.
+//! their waiter must get their status. Orphans adopted from the child's job are not in mpsync's group (the
+//! child starts a group of its own), unless one joins it on purpose: that one stays a zombie until mpsync
+//! exits. The other way, a separate PID-1 reaper process as tini splits it, would need a second process to
+//! forward signals and mirror the exit (the "die of the same signal" rule included).
 //!
 //! # When mpsync dies
 //!
