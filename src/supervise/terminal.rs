@@ -81,7 +81,7 @@ impl Terminal {
     /// Give the foreground to `pgid`, with the modes its job had when it was stopped, if it was.
     pub fn hand_to(&mut self, pgid: Pid) -> bool {
         if self.saved.is_none() {
-            self.save_modes();
+            self.saved = tcgetattr(&self.tty).ok();
         }
         if let Some(modes) = self.child_modes.take() {
             self.set_modes(&modes);

@@ -40,6 +40,13 @@ fn sh(script: &str, args: &[&Path]) -> ChildCommand {
     ChildCommand { program: "sh".into(), args: argv, env: vec![] }
 }
 
+/// `bash -c SCRIPT ARGS...`, for loops that job control stops: dash runs commands with vfork(2), and a
+/// vforked child stopped before its exec leaves its parent in uninterruptible sleep ('D', not 'T') until it
+/// is continued (bash's job control has the same trouble with such a loop).
+fn bash(script: &str, args: &[&Path]) -> ChildCommand {
+    ChildCommand { program: "bash".into(), ..sh(script, args) }
+}
+
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -599,7 +606,7 @@ fn state(pid: i32) -> Option<char> {
 /// A job of two parts: the main child, and a worker that left for a session of its own (`setsid`), so that
 /// only the descendant walk finds it. Both write a heartbeat. Their pids go to DIR/child.pid and
 /// DIR/worker.pid.
-const TWO_PART_JOB: &str = r#"setsid sh -c 'echo $$ > "$0/worker.pid"; while :; do date +%s%N > "$0/worker.beat"; sleep 0.05; done' "$0" &
+const TWO_PART_JOB: &str = r#"setsid bash -c 'echo $$ > "$0/worker.pid"; while :; do date +%s%N > "$0/worker.beat"; sleep 0.05; done' "$0" &
     echo $$ > "$0/child.pid"; while :; do date +%s%N > "$0/child.beat"; sleep 0.05; done"#;
 
 /// SIGTSTP to mpsync: the whole job stops, then mpsync; after SIGCONT the run loop hears `Resumed` while
@@ -607,7 +614,7 @@ const TWO_PART_JOB: &str = r#"setsid sh -c 'echo $$ > "$0/worker.pid"; while :; 
 fn helper_job_control(dir: &Path, continue_it: bool) {
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh(TWO_PART_JOB, &[dir])).unwrap();
+        supervisor.spawn(&bash(TWO_PART_JOB, &[dir])).unwrap();
         let (child, worker) = (pid_in(&dir.join("child.pid")).await, pid_in(&dir.join("worker.pid")).await);
         let Notice::Resumed(resume) = notice(&mut supervisor).await else { panic!("expected Resumed") };
         assert!(resume.held_for.is_some(), "the job was not held stopped: {resume:?}");
@@ -699,7 +706,7 @@ fn helper_cannot_stop(dir: &Path) {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap 'exit 7' TERM; echo $$ > "$0/child.pid"; while :; do sleep 0.05; done"#;
-        supervisor.spawn(&sh(script, &[dir])).unwrap();
+        supervisor.spawn(&bash(script, &[dir])).unwrap();
         let child = pid_in(&dir.join("child.pid")).await;
         fs::write(dir.join("ready"), "ready\n").unwrap();
         // The test sends SIGTSTP, then SIGUSR1: the stop request comes first, and was not carried out.
@@ -789,7 +796,7 @@ fn a_child_that_died_of_sigint_or_sigquit_makes_mpsync_die_of_it() {
 }
 
 /// A stopped member of the child's group that handles SIGTERM: only a SIGCONT lets it act on it.
-const STOPPED_MEMBER: &str = r#"sh -c 'trap "echo got > \"$0/got\"; exit 0" TERM; echo $$ > "$0/member.pid"; while :; do sleep 0.05; done' "$0" &
+const STOPPED_MEMBER: &str = r#"bash -c 'trap "echo got > \"$0/got\"; exit 0" TERM; echo $$ > "$0/member.pid"; while :; do sleep 0.05; done' "$0" &
     trap '' TERM; wait; wait"#;
 
 #[test]

@@ -393,6 +393,8 @@ mod issue13 {
     const SLOW: &[&str] = &["--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "2s"];
 
     /// mpsync in a process group of its own, as a shell starts a job, so that job control can stop it.
+    /// (The children that job control stops are bash loops: dash runs commands with vfork(2), and a vforked
+    /// child stopped before its exec leaves its parent in uninterruptible sleep, not stopped.)
     fn job(env: &TestEnv, args: &[&str]) -> Proc {
         let mut command = env.mpsync(args);
         command.process_group(0);
@@ -408,11 +410,12 @@ mod issue13 {
         let (log, pid) = (env.path("log"), env.path("a.pid"));
         let a_script =
             format!("echo $$ > {}; while :; do echo A-alive >> {}; sleep 0.2; done", pid.display(), log.display());
-        let a = job(&env, &fast(&["lock", &name], &["sh", "-c", &a_script]));
+        let a = job(&env, &fast(&["lock", &name], &["bash", "-c", &a_script]));
         let child = read_pid(&pid);
         wait_for_file(&log, "A-alive");
         a.signal(Signal::SIGTSTP);
-        wait_until("A and its child to stop", || state(a.pid()) == Some('T') && state(child) == Some('T'));
+        let states = || (state(a.pid()), state(child));
+        wait_until("A and its child to stop", || states() == (Some('T'), Some('T')));
         let b = env.run(fast(&["lock", &name], &["sh", "-c", &format!("echo B-start >> {}", log.display())]));
         b.assert_code(0);
         assert_eq!(state(child), Some('T'), "A's child ran while B held the lease");
@@ -432,7 +435,7 @@ mod issue13 {
         let (log, pid) = (env.path("log"), env.path("a.pid"));
         let a_script =
             format!("echo $$ > {}; while :; do echo A-alive >> {}; sleep 0.2; done", pid.display(), log.display());
-        let mut a = job(&env, &fast(&["lock", &name], &["sh", "-c", &a_script]));
+        let mut a = job(&env, &fast(&["lock", &name], &["bash", "-c", &a_script]));
         let child = read_pid(&pid);
         wait_for_file(&log, "A-alive");
         a.signal(Signal::SIGTSTP);
@@ -457,7 +460,7 @@ mod issue13 {
         let beat = env.path("beat");
         let script = format!("while :; do date +%s%N > {}; sleep 0.1; done", beat.display());
         let mut a =
-            job(&env, &[&["lock", &name, "--identity", "the-holder"], SLOW, &["--", "sh", "-c", &script]].concat());
+            job(&env, &[&["lock", &name, "--identity", "the-holder"], SLOW, &["--", "bash", "-c", &script]].concat());
         wait_for_file(&beat, "\n");
         let child = stat_child(a.pid());
         a.signal(Signal::SIGTSTP);
@@ -500,7 +503,7 @@ mod issue13 {
             got.display(),
             pid.display()
         );
-        let mut a = job(&env, &[&["lock", &name], SLOW, &["--", "sh", "-c", &script]].concat());
+        let mut a = job(&env, &[&["lock", &name], SLOW, &["--", "bash", "-c", &script]].concat());
         let child = read_pid(&pid);
         a.signal(Signal::SIGTSTP);
         wait_until("A and its child to stop", || state(a.pid()) == Some('T') && state(child) == Some('T'));

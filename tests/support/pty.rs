@@ -7,7 +7,6 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,8 +151,9 @@ impl Terminal {
 
     fn text_since(&self, start: usize) -> String {
         let output = self.output.lock().unwrap();
-        // `seen` counts bytes of lossy text; the output is ASCII in these tests.
-        String::from_utf8_lossy(&output).get(start..).unwrap_or_default().to_string()
+        // `seen` counts bytes of lossy text; the output is ASCII in these tests. Without carriage returns,
+        // which would overwrite lines when a failure prints the text.
+        String::from_utf8_lossy(&output).replace('\r', "").get(start..).unwrap_or_default().to_string()
     }
 
     /// The terminal's foreground process group.
@@ -187,9 +187,9 @@ impl Terminal {
         }
     }
 
-    /// The raw descriptor of the terminal's master side (for tcgetattr in tests).
-    pub fn master_fd(&self) -> i32 {
-        self.master.as_ref().map_or(-1, |master| master.as_raw_fd())
+    /// The terminal's modes now.
+    pub fn modes(&self) -> nix::sys::termios::Termios {
+        nix::sys::termios::tcgetattr(self.master.as_ref().expect("the terminal is open")).unwrap()
     }
 }
 
