@@ -65,11 +65,6 @@ impl SignalReceiver {
         }
         std::future::pending().await
     }
-
-    /// A signal already received, if any, without waiting.
-    pub fn try_recv(&mut self) -> Option<Signal> {
-        self.receiver.try_recv().ok()
-    }
 }
 
 impl Drop for SignalReceiver {
