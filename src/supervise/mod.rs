@@ -493,7 +493,8 @@ impl Supervisor {
     }
 
     /// Stop the child: `kill_signal` and SIGCONT to its whole job, wait up to `grace`, then SIGKILL; reap.
-    /// Signals that arrive meanwhile are kept for `next_notice`.
+    /// Signals that arrive meanwhile are kept for `next_notice`. A job held stopped by job control is killed
+    /// at once instead, as `kill_stopped_child` does: it is never continued without a lease.
     ///
     /// The job is the child's group and every descendant of mpsync (including, as PID 1 or subreaper, every
     /// process it adopted): within `grace` it waits for all of them, so that `sh -c 'worker & wait'` lets the
@@ -502,9 +503,13 @@ impl Supervisor {
     /// the child had already exited, that exit; if no child was ever spawned, `Exited(0)`. Afterwards the
     /// terminal is mpsync's again, the guard is disarmed and `spawn` may be called again.
     pub async fn stop(&mut self, kill_signal: Signal, grace: Duration) -> ChildExit {
+        if self.held.is_some() {
+            // Held stopped by job control: mpsync was stopped, nothing was renewed. A loss noticed before the
+            // `Resumed` notice must not let the job run during the grace period.
+            return self.kill_stopped_child().await;
+        }
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
-            self.held = None;
             self.signal_job(pgid, kill_signal);
             self.signal_job(pgid, Signal::SIGCONT);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
@@ -529,6 +534,10 @@ impl Supervisor {
             return;
         }
         let Some(pgid) = self.group else { return };
+        if self.held.is_some() {
+            self.kill_stopped_child().await;
+            return;
+        }
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
             self.signal_job(pgid, kill_signal);

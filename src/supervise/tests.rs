@@ -440,6 +440,7 @@ fn helper_process() {
         "guard" => helper_guarded_until_killed(&dir),
         "suspend-continue" => helper_job_control(&dir, true),
         "suspend-kill" => helper_job_control(&dir, false),
+        "suspend-stop" => helper_stop_while_held(&dir),
         "child-stops" => helper_child_stops(&dir),
         "cannot-stop" => helper_cannot_stop(&dir),
         "sigstop-child" => helper_sigstop_child(&dir),
@@ -985,4 +986,38 @@ fn until_named_guard(pid: i32) {
         assert!(Instant::now() < deadline, "process {pid} is called {comm:?}, not mpsync-guard");
         std::thread::sleep(POLL);
     }
+}
+
+/// The run loop may notice the loss (the renew deadline passed while mpsync was stopped) before it hears
+/// `Resumed`: `stop` then kills the held job without continuing it, as `kill_stopped_child` does.
+fn helper_stop_while_held(dir: &Path) {
+    let mut supervisor = start();
+    runtime().block_on(async {
+        let script =
+            r#"trap 'echo term > "$0/term"; exit 0' TERM; echo $$ > "$0/child.pid"; while :; do sleep 0.05; done"#;
+        supervisor.spawn(&bash(script, &[dir])).unwrap();
+        let child = pid_in(&dir.join("child.pid")).await;
+        // Stopped by the test's SIGTSTP, then continued by its SIGCONT: the job is still held.
+        let deadline = Instant::now() + PATIENCE;
+        while !supervisor.child_held() {
+            assert!(Instant::now() < deadline, "the job was never held");
+            let _ = tokio::time::timeout(POLL, supervisor.next_notice()).await;
+        }
+        let exit = tokio::time::timeout(PATIENCE, supervisor.stop(Signal::SIGTERM, PATIENCE)).await.unwrap();
+        assert_eq!(exit, ChildExit::Signaled(libc::SIGKILL), "the held job was continued to act on SIGTERM");
+        assert!(!dir.join("term").exists(), "the held job ran its SIGTERM trap");
+        assert!(until_gone(child).await);
+    });
+}
+
+#[test]
+fn stop_kills_a_held_job_without_continuing_it() {
+    let _serial = serial();
+    let dir = TempDir::new("suspend-stop");
+    let helper = helper_job("suspend-stop", &dir);
+    wait_pid(&dir.join("child.pid"));
+    kill(Pid::from_raw(helper.id() as i32), Signal::SIGTSTP).unwrap();
+    until_state(helper.id() as i32, "T", &dir);
+    kill(Pid::from_raw(helper.id() as i32), Signal::SIGCONT).unwrap();
+    helper_succeeded(helper, &dir);
 }
