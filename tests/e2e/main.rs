@@ -37,3 +37,4 @@ mod safety;
 mod semaphore;
 mod sidecar;
 mod supervise;
+mod terminal;
