@@ -18,14 +18,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The metaparticle Python client (metaparticle-sync 0.2.0 from PyPI, which needs six without declaring
-# it), for the side-car's interoperability test, in a venv of its own: .venv-test (gitignored).
-# Without it (no network, say) that one test prints that it skipped.
+# it), for the side-car's interoperability tests, and prometheus_client, whose parser reads /metrics, in
+# a venv of its own: .venv-test (gitignored). Without them (no network, say) those tests say they skipped.
 metaparticle_ready() {
-  .venv-test/bin/python -c 'import importlib.metadata as m; assert m.version("metaparticle-sync") == "0.2.0"; m.version("six")' \
+  .venv-test/bin/python -c 'import importlib.metadata as m; assert m.version("metaparticle-sync") == "0.2.0"; m.version("six"); m.version("prometheus_client")' \
     >/dev/null 2>&1
 }
 if [ -z "${MPSYNC_TEST_PYTHON:-}" ]; then
-  if metaparticle_ready || { python3 -m venv .venv-test && .venv-test/bin/pip install -q metaparticle-sync==0.2.0 six; }; then
+  if metaparticle_ready || { python3 -m venv .venv-test && .venv-test/bin/pip install -q metaparticle-sync==0.2.0 six prometheus_client; }; then
     export MPSYNC_TEST_PYTHON="$PWD/.venv-test/bin/python"
   else
     echo "warning: cannot install metaparticle-sync into .venv-test; the side-car's Python client test will skip" >&2
