@@ -154,31 +154,24 @@ struct Shared {
     limits: Limits,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
-    open: AtomicUsize,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
 }
 
 impl Server {
     pub fn new(handler: Handler, limits: Limits) -> Server {
+        Server::counting(handler, limits, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A server that keeps the number of its open connections in `open` (which its handler may report).
+    pub fn counting(handler: Handler, limits: Limits, open: Arc<AtomicUsize>) -> Server {
         let permits = Arc::new(Semaphore::new(limits.max_connections));
-        Server {
-            shared: Arc::new(Shared {
-                handler,
-                limits,
-                permits,
-                stop: CancellationToken::new(),
-                open: AtomicUsize::new(0),
-            }),
-        }
+        Server { shared: Arc::new(Shared { handler, limits, permits, stop: CancellationToken::new(), open }) }
     }
 
     /// Accept connections on `listener` in the background, until `shutdown`.
     pub fn serve(&self, listener: TcpListener) {
         tokio::spawn(accept(listener, Arc::clone(&self.shared)));
-    }
-
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.shared.open.load(Ordering::Relaxed)
     }
 
     /// Stop accepting; let the requests in flight finish and close idle connections, within `budget`.

@@ -20,6 +20,7 @@ mod routes;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -30,7 +31,6 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::health;
 use crate::http::{self, Limits};
-pub use locks::{MAX_LOCKS, redact_paths, timing};
 
 /// One API call's timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,15 +55,14 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
         let metrics = metrics::Metrics::default();
         let locks =
             Arc::new(locks::Locks::new(store, config.identity, config.lease_prefix, config.ttl, metrics.clone()));
-        // Both servers report the protocol's open connections; the server exists before its handler.
-        let open = Arc::new(std::sync::OnceLock::<http::Server>::new());
+        // The protocol's connections, open now: reported on /metrics by both servers.
+        let open = Arc::new(AtomicUsize::new(0));
         let connections = {
             let open = Arc::clone(&open);
-            move || open.get().map_or(0, http::Server::open_connections)
+            move || open.load(Ordering::Relaxed)
         };
-        let server =
-            http::Server::new(routes::protocol(Arc::clone(&locks), metrics.clone(), connections.clone()), LIMITS);
-        let _ = open.set(server.clone());
+        let handler = routes::protocol(Arc::clone(&locks), metrics.clone(), connections.clone());
+        let server = http::Server::counting(handler, LIMITS, open);
         let probes = match config.health_addr {
             Some(addr) => Some(
                 health::serve_probes(addr, routes::probes(Arc::clone(&locks), metrics.clone(), connections)).await?,
