@@ -911,7 +911,8 @@ fn python_client_acquires_and_sees_the_lock_held_by_another_side_car() {
 #[test]
 fn python_lock_survives_a_kill_9_and_restart_of_its_side_car() {
     let Some(python) = python() else { return };
-    let env = TestEnv::file();
+    // The test API server: no file system stall can delay the restart past the client's next heartbeat.
+    let env = TestEnv::kube();
     let name = env.lease_name("sc-restart");
     let mut first = Sidecar::of_pod(&env, "pod-a", &[]);
     let other = Sidecar::of_pod(&env, "pod-b", &[]);
@@ -926,7 +927,8 @@ fn python_lock_survives_a_kill_9_and_restart_of_its_side_car() {
     assert_eq!(other.put(&name).assert_status(409).json()["holder"], "pod-a");
 
     wait_for_heartbeat(&env, &name, &holder);
-    assert!(second.process.stderr().contains("adopted the lock"), "{}", second.process.stderr());
+    // Logged right after the write the heartbeat made.
+    wait_until("the new side-car to log the adoption", || second.process.stderr().contains("adopted the lock"));
     let (_, adopted) = env.get(&name).unwrap();
     assert_eq!(adopted.holder_identity.as_deref(), Some("pod-a"));
     assert_eq!(adopted.lease_transitions, spec.lease_transitions, "the same holding, the same token");
@@ -944,7 +946,8 @@ fn python_lock_survives_a_kill_9_and_restart_of_its_side_car() {
 #[test]
 fn python_lock_is_kept_through_a_drain_until_its_client_stops() {
     let Some(python) = python() else { return };
-    let env = TestEnv::file();
+    // The test API server: no file system stall can delay the restart past the client's next heartbeat.
+    let env = TestEnv::kube();
     let name = env.lease_name("sc-drain");
     let mut a = Sidecar::of_pod(&env, "pod-a", &["--drain", "60s"]);
     let b = Sidecar::of_pod(&env, "pod-b", &[]);
@@ -983,24 +986,21 @@ fn python_lock_is_kept_through_a_brief_api_failure() {
     let holder = python_hold(&env, &python, &name, &a);
     wait_for_heartbeat(&env, &name, &holder);
 
-    // The acquisition's PUT and the first heartbeat's, answered.
-    let put_200 = "mpsync_sidecar_requests_total{method=\"PUT\",code=\"200\"}";
-    wait_until("two PUTs answered", || a.metric(put_200) == 2.0);
     let logged = server.requests().len();
     server.fail_next(1_000_000, 503);
-    // The next heartbeat: the GET's read and the PUT's read both fail.
+    // The next heartbeat: the GET's read fails (answered 200 from the lock held, or the client would
+    // stop and send no PUT), then the PUT's read fails (answered 200 from the lock held, with no
+    // further call), so the failure can end once both have failed.
     let failed = server.wait_for_requests(
         |log| log[logged..].iter().filter(|request| request.status == 503).count() >= 2,
         PATIENCE + Duration::from_secs(10),
     );
     assert!(failed, "the heartbeat never reached the failing API server");
-    wait_until("the failing heartbeat's PUT to be answered 200", || {
-        assert!(!holder.stdout().contains("stopped"), "the client stopped heartbeating:\n{}", holder.stdout());
-        a.metric(put_200) == 3.0
-    });
     server.fail_next(0, 503);
-    // The client is still heartbeating: its next heartbeat renews the lock.
+    // The client is still heartbeating (its thread dies on any answer but 200): its next heartbeat
+    // renews the lock.
     wait_for_heartbeat(&env, &name, &holder);
+    assert!(a.metric("mpsync_api_errors_total{kind=\"transient\"}") >= 2.0, "{}", a.metrics());
     assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
     assert!(!holder.stdout().contains("stopped"), "{}", holder.stdout());
 }
