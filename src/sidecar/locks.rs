@@ -86,10 +86,18 @@ impl Entry {
     }
 }
 
-/// What draining found: how many locks are still held for clients that heartbeat, and when to look again.
+/// What draining found: the locks still held for clients that heartbeat, the locks busy with a request
+/// (a heartbeat, most likely), and when to look again.
 pub struct Drained {
     pub held: Vec<String>,
+    pub busy: usize,
     pub next_check: Option<Instant>,
+}
+
+impl Drained {
+    pub fn done(&self) -> bool {
+        self.held.is_empty() && self.busy == 0
+    }
 }
 
 impl Locks {
@@ -388,11 +396,10 @@ impl Locks {
     pub async fn drain_step(&self) -> Drained {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> =
             self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
-        let mut drained = Drained { held: Vec::new(), next_check: None };
+        let mut drained = Drained { held: Vec::new(), busy: 0, next_check: None };
         for (name, entry) in entries {
             let Ok(mut entry) = entry.try_lock() else {
-                // A request in flight: a heartbeat, most likely.
-                drained.held.push(name);
+                drained.busy += 1;
                 continue;
             };
             if entry.elector.release(now()).is_none() {

@@ -111,7 +111,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
         tokio::pin!(another);
         loop {
             let drained = locks.drain_step().await;
-            if drained.held.is_empty() {
+            if drained.done() {
                 tracing::info!("drained: no lock is held any more");
                 break;
             }
