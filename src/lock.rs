@@ -327,6 +327,24 @@ struct HoldState {
     lost: Option<LossReason>,
 }
 
+/// The renew deadline of a held lock as it moves (see [`HeldLock::deadlines`]).
+pub(crate) struct Deadlines(watch::Receiver<HoldState>);
+
+impl Deadlines {
+    /// The deadline now.
+    pub(crate) fn current(&mut self) -> Instant {
+        self.0.borrow_and_update().deadline
+    }
+
+    /// Wait until it moves (or the lock is gone: then never).
+    pub(crate) async fn changed(&mut self) -> Instant {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.current()
+    }
+}
+
 type ReleaseReply = oneshot::Sender<std::result::Result<bool, String>>;
 
 /// A held lease, renewed in the background until it is released, dropped or lost.
@@ -388,6 +406,12 @@ impl HeldLock {
                 }
             }
         }
+    }
+
+    /// The moment the lease counts as lost unless a renewal sent before then succeeds, and a way to wait
+    /// for it to move (for a supervisor that enforces it on its own).
+    pub(crate) fn deadlines(&self) -> Deadlines {
+        Deadlines(self.state.clone())
     }
 
     /// Cancelled when the lease is lost, released or dropped: pass it to the work done under the lease.

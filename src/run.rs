@@ -164,6 +164,13 @@ impl Runner {
             });
         }
         health.child_started();
+        // The guard enforces the lease on its own too: it kills the child's group when the renew deadline
+        // plus the grace plus half of the remaining margin has passed, should mpsync be unable to (frozen by
+        // `kill -STOP`, stuck). mpsync itself stops the child long before.
+        let margin = config.timing.lease_duration.saturating_sub(config.timing.renew_deadline + config.grace);
+        let guard_delay = config.grace + margin / 2;
+        let mut deadlines = held.deadlines();
+        supervisor.set_deadline(deadlines.current().checked_add(guard_delay).map(Into::into));
 
         loop {
             tokio::select! {
@@ -197,6 +204,9 @@ impl Runner {
                         return Ok(Held::Done(Exit::from(exit)));
                     }
                 },
+                deadline = deadlines.changed() => {
+                    supervisor.set_deadline(deadline.checked_add(guard_delay).map(Into::into));
+                }
                 reason = held.lost() => {
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;

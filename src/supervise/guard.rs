@@ -2,8 +2,15 @@
 //! SIGKILL (a parent-death signal reaches only the direct child).
 //!
 //! It holds the read end of a pipe whose only write ends are mpsync's and, until exec, a just-forked
-//! child's: end-of-file means mpsync is gone. Messages are 4-byte native-endian i32: a positive value arms it
-//! with that process group, 0 disarms it.
+//! child's: end-of-file means mpsync is gone. Messages are 12 bytes, a native-endian i32 and i64: a
+//! positive i32 arms it with that process group; 0 disarms it (and forgets any deadline); -1 sets a
+//! deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none).
+//!
+//! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
+//! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
+//! left of the lease). mpsync stops the child itself long before; the guard's SIGKILL matters only when
+//! mpsync cannot act: frozen by `kill -STOP`, stuck, or stopped by job control past the lease. Then the
+//! child is killed before anyone else can take the lease over.
 //!
 //! What it survives, and what it cannot:
 //! - It ignores every signal but SIGKILL and SIGSTOP, and runs in a process group of its own, so Ctrl-C, a
@@ -61,9 +68,48 @@ impl Guard {
 
     /// Arm the guard with process group `pgid`, or disarm it with 0.
     pub fn tell(&self, message: i32) {
-        if let Err(error) = nix::unistd::write(&self.pipe, &message.to_ne_bytes()) {
+        self.send(message, 0);
+    }
+
+    /// Kill the armed group at `deadline_nanos` (CLOCK_MONOTONIC), unless told otherwise before; 0 for none.
+    pub fn deadline(&self, deadline_nanos: i64) {
+        self.send(-1, deadline_nanos);
+    }
+
+    fn send(&self, command: i32, argument: i64) {
+        if let Err(error) = nix::unistd::write(&self.pipe, &message(command, argument)) {
             warn!(%error, "cannot reach the guard process");
         }
+    }
+}
+
+/// One message to the guard (see the module docs).
+pub(crate) fn message(command: i32, argument: i64) -> [u8; MESSAGE] {
+    let mut bytes = [0u8; MESSAGE];
+    bytes[..4].copy_from_slice(&command.to_ne_bytes());
+    bytes[4..].copy_from_slice(&argument.to_ne_bytes());
+    bytes
+}
+
+/// The size of a message: under PIPE_BUF, so every write of one is atomic.
+pub(crate) const MESSAGE: usize = 12;
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads on Linux, shared by every
+/// process of the machine.
+pub(crate) fn monotonic_nanos() -> i64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec.saturating_mul(1_000_000_000).saturating_add(now.tv_nsec)
+}
+
+/// `at` on CLOCK_MONOTONIC, in nanoseconds.
+pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
+    let (now, mono) = (std::time::Instant::now(), monotonic_nanos());
+    let ahead = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match at.checked_duration_since(now) {
+        Some(later) => mono.saturating_add(ahead(later)),
+        None => mono.saturating_sub(ahead(now - at)),
     }
 }
 
@@ -104,14 +150,40 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
         close_fds_except(pipe);
 
         let mut armed: libc::pid_t = 0;
-        let mut message = [0u8; 4];
+        let mut deadline: i64 = 0;
+        let mut message = [0u8; MESSAGE];
         let mut filled = 0;
         loop {
+            // Wait for the next message, or the deadline.
+            let timeout_ms = if armed > 0 && deadline > 0 {
+                let left = deadline.saturating_sub(monotonic_nanos());
+                if left <= 0 {
+                    // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped).
+                    libc::kill(-armed, libc::SIGKILL);
+                    deadline = 0;
+                    continue;
+                }
+                (left / 1_000_000 + 1).min(i64::from(i32::MAX)) as libc::c_int
+            } else {
+                -1
+            };
+            let mut fds = libc::pollfd { fd: pipe, events: libc::POLLIN, revents: 0 };
+            let ready = libc::poll(&mut fds, 1, timeout_ms);
+            if ready == 0 || (ready < 0 && Errno::last() == Errno::EINTR) {
+                continue;
+            }
             let n = libc::read(pipe, message.as_mut_ptr().add(filled).cast(), message.len() - filled);
             if n > 0 {
                 filled += n as usize;
                 if filled == message.len() {
-                    armed = i32::from_ne_bytes(message).max(0);
+                    let command = i32::from_ne_bytes([message[0], message[1], message[2], message[3]]);
+                    let mut argument = [0u8; 8];
+                    argument.copy_from_slice(&message[4..]);
+                    match command {
+                        -1 => deadline = i64::from_ne_bytes(argument),
+                        0 => (armed, deadline) = (0, 0),
+                        pgid => armed = pgid.max(0),
+                    }
                     filled = 0;
                 }
             } else if n < 0 && Errno::last() == Errno::EINTR {

@@ -236,6 +236,8 @@ pub struct Supervisor {
     /// Main children given up on after SIGKILL (uninterruptible sleep): reaped quietly when they go.
     abandoned: Vec<Pid>,
     guard: Option<Guard>,
+    /// The child's deadline, as the guard knows it (see `set_deadline`).
+    deadline: Option<std::time::Instant>,
     /// The controlling terminal, if mpsync has one.
     terminal: Option<Terminal>,
     /// Signals that were ignored when mpsync started: they stay ignored and are not forwarded.
@@ -301,6 +303,7 @@ impl Supervisor {
             last_exit: None,
             abandoned: Vec::new(),
             guard: Some(guard),
+            deadline: None,
             terminal,
             ignored_at_start,
             me,
@@ -346,6 +349,7 @@ impl Supervisor {
             signal_group(pgid, Signal::SIGKILL);
         }
         self.held = None;
+        self.deadline = None;
         self.reap();
         if self.guard.is_none() {
             self.rearm_guard();
@@ -383,6 +387,7 @@ impl Supervisor {
                 if let Some(guard) = &self.guard {
                     guard.tell(0);
                 }
+                self.deadline = None;
                 self.reap();
                 // Exec never fails with EPIPE; only the write to a dead guard in `prepare_child` does.
                 if error.raw_os_error() == Some(libc::EPIPE) {
@@ -410,6 +415,20 @@ impl Supervisor {
     /// `kill_stopped_child`.
     pub fn child_held(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// The last moment the child may run: the guard SIGKILLs its group then, whatever mpsync is doing (frozen
+    /// by `kill -STOP`, stuck, stopped by job control). Set it after every renewal; `None` for no deadline.
+    /// Spawning, finishing or stopping the child clears it.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        let deadline = deadline.map(std::time::Instant::from);
+        if self.deadline == deadline {
+            return;
+        }
+        self.deadline = deadline;
+        if let Some(guard) = &self.guard {
+            guard.deadline(deadline.map_or(0, guard::monotonic_at));
+        }
     }
 
     /// The guard process's pid, while it lives (for tests and diagnostics).
@@ -572,6 +591,7 @@ impl Supervisor {
         if let Some(guard) = &self.guard {
             guard.tell(0);
         }
+        self.deadline = None;
     }
 
     /// A shell without job control started mpsync as `cmd &`: SIGINT came ignored. Such a job is not the
@@ -875,6 +895,9 @@ impl Supervisor {
             Ok(guard) => {
                 if let Some(pgid) = self.group {
                     guard.tell(pgid.as_raw());
+                    if let Some(deadline) = self.deadline {
+                        guard.deadline(guard::monotonic_at(deadline));
+                    }
                 }
                 debug!(guard = guard.pid.as_raw(), "guard process started");
                 self.guard = Some(guard);
@@ -1037,7 +1060,7 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
         // default, and a dead guard must give an error, not a death by SIGPIPE.
         if guard_fd >= 0 {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            let message = pid.to_ne_bytes();
+            let message = guard::message(pid, 0);
             if libc::write(guard_fd, message.as_ptr().cast(), message.len()) != message.len() as isize {
                 // EPIPE: the guard is gone (`spawn` says so).
                 return Err(io::Error::last_os_error());
