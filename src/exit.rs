@@ -74,8 +74,8 @@ impl Exit {
 /// exit with `code()`. Call it last, from the main thread, once everything else is done.
 pub fn exit_process(exit: Exit) -> ! {
     use std::io::Write;
+    // Not stderr: mpsync writes it unbuffered, through its log thread (see `logging`).
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     if let Some(signal) = exit.reraise_signal()
         && std::process::id() != 1
     {

@@ -14,7 +14,7 @@ fn main() {
         Ok(exit) => exit,
         Err(err) => {
             mpsync::logging::flush();
-            eprintln!("mpsync: {err}");
+            mpsync::logging::print_error(&err.to_string());
             err.exit()
         }
     };

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::health::Health;
 use crate::lock::{HeldLock, Lock};
-use crate::supervise::{ChildCommand, Notice, SpawnError, SuperviseOptions, Supervisor};
+use crate::supervise::{ChildCommand, ChildExit, Notice, SpawnError, SuperviseOptions, Supervisor};
 
 /// Run a validated configuration to its exit.
 pub fn run(config: Config) -> Result<Exit> {
@@ -196,8 +196,16 @@ impl Runner {
                         supervisor.continue_child();
                     }
                     Notice::ChildExited(exit) => {
-                        tracing::info!(exit = exit.code(), "child exited");
                         health.child_exited();
+                        if exit == ChildExit::Signaled(Signal::SIGKILL as i32) && held.is_lost() {
+                            // Killed past the lease's deadline (by the guard, while mpsync could not act):
+                            // a loss, not the child's own end.
+                            tracing::error!("the child was killed at the lease's deadline");
+                            supervisor.finish(config.kill_signal, config.grace).await;
+                            drop(held);
+                            return Ok(Held::Lost);
+                        }
+                        tracing::info!(exit = exit.code(), "child exited");
                         supervisor.finish(config.kill_signal, config.grace).await;
                         // Given back only now, after the child and its group are gone.
                         release(held, supervisor).await;
