@@ -29,6 +29,7 @@ mod backends;
 mod chaos;
 mod elect;
 mod faults;
+mod file_backend;
 mod health;
 mod lock;
 mod proxy;
