@@ -73,11 +73,6 @@ impl FileStore {
         self
     }
 
-    /// The lock directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
     /// outcome unknown (a write) or only failed (a read).
     async fn blocking<T: Send + 'static>(
@@ -157,9 +152,8 @@ impl FileStore {
             return Err(StoreError::Conflict(format!("lease {name} already exists")));
         }
         let last = read_record(dir.fd(), dir.path(), &files, Which::Last)?;
-        // The deletion counts as a change: the version after it is two past the last record's.
         let version = match &last {
-            Some(last) => last.version.checked_add(2).ok_or_else(|| overflow(&dir, &files))?,
+            Some(last) => last.version.checked_add(1).ok_or_else(|| overflow(&dir, &files))?,
             None => 1,
         };
         if let Some(last) = last {
@@ -383,8 +377,9 @@ fn validate(name: &str, record: &LeaseSpec) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What the watch saw: the record, or its absence as of the version after the last record kept (empty if
-/// none is kept: then only a read decides).
+/// What the watch saw: the record, or its absence as of the last record kept (empty if none is kept). An
+/// elector that knows that very version reads again to decide, so an absence seen in the middle of a
+/// write that puts the record back is never taken for a deletion of what that write put back.
 fn observe(
     dir: &LockDir,
     files: &LeaseFiles,
@@ -407,8 +402,9 @@ fn observe(
         Some(stored) => WatchUpdate::Present(stored.versioned),
         None => {
             let last = read_record(handle.fd(), handle.path(), files, Which::Last).ok().flatten();
-            let resource_version = last.and_then(|last| last.version.checked_add(1)).map(|v| v.to_string());
-            WatchUpdate::Absent { resource_version: resource_version.unwrap_or_default() }
+            WatchUpdate::Absent {
+                resource_version: last.map(|last| last.versioned.resource_version).unwrap_or_default(),
+            }
         }
     });
     (current, subscribed)

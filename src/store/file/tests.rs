@@ -570,7 +570,7 @@ fn a_deleted_record_comes_back_at_the_next_create_and_versions_and_tokens_never_
     assert!(is_conflict(&fresh), "{fresh:?}");
     let back = rt.block_on(store.get("job")).expect("get works").expect("restored");
     assert_eq!(back.record, renewed.record, "the holder is back, to be waited out");
-    assert_eq!(back.resource_version, "4", "the deletion took version 3: no version is ever reused");
+    assert_eq!(back.resource_version, "3", "versions continue: none is ever reused");
     // A compare-and-swap on a version from before the deletion fails.
     assert!(is_conflict(&rt.block_on(store.replace("job", "2", &held_by("b")))));
 
@@ -578,11 +578,11 @@ fn a_deleted_record_comes_back_at_the_next_create_and_versions_and_tokens_never_
     fs::remove_file(temp.path().join("job.json")).expect("deleted again");
     let next = LeaseSpec { lease_transitions: Some(4), ..held_by("c") };
     let created = rt.block_on(store.create("job", &next)).expect("created");
-    assert_eq!((created.resource_version.as_str(), created.record.lease_transitions), ("6", Some(4)));
+    assert_eq!((created.resource_version.as_str(), created.record.lease_transitions), ("4", Some(4)));
 }
 
 #[test]
-fn the_watch_reports_a_deletion_as_an_absence_after_the_last_version() {
+fn the_watch_reports_a_deletion_as_an_absence_as_of_the_last_version() {
     let temp = TempDir::new("watch-deleted");
     let store = open(&temp);
     runtime().block_on(async {
@@ -591,7 +591,8 @@ fn the_watch_reports_a_deletion_as_an_absence_after_the_last_version() {
         next_update(&mut watch).await.expect("the record");
         fs::remove_file(temp.path().join("job.json")).expect("deleted");
         let update = tokio::time::timeout(PATIENCE, watch.updates.recv()).await.expect("in time").expect("running");
-        assert_eq!(update, WatchUpdate::Absent { resource_version: "2".into() });
+        // As of version 1: an elector that knows version 1 reads again to decide.
+        assert_eq!(update, WatchUpdate::Absent { resource_version: "1".into() });
     });
 }
 
@@ -622,4 +623,32 @@ fn every_valid_lease_name_works_the_longest_too() {
         let replaced = rt.block_on(store.replace(&name, &created.resource_version, &held_by("b"))).expect("replaced");
         assert_eq!(rt.block_on(store.get(&name)).expect("get works"), Some(replaced));
     }
+}
+
+#[test]
+fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at_the_path() {
+    let temp = TempDir::new("lock");
+    let _store = open(&temp);
+    let dir = LockDir::new(temp.path());
+    let held = dir.lock().expect("locked");
+    // Another writer waits while it is held (and gives up, transiently, after its wait).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = LockDir::new(temp.path());
+    let waiter = std::thread::spawn(move || {
+        let locked = other.lock().map(drop);
+        let _ = tx.send(());
+        locked
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "locked twice");
+    drop(held);
+    rx.recv_timeout(PATIENCE).expect("locked once released");
+    waiter.join().expect("the thread").expect("locked");
+
+    // A directory renamed away while locked no longer holds the lock of the path.
+    let held = dir.lock().expect("locked");
+    let moved = temp.path().with_extension("moved");
+    fs::rename(temp.path(), &moved).expect("renamed");
+    let again = dir.lock().expect("the directory at the path, made again");
+    drop((held, again));
+    let _ = fs::remove_dir_all(&moved);
 }
