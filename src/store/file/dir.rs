@@ -29,10 +29,6 @@ use crate::store::StoreError;
 /// The largest record mpsync reads: a Kubernetes object is at most 1.5 MiB, a Lease a few hundred bytes.
 pub const MAX_RECORD: u64 = 1 << 20;
 
-/// How long a write waits for other writers to finish before giving up (transiently). A writer holds
-/// the lock for a read, a small write and an fsync: milliseconds.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// Records and their copies: read and write for the owner only, and the sticky bit, which
 /// systemd-tmpfiles honours by never ageing such a file out (see the XDG Base Directory specification).
 const RECORD_MODE: u32 = 0o1600;
@@ -137,8 +133,10 @@ impl LockDir {
     }
 
     /// Take the compare-and-swap lock: an exclusive flock on the directory, retried until it is the
-    /// directory at the path (one removed, or renamed away, meanwhile is let go), for up to `LOCK_WAIT`.
-    pub fn lock(&self) -> Result<LockedDir<'_>, StoreError> {
+    /// directory at the path (one removed, or renamed away, meanwhile is let go). Given up at `give_up_at`,
+    /// transiently: nothing was written. (A writer holds the lock for a read, a small write and an fsync:
+    /// milliseconds; the caller gives up early enough to say "not applied" rather than "unknown".)
+    pub fn lock(&self, give_up_at: Instant) -> Result<LockedDir<'_>, StoreError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -154,10 +152,11 @@ impl LockDir {
                         break;
                     }
                     Err((returned, Errno::EWOULDBLOCK)) => {
-                        if started.elapsed() >= LOCK_WAIT {
+                        if Instant::now() >= give_up_at {
                             return Err(StoreError::Transient(format!(
-                                "lock directory {} is still locked by another writer after {LOCK_WAIT:?}",
-                                self.path.display()
+                                "lock directory {} is still locked by another writer after {:?}",
+                                self.path.display(),
+                                started.elapsed()
                             )));
                         }
                         fd = returned;
@@ -168,7 +167,7 @@ impl LockDir {
                     Err((_, errno)) => return Err(self.failure("lock", &self.path, errno)),
                 }
             }
-            if started.elapsed() >= LOCK_WAIT {
+            if Instant::now() >= give_up_at {
                 return Err(StoreError::Transient(format!(
                     "lock directory {} kept being replaced while mpsync locked it",
                     self.path.display()

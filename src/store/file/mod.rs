@@ -26,7 +26,7 @@ mod names;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -74,15 +74,18 @@ impl FileStore {
     }
 
     /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
-    /// outcome unknown (a write) or only failed (a read).
+    /// outcome unknown (a write) or only failed (a read). `work` gets the moment to stop waiting for the
+    /// directory's lock: half the call timeout, so that a busy lock is a plain failure ("not applied"),
+    /// and only a write stuck in the file system itself has an unknown outcome.
     async fn blocking<T: Send + 'static>(
         &self,
         what: String,
         write: bool,
-        work: impl FnOnce(FileStore) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(FileStore, Instant) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let store = self.clone();
-        match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store))).await {
+        let lock_by = Instant::now() + self.call_timeout / 2;
+        match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store, lock_by))).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Fatal(Error::Internal(format!("{what}: {join}")))),
             Err(_) if write => Err(StoreError::Unknown(format!(
@@ -102,7 +105,7 @@ impl FileStore {
 
     pub async fn get(&self, name: &str) -> Result<Option<Versioned>, StoreError> {
         let files = LeaseFiles::new(name)?;
-        self.blocking(format!("read lease {name}"), false, move |store| {
+        self.blocking(format!("read lease {name}"), false, move |store, _| {
             let Some(dir) = store.dir.open(false)? else {
                 return Ok(None);
             };
@@ -114,9 +117,11 @@ impl FileStore {
     /// Create or compare-and-swap replace, as the write says, with the labels and annotations it carries.
     pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
         let (name, write) = (name.to_string(), write.clone());
-        self.blocking(format!("write lease {name}"), true, move |store| match write.resource_version() {
-            None => store.create_now(&name, &write.record, &write.metadata),
-            Some(resource_version) => store.replace_now(&name, resource_version, &write.record, &write.metadata),
+        self.blocking(format!("write lease {name}"), true, move |store, lock_by| match write.resource_version() {
+            None => store.create_now(&name, &write.record, &write.metadata, lock_by),
+            Some(resource_version) => {
+                store.replace_now(&name, resource_version, &write.record, &write.metadata, lock_by)
+            }
         })
         .await
     }
@@ -135,8 +140,8 @@ impl FileStore {
         record: &LeaseSpec,
     ) -> Result<Versioned, StoreError> {
         let (name, resource_version, record) = (name.to_string(), resource_version.to_string(), record.clone());
-        self.blocking(format!("write lease {name}"), true, move |store| {
-            store.replace_kept(&name, &resource_version, &record)
+        self.blocking(format!("write lease {name}"), true, move |store, lock_by| {
+            store.replace_with(&name, &resource_version, &record, lock_by, |_| {})
         })
         .await
     }
@@ -144,10 +149,16 @@ impl FileStore {
     /// Create the record, if there is none. If the record was deleted (its last one is kept), a create
     /// that does not carry a larger fencing token than the last record puts that record back instead,
     /// and conflicts: the writer reads it, waits out its holder if it has one, and continues its tokens.
-    fn create_now(&self, name: &str, record: &LeaseSpec, metadata: &ObjectMeta) -> Result<Versioned, StoreError> {
+    fn create_now(
+        &self,
+        name: &str,
+        record: &LeaseSpec,
+        metadata: &ObjectMeta,
+        lock_by: Instant,
+    ) -> Result<Versioned, StoreError> {
         let files = LeaseFiles::new(name)?;
         validate(name, record)?;
-        let dir = self.dir.lock()?;
+        let dir = self.dir.lock(lock_by)?;
         if read_record(dir.fd(), dir.path(), &files, Which::Record)?.is_some() {
             return Err(StoreError::Conflict(format!("lease {name} already exists")));
         }
@@ -196,15 +207,12 @@ impl FileStore {
         resource_version: &str,
         record: &LeaseSpec,
         metadata: &ObjectMeta,
+        lock_by: Instant,
     ) -> Result<Versioned, StoreError> {
-        self.replace_with(name, resource_version, record, |stored| {
+        self.replace_with(name, resource_version, record, lock_by, |stored| {
             stored.labels = metadata.labels.clone();
             stored.annotations = metadata.annotations.clone();
         })
-    }
-
-    fn replace_kept(&self, name: &str, resource_version: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
-        self.replace_with(name, resource_version, record, |_| {})
     }
 
     /// The compare-and-swap under the directory's lock; `edit` sets what the write changes in the metadata.
@@ -213,11 +221,12 @@ impl FileStore {
         name: &str,
         resource_version: &str,
         record: &LeaseSpec,
+        lock_by: Instant,
         edit: impl FnOnce(&mut ObjectMeta),
     ) -> Result<Versioned, StoreError> {
         let files = LeaseFiles::new(name)?;
         validate(name, record)?;
-        let dir = self.dir.lock()?;
+        let dir = self.dir.lock(lock_by)?;
         let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? else {
             return Err(StoreError::Conflict(format!("lease {name} does not exist")));
         };

@@ -630,12 +630,13 @@ fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at
     let temp = TempDir::new("lock");
     let _store = open(&temp);
     let dir = LockDir::new(temp.path());
-    let held = dir.lock().expect("locked");
+    let soon = || Instant::now() + PATIENCE;
+    let held = dir.lock(soon()).expect("locked");
     // Another writer waits while it is held (and gives up, transiently, after its wait).
     let (tx, rx) = std::sync::mpsc::channel();
     let other = LockDir::new(temp.path());
     let waiter = std::thread::spawn(move || {
-        let locked = other.lock().map(drop);
+        let locked = other.lock(Instant::now() + PATIENCE).map(drop);
         let _ = tx.send(());
         locked
     });
@@ -645,10 +646,13 @@ fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at
     waiter.join().expect("the thread").expect("locked");
 
     // A directory renamed away while locked no longer holds the lock of the path.
-    let held = dir.lock().expect("locked");
+    let held = dir.lock(soon()).expect("locked");
     let moved = temp.path().with_extension("moved");
     fs::rename(temp.path(), &moved).expect("renamed");
-    let again = dir.lock().expect("the directory at the path, made again");
+    let again = dir.lock(soon()).expect("the directory at the path, made again");
+    // While held, another writer gives up at its moment, having written nothing.
+    let busy = dir.lock(Instant::now() + Duration::from_millis(50));
+    assert!(matches!(busy, Err(StoreError::Transient(_))), "{:?}", busy.map(drop));
     drop((held, again));
     let _ = fs::remove_dir_all(&moved);
 }
