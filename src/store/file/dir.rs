@@ -136,7 +136,14 @@ impl LockDir {
     /// directory at the path (one removed, or renamed away, meanwhile is let go). Given up at `give_up_at`,
     /// transiently: nothing was written. (A writer holds the lock for a read, a small write and an fsync:
     /// milliseconds; the caller gives up early enough to say "not applied" rather than "unknown".)
-    pub fn lock(&self, give_up_at: Instant) -> Result<LockedDir<'_>, StoreError> {
+    ///
+    /// While it waits, `lost` is asked now and then whether the caller's compare-and-swap is already lost
+    /// (the record changed under the writer that holds the lock); if so, the wait ends with that error.
+    pub fn lock(
+        &self,
+        give_up_at: Instant,
+        mut lost: impl FnMut() -> Option<StoreError>,
+    ) -> Result<LockedDir<'_>, StoreError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -152,6 +159,9 @@ impl LockDir {
                         break;
                     }
                     Err((returned, Errno::EWOULDBLOCK)) => {
+                        if let Some(lost) = lost() {
+                            return Err(lost);
+                        }
                         if Instant::now() >= give_up_at {
                             return Err(StoreError::Transient(format!(
                                 "lock directory {} is still locked by another writer after {:?}",
@@ -244,6 +254,11 @@ impl DirHandle<'_> {
         self.fd.as_fd()
     }
 
+    /// The identity of `name` without following it; `None` if there is none.
+    pub fn identity(&self, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        identity_at(self.fd(), self.path, name)
+    }
+
     pub fn path(&self) -> &Path {
         self.path
     }
@@ -290,11 +305,7 @@ impl<'a> LockedDir<'a> {
 
     /// The identity of `name` without following it; `None` if there is none.
     pub fn identity(&self, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
-        match fstatat(self.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(stat) => Ok(Some(identity(&stat))),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(errno) => Err(io_failure("inspect", &self.path.join(name), &io::Error::from(errno))),
-        }
+        identity_at(self.fd(), self.path, name)
     }
 
     /// Put `bytes` in place as `record`, and the same file as `last`: written to `temp` (created afresh,
@@ -371,6 +382,14 @@ impl<'a> LockedDir<'a> {
 
 fn identity(stat: &FileStat) -> (u64, u64) {
     (stat.st_dev, stat.st_ino)
+}
+
+fn identity_at(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(identity(&stat))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(io_failure("inspect", &dir_path.join(name), &io::Error::from(errno))),
+    }
 }
 
 /// Open `name` in `dir` without following a link and without blocking (a FIFO opens at once), and read

@@ -75,8 +75,8 @@ impl FileStore {
 
     /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
     /// outcome unknown (a write) or only failed (a read). `work` gets the moment to stop waiting for the
-    /// directory's lock: half the call timeout, so that a busy lock is a plain failure ("not applied"),
-    /// and only a write stuck in the file system itself has an unknown outcome.
+    /// directory's lock: three quarters into the call timeout, so that a busy lock is a plain failure
+    /// ("not applied"), and only a write stuck in the file system itself has an unknown outcome.
     async fn blocking<T: Send + 'static>(
         &self,
         what: String,
@@ -84,7 +84,7 @@ impl FileStore {
         work: impl FnOnce(FileStore, Instant) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let store = self.clone();
-        let lock_by = Instant::now() + self.call_timeout / 2;
+        let lock_by = Instant::now() + self.call_timeout * 3 / 4;
         match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store, lock_by))).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Fatal(Error::Internal(format!("{what}: {join}")))),
@@ -158,7 +158,9 @@ impl FileStore {
     ) -> Result<Versioned, StoreError> {
         let files = LeaseFiles::new(name)?;
         validate(name, record)?;
-        let dir = self.dir.lock(lock_by)?;
+        let exists = || StoreError::Conflict(format!("lease {name} already exists"));
+        let mut lost = self.lost_while_waiting(&files, None);
+        let dir = self.dir.lock(lock_by, || lost().then(exists))?;
         if read_record(dir.fd(), dir.path(), &files, Which::Record)?.is_some() {
             return Err(StoreError::Conflict(format!("lease {name} already exists")));
         }
@@ -226,7 +228,10 @@ impl FileStore {
     ) -> Result<Versioned, StoreError> {
         let files = LeaseFiles::new(name)?;
         validate(name, record)?;
-        let dir = self.dir.lock(lock_by)?;
+        let changed =
+            || StoreError::Conflict(format!("lease {name} changed: its resourceVersion is not {resource_version}"));
+        let mut lost = self.lost_while_waiting(&files, Some(resource_version));
+        let dir = self.dir.lock(lock_by, || lost().then(changed))?;
         let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? else {
             return Err(StoreError::Conflict(format!("lease {name} does not exist")));
         };
@@ -254,6 +259,41 @@ impl FileStore {
         lease.metadata.resource_version = Some(next.to_string());
         lease.spec = Some(record.clone());
         self.write_lease(&dir, &files, &lease)
+    }
+
+    /// For a writer waiting for the directory's lock: whether its compare-and-swap is lost already, a
+    /// create (`expected` None) by a record that appeared, a replace by another version. Read without the
+    /// lock, that is true at the moment of the read, which is all a conflict says. When a released lease
+    /// wakes a crowd of waiters, all but the first learn it while the first writes, instead of queueing
+    /// for the lock behind each other (and in front of the next release). The record is read once; after
+    /// that, a new file at its name (every write makes one) is the change.
+    fn lost_while_waiting<'a>(&'a self, files: &'a LeaseFiles, expected: Option<&'a str>) -> impl FnMut() -> bool + 'a {
+        let mut dir = None;
+        let mut seen: Option<Option<(u64, u64)>> = None;
+        move || {
+            if dir.is_none() {
+                dir = self.dir.open(false).ok().flatten();
+            }
+            let Some(dir) = &dir else { return false };
+            match seen {
+                Some(before) => dir.identity(&files.record).is_ok_and(|now| now != before),
+                None => match read_record(dir.fd(), dir.path(), files, Which::Record) {
+                    Ok(Some(stored))
+                        if expected.is_none_or(|expected| stored.versioned.resource_version != expected) =>
+                    {
+                        true
+                    }
+                    // A replace of a record that is not there.
+                    Ok(None) if expected.is_some() => true,
+                    Ok(stored) => {
+                        seen = Some(stored.map(|stored| stored.identity));
+                        false
+                    }
+                    // Unreadable: the locked path decides, and says why.
+                    Err(_) => false,
+                },
+            }
+        }
     }
 
     /// Watch one lease: the current record at once, then every change, driven by inotify on the lock

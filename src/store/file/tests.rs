@@ -631,12 +631,12 @@ fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at
     let _store = open(&temp);
     let dir = LockDir::new(temp.path());
     let soon = || Instant::now() + PATIENCE;
-    let held = dir.lock(soon()).expect("locked");
+    let held = dir.lock(soon(), || None).expect("locked");
     // Another writer waits while it is held (and gives up, transiently, after its wait).
     let (tx, rx) = std::sync::mpsc::channel();
     let other = LockDir::new(temp.path());
     let waiter = std::thread::spawn(move || {
-        let locked = other.lock(Instant::now() + PATIENCE).map(drop);
+        let locked = other.lock(Instant::now() + PATIENCE, || None).map(drop);
         let _ = tx.send(());
         locked
     });
@@ -646,12 +646,12 @@ fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at
     waiter.join().expect("the thread").expect("locked");
 
     // A directory renamed away while locked no longer holds the lock of the path.
-    let held = dir.lock(soon()).expect("locked");
+    let held = dir.lock(soon(), || None).expect("locked");
     let moved = temp.path().with_extension("moved");
     fs::rename(temp.path(), &moved).expect("renamed");
-    let again = dir.lock(soon()).expect("the directory at the path, made again");
+    let again = dir.lock(soon(), || None).expect("the directory at the path, made again");
     // While held, another writer gives up at its moment, having written nothing.
-    let busy = dir.lock(Instant::now() + Duration::from_millis(50));
+    let busy = dir.lock(Instant::now() + Duration::from_millis(50), || None);
     assert!(matches!(busy, Err(StoreError::Transient(_))), "{:?}", busy.map(drop));
     drop((held, again));
     let _ = fs::remove_dir_all(&moved);
