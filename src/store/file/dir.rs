@@ -380,6 +380,26 @@ impl<'a> LockedDir<'a> {
     }
 }
 
+/// What a look at a file shows without opening it: enough to tell that it was replaced or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    identity: (u64, u64),
+    size: i64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+/// A look at `name` (never followed); `None` if there is none, or it cannot be seen.
+pub fn glance(dir: BorrowedFd<'_>, name: &str) -> Option<Glance> {
+    let stat = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    Some(Glance {
+        identity: identity(&stat),
+        size: stat.st_size,
+        modified: (stat.st_mtime, stat.st_mtime_nsec),
+        changed: (stat.st_ctime, stat.st_ctime_nsec),
+    })
+}
+
 fn identity(stat: &FileStat) -> (u64, u64) {
     (stat.st_dev, stat.st_ino)
 }

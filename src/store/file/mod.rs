@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use self::dir::{LockDir, LockedDir};
+use self::dir::{Glance, LockDir, LockedDir};
 use self::names::LeaseFiles;
 use super::{StoreError, Watch, WatchUpdate};
 use crate::error::Error;
@@ -429,24 +429,33 @@ fn validate(name: &str, record: &LeaseSpec) -> Result<(), StoreError> {
 /// What the watch saw: the record, or its absence as of the last record kept (empty if none is kept). An
 /// elector that knows that very version reads again to decide, so an absence seen in the middle of a
 /// write that puts the record back is never taken for a deletion of what that write put back.
+///
+/// With `unless` (a poll without inotify), the record is read only if it no longer looks as it did then:
+/// `Ok(None)` says it does. Every write renames a new file into place, so a look is enough, and costs a
+/// fraction of a read.
 fn observe(
     dir: &LockDir,
     files: &LeaseFiles,
     subscribe: bool,
-) -> (Result<WatchUpdate, StoreError>, Option<Subscribed>) {
+    unless: Option<Option<Glance>>,
+) -> (Result<Option<WatchUpdate>, StoreError>, Option<Glance>, Option<Subscribed>) {
     let handle = match dir.open(false) {
         Ok(Some(handle)) => handle,
         Ok(None) => {
             let subscribed = subscribe.then(|| Subscribed::DirectoryMissing);
-            return (Ok(WatchUpdate::Absent { resource_version: String::new() }), subscribed);
+            return (Ok(Some(WatchUpdate::Absent { resource_version: String::new() })), None, subscribed);
         }
-        Err(err) => return (Err(err), None),
+        Err(err) => return (Err(err), None, None),
     };
     // Subscribed before the read: no change between the two can be missed.
     let subscribed = subscribe.then(|| match inotify::subscribe(handle.fd(), handle.path(), &files.record) {
         Ok(subscription) => Subscribed::Yes(subscription),
         Err(err) => Subscribed::Failed(err),
     });
+    let look = dir::glance(handle.fd(), &files.record);
+    if unless == Some(look) && !matches!(subscribed, Some(Subscribed::Yes(_))) {
+        return (Ok(None), look, subscribed);
+    }
     let current = read_record(handle.fd(), handle.path(), files, Which::Record).map(|stored| match stored {
         Some(stored) => WatchUpdate::Present(stored.versioned),
         None => {
@@ -456,7 +465,7 @@ fn observe(
             }
         }
     });
-    (current, subscribed)
+    (current.map(Some), look, subscribed)
 }
 
 /// What became of an attempt to subscribe to inotify events.
@@ -481,12 +490,19 @@ async fn forward_changes(
     let mut last_sent: Option<WatchUpdate> = None;
     let mut last_error: Option<String> = None;
     let mut fallback_reported = false;
+    // Without inotify: how the record looked at the last read, and when the last full read was (one
+    // every `poll_every` whatever the looks say).
+    let mut looked: Option<Option<Glance>> = None;
+    let mut read_fully_at = tokio::time::Instant::now();
     loop {
         let subscribe = use_inotify && subscription.is_none();
+        let unless = looked.filter(|_| subscription.is_none() && read_fully_at.elapsed() < poll_every);
         let (reading_dir, reading_files) = (dir.clone(), Arc::clone(&files));
-        let (read, subscribed) = tokio::task::spawn_blocking(move || observe(&reading_dir, &reading_files, subscribe))
-            .await
-            .unwrap_or_else(|join| (Err(StoreError::Transient(join.to_string())), None));
+        let (read, look, subscribed) =
+            tokio::task::spawn_blocking(move || observe(&reading_dir, &reading_files, subscribe, unless))
+                .await
+                .unwrap_or_else(|join| (Err(StoreError::Transient(join.to_string())), None, None));
+        looked = Some(look);
         match subscribed {
             Some(Subscribed::Yes(new)) => {
                 if fallback_reported {
@@ -511,7 +527,9 @@ async fn forward_changes(
             _ => {}
         }
         match read {
-            Ok(current) => {
+            Ok(None) => {}
+            Ok(Some(current)) => {
+                read_fully_at = tokio::time::Instant::now();
                 last_error = None;
                 if last_sent.as_ref() != Some(&current) {
                     if updates.send(current.clone()).await.is_err() {
