@@ -86,6 +86,15 @@ fn assert_one_at_a_time(log: &Path, runs: usize) -> Vec<(String, u128, Option<i6
     stamps
 }
 
+/// Timings for holders that hold for seconds on the file backend: the `FAST` ones give a renewal 1s
+/// (the call timeout) and the lease 2s, less than one fsync can take on a busy shared disk.
+const STEADY: &[&str] = &["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"];
+
+/// `head`, the `STEADY` timings, then `--` and the child's `command`.
+fn steady<'a>(head: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    [head, STEADY, &["--"], command].concat()
+}
+
 /// A child that stamps its start and its end, also when stopped by SIGTERM (the stop on a loss).
 fn stamped_until(log: &Path, go: &Path) -> String {
     let log = log.display();
@@ -192,18 +201,18 @@ fn deleting_the_record_under_a_holder_lets_nobody_in_beside_it() {
     let name = env.lease_name("deleted");
     let log = env.path("log");
     let go = env.path("go");
-    let mut holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    let mut holder = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
     wait_for_file(&log, "start");
     // A waiter that saw the holder, watching.
-    let mut waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    let mut waiter = env.spawn(steady(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
 
     fs::remove_file(env.lock_dir().join(format!("{name}.json"))).unwrap();
     let deleted_at = Instant::now();
     // And one that never saw it, started just after the deletion (the repro: it ran 6 ms later).
-    let mut fresh = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamp_script(&log, "true")]));
-    // Give both a fair chance to run beside the holder's child (the lease duration is 4s).
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut fresh = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamp_script(&log, "true")]));
+    // Give both a fair chance to run beside the holder's child (the lease duration is 6s).
+    std::thread::sleep(Duration::from_millis(2000));
     fs::write(&go, "").unwrap();
 
     let holder_code = holder.wait_for(PATIENCE).and_then(|s| s.code());
@@ -372,6 +381,13 @@ fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
     let started = Instant::now();
     let mut contenders = as_user(uid, "sh", &["-c", &script]);
     contenders.env("MPSYNC_BACKEND", "file");
+    // On tmpfs where there is one: what is measured is waiting and handoff, not a shared disk's fsyncs
+    // (seconds each on a busy machine).
+    let shm = Path::new("/dev/shm").is_dir().then(|| PathBuf::from(format!("/dev/shm/mpsync-test-{uid}")));
+    let _shm_lock_dir = shm.as_ref().map(|dir| {
+        contenders.env("MPSYNC_LOCK_DIR", dir);
+        UserLockDir(dir.clone())
+    });
     let mut all = Proc::spawn(contenders, &env.dir);
     let status = all.wait_for(Duration::from_secs(600)).expect("the contenders finish");
     let elapsed = started.elapsed();
@@ -518,7 +534,7 @@ fn a_waiter_follows_the_lock_directory_when_it_is_removed_and_made_again() {
     let name = env.lease_name("rearm");
     let log = env.path("log");
     let go = env.path("go");
-    let mut first = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    let mut first = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
     wait_for_file(&log, "start");
     // A retry period of 5s: a handoff well within it is the watch's doing.
     let slow = ["--lease-duration", "12s", "--renew-deadline", "7s", "--retry-period", "5s"];
@@ -533,7 +549,7 @@ fn a_waiter_follows_the_lock_directory_when_it_is_removed_and_made_again() {
     // Another holder makes the directory again and holds it until the waiter, which saw the first holder
     // vanish, has waited that out (its own lease duration, 12s, with a margin for a loaded machine).
     let second_go = env.path("second-go");
-    let mut second = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamped_until(&log, &second_go)]));
+    let mut second = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &second_go)]));
     wait_until("the second holder to run", || read_stamps(&log).len() >= 3);
     std::thread::sleep(Duration::from_secs(16).saturating_sub(removed.elapsed()));
     fs::write(&second_go, "").unwrap();
