@@ -45,8 +45,9 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The watch never polls faster than this, whatever `retry_period` says.
 const MIN_POLL: Duration = Duration::from_millis(10);
 
-/// How often a watch without inotify (the user's instances used up, say) reads the record: fast enough
-/// that a handoff to such a waiter takes a moment, not a retry period; a read is a few microseconds.
+/// How often a watch without inotify (the user's instances used up, say) looks at the record: fast enough
+/// that a handoff to such a waiter takes a moment, not a retry period; a look (one fstatat) is cheap, and
+/// the record is read only when it changed.
 const FALLBACK_POLL: Duration = Duration::from_millis(100);
 
 /// Cheap to clone: every call runs its file I/O on tokio's blocking pool, bounded by `call_timeout`, so a

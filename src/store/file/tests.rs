@@ -7,7 +7,11 @@ use std::time::Instant;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 /// Generous, for a loaded machine: only reached when something is wrong.
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The stores' call timeout in these tests: an fsync on a busy shared disk can take seconds, which is not
+/// what they test.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -37,7 +41,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn open(dir: &TempDir) -> FileStore {
-    FileStore::open(dir.path(), "default".to_string()).expect("the lock directory opens")
+    FileStore::open(dir.path(), "default".to_string())
+        .expect("the lock directory opens")
+        .with_call_timeout(CALL_TIMEOUT)
 }
 
 fn held_by(holder: &str) -> LeaseSpec {
@@ -349,20 +355,20 @@ fn watch_delivers_current_record_then_a_change_from_another_thread_at_once() {
 
         let dir = temp.path();
         let writer = std::thread::spawn(move || {
-            let other = FileStore::open(dir, "default".to_string()).expect("opens");
+            let other = FileStore::open(dir, "default".to_string()).expect("opens").with_call_timeout(CALL_TIMEOUT);
             let rt = runtime();
-            let started = Instant::now();
             rt.block_on(other.replace("job", "1", &held_by("b"))).expect("replaced");
-            started
+            Instant::now()
         });
         let changed = next_update(&mut watch).await.expect("the changed record");
         let received = Instant::now();
-        let write_started = writer.join().expect("the writer thread");
+        let write_finished = writer.join().expect("the writer thread");
         assert_eq!(changed.resource_version, "2");
         assert_eq!(changed.record.holder_identity.as_deref(), Some("b"));
-        // From the start of the write (fsyncs included) to the watcher having the new record.
-        let handoff = received.saturating_duration_since(write_started);
-        assert!(handoff < Duration::from_secs(1), "took {handoff:?}");
+        // Usually before the writer's last fsync is done; never long after (an fsync on a busy disk can
+        // take seconds, which is not the watch's doing).
+        let late = received.saturating_duration_since(write_finished);
+        assert!(late < Duration::from_secs(1), "{late:?} after the write");
     });
 }
 
@@ -461,7 +467,7 @@ fn concurrent_compare_and_swap_never_loses_an_update() {
         .map(|writer| {
             let dir = temp.path();
             std::thread::spawn(move || {
-                let store = FileStore::open(dir, "default".to_string()).expect("opens");
+                let store = FileStore::open(dir, "default".to_string()).expect("opens").with_call_timeout(CALL_TIMEOUT);
                 let rt = runtime();
                 let mut conflicts = 0u32;
                 for _ in 0..INCREMENTS {
