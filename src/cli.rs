@@ -113,7 +113,9 @@ pub struct BackendArgs {
     #[arg(long, value_enum, env = "MPSYNC_BACKEND", default_value = "kube")]
     pub backend: BackendKind,
 
-    /// Directory for --backend file [default: $XDG_RUNTIME_DIR/mpsync, else /tmp/mpsync-$UID].
+    /// Directory for --backend file [default: /tmp/mpsync-$UID, the same for cron, shells and services
+    /// of one user; emptied at reboot]. It must be yours, mode 0700. For fencing tokens that survive a
+    /// reboot, use a persistent one: ~/.local/state/mpsync, or /var/lib/mpsync for system services.
     #[arg(long, env = "MPSYNC_LOCK_DIR", value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
 }
@@ -548,11 +550,11 @@ fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
     name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))
 }
 
+/// `/tmp/mpsync-$EUID`: it depends on the user alone, never on session variables (a cron job has no
+/// `XDG_RUNTIME_DIR`, an ssh shell of the same user has one, and logind removes that directory at the
+/// last logout), so every process of one user meets every other there, as with tmux's `/tmp/tmux-UID`.
 fn default_lock_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("mpsync"),
-        None => PathBuf::from(format!("/tmp/mpsync-{}", nix::unistd::getuid())),
-    }
+    PathBuf::from(format!("/tmp/mpsync-{}", nix::unistd::geteuid()))
 }
 
 #[cfg(test)]

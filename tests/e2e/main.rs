@@ -30,6 +30,7 @@ mod backends;
 mod chaos;
 mod elect;
 mod faults;
+mod file_backend;
 mod health;
 mod lock;
 mod proxy;
