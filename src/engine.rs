@@ -146,6 +146,8 @@ pub struct Slot {
     collision_reported: bool,
     /// Whether a read of this slot has finished once (with a record, an absence, or a failure).
     looked_at: bool,
+    /// The last read found a record that cannot be read: it counts as held by someone.
+    unreadable: bool,
 }
 
 impl Slot {
@@ -162,6 +164,7 @@ impl Slot {
             observer,
             collision_reported: false,
             looked_at: false,
+            unreadable: false,
         }
     }
 
@@ -195,6 +198,9 @@ impl Slot {
 
     /// Whether the slot waits for another holder: not ours, nothing in flight, nothing to retry.
     pub fn held_by_another(&mut self) -> bool {
+        if self.unreadable && self.elector.held().is_none() {
+            return true;
+        }
         self.call.is_none()
             && self.retry_at.is_none()
             && self.elector.held().is_none()
@@ -290,6 +296,9 @@ impl Slot {
     fn finish(&mut self, outcome: Outcome) -> Option<Error> {
         let holding = self.elector.held().is_some();
         self.looked_at |= matches!(outcome, Outcome::Read(_));
+        if let Outcome::Read(result) = &outcome {
+            self.unreadable = matches!(result, Err(StoreError::Unreadable(_)));
+        }
         let failure = match outcome {
             Outcome::Read(Ok(current)) => {
                 self.elector.observe(current, Instant::now());

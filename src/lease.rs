@@ -256,7 +256,8 @@ impl std::fmt::Display for Refusal {
             Refusal::TokenExhausted { transitions } => write!(
                 f,
                 "its fencing token (leaseTransitions) is {transitions}, the largest an int32 holds: a new holder \
-                 cannot get a larger one; deleting the Lease resets tokens, so fence on something else first"
+                 cannot get a larger one; resetting the lease restarts its tokens at 0, so first make the resource \
+                 you fence accept that"
             ),
             Refusal::SlotCountMismatch { recorded, ours } => write!(
                 f,

@@ -162,7 +162,7 @@ fn classify(err: kube::Error, verb: Verb, name: &str, namespace: &str) -> StoreE
         kube::Error::SerdeError(err) if verb.is_write() => {
             StoreError::Unknown(format!("{what}: unreadable answer: {err}"))
         }
-        kube::Error::SerdeError(err) => StoreError::Transient(format!("{what}: unreadable Lease record: {err}")),
+        kube::Error::SerdeError(err) => StoreError::Unreadable(format!("{what}: unreadable Lease record: {err}")),
         other if verb.is_write() => StoreError::Unknown(format!("{what}: {}", one_line(&other))),
         other => StoreError::Transient(format!("{what}: {}", one_line(&other))),
     }

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// A failure worth retrying with backoff: connection refused, timeouts on reads, 429, 5xx.
     #[error("{0}")]
     Transient(String),
+    /// A record exists that cannot be read (corrupt, not a Lease, not a regular file): the lease counts as
+    /// held by someone, and the read is retried with backoff.
+    #[error("{0}")]
+    Unreadable(String),
     /// A failure retrying will not fix: forbidden, unauthorized, namespace missing, invalid, corrupt.
     #[error(transparent)]
     Fatal(#[from] Error),
@@ -47,6 +51,7 @@ impl StoreError {
             StoreError::Conflict(_) => "conflict",
             StoreError::Unknown(_) => "unknown",
             StoreError::Transient(_) => "transient",
+            StoreError::Unreadable(_) => "unreadable",
             StoreError::Fatal(_) => "fatal",
         }
     }

@@ -342,6 +342,10 @@ fn a_corrupt_record_makes_waiters_wait_with_one_clear_line_until_it_is_repaired(
     // The one warning, and the one error when --timeout gives up.
     assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
     assert_eq!(fs::read_to_string(&record).unwrap(), "{ not json", "never overwritten");
+    // --no-wait counts it as held: 124 at once, not after a lease duration of retries.
+    let no_wait = env.run(["lock", &name, "--no-wait", "--", "touch", ran.to_str().unwrap()]);
+    no_wait.assert_code(124);
+    assert!(no_wait.elapsed < std::time::Duration::from_secs(10), "took {:?}", no_wait.elapsed);
     let status = env.run(["status", &name]);
     status.assert_code(125);
     assert!(status.stderr.contains(&record.display().to_string()), "{}", status.stderr);

@@ -350,6 +350,11 @@ impl<'a> LockedDir<'a> {
             Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EMLINK) => self.write_new(last_temp, bytes)?,
             Err(errno) => return Err(self.failure("write", last_temp, errno)),
         }
+        if !publish() {
+            self.remove(temp);
+            self.remove(last_temp);
+            return Err(StoreError::Transient(format!("write of {record} given up by its caller before it was made")));
+        }
         renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| self.failure("replace", last, errno))?;
         renameat(self.fd(), temp, self.fd(), record).map_err(|errno| self.failure("replace", record, errno))
     }
@@ -489,4 +494,50 @@ pub fn io_failure(action: &str, path: &Path, err: &io::Error) -> StoreError {
 pub fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
     use std::os::fd::AsRawFd;
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+// A write given up by its caller (the call timed out) must either never replace the record, or be known to
+// be under way: then its outcome is unknown. The blocking task and the caller settle which, once, with a
+// compare-and-swap on a shared state: the task claims PUBLISHING right before its renames; the caller, on
+// its timeout, claims ABANDONED. (The state travels to `install_now` in a thread-local: the write runs on one
+// blocking-pool thread from start to end.)
+
+/// The write has not started to replace anything.
+pub(super) const RUNNING: u8 = 0;
+/// The write is replacing the record (its outcome, to a caller that gave up, is unknown).
+const PUBLISHING: u8 = 1;
+/// The caller gave up first: the write must not replace anything.
+const ABANDONED: u8 = 2;
+
+thread_local! {
+    static PUBLISH_GATE: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicU8>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `work` with `gate` as the publish gate of the writes it makes.
+pub(super) fn with_publish_gate<T>(gate: std::sync::Arc<std::sync::atomic::AtomicU8>, work: impl FnOnce() -> T) -> T {
+    PUBLISH_GATE.with(|cell| *cell.borrow_mut() = Some(gate));
+    let result = work();
+    PUBLISH_GATE.with(|cell| *cell.borrow_mut() = None);
+    result
+}
+
+/// Claim the right to replace the record; false if the caller gave up already.
+fn publish() -> bool {
+    use std::sync::atomic::Ordering;
+    PUBLISH_GATE.with(|cell| match cell.borrow().as_ref() {
+        None => true,
+        Some(gate) => gate.compare_exchange(RUNNING, PUBLISHING, Ordering::SeqCst, Ordering::SeqCst).is_ok(),
+    })
+}
+
+/// The caller gives up: true if the write will now never replace anything, false if it is under way.
+pub(super) fn abandon(gate: &std::sync::atomic::AtomicU8) -> bool {
+    use std::sync::atomic::Ordering;
+    gate.compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+}
+
+#[cfg(test)]
+pub(super) fn publish_for_tests() -> bool {
+    publish()
 }

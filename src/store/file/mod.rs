@@ -86,11 +86,20 @@ impl FileStore {
     ) -> Result<T, StoreError> {
         let store = self.clone();
         let lock_by = Instant::now() + self.call_timeout * 3 / 4;
-        match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store, lock_by))).await {
+        let publish = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(dir::RUNNING));
+        let task_publish = std::sync::Arc::clone(&publish);
+        let task = tokio::task::spawn_blocking(move || dir::with_publish_gate(task_publish, || work(store, lock_by)));
+        match tokio::time::timeout(self.call_timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Fatal(Error::Internal(format!("{what}: {join}")))),
-            Err(_) if write => Err(StoreError::Unknown(format!(
+            // Given up before the write began to replace the record: it never will (see `dir::publish`), so
+            // it was not applied. Past that point its outcome is unknown.
+            Err(_) if write && !dir::abandon(&publish) => Err(StoreError::Unknown(format!(
                 "{what}: no answer from the file system within {:?}",
+                self.call_timeout
+            ))),
+            Err(_) if write => Err(StoreError::Transient(format!(
+                "{what}: not done within {:?}; given up before anything was replaced",
                 self.call_timeout
             ))),
             Err(_) => Err(StoreError::Transient(format!(
@@ -359,7 +368,7 @@ fn read_record(
     };
     let unreadable = |why: String| {
         let path = dir_path.join(file);
-        StoreError::Transient(match which {
+        StoreError::Unreadable(match which {
             Which::Record => format!(
                 "lease record {} {why}: the lease counts as held until it is a valid Lease again \
                  (mpsync never overwrites a record it cannot read)",

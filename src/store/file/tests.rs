@@ -66,7 +66,7 @@ fn file_error(result: Result<impl std::fmt::Debug, StoreError>) -> String {
 
 fn transient(result: Result<impl std::fmt::Debug, StoreError>) -> String {
     match result {
-        Err(StoreError::Transient(message)) => message,
+        Err(StoreError::Transient(message) | StoreError::Unreadable(message)) => message,
         other => panic!("expected a transient error, got {other:?}"),
     }
 }
@@ -661,4 +661,19 @@ fn the_compare_and_swap_lock_excludes_other_writers_and_follows_the_directory_at
     assert!(matches!(busy, Err(StoreError::Transient(_))), "{:?}", busy.map(drop));
     drop((held, again));
     let _ = fs::remove_dir_all(&moved);
+}
+
+#[test]
+fn a_write_given_up_before_it_replaces_anything_never_will_and_one_under_way_is_unknown() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU8;
+    // The caller gives up first: the write's gate stays shut.
+    let gate = Arc::new(AtomicU8::new(super::dir::RUNNING));
+    assert!(super::dir::abandon(&gate), "nothing was replaced yet: not applied");
+    let published = super::dir::with_publish_gate(Arc::clone(&gate), super::dir::publish_for_tests);
+    assert!(!published, "a write given up never replaces the record");
+    // The write claims the gate first: the caller's outcome is unknown.
+    let gate = Arc::new(AtomicU8::new(super::dir::RUNNING));
+    assert!(super::dir::with_publish_gate(Arc::clone(&gate), super::dir::publish_for_tests));
+    assert!(!super::dir::abandon(&gate), "under way: unknown");
 }
