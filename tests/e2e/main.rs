@@ -27,6 +27,7 @@ macro_rules! both_backends {
 mod apiserver;
 mod backends;
 mod chaos;
+mod connect;
 mod elect;
 mod faults;
 mod health;
