@@ -31,6 +31,7 @@ mod connect;
 mod elect;
 mod faults;
 mod health;
+mod image;
 mod lock;
 mod proxy;
 mod sidecar;
