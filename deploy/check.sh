@@ -540,8 +540,8 @@ else:
     builder, final = stages[0], stages[-1]
     if not re.match(r"(docker\.io/(library/)?)?rust:", builder["from"]):
         fail("the builder is %s, not an official rust image" % builder["from"])
-    if not final["from"].startswith("gcr.io/distroless/cc-debian12"):
-        fail("the final stage is %s, not gcr.io/distroless/cc-debian12" % final["from"])
+    if not final["from"].startswith(("gcr.io/distroless/static-debian12", "scratch")):
+        fail("the final stage is %s, not gcr.io/distroless/static-debian12 or scratch (the binary is static)" % final["from"])
     builds = [(n, r) for s in stages for n, w, r in s["instructions"] if w == "RUN" and "cargo build" in r]
     if not builds:
         fail("no RUN cargo build")

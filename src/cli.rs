@@ -395,14 +395,22 @@ fn usage_error(err: clap::Error) -> Error {
             std::process::exit(code);
         }
         _ => {
+            // clap's first paragraph, on one line: it lists what is missing (or the possible values)
+            // on the lines under its first, which alone would end in a bare "not provided:".
             let rendered = err.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|line| !line.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ")
-                .to_string();
-            Error::Usage(format!("{first}\n(see 'mpsync --help')"))
+            let mut paragraph = rendered.trim_start().lines().map(str::trim).take_while(|line| !line.is_empty());
+            let head = paragraph.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let listed: Vec<&str> = paragraph.collect();
+            let first = match (listed.is_empty(), head.ends_with(':')) {
+                (true, _) => head.to_string(),
+                (false, true) => format!("{head} {}", listed.join(", ")),
+                (false, false) => format!("{head} {}", listed.join(" ")),
+            };
+            let second = match err.get(clap::error::ContextKind::Usage) {
+                Some(usage) => usage.to_string().trim().replacen("Usage:", "usage:", 1),
+                None => "(see 'mpsync --help')".to_string(),
+            };
+            Error::Usage(format!("{first}\n{second}"))
         }
     }
 }
@@ -613,6 +621,14 @@ mod tests {
             (&["lock", "job", "--retry-period", "500000000y", "--", "true"], "--retry-period"),
             (&["lock", "job", "--grace", "500000000y", "--", "true"], "--grace"),
             (&["lock", "job", "--lease-duration", "500000000y", "--", "true"], "--lease-duration"),
+            (&["lock"], "not provided: <NAME>\nusage: mpsync lock <NAME> [-- <COMMAND>...]"),
+            (&["elect", "--", "true"], "not provided: <NAME>"),
+            (&["completions"], "not provided: <SHELL>"),
+            (
+                &["lock", "--log-format", "yaml", "job"],
+                "'yaml' for '--log-format <LOG_FORMAT>' [possible values: text, json]",
+            ),
+            (&["lock", "job", "--bogus"], "unexpected argument '--bogus' found\nusage: mpsync lock"),
         ];
         for (args, expected) in cases {
             let err = config(args).expect_err(&format!("{args:?} should fail"));

@@ -1,0 +1,195 @@
+//! Where the CLI's leases live: the store chosen by `--backend`, and the Kubernetes client it builds from
+//! `--kubeconfig`/`--context` or the standard resolution ($KUBECONFIG, ~/.kube/config, in-cluster).
+//! Library users bring their own `kube::Client` or lock directory instead.
+//!
+//! The client is kube's, over a connection stack of mpsync's own: TCP_NODELAY on every socket
+//! (`connector`), the proxy kubectl would use (`proxy`), and TLS that trusts exactly what the
+//! configuration asks for (`tls`).
+
+mod connector;
+pub mod proxy;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use kube::Client;
+use kube::client::{Body, ClientBuilder, ConfigExt};
+use kube::config::{Cluster, KubeConfigOptions, Kubeconfig};
+use tower::{BoxError, ServiceBuilder};
+
+use crate::cli::Backend;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::file::FileStore;
+use crate::store::kube::{KubeStore, one_line};
+use connector::Connector;
+use proxy::ProxyEnv;
+
+/// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
+/// its parent-death signal (which fires when the forking *thread* exits) cannot fire early.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))
+}
+
+/// Run `future` to its end on a fresh `runtime()`, then leave without waiting for blocking work still
+/// under way (a file-system call stuck on a dead mount, say): mpsync has given up on it already, and it
+/// must never hold up the exit.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let runtime = runtime()?;
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    output
+}
+
+/// The store `--backend` names; every call bounded by `call_timeout`.
+pub async fn open_store(backend: &Backend, call_timeout: Duration) -> Result<Store> {
+    match backend {
+        Backend::Kube { kubeconfig, context, namespace } => {
+            let (client, namespace) =
+                connect(kubeconfig.clone(), context.clone(), namespace.clone(), call_timeout).await?;
+            Ok(Store::Kube(KubeStore::new(client, namespace, call_timeout)))
+        }
+        Backend::File { lock_dir, namespace } => {
+            Ok(Store::File(FileStore::open(lock_dir.clone(), namespace.clone())?.with_call_timeout(call_timeout)))
+        }
+    }
+}
+
+/// Build a client (and find the namespace) from `--kubeconfig`/`--context`, or the standard resolution ($KUBECONFIG,
+/// ~/.kube/config, in-cluster). Never falls back to the file backend. `call_timeout` bounds opening a
+/// connection (proxy handshake included).
+pub async fn connect(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: Option<String>,
+    call_timeout: Duration,
+) -> Result<(Client, String)> {
+    let Loaded { mut config, cluster, ca } = load(kubeconfig, context).await?;
+    let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    let trust = tls::settle(&mut config, ca)?;
+    let proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.as_deref());
+    let proxy = proxy::select(&config.cluster_url, proxy_url, &ProxyEnv::from_process()).map_err(Error::Config)?;
+    if let Some(proxy) = &proxy {
+        tracing::debug!(%proxy, server = %config.cluster_url, "connecting through a proxy");
+    }
+
+    let https = config
+        .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
+        .map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
+    let http: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let unusable = |err: kube::Error| Error::Config(format!("cannot build a Kubernetes client: {}", one_line(&err)));
+    // kube's own stack minus its retry layer: mpsync retries by its own rules (the renew deadline
+    // counts every attempt), and kube's retries would hide failed attempts from it.
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(unusable)?)
+        .layer(config.extra_headers_layer().map_err(unusable)?)
+        .map_err(BoxError::from)
+        .service(http);
+    let client = ClientBuilder::new(service, config.default_namespace.clone()).build();
+    Ok((client, namespace))
+}
+
+/// A configuration as kube reads it, with what mpsync needs besides.
+struct Loaded {
+    config: kube::Config,
+    /// The kubeconfig's cluster (None in a pod): its `proxy-url`, which kube's `Config` mixes with
+    /// `HTTPS_PROXY`.
+    cluster: Option<Cluster>,
+    /// Where the CA in `config.root_cert` comes from, in words, if it carries one.
+    ca: Option<String>,
+}
+
+async fn load(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<Loaded> {
+    let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
+    if let Some(path) = kubeconfig {
+        let file = Kubeconfig::read_from(&path).map_err(|err| {
+            Error::Config(format!(
+                "cannot use kubeconfig {}: {}\npass --kubeconfig with a readable kubeconfig file",
+                path.display(),
+                one_line(&err)
+            ))
+        })?;
+        return from_kubeconfig(file, &options, &format!("kubeconfig {}", path.display())).await;
+    }
+    let origin = match std::env::var_os("KUBECONFIG") {
+        Some(paths) => format!("$KUBECONFIG ({})", PathBuf::from(paths).display()),
+        None => "~/.kube/config".to_string(),
+    };
+    let from_file = match Kubeconfig::read() {
+        Ok(file) => Ok(from_kubeconfig(file, &options, &origin).await),
+        Err(err) => Err(err),
+    };
+    match (from_file, context) {
+        (Ok(loaded), Some(_)) => loaded,
+        (Err(err), Some(context)) => {
+            Err(Error::Config(format!("cannot use kubeconfig context {context:?}: {}", one_line(&err))))
+        }
+        (Ok(Ok(mut loaded)), None) => {
+            loaded.config.apply_debug_overrides();
+            Ok(loaded)
+        }
+        // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any.
+        (from_file, None) => match kube::Config::incluster() {
+            Ok(mut config) => {
+                config.apply_debug_overrides();
+                let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
+                Ok(Loaded { config, cluster: None, ca })
+            }
+            Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(Error::Config(format!(
+                "cannot use the pod's service account: {}\nits files are mounted under \
+                 /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false",
+                one_line(&err)
+            ))),
+            Err(_) => match from_file {
+                // A kubeconfig that exists but is unusable: say why.
+                Ok(Err(err)) => Err(err),
+                _ => {
+                    let kubeconfig = match std::env::var_os("KUBECONFIG") {
+                        Some(_) => format!("{origin} is unusable"),
+                        None => "no ~/.kube/config".to_string(),
+                    };
+                    Err(Error::Config(format!(
+                        "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n\
+                         pass --kubeconfig PATH, or use --backend file to lock on this machine only"
+                    )))
+                }
+            },
+        },
+    }
+}
+
+/// A kube configuration from a kubeconfig file's chosen context, its cluster's CA checked first.
+async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, origin: &str) -> Result<Loaded> {
+    let cluster_name = options
+        .context
+        .as_ref()
+        .or(file.current_context.as_ref())
+        .and_then(|context| file.contexts.iter().find(|named| &named.name == context))
+        .and_then(|named| named.context.as_ref())
+        .map(|context| context.cluster.clone());
+    let mut cluster = None;
+    let mut ca = None;
+    if let Some(name) = &cluster_name
+        && let Some(entry) = file.clusters.iter_mut().find(|named| &named.name == name)
+        && let Some(found) = entry.cluster.as_mut()
+    {
+        tls::check_kubeconfig_ca(found, name, origin)?;
+        ca = match (&found.certificate_authority_data, &found.certificate_authority) {
+            (Some(_), _) => Some(format!("the certificate-authority-data of cluster {name:?} in {origin}")),
+            (None, Some(path)) => Some(format!("certificate-authority {path} (cluster {name:?} in {origin})")),
+            (None, None) => None,
+        };
+        cluster = Some(found.clone());
+    }
+    let config = kube::Config::from_custom_kubeconfig(file, options)
+        .await
+        .map_err(|err| Error::Config(format!("cannot use {origin}: {}", one_line(&err))))?;
+    Ok(Loaded { config, cluster, ca })
+}

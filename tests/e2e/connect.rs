@@ -1,0 +1,571 @@
+//! How mpsync connects to the API server: TLS trust exactly as the kubeconfig asks, proxies as kubectl
+//! honours them, TCP_NODELAY on every connection, and an outage logged without flooding stderr.
+//!
+//! These tests write their own kubeconfigs for the test API server, so they skip against a real
+//! cluster.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use crate::support::apiserver::{KubeconfigOptions, Trust};
+use crate::support::connect_proxy::ConnectProxy;
+use crate::support::proxy::FaultProxy;
+use crate::support::*;
+
+/// A test environment on the test API server; None (the test skips) against a real cluster.
+fn test_server() -> Option<TestEnv> {
+    if TestEnv::real_cluster() {
+        eprintln!("skipped: this test writes kubeconfigs for the test API server");
+        return None;
+    }
+    Some(TestEnv::kube())
+}
+
+/// Write `yaml` as a kubeconfig in the test's directory.
+fn write_kubeconfig(env: &TestEnv, yaml: &str) -> PathBuf {
+    let path = env.path(&env.lease_name("kubeconfig"));
+    fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `mpsync ARGS` with `kubeconfig` and nothing else inherited (no proxy variables either).
+fn mpsync_with(env: &TestEnv, kubeconfig: &PathBuf, args: &[&str]) -> Command {
+    let mut command = env.mpsync(args);
+    command.env("MPSYNC_KUBECONFIG", kubeconfig);
+    command
+}
+
+fn run(env: &TestEnv, command: Command) -> Finished {
+    Proc::spawn(command, &env.dir).finish()
+}
+
+#[track_caller]
+fn assert_failure(done: &Finished, code: i32, expected: &[&str]) {
+    done.assert_code(code);
+    for needle in expected {
+        assert!(done.stderr.contains(needle), "expected {needle:?} in stderr:\n{}", done.stderr);
+    }
+    assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    // The final error is one or two lines (log lines start with their timestamp).
+    let error_lines = done.stderr.lines().filter(|line| !line.starts_with("20")).count();
+    assert!(error_lines <= 2, "error longer than two lines:\n{}", done.stderr);
+}
+
+/// The test server's kubeconfig with the server named `0.0.0.0` (which reaches this host), the
+/// certificate checked against `127.0.0.1`: a server address that is not loopback, so that kubectl's
+/// rules send it through `HTTPS_PROXY` (they never proxy loopback or localhost).
+fn not_loopback_kubeconfig(env: &TestEnv) -> String {
+    let yaml = env.server().unwrap().kubeconfig_yaml("default");
+    let replaced = yaml
+        .replace("    server: \"https://127.0.0.1:", "    tls-server-name: 127.0.0.1\n    server: \"https://0.0.0.0:");
+    assert_ne!(replaced, yaml, "the kubeconfig's server line changed:\n{yaml}");
+    replaced
+}
+
+fn port(env: &TestEnv) -> u16 {
+    env.server().unwrap().addr().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS trust
+// ---------------------------------------------------------------------------------------------
+
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` pointing at nothing: any load of the system's CA certificates
+/// finds none and fails.
+fn without_system_certificates(command: &mut Command, env: &TestEnv) {
+    command.env("SSL_CERT_FILE", env.path("no-such-bundle.pem")).env("SSL_CERT_DIR", env.path("no-such-dir"));
+}
+
+#[test]
+fn ca_data_ca_file_and_insecure_work_without_any_system_certificates() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let ca_file = env.path("ca.crt");
+    fs::write(&ca_file, server.ca_pem()).unwrap();
+    for trust in [Trust::CaData, Trust::CaFile(ca_file.clone()), Trust::InsecureSkipTlsVerify] {
+        let kubeconfig = write_kubeconfig(
+            &env,
+            &server.kubeconfig_yaml_with(&KubeconfigOptions::new("default").trust(trust.clone())),
+        );
+        let name = env.lease_name("trust");
+        let mut command = mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"]);
+        without_system_certificates(&mut command, &env);
+        let done = run(&env, command);
+        assert_eq!(done.code, Some(0), "{trust:?}: {}", done.stderr);
+    }
+}
+
+#[test]
+fn without_a_ca_the_system_certificates_are_trusted_and_their_absence_says_how_to_fix_it() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let kubeconfig = write_kubeconfig(
+        &env,
+        &server.kubeconfig_yaml_with(&KubeconfigOptions::new("default").trust(Trust::SystemRoots)),
+    );
+    let name = env.lease_name("system");
+
+    let mut command = mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"]);
+    without_system_certificates(&mut command, &env);
+    let done = run(&env, command);
+    assert_failure(&done, 125, &["names no certificate authority", "certificate-authority-data", "SSL_CERT_FILE"]);
+    assert_eq!(server.count("get") + server.count("list"), 0, "no request without trust");
+
+    // The system's bundle, as SSL_CERT_FILE names it, is what is trusted then.
+    let bundle = env.path("bundle.pem");
+    fs::write(&bundle, server.ca_pem()).unwrap();
+    let mut command = mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"]);
+    command.env("SSL_CERT_FILE", &bundle);
+    run(&env, command).assert_code(0);
+}
+
+#[test]
+fn a_bad_ca_file_is_an_error_naming_it() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let key_only = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    let broken = server.ca_pem().replacen("MII", "AAA", 1);
+    for (file_name, contents, expected) in [
+        ("missing.crt", None, "cannot read certificate-authority"),
+        ("key-only.crt", Some(key_only.to_string()), "holds no certificate"),
+        ("broken.crt", Some(broken), "not a usable CA certificate"),
+        ("garbage.crt", Some("-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n".to_string()), "PEM"),
+    ] {
+        let path = env.path(file_name);
+        if let Some(contents) = contents {
+            fs::write(&path, contents).unwrap();
+        }
+        let options = KubeconfigOptions::new("default").trust(Trust::CaFile(path.clone()));
+        let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml_with(&options));
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]));
+        assert_failure(&done, 125, &[&path.display().to_string(), expected]);
+    }
+    assert!(server.requests().is_empty(), "a bad CA is found before any request");
+}
+
+#[test]
+fn bad_ca_data_is_an_error_naming_it() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let good = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
+    let not_pem = base64::engine::general_purpose::STANDARD.encode("hello\n");
+    for (data, expected) in [("c29tZS=bad", "is not base64"), (not_pem.as_str(), "holds no certificate")] {
+        let yaml = server.kubeconfig_yaml("default").replace(&good, data);
+        let kubeconfig = write_kubeconfig(&env, &yaml);
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+        assert_failure(&done, 125, &["certificate-authority-data of cluster \"test-apiserver\"", expected]);
+    }
+}
+
+#[test]
+fn a_server_signed_by_another_ca_is_refused() {
+    let Some(env) = test_server() else { return };
+    let other = crate::support::apiserver::TestApiServer::start();
+    let yaml =
+        other.kubeconfig_yaml("default").replace(&other.addr().to_string(), &env.server().unwrap().addr().to_string());
+    let kubeconfig = write_kubeconfig(&env, &yaml);
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+    assert_failure(&done, 125, &["certificate"]);
+    assert!(env.server().unwrap().requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP_NODELAY
+// ---------------------------------------------------------------------------------------------
+
+/// The sockets a process connected to `port`, from an strace log, each with whether TCP_NODELAY was
+/// switched on for it before it was closed.
+fn sockets_to(trace: &str, port: u16) -> Vec<bool> {
+    let mut open: HashMap<String, (bool, bool)> = HashMap::new(); // fd -> (connected to port, nodelay)
+    let mut done = Vec::new();
+    let target = format!("sin_port=htons({port})");
+    let fd_of = |line: &str, call: &str| -> Option<String> {
+        let rest = &line[line.find(call)? + call.len()..];
+        Some(rest.split([',', ')']).next()?.trim().to_string())
+    };
+    for line in trace.lines() {
+        let call = ["setsockopt(", "socket(", "connect(", "close("].into_iter().find(|call| line.contains(call));
+        match call {
+            Some("socket(") => {
+                let fd = line.rsplit("= ").next().map(str::trim).unwrap_or_default();
+                if fd.parse::<i32>().is_ok()
+                    && let Some((true, nodelay)) = open.insert(fd.to_string(), (false, false))
+                {
+                    done.push(nodelay);
+                }
+            }
+            Some(call @ "setsockopt(") if line.contains("TCP_NODELAY, [1]") => {
+                if let Some(fd) = fd_of(line, call) {
+                    open.entry(fd).or_default().1 = true;
+                }
+            }
+            Some(call @ "connect(") if line.contains(&target) => {
+                if let Some(fd) = fd_of(line, call) {
+                    open.entry(fd).or_default().0 = true;
+                }
+            }
+            Some(call @ "close(") => {
+                if let Some((true, nodelay)) = fd_of(line, call).and_then(|fd| open.remove(&fd)) {
+                    done.push(nodelay);
+                }
+            }
+            _ => {}
+        }
+    }
+    done.extend(open.into_values().filter(|(connected, _)| *connected).map(|(_, nodelay)| nodelay));
+    done
+}
+
+fn strace_available() -> bool {
+    let available = Command::new("strace").arg("-V").output().is_ok_and(|out| out.status.success());
+    if !available {
+        eprintln!("skipped: strace is not installed (apt-get install strace)");
+    }
+    available
+}
+
+/// `command` under `strace -f`, tracing the socket calls into a file; returns the trace.
+fn straced(env: &TestEnv, command: Command) -> (Finished, String) {
+    let log = env.path(&env.lease_name("strace"));
+    let mut traced = Command::new("strace");
+    traced.args(["-f", "-e", "trace=socket,connect,setsockopt,close", "-o"]).arg(&log);
+    traced.arg(command.get_program()).args(command.get_args());
+    traced.env_clear();
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            traced.env(key, value);
+        }
+    }
+    for key in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(key)
+            && !command.get_envs().any(|(name, _)| name == key)
+        {
+            traced.env(key, value);
+        }
+    }
+    traced.stdin(std::process::Stdio::null());
+    let done = run(env, traced);
+    (done, fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn every_connection_to_the_api_server_or_a_proxy_has_tcp_nodelay() {
+    let Some(env) = test_server() else { return };
+    if !strace_available() {
+        return;
+    }
+    let name = env.lease_name("nodelay");
+    // A waiter that takes over a lease that expires: several connections (the watch holds one).
+    env.put(&name, TestEnv::foreign_record("someone-else", 1));
+    let (done, trace) = straced(&env, env.mpsync(["lock", &name, "--", "true"]));
+    done.assert_code(0);
+    let sockets = sockets_to(&trace, port(&env));
+    assert!(!sockets.is_empty(), "no connection to the server in the trace:\n{trace}");
+    assert!(sockets.iter().all(|&nodelay| nodelay), "a connection without TCP_NODELAY: {sockets:?}\n{trace}");
+
+    let proxy = ConnectProxy::start();
+    let options = KubeconfigOptions::new("default").proxy_url(&proxy.url());
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let (done, trace) = straced(&env, mpsync_with(&env, &kubeconfig, &["status", &name]));
+    done.assert_code(0);
+    let sockets = sockets_to(&trace, proxy.addr().port());
+    assert!(!sockets.is_empty() && sockets.iter().all(|&nodelay| nodelay), "{sockets:?}\n{trace}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lock_elect_and_status_work_through_the_kubeconfigs_proxy_url() {
+    let Some(env) = test_server() else { return };
+    let proxy = ConnectProxy::start();
+    let options = KubeconfigOptions::new("default").proxy_url(&proxy.url());
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let name = env.lease_name("via-proxy");
+    run(&env, mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"])).assert_code(0);
+    run(&env, mpsync_with(&env, &kubeconfig, &["elect", &name, "--", "true"])).assert_code(0);
+    let status = run(&env, mpsync_with(&env, &kubeconfig, &["status", &name]));
+    status.assert_code(0);
+    assert!(status.stdout.contains("held:"), "{}", status.stdout);
+
+    let server_target = format!("127.0.0.1:{}", port(&env));
+    let requests = proxy.requests();
+    assert!(proxy.tunnels() >= 3, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.method == "CONNECT" && r.target == server_target && r.status == 200),
+        "{requests:?}"
+    );
+    // And everything mpsync asked the server came through them.
+    assert!(env.holder(&name).is_some());
+}
+
+#[test]
+fn https_proxy_in_either_case_is_used_for_a_server_that_is_not_loopback() {
+    let Some(env) = test_server() else { return };
+    let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
+    for variable in ["HTTPS_PROXY", "https_proxy"] {
+        let proxy = ConnectProxy::start();
+        let name = env.lease_name("env-proxy");
+        let mut command = mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"]);
+        command.env(variable, proxy.url());
+        run(&env, command).assert_code(0);
+        let targets = proxy.targets();
+        assert!(!targets.is_empty(), "{variable}: nothing went through the proxy");
+        assert!(targets.iter().all(|t| *t == format!("0.0.0.0:{}", port(&env))), "{variable}: {targets:?}");
+    }
+}
+
+#[test]
+fn no_proxy_bypasses_the_proxy_by_address_range_port_or_star() {
+    let Some(env) = test_server() else { return };
+    let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
+    let proxy = ConnectProxy::start();
+    let server_port = port(&env);
+    for no_proxy in
+        ["0.0.0.0".to_string(), "example.com, 0.0.0.0/8".to_string(), format!("0.0.0.0:{server_port}"), "*".to_string()]
+    {
+        for variable in ["NO_PROXY", "no_proxy"] {
+            let mut command = mpsync_with(&env, &kubeconfig, &["status", "job"]);
+            command.env("HTTPS_PROXY", proxy.url()).env(variable, &no_proxy);
+            let done = run(&env, command);
+            assert_eq!(done.code, Some(0), "{variable}={no_proxy}: {}", done.stderr);
+        }
+    }
+    assert_eq!(proxy.requests(), vec![], "NO_PROXY was not honoured");
+
+    // An entry for another port, or other hosts, does not bypass it.
+    let mut command = mpsync_with(&env, &kubeconfig, &["status", "job"]);
+    command.env("HTTPS_PROXY", proxy.url()).env("NO_PROXY", "0.0.0.0:1,10.0.0.0/8,.example.com");
+    run(&env, command).assert_code(0);
+    assert_eq!(proxy.tunnels(), 1);
+}
+
+#[test]
+fn loopback_servers_do_not_use_the_environments_proxy() {
+    let Some(env) = test_server() else { return };
+    let proxy = ConnectProxy::start();
+    let mut command = env.mpsync(["status", "job"]);
+    command.env("HTTPS_PROXY", proxy.url());
+    run(&env, command).assert_code(0);
+    assert_eq!(proxy.requests(), vec![], "kubectl never proxies 127.0.0.1 or localhost through HTTPS_PROXY");
+}
+
+#[test]
+fn proxy_credentials_from_the_url_are_sent_as_basic_authentication() {
+    let Some(env) = test_server() else { return };
+    let proxy = ConnectProxy::start();
+    let url = format!("http://deploy%40ci:s3cr%3At@{}", proxy.addr());
+    let options = KubeconfigOptions::new("default").proxy_url(&url);
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"])).assert_code(0);
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("deploy@ci:s3cr:t"));
+    let requests = proxy.requests();
+    assert!(!requests.is_empty());
+    assert!(requests.iter().all(|r| r.proxy_authorization.as_deref() == Some(expected.as_str())), "{requests:?}");
+}
+
+#[test]
+fn a_refusing_proxy_is_named_with_its_answer() {
+    let Some(env) = test_server() else { return };
+    let proxy = ConnectProxy::start();
+    let options = KubeconfigOptions::new("default").proxy_url(&proxy.url());
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let proxy_name = format!("proxy http://{}", proxy.addr());
+
+    proxy.refuse(Some(403));
+    // A one-shot read fails at once...
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+    assert_failure(&done, 125, &[&proxy_name, "403 Forbidden", "refused to tunnel"]);
+    // ...while waiting, it is an outage like any other: logged, retried until --timeout.
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", "job", "--timeout", "2s", "--", "true"]));
+    assert_failure(&done, 124, &[&proxy_name, "403 Forbidden", "retrying"]);
+
+    proxy.refuse(Some(407));
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+    assert_failure(&done, 125, &[&proxy_name, "requires authentication", "USER:PASSWORD"]);
+
+    proxy.refuse(None);
+    run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"])).assert_code(0);
+    assert!(!env.server().unwrap().requests().is_empty());
+}
+
+#[test]
+fn an_unreachable_or_unusable_proxy_is_named() {
+    let Some(env) = test_server() else { return };
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let options = KubeconfigOptions::new("default").proxy_url(&format!("http://{closed}"));
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+    assert_failure(&done, 125, &[&format!("cannot connect to proxy http://{closed}")]);
+
+    let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
+    for (value, expected) in
+        [("https://127.0.0.1:3128", "does not speak TLS to proxies"), ("ftp://x", "unsupported scheme")]
+    {
+        let mut command = mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]);
+        command.env("HTTPS_PROXY", value);
+        let done = run(&env, command);
+        assert_failure(&done, 125, &[value, "HTTPS_PROXY", expected]);
+    }
+}
+
+/// A SOCKS5 proxy (RFC 1928, no authentication, CONNECT only) that records the targets it was asked
+/// for as (address type, host, port) and tunnels blindly. Good enough to show mpsync's handshake.
+struct Socks5Proxy {
+    addr: SocketAddr,
+    targets: Arc<Mutex<Vec<(u8, String, u16)>>>,
+}
+
+impl Socks5Proxy {
+    fn start() -> Socks5Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&targets);
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let recorded = Arc::clone(&recorded);
+                thread::spawn(move || {
+                    let _ = Socks5Proxy::serve(client, &recorded);
+                });
+            }
+        });
+        Socks5Proxy { addr, targets }
+    }
+
+    fn serve(mut client: TcpStream, recorded: &Mutex<Vec<(u8, String, u16)>>) -> io::Result<()> {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head)?;
+        let mut methods = vec![0u8; usize::from(head[1])];
+        client.read_exact(&mut methods)?;
+        if head[0] != 5 || !methods.contains(&0) {
+            return client.write_all(&[5, 0xff]);
+        }
+        client.write_all(&[5, 0])?;
+        let mut request = [0u8; 4];
+        client.read_exact(&mut request)?;
+        let host = match request[3] {
+            1 => {
+                let mut ip = [0u8; 4];
+                client.read_exact(&mut ip)?;
+                Ipv4Addr::from(ip).to_string()
+            }
+            4 => {
+                let mut ip = [0u8; 16];
+                client.read_exact(&mut ip)?;
+                Ipv6Addr::from(ip).to_string()
+            }
+            _ => {
+                let mut length = [0u8; 1];
+                client.read_exact(&mut length)?;
+                let mut name = vec![0u8; usize::from(length[0])];
+                client.read_exact(&mut name)?;
+                String::from_utf8_lossy(&name).into_owned()
+            }
+        };
+        let mut port = [0u8; 2];
+        client.read_exact(&mut port)?;
+        let port = u16::from_be_bytes(port);
+        recorded.lock().unwrap().push((request[3], host.clone(), port));
+        let upstream = (host.as_str(), port).to_socket_addrs()?.find_map(|addr| TcpStream::connect(addr).ok());
+        let Some(upstream) = upstream else { return client.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]) };
+        let bound = match upstream.local_addr()?.ip() {
+            IpAddr::V4(ip) => ip.octets().to_vec(),
+            IpAddr::V6(_) => vec![0; 4],
+        };
+        client.write_all(&[&[5, 0, 0, 1][..], &bound, &[0, 0]].concat())?;
+        let (mut from_client, mut to_upstream) = (client.try_clone()?, upstream.try_clone()?);
+        let up = thread::spawn(move || {
+            let _ = io::copy(&mut from_client, &mut to_upstream);
+            let _ = to_upstream.shutdown(Shutdown::Write);
+        });
+        let (mut from_upstream, mut to_client) = (upstream, client);
+        let _ = io::copy(&mut from_upstream, &mut to_client);
+        let _ = to_client.shutdown(Shutdown::Write);
+        let _ = up.join();
+        Ok(())
+    }
+
+    fn targets(&self) -> Vec<(u8, String, u16)> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn socks5_proxies_work_and_resolve_host_names_themselves() {
+    let Some(env) = test_server() else { return };
+    let socks = Socks5Proxy::start();
+    let name = env.lease_name("socks");
+    for (localhost, scheme) in [(false, "socks5"), (true, "socks5h")] {
+        let mut options = KubeconfigOptions::new("default").proxy_url(&format!("{scheme}://{}", socks.addr));
+        if localhost {
+            options = options.localhost();
+        }
+        let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+        run(&env, mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"])).assert_code(0);
+    }
+    let targets = socks.targets();
+    let server_port = port(&env);
+    // By IP: an IPv4 address (type 1). By name: the name itself (type 3), for the proxy to resolve.
+    assert!(targets.contains(&(1, "127.0.0.1".to_string(), server_port)), "{targets:?}");
+    assert!(targets.contains(&(3, "localhost".to_string(), server_port)), "{targets:?}");
+    assert!(targets.iter().all(|(_, _, port)| *port == server_port), "{targets:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A long outage
+// ---------------------------------------------------------------------------------------------
+
+/// The lines of `stderr` containing `needle`.
+fn count(stderr: &str, needle: &str) -> usize {
+    stderr.lines().filter(|line| line.contains(needle)).count()
+}
+
+#[test]
+fn a_long_outage_logs_the_first_failure_then_at_most_one_line_per_30_seconds_and_the_recovery() {
+    let Some(env) = test_server() else { return };
+    let proxy = FaultProxy::start(&env.server().unwrap().addr().to_string());
+    let kubeconfig =
+        write_kubeconfig(&env, &proxy.kubeconfig_through(&env.server().unwrap().kubeconfig_yaml("default")));
+    let name = env.lease_name("outage");
+    proxy.partition();
+
+    // -vv: the repeated failures show as debug lines, so the test can see that they keep happening.
+    let head: Vec<&str> = vec!["-vv", "lock", &name, "--timeout", "120s"];
+    let mut waiter = Proc::spawn(mpsync_with(&env, &kubeconfig, &fast(&head, &["true"])), &env.dir);
+    wait_until("the first failure to be logged", || waiter.stderr().contains("failed; retrying"));
+    let first_failure = Instant::now();
+    // An outage of 12 s or more, with many failed attempts in it: a waiter retries about every
+    // second with these timings.
+    wait_until("a dozen seconds of failed attempts", || {
+        first_failure.elapsed() >= Duration::from_secs(12) && count(&waiter.stderr(), "failed again") >= 5
+    });
+    let during = waiter.stderr();
+    proxy.heal();
+    proxy.drop_connections();
+    let status = waiter.wait_for(PATIENCE);
+    let stderr = waiter.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+
+    // The first failure of each kind of call at WARN, then nothing more at WARN within 30 s.
+    let warnings: Vec<&str> = during.lines().filter(|line| line.contains(" WARN ")).collect();
+    for what in ["calling the API server", "watching the lease"] {
+        let lines = warnings.iter().filter(|line| line.contains(what)).count();
+        assert!(lines <= 1, "{what}: {lines} WARN lines in {:?}:\n{during}", first_failure.elapsed());
+    }
+    assert!(!warnings.is_empty() && warnings.len() <= 2, "{during}");
+    assert_eq!(count(&during, "still retrying"), 0, "a repeat line before 30 s:\n{during}");
+    assert!(count(&during, "failed again") >= 5, "{during}");
+    // And a line when it works again.
+    assert!(count(&stderr, "works again after") >= 1, "{stderr}");
+}
