@@ -288,9 +288,16 @@ impl Proc {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Whether mpsync said it waits (`-v` logs "held by another; waiting").
+    /// Whether mpsync said it waits (`-v` logs "held by another; waiting"). Panics if a file-backend
+    /// waiter could not watch its lock dir: it then polls every retry period, and the measurement would
+    /// be of that (on a shared machine, other processes can use up `fs.inotify.max_user_instances`).
     pub fn says_waiting(&self) -> bool {
-        self.stderr().contains("waiting")
+        let stderr = self.stderr();
+        assert!(
+            !stderr.contains("cannot watch the lock directory"),
+            "a file-backend waiter cannot use inotify (fs.inotify.max_user_instances used up by other processes?):\n{stderr}"
+        );
+        stderr.contains("waiting")
     }
 }
 

@@ -4,9 +4,11 @@
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::apiserver::{KubeconfigOptions, Trust};
 use crate::ctx::{Backend, Bin, Ctx, Stats, epoch_micros, parse_micro_time, run_timed};
 use crate::kube::{KubeEnv, by_verb_code};
 
@@ -36,6 +38,19 @@ pub fn uncontended(ctx: &Ctx) -> String {
     let names: Vec<(String, String)> = envs
         .iter()
         .map(|(_, lock, status)| (lock.lease("bench-uncontended"), status.lease("bench-uncontended")))
+        .collect();
+    // `status` with a kubeconfig that says `insecure-skip-tls-verify` (and names no CA): issue 14 found
+    // that it loads the whole system trust store anyway. Only on the test server, which can write one.
+    let insecure: Vec<(&Bin, &KubeEnv, &String, PathBuf)> = envs
+        .iter()
+        .zip(&names)
+        .filter_map(|((bin, _, status_env), (_, status_name))| {
+            let server = status_env.server.as_ref().filter(|s| s.is_tls() && status_env.front.is_none())?;
+            let options = KubeconfigOptions::new(&status_env.namespace).trust(Trust::InsecureSkipTlsVerify);
+            let path = ctx.dir.join(format!("kubeconfig-insecure-{}", bin.label));
+            fs::write(&path, server.kubeconfig_yaml_with(&options)).unwrap();
+            Some((*bin, status_env, status_name, path))
+        })
         .collect();
     let file = ctx.dir.join("locks-uncontended");
     let shm_file = ctx.shm.as_ref().map(|shm| shm.join("locks-uncontended"));
@@ -79,6 +94,16 @@ pub fn uncontended(ctx: &Ctx) -> String {
         variants.push(Variant {
             label: format!("`mpsync lock -- true` ({target}) [{}]", bin.label),
             make: Box::new(move || ctx.mpsync_bin(bin, Backend::Kube(lock_env), &["lock", lock_name, "--", "true"])),
+        });
+    }
+    for (bin, env, name, path) in &insecure {
+        variants.push(Variant {
+            label: format!("`mpsync status`, kubeconfig with `insecure-skip-tls-verify` [{}]", bin.label),
+            make: Box::new(move || {
+                let mut command = ctx.mpsync_bin(bin, Backend::Kube(env), &["status", name]);
+                command.env("MPSYNC_KUBECONFIG", path);
+                command
+            }),
         });
     }
     // `status` needs the lease to exist: one `lock` on its place first.
@@ -141,6 +166,16 @@ pub fn uncontended(ctx: &Ctx) -> String {
         baseline_row(0),
         "≤ 8 ms",
     );
+
+    if !insecure.is_empty() {
+        let row = kube_rows + 2 * envs.len();
+        ctx.summarize(
+            format!("`mpsync status NAME`, kubeconfig with `insecure-skip-tls-verify`, median ({target})"),
+            format!("{:.1} ms", median(row)),
+            ctx.baseline.as_ref().map(|_| format!("{:.1} ms", median(row + 1))),
+            "no system trust store: as with CA data",
+        );
+    }
 
     // Requests per run, counted over a few more runs of each alone.
     let k = ctx.count(10, 5);
