@@ -85,6 +85,21 @@ fn main() {
     let leftovers = ctx.sweep();
     let mut report = machine(&ctx);
     report.push_str(&summary(&ctx));
+    let hangs = ctx.hangs.borrow();
+    if !hangs.is_empty() {
+        writeln!(
+            report,
+            "\n**{} mpsync process{} did not exit within 30 s** and {} killed (a liveness bug, or a machine too \
+             loaded; each was left out of its figures):\n",
+            hangs.len(),
+            if hangs.len() == 1 { "" } else { "es" },
+            if hangs.len() == 1 { "was" } else { "were" }
+        )
+        .unwrap();
+        for hang in hangs.iter() {
+            writeln!(report, "- {hang}").unwrap();
+        }
+    }
     report.push_str(&sections);
     writeln!(
         report,
@@ -191,9 +206,12 @@ fn update_benchmarks_md(ctx: &Ctx, report: &str) {
     let begin = format!("<!-- generated:{which} -->");
     let end = format!("<!-- /generated:{which} -->");
     let text = fs::read_to_string(&path).expect("BENCHMARKS.md");
-    let (Some(from), Some(to)) = (text.find(&begin), text.find(&end)) else {
-        panic!("BENCHMARKS.md has no {begin} … {end} markers");
+    // The markers are lines of their own (the prose may quote them).
+    let line = |marker: &str| text.find(&format!("\n{marker}\n")).map(|at| at + 1);
+    let (Some(from), Some(to)) = (line(&begin), line(&end)) else {
+        panic!("BENCHMARKS.md has no {begin} … {end} marker lines");
     };
+    assert!(from < to, "BENCHMARKS.md: {begin} must come before {end}");
     // One heading level down: the report's `#` becomes `###` inside BENCHMARKS.md's section.
     let body: String = report
         .lines()
@@ -204,12 +222,25 @@ fn update_benchmarks_md(ctx: &Ctx, report: &str) {
     eprintln!("updated {} ({which})", path.display());
 }
 
-/// `MPSYNC_BENCH_SERVE=KUBECONFIG`: run a test API server and write its kubeconfig there, until killed.
-/// For trying the bench's cluster mode (`MPSYNC_BENCH_KUBECONFIG`) without a cluster.
+/// `MPSYNC_BENCH_SERVE=KUBECONFIG`: run a test API server and write its kubeconfig there, until killed
+/// (with `MPSYNC_BENCH_FRONT=1`, a plain one behind the TLS front). For trying the bench's cluster mode
+/// (`MPSYNC_BENCH_KUBECONFIG`) without a cluster, or mpsync by hand against either.
 fn serve(kubeconfig: &Path) {
-    let server = apiserver::TestApiServer::start();
-    fs::write(kubeconfig, server.kubeconfig_yaml("default")).expect("write the kubeconfig");
-    eprintln!("test API server at {}, kubeconfig {}", server.url(), kubeconfig.display());
+    let server;
+    let _front;
+    if std::env::var_os("MPSYNC_BENCH_FRONT").is_some_and(|v| !v.is_empty() && v != "0") {
+        server = apiserver::TestApiServer::start_plain();
+        let front = tlsfront::TlsFront::start(server.addr());
+        fs::write(kubeconfig, front.kubeconfig_yaml("default")).expect("write the kubeconfig");
+        eprintln!("test API server at {} behind the TLS front at {}", server.url(), front.addr());
+        _front = Some(front);
+    } else {
+        server = apiserver::TestApiServer::start();
+        fs::write(kubeconfig, server.kubeconfig_yaml("default")).expect("write the kubeconfig");
+        eprintln!("test API server at {}", server.url());
+        _front = None;
+    }
+    eprintln!("kubeconfig {}", kubeconfig.display());
     loop {
         std::thread::park();
     }

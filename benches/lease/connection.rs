@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::client::ConfigExt as _;
 use rustls::pki_types::ServerName;
 
-use crate::ctx::{Backend, Ctx, Stats, run_timed};
+use crate::ctx::{Backend, Ctx, Stats};
 use crate::kube::{KubeEnv, load_config, rt};
 
 /// Where raw clients connect, and how.
@@ -43,7 +43,8 @@ fn rounds(ctx: &Ctx, n: usize, variants: &[(String, Measure)]) -> Vec<(Vec<f64>,
         ctx.shuffle(&mut order);
         for &v in &order {
             let (ms, own) = (variants[v].1)();
-            if round >= 2 {
+            // A hang (NaN, recorded by `Ctx::run_timed`) is no sample.
+            if round >= 2 && ms.is_finite() {
                 samples[v].0.push(ms);
                 samples[v].1.extend(own);
             }
@@ -124,7 +125,7 @@ fn front(ctx: &Ctx, n: usize) -> String {
     let target = tls_target(ctx, &env);
     let names: Vec<String> = ctx.bins().iter().map(|bin| format!("bench-front-{}", bin.label)).collect();
     for (bin, name) in ctx.bins().into_iter().zip(&names) {
-        run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(&env), &["lock", name, "--", "true"]));
+        ctx.run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(&env), &["lock", name, "--", "true"]));
     }
     let mut variants: Vec<(String, Measure)> = vec![
         ("raw rustls, TCP_NODELAY on".into(), Box::new(|| (raw_get(&target, true), None))),
@@ -137,12 +138,12 @@ fn front(ctx: &Ctx, n: usize) -> String {
         let env = &env;
         variants.push((
             format!("`mpsync status` [{}]", bin.label),
-            Box::new(move || (run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &["status", name])), None)),
+            Box::new(move || (ctx.run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &["status", name])), None)),
         ));
         variants.push((
             format!("`mpsync lock -- true` [{}]", bin.label),
             Box::new(move || {
-                (run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &["lock", name, "--", "true"])), None)
+                (ctx.run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &["lock", name, "--", "true"])), None)
             }),
         ));
     }

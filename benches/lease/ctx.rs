@@ -61,6 +61,8 @@ pub struct Ctx {
     rng: Cell<u64>,
     pub target: Target,
     pub summary: RefCell<Vec<SummaryRow>>,
+    /// Processes that did not exit in time (see [`Ctx::run_timed`]).
+    pub hangs: RefCell<Vec<String>>,
 }
 
 #[derive(Clone, Copy)]
@@ -103,6 +105,7 @@ impl Ctx {
             rng: Cell::new(seed),
             target,
             summary: RefCell::new(Vec::new()),
+            hangs: RefCell::new(Vec::new()),
         }
     }
 
@@ -392,12 +395,94 @@ pub fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-pub fn run_timed(command: &mut Command) -> f64 {
-    let started = Instant::now();
-    let status = command.status().expect("spawn");
-    let elapsed = started.elapsed();
-    assert!(status.success(), "{command:?} failed: {status}");
-    elapsed.as_secs_f64() * 1e3
+/// Wait for `child` to exit, at most `limit`: a pidfd that becomes readable when it exits, so that the
+/// wait itself adds no polling delay to what is measured.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is borrowed.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child.id() as nix::libc::pid_t, 0) };
+    if raw < 0 {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        return None;
+    }
+    // SAFETY: `raw` is a descriptor pidfd_open just opened for us, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) => return None,
+            Ok(_) => return Some(child.wait().expect("wait")),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => panic!("poll on a pidfd: {err}"),
+        }
+    }
+}
+
+impl Ctx {
+    /// Run `command` to completion and return its wall time in ms, spawn to exit. A process that has
+    /// not exited after PATIENCE is a hang: what it was doing is recorded for the report, it is killed,
+    /// and the result is NaN (callers keep only finite samples). Its stderr goes to a file, kept for a
+    /// hang.
+    pub fn run_timed(&self, command: &mut Command) -> f64 {
+        let stderr = self.shm.as_ref().unwrap_or(&self.dir).join("run.stderr");
+        command.stderr(fs::File::create(&stderr).unwrap());
+        let started = Instant::now();
+        let mut child = command.spawn().unwrap_or_else(|err| panic!("spawn {command:?}: {err}"));
+        let Some(status) = wait_with_timeout(&mut child, PATIENCE) else {
+            let pid = child.id() as i32;
+            let threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks
+                        .filter_map(|t| {
+                            let path = t.ok()?.path();
+                            let comm = fs::read_to_string(path.join("comm")).ok()?;
+                            let wchan = fs::read_to_string(path.join("wchan")).ok()?;
+                            Some(format!("{} in {wchan}", comm.trim()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let children: Vec<String> = all_pids()
+                .into_iter()
+                .filter_map(|p| proc_stat(p).filter(|s| s.ppid == pid).map(|s| format!("{p} {} {}", s.comm, s.state)))
+                .collect();
+            let kept = self.dir.join(format!("hang-{pid}.stderr"));
+            let _ = fs::copy(&stderr, &kept);
+            let what = format!(
+                "`{}` did not exit within {PATIENCE:?} (threads: {}; children: {}; stderr: {})",
+                command_line(command),
+                threads.join(", "),
+                if children.is_empty() { "none".into() } else { children.join(", ") },
+                fs::read_to_string(&stderr).unwrap_or_default().trim()
+            );
+            eprintln!("HANG: {what}");
+            self.hangs.borrow_mut().push(what);
+            let _ = child.kill();
+            let _ = child.wait();
+            return f64::NAN;
+        };
+        let elapsed = started.elapsed();
+        assert!(status.success(), "{command:?} failed: {status}\n{}", fs::read_to_string(&stderr).unwrap_or_default());
+        elapsed.as_secs_f64() * 1e3
+    }
+}
+
+/// The program and its arguments, for a report.
+pub fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::apiserver::{KubeconfigOptions, Trust};
-use crate::ctx::{Backend, Bin, Ctx, Stats, epoch_micros, parse_micro_time, run_timed};
+use crate::ctx::{Backend, Bin, Ctx, PATIENCE, Stats, command_line, epoch_micros, parse_micro_time, wait_with_timeout};
 use crate::kube::{KubeEnv, by_verb_code};
 
 type Make<'a> = Box<dyn Fn() -> Command + 'a>;
@@ -108,12 +108,12 @@ pub fn uncontended(ctx: &Ctx) -> String {
     }
     // `status` needs the lease to exist: one `lock` on its place first.
     for ((bin, _, status_env), (_, status_name)) in envs.iter().zip(&names) {
-        run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(status_env), &["lock", status_name, "--", "true"]));
+        ctx.run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(status_env), &["lock", status_name, "--", "true"]));
     }
     // Warm up (page cache, TLS code paths, the lease records exist and are free from here on).
     for variant in &variants {
         for _ in 0..3 {
-            run_timed(&mut (variant.make)());
+            ctx.run_timed(&mut (variant.make)());
         }
     }
     let mut samples = vec![Vec::new(); variants.len()];
@@ -121,7 +121,10 @@ pub fn uncontended(ctx: &Ctx) -> String {
     for round in 0..n {
         ctx.shuffle(&mut order);
         for &v in &order {
-            samples[v].push(run_timed(&mut (variants[v].make)()));
+            let ms = ctx.run_timed(&mut (variants[v].make)());
+            if ms.is_finite() {
+                samples[v].push(ms);
+            }
         }
         if (round + 1) % 20 == 0 {
             eprintln!("  round {}/{n}", round + 1);
@@ -192,7 +195,7 @@ pub fn uncontended(ctx: &Ctx) -> String {
         ] {
             let window = env.open_window();
             for _ in 0..k {
-                run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &args));
+                ctx.run_timed(&mut ctx.mpsync_bin(bin, Backend::Kube(env), &args));
             }
             let counted = window.close();
             let text = match counted.per(k as f64) {
@@ -283,11 +286,19 @@ fn phases(ctx: &Ctx, n: usize, make: impl Fn() -> Command) -> Vec<[f64; 6]> {
         ["supervisor started", "acquired the lease", "child started", "child exited exit", "released the lease"];
     let stderr = ctx.dir.join("phases.stderr");
     (0..n)
-        .map(|_| {
+        .filter_map(|_| {
             let mut command = make();
             command.stderr(fs::File::create(&stderr).unwrap());
             let spawned = epoch_micros();
-            let status = command.status().expect("spawn");
+            let mut child = command.spawn().expect("spawn");
+            let Some(status) = wait_with_timeout(&mut child, PATIENCE) else {
+                let what = format!("`{}` did not exit within {PATIENCE:?}", command_line(&command));
+                eprintln!("HANG: {what}");
+                ctx.hangs.borrow_mut().push(format!("{what}; stderr:\n{}", fs::read_to_string(&stderr).unwrap()));
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            };
             let exited = epoch_micros();
             assert!(status.success(), "{command:?}: {status}");
             let log = fs::read_to_string(&stderr).unwrap();
@@ -300,14 +311,14 @@ fn phases(ctx: &Ctx, n: usize, make: impl Fn() -> Command) -> Vec<[f64; 6]> {
                 })
                 .collect();
             let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
-            [
+            Some([
                 ms(spawned, at[0]),
                 ms(at[0], at[1]),
                 ms(at[1], at[2]),
                 ms(at[3], at[4]),
                 ms(at[4], exited),
                 ms(spawned, exited),
-            ]
+            ])
         })
         .collect()
 }
