@@ -242,6 +242,12 @@ impl TlsMaterial {
             .with_single_cert(vec![cert.der().clone()], key)
             .expect("the serving certificate and key");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No TLS 1.3 session tickets right after the handshake: rustls's server sends them at once, and
+        // that write acknowledges the client's Finished early, which hides the delayed-ACK stall that a
+        // client without TCP_NODELAY meets on a real kube-apiserver (its Finished and its first request
+        // are two small writes; the second waits for the server's delayed ACK, 40 ms on Linux). Without
+        // them, the test server shows that stall as a real one does.
+        config.send_tls13_tickets = 0;
         TlsMaterial { ca_pem: ca.pem(), ca_der: ca.der().clone(), config: Arc::new(config) }
     }
 }
