@@ -422,8 +422,9 @@ fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
 fn a_semaphore_of_150_slots_uses_one_inotify_instance_and_wakes_at_once() {
     let env = TestEnv::file();
     let name = env.lease_name("slots");
+    env.put_slot(&name, 150, Default::default());
     for slot in 0..150 {
-        env.put(&format!("{name}-{slot}"), TestEnv::foreign_record("someone-else", 120));
+        env.put_slot(&format!("{name}-{slot}"), 150, TestEnv::foreign_record("someone-else", 120));
     }
     let ran = env.path("ran");
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];

@@ -239,6 +239,19 @@ impl TestEnv {
         }
     }
 
+    /// Create `spec` as slot of a semaphore of `slots` (annotated as mpsync annotates its slots and marker).
+    pub fn put_slot(&self, name: &str, slots: u32, spec: LeaseSpec) {
+        let annotations = [(mpsync::lease::SLOTS_ANNOTATION.to_string(), slots.to_string())].into();
+        let metadata = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
+        match self.backend {
+            Backend::Kube => self.create_object(Lease { metadata, spec: Some(spec) }),
+            Backend::File => self.runtime.block_on(async {
+                let write = mpsync::lease::Write { metadata, record: spec };
+                self.file_store.as_ref().unwrap().write(name, &write).await.map(drop).expect("create lease")
+            }),
+        }
+    }
+
     /// Change the lease with `edit` (read-modify-write, retried on conflict).
     pub fn edit(&self, name: &str, edit: impl Fn(&mut LeaseSpec)) {
         for _ in 0..20 {
