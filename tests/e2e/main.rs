@@ -31,6 +31,7 @@ mod chaos;
 mod elect;
 mod faults;
 mod health;
+mod library;
 mod lock;
 mod proxy;
 mod safety;
