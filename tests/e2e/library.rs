@@ -713,3 +713,32 @@ fn bad_options_are_refused_with_clear_errors() {
     });
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The engine's one attempt, on slots that observed the lease in an earlier campaign: after the holder
+/// released, the lease is free, and one attempt should take it. It answers "held" from what it saw
+/// before it started, without reading again. `Lock::try_acquire` works around this by giving each
+/// attempt fresh slots (see `lock.rs`); the CLI never reuses slots for `--no-wait`.
+#[test]
+#[ignore = "engine: campaign(Wait::NoWait) answers NotAcquired from an observation older than the campaign"]
+fn engine_one_attempt_reads_again_before_answering_held() {
+    use mpsync::engine::{Campaigned, Ignore, Slot, Wait, campaign};
+    use mpsync::lease::Elector;
+    use mpsync::store::Store;
+    use mpsync::store::file::FileStore;
+
+    let env = TestEnv::file();
+    let name = env.lease_name("lib-engine-stale");
+    runtime().block_on(async {
+        let store = Store::File(FileStore::open(env.lock_dir(), "default".into()).unwrap());
+        let slot = |identity: &str| {
+            vec![Slot::new(name.clone(), store.clone(), Elector::new(identity, FAST), Arc::new(Ignore))]
+        };
+        let (mut holder, mut other) = (slot("holder"), slot("other"));
+        assert!(matches!(campaign(&mut holder, Wait::NoWait, &name).await.unwrap(), Campaigned::Acquired(0)));
+        assert!(matches!(campaign(&mut other, Wait::NoWait, &name).await.unwrap(), Campaigned::NotAcquired { .. }));
+        assert!(holder[0].settle(FAST.call_timeout()).await.unwrap(), "released");
+        let again = campaign(&mut other, Wait::NoWait, &name).await.unwrap();
+        assert!(matches!(again, Campaigned::Acquired(0)), "the lease is free, but one attempt answered {again:?}");
+        other[0].settle(FAST.call_timeout()).await.unwrap();
+    });
+}
