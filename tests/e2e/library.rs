@@ -122,6 +122,8 @@ enum Term {
 }
 
 /// An election whose work reports its term and leads until told to step down (or the term ends).
+/// Not an `async fn`: the signature states that an election's future is `Send + 'static`.
+#[allow(clippy::manual_async_fn)]
 fn leader(
     who: usize,
     lock: Lock,
@@ -153,10 +155,10 @@ fn two_elections_in_one_process_lead_one_at_a_time(env: &TestEnv) {
         let (terms_tx, mut terms) = mpsc::unbounded_channel();
         let step_down = [Arc::new(Notify::new()), Arc::new(Notify::new())];
         let mut runs = Vec::new();
-        for who in 0..2 {
+        for (who, step_down) in step_down.iter().enumerate() {
             let lock = lock(env, &name).await.build().unwrap();
             // Spawned: an election's future is Send, so it runs on any runtime's tasks.
-            runs.push(tokio::spawn(leader(who, lock, terms_tx.clone(), Arc::clone(&step_down[who]))));
+            runs.push(tokio::spawn(leader(who, lock, terms_tx.clone(), Arc::clone(step_down))));
         }
         let Term::Started { who: first, token: first_token, .. } = within("a leader", terms.recv()).await.unwrap()
         else {
