@@ -73,41 +73,49 @@
 //!
 //! # Guarantees
 //!
-//! Under the assumptions of the CLI: the clocks of the machines involved *run at the same rate* (they
-//! need not agree on the time), and the timings satisfy `retry_period × 1.2 < renew_deadline <
-//! lease_duration` (checked by [`LockBuilder::build`]). For library users:
+//! The README's guarantees, as they hold for library users. They rest on the same assumptions: the
+//! clocks of the machines involved *run at the same rate* (they need not agree on the time), and the
+//! timings satisfy `retry_period × 1.2 < renew_deadline < lease_duration` (checked by
+//! [`LockBuilder::build`]).
 //!
 //! - **At most one holder per lease (per slot), if the work stops when told.** A holder that cannot
 //!   renew counts the lease lost `renew_deadline` after it *sent* its last successful renewal: then
 //!   [`HeldLock::lost`] resolves and the cancellation token fires. Any other process waits
 //!   `lease_duration` from when it *observed* that renewal, which came after it was sent. The
-//!   `lease_duration - renew_deadline` in between is the work's time to stop. [`Election`] enforces it:
-//!   it cancels the work's token at the renew deadline and drops the work after
-//!   [`grace`](Election::grace), with `renew_deadline + grace < lease_duration` checked. With a
-//!   [`HeldLock`], stopping is the caller's: watch the token. Either way, code that blocks (a blocking
-//!   call, a busy loop, a thread) is the caller's to stop: dropping a future stops it only at an
-//!   `.await`. The same arithmetic as the CLI's (`send + renew_deadline + grace < send +
-//!   lease_duration ≤ observed + lease_duration`), checked by the same property tests, since it is the
-//!   same engine.
+//!   `lease_duration - renew_deadline` in between is the work's time to stop: `send + renew_deadline
+//!   + grace < send + lease_duration ≤ observed + lease_duration`. [`Election`] enforces it: it cancels
+//!   the work's token at the renew deadline and drops the work after [`grace`](Election::grace), with
+//!   `renew_deadline + grace < lease_duration` checked. With a [`HeldLock`], stopping is the caller's:
+//!   watch the token. Either way, code that blocks (a blocking call, a busy loop, a thread of its own)
+//!   is the caller's to stop: dropping a future stops it only at an `.await`. (The CLI can promise more
+//!   because it kills a process group.) It is the CLI's engine, so the property tests that check this
+//!   arithmetic for every interleaving of writes, late answers, watches and deletions cover it too.
 //! - **Every write is a compare-and-swap** (create, or replace with the `resourceVersion` read); a
 //!   write whose outcome is unknown is settled by reading, never assumed. **Expiry is judged on the
 //!   local monotonic clock**, never by comparing another machine's timestamps with ours.
 //! - **Identity**: each [`Lock`] gets an identity of its own (`<POD_NAME or hostname>_<random>`) unless
 //!   given one; a record under its identity that it did not write is never taken over or shared.
-//! - **Fencing tokens strictly increase** across the holders of a Lease (of a slot):
-//!   [`HeldLock::fencing_token`] and [`Leadership::fencing_token`]. They are what protects a resource
-//!   from a holder that was frozen (a paused VM, a long GC, a stopped process) for longer than the lease
-//!   duration: nothing on a frozen machine can stop it, so pass the token with every write and have the
-//!   resource reject lower ones. A token at `i32::MAX` cannot grow: such a lease is refused
-//!   ([`Error::Api`]) rather than a token handed out twice.
-//! - **Nothing is held by a process that is gone**: every way out gives back what it holds, or may hold
+//! - **The work never outlives the process**: it runs inside it. If the process dies (even by SIGKILL),
+//!   the work dies with it, and the lease expires after its duration.
+//! - **Release only after the work is done**: [`Election`] releases only after the work has returned
+//!   or been dropped; a [`HeldLock`]'s token is cancelled before its release is written, and releasing
+//!   is the caller's call, after its work. A lease that is no longer this holder's is never written.
+//! - **Nothing is held by a holder that is gone**: every way out gives back what it holds, or may hold
 //!   through a write whose outcome is unknown: [`HeldLock::release`], dropping a [`HeldLock`] (in the
 //!   background), dropping an [`acquire`](Lock::acquire) future (in the background),
-//!   [`Election::shutdown`]. A process that exits or crashes before that leaves the lease to expire
-//!   after its duration.
+//!   [`Election::shutdown`]. A process that exits before the background has run, or crashes, leaves the
+//!   lease to expire after its duration.
 //!
-//! What the CLI adds on top, and a library caller does itself: running a child process, its process
-//! group, signals and reaping.
+//! What it cannot guarantee, as for the CLI:
+//!
+//! - A process (or machine, or VM) **frozen** for longer than the lease duration, then resumed, can run
+//!   its work for a moment after another holder started: nothing frozen runs to stop it. That is what
+//!   **fencing tokens** are for: [`HeldLock::fencing_token`] and [`Leadership::fencing_token`] strictly
+//!   increase across the holders of a Lease (of a slot); pass the token with every write to what the
+//!   lease protects and have it reject tokens lower than the highest it has seen (`examples/guarded_job.rs`).
+//! - Deleting a Lease resets its fencing tokens (for processes that never saw the old record): do not
+//!   delete Leases that fence anything. A token at `i32::MAX` cannot grow: such a lease is refused
+//!   ([`Error::Api`]) rather than a token handed out twice.
 //!
 //! # Features
 //!

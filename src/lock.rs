@@ -469,8 +469,11 @@ impl Lock {
     /// are not reported).
     ///
     /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
-    /// the Lease is polled every `retry_period`. The stream never ends; drop it to stop. Needs the
-    /// runtime it was created on.
+    /// the Lease is polled every `retry_period`. The stream never ends; drop it to stop.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime: the watches are tasks on the runtime it is called on.
     ///
     /// ```no_run
     /// # async fn example(lock: mpsync::Lock) {
