@@ -131,7 +131,7 @@
 //! ```toml
 //! [dependencies]
 //! mpsync = { version = "0.1", default-features = false, features = ["kube"] }
-//! kube = { version = "5", features = ["client", "rustls-tls"] }
+//! kube = "5"  # its default features: client, rustls-tls, ring
 //! k8s-openapi = { version = "0.29", features = ["v1_33"] }  # your cluster's version
 //! ```
 //!
