@@ -82,9 +82,10 @@
 //!   renew counts the lease lost `renew_deadline` after it *sent* its last successful renewal: then
 //!   [`HeldLock::lost`] resolves and the cancellation token fires. Any other process waits
 //!   `lease_duration` from when it *observed* that renewal, which came after it was sent. The
-//!   `lease_duration - renew_deadline` in between is the work's time to stop: `send + renew_deadline
-//!   + grace < send + lease_duration ≤ observed + lease_duration`. [`Election`] enforces it: it cancels
-//!   the work's token at the renew deadline and drops the work after [`grace`](Election::grace), with
+//!   `lease_duration - renew_deadline` in between is the work's time to stop:
+//!   `send + renew_deadline + grace < send + lease_duration ≤ observed + lease_duration`.
+//!   [`Election`] enforces it: it cancels the work's token at the renew deadline and drops the work
+//!   after [`grace`](Election::grace), with
 //!   `renew_deadline + grace < lease_duration` checked. With a [`HeldLock`], stopping is the caller's:
 //!   watch the token. Either way, code that blocks (a blocking call, a busy loop, a thread of its own)
 //!   is the caller's to stop: dropping a future stops it only at an `.await`. (The CLI can promise more
@@ -202,9 +203,9 @@ pub use error::{Error, Result};
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub use exit::Exit;
-/// Why a held lease counts as lost: what [`HeldLock::lost`] resolves to and [`Outcome::Lost`] carries.
 pub use lease::LossReason;
-/// The timings of a lease, as `mpsync lock --lease-duration D --renew-deadline D --retry-period D`.
+/// The timings of a lease, as `mpsync lock --lease-duration D --renew-deadline D --retry-period D`;
+/// [`LockBuilder::timing`] takes them, [`LockBuilder::build`] checks them.
 ///
 /// ```
 /// use std::time::Duration;

@@ -158,6 +158,8 @@ impl LockBuilder {
         self
     }
 
+    /// The CLI's health endpoints and metrics watch every renewal; that is not part of the library's
+    /// API (a program that wants it can watch `HeldLock::lost` and its own clock).
     #[cfg(feature = "cli")]
     pub(crate) fn observer(mut self, observer: Arc<dyn Observer>) -> LockBuilder {
         self.observer = observer;
@@ -282,6 +284,8 @@ impl Lock {
         LockBuilder::new(Backend::File { dir: dir.into() }, name)
     }
 
+    /// The CLI opens its store from its flags (`--backend`, `--kubeconfig`, `--lock-dir`), with its own
+    /// client settings; a library caller brings a `kube::Client` or a directory instead.
     #[cfg(feature = "cli")]
     pub(crate) fn with_store(store: Store, name: &str) -> LockBuilder {
         LockBuilder::new(Backend::Store(store), name)
@@ -353,7 +357,9 @@ impl Lock {
     }
 
     /// Start a campaign in the background. Dropping the returned future gives back anything it may
-    /// have acquired, in the background; [`Acquiring::cancel`] does so and waits for it.
+    /// have acquired, in the background; [`Acquiring::cancel`] does so and waits for it. (The CLI needs
+    /// that wait: on SIGTERM it exits right after, and must leave nothing held. A library caller that
+    /// needs it uses `Election::shutdown`.)
     pub(crate) fn start(&self, wait: Wait) -> Acquiring {
         let (result_tx, result_rx) = oneshot::channel();
         let cancel = CancellationToken::new();
