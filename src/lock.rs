@@ -614,9 +614,9 @@ type ReleaseReply = oneshot::Sender<Result<()>>;
 ///
 /// # Dropping
 ///
-/// Dropping a `HeldLock` without releasing it is safe: its cancellation token is cancelled and the
-/// lease is given back in the background, as `release` would (only if the record is still this
-/// holder's own write), on the runtime it was acquired on. Nothing waits for that: a program that
+/// Dropping a `HeldLock` without releasing it is safe: its cancellation token is cancelled at once,
+/// and the lease is given back in the background, as `release` would (only if the record is still
+/// this holder's own write), on the runtime it was acquired on. Nothing waits for that: a program that
 /// exits right after the drop, or whose runtime shuts down first, leaves the lease to expire after
 /// `lease_duration`. Await `release` to be sure it was given back.
 pub struct HeldLock {
@@ -711,6 +711,13 @@ impl HeldLock {
             return Ok(());
         }
         reply_rx.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // At once, so that the work stops with the lock, whenever the background task gets to run.
+        self.token.cancel();
     }
 }
 
