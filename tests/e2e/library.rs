@@ -744,3 +744,30 @@ fn engine_one_attempt_reads_again_before_answering_held() {
         other[0].settle(FAST.call_timeout()).await.unwrap();
     });
 }
+
+/// An API server out of reach is not "held by another": one attempt retries for a lease duration, then
+/// says the store is unavailable; a status read says so at once.
+#[test]
+fn an_unreachable_api_server_is_unavailable_not_held() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("lib-unreachable");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    proxy.partition();
+    runtime().block_on(async {
+        let lock = Lock::kube(client(&proxy.kubeconfig_through(&yaml)).await, &env.namespace, &name)
+            .timing(FAST)
+            .build()
+            .unwrap();
+        match within("the status", lock.status()).await {
+            Err(Error::Unavailable(message)) => assert!(message.contains(&name), "{message}"),
+            other => panic!("a status read through a partition: {other:?}"),
+        }
+        let asked = Instant::now();
+        match within("one attempt", lock.try_acquire()).await {
+            Err(Error::Unavailable(message)) => assert!(message.contains(&name), "{message}"),
+            other => panic!("one attempt through a partition: {other:?}"),
+        }
+        assert!(asked.elapsed() >= FAST.lease_duration, "retried for a lease duration: {:?}", asked.elapsed());
+    });
+}
