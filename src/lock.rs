@@ -619,6 +619,7 @@ type ReleaseReply = oneshot::Sender<Result<()>>;
 /// this holder's own write), on the runtime it was acquired on. Nothing waits for that: a program that
 /// exits right after the drop, or whose runtime shuts down first, leaves the lease to expire after
 /// `lease_duration`. Await `release` to be sure it was given back.
+#[must_use = "dropping a HeldLock releases the lease at once"]
 pub struct HeldLock {
     name: String,
     slot: Option<usize>,
