@@ -771,3 +771,28 @@ fn an_unreachable_api_server_is_unavailable_not_held() {
         assert!(asked.elapsed() >= FAST.lease_duration, "retried for a lease duration: {:?}", asked.elapsed());
     });
 }
+
+/// The `leader_controller` example, cut off from the API server while it leads: its loop has stopped
+/// by the time another holder gets the lease.
+#[test]
+fn leader_controller_example_stops_its_loop_before_another_can_lead() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("lib-controller-loss");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let through = env.path("kubeconfig-through-proxy");
+    fs::write(&through, proxy.kubeconfig_through(&yaml)).unwrap();
+    let controller = spawn_example(&env, "leader_controller", &[&through.display().to_string(), &name, "4"]);
+    wait_until("the controller to reconcile", || controller.stdout().contains("reconciled token="));
+    runtime().block_on(async {
+        let other = Lock::kube(client(&yaml).await, &env.namespace, &name).timing(FAST).build().unwrap();
+        proxy.partition();
+        let held = within("the other to take over", other.acquire()).await.unwrap();
+        // Read the moment the other holds the lease: the controller's loop must have stopped already.
+        let stdout = controller.stdout();
+        let token = stdout.split("leading token=").nth(1).unwrap().lines().next().unwrap().to_string();
+        assert!(stdout.contains(&format!("stopped token={token}")), "still working:\n{stdout}");
+        assert!(i64::from(held.fencing_token()) > token.parse::<i64>().unwrap());
+        held.release().await.unwrap();
+    });
+}
