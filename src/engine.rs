@@ -92,6 +92,9 @@ pub trait Observer: Send + Sync {
     fn acquired(&self, _sent_at: Instant) {}
     /// A renewal sent at `sent_at` was applied; its answer came at `answered_at`.
     fn renewed(&self, _sent_at: Instant, _answered_at: Instant) {}
+    /// A renewal sent at `sent_at`, whose answer was lost, turned out applied (a read or an event showed
+    /// it): the lease counts as renewed from its send.
+    fn confirmed(&self, _sent_at: Instant) {}
     /// The held lease was lost.
     fn lost(&self) {}
     /// The lease was given back (or found no longer ours).
@@ -211,6 +214,7 @@ impl Slot {
     /// (an uncontended run never needs one).
     pub async fn step(&mut self, may_acquire: &AtomicBool, watch_when_waiting: bool) -> Progress {
         let was_usable = self.elector.usable(Instant::now());
+        let renewed_before = self.elector.held().map(|held| held.last_renew_sent);
         self.elector.set_watching(self.watch.is_some());
         let action = self.elector.next(now());
         let mut wake: Option<Instant> = None;
@@ -270,6 +274,11 @@ impl Slot {
             () = sleep_until(wake) => {}
         }
         self.report_collision();
+        if let (Some(before), Some(held)) = (renewed_before, self.elector.held())
+            && held.last_renew_sent > before
+        {
+            self.observer.confirmed(held.last_renew_sent);
+        }
         match (was_usable, self.elector.usable(Instant::now())) {
             (false, true) => Progress::Acquired,
             _ => Progress::Changed,

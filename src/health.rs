@@ -1,40 +1,54 @@
 //! `--health-addr`: `/healthz` (liveness), `/leader` (readiness gate for leader-only Services) and
-//! `/metrics` (Prometheus text format). The run loop records events into `Health`; the HTTP side only
-//! reads it.
+//! `/metrics` (Prometheus exposition, through `prometheus-client`). The run loop records events into
+//! `Health`; the HTTP side only reads it. The side-car serves its own answers through [`serve`] too.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use hyper::Method;
+use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
-use crate::http::{self, Response};
+use crate::http::{self, Request, Response};
 
 /// Renew latency buckets, in seconds.
 const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Clone, Default)]
+/// The probes' server: few connections, short timeouts (they are local and small).
+pub const LIMITS: http::Limits = http::Limits {
+    max_connections: 32,
+    head_timeout: Duration::from_secs(10),
+    answer_timeout: Duration::from_secs(10),
+};
+
+/// A counter family with one label, `kind` (API errors).
+pub type KindCounter = Family<[(&'static str, &'static str); 1], Counter>;
+
+#[derive(Clone)]
 pub struct Health {
-    state: Arc<Mutex<State>>,
+    inner: Arc<Inner>,
 }
 
-#[derive(Default)]
-struct State {
+struct Inner {
     /// While held: when the last successful renewal (or the acquisition) was sent.
-    held_since_renewal: Option<Instant>,
+    held_since_renewal: Mutex<Option<Instant>>,
     /// A renewal is overdue when none succeeded for this long.
     overdue_after: Duration,
-    acquisitions: u64,
-    losses: u64,
-    child_starts: u64,
-    child_exits: u64,
-    api_errors: BTreeMap<&'static str, u64>,
-    renew_buckets: [u64; BUCKETS.len()],
-    renew_count: u64,
-    renew_sum: f64,
+    registry: Registry,
+    lease_held: Gauge,
+    acquisitions: Counter,
+    losses: Counter,
+    renew_duration: Histogram,
+    api_errors: KindCounter,
+    child_starts: Counter,
+    child_exits: Counter,
 }
 
 /// What a probe answers: status code and body.
@@ -44,89 +58,123 @@ pub struct Answer {
     pub body: String,
 }
 
+impl Answer {
+    fn text(status: u16, body: &str) -> Answer {
+        Answer { status, content_type: "text/plain; charset=utf-8", body: body.to_string() }
+    }
+}
+
 impl Health {
     /// A held lease is overdue when no renewal has succeeded for the renew deadline (counted from the
     /// send of the last one that did): exactly when mpsync itself counts it lost. API slowness that
     /// mpsync tolerates never fails the liveness probe.
     pub fn new(timing: crate::lease::Timing) -> Health {
-        let health = Health::default();
-        health.with(|state| state.overdue_after = timing.renew_deadline);
-        health
+        let mut registry = Registry::default();
+        let lease_held = Gauge::default();
+        let acquisitions = Counter::default();
+        let losses = Counter::default();
+        let renew_duration = Histogram::new(BUCKETS);
+        let api_errors = KindCounter::default();
+        let child_starts = Counter::default();
+        let child_exits = Counter::default();
+        registry.register("mpsync_lease_held", "1 while this process holds the lease", lease_held.clone());
+        registry.register("mpsync_acquisitions", "Leases acquired", acquisitions.clone());
+        registry.register("mpsync_losses", "Leases lost while held", losses.clone());
+        registry.register_with_unit(
+            "mpsync_renew_duration",
+            "Latency of successful renewals",
+            Unit::Seconds,
+            renew_duration.clone(),
+        );
+        registry.register("mpsync_api_errors", "Failed API calls by kind", api_errors.clone());
+        registry.register("mpsync_child_starts", "Children started", child_starts.clone());
+        registry.register("mpsync_child_exits", "Children exited (on their own or stopped)", child_exits.clone());
+        Health {
+            inner: Arc::new(Inner {
+                held_since_renewal: Mutex::new(None),
+                overdue_after: timing.renew_deadline,
+                registry,
+                lease_held,
+                acquisitions,
+                losses,
+                renew_duration,
+                api_errors,
+                child_starts,
+                child_exits,
+            }),
+        }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut state)
+    fn held<T>(&self, f: impl FnOnce(&mut Option<Instant>) -> T) -> T {
+        let mut held = self.inner.held_since_renewal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = f(&mut held);
+        self.inner.lease_held.set(i64::from(held.is_some()));
+        result
     }
 
     pub fn acquired(&self, sent_at: Instant) {
-        self.with(|state| {
-            state.acquisitions += 1;
-            state.held_since_renewal = Some(sent_at);
+        self.inner.acquisitions.inc();
+        self.held(|held| *held = Some(sent_at));
+    }
+
+    /// A renewal sent at `sent_at` turned out applied (a read or a watch event showed it): the lease
+    /// counts as renewed from then, with no latency sample (its answer never came).
+    pub fn confirmed(&self, sent_at: Instant) {
+        self.held(|held| {
+            if held.is_some() {
+                *held = Some(held.map_or(sent_at, |known| known.max(sent_at)));
+            }
         });
     }
 
     pub fn renewed(&self, sent_at: Instant, answered_at: Instant) {
-        self.with(|state| {
-            if state.held_since_renewal.is_some() {
-                state.held_since_renewal = Some(sent_at);
-            }
-            let seconds = answered_at.saturating_duration_since(sent_at).as_secs_f64();
-            state.renew_count += 1;
-            state.renew_sum += seconds;
-            for (bucket, bound) in state.renew_buckets.iter_mut().zip(BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
-                }
+        self.held(|held| {
+            if held.is_some() {
+                *held = Some(held.map_or(sent_at, |known| known.max(sent_at)));
             }
         });
+        self.inner.renew_duration.observe(answered_at.saturating_duration_since(sent_at).as_secs_f64());
     }
 
     pub fn lost(&self) {
-        self.with(|state| {
-            state.losses += 1;
-            state.held_since_renewal = None;
-        });
+        self.inner.losses.inc();
+        self.held(|held| *held = None);
     }
 
     pub fn released(&self) {
-        self.with(|state| state.held_since_renewal = None);
+        self.held(|held| *held = None);
     }
 
     pub fn child_started(&self) {
-        self.with(|state| state.child_starts += 1);
+        self.inner.child_starts.inc();
     }
 
     pub fn child_exited(&self) {
-        self.with(|state| state.child_exits += 1);
+        self.inner.child_exits.inc();
     }
 
     pub fn api_error(&self, kind: &'static str) {
-        self.with(|state| *state.api_errors.entry(kind).or_default() += 1);
+        self.inner.api_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
-    /// The answer for `path` (GET only; the HTTP side handles methods).
-    pub fn answer(&self, path: &str, now: Instant) -> Option<Answer> {
-        let text =
-            |status, body: &str| Answer { status, content_type: "text/plain; charset=utf-8", body: body.to_string() };
-        self.with(|state| match path {
-            "/healthz" => Some(match state.held_since_renewal {
-                Some(sent) if now.saturating_duration_since(sent) > state.overdue_after => {
-                    text(503, "renewal overdue\n")
+    /// The answer for `path` (GET only; the HTTP side handles methods). `accept`: the scraper's
+    /// `Accept` header, which chooses the exposition format of `/metrics`.
+    pub fn answer(&self, path: &str, now: Instant, accept: Option<&str>) -> Option<Answer> {
+        let held = self.held(|held| *held);
+        match path {
+            "/healthz" => Some(match held {
+                Some(sent) if now.saturating_duration_since(sent) > self.inner.overdue_after => {
+                    Answer::text(503, "renewal overdue\n")
                 }
-                _ => text(200, "ok\n"),
+                _ => Answer::text(200, "ok\n"),
             }),
-            "/leader" => Some(match state.held_since_renewal {
-                Some(_) => text(200, "leader\n"),
-                None => text(503, "not leader\n"),
+            "/leader" => Some(match held {
+                Some(_) => Answer::text(200, "leader\n"),
+                None => Answer::text(503, "not leader\n"),
             }),
-            "/metrics" => Some(Answer {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: state.metrics(),
-            }),
+            "/metrics" => Some(exposition(&self.inner.registry, accept)),
             _ => None,
-        })
+        }
     }
 }
 
@@ -137,6 +185,10 @@ impl crate::engine::Observer for Health {
 
     fn renewed(&self, sent_at: Instant, answered_at: Instant) {
         Health::renewed(self, sent_at, answered_at);
+    }
+
+    fn confirmed(&self, sent_at: Instant) {
+        Health::confirmed(self, sent_at);
     }
 
     fn lost(&self) {
@@ -152,99 +204,53 @@ impl crate::engine::Observer for Health {
     }
 }
 
-/// Listen on `addr` and answer probes in the background. Binding happens before this returns, so a
-/// bad address is an error at start-up (exit 125), not a silent absence of probes.
+/// `registry` as the scraper asked for it: OpenMetrics when its `Accept` names it (as Prometheus does),
+/// else the Prometheus text format 0.0.4, which every scraper reads.
+pub fn exposition(registry: &Registry, accept: Option<&str>) -> Answer {
+    let mut body = String::new();
+    let openmetrics = accept.is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (encoded, content_type) = if openmetrics {
+        (text::encode(&mut body, registry), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+    } else {
+        (prometheus_text::encode(&mut body, registry), prometheus_text::CONTENT_TYPE)
+    };
+    match encoded {
+        Ok(()) => Answer { status: 200, content_type, body },
+        Err(_) => Answer::text(500, "cannot encode the metrics\n"),
+    }
+}
+
+/// Listen on `addr` and answer probes from `health` in the background. Binding happens before this
+/// returns, so a bad address is an error at start-up (exit 125), not a silent absence of probes.
 pub async fn serve(addr: SocketAddr, health: Health) -> Result<()> {
+    let handler: http::Handler = Arc::new(move |request: Request| {
+        let health = health.clone();
+        Box::pin(async move { probe(&request, |path| health.answer(path, Instant::now(), request.header("accept"))) })
+    });
+    serve_probes(addr, handler).await.map(drop)
+}
+
+/// Listen on `addr` and answer with `handler` (the probes of `lock`, `elect` or the side-car).
+pub async fn serve_probes(addr: SocketAddr, handler: http::Handler) -> Result<http::Server> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| Error::Usage(format!("--health-addr {addr}: cannot listen: {err}")))?;
-    tracing::info!(addr = %addr, "serving /healthz, /leader and /metrics");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(answer_connection(stream, health.clone()));
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "health: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    Ok(())
+    let server = http::Server::new(handler, LIMITS);
+    server.serve(listener);
+    tracing::info!(addr = %addr, "serving probes and metrics");
+    Ok(server)
 }
 
-/// One request per connection, answered from `health`.
-async fn answer_connection(stream: TcpStream, health: Health) {
-    http::serve_connection(stream, |request| async move {
-        match (request.method.as_str(), health.answer(&request.path, Instant::now())) {
-            ("GET" | "HEAD", Some(answer)) => Response::text(answer.status, answer.content_type, answer.body),
-            (_, Some(_)) => {
-                Response::text(405, "text/plain", "method not allowed\n".into()).with_header("Allow", "GET, HEAD")
-            }
-            (_, None) => Response::text(404, "text/plain", "not found\n".into()),
+/// Answer a probe request: GET and HEAD on the paths `answer` knows, 405 for other methods there, 404
+/// elsewhere.
+pub fn probe(request: &Request, answer: impl FnOnce(&str) -> Option<Answer>) -> Response {
+    match answer(&request.path) {
+        Some(answer) if request.method == Method::GET || request.method == Method::HEAD => {
+            Response::text(answer.status, answer.content_type, answer.body)
         }
-    })
-    .await;
-}
-
-impl State {
-    fn metrics(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[String]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for line in lines {
-                let _ = writeln!(out, "{line}");
-            }
-        };
-        let held = u8::from(self.held_since_renewal.is_some());
-        metric(
-            "mpsync_lease_held",
-            "gauge",
-            "1 while this process holds the lease.",
-            &[format!("mpsync_lease_held {held}")],
-        );
-        metric(
-            "mpsync_acquisitions_total",
-            "counter",
-            "Leases acquired.",
-            &[format!("mpsync_acquisitions_total {}", self.acquisitions)],
-        );
-        metric(
-            "mpsync_losses_total",
-            "counter",
-            "Leases lost while held.",
-            &[format!("mpsync_losses_total {}", self.losses)],
-        );
-        let mut histogram: Vec<String> = BUCKETS
-            .iter()
-            .zip(self.renew_buckets)
-            .map(|(bound, count)| format!("mpsync_renew_duration_seconds_bucket{{le=\"{bound}\"}} {count}"))
-            .collect();
-        histogram.push(format!("mpsync_renew_duration_seconds_bucket{{le=\"+Inf\"}} {}", self.renew_count));
-        histogram.push(format!("mpsync_renew_duration_seconds_sum {}", self.renew_sum));
-        histogram.push(format!("mpsync_renew_duration_seconds_count {}", self.renew_count));
-        metric("mpsync_renew_duration_seconds", "histogram", "Latency of successful renewals.", &histogram);
-        let errors: Vec<String> = self
-            .api_errors
-            .iter()
-            .map(|(kind, count)| format!("mpsync_api_errors_total{{kind=\"{kind}\"}} {count}"))
-            .collect();
-        metric("mpsync_api_errors_total", "counter", "Failed API calls by kind.", &errors);
-        metric(
-            "mpsync_child_starts_total",
-            "counter",
-            "Children started.",
-            &[format!("mpsync_child_starts_total {}", self.child_starts)],
-        );
-        metric(
-            "mpsync_child_exits_total",
-            "counter",
-            "Children exited (on their own or stopped).",
-            &[format!("mpsync_child_exits_total {}", self.child_exits)],
-        );
-        out
+        Some(_) => Response::text(405, "text/plain; charset=utf-8", "method not allowed\n".into())
+            .with_header("Allow", "GET, HEAD"),
+        None => Response::text(404, "text/plain; charset=utf-8", "not found\n".into()),
     }
 }
 
@@ -256,35 +262,43 @@ mod tests {
     fn leader_and_healthz_follow_the_lease() {
         let health = Health::new(crate::lease::Timing::DEFAULT);
         let t0 = Instant::now();
-        assert_eq!(health.answer("/leader", t0).unwrap().status, 503);
-        assert_eq!(health.answer("/healthz", t0).unwrap().status, 200);
+        let status = |path, at| health.answer(path, at, None).unwrap().status;
+        assert_eq!(status("/leader", t0), 503);
+        assert_eq!(status("/healthz", t0), 200);
         health.acquired(t0);
-        assert_eq!(health.answer("/leader", t0).unwrap().status, 200);
+        assert_eq!(status("/leader", t0), 200);
         // Slow renewals that mpsync tolerates (up to the renew deadline, 10s) do not fail the probe.
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(9)).unwrap().status, 200);
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(11)).unwrap().status, 503, "overdue");
+        assert_eq!(status("/healthz", t0 + Duration::from_secs(9)), 200);
+        assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 503, "overdue");
         health.renewed(t0 + Duration::from_secs(4), t0 + Duration::from_secs(8));
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(11)).unwrap().status, 200);
+        assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 200);
+        // A late answer about an older renewal does not move the renewal time back.
+        health.renewed(t0 + Duration::from_secs(2), t0 + Duration::from_secs(12));
+        assert_eq!(status("/healthz", t0 + Duration::from_secs(13)), 200);
         health.lost();
-        assert_eq!(health.answer("/leader", t0).unwrap().status, 503);
-        assert_eq!(health.answer("/healthz", t0 + Duration::from_secs(60)).unwrap().status, 200);
-        assert!(health.answer("/other", t0).is_none());
+        assert_eq!(status("/leader", t0), 503);
+        assert_eq!(status("/healthz", t0 + Duration::from_secs(60)), 200);
+        assert!(health.answer("/other", t0, None).is_none());
     }
 
     #[test]
-    fn metrics_are_prometheus_text() {
+    fn metrics_are_prometheus_text_or_openmetrics() {
         let health = Health::new(crate::lease::Timing::DEFAULT);
         let t0 = Instant::now();
         health.acquired(t0);
         health.child_started();
         health.renewed(t0, t0 + Duration::from_millis(30));
         health.api_error("transient");
-        let body = health.answer("/metrics", t0).unwrap().body;
+        let answer = health.answer("/metrics", t0, None).unwrap();
+        assert_eq!(answer.content_type, "text/plain; version=0.0.4; charset=utf-8");
+        let body = answer.body;
         for line in [
             "# TYPE mpsync_lease_held gauge",
             "mpsync_lease_held 1",
+            "# TYPE mpsync_acquisitions_total counter",
             "mpsync_acquisitions_total 1",
             "mpsync_losses_total 0",
+            "# TYPE mpsync_renew_duration_seconds histogram",
             "mpsync_renew_duration_seconds_bucket{le=\"0.025\"} 0",
             "mpsync_renew_duration_seconds_bucket{le=\"0.05\"} 1",
             "mpsync_renew_duration_seconds_bucket{le=\"+Inf\"} 1",
@@ -295,5 +309,9 @@ mod tests {
         ] {
             assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
         }
+        let open = health.answer("/metrics", t0, Some("application/openmetrics-text;version=1.0.0")).unwrap();
+        assert!(open.content_type.starts_with("application/openmetrics-text"));
+        assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+        assert!(open.body.lines().any(|l| l == "# UNIT mpsync_renew_duration_seconds seconds"), "{}", open.body);
     }
 }

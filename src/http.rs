@@ -1,231 +1,80 @@
-//! The little HTTP/1.1 that mpsync's servers (the side-car, the health probes) need, parsed by hand:
-//! requests are one line and a few headers, every response closes the connection. Parsing and
-//! rendering are pure functions, tested without sockets.
+//! HTTP/1.1 for the side-car and the probes (`--health-addr`), on hyper's server.
+//!
+//! hyper parses, frames and keeps connections alive; this module only bounds what a client may cost
+//! and turns hyper's endings into the documented answers:
+//!
+//! - At most `max_connections` connections at once: past that, connections wait in the kernel's
+//!   backlog until one closes. Request heads are read into hyper's smallest buffer (8 KiB; a larger
+//!   head gets 431), bodies are drained and dropped without being kept (larger than 1 MiB: 413).
+//! - A request head must arrive within `head_timeout`, which is also how long an idle kept-alive
+//!   connection stays open: a connection that sent part of a request, or nothing at all on a new
+//!   connection, gets 408; an idle kept-alive one is closed quietly. Every request is answered within
+//!   `answer_timeout` (503 with `Retry-After` otherwise).
+//! - Malformed requests get hyper's 400 (without a body); the HTTP/2 connection preface gets 505.
+//!   HEAD gets the headers of GET without the body (hyper leaves it out).
+//! - Connections are closed gracefully: the rest of what the client sends is read (a little, briefly)
+//!   after the last answer, so that the close does not reset the connection and destroy the answer.
+//!   Accepted sockets have `TCP_NODELAY`: an answer is one small write.
 
-use std::fmt::Write as _;
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-/// How long a client gets to send its whole request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client gets to take its response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests larger than these are refused; mpsync's requests have no body at all.
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 1024 * 1024;
+/// hyper's smallest read buffer: a request head larger than this gets 431.
+const MAX_BUFFER: usize = 8 * 1024;
+/// At most this many header lines (more: 431).
+const MAX_HEADERS: usize = 64;
+/// mpsync's requests have no body; one that comes is drained and dropped, up to this size (413 above).
+const MAX_BODY: u64 = 1024 * 1024;
+/// After the last answer: how long, and how much, the client's remaining input is read before closing.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
-/// Serve one connection: read one request (within `READ_TIMEOUT`), answer it with `answer`, close.
-/// HEAD gets the answer's status and headers without the body.
-pub async fn serve_connection<F, Fut>(mut stream: TcpStream, answer: F)
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let response = match timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Err(_) => Some(Response::error(408, "the request did not arrive in time")),
-        Ok(Received::Gone) => None,
-        Ok(Received::Bad(response)) => Some(response),
-        Ok(Received::Request(request)) => {
-            let head = request.method == "HEAD";
-            let response = answer(request).await;
-            Some(if head { response.head_only() } else { response })
-        }
-    };
-    if let Some(response) = response {
-        let _ = timeout(WRITE_TIMEOUT, stream.write_all(&response.render())).await;
-    }
-    // Close gracefully: read what the client still sends (a body not read, say) until it closes,
-    // because closing with unread input resets the connection, and a reset can destroy the response.
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let _ = timeout(Duration::from_secs(1), async {
-        while let Ok(n) = stream.read(&mut sink).await
-            && n > 0
-        {}
-    })
-    .await;
-}
-
-enum Received {
-    Request(Request),
-    /// Malformed or too large: answer this and close.
-    Bad(Response),
-    /// Closed (or reset) before a request arrived: nothing to answer.
-    Gone,
-}
-
-async fn read_request(stream: &mut TcpStream) -> Received {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_length = loop {
-        if let Some(length) = head_length(&buffer) {
-            break length;
-        }
-        if buffer.len() > MAX_HEAD {
-            return Received::Bad(Response::error(431, "request head too large"));
-        }
-        // Refuse garbage (a TLS handshake, say) as soon as it shows, not after the read timeout.
-        if let Err(response) = check_request_line(&buffer) {
-            return Received::Bad(response);
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) if buffer.is_empty() => return Received::Gone,
-            Ok(0) => return Received::Bad(Response::error(400, "incomplete request")),
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            Err(_) => return Received::Gone,
-        }
-    };
-    let request = match parse_head(&buffer[..head_length]) {
-        Ok(request) => request,
-        Err(response) => return Received::Bad(response),
-    };
-    // mpsync's requests have no body: one that comes is read and ignored.
-    let mut remaining = request.body_to_read.saturating_sub(buffer.len() - head_length);
-    while remaining > 0 {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Received::Gone,
-            Ok(n) => remaining = remaining.saturating_sub(n),
-        }
-    }
-    Received::Request(request)
-}
-
-/// A request, as far as mpsync's servers care.
-#[derive(Debug, PartialEq, Eq)]
+/// A request, as mpsync's servers see it: the body has been drained already.
+#[derive(Debug)]
 pub struct Request {
-    pub method: String,
-    /// The target's path, without query or fragment.
+    pub method: Method,
+    /// The target's path, as sent (not percent-decoded), without query.
     pub path: String,
-    /// Body bytes to read (and ignore) before answering.
-    pub body_to_read: usize,
+    /// The authority of an absolute-form target (`GET http://host/path`), which stands for `Host`.
+    pub authority: Option<String>,
+    pub headers: HeaderMap,
+    /// The address this connection was accepted on.
+    pub local: SocketAddr,
 }
 
-/// The length of the request head (through the blank line), if it is all in `buffer`. Bare LF line
-/// ends are accepted too, as most servers do.
-fn head_length(buffer: &[u8]) -> Option<usize> {
-    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4);
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|at| at + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Check what has arrived of the request line: complete, it must parse; incomplete, it must be text.
-fn check_request_line(received: &[u8]) -> std::result::Result<(), Response> {
-    match received.iter().position(|&byte| byte == b'\n') {
-        Some(end) => parse_request_line(&received[..end]).map(drop),
-        None if received.iter().all(|&byte| byte == b'\r' || (byte.is_ascii() && !byte.is_ascii_control())) => Ok(()),
-        None => Err(Response::error(400, "the request is not HTTP")),
+impl Request {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 }
 
-/// METHOD TARGET HTTP/1.x → (method, path).
-fn parse_request_line(line: &[u8]) -> std::result::Result<(&str, &str), Response> {
-    let bad = |message: &str| Response::error(400, message);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|_| bad("the request line is not text"))?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("malformed request line: expected METHOD TARGET HTTP/1.1"));
-    };
-    if method.is_empty() || !method.bytes().all(is_token_char) {
-        return Err(bad("malformed method"));
-    }
-    match version {
-        "HTTP/1.1" | "HTTP/1.0" => {}
-        other if other.starts_with("HTTP/") => return Err(Response::error(505, "only HTTP/1.1 is served")),
-        _ => return Err(bad("malformed request line: expected METHOD TARGET HTTP/1.1")),
-    }
-    match target_path(target) {
-        Some(path) => Ok((method, path)),
-        None => Err(bad("malformed request target")),
-    }
-}
-
-/// Parse a request head: the request line and the headers, strictly enough to refuse garbage.
-fn parse_head(head: &[u8]) -> std::result::Result<Request, Response> {
-    let bad = |message: &str| Response::error(400, message);
-    let line_end = head.iter().position(|&byte| byte == b'\n').unwrap_or(head.len());
-    let (method, path) = parse_request_line(&head[..line_end])?;
-    let headers = std::str::from_utf8(&head[line_end..]).map_err(|_| bad("the request head is not text"))?;
-    let lines = headers.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line));
-
-    let mut content_length: Option<usize> = None;
-    let mut transfer_encoding = false;
-    let mut expect_continue = false;
-    for line in lines.filter(|line| !line.is_empty()) {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(bad("malformed header line"));
-        };
-        // A name with spaces, or a line starting with one (obsolete line folding), is refused.
-        if name.is_empty() || !name.bytes().all(is_token_char) {
-            return Err(bad("malformed header name"));
-        }
-        let value = value.trim_matches([' ', '\t']);
-        if name.eq_ignore_ascii_case("content-length") {
-            let length = value
-                .parse::<usize>()
-                .ok()
-                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| bad("invalid Content-Length"))?;
-            if content_length.is_some_and(|known| known != length) {
-                return Err(bad("conflicting Content-Length headers"));
-            }
-            content_length = Some(length);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = value.eq_ignore_ascii_case("100-continue");
-        }
-    }
-    if transfer_encoding && content_length.is_some() {
-        return Err(bad("both Content-Length and Transfer-Encoding"));
-    }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY {
-        return Err(Response::error(413, "request body too large (mpsync's requests have none)"));
-    }
-    // A client that expects "100 Continue" sends its body only after one: the answer comes instead,
-    // and whatever body follows is discarded when the connection closes.
-    let body_to_read = if expect_continue { 0 } else { content_length };
-    Ok(Request { method: method.to_string(), path: path.to_string(), body_to_read })
-}
-
-/// The path of a request target: origin form (`/locks/a?x`), or absolute form (`http://host/locks/a`).
-fn target_path(target: &str) -> Option<&str> {
-    let rest = if target.starts_with('/') {
-        target
-    } else {
-        let scheme_end = target.find("://")?;
-        if !target[..scheme_end].eq_ignore_ascii_case("http") && !target[..scheme_end].eq_ignore_ascii_case("https") {
-            return None;
-        }
-        let after = &target[scheme_end + 3..];
-        after.find('/').map_or("/", |at| &after[at..])
-    };
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
-fn is_token_char(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
-}
-
-/// A response, always closing the connection.
+/// An answer: status, one content type, a few headers, a body of text.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     content_type: &'static str,
     headers: Vec<(&'static str, String)>,
     body: String,
-    head_only: bool,
 }
 
 impl Response {
@@ -234,7 +83,7 @@ impl Response {
     }
 
     pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
-        Response { status, content_type, headers: Vec::new(), body, head_only: false }
+        Response { status, content_type, headers: Vec::new(), body }
     }
 
     /// An error, as the original side-car sent them: `{"message": ...}`.
@@ -247,126 +96,275 @@ impl Response {
         self
     }
 
-    /// For HEAD: the same status and headers, no body.
-    pub fn head_only(mut self) -> Response {
-        self.head_only = true;
-        self
+    pub fn body(&self) -> &str {
+        &self.body
     }
 
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.append(name, value);
+            }
+        }
+        response
+    }
+
+    /// The response as bytes on the wire, for the two answers given outside hyper (408 and 505), after
+    /// which the connection closes.
+    fn render_closing(&self) -> Vec<u8> {
+        let reason = StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
             self.status,
-            reason(self.status),
             self.content_type,
-            self.body.len()
-        );
-        for (name, value) in &self.headers {
-            let _ = write!(out, "{name}: {value}\r\n");
-        }
-        out.push_str("\r\n");
-        if !self.head_only {
-            out.push_str(&self.body);
-        }
-        out.into_bytes()
+            self.body.len(),
+            self.body
+        )
+        .into_bytes()
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
+/// What answers requests.
+pub type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// What one client may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request head must arrive within this; an idle kept-alive connection is closed after it.
+    pub head_timeout: Duration,
+    /// Every request is answered within this.
+    pub answer_timeout: Duration,
+}
+
+/// One server: a handler, the limits, and any number of listeners sharing them.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    handler: Handler,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+}
+
+impl Server {
+    pub fn new(handler: Handler, limits: Limits) -> Server {
+        Server::counting(handler, limits, Arc::new(AtomicUsize::new(0)))
     }
+
+    /// A server that keeps the number of its open connections in `open` (which its handler may report).
+    pub fn counting(handler: Handler, limits: Limits, open: Arc<AtomicUsize>) -> Server {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        Server { shared: Arc::new(Shared { handler, limits, permits, stop: CancellationToken::new(), open }) }
+    }
+
+    /// Accept connections on `listener` in the background, until `shutdown`.
+    pub fn serve(&self, listener: TcpListener) {
+        tokio::spawn(accept(listener, Arc::clone(&self.shared)));
+    }
+
+    /// Stop accepting; let the requests in flight finish and close idle connections, within `budget`.
+    pub async fn shutdown(&self, budget: Duration) {
+        self.shared.stop.cancel();
+        let all = u32::try_from(self.shared.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(budget, self.shared.permits.acquire_many(all)).await;
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        // A free connection slot first: past the cap, clients wait in the backlog, costing nothing here.
+        let permit = tokio::select! {
+            permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shared.stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, Arc::clone(&shared), permit));
+            }
+            Err(err) => {
+                // Out of file descriptors, say: the listener works again once some close.
+                tracing::warn!(error = %err, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The service hyper calls for each request of one connection.
+#[derive(Clone)]
+struct Service {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    /// Requests answered on this connection: a timeout before the first is a 408, after it an idle close.
+    answered: Arc<AtomicUsize>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Service {
+    type Response = hyper::Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            let answer_timeout = service.shared.limits.answer_timeout;
+            let response = tokio::time::timeout(answer_timeout, service.answer(request))
+                .await
+                .unwrap_or_else(|_| Response::error(503, "no answer in time; retry").with_header("Retry-After", "1"));
+            service.answered.fetch_add(1, Ordering::Relaxed);
+            Ok(response.into_hyper())
+        })
+    }
+}
+
+impl Service {
+    async fn answer(&self, request: hyper::Request<Incoming>) -> Response {
+        let (parts, mut body) = request.into_parts();
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY) {
+            return too_large();
+        }
+        // Drain the body (mpsync's requests have none), so the connection can carry the next request.
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    received += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if received > MAX_BODY {
+                        return too_large();
+                    }
+                }
+                Err(_) => return Response::error(400, "malformed request body"),
+            }
+        }
+        let request = Request {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            authority: parts.uri.authority().map(|authority| authority.as_str().to_string()),
+            headers: parts.headers,
+            local: self.local,
+        };
+        (self.shared.handler)(request).await
+    }
+}
+
+/// 413, closing the connection: the rest of the body is not read.
+fn too_large() -> Response {
+    Response::error(413, format!("request body too large (more than {MAX_BODY} bytes; mpsync's requests have none)"))
+        .with_header("Connection", "close")
+}
+
+/// Serve one connection until the client or hyper closes it, then close it gracefully.
+async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    shared.open.fetch_add(1, Ordering::Relaxed);
+    serve_connection(stream, &shared).await;
+    shared.open.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+}
+
+async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let answered = Arc::new(AtomicUsize::new(0));
+    let service = Service { shared: Arc::clone(shared), local, answered: Arc::clone(&answered) };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.head_timeout)
+        .max_buf_size(MAX_BUFFER)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let mut connection = builder.serve_connection(TokioIo::new(stream), service);
+
+    // On shutdown, hyper finishes the request in flight and closes an idle connection.
+    let mut stopping = std::pin::pin!(shared.stop.cancelled());
+    let mut stopped = false;
+    let result = poll_fn(|cx| {
+        if !stopped && stopping.as_mut().poll(cx).is_ready() {
+            stopped = true;
+            Pin::new(&mut connection).graceful_shutdown();
+        }
+        connection.poll_without_shutdown(cx)
+    })
+    .await;
+
+    let parts = connection.into_parts();
+    let mut stream = parts.io.into_inner();
+    let closing = match result {
+        // A request begun and not finished in time, or none at all on a new connection.
+        Err(err) if err.is_timeout() && (!parts.read_buf.is_empty() || answered.load(Ordering::Relaxed) == 0) => {
+            Some(Response::error(408, "the request did not arrive in time"))
+        }
+        Err(err) if err.is_parse_version_h2() => Some(Response::error(505, "only HTTP/1.1 is served")),
+        Err(err) => {
+            tracing::trace!(error = %err, "connection ended");
+            None
+        }
+        Ok(()) => None,
+    };
+    if let Some(response) = closing {
+        let _ = tokio::time::timeout(LINGER, stream.write_all(&response.render_closing())).await;
+    }
+    linger(stream).await;
+}
+
+/// Close gracefully: stop sending, then read what the client still sends until it closes (briefly, a
+/// little), because closing with unread input resets the connection, and a reset can destroy the answer.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0
+            && let Ok(n) = stream.read(&mut sink).await
+            && n > 0
+        {
+            left = left.saturating_sub(n);
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(head: &str) -> std::result::Result<Request, u16> {
-        parse_head(head.as_bytes()).map_err(|response| response.status)
-    }
-
     #[test]
-    fn the_python_clients_requests_parse() {
-        let put = "PUT /locks/test HTTP/1.1\r\nAccept-Encoding: identity\r\nContent-Length: 0\r\nHost: \
-                   localhost:13131\r\nUser-Agent: Python-urllib/3.11\r\naccept: application/json\r\nConnection: close\r\n\r\n";
-        assert_eq!(parse(put), Ok(Request { method: "PUT".into(), path: "/locks/test".into(), body_to_read: 0 }));
-        let get = "GET /locks/test?x=1 HTTP/1.0\n\n";
-        assert_eq!(parse(get).map(|r| r.path), Ok("/locks/test".into()));
-        let absolute = "GET http://localhost:13131/locks/a HTTP/1.1\r\n\r\n";
-        assert_eq!(parse(absolute).map(|r| r.path), Ok("/locks/a".into()));
-        let body = "POST /locks/a HTTP/1.1\r\ncontent-length:  12 \r\n\r\n";
-        assert_eq!(parse(body).map(|r| r.body_to_read), Ok(12));
-        let expecting = "PUT /locks/a HTTP/1.1\r\nContent-Length: 12\r\nExpect: 100-continue\r\n\r\n";
-        assert_eq!(parse(expecting).map(|r| r.body_to_read), Ok(0), "answered before the body is sent");
-    }
-
-    #[test]
-    fn malformed_requests_are_refused() {
-        for head in [
-            "garbage\r\n\r\n",
-            "GET /locks/a\r\n\r\n",
-            "GET /locks/a HTTP/1.1 extra\r\n\r\n",
-            "GET  /locks/a HTTP/1.1\r\n\r\n",
-            "GET locks/a HTTP/1.1\r\n\r\n",
-            "G(T /locks/a HTTP/1.1\r\n\r\n",
-            "GET /locks/a HTTP/1.1\r\nno colon\r\n\r\n",
-            "GET /locks/a HTTP/1.1\r\nBad Name: x\r\n\r\n",
-            "GET /locks/a HTTP/1.1\r\n folded: x\r\n\r\n",
-            "PUT /locks/a HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "PUT /locks/a HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
-            "PUT /locks/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "PUT /locks/a HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "\u{16}\u{3}\u{1}\u{2}\u{0}\r\n\r\n",
-        ] {
-            assert_eq!(parse(head), Err(400), "{head:?}");
-        }
-        assert_eq!(parse("PRI * HTTP/2.0\r\n\r\n"), Err(505));
-        assert_eq!(parse("PUT /locks/a HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), Err(413));
-        assert_eq!(parse_head(b"GET /\xff HTTP/1.1\r\n\r\n").map_err(|r| r.status).err(), Some(400));
-    }
-
-    #[test]
-    fn garbage_is_refused_before_the_request_line_is_complete() {
-        assert!(check_request_line(b"PUT /locks/a HT").is_ok());
-        assert!(check_request_line(b"PUT /locks/a HTTP/1.1\r\nHost: x").is_ok());
-        assert_eq!(check_request_line(b"\x16\x03\x01\x02\x00").map_err(|r| r.status), Err(400));
-        assert_eq!(check_request_line(b"hello\r\n").map_err(|r| r.status), Err(400));
-    }
-
-    #[test]
-    fn the_head_ends_at_the_first_blank_line() {
-        assert_eq!(head_length(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(24));
-        assert_eq!(head_length(b"GET / HTTP/1.1\nA: b\n\nbody"), Some(21));
-        assert_eq!(head_length(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
-    }
-
-    #[test]
-    fn responses_close_the_connection_and_carry_their_length() {
-        let response = Response::error(405, "no").with_header("Allow", "GET");
-        let text = String::from_utf8(response.render()).unwrap();
-        let body = "{\"message\":\"no\"}\n";
+    fn responses_carry_their_type_headers_and_body() {
+        let response = Response::error(405, "no").with_header("Allow", "GET").into_hyper();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()["allow"], "GET");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let closing = String::from_utf8(Response::error(408, "late").render_closing()).unwrap();
+        let body = "{\"message\":\"late\"}\n";
         assert_eq!(
-            text,
+            closing,
             format!(
-                "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                 Connection: close\r\nAllow: GET\r\n\r\n{body}",
+                "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
                 body.len()
             )
         );
-        let head = String::from_utf8(Response::error(404, "no").head_only().render()).unwrap();
-        assert!(head.ends_with("\r\n\r\n") && head.contains(&format!("Content-Length: {}", body.len())), "{head}");
     }
 }

@@ -220,20 +220,22 @@ impl LockBuilder {
     }
 }
 
-/// The CLI's validation messages name its flags; a library caller set a builder option or a `Timing`
-/// field instead.
+/// The CLI's validation messages name its flags; a library caller set a builder option, a `Timing`
+/// field or the directory of `Lock::file` instead.
 fn library_wording(err: Error) -> Error {
-    const WORDS: [(&str, &str); 5] = [
+    const WORDS: [(&str, &str); 7] = [
         ("--lease-duration", "Timing::lease_duration"),
         ("--renew-deadline", "Timing::renew_deadline"),
         ("--retry-period", "Timing::retry_period"),
         ("--slots", "LockBuilder::slots"),
         ("--identity", "LockBuilder::identity"),
+        ("pass --lock-dir with a directory", "give Lock::file a directory"),
+        ("(--lock-dir)", "(Lock::file)"),
     ];
+    let reword = |message: String| WORDS.iter().fold(message, |message, (flag, option)| message.replace(flag, option));
     match err {
-        Error::Usage(message) => {
-            Error::Usage(WORDS.iter().fold(message, |message, (flag, option)| message.replace(flag, option)))
-        }
+        Error::Usage(message) => Error::Usage(reword(message)),
+        Error::File(message) => Error::File(reword(message)),
         other => other,
     }
 }
@@ -603,6 +605,26 @@ struct HoldState {
     lost: Option<LossReason>,
 }
 
+/// The renew deadline of a held lock as it moves (see `HeldLock::deadlines`).
+#[cfg(feature = "cli")]
+pub(crate) struct Deadlines(watch::Receiver<HoldState>);
+
+#[cfg(feature = "cli")]
+impl Deadlines {
+    /// The deadline now.
+    pub(crate) fn current(&mut self) -> Instant {
+        self.0.borrow_and_update().deadline
+    }
+
+    /// Wait until it moves (or the lock is gone: then never).
+    pub(crate) async fn changed(&mut self) -> Instant {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.current()
+    }
+}
+
 type ReleaseReply = oneshot::Sender<Result<()>>;
 
 /// A held lease, renewed in the background until it is released, dropped or lost.
@@ -681,6 +703,13 @@ impl HeldLock {
                 }
             }
         }
+    }
+
+    /// The moment the lease counts as lost unless a renewal sent before then succeeds, and a way to wait
+    /// for it to move (for a supervisor that enforces it on its own: the CLI's guard).
+    #[cfg(feature = "cli")]
+    pub(crate) fn deadlines(&self) -> Deadlines {
+        Deadlines(self.state.clone())
     }
 
     /// A token cancelled when the lease is lost (at the same moment [`lost`](Self::lost) resolves), or

@@ -49,7 +49,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
         _ => Some(Level::TRACE),
     };
     let Some(level) = level else { return };
-    if start_writer().is_err() {
+    if SINK.get().is_none() && start_writer().is_err() {
         return;
     }
     let libraries = if level == Level::TRACE { LevelFilter::DEBUG } else { LevelFilter::OFF };
@@ -63,6 +63,22 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
         }
         LogFormat::Text => tracing_subscriber::registry().with(layer.with_ansi(false).with_filter(filter)).init(),
     }
+}
+
+/// Print mpsync's final error (`mpsync: ...`) through the same thread, so that a blocked stderr cannot hold
+/// up the exit either; then wait briefly for it to be written.
+pub fn print_error(message: &str) {
+    if SINK.get().is_none() && start_writer().is_err() {
+        write_all(format!("mpsync: {message}\n").as_bytes());
+        return;
+    }
+    if let Some(sink) = SINK.get() {
+        sink.pending.fetch_add(1, Ordering::SeqCst);
+        if sink.lines.try_send(format!("mpsync: {message}\n").into_bytes()).is_err() {
+            sink.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    flush();
 }
 
 /// Wait (briefly) until the lines logged so far are written: call before the process exits.
@@ -82,14 +98,28 @@ fn start_writer() -> std::io::Result<()> {
 }
 
 fn write_lines(receiver: Receiver<Vec<u8>>) {
-    let mut stderr = std::io::stderr();
     while let Ok(line) = receiver.recv() {
-        let _ = stderr.write_all(&line);
+        write_all(&line);
         let Some(sink) = SINK.get() else { continue };
         sink.pending.fetch_sub(1, Ordering::SeqCst);
         let dropped = sink.dropped.swap(0, Ordering::SeqCst);
         if dropped > 0 {
-            let _ = writeln!(stderr, "mpsync: {dropped} log lines dropped: stderr was not being read");
+            write_all(format!("mpsync: {dropped} log lines dropped: stderr was not being read\n").as_bytes());
+        }
+    }
+}
+
+/// Write to file descriptor 2 directly, not through `std::io::stderr()`, whose lock a blocked write would
+/// hold: nothing else in mpsync must ever wait for it.
+fn write_all(mut bytes: &[u8]) {
+    // SAFETY: fd 2 is mpsync's stderr for its whole life; borrowing it for one write closes nothing.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    while !bytes.is_empty() {
+        match nix::unistd::write(stderr, bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }

@@ -10,14 +10,14 @@ fn main() {
         }
         Err(err) => Err(err),
     };
-    let code = match exit {
-        Ok(exit) => exit.code(),
+    let exit = match exit {
+        Ok(exit) => exit,
         Err(err) => {
             mpsync::logging::flush();
-            eprintln!("mpsync: {err}");
-            err.exit().code()
+            mpsync::logging::print_error(&err.to_string());
+            err.exit()
         }
     };
     mpsync::logging::flush();
-    std::process::exit(code);
+    mpsync::exit::exit_process(exit);
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::health::Health;
 use crate::lock::{HeldLock, Lock};
-use crate::supervise::{ChildCommand, Event, SpawnError, SuperviseOptions, Supervisor};
+use crate::supervise::{ChildCommand, ChildExit, Notice, SpawnError, SuperviseOptions, Supervisor};
 
 /// Run a validated configuration to its exit.
 pub fn run(config: Config) -> Result<Exit> {
@@ -110,14 +110,14 @@ impl Runner {
         loop {
             tokio::select! {
                 result = &mut acquiring => return result.map(Ok),
-                event = self.supervisor.next_event() => match event {
-                    Event::Signal(signal) if is_stop(signal) => {
+                notice = self.supervisor.next_notice() => match notice {
+                    Notice::Signal(signal) if is_stop(signal) => {
                         tracing::info!(lease = %self.config.name, signal = %signal, "stopped while waiting for the lease");
                         acquiring.cancel().await;
                         return Ok(Err(Exit::Signaled(signal as i32)));
                     }
-                    Event::Signal(signal) => tracing::debug!(signal = %signal, "ignored while waiting"),
-                    Event::ChildExited(_) => {}
+                    Notice::Signal(signal) => tracing::debug!(signal = %signal, "ignored while waiting"),
+                    Notice::ChildExited(_) | Notice::Resumed(_) => {}
                 },
             }
         }
@@ -135,8 +135,8 @@ impl Runner {
         // A stop signal that arrived while the acquisition was on the wire still ends the wait: give the
         // lease back rather than start a child only to stop it. Every queued event is looked at, so a
         // USR1 ahead of a TERM cannot hide it.
-        while let Some(event) = supervisor.next_event().now_or_never() {
-            if let Event::Signal(signal) = event
+        while let Some(notice) = supervisor.next_notice().now_or_never() {
+            if let Notice::Signal(signal) = notice
                 && is_stop(signal)
             {
                 tracing::info!(signal = %signal, "stopped before the child started");
@@ -164,26 +164,57 @@ impl Runner {
             });
         }
         health.child_started();
+        // The guard enforces the lease on its own too: it kills the child's group when the renew deadline
+        // plus the grace plus half of the remaining margin has passed, should mpsync be unable to (frozen by
+        // `kill -STOP`, stuck). mpsync itself stops the child long before.
+        let margin = config.timing.lease_duration.saturating_sub(config.timing.renew_deadline + config.grace);
+        let guard_delay = config.grace + margin / 2;
+        let mut deadlines = held.deadlines();
+        supervisor.set_deadline(deadlines.current().checked_add(guard_delay).map(Into::into));
 
         loop {
             tokio::select! {
                 // The child's exit first: a child that finished before the lease was found lost ran its
                 // course under the lease, and is reported as such.
                 biased;
-                event = supervisor.next_event() => match event {
-                    Event::Signal(signal) => {
+                notice = supervisor.next_notice() => match notice {
+                    Notice::Signal(signal) => {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
                         supervisor.forward(signal);
                     }
-                    Event::ChildExited(exit) => {
-                        tracing::info!(exit = exit.code(), "child exited");
+                    // mpsync was continued; nothing renewed the lease while it was stopped. The child's job
+                    // runs again only if the lease is still held (its renew deadline has not passed).
+                    Notice::Resumed(resume) => {
+                        if held.is_lost() {
+                            tracing::error!(?resume, "continued after the renew deadline; killing the stopped child");
+                            let exit = supervisor.kill_stopped_child().await;
+                            health.child_exited();
+                            tracing::warn!(child_exit = exit.code(), "child killed after losing the lease");
+                            drop(held);
+                            return Ok(Held::Lost);
+                        }
+                        supervisor.continue_child();
+                    }
+                    Notice::ChildExited(exit) => {
                         health.child_exited();
+                        if exit == ChildExit::Signaled(Signal::SIGKILL as i32) && held.is_lost() {
+                            // Killed past the lease's deadline (by the guard, while mpsync could not act):
+                            // a loss, not the child's own end.
+                            tracing::error!("the child was killed at the lease's deadline");
+                            supervisor.finish(config.kill_signal, config.grace).await;
+                            drop(held);
+                            return Ok(Held::Lost);
+                        }
+                        tracing::info!(exit = exit.code(), "child exited");
                         supervisor.finish(config.kill_signal, config.grace).await;
                         // Given back only now, after the child and its group are gone.
                         release(held, supervisor).await;
-                        return Ok(Held::Done(Exit::Child(exit.code())));
+                        return Ok(Held::Done(Exit::from(exit)));
                     }
                 },
+                deadline = deadlines.changed() => {
+                    supervisor.set_deadline(deadline.checked_add(guard_delay).map(Into::into));
+                }
                 reason = held.lost() => {
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;
@@ -217,8 +248,8 @@ async fn release(held: HeldLock, supervisor: &mut Supervisor) {
                 }
                 return;
             }
-            event = supervisor.next_event() => match event {
-                Event::Signal(signal) if is_stop(signal) => {
+            notice = supervisor.next_notice() => match notice {
+                Notice::Signal(signal) if is_stop(signal) => {
                     tracing::warn!(signal = %signal, "stopped while releasing; the lease expires after its duration");
                     return;
                 }

@@ -5,27 +5,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the tests run besides cargo: sh, awk, grep, date, unshare (util-linux) and python3 (for the
-# offline manifest checks). Install any that are missing (Debian).
+# What the tests run besides cargo: sh, bash (terminal tests), awk, grep, date, timeout, seq, nohup
+# (coreutils), unshare, setsid (util-linux) and python3 (the pty driver, the offline manifest checks).
+# strace is optional (one test skips without it). Install any that are missing (Debian).
 missing=()
-for tool in sh awk grep date unshare python3; do
+for tool in sh bash awk grep date timeout seq nohup unshare setsid python3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing test prerequisites: ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq coreutils gawk grep util-linux python3 python3-venv >/dev/null
+  apt-get update -qq && apt-get install -y -qq bash coreutils gawk grep util-linux python3 python3-venv >/dev/null
 fi
 
 # The metaparticle Python client (metaparticle-sync 0.2.0 from PyPI, which needs six without declaring
-# it), for the side-car's interoperability test, in a venv of its own: .venv-test (gitignored).
-# Without it (no network, say) that one test prints that it skipped.
+# it), for the side-car's interoperability tests, and prometheus_client, whose parser reads /metrics, in
+# a venv of its own: .venv-test (gitignored). Without them (no network, say) those tests say they skipped.
 metaparticle_ready() {
-  .venv-test/bin/python -c 'import importlib.metadata as m; assert m.version("metaparticle-sync") == "0.2.0"; m.version("six")' \
+  .venv-test/bin/python -c 'import importlib.metadata as m; assert m.version("metaparticle-sync") == "0.2.0"; m.version("six"); m.version("prometheus_client")' \
     >/dev/null 2>&1
 }
 if [ -z "${MPSYNC_TEST_PYTHON:-}" ]; then
-  if metaparticle_ready || { python3 -m venv .venv-test && .venv-test/bin/pip install -q metaparticle-sync==0.2.0 six; }; then
+  if metaparticle_ready || { python3 -m venv .venv-test && .venv-test/bin/pip install -q metaparticle-sync==0.2.0 six prometheus_client; }; then
     export MPSYNC_TEST_PYTHON="$PWD/.venv-test/bin/python"
   else
     echo "warning: cannot install metaparticle-sync into .venv-test; the side-car's Python client test will skip" >&2

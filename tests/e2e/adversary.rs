@@ -362,7 +362,6 @@ fn processes_that_disagree_on_slots_are_refused() {
 /// 1s; mpsync is stopped for 2.5s (less than the lease duration) right after it sent SIGTERM to a child
 /// that drains through its grace; the waiter takes over while the old child still runs.
 #[test]
-#[ignore = "adversary finding 5: the README's freeze bound (longer than the lease duration) is too optimistic"]
 fn a_freeze_shorter_than_the_lease_duration_never_lets_the_child_outlive_the_lease() {
     let Some(env) = server_env() else { return };
     let name = env.lease_name("freeze");

@@ -113,19 +113,6 @@ fn file_backend_waiter_takes_over_a_sigkilled_holder_after_the_lease_duration() 
 }
 
 #[test]
-fn file_backend_corrupt_record_is_a_clear_error() {
-    let env = TestEnv::file();
-    fs::create_dir_all(env.lock_dir()).unwrap();
-    fs::write(env.lock_dir().join("broken.json"), "{ not json").unwrap();
-    let done = env.run(["lock", "broken", "--", "true"]);
-    done.assert_code(125);
-    assert!(done.stderr.contains("broken.json"), "{}", done.stderr);
-    assert!(!done.stderr.contains("panicked"));
-    let status = env.run(["status", "broken"]);
-    status.assert_code(125);
-}
-
-#[test]
 fn file_backend_unwritable_lock_dir_is_a_clear_error() {
     let env = TestEnv::file();
     let not_a_dir = env.path("plain-file");

@@ -1240,7 +1240,13 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
         };
         let wrapper = lock(&chaos.contenders).wrappers.iter().find(|w| w.identity == identity).expect("wrapper").pid;
         let group = Pid::from_raw(-child);
+        // Freeze mpsync, its guard (which would otherwise kill the child at the lease's deadline: the
+        // documented limit is a freeze of both, or of the whole machine) and the child.
+        let guards = guard_pids(wrapper);
         let _ = kill(Pid::from_raw(wrapper), Signal::SIGSTOP);
+        for guard in &guards {
+            let _ = kill(Pid::from_raw(*guard), Signal::SIGSTOP);
+        }
         let _ = kill(group, Signal::SIGSTOP);
         let frozen_at = epoch_nanos();
         let deadline = Instant::now() + PATIENCE;
@@ -1249,6 +1255,9 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
             thread::sleep(Duration::from_millis(10));
         }
         let _ = kill(group, Signal::SIGCONT);
+        for guard in &guards {
+            let _ = kill(Pid::from_raw(*guard), Signal::SIGCONT);
+        }
         let _ = kill(Pid::from_raw(wrapper), Signal::SIGCONT);
         identity
     });
@@ -1266,4 +1275,19 @@ fn chaos_checker_proves_the_overlap_of_a_frozen_holder() {
         violations.iter().any(|v| v.starts_with("overlap:") && v.contains(&format!("while {frozen} "))),
         "check 1 missed the overlap of the frozen holder {frozen}: {violations:?}"
     );
+}
+
+/// The guard processes (`mpsync-guard`) of the mpsync process `parent`.
+fn guard_pids(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let comm = &stat[open + 1..close];
+            let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
+            comm == "mpsync-guard" && ppid == Some(parent)
+        })
+        .collect()
 }

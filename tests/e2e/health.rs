@@ -18,7 +18,7 @@ fn free_port() -> u16 {
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -54,6 +54,16 @@ fn leader_endpoint_follows_the_lease_and_metrics_count_events(env: &TestEnv) {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?}:\n{metrics}");
     }
     assert_eq!(get(holder_port, "/nope").map(|r| r.0), Some(404));
+    if let Some(families) = parse_with_prometheus_client(&metrics, false) {
+        for family in [
+            "mpsync_lease_held gauge",
+            "mpsync_acquisitions counter",
+            "mpsync_renew_duration_seconds histogram",
+            "mpsync_child_starts counter",
+        ] {
+            assert!(families.lines().any(|l| l == family), "missing {family:?}:\n{families}");
+        }
+    }
 
     let waiter_addr = format!("127.0.0.1:{waiter_port}");
     let waiter = env.spawn(["lock", &name, "--health-addr", &waiter_addr, "--", "true"]);
@@ -73,4 +83,79 @@ fn health_addr_that_cannot_be_bound_is_exit_125() {
     let done = env.run(["lock", "job", "--health-addr", &addr, "--", "true"]);
     done.assert_code(125);
     assert!(done.stderr.contains("--health-addr"), "{}", done.stderr);
+}
+
+/// Parse a `/metrics` answer with the Prometheus project's own parser (Python `prometheus_client`, from
+/// `PyPI` into the test venv by `tests/run.sh`): the Prometheus text format, or OpenMetrics (which must
+/// end in `# EOF`). Returns one line per family, `NAME TYPE`, or `None` (and says so) when the parser is
+/// not installed. A parse error fails the test.
+pub fn parse_with_prometheus_client(text: &str, openmetrics: bool) -> Option<String> {
+    let python = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty());
+    let installed = python.as_ref().is_some_and(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import prometheus_client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python.filter(|_| installed) else {
+        eprintln!(
+            "SKIPPED: parsing /metrics needs MPSYNC_TEST_PYTHON with prometheus_client (tests/run.sh installs it)"
+        );
+        return None;
+    };
+    let module = if openmetrics { "prometheus_client.openmetrics.parser" } else { "prometheus_client.parser" };
+    let script = format!(
+        "import sys\nfrom {module} import text_string_to_metric_families\n\
+         for family in text_string_to_metric_families(sys.stdin.read()):\n    \
+         assert family.samples or family.type != 'histogram', family\n    print(family.name, family.type)\n"
+    );
+    let mut child = std::process::Command::new(python)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the parser");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prometheus_client cannot parse it:\n{}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(String::from_utf8(output.stdout).unwrap())
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_openmetrics() {
+    let env = TestEnv::file();
+    let port = free_port();
+    let ready = env.path("ready");
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let addr = format!("127.0.0.1:{port}");
+    let holder = env.spawn(["lock", "metrics", "--health-addr", &addr, "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "ready");
+    wait_for_status(port, "/leader", 200);
+    let text = wait_for_status(port, "/metrics", 200);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, open) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(text.contains("# TYPE mpsync_acquisitions_total counter"), "{text}");
+    for (body, openmetrics) in [(&text, false), (&open.to_string(), true)] {
+        if let Some(families) = parse_with_prometheus_client(body, openmetrics) {
+            assert!(families.lines().any(|l| l == "mpsync_acquisitions counter"), "{families}");
+            assert!(families.lines().any(|l| l == "mpsync_renew_duration_seconds histogram"), "{families}");
+        }
+    }
+    holder.signal(Signal::SIGTERM);
+    holder.finish().assert_code(143);
 }

@@ -646,7 +646,9 @@ fn file_lock_example_waits_for_the_cli_and_takes_over_at_once() {
 /// names the option in the library's terms.
 #[test]
 fn bad_options_are_refused_with_clear_errors() {
-    let dir = temp_dir("lib-options");
+    let parent = temp_dir("lib-options");
+    // Made by `Lock::file`, mode 0700: the file backend refuses a directory open to other users.
+    let dir = parent.join("locks");
     runtime().block_on(async {
         let client = || kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap())).unwrap();
         let cases: Vec<(&str, mpsync::Result<Lock>, &[&str])> = vec![
@@ -706,6 +708,13 @@ fn bad_options_are_refused_with_clear_errors() {
             Err(Error::File(message)) => assert!(message.contains("/proc/mpsync-cannot-be-here"), "{message}"),
             other => panic!("an unusable lock directory: {other:?}"),
         }
+        match Lock::file(&parent, "ok").build() {
+            Err(Error::File(message)) => {
+                assert!(message.contains("open to other users"), "{message}");
+                assert!(!message.contains("--"), "no CLI flags in a library's message: {message}");
+            }
+            other => panic!("a lock directory open to other users: {other:?}"),
+        }
         let lock = Lock::file(&dir, "ok").build().unwrap();
         let long_grace = Election::new(lock).grace(Duration::from_secs(5)).run(|_| async {}).await;
         match long_grace {
@@ -713,7 +722,7 @@ fn bad_options_are_refused_with_clear_errors() {
             other => panic!("a grace that lets two leaders overlap: {other:?}"),
         }
     });
-    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&parent);
 }
 
 /// The engine's one attempt, on slots that observed the lease in an earlier campaign: after the holder

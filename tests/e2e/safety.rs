@@ -16,6 +16,7 @@ both_backends!(
     two_processes_given_one_identity_never_both_run,
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
     a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
+    a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -254,4 +255,32 @@ fn a_blocked_stderr_never_stops_the_holder_from_stopping_its_child(env: &TestEnv
     assert_eq!(status.code(), Some(123));
     assert!(!alive(child), "the child was stopped");
     drop(reader);
+}
+
+/// mpsync itself frozen (`kill -STOP`, which it cannot catch) while its child works: nothing renews, and
+/// mpsync cannot stop the child at the renew deadline. Its guard process can: it kills the child's group at
+/// the renew deadline plus the grace plus half the remaining margin, before anyone else can take over.
+fn a_frozen_mpsync_never_lets_its_child_outlive_the_lease(env: &TestEnv) {
+    let name = env.lease_name("frozen");
+    let alive = env.path("alive");
+    let log = env.path("log");
+    // The child says it is alive every 20 ms.
+    let script = format!("while :; do echo alive $(date +%s%N) >> {}; sleep 0.02; done", alive.display());
+    let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    wait_for_file(&alive, "alive");
+    let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    holder.signal(Signal::SIGSTOP);
+    let waited = waiter.finish();
+    waited.assert_code(0);
+    let started = read_stamps(&log).iter().find(|s| s.0 == "start").map(|s| s.1).expect("the waiter's child ran");
+    let last_alive = read_stamps(&alive).iter().map(|s| s.1).max().unwrap();
+    assert!(
+        last_alive < started,
+        "the frozen holder's child ran {:?} after the next holder's started",
+        Duration::from_nanos((last_alive - started) as u64)
+    );
+    holder.signal(Signal::SIGCONT);
+    let done = holder.finish();
+    assert!(matches!(done.code, Some(123) | Some(137)), "{:?}\n{}", done.code, done.stderr);
 }

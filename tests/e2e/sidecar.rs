@@ -12,33 +12,59 @@ use serde_json::Value;
 use crate::support::*;
 
 both_backends!(
-    put_acquires_a_lock_for_the_side_cars_identity,
+    put_acquires_a_lock_for_the_pods_identity,
     another_side_car_gets_409_naming_the_holder_while_heartbeats_keep_it,
     lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl,
     post_creates_only_and_delete_hands_the_lock_over_at_once,
-    sigterm_releases_every_lock_held_and_exits_0,
+    restarted_side_car_adopts_the_locks_held_under_the_pods_identity,
+    sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet,
+    drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire,
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
+    lease_prefix_keeps_every_lock_in_a_lease_of_its_own_name,
 );
 
-/// A running side-car and the address it listens on.
+/// A running side-car and the addresses it listens on (the first is where requests go).
 struct Sidecar {
     process: Proc,
     address: SocketAddr,
+    addresses: Vec<SocketAddr>,
 }
 
 impl Sidecar {
+    /// `mpsync sidecar --listen 127.0.0.1:0 -v [--identity ID] EXTRA...`.
     fn start(env: &TestEnv, identity: Option<&str>, extra: &[&str]) -> Sidecar {
-        let mut args = vec!["sidecar", "--listen", "127.0.0.1:0", "-v"];
+        let mut args = vec!["sidecar", "-v"];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         if let Some(identity) = identity {
             args.extend(["--identity", identity]);
         }
         args.extend(extra);
-        let mut process = env.spawn(args);
+        Sidecar::spawn(env.mpsync(args), env)
+    }
+
+    /// The side-car of pod `pod` (its identity from `POD_NAME`, as in a pod).
+    fn of_pod(env: &TestEnv, pod: &str, extra: &[&str]) -> Sidecar {
+        let mut args = vec!["sidecar", "-v"];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra);
+        let mut command = env.mpsync(args);
+        command.env("POD_NAME", pod);
+        Sidecar::spawn(command, env)
+    }
+
+    fn spawn(command: Command, env: &TestEnv) -> Sidecar {
+        let listens = command.get_args().filter(|arg| *arg == "--listen").count().max(1);
+        let mut process = Proc::spawn(command, &env.dir);
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let address = process.stdout().lines().find_map(|line| line.strip_prefix("listening on ")?.parse().ok());
-            if let Some(address) = address {
-                return Sidecar { process, address };
+            let addresses: Vec<SocketAddr> =
+                process.stdout().lines().filter_map(|line| line.strip_prefix("listening on ")?.parse().ok()).collect();
+            if addresses.len() >= listens {
+                return Sidecar { process, address: addresses[0], addresses };
             }
             if let Some(status) = process.wait_for(Duration::ZERO) {
                 panic!("the side-car exited ({status}) before listening:\n{}", process.stderr());
@@ -54,18 +80,45 @@ impl Sidecar {
 
     /// `METHOD PATH` as the metaparticle clients send it (PUT and POST with an empty body).
     fn request(&self, method: &str, path: &str) -> Reply {
-        let length = if matches!(method, "PUT" | "POST") { "Content-Length: 0\r\n" } else { "" };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\n{length}Connection: close\r\n\r\n"
-        );
-        send(self.address, request.as_bytes())
+        request_to(self.address, method, path, &[])
     }
 
     fn put(&self, name: &str) -> Reply {
         self.request("PUT", &format!("/locks/{name}"))
     }
+
+    fn metrics(&self) -> String {
+        self.request("GET", "/metrics").assert_status(200).body.clone()
+    }
+
+    /// The value of an unlabelled metric from `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics(), name)
+    }
 }
 
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// `METHOD PATH` with the metaparticle clients' headers and `extra` ones, on a connection of its own.
+fn request_to(address: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
+    let length = if matches!(method, "PUT" | "POST") { "Content-Length: 0\r\n" } else { "" };
+    let mut headers = String::new();
+    for (name, value) in extra {
+        headers.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !extra.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        headers.push_str("Host: localhost\r\n");
+    }
+    let request =
+        format!("{method} {path} HTTP/1.1\r\n{headers}accept: application/json\r\n{length}Connection: close\r\n\r\n");
+    send(address, request.as_bytes())
+}
+
+#[derive(Debug)]
 struct Reply {
     status: u16,
     head: String,
@@ -91,39 +144,64 @@ impl Reply {
     }
 }
 
-/// Send raw bytes and read the whole response (the side-car closes after each one).
+/// Send raw bytes on a new connection and read one response.
 fn send(address: SocketAddr, bytes: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
+    let mut stream = connect(address);
+    stream.write_all(bytes).unwrap();
+    read_reply(&mut stream, bytes.starts_with(b"HEAD "))
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("a complete response before the side-car closes");
-    let text = String::from_utf8(response).expect("a text response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head: {text:?}"));
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("{head:?}"));
-    let reply = Reply { status, head: format!("{head}\r\n\r\n"), body: body.to_string() };
-    let length = reply.header("content-length").expect("a Content-Length").parse::<usize>().unwrap();
-    if !bytes.starts_with(b"HEAD ") {
-        assert_eq!(length, reply.body.len(), "Content-Length matches the body");
+    stream
+}
+
+/// Read one response from `stream`: the head, then `Content-Length` bytes of body (none for HEAD).
+fn read_reply(stream: &mut TcpStream, head_only: bool) -> Reply {
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    while !received.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => received.push(byte[0]),
+            other => panic!(
+                "the connection ended before a response head ({other:?}): {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
     }
-    assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    let head = String::from_utf8(received).expect("a text head");
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("{head:?}"));
+    let mut reply = Reply { status, head, body: String::new() };
+    let length = reply.header("content-length").expect("a Content-Length").parse::<usize>().unwrap();
+    if !head_only {
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).expect("the whole body");
+        reply.body = String::from_utf8(body).expect("a text body");
+    }
     reply
 }
 
-fn put_acquires_a_lock_for_the_side_cars_identity(env: &TestEnv) {
+/// Whether the connection was closed by the other end (within PATIENCE).
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 64];
+    matches!(stream.read(&mut buffer), Ok(0))
+}
+
+fn put_acquires_a_lock_for_the_pods_identity(env: &TestEnv) {
     let name = env.lease_name("sc-put");
-    // The default identity: <hostname>_<random>, like lock's.
-    let sidecar = Sidecar::start(env, None, &[]);
+    let pod = env.lease_name("pod");
+    // The default identity is the pod's, POD_NAME, with nothing random: the same after a restart.
+    let sidecar = Sidecar::of_pod(env, &pod, &[]);
     sidecar.request("GET", &format!("/locks/{name}")).assert_status(404);
     assert_eq!(env.holder(&name), None, "GET creates nothing");
 
     let acquired = sidecar.put(&name);
     acquired.assert_status(200);
     let lock = acquired.json();
-    let holder = env.holder(&name).expect("the Lease exists");
-    assert_eq!(lock["holder"], holder.as_str());
-    assert!(holder.contains('_'), "default identity: {holder}");
+    assert_eq!(env.holder(&name).as_deref(), Some(pod.as_str()));
+    assert_eq!(lock["holder"], pod.as_str());
     assert_eq!(lock["held"], true);
     assert_eq!(lock["name"], name.as_str());
     assert_eq!(lock["leaseDurationSeconds"], 30, "the original's TTL by default");
@@ -132,10 +210,10 @@ fn put_acquires_a_lock_for_the_side_cars_identity(env: &TestEnv) {
 
     let got = sidecar.request("GET", &format!("/locks/{name}"));
     got.assert_status(200);
-    assert_eq!(got.json()["holder"], holder.as_str());
+    assert_eq!(got.json()["holder"], pod.as_str());
     let head = sidecar.request("HEAD", &format!("/locks/{name}"));
     head.assert_status(200);
-    assert!(head.body.is_empty(), "HEAD has no body: {:?}", head.body);
+    assert_eq!(head.header("content-length").unwrap().parse::<usize>().unwrap(), got.body.len(), "HEAD: GET's length");
 
     // A heartbeat renews: a new write, the same holding (same fencing token).
     let renewed = sidecar.put(&name);
@@ -143,14 +221,20 @@ fn put_acquires_a_lock_for_the_side_cars_identity(env: &TestEnv) {
     assert_eq!(renewed.json()["leaseTransitions"], lock["leaseTransitions"]);
     let (renewed_version, renewed_spec) = env.get(&name).unwrap();
     assert_ne!(renewed_version, version, "the heartbeat wrote the Lease");
-    assert_eq!(renewed_spec.holder_identity.as_deref(), Some(holder.as_str()));
+    assert_eq!(renewed_spec.holder_identity.as_deref(), Some(pod.as_str()));
     assert_eq!(renewed_spec.acquire_time, spec.acquire_time, "a renewal keeps acquireTime");
+
+    // Percent-encoded names are decoded, as the original side-car did.
+    let encoded = sidecar.request("GET", &format!("/locks/{}", name.replacen('-', "%2d", 1)));
+    encoded.assert_status(200);
+    assert_eq!(encoded.json()["name"], name.as_str());
+    sidecar.request("GET", "/locks/a%2Fb").assert_status(400);
 }
 
 fn another_side_car_gets_409_naming_the_holder_while_heartbeats_keep_it(env: &TestEnv) {
     let name = env.lease_name("sc-busy");
-    let a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "2s"]);
-    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "2s"]);
+    let a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s"]);
+    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "4s"]);
     a.put(&name).assert_status(200);
     let refused = b.put(&name);
     refused.assert_status(409);
@@ -161,7 +245,7 @@ fn another_side_car_gets_409_naming_the_holder_while_heartbeats_keep_it(env: &Te
     // Heartbeats keep it well past the TTL: every one changes the record, which restarts the TTL as
     // B observes it, whatever the pauses between them on a loaded machine.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(6) {
         a.put(&name).assert_status(200);
         let refused = b.put(&name);
         refused.assert_status(409);
@@ -182,8 +266,8 @@ fn another_side_car_gets_409_naming_the_holder_while_heartbeats_keep_it(env: &Te
 
 fn lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl(env: &TestEnv) {
     let name = env.lease_name("sc-expiry");
-    let a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "2s"]);
-    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "2s"]);
+    let a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s"]);
+    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "4s"]);
     let first = a.put(&name);
     first.assert_status(200);
     let last_heartbeat = Instant::now();
@@ -201,7 +285,7 @@ fn lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl(env: &T
         std::thread::sleep(Duration::from_millis(100));
     };
     let waited = last_heartbeat.elapsed();
-    assert!(waited >= Duration::from_secs(2), "taken {waited:?} after the last heartbeat, before the 2s TTL");
+    assert!(waited >= Duration::from_secs(4), "taken {waited:?} after the last heartbeat, before the 4s TTL");
     assert_eq!(taken.json()["holder"], "sidecar-b");
     assert!(taken.json()["leaseTransitions"].as_i64().unwrap() > first_token, "a new holder, a new token");
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-b"));
@@ -244,22 +328,118 @@ fn post_creates_only_and_delete_hands_the_lock_over_at_once(env: &TestEnv) {
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-b"));
 }
 
-fn sigterm_releases_every_lock_held_and_exits_0(env: &TestEnv) {
-    let (one, two, theirs) = (env.lease_name("sc-term"), env.lease_name("sc-term"), env.lease_name("sc-term"));
-    let mut a = Sidecar::start(env, Some("sidecar-a"), &[]);
-    let b = Sidecar::start(env, Some("sidecar-b"), &[]);
-    a.put(&one).assert_status(200);
-    a.put(&two).assert_status(200);
+/// Issue 11, item 1 over raw HTTP: a side-car killed with SIGKILL and started again (the same pod, so the
+/// same identity) answers its clients' next heartbeats 200, keeping the lock and its fencing token; a
+/// DELETE after the restart releases it too. Nobody else gets the lock meanwhile.
+fn restarted_side_car_adopts_the_locks_held_under_the_pods_identity(env: &TestEnv) {
+    let (kept, deleted) = (env.lease_name("sc-adopt"), env.lease_name("sc-adopt"));
+    let mut first = Sidecar::of_pod(env, "pod-a", &[]);
+    let other = Sidecar::of_pod(env, "pod-b", &[]);
+    let token = first.put(&kept).assert_status(200).json()["leaseTransitions"].clone();
+    first.put(&deleted).assert_status(200);
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+
+    let listen = first.address.to_string();
+    let second = Sidecar::of_pod(env, "pod-a", &["--listen", &listen]);
+    other.put(&kept).assert_status(409);
+    let heartbeat = second.put(&kept);
+    heartbeat.assert_status(200);
+    assert_eq!(heartbeat.json()["holder"], "pod-a");
+    assert_eq!(heartbeat.json()["leaseTransitions"], token, "adopted, keeping its fencing token");
+    assert!(second.process.stderr().contains("adopted the lock"), "{}", second.process.stderr());
+    second.put(&kept).assert_status(200);
+    assert_eq!(other.put(&kept).assert_status(409).json()["holder"], "pod-a");
+
+    second.request("DELETE", &format!("/locks/{deleted}")).assert_status(200);
+    assert_eq!(env.holder(&deleted).as_deref(), Some(""), "released after the restart");
+    other.put(&deleted).assert_status(200);
+}
+
+/// Issue 11, item 2 over raw HTTP: after SIGTERM, new acquisitions get 503 while heartbeats keep getting
+/// 200; a lock whose client goes quiet is released (half the TTL after its last heartbeat), the other
+/// stays held while its client heartbeats; once all are released the side-car exits 0.
+fn sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet(env: &TestEnv) {
+    let (quiet, busy, theirs, new) =
+        (env.lease_name("sc-q"), env.lease_name("sc-busy"), env.lease_name("sc-theirs"), env.lease_name("sc-new"));
+    let mut a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s", "--drain", "60s"]);
+    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "4s"]);
+    a.put(&quiet).assert_status(200);
+    a.put(&busy).assert_status(200);
     b.put(&theirs).assert_status(200);
-    a.put(&theirs).assert_status(409);
 
     a.process.signal(Signal::SIGTERM);
-    let status = a.process.wait_for(PATIENCE).expect("the side-car exits after SIGTERM");
+    wait_until("the side-car to drain", || a.metric("mpsync_sidecar_draining") == 1.0);
+    let refused = a.put(&new);
+    refused.assert_status(503);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(env.holder(&new), None, "nothing taken while draining");
+    a.put(&theirs).assert_status(409);
+
+    // Heartbeats on `busy` are answered; `quiet` gets none and is released 2s (half the TTL) after its last.
+    let drained_from = Instant::now();
+    while env.holder(&quiet).as_deref() != Some("") {
+        a.put(&busy).assert_status(200);
+        assert!(drained_from.elapsed() < PATIENCE, "the quiet lock was never released");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(env.holder(&busy).as_deref(), Some("sidecar-a"), "the lock whose client heartbeats stays held");
+    b.put(&quiet).assert_status(200);
+    assert!(a.process.wait_for(Duration::ZERO).is_none(), "still draining: {}", a.process.stderr());
+
+    // The last client goes quiet: its lock is released, and the side-car exits 0.
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits once its locks are released");
     assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
-    assert_eq!(env.holder(&one).as_deref(), Some(""), "released on the way out");
-    assert_eq!(env.holder(&two).as_deref(), Some(""), "released on the way out");
+    assert_eq!(env.holder(&busy).as_deref(), Some(""), "released on the way out");
     assert_eq!(env.holder(&theirs).as_deref(), Some("sidecar-b"), "a lock that is not ours is never written");
-    b.put(&one).assert_status(200);
+}
+
+/// At `--drain`, a lock whose client still heartbeats is not released: it expires after its TTL from its
+/// last renewal, so its client (whose next heartbeat fails) never overlaps another holder.
+fn drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire(env: &TestEnv) {
+    let name = env.lease_name("sc-deadline");
+    let mut a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s", "--drain", "2s"]);
+    let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "4s"]);
+    a.put(&name).assert_status(200);
+    let mut last_renewal = Instant::now();
+    a.process.signal(Signal::SIGTERM);
+    // The client heartbeats on, until the side-car is gone.
+    let status = loop {
+        if let Some(status) = a.process.wait_for(Duration::ZERO) {
+            break status;
+        }
+        let sent = Instant::now();
+        if try_put(a.address, &name) == Some(200) {
+            last_renewal = sent;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    assert!(a.process.stderr().contains("not released"), "{}", a.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"), "left to expire, not released");
+    // Nobody takes it before its TTL has passed since its last renewal.
+    loop {
+        let reply = b.put(&name);
+        if reply.status == 200 {
+            assert!(last_renewal.elapsed() >= Duration::from_secs(4), "taken {:?} after", last_renewal.elapsed());
+            break;
+        }
+        reply.assert_status(409);
+        assert!(last_renewal.elapsed() < PATIENCE, "never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A PUT of lock `name`: its status, or `None` if the side-car is not (or no longer) there to answer.
+fn try_put(address: SocketAddr, name: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).ok()?;
+    stream.set_read_timeout(Some(PATIENCE)).ok()?;
+    let request =
+        format!("PUT /locks/{name} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1)?.parse().ok()
 }
 
 fn simultaneous_puts_from_two_side_cars_leave_exactly_one_holder(env: &TestEnv) {
@@ -287,94 +467,429 @@ fn simultaneous_puts_from_two_side_cars_leave_exactly_one_holder(env: &TestEnv) 
     }
 }
 
+/// `--lease-prefix`: lock NAME lives in the Lease PREFIX+NAME, and nothing else is touched.
+fn lease_prefix_keeps_every_lock_in_a_lease_of_its_own_name(env: &TestEnv) {
+    let name = env.lease_name("sc-prefixed");
+    let sidecar = Sidecar::start(env, Some("sidecar-a"), &["--lease-prefix", "app-"]);
+    let lock = sidecar.put(&name);
+    lock.assert_status(200);
+    assert_eq!(lock.json()["name"], name.as_str());
+    assert_eq!(lock.json()["lease"], format!("app-{name}"));
+    assert_eq!(env.holder(&format!("app-{name}")).as_deref(), Some("sidecar-a"));
+    assert_eq!(env.holder(&name), None, "the unprefixed Lease is never touched");
+    // Another controller's Lease, with the name of a lock: out of reach.
+    let foreign = env.lease_name("sc-controller");
+    env.put(&foreign, TestEnv::foreign_record("kube-controller-manager", 1));
+    sidecar.request("GET", &format!("/locks/{foreign}")).assert_status(404);
+    // A name that is valid alone, but too long with the prefix: 400, saying so.
+    let long = "x".repeat(250);
+    let refused = sidecar.put(&long);
+    refused.assert_status(400);
+    assert!(refused.json()["message"].as_str().unwrap().contains("253"), "{}", refused.body);
+    let invalid = env.run(["sidecar", "--lease-prefix", "App-"]);
+    invalid.assert_code(125);
+    assert!(invalid.stderr.contains("--lease-prefix"), "{}", invalid.stderr);
+}
+
 #[test]
-fn bad_requests_get_400_404_405_and_never_hang() {
+fn bad_requests_get_400_404_405_408_413_431_505_and_never_hang() {
     let env = TestEnv::file();
     let sidecar = Sidecar::start(&env, Some("sidecar-a"), &[]);
+    // A stalled client holds up no one: a half-sent request, then whole ones on other connections. It
+    // gets 408 when the 10s for its head have passed.
+    let mut stalled = connect(sidecar.address);
+    stalled.write_all(b"PUT /locks/stalled HT").unwrap();
+    let stalled_at = Instant::now();
+    sidecar.put("after-the-stall").assert_status(200);
+    assert!(stalled_at.elapsed() < Duration::from_secs(5), "took {:?}", stalled_at.elapsed());
+
     // Garbage, even binary (a TLS handshake), is refused at once rather than at the read timeout.
     let started = Instant::now();
-    assert_eq!(send(sidecar.address, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").status, 400);
+    send(sidecar.address, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").assert_status(400);
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     send(sidecar.address, b"garbage\r\n\r\n").assert_status(400);
     send(sidecar.address, b"GET /locks/a HTTP/1.1\r\nno colon here\r\n\r\n").assert_status(400);
-    send(sidecar.address, b"GET /locks/a HTTP/2.0\r\n\r\n").assert_status(505);
+    send(sidecar.address, b"GET /locks/a HTTP/2.0\r\n\r\n").assert_status(400);
+    // An HTTP/2 client (prior knowledge): 505.
+    let h2 = send(sidecar.address, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    h2.assert_status(505);
+    assert!(h2.json()["message"].is_string());
+    // Too large: a head over 8 KiB (431), a body over 1 MiB (413).
+    let big_head = format!("GET /locks/a HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n", "a".repeat(9000));
+    send(sidecar.address, big_head.as_bytes()).assert_status(431);
+    let mut big_body = connect(sidecar.address);
+    big_body.write_all(b"PUT /locks/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n\r\n").unwrap();
+    read_reply(&mut big_body, false).assert_status(413);
+    assert!(closed_by_peer(&mut big_body), "closed after 413: the body is not read");
 
     sidecar.request("GET", "/locks/Bad_Name").assert_status(400);
     sidecar.put("Bad_Name").assert_status(400);
     sidecar.put(&"x".repeat(254)).assert_status(400);
-    for path in ["/", "/locks", "/locks/", "/locks/a/b", "/healthz"] {
+    for path in ["/", "/locks", "/locks/", "/locks/a/b", "/leader"] {
         sidecar.request("GET", path).assert_status(404);
     }
     let patch = sidecar.request("PATCH", "/locks/a");
     patch.assert_status(405);
     let allow = patch.header("allow").expect("an Allow header");
-    for method in ["GET", "PUT", "POST", "DELETE"] {
+    for method in ["GET", "HEAD", "PUT", "POST", "DELETE"] {
         assert!(allow.contains(method), "Allow: {allow}");
     }
     assert!(patch.json()["message"].is_string());
-
-    // A stalled client holds up no one: a half-sent request, then a whole one on another connection.
-    let mut stalled = TcpStream::connect(sidecar.address).unwrap();
-    stalled.write_all(b"PUT /locks/stalled HT").unwrap();
-    let started = Instant::now();
-    sidecar.put("after-the-stall").assert_status(200);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    drop(stalled);
+    sidecar.request("PUT", "/healthz").assert_status(405);
 
     // Bodies are read and ignored, whether counted or chunked.
-    send(sidecar.address, b"PUT /locks/with-body HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").assert_status(200);
+    send(sidecar.address, b"PUT /locks/with-body HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+        .assert_status(200);
     send(sidecar.address, b"PUT /locks/chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .assert_status(200);
     // HTTP/1.0, absolute form and a query string are fine.
     send(sidecar.address, b"GET http://localhost/locks/with-body?x=1 HTTP/1.0\r\n\r\n").assert_status(200);
+
+    // Keep-alive: requests one after another on one connection, HEAD without a body among them.
+    let mut kept = connect(sidecar.address);
+    kept.write_all(b"GET /locks/with-body HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let get = read_reply(&mut kept, false);
+    get.assert_status(200);
+    kept.write_all(b"HEAD /locks/with-body HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let head = read_reply(&mut kept, true);
+    head.assert_status(200);
+    assert_eq!(head.header("content-length"), get.header("content-length"));
+    kept.write_all(b"PUT /locks/with-body HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").unwrap();
+    read_reply(&mut kept, false).assert_status(200);
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    read_reply(&mut kept, false).assert_status(200);
+    assert!(closed_by_peer(&mut kept), "closed after Connection: close");
+
+    let timed_out = read_reply(&mut stalled, false);
+    timed_out.assert_status(408);
+    let waited = stalled_at.elapsed();
+    assert!(waited >= Duration::from_secs(9) && waited < PATIENCE, "408 after {waited:?}");
+    assert!(closed_by_peer(&mut stalled));
+}
+
+/// Issue 11, item 6: requests from web pages are refused, whether they come by DNS rebinding (a foreign
+/// `Host`) or as cross-site requests (`Origin`, `Sec-Fetch-Site`); the pod's own clients are served.
+#[test]
+fn web_pages_are_refused_by_host_origin_and_fetch_metadata() {
+    let env = TestEnv::file();
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &[]);
+    let path = "/locks/web";
+    let port = sidecar.address.port();
+    for host in
+        [format!("evil.example:{port}"), "evil.example".into(), format!("localhost.evil.example:{port}"), String::new()]
+    {
+        let refused = request_to(sidecar.address, "PUT", path, &[("Host", &host)]);
+        refused.assert_status(403);
+        assert!(refused.json()["message"].as_str().unwrap().contains("Host"), "{}", refused.body);
+    }
+    let absolute =
+        format!("PUT http://evil.example:{port}{path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    send(sidecar.address, absolute.as_bytes()).assert_status(403);
+    for (name, value) in [
+        ("Origin", "http://evil.example"),
+        ("Origin", "null"),
+        ("Origin", &format!("http://localhost:{port}")),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Site", "same-site"),
+    ] {
+        request_to(sidecar.address, "POST", path, &[(name, value)]).assert_status(403);
+        request_to(sidecar.address, "GET", "/healthz", &[(name, value)]).assert_status(403);
+    }
+    assert_eq!(env.holder("web"), None, "no refused request created anything");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), "LOCALHOST".into()] {
+        request_to(sidecar.address, "GET", path, &[("Host", &host)]).assert_status(404);
+    }
+    request_to(sidecar.address, "GET", path, &[("Sec-Fetch-Site", "same-origin")]).assert_status(404);
+    request_to(sidecar.address, "GET", path, &[("Sec-Fetch-Site", "none")]).assert_status(404);
+    // No Host at all (an HTTP/1.0 tool): served.
+    send(sidecar.address, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).assert_status(404);
+    sidecar.put("web").assert_status(200);
+    let refusals = sidecar.metrics();
+    assert!(refusals.contains("code=\"403\""), "{refusals}");
+}
+
+/// Issue 11, item 7: `--listen` repeats, on both stacks.
+#[test]
+fn listen_repeats_and_serves_both_stacks() {
+    let env = TestEnv::file();
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this machine has no IPv6 loopback");
+        return;
+    }
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
+    assert_eq!(sidecar.addresses.len(), 2, "{:?}", sidecar.addresses);
+    let v6 = sidecar.addresses[1];
+    assert!(v6.is_ipv6(), "{v6}");
+    let acquired = request_to(v6, "PUT", "/locks/both", &[("Host", &format!("[::1]:{}", v6.port()))]);
+    acquired.assert_status(200);
+    request_to(sidecar.address, "PUT", "/locks/both", &[]).assert_status(200);
+    request_to(v6, "GET", "/locks/both", &[("Host", &format!("localhost:{}", v6.port()))]).assert_status(200);
+}
+
+/// Issue 11, item 7: by default the side-car listens on 127.0.0.1:13131 and [::1]:13131. Run in a network
+/// namespace of its own (`unshare -n`), where the port is surely free.
+#[test]
+fn by_default_both_loopback_addresses_on_port_13131() {
+    let env = TestEnv::file();
+    let probe = Command::new("unshare").args(["-n", "sh", "-c", "ip link set lo up"]).output();
+    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: cannot make a network namespace here (unshare -n, ip link): {probe:?}");
+        return;
+    }
+    let mut command = Command::new("unshare");
+    command.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_mpsync")]);
+    command.args(["sidecar", "--identity", "pod-a", "-v"]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir());
+    let mut process = Proc::spawn(command, &env.dir);
+    wait_until("the side-car to listen twice", || {
+        assert!(process.wait_for(Duration::ZERO).is_none(), "exited: {}", process.stderr());
+        process.stdout().lines().filter(|line| line.starts_with("listening on ")).count() == 2
+    });
+    let lines: Vec<String> = process.stdout().lines().map(str::to_string).collect();
+    assert_eq!(lines, ["listening on 127.0.0.1:13131", "listening on [::1]:13131"]);
+    // Talk to it from inside its namespace: a thread that joins it.
+    let namespace = format!("/proc/{}/ns/net", process.pid());
+    let (v4, v6) = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&namespace).expect("the side-car's network namespace");
+        // SAFETY: setns on this thread only, with a valid namespace file descriptor.
+        let joined = unsafe { nix::libc::setns(file.as_raw_fd(), nix::libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+        let v4 = request_to("127.0.0.1:13131".parse().unwrap(), "PUT", "/locks/default", &[]);
+        let v6 = request_to("[::1]:13131".parse().unwrap(), "PUT", "/locks/default", &[("Host", "[::1]:13131")]);
+        (v4.status, v6.status)
+    })
+    .join()
+    .unwrap();
+    assert_eq!((v4, v6), (200, 200));
+    assert_eq!(env.holder("default").as_deref(), Some("pod-a"));
+}
+
+/// Issue 11, item 9: a name the store cannot keep is answered 400, with a message that says why and
+/// shows no path of the lock directory. (With a file store that keeps every valid name, 200.)
+#[test]
+fn names_the_store_refuses_get_400_without_paths() {
+    let env = TestEnv::file();
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &[]);
+    let name = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+    assert_eq!(name.len(), 253);
+    let reply = sidecar.put(&name);
+    match reply.status {
+        200 => assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a")),
+        400 => {
+            let message = reply.json()["message"].as_str().unwrap().to_string();
+            assert!(message.contains("too long"), "{message}");
+            let dir = env.lock_dir().display().to_string();
+            assert!(!message.contains(&dir) && !message.contains("/tmp"), "a path in the answer: {message}");
+        }
+        _ => panic!("{}{}", reply.head, reply.body),
+    }
+    sidecar.request("GET", "/healthz").assert_status(200);
 }
 
 #[test]
-fn listen_address_in_use_or_bad_ttl_exits_125() {
+fn listen_address_in_use_or_bad_options_exit_125() {
     let env = TestEnv::file();
     let first = Sidecar::start(&env, None, &[]);
     let address = first.address.to_string();
     let done = env.run(["sidecar", "--listen", &address]);
     done.assert_code(125);
     assert!(done.stderr.contains("cannot listen on"), "{}", done.stderr);
+    let done = env.run(["sidecar", "--listen", "127.0.0.1:0", "--health-addr", &address]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("--health-addr"), "{}", done.stderr);
     let done = env.run(["sidecar", "--ttl", "1500ms"]);
     done.assert_code(125);
     assert!(done.stderr.contains("--ttl"), "{}", done.stderr);
 }
 
+/// Issue 11, item 10: `/healthz` on the protocol's address and on `--health-addr` (for the kubelet's
+/// probes, which come to the pod's IP), with `/metrics` beside it; the locks are not served there.
+#[test]
+fn healthz_and_metrics_on_the_side_car_and_its_health_addr() {
+    let env = TestEnv::file();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let health: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--health-addr", &health.to_string()]);
+    sidecar.request("GET", "/healthz").assert_status(200);
+    let probe = request_to(health, "GET", "/healthz", &[("Host", "10.0.0.7:9090")]);
+    probe.assert_status(200);
+    assert_eq!(probe.body, "ok\n");
+    request_to(health, "PUT", "/locks/x", &[]).assert_status(404);
+    sidecar.put("held").assert_status(200);
+    let metrics = request_to(health, "GET", "/metrics", &[]).assert_status(200).body.clone();
+    assert_eq!(metric(&metrics, "mpsync_sidecar_locks_held"), 1.0);
+    assert_eq!(metric(&metrics, "mpsync_acquisitions_total"), 1.0);
+    if let Some(families) = crate::health::parse_with_prometheus_client(&metrics, false) {
+        assert!(families.contains("mpsync_sidecar_requests counter"), "{families}");
+        assert!(families.contains("mpsync_sidecar_locks_held gauge"), "{families}");
+    }
+    let open = request_to(health, "GET", "/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]);
+    if let Some(families) = crate::health::parse_with_prometheus_client(&open.body, true) {
+        assert!(families.contains("mpsync_acquisitions counter"), "{families}");
+    }
+}
+
+/// Issue 11, item 3: a flood of names and of connections costs a bounded amount of memory, and it is
+/// given back once the flood is over: state about locks is forgotten (here after 6s, twice the TTL),
+/// connections beyond the cap wait in the backlog, and request buffers are small.
+#[test]
+fn a_flood_of_names_and_connections_returns_memory_to_a_bound() {
+    let env = TestEnv::file();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let health: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--ttl", "3s", "--health-addr", &health.to_string()]);
+    let pid = sidecar.process.pid();
+    for _ in 0..50 {
+        sidecar.put("warm-up").assert_status(200);
+    }
+    let before = memory(pid, "VmRSS");
+
+    // 10,000 names read (which the old side-car kept state about, forever), 300 taken.
+    for n in 0..10_000 {
+        let reply = sidecar.request("GET", &format!("/locks/name-{n}"));
+        assert_eq!(reply.status, 404);
+    }
+    for n in 0..300 {
+        sidecar.put(&format!("taken-{n}")).assert_status(200);
+    }
+    // 600 connections, each with 7 KB of a request head that never ends.
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        let mut stream = connect(sidecar.address);
+        stream.set_nonblocking(true).unwrap();
+        let _ = stream.write(format!("GET /locks/x HTTP/1.1\r\nX-Pad: {}", "a".repeat(7000)).as_bytes());
+        idle.push(stream);
+    }
+    wait_until("the connection cap to be reached", || {
+        metric(&request_to(health, "GET", "/metrics", &[]).body, "mpsync_sidecar_connections") >= 256.0
+    });
+    let metrics = request_to(health, "GET", "/metrics", &[]).body;
+    assert_eq!(metric(&metrics, "mpsync_sidecar_connections"), 256.0, "capped");
+    let peak = memory(pid, "VmRSS");
+    drop(idle);
+
+    // Over: connections closed, state forgotten, memory back within a few MB of where it started.
+    wait_until("the flood to be forgotten", || {
+        let metrics = request_to(health, "GET", "/metrics", &[]).body;
+        metric(&metrics, "mpsync_sidecar_connections") == 0.0 && metric(&metrics, "mpsync_sidecar_locks_tracked") <= 1.0
+    });
+    let bound = before + 6.0;
+    wait_until(&format!("VmRSS to come back under {bound:.1} MB"), || memory(pid, "VmRSS") <= bound);
+    let after = memory(pid, "VmRSS");
+    let high = memory(pid, "VmHWM");
+    eprintln!(
+        "side-car VmRSS: {before:.1} MB before, {peak:.1} MB during the flood, {after:.1} MB after; peak {high:.1} MB"
+    );
+    assert!(high <= before + 40.0, "peak {high:.1} MB, from {before:.1} MB");
+    sidecar.put("warm-up").assert_status(200);
+}
+
+/// A memory figure of process `pid` from /proc, in MB.
+fn memory(pid: i32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb / 1024.0
+}
+
 /// The metaparticle Python client (`metaparticle-sync` 0.2.0 from `PyPI`), unchanged. `tests/run.sh`
-/// installs it in `.venv-test` and sets `MPSYNC_TEST_PYTHON`; without it the test says so and skips.
-const PYTHON_CLIENT: &str = r"
-import importlib.util, os, sys
-# The package's __init__ imports election.py, whose `from lock import Lock` is a Python 2 relative
-# import: put the package's own directory on the path so that it loads unchanged.
+/// installs it in `.venv-test` and sets `MPSYNC_TEST_PYTHON`; without it the tests say so and skip.
+fn python() -> Option<String> {
+    let python = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty());
+    if python.is_none() {
+        eprintln!("SKIPPED: MPSYNC_TEST_PYTHON is not set (tests/run.sh sets it after installing metaparticle-sync)");
+    }
+    python
+}
+
+/// The package's __init__ imports election.py, whose `from lock import Lock` is a Python 2 relative
+/// import: put the package's own directory on the path so that it loads unchanged.
+const PYTHON_IMPORT: &str = r"
+import importlib.util, os, sys, time
 sys.path.insert(0, os.path.dirname(importlib.util.find_spec('metaparticle_sync').origin))
 from metaparticle_sync import Lock
+";
+
+/// One non-blocking acquisition; prints True or False.
+const PYTHON_ACQUIRE: &str = r"
 lock = Lock(sys.argv[1], base_uri=sys.argv[2])
 print(lock.acquire(blocking=False), flush=True)
 # A holder heartbeats from a non-daemon thread every 10s: leave without waiting for it.
 os._exit(0)
 ";
 
-fn python_acquire(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) -> String {
+/// Acquire and hold: the client's heartbeat thread (a GET and a PUT every 10s) keeps the lock. Stock
+/// 0.2.0 stops heartbeating on any answer but 200, or on a failed connection (its loss callback has a
+/// typo, so the thread dies and the application goes on believing it holds the lock): printed as
+/// `stopped`, which is what these tests must never see while the side-car answers for the lock.
+const PYTHON_HOLD: &str = r"
+lock = Lock(sys.argv[1], base_uri=sys.argv[2])
+print('acquired' if lock.acquire(blocking=False) else 'refused', flush=True)
+while True:
+    thread = lock.maintainer
+    if thread is None or not thread.is_alive():
+        print('stopped', flush=True)
+        break
+    time.sleep(0.1)
+time.sleep(3600)
+";
+
+fn python_command(python: &str, script: &str, name: &str, address: SocketAddr) -> Command {
     let mut command = Command::new(python);
-    command.args(["-c", PYTHON_CLIENT, name, &format!("http://{}", sidecar.address)]);
+    command.args(["-c", &format!("{PYTHON_IMPORT}{script}"), name, &format!("http://{address}")]);
     // urllib honours proxy variables: the side-car is on loopback, never behind a proxy.
-    for proxy in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+    for proxy in PROXY_VARIABLES {
         command.env_remove(proxy);
     }
     command.env("no_proxy", "*").env("NO_PROXY", "*");
-    let done = Proc::spawn(command, &env.dir).finish();
+    command
+}
+
+fn python_acquire(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) -> String {
+    let done = Proc::spawn(python_command(python, PYTHON_ACQUIRE, name, sidecar.address), &env.dir).finish();
     done.assert_code(0);
     done.stdout.trim().to_string()
 }
 
+/// A Python client holding `name` through `sidecar`, once it has acquired it.
+fn python_hold(env: &TestEnv, python: &str, name: &str, sidecar: &Sidecar) -> Proc {
+    let holder = Proc::spawn(python_command(python, PYTHON_HOLD, name, sidecar.address), &env.dir);
+    wait_until("the Python client to acquire", || holder.stdout().contains("acquired"));
+    holder
+}
+
+/// The lease's renewTime (through the file store, or the test server's own view, which makes no
+/// request: fault injection counts requests).
+fn renew_time(env: &TestEnv, name: &str) -> Option<String> {
+    match env.server() {
+        Some(server) => server.lease("default", name)?["spec"]["renewTime"].as_str().map(str::to_string),
+        None => env.get(name)?.1.renew_time.map(|time| format!("{:?}", time.0)),
+    }
+}
+
+/// Wait for the Python client's next heartbeat to renew the lease (renewTime moves on).
+#[track_caller]
+fn wait_for_heartbeat(env: &TestEnv, name: &str, holder: &Proc) -> String {
+    let before = renew_time(env, name);
+    let mut now = None;
+    // The client heartbeats every 10s: give it that and PATIENCE.
+    let deadline = Instant::now() + PATIENCE + Duration::from_secs(10);
+    while now.is_none() || now == before {
+        assert!(!holder.stdout().contains("stopped"), "the client stopped heartbeating:\n{}", holder.stdout());
+        assert!(Instant::now() < deadline, "no heartbeat renewed the lease");
+        std::thread::sleep(Duration::from_millis(50));
+        now = renew_time(env, name);
+    }
+    now.unwrap()
+}
+
 #[test]
 fn python_client_acquires_and_sees_the_lock_held_by_another_side_car() {
-    let Some(python) = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty()) else {
-        eprintln!("SKIPPED: MPSYNC_TEST_PYTHON is not set (tests/run.sh sets it after installing metaparticle-sync)");
-        return;
-    };
+    let Some(python) = python() else { return };
     let env = TestEnv::kube();
     let name = env.lease_name("sc-python");
     let a = Sidecar::start(&env, Some("sidecar-a"), &[]);
@@ -388,6 +903,139 @@ fn python_client_acquires_and_sees_the_lock_held_by_another_side_car() {
     a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
     assert_eq!(python_acquire(&env, &python, &name, &b), "True");
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-b"));
+}
+
+/// Issue 11, item 1, as reproduced: `kill -9` the side-car while a Python `Lock` holds, and start it
+/// again. The client's next heartbeat is answered 200 (the lock is adopted, with its token), it keeps
+/// heartbeating, and the other pod's side-car never gets the lock.
+#[test]
+fn python_lock_survives_a_kill_9_and_restart_of_its_side_car() {
+    let Some(python) = python() else { return };
+    // The test API server: no file system stall can delay the restart past the client's next heartbeat.
+    let env = TestEnv::kube();
+    let name = env.lease_name("sc-restart");
+    let mut first = Sidecar::of_pod(&env, "pod-a", &[]);
+    let other = Sidecar::of_pod(&env, "pod-b", &[]);
+    let holder = python_hold(&env, &python, &name, &first);
+    // Right after a heartbeat, so that the restart falls between two of them (10s apart).
+    wait_for_heartbeat(&env, &name, &holder);
+    let (_, spec) = env.get(&name).unwrap();
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let listen = first.address.to_string();
+    let second = Sidecar::of_pod(&env, "pod-a", &["--listen", &listen]);
+    assert_eq!(other.put(&name).assert_status(409).json()["holder"], "pod-a");
+
+    wait_for_heartbeat(&env, &name, &holder);
+    // Logged right after the write the heartbeat made.
+    wait_until("the new side-car to log the adoption", || second.process.stderr().contains("adopted the lock"));
+    let (_, adopted) = env.get(&name).unwrap();
+    assert_eq!(adopted.holder_identity.as_deref(), Some("pod-a"));
+    assert_eq!(adopted.lease_transitions, spec.lease_transitions, "the same holding, the same token");
+    assert_eq!(adopted.acquire_time, spec.acquire_time);
+    // And the one after: the client's heartbeat thread lives on.
+    wait_for_heartbeat(&env, &name, &holder);
+    assert_eq!(other.put(&name).assert_status(409).json()["holder"], "pod-a");
+    assert!(!holder.stdout().contains("stopped"), "{}", holder.stdout());
+}
+
+/// Issue 11, item 2, as reproduced: SIGTERM reaches the side-car while its pod's Python client still
+/// holds the lock (side-car and application in `containers:`, both signalled at once). The side-car
+/// keeps answering its heartbeats, so no other pod gets the lock while the client runs; once the client
+/// is gone, the lock is released and the other pod's client gets it.
+#[test]
+fn python_lock_is_kept_through_a_drain_until_its_client_stops() {
+    let Some(python) = python() else { return };
+    // The test API server: no file system stall can delay the restart past the client's next heartbeat.
+    let env = TestEnv::kube();
+    let name = env.lease_name("sc-drain");
+    let mut a = Sidecar::of_pod(&env, "pod-a", &["--drain", "60s"]);
+    let b = Sidecar::of_pod(&env, "pod-b", &[]);
+    let holder = python_hold(&env, &python, &name, &a);
+    wait_for_heartbeat(&env, &name, &holder);
+
+    a.process.signal(Signal::SIGTERM);
+    wait_until("the side-car to drain", || a.metric("mpsync_sidecar_draining") == 1.0);
+    assert_eq!(python_acquire(&env, &python, &env.lease_name("sc-new"), &a), "False", "no new locks while draining");
+    // A heartbeat during the drain is answered 200 and renews the lock; the other pod waits.
+    wait_for_heartbeat(&env, &name, &holder);
+    assert_eq!(b.put(&name).assert_status(409).json()["holder"], "pod-a");
+    assert!(a.process.wait_for(Duration::ZERO).is_none(), "exited while its client heartbeats");
+
+    // The application stops: its lock is released once it is quiet (15s: half the TTL, and 1.5 times
+    // the 10s between its heartbeats), and the side-car exits 0.
+    drop(holder);
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits once its client is gone");
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""));
+    assert_eq!(python_acquire(&env, &python, &name, &b), "True");
+}
+
+/// Issue 11, item 5: a brief API failure while a Python client holds: its heartbeat (a GET and a PUT,
+/// both failing to reach the API server) is answered 200, and it keeps the lock.
+#[test]
+fn python_lock_is_kept_through_a_brief_api_failure() {
+    let Some(python) = python() else { return };
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-blip");
+    let a = Sidecar::of_pod(&env, "pod-a", &[]);
+    let holder = python_hold(&env, &python, &name, &a);
+    wait_for_heartbeat(&env, &name, &holder);
+
+    let logged = server.requests().len();
+    server.fail_next(1_000_000, 503);
+    // The next heartbeat: the GET's read fails (answered 200 from the lock held, or the client would
+    // stop and send no PUT), then the PUT's read fails (answered 200 from the lock held, with no
+    // further call), so the failure can end once both have failed.
+    let failed = server.wait_for_requests(
+        |log| log[logged..].iter().filter(|request| request.status == 503).count() >= 2,
+        PATIENCE + Duration::from_secs(10),
+    );
+    assert!(failed, "the heartbeat never reached the failing API server");
+    server.fail_next(0, 503);
+    // The client is still heartbeating (its thread dies on any answer but 200): its next heartbeat
+    // renews the lock.
+    wait_for_heartbeat(&env, &name, &holder);
+    assert!(a.metric("mpsync_api_errors_total{kind=\"transient\"}") >= 2.0, "{}", a.metrics());
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
+    assert!(!holder.stdout().contains("stopped"), "{}", holder.stdout());
+}
+
+/// Issue 11, item 5 over raw HTTP: while renewals fail, a lock held is answered 200 (GET and PUT) until
+/// its renew deadline, two thirds of the TTL after the last renewal that succeeded; after that, 503.
+#[test]
+fn failed_renewals_answer_200_within_the_renew_deadline_then_503() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-deadline");
+    let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--ttl", "6s"]);
+    sidecar.put(&name).assert_status(200);
+    let renewed = Instant::now();
+    server.fail_next(1_000_000, 503);
+    let held = sidecar.put(&name);
+    let get = sidecar.request("GET", &format!("/locks/{name}"));
+    if renewed.elapsed() < Duration::from_secs(4) {
+        held.assert_status(200);
+        assert_eq!(held.json()["holder"], "sidecar-a");
+        get.assert_status(200);
+    }
+    // Past the renew deadline (4s): the lock may be lost, and the answer says so.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(renewed.elapsed()));
+    let lost = sidecar.put(&name);
+    lost.assert_status(503);
+    assert_eq!(lost.header("retry-after").as_deref(), Some("1"));
+    sidecar.request("GET", &format!("/locks/{name}")).assert_status(503);
+    server.fail_next(0, 503);
+    // The API server is back and nobody took it: the next heartbeat holds it again.
+    sidecar.put(&name).assert_status(200);
+    assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"));
 }
 
 #[test]

@@ -83,40 +83,58 @@ fn every_forwarded_signal_reaches_the_child(env: &TestEnv) {
     }
 }
 
+/// 128+N as a shell sees it. For SIGINT mpsync dies of SIGINT (bash's "wait and cooperative exit": a loop
+/// stops at Ctrl-C only if the command died of it), which a shell reads as 130 all the same.
 fn sigint_and_sighup_while_waiting_exit_128_plus_n(env: &TestEnv) {
+    use std::os::unix::process::ExitStatusExt;
     for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM] {
         let name = env.lease_name("waitsig");
         env.put(&name, TestEnv::foreign_record("someone-else", 60));
         let mut lock = env.spawn(["lock", &name, "-v", "--", "true"]);
         wait_until("mpsync to start waiting", || lock.stderr().contains("waiting"));
         lock.signal(signal);
-        assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(128 + signal as i32), "{signal}");
+        let status = lock.wait_for(PATIENCE).expect("mpsync exits");
+        if signal == Signal::SIGINT {
+            assert_eq!(status.signal(), Some(signal as i32), "{signal}: {status}");
+        } else {
+            assert_eq!(status.code(), Some(128 + signal as i32), "{signal}: {status}");
+        }
         assert_eq!(env.holder(&name).as_deref(), Some("someone-else"), "{signal}: nothing held");
     }
 }
 
+/// The child starts with an empty mask and default actions, whatever mpsync inherited; except SIGHUP under
+/// nohup, which stays ignored for the child too (nohup's promise is for the command mpsync runs).
 fn child_inherits_no_signal_mask_and_no_ignored_signals(env: &TestEnv) {
-    let name = env.lease_name("sigstate");
-    let mut command = env.mpsync(["lock", &name, "--", "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
-    // Start mpsync the way nohup does (SIGHUP ignored) with SIGUSR1 blocked: the child gets neither.
-    // SAFETY: only async-signal-safe calls (sigaction, sigprocmask) between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
-            signal(Signal::SIGHUP, SigHandler::SigIgn).map_err(std::io::Error::from)?;
-            let mut set = SigSet::empty();
-            set.add(Signal::SIGUSR1);
-            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(std::io::Error::from)?;
-            Ok(())
-        });
+    for nohup in [false, true] {
+        let name = env.lease_name("sigstate");
+        let mut command = env.mpsync(["lock", &name, "--", "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+        // Start mpsync as a shell without job control starts `cmd &` (SIGINT and SIGQUIT ignored), with
+        // SIGUSR1 blocked, and, the second time, as nohup does (SIGHUP ignored).
+        // SAFETY: only async-signal-safe calls (sigaction, sigprocmask) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
+                let ignored = [Signal::SIGINT, Signal::SIGQUIT].into_iter().chain(nohup.then_some(Signal::SIGHUP));
+                for ignored in ignored {
+                    signal(ignored, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+                }
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGUSR1);
+                sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(0);
+        let field = |name: &str| {
+            let line = done.stdout.lines().find(|line| line.starts_with(name)).expect("a Sig line");
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(field("SigBlk:"), 0, "child's mask not clean: {}", done.stdout);
+        let sighup = 1 << (Signal::SIGHUP as u64 - 1);
+        assert_eq!(field("SigIgn:"), if nohup { sighup } else { 0 }, "nohup {nohup}: {}", done.stdout);
     }
-    let done = Proc::spawn(command, &env.dir).finish();
-    done.assert_code(0);
-    for line in done.stdout.lines() {
-        let mask = line.split_whitespace().nth(1).unwrap();
-        assert!(mask.chars().all(|c| c == '0'), "child signal state not clean: {}", done.stdout);
-    }
-    assert_eq!(done.stdout.lines().count(), 2, "{}", done.stdout);
 }
 
 fn sigkill_of_mpsync_kills_the_childs_whole_group(env: &TestEnv) {
@@ -311,7 +329,10 @@ fn in_a_terminal_the_child_reads_it_and_ctrl_c_stops_it() {
         assert!(Instant::now() < deadline, "mpsync did not exit after Ctrl-C");
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(status.code(), Some(130));
+    // 130 as a shell sees it: mpsync dies of SIGINT as its child did (or, before the run loop reports the
+    // child's death as such, exits 130).
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.code().or(status.signal().map(|signal| 128 + signal)), Some(130), "{status}");
     let after = tcgetattr(&pty.slave).expect("tcgetattr");
     assert_eq!(format!("{before:?}"), format!("{after:?}"), "terminal settings changed");
 }
@@ -354,4 +375,344 @@ fn child_outlives_mpsyncs_helper_threads() {
     let mut command = env.mpsync(["lock", &name, "--", "sh", "-c", "sleep 11.5; exit 3"]);
     command.env("MPSYNC_KUBECONFIG", &kubeconfig);
     Proc::spawn(command, &env.dir).finish().assert_code(3);
+}
+
+/// Issue 13: the tests below are about job control, inherited signal state, the guard, and what escapes.
+mod issue13 {
+    use std::fs;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::time::Duration;
+
+    use nix::sys::signal::Signal;
+
+    use crate::support::pty::state;
+    use crate::support::*;
+
+    /// Long timings for tests that stop and continue mpsync: a slow machine must not turn a short stop into
+    /// a lost lease.
+    const SLOW: &[&str] = &["--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "2s"];
+
+    /// mpsync in a process group of its own, as a shell starts a job, so that job control can stop it.
+    /// (The children that job control stops are bash loops: dash runs commands with vfork(2), and a vforked
+    /// child stopped before its exec leaves its parent in uninterruptible sleep, not stopped.)
+    fn job(env: &TestEnv, args: &[&str]) -> Proc {
+        let mut command = env.mpsync(args);
+        command.process_group(0);
+        Proc::spawn(command, &env.dir)
+    }
+
+    /// A holder stopped by `kill -TSTP` (issue 13, item 1): its child stops first, and when its lease expires
+    /// and another holder starts, the stopped holder's child has not run since.
+    #[test]
+    fn sigtstp_stops_the_child_and_no_other_holder_starts_while_it_could_run() {
+        let env = TestEnv::file();
+        let name = env.lease_name("overrun");
+        let (log, pid) = (env.path("log"), env.path("a.pid"));
+        let a_script =
+            format!("echo $$ > {}; while :; do echo A-alive >> {}; sleep 0.2; done", pid.display(), log.display());
+        let a = job(&env, &fast(&["lock", &name], &["bash", "-c", &a_script]));
+        let child = read_pid(&pid);
+        wait_for_file(&log, "A-alive");
+        a.signal(Signal::SIGTSTP);
+        let states = || (state(a.pid()), state(child));
+        wait_until("A and its child to stop", || states() == (Some('T'), Some('T')));
+        let b = env.run(fast(&["lock", &name], &["sh", "-c", &format!("echo B-start >> {}", log.display())]));
+        b.assert_code(0);
+        // Still stopped, or killed by A's guard at the lease's deadline: never running.
+        assert!(matches!(state(child), Some('T') | Some('Z') | None), "A's child ran while B held the lease");
+        let lines: Vec<String> = fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+        let b_at = lines.iter().position(|line| line == "B-start").unwrap();
+        assert!(lines[b_at + 1..].iter().all(|line| line != "A-alive"), "A's child ran after B started: {lines:?}");
+        // Dropping `a` SIGKILLs it; its guard kills the stopped group.
+    }
+
+    /// The run loop's half of item 1: continued after its lease expired, a holder kills its stopped child
+    /// without letting it run again, and exits 123.
+    #[test]
+    fn a_holder_continued_after_its_lease_expired_kills_its_child_without_continuing_it() {
+        let env = TestEnv::file();
+        let name = env.lease_name("expired");
+        let (log, pid) = (env.path("log"), env.path("a.pid"));
+        let a_script =
+            format!("echo $$ > {}; while :; do echo A-alive >> {}; sleep 0.2; done", pid.display(), log.display());
+        let mut a = job(&env, &fast(&["lock", &name], &["bash", "-c", &a_script]));
+        let child = read_pid(&pid);
+        wait_for_file(&log, "A-alive");
+        a.signal(Signal::SIGTSTP);
+        wait_until("A and its child to stop", || state(a.pid()) == Some('T') && state(child) == Some('T'));
+        let b_script = format!("echo B-start >> {}; sleep 3; echo B-end >> {}", log.display(), log.display());
+        let b = env.spawn(fast(&["lock", &name], &["sh", "-c", &b_script]));
+        wait_for_file(&log, "B-start");
+        a.signal(Signal::SIGCONT);
+        assert_eq!(a.wait_for(PATIENCE).and_then(|status| status.code()), Some(123), "{}", a.stderr());
+        assert!(!alive(child));
+        b.finish().assert_code(0);
+        let lines: Vec<String> = fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+        let b_at = lines.iter().position(|line| line == "B-start").unwrap();
+        assert!(lines[b_at + 1..].iter().all(|line| line != "A-alive"), "A's child ran after B started: {lines:?}");
+    }
+
+    /// Stopped and continued well within the renew deadline, a holder keeps its lease and its child runs on.
+    #[test]
+    fn a_holder_continued_in_time_keeps_its_lease_and_its_child() {
+        let env = TestEnv::file();
+        let name = env.lease_name("intime");
+        let beat = env.path("beat");
+        let script = format!("while :; do date +%s%N > {}; sleep 0.1; done", beat.display());
+        let mut a =
+            job(&env, &[&["lock", &name, "--identity", "the-holder"], SLOW, &["--", "bash", "-c", &script]].concat());
+        wait_for_file(&beat, "\n");
+        let child = stat_child(a.pid());
+        a.signal(Signal::SIGTSTP);
+        wait_until("A and its child to stop", || state(a.pid()) == Some('T') && state(child) == Some('T'));
+        a.signal(Signal::SIGCONT);
+        let stopped_beat = fs::read_to_string(&beat).unwrap();
+        wait_until("the child to beat again", || fs::read_to_string(&beat).unwrap() != stopped_beat);
+        assert_eq!(env.holder(&name).as_deref(), Some("the-holder"));
+        a.signal(Signal::SIGTERM);
+        assert_eq!(a.wait_for(PATIENCE).and_then(|status| status.code()), Some(143), "{}", a.stderr());
+    }
+
+    /// The child of mpsync (a process whose parent is `parent`).
+    fn stat_child(parent: i32) -> i32 {
+        let mut found = None;
+        wait_until("mpsync's child", || {
+            found = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .find(|pid| {
+                    crate::support::pty::stat_field(*pid, 4) == Some(parent)
+                        && fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|comm| comm.trim() != "mpsync-guard")
+                });
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Issue 13, item 2: a stopped job does not hold the lease against a stop request. `kill -TERM` then
+    /// `kill -CONT` (what bash's `kill %1` does to a stopped job): the child is continued and acts on SIGTERM.
+    #[test]
+    fn sigterm_to_a_stopped_holder_ends_its_child() {
+        let env = TestEnv::file();
+        let name = env.lease_name("stopterm");
+        let (got, pid) = (env.path("got"), env.path("pid"));
+        let script = format!(
+            "trap 'echo term > {}; exit 5' TERM; echo $$ > {}; while :; do sleep 0.1; done",
+            got.display(),
+            pid.display()
+        );
+        let mut a = job(&env, &[&["lock", &name], SLOW, &["--", "bash", "-c", &script]].concat());
+        let child = read_pid(&pid);
+        a.signal(Signal::SIGTSTP);
+        wait_until("A and its child to stop", || state(a.pid()) == Some('T') && state(child) == Some('T'));
+        a.signal(Signal::SIGTERM);
+        a.signal(Signal::SIGCONT);
+        assert_eq!(a.wait_for(PATIENCE).and_then(|status| status.code()), Some(5), "{}", a.stderr());
+        assert_eq!(fs::read_to_string(&got).unwrap().trim(), "term");
+        assert_eq!(env.holder(&name).as_deref(), Some(""));
+    }
+
+    /// Issue 13, item 3: the guard is called mpsync-guard (so `killall mpsync` spares it), and when it is
+    /// killed another takes its place at once, which kills the group when mpsync is SIGKILLed.
+    #[test]
+    fn the_guard_is_named_and_replaced_when_killed() {
+        let env = TestEnv::file();
+        let name = env.lease_name("guard");
+        let worker = env.path("worker");
+        let script = format!("sleep 1000 & echo $! > {}; wait", worker.display());
+        let mpsync = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
+        let worker_pid = read_pid(&worker);
+        let guards = || {
+            fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| crate::support::pty::stat_field(*pid, 4) == Some(mpsync.pid()))
+                .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "mpsync-guard"))
+                .filter(|pid| alive(*pid))
+                .collect::<Vec<i32>>()
+        };
+        let mut first = vec![];
+        wait_until("a guard named mpsync-guard", || {
+            first = guards();
+            first.len() == 1
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+        wait_until("a new guard", || guards().iter().any(|pid| *pid != first[0]));
+        mpsync.signal(Signal::SIGKILL);
+        wait_until("the worker to die with mpsync", || !alive(worker_pid));
+    }
+
+    /// Issue 13, item 4: started by a parent that blocks TERM, INT, HUP and CHLD, mpsync still hears a stop
+    /// request, and notices its child's exit at once (not at the next renewal).
+    #[test]
+    fn an_inherited_blocked_mask_does_not_make_mpsync_deaf() {
+        let env = TestEnv::file();
+        let block = |command: &mut std::process::Command| {
+            // SAFETY: sigprocmask only, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+                    let mut set = SigSet::empty();
+                    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+                        set.add(signal);
+                    }
+                    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(std::io::Error::from)
+                });
+            }
+        };
+        let ready = env.path("ready");
+        let script = format!("trap 'exit 3' TERM; echo ready > {}; while :; do sleep 0.05; done", ready.display());
+        let mut command = env.mpsync(["lock", &env.lease_name("blocked"), "--", "sh", "-c", &script]);
+        block(&mut command);
+        let mut lock = Proc::spawn(command, &env.dir);
+        wait_for_file(&ready, "ready");
+        lock.signal(Signal::SIGTERM);
+        assert_eq!(lock.wait_for(PATIENCE).and_then(|status| status.code()), Some(3), "{}", lock.stderr());
+
+        let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
+        let mut command =
+            env.mpsync([&["lock", &env.lease_name("blocked-chld")], &slow[..], &["--", "sh", "-c", "exit 4"]].concat());
+        block(&mut command);
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(4);
+        assert!(done.elapsed < Duration::from_secs(10), "the child's exit was noticed late: {:?}", done.elapsed);
+    }
+
+    /// Issue 13, item 8: under nohup (SIGHUP ignored), a SIGHUP is neither handled nor forwarded: mpsync and
+    /// its child run on, as `nohup sleep` would.
+    #[test]
+    fn sighup_ignored_by_nohup_is_neither_handled_nor_forwarded() {
+        let env = TestEnv::file();
+        let name = env.lease_name("nohup");
+        let (usr1, pid) = (env.path("usr1"), env.path("pid"));
+        let script = format!(
+            "trap 'echo usr1 > {}' USR1; echo $$ > {}; while :; do sleep 0.1; done",
+            usr1.display(),
+            pid.display()
+        );
+        let mut command = env.mpsync(["lock", &name, "--", "sh", "-c", &script]);
+        // SAFETY: sigaction only, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                use nix::sys::signal::{SigHandler, signal};
+                signal(Signal::SIGHUP, SigHandler::SigIgn).map(drop).map_err(std::io::Error::from)
+            });
+        }
+        let mut lock = Proc::spawn(command, &env.dir);
+        let child = read_pid(&pid);
+        lock.signal(Signal::SIGHUP);
+        // A forwarded signal after it: once it arrived, the SIGHUP has long been discarded.
+        lock.signal(Signal::SIGUSR1);
+        wait_for_file(&usr1, "usr1");
+        assert!(alive(lock.pid()) && alive(child), "SIGHUP ended the job: {}", lock.stderr());
+        lock.signal(Signal::SIGTERM);
+        assert_eq!(lock.wait_for(PATIENCE).and_then(|status| status.code()), Some(143), "{}", lock.stderr());
+    }
+
+    /// Issue 13, item 6: after a failed exec the guard is disarmed, so that mpsync's exit does not make it
+    /// SIGKILL the dead child's process group (a number the system may have given to another group by then).
+    #[test]
+    fn a_failed_spawn_disarms_the_guard() {
+        if std::process::Command::new("strace").arg("-V").output().is_err() {
+            eprintln!("SKIPPED: strace is not installed");
+            return;
+        }
+        let env = TestEnv::file();
+        let trace = env.path("trace");
+        let mpsync = env!("CARGO_BIN_EXE_mpsync");
+        let name = env.lease_name("nospawn");
+        let mut command = std::process::Command::new("strace");
+        command.args(["-f", "-qq", "-e", "trace=kill", "-e", "signal=none", "-o"]).arg(&trace);
+        command.args([mpsync, "lock", &name, "--", "/nonexistent-mpsync-command"]);
+        scrub(&mut command);
+        command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(std::process::Stdio::null());
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(127);
+        let trace = fs::read_to_string(&trace).unwrap();
+        let group_kills: Vec<&str> = trace.lines().filter(|line| line.contains("kill(-")).collect();
+        assert!(group_kills.is_empty(), "the guard killed a group after a failed spawn: {group_kills:?}");
+    }
+
+    /// Issue 13, item 7, as PID 1: no dying of a signal there, the code 128+N is all there is.
+    #[test]
+    fn as_pid_1_a_child_dying_of_sigint_gives_exit_code_130() {
+        let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+        if !probe.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: `unshare --pid --fork --mount-proc` is not permitted here");
+            return;
+        }
+        let env = TestEnv::file();
+        let mpsync = env!("CARGO_BIN_EXE_mpsync");
+        let mut command = std::process::Command::new("unshare");
+        command.args(["--pid", "--fork", "--mount-proc", mpsync, "lock", &env.lease_name("pid1int")]);
+        command.args(["--", "sh", "-c", "kill -INT $$"]);
+        scrub(&mut command);
+        command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(std::process::Stdio::null());
+        let done = Proc::spawn(command, &env.dir).finish();
+        assert_eq!(done.status.code(), Some(130), "{:?}\n{}", done.status, done.stderr);
+    }
+
+    /// Issue 13, item 7: a child that died of SIGINT or SIGQUIT: mpsync dies of the same signal (no core file).
+    #[test]
+    fn a_child_dying_of_sigint_or_sigquit_makes_mpsync_die_of_it() {
+        let env = TestEnv::file();
+        for (signal, name) in [(Signal::SIGINT, "INT"), (Signal::SIGQUIT, "QUIT")] {
+            let script = format!("ulimit -c 0; kill -{name} $$");
+            let lease = env.lease_name("reraise");
+            let done = Proc::spawn(env.mpsync(["lock", &lease, "--", "sh", "-c", &script]), &env.dir).finish();
+            assert_eq!(done.status.signal(), Some(signal as i32), "{name}: {:?}\n{}", done.status, done.stderr);
+            assert!(!done.status.core_dumped(), "{name}: core dumped");
+            assert_eq!(env.holder(&lease).as_deref(), Some(""), "{name}: released");
+        }
+        // A child that *exits* 130 is a code, not a death.
+        let done = env.run(["lock", &env.lease_name("code130"), "--", "sh", "-c", "exit 130"]);
+        assert_eq!(done.status.code(), Some(130));
+    }
+
+    /// "#!/nonexistent": say which file is missing, as bash does, and exit 126 (the command was found).
+    #[test]
+    fn a_script_with_a_missing_interpreter_names_it() {
+        let env = TestEnv::file();
+        let script = env.path("script");
+        fs::write(&script, "#!/nonexistent\necho hi\n").unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let done = env.run(["lock".as_ref(), env.lease_name("badint").as_ref(), "--".as_ref(), script.as_os_str()]);
+        done.assert_code(126);
+        assert!(done.stderr.contains("bad interpreter: /nonexistent: No such file or directory"), "{}", done.stderr);
+        assert!(done.stderr.contains(&script.display().to_string()), "{}", done.stderr);
+    }
+
+    /// `timeout` makes a process group of its own: stopping the job reaches it too, while its parent lives.
+    #[test]
+    fn processes_that_left_the_group_are_stopped_with_the_child() {
+        let env = TestEnv::file();
+        let sleep = env.path("sleep.pid");
+        let script = format!("timeout 77 sh -c 'echo $$ > {}; exec sleep 77'", sleep.display());
+        let mut lock = env.spawn(["lock", &env.lease_name("timeout"), "--", "sh", "-c", &script]);
+        let sleep_pid = read_pid(&sleep);
+        lock.signal(Signal::SIGTERM);
+        lock.wait_for(PATIENCE).expect("mpsync exits");
+        wait_until("the sleep under timeout to die", || !alive(sleep_pid));
+    }
+
+    /// With --subreaper, what the child left behind in other groups is adopted, and stopped before the lease
+    /// is released.
+    #[test]
+    fn as_subreaper_adopted_processes_are_stopped_before_release() {
+        let env = TestEnv::file();
+        let name = env.lease_name("adopted");
+        let sleep = env.path("sleep.pid");
+        let script = format!(
+            "timeout 77 sh -c 'echo $$ > {0}; exec sleep 77' & while [ ! -s {0} ]; do sleep 0.05; done; exit 0",
+            sleep.display()
+        );
+        let done = env.run(["lock", &name, "--subreaper", "--", "sh", "-c", &script]);
+        done.assert_code(0);
+        let sleep_pid = read_pid(&sleep);
+        assert!(!alive(sleep_pid), "the adopted sleep outlived mpsync");
+        assert_eq!(env.holder(&name).as_deref(), Some(""));
+    }
 }

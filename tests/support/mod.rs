@@ -11,6 +11,7 @@
 pub mod apiserver;
 pub mod connect_proxy;
 pub mod proxy;
+pub mod pty;
 
 use std::ffi::OsStr;
 use std::fs;

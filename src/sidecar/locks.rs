@@ -1,0 +1,641 @@
+//! The locks of one side-car: the protocol's answers, one `Elector` per lock, and the state kept about
+//! them, bounded.
+//!
+//! - Every request reads the Lease first and feeds the elector, then asks it what to do. Its retry period
+//!   is zero, so a heartbeat renews at once; "wait" means another identity holds the lock unexpired
+//!   (409). Every write is a compare-and-swap; a lost race is settled by reading again.
+//! - The electors adopt records held under the side-car's identity (the pod's), keeping their token: a
+//!   restarted side-car keeps the locks its pod's clients hold and still heartbeat.
+//! - A heartbeat on a lock this side-car holds is answered 200 while the lock is surely still ours,
+//!   whatever the API server does meanwhile: within the renew deadline (two thirds of the TTL) of the
+//!   last renewal that succeeded. Only past it does an API failure answer 503.
+//! - State about a lock is kept while it is held, and for twice the TTL after its last request
+//!   otherwise (a waiting side-car's expiry clock must not restart); then forgotten. Reads (GET, HEAD)
+//!   of a lock this side-car knows nothing about leave no state behind. At most `MAX_LOCKS` are kept.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::metrics::Metrics;
+use crate::engine::{self, now};
+use crate::error::Error;
+use crate::http::Response;
+use crate::lease::{Action, Elector, Timing, Versioned};
+use crate::store::{Store, StoreError};
+
+/// At most this many locks are tracked at once (held, or asked about within twice the TTL). A side-car
+/// serves one pod: a handful is usual. Past this, new names get 503 until older state is forgotten.
+pub const MAX_LOCKS: usize = 4096;
+/// A request does not start another read-and-write attempt after this long (each call may take up to
+/// the call timeout), so that it is answered well within the server's answer timeout.
+const ATTEMPTS_WITHIN: Duration = Duration::from_secs(5);
+
+/// The lease timing of one lock: held for `ttl` without a heartbeat; a heartbeat renews at once
+/// (retry period zero). The renew deadline, two thirds of the TTL, is how long after its last
+/// successful renewal a lock is answered as held while the API server fails: a client told "200" then
+/// heartbeats again (the stock clients every 10s, a third of the default TTL) before anyone else can
+/// take the lock. There is no child to stop here, so `lock`'s start-up invariant does not apply.
+pub fn timing(ttl: Duration) -> Timing {
+    Timing { lease_duration: ttl, renew_deadline: ttl * 2 / 3, retry_period: Duration::ZERO }
+}
+
+/// The protocol's methods on `/locks/NAME`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Put,
+    Post,
+    Delete,
+}
+
+/// Every lock this side-car knows: one entry each, each behind its own mutex, so requests for one lock
+/// are served one at a time and requests for different locks concurrently.
+pub struct Locks {
+    store: Store,
+    identity: String,
+    prefix: String,
+    ttl: Duration,
+    timing: Timing,
+    entries: std::sync::Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    /// After SIGTERM: no new acquisitions; heartbeats are still answered.
+    draining: AtomicBool,
+    metrics: Metrics,
+}
+
+struct Entry {
+    elector: Elector,
+    /// When a request last used this lock.
+    used: Instant,
+    /// While held: when the last heartbeat (a PUT or POST answered 200) came, and the longest gap
+    /// between two of them, which tells how often its client heartbeats.
+    heartbeat: Option<Instant>,
+    longest_gap: Duration,
+    /// The fencing token of the holding the heartbeats belong to.
+    token: Option<i32>,
+}
+
+impl Entry {
+    fn new(elector: Elector) -> Entry {
+        Entry { elector, used: Instant::now(), heartbeat: None, longest_gap: Duration::ZERO, token: None }
+    }
+}
+
+/// What draining found: the locks still held for clients that heartbeat, the locks busy with a request
+/// (a heartbeat, most likely), and when to look again.
+pub struct Drained {
+    pub held: Vec<String>,
+    pub busy: usize,
+    pub next_check: Option<Instant>,
+}
+
+impl Drained {
+    pub fn done(&self) -> bool {
+        self.held.is_empty() && self.busy == 0
+    }
+}
+
+impl Locks {
+    pub fn new(store: Store, identity: String, prefix: String, ttl: Duration, metrics: Metrics) -> Locks {
+        Locks {
+            store,
+            identity,
+            prefix,
+            ttl,
+            timing: timing(ttl),
+            entries: std::sync::Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.store.namespace()
+    }
+
+    /// The Lease that backs lock `name`.
+    pub fn lease_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.metrics.draining.set(1);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn elector(&self) -> Elector {
+        Elector::adopting(self.identity.clone(), self.timing)
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn known(&self, name: &str) -> Option<Arc<Mutex<Entry>>> {
+        self.map().get(name).cloned()
+    }
+
+    /// The entry of `name`, made if needed; `None` when `MAX_LOCKS` are tracked already.
+    fn entry(&self, name: &str) -> Option<Arc<Mutex<Entry>>> {
+        let mut map = self.map();
+        if let Some(entry) = map.get(name) {
+            return Some(Arc::clone(entry));
+        }
+        if map.len() >= MAX_LOCKS {
+            drop(map);
+            self.forget_idle(Instant::now());
+            map = self.map();
+            if map.len() >= MAX_LOCKS {
+                return None;
+            }
+        }
+        let entry = Arc::new(Mutex::new(Entry::new(self.elector())));
+        map.insert(name.to_string(), Arc::clone(&entry));
+        self.metrics.tracked.set(map.len() as i64);
+        Some(entry)
+    }
+
+    /// Answer `method` on the (valid) lock `name`.
+    pub async fn answer(&self, method: Method, name: &str) -> Response {
+        match method {
+            Method::Get | Method::Head => match self.known(name) {
+                Some(entry) => {
+                    let mut entry = entry.lock().await;
+                    entry.used = Instant::now();
+                    self.get(name, &mut entry.elector).await
+                }
+                // Nothing to remember about a lock only read: a temporary elector answers.
+                None => self.get(name, &mut self.elector()).await,
+            },
+            Method::Delete => match self.known(name) {
+                Some(entry) => {
+                    let mut entry = entry.lock().await;
+                    entry.used = Instant::now();
+                    entry.heartbeat = None;
+                    self.delete(name, &mut entry.elector).await
+                }
+                None => self.delete(name, &mut self.elector()).await,
+            },
+            Method::Put | Method::Post => {
+                let Some(entry) = self.entry(name) else {
+                    tracing::warn!(lease = %self.lease_name(name), "too many locks tracked; refusing a new one");
+                    return Response::error(
+                        503,
+                        format!("this side-car tracks {MAX_LOCKS} locks already; retry once some are released"),
+                    )
+                    .with_header("Retry-After", "10");
+                };
+                let mut entry = entry.lock().await;
+                entry.used = Instant::now();
+                let response = self.acquire(name, &mut entry.elector, method == Method::Post).await;
+                if response.status == 200 {
+                    entry.heartbeat_answered(Instant::now());
+                }
+                response
+            }
+        }
+    }
+
+    /// GET: the lock as JSON, or 404. While the API server fails, a lock held is answered from what
+    /// this side-car knows (its clients read before they heartbeat).
+    async fn get(&self, name: &str, elector: &mut Elector) -> Response {
+        match self.store.get(&self.lease_name(name)).await {
+            Ok(current) => {
+                elector.observe(current, Instant::now());
+                self.lock_response(200, name, elector)
+            }
+            Err(err) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {
+                self.note_error(name, &err, "answering from the lock held");
+                self.lock_response(200, name, elector)
+            }
+            Err(err) => self.failure(name, err),
+        }
+    }
+
+    /// Whether this side-car holds the lock and it is surely still its own: held, usable, and within
+    /// the renew deadline of the last renewal that succeeded.
+    fn holding(&self, elector: &Elector) -> bool {
+        let now = Instant::now();
+        elector.held().is_some_and(|held| now < held.deadline(self.timing)) && elector.usable(now)
+    }
+
+    /// PUT (acquire or heartbeat) and POST (`create_only`: create it, or 409 if it exists): 200 when this
+    /// identity holds the lock, 409 with the lock when another identity holds it unexpired.
+    async fn acquire(&self, name: &str, elector: &mut Elector, create_only: bool) -> Response {
+        let lease = self.lease_name(name);
+        let started = Instant::now();
+        let mut last_race = String::new();
+        // A lost compare-and-swap or an unknown outcome: read again and decide again, a few times.
+        for _attempt in 0..3 {
+            if started.elapsed() > ATTEMPTS_WITHIN {
+                break;
+            }
+            let current = match self.store.get(&lease).await {
+                Ok(current) => current,
+                Err(err) => return self.held_or_failure(name, elector, err),
+            };
+            if create_only && current.is_some() {
+                elector.observe(current, Instant::now());
+                return self.lock_response(409, name, elector);
+            }
+            let action = self.decide(name, elector, current);
+            let holding = elector.held().is_some();
+            match action {
+                Action::Write(write) => {
+                    let adopting = !holding && self.is_ours(elector.current());
+                    if self.draining() && !holding && !adopting {
+                        return Response::error(
+                            503,
+                            format!("the side-car is shutting down: lock {name} is not taken now; retry elsewhere"),
+                        )
+                        .with_header("Retry-After", "1");
+                    }
+                    match engine::send(&self.store, &lease, elector, &write).await {
+                        Ok(_) => match elector.held() {
+                            Some(held) if !elector.usable(Instant::now()) => {
+                                return Response::error(
+                                    503,
+                                    format!(
+                                        "lock {name} was deleted while another holder had it: it is usable once that \
+                                         holder's TTL has passed; retry"
+                                    ),
+                                )
+                                .with_header("Retry-After", &retry_after(held.usable_from));
+                            }
+                            Some(held) => {
+                                if holding {
+                                    tracing::debug!(lease = %lease, token = held.fencing_token, "renewed the lock");
+                                } else {
+                                    self.metrics.acquisitions.inc();
+                                    let how = if adopting {
+                                        "adopted the lock held under this identity"
+                                    } else {
+                                        "acquired the lock"
+                                    };
+                                    tracing::info!(lease = %lease, identity = %self.identity, token = held.fencing_token, "{how}");
+                                }
+                                return self.lock_response(200, name, elector);
+                            }
+                            None => last_race = "the write did not leave the lock ours".into(),
+                        },
+                        Err(StoreError::Conflict(err) | StoreError::Unknown(err)) => {
+                            self.metrics.api_error("conflict");
+                            last_race = err;
+                        }
+                        Err(err) => return self.held_or_failure(name, elector, err),
+                    }
+                }
+                // Another identity holds it, unexpired as this side-car has observed it.
+                Action::WaitUntil(_) => return self.lock_response(409, name, elector),
+                Action::Refuse(refusal) => {
+                    return Response::error(409, format!("lock {name} cannot be acquired: {refusal}"));
+                }
+                Action::Read | Action::Lost(_) => last_race = "the lease changed while it was read".into(),
+            }
+        }
+        if self.holding(elector) {
+            tracing::warn!(lease = %lease, error = %last_race, "cannot renew the lock now; it is still held");
+            return self.lock_response(200, name, elector);
+        }
+        tracing::warn!(lease = %lease, error = %last_race, "the lease kept changing; asking the client to retry");
+        Response::error(503, format!("lock {name} kept changing under every attempt ({last_race}); retry"))
+            .with_header("Retry-After", "1")
+    }
+
+    /// A failed call while acquiring or renewing: a lock still surely held is answered 200 (the next
+    /// heartbeat renews it); otherwise the failure.
+    fn held_or_failure(&self, name: &str, elector: &Elector, err: StoreError) -> Response {
+        if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) {
+            self.note_error(name, &err, "the lock is still held; the next heartbeat renews it");
+            return self.lock_response(200, name, elector);
+        }
+        self.failure(name, err)
+    }
+
+    fn note_error(&self, name: &str, err: &StoreError, what: &str) {
+        self.metrics.api_error(err.kind());
+        tracing::warn!(lease = %self.lease_name(name), error = %err, "API call failed; {what}");
+    }
+
+    /// Whether `current` is a record held under this side-car's identity (the pod's).
+    fn is_ours(&self, current: Option<&Versioned>) -> bool {
+        current.is_some_and(|current| current.record.holder_identity.as_deref() == Some(self.identity.as_str()))
+    }
+
+    /// DELETE: give the lock up if this identity holds it (200), 409 if another does, 404 if no such lock.
+    async fn delete(&self, name: &str, elector: &mut Elector) -> Response {
+        let lease = self.lease_name(name);
+        match self.store.get(&lease).await {
+            Ok(current) => elector.observe(current, Instant::now()),
+            Err(err) => return self.failure(name, err),
+        }
+        // Held under our identity but unknown to this process (written before a restart): adopt it first,
+        // so that it is our own write to release.
+        if elector.held().is_none() && self.is_ours(elector.current()) {
+            let current = elector.current().cloned();
+            if let Action::Write(write) = self.decide(name, elector, current)
+                && let Err(err) = engine::send(&self.store, &lease, elector, &write).await
+            {
+                return self.failure(name, err);
+            }
+        }
+        if let Err(err) = self.release(name, elector).await {
+            return self.failure(name, err);
+        }
+        let holder = elector.current().map(|current| current.record.holder_identity.clone().unwrap_or_default());
+        match holder {
+            None => Response::error(404, format!("no lock {name}")),
+            // Free now (released, or it already was).
+            Some(holder) if holder.is_empty() => self.lock_response(200, name, elector),
+            Some(_) => self.lock_response(409, name, elector),
+        }
+    }
+
+    /// Feed the elector what was read and ask it what to do. A loss (taken, deleted, or no heartbeat
+    /// in time) has nothing left to stop here: it is noted and the lock is judged afresh.
+    fn decide(&self, name: &str, elector: &mut Elector, current: Option<Versioned>) -> Action {
+        elector.observe(current, Instant::now());
+        if let Action::Lost(reason) = elector.next(now()) {
+            self.metrics.losses.inc();
+            tracing::info!(lease = %self.lease_name(name), identity = %self.identity, reason = %reason, "no longer holding the lock");
+            let current = elector.current().cloned();
+            elector.forget_loss();
+            // The same record again: when it was first seen still counts for its expiry.
+            elector.observe(current, Instant::now());
+        }
+        elector.next(now())
+    }
+
+    /// Release the lock if the record last read is our own write (see `engine::release`).
+    async fn release(&self, name: &str, elector: &mut Elector) -> Result<bool, StoreError> {
+        let lease = self.lease_name(name);
+        let released = engine::release(&self.store, &lease, elector).await?;
+        if released {
+            tracing::info!(lease = %lease, identity = %self.identity, "released the lock");
+        }
+        Ok(released)
+    }
+
+    /// While draining: release every lock whose client has gone quiet, that is, sent no heartbeat for
+    /// half the TTL and for one and a half times the longest gap it ever left between two. Locks whose
+    /// clients still heartbeat stay held; with `deadline`, they are given up without a release (see
+    /// `give_up`).
+    pub async fn drain_step(&self) -> Drained {
+        let entries: Vec<(String, Arc<Mutex<Entry>>)> =
+            self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
+        let mut drained = Drained { held: Vec::new(), busy: 0, next_check: None };
+        for (name, entry) in entries {
+            let Ok(mut entry) = entry.try_lock() else {
+                drained.busy += 1;
+                continue;
+            };
+            if entry.elector.release(now()).is_none() {
+                continue; // Not ours (any more): nothing to give back.
+            }
+            let quiet_after = (self.ttl / 2).max(entry.longest_gap * 3 / 2);
+            let last = entry.heartbeat.unwrap_or(entry.used);
+            let quiet_at = last + quiet_after;
+            if Instant::now() < quiet_at {
+                drained.held.push(name);
+                drained.next_check = Some(drained.next_check.map_or(quiet_at, |at| at.min(quiet_at)));
+                continue;
+            }
+            tracing::info!(
+                lease = %self.lease_name(&name),
+                quiet = ?last.elapsed(),
+                "draining: the lock's client stopped heartbeating; releasing it"
+            );
+            if let Err(err) = self.release(&name, &mut entry.elector).await {
+                tracing::warn!(lease = %self.lease_name(&name), error = %err, "cannot release the lock; it expires after its TTL");
+            }
+            entry.heartbeat = None;
+        }
+        drained
+    }
+
+    /// Forget the state of locks not held (or held no longer surely) that no request used for twice the
+    /// TTL. Never sooner: a lock held by another is waited out on this side-car's clock from when it was
+    /// first seen, and forgetting it would restart that clock.
+    pub fn forget_idle(&self, now: Instant) -> usize {
+        let mut map = self.map();
+        let before = map.len();
+        let idle_after = self.ttl * 2;
+        map.retain(|_, entry| {
+            // In use, or waited for, by a request.
+            if Arc::strong_count(entry) > 1 {
+                return true;
+            }
+            let Ok(entry) = entry.try_lock() else {
+                return true;
+            };
+            let held = entry.elector.held().is_some_and(|held| now < held.deadline(self.timing));
+            held || now.saturating_duration_since(entry.used) <= idle_after
+        });
+        let forgotten = before - map.len();
+        if map.capacity() > 2 * map.len() + 64 {
+            map.shrink_to_fit();
+        }
+        self.metrics.tracked.set(map.len() as i64);
+        forgotten
+    }
+
+    /// Locks held now (for the metrics): entries busy with a request count as they were.
+    pub fn held_count(&self) -> usize {
+        let now = Instant::now();
+        self.map()
+            .values()
+            .filter(|entry| {
+                entry.try_lock().is_ok_and(|entry| entry.elector.held().is_some_and(|h| now < h.deadline(self.timing)))
+            })
+            .count()
+    }
+
+    fn lock_response(&self, status: u16, name: &str, elector: &Elector) -> Response {
+        match elector.current() {
+            Some(current) => Response::json(
+                status,
+                &lock_json(
+                    name,
+                    &self.lease_name(name),
+                    self.store.namespace(),
+                    current,
+                    elector.observed_expiry(),
+                    Instant::now(),
+                ),
+            ),
+            None => Response::error(404, format!("no lock {name}")),
+        }
+    }
+
+    /// A failed API call: 503 if retrying may help; 400 for a name the store refuses; 403 or 500 (and an
+    /// error log) if retrying will not help. Messages carry no file system paths.
+    fn failure(&self, name: &str, err: StoreError) -> Response {
+        self.metrics.api_error(err.kind());
+        let lease = self.lease_name(name);
+        match err {
+            StoreError::Fatal(err) => {
+                let message = err.to_string();
+                tracing::error!(lease = %lease, error = %message, "API call failed");
+                let (status, message) = match &err {
+                    Error::Usage(_) => (400, message),
+                    Error::Api(_) if message.contains(": 422 ") => (400, message),
+                    Error::File(_) if message.contains("os error 36") || message.contains("name too long") => (
+                        400,
+                        format!(
+                            "lock name {name:?} is too long for the file backend's directory (Lease {lease:?}, {} \
+                             characters); use a shorter name",
+                            lease.len()
+                        ),
+                    ),
+                    Error::File(_) => (500, redact_paths(&message)),
+                    _ if message.contains("forbidden") => (403, message),
+                    _ => (500, message),
+                };
+                Response::error(status, message)
+            }
+            err => {
+                tracing::warn!(lease = %lease, error = %err, "API call failed; asking the client to retry");
+                Response::error(503, format!("{}; retry", redact_paths(&err.to_string())))
+                    .with_header("Retry-After", "1")
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// A PUT or POST was answered 200: a heartbeat of the holding it belongs to.
+    fn heartbeat_answered(&mut self, at: Instant) {
+        let token = self.elector.held().map(|held| held.fencing_token);
+        match (self.heartbeat, self.token == token) {
+            (Some(last), true) => self.longest_gap = self.longest_gap.max(at.saturating_duration_since(last)),
+            _ => self.longest_gap = Duration::ZERO,
+        }
+        self.heartbeat = Some(at);
+        self.token = token;
+    }
+}
+
+/// `Retry-After` in whole seconds until `at` (at least 1).
+fn retry_after(at: Instant) -> String {
+    at.saturating_duration_since(Instant::now()).as_secs().saturating_add(1).to_string()
+}
+
+/// Replace absolute paths in `message` by their last component: errors answered over HTTP name the
+/// file, not where the lock directory is.
+pub fn redact_paths(message: &str) -> String {
+    let words: Vec<String> = message
+        .split(' ')
+        .map(|word| {
+            let Some(start) = word.find('/') else {
+                return word.to_string();
+            };
+            if !word[..start].chars().all(|c| "\"'(".contains(c)) {
+                return word.to_string();
+            }
+            let rest = &word[start..];
+            let end = rest.find(|c: char| "\"'),;:".contains(c)).unwrap_or(rest.len());
+            let file = rest[..end].rsplit('/').find(|part| !part.is_empty()).unwrap_or("");
+            format!("{}{file}{}", &word[..start], &rest[end..])
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// The lock as the protocol's JSON. `held` is judged as mpsync judges it: a holder is named and its
+/// duration has not passed since this side-car saw the record change (remote clocks are not trusted).
+fn lock_json(
+    name: &str,
+    lease: &str,
+    namespace: &str,
+    current: &Versioned,
+    expiry: Option<Instant>,
+    now: Instant,
+) -> Value {
+    let record = &current.record;
+    let holder = record.holder_identity.clone().unwrap_or_default();
+    json!({
+        "name": name,
+        "lease": lease,
+        "namespace": namespace,
+        "holder": holder,
+        "held": !holder.is_empty() && expiry.is_none_or(|expiry| now < expiry),
+        "acquireTime": record.acquire_time,
+        "renewTime": record.renew_time,
+        "leaseDurationSeconds": record.lease_duration_seconds,
+        "leaseTransitions": record.lease_transitions.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+    #[test]
+    fn lock_json_judges_held_by_what_this_side_car_observed() {
+        let t0 = Instant::now();
+        let current = Versioned {
+            resource_version: "3".into(),
+            metadata: Default::default(),
+            record: LeaseSpec {
+                holder_identity: Some("pod-a".into()),
+                lease_duration_seconds: Some(30),
+                lease_transitions: Some(4),
+                ..LeaseSpec::default()
+            },
+        };
+        let expiry = Some(t0 + Duration::from_secs(30));
+        let value = lock_json("job", "sync-job", "default", &current, expiry, t0);
+        assert_eq!(value["holder"], "pod-a");
+        assert_eq!(value["name"], "job");
+        assert_eq!(value["lease"], "sync-job");
+        assert_eq!(value["held"], true);
+        assert_eq!(value["leaseTransitions"], 4);
+        assert_eq!(value["leaseDurationSeconds"], 30);
+        assert_eq!(lock_json("job", "job", "default", &current, expiry, t0 + Duration::from_secs(30))["held"], false);
+        let mut free = current.clone();
+        free.record.holder_identity = Some(String::new());
+        assert_eq!(lock_json("job", "job", "default", &free, None, t0)["held"], false);
+    }
+
+    #[test]
+    fn a_heartbeat_renews_at_once_and_is_answered_held_for_two_thirds_of_the_ttl() {
+        let timing = timing(Duration::from_secs(30));
+        assert_eq!(timing.retry_period, Duration::ZERO);
+        assert_eq!(timing.renew_deadline, Duration::from_secs(20));
+        assert_eq!(super::timing(Duration::from_secs(1)).renew_deadline, Duration::from_nanos(666_666_666));
+    }
+
+    #[test]
+    fn paths_are_reduced_to_their_file_name() {
+        assert_eq!(
+            redact_paths("cannot write /tmp/x/locks/.a.json.tmp.12: File name too long (os error 36)"),
+            "cannot write .a.json.tmp.12: File name too long (os error 36)"
+        );
+        assert_eq!(redact_paths("corrupt lease record \"/var/l/a.json\": bad"), "corrupt lease record \"a.json\": bad");
+        assert_eq!(redact_paths("lock a/b and 1/2"), "lock a/b and 1/2");
+    }
+
+    #[test]
+    fn gaps_between_heartbeats_of_one_holding_are_measured() {
+        let mut entry = Entry::new(Elector::adopting("pod-a", timing(Duration::from_secs(30))));
+        let t0 = Instant::now();
+        entry.heartbeat_answered(t0);
+        entry.heartbeat_answered(t0 + Duration::from_secs(10));
+        entry.heartbeat_answered(t0 + Duration::from_secs(14));
+        assert_eq!(entry.longest_gap, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,492 @@
+//! The lock directory, handled as flock(1), tmux and ssh-agent users expect of files in a shared `/tmp`.
+//!
+//! - It is opened with `O_DIRECTORY|O_NOFOLLOW` and used only if it is owned by the effective uid and closed
+//!   to everyone else (`mode & 077 == 0`): anything else may be another user's trap (a squatted
+//!   `/tmp/mpsync-UID` full of symlinks), and is refused.
+//! - Every file is reached relative to that handle (`openat`, `renameat`, `linkat`, `unlinkat`), never
+//!   through a symlink: new files are created with `O_EXCL|O_NOFOLLOW`, records are opened with
+//!   `O_NOFOLLOW|O_NONBLOCK` and must be regular files under [`MAX_RECORD`] bytes, so a FIFO or a device
+//!   in place of a record blocks nobody.
+//! - The compare-and-swap lock is an exclusive `flock` on the directory itself, checked after it is taken
+//!   to be the directory at the path. A directory cannot be deleted while it holds records, so no one can
+//!   take the lock away by deleting or replacing a lock file (the flaw of a per-lease `NAME.lock`).
+//! - The path is opened again for every call: if the directory is removed and created again, mpsync
+//!   works in the new one (after the same checks).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
+
+use crate::error::Error;
+use crate::store::StoreError;
+
+/// The largest record mpsync reads: a Kubernetes object is at most 1.5 MiB, a Lease a few hundred bytes.
+pub const MAX_RECORD: u64 = 1 << 20;
+
+/// Records and their copies: read and write for the owner only, and the sticky bit, which
+/// systemd-tmpfiles honours by never ageing such a file out (see the XDG Base Directory specification).
+const RECORD_MODE: u32 = 0o1600;
+
+/// The lock directory's path. Cheap to clone; every use opens it afresh.
+#[derive(Clone, Debug)]
+pub struct LockDir {
+    path: PathBuf,
+}
+
+/// The lock directory, open and checked.
+pub struct DirHandle<'a> {
+    path: &'a Path,
+    fd: OwnedFd,
+}
+
+/// The lock directory under its compare-and-swap lock (released on drop).
+pub struct LockedDir<'a> {
+    path: &'a Path,
+    lock: Flock<OwnedFd>,
+}
+
+/// What is wrong with a file that should hold a record.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// A symlink, FIFO, socket, device or directory.
+    NotRegular(&'static str),
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::NotRegular(kind) => write!(f, "is {kind}, not a regular file"),
+            Unreadable::TooLarge(size) => write!(f, "has {size} bytes, more than a lease record ever needs"),
+        }
+    }
+}
+
+/// A file's contents and identity, as read.
+pub struct Contents {
+    pub bytes: Vec<u8>,
+    /// (device, inode): tells whether two names are one file.
+    pub identity: (u64, u64),
+}
+
+impl LockDir {
+    pub fn new(path: PathBuf) -> LockDir {
+        LockDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open the directory, creating it (0700, and its missing parents) if `create`; `None` if it does not
+    /// exist and `create` is false. A directory that is not this user's alone is a fatal error.
+    pub fn open(&self, create: bool) -> Result<Option<DirHandle<'_>>, StoreError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut created = false;
+        for _ in 0..3 {
+            match nix::fcntl::open(&self.path, flags, Mode::empty()) {
+                Ok(fd) => {
+                    if created {
+                        // Whatever the umask did: owner only.
+                        let _ = fchmod(&fd, Mode::from_bits_truncate(0o700));
+                    }
+                    let handle = DirHandle { path: &self.path, fd };
+                    handle.check()?;
+                    return Ok(Some(handle));
+                }
+                Err(Errno::ENOENT) if !create => return Ok(None),
+                Err(Errno::ENOENT) => created = self.create()?,
+                // O_NOFOLLOW with O_DIRECTORY: a symlink fails with ELOOP or ENOTDIR.
+                Err(Errno::ELOOP | Errno::ENOTDIR) if self.path.symlink_metadata().is_ok_and(|m| m.is_symlink()) => {
+                    return Err(self.refuse("is a symbolic link: mpsync never follows links to its lock directory"));
+                }
+                Err(Errno::ENOTDIR) if self.path.symlink_metadata().is_ok() => {
+                    return Err(self.refuse("is not a directory"));
+                }
+                Err(errno) => return Err(self.failure("open", &self.path, errno)),
+            }
+        }
+        Err(StoreError::Transient(format!("lock directory {} keeps disappearing", self.path.display())))
+    }
+
+    /// Create the directory (0700) and any missing parents; whether this call created it.
+    fn create(&self) -> Result<bool, StoreError> {
+        if let Some(parent) = self.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|err| self.io_failure("create", parent, &err))?;
+        }
+        match nix::unistd::mkdir(&self.path, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(errno) => Err(self.failure("create", &self.path, errno)),
+        }
+    }
+
+    /// Take the compare-and-swap lock: an exclusive flock on the directory, retried until it is the
+    /// directory at the path (one removed, or renamed away, meanwhile is let go). Given up at `give_up_at`,
+    /// transiently: nothing was written. (A writer holds the lock for a read, a small write and an fsync:
+    /// milliseconds; the caller gives up early enough to say "not applied" rather than "unknown".)
+    ///
+    /// While it waits, `lost` is asked now and then whether the caller's compare-and-swap is already lost
+    /// (the record changed under the writer that holds the lock); if so, the wait ends with that error.
+    pub fn lock(
+        &self,
+        give_up_at: Instant,
+        mut lost: impl FnMut() -> Option<StoreError>,
+    ) -> Result<LockedDir<'_>, StoreError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let handle = self.open(true)?.expect("created if missing");
+            let mut fd = handle.fd;
+            loop {
+                match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) => {
+                        let locked = LockedDir { path: &self.path, lock };
+                        if locked.is_at_path()? {
+                            return Ok(locked);
+                        }
+                        break;
+                    }
+                    Err((returned, Errno::EWOULDBLOCK)) => {
+                        if let Some(lost) = lost() {
+                            return Err(lost);
+                        }
+                        if Instant::now() >= give_up_at {
+                            return Err(StoreError::Transient(format!(
+                                "lock directory {} is still locked by another writer after {:?}",
+                                self.path.display(),
+                                started.elapsed()
+                            )));
+                        }
+                        fd = returned;
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(10));
+                    }
+                    Err((returned, Errno::EINTR)) => fd = returned,
+                    Err((_, errno)) => return Err(self.failure("lock", &self.path, errno)),
+                }
+            }
+            if Instant::now() >= give_up_at {
+                return Err(StoreError::Transient(format!(
+                    "lock directory {} kept being replaced while mpsync locked it",
+                    self.path.display()
+                )));
+            }
+        }
+    }
+
+    /// Check once that the directory is usable at all: writable (a read-only file system, say), and on a
+    /// file system whose directories can be flocked (not NFS).
+    pub fn check_usable(&self) -> Result<(), Error> {
+        let fatal = |err: StoreError| match err {
+            StoreError::Fatal(err) => err,
+            other => Error::File(other.to_string()),
+        };
+        let handle = self.open(true).map_err(fatal)?.expect("created if missing");
+        handle.probe_write().map_err(fatal)?;
+        match Flock::lock(handle.fd, FlockArg::LockSharedNonblock) {
+            Ok(_) | Err((_, Errno::EWOULDBLOCK | Errno::EINTR)) => Ok(()),
+            Err((_, errno)) => Err(Error::File(format!(
+                "cannot lock directory {}: {errno}; use a lock directory on a local file system (--lock-dir)",
+                self.path.display()
+            ))),
+        }
+    }
+
+    fn refuse(&self, why: &str) -> StoreError {
+        StoreError::Fatal(Error::File(format!(
+            "refusing lock directory {}: it {why}; pass --lock-dir with a directory of your own",
+            self.path.display()
+        )))
+    }
+
+    fn failure(&self, action: &str, path: &Path, errno: Errno) -> StoreError {
+        self.io_failure(action, path, &io::Error::from(errno))
+    }
+
+    /// A failure to open or create the directory itself (or its parents).
+    fn io_failure(&self, action: &str, path: &Path, err: &io::Error) -> StoreError {
+        if matches!(err.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
+            return StoreError::Transient(format!("cannot {action} {}: {err}", path.display()));
+        }
+        StoreError::Fatal(Error::File(format!(
+            "cannot {action} lock directory {}: {err}; pass --lock-dir with a directory you can write",
+            path.display()
+        )))
+    }
+}
+
+impl DirHandle<'_> {
+    /// Owned by the effective uid and closed to everyone else, as tmux and ssh-agent require of theirs.
+    fn check(&self) -> Result<(), StoreError> {
+        let stat = fstat(&self.fd).map_err(|errno| io_failure("inspect", self.path, &io::Error::from(errno)))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        let mode = stat.st_mode & 0o7777;
+        let problem = if stat.st_uid != euid {
+            format!(
+                "is owned by uid {}, not by this user (uid {euid}): another user may have made it to tamper with \
+                 leases, and mpsync refuses it",
+                stat.st_uid
+            )
+        } else if mode & 0o077 != 0 {
+            format!("is open to other users (mode {mode:04o}): mpsync refuses it; `chmod 700` it")
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::Fatal(Error::File(format!(
+            "lock directory {} {problem}, or pass --lock-dir with a directory of your own",
+            self.path.display()
+        ))))
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The identity of `name` without following it; `None` if there is none.
+    pub fn identity(&self, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        identity_at(self.fd(), self.path, name)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.path
+    }
+
+    /// Prove that files can be created here, without leaving one behind even after a crash (an
+    /// `O_TMPFILE` has no name), or with a fresh name (`O_EXCL|O_NOFOLLOW`) where that is not supported.
+    fn probe_write(&self) -> Result<(), StoreError> {
+        let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+        match openat(&self.fd, ".", flags, Mode::from_bits_truncate(0o600)) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
+            Err(errno) => return Err(write_failure(self.path, errno)),
+        }
+        let name = format!(".probe.{}.{:016x}", std::process::id(), crate::retry::random_u64());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(&self.fd, name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Ok(_) => {
+                let _ = unlinkat(&self.fd, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                Ok(())
+            }
+            Err(errno) => Err(write_failure(self.path, errno)),
+        }
+    }
+}
+
+impl<'a> LockedDir<'a> {
+    /// Whether the locked directory is still the one at the path (not removed, not renamed away).
+    fn is_at_path(&self) -> Result<bool, StoreError> {
+        let locked = fstat(&*self.lock).map_err(|errno| io_failure("inspect", self.path, &io::Error::from(errno)))?;
+        match nix::sys::stat::lstat(self.path) {
+            Ok(at_path) => Ok(identity(&at_path) == identity(&locked)),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(errno) => Err(io_failure("inspect", self.path, &io::Error::from(errno))),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.lock.as_fd()
+    }
+
+    pub fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    /// The identity of `name` without following it; `None` if there is none.
+    pub fn identity(&self, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        identity_at(self.fd(), self.path, name)
+    }
+
+    /// Put `bytes` in place as `record`, and the same file as `last`: written to `temp` (created afresh,
+    /// never through a link), fsynced, linked as `last_temp`, then renamed over `last` and `record`, so a
+    /// reader never sees half a record and `last` is never older than `record`. The directory is fsynced
+    /// last: a failure there changes nothing about the outcome.
+    pub fn install(
+        &self,
+        bytes: &[u8],
+        record: &str,
+        last: &str,
+        temp: &str,
+        last_temp: &str,
+    ) -> Result<(), StoreError> {
+        let result = self.install_now(bytes, record, last, temp, last_temp);
+        if result.is_err() {
+            self.remove(temp);
+            self.remove(last_temp);
+        }
+        result?;
+        if let Err(errno) = nix::unistd::fsync(self.fd()) {
+            tracing::debug!(lock_dir = %self.path.display(), error = %errno, "cannot fsync the lock directory");
+        }
+        Ok(())
+    }
+
+    fn install_now(
+        &self,
+        bytes: &[u8],
+        record: &str,
+        last: &str,
+        temp: &str,
+        last_temp: &str,
+    ) -> Result<(), StoreError> {
+        // Left behind by a writer that crashed (only writers under this lock create them).
+        self.remove(temp);
+        self.remove(last_temp);
+        self.write_new(temp, bytes)?;
+        match linkat(self.fd(), temp, self.fd(), last_temp, AtFlags::empty()) {
+            Ok(()) => {}
+            // A file system without hard links: a second copy.
+            Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EMLINK) => self.write_new(last_temp, bytes)?,
+            Err(errno) => return Err(self.failure("write", last_temp, errno)),
+        }
+        renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| self.failure("replace", last, errno))?;
+        renameat(self.fd(), temp, self.fd(), record).map_err(|errno| self.failure("replace", record, errno))
+    }
+
+    /// Create `name` (it must not exist, and is never followed), write `bytes` and fsync it.
+    fn write_new(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(self.fd(), name, flags, Mode::from_bits_truncate(0o600)).map_err(|errno| match errno {
+            // Made again since it was removed above, by something other than mpsync: nothing was written.
+            Errno::EEXIST => {
+                StoreError::Transient(format!("{} appeared while mpsync wrote it", self.path.join(name).display()))
+            }
+            errno => self.failure("create", name, errno),
+        })?;
+        let mut file = std::fs::File::from(fd);
+        let written = io::Write::write_all(&mut file, bytes)
+            .and_then(|()| fchmod(&file, Mode::from_bits_truncate(RECORD_MODE)).map_err(io::Error::from))
+            .and_then(|()| file.sync_all());
+        written.map_err(|err| io_failure("write", &self.path.join(name), &err))
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = unlinkat(self.fd(), name, UnlinkatFlags::NoRemoveDir);
+    }
+
+    fn failure(&self, action: &str, name: &str, errno: Errno) -> StoreError {
+        io_failure(action, &self.path.join(name), &io::Error::from(errno))
+    }
+}
+
+/// What a look at a file shows without opening it: enough to tell that it was replaced or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    identity: (u64, u64),
+    size: i64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+/// A look at `name` (never followed); `None` if there is none, or it cannot be seen.
+pub fn glance(dir: BorrowedFd<'_>, name: &str) -> Option<Glance> {
+    let stat = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    Some(Glance {
+        identity: identity(&stat),
+        size: stat.st_size,
+        modified: (stat.st_mtime, stat.st_mtime_nsec),
+        changed: (stat.st_ctime, stat.st_ctime_nsec),
+    })
+}
+
+fn identity(stat: &FileStat) -> (u64, u64) {
+    (stat.st_dev, stat.st_ino)
+}
+
+fn identity_at(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(identity(&stat))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(io_failure("inspect", &dir_path.join(name), &io::Error::from(errno))),
+    }
+}
+
+/// Open `name` in `dir` without following a link and without blocking (a FIFO opens at once), and read
+/// it if it is a regular file of a sensible size.
+pub fn read_at(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &str,
+) -> Result<Option<Result<Contents, Unreadable>>, StoreError> {
+    let path = || dir_path.join(name);
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Ok(Some(Err(Unreadable::NotRegular("a symbolic link")))),
+        Err(errno) => return Err(io_failure("read", &path(), &io::Error::from(errno))),
+    };
+    let stat = fstat(&fd).map_err(|errno| io_failure("read", &path(), &io::Error::from(errno)))?;
+    let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
+    if kind != SFlag::S_IFREG {
+        let kind = match kind {
+            SFlag::S_IFIFO => "a FIFO",
+            SFlag::S_IFDIR => "a directory",
+            SFlag::S_IFSOCK => "a socket",
+            SFlag::S_IFCHR | SFlag::S_IFBLK => "a device",
+            _ => "not a regular file",
+        };
+        return Ok(Some(Err(Unreadable::NotRegular(kind))));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > MAX_RECORD {
+        return Ok(Some(Err(Unreadable::TooLarge(size))));
+    }
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    let file = std::fs::File::from(fd);
+    io::Read::read_to_end(&mut io::Read::take(&file, MAX_RECORD + 1), &mut bytes)
+        .map_err(|err| io_failure("read", &path(), &err))?;
+    if bytes.len() as u64 > MAX_RECORD {
+        return Ok(Some(Err(Unreadable::TooLarge(bytes.len() as u64))));
+    }
+    Ok(Some(Ok(Contents { bytes, identity: identity(&stat) })))
+}
+
+fn write_failure(path: &Path, errno: Errno) -> StoreError {
+    StoreError::Fatal(Error::File(format!(
+        "cannot write lock directory {}: {}; pass --lock-dir with a directory you can write",
+        path.display(),
+        io::Error::from(errno)
+    )))
+}
+
+/// An I/O failure, classified: interrupted or would-block is worth retrying; anything else (permission,
+/// read-only file system, no space) will not fix itself.
+pub fn io_failure(action: &str, path: &Path, err: &io::Error) -> StoreError {
+    if matches!(err.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
+        return StoreError::Transient(format!("cannot {action} {}: {err}", path.display()));
+    }
+    if err.kind() == io::ErrorKind::NotFound {
+        // The directory was removed under this call (files in a removed directory cannot be created):
+        // the next call works in the directory at the path, created again.
+        return StoreError::Transient(format!(
+            "cannot {action} {}: {err}: the lock directory was removed meanwhile",
+            path.display()
+        ));
+    }
+    let hint = match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "; pass --lock-dir with a directory you can write, or fix its permissions"
+        }
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "; free some space on its file system",
+        _ => "",
+    };
+    StoreError::Fatal(Error::File(format!("cannot {action} {}: {err}{hint}", path.display())))
+}
+
+/// `/proc/self/fd/N` for `fd`: the exact directory this handle holds, for calls that take a path (inotify).
+pub fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}

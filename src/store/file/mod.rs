@@ -1,0 +1,577 @@
+//! The file backend (`--backend file`): lease records in files under a lock directory, with the same
+//! semantics as Kubernetes Leases, across processes on one host.
+//!
+//! On disk, for a lease NAME (a name over 200 characters is shortened with a hash: see [`names`]):
+//!
+//! - `NAME.json`: the Lease exactly as Kubernetes serializes it (`apiVersion`, `kind`, `metadata` with
+//!   `resourceVersion`, `spec`), so `strategy`, `preferredHolder`, labels and annotations survive.
+//!   It is only ever replaced by `rename(2)` of a fully written, fsynced file, so a reader never sees
+//!   half a record and needs no lock.
+//! - `.NAME.last`: the same file (a hard link), kept when `NAME.json` is deleted. A deleted record does
+//!   not reset the lease: `resourceVersion` keeps growing (a compare-and-swap never succeeds on a version
+//!   seen before), and the next create puts the last record back instead, so that its holder is waited
+//!   out and fencing tokens never repeat.
+//! - `.NAME.tmp`, `.NAME.last.tmp`: a write in progress (left behind only by a crash; the next write of
+//!   the lease removes them).
+//!
+//! Every read-compare-write holds an exclusive `flock` on the directory (see [`dir`]), which makes create
+//! and replace compare-and-swaps across processes. `resourceVersion` is a per-lease integer that grows on
+//! every write. A record that cannot be read (not JSON, not a Lease, a FIFO, a symlink, huge) is never
+//! overwritten: the lease counts as held and waiters wait, saying why once.
+
+mod dir;
+mod inotify;
+mod names;
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use self::dir::{Glance, LockDir, LockedDir};
+use self::names::LeaseFiles;
+use super::{StoreError, Watch, WatchUpdate};
+use crate::error::Error;
+use crate::lease::{Versioned, Write};
+
+/// A call to the file system that takes longer than this has failed (a write: with an unknown outcome).
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The watch never polls faster than this, whatever `retry_period` says.
+const MIN_POLL: Duration = Duration::from_millis(10);
+
+/// How often a watch without inotify (the user's instances used up, say) looks at the record: fast enough
+/// that a handoff to such a waiter takes a moment, not a retry period; a look (one fstatat) is cheap, and
+/// the record is read only when it changed.
+const FALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// Cheap to clone: every call runs its file I/O on tokio's blocking pool, bounded by `call_timeout`, so a
+/// stuck disk never freezes the run loop (its timers, signals and the child's exit).
+#[derive(Clone)]
+pub struct FileStore {
+    dir: LockDir,
+    namespace: String,
+    call_timeout: Duration,
+}
+
+impl FileStore {
+    /// Open (creating it 0700 if needed) the lock directory. One that is not this user's alone, or that
+    /// cannot be written or locked, is an error that names it.
+    pub fn open(dir: PathBuf, namespace: String) -> Result<FileStore, Error> {
+        let dir = LockDir::new(dir);
+        dir.check_usable()?;
+        Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT })
+    }
+
+    /// Bound every call by `call_timeout` (a write that takes longer has an unknown outcome).
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> FileStore {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
+    /// outcome unknown (a write) or only failed (a read). `work` gets the moment to stop waiting for the
+    /// directory's lock: three quarters into the call timeout, so that a busy lock is a plain failure
+    /// ("not applied"), and only a write stuck in the file system itself has an unknown outcome.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: String,
+        write: bool,
+        work: impl FnOnce(FileStore, Instant) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        let lock_by = Instant::now() + self.call_timeout * 3 / 4;
+        match tokio::time::timeout(self.call_timeout, tokio::task::spawn_blocking(move || work(store, lock_by))).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StoreError::Fatal(Error::Internal(format!("{what}: {join}")))),
+            Err(_) if write => Err(StoreError::Unknown(format!(
+                "{what}: no answer from the file system within {:?}",
+                self.call_timeout
+            ))),
+            Err(_) => Err(StoreError::Transient(format!(
+                "{what}: no answer from the file system within {:?}",
+                self.call_timeout
+            ))),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Versioned>, StoreError> {
+        let files = LeaseFiles::new(name)?;
+        self.blocking(format!("read lease {name}"), false, move |store, _| {
+            let Some(dir) = store.dir.open(false)? else {
+                return Ok(None);
+            };
+            Ok(read_record(dir.fd(), dir.path(), &files, Which::Record)?.map(|stored| stored.versioned))
+        })
+        .await
+    }
+
+    /// Create or compare-and-swap replace, as the write says, with the labels and annotations it carries.
+    pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
+        let (name, write) = (name.to_string(), write.clone());
+        self.blocking(format!("write lease {name}"), true, move |store, lock_by| match write.resource_version() {
+            None => store.create_now(&name, &write.record, &write.metadata, lock_by),
+            Some(resource_version) => {
+                store.replace_now(&name, resource_version, &write.record, &write.metadata, lock_by)
+            }
+        })
+        .await
+    }
+
+    /// Create a record with no labels or annotations (tests, and writers other than the elector).
+    pub async fn create(&self, name: &str, record: &LeaseSpec) -> Result<Versioned, StoreError> {
+        let write = Write { metadata: ObjectMeta::default(), record: record.clone() };
+        self.write(name, &write).await
+    }
+
+    /// Replace the record at `resource_version`, keeping its labels and annotations.
+    pub async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+    ) -> Result<Versioned, StoreError> {
+        let (name, resource_version, record) = (name.to_string(), resource_version.to_string(), record.clone());
+        self.blocking(format!("write lease {name}"), true, move |store, lock_by| {
+            store.replace_with(&name, &resource_version, &record, lock_by, |_| {})
+        })
+        .await
+    }
+
+    /// Create the record, if there is none. If the record was deleted (its last one is kept), a create
+    /// that does not carry a larger fencing token than the last record puts that record back instead,
+    /// and conflicts: the writer reads it, waits out its holder if it has one, and continues its tokens.
+    fn create_now(
+        &self,
+        name: &str,
+        record: &LeaseSpec,
+        metadata: &ObjectMeta,
+        lock_by: Instant,
+    ) -> Result<Versioned, StoreError> {
+        let files = LeaseFiles::new(name)?;
+        validate(name, record)?;
+        let exists = || StoreError::Conflict(format!("lease {name} already exists"));
+        let mut lost = self.lost_while_waiting(&files, None);
+        let dir = self.dir.lock(lock_by, || lost().then(exists))?;
+        if read_record(dir.fd(), dir.path(), &files, Which::Record)?.is_some() {
+            return Err(StoreError::Conflict(format!("lease {name} already exists")));
+        }
+        let last = read_record(dir.fd(), dir.path(), &files, Which::Last)?;
+        let version = match &last {
+            Some(last) => last.version.checked_add(1).ok_or_else(|| overflow(&dir, &files))?,
+            None => 1,
+        };
+        if let Some(last) = last {
+            let token = last.versioned.record.lease_transitions.unwrap_or(0);
+            if record.lease_transitions.unwrap_or(0) <= token {
+                let mut lease = last.lease;
+                lease.metadata.resource_version = Some(version.to_string());
+                self.write_lease(&dir, &files, &lease)?;
+                let holder = last.versioned.record.holder_identity.unwrap_or_default();
+                warn!(
+                    lease = name,
+                    holder = %holder,
+                    token,
+                    "the lease record was deleted: restored its last record, so that its holder is waited out \
+                     and its fencing tokens continue"
+                );
+                return Err(StoreError::Conflict(format!(
+                    "lease {name} was deleted; its last record (token {token}) is back in place"
+                )));
+            }
+        }
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.namespace.clone()),
+                resource_version: Some(version.to_string()),
+                creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+                labels: metadata.labels.clone(),
+                annotations: metadata.annotations.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: Some(record.clone()),
+        };
+        self.write_lease(&dir, &files, &lease)
+    }
+
+    fn replace_now(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+        metadata: &ObjectMeta,
+        lock_by: Instant,
+    ) -> Result<Versioned, StoreError> {
+        self.replace_with(name, resource_version, record, lock_by, |stored| {
+            stored.labels = metadata.labels.clone();
+            stored.annotations = metadata.annotations.clone();
+        })
+    }
+
+    /// The compare-and-swap under the directory's lock; `edit` sets what the write changes in the metadata.
+    fn replace_with(
+        &self,
+        name: &str,
+        resource_version: &str,
+        record: &LeaseSpec,
+        lock_by: Instant,
+        edit: impl FnOnce(&mut ObjectMeta),
+    ) -> Result<Versioned, StoreError> {
+        let files = LeaseFiles::new(name)?;
+        validate(name, record)?;
+        let changed =
+            || StoreError::Conflict(format!("lease {name} changed: its resourceVersion is not {resource_version}"));
+        let mut lost = self.lost_while_waiting(&files, Some(resource_version));
+        let dir = self.dir.lock(lock_by, || lost().then(changed))?;
+        let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? else {
+            return Err(StoreError::Conflict(format!("lease {name} does not exist")));
+        };
+        if stored.versioned.resource_version != resource_version {
+            return Err(StoreError::Conflict(format!(
+                "lease {name} changed: its resourceVersion is {}, not {resource_version}",
+                stored.versioned.resource_version
+            )));
+        }
+        // `.NAME.last` is normally this very file; after a crash between its two renames it is one write
+        // ahead, and versions continue from there.
+        let last_version = match dir.identity(&files.last)? {
+            Some(identity) if identity == stored.identity => stored.version,
+            Some(_) => read_record(dir.fd(), dir.path(), &files, Which::Last)
+                .ok()
+                .flatten()
+                .map_or(stored.version, |last| last.version),
+            None => stored.version,
+        };
+        let next = stored.version.max(last_version).checked_add(1).ok_or_else(|| overflow(&dir, &files))?;
+        // Metadata (labels, annotations, creationTimestamp) is kept; the spec is the caller's, whole,
+        // as a Kubernetes replace does.
+        let mut lease = stored.lease;
+        edit(&mut lease.metadata);
+        lease.metadata.resource_version = Some(next.to_string());
+        lease.spec = Some(record.clone());
+        self.write_lease(&dir, &files, &lease)
+    }
+
+    /// For a writer waiting for the directory's lock: whether its compare-and-swap is lost already, a
+    /// create (`expected` None) by a record that appeared, a replace by another version. Read without the
+    /// lock, that is true at the moment of the read, which is all a conflict says. When a released lease
+    /// wakes a crowd of waiters, all but the first learn it while the first writes, instead of queueing
+    /// for the lock behind each other (and in front of the next release). The record is read once; after
+    /// that, a new file at its name (every write makes one) is the change.
+    fn lost_while_waiting<'a>(&'a self, files: &'a LeaseFiles, expected: Option<&'a str>) -> impl FnMut() -> bool + 'a {
+        let mut dir = None;
+        let mut seen: Option<Option<(u64, u64)>> = None;
+        move || {
+            if dir.is_none() {
+                dir = self.dir.open(false).ok().flatten();
+            }
+            let Some(dir) = &dir else { return false };
+            match seen {
+                Some(before) => dir.identity(&files.record).is_ok_and(|now| now != before),
+                None => match read_record(dir.fd(), dir.path(), files, Which::Record) {
+                    Ok(Some(stored))
+                        if expected.is_none_or(|expected| stored.versioned.resource_version != expected) =>
+                    {
+                        true
+                    }
+                    // A replace of a record that is not there.
+                    Ok(None) if expected.is_some() => true,
+                    Ok(stored) => {
+                        seen = Some(stored.map(|stored| stored.identity));
+                        false
+                    }
+                    // Unreadable: the locked path decides, and says why.
+                    Err(_) => false,
+                },
+            }
+        }
+    }
+
+    /// Watch one lease: the current record at once, then every change, driven by inotify on the lock
+    /// directory and re-read every `retry_period` as a safety net (every 100 ms while inotify is not
+    /// available). Must be called inside the tokio runtime.
+    pub fn watch(&self, name: &str, retry_period: Duration) -> Watch {
+        let (updates_tx, updates_rx) = mpsc::channel(16);
+        let files = match LeaseFiles::new(name) {
+            Ok(files) => files,
+            Err(err) => {
+                // The CLI validates names, and get/create report this as an error; the watch just ends.
+                warn!(lease = name, error = %err, "cannot watch this lease");
+                return Watch::new(updates_rx, tokio::spawn(async move { drop(updates_tx) }));
+            }
+        };
+        let poll_every = retry_period.max(MIN_POLL);
+        let task = tokio::spawn(forward_changes(self.dir.clone(), files, poll_every, true, updates_tx));
+        Watch::new(updates_rx, task)
+    }
+
+    /// Write `lease` atomically (see `LockedDir::install`) and return it as a later `get` will read it
+    /// (times at microsecond precision, as the API server returns them). The caller holds the lock.
+    fn write_lease(&self, dir: &LockedDir<'_>, files: &LeaseFiles, lease: &Lease) -> Result<Versioned, StoreError> {
+        let mut bytes = serde_json::to_vec(lease)
+            .map_err(|err| StoreError::Fatal(Error::File(format!("cannot serialize lease {}: {err}", files.name))))?;
+        bytes.push(b'\n');
+        let (_, _, written) = parse_lease(&files.name, &bytes).map_err(|why| {
+            StoreError::Fatal(Error::Internal(format!("lease {} would be written unreadable: {why}", files.name)))
+        })?;
+        dir.install(&bytes, &files.record, &files.last, &files.temp, &files.last_temp)?;
+        Ok(written)
+    }
+}
+
+/// Which of a lease's record files to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Record,
+    Last,
+}
+
+/// A record as read from its file.
+struct Stored {
+    lease: Lease,
+    version: u64,
+    versioned: Versioned,
+    /// The file's (device, inode).
+    identity: (u64, u64),
+}
+
+/// Read a record file of the lease; `None` if there is none. One that cannot be read as a Lease of this
+/// name is a transient error: the lease counts as held (nobody can write it) until it is repaired.
+fn read_record(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    files: &LeaseFiles,
+    which: Which,
+) -> Result<Option<Stored>, StoreError> {
+    let file = match which {
+        Which::Record => &files.record,
+        Which::Last => &files.last,
+    };
+    let unreadable = |why: String| {
+        let path = dir_path.join(file);
+        StoreError::Transient(match which {
+            Which::Record => format!(
+                "lease record {} {why}: the lease counts as held until it is a valid Lease again \
+                 (mpsync never overwrites a record it cannot read)",
+                path.display()
+            ),
+            Which::Last => format!(
+                "{} (the last record of lease {}, kept so that deleting {} resets neither its holder nor its \
+                 fencing tokens) {why}: the lease counts as held until it is a valid Lease again",
+                path.display(),
+                files.name,
+                files.record
+            ),
+        })
+    };
+    let contents = match dir::read_at(dir, dir_path, file)? {
+        None => return Ok(None),
+        Some(Err(unreadable_file)) => return Err(unreadable(unreadable_file.to_string())),
+        Some(Ok(contents)) => contents,
+    };
+    let (lease, version, versioned) = parse_lease(&files.name, &contents.bytes).map_err(unreadable)?;
+    Ok(Some(Stored { lease, version, versioned, identity: contents.identity }))
+}
+
+/// Parse a record of the lease `name`: the Lease, its resourceVersion as a number, and what the store
+/// returns; or why it is not one.
+fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), String> {
+    let lease: Lease = serde_json::from_slice(bytes).map_err(|err| format!("is not a valid Lease ({err})"))?;
+    if let Some(other) = lease.metadata.name.as_deref().filter(|other| *other != name) {
+        return Err(format!("holds lease {other:?}, not {name:?}"));
+    }
+    let Some(resource_version) = lease.metadata.resource_version.clone() else {
+        return Err("has no metadata.resourceVersion".to_string());
+    };
+    let version: u64 = resource_version
+        .parse()
+        .map_err(|_| format!("has metadata.resourceVersion {resource_version:?}, not a whole number"))?;
+    let record = lease.spec.clone().unwrap_or_default();
+    let versioned = Versioned { resource_version, record, metadata: lease.metadata.clone() };
+    Ok((lease, version, versioned))
+}
+
+fn overflow(dir: &LockedDir<'_>, files: &LeaseFiles) -> StoreError {
+    StoreError::Transient(format!(
+        "lease record {}: its resourceVersion cannot grow any more",
+        dir.path().join(&files.record).display()
+    ))
+}
+
+/// The API server's validation of a Lease spec (the state machine never writes these; a guard anyway).
+fn validate(name: &str, record: &LeaseSpec) -> Result<(), StoreError> {
+    if let Some(seconds) = record.lease_duration_seconds
+        && seconds <= 0
+    {
+        return Err(StoreError::Fatal(Error::File(format!(
+            "invalid lease {name}: leaseDurationSeconds must be greater than 0, not {seconds}"
+        ))));
+    }
+    if let Some(transitions) = record.lease_transitions
+        && transitions < 0
+    {
+        return Err(StoreError::Fatal(Error::File(format!(
+            "invalid lease {name}: leaseTransitions must not be negative, not {transitions}"
+        ))));
+    }
+    Ok(())
+}
+
+/// What the watch saw: the record, or its absence as of the last record kept (empty if none is kept). An
+/// elector that knows that very version reads again to decide, so an absence seen in the middle of a
+/// write that puts the record back is never taken for a deletion of what that write put back.
+///
+/// With `unless` (a poll without inotify), the record is read only if it no longer looks as it did then:
+/// `Ok(None)` says it does. Every write renames a new file into place, so a look is enough, and costs a
+/// fraction of a read.
+fn observe(
+    dir: &LockDir,
+    files: &LeaseFiles,
+    subscribe: bool,
+    unless: Option<Option<Glance>>,
+) -> (Result<Option<WatchUpdate>, StoreError>, Option<Glance>, Option<Subscribed>) {
+    let handle = match dir.open(false) {
+        Ok(Some(handle)) => handle,
+        Ok(None) => {
+            let subscribed = subscribe.then(|| Subscribed::DirectoryMissing);
+            return (Ok(Some(WatchUpdate::Absent { resource_version: String::new() })), None, subscribed);
+        }
+        Err(err) => return (Err(err), None, None),
+    };
+    // Subscribed before the read: no change between the two can be missed.
+    let subscribed = subscribe.then(|| match inotify::subscribe(handle.fd(), handle.path(), &files.record) {
+        Ok(subscription) => Subscribed::Yes(subscription),
+        Err(err) => Subscribed::Failed(err),
+    });
+    let look = dir::glance(handle.fd(), &files.record);
+    if unless == Some(look) && !matches!(subscribed, Some(Subscribed::Yes(_))) {
+        return (Ok(None), look, subscribed);
+    }
+    let current = read_record(handle.fd(), handle.path(), files, Which::Record).map(|stored| match stored {
+        Some(stored) => WatchUpdate::Present(stored.versioned),
+        None => {
+            let last = read_record(handle.fd(), handle.path(), files, Which::Last).ok().flatten();
+            WatchUpdate::Absent {
+                resource_version: last.map(|last| last.versioned.resource_version).unwrap_or_default(),
+            }
+        }
+    });
+    (current.map(Some), look, subscribed)
+}
+
+/// What became of an attempt to subscribe to inotify events.
+enum Subscribed {
+    Yes(inotify::Subscription),
+    DirectoryMissing,
+    Failed(std::io::Error),
+}
+
+/// The watch's task: reads the record at once, then whenever inotify says it may have changed or
+/// `poll_every` passes (`FALLBACK_POLL` without inotify), and sends it when it differs from what was
+/// last sent. Without inotify (`use_inotify`, or none to be had), it subscribes again at every read.
+async fn forward_changes(
+    dir: LockDir,
+    files: LeaseFiles,
+    poll_every: Duration,
+    use_inotify: bool,
+    updates: mpsc::Sender<WatchUpdate>,
+) {
+    let files = Arc::new(files);
+    let mut subscription: Option<inotify::Subscription> = None;
+    let mut last_sent: Option<WatchUpdate> = None;
+    let mut last_error: Option<String> = None;
+    let mut fallback_reported = false;
+    // Without inotify: how the record looked at the last read, and when the last full read was (one
+    // every `poll_every` whatever the looks say).
+    let mut looked: Option<Option<Glance>> = None;
+    let mut read_fully_at = tokio::time::Instant::now();
+    loop {
+        let subscribe = use_inotify && subscription.is_none();
+        let unless = looked.filter(|_| subscription.is_none() && read_fully_at.elapsed() < poll_every);
+        let (reading_dir, reading_files) = (dir.clone(), Arc::clone(&files));
+        let (read, look, subscribed) =
+            tokio::task::spawn_blocking(move || observe(&reading_dir, &reading_files, subscribe, unless))
+                .await
+                .unwrap_or_else(|join| (Err(StoreError::Transient(join.to_string())), None, None));
+        looked = Some(look);
+        match subscribed {
+            Some(Subscribed::Yes(new)) => {
+                if fallback_reported {
+                    info!(lease = %files.name, "watching the lock directory for changes again");
+                    fallback_reported = false;
+                }
+                subscription = Some(new);
+            }
+            Some(Subscribed::Failed(err)) if !fallback_reported => {
+                fallback_reported = true;
+                let limit = err.raw_os_error() == Some(nix::errno::Errno::EMFILE as i32)
+                    || err.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32);
+                let why = if limit { "; the user's inotify instances or watches are used up" } else { "" };
+                info!(
+                    lease = %files.name,
+                    lock_dir = %dir.path().display(),
+                    error = %err,
+                    "cannot watch the lock directory for changes{why}; reading the record every {:?} instead",
+                    poll_every.min(FALLBACK_POLL)
+                );
+            }
+            _ => {}
+        }
+        match read {
+            Ok(None) => {}
+            Ok(Some(current)) => {
+                read_fully_at = tokio::time::Instant::now();
+                last_error = None;
+                if last_sent.as_ref() != Some(&current) {
+                    if updates.send(current.clone()).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some(current);
+                }
+            }
+            Err(err) => {
+                // get/replace report this to the run loop; here it is worth one line per new error.
+                let message = err.to_string();
+                if last_error.as_deref() != Some(message.as_str()) {
+                    warn!(lease = %files.name, error = %message, "cannot read the lease record; retrying");
+                    last_error = Some(message);
+                }
+            }
+        }
+        let period = if subscription.is_some() { poll_every } else { poll_every.min(FALLBACK_POLL) };
+        match subscription.as_mut() {
+            Some(watching) => {
+                tokio::select! {
+                    woke = watching.wakeups.recv() => {
+                        if woke.is_none() {
+                            // The directory was removed or moved: read, and watch the one at the path.
+                            debug!(lease = %files.name, "the watched lock directory went away; watching again");
+                            subscription = None;
+                        }
+                    }
+                    () = tokio::time::sleep(period) => {}
+                    () = updates.closed() => return,
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    () = updates.closed() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The guard: a tiny process that outlives mpsync to kill the child's whole group when mpsync dies, even by
+//! SIGKILL (a parent-death signal reaches only the direct child).
+//!
+//! It holds the read end of a pipe whose only write ends are mpsync's and, until exec, a just-forked
+//! child's: end-of-file means mpsync is gone. Messages are 12 bytes, a native-endian i32 and i64: a
+//! positive i32 arms it with that process group; 0 disarms it (and forgets any deadline); -1 sets a
+//! deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none).
+//!
+//! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
+//! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
+//! left of the lease). mpsync stops the child itself long before; the guard's SIGKILL matters only when
+//! mpsync cannot act: frozen by `kill -STOP`, stuck, or stopped by job control past the lease. Then the
+//! child is killed before anyone else can take the lease over.
+//!
+//! What it survives, and what it cannot:
+//! - It ignores every signal but SIGKILL and SIGSTOP, and runs in a process group of its own, so Ctrl-C, a
+//!   hangup, or a signal to mpsync's group do not reach it.
+//! - It is called `mpsync-guard` (its comm, what `ps`, `top`, `killall` and `pkill` match by default), so
+//!   `killall -9 mpsync` and `pkill -x mpsync` leave it, and it does its work. `pkill mpsync` matches it as a
+//!   substring, and `pkill -f` matches the command line it shares with mpsync.
+//! - When it dies while mpsync lives, mpsync starts a new one at once and arms it (see `Supervisor::reap`).
+//! - When both die at once (`kill -9 MPSYNC GUARD`, `pkill -9 mpsync`), nothing is left to kill the group:
+//!   the main child still dies (its parent-death signal is SIGKILL), but the rest of its group, and any
+//!   process that left the group, run on. That is the limit of a same-user process; a PID namespace or a
+//!   cgroup of its own would be the next step.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
+use tracing::warn;
+
+/// The guard's process name (comm): at most 15 bytes.
+pub const GUARD_NAME: &std::ffi::CStr = c"mpsync-guard";
+
+pub(crate) struct Guard {
+    pub pid: Pid,
+    /// The write end (close-on-exec, so commands never hold it).
+    pub pipe: OwnedFd,
+}
+
+impl Guard {
+    /// Fork a new guard, disarmed. Sound even when other threads exist: the forked process makes only
+    /// async-signal-safe calls.
+    pub fn spawn() -> io::Result<Guard> {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+        // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
+        // before it has ignored everything.
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut previous))?;
+        // SAFETY: the child runs only `guard_main`, which makes async-signal-safe calls and never returns,
+        // so it is sound even when other threads exist.
+        let forked = unsafe { fork() };
+        if let Ok(ForkResult::Child) = forked {
+            // SAFETY: we are the freshly forked guard; `read` is the pipe's read end.
+            unsafe { guard_main(read.as_raw_fd()) }
+        }
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+        match forked? {
+            ForkResult::Parent { child } => Ok(Guard { pid: child, pipe: write }),
+            ForkResult::Child => unreachable!("the guard never returns"),
+        }
+    }
+
+    /// Arm the guard with process group `pgid`, or disarm it with 0.
+    pub fn tell(&self, message: i32) {
+        self.send(message, 0);
+    }
+
+    /// Kill the armed group at `deadline_nanos` (CLOCK_MONOTONIC), unless told otherwise before; 0 for none.
+    pub fn deadline(&self, deadline_nanos: i64) {
+        self.send(-1, deadline_nanos);
+    }
+
+    fn send(&self, command: i32, argument: i64) {
+        if let Err(error) = nix::unistd::write(&self.pipe, &message(command, argument)) {
+            warn!(%error, "cannot reach the guard process");
+        }
+    }
+}
+
+/// One message to the guard (see the module docs).
+pub(crate) fn message(command: i32, argument: i64) -> [u8; MESSAGE] {
+    let mut bytes = [0u8; MESSAGE];
+    bytes[..4].copy_from_slice(&command.to_ne_bytes());
+    bytes[4..].copy_from_slice(&argument.to_ne_bytes());
+    bytes
+}
+
+/// The size of a message: under PIPE_BUF, so every write of one is atomic.
+pub(crate) const MESSAGE: usize = 12;
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads on Linux, shared by every
+/// process of the machine.
+pub(crate) fn monotonic_nanos() -> i64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec.saturating_mul(1_000_000_000).saturating_add(now.tv_nsec)
+}
+
+/// `at` on CLOCK_MONOTONIC, in nanoseconds.
+pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
+    let (now, mono) = (std::time::Instant::now(), monotonic_nanos());
+    let ahead = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match at.checked_duration_since(now) {
+        Some(later) => mono.saturating_add(ahead(later)),
+        None => mono.saturating_sub(ahead(now - at)),
+    }
+}
+
+/// The guard's whole life.
+///
+/// # Safety
+/// Call only in a freshly forked child: it closes every file descriptor but `read_fd` and never returns.
+/// It makes only async-signal-safe calls and does not allocate.
+unsafe fn guard_main(read_fd: RawFd) -> ! {
+    // SAFETY: plain system calls on integers and stack buffers; nothing allocates or takes a lock.
+    unsafe {
+        for signal in 1..=libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Out of mpsync's group: neither Ctrl-C nor a kill of mpsync's group reaches it.
+        libc::setpgid(0, 0);
+        // A name of its own, so that killing mpsync by name leaves the guard to do its work.
+        libc::prctl(libc::PR_SET_NAME, GUARD_NAME.as_ptr() as libc::c_ulong, 0, 0, 0);
+
+        let pipe = libc::fcntl(read_fd, libc::F_DUPFD, 3);
+        if pipe < 0 {
+            libc::_exit(1);
+        }
+        // Not mpsync's stdout or stderr: a reader waiting for their end-of-file must not wait for the guard.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                if fd != null {
+                    libc::dup2(null, fd);
+                }
+            }
+        }
+        close_fds_except(pipe);
+
+        let mut armed: libc::pid_t = 0;
+        let mut deadline: i64 = 0;
+        let mut message = [0u8; MESSAGE];
+        let mut filled = 0;
+        loop {
+            // Wait for the next message, or the deadline.
+            let timeout_ms = if armed > 0 && deadline > 0 {
+                let left = deadline.saturating_sub(monotonic_nanos());
+                if left <= 0 {
+                    // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped).
+                    libc::kill(-armed, libc::SIGKILL);
+                    deadline = 0;
+                    continue;
+                }
+                (left / 1_000_000 + 1).min(i64::from(i32::MAX)) as libc::c_int
+            } else {
+                -1
+            };
+            let mut fds = libc::pollfd { fd: pipe, events: libc::POLLIN, revents: 0 };
+            let ready = libc::poll(&mut fds, 1, timeout_ms);
+            if ready == 0 || (ready < 0 && Errno::last() == Errno::EINTR) {
+                continue;
+            }
+            let n = libc::read(pipe, message.as_mut_ptr().add(filled).cast(), message.len() - filled);
+            if n > 0 {
+                filled += n as usize;
+                if filled == message.len() {
+                    let command = i32::from_ne_bytes([message[0], message[1], message[2], message[3]]);
+                    let mut argument = [0u8; 8];
+                    argument.copy_from_slice(&message[4..]);
+                    match command {
+                        -1 => deadline = i64::from_ne_bytes(argument),
+                        0 => (armed, deadline) = (0, 0),
+                        pgid => armed = pgid.max(0),
+                    }
+                    filled = 0;
+                }
+            } else if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            } else {
+                break;
+            }
+        }
+        if armed > 0 {
+            libc::kill(-armed, libc::SIGKILL);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Close every descriptor from 3 up, except `keep` (which is at least 3).
+///
+/// # Safety
+/// Only in a process that owns no descriptor it will use later (the freshly forked guard).
+unsafe fn close_fds_except(keep: RawFd) {
+    // SAFETY: closing descriptors nobody in this process will use; close_range(2) or close(2) only.
+    unsafe {
+        let close_range = |first: RawFd, last: libc::c_uint| {
+            libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) == 0
+        };
+        let below = keep == 3 || close_range(3, (keep - 1) as libc::c_uint);
+        let above = close_range(keep + 1, libc::c_uint::MAX);
+        if !(below && above) {
+            // Before Linux 5.9: one close per possible descriptor.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                1 << 16
+            };
+            for fd in 3..max {
+                if fd != keep {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1096 @@
+//! The child: spawn, process group, terminal, job control, signals, reaping, stop-with-grace.
+//! This module knows nothing of leases; the run loop makes every decision that needs one.
+//!
+//! # How the run loop uses it
+//!
+//! - [`Supervisor::start`] once, before the tokio runtime is built (the process must still be single-threaded:
+//!   it forks the guard process). The runtime must be a `current_thread` one with time enabled, and `start`,
+//!   `spawn`, `next_notice`, `stop` and `finish` must all run on that (main) thread: see [`Supervisor::spawn`].
+//! - [`Supervisor::next_notice`] is cancel-safe: use it in `select!`, in every phase (waiting for the lease
+//!   too: that is where mpsync's own job-control stop happens). It yields:
+//!   - [`Notice::Signal`]: TERM, INT, HUP, QUIT, USR1, USR2 or WINCH came (and was not inherited as
+//!     ignored). While a child runs, pass it on with [`Supervisor::forward`].
+//!   - [`Notice::ChildExited`], exactly once per child: call [`Supervisor::finish`] (stops what the child
+//!     left, hands the terminal back, disarms the guard) before releasing the lease or spawning again, and
+//!     end with `Exit::from(exit)`: a child that died of SIGINT or SIGQUIT makes mpsync die of it too
+//!     ([`Exit::reraise_signal`]).
+//!   - [`Notice::Resumed`]: mpsync got SIGCONT while it has a child. If the child's job was stopped by job
+//!     control ([`Resume::held_for`]), it is still stopped. Check that the lease is still held (its renew
+//!     deadline has not passed) **before** anything else, then call [`Supervisor::continue_child`] if it
+//!     is, or [`Supervisor::kill_stopped_child`] if it is not (the job is SIGKILLed without ever running
+//!     again). The supervisor never continues a job it stopped on its own.
+//! - [`Supervisor::next_event`] is the same without [`Notice::Resumed`] (it continues the child at once, with
+//!   no lease check): for the run loop as it was before job control, until it moves to `next_notice`.
+//! - To stop a running child (lease lost, or a signal that should end it), call [`Supervisor::stop`]: it returns
+//!   the child's exit itself, and `next_notice` will not report that exit again. Signals that arrive during
+//!   `stop` or `finish` are queued for the following `next_notice` calls. Await `stop`, `finish` and
+//!   `kill_stopped_child` to the end (not inside a `select!` that may drop them).
+//!
+//! # Job control
+//!
+//! As sudo and script(1) do it: on SIGTSTP, SIGTTIN or SIGTTOU to mpsync, or when the child stops on its own
+//! with one of them (Ctrl-Z while it has the terminal, SIGTTIN from the background), the supervisor stops the
+//! child's whole job (its group and every descendant of mpsync), takes the terminal back, then stops mpsync
+//! itself with the same signal, all inside `next_notice` and before the run loop runs again: stopping needs
+//! no lease decision (a stopped child cannot break the lease), so it happens at once, and nothing else
+//! happens in mpsync meanwhile. Resuming does need one, so it is a [`Notice::Resumed`] the run loop answers.
+//! When the child stops for terminal access and mpsync's group has the foreground (after `mpsync ... &`
+//! then `fg`), the terminal is handed to the child and it is continued, as sudo does: mpsync never stopped.
+//! Where mpsync cannot stop (as PID 1, in an orphaned process group, or with the stop signal inherited as
+//! ignored), a stop request is not carried out, as the kernel discards it for an orphaned group. A child
+//! stopped by a plain SIGSTOP (a debugger, `kill -STOP`) is not job control: mpsync keeps running and
+//! renewing, since whoever stopped the child may continue it directly.
+//!
+//! # Reaping
+//!
+//! The main child and the guard are reaped by pid. As PID 1 or subreaper, every other zombie child is
+//! reaped too, except those in mpsync's own process group: those are what mpsync itself runs with
+//! `std::process::Command` (a kubeconfig exec credential plugin, run by kube for a token refresh), and
+//! their waiter must get their status. Orphans adopted from the child's job are not in mpsync's group (the
+//! child starts a group of its own), unless one joins it on purpose: that one stays a zombie until mpsync
+//! exits. The other way, a separate PID-1 reaper process as tini splits it, would need a second process to
+//! forward signals and mirror the exit (the "die of the same signal" rule included).
+//!
+//! # When mpsync dies
+//!
+//! If mpsync dies, even by SIGKILL, the guard process kills the child's whole group; dropping the
+//! `Supervisor` (or exiting) without `stop`/`finish` does the same. See `guard.rs` for what it cannot do.
+
+mod guard;
+mod procfs;
+pub mod signals;
+mod terminal;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{Pid, getpgrp, getpid, getsid, setpgid};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::exit::Exit;
+pub use guard::GUARD_NAME;
+use guard::Guard;
+use procfs::{ProcStat, Snapshot};
+use signals::SignalReceiver;
+use terminal::Terminal;
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ChildExit {
+    /// The shell convention: the exit code, or 128+N for death by signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            ChildExit::Exited(code) => code,
+            ChildExit::Signaled(signal) => 128 + signal,
+        }
+    }
+}
+
+/// How mpsync ends after its child: with the child's code, or (see [`Exit::reraise_signal`]) of the same
+/// signal.
+impl From<ChildExit> for Exit {
+    fn from(exit: ChildExit) -> Exit {
+        match exit {
+            ChildExit::Exited(code) => Exit::Child(code),
+            ChildExit::Signaled(signal) => Exit::ChildSignaled(signal),
+        }
+    }
+}
+
+/// What the run loop hears from the supervisor (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// mpsync received one of TERM, INT, HUP, QUIT, USR1, USR2, WINCH.
+    Signal(Signal),
+    /// The main child exited and was reaped.
+    ChildExited(ChildExit),
+    /// mpsync was continued (SIGCONT) while it has a child: check the lease, then `continue_child` or
+    /// `kill_stopped_child`.
+    Resumed(Resume),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// How long the child's job has been stopped by job control, if it was: it is still stopped, and waits
+    /// for `continue_child` or `kill_stopped_child`. `None`: mpsync was continued without having stopped the
+    /// job (after a `kill -STOP` of mpsync, which it cannot see, the child may have run on meanwhile).
+    pub held_for: Option<Duration>,
+}
+
+/// The command to run: argv as given (never through a shell), plus extra environment.
+#[derive(Clone, Debug)]
+pub struct ChildCommand {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SuperviseOptions {
+    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER), as if PID 1.
+    pub subreaper: bool,
+}
+
+/// Why the command did not start. The messages follow bash's.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}: command not found")]
+    NotFound(String),
+    /// Found, but it cannot run: permission denied, a directory, not a program, or a script whose
+    /// interpreter is missing (`#!/nonexistent`: "bad interpreter: /nonexistent: No such file or directory").
+    #[error("{0}: {reason}", reason = describe(.1))]
+    NotExecutable(String, std::io::Error),
+    #[error("{0}: cannot start ({1})")]
+    Other(String, std::io::Error),
+}
+
+impl SpawnError {
+    /// The exit code, as bash and POSIX have it: 127 not found, 126 found but it cannot run (a missing
+    /// interpreter included: the command itself was found), 125 anything else.
+    pub fn exit(&self) -> Exit {
+        match self {
+            SpawnError::NotFound(_) => Exit::NotFound,
+            SpawnError::NotExecutable(..) => Exit::NotExecutable,
+            SpawnError::Other(..) => Exit::Failure,
+        }
+    }
+}
+
+/// An error as bash prints it: "Permission denied", not "Permission denied (os error 13)".
+fn describe(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => Errno::from_raw(code).desc().to_string(),
+        None => error.to_string(),
+    }
+}
+
+/// The signals mpsync passes on to the run loop (and, through it, to the child).
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Job-control stop requests to mpsync.
+const JOB_STOPS: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+
+/// Signals that ask the child to end: a stopped child must be continued to act on them.
+const ENDING: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+
+/// How often the job is looked at while waiting for it to stop or to end.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long the job's processes get to stop on their own (a full-screen program puts the terminal back
+/// first) before SIGSTOP stops them.
+const STOP_WAIT: Duration = Duration::from_millis(500);
+
+/// How long to wait for processes to disappear after SIGKILL before saying so and giving up on them:
+/// SIGKILL is all there is (a process in uninterruptible sleep takes its time).
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopCause {
+    /// mpsync received SIGTSTP, SIGTTIN or SIGTTOU.
+    Signal,
+    /// The main child stopped (WUNTRACED).
+    Child,
+}
+
+pub struct Supervisor {
+    signals: SignalReceiver,
+    /// Notices not yet returned by `next_notice`.
+    notices: VecDeque<Notice>,
+    /// A job-control stop to carry out, at the next `next_notice`.
+    stop_request: Option<(Signal, StopCause)>,
+    /// Reap adopted orphans too (PID 1 or subreaper).
+    reap_orphans: bool,
+    /// The main child: spawned and not yet reaped.
+    main: Option<Pid>,
+    /// The main child's process group, from spawn until `stop`/`finish` saw the job gone.
+    group: Option<Pid>,
+    /// Since when the child's job has been stopped by job control, waiting for the run loop's decision.
+    held: Option<std::time::Instant>,
+    /// The last main child's exit, once reported.
+    last_exit: Option<ChildExit>,
+    /// Main children given up on after SIGKILL (uninterruptible sleep): reaped quietly when they go.
+    abandoned: Vec<Pid>,
+    guard: Option<Guard>,
+    /// The child's deadline, as the guard knows it (see `set_deadline`).
+    deadline: Option<std::time::Instant>,
+    /// The controlling terminal, if mpsync has one.
+    terminal: Option<Terminal>,
+    /// Signals that were ignored when mpsync started: they stay ignored and are not forwarded.
+    ignored_at_start: SigSet,
+    me: Pid,
+    own_pgrp: Pid,
+}
+
+impl Supervisor {
+    /// Call before the tokio runtime starts, while the process is single-threaded: forks the guard
+    /// process, starts the signal thread, becomes a subreaper if asked.
+    pub fn start(options: SuperviseOptions) -> std::io::Result<Supervisor> {
+        // First of all, before the guard's fork: a parent may have blocked what mpsync must hear (a Python
+        // parent's pthread_sigmask before execv). A blocked SIGTERM would leave mpsync deaf to stop requests,
+        // a blocked SIGCHLD would leave the child's exit unnoticed until some other wake-up.
+        let handled: Vec<Signal> =
+            FORWARDED.iter().chain(&JOB_STOPS).copied().chain([Signal::SIGCHLD, Signal::SIGCONT]).collect();
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&signals::set_of(&handled)), None)?;
+        // Ignored SIGCHLD would make the kernel reap the children itself, and their status would be lost.
+        if signals::ignored(&[Signal::SIGCHLD]).contains(Signal::SIGCHLD) {
+            // SAFETY: SIG_DFL installs no handler code.
+            unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) }?;
+        }
+        // What the parent left ignored stays ignored (nohup: SIGHUP; a shell without job control: SIGINT and
+        // SIGQUIT for `cmd &`), and is not forwarded: mpsync is as immune as the parent meant its command to be.
+        let requests: Vec<Signal> = FORWARDED.iter().chain(&JOB_STOPS).copied().collect();
+        let ignored_at_start = signals::ignored(&requests);
+
+        if options.subreaper {
+            nix::sys::prctl::set_child_subreaper(true)?;
+        }
+        let me = getpid();
+        let reap_orphans = me.as_raw() == 1 || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+
+        // The guard before the signal thread, while no other thread exists (it would be sound later too).
+        let guard = Guard::spawn()?;
+
+        let mut listened: Vec<Signal> = requests.iter().copied().filter(|s| !ignored_at_start.contains(*s)).collect();
+        listened.extend([Signal::SIGCHLD, Signal::SIGCONT]);
+        let signals = SignalReceiver::new(&listened)?;
+        // mpsync's own terminal access must never stop it: it never reads the terminal, its log lines must
+        // reach a `stty tostop` terminal from the background, and it takes the foreground back from the
+        // background. Blocked here (the main thread, and the threads it starts later), not ignored: a
+        // SIGTTIN or SIGTTOU *sent* to mpsync still reaches the signal thread as a job-control request.
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals::set_of(&[Signal::SIGTTIN, Signal::SIGTTOU])), None)?;
+
+        let terminal = Terminal::open();
+        debug!(
+            guard = guard.pid.as_raw(),
+            reap_orphans,
+            terminal = terminal.is_some(),
+            ignored = ?ignored_at_start.iter().collect::<Vec<_>>(),
+            "supervisor started"
+        );
+        Ok(Supervisor {
+            signals,
+            notices: VecDeque::new(),
+            stop_request: None,
+            reap_orphans,
+            main: None,
+            group: None,
+            held: None,
+            last_exit: None,
+            abandoned: Vec::new(),
+            guard: Some(guard),
+            deadline: None,
+            terminal,
+            ignored_at_start,
+            me,
+            own_pgrp: getpgrp(),
+        })
+    }
+
+    /// The next thing the run loop must hear of (see the module docs). Reaps on the way, and carries out
+    /// job-control stops. Cancel-safe.
+    pub async fn next_notice(&mut self) -> Notice {
+        loop {
+            self.reap();
+            if let Some(notice) = self.notices.pop_front() {
+                match notice {
+                    Notice::ChildExited(exit) => self.last_exit = Some(exit),
+                    // Continued during `stop` or `finish`: there is no child to decide about any more.
+                    Notice::Resumed(_) if self.group.is_none() => continue,
+                    _ => {}
+                }
+                return notice;
+            }
+            if let Some((signal, cause)) = self.stop_request.take() {
+                self.suspend(signal, cause);
+                continue;
+            }
+            let signal = self.signals.recv().await;
+            self.take_signal(signal);
+        }
+    }
+
+    /// Start the child in its own process group, and in the terminal's foreground when mpsync's group has
+    /// it (see `terminal.rs` for when).
+    ///
+    /// Call it on the thread that will outlive the child (the main thread, under a `current_thread` runtime):
+    /// the child's parent-death signal fires when the *thread* that forked it exits, not the process.
+    pub fn spawn(&mut self, command: &ChildCommand) -> Result<u32, SpawnError> {
+        let name = command.program.to_string_lossy().into_owned();
+        if self.running() {
+            return Err(SpawnError::Other(name, io::Error::other("a child is already running")));
+        }
+        if let Some(pgid) = self.group.take() {
+            warn!(pgid = pgid.as_raw(), "the previous child's group was never finished; killing it");
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        self.held = None;
+        self.deadline = None;
+        self.reap();
+        if self.guard.is_none() {
+            self.rearm_guard();
+        }
+        let Some(guard_fd) = self.guard.as_ref().map(|guard| guard.pipe.as_raw_fd()) else {
+            return Err(SpawnError::Other(name, io::Error::other("cannot start the guard process")));
+        };
+        let parent = self.me.as_raw();
+        let background_job = self.background_job();
+        let tty = match self.terminal.as_mut() {
+            Some(terminal) if terminal.may_hand_over(background_job) => {
+                terminal.save_modes();
+                terminal.raw_fd()
+            }
+            _ => -1,
+        };
+        let keep_sighup_ignored = self.ignored_at_start.contains(Signal::SIGHUP);
+
+        let mut child = std::process::Command::new(&command.program);
+        child.args(&command.args);
+        child.envs(command.env.iter().map(|(key, value)| (key, value)));
+        // SAFETY: `prepare_child` makes only async-signal-safe calls on plain integers it captured by value.
+        unsafe {
+            child.pre_exec(move || prepare_child(parent, tty, guard_fd, keep_sighup_ignored));
+        }
+        // Only the pid is kept: std's `Child` must never wait, this module reaps.
+        let pid = match child.spawn() {
+            Ok(child) => child.id(),
+            Err(error) => {
+                // The child may have taken the terminal and armed the guard before its exec failed: take the
+                // terminal back from its dead group, and disarm the guard before its pid can be reused.
+                if let Some(terminal) = self.terminal.as_mut().filter(|_| tty >= 0) {
+                    terminal.take_back(None, false);
+                }
+                if let Some(guard) = &self.guard {
+                    guard.tell(0);
+                }
+                self.deadline = None;
+                self.reap();
+                // Exec never fails with EPIPE; only the write to a dead guard in `prepare_child` does.
+                if error.raw_os_error() == Some(libc::EPIPE) {
+                    return Err(SpawnError::Other(name, io::Error::other("the guard process is gone")));
+                }
+                return Err(spawn_error(name, &command.program, error));
+            }
+        };
+        let pid = Pid::from_raw(pid as i32);
+        // The child did this itself before exec; doing it here too is the classic belt and braces
+        // (it fails with EACCES once the child has exec'd, which is fine).
+        let _ = setpgid(pid, pid);
+        self.main = Some(pid);
+        self.group = Some(pid);
+        debug!(pid = pid.as_raw(), program = %name, terminal = tty >= 0, "child started");
+        Ok(pid.as_raw() as u32)
+    }
+
+    /// Whether a main child is running (spawned and not yet reaped).
+    pub fn running(&self) -> bool {
+        self.main.is_some()
+    }
+
+    /// Whether the child's job is stopped by job control, waiting for `continue_child` or
+    /// `kill_stopped_child`.
+    pub fn child_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The last moment the child may run: the guard SIGKILLs its group then, whatever mpsync is doing (frozen
+    /// by `kill -STOP`, stuck, stopped by job control). Set it after every renewal; `None` for no deadline.
+    /// Spawning, finishing or stopping the child clears it.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        let deadline = deadline.map(std::time::Instant::from);
+        if self.deadline == deadline {
+            return;
+        }
+        self.deadline = deadline;
+        if let Some(guard) = &self.guard {
+            guard.deadline(deadline.map_or(0, guard::monotonic_at));
+        }
+    }
+
+    /// The guard process's pid, while it lives (for tests and diagnostics).
+    pub fn guard_pid(&self) -> Option<i32> {
+        self.guard.as_ref().map(|guard| guard.pid.as_raw())
+    }
+
+    /// Pass `signal` on to the child.
+    ///
+    /// USR1, USR2 and WINCH go to the child's process group, as the terminal sends its signals to a job.
+    /// TERM, INT, HUP and QUIT ask the job to end: they go to the whole job, the child's group and every
+    /// process of mpsync's tree that left it (`timeout`, `setsid`, `set -m` make groups of their own), as
+    /// systemd's control-group kill does, since none of it may run on once the lease is released. SIGCONT
+    /// follows them, so that a stopped process acts on them; except while job control holds the job stopped
+    /// (mpsync was stopped too): then the run loop's answer to `Notice::Resumed`, which is coming, decides
+    /// whether it runs again.
+    pub fn forward(&self, signal: Signal) {
+        if let Some(pgid) = self.group {
+            debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child");
+            if ENDING.contains(&signal) {
+                self.signal_job(pgid, signal);
+                if self.held.is_none() {
+                    self.signal_job(pgid, Signal::SIGCONT);
+                }
+            } else {
+                self.signal_child(pgid, signal);
+            }
+        }
+    }
+
+    /// After `Notice::Resumed`, with the lease still held: give the terminal back to the child if mpsync's
+    /// group has the foreground (and may hand it over), and continue the child's job.
+    pub fn continue_child(&mut self) {
+        let Some(pgid) = self.group else { return };
+        let held = self.held.take();
+        let background_job = self.background_job();
+        if let Some(terminal) = self.terminal.as_mut()
+            && terminal.may_hand_over(background_job)
+        {
+            terminal.hand_to(pgid);
+        }
+        if let Some(since) = held {
+            info!(pgid = pgid.as_raw(), stopped_for = ?since.elapsed(), "continuing the child's job");
+        }
+        self.signal_job(pgid, Signal::SIGCONT);
+    }
+
+    /// After `Notice::Resumed`, with the lease gone: SIGKILL the child's whole job without letting it run
+    /// again, reap, take the terminal back, disarm the guard. Returns the main child's exit (which
+    /// `next_notice` then does not report), as `stop` does.
+    pub async fn kill_stopped_child(&mut self) -> ChildExit {
+        if let Some(pgid) = self.group {
+            self.held = None;
+            warn!(pgid = pgid.as_raw(), "killing the child's job without continuing it");
+            self.kill_job(pgid).await;
+            self.release_group();
+        }
+        self.take_reported_exit()
+    }
+
+    /// Stop the child: `kill_signal` and SIGCONT to its whole job, wait up to `grace`, then SIGKILL; reap.
+    /// Signals that arrive meanwhile are kept for `next_notice`. A job held stopped by job control is killed
+    /// at once instead, as `kill_stopped_child` does: it is never continued without a lease.
+    ///
+    /// The job is the child's group and every descendant of mpsync (including, as PID 1 or subreaper, every
+    /// process it adopted): within `grace` it waits for all of them, so that `sh -c 'worker & wait'` lets the
+    /// worker finish its shutdown too, and `sh -c 'timeout 77 sleep 77'` (timeout makes a group of its own)
+    /// leaves nothing behind. Returns the main child's exit (which `next_notice` then does not report); if
+    /// the child had already exited, that exit; if no child was ever spawned, `Exited(0)`. Afterwards the
+    /// terminal is mpsync's again, the guard is disarmed and `spawn` may be called again.
+    pub async fn stop(&mut self, kill_signal: Signal, grace: Duration) -> ChildExit {
+        if self.held.is_some() {
+            // Held stopped by job control: mpsync was stopped, nothing was renewed. A loss noticed before the
+            // `Resumed` notice must not let the job run during the grace period.
+            return self.kill_stopped_child().await;
+        }
+        if let Some(pgid) = self.group {
+            debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
+            self.signal_job(pgid, kill_signal);
+            self.signal_job(pgid, Signal::SIGCONT);
+            if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
+                self.kill_job(pgid).await;
+            }
+            self.release_group();
+        }
+        self.take_reported_exit()
+    }
+
+    /// After the main child exited: stop what is left of its job (`kill_signal`, `grace`, SIGKILL): its group,
+    /// and as PID 1 or subreaper the processes it left to mpsync; then hand the terminal back and disarm the
+    /// guard. Call it before releasing the lease.
+    ///
+    /// Cheap when nothing is left (the usual case). Called while the child still runs, it stops the child as
+    /// `stop` would, and `next_notice` then reports the child's exit.
+    pub async fn finish(&mut self, kill_signal: Signal, grace: Duration) {
+        if self.running() {
+            warn!("finish called while the child runs; stopping it");
+            let exit = self.stop(kill_signal, grace).await;
+            self.notices.push_back(Notice::ChildExited(exit));
+            return;
+        }
+        let Some(pgid) = self.group else { return };
+        if self.held.is_some() {
+            self.kill_stopped_child().await;
+            return;
+        }
+        if self.job_alive(pgid) {
+            debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
+            self.signal_job(pgid, kill_signal);
+            self.signal_job(pgid, Signal::SIGCONT);
+            if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
+                self.kill_job(pgid).await;
+            }
+        }
+        self.release_group();
+    }
+
+    /// The main child's exit as reported by `stop`-like calls: taken from the queue if it is there, so that
+    /// `next_notice` does not report it again.
+    fn take_reported_exit(&mut self) -> ChildExit {
+        let reaped = self.notices.iter().position(|notice| matches!(notice, Notice::ChildExited(_)));
+        if let Some(Notice::ChildExited(exit)) = reaped.and_then(|index| self.notices.remove(index)) {
+            self.last_exit = Some(exit);
+        }
+        self.last_exit.unwrap_or(ChildExit::Exited(0))
+    }
+
+    /// SIGKILL the job until it is gone, reaping the main child; bounded, so that a child that left its group,
+    /// or a process in uninterruptible sleep, cannot hang mpsync.
+    async fn kill_job(&mut self, pgid: Pid) {
+        warn!(pgid = pgid.as_raw(), "killing the child's job");
+        let deadline = Instant::now() + AFTER_KILL;
+        loop {
+            // Again and again: a member that was forking when the first SIGKILL came may have a new child.
+            self.signal_job(pgid, Signal::SIGKILL);
+            let slice = (Instant::now() + Duration::from_millis(200)).min(deadline);
+            if self.wait_for(Until::JobGone(pgid), slice).await {
+                return;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if let Some(pid) = self.main.take() {
+            error!(pid = pid.as_raw(), "the child is still not dead after SIGKILL; giving up on it");
+            self.abandoned.push(pid);
+            self.last_exit = Some(ChildExit::Signaled(libc::SIGKILL));
+        } else {
+            warn!(pgid = pgid.as_raw(), "processes of the child's job survive SIGKILL; giving up on them");
+        }
+    }
+
+    /// The job is gone: take the terminal back and disarm the guard.
+    fn release_group(&mut self) {
+        let pgid = self.group.take();
+        self.held = None;
+        if let Some(terminal) = self.terminal.as_mut() {
+            terminal.take_back(pgid, false);
+        }
+        if let Some(guard) = &self.guard {
+            guard.tell(0);
+        }
+        self.deadline = None;
+    }
+
+    /// A shell without job control started mpsync as `cmd &`: SIGINT came ignored. Such a job is not the
+    /// terminal's, even when its group is the foreground one.
+    fn background_job(&self) -> bool {
+        self.ignored_at_start.contains(Signal::SIGINT)
+    }
+
+    /// The processes of the child's job, other than mpsync's own and the guard (see `Snapshot::job`).
+    fn job(&self, snapshot: &Snapshot, pgid: Pid) -> Vec<ProcStat> {
+        let skip: Vec<i32> = self.guard.iter().map(|guard| guard.pid.as_raw()).collect();
+        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), self.own_pgrp.as_raw(), &skip)
+    }
+
+    /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
+    /// all (hidepid) but kill(2) finds it, believe kill(2).
+    fn job_alive(&self, pgid: Pid) -> bool {
+        // The usual end, cheaply: the group is empty, and with the main child gone its other descendants
+        // have left mpsync's tree (unless mpsync adopts them).
+        if self.main.is_none() && !self.reap_orphans && killpg(pgid, None) == Err(Errno::ESRCH) {
+            return false;
+        }
+        let snapshot = Snapshot::take();
+        if !self.job(&snapshot, pgid).is_empty() {
+            return true;
+        }
+        !snapshot.shows_group(pgid.as_raw()) && killpg(pgid, None).is_ok()
+    }
+
+    /// `signal` to the child's group, and to the main child if it left the group.
+    fn signal_child(&self, pgid: Pid, signal: Signal) {
+        signal_group(pgid, signal);
+        if let Some(main) = self.main
+            && ProcStat::read(main.as_raw()).is_some_and(|stat| stat.pgrp != pgid.as_raw())
+        {
+            let _ = kill(main, signal);
+        }
+    }
+
+    /// `signal` to the whole job: the child's group, the main child, and every descendant elsewhere.
+    fn signal_job(&self, pgid: Pid, signal: Signal) {
+        // The job as it is before the signal: once the main child dies of it, its other descendants are
+        // reparented out of mpsync's tree (unless mpsync is their subreaper).
+        let job = self.job(&Snapshot::take(), pgid);
+        self.signal_child(pgid, signal);
+        let main = self.main.map(Pid::as_raw);
+        for process in job.iter().filter(|process| process.pgrp != pgid.as_raw() && Some(process.pid) != main) {
+            let _ = kill(Pid::from_raw(process.pid), signal);
+        }
+    }
+
+    /// Carry out a job-control stop: the child's job, the terminal, then mpsync itself. Returns once mpsync
+    /// runs again, or at once if it cannot stop. Synchronous on purpose: nothing else in mpsync may happen
+    /// between stopping the child and stopping mpsync (it is at most `STOP_WAIT`).
+    fn suspend(&mut self, signal: Signal, cause: StopCause) {
+        if cause == StopCause::Child {
+            if self.main.is_none() || self.held.is_some() {
+                return;
+            }
+            // The child wants the terminal. If mpsync's group has it to give (mpsync was moved to the
+            // foreground by `fg`, which does not signal a running job), give it and go on, as sudo does.
+            if matches!(signal, Signal::SIGTTIN | Signal::SIGTTOU)
+                && let Some(pgid) = self.group
+            {
+                let background_job = self.background_job();
+                if let Some(terminal) = self.terminal.as_mut()
+                    && terminal.may_hand_over(background_job)
+                    && terminal.hand_to(pgid)
+                {
+                    debug!(pgid = pgid.as_raw(), "the child stopped for the terminal; it has it now");
+                    self.signal_job(pgid, Signal::SIGCONT);
+                    return;
+                }
+            }
+        }
+        if let Err(reason) = self.can_stop_self(signal) {
+            info!(%signal, reason, "job-control stop not carried out");
+            return;
+        }
+        if let Some(pgid) = self.group {
+            info!(pgid = pgid.as_raw(), %signal, "job control: stopping the child's job, then mpsync");
+            self.stop_job(pgid, signal);
+            self.held = Some(std::time::Instant::now());
+            if let Some(terminal) = self.terminal.as_mut() {
+                terminal.take_back(Some(pgid), true);
+            }
+        } else {
+            info!(%signal, "job control: stopping mpsync");
+        }
+        stop_self(signal);
+        debug!("continued after a job-control stop");
+    }
+
+    /// Why mpsync cannot stop itself with `signal`, if it cannot.
+    fn can_stop_self(&self, signal: Signal) -> Result<(), &'static str> {
+        if self.me.as_raw() == 1 {
+            return Err("mpsync is PID 1, which signals from inside its namespace cannot stop");
+        }
+        if self.ignored_at_start.contains(signal) {
+            return Err("the signal was ignored when mpsync started");
+        }
+        let session = getsid(None).map(Pid::as_raw).unwrap_or(-1);
+        if Snapshot::take().group_is_orphaned(self.own_pgrp.as_raw(), session) {
+            return Err("mpsync's process group is orphaned: no shell could continue it");
+        }
+        Ok(())
+    }
+
+    /// Stop every process of the job: `signal` first, so that programs that handle it (a full-screen program
+    /// puts the terminal back) stop on their own, then SIGSTOP for those that catch or ignore it.
+    fn stop_job(&self, pgid: Pid, signal: Signal) {
+        self.signal_job(pgid, signal);
+        if !self.until_job_stopped(pgid) {
+            self.signal_job(pgid, Signal::SIGSTOP);
+            // A signal is sent before it is acted on: wait for the stop itself, or mpsync could stop first.
+            if !self.until_job_stopped(pgid) {
+                warn!(pgid = pgid.as_raw(), "the child's job does not stop (uninterruptible sleep?)");
+            }
+        }
+    }
+
+    /// Wait (at most `STOP_WAIT`) until every process of the job is stopped.
+    fn until_job_stopped(&self, pgid: Pid) -> bool {
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        loop {
+            if self.job(&Snapshot::take(), pgid).iter().all(ProcStat::is_stopped) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Wait until `until` holds or `deadline` passes (false then), reaping and queueing signals meanwhile.
+    async fn wait_for(&mut self, until: Until, deadline: Instant) -> bool {
+        loop {
+            self.reap();
+            let done = match until {
+                Until::JobGone(pgid) => self.main.is_none() && !self.job_alive(pgid),
+            };
+            if done {
+                // A member seen as a zombie may be ours to reap (as PID 1 or subreaper) since the reap above.
+                self.reap();
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let nap = tokio::time::sleep(POLL.min(deadline - now));
+            tokio::select! {
+                signal = self.signals.recv() => self.take_signal(signal),
+                () = nap => {}
+            }
+        }
+    }
+
+    fn take_signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::SIGCHLD => self.reap(),
+            Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => {
+                self.stop_request.get_or_insert((signal, StopCause::Signal));
+            }
+            Signal::SIGCONT => {
+                let resumed = Notice::Resumed(Resume { held_for: self.held.map(|since| since.elapsed()) });
+                let queued = self.notices.iter().any(|notice| matches!(notice, Notice::Resumed(_)));
+                if self.group.is_some() && !queued {
+                    self.notices.push_back(resumed);
+                }
+            }
+            signal => self.notices.push_back(Notice::Signal(signal)),
+        }
+    }
+
+    /// Collect every child that has ended (and notice the main child stopping), without blocking.
+    fn reap(&mut self) {
+        if let Some(pid) = self.main {
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
+                    Ok(WaitStatus::StillAlive) => break,
+                    Ok(status @ WaitStatus::Stopped(..)) => self.reaped(status),
+                    Ok(status) => {
+                        self.reaped(status);
+                        break;
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::ECHILD) => {
+                        // Someone else in this process reaped our child: its status is lost. Never hang on it.
+                        warn!(pid = pid.as_raw(), "the child was reaped elsewhere; its exit status is lost");
+                        self.main = None;
+                        self.notices.push_back(Notice::ChildExited(ChildExit::Exited(255)));
+                        break;
+                    }
+                    Err(error) => {
+                        debug!(pid = pid.as_raw(), %error, "waitpid failed");
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(pid) = self.guard.as_ref().map(|guard| guard.pid) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(status) => self.reaped(status),
+                Err(Errno::ECHILD) => self.guard_died(),
+                Err(error) => debug!(pid = pid.as_raw(), %error, "waitpid failed"),
+            }
+        }
+        self.abandoned.retain(|pid| matches!(waitpid(*pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)));
+        if self.reap_orphans {
+            self.reap_adopted();
+        }
+    }
+
+    /// As PID 1 or subreaper: reap every zombie child that is not in mpsync's own process group. A look
+    /// first (WNOWAIT) at which child is a zombie; a zombie of mpsync's own group is left to its waiter,
+    /// and the rest are then found in /proc (the slow way, only while such a zombie waits).
+    fn reap_adopted(&mut self) {
+        loop {
+            let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            let pid = match peek {
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => return,
+                },
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => return,
+                Err(error) => {
+                    warn!(%error, "waitid failed");
+                    return;
+                }
+            };
+            let own = ProcStat::read(pid.as_raw()).is_some_and(|stat| stat.pgrp == self.own_pgrp.as_raw());
+            if own {
+                let snapshot = Snapshot::take();
+                let others: Vec<i32> = snapshot
+                    .zombie_children(self.me.as_raw())
+                    .filter(|zombie| zombie.pgrp != self.own_pgrp.as_raw())
+                    .map(|zombie| zombie.pid)
+                    .collect();
+                for other in others {
+                    if let Ok(status) = waitpid(Pid::from_raw(other), Some(WaitPidFlag::WNOHANG)) {
+                        self.reaped(status);
+                    }
+                }
+                return;
+            }
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => {}
+                Ok(status) => self.reaped(status),
+                Err(Errno::EINTR) => {}
+                Err(error) => {
+                    warn!(pid = pid.as_raw(), %error, "waitpid failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reaped(&mut self, status: WaitStatus) {
+        let (pid, exit) = match status {
+            WaitStatus::Exited(pid, code) => (pid, ChildExit::Exited(code)),
+            WaitStatus::Signaled(pid, signal, _) => (pid, ChildExit::Signaled(signal as i32)),
+            WaitStatus::Stopped(pid, signal) if Some(pid) == self.main => {
+                // Stopped by job control on its own (Ctrl-Z on its terminal, SIGTTIN from the background): stop
+                // mpsync too, so that the shell sees the job stopped. Not when mpsync's job control stopped it
+                // (mpsync is stopping already), and not after a plain SIGSTOP: that is a debugger's or a
+                // user's deliberate pause, and whoever sent it may continue the child directly, which must
+                // not find mpsync stopped and the lease unrenewed. mpsync keeps running, and the lease.
+                debug!(pid = pid.as_raw(), %signal, "the child stopped");
+                if self.held.is_none() && JOB_STOPS.contains(&signal) {
+                    self.stop_request.get_or_insert((signal, StopCause::Child));
+                }
+                return;
+            }
+            _ => return,
+        };
+        if Some(pid) == self.main {
+            debug!(pid = pid.as_raw(), ?exit, "child exited");
+            self.main = None;
+            self.notices.push_back(Notice::ChildExited(exit));
+        } else if Some(pid) == self.guard.as_ref().map(|guard| guard.pid) {
+            warn!(pid = pid.as_raw(), ?exit, "the guard process died");
+            self.guard_died();
+        } else {
+            debug!(pid = pid.as_raw(), ?exit, "reaped an orphan");
+        }
+    }
+
+    /// The guard is gone: start another at once, armed with the child's group if there is one, so that no
+    /// child runs unguarded.
+    fn guard_died(&mut self) {
+        self.guard = None;
+        self.rearm_guard();
+    }
+
+    fn rearm_guard(&mut self) {
+        match Guard::spawn() {
+            Ok(guard) => {
+                if let Some(pgid) = self.group {
+                    guard.tell(pgid.as_raw());
+                    if let Some(deadline) = self.deadline {
+                        guard.deadline(guard::monotonic_at(deadline));
+                    }
+                }
+                debug!(guard = guard.pid.as_raw(), "guard process started");
+                self.guard = Some(guard);
+            }
+            Err(error) => error!(%error, "cannot start a guard process; trying again at the next spawn"),
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    /// Nothing outlives the supervisor: whatever is left of the child's job is killed.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.group {
+            self.signal_job(pgid, Signal::SIGKILL);
+            if let Some(terminal) = self.terminal.as_mut() {
+                terminal.take_back(Some(pgid), false);
+            }
+            self.group = None;
+        }
+        if let Some(pid) = self.main.take() {
+            let _ = waitpid(pid, None);
+        }
+        if let Some(guard) = self.guard.take() {
+            let pid = guard.pid;
+            // Closing the pipe is the guard's cue to exit.
+            drop(guard);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Until {
+    /// The main child reaped, and nothing of its job left.
+    JobGone(Pid),
+}
+
+/// Stop mpsync itself as the shell expects to see it: with `signal`'s default action (so `jobs` says
+/// "Stopped (tty input)" after SIGTTIN), unblocked in this thread, which then handles it before `raise`
+/// returns; the handler and mask come back once mpsync is continued.
+fn stop_self(signal: Signal) {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL installs no handler code; the previous action is put back as it was below.
+    let previous = unsafe { nix::sys::signal::sigaction(signal, &default) };
+    let mut set = SigSet::empty();
+    set.add(signal);
+    let mut mask = SigSet::empty();
+    let unblocked = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), Some(&mut mask)).is_ok();
+    let _ = nix::sys::signal::raise(signal);
+    if unblocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+    }
+    if let Ok(previous) = previous {
+        // SAFETY: the action that was installed (signal-hook's handler), exactly as it was.
+        let _ = unsafe { nix::sys::signal::sigaction(signal, &previous) };
+    }
+}
+
+/// `kill(-pgid, signal)`; a group that is already gone is no error.
+fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(error) => {
+            warn!(pgid = pgid.as_raw(), ?signal, %error, "cannot signal the child's group")
+        }
+    }
+}
+
+/// Whether process group `pgid` still has a member that can run (zombies count as dead).
+///
+/// Members orphaned by the child's death are reparented to init, which in some containers never reaps them:
+/// such a group would look alive forever to kill(2). If /proc shows no member at all (hidepid), believe
+/// kill(2).
+#[cfg(test)]
+fn group_alive(pgid: Pid) -> bool {
+    let snapshot = Snapshot::take();
+    if !snapshot.shows_group(pgid.as_raw()) {
+        return killpg(pgid, None).is_ok();
+    }
+    snapshot.job(Some(pgid.as_raw()), -1, -1, &[]).into_iter().next().is_some()
+}
+
+/// The error for a failed exec, as bash words it. A missing interpreter (`#!/nonexistent`) also fails with
+/// ENOENT, but the command itself was found: say which file is missing.
+fn spawn_error(name: String, program: &OsStr, error: io::Error) -> SpawnError {
+    let code = error.raw_os_error();
+    if matches!(code, Some(libc::ENOENT | libc::EACCES))
+        && let Some(path) = find_program(program)
+    {
+        let missing = code == Some(libc::ENOENT);
+        match (interpreter(&path), missing) {
+            (Some(interpreter), _) => {
+                let why = describe(&error);
+                let message = format!("bad interpreter: {interpreter}: {why}");
+                return SpawnError::NotExecutable(name, io::Error::new(error.kind(), message));
+            }
+            (None, true) => {
+                let message = "cannot execute: required file not found (its ELF interpreter or a loader)";
+                return SpawnError::NotExecutable(name, io::Error::new(error.kind(), message));
+            }
+            (None, false) => {}
+        }
+    }
+    match code {
+        Some(libc::ENOENT) => SpawnError::NotFound(name),
+        Some(
+            libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR | libc::ENOTDIR | libc::ELOOP | libc::ETXTBSY,
+        ) => SpawnError::NotExecutable(name, error),
+        _ => SpawnError::Other(name, error),
+    }
+}
+
+/// The file exec would have run: `program` itself if it has a slash, else the first executable regular file
+/// of that name on PATH (as execvp looks).
+fn find_program(program: &OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = std::path::PathBuf::from(program);
+        return runnable(&path).then_some(path);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| runnable(candidate))
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut head)).ok()?;
+    let line = head[..read].strip_prefix(b"#!")?;
+    let line = line.split(|byte| *byte == b'\n').next()?;
+    let interpreter = line.split(|byte| *byte == b' ' || *byte == b'\t').find(|word| !word.is_empty())?;
+    Some(String::from_utf8_lossy(interpreter).into_owned())
+}
+
+/// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
+/// whose locks are frozen in the child), no allocation.
+fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
+    // SAFETY: plain system calls on integers and on stack-allocated sigsets; nothing allocates or locks.
+    unsafe {
+        // Its own process group, so signals (and, on loss, SIGKILL) reach everything it starts.
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pid = libc::getpid();
+        if tty >= 0 {
+            // The terminal's foreground before the command can read it. From mpsync's group, which is not the
+            // foreground once the child has it: SIGTTOU blocked, as mpsync's main thread has it.
+            // Best effort: a failure leaves the child in the background, as under a non-interactive mpsync.
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+            libc::tcsetpgrp(tty, pid);
+        }
+        // Arm the guard with our group before the command starts. std may already have reset SIGPIPE to its
+        // default, and a dead guard must give an error, not a death by SIGPIPE.
+        if guard_fd >= 0 {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            let message = guard::message(pid, 0);
+            if libc::write(guard_fd, message.as_ptr().cast(), message.len()) != message.len() as isize {
+                // EPIPE: the guard is gone (`spawn` says so).
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask. The raw system
+        // calls, because glibc refuses to touch the two real-time signals it keeps for itself (32, 33), and
+        // those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
+        // empty mask, whatever the architecture's field order.
+        let default_action = [0u64; 4];
+        let empty_set = 0u64;
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(libc::SYS_rt_sigaction, signal, &default_action, std::ptr::null::<u64>(), 8);
+            }
+        }
+        // Except SIGHUP under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.
+        if keep_sighup_ignored {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty_set, std::ptr::null::<u64>(), 8);
+        // If mpsync dies the child dies with it (the guard takes care of the rest of the group). This fires
+        // when the forking *thread* exits, which is why spawn runs on the main thread.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // mpsync may have died before the line above: then no signal would ever come.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}

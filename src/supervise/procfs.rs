@@ -1,0 +1,142 @@
+//! What /proc says about processes: state, parent, process group, session. The supervisor reads it to find
+//! the whole job (the child's group and every descendant of mpsync), to see whether a job has stopped, and to
+//! judge whether mpsync may give the terminal away or stop itself.
+//!
+//! Everything here is a snapshot: processes come and go while it is read. Callers re-read rather than trust
+//! an old one, and treat an unreadable process as gone.
+
+use std::collections::{HashMap, HashSet};
+
+/// The few fields of /proc/PID/stat the supervisor needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProcStat {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+}
+
+impl ProcStat {
+    pub fn read(pid: i32) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (2nd field) is in parentheses and may contain spaces and parentheses.
+        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        let session = fields.next()?.parse().ok()?;
+        Some(ProcStat { pid, state, ppid, pgrp, session })
+    }
+
+    /// Dead, waiting to be reaped (or being reaped).
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Stopped by a signal ('T'), or stopped under a tracer ('t').
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+}
+
+/// Every process /proc lets us read, once.
+pub(crate) struct Snapshot {
+    processes: Vec<ProcStat>,
+}
+
+impl Snapshot {
+    pub fn take() -> Snapshot {
+        let processes = match std::fs::read_dir("/proc") {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter_map(ProcStat::read)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Snapshot { processes }
+    }
+
+    pub fn get(&self, pid: i32) -> Option<&ProcStat> {
+        self.processes.iter().find(|process| process.pid == pid)
+    }
+
+    /// Whether /proc shows any process of group `pgrp`, zombies included.
+    pub fn shows_group(&self, pgrp: i32) -> bool {
+        self.processes.iter().any(|process| process.pgrp == pgrp)
+    }
+
+    /// The job mpsync answers for: the members of `group` (if any), and every descendant of `root`
+    /// (mpsync), however far down and in whatever group or session, except the processes in mpsync's own
+    /// group (`own_pgrp`: what mpsync itself runs, such as a kubeconfig exec credential plugin) and `skip`
+    /// (the guard), with their descendants. Zombies are left out: they are dead.
+    ///
+    /// Descendants are found by parent links, so a process escapes the walk once its parent exits and it is
+    /// reparented to an init or subreaper above mpsync; as PID 1 or a subreaper, mpsync *is* that init, and
+    /// nothing in its tree escapes.
+    pub fn job(&self, group: Option<i32>, root: i32, own_pgrp: i32, skip: &[i32]) -> Vec<ProcStat> {
+        let mut children: HashMap<i32, Vec<&ProcStat>> = HashMap::new();
+        for process in &self.processes {
+            children.entry(process.ppid).or_default().push(process);
+        }
+        let mut seen = HashSet::new();
+        let mut job = Vec::new();
+        let mut add = |process: &ProcStat, job: &mut Vec<ProcStat>| {
+            if seen.insert(process.pid) && !process.is_zombie() {
+                job.push(*process);
+            }
+        };
+        if let Some(group) = group {
+            for process in self.processes.iter().filter(|process| process.pgrp == group) {
+                add(process, &mut job);
+            }
+        }
+        let mut queue = vec![root];
+        while let Some(parent) = queue.pop() {
+            for child in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
+                if child.pgrp == own_pgrp || skip.contains(&child.pid) {
+                    continue;
+                }
+                add(child, &mut job);
+                queue.push(child.pid);
+            }
+        }
+        job
+    }
+
+    /// Whether process group `pgrp` is orphaned, as the kernel judges it: no member has a parent in another
+    /// group of the same session, so no shell's job control can continue it. The kernel discards
+    /// SIGTSTP, SIGTTIN and SIGTTOU to such a group (with their default action), so it cannot stop.
+    /// A parent /proc does not show (another PID namespace, hidepid) counts as one that can.
+    pub fn group_is_orphaned(&self, pgrp: i32, session: i32) -> bool {
+        !self.processes.iter().filter(|process| process.pgrp == pgrp && !process.is_zombie()).any(|member| {
+            match self.get(member.ppid) {
+                Some(parent) => parent.pgrp != pgrp && parent.session == session,
+                None => member.ppid != 0,
+            }
+        })
+    }
+
+    /// The live members of group `pgrp` other than `me`, that are neither ancestors of `me` (a shell waiting
+    /// for mpsync) nor children of `me` (what mpsync itself runs): other members of a pipeline, or background
+    /// jobs of a script without job control.
+    pub fn strangers_in_group(&self, pgrp: i32, me: i32) -> Vec<i32> {
+        let mut ancestors = HashSet::new();
+        let mut cursor = self.get(me).map(|process| process.ppid);
+        while let Some(pid) = cursor.filter(|pid| *pid > 0 && ancestors.insert(*pid)) {
+            cursor = self.get(pid).map(|process| process.ppid);
+        }
+        self.processes
+            .iter()
+            .filter(|process| process.pgrp == pgrp && process.pid != me && !process.is_zombie())
+            .filter(|process| !ancestors.contains(&process.pid) && process.ppid != me)
+            .map(|process| process.pid)
+            .collect()
+    }
+
+    /// The children of `parent` that are zombies.
+    pub fn zombie_children(&self, parent: i32) -> impl Iterator<Item = &ProcStat> {
+        self.processes.iter().filter(move |process| process.ppid == parent && process.is_zombie())
+    }
+}

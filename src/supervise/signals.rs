@@ -1,0 +1,103 @@
+//! The one way mpsync receives signals: a dedicated thread waits for them (signal-hook's self-pipe
+//! iterator) and hands them to async code through a channel. Like any signal delivery, two of the same
+//! signal that arrive close together may be seen as one.
+//!
+//! Why this and not `tokio::signal`:
+//! - It works before any runtime exists. The supervisor must start while the process is still
+//!   single-threaded (it forks its guard), before the runtime is built; `tokio::signal` can only register
+//!   inside a runtime, and a signal that came in between would be lost or take its default action.
+//! - It does not care which runtime, if any, polls it, nor whether that runtime is busy: the thread reads
+//!   the signals as they come, so sidecar and status can use the same receiver in their own runtimes.
+//! - It lets the caller decide per signal first: a signal inherited as ignored (nohup) is left ignored
+//!   rather than given a handler (see [`ignored`]).
+//!
+//! Handlers stay installed for the life of the process (signal-hook never uninstalls them); whoever needs
+//! a default action back (to stop, or to die of a signal) sets it with `sigaction` itself.
+
+use std::io;
+use std::thread::JoinHandle;
+
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use signal_hook::iterator::Signals;
+use tokio::sync::mpsc;
+
+/// Signals received by a thread of their own, to be awaited with [`SignalReceiver::recv`].
+pub struct SignalReceiver {
+    receiver: mpsc::UnboundedReceiver<Signal>,
+    open: bool,
+    thread: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
+}
+
+impl SignalReceiver {
+    /// Handle `signals` from now on: each one received is queued for [`recv`](Self::recv). The thread
+    /// unblocks them for itself, so they are received whatever mask the process inherited; other threads
+    /// keep their masks.
+    pub fn new(signals: &[Signal]) -> io::Result<SignalReceiver> {
+        let mut iterator = Signals::new(signals.iter().map(|signal| *signal as i32))?;
+        let handle = iterator.handle();
+        let wanted = set_of(signals);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new().name("mpsync-signals".into()).spawn(move || {
+            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&wanted), None);
+            for number in iterator.forever() {
+                if let Ok(signal) = Signal::try_from(number)
+                    && sender.send(signal).is_err()
+                {
+                    break;
+                }
+            }
+        })?;
+        Ok(SignalReceiver { receiver, open: true, thread: Some((handle, thread)) })
+    }
+
+    /// The next signal received; pending for ever once the thread is gone (it never stops on its own).
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Signal {
+        if self.open {
+            match self.receiver.recv().await {
+                Some(signal) => return signal,
+                None => {
+                    tracing::warn!("the signal thread has stopped");
+                    self.open = false;
+                }
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for SignalReceiver {
+    fn drop(&mut self) {
+        if let Some((handle, thread)) = self.thread.take() {
+            handle.close();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The signals among `signals` whose action is SIG_IGN now: at start-up, the ones the parent left ignored
+/// (`nohup` ignores SIGHUP; a shell without job control starts `cmd &` with SIGINT and SIGQUIT ignored).
+pub fn ignored(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        // SAFETY: with a null new action, sigaction(2) only reads the current one into `current`.
+        let ignored = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(*signal as i32, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            set.add(*signal);
+        }
+    }
+    set
+}
+
+pub fn set_of(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        set.add(*signal);
+    }
+    set
+}

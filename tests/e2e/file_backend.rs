@@ -1,0 +1,565 @@
+//! `--backend file` as safe as flock(1): one lock directory per user whatever the session, no symlink
+//! games, no token reuse, nothing that hangs, every valid name, and 200 contenders. Tests that act as
+//! other users (the tests run as root) use `setpriv`, and uids of their own, so that their `/tmp/mpsync-UID`
+//! and their inotify limits are theirs alone.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A uid for this test alone (no passwd entry needed): distinct per test and per test process.
+fn test_uid(offset: u32) -> u32 {
+    60_000 + (std::process::id() % 1000) * 16 + offset
+}
+
+/// Whether this run can act as other users.
+fn root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root, to act as other users");
+    }
+    root
+}
+
+/// `program args` run as `uid` (and gid `uid`, no other groups), with nothing in the environment that
+/// could point mpsync anywhere.
+fn as_user(uid: u32, program: &str, args: &[&str]) -> Command {
+    let id = uid.to_string();
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--", program]).args(args);
+    scrub(&mut command);
+    command.env_remove("XDG_RUNTIME_DIR").env("HOME", "/nonexistent").stdin(Stdio::null());
+    command
+}
+
+/// `mpsync ARGS` on the file backend as `uid`, in that user's default lock directory.
+fn mpsync_as(uid: u32, args: &[&str]) -> Command {
+    let mut command = as_user(uid, env!("CARGO_BIN_EXE_mpsync"), args);
+    command.env("MPSYNC_BACKEND", "file");
+    command
+}
+
+/// A directory in the test's temp dir that `uid` owns, for its logs and files.
+fn owned_dir(env: &TestEnv, name: &str, uid: u32) -> PathBuf {
+    let dir = env.path(name);
+    fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+    dir
+}
+
+/// `/tmp/mpsync-UID`, removed now and when dropped.
+struct UserLockDir(PathBuf);
+
+impl UserLockDir {
+    fn new(uid: u32) -> UserLockDir {
+        let dir = PathBuf::from(format!("/tmp/mpsync-{uid}"));
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(&dir);
+        UserLockDir(dir)
+    }
+}
+
+impl Drop for UserLockDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Children's stamps, checked: no two overlap, and fencing tokens strictly increase in start order.
+#[track_caller]
+fn assert_one_at_a_time(log: &Path, runs: usize) -> Vec<(String, u128, Option<i64>)> {
+    let stamps = read_stamps(log);
+    assert_eq!(stamps.len(), runs * 2, "{stamps:?}");
+    let mut previous_token = -1;
+    for (i, pair) in stamps.chunks(2).enumerate() {
+        assert_eq!((pair[0].0.as_str(), pair[1].0.as_str()), ("start", "end"), "overlap at run {i}: {stamps:?}");
+        assert_eq!(pair[0].2, pair[1].2, "one child's token: {stamps:?}");
+        let token = pair[0].2.expect("a token");
+        assert!(token > previous_token, "token {token} after {previous_token} at run {i}: {stamps:?}");
+        previous_token = token;
+    }
+    stamps
+}
+
+/// Timings for holders that hold for seconds on the file backend: the `FAST` ones give a renewal 1s
+/// (the call timeout) and the lease 2s, less than one fsync can take on a busy shared disk.
+const STEADY: &[&str] = &["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"];
+
+/// `head`, the `STEADY` timings, then `--` and the child's `command`.
+fn steady<'a>(head: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    [head, STEADY, &["--"], command].concat()
+}
+
+/// A child that stamps its start and its end, also when stopped by SIGTERM (the stop on a loss).
+fn stamped_until(log: &Path, go: &Path) -> String {
+    let log = log.display();
+    format!(
+        "trap 'echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; exit 143' TERM; \
+         echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; \
+         while [ ! -e {} ]; do sleep 0.05; done; \
+         echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}",
+        go.display()
+    )
+}
+
+#[test]
+fn a_cron_job_and_a_shell_of_one_user_meet_in_one_lock_directory() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let uid = test_uid(0);
+    let lock_dir = UserLockDir::new(uid);
+    let home = owned_dir(&env, "home", uid);
+    let runtime_dir = owned_dir(&env, "run-user", uid);
+    let ready = home.join("ready");
+    let go = home.join("go");
+
+    // The shell: an ssh session has XDG_RUNTIME_DIR.
+    let script = format!("touch {}; while [ ! -e {} ]; do sleep 0.05; done", ready.display(), go.display());
+    let mut shell = mpsync_as(uid, &["lock", "backup", "--", "sh", "-c", &script]);
+    shell.env("XDG_RUNTIME_DIR", &runtime_dir);
+    let mut shell = Proc::spawn(shell, &env.dir);
+    wait_until("the shell's child to start", || ready.exists());
+
+    // The cron job: no XDG_RUNTIME_DIR. It must find the lease held.
+    let ran = home.join("cron-ran");
+    let cron = mpsync_as(uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
+    Proc::spawn(cron, &env.dir).finish().assert_code(124);
+    assert!(!ran.exists(), "the cron job ran beside the shell's child");
+
+    fs::write(&go, "").unwrap();
+    assert_eq!(shell.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", shell.stderr());
+    let cron = mpsync_as(uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
+    Proc::spawn(cron, &env.dir).finish().assert_code(0);
+    assert!(ran.exists());
+
+    let meta = fs::symlink_metadata(&lock_dir.0).expect("the default lock directory");
+    assert!(meta.is_dir());
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
+    assert!(!runtime_dir.join("mpsync").exists(), "nothing under XDG_RUNTIME_DIR");
+}
+
+#[test]
+fn replacing_or_deleting_lock_files_gives_no_duplicate_token_and_no_overlap() {
+    let env = TestEnv::file();
+    let name = env.lease_name("vandal");
+    let log = env.path("log");
+    let dir = env.lock_dir();
+    const LOOPS: usize = 6;
+    const ROUNDS: usize = 12;
+    let child = stamp_script(&log, "true");
+    let mpsync = env!("CARGO_BIN_EXE_mpsync");
+    let loop_script = format!(
+        "i=0; while [ $i -lt {ROUNDS} ]; do \"{mpsync}\" lock {name} -- sh -c '{}' || exit 1; i=$((i+1)); done",
+        child.replace('\'', "'\\''")
+    );
+    // What broke the per-lease lock file: it deleted, replaced and renamed in a loop. And stale or planted
+    // temporary files, which writers must remove and never follow.
+    let stop = env.path("stop-vandal");
+    let lock = dir.join(format!("{name}.lock"));
+    let vandal_script = format!(
+        "ln -sf /etc/passwd {temp}; touch {temp2}; \
+         while [ ! -e {stop} ]; do rm -f {lock}; touch {lock}.new; mv -f {lock}.new {lock}; \
+         mv -f {lock} {lock}.old; : > {lock}; done",
+        temp = dir.join(format!(".{name}.tmp")).display(),
+        temp2 = dir.join(format!(".{name}.last.tmp")).display(),
+        stop = stop.display(),
+        lock = lock.display(),
+    );
+    let passwd = fs::read("/etc/passwd").unwrap();
+    let mut vandal = Command::new("sh");
+    vandal.args(["-c", &vandal_script]);
+    let mut vandal = Proc::spawn(vandal, &env.dir);
+    let mut loops: Vec<Proc> = (0..LOOPS)
+        .map(|_| {
+            let mut command = Command::new("sh");
+            command.args(["-c", &loop_script]);
+            scrub(&mut command);
+            command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", &dir);
+            Proc::spawn(command, &env.dir)
+        })
+        .collect();
+    for process in &mut loops {
+        let status = process.wait_for(Duration::from_secs(300)).expect("the loop finishes");
+        assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    }
+    fs::write(&stop, "").unwrap();
+    vandal.wait_for(PATIENCE).expect("the vandal stops");
+    assert_one_at_a_time(&log, LOOPS * ROUNDS);
+    assert_eq!(fs::read("/etc/passwd").unwrap(), passwd, "a planted symlink was followed");
+}
+
+#[test]
+fn deleting_the_record_under_a_holder_lets_nobody_in_beside_it() {
+    let env = TestEnv::file();
+    let name = env.lease_name("deleted");
+    let log = env.path("log");
+    let go = env.path("go");
+    let mut holder = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    wait_for_file(&log, "start");
+    // A waiter that saw the holder, watching.
+    let mut waiter = env.spawn(steady(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+
+    fs::remove_file(env.lock_dir().join(format!("{name}.json"))).unwrap();
+    let deleted_at = Instant::now();
+    // And one that never saw it, started just after the deletion (the issue's repro: it ran 6 ms later).
+    let mut fresh = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamp_script(&log, "true")]));
+    // Give both a fair chance to run beside the holder's child (the lease duration is 6s).
+    std::thread::sleep(Duration::from_millis(2000));
+    fs::write(&go, "").unwrap();
+
+    let holder_code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    assert!(matches!(holder_code, Some(0 | 123)), "holder: {holder_code:?}\n{}", holder.stderr());
+    for process in [&mut waiter, &mut fresh] {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    let stamps = assert_one_at_a_time(&log, 3);
+    eprintln!("holder exited {holder_code:?}; the others ran {:?} after the deletion", deleted_at.elapsed());
+    // Tokens continue across the deletion.
+    assert!(stamps[2].2 > stamps[0].2);
+}
+
+/// The squatter (another uid) makes the victim's default lock directory first, open to all, full of
+/// symlinks named like everything mpsync ever wrote there, pointing at the victim's files.
+#[test]
+fn a_lock_directory_squatted_by_another_user_is_refused_and_the_victims_files_are_untouched() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let (attacker, victim) = (test_uid(1), test_uid(2));
+    let squatted = UserLockDir::new(victim);
+    let home = owned_dir(&env, "victim-home", victim);
+    let bashrc = home.join(".bashrc");
+    let other = home.join("thesis.tex");
+    for (file, contents) in [(&bashrc, "alias ll='ls -l'\n"), (&other, "\\chapter{One}\n")] {
+        fs::write(file, contents).unwrap();
+        std::os::unix::fs::chown(file, Some(victim), Some(victim)).unwrap();
+    }
+    let targets = [&bashrc, &other];
+    let mut planted = vec!["job.json".to_string(), "job.lock".into(), ".job.tmp".into(), ".job.last".into()];
+    planted.push(".job.last.tmp".into());
+    for pid in 2..400 {
+        planted.push(format!(".probe.{pid}"));
+        planted.push(format!(".job.json.tmp.{pid}"));
+    }
+    let links: String = planted
+        .iter()
+        .enumerate()
+        .map(|(i, file)| format!("ln -s {} {}/{file}; ", targets[i % 2].display(), squatted.0.display()))
+        .collect();
+    let setup = as_user(attacker, "sh", &["-c", &format!("mkdir -m 777 {} && {links}", squatted.0.display())])
+        .status()
+        .unwrap();
+    assert!(setup.success());
+    let before: Vec<_> =
+        targets.iter().map(|file| (fs::read(file).unwrap(), fs::metadata(file).unwrap().mtime())).collect();
+
+    let run = |args: &[&str]| Proc::spawn(mpsync_as(victim, args), &env.dir).finish();
+    for args in [&["lock", "job", "--", "echo", "hi"][..], &["status", "job"], &["elect", "job", "--", "true"]] {
+        let done = run(args);
+        done.assert_code(125);
+        assert!(!done.stdout.contains("hi"), "the command ran");
+        assert!(done.stderr.contains(&squatted.0.display().to_string()), "{}", done.stderr);
+        assert!(done.stderr.contains(&format!("uid {attacker}")), "{}", done.stderr);
+        assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    }
+    let after: Vec<_> =
+        targets.iter().map(|file| (fs::read(file).unwrap(), fs::metadata(file).unwrap().mtime())).collect();
+    assert_eq!(before, after, "the victim's files were touched");
+
+    // A symlink in its place, to a directory of the victim's own, is refused too.
+    fs::remove_dir_all(&squatted.0).unwrap();
+    let decoy = owned_dir(&env, "decoy", victim);
+    fs::set_permissions(&decoy, fs::Permissions::from_mode(0o700)).unwrap();
+    as_user(attacker, "ln", &["-s", decoy.to_str().unwrap(), squatted.0.to_str().unwrap()]).status().unwrap();
+    let done = run(&["lock", "job", "--", "echo", "hi"]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("symbolic link"), "{}", done.stderr);
+    assert_eq!(fs::read_dir(&decoy).unwrap().count(), 0, "nothing written through the link");
+
+    // The victim's own directory, left open to others: refused, with the fix.
+    fs::remove_file(&squatted.0).unwrap();
+    as_user(victim, "mkdir", &["-m", "755", squatted.0.to_str().unwrap()]).status().unwrap();
+    let done = run(&["lock", "job", "--", "echo", "hi"]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("0755") && done.stderr.contains("chmod 700"), "{}", done.stderr);
+}
+
+#[test]
+fn a_fifo_in_place_of_the_record_hangs_neither_waiters_nor_the_holder() {
+    let env = TestEnv::file();
+    let name = env.lease_name("fifo");
+    let record = env.lock_dir().join(format!("{name}.json"));
+    nix::unistd::mkfifo(&record, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+    done.assert_code(124);
+    assert!(done.elapsed < Duration::from_secs(10), "took {:?}", done.elapsed);
+    assert!(done.stderr.contains("FIFO"), "{}", done.stderr);
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.elapsed < Duration::from_secs(10), "took {:?}", status.elapsed);
+    fs::remove_file(&record).unwrap();
+
+    // A holder whose record becomes a FIFO cannot renew: it stops its child at its renew deadline (2s)
+    // and exits 123, instead of hanging in open(2).
+    let pid_file = env.path("pid");
+    let mut holder =
+        env.spawn(fast(&["lock", &name], &["sh", "-c", &format!("echo $$ > {}; exec sleep 1000", pid_file.display())]));
+    let child = read_pid(&pid_file);
+    let fifo = env.lock_dir().join("swap");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    fs::rename(&fifo, &record).unwrap();
+    let swapped = Instant::now();
+    assert_eq!(holder.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", holder.stderr());
+    assert!(!alive(child));
+    // Renew deadline 2s, grace 1s, and room for a loaded machine.
+    assert!(swapped.elapsed() < Duration::from_secs(8), "took {:?}", swapped.elapsed());
+}
+
+#[test]
+fn a_corrupt_record_makes_waiters_wait_with_one_clear_line_until_it_is_repaired() {
+    let env = TestEnv::file();
+    let name = env.lease_name("broken");
+    let record = env.lock_dir().join(format!("{name}.json"));
+    fs::write(&record, "{ not json").unwrap();
+    let ran = env.path("ran");
+    let done = env.run(["lock", &name, "--timeout", "2s", "--", "touch", ran.to_str().unwrap()]);
+    done.assert_code(124);
+    assert!(!ran.exists());
+    assert!(done.stderr.contains(&record.display().to_string()), "{}", done.stderr);
+    assert!(done.stderr.contains("counts as held"), "{}", done.stderr);
+    for never in ["remove", "delete", "panicked"] {
+        assert!(!done.stderr.contains(never), "{}", done.stderr);
+    }
+    // The one warning, and the one error when --timeout gives up.
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    assert_eq!(fs::read_to_string(&record).unwrap(), "{ not json", "never overwritten");
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.stderr.contains(&record.display().to_string()), "{}", status.stderr);
+
+    // A waiter waits, as for a held lease, and runs once the record is valid again.
+    let mut waiter = env.spawn(fast(&["lock", &name], &["touch", ran.to_str().unwrap()]));
+    wait_until("the waiter to report the record", || waiter.stderr().contains("counts as held"));
+    assert!(!ran.exists());
+    let free = format!(
+        r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","resourceVersion":"7"}},"spec":{{"holderIdentity":"","leaseTransitions":4}}}}"#
+    );
+    fs::write(&record, free).unwrap();
+    assert_eq!(waiter.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", waiter.stderr());
+    assert!(ran.exists());
+    assert_eq!(env.get(&name).unwrap().1.lease_transitions, Some(5));
+}
+
+#[test]
+fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
+    if !root() {
+        return;
+    }
+    const CONTENDERS: usize = 200;
+    let env = TestEnv::file();
+    // A uid of its own: the 128 inotify instances a user may have are this test's alone.
+    let uid = test_uid(3);
+    let _lock_dir = UserLockDir::new(uid);
+    let work = owned_dir(&env, "work", uid);
+    let log = work.join("log");
+    let child = stamp_script(&log, "true");
+    let mpsync = env!("CARGO_BIN_EXE_mpsync");
+    let script = format!(
+        "for i in $(seq {CONTENDERS}); do \"{mpsync}\" lock c200 -v -- sh -c '{}' 2> {}/err.$i & done; wait",
+        child.replace('\'', "'\\''"),
+        work.display()
+    );
+    let started = Instant::now();
+    let mut contenders = as_user(uid, "sh", &["-c", &script]);
+    contenders.env("MPSYNC_BACKEND", "file");
+    // On tmpfs where there is one: what is measured is waiting and handoff, not a shared disk's fsyncs
+    // (seconds each on a busy machine).
+    let shm = Path::new("/dev/shm").is_dir().then(|| PathBuf::from(format!("/dev/shm/mpsync-test-{uid}")));
+    let _shm_lock_dir = shm.as_ref().map(|dir| {
+        contenders.env("MPSYNC_LOCK_DIR", dir);
+        UserLockDir(dir.clone())
+    });
+    let mut all = Proc::spawn(contenders, &env.dir);
+    let status = all.wait_for(Duration::from_secs(600)).expect("the contenders finish");
+    let elapsed = started.elapsed();
+    assert!(status.success(), "{}", all.stderr());
+    let stamps = assert_one_at_a_time(&log, CONTENDERS);
+
+    let stderr: Vec<String> =
+        (1..=CONTENDERS).map(|i| fs::read_to_string(work.join(format!("err.{i}"))).unwrap_or_default()).collect();
+    let fallbacks = stderr.iter().filter(|err| err.contains("cannot watch the lock directory")).count();
+    let slow = stderr.iter().filter(|err| err.contains("every 2s")).count();
+    let mut gaps: Vec<u128> =
+        stamps.chunks(2).zip(stamps.chunks(2).skip(1)).map(|(a, b)| (b[0].1 - a[1].1) / 1_000_000).collect();
+    gaps.sort_unstable();
+    eprintln!(
+        "{CONTENDERS} contenders in {elapsed:?}; {fallbacks} without inotify (polling every 100ms); handoff gaps: \
+         median {} ms, p90 {} ms, max {} ms",
+        gaps[gaps.len() / 2],
+        gaps[gaps.len() * 9 / 10],
+        gaps[gaps.len() - 1]
+    );
+    assert_eq!(slow, 0, "a contender polled at the retry period");
+    for err in &stderr {
+        assert!(!err.contains("ERROR"), "{err}");
+    }
+}
+
+#[test]
+fn a_semaphore_of_150_slots_uses_one_inotify_instance_and_wakes_at_once() {
+    let env = TestEnv::file();
+    let name = env.lease_name("slots");
+    for slot in 0..150 {
+        env.put(&format!("{name}-{slot}"), TestEnv::foreign_record("someone-else", 120));
+    }
+    let ran = env.path("ran");
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let child = format!("echo $MPSYNC_SLOT > {}", ran.display());
+    let args: Vec<&str> =
+        ["lock", &name, "--slots", "150", "-v"].into_iter().chain(slow).chain(["--", "sh", "-c", &child]).collect();
+    let mut waiter = env.spawn(args);
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    let inotify_instances = || {
+        fs::read_dir(format!("/proc/{}/fd", waiter.pid()))
+            .map(|fds| {
+                fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+                    .filter(|target| target.to_string_lossy().contains("inotify"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("the waiter to watch", || inotify_instances() > 0);
+    assert_eq!(inotify_instances(), 1, "one inotify instance for 150 watched leases");
+
+    let freed = Instant::now();
+    env.edit(&format!("{name}-77"), |spec| spec.holder_identity = Some(String::new()));
+    assert_eq!(waiter.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", waiter.stderr());
+    assert_eq!(fs::read_to_string(&ran).unwrap().trim(), "77");
+    // Far below the 30s retry period: the watch drove it.
+    assert!(freed.elapsed() < Duration::from_secs(10), "took {:?}", freed.elapsed());
+}
+
+#[test]
+fn a_token_at_the_int32_limit_is_refused_with_a_clear_message() {
+    let env = TestEnv::file();
+    let name = env.lease_name("limit");
+    let free = TestEnv::foreign_record("", 1);
+    env.put(&name, k8s_openapi::api::coordination::v1::LeaseSpec { lease_transitions: Some(i32::MAX - 1), ..free });
+    let tokens = env.path("tokens");
+    let script = format!("echo $MPSYNC_FENCING_TOKEN >> {}", tokens.display());
+    env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    assert_eq!(fs::read_to_string(&tokens).unwrap().trim(), i32::MAX.to_string());
+
+    let done = env.run(["lock", &name, "--", "sh", "-c", &script]);
+    done.assert_code(125);
+    eprintln!("at the limit, mpsync says:\n{}", done.stderr);
+    assert!(done.stderr.contains("2147483647") && done.stderr.contains("fencing token"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    assert_eq!(fs::read_to_string(&tokens).unwrap().lines().count(), 1, "the child ran at a repeated token");
+}
+
+#[test]
+fn a_lease_name_of_253_characters_works() {
+    let env = TestEnv::file();
+    let mut name = String::new();
+    while name.len() < 253 {
+        name.push(if name.len() % 64 == 63 { '.' } else { 'x' });
+    }
+    let tokens = env.path("tokens");
+    let script = format!("echo $MPSYNC_FENCING_TOKEN >> {}", tokens.display());
+    for _ in 0..2 {
+        env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    }
+    assert_eq!(fs::read_to_string(&tokens).unwrap(), "0\n1\n");
+    let status = env.run(["status", &name, "-o", "json"]);
+    status.assert_code(0);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!((json["exists"].as_bool(), json["leaseTransitions"].as_i64()), (Some(true), Some(1)));
+
+    // Held, it is a lease like any other.
+    let go = env.path("go");
+    let log = env.path("log");
+    let mut holder = env.spawn(["lock", &name, "--", "sh", "-c", &stamped_until(&log, &go)]);
+    wait_for_file(&log, "start");
+    env.run(["lock", &name, "--no-wait", "--", "true"]).assert_code(124);
+    fs::write(&go, "").unwrap();
+    assert_eq!(holder.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", holder.stderr());
+}
+
+#[test]
+fn a_tmp_cleaner_leaves_the_records_alone_and_tokens_continue() {
+    let Ok(tmpfiles) = which("systemd-tmpfiles") else {
+        eprintln!("SKIPPED: no systemd-tmpfiles");
+        return;
+    };
+    let env = TestEnv::file();
+    let name = env.lease_name("aged");
+    let tokens = env.path("tokens");
+    let script = format!("echo $MPSYNC_FENCING_TOKEN >> {}", tokens.display());
+    env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    // A writer SIGKILLed mid-write left a temporary file: the next write removes it.
+    let stale = env.lock_dir().join(format!(".{name}.tmp"));
+    fs::write(&stale, "half a rec").unwrap();
+
+    // The most aggressive age rule there is: everything older than now.
+    let config = env.path("tmpfiles.conf");
+    fs::write(&config, format!("e {} - - - 0\n", env.lock_dir().display())).unwrap();
+    let cleaned = Command::new(tmpfiles).arg("--clean").arg(&config).status().unwrap();
+    assert!(cleaned.success());
+    assert!(env.lock_dir().join(format!("{name}.json")).exists(), "the record was aged out");
+
+    env.run(["lock", &name, "--", "sh", "-c", &script]).assert_code(0);
+    assert_eq!(fs::read_to_string(&tokens).unwrap(), "0\n1\n", "tokens restarted");
+    assert!(!stale.exists(), "the stale temporary file is still there");
+}
+
+fn which(program: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(program)).find(|file| file.exists()))
+        .ok_or(())
+}
+
+#[test]
+fn a_waiter_follows_the_lock_directory_when_it_is_removed_and_made_again() {
+    let env = TestEnv::file();
+    let name = env.lease_name("rearm");
+    let log = env.path("log");
+    let go = env.path("go");
+    let mut first = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    wait_for_file(&log, "start");
+    // A retry period of 5s: a handoff well within it is the watch's doing.
+    let slow = ["--lease-duration", "12s", "--renew-deadline", "7s", "--retry-period", "5s"];
+    let mut waiter =
+        env.spawn(["lock", &name, "-v"].into_iter().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+
+    // The whole directory goes (a tmp cleaner, `rm -rf`): the holder loses its record and stops.
+    fs::remove_dir_all(env.lock_dir()).unwrap();
+    let removed = Instant::now();
+    assert_eq!(first.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", first.stderr());
+    // Another holder makes the directory again and holds it until the waiter, which saw the first holder
+    // vanish, has waited that out (its own lease duration, 12s, with a margin for a loaded machine).
+    let second_go = env.path("second-go");
+    let mut second = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &second_go)]));
+    wait_until("the second holder to run", || read_stamps(&log).len() >= 3);
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(removed.elapsed()));
+    fs::write(&second_go, "").unwrap();
+    assert_eq!(second.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", second.stderr());
+    assert_eq!(waiter.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", waiter.stderr());
+    let stamps = read_stamps(&log);
+    let words: Vec<&str> = stamps.iter().map(|(w, _, _)| w.as_str()).collect();
+    assert_eq!(words, ["start", "end", "start", "end", "start", "end"], "{stamps:?}");
+    let handoff = Duration::from_nanos((stamps[4].1 - stamps[3].1) as u64);
+    eprintln!("the waiter took over {handoff:?} after the second holder's child ended");
+    assert!(handoff < Duration::from_secs(4), "handoff took {handoff:?}: not driven by the watch");
+    assert!(!waiter.stderr().contains("polling every"), "the waiter gave up watching:\n{}", waiter.stderr());
+}

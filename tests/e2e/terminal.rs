@@ -1,0 +1,294 @@
+//! mpsync in a terminal, under an interactive bash on a pseudo-terminal, driven as a user would: Ctrl-Z,
+//! `bg`, `fg`, Ctrl-C, closing the window. The assertions are on the terminal's foreground group, on the
+//! state of mpsync and its child in /proc, on exit codes, and on the lease.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::pty::{CTRL_C, CTRL_Z, Terminal, stat_field, state};
+use crate::support::*;
+
+/// FAST, as typed on a command line.
+const FAST_ARGS: &str = "--lease-duration 4s --renew-deadline 2s --retry-period 500ms";
+
+/// For tests that stop mpsync and continue it: nothing renews while mpsync is stopped, and a slow machine
+/// must not turn a short stop into a lost lease (the child would be killed, not continued).
+const SLOW_ARGS: &str = "--lease-duration 30s --renew-deadline 20s --retry-period 2s";
+
+fn shell(env: &TestEnv) -> Terminal {
+    Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())])
+}
+
+/// The child's pid (written by the child), and mpsync's (its parent).
+fn child_and_mpsync(pid_file: &Path) -> (i32, i32) {
+    let child = read_pid(pid_file);
+    (child, stat_field(child, 4).expect("the child's parent"))
+}
+
+/// A child that writes its pid, then beats until Ctrl-C. A bash loop: dash runs commands with vfork(2), and
+/// a vforked child stopped by Ctrl-Z before its exec leaves its parent in uninterruptible sleep, never
+/// stopped (bash's job control alone hangs on such a loop now and then, too). It traps SIGINT: a Ctrl-C that
+/// comes while bash forks the next command reaches no command, and bash would carry on.
+fn beating_child(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "bash -c 'trap \"exit 130\" INT; echo $$ > {dir}/child.pid; while :; do date +%s%N > {dir}/beat; sleep 0.1; done'"
+    )
+}
+
+/// Ctrl-Z, then `fg`, then Ctrl-C, with the child in the terminal's foreground; `redirect` is typed after the
+/// command (`</dev/null`: stdin need not be the terminal for mpsync to find it).
+fn ctrl_z_then_fg_then_ctrl_c(redirect: &str) {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("ctrlz");
+    terminal.type_line(&format!("mpsync lock {name} {SLOW_ARGS} -- {} {redirect}", beating_child(&env.dir)));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
+
+    terminal.key(CTRL_Z);
+    terminal.expect("Stopped");
+    terminal.wait_until("the shell to have the terminal", || terminal.foreground() == terminal.shell());
+    // The child stopped first: mpsync stops only once its job has.
+    assert_eq!((state(child), state(mpsync)), (Some('T'), Some('T')), "{}", terminal.text());
+
+    terminal.type_line("fg");
+    terminal.wait_until("the child to have the terminal again", || terminal.foreground() == child);
+    terminal.wait_until("both to run again", || state(child) != Some('T') && state(mpsync) != Some('T'));
+    let beat = fs::read_to_string(env.path("beat")).unwrap_or_default();
+    wait_until("a new heartbeat", || fs::read_to_string(env.path("beat")).unwrap_or_default() != beat);
+
+    terminal.key(CTRL_C);
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=130");
+    assert_eq!(terminal.foreground(), terminal.shell());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
+}
+
+#[test]
+fn ctrl_z_stops_the_child_then_mpsync_and_fg_resumes_both() {
+    ctrl_z_then_fg_then_ctrl_c("");
+}
+
+#[test]
+fn ctrl_z_stops_the_child_when_stdin_is_not_the_terminal() {
+    ctrl_z_then_fg_then_ctrl_c("</dev/null");
+}
+
+/// The terminal's modes go with the job, as a shell keeps them for a stopped job: the child's (here
+/// `-icanon`) while it has the terminal, the shell's while it is stopped, and the shell's again at the end.
+#[test]
+fn the_terminal_modes_follow_the_job() {
+    use nix::sys::termios::LocalFlags;
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let canonical = |terminal: &Terminal| terminal.modes().local_flags.contains(LocalFlags::ICANON);
+    assert!(canonical(&terminal));
+    let name = env.lease_name("modes");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {SLOW_ARGS} -- bash -c 'trap \"exit 130\" INT; stty -icanon; echo $$ > {dir}/child.pid;          while :; do sleep 0.1; done'"
+    ));
+    let (child, _) = child_and_mpsync(&env.path("child.pid"));
+    terminal.wait_until("the child's modes", || !canonical(&terminal));
+    terminal.key(CTRL_Z);
+    terminal.expect("Stopped");
+    terminal.wait_until("the shell to have the terminal", || terminal.foreground() == terminal.shell());
+    assert!(canonical(&terminal), "the stopped child's modes stayed");
+    terminal.type_line("fg");
+    terminal.wait_until("the child to have the terminal again", || terminal.foreground() == child);
+    terminal.wait_until("the child's modes again", || !canonical(&terminal));
+    terminal.key(CTRL_C);
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=130");
+    assert!(canonical(&terminal), "the child's modes outlived it");
+}
+
+/// Issue 13, item 5: a backgrounded mpsync that gets its lease later must not take the terminal from the
+/// shell (which would read EIO and exit).
+#[test]
+fn a_backgrounded_mpsync_leaves_the_terminal_to_the_shell() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("steal");
+    env.put(&name, TestEnv::foreign_record("someone-else", 3));
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} -v {FAST_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; sleep 1; echo child-$((40 + 2))'"
+    ));
+    terminal.expect("waiting");
+    terminal.key(CTRL_Z);
+    terminal.expect("Stopped");
+    terminal.type_line("bg");
+    let (child, _) = child_and_mpsync(&env.path("child.pid"));
+    assert_eq!(terminal.foreground(), terminal.shell(), "the child took the terminal");
+    terminal.expect("child-42");
+    assert_ne!(stat_field(child, 5), Some(terminal.foreground()));
+    terminal.type_line("echo still-$((1 + 1))");
+    terminal.expect("still-2");
+    terminal.type_line("wait; echo rc=$?");
+    terminal.expect("rc=0");
+    assert_eq!(terminal.foreground(), terminal.shell());
+}
+
+/// `mpsync ... &` whose child reads the terminal: the child stops for terminal input, mpsync stops too (the
+/// shell says so), and after `fg` the child gets the terminal and reads it.
+#[test]
+fn after_background_then_fg_the_child_gets_the_terminal() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("bgfg");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {SLOW_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; read x </dev/tty; echo got:$x' &"
+    ));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    terminal.wait_until("the child and mpsync to stop", || state(child) == Some('T') && state(mpsync) == Some('T'));
+    terminal.type_line("fg");
+    terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
+    terminal.type_line("hello");
+    terminal.expect("got:hello");
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=0");
+    assert_eq!(terminal.foreground(), terminal.shell());
+}
+
+/// `fg` of a running job sends no SIGCONT: the child stops for terminal input later, and mpsync, now in the
+/// foreground, hands it the terminal without stopping (as sudo does).
+#[test]
+fn after_fg_of_a_running_job_the_child_gets_the_terminal_when_it_reads() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("fgrun");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {FAST_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; \
+         while [ ! -e {dir}/go ]; do sleep 0.05; done; read x </dev/tty; echo got:$x' &"
+    ));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    terminal.type_line("fg");
+    terminal.wait_until("mpsync's job to have the terminal", || terminal.foreground() == mpsync);
+    fs::write(env.path("go"), "").unwrap();
+    terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
+    assert_ne!(state(mpsync), Some('T'));
+    terminal.type_line("hello");
+    terminal.expect("got:hello");
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=0");
+}
+
+/// Issue 13, item 2: `echo x | mpsync ... -- sh -c 'read x </dev/tty'`: the child reads the terminal (it is
+/// not left stopped on SIGTTIN, holding the lease).
+#[test]
+fn in_a_pipeline_that_ends_with_mpsync_the_child_reads_the_terminal() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("piped");
+    terminal.type_line(&format!("echo x | mpsync lock {name} {FAST_ARGS} -- sh -c 'read x </dev/tty; echo got:$x'"));
+    wait_until("the lease to be taken", || env.holder(&name).is_some_and(|holder| !holder.is_empty()));
+    terminal.type_line("hello");
+    terminal.expect("got:hello");
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=0");
+    assert_eq!(env.holder(&name).as_deref(), Some(""));
+}
+
+/// `mpsync ... -- cmd | reader`: the terminal stays with the pipeline's group, so the reader (less, say)
+/// still reads the keyboard.
+#[test]
+fn in_a_pipeline_the_child_does_not_take_the_terminal_from_the_others() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("pipeline");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {FAST_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; \
+         while [ ! -e {dir}/go ]; do sleep 0.05; done; seq 3' | sh -c 'read a </dev/tty; echo got:$a'"
+    ));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    assert_eq!(terminal.foreground(), stat_field(mpsync, 5).unwrap(), "not the pipeline's group");
+    assert_ne!(terminal.foreground(), child);
+    fs::write(env.path("go"), "").unwrap();
+    terminal.type_line("hello");
+    terminal.expect("got:hello");
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=0");
+}
+
+/// Issue 13, item 6: a command that does not exist leaves the terminal to the shell that ran mpsync.
+#[test]
+fn a_failed_spawn_gives_the_terminal_back() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("nospawn");
+    terminal.type_line(&format!(
+        "sh -c 'mpsync lock {name} -- /nonexistent-mpsync-command; echo rc=$?; read a; echo got:$a'"
+    ));
+    terminal.expect("rc=127");
+    terminal.type_line("hello");
+    terminal.expect("got:hello");
+    assert_eq!(terminal.foreground(), terminal.shell());
+}
+
+/// Issue 13, item 7: one Ctrl-C ends a shell loop of mpsync, as it ends a loop of plain commands. Here
+/// mpsync is waiting for the lease when Ctrl-C comes.
+#[test]
+fn ctrl_c_ends_a_shell_loop_while_mpsync_waits() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("loopwait");
+    env.put(&name, TestEnv::foreign_record("someone-else", 60));
+    terminal.type_line(&format!(
+        "for i in 1 2 3; do mpsync lock {name} -v -- true; echo rc=$?; done; echo loop-$((40 + 2))"
+    ));
+    terminal.expect("waiting");
+    terminal.key(CTRL_C);
+    terminal.type_line("echo after-$((1 + 1))");
+    let shown = terminal.expect("after-2");
+    assert!(!shown.contains("rc=") && !shown.contains("loop-42"), "the loop went on:\n{shown}");
+}
+
+/// Issue 13, item 7, with the child running: it dies of SIGINT, and so does mpsync, so the loop ends.
+#[test]
+fn ctrl_c_ends_a_shell_loop_while_the_child_runs() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("looprun");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "for i in 1 2 3; do mpsync lock {name} -- sh -c 'echo started >> {dir}/starts; sleep 30'; echo rc=$?; done; \
+         echo loop-$((40 + 2))"
+    ));
+    wait_for_file(&env.path("starts"), "started");
+    terminal.key(CTRL_C);
+    terminal.type_line("echo after-$((1 + 1))");
+    let shown = terminal.expect("after-2");
+    assert!(!shown.contains("rc=") && !shown.contains("loop-42"), "the loop went on:\n{shown}");
+    assert_eq!(fs::read_to_string(env.path("starts")).unwrap().lines().count(), 1);
+}
+
+/// Issue 13, item 8: closing the terminal of an interactive bash does not end `nohup mpsync ... &`: bash
+/// sends its jobs SIGHUP, which nohup made mpsync ignore; its child keeps the lease and runs on.
+#[test]
+fn closing_the_terminal_does_not_end_nohup_mpsync() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("nohup");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "nohup mpsync lock {name} {FAST_ARGS} -- sh -c 'trap \"echo usr1 > {dir}/usr1\" USR1; \
+         echo $$ > {dir}/child.pid; while :; do sleep 0.1; done' >{dir}/nohup.out 2>&1 &"
+    ));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    terminal.hang_up();
+    terminal.wait_for_shell();
+    // Bash sent its SIGHUP before it exited; one forwarded signal later, everything must still be there.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(mpsync), nix::sys::signal::Signal::SIGUSR1);
+    wait_for_file(&env.path("usr1"), "usr1");
+    let alive_now = (alive(child), alive(mpsync));
+    let holder = env.holder(&name);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(mpsync), nix::sys::signal::Signal::SIGTERM);
+    wait_until("mpsync to end", || !alive(mpsync));
+    assert_eq!(alive_now, (true, true), "(child, mpsync) alive after the hang-up");
+    assert!(holder.is_some_and(|holder| !holder.is_empty()), "the lease was let go");
+}
