@@ -6,29 +6,38 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
+use crate::engine::Wait;
+use crate::error::{Error, Result};
 use crate::lease::LossReason;
 use crate::lock::Lock;
 
 /// What an [`Election`] does when leadership is lost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AfterLoss {
     /// Campaign again, and run the work again when re-elected (the default, as `mpsync elect`).
+    #[default]
     CampaignAgain,
     /// Return [`Outcome::Lost`] (as `mpsync elect --exit-on-loss`).
     Return,
 }
 
-/// How an election's [`run`](Election::run) ended.
+/// How [`Election::run`] ended.
 #[derive(Debug)]
+#[must_use]
 pub enum Outcome<T> {
-    /// The work returned on its own while leading; the lease was released.
+    /// The work returned while this process was leading (on its own, or after a
+    /// [`shutdown`](Election::shutdown) cancelled its token), with this value; the lease was released.
     Finished(T),
-    /// Leadership was lost (only with [`AfterLoss::Return`]); the work was cancelled and is gone.
+    /// Leadership was lost (with [`AfterLoss::Return`] only); the work's token was cancelled and the
+    /// work returned or was dropped after the grace. Its value, if any, is dropped.
     Lost(LossReason),
+    /// [`shutdown`](Election::shutdown) was cancelled while this process was not leading: nothing is
+    /// held.
+    Stopped,
 }
 
-/// What the work gets while this process leads.
+/// What the work gets while this process leads: its fencing token, and a way to learn that the term is
+/// over.
 #[derive(Clone, Debug)]
 pub struct Leadership {
     token: CancellationToken,
@@ -43,29 +52,31 @@ impl Leadership {
         self.fencing_token
     }
 
-    /// Cancelled when leadership is lost (at the renew deadline at the latest, before anyone else can
-    /// take over). Pass it down to everything the leader does.
+    /// A token cancelled when the term ends: leadership lost (at the renew deadline at the latest,
+    /// before anyone else can take over), or the election shut down. Pass it down to everything the
+    /// leader does.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
     }
 
-    /// Resolves when leadership is lost: `select!` on it, or await it after starting the work.
+    /// Resolves when the term ends (see [`cancellation_token`](Self::cancellation_token)): `select!` on
+    /// it, or await it after starting the work.
     pub async fn lost(&self) {
         self.token.cancelled().await;
     }
 
-    /// Whether leadership is lost already.
+    /// Whether the term has ended.
     pub fn is_lost(&self) -> bool {
         self.token.is_cancelled()
     }
 
-    /// The Lease this term holds.
+    /// The Lease this term holds (for a semaphore, the slot's Lease).
     pub fn lease(&self) -> &str {
         &self.lease
     }
 }
 
-/// Leader election over a [`Lock`].
+/// Leader election over a [`Lock`]: campaign, run the work while leading, stop it on loss.
 ///
 /// ```no_run
 /// # async fn example(client: kube::Client) -> mpsync::Result<()> {
@@ -74,11 +85,11 @@ impl Leadership {
 /// let lock = Lock::kube(client, "default", "my-controller").build()?;
 /// Election::new(lock)
 ///     .run(|leadership| async move {
-///         // Work only while leading; stop when the token is cancelled.
-///         while !leadership.is_lost() {
+///         // Work only while leading; stop when the term ends.
+///         loop {
 ///             tokio::select! {
-///                 _ = leadership.lost() => break,
-///                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => { /* reconcile */ }
+///                 () = leadership.lost() => break,
+///                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => { /* reconcile */ }
 ///             }
 ///         }
 ///     })
@@ -86,62 +97,152 @@ impl Leadership {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// The seed's `Election(name, onLeader, onLost)` is this, with `on_leader` and `on_lost` your own:
+///
+/// ```no_run
+/// # async fn example(lock: mpsync::Lock) -> mpsync::Result<()> {
+/// # fn on_leader(_: i32) {}
+/// # fn on_lost() {}
+/// mpsync::Election::new(lock)
+///     .run(|leadership| async move {
+///         on_leader(leadership.fencing_token());
+///         leadership.lost().await;
+///         on_lost();
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # The work
+///
+/// The work is an async closure, called once per term with a [`Leadership`]. It runs inside
+/// [`run`](Self::run)'s future (not spawned), so it needs no `Send` or `'static` bounds, and
+/// dropping that future drops the work. When the term ends, the work's token is cancelled; it has
+/// [`grace`](Self::grace) to return, and is then dropped. Dropping stops it at its next `.await`: code
+/// that blocks (a blocking call, a busy loop, a thread of its own) is the caller's to stop, by watching
+/// the token, before `renew_deadline + grace` have passed since the last good renewal. That is what
+/// keeps two leaders from working at once.
+#[derive(Debug)]
 pub struct Election {
     lock: Lock,
     after_loss: AfterLoss,
     grace: Duration,
+    shutdown: Option<CancellationToken>,
 }
 
 impl Election {
-    /// An election over `lock`. The work gets `grace` (by default the lock's
-    /// `lease_duration - renew_deadline - 1s`) to return after its token is cancelled; then it is dropped.
+    /// An election over `lock`, campaigning again after a loss, with a grace of
+    /// `lease_duration - renew_deadline - 1s` (4s with the default timings).
     pub fn new(lock: Lock) -> Election {
         let timing = lock.timing();
         let grace = timing.lease_duration.saturating_sub(timing.renew_deadline).saturating_sub(Duration::from_secs(1));
-        Election { lock, after_loss: AfterLoss::CampaignAgain, grace }
+        Election { lock, after_loss: AfterLoss::CampaignAgain, grace, shutdown: None }
     }
 
-    /// What to do when leadership is lost [default: campaign again].
+    /// What to do when leadership is lost [default: [`AfterLoss::CampaignAgain`]].
     pub fn after_loss(mut self, after_loss: AfterLoss) -> Election {
         self.after_loss = after_loss;
         self
     }
 
-    /// How long the work has, after its token is cancelled, to return before it is dropped. Keep
-    /// `renew_deadline + grace` below `lease_duration`, so the work is gone before anyone else can lead.
+    /// How long the work has, after its token is cancelled on a loss, to return before it is dropped.
+    /// `renew_deadline + grace` must stay below `lease_duration` (checked by [`run`](Self::run)), so
+    /// that the work is gone before anyone else can lead.
     pub fn grace(mut self, grace: Duration) -> Election {
         self.grace = grace;
         self
     }
 
-    /// Campaign; run `work` while leading; on loss cancel its token, give it `grace` to return, drop it
-    /// if it has not, then campaign again or return, as chosen. When the work returns on its own while
-    /// leading, the lease is released and its value returned.
+    /// Stop gracefully when `token` is cancelled (on SIGTERM, say): while campaigning, stop at once,
+    /// holding nothing ([`Outcome::Stopped`]); while leading, cancel the work's token and wait for the
+    /// work to return, still renewing, then release the lease so that another process takes over at
+    /// once ([`Outcome::Finished`]). A loss meanwhile ends the term as usual.
+    pub fn shutdown(mut self, token: CancellationToken) -> Election {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The lock this election campaigns for.
+    pub fn lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// Campaign; run `work` while leading; when leadership is lost, cancel its token, give it the grace
+    /// to return, drop it if it has not, then campaign again or return, as chosen. When the work
+    /// returns while leading, the lease is released and its value returned.
+    ///
+    /// Dropping the future stops everything at once: the campaign, or the work (dropped, not
+    /// cancelled); the lease is given back in the background (see [`HeldLock`](crate::HeldLock)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] if `renew_deadline + grace` is not below `lease_duration`; otherwise as
+    /// [`Lock::acquire`], while campaigning. A failed release after the work returned is logged, not
+    /// returned (the lease then expires after its duration).
     pub async fn run<F, Fut, T>(&self, mut work: F) -> Result<Outcome<T>>
     where
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = T>,
     {
+        let timing = self.lock.timing();
+        if timing.renew_deadline.saturating_add(self.grace) >= timing.lease_duration {
+            return Err(Error::Usage(format!(
+                "Election::grace ({:?}) plus renew_deadline ({:?}) must be less than lease_duration ({:?}), so that \
+                 the work is gone before another process can lead",
+                self.grace, timing.renew_deadline, timing.lease_duration
+            )));
+        }
+        let shutdown = self.shutdown.clone().unwrap_or_default();
         loop {
-            let held = self.lock.acquire().await?;
+            if shutdown.is_cancelled() {
+                return Ok(Outcome::Stopped);
+            }
+            let mut acquiring = self.lock.start(Wait::Forever);
+            let held = tokio::select! {
+                acquired = &mut acquiring => match acquired? {
+                    Some(held) => held,
+                    None => return Err(Error::Internal("the campaign ended without the lease".into())),
+                },
+                () = shutdown.cancelled() => {
+                    acquiring.cancel().await;
+                    return Ok(Outcome::Stopped);
+                }
+            };
+            // A child of the lease's own token: cancelled on loss by the lease's task, and by us on shutdown.
+            let token = held.cancellation_token().child_token();
             let leadership = Leadership {
-                token: held.cancellation_token(),
+                token: token.clone(),
                 fencing_token: held.fencing_token(),
                 lease: held.name().to_string(),
             };
-            tracing::info!(lease = %held.name(), token = held.fencing_token(), "leading");
-            let running = work(leadership);
-            tokio::pin!(running);
-            let reason = tokio::select! {
-                output = &mut running => {
-                    held.release().await?;
-                    return Ok(Outcome::Finished(output));
+            tracing::info!(lease = %held.name(), identity = %self.lock.identity(), token = held.fencing_token(), "leading");
+            // Boxed, so that it can be dropped before the lease is given back.
+            let mut running = Box::pin(work(leadership));
+            let mut stopping = false;
+            let reason = loop {
+                tokio::select! {
+                    output = &mut running => {
+                        token.cancel();
+                        if let Err(err) = held.release().await {
+                            tracing::warn!(lease = %self.lock.name(), error = %err, "could not release the lease; it expires after its duration");
+                        }
+                        return Ok(Outcome::Finished(output));
+                    }
+                    reason = held.lost() => break reason,
+                    () = shutdown.cancelled(), if !stopping => {
+                        tracing::info!(lease = %held.name(), "shutting down; waiting for the work to return");
+                        stopping = true;
+                        token.cancel();
+                    }
                 }
-                reason = held.lost() => reason,
             };
-            // The token is cancelled: the work stops, or is dropped after the grace.
+            token.cancel();
             tracing::warn!(lease = %held.name(), reason = %reason, "leadership lost; stopping the work");
-            let _ = tokio::time::timeout(self.grace, &mut running).await;
+            if tokio::time::timeout(self.grace, &mut running).await.is_err() {
+                tracing::warn!(lease = %held.name(), grace = ?self.grace, "the work did not return within the grace; dropped");
+            }
             drop(running);
             drop(held);
             if self.after_loss == AfterLoss::Return {

@@ -3,28 +3,32 @@
 //! runtime: it campaigns, hands out a [`HeldLock`], renews it until the holder releases or drops it or
 //! the lease is lost, and gives back whatever it holds, or may hold, on every way out.
 //!
-//! `lock`, `elect` and the side-car's clients in this crate are built on this same engine.
+//! `mpsync lock` and `mpsync elect` are built on this same type (see `run.rs`).
 
 use std::future::Future;
+#[cfg(feature = "file")]
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{self, Campaigned, Ignore, Observer, Slot, Wait};
 use crate::error::{Error, Result};
 use crate::lease::{Elector, LossReason, Timing};
-use crate::store::Store;
-use crate::store::file::FileStore;
+use crate::store::{Store, StoreError};
 use crate::validate;
 
-/// Builds a [`Lock`]: see [`Lock::kube`] and [`Lock::file`].
+/// Builds a [`Lock`]: start with [`Lock::kube`] or [`Lock::file`], set options, then [`build`](Self::build).
+///
+/// Every option is checked once, by `build`, as the CLI checks its flags.
+#[must_use = "a LockBuilder does nothing until `build` is called"]
 pub struct LockBuilder {
-    store: Result<Store>,
+    backend: Backend,
     name: String,
     identity: Option<String>,
     timing: Timing,
@@ -32,7 +36,48 @@ pub struct LockBuilder {
     observer: Arc<dyn Observer>,
 }
 
+/// Where the lease lives, as the builder was given it; the store is made by `build`, with the call
+/// timeout of the final timings.
+enum Backend {
+    #[cfg(feature = "kube")]
+    Kube { client: kube::Client, namespace: String },
+    #[cfg(feature = "file")]
+    File { dir: PathBuf },
+    /// A store the CLI opened from its flags (its call timeout already set).
+    #[cfg(feature = "cli")]
+    Store(Store),
+}
+
 /// A lease lock (or an N-slot semaphore) that this process can acquire and hold.
+///
+/// A `Lock` is one holder, with one identity: at most one [`HeldLock`] from it (and its clones) exists
+/// at a time. While one is alive, [`acquire`](Lock::acquire) waits for it to be released or dropped,
+/// and [`try_acquire`](Lock::try_acquire) returns `None`, as for a `tokio::sync::Mutex`. For two
+/// holders in one process, build two `Lock`s: each gets an identity of its own.
+///
+/// Cloning is cheap and shares the lock. Needs a tokio runtime with timers (`enable_time`, and
+/// `enable_io` for the Kubernetes client): the renewal runs in a task spawned on the runtime that
+/// acquired the lock.
+///
+/// ```no_run
+/// # async fn example(client: kube::Client) -> mpsync::Result<()> {
+/// use std::time::Duration;
+/// use mpsync::{Lock, Timing};
+///
+/// let lock = Lock::kube(client, "default", "nightly-report")
+///     .timing(Timing { lease_duration: Duration::from_secs(30), ..Timing::DEFAULT })
+///     .build()?;
+/// match lock.try_acquire().await? {
+///     Some(held) => {
+///         println!("running with fencing token {}", held.fencing_token());
+///         // ... the job, passing held.cancellation_token() down ...
+///         held.release().await?;
+///     }
+///     None => println!("another run holds the lease; skipping"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Lock {
     inner: Arc<Inner>,
@@ -43,19 +88,41 @@ struct Inner {
     identity: String,
     timing: Timing,
     namespace: String,
-    /// `--slots`, as given (one slot is the plain lease, but its holder still learns its slot number).
+    /// `slots(n)`, as given (one slot is the plain lease, but its holder still learns its slot number).
     slot_count: Option<u32>,
     slot_names: Vec<String>,
     store: Store,
+    observer: Arc<dyn Observer>,
     /// The slots and what they observed, kept across acquisitions (expiry clocks, earlier holds); one
     /// acquisition at a time uses them.
     slots: Arc<Mutex<Vec<Slot>>>,
+    /// Acquisitions that are campaigning, waiting to, or holding; not those giving back what they got
+    /// (see `take_slots`).
+    active: AtomicUsize,
+}
+
+impl Inner {
+    /// Slots that have observed nothing yet, as a new process's would.
+    fn fresh_slots(&self) -> Vec<Slot> {
+        let semaphore = self.slot_count.filter(|n| *n > 1);
+        self.slot_names
+            .iter()
+            .map(|name| {
+                let elector = Elector::new(self.identity.clone(), self.timing).with_seed(crate::retry::random_u64());
+                let elector = match semaphore {
+                    Some(n) => elector.with_slots(n),
+                    None => elector,
+                };
+                Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer))
+            })
+            .collect()
+    }
 }
 
 impl LockBuilder {
-    fn new(store: Result<Store>, name: &str) -> LockBuilder {
+    fn new(backend: Backend, name: &str) -> LockBuilder {
         LockBuilder {
-            store,
+            backend,
             name: name.to_string(),
             identity: None,
             timing: Timing::DEFAULT,
@@ -64,122 +131,237 @@ impl LockBuilder {
         }
     }
 
-    /// The identity written as `holderIdentity` [default: `<POD_NAME or hostname>_<random>`, unique to
-    /// this `Lock`]. Two processes must never share one.
+    /// The identity written as `holderIdentity`.
+    ///
+    /// Default: `<POD_NAME or hostname>_<random>`, made afresh for each `Lock`, so two processes (or two
+    /// `Lock`s in one process) never share one by accident. Give one only to name holders in a way of
+    /// your own; two holders must never be given the same. (A record under this identity that this
+    /// `Lock` did not write is treated as another holder's: waited out, never shared.)
     pub fn identity(mut self, identity: impl Into<String>) -> LockBuilder {
         self.identity = Some(identity.into());
         self
     }
 
-    /// The lease timings [default: 15s, 10s, 2s], checked by `build`.
+    /// The lease timings [default: [`Timing::DEFAULT`]: 15s, 10s, 2s], checked by `build` (see
+    /// [`Timing::validate`]).
     pub fn timing(mut self, timing: Timing) -> LockBuilder {
         self.timing = timing;
         self
     }
 
-    /// Up to `n` holders at once: one Lease per slot, `NAME-0` .. `NAME-(n-1)`.
+    /// A semaphore: up to `n` holders at once, one Lease per slot, `NAME-0` .. `NAME-(n-1)`, with the
+    /// Lease `NAME` as its marker recording `n` (as `mpsync lock --slots n`). Every user of the
+    /// semaphore must give the same `n`. `slots(1)` is the plain lease `NAME`; `n` must be between 1
+    /// and 1000.
     pub fn slots(mut self, n: u32) -> LockBuilder {
         self.slots = Some(n);
         self
     }
 
+    /// The CLI's health endpoints and metrics watch every renewal; that is not part of the library's
+    /// API (a program that wants it can watch `HeldLock::lost` and its own clock).
+    #[cfg(feature = "cli")]
     pub(crate) fn observer(mut self, observer: Arc<dyn Observer>) -> LockBuilder {
         self.observer = observer;
         self
     }
 
-    /// Check the options and build the lock.
+    /// Check the options and build the lock. Nothing is sent to the API server yet (the file backend
+    /// creates its lock directory, mode 0700, and checks it can write there).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for an invalid name, namespace, identity, timings or slot count; [`Error::File`]
+    /// if the lock directory cannot be created or written.
     pub fn build(self) -> Result<Lock> {
-        let store = self.store?;
-        validate::name(&self.name)?;
-        self.timing.validate()?;
+        #[cfg(feature = "cli")]
+        let library = !matches!(self.backend, Backend::Store(_));
+        #[cfg(not(feature = "cli"))]
+        let library = true;
+        // The checks are the CLI's; a library caller gets them in its own words.
+        let reword = |err: Error| if library { library_wording(err) } else { err };
+        validate::name(&self.name).map_err(reword)?;
+        self.timing.validate().map_err(reword)?;
         let identity = match self.identity {
-            Some(identity) => validate::identity(identity)?,
+            Some(identity) => validate::identity(identity).map_err(reword)?,
             None => validate::default_identity(),
         };
-        let slot_names = validate::slot_names(&self.name, self.slots)?;
-        let semaphore = self.slots.filter(|n| *n > 1);
-        let slots = slot_names
-            .iter()
-            .map(|name| {
-                let elector = Elector::new(identity.clone(), self.timing).with_seed(crate::retry::random_u64());
-                let elector = match semaphore {
-                    Some(n) => elector.with_slots(n),
-                    None => elector,
-                };
-                Slot::new(name.clone(), store.clone(), elector, Arc::clone(&self.observer))
-            })
-            .collect();
-        Ok(Lock {
-            inner: Arc::new(Inner {
-                name: self.name,
-                identity,
-                timing: self.timing,
-                namespace: store.namespace().to_string(),
-                slot_count: self.slots,
-                slot_names: slot_names.clone(),
-                store: store.clone(),
-                slots: Arc::new(Mutex::new(slots)),
-            }),
-        })
+        let slot_names = validate::slot_names(&self.name, self.slots).map_err(reword)?;
+        let call_timeout = self.timing.call_timeout();
+        let store = match self.backend {
+            #[cfg(feature = "kube")]
+            Backend::Kube { client, namespace } => {
+                validate::namespace(&namespace).map_err(reword)?;
+                Store::Kube(crate::store::kube::KubeStore::new(client, namespace, call_timeout))
+            }
+            #[cfg(feature = "file")]
+            Backend::File { dir } => Store::File(
+                crate::store::file::FileStore::open(dir, "default".into())
+                    .map_err(reword)?
+                    .with_call_timeout(call_timeout),
+            ),
+            #[cfg(feature = "cli")]
+            Backend::Store(store) => store,
+        };
+        let mut inner = Inner {
+            name: self.name,
+            identity,
+            timing: self.timing,
+            namespace: store.namespace().to_string(),
+            slot_count: self.slots,
+            slot_names,
+            store,
+            observer: self.observer,
+            slots: Arc::new(Mutex::new(Vec::new())),
+            active: AtomicUsize::new(0),
+        };
+        inner.slots = Arc::new(Mutex::new(inner.fresh_slots()));
+        Ok(Lock { inner: Arc::new(inner) })
+    }
+}
+
+/// The CLI's validation messages name its flags; a library caller set a builder option, a `Timing`
+/// field or the directory of `Lock::file` instead.
+fn library_wording(err: Error) -> Error {
+    const WORDS: [(&str, &str); 7] = [
+        ("--lease-duration", "Timing::lease_duration"),
+        ("--renew-deadline", "Timing::renew_deadline"),
+        ("--retry-period", "Timing::retry_period"),
+        ("--slots", "LockBuilder::slots"),
+        ("--identity", "LockBuilder::identity"),
+        ("pass --lock-dir with a directory", "give Lock::file a directory"),
+        ("(--lock-dir)", "(Lock::file)"),
+    ];
+    let reword = |message: String| WORDS.iter().fold(message, |message, (flag, option)| message.replace(flag, option));
+    match err {
+        Error::Usage(message) => Error::Usage(reword(message)),
+        Error::File(message) => Error::File(reword(message)),
+        other => other,
     }
 }
 
 impl Lock {
     /// A lock on the Lease `name` in `namespace`, through `client`.
+    ///
+    /// `client` must come from the same `kube` version as mpsync's (kube 5). mpsync bounds every call
+    /// by its own timeout and retries by its own rules; a client built with kube's retry layer
+    /// (`kube::Config::default_retry`, on by default) still works, its retries only hide failed
+    /// attempts (the CLI turns it off). The identity needs `get`, `list`, `watch`, `create` and
+    /// `update` on `leases` in `namespace` (see `deploy/rbac.yaml`).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = kube::Config::from_custom_kubeconfig(
+    ///     kube::config::Kubeconfig::read_from("/etc/my-app/kubeconfig")?,
+    ///     &kube::config::KubeConfigOptions::default(),
+    /// )
+    /// .await?;
+    /// let client = kube::Client::try_from(config)?;
+    /// let lock = mpsync::Lock::kube(client, "default", "my-lease").build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "kube")]
     pub fn kube(client: kube::Client, namespace: &str, name: &str) -> LockBuilder {
-        let store = validate::namespace(namespace).map(|()| {
-            let timeout = Timing::DEFAULT.call_timeout();
-            Store::Kube(crate::store::kube::KubeStore::new(client, namespace, timeout))
-        });
-        LockBuilder::new(store, name)
+        LockBuilder::new(Backend::Kube { client, namespace: namespace.to_string() }, name)
     }
 
-    /// A lock on the lease `name` kept in files under `dir`, for processes on one machine.
+    /// A lock on the lease `name` kept in files under `dir`, for processes on one machine (as
+    /// `mpsync --backend file --lock-dir DIR`, which shares these leases).
+    ///
+    /// The records are Lease objects as JSON (`NAME.json`), written by compare-and-swap under an
+    /// `flock` (`NAME.lock`); waiting is driven by inotify. `dir` is created (mode 0700) by `build`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> mpsync::Result<()> {
+    /// let lock = mpsync::Lock::file("/run/my-app/locks", "backup").build()?;
+    /// let held = lock.acquire().await?;
+    /// // ... the backup ...
+    /// held.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "file")]
     pub fn file(dir: impl Into<PathBuf>, name: &str) -> LockBuilder {
-        LockBuilder::new(FileStore::open(dir.into(), "default".into()).map(Store::File), name)
+        LockBuilder::new(Backend::File { dir: dir.into() }, name)
     }
 
+    /// The CLI opens its store from its flags (`--backend`, `--kubeconfig`, `--lock-dir`), with its own
+    /// client settings; a library caller brings a `kube::Client` or a directory instead.
+    #[cfg(feature = "cli")]
     pub(crate) fn with_store(store: Store, name: &str) -> LockBuilder {
-        LockBuilder::new(Ok(store), name)
+        LockBuilder::new(Backend::Store(store), name)
     }
 
+    /// The lease name (for a semaphore, its marker's: the slots are `NAME-i`).
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
+    /// The identity this lock holds the lease under (`holderIdentity`).
     pub fn identity(&self) -> &str {
         &self.inner.identity
     }
 
+    /// The namespace of the Lease (`"default"` for the file backend, where it is a label only).
     pub fn namespace(&self) -> &str {
         &self.inner.namespace
     }
 
+    /// The timings the lease is held with.
     pub fn timing(&self) -> Timing {
         self.inner.timing
     }
 
-    /// Wait until the lease (or one of its slots) is acquired.
+    /// Wait until the lease (or one slot of a semaphore) is acquired, however long that takes.
+    ///
+    /// Waiting is driven by a watch on the Lease: a released lease is taken at once; a held one after
+    /// its holder's `leaseDurationSeconds` has passed without a change, as observed by this process.
+    /// Transient API failures are retried (and logged through `tracing`) for as long as it takes.
+    ///
+    /// Cancel-safe: dropping the future stops the campaign and gives back, in the background, anything
+    /// it may have acquired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] or [`Error::File`] when retrying cannot help: the API server refused (RBAC,
+    /// missing namespace), or the lease can never be acquired as it stands (its fencing token is at its
+    /// maximum; it belongs to a semaphore of another size).
     pub async fn acquire(&self) -> Result<HeldLock> {
-        match self.start(Wait::Forever).await? {
-            Some(held) => Ok(held),
-            None => Err(Error::Internal("the campaign ended without the lease".into())),
+        match self.start(Wait::Forever).attempt().await? {
+            Attempt::Held(held) => Ok(held),
+            Attempt::NotAcquired { .. } => Err(Error::Internal("the campaign ended without the lease".into())),
         }
     }
 
-    /// One attempt: `None` if the lease is held by another.
+    /// One attempt: `Ok(None)` if the lease (every slot) is held by another holder, or by this `Lock`.
+    ///
+    /// A lease seen held is not waited for. A failing API server is retried for up to a lease duration;
+    /// if it is still failing then, the answer is [`Error::Unavailable`].
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Lock::acquire), and [`Error::Unavailable`].
     pub async fn try_acquire(&self) -> Result<Option<HeldLock>> {
-        self.start(Wait::NoWait).await
+        self.start(Wait::NoWait).attempt().await?.into_option(self.name())
     }
 
-    /// Wait at most `timeout`: `None` if the lease was not acquired by then.
+    /// Wait at most `timeout`: `Ok(None)` if the lease was not acquired by then.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Lock::acquire), and [`Error::Unavailable`] if the API server was failing when the
+    /// time ran out.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<HeldLock>> {
-        self.start(Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until)).await
+        // A timeout too long for the clock is as good as none.
+        let wait = Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until);
+        self.start(wait).attempt().await?.into_option(self.name())
     }
 
     /// Start a campaign in the background. Dropping the returned future gives back anything it may
-    /// have acquired, in the background; [`Acquiring::cancel`] does so and waits for it.
+    /// have acquired, in the background; [`Acquiring::cancel`] does so and waits for it. (The CLI needs
+    /// that wait: on SIGTERM it exits right after, and must leave nothing held. A library caller that
+    /// needs it uses `Election::shutdown`.)
     pub(crate) fn start(&self, wait: Wait) -> Acquiring {
         let (result_tx, result_rx) = oneshot::channel();
         let cancel = CancellationToken::new();
@@ -188,9 +370,44 @@ impl Lock {
     }
 }
 
-/// A Lease as it stands, for people and programs: who holds it, and since when. Nothing in mpsync decides
-/// anything from `held` (it judges expiry by when it *observed* a change); it is for display.
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("name", &self.inner.name)
+            .field("namespace", &self.inner.namespace)
+            .field("identity", &self.inner.identity)
+            .field("timing", &self.inner.timing)
+            .field("slots", &self.inner.slot_count)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LockBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            #[cfg(feature = "kube")]
+            Backend::Kube { namespace, .. } => format!("kube (namespace {namespace})"),
+            #[cfg(feature = "file")]
+            Backend::File { dir } => format!("file ({})", dir.display()),
+            #[cfg(feature = "cli")]
+            Backend::Store(store) => format!("store (namespace {})", store.namespace()),
+        };
+        f.debug_struct("LockBuilder")
+            .field("backend", &backend)
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .field("timing", &self.timing)
+            .field("slots", &self.slots)
+            .finish()
+    }
+}
+
+/// A Lease as it stands, for people and programs: who holds it, and since when.
+///
+/// `held` is judged from the record's own timestamps on this machine's clock, for display: mpsync
+/// never decides anything that way (it judges expiry by when it *observed* a change).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LeaseStatus {
     /// The Lease (for a semaphore, the slot's Lease).
     pub name: String,
@@ -198,7 +415,7 @@ pub struct LeaseStatus {
     pub slot: Option<usize>,
     /// Whether the Lease exists.
     pub exists: bool,
-    /// `holderIdentity`, if someone holds it (empty: free).
+    /// `holderIdentity`, if someone holds it (`None` when free).
     pub holder: Option<String>,
     /// A holder is named and its record has not expired by its own timestamps (`renewTime +
     /// leaseDurationSeconds`), judged on this machine's clock now.
@@ -240,18 +457,42 @@ impl LeaseStatus {
 }
 
 impl Lock {
-    /// The Lease as it stands now (for a semaphore, every slot).
+    /// The Lease as it stands now: one read (for a semaphore, one per slot, in slot order).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the read failed (it is not retried), [`Error::Api`] or [`Error::File`] if
+    /// it was refused.
     pub async fn status(&self) -> Result<Vec<LeaseStatus>> {
         let mut statuses = Vec::new();
         for (index, name) in self.inner.slot_names.iter().enumerate() {
-            let current = self.inner.store.get(name).await.map_err(store_error)?;
+            let current = self.inner.store.get(name).await.map_err(|err| store_error(name, "read", err))?;
             statuses.push(LeaseStatus::new(name, self.inner.slot_count.map(|_| index), current.as_ref()));
         }
         Ok(statuses)
     }
 
-    /// Every change of holder (of every slot, for a semaphore), from now on: the current state first.
-    /// The watches reconnect on their own; the stream ends only when dropped.
+    /// Every change of holder (of every slot, for a semaphore), from now on: the current state first,
+    /// then one item each time the holder, the fencing token or the Lease's existence changes (renewals
+    /// are not reported).
+    ///
+    /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
+    /// the Lease is polled every `retry_period`. The stream never ends; drop it to stop.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime: the watches are tasks on the runtime it is called on.
+    ///
+    /// ```no_run
+    /// # async fn example(lock: mpsync::Lock) {
+    /// use futures::StreamExt;
+    ///
+    /// let mut changes = std::pin::pin!(lock.observe());
+    /// while let Some(status) = changes.next().await {
+    ///     println!("{}: held by {:?}", status.name, status.holder);
+    /// }
+    /// # }
+    /// ```
     pub fn observe(&self) -> impl futures::Stream<Item = LeaseStatus> + Send + 'static {
         use futures::StreamExt;
         let retry_period = self.inner.timing.retry_period;
@@ -282,16 +523,41 @@ impl Lock {
     }
 }
 
-fn store_error(err: crate::store::StoreError) -> Error {
+/// A store failure, for the library's caller: one that retrying will not fix as it is; any other means
+/// the store could not be reached in time.
+fn store_error(lease: &str, what: &str, err: StoreError) -> Error {
     match err {
-        crate::store::StoreError::Fatal(err) => err,
-        other => Error::Api(format!("cannot read the lease: {other}")),
+        StoreError::Fatal(err) => err,
+        other => Error::Unavailable(format!("cannot {what} lease {lease}: {other}")),
     }
 }
 
-/// A campaign on its way (see [`Lock::start`]).
+/// How a campaign ended, in full (the CLI needs only whether it holds the lease).
+pub(crate) enum Attempt {
+    Held(HeldLock),
+    /// Not acquired; the store's error, if it was failing at the end.
+    NotAcquired {
+        last_error: Option<String>,
+    },
+}
+
+impl Attempt {
+    /// For the library: a store that was failing at the end is an error, not a "held by another".
+    fn into_option(self, lease: &str) -> Result<Option<HeldLock>> {
+        match self {
+            Attempt::Held(held) => Ok(Some(held)),
+            Attempt::NotAcquired { last_error: None } => Ok(None),
+            Attempt::NotAcquired { last_error: Some(err) } => {
+                Err(Error::Unavailable(format!("lease {lease} not acquired: the store kept failing: {err}")))
+            }
+        }
+    }
+}
+
+/// A campaign on its way (see [`Lock::start`]). As a future it answers what the CLI needs: the held
+/// lock, or `None` when not acquired.
 pub(crate) struct Acquiring {
-    result: oneshot::Receiver<Result<Option<HeldLock>>>,
+    result: oneshot::Receiver<Result<Attempt>>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -307,14 +573,26 @@ impl Acquiring {
             let _ = task.await;
         }
     }
+
+    /// The whole answer (see [`Attempt`]).
+    async fn attempt(mut self) -> Result<Attempt> {
+        (&mut self.result).await.unwrap_or_else(|_| Err(ended_unexpectedly()))
+    }
+}
+
+fn ended_unexpectedly() -> Error {
+    Error::Internal("the lease task ended unexpectedly (was its runtime shut down?)".into())
 }
 
 impl Future for Acquiring {
     type Output = Result<Option<HeldLock>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.result).poll(cx).map(|received| {
-            received.unwrap_or_else(|_| Err(Error::Internal("the lease task ended unexpectedly".into())))
+        Pin::new(&mut self.result).poll(cx).map(|received| match received {
+            Ok(Ok(Attempt::Held(held))) => Ok(Some(held)),
+            Ok(Ok(Attempt::NotAcquired { .. })) => Ok(None),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ended_unexpectedly()),
         })
     }
 }
@@ -327,9 +605,11 @@ struct HoldState {
     lost: Option<LossReason>,
 }
 
-/// The renew deadline of a held lock as it moves (see [`HeldLock::deadlines`]).
+/// The renew deadline of a held lock as it moves (see `HeldLock::deadlines`).
+#[cfg(feature = "cli")]
 pub(crate) struct Deadlines(watch::Receiver<HoldState>);
 
+#[cfg(feature = "cli")]
 impl Deadlines {
     /// The deadline now.
     pub(crate) fn current(&mut self) -> Instant {
@@ -345,12 +625,23 @@ impl Deadlines {
     }
 }
 
-type ReleaseReply = oneshot::Sender<std::result::Result<bool, String>>;
+type ReleaseReply = oneshot::Sender<Result<()>>;
 
 /// A held lease, renewed in the background until it is released, dropped or lost.
 ///
-/// Dropping it without [`release`](HeldLock::release) gives the lease back in the background (on the
-/// runtime it was acquired on; if that runtime is gone, the lease expires after its duration).
+/// Pass [`fencing_token`](Self::fencing_token) with every write to what the lease protects, and
+/// [`cancellation_token`](Self::cancellation_token) (or [`lost`](Self::lost)) to the work, so that it
+/// stops when the lease is lost. End with [`release`](Self::release), so that the next holder takes
+/// over at once.
+///
+/// # Dropping
+///
+/// Dropping a `HeldLock` without releasing it is safe: its cancellation token is cancelled at once,
+/// and the lease is given back in the background, as `release` would (only if the record is still
+/// this holder's own write), on the runtime it was acquired on. Nothing waits for that: a program that
+/// exits right after the drop, or whose runtime shuts down first, leaves the lease to expire after
+/// `lease_duration`. Await `release` to be sure it was given back.
+#[must_use = "dropping a HeldLock releases the lease at once"]
 pub struct HeldLock {
     name: String,
     slot: Option<usize>,
@@ -362,30 +653,36 @@ pub struct HeldLock {
 }
 
 impl HeldLock {
-    /// The Lease held (for a semaphore, the slot's Lease).
+    /// The Lease held (for a semaphore, the slot's Lease `NAME-i`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The slot held, for a semaphore.
+    /// The slot held, for a semaphore (`Some(0)` for `slots(1)`); `None` for a plain lock.
     pub fn slot(&self) -> Option<usize> {
         self.slot
     }
 
-    /// `leaseTransitions` of this acquisition: larger than that of every earlier holder.
+    /// `leaseTransitions` of this acquisition: larger than that of every earlier holder of this Lease
+    /// (of this slot). Pass it with every write to what the lease protects, and have that reject tokens
+    /// lower than the highest it has seen: that keeps a holder that was frozen past its lease out.
     pub fn fencing_token(&self) -> i32 {
         self.fencing_token
     }
 
-    /// Whether the lease is lost (or its renew deadline has passed).
+    /// Whether the lease is lost: renewal has failed for the renew deadline (judged on this
+    /// machine's monotonic clock now), or another holder or a deletion was seen.
     pub fn is_lost(&self) -> bool {
         let state = self.state.borrow();
         state.lost.is_some() || Instant::now() >= state.deadline
     }
 
-    /// Resolves when the lease is lost: when renewal has failed for the renew deadline, counted from when
-    /// the last good renewal was sent, or another holder or a deletion is seen. That is before anyone
-    /// else can take the lease over.
+    /// Resolves when the lease is lost, with the reason: at the latest when renewal has failed for
+    /// `renew_deadline`, counted from when the last successful renewal was *sent*, which is before
+    /// anyone else can take the lease over (they wait `lease_duration` from when they *observed* that
+    /// renewal); earlier if another holder or a deletion of the Lease is seen.
+    ///
+    /// Does not resolve on [`release`](Self::release) (which consumes the lock). Cancel-safe.
     pub async fn lost(&self) -> LossReason {
         let mut state = self.state.clone();
         loop {
@@ -409,12 +706,15 @@ impl HeldLock {
     }
 
     /// The moment the lease counts as lost unless a renewal sent before then succeeds, and a way to wait
-    /// for it to move (for a supervisor that enforces it on its own).
+    /// for it to move (for a supervisor that enforces it on its own: the CLI's guard).
+    #[cfg(feature = "cli")]
     pub(crate) fn deadlines(&self) -> Deadlines {
         Deadlines(self.state.clone())
     }
 
-    /// Cancelled when the lease is lost, released or dropped: pass it to the work done under the lease.
+    /// A token cancelled when the lease is lost (at the same moment [`lost`](Self::lost) resolves), or
+    /// when this `HeldLock` is released or dropped. Pass it (or child tokens) to the work done under the
+    /// lease: `token.cancelled()` in a `select!`, `token.is_cancelled()` between steps.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
     }
@@ -424,22 +724,93 @@ impl HeldLock {
         self.timing
     }
 
-    /// Give the lease back now (only if it is still ours), so the next holder takes over at once.
+    /// Give the lease back now, so that the next holder takes over at once: `holderIdentity` cleared
+    /// and `leaseDurationSeconds: 1`, as client-go writes it, by a compare-and-swap, and only if the
+    /// record is still this holder's own write. Cancels the cancellation token first. Returns once the
+    /// release is written (or found unnecessary), within the API call timeout.
+    ///
+    /// Releasing a lease that was lost writes nothing (another holder may have it) and is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] (or [`Error::Api`], [`Error::File`]) if the release could not be written:
+    /// the lease then expires after its duration; nobody else can take it before that.
     pub async fn release(self) -> Result<()> {
         let (reply_tx, reply_rx) = oneshot::channel();
         if self.release.send(reply_tx).await.is_err() {
             return Ok(());
         }
-        match reply_rx.await {
-            Ok(Ok(_)) | Err(_) => Ok(()),
-            Ok(Err(err)) => Err(Error::Api(err)),
-        }
+        reply_rx.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // At once, so that the work stops with the lock, whenever the background task gets to run.
+        self.token.cancel();
     }
 }
 
 impl std::fmt::Debug for HeldLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldLock").field("name", &self.name).field("fencing_token", &self.fencing_token).finish()
+        f.debug_struct("HeldLock")
+            .field("name", &self.name)
+            .field("slot", &self.slot)
+            .field("fencing_token", &self.fencing_token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+/// Counts an acquisition as active (see `Inner::active`) until dropped.
+struct Active(Arc<Inner>);
+
+impl Active {
+    fn new(inner: &Arc<Inner>) -> (Active, usize) {
+        let others = inner.active.fetch_add(1, Ordering::SeqCst);
+        (Active(Arc::clone(inner)), others)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Take the slots for one acquisition: one at a time per `Lock`, so a second acquisition waits for the
+/// first to end, as long as the wait allows (`None`: not within it, or the campaign was dropped).
+///
+/// One attempt (`NoWait`) does not wait for another acquisition of this lock that campaigns or holds:
+/// the lease is not to be had. It does wait for one that is only giving back what it got (a lock
+/// released or dropped just now), which takes at most the call timeout.
+async fn take_slots(
+    inner: &Inner,
+    wait: Wait,
+    others: usize,
+    result_tx: &mut oneshot::Sender<Result<Attempt>>,
+    cancel: &CancellationToken,
+) -> Option<OwnedMutexGuard<Vec<Slot>>> {
+    let slots = Arc::clone(&inner.slots);
+    let deadline = match wait {
+        Wait::NoWait => match Arc::clone(&slots).try_lock_owned() {
+            Ok(slots) => return Some(slots),
+            Err(_) if others > 0 => return None,
+            Err(_) => Some(Instant::now() + inner.timing.call_timeout() * 2),
+        },
+        Wait::Forever => None,
+        Wait::Until(at) => Some(at),
+    };
+    tokio::select! {
+        slots = slots.lock_owned() => Some(slots),
+        () = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        } => None,
+        () = cancel.cancelled() => None,
+        () = result_tx.closed() => None,
     }
 }
 
@@ -447,10 +818,21 @@ impl std::fmt::Debug for HeldLock {
 async fn acquisition(
     inner: Arc<Inner>,
     wait: Wait,
-    mut result_tx: oneshot::Sender<Result<Option<HeldLock>>>,
+    mut result_tx: oneshot::Sender<Result<Attempt>>,
     cancel: CancellationToken,
 ) {
-    let mut slots = Arc::clone(&inner.slots).lock_owned().await;
+    let (active, others) = Active::new(&inner);
+    let Some(mut slots) = take_slots(&inner, wait, others, &mut result_tx, &cancel).await else {
+        // Held by this very Lock (or the campaign is gone): not acquired, and nothing to give back.
+        drop(result_tx.send(Ok(Attempt::NotAcquired { last_error: None })));
+        return;
+    };
+    if wait == Wait::NoWait && !slots.iter().any(Slot::holds_anything) {
+        // One attempt answers from a fresh look, as a new `mpsync lock --no-wait` process would: what
+        // the slots observed in an earlier acquisition may be long out of date, and the campaign would
+        // answer "held" from it without reading again.
+        *slots = inner.fresh_slots();
+    }
     let budget = inner.timing.call_timeout();
     let marker_deadline = match wait {
         Wait::Forever => None,
@@ -471,9 +853,13 @@ async fn acquisition(
     let index = match campaigned {
         Some(Ok(Campaigned::Acquired(index))) => index,
         other => {
+            drop(active);
             settle_all(&mut slots, budget).await;
+            drop(slots);
             match other {
-                Some(Ok(Campaigned::NotAcquired { .. })) => drop(result_tx.send(Ok(None))),
+                Some(Ok(Campaigned::NotAcquired { last_error })) => {
+                    drop(result_tx.send(Ok(Attempt::NotAcquired { last_error })))
+                }
                 Some(Err(err)) => drop(result_tx.send(Err(err))),
                 _ => {}
             }
@@ -506,8 +892,9 @@ async fn acquisition(
         token: token.clone(),
         release: release_tx,
     };
-    if result_tx.send(Ok(Some(lock))).is_err() {
+    if result_tx.send(Ok(Attempt::Held(lock))).is_err() {
         // Nobody took it (the campaign was dropped just now): give it back.
+        drop(active);
         settle_all(&mut slots, budget).await;
         return;
     }
@@ -526,7 +913,7 @@ async fn acquisition(
     )
     .await;
     token.cancel();
-    match loss {
+    let (released, reply) = match loss {
         Some(reason) => {
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
             state_tx.send_modify(|state| state.lost = Some(reason));
@@ -534,21 +921,26 @@ async fn acquisition(
             // renew deadline passed while the server was out of reach, say) is given back, so the next
             // holder need not wait out its duration; then the slot may campaign again.
             let reply = release_rx.recv().await;
-            let released = slot.settle(budget).await.map_err(|err| err.to_string());
+            drop(active);
+            let released = slot.settle(budget).await;
             slot.forget_loss();
-            if let Some(reply) = reply {
-                let _ = reply.send(released);
-            }
+            (released, reply)
         }
         None => {
-            let released = slot.settle(budget).await.map_err(|err| err.to_string());
+            drop(active);
+            let released = slot.settle(budget).await;
             if let Err(err) = &released {
                 tracing::warn!(lease = %slot.name(), error = %err, "could not release the lease; it expires after its duration");
             }
-            if let Some(Some(reply)) = request {
-                let _ = reply.send(released);
-            }
+            (released, request.flatten())
         }
+    };
+    let lease = slot.name().to_string();
+    // The slots are free for the next acquisition before the releaser hears back, so that an acquisition
+    // made right after `release().await` never finds them still taken.
+    drop(slots);
+    if let Some(reply) = reply {
+        let _ = reply.send(released.map(drop).map_err(|err| store_error(&lease, "release", err)));
     }
 }
 

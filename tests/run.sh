@@ -33,7 +33,16 @@ if [ -z "${MPSYNC_TEST_PYTHON:-}" ]; then
   fi
 fi
 
+# Everything, the examples in examples/*.rs included (the end-to-end suite runs them).
 cargo build --locked --all-targets
+# The library without the CLI: a program that depends on mpsync with `default-features = false` and one
+# backend gets no clap, signal-hook or supervisor, and picks the Kubernetes version of k8s-openapi itself
+# (the environment variable stands in for that choice).
+K8S_OPENAPI_ENABLED_VERSION=1.33 cargo check --locked --lib --no-default-features --features kube
+K8S_OPENAPI_ENABLED_VERSION=1.33 cargo check --locked --lib --no-default-features --features file
+# The library's documentation: no warnings, and its examples compile and pass.
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
+cargo test --locked --doc
 # The offline checks of deploy/ and examples/ (the examples run against the binary just built).
 MPSYNC_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/mpsync" bash deploy/check.sh
 # Unit and property tests, then the end-to-end suite, whose summary closes the run. Tests run two at a

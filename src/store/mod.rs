@@ -12,7 +12,9 @@
 //! Every call has a timeout; a write whose outcome is unknown returns `Unknown`, never a guess. No store
 //! keeps state between calls.
 
+#[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "kube")]
 pub mod kube;
 
 use std::time::Duration;
@@ -79,7 +81,9 @@ impl Drop for Watch {
 /// travels in the `Write` (the object's metadata included), so clones share nothing but the client.
 #[derive(Clone)]
 pub enum Store {
+    #[cfg(feature = "kube")]
     Kube(kube::KubeStore),
+    #[cfg(feature = "file")]
     File(file::FileStore),
 }
 
@@ -87,14 +91,18 @@ impl Store {
     /// The namespace leases live in (for the file backend: a label only, shown to the child).
     pub fn namespace(&self) -> &str {
         match self {
+            #[cfg(feature = "kube")]
             Store::Kube(store) => store.namespace(),
+            #[cfg(feature = "file")]
             Store::File(store) => store.namespace(),
         }
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Versioned>, StoreError> {
         match self {
+            #[cfg(feature = "kube")]
             Store::Kube(store) => store.get(name).await,
+            #[cfg(feature = "file")]
             Store::File(store) => store.get(name).await,
         }
     }
@@ -103,7 +111,9 @@ impl Store {
     /// the object it replaces.
     pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
         match self {
+            #[cfg(feature = "kube")]
             Store::Kube(store) => store.write(name, write).await,
+            #[cfg(feature = "file")]
             Store::File(store) => store.write(name, write).await,
         }
     }
@@ -111,7 +121,9 @@ impl Store {
     /// Start watching `name`. Must be called inside the tokio runtime.
     pub fn watch(&self, name: &str, retry_period: Duration) -> Watch {
         match self {
+            #[cfg(feature = "kube")]
             Store::Kube(store) => store.watch(name, retry_period),
+            #[cfg(feature = "file")]
             Store::File(store) => store.watch(name, retry_period),
         }
     }

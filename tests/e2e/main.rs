@@ -34,6 +34,7 @@ mod faults;
 mod file_backend;
 mod health;
 mod image;
+mod library;
 mod lock;
 mod proxy;
 mod safety;
