@@ -155,7 +155,21 @@ impl Runner {
             env.push(("MPSYNC_SLOT".into(), slot.to_string().into()));
         }
         let command = ChildCommand { program: config.program.clone(), args: config.args.clone(), env };
-        if let Err(err) = supervisor.spawn(&command) {
+        // The guard enforces the lease on its own too: it kills the child's group when the renew deadline
+        // plus the grace plus half of the remaining margin has passed, should mpsync be unable to (frozen by
+        // `kill -STOP`, stuck). mpsync itself stops the child long before. The guard knows the deadline
+        // before the child exists: mpsync may freeze between the look below and the fork.
+        let margin = config.timing.lease_duration.saturating_sub(config.timing.renew_deadline + config.grace);
+        let guard_delay = config.grace + margin / 2;
+        let mut deadlines = held.deadlines();
+        if held.is_lost() {
+            // Lost already (mpsync was frozen or starved since it acquired): no child starts.
+            tracing::error!("lost the lease before the child started");
+            drop(held);
+            return Ok(Held::Lost);
+        }
+        let guard_deadline = deadlines.current().checked_add(guard_delay).map(Into::into);
+        if let Err(err) = supervisor.spawn(&command, guard_deadline) {
             release(held, supervisor).await;
             return Err(match err {
                 SpawnError::NotFound(program) => Error::CommandNotFound(program),
@@ -164,13 +178,6 @@ impl Runner {
             });
         }
         health.child_started();
-        // The guard enforces the lease on its own too: it kills the child's group when the renew deadline
-        // plus the grace plus half of the remaining margin has passed, should mpsync be unable to (frozen by
-        // `kill -STOP`, stuck). mpsync itself stops the child long before.
-        let margin = config.timing.lease_duration.saturating_sub(config.timing.renew_deadline + config.grace);
-        let guard_delay = config.grace + margin / 2;
-        let mut deadlines = held.deadlines();
-        supervisor.set_deadline(deadlines.current().checked_add(guard_delay).map(Into::into));
 
         loop {
             tokio::select! {

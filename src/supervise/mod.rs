@@ -339,7 +339,11 @@ impl Supervisor {
     ///
     /// Call it on the thread that will outlive the child (the main thread, under a `current_thread` runtime):
     /// the child's parent-death signal fires when the *thread* that forked it exits, not the process.
-    pub fn spawn(&mut self, command: &ChildCommand) -> Result<u32, SpawnError> {
+    ///
+    /// `deadline` is the last moment the child may run (see `set_deadline`). The guard has it before the
+    /// child exists, so a child started late (mpsync frozen between its last look at the lease and the
+    /// fork) is killed the moment it arms the guard, as its command starts.
+    pub fn spawn(&mut self, command: &ChildCommand, deadline: Option<Instant>) -> Result<u32, SpawnError> {
         let name = command.program.to_string_lossy().into_owned();
         if self.running() {
             return Err(SpawnError::Other(name, io::Error::other("a child is already running")));
@@ -349,7 +353,6 @@ impl Supervisor {
             signal_group(pgid, Signal::SIGKILL);
         }
         self.held = None;
-        self.deadline = None;
         self.reap();
         if self.guard.is_none() {
             self.rearm_guard();
@@ -357,6 +360,8 @@ impl Supervisor {
         let Some(guard_fd) = self.guard.as_ref().map(|guard| guard.pipe.as_raw_fd()) else {
             return Err(SpawnError::Other(name, io::Error::other("cannot start the guard process")));
         };
+        self.deadline = None;
+        self.set_deadline(deadline);
         let parent = self.me.as_raw();
         let background_job = self.background_job();
         let tty = match self.terminal.as_mut() {

@@ -111,10 +111,26 @@ fn exit_code_passes_through() {
     let _serial = serial();
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh("exit 7", &[])).unwrap();
+        supervisor.spawn(&sh("exit 7", &[]), None).unwrap();
         assert!(supervisor.running());
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(7)));
         assert!(!supervisor.running());
+        supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
+    });
+}
+
+/// mpsync frozen between its last look at the lease and the fork: the child starts after its deadline.
+/// The guard had the deadline before the child existed, so it kills the child as it arms it, with nothing
+/// from mpsync's side (which does not call `stop` or `set_deadline` here).
+#[test]
+fn a_child_started_past_its_deadline_is_killed_by_the_guard_at_once() {
+    let _serial = serial();
+    let mut supervisor = start();
+    runtime().block_on(async {
+        let past = tokio::time::Instant::now() - Duration::from_millis(1);
+        supervisor.spawn(&sh("sleep 60", &[]), Some(past)).unwrap();
+        let Notice::ChildExited(exit) = event(&mut supervisor).await else { panic!("expected the child's exit") };
+        assert_eq!(exit, ChildExit::Signaled(9), "killed by the guard");
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
 }
@@ -124,7 +140,7 @@ fn death_by_signal_is_reported_as_128_plus_n() {
     let _serial = serial();
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh("kill -9 $$", &[])).unwrap();
+        supervisor.spawn(&sh("kill -9 $$", &[]), None).unwrap();
         let Notice::ChildExited(exit) = event(&mut supervisor).await else { panic!("expected the child's exit") };
         assert_eq!(exit, ChildExit::Signaled(9));
         assert_eq!(exit.code(), 137);
@@ -138,7 +154,7 @@ fn missing_command_is_not_found() {
     let mut supervisor = start();
     for program in ["/nonexistent-mpsync-dir/command", "mpsync-no-such-command-anywhere"] {
         let command = ChildCommand { program: program.into(), args: vec![], env: vec![] };
-        let result = supervisor.spawn(&command);
+        let result = supervisor.spawn(&command, None);
         assert!(matches!(result, Err(SpawnError::NotFound(ref name)) if name == program), "{result:?}");
         assert!(!supervisor.running());
     }
@@ -153,7 +169,7 @@ fn non_executable_file_is_not_executable() {
     let mut supervisor = start();
     for program in [script, dir.0.clone()] {
         let command = ChildCommand { program: program.clone().into(), args: vec![], env: vec![] };
-        let result = supervisor.spawn(&command);
+        let result = supervisor.spawn(&command, None);
         assert!(matches!(result, Err(SpawnError::NotExecutable(..))), "{}: {result:?}", program.display());
         assert!(!supervisor.running());
     }
@@ -169,7 +185,7 @@ fn child_gets_its_argv_and_extra_environment() {
         let mut command = sh(r#"printf '%s|%s|%s\n' "$1" "$MPSYNC_TEST_EXTRA" "$HOME" > "$0""#, &[&out]);
         command.args.push("two words; $(no shell)".into());
         command.env.push(("MPSYNC_TEST_EXTRA".into(), "extra".into()));
-        supervisor.spawn(&command).unwrap();
+        supervisor.spawn(&command, None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
@@ -184,7 +200,7 @@ fn child_runs_in_its_own_process_group() {
     let out = dir.join("pgid");
     let mut supervisor = start();
     let pid = runtime().block_on(async {
-        let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5 /proc/$$/stat > "$0""#, &[&out])).unwrap();
+        let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5 /proc/$$/stat > "$0""#, &[&out]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         pid
@@ -209,7 +225,7 @@ fn child_starts_with_no_blocked_or_ignored_signals() {
         blocked.add(Signal::SIGUSR2);
         let mut mask = SigSet::empty();
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut mask)).unwrap();
-        let spawned = supervisor.spawn(&sh(r#"exec cat /proc/self/status > "$0""#, &[&status]));
+        let spawned = supervisor.spawn(&sh(r#"exec cat /proc/self/status > "$0""#, &[&status]), None);
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None).unwrap();
         // SAFETY: puts back the action that was there (the supervisor's handler).
         unsafe { sigaction(Signal::SIGHUP, &previous) }.unwrap();
@@ -233,7 +249,7 @@ fn signals_are_reported_and_forwarding_reaches_the_group() {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap 'exit 42' USR1; echo ready > "$0"; while :; do sleep 0.1; done"#;
-        supervisor.spawn(&sh(script, &[&ready])).unwrap();
+        supervisor.spawn(&sh(script, &[&ready]), None).unwrap();
         line_in(&ready).await;
         kill(getpid(), Signal::SIGUSR1).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::Signal(Signal::SIGUSR1));
@@ -250,7 +266,7 @@ fn stop_kills_the_whole_group() {
     let sleep_pid = dir.join("sleep.pid");
     let mut supervisor = start();
     runtime().block_on(async {
-        let pid = supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0"; wait"#, &[&sleep_pid])).unwrap();
+        let pid = supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0"; wait"#, &[&sleep_pid]), None).unwrap();
         let sleep = pid_in(&sleep_pid).await;
         assert!(!gone(sleep));
         let stop = supervisor.stop(Signal::SIGTERM, Duration::from_secs(10));
@@ -260,7 +276,7 @@ fn stop_kills_the_whole_group() {
         assert!(gone(sleep), "the background sleep survived stop");
         assert!(!group_alive(Pid::from_raw(pid as i32)));
         // A stopped supervisor runs a command again (elect, after re-election).
-        supervisor.spawn(&sh("exit 3", &[])).unwrap();
+        supervisor.spawn(&sh("exit 3", &[]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(3)));
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
@@ -274,7 +290,7 @@ fn stop_sigkills_a_child_that_ignores_the_kill_signal() {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap '' TERM; echo ready > "$0"; exec sleep 1000"#;
-        supervisor.spawn(&sh(script, &[&ready])).unwrap();
+        supervisor.spawn(&sh(script, &[&ready]), None).unwrap();
         line_in(&ready).await;
         let grace = Duration::from_millis(300);
         let started = Instant::now();
@@ -293,7 +309,7 @@ fn signals_that_arrive_during_stop_are_kept_for_next_event() {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap '' TERM; echo ready > "$0"; exec sleep 1000"#;
-        supervisor.spawn(&sh(script, &[&ready])).unwrap();
+        supervisor.spawn(&sh(script, &[&ready]), None).unwrap();
         line_in(&ready).await;
         kill(getpid(), Signal::SIGUSR2).unwrap();
         let stop = supervisor.stop(Signal::SIGTERM, Duration::from_millis(300));
@@ -307,7 +323,7 @@ fn stop_after_the_child_exited_returns_that_exit_once() {
     let _serial = serial();
     let mut supervisor = start();
     runtime().block_on(async {
-        let pid = supervisor.spawn(&sh("exit 3", &[])).unwrap();
+        let pid = supervisor.spawn(&sh("exit 3", &[]), None).unwrap();
         assert!(until_gone(pid as i32).await);
         let stop = supervisor.stop(Signal::SIGTERM, Duration::from_secs(10));
         assert_eq!(tokio::time::timeout(PATIENCE, stop).await.unwrap(), ChildExit::Exited(3));
@@ -323,7 +339,7 @@ fn finish_kills_what_the_child_left_behind() {
     let sleep_pid = dir.join("sleep.pid");
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0""#, &[&sleep_pid])).unwrap();
+        supervisor.spawn(&sh(r#"sleep 1000 & echo $! > "$0""#, &[&sleep_pid]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
         let sleep = pid_in(&sleep_pid).await;
         assert!(!gone(sleep), "the background sleep should outlive its shell");
@@ -331,7 +347,7 @@ fn finish_kills_what_the_child_left_behind() {
         tokio::time::timeout(PATIENCE, finish).await.unwrap();
         assert!(gone(sleep), "the background sleep survived finish");
         assert!(!supervisor.running());
-        supervisor.spawn(&sh("exit 4", &[])).unwrap();
+        supervisor.spawn(&sh("exit 4", &[]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(4)));
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
@@ -460,7 +476,7 @@ fn helper_guarded_until_killed(dir: &Path) {
     fs::write(dir.join("guard.pid"), format!("{}\n", supervisor.guard_pid().unwrap())).unwrap();
     runtime().block_on(async {
         let script = r#"echo $$ > "$0/sh.pid"; sleep 1000 & echo $! > "$0/sleep.pid"; wait"#;
-        supervisor.spawn(&sh(script, &[dir])).unwrap();
+        supervisor.spawn(&sh(script, &[dir]), None).unwrap();
         loop {
             supervisor.next_notice().await;
         }
@@ -502,7 +518,7 @@ fn helper_subreaper() {
     let mut supervisor = Supervisor::start(SuperviseOptions { subreaper: true }).unwrap();
     runtime().block_on(async {
         let script = "(sh -c 'exit 5' &); (sleep 1000 &); sleep 0.5; exit 3";
-        let pid = supervisor.spawn(&sh(script, &[])).unwrap();
+        let pid = supervisor.spawn(&sh(script, &[]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(3)));
         let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
         tokio::time::timeout(PATIENCE, finish).await.unwrap();
@@ -529,7 +545,7 @@ fn helper_terminal(dir: &Path) {
     assert!(supervisor.terminal.is_some(), "no controlling terminal");
     runtime().block_on(async {
         let foreground = dir.join("foreground");
-        let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5,8 /proc/$$/stat > "$0""#, &[&foreground])).unwrap();
+        let pid = supervisor.spawn(&sh(r#"cut -d' ' -f5,8 /proc/$$/stat > "$0""#, &[&foreground]), None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
         supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
         // pgrp and the terminal's foreground group, as the child saw them.
@@ -539,7 +555,7 @@ fn helper_terminal(dir: &Path) {
 
         // The test writes Ctrl-C to the terminal once the child is ready.
         let script = r#"echo ready > "$0/ready"; exec sleep 1000"#;
-        supervisor.spawn(&sh(script, &[dir])).unwrap();
+        supervisor.spawn(&sh(script, &[dir]), None).unwrap();
         let exit = event(&mut supervisor).await;
         assert_eq!(exit, Notice::ChildExited(ChildExit::Signaled(libc::SIGINT)));
         let more = tokio::time::timeout(Duration::from_millis(300), supervisor.next_notice()).await;
@@ -615,7 +631,7 @@ const TWO_PART_JOB: &str = r#"setsid bash -c 'echo $$ > "$0/worker.pid"; while :
 fn helper_job_control(dir: &Path, continue_it: bool) {
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&bash(TWO_PART_JOB, &[dir])).unwrap();
+        supervisor.spawn(&bash(TWO_PART_JOB, &[dir]), None).unwrap();
         let (child, worker) = (pid_in(&dir.join("child.pid")).await, pid_in(&dir.join("worker.pid")).await);
         let Notice::Resumed(resume) = notice(&mut supervisor).await else { panic!("expected Resumed") };
         assert!(resume.held_for.is_some(), "the job was not held stopped: {resume:?}");
@@ -677,7 +693,7 @@ fn helper_child_stops(dir: &Path) {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"echo $$ > "$0/child.pid"; kill -TSTP $$; echo continued > "$0/continued""#;
-        supervisor.spawn(&sh(script, &[dir])).unwrap();
+        supervisor.spawn(&sh(script, &[dir]), None).unwrap();
         let Notice::Resumed(resume) = notice(&mut supervisor).await else { panic!("expected Resumed") };
         assert!(resume.held_for.is_some());
         assert!(!dir.join("continued").exists(), "the child ran before the run loop decided");
@@ -707,7 +723,7 @@ fn helper_cannot_stop(dir: &Path) {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap 'exit 7' TERM; echo $$ > "$0/child.pid"; while :; do sleep 0.05; done"#;
-        supervisor.spawn(&bash(script, &[dir])).unwrap();
+        supervisor.spawn(&bash(script, &[dir]), None).unwrap();
         let child = pid_in(&dir.join("child.pid")).await;
         fs::write(dir.join("ready"), "ready\n").unwrap();
         // The test sends SIGTSTP, then SIGUSR1: the stop request comes first, and was not carried out.
@@ -750,7 +766,7 @@ fn where_mpsync_cannot_stop_a_stop_request_is_not_carried_out() {
 fn helper_plugin() {
     let mut supervisor = Supervisor::start(SuperviseOptions { subreaper: true }).unwrap();
     runtime().block_on(async {
-        supervisor.spawn(&sh("sleep 1000", &[])).unwrap();
+        supervisor.spawn(&sh("sleep 1000", &[]), None).unwrap();
         let mut plugin = std::process::Command::new("sh").args(["-c", "exit 9"]).spawn().unwrap();
         let plugin_pid = plugin.id() as i32;
         while !gone(plugin_pid) {
@@ -806,7 +822,7 @@ fn a_forwarded_stop_signal_is_followed_by_sigcont() {
     let dir = TempDir::new("forward-cont");
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh(STOPPED_MEMBER, &[&dir.0])).unwrap();
+        supervisor.spawn(&sh(STOPPED_MEMBER, &[&dir.0]), None).unwrap();
         let member = pid_in(&dir.join("member.pid")).await;
         kill(Pid::from_raw(member), Signal::SIGSTOP).unwrap();
         supervisor.forward(Signal::SIGTERM);
@@ -821,7 +837,7 @@ fn stop_continues_a_stopped_job_so_that_it_acts_on_the_kill_signal() {
     let dir = TempDir::new("stop-cont");
     let mut supervisor = start();
     runtime().block_on(async {
-        supervisor.spawn(&sh(STOPPED_MEMBER, &[&dir.0])).unwrap();
+        supervisor.spawn(&sh(STOPPED_MEMBER, &[&dir.0]), None).unwrap();
         let member = pid_in(&dir.join("member.pid")).await;
         kill(Pid::from_raw(member), Signal::SIGSTOP).unwrap();
         while state(member) != Some('T') {
@@ -841,7 +857,7 @@ fn a_dead_guard_is_replaced_at_once_and_armed() {
     let first = supervisor.guard_pid().unwrap();
     until_named_guard(first);
     runtime().block_on(async {
-        supervisor.spawn(&sh("exec sleep 1000", &[])).unwrap();
+        supervisor.spawn(&sh("exec sleep 1000", &[]), None).unwrap();
         kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
         let deadline = Instant::now() + PATIENCE;
         while supervisor.guard_pid() == Some(first) {
@@ -908,7 +924,7 @@ fn stop_is_bounded_when_the_child_left_its_group() {
         ],
     };
     runtime().block_on(async {
-        let pid = supervisor.spawn(&command).unwrap() as i32;
+        let pid = supervisor.spawn(&command, None).unwrap() as i32;
         let deadline = Instant::now() + PATIENCE;
         while ProcStat::read(pid).map(|stat| stat.pgrp) != Some(ours) {
             assert!(Instant::now() < deadline, "the child never left its group");
@@ -940,7 +956,7 @@ fn a_script_with_a_missing_interpreter_says_so() {
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut supervisor = start();
     let command = ChildCommand { program: script.clone().into(), args: vec![], env: vec![] };
-    let error = supervisor.spawn(&command).unwrap_err();
+    let error = supervisor.spawn(&command, None).unwrap_err();
     assert!(matches!(error, SpawnError::NotExecutable(..)), "{error:?}");
     assert_eq!(error.exit(), Exit::NotExecutable);
     let expected = format!("{}: bad interpreter: /nonexistent-mpsync: No such file or directory", script.display());
@@ -954,7 +970,7 @@ fn helper_sigstop_child(dir: &Path) {
     let mut supervisor = start();
     runtime().block_on(async {
         let script = r#"trap 'exit 7' TERM; echo $$ > "$0/child.pid"; kill -STOP $$; while :; do sleep 0.05; done"#;
-        supervisor.spawn(&sh(script, &[dir])).unwrap();
+        supervisor.spawn(&sh(script, &[dir]), None).unwrap();
         let child = pid_in(&dir.join("child.pid")).await;
         while state(child) != Some('T') {
             tokio::time::sleep(POLL).await;
@@ -995,7 +1011,7 @@ fn helper_stop_while_held(dir: &Path) {
     runtime().block_on(async {
         let script =
             r#"trap 'echo term > "$0/term"; exit 0' TERM; echo $$ > "$0/child.pid"; while :; do sleep 0.05; done"#;
-        supervisor.spawn(&bash(script, &[dir])).unwrap();
+        supervisor.spawn(&bash(script, &[dir]), None).unwrap();
         let child = pid_in(&dir.join("child.pid")).await;
         // Stopped by the test's SIGTSTP, then continued by its SIGCONT: the job is still held.
         let deadline = Instant::now() + PATIENCE;
