@@ -21,9 +21,10 @@ pub enum Requirement {
 /// says what is understood.
 pub fn parse(text: &str) -> Result<Vec<Requirement>, Error> {
     let refuse = |term: &str| {
+        let what = if term == text.trim() { String::new() } else { format!(": {term:?}") };
         Error::Usage(format!(
-            "--selector {text:?}: cannot use {term:?} with --backend file, which understands key=value, \
-             key!=value, key and !key, comma-separated"
+            "--selector {text:?} cannot be used with --backend file{what}; it understands key=value, key!=value, \
+             key and !key, comma-separated"
         ))
     };
     let mut requirements = Vec::new();
