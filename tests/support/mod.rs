@@ -289,6 +289,17 @@ impl TestEnv {
         panic!("could not edit lease {name}");
     }
 
+    /// The lease's metadata as stored now (labels, annotations), on either backend.
+    pub fn metadata(&self, name: &str) -> Option<ObjectMeta> {
+        match self.backend {
+            Backend::Kube => self.get_object(name).map(|lease| lease.metadata),
+            Backend::File => self.runtime.block_on(async {
+                let versioned = self.file_store.as_ref().unwrap().get(name).await.expect("get lease")?;
+                Some(versioned.metadata)
+            }),
+        }
+    }
+
     /// The full Lease object (Kubernetes only): for labels, annotations and exact fields.
     pub fn get_object(&self, name: &str) -> Option<Lease> {
         self.runtime.block_on(async { self.api.as_ref().unwrap().get_opt(name).await.unwrap() })
