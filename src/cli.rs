@@ -58,8 +58,8 @@ pub enum CommandArgs {
     Lock(LockArgs),
     /// Campaign for the lease NAME; run COMMAND while this process is the leader.
     Elect(ElectArgs),
-    /// Show who holds the lease NAME.
-    Status(QueryArgs),
+    /// Show who holds the lease NAME; without NAME, list the namespace's leases.
+    Status(StatusArgs),
     /// Print one line per change of holder of the lease NAME, until interrupted.
     Observe(QueryArgs),
     /// Serve the metaparticle elector HTTP protocol (/locks/NAME), one Lease per lock.
@@ -217,6 +217,29 @@ pub struct QueryArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Name of the Lease (or of a semaphore: every slot is shown); without it, one line per Lease in the
+    /// namespace.
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: OutputFormat,
+
+    /// Treat NAME as a semaphore of N slots (found from its marker Lease when not given).
+    #[arg(long, value_name = "N")]
+    pub slots: Option<u32>,
+
+    /// Without NAME: list only the Leases whose labels match, e.g. `team=infra,!canary` (Kubernetes label
+    /// selector syntax; --backend file understands key=value, key!=value, key and !key).
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct SidecarArgs {
     /// Address to serve the protocol on; repeat for more (port 0: any free port; the addresses are
     /// printed at start) [default: 127.0.0.1:13131 and [::1]:13131, the latter where the host has IPv6].
@@ -260,6 +283,7 @@ pub enum OutputFormat {
 pub enum Config {
     Run(RunConfig),
     Status(QueryConfig),
+    List(ListConfig),
     Observe(QueryConfig),
     Completions(CompletionTarget),
     Sidecar(SidecarConfig),
@@ -308,6 +332,15 @@ pub struct QueryConfig {
     pub output: OutputFormat,
     /// `--slots`: the semaphore's count, when its marker cannot tell.
     pub slots: Option<u32>,
+}
+
+/// `status` without NAME: the leases of the namespace.
+#[derive(Debug, Clone)]
+pub struct ListConfig {
+    pub backend: Backend,
+    pub output: OutputFormat,
+    /// `--selector`: for the file backend, checked to be one it understands.
+    pub label_selector: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -360,7 +393,7 @@ impl Cli {
                 let mode = Mode::Elect { exit_on_loss: elect.exit_on_loss };
                 Ok(Config::Run(run_config(elect.run, mode, "elect")?))
             }
-            CommandArgs::Status(query) => Ok(Config::Status(query_config(query)?)),
+            CommandArgs::Status(status) => status_config(status),
             CommandArgs::Observe(query) => Ok(Config::Observe(query_config(query)?)),
             CommandArgs::Completions(args) => Ok(Config::Completions(args.shell)),
             CommandArgs::Sidecar(sidecar) => Ok(Config::Sidecar(sidecar_config(sidecar)?)),
@@ -507,6 +540,28 @@ fn query_config(query: QueryArgs) -> Result<QueryConfig> {
     Ok(QueryConfig { name: query.name, backend: backend(query.backend)?, output: query.output, slots: query.slots })
 }
 
+fn status_config(status: StatusArgs) -> Result<Config> {
+    let StatusArgs { name, backend: backend_args, output, slots, selector } = status;
+    if let Some(name) = name {
+        if selector.is_some() {
+            return Err(Error::Usage(format!(
+                "--selector lists leases: give it without NAME (not with {name:?})\nusage: mpsync status -l SELECTOR"
+            )));
+        }
+        return Ok(Config::Status(query_config(QueryArgs { name, backend: backend_args, output, slots })?));
+    }
+    if slots.is_some() {
+        return Err(Error::Usage("--slots needs the semaphore's NAME\nusage: mpsync status NAME --slots N".into()));
+    }
+    let backend = backend(backend_args)?;
+    // An empty selector selects everything, as with kubectl.
+    let label_selector = selector.filter(|text| !text.trim().is_empty());
+    if let (Backend::File { .. }, Some(text)) = (&backend, &label_selector) {
+        crate::store::selector::parse(text)?;
+    }
+    Ok(Config::List(ListConfig { backend, output, label_selector }))
+}
+
 fn backend(args: BackendArgs) -> Result<Backend> {
     let namespace = args.namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
     if let Some(namespace) = &namespace {
@@ -636,6 +691,24 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(expected), "{args:?}: {message}");
             assert!(message.lines().count() <= 2, "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn status_without_name_lists_and_checks_the_selector_for_the_file_backend() {
+        let Ok(Config::List(list)) = config(&["status", "-l", "team=infra,!canary", "-o", "json"]) else { panic!() };
+        assert_eq!(list.label_selector.as_deref(), Some("team=infra,!canary"));
+        assert_eq!(list.output, OutputFormat::Json);
+        // The API server understands set-based selectors; the file backend does not.
+        assert!(matches!(config(&["status", "-l", "team in (a,b)"]), Ok(Config::List(_))));
+        for (args, expected) in [
+            (&["status", "--backend", "file", "-l", "team in (a,b)"][..], "key=value, key!=value, key and !key"),
+            (&["status", "job", "-l", "team=infra"], "without NAME"),
+            (&["status", "--slots", "3"], "--slots needs"),
+        ] {
+            let err = config(args).expect_err(&format!("{args:?} should fail"));
+            assert!(matches!(err, Error::Usage(_)), "{args:?}: {err:?}");
+            assert!(err.to_string().contains(expected), "{args:?}: {err}");
         }
     }
 

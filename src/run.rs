@@ -25,6 +25,7 @@ pub fn run(config: Config) -> Result<Exit> {
     match config {
         Config::Run(run) => run_lease_command(run),
         Config::Status(query) => crate::status::status(query),
+        Config::List(list) => crate::status::list(list),
         Config::Observe(query) => crate::status::observe(query),
         Config::Completions(target) => {
             crate::cli::write_completions(target, &mut std::io::stdout().lock())

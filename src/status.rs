@@ -1,5 +1,5 @@
-//! `mpsync status` and `mpsync observe`: who holds a lease (or each slot of a semaphore), for scripts and
-//! people.
+//! `mpsync status` and `mpsync observe`: who holds a lease (or each slot of a semaphore), or every lease of
+//! the namespace (`status` without NAME), for scripts and people.
 //!
 //! One definition of `held`, for both: a holder is named and its record has not expired by its own
 //! timestamps (`renewTime + leaseDurationSeconds`) judged on this machine's clock, at the moment of the
@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use crate::backend::{block_on, open_store};
-use crate::cli::{OutputFormat, QueryConfig};
+use crate::cli::{ListConfig, OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::lease::{SLOTS_ANNOTATION, Versioned};
@@ -81,6 +81,58 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
         }
         Ok(Exit::Success)
     })
+}
+
+/// Print every lease of the namespace whose labels match the selector, one line each (a JSON array with
+/// `-o json`). Exits 0 when they could be listed, whether or not there are any; none is said on stderr, so
+/// that stdout is only the table (the header alone) or the array (empty).
+pub fn list(config: ListConfig) -> Result<Exit> {
+    block_on(async {
+        let store = open_store(&config.backend, CALL_TIMEOUT).await?;
+        let leases = store.list(config.label_selector.as_deref()).await.map_err(|err| match err {
+            StoreError::Fatal(err) => err,
+            other => Error::Api(format!("cannot list the leases: {other}")),
+        })?;
+        let now = Timestamp::now();
+        let reports: Vec<Report> = leases
+            .iter()
+            .map(|lease| {
+                let name = lease.metadata.name.as_deref().unwrap_or_default();
+                Report::new(name, None, store.namespace(), Some(lease), now)
+            })
+            .collect();
+        match config.output {
+            OutputFormat::Json => {
+                println!("{}", serde_json::Value::Array(reports.iter().map(Report::json).collect()))
+            }
+            OutputFormat::Text if reports.is_empty() => {
+                let matching =
+                    config.label_selector.map_or(String::new(), |selector| format!(" matching {selector:?}"));
+                eprintln!("No leases{matching} in namespace {}.", store.namespace());
+            }
+            OutputFormat::Text => print!("{}", table(&reports)),
+        }
+        Ok(Exit::Success)
+    })
+}
+
+/// A table with a header, columns padded as kubectl pads them.
+fn table(reports: &[Report]) -> String {
+    let header = ["NAME", "HOLDER", "STATE", "RENEWED", "TRANSITIONS"].map(String::from);
+    let rows: Vec<[String; 5]> = std::iter::once(header).chain(reports.iter().map(Report::row)).collect();
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Print one line per change of holder (of every slot, for a semaphore) until SIGINT or SIGTERM (then
@@ -226,6 +278,15 @@ impl Report {
         format!("slot {slot}:  {}  {state}  renewed {renewed}  transitions {}", self.name, self.transitions)
     }
 
+    /// One row of the listing: name, holder (`-` for none), held or free, age of the last renewal,
+    /// transitions.
+    fn row(&self) -> [String; 5] {
+        let holder = if self.holder.is_empty() { "-".to_string() } else { self.holder.clone() };
+        let state = if self.held { "held" } else { "free" };
+        let renewed = self.renew_time.map_or("-".to_string(), |at| age(self.now.duration_since(at)));
+        [self.name.clone(), holder, state.to_string(), renewed, self.transitions.to_string()]
+    }
+
     fn json(&self) -> serde_json::Value {
         let mut value = json!({
             "name": self.name,
@@ -286,6 +347,36 @@ impl Report {
     }
 }
 
+/// An age as kubectl prints one (`45s`, `3m20s`, `2h`, `5d`): short, and precise where it matters. A time
+/// in the future (a clock ahead of ours) is `<future>`.
+fn age(since: SignedDuration) -> String {
+    if since.is_negative() {
+        return "<future>".to_string();
+    }
+    let seconds = since.as_secs();
+    let (minutes, hours, days) = (seconds / 60, seconds / 3600, seconds / 86400);
+    // kubectl's HumanDuration: the second unit only where it adds something worth reading.
+    let pair = |big: i64, big_unit: &str, small: i64, small_unit: &str| match small {
+        0 => format!("{big}{big_unit}"),
+        _ => format!("{big}{big_unit}{small}{small_unit}"),
+    };
+    if seconds < 120 {
+        format!("{seconds}s")
+    } else if seconds < 600 {
+        pair(minutes, "m", seconds % 60, "s")
+    } else if hours < 3 {
+        format!("{minutes}m")
+    } else if hours < 8 {
+        pair(hours, "h", minutes % 60, "m")
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if days < 8 {
+        pair(days, "d", hours % 24, "h")
+    } else {
+        format!("{days}d")
+    }
+}
+
 fn micro(at: Timestamp) -> String {
     k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", at).unwrap_or_else(|_| at.to_string())
 }
@@ -318,5 +409,40 @@ mod tests {
         assert_eq!(expired.json()["held"], false);
         assert_eq!(expired.change_json()["held"], false, "observe says the same as status");
         assert!(!report("", 0, 1).held);
+    }
+
+    #[test]
+    fn the_listing_is_a_table_whose_held_column_is_the_one_definition() {
+        let reports = [report("a-long-holder", 5, 15), report("b", 20, 15), report("", 0, 1)];
+        let text = table(&reports);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME   HOLDER          STATE   RENEWED   TRANSITIONS");
+        assert_eq!(lines[1], "job    a-long-holder   held    5s        0");
+        assert_eq!(lines[2], "job    b               free    20s       0");
+        assert_eq!(lines[3], "job    -               free    0s        0");
+        for (report, line) in reports.iter().zip(&lines[1..]) {
+            assert_eq!(line.contains(" held "), report.json()["held"] == true, "{line}");
+        }
+    }
+
+    #[test]
+    fn ages_are_short_like_kubectl() {
+        let cases = [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (200, "3m20s"),
+            (3599, "59m"),
+            (7200, "120m"),
+            (10_800, "3h"),
+            (12_000, "3h20m"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(age(SignedDuration::from_secs(seconds)), expected, "{seconds}s");
+        }
+        assert_eq!(age(SignedDuration::from_secs(90_000)), "25h");
+        assert_eq!(age(SignedDuration::from_secs(200_000)), "2d7h");
+        assert_eq!(age(SignedDuration::from_secs(1_000_000)), "11d");
+        assert_eq!(age(SignedDuration::from_secs(-5)), "<future>");
     }
 }

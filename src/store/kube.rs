@@ -1,6 +1,7 @@
-//! The Kubernetes backend: `Api<Lease>` get, create, replace-with-resourceVersion, and a watch on the
-//! single object (field selector `metadata.name`). The verbs used are exactly get, list, watch, create
-//! and update on leases; `deploy/rbac.yaml` grants those and nothing more.
+//! The Kubernetes backend: `Api<Lease>` get, create, replace-with-resourceVersion, a watch on the
+//! single object (field selector `metadata.name`), and a list of the namespace's leases (`mpsync status`
+//! without NAME). The verbs used are exactly get, list, watch, create and update on leases;
+//! `deploy/rbac.yaml` grants those and nothing more.
 
 use std::time::Duration;
 
@@ -54,6 +55,27 @@ impl KubeStore {
         }
     }
 
+    /// Every lease in the namespace whose labels match `label_selector` (passed to the API server as it
+    /// is), ordered by name. Needs only the list verb.
+    pub async fn list(&self, label_selector: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
+        let params = match label_selector {
+            Some(selector) => ListParams::default().labels(selector),
+            None => ListParams::default(),
+        };
+        match timeout(self.call_timeout, self.api.list(&params)).await {
+            Err(_) => Err(StoreError::Transient(format!(
+                "list leases in namespace {}: timed out after {:?}",
+                self.namespace, self.call_timeout
+            ))),
+            Ok(Err(err)) => Err(classify(err, Verb::List, None, &self.namespace)),
+            Ok(Ok(list)) => {
+                let mut leases: Vec<Versioned> = list.items.into_iter().map(versioned).collect();
+                leases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                Ok(leases)
+            }
+        }
+    }
+
     /// Create or compare-and-swap replace, as the write says. The object is written whole: the metadata
     /// it carries (read with the record, so labels, annotations and uid are kept) and the new spec.
     pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
@@ -85,7 +107,7 @@ impl KubeStore {
 
     /// Turn a kube error into what the run loop acts on, with messages that say what to do.
     fn classify(&self, err: kube::Error, verb: Verb, name: &str) -> StoreError {
-        classify(err, verb, name, &self.namespace)
+        classify(err, verb, Some(name), &self.namespace)
     }
 
     /// Watch one lease: list (to learn the current record and resourceVersion), then watch from there
@@ -130,8 +152,12 @@ impl Verb {
     }
 }
 
-fn classify(err: kube::Error, verb: Verb, name: &str, namespace: &str) -> StoreError {
-    let what = format!("{} lease {namespace}/{name}", verb.as_str());
+/// `name`: the lease the call was about; `None` for a list of the namespace's leases.
+fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -> StoreError {
+    let what = match name {
+        Some(name) => format!("{} lease {namespace}/{name}", verb.as_str()),
+        None => format!("{} leases in namespace {namespace}", verb.as_str()),
+    };
     match err {
         kube::Error::Api(status) => {
             let code = status.code;
@@ -141,6 +167,11 @@ fn classify(err: kube::Error, verb: Verb, name: &str, namespace: &str) -> StoreE
                 401 => StoreError::Fatal(Error::Api(format!(
                     "{what}: 401 Unauthorized: the API server rejected the credentials\n\
                      check the kubeconfig's user (or the pod's service-account token)"
+                ))),
+                // A listing needs nothing else, so it says so, on one line.
+                403 if name.is_none() => StoreError::Fatal(Error::Api(format!(
+                    "{what}: forbidden: {message}; listing needs only the list verb on \
+                     leases.coordination.k8s.io in namespace {namespace} (see deploy/rbac.yaml)"
                 ))),
                 403 => StoreError::Fatal(Error::Api(format!(
                     "{what}: forbidden: {message}\nmpsync needs get, list, watch, create and update on \
@@ -229,7 +260,7 @@ async fn watch_loop(
             failed => {
                 failures += 1;
                 let err = match failed {
-                    Ok(Err(err)) => classify(err, Verb::List, &name, &namespace).to_string(),
+                    Ok(Err(err)) => classify(err, Verb::List, Some(&name), &namespace).to_string(),
                     _ => format!("list timed out after {call_timeout:?}"),
                 };
                 log.failed(&format!("{err}; polling with get meanwhile"));
@@ -249,7 +280,7 @@ async fn watch_loop(
                 failed => {
                     failures += 1;
                     let err = match failed {
-                        Ok(Err(err)) => classify(err, Verb::Watch, &name, &namespace).to_string(),
+                        Ok(Err(err)) => classify(err, Verb::Watch, Some(&name), &namespace).to_string(),
                         _ => format!("starting a watch timed out after {call_timeout:?}"),
                     };
                     log.failed(&format!("{err}; polling with get meanwhile"));
@@ -346,7 +377,7 @@ async fn poll_once(
             sender.send(update).await.is_ok()
         }
         Ok(Err(err)) => {
-            let err = classify(err, Verb::Get, name, namespace);
+            let err = classify(err, Verb::Get, Some(name), namespace);
             tracing::debug!(lease = %name, error = %err, "polling the lease failed");
             !sender.is_closed()
         }

@@ -5,6 +5,8 @@
 //!   of a replace, only if the stored `resource_version` still equals the one the write carries
 //!   (`Conflict` otherwise). A replace writes the whole object it was given: the spec, and the metadata
 //!   (labels, annotations, uid) it read, so unknown fields survive.
+//! - `list` returns every record in the namespace (for the file backend: in the lock directory) whose
+//!   labels match a label selector, ordered by name; each names its lease in `metadata.name`.
 //! - `watch` delivers the current record at once and then every change, driving waiting; while the
 //!   underlying watch is down it polls at `retry_period` instead. An absence carries the resource version
 //!   it was seen at, so that a stale list cannot pass for a deletion.
@@ -16,6 +18,7 @@
 pub mod file;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod selector;
 
 use std::time::Duration;
 
@@ -104,6 +107,18 @@ impl Store {
             Store::Kube(store) => store.get(name).await,
             #[cfg(feature = "file")]
             Store::File(store) => store.get(name).await,
+        }
+    }
+
+    /// Every lease whose labels match `label_selector` (all leases with `None`), ordered by name. The
+    /// Kubernetes backend passes the selector to the API server; the file backend understands its
+    /// equality-based part (see [`selector`]).
+    pub async fn list(&self, label_selector: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
+        match self {
+            #[cfg(feature = "kube")]
+            Store::Kube(store) => store.list(label_selector).await,
+            #[cfg(feature = "file")]
+            Store::File(store) => store.list(label_selector).await,
         }
     }
 

@@ -40,5 +40,6 @@ mod proxy;
 mod safety;
 mod semaphore;
 mod sidecar;
+mod status;
 mod supervise;
 mod terminal;

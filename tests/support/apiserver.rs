@@ -1699,6 +1699,56 @@ impl Filter {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Label selectors (on list): the equality-based ones, and `key`, `!key`; set-based ones are refused
+// with the real server's message for a selector it cannot parse.
+// ---------------------------------------------------------------------------------------------
+
+struct LabelFilter {
+    /// (key, operator: "=", "!=", "exists", "!exists", value)
+    terms: Vec<(String, &'static str, String)>,
+}
+
+impl LabelFilter {
+    fn parse(selector: Option<&str>) -> Result<LabelFilter, Response> {
+        let mut terms = Vec::new();
+        let text = selector.unwrap_or("");
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let pair = |k: &str, op: &'static str, v: &str| (k.trim().to_string(), op, v.trim().to_string());
+            let (key, op, value) = if let Some((k, v)) = term.split_once("!=") {
+                pair(k, "!=", v)
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                pair(k, "=", v)
+            } else if let Some(k) = term.strip_prefix('!') {
+                pair(k, "!exists", "")
+            } else {
+                pair(term, "exists", "")
+            };
+            let valid = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if key.is_empty() || !valid(&key) || !valid(&value) {
+                return Err(bad_request(&format!(
+                    "unable to parse requirement: found '{term}', expected: '=', '!=', '==', 'in', notin'"
+                )));
+            }
+            terms.push((key, op, value));
+        }
+        Ok(LabelFilter { terms })
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let labels = object.pointer("/metadata/labels").and_then(Value::as_object);
+        self.terms.iter().all(|(key, op, value)| {
+            let actual = labels.and_then(|labels| labels.get(key)).and_then(Value::as_str);
+            match *op {
+                "=" => actual == Some(value.as_str()),
+                "!=" => actual != Some(value.as_str()),
+                "exists" => actual.is_some(),
+                _ => actual.is_none(),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Leases
 // ---------------------------------------------------------------------------------------------
 
@@ -1778,11 +1828,15 @@ impl Store<'_> {
             return Reply::Answer(response);
         }
         if !watch {
+            let labels = match LabelFilter::parse(request.param("labelSelector").as_deref()) {
+                Ok(labels) => labels,
+                Err(response) => return Reply::Answer(response),
+            };
             let st = self.shared.lock();
             let items: Vec<Value> = st
                 .objects
                 .iter()
-                .filter(|((ns, name), _)| filter.matches(ns, name))
+                .filter(|((ns, name), object)| filter.matches(ns, name) && labels.matches(object))
                 .map(|(_, object)| list_item(object))
                 .collect();
             return Reply::Answer(json_response(

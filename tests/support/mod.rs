@@ -242,7 +242,18 @@ impl TestEnv {
     /// Create `spec` as slot of a semaphore of `slots` (annotated as mpsync annotates its slots and marker).
     pub fn put_slot(&self, name: &str, slots: u32, spec: LeaseSpec) {
         let annotations = [(mpsync::lease::SLOTS_ANNOTATION.to_string(), slots.to_string())].into();
-        let metadata = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
+        self.create_with(name, ObjectMeta { annotations: Some(annotations), ..Default::default() }, spec);
+    }
+
+    /// Create `spec` with these labels, on either backend.
+    pub fn put_labeled(&self, name: &str, labels: &[(&str, &str)], spec: LeaseSpec) {
+        let labels = labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        self.create_with(name, ObjectMeta { labels: Some(labels), ..Default::default() }, spec);
+    }
+
+    /// Create `spec` with `metadata` (labels, annotations), on either backend.
+    pub fn create_with(&self, name: &str, metadata: ObjectMeta, spec: LeaseSpec) {
+        let metadata = ObjectMeta { name: Some(name.into()), ..metadata };
         match self.backend {
             Backend::Kube => self.create_object(Lease { metadata, spec: Some(spec) }),
             Backend::File => self.runtime.block_on(async {
@@ -276,6 +287,17 @@ impl TestEnv {
             }
         }
         panic!("could not edit lease {name}");
+    }
+
+    /// The lease's metadata as stored now (labels, annotations), on either backend.
+    pub fn metadata(&self, name: &str) -> Option<ObjectMeta> {
+        match self.backend {
+            Backend::Kube => self.get_object(name).map(|lease| lease.metadata),
+            Backend::File => self.runtime.block_on(async {
+                let versioned = self.file_store.as_ref().unwrap().get(name).await.expect("get lease")?;
+                Some(versioned.metadata)
+            }),
+        }
     }
 
     /// The full Lease object (Kubernetes only): for labels, annotations and exact fields.

@@ -263,6 +263,25 @@ impl DirHandle<'_> {
         self.path
     }
 
+    /// The names of the files in this very directory (read through `/proc/self/fd`, so that a directory
+    /// put at the path meanwhile is not the one read; at the path only where `/proc` is not mounted).
+    /// Names that are not UTF-8 are left out: no lease has one.
+    pub fn file_names(&self) -> Result<Vec<String>, StoreError> {
+        let entries = match std::fs::read_dir(proc_path(self.fd())) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => std::fs::read_dir(self.path),
+            entries => entries,
+        }
+        .map_err(|err| io_failure("list", self.path, &err))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|err| io_failure("list", self.path, &err))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     /// Prove that files can be created here, without leaving one behind even after a crash (an
     /// `O_TMPFILE` has no name), or with a fresh name (`O_EXCL|O_NOFOLLOW`) where that is not supported.
     fn probe_write(&self) -> Result<(), StoreError> {

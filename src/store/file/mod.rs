@@ -124,6 +124,44 @@ impl FileStore {
         .await
     }
 
+    /// Every lease record in the lock directory whose labels match `label_selector` (see
+    /// [`selector`](crate::store::selector)), ordered by name. Only `NAME.json` files are records: the
+    /// hidden `.NAME.last` copies and writes in progress are not leases of their own. A record takes its
+    /// name from `metadata.name` (long names are hashed on disk); a `*.json` that is not the record of the
+    /// lease it names (not a Lease, unreadable, a copy under another name) is left out with a warning.
+    pub async fn list(&self, label_selector: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
+        let requirements = match label_selector {
+            Some(text) => super::selector::parse(text)?,
+            None => Vec::new(),
+        };
+        self.blocking("list leases".to_string(), false, move |store, _| {
+            let Some(dir) = store.dir.open(false)? else {
+                return Ok(Vec::new());
+            };
+            let mut leases = Vec::new();
+            for file in dir.file_names()? {
+                if file.starts_with('.') || !file.ends_with(".json") {
+                    continue;
+                }
+                match listed_record(dir.fd(), dir.path(), &file)? {
+                    Ok(Some(versioned)) => {
+                        if super::selector::matches(&requirements, versioned.metadata.labels.as_ref()) {
+                            leases.push(versioned);
+                        }
+                    }
+                    // Removed since the directory was read.
+                    Ok(None) => {}
+                    Err(why) => {
+                        warn!(file = %dir.path().join(&file).display(), "{why}: not listed");
+                    }
+                }
+            }
+            leases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            Ok(leases)
+        })
+        .await
+    }
+
     /// Create or compare-and-swap replace, as the write says, with the labels and annotations it carries.
     pub async fn write(&self, name: &str, write: &Write) -> Result<Versioned, StoreError> {
         let (name, write) = (name.to_string(), write.clone());
@@ -399,6 +437,29 @@ fn read_record(
     Ok(Some(Stored { lease, version, versioned, identity: contents.identity }))
 }
 
+/// The file `file` of the lock directory read as the record of the lease it names, for a listing: `None`
+/// if it is gone, or why it is not a record.
+fn listed_record(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    file: &str,
+) -> Result<Result<Option<Versioned>, String>, StoreError> {
+    let contents = match dir::read_at(dir, dir_path, file)? {
+        None => return Ok(Ok(None)),
+        Some(Err(unreadable)) => return Ok(Err(unreadable.to_string())),
+        Some(Ok(contents)) => contents,
+    };
+    let name = match serde_json::from_slice::<Lease>(&contents.bytes) {
+        Ok(lease) => lease.metadata.name.unwrap_or_default(),
+        Err(err) => return Ok(Err(format!("is not a valid Lease ({err})"))),
+    };
+    match LeaseFiles::new(&name) {
+        Ok(files) if files.record == file => {}
+        _ => return Ok(Err(format!("holds lease {name:?}, which is not kept in this file"))),
+    }
+    Ok(parse_lease(&name, &contents.bytes).map(|(_, _, versioned)| Some(versioned)))
+}
+
 /// Parse a record of the lease `name`: the Lease, its resourceVersion as a number, and what the store
 /// returns; or why it is not one.
 fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), String> {
@@ -603,4 +664,3 @@ fn still_held(record: &LeaseSpec) -> bool {
 
 #[cfg(test)]
 mod tests;
-

@@ -677,3 +677,36 @@ fn a_write_given_up_before_it_replaces_anything_never_will_and_one_under_way_is_
     assert!(super::dir::with_publish_gate(Arc::clone(&gate), super::dir::publish_for_tests));
     assert!(!super::dir::abandon(&gate), "under way: unknown");
 }
+
+#[test]
+fn list_names_every_record_from_its_metadata_and_skips_what_is_not_a_record() {
+    let dir = TempDir::new("list");
+    let store = open(&dir);
+    let long = names::long_name(230, 'q');
+    runtime().block_on(async {
+        assert!(store.list(None).await.expect("an empty directory lists").is_empty());
+        for name in ["b", "a", long.as_str()] {
+            store.create(name, &held_by(name)).await.expect("created");
+        }
+        let labels = [("team".to_string(), "infra".to_string())].into();
+        let write =
+            Write { metadata: ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }, record: held_by("c") };
+        store.write("c", &write).await.expect("created with a label");
+        // A deleted record leaves its `.c.last`; a stray file, a copy under another name and garbage are
+        // not leases.
+        fs::remove_file(dir.path().join("b.json")).expect("delete b");
+        fs::write(dir.path().join("notes.txt"), "hello").expect("a stray file");
+        fs::copy(dir.path().join("a.json"), dir.path().join("copy-of-a.json")).expect("a copy");
+        fs::write(dir.path().join("garbage.json"), "{").expect("garbage");
+        let names = |leases: Vec<Versioned>| -> Vec<String> {
+            leases.into_iter().map(|lease| lease.metadata.name.unwrap_or_default()).collect()
+        };
+        let all = names(store.list(None).await.expect("lists"));
+        assert_eq!(all, ["a".to_string(), "c".to_string(), long.clone()], "by name");
+        assert!(long.len() > names::MAX_PLAIN, "the hashed name is read from the record");
+        assert_eq!(names(store.list(Some("team=infra")).await.expect("lists")), ["c"]);
+        assert_eq!(names(store.list(Some("!team")).await.expect("lists")), ["a".to_string(), long.clone()]);
+        let refused = store.list(Some("team in (infra)")).await.expect_err("set-based selectors are refused");
+        assert!(matches!(refused, StoreError::Fatal(Error::Usage(_))), "{refused:?}");
+    });
+}

@@ -1,0 +1,183 @@
+//! `mpsync status` without NAME: one line (or JSON object) per Lease in the namespace, filtered by label.
+//! (`status NAME` is tested with `elect` in elect.rs.) Every lease a test makes carries a label unique
+//! to the test, so that against a real cluster, whose namespace holds other leases, it can select its own.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use serde_json::Value;
+
+use crate::support::*;
+
+both_backends!(
+    listing_shows_every_lease_held_or_free_as_a_table_and_as_json,
+    listing_filters_by_label_selector,
+    empty_listing_says_so_on_stderr_and_exits_0,
+    unparsable_selector_is_refused_on_one_line_with_exit_125,
+);
+
+/// The rows of the table under its header, as columns.
+#[track_caller]
+fn rows(done: &Finished) -> Vec<Vec<String>> {
+    done.assert_code(0);
+    let mut lines = done.stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOLDER", "STATE", "RENEWED", "TRANSITIONS"], "{}", done.stdout);
+    lines.map(|line| line.split_whitespace().map(String::from).collect()).collect()
+}
+
+#[track_caller]
+fn json_array(done: &Finished) -> Vec<Value> {
+    done.assert_code(0);
+    match serde_json::from_str(&done.stdout) {
+        Ok(Value::Array(items)) => items,
+        other => panic!("not a JSON array: {other:?}\n{}", done.stdout),
+    }
+}
+
+fn names_in(items: &[Value]) -> Vec<&str> {
+    items.iter().map(|item| item["name"].as_str().unwrap()).collect()
+}
+
+/// A name longer than the file backend keeps on disk (it stores it hashed).
+fn long_name(env: &TestEnv) -> String {
+    format!("{}.{}.{}.{}", "x".repeat(63), "y".repeat(63), "z".repeat(63), env.lease_name("long"))
+}
+
+fn listing_shows_every_lease_held_or_free_as_a_table_and_as_json(env: &TestEnv) {
+    let run = env.lease_name("run");
+    let label = [("mpsync-test", run.as_str())];
+    let (held, free, expired, long) =
+        (env.lease_name("held"), env.lease_name("free"), env.lease_name("expired"), long_name(env));
+    env.put_labeled(&held, &label, TestEnv::foreign_record("holder-a", 60));
+    let mut released = TestEnv::foreign_record("", 60);
+    released.lease_transitions = Some(3);
+    env.put_labeled(&free, &label, released);
+    let mut gone = TestEnv::foreign_record("holder-gone", 15);
+    let an_hour_ago = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+    gone.renew_time = Some(MicroTime(an_hour_ago));
+    env.put_labeled(&expired, &label, gone);
+    env.put_labeled(&long, &label, TestEnv::foreign_record("holder-long", 60));
+    let selector = format!("mpsync-test={run}");
+
+    let table = rows(&env.run(["status", "-l", &selector]));
+    let mut expected = [
+        vec![held.as_str(), "holder-a", "held", "0s", "0"],
+        vec![free.as_str(), "-", "free", "0s", "3"],
+        vec![expired.as_str(), "holder-gone", "free", "3600s", "0"],
+        vec![long.as_str(), "holder-long", "held", "0s", "0"],
+    ];
+    expected.sort();
+    assert_eq!(table.len(), 4, "{table:?}");
+    for (row, expected) in table.iter().zip(&expected) {
+        assert_eq!(row[..3], expected[..3], "{table:?}");
+        assert_eq!(row[4], expected[4], "{table:?}");
+        if expected[3] == "3600s" {
+            assert!(row[3].ends_with('m') && row[3].starts_with("6"), "an hour ago, as kubectl says it: {row:?}");
+        } else {
+            assert!(row[3].ends_with('s'), "renewed seconds ago: {row:?}");
+        }
+    }
+
+    // JSON: the objects `status NAME -o json` prints, one per lease, in the same order.
+    let items = json_array(&env.run(["status", "-l", &selector, "-o", "json"]));
+    assert_eq!(names_in(&items), expected.iter().map(|row| row[0]).collect::<Vec<_>>());
+    for item in &items {
+        let name = item["name"].as_str().unwrap();
+        let single: Value = serde_json::from_str(&env.run(["status", name, "-o", "json"]).stdout).unwrap();
+        assert_eq!(item, &single, "the listing and `status {name}` say the same");
+    }
+
+    // Without a selector: these and whatever else the namespace holds.
+    let everything = rows(&env.run(["status"]));
+    for name in [&held, &free, &expired, &long] {
+        assert!(everything.iter().any(|row| &row[0] == name), "{name} missing from {everything:?}");
+    }
+}
+
+fn listing_filters_by_label_selector(env: &TestEnv) {
+    let run = env.lease_name("run");
+    let (infra, web, plain) = (env.lease_name("infra"), env.lease_name("web"), env.lease_name("plain"));
+    let record = || TestEnv::foreign_record("someone", 60);
+    env.put_labeled(&infra, &[("mpsync-test", &run), ("team", "infra")], record());
+    env.put_labeled(&web, &[("mpsync-test", &run), ("team", "web")], record());
+    env.put_labeled(&plain, &[("mpsync-test", &run)], record());
+    let cases: [(&str, Vec<&String>); 6] = [
+        ("team=infra", vec![&infra]),
+        ("team==web", vec![&web]),
+        ("team!=infra", vec![&web, &plain]),
+        ("team", vec![&infra, &web]),
+        ("!team", vec![&plain]),
+        ("", vec![&infra, &web, &plain]),
+    ];
+    for (selector, expected) in cases {
+        let selector = [format!("mpsync-test={run}"), selector.to_string()].join(",");
+        let selector = selector.trim_end_matches(',');
+        let mut expected: Vec<&str> = expected.iter().map(|name| name.as_str()).collect();
+        expected.sort();
+        let listed: Vec<String> =
+            rows(&env.run(["status", "--selector", selector])).into_iter().map(|row| row[0].clone()).collect();
+        assert_eq!(listed, expected, "-l {selector}");
+        let items = json_array(&env.run(["status", "-l", selector, "-o", "json"]));
+        assert_eq!(names_in(&items), expected, "-l {selector} -o json");
+    }
+}
+
+fn empty_listing_says_so_on_stderr_and_exits_0(env: &TestEnv) {
+    let selector = format!("mpsync-test={}", env.lease_name("nothing"));
+    let text = env.run(["status", "-l", &selector]);
+    text.assert_code(0);
+    assert_eq!(text.stdout, "", "stdout is for leases only");
+    let expected = format!("No leases matching {selector:?} in namespace {}.", env.namespace);
+    assert_eq!(text.stderr.trim(), expected);
+    let json = json_array(&env.run(["status", "-l", &selector, "-o", "json"]));
+    assert!(json.is_empty(), "{json:?}");
+    if env.backend == Backend::File {
+        // A lock directory nobody has made yet holds no leases either.
+        let fresh = env.path("fresh-locks");
+        let done = env.run(["status", "--lock-dir", fresh.to_str().unwrap()]);
+        done.assert_code(0);
+        assert_eq!(done.stderr.trim(), "No leases in namespace default.");
+    }
+}
+
+fn unparsable_selector_is_refused_on_one_line_with_exit_125(env: &TestEnv) {
+    let done = env.run(["status", "-l", "a b c"]);
+    done.assert_code(125);
+    assert_eq!(done.stderr.trim().lines().count(), 1, "{}", done.stderr);
+    assert!(done.stderr.contains("a b c"), "{}", done.stderr);
+    assert_eq!(done.stdout, "");
+    if env.backend == Backend::File {
+        // Set-based selectors are the API server's; the file backend says what it understands.
+        let fresh = env.path("fresh-locks");
+        let done = env.run(["status", "-l", "team in (infra,web)", "--lock-dir", fresh.to_str().unwrap()]);
+        done.assert_code(125);
+        assert_eq!(done.stderr.trim().lines().count(), 1, "{}", done.stderr);
+        assert!(done.stderr.contains("key=value, key!=value, key and !key"), "{}", done.stderr);
+        assert!(!fresh.exists(), "refused before the lock directory was made");
+    }
+}
+
+#[test]
+fn listing_forbidden_names_the_list_verb_on_one_line_and_needs_no_other() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("listed");
+    env.put(&name, TestEnv::foreign_record("someone", 60));
+    let server = env.server().unwrap();
+    for verb in ["get", "watch", "create", "update"] {
+        server.forbid(verb);
+    }
+    let listed = rows(&env.run(["status"]));
+    assert_eq!(listed.iter().map(|row| row[0].as_str()).collect::<Vec<_>>(), [name.as_str()]);
+
+    server.forbid("list");
+    let done = env.run(["status"]);
+    done.assert_code(125);
+    let error = done.stderr.trim();
+    assert_eq!(error.lines().count(), 1, "{error}");
+    for needle in ["list leases in namespace default", "forbidden", "only the list verb", "leases.coordination.k8s.io"]
+    {
+        assert!(error.contains(needle), "expected {needle:?} in {error}");
+    }
+}
