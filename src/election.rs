@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Wait;
 use crate::error::{Error, Result};
 use crate::lease::LossReason;
-use crate::lock::Lock;
+use crate::lock::{HoldState, Lock, lost_now};
 
 /// What an [`Election`] does when leadership is lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct Leadership {
     token: CancellationToken,
     fencing_token: i32,
     lease: String,
+    state: watch::Receiver<HoldState>,
 }
 
 impl Leadership {
@@ -65,9 +67,11 @@ impl Leadership {
         self.token.cancelled().await;
     }
 
-    /// Whether the term has ended.
+    /// Whether the term has ended: the token is cancelled, or the renew deadline has passed on this
+    /// machine's monotonic clock now (a process frozen past it knows at once when it runs again, before
+    /// the token is cancelled).
     pub fn is_lost(&self) -> bool {
-        self.token.is_cancelled()
+        self.token.is_cancelled() || lost_now(&self.state)
     }
 
     /// The Lease this term holds (for a semaphore, the slot's Lease).
@@ -216,6 +220,7 @@ impl Election {
                 token: token.clone(),
                 fencing_token: held.fencing_token(),
                 lease: held.name().to_string(),
+                state: held.hold_state(),
             };
             tracing::info!(lease = %held.name(), identity = %self.lock.identity(), token = held.fencing_token(), "leading");
             // Boxed, so that it can be dropped before the lease is given back.

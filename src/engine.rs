@@ -456,6 +456,14 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
         Wait::Until(at) => Some(at),
         Wait::NoWait => Some(started + slots.first().map_or(Duration::from_secs(15), |s| s.timing().lease_duration)),
     };
+    if wait == Wait::NoWait {
+        // One attempt answers from a fresh look, as a new `mpsync lock --no-wait` process would: what the
+        // slots observed before (an earlier campaign of the same slots) may be long out of date. What they
+        // learnt stays: tokens continue, a holder seen earlier is still waited out from when it was seen.
+        for slot in slots.iter_mut().filter(|slot| slot.elector.has_observed() && slot.call.is_none()) {
+            slot.elector.want_read();
+        }
+    }
     let mut announced = false;
     loop {
         // Held, and not waiting out another holder (see `Held::usable_from`).

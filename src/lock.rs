@@ -599,7 +599,7 @@ impl Future for Acquiring {
 
 /// The state a held lock shares with its background task.
 #[derive(Clone, Debug)]
-struct HoldState {
+pub(crate) struct HoldState {
     /// The lease counts as lost at this moment unless a renewal sent before it succeeds.
     deadline: Instant,
     lost: Option<LossReason>,
@@ -650,6 +650,10 @@ pub struct HeldLock {
     state: watch::Receiver<HoldState>,
     token: CancellationToken,
     release: mpsc::Sender<ReleaseReply>,
+    /// Counts the acquisition as active while the lock is in the caller's hands: dropping or releasing
+    /// it ends that at once, so that one attempt made right after waits for the giving back instead of
+    /// answering "held by this very lock".
+    _active: Active,
 }
 
 impl HeldLock {
@@ -673,8 +677,12 @@ impl HeldLock {
     /// Whether the lease is lost: renewal has failed for the renew deadline (judged on this
     /// machine's monotonic clock now), or another holder or a deletion was seen.
     pub fn is_lost(&self) -> bool {
-        let state = self.state.borrow();
-        state.lost.is_some() || Instant::now() >= state.deadline
+        lost_now(&self.state)
+    }
+
+    /// What `is_lost` looks at, for those who must judge it like the lock does (`Leadership`).
+    pub(crate) fn hold_state(&self) -> watch::Receiver<HoldState> {
+        self.state.clone()
     }
 
     /// Resolves when the lease is lost, with the reason: at the latest when renewal has failed for
@@ -762,6 +770,13 @@ impl std::fmt::Debug for HeldLock {
     }
 }
 
+/// Whether a lease is lost by what its task said and by the clock now: a process frozen past the renew
+/// deadline knows at once when it runs again, before the task has run.
+pub(crate) fn lost_now(state: &watch::Receiver<HoldState>) -> bool {
+    let state = state.borrow();
+    state.lost.is_some() || Instant::now() >= state.deadline
+}
+
 /// Counts an acquisition as active (see `Inner::active`) until dropped.
 struct Active(Arc<Inner>);
 
@@ -827,12 +842,6 @@ async fn acquisition(
         drop(result_tx.send(Ok(Attempt::NotAcquired { last_error: None })));
         return;
     };
-    if wait == Wait::NoWait && !slots.iter().any(Slot::holds_anything) {
-        // One attempt answers from a fresh look, as a new `mpsync lock --no-wait` process would: what
-        // the slots observed in an earlier acquisition may be long out of date, and the campaign would
-        // answer "held" from it without reading again.
-        *slots = inner.fresh_slots();
-    }
     let budget = inner.timing.call_timeout();
     let marker_deadline = match wait {
         Wait::Forever => None,
@@ -883,6 +892,9 @@ async fn acquisition(
     let (state_tx, state_rx) = watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None });
     let (release_tx, mut release_rx) = mpsc::channel::<ReleaseReply>(1);
     let token = CancellationToken::new();
+    // Cancelled however this task ends: also when it is dropped unfinished (its runtime shut down), so
+    // that work watching the token never outlives what renews the lease.
+    let _cancel_on_drop = token.clone().drop_guard();
     let lock = HeldLock {
         name: slot.name().to_string(),
         slot: inner.slot_count.map(|_| index),
@@ -891,10 +903,10 @@ async fn acquisition(
         state: state_rx,
         token: token.clone(),
         release: release_tx,
+        _active: active,
     };
     if result_tx.send(Ok(Attempt::Held(lock))).is_err() {
         // Nobody took it (the campaign was dropped just now): give it back.
-        drop(active);
         settle_all(&mut slots, budget).await;
         return;
     }
@@ -921,13 +933,11 @@ async fn acquisition(
             // renew deadline passed while the server was out of reach, say) is given back, so the next
             // holder need not wait out its duration; then the slot may campaign again.
             let reply = release_rx.recv().await;
-            drop(active);
             let released = slot.settle(budget).await;
             slot.forget_loss();
             (released, reply)
         }
         None => {
-            drop(active);
             let released = slot.settle(budget).await;
             if let Err(err) = &released {
                 tracing::warn!(lease = %slot.name(), error = %err, "could not release the lease; it expires after its duration");

@@ -28,10 +28,19 @@ pub fn namespace(namespace: &str) -> Result<()> {
     )))
 }
 
-/// An identity given explicitly: not blank.
+/// The longest identity: far more than a pod name and a UUID need, far less than a record may hold.
+pub const MAX_IDENTITY: usize = 1024;
+
+/// An identity given explicitly: not blank, at most `MAX_IDENTITY` bytes.
 pub fn identity(identity: String) -> Result<String> {
     if identity.trim().is_empty() {
         return Err(Error::Usage("--identity must not be empty".into()));
+    }
+    if identity.len() > MAX_IDENTITY {
+        return Err(Error::Usage(format!(
+            "--identity is {} bytes long; at most {MAX_IDENTITY} are allowed",
+            identity.len()
+        )));
     }
     Ok(identity)
 }
@@ -94,6 +103,14 @@ fn random_hex(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_is_neither_blank_nor_longer_than_a_record_should_carry() {
+        assert!(identity(" ".into()).is_err());
+        assert!(identity("x".repeat(MAX_IDENTITY)).is_ok());
+        let Err(Error::Usage(message)) = identity("x".repeat(1 << 20)) else { panic!("a 1 MiB identity") };
+        assert!(message.contains("1048576 bytes") && message.contains("1024"), "{message}");
+    }
 
     #[test]
     fn default_identity_is_unique_per_call() {

@@ -30,6 +30,7 @@ both_backends!(
     dropping_a_held_lock_cancels_its_token_and_releases_the_lease,
     a_lock_whose_runtime_is_gone_expires_after_its_duration,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
+    work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again,
     cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease,
     client_go_record_is_respected_then_taken_over_in_its_format,
     status_and_observe_follow_the_holder,
@@ -191,7 +192,8 @@ fn two_elections_in_one_process_lead_one_at_a_time(env: &TestEnv) {
 
 fn fencing_tokens_increase_across_holders(env: &TestEnv) {
     let name = env.lease_name("lib-tokens");
-    runtime().block_on(async {
+    let rt = runtime();
+    let (a, last) = rt.block_on(async {
         let a = lock(env, &name).await.timing(FAST).build().unwrap();
         let b = lock(env, &name).await.timing(FAST).build().unwrap();
         let mut tokens = Vec::new();
@@ -201,6 +203,31 @@ fn fencing_tokens_increase_across_holders(env: &TestEnv) {
             held.release().await.unwrap();
         }
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+        (a, *tokens.last().unwrap())
+    });
+    // Deleted: a Lock that saw the tokens continues them, by one attempt as by a wait. (One attempt may
+    // answer "held" while it waits out a holder it might not have seen, for a lease duration.)
+    env.delete(&name);
+    let last = rt.block_on(async {
+        let held = within("the deleted lease", async {
+            loop {
+                if let Some(held) = a.try_acquire().await.unwrap() {
+                    return held;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(held.fencing_token() > last, "try_acquire: token {} after {last}", held.fencing_token());
+        let token = held.fencing_token();
+        held.release().await.unwrap();
+        token
+    });
+    env.delete(&name);
+    rt.block_on(async {
+        let held = within("the deleted lease", a.acquire()).await.unwrap();
+        assert!(held.fencing_token() > last, "acquire: token {} after {last}", held.fencing_token());
+        held.release().await.unwrap();
     });
 }
 
@@ -277,6 +304,18 @@ fn dropping_a_held_lock_cancels_its_token_and_releases_the_lease(env: &TestEnv) 
         assert!(held.fencing_token() > taken_token, "{} after {taken_token}", held.fencing_token());
         held.release().await.unwrap();
     });
+    // One attempt right after a drop waits for the giving back, on any runtime: never "held by this very
+    // lock" because the background task had not run yet.
+    let threads = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    threads.block_on(async {
+        let a = lock(env, &name).await.build().unwrap();
+        for round in 0..20 {
+            let held = within("the lease", a.acquire()).await.unwrap();
+            drop(held);
+            let again = a.try_acquire().await.unwrap();
+            assert!(again.is_some(), "round {round}: one attempt after a drop answered held");
+        }
+    });
 }
 
 fn a_lock_whose_runtime_is_gone_expires_after_its_duration(env: &TestEnv) {
@@ -287,8 +326,10 @@ fn a_lock_whose_runtime_is_gone_expires_after_its_duration(env: &TestEnv) {
         let held = a.acquire().await.unwrap();
         (a.identity().to_string(), held)
     });
-    // The runtime goes, with the renewal task: nothing is released, nothing renewed.
+    // The runtime goes, with the renewal task: nothing is released, nothing renewed; the work is told.
+    let token = held.cancellation_token();
     drop(first);
+    assert!(token.is_cancelled(), "work watching the token must stop when nothing renews the lease");
     drop(held);
     assert_eq!(env.holder(&name).as_deref(), Some(identity.as_str()), "nothing was released");
     runtime().block_on(async {
@@ -301,6 +342,36 @@ fn a_lock_whose_runtime_is_gone_expires_after_its_duration(env: &TestEnv) {
             asked.elapsed()
         );
         held.release().await.unwrap();
+    });
+}
+
+/// The work blocks its thread (of a current-thread runtime: nothing renews) past the renew deadline, as a
+/// process frozen by SIGSTOP would. When it runs again, `is_lost` says so at once, for a `HeldLock` and a
+/// `Leadership` alike, before any task has run to cancel a token.
+fn work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again(env: &TestEnv) {
+    let name = env.lease_name("lib-frozen");
+    runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        let held = lock.acquire().await.unwrap();
+        assert!(!held.is_lost());
+        std::thread::sleep(FAST.renew_deadline + Duration::from_millis(200));
+        assert!(held.is_lost(), "HeldLock::is_lost after the renew deadline");
+        drop(held);
+
+        let election = Election::new(lock).after_loss(AfterLoss::Return);
+        let seen = Arc::new(AtomicBool::new(false));
+        let outcome = election
+            .run(|leadership| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    assert!(!leadership.is_lost());
+                    std::thread::sleep(FAST.renew_deadline + Duration::from_millis(200));
+                    seen.store(leadership.is_lost(), Ordering::SeqCst);
+                }
+            })
+            .await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(seen.load(Ordering::SeqCst), "Leadership::is_lost after the renew deadline");
     });
 }
 
@@ -726,11 +797,8 @@ fn bad_options_are_refused_with_clear_errors() {
 }
 
 /// The engine's one attempt, on slots that observed the lease in an earlier campaign: after the holder
-/// released, the lease is free, and one attempt should take it. It answers "held" from what it saw
-/// before it started, without reading again. `Lock::try_acquire` works around this by giving each
-/// attempt fresh slots (see `lock.rs`); the CLI never reuses slots for `--no-wait`.
+/// released, the lease is free, and one attempt takes it: it reads again before answering "held".
 #[test]
-#[ignore = "engine: campaign(Wait::NoWait) answers NotAcquired from an observation older than the campaign"]
 fn engine_one_attempt_reads_again_before_answering_held() {
     use mpsync::engine::{Campaigned, Ignore, Slot, Wait, campaign};
     use mpsync::lease::Elector;

@@ -375,6 +375,15 @@ impl FileStore {
         let mut bytes = serde_json::to_vec(lease)
             .map_err(|err| StoreError::Fatal(Error::File(format!("cannot serialize lease {}: {err}", files.name))))?;
         bytes.push(b'\n');
+        if bytes.len() as u64 > dir::MAX_RECORD {
+            // Never write what every reader would refuse (and count as held for good).
+            return Err(StoreError::Fatal(Error::File(format!(
+                "lease {} would be {} bytes, more than a lease record may have ({} bytes)",
+                files.name,
+                bytes.len(),
+                dir::MAX_RECORD
+            ))));
+        }
         let (_, _, written) = parse_lease(&files.name, &bytes).map_err(|why| {
             StoreError::Fatal(Error::Internal(format!("lease {} would be written unreadable: {why}", files.name)))
         })?;
