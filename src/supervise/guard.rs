@@ -48,6 +48,9 @@ impl Guard {
     /// async-signal-safe calls.
     pub fn spawn() -> io::Result<Guard> {
         let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+        // mpsync never blocks on its guard: a guard stopped by someone (SIGSTOP) must not stop the renewals
+        // once the pipe is full. A message that does not fit is dropped; the next deadline is sent anyway.
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
         // before it has ignored everything.
         let mut previous = SigSet::empty();
@@ -149,6 +152,9 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
         }
         close_fds_except(pipe);
 
+        // mpsync, whose tree the deadline's kill walks (the guard is its child).
+        let root = libc::getppid();
+        let me = libc::getpid();
         let mut armed: libc::pid_t = 0;
         let mut deadline: i64 = 0;
         let mut message = [0u8; MESSAGE];
@@ -158,7 +164,9 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
             let timeout_ms = if armed > 0 && deadline > 0 {
                 let left = deadline.saturating_sub(monotonic_nanos());
                 if left <= 0 {
-                    // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped).
+                    // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped). The
+                    // whole job goes: the group, and what left it (setsid, `timeout`, a script's `set -m`).
+                    kill_tree(root, me);
                     libc::kill(-armed, libc::SIGKILL);
                     deadline = 0;
                     continue;
@@ -196,6 +204,182 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
             libc::kill(-armed, libc::SIGKILL);
         }
         libc::_exit(0)
+    }
+}
+
+/// The most processes `kill_tree` looks at (a machine's whole process table, usually far fewer).
+const MAX_PROCESSES: usize = 1 << 16;
+/// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
+const PID_LIMIT: usize = 1 << 22;
+
+/// Stop, then SIGKILL, every process below `root` (mpsync) but `me` (the guard), whatever its group or
+/// session. Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor
+/// exits, so none of its children is handed to init out of sight. Rounds go on until one finds nothing
+/// new (or 16 rounds: a tree growing that fast is still killed as far as it was seen).
+///
+/// # Safety
+/// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
+unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
+    // SAFETY: the mapping is ours alone, and big enough for both tables and the bitmap laid out in it.
+    unsafe {
+        let table_bytes = MAX_PROCESSES * 2 * std::mem::size_of::<libc::pid_t>();
+        let bitmap_bytes = PID_LIMIT / 8;
+        let size = table_bytes + 2 * bitmap_bytes;
+        let memory = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if memory == libc::MAP_FAILED {
+            return;
+        }
+        let pids = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>(), MAX_PROCESSES);
+        let parents = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(MAX_PROCESSES), MAX_PROCESSES);
+        let below = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes), bitmap_bytes);
+        let stopped = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes + bitmap_bytes), bitmap_bytes);
+        let index = |pid: libc::pid_t| (pid as usize % PID_LIMIT / 8, 1u8 << (pid as usize % 8));
+        let is_set = |map: &[u8], pid: libc::pid_t| {
+            let (byte, bit) = index(pid);
+            map[byte] & bit != 0
+        };
+        let set = |map: &mut [u8], pid: libc::pid_t| {
+            let (byte, bit) = index(pid);
+            map[byte] |= bit;
+        };
+        for _ in 0..16 {
+            let count = list_processes(pids, parents);
+            below.fill(0);
+            // Mark the descendants of `root`, one generation per pass.
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for i in 0..count {
+                    let (pid, parent) = (pids[i], parents[i]);
+                    if pid != me && pid != root && !is_set(below, pid) && (parent == root || is_set(below, parent)) {
+                        set(below, pid);
+                        changed = true;
+                    }
+                }
+            }
+            let mut new = false;
+            for &pid in &pids[..count] {
+                if is_set(below, pid) && !is_set(stopped, pid) {
+                    libc::kill(pid, libc::SIGSTOP);
+                    set(stopped, pid);
+                    new = true;
+                }
+            }
+            if !new {
+                break;
+            }
+        }
+        let count = list_processes(pids, parents);
+        for &pid in &pids[..count] {
+            if is_set(stopped, pid) && pid != me && pid != root {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        libc::munmap(memory, size);
+    }
+}
+
+/// Fill `pids` and `parents` from /proc; returns how many. Async-signal-safe.
+unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) -> usize {
+    // SAFETY: raw system calls into stack buffers we own.
+    unsafe {
+        let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return 0;
+        }
+        let mut count = 0;
+        let mut entries = [0u8; 8192];
+        loop {
+            let got = libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len());
+            if got <= 0 {
+                break;
+            }
+            let mut at = 0usize;
+            while at < got as usize {
+                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, then the name.
+                let reclen = u16::from_ne_bytes([entries[at + 16], entries[at + 17]]) as usize;
+                let name = &entries[at + 19..at + reclen];
+                let mut pid: libc::pid_t = 0;
+                let mut digits = 0;
+                for &b in name.iter().take_while(|b| **b != 0) {
+                    if !b.is_ascii_digit() || digits >= 9 {
+                        digits = 0;
+                        break;
+                    }
+                    pid = pid * 10 + libc::pid_t::from(b - b'0');
+                    digits += 1;
+                }
+                at += reclen;
+                if digits == 0 || count == pids.len() {
+                    continue;
+                }
+                if let Some(parent) = parent_of(pid) {
+                    pids[count] = pid;
+                    parents[count] = parent;
+                    count += 1;
+                }
+            }
+        }
+        libc::close(dir);
+        count
+    }
+}
+
+/// The parent of `pid`, from /proc/PID/stat (`pid (comm) state ppid ...`; comm may hold anything, so the
+/// fields after its last ')' are read). Async-signal-safe.
+unsafe fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    // SAFETY: raw system calls into stack buffers we own.
+    unsafe {
+        let mut path = *b"/proc/0000000000/stat\0";
+        let mut digits = [0u8; 10];
+        let (mut n, mut rest) = (0, pid);
+        loop {
+            digits[n] = b'0' + (rest % 10) as u8;
+            n += 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut at = 6;
+        for i in (0..n).rev() {
+            path[at] = digits[i];
+            at += 1;
+        }
+        path[at..at + 6].copy_from_slice(b"/stat\0");
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let mut stat = [0u8; 512];
+        let got = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
+        libc::close(fd);
+        if got <= 0 {
+            return None;
+        }
+        let stat = &stat[..got as usize];
+        let close = stat.iter().rposition(|b| *b == b')')?;
+        // ") S PPID "
+        let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
+        let state = fields.next()?;
+        if state == b"Z" {
+            return None;
+        }
+        let mut parent: libc::pid_t = 0;
+        for &b in fields.next()? {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            parent = parent.checked_mul(10)?.checked_add(libc::pid_t::from(b - b'0'))?;
+        }
+        Some(parent)
     }
 }
 

@@ -927,8 +927,9 @@ impl Drop for Supervisor {
         }
         if let Some(guard) = self.guard.take() {
             let pid = guard.pid;
-            // Closing the pipe is the guard's cue to exit.
+            // Closing the pipe is the guard's cue to exit; one stopped by someone is continued to see it.
             drop(guard);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
             let _ = waitpid(pid, None);
         }
     }

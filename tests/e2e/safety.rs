@@ -3,7 +3,7 @@
 //! that fail at once. Each window is reached on purpose, through the real binary.
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -17,6 +17,7 @@ both_backends!(
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
     a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
     a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
+    a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -261,11 +262,24 @@ fn a_blocked_stderr_never_stops_the_holder_from_stopping_its_child(env: &TestEnv
 /// mpsync cannot stop the child at the renew deadline. Its guard process can: it kills the child's group at
 /// the renew deadline plus the grace plus half the remaining margin, before anyone else can take over.
 fn a_frozen_mpsync_never_lets_its_child_outlive_the_lease(env: &TestEnv) {
-    let name = env.lease_name("frozen");
+    // The child says it is alive every 20 ms.
+    frozen_holder(env, "frozen", |alive| format!("while :; do echo alive $(date +%s%N) >> {alive}; sleep 0.02; done"));
+}
+
+/// The same, with the work in processes that left the child's group: `setsid` (a session of its own) and
+/// `timeout` (a group of its own). The guard kills the whole tree below mpsync, not only the group.
+fn a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease(env: &TestEnv) {
+    frozen_holder(env, "frozen-tree", |alive| {
+        let work = format!("while :; do echo alive $(date +%s%N) >> {alive}; sleep 0.02; done");
+        format!("setsid sh -c '{work}' & timeout 300 sh -c '{work}' & wait")
+    });
+}
+
+fn frozen_holder(env: &TestEnv, prefix: &str, script: impl Fn(&str) -> String) {
+    let name = env.lease_name(prefix);
     let alive = env.path("alive");
     let log = env.path("log");
-    // The child says it is alive every 20 ms.
-    let script = format!("while :; do echo alive $(date +%s%N) >> {}; sleep 0.02; done", alive.display());
+    let script = script(&alive.display().to_string());
     let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     wait_for_file(&alive, "alive");
     let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
@@ -283,4 +297,8 @@ fn a_frozen_mpsync_never_lets_its_child_outlive_the_lease(env: &TestEnv) {
     holder.signal(Signal::SIGCONT);
     let done = holder.finish();
     assert!(matches!(done.code, Some(123) | Some(137)), "{:?}\n{}", done.code, done.stderr);
+    let after = read_stamps(&alive).len();
+    let quiet = Instant::now();
+    wait_until("a second without the child's work", || quiet.elapsed() > Duration::from_secs(1));
+    assert_eq!(read_stamps(&alive).len(), after, "the holder's work outlived mpsync");
 }
