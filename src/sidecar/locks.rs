@@ -390,7 +390,8 @@ impl Locks {
     }
 
     /// While draining: release every lock whose client has gone quiet, that is, sent no heartbeat for
-    /// half the TTL and for one and a half times the longest gap it ever left between two. Locks whose
+    /// the renew deadline (two thirds of the TTL: what a 200 promised it has passed) and for one and a
+    /// half times the longest gap it ever left between two. Locks whose
     /// clients still heartbeat stay held; with `deadline`, they are given up without a release (see
     /// `give_up`).
     pub async fn drain_step(&self) -> Drained {
@@ -405,7 +406,7 @@ impl Locks {
             if entry.elector.release(now()).is_none() {
                 continue; // Not ours (any more): nothing to give back.
             }
-            let quiet_after = (self.ttl / 2).max(entry.longest_gap * 3 / 2);
+            let quiet_after = timing(self.ttl).renew_deadline.max(entry.longest_gap * 3 / 2);
             let last = entry.heartbeat.unwrap_or(entry.used);
             let quiet_at = last + quiet_after;
             if Instant::now() < quiet_at {

@@ -357,13 +357,14 @@ fn restarted_side_car_adopts_the_locks_held_under_the_pods_identity(env: &TestEn
 }
 
 /// Issue 11, item 2 over raw HTTP: after SIGTERM, new acquisitions get 503 while heartbeats keep getting
-/// 200; a lock whose client goes quiet is released (half the TTL after its last heartbeat), the other
+/// 200; a lock whose client goes quiet is released (the renew deadline after its last heartbeat), the other
 /// stays held while its client heartbeats; once all are released the side-car exits 0.
 fn sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet(env: &TestEnv) {
     let (quiet, busy, theirs, new) =
         (env.lease_name("sc-q"), env.lease_name("sc-busy"), env.lease_name("sc-theirs"), env.lease_name("sc-new"));
     let mut a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s", "--drain", "60s"]);
     let b = Sidecar::start(env, Some("sidecar-b"), &["--ttl", "4s"]);
+    let quiet_sent = Instant::now();
     a.put(&quiet).assert_status(200);
     a.put(&busy).assert_status(200);
     b.put(&theirs).assert_status(200);
@@ -376,13 +377,16 @@ fn sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet
     assert_eq!(env.holder(&new), None, "nothing taken while draining");
     a.put(&theirs).assert_status(409);
 
-    // Heartbeats on `busy` are answered; `quiet` gets none and is released 2s (half the TTL) after its last.
+    // Heartbeats on `busy` are answered; `quiet` gets none and is released 2.7s (the renew deadline) after its
+    // last: never before what its last 200 promised.
     let drained_from = Instant::now();
     while env.holder(&quiet).as_deref() != Some("") {
         a.put(&busy).assert_status(200);
         assert!(drained_from.elapsed() < PATIENCE, "the quiet lock was never released");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let promised = Duration::from_secs(4) * 2 / 3;
+    assert!(quiet_sent.elapsed() >= promised, "released {:?} after its 200, before the renew deadline", quiet_sent.elapsed());
     assert_eq!(env.holder(&busy).as_deref(), Some("sidecar-a"), "the lock whose client heartbeats stays held");
     b.put(&quiet).assert_status(200);
     assert!(a.process.wait_for(Duration::ZERO).is_none(), "still draining: {}", a.process.stderr());
@@ -962,8 +966,8 @@ fn python_lock_is_kept_through_a_drain_until_its_client_stops() {
     assert_eq!(b.put(&name).assert_status(409).json()["holder"], "pod-a");
     assert!(a.process.wait_for(Duration::ZERO).is_none(), "exited while its client heartbeats");
 
-    // The application stops: its lock is released once it is quiet (15s: half the TTL, and 1.5 times
-    // the 10s between its heartbeats), and the side-car exits 0.
+    // The application stops: its lock is released once it is quiet (20s: the renew deadline, and more
+    // than 1.5 times the 10s between its heartbeats), and the side-car exits 0.
     drop(holder);
     let status = a.process.wait_for(PATIENCE).expect("the side-car exits once its client is gone");
     assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
