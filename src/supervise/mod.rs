@@ -945,6 +945,8 @@ enum Until {
 /// "Stopped (tty input)" after SIGTTIN), unblocked in this thread, which then handles it before `raise`
 /// returns; the handler and mask come back once mpsync is continued.
 fn stop_self(signal: Signal) {
+    // Never stopped with a lock directory locked: that would stop the writes of every lease there.
+    let _writes = crate::store::file::hold_writes();
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_DFL installs no handler code; the previous action is put back as it was below.
     let previous = unsafe { nix::sys::signal::sigaction(signal, &default) };

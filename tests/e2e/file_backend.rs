@@ -568,3 +568,32 @@ fn a_waiter_follows_the_lock_directory_when_it_is_removed_and_made_again() {
     assert!(handoff < Duration::from_secs(4), "handoff took {handoff:?}: not driven by the watch");
     assert!(!waiter.stderr().contains("polling every"), "the waiter gave up watching:\n{}", waiter.stderr());
 }
+
+/// A lock directory whose parent another user owns, or may write without the sticky bit, is refused:
+/// that user could rename the lock directory away (with its holders' records), and the next mpsync would
+/// make a new, empty one and run its child beside them. `/tmp`'s sticky bit makes it safe.
+#[test]
+fn a_lock_directory_whose_parent_another_user_can_change_is_refused() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let other = test_uid(3);
+    let theirs = owned_dir(&env, "theirs", other);
+    let open = env.path("open");
+    fs::create_dir_all(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let sticky = env.path("sticky");
+    fs::create_dir_all(&sticky).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    for (parent, why) in [(&theirs, format!("owned by uid {other}")), (&open, "writable by other users".to_string())] {
+        let locks = parent.join("locks");
+        let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
+        done.assert_code(125);
+        assert!(!done.stdout.contains("ran"), "the command ran");
+        assert!(done.stderr.contains(&parent.display().to_string()) && done.stderr.contains(&why), "{}", done.stderr);
+        assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    }
+    let locks = sticky.join("locks");
+    env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
+}

@@ -426,6 +426,33 @@ mod issue13 {
         // Dropping `a` SIGKILLs it; its guard kills the stopped group.
     }
 
+    /// Ctrl-Z never stops mpsync with its lock directory locked (which would keep every other lease of the
+    /// directory from being written while it stays stopped): it finishes a write in progress first.
+    #[test]
+    fn a_holder_stopped_by_job_control_never_keeps_the_lock_directory_locked() {
+        let env = TestEnv::file();
+        let name = env.lease_name("tstp-dir");
+        // Renewing all the time: a write is in progress at any moment with a good chance.
+        let timings = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "10ms"];
+        let args: Vec<&str> =
+            ["lock", &name].into_iter().chain(timings).chain(["--", "bash", "-c", "while :; do sleep 0.2; done"]).collect();
+        let a = job(&env, &args);
+        wait_until("A to hold the lease", || env.holder(&name).is_some_and(|holder| !holder.is_empty()));
+        let pid = a.pid().to_string();
+        for round in 0..300 {
+            a.signal(Signal::SIGTSTP);
+            wait_until("A to stop", || state(a.pid()) == Some('T'));
+            let locks = fs::read_to_string("/proc/locks").unwrap();
+            let held = locks.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(1) == Some(&"FLOCK") && fields.get(3) == Some(&"WRITE") && fields.get(4) == Some(&pid.as_str())
+            });
+            assert!(!held, "round {round}: stopped with the lock directory locked:\n{locks}");
+            a.signal(Signal::SIGCONT);
+            wait_until("A to run again", || state(a.pid()) != Some('T'));
+        }
+    }
+
     /// The run loop's half of item 1: continued after its lease expired, a holder kills its stopped child
     /// without letting it run again, and exits 123.
     #[test]

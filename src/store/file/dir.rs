@@ -49,6 +49,19 @@ pub struct DirHandle<'a> {
 pub struct LockedDir<'a> {
     path: &'a Path,
     lock: Flock<OwnedFd>,
+    /// Dropped after the lock (fields drop in order).
+    _writing: std::sync::RwLockReadGuard<'static, ()>,
+}
+
+/// Held shared by every write of this process while it holds a directory's lock, and exclusively while
+/// the process stops itself for job control (`hold_writes`): a process never stops with a lock directory
+/// locked, which would keep every lease of that directory from being written until it continued.
+static WRITING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Wait for this process's writes in progress to finish (each within its call timeout), and start no new
+/// one until the guard is dropped. For stopping the process (Ctrl-Z).
+pub fn hold_writes() -> std::sync::RwLockWriteGuard<'static, ()> {
+    WRITING.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What is wrong with a file that should hold a record.
@@ -147,12 +160,13 @@ impl LockDir {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
+            let writing = WRITING.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let handle = self.open(true)?.expect("created if missing");
             let mut fd = handle.fd;
             loop {
                 match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
                     Ok(lock) => {
-                        let locked = LockedDir { path: &self.path, lock };
+                        let locked = LockedDir { path: &self.path, lock, _writing: writing };
                         if locked.is_at_path()? {
                             return Ok(locked);
                         }
@@ -194,6 +208,7 @@ impl LockDir {
             other => Error::File(other.to_string()),
         };
         let handle = self.open(true).map_err(fatal)?.expect("created if missing");
+        self.check_parents()?;
         handle.probe_write().map_err(fatal)?;
         match Flock::lock(handle.fd, FlockArg::LockSharedNonblock) {
             Ok(_) | Err((_, Errno::EWOULDBLOCK | Errno::EINTR)) => Ok(()),
@@ -202,6 +217,43 @@ impl LockDir {
                 self.path.display()
             ))),
         }
+    }
+
+    /// Every directory above the lock directory is owned by root or this user, and writable by nobody
+    /// else unless sticky (as `/tmp`): otherwise another user could rename the lock directory away, and
+    /// the next mpsync would make a new, empty one beside the holders of the old. OpenSSH checks the
+    /// parents of its files the same way.
+    fn check_parents(&self) -> Result<(), Error> {
+        let parent = match self.path.parent() {
+            None => return Ok(()),
+            Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+            Some(parent) => parent,
+        };
+        let parent = std::fs::canonicalize(parent).map_err(|err| {
+            Error::File(format!("cannot inspect the parents of lock directory {}: {err}", self.path.display()))
+        })?;
+        let euid = nix::unistd::geteuid().as_raw();
+        for ancestor in parent.ancestors() {
+            let stat = nix::sys::stat::stat(ancestor).map_err(|errno| {
+                Error::File(format!("cannot inspect {} (a parent of lock directory {}): {errno}", ancestor.display(), self.path.display()))
+            })?;
+            let mode = stat.st_mode & 0o7777;
+            let sticky = mode & 0o1000 != 0;
+            let problem = if stat.st_uid != 0 && stat.st_uid != euid {
+                format!("is owned by uid {}", stat.st_uid)
+            } else if mode & 0o022 != 0 && !sticky {
+                format!("is writable by other users (mode {mode:04o}, not sticky)")
+            } else {
+                continue;
+            };
+            return Err(Error::File(format!(
+                "refusing lock directory {}: its parent {} {problem}, so another user could replace it; pass \
+                 --lock-dir with a directory whose parents only you or root can write",
+                self.path.display(),
+                ancestor.display()
+            )));
+        }
+        Ok(())
     }
 
     fn refuse(&self, why: &str) -> StoreError {

@@ -33,6 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+pub use self::dir::hold_writes;
 use self::dir::{Glance, LockDir, LockedDir};
 use self::names::LeaseFiles;
 use super::{StoreError, Watch, WatchUpdate};
