@@ -532,6 +532,20 @@ pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Opti
                         "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
                     )));
                 }
+                Marker::Write(write) if current.is_none() && let Some(recorded) = slot_count_of(store, name).await? => {
+                    // No marker, but slots that say another count (the marker alone was deleted): the
+                    // count is theirs; writing ours would lock every one of their users out.
+                    if recorded != slots.to_string() {
+                        let refusal = crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots };
+                        return Err(Error::Api(format!(
+                            "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
+                        )));
+                    }
+                    match store.write(name, &write).await {
+                        Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
+                        Err(err) => Some(err),
+                    }
+                }
                 Marker::Write(write) => match store.write(name, &write).await {
                     // Written, or someone else wrote first: look again either way.
                     Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
@@ -550,6 +564,16 @@ pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Opti
             return Err(Error::Api(format!("semaphore {name}: cannot read its marker: {err}")));
         }
         tokio::time::sleep(backoff(Duration::from_secs(2), failures)).await;
+    }
+}
+
+/// The slot count that slot 0 of semaphore `name` records, if it exists and records one.
+async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, Error> {
+    match store.get(&format!("{name}-0")).await {
+        Ok(slot) => Ok(slot.and_then(|slot| slot.metadata.annotations?.remove(crate::lease::SLOTS_ANNOTATION))),
+        Err(StoreError::Fatal(err)) => Err(err),
+        // Unreadable now: the marker's own compare-and-swap still decides; the slots are checked again.
+        Err(_) => Ok(None),
     }
 }
 

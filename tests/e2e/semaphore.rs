@@ -11,6 +11,7 @@ both_backends!(
     slots_one_is_the_plain_lease,
     slot_leases_and_plain_leases_never_mix,
     the_slot_count_can_change_once_every_user_has_stopped,
+    a_deleted_marker_is_not_taken_over_by_another_slot_count,
     status_and_observe_show_every_slot_of_a_partly_held_semaphore,
     status_and_observe_agree_on_held_for_an_expired_holder,
 );
@@ -94,6 +95,18 @@ fn the_slot_count_can_change_once_every_user_has_stopped(env: &TestEnv) {
     for lease in [name.clone(), format!("{name}-0"), format!("{name}-1")] {
         env.delete(&lease);
     }
+    env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+}
+
+/// Only the marker deleted (the README's procedure done halfway): its slots still record the count, so a
+/// process with another count is refused before it writes a marker that would lock the others out.
+fn a_deleted_marker_is_not_taken_over_by_another_slot_count(env: &TestEnv) {
+    let name = env.lease_name("marker");
+    env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+    env.delete(&name);
+    let refused = env.run(fast(&["lock", &name, "--slots", "2"], &["true"]));
+    refused.assert_code(125);
+    assert!(refused.stderr.contains("3 slots"), "{}", refused.stderr);
     env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
 }
 
