@@ -94,13 +94,14 @@ pub fn list(config: ListConfig) -> Result<Exit> {
             other => Error::Api(format!("cannot list the leases: {other}")),
         })?;
         let now = Timestamp::now();
-        let reports: Vec<Report> = leases
+        let mut reports: Vec<Report> = leases
             .iter()
             .map(|lease| {
                 let name = lease.metadata.name.as_deref().unwrap_or_default();
                 Report::new(name, None, store.namespace(), Some(lease), now)
             })
             .collect();
+        mark_semaphores(&mut reports, &leases);
         match config.output {
             OutputFormat::Json => {
                 println!("{}", serde_json::Value::Array(reports.iter().map(Report::json).collect()))
@@ -114,6 +115,41 @@ pub fn list(config: ListConfig) -> Result<Exit> {
         }
         Ok(Exit::Success)
     })
+}
+
+/// Semaphores in the listing: a lease annotated with a slot count N > 1 is a slot if it is named `P-i`
+/// (i < N) after a lease P annotated alike, and otherwise the marker P, whose row says how many of its
+/// slots are held.
+fn mark_semaphores(reports: &mut [Report], leases: &[Versioned]) {
+    let count = |lease: &Versioned| {
+        let value = lease.metadata.annotations.as_ref()?.get(crate::lease::SLOTS_ANNOTATION)?;
+        value.parse::<u32>().ok().filter(|n| *n > 1)
+    };
+    let counts: std::collections::HashMap<&str, u32> = leases
+        .iter()
+        .filter_map(|lease| Some((lease.metadata.name.as_deref()?, count(lease)?)))
+        .collect();
+    let slot_of = |name: &str, n: u32| {
+        let (semaphore, index) = name.rsplit_once('-')?;
+        let index = index.parse::<usize>().ok().filter(|i| *i < n as usize && index == i.to_string())?;
+        (counts.get(semaphore) == Some(&n)).then(|| (semaphore.to_string(), index))
+    };
+    for report in reports.iter_mut() {
+        if let Some(&n) = counts.get(report.name.as_str())
+            && let Some((semaphore, index)) = slot_of(&report.name, n)
+        {
+            report.slot = Some(index);
+            report.semaphore = Some(semaphore);
+        }
+    }
+    let held: Vec<(String, bool)> =
+        reports.iter().filter_map(|r| Some((r.semaphore.clone()?, r.held))).collect();
+    for report in reports.iter_mut() {
+        if let (None, Some(&n)) = (&report.semaphore, counts.get(report.name.as_str())) {
+            let taken = held.iter().filter(|(semaphore, held)| *semaphore == report.name && *held).count();
+            report.slots = Some((taken, n));
+        }
+    }
 }
 
 /// A table with a header, columns padded as kubectl pads them.
@@ -195,6 +231,10 @@ fn internal(err: std::io::Error) -> Error {
 struct Report {
     name: String,
     slot: Option<usize>,
+    /// In the listing: the semaphore this lease is a slot of.
+    semaphore: Option<String>,
+    /// In the listing, for a semaphore's marker: how many of its slots are held, of how many.
+    slots: Option<(usize, u32)>,
     namespace: String,
     exists: bool,
     holder: String,
@@ -224,6 +264,8 @@ impl Report {
         Report {
             name: name.to_string(),
             slot,
+            semaphore: None,
+            slots: None,
             namespace: namespace.to_string(),
             exists: current.is_some(),
             holder,
@@ -282,9 +324,13 @@ impl Report {
     /// transitions.
     fn row(&self) -> [String; 5] {
         let holder = if self.holder.is_empty() { "-".to_string() } else { self.holder.clone() };
-        let state = if self.held { "held" } else { "free" };
+        let state = match self.slots {
+            Some((held, n)) => format!("semaphore: {held} of {n} held"),
+            None if self.held => "held".to_string(),
+            None => "free".to_string(),
+        };
         let renewed = self.renew_time.map_or("-".to_string(), |at| age(self.now.duration_since(at)));
-        [self.name.clone(), holder, state.to_string(), renewed, self.transitions.to_string()]
+        [self.name.clone(), holder, state, renewed, self.transitions.to_string()]
     }
 
     fn json(&self) -> serde_json::Value {
@@ -303,6 +349,13 @@ impl Report {
         });
         if let Some(slot) = self.slot {
             value["slot"] = json!(slot);
+        }
+        if let Some(semaphore) = &self.semaphore {
+            value["semaphore"] = json!(semaphore);
+        }
+        if let Some((held, n)) = self.slots {
+            value["slots"] = json!(n);
+            value["heldSlots"] = json!(held);
         }
         value
     }

@@ -12,6 +12,7 @@ both_backends!(
     listing_filters_by_label_selector,
     empty_listing_says_so_on_stderr_and_exits_0,
     unparsable_selector_is_refused_on_one_line_with_exit_125,
+    listing_shows_a_semaphore_as_its_slots_held_of_its_count,
 );
 
 /// The rows of the table under its header, as columns.
@@ -180,4 +181,34 @@ fn listing_forbidden_names_the_list_verb_on_one_line_and_needs_no_other() {
     {
         assert!(error.contains(needle), "expected {needle:?} in {error}");
     }
+}
+
+/// A semaphore in the listing: its marker's row says how many of its slots are held; each slot names its
+/// semaphore (JSON: `slots` and `heldSlots` on the marker, `semaphore` and `slot` on each slot).
+fn listing_shows_a_semaphore_as_its_slots_held_of_its_count(env: &TestEnv) {
+    let run = env.lease_name("run");
+    let pool = env.lease_name("pool");
+    let meta = || {
+        let labels = [("mpsync-test".to_string(), run.clone())].into();
+        let annotations = [(mpsync::lease::SLOTS_ANNOTATION.to_string(), "3".to_string())].into();
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }
+    };
+    env.create_with(&pool, meta(), Default::default());
+    env.create_with(&format!("{pool}-0"), meta(), TestEnv::foreign_record("holder-a", 60));
+    env.create_with(&format!("{pool}-1"), meta(), TestEnv::foreign_record("", 60));
+    let selector = format!("mpsync-test={run}");
+    let done = env.run(["status", "-l", &selector]);
+    done.assert_code(0);
+    let marker = done.stdout.lines().find(|line| line.starts_with(&format!("{pool} "))).expect("the marker's row");
+    assert!(marker.contains("semaphore: 1 of 3 held"), "{}", done.stdout);
+    let items = json_array(&env.run(["status", "-l", &selector, "-o", "json"]));
+    let item = |name: &str| items.iter().find(|item| item["name"] == name).unwrap_or_else(|| panic!("{name}: {items:?}"));
+    assert_eq!((item(&pool)["slots"].as_u64(), item(&pool)["heldSlots"].as_u64()), (Some(3), Some(1)));
+    let slot = item(&format!("{pool}-0"));
+    assert_eq!((slot["semaphore"].as_str(), slot["slot"].as_u64(), slot["held"].as_bool()), (Some(pool.as_str()), Some(0), Some(true)));
+    assert_eq!(item(&format!("{pool}-1"))["slot"].as_u64(), Some(1));
 }
