@@ -51,6 +51,8 @@ impl Guard {
         // mpsync never blocks on its guard: a guard stopped by someone (SIGSTOP) must not stop the renewals
         // once the pipe is full. A message that does not fit is dropped; the next deadline is sent anyway.
         nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        // mpsync, as the guard must know it: its own parent later may be whoever adopted it.
+        let mpsync = nix::unistd::getpid().as_raw();
         // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
         // before it has ignored everything.
         let mut previous = SigSet::empty();
@@ -60,7 +62,7 @@ impl Guard {
         let forked = unsafe { fork() };
         if let Ok(ForkResult::Child) = forked {
             // SAFETY: we are the freshly forked guard; `read` is the pipe's read end.
-            unsafe { guard_main(read.as_raw_fd()) }
+            unsafe { guard_main(read.as_raw_fd(), mpsync) }
         }
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
         match forked? {
@@ -121,7 +123,7 @@ pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
 /// # Safety
 /// Call only in a freshly forked child: it closes every file descriptor but `read_fd` and never returns.
 /// It makes only async-signal-safe calls and does not allocate.
-unsafe fn guard_main(read_fd: RawFd) -> ! {
+unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
     // SAFETY: plain system calls on integers and stack buffers; nothing allocates or takes a lock.
     unsafe {
         for signal in 1..=libc::SIGRTMAX() {
@@ -152,31 +154,37 @@ unsafe fn guard_main(read_fd: RawFd) -> ! {
         }
         close_fds_except(pipe);
 
-        // mpsync, whose tree the deadline's kill walks (the guard is its child).
-        let root = libc::getppid();
         let me = libc::getpid();
         let mut armed: libc::pid_t = 0;
         let mut deadline: i64 = 0;
         let mut message = [0u8; MESSAGE];
         let mut filled = 0;
         loop {
-            // Wait for the next message, or the deadline.
-            let timeout_ms = if armed > 0 && deadline > 0 {
+            // Wait for the next message, or the deadline. Past the deadline, messages already queued are
+            // read first (a guard stopped for a while must not act on what mpsync has since replaced).
+            let due = armed > 0 && deadline > 0 && deadline <= monotonic_nanos();
+            let timeout_ms = if due {
+                0
+            } else if armed > 0 && deadline > 0 {
                 let left = deadline.saturating_sub(monotonic_nanos());
-                if left <= 0 {
-                    // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped). The
-                    // whole job goes: the group, and what left it (setsid, `timeout`, a script's `set -m`).
-                    kill_tree(root, me);
-                    libc::kill(-armed, libc::SIGKILL);
-                    deadline = 0;
-                    continue;
-                }
                 (left / 1_000_000 + 1).min(i64::from(i32::MAX)) as libc::c_int
             } else {
                 -1
             };
             let mut fds = libc::pollfd { fd: pipe, events: libc::POLLIN, revents: 0 };
             let ready = libc::poll(&mut fds, 1, timeout_ms);
+            if ready == 0 && due {
+                // mpsync did not stop the child in time: it cannot act (frozen, stuck, stopped). The whole
+                // job goes: the group, and what left it (setsid, `timeout`, a script's `set -m`), found below
+                // mpsync; only while mpsync is alive and still the guard's parent, for once it is gone its
+                // pid may be anyone's (and its children were handed to another process).
+                if libc::getppid() == mpsync {
+                    kill_tree(mpsync, me);
+                }
+                libc::kill(-armed, libc::SIGKILL);
+                deadline = 0;
+                continue;
+            }
             if ready == 0 || (ready < 0 && Errno::last() == Errno::EINTR) {
                 continue;
             }
@@ -368,10 +376,9 @@ unsafe fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
         let close = stat.iter().rposition(|b| *b == b')')?;
         // ") S PPID "
         let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
-        let state = fields.next()?;
-        if state == b"Z" {
-            return None;
-        }
+        // A zombie is kept: one whose main thread has exited while other threads run shows `Z` too, and
+        // it and its children must go; a true zombie has no children left, and a signal to it does nothing.
+        let _state = fields.next()?;
         let mut parent: libc::pid_t = 0;
         for &b in fields.next()? {
             if !b.is_ascii_digit() {

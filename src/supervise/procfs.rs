@@ -26,6 +26,12 @@ impl ProcStat {
         let ppid = fields.next()?.parse().ok()?;
         let pgrp = fields.next()?.parse().ok()?;
         let session = fields.next()?.parse().ok()?;
+        // A process whose main thread has exited while other threads run shows `Z`, yet runs: it counts
+        // as running (stopped if its threads are), not as a zombie.
+        let state = match state {
+            'Z' => live_thread_state(pid).unwrap_or('Z'),
+            state => state,
+        };
         Some(ProcStat { pid, state, ppid, pgrp, session })
     }
 
@@ -38,6 +44,15 @@ impl ProcStat {
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, 'T' | 't')
     }
+}
+
+/// The state of the first thread of `pid` that is not a zombie, if any.
+fn live_thread_state(pid: i32) -> Option<char> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let state = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().next()?.chars().next()?;
+        (!matches!(state, 'Z' | 'X')).then_some(state)
+    })
 }
 
 /// Every process /proc lets us read, once.

@@ -597,3 +597,28 @@ fn a_lock_directory_whose_parent_another_user_can_change_is_refused() {
     let locks = sticky.join("locks");
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
 }
+
+/// A symbolic link on the way to the lock directory, owned by another user (in a sticky directory they
+/// may write), is refused: its owner could point it at another directory between two runs.
+#[test]
+fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let other = test_uid(4);
+    let public = env.path("public");
+    fs::create_dir_all(public.join("a")).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = public.join("theirs");
+    std::os::unix::fs::symlink("a", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
+    let locks = link.join("locks");
+    let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
+    done.assert_code(125);
+    assert!(!done.stdout.contains("ran"), "the command ran");
+    assert!(done.stderr.contains("symbolic link") && done.stderr.contains(&format!("uid {other}")), "{}", done.stderr);
+    // One's own link is fine.
+    std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+    env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
+}

@@ -18,6 +18,7 @@ both_backends!(
     a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
     a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
+    a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -273,6 +274,22 @@ fn a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease(env: 
         let work = format!("while :; do echo alive $(date +%s%N) >> {alive}; sleep 0.02; done");
         format!("setsid sh -c '{work}' & timeout 300 sh -c '{work}' & wait")
     });
+}
+
+/// The same, with the work in a thread of a process (in a session of its own) whose main thread has
+/// exited: /proc shows it as a zombie, yet it runs, and it must go with the job.
+fn a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease(env: &TestEnv) {
+    let worker = env.path("worker.py");
+    let code = "import ctypes, sys, threading, time\n\
+                def work():\n    \
+                    while True:\n        \
+                        with open(sys.argv[1], 'a') as f: f.write('alive %d\\n' % time.time_ns())\n        \
+                        time.sleep(0.02)\n\
+                threading.Thread(target=work).start()\n\
+                ctypes.CDLL(None).pthread_exit(None)\n";
+    fs::write(&worker, code).unwrap();
+    let worker = worker.display().to_string();
+    frozen_holder(env, "frozen-thread", |alive| format!("setsid python3 {worker} {alive} & wait"));
 }
 
 fn frozen_holder(env: &TestEnv, prefix: &str, script: impl Fn(&str) -> String) {

@@ -229,10 +229,26 @@ impl LockDir {
             Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
             Some(parent) => parent,
         };
-        let parent = std::fs::canonicalize(parent).map_err(|err| {
+        let inspect = |err: &dyn std::fmt::Display| {
             Error::File(format!("cannot inspect the parents of lock directory {}: {err}", self.path.display()))
-        })?;
+        };
         let euid = nix::unistd::geteuid().as_raw();
+        // The path as given, one component at a time: a symbolic link on the way is as good as its owner
+        // (whoever owns it can point it elsewhere), whatever directory it leads to.
+        let given = std::path::absolute(parent).map_err(|err| inspect(&err))?;
+        for prefix in given.ancestors() {
+            let Ok(stat) = nix::sys::stat::lstat(prefix) else { continue };
+            if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK && stat.st_uid != 0 && stat.st_uid != euid {
+                return Err(Error::File(format!(
+                    "refusing lock directory {}: its path goes through the symbolic link {}, owned by uid {}, \
+                     who could point it elsewhere; pass --lock-dir with a path only you or root control",
+                    self.path.display(),
+                    prefix.display(),
+                    stat.st_uid
+                )));
+            }
+        }
+        let parent = std::fs::canonicalize(parent).map_err(|err| inspect(&err))?;
         for ancestor in parent.ancestors() {
             let stat = nix::sys::stat::stat(ancestor).map_err(|errno| {
                 Error::File(format!("cannot inspect {} (a parent of lock directory {}): {errno}", ancestor.display(), self.path.display()))
