@@ -532,25 +532,23 @@ pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Opti
                         "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
                     )));
                 }
-                Marker::Write(write) if current.is_none() && let Some(recorded) = slot_count_of(store, name).await? => {
-                    // No marker, but slots that say another count (the marker alone was deleted): the
-                    // count is theirs; writing ours would lock every one of their users out.
-                    if recorded != slots.to_string() {
+                Marker::Write(write) => {
+                    // No marker (or a free plain lease to mark), but slots that say another count (the marker
+                    // alone was deleted): the count is theirs; writing ours would lock their users out.
+                    if let Some(recorded) = slot_count_of(store, name, slots).await?
+                        && recorded != slots.to_string()
+                    {
                         let refusal = crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots };
                         return Err(Error::Api(format!(
                             "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
                         )));
                     }
                     match store.write(name, &write).await {
+                        // Written, or someone else wrote first: look again either way.
                         Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
                         Err(err) => Some(err),
                     }
                 }
-                Marker::Write(write) => match store.write(name, &write).await {
-                    // Written, or someone else wrote first: look again either way.
-                    Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
-                    Err(err) => Some(err),
-                },
             },
             Err(err) => Some(err),
         };
@@ -567,14 +565,23 @@ pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Opti
     }
 }
 
-/// The slot count that slot 0 of semaphore `name` records, if it exists and records one.
-async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, Error> {
-    match store.get(&format!("{name}-0")).await {
-        Ok(slot) => Ok(slot.and_then(|slot| slot.metadata.annotations?.remove(crate::lease::SLOTS_ANNOTATION))),
-        Err(StoreError::Fatal(err)) => Err(err),
-        // Unreadable now: the marker's own compare-and-swap still decides; the slots are checked again.
-        Err(_) => Ok(None),
+/// How many of a semaphore's first slots are read for a recorded count before its marker is written.
+const MARKER_PROBES: u32 = 8;
+
+/// The slot count that the first existing slot of semaphore `name` records (of its first `MARKER_PROBES`
+/// slots, or fewer if `slots` is smaller), if any. Only when the marker is missing: a first use reads
+/// those few absent slots once.
+async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, Error> {
+    for index in 0..slots.min(MARKER_PROBES) {
+        match store.get(&format!("{name}-{index}")).await {
+            Ok(Some(slot)) => return Ok(slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION))),
+            Ok(None) => {}
+            Err(StoreError::Fatal(err)) => return Err(err),
+            // Unreadable now: the campaign checks every slot again before it acquires one.
+            Err(_) => {}
+        }
     }
+    Ok(None)
 }
 
 /// Renew `slot` until it is lost (returned) or `stop` completes (then `None`: the caller releases).

@@ -108,6 +108,13 @@ fn a_deleted_marker_is_not_taken_over_by_another_slot_count(env: &TestEnv) {
     refused.assert_code(125);
     assert!(refused.stderr.contains("3 slots"), "{}", refused.stderr);
     env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+    // The marker and slot 0 deleted, slot 1 left: its count still decides.
+    env.put_slot(&format!("{name}-1"), 3, TestEnv::foreign_record("", 1));
+    env.delete(&name);
+    env.delete(&format!("{name}-0"));
+    let refused = env.run(fast(&["lock", &name, "--slots", "2"], &["true"]));
+    refused.assert_code(125);
+    assert!(refused.stderr.contains("3 slots"), "{}", refused.stderr);
 }
 
 fn status_and_observe_show_every_slot_of_a_partly_held_semaphore(env: &TestEnv) {
