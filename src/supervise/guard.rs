@@ -156,6 +156,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
 
         let me = libc::getpid();
         let mut armed: libc::pid_t = 0;
+        let mut leader_start: u64 = 0;
         let mut deadline: i64 = 0;
         let mut message = [0u8; MESSAGE];
         let mut filled = 0;
@@ -181,8 +182,11 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 if libc::getppid() == mpsync {
                     kill_tree(mpsync, me);
                 }
-                libc::kill(-armed, libc::SIGKILL);
-                deadline = 0;
+                if still_ours(armed, leader_start) {
+                    libc::kill(-armed, libc::SIGKILL);
+                }
+                // Done: the group is not killed again (its id may be reused once it is empty).
+                (armed, deadline) = (0, 0);
                 continue;
             }
             if ready == 0 || (ready < 0 && Errno::last() == Errno::EINTR) {
@@ -198,7 +202,11 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                     match command {
                         -1 => deadline = i64::from_ne_bytes(argument),
                         0 => (armed, deadline) = (0, 0),
-                        pgid => armed = pgid.max(0),
+                        pgid => {
+                            armed = pgid.max(0);
+                            // The child arms the guard itself, before its exec: it is alive now.
+                            leader_start = stat_of(armed).map_or(0, |(_, start)| start);
+                        }
                     }
                     filled = 0;
                 }
@@ -208,7 +216,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 break;
             }
         }
-        if armed > 0 {
+        if armed > 0 && still_ours(armed, leader_start) {
             libc::kill(-armed, libc::SIGKILL);
         }
         libc::_exit(0)
@@ -248,35 +256,14 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
         let parents = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(MAX_PROCESSES), MAX_PROCESSES);
         let below = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes), bitmap_bytes);
         let stopped = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes + bitmap_bytes), bitmap_bytes);
-        let index = |pid: libc::pid_t| (pid as usize % PID_LIMIT / 8, 1u8 << (pid as usize % 8));
-        let is_set = |map: &[u8], pid: libc::pid_t| {
-            let (byte, bit) = index(pid);
-            map[byte] & bit != 0
-        };
-        let set = |map: &mut [u8], pid: libc::pid_t| {
-            let (byte, bit) = index(pid);
-            map[byte] |= bit;
-        };
         for _ in 0..16 {
             let count = list_processes(pids, parents);
-            below.fill(0);
-            // Mark the descendants of `root`, one generation per pass.
-            let mut changed = true;
-            while changed {
-                changed = false;
-                for i in 0..count {
-                    let (pid, parent) = (pids[i], parents[i]);
-                    if pid != me && pid != root && !is_set(below, pid) && (parent == root || is_set(below, parent)) {
-                        set(below, pid);
-                        changed = true;
-                    }
-                }
-            }
+            mark_below(&pids[..count], &parents[..count], below, root, me);
             let mut new = false;
             for &pid in &pids[..count] {
-                if is_set(below, pid) && !is_set(stopped, pid) {
+                if bit(below, pid) && !bit(stopped, pid) {
                     libc::kill(pid, libc::SIGSTOP);
-                    set(stopped, pid);
+                    set_bit(stopped, pid);
                     new = true;
                 }
             }
@@ -284,14 +271,42 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
                 break;
             }
         }
+        // The kill goes to what is below mpsync in a listing taken now: a process stopped above that has died
+        // since (and whose pid a stranger took) is not killed; one that appeared below since is.
         let count = list_processes(pids, parents);
+        mark_below(&pids[..count], &parents[..count], below, root, me);
         for &pid in &pids[..count] {
-            if is_set(stopped, pid) && pid != me && pid != root {
+            if bit(below, pid) {
                 libc::kill(pid, libc::SIGKILL);
             }
         }
         libc::munmap(memory, size);
     }
+}
+
+/// Mark in `below` (a bitmap by pid) the descendants of `root` but `me`, one generation per pass.
+fn mark_below(pids: &[libc::pid_t], parents: &[libc::pid_t], below: &mut [u8], root: libc::pid_t, me: libc::pid_t) {
+    below.fill(0);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (&pid, &parent) in pids.iter().zip(parents) {
+            if pid != me && pid != root && !bit(below, pid) && (parent == root || bit(below, parent)) {
+                set_bit(below, pid);
+                changed = true;
+            }
+        }
+    }
+}
+
+fn bit(map: &[u8], pid: libc::pid_t) -> bool {
+    let pid = pid as usize % PID_LIMIT;
+    map[pid / 8] & (1 << (pid % 8)) != 0
+}
+
+fn set_bit(map: &mut [u8], pid: libc::pid_t) {
+    let pid = pid as usize % PID_LIMIT;
+    map[pid / 8] |= 1 << (pid % 8);
 }
 
 /// Fill `pids` and `parents` from /proc; returns how many. Async-signal-safe.
@@ -328,7 +343,7 @@ unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) 
                 if digits == 0 || count == pids.len() {
                     continue;
                 }
-                if let Some(parent) = parent_of(pid) {
+                if let Some((parent, _)) = stat_of(pid) {
                     pids[count] = pid;
                     parents[count] = parent;
                     count += 1;
@@ -340,9 +355,10 @@ unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) 
     }
 }
 
-/// The parent of `pid`, from /proc/PID/stat (`pid (comm) state ppid ...`; comm may hold anything, so the
-/// fields after its last ')' are read). Async-signal-safe.
-unsafe fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+/// The parent and the start time (clock ticks since boot) of `pid`, from /proc/PID/stat
+/// (`pid (comm) state ppid ... starttime ...`; comm may hold anything, so the fields after its last ')'
+/// are read). Async-signal-safe.
+unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let mut path = *b"/proc/0000000000/stat\0";
@@ -366,7 +382,7 @@ unsafe fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
         if fd < 0 {
             return None;
         }
-        let mut stat = [0u8; 512];
+        let mut stat = [0u8; 1024];
         let got = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
         libc::close(fd);
         if got <= 0 {
@@ -374,19 +390,35 @@ unsafe fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
         }
         let stat = &stat[..got as usize];
         let close = stat.iter().rposition(|b| *b == b')')?;
-        // ") S PPID "
-        let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
-        // A zombie is kept: one whose main thread has exited while other threads run shows `Z` too, and
-        // it and its children must go; a true zombie has no children left, and a signal to it does nothing.
-        let _state = fields.next()?;
-        let mut parent: libc::pid_t = 0;
-        for &b in fields.next()? {
-            if !b.is_ascii_digit() {
-                return None;
+        let number = |field: &[u8]| {
+            let mut value: u64 = 0;
+            for &b in field {
+                if !b.is_ascii_digit() {
+                    return None;
+                }
+                value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
             }
-            parent = parent.checked_mul(10)?.checked_add(libc::pid_t::from(b - b'0'))?;
-        }
-        Some(parent)
+            Some(value)
+        };
+        // Fields 3 (state), 4 (ppid) ... 22 (starttime). A zombie is kept: one whose main thread has exited
+        // while other threads run shows `Z` too, and it and its children must go; a true zombie has no
+        // children left, and a signal to it does nothing.
+        let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
+        let _state = fields.next()?;
+        let parent = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
+        let start = number(fields.nth(17)?)?;
+        Some((parent, start))
+    }
+}
+
+/// Whether process group `pgid` may still be the child's: its leader is the process that armed the guard
+/// (same start time), or gone (reaped; its members, if any, keep the id from being reused). A process of
+/// that pid started at another time means the id was reused: the group is someone else's.
+unsafe fn still_ours(pgid: libc::pid_t, leader_start: u64) -> bool {
+    // SAFETY: reads /proc only.
+    match unsafe { stat_of(pgid) } {
+        Some((_, start)) => start == leader_start,
+        None => true,
     }
 }
 
