@@ -288,6 +288,8 @@ const MAX_CONTENDERS: f64 = 1000.0;
 const MAX_STRAYS: usize = 8;
 /// How much the belief in contention fades with every handoff seen without a lost race.
 const CONTENTION_DECAY: f64 = 0.99;
+/// How much it fades with every acquisition of our own.
+const CONTENTION_DECAY_ON_ACQUIRE: f64 = 0.5;
 
 /// The annotation that marks a Lease as a slot of a semaphore, with the number of slots as its value.
 pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
@@ -942,6 +944,11 @@ impl Elector {
             }
         }
         let next_renew_at = sent_at + self.timing.retry_period;
+        if self.held.is_none() {
+            // Acquired: fewer contend than feared, or a waiter left alone would keep waiting out a
+            // contention long gone (the belief otherwise fades only on handoffs to others).
+            self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
+        }
         self.held = Some(match self.held.take() {
             // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
             Some(held) => Held {
@@ -1763,6 +1770,28 @@ mod tests {
         let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
         assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.03), "{:?}", try_at - at(t0, 1.0));
         assert!(matches!(elector.next(Now::at(try_at, wall(1))), Action::Write(_)));
+    }
+
+    #[test]
+    fn a_waiter_that_acquires_sheds_its_belief_in_contention() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(7);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, t0);
+        assert_eq!(elector.contenders(), 4.0);
+        // Later, alone: the freed lease is taken after the stagger, and the belief halves.
+        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
+        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
+        let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
+        let write = expect_write(elector.next(Now::at(try_at, wall(1))));
+        let ticket = elector.write_sent(&write, try_at);
+        elector.write_result(ticket, WriteResult::Applied(versioned(6, write.record.clone())), try_at);
+        assert!(elector.held().is_some());
+        // The handoff to the winner faded it a little; the acquisition halves it.
+        assert_eq!(elector.contenders(), 4.0 * CONTENTION_DECAY * CONTENTION_DECAY_ON_ACQUIRE);
     }
 
     #[test]
