@@ -523,25 +523,21 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
 pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Option<Instant>) -> Result<(), Error> {
     let mut failures = 0;
     let mut log = FailureLog::new(name, "reading the semaphore's marker");
+    let refuse = |refusal: crate::lease::Refusal| {
+        Err(Error::Api(format!("semaphore {name}: cannot be used with --slots {slots}: {refusal}")))
+    };
     loop {
         let failure = match store.get(name).await {
             Ok(current) => match crate::lease::semaphore_marker(current.as_ref(), slots) {
                 Marker::Ready => return Ok(()),
-                Marker::Refuse(refusal) => {
-                    return Err(Error::Api(format!(
-                        "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
-                    )));
-                }
+                Marker::Refuse(refusal) => return refuse(refusal),
                 Marker::Write(write) => {
                     // No marker (or a free plain lease to mark), but slots that say another count (the marker
                     // alone was deleted): the count is theirs; writing ours would lock their users out.
                     if let Some(recorded) = slot_count_of(store, name, slots).await?
                         && recorded != slots.to_string()
                     {
-                        let refusal = crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots };
-                        return Err(Error::Api(format!(
-                            "semaphore {name}: cannot be used with --slots {slots}: {refusal}"
-                        )));
+                        return refuse(crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots });
                     }
                     match store.write(name, &write).await {
                         // Written, or someone else wrote first: look again either way.

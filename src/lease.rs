@@ -1100,6 +1100,24 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
     }
 }
 
+/// When a record's holder expires by the record's own timestamps (`renewTime + leaseDurationSeconds`, on
+/// the writer's clock): `None` if it names no holder, no renewal or no positive duration.
+pub fn expiry(record: &LeaseSpec) -> Option<k8s_openapi::jiff::Timestamp> {
+    let renewed = record.renew_time.as_ref()?.0;
+    let seconds = record.lease_duration_seconds.filter(|s| *s > 0)?;
+    if !is_live(record) {
+        return None;
+    }
+    renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds))).ok()
+}
+
+/// Whether a record is held at wall-clock time `now`, by its own timestamps: it names a holder whose
+/// expiry has not passed (or cannot be told). The one definition `status`, `observe`, the listing and the
+/// file backend share; an elector never decides by it (it uses its own monotonic observations).
+pub fn held_at(record: &LeaseSpec, now: k8s_openapi::jiff::Timestamp) -> bool {
+    is_live(record) && expiry(record).is_none_or(|expires| expires > now)
+}
+
 /// How long a holder's record stays valid after it was observed: the holder's own duration. A missing
 /// or non-positive duration (which the API server rejects, but a file or an old object may carry) is
 /// treated conservatively as our own.
@@ -1750,9 +1768,8 @@ mod tests {
         assert!(matches!(elector.next(now(t0, 1.0)), Action::Write(_)));
     }
 
-    #[test]
-    fn after_lost_races_attempts_on_a_freed_lease_are_spread_out() {
-        let t0 = Instant::now();
+    /// A watching waiter that tried a free lease at `t0` and lost the race (409).
+    fn lost_one_race(t0: Instant) -> Elector {
         let mut elector = Elector::new("me", TIMING).with_seed(7);
         elector.set_watching(true);
         elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
@@ -1760,6 +1777,13 @@ mod tests {
         let ticket = elector.write_sent(&write, t0);
         elector.write_result(ticket, WriteResult::Conflict, t0);
         assert_eq!(elector.contenders(), 4.0);
+        elector
+    }
+
+    #[test]
+    fn after_lost_races_attempts_on_a_freed_lease_are_spread_out() {
+        let t0 = Instant::now();
+        let mut elector = lost_one_race(t0);
         // While watching, the lost race waits for the winner's event rather than reading.
         assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 2.0)));
         assert_eq!(elector.next(now(t0, 2.0)), Action::Read, "no event came: read");
@@ -1775,13 +1799,7 @@ mod tests {
     #[test]
     fn a_waiter_that_acquires_sheds_its_belief_in_contention() {
         let t0 = Instant::now();
-        let mut elector = Elector::new("me", TIMING).with_seed(7);
-        elector.set_watching(true);
-        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
-        let write = expect_write(elector.next(now(t0, 0.0)));
-        let ticket = elector.write_sent(&write, t0);
-        elector.write_result(ticket, WriteResult::Conflict, t0);
-        assert_eq!(elector.contenders(), 4.0);
+        let mut elector = lost_one_race(t0);
         // Later, alone: the freed lease is taken after the stagger, and the belief halves.
         elector.observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
         elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));

@@ -253,14 +253,9 @@ impl Report {
         let record = current.map(|v| v.record.clone()).unwrap_or_default();
         let holder = record.holder_identity.clone().unwrap_or_default();
         let renew_time = record.renew_time.as_ref().map(|t| t.0);
-        let expires = match (renew_time, record.lease_duration_seconds) {
-            (Some(renewed), Some(seconds)) if seconds > 0 && !holder.is_empty() => {
-                renewed.checked_add(SignedDuration::from_secs(seconds as i64)).ok()
-            }
-            _ => None,
-        };
+        let expires = crate::lease::expiry(&record);
         // The one definition of "held" (see the module docs).
-        let held = !holder.is_empty() && expires.is_none_or(|expires| expires > now);
+        let held = crate::lease::held_at(&record, now);
         Report {
             name: name.to_string(),
             slot,

@@ -226,7 +226,7 @@ impl FileStore {
                 // Nobody holds it any more: the record is back only for its tokens, and it takes the labels
                 // and annotations of this create, so that a semaphore whose every user has stopped can be
                 // deleted and made again with another slot count, as on an API server.
-                if !still_held(&last.versioned.record) {
+                if !crate::lease::held_at(&last.versioned.record, k8s_openapi::jiff::Timestamp::now()) {
                     lease.metadata.labels = metadata.labels.clone();
                     lease.metadata.annotations = metadata.annotations.clone();
                 }
@@ -658,18 +658,6 @@ async fn forward_changes(
             }
         }
     }
-}
-
-/// Whether the record names a holder whose lease has not expired by its own timestamps (one machine, one
-/// clock).
-fn still_held(record: &LeaseSpec) -> bool {
-    if record.holder_identity.as_deref().unwrap_or("").is_empty() {
-        return false;
-    }
-    let Some(renewed) = record.renew_time.as_ref().or(record.acquire_time.as_ref()) else { return true };
-    let duration = i64::from(record.lease_duration_seconds.unwrap_or(i32::MAX).max(0));
-    let expires = renewed.0.as_second().saturating_add(duration);
-    k8s_openapi::jiff::Timestamp::now().as_second() <= expires
 }
 
 #[cfg(test)]
