@@ -396,10 +396,16 @@ fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
     let status = all.wait_for(Duration::from_secs(600)).expect("the contenders finish");
     let elapsed = started.elapsed();
     assert!(status.success(), "{}", all.stderr());
-    let stamps = assert_one_at_a_time(&log, CONTENDERS);
-
     let stderr: Vec<String> =
         (1..=CONTENDERS).map(|i| fs::read_to_string(work.join(format!("err.{i}"))).unwrap_or_default()).collect();
+    // Every contender's child ran (or say why not: the shell's `wait` hides the contenders' exit codes).
+    let ran = read_stamps(&log).len();
+    if ran != 2 * CONTENDERS {
+        let failed: Vec<&String> = stderr.iter().filter(|err| err.contains("mpsync:")).take(3).collect();
+        panic!("{ran} of {} stamps; some contenders' stderr:\n{failed:#?}\nthe last:\n{}", 2 * CONTENDERS, stderr[CONTENDERS - 1]);
+    }
+    let stamps = assert_one_at_a_time(&log, CONTENDERS);
+
     let fallbacks = stderr.iter().filter(|err| err.contains("cannot watch the lock directory")).count();
     let slow = stderr.iter().filter(|err| err.contains("every 2s")).count();
     let mut gaps: Vec<u128> =
@@ -578,7 +584,7 @@ fn a_lock_directory_whose_parent_another_user_can_change_is_refused() {
         return;
     }
     let env = TestEnv::file();
-    let other = test_uid(3);
+    let other = test_uid(5);
     let theirs = owned_dir(&env, "theirs", other);
     let open = env.path("open");
     fs::create_dir_all(&open).unwrap();
@@ -606,7 +612,7 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
         return;
     }
     let env = TestEnv::file();
-    let other = test_uid(4);
+    let other = test_uid(6);
     let public = env.path("public");
     fs::create_dir_all(public.join("a")).unwrap();
     fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
