@@ -36,9 +36,26 @@ fn as_user(uid: u32, program: &str, args: &[&str]) -> Command {
     command
 }
 
+/// The mpsync binary where other users can run it: linked (or copied) into the test's directory, for the
+/// build may sit in a directory only root may enter (a clone in `mktemp -d`).
+fn mpsync_for_others(env: &TestEnv) -> String {
+    let bin = env.path("bin");
+    let path = bin.join("mpsync");
+    if !path.exists() {
+        fs::create_dir_all(&bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let built = env!("CARGO_BIN_EXE_mpsync");
+        if fs::hard_link(built, &path).is_err() {
+            fs::copy(built, &path).unwrap();
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path.display().to_string()
+}
+
 /// `mpsync ARGS` on the file backend as `uid`, in that user's default lock directory.
-fn mpsync_as(uid: u32, args: &[&str]) -> Command {
-    let mut command = as_user(uid, env!("CARGO_BIN_EXE_mpsync"), args);
+fn mpsync_as(env: &TestEnv, uid: u32, args: &[&str]) -> Command {
+    let mut command = as_user(uid, &mpsync_for_others(env), args);
     command.env("MPSYNC_BACKEND", "file");
     command
 }
@@ -122,20 +139,20 @@ fn a_cron_job_and_a_shell_of_one_user_meet_in_one_lock_directory() {
 
     // The shell: an ssh session has XDG_RUNTIME_DIR.
     let script = format!("touch {}; while [ ! -e {} ]; do sleep 0.05; done", ready.display(), go.display());
-    let mut shell = mpsync_as(uid, &["lock", "backup", "--", "sh", "-c", &script]);
+    let mut shell = mpsync_as(&env, uid, &["lock", "backup", "--", "sh", "-c", &script]);
     shell.env("XDG_RUNTIME_DIR", &runtime_dir);
     let mut shell = Proc::spawn(shell, &env.dir);
     wait_until("the shell's child to start", || ready.exists());
 
     // The cron job: no XDG_RUNTIME_DIR. It must find the lease held.
     let ran = home.join("cron-ran");
-    let cron = mpsync_as(uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
+    let cron = mpsync_as(&env, uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
     Proc::spawn(cron, &env.dir).finish().assert_code(124);
     assert!(!ran.exists(), "the cron job ran beside the shell's child");
 
     fs::write(&go, "").unwrap();
     assert_eq!(shell.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", shell.stderr());
-    let cron = mpsync_as(uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
+    let cron = mpsync_as(&env, uid, &["lock", "backup", "--no-wait", "--", "touch", ran.to_str().unwrap()]);
     Proc::spawn(cron, &env.dir).finish().assert_code(0);
     assert!(ran.exists());
 
@@ -262,7 +279,7 @@ fn a_lock_directory_squatted_by_another_user_is_refused_and_the_victims_files_ar
     let before: Vec<_> =
         targets.iter().map(|file| (fs::read(file).unwrap(), fs::metadata(file).unwrap().mtime())).collect();
 
-    let run = |args: &[&str]| Proc::spawn(mpsync_as(victim, args), &env.dir).finish();
+    let run = |args: &[&str]| Proc::spawn(mpsync_as(&env, victim, args), &env.dir).finish();
     for args in [&["lock", "job", "--", "echo", "hi"][..], &["status", "job"], &["elect", "job", "--", "true"]] {
         let done = run(args);
         done.assert_code(125);
@@ -376,7 +393,7 @@ fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
     let work = owned_dir(&env, "work", uid);
     let log = work.join("log");
     let child = stamp_script(&log, "true");
-    let mpsync = env!("CARGO_BIN_EXE_mpsync");
+    let mpsync = mpsync_for_others(&env);
     let script = format!(
         "for i in $(seq {CONTENDERS}); do \"{mpsync}\" lock c200 -v -- sh -c '{}' 2> {}/err.$i & done; wait",
         child.replace('\'', "'\\''"),
