@@ -292,16 +292,32 @@ fn a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lea
     frozen_holder(env, "frozen-thread", |alive| format!("setsid python3 {worker} {alive} & wait"));
 }
 
+/// `kill -STOP` the holder, but not in the few milliseconds of a file-backend write: stopped with its lock
+/// directory locked, it would keep every writer of the directory out until continued (README: a signal
+/// nobody can catch), which is not what these tests are about. Retried until it stops between writes.
+fn freeze_between_writes(holder: &Proc) {
+    loop {
+        holder.signal(Signal::SIGSTOP);
+        wait_until("the holder to stop", || pty::state(holder.pid()) == Some('T'));
+        if !holds_flock(holder.pid()) {
+            return;
+        }
+        holder.signal(Signal::SIGCONT);
+        wait_until("the holder to run again", || pty::state(holder.pid()) != Some('T'));
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
 fn frozen_holder(env: &TestEnv, prefix: &str, script: impl Fn(&str) -> String) {
     let name = env.lease_name(prefix);
     let alive = env.path("alive");
     let log = env.path("log");
     let script = script(&alive.display().to_string());
-    let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
-    wait_for_file(&alive, "alive");
+    let mut holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    holder.wait_for_file(&alive, "alive");
     let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
-    holder.signal(Signal::SIGSTOP);
+    freeze_between_writes(&holder);
     let waited = waiter.finish();
     waited.assert_code(0);
     let started = read_stamps(&log).iter().find(|s| s.0 == "start").map(|s| s.1).expect("the waiter's child ran");

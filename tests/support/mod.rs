@@ -208,34 +208,51 @@ impl TestEnv {
         self.get(name).and_then(|(_, spec)| spec.holder_identity)
     }
 
-    /// Write `spec` as another writer would: create, or replace the current version.
+    /// Write `spec` as another writer would: create, or replace the current version, read again and
+    /// retried when a holder's renewal (or a busy lock directory) came in between, as a real writer would.
     pub fn put(&self, name: &str, spec: LeaseSpec) {
-        match self.backend {
-            Backend::Kube => self.runtime.block_on(async {
-                let api = self.api.as_ref().unwrap();
-                match api.get_opt(name).await.expect("get lease") {
-                    None => {
-                        let lease = Lease {
-                            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-                            spec: Some(spec),
-                        };
-                        api.create(&PostParams::default(), &lease).await.expect("create lease");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let attempt = match self.backend {
+                Backend::Kube => self.runtime.block_on(async {
+                    let api = self.api.as_ref().unwrap();
+                    match api.get_opt(name).await.map_err(|err| err.to_string())? {
+                        None => {
+                            let lease = Lease {
+                                metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+                                spec: Some(spec.clone()),
+                            };
+                            api.create(&PostParams::default(), &lease).await.map(drop).map_err(|err| err.to_string())
+                        }
+                        Some(mut lease) => {
+                            lease.spec = Some(spec.clone());
+                            api.replace(name, &PostParams::default(), &lease)
+                                .await
+                                .map(drop)
+                                .map_err(|err| err.to_string())
+                        }
                     }
-                    Some(mut lease) => {
-                        lease.spec = Some(spec);
-                        api.replace(name, &PostParams::default(), &lease).await.expect("replace lease");
+                }),
+                Backend::File => self.runtime.block_on(async {
+                    let store = self.file_store.as_ref().unwrap();
+                    match store.get(name).await.map_err(|err| err.to_string())? {
+                        None => store.create(name, &spec).await.map(drop).map_err(|err| err.to_string()),
+                        Some(current) => store
+                            .replace(name, &current.resource_version, &spec)
+                            .await
+                            .map(drop)
+                            .map_err(|err| err.to_string()),
                     }
+                }),
+            };
+            match attempt {
+                Ok(()) => return,
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("put {name}: {err}; again");
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-            }),
-            Backend::File => self.runtime.block_on(async {
-                let store = self.file_store.as_ref().unwrap();
-                match store.get(name).await.expect("get lease") {
-                    None => store.create(name, &spec).await.map(drop).expect("create lease"),
-                    Some(current) => {
-                        store.replace(name, &current.resource_version, &spec).await.map(drop).expect("replace lease")
-                    }
-                }
-            }),
+                Err(err) => panic!("put {name}: {err}"),
+            }
         }
     }
 
@@ -463,6 +480,28 @@ impl Proc {
         }
     }
 
+    /// `wait_for_file`, saying what this process printed (and whether it exited) if the file never comes.
+    #[track_caller]
+    pub fn wait_for_file(&mut self, path: &Path, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let contents = fs::read_to_string(path).unwrap_or_default();
+            if contents.contains(needle) {
+                return contents;
+            }
+            if Instant::now() >= deadline {
+                let status = self.child.try_wait().ok().flatten();
+                panic!(
+                    "timed out after {PATIENCE:?} waiting for {} to contain {needle:?}; the process: {}; its stderr:\n{}",
+                    path.display(),
+                    status.map_or("running".to_string(), |status| status.to_string()),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -501,6 +540,16 @@ pub fn wait_for_file(path: &Path, needle: &str) -> String {
         contents.contains(needle)
     });
     contents
+}
+
+/// Whether process `pid` holds an exclusive flock (as the file backend's writers hold their lock
+/// directory for the few milliseconds of a write), by /proc/locks.
+pub fn holds_flock(pid: i32) -> bool {
+    let pid = pid.to_string();
+    fs::read_to_string("/proc/locks").unwrap_or_default().lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(3) == Some(&"WRITE") && fields.get(4) == Some(&pid.as_str())
+    })
 }
 
 /// Whether a process with this pid is alive (zombies count as dead).
