@@ -225,8 +225,13 @@ pub struct Supervisor {
     stop_request: Option<(Signal, StopCause)>,
     /// Reap adopted orphans too (PID 1 or subreaper).
     reap_orphans: bool,
-    /// The main child: spawned and not yet reaped.
+    /// The main child: spawned and not yet exited.
     main: Option<Pid>,
+    /// The main child once it has exited: its zombie, left unreaped until the job is let go (`release_group`),
+    /// so that its pid, the job's group id, cannot be handed to another process while mpsync still signals
+    /// that group. (Once reaped with nothing else left in the group, the id is free: a stranger that took
+    /// it and made a group of its own would get the signals meant for the job.)
+    leader: Option<Pid>,
     /// The main child's process group, from spawn until `stop`/`finish` saw the job gone.
     group: Option<Pid>,
     /// Since when the child's job has been stopped by job control, waiting for the run loop's decision.
@@ -298,6 +303,7 @@ impl Supervisor {
             stop_request: None,
             reap_orphans,
             main: None,
+            leader: None,
             group: None,
             held: None,
             last_exit: None,
@@ -351,6 +357,7 @@ impl Supervisor {
         if let Some(pgid) = self.group.take() {
             warn!(pgid = pgid.as_raw(), "the previous child's group was never finished; killing it");
             signal_group(pgid, Signal::SIGKILL);
+            self.let_go_of_leader();
         }
         self.held = None;
         self.reap();
@@ -597,6 +604,14 @@ impl Supervisor {
             guard.tell(0);
         }
         self.deadline = None;
+        self.let_go_of_leader();
+    }
+
+    /// Reap the main child's zombie: the job's group id may go to another process from now on.
+    fn let_go_of_leader(&mut self) {
+        if let Some(pid) = self.leader.take() {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
     }
 
     /// A shell without job control started mpsync as `cmd &`: SIGINT came ignored. Such a job is not the
@@ -614,8 +629,9 @@ impl Supervisor {
     /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
     /// all (hidepid) but kill(2) finds it, believe kill(2).
     fn job_alive(&self, pgid: Pid) -> bool {
-        // The usual end, cheaply: the group is empty, and with the main child gone its other descendants
-        // have left mpsync's tree (unless mpsync adopts them).
+        // Cheaply, when the group is gone altogether (the main child's zombie, kept until the job is let go,
+        // usually keeps it): with the main child gone its other descendants have left mpsync's tree (unless
+        // mpsync adopts them).
         if self.main.is_none() && !self.reap_orphans && killpg(pgid, None) == Err(Errno::ESRCH) {
             return false;
         }
@@ -777,14 +793,15 @@ impl Supervisor {
     fn reap(&mut self) {
         if let Some(pid) = self.main {
             loop {
-                match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
-                    Ok(WaitStatus::StillAlive) => break,
-                    Ok(status @ WaitStatus::Stopped(..)) => self.reaped(status),
+                // Its exit is looked at, not reaped (see `leader`); its stops are collected.
+                match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+                    Ok(WaitStatus::StillAlive) => {}
                     Ok(status) => {
+                        self.leader = Some(pid);
                         self.reaped(status);
                         break;
                     }
-                    Err(Errno::EINTR) => {}
+                    Err(Errno::EINTR) => continue,
                     Err(Errno::ECHILD) => {
                         // Someone else in this process reaped our child: its status is lost. Never hang on it.
                         warn!(pid = pid.as_raw(), "the child was reaped elsewhere; its exit status is lost");
@@ -793,9 +810,14 @@ impl Supervisor {
                         break;
                     }
                     Err(error) => {
-                        debug!(pid = pid.as_raw(), %error, "waitpid failed");
+                        debug!(pid = pid.as_raw(), %error, "waitid failed");
                         break;
                     }
+                }
+                match waitid(Id::Pid(pid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG) {
+                    Ok(status @ WaitStatus::Stopped(..)) => self.reaped(status),
+                    Err(Errno::EINTR) => {}
+                    Ok(_) | Err(_) => break,
                 }
             }
         }
@@ -814,8 +836,9 @@ impl Supervisor {
     }
 
     /// As PID 1 or subreaper: reap every zombie child that is not in mpsync's own process group. A look
-    /// first (WNOWAIT) at which child is a zombie; a zombie of mpsync's own group is left to its waiter,
-    /// and the rest are then found in /proc (the slow way, only while such a zombie waits).
+    /// first (WNOWAIT) at which child is a zombie; a zombie of mpsync's own group is left to its waiter, and
+    /// the main child's to `release_group` (see `leader`); the rest are then found in /proc (the slow way,
+    /// only while such a zombie waits).
     fn reap_adopted(&mut self) {
         loop {
             let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
@@ -831,12 +854,13 @@ impl Supervisor {
                     return;
                 }
             };
+            let leader = self.leader.map(Pid::as_raw);
             let own = ProcStat::read(pid.as_raw()).is_some_and(|stat| stat.pgrp == self.own_pgrp.as_raw());
-            if own {
+            if own || Some(pid.as_raw()) == leader {
                 let snapshot = Snapshot::take();
                 let others: Vec<i32> = snapshot
                     .zombie_children(self.me.as_raw())
-                    .filter(|zombie| zombie.pgrp != self.own_pgrp.as_raw())
+                    .filter(|zombie| zombie.pgrp != self.own_pgrp.as_raw() && Some(zombie.pid) != leader)
                     .map(|zombie| zombie.pid)
                     .collect();
                 for other in others {
@@ -922,6 +946,7 @@ impl Drop for Supervisor {
             }
             self.group = None;
         }
+        self.let_go_of_leader();
         if let Some(pid) = self.main.take() {
             let _ = waitpid(pid, None);
         }

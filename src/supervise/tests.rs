@@ -119,6 +119,24 @@ fn exit_code_passes_through() {
     });
 }
 
+/// The job's group id is the main child's pid. Reaped at its exit, with nothing else left in the group, the
+/// id would be free while mpsync still signals the group (`finish` looks for leftovers, the guard is armed):
+/// a stranger that got the pid and made a group of its own would be killed in the job's place. So the
+/// child's zombie is kept until the job is let go, and only then reaped.
+#[test]
+fn the_main_childs_pid_stays_taken_until_its_job_is_let_go() {
+    let _serial = serial();
+    let mut supervisor = start();
+    runtime().block_on(async {
+        let pid = supervisor.spawn(&sh("exit 7", &[]), None).unwrap() as i32;
+        assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(7)));
+        assert!(ProcStat::read(pid).is_some_and(|stat| stat.is_zombie()), "the exited child is kept as a zombie");
+        assert_eq!(killpg(Pid::from_raw(pid), None), Ok(()), "its group id is still taken");
+        supervisor.finish(Signal::SIGTERM, Duration::from_secs(10)).await;
+        assert_eq!(killpg(Pid::from_raw(pid), None), Err(Errno::ESRCH), "reaped once the job is let go");
+    });
+}
+
 /// mpsync frozen between its last look at the lease and the fork: the child starts after its deadline.
 /// The guard had the deadline before the child existed, so it kills the child as it arms it, with nothing
 /// from mpsync's side (which does not call `stop` or `set_deadline` here).
