@@ -4,6 +4,8 @@
 # offline checks of deploy/ and examples/. Installs what the tests need first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A failed run says how full the disks were: the file backend's tests fail on a full /tmp (ENOSPC).
+trap 'status=$?; if [ "$status" -ne 0 ]; then echo "tests/run.sh: exit $status; disk space:" >&2; df -h . "${TMPDIR:-/tmp}" >&2 || true; fi' EXIT
 
 # What the tests run besides cargo: sh, bash (terminal tests), awk, grep, date, timeout, seq, nohup
 # (coreutils), unshare, setsid (util-linux) and python3 (the pty driver, the offline manifest checks).
