@@ -570,7 +570,9 @@ const MARKER_PROBES: u32 = 8;
 async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, Error> {
     for index in 0..slots.min(MARKER_PROBES) {
         match store.get(&format!("{name}-{index}")).await {
-            Ok(Some(slot)) => return Ok(slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION))),
+            Ok(Some(slot)) => {
+                return Ok(slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION)));
+            }
             Ok(None) => {}
             Err(StoreError::Fatal(err)) => return Err(err),
             // Unreadable now: the campaign checks every slot again before it acquires one.

@@ -1801,7 +1801,8 @@ mod tests {
         let t0 = Instant::now();
         let mut elector = lost_one_race(t0);
         // Later, alone: the freed lease is taken after the stagger, and the belief halves.
-        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
+        elector
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
         elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
         let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
         let write = expect_write(elector.next(Now::at(try_at, wall(1))));

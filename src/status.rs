@@ -125,10 +125,8 @@ fn mark_semaphores(reports: &mut [Report], leases: &[Versioned]) {
         let value = lease.metadata.annotations.as_ref()?.get(crate::lease::SLOTS_ANNOTATION)?;
         value.parse::<u32>().ok().filter(|n| *n > 1)
     };
-    let counts: std::collections::HashMap<&str, u32> = leases
-        .iter()
-        .filter_map(|lease| Some((lease.metadata.name.as_deref()?, count(lease)?)))
-        .collect();
+    let counts: std::collections::HashMap<&str, u32> =
+        leases.iter().filter_map(|lease| Some((lease.metadata.name.as_deref()?, count(lease)?))).collect();
     let slot_of = |name: &str, n: u32| {
         let (semaphore, index) = name.rsplit_once('-')?;
         let index = index.parse::<usize>().ok().filter(|i| *i < n as usize && index == i.to_string())?;
@@ -142,8 +140,7 @@ fn mark_semaphores(reports: &mut [Report], leases: &[Versioned]) {
             report.semaphore = Some(semaphore);
         }
     }
-    let held: Vec<(String, bool)> =
-        reports.iter().filter_map(|r| Some((r.semaphore.clone()?, r.held))).collect();
+    let held: Vec<(String, bool)> = reports.iter().filter_map(|r| Some((r.semaphore.clone()?, r.held))).collect();
     for report in reports.iter_mut() {
         if let (None, Some(&n)) = (&report.semaphore, counts.get(report.name.as_str())) {
             let taken = held.iter().filter(|(semaphore, held)| *semaphore == report.name && *held).count();

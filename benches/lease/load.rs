@@ -132,9 +132,10 @@ fn memory_of(pid: i32) -> Memory {
 
 /// The guard: the child of mpsync that is mpsync itself (forked, not exec'd; named `mpsync-guard` since 13).
 fn guard_of(pid: i32) -> Option<i32> {
-    all_pids()
-        .into_iter()
-        .find(|&p| proc_stat(p).is_some_and(|s| s.ppid == pid && (s.comm == "mpsync" || s.comm == "mpsync-guard") && s.state != 'Z'))
+    all_pids().into_iter().find(|&p| {
+        proc_stat(p)
+            .is_some_and(|s| s.ppid == pid && (s.comm == "mpsync" || s.comm == "mpsync-guard") && s.state != 'Z')
+    })
 }
 
 /// Holders with a `sleep` child and short timings (renewals every 500 ms): mpsync on the API, one per

@@ -628,7 +628,7 @@ impl Supervisor {
 
     /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
     /// all (hidepid) but kill(2) finds it, believe kill(2).
-    fn job_alive(&self, pgid: Pid) -> bool {
+    fn job_alive(&mut self, pgid: Pid) -> bool {
         // Cheaply, when the group is gone altogether (the main child's zombie, kept until the job is let go,
         // usually keeps it): with the main child gone its other descendants have left mpsync's tree (unless
         // mpsync adopts them).
@@ -639,7 +639,13 @@ impl Supervisor {
         if !self.job(&snapshot, pgid).is_empty() {
             return true;
         }
-        !snapshot.shows_group(pgid.as_raw()) && killpg(pgid, None).is_ok()
+        if snapshot.shows_group(pgid.as_raw()) {
+            return false;
+        }
+        // /proc hides the group (hidepid; a setuid child's zombie). kill(2) finds the kept zombie too, so
+        // it can only tell about the others once that is reaped: the id's protection is lost here.
+        self.let_go_of_leader();
+        killpg(pgid, None).is_ok()
     }
 
     /// `signal` to the child's group, and to the main child if it left the group.
@@ -854,6 +860,14 @@ impl Supervisor {
                     return;
                 }
             };
+            if Some(pid) == self.main {
+                // The main child exited since `reap` looked at it: kept, as there (see `leader`).
+                self.leader = Some(pid);
+                if let Ok(status) = peek {
+                    self.reaped(status);
+                }
+                continue;
+            }
             let leader = self.leader.map(Pid::as_raw);
             let own = ProcStat::read(pid.as_raw()).is_some_and(|stat| stat.pgrp == self.own_pgrp.as_raw());
             if own || Some(pid.as_raw()) == leader {

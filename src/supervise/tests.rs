@@ -543,6 +543,19 @@ fn helper_subreaper() {
         // Reaped, not merely dead: kill(2) no longer finds even a zombie of the group.
         assert_eq!(killpg(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
         assert!(supervisor.guard_pid().is_some(), "the guard was reaped as an orphan");
+        // The main child's zombie is kept (see `the_main_childs_pid_stays_taken_until_its_job_is_let_go`)
+        // also when it exits while orphans are being reaped: it is the orphans' reaping that sees it then.
+        for trial in 0..15 {
+            let script = "for i in $(seq 60); do (sleep 0.2 &); done; sleep 0.2; exit 3";
+            let pid = supervisor.spawn(&sh(script, &[]), None).unwrap() as i32;
+            assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(3)));
+            assert!(
+                ProcStat::read(pid).is_some_and(|stat| stat.is_zombie()),
+                "trial {trial}: the main child was reaped while its group was still the job's"
+            );
+            let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
+            tokio::time::timeout(PATIENCE, finish).await.unwrap();
+        }
     });
 }
 

@@ -419,7 +419,11 @@ fn two_hundred_contenders_all_finish_and_none_falls_back_to_the_retry_period() {
     let ran = read_stamps(&log).len();
     if ran != 2 * CONTENDERS {
         let failed: Vec<&String> = stderr.iter().filter(|err| err.contains("mpsync:")).take(3).collect();
-        panic!("{ran} of {} stamps; some contenders' stderr:\n{failed:#?}\nthe last:\n{}", 2 * CONTENDERS, stderr[CONTENDERS - 1]);
+        panic!(
+            "{ran} of {} stamps; some contenders' stderr:\n{failed:#?}\nthe last:\n{}",
+            2 * CONTENDERS,
+            stderr[CONTENDERS - 1]
+        );
     }
     let stamps = assert_one_at_a_time(&log, CONTENDERS);
 
@@ -611,7 +615,8 @@ fn a_lock_directory_whose_parent_another_user_can_change_is_refused() {
     fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
     for (parent, why) in [(&theirs, format!("owned by uid {other}")), (&open, "writable by other users".to_string())] {
         let locks = parent.join("locks");
-        let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
+        let done =
+            env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
         done.assert_code(125);
         assert!(!done.stdout.contains("ran"), "the command ran");
         assert!(done.stderr.contains(&parent.display().to_string()) && done.stderr.contains(&why), "{}", done.stderr);
@@ -637,11 +642,52 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
     std::os::unix::fs::symlink("a", &link).unwrap();
     std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
     let locks = link.join("locks");
-    let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
+    let done =
+        env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
     done.assert_code(125);
     assert!(!done.stdout.contains("ran"), "the command ran");
     assert!(done.stderr.contains("symbolic link") && done.stderr.contains(&format!("uid {other}")), "{}", done.stderr);
     // One's own link is fine.
     std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
+}
+
+/// mpsync as a user, in a PID namespace whose /proc is mounted with hidepid=2, its child a setuid program:
+/// the child's zombie, which mpsync keeps until the job is gone (its pid is the job's group id), is hidden
+/// from the user, yet kill(2) reaches it. It must not be taken for a hidden member of the job that
+/// survives SIGKILL (which held the lease for the grace period and 5 s more, with false warnings).
+#[test]
+fn under_hidepid_a_setuid_childs_exit_is_not_taken_for_a_job_that_survives() {
+    if !root() {
+        return;
+    }
+    if !Path::new("/usr/bin/passwd").exists() {
+        eprintln!("SKIPPED: needs a setuid /usr/bin/passwd");
+        return;
+    }
+    let env = TestEnv::file();
+    let uid = test_uid(7);
+    let locks = owned_dir(&env, "hidden-locks", uid);
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).unwrap();
+    let script = format!(
+        "mount -t proc -o hidepid=2 proc /proc || exit 99; \
+         setpriv --reuid {uid} --regid {uid} --clear-groups -- {mpsync} lock hidden -- /usr/bin/passwd --help",
+        mpsync = mpsync_for_others(&env)
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", &script]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", &locks).env("HOME", "/nonexistent");
+    let mut run = Proc::spawn(command, &env.dir);
+    let status = run.wait_for(PATIENCE).expect("mpsync finishes");
+    let stderr = run.stderr();
+    if status.code() == Some(99) {
+        eprintln!("SKIPPED: cannot mount /proc with hidepid here:\n{stderr}");
+        return;
+    }
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        !stderr.contains("killing the child's job"),
+        "the setuid child's zombie was taken for a live job:\n{stderr}"
+    );
 }

@@ -386,7 +386,11 @@ fn sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet
         std::thread::sleep(Duration::from_millis(200));
     }
     let promised = Duration::from_secs(4) * 2 / 3;
-    assert!(quiet_sent.elapsed() >= promised, "released {:?} after its 200, before the renew deadline", quiet_sent.elapsed());
+    assert!(
+        quiet_sent.elapsed() >= promised,
+        "released {:?} after its 200, before the renew deadline",
+        quiet_sent.elapsed()
+    );
     assert_eq!(env.holder(&busy).as_deref(), Some("sidecar-a"), "the lock whose client heartbeats stays held");
     b.put(&quiet).assert_status(200);
     assert!(a.process.wait_for(Duration::ZERO).is_none(), "still draining: {}", a.process.stderr());

@@ -206,9 +206,13 @@ fn listing_shows_a_semaphore_as_its_slots_held_of_its_count(env: &TestEnv) {
     let marker = done.stdout.lines().find(|line| line.starts_with(&format!("{pool} "))).expect("the marker's row");
     assert!(marker.contains("semaphore: 1 of 3 held"), "{}", done.stdout);
     let items = json_array(&env.run(["status", "-l", &selector, "-o", "json"]));
-    let item = |name: &str| items.iter().find(|item| item["name"] == name).unwrap_or_else(|| panic!("{name}: {items:?}"));
+    let item =
+        |name: &str| items.iter().find(|item| item["name"] == name).unwrap_or_else(|| panic!("{name}: {items:?}"));
     assert_eq!((item(&pool)["slots"].as_u64(), item(&pool)["heldSlots"].as_u64()), (Some(3), Some(1)));
     let slot = item(&format!("{pool}-0"));
-    assert_eq!((slot["semaphore"].as_str(), slot["slot"].as_u64(), slot["held"].as_bool()), (Some(pool.as_str()), Some(0), Some(true)));
+    assert_eq!(
+        (slot["semaphore"].as_str(), slot["slot"].as_u64(), slot["held"].as_bool()),
+        (Some(pool.as_str()), Some(0), Some(true))
+    );
     assert_eq!(item(&format!("{pool}-1"))["slot"].as_u64(), Some(1));
 }

@@ -434,8 +434,11 @@ mod issue13 {
         let name = env.lease_name("tstp-dir");
         // Renewing all the time: a write is in progress at any moment with a good chance.
         let timings = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "10ms"];
-        let args: Vec<&str> =
-            ["lock", &name].into_iter().chain(timings).chain(["--", "bash", "-c", "while :; do sleep 0.2; done"]).collect();
+        let args: Vec<&str> = ["lock", &name]
+            .into_iter()
+            .chain(timings)
+            .chain(["--", "bash", "-c", "while :; do sleep 0.2; done"])
+            .collect();
         let a = job(&env, &args);
         wait_until("A to hold the lease", || env.holder(&name).is_some_and(|holder| !holder.is_empty()));
         for round in 0..300 {

@@ -251,7 +251,11 @@ impl LockDir {
         let parent = std::fs::canonicalize(parent).map_err(|err| inspect(&err))?;
         for ancestor in parent.ancestors() {
             let stat = nix::sys::stat::stat(ancestor).map_err(|errno| {
-                Error::File(format!("cannot inspect {} (a parent of lock directory {}): {errno}", ancestor.display(), self.path.display()))
+                Error::File(format!(
+                    "cannot inspect {} (a parent of lock directory {}): {errno}",
+                    ancestor.display(),
+                    self.path.display()
+                ))
             })?;
             let mode = stat.st_mode & 0o7777;
             let sticky = mode & 0o1000 != 0;
