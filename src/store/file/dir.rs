@@ -439,6 +439,7 @@ impl<'a> LockedDir<'a> {
             Ok(()) => {}
             // A file system without hard links: a second copy.
             Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EMLINK) => self.write_new(last_temp, bytes)?,
+            Err(Errno::EEXIST) => return Err(appeared(self.path, last_temp)),
             Err(errno) => return Err(self.failure("write", last_temp, errno)),
         }
         if !publish() {
@@ -454,10 +455,7 @@ impl<'a> LockedDir<'a> {
     fn write_new(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(self.fd(), name, flags, Mode::from_bits_truncate(0o600)).map_err(|errno| match errno {
-            // Made again since it was removed above, by something other than mpsync: nothing was written.
-            Errno::EEXIST => {
-                StoreError::Transient(format!("{} appeared while mpsync wrote it", self.path.join(name).display()))
-            }
+            Errno::EEXIST => appeared(self.path, name),
             errno => self.failure("create", name, errno),
         })?;
         let mut file = std::fs::File::from(fd);
@@ -474,6 +472,12 @@ impl<'a> LockedDir<'a> {
     fn failure(&self, action: &str, name: &str, errno: Errno) -> StoreError {
         io_failure(action, &self.path.join(name), &io::Error::from(errno))
     }
+}
+
+/// A temporary file made again since the writer removed it, by something other than mpsync (no other
+/// writer holds the lock): nothing was written, and the next attempt removes it again.
+fn appeared(dir: &Path, name: &str) -> StoreError {
+    StoreError::Transient(format!("{} appeared while mpsync wrote it", dir.join(name).display()))
 }
 
 /// What a look at a file shows without opening it: enough to tell that it was replaced or written.

@@ -559,6 +559,24 @@ fn records_are_sticky_private_and_kept_twice_and_stale_temp_files_go() {
     assert_eq!(names, [".job.last", "job.json"]);
 }
 
+/// A temporary file made again by something else between the writer's removal and its use (a vandal
+/// planting names in the directory, as the end-to-end test does): the write did not happen, and says so
+/// as a transient failure to retry, never as mpsync's own fatal error. (A directory stands in for the
+/// file made in that instant: the writer's removal leaves it, so the window is always hit.)
+#[test]
+fn a_temporary_name_taken_meanwhile_is_a_write_to_retry() {
+    let temp = TempDir::new("taken");
+    let store = open(&temp);
+    let rt = runtime();
+    for name in [".job.tmp", ".job.last.tmp"] {
+        fs::create_dir(temp.path().join(name)).expect("made");
+        let write = rt.block_on(store.create("job", &held_by("a")));
+        assert!(matches!(write, Err(StoreError::Transient(_))), "{name}: {:?}", write.map(drop));
+        fs::remove_dir(temp.path().join(name)).expect("removed");
+    }
+    rt.block_on(store.create("job", &held_by("a"))).expect("created once the names are free");
+}
+
 #[test]
 fn a_deleted_record_comes_back_at_the_next_create_and_versions_and_tokens_never_repeat() {
     let temp = TempDir::new("deleted");
