@@ -233,6 +233,11 @@ fn child_starts_with_no_blocked_or_ignored_signals() {
     let _serial = serial();
     let dir = TempDir::new("sigmask");
     let status = dir.join("status");
+    // The tests themselves run under nohup, maybe: what is ignored when mpsync starts stays ignored (and
+    // is tested elsewhere), so this test starts from the default.
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL installs no handler code; the action found is put back at the end.
+    let inherited = unsafe { sigaction(Signal::SIGHUP, &default) }.unwrap();
     let mut supervisor = start();
     runtime().block_on(async {
         // As under nohup: SIGHUP ignored; and a signal blocked in the spawning thread.
@@ -257,6 +262,9 @@ fn child_starts_with_no_blocked_or_ignored_signals() {
         let value = line[field.len()..].trim();
         assert!(value.chars().all(|digit| digit == '0'), "the child has {line}");
     }
+    drop(supervisor);
+    // SAFETY: puts back the action that was there, exactly as it was.
+    unsafe { sigaction(Signal::SIGHUP, &inherited) }.unwrap();
 }
 
 #[test]
@@ -621,7 +629,13 @@ fn interactive_child_owns_the_terminal_and_ctrl_c_reaches_only_it() {
     };
     let outcome = runtime().block_on(async {
         let wait = async {
-            line_in(&dir.join("ready")).await;
+            // The helper's child is ready, or the helper ended early (a failure, shown below with its log).
+            while !dir.join("ready").exists() {
+                if let Some(status) = script.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(POLL).await;
+            }
             use std::io::Write;
             let stdin = script.stdin.as_mut().unwrap();
             stdin.write_all(b"\x03").unwrap();
