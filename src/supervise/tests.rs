@@ -615,7 +615,18 @@ fn interactive_child_owns_the_terminal_and_ctrl_c_reaches_only_it() {
         binary.display()
     );
     // script(1) runs the helper on a new pseudo-terminal, in its foreground, and copies our stdin to it.
-    let spawned = std::process::Command::new("script")
+    let mut script = std::process::Command::new("script");
+    // SAFETY: signal(SIG_DFL) is async-signal-safe. The terminal starts as a login's would, whatever this
+    // test run inherited (`&` from a shell without job control ignores SIGINT and SIGQUIT; nohup SIGHUP).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut script, || {
+            for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    let spawned = script
         .args(["-qefc", &command, "/dev/null"])
         .env(HELPER_MODE, "terminal")
         .env(HELPER_DIR, &dir.0)

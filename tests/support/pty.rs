@@ -61,9 +61,14 @@ impl Terminal {
         }
         let slave = || Stdio::from(pty.slave.try_clone().unwrap());
         command.stdin(slave()).stdout(slave()).stderr(slave());
-        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe: a new session, the pty its terminal.
+        // SAFETY: setsid, ioctl(TIOCSCTTY) and signal(SIG_DFL) are async-signal-safe: a new session, the pty
+        // its terminal, and the signals a login shell starts with at their defaults (a test run started with
+        // `&` by a shell without job control, or under nohup, has SIGINT, SIGQUIT or SIGHUP ignored).
         unsafe {
             command.pre_exec(|| {
+                for signal in [nix::libc::SIGINT, nix::libc::SIGQUIT, nix::libc::SIGHUP] {
+                    nix::libc::signal(signal, nix::libc::SIG_DFL);
+                }
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
                 if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
