@@ -374,6 +374,18 @@ pub const PROXY_VARIABLES: &[&str] =
 /// Remove everything from the environment that could point mpsync at a cluster, send it through a proxy,
 /// or change its behaviour.
 pub fn scrub(command: &mut Command) {
+    // Nor dispositions: a test run started with `&` by a shell without job control ignores SIGINT and
+    // SIGQUIT, one under nohup SIGHUP, and mpsync keeps what it inherits ignored. Tests about that set it
+    // again themselves (their pre_exec runs after this one).
+    // SAFETY: signal(SIG_DFL) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, || {
+            for signal in [nix::libc::SIGINT, nix::libc::SIGQUIT, nix::libc::SIGHUP] {
+                nix::libc::signal(signal, nix::libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     for name in ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE", "POD_NAME"] {
         command.env_remove(name);
     }
