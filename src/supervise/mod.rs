@@ -803,8 +803,7 @@ impl Supervisor {
                 match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
                     Ok(WaitStatus::StillAlive) => {}
                     Ok(status) => {
-                        self.leader = Some(pid);
-                        self.reaped(status);
+                        self.exited(pid, status);
                         break;
                     }
                     Err(Errno::EINTR) => continue,
@@ -861,10 +860,9 @@ impl Supervisor {
                 }
             };
             if Some(pid) == self.main {
-                // The main child exited since `reap` looked at it: kept, as there (see `leader`).
-                self.leader = Some(pid);
+                // The main child exited since `reap` looked at it.
                 if let Ok(status) = peek {
-                    self.reaped(status);
+                    self.exited(pid, status);
                 }
                 continue;
             }
@@ -894,6 +892,12 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The main child's exit, seen with WNOWAIT: reported, and its zombie kept (see `leader`).
+    fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        self.leader = Some(pid);
+        self.reaped(status);
     }
 
     fn reaped(&mut self, status: WaitStatus) {

@@ -495,23 +495,20 @@ impl Proc {
     /// `wait_for_file`, saying what this process printed (and whether it exited) if the file never comes.
     #[track_caller]
     pub fn wait_for_file(&mut self, path: &Path, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let contents = fs::read_to_string(path).unwrap_or_default();
-            if contents.contains(needle) {
-                return contents;
-            }
-            if Instant::now() >= deadline {
-                let status = self.child.try_wait().ok().flatten();
-                panic!(
-                    "timed out after {PATIENCE:?} waiting for {} to contain {needle:?}; the process: {}; its stderr:\n{}",
-                    path.display(),
-                    status.map_or("running".to_string(), |status| status.to_string()),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut contents = String::new();
+        if !within_patience(|| {
+            contents = fs::read_to_string(path).unwrap_or_default();
+            contents.contains(needle)
+        }) {
+            let status = self.child.try_wait().ok().flatten();
+            panic!(
+                "timed out after {PATIENCE:?} waiting for {} to contain {needle:?}; the process: {}; its stderr:\n{}",
+                path.display(),
+                status.map_or("running".to_string(), |status| status.to_string()),
+                self.stderr()
+            );
         }
+        contents
     }
 
     pub fn stderr(&self) -> String {
@@ -535,12 +532,20 @@ impl Drop for Proc {
 /// Wait (within PATIENCE) until `condition` holds, polling every 10 ms: waiting for an event, with a
 /// generous limit, never a fixed sleep.
 #[track_caller]
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    assert!(within_patience(condition), "timed out after {PATIENCE:?} waiting for {what}");
+}
+
+/// Whether `condition` comes true within PATIENCE, polled every 10 ms.
+pub fn within_patience(mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + PATIENCE;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
 }
 
 /// Wait until `path` exists and contains `needle`; return its contents.
