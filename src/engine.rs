@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::lease::{Action, Elector, LossReason, Marker, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
 use crate::retry::{FailureLog, backoff};
 use crate::store::{Store, StoreError, Watch};
+use tokio::sync::mpsc;
 
 /// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
 /// record read back compares equal to the one written.
@@ -222,7 +223,15 @@ impl Slot {
         let was_usable = self.elector.usable(Instant::now());
         let renewed_before = self.elector.held().map(|held| held.last_renew_sent);
         self.elector.set_watching(self.watch.is_some());
-        let action = self.elector.next(now());
+        let mut action = self.elector.next(now());
+        if matches!(action, Action::Write(_)) && self.elector.held().is_none() && self.watch.is_some() {
+            // A last look before an acquisition: the write that took the lease may be on its way to our
+            // watch already (received, not yet read), and seeing it saves a race lost with a 409.
+            tokio::task::yield_now().await;
+            if self.take_ready_events() {
+                action = self.elector.next(now());
+            }
+        }
         let mut wake: Option<Instant> = None;
         let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);
         match action {
@@ -288,6 +297,26 @@ impl Slot {
         match (was_usable, self.elector.usable(Instant::now())) {
             (false, true) => Progress::Acquired,
             _ => Progress::Changed,
+        }
+    }
+
+    /// Feed the watch's events that are ready to the elector, without waiting; whether there were any.
+    fn take_ready_events(&mut self) -> bool {
+        let Some(watch) = self.watch.as_mut() else { return false };
+        let mut any = false;
+        loop {
+            match watch.updates.try_recv() {
+                Ok(update) => {
+                    self.elector.observe_event(update, Instant::now());
+                    any = true;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return any,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // The watch task ended (it never does on its own): poll by reads from now on.
+                    self.watch = None;
+                    return any;
+                }
+            }
         }
     }
 

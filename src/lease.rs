@@ -279,13 +279,22 @@ impl std::fmt::Display for Refusal {
 }
 
 /// How far apart contending processes spread their attempts on a freed lease, per contender beyond the
-/// first: about twice the time a write takes to reach the other processes' watches, so that the first to
-/// try is usually seen by the others before they try.
+/// first, until this process has measured how long a write takes to reach it (see [`Elector::stagger`]):
+/// about twice that time on a quiet cluster, so that the first to try is usually seen by the others before
+/// they try.
 pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
-/// The most contenders a process believes in (bounds the stagger at about 10 s).
+/// The widest spread per contender that measurements can make (a slow or overloaded API server).
+const MAX_STAGGER_PER_CONTENDER: Duration = Duration::from_millis(100);
+/// The widest spread of attempts on a freed lease, whatever the belief in contention.
+const MAX_SPREAD: Duration = Duration::from_secs(10);
+/// The most contenders a process believes in.
 const MAX_CONTENDERS: f64 = 1000.0;
 /// How many acquisitions given up unresolved are remembered as ours.
 const MAX_STRAYS: usize = 8;
+/// How much the belief in contention grows with every race lost: steeply, because 100 processes that
+/// start together must spread over seconds before their attempts stop colliding, and every round of
+/// learning costs the API server a burst of lost writes.
+const CONTENTION_GROWTH: f64 = 16.0;
 /// How much the belief in contention fades with every handoff seen without a lost race.
 const CONTENTION_DECAY: f64 = 0.99;
 /// How much it fades with every acquisition of our own.
@@ -387,8 +396,15 @@ pub struct Elector {
     /// so a freed lease with many waiters draws about one write, not one per waiter. One waiter (the
     /// usual case) tries at once.
     contenders: f64,
-    /// The free record seen last (its version), and when this process may try to take it.
-    free_try_at: Option<(String, Instant)>,
+    /// The free record seen last (its version), when this process may try to take it, and whether it
+    /// has tried.
+    free_try_at: Option<(String, Instant, bool)>,
+    /// When the acquisition that lost the last race was sent, until the winner's write shows on the watch.
+    lost_race_sent_at: Option<Instant>,
+    /// How long, after this process sent an acquisition that lost, the winner's write took to show on its
+    /// watch (a moving average): the part of the window in which two attempts collide that follows one of
+    /// them. `None` until measured.
+    write_lag: Option<Duration>,
     /// After a lost race while a watch delivers changes: wait for the event that shows the winner rather
     /// than read at once; read only if none came by then.
     awaiting_event_until: Option<Instant>,
@@ -417,6 +433,8 @@ impl Elector {
             slots: None,
             contenders: 1.0,
             free_try_at: None,
+            lost_race_sent_at: None,
+            write_lag: None,
             awaiting_event_until: None,
             watching: false,
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -452,6 +470,16 @@ impl Elector {
     /// How many contenders this process believes in (see `STAGGER_PER_CONTENDER`).
     pub fn contenders(&self) -> f64 {
         self.contenders
+    }
+
+    /// How far apart attempts on a freed lease are spread, per contender beyond the first. A lost race
+    /// measures the part of the collision window that follows one attempt (from its send to the winner's
+    /// event); on average that is half the window, so the spread per contender is four times the average:
+    /// about twice the window, whatever the API server's and the watchers' latency.
+    /// [`STAGGER_PER_CONTENDER`] until measured, and never less.
+    pub fn stagger(&self) -> Duration {
+        self.write_lag
+            .map_or(STAGGER_PER_CONTENDER, |lag| (lag * 4).clamp(STAGGER_PER_CONTENDER, MAX_STAGGER_PER_CONTENDER))
     }
 
     pub fn identity(&self) -> &str {
@@ -536,6 +564,10 @@ impl Elector {
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
         self.needs_read = false;
         self.awaiting_event_until = None;
+        if seen == Seen::Snapshot {
+            // The winner's event did not come first: nothing measured.
+            self.lost_race_sent_at = None;
+        }
         // An answer older than what we know already (a read overtaken by a watch event) changes nothing.
         if let (Some(new), Some(known)) = (&current, self.current())
             && is_older(&new.resource_version, &known.resource_version)
@@ -626,19 +658,41 @@ impl Elector {
     fn note_contention(&mut self, was_free: bool, now: Instant) {
         let Some(current) = self.current().cloned() else { return };
         if is_live(&current.record) {
-            self.free_try_at = None;
-            if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
-                self.contenders = (self.contenders * CONTENTION_DECAY).max(1.0);
+            // Due to try and not tried (an attempt lost is counted by its answer).
+            let was_due = self.free_try_at.take().is_some_and(|(_, try_at, tried)| try_at <= now && !tried);
+            if self.held.is_none() && !self.is_own_write(&current.record) {
+                if let Some(sent_at) = self.lost_race_sent_at.take() {
+                    // The write that beat ours, on the watch: how long after our send it reached us.
+                    self.learn_write_lag(now.saturating_duration_since(sent_at));
+                }
+                if was_free && was_due {
+                    // Taken by another while it was our turn to try: a race lost without a write.
+                    self.lost_a_race();
+                } else if was_free {
+                    self.contenders = (self.contenders * CONTENTION_DECAY).max(1.0);
+                }
             }
             return;
         }
         let version = current.resource_version.clone();
-        if self.free_try_at.as_ref().is_some_and(|(seen, _)| *seen == version) {
+        if self.free_try_at.as_ref().is_some_and(|(seen, _, _)| *seen == version) {
             return;
         }
-        let spread = STAGGER_PER_CONTENDER.mul_f64(self.contenders - 1.0);
+        let spread = self.stagger().mul_f64(self.contenders - 1.0).min(MAX_SPREAD);
         let delay = spread.mul_f64(self.random_fraction());
-        self.free_try_at = Some((version, now + delay));
+        self.free_try_at = Some((version, now + delay, false));
+    }
+
+    /// A race lost, with a write (a 409) or without (taken by another when it was our turn to try): more
+    /// contend than we thought.
+    fn lost_a_race(&mut self) {
+        self.contenders = (self.contenders * CONTENTION_GROWTH).clamp(2.0, MAX_CONTENDERS);
+    }
+
+    /// One measurement of how long the write that beat ours took to reach us after we sent ours.
+    fn learn_write_lag(&mut self, sample: Duration) {
+        let sample = sample.min(MAX_STAGGER_PER_CONTENDER);
+        self.write_lag = Some(self.write_lag.map_or(sample, |lag| (lag * 3 + sample) / 4));
     }
 
     fn random_fraction(&mut self) -> f64 {
@@ -690,6 +744,11 @@ impl Elector {
         } else {
             Purpose::Acquire
         };
+        if purpose == Purpose::Acquire
+            && let Some((_, _, tried)) = self.free_try_at.as_mut()
+        {
+            *tried = true;
+        }
         if let Some(old) = self.pending.take()
             && old.purpose == Purpose::Acquire
         {
@@ -733,11 +792,26 @@ impl Elector {
                 if is_pending {
                     self.pending = None;
                 }
+                // The watch may have shown the write that beat ours before this answer came.
+                let beaten_seen_at = self.observation.as_ref().and_then(|o| match &o.current {
+                    Some(v)
+                        if is_live(&v.record) && !self.is_own_write(&v.record) && o.changed_at >= ticket.sent_at =>
+                    {
+                        Some(o.changed_at)
+                    }
+                    _ => None,
+                });
                 if ticket.purpose == Purpose::Acquire {
                     // Lost a race: more contend than we thought.
-                    self.contenders = (self.contenders * 4.0).clamp(2.0, MAX_CONTENDERS);
+                    self.lost_a_race();
+                    match beaten_seen_at {
+                        Some(seen_at) => self.learn_write_lag(seen_at - ticket.sent_at),
+                        None => self.lost_race_sent_at = Some(ticket.sent_at),
+                    }
                 }
-                if self.watching && self.held.is_none() {
+                if beaten_seen_at.is_some() && self.held.is_none() {
+                    // What we know is already the winner's write: nothing to wait for.
+                } else if self.watching && self.held.is_none() {
                     // The winner's write is on its way to our watch: act on that event, not on a read.
                     self.awaiting_event_until = Some(now + self.timing.retry_period);
                 } else {
@@ -823,7 +897,7 @@ impl Elector {
         }
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
         if holder.is_empty() {
-            if let Some((_, try_at)) = &self.free_try_at
+            if let Some((_, try_at, _)) = &self.free_try_at
                 && now.instant < *try_at
             {
                 return Action::WaitUntil(*try_at);
@@ -1776,7 +1850,7 @@ mod tests {
         let write = expect_write(elector.next(now(t0, 0.0)));
         let ticket = elector.write_sent(&write, t0);
         elector.write_result(ticket, WriteResult::Conflict, t0);
-        assert_eq!(elector.contenders(), 4.0);
+        assert_eq!(elector.contenders(), CONTENTION_GROWTH);
         elector
     }
 
@@ -1789,10 +1863,12 @@ mod tests {
         assert_eq!(elector.next(now(t0, 2.0)), Action::Read, "no event came: read");
         elector
             .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
-        // The winner releases: this waiter tries within 3 contenders x 10 ms.
+        // The winner's write came 10 ms after ours was sent: attempts are spread 4 x 10 ms per contender.
+        assert_eq!(elector.stagger(), Duration::from_millis(40));
+        // The winner releases: this waiter tries within 15 contenders x 40 ms.
         elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
         let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
-        assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.03), "{:?}", try_at - at(t0, 1.0));
+        assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.6), "{:?}", try_at - at(t0, 1.0));
         assert!(matches!(elector.next(Now::at(try_at, wall(1))), Action::Write(_)));
     }
 
@@ -1810,7 +1886,70 @@ mod tests {
         elector.write_result(ticket, WriteResult::Applied(versioned(6, write.record.clone())), try_at);
         assert!(elector.held().is_some());
         // The handoff to the winner faded it a little; the acquisition halves it.
-        assert_eq!(elector.contenders(), 4.0 * CONTENTION_DECAY * CONTENTION_DECAY_ON_ACQUIRE);
+        assert_eq!(elector.contenders(), CONTENTION_GROWTH * CONTENTION_DECAY * CONTENTION_DECAY_ON_ACQUIRE);
+    }
+
+    #[test]
+    fn a_freed_lease_taken_by_another_when_it_was_our_turn_counts_as_a_race_lost() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
+        assert!(matches!(elector.next(now(t0, 1.0)), Action::Write(_)), "alone as far as it knows: at once");
+        // Before it wrote, the watch showed another process's acquisition: no write, and no 409, but a
+        // race lost all the same.
+        elector
+            .observe_event(WatchUpdate::Present(versioned(5, record(Some("quick"), Some(15), Some(1)))), at(t0, 1.0));
+        assert_eq!(elector.contenders(), CONTENTION_GROWTH);
+
+        // A waiter whose turn had not come yet when another took the lease lost nothing: the belief fades.
+        elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
+        let Action::WaitUntil(_) = elector.next(now(t0, 2.0)) else { panic!("staggered") };
+        elector
+            .observe_event(WatchUpdate::Present(versioned(7, record(Some("quick2"), Some(15), Some(2)))), at(t0, 2.0));
+        assert_eq!(elector.contenders(), CONTENTION_GROWTH * CONTENTION_DECAY);
+    }
+
+    #[test]
+    fn the_spread_follows_how_late_the_winners_write_reaches_a_loser() {
+        let t0 = Instant::now();
+        let mut slow = lost_one_race(t0);
+        assert_eq!(slow.stagger(), STAGGER_PER_CONTENDER, "nothing measured yet");
+        slow.observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.02));
+        assert_eq!(slow.stagger(), Duration::from_millis(80));
+        // A very late event widens it only so far.
+        let mut slower = lost_one_race(t0);
+        slower
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 5.0));
+        assert_eq!(slower.stagger(), MAX_STAGGER_PER_CONTENDER);
+        // A quick one never narrows it below the default.
+        let mut quick = lost_one_race(t0);
+        quick.observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.0));
+        assert_eq!(quick.stagger(), STAGGER_PER_CONTENDER);
+        // A read that shows the winner measures nothing (the event did not come first).
+        let mut read = lost_one_race(t0);
+        read.observe(Some(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.02));
+        read.observe_event(WatchUpdate::Present(versioned(5, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.05));
+        assert_eq!(read.stagger(), STAGGER_PER_CONTENDER);
+    }
+
+    #[test]
+    fn a_race_lost_to_a_write_already_seen_waits_for_no_further_event() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(7);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        // The winner's event overtakes the answer to our write.
+        elector
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.03));
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 0.04));
+        assert_eq!(elector.contenders(), CONTENTION_GROWTH);
+        assert_eq!(elector.stagger(), Duration::from_millis(100), "measured from the event: 30 ms");
+        // What it knows is the winner's record: it waits out that holder, and reads nothing meanwhile.
+        assert_eq!(elector.next(now(t0, 2.5)), Action::WaitUntil(at(t0, 15.03)));
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct RequestLog {
     /// the request is carried out, and during any latency or delay), and for good when the connection was
     /// closed without an answer ([`AfterCommit::Drop`], [`TestApiServer::restart`] during a delay).
     pub status: u16,
+    /// When the request was received.
+    pub at: std::time::Instant,
 }
 
 /// What becomes of the answer to a committed write: see [`TestApiServer::after_commit`].
@@ -329,13 +331,21 @@ struct Event {
     kind: &'static str,
     namespace: String,
     name: String,
-    object: Value,
+    /// The event as every watch sends it, serialized once at the write (as the real server's watch
+    /// cache does), so that a hundred watches do not each serialize it under the lock.
+    line: Arc<str>,
 }
 
 impl State {
     /// Moves the counter on and records a write; `object` already carries the new resourceVersion.
     fn record(&mut self, kind: &'static str, namespace: &str, name: &str, object: Value) {
-        self.events.push(Event { rv: self.rv, kind, namespace: namespace.to_string(), name: name.to_string(), object });
+        self.events.push(Event {
+            rv: self.rv,
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            line: event_line(kind, &object).into(),
+        });
         if self.events.len() > MAX_HISTORY {
             let drop = self.events.len() - MAX_HISTORY / 2;
             self.history_start = self.events[drop - 1].rv;
@@ -1534,6 +1544,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             query: request.query.clone(),
             verb,
             status: 0,
+            at: std::time::Instant::now(),
         });
         let failure = match st.failures.take() {
             Some((n, code)) => {
@@ -2387,7 +2398,7 @@ struct WatchRequest {
 
 enum WatchStep {
     /// Lines to send now.
-    Send(Vec<String>),
+    Send(Vec<Arc<str>>),
     /// timeoutSeconds passed, or a watch fault: send this line (an ERROR), if any, and end the stream
     /// cleanly.
     End(Option<String>),
@@ -2532,10 +2543,10 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
                 if start < st.events.len() {
-                    let lines: Vec<String> = st.events[start..]
+                    let lines: Vec<Arc<str>> = st.events[start..]
                         .iter()
                         .filter(|e| watch.filter.matches(&e.namespace, &e.name))
-                        .map(|e| event_line(e.kind, &e.object))
+                        .map(|e| e.line.clone())
                         .collect();
                     last_rv = st.events[st.events.len() - 1].rv;
                     if !lines.is_empty() {
@@ -2549,7 +2560,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 if watch.bookmarks && now >= next_bookmark {
                     next_bookmark = now + st.bookmark_interval;
                     last_rv = last_rv.max(st.rv);
-                    break WatchStep::Send(vec![bookmark_line(st.rv)]);
+                    break WatchStep::Send(vec![bookmark_line(st.rv).into()]);
                 }
                 if now >= next_hangup_check {
                     next_hangup_check = now + HANGUP_CHECK;
