@@ -143,6 +143,12 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::believing_in(1.0)
+    }
+
+    /// Every process starts believing in `contenders` (1: it knows nothing yet), with the widest spread
+    /// per contender.
+    fn believing_in(contenders: f64) -> World {
         let t0 = Instant::now();
         World {
             t0,
@@ -160,6 +166,10 @@ impl World {
                         // Watching, as waiters do: lost races wait for events; freed leases are staggered.
                         let mut elector = Elector::new(*identity, TIMING).with_seed(p as u64 + 1);
                         elector.set_watching(true);
+                        if contenders > 1.0 {
+                            elector.contenders = contenders;
+                            elector.write_lag = Some(MAX_STAGGER_PER_CONTENDER);
+                        }
                         elector
                     },
                     call: None,
@@ -485,16 +495,19 @@ impl World {
 }
 
 fn run(steps: Vec<Step>) -> Result<World, TestCaseError> {
-    let result = run_traced(steps.clone(), false);
+    run_in(World::new, steps)
+}
+
+fn run_in(world: fn() -> World, steps: Vec<Step>) -> Result<World, TestCaseError> {
+    let result = run_traced(world(), steps.clone(), false);
     if result.is_err() && std::env::var_os("MPSYNC_MODEL_TRACE").is_some() {
         // Once more, showing every step and the state after it.
-        let _ = run_traced(steps, true);
+        let _ = run_traced(world(), steps, true);
     }
     result
 }
 
-fn run_traced(steps: Vec<Step>, trace: bool) -> Result<World, TestCaseError> {
-    let mut world = World::new();
+fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, TestCaseError> {
     for step in steps {
         if trace {
             eprintln!("{:>8.3?} {step:?}", world.elapsed());
@@ -549,6 +562,69 @@ proptest! {
     fn at_most_one_child_under_every_interleaving(steps in prop::collection::vec(step(), 1..160)) {
         run(steps)?;
     }
+
+    /// Liveness, the waiting logic included (the stagger, lost races with and without a write, waiting
+    /// for the winner's event rather than reading): whatever happened before, once every request is
+    /// served and answered and every event delivered, a child runs within a bounded time.
+    #[test]
+    fn a_child_runs_soon_after_the_world_heals(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run(steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// The same where every process believes in the largest crowd from the start: the widest stagger
+    /// still ends, and exclusion holds under it.
+    #[test]
+    fn a_crowd_that_believes_in_a_thousand_contenders_still_runs_a_child(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run_in(|| World::believing_in(MAX_CONTENDERS), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+}
+
+/// The longest a healed world may take to run a child: a full lease duration to wait out a holder seen
+/// last (twice, for a deletion seen as a snapshot), the widest stagger, and a renew deadline of slack.
+const HEALED_WITHIN: Duration = Duration::from_secs(2 * 4 + 10 + 2);
+
+/// From now on nothing fails, nothing is late by more than a step of 20 ms, and children keep running:
+/// some process must hold the lease with its child running within `HEALED_WITHIN`.
+fn heal_until_a_child_runs(world: &mut World) -> Result<(), TestCaseError> {
+    let healed_at = world.now;
+    while world.now < healed_at + HEALED_WITHIN {
+        for p in 0..world.procs.len() {
+            while world.requests.iter().any(|r| r.processed.is_none()) {
+                world.process(p);
+            }
+            world.answer(p, Reply::Normal)?;
+            while !world.procs[p].events.is_empty() {
+                world.deliver(p)?;
+            }
+            world.tick(p)?;
+            world.check_held()?;
+        }
+        let running = world.procs.iter().any(|proc| proc.child.as_ref().is_some_and(|c| c.dead_by.is_none()));
+        if running {
+            return Ok(());
+        }
+        world.advance(20)?;
+    }
+    let now = world.now;
+    let states: Vec<String> = world
+        .procs
+        .iter_mut()
+        .map(|p| {
+            let known = p.elector.current().map(|v| v.record.holder_identity.clone());
+            format!(
+                "knows {known:?}, next {:?}",
+                p.elector.next(Now::at(now, MicroTime(Timestamp::from_second(1_900_000_000).unwrap())))
+            )
+        })
+        .collect();
+    prop_assert!(
+        false,
+        "no child runs {HEALED_WITHIN:?} after the world healed (at {:?}): {states:?}",
+        healed_at - world.t0
+    );
+    Ok(())
 }
 
 /// The late-answer window on purpose: the holder's renewal is applied and seen on its watch, its answer

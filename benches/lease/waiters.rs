@@ -30,6 +30,9 @@ struct Outcome {
     replacements: usize,
     /// Two starts or two ends in a row in the children's stamps: two children at once.
     overlaps: usize,
+    /// Races lost (writes answered 409) in the first handoff, and in the others together; the test
+    /// server's log only (a cluster's metrics cannot tell them apart).
+    conflicts: Option<(usize, usize)>,
 }
 
 pub fn waiters(ctx: &Ctx) -> String {
@@ -94,9 +97,17 @@ pub fn waiters(ctx: &Ctx) -> String {
             Ok(counts) => format!("{}{}", o.startup.approx(), crate::kube::by_verb_code(counts, 1.0)),
             Err(_) => "skipped".into(),
         };
+        let conflicts = match o.conflicts {
+            Some((first, rest)) => format!(
+                " Races lost (409): {first} in the first handoff, {:.2} per handoff in the other {}.",
+                rest as f64 / (o.handoffs.len() - 1).max(1) as f64,
+                o.handoffs.len() - 1
+            ),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "- {n} waiters [{}]: all waiting after {:.2} s; requests: {startup}. Replacements started in the window: {}.",
+            "- {n} waiters [{}]: all waiting after {:.2} s; requests: {startup}. Replacements started in the window: {}.{conflicts}",
             bin.label, o.startup_secs, o.replacements
         )
         .unwrap();
@@ -143,6 +154,22 @@ pub fn waiters(ctx: &Ctx) -> String {
             ctx.baseline.as_ref().and_then(requests),
             if n == 100 { "≤ 4; no GET on the event path" } else { "–" },
         );
+        let lost = |bin: &Bin| {
+            find(n, bin).and_then(|o| {
+                let (first, rest) = o.conflicts?;
+                Some(format!("{first} / {:.2}", rest as f64 / (o.handoffs.len() - 1).max(1) as f64))
+            })
+        };
+        if n > 1
+            && let Some(current) = lost(&ctx.bin)
+        {
+            ctx.summarize(
+                format!("races lost (409), {n} waiters: in the first handoff / per handoff after it"),
+                current,
+                ctx.baseline.as_ref().and_then(lost),
+                "–",
+            );
+        }
     }
     out
 }
@@ -196,6 +223,7 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
     // Go: the holder's child exits, and every process that had its turn is replaced.
     procs.push(holder);
     let window = env.open_window();
+    let (window_instant, window_epoch) = (Instant::now(), epoch_micros());
     release_fifo(&go);
     let mut next = waiters;
     let mut replacements = 0;
@@ -224,6 +252,7 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
         std::thread::sleep(Duration::from_millis(2));
     }
     let window = window.close();
+    let closed_at = Instant::now();
 
     // Stop everyone: waiters stop waiting, the holder's child is stopped (without its "end" stamp) and
     // the lease released. Stamps from here on are not checked.
@@ -252,5 +281,18 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
         .take(handoffs)
         .collect();
     assert_eq!(handoff_ms.len(), handoffs, "fewer handoffs than counted in {}", log.display());
-    Outcome { handoffs: handoff_ms, window, startup, startup_secs, replacements, overlaps }
+    // The first handoff lasts until the first waiter's child ends (the second release).
+    let second_end = stamps.iter().filter(|(word, _)| word == "end").nth(1).map(|(_, at)| *at);
+    let conflicts = env.server.as_ref().zip(second_end).map(|(server, second_end)| {
+        let boundary = window_instant + Duration::from_micros((second_end - window_epoch).max(0) as u64);
+        let lost: Vec<Instant> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.verb == "update" && r.status == 409 && r.at >= window_instant && r.at <= closed_at)
+            .map(|r| r.at)
+            .collect();
+        let first = lost.iter().filter(|at| **at < boundary).count();
+        (first, lost.len() - first)
+    });
+    Outcome { handoffs: handoff_ms, window, startup, startup_secs, replacements, overlaps, conflicts }
 }

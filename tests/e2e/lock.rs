@@ -25,6 +25,7 @@ both_backends!(
     sigterm_while_waiting_exits_143_and_holds_nothing,
     sigterm_while_the_child_runs_reaches_it_then_releases,
     mpsync_writes_nothing_to_stdout,
+    eight_waiters_take_turns_on_watch_events_without_reading,
 );
 
 fn exit_status_of_the_child_passes_through(env: &TestEnv) {
@@ -272,4 +273,40 @@ fn json_logs_are_one_object_per_line_carrying_lease_identity_and_token() {
     assert_eq!(acquired["span"]["lease"], name.as_str());
     assert_eq!(acquired["span"]["identity"], "me-1");
     assert!(acquired["span"]["token"].is_number(), "{acquired}");
+}
+
+/// Eight waiters on one lease take turns, one child at a time, with increasing tokens; each acts on the
+/// watch event that shows the lease freed (a compare-and-swap with the version it carries) and, after a
+/// race lost, on the event that shows the winner: from the first release on, the API server sees no read.
+fn eight_waiters_take_turns_on_watch_events_without_reading(env: &TestEnv) {
+    let name = env.lease_name("turns");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    // A lost race waits up to the retry period for the winner's event before it reads: 20 s is far more
+    // than an event takes on a loaded machine.
+    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
+    let lock = |body: &str| {
+        let script = stamp_script(&log, body);
+        env.spawn(["lock", &name, "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]))
+    };
+    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    holder.wait_for_file(&log, "start");
+    let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
+    wait_until("all eight to wait", || waiters.iter().all(|w| w.stderr().contains("waiting")));
+    if let Some(server) = env.server() {
+        server.reset_counts();
+    }
+    fs::write(&gate, "").unwrap();
+    for process in waiters.iter_mut().chain(std::iter::once(&mut holder)) {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 18, "every process ran its child once: {stamps:?}");
+    assert_eq!(max_concurrency(&log), 1, "one child at a time: {stamps:?}");
+    let tokens: Vec<i64> = stamps.iter().filter(|(word, _, _)| word == "start").filter_map(|(_, _, t)| *t).collect();
+    assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "tokens increase: {tokens:?}");
+    if let Some(server) = env.server() {
+        let counts = server.counts();
+        assert_eq!(server.count("get"), 0, "no read on the event path: {counts:?}");
+    }
 }
