@@ -223,15 +223,7 @@ impl Slot {
         let was_usable = self.elector.usable(Instant::now());
         let renewed_before = self.elector.held().map(|held| held.last_renew_sent);
         self.elector.set_watching(self.watch.is_some());
-        let mut action = self.elector.next(now());
-        if matches!(action, Action::Write(_)) && self.elector.held().is_none() && self.watch.is_some() {
-            // A last look before an acquisition: the write that took the lease may be on its way to our
-            // watch already (received, not yet read), and seeing it saves a race lost with a 409.
-            tokio::task::yield_now().await;
-            if self.take_ready_events() {
-                action = self.elector.next(now());
-            }
-        }
+        let action = self.elector.next(now());
         let mut wake: Option<Instant> = None;
         let retry_pending = self.retry_at.is_some_and(|at| Instant::now() < at);
         match action {
@@ -254,6 +246,9 @@ impl Slot {
                 let acquiring = self.elector.held().is_none();
                 if acquiring && !may_acquire.load(Ordering::Relaxed) {
                     // Another slot's acquisition is on the wire: its result, or an event, wakes us.
+                } else if acquiring && self.watch.is_some() && self.last_look().await {
+                    // The watch had news: look again from the start.
+                    return Progress::Changed;
                 } else {
                     if acquiring {
                         may_acquire.store(false, Ordering::Relaxed);
@@ -298,6 +293,20 @@ impl Slot {
             (false, true) => Progress::Acquired,
             _ => Progress::Changed,
         }
+    }
+
+    /// A last look at the watch before an acquisition is sent: the write that took the lease may have
+    /// reached us already (received, not yet read), and seeing it saves a race lost with a 409; it counts
+    /// as a race lost all the same. Whether there was news. Cancel-safe: events taken are applied at once.
+    async fn last_look(&mut self) -> bool {
+        tokio::task::yield_now().await;
+        if !self.take_ready_events() {
+            return false;
+        }
+        if !matches!(self.elector.next(now()), Action::Write(_)) {
+            self.elector.beaten_before_sending();
+        }
+        true
     }
 
     /// Feed the watch's events that are ready to the elector, without waiting; whether there were any.

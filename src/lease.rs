@@ -285,7 +285,8 @@ impl std::fmt::Display for Refusal {
 pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
 /// The widest spread per contender that measurements can make (a slow or overloaded API server).
 const MAX_STAGGER_PER_CONTENDER: Duration = Duration::from_millis(100);
-/// The widest spread of attempts on a freed lease, whatever the belief in contention.
+/// The widest spread of attempts on a freed lease, whatever the belief in contention (and never more
+/// than half the lease duration).
 const MAX_SPREAD: Duration = Duration::from_secs(10);
 /// The most contenders a process believes in.
 const MAX_CONTENDERS: f64 = 1000.0;
@@ -293,7 +294,8 @@ const MAX_CONTENDERS: f64 = 1000.0;
 const MAX_STRAYS: usize = 8;
 /// How much the belief in contention grows with every race lost: steeply, because 100 processes that
 /// start together must spread over seconds before their attempts stop colliding, and every round of
-/// learning costs the API server a burst of lost writes.
+/// learning costs the API server a burst of lost writes; a belief too large is brought down by how long
+/// freed leases stay free (see `note_contention`).
 const CONTENTION_GROWTH: f64 = 16.0;
 /// How much the belief in contention fades with every handoff seen without a lost race.
 const CONTENTION_DECAY: f64 = 0.99;
@@ -348,6 +350,16 @@ struct Observation {
     changed_at: Instant,
 }
 
+/// A free record seen, and the draw that spreads this process's attempt on it.
+#[derive(Clone, Debug)]
+struct FreeSeen {
+    version: String,
+    seen_at: Instant,
+    /// The spread the draw was made within.
+    spread: Duration,
+    try_at: Instant,
+}
+
 #[derive(Clone, Debug)]
 struct PendingWrite {
     purpose: Purpose,
@@ -396,9 +408,8 @@ pub struct Elector {
     /// so a freed lease with many waiters draws about one write, not one per waiter. One waiter (the
     /// usual case) tries at once.
     contenders: f64,
-    /// The free record seen last (its version), when this process may try to take it, and whether it
-    /// has tried.
-    free_try_at: Option<(String, Instant, bool)>,
+    /// The free record seen last, and when this process may try to take it.
+    free_try_at: Option<FreeSeen>,
     /// When the acquisition that lost the last race was sent, until the winner's write shows on the watch.
     lost_race_sent_at: Option<Instant>,
     /// How long, after this process sent an acquisition that lost, the winner's write took to show on its
@@ -624,6 +635,16 @@ impl Elector {
             self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
         }
         let was_free = previous.as_ref().and_then(|o| o.current.as_ref()).is_some_and(|v| !is_live(&v.record));
+        if changed && let Some(sent_at) = self.lost_race_sent_at.take() {
+            // The first change seen after a race lost: the write that beat ours, on the watch (a snapshot
+            // has cleared this already), unless it is not another process's live record.
+            if let Some(v) = &current
+                && is_live(&v.record)
+                && !self.is_own_write(&v.record)
+            {
+                self.learn_write_lag(now.saturating_duration_since(sent_at));
+            }
+        }
         self.observation = Some(Observation { current, changed_at });
         self.note_contention(was_free, now);
 
@@ -654,37 +675,50 @@ impl Elector {
     }
 
     /// Spread attempts on a freed lease: the first sight of a free record draws when to try it. A handoff
-    /// to another process seen without a lost race makes the belief in contention fade.
+    /// to another process seen without a lost race makes the belief in contention fade, and a lease that
+    /// stayed free long tells how many tried it: the first of `n` draws within a spread comes after about
+    /// `spread / n`, so a crowd that drains (`lock` waiters leave after their turn) is followed down.
     fn note_contention(&mut self, was_free: bool, now: Instant) {
         let Some(current) = self.current().cloned() else { return };
         if is_live(&current.record) {
-            // Due to try and not tried (an attempt lost is counted by its answer).
-            let was_due = self.free_try_at.take().is_some_and(|(_, try_at, tried)| try_at <= now && !tried);
-            if self.held.is_none() && !self.is_own_write(&current.record) {
-                if let Some(sent_at) = self.lost_race_sent_at.take() {
-                    // The write that beat ours, on the watch: how long after our send it reached us.
-                    self.learn_write_lag(now.saturating_duration_since(sent_at));
+            let free = self.free_try_at.take();
+            if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
+                let mut belief = self.contenders * CONTENTION_DECAY;
+                if let Some(free) = free {
+                    // Free for this long, less the time a write takes to reach us: the first draw.
+                    let first_draw = now.saturating_duration_since(free.seen_at).saturating_sub(self.stagger());
+                    if !first_draw.is_zero() && !free.spread.is_zero() {
+                        belief = belief.min(free.spread.as_secs_f64() / first_draw.as_secs_f64());
+                    }
                 }
-                if was_free && was_due {
-                    // Taken by another while it was our turn to try: a race lost without a write.
-                    self.lost_a_race();
-                } else if was_free {
-                    self.contenders = (self.contenders * CONTENTION_DECAY).max(1.0);
-                }
+                self.contenders = belief.clamp(1.0, MAX_CONTENDERS);
             }
             return;
         }
         let version = current.resource_version.clone();
-        if self.free_try_at.as_ref().is_some_and(|(seen, _, _)| *seen == version) {
+        if self.free_try_at.as_ref().is_some_and(|free| free.version == version) {
             return;
         }
-        let spread = self.stagger().mul_f64(self.contenders - 1.0).min(MAX_SPREAD);
+        let spread = self.stagger().mul_f64(self.contenders - 1.0).min(MAX_SPREAD).min(self.timing.lease_duration / 2);
         let delay = spread.mul_f64(self.random_fraction());
-        self.free_try_at = Some((version, now + delay, false));
+        self.free_try_at = Some(FreeSeen { version, seen_at: now, spread, try_at: now + delay });
     }
 
-    /// A race lost, with a write (a 409) or without (taken by another when it was our turn to try): more
-    /// contend than we thought.
+    /// The driver was about to send an acquisition and, looking at its watch once more, found the lease
+    /// taken by another process: a race lost without a write. Counted only when what it knows now is
+    /// another process's live record.
+    pub fn beaten_before_sending(&mut self) {
+        if self.held.is_none()
+            && let Some(current) = self.current()
+            && is_live(&current.record)
+            && !self.is_own_write(&current.record)
+        {
+            self.lost_a_race();
+        }
+    }
+
+    /// A race lost, with a write (a 409) or without (see `beaten_before_sending`): more contend than we
+    /// thought.
     fn lost_a_race(&mut self) {
         self.contenders = (self.contenders * CONTENTION_GROWTH).clamp(2.0, MAX_CONTENDERS);
     }
@@ -744,11 +778,6 @@ impl Elector {
         } else {
             Purpose::Acquire
         };
-        if purpose == Purpose::Acquire
-            && let Some((_, _, tried)) = self.free_try_at.as_mut()
-        {
-            *tried = true;
-        }
         if let Some(old) = self.pending.take()
             && old.purpose == Purpose::Acquire
         {
@@ -897,7 +926,7 @@ impl Elector {
         }
         let holder = current.record.holder_identity.as_deref().unwrap_or("");
         if holder.is_empty() {
-            if let Some((_, try_at, _)) = &self.free_try_at
+            if let Some(FreeSeen { try_at, .. }) = &self.free_try_at
                 && now.instant < *try_at
             {
                 return Action::WaitUntil(*try_at);
@@ -1022,6 +1051,7 @@ impl Elector {
             // Acquired: fewer contend than feared, or a waiter left alone would keep waiting out a
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
+            self.lost_race_sent_at = None;
         }
         self.held = Some(match self.held.take() {
             // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
@@ -1865,7 +1895,8 @@ mod tests {
             .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
         // The winner's write came 10 ms after ours was sent: attempts are spread 4 x 10 ms per contender.
         assert_eq!(elector.stagger(), Duration::from_millis(40));
-        // The winner releases: this waiter tries within 15 contenders x 40 ms.
+        // The winner releases: this waiter tries within 15 contenders x 40 ms (the handoff to the winner
+        // faded the belief by 1 %).
         elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
         let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
         assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.6), "{:?}", try_at - at(t0, 1.0));
@@ -1890,25 +1921,107 @@ mod tests {
     }
 
     #[test]
-    fn a_freed_lease_taken_by_another_when_it_was_our_turn_counts_as_a_race_lost() {
+    fn a_freed_lease_found_taken_at_the_last_look_before_writing_counts_as_a_race_lost() {
         let t0 = Instant::now();
         let mut elector = Elector::new("me", TIMING);
         elector.set_watching(true);
         elector.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
         elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
         assert!(matches!(elector.next(now(t0, 1.0)), Action::Write(_)), "alone as far as it knows: at once");
-        // Before it wrote, the watch showed another process's acquisition: no write, and no 409, but a
-        // race lost all the same.
+        // The driver's last look before it writes shows another process's acquisition: no write, and no
+        // 409, but a race lost all the same.
         elector
             .observe_event(WatchUpdate::Present(versioned(5, record(Some("quick"), Some(15), Some(1)))), at(t0, 1.0));
+        elector.beaten_before_sending();
         assert_eq!(elector.contenders(), CONTENTION_GROWTH);
-
-        // A waiter whose turn had not come yet when another took the lease lost nothing: the belief fades.
+        // A quick handoff to another seen without losing fades the belief by 1 %.
         elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
-        let Action::WaitUntil(_) = elector.next(now(t0, 2.0)) else { panic!("staggered") };
         elector
             .observe_event(WatchUpdate::Present(versioned(7, record(Some("quick2"), Some(15), Some(2)))), at(t0, 2.0));
         assert_eq!(elector.contenders(), CONTENTION_GROWTH * CONTENTION_DECAY);
+    }
+
+    /// A crowd drains (`lock` waiters leave after their turn): a freed lease stays free longer, which
+    /// brings the belief down to what the wait shows, not 1 % at a time.
+    #[test]
+    fn a_lease_that_stays_free_long_before_another_takes_it_brings_the_belief_down() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(5);
+        elector.set_watching(true);
+        elector.contenders = 101.0;
+        // Released: this waiter draws within 100 x 10 ms = 1 s.
+        elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
+        // Another takes it 210 ms later: less the 10 ms a write takes to arrive, the first of the others'
+        // draws came after 200 ms, as it does with about 5 contenders, not 100.
+        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some("b"), Some(15), Some(1)))), at(t0, 1.21));
+        assert!((elector.contenders() - 5.0).abs() < 1e-6, "{}", elector.contenders());
+        // A quick taker changes nothing beyond the 1 %.
+        elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
+        elector.observe_event(WatchUpdate::Present(versioned(7, record(Some("c"), Some(15), Some(2)))), at(t0, 2.005));
+        assert!((elector.contenders() - 5.0 * CONTENTION_DECAY).abs() < 1e-6, "{}", elector.contenders());
+    }
+
+    /// Found by review: a handoff that follows our own release is no race lost (nobody contended with us),
+    /// nor is a lease seen free and then taken by a process that was not campaigning (the side-car's
+    /// reads): neither makes it slower to take a free lease later.
+    #[test]
+    fn handoffs_seen_without_campaigning_are_no_races_lost() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        elector.set_watching(true);
+        let release = elector.release(now(t0, 1.0)).expect("ours");
+        apply(&mut elector, &release, 3, at(t0, 1.0), at(t0, 1.0));
+        elector.released();
+        elector
+            .observe_event(WatchUpdate::Present(versioned(4, record(Some("other"), Some(15), Some(5)))), at(t0, 5.0));
+        assert_eq!(elector.contenders(), 1.0, "a release of ours, then taken: nothing lost");
+
+        let mut sidecar = Elector::adopting("pod-a", TIMING).with_seed(3);
+        sidecar.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        sidecar.observe(Some(versioned(4, record(Some("pod-b"), Some(15), Some(1)))), at(t0, 1.0));
+        sidecar.observe(Some(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
+        sidecar.observe(Some(versioned(6, record(Some("pod-c"), Some(15), Some(2)))), at(t0, 3.0));
+        sidecar.observe(Some(versioned(7, record(Some(""), Some(1), Some(2)))), at(t0, 4.0));
+        assert!(matches!(sidecar.next(now(t0, 4.0)), Action::Write(_)), "a free lock, and this side-car never raced");
+    }
+
+    /// Found by review: after a crowd drains (each `lock` waiter leaves after its turn), a waiter left
+    /// alone never waits out more than half a lease duration on a free lease, whatever it learnt.
+    #[test]
+    fn a_waiter_left_alone_after_a_crowd_waits_at_most_half_a_lease_duration_on_a_free_lease() {
+        let timing = Timing {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(500),
+        };
+        let t0 = Instant::now();
+        let mut worst = Duration::ZERO;
+        for seed in 0..50u64 {
+            let mut elector = Elector::new("me", timing).with_seed(seed * 7919 + 1);
+            elector.set_watching(true);
+            let (mut rv, mut t) = (1, 0.0);
+            for _ in 0..5 {
+                // Free, tried, lost (409); the winner's write arrives late (the widest stagger).
+                elector
+                    .observe_event(WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(0)))), at(t0, t));
+                let write = expect_write(elector.next(now(t0, t + 10.0)));
+                let ticket = elector.write_sent(&write, at(t0, t + 10.0));
+                elector.write_result(ticket, WriteResult::Conflict, at(t0, t + 10.01));
+                elector.observe_event(
+                    WatchUpdate::Present(versioned(rv + 1, record(Some("x"), Some(4), Some(1)))),
+                    at(t0, t + 10.5),
+                );
+                (rv, t) = (rv + 2, t + 20.0);
+            }
+            assert_eq!(elector.stagger(), MAX_STAGGER_PER_CONTENDER);
+            // Alone now: the lease is released and nobody else wants it.
+            elector.observe_event(WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(2)))), at(t0, t));
+            if let Action::WaitUntil(until) = elector.next(now(t0, t)) {
+                worst = worst.max(until - at(t0, t));
+            }
+        }
+        assert!(worst > Duration::from_secs(1), "it did learn a crowd: {worst:?}");
+        assert!(worst <= timing.lease_duration / 2, "waited {worst:?} on a free lease with nobody else contending");
     }
 
     #[test]
