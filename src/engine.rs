@@ -249,10 +249,10 @@ impl Slot {
                 } else if acquiring && self.watch.is_some() && self.last_look().await {
                     // The watch had news: look again from the start.
                     return Progress::Changed;
+                } else if acquiring && !may_acquire.swap(false, Ordering::Relaxed) {
+                    // Another slot sent its acquisition while this one looked: its result, or an event,
+                    // wakes us.
                 } else {
-                    if acquiring {
-                        may_acquire.store(false, Ordering::Relaxed);
-                    }
                     self.retry_at = None;
                     let ticket = self.elector.write_sent(&write, Instant::now());
                     let (store, name) = (self.store.clone(), self.name.clone());
@@ -643,5 +643,74 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::file::FileStore;
+
+    const T: Timing = Timing {
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
+    };
+
+    async fn take(store: &Store, name: &str, who: &str) -> Elector {
+        let mut e = Elector::new(who, T).with_slots(2);
+        e.observe(store.get(name).await.unwrap(), Instant::now());
+        let Action::Write(w) = e.next(now()) else { panic!("free") };
+        send(store, name, &mut e, &w).await.unwrap();
+        assert!(e.held().is_some());
+        e
+    }
+
+    /// Found by review: two slots freed at the same moment, while every slot takes its last look before
+    /// writing: the campaign still sends at most one acquisition (7 of 20 campaigns sent two when the
+    /// right to send was checked before the look and taken after it).
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_slots_freed_together_are_never_both_acquired() {
+        let mut doubles = 0;
+        for attempt in 0..20 {
+            let dir = std::env::temp_dir().join(format!("mpsync-engine-slots-{}-{attempt}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Store::File(FileStore::open(dir.clone(), "default".into()).unwrap());
+            let mut a = take(&store, "sem-0", "a").await;
+            let mut b = take(&store, "sem-1", "b").await;
+            let mut slots: Vec<Slot> = ["sem-0", "sem-1"]
+                .iter()
+                .map(|n| Slot::new(n.to_string(), store.clone(), Elector::new("me", T).with_slots(2), Arc::new(Ignore)))
+                .collect();
+            let (result, ()) = tokio::join!(
+                campaign(&mut slots, Wait::Until(Instant::now() + Duration::from_secs(10)), "sem"),
+                async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Both released while this runtime's thread is blocked: the campaign sees both at once.
+                    let store2 = store.clone();
+                    let (a2, b2) = (&mut a, &mut b);
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                            rt.block_on(async {
+                                release(&store2, "sem-0", a2).await.unwrap();
+                                release(&store2, "sem-1", b2).await.unwrap();
+                            });
+                        });
+                    });
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            );
+            assert!(matches!(result, Ok(Campaigned::Acquired(_))), "{result:?}");
+            let sent: Vec<bool> = slots.iter().map(|s| s.holds_anything()).collect();
+            if sent.iter().all(|x| *x) {
+                doubles += 1;
+            }
+            for s in slots.iter_mut() {
+                let _ = s.settle(Duration::from_secs(2)).await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        assert_eq!(doubles, 0, "two acquisitions sent at once in {doubles} of 20 campaigns");
     }
 }

@@ -358,6 +358,9 @@ struct FreeSeen {
     /// The spread the draw was made within.
     spread: Duration,
     try_at: Instant,
+    /// Whether this process sent an acquisition of it (then how long it stayed free says nothing of the
+    /// others, and a lost race counts the same whether its 409 or the winner's event comes first).
+    tried: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -684,7 +687,7 @@ impl Elector {
             let free = self.free_try_at.take();
             if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
                 let mut belief = self.contenders * CONTENTION_DECAY;
-                if let Some(free) = free {
+                if let Some(free) = free.filter(|free| !free.tried) {
                     // Free for this long, less the time a write takes to reach us: the first draw.
                     let first_draw = now.saturating_duration_since(free.seen_at).saturating_sub(self.stagger());
                     if !first_draw.is_zero() && !free.spread.is_zero() {
@@ -701,7 +704,7 @@ impl Elector {
         }
         let spread = self.stagger().mul_f64(self.contenders - 1.0).min(MAX_SPREAD).min(self.timing.lease_duration / 2);
         let delay = spread.mul_f64(self.random_fraction());
-        self.free_try_at = Some(FreeSeen { version, seen_at: now, spread, try_at: now + delay });
+        self.free_try_at = Some(FreeSeen { version, seen_at: now, spread, try_at: now + delay, tried: false });
     }
 
     /// The driver was about to send an acquisition and, looking at its watch once more, found the lease
@@ -778,6 +781,11 @@ impl Elector {
         } else {
             Purpose::Acquire
         };
+        if purpose == Purpose::Acquire
+            && let Some(free) = self.free_try_at.as_mut()
+        {
+            free.tried = true;
+        }
         if let Some(old) = self.pending.take()
             && old.purpose == Purpose::Acquire
         {
@@ -1959,6 +1967,35 @@ mod tests {
         elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
         elector.observe_event(WatchUpdate::Present(versioned(7, record(Some("c"), Some(15), Some(2)))), at(t0, 2.005));
         assert!((elector.contenders() - 5.0 * CONTENTION_DECAY).abs() < 1e-6, "{}", elector.contenders());
+    }
+
+    /// Found by review: a race lost counts the same whether its 409 or the winner's event comes first
+    /// (how long the lease stayed free says nothing of the others once this process tried it).
+    #[test]
+    fn a_lost_race_counts_the_same_whichever_comes_first() {
+        let t0 = Instant::now();
+        let mut beliefs = Vec::new();
+        for event_first in [false, true] {
+            let mut elector = Elector::new("me", TIMING).with_seed(5);
+            elector.set_watching(true);
+            elector.contenders = 11.0;
+            elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
+            let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
+            let write = expect_write(elector.next(Now::at(try_at, wall(1))));
+            let ticket = elector.write_sent(&write, try_at);
+            let winner = WatchUpdate::Present(versioned(5, record(Some("b"), Some(15), Some(1))));
+            let ms = Duration::from_millis(1);
+            if event_first {
+                elector.observe_event(winner, try_at + ms);
+                elector.write_result(ticket, WriteResult::Conflict, try_at + 3 * ms);
+            } else {
+                elector.write_result(ticket, WriteResult::Conflict, try_at + ms);
+                elector.observe_event(winner, try_at + 3 * ms);
+            }
+            beliefs.push(elector.contenders());
+        }
+        let expected = 11.0 * CONTENTION_DECAY * CONTENTION_GROWTH;
+        assert!(beliefs.iter().all(|b| (b - expected).abs() < 1e-6), "{beliefs:?}, expected {expected}");
     }
 
     /// Found by review: a handoff that follows our own release is no race lost (nobody contended with us),
