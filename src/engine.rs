@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::error::Error;
 use crate::lease::{Action, Elector, LossReason, Marker, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
 use crate::retry::{FailureLog, backoff};
-use crate::store::{Store, StoreError, Watch};
+use crate::store::{Store, StoreError, Watch, WatchUpdate};
 use tokio::sync::mpsc;
 
 /// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
@@ -276,11 +276,7 @@ impl Slot {
                     return Progress::Fatal(fatal);
                 }
             }
-            update = async { watch.expect("guarded").updates.recv().await }, if has_watch => match update {
-                Some(update) => self.elector.observe_event(update, Instant::now()),
-                // The watch task ended (it never does on its own): poll by reads from now on.
-                None => self.watch = None,
-            },
+            update = async { watch.expect("guarded").updates.recv().await }, if has_watch => self.watch_update(update),
             () = sleep_until(wake) => {}
         }
         self.report_collision();
@@ -311,21 +307,26 @@ impl Slot {
 
     /// Feed the watch's events that are ready to the elector, without waiting; whether there were any.
     fn take_ready_events(&mut self) -> bool {
-        let Some(watch) = self.watch.as_mut() else { return false };
         let mut any = false;
-        loop {
+        while let Some(watch) = self.watch.as_mut() {
             match watch.updates.try_recv() {
                 Ok(update) => {
-                    self.elector.observe_event(update, Instant::now());
+                    self.watch_update(Some(update));
                     any = true;
                 }
-                Err(mpsc::error::TryRecvError::Empty) => return any,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    // The watch task ended (it never does on its own): poll by reads from now on.
-                    self.watch = None;
-                    return any;
-                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.watch_update(None),
             }
+        }
+        any
+    }
+
+    /// One update from the watch: an event for the elector, or `None` when the watch task ended (it never
+    /// does on its own): poll by reads from now on.
+    fn watch_update(&mut self, update: Option<WatchUpdate>) {
+        match update {
+            Some(update) => self.elector.observe_event(update, Instant::now()),
+            None => self.watch = None,
         }
     }
 

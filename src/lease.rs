@@ -641,10 +641,7 @@ impl Elector {
         if changed && let Some(sent_at) = self.lost_race_sent_at.take() {
             // The first change seen after a race lost: the write that beat ours, on the watch (a snapshot
             // has cleared this already), unless it is not another process's live record.
-            if let Some(v) = &current
-                && is_live(&v.record)
-                && !self.is_own_write(&v.record)
-            {
+            if current.as_ref().is_some_and(|v| self.is_anothers_hold(&v.record)) {
                 self.learn_write_lag(now.saturating_duration_since(sent_at));
             }
         }
@@ -661,9 +658,7 @@ impl Elector {
         // absent, which lands only because that holder's record was deleted again): if it lands, it
         // waits out that holder's expiry before any child starts.
         let foreign_until = match self.observation.as_ref() {
-            Some(Observation { current: Some(v), changed_at, .. })
-                if is_live(&v.record) && !self.is_own_write(&v.record) =>
-            {
+            Some(Observation { current: Some(v), changed_at, .. }) if self.is_anothers_hold(&v.record) => {
                 changed_at.checked_add(holder_duration(&v.record, self.timing))
             }
             Some(Observation { current: None, .. }) => self.protected_until,
@@ -711,11 +706,7 @@ impl Elector {
     /// taken by another process: a race lost without a write. Counted only when what it knows now is
     /// another process's live record.
     pub fn beaten_before_sending(&mut self) {
-        if self.held.is_none()
-            && let Some(current) = self.current()
-            && is_live(&current.record)
-            && !self.is_own_write(&current.record)
-        {
+        if self.held.is_none() && self.current().is_some_and(|current| self.is_anothers_hold(&current.record)) {
             self.lost_a_race();
         }
     }
@@ -831,11 +822,7 @@ impl Elector {
                 }
                 // The watch may have shown the write that beat ours before this answer came.
                 let beaten_seen_at = self.observation.as_ref().and_then(|o| match &o.current {
-                    Some(v)
-                        if is_live(&v.record) && !self.is_own_write(&v.record) && o.changed_at >= ticket.sent_at =>
-                    {
-                        Some(o.changed_at)
-                    }
+                    Some(v) if self.is_anothers_hold(&v.record) && o.changed_at >= ticket.sent_at => Some(o.changed_at),
                     _ => None,
                 });
                 if ticket.purpose == Purpose::Acquire {
@@ -998,7 +985,7 @@ impl Elector {
                 Some(Refusal::SlotCountMismatch { recorded, ours })
             }
             (None, Some(recorded)) => Some(Refusal::IsASlot { recorded }),
-            (Some(_), None) if is_live(&current.record) && !self.is_own_write(&current.record) => {
+            (Some(_), None) if self.is_anothers_hold(&current.record) => {
                 Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
             }
             _ => None,
@@ -1095,6 +1082,11 @@ impl Elector {
 
     /// Whether `record` is our own write: the current acquisition, the one held last, or an acquisition
     /// given up unresolved.
+    /// A live record that is not a write of ours: another process holds the lease.
+    fn is_anothers_hold(&self, record: &LeaseSpec) -> bool {
+        is_live(record) && !self.is_own_write(record)
+    }
+
     fn is_own_write(&self, record: &LeaseSpec) -> bool {
         self.is_current_acquisition(record)
             || (record.holder_identity.as_deref() == Some(self.identity.as_str())
