@@ -5,7 +5,8 @@
 //! - a call's *send*, the server *processing* it, and its *answer* are three events; answers come late,
 //!   are lost (the client times out: outcome unknown), or fail after the server committed (500/504, a
 //!   dropped connection); a request the client gave up on may still be processed later;
-//! - watch events reach each process late, in order, or are replaced by a relist;
+//! - watch events reach each process late, in order, or are replaced by a relist; some may have arrived
+//!   unread when a process takes the driver's last look before it sends an acquisition;
 //! - the Lease is deleted under a holder (`kubectl delete lease`);
 //! - children exit on their own, and their process releases the lease.
 //!
@@ -53,6 +54,9 @@ enum Step {
     Advance(u64),
     /// A process acts now (as on any wake-up).
     Tick(usize),
+    /// A process acts now, and before it sends an acquisition takes the driver's last look at its watch:
+    /// the first `k` events on their way to it have arrived (received, not yet read).
+    LookAndTick(usize, usize),
     /// The server processes the oldest request it has not processed yet, of this process (or any).
     Process(usize),
     /// The answer to a process's current call arrives.
@@ -74,6 +78,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0u64..1500).prop_map(Step::Advance),
         3 => process.clone().prop_map(Step::Tick),
+        3 => (process.clone(), 1usize..4).prop_map(|(p, k)| Step::LookAndTick(p, k)),
         5 => process.clone().prop_map(Step::Process),
         4 => (process.clone(), prop_oneof![3 => Just(Reply::Normal), 1 => Just(Reply::Fail)])
             .prop_map(|(p, a)| Step::Answer(p, a)),
@@ -244,6 +249,14 @@ impl World {
 
     /// Process `p` acts now, as the driver does on a wake-up.
     fn tick(&mut self, p: usize) -> Result<(), TestCaseError> {
+        self.look_and_tick(p, 0)
+    }
+
+    /// Process `p` acts now; before it sends an acquisition, the first `arrived` events on their way to it
+    /// have reached it and it looks at them, as the driver's last look does (`Slot::last_look`): if there
+    /// were any, it sends nothing and counts a race lost when they show the lease taken; it acts again on
+    /// its next wake-up.
+    fn look_and_tick(&mut self, p: usize, arrived: usize) -> Result<(), TestCaseError> {
         let now = self.clock();
         if self.procs[p].refused {
             return Ok(());
@@ -283,6 +296,21 @@ impl World {
             },
             Action::Refuse(_) => self.procs[p].refused = true,
             Action::Read if self.procs[p].call.is_none() => self.send(p, Kind::Read, None),
+            Action::Write(_)
+                if self.procs[p].call.is_none()
+                    && self.procs[p].elector.held().is_none()
+                    && arrived > 0
+                    && !self.procs[p].events.is_empty() =>
+            {
+                for _ in 0..arrived {
+                    self.deliver(p)?;
+                }
+                let now = self.clock();
+                if !matches!(self.procs[p].elector.next(now), Action::Write(_)) {
+                    self.procs[p].elector.beaten_before_sending();
+                }
+                return Ok(());
+            }
             Action::Write(write) if self.procs[p].call.is_none() => {
                 let ticket = self.procs[p].elector.write_sent(&write, self.now);
                 self.send(p, Kind::Write(write), Some(ticket));
@@ -515,6 +543,7 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
         match step {
             Step::Advance(millis) => world.advance(millis)?,
             Step::Tick(p) => world.tick(p)?,
+            Step::LookAndTick(p, arrived) => world.look_and_tick(p, arrived)?,
             Step::Process(p) => world.process(p),
             Step::Answer(p, answer) => world.answer(p, answer)?,
             Step::Timeout(p) => world.timeout(p),
