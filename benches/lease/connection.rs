@@ -150,11 +150,12 @@ fn front(ctx: &Ctx, n: usize) -> String {
     let samples = rounds(ctx, n, &variants);
     let mut out = String::from(
         "\n### A TLS server that sends no session tickets (as kube-apiserver in issue 14's trace)\n\n\
-         The test API server is rustls with its defaults: it sends two TLS 1.3 session tickets as soon as the \
-         client's Finished arrives, and so acknowledges it at once. Here a plain-HTTP test server sits behind a \
-         TLS front (in the bench process, one relay thread per connection) that sends nothing between the \
-         handshake and the first answer. A client with Nagle's algorithm on then holds its request (its second \
-         small write) until the server's delayed ACK. `mpsync` rows: spawn → exit, as in section 1.\n\n",
+         The test API server sends no TLS 1.3 session tickets either, so a client with Nagle's algorithm on \
+         holds its request (its second small write after the handshake) until the server's delayed ACK there \
+         too (the table above). Here a plain-HTTP test server sits behind a TLS front of the bench's own (in \
+         the bench process, one relay thread per connection) that sends nothing between the handshake and the \
+         first answer: the same figures through a second TLS server and one more hop. `mpsync` rows: spawn → \
+         exit, as in section 1.\n\n",
     );
     table(&mut out, &variants, &samples);
     let median = |i: usize| Stats::of(&samples[i].0).median;
