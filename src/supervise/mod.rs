@@ -225,6 +225,9 @@ pub struct Supervisor {
     stop_request: Option<(Signal, StopCause)>,
     /// Reap adopted orphans too (PID 1 or subreaper).
     reap_orphans: bool,
+    /// /proc is mounted with `hidepid`: it may hide members of the child's group (see
+    /// `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
+    proc_hides: bool,
     /// The main child: spawned and not yet exited.
     main: Option<Pid>,
     /// The main child once it has exited: its zombie, left unreaped until the job is let go (`release_group`),
@@ -302,6 +305,7 @@ impl Supervisor {
             notices: VecDeque::new(),
             stop_request: None,
             reap_orphans,
+            proc_hides: procfs::hides_processes(),
             main: None,
             leader: None,
             group: None,
@@ -639,11 +643,12 @@ impl Supervisor {
         if !self.job(&snapshot, pgid).is_empty() {
             return true;
         }
-        if snapshot.shows_group(pgid.as_raw()) {
+        if snapshot.shows_group(pgid.as_raw()) && !self.proc_hides {
             return false;
         }
-        // /proc hides the group (hidepid; a setuid child's zombie). kill(2) finds the kept zombie too, so
-        // it can only tell about the others once that is reaped: the id's protection is lost here.
+        // /proc hides the group, or may hide members of it (hidepid: a setuid program, a non-dumpable
+        // process, a setuid child's zombie). kill(2) finds the kept zombie too, so it can only tell about
+        // the others once that is reaped: the id's protection is lost here.
         self.let_go_of_leader();
         killpg(pgid, None).is_ok()
     }

@@ -55,6 +55,31 @@ fn live_thread_state(pid: i32) -> Option<char> {
     })
 }
 
+/// Whether the /proc that mpsync reads hides processes from it: mounted with `hidepid` (1, 2 or 4; or
+/// `noaccess`, `invisible`, `ptraceable`), which keeps another user's processes, setuid programs and
+/// non-dumpable processes (ssh-agent) out of a non-root reader's sight. What /proc then shows of a
+/// process group says nothing of the members it hides. Root usually sees through it; taken as hiding all
+/// the same (the answer only makes mpsync ask kill(2) as well).
+pub(crate) fn hides_processes() -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    // The last mount on /proc is the one on top.
+    let options = mountinfo.lines().filter_map(proc_mount_options).last();
+    options.is_some_and(|options| {
+        options
+            .split(',')
+            .any(|option| option.strip_prefix("hidepid=").is_some_and(|value| !matches!(value, "0" | "off")))
+    })
+}
+
+/// The super options of a mountinfo line for a proc file system mounted on /proc.
+fn proc_mount_options(line: &str) -> Option<&str> {
+    let (mount, filesystem) = line.split_once(" - ")?;
+    let mount_point = mount.split(' ').nth(4)?;
+    let mut filesystem = filesystem.split(' ');
+    let (kind, _source, options) = (filesystem.next()?, filesystem.next()?, filesystem.next()?);
+    (mount_point == "/proc" && kind == "proc").then_some(options)
+}
+
 /// Every process /proc lets us read, once.
 pub(crate) struct Snapshot {
     processes: Vec<ProcStat>,
@@ -153,5 +178,23 @@ impl Snapshot {
     /// The children of `parent` that are zombies.
     pub fn zombie_children(&self, parent: i32) -> impl Iterator<Item = &ProcStat> {
         self.processes.iter().filter(move |process| process.ppid == parent && process.is_zombie())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_mount_options;
+
+    #[test]
+    fn the_options_of_proc_on_slash_proc_are_read_from_mountinfo() {
+        let proc_hidden =
+            "36 25 0:5 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw,hidepid=invisible";
+        assert_eq!(proc_mount_options(proc_hidden), Some("rw,hidepid=invisible"));
+        let plain = "22 1 0:21 / /proc rw,relatime - proc proc rw";
+        assert_eq!(proc_mount_options(plain), Some("rw"));
+        // Another file system on /proc, or proc elsewhere: not the one mpsync reads.
+        assert_eq!(proc_mount_options("40 22 0:35 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw"), None);
+        assert_eq!(proc_mount_options("41 1 0:5 / /mnt/proc rw - proc proc rw,hidepid=2"), None);
+        assert_eq!(proc_mount_options("not a mountinfo line"), None);
     }
 }

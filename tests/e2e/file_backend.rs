@@ -652,6 +652,64 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
 }
 
+/// mpsync as a user, in a PID namespace whose /proc is mounted with hidepid=2; its child leaves a setuid
+/// program running in its process group and exits. /proc hides that program from the user, so the group
+/// looks empty but for the child's zombie: mpsync must ask kill(2), and stop the program before it
+/// releases the lease.
+#[test]
+fn under_hidepid_a_member_of_the_childs_group_that_proc_hides_is_stopped_before_the_release() {
+    if !root() {
+        return;
+    }
+    let Some(sleep) = ["/usr/bin/sleep", "/bin/sleep"].into_iter().find(|path| Path::new(path).exists()) else {
+        eprintln!("SKIPPED: needs sleep(1)");
+        return;
+    };
+    let env = TestEnv::file();
+    let uid = test_uid(8);
+    let locks = owned_dir(&env, "hidden-member-locks", uid);
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = owned_dir(&env, "hidden-member-out", uid);
+    // A setuid-root copy of sleep: the user runs it, and hidepid hides it from the user.
+    let bin = env.path("setuid-bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let setuid_sleep = bin.join("setuid-sleep");
+    fs::copy(sleep, &setuid_sleep).unwrap();
+    fs::set_permissions(&setuid_sleep, fs::Permissions::from_mode(0o4755)).unwrap();
+    // hidepid=2 keeps it out of the listing; hidepid=1 lists it but will not show its stat.
+    for hidepid in ["2", "1"] {
+        let pidfile = out.join(format!("member-{hidepid}.pid"));
+        let script = format!(
+            "mount -t proc -o hidepid={hidepid} proc /proc || exit 99; \
+             setpriv --reuid {uid} --regid {uid} --clear-groups -- {mpsync} lock hidden-member -- \
+               sh -c '{setuid_sleep} 60 & echo $! > {pidfile}; exit 0'; \
+             code=$?; pid=$(cat {pidfile}); \
+             echo \"member state: [$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)]\"; exit $code",
+            mpsync = mpsync_for_others(&env),
+            setuid_sleep = setuid_sleep.display(),
+            pidfile = pidfile.display(),
+        );
+        let mut command = Command::new("unshare");
+        command.args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", &script]);
+        scrub(&mut command);
+        command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", &locks).env("HOME", "/nonexistent");
+        let mut run = Proc::spawn(command, &env.dir);
+        let status = run.wait_for(PATIENCE).expect("mpsync finishes");
+        let (stdout, stderr) = (run.stdout(), run.stderr());
+        if status.code() == Some(99) {
+            eprintln!("SKIPPED: cannot mount /proc with hidepid={hidepid} here:\n{stderr}");
+            return;
+        }
+        assert!(status.success(), "hidepid={hidepid}: {status}\n{stdout}\n{stderr}");
+        // Gone, or a zombie (dead, not reaped yet): never running or stopped once mpsync has released.
+        assert!(
+            stdout.contains("member state: []") || stdout.contains("member state: [Z]"),
+            "hidepid={hidepid}: the hidden member outlived the lease:\n{stdout}\n{stderr}"
+        );
+    }
+}
+
 /// mpsync as a user, in a PID namespace whose /proc is mounted with hidepid=2, its child a setuid program:
 /// the child's zombie, which mpsync keeps until the job is gone (its pid is the job's group id), is hidden
 /// from the user, yet kill(2) reaches it. It must not be taken for a hidden member of the job that
