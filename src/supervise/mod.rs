@@ -650,7 +650,8 @@ impl Supervisor {
         // process, a setuid child's zombie). kill(2) finds the kept zombie too, so it can only tell about
         // the others once that is reaped: the id's protection is lost here.
         self.let_go_of_leader();
-        killpg(pgid, None).is_ok()
+        // EPERM is a member mpsync may not signal (a setuid program that took every uid), not an empty group.
+        killpg(pgid, None) != Err(Errno::ESRCH)
     }
 
     /// `signal` to the child's group, and to the main child if it left the group.

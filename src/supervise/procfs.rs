@@ -57,27 +57,48 @@ fn live_thread_state(pid: i32) -> Option<char> {
 
 /// Whether the /proc that mpsync reads hides processes from it: mounted with `hidepid` (1, 2 or 4; or
 /// `noaccess`, `invisible`, `ptraceable`), which keeps another user's processes, setuid programs and
-/// non-dumpable processes (ssh-agent) out of a non-root reader's sight. What /proc then shows of a
-/// process group says nothing of the members it hides. Root usually sees through it; taken as hiding all
-/// the same (the answer only makes mpsync ask kill(2) as well).
+/// non-dumpable processes (ssh-agent) out of sight of a reader without CAP_SYS_PTRACE. What /proc then
+/// shows of a process group says nothing of the members it hides.
 pub(crate) fn hides_processes() -> bool {
+    if may_ptrace_anything() {
+        return false;
+    }
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    // The last mount on /proc is the one on top.
-    let options = mountinfo.lines().filter_map(proc_mount_options).last();
-    options.is_some_and(|options| {
-        options
-            .split(',')
-            .any(|option| option.strip_prefix("hidepid=").is_some_and(|value| !matches!(value, "0" | "off")))
+    // The proc mount that /proc is now: the one with its device (the last line on /proc is not always the
+    // one on top: `mount --move` keeps the ids).
+    let device = match nix::sys::stat::stat("/proc") {
+        Ok(stat) => format!("{}:{}", nix::sys::stat::major(stat.st_dev), nix::sys::stat::minor(stat.st_dev)),
+        Err(_) => return false,
+    };
+    mountinfo.lines().filter_map(proc_mount).any(|(mount_device, options)| {
+        mount_device == device
+            && options
+                .split(',')
+                .any(|option| option.strip_prefix("hidepid=").is_some_and(|value| !matches!(value, "0" | "off")))
     })
 }
 
-/// The super options of a mountinfo line for a proc file system mounted on /proc.
-fn proc_mount_options(line: &str) -> Option<&str> {
+/// Whether mpsync has CAP_SYS_PTRACE in effect (root, usually): hidepid hides nothing from it.
+fn may_ptrace_anything() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// The device (`major:minor`) and super options of a mountinfo line for a proc file system mounted on
+/// /proc.
+fn proc_mount(line: &str) -> Option<(&str, &str)> {
     let (mount, filesystem) = line.split_once(" - ")?;
-    let mount_point = mount.split(' ').nth(4)?;
+    let mut fields = mount.split(' ');
+    let device = fields.nth(2)?;
+    let mount_point = fields.nth(1)?;
     let mut filesystem = filesystem.split(' ');
     let (kind, _source, options) = (filesystem.next()?, filesystem.next()?, filesystem.next()?);
-    (mount_point == "/proc" && kind == "proc").then_some(options)
+    (mount_point == "/proc" && kind == "proc").then_some((device, options))
 }
 
 /// Every process /proc lets us read, once.
@@ -183,18 +204,18 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::proc_mount_options;
+    use super::proc_mount;
 
     #[test]
-    fn the_options_of_proc_on_slash_proc_are_read_from_mountinfo() {
+    fn the_device_and_options_of_proc_on_slash_proc_are_read_from_mountinfo() {
         let proc_hidden =
             "36 25 0:5 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw,hidepid=invisible";
-        assert_eq!(proc_mount_options(proc_hidden), Some("rw,hidepid=invisible"));
+        assert_eq!(proc_mount(proc_hidden), Some(("0:5", "rw,hidepid=invisible")));
         let plain = "22 1 0:21 / /proc rw,relatime - proc proc rw";
-        assert_eq!(proc_mount_options(plain), Some("rw"));
+        assert_eq!(proc_mount(plain), Some(("0:21", "rw")));
         // Another file system on /proc, or proc elsewhere: not the one mpsync reads.
-        assert_eq!(proc_mount_options("40 22 0:35 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw"), None);
-        assert_eq!(proc_mount_options("41 1 0:5 / /mnt/proc rw - proc proc rw,hidepid=2"), None);
-        assert_eq!(proc_mount_options("not a mountinfo line"), None);
+        assert_eq!(proc_mount("40 22 0:35 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw"), None);
+        assert_eq!(proc_mount("41 1 0:5 / /mnt/proc rw - proc proc rw,hidepid=2"), None);
+        assert_eq!(proc_mount("not a mountinfo line"), None);
     }
 }
