@@ -652,6 +652,24 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
 }
 
+/// `sh -c SCRIPT` as root in a new PID and mount namespace with its own /proc, for a script that mounts
+/// /proc again with hidepid (exiting 99 if it cannot) and runs mpsync as a user with `locks` as its lock
+/// directory. Its exit status, stdout and stderr; `None` (test skipped) when hidepid cannot be mounted.
+fn run_under_hidepid(env: &TestEnv, locks: &Path, script: &str) -> Option<(std::process::ExitStatus, String, String)> {
+    let mut command = Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", script]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", locks).env("HOME", "/nonexistent");
+    let mut run = Proc::spawn(command, &env.dir);
+    let status = run.wait_for(PATIENCE).expect("mpsync finishes");
+    let (stdout, stderr) = (run.stdout(), run.stderr());
+    if status.code() == Some(99) {
+        eprintln!("SKIPPED: cannot mount /proc with hidepid here:\n{stderr}");
+        return None;
+    }
+    Some((status, stdout, stderr))
+}
+
 /// mpsync as a user, in a PID namespace whose /proc is mounted with hidepid=2; its child leaves a setuid
 /// program running in its process group and exits. /proc hides that program from the user, so the group
 /// looks empty but for the child's zombie: mpsync must ask kill(2), and stop the program before it
@@ -690,17 +708,7 @@ fn under_hidepid_a_member_of_the_childs_group_that_proc_hides_is_stopped_before_
             setuid_sleep = setuid_sleep.display(),
             pidfile = pidfile.display(),
         );
-        let mut command = Command::new("unshare");
-        command.args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", &script]);
-        scrub(&mut command);
-        command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", &locks).env("HOME", "/nonexistent");
-        let mut run = Proc::spawn(command, &env.dir);
-        let status = run.wait_for(PATIENCE).expect("mpsync finishes");
-        let (stdout, stderr) = (run.stdout(), run.stderr());
-        if status.code() == Some(99) {
-            eprintln!("SKIPPED: cannot mount /proc with hidepid={hidepid} here:\n{stderr}");
-            return;
-        }
+        let Some((status, stdout, stderr)) = run_under_hidepid(&env, &locks, &script) else { return };
         assert!(status.success(), "hidepid={hidepid}: {status}\n{stdout}\n{stderr}");
         // Gone, or a zombie (dead, not reaped yet): never running or stopped once mpsync has released.
         assert!(
@@ -732,17 +740,7 @@ fn under_hidepid_a_setuid_childs_exit_is_not_taken_for_a_job_that_survives() {
          setpriv --reuid {uid} --regid {uid} --clear-groups -- {mpsync} lock hidden -- /usr/bin/passwd --help",
         mpsync = mpsync_for_others(&env)
     );
-    let mut command = Command::new("unshare");
-    command.args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", &script]);
-    scrub(&mut command);
-    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", &locks).env("HOME", "/nonexistent");
-    let mut run = Proc::spawn(command, &env.dir);
-    let status = run.wait_for(PATIENCE).expect("mpsync finishes");
-    let stderr = run.stderr();
-    if status.code() == Some(99) {
-        eprintln!("SKIPPED: cannot mount /proc with hidepid here:\n{stderr}");
-        return;
-    }
+    let Some((status, _, stderr)) = run_under_hidepid(&env, &locks, &script) else { return };
     assert!(status.success(), "{status}\n{stderr}");
     assert!(
         !stderr.contains("killing the child's job"),
