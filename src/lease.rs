@@ -1080,13 +1080,13 @@ impl Elector {
                 }))
     }
 
-    /// Whether `record` is our own write: the current acquisition, the one held last, or an acquisition
-    /// given up unresolved.
     /// A live record that is not a write of ours: another process holds the lease.
     fn is_anothers_hold(&self, record: &LeaseSpec) -> bool {
         is_live(record) && !self.is_own_write(record)
     }
 
+    /// Whether `record` is our own write: the current acquisition, the one held last, or an acquisition
+    /// given up unresolved.
     fn is_own_write(&self, record: &LeaseSpec) -> bool {
         self.is_current_acquisition(record)
             || (record.holder_identity.as_deref() == Some(self.identity.as_str())

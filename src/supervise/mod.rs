@@ -225,8 +225,8 @@ pub struct Supervisor {
     stop_request: Option<(Signal, StopCause)>,
     /// Reap adopted orphans too (PID 1 or subreaper).
     reap_orphans: bool,
-    /// /proc is mounted with `hidepid`: it may hide members of the child's group (see
-    /// `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
+    /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
+    /// group (see `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
     proc_hides: bool,
     /// The main child: spawned and not yet exited.
     main: Option<Pid>,
