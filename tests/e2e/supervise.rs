@@ -26,6 +26,7 @@ both_backends!(
     lease_is_released_only_after_the_child_is_reaped,
     subreaper_reaps_orphans_and_keeps_the_childs_status,
     leftover_background_processes_are_stopped_when_the_child_exits,
+    a_leftover_whose_name_is_not_utf8_is_stopped_too,
 );
 
 /// A script that starts a background `sleep 1000`, records its pid, and waits for it.
@@ -239,6 +240,27 @@ fn leftover_background_processes_are_stopped_when_the_child_exits(env: &TestEnv)
     // The child exits at once, leaving a background worker in its group: it must not run unguarded.
     let script = format!("sleep 1000 & echo $! > {}; exit 5", worker.display());
     let done = env.run(fast(&["lock", &name], &["sh", "-c", &script]));
+    done.assert_code(5);
+    let worker_pid = read_pid(&worker);
+    assert!(!alive(worker_pid), "the leftover worker must be stopped before the lease is released");
+}
+
+/// A command name is any bytes: /proc shows them as they are, and a process whose stat line is not UTF-8
+/// is still a process of the job (it was once taken for gone, and ran on after the release).
+fn a_leftover_whose_name_is_not_utf8_is_stopped_too(env: &TestEnv) {
+    use std::os::unix::ffi::OsStrExt;
+    let name = env.lease_name("leftover-bytes");
+    let worker = env.path("worker");
+    let program = env.dir.join(std::ffi::OsStr::from_bytes(b"sleep-\xff\xfe"));
+    fs::copy("/bin/sleep", &program).expect("copy sleep");
+    // The child exits only once the worker runs the program (until its exec it is a `sh`).
+    let script = format!(
+        "\"$MPSYNC_TEST_PROGRAM\" 1000 & w=$!; echo $w > {}; while [ \"$(cat /proc/$w/comm)\" = sh ]; do sleep 0.01; done; exit 5",
+        worker.display()
+    );
+    let mut command = env.mpsync(fast(&["lock", &name], &["sh", "-c", &script]));
+    command.env("MPSYNC_TEST_PROGRAM", &program);
+    let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(5);
     let worker_pid = read_pid(&worker);
     assert!(!alive(worker_pid), "the leftover worker must be stopped before the lease is released");

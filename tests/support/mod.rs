@@ -571,8 +571,12 @@ pub fn holds_flock(pid: i32) -> bool {
 
 /// Whether a process with this pid is alive (zombies count as dead).
 pub fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+    // Bytes, not a string: a command name need not be UTF-8.
+    match fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after_name = stat.rsplit(|&b| b == b')').next().unwrap_or(&[]);
+            after_name.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&state| state != b'Z')
+        }
         Err(_) => false,
     }
 }
