@@ -232,7 +232,9 @@ impl Slot {
             Action::WaitUntil(at) => {
                 wake = Some(at);
                 if watch_when_waiting && self.elector.held().is_none() && self.watch.is_none() {
-                    self.watch = Some(self.store.watch(&self.name, self.timing().retry_period));
+                    // From the record the elector knows: no list, and no change after it missed.
+                    let (retry_period, known) = (self.timing().retry_period, self.elector.current());
+                    self.watch = Some(self.store.watch_from(&self.name, retry_period, known));
                 }
             }
             _ if self.call.is_some() => {}

@@ -114,6 +114,14 @@ impl KubeStore {
     /// with bookmarks; on 410 Gone list again; while the watch cannot be (re)established, the list is
     /// retried every `retry_period`, which is the poll fallback.
     pub fn watch(&self, name: &str, retry_period: Duration) -> Watch {
+        self.watch_from(name, retry_period, None)
+    }
+
+    /// As [`KubeStore::watch`], but when the caller knows the lease at `known` (a resourceVersion it has
+    /// just read or written), the first watch starts from there without a list: every change after it
+    /// is delivered all the same, and a waiter costs the API server one request fewer. A version too old
+    /// for the server (410) falls back to the list.
+    pub fn watch_from(&self, name: &str, retry_period: Duration, known: Option<String>) -> Watch {
         let (sender, receiver) = mpsc::channel(16);
         let task = tokio::spawn(watch_loop(
             self.api.clone(),
@@ -121,6 +129,7 @@ impl KubeStore {
             self.namespace.clone(),
             retry_period,
             self.call_timeout,
+            known.filter(|version| !version.is_empty()),
             sender,
         ));
         Watch::new(receiver, task)
@@ -232,6 +241,7 @@ async fn watch_loop(
     namespace: String,
     retry_period: Duration,
     call_timeout: Duration,
+    mut known: Option<String>,
     sender: mpsc::Sender<WatchUpdate>,
 ) {
     let selector = format!("metadata.name={name}");
@@ -244,31 +254,34 @@ async fn watch_loop(
     let mut log = FailureLog::new(&name, "watching the lease");
     loop {
         tokio::time::sleep(backoff_between(WATCH_MIN_BACKOFF, retry_period, failures)).await;
-        let listed = timeout(call_timeout, api.list(&ListParams::default().fields(&selector))).await;
-        let mut resource_version = match listed {
-            Ok(Ok(list)) => {
-                let resource_version = list.metadata.resource_version.unwrap_or_default();
-                let update = match list.items.into_iter().next() {
-                    Some(lease) => WatchUpdate::Present(versioned(lease)),
-                    None => WatchUpdate::Absent { resource_version: resource_version.clone() },
-                };
-                if sender.send(update).await.is_err() {
-                    return;
+        let mut resource_version = match known.take() {
+            // The caller's version, once: it knows the record there already.
+            Some(version) => version,
+            None => match timeout(call_timeout, api.list(&ListParams::default().fields(&selector))).await {
+                Ok(Ok(list)) => {
+                    let resource_version = list.metadata.resource_version.unwrap_or_default();
+                    let update = match list.items.into_iter().next() {
+                        Some(lease) => WatchUpdate::Present(versioned(lease)),
+                        None => WatchUpdate::Absent { resource_version: resource_version.clone() },
+                    };
+                    if sender.send(update).await.is_err() {
+                        return;
+                    }
+                    resource_version
                 }
-                resource_version
-            }
-            failed => {
-                failures += 1;
-                let err = match failed {
-                    Ok(Err(err)) => classify(err, Verb::List, Some(&name), &namespace).to_string(),
-                    _ => format!("list timed out after {call_timeout:?}"),
-                };
-                log.failed(&format!("{err}; polling with get meanwhile"));
-                if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
-                    return;
+                failed => {
+                    failures += 1;
+                    let err = match failed {
+                        Ok(Err(err)) => classify(err, Verb::List, Some(&name), &namespace).to_string(),
+                        _ => format!("list timed out after {call_timeout:?}"),
+                    };
+                    log.failed(&format!("{err}; polling with get meanwhile"));
+                    if !poll_once(&api, &name, &namespace, call_timeout, &sender).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
 
         // Watch from the listed version; when a stream ends normally after a while, watch again from the

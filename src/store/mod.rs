@@ -142,6 +142,22 @@ impl Store {
             Store::File(store) => store.watch(name, retry_period),
         }
     }
+
+    /// Start watching `name`, known as `known` (just read or written): the Kubernetes backend watches from
+    /// its resourceVersion at once instead of listing first. Must be called inside the tokio runtime.
+    pub fn watch_from(&self, name: &str, retry_period: Duration, known: Option<&Versioned>) -> Watch {
+        match self {
+            #[cfg(feature = "kube")]
+            Store::Kube(store) => {
+                store.watch_from(name, retry_period, known.map(|known| known.resource_version.clone()))
+            }
+            #[cfg(feature = "file")]
+            Store::File(store) => {
+                let _ = known;
+                store.watch(name, retry_period)
+            }
+        }
+    }
 }
 
 pub use crate::retry::{FailureLog, backoff, jittered};

@@ -8,6 +8,7 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 
+use crate::support::apiserver::WatchFault;
 use crate::support::*;
 
 #[track_caller]
@@ -291,6 +292,41 @@ fn dropped_watches_and_410_gone_still_hand_off_promptly() {
     let stamps = read_stamps(&log);
     let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
     assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?} after the watch was dropped");
+}
+
+/// A waiter watches from the version it read, without a list; when the server has no history back to it
+/// (410 Expired, as after a compaction), it lists and watches from there, and the handoff still comes
+/// from the watch.
+#[test]
+fn a_watch_from_a_version_too_old_falls_back_to_a_list() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("tooold");
+    let log = env.path("log");
+    let go = env.path("go");
+    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let first =
+        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
+    wait_for_file(&log, "start");
+    let server = env.server().unwrap();
+    server.reset_counts();
+    server.set_watch_fault(Some(WatchFault::Error(410)));
+    let second = env.spawn(["lock", &name, "-v"].iter().copied().chain(slow).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
+    let listed = server.wait_for_counts(|counts| counts.keys().any(|(verb, _)| verb == "list"), PATIENCE);
+    assert!(listed, "a 410 on the first watch is answered with a list: {:?}", server.counts());
+    server.set_watch_fault(None);
+    wait_until("a watch that lasts", || server.watch_count() >= 1);
+    fs::write(&go, "").unwrap();
+    first.finish().assert_code(0);
+    second.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?}");
 }
 
 #[test]

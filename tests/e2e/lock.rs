@@ -275,6 +275,43 @@ fn json_logs_are_one_object_per_line_carrying_lease_identity_and_token() {
     assert!(acquired["span"]["token"].is_number(), "{acquired}");
 }
 
+/// A waiter watches from the version of the record it has just read: its start costs the API server a
+/// get and a watch, no list, and the handoff still comes from that watch (no read after the release).
+#[test]
+fn a_waiter_watches_from_the_record_it_read_without_listing() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("nolist");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    // Long timings: only the watch can bring the release in time.
+    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
+    let lock = |body: &str| {
+        let script = stamp_script(&log, body);
+        env.spawn(["lock", &name, "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]))
+    };
+    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    holder.wait_for_file(&log, "start");
+    if let Some(server) = env.server() {
+        server.reset_counts();
+    }
+    let mut waiter = lock("true");
+    if let Some(server) = env.server() {
+        let watching = server.wait_for_counts(|counts| counts.keys().any(|(verb, _)| verb == "watch"), PATIENCE);
+        assert!(watching, "the waiter watches: {:?}\n{}", server.counts(), waiter.stderr());
+        assert_eq!((server.count("get"), server.count("list")), (1, 0), "{:?}", server.counts());
+    }
+    let started = Instant::now();
+    fs::write(&gate, "").unwrap();
+    for process in [&mut holder, &mut waiter] {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "the handoff came from the watch, not a poll");
+    assert_eq!(max_concurrency(&log), 1);
+    if let Some(server) = env.server() {
+        assert_eq!((server.count("get"), server.count("list")), (1, 0), "{:?}", server.counts());
+    }
+}
+
 /// Eight waiters on one lease take turns, one child at a time, with increasing tokens; each acts on the
 /// watch event that shows the lease freed (a compare-and-swap with the version it carries) and, after a
 /// race lost, on the event that shows the winner: from the first release on, the API server sees no read.
