@@ -228,6 +228,8 @@ pub struct Supervisor {
     /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
     /// group (see `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
     proc_hides: bool,
+    /// Whether the warning that /proc could not be read whole was given (once per run).
+    warned_unreadable_proc: bool,
     /// The main child: spawned and not yet exited.
     main: Option<Pid>,
     /// The main child once it has exited: its zombie, left unreaped until the job is let go (`release_group`),
@@ -293,6 +295,12 @@ impl Supervisor {
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals::set_of(&[Signal::SIGTTIN, Signal::SIGTTOU])), None)?;
 
         let terminal = Terminal::open();
+        if procfs::of_another_pid_namespace(me) {
+            warn!(
+                "/proc shows another PID namespace than mpsync's (unshare --pid without --mount-proc?): the \
+                 child's job cannot be found in it; mount a /proc of this namespace"
+            );
+        }
         debug!(
             guard = guard.pid.as_raw(),
             reap_orphans,
@@ -306,6 +314,7 @@ impl Supervisor {
             stop_request: None,
             reap_orphans,
             proc_hides: procfs::hides_processes(),
+            warned_unreadable_proc: false,
             main: None,
             leader: None,
             group: None,
@@ -641,6 +650,18 @@ impl Supervisor {
         }
         let snapshot = Snapshot::take();
         if !self.job(&snapshot, pgid).is_empty() {
+            return true;
+        }
+        if !snapshot.complete() {
+            // Not knowing is not gone: the job is stopped and waited for as if it ran, within `grace` and
+            // the SIGKILL rounds, and the release waits for that.
+            if !self.warned_unreadable_proc {
+                self.warned_unreadable_proc = true;
+                warn!(
+                    pgid = pgid.as_raw(),
+                    "cannot read all of /proc (out of file descriptors?): the child's job may still run"
+                );
+            }
             return true;
         }
         if snapshot.shows_group(pgid.as_raw()) && !self.proc_hides {

@@ -8,6 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 
+use nix::libc;
+
 /// The few fields of /proc/PID/stat the supervisor needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ProcStat {
@@ -20,7 +22,23 @@ pub(crate) struct ProcStat {
 
 impl ProcStat {
     pub fn read(pid: i32) -> Option<ProcStat> {
-        let stat = read_small(&format!("/proc/{pid}/stat"))?;
+        Self::read_checked(pid).ok().flatten()
+    }
+
+    /// As [`ProcStat::read`], but a process that is gone (or that /proc will not show us: hidepid) is
+    /// told from a read that failed for want of resources (EMFILE, ENFILE, ENOMEM): that process may well
+    /// be there.
+    fn read_checked(pid: i32) -> std::io::Result<Option<ProcStat>> {
+        match read_small(&format!("/proc/{pid}/stat")) {
+            Ok(stat) => Ok(Self::parse(pid, &stat)),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH | libc::EACCES | libc::EPERM)) => {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn parse(pid: i32, stat: &str) -> Option<ProcStat> {
         // The command name (2nd field) is in parentheses and may contain spaces and parentheses.
         let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
         let state = fields.next()?.chars().next()?;
@@ -55,8 +73,8 @@ impl ProcStat {
 /// Not UTF-8 is not unreadable: a command name is any bytes (a program named `$'\xff'`), and a process
 /// whose stat line failed to read would count as gone, free to outlive the lease. The fields read after
 /// the name are ASCII.
-fn read_small(path: &str) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
+fn read_small(path: &str) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
     let mut bytes = vec![0; 1024];
     let mut len = 0;
     loop {
@@ -67,19 +85,28 @@ fn read_small(path: &str) -> Option<String> {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
+            Err(err) => return Err(err),
         }
     }
-    Some(String::from_utf8_lossy(&bytes[..len]).into_owned())
+    Ok(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
 
 /// The state of the first thread of `pid` that is not a zombie, if any.
 fn live_thread_state(pid: i32) -> Option<char> {
     std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
-        let stat = read_small(task.path().join("stat").to_str()?)?;
+        let stat = read_small(task.path().join("stat").to_str()?).ok()?;
         let state = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().next()?.chars().next()?;
         (!matches!(state, 'Z' | 'X')).then_some(state)
     })
+}
+
+/// Whether /proc belongs to another PID namespace than `me`'s: its /proc/self then names another pid. No
+/// /proc at all says nothing.
+pub(crate) fn of_another_pid_namespace(me: nix::unistd::Pid) -> bool {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|link| link.to_str()?.parse::<i32>().ok())
+        .is_some_and(|pid| pid != me.as_raw())
 }
 
 /// Whether the /proc that mpsync reads hides processes from it: mounted with `hidepid` (1, 2 or 4; or
@@ -91,7 +118,7 @@ pub(crate) fn hides_processes() -> bool {
         return false;
     }
     // Read as bytes: a mount point need not be UTF-8, and one that is not must not hide the rest.
-    let Some(mountinfo) = read_small("/proc/self/mountinfo") else { return false };
+    let Ok(mountinfo) = read_small("/proc/self/mountinfo") else { return false };
     // The proc mount that /proc is now: the one with its device (the last line on /proc is not always the
     // one on top: `mount --move` keeps the ids).
     let device = match nix::sys::stat::stat("/proc") {
@@ -109,7 +136,7 @@ pub(crate) fn hides_processes() -> bool {
 /// Whether mpsync has CAP_SYS_PTRACE in effect (root, usually): hidepid hides nothing from it.
 fn may_ptrace_anything() -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
-    let Some(status) = read_small("/proc/self/status") else { return false };
+    let Ok(status) = read_small("/proc/self/status") else { return false };
     status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
@@ -132,19 +159,42 @@ fn proc_mount(line: &str) -> Option<(&str, &str)> {
 /// Every process /proc lets us read, once.
 pub(crate) struct Snapshot {
     processes: Vec<ProcStat>,
+    /// Whether every process /proc listed was read, or is gone (or hidden from us): not so when a read
+    /// failed for want of resources (a child can lower mpsync's limit on open files with prlimit(1)). No
+    /// /proc at all (a chroot without it) leaves nothing to read and counts as complete.
+    complete: bool,
 }
 
 impl Snapshot {
     pub fn take() -> Snapshot {
-        let processes = match std::fs::read_dir("/proc") {
-            Ok(entries) => entries
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-                .filter_map(ProcStat::read)
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        Snapshot { processes }
+        let mut complete = true;
+        let mut processes = Vec::new();
+        match std::fs::read_dir("/proc") {
+            Ok(entries) => {
+                for entry in entries {
+                    let Ok(entry) = entry else {
+                        complete = false;
+                        continue;
+                    };
+                    let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
+                        continue;
+                    };
+                    match ProcStat::read_checked(pid) {
+                        Ok(Some(process)) => processes.push(process),
+                        Ok(None) => {}
+                        Err(_) => complete = false,
+                    }
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(_) => complete = false,
+        }
+        Snapshot { processes, complete }
+    }
+
+    /// See [`Snapshot::complete`](Snapshot#structfield.complete).
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
     pub fn get(&self, pid: i32) -> Option<&ProcStat> {
@@ -157,13 +207,16 @@ impl Snapshot {
     }
 
     /// The job mpsync answers for: the members of `group` (if any), and every descendant of `root`
-    /// (mpsync), however far down and in whatever group or session, except the processes in mpsync's own
-    /// group (`own_pgrp`: what mpsync itself runs, such as a kubeconfig exec credential plugin) and `skip`
-    /// (the guard), with their descendants. Zombies are left out: they are dead.
+    /// (mpsync) or of a member of `group`, however far down and in whatever group or session, except the
+    /// processes in mpsync's own group (`own_pgrp`: what mpsync itself runs, such as a kubeconfig exec
+    /// credential plugin) and `skip` (the guard), with their descendants. Zombies are left out: they are
+    /// dead.
     ///
     /// Descendants are found by parent links, so a process escapes the walk once its parent exits and it is
     /// reparented to an init or subreaper above mpsync; as PID 1 or a subreaper, mpsync *is* that init, and
-    /// nothing in its tree escapes.
+    /// nothing in its tree escapes. The members of the group are roots of the walk too: after the main
+    /// child's exit they have left mpsync's tree, and what they started in another group or session
+    /// (`sh -c 'setsid worker & wait'` run in the background) is found through them while they live.
     pub fn job(&self, group: Option<i32>, root: i32, own_pgrp: i32, skip: &[i32]) -> Vec<ProcStat> {
         let mut children: HashMap<i32, Vec<&ProcStat>> = HashMap::new();
         for process in &self.processes {
@@ -171,24 +224,27 @@ impl Snapshot {
         }
         let mut seen = HashSet::new();
         let mut job = Vec::new();
-        let mut add = |process: &ProcStat, job: &mut Vec<ProcStat>| {
-            if seen.insert(process.pid) && !process.is_zombie() {
-                job.push(*process);
+        let mut queue = vec![root];
+        // Each process once: its children are walked when it is first seen.
+        let mut add = |process: &ProcStat, job: &mut Vec<ProcStat>, queue: &mut Vec<i32>| {
+            if seen.insert(process.pid) {
+                if !process.is_zombie() {
+                    job.push(*process);
+                }
+                queue.push(process.pid);
             }
         };
         if let Some(group) = group {
             for process in self.processes.iter().filter(|process| process.pgrp == group) {
-                add(process, &mut job);
+                add(process, &mut job, &mut queue);
             }
         }
-        let mut queue = vec![root];
         while let Some(parent) = queue.pop() {
             for child in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
                 if child.pgrp == own_pgrp || skip.contains(&child.pid) {
                     continue;
                 }
-                add(child, &mut job);
-                queue.push(child.pid);
+                add(child, &mut job, &mut queue);
             }
         }
         job

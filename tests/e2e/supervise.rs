@@ -27,6 +27,8 @@ both_backends!(
     subreaper_reaps_orphans_and_keeps_the_childs_status,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
+    what_a_leftover_started_in_another_session_is_stopped_with_it,
+    a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
 );
 
 /// A script that starts a background `sleep 1000`, records its pid, and waits for it.
@@ -266,6 +268,53 @@ fn a_leftover_whose_name_is_not_utf8_is_stopped_too(env: &TestEnv) {
     assert!(!alive(worker_pid), "the leftover worker must be stopped before the lease is released");
 }
 
+/// The child leaves a background shell in its group, which waits for a worker it started in a session of
+/// its own: the shell has left mpsync's tree with the child's exit, and the worker is found through it.
+fn what_a_leftover_started_in_another_session_is_stopped_with_it(env: &TestEnv) {
+    let name = env.lease_name("leftover-session");
+    let worker = env.path("worker");
+    let inner = format!("setsid sleep 1000 & echo $! > {}; wait", worker.display());
+    // The child exits once the worker has its own session.
+    let script = format!(
+        "sh -c '{inner}' & while [ ! -s {w} ] || [ \"$(cut -d' ' -f6 /proc/$(cat {w})/stat)\" != \"$(cat {w})\" ]; do sleep 0.01; done; exit 5",
+        w = worker.display()
+    );
+    let done = Proc::spawn(env.mpsync(fast(&["lock", &name], &["sh", "-c", &script])), &env.dir).finish();
+    done.assert_code(5);
+    let worker_pid = read_pid(&worker);
+    assert!(!alive(worker_pid), "the worker must be stopped before the lease is released");
+}
+
+/// A child that leaves mpsync no file descriptor to spare (prlimit(1) on its parent) makes /proc unreadable
+/// to it for a while: not knowing is not "gone". mpsync waits, finds the leftover once it can read /proc
+/// again, and stops it before the release. Only the soft limit moves (raising it back needs no privilege);
+/// changing another process's limits needs root here.
+fn a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release(env: &TestEnv) {
+    let prlimit = std::process::Command::new("prlimit").arg("--version").stdout(Stdio::null()).status();
+    if !nix::unistd::geteuid().is_root() || !prlimit.is_ok_and(|status| status.success()) {
+        eprintln!("SKIPPED: needs root and prlimit(1)");
+        return;
+    }
+    let name = env.lease_name("emfile");
+    let worker = env.path("worker");
+    // The worker and the one that gives the descriptors back are in sessions of their own: mpsync, a
+    // subreaper, can find them only through /proc. With a limit of 3 mpsync opens no new descriptor; those
+    // it has stay open.
+    // Both must have their sessions before the child exits, or the stop of its group would take them.
+    let script = format!(
+        "setsid sleep 1000 & w=$!; echo $w > {w}; \
+         setsid sh -c \"sleep 1; prlimit --pid $PPID --nofile=1024:\" & r=$!; \
+         for p in $w $r; do while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; done; \
+         prlimit --pid $PPID --nofile=3:; exit 0",
+        w = worker.display(),
+    );
+    let args = ["lock", &name, "--subreaper", "--grace", "5s", "--lease-duration", "60s", "--renew-deadline", "40s"];
+    let done = Proc::spawn(env.mpsync(args.into_iter().chain(["--", "sh", "-c", &script])), &env.dir).finish();
+    done.assert_code(0);
+    let worker_pid = read_pid(&worker);
+    assert!(!alive(worker_pid), "the worker must be stopped before the lease is released:\n{}", done.stderr);
+}
+
 /// Under `unshare --pid --fork --mount-proc`, mpsync is PID 1: it reaps orphaned zombies and still
 /// returns the main child's exact status.
 #[test]
@@ -307,6 +356,30 @@ fn as_pid_1_mpsync_reaps_orphans_and_returns_the_childs_status() {
     let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(7);
     assert!(done.stdout.contains("reaped"), "{}", done.stdout);
+}
+
+/// Under `unshare --pid --fork` without `--mount-proc`, /proc is the parent namespace's: mpsync cannot find
+/// the child's job in it, and says so.
+#[test]
+fn a_proc_of_another_pid_namespace_is_warned_about() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let env = TestEnv::file();
+    let name = env.lease_name("otherns");
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", "--fork", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--", "true"]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(0);
+    assert!(done.stderr.contains("another PID namespace"), "{}", done.stderr);
+    // With its own /proc, no such word.
+    let done = env.run(["lock", &name, "--", "true"]);
+    done.assert_code(0);
+    assert!(!done.stderr.contains("another PID namespace"), "{}", done.stderr);
 }
 
 /// In a pseudo-terminal, the child owns the terminal: it reads the keyboard, one Ctrl-C stops it (and
