@@ -2,6 +2,7 @@
 //! message; mpsync never panics and never leaves the lease held by a process that is gone.
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
@@ -262,23 +263,40 @@ fn api_server_restart_while_holding_keeps_the_lease() {
     assert_eq!(env.holder(&name).as_deref(), Some(""));
 }
 
+/// Slow timings: only a watch hands the lease off within seconds.
+const SLOW: [&str; 6] = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+
+/// A holder whose child runs until `go` exists, stamping `log`; returns once its child has started.
+fn gated_holder(env: &TestEnv, name: &str, log: &Path, go: &Path) -> Proc {
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let holder =
+        env.spawn(["lock", name].iter().copied().chain(SLOW).chain(["--", "sh", "-c", &stamp_script(log, &body)]));
+    wait_for_file(log, "start");
+    holder
+}
+
+/// A waiter whose child only stamps `log`.
+fn stamping_waiter(env: &TestEnv, name: &str, log: &Path) -> Proc {
+    env.spawn(["lock", name, "-v"].iter().copied().chain(SLOW).chain(["--", "sh", "-c", &stamp_script(log, "true")]))
+}
+
+/// Opens the gate, waits for both, and checks that the handoff was prompt (a watch event, not a poll).
+fn prompt_handoff(holder: Proc, waiter: Proc, log: &Path, go: &Path) {
+    fs::write(go, "").unwrap();
+    holder.finish().assert_code(0);
+    waiter.finish().assert_code(0);
+    let stamps = read_stamps(log);
+    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
+    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?}");
+}
+
 #[test]
 fn dropped_watches_and_410_gone_still_hand_off_promptly() {
     let Some(env) = server_env() else { return };
     let name = env.lease_name("rewatch");
-    let log = env.path("log");
-    let go = env.path("go");
-    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
-    let first =
-        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
-    wait_for_file(&log, "start");
-    let second = env.spawn(["lock", &name, "-v"].iter().copied().chain(slow).chain([
-        "--",
-        "sh",
-        "-c",
-        &stamp_script(&log, "true"),
-    ]));
+    let (log, go) = (env.path("log"), env.path("go"));
+    let first = gated_holder(&env, &name, &log, &go);
+    let second = stamping_waiter(&env, &name, &log);
     wait_until("the second to wait", || second.stderr().contains("waiting"));
     let server = env.server().unwrap();
     wait_until("the second to watch", || server.watch_count() >= 1);
@@ -286,12 +304,7 @@ fn dropped_watches_and_410_gone_still_hand_off_promptly() {
     server.drop_watches();
     // The watcher re-lists (410 Gone or a broken stream) and watches again.
     wait_until("a new watch", || server.watch_count() >= 1);
-    fs::write(&go, "").unwrap();
-    first.finish().assert_code(0);
-    second.finish().assert_code(0);
-    let stamps = read_stamps(&log);
-    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
-    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?} after the watch was dropped");
+    prompt_handoff(first, second, &log, &go);
 }
 
 /// A waiter watches from the version it read, without a list; when the server has no history back to it
@@ -301,32 +314,17 @@ fn dropped_watches_and_410_gone_still_hand_off_promptly() {
 fn a_watch_from_a_version_too_old_falls_back_to_a_list() {
     let Some(env) = server_env() else { return };
     let name = env.lease_name("tooold");
-    let log = env.path("log");
-    let go = env.path("go");
-    let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
-    let first =
-        env.spawn(["lock", &name].iter().copied().chain(slow).chain(["--", "sh", "-c", &stamp_script(&log, &body)]));
-    wait_for_file(&log, "start");
+    let (log, go) = (env.path("log"), env.path("go"));
+    let first = gated_holder(&env, &name, &log, &go);
     let server = env.server().unwrap();
     server.reset_counts();
     server.set_watch_fault(Some(WatchFault::Error(410)));
-    let second = env.spawn(["lock", &name, "-v"].iter().copied().chain(slow).chain([
-        "--",
-        "sh",
-        "-c",
-        &stamp_script(&log, "true"),
-    ]));
+    let second = stamping_waiter(&env, &name, &log);
     let listed = server.wait_for_counts(|counts| counts.keys().any(|(verb, _)| verb == "list"), PATIENCE);
     assert!(listed, "a 410 on the first watch is answered with a list: {:?}", server.counts());
     server.set_watch_fault(None);
     wait_until("a watch that lasts", || server.watch_count() >= 1);
-    fs::write(&go, "").unwrap();
-    first.finish().assert_code(0);
-    second.finish().assert_code(0);
-    let stamps = read_stamps(&log);
-    let handoff = Duration::from_nanos((stamps[2].1 - stamps[1].1) as u64);
-    assert!(handoff < Duration::from_secs(5), "handoff took {handoff:?}");
+    prompt_handoff(first, second, &log, &go);
 }
 
 #[test]

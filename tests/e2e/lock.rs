@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -275,6 +276,15 @@ fn json_logs_are_one_object_per_line_carrying_lease_identity_and_token() {
     assert!(acquired["span"]["token"].is_number(), "{acquired}");
 }
 
+/// `lock NAME -v` with long timings (only a watch hands off within seconds; a lost race waits up to the
+/// 20 s retry period for the winner's event before it reads, far more than an event takes on a loaded
+/// machine), its child running `body` between stamps in `log`.
+fn slow_stamping_lock(env: &TestEnv, name: &str, log: &Path, body: &str) -> Proc {
+    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
+    let script = stamp_script(log, body);
+    env.spawn(["lock", name, "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]))
+}
+
 /// A waiter watches from the version of the record it has just read: its start costs the API server a
 /// get and a watch, no list, and the handoff still comes from that watch (no read after the release).
 #[test]
@@ -283,12 +293,7 @@ fn a_waiter_watches_from_the_record_it_read_without_listing() {
     let name = env.lease_name("nolist");
     let log = env.path("log");
     let gate = env.path("gate");
-    // Long timings: only the watch can bring the release in time.
-    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
-    let lock = |body: &str| {
-        let script = stamp_script(&log, body);
-        env.spawn(["lock", &name, "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]))
-    };
+    let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
     let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
     holder.wait_for_file(&log, "start");
     if let Some(server) = env.server() {
@@ -319,13 +324,7 @@ fn eight_waiters_take_turns_on_watch_events_without_reading(env: &TestEnv) {
     let name = env.lease_name("turns");
     let log = env.path("log");
     let gate = env.path("gate");
-    // A lost race waits up to the retry period for the winner's event before it reads: 20 s is far more
-    // than an event takes on a loaded machine.
-    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "20s"];
-    let lock = |body: &str| {
-        let script = stamp_script(&log, body);
-        env.spawn(["lock", &name, "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]))
-    };
+    let lock = |body: &str| slow_stamping_lock(env, &name, &log, body);
     let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
     holder.wait_for_file(&log, "start");
     let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
