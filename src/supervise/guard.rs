@@ -179,11 +179,12 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 // job goes: the group, and what left it (setsid, `timeout`, a script's `set -m`), found below
                 // mpsync; only while mpsync is alive and still the guard's parent, for once it is gone its
                 // pid may be anyone's (and its children were handed to another process).
+                let group = if still_ours(armed, leader_start) { armed } else { 0 };
                 if libc::getppid() == mpsync {
-                    kill_tree(mpsync, me);
+                    kill_tree(mpsync, me, group);
                 }
-                if still_ours(armed, leader_start) {
-                    libc::kill(-armed, libc::SIGKILL);
+                if group > 0 {
+                    libc::kill(-group, libc::SIGKILL);
                 }
                 // Done: the group is not killed again (its id may be reused once it is empty).
                 (armed, deadline) = (0, 0);
@@ -205,7 +206,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                         pgid => {
                             armed = pgid.max(0);
                             // The child arms the guard itself, before its exec: it is alive now.
-                            leader_start = stat_of(armed).map_or(0, |(_, start)| start);
+                            leader_start = stat_of(armed).map_or(0, |(_, _, start)| start);
                         }
                     }
                     filled = 0;
@@ -228,17 +229,18 @@ const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
 
-/// Stop, then SIGKILL, every process below `root` (mpsync) but `me` (the guard), whatever its group or
-/// session. Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor
+/// Stop, then SIGKILL, every process below `root` (mpsync) or below a member of `group` (the child's, if
+/// still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job as mpsync
+/// defines it (a member of the group that left mpsync's tree still answers for what it started). Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor
 /// exits, so none of its children is handed to init out of sight. Rounds go on until one finds nothing
 /// new (or 16 rounds: a tree growing that fast is still killed as far as it was seen).
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
-unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
+unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
     // SAFETY: the mapping is ours alone, and big enough for both tables and the bitmap laid out in it.
     unsafe {
-        let table_bytes = MAX_PROCESSES * 2 * std::mem::size_of::<libc::pid_t>();
+        let table_bytes = MAX_PROCESSES * 3 * std::mem::size_of::<libc::pid_t>();
         let bitmap_bytes = PID_LIMIT / 8;
         let size = table_bytes + 2 * bitmap_bytes;
         let memory = libc::mmap(
@@ -254,11 +256,12 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
         }
         let pids = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>(), MAX_PROCESSES);
         let parents = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(MAX_PROCESSES), MAX_PROCESSES);
+        let groups = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(2 * MAX_PROCESSES), MAX_PROCESSES);
         let below = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes), bitmap_bytes);
         let stopped = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes + bitmap_bytes), bitmap_bytes);
         for _ in 0..16 {
-            let count = list_processes(pids, parents);
-            mark_below(&pids[..count], &parents[..count], below, root, me);
+            let count = list_processes(pids, parents, groups);
+            mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
             let mut new = false;
             for &pid in &pids[..count] {
                 if bit(below, pid) && !bit(stopped, pid) {
@@ -273,8 +276,8 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
         }
         // The kill goes to what is below mpsync in a listing taken now: a process stopped above that has died
         // since (and whose pid a stranger took) is not killed; one that appeared below since is.
-        let count = list_processes(pids, parents);
-        mark_below(&pids[..count], &parents[..count], below, root, me);
+        let count = list_processes(pids, parents, groups);
+        mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
         for &pid in &pids[..count] {
             if bit(below, pid) {
                 libc::kill(pid, libc::SIGKILL);
@@ -284,9 +287,25 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t) {
     }
 }
 
-/// Mark in `below` (a bitmap by pid) the descendants of `root` but `me`, one generation per pass.
-fn mark_below(pids: &[libc::pid_t], parents: &[libc::pid_t], below: &mut [u8], root: libc::pid_t, me: libc::pid_t) {
+/// Mark in `below` (a bitmap by pid) the descendants of `root`, and the members of `group` (if not 0) with
+/// their descendants, but `me` and `root`, one generation per pass.
+fn mark_below(
+    pids: &[libc::pid_t],
+    parents: &[libc::pid_t],
+    groups: &[libc::pid_t],
+    below: &mut [u8],
+    root: libc::pid_t,
+    me: libc::pid_t,
+    group: libc::pid_t,
+) {
     below.fill(0);
+    if group > 0 {
+        for (&pid, &pgrp) in pids.iter().zip(groups) {
+            if pgrp == group && pid != me && pid != root {
+                set_bit(below, pid);
+            }
+        }
+    }
     let mut changed = true;
     while changed {
         changed = false;
@@ -309,8 +328,8 @@ fn set_bit(map: &mut [u8], pid: libc::pid_t) {
     map[pid / 8] |= 1 << (pid % 8);
 }
 
-/// Fill `pids` and `parents` from /proc; returns how many. Async-signal-safe.
-unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) -> usize {
+/// Fill `pids`, `parents` and `groups` from /proc; returns how many. Async-signal-safe.
+unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t], groups: &mut [libc::pid_t]) -> usize {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
@@ -343,9 +362,10 @@ unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) 
                 if digits == 0 || count == pids.len() {
                     continue;
                 }
-                if let Some((parent, _)) = stat_of(pid) {
+                if let Some((parent, pgrp, _)) = stat_of(pid) {
                     pids[count] = pid;
                     parents[count] = parent;
+                    groups[count] = pgrp;
                     count += 1;
                 }
             }
@@ -355,10 +375,10 @@ unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t]) 
     }
 }
 
-/// The parent and the start time (clock ticks since boot) of `pid`, from /proc/PID/stat
-/// (`pid (comm) state ppid ... starttime ...`; comm may hold anything, so the fields after its last ')'
+/// The parent, the process group and the start time (clock ticks since boot) of `pid`, from /proc/PID/stat
+/// (`pid (comm) state ppid pgrp ... starttime ...`; comm may hold anything, so the fields after its last ')'
 /// are read). Async-signal-safe.
-unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
+unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t, u64)> {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let mut path = *b"/proc/0000000000/stat\0";
@@ -400,14 +420,15 @@ unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
             }
             Some(value)
         };
-        // Fields 3 (state), 4 (ppid) ... 22 (starttime). A zombie is kept: one whose main thread has exited
+        // Fields 3 (state), 4 (ppid), 5 (pgrp) ... 22 (starttime). A zombie is kept: one whose main thread has exited
         // while other threads run shows `Z` too, and it and its children must go; a true zombie has no
         // children left, and a signal to it does nothing.
         let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
         let _state = fields.next()?;
         let parent = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
-        let start = number(fields.nth(17)?)?;
-        Some((parent, start))
+        let pgrp = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
+        let start = number(fields.nth(16)?)?;
+        Some((parent, pgrp, start))
     }
 }
 
@@ -417,7 +438,7 @@ unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
 unsafe fn still_ours(pgid: libc::pid_t, leader_start: u64) -> bool {
     // SAFETY: reads /proc only.
     match unsafe { stat_of(pgid) } {
-        Some((_, start)) => start == leader_start,
+        Some((_, _, start)) => start == leader_start,
         None => true,
     }
 }

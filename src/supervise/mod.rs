@@ -297,7 +297,7 @@ impl Supervisor {
         let terminal = Terminal::open();
         if procfs::of_another_pid_namespace(me) {
             warn!(
-                "/proc shows another PID namespace than mpsync's (unshare --pid without --mount-proc?): the \
+                "/proc shows another PID namespace than mpsync's (unshare --pid without --mount-proc, nsenter --mount?): the \
                  child's job cannot be found in it; mount a /proc of this namespace"
             );
         }

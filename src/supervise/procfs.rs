@@ -29,13 +29,20 @@ impl ProcStat {
     /// told from a read that failed for want of resources (EMFILE, ENFILE, ENOMEM): that process may well
     /// be there.
     fn read_checked(pid: i32) -> std::io::Result<Option<ProcStat>> {
-        match read_small(&format!("/proc/{pid}/stat")) {
-            Ok(stat) => Ok(Self::parse(pid, &stat)),
-            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH | libc::EACCES | libc::EPERM)) => {
-                Ok(None)
-            }
-            Err(err) => Err(err),
+        let stat = match read_small(&format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            Err(err) if gone_or_hidden(&err) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let Some(mut process) = Self::parse(pid, &stat) else { return Ok(None) };
+        // A process whose main thread has exited while other threads run shows `Z`, yet runs: it counts
+        // as running (stopped if its threads are), not as a zombie. Not knowing its threads is not knowing.
+        if process.state == 'Z'
+            && let Some(state) = live_thread_state(pid)?
+        {
+            process.state = state;
         }
+        Ok(Some(process))
     }
 
     fn parse(pid: i32, stat: &str) -> Option<ProcStat> {
@@ -45,12 +52,6 @@ impl ProcStat {
         let ppid = fields.next()?.parse().ok()?;
         let pgrp = fields.next()?.parse().ok()?;
         let session = fields.next()?.parse().ok()?;
-        // A process whose main thread has exited while other threads run shows `Z`, yet runs: it counts
-        // as running (stopped if its threads are), not as a zombie.
-        let state = match state {
-            'Z' => live_thread_state(pid).unwrap_or('Z'),
-            state => state,
-        };
         Some(ProcStat { pid, state, ppid, pgrp, session })
     }
 
@@ -91,22 +92,42 @@ fn read_small(path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
 
-/// The state of the first thread of `pid` that is not a zombie, if any.
-fn live_thread_state(pid: i32) -> Option<char> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
-        let stat = read_small(task.path().join("stat").to_str()?).ok()?;
-        let state = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().next()?.chars().next()?;
-        (!matches!(state, 'Z' | 'X')).then_some(state)
-    })
+/// Whether a failed read of /proc means the process is gone (ENOENT, ESRCH) or hidden from us (EACCES,
+/// EPERM: hidepid), rather than a read that failed for want of resources.
+fn gone_or_hidden(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH | libc::EACCES | libc::EPERM))
 }
 
-/// Whether /proc belongs to another PID namespace than `me`'s: its /proc/self then names another pid. No
-/// /proc at all says nothing.
+/// The state of the first thread of `pid` that is not a zombie, if any (none when the process is gone
+/// or hidden); an error when its threads could not be read.
+fn live_thread_state(pid: i32) -> std::io::Result<Option<char>> {
+    let tasks = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks,
+        Err(err) if gone_or_hidden(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    for task in tasks {
+        let stat = match read_small(&task?.path().join("stat").to_string_lossy()) {
+            Ok(stat) => stat,
+            Err(err) if gone_or_hidden(&err) => continue,
+            Err(err) => return Err(err),
+        };
+        let state = stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()?.chars().next());
+        if let Some(state) = state.filter(|state| !matches!(state, 'Z' | 'X')) {
+            return Ok(Some(state));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether /proc belongs to another PID namespace than `me`'s: its /proc/self names another pid (a
+/// parent namespace's /proc), or names none although it is there (a child namespace's, where mpsync has
+/// no pid). No /proc at all says nothing.
 pub(crate) fn of_another_pid_namespace(me: nix::unistd::Pid) -> bool {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|link| link.to_str()?.parse::<i32>().ok())
-        .is_some_and(|pid| pid != me.as_raw())
+    match std::fs::read_link("/proc/self") {
+        Ok(link) => link.to_str().and_then(|pid| pid.parse::<i32>().ok()).is_some_and(|pid| pid != me.as_raw()),
+        Err(_) => std::fs::symlink_metadata("/proc/self").is_ok(),
+    }
 }
 
 /// Whether the /proc that mpsync reads hides processes from it: mounted with `hidepid` (1, 2 or 4; or

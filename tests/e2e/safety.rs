@@ -19,6 +19,7 @@ both_backends!(
     a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
     a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease,
+    a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lease,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -290,6 +291,15 @@ fn a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lea
     fs::write(&worker, code).unwrap();
     let worker = worker.display().to_string();
     frozen_holder(env, "frozen-thread", |alive| format!("setsid python3 {worker} {alive} & wait"));
+}
+
+/// The same, with the work started in a session of its own by a member of the child's group that has left
+/// mpsync's tree (its parent, a subshell, exited): the guard walks from the group's members too.
+fn a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lease(env: &TestEnv) {
+    frozen_holder(env, "frozen-member", |alive| {
+        let work = format!("while :; do echo alive \\$(date +%s%N) >> {alive}; sleep 0.02; done");
+        format!("(sh -c \"setsid sh -c '{work}' & wait\" &); exec sleep 1000")
+    });
 }
 
 /// `kill -STOP` the holder, but not in the few milliseconds of a file-backend write: stopped with its lock
