@@ -22,27 +22,37 @@ pub(crate) struct ProcStat {
 
 impl ProcStat {
     pub fn read(pid: i32) -> Option<ProcStat> {
-        Self::read_checked(pid).ok().flatten()
+        match Self::read_checked(pid) {
+            Read::Whole(process) | Read::Partly(process) => Some(process),
+            Read::Gone | Read::Failed => None,
+        }
     }
 
-    /// As [`ProcStat::read`], but a process that is gone (or that /proc will not show us: hidepid) is
-    /// told from a read that failed for want of resources (EMFILE, ENFILE, ENOMEM): that process may well
-    /// be there.
-    fn read_checked(pid: i32) -> std::io::Result<Option<ProcStat>> {
+    /// As [`ProcStat::read`], telling a process that is gone (or that /proc will not show us: hidepid)
+    /// from a read that failed for want of resources (EMFILE, ENFILE, ENOMEM): that process may well be
+    /// there.
+    fn read_checked(pid: i32) -> Read {
         let stat = match read_small(&format!("/proc/{pid}/stat")) {
             Ok(stat) => stat,
-            Err(err) if gone_or_hidden(&err) => return Ok(None),
-            Err(err) => return Err(err),
+            Err(err) if gone_or_hidden(&err) => return Read::Gone,
+            Err(_) => return Read::Failed,
         };
-        let Some(mut process) = Self::parse(pid, &stat) else { return Ok(None) };
+        let Some(mut process) = Self::parse(pid, &stat) else { return Read::Gone };
         // A process whose main thread has exited while other threads run shows `Z`, yet runs: it counts
-        // as running (stopped if its threads are), not as a zombie. Not knowing its threads is not knowing.
-        if process.state == 'Z'
-            && let Some(state) = live_thread_state(pid)?
-        {
-            process.state = state;
+        // as running (stopped if its threads are), not as a zombie.
+        if process.state == 'Z' {
+            match live_thread_state(pid) {
+                Ok(Some(state)) => process.state = state,
+                Ok(None) => {}
+                // Its threads unknown: it counts as running, and keeps its place in the tree (what it
+                // started is found through it).
+                Err(_) => {
+                    process.state = 'R';
+                    return Read::Partly(process);
+                }
+            }
         }
-        Ok(Some(process))
+        Read::Whole(process)
     }
 
     fn parse(pid: i32, stat: &str) -> Option<ProcStat> {
@@ -92,6 +102,17 @@ fn read_small(path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
 
+/// What a read of /proc/PID/stat found.
+enum Read {
+    Whole(ProcStat),
+    /// The process, but not all of it could be read (its threads): the snapshot is not complete.
+    Partly(ProcStat),
+    /// Gone, or hidden from us.
+    Gone,
+    /// Not read for want of resources: it may be there.
+    Failed,
+}
+
 /// Whether a failed read of /proc means the process is gone (ENOENT, ESRCH) or hidden from us (EACCES,
 /// EPERM: hidepid), rather than a read that failed for want of resources.
 fn gone_or_hidden(err: &std::io::Error) -> bool {
@@ -126,7 +147,8 @@ fn live_thread_state(pid: i32) -> std::io::Result<Option<char>> {
 pub(crate) fn of_another_pid_namespace(me: nix::unistd::Pid) -> bool {
     match std::fs::read_link("/proc/self") {
         Ok(link) => link.to_str().and_then(|pid| pid.parse::<i32>().ok()).is_some_and(|pid| pid != me.as_raw()),
-        Err(_) => std::fs::symlink_metadata("/proc/self").is_ok(),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => std::fs::symlink_metadata("/proc/self").is_ok(),
+        Err(_) => false,
     }
 }
 
@@ -201,9 +223,13 @@ impl Snapshot {
                         continue;
                     };
                     match ProcStat::read_checked(pid) {
-                        Ok(Some(process)) => processes.push(process),
-                        Ok(None) => {}
-                        Err(_) => complete = false,
+                        Read::Whole(process) => processes.push(process),
+                        Read::Partly(process) => {
+                            processes.push(process);
+                            complete = false;
+                        }
+                        Read::Gone => {}
+                        Read::Failed => complete = false,
                     }
                 }
             }
