@@ -75,7 +75,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
-use nix::unistd::{Pid, getpgrp, getpid, getsid, setpgid};
+use nix::unistd::{Pid, getpgid, getpgrp, getpid, getsid, setpgid};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -894,7 +894,9 @@ impl Supervisor {
                 continue;
             }
             let leader = self.leader.map(Pid::as_raw);
-            let own = ProcStat::read(pid.as_raw()).is_some_and(|stat| stat.pgrp == self.own_pgrp.as_raw());
+            // Asked of the kernel, not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs
+            // no descriptor (a read of /proc that fails would make a zombie of our own group a stranger's).
+            let own = getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp);
             if own || Some(pid.as_raw()) == leader {
                 let snapshot = Snapshot::take();
                 let others: Vec<i32> = snapshot
