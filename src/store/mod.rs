@@ -135,12 +135,7 @@ impl Store {
 
     /// Start watching `name`. Must be called inside the tokio runtime.
     pub fn watch(&self, name: &str, retry_period: Duration) -> Watch {
-        match self {
-            #[cfg(feature = "kube")]
-            Store::Kube(store) => store.watch(name, retry_period),
-            #[cfg(feature = "file")]
-            Store::File(store) => store.watch(name, retry_period),
-        }
+        self.watch_from(name, retry_period, None)
     }
 
     /// Start watching `name`, known as `known` (just read or written): the Kubernetes backend watches from

@@ -231,8 +231,9 @@ const PID_LIMIT: usize = 1 << 22;
 
 /// Stop, then SIGKILL, every process below `root` (mpsync) or below a member of `group` (the child's, if
 /// still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job as mpsync
-/// defines it (a member of the group that left mpsync's tree still answers for what it started). Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor
-/// exits, so none of its children is handed to init out of sight. Rounds go on until one finds nothing
+/// defines it (a member of the group that left mpsync's tree still answers for what it started). Stopping
+/// first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so none of
+/// its children is handed to init out of sight. Rounds go on until one finds nothing
 /// new (or 16 rounds: a tree growing that fast is still killed as far as it was seen).
 ///
 /// # Safety

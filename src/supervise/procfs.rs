@@ -1,9 +1,10 @@
 //! What /proc says about processes: state, parent, process group, session. The supervisor reads it to find
-//! the whole job (the child's group and every descendant of mpsync), to see whether a job has stopped, and to
-//! judge whether mpsync may give the terminal away or stop itself.
+//! the whole job (the child's group and every descendant of mpsync or of a member of that group), to see
+//! whether a job has stopped, and to judge whether mpsync may give the terminal away or stop itself.
 //!
 //! Everything here is a snapshot: processes come and go while it is read. Callers re-read rather than trust
-//! an old one, and treat an unreadable process as gone.
+//! an old one. A process that is gone or hidden from us is left out; one that could not be read for want
+//! of resources leaves the snapshot incomplete.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
@@ -133,9 +134,8 @@ fn live_thread_state(pid: i32) -> std::io::Result<Option<char>> {
             Err(err) if gone_or_hidden(&err) => continue,
             Err(err) => return Err(err),
         };
-        let state = stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()?.chars().next());
-        if let Some(state) = state.filter(|state| !matches!(state, 'Z' | 'X')) {
-            return Ok(Some(state));
+        if let Some(task) = ProcStat::parse(pid, &stat).filter(|task| !task.is_zombie()) {
+            return Ok(Some(task.state));
         }
     }
     Ok(None)
