@@ -209,6 +209,11 @@ const STOP_WAIT: Duration = Duration::from_millis(500);
 /// SIGKILL is all there is (a process in uninterruptible sleep takes its time).
 const AFTER_KILL: Duration = Duration::from_secs(5);
 
+/// How many looks at /proc `freeze_job` takes at most before it signals the job as far as it is stopped,
+/// and the pause between them.
+const FREEZE_ROUNDS: usize = 16;
+const FREEZE_NAP: Duration = Duration::from_millis(1);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StopCause {
     /// mpsync received SIGTSTP, SIGTTIN or SIGTTOU.
@@ -466,18 +471,15 @@ impl Supervisor {
     /// USR1, USR2 and WINCH go to the child's process group, as the terminal sends its signals to a job.
     /// TERM, INT, HUP and QUIT ask the job to end: they go to the whole job, the child's group and every
     /// process of mpsync's tree that left it (`timeout`, `setsid`, `set -m` make groups of their own), as
-    /// systemd's control-group kill does, since none of it may run on once the lease is released. SIGCONT
-    /// follows them, so that a stopped process acts on them; except while job control holds the job stopped
-    /// (mpsync was stopped too): then the run loop's answer to `Notice::Resumed`, which is coming, decides
-    /// whether it runs again.
+    /// systemd's control-group kill does, since none of it may run on once the lease is released. The job
+    /// is stopped before them and SIGCONT follows them (`end_job`), so that a stopped process acts on them;
+    /// except while job control holds the job stopped (mpsync was stopped too): then the run loop's answer
+    /// to `Notice::Resumed`, which is coming, decides whether it runs again.
     pub fn forward(&self, signal: Signal) {
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child");
             if ENDING.contains(&signal) {
-                self.signal_job(pgid, signal);
-                if self.held.is_none() {
-                    self.signal_job(pgid, Signal::SIGCONT);
-                }
+                self.end_job(pgid, signal, self.held.is_none());
             } else {
                 self.signal_child(pgid, signal);
             }
@@ -514,7 +516,8 @@ impl Supervisor {
         self.take_reported_exit()
     }
 
-    /// Stop the child: `kill_signal` and SIGCONT to its whole job, wait up to `grace`, then SIGKILL; reap.
+    /// Stop the child: `kill_signal` to its whole job (stopped first, then continued: `end_job`), wait up to
+    /// `grace`, then SIGKILL; reap.
     /// Signals that arrive meanwhile are kept for `next_notice`. A job held stopped by job control is killed
     /// at once instead, as `kill_stopped_child` does: it is never continued without a lease.
     ///
@@ -532,8 +535,7 @@ impl Supervisor {
         }
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
-            self.signal_job(pgid, kill_signal);
-            self.signal_job(pgid, Signal::SIGCONT);
+            self.end_job(pgid, kill_signal, true);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
                 self.kill_job(pgid).await;
             }
@@ -562,8 +564,7 @@ impl Supervisor {
         }
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
-            self.signal_job(pgid, kill_signal);
-            self.signal_job(pgid, Signal::SIGCONT);
+            self.end_job(pgid, kill_signal, true);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
                 self.kill_job(pgid).await;
             }
@@ -588,7 +589,7 @@ impl Supervisor {
         let deadline = Instant::now() + AFTER_KILL;
         loop {
             // Again and again: a member that was forking when the first SIGKILL came may have a new child.
-            self.signal_job(pgid, Signal::SIGKILL);
+            self.end_job(pgid, Signal::SIGKILL, false);
             let slice = (Instant::now() + Duration::from_millis(200)).min(deadline);
             if self.wait_for(Until::JobGone(pgid), slice).await {
                 return;
@@ -690,11 +691,70 @@ impl Supervisor {
         // The job as it is before the signal: once the main child dies of it, its other descendants are
         // reparented out of mpsync's tree (unless mpsync is their subreaper).
         let job = self.job(&Snapshot::take(), pgid);
+        self.signal_listed(pgid, &job, signal);
+    }
+
+    /// `signal` to the child's group, the main child, and the members of `job` outside the group.
+    fn signal_listed(&self, pgid: Pid, job: &[ProcStat], signal: Signal) {
         self.signal_child(pgid, signal);
         let main = self.main.map(Pid::as_raw);
         for process in job.iter().filter(|process| process.pgrp != pgid.as_raw() && Some(process.pid) != main) {
             let _ = kill(Pid::from_raw(process.pid), signal);
         }
+    }
+
+    /// End the job with `signal`, all of it: stop it first (`freeze_job`), send `signal` to the job as the
+    /// last look at /proc shows it, then SIGCONT, so that a stopped process acts on the signal (unless
+    /// `and_continue` is false: job control holds the job stopped). Without the stop, a member outside the
+    /// group that forks between mpsync's look and the signal that kills it leaves a child mpsync never saw,
+    /// handed to init with its parent's death (unless mpsync is its subreaper), free to run on.
+    fn end_job(&self, pgid: Pid, signal: Signal, and_continue: bool) {
+        let (job, stopped) = self.freeze_job(pgid);
+        // Stopped as a member and no longer seen (/proc failed to show it, or it died since): still signalled.
+        let unseen: Vec<Pid> = stopped
+            .into_iter()
+            .filter(|pid| !job.iter().any(|process| process.pid == *pid))
+            .map(Pid::from_raw)
+            .collect();
+        let mut signals = vec![signal];
+        if and_continue && signal != Signal::SIGKILL {
+            signals.push(Signal::SIGCONT);
+        }
+        for signal in signals {
+            self.signal_listed(pgid, &job, signal);
+            for pid in &unseen {
+                let _ = kill(*pid, signal);
+            }
+        }
+    }
+
+    /// Stop every process of the job with SIGSTOP, in rounds, until a look at /proc finds every one of them
+    /// stopped (or `FREEZE_ROUNDS` looks, for a member that cannot stop: uninterruptible sleep, another
+    /// user's): a stopped process neither forks nor exits, so the job holds still while it is signalled, as
+    /// the guard's `kill_tree` keeps it. Returns the job as the last look showed it, and the processes sent
+    /// SIGSTOP one by one (besides the whole group at once).
+    fn freeze_job(&self, pgid: Pid) -> (Vec<ProcStat>, Vec<i32>) {
+        signal_group(pgid, Signal::SIGSTOP);
+        let mut stopped: Vec<i32> = Vec::new();
+        let mut job = Vec::new();
+        for _ in 0..FREEZE_ROUNDS {
+            job = self.job(&Snapshot::take(), pgid);
+            let running: Vec<i32> =
+                job.iter().filter(|process| !process.is_stopped()).map(|process| process.pid).collect();
+            if running.is_empty() {
+                break;
+            }
+            // Each once: a signal sent is acted on when its target next runs (one in uninterruptible sleep
+            // takes its time).
+            for pid in running {
+                if !stopped.contains(&pid) {
+                    stopped.push(pid);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                }
+            }
+            std::thread::sleep(FREEZE_NAP);
+        }
+        (job, stopped)
     }
 
     /// Carry out a job-control stop: the child's job, the terminal, then mpsync itself. Returns once mpsync
@@ -987,7 +1047,7 @@ impl Drop for Supervisor {
     /// Nothing outlives the supervisor: whatever is left of the child's job is killed.
     fn drop(&mut self) {
         if let Some(pgid) = self.group {
-            self.signal_job(pgid, Signal::SIGKILL);
+            self.end_job(pgid, Signal::SIGKILL, false);
             if let Some(terminal) = self.terminal.as_mut() {
                 terminal.take_back(Some(pgid), false);
             }

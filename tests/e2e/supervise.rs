@@ -28,6 +28,7 @@ both_backends!(
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
+    what_a_member_forks_while_the_job_is_stopped_is_stopped_too,
     a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
 );
 
@@ -283,6 +284,51 @@ fn what_a_leftover_started_in_another_session_is_stopped_with_it(env: &TestEnv) 
     done.assert_code(5);
     let worker_pid = read_pid(&worker);
     assert!(!alive(worker_pid), "the worker must be stopped before the lease is released");
+}
+
+/// Members of the job outside the child's group (each in a session of its own, below a shell of the group)
+/// fork without pause while mpsync stops the job. mpsync stops the job (SIGSTOP, in rounds) before it
+/// signals it, so a child forked in the instant between its look at /proc and the signal that kills the
+/// parent is not handed to init unseen. Without `--subreaper`. The instant is narrow: three rounds of
+/// eight forkers (without the stop, about every other round let one through here).
+fn what_a_member_forks_while_the_job_is_stopped_is_stopped_too(env: &TestEnv) {
+    // Every process of the job carries it on its command line: the forkers' `sleep`s and the shells.
+    let marker = format!("1{}.{}", std::process::id() % 100_000, epoch_nanos() % 1_000_000);
+    for round in 0..3 {
+        let name = env.lease_name("forking");
+        let ready = env.path(&format!("ready-{round}"));
+        fs::create_dir_all(&ready).unwrap();
+        let forker = format!(
+            "touch {r}/$$; while :; do sleep {marker} & kill $!; wait $! 2>/dev/null; done",
+            r = ready.display()
+        );
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8; do (setsid sh -c '{forker}' & wait) & done; \
+             while [ $(ls {r} | wc -l) -lt 8 ]; do sleep 0.01; done; exit 0",
+            r = ready.display()
+        );
+        let done = Proc::spawn(env.mpsync(fast(&["lock", &name], &["sh", "-c", &script])), &env.dir).finish();
+        let left = running_with_marker(&marker);
+        for pid in &left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        done.assert_code(0);
+        assert!(left.is_empty(), "round {round}: {left:?} of the job outlived the release:\n{}", done.stderr);
+    }
+}
+
+/// Live processes (zombies count as dead) whose command line contains `marker`.
+fn running_with_marker(marker: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.windows(marker.len()).any(|window| window == marker.as_bytes()))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
 }
 
 /// A child that leaves mpsync no file descriptor to spare (prlimit(1) on its parent) makes /proc unreadable
