@@ -736,11 +736,16 @@ impl Supervisor {
     fn freeze_job(&self, pgid: Pid) -> (Vec<ProcStat>, Vec<i32>) {
         signal_group(pgid, Signal::SIGSTOP);
         let mut stopped: Vec<i32> = Vec::new();
+        // Members mpsync may not signal (another user's): waiting for them to stop would be in vain.
+        let mut unstoppable: Vec<i32> = Vec::new();
         let mut job = Vec::new();
         for _ in 0..FREEZE_ROUNDS {
             job = self.job(&Snapshot::take(), pgid);
-            let running: Vec<i32> =
-                job.iter().filter(|process| !process.is_stopped()).map(|process| process.pid).collect();
+            let running: Vec<i32> = job
+                .iter()
+                .filter(|process| !process.is_stopped() && !unstoppable.contains(&process.pid))
+                .map(|process| process.pid)
+                .collect();
             if running.is_empty() {
                 break;
             }
@@ -749,7 +754,9 @@ impl Supervisor {
             for pid in running {
                 if !stopped.contains(&pid) {
                     stopped.push(pid);
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                    if kill(Pid::from_raw(pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
+                        unstoppable.push(pid);
+                    }
                 }
             }
             std::thread::sleep(FREEZE_NAP);
