@@ -63,7 +63,8 @@ mod terminal;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -235,6 +236,11 @@ pub struct Supervisor {
     proc_hides: bool,
     /// Whether the warning that /proc could not be read whole was given (once per run).
     warned_unreadable_proc: bool,
+    /// The members of the job (pid, start time) seen when it was stopped to be ended (`end_job`): they stay
+    /// members, found with what they start, when their parent dies of the signal and they leave mpsync's
+    /// tree (`sh -c 'timeout 77 worker'`: timeout shuts down on TERM after sh died of it). Until the job
+    /// is let go.
+    kept: RefCell<Vec<(i32, u64)>>,
     /// The main child: spawned and not yet exited.
     main: Option<Pid>,
     /// The main child once it has exited: its zombie, left unreaped until the job is let go (`release_group`),
@@ -320,6 +326,7 @@ impl Supervisor {
             reap_orphans,
             proc_hides: procfs::hides_processes(),
             warned_unreadable_proc: false,
+            kept: RefCell::new(Vec::new()),
             main: None,
             leader: None,
             group: None,
@@ -611,6 +618,7 @@ impl Supervisor {
     fn release_group(&mut self) {
         let pgid = self.group.take();
         self.held = None;
+        self.kept.borrow_mut().clear();
         if let Some(terminal) = self.terminal.as_mut() {
             terminal.take_back(pgid, false);
         }
@@ -637,7 +645,7 @@ impl Supervisor {
     /// The processes of the child's job, other than mpsync's own and the guard (see `Snapshot::job`).
     fn job(&self, snapshot: &Snapshot, pgid: Pid) -> Vec<ProcStat> {
         let skip: Vec<i32> = self.guard.iter().map(|guard| guard.pid.as_raw()).collect();
-        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), self.own_pgrp.as_raw(), &skip)
+        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), self.own_pgrp.as_raw(), &skip, &self.kept.borrow())
     }
 
     /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
@@ -646,7 +654,11 @@ impl Supervisor {
         // Cheaply, when the group is gone altogether (the main child's zombie, kept until the job is let go,
         // usually keeps it): with the main child gone its other descendants have left mpsync's tree (unless
         // mpsync adopts them).
-        if self.main.is_none() && !self.reap_orphans && killpg(pgid, None) == Err(Errno::ESRCH) {
+        if self.main.is_none()
+            && !self.reap_orphans
+            && self.kept.borrow().is_empty()
+            && killpg(pgid, None) == Err(Errno::ESRCH)
+        {
             return false;
         }
         let snapshot = Snapshot::take();
@@ -707,55 +719,86 @@ impl Supervisor {
     /// last look at /proc shows it, then SIGCONT, so that a stopped process acts on the signal (unless
     /// `and_continue` is false: job control holds the job stopped). Without the stop, a member outside the
     /// group that forks between mpsync's look and the signal that kills it leaves a child mpsync never saw,
-    /// handed to init with its parent's death (unless mpsync is its subreaper), free to run on.
+    /// handed to init with its parent's death (unless mpsync is its subreaper), free to run on. What the
+    /// look found stays part of the job (`kept`).
+    ///
+    /// SIGCONT goes to the deepest processes first, each before its parent: a parent that dies of the
+    /// signal must not leave a group of its children stopped and orphaned (the kernel would send that
+    /// group SIGHUP before our signal reached it), and a parent that waits with WUNTRACED (a `set -m`
+    /// shell) finds its children running again, never stopped.
     fn end_job(&self, pgid: Pid, signal: Signal, and_continue: bool) {
         let (job, stopped) = self.freeze_job(pgid);
-        // Stopped as a member and no longer seen (/proc failed to show it, or it died since): still signalled.
-        let unseen: Vec<Pid> = stopped
-            .into_iter()
-            .filter(|pid| !job.iter().any(|process| process.pid == *pid))
-            .map(Pid::from_raw)
-            .collect();
-        let mut signals = vec![signal];
-        if and_continue && signal != Signal::SIGKILL {
-            signals.push(Signal::SIGCONT);
-        }
-        for signal in signals {
-            self.signal_listed(pgid, &job, signal);
-            for pid in &unseen {
-                let _ = kill(*pid, signal);
+        {
+            let mut kept = self.kept.borrow_mut();
+            for process in &job {
+                if !kept.contains(&(process.pid, process.start)) {
+                    kept.push((process.pid, process.start));
+                }
             }
+        }
+        self.signal_listed(pgid, &job, signal);
+        if !and_continue && signal != Signal::SIGKILL {
+            return;
+        }
+        if signal != Signal::SIGKILL {
+            let parents: HashMap<i32, i32> = job.iter().map(|process| (process.pid, process.ppid)).collect();
+            let depth = |pid: i32| {
+                let (mut depth, mut at) = (0, pid);
+                while let Some(&parent) = parents.get(&at) {
+                    if depth > parents.len() {
+                        break;
+                    }
+                    (depth, at) = (depth + 1, parent);
+                }
+                depth
+            };
+            let mut order: Vec<(usize, i32)> = job.iter().map(|process| (depth(process.pid), process.pid)).collect();
+            order.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, pid) in order {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            }
+            self.signal_child(pgid, Signal::SIGCONT);
+        }
+        // Stopped as a member and no longer seen (/proc failed to show it, or it died since and its pid may
+        // be anyone's): not signalled, only not left stopped.
+        for pid in stopped.iter().filter(|pid| !job.iter().any(|process| process.pid == **pid)) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
         }
     }
 
     /// Stop every process of the job with SIGSTOP, in rounds, until a look at /proc finds every one of them
-    /// stopped (or `FREEZE_ROUNDS` looks, for a member that cannot stop: uninterruptible sleep, another
-    /// user's): a stopped process neither forks nor exits, so the job holds still while it is signalled, as
-    /// the guard's `kill_tree` keeps it. Returns the job as the last look showed it, and the processes sent
-    /// SIGSTOP one by one (besides the whole group at once).
+    /// stopped, every thread (or `FREEZE_ROUNDS` looks, for a member that cannot stop: uninterruptible
+    /// sleep, another user's): a stopped process neither forks nor exits, so the job holds still while it
+    /// is signalled, as the guard's `kill_tree` keeps it. Top down: the child's group first, then a process
+    /// only once its parent is seen stopped, so that no parent waiting with WUNTRACED sees a child stop.
+    /// Returns the job as the last look showed it, and the processes sent SIGSTOP one by one.
     fn freeze_job(&self, pgid: Pid) -> (Vec<ProcStat>, Vec<i32>) {
         signal_group(pgid, Signal::SIGSTOP);
         let mut stopped: Vec<i32> = Vec::new();
         // Members mpsync may not signal (another user's): waiting for them to stop would be in vain.
         let mut unstoppable: Vec<i32> = Vec::new();
         let mut job = Vec::new();
-        for _ in 0..FREEZE_ROUNDS {
+        for round in 0..FREEZE_ROUNDS {
             job = self.job(&Snapshot::take(), pgid);
-            let running: Vec<i32> = job
-                .iter()
-                .filter(|process| !process.is_stopped() && !unstoppable.contains(&process.pid))
-                .map(|process| process.pid)
-                .collect();
+            let halted: HashMap<i32, bool> =
+                job.iter().map(|process| (process.pid, process.is_wholly_stopped())).collect();
+            let running: Vec<&ProcStat> =
+                job.iter().filter(|process| !halted[&process.pid] && !unstoppable.contains(&process.pid)).collect();
             if running.is_empty() {
                 break;
             }
             // Each once: a signal sent is acted on when its target next runs (one in uninterruptible sleep
             // takes its time).
-            for pid in running {
-                if !stopped.contains(&pid) {
-                    stopped.push(pid);
-                    if kill(Pid::from_raw(pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
-                        unstoppable.push(pid);
+            for process in running {
+                // A parent that does not stop (uninterruptible sleep, another user's) holds up its children
+                // for half the rounds only.
+                let parent_halted = halted.get(&process.ppid).is_none_or(|halted| *halted)
+                    || unstoppable.contains(&process.ppid)
+                    || round >= FREEZE_ROUNDS / 2;
+                if parent_halted && !stopped.contains(&process.pid) {
+                    stopped.push(process.pid);
+                    if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
+                        unstoppable.push(process.pid);
                     }
                 }
             }
@@ -1124,7 +1167,7 @@ fn group_alive(pgid: Pid) -> bool {
     if !snapshot.shows_group(pgid.as_raw()) {
         return killpg(pgid, None).is_ok();
     }
-    snapshot.job(Some(pgid.as_raw()), -1, -1, &[]).into_iter().next().is_some()
+    snapshot.job(Some(pgid.as_raw()), -1, -1, &[], &[]).into_iter().next().is_some()
 }
 
 /// The error for a failed exec, as bash words it. A missing interpreter (`#!/nonexistent`) also fails with

@@ -19,6 +19,11 @@ pub(crate) struct ProcStat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// How many threads it has.
+    pub threads: u32,
+    /// When it started (clock ticks since boot): with the pid, what tells it from a later process that
+    /// was given the same pid.
+    pub start: u64,
 }
 
 impl ProcStat {
@@ -63,7 +68,11 @@ impl ProcStat {
         let ppid = fields.next()?.parse().ok()?;
         let pgrp = fields.next()?.parse().ok()?;
         let session = fields.next()?.parse().ok()?;
-        Some(ProcStat { pid, state, ppid, pgrp, session })
+        // tty_nr .. nice (13 fields), then num_threads, itrealvalue, starttime.
+        let mut fields = fields.skip(13);
+        let threads = fields.next()?.parse().ok()?;
+        let start = fields.nth(1)?.parse().ok()?;
+        Some(ProcStat { pid, state, ppid, pgrp, session, threads, start })
     }
 
     /// Dead, waiting to be reaped (or being reaped).
@@ -74,6 +83,25 @@ impl ProcStat {
     /// Stopped by a signal ('T'), or stopped under a tracer ('t').
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, 'T' | 't')
+    }
+
+    /// Stopped, every thread of it: a stop reaches the threads one by one, and a thread that still runs
+    /// while the first shows 'T' may still fork. Read again for a process of several threads.
+    pub fn is_wholly_stopped(&self) -> bool {
+        if !self.is_stopped() {
+            return false;
+        }
+        if self.threads <= 1 {
+            return true;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return false };
+        tasks.into_iter().all(|task| {
+            let Ok(task) = task else { return false };
+            match read_small(&task.path().join("stat").to_string_lossy()) {
+                Ok(stat) => ProcStat::parse(self.pid, &stat).is_some_and(|t| t.is_stopped() || t.is_zombie()),
+                Err(err) => gone_or_hidden(&err),
+            }
+        })
     }
 }
 
@@ -264,7 +292,16 @@ impl Snapshot {
     /// nothing in its tree escapes. The members of the group are roots of the walk too: after the main
     /// child's exit they have left mpsync's tree, and what they started in another group or session
     /// (`sh -c 'setsid worker & wait'` run in the background) is found through them while they live.
-    pub fn job(&self, group: Option<i32>, root: i32, own_pgrp: i32, skip: &[i32]) -> Vec<ProcStat> {
+    /// So are the processes of `kept` (pid and start time): members seen once, which stay members, with
+    /// what they start, when their parent dies and they are handed to init.
+    pub fn job(
+        &self,
+        group: Option<i32>,
+        root: i32,
+        own_pgrp: i32,
+        skip: &[i32],
+        kept: &[(i32, u64)],
+    ) -> Vec<ProcStat> {
         let mut children: HashMap<i32, Vec<&ProcStat>> = HashMap::new();
         for process in &self.processes {
             children.entry(process.ppid).or_default().push(process);
@@ -285,6 +322,9 @@ impl Snapshot {
             for process in self.processes.iter().filter(|process| process.pgrp == group) {
                 add(process, &mut job, &mut queue);
             }
+        }
+        for process in self.processes.iter().filter(|process| kept.contains(&(process.pid, process.start))) {
+            add(process, &mut job, &mut queue);
         }
         while let Some(parent) = queue.pop() {
             for child in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {

@@ -30,6 +30,8 @@ both_backends!(
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
     what_a_member_forks_while_the_job_is_stopped_is_stopped_too,
+    a_worker_under_timeout_gets_sigterm_and_is_waited_for_after_its_parent_died_of_it,
+    a_job_control_shell_sees_its_job_end_not_stop,
     a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
 );
 
@@ -335,6 +337,54 @@ fn what_a_member_forks_while_the_job_is_stopped_is_stopped_too(env: &TestEnv) {
         done.assert_code(0);
         assert!(left.is_empty(), "round {round}: {left:?} of the job outlived the release:\n{}", done.stderr);
     }
+}
+
+/// A worker that shuts down gracefully on TERM or HUP (0.3 s), saying which it got, in `log`; it says
+/// `ready` in `ready` first.
+fn graceful_worker(env: &TestEnv, log: &std::path::Path, ready: &std::path::Path) -> std::path::PathBuf {
+    let worker = env.path("worker.sh");
+    let script = format!(
+        "#!/bin/sh\nfor s in HUP TERM; do trap \"echo SIG$s >> {log}; sleep 0.3; echo done >> {log}; exit 0\" $s; done\n\
+         echo ready > {ready}\nsleep 1000 & wait\n",
+        log = log.display(),
+        ready = ready.display()
+    );
+    fs::write(&worker, script).unwrap();
+    fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    worker
+}
+
+/// `sh -c 'timeout 77 worker'` and SIGTERM to mpsync: sh dies of it at once, and `timeout` (a group of its
+/// own), now init's, waits for the worker's shutdown. The worker gets SIGTERM, not the SIGHUP the kernel
+/// sends a stopped group that is orphaned (the job is continued children first), and the lease is released
+/// only after it is done: what mpsync saw of the job when it signalled it stays the job.
+fn a_worker_under_timeout_gets_sigterm_and_is_waited_for_after_its_parent_died_of_it(env: &TestEnv) {
+    let name = env.lease_name("timeout-worker");
+    let (log, ready) = (env.path("log"), env.path("ready"));
+    let worker = graceful_worker(env, &log, &ready);
+    let script = format!("timeout 77 {}", worker.display());
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "ready");
+    lock.signal(Signal::SIGTERM);
+    lock.wait_for(PATIENCE).expect("mpsync exits");
+    let said = fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.starts_with("SIGTERM") && !said.contains("SIGHUP"), "the worker must get SIGTERM only: {said:?}");
+    assert!(said.contains("done"), "the lease was released before the worker was done: {said:?}\n{}", lock.stderr());
+}
+
+/// A `set -m` script waits for its job with WUNTRACED: the stop mpsync puts the job in before it signals
+/// it must not show. The script's job ends on SIGTERM with 0, and so do the script and mpsync.
+fn a_job_control_shell_sees_its_job_end_not_stop(env: &TestEnv) {
+    let name = env.lease_name("set-m");
+    let (log, ready) = (env.path("log"), env.path("ready"));
+    let worker = graceful_worker(env, &log, &ready);
+    let script = format!("set -m; trap 'true' TERM; {}; exit $?", worker.display());
+    let mut lock = env.spawn(["lock", &name, "--", "bash", "-c", &script]);
+    wait_for_file(&ready, "ready");
+    lock.signal(Signal::SIGTERM);
+    let status = lock.wait_for(PATIENCE).expect("mpsync exits");
+    assert_eq!(status.code(), Some(0), "{}", lock.stderr());
+    assert_eq!(fs::read_to_string(&log).unwrap_or_default(), "SIGTERM\ndone\n");
 }
 
 /// Live processes (zombies count as dead) whose command line contains `marker`.
