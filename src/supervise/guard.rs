@@ -1,6 +1,5 @@
 //! The guard: a tiny process that outlives mpsync to kill the child's whole group when mpsync dies, even by
-//! SIGKILL (a parent-death signal reaches only the direct child), and what the group's members started in
-//! other groups.
+//! SIGKILL (a parent-death signal reaches only the direct child).
 //!
 //! It holds the read end of a pipe whose only write ends are mpsync's and, until exec, a just-forked
 //! child's: end-of-file means mpsync is gone. Messages are 12 bytes, a native-endian i32 and i64: a
@@ -219,26 +218,19 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
             }
         }
         if armed > 0 && still_ours(armed, leader_start) {
-            // mpsync is gone while the child's job runs: the group goes, and what its members started in
-            // other groups, found through them (not below mpsync: its children were handed to init, and its
-            // pid may be anyone's now).
-            kill_tree(NO_ROOT, me, armed);
             libc::kill(-armed, libc::SIGKILL);
         }
         libc::_exit(0)
     }
 }
 
-/// A `root` for `kill_tree` that is no process's parent: only the group and its members' descendants.
-const NO_ROOT: libc::pid_t = -1;
-
 /// The most processes `kill_tree` looks at (a machine's whole process table, usually far fewer).
 const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
 
-/// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`) or below a member of `group` (the
-/// child's, if still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job as mpsync
+/// Stop, then SIGKILL, every process below `root` (mpsync) or below a member of `group` (the child's, if
+/// still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job as mpsync
 /// defines it (a member of the group that left mpsync's tree still answers for what it started). Stopping
 /// first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so none of
 /// its children is handed to init out of sight. Rounds go on until one finds nothing
