@@ -283,6 +283,10 @@ impl std::fmt::Display for Refusal {
 /// about twice that time on a quiet cluster, so that the first to try is usually seen by the others before
 /// they try.
 pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
+/// The first window after a lease is freed, left by a process that believes in a crowd to any process
+/// that believes it is alone (a newcomer tries at once): about the time a newcomer's write takes to be
+/// seen, not the measured stagger, which a herd's lost races inflate.
+const FIRST_WINDOW: Duration = Duration::from_millis(10);
 /// The widest spread per contender that measurements can make (a slow or overloaded API server).
 const MAX_STAGGER_PER_CONTENDER: Duration = Duration::from_millis(100);
 /// The widest spread of attempts on a freed lease, whatever the belief in contention (and never more
@@ -355,7 +359,9 @@ struct Observation {
 struct FreeSeen {
     version: String,
     seen_at: Instant,
-    /// The spread the draw was made within.
+    /// The first window, left to processes that believe they are alone (see `note_contention`).
+    floor: Duration,
+    /// The spread the draw was made within, after the floor.
     spread: Duration,
     try_at: Instant,
     /// Whether this process sent an acquisition of it (then how long it stayed free says nothing of the
@@ -683,8 +689,10 @@ impl Elector {
             if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
                 let mut belief = self.contenders * CONTENTION_DECAY;
                 if let Some(free) = free.filter(|free| !free.tried) {
-                    // Free for this long, less the time a write takes to reach us: the first draw.
-                    let first_draw = now.saturating_duration_since(free.seen_at).saturating_sub(self.stagger());
+                    // Free for this long, less the first window and the time a write takes to reach us:
+                    // the first draw.
+                    let first_draw =
+                        now.saturating_duration_since(free.seen_at).saturating_sub(free.floor + self.stagger());
                     if !first_draw.is_zero() && !free.spread.is_zero() {
                         belief = belief.min(free.spread.as_secs_f64() / first_draw.as_secs_f64());
                     }
@@ -697,9 +705,14 @@ impl Elector {
         if self.free_try_at.as_ref().is_some_and(|free| free.version == version) {
             return;
         }
-        let spread = self.stagger().mul_f64(self.contenders - 1.0).min(MAX_SPREAD).min(self.timing.lease_duration / 2);
-        let delay = spread.mul_f64(self.random_fraction());
-        self.free_try_at = Some(FreeSeen { version, seen_at: now, spread, try_at: now + delay, tried: false });
+        // A process that believes it is alone tries at once. One that believes in a crowd leaves it the
+        // first window (from two contenders on; less below), so that a newcomer's attempt is seen before
+        // the crowd's earliest draws instead of colliding with them; then it draws within the spread.
+        let limit = MAX_SPREAD.min(self.timing.lease_duration / 2);
+        let floor = FIRST_WINDOW.mul_f64((self.contenders - 1.0).min(1.0)).min(limit);
+        let spread = self.stagger().mul_f64(self.contenders - 1.0).min(limit - floor);
+        let delay = floor + spread.mul_f64(self.random_fraction());
+        self.free_try_at = Some(FreeSeen { version, seen_at: now, floor, spread, try_at: now + delay, tried: false });
     }
 
     /// The driver was about to send an acquisition and, looking at its watch once more, found the lease
@@ -1895,11 +1908,11 @@ mod tests {
             .observe_event(WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))), at(t0, 0.01));
         // The winner's write came 10 ms after ours was sent: attempts are spread 4 x 10 ms per contender.
         assert_eq!(elector.stagger(), Duration::from_millis(40));
-        // The winner releases: this waiter tries within 15 contenders x 40 ms (the handoff to the winner
-        // faded the belief by 1 %).
+        // The winner releases: this waiter leaves the first 10 ms to any process that believes it is
+        // alone, then tries within 15 contenders x 40 ms (the handoff to the winner faded the belief by 1 %).
         elector.observe_event(WatchUpdate::Present(versioned(5, record(Some(""), Some(1), Some(1)))), at(t0, 1.0));
         let Action::WaitUntil(try_at) = elector.next(now(t0, 1.0)) else { panic!("staggered") };
-        assert!(try_at > at(t0, 1.0) && try_at <= at(t0, 1.6), "{:?}", try_at - at(t0, 1.0));
+        assert!(try_at >= at(t0, 1.01) && try_at <= at(t0, 1.61), "{:?}", try_at - at(t0, 1.0));
         assert!(matches!(elector.next(Now::at(try_at, wall(1))), Action::Write(_)));
     }
 
@@ -1949,16 +1962,43 @@ mod tests {
         let mut elector = Elector::new("me", TIMING).with_seed(5);
         elector.set_watching(true);
         elector.contenders = 101.0;
-        // Released: this waiter draws within 100 x 10 ms = 1 s.
+        // Released: this waiter draws within 100 x 10 ms = 1 s, after a first window of 10 ms.
         elector.observe_event(WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0)))), at(t0, 1.0));
-        // Another takes it 210 ms later: less the 10 ms a write takes to arrive, the first of the others'
-        // draws came after 200 ms, as it does with about 5 contenders, not 100.
-        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some("b"), Some(15), Some(1)))), at(t0, 1.21));
+        // Another takes it 220 ms later: less the first window and the 10 ms a write takes to arrive, the
+        // first of the others' draws came after 200 ms, as it does with about 5 contenders, not 100.
+        elector.observe_event(WatchUpdate::Present(versioned(5, record(Some("b"), Some(15), Some(1)))), at(t0, 1.22));
         assert!((elector.contenders() - 5.0).abs() < 1e-6, "{}", elector.contenders());
         // A quick taker changes nothing beyond the 1 %.
         elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(1), Some(1)))), at(t0, 2.0));
         elector.observe_event(WatchUpdate::Present(versioned(7, record(Some("c"), Some(15), Some(2)))), at(t0, 2.005));
         assert!((elector.contenders() - 5.0 * CONTENTION_DECAY).abs() < 1e-6, "{}", elector.contenders());
+    }
+
+    /// A newcomer (alone as far as it knows) tries a freed lease at once; a process that believes in a
+    /// crowd never tries it within the first window (10 ms, scaled down below two contenders), so the
+    /// newcomer's write is seen before the crowd's earliest draws instead of colliding with them.
+    #[test]
+    fn a_waiter_that_believes_in_a_crowd_leaves_the_first_window_to_a_newcomer() {
+        let t0 = Instant::now();
+        let freed = || WatchUpdate::Present(versioned(4, record(Some(""), Some(1), Some(0))));
+        let mut newcomer = Elector::new("new", TIMING);
+        newcomer.set_watching(true);
+        newcomer.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+        newcomer.observe_event(freed(), at(t0, 1.0));
+        assert!(matches!(newcomer.next(now(t0, 1.0)), Action::Write(_)), "alone as far as it knows: at once");
+        for (belief, window) in [(100.0, 0.010), (2.0, 0.010), (1.5, 0.005)] {
+            for seed in 1..200 {
+                let mut old = Elector::new("old", TIMING).with_seed(seed);
+                old.set_watching(true);
+                old.contenders = belief;
+                old.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+                old.observe_event(freed(), at(t0, 1.0));
+                let Action::WaitUntil(try_at) = old.next(now(t0, 1.0)) else { panic!("staggered") };
+                let delay = (try_at - at(t0, 1.0)).as_secs_f64();
+                let widest = window + STAGGER_PER_CONTENDER.as_secs_f64() * (belief - 1.0);
+                assert!(delay >= window && delay <= widest + 1e-9, "belief {belief}, seed {seed}: {delay}");
+            }
+        }
     }
 
     /// Found by review: a race lost counts the same whether its 409 or the winner's event comes first

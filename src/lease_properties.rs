@@ -154,6 +154,11 @@ impl World {
     /// Every process starts believing in `contenders` (1: it knows nothing yet), with the widest spread
     /// per contender.
     fn believing_in(contenders: f64) -> World {
+        World::believing(|_| contenders)
+    }
+
+    /// Process `p` starts believing in `contenders(p)` contenders.
+    fn believing(contenders: impl Fn(usize) -> f64) -> World {
         let t0 = Instant::now();
         World {
             t0,
@@ -171,8 +176,8 @@ impl World {
                         // Watching, as waiters do: lost races wait for events; freed leases are staggered.
                         let mut elector = Elector::new(*identity, TIMING).with_seed(p as u64 + 1);
                         elector.set_watching(true);
-                        if contenders > 1.0 {
-                            elector.contenders = contenders;
+                        if contenders(p) > 1.0 {
+                            elector.contenders = contenders(p);
                             elector.write_lag = Some(MAX_STAGGER_PER_CONTENDER);
                         }
                         elector
@@ -606,6 +611,14 @@ proptest! {
     #[test]
     fn a_crowd_that_believes_in_a_thousand_contenders_still_runs_a_child(steps in prop::collection::vec(step(), 1..160)) {
         let mut world = run_in(|| World::believing_in(MAX_CONTENDERS), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// A newcomer (believing it is alone: it tries at once) among a crowd that believes in many (it
+    /// leaves the newcomer the first window): exclusion holds, and a child still runs.
+    #[test]
+    fn a_newcomer_among_a_crowd_that_leaves_it_the_first_window(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run_in(|| World::believing(|p| if p == 0 { 1.0 } else { 100.0 }), steps)?;
         heal_until_a_child_runs(&mut world)?;
     }
 }

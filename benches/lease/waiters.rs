@@ -1,7 +1,8 @@
 //! Section 3: Many waiters: N processes wait for one lease while another holds it; each child works 100 ms.
 //! Every process that had its turn is replaced by a new one at once, so that N processes wait at
-//! every handoff. Handoff latency from the children's stamps, and the API requests per handoff of all
-//! processes together.
+//! every handoff; in the "draining" rows nobody is replaced (a crowd that started together and goes
+//! round once, with no newcomer to take the lease first). Handoff latency from the children's stamps,
+//! and the API requests per handoff of all processes together.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ struct Outcome {
     /// Requests while the N waiters started and began to wait (not in the window).
     startup: Counted,
     startup_secs: f64,
+    /// Whether every process that had its turn was replaced (otherwise the crowd drains).
+    replaced: bool,
     /// Processes started in the window (replacements).
     replacements: usize,
     /// Two starts or two ends in a row in the children's stamps: two children at once.
@@ -40,32 +43,42 @@ pub fn waiters(ctx: &Ctx) -> String {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 10, 100]);
+    // A crowd that drains: N processes, none replaced (`MPSYNC_BENCH_DRAINING`, default 100; 0: none).
+    let draining: Vec<usize> = std::env::var("MPSYNC_BENCH_DRAINING")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).filter(|n| *n > 1).collect())
+        .unwrap_or_else(|| vec![100]);
     let handoffs = ctx.count(40, 10);
-    eprintln!("many waiters: {sizes:?} waiters, {handoffs} handoffs each");
+    eprintln!("many waiters: {sizes:?} waiters, {handoffs} handoffs each; draining: {draining:?}");
     let target = ctx.target.name();
     let mut results: Vec<(usize, &Bin, Outcome)> = Vec::new();
-    for &n in &sizes {
+    let runs = sizes.iter().map(|&n| (n, true)).chain(draining.iter().map(|&n| (n, false)));
+    for (n, replace) in runs {
         let mut bins = ctx.bins();
         ctx.shuffle(&mut bins);
         for bin in bins {
-            let outcome = run(ctx, bin, n, handoffs, &format!("waiters-{n}-{}", bin.label));
+            let count = if replace { handoffs } else { handoffs.min(n - 1) };
+            let label = if replace { "" } else { " draining" };
+            let tag = format!("waiters-{n}{}-{}", label.replace(' ', "-"), bin.label);
+            let outcome = run(ctx, bin, n, count, replace, &tag);
             let s = Stats::of(&outcome.handoffs);
-            eprintln!("  {n} waiters [{}]: median {:.1} ms, p90 {:.1} ms", bin.label, s.median, s.p90);
+            eprintln!("  {n} waiters{label} [{}]: median {:.1} ms, p90 {:.1} ms", bin.label, s.median, s.p90);
             results.push((n, bin, outcome));
         }
     }
-    // Rows in a fixed order: by N, this build first.
-    results.sort_by_key(|(n, bin, _)| (*n, bin.label != ctx.bin.label));
+    // Rows in a fixed order: by N, replaced before draining, this build first.
+    results.sort_by_key(|(n, bin, o)| (*n, !o.replaced, bin.label != ctx.bin.label));
 
     let mut out = format!(
         "\n## 3. Many waiters ({target}, default timings)\n\n\
          N processes (`mpsync lock NAME -v -- bash -c '…; {WORK}; …'`) wait while one holds the lease; then the \
          holder's child exits and the lease goes round. Each process that had its turn is replaced by a new one \
          as soon as it exits, so N processes wait at every handoff, and every handoff has one process start-up in \
-         it. Handoff = one child's end → the next child's start, both stamped by the children (`$EPOCHREALTIME`, \
-         one clock). Requests are those of all processes together, from the first release until {} ms after the \
-         {handoffs}th handoff, divided by {handoffs}; each new process's start-up read counts, its list and watch \
-         are shown apart. {}\n\n\
+         it. In the *draining* rows nobody is replaced: N processes that started together go round once, with no \
+         newcomer to take the lease first (the first {handoffs} handoffs). Handoff = one child's end → the next \
+         child's start, both stamped by the children (`$EPOCHREALTIME`, one clock). Requests are those of all \
+         processes together, from the first release until {} ms after the last counted handoff, divided by the \
+         handoffs; each new process's start-up read counts, its list and watch are shown apart. {}\n\n\
          | waiters | build | handoffs | median ms | p90 ms | p99 ms | max ms | requests per handoff (without list, watch) | by verb and code | list, watch per handoff | overlaps |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
         TAIL.as_millis(),
@@ -86,8 +99,15 @@ pub fn waiters(ctx: &Ctx) -> String {
         };
         writeln!(
             out,
-            "| {n} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {total} | {by_code} | {watching} | {} |",
-            bin.label, s.n, s.median, s.p90, s.p99, s.max, o.overlaps
+            "| {n}{} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {total} | {by_code} | {watching} | {} |",
+            if o.replaced { "" } else { ", draining" },
+            bin.label,
+            s.n,
+            s.median,
+            s.p90,
+            s.p99,
+            s.max,
+            o.overlaps
         )
         .unwrap();
     }
@@ -107,29 +127,34 @@ pub fn waiters(ctx: &Ctx) -> String {
         };
         writeln!(
             out,
-            "- {n} waiters [{}]: all waiting after {:.2} s; requests: {startup}. Replacements started in the window: {}.{conflicts}",
-            bin.label, o.startup_secs, o.replacements
+            "- {n} waiters{} [{}]: all waiting after {:.2} s; requests: {startup}. Replacements started in the window: {}.{conflicts}",
+            if o.replaced { "" } else { ", draining" },
+            bin.label,
+            o.startup_secs, o.replacements
         )
         .unwrap();
     }
 
     // The issue's figures.
-    let find =
-        |n: usize, bin: &Bin| results.iter().find(|(m, b, _)| *m == n && b.label == bin.label).map(|(_, _, o)| o);
-    for &n in &sizes {
+    let find = |n: usize, replaced: bool, bin: &Bin| {
+        results.iter().find(|(m, b, o)| *m == n && o.replaced == replaced && b.label == bin.label).map(|(_, _, o)| o)
+    };
+    for (n, replaced) in sizes.iter().map(|&n| (n, true)).chain(draining.iter().map(|&n| (n, false))) {
+        let draining = if replaced { "" } else { ", draining" };
+        let find = |n: usize, bin: &Bin| find(n, replaced, bin);
         let latency = |bin: &Bin| {
             find(n, bin).map(|o| {
                 let s = Stats::of(&o.handoffs);
                 format!("{:.1} / {:.1} / {:.1} ms", s.median, s.p90, s.p99)
             })
         };
-        let target_latency = match n {
-            1 => "≤ 12 ms median, p99 ≤ 40 ms",
-            100 => "≤ 20 ms median",
+        let target_latency = match (n, replaced) {
+            (1, _) => "≤ 12 ms median, p99 ≤ 40 ms",
+            (100, true) => "≤ 20 ms median",
             _ => "–",
         };
         ctx.summarize(
-            format!("handoff, {n} waiter{}: median / p90 / p99 ({target})", if n == 1 { "" } else { "s" }),
+            format!("handoff, {n} waiter{}{draining}: median / p90 / p99 ({target})", if n == 1 { "" } else { "s" }),
             latency(&ctx.bin).unwrap(),
             ctx.baseline.as_ref().and_then(latency),
             target_latency,
@@ -147,12 +172,12 @@ pub fn waiters(ctx: &Ctx) -> String {
         };
         ctx.summarize(
             format!(
-                "API requests per handoff, {n} waiter{}, all together, without list/watch",
+                "API requests per handoff, {n} waiter{}{draining}, all together, without list/watch",
                 if n == 1 { "" } else { "s" }
             ),
             requests(&ctx.bin).unwrap(),
             ctx.baseline.as_ref().and_then(requests),
-            if n == 100 { "≤ 4; no GET on the event path" } else { "–" },
+            if n == 100 && replaced { "≤ 4; no GET on the event path" } else { "–" },
         );
         let lost = |bin: &Bin| {
             find(n, bin).and_then(|o| {
@@ -164,7 +189,7 @@ pub fn waiters(ctx: &Ctx) -> String {
             && let Some(current) = lost(&ctx.bin)
         {
             ctx.summarize(
-                format!("races lost (409), {n} waiters: in the first handoff / per handoff after it"),
+                format!("races lost (409), {n} waiters{draining}: in the first handoff / per handoff after it"),
                 current,
                 ctx.baseline.as_ref().and_then(lost),
                 "–",
@@ -174,7 +199,7 @@ pub fn waiters(ctx: &Ctx) -> String {
     out
 }
 
-fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outcome {
+fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, replace: bool, tag: &str) -> Outcome {
     let env = KubeEnv::start(ctx, tag);
     let name = env.lease("bench-waiters");
     let log = ctx.dir.join(format!("stamps-{tag}"));
@@ -220,7 +245,7 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
     let startup_secs = started.elapsed().as_secs_f64();
     let startup = startup_window.close();
 
-    // Go: the holder's child exits, and every process that had its turn is replaced.
+    // Go: the holder's child exits, and every process that had its turn is replaced (unless draining).
     procs.push(holder);
     let window = env.open_window();
     let (window_instant, window_epoch) = (Instant::now(), epoch_micros());
@@ -233,6 +258,8 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
         for proc in procs.iter_mut() {
             if proc.exited() {
                 assert_eq!(proc.code(), Some(0), "a contender failed:\n{}", proc.stderr());
+            }
+            if replace && proc.exited() {
                 *proc = contender(next);
                 next += 1;
                 replacements += 1;
@@ -294,5 +321,14 @@ fn run(ctx: &Ctx, bin: &Bin, waiters: usize, handoffs: usize, tag: &str) -> Outc
         let first = lost.iter().filter(|at| **at < boundary).count();
         (first, lost.len() - first)
     });
-    Outcome { handoffs: handoff_ms, window, startup, startup_secs, replacements, overlaps, conflicts }
+    Outcome {
+        handoffs: handoff_ms,
+        window,
+        startup,
+        startup_secs,
+        replaced: replace,
+        replacements,
+        overlaps,
+        conflicts,
+    }
 }
