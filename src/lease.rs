@@ -413,9 +413,9 @@ pub struct Elector {
     /// For a slot of a semaphore: the number of slots, written on every write and checked on every record.
     slots: Option<u32>,
     /// How many processes this one believes contend for the lease (at least 1), learned from the races it
-    /// lost: when the lease is freed, attempts are spread over `(contenders - 1) * STAGGER_PER_CONTENDER`,
-    /// so a freed lease with many waiters draws about one write, not one per waiter. One waiter (the
-    /// usual case) tries at once.
+    /// lost: when the lease is freed, attempts are spread over `(contenders - 1)` staggers, after a first
+    /// window left to newcomers (see `note_contention`), so a freed lease with many waiters draws about one
+    /// write, not one per waiter. One waiter (the usual case) tries at once.
     contenders: f64,
     /// The free record seen last, and when this process may try to take it.
     free_try_at: Option<FreeSeen>,
@@ -702,7 +702,13 @@ impl Elector {
             return;
         }
         let version = current.resource_version.clone();
-        if self.free_try_at.as_ref().is_some_and(|free| free.version == version) {
+        if let Some(free) = self.free_try_at.as_mut()
+            && (free.version == version || (was_free && !free.tried))
+        {
+            // The same free record, or one still free and not tried yet (a change of its metadata): the
+            // draw stands. Drawing again on every version would put off, without end, a lease touched more
+            // often than the first window.
+            free.version = version;
             return;
         }
         // A process that believes it is alone tries at once. One that believes in a crowd leaves it the
@@ -1999,6 +2005,28 @@ mod tests {
                 assert!(delay >= window && delay <= widest + 1e-9, "belief {belief}, seed {seed}: {delay}");
             }
         }
+    }
+
+    /// Found by review: a free record whose version keeps changing (its metadata touched every 5 ms,
+    /// more often than the first window) is still tried by a process that believes in a crowd: the draw
+    /// made when it was freed stands.
+    #[test]
+    fn a_free_lease_touched_more_often_than_the_first_window_is_still_tried() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING).with_seed(3);
+        elector.set_watching(true);
+        elector.contenders = 100.0;
+        elector.observe(Some(versioned(3, record(Some("other"), Some(15), Some(0)))), t0);
+        let mut t = 1.0;
+        for version in 4..4000 {
+            elector
+                .observe_event(WatchUpdate::Present(versioned(version, record(Some(""), Some(1), Some(0)))), at(t0, t));
+            if matches!(elector.next(now(t0, t + 0.0049)), Action::Write(_)) {
+                return;
+            }
+            t += 0.005;
+        }
+        panic!("a free lease touched every 5 ms for 20 s was never tried");
     }
 
     /// Found by review: a race lost counts the same whether its 409 or the winner's event comes first

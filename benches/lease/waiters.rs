@@ -75,7 +75,7 @@ pub fn waiters(ctx: &Ctx) -> String {
          holder's child exits and the lease goes round. Each process that had its turn is replaced by a new one \
          as soon as it exits, so N processes wait at every handoff, and every handoff has one process start-up in \
          it. In the *draining* rows nobody is replaced: N processes that started together go round once, with no \
-         newcomer to take the lease first (the first {handoffs} handoffs). Handoff = one child's end → the next \
+         newcomer to take the lease first (the first N − 1 handoffs, at most {handoffs}). Handoff = one child's end → the next \
          child's start, both stamped by the children (`$EPOCHREALTIME`, one clock). Requests are those of all \
          processes together, from the first release until {} ms after the last counted handoff, divided by the \
          handoffs; each new process's start-up read counts, its list and watch are shown apart. {}\n\n\
