@@ -218,30 +218,43 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
             }
         }
         if armed > 0 && still_ours(armed, leader_start) {
+            // mpsync is gone while the child's job runs: the group goes, and what its members started in
+            // other groups, found through them (not below mpsync: its children were handed to init, and its
+            // pid may be anyone's now).
+            kill_tree(NO_ROOT, me, armed);
             libc::kill(-armed, libc::SIGKILL);
         }
         libc::_exit(0)
     }
 }
 
+/// A `root` for `kill_tree` that is no process's parent: only the group and its members' descendants.
+const NO_ROOT: libc::pid_t = -1;
+
 /// The most processes `kill_tree` looks at (a machine's whole process table, usually far fewer).
 const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
 
-/// Stop, then SIGKILL, every process below `root` (mpsync) or below a member of `group` (the child's, if
-/// still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job as mpsync
-/// defines it (a member of the group that left mpsync's tree still answers for what it started). Stopping
-/// first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so none of
-/// its children is handed to init out of sight. Rounds go on until one finds nothing
-/// new (or 16 rounds: a tree growing that fast is still killed as far as it was seen).
+/// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`) or below a member of `group` (the
+/// child's, if still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job
+/// as mpsync defines it (a member of the group that left mpsync's tree still answers for what it started).
+/// Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so
+/// none of its children is handed to init out of sight. Rounds go on until one finds nothing new (or 16
+/// rounds: a tree growing that fast is still killed as far as it was seen). Every process stopped is
+/// killed, even one that fell out of the tree since (its parent died: a group orphaned while stopped gets
+/// SIGHUP from the kernel), recognised by its start time.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
 unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
     // SAFETY: the mapping is ours alone, and big enough for both tables and the bitmap laid out in it.
     unsafe {
-        let table_bytes = MAX_PROCESSES * 3 * std::mem::size_of::<libc::pid_t>();
+        // Four tables of pids (listed, their parents, their groups, those stopped) and two of start times
+        // (listed, stopped), then two bitmaps by pid.
+        let pid_bytes = MAX_PROCESSES * std::mem::size_of::<libc::pid_t>();
+        let start_bytes = MAX_PROCESSES * std::mem::size_of::<u64>();
+        let table_bytes = 4 * pid_bytes + 2 * start_bytes;
         let bitmap_bytes = PID_LIMIT / 8;
         let size = table_bytes + 2 * bitmap_bytes;
         let memory = libc::mmap(
@@ -258,16 +271,29 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
         let pids = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>(), MAX_PROCESSES);
         let parents = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(MAX_PROCESSES), MAX_PROCESSES);
         let groups = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(2 * MAX_PROCESSES), MAX_PROCESSES);
+        let stopped_pids =
+            std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(3 * MAX_PROCESSES), MAX_PROCESSES);
+        let starts =
+            std::slice::from_raw_parts_mut(memory.cast::<u8>().add(4 * pid_bytes).cast::<u64>(), MAX_PROCESSES);
+        let stopped_starts = std::slice::from_raw_parts_mut(
+            memory.cast::<u8>().add(4 * pid_bytes + start_bytes).cast::<u64>(),
+            MAX_PROCESSES,
+        );
+        let mut stopped_count = 0;
         let below = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes), bitmap_bytes);
         let stopped = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes + bitmap_bytes), bitmap_bytes);
         for _ in 0..16 {
-            let count = list_processes(pids, parents, groups);
+            let count = list_processes(pids, parents, groups, starts);
             mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
             let mut new = false;
-            for &pid in &pids[..count] {
+            for (&pid, &start) in pids[..count].iter().zip(&starts[..count]) {
                 if bit(below, pid) && !bit(stopped, pid) {
                     libc::kill(pid, libc::SIGSTOP);
                     set_bit(stopped, pid);
+                    if stopped_count < MAX_PROCESSES {
+                        (stopped_pids[stopped_count], stopped_starts[stopped_count]) = (pid, start);
+                        stopped_count += 1;
+                    }
                     new = true;
                 }
             }
@@ -275,12 +301,20 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
                 break;
             }
         }
-        // The kill goes to what is below mpsync in a listing taken now: a process stopped above that has died
-        // since (and whose pid a stranger took) is not killed; one that appeared below since is.
-        let count = list_processes(pids, parents, groups);
+        // The kill goes to what is below in a listing taken now, and to what was stopped above and is still
+        // the same process (same start time), wherever it is now: a process stopped above that has died since
+        // (and whose pid a stranger took) is not killed; one that appeared below since is.
+        let count = list_processes(pids, parents, groups, starts);
         mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
-        for &pid in &pids[..count] {
-            if bit(below, pid) {
+        let was_stopped = |pid: libc::pid_t, start: u64| {
+            bit(stopped, pid)
+                && stopped_pids[..stopped_count]
+                    .iter()
+                    .zip(&stopped_starts[..stopped_count])
+                    .any(|(&p, &s)| p == pid && s == start)
+        };
+        for (&pid, &start) in pids[..count].iter().zip(&starts[..count]) {
+            if bit(below, pid) || was_stopped(pid, start) {
                 libc::kill(pid, libc::SIGKILL);
             }
         }
@@ -329,8 +363,13 @@ fn set_bit(map: &mut [u8], pid: libc::pid_t) {
     map[pid / 8] |= 1 << (pid % 8);
 }
 
-/// Fill `pids`, `parents` and `groups` from /proc; returns how many. Async-signal-safe.
-unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t], groups: &mut [libc::pid_t]) -> usize {
+/// Fill `pids`, `parents`, `groups` and `starts` (start times) from /proc; returns how many. Async-signal-safe.
+unsafe fn list_processes(
+    pids: &mut [libc::pid_t],
+    parents: &mut [libc::pid_t],
+    groups: &mut [libc::pid_t],
+    starts: &mut [u64],
+) -> usize {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
@@ -363,10 +402,11 @@ unsafe fn list_processes(pids: &mut [libc::pid_t], parents: &mut [libc::pid_t], 
                 if digits == 0 || count == pids.len() {
                     continue;
                 }
-                if let Some((parent, pgrp, _)) = stat_of(pid) {
+                if let Some((parent, pgrp, start)) = stat_of(pid) {
                     pids[count] = pid;
                     parents[count] = parent;
                     groups[count] = pgrp;
+                    starts[count] = start;
                     count += 1;
                 }
             }

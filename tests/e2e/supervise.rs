@@ -20,6 +20,7 @@ both_backends!(
     sigint_and_sighup_while_waiting_exit_128_plus_n,
     child_inherits_no_signal_mask_and_no_ignored_signals,
     sigkill_of_mpsync_kills_the_childs_whole_group,
+    sigkill_of_mpsync_also_kills_what_a_member_of_the_group_started_in_another_session,
     child_ignoring_sigterm_is_sigkilled_after_grace,
     kill_signal_option_chooses_the_signal,
     stdin_and_stdout_pass_through_untouched,
@@ -151,6 +152,25 @@ fn sigkill_of_mpsync_kills_the_childs_whole_group(env: &TestEnv) {
     lock.signal(Signal::SIGKILL);
     lock.wait_for(PATIENCE).expect("mpsync dies");
     wait_until("the background worker to die with mpsync", || !alive(worker_pid));
+}
+
+/// A shell of the child's group waits for a worker it started in a session of its own. mpsync is
+/// SIGKILLed: the guard kills the group, and first what its members started elsewhere, found through them.
+fn sigkill_of_mpsync_also_kills_what_a_member_of_the_group_started_in_another_session(env: &TestEnv) {
+    let name = env.lease_name("pdeath-session");
+    let worker = env.path("worker");
+    let script = format!("(setsid sleep 1000 & echo $! > {}; wait) & wait", worker.display());
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
+    let worker_pid = read_pid(&worker);
+    // Killed before it had its session, it would have been killed as a member of the group.
+    wait_until("the worker to have a session of its own", || {
+        fs::read_to_string(format!("/proc/{worker_pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(3)) == Some(&*worker_pid.to_string())
+        })
+    });
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("mpsync dies");
+    wait_until("the worker in its own session to die with mpsync", || !alive(worker_pid));
 }
 
 fn child_ignoring_sigterm_is_sigkilled_after_grace(env: &TestEnv) {
