@@ -206,7 +206,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                         pgid => {
                             armed = pgid.max(0);
                             // The child arms the guard itself, before its exec: it is alive now.
-                            leader_start = stat_of(armed).map_or(0, |(_, _, start)| start);
+                            leader_start = stat_of(armed).map_or(0, |p| p.start);
                         }
                     }
                     filled = 0;
@@ -240,23 +240,23 @@ const PID_LIMIT: usize = 1 << 22;
 /// child's, if still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job
 /// as mpsync defines it (a member of the group that left mpsync's tree still answers for what it started).
 /// Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so
-/// none of its children is handed to init out of sight. Rounds go on until one finds nothing new (or 16
-/// rounds: a tree growing that fast is still killed as far as it was seen). Every process stopped is
-/// killed, even one that fell out of the tree since (its parent died: a group orphaned while stopped gets
-/// SIGHUP from the kernel), recognised by its start time.
+/// none of its children is handed to init out of sight. A process stopped stays part of the job, with what
+/// it started, even once it fell out of the tree (its parent died: a group orphaned while stopped gets
+/// SIGHUP from the kernel), recognised by its start time. Rounds go on until one finds nothing new and
+/// every process stopped shows stopped (one in the middle of a fork stops after it: its new child must be
+/// seen first), or 16 rounds that found something new (a tree growing that fast is still killed as far as
+/// it was seen), or 64 rounds 1 ms apart waiting for stops (a process in uninterruptible sleep).
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
 unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
-    // SAFETY: the mapping is ours alone, and big enough for both tables and the bitmap laid out in it.
+    // SAFETY: the mapping is ours alone, and big enough for the two tables and the two bitmaps laid out in
+    // it (the tables first: their alignment is the mapping's).
     unsafe {
-        // Four tables of pids (listed, their parents, their groups, those stopped) and two of start times
-        // (listed, stopped), then two bitmaps by pid.
-        let pid_bytes = MAX_PROCESSES * std::mem::size_of::<libc::pid_t>();
-        let start_bytes = MAX_PROCESSES * std::mem::size_of::<u64>();
-        let table_bytes = 4 * pid_bytes + 2 * start_bytes;
+        let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
+        let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
         let bitmap_bytes = PID_LIMIT / 8;
-        let size = table_bytes + 2 * bitmap_bytes;
+        let size = listed_bytes + stopped_bytes + 2 * bitmap_bytes;
         let memory = libc::mmap(
             std::ptr::null_mut(),
             size,
@@ -268,85 +268,109 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
         if memory == libc::MAP_FAILED {
             return;
         }
-        let pids = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>(), MAX_PROCESSES);
-        let parents = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(MAX_PROCESSES), MAX_PROCESSES);
-        let groups = std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(2 * MAX_PROCESSES), MAX_PROCESSES);
-        let stopped_pids =
-            std::slice::from_raw_parts_mut(memory.cast::<libc::pid_t>().add(3 * MAX_PROCESSES), MAX_PROCESSES);
-        let starts =
-            std::slice::from_raw_parts_mut(memory.cast::<u8>().add(4 * pid_bytes).cast::<u64>(), MAX_PROCESSES);
-        let stopped_starts = std::slice::from_raw_parts_mut(
-            memory.cast::<u8>().add(4 * pid_bytes + start_bytes).cast::<u64>(),
-            MAX_PROCESSES,
-        );
+        let bytes = memory.cast::<u8>();
+        let listed = std::slice::from_raw_parts_mut(bytes.cast::<Listed>(), MAX_PROCESSES);
+        let stopped = std::slice::from_raw_parts_mut(bytes.add(listed_bytes).cast::<Stopped>(), MAX_PROCESSES);
+        let below = std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes), bitmap_bytes);
+        let stopped_map =
+            std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes + bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
-        let below = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes), bitmap_bytes);
-        let stopped = std::slice::from_raw_parts_mut(memory.cast::<u8>().add(table_bytes + bitmap_bytes), bitmap_bytes);
-        for _ in 0..16 {
-            let count = list_processes(pids, parents, groups, starts);
-            mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
-            let mut new = false;
-            for (&pid, &start) in pids[..count].iter().zip(&starts[..count]) {
-                if bit(below, pid) && !bit(stopped, pid) {
-                    libc::kill(pid, libc::SIGSTOP);
-                    set_bit(stopped, pid);
+        let (mut growing_rounds, mut settling_rounds) = (0, 0);
+        while growing_rounds < 16 && settling_rounds < 64 {
+            let count = list_processes(listed);
+            let stopped_so_far = &stopped[..stopped_count];
+            mark_below(&listed[..count], below, root, me, group, |p| was_stopped(stopped_map, stopped_so_far, p));
+            let (mut new, mut unsettled) = (false, false);
+            for p in &listed[..count] {
+                if !bit(below, p.pid) {
+                    continue;
+                }
+                if !bit(stopped_map, p.pid) {
+                    // What could not be recorded is not stopped: it would be left stopped if it fell out.
                     if stopped_count < MAX_PROCESSES {
-                        (stopped_pids[stopped_count], stopped_starts[stopped_count]) = (pid, start);
+                        libc::kill(p.pid, libc::SIGSTOP);
+                        set_bit(stopped_map, p.pid);
+                        stopped[stopped_count] = Stopped { pid: p.pid, start: p.start };
                         stopped_count += 1;
+                        new = true;
                     }
-                    new = true;
+                } else if !matches!(p.state, b'T' | b't' | b'Z' | b'X') {
+                    // Stopped but not yet: in the middle of a fork, or continued by the kernel's SIGCONT to an
+                    // orphaned group. Again, and look again.
+                    libc::kill(p.pid, libc::SIGSTOP);
+                    unsettled = true;
                 }
             }
-            if !new {
+            if new {
+                growing_rounds += 1;
+            } else if unsettled {
+                settling_rounds += 1;
+                let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            } else {
                 break;
             }
         }
-        // The kill goes to what is below in a listing taken now, and to what was stopped above and is still
-        // the same process (same start time), wherever it is now: a process stopped above that has died since
-        // (and whose pid a stranger took) is not killed; one that appeared below since is.
-        let count = list_processes(pids, parents, groups, starts);
-        mark_below(&pids[..count], &parents[..count], &groups[..count], below, root, me, group);
-        let was_stopped = |pid: libc::pid_t, start: u64| {
-            bit(stopped, pid)
-                && stopped_pids[..stopped_count]
-                    .iter()
-                    .zip(&stopped_starts[..stopped_count])
-                    .any(|(&p, &s)| p == pid && s == start)
-        };
-        for (&pid, &start) in pids[..count].iter().zip(&starts[..count]) {
-            if bit(below, pid) || was_stopped(pid, start) {
-                libc::kill(pid, libc::SIGKILL);
+        // The kill goes to what is part of the job in a listing taken now: a process stopped above that has
+        // died since (and whose pid a stranger took) is not killed; one that appeared below since is.
+        let count = list_processes(listed);
+        let stopped_so_far = &stopped[..stopped_count];
+        mark_below(&listed[..count], below, root, me, group, |p| was_stopped(stopped_map, stopped_so_far, p));
+        for p in &listed[..count] {
+            if bit(below, p.pid) {
+                libc::kill(p.pid, libc::SIGKILL);
             }
         }
         libc::munmap(memory, size);
     }
 }
 
-/// Mark in `below` (a bitmap by pid) the descendants of `root`, and the members of `group` (if not 0) with
-/// their descendants, but `me` and `root`, one generation per pass.
+/// A process as /proc/PID/stat showed it.
+#[derive(Clone, Copy)]
+struct Listed {
+    pid: libc::pid_t,
+    parent: libc::pid_t,
+    group: libc::pid_t,
+    /// The state letter (`R`, `S`, `T`, ...).
+    state: u8,
+    /// The start time, in clock ticks since boot: with the pid, what tells a process from a later one.
+    start: u64,
+}
+
+/// A process `kill_tree` stopped.
+#[derive(Clone, Copy)]
+struct Stopped {
+    pid: libc::pid_t,
+    start: u64,
+}
+
+/// Whether `p` is a process `kill_tree` stopped (same pid and start time), wherever it is now.
+fn was_stopped(stopped_map: &[u8], stopped: &[Stopped], p: &Listed) -> bool {
+    bit(stopped_map, p.pid) && stopped.iter().any(|s| s.pid == p.pid && s.start == p.start)
+}
+
+/// Mark in `below` (a bitmap by pid) the descendants of `root`, and the members of `group` (if not 0) and
+/// the processes `seed` picks, with their descendants, but `me` and `root`, one generation per pass.
 fn mark_below(
-    pids: &[libc::pid_t],
-    parents: &[libc::pid_t],
-    groups: &[libc::pid_t],
+    listed: &[Listed],
     below: &mut [u8],
     root: libc::pid_t,
     me: libc::pid_t,
     group: libc::pid_t,
+    seed: impl Fn(&Listed) -> bool,
 ) {
     below.fill(0);
-    if group > 0 {
-        for (&pid, &pgrp) in pids.iter().zip(groups) {
-            if pgrp == group && pid != me && pid != root {
-                set_bit(below, pid);
-            }
+    for p in listed {
+        if p.pid != me && p.pid != root && ((group > 0 && p.group == group) || seed(p)) {
+            set_bit(below, p.pid);
         }
     }
     let mut changed = true;
     while changed {
         changed = false;
-        for (&pid, &parent) in pids.iter().zip(parents) {
-            if pid != me && pid != root && !bit(below, pid) && (parent == root || bit(below, parent)) {
-                set_bit(below, pid);
+        for p in listed {
+            if p.pid != me && p.pid != root && !bit(below, p.pid) && (p.parent == root || bit(below, p.parent)) {
+                set_bit(below, p.pid);
                 changed = true;
             }
         }
@@ -363,13 +387,8 @@ fn set_bit(map: &mut [u8], pid: libc::pid_t) {
     map[pid / 8] |= 1 << (pid % 8);
 }
 
-/// Fill `pids`, `parents`, `groups` and `starts` (start times) from /proc; returns how many. Async-signal-safe.
-unsafe fn list_processes(
-    pids: &mut [libc::pid_t],
-    parents: &mut [libc::pid_t],
-    groups: &mut [libc::pid_t],
-    starts: &mut [u64],
-) -> usize {
+/// Fill `listed` from /proc; returns how many. Async-signal-safe.
+unsafe fn list_processes(listed: &mut [Listed]) -> usize {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
@@ -399,14 +418,11 @@ unsafe fn list_processes(
                     digits += 1;
                 }
                 at += reclen;
-                if digits == 0 || count == pids.len() {
+                if digits == 0 || count == listed.len() {
                     continue;
                 }
-                if let Some((parent, pgrp, start)) = stat_of(pid) {
-                    pids[count] = pid;
-                    parents[count] = parent;
-                    groups[count] = pgrp;
-                    starts[count] = start;
+                if let Some(p) = stat_of(pid) {
+                    listed[count] = p;
                     count += 1;
                 }
             }
@@ -416,10 +432,10 @@ unsafe fn list_processes(
     }
 }
 
-/// The parent, the process group and the start time (clock ticks since boot) of `pid`, from /proc/PID/stat
+/// The state, the parent, the process group and the start time (clock ticks since boot) of `pid`, from /proc/PID/stat
 /// (`pid (comm) state ppid pgrp ... starttime ...`; comm may hold anything, so the fields after its last ')'
 /// are read). Async-signal-safe.
-unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t, u64)> {
+unsafe fn stat_of(pid: libc::pid_t) -> Option<Listed> {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
         let mut path = *b"/proc/0000000000/stat\0";
@@ -465,11 +481,11 @@ unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t, u64)> {
         // while other threads run shows `Z` too, and it and its children must go; a true zombie has no
         // children left, and a signal to it does nothing.
         let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
-        let _state = fields.next()?;
+        let state = *fields.next()?.first()?;
         let parent = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
-        let pgrp = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
+        let group = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
         let start = number(fields.nth(16)?)?;
-        Some((parent, pgrp, start))
+        Some(Listed { pid, parent, group, state, start })
     }
 }
 
@@ -479,7 +495,7 @@ unsafe fn stat_of(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t, u64)> {
 unsafe fn still_ours(pgid: libc::pid_t, leader_start: u64) -> bool {
     // SAFETY: reads /proc only.
     match unsafe { stat_of(pgid) } {
-        Some((_, _, start)) => start == leader_start,
+        Some(p) => p.start == leader_start,
         None => true,
     }
 }
