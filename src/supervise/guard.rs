@@ -228,6 +228,10 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
     }
 }
 
+/// How long `kill_tree` waits, in nanoseconds, for the processes it stopped to show stopped: a process in
+/// uninterruptible sleep never does (a `vfork` parent whose child was stopped before its exec).
+const SETTLING: i64 = 50_000_000;
+
 /// A `root` for `kill_tree` that is no process's parent: only the group and its members' descendants.
 const NO_ROOT: libc::pid_t = -1;
 
@@ -243,9 +247,10 @@ const PID_LIMIT: usize = 1 << 22;
 /// none of its children is handed to init out of sight. A process stopped stays part of the job, with what
 /// it started, even once it fell out of the tree (its parent died: a group orphaned while stopped gets
 /// SIGHUP from the kernel), recognised by its start time. Rounds go on until one finds nothing new and
-/// every process stopped shows stopped (one in the middle of a fork stops after it: its new child must be
-/// seen first), or 16 rounds that found something new (a tree growing that fast is still killed as far as
-/// it was seen), or 64 rounds 1 ms apart waiting for stops (a process in uninterruptible sleep).
+/// every thread of every process stopped shows stopped (one in the middle of a fork stops after it: its new
+/// child must be seen first), or after 16 rounds that found something new (a tree growing that fast is
+/// still killed as far as it was seen), or after 50 ms of waiting for stops, 1 ms apart (a process in
+/// uninterruptible sleep).
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
@@ -275,8 +280,8 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
         let stopped_map =
             std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes + bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
-        let (mut growing_rounds, mut settling_rounds) = (0, 0);
-        while growing_rounds < 16 && settling_rounds < 64 {
+        let (mut growing_rounds, mut settling_since) = (0, None);
+        while growing_rounds < 16 {
             let count = list_processes(listed);
             let stopped_so_far = &stopped[..stopped_count];
             mark_below(&listed[..count], below, root, me, group, |p| was_stopped(stopped_map, stopped_so_far, p));
@@ -294,17 +299,16 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
                         stopped_count += 1;
                         new = true;
                     }
-                } else if !matches!(p.state, b'T' | b't' | b'Z' | b'X') {
-                    // Stopped but not yet: in the middle of a fork, or continued by the kernel's SIGCONT to an
-                    // orphaned group. Again, and look again.
+                } else if !wholly_stopped(p) {
+                    // Stopped but not yet: in the middle of a fork (in any thread), or continued by the
+                    // kernel's SIGCONT to an orphaned group. Again, and look again.
                     libc::kill(p.pid, libc::SIGSTOP);
                     unsettled = true;
                 }
             }
             if new {
                 growing_rounds += 1;
-            } else if unsettled {
-                settling_rounds += 1;
+            } else if unsettled && monotonic_nanos() - *settling_since.get_or_insert(monotonic_nanos()) < SETTLING {
                 let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
                 libc::nanosleep(&pause, std::ptr::null_mut());
             } else {
@@ -331,8 +335,10 @@ struct Listed {
     pid: libc::pid_t,
     parent: libc::pid_t,
     group: libc::pid_t,
-    /// The state letter (`R`, `S`, `T`, ...).
+    /// The state letter of its main thread (`R`, `S`, `T`, ...).
     state: u8,
+    /// How many threads it has.
+    threads: u32,
     /// The start time, in clock ticks since boot: with the pid, what tells a process from a later one.
     start: u64,
 }
@@ -342,6 +348,87 @@ struct Listed {
 struct Stopped {
     pid: libc::pid_t,
     start: u64,
+}
+
+/// Whether every thread of `p` shows stopped (or dead): then none of them is in the middle of a fork, and
+/// every child it made is listed. Async-signal-safe.
+unsafe fn wholly_stopped(p: &Listed) -> bool {
+    let settled = |state: u8| matches!(state, b'T' | b't' | b'Z' | b'X');
+    if p.threads <= 1 {
+        return settled(p.state);
+    }
+    // SAFETY: raw system calls into stack buffers we own.
+    unsafe {
+        let mut path = [0u8; 64];
+        let mut at = put(&mut path, 0, b"/proc/");
+        at = put_number(&mut path, at, p.pid);
+        let task = put(&mut path, at, b"/task/");
+        path[task] = 0;
+        let dir = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return settled(p.state);
+        }
+        let mut all = true;
+        let mut entries = [0u8; 4096];
+        'read: loop {
+            let got = libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len());
+            if got <= 0 {
+                break;
+            }
+            let mut offset = 0usize;
+            while offset < got as usize {
+                let reclen = u16::from_ne_bytes([entries[offset + 16], entries[offset + 17]]) as usize;
+                let name = &entries[offset + 19..offset + reclen];
+                offset += reclen;
+                let len = name.iter().take_while(|b| **b != 0).count();
+                if len == 0 || len > 10 || !name[..len].iter().all(u8::is_ascii_digit) {
+                    continue;
+                }
+                let mut end = put(&mut path, task, &name[..len]);
+                end = put(&mut path, end, b"/stat");
+                path[end] = 0;
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    continue; // the thread is gone
+                }
+                let mut stat = [0u8; 512];
+                let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
+                libc::close(fd);
+                let stat = &stat[..n.max(0) as usize];
+                let state = stat.iter().rposition(|b| *b == b')').and_then(|close| stat.get(close + 2));
+                if state.is_some_and(|state| !settled(*state)) {
+                    all = false;
+                    break 'read;
+                }
+            }
+        }
+        libc::close(dir);
+        all
+    }
+}
+
+/// Copy `bytes` into `buf` at `at`; returns where they end.
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) -> usize {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+    at + bytes.len()
+}
+
+/// Write `n` (not negative) in decimal into `buf` at `at`; returns where it ends.
+fn put_number(buf: &mut [u8], at: usize, n: libc::pid_t) -> usize {
+    let mut digits = [0u8; 10];
+    let (mut count, mut rest) = (0, n.max(0));
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for (i, digit) in digits[..count].iter().rev().enumerate() {
+        buf[at + i] = *digit;
+    }
+    at + count
 }
 
 /// Whether `p` is a process `kill_tree` stopped (same pid and start time), wherever it is now.
@@ -484,8 +571,9 @@ unsafe fn stat_of(pid: libc::pid_t) -> Option<Listed> {
         let state = *fields.next()?.first()?;
         let parent = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
         let group = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
-        let start = number(fields.nth(16)?)?;
-        Some(Listed { pid, parent, group, state, start })
+        let threads = u32::try_from(number(fields.nth(14)?)?).ok()?;
+        let start = number(fields.nth(1)?)?;
+        Some(Listed { pid, parent, group, state, threads, start })
     }
 }
 
