@@ -369,39 +369,22 @@ unsafe fn wholly_stopped(p: &Listed) -> bool {
             return settled(p.state);
         }
         let mut all = true;
-        let mut entries = [0u8; 4096];
-        'read: loop {
-            let got = libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len());
-            if got <= 0 {
-                break;
+        each_numbered_entry(dir, |thread| {
+            let mut end = put_number(&mut path, task, thread);
+            end = put(&mut path, end, b"/stat");
+            path[end] = 0;
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return true; // the thread is gone
             }
-            let mut offset = 0usize;
-            while offset < got as usize {
-                let reclen = u16::from_ne_bytes([entries[offset + 16], entries[offset + 17]]) as usize;
-                let name = &entries[offset + 19..offset + reclen];
-                offset += reclen;
-                let len = name.iter().take_while(|b| **b != 0).count();
-                if len == 0 || len > 10 || !name[..len].iter().all(u8::is_ascii_digit) {
-                    continue;
-                }
-                let mut end = put(&mut path, task, &name[..len]);
-                end = put(&mut path, end, b"/stat");
-                path[end] = 0;
-                let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    continue; // the thread is gone
-                }
-                let mut stat = [0u8; 512];
-                let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
-                libc::close(fd);
-                let stat = &stat[..n.max(0) as usize];
-                let state = stat.iter().rposition(|b| *b == b')').and_then(|close| stat.get(close + 2));
-                if state.is_some_and(|state| !settled(*state)) {
-                    all = false;
-                    break 'read;
-                }
-            }
-        }
+            let mut stat = [0u8; 512];
+            let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
+            libc::close(fd);
+            let stat = &stat[..n.max(0) as usize];
+            let state = stat.iter().rposition(|b| *b == b')').and_then(|close| stat.get(close + 2));
+            all = state.is_none_or(|state| settled(*state));
+            all
+        });
         libc::close(dir);
         all
     }
@@ -483,39 +466,50 @@ unsafe fn list_processes(listed: &mut [Listed]) -> usize {
             return 0;
         }
         let mut count = 0;
-        let mut entries = [0u8; 8192];
-        loop {
-            let got = libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len());
-            if got <= 0 {
-                break;
+        each_numbered_entry(dir, |pid| {
+            if count < listed.len()
+                && let Some(p) = stat_of(pid)
+            {
+                listed[count] = p;
+                count += 1;
             }
-            let mut at = 0usize;
-            while at < got as usize {
-                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, then the name.
-                let reclen = u16::from_ne_bytes([entries[at + 16], entries[at + 17]]) as usize;
-                let name = &entries[at + 19..at + reclen];
-                let mut pid: libc::pid_t = 0;
-                let mut digits = 0;
-                for &b in name.iter().take_while(|b| **b != 0) {
-                    if !b.is_ascii_digit() || digits >= 9 {
-                        digits = 0;
-                        break;
-                    }
-                    pid = pid * 10 + libc::pid_t::from(b - b'0');
-                    digits += 1;
-                }
-                at += reclen;
-                if digits == 0 || count == listed.len() {
-                    continue;
-                }
-                if let Some(p) = stat_of(pid) {
-                    listed[count] = p;
-                    count += 1;
-                }
-            }
-        }
+            true
+        });
         libc::close(dir);
         count
+    }
+}
+
+/// Call `each` with the number of every entry of the directory `dir` named by a number (a process or a
+/// thread id), until it returns false. Async-signal-safe.
+unsafe fn each_numbered_entry(dir: libc::c_int, mut each: impl FnMut(libc::pid_t) -> bool) {
+    let mut entries = [0u8; 8192];
+    loop {
+        // SAFETY: getdents64 into a stack buffer we own, of the length given.
+        let got = unsafe { libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len()) };
+        if got <= 0 {
+            return;
+        }
+        let mut at = 0usize;
+        while at < got as usize {
+            // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, then the name.
+            let reclen = u16::from_ne_bytes([entries[at + 16], entries[at + 17]]) as usize;
+            let name = &entries[at + 19..at + reclen];
+            at += reclen;
+            let mut number: libc::pid_t = 0;
+            let mut digits = 0;
+            for &b in name.iter().take_while(|b| **b != 0) {
+                if !b.is_ascii_digit() || digits >= 9 {
+                    digits = 0;
+                    break;
+                }
+                number = number * 10 + libc::pid_t::from(b - b'0');
+                digits += 1;
+            }
+            if digits > 0 && !each(number) {
+                return;
+            }
+        }
     }
 }
 
@@ -525,23 +519,10 @@ unsafe fn list_processes(listed: &mut [Listed]) -> usize {
 unsafe fn stat_of(pid: libc::pid_t) -> Option<Listed> {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
-        let mut path = *b"/proc/0000000000/stat\0";
-        let mut digits = [0u8; 10];
-        let (mut n, mut rest) = (0, pid);
-        loop {
-            digits[n] = b'0' + (rest % 10) as u8;
-            n += 1;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        let mut at = 6;
-        for i in (0..n).rev() {
-            path[at] = digits[i];
-            at += 1;
-        }
-        path[at..at + 6].copy_from_slice(b"/stat\0");
+        let mut path = [0u8; 32];
+        let mut at = put(&mut path, 0, b"/proc/");
+        at = put_number(&mut path, at, pid);
+        put(&mut path, at, b"/stat\0");
         let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return None;
