@@ -370,19 +370,10 @@ unsafe fn wholly_stopped(p: &Listed) -> bool {
         }
         let mut all = true;
         each_numbered_entry(dir, |thread| {
-            let mut end = put_number(&mut path, task, thread);
-            end = put(&mut path, end, b"/stat");
-            path[end] = 0;
-            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return true; // the thread is gone
-            }
-            let mut stat = [0u8; 512];
-            let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
-            libc::close(fd);
-            let stat = &stat[..n.max(0) as usize];
-            let state = stat.iter().rposition(|b| *b == b')').and_then(|close| stat.get(close + 2));
-            all = state.is_none_or(|state| settled(*state));
+            let end = put_number(&mut path, task, thread);
+            put(&mut path, end, b"/stat\0");
+            // A thread gone since counts as stopped.
+            all = read_stat(&path, thread).is_none_or(|t| settled(t.state));
             all
         });
         libc::close(dir);
@@ -517,12 +508,19 @@ unsafe fn each_numbered_entry(dir: libc::c_int, mut each: impl FnMut(libc::pid_t
 /// (`pid (comm) state ppid pgrp ... starttime ...`; comm may hold anything, so the fields after its last ')'
 /// are read). Async-signal-safe.
 unsafe fn stat_of(pid: libc::pid_t) -> Option<Listed> {
+    let mut path = [0u8; 32];
+    let mut at = put(&mut path, 0, b"/proc/");
+    at = put_number(&mut path, at, pid);
+    put(&mut path, at, b"/stat\0");
+    // SAFETY: the path is NUL-terminated.
+    unsafe { read_stat(&path, pid) }
+}
+
+/// What the stat file at `path` (NUL-terminated: /proc/PID/stat, or a thread's /proc/PID/task/TID/stat)
+/// shows, as the process or thread `pid`. Async-signal-safe.
+unsafe fn read_stat(path: &[u8], pid: libc::pid_t) -> Option<Listed> {
     // SAFETY: raw system calls into stack buffers we own.
     unsafe {
-        let mut path = [0u8; 32];
-        let mut at = put(&mut path, 0, b"/proc/");
-        at = put_number(&mut path, at, pid);
-        put(&mut path, at, b"/stat\0");
         let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return None;
