@@ -1045,11 +1045,14 @@ impl Elector {
             self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
         }
         let too_late = now >= sent_at + self.timing.renew_deadline;
+        // A create sent before the lease was seen with a larger token, that landed after the lease was
+        // deleted: its token would go back. It makes no hold; the record is taken again at once, above.
+        let token_goes_back = self.token_floor.is_some_and(|floor| record.lease_transitions.unwrap_or(0) < floor);
         match purpose {
             Purpose::Release if current => return self.released(),
             Purpose::Release => return,
             Purpose::Renew if self.held.is_some() => {}
-            Purpose::Acquire if self.held.is_none() && current && !too_late => {}
+            Purpose::Acquire if self.held.is_none() && current && !too_late && !token_goes_back => {}
             _ => {
                 // A write that lands after its hold was given up (or too late to hold anything) never makes
                 // a hold, nor a second child with an old token; the record it leaves is ours to release or

@@ -921,3 +921,37 @@ mod semaphore {
         }
     }
 }
+
+/// A create sent while the lease was absent lands after another process's hold (token 1) was deleted;
+/// its sender saw token 1 on its watch meanwhile. It must not run a child with token 0: it takes its
+/// record again with a larger token first.
+#[test]
+fn a_create_that_lands_after_a_deletion_never_brings_the_token_back() {
+    use Reply::Normal;
+    use Step::*;
+    let steps = vec![
+        Tick(0),
+        Process(0),
+        Advance(0),
+        Answer(0, Normal), // a#0 reads: absent; b and a#2 send their reads
+        Process(2),
+        Advance(531),
+        Advance(1469),
+        Answer(2, Normal), // a#2 reads: absent
+        Process(0),
+        Answer(0, Normal), // a#0's create lands too late to hold (token 0)
+        Process(0),
+        Advance(0), // a#0 takes its record again; a#2 sends a create (token 0)
+        Deliver(2),
+        Process(0), // a#0 holds with token 1
+        Deliver(2), // a#2 sees token 1
+        Deliver(0),
+        Deliver(0),
+        Deliver(1),
+        Deliver(1),
+        Delete, // a#2's create lands after this
+    ];
+    let mut world = run(steps).expect("no overlap");
+    heal_until_a_child_runs(&mut world).expect("a child runs");
+    assert!(world.last_token.is_some_and(|token| token > 1), "tokens went on from 1: {:?}", world.last_token);
+}
