@@ -527,6 +527,12 @@ impl World {
     }
 }
 
+/// How many cases a property tries: `usual`, or `PROPTEST_CASES` for a deeper search by hand
+/// (`PROPTEST_CASES=50000 cargo test --lib lease::properties`).
+fn cases(usual: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(usual)
+}
+
 fn run(steps: Vec<Step>) -> Result<World, TestCaseError> {
     run_in(World::new, steps)
 }
@@ -590,7 +596,7 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(1024), ..ProptestConfig::default() })]
 
     #[test]
     fn at_most_one_child_under_every_interleaving(steps in prop::collection::vec(step(), 1..160)) {
@@ -824,7 +830,7 @@ mod semaphore {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(2048), ..ProptestConfig::default() })]
 
         #[test]
         fn processes_that_disagree_on_the_count_never_both_run(steps in prop::collection::vec(step(), 1..120)) {
