@@ -759,25 +759,37 @@ impl Supervisor {
             }
             self.signal_child(pgid, Signal::SIGCONT);
         }
-        // Stopped as a member and no longer seen (/proc failed to show it, or it died since and its pid may
-        // be anyone's): not signalled, only not left stopped.
-        for pid in stopped.iter().filter(|pid| !job.iter().any(|process| process.pid == **pid)) {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
+        // Stopped as a member and no longer seen (/proc failed to show it): not signalled, only not left
+        // stopped, if it is still the process stopped (its pid may be anyone's once it died).
+        for (pid, start) in stopped.iter().filter(|(pid, _)| !job.iter().any(|process| process.pid == *pid)) {
+            if ProcStat::read(*pid).is_none_or(|process| process.start == *start) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
+            }
         }
     }
 
-    /// Stop every process of the job with SIGSTOP, in rounds, until a look at /proc finds every one of them
-    /// stopped, every thread (or `FREEZE_ROUNDS` looks, for a member that cannot stop: uninterruptible
-    /// sleep, another user's): a stopped process neither forks nor exits, so the job holds still while it
-    /// is signalled, as the guard's `kill_tree` keeps it. Top down: the child's group first, then a process
-    /// only once its parent is seen stopped, so that no parent waiting with WUNTRACED sees a child stop.
-    /// Returns the job as the last look showed it, and the processes sent SIGSTOP one by one.
-    fn freeze_job(&self, pgid: Pid) -> (Vec<ProcStat>, Vec<i32>) {
+    /// Stop every process of the job with SIGSTOP, in rounds, until two looks at /proc in a row find every
+    /// one of them stopped, every thread (or `FREEZE_ROUNDS` looks, for a member that cannot stop:
+    /// uninterruptible sleep, another user's): a stopped process neither forks nor exits, so the job holds
+    /// still while it is signalled, as the guard's `kill_tree` keeps it. Top down: the child's group first,
+    /// then a process only once its parent is seen stopped, so that no parent waiting with WUNTRACED sees a
+    /// child stop.
+    ///
+    /// - Two looks: a look lists /proc before it reads each process's state, so a parent can show stopped
+    ///   after a fork whose child the listing missed; a look taken once all showed stopped lists it.
+    /// - A process seen running again is sent SIGSTOP again: one stopped in the middle of a fork stops only
+    ///   after it, and the kernel continues a group orphaned while stopped (SIGHUP and SIGCONT) when one
+    ///   of its members exits.
+    /// - A process stopped stays part of the job (`kept`), with what it starts, once its parent dies.
+    ///
+    /// Returns the job as the last look showed it, and the processes stopped one by one (pid, start).
+    fn freeze_job(&self, pgid: Pid) -> (Vec<ProcStat>, Vec<(i32, u64)>) {
         signal_group(pgid, Signal::SIGSTOP);
-        let mut stopped: Vec<i32> = Vec::new();
+        let mut stopped: Vec<(i32, u64)> = Vec::new();
         // Members mpsync may not signal (another user's): waiting for them to stop would be in vain.
         let mut unstoppable: Vec<i32> = Vec::new();
         let mut job = Vec::new();
+        let mut settled = false;
         for round in 0..FREEZE_ROUNDS {
             job = self.job(&Snapshot::take(), pgid);
             let halted: HashMap<i32, bool> =
@@ -785,21 +797,33 @@ impl Supervisor {
             let running: Vec<&ProcStat> =
                 job.iter().filter(|process| !halted[&process.pid] && !unstoppable.contains(&process.pid)).collect();
             if running.is_empty() {
-                break;
+                // Nothing to stop, or a second look in a row that finds all stopped.
+                if job.is_empty() || settled {
+                    break;
+                }
+                settled = true;
+                continue;
             }
-            // Each once: a signal sent is acted on when its target next runs (one in uninterruptible sleep
-            // takes its time).
+            settled = false;
             for process in running {
                 // A parent that does not stop (uninterruptible sleep, another user's) holds up its children
                 // for half the rounds only.
                 let parent_halted = halted.get(&process.ppid).is_none_or(|halted| *halted)
                     || unstoppable.contains(&process.ppid)
                     || round >= FREEZE_ROUNDS / 2;
-                if parent_halted && !stopped.contains(&process.pid) {
-                    stopped.push(process.pid);
-                    if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
-                        unstoppable.push(process.pid);
+                if !parent_halted {
+                    continue;
+                }
+                let id = (process.pid, process.start);
+                if !stopped.contains(&id) {
+                    stopped.push(id);
+                    let mut kept = self.kept.borrow_mut();
+                    if !kept.contains(&id) {
+                        kept.push(id);
                     }
+                }
+                if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
+                    unstoppable.push(process.pid);
                 }
             }
             std::thread::sleep(FREEZE_NAP);
