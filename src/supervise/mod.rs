@@ -790,12 +790,14 @@ impl Supervisor {
         let mut unstoppable: Vec<i32> = Vec::new();
         let mut job = Vec::new();
         let mut settled = false;
+        let mut still_running: Vec<i32> = Vec::new();
         for round in 0..FREEZE_ROUNDS {
             job = self.job(&Snapshot::take(), pgid);
             let halted: HashMap<i32, bool> =
                 job.iter().map(|process| (process.pid, process.is_wholly_stopped())).collect();
             let running: Vec<&ProcStat> =
                 job.iter().filter(|process| !halted[&process.pid] && !unstoppable.contains(&process.pid)).collect();
+            still_running = running.iter().map(|process| process.pid).collect();
             if running.is_empty() {
                 // Nothing to stop, or a second look in a row that finds all stopped.
                 if job.is_empty() || settled {
@@ -827,6 +829,14 @@ impl Supervisor {
                 }
             }
             std::thread::sleep(FREEZE_NAP);
+        }
+        if !still_running.is_empty() {
+            warn!(
+                pids = ?still_running,
+                "processes of the child's job did not stop (uninterruptible sleep, or SIGCONT sent to them \
+                 again and again): a child one of them forks as the signal lands may escape; --subreaper \
+                 closes that"
+            );
         }
         (job, stopped)
     }
