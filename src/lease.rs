@@ -948,8 +948,12 @@ impl Elector {
             return self.acquisition(Some(current), now);
         }
         if holder == self.identity && (self.adopt || self.is_own_write(&current.record)) {
-            // Our own record from an earlier hold (its child is gone), or the side-car's adoption.
-            return match self.adopt {
+            // Our own record from an earlier hold (its child is gone), or the side-car's adoption, which
+            // keeps the token, unless a larger one was seen (a create of ours that landed after a
+            // deletion): then it is taken again with a new token, as any acquisition.
+            let token_went_back =
+                self.token_floor.is_some_and(|floor| current.record.lease_transitions.unwrap_or(0) < floor);
+            return match self.adopt && !token_went_back {
                 true => Action::Write(self.adoption(current, now)),
                 false => self.acquisition(Some(current), now),
             };
@@ -1683,6 +1687,28 @@ mod tests {
         assert_eq!(held.usable_from, at(t0, 5.5), "no child before the other holder's observed expiry");
         assert!(!elector.usable(at(t0, 5.4)));
         assert!(elector.usable(at(t0, 5.5)));
+    }
+
+    /// A create sent while the lease was absent lands after another holder's record (token 1) was seen
+    /// and deleted: no hold with token 0; the record is taken again with token 2 (the side-car too, which
+    /// otherwise adopts its pod's record with its token), and that holds.
+    #[test]
+    fn a_create_that_lands_below_a_token_already_seen_is_taken_again_with_a_larger_one() {
+        for mut elector in [Elector::new("me", TIMING), Elector::adopting("me", TIMING)] {
+            let t0 = Instant::now();
+            elector.set_watching(true);
+            elector.observe(None, t0);
+            let create = expect_write(elector.next(now(t0, 0.0)));
+            let ticket = elector.write_sent(&create, t0);
+            elector.observe_event(WatchUpdate::Present(versioned(3, record(Some("other"), Some(1), Some(1)))), t0);
+            elector.observe_event(WatchUpdate::Deleted { resource_version: "4".into() }, t0);
+            elector.write_result(ticket, WriteResult::Applied(versioned(5, create.record.clone())), at(t0, 0.1));
+            assert!(elector.held().is_none(), "no hold with token 0 after token 1 was seen");
+            let again = expect_write(elector.next(now(t0, 1.5)));
+            assert_eq!(again.record.lease_transitions, Some(2));
+            apply(&mut elector, &again, 6, at(t0, 1.5), at(t0, 1.5));
+            assert_eq!(elector.held().expect("held").fencing_token, 2);
+        }
     }
 
     #[test]

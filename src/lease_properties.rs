@@ -142,6 +142,8 @@ struct World {
     next_request: u64,
     procs: Vec<Proc>,
     last_token: Option<i32>,
+    /// The process that started the last child.
+    last_child_of: Option<usize>,
     children_started: usize,
     deleted_since_last_child: bool,
 }
@@ -155,6 +157,18 @@ impl World {
     /// per contender.
     fn believing_in(contenders: f64) -> World {
         World::believing(|_| contenders)
+    }
+
+    /// Process 2 is a side-car (it adopts every record under its identity, as its pod's); process 0 has an
+    /// identity of its own (the side-car would adopt a second process's record under its identity).
+    fn with_a_side_car() -> World {
+        let mut world = World::new();
+        for (p, elector) in [(0, Elector::new("c", TIMING)), (2, Elector::adopting("a", TIMING))] {
+            let mut elector = elector.with_seed(p as u64 + 1);
+            elector.set_watching(true);
+            world.procs[p].elector = elector;
+        }
+        world
     }
 
     /// Process `p` starts believing in `contenders(p)` contenders.
@@ -191,6 +205,7 @@ impl World {
                 })
                 .collect(),
             last_token: None,
+            last_child_of: None,
             children_started: 0,
             deleted_since_last_child: false,
         }
@@ -355,8 +370,12 @@ impl World {
             // so); any process that did see them continues from there.
             let saw_larger = self.procs[p].elector.token_floor.is_some_and(|floor| floor > held.fencing_token);
             let reset_allowed = self.deleted_since_last_child && !saw_larger;
+            // The side-car adopts its pod's record with its token: after its own last child, with nobody
+            // else's between, the same token again.
+            let adopted_again =
+                self.procs[p].elector.adopt && self.last_child_of == Some(p) && held.fencing_token == last;
             prop_assert!(
-                held.fencing_token > last || reset_allowed,
+                held.fencing_token > last || reset_allowed || adopted_again,
                 "token {} after {last} (process {p}, deleted since: {})",
                 held.fencing_token,
                 self.deleted_since_last_child
@@ -364,6 +383,7 @@ impl World {
         }
         self.deleted_since_last_child = false;
         self.last_token = Some(held.fencing_token);
+        self.last_child_of = Some(p);
         self.children_started += 1;
         self.procs[p].child = Some(Child { token: held.fencing_token, dead_by: None });
         Ok(())
@@ -617,6 +637,14 @@ proptest! {
     #[test]
     fn a_crowd_that_believes_in_a_thousand_contenders_still_runs_a_child(steps in prop::collection::vec(step(), 1..160)) {
         let mut world = run_in(|| World::believing_in(MAX_CONTENDERS), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// A side-car (adopting its pod's record, keeping the token) among two plain processes: exclusion
+    /// and fencing hold, and a child still runs.
+    #[test]
+    fn a_side_car_among_plain_processes(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run_in(World::with_a_side_car, steps)?;
         heal_until_a_child_runs(&mut world)?;
     }
 
