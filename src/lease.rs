@@ -951,9 +951,7 @@ impl Elector {
             // Our own record from an earlier hold (its child is gone), or the side-car's adoption, which
             // keeps the token, unless a larger one was seen (a create of ours that landed after a
             // deletion): then it is taken again with a new token, as any acquisition.
-            let token_went_back =
-                self.token_floor.is_some_and(|floor| current.record.lease_transitions.unwrap_or(0) < floor);
-            return match self.adopt && !token_went_back {
+            return match self.adopt && !self.below_token_floor(&current.record) {
                 true => Action::Write(self.adoption(current, now)),
                 false => self.acquisition(Some(current), now),
             };
@@ -1051,7 +1049,7 @@ impl Elector {
         let too_late = now >= sent_at + self.timing.renew_deadline;
         // A create sent before the lease was seen with a larger token, that landed after the lease was
         // deleted: its token would go back. It makes no hold; the record is taken again at once, above.
-        let token_goes_back = self.token_floor.is_some_and(|floor| record.lease_transitions.unwrap_or(0) < floor);
+        let token_goes_back = self.below_token_floor(record);
         match purpose {
             Purpose::Release if current => return self.released(),
             Purpose::Release => return,
@@ -1122,6 +1120,12 @@ impl Elector {
     /// A live record under our identity that is not our own write (and that we do not adopt).
     fn is_foreign_under_our_identity(&self, record: &LeaseSpec) -> bool {
         !self.adopt && record.holder_identity.as_deref() == Some(self.identity.as_str()) && !self.is_own_write(record)
+    }
+
+    /// Whether `record`'s token is below the largest one this process has seen: a create of ours that
+    /// landed after the lease was deleted under a later holder.
+    fn below_token_floor(&self, record: &LeaseSpec) -> bool {
+        self.token_floor.is_some_and(|floor| record.lease_transitions.unwrap_or(0) < floor)
     }
 
     fn is_release(&self, write: &Write) -> bool {

@@ -728,13 +728,8 @@ impl Supervisor {
     /// shell) finds its children running again, never stopped.
     fn end_job(&self, pgid: Pid, signal: Signal, and_continue: bool) {
         let (job, stopped) = self.freeze_job(pgid);
-        {
-            let mut kept = self.kept.borrow_mut();
-            for process in &job {
-                if !kept.contains(&(process.pid, process.start)) {
-                    kept.push((process.pid, process.start));
-                }
-            }
+        for process in &job {
+            self.keep((process.pid, process.start));
         }
         self.signal_listed(pgid, &job, signal);
         if !and_continue && signal != Signal::SIGKILL {
@@ -765,6 +760,14 @@ impl Supervisor {
             if ProcStat::read(*pid).is_none_or(|process| process.start == *start) {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
             }
+        }
+    }
+
+    /// Count the process `id` (pid, start time) as part of the job from now on, wherever it goes.
+    fn keep(&self, id: (i32, u64)) {
+        let mut kept = self.kept.borrow_mut();
+        if !kept.contains(&id) {
+            kept.push(id);
         }
     }
 
@@ -819,10 +822,7 @@ impl Supervisor {
                 let id = (process.pid, process.start);
                 if !stopped.contains(&id) {
                     stopped.push(id);
-                    let mut kept = self.kept.borrow_mut();
-                    if !kept.contains(&id) {
-                        kept.push(id);
-                    }
+                    self.keep(id);
                 }
                 if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
                     unstoppable.push(process.pid);
