@@ -287,6 +287,11 @@ pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
 /// that believes it is alone (a newcomer tries at once): about the time a newcomer's write takes to be
 /// seen, not the measured stagger, which a herd's lost races inflate.
 const FIRST_WINDOW: Duration = Duration::from_millis(10);
+/// How much of what it believed about newcomers a process keeps at every handoff it sees (see
+/// `Elector::newcomers`): ten handoffs in a row won by processes that left the first window to others
+/// bring the window down to a tenth; one such handoff among newcomers' wins takes only a fifth off, so
+/// that the newcomers who come a few ms late keep their window.
+const NEWCOMER_MEMORY: f64 = 0.8;
 /// The widest spread per contender that measurements can make (a slow or overloaded API server).
 const MAX_STAGGER_PER_CONTENDER: Duration = Duration::from_millis(100);
 /// The widest spread of attempts on a freed lease, whatever the belief in contention (and never more
@@ -308,6 +313,11 @@ const CONTENTION_DECAY_ON_ACQUIRE: f64 = 0.5;
 
 /// The annotation that marks a Lease as a slot of a semaphore, with the number of slots as its value.
 pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
+/// The annotation in which an acquisition says how many contenders its writer believed in, with the
+/// token it was written for: `"16.0@7"`. The processes still waiting read it to tell whether the winner
+/// tried at once (a newcomer) or left the first window to others (one of a crowd); a value written for
+/// another token (a writer that keeps annotations it does not know) says nothing.
+pub const CONTENDERS_ANNOTATION: &str = "mpsync.io/contenders";
 
 /// The answer to "what now?".
 #[derive(Clone, Debug, PartialEq)]
@@ -417,6 +427,11 @@ pub struct Elector {
     /// window left to newcomers (see `note_contention`), so a freed lease with many waiters draws about one
     /// write, not one per waiter. One waiter (the usual case) tries at once.
     contenders: f64,
+    /// How often, lately, a freed lease went to a process that tried it at once (a newcomer), between 0
+    /// and 1: the share of the first window a process that believes in a crowd leaves to newcomers. Learned
+    /// from the winners' `CONTENDERS_ANNOTATION`; when nobody joins a crowd (a queue that drains), the
+    /// crowd stops waiting for newcomers that never come.
+    newcomers: f64,
     /// The free record seen last, and when this process may try to take it.
     free_try_at: Option<FreeSeen>,
     /// When the acquisition that lost the last race was sent, until the winner's write shows on the watch.
@@ -452,6 +467,7 @@ impl Elector {
             protected_until: None,
             slots: None,
             contenders: 1.0,
+            newcomers: 1.0,
             free_try_at: None,
             lost_race_sent_at: None,
             write_lag: None,
@@ -698,6 +714,8 @@ impl Elector {
                     }
                 }
                 self.contenders = belief.clamp(1.0, MAX_CONTENDERS);
+                let newcomer = 1.0 - first_window_share(recorded_contenders(&current));
+                self.newcomers = self.newcomers * NEWCOMER_MEMORY + newcomer * (1.0 - NEWCOMER_MEMORY);
             }
             return;
         }
@@ -713,9 +731,10 @@ impl Elector {
         }
         // A process that believes it is alone tries at once. One that believes in a crowd leaves it the
         // first window (from two contenders on; less below), so that a newcomer's attempt is seen before
-        // the crowd's earliest draws instead of colliding with them; then it draws within the spread.
+        // the crowd's earliest draws instead of colliding with them, as long as newcomers have been taking
+        // freed leases lately; then it draws within the spread.
         let limit = MAX_SPREAD.min(self.timing.lease_duration / 2);
-        let floor = FIRST_WINDOW.mul_f64((self.contenders - 1.0).min(1.0)).min(limit);
+        let floor = FIRST_WINDOW.mul_f64(first_window_share(Some(self.contenders)) * self.newcomers).min(limit);
         let spread = self.stagger().mul_f64(self.contenders - 1.0).min(limit - floor);
         let delay = floor + spread.mul_f64(self.random_fraction());
         self.free_try_at = Some(FreeSeen { version, seen_at: now, floor, spread, try_at: now + delay, tried: false });
@@ -1160,10 +1179,16 @@ impl Elector {
         record.acquire_time = Some(now.wall.clone());
         record.renew_time = Some(now.wall);
         record.lease_transitions = Some(transitions);
-        Action::Write(self.marked(match base {
+        let mut write = match base {
             Some(base) => Write::replace(base, record),
             None => Write::create(record),
-        }))
+        };
+        write
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CONTENDERS_ANNOTATION.to_string(), format!("{:.1}@{transitions}", self.contenders));
+        Action::Write(self.marked(write))
     }
 
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
@@ -1191,6 +1216,21 @@ fn same_write(sent: &LeaseSpec, stored: &LeaseSpec) -> bool {
 
 fn same_acquisition(record: &LeaseSpec, acquire_time: &Option<MicroTime>, token: i32) -> bool {
     record.acquire_time == *acquire_time && record.lease_transitions.unwrap_or(0) == token
+}
+
+/// How much of the first window a process that believes in `contenders` leaves to others: none alone (or
+/// for a writer that does not say), all of it from two on, in between below.
+fn first_window_share(contenders: Option<f64>) -> f64 {
+    contenders.filter(|c| c.is_finite()).map_or(0.0, |c| (c - 1.0).clamp(0.0, 1.0))
+}
+
+/// The belief in contention that the acquisition in this record was written with, if it says so for
+/// its own token (see [`CONTENDERS_ANNOTATION`]).
+fn recorded_contenders(current: &Versioned) -> Option<f64> {
+    let value = current.metadata.annotations.as_ref()?.get(CONTENDERS_ANNOTATION)?;
+    let (contenders, token) = value.split_once('@')?;
+    (token.parse::<i32>().ok()? == current.record.lease_transitions.unwrap_or(0)).then_some(())?;
+    contenders.parse().ok()
 }
 
 /// A record that names a holder.
@@ -2037,6 +2077,62 @@ mod tests {
                 let widest = window + STAGGER_PER_CONTENDER.as_secs_f64() * (belief - 1.0);
                 assert!(delay >= window && delay <= widest + 1e-9, "belief {belief}, seed {seed}: {delay}");
             }
+        }
+    }
+
+    #[test]
+    fn an_acquisition_says_how_many_contenders_its_writer_believed_in() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(4)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let annotations = write.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.get(CONTENDERS_ANNOTATION).map(String::as_str), Some("1.0@5"));
+        let stored = Versioned { resource_version: "4".into(), record: write.record, metadata: write.metadata };
+        assert_eq!(recorded_contenders(&stored), Some(1.0));
+        // Kept by a writer that does not know it, under another token, it says nothing.
+        let mut kept = stored.clone();
+        kept.record.lease_transitions = Some(6);
+        assert_eq!(recorded_contenders(&kept), None);
+    }
+
+    /// A crowd that nobody joins (a queue that drains) stops leaving the first window to newcomers that
+    /// never come: the winners' records say they believed in a crowd too. Winners that tried at once
+    /// (newcomers; or writers that do not say, or say it for another token) keep the window whole.
+    #[test]
+    fn a_crowd_that_nobody_joins_stops_leaving_the_first_window() {
+        let t0 = Instant::now();
+        let cases: [(Option<&str>, f64); 4] =
+            [(Some("16.0"), 0.010 * 0.512), (Some("1.0"), 0.010), (None, 0.010), (Some("other token"), 0.010)];
+        for (said, floor) in cases {
+            let mut elector = Elector::new("me", TIMING).with_seed(11);
+            elector.set_watching(true);
+            elector.contenders = 100.0;
+            elector.observe(Some(versioned(3, record(Some("first"), Some(15), Some(0)))), t0);
+            let mut rv = 4;
+            let mut t = 1.0;
+            for token in 1..=3 {
+                elector.observe_event(
+                    WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(token - 1)))),
+                    at(t0, t),
+                );
+                // Taken 5 ms later, as quickly as a write arrives: nothing learned about the crowd's size.
+                let mut won = versioned(rv + 1, record(Some(&format!("w{token}")), Some(15), Some(token)));
+                let value = match said {
+                    Some("other token") => Some(format!("16.0@{}", token + 1)),
+                    Some(belief) => Some(format!("{belief}@{token}")),
+                    None => None,
+                };
+                won.metadata.annotations = value.map(|v| [(CONTENDERS_ANNOTATION.to_string(), v)].into());
+                elector.observe_event(WatchUpdate::Present(won), at(t0, t + 0.005));
+                rv += 2;
+                t += 1.0;
+            }
+            elector.observe_event(WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(3)))), at(t0, t));
+            let drawn = elector.free_try_at.as_ref().expect("a draw").floor.as_secs_f64();
+            assert!((drawn - floor).abs() < 1e-9, "{said:?}: a first window of {drawn} s, not {floor} s");
+            let Action::WaitUntil(try_at) = elector.next(now(t0, t)) else { panic!("staggered") };
+            assert!(try_at >= at(t0, t + floor - 1e-9), "{said:?}");
         }
     }
 
