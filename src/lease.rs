@@ -318,6 +318,10 @@ pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 /// tried at once (a newcomer) or left the first window to others (one of a crowd); a value written for
 /// another token (a writer that keeps annotations it does not know) says nothing.
 pub const CONTENDERS_ANNOTATION: &str = "mpsync.io/contenders";
+/// Beyond this many bytes of other annotations (keys and values), an acquisition leaves
+/// `CONTENDERS_ANNOTATION` out: the API server refuses more than 256 KiB of annotations, and the file
+/// backend a record over 1 MiB.
+const MAX_FOREIGN_ANNOTATIONS: usize = 128 * 1024;
 
 /// The answer to "what now?".
 #[derive(Clone, Debug, PartialEq)]
@@ -1183,11 +1187,15 @@ impl Elector {
             Some(base) => Write::replace(base, record),
             None => Write::create(record),
         };
-        write
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(CONTENDERS_ANNOTATION.to_string(), format!("{:.1}@{transitions}", self.contenders));
+        let annotations = write.metadata.annotations.get_or_insert_with(Default::default);
+        // Advisory only: never what makes a record too large to write.
+        let others: usize =
+            annotations.iter().filter(|(k, _)| *k != CONTENDERS_ANNOTATION).map(|(k, v)| k.len() + v.len()).sum();
+        if others <= MAX_FOREIGN_ANNOTATIONS {
+            annotations.insert(CONTENDERS_ANNOTATION.to_string(), format!("{:.1}@{transitions}", self.contenders));
+        } else {
+            annotations.remove(CONTENDERS_ANNOTATION);
+        }
         Action::Write(self.marked(write))
     }
 
@@ -2094,6 +2102,16 @@ mod tests {
         let mut kept = stored.clone();
         kept.record.lease_transitions = Some(6);
         assert_eq!(recorded_contenders(&kept), None);
+        // Found by review: never what makes a record too large (256 KiB of annotations on Kubernetes, a
+        // 1 MiB record on the file backend). Left out, and a stale one removed, beside 128 KiB of others.
+        let mut large = stored;
+        large.record.holder_identity = Some(String::new());
+        large.metadata.annotations.get_or_insert_with(Default::default).insert("note".into(), "x".repeat(128 * 1024));
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(large), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let annotations = write.metadata.annotations.unwrap_or_default();
+        assert!(!annotations.contains_key(CONTENDERS_ANNOTATION) && annotations.contains_key("note"));
     }
 
     /// A crowd that nobody joins (a queue that drains) stops leaving the first window to newcomers that
