@@ -247,7 +247,8 @@ fn client_go_record_is_read_and_respected(env: &TestEnv) {
 }
 
 /// Whatever the store kept of a lease mpsync did not write (labels, annotations, `strategy`,
-/// `preferredHolder`) survives its acquire, renewals and release. An API server older than 1.31 drops
+/// `preferredHolder`) survives its acquire, renewals and release; the acquisition adds its
+/// `mpsync.io/contenders` annotation. An API server older than 1.31 drops
 /// `strategy` and `preferredHolder` on create (they came with coordinated leader election): then only
 /// what it kept is checked, and the test says it skipped the rest.
 fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
@@ -284,5 +285,10 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
     assert_eq!((spec.strategy, spec.preferred_holder), kept, "what the store kept survives every write");
     let metadata = env.metadata(&name).unwrap();
     assert_eq!(metadata.labels.unwrap()["team"], "infra");
-    assert_eq!(metadata.annotations.unwrap()["note"], "keep me");
+    let annotations = metadata.annotations.unwrap();
+    assert_eq!(annotations["note"], "keep me");
+    // Beside them, mpsync's own: what its acquisition believed about contention (alone: one), with the
+    // token it was written for (kept by the release).
+    let token = spec.lease_transitions.unwrap_or(0);
+    assert_eq!(annotations[mpsync::lease::CONTENDERS_ANNOTATION], format!("1.0@{token}"));
 }
