@@ -62,6 +62,22 @@ pub fn client(config: &kube::Config) -> kube::Client {
     kube::Client::try_from(config.clone()).expect("a kube client from the kubeconfig")
 }
 
+/// `MPSYNC_BENCH_COMMIT_MS`: how long the test server holds every write before it commits, standing in
+/// for etcd (none by default: the targets of issue 14 are the test server's).
+pub fn commit_delay() -> Duration {
+    std::env::var("MPSYNC_BENCH_COMMIT_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// A test server as the bench's variables ask for it.
+pub fn test_server(server: TestApiServer) -> TestApiServer {
+    server.set_commit_delay(commit_delay());
+    server
+}
+
 pub enum Target {
     /// The test API server of `tests/support/apiserver.rs`: a fresh one per measurement; with `front`,
     /// a plain-HTTP one behind a TLS front that sends no session tickets (`MPSYNC_BENCH_FRONT=1`).
@@ -272,7 +288,7 @@ impl<'a> KubeEnv<'a> {
         }
         match ctx.target.cluster() {
             None => {
-                let server = TestApiServer::start();
+                let server = test_server(TestApiServer::start());
                 let kubeconfig = ctx.dir.join(format!("kubeconfig-{tag}"));
                 fs::write(&kubeconfig, server.kubeconfig_yaml("default")).unwrap();
                 KubeEnv {
@@ -299,7 +315,7 @@ impl<'a> KubeEnv<'a> {
 
     /// A plain-HTTP test server behind a TLS front that sends no session tickets (see `tlsfront`).
     pub fn start_fronted(ctx: &'a Ctx, tag: &str) -> KubeEnv<'a> {
-        let server = TestApiServer::start_plain();
+        let server = test_server(TestApiServer::start_plain());
         let front = TlsFront::start(server.addr());
         let kubeconfig = ctx.dir.join(format!("kubeconfig-{tag}"));
         fs::write(&kubeconfig, front.kubeconfig_yaml("default")).unwrap();

@@ -879,6 +879,42 @@ fn latency_delays_answers() {
     server.set_latency(Duration::ZERO);
 }
 
+/// A write held before it commits (etcd's share on a real cluster): two replaces of one version sent
+/// together both wait, then one commits and the other finds the version moved; a read is not held, and
+/// the watch shows the one that committed.
+#[test]
+fn commit_delay_holds_writes_and_checks_the_version_after_the_wait() {
+    let server = TestApiServer::start();
+    let rv = rv_of(&create(&server, "held", "a"));
+    server.set_commit_delay(Duration::from_secs(3));
+    let mut watching = Conn::open(&server);
+    watching.watch(&format!("resourceVersion={rv}&timeoutSeconds=60"));
+    wait_until("the watch is open", || server.watch_count() == 1);
+    let started = Instant::now();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let writes: Vec<_> = ["b", "c"]
+            .into_iter()
+            .map(|holder| {
+                let (server, body) = (&server, lease_body("held", holder, Some(&rv)));
+                scope.spawn(move || call(server, "PUT", &format!("{LEASES}/held"), Some(&body)).status)
+            })
+            .collect();
+        wait_until("both writes are in", || server.count("update") == 0 && server.requests().len() >= 4);
+        let read = call(&server, "GET", &format!("{LEASES}/held"), None);
+        assert!(started.elapsed() < Duration::from_secs(3), "a read is not held");
+        assert_eq!(rv_of(&read.json()), rv, "nothing committed yet");
+        writes.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(started.elapsed() >= Duration::from_secs(3), "writes are held");
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 409], "one commits, the other finds the version moved: {statuses:?}");
+    let event: Value = serde_json::from_str(&watching.next_line()).unwrap();
+    assert_eq!(event["type"], "MODIFIED");
+    assert!(["b", "c"].contains(&event["object"]["spec"]["holderIdentity"].as_str().unwrap()));
+    server.set_commit_delay(Duration::ZERO);
+}
+
 #[test]
 fn restart_keeps_objects_closes_connections_and_moves_the_resource_version_on() {
     let server = TestApiServer::start();

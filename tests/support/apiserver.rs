@@ -33,7 +33,8 @@
 //! Faults on demand, each a method below:
 //! - before a request is carried out: [`fail_next`](TestApiServer::fail_next) (any verb, n-shot),
 //!   [`forbid`](TestApiServer::forbid), [`unauthorized`](TestApiServer::unauthorized),
-//!   [`set_latency`](TestApiServer::set_latency);
+//!   [`set_latency`](TestApiServer::set_latency), and [`set_commit_delay`](TestApiServer::set_commit_delay)
+//!   for writes (etcd's share of a write's time, which this server otherwise commits in microseconds);
 //! - after a write was committed, on its answer only: [`after_commit`](TestApiServer::after_commit)
 //!   (a 500 or 504 with the real `Status`, a connection dropped without an answer, or a late answer);
 //! - on watches: [`set_watch_fault`](TestApiServer::set_watch_fault) (every watch gets an ERROR event,
@@ -309,6 +310,7 @@ struct State {
     after_commit: Option<AfterCommitFault>,
     watch_fault: Option<WatchFault>,
     latency: Duration,
+    commit_delay: Duration,
     bookmark_interval: Duration,
     forbidden: BTreeSet<String>,
     unauthorized: bool,
@@ -411,6 +413,7 @@ impl TestApiServer {
             after_commit: None,
             watch_fault: None,
             latency: Duration::ZERO,
+            commit_delay: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             forbidden: BTreeSet::new(),
             unauthorized: false,
@@ -590,6 +593,15 @@ impl TestApiServer {
     /// Delays every answer (after the request has been carried out) by `latency`; zero for none.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;
+    }
+
+    /// Holds every write (create, update, patch, delete) for `delay` before it is carried out, as etcd's
+    /// Raft round and fsync hold it on a real cluster (issue 14: a release PUT took 5.5 ms on loopback);
+    /// zero for none. Writes sent together wait together, and each one's compare-and-swap is checked
+    /// after its wait, so a herd's writes all wait and then all but the first find the version moved;
+    /// the watch event goes out at the commit, with the writer's answer.
+    pub fn set_commit_delay(&self, delay: Duration) {
+        self.shared.lock().commit_delay = delay;
     }
 
     /// How often a watch that asked for `allowWatchBookmarks=true` gets a BOOKMARK (default 1s).
@@ -1536,7 +1548,7 @@ fn pause(shared: &Shared, conn: u64, delay: Duration) -> bool {
 fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bool {
     let route = route(&request.path);
     let verb = verb_of(request, &route);
-    let (index, failure, latency, unauthorized, forbidden) = {
+    let (index, failure, latency, commit_delay, unauthorized, forbidden) = {
         let mut st = shared.lock();
         st.log.push(RequestLog {
             method: request.method.clone(),
@@ -1555,9 +1567,14 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             }
             None => None,
         };
-        (st.log.len() - 1, failure, st.latency, st.unauthorized, st.forbidden.clone())
+        (st.log.len() - 1, failure, st.latency, st.commit_delay, st.unauthorized, st.forbidden.clone())
     };
     shared.observed.notify_all();
+    let write = matches!(verb, "create" | "update" | "patch" | "delete" | "deletecollection");
+    if write && failure.is_none() && !unauthorized && !commit_delay.is_zero() && !pause(shared, conn, commit_delay) {
+        shared.answered(index, 0);
+        return false;
+    }
     let reply = if let Some(code) = failure {
         Reply::Answer(failure_response(code))
     } else if unauthorized {
