@@ -287,6 +287,10 @@ pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
 /// that believes it is alone (a newcomer tries at once): about the time a newcomer's write takes to be
 /// seen, not the measured stagger, which a herd's lost races inflate.
 const FIRST_WINDOW: Duration = Duration::from_millis(10);
+/// The first window once newcomers' acquisitions were seen: half as long again as they took to arrive
+/// after the release (a slower API server, or a newcomer that starts slowly, widens it), within these.
+const MIN_FIRST_WINDOW: Duration = Duration::from_millis(5);
+const MAX_FIRST_WINDOW: Duration = Duration::from_millis(30);
 /// How much of what it believed about newcomers a process keeps at every handoff it sees (see
 /// `Elector::newcomers`): ten handoffs in a row won by processes that left the first window to others
 /// bring the window down to a tenth; one such handoff among newcomers' wins takes only a fifth off, so
@@ -436,6 +440,9 @@ pub struct Elector {
     /// from the winners' `CONTENDERS_ANNOTATION`; when nobody joins a crowd (a queue that drains), the
     /// crowd stops waiting for newcomers that never come.
     newcomers: f64,
+    /// How long after a release newcomers' acquisitions arrive (a moving average of what this process
+    /// saw): what the first window must cover. `None` until seen.
+    newcomer_lag: Option<Duration>,
     /// The free record seen last, and when this process may try to take it.
     free_try_at: Option<FreeSeen>,
     /// When the acquisition that lost the last race was sent, until the winner's write shows on the watch.
@@ -472,6 +479,7 @@ impl Elector {
             slots: None,
             contenders: 1.0,
             newcomers: 1.0,
+            newcomer_lag: None,
             free_try_at: None,
             lost_race_sent_at: None,
             write_lag: None,
@@ -505,6 +513,13 @@ impl Elector {
     /// the winner instead of reading at once.
     pub fn set_watching(&mut self, watching: bool) {
         self.watching = watching;
+    }
+
+    /// The window a process that believes in a crowd leaves to newcomers after a release, before the
+    /// share of it that newcomers' recent wins justify: [`FIRST_WINDOW`] until newcomers' acquisitions
+    /// were seen, then 1.5 times how long after the release they arrived.
+    fn first_window(&self) -> Duration {
+        self.newcomer_lag.map_or(FIRST_WINDOW, |lag| lag.mul_f64(1.5).clamp(MIN_FIRST_WINDOW, MAX_FIRST_WINDOW))
     }
 
     /// How many contenders this process believes in (see `STAGGER_PER_CONTENDER`).
@@ -706,6 +721,7 @@ impl Elector {
         let Some(current) = self.current().cloned() else { return };
         if is_live(&current.record) {
             let free = self.free_try_at.take();
+            let seen_free_at = free.as_ref().map(|free| free.seen_at);
             if was_free && self.held.is_none() && !self.is_own_write(&current.record) {
                 let mut belief = self.contenders * CONTENTION_DECAY;
                 if let Some(free) = free.filter(|free| !free.tried) {
@@ -720,6 +736,13 @@ impl Elector {
                 self.contenders = belief.clamp(1.0, MAX_CONTENDERS);
                 let newcomer = 1.0 - first_window_share(recorded_contenders(&current));
                 self.newcomers = self.newcomers * NEWCOMER_MEMORY + newcomer * (1.0 - NEWCOMER_MEMORY);
+                if newcomer > 0.5
+                    && let Some(seen_at) = seen_free_at
+                {
+                    // A newcomer's acquisition, this long after the release: what the window must cover.
+                    let sample = now.saturating_duration_since(seen_at).min(MAX_FIRST_WINDOW);
+                    self.newcomer_lag = Some(self.newcomer_lag.map_or(sample, |lag| (lag * 3 + sample) / 4));
+                }
             }
             return;
         }
@@ -738,7 +761,7 @@ impl Elector {
         // the crowd's earliest draws instead of colliding with them, as long as newcomers have been taking
         // freed leases lately; then it draws within the spread.
         let limit = MAX_SPREAD.min(self.timing.lease_duration / 2);
-        let floor = FIRST_WINDOW.mul_f64(first_window_share(Some(self.contenders)) * self.newcomers).min(limit);
+        let floor = self.first_window().mul_f64(first_window_share(Some(self.contenders)) * self.newcomers).min(limit);
         let spread = self.stagger().mul_f64(self.contenders - 1.0).min(limit - floor);
         let delay = floor + spread.mul_f64(self.random_fraction());
         self.free_try_at = Some(FreeSeen { version, seen_at: now, floor, spread, try_at: now + delay, tried: false });
@@ -2116,13 +2139,21 @@ mod tests {
 
     /// A crowd that nobody joins (a queue that drains) stops leaving the first window to newcomers that
     /// never come: the winners' records say they believed in a crowd too. Winners that tried at once
-    /// (newcomers; or writers that do not say, or say it for another token) keep the window whole.
+    /// (newcomers; or writers that do not say, or say it for another token) keep the window whole, and
+    /// its length follows how late after the release their acquisitions arrived (half as long again,
+    /// within 5 and 30 ms).
     #[test]
     fn a_crowd_that_nobody_joins_stops_leaving_the_first_window() {
         let t0 = Instant::now();
-        let cases: [(Option<&str>, f64); 4] =
-            [(Some("16.0"), 0.010 * 0.512), (Some("1.0"), 0.010), (None, 0.010), (Some("other token"), 0.010)];
-        for (said, floor) in cases {
+        let cases: [(Option<&str>, f64, f64); 6] = [
+            (Some("16.0"), 0.005, 0.010 * 0.512),
+            (Some("1.0"), 0.005, 0.0075),
+            (None, 0.005, 0.0075),
+            (Some("other token"), 0.005, 0.0075),
+            (Some("1.0"), 0.016, 0.024),
+            (Some("1.0"), 0.025, 0.030),
+        ];
+        for (said, gap, floor) in cases {
             let mut elector = Elector::new("me", TIMING).with_seed(11);
             elector.set_watching(true);
             elector.contenders = 100.0;
@@ -2134,7 +2165,7 @@ mod tests {
                     WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(token - 1)))),
                     at(t0, t),
                 );
-                // Taken 5 ms later, as quickly as a write arrives: nothing learned about the crowd's size.
+                // Taken `gap` later, before the crowd's first window ended: nothing learned about its size.
                 let mut won = versioned(rv + 1, record(Some(&format!("w{token}")), Some(15), Some(token)));
                 let value = match said {
                     Some("other token") => Some(format!("16.0@{}", token + 1)),
@@ -2142,7 +2173,7 @@ mod tests {
                     None => None,
                 };
                 won.metadata.annotations = value.map(|v| [(CONTENDERS_ANNOTATION.to_string(), v)].into());
-                elector.observe_event(WatchUpdate::Present(won), at(t0, t + 0.005));
+                elector.observe_event(WatchUpdate::Present(won), at(t0, t + gap));
                 rv += 2;
                 t += 1.0;
             }
