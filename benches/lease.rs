@@ -110,7 +110,7 @@ fn main() {
     .unwrap();
     println!("{report}");
     if std::env::var_os("MPSYNC_BENCH_UPDATE").is_some_and(|v| !v.is_empty() && v != "0") {
-        if kube::commit_delay().is_zero() {
+        if kube::commit_delay().is_zero() || ctx.target.cluster().is_some() {
             update_benchmarks_md(&ctx, &report);
         } else {
             eprintln!("BENCHMARKS.md not updated: its blocks are without MPSYNC_BENCH_COMMIT_MS");

@@ -736,11 +736,13 @@ impl Elector {
                 self.contenders = belief.clamp(1.0, MAX_CONTENDERS);
                 let newcomer = 1.0 - first_window_share(recorded_contenders(&current));
                 self.newcomers = self.newcomers * NEWCOMER_MEMORY + newcomer * (1.0 - NEWCOMER_MEMORY);
+                // A newcomer's acquisition, this long after the release: what the window must cover. One
+                // that came later than the widest window raced nobody (a process that started long after
+                // the release, while the crowd's attempts were spread): it says nothing of the window.
                 if newcomer > 0.5
-                    && let Some(seen_at) = seen_free_at
+                    && let Some(sample) = seen_free_at.map(|at| now.saturating_duration_since(at))
+                    && sample <= MAX_FIRST_WINDOW
                 {
-                    // A newcomer's acquisition, this long after the release: what the window must cover.
-                    let sample = now.saturating_duration_since(seen_at).min(MAX_FIRST_WINDOW);
                     self.newcomer_lag = Some(self.newcomer_lag.map_or(sample, |lag| (lag * 3 + sample) / 4));
                 }
             }
@@ -2145,13 +2147,15 @@ mod tests {
     #[test]
     fn a_crowd_that_nobody_joins_stops_leaving_the_first_window() {
         let t0 = Instant::now();
-        let cases: [(Option<&str>, f64, f64); 6] = [
+        let cases: [(Option<&str>, f64, f64); 7] = [
             (Some("16.0"), 0.005, 0.010 * 0.512),
             (Some("1.0"), 0.005, 0.0075),
             (None, 0.005, 0.0075),
             (Some("other token"), 0.005, 0.0075),
             (Some("1.0"), 0.016, 0.024),
             (Some("1.0"), 0.025, 0.030),
+            // Later than the widest window: nothing learned, the window stays 10 ms.
+            (Some("1.0"), 0.031, 0.010),
         ];
         for (said, gap, floor) in cases {
             let mut elector = Elector::new("me", TIMING).with_seed(11);

@@ -65,11 +65,13 @@ pub fn client(config: &kube::Config) -> kube::Client {
 /// `MPSYNC_BENCH_COMMIT_MS`: how long the test server holds every write before it commits, standing in
 /// for etcd (none by default: the targets of issue 14 are the test server's).
 pub fn commit_delay() -> Duration {
-    std::env::var("MPSYNC_BENCH_COMMIT_MS")
-        .ok()
-        .and_then(|ms| ms.parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms > 0.0)
-        .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0))
+    let Some(value) = std::env::var("MPSYNC_BENCH_COMMIT_MS").ok().filter(|v| !v.trim().is_empty()) else {
+        return Duration::ZERO;
+    };
+    match value.trim().parse::<f64>() {
+        Ok(ms) if (0.0..=60_000.0).contains(&ms) => Duration::from_secs_f64(ms / 1000.0),
+        _ => panic!("MPSYNC_BENCH_COMMIT_MS={value:?}: a number of milliseconds from 0 to 60000, such as 5"),
+    }
 }
 
 /// A test server as the bench's variables ask for it.

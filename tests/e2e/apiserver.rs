@@ -912,6 +912,12 @@ fn commit_delay_holds_writes_and_checks_the_version_after_the_wait() {
     let event: Value = serde_json::from_str(&watching.next_line()).unwrap();
     assert_eq!(event["type"], "MODIFIED");
     assert!(["b", "c"].contains(&event["object"]["spec"]["holderIdentity"].as_str().unwrap()));
+    // A replace already stale when it comes in, and a forbidden write, are answered without the wait.
+    let started = Instant::now();
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/held"), Some(&lease_body("held", "d", Some(&rv)))).status, 409);
+    server.forbid("create");
+    assert_eq!(call(&server, "POST", LEASES, Some(&lease_body("other", "d", None))).status, 403);
+    assert!(started.elapsed() < Duration::from_secs(3), "answered before storage: {:?}", started.elapsed());
     server.set_commit_delay(Duration::ZERO);
 }
 

@@ -595,13 +595,16 @@ impl TestApiServer {
         self.shared.lock().latency = latency;
     }
 
-    /// Holds every write (create, update, patch, delete) for `delay` before it is carried out, as etcd's
-    /// Raft round and fsync hold it on a real cluster (issue 14: a release PUT took 5.5 ms on loopback);
-    /// zero for none. Writes sent together wait together, and each one's compare-and-swap is checked
-    /// after its wait, so a herd's writes all wait and then all but the first find the version moved;
-    /// the watch event goes out at the commit, with the writer's answer.
+    /// Holds every write that goes to storage (a create, a delete of an existing Lease, a replace of the
+    /// current version) for `delay` before it is carried out, as etcd's Raft round and fsync hold it on
+    /// a real cluster (issue 14: a release PUT took 5.5 ms on loopback); zero for none, at most a minute.
+    /// Writes sent together wait together, and each one's compare-and-swap is checked after its wait, so
+    /// a herd's writes all wait and then all but the first find the version moved; the watch event goes
+    /// out at the commit, with the writer's answer. A replace already stale when it comes in, and a
+    /// forbidden or malformed write, are answered without the wait, as kube-apiserver answers them
+    /// before etcd.
     pub fn set_commit_delay(&self, delay: Duration) {
-        self.shared.lock().commit_delay = delay;
+        self.shared.lock().commit_delay = delay.min(Duration::from_secs(60));
     }
 
     /// How often a watch that asked for `allowWatchBookmarks=true` gets a BOOKMARK (default 1s).
@@ -1570,8 +1573,12 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
         (st.log.len() - 1, failure, st.latency, st.commit_delay, st.unauthorized, st.forbidden.clone())
     };
     shared.observed.notify_all();
-    let write = matches!(verb, "create" | "update" | "patch" | "delete" | "deletecollection");
-    if write && failure.is_none() && !unauthorized && !commit_delay.is_zero() && !pause(shared, conn, commit_delay) {
+    if failure.is_none()
+        && !unauthorized
+        && !commit_delay.is_zero()
+        && reaches_storage(shared, request, &route, verb, &forbidden)
+        && !pause(shared, conn, commit_delay)
+    {
         shared.answered(index, 0);
         return false;
     }
@@ -1607,6 +1614,36 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
     }
     shared.answered(index, response.status);
     write_response(io.writer(), &response, request.keep_alive).is_ok()
+}
+
+/// Whether a write goes to storage, where [`TestApiServer::set_commit_delay`] holds it. kube-apiserver
+/// answers a forbidden or malformed write, and a replace whose resourceVersion is stale when it comes
+/// in, from its own checks and a read, before any etcd write; a create and a delete of an existing
+/// object are etcd transactions.
+fn reaches_storage(
+    shared: &Shared,
+    request: &Request,
+    route: &Route,
+    verb: &str,
+    forbidden: &BTreeSet<String>,
+) -> bool {
+    if forbidden.contains(verb) {
+        return false;
+    }
+    match (verb, route) {
+        ("create", Route::Collection(Some(namespace))) => decode_lease(request, namespace).is_ok(),
+        ("update", Route::Item(namespace, name)) => match decode_lease(request, namespace) {
+            Ok(incoming) if incoming.name == *name => {
+                let st = shared.lock();
+                st.objects
+                    .get(&key(namespace, name))
+                    .is_none_or(|stored| str_at(stored, "/metadata/resourceVersion") == incoming.resource_version)
+            }
+            _ => false,
+        },
+        ("delete", Route::Item(namespace, name)) => shared.lock().objects.contains_key(&key(namespace, name)),
+        _ => false,
+    }
 }
 
 fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbidden: &BTreeSet<String>) -> Reply {
