@@ -284,8 +284,9 @@ impl std::fmt::Display for Refusal {
 /// they try.
 pub const STAGGER_PER_CONTENDER: Duration = Duration::from_millis(10);
 /// The first window after a lease is freed, left by a process that believes in a crowd to any process
-/// that believes it is alone (a newcomer tries at once): about the time a newcomer's write takes to be
-/// seen, not the measured stagger, which a herd's lost races inflate.
+/// that believes it is alone (a newcomer tries at once), until it has seen newcomers' acquisitions (see
+/// `Elector::first_window`): about the time a newcomer's write takes to be seen, not the measured
+/// stagger, which a herd's lost races inflate.
 const FIRST_WINDOW: Duration = Duration::from_millis(10);
 /// The first window once newcomers' acquisitions were seen: half as long again as they took to arrive
 /// after the release (a slower API server, or a newcomer that starts slowly, widens it), within these.
@@ -743,7 +744,7 @@ impl Elector {
                     && let Some(sample) = seen_free_at.map(|at| now.saturating_duration_since(at))
                     && sample <= MAX_FIRST_WINDOW
                 {
-                    self.newcomer_lag = Some(self.newcomer_lag.map_or(sample, |lag| (lag * 3 + sample) / 4));
+                    self.newcomer_lag = Some(moving_average(self.newcomer_lag, sample));
                 }
             }
             return;
@@ -787,7 +788,7 @@ impl Elector {
     /// One measurement of how long the write that beat ours took to reach us after we sent ours.
     fn learn_write_lag(&mut self, sample: Duration) {
         let sample = sample.min(MAX_STAGGER_PER_CONTENDER);
-        self.write_lag = Some(self.write_lag.map_or(sample, |lag| (lag * 3 + sample) / 4));
+        self.write_lag = Some(moving_average(self.write_lag, sample));
     }
 
     fn random_fraction(&mut self) -> f64 {
@@ -1249,6 +1250,11 @@ fn same_write(sent: &LeaseSpec, stored: &LeaseSpec) -> bool {
 
 fn same_acquisition(record: &LeaseSpec, acquire_time: &Option<MicroTime>, token: i32) -> bool {
     record.acquire_time == *acquire_time && record.lease_transitions.unwrap_or(0) == token
+}
+
+/// A moving average of delays that weighs a new sample by a quarter; the first sample alone.
+fn moving_average(average: Option<Duration>, sample: Duration) -> Duration {
+    average.map_or(sample, |average| (average * 3 + sample) / 4)
 }
 
 /// How much of the first window a process that believes in `contenders` leaves to others: none alone (or
