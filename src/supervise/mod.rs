@@ -234,6 +234,8 @@ pub struct Supervisor {
     /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
     /// group (see `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
     proc_hides: bool,
+    /// /proc is another PID namespace's: its pids are not the ones mpsync's system calls take.
+    proc_foreign: bool,
     /// Whether the warning that /proc could not be read whole was given (once per run).
     warned_unreadable_proc: bool,
     /// The members of the job (pid, start time) seen when it was stopped to be ended (`end_job`): they stay
@@ -306,7 +308,8 @@ impl Supervisor {
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals::set_of(&[Signal::SIGTTIN, Signal::SIGTTOU])), None)?;
 
         let terminal = Terminal::open();
-        if procfs::of_another_pid_namespace(me) {
+        let proc_foreign = procfs::of_another_pid_namespace(me);
+        if proc_foreign {
             warn!(
                 "/proc shows another PID namespace than mpsync's (unshare --pid without --mount-proc, nsenter --mount?): the \
                  child's job cannot be found in it; mount a /proc of this namespace"
@@ -325,6 +328,7 @@ impl Supervisor {
             stop_request: None,
             reap_orphans,
             proc_hides: procfs::hides_processes(),
+            proc_foreign,
             warned_unreadable_proc: false,
             kept: RefCell::new(Vec::new()),
             main: None,
@@ -660,6 +664,26 @@ impl Supervisor {
             && killpg(pgid, None) == Err(Errno::ESRCH)
         {
             return false;
+        }
+        // Cheaply too in the usual end of a job: the main child was the last of its group. No process but
+        // its kept zombie (and the guard) has the group's id, asked of the kernel with getpgid(2): one
+        // system call a process, where the snapshot reads a file with four (3.6 ms for 266 processes, on
+        // the handoff's path). With no member left, nothing is found through one either, and mpsync has no
+        // other child outside its own group to start the walk from: it is neither PID 1 nor a subreaper,
+        // keeps no stopped member and abandoned no child. What the snapshot would conclude, without it.
+        if self.main.is_none()
+            && !self.reap_orphans
+            && !self.proc_hides
+            && !self.proc_foreign
+            && self.kept.borrow().is_empty()
+            && self.abandoned.is_empty()
+            && let Some(leader) = self.leader
+        {
+            let mut except = vec![leader.as_raw()];
+            except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+            if procfs::group_has_others(pgid.as_raw(), &except) == Some(false) {
+                return false;
+            }
         }
         let snapshot = Snapshot::take();
         if !self.job(&snapshot, pgid).is_empty() {

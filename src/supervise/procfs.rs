@@ -131,6 +131,27 @@ fn read_small(path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
 
+/// Whether any process listed in /proc other than `except` is in process group `pgrp`, asked of the kernel
+/// (getpgid(2) needs no descriptor and formats nothing). Zombies count: they keep their group until they
+/// are reaped. `None` when it cannot tell: /proc cannot be listed, or the kernel would not say of one
+/// process (a security module).
+pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let Some(pid) = entry.ok()?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        match nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
+            Ok(group) if group.as_raw() == pgrp => return Some(true),
+            Ok(_) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(false)
+}
+
 /// What a read of /proc/PID/stat found.
 enum Read {
     Whole(ProcStat),

@@ -379,6 +379,41 @@ fn finish_kills_what_the_child_left_behind() {
     });
 }
 
+/// The cheap look at the end of a job (`procfs::group_has_others`): a group whose only process is its
+/// leader's kept zombie is told empty once the zombie is excepted; a live member is found.
+#[test]
+fn a_group_left_with_its_leaders_zombie_alone_is_told_empty_and_a_live_member_is_found() {
+    use std::os::unix::process::CommandExt as _;
+    let _serial = serial();
+    let dir = TempDir::new("group-others");
+    runtime().block_on(async {
+        let mut alone = std::process::Command::new("true").process_group(0).spawn().unwrap();
+        let leader = alone.id() as i32;
+        let deadline = Instant::now() + PATIENCE;
+        while !ProcStat::read(leader).is_some_and(|stat| stat.is_zombie()) {
+            assert!(Instant::now() < deadline, "`true` never exited");
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(procfs::group_has_others(leader, &[leader]), Some(false));
+        assert_eq!(procfs::group_has_others(leader, &[]), Some(true), "a zombie keeps its group");
+        alone.wait().unwrap();
+
+        let member_pid = dir.join("member.pid");
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", r#"sleep 1000 & echo $! > "$0"; wait"#])
+            .arg(&member_pid)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let leader = shell.id() as i32;
+        let member = pid_in(&member_pid).await;
+        assert_eq!(procfs::group_has_others(leader, &[leader]), Some(true), "the sleep {member} was not found");
+        assert_eq!(procfs::group_has_others(leader, &[leader, member]), Some(false));
+        killpg(Pid::from_raw(leader), Signal::SIGKILL).unwrap();
+        shell.wait().unwrap();
+    });
+}
+
 #[test]
 fn guard_runs_in_a_group_of_its_own_and_exits_with_the_supervisor() {
     let _serial = serial();
