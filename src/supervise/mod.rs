@@ -668,9 +668,11 @@ impl Supervisor {
         // Cheaply too in the usual end of a job: the main child was the last of its group. No process but
         // its kept zombie (and the guard) has the group's id, asked of the kernel with getpgid(2): one
         // system call a process, where the snapshot reads a file with four (3.6 ms for 266 processes, on
-        // the handoff's path). With no member left, nothing is found through one either, and mpsync has no
-        // other child outside its own group to start the walk from: it is neither PID 1 nor a subreaper,
-        // keeps no stopped member and abandoned no child. What the snapshot would conclude, without it.
+        // the handoff's path). With no member left, nothing is found through one either. The walk's other
+        // start is mpsync's own children: none may be outside mpsync's group but the guard and the zombie
+        // (a member can make its sibling mpsync's child, with clone(CLONE_PARENT), then leave the group).
+        // And none is kept or abandoned, nor adopted (neither PID 1 nor a subreaper). What the snapshot
+        // would conclude, without it.
         if self.main.is_none()
             && !self.reap_orphans
             && !self.proc_hides
@@ -681,7 +683,14 @@ impl Supervisor {
         {
             let mut except = vec![leader.as_raw()];
             except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
-            if procfs::group_has_others(pgid.as_raw(), &except) == Some(false) {
+            let own_group = |child: &i32| match getpgid(Some(Pid::from_raw(*child))) {
+                Ok(group) => group == self.own_pgrp,
+                Err(errno) => errno == Errno::ESRCH,
+            };
+            if procfs::own_children()
+                .is_some_and(|children| children.iter().all(|c| except.contains(c) || own_group(c)))
+                && procfs::group_has_others(pgid.as_raw(), &except) == Some(false)
+            {
                 return false;
             }
         }

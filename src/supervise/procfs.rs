@@ -152,6 +152,20 @@ pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
     Some(false)
 }
 
+/// The children of this process, every thread's (`/proc/self/task/TID/children`: a child is its creating
+/// thread's). `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or a thread that
+/// exited meanwhile.
+pub(crate) fn own_children() -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let list = read_small(task.ok()?.path().join("children").to_str()?).ok()?;
+        for pid in list.split_whitespace() {
+            children.push(pid.parse().ok()?);
+        }
+    }
+    Some(children)
+}
+
 /// What a read of /proc/PID/stat found.
 enum Read {
     Whole(ProcStat),

@@ -522,6 +522,7 @@ fn helper_process() {
         "cannot-stop" => helper_cannot_stop(&dir),
         "sigstop-child" => helper_sigstop_child(&dir),
         "leave-group" => helper_leave_group(),
+        "clone-parent" => helper_clone_parent(&dir),
         "plugin" => helper_plugin(),
         "reraise-int" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGINT)),
         "reraise-quit" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGQUIT)),
@@ -1026,6 +1027,58 @@ fn stop_is_bounded_when_the_child_left_its_group() {
         assert_eq!(exit, ChildExit::Signaled(libc::SIGTERM));
         assert!(gone(pid));
     });
+}
+
+/// A member of the job can make its sibling: a child of mpsync's, which then leaves the child's group for
+/// a session of its own. It is still the job's: the walk from mpsync finds it, and so must the cheap look
+/// at the end of a job (`job_alive`).
+#[test]
+fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
+    let _serial = serial();
+    let dir = TempDir::new("clone-parent");
+    let mut supervisor = start();
+    let command = ChildCommand {
+        program: std::env::current_exe().unwrap().into(),
+        args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
+            .map(OsString::from)
+            .to_vec(),
+        env: vec![(HELPER_MODE.into(), "clone-parent".into()), (HELPER_DIR.into(), dir.0.clone().into())],
+    };
+    runtime().block_on(async {
+        supervisor.spawn(&command, None).unwrap();
+        assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
+        let sibling = pid_in(&dir.join("sibling.pid")).await;
+        let deadline = Instant::now() + PATIENCE;
+        while ProcStat::read(sibling).is_none_or(|stat| stat.session != sibling) {
+            assert!(Instant::now() < deadline, "the sibling never made a session of its own");
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(ProcStat::read(sibling).map(|stat| stat.ppid), Some(getpid().as_raw()));
+        let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
+        tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
+        let gone_at_finish = gone(sibling);
+        let _ = kill(Pid::from_raw(sibling), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(sibling), None);
+        assert!(gone_at_finish, "the sibling {sibling} outlived finish");
+    });
+}
+
+/// Make a sibling (clone with CLONE_PARENT) that leaves for a session of its own and sleeps; write its pid.
+fn helper_clone_parent(dir: &Path) {
+    let shell = c"/bin/sh";
+    let argv = [c"sh".as_ptr(), c"-c".as_ptr(), c"exec sleep 1000".as_ptr(), std::ptr::null()];
+    // SAFETY: the new process makes only system calls (setsid, execv, _exit) before it execs.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
+    if pid == 0 {
+        // SAFETY: in the new process, system calls on valid, NUL-terminated strings and arrays made before it.
+        unsafe {
+            libc::setsid();
+            libc::execv(shell.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    assert!(pid > 0, "clone failed: {}", io::Error::last_os_error());
+    fs::write(dir.join("sibling.pid"), format!("{pid}\n")).unwrap();
 }
 
 /// The process group `leave-group` moves to.

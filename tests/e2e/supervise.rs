@@ -29,6 +29,7 @@ both_backends!(
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
+    a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own_is_stopped_too,
     what_a_member_forks_while_the_job_is_stopped_is_stopped_too,
     a_worker_under_timeout_gets_sigterm_and_is_waited_for_after_its_parent_died_of_it,
     a_job_control_shell_sees_its_job_end_not_stop,
@@ -306,6 +307,35 @@ fn what_a_leftover_started_in_another_session_is_stopped_with_it(env: &TestEnv) 
     done.assert_code(5);
     let worker_pid = read_pid(&worker);
     assert!(!alive(worker_pid), "the worker must be stopped before the lease is released");
+}
+
+/// The child makes its sibling (clone with CLONE_PARENT: mpsync's own child), which leaves for a session of
+/// its own, then exits: nothing is left in the child's group, yet the sibling is the job's, found from
+/// mpsync. (mpsync's cheap look at the end of a job once missed it: review of cf59092.)
+fn a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own_is_stopped_too(env: &TestEnv) {
+    let name = env.lease_name("clone-parent");
+    let worker = env.path("worker");
+    // x86_64's clone(2) number; CLONE_PARENT | SIGCHLD. The child exits once the worker has its own session.
+    let script = r#"
+import ctypes, os, shutil, sys, time
+pid = ctypes.CDLL(None, use_errno=True).syscall(56, 0x8000 | 17, 0, 0, 0, 0)
+if pid == 0:
+    os.setsid()
+    os.execv(shutil.which("sleep"), ["sleep", "1000"])
+if pid < 0:
+    sys.exit("clone failed: errno %d" % ctypes.get_errno())
+with open(sys.argv[1], "w") as f:
+    f.write("%d\n" % pid)
+while open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[3] != str(pid):
+    time.sleep(0.01)
+sys.exit(5)
+"#;
+    let worker_arg = worker.display().to_string();
+    let done =
+        Proc::spawn(env.mpsync(fast(&["lock", &name], &["python3", "-c", script, &worker_arg])), &env.dir).finish();
+    done.assert_code(5);
+    let worker_pid = read_pid(&worker);
+    assert!(!alive(worker_pid), "mpsync's child in a session of its own must be stopped before the lease is released");
 }
 
 /// Members of the job outside the child's group (each in a session of its own, below a shell of the group)
