@@ -62,6 +62,8 @@ fn main() {
         return;
     }
     let ctx = Ctx::new();
+    let idle = ctx::Idle::start(ctx::idle_processes());
+    let processes = ctx::all_pids().len();
     let started = Instant::now();
     let mut sections = String::new();
     if ctx.wants("uncontended") {
@@ -82,8 +84,9 @@ fn main() {
     if ctx.wants("connection") {
         sections.push_str(&connection::connection(&ctx));
     }
+    drop(idle);
     let leftovers = ctx.sweep();
-    let mut report = machine(&ctx);
+    let mut report = machine(&ctx, processes);
     report.push_str(&summary(&ctx));
     let hangs = ctx.hangs.borrow();
     if !hangs.is_empty() {
@@ -110,7 +113,9 @@ fn main() {
     .unwrap();
     println!("{report}");
     if std::env::var_os("MPSYNC_BENCH_UPDATE").is_some_and(|v| !v.is_empty() && v != "0") {
-        if kube::commit_delay().is_zero() || ctx.target.cluster().is_some() {
+        if ctx::idle_processes() > 0 {
+            eprintln!("BENCHMARKS.md not updated: its blocks are without MPSYNC_BENCH_PROCESSES");
+        } else if kube::commit_delay().is_zero() || ctx.target.cluster().is_some() {
             update_benchmarks_md(&ctx, &report);
         } else {
             eprintln!("BENCHMARKS.md not updated: its blocks are without MPSYNC_BENCH_COMMIT_MS");
@@ -151,7 +156,7 @@ fn summary(ctx: &Ctx) -> String {
     out
 }
 
-fn machine(ctx: &Ctx) -> String {
+fn machine(ctx: &Ctx, processes: usize) -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -191,12 +196,18 @@ fn machine(ctx: &Ctx) -> String {
         "# mpsync benchmark\n\n\
          | | |\n|---|---|\n\
          | date | {} |\n| CPUs (nproc) | {} |\n| CPU | {cpu} |\n| kernel | {} |\n| rustc | {} |\n\
-         | load average at start | {} |\n| API | {target} |\n| this build [current] | `{}`, commit {commit} |\n",
+         | load average at start | {} |\n| processes on the machine at start | {}{} |\n| API | {target} |\n\
+         | this build [current] | `{}`, commit {commit} |\n",
         output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         output("rustc", &["--version"]),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        processes,
+        match ctx::idle_processes() {
+            0 => String::new(),
+            n => format!(", {n} of them idle ones the bench added (`MPSYNC_BENCH_PROCESSES`)"),
+        },
         ctx.bin.path.display(),
     );
     if let Some(baseline) = &ctx.baseline {

@@ -539,3 +539,42 @@ pub fn fmt_per(x: f64) -> String {
 pub fn mib(kb: u64) -> String {
     format!("{:.1} MiB", kb as f64 / 1024.0)
 }
+
+/// `MPSYNC_BENCH_PROCESSES=N`: N idle processes on the machine for the whole run, as a node host has a few
+/// hundred (mpsync looks at /proc after every child, and a look may cost per process). Default none.
+pub fn idle_processes() -> usize {
+    let Some(value) = std::env::var("MPSYNC_BENCH_PROCESSES").ok().filter(|v| !v.trim().is_empty()) else {
+        return 0;
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if n <= 10_000 => n,
+        _ => panic!("MPSYNC_BENCH_PROCESSES={value:?}: a number of processes from 0 to 10000, such as 200"),
+    }
+}
+
+/// The idle processes of [`idle_processes`], killed and reaped when dropped.
+pub struct Idle(Vec<Child>);
+
+impl Idle {
+    pub fn start(n: usize) -> Idle {
+        let spawn = || {
+            Command::new("sleep")
+                .arg("86400")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start an idle process (sleep)")
+        };
+        Idle((0..n).map(|_| spawn()).collect())
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
