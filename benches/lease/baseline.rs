@@ -36,20 +36,26 @@ pub fn find() -> Option<Bin> {
         let archive = format!("git -C '{}' archive '{commit}' | tar -x -C '{}'", repo.display(), src.display());
         let status = Command::new("sh").args(["-c", &archive]).status().expect("sh");
         assert!(status.success(), "{archive}: {status}");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--locked", "--bin", "mpsync", "--manifest-path"])
-            .arg(src.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(root.join("target"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET_DIR")
-            .stdin(Stdio::null())
-            // The report goes to stdout: cargo's output, if any, goes with the progress to stderr.
-            .stdout(std::io::stderr())
-            .status()
-            .expect("cargo");
+        let status = build_release(&src.join("Cargo.toml"), &root.join("target"));
         assert!(status.success(), "building the baseline {short}: {status}");
     }
     Some(Bin { label: short, path: bin })
+}
+
+/// `cargo build --release --locked --bin mpsync` of the crate at `manifest`, into `target`: as users build
+/// it, without the dev-dependencies' features.
+pub fn build_release(manifest: &Path, target: &Path) -> std::process::ExitStatus {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+        .args(["build", "--release", "--locked", "--bin", "mpsync", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .stdin(Stdio::null())
+        // The report goes to stdout: cargo's output, if any, goes with the progress to stderr.
+        .stdout(std::io::stderr())
+        .status()
+        .expect("cargo")
 }

@@ -590,19 +590,7 @@ fn as_users_build_it() -> PathBuf {
     let target = Path::new(env!("CARGO_BIN_EXE_mpsync")).parent().and_then(Path::parent).expect("the target dir");
     let target = target.join("bench-current");
     eprintln!("this build: cargo build --release into {} (a cold build takes 5-10 minutes here)", target.display());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--bin", "mpsync", "--manifest-path"])
-        .arg(repo.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .stdin(Stdio::null())
-        // The report goes to stdout: cargo's output goes with the progress to stderr.
-        .stdout(std::io::stderr())
-        .status()
-        .expect("cargo");
+    let status = crate::baseline::build_release(&repo.join("Cargo.toml"), &target);
     assert!(status.success(), "building this tree's mpsync: {status}");
     target.join("release/mpsync")
 }
