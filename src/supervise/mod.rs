@@ -658,11 +658,8 @@ impl Supervisor {
         // Cheaply, when the group is gone altogether (the main child's zombie, kept until the job is let go,
         // usually keeps it): with the main child gone its other descendants have left mpsync's tree (unless
         // mpsync adopts them).
-        if self.main.is_none()
-            && !self.reap_orphans
-            && self.kept.borrow().is_empty()
-            && killpg(pgid, None) == Err(Errno::ESRCH)
-        {
+        let ended_untouched = self.main.is_none() && !self.reap_orphans && self.kept.borrow().is_empty();
+        if ended_untouched && killpg(pgid, None) == Err(Errno::ESRCH) {
             return false;
         }
         // Cheaply too in the usual end of a job: the main child was the last of its group. No process but
@@ -673,11 +670,9 @@ impl Supervisor {
         // (a member can make its sibling mpsync's child, with clone(CLONE_PARENT), then leave the group).
         // And none is kept or abandoned, nor adopted (neither PID 1 nor a subreaper). What the snapshot
         // would conclude, without it.
-        if self.main.is_none()
-            && !self.reap_orphans
+        if ended_untouched
             && !self.proc_hides
             && !self.proc_foreign
-            && self.kept.borrow().is_empty()
             && self.abandoned.is_empty()
             && let Some(leader) = self.leader
         {

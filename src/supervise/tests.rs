@@ -449,6 +449,17 @@ fn helper_command(mode: &str, dir: &TempDir) -> std::process::Command {
     command
 }
 
+/// `helper_process` in `mode` as the supervisor's child (the test binary again).
+fn helper_child(mode: &str, dir: &TempDir) -> ChildCommand {
+    ChildCommand {
+        program: std::env::current_exe().unwrap().into(),
+        args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
+            .map(OsString::from)
+            .to_vec(),
+        env: vec![(HELPER_MODE.into(), mode.into()), (HELPER_DIR.into(), dir.0.clone().into())],
+    }
+}
+
 /// A helper in a process group of its own, as a shell starts a job: job control can stop it (its group is
 /// not orphaned: its parent, this test, is in another group of the same session).
 fn helper_job(mode: &str, dir: &TempDir) -> std::process::Child {
@@ -1004,17 +1015,8 @@ fn stop_is_bounded_when_the_child_left_its_group() {
     let mut supervisor = start();
     let ours = getpgrp().as_raw();
     // The child: this test binary again, in helper mode "leave-group".
-    let command = ChildCommand {
-        program: std::env::current_exe().unwrap().into(),
-        args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
-            .map(OsString::from)
-            .to_vec(),
-        env: vec![
-            (HELPER_MODE.into(), "leave-group".into()),
-            (HELPER_DIR.into(), dir.0.clone().into()),
-            (LEAVE_FOR.into(), ours.to_string().into()),
-        ],
-    };
+    let mut command = helper_child("leave-group", &dir);
+    command.env.push((LEAVE_FOR.into(), ours.to_string().into()));
     runtime().block_on(async {
         let pid = supervisor.spawn(&command, None).unwrap() as i32;
         let deadline = Instant::now() + PATIENCE;
@@ -1037,13 +1039,7 @@ fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
     let _serial = serial();
     let dir = TempDir::new("clone-parent");
     let mut supervisor = start();
-    let command = ChildCommand {
-        program: std::env::current_exe().unwrap().into(),
-        args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
-            .map(OsString::from)
-            .to_vec(),
-        env: vec![(HELPER_MODE.into(), "clone-parent".into()), (HELPER_DIR.into(), dir.0.clone().into())],
-    };
+    let command = helper_child("clone-parent", &dir);
     runtime().block_on(async {
         supervisor.spawn(&command, None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
