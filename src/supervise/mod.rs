@@ -44,12 +44,13 @@
 //! # Reaping
 //!
 //! The main child and the guard are reaped by pid. As PID 1 or subreaper, every other zombie child is
-//! reaped too, except those in mpsync's own process group: those are what mpsync itself runs with
-//! `std::process::Command` (a kubeconfig exec credential plugin, run by kube for a token refresh), and
-//! their waiter must get their status. Orphans adopted from the child's job are not in mpsync's group (the
-//! child starts a group of its own), unless one joins it on purpose: that one stays a zombie until mpsync
-//! exits. The other way, a separate PID-1 reaper process as tini splits it, would need a second process to
-//! forward signals and mirror the exit (the "die of the same signal" rule included).
+//! reaped too, except what mpsync itself runs with `std::process::Command` (a kubeconfig exec credential
+//! plugin, run by kube for a token refresh on a thread of the runtime's blocking pool), whose waiter must
+//! get its status: the children of mpsync's threads other than the one that spawns the child and the main
+//! thread, which adopts orphans (see `Supervisor::runs_itself`). Not the children in mpsync's own process
+//! group: a process of the job can move itself into it (it is in mpsync's session). The other way, a
+//! separate PID-1 reaper process as tini splits it, would need a second process to forward signals and
+//! mirror the exit (the "die of the same signal" rule included).
 //!
 //! # When mpsync dies
 //!
@@ -76,7 +77,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
-use nix::unistd::{Pid, getpgid, getpgrp, getpid, getsid, setpgid};
+use nix::unistd::{Pid, getpgid, getpgrp, getpid, getsid, gettid, setpgid};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -267,6 +268,8 @@ pub struct Supervisor {
     ignored_at_start: SigSet,
     me: Pid,
     own_pgrp: Pid,
+    /// The thread that spawned the main child (see `job_tasks`).
+    spawner: i32,
 }
 
 impl Supervisor {
@@ -343,6 +346,7 @@ impl Supervisor {
             ignored_at_start,
             me,
             own_pgrp: getpgrp(),
+            spawner: gettid().as_raw(),
         })
     }
 
@@ -438,6 +442,7 @@ impl Supervisor {
             }
         };
         let pid = Pid::from_raw(pid as i32);
+        self.spawner = gettid().as_raw();
         // The child did this itself before exec; doing it here too is the classic belt and braces
         // (it fails with EACCES once the child has exec'd, which is fine).
         let _ = setpgid(pid, pid);
@@ -646,10 +651,36 @@ impl Supervisor {
         self.ignored_at_start.contains(Signal::SIGINT)
     }
 
-    /// The processes of the child's job, other than mpsync's own and the guard (see `Snapshot::job`).
+    /// The processes of the child's job, other than what mpsync runs itself and the guard (see
+    /// `Snapshot::job`).
     fn job(&self, snapshot: &Snapshot, pgid: Pid) -> Vec<ProcStat> {
-        let skip: Vec<i32> = self.guard.iter().map(|guard| guard.pid.as_raw()).collect();
-        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), self.own_pgrp.as_raw(), &skip, &self.kept.borrow())
+        // Who is whose thread's child is read after the snapshot: a child the snapshot shows was made
+        // before, and a child of mpsync's other threads that is gone by then (reaped by its waiter) is
+        // taken for the job's, which only makes the job look alive for one more look.
+        let mut skip = self.runs_itself(snapshot);
+        skip.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow())
+    }
+
+    /// The threads whose children may be the job's: the one that spawned the main child (a process the
+    /// job makes mpsync's child, with clone(CLONE_PARENT), is that thread's too), and the main thread,
+    /// which adopts orphans as PID 1 or subreaper (the kernel hands them to the first live thread).
+    fn job_tasks(&self) -> [i32; 2] {
+        [self.spawner, self.me.as_raw()]
+    }
+
+    /// What mpsync runs itself, which is not the job's: the children of its other threads (a kubeconfig
+    /// exec credential plugin, run by kube on a thread of the runtime's blocking pool; the one kube runs on
+    /// the main thread, when it builds the client, is waited for before that thread does anything else).
+    /// Not the group a process is in: a process of the job can move itself into mpsync's own group (it is
+    /// in mpsync's session), and a plugin can leave it. Where the kernel cannot say whose thread's child a
+    /// process is (no CONFIG_PROC_CHILDREN), mpsync's children in its own group, as `snapshot` shows them:
+    /// a process the job makes mpsync's child that moves into mpsync's group then escapes.
+    fn runs_itself(&self, snapshot: &Snapshot) -> Vec<i32> {
+        match procfs::own_children(&self.job_tasks()) {
+            Some((_, others)) => others,
+            None => snapshot.children_in_group(self.me.as_raw(), self.own_pgrp.as_raw()),
+        }
     }
 
     /// Whether anything of the job still runs (or is stopped). If /proc shows no member of the group at
@@ -666,10 +697,11 @@ impl Supervisor {
         // its kept zombie (and the guard) has the group's id, asked of the kernel with getpgid(2): one
         // system call a process, where the snapshot reads a file with four (3.6 ms for 266 processes, on
         // the handoff's path). With no member left, nothing is found through one either. The walk's other
-        // start is mpsync's own children: none may be outside mpsync's group but the guard and the zombie
-        // (a member can make its sibling mpsync's child, with clone(CLONE_PARENT), then leave the group).
-        // And none is kept or abandoned, nor adopted (neither PID 1 nor a subreaper). What the snapshot
-        // would conclude, without it.
+        // start is mpsync's own children: the job's threads' may be none but the guard and the zombie (a
+        // member can make its sibling mpsync's child, with clone(CLONE_PARENT), then leave the group, or
+        // join mpsync's); the other threads' are what mpsync runs itself (see `runs_itself`). And none is
+        // kept or abandoned, nor adopted (neither PID 1 nor a subreaper). What the snapshot would
+        // conclude, without it.
         if ended_untouched
             && !self.proc_hides
             && !self.proc_foreign
@@ -678,12 +710,8 @@ impl Supervisor {
         {
             let mut except = vec![leader.as_raw()];
             except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
-            let own_group = |child: &i32| match getpgid(Some(Pid::from_raw(*child))) {
-                Ok(group) => group == self.own_pgrp,
-                Err(errno) => errno == Errno::ESRCH,
-            };
-            if procfs::own_children()
-                .is_some_and(|children| children.iter().all(|c| except.contains(c) || own_group(c)))
+            if procfs::own_children(&self.job_tasks())
+                .is_some_and(|(children, _)| children.iter().all(|child| except.contains(child)))
                 && procfs::group_has_others(pgid.as_raw(), &except) == Some(false)
             {
                 return false;
@@ -1039,8 +1067,8 @@ impl Supervisor {
         }
     }
 
-    /// As PID 1 or subreaper: reap every zombie child that is not in mpsync's own process group. A look
-    /// first (WNOWAIT) at which child is a zombie; a zombie of mpsync's own group is left to its waiter, and
+    /// As PID 1 or subreaper: reap every zombie child but what mpsync runs itself (see `runs_itself`). A look
+    /// first (WNOWAIT) at which child is a zombie; a zombie of what mpsync runs itself is left to its waiter, and
     /// the main child's to `release_group` (see `leader`); the rest are then found in /proc (the slow way,
     /// only while such a zombie waits).
     fn reap_adopted(&mut self) {
@@ -1066,14 +1094,19 @@ impl Supervisor {
                 continue;
             }
             let leader = self.leader.map(Pid::as_raw);
-            // Asked of the kernel, not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs
-            // no descriptor (a read of /proc that fails would make a zombie of our own group a stranger's).
-            let own = getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp);
+            // Whose thread's child it is, or (where the kernel cannot say) its group, asked of the kernel,
+            // not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs no descriptor (a read
+            // of /proc that fails would make a zombie of our own group a stranger's).
+            let own = match procfs::own_children(&self.job_tasks()) {
+                Some((_, others)) => others.contains(&pid.as_raw()),
+                None => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
+            };
             if own || Some(pid.as_raw()) == leader {
                 let snapshot = Snapshot::take();
+                let mine = self.runs_itself(&snapshot);
                 let others: Vec<i32> = snapshot
                     .zombie_children(self.me.as_raw())
-                    .filter(|zombie| zombie.pgrp != self.own_pgrp.as_raw() && Some(zombie.pid) != leader)
+                    .filter(|zombie| !mine.contains(&zombie.pid) && Some(zombie.pid) != leader)
                     .map(|zombie| zombie.pid)
                     .collect();
                 for other in others {
@@ -1229,7 +1262,7 @@ fn group_alive(pgid: Pid) -> bool {
     if !snapshot.shows_group(pgid.as_raw()) {
         return killpg(pgid, None).is_ok();
     }
-    snapshot.job(Some(pgid.as_raw()), -1, -1, &[], &[]).into_iter().next().is_some()
+    snapshot.job(Some(pgid.as_raw()), -1, &[], &[]).into_iter().next().is_some()
 }
 
 /// The error for a failed exec, as bash words it. A missing interpreter (`#!/nonexistent`) also fails with

@@ -152,18 +152,22 @@ pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
     Some(false)
 }
 
-/// The children of this process, every thread's (`/proc/self/task/TID/children`: a child is its creating
-/// thread's). `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or a thread that
-/// exited meanwhile.
-pub(crate) fn own_children() -> Option<Vec<i32>> {
-    let mut children = Vec::new();
+/// The children of this process, every thread's (`/proc/self/task/TID/children`: a child is the thread's
+/// that made it, or adopted it), split in two: those of the threads `tasks`, and those of the others.
+/// `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or a thread that exited
+/// meanwhile.
+pub(crate) fn own_children(tasks: &[i32]) -> Option<(Vec<i32>, Vec<i32>)> {
+    let (mut of_tasks, mut of_others) = (Vec::new(), Vec::new());
     for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let list = read_small(task.ok()?.path().join("children").to_str()?).ok()?;
+        let task = task.ok()?;
+        let tid: i32 = task.file_name().to_str()?.parse().ok()?;
+        let list = read_small(task.path().join("children").to_str()?).ok()?;
+        let children = if tasks.contains(&tid) { &mut of_tasks } else { &mut of_others };
         for pid in list.split_whitespace() {
             children.push(pid.parse().ok()?);
         }
     }
-    Some(children)
+    Some((of_tasks, of_others))
 }
 
 /// What a read of /proc/PID/stat found.
@@ -317,10 +321,9 @@ impl Snapshot {
     }
 
     /// The job mpsync answers for: the members of `group` (if any), and every descendant of `root`
-    /// (mpsync) or of a member of `group`, however far down and in whatever group or session, except the
-    /// processes in mpsync's own group (`own_pgrp`: what mpsync itself runs, such as a kubeconfig exec
-    /// credential plugin) and `skip` (the guard), with their descendants. Zombies are left out: they are
-    /// dead.
+    /// (mpsync) or of a member of `group`, however far down and in whatever group or session (mpsync's own
+    /// group included), except the processes of `skip` (the guard, and what mpsync runs itself, such as a
+    /// kubeconfig exec credential plugin), with their descendants. Zombies are left out: they are dead.
     ///
     /// Descendants are found by parent links, so a process escapes the walk once its parent exits and it is
     /// reparented to an init or subreaper above mpsync; as PID 1 or a subreaper, mpsync *is* that init, and
@@ -329,14 +332,7 @@ impl Snapshot {
     /// (`sh -c 'setsid worker & wait'` run in the background) is found through them while they live.
     /// So are the processes of `kept` (pid and start time): members seen once, which stay members, with
     /// what they start, when their parent dies and they are handed to init.
-    pub fn job(
-        &self,
-        group: Option<i32>,
-        root: i32,
-        own_pgrp: i32,
-        skip: &[i32],
-        kept: &[(i32, u64)],
-    ) -> Vec<ProcStat> {
+    pub fn job(&self, group: Option<i32>, root: i32, skip: &[i32], kept: &[(i32, u64)]) -> Vec<ProcStat> {
         let mut children: HashMap<i32, Vec<&ProcStat>> = HashMap::new();
         for process in &self.processes {
             children.entry(process.ppid).or_default().push(process);
@@ -363,7 +359,7 @@ impl Snapshot {
         }
         while let Some(parent) = queue.pop() {
             for child in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
-                if child.pgrp == own_pgrp || skip.contains(&child.pid) {
+                if skip.contains(&child.pid) {
                     continue;
                 }
                 add(child, &mut job, &mut queue);
@@ -398,6 +394,15 @@ impl Snapshot {
             .iter()
             .filter(|process| process.pgrp == pgrp && process.pid != me && !process.is_zombie())
             .filter(|process| !ancestors.contains(&process.pid) && process.ppid != me)
+            .map(|process| process.pid)
+            .collect()
+    }
+
+    /// The children of `parent` in process group `pgrp`, zombies included.
+    pub fn children_in_group(&self, parent: i32, pgrp: i32) -> Vec<i32> {
+        self.processes
+            .iter()
+            .filter(|process| process.ppid == parent && process.pgrp == pgrp)
             .map(|process| process.pid)
             .collect()
     }

@@ -450,13 +450,13 @@ fn helper_command(mode: &str, dir: &TempDir) -> std::process::Command {
 }
 
 /// `helper_process` in `mode` as the supervisor's child (the test binary again).
-fn helper_child(mode: &str, dir: &TempDir) -> ChildCommand {
+fn helper_child(mode: &str, dir: &Path) -> ChildCommand {
     ChildCommand {
         program: std::env::current_exe().unwrap().into(),
         args: ["--ignored", "--exact", "supervise::tests::helper_process", "--test-threads=1"]
             .map(OsString::from)
             .to_vec(),
-        env: vec![(HELPER_MODE.into(), mode.into()), (HELPER_DIR.into(), dir.0.clone().into())],
+        env: vec![(HELPER_MODE.into(), mode.into()), (HELPER_DIR.into(), dir.into())],
     }
 }
 
@@ -533,7 +533,11 @@ fn helper_process() {
         "cannot-stop" => helper_cannot_stop(&dir),
         "sigstop-child" => helper_sigstop_child(&dir),
         "leave-group" => helper_leave_group(),
-        "clone-parent" => helper_clone_parent(&dir),
+        "clone-parent" => helper_stray(&dir, Stray::SiblingInASessionOfItsOwn),
+        "join-sibling" => helper_stray(&dir, Stray::SiblingInMpsyncsGroup),
+        "join-below" => helper_stray(&dir, Stray::BelowAMemberInMpsyncsGroup),
+        "join-orphan" => helper_stray(&dir, Stray::OrphanInMpsyncsGroup),
+        "subreaper-join" => helper_subreaper_join(&dir),
         "plugin" => helper_plugin(),
         "reraise-int" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGINT)),
         "reraise-quit" => crate::exit::exit_process(Exit::ChildSignaled(libc::SIGQUIT)),
@@ -864,14 +868,22 @@ fn where_mpsync_cannot_stop_a_stop_request_is_not_carried_out() {
 }
 
 /// As a subreaper, with orphans coming and going: a process mpsync itself runs (an exec credential plugin,
-/// in mpsync's own group) is left for its `std::process::Command` waiter, even while it is a zombie at the
-/// head of the queue; the orphans behind it are reaped all the same.
+/// run by kube from a thread of the runtime's blocking pool, which waits for it) is left for its
+/// `std::process::Command` waiter, even while it is a zombie at the head of the queue; the orphans behind it
+/// are reaped all the same.
 fn helper_plugin() {
     let mut supervisor = Supervisor::start(SuperviseOptions { subreaper: true }).unwrap();
     runtime().block_on(async {
         supervisor.spawn(&sh("sleep 1000", &[]), None).unwrap();
-        let mut plugin = std::process::Command::new("sh").args(["-c", "exit 9"]).spawn().unwrap();
-        let plugin_pid = plugin.id() as i32;
+        let (started, plugin_pid) = std::sync::mpsc::channel();
+        let (collect, collected) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            let mut plugin = std::process::Command::new("sh").args(["-c", "exit 9"]).spawn().unwrap();
+            started.send(plugin.id() as i32).unwrap();
+            collected.recv().unwrap();
+            plugin.wait().unwrap().code()
+        });
+        let plugin_pid = plugin_pid.recv().unwrap();
         while !gone(plugin_pid) {
             tokio::time::sleep(POLL).await;
         }
@@ -891,13 +903,14 @@ fn helper_plugin() {
             assert!(Instant::now() < deadline, "{orphans} orphans never reaped");
         }
         assert!(ProcStat::read(plugin_pid).is_some_and(|stat| stat.is_zombie()), "the plugin was reaped");
-        assert_eq!(plugin.wait().unwrap().code(), Some(9), "the plugin's waiter lost its status");
+        collect.send(()).unwrap();
+        assert_eq!(waiter.join().unwrap(), Some(9), "the plugin's waiter lost its status");
         supervisor.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
     });
 }
 
 #[test]
-fn a_subreaper_leaves_processes_of_its_own_group_to_their_waiter() {
+fn a_subreaper_leaves_what_mpsync_runs_itself_to_its_waiter() {
     let _serial = serial();
     let dir = TempDir::new("plugin");
     helper_succeeded(helper("plugin", &dir), &dir);
@@ -1015,7 +1028,7 @@ fn stop_is_bounded_when_the_child_left_its_group() {
     let mut supervisor = start();
     let ours = getpgrp().as_raw();
     // The child: this test binary again, in helper mode "leave-group".
-    let mut command = helper_child("leave-group", &dir);
+    let mut command = helper_child("leave-group", &dir.0);
     command.env.push((LEAVE_FOR.into(), ours.to_string().into()));
     runtime().block_on(async {
         let pid = supervisor.spawn(&command, None).unwrap() as i32;
@@ -1039,11 +1052,11 @@ fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
     let _serial = serial();
     let dir = TempDir::new("clone-parent");
     let mut supervisor = start();
-    let command = helper_child("clone-parent", &dir);
+    let command = helper_child("clone-parent", &dir.0);
     runtime().block_on(async {
         supervisor.spawn(&command, None).unwrap();
         assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
-        let sibling = pid_in(&dir.join("sibling.pid")).await;
+        let sibling = pid_in(&dir.join("stray.pid")).await;
         let deadline = Instant::now() + PATIENCE;
         while ProcStat::read(sibling).is_none_or(|stat| stat.session != sibling) {
             assert!(Instant::now() < deadline, "the sibling never made a session of its own");
@@ -1059,22 +1072,142 @@ fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
     });
 }
 
-/// Make a sibling (clone with CLONE_PARENT) that leaves for a session of its own and sleeps; write its pid.
-fn helper_clone_parent(dir: &Path) {
+/// A process of the job can move itself into mpsync's own process group (setpgid(2): it is in mpsync's
+/// session). It is still the job's, as mpsync's child (made so with CLONE_PARENT) or below a member that
+/// lives: the walk does not take mpsync's group for what mpsync runs itself, nor does the cheap look.
+#[test]
+fn finish_kills_a_process_of_the_job_that_moved_into_mpsyncs_group() {
+    let _serial = serial();
+    for mode in ["join-sibling", "join-below"] {
+        let dir = TempDir::new(mode);
+        let mut supervisor = start();
+        let command = helper_child(mode, &dir.0);
+        runtime().block_on(async {
+            supervisor.spawn(&command, None).unwrap();
+            assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
+            let stray = pid_in(&dir.join("stray.pid")).await;
+            assert_eq!(getpgid(Some(Pid::from_raw(stray))), Ok(getpgrp()));
+            let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
+            tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
+            let gone_at_finish = gone(stray);
+            let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(stray), Some(WaitPidFlag::WNOHANG));
+            assert!(gone_at_finish, "{mode}: the stray {stray} in mpsync's group outlived finish");
+        });
+    }
+}
+
+/// As a subreaper: an orphan of the job that moved into mpsync's group is adopted, and is the job's: it
+/// is stopped before `finish` returns, and reaped.
+fn helper_subreaper_join(dir: &Path) {
+    let mut supervisor = Supervisor::start(SuperviseOptions { subreaper: true }).unwrap();
+    let command = helper_child("join-orphan", dir);
+    runtime().block_on(async {
+        supervisor.spawn(&command, None).unwrap();
+        assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
+        let stray = pid_in(&dir.join("stray.pid")).await;
+        assert_eq!(getpgid(Some(Pid::from_raw(stray))), Ok(getpgrp()));
+        assert_eq!(ProcStat::read(stray).map(|stat| stat.ppid), Some(getpid().as_raw()), "not adopted");
+        let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
+        tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
+        let left = ProcStat::read(stray);
+        let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+        assert!(left.is_none(), "the adopted stray in mpsync's group outlived finish, or was not reaped: {left:?}");
+    });
+}
+
+#[test]
+fn as_subreaper_finish_kills_an_adopted_orphan_that_moved_into_mpsyncs_group() {
+    let _serial = serial();
+    let dir = TempDir::new("subreaper-join");
+    helper_succeeded(helper("subreaper-join", &dir), &dir);
+}
+
+/// A process of the job that mpsync's walk from the child's group does not find on its own way down.
+#[derive(Clone, Copy, PartialEq)]
+enum Stray {
+    /// Made mpsync's child (clone with CLONE_PARENT), it leaves for a session of its own.
+    SiblingInASessionOfItsOwn,
+    /// Made mpsync's child, it moves into mpsync's own process group.
+    SiblingInMpsyncsGroup,
+    /// The child of a member that stays in the child's group (sleeping), it moves into mpsync's group.
+    BelowAMemberInMpsyncsGroup,
+    /// It moves into mpsync's group, and its parent exits: it is handed to init, or adopted by a subreaper.
+    OrphanInMpsyncsGroup,
+}
+
+/// As the supervisor's child (whose parent is mpsync): make a `Stray` that sleeps, write its pid to
+/// `stray.pid` once it is where it goes, and exit 0.
+fn helper_stray(dir: &Path, how: Stray) {
+    let mpsyncs_group = getpgid(Some(nix::unistd::getppid())).unwrap().as_raw();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let stray = match how {
+        Stray::SiblingInASessionOfItsOwn | Stray::SiblingInMpsyncsGroup => {
+            // SAFETY: the new process makes only system calls before it execs (see `sleep_in`).
+            let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
+            if pid == 0 {
+                let group = if how == Stray::SiblingInMpsyncsGroup { Some(mpsyncs_group) } else { None };
+                // SAFETY: in the new process.
+                unsafe { sleep_in(group) };
+            }
+            assert!(pid > 0, "clone failed: {}", io::Error::last_os_error());
+            pid as i32
+        }
+        Stray::BelowAMemberInMpsyncsGroup | Stray::OrphanInMpsyncsGroup => {
+            // SAFETY: the new processes make only system calls before they exec or exit: fork, the write of
+            // a pid on the stack to a descriptor made before, and those of `sleep_in`.
+            unsafe {
+                let middle = libc::fork();
+                if middle == 0 {
+                    let pid = libc::fork();
+                    if pid == 0 {
+                        sleep_in(Some(mpsyncs_group));
+                    }
+                    libc::write(write.as_raw_fd(), pid.to_ne_bytes().as_ptr().cast(), 4);
+                    if how == Stray::OrphanInMpsyncsGroup {
+                        libc::_exit(0);
+                    }
+                    sleep_in(None);
+                }
+                assert!(middle > 0, "fork failed: {}", io::Error::last_os_error());
+                let mut pid = [0u8; 4];
+                nix::unistd::read(&read, &mut pid).unwrap();
+                if how == Stray::OrphanInMpsyncsGroup {
+                    waitpid(Pid::from_raw(middle), None).unwrap();
+                }
+                i32::from_ne_bytes(pid)
+            }
+        }
+    };
+    let arrived = || match how {
+        Stray::SiblingInASessionOfItsOwn => ProcStat::read(stray).is_some_and(|stat| stat.session == stray),
+        _ => getpgid(Some(Pid::from_raw(stray))).is_ok_and(|group| group.as_raw() == mpsyncs_group),
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !arrived() {
+        assert!(Instant::now() < deadline, "the stray {stray} never got where it goes");
+        std::thread::sleep(POLL);
+    }
+    fs::write(dir.join("stray.pid"), format!("{stray}\n")).unwrap();
+}
+
+/// In the new process of a fork or clone: move into process group `group` (`None`: a session of its own),
+/// then `exec sleep 1000`.
+///
+/// # Safety
+/// Only in a new process: it makes system calls on plain integers and on static strings.
+unsafe fn sleep_in(group: Option<i32>) -> ! {
     let shell = c"/bin/sh";
     let argv = [c"sh".as_ptr(), c"-c".as_ptr(), c"exec sleep 1000".as_ptr(), std::ptr::null()];
-    // SAFETY: the new process makes only system calls (setsid, execv, _exit) before it execs.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
-    if pid == 0 {
-        // SAFETY: in the new process, system calls on valid, NUL-terminated strings and arrays made before it.
-        unsafe {
-            libc::setsid();
-            libc::execv(shell.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
+    // SAFETY: system calls on integers, NUL-terminated static strings and an array on the stack.
+    unsafe {
+        match group {
+            Some(group) => libc::setpgid(0, group),
+            None => libc::setsid(),
+        };
+        libc::execv(shell.as_ptr(), argv.as_ptr());
+        libc::_exit(127)
     }
-    assert!(pid > 0, "clone failed: {}", io::Error::last_os_error());
-    fs::write(dir.join("sibling.pid"), format!("{pid}\n")).unwrap();
 }
 
 /// The process group `leave-group` moves to.

@@ -30,6 +30,7 @@ both_backends!(
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
     a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own_is_stopped_too,
+    a_process_of_the_job_that_moves_into_mpsyncs_group_is_stopped_too,
     what_a_member_forks_while_the_job_is_stopped_is_stopped_too,
     a_worker_under_timeout_gets_sigterm_and_is_waited_for_after_its_parent_died_of_it,
     a_job_control_shell_sees_its_job_end_not_stop,
@@ -336,6 +337,66 @@ sys.exit(5)
     done.assert_code(5);
     let worker_pid = read_pid(&worker);
     assert!(!alive(worker_pid), "mpsync's child in a session of its own must be stopped before the lease is released");
+}
+
+/// A process of the job moves itself into mpsync's own process group (setpgid(2) to it: allowed, the job is
+/// in mpsync's session). mpsync does not take it for what it runs itself (a kubeconfig exec plugin): as
+/// mpsync's child (made so with clone(CLONE_PARENT)), below a member that lives on, and with `--subreaper`
+/// as an orphan mpsync adopts, it is stopped before the release. (Without `--subreaper` an orphan is
+/// handed to init: README, "What escapes".)
+fn a_process_of_the_job_that_moves_into_mpsyncs_group_is_stopped_too(env: &TestEnv) {
+    // x86_64's clone(2) number; CLONE_PARENT | SIGCHLD. The child exits 5 once the stray is in the group
+    // (and, as an orphan, adopted by mpsync).
+    let script = r#"
+import ctypes, os, shutil, sys, time
+how, pid_file = sys.argv[1], sys.argv[2]
+mpsync = os.getppid()
+group = os.getpgid(mpsync)
+def sleep(join):
+    if join:
+        os.setpgid(0, group)
+    os.execv(shutil.which("sleep"), ["sleep", "1000"])
+if how == "sibling":
+    pid = ctypes.CDLL(None, use_errno=True).syscall(56, 0x8000 | 17, 0, 0, 0, 0)
+    if pid == 0:
+        sleep(True)
+    if pid < 0:
+        sys.exit("clone failed: errno %d" % ctypes.get_errno())
+else:
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        pid = os.fork()
+        if pid == 0:
+            sleep(True)
+        os.write(w, b"%d\n" % pid)
+        if how == "orphan":
+            os._exit(0)
+        sleep(False)
+    pid = int(os.read(r, 32))
+    if how == "orphan":
+        os.waitpid(middle, 0)
+with open(pid_file, "w") as f:
+    f.write("%d\n" % pid)
+def there():
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return fields[2] == str(group) and (how != "orphan" or fields[1] == str(mpsync))
+while not there():
+    time.sleep(0.01)
+sys.exit(5)
+"#;
+    for how in ["sibling", "below", "orphan"] {
+        let name = env.lease_name(&format!("join-{how}"));
+        let stray = env.path(&format!("stray-{how}"));
+        let stray_arg = stray.display().to_string();
+        let head: &[&str] = if how == "orphan" { &["lock", &name, "--subreaper"] } else { &["lock", &name] };
+        let done = Proc::spawn(env.mpsync(fast(head, &["python3", "-c", script, how, &stray_arg])), &env.dir).finish();
+        let stray_pid = read_pid(&stray);
+        let left = alive(stray_pid);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stray_pid), Signal::SIGKILL);
+        done.assert_code(5);
+        assert!(!left, "{how}: the stray in mpsync's group outlived the release:\n{}", done.stderr);
+    }
 }
 
 /// Members of the job outside the child's group (each in a session of its own, below a shell of the group)
