@@ -154,20 +154,35 @@ pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
 
 /// The children of this process, every thread's (`/proc/self/task/TID/children`: a child is the thread's
 /// that made it, or adopted it), split in two: those of the threads `tasks`, and those of the others.
-/// `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or a thread that exited
-/// meanwhile.
+/// `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or out of descriptors.
+///
+/// A thread that exits meanwhile (one of tokio's blocking pool, idle for 10 s) hands its children to the
+/// first live thread, the main one: the other threads' files are read first, one that is gone counts as
+/// having none, and the files of `tasks` (the main thread among them) are read last, and must be read.
 pub(crate) fn own_children(tasks: &[i32]) -> Option<(Vec<i32>, Vec<i32>)> {
-    let (mut of_tasks, mut of_others) = (Vec::new(), Vec::new());
+    let mut others = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let task = task.ok()?;
-        let tid: i32 = task.file_name().to_str()?.parse().ok()?;
-        let list = read_small(task.path().join("children").to_str()?).ok()?;
-        let children = if tasks.contains(&tid) { &mut of_tasks } else { &mut of_others };
-        for pid in list.split_whitespace() {
-            children.push(pid.parse().ok()?);
+        let tid: i32 = task.ok()?.file_name().to_str()?.parse().ok()?;
+        if !tasks.contains(&tid) {
+            match read_small(&format!("/proc/self/task/{tid}/children")) {
+                Ok(list) => others.extend(parse_pids(&list)?),
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {}
+                Err(_) => return None,
+            }
         }
     }
-    Some((of_tasks, of_others))
+    let mut of_tasks = Vec::new();
+    for (i, tid) in tasks.iter().enumerate() {
+        if tasks[..i].contains(tid) {
+            continue;
+        }
+        of_tasks.extend(parse_pids(&read_small(&format!("/proc/self/task/{tid}/children")).ok()?)?);
+    }
+    Some((of_tasks, others))
+}
+
+fn parse_pids(list: &str) -> Option<Vec<i32>> {
+    list.split_whitespace().map(|pid| pid.parse().ok()).collect()
 }
 
 /// What a read of /proc/PID/stat found.
@@ -415,7 +430,51 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::proc_mount;
+    use super::{own_children, proc_mount};
+
+    /// A child is its thread's: this thread's are told from another's, which waits for its own, and threads
+    /// that come and go meanwhile (tokio's blocking pool does) never make the children unreadable.
+    #[test]
+    fn own_children_are_told_apart_by_thread_while_threads_come_and_go() {
+        let tasks = [nix::unistd::gettid().as_raw(), nix::unistd::getpid().as_raw()];
+        let mut mine = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let (started, theirs) = std::sync::mpsc::channel();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            let mut theirs = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+            started.send(theirs.id() as i32).unwrap();
+            finished.recv().unwrap();
+            theirs.kill().unwrap();
+            theirs.wait().unwrap();
+        });
+        let theirs = theirs.recv().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::spawn(|| {}).join().unwrap();
+                }
+            })
+        };
+        let mut unreadable = 0;
+        for _ in 0..2000 {
+            match own_children(&tasks) {
+                Some((of_tasks, others)) => {
+                    assert!(of_tasks.contains(&(mine.id() as i32)) && !others.contains(&(mine.id() as i32)));
+                    assert!(others.contains(&theirs) && !of_tasks.contains(&theirs));
+                }
+                None => unreadable += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        done.send(()).unwrap();
+        waiter.join().unwrap();
+        mine.kill().unwrap();
+        mine.wait().unwrap();
+        assert_eq!(unreadable, 0, "the children could not be read while threads came and went");
+    }
 
     #[test]
     fn the_device_and_options_of_proc_on_slash_proc_are_read_from_mountinfo() {

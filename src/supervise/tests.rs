@@ -1146,9 +1146,10 @@ fn helper_stray(dir: &Path, how: Stray) {
             // SAFETY: the new process makes only system calls before it execs (see `sleep_in`).
             let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
             if pid == 0 {
-                let group = if how == Stray::SiblingInMpsyncsGroup { Some(mpsyncs_group) } else { None };
+                let to =
+                    if how == Stray::SiblingInMpsyncsGroup { To::Group(mpsyncs_group) } else { To::SessionOfItsOwn };
                 // SAFETY: in the new process.
-                unsafe { sleep_in(group) };
+                unsafe { sleep_in(to) };
             }
             assert!(pid > 0, "clone failed: {}", io::Error::last_os_error());
             pid as i32
@@ -1161,13 +1162,13 @@ fn helper_stray(dir: &Path, how: Stray) {
                 if middle == 0 {
                     let pid = libc::fork();
                     if pid == 0 {
-                        sleep_in(Some(mpsyncs_group));
+                        sleep_in(To::Group(mpsyncs_group));
                     }
                     libc::write(write.as_raw_fd(), pid.to_ne_bytes().as_ptr().cast(), 4);
                     if how == Stray::OrphanInMpsyncsGroup {
                         libc::_exit(0);
                     }
-                    sleep_in(None);
+                    sleep_in(To::Nowhere);
                 }
                 assert!(middle > 0, "fork failed: {}", io::Error::last_os_error());
                 let mut pid = [0u8; 4];
@@ -1191,19 +1192,27 @@ fn helper_stray(dir: &Path, how: Stray) {
     fs::write(dir.join("stray.pid"), format!("{stray}\n")).unwrap();
 }
 
-/// In the new process of a fork or clone: move into process group `group` (`None`: a session of its own),
-/// then `exec sleep 1000`.
+/// Where `sleep_in` moves its process.
+#[derive(Clone, Copy)]
+enum To {
+    Nowhere,
+    Group(i32),
+    SessionOfItsOwn,
+}
+
+/// In the new process of a fork or clone: move as `to` says, then `exec sleep 1000`.
 ///
 /// # Safety
 /// Only in a new process: it makes system calls on plain integers and on static strings.
-unsafe fn sleep_in(group: Option<i32>) -> ! {
+unsafe fn sleep_in(to: To) -> ! {
     let shell = c"/bin/sh";
     let argv = [c"sh".as_ptr(), c"-c".as_ptr(), c"exec sleep 1000".as_ptr(), std::ptr::null()];
     // SAFETY: system calls on integers, NUL-terminated static strings and an array on the stack.
     unsafe {
-        match group {
-            Some(group) => libc::setpgid(0, group),
-            None => libc::setsid(),
+        match to {
+            To::Group(group) => libc::setpgid(0, group),
+            To::SessionOfItsOwn => libc::setsid(),
+            To::Nowhere => 0,
         };
         libc::execv(shell.as_ptr(), argv.as_ptr());
         libc::_exit(127)
