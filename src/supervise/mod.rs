@@ -654,9 +654,6 @@ impl Supervisor {
     /// The processes of the child's job, other than what mpsync runs itself and the guard (see
     /// `Snapshot::job`).
     fn job(&self, snapshot: &Snapshot, pgid: Pid) -> Vec<ProcStat> {
-        // Who is whose thread's child is read after the snapshot: a child the snapshot shows was made
-        // before, and a child of mpsync's other threads that is gone by then (reaped by its waiter) is
-        // taken for the job's, which only makes the job look alive for one more look.
         let mut skip = self.runs_itself(snapshot);
         skip.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
         snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow())
@@ -669,17 +666,20 @@ impl Supervisor {
         [self.spawner, self.me.as_raw()]
     }
 
-    /// What mpsync runs itself, which is not the job's: the children of its other threads (a kubeconfig
-    /// exec credential plugin, run by kube on a thread of the runtime's blocking pool; the one kube runs on
-    /// the main thread, when it builds the client, is waited for before that thread does anything else).
-    /// Not the group a process is in: a process of the job can move itself into mpsync's own group (it is
-    /// in mpsync's session), and a plugin can leave it. Where the kernel cannot say whose thread's child a
-    /// process is (no CONFIG_PROC_CHILDREN), mpsync's children in its own group, as `snapshot` shows them:
-    /// a process the job makes mpsync's child that moves into mpsync's group then escapes.
+    /// What mpsync runs itself, which is not the job's: its children in `snapshot` that are not the job
+    /// threads' (see `job_tasks`), so its other threads' (a kubeconfig exec credential plugin, run by kube
+    /// on a thread of the runtime's blocking pool; the one kube runs on the main thread, when it builds the
+    /// client, is waited for before that thread does anything else). A process of the job stays a job
+    /// thread's child until mpsync reaps it, so one the snapshot shows as mpsync's child is listed when the
+    /// threads' children are read after it. Not the group a process is in: a process of the job can move
+    /// itself into mpsync's own group (it is in mpsync's session), and a plugin can leave it. Where the
+    /// kernel cannot say whose thread's child a process is (no CONFIG_PROC_CHILDREN), mpsync's children in
+    /// its own group: a process the job makes mpsync's child that moves into mpsync's group then escapes.
     fn runs_itself(&self, snapshot: &Snapshot) -> Vec<i32> {
-        match procfs::own_children(&self.job_tasks()) {
-            Some((_, others)) => others,
-            None => snapshot.children_in_group(self.me.as_raw(), self.own_pgrp.as_raw()),
+        let mine = snapshot.children_of(self.me.as_raw());
+        match procfs::children_of_threads(&self.job_tasks()) {
+            Some(job) => mine.filter(|child| !job.contains(&child.pid)).map(|child| child.pid).collect(),
+            None => mine.filter(|child| child.pgrp == self.own_pgrp.as_raw()).map(|child| child.pid).collect(),
         }
     }
 
@@ -710,8 +710,8 @@ impl Supervisor {
         {
             let mut except = vec![leader.as_raw()];
             except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
-            if procfs::own_children(&self.job_tasks())
-                .is_some_and(|(children, _)| children.iter().all(|child| except.contains(child)))
+            if procfs::children_of_threads(&self.job_tasks())
+                .is_some_and(|children| children.iter().all(|child| except.contains(child)))
                 && procfs::group_has_others(pgid.as_raw(), &except) == Some(false)
             {
                 return false;
@@ -1097,8 +1097,8 @@ impl Supervisor {
             // Whose thread's child it is, or (where the kernel cannot say) its group, asked of the kernel,
             // not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs no descriptor (a read
             // of /proc that fails would make a zombie of our own group a stranger's).
-            let own = match procfs::own_children(&self.job_tasks()) {
-                Some((_, others)) => others.contains(&pid.as_raw()),
+            let own = match procfs::children_of_threads(&self.job_tasks()) {
+                Some(job) => !job.contains(&pid.as_raw()),
                 None => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
             };
             if own || Some(pid.as_raw()) == leader {

@@ -152,33 +152,18 @@ pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
     Some(false)
 }
 
-/// The children of this process, every thread's (`/proc/self/task/TID/children`: a child is the thread's
-/// that made it, or adopted it), split in two: those of the threads `tasks`, and those of the others.
-/// `None` when they cannot be read: a kernel without CONFIG_PROC_CHILDREN, or out of descriptors.
-///
-/// A thread that exits meanwhile (one of tokio's blocking pool, idle for 10 s) hands its children to the
-/// first live thread, the main one: the other threads' files are read first, one that is gone counts as
-/// having none, and the files of `tasks` (the main thread among them) are read last, and must be read.
-pub(crate) fn own_children(tasks: &[i32]) -> Option<(Vec<i32>, Vec<i32>)> {
-    let mut others = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let tid: i32 = task.ok()?.file_name().to_str()?.parse().ok()?;
-        if !tasks.contains(&tid) {
-            match read_small(&format!("/proc/self/task/{tid}/children")) {
-                Ok(list) => others.extend(parse_pids(&list)?),
-                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-    let mut of_tasks = Vec::new();
+/// The children of this process's threads `tasks` (`/proc/self/task/TID/children`: a child is the thread's
+/// that made it, or adopted it), zombies included. Read by thread id, not from a listing of the threads
+/// (which can skip a live one while others exit). `None` when they cannot be read: a kernel without
+/// CONFIG_PROC_CHILDREN, a thread of `tasks` that is gone, or out of descriptors.
+pub(crate) fn children_of_threads(tasks: &[i32]) -> Option<Vec<i32>> {
+    let mut children = Vec::new();
     for (i, tid) in tasks.iter().enumerate() {
-        if tasks[..i].contains(tid) {
-            continue;
+        if !tasks[..i].contains(tid) {
+            children.extend(parse_pids(&read_small(&format!("/proc/self/task/{tid}/children")).ok()?)?);
         }
-        of_tasks.extend(parse_pids(&read_small(&format!("/proc/self/task/{tid}/children")).ok()?)?);
     }
-    Some((of_tasks, others))
+    Some(children)
 }
 
 fn parse_pids(list: &str) -> Option<Vec<i32>> {
@@ -413,13 +398,9 @@ impl Snapshot {
             .collect()
     }
 
-    /// The children of `parent` in process group `pgrp`, zombies included.
-    pub fn children_in_group(&self, parent: i32, pgrp: i32) -> Vec<i32> {
-        self.processes
-            .iter()
-            .filter(|process| process.ppid == parent && process.pgrp == pgrp)
-            .map(|process| process.pid)
-            .collect()
+    /// The children of `parent`, zombies included.
+    pub fn children_of(&self, parent: i32) -> impl Iterator<Item = &ProcStat> {
+        self.processes.iter().filter(move |process| process.ppid == parent)
     }
 
     /// The children of `parent` that are zombies.
@@ -430,12 +411,12 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::{own_children, proc_mount};
+    use super::{children_of_threads, proc_mount};
 
-    /// A child is its thread's: this thread's are told from another's, which waits for its own, and threads
-    /// that come and go meanwhile (tokio's blocking pool does) never make the children unreadable.
+    /// A child is its thread's: this thread's (and the main thread's) children are told from another
+    /// thread's, which waits for its own, also while threads come and go (tokio's blocking pool does).
     #[test]
-    fn own_children_are_told_apart_by_thread_while_threads_come_and_go() {
+    fn the_children_of_some_threads_are_told_from_anothers_while_threads_come_and_go() {
         let tasks = [nix::unistd::gettid().as_raw(), nix::unistd::getpid().as_raw()];
         let mut mine = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
         let (started, theirs) = std::sync::mpsc::channel();
@@ -457,23 +438,27 @@ mod tests {
                 }
             })
         };
-        let mut unreadable = 0;
-        for _ in 0..2000 {
-            match own_children(&tasks) {
-                Some((of_tasks, others)) => {
-                    assert!(of_tasks.contains(&(mine.id() as i32)) && !others.contains(&(mine.id() as i32)));
-                    assert!(others.contains(&theirs) && !of_tasks.contains(&theirs));
-                }
-                None => unreadable += 1,
-            }
-        }
+        // Every look first, then the clean-up, then the verdict: a failed assertion leaves nothing running.
+        let mine_pid = mine.id() as i32;
+        let looks: Vec<Option<Vec<i32>>> = (0..2000).map(|_| children_of_threads(&tasks)).collect();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         churn.join().unwrap();
         done.send(()).unwrap();
         waiter.join().unwrap();
         mine.kill().unwrap();
         mine.wait().unwrap();
-        assert_eq!(unreadable, 0, "the children could not be read while threads came and went");
+        let wrong: Vec<_> = looks
+            .iter()
+            .filter(|look| {
+                look.as_ref().is_none_or(|children| !children.contains(&mine_pid) || children.contains(&theirs))
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "mine {mine_pid}, theirs {theirs}: {} looks wrong, such as {:?}",
+            wrong.len(),
+            wrong[0]
+        );
     }
 
     #[test]

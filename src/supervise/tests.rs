@@ -1090,8 +1090,11 @@ fn finish_kills_a_process_of_the_job_that_moved_into_mpsyncs_group() {
             let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
             tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
             let gone_at_finish = gone(stray);
-            let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(stray), Some(WaitPidFlag::WNOHANG));
+            if !gone_at_finish {
+                let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+            }
+            // A sibling is this process's child, dead by now or killed: reaped here (for any other, ECHILD).
+            let _ = waitpid(Pid::from_raw(stray), None);
             assert!(gone_at_finish, "{mode}: the stray {stray} in mpsync's group outlived finish");
         });
     }
@@ -1111,7 +1114,9 @@ fn helper_subreaper_join(dir: &Path) {
         let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
         tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
         let left = ProcStat::read(stray);
-        let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+        if left.is_some() {
+            let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+        }
         assert!(left.is_none(), "the adopted stray in mpsync's group outlived finish, or was not reaped: {left:?}");
     });
 }

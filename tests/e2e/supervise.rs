@@ -393,7 +393,9 @@ sys.exit(5)
         let done = Proc::spawn(env.mpsync(fast(head, &["python3", "-c", script, how, &stray_arg])), &env.dir).finish();
         let stray_pid = read_pid(&stray);
         let left = alive(stray_pid);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stray_pid), Signal::SIGKILL);
+        if left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stray_pid), Signal::SIGKILL);
+        }
         done.assert_code(5);
         assert!(!left, "{how}: the stray in mpsync's group outlived the release:\n{}", done.stderr);
     }
