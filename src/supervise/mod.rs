@@ -84,7 +84,7 @@ use tracing::{debug, error, info, warn};
 use crate::exit::Exit;
 pub use guard::GUARD_NAME;
 use guard::Guard;
-use procfs::{ProcStat, Snapshot};
+use procfs::{ProcStat, Snapshot, ThreadChildren};
 use signals::SignalReceiver;
 use terminal::Terminal;
 
@@ -675,11 +675,22 @@ impl Supervisor {
     /// itself into mpsync's own group (it is in mpsync's session), and a plugin can leave it. Where the
     /// kernel cannot say whose thread's child a process is (no CONFIG_PROC_CHILDREN), mpsync's children in
     /// its own group: a process the job makes mpsync's child that moves into mpsync's group then escapes.
+    /// Where the files cannot be read (out of descriptors), nothing: all is taken for the job's.
     fn runs_itself(&self, snapshot: &Snapshot) -> Vec<i32> {
+        self.runs_itself_by(snapshot, &procfs::children_of_threads(&self.job_tasks())).unwrap_or_default()
+    }
+
+    /// `runs_itself` from the job threads' children read after `snapshot`; `None` if they were unreadable.
+    fn runs_itself_by(&self, snapshot: &Snapshot, threads: &ThreadChildren) -> Option<Vec<i32>> {
         let mine = snapshot.children_of(self.me.as_raw());
-        match procfs::children_of_threads(&self.job_tasks()) {
-            Some(job) => mine.filter(|child| !job.contains(&child.pid)).map(|child| child.pid).collect(),
-            None => mine.filter(|child| child.pgrp == self.own_pgrp.as_raw()).map(|child| child.pid).collect(),
+        match threads {
+            ThreadChildren::Listed(job) => {
+                Some(mine.filter(|child| !job.contains(&child.pid)).map(|c| c.pid).collect())
+            }
+            ThreadChildren::NoFile => {
+                Some(mine.filter(|child| child.pgrp == self.own_pgrp.as_raw()).map(|c| c.pid).collect())
+            }
+            ThreadChildren::Unreadable => None,
         }
     }
 
@@ -710,8 +721,8 @@ impl Supervisor {
         {
             let mut except = vec![leader.as_raw()];
             except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
-            if procfs::children_of_threads(&self.job_tasks())
-                .is_some_and(|children| children.iter().all(|child| except.contains(child)))
+            if let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks())
+                && children.iter().all(|child| except.contains(child))
                 && procfs::group_has_others(pgid.as_raw(), &except) == Some(false)
             {
                 return false;
@@ -1097,13 +1108,17 @@ impl Supervisor {
             // Whose thread's child it is, or (where the kernel cannot say) its group, asked of the kernel,
             // not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs no descriptor (a read
             // of /proc that fails would make a zombie of our own group a stranger's).
+            // Where the children cannot be read, nothing is reaped now: it could be a plugin's.
             let own = match procfs::children_of_threads(&self.job_tasks()) {
-                Some(job) => !job.contains(&pid.as_raw()),
-                None => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
+                ThreadChildren::Listed(job) => !job.contains(&pid.as_raw()),
+                ThreadChildren::NoFile => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
+                ThreadChildren::Unreadable => return,
             };
             if own || Some(pid.as_raw()) == leader {
                 let snapshot = Snapshot::take();
-                let mine = self.runs_itself(&snapshot);
+                let Some(mine) = self.runs_itself_by(&snapshot, &procfs::children_of_threads(&self.job_tasks())) else {
+                    return;
+                };
                 let others: Vec<i32> = snapshot
                     .zombie_children(self.me.as_raw())
                     .filter(|zombie| !mine.contains(&zombie.pid) && Some(zombie.pid) != leader)

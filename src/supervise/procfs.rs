@@ -152,18 +152,32 @@ pub(crate) fn group_has_others(pgrp: i32, except: &[i32]) -> Option<bool> {
     Some(false)
 }
 
+/// What `children_of_threads` found.
+pub(crate) enum ThreadChildren {
+    /// The children of the threads asked about, zombies included.
+    Listed(Vec<i32>),
+    /// The kernel has no children files (built without CONFIG_PROC_CHILDREN).
+    NoFile,
+    /// They could not be read (out of descriptors): nothing is known.
+    Unreadable,
+}
+
 /// The children of this process's threads `tasks` (`/proc/self/task/TID/children`: a child is the thread's
 /// that made it, or adopted it), zombies included. Read by thread id, not from a listing of the threads
-/// (which can skip a live one while others exit). `None` when they cannot be read: a kernel without
-/// CONFIG_PROC_CHILDREN, a thread of `tasks` that is gone, or out of descriptors.
-pub(crate) fn children_of_threads(tasks: &[i32]) -> Option<Vec<i32>> {
+/// (which can skip a live one while others exit); the threads must be alive.
+pub(crate) fn children_of_threads(tasks: &[i32]) -> ThreadChildren {
     let mut children = Vec::new();
     for (i, tid) in tasks.iter().enumerate() {
-        if !tasks[..i].contains(tid) {
-            children.extend(parse_pids(&read_small(&format!("/proc/self/task/{tid}/children")).ok()?)?);
+        if tasks[..i].contains(tid) {
+            continue;
+        }
+        match read_small(&format!("/proc/self/task/{tid}/children")).map(|list| parse_pids(&list)) {
+            Ok(Some(pids)) => children.extend(pids),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return ThreadChildren::NoFile,
+            Ok(None) | Err(_) => return ThreadChildren::Unreadable,
         }
     }
-    Some(children)
+    ThreadChildren::Listed(children)
 }
 
 fn parse_pids(list: &str) -> Option<Vec<i32>> {
@@ -411,7 +425,7 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::{children_of_threads, proc_mount};
+    use super::{ThreadChildren, children_of_threads, proc_mount};
 
     /// A child is its thread's: this thread's (and the main thread's) children are told from another
     /// thread's, which waits for its own, also while threads come and go (tokio's blocking pool does).
@@ -440,7 +454,12 @@ mod tests {
         };
         // Every look first, then the clean-up, then the verdict: a failed assertion leaves nothing running.
         let mine_pid = mine.id() as i32;
-        let looks: Vec<Option<Vec<i32>>> = (0..2000).map(|_| children_of_threads(&tasks)).collect();
+        let looks: Vec<Option<Vec<i32>>> = (0..2000)
+            .map(|_| match children_of_threads(&tasks) {
+                ThreadChildren::Listed(children) => Some(children),
+                ThreadChildren::NoFile | ThreadChildren::Unreadable => None,
+            })
+            .collect();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         churn.join().unwrap();
         done.send(()).unwrap();
