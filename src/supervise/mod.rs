@@ -1105,10 +1105,9 @@ impl Supervisor {
                 continue;
             }
             let leader = self.leader.map(Pid::as_raw);
-            // Whose thread's child it is, or (where the kernel cannot say) its group, asked of the kernel,
-            // not of /proc: a zombie keeps its group until reaped, and getpgid(2) needs no descriptor (a read
-            // of /proc that fails would make a zombie of our own group a stranger's).
-            // Where the children cannot be read, nothing is reaped now: it could be a plugin's.
+            // Whose thread's child it is (see `runs_itself`). Where the kernel cannot say, its group, asked
+            // with getpgid(2): a zombie keeps its group until reaped. Where the children files cannot be
+            // read, nothing is reaped now: it could be a plugin's.
             let own = match procfs::children_of_threads(&self.job_tasks()) {
                 ThreadChildren::Listed(job) => !job.contains(&pid.as_raw()),
                 ThreadChildren::NoFile => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),

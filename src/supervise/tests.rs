@@ -1050,26 +1050,12 @@ fn stop_is_bounded_when_the_child_left_its_group() {
 #[test]
 fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
     let _serial = serial();
-    let dir = TempDir::new("clone-parent");
-    let mut supervisor = start();
-    let command = helper_child("clone-parent", &dir.0);
-    runtime().block_on(async {
-        supervisor.spawn(&command, None).unwrap();
-        assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
-        let sibling = pid_in(&dir.join("stray.pid")).await;
-        let deadline = Instant::now() + PATIENCE;
-        while ProcStat::read(sibling).is_none_or(|stat| stat.session != sibling) {
-            assert!(Instant::now() < deadline, "the sibling never made a session of its own");
-            tokio::time::sleep(POLL).await;
-        }
-        assert_eq!(ProcStat::read(sibling).map(|stat| stat.ppid), Some(getpid().as_raw()));
-        let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
-        tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
-        let gone_at_finish = gone(sibling);
-        let _ = kill(Pid::from_raw(sibling), Signal::SIGKILL);
-        let _ = waitpid(Pid::from_raw(sibling), None);
-        assert!(gone_at_finish, "the sibling {sibling} outlived finish");
+    let (sibling, gone_at_finish) = stray_at_finish("clone-parent", |sibling| {
+        let stat = ProcStat::read(sibling);
+        assert_eq!(stat.map(|stat| stat.session), Some(sibling), "the sibling never made a session of its own");
+        assert_eq!(stat.map(|stat| stat.ppid), Some(getpid().as_raw()));
     });
+    assert!(gone_at_finish, "the sibling {sibling} outlived finish");
 }
 
 /// A process of the job can move itself into mpsync's own process group (setpgid(2): it is in mpsync's
@@ -1079,25 +1065,35 @@ fn finish_kills_a_process_the_child_made_mpsyncs_own_in_a_session_of_its_own() {
 fn finish_kills_a_process_of_the_job_that_moved_into_mpsyncs_group() {
     let _serial = serial();
     for mode in ["join-sibling", "join-below"] {
-        let dir = TempDir::new(mode);
-        let mut supervisor = start();
-        let command = helper_child(mode, &dir.0);
-        runtime().block_on(async {
-            supervisor.spawn(&command, None).unwrap();
-            assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
-            let stray = pid_in(&dir.join("stray.pid")).await;
+        let (stray, gone_at_finish) = stray_at_finish(mode, |stray| {
             assert_eq!(getpgid(Some(Pid::from_raw(stray))), Ok(getpgrp()));
-            let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
-            tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
-            let gone_at_finish = gone(stray);
-            if !gone_at_finish {
-                let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
-            }
-            // A sibling is this process's child, dead by now or killed: reaped here (for any other, ECHILD).
-            let _ = waitpid(Pid::from_raw(stray), None);
-            assert!(gone_at_finish, "{mode}: the stray {stray} in mpsync's group outlived finish");
         });
+        assert!(gone_at_finish, "{mode}: the stray {stray} in mpsync's group outlived finish");
     }
+}
+
+/// Run helper `mode` (a `Stray`) as an in-process supervisor's child, which exits 0 once its stray is
+/// where it goes; check that with `placed`, then `finish`. The stray's pid, and whether it was gone when
+/// `finish` returned (it is killed, and reaped if it is this process's child, either way).
+fn stray_at_finish(mode: &str, placed: impl Fn(i32)) -> (i32, bool) {
+    let dir = TempDir::new(mode);
+    let mut supervisor = start();
+    let command = helper_child(mode, &dir.0);
+    runtime().block_on(async {
+        supervisor.spawn(&command, None).unwrap();
+        assert_eq!(event(&mut supervisor).await, Notice::ChildExited(ChildExit::Exited(0)));
+        let stray = pid_in(&dir.join("stray.pid")).await;
+        placed(stray);
+        let finish = supervisor.finish(Signal::SIGTERM, Duration::from_secs(10));
+        tokio::time::timeout(PATIENCE, finish).await.expect("finish hangs");
+        let gone_at_finish = gone(stray);
+        if !gone_at_finish {
+            let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+        }
+        // A sibling is this process's child, dead by now or killed: reaped here (for any other, ECHILD).
+        let _ = waitpid(Pid::from_raw(stray), None);
+        (stray, gone_at_finish)
+    })
 }
 
 /// As a subreaper: an orphan of the job that moved into mpsync's group is adopted, and is the job's: it
