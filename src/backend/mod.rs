@@ -3,10 +3,11 @@
 //! Library users bring their own `kube::Client` or lock directory instead.
 //!
 //! The client is kube's, over a connection stack of mpsync's own: TCP_NODELAY on every socket
-//! (`connector`), the proxy kubectl would use (`proxy`), and TLS that trusts exactly what the
-//! configuration asks for (`tls`).
+//! (`connector`), the proxy kubectl would use (`proxy`), TLS that trusts exactly what the configuration
+//! asks for (`tls`), and watches on connections of their own (`pools`).
 
 mod connector;
+mod pools;
 pub mod proxy;
 pub mod tls;
 
@@ -25,6 +26,7 @@ use crate::store::Store;
 use crate::store::file::FileStore;
 use crate::store::kube::{KubeStore, one_line};
 use connector::Connector;
+use pools::WatchesApart;
 use proxy::ProxyEnv;
 
 /// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
@@ -81,8 +83,12 @@ pub async fn connect(
     let https = config
         .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
         .map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
-    let http: hyper_util::client::legacy::Client<_, Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
+    // connection (see `pools`).
+    let client = || -> hyper_util::client::legacy::Client<_, Body> {
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https.clone())
+    };
+    let http = WatchesApart::new(client(), client());
     let unusable = |err: kube::Error| Error::Config(format!("cannot build a Kubernetes client: {}", one_line(&err)));
     // kube's own stack minus its retry layer: mpsync retries by its own rules (the renew deadline
     // counts every attempt), and kube's retries would hide failed attempts from it.

@@ -314,6 +314,15 @@ fn a_waiter_watches_from_the_record_it_read_without_listing() {
     assert_eq!(max_concurrency(&log), 1);
     if let Some(server) = env.server() {
         assert_eq!((server.count("get"), server.count("list")), (1, 0), "{:?}", server.counts());
+        // Watches have connections of their own: the releases, and the acquisition on the event, each go
+        // out on a connection that was open already, so no TLS handshake lies on the handoff's path.
+        let log = server.requests();
+        let writes: Vec<_> = log.iter().enumerate().filter(|(_, r)| r.verb == "update" && r.at >= started).collect();
+        assert!(writes.len() >= 3, "two releases and an acquisition: {log:#?}");
+        for (i, write) in writes {
+            let reused = log[..i].iter().any(|earlier| earlier.conn == write.conn && earlier.verb != "watch");
+            assert!(reused, "request {i} opened a connection (or took a watch's): {log:#?}");
+        }
     }
 }
 

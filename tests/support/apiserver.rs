@@ -119,6 +119,8 @@ pub struct RequestLog {
     pub status: u16,
     /// When the request was received.
     pub at: std::time::Instant,
+    /// The connection it came on, numbered from 0 in the order they were accepted.
+    pub conn: u64,
 }
 
 /// What becomes of the answer to a committed write: see [`TestApiServer::after_commit`].
@@ -1560,6 +1562,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             verb,
             status: 0,
             at: std::time::Instant::now(),
+            conn,
         });
         let failure = match st.failures.take() {
             Some((n, code)) => {
