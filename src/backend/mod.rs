@@ -14,7 +14,7 @@ pub mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::Client;
 use kube::client::{Body, ClientBuilder, ConfigExt};
 use kube::config::{Cluster, KubeConfigOptions, Kubeconfig};
@@ -84,11 +84,15 @@ pub async fn connect(
         .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
         .map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
-    // connection (see `pools`).
-    let client = || -> hyper_util::client::legacy::Client<_, Body> {
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https.clone())
+    // connection (see `pools`); idle connections are closed as they expire, not kept until the next
+    // request looks.
+    let client = |idle: Duration| -> hyper_util::client::legacy::Client<_, Body> {
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .build(https.clone())
     };
-    let http = WatchesApart::new(client(), client());
+    let http = WatchesApart::new(client(pools::REQUEST_IDLE), client(pools::WATCH_IDLE));
     let unusable = |err: kube::Error| Error::Config(format!("cannot build a Kubernetes client: {}", one_line(&err)));
     // kube's own stack minus its retry layer: mpsync retries by its own rules (the renew deadline
     // counts every attempt), and kube's retries would hide failed attempts from it.

@@ -9,12 +9,29 @@
 //! watch and the writes on one connection.
 //!
 //! A process that never watches (an uncontended `lock`, a holder) opens one connection, as before; a
-//! waiter keeps two open.
+//! waiter keeps two open, the idle one for [`REQUEST_IDLE`] at most.
+//!
+//! A connection kept idle may die without a word (an API server replica that dies hard behind a load
+//! balancer, a NAT or firewall that forgets idle flows): the write sent on it is then answered by the
+//! call timeout, and its outcome read, as a holder's renewal on such a connection always was. Firewalls
+//! and NATs forget idle flows after minutes (AWS's NAT gateway 350 s, Azure's load balancer 4 min), so
+//! [`REQUEST_IDLE`] stays well below that, and below the 90 s idle timeout usual in Go's HTTP servers
+//! and clients, so that mpsync rather than the server closes an idle connection, and a write does not
+//! race the server's close.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Request;
 use tower::Service;
+
+/// How long a connection of the request pool may stay idle before mpsync closes it (hyper looks at this
+/// interval, so it is closed within twice this): a waiter that waited longer opens a new one for its
+/// acquisition, as it did before watches had a pool of their own.
+pub const REQUEST_IDLE: Duration = Duration::from_secs(30);
+/// How long a watch's connection may stay idle: a watch that ended normally is followed at once by the
+/// next, which takes it again; hyper's default.
+pub const WATCH_IDLE: Duration = Duration::from_secs(90);
 
 /// Sends watch requests (`watch=true` in the query, as kube writes them) to `watches`, all others to
 /// `requests`: two clients of the same kind, each with a pool of its own.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::support::apiserver::RequestLog;
 use crate::support::*;
 
 both_backends!(
@@ -320,10 +321,51 @@ fn a_waiter_watches_from_the_record_it_read_without_listing() {
         let writes: Vec<_> = log.iter().enumerate().filter(|(_, r)| r.verb == "update" && r.at >= started).collect();
         assert!(writes.len() >= 3, "two releases and an acquisition: {log:#?}");
         for (i, write) in writes {
-            let reused = log[..i].iter().any(|earlier| earlier.conn == write.conn && earlier.verb != "watch");
-            assert!(reused, "request {i} opened a connection (or took a watch's): {log:#?}");
+            let reused = log[..i].iter().any(|earlier| earlier.conn == write.conn);
+            let watched = log.iter().any(|other| other.conn == write.conn && other.verb == "watch");
+            assert!(reused && !watched, "request {i} opened a connection, or used a watch's: {log:#?}");
         }
     }
+}
+
+/// A waiter's idle connection is closed once it has been idle for 30 s (hyper looks every 30 s: so after
+/// 30 to 60 s); a connection kept idle longer may have been dropped by a NAT or firewall without a word,
+/// and the write sent on it would wait for the call timeout. The acquisition after a longer wait opens a
+/// new connection, and works as before.
+#[test]
+fn a_waiters_idle_connection_is_closed_after_30s_and_a_later_acquisition_opens_another() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("idle");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
+    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    holder.wait_for_file(&log, "start");
+    let before = server.requests().len();
+    let mut waiter = lock("true");
+    let read = |log: &[RequestLog]| log[before..].iter().find(|r| r.verb == "get").map(|r| (r.conn, r.at));
+    assert!(server.wait_for_requests(|log| read(log).is_some(), PATIENCE), "{}", waiter.stderr());
+    let (conn, read_at) = read(&server.requests()).unwrap();
+    assert!(server.wait_for_watch_count(1, PATIENCE), "the waiter watches: {}", waiter.stderr());
+    assert!(
+        server.wait_for_connection_closed(conn, Duration::from_secs(60) + PATIENCE),
+        "the start-up read's connection is still open: {}",
+        waiter.stderr()
+    );
+    let idle = read_at.elapsed();
+    assert!(idle >= Duration::from_secs(25), "closed after {idle:?} only: {}", waiter.stderr());
+
+    let released = server.requests().len();
+    fs::write(&gate, "").unwrap();
+    for process in [&mut holder, &mut waiter] {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    assert_eq!(max_concurrency(&log), 1);
+    let requests = server.requests();
+    let writes: Vec<_> = requests[released..].iter().filter(|r| r.verb == "update" && r.status == 200).collect();
+    assert!(writes.len() >= 3, "two releases and an acquisition: {requests:#?}");
+    assert!(writes.iter().all(|w| w.conn != conn), "{requests:#?}");
 }
 
 /// Eight waiters on one lease take turns, one child at a time, with increasing tokens; each acts on the

@@ -711,6 +711,12 @@ impl TestApiServer {
         self.shared.wait_for(timeout, |st| st.open_watches == n)
     }
 
+    /// Waits until connection `conn` (see [`RequestLog::conn`]) is closed, by either side; false on
+    /// timeout.
+    pub fn wait_for_connection_closed(&self, conn: u64, timeout: Duration) -> bool {
+        self.shared.wait_for(timeout, |st| conn < st.next_conn && !st.conns.contains_key(&conn))
+    }
+
     /// Watches currently open.
     pub fn watch_count(&self) -> usize {
         self.shared.lock().open_watches
@@ -928,6 +934,7 @@ fn serve_connection(shared: &Arc<Shared>, id: u64, stream: TcpStream, tls: Optio
     }
     let _ = socket.shutdown(Shutdown::Both);
     shared.lock().conns.remove(&id);
+    shared.observed.notify_all();
 }
 
 /// Ends a connection as Go does on `Connection: close`: TLS close_notify first.
