@@ -13,6 +13,9 @@
 //! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired within a minute (as
 //! `mpsync lock` does).
 
+#[path = "support/client.rs"]
+mod client;
+
 use std::error::Error;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
@@ -37,7 +40,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let namespace = config.default_namespace.clone();
-    let lock = Lock::kube(kube::Client::try_from(config)?, &namespace, lease).build()?;
+    let lock = Lock::kube(client::client(config)?, &namespace, lease).build()?;
 
     let Some(held) = lock.acquire_timeout(Duration::from_secs(60)).await? else {
         eprintln!("lease {lease} not acquired within a minute");

@@ -14,6 +14,9 @@
 //! lease duration of D seconds, the renew deadline is D/2 and the retry period D/8 (the default is
 //! client-go's: 15s, 10s, 2s).
 
+#[path = "support/client.rs"]
+mod client;
+
 use std::error::Error;
 use std::time::Duration;
 
@@ -44,7 +47,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config)?;
+    let client = client::client(config)?;
     let lock = Lock::kube(client, &namespace, lease).timing(timing).build()?;
     println!("campaigning as {}", lock.identity());
 

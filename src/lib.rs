@@ -47,6 +47,13 @@
 //! `examples/` has complete programs: `leader_controller.rs` (a controller loop that works only while
 //! leading), `guarded_job.rs` (a job that fences every write) and `file_lock.rs` (the file backend).
 //!
+//! **Build the client with `TCP_NODELAY`.** kube 5's own client (`Client::try_default`,
+//! `Client::try_from(config)`) leaves Nagle's algorithm on (kube-rs/kube#2056), so the first request on
+//! every new connection waits for the server's delayed ACK, 40 ms on Linux: a lock's first request, and
+//! a waiter's acquisition after its watch took the pooled connection. `examples/support/client.rs` builds
+//! the same client with no-delay in a dozen lines (it needs `hyper-util` and `tower`): `guarded_job`
+//! with no steps then takes 5.6 ms instead of 47.7 ms against the TLS test API server.
+//!
 //! # The API
 //!
 //! - [`Lock`]: a lease, built once with [`Lock::kube`] (a `kube::Client`, a namespace, a name) or
