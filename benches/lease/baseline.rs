@@ -13,7 +13,7 @@ pub fn find() -> Option<Bin> {
         let label = std::env::var("MPSYNC_BENCH_BASELINE_LABEL").unwrap_or_else(|_| "baseline".into());
         let path = PathBuf::from(path);
         assert!(path.is_file(), "MPSYNC_BENCH_BASELINE_BIN: no such file: {}", path.display());
-        return Some(Bin { label, path });
+        return Some(Bin { label, path, manifest: None });
     }
     let rev = std::env::var("MPSYNC_BENCH_BASELINE").ok().filter(|r| !r.is_empty())?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -36,18 +36,20 @@ pub fn find() -> Option<Bin> {
         let archive = format!("git -C '{}' archive '{commit}' | tar -x -C '{}'", repo.display(), src.display());
         let status = Command::new("sh").args(["-c", &archive]).status().expect("sh");
         assert!(status.success(), "{archive}: {status}");
-        let status = build_release(&src.join("Cargo.toml"), &root.join("target"));
+        let status = build_release(&src.join("Cargo.toml"), &root.join("target"), &["--bin", "mpsync"]);
         assert!(status.success(), "building the baseline {short}: {status}");
     }
-    Some(Bin { label: short, path: bin })
+    Some(Bin { label: short, path: bin, manifest: Some(root.join("src/Cargo.toml")) })
 }
 
-/// `cargo build --release --locked --bin mpsync` of the crate at `manifest`, into `target`: as users build
-/// it, without the dev-dependencies' features.
-pub fn build_release(manifest: &Path, target: &Path) -> std::process::ExitStatus {
+/// `cargo build --release --locked` of `what` (`--bin mpsync`: as users build it, without the
+/// dev-dependencies' features; or `--example NAME`) in the crate at `manifest`, into `target`.
+pub fn build_release(manifest: &Path, target: &Path, what: &[&str]) -> std::process::ExitStatus {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
-        .args(["build", "--release", "--locked", "--bin", "mpsync", "--manifest-path"])
+        .args(["build", "--release", "--locked"])
+        .args(what)
+        .arg("--manifest-path")
         .arg(manifest)
         .arg("--target-dir")
         .arg(target)

@@ -37,6 +37,9 @@ pub struct Bin {
     /// How the report names it: `current`, or the baseline's short commit.
     pub label: String,
     pub path: PathBuf,
+    /// The `Cargo.toml` it was built from, when the bench built it: the library's examples are built from
+    /// there too (see [`Ctx::example`]).
+    pub manifest: Option<PathBuf>,
 }
 
 /// One row of the summary of issue 14's figures: this build, the baseline build, the target.
@@ -80,11 +83,11 @@ impl Ctx {
         fs::create_dir_all(&dir).unwrap();
         let shm = Path::new("/dev/shm").join(format!("mpsync-bench-{marker}"));
         let shm = fs::create_dir(&shm).is_ok().then_some(shm);
+        let given = std::env::var_os("MPSYNC_BENCH_BIN").filter(|p| !p.is_empty());
         let bin = Bin {
             label: "current".into(),
-            path: std::env::var_os("MPSYNC_BENCH_BIN")
-                .filter(|p| !p.is_empty())
-                .map_or_else(as_users_build_it, PathBuf::from),
+            manifest: given.is_none().then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")),
+            path: given.map_or_else(as_users_build_it, PathBuf::from),
         };
         let scale =
             std::env::var("MPSYNC_BENCH_N").ok().and_then(|s| s.parse().ok()).filter(|s: &f64| *s > 0.0).unwrap_or(1.0);
@@ -116,6 +119,20 @@ impl Ctx {
 
     pub fn count(&self, default: usize, min: usize) -> usize {
         ((default as f64 * self.scale).round() as usize).max(min)
+    }
+
+    /// The library's example `name` of the same tree as `bin`, built once (release profile, in a target dir
+    /// of its own, so that the dev-dependencies' features do not reach the mpsync binary measured); None
+    /// for a binary the bench did not build (`MPSYNC_BENCH_BIN`, `MPSYNC_BENCH_BASELINE_BIN`).
+    pub fn example(&self, bin: &Bin, name: &str) -> Option<PathBuf> {
+        let manifest = bin.manifest.as_ref()?;
+        // target/release/mpsync → target
+        let target = Path::new(env!("CARGO_BIN_EXE_mpsync")).parent().and_then(Path::parent).expect("the target dir");
+        let target = target.join("bench-examples").join(&bin.label);
+        eprintln!("example {name} [{}]: cargo build --release into {}", bin.label, target.display());
+        let status = crate::baseline::build_release(manifest, &target, &["--example", name]);
+        assert!(status.success(), "building the example {name} [{}]: {status}", bin.label);
+        Some(target.join("release/examples").join(name))
     }
 
     /// The binaries to compare: this build, then the baseline if there is one.
@@ -590,7 +607,7 @@ fn as_users_build_it() -> PathBuf {
     let target = Path::new(env!("CARGO_BIN_EXE_mpsync")).parent().and_then(Path::parent).expect("the target dir");
     let target = target.join("bench-current");
     eprintln!("this build: cargo build --release into {} (a cold build takes 5-10 minutes here)", target.display());
-    let status = crate::baseline::build_release(&repo.join("Cargo.toml"), &target);
+    let status = crate::baseline::build_release(&repo.join("Cargo.toml"), &target, &["--bin", "mpsync"]);
     assert!(status.success(), "building this tree's mpsync: {status}");
     target.join("release/mpsync")
 }

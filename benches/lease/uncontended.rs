@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::apiserver::{KubeconfigOptions, Trust};
@@ -52,6 +52,20 @@ pub fn uncontended(ctx: &Ctx) -> String {
             Some((*bin, status_env, status_name, path))
         })
         .collect();
+    // The library as a program links it: the `guarded_job` example with no steps (start, read, acquire,
+    // release, exit), on the test server. Its client is the examples' (`examples/support/client.rs`,
+    // TCP_NODELAY) since stop 29, kube's own before: a baseline from before then shows the difference.
+    let library: Vec<(&Bin, PathBuf, &KubeEnv, String)> = if ctx.target.cluster().is_none() {
+        envs.iter()
+            .filter_map(|(bin, lock_env, _)| {
+                let example = ctx.example(bin, "guarded_job")?;
+                Some((*bin, example, lock_env, lock_env.lease("bench-library")))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ledger = ctx.dir.join("ledger-uncontended");
     let file = ctx.dir.join("locks-uncontended");
     let shm_file = ctx.shm.as_ref().map(|shm| shm.join("locks-uncontended"));
     let flock_file = ctx.dir.join("flock-uncontended");
@@ -102,6 +116,19 @@ pub fn uncontended(ctx: &Ctx) -> String {
             make: Box::new(move || {
                 let mut command = ctx.mpsync_bin(bin, Backend::Kube(env), &["status", name]);
                 command.env("MPSYNC_KUBECONFIG", path);
+                command
+            }),
+        });
+    }
+    let library_rows = variants.len();
+    for (bin, example, env, lease) in &library {
+        let ledger = &ledger;
+        variants.push(Variant {
+            label: format!("library: the `guarded_job` example, no steps ({target}) [{}]", bin.label),
+            make: Box::new(move || {
+                let mut command = ctx
+                    .command(example, &[env.kubeconfig.as_os_str(), lease.as_ref(), ledger.as_os_str(), "0".as_ref()]);
+                command.stdout(Stdio::null());
                 command
             }),
         });
@@ -177,6 +204,15 @@ pub fn uncontended(ctx: &Ctx) -> String {
             format!("{:.1} ms", median(row)),
             ctx.baseline.as_ref().map(|_| format!("{:.1} ms", median(row + 1))),
             "no system trust store: as with CA data",
+        );
+    }
+
+    if !library.is_empty() {
+        ctx.summarize(
+            format!("library: `guarded_job` example, no steps, median ({target})"),
+            format!("{:.1} ms", median(library_rows)),
+            (library.len() > 1).then(|| format!("{:.1} ms", median(library_rows + 1))),
+            "report (a program that links the library)",
         );
     }
 
