@@ -86,13 +86,13 @@ pub async fn connect(
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
     // connection (see `pools`); idle connections are closed as they expire, not kept until the next
     // request looks.
-    let client = |idle: Duration| -> hyper_util::client::legacy::Client<_, Body> {
+    let pooled = |idle: Duration| -> hyper_util::client::legacy::Client<_, Body> {
         hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .build(https.clone())
     };
-    let http = WatchesApart::new(client(pools::REQUEST_IDLE), client(pools::WATCH_IDLE));
+    let http = WatchesApart::new(pooled(pools::REQUEST_IDLE), pooled(pools::WATCH_IDLE));
     let unusable = |err: kube::Error| Error::Config(format!("cannot build a Kubernetes client: {}", one_line(&err)));
     // kube's own stack minus its retry layer: mpsync retries by its own rules (the renew deadline
     // counts every attempt), and kube's retries would hide failed attempts from it.
