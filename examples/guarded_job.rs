@@ -13,16 +13,13 @@
 //! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired within a minute (as
 //! `mpsync lock` does).
 
-#[path = "support/client.rs"]
-mod client;
-
 use std::error::Error;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mpsync::Lock;
+use mpsync::{KubeClientBuilder, Lock};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
@@ -34,13 +31,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
     let steps: u32 = args.get(3).map(|steps| steps.parse()).transpose()?.unwrap_or(5);
 
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let namespace = config.default_namespace.clone();
-    let lock = Lock::kube(client::client(config)?, &namespace, lease).build()?;
+    // mpsync's own client (the `client` feature): TCP_NODELAY, kubectl's proxy rules, the kubeconfig's CA.
+    let client = KubeClientBuilder::new().kubeconfig(kubeconfig).build().await?;
+    let namespace = client.default_namespace().to_string();
+    let lock = Lock::kube(client, &namespace, lease).build()?;
 
     let Some(held) = lock.acquire_timeout(Duration::from_secs(60)).await? else {
         eprintln!("lease {lease} not acquired within a minute");

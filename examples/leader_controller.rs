@@ -14,13 +14,10 @@
 //! lease duration of D seconds, the renew deadline is D/2 and the retry period D/8 (the default is
 //! client-go's: 15s, 10s, 2s).
 
-#[path = "support/client.rs"]
-mod client;
-
 use std::error::Error;
 use std::time::Duration;
 
-use mpsync::{Election, Lock, Outcome, Timing};
+use mpsync::{Election, KubeClientBuilder, Lock, Outcome, Timing};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +38,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         None => Timing::DEFAULT,
     };
 
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let namespace = config.default_namespace.clone();
-    let client = client::client(config)?;
+    // mpsync's own client (the `client` feature): TCP_NODELAY, kubectl's proxy rules, the kubeconfig's CA.
+    let client = KubeClientBuilder::new().kubeconfig(kubeconfig).build().await?;
+    let namespace = client.default_namespace().to_string();
     let lock = Lock::kube(client, &namespace, lease).timing(timing).build()?;
     println!("campaigning as {}", lock.identity());
 

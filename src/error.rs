@@ -16,8 +16,8 @@ pub enum Error {
     /// its flags). Nothing was sent; retrying with the same options fails the same way.
     #[error("{0}")]
     Usage(String),
-    /// The CLI only: no usable Kubernetes configuration, or one that cannot be read. (Library users
-    /// build their own `kube::Client`.)
+    /// No usable Kubernetes configuration, or one that cannot be read: from the CLI, and from
+    /// [`KubeClientBuilder::build`](crate::KubeClientBuilder::build) (the `client` feature). Nothing was sent.
     #[error("{0}")]
     Config(String),
     /// The lease cannot be used, for a reason retrying will not fix: the API server refused (401,

@@ -12,7 +12,7 @@
 //!
 //! #[tokio::main(flavor = "current_thread")]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let client = kube::Client::try_default().await?;
+//!     let client = mpsync::kube_client().await?; // or kube::Client::try_default()
 //!     let lock = Lock::kube(client, "default", "my-controller").build()?;
 //!     Election::new(lock)
 //!         .run(|leadership| async move {
@@ -47,12 +47,13 @@
 //! `examples/` has complete programs: `leader_controller.rs` (a controller loop that works only while
 //! leading), `guarded_job.rs` (a job that fences every write) and `file_lock.rs` (the file backend).
 //!
-//! **Build the client with `TCP_NODELAY`.** kube 5's own client (`Client::try_default`,
-//! `Client::try_from(config)`) leaves Nagle's algorithm on (kube-rs/kube#2056), so the first request on
-//! every new connection waits for the server's delayed ACK, 40 ms on Linux: a lock's first request, and
-//! a waiter's acquisition after its watch took the pooled connection. `examples/support/client.rs` builds
-//! the same client with no-delay in a dozen lines (it needs `hyper-util` and `tower`): `guarded_job`
-//! with no steps then takes 5.8 ms instead of 48.6 ms against the TLS test API server (the bench).
+//! **The client.** [`kube_client`] (and [`KubeClientBuilder`], for a kubeconfig or context of your
+//! choice) builds the `kube::Client` that the `mpsync` CLI uses: `TCP_NODELAY` on every connection,
+//! kubectl's proxy rules, trust in exactly the CA the configuration names, and watches on connections of
+//! their own. kube 5's own client (`Client::try_default`, `Client::try_from(config)`) works too, but
+//! leaves Nagle's algorithm on (kube-rs/kube#2056), so the first request on every new connection waits
+//! for the server's delayed ACK, 40 ms on Linux: `guarded_job` with no steps takes 48.6 ms with it
+//! against the TLS test API server, 5.8 ms with no-delay (the bench).
 //!
 //! # The API
 //!
@@ -129,17 +130,19 @@
 //!
 //! - `kube`: the Kubernetes backend ([`Lock::kube`]). Bring a `kube::Client` of kube 5, with the TLS
 //!   stack of your choice enabled on your own kube dependency.
+//! - `client`: `kube`, and the CLI's own client for it ([`kube_client`], [`KubeClientBuilder`]); it
+//!   enables kube's `rustls-tls` and `ring`, as kube's default features do.
 //! - `file`: the file backend ([`Lock::file`]).
-//! - `cli` (default): the `mpsync` binary, with both backends, argument parsing (clap), the process
-//!   supervisor (signal-hook), the side-car and health endpoints, logging (tracing-subscriber), rustls.
+//! - `cli` (default): the `mpsync` binary, with `client` and `file`, argument parsing (clap), the
+//!   process supervisor (signal-hook), the side-car and health endpoints, logging (tracing-subscriber).
 //!   It also picks the Kubernetes API version of k8s-openapi (1.33), as a binary must.
 //!
 //! A program using the library turns the default off:
 //!
 //! ```toml
 //! [dependencies]
-//! mpsync = { version = "0.1", default-features = false, features = ["kube"] }
-//! kube = "5"  # its default features: client, rustls-tls, ring
+//! mpsync = { version = "0.1", default-features = false, features = ["client"] }
+//! kube = "5"  # for its types, if the program uses kube itself
 //! k8s-openapi = { version = "0.29", features = ["v1_33"] }  # your cluster's version
 //! ```
 //!
@@ -174,9 +177,11 @@ pub mod store;
 #[doc(hidden)]
 pub mod validate;
 
-#[cfg(feature = "cli")]
+#[cfg(feature = "client")]
 #[doc(hidden)]
 pub mod backend;
+#[cfg(feature = "client")]
+mod client;
 // cli.rs's doc comments are clap's `--help` text (`[default: <POD_NAME or hostname>_<random>]`), not rustdoc.
 #[cfg(feature = "cli")]
 #[doc(hidden)]
@@ -210,6 +215,8 @@ pub mod status;
 #[allow(rustdoc::broken_intra_doc_links)]
 pub mod supervise;
 
+#[cfg(feature = "client")]
+pub use client::{KubeClientBuilder, kube_client};
 pub use election::{AfterLoss, Election, Leadership, Outcome};
 pub use error::{Error, Result};
 #[cfg(feature = "cli")]

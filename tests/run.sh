@@ -38,10 +38,12 @@ fi
 # Everything, the examples in examples/*.rs included (the end-to-end suite runs them).
 cargo build --locked --all-targets
 # The library without the CLI: a program that depends on mpsync with `default-features = false` and one
-# backend gets no clap, signal-hook or supervisor, and picks the Kubernetes version of k8s-openapi itself
-# (the environment variable stands in for that choice).
+# backend (or `client`, the kube backend with mpsync's own client) gets no clap, signal-hook or
+# supervisor, and picks the Kubernetes version of k8s-openapi itself (the environment variable stands in
+# for that choice).
 K8S_OPENAPI_ENABLED_VERSION=1.33 cargo check --locked --lib --no-default-features --features kube
 K8S_OPENAPI_ENABLED_VERSION=1.33 cargo check --locked --lib --no-default-features --features file
+K8S_OPENAPI_ENABLED_VERSION=1.33 cargo check --locked --lib --no-default-features --features client
 # The library's documentation: no warnings, and its examples compile and pass.
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked --doc

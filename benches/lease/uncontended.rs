@@ -53,8 +53,9 @@ pub fn uncontended(ctx: &Ctx) -> String {
         })
         .collect();
     // The library as a program links it: the `guarded_job` example with no steps (start, read, acquire,
-    // release, exit), on the test server. Its client is the examples' (`examples/support/client.rs`,
-    // TCP_NODELAY) since stop 29, kube's own before: a baseline from before then shows the difference.
+    // release, exit), on the test server. Its client is mpsync's own (`mpsync::KubeClientBuilder`, the
+    // CLI's stack) since stop 30; in stop 29 the examples' own with TCP_NODELAY; kube's own before: a
+    // baseline from before stop 29 shows the difference.
     let library: Vec<(&Bin, PathBuf, &KubeEnv, String)> = if ctx.target.cluster().is_none() {
         envs.iter()
             .filter_map(|(bin, lock_env, _)| {

@@ -1,6 +1,6 @@
-//! Where the CLI's leases live: the store chosen by `--backend`, and the Kubernetes client it builds from
-//! `--kubeconfig`/`--context` or the standard resolution ($KUBECONFIG, ~/.kube/config, in-cluster).
-//! Library users bring their own `kube::Client` or lock directory instead.
+//! The Kubernetes client mpsync builds from `--kubeconfig`/`--context` or the standard resolution
+//! ($KUBECONFIG, ~/.kube/config, in-cluster), and (for the CLI) the store chosen by `--backend`. Library
+//! users get the same client from `mpsync::kube_client` (the `client` feature), or bring their own.
 //!
 //! The client is kube's, over a connection stack of mpsync's own: TCP_NODELAY on every socket
 //! (`connector`), the proxy kubectl would use (`proxy`), TLS that trusts exactly what the configuration
@@ -20,17 +20,23 @@ use kube::client::{Body, ClientBuilder, ConfigExt};
 use kube::config::{Cluster, KubeConfigOptions, Kubeconfig};
 use tower::{BoxError, ServiceBuilder};
 
+#[cfg(feature = "cli")]
 use crate::cli::Backend;
 use crate::error::{Error, Result};
+#[cfg(feature = "cli")]
 use crate::store::Store;
+#[cfg(feature = "cli")]
 use crate::store::file::FileStore;
-use crate::store::kube::{KubeStore, one_line};
+#[cfg(feature = "cli")]
+use crate::store::kube::KubeStore;
+use crate::store::kube::one_line;
 use connector::Connector;
 use pools::WatchesApart;
 use proxy::ProxyEnv;
 
 /// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
 /// its parent-death signal (which fires when the forking *thread* exits) cannot fire early.
+#[cfg(feature = "cli")]
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,6 +47,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Run `future` to its end on a fresh `runtime()`, then leave without waiting for blocking work still
 /// under way (a file-system call stuck on a dead mount, say): mpsync has given up on it already, and it
 /// must never hold up the exit.
+#[cfg(feature = "cli")]
 pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let runtime = runtime()?;
     let output = runtime.block_on(future);
@@ -49,15 +56,45 @@ pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Resu
 }
 
 /// The store `--backend` names; every call bounded by `call_timeout`.
+#[cfg(feature = "cli")]
 pub async fn open_store(backend: &Backend, call_timeout: Duration) -> Result<Store> {
     match backend {
         Backend::Kube { kubeconfig, context, namespace } => {
             let (client, namespace) =
-                connect(kubeconfig.clone(), context.clone(), namespace.clone(), call_timeout).await?;
+                connect(kubeconfig.clone(), context.clone(), namespace.clone(), call_timeout, Caller::Cli).await?;
             Ok(Store::Kube(KubeStore::new(client, namespace, call_timeout)))
         }
         Backend::File { lock_dir, namespace } => {
             Ok(Store::File(FileStore::open(lock_dir.clone(), namespace.clone())?.with_call_timeout(call_timeout)))
+        }
+    }
+}
+
+/// Who asks for a client: the hints in its errors name that caller's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The CLI: `--kubeconfig`, `--backend file`.
+    Cli,
+    /// A program using `mpsync::KubeClientBuilder`.
+    Library,
+}
+
+impl Caller {
+    /// What to do about a kubeconfig that was named and cannot be read.
+    fn unreadable_kubeconfig(self) -> &'static str {
+        match self {
+            Caller::Cli => "pass --kubeconfig with a readable kubeconfig file",
+            Caller::Library => "name a readable kubeconfig file (KubeClientBuilder::kubeconfig)",
+        }
+    }
+
+    /// What to do when no configuration is found at all.
+    fn no_configuration(self) -> &'static str {
+        match self {
+            Caller::Cli => "pass --kubeconfig PATH, or use --backend file to lock on this machine only",
+            Caller::Library => {
+                "name a kubeconfig (KubeClientBuilder::kubeconfig), or lock on this machine only (Lock::file)"
+            }
         }
     }
 }
@@ -70,8 +107,9 @@ pub async fn connect(
     context: Option<String>,
     namespace: Option<String>,
     call_timeout: Duration,
+    caller: Caller,
 ) -> Result<(Client, String)> {
-    let Loaded { mut config, cluster, ca } = load(kubeconfig, context).await?;
+    let Loaded { mut config, cluster, ca } = load(kubeconfig, context, caller).await?;
     let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
     let trust = tls::settle(&mut config, ca)?;
     let proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.as_deref());
@@ -116,14 +154,15 @@ struct Loaded {
     ca: Option<String>,
 }
 
-async fn load(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<Loaded> {
+async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
         let file = Kubeconfig::read_from(&path).map_err(|err| {
             Error::Config(format!(
-                "cannot use kubeconfig {}: {}\npass --kubeconfig with a readable kubeconfig file",
+                "cannot use kubeconfig {}: {}\n{}",
                 path.display(),
-                one_line(&err)
+                one_line(&err),
+                caller.unreadable_kubeconfig()
             ))
         })?;
         return from_kubeconfig(file, &options, &format!("kubeconfig {}", path.display())).await;
@@ -166,8 +205,8 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<Lo
                         None => "no ~/.kube/config".to_string(),
                     };
                     Err(Error::Config(format!(
-                        "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n\
-                         pass --kubeconfig PATH, or use --backend file to lock on this machine only"
+                        "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n{}",
+                        caller.no_configuration()
                     )))
                 }
             },

@@ -281,6 +281,28 @@ fn every_connection_to_the_api_server_or_a_proxy_has_tcp_nodelay() {
     assert!(!sockets.is_empty() && sockets.iter().all(|&nodelay| nodelay), "{sockets:?}\n{trace}");
 }
 
+/// The library's own client (`mpsync::KubeClientBuilder`, as the `guarded_job` example builds it) sets
+/// TCP_NODELAY on every connection too: a waiter's read, its watch, and its acquisition.
+#[test]
+fn every_connection_of_the_librarys_client_has_tcp_nodelay() {
+    let Some(env) = test_server() else { return };
+    if !strace_available() {
+        return;
+    }
+    let name = env.lease_name("lib-nodelay");
+    env.put(&name, TestEnv::foreign_record("someone-else", 1));
+    let ledger = env.path("ledger");
+    let mut job = Command::new(crate::library::example("guarded_job"));
+    job.arg(&env.kubeconfig).arg(&name).arg(&ledger).arg("1");
+    scrub(&mut job);
+    let (done, trace) = straced(&env, job);
+    done.assert_code(0);
+    assert!(fs::read_to_string(&ledger).unwrap().contains("step 1"));
+    let sockets = sockets_to(&trace, port(&env));
+    assert!(sockets.len() >= 2, "a waiter opens a connection for its watch too: {sockets:?}\n{trace}");
+    assert!(sockets.iter().all(|&nodelay| nodelay), "a connection without TCP_NODELAY: {sockets:?}\n{trace}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Proxies
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mpsync::{AfterLoss, Election, Error, Lock, LockBuilder, LossReason, Outcome, Timing};
+use mpsync::{AfterLoss, Election, Error, KubeClientBuilder, Lock, LockBuilder, LossReason, Outcome, Timing};
 use nix::sys::signal::Signal;
 use tokio::sync::{Notify, mpsc};
 
@@ -52,7 +52,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// A client from a kubeconfig's text, as a program that names its kubeconfig builds one.
+/// kube's own client from a kubeconfig's text, as a program that brings its own client builds one.
 async fn client(yaml: &str) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).unwrap();
     let config =
@@ -60,12 +60,13 @@ async fn client(yaml: &str) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-/// A lock on `name` in this environment's backend.
+/// A lock on `name` in this environment's backend; on Kubernetes, over mpsync's own client for the
+/// environment's kubeconfig (the partition tests bring kube's own).
 async fn lock(env: &TestEnv, name: &str) -> LockBuilder {
     match env.backend {
         Backend::Kube => {
-            let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-            Lock::kube(client(&yaml).await, &env.namespace, name)
+            let client = KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
+            Lock::kube(client, &env.namespace, name)
         }
         Backend::File => Lock::file(env.lock_dir(), name),
     }
@@ -94,7 +95,7 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 }
 
 /// An example program, as `cargo build --examples` (and tests/run.sh) built it.
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let examples = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
     let binary = examples.join(name);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.rs"));
@@ -794,6 +795,71 @@ fn bad_options_are_refused_with_clear_errors() {
         }
     });
     let _ = fs::remove_dir_all(&parent);
+}
+
+/// `KubeClientBuilder` refuses a kubeconfig it cannot use with an `Error::Config` that names what is
+/// wrong in the library's terms; nothing is sent.
+#[test]
+fn kube_client_builder_refuses_an_unusable_configuration_with_clear_errors() {
+    let dir = temp_dir("lib-client");
+    let kubeconfig = |name: &str, yaml: &str| {
+        let path = dir.join(name);
+        fs::write(&path, yaml).unwrap();
+        path
+    };
+    let cluster = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:1'{extra}}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u, namespace: ns}}}}]\nusers: [{{name: u, user: {{}}}}]\n"
+        )
+    };
+    let good = kubeconfig("good", &cluster(", insecure-skip-tls-verify: true"));
+    let missing = dir.join("missing");
+    let bad_ca = kubeconfig("bad-ca", &cluster(", certificate-authority-data: '%%%'"));
+    let ca_file = dir.join("no-such-ca.crt");
+    let gone_ca = kubeconfig("gone-ca", &cluster(&format!(", certificate-authority: '{}'", ca_file.display())));
+    runtime().block_on(async {
+        // What works: the context's namespace is the client's default, and nothing was sent.
+        let client = KubeClientBuilder::new().kubeconfig(&good).build().await.unwrap();
+        assert_eq!(client.default_namespace(), "ns");
+        let cases: Vec<(&str, KubeClientBuilder, Vec<String>)> = vec![
+            (
+                "a kubeconfig that does not exist",
+                KubeClientBuilder::new().kubeconfig(&missing),
+                vec![missing.display().to_string(), "KubeClientBuilder::kubeconfig".into()],
+            ),
+            (
+                "a context it does not have",
+                KubeClientBuilder::new().kubeconfig(&good).context("other"),
+                vec!["context: other".into()],
+            ),
+            (
+                "CA data that is not base64",
+                KubeClientBuilder::new().kubeconfig(&bad_ca),
+                vec!["certificate-authority-data".into(), "base64".into()],
+            ),
+            (
+                "a CA file that does not exist",
+                KubeClientBuilder::new().kubeconfig(&gone_ca),
+                vec![ca_file.display().to_string()],
+            ),
+        ];
+        for (what, builder, expected) in cases {
+            match builder.build().await {
+                Err(Error::Config(message)) => {
+                    for part in &expected {
+                        assert!(message.contains(part.as_str()), "{what}: {message:?} should say {part:?}");
+                    }
+                    assert!(!message.contains("--"), "{what}: no CLI flags in a library's message: {message}");
+                    assert!(message.lines().count() <= 2, "{what}: {message}");
+                }
+                Err(other) => panic!("{what}: expected a configuration error, got {other:?}"),
+                Ok(_) => panic!("{what}: expected a configuration error, got a client"),
+            }
+        }
+    });
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// The engine's one attempt, on slots that observed the lease in an earlier campaign: after the holder

@@ -1,0 +1,109 @@
+//! The `mpsync` CLI's own `kube::Client`, for programs that use the library (the `client` feature).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::{Caller, connect};
+use crate::error::Result;
+
+/// A `kube::Client` found as `kube::Client::try_default()` finds one: from `$KUBECONFIG`, else
+/// `~/.kube/config`, else the pod's service account. It is built as the `mpsync` CLI builds its own:
+///
+/// - **`TCP_NODELAY` on every connection.** kube 5's own client leaves Nagle's algorithm on
+///   (kube-rs/kube#2056), so the first request on every new connection waits for the server's delayed
+///   ACK, 40 ms on Linux. Go, and so client-go, sets no-delay.
+/// - **The proxy kubectl would use**: the kubeconfig's `proxy-url`, else `HTTPS_PROXY` (or `https_proxy`)
+///   unless the server is on loopback or `NO_PROXY` covers it; `http://` and `socks5://` proxies.
+/// - **Trust in exactly the CA the configuration names** (`certificate-authority` or
+///   `certificate-authority-data`); nothing more under `insecure-skip-tls-verify`; the system's roots
+///   only when it names none. A CA that cannot be read or parsed is an [`Error::Config`](crate::Error::Config)
+///   that names it.
+/// - **Watches on connections of their own**, so a waiter's acquisition on the watch event that frees a
+///   lease finds an idle connection, with no TLS handshake on the handoff's path. A request connection
+///   idle for 30 s is closed.
+///
+/// Unlike kube's, it does not retry 429 and 5xx answers itself (mpsync's locks retry by their own rules)
+/// and has no read timeout of its own (every call of a lock is bounded; bound your own calls). Its
+/// default namespace is the kubeconfig context's (`client.default_namespace()`).
+///
+/// ```no_run
+/// # async fn example() -> mpsync::Result<()> {
+/// let client = mpsync::kube_client().await?;
+/// let namespace = client.default_namespace().to_string();
+/// let lock = mpsync::Lock::kube(client, &namespace, "db-migration").build()?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn kube_client() -> Result<kube::Client> {
+    KubeClientBuilder::new().build().await
+}
+
+/// Options for [`kube_client`]: a kubeconfig file of your choice, one of its contexts, a bound on
+/// opening a connection.
+///
+/// ```no_run
+/// # async fn example() -> mpsync::Result<()> {
+/// let client = mpsync::KubeClientBuilder::new()
+///     .kubeconfig("/etc/ci/kubeconfig")
+///     .context("staging")
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until .build() is awaited"]
+pub struct KubeClientBuilder {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    connect_timeout: Duration,
+}
+
+impl Default for KubeClientBuilder {
+    fn default() -> KubeClientBuilder {
+        KubeClientBuilder::new()
+    }
+}
+
+impl KubeClientBuilder {
+    /// The standard resolution, as [`kube_client`]; connections opened within the default call timeout
+    /// of a lock ([`Timing::DEFAULT`](crate::Timing::DEFAULT)'s, 5 s).
+    pub fn new() -> KubeClientBuilder {
+        KubeClientBuilder { kubeconfig: None, context: None, connect_timeout: crate::Timing::DEFAULT.call_timeout() }
+    }
+
+    /// Read this kubeconfig file, and only it (`kubectl --kubeconfig`): neither `$KUBECONFIG` nor the
+    /// service account is looked at.
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> KubeClientBuilder {
+        self.kubeconfig = Some(path.into());
+        self
+    }
+
+    /// Use this context of the kubeconfig instead of its `current-context` (`kubectl --context`). A
+    /// context that does not exist is an error; so is one without a kubeconfig.
+    pub fn context(mut self, context: impl Into<String>) -> KubeClientBuilder {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// How long opening one connection may take: the TCP connect, and the proxy's handshake if any
+    /// (not the TLS handshake or the request, which the calls' own timeouts bound).
+    pub fn connect_timeout(mut self, timeout: Duration) -> KubeClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Read the configuration and build the client. Nothing is sent yet: the first request opens the
+    /// first connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config): no configuration found, a kubeconfig that cannot be read
+    /// or parsed, a context it does not have, a CA that cannot be read or parsed, a proxy URL that
+    /// cannot be used, or credentials kube cannot use.
+    pub async fn build(self) -> Result<kube::Client> {
+        let (client, _namespace) =
+            connect(self.kubeconfig, self.context, None, self.connect_timeout, Caller::Library).await?;
+        Ok(client)
+    }
+}
