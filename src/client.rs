@@ -24,7 +24,13 @@ use crate::error::Result;
 ///
 /// Unlike kube's, it does not retry 429 and 5xx answers itself (mpsync's locks retry by their own rules)
 /// and has no read timeout of its own (every call of a lock is bounded; bound your own calls). Its
-/// default namespace is the kubeconfig context's (`client.default_namespace()`).
+/// default namespace is the kubeconfig context's (`client.default_namespace()`). Its `valid_until()` is
+/// `None`: a client certificate issued by an exec plugin is not renewed (nor is it by kube's client),
+/// so a program that runs longer than such a certificate lives must build a new client.
+///
+/// TLS is rustls with ring. If the program's dependencies enable a second rustls crypto provider
+/// (aws-lc-rs, say), so that rustls cannot pick one by itself, and none is installed for the process,
+/// building the client installs ring's, as kube's own client installs aws-lc-rs's.
 ///
 /// ```no_run
 /// # async fn example() -> mpsync::Result<()> {
@@ -93,8 +99,9 @@ impl KubeClientBuilder {
         self
     }
 
-    /// Read the configuration and build the client. Nothing is sent yet: the first request opens the
-    /// first connection.
+    /// Read the configuration and build the client. Nothing is sent to the API server yet (the first
+    /// request opens the first connection), but an exec credential plugin that the kubeconfig names
+    /// may run now.
     ///
     /// # Errors
     ///

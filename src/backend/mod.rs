@@ -118,6 +118,12 @@ pub async fn connect(
         tracing::debug!(%proxy, server = %config.cluster_url, "connecting through a proxy");
     }
 
+    // rustls picks its crypto provider from its features, and cannot when a program's dependencies
+    // enable two (kube's `aws-lc-rs` besides mpsync's `ring`, or rustls's defaults): then it wants one
+    // installed for the process, as kube's own client does when none is.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let https = config
         .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
         .map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
@@ -199,6 +205,13 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
             Err(_) => match from_file {
                 // A kubeconfig that exists but is unusable: say why.
                 Ok(Err(err)) => Err(err),
+                Err(err) if std::env::var_os("KUBECONFIG").is_some() || default_kubeconfig_exists() => {
+                    Err(Error::Config(format!(
+                        "cannot use {origin}: {}\n{}",
+                        one_line(&err),
+                        caller.unreadable_kubeconfig()
+                    )))
+                }
                 _ => {
                     let kubeconfig = match std::env::var_os("KUBECONFIG") {
                         Some(_) => format!("{origin} is unusable"),
@@ -213,6 +226,14 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
         },
     }
 }
+
+/// Whether `~/.kube/config` exists (as kube finds the home directory: `$HOME`).
+fn default_kubeconfig_exists() -> bool {
+    std::env::var_os("HOME").is_some_and(|home| PathBuf::from(home).join(".kube").join("config").exists())
+}
+
+/// What kube is given to parse as the cluster's proxy-url (see `from_kubeconfig`); never used.
+const KUBE_PROXY_PLACEHOLDER: &str = "http://proxy.mpsync.invalid";
 
 /// A kube configuration from a kubeconfig file's chosen context, its cluster's CA checked first.
 async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, origin: &str) -> Result<Loaded> {
@@ -236,9 +257,15 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
             (None, None) => None,
         };
         cluster = Some(found.clone());
+        // kube parses a proxy itself (this proxy-url, else HTTPS_PROXY) and refuses one it cannot parse,
+        // even where kubectl would use none (a server on loopback, or in NO_PROXY). mpsync chooses the
+        // proxy by kubectl's rules from `cluster` and the environment (`proxy::select`), with its own
+        // messages, so kube is given a placeholder to parse, and its result is dropped below.
+        found.proxy_url = Some(KUBE_PROXY_PLACEHOLDER.to_string());
     }
-    let config = kube::Config::from_custom_kubeconfig(file, options)
+    let mut config = kube::Config::from_custom_kubeconfig(file, options)
         .await
         .map_err(|err| Error::Config(format!("cannot use {origin}: {}", one_line(&err))))?;
+    config.proxy_url = None;
     Ok(Loaded { config, cluster, ca })
 }

@@ -140,6 +140,37 @@ fn without_a_cluster_or_backend_file_mpsync_exits_125_and_suggests_both() {
     assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
 }
 
+/// A kubeconfig that exists but cannot be parsed is named with the reason, not taken for a missing one:
+/// `~/.kube/config`, and the file `$KUBECONFIG` names.
+#[test]
+fn an_unparsable_kubeconfig_is_named_with_the_reason() {
+    let env = TestEnv::file();
+    let home = env.path("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::write(home.join(".kube").join("config"), "clusters: [unclosed\n").unwrap();
+    let garbage = env.path("garbage-kubeconfig");
+    std::fs::write(&garbage, "- not\n- a kubeconfig\n").unwrap();
+    for kubeconfig in [None, Some(&garbage)] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
+        command.args(["status", "job"]);
+        scrub(&mut command);
+        command.env("HOME", &home);
+        let origin = match kubeconfig {
+            Some(path) => {
+                command.env("KUBECONFIG", path);
+                format!("cannot use $KUBECONFIG ({})", path.display())
+            }
+            None => "cannot use ~/.kube/config".to_string(),
+        };
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(125);
+        assert!(done.stderr.contains(&origin), "{origin}: {}", done.stderr);
+        assert!(!done.stderr.contains("no Kubernetes configuration found"), "{}", done.stderr);
+        assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
+        assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    }
+}
+
 /// 8 processes x 200 acquisitions on the file backend: no two children overlap, and fencing tokens
 /// strictly increase in start order.
 #[test]

@@ -380,6 +380,10 @@ fn loopback_servers_do_not_use_the_environments_proxy() {
     command.env("HTTPS_PROXY", proxy.url());
     run(&env, command).assert_code(0);
     assert_eq!(proxy.requests(), vec![], "kubectl never proxies 127.0.0.1 or localhost through HTTPS_PROXY");
+    // Not even one it could not parse: it is never looked at (kube's own parse used to refuse it).
+    let mut command = env.mpsync(["status", "job"]);
+    command.env("HTTPS_PROXY", "%%%");
+    run(&env, command).assert_code(0);
 }
 
 #[test]
@@ -432,7 +436,7 @@ fn an_unreachable_or_unusable_proxy_is_named() {
 
     let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
     for (value, expected) in
-        [("https://127.0.0.1:3128", "does not speak TLS to proxies"), ("ftp://x", "unsupported scheme")]
+        [("https://127.0.0.1:3128", "does not speak TLS to proxies"), ("ftp://x", "unsupported scheme"), ("%%%", "")]
     {
         let mut command = mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]);
         command.env("HTTPS_PROXY", value);
