@@ -28,9 +28,10 @@ use crate::error::Result;
 /// `None`: a client certificate issued by an exec plugin is not renewed (nor is it by kube's client),
 /// so a program that runs longer than such a certificate lives must build a new client.
 ///
-/// TLS is rustls with ring. If the program's dependencies enable a second rustls crypto provider
-/// (aws-lc-rs, say), so that rustls cannot pick one by itself, and none is installed for the process,
-/// building the client installs ring's, as kube's own client installs aws-lc-rs's.
+/// TLS is rustls with ring. Building the client installs ring as the process's rustls crypto provider
+/// if none is installed, as kube's own client installs aws-lc-rs: rustls cannot pick one by itself when
+/// a program's dependencies enable two (aws-lc-rs besides ring, say). A program that installs its own
+/// provider must do so before it builds the client.
 ///
 /// ```no_run
 /// # async fn example() -> mpsync::Result<()> {

@@ -565,7 +565,7 @@ pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Opti
     let mut failures = 0;
     let mut log = FailureLog::new(name, "reading the semaphore's marker");
     let refuse = |refusal: crate::lease::Refusal| {
-        Err(Error::Api(format!("semaphore {name}: cannot be used with --slots {slots}: {refusal}")))
+        Err(Error::Api(format!("semaphore {name}: cannot be used with {slots} slots: {refusal}")))
     };
     loop {
         let failure = match store.get(name).await {

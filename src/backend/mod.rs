@@ -161,6 +161,8 @@ struct Loaded {
 }
 
 async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
+    // An empty context is the current one, as for kubectl (`MPSYNC_CONTEXT=`).
+    let context = context.filter(|context| !context.trim().is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
         let file = Kubeconfig::read_from(&path).map_err(|err| {
@@ -173,7 +175,7 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
         })?;
         return from_kubeconfig(file, &options, &format!("kubeconfig {}", path.display())).await;
     }
-    let origin = match std::env::var_os("KUBECONFIG") {
+    let origin = match kubeconfig_env() {
         Some(paths) => format!("$KUBECONFIG ({})", PathBuf::from(paths).display()),
         None => "~/.kube/config".to_string(),
     };
@@ -187,49 +189,67 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
             Err(Error::Config(format!("cannot use kubeconfig context {context:?}: {}", one_line(&err))))
         }
         (Ok(Ok(mut loaded)), None) => {
+            let server = loaded.config.cluster_url.clone();
             loaded.config.apply_debug_overrides();
+            // kube's debugging override (KUBE_RS_DEBUG_OVERRIDE_URL, a local `kubectl proxy`) is another
+            // server than the cluster's: the cluster's proxy-url is not the way to it.
+            if loaded.config.cluster_url != server
+                && let Some(cluster) = loaded.cluster.as_mut()
+            {
+                cluster.proxy_url = None;
+            }
             Ok(loaded)
         }
         // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any.
-        (from_file, None) => match kube::Config::incluster() {
-            Ok(mut config) => {
-                config.apply_debug_overrides();
-                let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
-                Ok(Loaded { config, cluster: None, ca })
+        (from_file, None) => {
+            match kube::Config::incluster() {
+                Ok(mut config) => {
+                    config.apply_debug_overrides();
+                    let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
+                    Ok(Loaded { config, cluster: None, ca })
+                }
+                Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(Error::Config(format!(
+                    "cannot use the pod's service account: {}\nits files are mounted under \
+                     /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false",
+                    one_line(&err)
+                ))),
+                Err(_) => match from_file {
+                    // A kubeconfig that exists but is unusable: say why.
+                    Ok(Err(err)) => Err(err),
+                    Err(err) if kubeconfig_env().is_some() || default_kubeconfig_exists() => Err(Error::Config(
+                        format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig()),
+                    )),
+                    _ => {
+                        let kubeconfig = match kubeconfig_env() {
+                            Some(_) => format!("{origin} is unusable"),
+                            None => "no ~/.kube/config".to_string(),
+                        };
+                        Err(Error::Config(format!(
+                            "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n{}",
+                            caller.no_configuration()
+                        )))
+                    }
+                },
             }
-            Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(Error::Config(format!(
-                "cannot use the pod's service account: {}\nits files are mounted under \
-                 /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false",
-                one_line(&err)
-            ))),
-            Err(_) => match from_file {
-                // A kubeconfig that exists but is unusable: say why.
-                Ok(Err(err)) => Err(err),
-                Err(err) if std::env::var_os("KUBECONFIG").is_some() || default_kubeconfig_exists() => {
-                    Err(Error::Config(format!(
-                        "cannot use {origin}: {}\n{}",
-                        one_line(&err),
-                        caller.unreadable_kubeconfig()
-                    )))
-                }
-                _ => {
-                    let kubeconfig = match std::env::var_os("KUBECONFIG") {
-                        Some(_) => format!("{origin} is unusable"),
-                        None => "no ~/.kube/config".to_string(),
-                    };
-                    Err(Error::Config(format!(
-                        "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n{}",
-                        caller.no_configuration()
-                    )))
-                }
-            },
-        },
+        }
     }
 }
 
-/// Whether `~/.kube/config` exists (as kube finds the home directory: `$HOME`).
+/// Whether `~/.kube/config` exists (the home directory found as kube finds it).
 fn default_kubeconfig_exists() -> bool {
-    std::env::var_os("HOME").is_some_and(|home| PathBuf::from(home).join(".kube").join("config").exists())
+    std::env::home_dir().is_some_and(|home| home.join(".kube").join("config").exists())
+}
+
+/// `$KUBECONFIG`, if it names a file: kube, as kubectl, takes an empty one (or only separators) for unset.
+fn kubeconfig_env() -> Option<std::ffi::OsString> {
+    std::env::var_os("KUBECONFIG").filter(|paths| std::env::split_paths(paths).any(|path| !path.as_os_str().is_empty()))
+}
+
+/// Whether kube would parse a proxy from the environment for a cluster without a proxy-url.
+fn env_proxy_for_kube() -> bool {
+    ["HTTPS_PROXY", "https_proxy"]
+        .into_iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()))
 }
 
 /// What kube is given to parse as the cluster's proxy-url (see `from_kubeconfig`); never used.
@@ -257,15 +277,21 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
             (None, None) => None,
         };
         cluster = Some(found.clone());
-        // kube parses a proxy itself (this proxy-url, else HTTPS_PROXY) and refuses one it cannot parse,
-        // even where kubectl would use none (a server on loopback, or in NO_PROXY). mpsync chooses the
+        // Without a proxy-url here, kube parses HTTPS_PROXY itself and refuses a value it cannot parse,
+        // even where kubectl would use no proxy (a server on loopback, or in NO_PROXY). mpsync chooses the
         // proxy by kubectl's rules from `cluster` and the environment (`proxy::select`), with its own
-        // messages, so kube is given a placeholder to parse, and its result is dropped below.
-        found.proxy_url = Some(KUBE_PROXY_PLACEHOLDER.to_string());
+        // messages, so kube is given a placeholder to parse instead, which is taken out again below.
+        if found.proxy_url.as_deref().is_none_or(|url| url.trim().is_empty()) && env_proxy_for_kube() {
+            found.proxy_url = Some(KUBE_PROXY_PLACEHOLDER.to_string());
+        }
     }
     let mut config = kube::Config::from_custom_kubeconfig(file, options)
         .await
         .map_err(|err| Error::Config(format!("cannot use {origin}: {}", one_line(&err))))?;
+    // mpsync's connector picks the proxy; an exec plugin is told the cluster's own proxy-url.
     config.proxy_url = None;
+    if let Some(exec_cluster) = config.auth_info.exec.as_mut().and_then(|exec| exec.cluster.as_mut()) {
+        exec_cluster.proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.clone());
+    }
     Ok(Loaded { config, cluster, ca })
 }

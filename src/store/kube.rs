@@ -186,9 +186,11 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
                     "{what}: forbidden: {message}\nmpsync needs get, list, watch, create and update on \
                      leases.coordination.k8s.io in namespace {namespace}: see deploy/rbac.yaml"
                 ))),
-                404 if status.details.as_ref().is_some_and(|d| d.kind == "namespaces") => StoreError::Fatal(
-                    Error::Api(format!("namespace {namespace:?} does not exist\ncreate it, or pass --namespace")),
-                ),
+                404 if status.details.as_ref().is_some_and(|d| d.kind == "namespaces") => {
+                    StoreError::Fatal(Error::Api(format!(
+                        "namespace {namespace:?} does not exist\ncreate it, or choose another namespace"
+                    )))
+                }
                 // The object vanished under a write: read again.
                 404 if verb.is_write() => StoreError::Conflict(message),
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),

@@ -128,16 +128,26 @@ fn file_backend_unwritable_lock_dir_is_a_clear_error() {
 #[test]
 fn without_a_cluster_or_backend_file_mpsync_exits_125_and_suggests_both() {
     let env = TestEnv::file();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
-    command.args(["lock", "job", "--", "true"]);
-    scrub(&mut command);
-    // No kubeconfig anywhere: an empty HOME.
-    command.env("HOME", env.path("empty-home"));
-    let done = Proc::spawn(command, &env.dir).finish();
-    done.assert_code(125);
-    assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
-    assert!(done.stderr.contains("--backend file"), "{}", done.stderr);
-    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    // An empty $KUBECONFIG counts as unset, as for kubectl; so does an empty context.
+    for (kubeconfig, context) in [(None, None), (Some(""), Some("")), (Some(":"), None)] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
+        command.args(["lock", "job", "--", "true"]);
+        scrub(&mut command);
+        // No kubeconfig anywhere: an empty HOME.
+        command.env("HOME", env.path("empty-home"));
+        if let Some(value) = kubeconfig {
+            command.env("KUBECONFIG", value);
+        }
+        if let Some(value) = context {
+            command.env("MPSYNC_CONTEXT", value);
+        }
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(125);
+        assert!(done.stderr.contains("no Kubernetes configuration found: no ~/.kube/config"), "{}", done.stderr);
+        assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
+        assert!(done.stderr.contains("--backend file"), "{}", done.stderr);
+        assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    }
 }
 
 /// A kubeconfig that exists but cannot be parsed is named with the reason, not taken for a missing one:

@@ -386,6 +386,74 @@ fn loopback_servers_do_not_use_the_environments_proxy() {
     run(&env, command).assert_code(0);
 }
 
+/// kube's debugging override of the server (`KUBE_RS_DEBUG_OVERRIDE_URL`, meant for a local `kubectl
+/// proxy`) is reached directly, not through the kubeconfig cluster's proxy-url.
+#[test]
+fn the_debug_override_url_is_not_reached_through_the_clusters_proxy() {
+    let Some(env) = test_server() else { return };
+    let proxy = ConnectProxy::start();
+    let options = KubeconfigOptions::new("default").proxy_url(&proxy.url());
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let status = |override_url: Option<String>| {
+        let mut command = env.mpsync(["status", "job"]);
+        command.env_remove("MPSYNC_KUBECONFIG").env("KUBECONFIG", &kubeconfig).env("HOME", env.path("no-home"));
+        if let Some(url) = override_url {
+            command.env("KUBE_RS_DEBUG_OVERRIDE_URL", url);
+        }
+        run(&env, command).assert_code(0);
+    };
+    status(None);
+    let tunnels = proxy.tunnels();
+    assert!(tunnels > 0, "the kubeconfig's proxy-url is used");
+    // The same server by another name (its certificate names localhost too): another URL.
+    status(Some(format!("https://localhost:{}", port(&env))));
+    assert_eq!(proxy.tunnels(), tunnels, "the override went through the cluster's proxy");
+}
+
+/// An exec credential plugin that asks for the cluster's details (`provideClusterInfo`) is told the
+/// kubeconfig's own proxy-url, or none, whatever proxy the environment names.
+#[test]
+fn an_exec_plugin_is_told_the_kubeconfigs_own_proxy_url() {
+    let Some(env) = test_server() else { return };
+    let info = env.path("exec-info");
+    let plugin = env.path("plugin.sh");
+    fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$KUBERNETES_EXEC_INFO\" >> {}\n\
+             echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"t\"}}}}'\n",
+            info.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exec = format!(
+        "  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      \
+         provideClusterInfo: true\n      interactiveMode: Never\n",
+        plugin.display()
+    );
+    let proxy = ConnectProxy::start();
+    for proxy_url in [None, Some(proxy.url())] {
+        let mut options = KubeconfigOptions::new("default");
+        if let Some(url) = &proxy_url {
+            options = options.proxy_url(url);
+        }
+        let yaml = env.server().unwrap().kubeconfig_yaml_with(&options).replace("  user: {}\n", &exec);
+        let kubeconfig = write_kubeconfig(&env, &yaml);
+        let _ = fs::remove_file(&info);
+        let mut command = mpsync_with(&env, &kubeconfig, &["status", "job"]);
+        // An environment's proxy (unused: the server is on loopback) is not what the plugin is told.
+        command.env("HTTPS_PROXY", "http://203.0.113.1:3128");
+        run(&env, command).assert_code(0);
+        let told = fs::read_to_string(&info).unwrap();
+        assert!(!told.contains("mpsync.invalid") && !told.contains("203.0.113.1"), "{told}");
+        match &proxy_url {
+            Some(url) => assert!(told.contains(&format!("\"proxy-url\":\"{url}\"")), "{told}"),
+            None => assert!(!told.contains("proxy-url\":\""), "{told}"),
+        }
+    }
+}
+
 #[test]
 fn proxy_credentials_from_the_url_are_sent_as_basic_authentication() {
     let Some(env) = test_server() else { return };
@@ -435,9 +503,11 @@ fn an_unreachable_or_unusable_proxy_is_named() {
     assert_failure(&done, 125, &[&format!("cannot connect to proxy http://{closed}")]);
 
     let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
-    for (value, expected) in
-        [("https://127.0.0.1:3128", "does not speak TLS to proxies"), ("ftp://x", "unsupported scheme"), ("%%%", "")]
-    {
+    for (value, expected) in [
+        ("https://127.0.0.1:3128", "does not speak TLS to proxies"),
+        ("ftp://x", "unsupported scheme"),
+        ("%%%", "not a URL"),
+    ] {
         let mut command = mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]);
         command.env("HTTPS_PROXY", value);
         let done = run(&env, command);
