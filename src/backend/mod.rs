@@ -162,7 +162,7 @@ struct Loaded {
 
 async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
     // An empty context is the current one, as for kubectl (`MPSYNC_CONTEXT=`).
-    let context = context.filter(|context| !context.trim().is_empty());
+    let context = context.filter(|context| !context.is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
         let file = Kubeconfig::read_from(&path).map_err(|err| {
@@ -186,14 +186,15 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
     match (from_file, context) {
         (Ok(loaded), Some(_)) => loaded,
         (Err(err), Some(context)) => {
-            Err(Error::Config(format!("cannot use kubeconfig context {context:?}: {}", one_line(&err))))
+            Err(Error::Config(format!("cannot use context {context:?}: no kubeconfig: {}", one_line(&err))))
         }
         (Ok(Ok(mut loaded)), None) => {
             let server = loaded.config.cluster_url.clone();
             loaded.config.apply_debug_overrides();
-            // kube's debugging override (KUBE_RS_DEBUG_OVERRIDE_URL, a local `kubectl proxy`) is another
-            // server than the cluster's: the cluster's proxy-url is not the way to it.
+            // kube's debugging override (KUBE_RS_DEBUG_OVERRIDE_URL) pointing at this machine is a local
+            // `kubectl proxy`: the cluster's proxy-url is not the way to it. Any other server keeps it.
             if loaded.config.cluster_url != server
+                && loaded.config.cluster_url.host().is_some_and(proxy::is_loopback_host)
                 && let Some(cluster) = loaded.cluster.as_mut()
             {
                 cluster.proxy_url = None;
@@ -245,11 +246,13 @@ fn kubeconfig_env() -> Option<std::ffi::OsString> {
     std::env::var_os("KUBECONFIG").filter(|paths| std::env::split_paths(paths).any(|path| !path.as_os_str().is_empty()))
 }
 
-/// Whether kube would parse a proxy from the environment for a cluster without a proxy-url.
-fn env_proxy_for_kube() -> bool {
-    ["HTTPS_PROXY", "https_proxy"]
-        .into_iter()
-        .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()))
+/// Whether kube would parse a proxy for `cluster`: its proxy-url, else HTTPS_PROXY or https_proxy, the
+/// first that is not empty (kube's test: untrimmed).
+fn kube_would_parse_a_proxy(cluster: &Cluster) -> bool {
+    cluster.proxy_url.as_deref().is_some_and(|url| !url.is_empty())
+        || ["HTTPS_PROXY", "https_proxy"]
+            .into_iter()
+            .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty()))
 }
 
 /// What kube is given to parse as the cluster's proxy-url (see `from_kubeconfig`); never used.
@@ -257,6 +260,15 @@ const KUBE_PROXY_PLACEHOLDER: &str = "http://proxy.mpsync.invalid";
 
 /// A kube configuration from a kubeconfig file's chosen context, its cluster's CA checked first.
 async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, origin: &str) -> Result<Loaded> {
+    if let Some(context) = &options.context
+        && !file.contexts.iter().any(|named| &named.name == context)
+    {
+        let names: Vec<&str> = file.contexts.iter().map(|named| named.name.as_str()).collect();
+        return Err(Error::Config(format!(
+            "no context {context:?} in {origin} (its contexts: {})",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )));
+    }
     let cluster_name = options
         .context
         .as_ref()
@@ -277,11 +289,13 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
             (None, None) => None,
         };
         cluster = Some(found.clone());
-        // Without a proxy-url here, kube parses HTTPS_PROXY itself and refuses a value it cannot parse,
-        // even where kubectl would use no proxy (a server on loopback, or in NO_PROXY). mpsync chooses the
-        // proxy by kubectl's rules from `cluster` and the environment (`proxy::select`), with its own
-        // messages, so kube is given a placeholder to parse instead, which is taken out again below.
-        if found.proxy_url.as_deref().is_none_or(|url| url.trim().is_empty()) && env_proxy_for_kube() {
+        // kube parses this proxy-url, else HTTPS_PROXY, itself, and refuses a value it cannot parse, even
+        // where kubectl would use no proxy (a server on loopback, or in NO_PROXY) and with messages that do
+        // not name it. mpsync chooses the proxy by kubectl's rules from `cluster` and the environment
+        // (`proxy::select`), with its own messages, so kube is given a placeholder to parse instead, which
+        // is taken out again below. (Only where kube would parse one: with kube's `http-proxy` feature
+        // enabled by a program, kube then parses NO_PROXY too.)
+        if kube_would_parse_a_proxy(found) {
             found.proxy_url = Some(KUBE_PROXY_PLACEHOLDER.to_string());
         }
     }

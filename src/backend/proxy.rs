@@ -125,6 +125,13 @@ pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<O
     parse(value, variable).map(Some)
 }
 
+/// Whether `host` (as in a URL: `[::1]` for IPv6) is `localhost` or a loopback address, which kubectl
+/// never reaches through the environment's proxy.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// A proxy URL as Go reads it: no scheme means `http://`; the scheme's default port when none is given.
 fn parse(value: &str, origin: &str) -> Result<Proxy, String> {
     let with_scheme = if value.contains("://") { value.to_string() } else { format!("http://{value}") };
@@ -219,11 +226,11 @@ impl NoProxy {
 
     /// Whether a connection to `host:port` goes through the proxy.
     fn use_proxy(&self, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
-        let ip = host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-        if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) || self.everything {
+        if is_loopback_host(host) || self.everything {
             return false;
         }
+        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+        let ip = host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
         let port_matches = |rule: Option<u16>| rule.is_none_or(|rule| rule == port);
         if let Some(ip) = ip {
             return !self.ips.iter().any(|rule| match *rule {

@@ -380,20 +380,26 @@ fn loopback_servers_do_not_use_the_environments_proxy() {
     command.env("HTTPS_PROXY", proxy.url());
     run(&env, command).assert_code(0);
     assert_eq!(proxy.requests(), vec![], "kubectl never proxies 127.0.0.1 or localhost through HTTPS_PROXY");
-    // Not even one it could not parse: it is never looked at (kube's own parse used to refuse it).
-    let mut command = env.mpsync(["status", "job"]);
-    command.env("HTTPS_PROXY", "%%%");
-    run(&env, command).assert_code(0);
+    // Not even one it could not parse, or blank: it is never looked at (kube's own parse used to refuse it).
+    for value in ["%%%", " "] {
+        let mut command = env.mpsync(["status", "job"]);
+        command.env("HTTPS_PROXY", value);
+        run(&env, command).assert_code(0);
+    }
 }
 
-/// kube's debugging override of the server (`KUBE_RS_DEBUG_OVERRIDE_URL`, meant for a local `kubectl
-/// proxy`) is reached directly, not through the kubeconfig cluster's proxy-url.
+/// kube's debugging override of the server (`KUBE_RS_DEBUG_OVERRIDE_URL`) on this machine (a local
+/// `kubectl proxy`) is reached directly, not through the kubeconfig cluster's proxy-url; any other
+/// server still goes through it.
 #[test]
-fn the_debug_override_url_is_not_reached_through_the_clusters_proxy() {
+fn the_debug_override_url_is_not_reached_through_the_clusters_proxy_when_local() {
     let Some(env) = test_server() else { return };
     let proxy = ConnectProxy::start();
     let options = KubeconfigOptions::new("default").proxy_url(&proxy.url());
-    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let yaml = env.server().unwrap().kubeconfig_yaml_with(&options);
+    // The certificate's name, whatever address the override gives.
+    let yaml = yaml.replace("    server: ", "    tls-server-name: 127.0.0.1\n    server: ");
+    let kubeconfig = write_kubeconfig(&env, &yaml);
     let status = |override_url: Option<String>| {
         let mut command = env.mpsync(["status", "job"]);
         command.env_remove("MPSYNC_KUBECONFIG").env("KUBECONFIG", &kubeconfig).env("HOME", env.path("no-home"));
@@ -405,9 +411,13 @@ fn the_debug_override_url_is_not_reached_through_the_clusters_proxy() {
     status(None);
     let tunnels = proxy.tunnels();
     assert!(tunnels > 0, "the kubeconfig's proxy-url is used");
-    // The same server by another name (its certificate names localhost too): another URL.
+    // The same server by another name: a local server, reached directly.
     status(Some(format!("https://localhost:{}", port(&env))));
     assert_eq!(proxy.tunnels(), tunnels, "the override went through the cluster's proxy");
+    // An address that is not loopback: through the cluster's proxy, as the server would be.
+    status(Some(format!("https://0.0.0.0:{}", port(&env))));
+    assert!(proxy.tunnels() > tunnels, "an override elsewhere bypassed the cluster's proxy");
+    assert!(proxy.targets().contains(&format!("0.0.0.0:{}", port(&env))), "{:?}", proxy.targets());
 }
 
 /// An exec credential plugin that asks for the cluster's details (`provideClusterInfo`) is told the
@@ -501,6 +511,11 @@ fn an_unreachable_or_unusable_proxy_is_named() {
     let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
     let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
     assert_failure(&done, 125, &[&format!("cannot connect to proxy http://{closed}")]);
+    // One it cannot parse is named as the kubeconfig's (kube's own parse did not name it).
+    let options = KubeconfigOptions::new("default").proxy_url("%%%");
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+    assert_failure(&done, 125, &["\"%%%\"", "the kubeconfig's proxy-url", "not a URL"]);
 
     let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
     for (value, expected) in [

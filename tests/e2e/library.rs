@@ -832,7 +832,7 @@ fn kube_client_builder_refuses_an_unusable_configuration_with_clear_errors() {
             (
                 "a context it does not have",
                 KubeClientBuilder::new().kubeconfig(&good).context("other"),
-                vec!["context: other".into()],
+                vec!["no context \"other\"".into(), "its contexts: c".into()],
             ),
             (
                 "CA data that is not base64",
