@@ -185,6 +185,9 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
     };
     match (from_file, context) {
         (Ok(loaded), Some(_)) => loaded,
+        (Err(err), Some(_)) if kubeconfig_env().is_some() || default_kubeconfig_exists() => {
+            Err(Error::Config(format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig())))
+        }
         (Err(err), Some(context)) => {
             Err(Error::Config(format!("cannot use context {context:?}: no kubeconfig: {}", one_line(&err))))
         }
@@ -263,7 +266,11 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
     if let Some(context) = &options.context
         && !file.contexts.iter().any(|named| &named.name == context)
     {
-        let names: Vec<&str> = file.contexts.iter().map(|named| named.name.as_str()).collect();
+        // Quoted, so that a name cannot break the message into lines; ten at most.
+        let mut names: Vec<String> = file.contexts.iter().take(10).map(|named| format!("{:?}", named.name)).collect();
+        if file.contexts.len() > 10 {
+            names.push(format!("and {} more", file.contexts.len() - 10));
+        }
         return Err(Error::Config(format!(
             "no context {context:?} in {origin} (its contexts: {})",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }

@@ -160,11 +160,15 @@ fn an_unparsable_kubeconfig_is_named_with_the_reason() {
     std::fs::write(home.join(".kube").join("config"), "clusters: [unclosed\n").unwrap();
     let garbage = env.path("garbage-kubeconfig");
     std::fs::write(&garbage, "- not\n- a kubeconfig\n").unwrap();
-    for kubeconfig in [None, Some(&garbage)] {
+    for (kubeconfig, context) in [(None, None), (Some(&garbage), None), (None, Some("a")), (Some(&garbage), Some("a"))]
+    {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
         command.args(["status", "job"]);
         scrub(&mut command);
         command.env("HOME", &home);
+        if let Some(context) = context {
+            command.env("MPSYNC_CONTEXT", context);
+        }
         let origin = match kubeconfig {
             Some(path) => {
                 command.env("KUBECONFIG", path);

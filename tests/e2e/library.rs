@@ -815,6 +815,8 @@ fn kube_client_builder_refuses_an_unusable_configuration_with_clear_errors() {
         )
     };
     let good = kubeconfig("good", &cluster(", insecure-skip-tls-verify: true"));
+    // A context's name cannot break the message into lines.
+    let odd = kubeconfig("odd", &cluster("").replace("{name: c,", "{name: \"c\\nmpsync: a fake line\","));
     let missing = dir.join("missing");
     let bad_ca = kubeconfig("bad-ca", &cluster(", certificate-authority-data: '%%%'"));
     let ca_file = dir.join("no-such-ca.crt");
@@ -832,7 +834,12 @@ fn kube_client_builder_refuses_an_unusable_configuration_with_clear_errors() {
             (
                 "a context it does not have",
                 KubeClientBuilder::new().kubeconfig(&good).context("other"),
-                vec!["no context \"other\"".into(), "its contexts: c".into()],
+                vec!["no context \"other\"".into(), "its contexts: \"c\"".into()],
+            ),
+            (
+                "a context it does not have, among one whose name has a line break",
+                KubeClientBuilder::new().kubeconfig(&odd).context("other"),
+                vec!["no context \"other\"".into(), "\"c\\nmpsync: a fake line\"".into()],
             ),
             (
                 "CA data that is not base64",
