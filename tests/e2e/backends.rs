@@ -125,23 +125,36 @@ fn file_backend_unwritable_lock_dir_is_a_clear_error() {
     assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
 }
 
+/// `mpsync ARGS` with no backend chosen: nothing inherited but `HOME`, and `KUBECONFIG` and
+/// `MPSYNC_CONTEXT` if given.
+fn without_a_backend(
+    env: &TestEnv,
+    args: &[&str],
+    home: &Path,
+    kubeconfig: Option<&str>,
+    context: Option<&str>,
+) -> Finished {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
+    command.args(args);
+    scrub(&mut command);
+    command.env("HOME", home);
+    if let Some(value) = kubeconfig {
+        command.env("KUBECONFIG", value);
+    }
+    if let Some(value) = context {
+        command.env("MPSYNC_CONTEXT", value);
+    }
+    Proc::spawn(command, &env.dir).finish()
+}
+
 #[test]
 fn without_a_cluster_or_backend_file_mpsync_exits_125_and_suggests_both() {
     let env = TestEnv::file();
-    // An empty $KUBECONFIG counts as unset, as for kubectl; so does an empty context.
+    // No kubeconfig anywhere: an empty HOME. An empty $KUBECONFIG counts as unset, as for kubectl; so
+    // does an empty context.
     for (kubeconfig, context) in [(None, None), (Some(""), Some("")), (Some(":"), None)] {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
-        command.args(["lock", "job", "--", "true"]);
-        scrub(&mut command);
-        // No kubeconfig anywhere: an empty HOME.
-        command.env("HOME", env.path("empty-home"));
-        if let Some(value) = kubeconfig {
-            command.env("KUBECONFIG", value);
-        }
-        if let Some(value) = context {
-            command.env("MPSYNC_CONTEXT", value);
-        }
-        let done = Proc::spawn(command, &env.dir).finish();
+        let done =
+            without_a_backend(&env, &["lock", "job", "--", "true"], &env.path("empty-home"), kubeconfig, context);
         done.assert_code(125);
         assert!(done.stderr.contains("no Kubernetes configuration found: no ~/.kube/config"), "{}", done.stderr);
         assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
@@ -160,23 +173,15 @@ fn an_unparsable_kubeconfig_is_named_with_the_reason() {
     std::fs::write(home.join(".kube").join("config"), "clusters: [unclosed\n").unwrap();
     let garbage = env.path("garbage-kubeconfig");
     std::fs::write(&garbage, "- not\n- a kubeconfig\n").unwrap();
-    for (kubeconfig, context) in [(None, None), (Some(&garbage), None), (None, Some("a")), (Some(&garbage), Some("a"))]
+    let garbage = garbage.display().to_string();
+    for (kubeconfig, context) in
+        [(None, None), (Some(&*garbage), None), (None, Some("a")), (Some(&*garbage), Some("a"))]
     {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
-        command.args(["status", "job"]);
-        scrub(&mut command);
-        command.env("HOME", &home);
-        if let Some(context) = context {
-            command.env("MPSYNC_CONTEXT", context);
-        }
         let origin = match kubeconfig {
-            Some(path) => {
-                command.env("KUBECONFIG", path);
-                format!("cannot use $KUBECONFIG ({})", path.display())
-            }
+            Some(path) => format!("cannot use $KUBECONFIG ({path})"),
             None => "cannot use ~/.kube/config".to_string(),
         };
-        let done = Proc::spawn(command, &env.dir).finish();
+        let done = without_a_backend(&env, &["status", "job"], &home, kubeconfig, context);
         done.assert_code(125);
         assert!(done.stderr.contains(&origin), "{origin}: {}", done.stderr);
         assert!(!done.stderr.contains("no Kubernetes configuration found"), "{}", done.stderr);
