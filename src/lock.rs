@@ -99,6 +99,15 @@ struct Inner {
     /// Acquisitions that are campaigning, waiting to, or holding; not those giving back what they got
     /// (see `take_slots`).
     active: AtomicUsize,
+    /// Built by a library caller (not the CLI): errors name its options, not the CLI's flags.
+    library: bool,
+}
+
+impl Inner {
+    /// An error in the caller's words (see `library_wording`).
+    fn worded(&self, err: Error) -> Error {
+        if self.library { library_wording(err) } else { err }
+    }
 }
 
 impl Inner {
@@ -214,14 +223,15 @@ impl LockBuilder {
             observer: self.observer,
             slots: Arc::new(Mutex::new(Vec::new())),
             active: AtomicUsize::new(0),
+            library,
         };
         inner.slots = Arc::new(Mutex::new(inner.fresh_slots()));
         Ok(Lock { inner: Arc::new(inner) })
     }
 }
 
-/// The CLI's validation messages name its flags; a library caller set a builder option, a `Timing`
-/// field or the directory of `Lock::file` instead.
+/// The CLI's messages name its flags; a library caller set a builder option, a `Timing` field or the
+/// directory of `Lock::file` instead.
 fn library_wording(err: Error) -> Error {
     const WORDS: [(&str, &str); 7] = [
         ("--lease-duration", "Timing::lease_duration"),
@@ -229,13 +239,14 @@ fn library_wording(err: Error) -> Error {
         ("--retry-period", "Timing::retry_period"),
         ("--slots", "LockBuilder::slots"),
         ("--identity", "LockBuilder::identity"),
-        ("pass --lock-dir with a directory", "give Lock::file a directory"),
+        ("pass --lock-dir with", "give Lock::file"),
         ("(--lock-dir)", "(Lock::file)"),
     ];
     let reword = |message: String| WORDS.iter().fold(message, |message, (flag, option)| message.replace(flag, option));
     match err {
         Error::Usage(message) => Error::Usage(reword(message)),
         Error::File(message) => Error::File(reword(message)),
+        Error::Api(message) => Error::Api(reword(message)),
         other => other,
     }
 }
@@ -469,7 +480,8 @@ impl Lock {
     pub async fn status(&self) -> Result<Vec<LeaseStatus>> {
         let mut statuses = Vec::new();
         for (index, name) in self.inner.slot_names.iter().enumerate() {
-            let current = self.inner.store.get(name).await.map_err(|err| store_error(name, "read", err))?;
+            let current =
+                self.inner.store.get(name).await.map_err(|err| self.inner.worded(store_error(name, "read", err)))?;
             statuses.push(LeaseStatus::new(name, self.inner.slot_count.map(|_| index), current.as_ref()));
         }
         Ok(statuses)
@@ -872,7 +884,7 @@ async fn acquisition(
                 Some(Ok(Campaigned::NotAcquired { last_error })) => {
                     drop(result_tx.send(Ok(Attempt::NotAcquired { last_error })))
                 }
-                Some(Err(err)) => drop(result_tx.send(Err(err))),
+                Some(Err(err)) => drop(result_tx.send(Err(inner.worded(err)))),
                 _ => {}
             }
             return;
@@ -953,7 +965,7 @@ async fn acquisition(
     // made right after `release().await` never finds them still taken.
     drop(slots);
     if let Some(reply) = reply {
-        let _ = reply.send(released.map(drop).map_err(|err| store_error(&lease, "release", err)));
+        let _ = reply.send(released.map(drop).map_err(|err| inner.worded(store_error(&lease, "release", err))));
     }
 }
 

@@ -539,7 +539,11 @@ fn semaphore_slots_hold_one_holder_each(env: &TestEnv) {
         assert!(locks[2].try_acquire().await.unwrap().is_none(), "two slots, two holders");
         let mismatched = lock(env, &name).await.slots(3).build().unwrap();
         match mismatched.try_acquire().await {
-            Err(Error::Api(message)) => assert!(message.contains("2 slots"), "{message}"),
+            Err(Error::Api(message)) => {
+                assert!(message.contains("2 slots"), "{message}");
+                // In the library's words: its option, not the CLI's flag.
+                assert!(message.contains("LockBuilder::slots") && !message.contains("--"), "{message}");
+            }
             other => panic!("another count is refused: {other:?}"),
         }
         first.release().await.unwrap();
