@@ -108,9 +108,7 @@ impl Inner {
     fn worded(&self, err: Error) -> Error {
         if self.library { library_wording(err) } else { err }
     }
-}
 
-impl Inner {
     /// Slots that have observed nothing yet, as a new process's would.
     fn fresh_slots(&self) -> Vec<Slot> {
         let semaphore = self.slot_count.filter(|n| *n > 1);

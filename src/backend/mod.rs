@@ -17,7 +17,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::Client;
 use kube::client::{Body, ClientBuilder, ConfigExt};
-use kube::config::{Cluster, KubeConfigOptions, Kubeconfig};
+use kube::config::{Cluster, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use tower::{BoxError, ServiceBuilder};
 
 #[cfg(feature = "cli")]
@@ -179,15 +179,19 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
         Some(paths) => format!("$KUBECONFIG ({})", PathBuf::from(paths).display()),
         None => "~/.kube/config".to_string(),
     };
+    // A kubeconfig that is there but cannot be read or parsed: named with the reason, never taken for
+    // a missing one.
+    let kubeconfig_exists = kubeconfig_env().is_some() || default_kubeconfig_exists();
+    let unreadable = |err: KubeconfigError| {
+        Error::Config(format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig()))
+    };
     let from_file = match Kubeconfig::read() {
         Ok(file) => Ok(from_kubeconfig(file, &options, &origin).await),
         Err(err) => Err(err),
     };
     match (from_file, context) {
         (Ok(loaded), Some(_)) => loaded,
-        (Err(err), Some(_)) if kubeconfig_env().is_some() || default_kubeconfig_exists() => {
-            Err(Error::Config(format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig())))
-        }
+        (Err(err), Some(_)) if kubeconfig_exists => Err(unreadable(err)),
         (Err(err), Some(context)) => {
             Err(Error::Config(format!("cannot use context {context:?}: no kubeconfig: {}", one_line(&err))))
         }
@@ -220,9 +224,7 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
                 Err(_) => match from_file {
                     // A kubeconfig that exists but is unusable: say why.
                     Ok(Err(err)) => Err(err),
-                    Err(err) if kubeconfig_env().is_some() || default_kubeconfig_exists() => Err(Error::Config(
-                        format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig()),
-                    )),
+                    Err(err) if kubeconfig_exists => Err(unreadable(err)),
                     _ => {
                         let kubeconfig = match kubeconfig_env() {
                             Some(_) => format!("{origin} is unusable"),

@@ -128,8 +128,13 @@ pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<O
 /// Whether `host` (as in a URL: `[::1]` for IPv6) is `localhost` or a loopback address, which kubectl
 /// never reaches through the environment's proxy.
 pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let host = bare_host(host);
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// A URL's host as rules match it: without IPv6 brackets or a trailing dot, in lower case.
+fn bare_host(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A proxy URL as Go reads it: no scheme means `http://`; the scheme's default port when none is given.
@@ -229,7 +234,7 @@ impl NoProxy {
         if is_loopback_host(host) || self.everything {
             return false;
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+        let host = bare_host(host);
         let ip = host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
         let port_matches = |rule: Option<u16>| rule.is_none_or(|rule| rule == port);
         if let Some(ip) = ip {
