@@ -185,7 +185,15 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
     let unreadable = |err: KubeconfigError| {
         Error::Config(format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig()))
     };
-    let from_file = match Kubeconfig::read() {
+    let read = Kubeconfig::read();
+    // $KUBECONFIG names a kubeconfig (a file that exists, with something in it): the user's choice, which
+    // must be usable, in a pod too, as for kubectl. Falling back to the pod's service account would lock
+    // on another cluster than the one named.
+    let chosen = kubeconfig_env_names_a_file()
+        && !read
+            .as_ref()
+            .is_ok_and(|file| file.clusters.is_empty() && file.contexts.is_empty() && file.auth_infos.is_empty());
+    let from_file = match read {
         Ok(file) => Ok(from_kubeconfig(file, &options, &origin).await),
         Err(err) => Err(err),
     };
@@ -208,7 +216,10 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
             }
             Ok(loaded)
         }
-        // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any.
+        (Ok(Err(err)), None) if chosen => Err(err),
+        (Err(err), None) if chosen => Err(unreadable(err)),
+        // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any (in a
+        // pod, a broken ~/.kube/config is passed over, as controller-runtime passes over it).
         (from_file, None) => {
             match kube::Config::incluster() {
                 Ok(mut config) => {
@@ -216,11 +227,20 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
                     let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
                     Ok(Loaded { config, cluster: None, ca })
                 }
-                Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(Error::Config(format!(
-                    "cannot use the pod's service account: {}\nits files are mounted under \
-                     /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false",
-                    one_line(&err)
-                ))),
+                Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                    let account = format!("the pod's service account: {}", one_line(&err));
+                    Err(Error::Config(match from_file {
+                        // Both were tried: both reasons.
+                        Ok(Err(Error::Config(why))) => format!("{}, nor {account}", why.lines().next().unwrap_or("")),
+                        Err(why) if kubeconfig_exists => {
+                            format!("cannot use {origin}: {}, nor {account}", one_line(&why))
+                        }
+                        _ => format!(
+                            "cannot use {account}\nits files are mounted under \
+                             /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false"
+                        ),
+                    }))
+                }
                 Err(_) => match from_file {
                     // A kubeconfig that exists but is unusable: say why.
                     Ok(Err(err)) => Err(err),
@@ -244,6 +264,11 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
 /// Whether `~/.kube/config` exists (the home directory found as kube finds it).
 fn default_kubeconfig_exists() -> bool {
     std::env::home_dir().is_some_and(|home| home.join(".kube").join("config").exists())
+}
+
+/// Whether a file that `$KUBECONFIG` names exists (then it is the user's choice, and must be usable).
+fn kubeconfig_env_names_a_file() -> bool {
+    kubeconfig_env().is_some_and(|paths| std::env::split_paths(&paths).any(|path| path.exists()))
 }
 
 /// `$KUBECONFIG`, if it names a file: kube, as kubectl, takes an empty one (or only separators) for unset.

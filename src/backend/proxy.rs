@@ -10,7 +10,8 @@
 //! - `NO_PROXY` is a comma-separated list of IP addresses (`10.0.0.1`, `[::1]:6443`), CIDR ranges
 //!   (`10.0.0.0/8`), domain names (`example.com` matches it and its subdomains, `.example.com` and
 //!   `*.example.com` only the subdomains), each optionally with a port, or `*` for everything;
-//! - a proxy value without a scheme is `http://`; `http://USER:PASSWORD@HOST:PORT` sends Basic
+//! - a proxy value in the environment without a scheme is `http://` (a kubeconfig's `proxy-url` needs
+//!   one); `http://USER:PASSWORD@HOST:PORT` sends Basic
 //!   credentials; `socks5://` (and `socks5h://`) lets the proxy resolve the server's name.
 //!
 //! Where mpsync differs: it tunnels with `CONNECT` to `http://` servers too (Go forwards those as
@@ -99,6 +100,13 @@ impl fmt::Display for Proxy {
 /// environment's, as kubectl picks them. An unusable setting is an error that names it.
 pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<Option<Proxy>, String> {
     if let Some(url) = proxy_url.map(str::trim).filter(|url| !url.is_empty()) {
+        // Unlike the environment's, a kubeconfig's proxy-url needs its scheme: kubectl refuses one without.
+        if !url.contains("://") {
+            return Err(format!(
+                "unusable proxy {url:?} in the kubeconfig's proxy-url: no scheme (kubectl refuses it too); \
+                 write http://{url} or socks5://{url}"
+            ));
+        }
         return parse(url, "the kubeconfig's proxy-url").map(Some);
     }
     let (variable, value) = match server.scheme_str() {

@@ -511,11 +511,14 @@ fn an_unreachable_or_unusable_proxy_is_named() {
     let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
     let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
     assert_failure(&done, 125, &[&format!("cannot connect to proxy http://{closed}")]);
-    // One it cannot parse is named as the kubeconfig's (kube's own parse did not name it).
-    let options = KubeconfigOptions::new("default").proxy_url("%%%");
-    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
-    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
-    assert_failure(&done, 125, &["\"%%%\"", "the kubeconfig's proxy-url", "not a URL"]);
+    // One it cannot parse is named as the kubeconfig's (kube's own parse did not name it), and one
+    // without a scheme is refused, as kubectl refuses it (the environment's may leave it out).
+    for (value, expected) in [("http://%%%", "not a URL"), ("%%%", "no scheme"), ("proxy.corp:3128", "no scheme")] {
+        let options = KubeconfigOptions::new("default").proxy_url(value);
+        let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+        assert_failure(&done, 125, &[&format!("{value:?}"), "the kubeconfig's proxy-url", expected]);
+    }
 
     let kubeconfig = write_kubeconfig(&env, &not_loopback_kubeconfig(&env));
     for (value, expected) in [

@@ -229,6 +229,64 @@ fn static_mpsync_in_an_empty_root_in_a_pod_needs_only_the_service_account_files(
     assert_ran_the_child(&root.lock(&env, &pod));
 }
 
+/// In a pod, a `$KUBECONFIG` that names a file is the user's choice of cluster: when it is unusable,
+/// mpsync says so rather than lock on the pod's own cluster through its service account. A broken
+/// `~/.kube/config` is passed over for a working service account; without one, both reasons are given.
+#[test]
+fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_the_service_account() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let port = server.addr().port().to_string();
+    let pod = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        let mut envs = vec![("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
+        envs.extend_from_slice(extra);
+        envs
+    };
+    let failed = |done: &Finished, expected: &[&str]| {
+        done.assert_code(125);
+        for needle in expected {
+            assert!(done.stderr.contains(needle), "{needle:?} missing in:\n{}", done.stderr);
+        }
+        assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    };
+
+    // Without the service account's files: a broken ~/.kube/config and the account, both named.
+    let Some(bare) = Root::new(&env) else { return };
+    bare.put("/home/.kube/config", "{ not: [ a kubeconfig");
+    let done = bare.lock(&env, &pod(&[("HOME", "/home")]));
+    failed(&done, &["cannot use ~/.kube/config", "nor the pod's service account"]);
+
+    let Some(root) = Root::new(&env) else { return };
+    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
+    root.put(&format!("{account}/ca.crt"), &server.ca_pem());
+    root.put(&format!("{account}/token"), "not-a-real-token");
+    root.put(&format!("{account}/namespace"), "default");
+    root.put("/broken", "{ not: [ a kubeconfig");
+    root.put("/empty", "");
+    // A kubeconfig that parses but cannot be used: a CA that is not one.
+    let bad_ca: Vec<String> = server
+        .kubeconfig_yaml("default")
+        .lines()
+        .map(|line| match line.split_once("certificate-authority-data: ") {
+            Some((indent, _)) => format!("{indent}certificate-authority-data: bm90IGEgY2VydGlmaWNhdGU="),
+            None => line.to_string(),
+        })
+        .collect();
+    root.put("/bad-ca", &bad_ca.join("\n"));
+    root.put("/home/.kube/config", "{ not: [ a kubeconfig");
+    for (kubeconfig, expected) in
+        [("/broken", "cannot use $KUBECONFIG (/broken)"), ("/bad-ca", "certificate-authority-data")]
+    {
+        let done = root.lock(&env, &pod(&[("KUBECONFIG", kubeconfig)]));
+        failed(&done, &[expected]);
+    }
+    // Passed over, as kubectl passes them over: a $KUBECONFIG whose files are missing or empty, and a
+    // broken ~/.kube/config.
+    assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/missing")])));
+    assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/empty")])));
+    assert_ran_the_child(&root.lock(&env, &pod(&[("HOME", "/home")])));
+}
+
 #[test]
 fn static_mpsync_in_an_empty_root_uses_the_file_backend() {
     let env = TestEnv::file();
