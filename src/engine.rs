@@ -145,6 +145,8 @@ pub struct Slot {
     observer: Arc<dyn Observer>,
     /// Whether an identity collision was reported for the record seen last.
     collision_reported: bool,
+    /// Where the caller sets the identity, for the collision's message.
+    identity_option: &'static str,
     /// Whether a read of this slot has finished once (with a record, an absence, or a failure).
     looked_at: bool,
     /// The last read found a record that cannot be read: it counts as held by someone.
@@ -164,9 +166,16 @@ impl Slot {
             retry_at: None,
             observer,
             collision_reported: false,
+            identity_option: "--identity",
             looked_at: false,
             unreadable: false,
         }
+    }
+
+    /// A slot of a library caller's lock: its messages name the library's options, not the CLI's flags.
+    pub fn for_library(mut self) -> Slot {
+        self.identity_option = "LockBuilder::identity";
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -395,7 +404,8 @@ impl Slot {
                     lease = %self.name,
                     identity = %self.elector.identity(),
                     "the lease is held under this process's identity by another process (identity collision): \
-                     never running beside it; give every process its own --identity"
+                     never running beside it; give every process its own {}",
+                    self.identity_option
                 );
             }
         } else if self
@@ -715,5 +725,51 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
         }
         assert_eq!(doubles, 0, "two acquisitions sent at once in {doubles} of 20 campaigns");
+    }
+
+    /// An identity collision's message names where the caller sets the identity: the CLI's flag, or the
+    /// library's builder option.
+    #[cfg(feature = "cli")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_identity_collision_names_the_callers_option() {
+        use tracing_subscriber::fmt::MakeWriter;
+
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> MakeWriter<'a> for Captured {
+            type Writer = Captured;
+            fn make_writer(&'a self) -> Captured {
+                self.clone()
+            }
+        }
+
+        let dir = std::env::temp_dir().join(format!("mpsync-engine-twin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::File(FileStore::open(dir.clone(), "default".into()).unwrap());
+        let mut twin = Elector::new("twin", T);
+        twin.observe(store.get("job").await.unwrap(), Instant::now());
+        let Action::Write(w) = twin.next(now()) else { panic!("free") };
+        send(&store, "job", &mut twin, &w).await.unwrap();
+        for (library, option) in [(false, "its own --identity"), (true, "its own LockBuilder::identity")] {
+            let captured = Captured::default();
+            let subscriber = tracing_subscriber::fmt().with_writer(captured.clone()).with_ansi(false).finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let slot = Slot::new("job".into(), store.clone(), Elector::new("twin", T), Arc::new(Ignore));
+            let mut slot = if library { slot.for_library() } else { slot };
+            slot.step(&AtomicBool::new(false), false).await;
+            let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            assert!(log.contains("identity collision") && log.contains(option), "{log}");
+            assert_eq!(log.contains("--identity"), !library, "{log}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

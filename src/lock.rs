@@ -120,7 +120,8 @@ impl Inner {
                     Some(n) => elector.with_slots(n),
                     None => elector,
                 };
-                Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer))
+                let slot = Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer));
+                if self.library { slot.for_library() } else { slot }
             })
             .collect()
     }
