@@ -218,6 +218,8 @@ pub enum LossReason {
     Deleted,
     /// No renewal succeeded for `renew_deadline`, counted from the send of the last good one.
     RenewDeadline,
+    /// Nothing renews the lease any more: the task that did was dropped with its tokio runtime.
+    Abandoned,
 }
 
 impl std::fmt::Display for LossReason {
@@ -233,6 +235,7 @@ impl std::fmt::Display for LossReason {
             ),
             LossReason::Deleted => write!(f, "the Lease was deleted"),
             LossReason::RenewDeadline => write!(f, "no renewal succeeded within the renew deadline"),
+            LossReason::Abandoned => write!(f, "the runtime that renewed the lease was shut down"),
         }
     }
 }
@@ -1102,6 +1105,12 @@ impl Elector {
         match purpose {
             Purpose::Release if current => return self.released(),
             Purpose::Release => return,
+            // A renewal that succeeded, learned only after the renew deadline of the hold: the hold counted
+            // as lost from that moment on (for the holder's work too, which may have stopped), and stays
+            // lost; the record it leaves is ours to release.
+            Purpose::Renew if self.held.as_ref().is_some_and(|held| now >= held.deadline(self.timing)) => {
+                return self.lose(LossReason::RenewDeadline);
+            }
             Purpose::Renew if self.held.is_some() => {}
             Purpose::Acquire if self.held.is_none() && current && !too_late && !token_goes_back => {}
             _ => {
@@ -1622,6 +1631,28 @@ mod tests {
         elector.write_result(ticket, WriteResult::Applied(versioned(3, renew.record.clone())), at(t0, 5.0));
         assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 2.0), "counted from the send");
         assert_eq!(elector.next(now(t0, 12.0)), Action::Lost(LossReason::RenewDeadline));
+    }
+
+    /// Found by review: a renewal sent before the renew deadline and answered after it. The hold counted
+    /// as lost at the deadline (the holder's work was told, by the clock), and the answer must not bring
+    /// it back; the record it leaves is ours to release.
+    #[test]
+    fn a_renewal_answered_after_the_deadline_leaves_the_hold_lost() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        for second in [2.0, 4.0, 6.0] {
+            let renew = expect_write(elector.next(now(t0, second)));
+            let ticket = elector.write_sent(&renew, at(t0, second));
+            elector.write_result(ticket, WriteResult::NotApplied, at(t0, second));
+        }
+        // Sent at 8 s, before the deadline (10 s); answered at 10.2 s, before the elector looked again.
+        let renew = expect_write(elector.next(now(t0, 8.0)));
+        apply(&mut elector, &renew, 3, at(t0, 8.0), at(t0, 10.2));
+        assert!(elector.held().is_none(), "the late answer must not renew a hold past its deadline");
+        assert_eq!(elector.next(now(t0, 10.2)), Action::Lost(LossReason::RenewDeadline));
+        elector.forget_loss();
+        let release = elector.release(now(t0, 10.3)).expect("the record is our own write, to release");
+        assert_eq!(release.record.holder_identity.as_deref(), Some(""));
     }
 
     #[test]
