@@ -75,9 +75,14 @@
 //! - [`Error`] (one enum; [`Result`]), [`Timing`] ([`Timing::DEFAULT`], [`Timing::validate`]),
 //!   [`LossReason`].
 //!
-//! Everything needs a tokio runtime (the current-thread one is enough) with time and I/O enabled. The
-//! library logs through `tracing` (warnings when the API server fails, one line per failure episode),
-//! and never installs a subscriber.
+//! Everything needs a tokio runtime (the current-thread one is enough) with time and I/O enabled. A
+//! held lock is renewed by a task on the runtime that acquired it: if that runtime shuts down, the
+//! lock counts as lost at once ([`LossReason::Abandoned`]), and the same [`Lock`] acquired again
+//! writes a new hold with a larger fencing token. (A `kube::Client` cannot outlive the runtime it was
+//! built on either: build the client and the `Lock` on the runtime that uses them.) The library logs
+//! through `tracing` (warnings when the API server fails, one line per failure episode), and never
+//! installs a subscriber. It starts one thread of its own, with the first lock it hands out: the one
+//! that cancels tokens at renew deadlines.
 //!
 //! # Guarantees
 //!
@@ -96,7 +101,10 @@
 //!   after [`grace`](Election::grace), with
 //!   `renew_deadline + grace < lease_duration` checked. With a [`HeldLock`], stopping is the caller's:
 //!   watch the token. Either way, code that blocks (a blocking call, a busy loop, a thread of its own)
-//!   is the caller's to stop: dropping a future stops it only at an `.await`. (The CLI can promise more
+//!   is the caller's to stop: dropping a future stops it only at an `.await`. Such code checks the
+//!   token (`is_cancelled()`) or `is_lost()` between steps: the token is cancelled at the renew
+//!   deadline by a thread of mpsync's own, even while the runtime that renews the lease does not run
+//!   (work done outside `block_on`, or blocking the runtime's only thread). (The CLI can promise more
 //!   because it kills a process group.) It is the CLI's engine, so the property tests that check this
 //!   arithmetic for every interleaving of writes, late answers, watches and deletions cover it too.
 //! - **Every write is a compare-and-swap** (create, or replace with the `resourceVersion` read); a

@@ -736,7 +736,9 @@ impl HeldLock {
 
     /// A token cancelled when the lease is lost (at the same moment [`lost`](Self::lost) resolves), or
     /// when this `HeldLock` is released or dropped. Pass it (or child tokens) to the work done under the
-    /// lease: `token.cancelled()` in a `select!`, `token.is_cancelled()` between steps.
+    /// lease: `token.cancelled()` in a `select!`, `token.is_cancelled()` between steps. At the renew
+    /// deadline it is cancelled by a thread of mpsync's own, so also while the runtime that renews the
+    /// lease does not run (work done outside `block_on`, or blocking the runtime's only thread).
     pub fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
     }
@@ -748,7 +750,8 @@ impl HeldLock {
 
     /// Give the lease back now, so that the next holder takes over at once: `holderIdentity` cleared
     /// and `leaseDurationSeconds: 1`, as client-go writes it, by a compare-and-swap, and only if the
-    /// record is still this holder's own write. Cancels the cancellation token first. Returns once the
+    /// record is still this holder's own write. The cancellation token is cancelled before the release
+    /// is written. Returns once the
     /// release is written (or found unnecessary), within the API call timeout.
     ///
     /// Releasing a lease that was lost writes nothing (another holder may have it) and is not an error.
@@ -857,6 +860,12 @@ async fn acquisition(
         return;
     };
     let budget = inner.timing.call_timeout();
+    // An acquisition whose task was dropped unfinished (its runtime shut down while it held the lease)
+    // left its hold in the slots: give it back first, so that this acquisition writes anew, with a larger
+    // fencing token, and never hands out that hold a second time.
+    if slots.iter().any(Slot::holds_anything) {
+        settle_all(&mut slots, budget).await;
+    }
     let marker_deadline = match wait {
         Wait::Forever => None,
         Wait::Until(at) => Some(at),
@@ -904,11 +913,19 @@ async fn acquisition(
         return;
     };
     let (state_tx, state_rx) = watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None });
+    // Lost however this task ends unfinished (dropped with its runtime): then nothing renews the lease,
+    // and the holder must know at once.
+    let state_tx = LostOnDrop(state_tx);
     let (release_tx, mut release_rx) = mpsc::channel::<ReleaseReply>(1);
     let token = CancellationToken::new();
     // Cancelled however this task ends: also when it is dropped unfinished (its runtime shut down), so
     // that work watching the token never outlives what renews the lease.
     let _cancel_on_drop = token.clone().drop_guard();
+    // And at the renew deadline by a thread of its own, for a library caller whose runtime does not run
+    // this task in time (work done outside it, or blocking it).
+    if inner.library {
+        watchdog::watch(state_rx.clone(), token.clone());
+    }
     let lock = HeldLock {
         name: slot.name().to_string(),
         slot: inner.slot_count.map(|_| index),
@@ -933,7 +950,7 @@ async fn acquisition(
         |slot| {
             if let Some(held) = slot.elector().held() {
                 let deadline = held.deadline(slot.timing());
-                state_tx.send_if_modified(|state| std::mem::replace(&mut state.deadline, deadline) != deadline);
+                state_tx.0.send_if_modified(|state| std::mem::replace(&mut state.deadline, deadline) != deadline);
             }
         },
     )
@@ -942,7 +959,7 @@ async fn acquisition(
     let (released, reply) = match loss {
         Some(reason) => {
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
-            state_tx.send_modify(|state| state.lost = Some(reason));
+            state_tx.0.send_modify(|state| state.lost = Some(reason));
             // Whoever holds the lock stops its work first. Then a record that is still our own write (the
             // renew deadline passed while the server was out of reach, say) is given back, so the next
             // holder need not wait out its duration; then the slot may campaign again.
@@ -965,6 +982,99 @@ async fn acquisition(
     drop(slots);
     if let Some(reply) = reply {
         let _ = reply.send(released.map(drop).map_err(|err| inner.worded(store_error(&lease, "release", err))));
+    }
+}
+
+/// The sender of a held lock's state, which says the lease is lost if it is dropped while the lease
+/// still counts as held (its task dropped unfinished).
+struct LostOnDrop(watch::Sender<HoldState>);
+
+impl Drop for LostOnDrop {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|state| {
+            let abandoned = state.lost.is_none();
+            if abandoned {
+                state.lost = Some(LossReason::Abandoned);
+            }
+            abandoned
+        });
+    }
+}
+
+/// A thread that cancels the tokens of held locks at their renew deadlines, whether or not the runtimes
+/// that renew them run their tasks: a library caller's work may check `is_cancelled()` outside its
+/// runtime, or between blocking steps on it. Started with the first lock handed to a library caller;
+/// one for the process.
+mod watchdog {
+    use std::sync::{Condvar, Mutex, OnceLock};
+    use std::time::Instant;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::HoldState;
+
+    struct Watched {
+        state: watch::Receiver<HoldState>,
+        token: CancellationToken,
+    }
+
+    struct Watchdog {
+        watched: Mutex<Vec<Watched>>,
+        added: Condvar,
+    }
+
+    static WATCHDOG: OnceLock<Option<&'static Watchdog>> = OnceLock::new();
+
+    /// Cancel `token` when `state` says the lease is lost, or its deadline passes (checked at the
+    /// deadline as it stands then, and again whenever it moved).
+    pub(super) fn watch(state: watch::Receiver<HoldState>, token: CancellationToken) {
+        let Some(watchdog) = WATCHDOG.get_or_init(start) else { return };
+        watchdog.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(Watched { state, token });
+        watchdog.added.notify_one();
+    }
+
+    fn start() -> Option<&'static Watchdog> {
+        let watchdog: &'static Watchdog =
+            Box::leak(Box::new(Watchdog { watched: Mutex::new(Vec::new()), added: Condvar::new() }));
+        match std::thread::Builder::new().name("mpsync-watchdog".into()).stack_size(64 * 1024).spawn(|| run(watchdog)) {
+            Ok(_) => Some(watchdog),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the thread that cancels lost locks' tokens on time; \
+                    they are cancelled by their runtimes only");
+                None
+            }
+        }
+    }
+
+    fn run(watchdog: &Watchdog) {
+        let mut watched = watchdog.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            watched.retain(|entry| {
+                if entry.token.is_cancelled() {
+                    return false;
+                }
+                let (lost, deadline) = {
+                    let state = entry.state.borrow();
+                    (state.lost.is_some(), state.deadline)
+                };
+                if lost || now >= deadline {
+                    entry.token.cancel();
+                    return false;
+                }
+                next = Some(next.map_or(deadline, |at| at.min(deadline)));
+                true
+            });
+            watched = match next {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    watchdog.added.wait_timeout(watched, wait).unwrap_or_else(|poisoned| poisoned.into_inner()).0
+                }
+                None => watchdog.added.wait(watched).unwrap_or_else(|poisoned| poisoned.into_inner()),
+            };
+        }
     }
 }
 

@@ -205,6 +205,12 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
             StoreError::Unknown(format!("{what}: unreadable answer: {err}"))
         }
         kube::Error::SerdeError(err) => StoreError::Unreadable(format!("{what}: unreadable Lease record: {err}")),
+        // kube's client runs a task (tower's buffer worker) on the runtime it was built on: with that
+        // runtime shut down, every call fails at once, and always will.
+        other if one_line(&other).contains("buffer's worker closed") => StoreError::Fatal(Error::Config(format!(
+            "{what}: the kube::Client cannot be used any more: the tokio runtime it was built on was shut down; \
+             build the client, and the Lock, on the runtime that uses them"
+        ))),
         other if verb.is_write() => StoreError::Unknown(format!("{what}: {}", one_line(&other))),
         other => StoreError::Transient(format!("{what}: {}", one_line(&other))),
     }

@@ -29,6 +29,8 @@ both_backends!(
     release_hands_over_to_a_waiter_at_once,
     dropping_a_held_lock_cancels_its_token_and_releases_the_lease,
     a_lock_whose_runtime_is_gone_expires_after_its_duration,
+    the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token,
+    a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
     work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again,
     cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease,
@@ -346,6 +348,77 @@ fn a_lock_whose_runtime_is_gone_expires_after_its_duration(env: &TestEnv) {
     });
 }
 
+/// Found by review: the runtime that acquired a lock is dropped while the `HeldLock` lives on. The old
+/// hold says at once that it is lost, and the same `Lock`, acquired again on another runtime, never hands
+/// that hold out a second time: it writes anew, with a larger fencing token.
+fn the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token(env: &TestEnv) {
+    let name = env.lease_name("lib-same-lock");
+    let first = runtime();
+    let (lock, held) = first.block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        let held = lock.acquire().await.unwrap();
+        (lock, held)
+    });
+    drop(first);
+    assert!(held.is_lost(), "nothing renews the lease: the hold is lost at once");
+    assert!(held.cancellation_token().is_cancelled());
+    runtime().block_on(async {
+        assert_eq!(within("the loss", held.lost()).await, LossReason::Abandoned);
+        if env.backend == Backend::Kube {
+            // kube's client cannot outlive its runtime either: the lock says so, and a lock over a new
+            // client takes the lease (after its duration: the dead runtime released nothing).
+            let err = within("the answer", lock.acquire()).await.unwrap_err();
+            assert!(matches!(err, Error::Config(_)) && err.to_string().contains("runtime"), "{err}");
+            drop(lock);
+            let lock = self::lock(env, &name).await.timing(FAST).build().unwrap();
+            let again = within("the lease again", lock.acquire()).await.unwrap();
+            assert!(again.fencing_token() > held.fencing_token());
+            drop(held);
+            again.release().await.unwrap();
+            return;
+        }
+        let again = within("the lease again", lock.acquire()).await.unwrap();
+        assert!(
+            again.fencing_token() > held.fencing_token(),
+            "a new hold, with a larger token: {} after {}",
+            again.fencing_token(),
+            held.fencing_token()
+        );
+        assert!(!again.is_lost() && held.is_lost());
+        drop(held);
+        again.release().await.unwrap();
+    });
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
+}
+
+/// Found by review: a lock acquired with `block_on` on a current-thread runtime, and work done outside
+/// it, so that nothing runs the task that renews the lease (or cancels the token). The token is still
+/// cancelled at the renew deadline, before another process can take the lease over.
+fn a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run(env: &TestEnv) {
+    let name = env.lease_name("lib-undriven");
+    let first = runtime();
+    let held = first.block_on(async { lock(env, &name).await.timing(FAST).build().unwrap().acquire().await.unwrap() });
+    let token = held.cancellation_token();
+    // The work, outside the runtime, while another process (its own thread and runtime) waits.
+    let cancelled_when_taken = std::thread::scope(|scope| {
+        let token = token.clone();
+        let other = scope.spawn(move || {
+            runtime().block_on(async {
+                let other = lock(env, &name).await.timing(FAST).build().unwrap();
+                let taken = within("the lease nobody renews", other.acquire()).await.unwrap();
+                let cancelled = token.is_cancelled();
+                taken.release().await.unwrap();
+                cancelled
+            })
+        });
+        other.join().unwrap()
+    });
+    assert!(cancelled_when_taken, "the work's token must be cancelled before another holder takes the lease");
+    assert!(held.is_lost());
+    drop(held);
+    drop(first);
+}
+
 /// The work blocks its thread (of a current-thread runtime: nothing renews) past the renew deadline, as a
 /// process frozen by SIGSTOP would. When it runs again, `is_lost` says so at once, for a `HeldLock` and a
 /// `Leadership` alike, before any task has run to cancel a token.
@@ -355,8 +428,10 @@ fn work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again(env
         let lock = lock(env, &name).await.timing(FAST).build().unwrap();
         let held = lock.acquire().await.unwrap();
         assert!(!held.is_lost());
+        let token = held.cancellation_token();
         std::thread::sleep(FAST.renew_deadline + Duration::from_millis(200));
         assert!(held.is_lost(), "HeldLock::is_lost after the renew deadline");
+        assert!(token.is_cancelled(), "the token, cancelled at the deadline while the runtime did not run");
         drop(held);
 
         let election = Election::new(lock).after_loss(AfterLoss::Return);
@@ -367,12 +442,15 @@ fn work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again(env
                 async move {
                     assert!(!leadership.is_lost());
                     std::thread::sleep(FAST.renew_deadline + Duration::from_millis(200));
-                    seen.store(leadership.is_lost(), Ordering::SeqCst);
+                    seen.store(
+                        leadership.is_lost() && leadership.cancellation_token().is_cancelled(),
+                        Ordering::SeqCst,
+                    );
                 }
             })
             .await;
         assert!(outcome.is_ok(), "{outcome:?}");
-        assert!(seen.load(Ordering::SeqCst), "Leadership::is_lost after the renew deadline");
+        assert!(seen.load(Ordering::SeqCst), "Leadership::is_lost, and its token, after the renew deadline");
     });
 }
 
