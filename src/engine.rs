@@ -201,6 +201,15 @@ impl Slot {
         self.elector.acquisition_in_doubt()
     }
 
+    /// Let go of the call in flight and the watch, left by a task that was dropped with its runtime
+    /// (they may need that runtime to finish): what the call did is learned by reading first.
+    pub fn abandon_call(&mut self) {
+        if self.call.take().is_some() {
+            self.elector.want_read();
+        }
+        self.watch = None;
+    }
+
     /// Whether this slot holds, or may hold through an unresolved write, anything to give back.
     pub fn holds_anything(&self) -> bool {
         self.elector.held().is_some() || self.elector.unresolved_write()

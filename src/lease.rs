@@ -209,6 +209,7 @@ pub enum WriteResult {
 
 /// Why a held lease counts as lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LossReason {
     /// Another identity is now the holder (or the holder was cleared by someone else).
     Taken { holder: String },

@@ -691,7 +691,7 @@ impl HeldLock {
     /// Whether the lease is lost: renewal has failed for the renew deadline (judged on this
     /// machine's monotonic clock now), or another holder or a deletion was seen.
     pub fn is_lost(&self) -> bool {
-        lost_now(&self.state)
+        self.token.is_cancelled() || lost_now(&self.state)
     }
 
     /// What `is_lost` looks at, for those who must judge it like the lock does (`Leadership`).
@@ -713,6 +713,10 @@ impl HeldLock {
                 return reason;
             }
             tokio::select! {
+                // Cancelled at the deadline (by the watchdog) or on a loss: the reason follows, if any.
+                () = self.token.cancelled() => {
+                    return state.borrow().lost.clone().unwrap_or(LossReason::RenewDeadline);
+                }
                 changed = state.changed() => if changed.is_err() {
                     // The background task is gone: only the deadline is left to go by.
                     tokio::time::sleep_until(deadline.into()).await;
@@ -864,6 +868,7 @@ async fn acquisition(
     // left its hold in the slots: give it back first, so that this acquisition writes anew, with a larger
     // fencing token, and never hands out that hold a second time.
     if slots.iter().any(Slot::holds_anything) {
+        slots.iter_mut().for_each(Slot::abandon_call);
         settle_all(&mut slots, budget).await;
     }
     let marker_deadline = match wait {
@@ -915,7 +920,7 @@ async fn acquisition(
     let (state_tx, state_rx) = watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None });
     // Lost however this task ends unfinished (dropped with its runtime): then nothing renews the lease,
     // and the holder must know at once.
-    let state_tx = LostOnDrop(state_tx);
+    let mut state_tx = LostOnDrop(state_tx, true);
     let (release_tx, mut release_rx) = mpsc::channel::<ReleaseReply>(1);
     let token = CancellationToken::new();
     // Cancelled however this task ends: also when it is dropped unfinished (its runtime shut down), so
@@ -945,7 +950,14 @@ async fn acquisition(
     let loss = engine::hold(
         slot,
         async {
-            request = Some(release_rx.recv().await);
+            tokio::select! {
+                // A release asked for (or the HeldLock dropped, which cancels the token too) comes first.
+                biased;
+                asked = release_rx.recv() => request = Some(asked),
+                // Cancelled with no release asked for: by the watchdog at the deadline, which the holder's
+                // work has been told, although a renewal may have been answered just then.
+                () = token.cancelled() => {}
+            }
         },
         |slot| {
             if let Some(held) = slot.elector().held() {
@@ -955,11 +967,18 @@ async fn acquisition(
         },
     )
     .await;
+    let loss = match loss {
+        None if request.is_none() => Some(LossReason::RenewDeadline),
+        loss => loss,
+    };
+    // The reason first, so that whoever sees the token cancelled finds it.
+    if let Some(reason) = &loss {
+        state_tx.0.send_modify(|state| state.lost = Some(reason.clone()));
+    }
     token.cancel();
     let (released, reply) = match loss {
         Some(reason) => {
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
-            state_tx.0.send_modify(|state| state.lost = Some(reason));
             // Whoever holds the lock stops its work first. Then a record that is still our own write (the
             // renew deadline passed while the server was out of reach, say) is given back, so the next
             // holder need not wait out its duration; then the slot may campaign again.
@@ -976,6 +995,7 @@ async fn acquisition(
             (released, request.flatten())
         }
     };
+    state_tx.disarm();
     let lease = slot.name().to_string();
     // The slots are free for the next acquisition before the releaser hears back, so that an acquisition
     // made right after `release().await` never finds them still taken.
@@ -985,12 +1005,21 @@ async fn acquisition(
     }
 }
 
-/// The sender of a held lock's state, which says the lease is lost if it is dropped while the lease
-/// still counts as held (its task dropped unfinished).
-struct LostOnDrop(watch::Sender<HoldState>);
+/// The sender of a held lock's state, which says the lease is lost if it is dropped while armed: its
+/// task dropped unfinished (a task that ends disarms it).
+struct LostOnDrop(watch::Sender<HoldState>, bool);
+
+impl LostOnDrop {
+    fn disarm(&mut self) {
+        self.1 = false;
+    }
+}
 
 impl Drop for LostOnDrop {
     fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
         self.0.send_if_modified(|state| {
             let abandoned = state.lost.is_none();
             if abandoned {
@@ -1037,7 +1066,8 @@ mod watchdog {
     fn start() -> Option<&'static Watchdog> {
         let watchdog: &'static Watchdog =
             Box::leak(Box::new(Watchdog { watched: Mutex::new(Vec::new()), added: Condvar::new() }));
-        match std::thread::Builder::new().name("mpsync-watchdog".into()).stack_size(64 * 1024).spawn(|| run(watchdog)) {
+        match std::thread::Builder::new().name("mpsync-watchdog".into()).stack_size(256 * 1024).spawn(|| run(watchdog))
+        {
             Ok(_) => Some(watchdog),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot start the thread that cancels lost locks' tokens on time; \
@@ -1052,6 +1082,7 @@ mod watchdog {
         loop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
+            let mut due = Vec::new();
             watched.retain(|entry| {
                 if entry.token.is_cancelled() {
                     return false;
@@ -1061,12 +1092,22 @@ mod watchdog {
                     (state.lost.is_some(), state.deadline)
                 };
                 if lost || now >= deadline {
-                    entry.token.cancel();
+                    due.push(entry.token.clone());
                     return false;
                 }
                 next = Some(next.map_or(deadline, |at| at.min(deadline)));
                 true
             });
+            if !due.is_empty() {
+                // Cancelling wakes the tasks that wait on the tokens: not under the lock, and a waker that
+                // panics must not end this thread.
+                drop(watched);
+                for token in due {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| token.cancel()));
+                }
+                watched = watchdog.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
             watched = match next {
                 Some(at) => {
                     let wait = at.saturating_duration_since(Instant::now());
