@@ -100,12 +100,10 @@ impl fmt::Display for Proxy {
 /// environment's, as kubectl picks them. An unusable setting is an error that names it.
 pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<Option<Proxy>, String> {
     if let Some(url) = proxy_url.map(str::trim).filter(|url| !url.is_empty()) {
-        // Unlike the environment's, a kubeconfig's proxy-url needs its scheme: kubectl refuses one without.
+        // Unlike the environment's, a kubeconfig's proxy-url needs its scheme and host: kubectl refuses
+        // one without.
         if !url.contains("://") {
-            return Err(format!(
-                "unusable proxy {url:?} in the kubeconfig's proxy-url: no scheme (kubectl refuses it too); \
-                 write http://{url} or socks5://{url}"
-            ));
+            return Err(without_scheme_and_host(url));
         }
         return parse(url, "the kubeconfig's proxy-url").map(Some);
     }
@@ -131,6 +129,26 @@ pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<O
         return Ok(None);
     }
     parse(value, variable).map(Some)
+}
+
+/// Why a kubeconfig's proxy-url without `://` is refused: a scheme with no host after it (`http:/h:1`,
+/// `http:h:1`), or no scheme at all (`h:1`, `//h:1`), then with the URL to write instead.
+fn without_scheme_and_host(url: &str) -> String {
+    let bare = url.trim_start_matches('/');
+    let after_scheme = bare.split_once(':').and_then(|(scheme, rest)| {
+        let mut chars = scheme.chars();
+        let is_scheme = chars.next().is_some_and(|first| first.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'));
+        is_scheme.then_some(rest)
+    });
+    let why = match after_scheme {
+        // Not HOST:PORT: a scheme, and what follows it is no host.
+        Some(rest) if !rest.bytes().all(|b| b.is_ascii_digit()) => {
+            "no host after its scheme (kubectl refuses it too); write SCHEME://HOST:PORT".to_string()
+        }
+        _ => format!("no scheme (kubectl refuses it too); write http://{bare} or socks5://{bare}"),
+    };
+    format!("unusable proxy {url:?} in the kubeconfig's proxy-url: {why}")
 }
 
 /// Whether `host` (as in a URL: `[::1]` for IPv6) is `localhost` or a loopback address, which kubectl
@@ -494,6 +512,38 @@ mod tests {
         let proxy = proxy.unwrap();
         assert_eq!((proxy.kind, proxy.host.as_str(), proxy.port), (ProxyKind::Socks5, "gw", 1080));
         assert!(proxy.name.contains("proxy-url"), "{}", proxy.name);
+    }
+
+    #[test]
+    fn a_kubeconfig_proxy_url_without_scheme_or_host_is_refused_with_what_to_write() {
+        let refused = |url: &str| {
+            let env = env(None, None, "");
+            select(&"https://10.0.0.1:6443".parse().unwrap(), Some(url), &env).unwrap_err()
+        };
+        for (url, bare) in [
+            ("proxy.corp:3128", "proxy.corp:3128"),
+            ("[::1]:3128", "[::1]:3128"),
+            ("proxy", "proxy"),
+            ("//127.0.0.4:4", "127.0.0.4:4"),
+            ("proxy.corp:", "proxy.corp:"),
+        ] {
+            let err = refused(url);
+            assert!(err.contains(&format!("{url:?}")), "{err}");
+            assert!(err.contains("no scheme (kubectl refuses it too)"), "{err}");
+            assert!(err.contains(&format!("write http://{bare} or socks5://{bare}")), "{err}");
+        }
+        for url in ["http:/127.0.0.4:4", "http:127.0.0.4:4", "socks5:proxy", "/http:/127.0.0.4:4"] {
+            let err = refused(url);
+            assert!(err.contains(&format!("{url:?}")), "{err}");
+            assert!(err.contains("no host after its scheme (kubectl refuses it too)"), "{err}");
+            assert!(!err.contains("no scheme"), "{err}");
+        }
+        // Trimmed, and any scheme with its host is parsed as before.
+        let env = env(None, None, "");
+        let server = "https://10.0.0.1:6443".parse().unwrap();
+        for url in [" http://gw:3128", "socks5h://gw:1080"] {
+            assert!(select(&server, Some(url), &env).unwrap().is_some(), "{url}");
+        }
     }
 
     #[test]

@@ -512,8 +512,14 @@ fn an_unreachable_or_unusable_proxy_is_named() {
     let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
     assert_failure(&done, 125, &[&format!("cannot connect to proxy http://{closed}")]);
     // One it cannot parse is named as the kubeconfig's (kube's own parse did not name it), and one
-    // without a scheme is refused, as kubectl refuses it (the environment's may leave it out).
-    for (value, expected) in [("http://%%%", "not a URL"), ("%%%", "no scheme"), ("proxy.corp:3128", "no scheme")] {
+    // without a scheme, or without a host after it, is refused, as kubectl refuses it (the
+    // environment's may leave the scheme out).
+    for (value, expected) in [
+        ("http://%%%", "not a URL"),
+        ("%%%", "no scheme"),
+        ("proxy.corp:3128", "no scheme"),
+        ("http:/127.0.0.4:4", "no host after its scheme"),
+    ] {
         let options = KubeconfigOptions::new("default").proxy_url(value);
         let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
         let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
