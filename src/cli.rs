@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
@@ -102,7 +103,9 @@ pub struct BackendArgs {
     pub namespace: Option<String>,
 
     /// Path to a kubeconfig file (otherwise $KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, env = "MPSYNC_KUBECONFIG", value_name = "PATH")]
+    // An empty one is unset, as for kubectl (`MPSYNC_KUBECONFIG=`): clap's own PathBuf parser refuses it.
+    #[arg(long, env = "MPSYNC_KUBECONFIG", value_name = "PATH",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub kubeconfig: Option<PathBuf>,
 
     /// Kubeconfig context to use.
@@ -568,7 +571,11 @@ fn backend(args: BackendArgs) -> Result<Backend> {
         validate::namespace(namespace)?;
     }
     Ok(match args.backend {
-        BackendKind::Kube => Backend::Kube { kubeconfig: args.kubeconfig, context: args.context, namespace },
+        BackendKind::Kube => Backend::Kube {
+            kubeconfig: args.kubeconfig.filter(|path| !path.as_os_str().is_empty()),
+            context: args.context,
+            namespace,
+        },
         BackendKind::File => Backend::File {
             lock_dir: args.lock_dir.unwrap_or_else(default_lock_dir),
             namespace: namespace.unwrap_or_else(|| "default".into()),

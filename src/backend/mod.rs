@@ -11,7 +11,7 @@ mod pools;
 pub mod proxy;
 pub mod tls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -161,6 +161,24 @@ struct Loaded {
 }
 
 async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
+    let mut loaded = resolve(kubeconfig, context, caller).await?;
+    // kube's debugging override of the server (KUBE_RS_DEBUG_OVERRIDE_URL), whatever chose the
+    // configuration. Pointing at this machine, it is a local `kubectl proxy`: the cluster's proxy-url
+    // is not the way to it. Any other server keeps it.
+    let server = loaded.config.cluster_url.clone();
+    loaded.config.apply_debug_overrides();
+    if loaded.config.cluster_url != server
+        && loaded.config.cluster_url.host().is_some_and(proxy::is_loopback_host)
+        && let Some(cluster) = loaded.cluster.as_mut()
+    {
+        cluster.proxy_url = None;
+    }
+    Ok(loaded)
+}
+
+/// The configuration `--kubeconfig`/`--context` or the standard resolution choose, before kube's
+/// debugging overrides.
+async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
     // An empty context is the current one, as for kubectl (`MPSYNC_CONTEXT=`).
     let context = context.filter(|context| !context.is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
@@ -175,105 +193,124 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
         })?;
         return from_kubeconfig(file, &options, &format!("kubeconfig {}", path.display())).await;
     }
-    let origin = match kubeconfig_env() {
+    // Only an empty $KUBECONFIG is unset (then ~/.kube/config). One of only separators names no file:
+    // as for kubectl, no kubeconfig at all, and ~/.kube/config is not read.
+    let env = std::env::var_os("KUBECONFIG").filter(|paths| !paths.is_empty());
+    let env_paths: Option<Vec<PathBuf>> =
+        env.as_ref().map(|paths| std::env::split_paths(paths).filter(|path| !path.as_os_str().is_empty()).collect());
+    let origin = match &env {
         Some(paths) => format!("$KUBECONFIG ({})", PathBuf::from(paths).display()),
         None => "~/.kube/config".to_string(),
     };
     // A kubeconfig that is there but cannot be read or parsed: named with the reason, never taken for
     // a missing one.
-    let kubeconfig_exists = kubeconfig_env().is_some() || default_kubeconfig_exists();
+    let kubeconfig_exists = match &env_paths {
+        Some(paths) => !paths.is_empty(),
+        None => default_kubeconfig_exists(),
+    };
     let unreadable = |err: KubeconfigError| {
         Error::Config(format!("cannot use {origin}: {}\n{}", one_line(&err), caller.unreadable_kubeconfig()))
     };
-    let read = Kubeconfig::read();
-    // $KUBECONFIG names a kubeconfig (a file that exists, with something in it): the user's choice, which
-    // must be usable, in a pod too, as for kubectl. Falling back to the pod's service account would lock
-    // on another cluster than the one named.
-    let chosen = kubeconfig_env_names_a_file()
-        && !read
-            .as_ref()
-            .is_ok_and(|file| file.clusters.is_empty() && file.contexts.is_empty() && file.auth_infos.is_empty());
+    let read = match &env_paths {
+        Some(paths) if paths.is_empty() => None,
+        _ => Some(Kubeconfig::read()),
+    };
+    // $KUBECONFIG names a kubeconfig (a file that is there, with something in it): the user's choice,
+    // which must be usable, in a pod too, as for kubectl. Falling back to the pod's service account
+    // would lock on another cluster than the one named.
+    let chosen = env_paths.as_deref().is_some_and(|paths| paths.iter().any(|path| !is_missing(path)))
+        && !read.as_ref().is_some_and(|read| {
+            read.as_ref().is_ok_and(|file| {
+                file.clusters.is_empty()
+                    && file.contexts.is_empty()
+                    && file.auth_infos.is_empty()
+                    && file.current_context.is_none()
+            })
+        });
     let from_file = match read {
-        Ok(file) => Ok(from_kubeconfig(file, &options, &origin).await),
-        Err(err) => Err(err),
+        Some(Ok(file)) => Some(Ok(from_kubeconfig(file, &options, &origin).await)),
+        Some(Err(err)) => Some(Err(err)),
+        None => None,
     };
     match (from_file, context) {
-        (Ok(loaded), Some(_)) => loaded,
-        (Err(err), Some(_)) if kubeconfig_exists => Err(unreadable(err)),
-        (Err(err), Some(context)) => {
+        (Some(Ok(loaded)), Some(_)) => loaded,
+        (Some(Err(err)), Some(_)) if kubeconfig_exists => Err(unreadable(err)),
+        (Some(Err(err)), Some(context)) => {
             Err(Error::Config(format!("cannot use context {context:?}: no kubeconfig: {}", one_line(&err))))
         }
-        (Ok(Ok(mut loaded)), None) => {
-            let server = loaded.config.cluster_url.clone();
-            loaded.config.apply_debug_overrides();
-            // kube's debugging override (KUBE_RS_DEBUG_OVERRIDE_URL) pointing at this machine is a local
-            // `kubectl proxy`: the cluster's proxy-url is not the way to it. Any other server keeps it.
-            if loaded.config.cluster_url != server
-                && loaded.config.cluster_url.host().is_some_and(proxy::is_loopback_host)
-                && let Some(cluster) = loaded.cluster.as_mut()
-            {
-                cluster.proxy_url = None;
-            }
-            Ok(loaded)
+        (None, Some(context)) => {
+            Err(Error::Config(format!("cannot use context {context:?}: no kubeconfig: {origin} names no file")))
         }
-        (Ok(Err(err)), None) if chosen => Err(err),
-        (Err(err), None) if chosen => Err(unreadable(err)),
+        (Some(Ok(Ok(loaded))), None) => Ok(loaded),
+        (Some(Ok(Err(err))), None) if chosen => Err(err),
+        (Some(Err(err)), None) if chosen => Err(unreadable(err)),
         // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any (in a
         // pod, a broken ~/.kube/config is passed over, as controller-runtime passes over it).
-        (from_file, None) => {
-            match kube::Config::incluster() {
-                Ok(mut config) => {
-                    config.apply_debug_overrides();
-                    let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
-                    Ok(Loaded { config, cluster: None, ca })
-                }
-                Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                    let account = format!("the pod's service account: {}", one_line(&err));
-                    Err(Error::Config(match from_file {
-                        // Both were tried: both reasons.
-                        Ok(Err(Error::Config(why))) => format!("{}, nor {account}", why.lines().next().unwrap_or("")),
-                        Err(why) if kubeconfig_exists => {
-                            format!("cannot use {origin}: {}, nor {account}", one_line(&why))
-                        }
-                        _ => format!(
-                            "cannot use {account}\nits files are mounted under \
-                             /var/run/secrets/kubernetes.io/serviceaccount/ unless automountServiceAccountToken is false"
-                        ),
-                    }))
-                }
-                Err(_) => match from_file {
-                    // A kubeconfig that exists but is unusable: say why.
-                    Ok(Err(err)) => Err(err),
-                    Err(err) if kubeconfig_exists => Err(unreadable(err)),
-                    _ => {
-                        let kubeconfig = match kubeconfig_env() {
-                            Some(_) => format!("{origin} is unusable"),
-                            None => "no ~/.kube/config".to_string(),
-                        };
-                        Err(Error::Config(format!(
-                            "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n{}",
-                            caller.no_configuration()
-                        )))
-                    }
-                },
+        (from_file, None) => match in_cluster() {
+            Ok(config) => {
+                let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
+                Ok(Loaded { config, cluster: None, ca })
             }
-        }
+            Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                let account = format!("the pod's service account: {err}");
+                Err(Error::Config(match from_file {
+                    // Both were tried: both reasons.
+                    Some(Ok(Err(Error::Config(why)))) => {
+                        format!("{}, nor {account}", why.lines().next().unwrap_or(""))
+                    }
+                    Some(Err(why)) if kubeconfig_exists => {
+                        format!("cannot use {origin}: {}, nor {account}", one_line(&why))
+                    }
+                    _ => format!(
+                        "cannot use {account}\nits files are mounted under {SERVICE_ACCOUNT}/ unless \
+                         automountServiceAccountToken is false"
+                    ),
+                }))
+            }
+            Err(_) => match from_file {
+                // A kubeconfig that exists but is unusable: say why.
+                Some(Ok(Err(err))) => Err(err),
+                Some(Err(err)) if kubeconfig_exists => Err(unreadable(err)),
+                _ => {
+                    let kubeconfig = match &env_paths {
+                        Some(paths) if paths.is_empty() => format!("{origin} names no file"),
+                        Some(_) => format!("{origin} is unusable"),
+                        None => "no ~/.kube/config".to_string(),
+                    };
+                    Err(Error::Config(format!(
+                        "no Kubernetes configuration found: {kubeconfig}, and not running in a pod\n{}",
+                        caller.no_configuration()
+                    )))
+                }
+            },
+        },
     }
 }
 
-/// Whether `~/.kube/config` exists (the home directory found as kube finds it).
+/// Where a pod's service-account files are mounted.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The pod's service account, as kube's `Config::incluster`, with its token file checked now (kube
+/// reads it only at the first request) and its namespace trimmed (as client-go trims it); Err says
+/// why not, on one line.
+fn in_cluster() -> std::result::Result<kube::Config, String> {
+    let mut config = kube::Config::incluster().map_err(|err| one_line(&err))?;
+    let token = format!("{SERVICE_ACCOUNT}/token");
+    std::fs::File::open(&token).map_err(|err| format!("cannot read {token}: {err}"))?;
+    config.default_namespace = config.default_namespace.trim().to_string();
+    Ok(config)
+}
+
+/// Whether `path` is missing, as client-go counts it when it skips a file `$KUBECONFIG` names: only
+/// when it is not found (a dangling symbolic link too). A file there but not readable (permissions,
+/// a loop of links, a file where a directory should be) is not missing: it is an error to name.
+fn is_missing(path: &Path) -> bool {
+    std::fs::metadata(path).is_err_and(|err| err.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Whether `~/.kube/config` is there (the home directory found as kube finds it), even if unreadable.
 fn default_kubeconfig_exists() -> bool {
-    std::env::home_dir().is_some_and(|home| home.join(".kube").join("config").exists())
-}
-
-/// Whether a file that `$KUBECONFIG` names exists (then it is the user's choice, and must be usable).
-fn kubeconfig_env_names_a_file() -> bool {
-    kubeconfig_env().is_some_and(|paths| std::env::split_paths(&paths).any(|path| path.exists()))
-}
-
-/// `$KUBECONFIG`, if it names a file: kube, as kubectl, takes an empty one (or only separators) for unset.
-fn kubeconfig_env() -> Option<std::ffi::OsString> {
-    std::env::var_os("KUBECONFIG").filter(|paths| std::env::split_paths(paths).any(|path| !path.as_os_str().is_empty()))
+    std::env::home_dir().is_some_and(|home| !is_missing(&home.join(".kube").join("config")))
 }
 
 /// Whether kube would parse a proxy for `cluster`: its proxy-url, else HTTPS_PROXY or https_proxy, the

@@ -134,15 +134,20 @@ fn without_a_backend(
     kubeconfig: Option<&str>,
     context: Option<&str>,
 ) -> Finished {
+    let envs = [("KUBECONFIG", kubeconfig), ("MPSYNC_CONTEXT", context)];
+    without_a_backend_with(env, args, home, &envs)
+}
+
+/// `mpsync ARGS` with no backend chosen: nothing inherited but `HOME`, and the variables in `envs` set.
+fn without_a_backend_with(env: &TestEnv, args: &[&str], home: &Path, envs: &[(&str, Option<&str>)]) -> Finished {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpsync"));
     command.args(args);
     scrub(&mut command);
     command.env("HOME", home);
-    if let Some(value) = kubeconfig {
-        command.env("KUBECONFIG", value);
-    }
-    if let Some(value) = context {
-        command.env("MPSYNC_CONTEXT", value);
+    for (name, value) in envs {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
     }
     Proc::spawn(command, &env.dir).finish()
 }
@@ -151,16 +156,36 @@ fn without_a_backend(
 fn without_a_cluster_or_backend_file_mpsync_exits_125_and_suggests_both() {
     let env = TestEnv::file();
     // No kubeconfig anywhere: an empty HOME. An empty $KUBECONFIG counts as unset, as for kubectl; so
-    // does an empty context.
-    for (kubeconfig, context) in [(None, None), (Some(""), Some("")), (Some(":"), None)] {
-        let done =
-            without_a_backend(&env, &["lock", "job", "--", "true"], &env.path("empty-home"), kubeconfig, context);
+    // do an empty context and an empty MPSYNC_KUBECONFIG. A $KUBECONFIG of only separators names no
+    // file, and then ~/.kube/config is not read, even where there is one.
+    let home = env.path("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::write(
+        home.join(".kube").join("config"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n\
+         contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user: {}\n\
+         current-context: x\n",
+    )
+    .unwrap();
+    let empty_home = env.path("empty-home");
+    for (home, kubeconfig, context, mpsync_kubeconfig, expected) in [
+        (&empty_home, None, None, None, "no Kubernetes configuration found: no ~/.kube/config"),
+        (&empty_home, Some(""), Some(""), Some(""), "no Kubernetes configuration found: no ~/.kube/config"),
+        (&empty_home, Some(":"), None, None, "no Kubernetes configuration found: $KUBECONFIG (:) names no file"),
+        (&home, Some(":"), None, None, "no Kubernetes configuration found: $KUBECONFIG (:) names no file"),
+    ] {
+        let envs = [("KUBECONFIG", kubeconfig), ("MPSYNC_CONTEXT", context), ("MPSYNC_KUBECONFIG", mpsync_kubeconfig)];
+        let done = without_a_backend_with(&env, &["lock", "job", "--", "true"], home, &envs);
         done.assert_code(125);
-        assert!(done.stderr.contains("no Kubernetes configuration found: no ~/.kube/config"), "{}", done.stderr);
+        assert!(done.stderr.contains(expected), "{}", done.stderr);
         assert!(done.stderr.contains("--kubeconfig"), "{}", done.stderr);
         assert!(done.stderr.contains("--backend file"), "{}", done.stderr);
         assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
     }
+    // That ~/.kube/config is read when $KUBECONFIG is unset: its server, closed.
+    let done = without_a_backend(&env, &["status", "job"], &home, None, None);
+    done.assert_code(125);
+    assert!(done.stderr.contains("127.0.0.1:1"), "{}", done.stderr);
 }
 
 /// A kubeconfig that exists but cannot be parsed is named with the reason, not taken for a missing one:

@@ -390,7 +390,8 @@ fn loopback_servers_do_not_use_the_environments_proxy() {
 
 /// kube's debugging override of the server (`KUBE_RS_DEBUG_OVERRIDE_URL`) on this machine (a local
 /// `kubectl proxy`) is reached directly, not through the kubeconfig cluster's proxy-url; any other
-/// server still goes through it.
+/// server still goes through it. The same whether the kubeconfig comes from $KUBECONFIG, `--context`
+/// or `--kubeconfig`.
 #[test]
 fn the_debug_override_url_is_not_reached_through_the_clusters_proxy_when_local() {
     let Some(env) = test_server() else { return };
@@ -400,24 +401,30 @@ fn the_debug_override_url_is_not_reached_through_the_clusters_proxy_when_local()
     // The certificate's name, whatever address the override gives.
     let yaml = yaml.replace("    server: ", "    tls-server-name: 127.0.0.1\n    server: ");
     let kubeconfig = write_kubeconfig(&env, &yaml);
-    let status = |override_url: Option<String>| {
-        let mut command = env.mpsync(["status", "job"]);
-        command.env_remove("MPSYNC_KUBECONFIG").env("KUBECONFIG", &kubeconfig).env("HOME", env.path("no-home"));
-        if let Some(url) = override_url {
-            command.env("KUBE_RS_DEBUG_OVERRIDE_URL", url);
-        }
-        run(&env, command).assert_code(0);
-    };
-    status(None);
-    let tunnels = proxy.tunnels();
-    assert!(tunnels > 0, "the kubeconfig's proxy-url is used");
-    // The same server by another name: a local server, reached directly.
-    status(Some(format!("https://localhost:{}", port(&env))));
-    assert_eq!(proxy.tunnels(), tunnels, "the override went through the cluster's proxy");
-    // An address that is not loopback: through the cluster's proxy, as the server would be.
-    status(Some(format!("https://0.0.0.0:{}", port(&env))));
-    assert!(proxy.tunnels() > tunnels, "an override elsewhere bypassed the cluster's proxy");
-    assert!(proxy.targets().contains(&format!("0.0.0.0:{}", port(&env))), "{:?}", proxy.targets());
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    for flags in [&[][..], &["--context", "test"], &["--kubeconfig", kubeconfig]] {
+        let status = |override_url: Option<String>| {
+            let mut command = env.mpsync(["status", "job"].iter().chain(flags));
+            command.env_remove("MPSYNC_KUBECONFIG").env("KUBECONFIG", kubeconfig).env("HOME", env.path("no-home"));
+            if let Some(url) = override_url {
+                command.env("KUBE_RS_DEBUG_OVERRIDE_URL", url);
+            }
+            run(&env, command).assert_code(0);
+        };
+        let tunnels = proxy.tunnels();
+        status(None);
+        assert!(proxy.tunnels() > tunnels, "{flags:?}: the kubeconfig's proxy-url is used");
+        // The same server by another name: a local server, reached directly.
+        let tunnels = proxy.tunnels();
+        status(Some(format!("https://localhost:{}", port(&env))));
+        assert_eq!(proxy.tunnels(), tunnels, "{flags:?}: the override went through the cluster's proxy");
+        // An address that is not loopback: through the cluster's proxy, as the server would be.
+        let targets = proxy.targets().len();
+        status(Some(format!("https://0.0.0.0:{}", port(&env))));
+        assert!(proxy.tunnels() > tunnels, "{flags:?}: an override elsewhere bypassed the cluster's proxy");
+        let targets = &proxy.targets()[targets..];
+        assert!(targets.contains(&format!("0.0.0.0:{}", port(&env))), "{flags:?}: {targets:?}");
+    }
 }
 
 /// An exec credential plugin that asks for the cluster's details (`provideClusterInfo`) is told the

@@ -227,6 +227,9 @@ fn static_mpsync_in_an_empty_root_in_a_pod_needs_only_the_service_account_files(
     let port = server.addr().port().to_string();
     let pod = [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
     assert_ran_the_child(&root.lock(&env, &pod));
+    // A namespace file that ends in a newline, trimmed as client-go trims it.
+    root.put(&format!("{account}/namespace"), "default\n");
+    assert_ran_the_child(&root.lock(&env, &pod));
 }
 
 /// In a pod, a `$KUBECONFIG` that names a file is the user's choice of cluster: when it is unusable,
@@ -255,9 +258,17 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
     bare.put("/home/.kube/config", "{ not: [ a kubeconfig");
     let done = bare.lock(&env, &pod(&[("HOME", "/home")]));
     failed(&done, &["cannot use ~/.kube/config", "nor the pod's service account"]);
+    // With the account's CA and namespace but no token (which kube reads only when it first asks):
+    // the same, the token named.
+    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
+    bare.put(&format!("{account}/ca.crt"), &server.ca_pem());
+    bare.put(&format!("{account}/namespace"), "default");
+    let done = bare.lock(&env, &pod(&[("HOME", "/home")]));
+    failed(&done, &["cannot use ~/.kube/config", "nor the pod's service account", "token"]);
+    let done = bare.lock(&env, &pod(&[]));
+    failed(&done, &["cannot use the pod's service account", "token", "automountServiceAccountToken"]);
 
     let Some(root) = Root::new(&env) else { return };
-    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
     root.put(&format!("{account}/ca.crt"), &server.ca_pem());
     root.put(&format!("{account}/token"), "not-a-real-token");
     root.put(&format!("{account}/namespace"), "default");
@@ -274,17 +285,39 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
         .collect();
     root.put("/bad-ca", &bad_ca.join("\n"));
     root.put("/home/.kube/config", "{ not: [ a kubeconfig");
-    for (kubeconfig, expected) in
-        [("/broken", "cannot use $KUBECONFIG (/broken)"), ("/bad-ca", "certificate-authority-data")]
-    {
+    // Only a current context, which names none: kubectl says the context was not found.
+    root.put("/current-only", "current-context: prod\n");
+    // Files that are there but cannot be read are not missing: a loop of links, and a path under a file.
+    std::os::unix::fs::symlink("loop", root.dir.join("loop")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", root.dir.join("dangling")).unwrap();
+    for (kubeconfig, expected) in [
+        ("/broken", "cannot use $KUBECONFIG (/broken)"),
+        ("/bad-ca", "certificate-authority-data"),
+        ("/loop", "cannot use $KUBECONFIG (/loop)"),
+        ("/broken/config", "cannot use $KUBECONFIG (/broken/config)"),
+        ("/current-only", "prod"),
+    ] {
         let done = root.lock(&env, &pod(&[("KUBECONFIG", kubeconfig)]));
         failed(&done, &[expected]);
+        assert!(!done.stderr.contains("service account"), "{}", done.stderr);
     }
-    // Passed over, as kubectl passes them over: a $KUBECONFIG whose files are missing or empty, and a
-    // broken ~/.kube/config.
+    // Passed over, as kubectl passes them over: a $KUBECONFIG whose files are missing (a dangling link
+    // too) or empty, and a broken ~/.kube/config.
     assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/missing")])));
+    assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/dangling")])));
     assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/empty")])));
     assert_ran_the_child(&root.lock(&env, &pod(&[("HOME", "/home")])));
+    // A $KUBECONFIG of only separators names no file: ~/.kube/config is not read (here one whose server
+    // is closed), and the service account is used.
+    let closed = server.kubeconfig_yaml("default").replace(&server.addr().to_string(), "127.0.0.1:1");
+    root.put("/closed/.kube/config", &closed);
+    assert_ran_the_child(&root.lock(&env, &pod(&[("HOME", "/closed"), ("KUBECONFIG", ":")])));
+    // Without $KUBECONFIG it is read: the closed server.
+    let mut status = root.command(&["status", "job"]);
+    status.envs(pod(&[("HOME", "/closed")]));
+    let done = Proc::spawn(status, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("127.0.0.1:1"), "{}", done.stderr);
 }
 
 #[test]
