@@ -20,6 +20,9 @@
 //! 2. A process that holds the lease has a write that the server *applied* and that was sent less than
 //!    `renew_deadline` ago (so its child is dead by `renew_deadline + grace` after that send).
 //! 3. Fencing tokens of successive children strictly increase.
+//! 4. A hold whose renew deadline has passed is never renewed, even when a renewal's success is
+//!    learned later (a `Stall`: the process did not run at its deadline): its child was stopped by the
+//!    clock (the CLI's guard, the library's watchdog), so its work has been told it is lost.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -71,6 +74,10 @@ enum Step {
     ChildExits(usize),
     /// Someone deletes the Lease.
     Delete,
+    /// Time passes while one process does not run (a busy runtime, a stopped process): the others act on
+    /// their timers; its child is stopped by the clock at its renew deadline (the CLI's guard and the
+    /// library's watchdog run apart from the runtime), and it learns the rest when it next acts.
+    Stall(usize, u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -85,7 +92,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => process.clone().prop_map(Step::Timeout),
         4 => process.clone().prop_map(Step::Deliver),
         1 => process.clone().prop_map(Step::Relist),
-        1 => process.prop_map(Step::ChildExits),
+        1 => process.clone().prop_map(Step::ChildExits),
+        1 => (process, 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
         1 => Just(Step::Delete),
     ]
 }
@@ -130,6 +138,9 @@ struct Proc {
     /// Sends of this process's writes that the server applied, while this process wanted to hold.
     applied_sends: Vec<Instant>,
     refused: bool,
+    /// Acquisitions (acquireTime, token) this process held at or after their renew deadline, with that
+    /// deadline.
+    expired: Vec<((Option<MicroTime>, i32), Instant)>,
 }
 
 struct World {
@@ -202,6 +213,7 @@ impl World {
                     releasing: false,
                     applied_sends: Vec::new(),
                     refused: false,
+                    expired: Vec::new(),
                 })
                 .collect(),
             last_token: None,
@@ -512,9 +524,31 @@ impl World {
 
     /// Let `millis` pass, waking every process at its timers on the way.
     fn advance(&mut self, millis: u64) -> Result<(), TestCaseError> {
+        self.advance_without(None, millis)
+    }
+
+    /// Let `millis` pass while process `stalled` does not run: the others wake at their timers, and its
+    /// child is stopped at its renew deadline by the clock alone.
+    fn stall(&mut self, stalled: usize, millis: u64) -> Result<(), TestCaseError> {
+        let target = self.now + Duration::from_millis(millis);
+        let deadline = self.procs[stalled].elector.held().map(|held| held.deadline(TIMING));
+        if let Some(deadline) = deadline
+            && let Some(child) = self.procs[stalled].child.as_mut()
+        {
+            if deadline <= target && child.dead_by.is_none() {
+                child.dead_by = Some(deadline.max(self.now) + GRACE);
+            }
+        }
+        self.advance_without(Some(stalled), millis)
+    }
+
+    fn advance_without(&mut self, stalled: Option<usize>, millis: u64) -> Result<(), TestCaseError> {
         let target = self.now + Duration::from_millis(millis);
         for _ in 0..10_000 {
-            let next = (0..self.procs.len()).filter_map(|p| self.wake(p).map(|at| (at, p))).min();
+            let next = (0..self.procs.len())
+                .filter(|p| Some(*p) != stalled)
+                .filter_map(|p| self.wake(p).map(|at| (at, p)))
+                .min();
             match next {
                 Some((at, p)) if at <= target => {
                     self.now = self.now.max(at);
@@ -528,11 +562,32 @@ impl World {
         Ok(())
     }
 
-    /// Property 2: holding means an applied write of ours was sent within the renew deadline.
+    /// Property 2: holding means an applied write of ours was sent within the renew deadline. Property 4:
+    /// a hold seen at or past its deadline is never renewed. (Looking changes nothing: the elector is
+    /// asked through a copy, so that a check never records a loss the process itself has not seen.)
     fn check_held(&mut self) -> Result<(), TestCaseError> {
         for p in 0..self.procs.len() {
+            if let Some(held) = self.procs[p].elector.held() {
+                let acquisition = (held.acquire_time.clone(), held.fencing_token);
+                let deadline = held.deadline(TIMING);
+                let passed = self.procs[p].expired.iter().find(|(known, _)| *known == acquisition).map(|(_, at)| *at);
+                // A write sent after the deadline is a new hold (the side-car adopts its record again with
+                // its acquireTime and token); one sent before it would be the old hold revived.
+                prop_assert!(
+                    passed.is_none_or(|passed| deadline <= passed || held.last_renew_sent >= passed),
+                    "process {p} renewed, at {:?}, the acquisition {acquisition:?} whose renew deadline had passed \
+                     at {:?}",
+                    self.elapsed(),
+                    passed.map(|at| at - self.t0)
+                );
+                if self.now >= deadline && passed.is_none() {
+                    self.procs[p].expired.push((acquisition, deadline));
+                }
+            }
             let now = self.clock();
-            if self.procs[p].elector.held().is_none() || matches!(self.procs[p].elector.next(now), Action::Lost(_)) {
+            if self.procs[p].elector.held().is_none()
+                || matches!(self.procs[p].elector.clone().next(now), Action::Lost(_))
+            {
                 continue;
             }
             let last_applied = self.procs[p].applied_sends.iter().max().copied();
@@ -581,6 +636,7 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             Step::Deliver(p) => world.deliver(p)?,
             Step::Relist(p) => world.relist(p)?,
             Step::ChildExits(p) => world.child_exits(p),
+            Step::Stall(p, millis) => world.stall(p, millis)?,
             // Deleting the lease under a process that never saw its holder is the one window the README
             // states (such a process may create it at once): only deletions of a free lease, or of one whose
             // current holder every process has seen (renewals it has not seen yet do not matter).
