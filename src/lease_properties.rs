@@ -534,10 +534,10 @@ impl World {
         let deadline = self.procs[stalled].elector.held().map(|held| held.deadline(TIMING));
         if let Some(deadline) = deadline
             && let Some(child) = self.procs[stalled].child.as_mut()
+            && deadline <= target
+            && child.dead_by.is_none()
         {
-            if deadline <= target && child.dead_by.is_none() {
-                child.dead_by = Some(deadline.max(self.now) + GRACE);
-            }
+            child.dead_by = Some(deadline.max(self.now) + GRACE);
         }
         self.advance_without(Some(stalled), millis)
     }
