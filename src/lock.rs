@@ -743,8 +743,11 @@ impl HeldLock {
     /// lease: `token.cancelled()` in a `select!`, `token.is_cancelled()` between steps. At the renew
     /// deadline it is cancelled by a thread of mpsync's own, so also while the runtime that renews the
     /// lease does not run (work done outside `block_on`, or blocking the runtime's only thread).
+    /// Cancelling it yourself (to stop your own workers, say) stops only them: the lease stays held
+    /// and renewed until it is released or dropped.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.token.clone()
+        // A child: cancelling it stops the caller's work, never the hold.
+        self.token.child_token()
     }
 
     /// The timings the lease is held with.
@@ -775,7 +778,10 @@ impl HeldLock {
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        // At once, so that the work stops with the lock, whenever the background task gets to run.
+        // The way to ask for the release closes first, so that the task (on another thread, maybe) never
+        // takes the token's cancellation for a loss; then the work stops with the lock, at once, whenever
+        // the background task gets to run.
+        drop(std::mem::replace(&mut self.release, mpsc::channel(1).0));
         self.token.cancel();
     }
 }
@@ -917,15 +923,18 @@ async fn acquisition(
     let Some(held) = slot.elector().held().cloned() else {
         return;
     };
+    // The hold's own token: the caller gets children of it, so that cancelling one stops the caller's
+    // work, not the hold.
+    let token = CancellationToken::new();
+    // Cancelled however this task ends: also when it is dropped unfinished (its runtime shut down), so
+    // that work watching the token never outlives what renews the lease. (Declared before the state's
+    // sender, so that a task dropped unfinished says why before the token fires.)
+    let _cancel_on_drop = token.clone().drop_guard();
     let (state_tx, state_rx) = watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None });
     // Lost however this task ends unfinished (dropped with its runtime): then nothing renews the lease,
     // and the holder must know at once.
     let mut state_tx = LostOnDrop(state_tx, true);
     let (release_tx, mut release_rx) = mpsc::channel::<ReleaseReply>(1);
-    let token = CancellationToken::new();
-    // Cancelled however this task ends: also when it is dropped unfinished (its runtime shut down), so
-    // that work watching the token never outlives what renews the lease.
-    let _cancel_on_drop = token.clone().drop_guard();
     // And at the renew deadline by a thread of its own, for a library caller whose runtime does not run
     // this task in time (work done outside it, or blocking it).
     if inner.library {
@@ -985,6 +994,9 @@ async fn acquisition(
             let reply = release_rx.recv().await;
             let released = slot.settle(budget).await;
             slot.forget_loss();
+            if let (Err(err), None) = (&released, &reply) {
+                tracing::warn!(lease = %slot.name(), error = %err, "could not give the lease back; it expires after its duration");
+            }
             (released, reply)
         }
         None => {

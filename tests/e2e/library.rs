@@ -31,6 +31,7 @@ both_backends!(
     a_lock_whose_runtime_is_gone_expires_after_its_duration,
     the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token,
     a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run,
+    cancelling_the_token_oneself_stops_only_the_work,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
     work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again,
     cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease,
@@ -417,6 +418,24 @@ fn a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not
     assert!(held.is_lost());
     drop(held);
     drop(first);
+}
+
+/// Found by review: the caller cancels the token it was given (to stop its own workers before it
+/// cleans up). The lease stays held and renewed past the renew deadline, and is released when asked.
+fn cancelling_the_token_oneself_stops_only_the_work(env: &TestEnv) {
+    let name = env.lease_name("lib-own-cancel");
+    runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        let held = lock.acquire().await.unwrap();
+        let token = held.cancellation_token();
+        token.cancel();
+        tokio::time::sleep(FAST.renew_deadline + Duration::from_millis(500)).await;
+        assert!(!held.is_lost(), "cancelling the caller's token must not give up the lease");
+        assert!(!held.cancellation_token().is_cancelled(), "a fresh token is not cancelled");
+        assert!(lock.try_acquire().await.unwrap().is_none(), "still held");
+        held.release().await.unwrap();
+    });
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
 }
 
 /// The work blocks its thread (of a current-thread runtime: nothing renews) past the renew deadline, as a
