@@ -97,8 +97,9 @@ pub enum BackendKind {
 /// Where leases live: shared by every lease command.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Namespace of the Lease [default: POD_NAMESPACE, then the kubeconfig context's namespace, then
-    /// the pod's service-account namespace, then "default"].
+    /// Namespace of the Lease [default: the kubeconfig context's namespace; in a pod, POD_NAMESPACE,
+    /// then the service account's namespace; then "default". With --backend file: POD_NAMESPACE, then
+    /// "default"].
     #[arg(long, short = 'n', env = "MPSYNC_NAMESPACE")]
     pub namespace: Option<String>,
 
@@ -566,20 +567,28 @@ fn status_config(status: StatusArgs) -> Result<Config> {
 }
 
 fn backend(args: BackendArgs) -> Result<Backend> {
-    let namespace = args.namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
+    // An empty --namespace (MPSYNC_NAMESPACE=) is unset, as kubectl's `-n ""`.
+    let namespace = args.namespace.filter(|ns| !ns.is_empty());
     if let Some(namespace) = &namespace {
         validate::namespace(namespace)?;
     }
     Ok(match args.backend {
+        // Otherwise the context's namespace, or in a pod POD_NAMESPACE, as client-go (`backend::connect`).
         BackendKind::Kube => Backend::Kube {
             kubeconfig: args.kubeconfig.filter(|path| !path.as_os_str().is_empty()),
             context: args.context,
             namespace,
         },
-        BackendKind::File => Backend::File {
-            lock_dir: args.lock_dir.unwrap_or_else(default_lock_dir),
-            namespace: namespace.unwrap_or_else(|| "default".into()),
-        },
+        BackendKind::File => {
+            let namespace = namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
+            if let Some(namespace) = &namespace {
+                validate::namespace(namespace)?;
+            }
+            Backend::File {
+                lock_dir: args.lock_dir.unwrap_or_else(default_lock_dir),
+                namespace: namespace.unwrap_or_else(|| "default".into()),
+            }
+        }
     })
 }
 

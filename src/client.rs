@@ -7,10 +7,12 @@ use crate::backend::{Caller, connect};
 use crate::error::Result;
 
 /// A `kube::Client` found as `kube::Client::try_default()` finds one: from `$KUBECONFIG`, else
-/// `~/.kube/config`, else the pod's service account. One difference, as kubectl has it: a `$KUBECONFIG`
-/// that names a kubeconfig which cannot be used is an [`Error::Config`](crate::Error::Config), never
-/// passed over for the pod's service account (which may be another cluster's). It is built as the
-/// `mpsync` CLI builds its own:
+/// `~/.kube/config`, else the pod's service account. Two differences, both as kubectl and client-go have
+/// it: a kubeconfig that is there (named by `$KUBECONFIG`, or `~/.kube/config`) and cannot be used is an
+/// [`Error::Config`](crate::Error::Config), never passed over for the pod's service account (which may be
+/// another cluster's); and in a pod, the client's default namespace, where the kubeconfig's context names
+/// none, is the pod's (`POD_NAMESPACE`, then the service account's). It is built as the `mpsync` CLI
+/// builds its own:
 ///
 /// - **`TCP_NODELAY` on every connection.** kube 5's own client leaves Nagle's algorithm on
 ///   (kube-rs/kube#2056), so the first request on every new connection waits for the server's delayed

@@ -109,7 +109,19 @@ pub async fn connect(
     call_timeout: Duration,
     caller: Caller,
 ) -> Result<(Client, String)> {
-    let Loaded { mut config, cluster, ca } = load(kubeconfig, context, caller).await?;
+    let Loaded { mut config, cluster, ca, context_namespace } = load(kubeconfig, context, caller).await?;
+    // As client-go has it: the context's namespace; else, where a pod's service account is there to use,
+    // the pod's namespace (even under a kubeconfig that names none); else `default`.
+    let default_namespace = match context_namespace {
+        Some(namespace) => namespace,
+        None if in_a_pod() => pod_namespace(),
+        None => config.default_namespace.clone(),
+    };
+    if namespace.is_none() {
+        crate::validate::namespace(&default_namespace)
+            .map_err(|err| Error::Config(format!("the configuration's namespace: {err}")))?;
+    }
+    config.default_namespace = default_namespace;
     let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
     let trust = tls::settle(&mut config, ca)?;
     let proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.as_deref());
@@ -158,6 +170,8 @@ struct Loaded {
     cluster: Option<Cluster>,
     /// Where the CA in `config.root_cert` comes from, in words, if it carries one.
     ca: Option<String>,
+    /// The namespace the kubeconfig's context names, if it names one (None in a pod).
+    context_namespace: Option<String>,
 }
 
 async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Caller) -> Result<Loaded> {
@@ -215,10 +229,14 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
         Some(paths) if paths.is_empty() => None,
         _ => Some(Kubeconfig::read()),
     };
-    // $KUBECONFIG names a kubeconfig (a file that is there, with something in it): the user's choice,
-    // which must be usable, in a pod too, as for kubectl. Falling back to the pod's service account
-    // would lock on another cluster than the one named.
-    let chosen = env_paths.as_deref().is_some_and(|paths| paths.iter().any(|path| !is_missing(path)))
+    // A kubeconfig is there ($KUBECONFIG names a file that is there, or ~/.kube/config is there), with
+    // something in it: it must be usable, in a pod too, as for kubectl. Falling back to the pod's service
+    // account would lock on another cluster than the one the file names.
+    let there = match &env_paths {
+        Some(paths) => paths.iter().any(|path| !is_missing(path)),
+        None => default_kubeconfig_exists(),
+    };
+    let chosen = there
         && !read.as_ref().is_some_and(|read| {
             read.as_ref().is_ok_and(|file| {
                 file.clusters.is_empty()
@@ -244,12 +262,11 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
         (Some(Ok(Ok(loaded))), None) => Ok(loaded),
         (Some(Ok(Err(err))), None) if chosen => Err(err),
         (Some(Err(err)), None) if chosen => Err(unreadable(err)),
-        // As kube's `Config::infer`: no usable kubeconfig, so the pod's service account, if any (in a
-        // pod, a broken ~/.kube/config is passed over, as controller-runtime passes over it).
+        // No kubeconfig (or an empty one), so the pod's service account, if any.
         (from_file, None) => match in_cluster() {
             Ok(config) => {
                 let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
-                Ok(Loaded { config, cluster: None, ca })
+                Ok(Loaded { config, cluster: None, ca, context_namespace: None })
             }
             Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
                 let account = format!("the pod's service account: {err}");
@@ -289,6 +306,28 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
 
 /// Where a pod's service-account files are mounted.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Whether the pod's service account is there to use, as client-go's in-cluster config judges it:
+/// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` set, and the token a file.
+fn in_a_pod() -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    set("KUBERNETES_SERVICE_HOST")
+        && set("KUBERNETES_SERVICE_PORT")
+        && std::fs::metadata(format!("{SERVICE_ACCOUNT}/token")).is_ok_and(|token| !token.is_dir())
+}
+
+/// The pod's namespace, as client-go reads it: `POD_NAMESPACE`, else the service account's
+/// `namespace` file (trimmed), else `default`.
+fn pod_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|namespace| !namespace.is_empty())
+        .or_else(|| {
+            let namespace = std::fs::read_to_string(format!("{SERVICE_ACCOUNT}/namespace")).ok()?;
+            Some(namespace.trim().to_string()).filter(|namespace| !namespace.is_empty())
+        })
+        .unwrap_or_else(|| "default".to_string())
+}
 
 /// The pod's service account, as kube's `Config::incluster`, with its token file checked now (kube
 /// reads it only at the first request) and its namespace trimmed (as client-go trims it); Err says
@@ -340,13 +379,14 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
         )));
     }
-    let cluster_name = options
+    let chosen_context = options
         .context
         .as_ref()
         .or(file.current_context.as_ref())
         .and_then(|context| file.contexts.iter().find(|named| &named.name == context))
-        .and_then(|named| named.context.as_ref())
-        .map(|context| context.cluster.clone());
+        .and_then(|named| named.context.as_ref());
+    let cluster_name = chosen_context.map(|context| context.cluster.clone());
+    let context_namespace = chosen_context.and_then(|context| context.namespace.clone()).filter(|ns| !ns.is_empty());
     let mut cluster = None;
     let mut ca = None;
     if let Some(name) = &cluster_name
@@ -378,5 +418,5 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
     if let Some(exec_cluster) = config.auth_info.exec.as_mut().and_then(|exec| exec.cluster.as_mut()) {
         exec_cluster.proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.clone());
     }
-    Ok(Loaded { config, cluster, ca })
+    Ok(Loaded { config, cluster, ca, context_namespace })
 }

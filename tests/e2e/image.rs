@@ -253,9 +253,10 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
         assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
     };
 
-    // Without the service account's files: a broken ~/.kube/config and the account, both named.
+    // Without the service account's files: a ~/.kube/config that holds nothing usable (no current
+    // context) and the account, both named.
     let Some(bare) = Root::new(&env) else { return };
-    bare.put("/home/.kube/config", "{ not: [ a kubeconfig");
+    bare.put("/home/.kube/config", "");
     let done = bare.lock(&env, &pod(&[("HOME", "/home")]));
     failed(&done, &["cannot use ~/.kube/config", "nor the pod's service account"]);
     // With the account's CA and namespace but no token (which kube reads only when it first asks):
@@ -267,6 +268,11 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
     failed(&done, &["cannot use ~/.kube/config", "nor the pod's service account", "token"]);
     let done = bare.lock(&env, &pod(&[]));
     failed(&done, &["cannot use the pod's service account", "token", "automountServiceAccountToken"]);
+    // A broken ~/.kube/config is named, never passed over, as for kubectl.
+    bare.put("/home/.kube/config", "{ not: [ a kubeconfig");
+    let done = bare.lock(&env, &pod(&[("HOME", "/home")]));
+    failed(&done, &["cannot use ~/.kube/config"]);
+    assert!(!done.stderr.contains("service account"), "{}", done.stderr);
 
     let Some(root) = Root::new(&env) else { return };
     root.put(&format!("{account}/ca.crt"), &server.ca_pem());
@@ -301,12 +307,17 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
         failed(&done, &[expected]);
         assert!(!done.stderr.contains("service account"), "{}", done.stderr);
     }
+    // A broken ~/.kube/config too, in a pod as anywhere (kube's `Config::infer` would pass it over).
+    let done = root.lock(&env, &pod(&[("HOME", "/home")]));
+    failed(&done, &["cannot use ~/.kube/config"]);
+    assert!(!done.stderr.contains("service account"), "{}", done.stderr);
     // Passed over, as kubectl passes them over: a $KUBECONFIG whose files are missing (a dangling link
-    // too) or empty, and a broken ~/.kube/config.
+    // too) or empty, and an empty ~/.kube/config.
     assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/missing")])));
     assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/dangling")])));
     assert_ran_the_child(&root.lock(&env, &pod(&[("KUBECONFIG", "/empty")])));
-    assert_ran_the_child(&root.lock(&env, &pod(&[("HOME", "/home")])));
+    root.put("/empty-home/.kube/config", "");
+    assert_ran_the_child(&root.lock(&env, &pod(&[("HOME", "/empty-home")])));
     // A $KUBECONFIG of only separators names no file: ~/.kube/config is not read (here one whose server
     // is closed), and the service account is used.
     let closed = server.kubeconfig_yaml("default").replace(&server.addr().to_string(), "127.0.0.1:1");
@@ -318,6 +329,60 @@ fn in_a_pod_an_unusable_kubeconfig_named_by_kubeconfig_is_never_passed_over_for_
     let done = Proc::spawn(status, &env.dir).finish();
     done.assert_code(125);
     assert!(done.stderr.contains("127.0.0.1:1"), "{}", done.stderr);
+}
+
+/// The namespace, as client-go picks it (found by review: a kubeconfig without a namespace gave
+/// `default` in a pod, and `POD_NAMESPACE` beat the context's namespace): the context's; in a pod,
+/// `POD_NAMESPACE`, then the service account's, also under a kubeconfig that names none; else `default`.
+#[test]
+fn the_namespace_is_client_gos_the_contexts_then_in_a_pod_the_pods() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let port = server.addr().port().to_string();
+    let Some(root) = Root::new(&env) else { return };
+    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
+    root.put(&format!("{account}/ca.crt"), &server.ca_pem());
+    root.put(&format!("{account}/token"), "not-a-real-token");
+    root.put(&format!("{account}/namespace"), "sa-ns\n");
+    let with_namespace = server.kubeconfig_yaml("kc-ns");
+    let without: String =
+        with_namespace.lines().filter(|line| !line.contains("namespace:")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(without, with_namespace);
+    root.put("/with", &with_namespace);
+    root.put("/without", &without);
+    let pod = [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
+    let namespace_of = |envs: &[(&str, &str)]| -> String {
+        let mut status = root.command(&["status", "job"]);
+        status.envs(envs.iter().copied());
+        let done = Proc::spawn(status, &env.dir).finish();
+        let out = format!("{}{}", done.stdout, done.stderr);
+        ["kc-ns", "sa-ns", "pod-ns", "default", "other"]
+            .into_iter()
+            .find(|ns| out.contains(&format!("{ns}/job")) || out.contains(&format!("namespace \"{ns}\"")))
+            .unwrap_or_else(|| panic!("no namespace found in: {out}"))
+            .to_string()
+    };
+    type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a str);
+    let cases: [Case; 7] = [
+        (&[("KUBECONFIG", "/without")], true, "sa-ns"),
+        (&[("KUBECONFIG", "/without"), ("POD_NAMESPACE", "pod-ns")], true, "pod-ns"),
+        (&[("KUBECONFIG", "/with"), ("POD_NAMESPACE", "pod-ns")], true, "kc-ns"),
+        (&[("POD_NAMESPACE", "pod-ns")], true, "pod-ns"),
+        (&[], true, "sa-ns"),
+        (&[("KUBECONFIG", "/without"), ("POD_NAMESPACE", "pod-ns")], false, "default"),
+        (&[("KUBECONFIG", "/with"), ("MPSYNC_NAMESPACE", "other")], true, "other"),
+    ];
+    for (envs, in_pod, expected) in cases {
+        let mut all: Vec<(&str, &str)> = envs.to_vec();
+        if in_pod {
+            all.extend_from_slice(&pod);
+        }
+        assert_eq!(namespace_of(&all), expected, "with {all:?}");
+    }
+    // An empty MPSYNC_NAMESPACE is unset, as kubectl's `-n ""`.
+    let mut all = vec![("KUBECONFIG", "/with"), ("MPSYNC_NAMESPACE", "")];
+    all.extend_from_slice(&pod);
+    assert_eq!(namespace_of(&all), "kc-ns");
 }
 
 #[test]
