@@ -305,11 +305,11 @@ fn a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lea
 /// `kill -STOP` the holder, but not in the few milliseconds of a file-backend write: stopped with its lock
 /// directory locked, it would keep every writer of the directory out until continued (README: a signal
 /// nobody can catch), which is not what these tests are about. Retried until it stops between writes.
-fn freeze_between_writes(holder: &Proc) {
+fn freeze_between_writes(env: &TestEnv, holder: &Proc) {
     loop {
         holder.signal(Signal::SIGSTOP);
         wait_until("the holder to stop", || pty::state(holder.pid()) == Some('T'));
-        if !holds_flock(holder.pid()) {
+        if !holds_flock(holder.pid(), &env.lock_dir()) {
             return;
         }
         holder.signal(Signal::SIGCONT);
@@ -327,7 +327,7 @@ fn frozen_holder(env: &TestEnv, prefix: &str, script: impl Fn(&str) -> String) {
     holder.wait_for_file(&alive, "alive");
     let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
-    freeze_between_writes(&holder);
+    freeze_between_writes(env, &holder);
     let waited = waiter.finish();
     waited.assert_code(0);
     let started = read_stamps(&log).iter().find(|s| s.0 == "start").map(|s| s.1).expect("the waiter's child ran");

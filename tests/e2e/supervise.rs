@@ -756,7 +756,7 @@ mod issue13 {
         for round in 0..300 {
             a.signal(Signal::SIGTSTP);
             wait_until("A to stop", || state(a.pid()) == Some('T'));
-            assert!(!holds_flock(a.pid()), "round {round}: stopped with the lock directory locked");
+            assert!(!holds_flock(a.pid(), &env.lock_dir()), "round {round}: stopped with the lock directory locked");
             a.signal(Signal::SIGCONT);
             wait_until("A to run again", || state(a.pid()) != Some('T'));
         }

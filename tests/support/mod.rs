@@ -559,13 +559,21 @@ pub fn wait_for_file(path: &Path, needle: &str) -> String {
     contents
 }
 
-/// Whether process `pid` holds an exclusive flock (as the file backend's writers hold their lock
-/// directory for the few milliseconds of a write), by /proc/locks.
-pub fn holds_flock(pid: i32) -> bool {
-    let pid = pid.to_string();
+/// Whether process `pid` holds an exclusive flock on `path` (as the file backend's writers hold their
+/// lock directory for the few milliseconds of a write), by /proc/locks. Only `path`'s (by its inode): a
+/// lock shows the pid of the process that took it, and on a busy machine PIDs come round again (32768
+/// here), so another file's lock, taken by a process long gone whose descriptor lives on in a child,
+/// can carry the same pid.
+pub fn holds_flock(pid: i32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = fs::metadata(path) else { return false };
+    let (pid, inode) = (pid.to_string(), format!(":{}", metadata.ino()));
     fs::read_to_string("/proc/locks").unwrap_or_default().lines().any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK") && fields.get(3) == Some(&"WRITE") && fields.get(4) == Some(&pid.as_str())
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(3) == Some(&"WRITE")
+            && fields.get(4) == Some(&pid.as_str())
+            && fields.get(5).is_some_and(|file| file.ends_with(&inode))
     })
 }
 
