@@ -29,7 +29,9 @@ use crate::error::Result;
 ///
 /// Unlike kube's, it does not retry 429 and 5xx answers itself (mpsync's locks retry by their own rules)
 /// and has no read timeout of its own (every call of a lock is bounded; bound your own calls). Its
-/// default namespace is the kubeconfig context's (`client.default_namespace()`). Its `valid_until()` is
+/// default namespace (`client.default_namespace()`) is client-go's: the kubeconfig context's, else in a
+/// pod the pod's, else `default`; one that is not a valid name (a bad `POD_NAMESPACE`) is an
+/// [`Error::Config`](crate::Error::Config). Its `valid_until()` is
 /// `None`: a client certificate issued by an exec plugin is not renewed (nor is it by kube's client),
 /// so a program that runs longer than such a certificate lives must build a new client.
 ///

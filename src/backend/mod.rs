@@ -112,14 +112,14 @@ pub async fn connect(
     let Loaded { mut config, cluster, ca, context_namespace } = load(kubeconfig, context, caller).await?;
     // As client-go has it: the context's namespace; else, where a pod's service account is there to use,
     // the pod's namespace (even under a kubeconfig that names none); else `default`.
-    let default_namespace = match context_namespace {
-        Some(namespace) => namespace,
+    let (default_namespace, origin) = match context_namespace {
+        Some(namespace) => (namespace, "the kubeconfig context"),
         None if in_a_pod() => pod_namespace(),
-        None => config.default_namespace.clone(),
+        None => (config.default_namespace.clone(), "the configuration"),
     };
     if namespace.is_none() {
         crate::validate::namespace(&default_namespace)
-            .map_err(|err| Error::Config(format!("the configuration's namespace: {err}")))?;
+            .map_err(|err| Error::Config(format!("the namespace from {origin}: {err}")))?;
     }
     config.default_namespace = default_namespace;
     let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
@@ -317,16 +317,17 @@ fn in_a_pod() -> bool {
 }
 
 /// The pod's namespace, as client-go reads it: `POD_NAMESPACE`, else the service account's
-/// `namespace` file (trimmed), else `default`.
-fn pod_namespace() -> String {
-    std::env::var("POD_NAMESPACE")
+/// `namespace` file (trimmed), else `default`; with where it came from, in words.
+fn pod_namespace() -> (String, &'static str) {
+    if let Some(namespace) = std::env::var("POD_NAMESPACE").ok().filter(|namespace| !namespace.is_empty()) {
+        return (namespace, "POD_NAMESPACE");
+    }
+    std::fs::read_to_string(format!("{SERVICE_ACCOUNT}/namespace"))
         .ok()
+        .map(|namespace| namespace.trim().to_string())
         .filter(|namespace| !namespace.is_empty())
-        .or_else(|| {
-            let namespace = std::fs::read_to_string(format!("{SERVICE_ACCOUNT}/namespace")).ok()?;
-            Some(namespace.trim().to_string()).filter(|namespace| !namespace.is_empty())
-        })
-        .unwrap_or_else(|| "default".to_string())
+        .map(|namespace| (namespace, "the service account's namespace file"))
+        .unwrap_or_else(|| ("default".to_string(), "the default"))
 }
 
 /// The pod's service account, as kube's `Config::incluster`, with its token file checked now (kube

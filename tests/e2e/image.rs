@@ -383,6 +383,13 @@ fn the_namespace_is_client_gos_the_contexts_then_in_a_pod_the_pods() {
     let mut all = vec![("KUBECONFIG", "/with"), ("MPSYNC_NAMESPACE", "")];
     all.extend_from_slice(&pod);
     assert_eq!(namespace_of(&all), "kc-ns");
+    // One that is not a name is refused, and where it came from is said.
+    let mut status = root.command(&["status", "job"]);
+    status.envs([("KUBECONFIG", "/without"), ("POD_NAMESPACE", "Bad_NS")]).envs(pod);
+    let done = Proc::spawn(status, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("POD_NAMESPACE") && done.stderr.contains("Bad_NS"), "{}", done.stderr);
+    assert_eq!(done.stderr.trim().lines().count(), 1, "{}", done.stderr);
 }
 
 #[test]
