@@ -1008,16 +1008,20 @@ mod issue13 {
         assert_eq!(done.status.code(), Some(130));
     }
 
-    /// "#!/nonexistent": say which file is missing, as bash does, and exit 126 (the command was found).
+    /// "#!/missing/interpreter": say which file is missing, as bash does, and exit 126 (the command was
+    /// found). The interpreter's path is the test's own: `/nonexistent` (nobody's home) comes into being
+    /// when a tool run with that HOME writes its cache there.
     #[test]
     fn a_script_with_a_missing_interpreter_names_it() {
         let env = TestEnv::file();
         let script = env.path("script");
-        fs::write(&script, "#!/nonexistent\necho hi\n").unwrap();
+        let interpreter = env.path("no-such-interpreter");
+        fs::write(&script, format!("#!{}\necho hi\n", interpreter.display())).unwrap();
         fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let done = env.run(["lock".as_ref(), env.lease_name("badint").as_ref(), "--".as_ref(), script.as_os_str()]);
         done.assert_code(126);
-        assert!(done.stderr.contains("bad interpreter: /nonexistent: No such file or directory"), "{}", done.stderr);
+        let expected = format!("bad interpreter: {}: No such file or directory", interpreter.display());
+        assert!(done.stderr.contains(&expected), "{}", done.stderr);
         assert!(done.stderr.contains(&script.display().to_string()), "{}", done.stderr);
     }
 
