@@ -758,8 +758,8 @@ impl HeldLock {
     /// Give the lease back now, so that the next holder takes over at once: `holderIdentity` cleared
     /// and `leaseDurationSeconds: 1`, as client-go writes it, by a compare-and-swap, and only if the
     /// record is still this holder's own write. The cancellation token is cancelled before the release
-    /// is written. Returns once the
-    /// release is written (or found unnecessary), within the API call timeout.
+    /// is written. Returns once the release is written (or found unnecessary), within the API call
+    /// timeout.
     ///
     /// Releasing a lease that was lost writes nothing (another holder may have it) and is not an error.
     ///
@@ -1092,21 +1092,18 @@ mod watchdog {
     fn run(watchdog: &Watchdog) {
         let mut watched = watchdog.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
-            let now = Instant::now();
             let mut next: Option<Instant> = None;
             let mut due = Vec::new();
             watched.retain(|entry| {
                 if entry.token.is_cancelled() {
                     return false;
                 }
-                let (lost, deadline) = {
-                    let state = entry.state.borrow();
-                    (state.lost.is_some(), state.deadline)
-                };
-                if lost || now >= deadline {
+                // Lost as `HeldLock::is_lost` judges it.
+                if super::lost_now(&entry.state) {
                     due.push(entry.token.clone());
                     return false;
                 }
+                let deadline = entry.state.borrow().deadline;
                 next = Some(next.map_or(deadline, |at| at.min(deadline)));
                 true
             });
