@@ -197,7 +197,7 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     let context = context.filter(|context| !context.is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
-        let file = Kubeconfig::read_from(&path).map_err(|err| {
+        let file = read_kubeconfig_file(&path).map_err(|err| {
             Error::Config(format!(
                 "cannot use kubeconfig {}: {}\n{}",
                 path.display(),
@@ -227,7 +227,7 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     };
     let read = match &env_paths {
         Some(paths) if paths.is_empty() => None,
-        _ => Some(Kubeconfig::read()),
+        _ => Some(read_kubeconfig(env_paths.as_deref())),
     };
     // A kubeconfig is there ($KUBECONFIG names a file that is there, or ~/.kube/config is there), with
     // something in it: it must be usable, in a pod too, as for kubectl. Falling back to the pod's service
@@ -304,6 +304,25 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     }
 }
 
+/// The files `$KUBECONFIG` names, merged (else `~/.kube/config`), as kube's `Kubeconfig::read` merges
+/// them, except that an empty `current-context` counts as unset, as client-go counts it: a file that
+/// says `current-context: ""` does not hide the current context of a file after it.
+fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubeconfig, KubeconfigError> {
+    match env_paths {
+        Some(paths) => {
+            paths.iter().try_fold(Kubeconfig::default(), |merged, path| merged.merge(read_kubeconfig_file(path)?))
+        }
+        None => read_kubeconfig_file(&std::env::home_dir().ok_or(KubeconfigError::FindPath)?.join(".kube/config")),
+    }
+}
+
+/// One kubeconfig file, as kube reads it, its empty `current-context` counted as unset.
+fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, KubeconfigError> {
+    let mut file = Kubeconfig::read_from(path)?;
+    file.current_context = file.current_context.filter(|context| !context.is_empty());
+    Ok(file)
+}
+
 /// Where a pod's service-account files are mounted.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -378,6 +397,11 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
         return Err(Error::Config(format!(
             "no context {context:?} in {origin} (its contexts: {})",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )));
+    }
+    if options.context.is_none() && file.current_context.is_none() {
+        return Err(Error::Config(format!(
+            "cannot use {origin}: it sets no current-context, and no context was chosen"
         )));
     }
     let chosen_context = options

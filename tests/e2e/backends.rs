@@ -215,6 +215,38 @@ fn an_unparsable_kubeconfig_is_named_with_the_reason() {
     }
 }
 
+/// An empty `current-context` is unset, as for kubectl: in the first file `$KUBECONFIG` names it does
+/// not hide the second file's current context. Where no file sets one and no context is chosen, the
+/// error says so (it said "failed to load current context: ", with an empty name).
+#[test]
+fn an_empty_current_context_does_not_hide_a_later_files() {
+    let env = TestEnv::file();
+    let home = env.path("empty-home");
+    let first = env.path("first-kubeconfig");
+    std::fs::write(&first, "apiVersion: v1\nkind: Config\ncurrent-context: \"\"\n").unwrap();
+    let second = env.path("second-kubeconfig");
+    std::fs::write(
+        &second,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n\
+         contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user: {}\n\
+         current-context: x\n",
+    )
+    .unwrap();
+    let both = format!("{}:{}", first.display(), second.display());
+    // The second file's server, closed.
+    let done = without_a_backend(&env, &["status", "job"], &home, Some(&both), None);
+    done.assert_code(125);
+    assert!(done.stderr.contains("127.0.0.1:1"), "{}", done.stderr);
+    let only_first = first.display().to_string();
+    let done = without_a_backend(&env, &["status", "job"], &home, Some(&only_first), None);
+    done.assert_code(125);
+    assert!(done.stderr.contains("no current-context"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+    let done = without_a_backend(&env, &["status", "job", "--kubeconfig", &only_first], &home, None, None);
+    done.assert_code(125);
+    assert!(done.stderr.contains("no current-context"), "{}", done.stderr);
+}
+
 /// 8 processes x 200 acquisitions on the file backend: no two children overlap, and fencing tokens
 /// strictly increase in start order.
 #[test]
