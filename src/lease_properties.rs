@@ -122,6 +122,9 @@ struct Request {
 #[derive(Debug)]
 struct Child {
     token: i32,
+    /// The renew deadline of its process's hold, as the clock that stops it (the CLI's guard, the
+    /// library's watchdog) last knew it: it stays when the process notes a loss but has not acted on it.
+    deadline: Instant,
     /// When it is dead for sure: set when it exits, or when its process found the lease lost (+ grace).
     dead_by: Option<Instant>,
 }
@@ -397,7 +400,7 @@ impl World {
         self.last_token = Some(held.fencing_token);
         self.last_child_of = Some(p);
         self.children_started += 1;
-        self.procs[p].child = Some(Child { token: held.fencing_token, dead_by: None });
+        self.procs[p].child = Some(Child { token: held.fencing_token, deadline: held.deadline(TIMING), dead_by: None });
         Ok(())
     }
 
@@ -531,9 +534,9 @@ impl World {
     /// child is stopped at its renew deadline by the clock alone.
     fn stall(&mut self, stalled: usize, millis: u64) -> Result<(), TestCaseError> {
         let target = self.now + Duration::from_millis(millis);
-        let deadline = self.procs[stalled].elector.held().map(|held| held.deadline(TIMING));
-        if let Some(deadline) = deadline
-            && let Some(child) = self.procs[stalled].child.as_mut()
+        let held = self.procs[stalled].elector.held().map(|held| held.deadline(TIMING));
+        if let Some(child) = self.procs[stalled].child.as_mut()
+            && let deadline = held.unwrap_or(child.deadline)
             && deadline <= target
             && child.dead_by.is_none()
         {
@@ -567,6 +570,11 @@ impl World {
     /// asked through a copy, so that a check never records a loss the process itself has not seen.)
     fn check_held(&mut self) -> Result<(), TestCaseError> {
         for p in 0..self.procs.len() {
+            if let Some(deadline) = self.procs[p].elector.held().map(|held| held.deadline(TIMING))
+                && let Some(child) = self.procs[p].child.as_mut()
+            {
+                child.deadline = deadline;
+            }
             if let Some(held) = self.procs[p].elector.held() {
                 let acquisition = (held.acquire_time.clone(), held.fencing_token);
                 let deadline = held.deadline(TIMING);
