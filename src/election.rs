@@ -2,7 +2,7 @@
 //! leads, cancel it when leadership is lost, then campaign again or return.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -152,8 +152,9 @@ impl Election {
         self
     }
 
-    /// How long the work has, after its token is cancelled on a loss, to return before it is dropped.
-    /// `renew_deadline + grace` must stay below `lease_duration` (checked by [`run`](Self::run)), so
+    /// How long the work has, after its token is cancelled on a loss, to return before it is dropped:
+    /// never past `renew_deadline + grace` after the last good renewal, so a loss learned late (the
+    /// runtime did not run at the deadline) leaves less, or none. `renew_deadline + grace` must stay below `lease_duration` (checked by [`run`](Self::run)), so
     /// that the work is gone before anyone else can lead.
     pub fn grace(mut self, grace: Duration) -> Election {
         self.grace = grace;
@@ -227,16 +228,25 @@ impl Election {
             // Boxed, so that it can be dropped before the lease is given back.
             let mut running = Box::pin(work(leadership));
             let mut stopping = false;
-            let reason = loop {
+            let (reason, returned) = loop {
                 tokio::select! {
+                    // A loss first: work that is ready too (a runtime that did not run at the deadline
+                    // runs again) is not polled once more.
+                    biased;
+                    reason = held.lost() => break (reason, false),
                     output = &mut running => {
                         token.cancel();
+                        // Returned after the lease was lost (a runtime that did not run at the deadline):
+                        // not while leading. Its value is dropped, as for work dropped after the grace.
+                        if let Some(reason) = held.loss_now() {
+                            drop(output);
+                            break (reason, true);
+                        }
                         if let Err(err) = held.release().await {
                             tracing::warn!(lease = %self.lock.name(), error = %err, "could not release the lease; it expires after its duration");
                         }
                         return Ok(Outcome::Finished(output));
                     }
-                    reason = held.lost() => break reason,
                     () = shutdown.cancelled(), if !stopping => {
                         tracing::info!(lease = %held.name(), "shutting down; waiting for the work to return");
                         stopping = true;
@@ -246,7 +256,12 @@ impl Election {
             };
             token.cancel();
             tracing::warn!(lease = %held.name(), reason = %reason, "leadership lost; stopping the work");
-            if tokio::time::timeout(self.grace, &mut running).await.is_err() {
+            // The grace counts from the loss, and never past `renew_deadline + grace` after the last good
+            // renewal, even when this runtime learns of the loss late (it did not run at the deadline):
+            // then the work is dropped at once, before anyone else can lead.
+            let now = Instant::now();
+            let until = (now + self.grace).min(held.deadline() + self.grace);
+            if !returned && (until <= now || tokio::time::timeout_at(until.into(), &mut running).await.is_err()) {
                 tracing::warn!(lease = %held.name(), grace = ?self.grace, "the work did not return within the grace; dropped");
             }
             drop(running);

@@ -694,6 +694,17 @@ impl HeldLock {
         self.token.is_cancelled() || lost_now(&self.state)
     }
 
+    /// Why the lease is lost, if it is now, as [`is_lost`](Self::is_lost) judges it.
+    pub(crate) fn loss_now(&self) -> Option<LossReason> {
+        self.is_lost().then(|| self.state.borrow().lost.clone().unwrap_or(LossReason::RenewDeadline))
+    }
+
+    /// The renew deadline as it stands: the lease counts as lost at this moment unless a renewal sent
+    /// before it succeeds.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.state.borrow().deadline
+    }
+
     /// What `is_lost` looks at, for those who must judge it like the lock does (`Leadership`).
     pub(crate) fn hold_state(&self) -> watch::Receiver<HoldState> {
         self.state.clone()
@@ -711,6 +722,10 @@ impl HeldLock {
             let HoldState { deadline, lost } = state.borrow_and_update().clone();
             if let Some(reason) = lost {
                 return reason;
+            }
+            // Past the deadline already (a runtime that did not run then): lost now, without a timer.
+            if Instant::now() >= deadline {
+                return LossReason::RenewDeadline;
             }
             tokio::select! {
                 // Cancelled at the deadline (by the watchdog) or on a loss: the reason follows, if any.

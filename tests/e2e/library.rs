@@ -10,8 +10,8 @@ use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -33,6 +33,7 @@ both_backends!(
     a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run,
     cancelling_the_token_oneself_stops_only_the_work,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
+    election_drops_at_once_work_whose_grace_ran_out_while_the_runtime_did_not_run,
     work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again,
     cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease,
     client_go_record_is_respected_then_taken_over_in_its_format,
@@ -468,7 +469,8 @@ fn work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again(env
                 }
             })
             .await;
-        assert!(outcome.is_ok(), "{outcome:?}");
+        // It returned after the loss: not while leading.
+        assert!(matches!(outcome, Ok(Outcome::Lost(LossReason::RenewDeadline))), "{outcome:?}");
         assert!(seen.load(Ordering::SeqCst), "Leadership::is_lost, and its token, after the renew deadline");
     });
 }
@@ -523,6 +525,42 @@ fn election_cancels_the_work_on_loss_and_drops_it_after_the_grace(env: &TestEnv)
         assert!(returned - taken >= Duration::from_secs(1), "the work had its grace: {:?}", returned - taken);
         assert!(returned - taken < FAST.lease_duration + Duration::from_secs(2), "{:?}", returned - taken);
     });
+}
+
+/// Found by review: another task blocks the election's (current-thread) runtime from before the renew
+/// deadline until after `renew_deadline + grace`. The work, which awaits but ignores its token, is never
+/// polled again when the runtime runs again: the grace ran out while it did not run (it counted from when
+/// the loss was seen, so the work ran on for a full grace, past the moment another process could lead).
+fn election_drops_at_once_work_whose_grace_ran_out_while_the_runtime_did_not_run(env: &TestEnv) {
+    let name = env.lease_name("lib-blocked-grace");
+    let last_step: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let unblocked: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let outcome = runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        // Grace 1s: the work must be gone 3s after the last good renewal.
+        let election = Election::new(lock).after_loss(AfterLoss::Return);
+        election
+            .run(|_leadership| {
+                let (last_step, unblocked) = (Arc::clone(&last_step), Arc::clone(&unblocked));
+                async move {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        // Blocks the runtime's only thread past renew_deadline + grace after any renewal.
+                        std::thread::sleep(FAST.renew_deadline + Duration::from_millis(1800));
+                        *unblocked.lock().unwrap() = Some(Instant::now());
+                    });
+                    loop {
+                        *last_step.lock().unwrap() = Some(Instant::now());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+            .await
+    });
+    assert!(matches!(outcome, Ok(Outcome::Lost(LossReason::RenewDeadline))), "{outcome:?}");
+    let last_step = last_step.lock().unwrap().expect("the work ran");
+    let unblocked = unblocked.lock().unwrap().expect("the runtime was blocked");
+    assert!(last_step < unblocked, "the work ran {:?} after the runtime ran again", last_step - unblocked);
 }
 
 fn cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease(env: &TestEnv) {
