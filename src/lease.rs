@@ -327,6 +327,11 @@ pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 /// tried at once (a newcomer) or left the first window to others (one of a crowd); a value written for
 /// another token (a writer that keeps annotations it does not know) says nothing.
 pub const CONTENDERS_ANNOTATION: &str = "mpsync.io/contenders";
+/// The annotation with which a side-car marks its writes, with the token of the acquisition they belong
+/// to as its value. A side-car adopts only a record under its identity that carries it for that record's
+/// token: one a side-car of its pod wrote, never one of `lock`, `elect` or another program given the
+/// same identity (which it would otherwise take over while their child runs).
+pub const SIDECAR_ANNOTATION: &str = "mpsync.io/side-car";
 /// Beyond this many bytes of other annotations (keys and values), an acquisition leaves
 /// `CONTENDERS_ANNOTATION` out: the API server refuses more than 256 KiB of annotations, and the file
 /// backend a record over 1 MiB.
@@ -696,7 +701,7 @@ impl Elector {
 
         if self.held.is_none()
             && let Some(current) = self.current()
-            && self.is_foreign_under_our_identity(&current.record)
+            && self.is_foreign_under_our_identity(current)
         {
             self.collision = true;
         }
@@ -1000,11 +1005,11 @@ impl Elector {
             }
             return self.acquisition(Some(current), now);
         }
-        if holder == self.identity && (self.adopt || self.is_own_write(&current.record)) {
+        if holder == self.identity && (self.adoptable(current) || self.is_own_write(&current.record)) {
             // Our own record from an earlier hold (its child is gone), or the side-car's adoption, which
             // keeps the token, unless a larger one was seen (a create of ours that landed after a
             // deletion): then it is taken again with a new token, as any acquisition.
-            return match self.adopt && !self.below_token_floor(&current.record) {
+            return match self.adoptable(current) && !self.below_token_floor(&current.record) {
                 true => Action::Write(self.adoption(current, now)),
                 false => self.acquisition(Some(current), now),
             };
@@ -1068,6 +1073,17 @@ impl Elector {
 
     /// Mark a write as ours: for a slot, the semaphore's count.
     fn marked(&self, mut write: Write) -> Write {
+        // A side-car's write says so, for its token; anyone else's carries no such mark over.
+        if self.adopt {
+            let token = write.record.lease_transitions.unwrap_or(0).to_string();
+            write
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(SIDECAR_ANNOTATION.to_string(), token);
+        } else if let Some(annotations) = write.metadata.annotations.as_mut() {
+            annotations.remove(SIDECAR_ANNOTATION);
+        }
         if let Some(slots) = self.slots {
             write
                 .metadata
@@ -1177,8 +1193,23 @@ impl Elector {
     }
 
     /// A live record under our identity that is not our own write (and that we do not adopt).
-    fn is_foreign_under_our_identity(&self, record: &LeaseSpec) -> bool {
-        !self.adopt && record.holder_identity.as_deref() == Some(self.identity.as_str()) && !self.is_own_write(record)
+    fn is_foreign_under_our_identity(&self, current: &Versioned) -> bool {
+        !self.adoptable(current)
+            && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && !self.is_own_write(&current.record)
+    }
+
+    /// Whether this elector (a side-car's) adopts `current` as its own: held under its identity and
+    /// marked by a side-car for its token (see [`SIDECAR_ANNOTATION`]).
+    pub fn adoptable(&self, current: &Versioned) -> bool {
+        self.adopt
+            && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && current
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(SIDECAR_ANNOTATION))
+                .is_some_and(|token| *token == current.record.lease_transitions.unwrap_or(0).to_string())
     }
 
     /// Whether `record`'s token is below the largest one this process has seen: a create of ours that
@@ -1963,12 +1994,41 @@ mod tests {
     fn the_side_car_adopts_its_pods_record_keeping_the_token() {
         let t0 = Instant::now();
         let mut elector = Elector::adopting("pod-a", TIMING);
-        elector.observe(Some(versioned(4, record(Some("pod-a"), Some(30), Some(6)))), t0);
+        elector.observe(Some(marked_by_a_side_car(4, record(Some("pod-a"), Some(30), Some(6)), "6")), t0);
         let write = expect_write(elector.next(now(t0, 0.0)));
         assert_eq!(write.record.lease_transitions, Some(6));
         assert_eq!(write.record.acquire_time, Some(wall(-100)));
+        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SIDECAR_ANNOTATION], "6");
         apply(&mut elector, &write, 5, t0, t0);
         assert_eq!(elector.held().unwrap().fencing_token, 6);
+    }
+
+    fn marked_by_a_side_car(rv: u64, record: LeaseSpec, token: &str) -> Versioned {
+        let mut versioned = versioned(rv, record);
+        versioned.metadata.annotations = Some([(SIDECAR_ANNOTATION.to_string(), token.to_string())].into());
+        versioned
+    }
+
+    /// Found by review: a side-car adopted the record of an `mpsync lock` given its identity, while that
+    /// lock's child ran. It adopts only a record a side-car marked for that record's token: not one with
+    /// no mark, nor one whose mark another writer carried over to its own acquisition. Those are another
+    /// process's (an identity collision): waited out. A writer other than a side-car drops the mark.
+    #[test]
+    fn the_side_car_adopts_only_a_record_a_side_car_wrote() {
+        let t0 = Instant::now();
+        for current in [
+            versioned(4, record(Some("pod-a"), Some(15), Some(6))),
+            marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(7)), "6"),
+        ] {
+            let mut elector = Elector::adopting("pod-a", TIMING);
+            elector.observe(Some(current), t0);
+            assert!(elector.take_collision(), "an identity collision");
+            assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(t0 + Duration::from_secs(15)));
+        }
+        let mut lock = Elector::new("me", TIMING);
+        lock.observe(Some(marked_by_a_side_car(4, record(Some(""), Some(1), Some(6)), "6")), t0);
+        let write = expect_write(lock.next(now(t0, 0.0)));
+        assert!(!write.metadata.annotations.as_ref().unwrap().contains_key(SIDECAR_ANNOTATION));
     }
 
     fn annotated(rv: u64, record: LeaseSpec, slots: &str) -> Versioned {

@@ -159,7 +159,13 @@ struct World {
     /// The process that started the last child.
     last_child_of: Option<usize>,
     children_started: usize,
-    deleted_since_last_child: bool,
+    /// How many times the Lease was deleted so far.
+    deletions: u32,
+    /// Every acquisition (acquireTime, token) the server committed, with how many deletions had happened
+    /// by its first commit: the Lease's incarnation it belongs to.
+    incarnations: Vec<((Option<MicroTime>, i32), u32)>,
+    /// The incarnation of the last child's acquisition.
+    last_child_incarnation: u32,
 }
 
 impl World {
@@ -173,15 +179,14 @@ impl World {
         World::believing(|_| contenders)
     }
 
-    /// Process 2 is a side-car (it adopts every record under its identity, as its pod's); process 0 has an
-    /// identity of its own (the side-car would adopt a second process's record under its identity).
+    /// Process 2 is a side-car (it adopts the records a side-car wrote under its identity, as its pod's);
+    /// process 0 is a plain process with the same identity (`lock` given the pod's name), whose records
+    /// the side-car must never adopt.
     fn with_a_side_car() -> World {
         let mut world = World::new();
-        for (p, elector) in [(0, Elector::new("c", TIMING)), (2, Elector::adopting("a", TIMING))] {
-            let mut elector = elector.with_seed(p as u64 + 1);
-            elector.set_watching(true);
-            world.procs[p].elector = elector;
-        }
+        let mut side_car = Elector::adopting("a", TIMING).with_seed(3);
+        side_car.set_watching(true);
+        world.procs[2].elector = side_car;
         world
     }
 
@@ -222,7 +227,9 @@ impl World {
             last_token: None,
             last_child_of: None,
             children_started: 0,
-            deleted_since_last_child: false,
+            deletions: 0,
+            incarnations: Vec::new(),
+            last_child_incarnation: 0,
         }
     }
 
@@ -247,6 +254,14 @@ impl World {
             Some(v) => WatchUpdate::Present(v.clone()),
             None => WatchUpdate::Deleted { resource_version: self.version.to_string() },
         };
+        if let Some(v) = &stored {
+            let acquisition = (v.record.acquire_time.clone(), v.record.lease_transitions.unwrap_or(0));
+            if !self.incarnations.iter().any(|(known, _)| *known == acquisition) {
+                self.incarnations.push((acquisition, self.deletions));
+            }
+        } else {
+            self.deletions += 1;
+        }
         self.server = stored;
         for proc in &mut self.procs {
             proc.events.push_back(event.clone());
@@ -380,23 +395,29 @@ impl World {
                 );
             }
         }
+        let acquisition = (held.acquire_time.clone(), held.fencing_token);
+        let incarnation =
+            self.incarnations.iter().find(|(known, _)| *known == acquisition).map_or(self.deletions, |(_, at)| *at);
         if let Some(last) = self.last_token {
             // Deleting the Lease resets tokens for a process that never saw the larger ones (the README says
-            // so); any process that did see them continues from there.
+            // so); any process that did see them continues from there. What counts is a deletion between the
+            // two acquisitions, not between the two children's starts: a process that learns late that its
+            // write was applied starts its child after a deletion that came after that write.
             let saw_larger = self.procs[p].elector.token_floor.is_some_and(|floor| floor > held.fencing_token);
-            let reset_allowed = self.deleted_since_last_child && !saw_larger;
+            let reset_allowed = incarnation > self.last_child_incarnation && !saw_larger;
             // The side-car adopts its pod's record with its token: after its own last child, with nobody
             // else's between, the same token again.
             let adopted_again =
                 self.procs[p].elector.adopt && self.last_child_of == Some(p) && held.fencing_token == last;
             prop_assert!(
                 held.fencing_token > last || reset_allowed || adopted_again,
-                "token {} after {last} (process {p}, deleted since: {})",
+                "token {} after {last} (process {p}, incarnations {} after {})",
                 held.fencing_token,
-                self.deleted_since_last_child
+                incarnation,
+                self.last_child_incarnation
             );
         }
-        self.deleted_since_last_child = false;
+        self.last_child_incarnation = incarnation;
         self.last_token = Some(held.fencing_token);
         self.last_child_of = Some(p);
         self.children_started += 1;
@@ -648,10 +669,7 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             // Deleting the lease under a process that never saw its holder is the one window the README
             // states (such a process may create it at once): only deletions of a free lease, or of one whose
             // current holder every process has seen (renewals it has not seen yet do not matter).
-            Step::Delete if world.everyone_saw_the_holder() => {
-                world.commit(None);
-                world.deleted_since_last_child = true;
-            }
+            Step::Delete if world.everyone_saw_the_holder() => world.commit(None),
             Step::Delete => {}
         }
         world.check_held()?;

@@ -255,7 +255,7 @@ impl Locks {
             let holding = elector.held().is_some();
             match action {
                 Action::Write(write) => {
-                    let adopting = !holding && self.is_ours(elector.current());
+                    let adopting = !holding && elector.current().is_some_and(|current| elector.adoptable(current));
                     if self.draining() && !holding && !adopting {
                         return Response::error(
                             503,
@@ -330,11 +330,6 @@ impl Locks {
         tracing::warn!(lease = %self.lease_name(name), error = %err, "API call failed; {what}");
     }
 
-    /// Whether `current` is a record held under this side-car's identity (the pod's).
-    fn is_ours(&self, current: Option<&Versioned>) -> bool {
-        current.is_some_and(|current| current.record.holder_identity.as_deref() == Some(self.identity.as_str()))
-    }
-
     /// DELETE: give the lock up if this identity holds it (200), 409 if another does, 404 if no such lock.
     async fn delete(&self, name: &str, elector: &mut Elector) -> Response {
         let lease = self.lease_name(name);
@@ -344,7 +339,7 @@ impl Locks {
         }
         // Held under our identity but unknown to this process (written before a restart): adopt it first,
         // so that it is our own write to release.
-        if elector.held().is_none() && self.is_ours(elector.current()) {
+        if elector.held().is_none() && elector.current().is_some_and(|current| elector.adoptable(current)) {
             let current = elector.current().cloned();
             if let Action::Write(write) = self.decide(name, elector, current)
                 && let Err(err) = engine::send(&self.store, &lease, elector, &write).await

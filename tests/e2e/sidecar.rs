@@ -17,6 +17,7 @@ both_backends!(
     lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl,
     post_creates_only_and_delete_hands_the_lock_over_at_once,
     restarted_side_car_adopts_the_locks_held_under_the_pods_identity,
+    a_side_car_never_adopts_a_lock_that_mpsync_lock_holds_under_its_identity,
     sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet,
     drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire,
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
@@ -347,13 +348,60 @@ fn restarted_side_car_adopts_the_locks_held_under_the_pods_identity(env: &TestEn
     heartbeat.assert_status(200);
     assert_eq!(heartbeat.json()["holder"], "pod-a");
     assert_eq!(heartbeat.json()["leaseTransitions"], token, "adopted, keeping its fencing token");
-    assert!(second.process.stderr().contains("adopted the lock"), "{}", second.process.stderr());
+    // Logged by mpsync's log thread, which may write it after the answer went out.
+    wait_until("the side-car to log the adoption", || second.process.stderr().contains("adopted the lock"));
     second.put(&kept).assert_status(200);
     assert_eq!(other.put(&kept).assert_status(409).json()["holder"], "pod-a");
 
     second.request("DELETE", &format!("/locks/{deleted}")).assert_status(200);
     assert_eq!(env.holder(&deleted).as_deref(), Some(""), "released after the restart");
     other.put(&deleted).assert_status(200);
+}
+
+/// Found by review: `mpsync lock` given the pod's name as its identity (`MPSYNC_HOLDER_IDENTITY` set for
+/// every container of the pod, say) holds the lease while its child runs. The side-car of that pod must
+/// not take it for its own: a PUT is 409 and a DELETE frees nothing (both were 200, and another process's
+/// child then started beside the first). Once the lock releases it, the side-car takes it.
+fn a_side_car_never_adopts_a_lock_that_mpsync_lock_holds_under_its_identity(env: &TestEnv) {
+    let name = env.lease_name("sc-not-adopted");
+    let path = format!("/locks/{name}");
+    let child_pid = env.path("child-pid");
+    let mut lock = env.spawn([
+        "lock",
+        &name,
+        "--identity",
+        "pod-a",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $$ > {}; exec sleep 600", child_pid.display()),
+    ]);
+    wait_until("the lock's child to start", || {
+        child_pid.exists() && std::fs::read_to_string(&child_pid).is_ok_and(|pid| pid.ends_with('\n'))
+    });
+    let child = read_pid(&child_pid);
+    let (_, written) = env.get(&name).unwrap();
+
+    let sidecar = Sidecar::of_pod(env, "pod-a", &[]);
+    assert_eq!(sidecar.put(&name).assert_status(409).json()["holder"], "pod-a");
+    sidecar.request("DELETE", &path).assert_status(409);
+    let (_, now) = env.get(&name).unwrap();
+    assert_eq!(now.acquire_time, written.acquire_time, "the lock's acquisition stands");
+    assert_eq!(now.lease_transitions, written.lease_transitions);
+    assert_eq!(now.holder_identity.as_deref(), Some("pod-a"));
+    assert!(!sidecar.process.stderr().contains("adopted the lock"), "{}", sidecar.process.stderr());
+    assert!(alive(child), "the lock's child still runs");
+    assert!(lock.wait_for(Duration::ZERO).is_none(), "the lock still holds:\n{}", lock.stderr());
+
+    lock.signal(Signal::SIGTERM);
+    lock.wait_for(PATIENCE).expect("the lock exits on SIGTERM");
+    let taken = sidecar.put(&name);
+    taken.assert_status(200);
+    assert!(
+        taken.json()["leaseTransitions"].as_i64() > written.lease_transitions.map(i64::from),
+        "a new acquisition: {}",
+        taken.body
+    );
 }
 
 /// Issue 11, item 2 over raw HTTP: after SIGTERM, new acquisitions get 503 while heartbeats keep getting
