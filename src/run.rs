@@ -6,7 +6,7 @@
 //! lost, the child is stopped. `elect` campaigns again after a loss; `lock` exits 123.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use nix::sys::signal::Signal;
@@ -179,6 +179,9 @@ impl Runner {
             });
         }
         health.child_started();
+        // As a subreaper: what mpsync adopts is told to the guard (see `Supervisor::note_adopted`).
+        let mut adoptions = tokio::time::interval(ADOPTION_LOOK);
+        adoptions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             tokio::select! {
@@ -223,6 +226,7 @@ impl Runner {
                 deadline = deadlines.changed() => {
                     supervisor.set_deadline(deadline.checked_add(guard_delay).map(Into::into));
                 }
+                _ = adoptions.tick(), if supervisor.adopts() => supervisor.note_adopted(),
                 reason = held.lost() => {
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;
@@ -236,6 +240,9 @@ impl Runner {
         }
     }
 }
+
+/// How often mpsync, as a subreaper, looks for processes it adopted, to tell its guard.
+const ADOPTION_LOOK: Duration = Duration::from_millis(100);
 
 fn is_stop(signal: Signal) -> bool {
     matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)

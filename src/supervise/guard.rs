@@ -3,8 +3,11 @@
 //!
 //! It holds the read end of a pipe whose only write ends are mpsync's and, until exec, a just-forked
 //! child's: end-of-file means mpsync is gone. Messages are 12 bytes, a native-endian i32 and i64: a
-//! positive i32 arms it with that process group; 0 disarms it (and forgets any deadline); -1 sets a
-//! deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none).
+//! positive i32 arms it with that process group; 0 disarms it (and forgets any deadline, and the adopted
+//! processes); -1 sets a deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none); -2 adds a process
+//! mpsync adopted as a subreaper to the job, the i64 its pid (the low 22 bits) and its start time (the
+//! bits above), so that it is killed with the job should mpsync die: with mpsync's death it is handed to
+//! init, where nothing else would find it.
 //!
 //! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
 //! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
@@ -81,6 +84,16 @@ impl Guard {
         self.send(-1, deadline_nanos);
     }
 
+    /// A process mpsync adopted (as a subreaper) is part of the job: killed with it if mpsync dies.
+    pub fn adopted(&self, pid: i32, start: u64) {
+        if let Ok(start) = i64::try_from(start)
+            && start < 1 << (63 - PID_BITS)
+            && (0..1 << PID_BITS).contains(&pid)
+        {
+            self.send(ADOPTED, start << PID_BITS | i64::from(pid));
+        }
+    }
+
     fn send(&self, command: i32, argument: i64) {
         if let Err(error) = nix::unistd::write(&self.pipe, &message(command, argument)) {
             warn!(%error, "cannot reach the guard process");
@@ -98,6 +111,13 @@ pub(crate) fn message(command: i32, argument: i64) -> [u8; MESSAGE] {
 
 /// The size of a message: under PIPE_BUF, so every write of one is atomic.
 pub(crate) const MESSAGE: usize = 12;
+
+/// The command that adds an adopted process (see the module docs).
+const ADOPTED: i32 = -2;
+/// How many bits of an `ADOPTED` argument hold the pid (`pid_max` is at most 2^22 on Linux).
+const PID_BITS: u32 = 22;
+/// How many adopted processes the guard remembers (the dead are forgotten when it is full).
+const MAX_ADOPTED: usize = 256;
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads on Linux, shared by every
 /// process of the machine.
@@ -158,6 +178,8 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
         let mut armed: libc::pid_t = 0;
         let mut leader_start: u64 = 0;
         let mut deadline: i64 = 0;
+        let mut adopted = [Stopped { pid: 0, start: 0 }; MAX_ADOPTED];
+        let mut adopted_count = 0;
         let mut message = [0u8; MESSAGE];
         let mut filled = 0;
         loop {
@@ -180,8 +202,9 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 // mpsync; only while mpsync is alive and still the guard's parent, for once it is gone its
                 // pid may be anyone's (and its children were handed to another process).
                 let group = if still_ours(armed, leader_start) { armed } else { 0 };
-                if libc::getppid() == mpsync {
-                    kill_tree(mpsync, me, group);
+                let root = if libc::getppid() == mpsync { mpsync } else { NO_ROOT };
+                if root == mpsync || adopted_count > 0 {
+                    kill_tree(root, me, group, &adopted[..adopted_count]);
                 }
                 if group > 0 {
                     libc::kill(-group, libc::SIGKILL);
@@ -202,7 +225,33 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                     argument.copy_from_slice(&message[4..]);
                     match command {
                         -1 => deadline = i64::from_ne_bytes(argument),
-                        0 => (armed, deadline) = (0, 0),
+                        0 => (armed, deadline, adopted_count) = (0, 0, 0),
+                        ADOPTED => {
+                            let packed = i64::from_ne_bytes(argument);
+                            let process = Stopped {
+                                pid: (packed & ((1 << PID_BITS) - 1)) as libc::pid_t,
+                                start: (packed >> PID_BITS) as u64,
+                            };
+                            if adopted_count == MAX_ADOPTED {
+                                // Full: forget those that are gone (or whose pid another process has).
+                                let mut kept = 0;
+                                for i in 0..adopted_count {
+                                    let entry = adopted[i];
+                                    if stat_of(entry.pid).is_some_and(|p| p.start == entry.start) {
+                                        adopted[kept] = entry;
+                                        kept += 1;
+                                    }
+                                }
+                                adopted_count = kept;
+                            }
+                            let known = adopted[..adopted_count]
+                                .iter()
+                                .any(|a| a.pid == process.pid && a.start == process.start);
+                            if !known && adopted_count < MAX_ADOPTED {
+                                adopted[adopted_count] = process;
+                                adopted_count += 1;
+                            }
+                        }
                         pgid => {
                             armed = pgid.max(0);
                             // The child arms the guard itself, before its exec: it is alive now.
@@ -217,12 +266,16 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 break;
             }
         }
-        if armed > 0 && still_ours(armed, leader_start) {
+        let group = if armed > 0 && still_ours(armed, leader_start) { armed } else { 0 };
+        if group > 0 || adopted_count > 0 {
             // mpsync is gone while the child's job runs: the group goes, and what its members started in
-            // other groups, found through them (not below mpsync: its children were handed to init, and its
-            // pid may be anyone's now).
-            kill_tree(NO_ROOT, me, armed);
-            libc::kill(-armed, libc::SIGKILL);
+            // other groups, found through them, and the processes mpsync adopted, by pid and start time,
+            // with what they started (not below mpsync: its children were handed to init, and its pid may
+            // be anyone's now).
+            kill_tree(NO_ROOT, me, group, &adopted[..adopted_count]);
+            if group > 0 {
+                libc::kill(-group, libc::SIGKILL);
+            }
         }
         libc::_exit(0)
     }
@@ -240,8 +293,9 @@ const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
 
-/// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`) or below a member of `group` (the
-/// child's, if still the child's; 0 for none), but `me` (the guard), whatever its group or session: the job
+/// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
+/// child's, if still the child's; 0 for none), or below one of `adopted` (same pid and start time), but `me`
+/// (the guard), whatever its group or session: the job
 /// as mpsync defines it (a member of the group that left mpsync's tree still answers for what it started).
 /// Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so
 /// none of its children is handed to init out of sight. A process stopped stays part of the job, with what
@@ -254,7 +308,7 @@ const PID_LIMIT: usize = 1 << 22;
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
-unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
+unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adopted: &[Stopped]) {
     // SAFETY: the mapping is ours alone, and big enough for the two tables and the two bitmaps laid out in
     // it (the tables first: their alignment is the mapping's).
     unsafe {
@@ -284,7 +338,9 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
         while growing_rounds < 16 {
             let count = list_processes(listed);
             let stopped_so_far = &stopped[..stopped_count];
-            mark_below(&listed[..count], below, root, me, group, |p| was_stopped(stopped_map, stopped_so_far, p));
+            mark_below(&listed[..count], below, root, me, group, |p| {
+                was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
+            });
             let (mut new, mut unsettled) = (false, false);
             for p in &listed[..count] {
                 if !bit(below, p.pid) {
@@ -319,7 +375,9 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t) {
         // died since (and whose pid a stranger took) is not killed; one that appeared below since is.
         let count = list_processes(listed);
         let stopped_so_far = &stopped[..stopped_count];
-        mark_below(&listed[..count], below, root, me, group, |p| was_stopped(stopped_map, stopped_so_far, p));
+        mark_below(&listed[..count], below, root, me, group, |p| {
+            was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
+        });
         for p in &listed[..count] {
             if bit(below, p.pid) {
                 libc::kill(p.pid, libc::SIGKILL);
@@ -403,6 +461,11 @@ fn put_number(buf: &mut [u8], at: usize, n: libc::pid_t) -> usize {
         buf[at + i] = *digit;
     }
     at + count
+}
+
+/// Whether `p` is one of `processes` (same pid and start time).
+fn is_one_of(processes: &[Stopped], p: &Listed) -> bool {
+    processes.iter().any(|s| s.pid == p.pid && s.start == p.start)
 }
 
 /// Whether `p` is a process `kill_tree` stopped (same pid and start time), wherever it is now.

@@ -270,6 +270,9 @@ pub struct Supervisor {
     own_pgrp: Pid,
     /// The thread that spawned the main child (see `job_tasks`).
     spawner: i32,
+    /// The processes (pid, start time) mpsync adopted as a subreaper that the guard was told of (see
+    /// `note_adopted`), until the job is let go.
+    told_adopted: Vec<(i32, u64)>,
 }
 
 impl Supervisor {
@@ -347,6 +350,7 @@ impl Supervisor {
             me,
             own_pgrp: getpgrp(),
             spawner: gettid().as_raw(),
+            told_adopted: Vec::new(),
         })
     }
 
@@ -634,8 +638,42 @@ impl Supervisor {
         if let Some(guard) = &self.guard {
             guard.tell(0);
         }
+        self.told_adopted.clear();
         self.deadline = None;
         self.let_go_of_leader();
+    }
+
+    /// Whether mpsync adopts orphans as a subreaper (not as PID 1: its death ends the whole namespace),
+    /// so that `note_adopted` has something to do while a child runs.
+    pub fn adopts(&self) -> bool {
+        self.reap_orphans && self.me.as_raw() != 1 && self.group.is_some()
+    }
+
+    /// As a subreaper, while a child runs: tell the guard of every process mpsync adopted since it last
+    /// looked (a daemon's double fork, a worker whose parent exited), so that they go with the job if
+    /// mpsync is killed (SIGKILL): mpsync's children are handed to init with its death, where the guard
+    /// would not find them through the child's group. Called every `ADOPTION_LOOK` by the run loop; a
+    /// process adopted within that much of mpsync's death escapes.
+    pub fn note_adopted(&mut self) {
+        if !self.adopts() {
+            return;
+        }
+        let Some(guard) = &self.guard else { return };
+        let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks()) else { return };
+        let not_adopted = [self.main, self.leader].map(|pid| pid.map(Pid::as_raw));
+        self.told_adopted.retain(|(pid, _)| children.contains(pid));
+        for pid in children {
+            if not_adopted.contains(&Some(pid)) || pid == guard.pid.as_raw() {
+                continue;
+            }
+            let Some(process) = ProcStat::read(pid) else { continue };
+            if self.told_adopted.contains(&(pid, process.start)) {
+                continue;
+            }
+            guard.adopted(pid, process.start);
+            self.told_adopted.push((pid, process.start));
+            debug!(pid, "the guard knows of an adopted process");
+        }
     }
 
     /// Reap the main child's zombie: the job's group id may go to another process from now on.
@@ -1192,6 +1230,9 @@ impl Supervisor {
                     guard.tell(pgid.as_raw());
                     if let Some(deadline) = self.deadline {
                         guard.deadline(guard::monotonic_at(deadline));
+                    }
+                    for (pid, start) in &self.told_adopted {
+                        guard.adopted(*pid, *start);
                     }
                 }
                 debug!(guard = guard.pid.as_raw(), "guard process started");

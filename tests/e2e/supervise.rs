@@ -26,6 +26,7 @@ both_backends!(
     stdin_and_stdout_pass_through_untouched,
     lease_is_released_only_after_the_child_is_reaped,
     subreaper_reaps_orphans_and_keeps_the_childs_status,
+    as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
@@ -259,6 +260,22 @@ fn subreaper_reaps_orphans_and_keeps_the_childs_status(env: &TestEnv) {
     command.current_dir(&env.dir);
     let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(7);
+}
+
+/// Found by review: with `--subreaper`, a daemon the child leaves (`setsid -f`: its parent exits at once)
+/// is adopted by mpsync. When mpsync is SIGKILLed, the guard kills it too: it was handed to init with
+/// mpsync's death, out of the child's group, and ran on beside the next holder.
+fn as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync(env: &TestEnv) {
+    let name = env.lease_name("adopted-kill9");
+    let daemon = env.path("daemon");
+    let script = format!("setsid -f sh -c 'echo $$ > {}; exec sleep 300'; exec sleep 300", daemon.display());
+    let mut lock = env.spawn(["lock", &name, "--subreaper", "-vv", "--", "sh", "-c", &script]);
+    let daemon = read_pid(&daemon);
+    let told = format!("the guard knows of an adopted process pid={daemon}");
+    wait_until("mpsync to tell its guard of the daemon it adopted", || lock.stderr().contains(&told));
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    wait_until("the adopted daemon to die with mpsync", || !alive(daemon));
 }
 
 fn leftover_background_processes_are_stopped_when_the_child_exits(env: &TestEnv) {
