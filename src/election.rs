@@ -29,8 +29,10 @@ pub enum Outcome<T> {
     /// The work returned while this process was leading (on its own, or after a
     /// [`shutdown`](Election::shutdown) cancelled its token), with this value; the lease was released.
     Finished(T),
-    /// Leadership was lost (with [`AfterLoss::Return`] only); the work's token was cancelled and the
-    /// work returned or was dropped after the grace. Its value, if any, is dropped.
+    /// Leadership was lost (with [`AfterLoss::Return`]); the work's token was cancelled and the work
+    /// returned or was dropped after the grace. Its value, if any, is dropped. Also whatever
+    /// `after_loss` says when the work returned only after the lease was lost (a runtime that did not
+    /// run at the renew deadline): it ended, but not while leading, and is not run again.
     Lost(LossReason),
     /// [`shutdown`](Election::shutdown) was cancelled while this process was not leading: nothing is
     /// held.
@@ -266,7 +268,8 @@ impl Election {
             }
             drop(running);
             drop(held);
-            if self.after_loss == AfterLoss::Return {
+            // Work that returned is done, even if only after the loss: it is not run again.
+            if self.after_loss == AfterLoss::Return || returned {
                 return Ok(Outcome::Lost(reason));
             }
         }

@@ -34,6 +34,7 @@ both_backends!(
     cancelling_the_token_oneself_stops_only_the_work,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
     election_drops_at_once_work_whose_grace_ran_out_while_the_runtime_did_not_run,
+    election_does_not_run_again_work_that_returned_after_the_loss,
     work_that_blocks_past_the_renew_deadline_sees_the_loss_when_it_runs_again,
     cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease,
     client_go_record_is_respected_then_taken_over_in_its_format,
@@ -561,6 +562,27 @@ fn election_drops_at_once_work_whose_grace_ran_out_while_the_runtime_did_not_run
     let last_step = last_step.lock().unwrap().expect("the work ran");
     let unblocked = unblocked.lock().unwrap().expect("the runtime was blocked");
     assert!(last_step < unblocked, "the work ran {:?} after the runtime ran again", last_step - unblocked);
+}
+
+/// Found by review: work that blocks the runtime past the renew deadline, then returns. It ran once: the
+/// election ends with the loss, also when it campaigns again after losses (it ran the work again).
+fn election_does_not_run_again_work_that_returned_after_the_loss(env: &TestEnv) {
+    let name = env.lease_name("lib-late-return");
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outcome = runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        Election::new(lock)
+            .run(|_leadership| {
+                let runs = Arc::clone(&runs);
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(FAST.renew_deadline + Duration::from_millis(200));
+                }
+            })
+            .await
+    });
+    assert!(matches!(outcome, Ok(Outcome::Lost(LossReason::RenewDeadline))), "{outcome:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran once");
 }
 
 fn cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease(env: &TestEnv) {
