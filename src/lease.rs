@@ -327,10 +327,12 @@ pub const SLOTS_ANNOTATION: &str = "mpsync.io/slots";
 /// tried at once (a newcomer) or left the first window to others (one of a crowd); a value written for
 /// another token (a writer that keeps annotations it does not know) says nothing.
 pub const CONTENDERS_ANNOTATION: &str = "mpsync.io/contenders";
-/// The annotation with which a side-car marks its writes, with the token of the acquisition they belong
-/// to as its value. A side-car adopts only a record under its identity that carries it for that record's
-/// token: one a side-car of its pod wrote, never one of `lock`, `elect` or another program given the
-/// same identity (which it would otherwise take over while their child runs).
+/// The annotation with which a side-car marks its writes: the record's token and `renewTime` (in
+/// microseconds since the epoch), `"7@1796329602510836"`. A side-car adopts only a record under its
+/// identity that carries the mark for that very token and renewal: the last write of a side-car of its
+/// pod, never one of `lock`, `elect` or another program given the same identity (which it would otherwise
+/// take over while their child runs). A client-go elector keeps annotations, and under the same identity
+/// the token too, but writes its own `renewTime`.
 pub const SIDECAR_ANNOTATION: &str = "mpsync.io/side-car";
 /// Beyond this many bytes of other annotations (keys and values), an acquisition leaves
 /// `CONTENDERS_ANNOTATION` out: the API server refuses more than 256 KiB of annotations, and the file
@@ -1073,14 +1075,14 @@ impl Elector {
 
     /// Mark a write as ours: for a slot, the semaphore's count.
     fn marked(&self, mut write: Write) -> Write {
-        // A side-car's write says so, for its token; anyone else's carries no such mark over.
+        // A side-car's write says so, for its token and renewal; anyone else's carries no such mark over.
         if self.adopt {
-            let token = write.record.lease_transitions.unwrap_or(0).to_string();
+            let mark = side_car_mark(&write.record);
             write
                 .metadata
                 .annotations
                 .get_or_insert_with(Default::default)
-                .insert(SIDECAR_ANNOTATION.to_string(), token);
+                .insert(SIDECAR_ANNOTATION.to_string(), mark);
         } else if let Some(annotations) = write.metadata.annotations.as_mut() {
             annotations.remove(SIDECAR_ANNOTATION);
         }
@@ -1209,7 +1211,7 @@ impl Elector {
                 .annotations
                 .as_ref()
                 .and_then(|annotations| annotations.get(SIDECAR_ANNOTATION))
-                .is_some_and(|token| *token == current.record.lease_transitions.unwrap_or(0).to_string())
+                .is_some_and(|mark| *mark == side_car_mark(&current.record))
     }
 
     /// Whether `record`'s token is below the largest one this process has seen: a create of ours that
@@ -1279,6 +1281,12 @@ impl Elector {
     fn adoption(&self, current: &Versioned, now: Now) -> Write {
         self.renewal(current, now)
     }
+}
+
+/// What a side-car writes into `SIDECAR_ANNOTATION` for `record`: its token and its `renewTime`.
+fn side_car_mark(record: &LeaseSpec) -> String {
+    let renewed = record.renew_time.as_ref().map_or(0, |time| time.0.as_microsecond());
+    format!("{}@{renewed}", record.lease_transitions.unwrap_or(0))
 }
 
 /// Whether a stored record is exactly a write we sent: the fields we set all match.
@@ -1994,11 +2002,14 @@ mod tests {
     fn the_side_car_adopts_its_pods_record_keeping_the_token() {
         let t0 = Instant::now();
         let mut elector = Elector::adopting("pod-a", TIMING);
-        elector.observe(Some(marked_by_a_side_car(4, record(Some("pod-a"), Some(30), Some(6)), "6")), t0);
+        let renewed = wall(-50).0.as_microsecond();
+        let mark = format!("6@{renewed}");
+        elector.observe(Some(marked_by_a_side_car(4, record(Some("pod-a"), Some(30), Some(6)), &mark)), t0);
         let write = expect_write(elector.next(now(t0, 0.0)));
         assert_eq!(write.record.lease_transitions, Some(6));
         assert_eq!(write.record.acquire_time, Some(wall(-100)));
-        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SIDECAR_ANNOTATION], "6");
+        let renewed = write.record.renew_time.as_ref().unwrap().0.as_microsecond();
+        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SIDECAR_ANNOTATION], format!("6@{renewed}"));
         apply(&mut elector, &write, 5, t0, t0);
         assert_eq!(elector.held().unwrap().fencing_token, 6);
     }
@@ -2010,15 +2021,20 @@ mod tests {
     }
 
     /// Found by review: a side-car adopted the record of an `mpsync lock` given its identity, while that
-    /// lock's child ran. It adopts only a record a side-car marked for that record's token: not one with
-    /// no mark, nor one whose mark another writer carried over to its own acquisition. Those are another
-    /// process's (an identity collision): waited out. A writer other than a side-car drops the mark.
+    /// lock's child ran. It adopts only a record a side-car marked for that record's token and renewal:
+    /// not one with no mark, nor one whose mark another writer carried over to its own acquisition, nor
+    /// a client-go elector's renewal of a side-car's record (under the same identity it keeps the token
+    /// and the annotations). Those are another process's (an identity collision): waited out. A writer
+    /// other than a side-car drops the mark.
     #[test]
     fn the_side_car_adopts_only_a_record_a_side_car_wrote() {
         let t0 = Instant::now();
+        let renewed = wall(-50).0.as_microsecond();
         for current in [
             versioned(4, record(Some("pod-a"), Some(15), Some(6))),
-            marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(7)), "6"),
+            marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(7)), &format!("6@{renewed}")),
+            marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(6)), &format!("6@{}", renewed - 1)),
+            marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(6)), "6"),
         ] {
             let mut elector = Elector::adopting("pod-a", TIMING);
             elector.observe(Some(current), t0);

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -18,6 +19,7 @@ both_backends!(
     post_creates_only_and_delete_hands_the_lock_over_at_once,
     restarted_side_car_adopts_the_locks_held_under_the_pods_identity,
     a_side_car_never_adopts_a_lock_that_mpsync_lock_holds_under_its_identity,
+    a_restarted_side_car_never_adopts_its_lock_once_a_client_go_elector_renewed_it,
     sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet,
     drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire,
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
@@ -402,6 +404,29 @@ fn a_side_car_never_adopts_a_lock_that_mpsync_lock_holds_under_its_identity(env:
         "a new acquisition: {}",
         taken.body
     );
+}
+
+/// Found by review: a side-car is killed while it holds a lock, and a client-go elector given the pod's
+/// name as identity renews the record (client-go keeps the token, the acquireTime and the annotations of
+/// a record under its own identity, and writes its own renewTime and duration). The side-car, started
+/// again, must not adopt it: it is client-go's now. A PUT is 409, a DELETE frees nothing.
+fn a_restarted_side_car_never_adopts_its_lock_once_a_client_go_elector_renewed_it(env: &TestEnv) {
+    let name = env.lease_name("sc-client-go");
+    let path = format!("/locks/{name}");
+    let mut first = Sidecar::of_pod(env, "pod-a", &[]);
+    first.put(&name).assert_status(200);
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    env.edit(&name, |record| {
+        record.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        record.lease_duration_seconds = Some(15);
+    });
+    let (_, renewed) = env.get(&name).unwrap();
+
+    let second = Sidecar::of_pod(env, "pod-a", &[]);
+    assert_eq!(second.put(&name).assert_status(409).json()["holder"], "pod-a");
+    second.request("DELETE", &path).assert_status(409);
+    assert_eq!(env.get(&name).unwrap().1, renewed, "client-go's record stands");
 }
 
 /// Issue 11, item 2 over raw HTTP: after SIGTERM, new acquisitions get 503 while heartbeats keep getting
