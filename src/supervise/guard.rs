@@ -85,18 +85,23 @@ impl Guard {
     }
 
     /// A process mpsync adopted (as a subreaper) is part of the job: killed with it if mpsync dies.
-    pub fn adopted(&self, pid: i32, start: u64) {
-        if let Ok(start) = i64::try_from(start)
-            && start < 1 << (63 - PID_BITS)
-            && (0..1 << PID_BITS).contains(&pid)
-        {
-            self.send(ADOPTED, start << PID_BITS | i64::from(pid));
+    /// Whether the guard was told (a guard stopped long enough for its pipe to fill was not).
+    pub fn adopted(&self, pid: i32, start: u64) -> bool {
+        match i64::try_from(start) {
+            Ok(start) if start < 1 << (63 - PID_BITS) && (0..1 << PID_BITS).contains(&pid) => {
+                self.send(ADOPTED, start << PID_BITS | i64::from(pid))
+            }
+            _ => false,
         }
     }
 
-    fn send(&self, command: i32, argument: i64) {
-        if let Err(error) = nix::unistd::write(&self.pipe, &message(command, argument)) {
-            warn!(%error, "cannot reach the guard process");
+    fn send(&self, command: i32, argument: i64) -> bool {
+        match nix::unistd::write(&self.pipe, &message(command, argument)) {
+            Ok(_) => true,
+            Err(error) => {
+                warn!(%error, "cannot reach the guard process");
+                false
+            }
         }
     }
 }
@@ -117,7 +122,7 @@ const ADOPTED: i32 = -2;
 /// How many bits of an `ADOPTED` argument hold the pid (`pid_max` is at most 2^22 on Linux).
 const PID_BITS: u32 = 22;
 /// How many adopted processes the guard remembers (the dead are forgotten when it is full).
-const MAX_ADOPTED: usize = 256;
+pub(crate) const MAX_ADOPTED: usize = 1024;
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads on Linux, shared by every
 /// process of the machine.

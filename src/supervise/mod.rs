@@ -273,6 +273,8 @@ pub struct Supervisor {
     /// The processes (pid, start time) mpsync adopted as a subreaper that the guard was told of (see
     /// `note_adopted`), until the job is let go.
     told_adopted: Vec<(i32, u64)>,
+    /// Whether the warning that the guard cannot remember every adopted process was given (once a job).
+    warned_adopted: bool,
 }
 
 impl Supervisor {
@@ -351,6 +353,7 @@ impl Supervisor {
             own_pgrp: getpgrp(),
             spawner: gettid().as_raw(),
             told_adopted: Vec::new(),
+            warned_adopted: false,
         })
     }
 
@@ -555,6 +558,7 @@ impl Supervisor {
         }
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
+            self.note_adopted();
             self.end_job(pgid, kill_signal, true);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
                 self.kill_job(pgid).await;
@@ -582,6 +586,7 @@ impl Supervisor {
             self.kill_stopped_child().await;
             return;
         }
+        self.note_adopted();
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
             self.end_job(pgid, kill_signal, true);
@@ -639,6 +644,7 @@ impl Supervisor {
             guard.tell(0);
         }
         self.told_adopted.clear();
+        self.warned_adopted = false;
         self.deadline = None;
         self.let_go_of_leader();
     }
@@ -652,8 +658,9 @@ impl Supervisor {
     /// As a subreaper, while a child runs: tell the guard of every process mpsync adopted since it last
     /// looked (a daemon's double fork, a worker whose parent exited), so that they go with the job if
     /// mpsync is killed (SIGKILL): mpsync's children are handed to init with its death, where the guard
-    /// would not find them through the child's group. Called every `ADOPTION_LOOK` by the run loop; a
-    /// process adopted within that much of mpsync's death escapes.
+    /// would not find them through the child's group. Called every `ADOPTION_LOOK` by the run loop while
+    /// the child runs, and at every look while mpsync waits for the job to end (the main child's exit
+    /// hands its orphans to mpsync); a process adopted within that much of mpsync's death escapes.
     pub fn note_adopted(&mut self) {
         if !self.adopts() {
             return;
@@ -670,9 +677,19 @@ impl Supervisor {
             if self.told_adopted.contains(&(pid, process.start)) {
                 continue;
             }
-            guard.adopted(pid, process.start);
-            self.told_adopted.push((pid, process.start));
-            debug!(pid, "the guard knows of an adopted process");
+            if guard.adopted(pid, process.start) {
+                self.told_adopted.push((pid, process.start));
+                debug!(pid, "the guard knows of an adopted process");
+            }
+        }
+        if self.told_adopted.len() > guard::MAX_ADOPTED && !self.warned_adopted {
+            self.warned_adopted = true;
+            warn!(
+                adopted = self.told_adopted.len(),
+                "more processes adopted than the guard can remember ({}): should mpsync be killed, the others \
+                 run on",
+                guard::MAX_ADOPTED
+            );
         }
     }
 
@@ -1034,6 +1051,7 @@ impl Supervisor {
     async fn wait_for(&mut self, until: Until, deadline: Instant) -> bool {
         loop {
             self.reap();
+            self.note_adopted();
             let done = match until {
                 Until::JobGone(pgid) => self.main.is_none() && !self.job_alive(pgid),
             };

@@ -27,6 +27,7 @@ both_backends!(
     lease_is_released_only_after_the_child_is_reaped,
     subreaper_reaps_orphans_and_keeps_the_childs_status,
     as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync,
+    as_subreaper_what_the_child_left_dies_with_a_sigkill_of_mpsync_during_the_grace,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
     what_a_leftover_started_in_another_session_is_stopped_with_it,
@@ -276,6 +277,25 @@ fn as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync(env: &TestEnv)
     lock.signal(Signal::SIGKILL);
     lock.wait_for(PATIENCE).expect("killed");
     wait_until("the adopted daemon to die with mpsync", || !alive(daemon));
+}
+
+/// Found by review: the main child exits, leaving a process in a session of its own that ignores SIGTERM;
+/// mpsync adopts it then (as a subreaper), and waits `--grace` for it. SIGKILLed meanwhile, mpsync leaves
+/// it to its guard, which kills it: mpsync had looked for what it adopted only while the child ran.
+fn as_subreaper_what_the_child_left_dies_with_a_sigkill_of_mpsync_during_the_grace(env: &TestEnv) {
+    let name = env.lease_name("adopted-grace-kill9");
+    let left = env.path("left");
+    let script =
+        format!("setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 300' & sleep 0.2; exit 0", left.display());
+    let timings = ["--lease-duration", "60s", "--renew-deadline", "40s", "--grace", "15s"];
+    let head = [&["lock", &name, "--subreaper", "-vv"][..], &timings[..]].concat();
+    let mut lock = env.spawn([&head[..], &["--", "sh", "-c", &script]].concat());
+    let left = read_pid(&left);
+    let told = format!("the guard knows of an adopted process pid={left}");
+    wait_until("mpsync to tell its guard of what the child left", || lock.stderr().contains(&told));
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    wait_until("what the child left to die with mpsync", || !alive(left));
 }
 
 fn leftover_background_processes_are_stopped_when_the_child_exits(env: &TestEnv) {
