@@ -272,7 +272,10 @@ pub struct Supervisor {
     spawner: i32,
     /// The processes (pid, start time) mpsync adopted as a subreaper that the guard was told of (see
     /// `note_adopted`), until the job is let go.
-    told_adopted: Vec<(i32, u64)>,
+    told_adopted: HashMap<i32, u64>,
+    /// mpsync's children when it started (pid, start time): inherited across an `exec` (`helper & exec
+    /// mpsync ...`), never adopted, never the job's to the guard.
+    inherited: Vec<(i32, u64)>,
     /// Whether the warning that the guard cannot remember every adopted process was given (once a job).
     warned_adopted: bool,
 }
@@ -330,6 +333,14 @@ impl Supervisor {
             ignored = ?ignored_at_start.iter().collect::<Vec<_>>(),
             "supervisor started"
         );
+        let inherited = match procfs::children_of_threads(&[me.as_raw()]) {
+            ThreadChildren::Listed(children) => children
+                .into_iter()
+                .filter(|pid| *pid != guard.pid.as_raw())
+                .filter_map(|pid| ProcStat::read(pid).map(|p| (pid, p.start)))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Supervisor {
             signals,
             notices: VecDeque::new(),
@@ -352,7 +363,8 @@ impl Supervisor {
             me,
             own_pgrp: getpgrp(),
             spawner: gettid().as_raw(),
-            told_adopted: Vec::new(),
+            told_adopted: HashMap::new(),
+            inherited,
             warned_adopted: false,
         })
     }
@@ -668,17 +680,19 @@ impl Supervisor {
         let Some(guard) = &self.guard else { return };
         let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks()) else { return };
         let not_adopted = [self.main, self.leader].map(|pid| pid.map(Pid::as_raw));
-        self.told_adopted.retain(|(pid, _)| children.contains(pid));
-        for pid in children {
-            if not_adopted.contains(&Some(pid)) || pid == guard.pid.as_raw() {
+        let children: std::collections::HashSet<i32> = children.into_iter().collect();
+        self.told_adopted.retain(|pid, _| children.contains(pid));
+        for &pid in &children {
+            // Only what is new is read: the look runs every 20 ms while mpsync waits for the job to end.
+            if not_adopted.contains(&Some(pid)) || pid == guard.pid.as_raw() || self.told_adopted.contains_key(&pid) {
                 continue;
             }
             let Some(process) = ProcStat::read(pid) else { continue };
-            if self.told_adopted.contains(&(pid, process.start)) {
+            if self.inherited.contains(&(pid, process.start)) {
                 continue;
             }
             if guard.adopted(pid, process.start) {
-                self.told_adopted.push((pid, process.start));
+                self.told_adopted.insert(pid, process.start);
                 debug!(pid, "the guard knows of an adopted process");
             }
         }
