@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::SignedDuration;
 
 /// A lease record as stored, with its compare-and-swap token and the object's metadata (labels,
 /// annotations, uid), which every write carries back unchanged.
@@ -1272,7 +1273,7 @@ impl Elector {
         let mut record = current.record.clone();
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
-        record.renew_time = Some(now.wall);
+        record.renew_time = Some(later_than(now.wall, record.renew_time.as_ref()));
         self.marked(Write::replace(current, record))
     }
 
@@ -1287,6 +1288,20 @@ impl Elector {
 fn side_car_mark(record: &LeaseSpec) -> String {
     let renewed = record.renew_time.as_ref().map_or(0, |time| time.0.as_microsecond());
     format!("{}@{renewed}", record.lease_transitions.unwrap_or(0))
+}
+
+/// The `renewTime` of a renewal: the wall clock, or one microsecond past the stored one if the clock is
+/// not past it (stopped, or stepped back). A renewal must change the record: an API server answers a
+/// write that changes nothing with the stored object and the same resourceVersion, and sends no event, so
+/// others' expiry clocks would run on while ours restarted (found by review: a frozen wall clock let a
+/// waiter in beside the holder's child). Nothing compares this time with a clock.
+fn later_than(wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
+    match stored {
+        Some(stored) if wall.0 <= stored.0 => {
+            stored.0.checked_add(SignedDuration::from_micros(1)).map_or(wall, MicroTime)
+        }
+        _ => wall,
+    }
 }
 
 /// Whether a stored record is exactly a write we sent: the fields we set all match.
@@ -1654,6 +1669,28 @@ mod tests {
         assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 2.0));
         assert!(!matches!(elector.next(now(t0, 11.9)), Action::Lost(_)));
         assert_eq!(elector.next(now(t0, 12.0)), Action::Lost(LossReason::RenewDeadline));
+    }
+
+    /// Found by review: with the wall clock stopped (or stepped back), a renewal that copied it would
+    /// write the record already stored, which the API server answers without a change, a new version or
+    /// an event, while others' expiry clocks run on. Every renewal's `renewTime` is past the stored one.
+    #[test]
+    fn a_renewal_changes_the_record_even_when_the_wall_clock_stands_still() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let mut stored = elector.current().unwrap().record.renew_time.clone().unwrap();
+        for (rv, second) in [(3, 2.0), (4, 4.0), (5, 6.0)] {
+            // The wall clock still reads what the acquisition wrote.
+            let renew = expect_write(elector.next(Now::at(at(t0, second), wall(0))));
+            let renewed = renew.record.renew_time.clone().unwrap();
+            assert!(renewed.0 > stored.0, "renewTime {renewed:?} is not past the stored {stored:?}");
+            apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
+            assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, second));
+            stored = renewed;
+        }
+        // A clock stepped back an hour: still past the stored one.
+        let renew = expect_write(elector.next(Now::at(at(t0, 8.0), wall(-3600))));
+        assert!(renew.record.renew_time.unwrap().0 > stored.0);
     }
 
     /// The regression of "a late answer to a renewal moves the renew deadline forward": the renewal is

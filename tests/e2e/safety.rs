@@ -20,6 +20,7 @@ both_backends!(
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
     a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lease,
+    a_holder_whose_wall_clock_stands_still_still_renews,
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
@@ -300,6 +301,42 @@ fn a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lea
         let work = format!("while :; do echo alive \\$(date +%s%N) >> {alive}; sleep 0.02; done");
         format!("(sh -c \"setsid sh -c '{work}' & wait\" &); exec sleep 1000")
     });
+}
+
+/// Found by review: the holder's wall clock stands still (an LD_PRELOAD shim freezes CLOCK_REALTIME; the
+/// monotonic clock, which decides, runs on). A renewal that copied the clock into `renewTime` wrote the
+/// record already stored: the API server answers such a write 200 without a new version or an event, the
+/// holder counted it as a renewal, and the waiter, which saw no change, took the lease after its duration
+/// while the holder's child ran. Every renewal now changes the record, so the waiter waits until the
+/// holder, stopped, gives the lease back.
+fn a_holder_whose_wall_clock_stands_still_still_renews(env: &TestEnv) {
+    let shim = env.path("libfreezewall.so");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/freezewall.c");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(source)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(built.success(), "cc could not build the shim");
+    let name = env.lease_name("frozenwall");
+    let log = env.path("log");
+    let mut command = env.mpsync(fast(&["lock", &name, "-v"], &["sh", "-c", &draining_script(&log, "0.5")]));
+    command.env("LD_PRELOAD", &shim);
+    let mut holder = Proc::spawn(command, &env.dir);
+    holder.wait_for_file(&log, "start");
+    let waiter = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    // A whole lease duration (4 s) and more: the waiter must not take the lease the holder renews.
+    let waiting = Instant::now();
+    wait_until("a lease duration and a half", || waiting.elapsed() > Duration::from_secs(6));
+    assert_eq!(read_stamps(&log).len(), 1, "the waiter's child started beside the holder's: {:?}", read_stamps(&log));
+    holder.signal(Signal::SIGTERM);
+    let held = holder.finish();
+    assert!(!held.stderr.contains("lost"), "the holder lost the lease:\n{}", held.stderr);
+    waiter.finish().assert_code(0);
+    assert_eq!(max_concurrency(&log), 1, "two children ran at once: {:?}", read_stamps(&log));
 }
 
 /// `kill -STOP` the holder, but not in the few milliseconds of a file-backend write: stopped with its lock
