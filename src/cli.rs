@@ -254,8 +254,8 @@ pub struct SidecarArgs {
     #[arg(long, env = "MPSYNC_TTL", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub ttl: Duration,
 
-    /// Identity written as holderIdentity of every lock this side-car takes [default: POD_NAME, else the
-    /// hostname: the pod's, so that a restarted side-car keeps its clients' locks].
+    /// Identity written as holderIdentity of every lock this side-car takes [default: POD_NAME, the pod's,
+    /// so that a restarted side-car keeps its clients' locks; without it, <hostname>_<random>].
     #[arg(long, env = IDENTITY_ENV)]
     pub identity: Option<String>,
 
@@ -519,15 +519,25 @@ fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
     })
 }
 
-/// The side-car's default identity: the pod's (`POD_NAME`, else the hostname, which is the pod's name
-/// in Kubernetes), the same after a restart of the side-car, so that it adopts the locks its pod's
-/// clients hold. Unlike `lock`'s default, there is no random part: the side-car is the pod's one holder.
+/// The side-car's default identity: the pod's name (`POD_NAME`), the same after a restart of the
+/// side-car, so that it adopts the locks its pod's clients hold. Unlike `lock`'s default, there is no
+/// random part: the side-car is the pod's one holder. Without `POD_NAME` the identity is unique to this
+/// process, as `lock`'s: a hostname is no proof of a pod of one's own (pods on the host's network share
+/// the node's name, `spec.hostname` gives every replica one name, two side-cars on one machine share it),
+/// and two side-cars under one identity would each adopt the other's locks and both answer 200 (found by
+/// review). Such a side-car keeps no lock across a restart.
 fn pod_identity() -> String {
-    std::env::var("POD_NAME")
-        .ok()
-        .filter(|name| !name.trim().is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()))
-        .unwrap_or_else(|| "mpsync-sidecar".into())
+    match std::env::var("POD_NAME").ok().filter(|name| !name.trim().is_empty()) {
+        Some(name) => name,
+        None => {
+            let identity = validate::default_identity();
+            tracing::info!(
+                identity = %identity,
+                "POD_NAME is not set: this side-car's identity is its own, and its locks are not kept across a restart"
+            );
+            identity
+        }
+    }
 }
 
 /// `--identity` if given (not blank), else a default unique to this process.
@@ -751,10 +761,14 @@ mod tests {
         assert_eq!(sidecar.listen.len(), 2);
         assert_eq!(sidecar.listen[1].to_string(), "[::1]:8080");
         assert_eq!(sidecar.lease_prefix, "app-");
-        // The pod's identity, with no random part: the same after a restart.
+        // The pod's identity (POD_NAME), with no random part: the same after a restart; without POD_NAME,
+        // one of its own.
         let Ok(Config::Sidecar(sidecar)) = config(&["sidecar"]) else { panic!() };
-        assert_eq!(sidecar.identity, pod_identity());
         assert!(!sidecar.identity.is_empty());
+        match std::env::var("POD_NAME").ok().filter(|name| !name.trim().is_empty()) {
+            Some(name) => assert_eq!(sidecar.identity, name),
+            None => assert_ne!(sidecar.identity, pod_identity()),
+        }
         for (args, expected) in [
             (&["sidecar", "--ttl", "1500ms"][..], "--ttl"),
             (&["sidecar", "--listen", "nowhere"], "--listen"),

@@ -23,6 +23,7 @@ both_backends!(
     sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet,
     drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire,
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
+    two_side_cars_without_pod_name_never_both_hold_a_lock,
     lease_prefix_keeps_every_lock_in_a_lease_of_its_own_name,
 );
 
@@ -521,6 +522,25 @@ fn try_put(address: SocketAddr, name: &str) -> Option<u16> {
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Found by review: without `POD_NAME`, two side-cars took the hostname as their identity (one machine,
+/// pods on the host's network, `spec.hostname`): the second adopted the first one's lock, and both
+/// answered 200, heartbeat after heartbeat. Without `POD_NAME` each identity is its own.
+fn two_side_cars_without_pod_name_never_both_hold_a_lock(env: &TestEnv) {
+    let start = || {
+        let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0"]);
+        command.env_remove("POD_NAME");
+        Sidecar::spawn(command, env)
+    };
+    let (first, second) = (start(), start());
+    let name = env.lease_name("twin");
+    first.put(&name).assert_status(200);
+    for _ in 0..3 {
+        second.put(&name).assert_status(409);
+        first.put(&name).assert_status(200);
+    }
+    assert!(second.process.stderr().contains("POD_NAME is not set"), "{}", second.process.stderr());
 }
 
 fn simultaneous_puts_from_two_side_cars_leave_exactly_one_holder(env: &TestEnv) {
