@@ -7,8 +7,9 @@
 //! - The electors adopt records held under the side-car's identity (the pod's), keeping their token: a
 //!   restarted side-car keeps the locks its pod's clients hold and still heartbeat.
 //! - A heartbeat on a lock this side-car holds is answered 200 while the lock is surely still ours,
-//!   whatever the API server does meanwhile: within the renew deadline (two thirds of the TTL) of the
-//!   last renewal that succeeded. Only past it does an API failure answer 503.
+//!   whatever the API server does meanwhile: within the renew deadline (see `timing`) of the last
+//!   renewal that succeeded. Only past it does an API failure answer 503. Every request is answered
+//!   within `answer_within`, whatever the API server does.
 //! - State about a lock is kept while it is held, and for twice the TTL after its last request
 //!   otherwise (a waiting side-car's expiry clock must not restart); then forgotten. Reads (GET, HEAD)
 //!   of a lock this side-car knows nothing about leave no state behind. At most `MAX_LOCKS` are kept.
@@ -36,12 +37,23 @@ pub const MAX_LOCKS: usize = 4096;
 const ATTEMPTS_WITHIN: Duration = Duration::from_secs(5);
 
 /// The lease timing of one lock: held for `ttl` without a heartbeat; a heartbeat renews at once
-/// (retry period zero). The renew deadline, two thirds of the TTL, is how long after its last
-/// successful renewal a lock is answered as held while the API server fails: a client told "200" then
-/// heartbeats again (the stock clients every 10s, a third of the default TTL) before anyone else can
-/// take the lock. There is no child to stop here, so `lock`'s start-up invariant does not apply.
+/// (retry period zero). The renew deadline is how long after its last successful renewal a lock is
+/// answered as held while the API server fails. A client told "200" may count on the lock until the
+/// answer to its next heartbeat, which comes (the stock clients heartbeat every 10 s, a third of the
+/// default TTL) a third of the TTL later, and is answered within [`answer_within`]: so a 200 is given only
+/// while that answer still comes before anyone else can take the lock, the TTL after the last renewal
+/// (found by review: with two thirds of the TTL, a heartbeat stuck on a hung API call was answered after
+/// another pod held the lock). Half the TTL up to 30 s; 15 s for the default. There is no child to stop
+/// here, so `lock`'s start-up invariant does not apply.
 pub fn timing(ttl: Duration) -> Timing {
-    Timing { lease_duration: ttl, renew_deadline: ttl * 2 / 3, retry_period: Duration::ZERO }
+    Timing { lease_duration: ttl, renew_deadline: ttl - ttl / 3 - answer_within(ttl), retry_period: Duration::ZERO }
+}
+
+/// How long a request about a lock may take to be answered, from its arrival: a sixth of the TTL, at most
+/// 5 s. A call to the API server that takes longer is given up (its write, if any, is resolved by the next
+/// read) and the request is answered from what the side-car knows: 200 if the lock is surely still held.
+pub fn answer_within(ttl: Duration) -> Duration {
+    (ttl / 6).min(Duration::from_secs(5))
 }
 
 /// The protocol's methods on `/locks/NAME`.
@@ -170,15 +182,24 @@ impl Locks {
 
     /// Answer `method` on the (valid) lock `name`.
     pub async fn answer(&self, method: Method, name: &str) -> Response {
+        let deadline = tokio::time::Instant::now() + answer_within(self.ttl);
         match method {
             Method::Get | Method::Head => match self.known(name) {
                 Some(entry) => {
-                    let mut entry = entry.lock().await;
+                    let Ok(mut entry) = tokio::time::timeout_at(deadline, entry.lock()).await else {
+                        return self.too_slow(name, None);
+                    };
                     entry.used = Instant::now();
-                    self.get(name, &mut entry.elector).await
+                    match tokio::time::timeout_at(deadline, self.get(name, &mut entry.elector)).await {
+                        Ok(response) => response,
+                        Err(_) => self.too_slow(name, Some(&entry.elector)),
+                    }
                 }
                 // Nothing to remember about a lock only read: a temporary elector answers.
-                None => self.get(name, &mut self.elector()).await,
+                None => match tokio::time::timeout_at(deadline, self.get(name, &mut self.elector())).await {
+                    Ok(response) => response,
+                    Err(_) => self.too_slow(name, None),
+                },
             },
             Method::Delete => match self.known(name) {
                 Some(entry) => {
@@ -198,9 +219,15 @@ impl Locks {
                     )
                     .with_header("Retry-After", "10");
                 };
-                let mut entry = entry.lock().await;
+                let Ok(mut entry) = tokio::time::timeout_at(deadline, entry.lock()).await else {
+                    return self.too_slow(name, None);
+                };
                 entry.used = Instant::now();
-                let response = self.acquire(name, &mut entry.elector, method == Method::Post).await;
+                let acquire = self.acquire(name, &mut entry.elector, method == Method::Post);
+                let response = match tokio::time::timeout_at(deadline, acquire).await {
+                    Ok(response) => response,
+                    Err(_) => self.too_slow(name, Some(&entry.elector)),
+                };
                 if response.status == 200 {
                     entry.heartbeat_answered(Instant::now());
                 }
@@ -315,6 +342,20 @@ impl Locks {
             .with_header("Retry-After", "1")
     }
 
+    /// A request not done within [`answer_within`] (an API call that hangs, or a request for the same lock
+    /// before it that does): 200 if this side-car surely still holds the lock (the next heartbeat renews
+    /// it), else 503.
+    fn too_slow(&self, name: &str, elector: Option<&Elector>) -> Response {
+        self.metrics.api_error("timeout");
+        if let Some(elector) = elector.filter(|elector| self.holding(elector)) {
+            tracing::warn!(lease = %self.lease_name(name), "the API server is slow to answer; the lock is still held");
+            return self.lock_response(200, name, elector);
+        }
+        tracing::warn!(lease = %self.lease_name(name), "no answer about the lock in time; asking the client to retry");
+        Response::error(503, format!("lock {name}: no answer from the API server in time; retry"))
+            .with_header("Retry-After", "1")
+    }
+
     /// A failed call while acquiring or renewing: a lock still surely held is answered 200 (the next
     /// heartbeat renews it); otherwise the failure.
     fn held_or_failure(&self, name: &str, elector: &Elector, err: StoreError) -> Response {
@@ -385,7 +426,7 @@ impl Locks {
     }
 
     /// While draining: release every lock whose client has gone quiet, that is, sent no heartbeat for
-    /// the renew deadline (two thirds of the TTL: what a 200 promised it has passed) and for one and a
+    /// two thirds of the TTL (a client told 200 heartbeats again within a third: twice that) and for one and a
     /// half times the longest gap it ever left between two. Locks whose
     /// clients still heartbeat stay held; with `deadline`, they are given up without a release (see
     /// `give_up`).
@@ -401,7 +442,7 @@ impl Locks {
             if entry.elector.release(now()).is_none() {
                 continue; // Not ours (any more): nothing to give back.
             }
-            let quiet_after = timing(self.ttl).renew_deadline.max(entry.longest_gap * 3 / 2);
+            let quiet_after = (self.ttl * 2 / 3).max(entry.longest_gap * 3 / 2);
             let last = entry.heartbeat.unwrap_or(entry.used);
             let quiet_at = last + quiet_after;
             if Instant::now() < quiet_at {
@@ -608,11 +649,20 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_renews_at_once_and_is_answered_held_for_two_thirds_of_the_ttl() {
+    fn a_heartbeat_renews_at_once_and_is_answered_held_while_its_next_answer_comes_before_the_ttl() {
         let timing = timing(Duration::from_secs(30));
         assert_eq!(timing.retry_period, Duration::ZERO);
-        assert_eq!(timing.renew_deadline, Duration::from_secs(20));
-        assert_eq!(super::timing(Duration::from_secs(1)).renew_deadline, Duration::from_nanos(666_666_666));
+        assert_eq!(timing.renew_deadline, Duration::from_secs(15));
+        assert_eq!(answer_within(Duration::from_secs(30)), Duration::from_secs(5));
+        // Held for the renew deadline, a heartbeat interval (a third) and an answer's time: the TTL.
+        for ttl in [1, 3, 6, 30, 60, 600] {
+            let ttl = Duration::from_secs(ttl);
+            let timing = super::timing(ttl);
+            assert!(timing.renew_deadline + ttl / 3 + answer_within(ttl) <= ttl, "{ttl:?}");
+            assert!(timing.renew_deadline >= ttl / 2, "{ttl:?}");
+        }
+        assert_eq!(answer_within(Duration::from_secs(600)), Duration::from_secs(5));
+        assert_eq!(super::timing(Duration::from_secs(600)).renew_deadline, Duration::from_secs(395));
     }
 
     #[test]
