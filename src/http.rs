@@ -3,8 +3,11 @@
 //! hyper parses, frames and keeps connections alive; this module only bounds what a client may cost
 //! and turns hyper's endings into the documented answers:
 //!
-//! - At most `max_connections` connections at once: past that, connections wait in the kernel's
-//!   backlog until one closes. Request heads are read into hyper's smallest buffer (8 KiB; a larger
+//! - At most `max_connections` connections at once. A connection that comes past that closes the one
+//!   that has been idle longest (kept alive after an answer, or not sent anything yet), so that clients
+//!   that keep many connections open (found by review: 256 kept alive by a request every 5 s) cannot
+//!   keep a heartbeat or a probe out; only when every connection is busy with a request does it wait
+//!   until one closes. Request heads are read into hyper's smallest buffer (8 KiB; a larger
 //!   head gets 431), bodies are drained and dropped without being kept (larger than 1 MiB: 413).
 //! - A request head must arrive within `head_timeout`, which is also how long an idle kept-alive
 //!   connection stays open: a connection that sent part of a request, or nothing at all on a new
@@ -16,13 +19,15 @@
 //!   after the last answer, so that the close does not reset the connection and destroy the answer.
 //!   Accepted sockets have `TCP_NODELAY`: an answer is one small write.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -156,6 +161,41 @@ struct Shared {
     stop: CancellationToken,
     /// Connections open now.
     open: Arc<AtomicUsize>,
+    /// Every connection open now, by number: which are idle, and how to close one.
+    connections: std::sync::Mutex<HashMap<u64, Arc<Connection>>>,
+    next_connection: AtomicU64,
+}
+
+/// One open connection, as the accept loop sees it.
+struct Connection {
+    /// Since when it has been waiting for a request (`None` while one is being answered).
+    idle_since: std::sync::Mutex<Option<Instant>>,
+    /// Cancelled to close it (when idle) for a connection that came past the cap.
+    evict: CancellationToken,
+}
+
+impl Connection {
+    fn set_idle(&self, idle: bool) {
+        *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = idle.then(Instant::now);
+    }
+}
+
+impl Shared {
+    /// Close the connection idle the longest, if any is idle.
+    fn evict_idlest(&self) {
+        let connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        let idlest = connections
+            .values()
+            .filter(|connection| !connection.evict.is_cancelled())
+            .filter_map(|connection| {
+                let since = (*connection.idle_since.lock().unwrap_or_else(PoisonError::into_inner))?;
+                Some((since, connection))
+            })
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, connection)) = idlest {
+            connection.evict.cancel();
+        }
+    }
 }
 
 impl Server {
@@ -166,7 +206,17 @@ impl Server {
     /// A server that keeps the number of its open connections in `open` (which its handler may report).
     pub fn counting(handler: Handler, limits: Limits, open: Arc<AtomicUsize>) -> Server {
         let permits = Arc::new(Semaphore::new(limits.max_connections));
-        Server { shared: Arc::new(Shared { handler, limits, permits, stop: CancellationToken::new(), open }) }
+        Server {
+            shared: Arc::new(Shared {
+                handler,
+                limits,
+                permits,
+                stop: CancellationToken::new(),
+                open,
+                connections: std::sync::Mutex::new(HashMap::new()),
+                next_connection: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// Accept connections on `listener` in the background, until `shutdown`.
@@ -184,28 +234,35 @@ impl Server {
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        // A free connection slot first: past the cap, clients wait in the backlog, costing nothing here.
-        let permit = tokio::select! {
-            permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            () = shared.stop.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shared.stop.cancelled() => return,
         };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, Arc::clone(&shared), permit));
-            }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(err) => {
                 // Out of file descriptors, say: the listener works again once some close.
                 tracing::warn!(error = %err, "cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        // A free connection slot; past the cap, the connection idle the longest makes room, else (all
+        // busy) this one waits, and the next ones wait in the backlog, costing nothing here.
+        let permit = match Arc::clone(&shared.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                shared.evict_idlest();
+                tokio::select! {
+                    permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+        };
+        tokio::spawn(connection(stream, Arc::clone(&shared), permit));
     }
 }
 
@@ -213,6 +270,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 #[derive(Clone)]
 struct Service {
     shared: Arc<Shared>,
+    connection: Arc<Connection>,
     local: SocketAddr,
     /// Requests answered on this connection: a timeout before the first is a 408, after it an idle close.
     answered: Arc<AtomicUsize>,
@@ -225,12 +283,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let service = self.clone();
+        service.connection.set_idle(false);
         Box::pin(async move {
             let answer_timeout = service.shared.limits.answer_timeout;
             let response = tokio::time::timeout(answer_timeout, service.answer(request))
                 .await
                 .unwrap_or_else(|_| Response::error(503, "no answer in time; retry").with_header("Retry-After", "1"));
             service.answered.fetch_add(1, Ordering::Relaxed);
+            service.connection.set_idle(true);
             Ok(response.into_hyper())
         })
     }
@@ -276,18 +336,34 @@ fn too_large() -> Response {
 /// Serve one connection until the client or hyper closes it, then close it gracefully.
 async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     shared.open.fetch_add(1, Ordering::Relaxed);
-    serve_connection(stream, &shared).await;
+    let number = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let connection = Arc::new(Connection {
+        idle_since: std::sync::Mutex::new(Some(Instant::now())),
+        evict: CancellationToken::new(),
+    });
+    shared.connections.lock().unwrap_or_else(PoisonError::into_inner).insert(number, Arc::clone(&connection));
+    serve_connection(stream, &shared, &connection, permit).await;
+    shared.connections.lock().unwrap_or_else(PoisonError::into_inner).remove(&number);
     shared.open.fetch_sub(1, Ordering::Relaxed);
-    drop(permit);
 }
 
-async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+async fn serve_connection(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    connection_state: &Arc<Connection>,
+    permit: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
     };
     let answered = Arc::new(AtomicUsize::new(0));
-    let service = Service { shared: Arc::clone(shared), local, answered: Arc::clone(&answered) };
+    let service = Service {
+        shared: Arc::clone(shared),
+        connection: Arc::clone(connection_state),
+        local,
+        answered: Arc::clone(&answered),
+    };
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -297,11 +373,13 @@ async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
         .keep_alive(true);
     let mut connection = builder.serve_connection(TokioIo::new(stream), service);
 
-    // On shutdown, hyper finishes the request in flight and closes an idle connection.
+    // On shutdown, or to make room for a new connection, hyper finishes the request in flight and closes
+    // an idle connection.
     let mut stopping = std::pin::pin!(shared.stop.cancelled());
+    let mut evicted = std::pin::pin!(connection_state.evict.cancelled());
     let mut stopped = false;
     let result = poll_fn(|cx| {
-        if !stopped && stopping.as_mut().poll(cx).is_ready() {
+        if !stopped && (stopping.as_mut().poll(cx).is_ready() || evicted.as_mut().poll(cx).is_ready()) {
             stopped = true;
             Pin::new(&mut connection).graceful_shutdown();
         }
@@ -323,10 +401,17 @@ async fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
         }
         Ok(()) => None,
     };
+    if connection_state.evict.is_cancelled() && closing.is_none() {
+        // Closed idle to make room: nothing of ours is in flight, and the slot is wanted now.
+        drop(permit);
+        let _ = stream.shutdown().await;
+        return;
+    }
     if let Some(response) = closing {
         let _ = tokio::time::timeout(LINGER, stream.write_all(&response.render_closing())).await;
     }
     linger(stream).await;
+    drop(permit);
 }
 
 /// Close gracefully: stop sending, then read what the client still sends until it closes (briefly, a

@@ -1222,3 +1222,45 @@ fn a_heartbeat_on_a_hung_api_server_is_answered_before_another_pod_can_take_the_
     );
     assert_eq!(env.holder(&name).as_deref(), Some("pod-b"));
 }
+
+/// Found by review: the side-car serves at most 256 connections at once, and a client that kept 256 open
+/// (a request on each every 2 s, well within the idle timeout) kept every other connection waiting in
+/// the backlog: the heartbeats went unanswered and the lock passed to another pod while its client waited.
+/// A connection past the cap now closes the one idle longest.
+#[test]
+fn connections_kept_open_by_one_client_never_keep_a_heartbeat_out() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let sidecar = Sidecar::start(&env, Some("pod-a"), &[]);
+    let address = sidecar.address;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flooding, flood_stop) = (std::sync::mpsc::channel(), std::sync::Arc::clone(&stop));
+    let flood = std::thread::spawn(move || {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let mut streams: Vec<TcpStream> = (0..256).map(|_| TcpStream::connect(address).unwrap()).collect();
+        let mut first = true;
+        while !flood_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let round = Instant::now();
+            // A request on each, and its answer; a connection the side-car closed is dropped.
+            streams.retain_mut(|stream| {
+                let mut buffer = [0u8; 1024];
+                stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                stream.write_all(request).is_ok() && matches!(stream.read(&mut buffer), Ok(n) if n > 0)
+            });
+            if first {
+                flooding.0.send(streams.len()).unwrap();
+                first = false;
+            }
+            std::thread::sleep(Duration::from_secs(2).saturating_sub(round.elapsed()));
+        }
+    });
+    assert_eq!(flooding.1.recv().unwrap(), 256, "the flood holds every connection the side-car serves");
+    let name = env.lease_name("sc-flood");
+    let answered = std::thread::spawn(move || request_to(address, "PUT", &format!("/locks/{name}"), &[]).status);
+    let status = answered.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flood.join().unwrap();
+    assert_eq!(status, 200);
+}
