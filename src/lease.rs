@@ -471,6 +471,9 @@ pub struct Elector {
     watching: bool,
     /// A small pseudo-random generator (xorshift64*), seeded by the caller: the stagger's draws.
     rng: u64,
+    /// The latest time written into a record this process sent (`renewTime`): every later write is
+    /// stamped past it, so that no two writes of ours are alike (see `stamp`).
+    last_stamp: Option<MicroTime>,
 }
 
 impl Elector {
@@ -499,6 +502,7 @@ impl Elector {
             awaiting_event_until: None,
             watching: false,
             rng: 0x9E37_79B9_7F4A_7C15,
+            last_stamp: None,
         }
     }
 
@@ -845,6 +849,11 @@ impl Elector {
 
     /// Record that `write` is being sent now; the ticket goes back with its answer to `write_result`.
     pub fn write_sent(&mut self, write: &Write, sent_at: Instant) -> Ticket {
+        if let Some(stamp) = &write.record.renew_time
+            && self.last_stamp.as_ref().is_none_or(|last| stamp.0 > last.0)
+        {
+            self.last_stamp = Some(stamp.clone());
+        }
         let purpose = if self.is_release(write) {
             Purpose::Release
         } else if self.held.is_some() {
@@ -1044,8 +1053,9 @@ impl Elector {
         let mut record = current.record.clone();
         record.holder_identity = Some(String::new());
         record.lease_duration_seconds = Some(1);
-        record.acquire_time = Some(now.wall.clone());
-        record.renew_time = Some(now.wall);
+        let stamp = self.stamp(now.wall, None);
+        record.acquire_time = Some(stamp.clone());
+        record.renew_time = Some(stamp);
         Some(Write::replace(current, record))
     }
 
@@ -1225,6 +1235,25 @@ impl Elector {
         write.record.holder_identity.as_deref() == Some("")
     }
 
+    /// The time a new write of ours carries (`renewTime`, and `acquireTime` where it sets one): the wall
+    /// clock, or one microsecond past the latest time of any write this process sent, and for a renewal
+    /// past the stored one, if the clock is not past them (stopped, or stepped back). Found by review:
+    /// - a renewal must change the record: an API server answers a write that changes nothing with the
+    ///   stored object and the same resourceVersion, and sends no event, so others' expiry clocks would
+    ///   run on while ours restarted (a frozen wall clock let a waiter in beside the holder's child);
+    /// - no two writes of ours may be alike, or a record left by one would be taken for the other, and
+    ///   counted from the other's send (a write that never landed moved the renew deadline).
+    ///
+    /// Nothing compares these times with a clock for expiry; a foreign record's times are not used, so a
+    /// machine whose clock runs ahead does not carry ours along.
+    fn stamp(&self, wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
+        [self.last_stamp.as_ref(), stored]
+            .into_iter()
+            .flatten()
+            .map(just_after)
+            .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp })
+    }
+
     fn our_duration_seconds(&self) -> i32 {
         i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX)
     }
@@ -1250,8 +1279,9 @@ impl Elector {
         let mut record = base.map(|b| b.record.clone()).unwrap_or_default();
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
-        record.acquire_time = Some(now.wall.clone());
-        record.renew_time = Some(now.wall);
+        let stamp = self.stamp(now.wall, None);
+        record.acquire_time = Some(stamp.clone());
+        record.renew_time = Some(stamp);
         record.lease_transitions = Some(transitions);
         let mut write = match base {
             Some(base) => Write::replace(base, record),
@@ -1273,7 +1303,7 @@ impl Elector {
         let mut record = current.record.clone();
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
-        record.renew_time = Some(later_than(now.wall, record.renew_time.as_ref()));
+        record.renew_time = Some(self.stamp(now.wall, record.renew_time.as_ref()));
         self.marked(Write::replace(current, record))
     }
 
@@ -1290,18 +1320,9 @@ fn side_car_mark(record: &LeaseSpec) -> String {
     format!("{}@{renewed}", record.lease_transitions.unwrap_or(0))
 }
 
-/// The `renewTime` of a renewal: the wall clock, or one microsecond past the stored one if the clock is
-/// not past it (stopped, or stepped back). A renewal must change the record: an API server answers a
-/// write that changes nothing with the stored object and the same resourceVersion, and sends no event, so
-/// others' expiry clocks would run on while ours restarted (found by review: a frozen wall clock let a
-/// waiter in beside the holder's child). Nothing compares this time with a clock.
-fn later_than(wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
-    match stored {
-        Some(stored) if wall.0 <= stored.0 => {
-            stored.0.checked_add(SignedDuration::from_micros(1)).map_or(wall, MicroTime)
-        }
-        _ => wall,
-    }
+/// One microsecond past `time` (`time` itself at the end of time).
+fn just_after(time: &MicroTime) -> MicroTime {
+    time.0.checked_add(SignedDuration::from_micros(1)).map_or_else(|_| time.clone(), MicroTime)
 }
 
 /// Whether a stored record is exactly a write we sent: the fields we set all match.
@@ -1691,6 +1712,47 @@ mod tests {
         // A clock stepped back an hour: still past the stored one.
         let renew = expect_write(elector.next(Now::at(at(t0, 8.0), wall(-3600))));
         assert!(renew.record.renew_time.unwrap().0 > stored.0);
+    }
+
+    /// Found by review (of the test above's fix): with the wall clock stepped back, two renewals built
+    /// from the same stored record were alike (stored + 1 µs). A first renewal of unknown outcome that
+    /// landed after the read that settled it was taken for the second, and the renew deadline counted
+    /// from the second's send, after a waiter had seen the first land. Every write of ours is now stamped
+    /// past the latest one sent.
+    #[test]
+    fn two_renewals_from_one_record_are_never_alike() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let stored = a.current().unwrap().clone();
+        let mut b = Elector::new("b", TIMING);
+        b.observe(Some(stored.clone()), t0);
+        let back = wall(-3600);
+        let r1 = expect_write(a.next(Now::at(at(t0, 2.0), back.clone())));
+        let t1 = a.write_sent(&r1, at(t0, 2.0));
+        a.write_result(t1, WriteResult::Unknown, at(t0, 7.0));
+        assert_eq!(a.next(Now::at(at(t0, 7.0), back.clone())), Action::Read);
+        // Read before r1 commits (7.1, when the waiter sees it), answered at 8.5.
+        a.observe(Some(stored.clone()), at(t0, 8.5));
+        let landed = versioned(3, r1.record.clone());
+        b.observe_event(WatchUpdate::Present(landed.clone()), at(t0, 7.1));
+        let r2 = expect_write(a.next(Now::at(at(t0, 8.5), back.clone())));
+        assert!(r2.record.renew_time.as_ref().unwrap().0 > r1.record.renew_time.as_ref().unwrap().0);
+        let t2 = a.write_sent(&r2, at(t0, 8.5));
+        a.write_result(t2, WriteResult::Unknown, at(t0, 8.6));
+        assert_eq!(a.next(Now::at(at(t0, 8.6), back.clone())), Action::Read);
+        a.observe(Some(landed), at(t0, 8.7));
+        // r1's record counts from r1's send, 2 s: lost at 12 s, long before the waiter may take it (22.1 s).
+        assert!(!a.usable(at(t0, 12.0)), "the deadline counts from the send of the write that landed");
+        assert!(matches!(b.next(Now::at(at(t0, 22.1), wall(22))), Action::Write(_)));
+        // Acquisitions and releases too: never two alike, whatever the clock.
+        let mut c = Elector::new("c", TIMING);
+        c.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let first = expect_write(c.next(now(t0, 0.0)));
+        let ticket = c.write_sent(&first, t0);
+        c.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        c.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), at(t0, 0.2));
+        let second = expect_write(c.next(now(t0, 0.0)));
+        assert_ne!(first.record, second.record);
     }
 
     /// The regression of "a late answer to a renewal moves the renew deadline forward": the renewal is
