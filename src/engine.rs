@@ -151,6 +151,8 @@ pub struct Slot {
     looked_at: bool,
     /// The last read found a record that cannot be read: it counts as held by someone.
     unreadable: bool,
+    /// Whether the observer was told of the hold now held (and not yet of its end).
+    told_acquired: bool,
 }
 
 impl Slot {
@@ -169,6 +171,7 @@ impl Slot {
             identity_option: "--identity",
             looked_at: false,
             unreadable: false,
+            told_acquired: false,
         }
     }
 
@@ -192,7 +195,29 @@ impl Slot {
 
     /// After the child of a lost lease is gone: campaign afresh.
     pub fn forget_loss(&mut self) {
+        self.tell_lost();
         self.elector.forget_loss();
+    }
+
+    /// Tell the observer of the hold, once: when it becomes usable (a child may start), however the
+    /// acquisition became known (its answer, a read, or the watch). Found by review: an acquisition
+    /// known only from a read never reached the health server, and one that was not usable yet was
+    /// reported at once.
+    fn tell_acquired(&mut self) {
+        if !self.told_acquired
+            && let Some(held) = self.elector.held()
+        {
+            self.observer.acquired(held.last_renew_sent);
+            self.told_acquired = true;
+        }
+    }
+
+    /// Tell the observer that the hold it was told of is lost (a loss while still campaigning too).
+    fn tell_lost(&mut self) {
+        if self.told_acquired {
+            self.told_acquired = false;
+            self.observer.lost();
+        }
     }
 
     /// Whether an acquisition of this slot is on the wire, or its outcome unknown and not yet checked by
@@ -302,11 +327,15 @@ impl Slot {
         self.report_collision();
         if let (Some(before), Some(held)) = (renewed_before, self.elector.held())
             && held.last_renew_sent > before
+            && self.told_acquired
         {
             self.observer.confirmed(held.last_renew_sent);
         }
         match (was_usable, self.elector.usable(Instant::now())) {
-            (false, true) => Progress::Acquired,
+            (false, true) => {
+                self.tell_acquired();
+                Progress::Acquired
+            }
             _ => Progress::Changed,
         }
     }
@@ -370,10 +399,8 @@ impl Slot {
             Outcome::Write(ticket, result) => {
                 let sent_at = ticket.sent_at;
                 self.elector.write_result(ticket, write_result(&result), Instant::now());
-                match (holding, self.elector.held()) {
-                    (false, Some(held)) => self.observer.acquired(held.last_renew_sent),
-                    (true, Some(_)) if result.is_ok() => self.observer.renewed(sent_at, Instant::now()),
-                    _ => {}
+                if holding && self.told_acquired && self.elector.held().is_some() && result.is_ok() {
+                    self.observer.renewed(sent_at, Instant::now());
                 }
                 match result {
                     // A lost race is settled by reading again (or by the next event), not retried.
@@ -436,9 +463,10 @@ impl Slot {
         let held = self.elector.held().is_some();
         self.elector.released();
         self.call = None;
+        let told = std::mem::replace(&mut self.told_acquired, false);
         match result {
             Ok(Ok(released)) => {
-                if released || held {
+                if released || held || told {
                     self.observer.released();
                 }
                 Ok(released)
@@ -528,6 +556,7 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
     loop {
         // Held, and not waiting out another holder (see `Held::usable_from`).
         if let Some(index) = slots.iter().position(|slot| slot.elector.usable(Instant::now())) {
+            slots[index].tell_acquired();
             return Ok(Campaigned::Acquired(index));
         }
         let all_held_by_others = slots.iter_mut().all(Slot::held_by_another);
@@ -652,7 +681,7 @@ pub async fn hold(slot: &mut Slot, stop: impl Future<Output = ()>, on_change: im
             () = &mut stop => return None,
             progress = slot.step(&no_acquisition, false) => match progress {
                 Progress::Lost(reason) => {
-                    slot.observer.lost();
+                    slot.tell_lost();
                     return Some(reason);
                 }
                 _ => on_change(slot),

@@ -159,3 +159,26 @@ fn metrics_parse_as_prometheus_text_and_openmetrics() {
     holder.signal(Signal::SIGTERM);
     holder.finish().assert_code(143);
 }
+
+/// Found by review: an acquisition whose answer was lost (the server committed it, then failed the
+/// request) and that a read then showed applied: mpsync held the lease and ran its child, but the health
+/// server was never told, and /leader answered 503 for the whole hold.
+#[test]
+fn an_acquisition_known_from_a_read_is_reported_as_leading() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("health-read");
+    let port = free_port();
+    let ready = env.path("ready");
+    let script = format!("echo \"$MPSYNC_FENCING_TOKEN\" > {}; exec sleep 1000", ready.display());
+    let addr = format!("127.0.0.1:{port}");
+    server.after_commit(1, crate::support::apiserver::AfterCommit::Fail(500));
+    let holder = env.spawn(["lock", &name, "--health-addr", &addr, "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "\n");
+    assert_eq!(server.after_commit_pending(), 0, "the acquisition's answer was lost");
+    wait_for_status(port, "/leader", 200);
+    let metrics = get(port, "/metrics").unwrap().1;
+    assert!(metrics.lines().any(|line| line == "mpsync_lease_held 1"), "{metrics}");
+    holder.signal(Signal::SIGTERM);
+    holder.finish().assert_code(143);
+}
