@@ -19,6 +19,18 @@ fn shell(env: &TestEnv) -> Terminal {
     Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())])
 }
 
+/// Whether every thread of `pid` is stopped (a job-control stop is complete only then).
+fn all_stopped(pid: i32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.flatten().all(|task| {
+            fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+                == Some('T')
+        })
+    })
+}
+
 /// The child's pid (written by the child), and mpsync's (its parent).
 fn child_and_mpsync(pid_file: &Path) -> (i32, i32) {
     let child = read_pid(pid_file);
@@ -143,7 +155,13 @@ fn after_background_then_fg_the_child_gets_the_terminal() {
         "mpsync lock {name} {SLOW_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; read x </dev/tty; echo got:$x' &"
     ));
     let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
-    terminal.wait_until("the child and mpsync to stop", || state(child) == Some('T') && state(mpsync) == Some('T'));
+    // Every thread of mpsync stopped: only then is the stop complete and the shell told (a main thread seen
+    // stopped while the others are not yet is not enough). The shell must have seen the stop before `fg`:
+    // a job it still counts as running gets no SIGCONT, and it then reports the stop it had not seen (on
+    // a loaded machine, now and then). It reports it at the next prompt.
+    terminal.wait_until("the child and mpsync to stop", || state(child) == Some('T') && all_stopped(mpsync));
+    terminal.type_line("");
+    terminal.expect("Stopped");
     terminal.type_line("fg");
     terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
     terminal.type_line("hello");
@@ -227,7 +245,8 @@ fn a_failed_spawn_gives_the_terminal_back() {
     terminal.expect("rc=127");
     terminal.type_line("hello");
     terminal.expect("got:hello");
-    assert_eq!(terminal.foreground(), terminal.shell());
+    // `sh -c` may still be exiting when its last words show: bash takes the terminal back after it.
+    terminal.wait_until("the shell to have the terminal back", || terminal.foreground() == terminal.shell());
 }
 
 /// Issue 13, item 7: one Ctrl-C ends a shell loop of mpsync, as it ends a loop of plain commands. Here
@@ -248,7 +267,9 @@ fn ctrl_c_ends_a_shell_loop_while_mpsync_waits() {
     assert!(!shown.contains("rc=") && !shown.contains("loop-42"), "the loop went on:\n{shown}");
 }
 
-/// Issue 13, item 7, with the child running: it dies of SIGINT, and so does mpsync, so the loop ends.
+/// Issue 13, item 7, with the child running: it dies of SIGINT, and so does mpsync, so the loop ends. The
+/// child execs `sleep`: a Ctrl-C that comes while dash vforks a command is lost now and then, with or
+/// without mpsync (2 runs in 12 on a loaded machine, none in 32 with `exec`).
 #[test]
 fn ctrl_c_ends_a_shell_loop_while_the_child_runs() {
     let env = TestEnv::file();
@@ -256,7 +277,7 @@ fn ctrl_c_ends_a_shell_loop_while_the_child_runs() {
     let name = env.lease_name("looprun");
     let dir = env.dir.display();
     terminal.type_line(&format!(
-        "for i in 1 2 3; do mpsync lock {name} -- sh -c 'echo started >> {dir}/starts; sleep 30'; echo rc=$?; done; \
+        "for i in 1 2 3; do mpsync lock {name} -- sh -c 'echo started >> {dir}/starts; exec sleep 30'; echo rc=$?; done; \
          echo loop-$((40 + 2))"
     ));
     wait_for_file(&env.path("starts"), "started");
