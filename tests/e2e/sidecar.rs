@@ -1264,3 +1264,29 @@ fn connections_kept_open_by_one_client_never_keep_a_heartbeat_out() {
     flood.join().unwrap();
     assert_eq!(status, 200);
 }
+
+/// Found by review: connections that send a request head declaring a body and never send it counted as
+/// busy (never closed to make room) for the answer timeout, 20 s: 300 of them kept a heartbeat out for
+/// that long, and a client that kept sending them, for good. They are idle until their request is whole.
+#[test]
+fn connections_waiting_for_a_body_never_keep_a_heartbeat_out() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let sidecar = Sidecar::start(&env, Some("pod-a"), &[]);
+    let address = sidecar.address;
+    let mut stalled = Vec::new();
+    for index in 0..300 {
+        let mut stream = TcpStream::connect(address).unwrap();
+        let head = format!("PUT /locks/stall-{index} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stalled.push(stream);
+    }
+    let name = env.lease_name("sc-stalled");
+    let asked = Instant::now();
+    request_to(address, "PUT", &format!("/locks/{name}"), &[]).assert_status(200);
+    // Answered at once, not when the stalled requests time out (20 s).
+    assert!(asked.elapsed() < Duration::from_secs(10), "the heartbeat waited {:?}", asked.elapsed());
+    drop(stalled);
+}
