@@ -254,8 +254,9 @@ pub struct SidecarArgs {
     #[arg(long, env = "MPSYNC_TTL", value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub ttl: Duration,
 
-    /// Identity written as holderIdentity of every lock this side-car takes [default: POD_NAME, the pod's,
-    /// so that a restarted side-car keeps its clients' locks; without it, <hostname>_<random>].
+    /// Identity written as holderIdentity of every lock this side-car takes [default: POD_NAME, else in a
+    /// pod the hostname: the pod's, so that a restarted side-car keeps its clients' locks; outside a pod,
+    /// <hostname>_<random>].
     #[arg(long, env = IDENTITY_ENV)]
     pub identity: Option<String>,
 
@@ -519,25 +520,30 @@ fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
     })
 }
 
-/// The side-car's default identity: the pod's name (`POD_NAME`), the same after a restart of the
-/// side-car, so that it adopts the locks its pod's clients hold. Unlike `lock`'s default, there is no
-/// random part: the side-car is the pod's one holder. Without `POD_NAME` the identity is unique to this
-/// process, as `lock`'s: a hostname is no proof of a pod of one's own (pods on the host's network share
-/// the node's name, `spec.hostname` gives every replica one name, two side-cars on one machine share it),
-/// and two side-cars under one identity would each adopt the other's locks and both answer 200 (found by
-/// review). Such a side-car keeps no lock across a restart.
+/// The side-car's default identity: the pod's (`POD_NAME`, else in a pod the hostname, which is the
+/// pod's name there), the same after a restart of the side-car, so that it adopts the locks its pod's
+/// clients hold. Unlike `lock`'s default, there is no random part: the side-car is the pod's one holder.
+/// Outside a pod (no `KUBERNETES_SERVICE_HOST`) and without `POD_NAME`, the identity is unique to this
+/// process, as `lock`'s: two side-cars on one machine share its hostname, and under one identity each
+/// would adopt the other's locks and both answer 200 (found by review). Such a side-car keeps no lock
+/// across a restart.
 fn pod_identity() -> String {
-    match std::env::var("POD_NAME").ok().filter(|name| !name.trim().is_empty()) {
-        Some(name) => name,
-        None => {
-            let identity = validate::default_identity();
-            tracing::info!(
-                identity = %identity,
-                "POD_NAME is not set: this side-car's identity is its own, and its locks are not kept across a restart"
-            );
-            identity
-        }
+    let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    if let Some(name) = set("POD_NAME") {
+        return name;
     }
+    if set("KUBERNETES_SERVICE_HOST").is_some()
+        && let Some(host) = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty())
+    {
+        return host;
+    }
+    let identity = validate::default_identity();
+    tracing::info!(
+        identity = %identity,
+        "not in a pod and POD_NAME is not set: this side-car's identity is its own, and its locks are not kept \
+         across a restart"
+    );
+    identity
 }
 
 /// `--identity` if given (not blank), else a default unique to this process.
@@ -761,13 +767,15 @@ mod tests {
         assert_eq!(sidecar.listen.len(), 2);
         assert_eq!(sidecar.listen[1].to_string(), "[::1]:8080");
         assert_eq!(sidecar.lease_prefix, "app-");
-        // The pod's identity (POD_NAME), with no random part: the same after a restart; without POD_NAME,
-        // one of its own.
+        // The pod's identity (POD_NAME, or in a pod the hostname), with no random part: the same after a
+        // restart; outside a pod without POD_NAME, one of its own.
         let Ok(Config::Sidecar(sidecar)) = config(&["sidecar"]) else { panic!() };
         assert!(!sidecar.identity.is_empty());
-        match std::env::var("POD_NAME").ok().filter(|name| !name.trim().is_empty()) {
-            Some(name) => assert_eq!(sidecar.identity, name),
-            None => assert_ne!(sidecar.identity, pod_identity()),
+        let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        match (set("POD_NAME"), set("KUBERNETES_SERVICE_HOST")) {
+            (Some(name), _) => assert_eq!(sidecar.identity, name),
+            (None, Some(_)) => assert_eq!(sidecar.identity, pod_identity()),
+            (None, None) => assert_ne!(sidecar.identity, pod_identity()),
         }
         for (args, expected) in [
             (&["sidecar", "--ttl", "1500ms"][..], "--ttl"),

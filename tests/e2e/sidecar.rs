@@ -524,13 +524,13 @@ fn try_put(address: SocketAddr, name: &str) -> Option<u16> {
     text.split(' ').nth(1)?.parse().ok()
 }
 
-/// Found by review: without `POD_NAME`, two side-cars took the hostname as their identity (one machine,
-/// pods on the host's network, `spec.hostname`): the second adopted the first one's lock, and both
-/// answered 200, heartbeat after heartbeat. Without `POD_NAME` each identity is its own.
+/// Found by review: without `POD_NAME`, two side-cars on one machine took its hostname as their identity:
+/// the second adopted the first one's lock, and both answered 200, heartbeat after heartbeat. Outside a
+/// pod, without `POD_NAME`, each identity is its own.
 fn two_side_cars_without_pod_name_never_both_hold_a_lock(env: &TestEnv) {
     let start = || {
         let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0"]);
-        command.env_remove("POD_NAME");
+        command.env_remove("POD_NAME").env_remove("KUBERNETES_SERVICE_HOST");
         Sidecar::spawn(command, env)
     };
     let (first, second) = (start(), start());
