@@ -201,15 +201,26 @@ impl Locks {
                     Err(_) => self.too_slow(name, None),
                 },
             },
-            Method::Delete => match self.known(name) {
-                Some(entry) => {
-                    let mut entry = entry.lock().await;
-                    entry.used = Instant::now();
-                    entry.heartbeat = None;
-                    self.delete(name, &mut entry.elector).await
-                }
-                None => self.delete(name, &mut self.elector()).await,
-            },
+            Method::Delete => {
+                let delete = async {
+                    match self.known(name) {
+                        Some(entry) => {
+                            let mut entry = entry.lock().await;
+                            entry.used = Instant::now();
+                            entry.heartbeat = None;
+                            self.delete(name, &mut entry.elector).await
+                        }
+                        None => self.delete(name, &mut self.elector()).await,
+                    }
+                };
+                // Found by review: a release stuck on a hung API server held the lock's entry, and its
+                // heartbeats were answered 503 meanwhile. Its outcome is settled by the next read.
+                tokio::time::timeout_at(deadline, delete).await.unwrap_or_else(|_| {
+                    self.metrics.api_error("timeout");
+                    Response::error(503, format!("lock {name}: no answer from the API server in time; retry"))
+                        .with_header("Retry-After", "1")
+                })
+            }
             Method::Put | Method::Post => {
                 let Some(entry) = self.entry(name) else {
                     tracing::warn!(lease = %self.lease_name(name), "too many locks tracked; refusing a new one");

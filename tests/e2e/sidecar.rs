@@ -1223,6 +1223,36 @@ fn a_heartbeat_on_a_hung_api_server_is_answered_before_another_pod_can_take_the_
     assert_eq!(env.holder(&name).as_deref(), Some("pod-b"));
 }
 
+/// Found by review: a DELETE stuck on a hung API server was answered only when its calls timed out (up
+/// to 20 s), and held the lock meanwhile. It is answered within the same budget as any request (a
+/// sixth of the TTL: 1 s here), 503, and the lock's heartbeats are answered again.
+#[test]
+fn a_delete_on_a_hung_api_server_is_answered_in_time() {
+    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("sc-hung-delete");
+    let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let a = Sidecar::spawn(command, &env);
+    a.put(&name).assert_status(200);
+    proxy.partition();
+    let asked = Instant::now();
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(503);
+    // Within the budget (1 s), well before a call would time out (5 s).
+    assert!(asked.elapsed() < Duration::from_secs(4), "the DELETE took {:?}", asked.elapsed());
+    // The lock is still surely held (half the TTL, 3 s, has not passed): its heartbeat says so.
+    if asked.elapsed() < Duration::from_secs(2) {
+        a.put(&name).assert_status(200);
+    }
+}
+
 /// Found by review: the side-car serves at most 256 connections at once, and a client that kept 256 open
 /// (a request on each every 2 s, well within the idle timeout) kept every other connection waiting in
 /// the backlog: the heartbeats went unanswered and the lock passed to another pod while its client waited.
