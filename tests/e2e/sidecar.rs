@@ -1168,6 +1168,18 @@ fn api_failures_answer_503_or_403_and_the_side_car_carries_on() {
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"));
 }
 
+/// Side-car "pod-a" (TTL 6 s) that reaches the API server through a fault proxy of its own.
+fn side_car_through_a_fault_proxy(env: &TestEnv) -> (crate::support::proxy::FaultProxy, Sidecar) {
+    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
+    let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    (proxy, Sidecar::spawn(command, env))
+}
+
 /// Found by review: a heartbeat that arrived while the side-car's API server hung was answered only when
 /// the call timed out (5 s), and the lock was answered as held up to two thirds of the TTL after its last
 /// renewal: a client told 200 just before then heartbeats again a third of the TTL later, and learned of
@@ -1177,19 +1189,12 @@ fn api_failures_answer_503_or_403_and_the_side_car_carries_on() {
 /// every 2 s, as the protocol asks, until an answer is not 200; B's client asks until it holds the lock.
 #[test]
 fn a_heartbeat_on_a_hung_api_server_is_answered_before_another_pod_can_take_the_lock() {
-    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
     if TestEnv::real_cluster() {
         return;
     }
     let env = TestEnv::kube();
     let name = env.lease_name("sc-hung");
-    let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
-    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
-    command.env("MPSYNC_KUBECONFIG", &proxied);
-    let a = Sidecar::spawn(command, &env);
+    let (proxy, a) = side_car_through_a_fault_proxy(&env);
     let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
     a.put(&name).assert_status(200);
     proxy.partition();
@@ -1228,19 +1233,12 @@ fn a_heartbeat_on_a_hung_api_server_is_answered_before_another_pod_can_take_the_
 /// sixth of the TTL: 1 s here), 503, and the lock's heartbeats are answered again.
 #[test]
 fn a_delete_on_a_hung_api_server_is_answered_in_time() {
-    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
     if TestEnv::real_cluster() {
         return;
     }
     let env = TestEnv::kube();
     let name = env.lease_name("sc-hung-delete");
-    let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
-    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
-    command.env("MPSYNC_KUBECONFIG", &proxied);
-    let a = Sidecar::spawn(command, &env);
+    let (proxy, a) = side_car_through_a_fault_proxy(&env);
     a.put(&name).assert_status(200);
     proxy.partition();
     let asked = Instant::now();
