@@ -182,3 +182,31 @@ fn an_acquisition_known_from_a_read_is_reported_as_leading() {
     holder.signal(Signal::SIGTERM);
     holder.finish().assert_code(143);
 }
+
+/// Found by review: a connection that sent part of a request head, closed to make room for a new one, was
+/// closed gracefully, and hyper reads a begun head until its timeout (10 s) before it closes: 32 of them
+/// (the health server's cap) kept a probe out for 10 s. Such a connection is dropped after a short grace.
+#[test]
+fn request_heads_never_finished_do_not_keep_a_probe_out() {
+    let env = TestEnv::file();
+    let name = env.lease_name("health-partial");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let holder = env.spawn(["lock", &name, "--health-addr", &addr, "--", "sleep", "1000"]);
+    wait_for_status(port, "/healthz", 200);
+    let mut begun = Vec::new();
+    for _ in 0..32 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ").unwrap();
+        begun.push(stream);
+    }
+    let asked = std::time::Instant::now();
+    let answer = get(port, "/healthz");
+    eprintln!("PROBE {:?} after {:?}", answer.as_ref().map(|a| a.0), asked.elapsed());
+    assert_eq!(answer.map(|answer| answer.0), Some(200));
+    // Not after the begun heads time out (10 s).
+    assert!(asked.elapsed() < Duration::from_secs(5), "the probe waited {:?}", asked.elapsed());
+    drop(begun);
+    holder.signal(Signal::SIGTERM);
+    holder.finish().assert_code(143);
+}
