@@ -4,11 +4,11 @@
 //! and turns hyper's endings into the documented answers:
 //!
 //! - At most `max_connections` connections at once. A connection that comes past that closes the one
-//!   that has been idle longest (kept alive after an answer, or not sent anything yet), so that clients
-//!   that keep many connections open (found by review: 256 kept alive by a request every 5 s, or waiting
-//!   for a body they never send) cannot keep a heartbeat or a probe out; only when every connection is
-//!   busy with a whole request (being answered) does it wait until one closes. Request heads are read into hyper's smallest buffer (8 KiB; a larger
-//!   head gets 431), bodies are drained and dropped without being kept (larger than 1 MiB: 413).
+//!   that has been idle longest (kept alive after an answer, not sent anything yet, begun a request head
+//!   or waiting for a body), so that clients that keep many connections open (found by review: 256 kept
+//!   alive by a request every 5 s, or waiting for a body they never send) cannot keep a heartbeat or a
+//!   probe out; only when every connection is busy answering a whole request does it wait until one
+//!   closes. Request heads are read into hyper's smallest buffer (8 KiB; a larger head gets 431), bodies are drained and dropped without being kept (larger than 1 MiB: 413).
 //! - A request head must arrive within `head_timeout`, which is also how long an idle kept-alive
 //!   connection stays open: a connection that sent part of a request, or nothing at all on a new
 //!   connection, gets 408; an idle kept-alive one is closed quietly. Every request is answered within
@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -175,9 +175,6 @@ struct Connection {
     idle_since: std::sync::Mutex<Option<Instant>>,
     /// Cancelled to close it (when idle) for a connection that came past the cap.
     evict: CancellationToken,
-    /// A request head came and its body is awaited: idle as far as room goes, but hyper would finish the
-    /// request before a graceful close, so such a connection is dropped instead.
-    receiving: AtomicBool,
 }
 
 impl Connection {
@@ -294,7 +291,6 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let service = self.clone();
-        service.connection.receiving.store(true, Ordering::Relaxed);
         Box::pin(async move {
             let answer_timeout = service.shared.limits.answer_timeout;
             let response = tokio::time::timeout(answer_timeout, service.answer(request))
@@ -330,7 +326,6 @@ impl Service {
         // Busy (never closed to make room) only from here: a client that keeps connections waiting for a
         // body it does not send (found by review) must not keep new ones out.
         self.connection.set_idle(false);
-        self.connection.receiving.store(false, Ordering::Relaxed);
         let request = Request {
             method: parts.method,
             path: parts.uri.path().to_string(),
@@ -357,7 +352,6 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>, permit: OwnedSemaph
     let connection = Arc::new(Connection {
         idle_since: std::sync::Mutex::new(Some(Instant::now())),
         evict: CancellationToken::new(),
-        receiving: AtomicBool::new(false),
     });
     shared.connections.lock().unwrap_or_else(PoisonError::into_inner).insert(number, Arc::clone(&connection));
     tokio::spawn(serve(stream, Arc::clone(shared), permit, number, connection));
@@ -408,19 +402,14 @@ async fn serve_connection(
     let mut evicted = std::pin::pin!(connection_state.evict.cancelled());
     let (mut stopped, mut dropped) = (false, false);
     // Closed to make room: a connection that is not answering is given `EVICT_GRACE` to finish writing
-    // an answer, then dropped (hyper would read a request head begun, up to the head timeout, before it
-    // closes: found by review, one such connection kept a new one out for 10 s).
+    // an answer, then dropped (hyper would read a request head begun, or wait for a body, up to its
+    // timeout before it closes: found by review, such connections kept a new one out for 10 or 20 s).
     let mut grace = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)));
     let mut evicting = false;
     let result = poll_fn(|cx| {
         let evicted_now = !stopped && evicted.as_mut().poll(cx).is_ready();
         if !stopped && (evicted_now || stopping.as_mut().poll(cx).is_ready()) {
             stopped = true;
-            if connection_state.receiving.load(Ordering::Relaxed) {
-                // Waiting for a body: hyper would wait for it (up to the answer timeout) before closing.
-                dropped = true;
-                return std::task::Poll::Ready(Ok(()));
-            }
             Pin::new(&mut connection).graceful_shutdown();
             if evicted_now {
                 evicting = true;
