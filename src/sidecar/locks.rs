@@ -99,10 +99,11 @@ impl Entry {
 }
 
 /// What draining found: the locks still held for clients that heartbeat, the locks busy with a request
-/// (a heartbeat, most likely), and when to look again.
+/// (a heartbeat, most likely), the releases cut off by the deadline, and when to look again.
 pub struct Drained {
     pub held: Vec<String>,
     pub busy: usize,
+    pub cut_off: usize,
     pub next_check: Option<Instant>,
 }
 
@@ -440,13 +441,15 @@ impl Locks {
     /// two thirds of the TTL (a client told 200 heartbeats again within a third: twice that) and for one and a
     /// half times the longest gap it ever left between two. Locks whose
     /// clients still heartbeat stay held; with `deadline`, they are given up without a release (see
-    /// `give_up`).
-    pub async fn drain_step(&self) -> Drained {
+    /// `give_up`). The quiet locks are released together, and no later than `deadline`: a release that
+    /// has not gone through by then (a hung API server) is left to expire after its TTL.
+    pub async fn drain_step(&self, deadline: Instant) -> Drained {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> =
             self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
-        let mut drained = Drained { held: Vec::new(), busy: 0, next_check: None };
-        for (name, entry) in entries {
-            let Ok(mut entry) = entry.try_lock() else {
+        let mut drained = Drained { held: Vec::new(), busy: 0, cut_off: 0, next_check: None };
+        let mut quiet = Vec::new();
+        for (name, entry) in &entries {
+            let Ok(entry) = entry.try_lock() else {
                 drained.busy += 1;
                 continue;
             };
@@ -457,20 +460,38 @@ impl Locks {
             let last = entry.heartbeat.unwrap_or(entry.used);
             let quiet_at = last + quiet_after;
             if Instant::now() < quiet_at {
-                drained.held.push(name);
+                drained.held.push(name.clone());
                 drained.next_check = Some(drained.next_check.map_or(quiet_at, |at| at.min(quiet_at)));
                 continue;
             }
             tracing::info!(
-                lease = %self.lease_name(&name),
+                lease = %self.lease_name(name),
                 quiet = ?last.elapsed(),
                 "draining: the lock's client stopped heartbeating; releasing it"
             );
-            if let Err(err) = self.release(&name, &mut entry.elector).await {
-                tracing::warn!(lease = %self.lease_name(&name), error = %err, "cannot release the lock; it expires after its TTL");
-            }
-            entry.heartbeat = None;
+            quiet.push((name, entry));
         }
+        let releases = quiet.into_iter().map(|(name, mut entry)| async move {
+            let lease = self.lease_name(name);
+            let cut_off = match tokio::time::timeout_at(deadline.into(), self.release(name, &mut entry.elector)).await {
+                Ok(Ok(_)) => false,
+                Ok(Err(err)) => {
+                    tracing::warn!(lease = %lease, error = %err, "cannot release the lock; it expires after its TTL");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        lease = %lease,
+                        "the drain deadline (--drain) passed before the release went through; the lock expires \
+                         after its TTL"
+                    );
+                    true
+                }
+            };
+            entry.heartbeat = None;
+            cut_off
+        });
+        drained.cut_off = futures::future::join_all(releases).await.into_iter().filter(|&cut_off| cut_off).count();
         drained
     }
 

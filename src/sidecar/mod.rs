@@ -110,9 +110,20 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
         };
         tokio::pin!(another);
         loop {
-            let drained = locks.drain_step().await;
+            let drained = tokio::select! {
+                drained = locks.drain_step(deadline) => drained,
+                () = &mut another => {
+                    tracing::warn!(
+                        "a second signal came while releasing locks: exiting; every lock not yet released expires \
+                         after its TTL"
+                    );
+                    break;
+                }
+            };
             if drained.done() {
-                tracing::info!("drained: no lock is held any more");
+                if drained.cut_off == 0 {
+                    tracing::info!("drained: no lock is held any more");
+                }
                 break;
             }
             if Instant::now() >= deadline {

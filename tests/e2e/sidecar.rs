@@ -1168,14 +1168,16 @@ fn api_failures_answer_503_or_403_and_the_side_car_carries_on() {
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"));
 }
 
-/// Side-car "pod-a" (TTL 6 s) that reaches the API server through a fault proxy of its own.
-fn side_car_through_a_fault_proxy(env: &TestEnv) -> (crate::support::proxy::FaultProxy, Sidecar) {
+/// Side-car "pod-a" (TTL 6 s, and `extra`) that reaches the API server through a fault proxy of its own.
+fn side_car_through_a_fault_proxy(env: &TestEnv, extra: &[&str]) -> (crate::support::proxy::FaultProxy, Sidecar) {
     use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
     let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
     let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
     let proxied = env.path("kubeconfig-proxied");
     std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
-    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
+    let mut args = vec!["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"];
+    args.extend(extra);
+    let mut command = env.mpsync(args);
     command.env("MPSYNC_KUBECONFIG", &proxied);
     (proxy, Sidecar::spawn(command, env))
 }
@@ -1194,7 +1196,7 @@ fn a_heartbeat_on_a_hung_api_server_is_answered_before_another_pod_can_take_the_
     }
     let env = TestEnv::kube();
     let name = env.lease_name("sc-hung");
-    let (proxy, a) = side_car_through_a_fault_proxy(&env);
+    let (proxy, a) = side_car_through_a_fault_proxy(&env, &[]);
     let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
     a.put(&name).assert_status(200);
     proxy.partition();
@@ -1238,7 +1240,7 @@ fn a_delete_on_a_hung_api_server_is_answered_in_time() {
     }
     let env = TestEnv::kube();
     let name = env.lease_name("sc-hung-delete");
-    let (proxy, a) = side_car_through_a_fault_proxy(&env);
+    let (proxy, a) = side_car_through_a_fault_proxy(&env, &[]);
     a.put(&name).assert_status(200);
     proxy.partition();
     let asked = Instant::now();
@@ -1248,6 +1250,40 @@ fn a_delete_on_a_hung_api_server_is_answered_in_time() {
     // The lock is still surely held (half the TTL, 3 s, has not passed): its heartbeat says so.
     if asked.elapsed() < Duration::from_secs(2) {
         a.put(&name).assert_status(200);
+    }
+}
+
+/// Found by review: a drain released its quiet locks one after another, each release given its calls'
+/// timeouts and retries: with the API server hung, three locks kept the side-car draining for a minute
+/// past `--drain`. The releases now go together and end at `--drain`; a lock whose release did not go
+/// through expires after its TTL. Here the drain is 3 s; the three clients went quiet long before.
+#[test]
+fn a_drain_on_a_hung_api_server_ends_at_its_deadline() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let names: Vec<String> = (0..3).map(|_| env.lease_name("sc-hung-drain")).collect();
+    let (proxy, mut a) = side_car_through_a_fault_proxy(&env, &["--drain", "3s"]);
+    for name in &names {
+        a.put(name).assert_status(200);
+    }
+    // Quiet (no heartbeat) for two thirds of the TTL: each is released as soon as the drain starts.
+    std::thread::sleep(Duration::from_secs(4) + Duration::from_millis(200));
+    proxy.partition();
+    let signalled = Instant::now();
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    // 3 s of drain, and room for a loaded machine; one release's calls alone take 5 s to time out.
+    assert!(took < Duration::from_secs(9), "the drain took {took:?}: {}", a.process.stderr());
+    assert!(a.process.stderr().contains("expires after its TTL"), "{}", a.process.stderr());
+    proxy.heal();
+    // Whatever reached the API server, nobody holds a lock of A's client's past its TTL.
+    for name in &names {
+        let holder = env.holder(name);
+        assert!(matches!(holder.as_deref(), Some("pod-a" | "")), "{holder:?}");
     }
 }
 
