@@ -991,8 +991,15 @@ async fn acquisition(
         },
     )
     .await;
+    // Ended by the watchdog, or past the renew deadline when a release was asked for (the watchdog had
+    // cancelled the work already; the runtime ran late): lost, for the observer too (found by review: it
+    // counted as a release when the slot was given back).
+    let past_deadline = Instant::now() >= state_tx.0.borrow().deadline;
     let loss = match loss {
-        None if request.is_none() => Some(LossReason::RenewDeadline),
+        None if request.is_none() || past_deadline => {
+            slot.tell_lost();
+            Some(LossReason::RenewDeadline)
+        }
         loss => loss,
     };
     // The reason first, so that whoever sees the token cancelled finds it.
@@ -1006,7 +1013,10 @@ async fn acquisition(
             // Whoever holds the lock stops its work first. Then a record that is still our own write (the
             // renew deadline passed while the server was out of reach, say) is given back, so the next
             // holder need not wait out its duration; then the slot may campaign again.
-            let reply = release_rx.recv().await;
+            let reply = match request {
+                Some(asked) => asked,
+                None => release_rx.recv().await,
+            };
             let released = slot.settle(budget).await;
             slot.forget_loss();
             if let (Err(err), None) = (&released, &reply) {
@@ -1148,5 +1158,33 @@ async fn settle_all(slots: &mut [Slot], budget: Duration) {
         if let Err(err) = slot.settle(budget).await {
             tracing::warn!(lease = %slot.name(), error = %err, "could not give the lease back; it expires after its duration");
         }
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use super::*;
+
+    /// Found by review (helper-63): a hold ended by the watchdog (the runtime blocked past the renew
+    /// deadline) was told to the observer as a release when the slot was given back, not as a loss.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hold_ended_by_the_watchdog_is_a_loss_for_the_observer() {
+        let dir = std::env::temp_dir().join(format!("mpsync-lock-watchdog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let timing = Timing {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(1),
+            retry_period: Duration::from_millis(200),
+        };
+        let health = crate::health::Health::new(timing);
+        let lock = Lock::file(&dir, "watched").timing(timing).observer(Arc::new(health.clone())).build().unwrap();
+        let held = lock.acquire().await.unwrap();
+        // The runtime blocked past the renew deadline: only the watchdog's thread acts.
+        std::thread::sleep(timing.renew_deadline + Duration::from_millis(500));
+        assert_eq!(held.lost().await, LossReason::RenewDeadline);
+        let _ = held.release().await;
+        let metrics = health.answer("/metrics", Instant::now(), None).unwrap().body;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(metrics.contains("mpsync_losses_total 1"), "{metrics}");
     }
 }
