@@ -991,10 +991,11 @@ async fn acquisition(
         },
     )
     .await;
-    // Ended by the watchdog, or past the renew deadline when a release was asked for (the watchdog had
-    // cancelled the work already; the runtime ran late): lost, for the observer too (found by review: it
-    // counted as a release when the slot was given back).
-    let past_deadline = Instant::now() >= state_tx.0.borrow().deadline;
+    // Ended by the watchdog, or past the renew deadline when a library caller's release was asked for
+    // (the watchdog had cancelled the work already; the runtime ran late): lost, for the observer too
+    // (found by review: it counted as a release when the slot was given back). The CLI's guard keeps the
+    // deadline on its own; a release it asks for is a release.
+    let past_deadline = inner.library && Instant::now() >= state_tx.0.borrow().deadline;
     let loss = match loss {
         None if request.is_none() || past_deadline => {
             slot.tell_lost();

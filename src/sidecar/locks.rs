@@ -441,8 +441,9 @@ impl Locks {
     /// two thirds of the TTL (a client told 200 heartbeats again within a third: twice that) and for one and a
     /// half times the longest gap it ever left between two. Locks whose
     /// clients still heartbeat stay held; with `deadline`, they are given up without a release (see
-    /// `give_up`). The quiet locks are released together, and no later than `deadline`: a release that
-    /// has not gone through by then (a hung API server) is left to expire after its TTL.
+    /// `give_up`). The quiet locks are released together, each within `deadline` or, later, the budget
+    /// of any request ([`answer_within`]) from when it starts: a release that has not gone through by then
+    /// (a hung API server) is given up, and its lock, if the write did not land, expires after its TTL.
     pub async fn drain_step(&self, deadline: Instant) -> Drained {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> =
             self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
@@ -473,7 +474,10 @@ impl Locks {
         }
         let releases = quiet.into_iter().map(|(name, mut entry)| async move {
             let lease = self.lease_name(name);
-            let cut_off = match tokio::time::timeout_at(deadline.into(), self.release(name, &mut entry.elector)).await {
+            // A lock that went quiet just before the deadline (SIGTERM right after its client's last
+            // heartbeat) still gets a whole budget (found by review: its release was cut off at once).
+            let until = deadline.max(Instant::now() + answer_within(self.ttl));
+            let cut_off = match tokio::time::timeout_at(until.into(), self.release(name, &mut entry.elector)).await {
                 Ok(Ok(_)) => false,
                 Ok(Err(err)) => {
                     tracing::warn!(lease = %lease, error = %err, "cannot release the lock; it expires after its TTL");
@@ -482,8 +486,8 @@ impl Locks {
                 Err(_) => {
                     tracing::warn!(
                         lease = %lease,
-                        "the drain deadline (--drain) passed before the release went through; the lock expires \
-                         after its TTL"
+                        "no answer to the release in time (--drain): its outcome is unknown; if it did not land, \
+                         the lock expires after its TTL"
                     );
                     true
                 }

@@ -1287,6 +1287,28 @@ fn a_drain_on_a_hung_api_server_ends_at_its_deadline() {
     }
 }
 
+/// Found by review: with the drain's releases ended at `--drain`, a lock that went quiet just at the
+/// deadline (SIGTERM right after its client's last heartbeat, `--drain` equal to the quiet time, as with
+/// the defaults) had its release cut off at once and was left for its TTL. Each release gets the budget
+/// of any request (a sixth of the TTL, 1 s here) however late it starts.
+#[test]
+fn a_lock_gone_quiet_at_the_drain_deadline_is_still_released() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("sc-quiet-at-deadline");
+    // Quiet after 4 s (two thirds of the TTL): the drain's deadline.
+    let (proxy, mut a) = side_car_through_a_fault_proxy(&env, &["--drain", "4s"]);
+    a.put(&name).assert_status(200);
+    proxy.delay_responses(Duration::from_millis(300));
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits");
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    proxy.delay_responses(Duration::ZERO);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "not released: {}", a.process.stderr());
+}
+
 /// Found by review: the side-car serves at most 256 connections at once, and a client that kept 256 open
 /// (a request on each every 2 s, well within the idle timeout) kept every other connection waiting in
 /// the backlog: the heartbeats went unanswered and the lock passed to another pod while its client waited.
