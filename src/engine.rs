@@ -694,8 +694,22 @@ pub async fn hold(slot: &mut Slot, stop: impl Future<Output = ()>, on_change: im
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => sleep_until_instant(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Sleep until `at`, on the monotonic clock every deadline here is kept on. tokio's timers fire at or
+/// after it, except under tokio's paused test clock (`time::pause`, `start_paused`), which runs ahead
+/// of it: woken early, the rest is waited in real time on a blocking thread (the paused clock does not
+/// advance meanwhile), instead of waking again at once until the real time comes (found by review: a
+/// held lock spun a core under a paused clock). A lease is kept in real time, whatever the runtime's
+/// clock says.
+pub(crate) async fn sleep_until_instant(at: Instant) {
+    tokio::time::sleep_until(at.into()).await;
+    let left = at.saturating_duration_since(Instant::now());
+    if left > Duration::from_millis(1) {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
     }
 }
 

@@ -734,10 +734,10 @@ impl HeldLock {
                 }
                 changed = state.changed() => if changed.is_err() {
                     // The background task is gone: only the deadline is left to go by.
-                    tokio::time::sleep_until(deadline.into()).await;
+                    engine::sleep_until_instant(deadline).await;
                     return LossReason::RenewDeadline;
                 },
-                () = tokio::time::sleep_until(deadline.into()) => {
+                () = engine::sleep_until_instant(deadline) => {
                     if state.borrow().deadline <= Instant::now() {
                         return state.borrow().lost.clone().unwrap_or(LossReason::RenewDeadline);
                     }
@@ -862,7 +862,7 @@ async fn take_slots(
         slots = slots.lock_owned() => Some(slots),
         () = async {
             match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => engine::sleep_until_instant(at).await,
                 None => std::future::pending().await,
             }
         } => None,
@@ -1187,5 +1187,40 @@ mod tests {
         let metrics = health.answer("/metrics", Instant::now(), None).unwrap().body;
         let _ = std::fs::remove_dir_all(&dir);
         assert!(metrics.contains("mpsync_losses_total 1"), "{metrics}");
+    }
+
+    /// Found by review: under tokio's paused test clock (which a program's own tests may use), a held
+    /// lock spun a core: its timers, set on the monotonic clock, fired at once on the paused one, which
+    /// auto-advanced to them, and were set again. It now waits out the rest in real time.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_held_lock_does_not_spin_under_a_paused_clock() {
+        let dir = std::env::temp_dir().join(format!("mpsync-lock-paused-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let timing = Timing {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(200),
+        };
+        let lock = Lock::file(&dir, "paused").timing(timing).build().unwrap();
+        let held = lock.acquire().await.unwrap();
+        let (real, cpu) = (Instant::now(), thread_cpu());
+        tokio::select! {
+            reason = held.lost() => panic!("lost: {reason}"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (real, cpu) = (real.elapsed(), thread_cpu() - cpu);
+        held.release().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        // Spinning, the runtime's thread is busy the whole time.
+        assert!(cpu < real / 3, "{cpu:?} of CPU in {real:?}");
+    }
+
+    /// The CPU time of the calling thread.
+    fn thread_cpu() -> Duration {
+        let mut time = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given, which lives across the call.
+        let done = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+        assert_eq!(done, 0);
+        Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
     }
 }
