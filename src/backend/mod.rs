@@ -353,10 +353,33 @@ fn pod_namespace() -> (String, &'static str) {
 /// reads it only at the first request) and its namespace trimmed (as client-go trims it); Err says
 /// why not, on one line.
 fn in_cluster() -> std::result::Result<kube::Config, String> {
-    let mut config = kube::Config::incluster().map_err(|err| one_line(&err))?;
+    let mut config = match kube::Config::incluster() {
+        Ok(config) => config,
+        // client-go needs no namespace file (the namespace is then POD_NAMESPACE, or `default`): a
+        // service account volume of one's own may hold only the token and the CA.
+        Err(kube::config::InClusterError::ReadDefaultNamespace(_)) => in_cluster_without_namespace_file()?,
+        Err(err) => return Err(one_line(&err)),
+    };
     let token = format!("{SERVICE_ACCOUNT}/token");
     std::fs::File::open(&token).map_err(|err| format!("cannot read {token}: {err}"))?;
     config.default_namespace = config.default_namespace.trim().to_string();
+    Ok(config)
+}
+
+/// What `kube::Config::incluster` builds, for a service account without a namespace file (kube needs
+/// one): the API server from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, the CA, the token.
+fn in_cluster_without_namespace_file() -> std::result::Result<kube::Config, String> {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let (host, port) = (var("KUBERNETES_SERVICE_HOST")?, var("KUBERNETES_SERVICE_PORT")?);
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let server = format!("https://{authority}");
+    let mut config = kube::Config::new(
+        server.parse().map_err(|err| format!("KUBERNETES_SERVICE_HOST and _PORT make no URL ({server}): {err}"))?,
+    );
+    let pem = std::fs::read(tls::IN_CLUSTER_CA).map_err(|err| format!("cannot read {}: {err}", tls::IN_CLUSTER_CA))?;
+    config.root_cert = Some(tls::pem_certificates(&pem, tls::IN_CLUSTER_CA)?);
+    config.root_cert_file = Some(PathBuf::from(tls::IN_CLUSTER_CA));
+    config.auth_info.token_file = Some(format!("{SERVICE_ACCOUNT}/token"));
     Ok(config)
 }
 

@@ -67,7 +67,7 @@ pub fn settle(config: &mut kube::Config, ca: Option<String>) -> Result<Trust> {
             let what = ca.unwrap_or_else(|| "the configuration's certificate authority".to_string());
             let mut store = RootCertStore::empty();
             if ders.is_empty() {
-                return Err(no_certificate(&what));
+                return Err(Error::Config(no_certificate(&what)));
             }
             for (n, der) in ders.iter().enumerate() {
                 store.add(CertificateDer::from(der.as_slice())).map_err(|err| bad_certificate(&what, n, &err))?;
@@ -91,22 +91,29 @@ pub fn setup_error(trust: &Trust, server: &http::Uri, err: &kube::Error) -> Erro
     }
 }
 
-fn check_pem(pem: &[u8], what: &str) -> Result<()> {
+/// The certificates (DER) in PEM `pem`, read from `what`; Err says why not, on one line.
+pub fn pem_certificates(pem: &[u8], what: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
     let ders = CertificateDer::pem_slice_iter(pem)
+        .map(|der| der.map(|der| der.to_vec()))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|err| Error::Config(format!("{what} is not valid PEM: {err}")))?;
+        .map_err(|err| format!("{what} is not valid PEM: {err}"))?;
     if ders.is_empty() {
         return Err(no_certificate(what));
     }
+    Ok(ders)
+}
+
+fn check_pem(pem: &[u8], what: &str) -> Result<()> {
+    let ders = pem_certificates(pem, what).map_err(Error::Config)?;
     let mut store = RootCertStore::empty();
     for (n, der) in ders.into_iter().enumerate() {
-        store.add(der).map_err(|err| bad_certificate(what, n, &err))?;
+        store.add(CertificateDer::from(der)).map_err(|err| bad_certificate(what, n, &err))?;
     }
     Ok(())
 }
 
-fn no_certificate(what: &str) -> Error {
-    Error::Config(format!("{what} holds no certificate (no -----BEGIN CERTIFICATE----- block)"))
+fn no_certificate(what: &str) -> String {
+    format!("{what} holds no certificate (no -----BEGIN CERTIFICATE----- block)")
 }
 
 fn bad_certificate(what: &str, index: usize, err: &rustls::Error) -> Error {

@@ -232,6 +232,31 @@ fn static_mpsync_in_an_empty_root_in_a_pod_needs_only_the_service_account_files(
     assert_ran_the_child(&root.lock(&env, &pod));
 }
 
+/// Found by review: a service account volume without a `namespace` file (one's own projected volume of
+/// the token and the CA) was unusable, as kube's in-cluster configuration needs the file; client-go
+/// needs none. The namespace is then `POD_NAMESPACE`, `--namespace`, or `default`.
+#[test]
+fn in_a_pod_a_service_account_without_a_namespace_file_is_used() {
+    let Some(env) = test_server() else { return };
+    let Some(root) = Root::new(&env) else { return };
+    let server = env.server().unwrap();
+    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
+    root.put(&format!("{account}/ca.crt"), &server.ca_pem());
+    root.put(&format!("{account}/token"), "not-a-real-token");
+    let port = server.addr().port().to_string();
+    let pod = [("KUBERNETES_SERVICE_HOST", "127.0.0.1"), ("KUBERNETES_SERVICE_PORT", port.as_str())];
+    assert_ran_the_child(&root.lock(&env, &pod));
+    let mut named = pod.to_vec();
+    named.push(("POD_NAMESPACE", "default"));
+    assert_ran_the_child(&root.lock(&env, &named));
+    // A CA that is not one is named.
+    root.put(&format!("{account}/ca.crt"), "not a certificate\n");
+    let done = root.lock(&env, &pod);
+    done.assert_code(125);
+    assert!(done.stderr.contains("ca.crt"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+}
+
 /// In a pod, a `$KUBECONFIG` that names a file is the user's choice of cluster: when it is unusable,
 /// mpsync says so rather than lock on the pod's own cluster through its service account. A broken
 /// `~/.kube/config` is passed over for a working service account; without one, both reasons are given.
