@@ -371,7 +371,11 @@ fn in_cluster() -> std::result::Result<kube::Config, String> {
 fn in_cluster_without_namespace_file() -> std::result::Result<kube::Config, String> {
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let (host, port) = (var("KUBERNETES_SERVICE_HOST")?, var("KUBERNETES_SERVICE_PORT")?);
-    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    // As kube builds it: an IP address with its port (an IPv6 one in brackets), else the host as given.
+    let authority = match (host.parse::<std::net::IpAddr>(), port.parse::<u16>()) {
+        (Ok(ip), Ok(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+        _ => format!("{host}:{port}"),
+    };
     let server = format!("https://{authority}");
     let mut config = kube::Config::new(
         server.parse().map_err(|err| format!("KUBERNETES_SERVICE_HOST and _PORT make no URL ({server}): {err}"))?,
