@@ -213,7 +213,7 @@ impl Slot {
     }
 
     /// Tell the observer that the hold it was told of is lost (a loss while still campaigning too).
-    pub fn tell_lost(&mut self) {
+    pub(crate) fn tell_lost(&mut self) {
         if self.told_acquired {
             self.told_acquired = false;
             self.observer.lost();

@@ -992,15 +992,11 @@ async fn acquisition(
     )
     .await;
     // Ended by the watchdog, or past the renew deadline when a library caller's release was asked for
-    // (the watchdog had cancelled the work already; the runtime ran late): lost, for the observer too
-    // (found by review: it counted as a release when the slot was given back). The CLI's guard keeps the
-    // deadline on its own; a release it asks for is a release.
+    // (the watchdog had cancelled the work already; the runtime ran late): lost. The CLI's guard keeps
+    // the deadline on its own; a release it asks for is a release.
     let past_deadline = inner.library && Instant::now() >= state_tx.0.borrow().deadline;
     let loss = match loss {
-        None if request.is_none() || past_deadline => {
-            slot.tell_lost();
-            Some(LossReason::RenewDeadline)
-        }
+        None if request.is_none() || past_deadline => Some(LossReason::RenewDeadline),
         loss => loss,
     };
     // The reason first, so that whoever sees the token cancelled finds it.
@@ -1013,7 +1009,9 @@ async fn acquisition(
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
             // Whoever holds the lock stops its work first. Then a record that is still our own write (the
             // renew deadline passed while the server was out of reach, say) is given back, so the next
-            // holder need not wait out its duration; then the slot may campaign again.
+            // holder need not wait out its duration; then the slot may campaign again. The observer hears
+            // of the loss first: giving the slot back would tell it of a release (found by review).
+            slot.tell_lost();
             let reply = match request {
                 Some(asked) => asked,
                 None => release_rx.recv().await,
