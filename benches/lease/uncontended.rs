@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::apiserver::{KubeconfigOptions, Trust};
+use crate::apiserver::{ClientKey, KubeconfigOptions, Trust};
 use crate::ctx::{Backend, Bin, Ctx, PATIENCE, Stats, command_line, epoch_micros, parse_micro_time, wait_with_timeout};
 use crate::kube::{KubeEnv, by_verb_code};
 
 type Make<'a> = Box<dyn Fn() -> Command + 'a>;
+
+/// A place, its lease, and a kubeconfig for it whose user has a client certificate.
+type Certified<'a> = (&'a KubeEnv<'a>, &'a String, PathBuf);
 
 struct Variant<'a> {
     label: String,
@@ -50,6 +53,24 @@ pub fn uncontended(ctx: &Ctx) -> String {
             let path = ctx.dir.join(format!("kubeconfig-insecure-{}", bin.label));
             fs::write(&path, server.kubeconfig_yaml_with(&options)).unwrap();
             Some((*bin, status_env, status_name, path))
+        })
+        .collect();
+    // `lock` and `status` with a kubeconfig whose user is an RSA client certificate, as kubeadm, kind and
+    // minikube write theirs: the key is parsed at start and signs every handshake (the test server asks
+    // for a certificate, as kube-apiserver does). Only on the test server, which can write one.
+    let client_certificate: Vec<(&Bin, [Certified; 2])> = envs
+        .iter()
+        .zip(&names)
+        .filter_map(|((bin, lock_env, status_env), (lock_name, status_name))| {
+            let kubeconfig = |env: &KubeEnv, what: &str| {
+                let server = env.server.as_ref().filter(|s| s.is_tls() && env.front.is_none())?;
+                let options = KubeconfigOptions::new(&env.namespace).client_certificate(ClientKey::Rsa);
+                let path = ctx.dir.join(format!("kubeconfig-client-rsa-{what}-{}", bin.label));
+                fs::write(&path, server.kubeconfig_yaml_with(&options)).unwrap();
+                Some(path)
+            };
+            let status = (status_env, status_name, kubeconfig(status_env, "status")?);
+            Some((*bin, [status, (lock_env, lock_name, kubeconfig(lock_env, "lock")?)]))
         })
         .collect();
     // The library as a program links it: the `guarded_job` example with no steps (start, read, acquire,
@@ -120,6 +141,20 @@ pub fn uncontended(ctx: &Ctx) -> String {
                 command
             }),
         });
+    }
+    for (bin, runs) in &client_certificate {
+        for ((env, name, path), lock) in runs.iter().zip([false, true]) {
+            let command = if lock { "lock -- true" } else { "status" };
+            variants.push(Variant {
+                label: format!("`mpsync {command}`, kubeconfig with an RSA client certificate [{}]", bin.label),
+                make: Box::new(move || {
+                    let args: &[&str] = if lock { &["lock", name, "--", "true"] } else { &["status", name] };
+                    let mut command = ctx.mpsync_bin(bin, Backend::Kube(env), args);
+                    command.env("MPSYNC_KUBECONFIG", path);
+                    command
+                }),
+            });
+        }
     }
     let library_rows = variants.len();
     for (bin, example, env, lease) in &library {

@@ -109,7 +109,7 @@ pub async fn connect(
     call_timeout: Duration,
     caller: Caller,
 ) -> Result<(Client, String)> {
-    let Loaded { mut config, cluster, ca, context_namespace } = load(kubeconfig, context, caller).await?;
+    let Loaded { mut config, cluster, ca, user, context_namespace } = load(kubeconfig, context, caller).await?;
     // As client-go has it: the context's namespace; else, where a pod's service account is there to use,
     // the pod's namespace (even under a kubeconfig that names none); else `default`.
     let (default_namespace, origin) = match context_namespace {
@@ -138,7 +138,7 @@ pub async fn connect(
     }
     let https = config
         .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
-        .map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
+        .map_err(|err| tls::setup_error(&trust, &config.cluster_url, user.as_deref(), &err))?;
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
     // connection (see `pools`); idle connections are closed as they expire, not kept until the next
     // request looks.
@@ -170,6 +170,8 @@ struct Loaded {
     cluster: Option<Cluster>,
     /// Where the CA in `config.root_cert` comes from, in words, if it carries one.
     ca: Option<String>,
+    /// The kubeconfig's user, in words (None in a pod): what a bad client certificate or key is named by.
+    user: Option<String>,
     /// The namespace the kubeconfig's context names, if it names one (None in a pod).
     context_namespace: Option<String>,
 }
@@ -266,7 +268,7 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
         (from_file, None) => match in_cluster() {
             Ok(config) => {
                 let ca = Some(format!("the service account's CA {}", tls::IN_CLUSTER_CA));
-                Ok(Loaded { config, cluster: None, ca, context_namespace: None })
+                Ok(Loaded { config, cluster: None, ca, user: None, context_namespace: None })
             }
             Err(err) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
                 let account = format!("the pod's service account: {err}");
@@ -438,6 +440,8 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
         .and_then(|context| file.contexts.iter().find(|named| &named.name == context))
         .and_then(|named| named.context.as_ref());
     let cluster_name = chosen_context.map(|context| context.cluster.clone());
+    let user =
+        chosen_context.and_then(|context| context.user.as_ref()).map(|name| format!("user {name:?} in {origin}"));
     let context_namespace = chosen_context.and_then(|context| context.namespace.clone()).filter(|ns| !ns.is_empty());
     let mut cluster = None;
     let mut ca = None;
@@ -470,5 +474,5 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
     if let Some(exec_cluster) = config.auth_info.exec.as_mut().and_then(|exec| exec.cluster.as_mut()) {
         exec_cluster.proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.clone());
     }
-    Ok(Loaded { config, cluster, ca, context_namespace })
+    Ok(Loaded { config, cluster, ca, user, context_namespace })
 }

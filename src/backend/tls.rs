@@ -77,8 +77,17 @@ pub fn settle(config: &mut kube::Config, ca: Option<String>) -> Result<Trust> {
     }
 }
 
-/// The message for a TLS set-up that failed, in the terms of what was trusted.
-pub fn setup_error(trust: &Trust, server: &http::Uri, err: &kube::Error) -> Error {
+/// The message for a TLS set-up that failed: in the terms of the client certificate when that is what
+/// failed (`user` names the kubeconfig's user), else in the terms of what was trusted.
+pub fn setup_error(trust: &Trust, server: &http::Uri, user: Option<&str>, err: &kube::Error) -> Error {
+    if is_client_certificate_error(err) {
+        let user = user.unwrap_or("the configuration's user");
+        return Error::Config(format!(
+            "cannot use the client certificate and key of {user}: {}\nclient-certificate(-data) and \
+             client-key(-data) must be a PEM certificate and its own private key (PKCS#1, PKCS#8 or SEC1)",
+            one_line(err)
+        ));
+    }
     match trust {
         Trust::System => Error::Config(format!(
             "cannot trust the API server {server}: the kubeconfig names no certificate authority, and the \
@@ -89,6 +98,23 @@ pub fn setup_error(trust: &Trust, server: &http::Uri, err: &kube::Error) -> Erro
         Trust::Ca(what) => Error::Config(format!("cannot use {what}: {}", one_line(err))),
         Trust::Nothing => Error::Config(format!("cannot set up TLS for {server}: {}", one_line(err))),
     }
+}
+
+/// Whether kube's TLS set-up failed on the client's own certificate or key: loading them (the only part
+/// of the kubeconfig kube loads at that point), or making them into an identity.
+fn is_client_certificate_error(err: &kube::Error) -> bool {
+    use kube::client::RustlsTlsError as Tls;
+    matches!(
+        err,
+        kube::Error::InferKubeconfig(_)
+            | kube::Error::RustlsTls(
+                Tls::InvalidIdentityPem(_)
+                    | Tls::MissingPrivateKey
+                    | Tls::MissingCertificate
+                    | Tls::InvalidPrivateKey(_)
+                    | Tls::UnknownPrivateKeyFormat
+            )
+    )
 }
 
 /// The certificates (DER) in PEM `pem`, read from `what`; Err says why not, on one line.

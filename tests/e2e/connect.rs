@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::support::apiserver::{KubeconfigOptions, Trust};
+use crate::support::apiserver::{ClientKey, KubeconfigOptions, Trust};
 use crate::support::connect_proxy::ConnectProxy;
 use crate::support::proxy::FaultProxy;
 use crate::support::*;
@@ -176,6 +176,54 @@ fn a_server_signed_by_another_ca_is_refused() {
     let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
     assert_failure(&done, 125, &["certificate"]);
     assert!(env.server().unwrap().requests().is_empty());
+}
+
+#[test]
+fn a_client_certificate_in_the_kubeconfig_authenticates_every_request() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.require_client_certificate(true);
+    for key in ClientKey::ALL {
+        let options = KubeconfigOptions::new("default").client_certificate(key);
+        let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml_with(&options));
+        let name = env.lease_name("cert");
+        let from = server.requests().len();
+        for args in [&["lock", &name, "--", "true"][..], &["status", &name]] {
+            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+            assert_eq!(done.code, Some(0), "{key:?} {args:?}: {}", done.stderr);
+        }
+        let requests = &server.requests()[from..];
+        assert!(requests.len() >= 4, "{requests:?}");
+        assert!(requests.iter().all(|r| r.client_certificate == Some(key) && r.status != 401), "{key:?}: {requests:?}");
+    }
+    // The same server without the certificate: 401, as a cluster that allows no anonymous request says.
+    let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml("default"));
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]));
+    assert_failure(&done, 125, &["401"]);
+}
+
+#[test]
+fn a_bad_client_certificate_or_key_is_an_error_naming_them() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let yaml = server.kubeconfig_yaml_with(&KubeconfigOptions::new("default").client_certificate(ClientKey::Rsa));
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let key_line = format!("    client-key-data: {}", encode(ClientKey::Rsa.key_pem()));
+    assert!(yaml.contains(&key_line), "{yaml}");
+    let missing = env.path("no-such-key.pem");
+    for (line, expected) in [
+        // Another certificate's key, valid on its own.
+        (format!("    client-key-data: {}", encode(ClientKey::Ec.key_pem())), "KeyMismatch"),
+        (format!("    client-key-data: {}", encode("hello\n")), "missing a private key"),
+        ("    client-key-data: c29tZS=bad".to_string(), "base64"),
+        (format!("    client-key: {}", missing.display()), "no-such-key.pem"),
+    ] {
+        let kubeconfig = write_kubeconfig(&env, &yaml.replace(&key_line, &line));
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+        assert_failure(&done, 125, &["the client certificate and key of user \"test-user\" in", expected]);
+        assert!(!done.stderr.contains("certificate-authority"), "the CA is not to blame:\n{}", done.stderr);
+    }
+    assert!(server.requests().is_empty(), "a bad key is found before any request");
 }
 
 // ---------------------------------------------------------------------------------------------

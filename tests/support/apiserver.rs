@@ -14,7 +14,11 @@
 //! TLS, as a kubeadm cluster has it: each server makes its own CA at start and a serving certificate
 //! signed by it for `localhost`, `127.0.0.1` and `::1` (rcgen, served with rustls). Kubeconfigs carry the
 //! CA in `certificate-authority-data`; [`TestApiServer::kubeconfig_yaml_with`] offers a CA file,
-//! `insecure-skip-tls-verify`, the host name `localhost` instead of the IP, and a `proxy-url`. Accepted
+//! `insecure-skip-tls-verify`, the host name `localhost` instead of the IP, a `proxy-url`, and a client
+//! certificate signed by the CA, as kubeadm, kind and k3s write them into their kubeconfigs (RSA with a
+//! PKCS#1 key, or EC with a SEC1 key: [`ClientKey`]). Like kube-apiserver, every handshake asks for a
+//! client certificate, and a client without one may go on; [`TestApiServer::require_client_certificate`]
+//! makes that 401 Unauthorized, as on a cluster that allows no anonymous requests. Accepted
 //! sockets get TCP_NODELAY, as Go's net package sets it. It speaks HTTP/1.1 only (ALPN `http/1.1`; the
 //! real server also offers h2). Plain HTTP sent to it gets Go's answer, `400 Client sent an HTTP request
 //! to an HTTPS server.` [`TestApiServer::start_plain`] serves plain HTTP instead, for debugging only.
@@ -121,6 +125,47 @@ pub struct RequestLog {
     pub at: std::time::Instant,
     /// The connection it came on, numbered from 0 in the order they were accepted.
     pub conn: u64,
+    /// The client certificate its connection was authenticated with, if any.
+    pub client_certificate: Option<ClientKey>,
+}
+
+/// A client certificate the server's CA signs at start, with its key as the kubeconfigs of real clusters
+/// carry it. The keys are fixed test keys (`tests/support/client-keys/`): ring makes no RSA keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKey {
+    /// RSA 2048, the key in PKCS#1 (`BEGIN RSA PRIVATE KEY`): what kubeadm, kind and minikube write.
+    Rsa,
+    /// EC P-256, the key in SEC1 (`BEGIN EC PRIVATE KEY`): what k3s writes.
+    Ec,
+}
+
+impl ClientKey {
+    pub const ALL: [ClientKey; 2] = [ClientKey::Rsa, ClientKey::Ec];
+
+    /// The key as the kubeconfig carries it.
+    pub fn key_pem(self) -> &'static str {
+        match self {
+            ClientKey::Rsa => include_str!("client-keys/rsa-pkcs1.pem"),
+            ClientKey::Ec => include_str!("client-keys/ec-sec1.pem"),
+        }
+    }
+
+    /// The same key in PKCS#8, the form rcgen signs a certificate for.
+    fn pkcs8_pem(self) -> &'static str {
+        match self {
+            ClientKey::Rsa => include_str!("client-keys/rsa-pkcs8.pem"),
+            ClientKey::Ec => include_str!("client-keys/ec-pkcs8.pem"),
+        }
+    }
+
+    /// The user the certificate names (its common name; organization `system:masters`, as kubeadm's
+    /// admin).
+    pub fn user(self) -> &'static str {
+        match self {
+            ClientKey::Rsa => "test-admin-rsa",
+            ClientKey::Ec => "test-admin-ec",
+        }
+    }
 }
 
 /// What becomes of the answer to a committed write: see [`TestApiServer::after_commit`].
@@ -170,12 +215,19 @@ pub struct KubeconfigOptions {
     localhost: bool,
     trust: Trust,
     proxy_url: Option<String>,
+    client_certificate: Option<ClientKey>,
 }
 
 impl KubeconfigOptions {
     /// The server by IP (`https://127.0.0.1:PORT`), the CA as `certificate-authority-data`, no proxy.
     pub fn new(namespace: &str) -> KubeconfigOptions {
-        KubeconfigOptions { namespace: namespace.to_string(), localhost: false, trust: Trust::CaData, proxy_url: None }
+        KubeconfigOptions {
+            namespace: namespace.to_string(),
+            localhost: false,
+            trust: Trust::CaData,
+            proxy_url: None,
+            client_certificate: None,
+        }
     }
 
     /// Name the server by host name: `https://localhost:PORT` (the certificate covers it).
@@ -195,6 +247,13 @@ impl KubeconfigOptions {
         self.proxy_url = Some(url.to_string());
         self
     }
+
+    /// The user authenticates with this client certificate (`client-certificate-data` and
+    /// `client-key-data`; ignored by a plain-HTTP server).
+    pub fn client_certificate(mut self, key: ClientKey) -> KubeconfigOptions {
+        self.client_certificate = Some(key);
+        self
+    }
 }
 
 /// The running server. Dropping it stops the listener and closes every connection.
@@ -210,6 +269,8 @@ struct TlsMaterial {
     ca_pem: String,
     ca_der: CertificateDer<'static>,
     config: Arc<rustls::ServerConfig>,
+    /// The client certificates the CA signed: which key, and the certificate's PEM and DER.
+    clients: Vec<(ClientKey, String, CertificateDer<'static>)>,
 }
 
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -240,10 +301,32 @@ impl TlsMaterial {
         let cert = params.signed_by(&key, &ca).expect("serving certificate");
 
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+        let clients = ClientKey::ALL
+            .into_iter()
+            .map(|client| {
+                let mut params = CertificateParams::new(Vec::<String>::new()).expect("client certificate parameters");
+                params.distinguished_name.push(DnType::CommonName, client.user());
+                params.distinguished_name.push(DnType::OrganizationName, "system:masters");
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                let key = KeyPair::from_pem(client.pkcs8_pem()).expect("the fixed client key");
+                let cert = params.signed_by(&key, &ca).expect("client certificate");
+                (client, cert.pem(), cert.der().clone())
+            })
+            .collect();
+        // As kube-apiserver with a client CA: every handshake asks for a certificate, and one without goes
+        // on to the other authenticators (here: none, or a 401 under `require_client_certificate`).
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("the CA certificate");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+            .allow_unauthenticated()
+            .build()
+            .expect("the client certificate verifier");
         let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(vec![cert.der().clone()], key)
             .expect("the serving certificate and key");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -253,7 +336,7 @@ impl TlsMaterial {
         // are two small writes; the second waits for the server's delayed ACK, 40 ms on Linux). Without
         // them, the test server shows that stall as a real one does.
         config.send_tls13_tickets = 0;
-        TlsMaterial { ca_pem: ca.pem(), ca_der: ca.der().clone(), config: Arc::new(config) }
+        TlsMaterial { ca_pem: ca.pem(), ca_der: ca.der().clone(), config: Arc::new(config), clients }
     }
 }
 
@@ -316,6 +399,10 @@ struct State {
     bookmark_interval: Duration,
     forbidden: BTreeSet<String>,
     unauthorized: bool,
+    /// The issued client certificates (DER, and which key); with `client_certificate_required`, a request
+    /// without one of them is 401.
+    client_certificates: Vec<(CertificateDer<'static>, ClientKey)>,
+    client_certificate_required: bool,
     log: Vec<RequestLog>,
     counts: BTreeMap<(String, u16), usize>,
     open_watches: usize,
@@ -419,6 +506,11 @@ impl TestApiServer {
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             forbidden: BTreeSet::new(),
             unauthorized: false,
+            client_certificates: tls
+                .as_ref()
+                .map(|tls| tls.clients.iter().map(|(key, _, der)| (der.clone(), *key)).collect())
+                .unwrap_or_default(),
+            client_certificate_required: false,
             log: Vec::new(),
             counts: BTreeMap::new(),
             open_watches: 0,
@@ -488,13 +580,26 @@ impl TestApiServer {
         if let Some(proxy) = &options.proxy_url {
             cluster.push_str(&format!("    proxy-url: {}\n", quote(proxy)));
         }
+        let user = match (&self.tls, options.client_certificate) {
+            (Some(tls), Some(key)) => {
+                let (_, cert_pem, _) =
+                    tls.clients.iter().find(|(k, _, _)| *k == key).expect("an issued client certificate");
+                let data = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+                format!(
+                    "\n    client-certificate-data: {}\n    client-key-data: {}",
+                    data(cert_pem),
+                    data(key.key_pem())
+                )
+            }
+            _ => " {}".to_string(),
+        };
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
              - name: test-apiserver\n  cluster:\n{cluster}\
              users:\n\
-             - name: test-user\n  user: {{}}\n\
+             - name: test-user\n  user:{user}\n\
              contexts:\n\
              - name: test\n  context:\n    cluster: test-apiserver\n    user: test-user\n    namespace: {namespace}\n\
              current-context: test\n\
@@ -664,6 +769,12 @@ impl TestApiServer {
     /// While on, every request answers 401 Unauthorized, as for a bad token.
     pub fn unauthorized(&self, on: bool) {
         self.shared.lock().unauthorized = on;
+    }
+
+    /// While on, a request on a connection that presented none of this server's client certificates
+    /// answers 401 Unauthorized, as on a cluster whose only credentials are client certificates.
+    pub fn require_client_certificate(&self, on: bool) {
+        self.shared.lock().client_certificate_required = on;
     }
 
     /// Every request received so far, in order, with its verb and answered status.
@@ -1560,8 +1671,16 @@ fn pause(shared: &Shared, conn: u64, delay: Duration) -> bool {
 fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bool {
     let route = route(&request.path);
     let verb = verb_of(request, &route);
+    let presented = match io.reader.get_ref() {
+        Transport::Tls(stream) => stream.conn.peer_certificates().and_then(|chain| chain.first()).cloned(),
+        Transport::Plain(_) => None,
+    };
     let (index, failure, latency, commit_delay, unauthorized, forbidden) = {
         let mut st = shared.lock();
+        let client_certificate = presented
+            .as_ref()
+            .and_then(|cert| st.client_certificates.iter().find(|(der, _)| der == cert).map(|(_, key)| *key));
+        let unauthorized = st.unauthorized || (st.client_certificate_required && client_certificate.is_none());
         st.log.push(RequestLog {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -1570,6 +1689,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             status: 0,
             at: std::time::Instant::now(),
             conn,
+            client_certificate,
         });
         let failure = match st.failures.take() {
             Some((n, code)) => {
@@ -1580,7 +1700,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             }
             None => None,
         };
-        (st.log.len() - 1, failure, st.latency, st.commit_delay, st.unauthorized, st.forbidden.clone())
+        (st.log.len() - 1, failure, st.latency, st.commit_delay, unauthorized, st.forbidden.clone())
     };
     shared.observed.notify_all();
     if failure.is_none()
