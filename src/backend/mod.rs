@@ -7,11 +7,13 @@
 //! asks for (`tls`), and watches on connections of their own (`pools`).
 
 mod connector;
+mod identity;
 mod pools;
 pub mod proxy;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -136,9 +138,26 @@ pub async fn connect(
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let https = config
-        .rustls_https_connector_with_connector(Connector::new(proxy, call_timeout))
+    // kube's TLS configuration, with the user's client certificate loaded by mpsync (`identity`), and
+    // the connector kube would build around it (`ConfigExt::rustls_https_connector_with_connector`).
+    let identity = identity::take(&mut config, user.as_deref())?;
+    let mut tls_config = config
+        .rustls_client_config()
         .map_err(|err| tls::setup_error(&trust, &config.cluster_url, user.as_deref(), &err))?;
+    if let Some(identity) = identity {
+        tls_config.client_auth_cert_resolver = Arc::new(identity);
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config).https_or_http();
+    let builder = match &config.tls_server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|err| {
+                Error::Config(format!("cannot use tls-server-name {name:?}: {err} (a DNS name or an IP address)"))
+            })?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let https = builder.enable_http1().wrap_connector(Connector::new(proxy, call_timeout));
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
     // connection (see `pools`); idle connections are closed as they expire, not kept until the next
     // request looks.

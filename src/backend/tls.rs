@@ -77,14 +77,15 @@ pub fn settle(config: &mut kube::Config, ca: Option<String>) -> Result<Trust> {
     }
 }
 
-/// The message for a TLS set-up that failed: in the terms of the client certificate when that is what
-/// failed (`user` names the kubeconfig's user), else in the terms of what was trusted.
+/// The message for a TLS set-up that failed: in the terms of the client certificate an exec plugin
+/// returned when that is what failed (`user` names the kubeconfig's user; a kubeconfig's own client
+/// certificate is loaded and checked before, by `identity`), else in the terms of what was trusted.
 pub fn setup_error(trust: &Trust, server: &http::Uri, user: Option<&str>, err: &kube::Error) -> Error {
     if is_client_certificate_error(err) {
         let user = user.unwrap_or("the configuration's user");
         return Error::Config(format!(
-            "cannot use the client certificate and key of {user}: {}\nclient-certificate(-data) and \
-             client-key(-data) must be a PEM certificate and its own private key (PKCS#1, PKCS#8 or SEC1)",
+            "cannot use the client certificate and key that the exec plugin of {user} returned: {}\n\
+             clientCertificateData and clientKeyData must be a PEM certificate and its own private key",
             one_line(err)
         ));
     }
@@ -100,20 +101,19 @@ pub fn setup_error(trust: &Trust, server: &http::Uri, user: Option<&str>, err: &
     }
 }
 
-/// Whether kube's TLS set-up failed on the client's own certificate or key: loading them (the only part
-/// of the kubeconfig kube loads at that point), or making them into an identity.
+/// Whether kube's TLS set-up failed on the client's own certificate or key (from an exec plugin: mpsync
+/// takes the kubeconfig's own out of kube's hands).
 fn is_client_certificate_error(err: &kube::Error) -> bool {
     use kube::client::RustlsTlsError as Tls;
     matches!(
         err,
-        kube::Error::InferKubeconfig(_)
-            | kube::Error::RustlsTls(
-                Tls::InvalidIdentityPem(_)
-                    | Tls::MissingPrivateKey
-                    | Tls::MissingCertificate
-                    | Tls::InvalidPrivateKey(_)
-                    | Tls::UnknownPrivateKeyFormat
-            )
+        kube::Error::RustlsTls(
+            Tls::InvalidIdentityPem(_)
+                | Tls::MissingPrivateKey
+                | Tls::MissingCertificate
+                | Tls::InvalidPrivateKey(_)
+                | Tls::UnknownPrivateKeyFormat
+        )
     )
 }
 

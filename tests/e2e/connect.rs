@@ -200,6 +200,18 @@ fn a_client_certificate_in_the_kubeconfig_authenticates_every_request() {
     let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml("default"));
     let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", "job", "--", "true"]));
     assert_failure(&done, 125, &["401"]);
+    // A certificate another CA signed: 401 too, from the request, not a failed handshake to retry (as
+    // kube-apiserver takes any certificate in the handshake and refuses it per request).
+    let other = crate::support::apiserver::TestApiServer::start();
+    let foreign = other.kubeconfig_yaml_with(&KubeconfigOptions::new("default").client_certificate(ClientKey::Ec));
+    let ours = server.kubeconfig_yaml("default");
+    let cluster_of = |yaml: &str| yaml.split("users:").next().unwrap().to_string();
+    let kubeconfig = write_kubeconfig(&env, &foreign.replace(&cluster_of(&foreign), &cluster_of(&ours)));
+    for require in [true, false] {
+        server.require_client_certificate(require);
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", "job", "--timeout", "60s", "--", "true"]));
+        assert_failure(&done, 125, &["401"]);
+    }
 }
 
 #[test]
@@ -213,17 +225,63 @@ fn a_bad_client_certificate_or_key_is_an_error_naming_them() {
     let missing = env.path("no-such-key.pem");
     for (line, expected) in [
         // Another certificate's key, valid on its own.
-        (format!("    client-key-data: {}", encode(ClientKey::Ec.key_pem())), "KeyMismatch"),
-        (format!("    client-key-data: {}", encode("hello\n")), "missing a private key"),
-        ("    client-key-data: c29tZS=bad".to_string(), "base64"),
+        (format!("    client-key-data: {}", encode(ClientKey::Ec.key_pem())), "not the client certificate's own"),
+        (format!("    client-key-data: {}", encode("hello\n")), "no unencrypted private key"),
+        ("    client-key-data: c29tZS=bad".to_string(), "client-key-data is not base64"),
         (format!("    client-key: {}", missing.display()), "no-such-key.pem"),
+        // The key where the certificate should be: no certificate.
+        (format!("{key_line}\n    client-certificate-data: {}", encode(ClientKey::Rsa.key_pem())), "no certificate"),
     ] {
-        let kubeconfig = write_kubeconfig(&env, &yaml.replace(&key_line, &line));
+        let mut broken = yaml.replace(&key_line, &line);
+        if line.contains("client-certificate-data") {
+            // Only the new certificate line: the issued one goes.
+            let issued = yaml.lines().find(|l| l.trim_start().starts_with("client-certificate-data")).unwrap();
+            broken = broken.replace(&format!("{issued}\n"), "");
+        }
+        let kubeconfig = write_kubeconfig(&env, &broken);
         let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
         assert_failure(&done, 125, &["the client certificate and key of user \"test-user\" in", expected]);
         assert!(!done.stderr.contains("certificate-authority"), "the CA is not to blame:\n{}", done.stderr);
     }
     assert!(server.requests().is_empty(), "a bad key is found before any request");
+}
+
+#[test]
+fn a_client_certificate_from_an_exec_plugin_authenticates_and_a_bad_one_names_the_plugin() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.require_client_certificate(true);
+    let with_cert = server.kubeconfig_yaml_with(&KubeconfigOptions::new("default").client_certificate(ClientKey::Ec));
+    let data = |field: &str| {
+        let line = with_cert.lines().find(|l| l.trim_start().starts_with(field)).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(line.split(": ").nth(1).unwrap()).unwrap();
+        String::from_utf8(decoded).unwrap()
+    };
+    let cert = data("client-certificate-data");
+    for (key, works) in [(ClientKey::Ec.key_pem(), true), (ClientKey::Rsa.key_pem(), false)] {
+        let credential = env.path(&env.lease_name("credential"));
+        let status = serde_json::json!({ "clientCertificateData": cert, "clientKeyData": key });
+        let json = serde_json::json!({
+            "apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": status
+        });
+        fs::write(&credential, json.to_string()).unwrap();
+        let plugin = env.path(&env.lease_name("plugin.sh"));
+        fs::write(&plugin, format!("#!/bin/sh\ncat {}\n", credential.display())).unwrap();
+        fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let exec = format!(
+            "  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      \
+             interactiveMode: Never\n",
+            plugin.display()
+        );
+        let yaml = server.kubeconfig_yaml("default").replace("  user: {}\n", &exec);
+        let kubeconfig = write_kubeconfig(&env, &yaml);
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"]));
+        if works {
+            done.assert_code(0);
+        } else {
+            assert_failure(&done, 125, &["the exec plugin of user \"test-user\"", "clientKeyData"]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

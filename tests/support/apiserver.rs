@@ -16,9 +16,11 @@
 //! CA in `certificate-authority-data`; [`TestApiServer::kubeconfig_yaml_with`] offers a CA file,
 //! `insecure-skip-tls-verify`, the host name `localhost` instead of the IP, a `proxy-url`, and a client
 //! certificate signed by the CA, as kubeadm, kind and k3s write them into their kubeconfigs (RSA with a
-//! PKCS#1 key, or EC with a SEC1 key: [`ClientKey`]). Like kube-apiserver, every handshake asks for a
-//! client certificate, and a client without one may go on; [`TestApiServer::require_client_certificate`]
-//! makes that 401 Unauthorized, as on a cluster that allows no anonymous requests. Accepted
+//! PKCS#1 key, EC with a SEC1 key, or an X.509 v1 one: [`ClientKey`]). Like kube-apiserver
+//! (`tls.RequestClientCert`), every handshake asks for a client certificate and takes any; a request
+//! whose certificate the CA did not sign is 401 Unauthorized, and a client without one may go on unless
+//! [`TestApiServer::require_client_certificate`] makes that a 401 too, as on a cluster that allows no
+//! anonymous requests. Accepted
 //! sockets get TCP_NODELAY, as Go's net package sets it. It speaks HTTP/1.1 only (ALPN `http/1.1`; the
 //! real server also offers h2). Plain HTTP sent to it gets Go's answer, `400 Client sent an HTTP request
 //! to an HTTPS server.` [`TestApiServer::start_plain`] serves plain HTTP instead, for debugging only.
@@ -137,15 +139,18 @@ pub enum ClientKey {
     Rsa,
     /// EC P-256, the key in SEC1 (`BEGIN EC PRIVATE KEY`): what k3s writes.
     Ec,
+    /// The RSA key in an X.509 v1 certificate (no extensions): what `openssl x509 -req` makes without
+    /// `-extfile`, which kubectl accepts.
+    RsaV1,
 }
 
 impl ClientKey {
-    pub const ALL: [ClientKey; 2] = [ClientKey::Rsa, ClientKey::Ec];
+    pub const ALL: [ClientKey; 3] = [ClientKey::Rsa, ClientKey::Ec, ClientKey::RsaV1];
 
     /// The key as the kubeconfig carries it.
     pub fn key_pem(self) -> &'static str {
         match self {
-            ClientKey::Rsa => include_str!("client-keys/rsa-pkcs1.pem"),
+            ClientKey::Rsa | ClientKey::RsaV1 => include_str!("client-keys/rsa-pkcs1.pem"),
             ClientKey::Ec => include_str!("client-keys/ec-sec1.pem"),
         }
     }
@@ -153,7 +158,7 @@ impl ClientKey {
     /// The same key in PKCS#8, the form rcgen signs a certificate for.
     fn pkcs8_pem(self) -> &'static str {
         match self {
-            ClientKey::Rsa => include_str!("client-keys/rsa-pkcs8.pem"),
+            ClientKey::Rsa | ClientKey::RsaV1 => include_str!("client-keys/rsa-pkcs8.pem"),
             ClientKey::Ec => include_str!("client-keys/ec-pkcs8.pem"),
         }
     }
@@ -164,6 +169,7 @@ impl ClientKey {
         match self {
             ClientKey::Rsa => "test-admin-rsa",
             ClientKey::Ec => "test-admin-ec",
+            ClientKey::RsaV1 => "test-admin-rsa-v1",
         }
     }
 }
@@ -283,14 +289,15 @@ impl TlsMaterial {
     fn generate() -> TlsMaterial {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-            KeyUsagePurpose,
+            KeyUsagePurpose, PublicKeyData as _,
         };
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
         ca_params.distinguished_name.push(DnType::CommonName, "test-apiserver-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA certificate");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = CertifiedIssuer::self_signed(ca_params, &ca_key).expect("CA certificate");
 
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let mut params = CertificateParams::new(names).expect("serving certificate parameters");
@@ -312,17 +319,24 @@ impl TlsMaterial {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
                 let key = KeyPair::from_pem(client.pkcs8_pem()).expect("the fixed client key");
                 let cert = params.signed_by(&key, &ca).expect("client certificate");
-                (client, cert.pem(), cert.der().clone())
+                let der = match client {
+                    ClientKey::RsaV1 => version_1(cert.der(), &ca_key),
+                    _ => cert.der().clone(),
+                };
+                let pem = format!("-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n", pem_lines(&der));
+                (client, pem, der, key.subject_public_key_info())
             })
-            .collect();
-        // As kube-apiserver with a client CA: every handshake asks for a certificate, and one without goes
-        // on to the other authenticators (here: none, or a 401 under `require_client_certificate`).
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).expect("the CA certificate");
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
-            .allow_unauthenticated()
-            .build()
-            .expect("the client certificate verifier");
+            .collect::<Vec<_>>();
+        // As kube-apiserver with a client CA (`tls.RequestClientCert`): every handshake asks for a
+        // certificate and takes whatever comes; each request is then authenticated by it (an unknown one
+        // is a 401), or, without one, by the other authenticators (here: none, or a 401 under
+        // `require_client_certificate`).
+        let verifier = Arc::new(AnyClientCertificate {
+            hints: vec![rustls::DistinguishedName::from(ca_params_subject(ca.der()))],
+            known: clients.iter().map(|(_, _, der, spki)| (der.clone(), spki.clone())).collect(),
+            algorithms: crypto_provider().signature_verification_algorithms,
+        });
+        let clients = clients.into_iter().map(|(client, pem, der, _)| (client, pem, der)).collect();
         let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
@@ -338,6 +352,135 @@ impl TlsMaterial {
         config.send_tls13_tickets = 0;
         TlsMaterial { ca_pem: ca.pem(), ca_der: ca.der().clone(), config: Arc::new(config), clients }
     }
+}
+
+/// The server's side of client certificates, as Go's `tls.RequestClientCert`: asked for, any accepted;
+/// the handshake's signature is checked for the certificates this server issued (with their public
+/// keys, as Go does, so that a v1 certificate, which webpki refuses, is checked too).
+#[derive(Debug)]
+struct AnyClientCertificate {
+    hints: Vec<rustls::DistinguishedName>,
+    /// Each issued certificate (DER) with its SubjectPublicKeyInfo (DER).
+    known: Vec<(CertificateDer<'static>, Vec<u8>)>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        match self.known.iter().find(|(der, _)| der == cert) {
+            Some((_, spki)) => rustls::crypto::verify_tls13_signature_with_raw_key(
+                message,
+                &rustls::pki_types::SubjectPublicKeyInfoDer::from(spki.as_slice()),
+                dss,
+                &self.algorithms,
+            ),
+            // Not one of ours: its requests are answered 401 whatever it signed.
+            None => Ok(rustls::client::danger::HandshakeSignatureValid::assertion()),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The DER elements (tag, length and content each) that make up `content`.
+fn der_elements(mut content: &[u8]) -> Vec<&[u8]> {
+    let mut elements = Vec::new();
+    while content.len() >= 2 {
+        let (length, header) = match content[1] {
+            short @ 0..0x80 => (usize::from(short), 2),
+            long => {
+                let count = usize::from(long & 0x7f);
+                (content[2..2 + count].iter().fold(0, |n, byte| (n << 8) | usize::from(*byte)), 2 + count)
+            }
+        };
+        elements.push(&content[..header + length]);
+        content = &content[header + length..];
+    }
+    elements
+}
+
+/// The content of DER element `element`.
+fn der_content(element: &[u8]) -> &[u8] {
+    let header = if element[1] < 0x80 { 2 } else { 2 + usize::from(element[1] & 0x7f) };
+    &element[header..]
+}
+
+/// DER element `tag` holding `content`.
+fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut element = vec![tag];
+    match content.len() {
+        n @ 0..0x80 => element.push(n as u8),
+        n if n <= 0xff => element.extend([0x81, n as u8]),
+        n => element.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    element.extend_from_slice(content);
+    element
+}
+
+/// The certificate `cert` as an X.509 v1 certificate (no version, no extensions), signed again by the
+/// CA: what `openssl x509 -req` makes without `-extfile`. rcgen makes only v3 ones.
+fn version_1(cert: &CertificateDer<'_>, ca_key: &rcgen::KeyPair) -> CertificateDer<'static> {
+    use rcgen::SigningKey as _;
+    let outer = der_elements(cert);
+    let parts = der_elements(der_content(outer[0]));
+    let tbs_parts = der_elements(der_content(parts[0]));
+    // [0] version, serial, signature, issuer, validity, subject, subjectPublicKeyInfo, [3] extensions
+    let tbs = der_element(0x30, &tbs_parts[1..7].concat());
+    let signature = ca_key.sign(&tbs).expect("sign the v1 certificate");
+    let bits = der_element(0x03, &[&[0u8][..], &signature].concat());
+    CertificateDer::from(der_element(0x30, &[&tbs[..], parts[1], &bits].concat()))
+}
+
+/// The subject (DER) of certificate `cert`: the CA's name, as the hints a client certificate request
+/// carries.
+fn ca_params_subject(cert: &CertificateDer<'_>) -> Vec<u8> {
+    let tbs = der_elements(der_content(der_elements(cert)[0]))[0];
+    let parts = der_elements(der_content(tbs));
+    // [0] version, serial, signature, issuer, validity, subject
+    parts[5].to_vec()
+}
+
+/// Base64 in lines of 64, as PEM has it.
+fn pem_lines(der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    text.as_bytes().chunks(64).map(|line| format!("{}\n", String::from_utf8_lossy(line))).collect()
 }
 
 struct Shared {
@@ -1680,7 +1823,11 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
         let client_certificate = presented
             .as_ref()
             .and_then(|cert| st.client_certificates.iter().find(|(der, _)| der == cert).map(|(_, key)| *key));
-        let unauthorized = st.unauthorized || (st.client_certificate_required && client_certificate.is_none());
+        // A certificate this server did not issue is refused, as kube-apiserver's x509 authenticator refuses
+        // one its client CA did not sign, even where anonymous requests are allowed.
+        let unauthorized = st.unauthorized
+            || (presented.is_some() && client_certificate.is_none())
+            || (st.client_certificate_required && client_certificate.is_none());
         st.log.push(RequestLog {
             method: request.method.clone(),
             path: request.path.clone(),
