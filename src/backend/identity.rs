@@ -6,9 +6,10 @@
 //!   v1. mpsync compares the two public keys itself;
 //! - every fault names the kubeconfig's user and what is wrong, before any connection.
 //!
-//! As kube and kubectl read them: `-data` before the file; the key and the certificate read as one PEM
-//! (either may hold both); the first private key (PKCS#8, PKCS#1 or SEC1) and every certificate, the
-//! client's own first.
+//! As kubectl reads them: `-data` before the file (an empty one is none); the certificates from the
+//! certificate's PEM (from the key's only where that holds none: one file for both), the client's own
+//! first; the key's PEM's first private key (PKCS#8, PKCS#1 or SEC1; else the certificate's). With
+//! them, an exec plugin is not run, as client-go does not run it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
     let auth = &mut config.auth_info;
     let cert = (auth.client_certificate_data.take(), auth.client_certificate.take());
     let key = (auth.client_key_data.take().map(|key| key.expose_secret().to_string()), auth.client_key.take());
+    let exec = &mut auth.exec;
     let user = user.unwrap_or("the configuration's user");
     let fail = |why: String| {
         Error::Config(format!(
@@ -58,23 +60,10 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
         (Err(why), _) | (_, Err(why)) => return Err(fail(why)),
         (Ok(Some(cert)), Ok(Some(key))) => (cert, key),
     };
-    let mut chain = Vec::new();
-    let mut keys = Vec::new();
-    for text in [&key_pem, &cert_pem] {
-        let mut reader = std::io::Cursor::new(text);
-        loop {
-            match pem::from_buf(&mut reader) {
-                Ok(Some((SectionKind::Certificate, der))) => chain.push(CertificateDer::from(der)),
-                Ok(Some((SectionKind::PrivateKey, der))) => keys.push(PrivateKeyDer::Pkcs8(der.into())),
-                Ok(Some((SectionKind::RsaPrivateKey, der))) => keys.push(PrivateKeyDer::Pkcs1(der.into())),
-                Ok(Some((SectionKind::EcPrivateKey, der))) => keys.push(PrivateKeyDer::Sec1(der.into())),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(err) => return Err(fail(format!("not valid PEM: {err}"))),
-            }
-        }
-    }
-    let Some(key) = keys.into_iter().next() else {
+    let (key_chain, key_keys) = sections(&key_pem).map_err(|err| fail(format!("client-key: {err}")))?;
+    let (cert_chain, cert_keys) = sections(&cert_pem).map_err(|err| fail(format!("client-certificate: {err}")))?;
+    let chain = if cert_chain.is_empty() { key_chain } else { cert_chain };
+    let Some(key) = key_keys.into_iter().chain(cert_keys).next() else {
         return Err(fail("no unencrypted private key (no -----BEGIN ... PRIVATE KEY----- block)".into()));
     };
     let Some(own) = chain.first() else {
@@ -87,20 +76,55 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
         .key_provider
         .load_private_key(key)
         .map_err(|err| fail(format!("the private key cannot be used: {err}")))?;
-    let Some(spki) = subject_public_key_info(own) else {
-        return Err(fail("the client certificate is not an X.509 certificate".into()));
-    };
-    if key.public_key().is_some_and(|public| public.as_ref() != spki) {
-        return Err(fail("the private key is not the client certificate's own".into()));
+    // rustls's check (webpki parses the certificate strictly), and for a v1 certificate, which webpki
+    // refuses, the same comparison of public keys on a strict reading of its DER.
+    let mismatch = || fail("the private key is not the client certificate's own".into());
+    match rustls::sign::CertifiedKey::new(vec![own.clone()], key.clone()).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => return Err(mismatch()),
+        Err(err) if format!("{err:?}").contains("UnsupportedCertVersion") => {
+            let Some(spki) = subject_public_key_info(own) else {
+                return Err(fail("the client certificate is not a valid X.509 certificate".into()));
+            };
+            if key.public_key().is_some_and(|public| public.as_ref() != spki) {
+                return Err(mismatch());
+            }
+        }
+        Err(err) => return Err(fail(format!("the client certificate cannot be used: {err}"))),
     }
+    // client-go does not run an exec plugin for a user with a client certificate of its own.
+    *exec = None;
     Ok(Some(ClientIdentity(Arc::new(CertifiedKey::new(chain, key)))))
+}
+
+/// The certificates and private keys in PEM text, in order; other blocks are skipped.
+#[allow(clippy::type_complexity)]
+fn sections(text: &[u8]) -> std::result::Result<(Vec<CertificateDer<'static>>, Vec<PrivateKeyDer<'static>>), String> {
+    let mut chain = Vec::new();
+    let mut keys = Vec::new();
+    let mut reader = std::io::Cursor::new(text);
+    loop {
+        match pem::from_buf(&mut reader) {
+            Ok(Some((SectionKind::Certificate, der))) => chain.push(CertificateDer::from(der)),
+            Ok(Some((SectionKind::PrivateKey, der))) => keys.push(PrivateKeyDer::Pkcs8(der.into())),
+            Ok(Some((SectionKind::RsaPrivateKey, der))) => keys.push(PrivateKeyDer::Pkcs1(der.into())),
+            Ok(Some((SectionKind::EcPrivateKey, der))) => keys.push(PrivateKeyDer::Sec1(der.into())),
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok((chain, keys)),
+            Err(err) => return Err(format!("not valid PEM (an encrypted key?): {err}")),
+        }
+    }
 }
 
 /// The PEM text of `-data` (base64) or else of the file, as kube loads it.
 fn load((data, file): (Option<String>, Option<String>), field: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+    // Empty is none, as client-go has it; base64 may be wrapped over lines, as Go's decoder skips them.
+    let data = data.filter(|data| !data.trim().is_empty());
+    let file = file.filter(|file| !file.is_empty());
     if let Some(data) = data {
+        let data: String = data.split_ascii_whitespace().collect();
         return base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
+            .decode(data)
             .map(Some)
             .map_err(|err| format!("{field}-data is not base64: {err}"));
     }
@@ -112,10 +136,16 @@ fn load((data, file): (Option<String>, Option<String>), field: &str) -> std::res
     }
 }
 
-/// The certificate's SubjectPublicKeyInfo, as DER (its outer SEQUENCE included), whatever its version.
+/// The certificate's SubjectPublicKeyInfo, as DER (its outer SEQUENCE included), whatever its version;
+/// None unless `cert` is one DER Certificate (to-be-signed part, algorithm, signature) and nothing more.
 fn subject_public_key_info(cert: &[u8]) -> Option<&[u8]> {
-    let (certificate, _) = der(cert, 0x30)?;
-    let (tbs, _) = der(certificate.content, 0x30)?;
+    let (certificate, after) = der(cert, 0x30)?;
+    let (tbs, rest) = der(certificate.content, 0x30)?;
+    let (_, rest) = der(rest, 0x30)?;
+    let (_, rest) = der(rest, 0x03)?;
+    if !after.is_empty() || !rest.is_empty() {
+        return None;
+    }
     let mut rest = tbs.content;
     // version [0] EXPLICIT, absent in a v1 certificate
     if rest.first() == Some(&0xa0) {
@@ -147,7 +177,12 @@ fn der(input: &[u8], tag: u8) -> Option<(Tlv<'_>, &[u8])> {
             return None;
         }
         let bytes = input.get(2..2 + count)?;
-        (bytes.iter().fold(0usize, |length, byte| (length << 8) | usize::from(*byte)), 2 + count)
+        let length = bytes.iter().fold(0usize, |length, byte| (length << 8) | usize::from(*byte));
+        // DER: the shortest form only.
+        if bytes[0] == 0 || length < 0x80 {
+            return None;
+        }
+        (length, 2 + count)
     };
     let end = header.checked_add(length)?;
     let whole = input.get(..end)?;
@@ -164,12 +199,18 @@ mod tests {
             der(&[0x30, 0x01, 0xff, 0x00], 0x30).map(|(tlv, rest)| (tlv.content, rest)),
             Some((&[0xff][..], &[0x00][..]))
         );
-        let long = [&[0x04, 0x81, 0x02][..], &[1, 2]].concat();
-        assert_eq!(der(&long, 0x04).map(|(tlv, _)| tlv.content.to_vec()), Some(vec![1, 2]));
+        let long = [&[0x04, 0x81, 0x80][..], &[7; 0x80]].concat();
+        assert_eq!(der(&long, 0x04).map(|(tlv, _)| tlv.content.to_vec()), Some(vec![7; 0x80]));
         assert!(der(&[0x30, 0x05, 0x00], 0x30).is_none());
         assert!(der(&[0x31, 0x00], 0x30).is_none());
         assert!(der(&[0x30, 0x85, 0, 0, 0, 0, 1], 0x30).is_none());
         assert!(der(&[], 0x30).is_none());
+    }
+
+    #[test]
+    fn lengths_not_in_their_shortest_form_are_not_der() {
+        assert!(der(&[0x04, 0x81, 0x02, 1, 2], 0x04).is_none());
+        assert!(der(&[0x04, 0x82, 0x00, 0x80], 0x04).is_none());
     }
 
     #[test]

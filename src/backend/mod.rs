@@ -148,7 +148,8 @@ pub async fn connect(
         tls_config.client_auth_cert_resolver = Arc::new(identity);
     }
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config).https_or_http();
-    let builder = match &config.tls_server_name {
+    // Empty is none, as kubectl has it.
+    let builder = match config.tls_server_name.as_ref().filter(|name| !name.is_empty()) {
         Some(name) => {
             let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|err| {
                 Error::Config(format!("cannot use tls-server-name {name:?}: {err} (a DNS name or an IP address)"))

@@ -231,6 +231,8 @@ fn a_bad_client_certificate_or_key_is_an_error_naming_them() {
         (format!("    client-key: {}", missing.display()), "no-such-key.pem"),
         // The key where the certificate should be: no certificate.
         (format!("{key_line}\n    client-certificate-data: {}", encode(ClientKey::Rsa.key_pem())), "no certificate"),
+        // The certificate with two bytes after its DER, which kubectl refuses too.
+        (format!("{key_line}\n    client-certificate-data: {}", encode(&trailing_bytes(&yaml))), "cannot be used"),
     ] {
         let mut broken = yaml.replace(&key_line, &line);
         if line.contains("client-certificate-data") {
@@ -244,6 +246,17 @@ fn a_bad_client_certificate_or_key_is_an_error_naming_them() {
         assert!(!done.stderr.contains("certificate-authority"), "the CA is not to blame:\n{}", done.stderr);
     }
     assert!(server.requests().is_empty(), "a bad key is found before any request");
+}
+
+/// The kubeconfig's client certificate with two bytes more after its DER, as PEM.
+fn trailing_bytes(yaml: &str) -> String {
+    let line = yaml.lines().find(|l| l.trim_start().starts_with("client-certificate-data")).unwrap();
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let pem = String::from_utf8(base64.decode(line.split(": ").nth(1).unwrap()).unwrap()).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der = base64.decode(body).unwrap();
+    der.extend([0x05, 0x00]);
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64.encode(der))
 }
 
 #[test]
@@ -282,6 +295,21 @@ fn a_client_certificate_from_an_exec_plugin_authenticates_and_a_bad_one_names_th
             assert_failure(&done, 125, &["the exec plugin of user \"test-user\"", "clientKeyData"]);
         }
     }
+    // A user with a client certificate of its own and an exec plugin: the plugin is not run (client-go
+    // does not run it), so one that fails does not matter.
+    let plugin = env.path("failing-plugin.sh");
+    let ran = env.path("failing-plugin-ran");
+    fs::write(&plugin, format!("#!/bin/sh\ntouch {}\nexit 3\n", ran.display())).unwrap();
+    fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exec = format!(
+        "\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      \
+         interactiveMode: Never",
+        plugin.display()
+    );
+    let key_line = with_cert.lines().find(|l| l.trim_start().starts_with("client-key-data")).unwrap();
+    let kubeconfig = write_kubeconfig(&env, &with_cert.replace(key_line, &format!("{key_line}{exec}")));
+    run(&env, mpsync_with(&env, &kubeconfig, &["status", "job"])).assert_code(0);
+    assert!(!ran.exists(), "the exec plugin ran");
 }
 
 // ---------------------------------------------------------------------------------------------
