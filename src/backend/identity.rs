@@ -44,7 +44,6 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
     let auth = &mut config.auth_info;
     let cert = (auth.client_certificate_data.take(), auth.client_certificate.take());
     let key = (auth.client_key_data.take().map(|key| key.expose_secret().to_string()), auth.client_key.take());
-    let exec = &mut auth.exec;
     let user = user.unwrap_or("the configuration's user");
     let fail = |why: String| {
         Error::Config(format!(
@@ -79,7 +78,7 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
     // rustls's check (webpki parses the certificate strictly), and for a v1 certificate, which webpki
     // refuses, the same comparison of public keys on a strict reading of its DER.
     let mismatch = || fail("the private key is not the client certificate's own".into());
-    match rustls::sign::CertifiedKey::new(vec![own.clone()], key.clone()).keys_match() {
+    match CertifiedKey::new(vec![own.clone()], key.clone()).keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(_)) => return Err(mismatch()),
         Err(err) if format!("{err:?}").contains("UnsupportedCertVersion") => {
@@ -93,7 +92,7 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
         Err(err) => return Err(fail(format!("the client certificate cannot be used: {err}"))),
     }
     // client-go does not run an exec plugin for a user with a client certificate of its own.
-    *exec = None;
+    config.auth_info.exec = None;
     Ok(Some(ClientIdentity(Arc::new(CertifiedKey::new(chain, key)))))
 }
 

@@ -332,7 +332,7 @@ impl TlsMaterial {
         // is a 401), or, without one, by the other authenticators (here: none, or a 401 under
         // `require_client_certificate`).
         let verifier = Arc::new(AnyClientCertificate {
-            hints: vec![rustls::DistinguishedName::from(ca_params_subject(ca.der()))],
+            hints: vec![rustls::DistinguishedName::from(subject_of(ca.der()))],
             known: clients.iter().map(|(_, _, der, spki)| (der.clone(), spki.clone())).collect(),
             algorithms: crypto_provider().signature_verification_algorithms,
         });
@@ -468,9 +468,8 @@ fn version_1(cert: &CertificateDer<'_>, ca_key: &rcgen::KeyPair) -> CertificateD
     CertificateDer::from(der_element(0x30, &[&tbs[..], parts[1], &bits].concat()))
 }
 
-/// The subject (DER) of certificate `cert`: the CA's name, as the hints a client certificate request
-/// carries.
-fn ca_params_subject(cert: &CertificateDer<'_>) -> Vec<u8> {
+/// The subject (DER) of certificate `cert` (of the CA: the hint a client certificate request carries).
+fn subject_of(cert: &CertificateDer<'_>) -> Vec<u8> {
     let tbs = der_elements(der_content(der_elements(cert)[0]))[0];
     let parts = der_elements(der_content(tbs));
     // [0] version, serial, signature, issuer, validity, subject
