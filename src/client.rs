@@ -31,9 +31,10 @@ use crate::error::Result;
 /// and has no read timeout of its own (every call of a lock is bounded; bound your own calls). Its
 /// default namespace (`client.default_namespace()`) is client-go's: the kubeconfig context's, else in a
 /// pod the pod's, else `default`; one that is not a valid name (a bad `POD_NAMESPACE`) is an
-/// [`Error::Config`](crate::Error::Config). Its `valid_until()` is
-/// `None`: a client certificate issued by an exec plugin is not renewed (nor is it by kube's client),
-/// so a program that runs longer than such a certificate lives must build a new client.
+/// [`Error::Config`](crate::Error::Config). An exec credential plugin
+/// runs once as the client is built, and again when its token expires or is refused (401). A client
+/// certificate issued by a plugin is not renewed (nor is it by kube's client): `valid_until()` says when
+/// it expires, and a program that runs longer must build a new client.
 ///
 /// TLS is rustls with ring. Building the client installs ring as the process's rustls crypto provider
 /// if none is installed, as kube's own client installs aws-lc-rs: rustls cannot pick one by itself when
@@ -109,7 +110,8 @@ impl KubeClientBuilder {
 
     /// Read the configuration and build the client. Nothing is sent to the API server yet (the first
     /// request opens the first connection), but an exec credential plugin that the kubeconfig names
-    /// may run now.
+    /// runs now, for as long as it takes; dropping the future kills it (with its process group, when it
+    /// is not interactive).
     ///
     /// # Errors
     ///

@@ -41,7 +41,20 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
     let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper })
         .map_err(|err| Error::Internal(format!("cannot start supervision: {err}")))?;
     block_on(async move {
-        let store = open_store(&config.backend, config.timing.call_timeout()).await?;
+        // `--timeout` counts from here: setting up the client (an exec credential plugin, which may take
+        // long) is part of the wait. A stop signal, or the timeout, ends it (the plugin is killed).
+        let started = Instant::now();
+        let mut supervisor = supervisor;
+        let deadline = match config.mode {
+            Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } => {
+                started.checked_add(timeout).map(|at| (at, conflict_exit_code))
+            }
+            _ => None,
+        };
+        let store = tokio::select! {
+            store = open_store(&config.backend, config.timing.call_timeout()) => store?,
+            exit = stopped_while_connecting(&mut supervisor, deadline) => return Ok(exit),
+        };
         let health = Health::new(config.timing);
         if let Some(addr) = config.health_addr {
             crate::health::serve(addr, health.clone()).await?;
@@ -54,8 +67,39 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
             builder = builder.slots(slots);
         }
         let lock = builder.build()?;
-        Runner { config, lock, supervisor, health }.run().await
+        Runner { config, lock, supervisor, health, started }.run().await
     })
+}
+
+/// The exit when a stop signal comes, or the `--timeout` deadline (with the exit code for it) passes,
+/// while the client is set up; never otherwise.
+async fn stopped_while_connecting(supervisor: &mut Supervisor, deadline: Option<(Instant, i32)>) -> Exit {
+    let timeout = async {
+        match deadline {
+            Some((at, code)) => {
+                tokio::time::sleep_until(at.into()).await;
+                tracing::error!(
+                    "lease not acquired in time: the client was still being set up (an exec credential plugin still ran?)"
+                );
+                Exit::NotAcquired(code)
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    loop {
+        tokio::select! {
+            exit = &mut timeout => return exit,
+            notice = supervisor.next_notice() => match notice {
+                Notice::Signal(signal) if is_stop(signal) => {
+                    tracing::info!(signal = %signal, "stopped while setting up the client");
+                    return Exit::Signaled(signal as i32);
+                }
+                Notice::Signal(signal) => tracing::debug!(signal = %signal, "ignored while setting up the client"),
+                Notice::ChildExited(_) | Notice::Resumed(_) => {}
+            },
+        }
+    }
 }
 
 struct Runner {
@@ -63,6 +107,8 @@ struct Runner {
     lock: Lock,
     supervisor: Supervisor,
     health: Health,
+    /// When mpsync started to set up: `--timeout` counts from here.
+    started: Instant,
 }
 
 /// How holding ended.
@@ -79,7 +125,7 @@ impl Runner {
         let (wait, conflict_exit_code) = match self.config.mode {
             Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } => {
                 // A timeout too long for the clock is as good as none.
-                let wait = Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until);
+                let wait = self.started.checked_add(timeout).map_or(Wait::Forever, Wait::Until);
                 (wait, conflict_exit_code)
             }
             Mode::Lock { wait: WaitFlag::NoWait, conflict_exit_code } => (Wait::NoWait, conflict_exit_code),
@@ -127,7 +173,7 @@ impl Runner {
     /// Run the child while holding `held`: forward signals, stop the child if the lease is lost, give
     /// the lease back after the child has been reaped.
     async fn hold(&mut self, held: HeldLock) -> Result<Held> {
-        let Runner { config, supervisor, health, lock } = self;
+        let Runner { config, supervisor, health, lock, .. } = self;
         let token = held.fencing_token();
         let span = tracing::info_span!("held", lease = %held.name(), identity = %config.identity, token);
         let _entered = span.enter();

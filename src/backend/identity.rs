@@ -59,8 +59,17 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
         (Err(why), _) | (_, Err(why)) => return Err(fail(why)),
         (Ok(Some(cert)), Ok(Some(key))) => (cert, key),
     };
-    let (key_chain, key_keys) = sections(&key_pem).map_err(|err| fail(format!("client-key: {err}")))?;
-    let (cert_chain, cert_keys) = sections(&cert_pem).map_err(|err| fail(format!("client-certificate: {err}")))?;
+    let identity = from_pem(&cert_pem, &key_pem, fail)?;
+    // client-go does not run an exec plugin for a user with a client certificate of its own.
+    config.auth_info.exec = None;
+    Ok(Some(identity))
+}
+
+/// The identity of a certificate (with its chain) and its key, in PEM (an exec plugin's too); `fail` makes
+/// the error that names whose they are from what is wrong.
+pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], fail: impl Fn(String) -> Error) -> Result<ClientIdentity> {
+    let (key_chain, key_keys) = sections(key_pem).map_err(|err| fail(format!("client-key: {err}")))?;
+    let (cert_chain, cert_keys) = sections(cert_pem).map_err(|err| fail(format!("client-certificate: {err}")))?;
     let chain = if cert_chain.is_empty() { key_chain } else { cert_chain };
     let Some(key) = key_keys.into_iter().chain(cert_keys).next() else {
         return Err(fail("no unencrypted private key (no -----BEGIN ... PRIVATE KEY----- block)".into()));
@@ -91,9 +100,7 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
         }
         Err(err) => return Err(fail(format!("the client certificate cannot be used: {err}"))),
     }
-    // client-go does not run an exec plugin for a user with a client certificate of its own.
-    config.auth_info.exec = None;
-    Ok(Some(ClientIdentity(Arc::new(CertifiedKey::new(chain, key)))))
+    Ok(ClientIdentity(Arc::new(CertifiedKey::new(chain, key))))
 }
 
 /// The certificates and private keys in PEM text, in order; other blocks are skipped.

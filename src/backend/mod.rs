@@ -7,6 +7,7 @@
 //! asks for (`tls`), and watches on connections of their own (`pools`).
 
 mod connector;
+mod exec;
 mod identity;
 mod pools;
 pub mod proxy;
@@ -140,10 +141,29 @@ pub async fn connect(
     }
     // kube's TLS configuration, with the user's client certificate loaded by mpsync (`identity`), and
     // the connector kube would build around it (`ConfigExt::rustls_https_connector_with_connector`).
-    let identity = identity::take(&mut config, user.as_deref())?;
-    let mut tls_config = config
-        .rustls_client_config()
-        .map_err(|err| tls::setup_error(&trust, &config.cluster_url, user.as_deref(), &err))?;
+    let mut identity = identity::take(&mut config, user.as_deref())?;
+    // The exec credential plugin, run by mpsync (see `exec`): once now, killed if this is given up on.
+    let mut token = None;
+    let mut valid_until = None;
+    if let Some(plugin) = exec::Plugin::take(&mut config, user.as_deref()) {
+        match plugin.run().await? {
+            exec::Credential::Token(first) => token = Some(exec::TokenSource::new(plugin, first)),
+            exec::Credential::Certificate { cert, key, expires } => {
+                let fail = |why: String| {
+                    Error::Config(format!(
+                        "cannot use the client certificate and key that {} returned: {why}
+clientCertificateData \
+                         and clientKeyData must be a PEM certificate and its own unencrypted private key",
+                        plugin.who()
+                    ))
+                };
+                identity = Some(identity::from_pem(&cert, &key, fail)?);
+                valid_until = expires;
+            }
+        }
+    }
+    let mut tls_config =
+        config.rustls_client_config().map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
     if let Some(identity) = identity {
         tls_config.client_auth_cert_resolver = Arc::new(identity);
     }
@@ -177,8 +197,10 @@ pub async fn connect(
         .option_layer(config.auth_layer().map_err(unusable)?)
         .layer(config.extra_headers_layer().map_err(unusable)?)
         .map_err(BoxError::from)
+        .option_layer(token)
+        .map_err(BoxError::from)
         .service(http);
-    let client = ClientBuilder::new(service, config.default_namespace.clone()).build();
+    let client = ClientBuilder::new(service, config.default_namespace.clone()).with_valid_until(valid_until).build();
     Ok((client, namespace))
 }
 

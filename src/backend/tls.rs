@@ -77,18 +77,9 @@ pub fn settle(config: &mut kube::Config, ca: Option<String>) -> Result<Trust> {
     }
 }
 
-/// The message for a TLS set-up that failed: in the terms of the client certificate an exec plugin
-/// returned when that is what failed (`user` names the kubeconfig's user; a kubeconfig's own client
-/// certificate is loaded and checked before, by `identity`), else in the terms of what was trusted.
-pub fn setup_error(trust: &Trust, server: &http::Uri, user: Option<&str>, err: &kube::Error) -> Error {
-    if is_client_certificate_error(err) {
-        let user = user.unwrap_or("the configuration's user");
-        return Error::Config(format!(
-            "cannot use the client certificate and key that the exec plugin of {user} returned: {}\n\
-             clientCertificateData and clientKeyData must be a PEM certificate and its own private key",
-            one_line(err)
-        ));
-    }
+/// The message for a TLS set-up that failed, in the terms of what was trusted (the client's own
+/// certificate, a kubeconfig's or an exec plugin's, is loaded and checked by `identity`).
+pub fn setup_error(trust: &Trust, server: &http::Uri, err: &kube::Error) -> Error {
     match trust {
         Trust::System => Error::Config(format!(
             "cannot trust the API server {server}: the kubeconfig names no certificate authority, and the \
@@ -99,22 +90,6 @@ pub fn setup_error(trust: &Trust, server: &http::Uri, user: Option<&str>, err: &
         Trust::Ca(what) => Error::Config(format!("cannot use {what}: {}", one_line(err))),
         Trust::Nothing => Error::Config(format!("cannot set up TLS for {server}: {}", one_line(err))),
     }
-}
-
-/// Whether kube's TLS set-up failed on the client's own certificate or key (from an exec plugin: mpsync
-/// takes the kubeconfig's own out of kube's hands).
-fn is_client_certificate_error(err: &kube::Error) -> bool {
-    use kube::client::RustlsTlsError as Tls;
-    matches!(
-        err,
-        kube::Error::RustlsTls(
-            Tls::InvalidIdentityPem(_)
-                | Tls::MissingPrivateKey
-                | Tls::MissingCertificate
-                | Tls::InvalidPrivateKey(_)
-                | Tls::UnknownPrivateKeyFormat
-        )
-    )
 }
 
 /// The certificates (DER) in PEM `pem`, read from `what`; Err says why not, on one line.

@@ -46,11 +46,17 @@ const CLOSE_BUDGET: Duration = Duration::from_secs(2);
 pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
     use tokio::signal::unix::{SignalKind, signal};
     block_on(async move {
-        let store = open_store(&config.backend, CALL_TIMEOUT).await?;
-        let listeners = bind(&config.listen).await?;
         let signals = |err: std::io::Error| Error::Internal(format!("cannot handle signals: {err}"));
         let mut interrupt = signal(SignalKind::interrupt()).map_err(signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(signals)?;
+        // A stop signal while the client is set up (an exec credential plugin may take long) ends it, and
+        // the plugin.
+        let store = tokio::select! {
+            store = open_store(&config.backend, CALL_TIMEOUT) => store?,
+            _ = interrupt.recv() => return Ok(Exit::Signaled(nix::libc::SIGINT)),
+            _ = terminate.recv() => return Ok(Exit::Signaled(nix::libc::SIGTERM)),
+        };
+        let listeners = bind(&config.listen).await?;
 
         let metrics = metrics::Metrics::default();
         let locks =

@@ -736,9 +736,8 @@ impl Supervisor {
     }
 
     /// What mpsync runs itself, which is not the job's: its children in `snapshot` that are not the job
-    /// threads' (see `job_tasks`), so its other threads' (a kubeconfig exec credential plugin, run by kube
-    /// on a thread of the runtime's blocking pool; the one kube runs on the main thread, when it builds the
-    /// client, is waited for before that thread does anything else). A process of the job stays a job
+    /// threads' (see `job_tasks`), so its other threads' (a kubeconfig exec credential plugin, always run on
+    /// a thread of the runtime's blocking pool: see `backend::exec`). A process of the job stays a job
     /// thread's child until mpsync reaps it, so one the snapshot shows as mpsync's child is listed when the
     /// threads' children are read after it. Not the group a process is in: a process of the job can move
     /// itself into mpsync's own group (it is in mpsync's session), and a plugin can leave it. Where the

@@ -312,6 +312,121 @@ fn a_client_certificate_from_an_exec_plugin_authenticates_and_a_bad_one_names_th
     assert!(!ran.exists(), "the exec plugin ran");
 }
 
+/// An executable shell script in the test's directory.
+fn write_plugin(env: &TestEnv, body: &str) -> PathBuf {
+    let plugin = env.path(&env.lease_name("plugin.sh"));
+    fs::write(&plugin, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    plugin
+}
+
+/// A kubeconfig for the test server whose user's only credential is the exec plugin `plugin`.
+fn exec_kubeconfig(env: &TestEnv, plugin: &std::path::Path) -> PathBuf {
+    let exec = format!(
+        "  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      \
+         interactiveMode: Never\n",
+        plugin.display()
+    );
+    write_kubeconfig(env, &env.server().unwrap().kubeconfig_yaml("default").replace("  user: {}\n", &exec))
+}
+
+/// The shell line that prints a plugin's answer (inside single quotes: `'"$x"'` puts a variable in): the
+/// token, and its expiration timestamp, if any.
+fn token_answer(token: &str, expires: Option<&str>) -> String {
+    let expiry = expires.map_or(String::new(), |at| format!(",\"expirationTimestamp\":\"{at}\""));
+    format!(
+        "echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\
+         \"status\":{{\"token\":\"{token}\"{expiry}}}}}'\n"
+    )
+}
+
+/// kube ran a token plugin twice before the first request (once for TLS, once for the token): mpsync runs
+/// it once, and its token goes with every request.
+#[test]
+fn an_exec_plugin_runs_once_and_its_token_authenticates_every_request() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-a"));
+    let runs = env.path("plugin-runs");
+    let plugin = write_plugin(&env, &format!("echo run >> {}\n{}", runs.display(), token_answer("tok-a", None)));
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-token");
+    let start = server.requests().len();
+    run(&env, mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"])).assert_code(0);
+    assert_eq!(fs::read_to_string(&runs).unwrap().lines().count(), 1, "the plugin ran more than once");
+    let requests = &server.requests()[start..];
+    assert!(requests.iter().any(|r| r.verb == "update" || r.verb == "create"), "{requests:?}");
+    assert!(requests.iter().all(|r| r.bearer.as_deref() == Some("tok-a") && r.status != 401), "{requests:?}");
+
+    // A token the server refuses is a 401 naming the credentials, at once (no retries).
+    server.accept_token(Some("another"));
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"]));
+    assert_failure(&done, 125, &["401 Unauthorized"]);
+}
+
+/// A token that expires is asked for again before it does, while the lease is held; the renewals go on
+/// with the new one.
+#[test]
+fn an_exec_token_is_asked_for_again_before_it_expires() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let runs = env.path("plugin-runs");
+    // Each run's token is numbered, and expires two seconds on.
+    let plugin = write_plugin(
+        &env,
+        &format!(
+            "echo run >> {runs}\nn=$(wc -l < {runs})\nat=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%SZ)\n{}",
+            token_answer("tok-'\"$n\"'", Some("'\"$at\"'")),
+            runs = runs.display()
+        ),
+    );
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-expiry");
+    let start = server.requests().len();
+    let child = format!("while [ $(wc -l < {}) -lt 3 ]; do sleep 0.1; done", runs.display());
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sh", "-c", &child])));
+    done.assert_code(0);
+    let requests = &server.requests()[start..];
+    let tokens: Vec<&str> = requests.iter().filter_map(|r| r.bearer.as_deref()).collect();
+    assert_eq!(tokens.len(), requests.len(), "a request without the token: {requests:?}");
+    assert!(tokens.contains(&"tok-1") && tokens.contains(&"tok-2"), "{tokens:?}");
+    // In order: no request goes back to an older token.
+    let numbers: Vec<u32> = tokens.iter().map(|t| t.trim_start_matches("tok-").parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|pair| pair[0] <= pair[1]), "{numbers:?}");
+}
+
+/// A plugin that hangs (a login waiting for a browser, a cloud CLI without network) no longer hangs
+/// mpsync: a stop signal or `--timeout` ends the wait, and the plugin, with what it started, is killed.
+#[test]
+fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() {
+    let Some(env) = test_server() else { return };
+    for how in ["SIGTERM", "--timeout"] {
+        let started = env.path(&env.lease_name("plugin-pid"));
+        let plugin = write_plugin(&env, &format!("sleep 1000 &\necho $! > {}\nwait\n", started.display()));
+        let kubeconfig = exec_kubeconfig(&env, &plugin);
+        let name = env.lease_name("exec-hangs");
+        let marker = env.path(&env.lease_name("child-ran"));
+        let child = format!("touch {}", marker.display());
+        let mut args = vec!["lock", &name];
+        if how == "--timeout" {
+            args.extend(["--timeout", "1s"]);
+        }
+        args.extend(["--", "sh", "-c", &child]);
+        let mut proc = Proc::spawn(mpsync_with(&env, &kubeconfig, &args), &env.dir);
+        let sleeper = read_pid(&started);
+        if how == "SIGTERM" {
+            proc.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let status = proc.wait_for(PATIENCE);
+        assert!(status.is_some(), "{how}: mpsync still waits for the plugin");
+        let expected = if how == "SIGTERM" { 143 } else { 124 };
+        assert_eq!(status.unwrap().code(), Some(expected), "{how}: {}", proc.stderr());
+        wait_until("the plugin's process to be killed", || !alive(sleeper));
+        assert!(!marker.exists(), "{how}: the child ran");
+        assert!(!proc.stderr().contains("panicked"), "{}", proc.stderr());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // TCP_NODELAY
 // ---------------------------------------------------------------------------------------------

@@ -129,6 +129,8 @@ pub struct RequestLog {
     pub conn: u64,
     /// The client certificate its connection was authenticated with, if any.
     pub client_certificate: Option<ClientKey>,
+    /// The bearer token it carried (`Authorization: Bearer ...`), if any.
+    pub bearer: Option<String>,
 }
 
 /// A client certificate the server's CA signs at start, with its key as the kubeconfigs of real clusters
@@ -545,6 +547,8 @@ struct State {
     /// without one of them is 401.
     client_certificates: Vec<(CertificateDer<'static>, ClientKey)>,
     client_certificate_required: bool,
+    /// With `accept_token`: the only bearer token that authenticates.
+    accepted_token: Option<String>,
     log: Vec<RequestLog>,
     counts: BTreeMap<(String, u16), usize>,
     open_watches: usize,
@@ -653,6 +657,7 @@ impl TestApiServer {
                 .map(|tls| tls.clients.iter().map(|(key, _, der)| (der.clone(), *key)).collect())
                 .unwrap_or_default(),
             client_certificate_required: false,
+            accepted_token: None,
             log: Vec::new(),
             counts: BTreeMap::new(),
             open_watches: 0,
@@ -917,6 +922,14 @@ impl TestApiServer {
     /// answers 401 Unauthorized, as on a cluster whose only credentials are client certificates.
     pub fn require_client_certificate(&self, on: bool) {
         self.shared.lock().client_certificate_required = on;
+    }
+
+    /// With `Some(token)`, a request authenticated by none of this server's client certificates answers 401
+    /// Unauthorized unless it carries `Authorization: Bearer TOKEN`, as on a cluster whose token
+    /// authenticator knows only that token (an exec plugin's, say). Any other bearer token answers 401
+    /// too, as kube-apiserver refuses a token it cannot authenticate.
+    pub fn accept_token(&self, token: Option<&str>) {
+        self.shared.lock().accepted_token = token.map(str::to_string);
     }
 
     /// Every request received so far, in order, with its verb and answered status.
@@ -1824,9 +1837,17 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             .and_then(|cert| st.client_certificates.iter().find(|(der, _)| der == cert).map(|(_, key)| *key));
         // A certificate this server did not issue is refused, as kube-apiserver's x509 authenticator refuses
         // one its client CA did not sign, even where anonymous requests are allowed.
+        let bearer =
+            request.header("authorization").and_then(|value| value.strip_prefix("Bearer ")).map(str::to_string);
+        let token_refused = match (&st.accepted_token, &bearer) {
+            (Some(accepted), Some(token)) => accepted != token,
+            (Some(_), None) => client_certificate.is_none(),
+            (None, _) => false,
+        };
         let unauthorized = st.unauthorized
             || (presented.is_some() && client_certificate.is_none())
-            || (st.client_certificate_required && client_certificate.is_none());
+            || (st.client_certificate_required && client_certificate.is_none())
+            || token_refused;
         st.log.push(RequestLog {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -1836,6 +1857,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
             at: std::time::Instant::now(),
             conn,
             client_certificate,
+            bearer,
         });
         let failure = match st.failures.take() {
             Some((n, code)) => {

@@ -1,0 +1,398 @@
+//! The exec credential plugin a kubeconfig's user names (`exec`: `aws eks get-token`,
+//! `gke-gcloud-auth-plugin`, `kubelogin`, ...), run by mpsync rather than by kube, because kube runs it
+//! synchronously, on the thread that builds the client, twice (once for the TLS set-up, once for the
+//! token). A plugin that hangs (a login that waits for a browser, a cloud CLI without network) then hangs
+//! mpsync past `--timeout` and SIGTERM, and a slow one is paid for twice.
+//!
+//! mpsync runs it once when it builds the client, as client-go does: the token it returns goes in every
+//! request's `Authorization` header, a certificate is the client's for TLS (see `identity`). The plugin
+//! is run again when its token expires, or after the API server answers 401 to it, as client-go does;
+//! one run at a time, in a task of its own, so that a request that gives up (its call timeout) does not
+//! stop it for the next. What gives up on a run (a signal, `--timeout`, a library caller that drops the
+//! future) kills the plugin, with all of its process group when it is not interactive.
+//!
+//! The plugin is a child of a thread of the runtime's blocking pool, never of the thread that runs the
+//! supervised child: the supervisor, as PID 1 or subreaper, leaves those children to their waiter (see
+//! `Supervisor::runs_itself`).
+
+use std::io::{IsTerminal, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use kube::config::{ExecConfig, ExecInteractiveMode};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tower::{BoxError, Layer, Service};
+
+use crate::error::{Error, Result};
+
+/// A plugin, and the words that name it in errors.
+pub struct Plugin {
+    exec: ExecConfig,
+    /// "the exec plugin of user \"x\" in ORIGIN"
+    who: String,
+}
+
+/// What a run returned.
+pub enum Credential {
+    Token(Token),
+    /// PEM, as `identity::from_pem` takes them; with when the certificate expires.
+    Certificate {
+        cert: Vec<u8>,
+        key: Vec<u8>,
+        expires: Option<jiff::Timestamp>,
+    },
+}
+
+/// A bearer token, as sent, and when to run the plugin again for a new one.
+#[derive(Clone)]
+pub struct Token {
+    header: HeaderValue,
+    refresh_at: Option<SystemTime>,
+}
+
+impl Token {
+    fn due(&self) -> bool {
+        self.refresh_at.is_some_and(|at| SystemTime::now() >= at)
+    }
+}
+
+/// The plugin's answer (`client.authentication.k8s.io` `ExecCredential`), what mpsync reads of it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecCredential {
+    api_version: Option<String>,
+    status: Option<CredentialStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialStatus {
+    expiration_timestamp: Option<String>,
+    token: Option<String>,
+    client_certificate_data: Option<String>,
+    client_key_data: Option<String>,
+}
+
+impl Plugin {
+    /// The plugin of `config`'s user, taken out of `config` (kube then runs none); None when the user has
+    /// none, or has other credentials that come first (an auth provider, a password, a token or a token
+    /// file: as for kube and kubectl, the plugin is then not run).
+    pub fn take(config: &mut kube::Config, user: Option<&str>) -> Option<Plugin> {
+        let auth = &mut config.auth_info;
+        let exec = auth.exec.take()?;
+        let first = auth.auth_provider.is_some()
+            || (auth.username.is_some() && auth.password.is_some())
+            || auth.token.is_some()
+            || auth.token_file.is_some();
+        if first {
+            return None;
+        }
+        let who = format!("the exec plugin of {}", user.unwrap_or("the configuration's user"));
+        Some(Plugin { exec, who })
+    }
+
+    /// The words that name the plugin.
+    pub fn who(&self) -> &str {
+        &self.who
+    }
+
+    /// Run the plugin once, to its end; killed if the future is dropped before.
+    pub async fn run(&self) -> Result<Credential> {
+        let fail = |why: String| Error::Config(format!("cannot use {}: {why}", self.who));
+        let Some(program) = self.exec.command.clone().filter(|command| !command.is_empty()) else {
+            return Err(fail("it names no command".into()));
+        };
+        let terminal = std::io::stdin().is_terminal();
+        let interactive = match self.exec.interactive_mode {
+            Some(ExecInteractiveMode::Never) => false,
+            Some(ExecInteractiveMode::Always) if !terminal => {
+                return Err(fail("its interactiveMode is Always, and standard input is not a terminal".into()));
+            }
+            _ => terminal,
+        };
+        let mut command = Command::new(&program);
+        command.args(self.exec.args.iter().flatten());
+        for pair in self.exec.env.iter().flatten() {
+            if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {
+                command.env(name, value);
+            }
+        }
+        let mut spec = serde_json::json!({ "interactive": interactive });
+        if self.exec.provide_cluster_info
+            && let Some(cluster) = &self.exec.cluster
+        {
+            spec["cluster"] = serde_json::to_value(cluster).map_err(|err| fail(err.to_string()))?;
+        }
+        let info = serde_json::json!({
+            "apiVersion": self.exec.api_version, "kind": "ExecCredential", "spec": spec,
+        });
+        command.env("KUBERNETES_EXEC_INFO", info.to_string());
+        for name in self.exec.drop_env.iter().flatten() {
+            command.env_remove(name);
+        }
+        // Its messages go to mpsync's standard error, as client-go passes them on; standard input only
+        // when it may ask for something. Not interactive, it gets a process group of its own, so that
+        // giving up on it ends what it started too (an interactive one stays in the terminal's group).
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if interactive {
+            command.stdin(Stdio::inherit());
+        } else {
+            command.stdin(Stdio::null()).process_group(0);
+        }
+        let running = Running::default();
+        let _kill_on_drop = KillOnDrop(running.clone());
+        let done = tokio::task::spawn_blocking(move || running.run(command, !interactive))
+            .await
+            .map_err(|err| fail(format!("cannot run it: {err}")))?;
+        let (status, stdout) = done.map_err(|err| {
+            let hint = match (err.kind(), &self.exec.install_hint) {
+                (std::io::ErrorKind::NotFound, Some(hint)) => format!("\n{}", hint.trim()),
+                _ => String::new(),
+            };
+            fail(format!("cannot run {program:?}: {err}{hint}"))
+        })?;
+        if !status.success() {
+            return Err(fail(format!("{program:?} failed ({status})")));
+        }
+        self.parse(&stdout).map_err(fail)
+    }
+
+    /// The credential in the plugin's output: JSON, or YAML as client-go's decoder takes too.
+    fn parse(&self, stdout: &[u8]) -> std::result::Result<Credential, String> {
+        let answer: ExecCredential =
+            serde_saphyr::from_slice(stdout).map_err(|err| format!("its output is not an ExecCredential: {err}"))?;
+        if let (Some(asked), Some(answered)) = (&self.exec.api_version, &answer.api_version)
+            && asked != answered
+        {
+            return Err(format!("it is configured for apiVersion {asked}, and answered in {answered}"));
+        }
+        let Some(status) = answer.status else {
+            return Err("its ExecCredential has no status".into());
+        };
+        let expires = match status.expiration_timestamp.filter(|at| !at.is_empty()) {
+            Some(at) => Some(
+                at.parse::<jiff::Timestamp>()
+                    .map_err(|err| format!("its expirationTimestamp {at:?} is not an RFC 3339 time: {err}"))?,
+            ),
+            None => None,
+        };
+        let some = |data: Option<String>| data.filter(|data| !data.is_empty());
+        match (some(status.token), some(status.client_certificate_data), some(status.client_key_data)) {
+            (_, Some(cert), Some(key)) => Ok(Credential::Certificate { cert: cert.into(), key: key.into(), expires }),
+            (_, Some(_), None) => Err("it returned clientCertificateData without clientKeyData".into()),
+            (_, None, Some(_)) => Err("it returned clientKeyData without clientCertificateData".into()),
+            (Some(token), None, None) => {
+                let mut header = HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| "it returned a token that cannot be sent in an HTTP header".to_string())?;
+                header.set_sensitive(true);
+                Ok(Credential::Token(Token { header, refresh_at: expires.map(refresh_at) }))
+            }
+            (None, None, None) => Err("it returned neither a token nor clientCertificateData and clientKeyData".into()),
+        }
+    }
+}
+
+/// When to ask for a new token that expires at `expires`: a minute before, as kube has it, or half-way
+/// through a shorter life, so that a token that lives less than a minute is not asked for again on every
+/// request.
+fn refresh_at(expires: jiff::Timestamp) -> SystemTime {
+    let expires = SystemTime::from(expires);
+    let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
+    expires - left.min(Duration::from_secs(120)) / 2
+}
+
+/// Where a run of the plugin is, for `KillOnDrop`.
+#[derive(Default)]
+enum Phase {
+    #[default]
+    NotStarted,
+    /// Its pid, and whether it leads a process group of its own.
+    Started(Pid, bool),
+    /// It has exited, and is not reaped yet (so no other process can have its pid), or the run was
+    /// given up on before it started: nothing to kill.
+    Over,
+}
+
+#[derive(Clone, Default)]
+struct Running(Arc<Mutex<Phase>>);
+
+impl Running {
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// On a thread of the blocking pool: start `command` (unless the run was given up on already), read
+    /// its output to the end, and reap it.
+    fn run(&self, mut command: Command, group: bool) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
+        let mut child = {
+            let mut phase = self.phase();
+            if matches!(*phase, Phase::Over) {
+                return Err(std::io::Error::other("given up on before it started"));
+            }
+            let child = command.spawn()?;
+            *phase = Phase::Started(Pid::from_raw(child.id() as i32), group);
+            child
+        };
+        let mut stdout = Vec::new();
+        let read = child.stdout.take().map_or(Ok(0), |mut out| out.read_to_end(&mut stdout));
+        let pid = Pid::from_raw(child.id() as i32);
+        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
+        *self.phase() = Phase::Over;
+        let status = child.wait()?;
+        read?;
+        Ok((status, stdout))
+    }
+}
+
+/// Kills the plugin (or keeps it from starting) when the run is given up on.
+struct KillOnDrop(Running);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let mut phase = self.0.phase();
+        if let Phase::Started(pid, group) = *phase {
+            tracing::debug!(pid = pid.as_raw(), "killing the exec credential plugin");
+            let _ = if group { killpg(pid, Signal::SIGKILL) } else { kill(pid, Signal::SIGKILL) };
+        }
+        *phase = Phase::Over;
+    }
+}
+
+/// The token of a plugin, run again when it is due or was refused.
+#[derive(Clone)]
+pub struct TokenSource {
+    plugin: Arc<Plugin>,
+    state: Arc<Mutex<State>>,
+}
+
+enum State {
+    Ready(Token),
+    /// Refused by the server, or the last run failed: run again at the next request.
+    Stale,
+    Running(Shared<BoxFuture<'static, std::result::Result<HeaderValue, String>>>),
+}
+
+impl TokenSource {
+    pub fn new(plugin: Plugin, token: Token) -> TokenSource {
+        TokenSource { plugin: Arc::new(plugin), state: Arc::new(Mutex::new(State::Ready(token))) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The header to send: the token, once the plugin has run again if it is due.
+    async fn header(&self) -> std::result::Result<HeaderValue, String> {
+        let running = {
+            let mut state = self.lock();
+            match &*state {
+                State::Ready(token) if !token.due() => return Ok(token.header.clone()),
+                State::Running(running) => running.clone(),
+                State::Ready(_) | State::Stale => {
+                    let running = self.refresh();
+                    *state = State::Running(running.clone());
+                    running
+                }
+            }
+        };
+        running.await
+    }
+
+    /// A run of the plugin in a task of its own, which settles the state when it ends.
+    fn refresh(&self) -> Shared<BoxFuture<'static, std::result::Result<HeaderValue, String>>> {
+        let source = self.clone();
+        let task = tokio::spawn(async move {
+            tracing::debug!(plugin = %source.plugin.who(), "running the exec credential plugin again");
+            let result = match source.plugin.run().await {
+                Ok(Credential::Token(token)) => Ok(token),
+                Ok(Credential::Certificate { .. }) => Err(format!(
+                    "{} returned a client certificate, where it returned a token before",
+                    source.plugin.who()
+                )),
+                Err(err) => Err(err.to_string()),
+            };
+            let mut state = source.lock();
+            match result {
+                Ok(token) => {
+                    let header = token.header.clone();
+                    *state = State::Ready(token);
+                    Ok(header)
+                }
+                Err(why) => {
+                    *state = State::Stale;
+                    Err(why)
+                }
+            }
+        });
+        async move { task.await.unwrap_or_else(|err| Err(format!("the exec credential plugin's run failed: {err}"))) }
+            .boxed()
+            .shared()
+    }
+
+    /// The server answered 401 to `header`: if it is still the token, run the plugin again next time.
+    fn refused(&self, header: &HeaderValue) {
+        let mut state = self.lock();
+        if matches!(&*state, State::Ready(token) if token.header == *header) {
+            tracing::debug!(plugin = %self.plugin.who(), "the API server refused the exec plugin's token");
+            *state = State::Stale;
+        }
+    }
+}
+
+impl<S> Layer<S> for TokenSource {
+    type Service = WithToken<S>;
+
+    fn layer(&self, inner: S) -> WithToken<S> {
+        WithToken { inner, source: self.clone() }
+    }
+}
+
+/// Every request with the plugin's token.
+#[derive(Clone)]
+pub struct WithToken<S> {
+    inner: S,
+    source: TokenSource,
+}
+
+impl<S, B, R> Service<Request<B>> for WithToken<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, std::result::Result<Response<R>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The ready one is the one to call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let source = self.source.clone();
+        async move {
+            let header = source.header().await?;
+            request.headers_mut().insert(AUTHORIZATION, header.clone());
+            let response = inner.call(request).await.map_err(Into::into)?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                source.refused(&header);
+            }
+            Ok(response)
+        }
+        .boxed()
+    }
+}
