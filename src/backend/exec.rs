@@ -53,16 +53,31 @@ pub enum Credential {
     },
 }
 
-/// A bearer token, as sent, and when to run the plugin again for a new one.
+/// A bearer token, as sent, when to run the plugin again for a new one, and when it expires.
 #[derive(Clone)]
 pub struct Token {
     header: HeaderValue,
     refresh_at: Option<SystemTime>,
+    expires: Option<SystemTime>,
 }
 
+/// How long before its expiry a token is no longer sent: a request's way to the server.
+const IN_FLIGHT: Duration = Duration::from_secs(1);
+
 impl Token {
+    fn new(header: HeaderValue, expires: Option<jiff::Timestamp>) -> Token {
+        let expires = expires.map(SystemTime::from);
+        Token { header, refresh_at: expires.map(refresh_at), expires }
+    }
+
+    /// Time to ask the plugin for a new one.
     fn due(&self) -> bool {
         self.refresh_at.is_some_and(|at| SystemTime::now() >= at)
+    }
+
+    /// Still good to send (while a new one is asked for).
+    fn usable(&self) -> bool {
+        self.expires.is_none_or(|at| SystemTime::now() + IN_FLIGHT < at)
     }
 }
 
@@ -169,8 +184,11 @@ impl Plugin {
 
     /// The credential in the plugin's output: JSON, or YAML as client-go's decoder takes too.
     fn parse(&self, stdout: &[u8]) -> std::result::Result<Credential, String> {
-        let answer: ExecCredential =
-            serde_saphyr::from_slice(stdout).map_err(|err| format!("its output is not an ExecCredential: {err}"))?;
+        let answer: ExecCredential = serde_saphyr::from_slice(stdout).map_err(|err| {
+            // The parser's message shows the input under it: its first line says what is wrong.
+            let err = err.to_string();
+            format!("its output is not an ExecCredential: {}", err.lines().next().unwrap_or_default())
+        })?;
         if let (Some(asked), Some(answered)) = (&self.exec.api_version, &answer.api_version)
             && asked != answered
         {
@@ -195,7 +213,7 @@ impl Plugin {
                 let mut header = HeaderValue::try_from(format!("Bearer {token}"))
                     .map_err(|_| "it returned a token that cannot be sent in an HTTP header".to_string())?;
                 header.set_sensitive(true);
-                Ok(Credential::Token(Token { header, refresh_at: expires.map(refresh_at) }))
+                Ok(Credential::Token(Token::new(header, expires)))
             }
             (None, None, None) => Err("it returned neither a token nor clientCertificateData and clientKeyData".into()),
         }
@@ -205,8 +223,7 @@ impl Plugin {
 /// When to ask for a new token that expires at `expires`: a minute before, as kube has it, or half-way
 /// through a shorter life, so that a token that lives less than a minute is not asked for again on every
 /// request.
-fn refresh_at(expires: jiff::Timestamp) -> SystemTime {
-    let expires = SystemTime::from(expires);
+fn refresh_at(expires: SystemTime) -> SystemTime {
     let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
     expires - left.min(Duration::from_secs(120)) / 2
 }
@@ -268,19 +285,28 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The token of a plugin, run again when it is due or was refused.
+/// The token of a plugin, run again when it is due or was refused. While a run is under way, requests go
+/// on with the token it replaces as long as that one is good: a holder's renewals do not wait for the
+/// plugin unless its token has expired.
 #[derive(Clone)]
 pub struct TokenSource {
     plugin: Arc<Plugin>,
     state: Arc<Mutex<State>>,
 }
 
+type Refresh = Shared<BoxFuture<'static, std::result::Result<HeaderValue, String>>>;
+
 enum State {
     Ready(Token),
-    /// Refused by the server, or the last run failed: run again at the next request.
+    /// Refused by the server, or the last run failed with no good token left: run again at the next
+    /// request.
     Stale,
-    Running(Shared<BoxFuture<'static, std::result::Result<HeaderValue, String>>>),
+    /// A run under way, and the token it replaces while that is still good.
+    Running(Refresh, Option<Token>),
 }
+
+/// After a failed run, while the old token is still good: how long until the plugin is run again.
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 impl TokenSource {
     pub fn new(plugin: Plugin, token: Token) -> TokenSource {
@@ -291,25 +317,34 @@ impl TokenSource {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The header to send: the token, once the plugin has run again if it is due.
+    /// The header to send: the token; a new one if it is due, or, while that is asked for, the old one if
+    /// it is still good.
     async fn header(&self) -> std::result::Result<HeaderValue, String> {
-        let running = {
+        let refresh = {
             let mut state = self.lock();
-            match &*state {
-                State::Ready(token) if !token.due() => return Ok(token.header.clone()),
-                State::Running(running) => running.clone(),
-                State::Ready(_) | State::Stale => {
-                    let running = self.refresh();
-                    *state = State::Running(running.clone());
-                    running
+            let (refresh, old) = match std::mem::replace(&mut *state, State::Stale) {
+                State::Ready(token) if !token.due() => {
+                    let header = token.header.clone();
+                    *state = State::Ready(token);
+                    return Ok(header);
                 }
+                State::Running(refresh, old) => (refresh, old),
+                State::Ready(token) => (self.refresh(), Some(token)),
+                State::Stale => (self.refresh(), None),
+            };
+            let old = old.filter(Token::usable);
+            let header = old.as_ref().map(|token| token.header.clone());
+            *state = State::Running(refresh.clone(), old);
+            match header {
+                Some(header) => return Ok(header),
+                None => refresh,
             }
         };
-        running.await
+        refresh.await
     }
 
     /// A run of the plugin in a task of its own, which settles the state when it ends.
-    fn refresh(&self) -> Shared<BoxFuture<'static, std::result::Result<HeaderValue, String>>> {
+    fn refresh(&self) -> Refresh {
         let source = self.clone();
         let task = tokio::spawn(async move {
             tracing::debug!(plugin = %source.plugin.who(), "running the exec credential plugin again");
@@ -322,6 +357,11 @@ impl TokenSource {
                 Err(err) => Err(err.to_string()),
             };
             let mut state = source.lock();
+            // The old token, unless it was refused meanwhile.
+            let old = match &*state {
+                State::Running(_, old) => old.clone(),
+                _ => None,
+            };
             match result {
                 Ok(token) => {
                     let header = token.header.clone();
@@ -329,7 +369,11 @@ impl TokenSource {
                     Ok(header)
                 }
                 Err(why) => {
-                    *state = State::Stale;
+                    tracing::warn!(error = %why, "could not renew the exec credential plugin's token");
+                    *state = match old.filter(Token::usable) {
+                        Some(old) => State::Ready(Token { refresh_at: Some(SystemTime::now() + AFTER_FAILURE), ..old }),
+                        None => State::Stale,
+                    };
                     Err(why)
                 }
             }
@@ -339,12 +383,17 @@ impl TokenSource {
             .shared()
     }
 
-    /// The server answered 401 to `header`: if it is still the token, run the plugin again next time.
+    /// The server answered 401 to `header`: if it is still the token, it is not sent again, and the plugin
+    /// is run again at the next request (if it is not running already).
     fn refused(&self, header: &HeaderValue) {
         let mut state = self.lock();
-        if matches!(&*state, State::Ready(token) if token.header == *header) {
-            tracing::debug!(plugin = %self.plugin.who(), "the API server refused the exec plugin's token");
-            *state = State::Stale;
+        match &mut *state {
+            State::Ready(token) if token.header == *header => {
+                tracing::debug!(plugin = %self.plugin.who(), "the API server refused the exec plugin's token");
+                *state = State::Stale;
+            }
+            State::Running(_, old) if old.as_ref().is_some_and(|token| token.header == *header) => *old = None,
+            _ => {}
         }
     }
 }
@@ -394,5 +443,71 @@ where
             Ok(response)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(api_version: Option<&str>) -> Plugin {
+        let exec: ExecConfig =
+            serde_json::from_value(serde_json::json!({ "apiVersion": api_version, "command": "plugin" })).unwrap();
+        Plugin { exec, who: "the exec plugin of user \"u\"".into() }
+    }
+
+    fn token(credential: Credential) -> Token {
+        match credential {
+            Credential::Token(token) => token,
+            Credential::Certificate { .. } => panic!("a certificate"),
+        }
+    }
+
+    #[test]
+    fn the_answer_is_read_as_json_or_yaml() {
+        let v1 = plugin(Some("client.authentication.k8s.io/v1"));
+        let json =
+            br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t"}}"#;
+        let yaml = b"apiVersion: client.authentication.k8s.io/v1\nkind: ExecCredential\nstatus:\n  token: t\n";
+        for answer in [&json[..], &yaml[..]] {
+            let token = token(v1.parse(answer).unwrap_or_else(|err| panic!("{err}")));
+            assert_eq!(token.header, "Bearer t");
+            assert!(token.header.is_sensitive());
+            assert!(token.refresh_at.is_none() && !token.due() && token.usable());
+        }
+    }
+
+    #[test]
+    fn a_wrong_answer_says_what_is_wrong() {
+        let v1 = plugin(Some("client.authentication.k8s.io/v1"));
+        let cases: [(&[u8], &str); 7] = [
+            (b"not: [json", "not an ExecCredential"),
+            (br#"{"apiVersion":"client.authentication.k8s.io/v1beta1","status":{"token":"t"}}"#, "apiVersion"),
+            (br#"{"apiVersion":"client.authentication.k8s.io/v1"}"#, "no status"),
+            (br#"{"status":{}}"#, "neither a token"),
+            (br#"{"status":{"clientCertificateData":"c"}}"#, "without clientKeyData"),
+            (br#"{"status":{"token":"t","expirationTimestamp":"tomorrow"}}"#, "RFC 3339"),
+            (br#"{"status":{"token":"t\n"}}"#, "HTTP header"),
+        ];
+        for (answer, expected) in cases {
+            let err = v1.parse(answer).err().unwrap_or_else(|| panic!("{expected}: accepted"));
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_asked_for_again_a_minute_before_it_expires_or_half_way_through_a_shorter_life() {
+        let now = SystemTime::now();
+        let long = refresh_at(now + Duration::from_secs(3600));
+        assert!(long > now + Duration::from_secs(3530) && long <= now + Duration::from_secs(3540));
+        let short = refresh_at(now + Duration::from_secs(20));
+        assert!(short > now + Duration::from_secs(9) && short < now + Duration::from_secs(11));
+        // Expired already: at once.
+        assert!(refresh_at(now - Duration::from_secs(5)) <= now);
+        let v1 = plugin(None);
+        let answer = br#"{"status":{"token":"t","expirationTimestamp":"2001-01-01T00:00:00Z"}}"#;
+        let expired = token(v1.parse(answer).unwrap());
+        assert!(expired.due() && !expired.usable());
     }
 }

@@ -395,6 +395,51 @@ fn an_exec_token_is_asked_for_again_before_it_expires() {
     assert!(numbers.windows(2).all(|pair| pair[0] <= pair[1]), "{numbers:?}");
 }
 
+/// While the plugin runs again for a new token, the renewals go on with the old one, which is still
+/// good: a slow plugin does not cost the lease.
+#[test]
+fn while_the_plugin_runs_again_the_renewals_go_on_with_the_old_token() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let runs = env.path("plugin-runs");
+    let release = env.path("plugin-release");
+    // The first token lives 20 s (asked for again 10 s before it expires); the second run waits to be
+    // released, and its token lives an hour.
+    let plugin = write_plugin(
+        &env,
+        &format!(
+            "echo run >> {runs}\nn=$(wc -l < {runs})\nlife=20\n\
+             if [ \"$n\" -ge 2 ]; then life=3600; while [ ! -e {release} ]; do sleep 0.05; done; fi\n\
+             at=$(date -u -d \"+$life seconds\" +%Y-%m-%dT%H:%M:%SZ)\n{}",
+            token_answer("tok-'\"$n\"'", Some("'\"$at\"'")),
+            runs = runs.display(),
+            release = release.display()
+        ),
+    );
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-slow");
+    let done_file = env.path("child-done");
+    let start = server.requests().len();
+    let child = format!("while [ ! -e {} ]; do sleep 0.1; done", done_file.display());
+    let proc = Proc::spawn(mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sh", "-c", &child])), &env.dir);
+    wait_until("the plugin's second run", || fs::read_to_string(&runs).is_ok_and(|text| text.lines().count() >= 2));
+    let second = server.requests().len();
+    let renewed_with = |token: &str, from: usize| {
+        server.requests()[from..]
+            .iter()
+            .any(|r| r.verb == "update" && r.status == 200 && r.bearer.as_deref() == Some(token))
+    };
+    wait_until("a renewal with the old token while the plugin runs", || renewed_with("tok-1", second));
+    fs::write(&release, "").unwrap();
+    let third = server.requests().len();
+    wait_until("a renewal with the new token", || renewed_with("tok-2", third));
+    fs::write(&done_file, "").unwrap();
+    proc.finish().assert_code(0);
+    let requests = &server.requests()[start..];
+    assert!(requests.iter().all(|r| r.bearer.is_some() && r.status != 401), "{requests:?}");
+    assert_eq!(fs::read_to_string(&runs).unwrap().lines().count(), 2);
+}
+
 /// A plugin that hangs (a login waiting for a browser, a cloud CLI without network) no longer hangs
 /// mpsync: a stop signal or `--timeout` ends the wait, and the plugin, with what it started, is killed.
 #[test]
