@@ -228,6 +228,21 @@ fn refresh_at(expires: SystemTime) -> SystemTime {
     expires - left.min(Duration::from_secs(120)) / 2
 }
 
+/// The plugins running now, by pid, from their start until they are reaped; locked while one is started.
+/// The supervisor, as PID 1 or subreaper, leaves them to their waiter and never counts them as the job's,
+/// whatever it can tell of whose children they are (a plugin has a process group of its own).
+static PLUGINS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The plugins mpsync runs now (see `PLUGINS`); None while one is being started (then a zombie child
+/// may be a plugin's), which the supervisor never waits for: a start can hang (a binary on a dead mount).
+pub fn plugins() -> Option<Vec<i32>> {
+    match PLUGINS.try_lock() {
+        Ok(plugins) => Some(plugins.clone()),
+        Err(std::sync::TryLockError::Poisoned(plugins)) => Some(plugins.into_inner().clone()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Where a run of the plugin is, for `KillOnDrop`.
 #[derive(Default)]
 enum Phase {
@@ -256,7 +271,22 @@ impl Running {
             if matches!(*phase, Phase::Over) {
                 return Err(std::io::Error::other("given up on before it started"));
             }
+            // Killed if the thread that waits for it dies (mpsync killed, say): never left running alone.
+            let parent = nix::unistd::getpid().as_raw();
+            // SAFETY: two system calls on integers, async-signal-safe; nothing allocates or locks.
+            unsafe {
+                command.pre_exec(move || {
+                    if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0
+                        || nix::libc::getppid() != parent
+                    {
+                        return Err(std::io::Error::other("mpsync is exiting"));
+                    }
+                    Ok(())
+                });
+            }
+            let mut plugins = PLUGINS.lock().unwrap_or_else(PoisonError::into_inner);
             let child = command.spawn()?;
+            plugins.push(child.id() as i32);
             *phase = Phase::Started(Pid::from_raw(child.id() as i32), group);
             child
         };
@@ -265,7 +295,9 @@ impl Running {
         let pid = Pid::from_raw(child.id() as i32);
         while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
         *self.phase() = Phase::Over;
-        let status = child.wait()?;
+        let status = child.wait();
+        PLUGINS.lock().unwrap_or_else(PoisonError::into_inner).retain(|&plugin| plugin != pid.as_raw());
+        let status = status?;
         read?;
         Ok((status, stdout))
     }
@@ -378,9 +410,22 @@ impl TokenSource {
                 }
             }
         });
-        async move { task.await.unwrap_or_else(|err| Err(format!("the exec credential plugin's run failed: {err}"))) }
-            .boxed()
-            .shared()
+        // A task that panicked or was cancelled (its runtime shut down) settled nothing: the state still
+        // shows this run (only its end moves it on), and the next request runs the plugin again.
+        let state = Arc::downgrade(&self.state);
+        async move {
+            task.await.unwrap_or_else(|err| {
+                if let Some(state) = state.upgrade() {
+                    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    if matches!(&*state, State::Running(..)) {
+                        *state = State::Stale;
+                    }
+                }
+                Err(format!("the exec credential plugin's run failed: {err}"))
+            })
+        }
+        .boxed()
+        .shared()
     }
 
     /// The server answered 401 to `header`: if it is still the token, it is not sent again, and the plugin

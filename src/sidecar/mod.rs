@@ -50,7 +50,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(signals)?;
         // A stop signal while the client is set up (an exec credential plugin may take long) ends it, and
-        // the plugin.
+        // the plugin. (Others end mpsync by their default action; the plugin dies with it: see `exec`.)
         let store = tokio::select! {
             store = open_store(&config.backend, CALL_TIMEOUT) => store?,
             _ = interrupt.recv() => return Ok(Exit::Signaled(nix::libc::SIGINT)),

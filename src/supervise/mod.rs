@@ -751,13 +751,18 @@ impl Supervisor {
     /// `runs_itself` from the job threads' children read after `snapshot`; `None` if they were unreadable.
     fn runs_itself_by(&self, snapshot: &Snapshot, threads: &ThreadChildren) -> Option<Vec<i32>> {
         let mine = snapshot.children_of(self.me.as_raw());
+        // The exec credential plugins, in groups of their own; none while one is being started (it is then
+        // taken for the job's, the safe side).
+        let plugins = crate::backend::plugins().unwrap_or_default();
         match threads {
             ThreadChildren::Listed(job) => {
                 Some(mine.filter(|child| !job.contains(&child.pid)).map(|c| c.pid).collect())
             }
-            ThreadChildren::NoFile => {
-                Some(mine.filter(|child| child.pgrp == self.own_pgrp.as_raw()).map(|c| c.pid).collect())
-            }
+            ThreadChildren::NoFile => Some(
+                mine.filter(|child| child.pgrp == self.own_pgrp.as_raw() || plugins.contains(&child.pid))
+                    .map(|c| c.pid)
+                    .collect(),
+            ),
             ThreadChildren::Unreadable => None,
         }
     }
@@ -1177,11 +1182,15 @@ impl Supervisor {
             // Whose thread's child it is (see `runs_itself`). Where the kernel cannot say, its group, asked
             // with getpgid(2): a zombie keeps its group until reaped. Where the children files cannot be
             // read, nothing is reaped now: it could be a plugin's.
-            let own = match procfs::children_of_threads(&self.job_tasks()) {
-                ThreadChildren::Listed(job) => !job.contains(&pid.as_raw()),
-                ThreadChildren::NoFile => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
-                ThreadChildren::Unreadable => return,
-            };
+            // An exec credential plugin mpsync runs is left to its waiter. While one is being started, the
+            // zombie may be its: look again at the next SIGCHLD (the plugin's own end sends one).
+            let Some(plugins) = crate::backend::plugins() else { return };
+            let own = plugins.contains(&pid.as_raw())
+                || match procfs::children_of_threads(&self.job_tasks()) {
+                    ThreadChildren::Listed(job) => !job.contains(&pid.as_raw()),
+                    ThreadChildren::NoFile => getpgid(Some(pid)).is_ok_and(|pgrp| pgrp == self.own_pgrp),
+                    ThreadChildren::Unreadable => return,
+                };
             if own || Some(pid.as_raw()) == leader {
                 let snapshot = Snapshot::take();
                 let Some(mine) = self.runs_itself_by(&snapshot, &procfs::children_of_threads(&self.job_tasks())) else {
