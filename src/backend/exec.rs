@@ -18,6 +18,7 @@
 use std::io::{IsTerminal, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -26,6 +27,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
+use kube::client::Body;
 use kube::config::{ExecConfig, ExecInteractiveMode};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
@@ -121,17 +123,19 @@ impl Plugin {
         &self.who
     }
 
-    /// Run the plugin once, to its end; killed if the future is dropped before.
-    pub async fn run(&self) -> Result<Credential> {
+    /// Run the plugin once, to its end; killed if the future is dropped before. `first`: the run as the
+    /// client is built, the only one that may ask on the terminal (later, mpsync's child may have it).
+    pub async fn run(&self, first: bool) -> Result<Credential> {
         let fail = |why: String| Error::Config(format!("cannot use {}: {why}", self.who));
         let Some(program) = self.exec.command.clone().filter(|command| !command.is_empty()) else {
             return Err(fail("it names no command".into()));
         };
-        let terminal = std::io::stdin().is_terminal();
+        let terminal = first && std::io::stdin().is_terminal();
         let interactive = match self.exec.interactive_mode {
             Some(ExecInteractiveMode::Never) => false,
             Some(ExecInteractiveMode::Always) if !terminal => {
-                return Err(fail("its interactiveMode is Always, and standard input is not a terminal".into()));
+                let why = if first { "standard input is not a terminal" } else { "the terminal is not mpsync's now" };
+                return Err(fail(format!("its interactiveMode is Always, and {why}")));
             }
             _ => terminal,
         };
@@ -164,6 +168,7 @@ impl Plugin {
         } else {
             command.stdin(Stdio::null()).process_group(0);
         }
+        tracing::debug!(plugin = %self.who, command = %program, "running the exec credential plugin");
         let running = Running::default();
         let _kill_on_drop = KillOnDrop(running.clone());
         let done = tokio::task::spawn_blocking(move || running.run(command, !interactive))
@@ -222,24 +227,49 @@ impl Plugin {
 
 /// When to ask for a new token that expires at `expires`: a minute before, as kube has it, or half-way
 /// through a shorter life, so that a token that lives less than a minute is not asked for again on every
-/// request.
+/// request; not sooner than `MIN_REFRESH` on.
 fn refresh_at(expires: SystemTime) -> SystemTime {
-    let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
-    expires - left.min(Duration::from_secs(120)) / 2
+    let now = SystemTime::now();
+    let left = expires.duration_since(now).unwrap_or_default();
+    // Not sooner than a second on: a plugin that answers with a token expired already (a clock off, a
+    // stale cache) is not run for every request. The server decides whether it is good meanwhile.
+    (expires - left.min(Duration::from_secs(120)) / 2).max(now + MIN_REFRESH)
 }
 
-/// The plugins running now, by pid, from their start until they are reaped; locked while one is started.
-/// The supervisor, as PID 1 or subreaper, leaves them to their waiter and never counts them as the job's,
-/// whatever it can tell of whose children they are (a plugin has a process group of its own).
-static PLUGINS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// The shortest time between two runs of a plugin for a new token, but after a 401.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 
-/// The plugins mpsync runs now (see `PLUGINS`); None while one is being started (then a zombie child
-/// may be a plugin's), which the supervisor never waits for: a start can hang (a binary on a dead mount).
+/// The plugins running now, by pid, from their start until they are reaped. The supervisor, as PID 1 or
+/// subreaper, leaves them to their waiter and never counts them as the job's, whatever it can tell of
+/// whose children they are (a plugin has a process group of its own). No lock is held while a plugin is
+/// started (a start can hang: a binary on a dead mount); `STARTING` counts those under way.
+static PLUGINS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+
+/// The plugins mpsync runs now (see `PLUGINS`); None while one is being started (a zombie child may then
+/// be a plugin's not yet listed).
 pub fn plugins() -> Option<Vec<i32>> {
-    match PLUGINS.try_lock() {
-        Ok(plugins) => Some(plugins.clone()),
-        Err(std::sync::TryLockError::Poisoned(plugins)) => Some(plugins.into_inner().clone()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
+    if STARTING.load(Ordering::SeqCst) > 0 {
+        return None;
+    }
+    let plugins = PLUGINS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    // A start that began meanwhile may have a child not listed yet.
+    (STARTING.load(Ordering::SeqCst) == 0).then_some(plugins)
+}
+
+/// A start under way, counted in `STARTING` until its plugin is listed (or it failed).
+struct Starting;
+
+impl Starting {
+    fn new() -> Starting {
+        STARTING.fetch_add(1, Ordering::SeqCst);
+        Starting
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        STARTING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -248,10 +278,13 @@ pub fn plugins() -> Option<Vec<i32>> {
 enum Phase {
     #[default]
     NotStarted,
+    /// Being started (no lock is held meanwhile).
+    Starting,
     /// Its pid, and whether it leads a process group of its own.
     Started(Pid, bool),
     /// It has exited, and is not reaped yet (so no other process can have its pid), or the run was
-    /// given up on before it started: nothing to kill.
+    /// given up on before it was under way: nothing to kill (a plugin being started is killed as soon as
+    /// it is).
     Over,
 }
 
@@ -266,44 +299,65 @@ impl Running {
     /// On a thread of the blocking pool: start `command` (unless the run was given up on already), read
     /// its output to the end, and reap it.
     fn run(&self, mut command: Command, group: bool) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
-        let mut child = {
+        {
             let mut phase = self.phase();
             if matches!(*phase, Phase::Over) {
                 return Err(std::io::Error::other("given up on before it started"));
             }
-            // Killed if the thread that waits for it dies (mpsync killed, say): never left running alone.
-            let parent = nix::unistd::getpid().as_raw();
-            // SAFETY: two system calls on integers, async-signal-safe; nothing allocates or locks.
-            unsafe {
-                command.pre_exec(move || {
-                    if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0
-                        || nix::libc::getppid() != parent
-                    {
-                        return Err(std::io::Error::other("mpsync is exiting"));
-                    }
-                    Ok(())
-                });
+            *phase = Phase::Starting;
+        }
+        // Killed if the thread that waits for it dies (mpsync killed, say): never left running alone.
+        let parent = nix::unistd::getpid().as_raw();
+        // SAFETY: two system calls on integers, async-signal-safe; nothing allocates or locks.
+        unsafe {
+            command.pre_exec(move || {
+                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0
+                    || nix::libc::getppid() != parent
+                {
+                    return Err(std::io::Error::other("mpsync is exiting"));
+                }
+                Ok(())
+            });
+        }
+        let starting = Starting::new();
+        let spawned = command.spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                *self.phase() = Phase::Over;
+                return Err(err);
             }
-            let mut plugins = PLUGINS.lock().unwrap_or_else(PoisonError::into_inner);
-            let child = command.spawn()?;
-            plugins.push(child.id() as i32);
-            *phase = Phase::Started(Pid::from_raw(child.id() as i32), group);
-            child
         };
+        let pid = Pid::from_raw(child.id() as i32);
+        PLUGINS.lock().unwrap_or_else(PoisonError::into_inner).push(pid.as_raw());
+        drop(starting);
+        {
+            let mut phase = self.phase();
+            if matches!(*phase, Phase::Over) {
+                // Given up on while it was being started.
+                let _ = if group { killpg(pid, Signal::SIGKILL) } else { kill(pid, Signal::SIGKILL) };
+            } else {
+                *phase = Phase::Started(pid, group);
+            }
+        }
         let mut stdout = Vec::new();
         let read = child.stdout.take().map_or(Ok(0), |mut out| out.read_to_end(&mut stdout));
-        let pid = Pid::from_raw(child.id() as i32);
         while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
         *self.phase() = Phase::Over;
-        let status = child.wait();
-        PLUGINS.lock().unwrap_or_else(PoisonError::into_inner).retain(|&plugin| plugin != pid.as_raw());
-        let status = status?;
+        // Reaped and taken off the list at once (its zombie makes the wait immediate): its pid, free again,
+        // is never on the list.
+        let status = {
+            let mut plugins = PLUGINS.lock().unwrap_or_else(PoisonError::into_inner);
+            plugins.retain(|&plugin| plugin != pid.as_raw());
+            child.wait()
+        }?;
         read?;
         Ok((status, stdout))
     }
 }
 
-/// Kills the plugin (or keeps it from starting) when the run is given up on.
+/// Kills the plugin (or keeps it from starting, or has it killed as soon as it is) when the run is given
+/// up on. Never waits for a start.
 struct KillOnDrop(Running);
 
 impl Drop for KillOnDrop {
@@ -379,8 +433,7 @@ impl TokenSource {
     fn refresh(&self) -> Refresh {
         let source = self.clone();
         let task = tokio::spawn(async move {
-            tracing::debug!(plugin = %source.plugin.who(), "running the exec credential plugin again");
-            let result = match source.plugin.run().await {
+            let result = match source.plugin.run(false).await {
                 Ok(Credential::Token(token)) => Ok(token),
                 Ok(Credential::Certificate { .. }) => Err(format!(
                     "{} returned a client certificate, where it returned a token before",
@@ -458,12 +511,12 @@ pub struct WithToken<S> {
     source: TokenSource,
 }
 
-impl<S, B, R> Service<Request<B>> for WithToken<S>
+impl<S, R> Service<Request<Body>> for WithToken<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Send + 'static,
+    R: Send + 'static,
 {
     type Response = Response<R>;
     type Error = BoxError;
@@ -473,7 +526,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         // The ready one is the one to call; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -481,14 +534,43 @@ where
         async move {
             let header = source.header().await?;
             request.headers_mut().insert(AUTHORIZATION, header.clone());
+            // A 401 means the server did nothing with the request (authentication comes first): sent again
+            // once with a new token, if the plugin gives one, as a token revoked or expired early (a clock
+            // off) must not end a run.
+            let again = copy(&request);
+            let mut spare = inner.clone();
             let response = inner.call(request).await.map_err(Into::into)?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            source.refused(&header);
+            let Some(mut again) = again else { return Ok(response) };
+            let new = source.header().await?;
+            if new == header {
+                return Ok(response);
+            }
+            tracing::debug!(plugin = %source.plugin.who(), "sending the request again with the plugin's new token");
+            again.headers_mut().insert(AUTHORIZATION, new.clone());
+            let ready = tower::ServiceExt::ready(&mut spare).await.map_err(Into::into)?;
+            let response = ready.call(again).await.map_err(Into::into)?;
             if response.status() == StatusCode::UNAUTHORIZED {
-                source.refused(&header);
+                source.refused(&new);
             }
             Ok(response)
         }
         .boxed()
     }
+}
+
+/// The request again, if its body can be had again (kube's are whole bytes, or empty).
+fn copy(request: &Request<Body>) -> Option<Request<Body>> {
+    let mut again = Request::new(request.body().try_clone()?);
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    *again.extensions_mut() = request.extensions().clone();
+    Some(again)
 }
 
 #[cfg(test)]
@@ -548,11 +630,12 @@ mod tests {
         assert!(long > now + Duration::from_secs(3530) && long <= now + Duration::from_secs(3540));
         let short = refresh_at(now + Duration::from_secs(20));
         assert!(short > now + Duration::from_secs(9) && short < now + Duration::from_secs(11));
-        // Expired already: at once.
-        assert!(refresh_at(now - Duration::from_secs(5)) <= now);
+        // Expired already: a second on, not at once.
+        let expired = refresh_at(now - Duration::from_secs(5));
+        assert!(expired > now && expired <= SystemTime::now() + MIN_REFRESH);
         let v1 = plugin(None);
         let answer = br#"{"status":{"token":"t","expirationTimestamp":"2001-01-01T00:00:00Z"}}"#;
         let expired = token(v1.parse(answer).unwrap());
-        assert!(expired.due() && !expired.usable());
+        assert!(!expired.due() && !expired.usable());
     }
 }

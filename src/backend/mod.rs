@@ -147,7 +147,7 @@ pub async fn connect(
     let mut token = None;
     let mut valid_until = None;
     if let Some(plugin) = exec::Plugin::take(&mut config, user.as_deref()) {
-        match plugin.run().await? {
+        match plugin.run(true).await? {
             exec::Credential::Token(first) => token = Some(exec::TokenSource::new(plugin, first)),
             exec::Credential::Certificate { cert, key, expires } => {
                 let fail = |why: String| {

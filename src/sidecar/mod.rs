@@ -42,19 +42,56 @@ const LIMITS: Limits =
 /// On the way out: how long requests in flight may take to finish.
 const CLOSE_BUDGET: Duration = Duration::from_secs(2);
 
-/// Serve the protocol until SIGTERM or SIGINT, drain, and exit 0.
-pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
-    use tokio::signal::unix::{SignalKind, signal};
-    block_on(async move {
+/// The signals that stop the side-car: SIGTERM, SIGINT, and SIGHUP unless it was ignored at start
+/// (`nohup`), as for `lock`.
+struct Stops {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stops {
+    fn new() -> Result<Stops> {
+        use tokio::signal::unix::{SignalKind, signal};
         let signals = |err: std::io::Error| Error::Internal(format!("cannot handle signals: {err}"));
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(signals)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(signals)?;
+        let ignored = crate::supervise::signals::ignored(&[nix::sys::signal::Signal::SIGHUP]);
+        let hangup = match ignored.contains(nix::sys::signal::Signal::SIGHUP) {
+            true => None,
+            false => Some(signal(SignalKind::hangup()).map_err(signals)?),
+        };
+        Ok(Stops {
+            interrupt: signal(SignalKind::interrupt()).map_err(signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(signals)?,
+            hangup,
+        })
+    }
+
+    /// The next stop signal.
+    async fn next(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
+        let hangup = async {
+            match &mut self.hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = hangup => Signal::SIGHUP,
+        }
+    }
+}
+
+/// Serve the protocol until SIGTERM, SIGINT or SIGHUP, drain, and exit 0.
+pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
+    block_on(async move {
+        let mut stops = Stops::new()?;
         // A stop signal while the client is set up (an exec credential plugin may take long) ends it, and
         // the plugin. (Others end mpsync by their default action; the plugin dies with it: see `exec`.)
         let store = tokio::select! {
             store = open_store(&config.backend, CALL_TIMEOUT) => store?,
-            _ = interrupt.recv() => return Ok(Exit::Signaled(nix::libc::SIGINT)),
-            _ = terminate.recv() => return Ok(Exit::Signaled(nix::libc::SIGTERM)),
+            signal = stops.next() => return Ok(Exit::Signaled(signal as i32)),
         };
         let listeners = bind(&config.listen).await?;
 
@@ -97,10 +134,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
             "serving the metaparticle protocol"
         );
 
-        let signal = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
+        let signal = stops.next().await.as_str();
         locks.start_draining();
         let deadline = Instant::now() + config.drain;
         tracing::info!(
@@ -109,10 +143,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
             "draining: refusing new acquisitions, answering heartbeats, releasing each lock once its client stops"
         );
         let another = async {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
+            stops.next().await;
         };
         tokio::pin!(another);
         loop {

@@ -1283,6 +1283,9 @@ impl Supervisor {
     }
 }
 
+/// How long the supervisor's end waits for its guard to exit.
+const GUARD_EXIT: Duration = Duration::from_secs(2);
+
 impl Drop for Supervisor {
     /// Nothing outlives the supervisor: whatever is left of the child's job is killed.
     fn drop(&mut self) {
@@ -1302,7 +1305,19 @@ impl Drop for Supervisor {
             // Closing the pipe is the guard's cue to exit; one stopped by someone is continued to see it.
             drop(guard);
             let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
-            let _ = waitpid(pid, None);
+            // Waited for, but not for ever: a process forked by another thread and not yet exec'd holds the
+            // pipe too (an exec credential plugin whose exec hangs on a dead mount), until mpsync's exit
+            // ends it (its parent-death signal). The guard, disarmed, then exits by itself.
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_millis(1);
+            while matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive) | Err(Errno::EINTR)) {
+                if started.elapsed() >= GUARD_EXIT {
+                    debug!(pid = pid.as_raw(), "the guard has not exited yet; leaving it to exit by itself");
+                    break;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 }

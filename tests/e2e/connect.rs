@@ -364,6 +364,60 @@ fn an_exec_plugin_runs_once_and_its_token_authenticates_every_request() {
     assert_failure(&done, 125, &["401 Unauthorized"]);
 }
 
+/// A token the server refuses (revoked, or expired early by the server's clock) is asked for again at
+/// once, and the request sent again with the new one: neither a first read nor a holder's renewal fails
+/// for it (a 401 is final otherwise, exit 125).
+#[test]
+fn a_refused_exec_token_is_asked_for_again_and_the_request_sent_again() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let runs = env.path("plugin-runs");
+    // Each run's token is numbered.
+    let plugin = write_plugin(
+        &env,
+        &format!(
+            "echo run >> {runs}\nn=$(wc -l < {runs})\n{}",
+            token_answer("tok-'\"$n\"'", None),
+            runs = runs.display()
+        ),
+    );
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let count = || fs::read_to_string(&runs).map_or(0, |text| text.lines().count());
+    // `status`: its one read is refused with the first token, then answered with the second.
+    server.accept_token(Some("tok-2"));
+    let name = env.lease_name("exec-refused");
+    let start = server.requests().len();
+    run(&env, mpsync_with(&env, &kubeconfig, &["status", &name])).assert_code(0);
+    assert_eq!(count(), 2);
+    let statuses: Vec<(Option<String>, u16)> =
+        server.requests()[start..].iter().map(|r| (r.bearer.clone(), r.status)).collect();
+    assert_eq!(statuses, [(Some("tok-1".to_string()), 401), (Some("tok-2".to_string()), 404)], "{statuses:?}");
+
+    // A holder whose token the server stops taking while the child runs: its renewals go on with the next.
+    let _ = fs::remove_file(&runs);
+    server.accept_token(Some("tok-1"));
+    let done_file = env.path("child-done");
+    let child = format!("while [ ! -e {} ]; do sleep 0.1; done", done_file.display());
+    let held = server.requests().len();
+    let proc = Proc::spawn(mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sh", "-c", &child])), &env.dir);
+    // (The test's own client has no token the server takes now: the server's log says.)
+    wait_until("the lease to be held", || {
+        server.requests()[held..].iter().any(|r| matches!(r.verb, "create" | "update") && matches!(r.status, 200 | 201))
+    });
+    server.accept_token(Some("tok-2"));
+    let rotated = server.requests().len();
+    wait_until("a renewal with the new token", || {
+        server.requests()[rotated..]
+            .iter()
+            .any(|r| r.verb == "update" && r.status == 200 && r.bearer.as_deref() == Some("tok-2"))
+    });
+    fs::write(&done_file, "").unwrap();
+    let done = proc.finish();
+    done.assert_code(0);
+    assert!(!done.stderr.contains("lost"), "{}", done.stderr);
+    assert_eq!(count(), 2);
+}
+
 /// A token that expires is asked for again before it does, while the lease is held; the renewals go on
 /// with the new one.
 #[test]
@@ -440,6 +494,41 @@ fn while_the_plugin_runs_again_the_renewals_go_on_with_the_old_token() {
     assert_eq!(fs::read_to_string(&runs).unwrap().lines().count(), 2);
 }
 
+/// Found by review (helper-69): a plugin whose start hangs (its exec on a dead mount; an LD_PRELOAD shim
+/// makes it hang) hung mpsync past `--timeout` and SIGTERM: giving up on it waited for a lock held across
+/// the start. Nothing waits for a start now.
+#[test]
+fn a_plugin_whose_start_hangs_ends_with_the_timeout_or_a_stop_signal() {
+    let Some(env) = test_server() else { return };
+    let shim = env.path("libhangexec.so");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/hangexec.c");
+    let built = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&shim).arg(source).arg("-ldl").status();
+    assert!(built.expect("run cc").success(), "cc could not build the shim");
+    let plugin = env.path("hangexec-plugin.sh");
+    fs::write(&plugin, format!("#!/bin/sh\n{}", token_answer("tok", None))).unwrap();
+    fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    for how in ["--timeout", "SIGTERM"] {
+        let name = env.lease_name("exec-start-hangs");
+        let mut args = vec!["lock", &name];
+        if how == "--timeout" {
+            args.extend(["--timeout", "1s"]);
+        }
+        args.extend(["-vv", "--", "true"]);
+        let mut command = mpsync_with(&env, &kubeconfig, &args);
+        command.env("LD_PRELOAD", &shim);
+        let mut proc = Proc::spawn(command, &env.dir);
+        if how == "SIGTERM" {
+            wait_until("mpsync to start the plugin", || proc.stderr().contains("running the exec credential plugin"));
+            proc.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let status = proc.wait_for(PATIENCE);
+        assert!(status.is_some(), "{how}: mpsync hangs");
+        let expected = if how == "SIGTERM" { 143 } else { 124 };
+        assert_eq!(status.unwrap().code(), Some(expected), "{how}: {}", proc.stderr());
+    }
+}
+
 /// Found by review: as subreaper, on a kernel that cannot say whose thread's child a process is (no
 /// `/proc/*/task/*/children`; an LD_PRELOAD shim hides them), the supervisor took a plugin that had
 /// exited, in a process group of its own, for an orphan of the job and reaped it: the plugin's run
@@ -469,11 +558,11 @@ fn as_subreaper_without_the_children_files_an_exec_plugin_is_left_to_its_waiter(
 
 /// A plugin that hangs (a login waiting for a browser, a cloud CLI without network) no longer hangs
 /// mpsync: a stop signal or `--timeout` ends the wait, and the plugin, with what it started, is killed.
-/// Killed itself (SIGKILL), mpsync takes the plugin with it.
+/// Killed itself (SIGKILL), mpsync takes the plugin with it. The side-car stops on SIGHUP too, as `lock`.
 #[test]
 fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() {
     let Some(env) = test_server() else { return };
-    for how in ["SIGTERM", "--timeout", "SIGKILL"] {
+    for how in ["SIGTERM", "--timeout", "SIGKILL", "side-car SIGHUP"] {
         let plugin_pid = env.path(&env.lease_name("plugin-pid"));
         let started = env.path(&env.lease_name("sleeper-pid"));
         let plugin = write_plugin(
@@ -489,12 +578,16 @@ fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() 
             args.extend(["--timeout", "1s"]);
         }
         args.extend(["--", "sh", "-c", &child]);
+        if how == "side-car SIGHUP" {
+            args = vec!["sidecar", "--listen", "127.0.0.1:0"];
+        }
         let mut proc = Proc::spawn(mpsync_with(&env, &kubeconfig, &args), &env.dir);
         let sleeper = read_pid(&started);
         let plugin = read_pid(&plugin_pid);
         match how {
             "SIGTERM" => proc.signal(nix::sys::signal::Signal::SIGTERM),
             "SIGKILL" => proc.signal(nix::sys::signal::Signal::SIGKILL),
+            "side-car SIGHUP" => proc.signal(nix::sys::signal::Signal::SIGHUP),
             _ => {}
         }
         let status = proc.wait_for(PATIENCE);
@@ -503,6 +596,7 @@ fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() 
         match how {
             "SIGTERM" => assert_eq!(status.code(), Some(143), "{how}: {}", proc.stderr()),
             "--timeout" => assert_eq!(status.code(), Some(124), "{how}: {}", proc.stderr()),
+            "side-car SIGHUP" => assert_eq!(status.code(), Some(129), "{how}: {}", proc.stderr()),
             _ => assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9)),
         }
         wait_until("the plugin to be killed", || !alive(plugin));
