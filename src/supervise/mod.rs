@@ -1286,6 +1286,42 @@ impl Supervisor {
 /// How long the supervisor's end waits for its guard to exit.
 const GUARD_EXIT: Duration = Duration::from_secs(2);
 
+/// Whether child `pid` exits (and is a zombie to reap) within `limit`: waited for on a pidfd, else (a
+/// kernel before 5.3) looked at every few milliseconds.
+fn wait_for_exit(pid: Pid, limit: Duration) -> bool {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let exited = || {
+        matches!(
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT),
+            Ok(status) if status.pid().is_some()
+        )
+    };
+    let deadline = std::time::Instant::now() + limit;
+    // SAFETY: pidfd_open(2) takes two integers; the descriptor it returns is owned here alone.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if pidfd >= 0 {
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+            let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, timeout) {
+                Err(Errno::EINTR) => continue,
+                Ok(0) | Err(_) => return exited(),
+                Ok(_) => return true,
+            }
+        }
+    }
+    while !exited() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 impl Drop for Supervisor {
     /// Nothing outlives the supervisor: whatever is left of the child's job is killed.
     fn drop(&mut self) {
@@ -1308,15 +1344,10 @@ impl Drop for Supervisor {
             // Waited for, but not for ever: a process forked by another thread and not yet exec'd holds the
             // pipe too (an exec credential plugin whose exec hangs on a dead mount), until mpsync's exit
             // ends it (its parent-death signal). The guard, disarmed, then exits by itself.
-            let started = std::time::Instant::now();
-            let mut pause = Duration::from_millis(1);
-            while matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive) | Err(Errno::EINTR)) {
-                if started.elapsed() >= GUARD_EXIT {
-                    debug!(pid = pid.as_raw(), "the guard has not exited yet; leaving it to exit by itself");
-                    break;
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
+            if wait_for_exit(pid, GUARD_EXIT) {
+                let _ = waitpid(pid, None);
+            } else {
+                debug!(pid = pid.as_raw(), "the guard has not exited yet; leaving it to exit by itself");
             }
         }
     }
