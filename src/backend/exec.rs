@@ -545,10 +545,15 @@ where
             }
             source.refused(&header);
             let Some(mut again) = again else { return Ok(response) };
-            let new = source.header().await?;
-            if new == header {
-                return Ok(response);
-            }
+            // The 401 stands (final for a lock) unless the plugin gives another token.
+            let new = match source.header().await {
+                Ok(new) if new != header => new,
+                Ok(_) => return Ok(response),
+                Err(why) => {
+                    tracing::warn!(error = %why, "no new token after the API server refused the exec plugin's");
+                    return Ok(response);
+                }
+            };
             tracing::debug!(plugin = %source.plugin.who(), "sending the request again with the plugin's new token");
             again.headers_mut().insert(AUTHORIZATION, new.clone());
             let ready = tower::ServiceExt::ready(&mut spare).await.map_err(Into::into)?;

@@ -1196,9 +1196,13 @@ impl Supervisor {
                 let Some(mine) = self.runs_itself_by(&snapshot, &procfs::children_of_threads(&self.job_tasks())) else {
                     return;
                 };
+                // The plugins again, after the snapshot: one started since the look above may be in it.
+                let Some(plugins) = crate::backend::plugins() else { return };
                 let others: Vec<i32> = snapshot
                     .zombie_children(self.me.as_raw())
-                    .filter(|zombie| !mine.contains(&zombie.pid) && Some(zombie.pid) != leader)
+                    .filter(|zombie| {
+                        !mine.contains(&zombie.pid) && !plugins.contains(&zombie.pid) && Some(zombie.pid) != leader
+                    })
                     .map(|zombie| zombie.pid)
                     .collect();
                 for other in others {
@@ -1338,7 +1342,10 @@ impl Drop for Supervisor {
         }
         if let Some(guard) = self.guard.take() {
             let pid = guard.pid;
-            // Closing the pipe is the guard's cue to exit; one stopped by someone is continued to see it.
+            // The job is gone (killed above): disarmed first, so that a guard that outlives the wait below
+            // has nothing to kill. Closing the pipe is its cue to exit; one stopped by someone is continued
+            // to see it.
+            guard.tell(0);
             drop(guard);
             let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
             // Waited for, but not for ever: a process forked by another thread and not yet exec'd holds the
