@@ -248,6 +248,7 @@ static STARTING: AtomicUsize = AtomicUsize::new(0);
 
 /// The plugins mpsync runs now (see `PLUGINS`); None while one is being started (a zombie child may then
 /// be a plugin's not yet listed).
+#[cfg(feature = "cli")]
 pub fn plugins() -> Option<Vec<i32>> {
     if STARTING.load(Ordering::SeqCst) > 0 {
         return None;

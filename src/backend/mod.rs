@@ -34,6 +34,7 @@ use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
 use crate::store::kube::one_line;
 use connector::Connector;
+#[cfg(feature = "cli")]
 pub(crate) use exec::plugins;
 use pools::WatchesApart;
 use proxy::ProxyEnv;

@@ -340,6 +340,18 @@ fn token_answer(token: &str, expires: Option<&str>) -> String {
     )
 }
 
+/// A plugin whose every run is counted in `runs` and answers the token `tok-N` (N: the run's number),
+/// after the shell lines `before`; with `life`, the token expires that many seconds (a shell word) on.
+fn numbered_plugin(env: &TestEnv, runs: &std::path::Path, before: &str, life: Option<&str>) -> PathBuf {
+    let expiry =
+        life.map_or(String::new(), |life| format!("at=$(date -u -d \"+{life} seconds\" +%Y-%m-%dT%H:%M:%SZ)\n"));
+    let answer = token_answer("tok-'\"$n\"'", life.map(|_| "'\"$at\"'"));
+    write_plugin(
+        env,
+        &format!("echo run >> {runs}\nn=$(wc -l < {runs})\n{before}{expiry}{answer}", runs = runs.display()),
+    )
+}
+
 /// kube ran a token plugin twice before the first request (once for TLS, once for the token): mpsync runs
 /// it once, and its token goes with every request.
 #[test]
@@ -373,14 +385,7 @@ fn a_refused_exec_token_is_asked_for_again_and_the_request_sent_again() {
     let server = env.server().unwrap();
     let runs = env.path("plugin-runs");
     // Each run's token is numbered.
-    let plugin = write_plugin(
-        &env,
-        &format!(
-            "echo run >> {runs}\nn=$(wc -l < {runs})\n{}",
-            token_answer("tok-'\"$n\"'", None),
-            runs = runs.display()
-        ),
-    );
+    let plugin = numbered_plugin(&env, &runs, "", None);
     let kubeconfig = exec_kubeconfig(&env, &plugin);
     let count = || fs::read_to_string(&runs).map_or(0, |text| text.lines().count());
     // `status`: its one read is refused with the first token, then answered with the second.
@@ -446,14 +451,7 @@ fn an_exec_token_is_asked_for_again_before_it_expires() {
     let server = env.server().unwrap();
     let runs = env.path("plugin-runs");
     // Each run's token is numbered, and expires two seconds on.
-    let plugin = write_plugin(
-        &env,
-        &format!(
-            "echo run >> {runs}\nn=$(wc -l < {runs})\nat=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%SZ)\n{}",
-            token_answer("tok-'\"$n\"'", Some("'\"$at\"'")),
-            runs = runs.display()
-        ),
-    );
+    let plugin = numbered_plugin(&env, &runs, "", Some("2"));
     let kubeconfig = exec_kubeconfig(&env, &plugin);
     let name = env.lease_name("exec-expiry");
     let start = server.requests().len();
@@ -479,17 +477,11 @@ fn while_the_plugin_runs_again_the_renewals_go_on_with_the_old_token() {
     let release = env.path("plugin-release");
     // The first token lives 20 s (asked for again 10 s before it expires); the second run waits to be
     // released, and its token lives an hour.
-    let plugin = write_plugin(
-        &env,
-        &format!(
-            "echo run >> {runs}\nn=$(wc -l < {runs})\nlife=20\n\
-             if [ \"$n\" -ge 2 ]; then life=3600; while [ ! -e {release} ]; do sleep 0.05; done; fi\n\
-             at=$(date -u -d \"+$life seconds\" +%Y-%m-%dT%H:%M:%SZ)\n{}",
-            token_answer("tok-'\"$n\"'", Some("'\"$at\"'")),
-            runs = runs.display(),
-            release = release.display()
-        ),
+    let wait = format!(
+        "life=20\nif [ \"$n\" -ge 2 ]; then life=3600; while [ ! -e {} ]; do sleep 0.05; done; fi\n",
+        release.display()
     );
+    let plugin = numbered_plugin(&env, &runs, &wait, Some("$life"));
     let kubeconfig = exec_kubeconfig(&env, &plugin);
     let name = env.lease_name("exec-slow");
     let done_file = env.path("child-done");
