@@ -336,7 +336,7 @@ impl Running {
             let mut phase = self.phase();
             if matches!(*phase, Phase::Over) {
                 // Given up on while it was being started.
-                let _ = if group { killpg(pid, Signal::SIGKILL) } else { kill(pid, Signal::SIGKILL) };
+                kill_plugin(pid, group);
             } else {
                 *phase = Phase::Started(pid, group);
             }
@@ -357,6 +357,11 @@ impl Running {
     }
 }
 
+/// SIGKILL to the plugin, and to its process group if it leads one.
+fn kill_plugin(pid: Pid, group: bool) {
+    let _ = if group { killpg(pid, Signal::SIGKILL) } else { kill(pid, Signal::SIGKILL) };
+}
+
 /// Kills the plugin (or keeps it from starting, or has it killed as soon as it is) when the run is given
 /// up on. Never waits for a start.
 struct KillOnDrop(Running);
@@ -366,7 +371,7 @@ impl Drop for KillOnDrop {
         let mut phase = self.0.phase();
         if let Phase::Started(pid, group) = *phase {
             tracing::debug!(pid = pid.as_raw(), "killing the exec credential plugin");
-            let _ = if group { killpg(pid, Signal::SIGKILL) } else { kill(pid, Signal::SIGKILL) };
+            kill_plugin(pid, group);
         }
         *phase = Phase::Over;
     }

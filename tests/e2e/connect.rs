@@ -512,10 +512,7 @@ fn while_the_plugin_runs_again_the_renewals_go_on_with_the_old_token() {
 #[test]
 fn a_plugin_whose_start_hangs_ends_with_the_timeout_or_a_stop_signal() {
     let Some(env) = test_server() else { return };
-    let shim = env.path("libhangexec.so");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/hangexec.c");
-    let built = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&shim).arg(source).arg("-ldl").status();
-    assert!(built.expect("run cc").success(), "cc could not build the shim");
+    let shim = build_shim(&env, "hangexec");
     let plugin = env.path("hangexec-plugin.sh");
     fs::write(&plugin, format!("#!/bin/sh\n{}", token_answer("tok", None))).unwrap();
     fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -548,10 +545,7 @@ fn a_plugin_whose_start_hangs_ends_with_the_timeout_or_a_stop_signal() {
 #[test]
 fn as_subreaper_without_the_children_files_an_exec_plugin_is_left_to_its_waiter() {
     let Some(env) = test_server() else { return };
-    let shim = env.path("libnochildren.so");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/nochildren.c");
-    let built = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&shim).arg(source).arg("-ldl").status();
-    assert!(built.expect("run cc").success(), "cc could not build the shim");
+    let shim = build_shim(&env, "nochildren");
     let runs = env.path("plugin-runs");
     // It answers, and exits while what it started keeps its output open a moment: its zombie waits to be
     // reaped while its output is read.

@@ -310,16 +310,7 @@ fn a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lea
 /// while the holder's child ran. Every renewal now changes the record, so the waiter waits until the
 /// holder, stopped, gives the lease back.
 fn a_holder_whose_wall_clock_stands_still_still_renews(env: &TestEnv) {
-    let shim = env.path("libfreezewall.so");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/freezewall.c");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&shim)
-        .arg(source)
-        .arg("-ldl")
-        .status()
-        .expect("run cc");
-    assert!(built.success(), "cc could not build the shim");
+    let shim = build_shim(env, "freezewall");
     let name = env.lease_name("frozenwall");
     let log = env.path("log");
     let mut command = env.mpsync(fast(&["lock", &name, "-v"], &["sh", "-c", &draining_script(&log, "0.5")]));

@@ -399,6 +399,16 @@ pub fn scrub(command: &mut Command) {
     }
 }
 
+/// Build the LD_PRELOAD shim `tests/support/NAME.c` into the test's directory; its path.
+#[track_caller]
+pub fn build_shim(env: &TestEnv, name: &str) -> PathBuf {
+    let shim = env.path(&format!("lib{name}.so"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/support/{name}.c"));
+    let built = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&shim).arg(source).arg("-ldl").status();
+    assert!(built.expect("run cc").success(), "cc could not build the shim {name}");
+    shim
+}
+
 pub fn temp_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(&format!("mpsync-test-{prefix}")));
     fs::create_dir_all(&dir).unwrap();
