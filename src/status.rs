@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::lease::{SLOTS_ANNOTATION, Versioned};
 use crate::store::{Store, StoreError, WatchUpdate};
+use crate::supervise::signals::Stops;
+use nix::sys::signal::Signal;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,7 +52,7 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
 
 /// Print the lease record (or every slot) once. Exits 0 when it could be read (whether or not it exists).
 pub fn status(config: QueryConfig) -> Result<Exit> {
-    block_on(async {
+    until_stopped(signaled, async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         let (target, single) = target(&store, &config).await?;
         let now = Timestamp::now();
@@ -87,7 +89,7 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
 /// `-o json`). Exits 0 when they could be listed, whether or not there are any; none is said on stderr, so
 /// that stdout is only the table (the header alone) or the array (empty).
 pub fn list(config: ListConfig) -> Result<Exit> {
-    block_on(async {
+    until_stopped(signaled, async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         let leases = store.list(config.label_selector.as_deref()).await.map_err(|err| match err {
             StoreError::Fatal(err) => err,
@@ -169,16 +171,17 @@ fn table(reports: &[Report]) -> String {
 }
 
 /// Print one line per change of holder (of every slot, for a semaphore) until SIGINT or SIGTERM (then
-/// exit 0). The watches reconnect on their own; a lease that does not exist yet is reported, then waited
-/// for.
+/// exit 0; SIGHUP exits 129). The watches reconnect on their own; a lease that does not exist yet is
+/// reported, then waited for.
 pub fn observe(config: QueryConfig) -> Result<Exit> {
-    use tokio::signal::unix::{SignalKind, signal};
-    block_on(async {
+    let stopped = |signal| match signal {
+        Signal::SIGINT | Signal::SIGTERM => Exit::Success,
+        other => signaled(other),
+    };
+    until_stopped(stopped, async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         // Fail fast on what will never work (forbidden, namespace missing) before settling in.
         let (target, _) = target(&store, &config).await?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(internal)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(internal)?;
         let mut watches: Vec<_> = target.names.iter().map(|name| store.watch(name, Duration::from_secs(2))).collect();
         let mut last: Vec<Option<(String, i32, bool, bool)>> = vec![None; watches.len()];
         loop {
@@ -187,8 +190,6 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
                 .enumerate()
                 .map(|(index, watch)| Box::pin(async move { (index, watch.updates.recv().await) }));
             tokio::select! {
-                _ = interrupt.recv() => return Ok(Exit::Success),
-                _ = terminate.recv() => return Ok(Exit::Success),
                 ((index, update), _, _) = futures::future::select_all(updates) => {
                     let current = match update {
                         None => return Ok(Exit::Success),
@@ -220,8 +221,25 @@ fn fatal(err: StoreError) -> Error {
     }
 }
 
-fn internal(err: std::io::Error) -> Error {
-    Error::Internal(format!("cannot handle signals: {err}"))
+/// Stopped by `signal`: 128+N, as its default action would give.
+fn signaled(signal: Signal) -> Exit {
+    Exit::Signaled(signal as i32)
+}
+
+/// Run a query until a stop signal (SIGTERM, SIGINT, SIGHUP unless ignored), at any point: while the
+/// client is set up (an exec credential plugin may take long: it is killed with the set-up), or while it
+/// reads or waits. The exit is `stopped(signal)`.
+fn until_stopped(stopped: impl FnOnce(Signal) -> Exit, query: impl Future<Output = Result<Exit>>) -> Result<Exit> {
+    block_on(async {
+        let mut stops = Stops::new()?;
+        tokio::select! {
+            exit = query => exit,
+            signal = stops.next() => {
+                tracing::debug!(signal = %signal, "stopped");
+                Ok(stopped(signal))
+            }
+        }
+    })
 }
 
 /// A lease record in the words `status` and `observe` print.

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -36,6 +36,7 @@ use serde::Deserialize;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{Error, Result};
+use crate::store::kube::NotSent;
 
 /// A plugin, and the words that name it in errors.
 pub struct Plugin {
@@ -236,7 +237,8 @@ fn refresh_at(expires: SystemTime) -> SystemTime {
     (expires - left.min(Duration::from_secs(120)) / 2).max(now + MIN_REFRESH)
 }
 
-/// The shortest time between two runs of a plugin for a new token, but after a 401.
+/// The shortest time between two runs of a plugin for a new token (one due, or after a failed run), but
+/// after a 401.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// The plugins running now, by pid, from their start until they are reaped. The supervisor, as PID 1 or
@@ -390,14 +392,18 @@ type Refresh = Shared<BoxFuture<'static, std::result::Result<HeaderValue, String
 
 enum State {
     Ready(Token),
-    /// Refused by the server, or the last run failed with no good token left: run again at the next
-    /// request.
+    /// Refused by the server: run again at the next request.
     Stale,
+    /// The last run failed, with no good token left: requests fail with its error until `MIN_REFRESH`
+    /// has passed since, then the plugin is run again (not once per request: a retrying lock would run
+    /// a cloud CLI ten times a second).
+    Failed(String, Instant),
     /// A run under way, and the token it replaces while that is still good.
     Running(Refresh, Option<Token>),
 }
 
-/// After a failed run, while the old token is still good: how long until the plugin is run again.
+/// After a failed run, while the old token is still good: how long until the plugin is run again (at
+/// most; sooner if the old token stops being good first).
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 impl TokenSource {
@@ -421,8 +427,12 @@ impl TokenSource {
                     return Ok(header);
                 }
                 State::Running(refresh, old) => (refresh, old),
+                State::Failed(why, at) if at.elapsed() < MIN_REFRESH => {
+                    *state = State::Failed(why.clone(), at);
+                    return Err(why);
+                }
                 State::Ready(token) => (self.refresh(), Some(token)),
-                State::Stale => (self.refresh(), None),
+                State::Stale | State::Failed(..) => (self.refresh(), None),
             };
             let old = old.filter(Token::usable);
             let header = old.as_ref().map(|token| token.header.clone());
@@ -462,8 +472,13 @@ impl TokenSource {
                 Err(why) => {
                     tracing::warn!(error = %why, "could not renew the exec credential plugin's token");
                     *state = match old.filter(Token::usable) {
-                        Some(old) => State::Ready(Token { refresh_at: Some(SystemTime::now() + AFTER_FAILURE), ..old }),
-                        None => State::Stale,
+                        // Again in 5 s, or as the old token stops being good, if that is sooner.
+                        Some(old) => {
+                            let again = SystemTime::now() + AFTER_FAILURE;
+                            let last = old.expires.and_then(|at| at.checked_sub(IN_FLIGHT));
+                            State::Ready(Token { refresh_at: Some(last.map_or(again, |last| last.min(again))), ..old })
+                        }
+                        None => State::Failed(why.clone(), Instant::now()),
                     };
                     Err(why)
                 }
@@ -538,7 +553,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
         async move {
-            let header = source.header().await?;
+            let header = source.header().await.map_err(NotSent)?;
             request.headers_mut().insert(AUTHORIZATION, header.clone());
             // A 401 means the server did nothing with the request (authentication comes first): sent again
             // once with a new token, if the plugin gives one, as a token revoked or expired early (a clock

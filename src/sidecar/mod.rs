@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::health;
 use crate::http::{self, Limits};
+use crate::supervise::signals::Stops;
 
 /// One API call's timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,47 +42,6 @@ const LIMITS: Limits =
     Limits { max_connections: 256, head_timeout: Duration::from_secs(10), answer_timeout: Duration::from_secs(20) };
 /// On the way out: how long requests in flight may take to finish.
 const CLOSE_BUDGET: Duration = Duration::from_secs(2);
-
-/// The signals that stop the side-car: SIGTERM, SIGINT, and SIGHUP unless it was ignored at start
-/// (`nohup`), as for `lock`.
-struct Stops {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Stops {
-    fn new() -> Result<Stops> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let signals = |err: std::io::Error| Error::Internal(format!("cannot handle signals: {err}"));
-        let ignored = crate::supervise::signals::ignored(&[nix::sys::signal::Signal::SIGHUP]);
-        let hangup = match ignored.contains(nix::sys::signal::Signal::SIGHUP) {
-            true => None,
-            false => Some(signal(SignalKind::hangup()).map_err(signals)?),
-        };
-        Ok(Stops {
-            interrupt: signal(SignalKind::interrupt()).map_err(signals)?,
-            terminate: signal(SignalKind::terminate()).map_err(signals)?,
-            hangup,
-        })
-    }
-
-    /// The next stop signal.
-    async fn next(&mut self) -> nix::sys::signal::Signal {
-        use nix::sys::signal::Signal;
-        let hangup = async {
-            match &mut self.hangup {
-                Some(hangup) => hangup.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.interrupt.recv() => Signal::SIGINT,
-            _ = self.terminate.recv() => Signal::SIGTERM,
-            _ = hangup => Signal::SIGHUP,
-        }
-    }
-}
 
 /// Serve the protocol until SIGTERM, SIGINT or SIGHUP, drain, and exit 0.
 pub fn sidecar(config: SidecarConfig) -> Result<Exit> {

@@ -161,6 +161,24 @@ impl Verb {
     }
 }
 
+/// Why a request was given up before any of it was sent (the exec credential plugin gave no token): the
+/// server saw nothing, so a write's outcome is known, not applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct NotSent(pub String);
+
+/// The `NotSent` among the error's causes, if there is one.
+fn not_sent(err: &kube::Error) -> bool {
+    let mut cause = std::error::Error::source(err);
+    while let Some(err) = cause {
+        if err.is::<NotSent>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
 /// `name`: the lease the call was about; `None` for a list of the namespace's leases.
 fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -> StoreError {
     let what = match name {
@@ -211,6 +229,7 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
             "{what}: the kube::Client cannot be used any more: the tokio runtime it was built on was shut down; \
              build the client, and the Lock, on the runtime that uses them"
         ))),
+        other if not_sent(&other) => StoreError::Transient(format!("{what}: not sent: {}", one_line(&other))),
         other if verb.is_write() => StoreError::Unknown(format!("{what}: {}", one_line(&other))),
         other => StoreError::Transient(format!("{what}: {}", one_line(&other))),
     }

@@ -76,6 +76,46 @@ impl Drop for SignalReceiver {
     }
 }
 
+/// The signals that stop a command that does not supervise a child (`sidecar`, `status`, `observe`):
+/// SIGTERM, SIGINT, and SIGHUP unless it was ignored at start (`nohup`), as for `lock`. Made inside a
+/// runtime (they are `tokio::signal`s: these commands fork nothing, so nothing comes before the runtime).
+pub struct Stops {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stops {
+    pub fn new() -> crate::error::Result<Stops> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = |err: io::Error| crate::error::Error::Internal(format!("cannot handle signals: {err}"));
+        let hangup = match ignored(&[Signal::SIGHUP]).contains(Signal::SIGHUP) {
+            true => None,
+            false => Some(signal(SignalKind::hangup()).map_err(signals)?),
+        };
+        Ok(Stops {
+            interrupt: signal(SignalKind::interrupt()).map_err(signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(signals)?,
+            hangup,
+        })
+    }
+
+    /// The next stop signal.
+    pub async fn next(&mut self) -> Signal {
+        let hangup = async {
+            match &mut self.hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = hangup => Signal::SIGHUP,
+        }
+    }
+}
+
 /// The signals among `signals` whose action is SIG_IGN now: at start-up, the ones the parent left ignored
 /// (`nohup` ignores SIGHUP; a shell without job control starts `cmd &` with SIGINT and SIGQUIT ignored).
 pub fn ignored(signals: &[Signal]) -> SigSet {

@@ -376,6 +376,27 @@ fn an_exec_plugin_runs_once_and_its_token_authenticates_every_request() {
     assert_failure(&done, 125, &["401 Unauthorized"]);
 }
 
+/// A plugin that fails once its token has expired (a login it cannot renew): the holder's renewals are
+/// not sent, and its log says so, not "outcome unknown" (it was known: nothing reached the server); the
+/// lease is lost at the renew deadline and the child stopped (exit 123), as with the server unreachable.
+/// The failing plugin is not run for every retried request.
+#[test]
+fn a_holder_whose_plugin_gives_no_token_says_its_renewals_were_not_sent() {
+    let Some(env) = test_server() else { return };
+    let runs = env.path("plugin-runs");
+    // The first run's token lives 3 s (2 to 3, to the second); every later run fails.
+    let plugin = numbered_plugin(&env, &runs, "[ \"$n\" -gt 1 ] && { echo 'no login' >&2; exit 1; }\n", Some("3"));
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-gone");
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sleep", "60"])));
+    done.assert_code(123);
+    assert!(done.stderr.contains("not sent"), "{}", done.stderr);
+    assert!(!done.stderr.contains("outcome unknown"), "{}", done.stderr);
+    // Run again at most once a second, not for every retried request (about ten a second).
+    let runs = fs::read_to_string(&runs).unwrap().lines().count();
+    assert!(runs <= 8, "the plugin ran {runs} times in {:?}", done.elapsed);
+}
+
 /// A token the server refuses (revoked, or expired early by the server's clock) is asked for again at
 /// once, and the request sent again with the new one: neither a first read nor a holder's renewal fails
 /// for it (a 401 is final otherwise, exit 125).
@@ -564,11 +585,12 @@ fn as_subreaper_without_the_children_files_an_exec_plugin_is_left_to_its_waiter(
 
 /// A plugin that hangs (a login waiting for a browser, a cloud CLI without network) no longer hangs
 /// mpsync: a stop signal or `--timeout` ends the wait, and the plugin, with what it started, is killed.
-/// Killed itself (SIGKILL), mpsync takes the plugin with it. The side-car stops on SIGHUP too, as `lock`.
+/// Killed itself (SIGKILL), mpsync takes the plugin with it. The side-car stops on SIGHUP too, as `lock`;
+/// `status` and `observe` stop on a signal while the plugin runs, and kill it with what it started.
 #[test]
 fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() {
     let Some(env) = test_server() else { return };
-    for how in ["SIGTERM", "--timeout", "SIGKILL", "side-car SIGHUP"] {
+    for how in ["SIGTERM", "--timeout", "SIGKILL", "side-car SIGHUP", "status SIGTERM", "observe SIGINT"] {
         let plugin_pid = env.path(&env.lease_name("plugin-pid"));
         let started = env.path(&env.lease_name("sleeper-pid"));
         let plugin = write_plugin(
@@ -584,8 +606,11 @@ fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() 
             args.extend(["--timeout", "1s"]);
         }
         args.extend(["--", "sh", "-c", &child]);
-        if how == "side-car SIGHUP" {
-            args = vec!["sidecar", "--listen", "127.0.0.1:0"];
+        match how {
+            "side-car SIGHUP" => args = vec!["sidecar", "--listen", "127.0.0.1:0"],
+            "status SIGTERM" => args = vec!["status", &name],
+            "observe SIGINT" => args = vec!["observe", &name],
+            _ => {}
         }
         let mut proc = Proc::spawn(mpsync_with(&env, &kubeconfig, &args), &env.dir);
         // With `--timeout`, mpsync may give up before the plugin (slow to start on a loaded machine) has
@@ -593,7 +618,8 @@ fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() 
         let pids = || (read_pid(&started), read_pid(&plugin_pid));
         let running = (how != "--timeout").then(pids);
         match how {
-            "SIGTERM" => proc.signal(nix::sys::signal::Signal::SIGTERM),
+            "SIGTERM" | "status SIGTERM" => proc.signal(nix::sys::signal::Signal::SIGTERM),
+            "observe SIGINT" => proc.signal(nix::sys::signal::Signal::SIGINT),
             "SIGKILL" => proc.signal(nix::sys::signal::Signal::SIGKILL),
             "side-car SIGHUP" => proc.signal(nix::sys::signal::Signal::SIGHUP),
             _ => {}
@@ -602,7 +628,8 @@ fn a_hanging_exec_plugin_ends_with_a_stop_signal_or_the_timeout_and_is_killed() 
         assert!(status.is_some(), "{how}: mpsync still waits for the plugin");
         let status = status.unwrap();
         match how {
-            "SIGTERM" => assert_eq!(status.code(), Some(143), "{how}: {}", proc.stderr()),
+            "SIGTERM" | "status SIGTERM" => assert_eq!(status.code(), Some(143), "{how}: {}", proc.stderr()),
+            "observe SIGINT" => assert_eq!(status.code(), Some(0), "{how}: {}", proc.stderr()),
             "--timeout" => assert_eq!(status.code(), Some(124), "{how}: {}", proc.stderr()),
             "side-car SIGHUP" => assert_eq!(status.code(), Some(129), "{how}: {}", proc.stderr()),
             _ => assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9)),
