@@ -528,12 +528,22 @@ impl Locks {
     /// Locks held now (for the metrics): entries busy with a request count as they were.
     pub fn held_count(&self) -> usize {
         let now = Instant::now();
-        self.map()
-            .values()
-            .filter(|entry| {
-                entry.try_lock().is_ok_and(|entry| entry.elector.held().is_some_and(|h| now < h.deadline(self.timing)))
-            })
-            .count()
+        self.map().values().filter(|entry| self.is_held(entry, now)).count()
+    }
+
+    /// The locks left unreleased: those whose last known record is this side-car's own, with itself as
+    /// holder (held, or a release cut off before its answer), but those busy with a request.
+    pub fn unreleased_names(&self) -> Vec<String> {
+        let ours = |entry: &Entry| {
+            entry.elector.current().is_some_and(|c| c.record.holder_identity.as_deref().is_some_and(|h| !h.is_empty()))
+                && entry.elector.release(now()).is_some()
+        };
+        let map = self.map();
+        map.iter().filter(|(_, entry)| entry.try_lock().is_ok_and(|e| ours(&e))).map(|(name, _)| name.clone()).collect()
+    }
+
+    fn is_held(&self, entry: &Mutex<Entry>, now: Instant) -> bool {
+        entry.try_lock().is_ok_and(|entry| entry.elector.held().is_some_and(|h| now < h.deadline(self.timing)))
     }
 
     fn lock_response(&self, status: u16, name: &str, elector: &Elector) -> Response {

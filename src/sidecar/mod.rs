@@ -114,6 +114,9 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
                         "a second signal came while releasing locks: exiting; every lock not yet released expires \
                          after its TTL"
                     );
+                    for name in locks.unreleased_names() {
+                        tracing::warn!(lease = %locks.lease_name(&name), "exiting with the lock not released");
+                    }
                     break;
                 }
             };

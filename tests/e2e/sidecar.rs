@@ -1287,6 +1287,39 @@ fn a_drain_on_a_hung_api_server_ends_at_its_deadline() {
     }
 }
 
+/// A second signal while the drain's releases are under way (an API server that hangs) exits at once,
+/// and names every lock it leaves unreleased: the two whose releases it cut off and the one whose client
+/// still heartbeats. Each expires after its TTL.
+#[test]
+fn a_second_signal_during_the_drains_releases_names_the_locks_left() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let names: Vec<String> = (0..3).map(|_| env.lease_name("sc-second")).collect();
+    let (proxy, mut a) = side_car_through_a_fault_proxy(&env, &["--drain", "60s"]);
+    for name in &names[..2] {
+        a.put(name).assert_status(200);
+    }
+    // The first two quiet for two thirds of the TTL: released as the drain starts; the third is fresh.
+    std::thread::sleep(Duration::from_secs(4) + Duration::from_millis(200));
+    a.put(&names[2]).assert_status(200);
+    proxy.partition();
+    a.process.signal(Signal::SIGTERM);
+    wait_until("both quiet locks to be released", || a.process.stderr().matches("releasing it").count() == 2);
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits on the second signal");
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    let stderr = a.process.stderr();
+    for name in &names {
+        assert!(
+            stderr.lines().any(|line| line.contains("not released") && line.contains(name.as_str())),
+            "{name} not named: {stderr}"
+        );
+    }
+    proxy.heal();
+}
+
 /// Found by review: with the drain's releases ended at `--drain`, a lock that went quiet just at the
 /// deadline (SIGTERM right after its client's last heartbeat, `--drain` equal to the quiet time, as with
 /// the defaults) had its release cut off at once and was left for its TTL. Each release gets the budget
