@@ -453,13 +453,29 @@ impl Slot {
         }
     }
 
-    /// Give back whatever this slot holds, or may hold through a write whose outcome is unknown, within
-    /// `budget`: the call in flight is finished first (its outcome may change what we hold), then the
-    /// record is read if needed, and released only if it is our own write. Returns whether a release
-    /// was written.
+    /// Give back whatever this slot holds, or may hold through a write whose outcome is unknown: the call
+    /// in flight is finished first (its outcome may change what we hold), within `budget`; then, within
+    /// `budget` again, the record is read if needed, and released only if it is our own write. Returns
+    /// whether a release was written.
+    ///
+    /// The second budget counts from the end of the call in flight (found by review): counted from the
+    /// start, a write whose answer took a whole call timeout used it up, and a lease whose acquisition
+    /// had landed was left held for its duration.
     pub async fn settle(&mut self, budget: Duration) -> Result<bool, StoreError> {
-        let deadline = tokio::time::Instant::now() + budget;
-        let result = tokio::time::timeout_at(deadline, self.settle_unbounded()).await;
+        let finished = match self.call.take() {
+            Some(call) => match tokio::time::timeout(budget, call).await {
+                Ok(outcome) => {
+                    self.finish(outcome);
+                    true
+                }
+                Err(_) => false,
+            },
+            None => true,
+        };
+        let result = match finished {
+            true => tokio::time::timeout(budget, self.settle_unbounded()).await.ok(),
+            false => None,
+        };
         self.elector.released();
         self.call = None;
         // Only a hold the observer was told of ends for it: the slots of a semaphore share one observer,
@@ -467,22 +483,18 @@ impl Slot {
         // by review).
         let told = std::mem::replace(&mut self.told_acquired, false);
         match result {
-            Ok(Ok(released)) => {
+            Some(Ok(released)) => {
                 if told {
                     self.observer.released();
                 }
                 Ok(released)
             }
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(StoreError::Transient(format!("releasing lease {} took longer than {budget:?}", self.name))),
+            Some(Err(err)) => Err(err),
+            None => Err(StoreError::Transient(format!("releasing lease {} took longer than {budget:?}", self.name))),
         }
     }
 
     async fn settle_unbounded(&mut self) -> Result<bool, StoreError> {
-        if let Some(call) = self.call.take() {
-            let outcome = call.await;
-            self.finish(outcome);
-        }
         let mut last_error = None;
         for attempt in 0..4 {
             // Read first when the record we know may be out of date: a write's outcome is unknown, or an

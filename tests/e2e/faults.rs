@@ -361,3 +361,62 @@ fn elect_leader_cut_off_from_the_api_stops_its_child_and_runs_it_again_after_rec
     elect.signal(Signal::SIGTERM);
     assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(143), "{}", elect.stderr());
 }
+
+/// Timings whose call timeout is 3 s (half the renew deadline).
+const CALL_3S: &[&str] = &["--lease-duration", "15s", "--renew-deadline", "6s", "--retry-period", "1s"];
+
+/// Found by review (helper-71): the give-back budget (one call timeout) counted from the stop, and the
+/// write on the wire used it up. Here SIGTERM comes right after the acquiring create was committed,
+/// whose answer is held back past the call timeout, on a server that then answers in 500 ms: the create
+/// times out (outcome unknown), and the read and the release still fit, as they now have a budget of
+/// their own. Before, mpsync exited 143 with the lease held by a process that had gone.
+#[test]
+fn a_stop_while_the_acquisition_is_unanswered_still_gives_the_lease_back() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("stop-unanswered");
+    let ran = env.path("ran");
+    server.after_commit(1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(5)));
+    let mut args = vec!["lock", &name, "--identity", "gone"];
+    args.extend(CALL_3S);
+    args.extend(["--", "touch", ran.to_str().unwrap()]);
+    let lock = env.spawn(args);
+    wait_until("the create to be committed", || env.holder(&name).as_deref() == Some("gone"));
+    server.set_latency(Duration::from_millis(500));
+    lock.signal(Signal::SIGTERM);
+    let done = lock.finish();
+    server.set_latency(Duration::ZERO);
+    done.assert_code(143);
+    assert!(!ran.exists(), "the child ran");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone:\n{}", done.stderr);
+}
+
+/// The same on the ordinary way out: the child exits while a renewal is on the wire whose answer is
+/// held back past the call timeout; the read and the release that follow still fit.
+#[test]
+fn a_child_exit_during_an_unanswered_renewal_still_gives_the_lease_back() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("exit-unanswered");
+    let flag = env.path("flag");
+    let script = format!("while [ ! -e {} ]; do sleep 0.01; done", flag.display());
+    let mut args = vec!["lock", &name, "--identity", "gone"];
+    args.extend(CALL_3S);
+    args.extend(["--", "sh", "-c", &script]);
+    let lock = env.spawn(args);
+    wait_until("the lease to be held", || env.holder(&name).as_deref() == Some("gone"));
+    server.after_commit_of("gone", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(5)));
+    wait_until("a renewal to be committed", || server.after_commit_pending() == 0);
+    server.set_latency(Duration::from_millis(500));
+    fs::write(&flag, "").unwrap();
+    let done = lock.finish();
+    server.set_latency(Duration::ZERO);
+    done.assert_code(0);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone:\n{}", done.stderr);
+}
