@@ -692,7 +692,26 @@ impl Elector {
             },
             _ => None,
         };
-        if let Some(until) = vanished_held_until {
+        // Another's hold edited by hand (found by review: `kubectl patch` clearing the holder, as a "force
+        // unlock", or shortening the duration), which is no write of any holder's: the acquireTime is the
+        // hold's, where a release or a new acquisition writes a new one, and the holder cleared or the
+        // duration shorter, where a renewal keeps both. The hold counts until the expiry it had: from when
+        // its last renewal was seen if this record carries that renewal's time, else from now (renewals
+        // may have come unseen). Its holder learns of the edit only at its next renewal.
+        let edited_held_until = match (&previous, &current) {
+            (Some(known), Some(new)) if changed => match &known.current {
+                Some(old) if self.is_anothers_hold(&old.record) && is_hand_edit(&old.record, &new.record) => {
+                    let base = match new.record.renew_time == old.record.renew_time {
+                        true => known.changed_at,
+                        false => now,
+                    };
+                    base.checked_add(holder_duration(&old.record, self.timing))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        for until in [vanished_held_until, edited_held_until].into_iter().flatten() {
             self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
         }
         let was_free = previous.as_ref().and_then(|o| o.current.as_ref()).is_some_and(|v| !is_live(&v.record));
@@ -1362,6 +1381,20 @@ fn is_live(record: &LeaseSpec) -> bool {
     !record.holder_identity.as_deref().unwrap_or("").is_empty()
 }
 
+/// Whether `new` is `old`, a live hold, edited by hand: the same acquisition (acquireTime, token), with
+/// the holder cleared or the duration made shorter. No holder writes that: a release and an acquisition
+/// write a new acquireTime, and a renewal keeps holder and duration.
+fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
+    let shorter = |old: &LeaseSpec, new: &LeaseSpec| match (old.lease_duration_seconds, new.lease_duration_seconds) {
+        (Some(old), Some(new)) => new < old,
+        (None, Some(_)) | (Some(_), None) => true,
+        (None, None) => false,
+    };
+    new.acquire_time == old.acquire_time
+        && new.lease_transitions == old.lease_transitions
+        && (!is_live(new) || shorter(old, new))
+}
+
 /// What to do about a semaphore's marker: the Lease NAME itself, never held, annotated with the number of
 /// slots. Every process of a semaphore settles it (create, or check) before it acquires any slot, so two
 /// processes that disagree on the count can never both acquire: whichever writes the marker first fixes
@@ -1466,13 +1499,16 @@ mod tests {
         Now::at(at(t0, seconds), wall(seconds as i64))
     }
 
+    /// A record held by `holder`, or, with an empty holder, a release of it (which writes a new
+    /// acquireTime, as mpsync and client-go write it: a holder cleared without one is an edit by hand).
     fn record(holder: Option<&str>, duration: Option<i32>, transitions: Option<i32>) -> LeaseSpec {
+        let released = holder == Some("");
         LeaseSpec {
             holder_identity: holder.map(str::to_string),
             lease_duration_seconds: duration,
             lease_transitions: transitions,
-            acquire_time: Some(wall(-100)),
-            renew_time: Some(wall(-50)),
+            acquire_time: Some(wall(if released { -40 } else { -100 })),
+            renew_time: Some(wall(if released { -40 } else { -50 })),
             ..LeaseSpec::default()
         }
     }
@@ -1592,10 +1628,37 @@ mod tests {
         old.renew_time = Some(wall(-1_000_000));
         elector.observe(Some(versioned(3, old)), t0);
         assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 5.0)));
-        let mut future = record(Some("other"), Some(1), Some(0));
+        let mut future = record(Some("other"), Some(5), Some(0));
         future.renew_time = Some(MicroTime(Timestamp::from_second(32_503_680_000).unwrap()));
         elector.observe(Some(versioned(4, future)), at(t0, 1.0));
-        assert!(matches!(elector.next(now(t0, 2.0)), Action::Write(_)));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+        assert!(matches!(elector.next(now(t0, 6.0)), Action::Write(_)));
+    }
+
+    /// A hold edited by hand (holder cleared, or duration shortened, acquireTime kept) counts until the
+    /// expiry it had: from its last renewal seen, while the edit carries that renewal's time.
+    #[test]
+    fn a_hold_edited_by_hand_counts_until_the_expiry_it_had() {
+        for edit in [
+            |r: &mut LeaseSpec| r.holder_identity = Some(String::new()),
+            |r: &mut LeaseSpec| r.lease_duration_seconds = Some(1),
+        ] {
+            let t0 = Instant::now();
+            let mut elector = Elector::new("me", TIMING);
+            let held = record(Some("other"), Some(5), Some(0));
+            elector.observe(Some(versioned(3, held.clone())), t0);
+            let mut edited = held.clone();
+            edit(&mut edited);
+            elector.observe_event(WatchUpdate::Present(versioned(4, edited.clone())), at(t0, 1.0));
+            assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 5.0)));
+            assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(_)));
+            // Seen with a renewal it did not see before: from when the edit was seen.
+            let mut elector = Elector::new("me", TIMING);
+            elector.observe(Some(versioned(3, held)), t0);
+            edited.renew_time = Some(wall(-10));
+            elector.observe(Some(versioned(6, edited)), at(t0, 1.0));
+            assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+        }
     }
 
     #[test]

@@ -74,6 +74,9 @@ enum Step {
     ChildExits(usize),
     /// Someone deletes the Lease.
     Delete,
+    /// Someone edits the Lease by hand (`kubectl patch`): clears its holder (`true`), or makes its
+    /// duration 1 s, leaving acquireTime, renewTime and token as they are.
+    Edit(bool),
     /// Time passes while one process does not run (a busy runtime, a stopped process): the others act on
     /// their timers; its child is stopped by the clock at its renew deadline (the CLI's guard and the
     /// library's watchdog run apart from the runtime), and it learns the rest when it next acts.
@@ -95,6 +98,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => process.clone().prop_map(Step::ChildExits),
         1 => (process, 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
         1 => Just(Step::Delete),
+        1 => any::<bool>().prop_map(Step::Edit),
     ]
 }
 
@@ -241,6 +245,16 @@ impl World {
 
     fn elapsed(&self) -> Duration {
         self.now - self.t0
+    }
+
+    /// An edit by hand of the stored record, if there is one: the holder cleared, or the duration 1 s.
+    fn edit(&mut self, clear: bool) {
+        let Some(mut edited) = self.server.clone() else { return };
+        match clear {
+            true => edited.record.holder_identity = Some(String::new()),
+            false => edited.record.lease_duration_seconds = Some(1),
+        }
+        self.commit(Some(edited));
     }
 
     fn commit(&mut self, stored: Option<Versioned>) {
@@ -671,6 +685,9 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             // current holder every process has seen (renewals it has not seen yet do not matter).
             Step::Delete if world.everyone_saw_the_holder() => world.commit(None),
             Step::Delete => {}
+            // The same window for an edit by hand as for a deletion.
+            Step::Edit(clear) if world.everyone_saw_the_holder() => world.edit(clear),
+            Step::Edit(_) => {}
         }
         world.check_held()?;
         if trace {

@@ -5,6 +5,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::LeaseSpec;
 use nix::sys::signal::Signal;
 
 use crate::support::apiserver::{AfterCommit, WatchFault};
@@ -15,6 +16,7 @@ both_backends!(
     nested_runs_never_share_an_identity,
     two_processes_given_one_identity_never_both_run,
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
+    a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child,
     a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
     a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
@@ -94,6 +96,71 @@ fn lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child(env: &Test
     let stamps = read_stamps(&log);
     assert_eq!(stamps.len(), 4, "{stamps:?}");
     assert_eq!(max_concurrency(&log), 1, "the waiter's child ran beside the old one: {stamps:?}");
+}
+
+/// Found by review (helper-71): `kubectl patch` of a held lease, right after a renewal, that clears its
+/// holder (a "force unlock") or shortens its duration to 1 s, keeping its acquireTime, renewTime and
+/// token. The waiter took the lease at once (or a second later) while the holder's child ran on until
+/// the holder's next renewal. Now the waiter counts the hold until the expiry it had; the holder of a
+/// cleared lease stops its child at its next renewal (123); the holder of a shortened one keeps it.
+fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEnv) {
+    // Renewals 2 s apart leave the edit a window (and a renewal refused for the edit, 409, a second try
+    // within the renew deadline); the waiter's wait (9 s) outlasts the renew deadline and grace (6 + 1 s).
+    let timings = ["--lease-duration", "9s", "--renew-deadline", "6s", "--retry-period", "2s", "--grace", "1s"];
+    for clear in [true, false] {
+        let name = env.lease_name(if clear { "cleared" } else { "shortened" });
+        let log = env.path(&env.lease_name("log"));
+        let with = |head: &[&str], tail: Vec<String>| -> Vec<String> {
+            let mut args: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+            args.extend(timings.iter().map(|s| s.to_string()));
+            args.push("--".to_string());
+            args.extend(tail);
+            args
+        };
+        let child = |script: String| vec!["sh".to_string(), "-c".to_string(), script];
+        let holder =
+            env.spawn(with(&["lock", &name, "--identity", "holder", "-v"], child(draining_script(&log, "0.5"))));
+        wait_for_file(&log, "start");
+        let waiter = env.spawn(with(&["lock", &name, "--identity", "waiter", "-v"], child(stamp_script(&log, "true"))));
+        wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+        let renewed = |spec: &LeaseSpec| spec.renew_time.clone();
+        let before = env.get(&name).map(|(_, spec)| renewed(&spec));
+        wait_until("a renewal", || env.get(&name).map(|(_, spec)| renewed(&spec)) != before);
+        env.edit(&name, |spec| match clear {
+            true => spec.holder_identity = Some(String::new()),
+            false => spec.lease_duration_seconds = Some(1),
+        });
+        let holder = match clear {
+            true => {
+                let holder = holder.finish();
+                holder.assert_code(123);
+                holder
+            }
+            false => {
+                // Two renewals after the edit (4 s, past the shortened duration): the waiter still waits.
+                for _ in 0..2 {
+                    let before = env.get(&name).map(|(_, spec)| renewed(&spec));
+                    wait_until("a renewal", || env.get(&name).map(|(_, spec)| renewed(&spec)) != before);
+                }
+                let ran = read_stamps(&log);
+                holder.signal(Signal::SIGTERM);
+                let holder = holder.finish();
+                assert_eq!(ran.len(), 1, "the waiter's child ran: {ran:?}\nholder:\n{}", holder.stderr);
+                holder
+            }
+        };
+        let waiter = waiter.finish();
+        waiter.assert_code(0);
+        let stamps = read_stamps(&log);
+        assert_eq!(stamps.len(), 4, "{stamps:?}");
+        assert_eq!(
+            max_concurrency(&log),
+            1,
+            "clear={clear}: the waiter's child ran beside the holder's: {stamps:?}\nholder:\n{}\nwaiter:\n{}",
+            holder.stderr,
+            waiter.stderr
+        );
+    }
 }
 
 // The rest needs the test server's fault injection.
