@@ -84,7 +84,8 @@ impl Guard {
         self.send(-1, deadline_nanos);
     }
 
-    /// A process mpsync adopted (as a subreaper) is part of the job: killed with it if mpsync dies.
+    /// A process mpsync adopted (as a subreaper), or found in the job as it ended it, is part of the job:
+    /// killed with it if mpsync dies or is frozen past the deadline.
     /// Whether the guard was told (a guard stopped long enough for its pipe to fill was not).
     pub fn adopted(&self, pid: i32, start: u64) -> bool {
         match i64::try_from(start) {

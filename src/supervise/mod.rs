@@ -720,11 +720,14 @@ impl Supervisor {
         self.ignored_at_start.contains(Signal::SIGINT)
     }
 
-    /// The processes of the child's job, other than what mpsync runs itself and the guard (see
-    /// `Snapshot::job`).
+    /// The processes of the child's job, other than what mpsync runs itself, the guard, and what mpsync
+    /// inherited across an `exec` (`helper & exec mpsync ...`: no part of the child's job, and never
+    /// signalled at its end), each with what it started (see `Snapshot::job`).
     fn job(&self, snapshot: &Snapshot, pgid: Pid) -> Vec<ProcStat> {
         let mut skip = self.runs_itself(snapshot);
         skip.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+        let inherited = |process: &&(i32, u64)| snapshot.get(process.0).is_some_and(|p| p.start == process.1);
+        skip.extend(self.inherited.iter().filter(inherited).map(|(pid, _)| *pid));
         snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow())
     }
 
@@ -903,11 +906,18 @@ impl Supervisor {
         }
     }
 
-    /// Count the process `id` (pid, start time) as part of the job from now on, wherever it goes.
+    /// Count the process `id` (pid, start time) as part of the job from now on, wherever it goes; the
+    /// guard too, as it counts a process adopted. Found by review (helper-73): a process that left the
+    /// group and then mpsync's tree (`timeout`, handed to init when the shell above it died of the stop
+    /// signal) was waited for during the grace, but a freeze of mpsync then (or its death) left it to run
+    /// past the lease, as the guard knew nothing of it.
     fn keep(&self, id: (i32, u64)) {
         let mut kept = self.kept.borrow_mut();
         if !kept.contains(&id) {
             kept.push(id);
+            if let Some(guard) = &self.guard {
+                guard.adopted(id.0, id.1);
+            }
         }
     }
 

@@ -22,6 +22,7 @@ both_backends!(
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
     a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lease,
+    a_frozen_mpsync_never_lets_what_it_kept_of_the_job_during_the_grace_outlive_the_lease,
     a_holder_whose_wall_clock_stands_still_still_renews,
 );
 
@@ -161,6 +162,39 @@ fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEn
             waiter.stderr
         );
     }
+}
+
+/// Found by review (helper-73): mpsync frozen during the grace of a stop, once the main child died of the
+/// signal. `timeout` (a group of its own, handed to init when the shell died) and its worker, which
+/// ignores TERM, were counted as the job and waited for, but the guard knew nothing of them: at its
+/// deadline it killed the group and what was below mpsync, and the worker ran on past the lease. Now
+/// what mpsync keeps of the job, the guard kills too.
+fn a_frozen_mpsync_never_lets_what_it_kept_of_the_job_during_the_grace_outlive_the_lease(env: &TestEnv) {
+    let name = env.lease_name("frozen-kept");
+    let pid_file = env.path(&env.lease_name("worker.pid"));
+    let timeout_file = env.path(&env.lease_name("timeout.pid"));
+    let script = format!(
+        "timeout 300 sh -c 'trap \"\" TERM; echo $PPID > {}; echo $$ > {}; exec sleep 300'; echo after",
+        timeout_file.display(),
+        pid_file.display()
+    );
+    let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
+    let mut args = vec!["lock", name.as_str(), "-vv"];
+    args.extend(timings);
+    args.extend(["--", "sh", "-c", script.as_str()]);
+    let lock = env.spawn(args);
+    let worker = read_pid(&pid_file);
+    // SIGTERM: the shell dies of it at once; `timeout` and the worker are kept, for up to --grace.
+    lock.signal(Signal::SIGTERM);
+    wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+    lock.signal(Signal::SIGSTOP);
+    // The guard acts at the renew deadline and half the margin (4.5 s after the last renewal).
+    let killed = within_patience(|| !alive(worker));
+    lock.signal(Signal::SIGKILL);
+    for pid in [worker, read_pid(&timeout_file)] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(killed, "the worker (pid {worker}) outlived the lease, mpsync frozen:\n{}", lock.stderr());
 }
 
 // The rest needs the test server's fault injection.

@@ -37,7 +37,48 @@ both_backends!(
     a_worker_under_timeout_gets_sigterm_and_is_waited_for_after_its_parent_died_of_it,
     a_job_control_shell_sees_its_job_end_not_stop,
     a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
+    a_helper_inherited_across_exec_is_no_part_of_the_job,
 );
+
+/// `helper & exec mpsync lock ...` (a container entrypoint's log shipper): the helper is mpsync's child
+/// from the start, but no part of the child's job. The job's end neither waits for it nor signals it,
+/// also when the child is stopped by a signal to mpsync; it runs on after mpsync exits.
+fn a_helper_inherited_across_exec_is_no_part_of_the_job(env: &TestEnv) {
+    for stop in [false, true] {
+        let name = env.lease_name("inherited");
+        let helper = env.path(&env.lease_name("helper.pid"));
+        let started = env.path(&env.lease_name("started"));
+        let body = match stop {
+            false => "exit 3".to_string(),
+            true => format!("echo up > {}; sleep 1000", started.display()),
+        };
+        let lock = env.mpsync(fast(&["lock", &name], &["sh", "-c", &body]));
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("sleep 1000 & echo $! > {}; exec \"$0\" \"$@\"", helper.display()))
+            .arg(lock.get_program())
+            .args(lock.get_args())
+            .stdin(Stdio::null());
+        for (key, value) in lock.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut proc = Proc::spawn(command, &env.dir);
+        let pid = read_pid(&helper);
+        if stop {
+            wait_for_file(&started, "up");
+            proc.signal(Signal::SIGTERM);
+        }
+        let status = proc.wait_for(PATIENCE).expect("mpsync exits");
+        let alive_after = alive(pid);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        assert_eq!(status.code(), Some(if stop { 143 } else { 3 }), "{}", proc.stderr());
+        assert!(alive_after, "stop={stop}: the inherited helper was ended with the job:\n{}", proc.stderr());
+    }
+}
 
 /// A script that starts a background `sleep 1000`, records its pid, and waits for it.
 fn worker_script(pid_file: &std::path::Path) -> String {
