@@ -1017,6 +1017,15 @@ impl Supervisor {
         }
         if let Err(reason) = self.can_stop_self(signal) {
             info!(%signal, reason, "job-control stop not carried out");
+            // A child that stopped itself (`kill -TSTP $$`) where nobody can continue it would stay
+            // stopped for good, the lease held for it (found by review, helper-73): it goes on, as the
+            // kernel discards such a stop there. (Not one stopped for the terminal: it would stop again.)
+            if cause == StopCause::Child
+                && signal == Signal::SIGTSTP
+                && let Some(pgid) = self.group
+            {
+                self.signal_job(pgid, Signal::SIGCONT);
+            }
             return;
         }
         if let Some(pgid) = self.group {

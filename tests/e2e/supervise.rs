@@ -612,6 +612,27 @@ fn a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release(env: &Tes
 
 /// Under `unshare --pid --fork --mount-proc`, mpsync is PID 1: it reaps orphaned zombies and still
 /// returns the main child's exact status.
+/// Found by review (helper-73): as PID 1, where no job-control stop can be carried out, a child that
+/// stopped itself with SIGTSTP stayed stopped for good, with the lease held for it. It goes on.
+#[test]
+fn as_pid_1_a_child_that_stops_itself_goes_on() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork --mount-proc` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let env = TestEnv::file();
+    let name = env.lease_name("pid1-tstp");
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--"]);
+    command.args(["sh", "-c", "kill -TSTP $$; echo went on; exit 4"]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(4);
+    assert!(done.stdout.contains("went on"), "{}", done.stdout);
+}
+
 #[test]
 fn as_pid_1_mpsync_reaps_orphans_and_returns_the_childs_status() {
     let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
