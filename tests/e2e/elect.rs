@@ -239,10 +239,7 @@ fn client_go_record_is_read_and_respected(env: &TestEnv) {
     assert_eq!(elect.wait_for(PATIENCE).and_then(|s| s.code()), Some(143));
     assert_eq!(env.holder(&name).as_deref(), Some("host-a_7c1d"));
     // After client-go's release (41-client-go-after-release.txt) the lease is free at once.
-    env.edit(&name, |spec| {
-        spec.holder_identity = Some(String::new());
-        spec.lease_duration_seconds = Some(1);
-    });
+    env.release_as_client_go(&name);
     env.run(["lock", &name, "--no-wait", "--", "true"]).assert_code(0);
 }
 

@@ -473,7 +473,7 @@ fn a_semaphore_of_150_slots_uses_one_inotify_instance_and_wakes_at_once() {
     assert_eq!(inotify_instances(), 1, "one inotify instance for 150 watched leases");
 
     let freed = Instant::now();
-    env.edit(&format!("{name}-77"), |spec| spec.holder_identity = Some(String::new()));
+    env.release_as_client_go(&format!("{name}-77"));
     assert_eq!(waiter.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", waiter.stderr());
     assert_eq!(fs::read_to_string(&ran).unwrap().trim(), "77");
     // Far below the 30s retry period: the watch drove it.

@@ -96,6 +96,40 @@ fn the_slot_count_can_change_once_every_user_has_stopped(env: &TestEnv) {
         env.delete(&lease);
     }
     env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+
+    // Found by review (helper-72): the same after a user crashed (SIGKILL) while it held a slot. The file
+    // backend puts a deleted record back while its holder may live (for its tokens); it kept the old count
+    // on it, and every user of the new count was refused, for good.
+    let name = env.lease_name("resize-crashed");
+    let started = env.path(&env.lease_name("started"));
+    let crashed = env.spawn(fast(
+        &["lock", &name, "--slots", "2"],
+        &["sh", "-c", &format!("echo up > {}; sleep 1000", started.display())],
+    ));
+    wait_for_file(&started, "up");
+    crashed.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = crashed.finish();
+    for lease in [name.clone(), format!("{name}-0"), format!("{name}-1")] {
+        env.delete(&lease);
+    }
+    let done = env.run(fast(&["lock", &name, "--slots", "3"], &["true"]));
+    done.assert_code(0);
+    // And with every slot taken but the crashed one's: that one is waited out.
+    let gate = env.path(&env.lease_name("gate"));
+    let holders: Vec<Proc> = (0..2)
+        .map(|_| {
+            let log = env.path(&env.lease_name("log"));
+            let holder = env
+                .spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+            wait_for_file(&log, "start");
+            holder
+        })
+        .collect();
+    env.run(fast(&["lock", &name, "--slots", "3"], &["true"])).assert_code(0);
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
 }
 
 /// Only the marker deleted (the README's procedure done halfway): its slots still record the count, so a

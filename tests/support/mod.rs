@@ -280,6 +280,19 @@ impl TestEnv {
         }
     }
 
+    /// Release the lease as client-go does (`41-client-go-after-release.txt`): holder cleared, duration
+    /// 1 s, acquireTime and renewTime now. (A holder cleared alone is an edit by hand, which a waiter that
+    /// saw the hold waits out.)
+    pub fn release_as_client_go(&self, name: &str) {
+        self.edit(name, |spec| {
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            spec.holder_identity = Some(String::new());
+            spec.lease_duration_seconds = Some(1);
+            spec.acquire_time = Some(now.clone());
+            spec.renew_time = Some(now);
+        });
+    }
+
     /// Change the lease with `edit` (read-modify-write, retried on conflict).
     pub fn edit(&self, name: &str, edit: impl Fn(&mut LeaseSpec)) {
         for _ in 0..20 {

@@ -229,6 +229,19 @@ impl FileStore {
                 if !crate::lease::held_at(&last.versioned.record, k8s_openapi::jiff::Timestamp::now()) {
                     lease.metadata.labels = metadata.labels.clone();
                     lease.metadata.annotations = metadata.annotations.clone();
+                } else {
+                    // Held, it may be a holder's that crashed: its slot count is the create's all the same
+                    // (found by review: a semaphore deleted and made again with another count, after a user
+                    // crashed, was refused for good). A holder alive renews with its own count, and is
+                    // refused then; a dead one is waited out.
+                    let slots = |annotations: &Option<std::collections::BTreeMap<String, String>>| {
+                        annotations.as_ref().and_then(|a| a.get(crate::lease::SLOTS_ANNOTATION)).cloned()
+                    };
+                    let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+                    match slots(&metadata.annotations) {
+                        Some(count) => annotations.insert(crate::lease::SLOTS_ANNOTATION.to_string(), count),
+                        None => annotations.remove(crate::lease::SLOTS_ANNOTATION),
+                    };
                 }
                 self.write_lease(&dir, &files, &lease)?;
                 let holder = last.versioned.record.holder_identity.unwrap_or_default();
