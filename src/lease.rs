@@ -385,6 +385,17 @@ struct Observation {
     changed_at: Instant,
 }
 
+/// Another's hold edited by hand, counted until the expiry it had (see `is_hand_edit`).
+#[derive(Clone, Debug)]
+struct EditedHold {
+    /// The Lease's uid, and the hold's acquireTime and token: its holder's release keeps the first and
+    /// the last, and writes a new acquireTime.
+    uid: Option<String>,
+    acquire_time: Option<MicroTime>,
+    token: Option<i32>,
+    until: Instant,
+}
+
 /// A free record seen, and the draw that spreads this process's attempt on it.
 #[derive(Clone, Debug)]
 struct FreeSeen {
@@ -441,6 +452,9 @@ pub struct Elector {
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
+    /// A hold edited by hand (see `is_hand_edit`), counted until the expiry it had: its acquireTime and
+    /// token, and that expiry. Its holder's release (a new acquireTime, the same token) ends it.
+    edited_hold: Option<EditedHold>,
     /// For a slot of a semaphore: the number of slots, written on every write and checked on every record.
     slots: Option<u32>,
     /// How many processes this one believes contend for the lease (at least 1), learned from the races it
@@ -492,6 +506,7 @@ impl Elector {
             collision: false,
             strays: Vec::new(),
             protected_until: None,
+            edited_hold: None,
             slots: None,
             contenders: 1.0,
             newcomers: 1.0,
@@ -692,27 +707,54 @@ impl Elector {
             },
             _ => None,
         };
+        if let Some(until) = vanished_held_until {
+            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+        }
         // Another's hold edited by hand (found by review: `kubectl patch` clearing the holder, as a "force
         // unlock", or shortening the duration), which is no write of any holder's: the acquireTime is the
         // hold's, where a release or a new acquisition writes a new one, and the holder cleared or the
         // duration shorter, where a renewal keeps both. The hold counts until the expiry it had: from when
         // its last renewal was seen if this record carries that renewal's time, else from now (renewals
         // may have come unseen). Its holder learns of the edit only at its next renewal.
-        let edited_held_until = match (&previous, &current) {
-            (Some(known), Some(new)) if changed => match &known.current {
-                Some(old) if self.is_anothers_hold(&old.record) && is_hand_edit(&old.record, &new.record) => {
-                    let base = match new.record.renew_time == old.record.renew_time {
-                        true => known.changed_at,
-                        false => now,
-                    };
-                    base.checked_add(holder_duration(&old.record, self.timing))
+        if let (Some(known), Some(new)) = (&previous, &current)
+            && changed
+            && let Some(old) = &known.current
+            && self.is_anothers_hold(&old.record)
+        {
+            if is_hand_edit(&old.record, &new.record) {
+                let base = match new.record.renew_time == old.record.renew_time {
+                    true => known.changed_at,
+                    false => now,
+                };
+                if let Some(until) = base.checked_add(holder_duration(&old.record, self.timing)) {
+                    let until = self.edited_hold.as_ref().map_or(until, |hold| until.max(hold.until));
+                    self.edited_hold = Some(EditedHold {
+                        uid: old.metadata.uid.clone(),
+                        acquire_time: old.record.acquire_time.clone(),
+                        token: old.record.lease_transitions,
+                        until,
+                    });
                 }
-                _ => None,
-            },
-            _ => None,
-        };
-        for until in [vanished_held_until, edited_held_until].into_iter().flatten() {
-            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+            } else if new.metadata.uid.is_some() && new.metadata.uid != old.metadata.uid {
+                // Another Lease of the name: the one held was deleted and created again in between, unseen
+                // (found by review: `kubectl replace --force`, or a manifest put back, while a waiter
+                // polled or listed again). As a deletion seen in a read: held a full duration from now.
+                let until = now.checked_add(holder_duration(&old.record, self.timing).max(self.timing.lease_duration));
+                if let Some(until) = until {
+                    self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+                }
+            }
+        }
+        // The edited hold's holder released it, as any holder releases (the same Lease and token, a new
+        // acquireTime). Not a Lease made again (found by the property model).
+        if let (Some(hold), Some(new)) = (&self.edited_hold, &current)
+            && !is_live(&new.record)
+            && new.metadata.uid == hold.uid
+            && new.record.lease_transitions == hold.token
+            && new.record.acquire_time.is_some()
+            && new.record.acquire_time != hold.acquire_time
+        {
+            self.edited_hold = None;
         }
         let was_free = previous.as_ref().and_then(|o| o.current.as_ref()).is_some_and(|v| !is_live(&v.record));
         if changed && let Some(sent_at) = self.lost_race_sent_at.take() {
@@ -738,7 +780,7 @@ impl Elector {
             Some(Observation { current: Some(v), changed_at, .. }) if self.is_anothers_hold(&v.record) => {
                 changed_at.checked_add(holder_duration(&v.record, self.timing))
             }
-            Some(Observation { current: None, .. }) => self.protected_until,
+            Some(Observation { current: None, .. }) => self.protected_until(),
             _ => None,
         };
         if let (Some(until), Some(pending)) = (foreign_until, self.pending.as_mut())
@@ -1126,6 +1168,13 @@ impl Elector {
         write
     }
 
+    /// Until when nothing of ours may run or be acquired: another's hold that vanished, or was edited by
+    /// hand, counted until its expiry.
+    fn protected_until(&self) -> Option<Instant> {
+        let edited = self.edited_hold.as_ref().map(|hold| hold.until);
+        [self.protected_until, edited].into_iter().flatten().max()
+    }
+
     fn expiry(&self) -> Option<Instant> {
         let observation = self.observation.as_ref()?;
         let current = observation.current.as_ref()?;
@@ -1191,7 +1240,7 @@ impl Elector {
                 acquire_time: record.acquire_time.clone(),
                 last_renew_sent: sent_at,
                 next_renew_at,
-                usable_from: [Some(sent_at), not_before, self.protected_until]
+                usable_from: [Some(sent_at), not_before, self.protected_until()]
                     .into_iter()
                     .flatten()
                     .max()
@@ -1280,7 +1329,7 @@ impl Elector {
     /// A new acquisition: ours, with the next fencing token; after a deletion under another holder, not
     /// before that holder's observed expiry.
     fn acquisition(&self, base: Option<&Versioned>, now: Now) -> Action {
-        if let Some(until) = self.protected_until
+        if let Some(until) = self.protected_until()
             && now.instant < until
         {
             return Action::WaitUntil(until);
@@ -1382,8 +1431,9 @@ fn is_live(record: &LeaseSpec) -> bool {
 }
 
 /// Whether `new` is `old`, a live hold, edited by hand: the same acquisition (acquireTime, token), with
-/// the holder cleared or the duration made shorter. No holder writes that: a release and an acquisition
-/// write a new acquireTime, and a renewal keeps holder and duration.
+/// the holder cleared, or the duration made shorter and no new renewTime. No holder writes that: a
+/// release and an acquisition write a new acquireTime, and a renewal a new renewTime (it may change the
+/// duration back after an edit that lengthened it).
 fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
     let shorter = |old: &LeaseSpec, new: &LeaseSpec| match (old.lease_duration_seconds, new.lease_duration_seconds) {
         (Some(old), Some(new)) => new < old,
@@ -1392,7 +1442,7 @@ fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
     };
     new.acquire_time == old.acquire_time
         && new.lease_transitions == old.lease_transitions
-        && (!is_live(new) || shorter(old, new))
+        && (!is_live(new) || (shorter(old, new) && new.renew_time == old.renew_time))
 }
 
 /// What to do about a semaphore's marker: the Lease NAME itself, never held, annotated with the number of
@@ -1652,13 +1702,47 @@ mod tests {
             elector.observe_event(WatchUpdate::Present(versioned(4, edited.clone())), at(t0, 1.0));
             assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 5.0)));
             assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(_)));
-            // Seen with a renewal it did not see before: from when the edit was seen.
-            let mut elector = Elector::new("me", TIMING);
-            elector.observe(Some(versioned(3, held)), t0);
-            edited.renew_time = Some(wall(-10));
-            elector.observe(Some(versioned(6, edited)), at(t0, 1.0));
-            assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+            // Its holder's release ends it at once (found by review: the hold was counted past it).
+            let mut released = record(Some(""), Some(1), Some(0));
+            released.acquire_time = Some(wall(-20));
+            elector.observe_event(WatchUpdate::Present(versioned(5, released)), at(t0, 1.5));
+            assert!(matches!(elector.next(now(t0, 1.5)), Action::Write(_)));
         }
+        // Cleared, and seen with a renewal not seen before: from when the edit was seen.
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        let held = record(Some("other"), Some(5), Some(0));
+        elector.observe(Some(versioned(3, held.clone())), t0);
+        let mut edited = held.clone();
+        edited.holder_identity = Some(String::new());
+        edited.renew_time = Some(wall(-10));
+        elector.observe(Some(versioned(6, edited)), at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+        // A shorter duration with a new renewTime is its holder's renewal (putting its own duration back
+        // after a hand edit that lengthened it, found by review): its own expiry counts.
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, held.clone())), t0);
+        let mut renewed = held;
+        renewed.lease_duration_seconds = Some(1);
+        renewed.renew_time = Some(wall(-10));
+        elector.observe_event(WatchUpdate::Present(versioned(4, renewed)), at(t0, 1.0));
+        assert!(matches!(elector.next(now(t0, 2.0)), Action::Write(_)));
+    }
+
+    /// A Lease deleted and created again (another uid) while another held it, seen only in a read: the
+    /// hold counts a full duration from then.
+    #[test]
+    fn a_lease_made_again_under_a_hold_counts_as_deleted() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        let mut held = versioned(3, record(Some("other"), Some(5), Some(0)));
+        held.metadata.uid = Some("first".into());
+        elector.observe(Some(held), t0);
+        let mut again = versioned(9, record(Some(""), Some(1), Some(0)));
+        again.metadata.uid = Some("second".into());
+        elector.observe(Some(again), at(t0, 1.0));
+        let full = TIMING.lease_duration.max(Duration::from_secs(5));
+        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 1.0) + full));
     }
 
     #[test]

@@ -77,6 +77,9 @@ enum Step {
     /// Someone edits the Lease by hand (`kubectl patch`): clears its holder (`true`), or makes its
     /// duration 1 s, leaving acquireTime, renewTime and token as they are.
     Edit(bool),
+    /// Someone deletes the Lease and creates it again, free (`kubectl replace --force`, a manifest put
+    /// back): a new uid, no acquireTime.
+    Recreate,
     /// Time passes while one process does not run (a busy runtime, a stopped process): the others act on
     /// their timers; its child is stopped by the clock at its renew deadline (the CLI's guard and the
     /// library's watchdog run apart from the runtime), and it learns the rest when it next acts.
@@ -99,6 +102,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (process, 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
         1 => Just(Step::Delete),
         1 => any::<bool>().prop_map(Step::Edit),
+        1 => Just(Step::Recreate),
     ]
 }
 
@@ -255,6 +259,17 @@ impl World {
             false => edited.record.lease_duration_seconds = Some(1),
         }
         self.commit(Some(edited));
+    }
+
+    /// The Lease deleted and made again, free, with the next uid.
+    fn recreate(&mut self) {
+        let Some(mut again) = self.server.clone() else { return };
+        self.commit(None);
+        again.record.holder_identity = Some(String::new());
+        again.record.lease_duration_seconds = Some(1);
+        again.record.acquire_time = None;
+        again.metadata.uid = Some(format!("uid-{}", self.deletions));
+        self.commit(Some(again));
     }
 
     fn commit(&mut self, stored: Option<Versioned>) {
@@ -458,10 +473,15 @@ impl World {
                     _ => false,
                 };
                 if cas {
-                    let stored = Versioned {
+                    let mut stored = Versioned {
                         resource_version: String::new(),
                         record: write.record.clone(),
                         metadata: write.metadata.clone(),
+                    };
+                    // As an API server: a uid per Lease made, kept by every replace.
+                    stored.metadata.uid = match &self.server {
+                        Some(current) => current.metadata.uid.clone(),
+                        None => Some(format!("uid-{}", self.deletions)),
                     };
                     self.commit(Some(stored));
                     let writer = self.requests[index].process;
@@ -688,6 +708,8 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             // The same window for an edit by hand as for a deletion.
             Step::Edit(clear) if world.everyone_saw_the_holder() => world.edit(clear),
             Step::Edit(_) => {}
+            Step::Recreate if world.everyone_saw_the_holder() => world.recreate(),
+            Step::Recreate => {}
         }
         world.check_held()?;
         if trace {

@@ -186,6 +186,8 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
         let mut deadline: i64 = 0;
         let mut adopted = [Stopped { pid: 0, start: 0 }; MAX_ADOPTED];
         let mut adopted_count = 0;
+        // Messages to wait before the next clean-up of a full list.
+        let mut cleanup_after: usize = 0;
         let mut message = [0u8; MESSAGE];
         let mut filled = 0;
         loop {
@@ -238,8 +240,10 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                                 pid: (packed & ((1 << PID_BITS) - 1)) as libc::pid_t,
                                 start: (packed >> PID_BITS) as u64,
                             };
-                            if adopted_count == MAX_ADOPTED {
-                                // Full: forget those that are gone (or whose pid another process has).
+                            if adopted_count == MAX_ADOPTED && cleanup_after == 0 {
+                                // Full: forget those that are gone (or whose pid another process has). Not
+                                // again for a while if none was (found by review: a look at each of them for
+                                // every message kept a guard busy for tens of seconds past its deadline).
                                 let mut kept = 0;
                                 for i in 0..adopted_count {
                                     let entry = adopted[i];
@@ -248,8 +252,12 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                                         kept += 1;
                                     }
                                 }
+                                if kept == adopted_count {
+                                    cleanup_after = 256;
+                                }
                                 adopted_count = kept;
                             }
+                            cleanup_after = cleanup_after.saturating_sub(1);
                             let known = adopted[..adopted_count]
                                 .iter()
                                 .any(|a| a.pid == process.pid && a.start == process.start);

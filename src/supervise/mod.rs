@@ -239,11 +239,18 @@ pub struct Supervisor {
     proc_foreign: bool,
     /// Whether the warning that /proc could not be read whole was given (once per run).
     warned_unreadable_proc: bool,
+    /// Whether a job-control stop not carried out was logged (once per run at info).
+    said_no_stop: bool,
     /// The members of the job (pid, start time) seen when it was stopped to be ended (`end_job`): they stay
     /// members, found with what they start, when their parent dies of the signal and they leave mpsync's
     /// tree (`sh -c 'timeout 77 worker'`: timeout shuts down on TERM after sh died of it). Until the job
     /// is let go.
     kept: RefCell<Vec<(i32, u64)>>,
+    /// Those of `kept` outside the child's group, told to the guard (it kills the group itself): found by
+    /// review (helper-73), a freeze or death of mpsync during the grace left them to run past the lease.
+    told_kept: RefCell<std::collections::HashSet<(i32, u64)>>,
+    /// Whether the warning that the guard cannot remember them all was given (once per job).
+    warned_kept: std::cell::Cell<bool>,
     /// The main child: spawned and not yet exited.
     main: Option<Pid>,
     /// The main child once it has exited: its zombie, left unreaped until the job is let go (`release_group`),
@@ -349,7 +356,10 @@ impl Supervisor {
             proc_hides: procfs::hides_processes(),
             proc_foreign,
             warned_unreadable_proc: false,
+            said_no_stop: false,
             kept: RefCell::new(Vec::new()),
+            told_kept: RefCell::new(std::collections::HashSet::new()),
+            warned_kept: std::cell::Cell::new(false),
             main: None,
             leader: None,
             group: None,
@@ -649,6 +659,8 @@ impl Supervisor {
         let pgid = self.group.take();
         self.held = None;
         self.kept.borrow_mut().clear();
+        self.told_kept.borrow_mut().clear();
+        self.warned_kept.set(false);
         if let Some(terminal) = self.terminal.as_mut() {
             terminal.take_back(pgid, false);
         }
@@ -728,7 +740,15 @@ impl Supervisor {
         skip.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
         let inherited = |process: &&(i32, u64)| snapshot.get(process.0).is_some_and(|p| p.start == process.1);
         skip.extend(self.inherited.iter().filter(inherited).map(|(pid, _)| *pid));
-        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow())
+        let job = snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow());
+        // A process kept that has left the group since (setsid, setpgid): the guard learns of it now.
+        for process in job.iter().filter(|process| process.pgrp != pgid.as_raw()) {
+            let id = (process.pid, process.start);
+            if self.kept.borrow().contains(&id) {
+                self.tell_kept(id);
+            }
+        }
+        job
     }
 
     /// The threads whose children may be the job's: the one that spawned the main child (a process the
@@ -872,7 +892,7 @@ impl Supervisor {
     fn end_job(&self, pgid: Pid, signal: Signal, and_continue: bool) {
         let (job, stopped) = self.freeze_job(pgid);
         for process in &job {
-            self.keep((process.pid, process.start));
+            self.keep(process, pgid);
         }
         self.signal_listed(pgid, &job, signal);
         if !and_continue && signal != Signal::SIGKILL {
@@ -906,18 +926,36 @@ impl Supervisor {
         }
     }
 
-    /// Count the process `id` (pid, start time) as part of the job from now on, wherever it goes; the
-    /// guard too, as it counts a process adopted. Found by review (helper-73): a process that left the
-    /// group and then mpsync's tree (`timeout`, handed to init when the shell above it died of the stop
-    /// signal) was waited for during the grace, but a freeze of mpsync then (or its death) left it to run
-    /// past the lease, as the guard knew nothing of it.
-    fn keep(&self, id: (i32, u64)) {
-        let mut kept = self.kept.borrow_mut();
-        if !kept.contains(&id) {
-            kept.push(id);
-            if let Some(guard) = &self.guard {
-                guard.adopted(id.0, id.1);
+    /// Count `process` as part of the job from now on, wherever it goes; if it is outside the child's group
+    /// `pgid`, the guard too, as it counts a process adopted (see `told_kept`).
+    fn keep(&self, process: &ProcStat, pgid: Pid) {
+        let id = (process.pid, process.start);
+        {
+            let mut kept = self.kept.borrow_mut();
+            if !kept.contains(&id) {
+                kept.push(id);
             }
+        }
+        if process.pgrp != pgid.as_raw() {
+            self.tell_kept(id);
+        }
+    }
+
+    /// Tell the guard of a process kept outside the child's group, once.
+    fn tell_kept(&self, id: (i32, u64)) {
+        if !self.told_kept.borrow_mut().insert(id) {
+            return;
+        }
+        if let Some(guard) = &self.guard {
+            guard.adopted(id.0, id.1);
+        }
+        if self.told_kept.borrow().len() + self.told_adopted.len() > guard::MAX_ADOPTED && !self.warned_kept.get() {
+            self.warned_kept.set(true);
+            warn!(
+                "more processes of the job outside its group than the guard can remember ({}): should mpsync be \
+                 frozen or killed while it ends the job, the others run on",
+                guard::MAX_ADOPTED
+            );
         }
     }
 
@@ -972,7 +1010,7 @@ impl Supervisor {
                 let id = (process.pid, process.start);
                 if !stopped.contains(&id) {
                     stopped.push(id);
-                    self.keep(id);
+                    self.keep(process, pgid);
                 }
                 if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
                     unstoppable.push(process.pid);
@@ -1016,7 +1054,11 @@ impl Supervisor {
             }
         }
         if let Err(reason) = self.can_stop_self(signal) {
-            info!(%signal, reason, "job-control stop not carried out");
+            // Said once: a child that stops itself whenever it is continued would fill the log.
+            match std::mem::replace(&mut self.said_no_stop, true) {
+                false => info!(%signal, reason, "job-control stop not carried out"),
+                true => debug!(%signal, reason, "job-control stop not carried out"),
+            }
             // A child that stopped itself (`kill -TSTP $$`) where nobody can continue it would stay
             // stopped for good, the lease held for it (found by review, helper-73): it goes on, as the
             // kernel discards such a stop there. (Not one stopped for the terminal: it would stop again.)
@@ -1294,7 +1336,9 @@ impl Supervisor {
                     if let Some(deadline) = self.deadline {
                         guard.deadline(guard::monotonic_at(deadline));
                     }
-                    for (pid, start) in &self.told_adopted {
+                    for (pid, start) in
+                        self.told_adopted.iter().chain(self.told_kept.borrow().iter().map(|(p, s)| (p, s)))
+                    {
                         guard.adopted(*pid, *start);
                     }
                 }

@@ -17,6 +17,7 @@ both_backends!(
     two_processes_given_one_identity_never_both_run,
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
     a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child,
+    a_hand_edit_never_holds_up_the_handoff_after_the_holders_release,
     a_blocked_stderr_never_stops_the_holder_from_stopping_its_child,
     a_frozen_mpsync_never_lets_its_child_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_left_the_childs_group_outlive_the_lease,
@@ -168,33 +169,81 @@ fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEn
 /// signal. `timeout` (a group of its own, handed to init when the shell died) and its worker, which
 /// ignores TERM, were counted as the job and waited for, but the guard knew nothing of them: at its
 /// deadline it killed the group and what was below mpsync, and the worker ran on past the lease. Now
-/// what mpsync keeps of the job, the guard kills too.
+/// what mpsync keeps of the job outside its group, the guard kills too; also a guard started again after
+/// the first was killed (helper-75: the new one was not told).
 fn a_frozen_mpsync_never_lets_what_it_kept_of_the_job_during_the_grace_outlive_the_lease(env: &TestEnv) {
-    let name = env.lease_name("frozen-kept");
-    let pid_file = env.path(&env.lease_name("worker.pid"));
-    let timeout_file = env.path(&env.lease_name("timeout.pid"));
-    let script = format!(
-        "timeout 300 sh -c 'trap \"\" TERM; echo $PPID > {}; echo $$ > {}; exec sleep 300'; echo after",
-        timeout_file.display(),
-        pid_file.display()
-    );
-    let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
-    let mut args = vec!["lock", name.as_str(), "-vv"];
-    args.extend(timings);
-    args.extend(["--", "sh", "-c", script.as_str()]);
-    let lock = env.spawn(args);
-    let worker = read_pid(&pid_file);
-    // SIGTERM: the shell dies of it at once; `timeout` and the worker are kept, for up to --grace.
-    lock.signal(Signal::SIGTERM);
-    wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
-    lock.signal(Signal::SIGSTOP);
-    // The guard acts at the renew deadline and half the margin (4.5 s after the last renewal).
-    let killed = within_patience(|| !alive(worker));
-    lock.signal(Signal::SIGKILL);
-    for pid in [worker, read_pid(&timeout_file)] {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    for restart_guard in [false, true] {
+        let name = env.lease_name("frozen-kept");
+        let pid_file = env.path(&env.lease_name("worker.pid"));
+        let timeout_file = env.path(&env.lease_name("timeout.pid"));
+        let script = format!(
+            "timeout 300 sh -c 'trap \"\" TERM; echo $PPID > {}; echo $$ > {}; exec sleep 300'; echo after",
+            timeout_file.display(),
+            pid_file.display()
+        );
+        let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
+        let mut args = vec!["lock", name.as_str(), "-vv"];
+        args.extend(timings);
+        args.extend(["--", "sh", "-c", script.as_str()]);
+        let lock = env.spawn(args);
+        let worker = read_pid(&pid_file);
+        // SIGTERM: the shell dies of it at once; `timeout` and the worker are kept, for up to --grace.
+        lock.signal(Signal::SIGTERM);
+        wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+        if restart_guard {
+            let stderr = lock.stderr();
+            let at = stderr.find("guard=").expect("the guard's pid is logged") + "guard=".len();
+            let guard: i32 = stderr[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGKILL);
+            wait_until("a new guard", || lock.stderr().contains("guard process started"));
+        }
+        lock.signal(Signal::SIGSTOP);
+        // The guard acts at the renew deadline and half the margin (4.5 s after the last renewal).
+        let killed = within_patience(|| !alive(worker));
+        lock.signal(Signal::SIGKILL);
+        for pid in [worker, read_pid(&timeout_file)] {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        assert!(
+            killed,
+            "the worker (pid {worker}) outlived the lease, mpsync frozen (guard restarted: {restart_guard}):\n{}",
+            lock.stderr()
+        );
     }
-    assert!(killed, "the worker (pid {worker}) outlived the lease, mpsync frozen:\n{}", lock.stderr());
+}
+
+/// Found by review (helper-74): a hold whose duration was edited by hand (lengthened to 600 s, or
+/// shortened to 1 s), renewed on by its holder with its own duration, then released as usual: the waiter
+/// counted the hold until the edited (or the old) expiry after the release. Now the holder's renewal is a
+/// renewal, and its release ends the hold. With a 60 s lease, a wait till either expiry would outlast the
+/// test's patience.
+fn a_hand_edit_never_holds_up_the_handoff_after_the_holders_release(env: &TestEnv) {
+    let timings = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "1s"];
+    for duration in [600, 1] {
+        let name = env.lease_name("edited-then-released");
+        let log = env.path(&env.lease_name("log"));
+        let gate = env.path(&env.lease_name("gate"));
+        let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+        let mut args = vec!["lock", name.as_str(), "--identity", "holder"];
+        args.extend(timings);
+        args.extend(["--", "sh", "-c"]);
+        let script = stamp_script(&log, &body);
+        args.push(&script);
+        let holder = env.spawn(args);
+        wait_for_file(&log, "start");
+        let waiter =
+            env.spawn(["lock", &name, "--identity", "waiter", "-v", "--", "sh", "-c", &stamp_script(&log, "true")]);
+        wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+        env.edit(&name, |spec| spec.lease_duration_seconds = Some(duration));
+        // The holder's next renewal (after a 409, a read) puts its own 60 s back.
+        wait_until("the holder's renewal", || {
+            env.get(&name).is_some_and(|(_, spec)| spec.lease_duration_seconds == Some(60))
+        });
+        fs::write(&gate, "").unwrap();
+        holder.finish().assert_code(0);
+        waiter.finish().assert_code(0);
+        assert_eq!(max_concurrency(&log), 1, "{:?}", read_stamps(&log));
+    }
 }
 
 // The rest needs the test server's fault injection.
@@ -473,4 +522,37 @@ fn frozen_holder(env: &TestEnv, prefix: &str, script: impl Fn(&str) -> String) {
     let quiet = Instant::now();
     wait_until("a second without the child's work", || quiet.elapsed() > Duration::from_secs(1));
     assert_eq!(read_stamps(&alive).len(), after, "the holder's work outlived mpsync");
+}
+
+/// Found by review (helper-74): the Lease deleted and created again, free (`kubectl replace --force`, a
+/// manifest put back), while the holder's child runs and a waiter polls (no watch permission): the
+/// waiter saw the hold and the new, free record, never the absence, and took it at once beside the
+/// child. A record with another uid under a hold now counts as a deletion: held a full lease duration.
+#[test]
+fn a_lease_made_again_free_under_a_hold_never_lets_a_polling_waiter_in_beside_the_child() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    server.forbid("watch");
+    let name = env.lease_name("made-again");
+    let log = env.path("log");
+    let timings = ["--lease-duration", "8s", "--renew-deadline", "5s", "--retry-period", "2s", "--grace", "1s"];
+    let with = |identity: &str, script: String| -> Vec<String> {
+        let mut args: Vec<String> = ["lock", &name, "--identity", identity].map(String::from).to_vec();
+        args.extend(timings.map(String::from));
+        args.extend(["--".to_string(), "sh".to_string(), "-c".to_string(), script]);
+        args
+    };
+    let holder = env.spawn(with("holder", draining_script(&log, "0.3")));
+    wait_for_file(&log, "start");
+    let mut waiter_args = with("waiter", stamp_script(&log, "true"));
+    waiter_args.insert(4, "-v".to_string());
+    let waiter = env.spawn(waiter_args);
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    env.delete(&name);
+    env.put(&name, LeaseSpec { holder_identity: Some(String::new()), ..LeaseSpec::default() });
+    let holder = holder.finish();
+    holder.assert_code(123);
+    waiter.finish().assert_code(0);
+    let stamps = read_stamps(&log);
+    assert_eq!(max_concurrency(&log), 1, "the waiter's child ran beside the holder's: {stamps:?}");
 }
