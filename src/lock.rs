@@ -925,15 +925,10 @@ async fn acquisition(
         }
     };
     // A process holds one slot: any other it holds, or may hold through an acquisition whose outcome was
-    // unknown, is given back now.
-    for (other, slot) in slots.iter_mut().enumerate() {
-        if other != index
-            && slot.holds_anything()
-            && let Err(err) = slot.settle(budget).await
-        {
-            tracing::warn!(lease = %slot.name(), error = %err, "could not give the lease back; it expires after its duration");
-        }
-    }
+    // unknown, is given back now, all together (one after the other, each could take two budgets while
+    // nothing renews the slot acquired).
+    let others = slots.iter_mut().enumerate().filter(|(other, slot)| *other != index && slot.holds_anything());
+    settle_each(others.map(|(_, slot)| slot), budget).await;
     let slot = &mut slots[index];
     let Some(held) = slot.elector().held().cloned() else {
         return;
@@ -1153,11 +1148,17 @@ mod watchdog {
 }
 
 async fn settle_all(slots: &mut [Slot], budget: Duration) {
-    for slot in slots.iter_mut() {
+    settle_each(slots.iter_mut(), budget).await;
+}
+
+/// Give back what each of `slots` holds, all at once (see `Slot::settle`).
+async fn settle_each<'a>(slots: impl Iterator<Item = &'a mut Slot>, budget: Duration) {
+    let settles = slots.map(|slot| async move {
         if let Err(err) = slot.settle(budget).await {
             tracing::warn!(lease = %slot.name(), error = %err, "could not give the lease back; it expires after its duration");
         }
-    }
+    });
+    futures::future::join_all(settles).await;
 }
 
 #[cfg(all(test, feature = "cli"))]

@@ -123,7 +123,7 @@ const ADOPTED: i32 = -2;
 /// How many bits of an `ADOPTED` argument hold the pid (`pid_max` is at most 2^22 on Linux).
 const PID_BITS: u32 = 22;
 /// How many adopted processes the guard remembers (the dead are forgotten when it is full).
-pub(crate) const MAX_ADOPTED: usize = 1024;
+pub(crate) const MAX_ADOPTED: usize = 4096;
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads on Linux, shared by every
 /// process of the machine.

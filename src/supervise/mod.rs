@@ -246,8 +246,8 @@ pub struct Supervisor {
     /// tree (`sh -c 'timeout 77 worker'`: timeout shuts down on TERM after sh died of it). Until the job
     /// is let go.
     kept: RefCell<Vec<(i32, u64)>>,
-    /// Those of `kept` outside the child's group, told to the guard (it kills the group itself): found by
-    /// review (helper-73), a freeze or death of mpsync during the grace left them to run past the lease.
+    /// Those of `kept` told to the guard: found by review (helper-73), a freeze or death of mpsync during
+    /// the grace left a process that had left the group and mpsync's tree to run past the lease.
     told_kept: RefCell<std::collections::HashSet<(i32, u64)>>,
     /// Whether the warning that the guard cannot remember them all was given (once per job).
     warned_kept: std::cell::Cell<bool>,
@@ -740,15 +740,7 @@ impl Supervisor {
         skip.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
         let inherited = |process: &&(i32, u64)| snapshot.get(process.0).is_some_and(|p| p.start == process.1);
         skip.extend(self.inherited.iter().filter(inherited).map(|(pid, _)| *pid));
-        let job = snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow());
-        // A process kept that has left the group since (setsid, setpgid): the guard learns of it now.
-        for process in job.iter().filter(|process| process.pgrp != pgid.as_raw()) {
-            let id = (process.pid, process.start);
-            if self.kept.borrow().contains(&id) {
-                self.tell_kept(id);
-            }
-        }
-        job
+        snapshot.job(Some(pgid.as_raw()), self.me.as_raw(), &skip, &self.kept.borrow())
     }
 
     /// The threads whose children may be the job's: the one that spawned the main child (a process the
@@ -891,8 +883,13 @@ impl Supervisor {
     /// shell) finds its children running again, never stopped.
     fn end_job(&self, pgid: Pid, signal: Signal, and_continue: bool) {
         let (job, stopped) = self.freeze_job(pgid);
-        for process in &job {
-            self.keep(process, pgid);
+        // Those outside the group first: should the guard's list fill up, the group's are killed anyway.
+        let (outside, members): (Vec<&ProcStat>, Vec<&ProcStat>) =
+            job.iter().partition(|process| process.pgrp != pgid.as_raw());
+        for process in outside.into_iter().chain(members) {
+            let id = (process.pid, process.start);
+            self.keep(id);
+            self.tell_kept(id);
         }
         self.signal_listed(pgid, &job, signal);
         if !and_continue && signal != Signal::SIGKILL {
@@ -926,34 +923,33 @@ impl Supervisor {
         }
     }
 
-    /// Count `process` as part of the job from now on, wherever it goes; if it is outside the child's group
-    /// `pgid`, the guard too, as it counts a process adopted (see `told_kept`).
-    fn keep(&self, process: &ProcStat, pgid: Pid) {
-        let id = (process.pid, process.start);
-        {
-            let mut kept = self.kept.borrow_mut();
-            if !kept.contains(&id) {
-                kept.push(id);
-            }
-        }
-        if process.pgrp != pgid.as_raw() {
-            self.tell_kept(id);
+    /// Count the process `id` (pid, start time) as part of the job from now on, wherever it goes.
+    fn keep(&self, id: (i32, u64)) {
+        let mut kept = self.kept.borrow_mut();
+        if !kept.contains(&id) {
+            kept.push(id);
         }
     }
 
-    /// Tell the guard of a process kept outside the child's group, once.
+    /// Tell the guard of a process kept, once, as it counts a process adopted (see `told_kept`): also a
+    /// member of the group, which may leave it (setsid) after mpsync's last look, while mpsync is frozen
+    /// (found by review, helper-76).
     fn tell_kept(&self, id: (i32, u64)) {
-        if !self.told_kept.borrow_mut().insert(id) {
+        if self.told_kept.borrow().contains(&id) {
             return;
         }
-        if let Some(guard) = &self.guard {
-            guard.adopted(id.0, id.1);
-        }
-        if self.told_kept.borrow().len() + self.told_adopted.len() > guard::MAX_ADOPTED && !self.warned_kept.get() {
+        // No more than the guard can remember: a burst beyond would fill its pipe (5461 messages), and a
+        // deadline sent then would be lost (found by review, helper-75).
+        if self.told_kept.borrow().len() + self.told_adopted.len() < guard::MAX_ADOPTED {
+            self.told_kept.borrow_mut().insert(id);
+            if let Some(guard) = &self.guard {
+                guard.adopted(id.0, id.1);
+            }
+        } else if !self.warned_kept.get() {
             self.warned_kept.set(true);
             warn!(
-                "more processes of the job outside its group than the guard can remember ({}): should mpsync be \
-                 frozen or killed while it ends the job, the others run on",
+                "more processes in the job than the guard can remember ({}): should mpsync be frozen or killed \
+                 while it ends the job, those that left the child's group run on",
                 guard::MAX_ADOPTED
             );
         }
@@ -1010,7 +1006,7 @@ impl Supervisor {
                 let id = (process.pid, process.start);
                 if !stopped.contains(&id) {
                     stopped.push(id);
-                    self.keep(process, pgid);
+                    self.keep(id);
                 }
                 if kill(Pid::from_raw(process.pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
                     unstoppable.push(process.pid);

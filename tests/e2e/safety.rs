@@ -24,6 +24,7 @@ both_backends!(
     a_frozen_mpsync_never_lets_a_process_whose_main_thread_exited_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_a_member_of_the_group_started_outlive_the_lease,
     a_frozen_mpsync_never_lets_what_it_kept_of_the_job_during_the_grace_outlive_the_lease,
+    a_frozen_mpsync_never_lets_a_member_that_leaves_the_group_during_the_grace_outlive_the_lease,
     a_holder_whose_wall_clock_stands_still_still_renews,
 );
 
@@ -244,6 +245,47 @@ fn a_hand_edit_never_holds_up_the_handoff_after_the_holders_release(env: &TestEn
         waiter.finish().assert_code(0);
         assert_eq!(max_concurrency(&log), 1, "{:?}", read_stamps(&log));
     }
+}
+
+/// Found by review (helper-76): a background member of the child's group that ignores TERM, kept as the
+/// job was ended (the shell died of the signal), leaves the group (setsid) once mpsync is frozen during
+/// the grace. The guard, told only of what was outside the group, knew nothing of it. Now it is told of
+/// every process kept.
+fn a_frozen_mpsync_never_lets_a_member_that_leaves_the_group_during_the_grace_outlive_the_lease(env: &TestEnv) {
+    let name = env.lease_name("kept-setsid");
+    let pid_file = env.path(&env.lease_name("worker.pid"));
+    let go = env.path(&env.lease_name("go"));
+    // util-linux setsid does not fork when it is not a group leader: the worker keeps its pid.
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {pid}; while [ ! -e {go} ]; do sleep 0.05; done; exec setsid sleep 300' & \
+         wait; echo after",
+        pid = pid_file.display(),
+        go = go.display()
+    );
+    let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
+    let mut args = vec!["lock", name.as_str(), "-vv"];
+    args.extend(timings);
+    args.extend(["--", "sh", "-c", script.as_str()]);
+    let lock = env.spawn(args);
+    let worker = read_pid(&pid_file);
+    lock.signal(Signal::SIGTERM);
+    wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+    wait_until("the job to be ended", || lock.stderr().contains("stopping them"));
+    // Some of mpsync's looks at the job during the grace, before the freeze (not needed for the test to
+    // pass: without the fix, they let the guard learn only of what was outside the group then).
+    std::thread::sleep(Duration::from_millis(700));
+    lock.signal(Signal::SIGSTOP);
+    fs::write(&go, "").unwrap();
+    let session_of = |pid: i32| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(3)?.parse::<i32>().ok())
+    };
+    let left = within_patience(|| session_of(worker) == Some(worker) || !alive(worker));
+    let killed = within_patience(|| !alive(worker));
+    lock.signal(Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+    assert!(left, "the worker never left its group");
+    assert!(killed, "the worker (pid {worker}) outlived the lease, mpsync frozen:\n{}", lock.stderr());
 }
 
 // The rest needs the test server's fault injection.
