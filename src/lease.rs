@@ -708,14 +708,12 @@ impl Elector {
             _ => None,
         };
         if let Some(until) = vanished_held_until {
-            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+            self.protect_until(until);
         }
         // Another's hold edited by hand (found by review: `kubectl patch` clearing the holder, as a "force
-        // unlock", or shortening the duration), which is no write of any holder's: the acquireTime is the
-        // hold's, where a release or a new acquisition writes a new one, and the holder cleared or the
-        // duration shorter, where a renewal keeps both. The hold counts until the expiry it had: from when
-        // its last renewal was seen if this record carries that renewal's time, else from now (renewals
-        // may have come unseen). Its holder learns of the edit only at its next renewal.
+        // unlock", or shortening the duration; see `is_hand_edit`). The hold counts until the expiry it
+        // had: from when its last renewal was seen if this record carries that renewal's time, else from
+        // now (renewals may have come unseen). Its holder learns of the edit only at its next renewal.
         if let (Some(known), Some(new)) = (&previous, &current)
             && changed
             && let Some(old) = &known.current
@@ -741,7 +739,7 @@ impl Elector {
                 // polled or listed again). As a deletion seen in a read: held a full duration from now.
                 let until = now.checked_add(holder_duration(&old.record, self.timing).max(self.timing.lease_duration));
                 if let Some(until) = until {
-                    self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+                    self.protect_until(until);
                 }
             }
         }
@@ -1168,6 +1166,11 @@ impl Elector {
         write
     }
 
+    /// Nothing of ours runs or is acquired before `until` (another holder's expiry, at the latest).
+    fn protect_until(&mut self, until: Instant) {
+        self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+    }
+
     /// Until when nothing of ours may run or be acquired: another's hold that vanished, or was edited by
     /// hand, counted until its expiry.
     fn protected_until(&self) -> Option<Instant> {
@@ -1194,7 +1197,7 @@ impl Elector {
         if let Some(until) = not_before {
             // Our acquisition landed although another holder was seen meanwhile: its record was deleted
             // under it. Whatever we do with this write, nothing of ours runs before that holder's expiry.
-            self.protected_until = Some(self.protected_until.map_or(until, |at| at.max(until)));
+            self.protect_until(until);
         }
         let too_late = now >= sent_at + self.timing.renew_deadline;
         // A create sent before the lease was seen with a larger token, that landed after the lease was

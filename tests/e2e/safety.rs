@@ -166,6 +166,21 @@ fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEn
     }
 }
 
+/// `lock NAME -- sh -c SCRIPT` (lease 6 s, renew deadline 2 s, grace 3 s), once SCRIPT wrote its worker's
+/// pid to `pid_file`, sent SIGTERM, and seen to reap the shell (which dies of it): mpsync in its grace,
+/// and the worker's pid.
+fn stopped_in_its_grace(env: &TestEnv, name: &str, script: &str, pid_file: &std::path::Path) -> (Proc, i32) {
+    let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
+    let mut args = vec!["lock", name, "-vv"];
+    args.extend(timings);
+    args.extend(["--", "sh", "-c", script]);
+    let lock = env.spawn(args);
+    let worker = read_pid(pid_file);
+    lock.signal(Signal::SIGTERM);
+    wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+    (lock, worker)
+}
+
 /// Found by review (helper-73): mpsync frozen during the grace of a stop, once the main child died of the
 /// signal. `timeout` (a group of its own, handed to init when the shell died) and its worker, which
 /// ignores TERM, were counted as the job and waited for, but the guard knew nothing of them: at its
@@ -182,15 +197,8 @@ fn a_frozen_mpsync_never_lets_what_it_kept_of_the_job_during_the_grace_outlive_t
             timeout_file.display(),
             pid_file.display()
         );
-        let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
-        let mut args = vec!["lock", name.as_str(), "-vv"];
-        args.extend(timings);
-        args.extend(["--", "sh", "-c", script.as_str()]);
-        let lock = env.spawn(args);
-        let worker = read_pid(&pid_file);
         // SIGTERM: the shell dies of it at once; `timeout` and the worker are kept, for up to --grace.
-        lock.signal(Signal::SIGTERM);
-        wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+        let (lock, worker) = stopped_in_its_grace(env, &name, &script, &pid_file);
         if restart_guard {
             let stderr = lock.stderr();
             let at = stderr.find("guard=").expect("the guard's pid is logged") + "guard=".len();
@@ -262,14 +270,7 @@ fn a_frozen_mpsync_never_lets_a_member_that_leaves_the_group_during_the_grace_ou
         pid = pid_file.display(),
         go = go.display()
     );
-    let timings = ["--lease-duration", "6s", "--renew-deadline", "2s", "--grace", "3s", "--retry-period", "500ms"];
-    let mut args = vec!["lock", name.as_str(), "-vv"];
-    args.extend(timings);
-    args.extend(["--", "sh", "-c", script.as_str()]);
-    let lock = env.spawn(args);
-    let worker = read_pid(&pid_file);
-    lock.signal(Signal::SIGTERM);
-    wait_until("the shell to die of the signal", || lock.stderr().contains("child exited"));
+    let (lock, worker) = stopped_in_its_grace(env, &name, &script, &pid_file);
     wait_until("the job to be ended", || lock.stderr().contains("stopping them"));
     // Some of mpsync's looks at the job during the grace, before the freeze (not needed for the test to
     // pass: without the fix, they let the guard learn only of what was outside the group then).

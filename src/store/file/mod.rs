@@ -234,13 +234,12 @@ impl FileStore {
                     // (found by review: a semaphore deleted and made again with another count, after a user
                     // crashed, was refused for good). A holder alive renews with its own count, and is
                     // refused then; a dead one is waited out.
-                    let slots = |annotations: &Option<std::collections::BTreeMap<String, String>>| {
-                        annotations.as_ref().and_then(|a| a.get(crate::lease::SLOTS_ANNOTATION)).cloned()
-                    };
+                    let key = crate::lease::SLOTS_ANNOTATION;
+                    let count = metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
                     let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
-                    match slots(&metadata.annotations) {
-                        Some(count) => annotations.insert(crate::lease::SLOTS_ANNOTATION.to_string(), count),
-                        None => annotations.remove(crate::lease::SLOTS_ANNOTATION),
+                    match count {
+                        Some(count) => annotations.insert(key.to_string(), count),
+                        None => annotations.remove(key),
                     };
                 }
                 self.write_lease(&dir, &files, &lease)?;
