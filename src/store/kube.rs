@@ -378,10 +378,13 @@ async fn watch_loop(
             match ended {
                 // A stream that ran its course (or delivered something): watch again from where it was.
                 Ended::Cleanly if delivered || started.elapsed() >= Duration::from_secs(WATCH_SECONDS as u64) / 2 => {}
+                // One that ended at once without an event may have skipped any number of changes (a proxy
+                // that closes every stream): list again, at the bounded rate of failures, so a waiter still
+                // sees a release within a retry period rather than at the hold's expiry (found by review).
                 Ended::Cleanly => {
                     failures += 1;
-                    log.failed("the watch ended at once without any event");
-                    tokio::time::sleep(backoff_between(WATCH_MIN_BACKOFF, retry_period, failures.max(2))).await;
+                    log.failed("the watch ended at once without any event; listing again");
+                    break;
                 }
                 Ended::Error(err) => {
                     failures += 1;

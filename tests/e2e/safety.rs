@@ -325,6 +325,24 @@ fn failing_watches_are_retried_at_a_bounded_rate() {
     }
 }
 
+/// Every watch closed at once, without an event (a proxy that cuts streams): a waiter still sees the holder's
+/// release by reading again, within a few retry periods, not at the hold's expiry (five minutes here).
+#[test]
+fn a_release_under_watches_that_end_at_once_is_seen_long_before_the_expiry() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("endatonce");
+    env.put(&name, TestEnv::foreign_record("someone", 300));
+    server.set_watch_fault(Some(WatchFault::EndAtOnce));
+    let waiter = env.spawn(fast(&["lock", &name, "-v"], &["true"]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    assert!(server.wait_for_watch_count(0, PATIENCE));
+    env.release_as_client_go(&name);
+    // `finish` allows PATIENCE (30 s), a tenth of the hold.
+    waiter.finish().assert_code(0);
+    server.set_watch_fault(None);
+}
+
 /// The acquiring write is committed, then its answer is lost (the connection cut, or a 500 after the
 /// commit): a read settles that it was applied, and the lease is used, then released, never left held by
 /// a process that has gone.
