@@ -621,47 +621,87 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
 }
 
 /// Settle a semaphore's marker (see `lease::semaphore_marker`) before any of its slots is acquired:
-/// create it, or check that it records `slots`. Transient failures are retried (with backoff) until
-/// `deadline`, if any.
-pub async fn settle_marker(store: &Store, name: &str, slots: u32, deadline: Option<Instant>) -> Result<(), Error> {
+/// create it, or check that it records `slots` (and is no other semaphore's slot). Transient failures are
+/// retried (with backoff) until `deadline`, if any: then `Ok(Err(the last error))`, which is "not
+/// acquired", as for a campaign that met the same.
+pub async fn settle_marker(
+    store: &Store,
+    name: &str,
+    slots: u32,
+    deadline: Option<Instant>,
+) -> Result<Result<(), String>, Error> {
     let mut failures = 0;
     let mut log = FailureLog::new(name, "reading the semaphore's marker");
     let refuse = |refusal: crate::lease::Refusal| {
         Err(Error::Api(format!("semaphore {name}: cannot be used with {slots} slots: {refusal}")))
     };
     loop {
-        let failure = match store.get(name).await {
-            Ok(current) => match crate::lease::semaphore_marker(current.as_ref(), slots) {
-                Marker::Ready => return Ok(()),
-                Marker::Refuse(refusal) => return refuse(refusal),
-                Marker::Write(write) => {
-                    // No marker (or a free plain lease to mark), but slots that say another count (the marker
-                    // alone was deleted): the count is theirs; writing ours would lock their users out.
-                    if let Some(recorded) = slot_count_of(store, name, slots).await?
-                        && recorded != slots.to_string()
-                    {
-                        return refuse(crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots });
-                    }
-                    match store.write(name, &write).await {
-                        // Written, or someone else wrote first: look again either way.
-                        Ok(_) | Err(StoreError::Conflict(_)) | Err(StoreError::Unknown(_)) => None,
-                        Err(err) => Some(err),
-                    }
-                }
-            },
+        let failure = match look_at_marker(store, name, slots).await {
+            Ok(MarkerLook::Settled) => return Ok(Ok(())),
+            Ok(MarkerLook::Refused(refusal)) => return refuse(refusal),
+            // Written, or someone else wrote first (or its outcome is unknown): look again either way.
+            Ok(MarkerLook::Again) | Err(StoreError::Conflict(_) | StoreError::Unknown(_)) => None,
+            Err(StoreError::Fatal(err)) => return Err(err),
             Err(err) => Some(err),
         };
         let Some(err) = failure else { continue };
-        if let StoreError::Fatal(err) = err {
-            return Err(err);
-        }
         failures += 1;
         log.failed(&err.to_string());
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Err(Error::Api(format!("semaphore {name}: cannot read its marker: {err}")));
-        }
-        tokio::time::sleep(backoff(Duration::from_secs(2), failures)).await;
+        // Not settled in time because the store kept failing: not acquired (as a lease whose campaign met
+        // the same), with the error; never past the deadline.
+        let pause = backoff(Duration::from_secs(2), failures);
+        let pause = match deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                return Ok(Err(format!("semaphore {name}: cannot read its marker: {err}")));
+            }
+            Some(deadline) => pause.min(deadline - Instant::now()),
+            None => pause,
+        };
+        tokio::time::sleep(pause).await;
     }
+}
+
+/// What one look at a semaphore's marker found.
+enum MarkerLook {
+    /// It records our count.
+    Settled,
+    Refused(crate::lease::Refusal),
+    /// It was written just now: look again.
+    Again,
+}
+
+async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerLook, StoreError> {
+    let current = store.get(name).await?;
+    let write = match crate::lease::semaphore_marker(current.as_ref(), slots) {
+        Marker::Refuse(refusal) => return Ok(MarkerLook::Refused(refusal)),
+        Marker::Ready => None,
+        Marker::Write(write) => Some(write),
+    };
+    // Another semaphore's slot carries its count too: it is no marker of ours, whatever the count.
+    if let Some(refusal) = slot_of_another(store, name).await? {
+        return Ok(MarkerLook::Refused(refusal));
+    }
+    let Some(write) = write else { return Ok(MarkerLook::Settled) };
+    // No marker (or a free plain lease to mark), but slots that say another count (the marker alone was
+    // deleted): the count is theirs; writing ours would lock their users out.
+    if let Some(recorded) = slot_count_of(store, name, slots).await?
+        && recorded != slots.to_string()
+    {
+        return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots }));
+    }
+    store.write(name, &write).await.map(|_| MarkerLook::Again)
+}
+
+/// Whether `name` is a slot of another semaphore (`P-i`, where `P`'s marker records a count above `i`):
+/// one more read, only for such names.
+async fn slot_of_another(store: &Store, name: &str) -> Result<Option<crate::lease::Refusal>, StoreError> {
+    let Some((semaphore, index)) = crate::lease::slot_parent(name) else { return Ok(None) };
+    let parent = store.get(semaphore).await?;
+    Ok(crate::lease::is_slot_of(parent.as_ref(), index).map(|slots| crate::lease::Refusal::SlotOfAnother {
+        semaphore: semaphore.to_string(),
+        index,
+        slots,
+    }))
 }
 
 /// How many of a semaphore's first slots are read for a recorded count before its marker is written.

@@ -253,6 +253,8 @@ pub enum Refusal {
     IsASlot { recorded: String },
     /// A semaphore slot whose name is taken by a plain lease that is held.
     NotASlot { holder: String },
+    /// A semaphore whose name is a slot of another semaphore (`P-i` of `P`, which records `slots`).
+    SlotOfAnother { semaphore: String, index: usize, slots: u32 },
 }
 
 impl std::fmt::Display for Refusal {
@@ -278,6 +280,11 @@ impl std::fmt::Display for Refusal {
                 f,
                 "a plain lease of that name is held by {holder:?}: a semaphore's slot names must not collide with \
                  other leases; choose another name"
+            ),
+            Refusal::SlotOfAnother { semaphore, index, slots } => write!(
+                f,
+                "it is slot {index} of the semaphore {semaphore} ({slots} slots): a semaphore's name must not be \
+                 another's slot; use --slots {slots} with {semaphore}, or another name"
             ),
         }
     }
@@ -1317,12 +1324,23 @@ impl Elector {
     ///
     /// Nothing compares these times with a clock for expiry; a foreign record's times are not used, so a
     /// machine whose clock runs ahead does not carry ours along.
+    ///
+    /// At the end of time (a record edited to the last microsecond a timestamp holds, which the API server
+    /// accepts) nothing is past it: that floor is dropped, and a stamp that would still equal the stored
+    /// time goes one microsecond back instead, for the write must change the record (found by review: each
+    /// renewal rewrote the same record, unseen, and a waiter took the lease beside the holder's child).
     fn stamp(&self, wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
-        [self.last_stamp.as_ref(), stored]
+        let stamp = [self.last_stamp.as_ref(), stored]
             .into_iter()
             .flatten()
-            .map(just_after)
-            .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp })
+            .filter_map(just_after)
+            .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp });
+        match stored {
+            Some(stored) if *stored == stamp => {
+                stored.0.checked_sub(SignedDuration::from_micros(1)).map_or(stamp, MicroTime)
+            }
+            _ => stamp,
+        }
     }
 
     fn our_duration_seconds(&self) -> i32 {
@@ -1391,9 +1409,9 @@ fn side_car_mark(record: &LeaseSpec) -> String {
     format!("{}@{renewed}", record.lease_transitions.unwrap_or(0))
 }
 
-/// One microsecond past `time` (`time` itself at the end of time).
-fn just_after(time: &MicroTime) -> MicroTime {
-    time.0.checked_add(SignedDuration::from_micros(1)).map_or_else(|_| time.clone(), MicroTime)
+/// One microsecond past `time` (none at the end of time).
+fn just_after(time: &MicroTime) -> Option<MicroTime> {
+    time.0.checked_add(SignedDuration::from_micros(1)).ok().map(MicroTime)
 }
 
 /// Whether a stored record is exactly a write we sent: the fields we set all match.
@@ -1485,6 +1503,27 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
         }
         None => mark(Write::replace(current, current.record.clone())),
     }
+}
+
+/// The slot count a record's `mpsync.io/slots` annotation gives, if it is a semaphore's (more than one).
+pub fn slot_count(lease: &Versioned) -> Option<u32> {
+    let value = lease.metadata.annotations.as_ref()?.get(SLOTS_ANNOTATION)?;
+    value.parse::<u32>().ok().filter(|n| *n > 1)
+}
+
+/// The semaphore `name` would be a slot of, and which: `P-i` split at its last `-`, with `i` written as
+/// slot names write it (`pool-01` is no slot). Whether it is one depends on `P`'s record: see
+/// [`is_slot_of`].
+pub fn slot_parent(name: &str) -> Option<(&str, usize)> {
+    let (semaphore, index) = name.rsplit_once('-')?;
+    let i = index.parse::<usize>().ok().filter(|i| index == i.to_string())?;
+    (!semaphore.is_empty()).then_some((semaphore, i))
+}
+
+/// Whether slot `index` is one of the semaphore whose marker is `parent`: the marker records a count
+/// above it. Returns that count.
+pub fn is_slot_of(parent: Option<&Versioned>, index: usize) -> Option<u32> {
+    parent.and_then(slot_count).filter(|n| index < *n as usize)
 }
 
 /// When a record's holder expires by the record's own timestamps (`renewTime + leaseDurationSeconds`, on
@@ -1865,6 +1904,30 @@ mod tests {
         // A clock stepped back an hour: still past the stored one.
         let renew = expect_write(elector.next(Now::at(at(t0, 8.0), wall(-3600))));
         assert!(renew.record.renew_time.unwrap().0 > stored.0);
+    }
+
+    /// Found by review: a record edited to the last microsecond a timestamp holds (the API server accepts
+    /// it). Nothing is past it, and every renewal rewrote the same record, which nobody saw change, while a
+    /// waiter's expiry clock ran on. Each renewal still changes the record, and the next one again.
+    #[test]
+    fn a_renewal_changes_the_record_at_the_end_of_time() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let mut edited = elector.current().unwrap().clone();
+        let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
+        assert!(end.checked_add(SignedDuration::from_micros(1)).is_err(), "the last microsecond");
+        edited.record.renew_time = Some(MicroTime(end));
+        edited.resource_version = "3".into();
+        elector.observe(Some(edited.clone()), at(t0, 1.0));
+        let mut stored = edited.record.renew_time.clone().unwrap();
+        for (rv, second) in [(4, 2.0), (5, 4.0)] {
+            let renew = expect_write(elector.next(now(t0, second)));
+            let renewed = renew.record.renew_time.clone().unwrap();
+            assert_ne!(renewed, stored, "a renewal that changes nothing");
+            apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
+            assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, second));
+            stored = renewed;
+        }
     }
 
     /// Found by review (of the test above's fix): with the wall clock stepped back, two renewals built

@@ -898,8 +898,11 @@ async fn acquisition(
         Wait::NoWait => Some(Instant::now() + inner.timing.lease_duration),
     };
     let campaign = async {
-        if let Some(n) = inner.slot_count.filter(|n| *n > 1) {
-            engine::settle_marker(&inner.store, &inner.name, n, marker_deadline).await?;
+        if let Some(n) = inner.slot_count.filter(|n| *n > 1)
+            && let Err(last_error) = engine::settle_marker(&inner.store, &inner.name, n, marker_deadline).await?
+        {
+            tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
+            return Ok(Campaigned::NotAcquired { last_error: Some(last_error) });
         }
         engine::campaign(&mut slots, wait, &inner.name).await
     };

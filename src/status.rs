@@ -14,7 +14,7 @@ use crate::backend::{block_on, open_store};
 use crate::cli::{ListConfig, OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
-use crate::lease::{SLOTS_ANNOTATION, Versioned};
+use crate::lease::{Versioned, is_slot_of, slot_count, slot_parent};
 use crate::store::{Store, StoreError, WatchUpdate};
 use crate::supervise::signals::Stops;
 use nix::sys::signal::Signal;
@@ -29,19 +29,27 @@ struct Target {
 }
 
 /// A semaphore is recognised by its marker (the Lease NAME annotated with its slot count), or named by
-/// `--slots N`; anything else is one lease.
+/// `--slots N` when there is none; anything else is one lease. A slot carries the count too: NAME is one
+/// when it is `P-i` and `P` records a count above `i` (then it is reported as the lease it is).
 async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<Versioned>)> {
     let current = store.get(&config.name).await.map_err(fatal)?;
-    let recorded = current
-        .as_ref()
-        .and_then(|v| v.metadata.annotations.as_ref()?.get(SLOTS_ANNOTATION)?.parse::<u32>().ok())
-        .filter(|n| *n > 1);
-    match config.slots.filter(|n| *n > 1).or(recorded) {
+    let mut recorded = current.as_ref().and_then(slot_count);
+    if let Some(n) = recorded
+        && let Some((parent, index)) = slot_parent(&config.name)
+        && is_slot_of(store.get(parent).await.map_err(fatal)?.as_ref(), index) == Some(n)
+    {
+        recorded = None;
+        if config.slots.is_none() {
+            return Ok((Target { slots: None, names: vec![config.name.clone()] }, current));
+        }
+    }
+    // The count the marker records wins over `--slots` (a different one would leave slots out).
+    match recorded.or(config.slots.filter(|n| *n > 1)) {
         Some(n) => {
             if let (Some(given), Some(recorded)) = (config.slots, recorded)
                 && given != recorded
             {
-                tracing::warn!(lease = %config.name, "--slots {given}, but the semaphore records {recorded} slots");
+                tracing::warn!(lease = %config.name, "--slots {given} ignored: the semaphore records {recorded} slots");
             }
             let names = crate::validate::slot_names(&config.name, Some(n))?;
             Ok((Target { slots: Some(n), names }, None))
@@ -59,8 +67,8 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
         let Some(slots) = target.slots else {
             let report = Report::new(&config.name, None, store.namespace(), single.as_ref(), now);
             match config.output {
-                OutputFormat::Json => println!("{}", report.json()),
-                OutputFormat::Text => print!("{}", report.text()),
+                OutputFormat::Json => out(format_args!("{}\n", report.json()))?,
+                OutputFormat::Text => out(format_args!("{}", report.text()))?,
             }
             return Ok(Exit::Success);
         };
@@ -72,12 +80,12 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
         let held = reports.iter().filter(|r| r.held).count();
         match config.output {
             OutputFormat::Json => {
-                println!("{}", serde_json::Value::Array(reports.iter().map(Report::json).collect()))
+                out(format_args!("{}\n", serde_json::Value::Array(reports.iter().map(Report::json).collect())))?
             }
             OutputFormat::Text => {
-                println!("semaphore:    {}/{} ({held} of {slots} held)", store.namespace(), config.name);
+                out(format_args!("semaphore:    {}/{} ({held} of {slots} held)\n", store.namespace(), config.name))?;
                 for report in &reports {
-                    println!("{}", report.slot_line());
+                    out(format_args!("{}\n", report.slot_line()))?;
                 }
             }
         }
@@ -106,14 +114,14 @@ pub fn list(config: ListConfig) -> Result<Exit> {
         mark_semaphores(&mut reports, &leases);
         match config.output {
             OutputFormat::Json => {
-                println!("{}", serde_json::Value::Array(reports.iter().map(Report::json).collect()))
+                out(format_args!("{}\n", serde_json::Value::Array(reports.iter().map(Report::json).collect())))?
             }
             OutputFormat::Text if reports.is_empty() => {
                 let matching =
                     config.label_selector.map_or(String::new(), |selector| format!(" matching {selector:?}"));
                 eprintln!("No leases{matching} in namespace {}.", store.namespace());
             }
-            OutputFormat::Text => print!("{}", table(&reports)),
+            OutputFormat::Text => out(format_args!("{}", table(&reports)))?,
         }
         Ok(Exit::Success)
     })
@@ -123,15 +131,10 @@ pub fn list(config: ListConfig) -> Result<Exit> {
 /// (i < N) after a lease P annotated alike, and otherwise the marker P, whose row says how many of its
 /// slots are held.
 fn mark_semaphores(reports: &mut [Report], leases: &[Versioned]) {
-    let count = |lease: &Versioned| {
-        let value = lease.metadata.annotations.as_ref()?.get(crate::lease::SLOTS_ANNOTATION)?;
-        value.parse::<u32>().ok().filter(|n| *n > 1)
-    };
     let counts: std::collections::HashMap<&str, u32> =
-        leases.iter().filter_map(|lease| Some((lease.metadata.name.as_deref()?, count(lease)?))).collect();
+        leases.iter().filter_map(|lease| Some((lease.metadata.name.as_deref()?, slot_count(lease)?))).collect();
     let slot_of = |name: &str, n: u32| {
-        let (semaphore, index) = name.rsplit_once('-')?;
-        let index = index.parse::<usize>().ok().filter(|i| *i < n as usize && index == i.to_string())?;
+        let (semaphore, index) = slot_parent(name).filter(|(_, index)| *index < n as usize)?;
         (counts.get(semaphore) == Some(&n)).then(|| (semaphore.to_string(), index))
     };
     for report in reports.iter_mut() {
@@ -181,37 +184,67 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
     until_stopped(stopped, async {
         let store = open_store(&config.backend, CALL_TIMEOUT).await?;
         // Fail fast on what will never work (forbidden, namespace missing) before settling in.
-        let (target, _) = target(&store, &config).await?;
-        let mut watches: Vec<_> = target.names.iter().map(|name| store.watch(name, Duration::from_secs(2))).collect();
-        let mut last: Vec<Option<(String, i32, bool, bool)>> = vec![None; watches.len()];
-        loop {
-            let updates = watches
-                .iter_mut()
-                .enumerate()
-                .map(|(index, watch)| Box::pin(async move { (index, watch.updates.recv().await) }));
-            tokio::select! {
-                ((index, update), _, _) = futures::future::select_all(updates) => {
-                    let current = match update {
-                        None => return Ok(Exit::Success),
-                        Some(WatchUpdate::Present(current)) => Some(current),
-                        Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
-                    };
-                    let slot = target.slots.map(|_| index);
-                    let name = &target.names[index];
-                    let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());
-                    let key = (report.holder.clone(), report.transitions, report.exists, report.held);
-                    if last[index].as_ref() == Some(&key) {
-                        continue;
-                    }
-                    last[index] = Some(key);
-                    match config.output {
-                        OutputFormat::Json => println!("{}", report.change_json()),
-                        OutputFormat::Text => println!("{}", report.change_line()),
-                    }
-                }
-            }
+        let (mut target, _) = target(&store, &config).await?;
+        while let Some(semaphore) = observe_target(&store, &config, &target).await? {
+            target = semaphore;
         }
+        Ok(Exit::Success)
     })
+}
+
+/// Print the changes of `target`'s leases until a plain lease turns out to be a semaphore's marker (it was
+/// watched before the semaphore's first use): then the semaphore, to watch from then on. `None` when the
+/// watches end.
+async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) -> Result<Option<Target>> {
+    let mut watches: Vec<_> = target.names.iter().map(|name| store.watch(name, Duration::from_secs(2))).collect();
+    let mut last: Vec<Option<(String, i32, bool, bool)>> = vec![None; watches.len()];
+    // The count a plain lease's record was last seen with (a slot of another semaphore carries one too).
+    let mut count_seen = None;
+    loop {
+        let updates = watches
+            .iter_mut()
+            .enumerate()
+            .map(|(index, watch)| Box::pin(async move { (index, watch.updates.recv().await) }));
+        let ((index, update), _, _) = futures::future::select_all(updates).await;
+        let current = match update {
+            None => return Ok(None),
+            Some(WatchUpdate::Present(current)) => Some(current),
+            Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
+        };
+        let count = current.as_ref().and_then(slot_count);
+        if target.slots.is_none()
+            && count.is_some()
+            && std::mem::replace(&mut count_seen, count) != count
+            && let (semaphore @ Target { slots: Some(n), .. }, _) = self::target(store, config).await?
+        {
+            tracing::info!(lease = %config.name, "{} is now the marker of a semaphore of {n} slots: watching them", config.name);
+            return Ok(Some(semaphore));
+        }
+        let slot = target.slots.map(|_| index);
+        let name = &target.names[index];
+        let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());
+        let key = (report.holder.clone(), report.transitions, report.exists, report.held);
+        if last[index].as_ref() == Some(&key) {
+            continue;
+        }
+        last[index] = Some(key);
+        match config.output {
+            OutputFormat::Json => out(format_args!("{}\n", report.change_json()))?,
+            OutputFormat::Text => out(format_args!("{}\n", report.change_line()))?,
+        }
+    }
+}
+
+/// Write to stdout, flushed (`observe` reports as changes come). A reader that has gone ends mpsync by
+/// SIGPIPE (see `run::run`); another failure (a full disk) is an error, never a panic as `println!` makes
+/// it (found by review).
+fn out(text: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(text)
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Error::Internal(format!("cannot write to stdout: {err}")))
 }
 
 fn fatal(err: StoreError) -> Error {

@@ -233,7 +233,37 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
     {
         cluster.proxy_url = None;
     }
+    loaded.config.cluster_url = usable_server(&loaded.config)?;
     Ok(loaded)
+}
+
+/// The server URL to use, as client-go settles it (`DefaultServerURL`): a `host:port` without a scheme
+/// gets `https://` when the configuration has anything of TLS (a CA, a client certificate,
+/// `insecure-skip-tls-verify`), else `http://`. What can never be reached (another scheme, no host)
+/// is a configuration error now, not a failure retried for ever (found by review: a server without a
+/// scheme made kube panic at the first request).
+fn usable_server(config: &kube::Config) -> Result<http::Uri> {
+    let url = &config.cluster_url;
+    let unusable = |why: &str| {
+        Error::Config(format!(
+            "cannot use the API server URL {url:?}: {why}; it must be https://HOST[:PORT] (or http://)"
+        ))
+    };
+    if url.scheme().is_none() && url.authority().is_some() {
+        let auth = &config.auth_info;
+        let tls = config.root_cert.is_some()
+            || config.accept_invalid_certs
+            || auth.client_certificate.is_some()
+            || auth.client_certificate_data.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let with_scheme = format!("{scheme}://{url}");
+        return with_scheme.parse().map_err(|_| unusable("not a URL"));
+    }
+    match url.scheme_str() {
+        Some("https" | "http") if url.host().is_some_and(|host| !host.is_empty()) => Ok(url.clone()),
+        Some("https" | "http") | None => Err(unusable("it names no host")),
+        Some(other) => Err(unusable(&format!("the scheme {other} is not http or https"))),
+    }
 }
 
 /// The configuration `--kubeconfig`/`--context` or the standard resolution choose, before kube's

@@ -1164,3 +1164,42 @@ fn a_long_outage_logs_the_first_failure_then_at_most_one_line_per_30_seconds_and
     // And a line when it works again.
     assert!(count(&stderr, "works again after") >= 1, "{stderr}");
 }
+
+/// Found by review (helper-80): a `server` without a scheme (`127.0.0.1:6443`, which kubectl and
+/// client-go accept) made kube panic at the first request (in a release build, an abort). As client-go
+/// does, it gets `https://` when the kubeconfig has a CA (and `http://` when it has nothing of TLS).
+#[test]
+fn a_server_without_a_scheme_gets_https_as_client_go_gives_it() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let yaml = server.kubeconfig_yaml("default").replace(&server.url(), &server.addr().to_string());
+    assert!(!yaml.contains("https://"), "{yaml}");
+    let kubeconfig = write_kubeconfig(&env, &yaml);
+    let name = env.lease_name("noscheme");
+    run(&env, mpsync_with(&env, &kubeconfig, &["lock", &name, "--", "true"])).assert_code(0);
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", &name, "-o", "json"]));
+    done.assert_code(0);
+    assert!(done.stdout.contains("\"exists\":true"), "{}", done.stdout);
+}
+
+/// Found by review (helper-80): a server URL that can never work (another scheme, no host) was a
+/// configuration error for `status` but a failure `lock` retried for ever. It is one for every command,
+/// at once.
+#[test]
+fn a_server_url_that_can_never_work_is_a_configuration_error() {
+    let Some(env) = test_server() else { return };
+    for server in ["ftp://127.0.0.1:1", "/api"] {
+        let kubeconfig = write_kubeconfig(
+            &env,
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {{server: \"{server}\"}}\n\
+                 contexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user: {{}}\n"
+            ),
+        );
+        for args in [&["lock", "x", "--", "true"][..], &["status", "x"]] {
+            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+            assert_failure(&done, 125, &["cannot use the API server URL"]);
+            assert!(done.stderr.lines().count() <= 2, "{}", done.stderr);
+        }
+    }
+}

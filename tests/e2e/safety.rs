@@ -13,6 +13,7 @@ use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 both_backends!(
+    a_renew_time_at_the_end_of_time_never_lets_two_children_run,
     nested_runs_never_share_an_identity,
     two_processes_given_one_identity_never_both_run,
     lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child,
@@ -616,4 +617,35 @@ fn a_lease_made_again_free_under_a_hold_never_lets_a_polling_waiter_in_beside_th
     waiter.finish().assert_code(0);
     let stamps = read_stamps(&log);
     assert_eq!(max_concurrency(&log), 1, "the waiter's child ran beside the holder's: {stamps:?}");
+}
+
+/// Found by review (helper-80): a hand edit set the holder's `renewTime` to the last microsecond a
+/// timestamp holds (the API server accepts it). Nothing is past it, so each renewal wrote the record
+/// already stored: the API server answers such a write with the same resourceVersion and no event (the
+/// file store's version moves, but its spec does not), while the holder counted it as a renewal. A
+/// waiter saw no change for a lease duration and ran its child beside the holder's, about a second.
+fn a_renew_time_at_the_end_of_time_never_lets_two_children_run(env: &TestEnv) {
+    let name = env.lease_name("eot");
+    let log = env.path("log");
+    // The holder's child drains for 0.5 s after SIGTERM, within its grace.
+    let holder =
+        env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &draining_script(&log, "0.5")]));
+    wait_for_file(&log, "start");
+    let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
+    env.edit(&name, |spec| spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(end)));
+    let waiter =
+        env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &stamp_script(&log, "true")]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    // Renewals that others see, at least 500 ms apart (the retry period): nine of them outlast the 4 s
+    // lease duration, and the waiter still waits.
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for _ in 0..9 {
+        let before = renewed();
+        wait_until("a renewal that changes the record", || renewed() != before);
+    }
+    assert_eq!(read_stamps(&log).len(), 1, "the waiter ran beside the holder's child: {:?}", read_stamps(&log));
+    holder.signal(Signal::SIGTERM);
+    holder.finish().assert_code(0);
+    waiter.finish().assert_code(0);
+    assert_eq!(max_concurrency(&log), 1, "two children ran at once on one lease: {:?}", read_stamps(&log));
 }

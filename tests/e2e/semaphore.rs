@@ -14,6 +14,10 @@ both_backends!(
     a_deleted_marker_is_not_taken_over_by_another_slot_count,
     status_and_observe_show_every_slot_of_a_partly_held_semaphore,
     status_and_observe_agree_on_held_for_an_expired_holder,
+    status_of_a_slot_by_its_own_name_reports_its_holder,
+    a_semaphore_is_never_marked_on_another_semaphores_slot,
+    observe_started_before_the_semaphore_exists_reports_its_slots,
+    status_given_another_slot_count_than_the_marker_shows_every_recorded_slot,
 );
 
 fn held_until(gate: &std::path::Path) -> String {
@@ -195,4 +199,113 @@ fn status_and_observe_agree_on_held_for_an_expired_holder(env: &TestEnv) {
     assert_eq!(line["held"], false, "observe says what status says");
     observe.signal(nix::sys::signal::Signal::SIGTERM);
     observe.finish().assert_code(0);
+}
+
+/// `mpsync status pool-0`, where pool-0 is a held slot of the 3-slot semaphore `pool`: the slot carries
+/// `mpsync.io/slots: "3"` as a marker does, but it is reported as the held lease it is, not as a
+/// semaphore `pool-0` of three slots that do not exist (found by review, helper-79).
+fn status_of_a_slot_by_its_own_name_reports_its_holder(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let holder =
+        env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+    wait_for_file(&log, "start");
+    let slot = format!("{name}-0");
+    let done = env.run(["status", &slot, "-o", "json"]);
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    done.assert_code(0);
+    let value: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert!(
+        value.is_object() && value["name"] == slot.as_str() && value["held"] == true,
+        "status of the held slot {slot} does not say it is held: {}",
+        done.stdout
+    );
+}
+
+/// `mpsync lock pool-0 --slots 3` while pool-0 is a held slot of the 3-slot semaphore `pool`: the slot's
+/// annotation is no marker of a semaphore `pool-0`; refused with 125 before anything runs, as a plain
+/// `lock pool-0` is (found by review, helper-79).
+fn a_semaphore_is_never_marked_on_another_semaphores_slot(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let holder =
+        env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+    wait_for_file(&log, "start");
+    let ran = env.path("ran");
+    let script = format!("echo $MPSYNC_LEASE > {}", ran.display());
+    let done = env.run(fast(&["lock", &format!("{name}-0"), "--slots", "3", "--no-wait"], &["sh", "-c", &script]));
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    assert!(
+        !ran.exists(),
+        "ran as a semaphore whose marker is another semaphore's held slot (lease {}), exit {:?}",
+        fs::read_to_string(&ran).unwrap_or_default().trim(),
+        done.code
+    );
+    done.assert_code(125);
+}
+
+/// `mpsync observe pool` started before anyone used the semaphore `pool` (a dashboard, a script that waits
+/// for a holder): once the marker appears it watches the slots, and reports the held one (found by
+/// review, helper-79: it reported only the marker, never held).
+fn observe_started_before_the_semaphore_exists_reports_its_slots(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let holder =
+        env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+    wait_for_file(&log, "start");
+    let saw_holder = within_patience(|| observe.stdout().contains("\"held\":true"));
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    observe.signal(nix::sys::signal::Signal::SIGTERM);
+    let observed = observe.finish();
+    assert!(saw_holder, "observe never reported the held slot:\n{}", observed.stdout);
+}
+
+/// `status pool --slots 2` against a semaphore whose marker records 3: `--slots` is for when "its marker
+/// cannot tell"; the marker's count wins, so no held slot is left out (found by review, helper-79: it
+/// showed two slots, which a script reads as free).
+fn status_given_another_slot_count_than_the_marker_shows_every_recorded_slot(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let gate = env.path("gate");
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let log = env.path(&format!("log{i}"));
+        holders.push(
+            env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))])),
+        );
+        wait_for_file(&log, "start");
+    }
+    let done = env.run(["status", &name, "--slots", "2", "-o", "json"]);
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
+    done.assert_code(0);
+    let slots: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    let held = slots.as_array().unwrap().iter().filter(|s| s["held"] == true).count();
+    assert_eq!(held, 3, "three slots are held; status says {held}:\n{}\n{}", done.stdout, done.stderr);
+}
+
+/// `lock pool --slots 2 --timeout 3s` while the API server keeps failing: like a plain lease, a semaphore
+/// still settling its marker gives up at the timeout with 124, and `--no-wait` with its conflict exit code
+/// (found by review, helper-79: both exited 125, so a CronJob meant to skip quietly failed).
+#[test]
+fn a_semaphore_under_a_failing_api_server_is_not_acquired_as_a_plain_lease_is() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    server.fail_next(100_000, 503);
+    let plain = env.run(["lock", "job", "--timeout", "3s", "--", "true"]);
+    let done = env.run(["lock", "pool", "--slots", "2", "--timeout", "3s", "--", "true"]);
+    let skip = env.run(fast(&["lock", "pool", "--slots", "2", "--no-wait", "--conflict-exit-code", "0"], &["true"]));
+    server.fail_next(0, 503);
+    plain.assert_code(124);
+    done.assert_code(124);
+    skip.assert_code(0);
 }

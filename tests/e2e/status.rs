@@ -216,3 +216,31 @@ fn listing_shows_a_semaphore_as_its_slots_held_of_its_count(env: &TestEnv) {
     );
     assert_eq!(item(&format!("{pool}-1"))["slot"].as_u64(), Some(1));
 }
+
+/// Found by review (helper-80): `status` printed with `println!`, which panics when stdout fails (exit
+/// 101; in a release build an abort). A reader that has gone ends it as it ends `cat`: by SIGPIPE,
+/// quietly; a full disk is a one-line error with 125.
+#[test]
+fn status_into_a_closed_pipe_or_a_full_disk_is_no_panic() {
+    let env = TestEnv::file();
+    let name = env.lease_name("pipe");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut command = env.mpsync(["status", &name]);
+    command.stdout(std::process::Stdio::from(write)).stderr(std::process::Stdio::piped());
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(nix::libc::SIGPIPE), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "{stderr}");
+    for args in [&["status", &name][..], &["completions", "bash"]] {
+        let mut command = env.mpsync(args);
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        command.stdout(full).stderr(std::process::Stdio::piped());
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains("No space left on device") && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
+}
