@@ -387,7 +387,9 @@ impl Cli {
         match self.command {
             CommandArgs::Lock(lock) => {
                 let wait = match (lock.no_wait, lock.timeout) {
+                    // `--timeout 0` is one attempt, as `flock -w 0` makes it.
                     (true, _) => Wait::NoWait,
+                    (false, Some(timeout)) if timeout.is_zero() => Wait::NoWait,
                     (false, Some(timeout)) => Wait::Timeout(timeout),
                     (false, None) => Wait::Forever,
                 };
@@ -689,6 +691,13 @@ mod tests {
         assert_eq!(config.args, vec![OsString::from("-l"), "--timeout".into(), "x".into()]);
     }
 
+    /// `--timeout 0` is one attempt, as `flock -w 0` makes it (found by review: it never tried).
+    #[test]
+    fn a_timeout_of_zero_is_one_attempt() {
+        let Mode::Lock { wait, .. } = run(&["lock", "job", "--timeout", "0s", "--", "true"]).mode else { panic!() };
+        assert_eq!(wait, Wait::NoWait);
+    }
+
     #[test]
     fn bad_inputs_are_usage_errors() {
         let cases: &[(&[&str], &str)] = &[
@@ -696,6 +705,8 @@ mod tests {
             (&["lock", "job", "--lease-duration", "soon", "--", "true"], "--lease-duration"),
             (&["lock", "job", "--renew-deadline", "15s", "--", "true"], "must be less than --lease-duration"),
             (&["lock", "job", "--retry-period", "9s", "--", "true"], "--retry-period"),
+            (&["lock", "job", "--retry-period", "1ns", "--", "true"], "--retry-period must be at least 10ms"),
+            (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control characters"),
             (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
             (&["lock", "job", "--lease-duration", "1500ms", "--", "true"], "whole number of seconds"),
             (&["lock", "job", "--"], "no command given"),

@@ -576,7 +576,7 @@ pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Cam
         let all_held_by_others = slots.iter_mut().all(Slot::held_by_another);
         if all_held_by_others && !announced {
             announced = true;
-            let holders: Vec<String> = slots.iter().filter_map(Slot::holder).collect();
+            let holders: Vec<String> = slots.iter().filter_map(Slot::holder).map(|h| crate::lease::shown(&h)).collect();
             tracing::info!(lease = %lease, holder = %holders.join(","), "held by another; waiting");
         }
         if all_held_by_others && wait == Wait::NoWait {

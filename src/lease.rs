@@ -103,8 +103,14 @@ impl Timing {
         if lease_duration.as_secs() > i32::MAX as u64 {
             return usage(format!("--lease-duration {} is too long", show(lease_duration)));
         }
-        if retry_period.is_zero() {
-            return usage("--retry-period must be greater than 0".into());
+        // A floor: renewals in a tight loop are no use to anyone (found by review: 1ns renewed ~70 times a
+        // second on the file backend).
+        if retry_period < MIN_RETRY_PERIOD {
+            return usage(format!(
+                "--retry-period must be at least {} (got {})",
+                show(MIN_RETRY_PERIOD),
+                show(retry_period)
+            ));
         }
         if renew_deadline >= lease_duration {
             return usage(format!(
@@ -131,6 +137,9 @@ impl Timing {
         (self.renew_deadline / 2).max(self.retry_period).max(Duration::from_millis(500))
     }
 }
+
+/// The shortest retry period (renew interval) allowed.
+pub const MIN_RETRY_PERIOD: Duration = Duration::from_millis(10);
 
 /// The time, both ways: `instant` decides everything; `wall` is only written into records.
 #[derive(Clone, Debug)]
@@ -1503,6 +1512,13 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
         }
         None => mark(Write::replace(current, current.record.clone())),
     }
+}
+
+/// A holder's identity as text shows it: as it is, or quoted with escapes where it holds control
+/// characters (a record written by anyone may: a newline would forge a line, an escape sequence move
+/// the terminal; found by review).
+pub fn shown(identity: &str) -> String {
+    if identity.chars().any(char::is_control) { format!("{identity:?}") } else { identity.to_string() }
 }
 
 /// The slot count a record's `mpsync.io/slots` annotation gives, if it is a semaphore's (more than one).

@@ -14,7 +14,7 @@ use crate::backend::{block_on, open_store};
 use crate::cli::{ListConfig, OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
-use crate::lease::{Versioned, is_slot_of, slot_count, slot_parent};
+use crate::lease::{Versioned, is_slot_of, shown, slot_count, slot_parent};
 use crate::store::{Store, StoreError, WatchUpdate};
 use crate::supervise::signals::Stops;
 use nix::sys::signal::Signal;
@@ -327,7 +327,7 @@ impl Report {
         if !self.exists {
             return format!("lease {}/{} does not exist (no one has taken it yet)\n", self.namespace, self.name);
         }
-        let holder = if self.holder.is_empty() { "(none: free)".to_string() } else { self.holder.clone() };
+        let holder = if self.holder.is_empty() { "(none: free)".to_string() } else { shown(&self.holder) };
         let expires = match self.expires {
             Some(at) if at > self.now => format!("{} (in {})", micro(at), self.ago(at)),
             Some(at) => format!("{} ({} ago: expired unless renewed since)", micro(at), self.ago(at)),
@@ -355,9 +355,9 @@ impl Report {
             return format!("slot {slot}:  {}  free (never taken)", self.name);
         }
         let state = match (self.held, self.holder.is_empty()) {
-            (true, _) => format!("held by {}", self.holder),
+            (true, _) => format!("held by {}", shown(&self.holder)),
             (false, true) => "free".to_string(),
-            (false, false) => format!("free (expired: {})", self.holder),
+            (false, false) => format!("free (expired: {})", shown(&self.holder)),
         };
         let renewed = self.renew_time.map_or("-".to_string(), |at| format!("{} ago", self.ago(at)));
         format!("slot {slot}:  {}  {state}  renewed {renewed}  transitions {}", self.name, self.transitions)
@@ -366,7 +366,7 @@ impl Report {
     /// One row of the listing: name, holder (`-` for none), held or free, age of the last renewal,
     /// transitions.
     fn row(&self) -> [String; 5] {
-        let holder = if self.holder.is_empty() { "-".to_string() } else { self.holder.clone() };
+        let holder = if self.holder.is_empty() { "-".to_string() } else { shown(&self.holder) };
         let state = match self.slots {
             Some((held, n)) => format!("semaphore: {held} of {n} held"),
             None if self.held => "held".to_string(),
@@ -407,7 +407,7 @@ impl Report {
         let holder = match (self.exists, self.holder.is_empty()) {
             (false, _) => "(no lease)".to_string(),
             (true, true) => "(none)".to_string(),
-            (true, false) => self.holder.clone(),
+            (true, false) => shown(&self.holder),
         };
         let slot = self.slot.map_or(String::new(), |slot| format!(" slot={slot}"));
         format!("{}{slot} holder={holder} held={} transitions={}", micro(self.now), self.held, self.transitions)

@@ -36,6 +36,11 @@ pub fn identity(identity: String) -> Result<String> {
     if identity.trim().is_empty() {
         return Err(Error::Usage("--identity must not be empty".into()));
     }
+    // It is printed in logs, errors and `status`: a newline or an escape sequence there would forge lines
+    // or move the terminal (found by review).
+    if identity.chars().any(char::is_control) {
+        return Err(Error::Usage(format!("--identity {identity:?} must not contain control characters")));
+    }
     if identity.len() > MAX_IDENTITY {
         return Err(Error::Usage(format!(
             "--identity is {} bytes long; at most {MAX_IDENTITY} are allowed",
@@ -110,6 +115,9 @@ mod tests {
         assert!(identity("x".repeat(MAX_IDENTITY)).is_ok());
         let Err(Error::Usage(message)) = identity("x".repeat(1 << 20)) else { panic!("a 1 MiB identity") };
         assert!(message.contains("1048576 bytes") && message.contains("1024"), "{message}");
+        // Found by review: printed in logs and `status`, a newline forged a line.
+        let Err(Error::Usage(message)) = identity("a\nholder: b".into()) else { panic!("a newline") };
+        assert_eq!(message, r#"--identity "a\nholder: b" must not contain control characters"#);
     }
 
     #[test]

@@ -64,7 +64,11 @@ impl Service<Uri> for Connector {
         let mut tcp = self.tcp.clone();
         let Some(proxy) = self.proxy.clone() else {
             return Box::pin(async move {
-                let target = server.authority().map_or_else(|| server.to_string(), |a| a.to_string());
+                // Without a password the URL may carry (`https://user:password@host`): this goes to logs.
+                let target = server.authority().map_or_else(
+                    || server.to_string(),
+                    |a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, host)| host).to_string(),
+                );
                 tcp.call(server)
                     .await
                     .map_err(|err| ConnectError(format!("cannot connect to {target}: {}", one_line(&err))))

@@ -1107,3 +1107,31 @@ fn leader_controller_example_stops_its_loop_before_another_can_lead() {
         held.release().await.unwrap();
     });
 }
+
+/// Found by review (helper-78): an API server that keeps failing (503) is `Error::Unavailable` ("retry
+/// later") for `try_acquire` and `acquire_timeout` of a semaphore, as for a plain lease; a semaphore
+/// whose marker could not be read answered `Error::Api`, which is "retrying will not fix".
+#[test]
+fn a_semaphore_on_a_failing_server_is_unavailable_as_a_plain_lease_is() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let name = env.lease_name("failing");
+    runtime().block_on(async {
+        let plain = lock(&env, &name).await.timing(FAST).build().unwrap();
+        let pool = lock(&env, &format!("{name}-pool")).await.timing(FAST).slots(2).build().unwrap();
+        server.fail_next(100_000, 503);
+        let tried = plain.try_acquire().await;
+        let pool_tried = pool.try_acquire().await;
+        let pool_waited = pool.acquire_timeout(Duration::from_secs(3)).await;
+        server.fail_next(0, 503);
+        assert!(matches!(tried, Err(mpsync::Error::Unavailable(_))), "{tried:?}");
+        assert!(matches!(pool_tried, Err(mpsync::Error::Unavailable(_))), "semaphore try_acquire: {pool_tried:?}");
+        assert!(
+            matches!(pool_waited, Err(mpsync::Error::Unavailable(_))),
+            "semaphore acquire_timeout: {pool_waited:?}"
+        );
+    });
+}

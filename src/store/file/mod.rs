@@ -246,7 +246,7 @@ impl FileStore {
                 let holder = last.versioned.record.holder_identity.unwrap_or_default();
                 warn!(
                     lease = name,
-                    holder = %holder,
+                    holder = ?holder,
                     token,
                     "the lease record was deleted: restored its last record, so that its holder is waited out \
                      and its fencing tokens continue"
