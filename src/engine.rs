@@ -635,28 +635,33 @@ pub async fn settle_marker(
     let refuse = |refusal: crate::lease::Refusal| {
         Err(Error::Api(format!("semaphore {name}: cannot be used with {slots} slots: {refusal}")))
     };
+    let mut last_error = None;
     loop {
+        // Never past the deadline, whatever kept it from settling (found by review: writes whose outcome
+        // stayed unknown were looked at again at once, for ever).
+        if let Some(deadline) = deadline
+            && Instant::now() >= deadline
+        {
+            let why = last_error.unwrap_or_else(|| "no answer in time".to_string());
+            return Ok(Err(format!("semaphore {name}: cannot settle its marker: {why}")));
+        }
         let failure = match look_at_marker(store, name, slots).await {
             Ok(MarkerLook::Settled) => return Ok(Ok(())),
             Ok(MarkerLook::Refused(refusal)) => return refuse(refusal),
-            // Written, or someone else wrote first (or its outcome is unknown): look again either way.
-            Ok(MarkerLook::Again) | Err(StoreError::Conflict(_) | StoreError::Unknown(_)) => None,
+            // Written, or someone else wrote first: look again.
+            Ok(MarkerLook::Again) | Err(StoreError::Conflict(_)) => None,
             Err(StoreError::Fatal(err)) => return Err(err),
+            // A write whose outcome is unknown, or a failure: look again after a backoff.
             Err(err) => Some(err),
         };
         let Some(err) = failure else { continue };
         failures += 1;
         log.failed(&err.to_string());
         // Not settled in time because the store kept failing: not acquired (as a lease whose campaign met
-        // the same), with the error; never past the deadline.
+        // the same), with the error.
         let pause = backoff(Duration::from_secs(2), failures);
-        let pause = match deadline {
-            Some(deadline) if Instant::now() >= deadline => {
-                return Ok(Err(format!("semaphore {name}: cannot read its marker: {err}")));
-            }
-            Some(deadline) => pause.min(deadline - Instant::now()),
-            None => pause,
-        };
+        let pause = deadline.map_or(pause, |deadline| pause.min(deadline.saturating_duration_since(Instant::now())));
+        last_error = Some(err.to_string());
         tokio::time::sleep(pause).await;
     }
 }
@@ -678,8 +683,8 @@ async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerL
         Marker::Write(write) => Some(write),
     };
     // Another semaphore's slot carries its count too: it is no marker of ours, whatever the count.
-    if let Some(refusal) = slot_of_another(store, name).await? {
-        return Ok(MarkerLook::Refused(refusal));
+    if let Some((semaphore, index, slots)) = semaphore_of(store, name).await? {
+        return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotOfAnother { semaphore, index, slots }));
     }
     let Some(write) = write else { return Ok(MarkerLook::Settled) };
     // No marker (or a free plain lease to mark), but slots that say another count (the marker alone was
@@ -692,16 +697,30 @@ async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerL
     store.write(name, &write).await.map(|_| MarkerLook::Again)
 }
 
-/// Whether `name` is a slot of another semaphore (`P-i`, where `P`'s marker records a count above `i`):
-/// one more read, only for such names.
-async fn slot_of_another(store: &Store, name: &str) -> Result<Option<crate::lease::Refusal>, StoreError> {
+/// Whether `name` is a slot of another semaphore: `P-i`, where `P` is a marker that records a count
+/// above `i`. A slot carries the count too, so `P` is no marker when it is a slot itself (`G-j`, where
+/// `G` records a count above `j`; found by review: `lock X-0-1 --slots 2` was refused as a slot of the
+/// slot `X-0`). What this process may not read (RBAC by resource name, as `deploy/rbac.yaml` suggests)
+/// is no semaphore's. One read more, two for such a `P`, only for names that end in `-i`.
+pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, usize, u32)>, StoreError> {
     let Some((semaphore, index)) = crate::lease::slot_parent(name) else { return Ok(None) };
-    let parent = store.get(semaphore).await?;
-    Ok(crate::lease::is_slot_of(parent.as_ref(), index).map(|slots| crate::lease::Refusal::SlotOfAnother {
-        semaphore: semaphore.to_string(),
-        index,
-        slots,
-    }))
+    let Some(slots) = crate::lease::is_slot_of(readable(store, semaphore).await?.as_ref(), index) else {
+        return Ok(None);
+    };
+    if let Some((parent, at)) = crate::lease::slot_parent(semaphore)
+        && crate::lease::is_slot_of(readable(store, parent).await?.as_ref(), at).is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some((semaphore.to_string(), index, slots)))
+}
+
+/// `name`'s record, or none where it cannot be read for good (forbidden, unreadable).
+async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Versioned>, StoreError> {
+    match store.get(name).await {
+        Err(StoreError::Fatal(_) | StoreError::Unreadable(_)) => Ok(None),
+        other => other,
+    }
 }
 
 /// How many of a semaphore's first slots are read for a recorded count before its marker is written.

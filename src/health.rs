@@ -161,16 +161,18 @@ impl Health {
     /// `Accept` header, which chooses the exposition format of `/metrics`.
     pub fn answer(&self, path: &str, now: Instant, accept: Option<&str>) -> Option<Answer> {
         let held = self.held(|held| *held);
+        // Past the renew deadline the lease counts as lost, whether or not the engine said so yet (a probe
+        // answered in the same tick as its deadline: found by review).
+        let overdue = held.is_some_and(|sent| now.saturating_duration_since(sent) > self.inner.overdue_after);
         match path {
-            "/healthz" => Some(match held {
-                Some(sent) if now.saturating_duration_since(sent) > self.inner.overdue_after => {
-                    Answer::text(503, "renewal overdue\n")
-                }
-                _ => Answer::text(200, "ok\n"),
+            "/healthz" => Some(match overdue {
+                true => Answer::text(503, "renewal overdue\n"),
+                false => Answer::text(200, "ok\n"),
             }),
-            "/leader" => Some(match held {
-                Some(_) => Answer::text(200, "leader\n"),
-                None => Answer::text(503, "not leader\n"),
+            "/leader" => Some(match (held, overdue) {
+                (Some(_), false) => Answer::text(200, "leader\n"),
+                (Some(_), true) => Answer::text(503, "not leader: renewal overdue\n"),
+                (None, _) => Answer::text(503, "not leader\n"),
             }),
             "/metrics" => Some(exposition(&self.inner.registry, accept)),
             _ => None,
@@ -235,9 +237,11 @@ pub async fn serve_probes(addr: SocketAddr, handler: http::Handler) -> Result<ht
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| Error::Usage(format!("--health-addr {addr}: cannot listen: {err}")))?;
+    // The address bound: a port 0 is chosen by the system (found by review: it was logged as 0).
+    let bound = listener.local_addr().unwrap_or(addr);
     let server = http::Server::new(handler, LIMITS);
     server.serve(listener);
-    tracing::info!(addr = %addr, "serving probes and metrics");
+    tracing::info!(addr = %bound, "serving probes and metrics");
     Ok(server)
 }
 
@@ -270,6 +274,7 @@ mod tests {
         // Slow renewals that mpsync tolerates (up to the renew deadline, 10s) do not fail the probe.
         assert_eq!(status("/healthz", t0 + Duration::from_secs(9)), 200);
         assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 503, "overdue");
+        assert_eq!(status("/leader", t0 + Duration::from_secs(11)), 503, "overdue: lost by the renew deadline");
         health.renewed(t0 + Duration::from_secs(4), t0 + Duration::from_secs(8));
         assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 200);
         // A late answer about an older renewal does not move the renewal time back.

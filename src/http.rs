@@ -166,6 +166,9 @@ struct Shared {
     open: Arc<AtomicUsize>,
     /// Every connection open now, by number: which are idle, and how to close one.
     connections: std::sync::Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Told when a connection has answered and waits for its next request: one that waits past the cap
+    /// can make room then.
+    became_idle: tokio::sync::Notify,
     next_connection: AtomicU64,
 }
 
@@ -222,6 +225,7 @@ impl Server {
                 stop: CancellationToken::new(),
                 open,
                 connections: std::sync::Mutex::new(HashMap::new()),
+                became_idle: tokio::sync::Notify::new(),
                 next_connection: AtomicU64::new(0),
             }),
         }
@@ -256,19 +260,22 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         // A free connection slot; past the cap, the connection idle the longest makes room, else (all
-        // busy) this one waits, and the next ones wait in the backlog, costing nothing here.
+        // busy) this one waits, and the next ones wait in the backlog, costing nothing here, until one
+        // closes or the first to answer makes room (found by review: connections busy at this moment,
+        // then kept open and idle, kept a heartbeat out for as long as their client liked).
         let permit = match Arc::clone(&shared.permits).try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
+            Err(_) => loop {
                 shared.evict_idlest();
                 tokio::select! {
                     permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
+                        Ok(permit) => break permit,
                         Err(_) => return,
                     },
+                    () = shared.became_idle.notified() => {}
                     () = shared.stop.cancelled() => return,
                 }
-            }
+            },
         };
         spawn_connection(stream, &shared, permit);
     }
@@ -298,6 +305,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
                 .unwrap_or_else(|_| Response::error(503, "no answer in time; retry").with_header("Retry-After", "1"));
             service.answered.fetch_add(1, Ordering::Relaxed);
             service.connection.set_idle(true);
+            service.shared.became_idle.notify_one();
             Ok(response.into_hyper())
         })
     }

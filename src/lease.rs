@@ -1334,20 +1334,25 @@ impl Elector {
     /// Nothing compares these times with a clock for expiry; a foreign record's times are not used, so a
     /// machine whose clock runs ahead does not carry ours along.
     ///
-    /// At the end of time (a record edited to the last microsecond a timestamp holds, which the API server
-    /// accepts) nothing is past it: that floor is dropped, and a stamp that would still equal the stored
-    /// time goes one microsecond back instead, for the write must change the record (found by review: each
-    /// renewal rewrote the same record, unseen, and a waiter took the lease beside the holder's child).
+    /// Never past the year 9000 (found by review): a stored time beyond it (a record edited to the last
+    /// microsecond a timestamp holds, which the API server accepts; nothing is past that) is no floor, and
+    /// a wall clock beyond it reads as that year. So a renewal of such a record goes back in time, still a
+    /// change, and our own stamps stay a thousand years of microseconds short of the end: each write's is
+    /// past the last one's, whatever was stored. (Before, each renewal rewrote the end of time, unseen,
+    /// and a waiter took the lease beside the holder's child; and once a renewal had written the end, no
+    /// later stamp could be past it.)
     fn stamp(&self, wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
+        let ceiling = STAMP_CEILING;
+        let wall = if wall.0 > ceiling { MicroTime(ceiling) } else { wall };
+        let stored = stored.filter(|stored| stored.0 < ceiling);
         let stamp = [self.last_stamp.as_ref(), stored]
             .into_iter()
             .flatten()
             .filter_map(just_after)
             .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp });
+        // Past the ceiling (our own stamps there, a clock there), a record edited to be just our next stamp.
         match stored {
-            Some(stored) if *stored == stamp => {
-                stored.0.checked_sub(SignedDuration::from_micros(1)).map_or(stamp, MicroTime)
-            }
+            Some(stored) if *stored == stamp => just_after(&stamp).unwrap_or(stamp),
             _ => stamp,
         }
     }
@@ -1417,6 +1422,10 @@ fn side_car_mark(record: &LeaseSpec) -> String {
     let renewed = record.renew_time.as_ref().map_or(0, |time| time.0.as_microsecond());
     format!("{}@{renewed}", record.lease_transitions.unwrap_or(0))
 }
+
+/// The latest time a write of ours is stamped with, but for the microseconds of writes past it: the
+/// year 9000, a thousand years of microseconds short of the latest a timestamp holds.
+const STAMP_CEILING: k8s_openapi::jiff::Timestamp = k8s_openapi::jiff::Timestamp::constant(221_845_392_000, 0);
 
 /// One microsecond past `time` (none at the end of time).
 fn just_after(time: &MicroTime) -> Option<MicroTime> {
@@ -1943,6 +1952,77 @@ mod tests {
             apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
             assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, second));
             stored = renewed;
+        }
+    }
+
+    /// Found by review (of the test above's fix): a renewal of a record edited to just before the end of
+    /// time wrote the end itself; no later stamp could be past it, and with the wall clock stepped back
+    /// two renewals built from one record were alike again. Stamps stay short of the end.
+    #[test]
+    fn after_a_record_near_the_end_of_time_two_renewals_are_still_never_alike() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(MicroTime(end.checked_sub(SignedDuration::from_micros(1)).unwrap()));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited), at(t0, 1.0));
+        let r0 = expect_write(a.next(now(t0, 2.0)));
+        assert!(r0.record.renew_time.as_ref().unwrap().0 < STAMP_CEILING, "stamped past the ceiling: {r0:?}");
+        apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
+        let back = wall(-3600);
+        let r1 = expect_write(a.next(Now::at(at(t0, 4.0), back.clone())));
+        apply(&mut a, &r1, 5, at(t0, 4.0), at(t0, 4.0));
+        let stored = a.current().unwrap().clone();
+        let r2 = expect_write(a.next(Now::at(at(t0, 6.0), back.clone())));
+        let t2 = a.write_sent(&r2, at(t0, 6.0));
+        a.write_result(t2, WriteResult::Unknown, at(t0, 6.5));
+        assert_eq!(a.next(Now::at(at(t0, 6.5), back.clone())), Action::Read);
+        a.observe(Some(stored), at(t0, 6.6));
+        let r3 = expect_write(a.next(Now::at(at(t0, 8.0), back.clone())));
+        assert_ne!(r2.record, r3.record, "two renewals of ours alike");
+    }
+
+    /// The same for acquisitions: after a renewal of a record near the end of time, two acquisitions
+    /// under a stopped clock are not alike (found by review).
+    #[test]
+    fn after_a_record_near_the_end_of_time_two_acquisitions_are_still_never_alike() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(MicroTime(end.checked_sub(SignedDuration::from_micros(1)).unwrap()));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited), at(t0, 1.0));
+        let r0 = expect_write(a.next(now(t0, 2.0)));
+        apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
+        // Someone else takes it over and releases it (the hold lost); a later free record.
+        let free = versioned(9, record(Some(""), Some(15), Some(7)));
+        a.observe(Some(free.clone()), at(t0, 3.0));
+        let _ = a.next(now(t0, 3.0));
+        a.forget_loss();
+        a.observe(Some(free.clone()), at(t0, 3.1));
+        let first = expect_write(a.next(now(t0, 40.0)));
+        let ticket = a.write_sent(&first, at(t0, 40.0));
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 40.1));
+        a.observe(Some(free), at(t0, 40.2));
+        let second = expect_write(a.next(now(t0, 40.0)));
+        assert_ne!(first.record, second.record, "two acquisitions of ours alike");
+    }
+
+    /// A wall clock set past the year 9000 reads as that year, and stamps still move on.
+    #[test]
+    fn a_wall_clock_past_the_ceiling_still_gives_stamps_that_move_on() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let far = MicroTime("9999-12-30T22:00:00.999999Z".parse().unwrap());
+        let mut last = a.current().unwrap().record.renew_time.clone().unwrap();
+        for (rv, second) in [(3, 2.0), (4, 4.0), (5, 6.0)] {
+            let renew = expect_write(a.next(Now::at(at(t0, second), far.clone())));
+            let stamp = renew.record.renew_time.clone().unwrap();
+            assert!(stamp.0 > last.0 && stamp.0 <= STAMP_CEILING.checked_add(SignedDuration::from_secs(1)).unwrap());
+            apply(&mut a, &renew, rv, at(t0, second), at(t0, second));
+            last = stamp;
         }
     }
 

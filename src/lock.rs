@@ -594,8 +594,14 @@ impl Acquiring {
     }
 }
 
+/// The lease task ended without an answer: its runtime was shut down, or it panicked (found by review: a
+/// runtime built without timers, whose panic message says so, was reported as shut down only).
 fn ended_unexpectedly() -> Error {
-    Error::Internal("the lease task ended unexpectedly (was its runtime shut down?)".into())
+    Error::Internal(
+        "the lease task ended unexpectedly: its runtime was shut down, or it panicked (a tokio runtime needs \
+         timers and I/O: enable_all())"
+            .into(),
+    )
 }
 
 impl Future for Acquiring {

@@ -22,12 +22,6 @@ use crate::supervise::{ChildCommand, ChildExit, Notice, SpawnError, SuperviseOpt
 
 /// Run a validated configuration to its exit.
 pub fn run(config: Config) -> Result<Exit> {
-    if matches!(config, Config::Status(_) | Config::List(_) | Config::Observe(_) | Config::Completions(_)) {
-        // What only prints ends when its reader has gone (`mpsync observe NAME | head -3`), quietly, with
-        // 141, as `cat` and kubectl do (Rust ignores SIGPIPE, and the write would fail instead).
-        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition.
-        let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
-    }
     match config {
         Config::Run(run) => run_lease_command(run),
         Config::Status(query) => crate::status::status(query),
@@ -37,8 +31,8 @@ pub fn run(config: Config) -> Result<Exit> {
             // Generated whole first: clap_complete's writer panics on a failed write.
             let mut completions = Vec::new();
             crate::cli::write_completions(target, &mut completions)
-                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &completions))
                 .map_err(|err| Error::Internal(format!("cannot write the completions: {err}")))?;
+            crate::status::out(format_args!("{}", String::from_utf8_lossy(&completions)))?;
             Ok(Exit::Success)
         }
         Config::Sidecar(sidecar) => crate::sidecar::sidecar(sidecar),

@@ -14,7 +14,7 @@ use crate::backend::{block_on, open_store};
 use crate::cli::{ListConfig, OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
-use crate::lease::{Versioned, is_slot_of, shown, slot_count, slot_parent};
+use crate::lease::{Versioned, shown, slot_count, slot_parent};
 use crate::store::{Store, StoreError, WatchUpdate};
 use crate::supervise::signals::Stops;
 use nix::sys::signal::Signal;
@@ -34,9 +34,10 @@ struct Target {
 async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<Versioned>)> {
     let current = store.get(&config.name).await.map_err(fatal)?;
     let mut recorded = current.as_ref().and_then(slot_count);
+    // A parent that cannot be read now makes NAME no slot: reported as the semaphore it looks like.
     if let Some(n) = recorded
-        && let Some((parent, index)) = slot_parent(&config.name)
-        && is_slot_of(store.get(parent).await.map_err(fatal)?.as_ref(), index) == Some(n)
+        && let Ok(Some((_, _, slots))) = crate::engine::semaphore_of(store, &config.name).await
+        && slots == n
     {
         recorded = None;
         if config.slots.is_none() {
@@ -215,9 +216,10 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
         if target.slots.is_none()
             && count.is_some()
             && std::mem::replace(&mut count_seen, count) != count
-            && let (semaphore @ Target { slots: Some(n), .. }, _) = self::target(store, config).await?
+            && let Some(semaphore) = semaphore_now(store, config).await
         {
-            tracing::info!(lease = %config.name, "{} is now the marker of a semaphore of {n} slots: watching them", config.name);
+            let n = semaphore.names.len();
+            tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
             return Ok(Some(semaphore));
         }
         let slot = target.slots.map(|_| index);
@@ -235,16 +237,41 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
     }
 }
 
-/// Write to stdout, flushed (`observe` reports as changes come). A reader that has gone ends mpsync by
-/// SIGPIPE (see `run::run`); another failure (a full disk) is an error, never a panic as `println!` makes
-/// it (found by review).
-fn out(text: std::fmt::Arguments) -> Result<()> {
+/// The semaphore NAME is now, if it is one. Failures are retried with backoff until an answer (found by
+/// review: one 503 here ended `observe`; the marker does not change again, so the next change of its
+/// record cannot be waited for).
+async fn semaphore_now(store: &Store, config: &QueryConfig) -> Option<Target> {
+    let mut log = crate::retry::FailureLog::new(&config.name, "finding whether it is a semaphore now");
+    for failures in 1.. {
+        match target(store, config).await {
+            Ok((target, _)) => {
+                log.recovered();
+                return target.slots.is_some().then_some(target);
+            }
+            Err(err) => {
+                log.failed(&err.to_string());
+                tokio::time::sleep(crate::retry::backoff(Duration::from_secs(2), failures)).await;
+            }
+        }
+    }
+    None
+}
+
+/// Write to stdout, flushed (`observe` reports as changes come). A reader that has gone (EPIPE:
+/// `mpsync observe NAME | head -3`) ends mpsync quietly with 141, as SIGPIPE ends `cat` and kubectl
+/// (mpsync ignores SIGPIPE, which its sockets must never raise); another failure (a full disk) is an
+/// error; never a panic, as `println!` made it (found by review).
+pub(crate) fn out(text: std::fmt::Arguments) -> Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_fmt(text)
-        .and_then(|()| stdout.flush())
-        .map_err(|err| Error::Internal(format!("cannot write to stdout: {err}")))
+    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            crate::logging::flush();
+            crate::exit::exit_process(Exit::Signaled(Signal::SIGPIPE as i32))
+        }
+        Err(err) => Err(Error::Internal(format!("cannot write to stdout: {err}"))),
+    }
 }
 
 fn fatal(err: StoreError) -> Error {

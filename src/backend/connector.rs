@@ -66,7 +66,7 @@ impl Service<Uri> for Connector {
             return Box::pin(async move {
                 // Without a password the URL may carry (`https://user:password@host`): this goes to logs.
                 let target = server.authority().map_or_else(
-                    || server.to_string(),
+                    || super::shown_server(&server),
                     |a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, host)| host).to_string(),
                 );
                 tcp.call(server)

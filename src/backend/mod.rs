@@ -132,7 +132,7 @@ pub async fn connect(
     let proxy_url = cluster.as_ref().and_then(|cluster| cluster.proxy_url.as_deref());
     let proxy = proxy::select(&config.cluster_url, proxy_url, &ProxyEnv::from_process()).map_err(Error::Config)?;
     if let Some(proxy) = &proxy {
-        tracing::debug!(%proxy, server = %config.cluster_url, "connecting through a proxy");
+        tracing::debug!(%proxy, server = %shown_server(&config.cluster_url), "connecting through a proxy");
     }
 
     // rustls picks its crypto provider from its features, and cannot when a program's dependencies
@@ -237,6 +237,16 @@ async fn load(kubeconfig: Option<PathBuf>, context: Option<String>, caller: Call
     Ok(loaded)
 }
 
+/// `server` as messages and logs show it: without the password (the user information) its URL may carry
+/// (`https://user:password@host`; found by review).
+pub(crate) fn shown_server(server: &http::Uri) -> String {
+    let text = server.to_string();
+    match server.authority().and_then(|authority| authority.as_str().rsplit_once('@')) {
+        Some((user, _)) => text.replacen(&format!("{user}@"), "", 1),
+        None => text,
+    }
+}
+
 /// The server URL to use, as client-go settles it (`DefaultServerURL`): a `host:port` without a scheme
 /// gets `https://` when the configuration has anything of TLS (a CA, a client certificate,
 /// `insecure-skip-tls-verify`), else `http://`. What can never be reached (another scheme, no host)
@@ -246,7 +256,8 @@ fn usable_server(config: &kube::Config) -> Result<http::Uri> {
     let url = &config.cluster_url;
     let unusable = |why: &str| {
         Error::Config(format!(
-            "cannot use the API server URL {url:?}: {why}; it must be https://HOST[:PORT] (or http://)"
+            "cannot use the API server URL {:?}: {why}; it must be https://HOST[:PORT] (or http://)",
+            shown_server(url)
         ))
     };
     if url.scheme().is_none() && url.authority().is_some() {

@@ -80,6 +80,7 @@ pub fn settle(config: &mut kube::Config, ca: Option<String>) -> Result<Trust> {
 /// The message for a TLS set-up that failed, in the terms of what was trusted (the client's own
 /// certificate, a kubeconfig's or an exec plugin's, is loaded and checked by `identity`).
 pub fn setup_error(trust: &Trust, server: &http::Uri, err: &kube::Error) -> Error {
+    let server = super::shown_server(server);
     match trust {
         Trust::System => Error::Config(format!(
             "cannot trust the API server {server}: the kubeconfig names no certificate authority, and the \

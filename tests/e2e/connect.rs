@@ -1184,11 +1184,11 @@ fn a_server_without_a_scheme_gets_https_as_client_go_gives_it() {
 
 /// Found by review (helper-80): a server URL that can never work (another scheme, no host) was a
 /// configuration error for `status` but a failure `lock` retried for ever. It is one for every command,
-/// at once.
+/// at once, and the message leaves out the password the URL carries (helper-81).
 #[test]
 fn a_server_url_that_can_never_work_is_a_configuration_error() {
     let Some(env) = test_server() else { return };
-    for server in ["ftp://127.0.0.1:1", "/api"] {
+    for server in ["ftp://user:s3cret@127.0.0.1:1", "/api"] {
         let kubeconfig = write_kubeconfig(
             &env,
             &format!(
@@ -1200,6 +1200,8 @@ fn a_server_url_that_can_never_work_is_a_configuration_error() {
             let done = run(&env, mpsync_with(&env, &kubeconfig, args));
             assert_failure(&done, 125, &["cannot use the API server URL"]);
             assert!(done.stderr.lines().count() <= 2, "{}", done.stderr);
+            // Never the password a URL carries.
+            assert!(!done.stderr.contains("s3cret"), "{}", done.stderr);
         }
     }
 }

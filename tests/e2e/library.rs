@@ -911,7 +911,7 @@ fn bad_options_are_refused_with_clear_errors() {
             (
                 "a zero retry period",
                 Lock::file(&dir, "ok").timing(Timing { retry_period: Duration::ZERO, ..Timing::DEFAULT }).build(),
-                &["Timing::retry_period must be greater than 0"],
+                &["Timing::retry_period must be at least 10ms (got 0s)"],
             ),
             (
                 "zero slots",

@@ -18,6 +18,7 @@ both_backends!(
     a_semaphore_is_never_marked_on_another_semaphores_slot,
     observe_started_before_the_semaphore_exists_reports_its_slots,
     status_given_another_slot_count_than_the_marker_shows_every_recorded_slot,
+    a_semaphore_below_a_slot_is_not_refused_as_another_semaphores_slot,
 );
 
 fn held_until(gate: &std::path::Path) -> String {
@@ -308,4 +309,81 @@ fn a_semaphore_under_a_failing_api_server_is_not_acquired_as_a_plain_lease_is() 
     plain.assert_code(124);
     done.assert_code(124);
     skip.assert_code(0);
+}
+
+/// Found by review (helper-81): `X` is a 2-slot semaphore, so `X-0` is a slot (annotated 2) and no
+/// marker, hence `X-0-1` is nobody's slot; `lock X-0-1 --slots 2` was refused as "slot 1 of the semaphore
+/// X-0" (a slot was taken for a marker).
+fn a_semaphore_below_a_slot_is_not_refused_as_another_semaphores_slot(env: &TestEnv) {
+    let name = env.lease_name("x");
+    env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
+    let below = format!("{name}-0-1");
+    env.run(fast(&["lock", &below, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
+    let status = env.run(["status", &below, "-o", "json"]);
+    status.assert_code(0);
+    assert!(status.stdout.trim_start().starts_with('['), "{below} is a semaphore: {}", status.stdout);
+}
+
+/// Found by review (helper-81): `observe` started before the semaphore's first use ended with 125 on one
+/// 503 as the marker appeared (the marker does not change again: it retries until it can tell).
+#[test]
+fn observe_rides_through_a_failure_as_the_marker_appears() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let name = env.lease_name("pool");
+    let observe = env.spawn(["observe", &name, "-o", "json", "-v"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    env.put_slot(&name, 2, Default::default());
+    // The next request is observe's read as the marker's event comes (usually).
+    server.fail_next(1, 503);
+    wait_until("observe to watch the slots", || observe.stderr().contains("watching them"));
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let holder =
+        env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
+    wait_for_file(&log, "start");
+    wait_until("observe to report the held slot", || observe.stdout().contains("\"held\":true"));
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    observe.signal(nix::sys::signal::Signal::SIGTERM);
+    observe.finish().assert_code(0);
+}
+
+/// Found by review (helper-81): with every write held by the API server (each create's outcome unknown
+/// at its timeout) and reads answered, the marker was looked at again at once, for ever: `--timeout`
+/// was not kept. It is: 124.
+#[test]
+fn a_semaphore_keeps_its_timeout_while_marker_writes_hang() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let name = env.lease_name("pool");
+    server.set_commit_delay(std::time::Duration::from_secs(60));
+    let done = env.run(["lock", &name, "--slots", "2", "--timeout", "3s", "--", "true"]);
+    server.set_commit_delay(std::time::Duration::ZERO);
+    done.assert_code(124);
+}
+
+/// Found by review (helper-81): RBAC confined to the names a semaphore uses, as deploy/rbac.yaml shows
+/// (`resourceNames: NAME, NAME-0 .. NAME-(N-1)`): `lock job-1 --slots 2` also reads the Lease `job`, to
+/// tell whether `job-1` is another semaphore's slot; a 403 there means it is not (it was a 125).
+#[test]
+fn a_semaphore_under_rbac_by_resource_name_is_not_refused() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let parent = env.lease_name("job");
+    let name = format!("{parent}-1");
+    server.forbid(&format!("get:{parent}"));
+    let done = env.run(fast(&["lock", &name, "--slots", "2"], &["true"]));
+    let status = env.run(["status", &name]);
+    server.allow(&format!("get:{parent}"));
+    done.assert_code(0);
+    status.assert_code(0);
 }

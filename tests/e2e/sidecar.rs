@@ -1409,3 +1409,63 @@ fn connections_waiting_for_a_body_never_keep_a_heartbeat_out() {
     assert!(asked.elapsed() < Duration::from_secs(10), "the heartbeat waited {:?}", asked.elapsed());
     drop(stalled);
 }
+
+/// Found by review (helper-82): a connection past the cap closed the one idle longest only if one was idle
+/// at the moment it was accepted. Here the 256 connections of one client are all busy when a heartbeat
+/// connects (their requests wait on a hung API server, a sixth of the 6 s TTL), then idle, kept alive by
+/// a request every 2 s: the heartbeat gets in as soon as the first of them is idle (it waited for one of
+/// them to close, that is, for ever).
+#[test]
+fn a_heartbeat_that_came_while_every_connection_was_busy_gets_in_once_they_are_idle() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let (proxy, sidecar) = side_car_through_a_fault_proxy(&env, &[]);
+    let address = sidecar.address;
+    proxy.partition();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, flood_stop) = (std::sync::mpsc::channel(), std::sync::Arc::clone(&stop));
+    let flood = std::thread::spawn(move || {
+        let mut streams: Vec<TcpStream> = (0..256).map(|_| TcpStream::connect(address).unwrap()).collect();
+        // Busy: a PUT on each, which waits (a sixth of the TTL, 1 s) for the hung API server.
+        for (index, stream) in streams.iter_mut().enumerate() {
+            let head = format!("PUT /locks/busy-{index} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+            stream.write_all(head.as_bytes()).unwrap();
+        }
+        sent.0.send(()).unwrap();
+        for stream in &mut streams {
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            let _ = read_reply(stream, false);
+        }
+        // Then idle, kept alive: a request on each every 2 s, well within the idle timeout (10 s).
+        while !flood_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let round = Instant::now();
+            streams.retain_mut(|stream| {
+                stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").is_ok()
+                    && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_reply(stream, false))).is_ok()
+            });
+            std::thread::sleep(Duration::from_secs(2).saturating_sub(round.elapsed()));
+        }
+    });
+    sent.1.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let name = env.lease_name("sc-busy-then-idle");
+    let asked = Instant::now();
+    let (answered_tx, answered_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = answered_tx.send(request_to(address, "PUT", &format!("/locks/{name}"), &[]).status);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.heal();
+    // The busy requests end within 1 s; the heartbeat should be answered soon after.
+    let status = answered_rx.recv_timeout(Duration::from_secs(20));
+    let waited = asked.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flood.join().unwrap();
+    assert_eq!(
+        status.ok(),
+        Some(200),
+        "the heartbeat was not answered in {waited:?} (256 idle connections kept it out)"
+    );
+}

@@ -903,7 +903,8 @@ impl TestApiServer {
     }
 
     /// Answers 403 Forbidden to every Lease request with this verb: get, list, watch, create, update,
-    /// delete or deletecollection.
+    /// delete or deletecollection; `VERB:NAME` forbids the verb on that Lease only, as a Role's
+    /// `resourceNames` does.
     pub fn forbid(&self, verb: &str) {
         self.shared.lock().forbidden.insert(verb.to_string());
     }
@@ -1977,7 +1978,8 @@ fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbid
     if verb == "other" {
         return Reply::Answer(method_not_allowed());
     }
-    if forbidden.contains(verb) {
+    // `forbid("get:NAME")` forbids one verb on one name, as RBAC `resourceNames` does.
+    if forbidden.contains(verb) || name.as_deref().is_some_and(|n| forbidden.contains(&format!("{verb}:{n}"))) {
         return Reply::Answer(forbidden_response(verb, namespace.as_deref(), name.as_deref()));
     }
     let store = Store { shared, forbidden, after_commit: Cell::new(None) };
