@@ -636,10 +636,12 @@ pub async fn settle_marker(
         Err(Error::Api(format!("semaphore {name}: cannot be used with {slots} slots: {refusal}")))
     };
     let mut last_error = None;
+    let mut looked = false;
     loop {
-        // Never past the deadline, whatever kept it from settling (found by review: writes whose outcome
-        // stayed unknown were looked at again at once, for ever).
-        if let Some(deadline) = deadline
+        // Never past the deadline after a first look, whatever kept it from settling (found by review:
+        // writes whose outcome stayed unknown were looked at again at once, for ever).
+        if std::mem::replace(&mut looked, true)
+            && let Some(deadline) = deadline
             && Instant::now() >= deadline
         {
             let why = last_error.unwrap_or_else(|| "no answer in time".to_string());
@@ -698,22 +700,41 @@ async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerL
 }
 
 /// Whether `name` is a slot of another semaphore: `P-i`, where `P` is a marker that records a count
-/// above `i`. A slot carries the count too, so `P` is no marker when it is a slot itself (`G-j`, where
-/// `G` records a count above `j`; found by review: `lock X-0-1 --slots 2` was refused as a slot of the
-/// slot `X-0`). What this process may not read (RBAC by resource name, as `deploy/rbac.yaml` suggests)
-/// is no semaphore's. One read more, two for such a `P`, only for names that end in `-i`.
+/// above `i`. A slot carries the count too, so `P` is a marker only when it is no slot itself, and so on
+/// up (found by review: `lock X-0-1 --slots 2` was refused as a slot of the slot `X-0`, and then `X-0-1-1`
+/// was not seen as a slot of the semaphore `X-0-1`). One read per level, while each name ends in `-i` and
+/// its record carries a count, up to `MAX_NESTING` levels. What this process may not read (RBAC by
+/// resource name, as `deploy/rbac.yaml` suggests) is no semaphore's.
 pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, usize, u32)>, StoreError> {
-    let Some((semaphore, index)) = crate::lease::slot_parent(name) else { return Ok(None) };
-    let Some(slots) = crate::lease::is_slot_of(readable(store, semaphore).await?.as_ref(), index) else {
-        return Ok(None);
-    };
-    if let Some((parent, at)) = crate::lease::slot_parent(semaphore)
-        && crate::lease::is_slot_of(readable(store, parent).await?.as_ref(), at).is_some()
+    // `name`'s would-be parents, nearest first: each with the index of the one below it, and its count.
+    let mut chain: Vec<(&str, usize, Option<u32>)> = Vec::new();
+    let mut below = name;
+    while chain.len() < MAX_NESTING
+        && let Some((parent, index)) = crate::lease::slot_parent(below)
     {
-        return Ok(None);
+        let count = readable(store, parent).await?.as_ref().and_then(crate::lease::slot_count);
+        chain.push((parent, index, count));
+        if count.is_none() {
+            break;
+        }
+        below = parent;
     }
-    Ok(Some((semaphore.to_string(), index, slots)))
+    // From the top down: a name with a count is a marker unless it is a slot of the marker above it.
+    let mut above: Option<(Option<u32>, usize)> = None;
+    for &(_, index, count) in chain.iter().rev() {
+        let is_slot = matches!(above, Some((Some(slots), at)) if at < slots as usize);
+        above = Some((if is_slot { None } else { count }, index));
+    }
+    Ok(match (chain.first(), above) {
+        (Some(&(semaphore, _, _)), Some((Some(slots), index))) if index < slots as usize => {
+            Some((semaphore.to_string(), index, slots))
+        }
+        _ => None,
+    })
 }
+
+/// How many levels up `semaphore_of` looks.
+const MAX_NESTING: usize = 8;
 
 /// `name`'s record, or none where it cannot be read for good (forbidden, unreadable).
 async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Versioned>, StoreError> {

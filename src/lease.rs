@@ -1344,13 +1344,14 @@ impl Elector {
     fn stamp(&self, wall: MicroTime, stored: Option<&MicroTime>) -> MicroTime {
         let ceiling = STAMP_CEILING;
         let wall = if wall.0 > ceiling { MicroTime(ceiling) } else { wall };
-        let stored = stored.filter(|stored| stored.0 < ceiling);
-        let stamp = [self.last_stamp.as_ref(), stored]
+        let floor = stored.filter(|stored| stored.0 < ceiling);
+        let stamp = [self.last_stamp.as_ref(), floor]
             .into_iter()
             .flatten()
             .filter_map(just_after)
             .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp });
-        // Past the ceiling (our own stamps there, a clock there), a record edited to be just our next stamp.
+        // Past the ceiling (our own stamps there, a clock there), a record edited to be just our next stamp
+        // (found by review: this compared with the floor, which can never equal it).
         match stored {
             Some(stored) if *stored == stamp => just_after(&stamp).unwrap_or(stamp),
             _ => stamp,
@@ -2008,6 +2009,27 @@ mod tests {
         a.observe(Some(free), at(t0, 40.2));
         let second = expect_write(a.next(now(t0, 40.0)));
         assert_ne!(first.record, second.record, "two acquisitions of ours alike");
+    }
+
+    /// Found by review: past the ceiling (our last stamp there), a record edited to be just our next stamp
+    /// got a renewal that changed nothing (the check compared with the floor, not the stored time).
+    #[test]
+    fn a_renewal_changes_a_record_edited_to_our_next_stamp_past_the_ceiling() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(MicroTime(STAMP_CEILING.checked_sub(SignedDuration::from_micros(1)).unwrap()));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited), at(t0, 1.0));
+        let r0 = expect_write(a.next(now(t0, 2.0)));
+        assert_eq!(r0.record.renew_time.as_ref().unwrap().0, STAMP_CEILING);
+        apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(MicroTime(STAMP_CEILING.checked_add(SignedDuration::from_micros(1)).unwrap()));
+        edited.resource_version = "5".into();
+        a.observe(Some(edited.clone()), at(t0, 3.0));
+        let r1 = expect_write(a.next(now(t0, 4.0)));
+        assert_ne!(r1.record, edited.record, "a renewal that changes nothing");
     }
 
     /// A wall clock set past the year 9000 reads as that year, and stamps still move on.

@@ -34,9 +34,11 @@ struct Target {
 async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<Versioned>)> {
     let current = store.get(&config.name).await.map_err(fatal)?;
     let mut recorded = current.as_ref().and_then(slot_count);
-    // A parent that cannot be read now makes NAME no slot: reported as the semaphore it looks like.
+    // A parent that fails to answer now fails the query (`observe` retries it); one this process may not
+    // read makes NAME no slot (found by review: a 503 on the parent made a slot a semaphore of slots that
+    // do not exist).
     if let Some(n) = recorded
-        && let Ok(Some((_, _, slots))) = crate::engine::semaphore_of(store, &config.name).await
+        && let Some((_, _, slots)) = crate::engine::semaphore_of(store, &config.name).await.map_err(fatal)?
         && slots == n
     {
         recorded = None;
@@ -120,7 +122,11 @@ pub fn list(config: ListConfig) -> Result<Exit> {
             OutputFormat::Text if reports.is_empty() => {
                 let matching =
                     config.label_selector.map_or(String::new(), |selector| format!(" matching {selector:?}"));
-                eprintln!("No leases{matching} in namespace {}.", store.namespace());
+                // Not `eprintln!`, which panics on a stderr that cannot be written (found by review).
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("No leases{matching} in namespace {}.\n", store.namespace()),
+                );
             }
             OutputFormat::Text => out(format_args!("{}", table(&reports)))?,
         }

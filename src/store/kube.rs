@@ -180,6 +180,14 @@ fn not_sent(err: &kube::Error) -> bool {
 }
 
 /// `name`: the lease the call was about; `None` for a list of the namespace's leases.
+/// An error answer's code as messages show it.
+fn shown_code(code: u16) -> String {
+    match code {
+        0 => "an error answer that is no Kubernetes Status (from a proxy or gateway?)".to_string(),
+        code => code.to_string(),
+    }
+}
+
 fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -> StoreError {
     let what = match name {
         Some(name) => format!("{} lease {namespace}/{name}", verb.as_str()),
@@ -214,6 +222,14 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),
                 500..=599 if verb.is_write() => StoreError::Unknown(format!("{what}: {code}: {message}")),
                 500..=599 => StoreError::Transient(format!("{what}: {code}: {message}")),
+                // No Kubernetes Status: a JSON body without a code (a gateway's `{"message": ...}` for its
+                // 502 or 504; kube reads any JSON object as a Status), or a proxy's timeout. Not the API
+                // server's refusal: to a write, it may have been applied; to a read, try again (found by
+                // review: taken as fatal, a committed acquisition was left held, and a read ended mpsync).
+                0 | 408 | 425 | 499 if verb.is_write() => {
+                    StoreError::Unknown(format!("{what}: {}: {message}", shown_code(code)))
+                }
+                0 | 408 | 425 | 499 => StoreError::Transient(format!("{what}: {}: {message}", shown_code(code))),
                 _ => StoreError::Fatal(Error::Api(format!("{what}: {code} {}: {message}", status.reason))),
             }
         }

@@ -420,3 +420,39 @@ fn a_child_exit_during_an_unanswered_renewal_still_gives_the_lease_back() {
     done.assert_code(0);
     assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone:\n{}", done.stderr);
 }
+
+/// Found by review (helper-84): an API gateway in front of the server answers a lost upstream answer with
+/// a JSON body that is no Kubernetes Status (`{"message": ...}`, no code; kube reads it as a Status with
+/// code 0), here after the server committed the acquisition. It was taken as a refusal: exit 125, the
+/// lease left held by a process that had gone. It is an unknown outcome: read, and go on.
+#[test]
+fn a_gateways_error_body_after_the_commit_is_an_unknown_outcome() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for code in [502, 503, 504] {
+        let name = env.lease_name("gw");
+        server.after_commit(1, crate::support::apiserver::AfterCommit::Gateway(code));
+        let ran = env.path(&format!("ran-{name}"));
+        let done = env.run(fast(&["lock", &name, "--no-wait"], &["touch", ran.to_str().unwrap()]));
+        let holder = env.holder(&name);
+        assert!(
+            done.code == Some(0) && ran.exists() && holder.as_deref() == Some(""),
+            "{code}: exit {:?}, child ran: {}, holder left: {holder:?}\n{}",
+            done.code,
+            ran.exists(),
+            done.stderr
+        );
+    }
+}
+
+/// Found by review (helper-84): the same gateway body on a read ended `lock` with 125; it is retried.
+#[test]
+fn a_gateways_error_body_on_a_read_is_retried() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("gwread");
+    server.fail_next_gateway(2, 503);
+    let ran = env.path("ran");
+    let done = env.run(fast(&["lock", &name, "--timeout", "20s"], &["touch", ran.to_str().unwrap()]));
+    assert!(done.code == Some(0) && ran.exists(), "exit {:?}\n{}", done.code, done.stderr);
+}

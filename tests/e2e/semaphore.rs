@@ -19,6 +19,7 @@ both_backends!(
     observe_started_before_the_semaphore_exists_reports_its_slots,
     status_given_another_slot_count_than_the_marker_shows_every_recorded_slot,
     a_semaphore_below_a_slot_is_not_refused_as_another_semaphores_slot,
+    a_slot_three_levels_down_is_refused_as_a_marker,
 );
 
 fn held_until(gate: &std::path::Path) -> String {
@@ -386,4 +387,41 @@ fn a_semaphore_under_rbac_by_resource_name_is_not_refused() {
     server.allow(&format!("get:{parent}"));
     done.assert_code(0);
     status.assert_code(0);
+}
+
+/// Found by review (helper-83): X is a 2-slot semaphore, so X-0 is its slot and X-0-1 may be a semaphore
+/// of its own; then X-0-1-1 is slot 1 of X-0-1. Looking two levels up only, `lock X-0-1-1 --slots 3` was
+/// accepted and wrote its marker on X-0-1's slot, and every later `lock X-0-1 --slots 2` was refused.
+fn a_slot_three_levels_down_is_refused_as_a_marker(env: &TestEnv) {
+    let x = env.lease_name("x");
+    env.put_slot(&x, 2, Default::default());
+    env.put_slot(&format!("{x}-0"), 2, Default::default());
+    let mid = format!("{x}-0-1");
+    env.run(fast(&["lock", &mid, "--slots", "2"], &["true"])).assert_code(0);
+    let deep = format!("{mid}-1");
+    let wrong = env.run(fast(&["lock", &deep, "--slots", "3"], &["true"]));
+    let again = env.run(fast(&["lock", &mid, "--slots", "2"], &["true"]));
+    assert_eq!(again.code, Some(0), "semaphore {mid} broken after `lock {deep} --slots 3`: {}", again.stderr);
+    assert_eq!(wrong.code, Some(125), "{deep} is slot 1 of the semaphore {mid}: {}", wrong.stderr);
+}
+
+/// Found by review (helper-83): `status X-0`, a slot of X, while the read of X fails (503): the failure
+/// was dropped and X-0 reported as a semaphore of two slots that do not exist, exit 0. It fails as
+/// `status` fails on its other reads: 125.
+#[test]
+fn status_of_a_slot_whose_semaphore_cannot_be_read_now_reports_no_phantom_slots() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let name = env.lease_name("pool");
+    env.put_slot(&name, 2, Default::default());
+    let slot = format!("{name}-0");
+    env.put_slot(&slot, 2, Default::default());
+    server.fail_next_on(&format!("get:{name}"), 1, 503);
+    let status = env.run(["status", &slot, "-o", "json"]);
+    server.fail_next_on(&format!("get:{name}"), 0, 503);
+    assert!(!status.stdout.contains(&format!("{slot}-0")), "phantom slots: {}\n{}", status.stdout, status.stderr);
+    status.assert_code(125);
 }

@@ -243,3 +243,16 @@ fn status_into_a_closed_pipe_or_a_full_disk_is_no_panic() {
         assert!(stderr.contains("No space left on device") && stderr.lines().count() == 1, "{args:?}: {stderr}");
     }
 }
+
+/// Found by review (helper-83): the listing of an empty namespace says so on stderr; a stderr whose
+/// reader has gone made `eprintln!` panic (101). The listing itself went out: 0.
+#[test]
+fn an_empty_listing_into_a_closed_stderr_is_no_panic() {
+    let env = TestEnv::file();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut command = env.mpsync(["status"]);
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::from(write));
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", output.status);
+}

@@ -189,6 +189,10 @@ pub enum AfterCommit {
     /// Answer as usual, but only this long after the commit. The write is visible to GETs and watches
     /// at once.
     Delay(Duration),
+    /// Answer this status with the JSON body an API gateway in front of the server gives (Kong's, AWS API
+    /// Gateway's: `{"message": ...}`, no `code`, not a `Status`): the gateway forwarded the write, the
+    /// server committed it, and the gateway then lost the upstream's answer.
+    Gateway(u16),
 }
 
 /// What every watch gets while set: see [`TestApiServer::set_watch_fault`].
@@ -536,6 +540,10 @@ struct State {
     events: Vec<Event>,
     /// Remaining count and status of injected failures.
     failures: Option<(usize, u16)>,
+    /// Injected failures are answered with a gateway's JSON body (`fail_next_gateway`).
+    gateway_failures: bool,
+    /// `VERB:NAME` -> remaining count and status of failures for that verb on that Lease.
+    named_failures: BTreeMap<String, (usize, u16)>,
     after_commit: Option<AfterCommitFault>,
     watch_fault: Option<WatchFault>,
     latency: Duration,
@@ -645,11 +653,13 @@ impl TestApiServer {
             objects: BTreeMap::new(),
             events: Vec::new(),
             failures: None,
+            gateway_failures: false,
             after_commit: None,
             watch_fault: None,
             latency: Duration::ZERO,
             commit_delay: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
+            named_failures: BTreeMap::new(),
             forbidden: BTreeSet::new(),
             unauthorized: false,
             client_certificates: tls
@@ -817,6 +827,15 @@ impl TestApiServer {
     pub fn fail_next(&self, n: usize, status: u16) {
         let mut st = self.shared.lock();
         st.failures = if n == 0 { None } else { Some((n, status)) };
+        st.gateway_failures = false;
+    }
+
+    /// As [`fail_next`](Self::fail_next), but with the JSON body of an API gateway in front of the server
+    /// (`{"message": ...}`, no `code`): see [`AfterCommit::Gateway`].
+    pub fn fail_next_gateway(&self, n: usize, status: u16) {
+        let mut st = self.shared.lock();
+        st.failures = if n == 0 { None } else { Some((n, status)) };
+        st.gateway_failures = true;
     }
 
     /// The next `n` creates or updates (POST or PUT) of any Lease that commit a change are carried out
@@ -907,6 +926,12 @@ impl TestApiServer {
     /// `resourceNames` does.
     pub fn forbid(&self, verb: &str) {
         self.shared.lock().forbidden.insert(verb.to_string());
+    }
+
+    /// The next `n` requests with `verb_name` (`VERB:NAME`, as for `forbid`) answer
+    /// `status`, as `fail_next` does; other requests are carried out as usual.
+    pub fn fail_next_on(&self, verb_name: &str, n: usize, status: u16) {
+        self.shared.lock().named_failures.insert(verb_name.to_string(), (n, status));
     }
 
     /// Undoes `forbid(verb)`.
@@ -1689,6 +1714,12 @@ fn failure_response(code: u16) -> Response {
     }
 }
 
+/// What an API gateway in front of the server answers when it lost the upstream's answer (Kong's 502 body;
+/// AWS API Gateway answers 504 `{"message": "Endpoint request timed out"}`): JSON, but not a `Status`.
+fn gateway_response(code: u16) -> Response {
+    json_response(code, &json!({"message": "An invalid response was received from the upstream server"}))
+}
+
 fn unauthorized_response() -> Response {
     status_response(401, "Unauthorized", "Unauthorized", None)
 }
@@ -1865,7 +1896,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
                 if n > 1 {
                     st.failures = Some((n - 1, code));
                 }
-                Some(code)
+                Some((code, st.gateway_failures))
             }
             None => None,
         };
@@ -1882,7 +1913,10 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
         return false;
     }
     let reply = if let Some(code) = failure {
-        Reply::Answer(failure_response(code))
+        Reply::Answer(match code {
+            (code, true) => gateway_response(code),
+            (code, false) => failure_response(code),
+        })
     } else if unauthorized {
         Reply::Answer(unauthorized_response())
     } else {
@@ -1891,6 +1925,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
     let (response, delay) = match reply {
         Reply::Answer(response) => (response, latency),
         Reply::Committed(_, AfterCommit::Fail(code)) => (failure_response(code), latency),
+        Reply::Committed(_, AfterCommit::Gateway(code)) => (gateway_response(code), latency),
         Reply::Committed(response, AfterCommit::Delay(delay)) => (response, latency + delay),
         Reply::Committed(_, AfterCommit::Drop) => {
             pause(shared, conn, latency);
@@ -1981,6 +2016,15 @@ fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbid
     // `forbid("get:NAME")` forbids one verb on one name, as RBAC `resourceNames` does.
     if forbidden.contains(verb) || name.as_deref().is_some_and(|n| forbidden.contains(&format!("{verb}:{n}"))) {
         return Reply::Answer(forbidden_response(verb, namespace.as_deref(), name.as_deref()));
+    }
+    if let Some(name) = name.as_deref() {
+        let key = format!("{verb}:{name}");
+        let mut st = shared.lock();
+        if let Some((n, code)) = st.named_failures.get(&key).copied().filter(|(n, _)| *n > 0) {
+            st.named_failures.insert(key, (n - 1, code));
+            drop(st);
+            return Reply::Answer(failure_response(code));
+        }
     }
     let store = Store { shared, forbidden, after_commit: Cell::new(None) };
     match (verb, namespace, name) {
