@@ -192,9 +192,14 @@ impl Connection {
 }
 
 impl Shared {
-    /// Close the connection idle the longest, if any is idle.
+    /// Close the connection idle the longest, if any is idle, and none closed to make room is still idle,
+    /// about to close (found by review: every answer while a newcomer waited closed one more). One that
+    /// took a request since finishes it first: then another makes room.
     fn evict_idlest(&self) {
         let connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        if connections.values().any(|connection| connection.evict.is_cancelled() && connection.idle()) {
+            return;
+        }
         let idlest = connections
             .values()
             .filter(|connection| !connection.evict.is_cancelled())
