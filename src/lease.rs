@@ -1956,12 +1956,9 @@ mod tests {
         }
     }
 
-    /// Found by review (of the test above's fix): a renewal of a record edited to just before the end of
-    /// time wrote the end itself; no later stamp could be past it, and with the wall clock stepped back
-    /// two renewals built from one record were alike again. Stamps stay short of the end.
-    #[test]
-    fn after_a_record_near_the_end_of_time_two_renewals_are_still_never_alike() {
-        let t0 = Instant::now();
+    /// A holder whose record was edited to one microsecond before the end of time, after its renewal of
+    /// that record (sent and answered at 2 s, version 4): stamped short of the end.
+    fn renewed_a_record_near_the_end_of_time(t0: Instant) -> Elector {
         let mut a = holding(t0);
         let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
         let mut edited = a.current().unwrap().clone();
@@ -1971,6 +1968,16 @@ mod tests {
         let r0 = expect_write(a.next(now(t0, 2.0)));
         assert!(r0.record.renew_time.as_ref().unwrap().0 < STAMP_CEILING, "stamped past the ceiling: {r0:?}");
         apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
+        a
+    }
+
+    /// Found by review (of the test above's fix): a renewal of a record edited to just before the end of
+    /// time wrote the end itself; no later stamp could be past it, and with the wall clock stepped back
+    /// two renewals built from one record were alike again. Stamps stay short of the end.
+    #[test]
+    fn after_a_record_near_the_end_of_time_two_renewals_are_still_never_alike() {
+        let t0 = Instant::now();
+        let mut a = renewed_a_record_near_the_end_of_time(t0);
         let back = wall(-3600);
         let r1 = expect_write(a.next(Now::at(at(t0, 4.0), back.clone())));
         apply(&mut a, &r1, 5, at(t0, 4.0), at(t0, 4.0));
@@ -1989,14 +1996,7 @@ mod tests {
     #[test]
     fn after_a_record_near_the_end_of_time_two_acquisitions_are_still_never_alike() {
         let t0 = Instant::now();
-        let mut a = holding(t0);
-        let end: k8s_openapi::jiff::Timestamp = "9999-12-30T22:00:00.999999Z".parse().unwrap();
-        let mut edited = a.current().unwrap().clone();
-        edited.record.renew_time = Some(MicroTime(end.checked_sub(SignedDuration::from_micros(1)).unwrap()));
-        edited.resource_version = "3".into();
-        a.observe(Some(edited), at(t0, 1.0));
-        let r0 = expect_write(a.next(now(t0, 2.0)));
-        apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
+        let mut a = renewed_a_record_near_the_end_of_time(t0);
         // Someone else takes it over and releases it (the hold lost); a later free record.
         let free = versioned(9, record(Some(""), Some(15), Some(7)));
         a.observe(Some(free.clone()), at(t0, 3.0));
