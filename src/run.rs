@@ -48,9 +48,14 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
         // long) is part of the wait. A stop signal, or the timeout, ends it (the plugin is killed).
         let started = Instant::now();
         let mut supervisor = supervisor;
+        // With one attempt (`--no-wait`, `--timeout 0`), setting up is bounded as a failing API server is:
+        // by a lease duration (found by review: a hanging plugin was waited for until a signal came).
         let deadline = match config.mode {
             Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } => {
                 started.checked_add(timeout).map(|at| (at, conflict_exit_code))
+            }
+            Mode::Lock { wait: WaitFlag::NoWait, conflict_exit_code } => {
+                started.checked_add(config.timing.lease_duration).map(|at| (at, conflict_exit_code))
             }
             _ => None,
         };

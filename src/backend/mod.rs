@@ -6,6 +6,7 @@
 //! (`connector`), the proxy kubectl would use (`proxy`), TLS that trusts exactly what the configuration
 //! asks for (`tls`), and watches on connections of their own (`pools`).
 
+pub(crate) mod answers;
 mod connector;
 mod exec;
 mod identity;
@@ -201,6 +202,7 @@ clientCertificateData \
         .map_err(BoxError::from)
         .option_layer(token)
         .map_err(BoxError::from)
+        .layer_fn(answers::MarkForeignErrors)
         .service(http);
     let client = ClientBuilder::new(service, config.default_namespace.clone()).with_valid_until(valid_until).build();
     Ok((client, namespace))

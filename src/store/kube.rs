@@ -15,6 +15,10 @@ use tokio::time::timeout;
 
 use super::{FailureLog, StoreError, Watch, WatchUpdate};
 use crate::error::Error;
+
+/// The `reason` of an error answer whose body was no Kubernetes `Status`, as mpsync's own client marks it
+/// (its `code` is then the HTTP status: see `backend::answers`).
+pub(crate) const NOT_A_STATUS: &str = "NotFromTheAPIServer";
 use crate::lease::{Versioned, Write};
 use crate::retry::backoff_between;
 
@@ -198,6 +202,13 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
             let code = status.code;
             let message = status.message.clone();
             match code {
+                // A refusal by something in front of the API server (a gateway's 401, 403 or 404 with its
+                // own JSON body: see `backend::answers`) lasts; its 502, 503 or 504 passes (below).
+                code if status.reason == NOT_A_STATUS && !matches!(code, 408 | 425 | 499 | 500..=599) => {
+                    StoreError::Fatal(Error::Api(format!(
+                        "{what}: {code} from something that is not the API server (a proxy or gateway?): {message}"
+                    )))
+                }
                 409 => StoreError::Conflict(message),
                 401 => StoreError::Fatal(Error::Api(format!(
                     "{what}: 401 Unauthorized: the API server rejected the credentials\n\
@@ -222,14 +233,17 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),
                 500..=599 if verb.is_write() => StoreError::Unknown(format!("{what}: {code}: {message}")),
                 500..=599 => StoreError::Transient(format!("{what}: {code}: {message}")),
-                // No Kubernetes Status: a JSON body without a code (a gateway's `{"message": ...}` for its
-                // 502 or 504; kube reads any JSON object as a Status), or a proxy's timeout. Not the API
-                // server's refusal: to a write, it may have been applied; to a read, try again (found by
-                // review: taken as fatal, a committed acquisition was left held, and a read ended mpsync).
+                // No Kubernetes Status: a JSON body without a code (a gateway's `{"message": ...}`; kube
+                // reads any JSON object as a Status), with its HTTP status where mpsync's own client marked
+                // it (`backend::answers`), 0 through another client; or a proxy's timeout. A gateway's 502,
+                // 503 or 504 is no refusal: to a write, it may have been applied; to a read, try again
+                // (found by review: taken as fatal, a committed acquisition was left held, and a read ended
+                // mpsync). Its other refusals (401, 403, 404) last: fatal, as before.
                 0 | 408 | 425 | 499 if verb.is_write() => {
                     StoreError::Unknown(format!("{what}: {}: {message}", shown_code(code)))
                 }
                 0 | 408 | 425 | 499 => StoreError::Transient(format!("{what}: {}: {message}", shown_code(code))),
+
                 _ => StoreError::Fatal(Error::Api(format!("{what}: {code} {}: {message}", status.reason))),
             }
         }

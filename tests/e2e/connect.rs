@@ -1205,3 +1205,19 @@ fn a_server_url_that_can_never_work_is_a_configuration_error() {
         }
     }
 }
+
+/// Found by review (helper-85): `--timeout 0` (one attempt, as `--no-wait`) waited for a hanging exec
+/// plugin until a signal came, where `--timeout 1ms` ended with 124. With one attempt, setting up the
+/// client is bounded as a failing API server is: by a lease duration, then 124.
+#[test]
+fn one_attempt_bounds_a_hanging_plugin_too() {
+    let Some(env) = test_server() else { return };
+    let plugin = write_plugin(&env, "exec sleep 1000\n");
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    for one_attempt in [&["--timeout", "0"][..], &["--no-wait"]] {
+        let name = env.lease_name("exec-hangs-once");
+        let args = fast(&[&["lock", name.as_str()][..], one_attempt].concat(), &["true"]);
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &args));
+        assert_failure(&done, 124, &["not acquired in time"]);
+    }
+}

@@ -456,3 +456,28 @@ fn a_gateways_error_body_on_a_read_is_retried() {
     let done = env.run(fast(&["lock", &name, "--timeout", "20s"], &["touch", ran.to_str().unwrap()]));
     assert!(done.code == Some(0) && ran.exists(), "exit {:?}\n{}", done.code, done.stderr);
 }
+
+/// Found by review (helper-85): a gateway in front of the server that refuses for good (Kong's 401
+/// `{"message":"Unauthorized"}`, AWS API Gateway's 403 `{"message":"Forbidden"}`: JSON without a code)
+/// was retried as a passing failure and reported as "not acquired" (with `--conflict-exit-code 0`, a job
+/// that silently never ran). mpsync's client marks such answers with their HTTP status: exit 125.
+#[test]
+fn a_gateways_lasting_refusal_is_a_failure_not_a_conflict() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for code in [401, 403, 404] {
+        let name = env.lease_name("gwdeny");
+        server.fail_next_gateway(100_000, code);
+        let ran = env.path(&format!("ran-{name}"));
+        let done = env
+            .run(fast(&["lock", &name, "--no-wait", "--conflict-exit-code", "0"], &["touch", ran.to_str().unwrap()]));
+        server.fail_next(0, 500);
+        assert!(
+            done.code == Some(125) && done.stderr.contains("not the API server") && !ran.exists(),
+            "{code}: exit {:?} (child ran: {})\n{}",
+            done.code,
+            ran.exists(),
+            done.stderr
+        );
+    }
+}

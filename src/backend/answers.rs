@@ -1,0 +1,100 @@
+//! Error answers that are no Kubernetes `Status`, marked as such before kube reads them.
+//!
+//! kube reads any JSON object in a 4xx or 5xx body as a `Status` (every field is optional) and drops the
+//! HTTP status. An API gateway or proxy in front of the server answers its own failures that way: Kong's
+//! 502 `{"message": "An invalid response was received from the upstream server"}`, AWS API Gateway's 504
+//! `{"message": "Endpoint request timed out"}`, or its lasting refusals, a 401 or 403 `{"message":
+//! "Forbidden"}`. kube then reports code 0, and nothing tells a passing failure (a write that may have
+//! been applied) from a lasting one (found by review, both ways). This layer gives such a body the HTTP
+//! status as its `code` and `NOT_A_STATUS` as its `reason`, which `store::kube::classify` reads.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use kube::client::Body;
+use tower::{BoxError, Service};
+
+use crate::store::kube::NOT_A_STATUS;
+
+/// The most of an error body read (a `Status` is a few hundred bytes).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct MarkForeignErrors<S>(pub S);
+
+impl<S, B> Service<Request<Body>> for MarkForeignErrors<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Either<B, Full<Bytes>>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let response = answer.await.map_err(Into::into)?;
+            let status = response.status();
+            if !status.is_client_error() && !status.is_server_error() {
+                return Ok(response.map(Either::Left));
+            }
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ERROR_BODY).collect().await?.to_bytes();
+            Ok(Response::from_parts(parts, Either::Right(Full::new(marked(body, status.as_u16())))))
+        })
+    }
+}
+
+/// `body` as kube should read it: a JSON object without a numeric `code` becomes a `Status` with `code`,
+/// reason `NOT_A_STATUS` and its `message`; anything else is left as it is (kube reads a body that is no
+/// JSON object with the HTTP status as its code).
+fn marked(body: Bytes, code: u16) -> Bytes {
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    if object.get("code").is_some_and(serde_json::Value::is_u64) {
+        return body;
+    }
+    let message = match object.get("message") {
+        Some(serde_json::Value::String(message)) => message.clone(),
+        _ => String::from_utf8_lossy(&body).chars().take(200).collect(),
+    };
+    let status = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": NOT_A_STATUS,
+        "code": code,
+    });
+    Bytes::from(status.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_objects_without_a_code_are_marked() {
+        let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":409,"reason":"Conflict"}"#;
+        assert_eq!(marked(Bytes::from(status), 409), status);
+        assert_eq!(marked(Bytes::from("<html>502 Bad Gateway</html>"), 502), "<html>502 Bad Gateway</html>");
+        let marked: serde_json::Value =
+            serde_json::from_slice(&marked(Bytes::from(r#"{"message":"Endpoint request timed out"}"#), 504)).unwrap();
+        assert_eq!(marked["code"], 504);
+        assert_eq!(marked["reason"], NOT_A_STATUS);
+        assert_eq!(marked["message"], "Endpoint request timed out");
+    }
+}
