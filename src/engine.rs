@@ -703,8 +703,9 @@ async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerL
 /// above `i`. A slot carries the count too, so `P` is a marker only when it is no slot itself, and so on
 /// up (found by review: `lock X-0-1 --slots 2` was refused as a slot of the slot `X-0`, and then `X-0-1-1`
 /// was not seen as a slot of the semaphore `X-0-1`). One read per level, while each name ends in `-i` and
-/// its record carries a count, up to `MAX_NESTING` levels. What this process may not read (RBAC by
-/// resource name, as `deploy/rbac.yaml` suggests) is no semaphore's.
+/// its record carries a count, up to `MAX_NESTING` levels (deeper, a parent with a count is taken for a
+/// marker). What this process may not read (RBAC by resource name, as `deploy/rbac.yaml` suggests) is no
+/// semaphore's.
 pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, usize, u32)>, StoreError> {
     // `name`'s would-be parents, nearest first: each with the index of the one below it, and its count.
     let mut chain: Vec<(&str, usize, Option<u32>)> = Vec::new();
@@ -718,6 +719,14 @@ pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, u
             break;
         }
         below = parent;
+    }
+    // Deeper than that, every level with a count: cannot tell; a parent with a count above our index is
+    // taken for a marker (refused rather than guessed: found by review).
+    if chain.len() == MAX_NESTING
+        && chain.last().is_some_and(|(_, _, count)| count.is_some())
+        && let Some(&(semaphore, index, Some(slots))) = chain.first()
+    {
+        return Ok((index < slots as usize).then(|| (semaphore.to_string(), index, slots)));
     }
     // From the top down: a name with a count is a marker unless it is a slot of the marker above it.
     let mut above: Option<(Option<u32>, usize)> = None;
