@@ -51,8 +51,16 @@ where
                 return Ok(response.map(Either::Left));
             }
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_ERROR_BODY).collect().await?.to_bytes();
-            Ok(Response::from_parts(parts, Either::Right(Full::new(marked(body, status.as_u16())))))
+            let body = match Limited::new(body, MAX_ERROR_BODY).collect().await {
+                Ok(body) => marked(body.to_bytes(), status.as_u16()),
+                // No Status is that long: judged by its HTTP status alone.
+                Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                    let message = format!("an error answer of more than {MAX_ERROR_BODY} bytes");
+                    status_body(&message, status.as_u16())
+                }
+                Err(err) => return Err(err),
+            };
+            Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
         })
     }
 }
@@ -71,6 +79,11 @@ fn marked(body: Bytes, code: u16) -> Bytes {
         Some(serde_json::Value::String(message)) => message.clone(),
         _ => String::from_utf8_lossy(&body).chars().take(200).collect(),
     };
+    status_body(&message, code)
+}
+
+/// A `Status` with `message`, `code` and the reason `NOT_A_STATUS`.
+fn status_body(message: &str, code: u16) -> Bytes {
     let status = serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -96,5 +109,25 @@ mod tests {
         assert_eq!(marked["code"], 504);
         assert_eq!(marked["reason"], NOT_A_STATUS);
         assert_eq!(marked["message"], "Endpoint request timed out");
+    }
+
+    /// Through the layer: a success passes as it is; an error body too long for a Status is judged by its
+    /// HTTP status.
+    #[test]
+    fn the_layer_marks_error_answers_only() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let answer = |status: u16, body: Vec<u8>| {
+            let inner = tower::service_fn(move |_: Request<Body>| {
+                let response = Response::builder().status(status).body(Full::new(Bytes::from(body.clone())));
+                async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+            });
+            runtime.block_on(async {
+                let response = MarkForeignErrors(inner).call(Request::new(Body::empty())).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            })
+        };
+        assert_eq!(answer(200, b"{}".to_vec()), "{}");
+        let long: serde_json::Value = serde_json::from_slice(&answer(401, vec![b' '; 100_000])).unwrap();
+        assert_eq!((long["code"].as_u64(), long["reason"].as_str()), (Some(401), Some(NOT_A_STATUS)));
     }
 }
