@@ -710,7 +710,7 @@ pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, u
     // `name`'s would-be parents, nearest first: each with the index of the one below it, and its count.
     let mut chain: Vec<(&str, usize, Option<u32>)> = Vec::new();
     let mut below = name;
-    while chain.len() < MAX_NESTING
+    while chain.len() <= MAX_NESTING
         && let Some((parent, index)) = crate::lease::slot_parent(below)
     {
         let count = readable(store, parent).await?.as_ref().and_then(crate::lease::slot_count);
@@ -722,7 +722,7 @@ pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, u
     }
     // Deeper than that, every level with a count: cannot tell; a parent with a count above our index is
     // taken for a marker (refused rather than guessed: found by review).
-    if chain.len() == MAX_NESTING
+    if chain.len() > MAX_NESTING
         && chain.last().is_some_and(|(_, _, count)| count.is_some())
         && let Some(&(semaphore, index, Some(slots))) = chain.first()
     {

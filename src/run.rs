@@ -48,14 +48,15 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
         // long) is part of the wait. A stop signal, or the timeout, ends it (the plugin is killed).
         let started = Instant::now();
         let mut supervisor = supervisor;
-        // With one attempt (`--no-wait`, `--timeout 0`), setting up is bounded as a failing API server is:
-        // by a lease duration (found by review: a hanging plugin was waited for until a signal came).
+        // With one attempt (`--no-wait`, `--timeout 0`), setting up is bounded too (found by review: a
+        // hanging plugin was waited for until a signal came), generously: a slow plugin is no conflict.
         let deadline = match config.mode {
             Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } => {
-                started.checked_add(timeout).map(|at| (at, conflict_exit_code))
+                started.checked_add(timeout).map(|at| (at, SetUpBound::Timeout(conflict_exit_code)))
             }
-            Mode::Lock { wait: WaitFlag::NoWait, conflict_exit_code } => {
-                started.checked_add(config.timing.lease_duration).map(|at| (at, conflict_exit_code))
+            Mode::Lock { wait: WaitFlag::NoWait, .. } => {
+                let bound = config.timing.lease_duration.saturating_mul(ONE_ATTEMPT_SET_UP);
+                started.checked_add(bound).map(|at| (at, SetUpBound::OneAttempt(bound)))
             }
             _ => None,
         };
@@ -79,17 +80,39 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
     })
 }
 
-/// The exit when a stop signal comes, or the `--timeout` deadline (with the exit code for it) passes,
-/// while the client is set up; never otherwise.
-async fn stopped_while_connecting(supervisor: &mut Supervisor, deadline: Option<(Instant, i32)>) -> Exit {
+/// With one attempt, setting up the client may take this many lease durations (a minute by default).
+const ONE_ATTEMPT_SET_UP: u32 = 4;
+
+/// What bounds setting up the client.
+#[derive(Clone, Copy)]
+enum SetUpBound {
+    /// `--timeout`, which ends with this exit code ("not acquired").
+    Timeout(i32),
+    /// One attempt (`--no-wait`, `--timeout 0`): this long, then a failure (125), not a conflict.
+    OneAttempt(Duration),
+}
+
+/// The exit when a stop signal comes, or the deadline passes, while the client is set up; never otherwise.
+async fn stopped_while_connecting(supervisor: &mut Supervisor, deadline: Option<(Instant, SetUpBound)>) -> Exit {
     let timeout = async {
         match deadline {
-            Some((at, code)) => {
+            Some((at, bound)) => {
                 tokio::time::sleep_until(at.into()).await;
-                tracing::error!(
-                    "lease not acquired in time: the client was still being set up (an exec credential plugin still ran?)"
-                );
-                Exit::NotAcquired(code)
+                match bound {
+                    SetUpBound::Timeout(code) => {
+                        tracing::error!(
+                            "lease not acquired in time: the client was still being set up (an exec credential plugin still ran?)"
+                        );
+                        Exit::NotAcquired(code)
+                    }
+                    SetUpBound::OneAttempt(bound) => {
+                        crate::logging::print_error(&format!(
+                            "the client could not be set up within {} (an exec credential plugin still ran?)",
+                            humantime::format_duration(bound)
+                        ));
+                        Exit::Failure
+                    }
+                }
             }
             None => std::future::pending().await,
         }

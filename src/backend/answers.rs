@@ -65,14 +65,17 @@ where
     }
 }
 
-/// `body` as kube should read it: a JSON object without a numeric `code` becomes a `Status` with `code`,
-/// reason `NOT_A_STATUS` and its `message`; anything else is left as it is (kube reads a body that is no
+/// `body` as kube should read it: a JSON object that is no `Status` with the HTTP status as its code becomes
+/// one, with reason `NOT_A_STATUS` and its `message`; anything else is left as it is (kube reads a body that is no
 /// JSON object with the HTTP status as its code).
 fn marked(body: Bytes, code: u16) -> Bytes {
     let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return body;
     };
-    if object.get("code").is_some_and(serde_json::Value::is_u64) {
+    // The API server's own: a Status whose code is the HTTP status (a gateway's JSON may carry a `code`
+    // of its own, such as gRPC's 14: found by review).
+    let is_status = object.get("kind").and_then(serde_json::Value::as_str) == Some("Status");
+    if is_status && object.get("code").and_then(serde_json::Value::as_u64) == Some(u64::from(code)) {
         return body;
     }
     let message = match object.get("message") {
@@ -109,6 +112,12 @@ mod tests {
         assert_eq!(marked["code"], 504);
         assert_eq!(marked["reason"], NOT_A_STATUS);
         assert_eq!(marked["message"], "Endpoint request timed out");
+        let grpc: serde_json::Value = serde_json::from_slice(&super::marked(
+            Bytes::from(r#"{"code":14,"message":"upstream connect error"}"#),
+            503,
+        ))
+        .unwrap();
+        assert_eq!((grpc["code"].as_u64(), grpc["reason"].as_str()), (Some(503), Some(NOT_A_STATUS)));
     }
 
     /// Through the layer: a success passes as it is; an error body too long for a Status is judged by its

@@ -203,11 +203,16 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
             let message = status.message.clone();
             match code {
                 // A refusal by something in front of the API server (a gateway's 401, 403 or 404 with its
-                // own JSON body: see `backend::answers`) lasts; its 502, 503 or 504 passes (below).
-                code if status.reason == NOT_A_STATUS && !matches!(code, 408 | 425 | 499 | 500..=599) => {
+                // own JSON body: see `backend::answers`) lasts; its 429 (a rate limit: found by review) and
+                // 502, 503 or 504 pass (below).
+                code if status.reason == NOT_A_STATUS && !matches!(code, 408 | 425 | 429 | 499 | 500..=599) => {
                     StoreError::Fatal(Error::Api(format!(
                         "{what}: {code} from something that is not the API server (a proxy or gateway?): {message}"
                     )))
+                }
+                // A gateway's rate limit (its own 429) may come after it forwarded the write: read to find out.
+                429 if status.reason == NOT_A_STATUS && verb.is_write() => {
+                    StoreError::Unknown(format!("{what}: 429 from something that is not the API server: {message}"))
                 }
                 409 => StoreError::Conflict(message),
                 401 => StoreError::Fatal(Error::Api(format!(

@@ -1208,7 +1208,8 @@ fn a_server_url_that_can_never_work_is_a_configuration_error() {
 
 /// Found by review (helper-85): `--timeout 0` (one attempt, as `--no-wait`) waited for a hanging exec
 /// plugin until a signal came, where `--timeout 1ms` ended with 124. With one attempt, setting up the
-/// client is bounded as a failing API server is: by a lease duration, then 124.
+/// client is bounded by four lease durations (16 s here), then it is a failure (125), not a conflict: a
+/// CronJob's `--conflict-exit-code 0` must not hide it (helper-86).
 #[test]
 fn one_attempt_bounds_a_hanging_plugin_too() {
     let Some(env) = test_server() else { return };
@@ -1216,8 +1217,24 @@ fn one_attempt_bounds_a_hanging_plugin_too() {
     let kubeconfig = exec_kubeconfig(&env, &plugin);
     for one_attempt in [&["--timeout", "0"][..], &["--no-wait"]] {
         let name = env.lease_name("exec-hangs-once");
-        let args = fast(&[&["lock", name.as_str()][..], one_attempt].concat(), &["true"]);
-        let done = run(&env, mpsync_with(&env, &kubeconfig, &args));
-        assert_failure(&done, 124, &["not acquired in time"]);
+        let head = [&["lock", name.as_str(), "--conflict-exit-code", "0"][..], one_attempt].concat();
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &fast(&head, &["true"])));
+        assert_failure(&done, 125, &["the client could not be set up within 16s"]);
     }
+}
+
+/// Found by review (helper-86): with one attempt, a slow but working exec plugin (5 s, longer than the
+/// 4 s lease duration) was cut short and reported as "not acquired" (with `--conflict-exit-code 0`,
+/// exit 0 without the child). It is waited for.
+#[test]
+fn one_attempt_waits_for_a_slow_but_working_plugin() {
+    let Some(env) = test_server() else { return };
+    let plugin = write_plugin(&env, &format!("sleep 5\n{}", token_answer("t", None)));
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-slow-once");
+    let ran = env.path("ran-slow-once");
+    let args =
+        fast(&["lock", name.as_str(), "--no-wait", "--conflict-exit-code", "0"], &["touch", ran.to_str().unwrap()]);
+    let done = run(&env, mpsync_with(&env, &kubeconfig, &args));
+    assert!(done.code == Some(0) && ran.exists(), "exit {:?}, child ran: {}\n{}", done.code, ran.exists(), done.stderr);
 }

@@ -481,3 +481,30 @@ fn a_gateways_lasting_refusal_is_a_failure_not_a_conflict() {
         );
     }
 }
+
+/// Found by review (helper-86): a gateway's rate limit (Kong answers 429 `{"message":"API rate limit
+/// exceeded"}`) is as passing as the API server's own 429: retried, not a lasting refusal (it was 125),
+/// and after a committed acquisition an unknown outcome (it left the lease held).
+#[test]
+fn a_gateways_rate_limit_passes() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("gw429");
+    server.fail_next_gateway(2, 429);
+    let ran = env.path("ran");
+    let done = env.run(fast(&["lock", &name, "--timeout", "20s"], &["touch", ran.to_str().unwrap()]));
+    assert!(done.code == Some(0) && ran.exists(), "exit {:?}\n{}", done.code, done.stderr);
+
+    let name = env.lease_name("gw429c");
+    server.after_commit(1, crate::support::apiserver::AfterCommit::Gateway(429));
+    let ran = env.path(&format!("ran-{name}"));
+    let done = env.run(fast(&["lock", &name, "--no-wait"], &["touch", ran.to_str().unwrap()]));
+    let holder = env.holder(&name);
+    assert!(
+        done.code == Some(0) && ran.exists() && holder.as_deref() == Some(""),
+        "exit {:?}, child ran: {}, holder left: {holder:?}\n{}",
+        done.code,
+        ran.exists(),
+        done.stderr
+    );
+}

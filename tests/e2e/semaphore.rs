@@ -20,6 +20,7 @@ both_backends!(
     status_given_another_slot_count_than_the_marker_shows_every_recorded_slot,
     a_semaphore_below_a_slot_is_not_refused_as_another_semaphores_slot,
     a_slot_three_levels_down_is_refused_as_a_marker,
+    a_semaphore_eight_levels_down_under_a_slot_is_not_refused,
 );
 
 fn held_until(gate: &std::path::Path) -> String {
@@ -424,4 +425,16 @@ fn status_of_a_slot_whose_semaphore_cannot_be_read_now_reports_no_phantom_slots(
     server.fail_next_on(&format!("get:{name}"), 0, 503);
     assert!(!status.stdout.contains(&format!("{slot}-0")), "phantom slots: {}\n{}", status.stdout, status.stderr);
     status.assert_code(125);
+}
+
+/// Found by review (helper-86): x, x-0, ..., x-0-0-0-0-0-0-0 (eight names, each with a count; x is no slot
+/// of anything): x, x-0-0, ... are markers and x-0, x-0-0-0, ... slots, so x-0-0-0-0-0-0-0 is a slot and
+/// x-0-0-0-0-0-0-0-0 a semaphore of its own. The depth cut-off refused it, though nothing was left unread.
+fn a_semaphore_eight_levels_down_under_a_slot_is_not_refused(env: &TestEnv) {
+    let mut name = format!("{}-top", env.lease_name("x"));
+    for _ in 0..8 {
+        env.put_slot(&name, 2, Default::default());
+        name.push_str("-0");
+    }
+    env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
 }
