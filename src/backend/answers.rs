@@ -1,12 +1,15 @@
-//! Error answers that are no Kubernetes `Status`, marked as such before kube reads them.
+//! Error answers that are no Kubernetes `Status` (JSON of a gateway's own, an HTML page, text), marked as
+//! such before kube reads them.
 //!
 //! kube reads any JSON object in a 4xx or 5xx body as a `Status` (every field is optional) and drops the
 //! HTTP status. An API gateway or proxy in front of the server answers its own failures that way: Kong's
 //! 502 `{"message": "An invalid response was received from the upstream server"}`, AWS API Gateway's 504
 //! `{"message": "Endpoint request timed out"}`, or its lasting refusals, a 401 or 403 `{"message":
 //! "Forbidden"}`. kube then reports code 0, and nothing tells a passing failure (a write that may have
-//! been applied) from a lasting one (found by review, both ways). This layer gives such a body the HTTP
-//! status as its `code` and `NOT_A_STATUS` as its `reason`, which `store::kube::classify` reads.
+//! been applied) from a lasting one (found by review, both ways); a page that is no UTF-8 fails kube's
+//! read altogether. This layer makes every error answer but the API server's own `Status` (one whose
+//! code is the HTTP status) a `Status` with the HTTP status as its `code` and `NOT_A_STATUS` as its
+//! `reason`, which `store::kube::classify` reads.
 
 use std::task::{Context, Poll};
 
@@ -65,12 +68,14 @@ where
     }
 }
 
-/// `body` as kube should read it: a JSON object that is no `Status` with the HTTP status as its code becomes
-/// one, with reason `NOT_A_STATUS` and its `message`; anything else is left as it is (kube reads a body that is no
-/// JSON object with the HTTP status as its code).
+/// `body` as kube should read it: anything but a `Status` with the HTTP status as its code becomes one, with
+/// reason `NOT_A_STATUS` and as its `message` the body's (or the start of its text).
 fn marked(body: Bytes, code: u16) -> Bytes {
     let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return body;
+        // No JSON object (an HTML page, text, bytes that are no UTF-8, which kube would take for a failed
+        // call: found by review): no Status either.
+        let text = String::from_utf8_lossy(&body).split_whitespace().collect::<Vec<_>>().join(" ");
+        return status_body(&text.chars().take(200).collect::<String>(), code);
     };
     // The API server's own: a Status whose code is the HTTP status (a gateway's JSON may carry a `code`
     // of its own, such as gRPC's 14: found by review).
@@ -103,10 +108,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_json_objects_without_a_code_are_marked() {
+    fn only_the_api_servers_statuses_pass_unmarked() {
         let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":409,"reason":"Conflict"}"#;
         assert_eq!(marked(Bytes::from(status), 409), status);
-        assert_eq!(marked(Bytes::from("<html>502 Bad Gateway</html>"), 502), "<html>502 Bad Gateway</html>");
+        let page: serde_json::Value =
+            serde_json::from_slice(&marked(Bytes::from(&b"<html>Acc\xe8s refus\xe9</html>"[..]), 403)).unwrap();
+        assert_eq!((page["code"].as_u64(), page["reason"].as_str()), (Some(403), Some(NOT_A_STATUS)));
         let marked: serde_json::Value =
             serde_json::from_slice(&marked(Bytes::from(r#"{"message":"Endpoint request timed out"}"#), 504)).unwrap();
         assert_eq!(marked["code"], 504);

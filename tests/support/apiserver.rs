@@ -193,6 +193,8 @@ pub enum AfterCommit {
     /// Gateway's: `{"message": ...}`, no `code`, not a `Status`): the gateway forwarded the write, the
     /// server committed it, and the gateway then lost the upstream's answer.
     Gateway(u16),
+    /// Answer this status with a gateway's HTML page (nginx's), no JSON at all.
+    Page(u16),
 }
 
 /// What every watch gets while set: see [`TestApiServer::set_watch_fault`].
@@ -542,6 +544,10 @@ struct State {
     failures: Option<(usize, u16)>,
     /// Injected failures are answered with a gateway's JSON body (`fail_next_gateway`).
     gateway_failures: bool,
+    /// 0: failures as set above; 1: an HTML page (UTF-8); 2: an HTML page in ISO-8859-1.
+    page_failures: u8,
+    /// Every create or update is answered with an HTML page of this status, not carried out.
+    page_on_writes: Option<u16>,
     /// `VERB:NAME` -> remaining count and status of failures for that verb on that Lease.
     named_failures: BTreeMap<String, (usize, u16)>,
     after_commit: Option<AfterCommitFault>,
@@ -654,6 +660,8 @@ impl TestApiServer {
             events: Vec::new(),
             failures: None,
             gateway_failures: false,
+            page_failures: 0,
+            page_on_writes: None,
             after_commit: None,
             watch_fault: None,
             latency: Duration::ZERO,
@@ -828,6 +836,7 @@ impl TestApiServer {
         let mut st = self.shared.lock();
         st.failures = if n == 0 { None } else { Some((n, status)) };
         st.gateway_failures = false;
+        st.page_failures = 0;
     }
 
     /// As [`fail_next`](Self::fail_next), but with the JSON body of an API gateway in front of the server
@@ -836,6 +845,21 @@ impl TestApiServer {
         let mut st = self.shared.lock();
         st.failures = if n == 0 { None } else { Some((n, status)) };
         st.gateway_failures = true;
+        st.page_failures = 0;
+    }
+
+    /// As `fail_next`, with a gateway's HTML page: UTF-8, or ISO-8859-1 when `latin1`.
+    pub fn fail_next_page(&self, n: usize, status: u16, latin1: bool) {
+        let mut st = self.shared.lock();
+        st.failures = if n == 0 { None } else { Some((n, status)) };
+        st.gateway_failures = false;
+        st.page_failures = if latin1 { 2 } else { 1 };
+    }
+
+    /// While `Some`, every create or update (POST, PUT) is answered with a gateway's HTML page
+    /// of that status and not carried out; reads go on as usual.
+    pub fn page_on_writes(&self, status: Option<u16>) {
+        self.shared.lock().page_on_writes = status;
     }
 
     /// The next `n` creates or updates (POST or PUT) of any Lease that commit a change are carried out
@@ -1720,6 +1744,16 @@ fn gateway_response(code: u16) -> Response {
     json_response(code, &json!({"message": "An invalid response was received from the upstream server"}))
 }
 
+/// nginx's error page for `code`; with `latin1`, a localised one in ISO-8859-1.
+fn page_response(code: u16, latin1: bool) -> Response {
+    let body = if latin1 {
+        b"<html><body><h1>Acc\xe8s refus\xe9</h1></body></html>".to_vec()
+    } else {
+        format!("<html><head><title>{code}</title></head><body><center><h1>{code}</h1></center><hr><center>nginx</center></body></html>").into_bytes()
+    };
+    Response { status: code, body, content_type: "text/html", extra_headers: Vec::new() }
+}
+
 fn unauthorized_response() -> Response {
     status_response(401, "Unauthorized", "Unauthorized", None)
 }
@@ -1896,9 +1930,12 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
                 if n > 1 {
                     st.failures = Some((n - 1, code));
                 }
-                Some((code, st.gateway_failures))
+                Some((code, st.gateway_failures, st.page_failures))
             }
-            None => None,
+            None => match st.page_on_writes {
+                Some(code) if matches!(request.method.as_str(), "POST" | "PUT") => Some((code, false, 1)),
+                _ => None,
+            },
         };
         (st.log.len() - 1, failure, st.latency, st.commit_delay, unauthorized, st.forbidden.clone())
     };
@@ -1914,8 +1951,9 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
     }
     let reply = if let Some(code) = failure {
         Reply::Answer(match code {
-            (code, true) => gateway_response(code),
-            (code, false) => failure_response(code),
+            (code, _, page @ 1..) => page_response(code, page == 2),
+            (code, true, _) => gateway_response(code),
+            (code, false, _) => failure_response(code),
         })
     } else if unauthorized {
         Reply::Answer(unauthorized_response())
@@ -1926,6 +1964,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
         Reply::Answer(response) => (response, latency),
         Reply::Committed(_, AfterCommit::Fail(code)) => (failure_response(code), latency),
         Reply::Committed(_, AfterCommit::Gateway(code)) => (gateway_response(code), latency),
+        Reply::Committed(_, AfterCommit::Page(code)) => (page_response(code, false), latency),
         Reply::Committed(response, AfterCommit::Delay(delay)) => (response, latency + delay),
         Reply::Committed(_, AfterCommit::Drop) => {
             pause(shared, conn, latency);
