@@ -202,17 +202,16 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
             let code = status.code;
             let message = status.message.clone();
             match code {
-                // A refusal by something in front of the API server (a gateway's 401, 403 or 404 with its
-                // own JSON body: see `backend::answers`) lasts; its 429 (a rate limit: found by review) and
-                // 502, 503 or 504 pass (below).
+                // A refusal with no Kubernetes Status (a gateway's 401, 403 or 404 with its own JSON or page,
+                // see `backend::answers`; or the API server's own filters, which answer in plain text) lasts;
+                // a 429 passes, and was never applied (a rate limiter, the API server's priority and
+                // fairness included, refuses before it forwards: found by review, its plain-text 429 to a
+                // renewal must not be an unknown outcome), as do 408, 425, 499 and 5xx (below).
                 code if status.reason == NOT_A_STATUS && !matches!(code, 408 | 425 | 429 | 499 | 500..=599) => {
                     StoreError::Fatal(Error::Api(format!(
-                        "{what}: {code} from something that is not the API server (a proxy or gateway?): {message}"
+                        "{what}: {code} with no Kubernetes Status (from a proxy or gateway, or the API server's \
+                         own filters): {message}"
                     )))
-                }
-                // A gateway's rate limit (its own 429) may come after it forwarded the write: read to find out.
-                429 if status.reason == NOT_A_STATUS && verb.is_write() => {
-                    StoreError::Unknown(format!("{what}: 429 from something that is not the API server: {message}"))
                 }
                 409 => StoreError::Conflict(message),
                 401 => StoreError::Fatal(Error::Api(format!(

@@ -548,6 +548,12 @@ struct State {
     page_failures: u8,
     /// Every create or update is answered with an HTML page of this status, not carried out.
     page_on_writes: Option<u16>,
+    /// The next n creates or updates are answered with the real kube-apiserver's plain-text
+    /// `http.Error` body for this status (APF / max-in-flight 429, panic 500), not carried out.
+    text_on_writes: Option<(usize, u16)>,
+    /// Until this instant, every get and list answers 429: the real server's plain text (true) or a
+    /// `Status` (false).
+    reads_429_until: Option<(Instant, bool)>,
     /// `VERB:NAME` -> remaining count and status of failures for that verb on that Lease.
     named_failures: BTreeMap<String, (usize, u16)>,
     after_commit: Option<AfterCommitFault>,
@@ -662,6 +668,8 @@ impl TestApiServer {
             gateway_failures: false,
             page_failures: 0,
             page_on_writes: None,
+            text_on_writes: None,
+            reads_429_until: None,
             after_commit: None,
             watch_fault: None,
             latency: Duration::ZERO,
@@ -860,6 +868,26 @@ impl TestApiServer {
     /// of that status and not carried out; reads go on as usual.
     pub fn page_on_writes(&self, status: Option<u16>) {
         self.shared.lock().page_on_writes = status;
+    }
+
+    /// as `fail_next`, but with the real kube-apiserver's own plain-text answers (`http.Error`):
+    /// APF's and max-in-flight's 429 "Too many requests, please try again later." with Retry-After, the
+    /// panic filter's 500, the mux's "404 page not found".
+    pub fn fail_next_text(&self, n: usize, status: u16) {
+        let mut st = self.shared.lock();
+        st.failures = if n == 0 { None } else { Some((n, status)) };
+        st.gateway_failures = false;
+        st.page_failures = 3;
+    }
+
+    /// for `window`, every get and list answers 429 (APF's plain text when `text`, else a Status).
+    pub fn reads_429_for(&self, window: Duration, text: bool) {
+        self.shared.lock().reads_429_until = Some((Instant::now() + window, text));
+    }
+
+    /// the next `n` creates or updates answer the real apiserver's plain-text `status`, not carried out.
+    pub fn text_on_writes(&self, n: usize, status: u16) {
+        self.shared.lock().text_on_writes = (n > 0).then_some((n, status));
     }
 
     /// The next `n` creates or updates (POST or PUT) of any Lease that commit a change are carried out
@@ -1744,6 +1772,24 @@ fn gateway_response(code: u16) -> Response {
     json_response(code, &json!({"message": "An invalid response was received from the upstream server"}))
 }
 
+/// the real kube-apiserver's plain-text answers (Go's `http.Error`: text/plain, a newline at the end).
+fn apiserver_text_response(code: u16) -> Response {
+    let (body, retry) = match code {
+        // k8s.io/apiserver/pkg/server/filters/maxinflight.go tooManyRequests (APF and max-in-flight).
+        429 => ("Too many requests, please try again later.\n", true),
+        // filters.WithPanicRecovery.
+        500 => ("This request caused apiserver to panic. Look in the logs for details.\n", false),
+        // The mux's http.NotFound.
+        404 => ("404 page not found\n", false),
+        _ => ("service unavailable\n", false),
+    };
+    let mut extra_headers = vec![("X-Content-Type-Options", "nosniff".to_string())];
+    if retry {
+        extra_headers.push(("Retry-After", "1".to_string()));
+    }
+    Response { status: code, body: body.as_bytes().to_vec(), content_type: "text/plain; charset=utf-8", extra_headers }
+}
+
 /// nginx's error page for `code`; with `latin1`, a localised one in ISO-8859-1.
 fn page_response(code: u16, latin1: bool) -> Response {
     let body = if latin1 {
@@ -1932,8 +1978,12 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
                 }
                 Some((code, st.gateway_failures, st.page_failures))
             }
-            None => match st.page_on_writes {
-                Some(code) if matches!(request.method.as_str(), "POST" | "PUT") => Some((code, false, 1)),
+            None => match (st.page_on_writes, st.text_on_writes) {
+                (Some(code), _) if matches!(request.method.as_str(), "POST" | "PUT") => Some((code, false, 1)),
+                (None, Some((n, code))) if matches!(request.method.as_str(), "POST" | "PUT") => {
+                    st.text_on_writes = (n > 1).then_some((n - 1, code));
+                    Some((code, false, 3))
+                }
                 _ => None,
             },
         };
@@ -1951,6 +2001,7 @@ fn handle(shared: &Arc<Shared>, conn: u64, request: &Request, io: &mut Io) -> bo
     }
     let reply = if let Some(code) = failure {
         Reply::Answer(match code {
+            (code, _, 3) => apiserver_text_response(code),
             (code, _, page @ 1..) => page_response(code, page == 2),
             (code, true, _) => gateway_response(code),
             (code, false, _) => failure_response(code),
@@ -2063,6 +2114,13 @@ fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbid
             st.named_failures.insert(key, (n - 1, code));
             drop(st);
             return Reply::Answer(failure_response(code));
+        }
+    }
+    if matches!(verb, "get" | "list") {
+        let until = shared.lock().reads_429_until;
+        if let Some((until, text)) = until.filter(|(until, _)| Instant::now() < *until) {
+            let _ = until;
+            return Reply::Answer(if text { apiserver_text_response(429) } else { failure_response(429) });
         }
     }
     let store = Store { shared, forbidden, after_commit: Cell::new(None) };
