@@ -1538,18 +1538,12 @@ pub fn slot_count(lease: &Versioned) -> Option<u32> {
 }
 
 /// The semaphore `name` would be a slot of, and which: `P-i` split at its last `-`, with `i` written as
-/// slot names write it (`pool-01` is no slot). Whether it is one depends on `P`'s record: see
-/// [`is_slot_of`].
+/// slot names write it (`pool-01` is no slot). Whether it is one depends on the records above it: see
+/// `engine::semaphore_of`.
 pub fn slot_parent(name: &str) -> Option<(&str, usize)> {
     let (semaphore, index) = name.rsplit_once('-')?;
     let i = index.parse::<usize>().ok().filter(|i| index == i.to_string())?;
     (!semaphore.is_empty()).then_some((semaphore, i))
-}
-
-/// Whether slot `index` is one of the semaphore whose marker is `parent`: the marker records a count
-/// above it. Returns that count.
-pub fn is_slot_of(parent: Option<&Versioned>, index: usize) -> Option<u32> {
-    parent.and_then(slot_count).filter(|n| index < *n as usize)
 }
 
 /// When a record's holder expires by the record's own timestamps (`renewTime + leaseDurationSeconds`, on

@@ -32,7 +32,7 @@ pub fn run(config: Config) -> Result<Exit> {
             let mut completions = Vec::new();
             crate::cli::write_completions(target, &mut completions)
                 .map_err(|err| Error::Internal(format!("cannot write the completions: {err}")))?;
-            crate::status::out(format_args!("{}", String::from_utf8_lossy(&completions)))?;
+            crate::status::out_bytes(&completions)?;
             Ok(Exit::Success)
         }
         Config::Sidecar(sidecar) => crate::sidecar::sidecar(sidecar),

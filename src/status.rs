@@ -268,9 +268,14 @@ async fn semaphore_now(store: &Store, config: &QueryConfig) -> Option<Target> {
 /// (mpsync ignores SIGPIPE, which its sockets must never raise); another failure (a full disk) is an
 /// error; never a panic, as `println!` made it (found by review).
 pub(crate) fn out(text: std::fmt::Arguments) -> Result<()> {
+    out_bytes(text.to_string().as_bytes())
+}
+
+/// [`out`], for bytes.
+pub(crate) fn out_bytes(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
             crate::logging::flush();

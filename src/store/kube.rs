@@ -237,17 +237,14 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),
                 500..=599 if verb.is_write() => StoreError::Unknown(format!("{what}: {code}: {message}")),
                 500..=599 => StoreError::Transient(format!("{what}: {code}: {message}")),
-                // No Kubernetes Status: a JSON body without a code (a gateway's `{"message": ...}`; kube
-                // reads any JSON object as a Status), with its HTTP status where mpsync's own client marked
-                // it (`backend::answers`), 0 through another client; or a proxy's timeout. A gateway's 502,
-                // 503 or 504 is no refusal: to a write, it may have been applied; to a read, try again
-                // (found by review: taken as fatal, a committed acquisition was left held, and a read ended
-                // mpsync). Its other refusals (401, 403, 404) last: fatal, as before.
+                // A proxy's timeout, or a JSON body without a code through a client that does not mark it (a
+                // library caller's own: kube reads any JSON object as a Status, code 0). No refusal: to a
+                // write, it may have been applied; to a read, try again (found by review: taken as fatal, a
+                // committed acquisition was left held, and a read ended mpsync).
                 0 | 408 | 425 | 499 if verb.is_write() => {
                     StoreError::Unknown(format!("{what}: {}: {message}", shown_code(code)))
                 }
                 0 | 408 | 425 | 499 => StoreError::Transient(format!("{what}: {}: {message}", shown_code(code))),
-
                 _ => StoreError::Fatal(Error::Api(format!("{what}: {code} {}: {message}", status.reason))),
             }
         }
