@@ -1525,10 +1525,10 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
 }
 
 /// A holder's identity as text shows it: as it is, or quoted with escapes where it holds control
-/// characters (a record written by anyone may: a newline would forge a line, an escape sequence move
-/// the terminal; found by review).
+/// characters or bidi controls (a record written by anyone may: a newline would forge a line, an escape
+/// sequence move the terminal, a right-to-left override show another name; found by review).
 pub fn shown(identity: &str) -> String {
-    if identity.chars().any(char::is_control) { format!("{identity:?}") } else { identity.to_string() }
+    if identity.chars().any(crate::validate::is_unshowable) { format!("{identity:?}") } else { identity.to_string() }
 }
 
 /// The slot count a record's `mpsync.io/slots` annotation gives, if it is a semaphore's (more than one).

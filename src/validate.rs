@@ -37,9 +37,11 @@ pub fn identity(identity: String) -> Result<String> {
         return Err(Error::Usage("--identity must not be empty".into()));
     }
     // It is printed in logs, errors and `status`: a newline or an escape sequence there would forge lines
-    // or move the terminal (found by review).
-    if identity.chars().any(char::is_control) {
-        return Err(Error::Usage(format!("--identity {identity:?} must not contain control characters")));
+    // or move the terminal, a bidi override would show another identity than the one held (found by review).
+    if identity.chars().any(is_unshowable) {
+        return Err(Error::Usage(format!(
+            "--identity {identity:?} must not contain control characters or bidi controls"
+        )));
     }
     if identity.len() > MAX_IDENTITY {
         return Err(Error::Usage(format!(
@@ -48,6 +50,13 @@ pub fn identity(identity: String) -> Result<String> {
         )));
     }
     Ok(identity)
+}
+
+/// Whether `c` may not be printed as it is: a control character, or a Unicode bidi control (an override,
+/// embedding, isolate or mark), which reorders what follows it on a terminal.
+pub fn is_unshowable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 pub fn is_dns1123_subdomain(name: &str) -> bool {
@@ -117,7 +126,19 @@ mod tests {
         assert!(message.contains("1048576 bytes") && message.contains("1024"), "{message}");
         // Found by review: printed in logs and `status`, a newline forged a line.
         let Err(Error::Usage(message)) = identity("a\nholder: b".into()) else { panic!("a newline") };
-        assert_eq!(message, r#"--identity "a\nholder: b" must not contain control characters"#);
+        assert_eq!(message, r#"--identity "a\nholder: b" must not contain control characters or bidi controls"#);
+        // Found by review: a right-to-left override shows `job-a` for `a-boj`.
+        assert!(identity("\u{202E}boj-a".into()).is_err());
+        assert!(identity("\u{2067}x".into()).is_err());
+        assert!(identity("Zürich-holder-日本".into()).is_ok());
+    }
+
+    #[test]
+    fn shown_escapes_what_would_forge_or_reorder_a_line() {
+        assert_eq!(crate::lease::shown("pod-1"), "pod-1");
+        assert_eq!(crate::lease::shown("a\nb"), r#""a\nb""#);
+        assert_eq!(crate::lease::shown("\u{202E}boj-a"), r#""\u{202e}boj-a""#);
+        assert_eq!(crate::lease::shown("x\u{200F}"), r#""x\u{200f}""#);
     }
 
     #[test]

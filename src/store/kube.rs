@@ -55,7 +55,9 @@ impl KubeStore {
             Err(_) => Err(StoreError::Transient(format!("get lease {name}: timed out after {:?}", self.call_timeout))),
             Ok(Err(err)) => Err(self.classify(err, Verb::Get, name)),
             Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(lease))) => Ok(Some(versioned(lease))),
+            Ok(Ok(Some(lease))) => answered(lease, name)
+                .map(Some)
+                .ok_or_else(|| StoreError::Transient(no_lease_in_answer(Verb::Get, name))),
         }
     }
 
@@ -105,7 +107,9 @@ impl KubeStore {
                 self.call_timeout
             ))),
             Ok(Err(err)) => Err(self.classify(err, verb, name)),
-            Ok(Ok(lease)) => Ok(versioned(lease)),
+            // A success that names no Lease is no answer (a gateway's own JSON with a 2xx status): the
+            // write may have happened or not.
+            Ok(Ok(lease)) => answered(lease, name).ok_or_else(|| StoreError::Unknown(no_lease_in_answer(verb, name))),
         }
     }
 
@@ -264,6 +268,20 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
         other if verb.is_write() => StoreError::Unknown(format!("{what}: {}", one_line(&other))),
         other => StoreError::Transient(format!("{what}: {}", one_line(&other))),
     }
+}
+
+/// The record a successful answer about `name` carries, if it is one: the API server always answers with
+/// the object, named and with a resourceVersion. A JSON object that is no Lease (a proxy's or gateway's
+/// `{"message": ...}` with a 2xx status) reads as a Lease with nothing in it; taken for one, it was an
+/// empty record, and the write that followed was refused (found by review).
+fn answered(lease: Lease, name: &str) -> Option<Versioned> {
+    let is_lease = lease.metadata.name.as_deref() == Some(name)
+        && lease.metadata.resource_version.as_deref().is_some_and(|version| !version.is_empty());
+    is_lease.then(|| versioned(lease))
+}
+
+fn no_lease_in_answer(verb: Verb, name: &str) -> String {
+    format!("{} lease {name}: the answer was a success but carried no Lease (from a proxy or gateway?)", verb.as_str())
 }
 
 fn versioned(lease: Lease) -> Versioned {

@@ -451,6 +451,27 @@ fn a_gateways_error_body_after_the_commit_is_an_unknown_outcome() {
     }
 }
 
+/// Left open at stop 38 (helper-84): a 2xx answer that is JSON but no Lease (a gateway's
+/// `{"message": ...}` with 200) was read as an empty record. After a committed acquisition, or on a read,
+/// it is now an unknown outcome or a failed read: read again, and go on.
+#[test]
+fn a_success_status_with_no_lease_in_it_is_no_answer() {
+    let Some(env) = server_env() else { return };
+    an_acquisition_answered_after_its_commit_by(&env, crate::support::apiserver::AfterCommit::Gateway(200));
+    let server = env.server().unwrap();
+    let name = env.lease_name("okread");
+    server.fail_next_gateway(2, 200);
+    let ran = env.path("ran-ok");
+    let done = env.run(fast(&["lock", &name, "--timeout", "20s"], &["touch", ran.to_str().unwrap()]));
+    let holder = env.holder(&name);
+    assert!(
+        done.code == Some(0) && ran.exists() && holder.as_deref() == Some(""),
+        "exit {:?}, holder left: {holder:?}\n{}",
+        done.code,
+        done.stderr
+    );
+}
+
 /// Found by review (helper-84): the same gateway body on a read ended `lock` with 125; it is retried.
 #[test]
 fn a_gateways_error_body_on_a_read_is_retried() {
