@@ -473,7 +473,10 @@ impl Slot {
             None => true,
         };
         let result = match finished {
-            true => tokio::time::timeout(budget, self.settle_unbounded()).await.ok(),
+            true => {
+                let until = Instant::now() + budget;
+                tokio::time::timeout(budget, self.settle_until(until)).await.ok()
+            }
             false => None,
         };
         self.elector.released();
@@ -494,9 +497,21 @@ impl Slot {
         }
     }
 
-    async fn settle_unbounded(&mut self) -> Result<bool, StoreError> {
+    /// Give the record back if it is our own write, trying until `until` (found by review: four reads
+    /// 100 ms apart were over long before the API server's throttling, `Retry-After: 1`, was, and the
+    /// lease was left held by a process that had gone).
+    async fn settle_until(&mut self, until: Instant) -> Result<bool, StoreError> {
         let mut last_error = None;
-        for attempt in 0..4 {
+        let mut pause = Duration::from_millis(100);
+        for attempt in 0.. {
+            if attempt > 0 {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
             // Read first when the record we know may be out of date: a write's outcome is unknown, or an
             // earlier attempt failed.
             if attempt > 0 || self.elector.unresolved_write() {
@@ -505,7 +520,6 @@ impl Slot {
                     Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),
                     Err(err) => {
                         last_error = Some(err);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 }

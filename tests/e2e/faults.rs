@@ -571,3 +571,24 @@ fn a_plain_text_429_to_the_last_renewal_leaves_nothing_held() {
     lock.finish().assert_code(0);
     assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone");
 }
+
+/// Left open at stop 38 (helper-88): when the last renewal's outcome is unknown, the release reads
+/// first. Its four reads, 100 ms apart, were over long before the API server's throttling (`Retry-After:
+/// 1`), and mpsync exited 0 leaving the lease held. The release now tries for its whole budget (the call
+/// timeout, 5 s here).
+#[test]
+fn a_release_that_must_read_first_outlasts_a_throttled_second() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("apfread");
+    let (started, go) = (env.path("started"), env.path("go"));
+    let script = format!("touch {}; while [ ! -e {} ]; do sleep 0.02; done", started.display(), go.display());
+    let lock = env.spawn(&["lock", &name, "--retry-period", "300ms", "--", "sh", "-c", &script]);
+    wait_until("the child to start", || started.exists());
+    server.reads_429_for(Duration::from_secs(2), true);
+    server.after_commit(1, crate::support::apiserver::AfterCommit::Drop);
+    wait_until("a renewal to be committed and its answer dropped", || server.after_commit_pending() == 0);
+    fs::write(&go, "").unwrap();
+    lock.finish().assert_code(0);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone");
+}
