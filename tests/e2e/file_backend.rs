@@ -652,6 +652,32 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
 }
 
+/// The same link named with a trailing `/` or `/.` (found by review: the kernel follows a link there
+/// whatever O_NOFOLLOW says, and the parents' check never saw it): refused all the same.
+#[test]
+fn a_lock_directory_that_is_another_users_symlink_is_refused_with_a_trailing_slash_too() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let other = test_uid(6);
+    let public = env.path("public");
+    fs::create_dir_all(public.join("a")).unwrap();
+    fs::set_permissions(public.join("a"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = public.join("theirs");
+    std::os::unix::fs::symlink("a", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
+    for suffix in ["/", "/.", "//", "/./"] {
+        let locks = format!("{}{suffix}", link.display());
+        let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", &locks, "--", "echo", "ran"]);
+        done.assert_code(125);
+        assert!(!done.stdout.contains("ran"), "{locks}: the command ran");
+        assert!(done.stderr.contains("symbolic link"), "{locks}: {}", done.stderr);
+    }
+    assert_eq!(fs::read_dir(public.join("a")).unwrap().count(), 0, "nothing written through the link");
+}
+
 /// `sh -c SCRIPT` as root in a new PID and mount namespace with its own /proc, for a script that mounts
 /// /proc again with hidepid (exiting 99 if it cannot) and runs mpsync as a user with `locks` as its lock
 /// directory. Its exit status, stdout and stderr; `None` (test skipped) when hidepid cannot be mounted.

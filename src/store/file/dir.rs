@@ -90,6 +90,9 @@ pub struct Contents {
 
 impl LockDir {
     pub fn new(path: PathBuf) -> LockDir {
+        // Without a trailing `/` or `/.`: either makes the kernel follow a symbolic link in the last
+        // component whatever O_NOFOLLOW says, and hides that component from the parents' check.
+        let path = path.components().collect();
         LockDir { path }
     }
 
