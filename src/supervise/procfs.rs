@@ -329,6 +329,11 @@ impl Snapshot {
         self.processes.iter().find(|process| process.pid == pid)
     }
 
+    /// Whether /proc shows a live process (not a zombie) of group `pgrp`.
+    pub fn group_has_living(&self, pgrp: i32) -> bool {
+        self.processes.iter().any(|process| process.pgrp == pgrp && !process.is_zombie())
+    }
+
     /// Whether /proc shows any process of group `pgrp`, zombies included.
     pub fn shows_group(&self, pgrp: i32) -> bool {
         self.processes.iter().any(|process| process.pgrp == pgrp)

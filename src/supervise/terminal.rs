@@ -96,7 +96,16 @@ impl Terminal {
         let ours = getpgrp();
         let Some(foreground) = self.foreground() else { return };
         let theirs = match pgid {
-            Some(pgid) => foreground == pgid,
+            // Or a group of the job's own (an interactive shell's job, `bash -i` run as the child) left the
+            // foreground when it was killed: a group with nothing alive in it, which mpsync handed the
+            // terminal away from (found by review, helper-90: a lost lease left it to the dead group, with the
+            // killed job's modes, which the calling shell then took for its own).
+            Some(pgid) => {
+                foreground == pgid
+                    || (self.saved.is_some()
+                        && foreground != ours
+                        && !Snapshot::take().group_has_living(foreground.as_raw()))
+            }
             None => foreground != ours,
         };
         if !theirs {

@@ -313,3 +313,30 @@ fn closing_the_terminal_does_not_end_nohup_mpsync() {
     assert_eq!(alive_now, (true, true), "(child, mpsync) alive after the hang-up");
     assert!(holder.is_some_and(|holder| !holder.is_empty()), "the lease was let go");
 }
+
+/// Found by review (helper-90): the lease is lost while the child (an interactive shell, as in a
+/// maintenance session under a lock) has given the terminal to a job of its own that changed the modes.
+/// Once the job is killed, the terminal must be the shell's again, with the shell's modes, not left to a
+/// dead group with the job's.
+#[test]
+fn a_lost_lease_leaves_no_dead_foreground_nor_the_killed_jobs_modes() {
+    use nix::sys::termios::LocalFlags;
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let canonical = |terminal: &Terminal| terminal.modes().local_flags.contains(LocalFlags::ICANON);
+    assert!(canonical(&terminal));
+    let name = env.lease_name("deadfg");
+    let dir = env.dir.display();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {SLOW_ARGS} --grace 500ms -- bash --norc -ic 'stty -icanon; trap \"\" TERM; sh -c \"echo \\$\\$ > {dir}/child.pid; exec sleep 1000\"; true'; echo rc=$?"
+    ));
+    let sleeper = read_pid(&env.path("child.pid"));
+    terminal.wait_until("the inner job to have the terminal", || terminal.foreground() == sleeper);
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_transitions = spec.lease_transitions.map(|t| t + 1);
+    });
+    terminal.expect("rc=123");
+    terminal.wait_until("the shell to have the terminal", || terminal.foreground() == terminal.shell());
+    assert!(canonical(&terminal), "the killed job's modes outlived it");
+}
