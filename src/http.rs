@@ -406,6 +406,7 @@ async fn serve_connection(
         .header_read_timeout(shared.limits.head_timeout)
         .max_buf_size(MAX_BUFFER)
         .max_headers(MAX_HEADERS)
+        .half_close(true)
         .keep_alive(true);
     let mut connection = builder.serve_connection(TokioIo::new(stream), service);
 

@@ -629,6 +629,11 @@ impl Elector {
         self.pending.as_ref().is_some_and(|p| p.purpose != Purpose::Release)
     }
 
+    /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
+    pub fn releasing(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Release)
+    }
+
     /// Whether a live record under our identity that is not our own write was seen since the last call.
     pub fn take_collision(&mut self) -> bool {
         std::mem::take(&mut self.collision)

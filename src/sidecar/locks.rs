@@ -268,7 +268,11 @@ impl Locks {
     /// the renew deadline of the last renewal that succeeded.
     fn holding(&self, elector: &Elector) -> bool {
         let now = Instant::now();
-        elector.held().is_some_and(|held| now < held.deadline(self.timing)) && elector.usable(now)
+        // A release sent whose outcome is unknown (a DELETE cut off by its budget) may have freed it (found
+        // by review: a heartbeat was answered 200 while another pod held the lock).
+        elector.held().is_some_and(|held| now < held.deadline(self.timing))
+            && elector.usable(now)
+            && !elector.releasing()
     }
 
     /// PUT (acquire or heartbeat) and POST (`create_only`: create it, or 409 if it exists): 200 when this
@@ -277,6 +281,7 @@ impl Locks {
         let lease = self.lease_name(name);
         let started = Instant::now();
         let mut last_race = String::new();
+        let mut sent_create = false;
         // A lost compare-and-swap or an unknown outcome: read again and decide again, a few times.
         for _attempt in 0..3 {
             if started.elapsed() > ATTEMPTS_WITHIN {
@@ -288,6 +293,13 @@ impl Locks {
             };
             if create_only && current.is_some() {
                 elector.observe(current, Instant::now());
+                // Our own create, whose answer was lost: it made the lock ours (found by review: it was
+                // answered 409, and the lock stayed held for nobody until its TTL).
+                if sent_create && self.holding(elector) {
+                    self.metrics.acquisitions.inc();
+                    tracing::info!(lease = %lease, identity = %self.identity, "acquired the lock");
+                    return self.lock_response(200, name, elector);
+                }
                 return self.lock_response(409, name, elector);
             }
             let action = self.decide(name, elector, current);
@@ -302,6 +314,7 @@ impl Locks {
                         )
                         .with_header("Retry-After", "1");
                     }
+                    sent_create |= write.is_create();
                     match engine::send(&self.store, &lease, elector, &write).await {
                         Ok(_) => match elector.held() {
                             Some(held) if !elector.usable(Instant::now()) => {

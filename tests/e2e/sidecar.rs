@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::support::apiserver::AfterCommit;
 use crate::support::*;
 
 both_backends!(
@@ -1468,4 +1469,72 @@ fn a_heartbeat_that_came_while_every_connection_was_busy_gets_in_once_they_are_i
         Some(200),
         "the heartbeat was not answered in {waited:?} (256 idle connections kept it out)"
     );
+}
+
+/// Found by review (helper-91): a DELETE whose release committed but whose answer came too late (503 to
+/// the client) left the side-car believing it still held the lock: while its reads failed, a heartbeat
+/// was answered 200 with the side-car as holder, although another pod held the Lease.
+#[test]
+fn a_release_cut_off_after_its_commit_is_never_answered_held() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("cutdel");
+    let path = format!("/locks/{name}");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    // The release commits; its answer comes 3 s later, past A's budget (1 s).
+    server.after_commit(1, AfterCommit::Delay(Duration::from_secs(3)));
+    a.request("DELETE", &path).assert_status(503);
+    // Another pod takes the free lock at once.
+    b.put(&name).assert_status(200);
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-b"));
+    // A's reads fail now; its client heartbeats.
+    server.fail_next(1_000_000, 503);
+    let heartbeat = a.put(&name);
+    server.fail_next(0, 503);
+    assert_ne!(heartbeat.status, 200, "A's client is told it holds the lock pod-b holds: {}", heartbeat.body);
+}
+
+/// Found by review (helper-91): a POST (create only) whose create committed but whose answer was lost
+/// was answered 409 "exists", though the side-car held the lock it had just created.
+#[test]
+fn a_post_whose_answer_was_lost_is_answered_by_what_it_did() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("lostpost");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    server.after_commit(1, AfterCommit::Drop);
+    let reply = a.request("POST", &format!("/locks/{name}"));
+    assert!(
+        reply.status == 200 || env.holder(&name).as_deref() != Some("pod-a"),
+        "told 409 while the side-car holds it: {}",
+        reply.body
+    );
+}
+
+/// Found by review (helper-91): a client that sends its request and then shuts down its sending side
+/// (`nc -N`, `socat`, a script's `shutdown(SHUT_WR)`) got no answer, and the lock was not taken; it is
+/// answered, as by any HTTP/1.1 server.
+#[test]
+fn a_half_closed_request_is_answered() {
+    let env = TestEnv::file();
+    let name = env.lease_name("halfclosed");
+    let sidecar = Sidecar::start(&env, Some("pod-a"), &[]);
+    let mut stream = connect(sidecar.address);
+    stream
+        .write_all(format!("PUT /locks/{name} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "answer to a half-closed PUT: {text:?}");
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
 }
