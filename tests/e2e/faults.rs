@@ -583,7 +583,7 @@ fn a_release_that_must_read_first_outlasts_a_throttled_second() {
     let name = env.lease_name("apfread");
     let (started, go) = (env.path("started"), env.path("go"));
     let script = format!("touch {}; while [ ! -e {} ]; do sleep 0.02; done", started.display(), go.display());
-    let lock = env.spawn(&["lock", &name, "--retry-period", "300ms", "--", "sh", "-c", &script]);
+    let lock = env.spawn(["lock", &name, "--retry-period", "300ms", "--", "sh", "-c", &script]);
     wait_until("the child to start", || started.exists());
     server.reads_429_for(Duration::from_secs(2), true);
     server.after_commit(1, crate::support::apiserver::AfterCommit::Drop);
