@@ -190,7 +190,7 @@ impl FileStore {
     ) -> Result<Versioned, StoreError> {
         let (name, resource_version, record) = (name.to_string(), resource_version.to_string(), record.clone());
         self.blocking(format!("write lease {name}"), true, move |store, lock_by| {
-            store.replace_with(&name, &resource_version, &record, lock_by, |_| {})
+            store.replace_with(&name, &resource_version, None, &record, lock_by, |_| {})
         })
         .await
     }
@@ -261,6 +261,9 @@ impl FileStore {
                 name: Some(name.to_string()),
                 namespace: Some(self.namespace.clone()),
                 resource_version: Some(version.to_string()),
+                // As an API server gives every object one: a record made again is another, and a write
+                // meant for the one before (at the same version by chance) does not land on it.
+                uid: Some(new_uid()),
                 creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::now())),
                 labels: metadata.labels.clone(),
                 annotations: metadata.annotations.clone(),
@@ -279,17 +282,19 @@ impl FileStore {
         metadata: &ObjectMeta,
         lock_by: Instant,
     ) -> Result<Versioned, StoreError> {
-        self.replace_with(name, resource_version, record, lock_by, |stored| {
+        self.replace_with(name, resource_version, metadata.uid.as_deref(), record, lock_by, |stored| {
             stored.labels = metadata.labels.clone();
             stored.annotations = metadata.annotations.clone();
         })
     }
 
     /// The compare-and-swap under the directory's lock; `edit` sets what the write changes in the metadata.
+    /// A write that carries a `uid` is for that record only, as on an API server (its uid precondition).
     fn replace_with(
         &self,
         name: &str,
         resource_version: &str,
+        uid: Option<&str>,
         record: &LeaseSpec,
         lock_by: Instant,
         edit: impl FnOnce(&mut ObjectMeta),
@@ -307,6 +312,15 @@ impl FileStore {
             return Err(StoreError::Conflict(format!(
                 "lease {name} changed: its resourceVersion is {}, not {resource_version}",
                 stored.versioned.resource_version
+            )));
+        }
+        // Another record that happens to be at the same version (found by review: a lock directory swapped
+        // for another under a holder, whose versions also began at 1): its holder's, not ours.
+        if let (Some(ours), Some(stored_uid)) = (uid, stored.lease.metadata.uid.as_deref())
+            && ours != stored_uid
+        {
+            return Err(StoreError::Conflict(format!(
+                "lease {name} was made again: its uid is {stored_uid}, not {ours}"
             )));
         }
         // `.NAME.last` is normally this very file; after a crash between its two renames it is one write
@@ -670,6 +684,19 @@ async fn forward_changes(
             }
         }
     }
+}
+
+/// A random uid in the API server's form (a version 4 UUID).
+fn new_uid() -> String {
+    let (a, b) = (crate::retry::random_u64(), crate::retry::random_u64());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
 }
 
 #[cfg(test)]

@@ -605,6 +605,36 @@ fn a_deleted_record_comes_back_at_the_next_create_and_versions_and_tokens_never_
     assert_eq!((created.resource_version.as_str(), created.record.lease_transitions), ("4", Some(4)));
 }
 
+/// Found by review (helper-89): a lock directory swapped for another under a holder (whose versions also
+/// began at 1) let the holder's renewal land on the other's record at the same version. A record has a
+/// uid, as on an API server, and a write carrying another one conflicts.
+#[test]
+fn a_write_for_another_record_at_the_same_version_conflicts() {
+    let (one, two) = (TempDir::new("uid-one"), TempDir::new("uid-two"));
+    let (first, second) = (open(&one), open(&two));
+    let rt = runtime();
+    let ours = rt.block_on(first.create("job", &held_by("a"))).expect("created");
+    let theirs = rt.block_on(second.create("job", &held_by("b"))).expect("created");
+    assert_eq!((ours.resource_version.as_str(), theirs.resource_version.as_str()), ("1", "1"));
+    let (our_uid, their_uid) = (ours.metadata.uid.clone().unwrap(), theirs.metadata.uid.clone().unwrap());
+    assert_ne!(our_uid, their_uid);
+    assert_eq!(our_uid.len(), 36, "{our_uid}");
+    let renewal = Write { metadata: ours.metadata.clone(), record: held_by("a") };
+    let landed = rt.block_on(second.write("job", &renewal));
+    assert!(is_conflict(&landed), "{landed:?}");
+    assert_eq!(rt.block_on(second.get("job")).unwrap().unwrap().record.holder_identity.as_deref(), Some("b"));
+    // On its own record it lands, and the uid stays; a record deleted and put back keeps it too.
+    let renewed = rt.block_on(first.write("job", &renewal)).expect("renewed");
+    assert_eq!(renewed.metadata.uid.as_deref(), Some(our_uid.as_str()));
+    fs::remove_file(one.path().join("job.json")).expect("deleted");
+    assert!(is_conflict(&rt.block_on(first.create("job", &held_by("c")))));
+    let back = rt.block_on(first.get("job")).unwrap().unwrap();
+    assert_eq!(back.metadata.uid.as_deref(), Some(our_uid.as_str()));
+    // A write without a uid (from a writer before records had one) lands at its version.
+    let old = Write { metadata: ObjectMeta { uid: None, ..back.metadata.clone() }, record: held_by("a") };
+    rt.block_on(first.write("job", &old)).expect("a write without a uid");
+}
+
 #[test]
 fn the_watch_reports_a_deletion_as_an_absence_as_of_the_last_version() {
     let temp = TempDir::new("watch-deleted");
