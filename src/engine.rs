@@ -153,6 +153,12 @@ pub struct Slot {
     unreadable: bool,
     /// Whether the observer was told of the hold now held (and not yet of its end).
     told_acquired: bool,
+    /// The version the write on the wire was based on (`None`: a create).
+    sent_base: Option<String>,
+    /// A conflict answered to a write based on this version, and its message: if the read after it
+    /// finds the lease at that very version, it was no lost race, and counts as a failure (found by
+    /// review: a create answered 404 was sent again at once, a thousand times a second, in silence).
+    refused_at: Option<(Option<String>, String)>,
 }
 
 impl Slot {
@@ -172,6 +178,8 @@ impl Slot {
             looked_at: false,
             unreadable: false,
             told_acquired: false,
+            sent_base: None,
+            refused_at: None,
         }
     }
 
@@ -299,6 +307,7 @@ impl Slot {
                     // wakes us.
                 } else {
                     self.retry_at = None;
+                    self.sent_base = write.resource_version().map(str::to_string);
                     let ticket = self.elector.write_sent(&write, Instant::now());
                     let (store, name) = (self.store.clone(), self.name.clone());
                     self.call = Some(Box::pin(async move { Outcome::Write(ticket, store.write(&name, &write).await) }));
@@ -387,10 +396,16 @@ impl Slot {
         if let Outcome::Read(result) = &outcome {
             self.unreadable = matches!(result, Err(StoreError::Unreadable(_)));
         }
+        let refused_at = self.refused_at.take();
         let failure = match outcome {
             Outcome::Read(Ok(current)) => {
+                let unchanged = refused_at.filter(|(base, _)| {
+                    current.as_ref().map(|current| current.resource_version.as_str()) == base.as_deref()
+                });
                 self.elector.observe(current, Instant::now());
-                None
+                unchanged.map(|(_, refusal)| {
+                    StoreError::Transient(format!("{refusal} (refused as a conflict, yet the lease is unchanged)"))
+                })
             }
             Outcome::Read(Err(err)) => {
                 self.elector.want_read();
@@ -404,14 +419,21 @@ impl Slot {
                 }
                 match result {
                     // A lost race is settled by reading again (or by the next event), not retried.
-                    Ok(_) | Err(StoreError::Conflict(_)) => None,
+                    Err(StoreError::Conflict(refusal)) => {
+                        self.refused_at = Some((self.sent_base.take(), refusal));
+                        None
+                    }
+                    Ok(_) => None,
                     Err(err) => Some(err),
                 }
             }
         };
         let Some(err) = failure else {
-            self.failures = 0;
-            self.log.recovered();
+            // A conflict is no recovery until the read after it shows the race it lost.
+            if self.refused_at.is_none() {
+                self.failures = 0;
+                self.log.recovered();
+            }
             return None;
         };
         self.observer.api_error(err.kind());

@@ -236,6 +236,13 @@ fn classify(err: kube::Error, verb: Verb, name: Option<&str>, namespace: &str) -
                         "namespace {namespace:?} does not exist\ncreate it, or choose another namespace"
                     )))
                 }
+                // A create answered 404 created nothing, and no read changes that: Leases are not served
+                // there (found by review: taken for a lost race, it was sent again at once, a thousand
+                // times a second, in silence).
+                404 if matches!(verb, Verb::Create) => StoreError::Fatal(Error::Api(format!(
+                    "{what}: 404 NotFound: {message}\nthis API server does not serve leases.coordination.k8s.io/v1 \
+                     (or something in front of it hides them)"
+                ))),
                 // The object vanished under a write: read again.
                 404 if verb.is_write() => StoreError::Conflict(message),
                 429 => StoreError::Transient(format!("{what}: 429 Too Many Requests: {message}")),

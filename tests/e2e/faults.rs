@@ -592,3 +592,46 @@ fn a_release_that_must_read_first_outlasts_a_throttled_second() {
     lock.finish().assert_code(0);
     assert_eq!(env.holder(&name).as_deref(), Some(""), "left held by a process that has gone");
 }
+
+/// Found by review (helper-92): a create answered with a Kubernetes `Status` 404 (an API server, or a
+/// proxy in front of it, that does not serve Leases) was taken for a lost race: read (kube reads a 404
+/// as no Lease), created again at once, about a thousand times a second, in silence, until the
+/// timeout, then "not acquired". It is an error, exit 125, saying so.
+#[test]
+fn a_create_answered_404_is_an_error_not_a_lost_race() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("noleases");
+    server.fail_next(1_000_000, 404);
+    let done = env.run(fast(&["lock", &name, "--timeout", "20s", "--conflict-exit-code", "0"], &["true"]));
+    server.fail_next(0, 404);
+    let creates = server.requests().iter().filter(|r| r.verb == "create").count();
+    assert!(
+        done.code == Some(125) && done.stderr.contains("does not serve leases") && creates < 5,
+        "exit {:?} after {creates} creates\n{}",
+        done.code,
+        done.stderr
+    );
+}
+
+/// Found by review (helper-92): a write refused as a conflict while a read shows the lease unchanged (a
+/// webhook or a proxy answering 409 to every update) was taken for a lost race and sent again at once:
+/// a waiter took a free lease thousands of times a second until its timeout. It counts as a failure,
+/// with backoff.
+#[test]
+fn a_conflict_that_changed_nothing_is_retried_with_backoff() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("bogus409");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 409);
+    let done = env.run(fast(&["lock", &name, "--timeout", "3s"], &["true"]));
+    server.fail_next_on(&format!("update:{name}"), 0, 409);
+    let refused = server.requests().iter().filter(|r| r.verb == "update" && r.status == 409).count();
+    assert!(
+        done.code == Some(124) && refused < 100 && done.stderr.contains("yet the lease is unchanged"),
+        "exit {:?} after {refused} refused acquisitions\n{}",
+        done.code,
+        done.stderr
+    );
+}
