@@ -673,6 +673,7 @@ pub async fn settle_marker(
     };
     let mut last_error = None;
     let mut looked = false;
+    let mut conflicts = 0;
     loop {
         // Never past the deadline after a first look, whatever kept it from settling (found by review:
         // writes whose outcome stayed unknown were looked at again at once, for ever).
@@ -683,11 +684,16 @@ pub async fn settle_marker(
             let why = last_error.unwrap_or_else(|| "no answer in time".to_string());
             return Ok(Err(format!("semaphore {name}: cannot settle its marker: {why}")));
         }
-        let failure = match look_at_marker(store, name, slots).await {
+        let look = look_at_marker(store, name, slots).await;
+        conflicts = if matches!(look, Err(StoreError::Conflict(_))) { conflicts + 1 } else { 0 };
+        let failure = match look {
             Ok(MarkerLook::Settled) => return Ok(Ok(())),
             Ok(MarkerLook::Refused(refusal)) => return refuse(refusal),
-            // Written, or someone else wrote first: look again.
-            Ok(MarkerLook::Again) | Err(StoreError::Conflict(_)) => None,
+            // Written, or someone else wrote first: look again at once.
+            Ok(MarkerLook::Again) => None,
+            Err(StoreError::Conflict(_)) if conflicts == 1 => None,
+            // Conflicts one after another are no race (every write refused): wait, as for a failure.
+            Err(StoreError::Conflict(err)) => Some(StoreError::Transient(err)),
             Err(StoreError::Fatal(err)) => return Err(err),
             // A write whose outcome is unknown, or a failure: look again after a backoff.
             Err(err) => Some(err),

@@ -313,6 +313,30 @@ fn a_semaphore_under_a_failing_api_server_is_not_acquired_as_a_plain_lease_is() 
     skip.assert_code(0);
 }
 
+/// As for a plain lease (helper-92): a marker write refused as a conflict again and again, while the
+/// lease stays as it was, is no race: it is retried with backoff, not sent again at once until the
+/// timeout.
+#[test]
+fn a_marker_write_refused_every_time_is_retried_with_backoff() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else {
+        eprintln!("SKIPPED: needs the test server's fault injection");
+        return;
+    };
+    let name = env.lease_name("pool409");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 409);
+    let done = env.run(["lock", &name, "--slots", "2", "--timeout", "3s", "--", "true"]);
+    server.fail_next_on(&format!("update:{name}"), 0, 409);
+    let refused = server.requests().iter().filter(|r| r.verb == "update" && r.status == 409).count();
+    assert!(
+        done.code == Some(124) && refused < 50,
+        "exit {:?} after {refused} refused marks\n{}",
+        done.code,
+        done.stderr
+    );
+}
+
 /// Found by review (helper-81): `X` is a 2-slot semaphore, so `X-0` is a slot (annotated 2) and no
 /// marker, hence `X-0-1` is nobody's slot; `lock X-0-1 --slots 2` was refused as "slot 1 of the semaphore
 /// X-0" (a slot was taken for a marker).
