@@ -11,6 +11,7 @@
 //! code is the HTTP status) a `Status` with the HTTP status as its `code` and `NOT_A_STATUS` as its
 //! `reason`, which `store::kube::classify` reads.
 
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,6 +25,53 @@ use crate::store::kube::NOT_A_STATUS;
 
 /// The most of an error body read (a `Status` is a few hundred bytes).
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The most of a success body read, but a watch's: a Lease is at most etcd's 1.5 MiB, a namespace's list
+/// of them a few MiB. kube collects a body whole, with no bound.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The most of a watch's stream read without a newline: one event. kube's `LinesCodec` has no bound.
+const MAX_WATCH_LINE: usize = 8 * 1024 * 1024;
+
+/// A success body, bounded: whole (`MAX_BODY`), or for a watch per line (`MAX_WATCH_LINE`).
+pub struct Bounded<B> {
+    inner: B,
+    watch: bool,
+    /// Bytes so far: in all, or since the last newline for a watch.
+    seen: usize,
+}
+
+impl<B> http_body::Body for Bounded<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            match (this.watch, data.iter().rposition(|&b| b == b'\n')) {
+                (true, Some(last)) => this.seen = data.len() - last - 1,
+                _ => this.seen = this.seen.saturating_add(data.len()),
+            }
+            let limit = if this.watch { MAX_WATCH_LINE } else { MAX_BODY };
+            if this.seen > limit {
+                let what = if this.watch { "a watch event" } else { "an answer" };
+                return Poll::Ready(Some(Err(format!("{what} of more than {limit} bytes: not read").into())));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -34,10 +82,10 @@ where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Either<B, Full<Bytes>>>;
+    type Response = Response<Either<Bounded<B>, Full<Bytes>>>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
@@ -46,12 +94,13 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let watch = super::pools::is_watch(&request);
         let answer = self.0.call(request);
         Box::pin(async move {
             let response = answer.await.map_err(Into::into)?;
             let status = response.status();
             if !status.is_client_error() && !status.is_server_error() {
-                return Ok(response.map(Either::Left));
+                return Ok(response.map(|inner| Either::Left(Bounded { inner, watch, seen: 0 })));
             }
             let (parts, body) = response.into_parts();
             let body = match Limited::new(body, MAX_ERROR_BODY).collect().await {
@@ -145,5 +194,33 @@ mod tests {
         assert_eq!(answer(200, b"{}".to_vec()), "{}");
         let long: serde_json::Value = serde_json::from_slice(&answer(401, vec![b' '; 100_000])).unwrap();
         assert_eq!((long["code"].as_u64(), long["reason"].as_str()), (Some(401), Some(NOT_A_STATUS)));
+    }
+
+    /// An endless success body (a broken gateway, a watch line that never ends) is cut off, not collected
+    /// whole: kube would collect it until the call timeout (45 s for a watch) and mpsync grow without bound.
+    #[test]
+    fn endless_success_bodies_are_cut_off() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for uri in [
+            "/apis/coordination.k8s.io/v1/namespaces/d/leases/x",
+            "/apis/coordination.k8s.io/v1/namespaces/d/leases?watch=true",
+        ] {
+            let inner = tower::service_fn(|_: Request<Body>| async {
+                let chunks = futures::stream::StreamExt::take(
+                    futures::stream::repeat_with(|| {
+                        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b' '; 65536])))
+                    }),
+                    1100,
+                ); // 72 MB
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+            });
+            let request = Request::get(uri).body(Body::empty()).unwrap();
+            let collected = runtime.block_on(async {
+                let response = MarkForeignErrors(inner).call(request).await.unwrap();
+                response.into_body().collect().await.map(|_| ())
+            });
+            let err = collected.err().expect("a 72 MB body must fail").to_string();
+            assert!(err.contains("more than"), "{err}");
+        }
     }
 }

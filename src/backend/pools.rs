@@ -48,7 +48,7 @@ impl<S> WatchesApart<S> {
 }
 
 /// Whether kube sends this request as a watch: its query has `watch=true` (kube-core's `WatchParams`).
-fn is_watch<B>(request: &Request<B>) -> bool {
+pub(super) fn is_watch<B>(request: &Request<B>) -> bool {
     request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "watch=true" || pair == "watch=1"))
 }
 

@@ -635,3 +635,22 @@ fn a_conflict_that_changed_nothing_is_retried_with_backoff() {
         done.stderr
     );
 }
+
+/// Found by review (helper-93): kube reads a watch line, and any answer, whole, with no bound. A watch
+/// whose line never ends (a broken proxy, 32 MiB here, as fast as it is read) grew mpsync's memory at
+/// the rate it was sent until the watch's 45 s limit. mpsync's client cuts a watch line off at 8 MiB
+/// (any other answer at 64 MiB): the watch is taken as broken and made again.
+#[test]
+fn a_watch_line_that_never_ends_is_cut_off() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("endless");
+    env.put(&name, TestEnv::foreign_record("other", 3600));
+    server.set_watch_fault(Some(crate::support::apiserver::WatchFault::EndlessLine));
+    let waiter = env.spawn(fast(&["lock", &name, "--timeout", "300s"], &["true"]));
+    let cut_off = within_patience(|| server.count("watch") >= 3);
+    server.set_watch_fault(None);
+    waiter.signal(Signal::SIGTERM);
+    let done = waiter.finish();
+    assert!(cut_off && done.stderr.contains("more than 8388608 bytes"), "{}", done.stderr);
+}

@@ -206,6 +206,9 @@ pub enum WatchFault {
     Error(u16),
     /// HTTP 200, then at once the clean end of the stream (the terminating chunk): zero events.
     EndAtOnce,
+    /// HTTP 200, then 32 MiB of a line that never ends (a broken proxy or server), then silence until
+    /// the watch's timeout: a client that reads a line whole, with no bound, holds all of it.
+    EndlessLine,
 }
 
 /// Where a kubeconfig tells the client to find the CA: see [`KubeconfigOptions::trust`].
@@ -2967,6 +2970,8 @@ enum WatchStart {
     Stream(Vec<String>, u64),
     /// Send this line (an ERROR), if any, then end the stream cleanly.
     End(Option<String>),
+    /// See [`WatchFault::EndlessLine`].
+    EndlessLine,
 }
 
 /// Streams one watch; false when the connection must be closed.
@@ -2987,6 +2992,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 WatchStart::End(Some(watch_error_line(code, since.unwrap_or(current), current)))
             }
             (Some(WatchFault::EndAtOnce), _) => WatchStart::End(None),
+            (Some(WatchFault::EndlessLine), _) => WatchStart::EndlessLine,
             (None, None) => {
                 let lines: Vec<String> = st
                     .objects
@@ -3013,6 +3019,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
     let (initial, mut last_rv) = match start {
         WatchStart::Stream(lines, rv) => (lines, rv),
         WatchStart::End(line) => return finish_watch(io.writer(), line),
+        WatchStart::EndlessLine => return serve_endless_line(shared, conn, io, watch.timeout),
     };
     for line in &initial {
         if write_chunk(io.writer(), line.as_bytes()).is_err() {
@@ -3033,7 +3040,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 if let Some(fault) = st.watch_fault {
                     break WatchStep::End(match fault {
                         WatchFault::Error(code) => Some(watch_error_line(code, last_rv, st.rv)),
-                        WatchFault::EndAtOnce => None,
+                        WatchFault::EndAtOnce | WatchFault::EndlessLine => None,
                     });
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
@@ -3089,6 +3096,25 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
             }
         }
     }
+}
+
+/// See [`WatchFault::EndlessLine`]; false when the connection must be closed.
+fn serve_endless_line(shared: &Arc<Shared>, conn: u64, io: &mut Io, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let piece = vec![b' '; 64 * 1024];
+    for _ in 0..512 {
+        if write_chunk(io.writer(), &piece).is_err() {
+            return false;
+        }
+    }
+    while Instant::now() < deadline {
+        if shared.lock().is_killed(conn) || io.client_hung_up() {
+            io.abort();
+            return false;
+        }
+        std::thread::sleep(HANGUP_CHECK);
+    }
+    finish_watch(io.writer(), None)
 }
 
 /// Sends `line` if any, then the terminating chunk: the clean end of a watch.
