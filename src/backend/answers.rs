@@ -219,7 +219,7 @@ mod tests {
                 let response = MarkForeignErrors(inner).call(request).await.unwrap();
                 response.into_body().collect().await.map(|_| ())
             });
-            let err = collected.err().expect("a 72 MB body must fail").to_string();
+            let err = collected.expect_err("a 72 MB body must fail").to_string();
             assert!(err.contains("more than"), "{err}");
         }
     }
