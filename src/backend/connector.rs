@@ -100,6 +100,54 @@ impl Service<Uri> for Connector {
     }
 }
 
+/// Bounds opening a connection whole, the TLS handshake included (found by review: the TLS layer above
+/// `Connector` had no bound, and hyper finishes a connection it no longer needs in a task of its own,
+/// so a server that accepted and never answered the handshake kept a task and a socket for ever).
+#[derive(Clone)]
+pub struct Bounded<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> Bounded<C> {
+    pub fn new(inner: C, timeout: Duration) -> Bounded<C> {
+        Bounded { inner, timeout }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> Service<Uri> for Bounded<C>
+where
+    C: Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, server: Uri) -> Self::Future {
+        let timeout = self.timeout;
+        let shown = super::shown_server(&server);
+        let connecting = self.inner.call(server);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(ConnectError(format!(
+                    "cannot connect to {shown}: no connection (TLS handshake included) within {}",
+                    humantime::format_duration(timeout)
+                ))
+                .into()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -120,6 +168,36 @@ mod tests {
             credentials: Some(("user".into(), "secret".into())),
             name: format!("proxy http://127.0.0.1:{port} (from test)"),
         }
+    }
+
+    /// A server that accepts and never answers the TLS handshake: opening the connection fails within
+    /// the timeout, and the socket is closed.
+    #[test]
+    fn a_tls_handshake_that_never_ends_is_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let runtime = runtime();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(Connector::new(None, Duration::from_secs(30)));
+        let mut bounded = Bounded::new(https, Duration::from_millis(300));
+        let uri: Uri = format!("https://127.0.0.1:{port}").parse().unwrap();
+        let started = std::time::Instant::now();
+        let result = runtime.block_on(async { bounded.call(uri).await.map(|_| ()) });
+        let err = result.expect_err("a handshake that never ends").to_string();
+        assert!(err.contains("within 300ms") && started.elapsed() < Duration::from_secs(10), "{err}");
+        let (mut accepted, _) = listener.accept().unwrap();
+        accepted.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        let _ = accepted.read_to_end(&mut rest);
+        assert!(rest.starts_with(&[0x16]), "a ClientHello, then the end: {rest:?}");
     }
 
     #[test]

@@ -181,7 +181,10 @@ clientCertificateData \
         }
         None => builder,
     };
-    let https = builder.enable_http1().wrap_connector(Connector::new(proxy, call_timeout));
+    let https = connector::Bounded::new(
+        builder.enable_http1().wrap_connector(Connector::new(proxy, call_timeout)),
+        call_timeout,
+    );
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
     // connection (see `pools`); idle connections are closed as they expire, not kept until the next
     // request looks.
