@@ -706,7 +706,7 @@ mod tests {
             (&["lock", "job", "--renew-deadline", "15s", "--", "true"], "must be less than --lease-duration"),
             (&["lock", "job", "--retry-period", "9s", "--", "true"], "--retry-period"),
             (&["lock", "job", "--retry-period", "1ns", "--", "true"], "--retry-period must be at least 10ms"),
-            (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control characters"),
+            (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control, bidi or invisible characters"),
             (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
             (&["lock", "job", "--lease-duration", "1500ms", "--", "true"], "whole number of seconds"),
             (&["lock", "job", "--"], "no command given"),

@@ -1530,8 +1530,9 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
 }
 
 /// A holder's identity as text shows it: as it is, or quoted with escapes where it holds control
-/// characters or bidi controls (a record written by anyone may: a newline would forge a line, an escape
-/// sequence move the terminal, a right-to-left override show another name; found by review).
+/// characters, bidi controls or invisible ones (a record written by anyone may: a newline would forge a
+/// line, an escape sequence move the terminal, a right-to-left override or a zero-width space show
+/// another name; found by review).
 pub fn shown(identity: &str) -> String {
     if identity.chars().any(crate::validate::is_unshowable) { format!("{identity:?}") } else { identity.to_string() }
 }

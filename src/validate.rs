@@ -40,7 +40,7 @@ pub fn identity(identity: String) -> Result<String> {
     // or move the terminal, a bidi override would show another identity than the one held (found by review).
     if identity.chars().any(is_unshowable) {
         return Err(Error::Usage(format!(
-            "--identity {identity:?} must not contain control characters or bidi controls"
+            "--identity {identity:?} must not contain control, bidi or invisible characters"
         )));
     }
     if identity.len() > MAX_IDENTITY {
@@ -52,11 +52,23 @@ pub fn identity(identity: String) -> Result<String> {
     Ok(identity)
 }
 
-/// Whether `c` may not be printed as it is: a control character, or a Unicode bidi control (an override,
-/// embedding, isolate or mark), which reorders what follows it on a terminal.
+/// Whether `c` may not be printed as it is: a control character; a Unicode bidi control (an override,
+/// embedding, isolate or mark), which reorders what follows it on a terminal; or an invisible one (a
+/// zero-width space or joiner, a soft hyphen, a byte-order mark, a line or paragraph separator), which
+/// makes one name look like another (found by review).
 pub fn is_unshowable(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 pub fn is_dns1123_subdomain(name: &str) -> bool {
@@ -126,10 +138,13 @@ mod tests {
         assert!(message.contains("1048576 bytes") && message.contains("1024"), "{message}");
         // Found by review: printed in logs and `status`, a newline forged a line.
         let Err(Error::Usage(message)) = identity("a\nholder: b".into()) else { panic!("a newline") };
-        assert_eq!(message, r#"--identity "a\nholder: b" must not contain control characters or bidi controls"#);
+        assert_eq!(message, r#"--identity "a\nholder: b" must not contain control, bidi or invisible characters"#);
         // Found by review: a right-to-left override shows `job-a` for `a-boj`.
         assert!(identity("\u{202E}boj-a".into()).is_err());
         assert!(identity("\u{2067}x".into()).is_err());
+        // Found by review (helper-94): a zero-width space shows `pod\u{200B}-a` as `pod-a`.
+        assert!(identity("pod\u{200B}-a".into()).is_err());
+        assert!(identity("pod\u{FEFF}".into()).is_err());
         assert!(identity("Zürich-holder-日本".into()).is_ok());
     }
 
@@ -139,6 +154,7 @@ mod tests {
         assert_eq!(crate::lease::shown("a\nb"), r#""a\nb""#);
         assert_eq!(crate::lease::shown("\u{202E}boj-a"), r#""\u{202e}boj-a""#);
         assert_eq!(crate::lease::shown("x\u{200F}"), r#""x\u{200f}""#);
+        assert_eq!(crate::lease::shown("pod\u{200B}-a"), r#""pod\u{200b}-a""#);
     }
 
     #[test]

@@ -90,11 +90,21 @@ struct Entry {
     longest_gap: Duration,
     /// The fencing token of the holding the heartbeats belong to.
     token: Option<i32>,
+    /// A POST was cut off by its budget while its create was on the wire: a POST retried after it may
+    /// find the lock its own (found by review: it was answered 409, and the lock held for nobody).
+    create_in_doubt: bool,
 }
 
 impl Entry {
     fn new(elector: Elector) -> Entry {
-        Entry { elector, used: Instant::now(), heartbeat: None, longest_gap: Duration::ZERO, token: None }
+        Entry {
+            elector,
+            used: Instant::now(),
+            heartbeat: None,
+            longest_gap: Duration::ZERO,
+            token: None,
+            create_in_doubt: false,
+        }
     }
 }
 
@@ -235,10 +245,15 @@ impl Locks {
                     return self.too_slow(name, None);
                 };
                 entry.used = Instant::now();
-                let acquire = self.acquire(name, &mut entry.elector, method == Method::Post);
+                let post = method == Method::Post;
+                let in_doubt = post && std::mem::take(&mut entry.create_in_doubt);
+                let acquire = self.acquire(name, &mut entry.elector, post, in_doubt);
                 let response = match tokio::time::timeout_at(deadline, acquire).await {
                     Ok(response) => response,
-                    Err(_) => self.too_slow(name, Some(&entry.elector)),
+                    Err(_) => {
+                        entry.create_in_doubt = post && (in_doubt || entry.elector.acquisition_in_doubt());
+                        self.too_slow(name, Some(&entry.elector))
+                    }
                 };
                 if response.status == 200 {
                     entry.heartbeat_answered(Instant::now());
@@ -277,11 +292,13 @@ impl Locks {
 
     /// PUT (acquire or heartbeat) and POST (`create_only`: create it, or 409 if it exists): 200 when this
     /// identity holds the lock, 409 with the lock when another identity holds it unexpired.
-    async fn acquire(&self, name: &str, elector: &mut Elector, create_only: bool) -> Response {
+    /// `created_before`: an earlier POST's create may have made the lock ours (see `Entry`).
+    async fn acquire(&self, name: &str, elector: &mut Elector, create_only: bool, created_before: bool) -> Response {
         let lease = self.lease_name(name);
         let started = Instant::now();
         let mut last_race = String::new();
-        let mut sent_create = false;
+        let mut sent_create = created_before;
+        let mut create_only = create_only;
         // A lost compare-and-swap or an unknown outcome: read again and decide again, a few times.
         for _attempt in 0..3 {
             if started.elapsed() > ATTEMPTS_WITHIN {
@@ -293,14 +310,23 @@ impl Locks {
             };
             if create_only && current.is_some() {
                 elector.observe(current, Instant::now());
-                // Our own create, whose answer was lost: it made the lock ours (found by review: it was
-                // answered 409, and the lock stayed held for nobody until its TTL).
+                // Our own create, whose answer was lost (this request's, or an earlier one's cut off by
+                // its budget): it made the lock ours (found by review: it was answered 409, and the lock
+                // stayed held for nobody until its TTL).
                 if sent_create && self.holding(elector) {
                     self.metrics.acquisitions.inc();
                     tracing::info!(lease = %lease, identity = %self.identity, "acquired the lock");
                     return self.lock_response(200, name, elector);
                 }
-                return self.lock_response(409, name, elector);
+                let under_our_name = elector
+                    .current()
+                    .is_some_and(|current| current.record.holder_identity.as_deref() == Some(self.identity.as_str()));
+                if !(sent_create && under_our_name) {
+                    return self.lock_response(409, name, elector);
+                }
+                // Ours, learnt past its renew deadline: taken again as a PUT would take it.
+                create_only = false;
+                continue;
             }
             let action = self.decide(name, elector, current);
             let holding = elector.held().is_some();

@@ -31,6 +31,17 @@ pub(crate) struct Terminal {
     child_modes: Option<Termios>,
 }
 
+/// Whether nothing alive is left in group `pgid`: no process at all, or only zombies. A group with a
+/// process mpsync may not signal (another user's, which `/proc` may hide) is alive (found by review:
+/// under `hidepid`, the root shell of `sudo -i` looked dead).
+fn is_dead(pgid: Pid) -> bool {
+    match nix::sys::signal::killpg(pgid, None) {
+        Err(nix::errno::Errno::ESRCH) => true,
+        Ok(()) => !Snapshot::take().group_has_living(pgid.as_raw()),
+        Err(_) => false,
+    }
+}
+
 impl Terminal {
     /// mpsync's controlling terminal, if it has one.
     pub fn open() -> Option<Terminal> {
@@ -100,12 +111,7 @@ impl Terminal {
             // foreground when it was killed: a group with nothing alive in it, which mpsync handed the
             // terminal away from (found by review, helper-90: a lost lease left it to the dead group, with the
             // killed job's modes, which the calling shell then took for its own).
-            Some(pgid) => {
-                foreground == pgid
-                    || (self.saved.is_some()
-                        && foreground != ours
-                        && !Snapshot::take().group_has_living(foreground.as_raw()))
-            }
+            Some(pgid) => foreground == pgid || (self.saved.is_some() && foreground != ours && is_dead(foreground)),
             None => foreground != ours,
         };
         if !theirs {

@@ -1519,6 +1519,34 @@ fn a_post_whose_answer_was_lost_is_answered_by_what_it_did() {
     );
 }
 
+/// Found by review (helper-94): the same, when the POST's answer came after the request's budget (the
+/// client is told 503 and tries again): the retried POST was answered 409 for the lock the side-car had
+/// just made, also once the lost create was past its renew deadline. It is answered 200, renewed first
+/// where needed.
+#[test]
+fn a_post_retried_after_its_create_was_cut_off_is_answered_200() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    // Answered after the budget (1 s), then within the renew deadline (3 s), or past it.
+    for (delay, retry_after) in [(Duration::from_millis(1500), None), (Duration::from_millis(3500), Some(3500))] {
+        let name = env.lease_name("cutpost");
+        let path = format!("/locks/{name}");
+        server.after_commit(1, AfterCommit::Delay(delay));
+        let sent = Instant::now();
+        a.request("POST", &path).assert_status(503);
+        if let Some(ms) = retry_after {
+            std::thread::sleep(Duration::from_millis(ms).saturating_sub(sent.elapsed()));
+        }
+        let again = a.request("POST", &path);
+        assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
+        assert_eq!(again.status, 200, "{delay:?}: told 409 while the side-car holds the lock it made: {}", again.body);
+    }
+}
+
 /// Found by review (helper-91): a client that sends its request and then shuts down its sending side
 /// (`nc -N`, `socat`, a script's `shutdown(SHUT_WR)`) got no answer, and the lock was not taken; it is
 /// answered, as by any HTTP/1.1 server.
