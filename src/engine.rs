@@ -588,7 +588,13 @@ pub enum Campaigned {
 /// observed lease expires, when a retry is due, or at the deadline. Cancel-safe (calls in flight stay in
 /// the slots; `settle` them afterwards).
 pub async fn campaign(slots: &mut [Slot], wait: Wait, lease: &str) -> Result<Campaigned, Error> {
-    let started = Instant::now();
+    campaign_from(slots, wait, lease, Instant::now()).await
+}
+
+/// As [`campaign`], for one attempt (`Wait::NoWait`) that began at `started`: a semaphore's attempt
+/// settles its marker first, and both share one bound, a lease duration from `started` (found by review:
+/// each had a bound of its own, two lease durations in all on a failing server).
+pub async fn campaign_from(slots: &mut [Slot], wait: Wait, lease: &str, started: Instant) -> Result<Campaigned, Error> {
     let deadline = match wait {
         Wait::Forever => None,
         Wait::Until(at) => Some(at),

@@ -898,10 +898,11 @@ async fn acquisition(
         slots.iter_mut().for_each(Slot::abandon_call);
         settle_all(&mut slots, budget).await;
     }
+    let started = Instant::now();
     let marker_deadline = match wait {
         Wait::Forever => None,
         Wait::Until(at) => Some(at),
-        Wait::NoWait => Some(Instant::now() + inner.timing.lease_duration),
+        Wait::NoWait => Some(started + inner.timing.lease_duration),
     };
     let campaign = async {
         if let Some(n) = inner.slot_count.filter(|n| *n > 1)
@@ -910,7 +911,7 @@ async fn acquisition(
             tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
             return Ok(Campaigned::NotAcquired { last_error: Some(last_error) });
         }
-        engine::campaign(&mut slots, wait, &inner.name).await
+        engine::campaign_from(&mut slots, wait, &inner.name, started).await
     };
     let campaigned = tokio::select! {
         campaigned = campaign => Some(campaigned),
