@@ -1534,7 +1534,23 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
 /// line, an escape sequence move the terminal, a right-to-left override or a zero-width space show
 /// another name; found by review).
 pub fn shown(identity: &str) -> String {
-    if identity.chars().any(crate::validate::is_unshowable) { format!("{identity:?}") } else { identity.to_string() }
+    use crate::validate::is_unshowable;
+    if !identity.chars().any(is_unshowable) {
+        return identity.to_string();
+    }
+    let mut text = String::from("\"");
+    for c in identity.chars() {
+        match c {
+            // `{:?}` prints some blanks (U+3164, U+2800) as they are.
+            c if is_unshowable(c) && !matches!(c, '\n' | '\r' | '\t' | '\0') => {
+                text.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
+            '\'' => text.push(c),
+            c => text.extend(c.escape_debug()),
+        }
+    }
+    text.push('"');
+    text
 }
 
 /// The slot count a record's `mpsync.io/slots` annotation gives, if it is a semaphore's (more than one).

@@ -53,21 +53,42 @@ pub fn identity(identity: String) -> Result<String> {
 }
 
 /// Whether `c` may not be printed as it is: a control character; a Unicode bidi control (an override,
-/// embedding, isolate or mark), which reorders what follows it on a terminal; or an invisible one (a
-/// zero-width space or joiner, a soft hyphen, a byte-order mark, a line or paragraph separator), which
-/// makes one name look like another (found by review).
+/// embedding, isolate or mark), which reorders what follows it on a terminal; or one that shows as
+/// nothing or as a blank (a format character, a default-ignorable code point, a space other than
+/// U+0020, a line or paragraph separator, a blank filler), which makes one name look like another
+/// (found by review).
 pub fn is_unshowable(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{00AD}'
+            '\u{00A0}'
+                | '\u{00AD}'
+                | '\u{034F}'
+                | '\u{0600}'..='\u{0605}'
                 | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{1680}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{2000}'..='\u{200F}'
+                | '\u{2028}'..='\u{202F}'
+                | '\u{205F}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3000}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
@@ -145,6 +166,10 @@ mod tests {
         // Found by review (helper-94): a zero-width space shows `pod\u{200B}-a` as `pod-a`.
         assert!(identity("pod\u{200B}-a".into()).is_err());
         assert!(identity("pod\u{FEFF}".into()).is_err());
+        // Found by review (helper-95): tag characters, variation selectors, blank fillers, other spaces.
+        for c in ['\u{E0041}', '\u{FE0F}', '\u{3164}', '\u{034F}', '\u{2800}', '\u{202F}', '\u{00A0}', '\u{3000}'] {
+            assert!(identity(format!("pod-a{c}")).is_err(), "{:x}", c as u32);
+        }
         assert!(identity("Zürich-holder-日本".into()).is_ok());
     }
 
@@ -155,6 +180,9 @@ mod tests {
         assert_eq!(crate::lease::shown("\u{202E}boj-a"), r#""\u{202e}boj-a""#);
         assert_eq!(crate::lease::shown("x\u{200F}"), r#""x\u{200f}""#);
         assert_eq!(crate::lease::shown("pod\u{200B}-a"), r#""pod\u{200b}-a""#);
+        // Escaped where `{:?}` would print them as they are.
+        assert_eq!(crate::lease::shown("pod-a\u{3164}\u{2800}"), r#""pod-a\u{3164}\u{2800}""#);
+        assert_eq!(crate::lease::shown("it's \"x\"\u{200B}"), r#""it's \"x\"\u{200b}""#);
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl Locks {
                             let mut entry = entry.lock().await;
                             entry.used = Instant::now();
                             entry.heartbeat = None;
+                            entry.create_in_doubt = false;
                             self.delete(name, &mut entry.elector).await
                         }
                         None => self.delete(name, &mut self.elector()).await,
@@ -246,7 +247,9 @@ impl Locks {
                 };
                 entry.used = Instant::now();
                 let post = method == Method::Post;
-                let in_doubt = post && std::mem::take(&mut entry.create_in_doubt);
+                // Only for the next request, and only if it is a POST (found by review: a flag left by
+                // PUTs answered a POST long after 200 for a lock held all along).
+                let in_doubt = std::mem::take(&mut entry.create_in_doubt) && post;
                 let acquire = self.acquire(name, &mut entry.elector, post, in_doubt);
                 let response = match tokio::time::timeout_at(deadline, acquire).await {
                     Ok(response) => response,

@@ -31,13 +31,17 @@ pub(crate) struct Terminal {
     child_modes: Option<Termios>,
 }
 
-/// Whether nothing alive is left in group `pgid`: no process at all, or only zombies. A group with a
-/// process mpsync may not signal (another user's, which `/proc` may hide) is alive (found by review:
-/// under `hidepid`, the root shell of `sudo -i` looked dead).
+/// Whether nothing alive is left in group `pgid`: no process at all, or only zombies that /proc shows.
+/// A group with a process mpsync may not signal (another user's, which `/proc` may hide) is alive, and
+/// so is one that /proc does not show whole (no /proc, another PID namespace's) (found by review: under
+/// `hidepid`, the root shell of `sudo -i` looked dead).
 fn is_dead(pgid: Pid) -> bool {
     match nix::sys::signal::killpg(pgid, None) {
         Err(nix::errno::Errno::ESRCH) => true,
-        Ok(()) => !Snapshot::take().group_has_living(pgid.as_raw()),
+        Ok(()) => {
+            let snapshot = Snapshot::take();
+            snapshot.complete() && snapshot.shows_group(pgid.as_raw()) && !snapshot.group_has_living(pgid.as_raw())
+        }
         Err(_) => false,
     }
 }

@@ -1547,6 +1547,26 @@ fn a_post_retried_after_its_create_was_cut_off_is_answered_200() {
     }
 }
 
+/// Found by review (helper-95): the mark a POST cut off by its budget leaves is for the request right
+/// after it only: left by PUTs (another process of the pod heartbeating), it answered a create-only POST
+/// long after 200 for a lock held all along.
+#[test]
+fn a_post_long_after_one_cut_off_is_answered_409_for_a_held_lock() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    let name = env.lease_name("stalepost");
+    let path = format!("/locks/{name}");
+    server.after_commit(1, AfterCommit::Delay(Duration::from_millis(1500)));
+    a.request("POST", &path).assert_status(503);
+    a.put(&name).assert_status(200);
+    let post = a.request("POST", &path);
+    assert_eq!(post.status, 409, "a create-only POST on a held lock: {}", post.body);
+}
+
 /// Found by review (helper-91): a client that sends its request and then shuts down its sending side
 /// (`nc -N`, `socat`, a script's `shutdown(SHUT_WR)`) got no answer, and the lock was not taken; it is
 /// answered, as by any HTTP/1.1 server.
