@@ -368,6 +368,33 @@ fn a_waiters_idle_connection_is_closed_after_30s_and_a_later_acquisition_opens_a
     assert!(writes.iter().all(|w| w.conn != conn), "{requests:#?}");
 }
 
+/// As below, with watch events that come 300 ms after the write's answer, as through a busy real API
+/// server's watch cache (helper-97: the test server delivered them at once): still one child at a time,
+/// tokens increasing, everyone's turn.
+#[test]
+fn eight_waiters_take_turns_while_watch_events_come_late() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    server.set_watch_lag(Duration::from_millis(300));
+    let name = env.lease_name("lateturns");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
+    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    holder.wait_for_file(&log, "start");
+    let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
+    wait_until("all eight to wait", || waiters.iter().all(|w| w.stderr().contains("waiting")));
+    fs::write(&gate, "").unwrap();
+    for process in waiters.iter_mut().chain(std::iter::once(&mut holder)) {
+        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 18, "every process ran its child once: {stamps:?}");
+    assert_eq!(max_concurrency(&log), 1, "one child at a time: {stamps:?}");
+    let tokens: Vec<i64> = stamps.iter().filter(|(word, _, _)| word == "start").filter_map(|(_, _, t)| *t).collect();
+    assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "tokens increase: {tokens:?}");
+}
+
 /// Eight waiters on one lease take turns, one child at a time, with increasing tokens; each acts on the
 /// watch event that shows the lease freed (a compare-and-swap with the version it carries) and, after a
 /// race lost, on the event that shows the winner: from the first release on, the API server sees no read.

@@ -564,6 +564,8 @@ struct State {
     latency: Duration,
     commit_delay: Duration,
     bookmark_interval: Duration,
+    /// How far the watch cache lags behind etcd: events reach watches this much after their commit.
+    watch_lag: Duration,
     forbidden: BTreeSet<String>,
     unauthorized: bool,
     /// The issued client certificates (DER, and which key); with `client_certificate_required`, a request
@@ -594,6 +596,8 @@ struct Event {
     /// The event as every watch sends it, serialized once at the write (as the real server's watch
     /// cache does), so that a hundred watches do not each serialize it under the lock.
     line: Arc<str>,
+    /// When it was committed (the watch cache delivers it `watch_lag` later).
+    at: Instant,
 }
 
 impl State {
@@ -605,6 +609,7 @@ impl State {
             namespace: namespace.to_string(),
             name: name.to_string(),
             line: event_line(kind, &object).into(),
+            at: Instant::now(),
         });
         if self.events.len() > MAX_HISTORY {
             let drop = self.events.len() - MAX_HISTORY / 2;
@@ -678,6 +683,7 @@ impl TestApiServer {
             latency: Duration::ZERO,
             commit_delay: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
+            watch_lag: Duration::ZERO,
             named_failures: BTreeMap::new(),
             forbidden: BTreeSet::new(),
             unauthorized: false,
@@ -933,6 +939,15 @@ impl TestApiServer {
     /// before etcd.
     pub fn set_commit_delay(&self, delay: Duration) {
         self.shared.lock().commit_delay = delay.min(Duration::from_secs(60));
+    }
+
+    /// The watch cache's lag behind etcd: every event reaches watches this long after its commit (the
+    /// write's own answer is not delayed), as on a real, busy kube-apiserver, whose events come through
+    /// its watch cache; its bookmarks then follow the cache's rules (never a version not yet delivered,
+    /// none at or below the watcher's own).
+    pub fn set_watch_lag(&self, lag: Duration) {
+        self.shared.lock().watch_lag = lag;
+        self.shared.changed.notify_all();
     }
 
     /// How often a watch that asked for `allowWatchBookmarks=true` gets a BOOKMARK (default 1s).
@@ -3044,13 +3059,17 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                     });
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
-                if start < st.events.len() {
-                    let lines: Vec<Arc<str>> = st.events[start..]
+                let lag = st.watch_lag;
+                let ready_now = Instant::now();
+                let end = start + st.events[start..].partition_point(|e| e.at + lag <= ready_now);
+                let lagging = st.events.get(end).map(|e| e.at + lag);
+                if start < end {
+                    let lines: Vec<Arc<str>> = st.events[start..end]
                         .iter()
                         .filter(|e| watch.filter.matches(&e.namespace, &e.name))
                         .map(|e| e.line.clone())
                         .collect();
-                    last_rv = st.events[st.events.len() - 1].rv;
+                    last_rv = st.events[end - 1].rv;
                     if !lines.is_empty() {
                         break WatchStep::Send(lines);
                     }
@@ -3061,14 +3080,22 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 }
                 if watch.bookmarks && now >= next_bookmark {
                     next_bookmark = now + st.bookmark_interval;
-                    last_rv = last_rv.max(st.rv);
-                    break WatchStep::Send(vec![bookmark_line(st.rv).into()]);
+                    // The watch cache's bookmark: its own resourceVersion, never one it has not delivered,
+                    // and none at or below the watcher's (cache_watcher.go).
+                    let cache_rv = if lagging.is_some() { last_rv } else { st.rv };
+                    if cache_rv > last_rv || lag.is_zero() {
+                        last_rv = last_rv.max(cache_rv);
+                        break WatchStep::Send(vec![bookmark_line(cache_rv).into()]);
+                    }
                 }
                 if now >= next_hangup_check {
                     next_hangup_check = now + HANGUP_CHECK;
                     break WatchStep::CheckHangup;
                 }
                 let mut wake = deadline.min(next_hangup_check);
+                if let Some(ready) = lagging {
+                    wake = wake.min(ready.max(now + Duration::from_millis(1)));
+                }
                 if watch.bookmarks {
                     wake = wake.min(next_bookmark);
                 }
