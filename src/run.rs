@@ -149,6 +149,9 @@ enum Held {
     Done(Exit),
     /// The lease was lost; the child was stopped and reaped.
     Lost,
+    /// The lease was lost while the child was already stopping on a forwarded stop signal: mpsync was
+    /// asked to end, so it must not campaign again.
+    LostWhileStopping,
 }
 
 impl Runner {
@@ -171,6 +174,7 @@ impl Runner {
             };
             match self.hold(held).await? {
                 Held::Done(exit) => return Ok(exit),
+                Held::LostWhileStopping => return Ok(Exit::LeaseLost),
                 Held::Lost => match self.config.mode {
                     Mode::Lock { .. } | Mode::Elect { exit_on_loss: true } => return Ok(Exit::LeaseLost),
                     Mode::Elect { exit_on_loss: false } => {
@@ -257,6 +261,8 @@ impl Runner {
         }
         health.child_started();
         // As a subreaper: what mpsync adopts is told to the guard (see `Supervisor::note_adopted`).
+        // A stop signal forwarded to the child: mpsync is to end with it, whatever happens to the lease.
+        let mut stopping = false;
         let mut adoptions = tokio::time::interval(ADOPTION_LOOK);
         adoptions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -268,6 +274,7 @@ impl Runner {
                 notice = supervisor.next_notice() => match notice {
                     Notice::Signal(signal) => {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
+                        stopping |= is_stop(signal);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job
@@ -279,7 +286,7 @@ impl Runner {
                             health.child_exited();
                             tracing::warn!(child_exit = exit.code(), "child killed after losing the lease");
                             drop(held);
-                            return Ok(Held::Lost);
+                            return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }
                         supervisor.continue_child();
                     }
@@ -291,7 +298,7 @@ impl Runner {
                             tracing::error!("the child was killed at the lease's deadline");
                             supervisor.finish(config.kill_signal, config.grace).await;
                             drop(held);
-                            return Ok(Held::Lost);
+                            return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }
                         tracing::info!(exit = exit.code(), "child exited");
                         supervisor.finish(config.kill_signal, config.grace).await;
@@ -311,7 +318,7 @@ impl Runner {
                     tracing::warn!(child_exit = exit.code(), "child stopped after losing the lease");
                     // The lease is not ours: nothing is written. Dropping the lock lets it campaign again.
                     drop(held);
-                    return Ok(Held::Lost);
+                    return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                 }
             }
         }

@@ -205,6 +205,9 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
 async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) -> Result<Option<Target>> {
     let mut watches: Vec<_> = target.names.iter().map(|name| store.watch(name, Duration::from_secs(2))).collect();
     let mut last: Vec<Option<(String, i32, bool, bool)>> = vec![None; watches.len()];
+    // The record each lease was last seen with: a held record turns free when its own expiry passes,
+    // with no event to say so (its holder died), and that is reported too.
+    let mut seen: Vec<Option<Option<Versioned>>> = vec![None; watches.len()];
     // The count a plain lease's record was last seen with (a slot of another semaphore carries one too).
     let mut count_seen = None;
     loop {
@@ -212,7 +215,35 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             .iter_mut()
             .enumerate()
             .map(|(index, watch)| Box::pin(async move { (index, watch.updates.recv().await) }));
-        let ((index, update), _, _) = futures::future::select_all(updates).await;
+        let now = Timestamp::now();
+        let next_expiry = seen
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|current| crate::lease::held_at(&current.record, now))
+            .filter_map(|current| crate::lease::expiry(&current.record))
+            .min();
+        let expired = async {
+            match next_expiry {
+                Some(at) => {
+                    let wait = at.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+                    tokio::time::sleep(wait + Duration::from_millis(1)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let (index, update) = tokio::select! {
+            ((index, update), _, _) = futures::future::select_all(updates) => (index, update),
+            () = expired => {
+                for index in 0..seen.len() {
+                    let Some(current) = seen[index].clone() else { continue };
+                    let slot = target.slots.map(|_| index);
+                    let report = Report::new(&target.names[index], slot, store.namespace(), current.as_ref(), Timestamp::now());
+                    print_change(config, &mut last[index], &report)?;
+                }
+                continue;
+            }
+        };
         let current = match update {
             None => return Ok(None),
             Some(WatchUpdate::Present(current)) => Some(current),
@@ -231,15 +262,21 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
         let slot = target.slots.map(|_| index);
         let name = &target.names[index];
         let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());
-        let key = (report.holder.clone(), report.transitions, report.exists, report.held);
-        if last[index].as_ref() == Some(&key) {
-            continue;
-        }
-        last[index] = Some(key);
-        match config.output {
-            OutputFormat::Json => out(format_args!("{}\n", report.change_json()))?,
-            OutputFormat::Text => out(format_args!("{}\n", report.change_line()))?,
-        }
+        seen[index] = Some(current);
+        print_change(config, &mut last[index], &report)?;
+    }
+}
+
+/// Print `report` if it differs from the last one printed for its lease.
+fn print_change(config: &QueryConfig, last: &mut Option<(String, i32, bool, bool)>, report: &Report) -> Result<()> {
+    let key = (report.holder.clone(), report.transitions, report.exists, report.held);
+    if last.as_ref() == Some(&key) {
+        return Ok(());
+    }
+    *last = Some(key);
+    match config.output {
+        OutputFormat::Json => out(format_args!("{}\n", report.change_json())),
+        OutputFormat::Text => out(format_args!("{}\n", report.change_line())),
     }
 }
 

@@ -21,6 +21,8 @@ both_backends!(
     observe_prints_one_line_per_holder_change_and_exits_0_on_signals,
     client_go_record_is_read_and_respected,
     preferred_holder_and_strategy_are_preserved_on_every_write,
+    a_loss_while_the_child_stops_on_sigterm_never_starts_it_again,
+    observe_reports_the_expiry_of_a_holder_that_died,
 );
 
 /// A leader's child: stamps `start`, records its mpsync's pid, and on SIGTERM stamps `end` and exits 0.
@@ -288,4 +290,56 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
     // token it was written for (kept by the release).
     let token = spec.lease_transitions.unwrap_or(0);
     assert_eq!(annotations[mpsync::lease::CONTENDERS_ANNOTATION], format!("1.0@{token}"));
+}
+
+/// Found by review (helper-98): SIGTERM reaches the leader (a rolling update); its worker takes a while
+/// to shut down, and meanwhile the lease is lost. mpsync killed the worker, forgot the SIGTERM, campaigned
+/// again and started the worker anew in a pod being terminated. It exits 123 (the lease was lost while the
+/// child ran).
+fn a_loss_while_the_child_stops_on_sigterm_never_starts_it_again(env: &TestEnv) {
+    let name = env.lease_name("termloss");
+    let starts = env.path("starts");
+    let terms = env.path("terms");
+    let script = format!(
+        "echo $$ >> {starts}; trap 'echo term >> {terms}' TERM; while :; do sleep 0.05; done",
+        starts = starts.display(),
+        terms = terms.display()
+    );
+    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
+    let first = read_pid(&starts);
+    elect.signal(Signal::SIGTERM);
+    wait_for_file(&terms, "term");
+    // The lease is taken while the worker shuts down.
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+    });
+    wait_until("the first child to be stopped", || !alive(first));
+    let status = elect.wait_for(PATIENCE);
+    let runs = fs::read_to_string(&starts).unwrap_or_default().lines().count();
+    if status.is_none() {
+        elect.signal(Signal::SIGKILL);
+    }
+    assert_eq!(runs, 1, "the worker was started again after SIGTERM:\n{}", elect.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", elect.stderr());
+}
+
+/// Found by review (helper-98): a holder dies (SIGKILL: nothing releases the lease). Once its lease has
+/// expired, `observe` says so (`held=false`), as `status` does; it kept its last line, `held=true`, for
+/// ever, since no event comes.
+fn observe_reports_the_expiry_of_a_holder_that_died(env: &TestEnv) {
+    let name = env.lease_name("obsexp");
+    let ready = env.path("ready");
+    let observe = env.spawn(["observe", &name]);
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let mut holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    wait_for_file(&ready, "ready");
+    wait_until("observe to show the hold", || observe.stdout().contains("held=true"));
+    holder.signal(Signal::SIGKILL);
+    holder.wait_for(PATIENCE);
+    let last_line = || observe.stdout().lines().last().unwrap_or_default().to_string();
+    let expired = within_patience(|| last_line().contains("held=false"));
+    observe.signal(Signal::SIGINT);
+    let out = observe.finish();
+    assert!(expired, "observe still says the dead holder holds it:\n{}", out.stdout);
 }
