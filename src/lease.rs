@@ -1072,7 +1072,10 @@ impl Elector {
             return Action::WaitUntil(wake);
         }
 
-        if self.needs_read {
+        // An acquisition of ours whose outcome is unknown is settled by a read, whatever events came since
+        // (one that does not show our write does not settle it), and the campaign sends nothing else until
+        // it is (found by review: an event before that read left a waiter on a free lease for ever).
+        if self.needs_read || self.acquisition_in_doubt() {
             return Action::Read;
         }
         if let Some(until) = self.awaiting_event_until {

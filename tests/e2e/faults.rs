@@ -654,3 +654,30 @@ fn a_watch_line_that_never_ends_is_cut_off() {
     let done = waiter.finish();
     assert!(cut_off && done.stderr.contains("more than 8388608 bytes"), "{}", done.stderr);
 }
+
+/// Found by review (helper-96): an acquisition answered 503 (its outcome unknown), reads that fail for a
+/// while, and meanwhile a change to the Lease seen on the watch (someone else's edit): the event cleared
+/// the waiter's need to read, but its acquisition stayed in doubt, so it neither read nor wrote again. It
+/// waited on a free lease for ever, with a healthy server. It now reads first, and acquires.
+#[test]
+fn an_event_before_the_read_that_settles_an_unknown_acquisition_never_stalls_the_waiter() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("doubtevent");
+    env.put(&name, TestEnv::foreign_record("other", 2));
+    server.fail_next_on(&format!("update:{name}"), 1, 503);
+    let before = server.requests().len();
+    let ran = env.path("ran");
+    let waiter = env.spawn(fast(&["lock", &name, "--timeout", "120s"], &["touch", ran.to_str().unwrap()]));
+    let looked = |log: &[crate::support::apiserver::RequestLog]| log[before..].iter().any(|r| r.verb == "get");
+    assert!(server.wait_for_requests(looked, PATIENCE), "{}", waiter.stderr());
+    // The waiter waits the record out for 2 s from that look: long after this.
+    server.fail_next_on(&format!("get:{name}"), 1_000_000, 503);
+    let refused =
+        |log: &[crate::support::apiserver::RequestLog]| log.iter().any(|r| r.verb == "update" && r.status == 503);
+    assert!(server.wait_for_requests(refused, PATIENCE), "{}", waiter.stderr());
+    server.fail_next_on(&format!("get:{name}"), 0, 503);
+    env.edit(&name, |spec| spec.acquire_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now())));
+    let done = waiter.finish();
+    assert!(done.code == Some(0) && ran.exists(), "exit {:?}\n{}", done.code, done.stderr);
+}
