@@ -487,8 +487,9 @@ impl Lock {
     }
 
     /// Every change of holder (of every slot, for a semaphore), from now on: the current state first,
-    /// then one item each time the holder, the fencing token or the Lease's existence changes (renewals
-    /// are not reported).
+    /// then one item each time the holder, the fencing token, the Lease's existence or `held` changes
+    /// (renewals are not reported; a record that expires by its own timestamps, its holder gone without
+    /// releasing, is).
     ///
     /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
     /// the Lease is polled every `retry_period`. The stream never ends; drop it to stop.
@@ -514,19 +515,41 @@ impl Lock {
             let watch = self.inner.store.watch(name, retry_period);
             let slot = self.inner.slot_count.map(|_| index);
             let name = name.clone();
-            futures::stream::unfold((watch, None::<(Option<String>, i32, bool)>), move |(mut watch, mut last)| {
+            type Key = (Option<String>, i32, bool, bool);
+            let start = (watch, None::<Key>, None::<crate::lease::Versioned>);
+            futures::stream::unfold(start, move |(mut watch, mut last, mut seen)| {
                 let name = name.clone();
                 async move {
                     loop {
-                        let current = match watch.updates.recv().await? {
-                            crate::lease::WatchUpdate::Present(current) => Some(current),
-                            _ => None,
+                        // A held record turns free when its own expiry passes, with no event to say so (its
+                        // holder died): that is a change too (found by review: `held` stayed true for ever).
+                        let now = k8s_openapi::jiff::Timestamp::now();
+                        let expiry = seen
+                            .as_ref()
+                            .filter(|current| crate::lease::held_at(&current.record, now))
+                            .and_then(|current| crate::lease::expiry(&current.record));
+                        let expired = async {
+                            match expiry {
+                                Some(at) => {
+                                    let wait: Duration = at.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+                                    tokio::time::sleep(wait + Duration::from_millis(1)).await;
+                                }
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let current = tokio::select! {
+                            update = watch.updates.recv() => match update? {
+                                crate::lease::WatchUpdate::Present(current) => Some(current),
+                                _ => None,
+                            },
+                            () = expired => seen.clone(),
                         };
                         let status = LeaseStatus::new(&name, slot, current.as_ref());
-                        let key = (status.holder.clone(), status.transitions, status.exists);
+                        seen = current;
+                        let key = (status.holder.clone(), status.transitions, status.exists, status.held);
                         if last.as_ref() != Some(&key) {
                             last = Some(key);
-                            return Some((status, (watch, last)));
+                            return Some((status, (watch, last, seen)));
                         }
                     }
                 }

@@ -677,6 +677,15 @@ fn status_and_observe_follow_the_holder(env: &TestEnv) {
         held.release().await.unwrap();
         let seen = within("the release", changes.next()).await.unwrap();
         assert!(seen.exists && seen.holder.is_none() && !seen.held, "{seen:?}");
+        // Found by review (helper-98): a holder that never releases (it died) is reported free once its
+        // record expires, with no event to say so.
+        std::thread::scope(|s| {
+            s.spawn(|| env.put(&name, TestEnv::foreign_record("gone", 1)));
+        });
+        let seen = within("the dead holder", changes.next()).await.unwrap();
+        assert!(seen.holder.as_deref() == Some("gone") && seen.held, "{seen:?}");
+        let seen = within("its expiry", changes.next()).await.unwrap();
+        assert!(seen.holder.as_deref() == Some("gone") && !seen.held, "{seen:?}");
     });
 }
 
