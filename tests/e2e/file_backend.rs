@@ -626,6 +626,19 @@ fn a_lock_directory_whose_parent_another_user_can_change_is_refused() {
     env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "true"]).assert_code(0);
 }
 
+/// In a sticky directory open to all (`public`), a link `theirs` to its directory `a`, owned by another
+/// user (whose uid is returned).
+fn another_users_link(env: &TestEnv) -> (u32, PathBuf, PathBuf) {
+    let other = test_uid(6);
+    let public = env.path("public");
+    fs::create_dir_all(public.join("a")).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = public.join("theirs");
+    std::os::unix::fs::symlink("a", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
+    (other, public, link)
+}
+
 /// A symbolic link on the way to the lock directory, owned by another user (in a sticky directory they
 /// may write), is refused: its owner could point it at another directory between two runs.
 #[test]
@@ -634,13 +647,7 @@ fn a_lock_directory_reached_through_another_users_symlink_is_refused() {
         return;
     }
     let env = TestEnv::file();
-    let other = test_uid(6);
-    let public = env.path("public");
-    fs::create_dir_all(public.join("a")).unwrap();
-    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
-    let link = public.join("theirs");
-    std::os::unix::fs::symlink("a", &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
+    let (other, _, link) = another_users_link(&env);
     let locks = link.join("locks");
     let done =
         env.run(["lock", "job", "--backend", "file", "--lock-dir", locks.to_str().unwrap(), "--", "echo", "ran"]);
@@ -660,14 +667,8 @@ fn a_lock_directory_that_is_another_users_symlink_is_refused_with_a_trailing_sla
         return;
     }
     let env = TestEnv::file();
-    let other = test_uid(6);
-    let public = env.path("public");
-    fs::create_dir_all(public.join("a")).unwrap();
+    let (_, public, link) = another_users_link(&env);
     fs::set_permissions(public.join("a"), fs::Permissions::from_mode(0o700)).unwrap();
-    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
-    let link = public.join("theirs");
-    std::os::unix::fs::symlink("a", &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(other), Some(other)).unwrap();
     for suffix in ["/", "/.", "//", "/./"] {
         let locks = format!("{}{suffix}", link.display());
         let done = env.run(["lock", "job", "--backend", "file", "--lock-dir", &locks, "--", "echo", "ran"]);

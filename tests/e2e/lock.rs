@@ -376,14 +376,21 @@ fn eight_waiters_take_turns_while_watch_events_come_late() {
     let env = TestEnv::kube();
     let Some(server) = env.server() else { return };
     server.set_watch_lag(Duration::from_millis(300));
-    let name = env.lease_name("lateturns");
+    eight_waiters_take_turns(&env, "lateturns", || {});
+}
+
+/// A holder and eight waiters on one lease; once all eight wait, `before_release`, then the holder's child
+/// exits: every child runs once, one at a time, with increasing tokens.
+fn eight_waiters_take_turns(env: &TestEnv, prefix: &str, before_release: impl FnOnce()) {
+    let name = env.lease_name(prefix);
     let log = env.path("log");
     let gate = env.path("gate");
-    let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
+    let lock = |body: &str| slow_stamping_lock(env, &name, &log, body);
     let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
     holder.wait_for_file(&log, "start");
     let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
     wait_until("all eight to wait", || waiters.iter().all(|w| w.stderr().contains("waiting")));
+    before_release();
     fs::write(&gate, "").unwrap();
     for process in waiters.iter_mut().chain(std::iter::once(&mut holder)) {
         assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
@@ -399,26 +406,11 @@ fn eight_waiters_take_turns_while_watch_events_come_late() {
 /// watch event that shows the lease freed (a compare-and-swap with the version it carries) and, after a
 /// race lost, on the event that shows the winner: from the first release on, the API server sees no read.
 fn eight_waiters_take_turns_on_watch_events_without_reading(env: &TestEnv) {
-    let name = env.lease_name("turns");
-    let log = env.path("log");
-    let gate = env.path("gate");
-    let lock = |body: &str| slow_stamping_lock(env, &name, &log, body);
-    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
-    holder.wait_for_file(&log, "start");
-    let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
-    wait_until("all eight to wait", || waiters.iter().all(|w| w.stderr().contains("waiting")));
-    if let Some(server) = env.server() {
-        server.reset_counts();
-    }
-    fs::write(&gate, "").unwrap();
-    for process in waiters.iter_mut().chain(std::iter::once(&mut holder)) {
-        assert_eq!(process.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", process.stderr());
-    }
-    let stamps = read_stamps(&log);
-    assert_eq!(stamps.len(), 18, "every process ran its child once: {stamps:?}");
-    assert_eq!(max_concurrency(&log), 1, "one child at a time: {stamps:?}");
-    let tokens: Vec<i64> = stamps.iter().filter(|(word, _, _)| word == "start").filter_map(|(_, _, t)| *t).collect();
-    assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "tokens increase: {tokens:?}");
+    eight_waiters_take_turns(env, "turns", || {
+        if let Some(server) = env.server() {
+            server.reset_counts();
+        }
+    });
     if let Some(server) = env.server() {
         let counts = server.counts();
         assert_eq!(server.count("get"), 0, "no read on the event path: {counts:?}");
