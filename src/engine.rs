@@ -598,7 +598,15 @@ pub async fn campaign_from(slots: &mut [Slot], wait: Wait, lease: &str, started:
     let deadline = match wait {
         Wait::Forever => None,
         Wait::Until(at) => Some(at),
-        Wait::NoWait => Some(started + slots.first().map_or(Duration::from_secs(15), |s| s.timing().lease_duration)),
+        // One attempt: a lease duration from its start, but two call timeouts for the slots at least, so
+        // that every slot is looked at once however long the marker took (found by review: a marker
+        // settled at the bound left the slots unread, and a free semaphore was "not acquired").
+        Wait::NoWait => {
+            let timing = slots.first().map(Slot::timing);
+            let bound = timing.map_or(Duration::from_secs(15), |t| t.lease_duration);
+            let floor = timing.map_or(Duration::from_secs(10), |t| t.call_timeout() * 2);
+            Some((started + bound).max(Instant::now() + floor))
+        }
     };
     if wait == Wait::NoWait {
         // One attempt answers from a fresh look, as a new `mpsync lock --no-wait` process would: what the

@@ -676,10 +676,17 @@ impl Elector {
             // The winner's event did not come first: nothing measured.
             self.lost_race_sent_at = None;
         }
-        // An answer older than what we know already (a read overtaken by a watch event) changes nothing.
+        // An answer older than what we know already (a read overtaken by a watch event) changes nothing,
+        // but a read settles a write in doubt all the same: what we know is newer, and does not show it
+        // (found by review: with versions that went back, a waiter read again at once, without end).
         if let (Some(new), Some(known)) = (&current, self.current())
             && is_older(&new.resource_version, &known.resource_version)
         {
+            if seen == Seen::Snapshot
+                && let Some(pending) = self.pending.as_mut()
+            {
+                pending.checked = true;
+            }
             return;
         }
 
@@ -2363,6 +2370,26 @@ mod tests {
         elector.observe(Some(versioned(2, record(Some("other"), Some(15), Some(1)))), at(t0, 1.0));
         assert!(elector.held().is_none());
         assert_eq!(elector.next(now(t0, 1.0)), Action::WaitUntil(at(t0, 16.0)));
+    }
+
+    /// Found by review (helper-96): an event that does not show an acquisition in doubt does not settle
+    /// it; a read does. And (helper-99) a read older than what the watch showed settles it too: with
+    /// versions that went back (an etcd restore), it was read again at once, without end.
+    #[test]
+    fn an_acquisition_in_doubt_is_settled_by_a_read_even_an_older_one() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(5, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        // An event from someone else's edit: still in doubt, so still a read.
+        elector.observe_event(WatchUpdate::Present(versioned(6, record(Some(""), Some(2), Some(0)))), at(t0, 0.2));
+        assert_eq!(elector.next(now(t0, 0.2)), Action::Read);
+        // A read answered from before that event: settled, no read again.
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), at(t0, 0.3));
+        assert!(!elector.acquisition_in_doubt());
+        assert_ne!(elector.next(now(t0, 0.3)), Action::Read);
     }
 
     #[test]

@@ -274,7 +274,9 @@ impl Runner {
                 notice = supervisor.next_notice() => match notice {
                     Notice::Signal(signal) => {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
-                        stopping |= is_stop(signal);
+                        // A SIGHUP passed on is the child's (a reload, found by review); TERM and INT end
+                        // mpsync with it.
+                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job

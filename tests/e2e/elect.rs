@@ -22,6 +22,7 @@ both_backends!(
     client_go_record_is_read_and_respected,
     preferred_holder_and_strategy_are_preserved_on_every_write,
     a_loss_while_the_child_stops_on_sigterm_never_starts_it_again,
+    a_loss_after_a_sighup_passed_on_campaigns_again,
     observe_reports_the_expiry_of_a_holder_that_died,
 );
 
@@ -322,6 +323,31 @@ fn a_loss_while_the_child_stops_on_sigterm_never_starts_it_again(env: &TestEnv) 
     }
     assert_eq!(runs, 1, "the worker was started again after SIGTERM:\n{}", elect.stderr());
     assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", elect.stderr());
+}
+
+/// Found by review (helper-99): a SIGHUP passed on is the worker's (a reload), not a request to end: a
+/// loss after it still campaigns again (the first fix of the case above made it exit 123).
+fn a_loss_after_a_sighup_passed_on_campaigns_again(env: &TestEnv) {
+    let name = env.lease_name("hupre");
+    let (starts, hups) = (env.path("starts"), env.path("hups"));
+    let script = format!(
+        "echo $$ >> {}; trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
+        starts.display(),
+        hups.display()
+    );
+    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
+    let first = read_pid(&starts);
+    elect.signal(Signal::SIGHUP);
+    wait_for_file(&hups, "hup");
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+    });
+    wait_until("the first child to be stopped", || !alive(first));
+    let again = within_patience(|| fs::read_to_string(&starts).unwrap_or_default().lines().count() >= 2);
+    elect.signal(Signal::SIGTERM);
+    let out = elect.finish();
+    assert!(again, "not elected again after the loss:\n{}", out.stderr);
 }
 
 /// Found by review (helper-98): a holder dies (SIGKILL: nothing releases the lease). Once its lease has
