@@ -335,7 +335,7 @@ fn a_loss_after_a_sighup_passed_on_campaigns_again(env: &TestEnv) {
         starts.display(),
         hups.display()
     );
-    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
+    let elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
     let first = read_pid(&starts);
     elect.signal(Signal::SIGHUP);
     wait_for_file(&hups, "hup");
