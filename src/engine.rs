@@ -399,8 +399,14 @@ impl Slot {
         let refused_at = self.refused_at.take();
         let failure = match outcome {
             Outcome::Read(Ok(current)) => {
-                let unchanged = refused_at.filter(|(base, _)| {
-                    current.as_ref().map(|current| current.resource_version.as_str()) == base.as_deref()
+                // At the version the write was based on, or below it (versions gone back, an etcd
+                // restore: found by review, a write, a 409 and a read went round without pause).
+                let unchanged = refused_at.filter(|(base, _)| match (current.as_ref(), base) {
+                    (Some(current), Some(base)) => {
+                        current.resource_version == *base || crate::lease::is_older(&current.resource_version, base)
+                    }
+                    (None, None) => true,
+                    _ => false,
                 });
                 self.elector.observe(current, Instant::now());
                 unchanged.map(|(_, refusal)| {
