@@ -159,11 +159,11 @@ pub struct RunArgs {
     pub kill_signal: Signal,
 
     /// Reap orphaned processes as PID 1 does, even when not PID 1.
-    #[arg(long, env = "MPSYNC_SUBREAPER")]
+    #[arg(long, env = "MPSYNC_SUBREAPER", value_parser = clap::builder::BoolishValueParser::new())]
     pub subreaper: bool,
 
     /// Up to N holders at once: one Lease per slot, NAME-0 .. NAME-(N-1).
-    #[arg(long, env = "MPSYNC_SLOTS", value_name = "N")]
+    #[arg(long, env = "MPSYNC_SLOTS", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
     pub slots: Option<u32>,
 
     /// Serve /healthz, /leader and /metrics on this address (e.g. 0.0.0.0:8080).
@@ -180,8 +180,9 @@ pub struct LockArgs {
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Stop waiting for the lease after this long (exit 124).
-    #[arg(long, env = "MPSYNC_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "no_wait")]
+    /// Stop waiting for the lease after this long (exit 124). `--no-wait` wins over it, as `flock -n`
+    /// over `-w` (found by review: a `MPSYNC_TIMEOUT` in the environment made `--no-wait` an error).
+    #[arg(long, env = "MPSYNC_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
     /// Try once; if the lease is held, exit 124 at once.
@@ -199,7 +200,7 @@ pub struct ElectArgs {
     pub run: RunArgs,
 
     /// When leadership is lost, exit 123 instead of campaigning again.
-    #[arg(long, env = "MPSYNC_EXIT_ON_LOSS")]
+    #[arg(long, env = "MPSYNC_EXIT_ON_LOSS", value_parser = clap::builder::BoolishValueParser::new())]
     pub exit_on_loss: bool,
 }
 
@@ -216,7 +217,7 @@ pub struct QueryArgs {
     pub output: OutputFormat,
 
     /// Treat NAME as a semaphore of N slots (found from its marker Lease when not given).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
     pub slots: Option<u32>,
 }
 
@@ -234,7 +235,7 @@ pub struct StatusArgs {
     pub output: OutputFormat,
 
     /// Treat NAME as a semaphore of N slots (found from its marker Lease when not given).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
     pub slots: Option<u32>,
 
     /// Without NAME: list only the Leases whose labels match, e.g. `team=infra,!canary` (Kubernetes label
@@ -367,6 +368,14 @@ impl Cli {
     /// Parse the process's arguments. Help and version print and exit 0; usage errors print one or two
     /// lines and exit 125 (not clap's 2: 125 is mpsync's own failure in the exit-code table).
     pub fn parse_args() -> std::result::Result<Cli, Error> {
+        // An empty variable counts as unset, as an empty `KUBECONFIG` does for kubectl (found by review:
+        // `MPSYNC_LOCK_DIR=""` from a template was an error).
+        // SAFETY: as below, single-threaded.
+        for name in env_options() {
+            if std::env::var_os(&name).is_some_and(|value| value.is_empty()) {
+                unsafe { std::env::remove_var(&name) };
+            }
+        }
         let cli = Cli::try_parse_from(std::env::args_os()).map_err(usage_error)?;
         // SAFETY: called first thing in main, while the process is single-threaded (no runtime, no
         // supervisor threads yet), so nothing reads the environment concurrently.
@@ -408,6 +417,19 @@ impl Cli {
     }
 }
 
+/// The environment variables that options read (`MPSYNC_TIMEOUT`, ...), for every subcommand.
+fn env_options() -> Vec<OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut names = Vec::new();
+    for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+        names.extend(sub.get_arguments().filter_map(|arg| arg.get_env().map(OsString::from)));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Write shell completions or the man page to `out`.
 pub fn write_completions(target: CompletionTarget, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
@@ -430,7 +452,14 @@ fn usage_error(err: clap::Error) -> Error {
     use clap::error::ErrorKind;
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = err.print();
+            // Help that cannot be written is no success (found by review: `--help >/dev/full` exited 0).
+            if let Err(write) = err.print() {
+                if write.kind() == std::io::ErrorKind::BrokenPipe {
+                    std::process::exit(141);
+                }
+                eprintln!("mpsync: cannot write to stdout: {write}");
+                std::process::exit(125);
+            }
             let code = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 125 } else { 0 };
             std::process::exit(code);
         }
@@ -712,7 +741,6 @@ mod tests {
             (&["lock", "job", "--"], "no command given"),
             (&["lock", "job"], "no command given"),
             (&["lock", "job", "--kill-signal", "NOPE", "--", "true"], "unknown signal"),
-            (&["lock", "job", "--no-wait", "--timeout", "1s", "--", "true"], "cannot be used with"),
             (&["lock", "job", "--slots", "0", "--", "true"], "--slots"),
             (&["lock", "job", "-n", "Bad", "--", "true"], "invalid namespace"),
             (&["lock", "job", "--conflict-exit-code", "300", "--", "true"], "300"),

@@ -248,6 +248,38 @@ fn help_and_version_exit_0() {
     env.run(["--version"]).assert_code(0);
 }
 
+/// Found by review (helper-102): help that cannot be written is no success (`--help >/dev/full` exited 0).
+#[test]
+fn help_into_a_full_disk_exits_125() {
+    let env = TestEnv::file();
+    let mut command = env.mpsync(["--help"]);
+    command.stdout(fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+    let status = command.status().unwrap();
+    assert_eq!(status.code(), Some(125));
+}
+
+/// Found by review (helper-102): a value the environment sets gives way to a flag (a `MPSYNC_TIMEOUT`
+/// made `--no-wait` an error, 125); boolean variables take `1`/`0`, `yes`/`no`, `on`/`off`; an empty
+/// variable counts as unset (a template's `value: ""` was an error).
+#[test]
+fn the_environment_sets_defaults_as_users_write_them() {
+    let env = TestEnv::file();
+    let name = env.lease_name("envdefaults");
+    let run = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut command = env.mpsync(["lock", &name].iter().chain(args).chain(&["--", "true"]));
+        command.envs(vars.iter().copied());
+        command.status().unwrap().code()
+    };
+    assert_eq!(run(&[("MPSYNC_TIMEOUT", "5s")], &["--no-wait"]), Some(0));
+    for value in ["1", "0", "yes", "no", "on", "off", "true", "false"] {
+        assert_eq!(run(&[("MPSYNC_SUBREAPER", value)], &[]), Some(0), "MPSYNC_SUBREAPER={value}");
+    }
+    for var in ["MPSYNC_TIMEOUT", "MPSYNC_GRACE", "MPSYNC_SLOTS", "MPSYNC_LOG_FORMAT", "MPSYNC_CONFLICT_EXIT_CODE"] {
+        assert_eq!(run(&[(var, "")], &[]), Some(0), "{var}=\"\"");
+    }
+    assert_eq!(run(&[("MPSYNC_SLOTS", "1001")], &[]), Some(125));
+}
+
 #[test]
 fn completions_and_man_page_are_printed() {
     let env = TestEnv::file();
