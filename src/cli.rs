@@ -370,9 +370,9 @@ impl Cli {
     pub fn parse_args() -> std::result::Result<Cli, Error> {
         // An empty variable counts as unset, as an empty `KUBECONFIG` does for kubectl (found by review:
         // `MPSYNC_LOCK_DIR=""` from a template was an error).
-        // SAFETY: as below, single-threaded.
         for name in env_options() {
             if std::env::var_os(&name).is_some_and(|value| value.is_empty()) {
+                // SAFETY: called first thing in main, while the process is single-threaded (as below).
                 unsafe { std::env::remove_var(&name) };
             }
         }
