@@ -274,9 +274,9 @@ impl Runner {
                 notice = supervisor.next_notice() => match notice {
                     Notice::Signal(signal) => {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
-                        // A SIGHUP passed on is the child's (a reload, found by review); TERM and INT end
-                        // mpsync with it.
-                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT);
+                        // A SIGHUP passed on is the child's (a reload, found by review); TERM, INT and QUIT
+                        // (a container's STOPSIGNAL) end mpsync with it.
+                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job
@@ -331,13 +331,18 @@ impl Runner {
 const ADOPTION_LOOK: Duration = Duration::from_millis(100);
 
 fn is_stop(signal: Signal) -> bool {
-    matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
+    matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)
 }
 
 /// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the
 /// lease expires after its duration instead. A stop signal meanwhile stops waiting for it: the user wants
 /// out, and the lease is safe either way (the child is gone).
 async fn release(held: HeldLock, supervisor: &mut Supervisor) {
+    // A stop signal that came before the release began (while `finish` waited for what the child left) is
+    // no reason to skip it: the job is gone, and a release is one bounded call.
+    while let Some(notice) = supervisor.next_notice().now_or_never() {
+        tracing::debug!(?notice, "before the release");
+    }
     let release = held.release();
     tokio::pin!(release);
     loop {

@@ -38,6 +38,7 @@ both_backends!(
     a_job_control_shell_sees_its_job_end_not_stop,
     a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
     a_helper_inherited_across_exec_is_no_part_of_the_job,
+    a_stop_signal_during_the_leftovers_grace_still_releases,
 );
 
 /// `helper & exec mpsync lock ...` (a container entrypoint's log shipper): the helper is mpsync's child
@@ -139,14 +140,14 @@ fn every_forwarded_signal_reaches_the_child(env: &TestEnv) {
 /// stops at Ctrl-C only if the command died of it), which a shell reads as 130 all the same.
 fn sigint_and_sighup_while_waiting_exit_128_plus_n(env: &TestEnv) {
     use std::os::unix::process::ExitStatusExt;
-    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM] {
+    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM, Signal::SIGQUIT] {
         let name = env.lease_name("waitsig");
         env.put(&name, TestEnv::foreign_record("someone-else", 60));
         let mut lock = env.spawn(["lock", &name, "-v", "--", "true"]);
         wait_until("mpsync to start waiting", || lock.stderr().contains("waiting"));
         lock.signal(signal);
         let status = lock.wait_for(PATIENCE).expect("mpsync exits");
-        if signal == Signal::SIGINT {
+        if signal == Signal::SIGINT || signal == Signal::SIGQUIT {
             assert_eq!(status.signal(), Some(signal as i32), "{signal}: {status}");
         } else {
             assert_eq!(status.code(), Some(128 + signal as i32), "{signal}: {status}");
@@ -1154,4 +1155,18 @@ mod issue13 {
         assert!(!alive(sleep_pid), "the adopted sleep outlived mpsync");
         assert_eq!(env.holder(&name).as_deref(), Some(""));
     }
+}
+
+/// Found by review (helper-101): a stop signal that comes while mpsync waits for what the child left
+/// behind (`--grace`, after the child's exit; `kubectl delete pod` then) skipped the release, and the
+/// lease was left held by a process that had gone. The child is gone, and the release is one bounded call.
+fn a_stop_signal_during_the_leftovers_grace_still_releases(env: &TestEnv) {
+    let name = env.lease_name("termfinish");
+    // The child exits at once; its leftover ignores TERM and lives 2 s more (within the 4 s grace).
+    let script = "trap '' TERM; (sleep 2; :) & exit 5";
+    let mut lock = env.spawn(["lock", &name, "-v", "--identity", "h", "--", "sh", "-c", script]);
+    wait_until("the child to exit", || lock.stderr().contains("child exited"));
+    lock.signal(Signal::SIGTERM);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(5), "{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
 }
