@@ -181,7 +181,7 @@ pub struct LockArgs {
     pub run: RunArgs,
 
     /// Stop waiting for the lease after this long (exit 124). `--no-wait` wins over it, as `flock -n`
-    /// over `-w` (found by review: a `MPSYNC_TIMEOUT` in the environment made `--no-wait` an error).
+    /// over `-w`.
     #[arg(long, env = "MPSYNC_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
@@ -457,7 +457,10 @@ fn usage_error(err: clap::Error) -> Error {
                 if write.kind() == std::io::ErrorKind::BrokenPipe {
                     std::process::exit(141);
                 }
-                eprintln!("mpsync: cannot write to stdout: {write}");
+                // Not `eprintln!`, which panics on a stderr that cannot be written (`mpsync 2>/dev/full`:
+                // clap writes the usage for a missing subcommand to stderr).
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "mpsync: cannot write the help: {write}");
                 std::process::exit(125);
             }
             let code = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 125 } else { 0 };

@@ -276,7 +276,9 @@ impl Runner {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
                         // A SIGHUP passed on is the child's (a reload, found by review); TERM, INT and QUIT
                         // (a container's STOPSIGNAL) end mpsync with it.
-                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+                        // (QUIT is not: a JVM's thread dump, Go's and Python's faulthandler's, after which the
+                        // worker runs on; a standby still stops on it, see `is_stop`.)
+                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job
@@ -335,8 +337,7 @@ fn is_stop(signal: Signal) -> bool {
 }
 
 /// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the
-/// lease expires after its duration instead. A stop signal meanwhile stops waiting for it: the user wants
-/// out, and the lease is safe either way (the child is gone).
+/// lease expires after its duration instead. Signals meanwhile are taken and logged, not acted on.
 async fn release(held: HeldLock, supervisor: &mut Supervisor) {
     // A stop signal that came before the release began (while `finish` waited for what the child left) is
     // no reason to skip it: the job is gone, and a release is one bounded call.
@@ -354,13 +355,9 @@ async fn release(held: HeldLock, supervisor: &mut Supervisor) {
                 }
                 return;
             }
-            notice = supervisor.next_notice() => match notice {
-                Notice::Signal(signal) if is_stop(signal) => {
-                    tracing::warn!(signal = %signal, "stopped while releasing; the lease expires after its duration");
-                    return;
-                }
-                _ => {}
-            },
+            // A stop signal meanwhile does not cut the release short: it is bounded (its budget), the job is
+            // gone, and a lease left held would keep every waiter out for a lease duration.
+            notice = supervisor.next_notice() => tracing::debug!(?notice, "while releasing"),
         }
     }
 }

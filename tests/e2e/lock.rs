@@ -448,3 +448,16 @@ fn eight_waiters_take_turns_on_watch_events_without_reading(env: &TestEnv) {
         assert_eq!(server.count("get"), 0, "no read on the event path: {counts:?}");
     }
 }
+
+/// Found by review (helper-104): usage help that cannot be written to a full stderr (`mpsync 2>/dev/full`, and `--help` with
+/// both streams full) panicked (exit 101: `eprintln!` on a failed write, added by 1c350b3) instead of
+/// exiting 125.
+#[test]
+fn help_into_a_full_stderr_exits_125_not_a_panic() {
+    let env = TestEnv::file();
+    for args in [&[][..], &["--help"][..]] {
+        let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let status = env.mpsync(args).stdout(full()).stderr(full()).status().unwrap();
+        assert_eq!(status.code(), Some(125), "{args:?}: {status}");
+    }
+}

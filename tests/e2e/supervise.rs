@@ -1170,3 +1170,59 @@ fn a_stop_signal_during_the_leftovers_grace_still_releases(env: &TestEnv) {
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(5), "{}", lock.stderr());
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
 }
+
+/// Found by review (helper-104): a second stop signal that comes while the release is retried (a throttled API server: the
+/// release is retried for its whole budget so that "a second of throttling does not leave the lease
+/// held") makes mpsync give up the release and exit: the lease is left held by a process that has gone,
+/// until it expires. The same signal 1 ms earlier (during the leftovers' grace) is drained and the
+/// release goes ahead (c139e30).
+#[test]
+fn a_second_stop_signal_during_a_throttled_release_still_releases() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("second-stop");
+    let ready = env.path("ready");
+    let script = format!("trap 'exit 0' TERM; echo up > {}; while :; do sleep 0.05; done", ready.display());
+    let mut lock = env.spawn(["lock", &name, "-v", "--identity", "h", "--", "sh", "-c", &script]);
+    lock.wait_for_file(&ready, "up");
+    // The release (an update) is refused as throttled for a while: mpsync retries it.
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 429);
+    let before = server.requests().len();
+    lock.signal(Signal::SIGTERM);
+    let retried = server.wait_for_requests(
+        |log| log[before..].iter().filter(|r| r.verb == "update" && r.status == 429).count() >= 2,
+        PATIENCE,
+    );
+    assert!(retried, "the release is retried: {}", lock.stderr());
+    // A second TERM (the user, or a supervisor, insisting) while the release is retried.
+    lock.signal(Signal::SIGTERM);
+    server.fail_next_on(&format!("update:{name}"), 0, 429);
+    let status = lock.wait_for(PATIENCE).expect("mpsync exits");
+    assert_eq!(status.code(), Some(0), "{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
+}
+
+/// Found by review (helper-104): `kill -QUIT` is a JVM's thread dump (and Python's faulthandler, ...): the worker prints and runs
+/// on. Since c139e30 it is a stop passed on, for good: a loss of the lease hours later ends `elect` with
+/// 123 instead of campaigning again, as a SIGHUP did before 8be32f3.
+#[test]
+fn a_sigquit_the_worker_survives_does_not_end_elect_at_a_later_loss() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("quit-survived");
+    let ready = env.path("ready");
+    let script = format!("trap 'echo dump >> {0}' QUIT; echo up >> {0}; while :; do sleep 0.05; done", ready.display());
+    let mut elect = env.spawn(fast(&["elect", &name, "-v", "--identity", "e"], &["sh", "-c", &script]));
+    elect.wait_for_file(&ready, "up");
+    elect.signal(Signal::SIGQUIT);
+    elect.wait_for_file(&ready, "dump");
+    // The worker runs on. Now the lease is lost (the API server refuses renewals).
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+    wait_until("the loss", || elect.stderr().contains("lost the lease"));
+    server.fail_next_on(&format!("update:{name}"), 0, 503);
+    // elect must campaign again (and run the worker again), not exit 123.
+    let exited = elect.wait_for(Duration::from_secs(10));
+    assert_eq!(exited, None, "elect exited after a thread dump and a loss: {}", elect.stderr());
+    elect.signal(Signal::SIGTERM);
+    elect.wait_for(PATIENCE);
+}
