@@ -450,6 +450,11 @@ pub struct Elector {
     /// The write sent last whose result is not known yet (in flight, or Unknown). A later write replaces
     /// it; an answer or a read that shows it applied counts from its send.
     pending: Option<PendingWrite>,
+    /// The version a release of ours was sent against, until a record at another version (or none) is
+    /// seen: until then the release may still land, even after a read that does not show it (it may wait
+    /// at the API server), and even after a later write replaced it as `pending`. A compare-and-swap on
+    /// that version can land only while the record is still at it.
+    release_base: Option<String>,
     held: Option<Held>,
     /// Set by a held lease turning out lost; cleared by `forget_loss` and `released`.
     lost: Option<LossReason>,
@@ -514,6 +519,7 @@ impl Elector {
             adopt: false,
             observation: None,
             pending: None,
+            release_base: None,
             held: None,
             lost: None,
             needs_read: true,
@@ -631,7 +637,7 @@ impl Elector {
 
     /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
     pub fn releasing(&self) -> bool {
-        self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Release)
+        self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Release) || self.release_base.is_some()
     }
 
     /// Whether a live record under our identity that is not our own write was seen since the last call.
@@ -690,6 +696,10 @@ impl Elector {
             return;
         }
 
+        // A release of ours can land only on the version it was sent against.
+        if self.release_base.is_some() && current.as_ref().map(|v| &v.resource_version) != self.release_base.as_ref() {
+            self.release_base = None;
+        }
         // A write whose outcome we did not learn: if the record now carries exactly what we sent, it was
         // applied, and it counts from when it was sent.
         if let (Some(pending), Some(new)) = (&self.pending, &current)
@@ -942,6 +952,7 @@ impl Elector {
             self.last_stamp = Some(stamp.clone());
         }
         let purpose = if self.is_release(write) {
+            self.release_base = write.resource_version().map(str::to_string);
             Purpose::Release
         } else if self.held.is_some() {
             Purpose::Renew

@@ -152,15 +152,19 @@ fn refusal(request: &Request) -> Option<String> {
              came to are served (a web page's request, through DNS rebinding?)"
         ));
     }
-    if let Some(origin) = request.header("origin") {
-        return Some(format!("requests with an Origin ({origin}) come from web pages and are not served"));
+    // Present is enough: a value that is not visible ASCII is refused too (found by review: it read as
+    // no header at all).
+    if let Some(origin) = request.headers.get("origin") {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        return Some(format!("requests with an Origin ({origin:?}) come from web pages and are not served"));
     }
-    match request.header("sec-fetch-site") {
-        Some(site) if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") => {
-            Some(format!("a {site} request from a web page (Sec-Fetch-Site) is not served"))
+    let site = request.headers.get_all("sec-fetch-site").iter().map(|site| String::from_utf8_lossy(site.as_bytes()));
+    for site in site {
+        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+            return Some(format!("a {site:?} request from a web page (Sec-Fetch-Site) is not served"));
         }
-        _ => None,
     }
+    None
 }
 
 /// Whether `host` (a `Host` header: name or address, with or without a port) names this side-car:

@@ -697,6 +697,14 @@ fn web_pages_are_refused_by_host_origin_and_fetch_metadata() {
         request_to(sidecar.address, "POST", path, &[(name, value)]).assert_status(403);
         request_to(sidecar.address, "GET", "/healthz", &[(name, value)]).assert_status(403);
     }
+    // Values that are not visible ASCII are refused too (found by review, helper-105: they read as no
+    // header at all).
+    for header in [&b"Origin: http://e\xff"[..], b"Sec-Fetch-Site: cross-site\xff"] {
+        let mut request = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n").into_bytes();
+        request.extend_from_slice(header);
+        request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        send(sidecar.address, &request).assert_status(403);
+    }
     assert_eq!(env.holder("web"), None, "no refused request created anything");
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), "LOCALHOST".into()] {
         request_to(sidecar.address, "GET", path, &[("Host", &host)]).assert_status(404);
@@ -1585,4 +1593,55 @@ fn a_half_closed_request_is_answered() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 200"), "answer to a half-closed PUT: {text:?}");
     assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
+}
+
+/// Found by review (helper-105): a DELETE cut off by its budget while its release waits at the API server
+/// (etcd slow: the write is still in flight, not yet committed), then a heartbeat. Its read shows the
+/// record still ours (the release has not landed yet, but still may), so the side-car renews over it; that
+/// renewal, on the same version as the release, hangs too and is cut off, and the heartbeat was answered
+/// 200 from "surely still held": the release then landed, another pod took the free lock at once, and A's
+/// client had been told it held the lock another pod was told it held. TTL 18 s: budget 3 s, renew deadline
+/// 9 s; every write takes 5 s to commit.
+#[test]
+fn a_release_still_in_flight_is_never_answered_held() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("release-in-flight");
+    let path = format!("/locks/{name}");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "18s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "18s"]);
+    a.put(&name).assert_status(200);
+    server.set_commit_delay(Duration::from_secs(5));
+    let deleted = Instant::now();
+    a.request("DELETE", &path).assert_status(503);
+    // The release has not landed yet: A's client (or another process of pod A) heartbeats.
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"));
+    let a_address = a.address;
+    let heartbeat_path = path.clone();
+    let heartbeat = std::thread::spawn(move || {
+        let reply = request_to(a_address, "PUT", &heartbeat_path, &[]);
+        (reply, Instant::now())
+    });
+    // The release lands; another pod takes the free lock at once.
+    wait_until("the release to land", || env.holder(&name).as_deref() == Some(""));
+    server.set_commit_delay(Duration::ZERO);
+    b.put(&name).assert_status(200);
+    let b_told = Instant::now();
+    let (reply, a_told) = heartbeat.join().unwrap();
+    eprintln!(
+        "DELETE at 0; A's heartbeat answered {} at {:?}; B told 200 at {:?}",
+        reply.status,
+        a_told - deleted,
+        b_told - deleted
+    );
+    assert_ne!(
+        reply.status,
+        200,
+        "A's client was told it holds the lock (answered {:?} after B's 200, which pod-b holds): {}",
+        a_told.saturating_duration_since(b_told),
+        reply.body
+    );
 }
