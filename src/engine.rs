@@ -159,6 +159,9 @@ pub struct Slot {
     /// finds the lease at that very version, it was no lost race, and counts as a failure (found by
     /// review: a create answered 404 was sent again at once, a thousand times a second, in silence).
     refused_at: Option<(Option<String>, String)>,
+    /// The version known when the read on the wire was sent: it answers that version or a later one,
+    /// unless versions went back.
+    read_floor: Option<String>,
 }
 
 impl Slot {
@@ -180,6 +183,7 @@ impl Slot {
             told_acquired: false,
             sent_base: None,
             refused_at: None,
+            read_floor: None,
         }
     }
 
@@ -292,6 +296,7 @@ impl Slot {
             _ if retry_pending => wake = self.retry_at,
             Action::Read => {
                 self.retry_at = None;
+                self.read_floor = self.elector.current().map(|known| known.resource_version.clone());
                 let (store, name) = (self.store.clone(), self.name.clone());
                 self.call = Some(Box::pin(async move { Outcome::Read(store.get(&name).await) }));
             }
@@ -401,16 +406,24 @@ impl Slot {
             Outcome::Read(Ok(current)) => {
                 // At the version the write was based on, or below it (versions gone back, an etcd
                 // restore: found by review, a write, a 409 and a read went round without pause).
-                let unchanged = refused_at.filter(|(base, _)| match (current.as_ref(), base) {
-                    (Some(current), Some(base)) => {
-                        current.resource_version == *base || crate::lease::is_older(&current.resource_version, base)
+                let unchanged = refused_at.and_then(|(base, refusal)| match (current.as_ref(), &base) {
+                    (Some(current), Some(base)) if current.resource_version == *base => Some((refusal, "unchanged")),
+                    (Some(current), Some(base)) if crate::lease::is_older(&current.resource_version, base) => {
+                        Some((refusal, "at an older version"))
                     }
-                    (None, None) => true,
-                    _ => false,
+                    (None, None) => Some((refusal, "unchanged")),
+                    _ => None,
                 });
+                let floor = self.read_floor.take();
+                if let (Some(current), Some(floor)) = (current.as_ref(), floor)
+                    && crate::lease::is_older(&current.resource_version, &floor)
+                {
+                    tracing::warn!(lease = %self.name, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+                    self.elector.versions_went_back();
+                }
                 self.elector.observe(current, Instant::now());
-                unchanged.map(|(_, refusal)| {
-                    StoreError::Transient(format!("{refusal} (refused as a conflict, yet the lease is unchanged)"))
+                unchanged.map(|(refusal, how)| {
+                    StoreError::Transient(format!("{refusal} (refused as a conflict, yet the lease is {how})"))
                 })
             }
             Outcome::Read(Err(err)) => {

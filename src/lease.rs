@@ -470,6 +470,10 @@ pub struct Elector {
     /// Acquisitions of ours given up with their outcome unknown (superseded by a later write): a record
     /// that shows one of them is ours to release or take again.
     strays: Vec<(Option<MicroTime>, i32)>,
+    /// Acquisitions of ours ended before versions went back (see `versions_went_back`): a restored record
+    /// that shows one may undo its end while another process holds the lease, so it is waited out as
+    /// another's hold, but it is no identity collision.
+    undone: Vec<(Option<MicroTime>, i32)>,
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
@@ -527,6 +531,7 @@ impl Elector {
             previous: None,
             collision: false,
             strays: Vec::new(),
+            undone: Vec::new(),
             protected_until: None,
             edited_hold: None,
             slots: None,
@@ -667,6 +672,29 @@ impl Elector {
                 Some(known) if resource_version.is_empty() || resource_version == known => self.needs_read = true,
                 _ => self.observe_as(None, now, Seen::Snapshot),
             },
+        }
+    }
+
+    /// Versions went back (an etcd restored from a snapshot): a read sent after this process knew a
+    /// version answered an older one, which no API server does otherwise. What is known stays as a
+    /// record but not as a version, so that the read is taken as it is: its record, changed or not,
+    /// is compared with what was known, and a change counts from now (found by testing a restore: the
+    /// newer version known, never to come again, made every read look stale, and a free lease was
+    /// never taken).
+    ///
+    /// A hold of ours that ended is no longer ours to take again at once: the restore may have undone its
+    /// end while another process holds the lease now (found by review of this rule: an `elect` replica
+    /// took its restored old record at once, beside the child of the holder after it). The hold held now,
+    /// if any, stays ours: no other process wrote the lease since it was acquired, or its renewals would
+    /// have failed.
+    pub fn versions_went_back(&mut self) {
+        if let Some(Observation { current: Some(known), .. }) = self.observation.as_mut() {
+            known.resource_version.clear();
+        }
+        self.undone.extend(self.previous.take());
+        self.undone.append(&mut self.strays);
+        if self.undone.len() > MAX_STRAYS {
+            self.undone.drain(..self.undone.len() - MAX_STRAYS);
         }
     }
 
@@ -1323,6 +1351,7 @@ impl Elector {
         !self.adoptable(current)
             && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
             && !self.is_own_write(&current.record)
+            && !self.undone.iter().any(|(time, token)| same_acquisition(&current.record, time, *token))
     }
 
     /// Whether this elector (a side-car's) adopts `current` as its own: held under its identity and
@@ -2463,6 +2492,37 @@ mod tests {
         assert!(!elector.take_collision());
         let write = expect_write(elector.next(now(t0, 11.0)));
         assert_eq!(write.record.lease_transitions, Some(5));
+    }
+
+    /// Versions gone back (an etcd restore) show a hold of ours we had released, while another process
+    /// holds the lease now: it is waited out as another's hold (no collision), not taken at once.
+    #[test]
+    fn a_restored_old_hold_of_ours_is_waited_out_not_taken_again() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let restored = elector.current().unwrap().clone();
+        let release = elector.release(now(t0, 1.0)).unwrap();
+        apply(&mut elector, &release, 3, at(t0, 1.0), at(t0, 1.0));
+        elector.observe(Some(versioned(4, record(Some("other"), Some(10), Some(4)))), at(t0, 1.5));
+        elector.versions_went_back();
+        elector.observe(Some(restored), at(t0, 2.0));
+        assert!(!elector.take_collision(), "a restored hold of ours is no collision");
+        assert!(matches!(elector.next(now(t0, 2.0)), Action::WaitUntil(_)), "waited out, not taken at once");
+    }
+
+    /// The hold held now, restored at an older version: still ours, renewed on the version read.
+    #[test]
+    fn a_hold_restored_under_its_holder_is_renewed_on_the_version_read() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let restored = elector.current().unwrap().clone();
+        let renew = expect_write(elector.next(now(t0, 2.0)));
+        apply(&mut elector, &renew, 7, at(t0, 2.0), at(t0, 2.0));
+        elector.versions_went_back();
+        elector.observe(Some(restored), at(t0, 3.0));
+        assert!(elector.held().is_some());
+        let renew = expect_write(elector.next(now(t0, 4.0)));
+        assert_eq!(renew.resource_version(), Some("2"));
     }
 
     #[test]

@@ -649,3 +649,77 @@ fn a_renew_time_at_the_end_of_time_never_lets_two_children_run(env: &TestEnv) {
     waiter.finish().assert_code(0);
     assert_eq!(max_concurrency(&log), 1, "two children ran at once on one lease: {:?}", read_stamps(&log));
 }
+
+/// An etcd restored from a snapshot under a holder and a waiter: the stored record, and the
+/// resourceVersion counter, go back to the snapshot's, and versions the two had seen are handed out again
+/// for other records. The holder goes on holding (the record restored is its own), and the waiter's child
+/// runs once the holder's is done, never beside it, with writes at a bounded rate.
+#[test]
+fn an_etcd_restore_under_a_holder_and_a_waiter_never_lets_two_children_run() {
+    etcd_restore_under_a_holder_and_a_waiter(false);
+}
+
+/// The same restore, with the holder's mpsync frozen as it happens (its guard stops the child): the waiter,
+/// which knew a version newer than any the restored server holds, takes the lease after the restored
+/// record's expiry. Before, every read after its writes' conflicts looked stale to it, and it waited on a
+/// free lease for ever.
+#[test]
+fn an_etcd_restore_never_leaves_a_waiter_stuck_on_a_lease_whose_holder_is_gone() {
+    etcd_restore_under_a_holder_and_a_waiter(true);
+}
+
+fn etcd_restore_under_a_holder_and_a_waiter(freeze_holder: bool) {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored");
+    let log = env.path("log");
+    let pid = env.path("pid");
+    let seen = env.path("seen");
+    let holder_script = format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"));
+    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &holder_script]));
+    wait_for_file(&log, "start");
+    let snapshot = server.snapshot();
+    // The waiter's child notes the state of the holder's (a zombie, the child of a frozen mpsync, is dead).
+    let check = format!(
+        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
+        pid = pid.display(),
+        seen = seen.display()
+    );
+    let waiter =
+        env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &stamp_script(&log, &check)]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    // Renewals that both have seen: four versions past the snapshot's.
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for _ in 0..4 {
+        let before = renewed();
+        wait_until("a renewal", || renewed() != before);
+    }
+    if freeze_holder {
+        holder.signal(Signal::SIGSTOP);
+    }
+    server.reset_counts();
+    server.restore(&snapshot);
+    if freeze_holder {
+        // The guard ends the child; the waiter takes over after the restored record's expiry.
+        let waiter = waiter.finish();
+        waiter.assert_code(0);
+        holder.signal(Signal::SIGKILL);
+    } else {
+        // Four lease durations of the holder holding on after the restore.
+        let since = Instant::now();
+        wait_until("four lease durations", || since.elapsed() > Duration::from_secs(16));
+        assert_eq!(read_stamps(&log).len(), 1, "the waiter ran after the restore: {:?}", read_stamps(&log));
+        holder.signal(Signal::SIGTERM);
+        holder.finish().assert_code(0);
+        waiter.finish().assert_code(0);
+    }
+    // Backoff: a retry period (500 ms) between writes that conflict, at most.
+    let writes = server.count("update") + server.count("create");
+    assert!(writes <= 80, "{writes} writes after the restore: {:?}", server.counts());
+    let stamps = read_stamps(&log);
+    let state = fs::read_to_string(&seen).unwrap();
+    assert!(["[]", "[Z]", "[X]"].contains(&state.trim()), "the holder's child was alive ({state}) as the waiter's ran");
+    if !freeze_holder {
+        assert_eq!(max_concurrency(&log), 1, "two children ran at once after the restore: {stamps:?}");
+    }
+}

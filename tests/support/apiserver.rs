@@ -108,6 +108,12 @@ const VERSION_JSON: &str = r#"{
   "platform": "linux/amd64"
 }"#;
 
+/// Every object and the resourceVersion counter at one moment (`TestApiServer::snapshot`).
+pub struct Snapshot {
+    rv: u64,
+    objects: BTreeMap<(String, String), Value>,
+}
+
 /// One request as received, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestLog {
@@ -977,6 +983,26 @@ impl TestApiServer {
     pub fn restart(&self) {
         let mut st = self.shared.lock();
         st.rv += RESTART_GAP;
+        st.history_start = st.rv;
+        st.events.clear();
+        st.kill_conns(false);
+        self.shared.changed.notify_all();
+    }
+
+    /// What etcd holds now (every object and the resourceVersion counter), for `restore`.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.shared.lock();
+        Snapshot { rv: st.rv, objects: st.objects.clone() }
+    }
+
+    /// As if etcd were restored from `snapshot` (without etcdutl's `--bump-revision`) and the API server
+    /// restarted on it: the objects and the resourceVersion counter go back to the snapshot's, so that
+    /// versions handed out since are handed out again for other records; the event history is forgotten
+    /// and every connection is closed.
+    pub fn restore(&self, snapshot: &Snapshot) {
+        let mut st = self.shared.lock();
+        st.rv = snapshot.rv;
+        st.objects = snapshot.objects.clone();
         st.history_start = st.rv;
         st.events.clear();
         st.kill_conns(false);
