@@ -283,7 +283,9 @@ impl Lock {
     /// `mpsync --backend file --lock-dir DIR`, which shares these leases).
     ///
     /// The records are Lease objects as JSON (`NAME.json`), written by compare-and-swap under an
-    /// `flock` (`NAME.lock`); waiting is driven by inotify. `dir` is created (mode 0700) by `build`.
+    /// `flock` on the directory itself; waiting is driven by inotify. `dir` is created (mode 0700) by `build`;
+    /// a relative `dir` is taken from the current directory when the lock is built, and a later change of
+    /// directory does not move it. A directory on a network file system (NFS, SMB) is refused.
     ///
     /// ```no_run
     /// # async fn example() -> mpsync::Result<()> {

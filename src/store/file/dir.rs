@@ -92,7 +92,9 @@ impl LockDir {
     pub fn new(path: PathBuf) -> LockDir {
         // Without a trailing `/` or `/.`: either makes the kernel follow a symbolic link in the last
         // component whatever O_NOFOLLOW says, and hides that component from the parents' check.
-        let path = path.components().collect();
+        // Absolute, so that a library caller's later change of directory does not move its leases
+        // (found by review: a holder saw its record "deleted" and lost the lease).
+        let path = std::path::absolute(&path).unwrap_or(path).components().collect();
         LockDir { path }
     }
 
@@ -211,6 +213,18 @@ impl LockDir {
             other => Error::File(other.to_string()),
         };
         let handle = self.open(true).map_err(fatal)?.expect("created if missing");
+        // A network file system takes flock(2) on a directory as a lock of this machine alone (NFS,
+        // SMB/CIFS and 9p have no lock operation for directories: the kernel keeps the lock locally), so
+        // it succeeds, and two machines sharing the directory would both write at once.
+        if let Ok(stats) = nix::sys::statfs::fstatfs(&handle.fd)
+            && let Some(kind) = network_file_system(stats.filesystem_type().0 as i64)
+        {
+            return Err(Error::File(format!(
+                "refusing lock directory {}: it is on {kind}, where a lock on a directory holds on this machine \
+                 alone; use a lock directory on a local file system (--lock-dir)",
+                self.path.display()
+            )));
+        }
         self.check_parents()?;
         handle.probe_write().map_err(fatal)?;
         match Flock::lock(handle.fd, FlockArg::LockSharedNonblock) {
@@ -638,4 +652,49 @@ pub(super) fn abandon(gate: &std::sync::atomic::AtomicU8) -> bool {
 #[cfg(test)]
 pub(super) fn publish_for_tests() -> bool {
     publish()
+}
+
+/// The network file systems (by `statfs` magic) whose directories cannot be locked across machines: the
+/// name to give, or `None` for a local one. (FUSE is not among them: a FUSE file system may be local,
+/// as fuse-overlayfs under rootless containers, and `statfs` cannot tell sshfs from it.)
+pub fn network_file_system(magic: i64) -> Option<&'static str> {
+    // Compared as the kernel's unsigned 32-bit values (f_type is signed on some architectures).
+    Some(match magic as u32 {
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x0102_1997 => "9p",
+        0x00C3_6400 => "CephFS",
+        0x6B41_4653 | 0x5346_414F => "AFS",
+        0x0BD0_0BD0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        0x7375_7245 => "Coda",
+        0x564C => "NCP",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LockDir, network_file_system};
+
+    #[test]
+    fn network_file_systems_are_told_from_local_ones() {
+        assert_eq!(network_file_system(0x6969), Some("NFS"));
+        assert_eq!(network_file_system(0xFF53_4D42_u32 as i32 as i64), Some("CIFS"));
+        assert_eq!(network_file_system(0xFF53_4D42), Some("CIFS"));
+        // tmpfs, ext4, xfs, btrfs, overlayfs, FUSE.
+        for local in [0x0102_1994_i64, 0xEF53, 0x5846_5342, 0x9123_683E, 0x794C_7630, 0x6573_5546] {
+            assert_eq!(network_file_system(local), None, "{local:#x}");
+        }
+    }
+
+    /// A relative directory is made absolute once: a library caller's later `chdir` does not move it.
+    #[test]
+    fn a_relative_directory_is_made_absolute_at_once() {
+        let dir = LockDir::new("locks/".into());
+        assert!(dir.path().is_absolute());
+        assert_eq!(dir.path(), std::env::current_dir().unwrap().join("locks"));
+    }
 }
