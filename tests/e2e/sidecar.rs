@@ -284,6 +284,9 @@ fn lock_whose_heartbeats_stop_is_taken_by_another_side_car_after_its_ttl(env: &T
         match reply.status {
             409 => assert_eq!(reply.json()["holder"], "sidecar-a"),
             200 => break reply,
+            // A write that took longer than the request's budget (a loaded machine: 4 s TTL, 0.67 s
+            // budget): no answer yet, as the stock clients take it; they ask again.
+            503 if reply.body.contains("no answer from the API server in time") => {}
             _ => panic!("unexpected {}{}", reply.head, reply.body),
         }
         assert!(last_heartbeat.elapsed() < PATIENCE, "B never took the lock");
