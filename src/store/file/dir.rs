@@ -217,7 +217,7 @@ impl LockDir {
         // SMB/CIFS and 9p have no lock operation for directories: the kernel keeps the lock locally), so
         // it succeeds, and two machines sharing the directory would both write at once.
         if let Ok(stats) = nix::sys::statfs::fstatfs(&handle.fd)
-            && let Some(kind) = network_file_system(stats.filesystem_type().0 as i64)
+            && let Some(kind) = network_file_system(stats.filesystem_type().0)
         {
             return Err(Error::File(format!(
                 "refusing lock directory {}: it is on {kind}, where a lock on a directory holds on this machine \
