@@ -474,6 +474,9 @@ pub struct Elector {
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
     undone: Vec<(Option<MicroTime>, i32)>,
+    /// When a read (or a write's answer) was last observed: another's hold that expired by what the watch
+    /// showed is read once more before it is taken over.
+    read_at: Option<Instant>,
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
@@ -532,6 +535,7 @@ impl Elector {
             collision: false,
             strays: Vec::new(),
             undone: Vec::new(),
+            read_at: None,
             protected_until: None,
             edited_hold: None,
             slots: None,
@@ -707,6 +711,7 @@ impl Elector {
         self.needs_read = false;
         self.awaiting_event_until = None;
         if seen == Seen::Snapshot {
+            self.read_at = Some(now);
             // The winner's event did not come first: nothing measured.
             self.lost_race_sent_at = None;
         }
@@ -1157,6 +1162,11 @@ impl Elector {
         }
         match self.expiry() {
             Some(expiry) if now.instant < expiry => Action::WaitUntil(expiry),
+            // Expired by what was seen, maybe on a watch resumed from a version handed out again (an etcd
+            // restored without `--bump-revision`: the holder's renewals bring its restored record back to
+            // the version we know, and a watch from there shows none of them): a read first, so that the
+            // write is based on the record as it is now, not on a version that now names another record.
+            Some(expiry) if self.read_at.is_none_or(|at| at < expiry) => Action::Read,
             Some(_) => self.acquisition(Some(current), now),
             // A duration too long to add to the clock: as good as never.
             None => Action::WaitUntil(now.instant + Duration::from_secs(365 * 24 * 3600)),
@@ -1710,6 +1720,19 @@ mod tests {
         elector.write_result(ticket, WriteResult::Applied(versioned(rv, write.record.clone())), answered);
     }
 
+    /// `next` at `now`; if it reads first (another's hold expired by what was seen: see `Elector::next`),
+    /// the read shows the record unchanged, and `next` again.
+    fn after_a_read(elector: &mut Elector, now: Now) -> Action {
+        match elector.next(now.clone()) {
+            Action::Read => {
+                let current = elector.current().cloned();
+                elector.observe(current, now.instant);
+                elector.next(now)
+            }
+            other => other,
+        }
+    }
+
     fn expect_write(action: Action) -> Write {
         match action {
             Action::Write(write) => write,
@@ -1789,7 +1812,7 @@ mod tests {
         elector.observe(Some(versioned(3, record(Some("other"), Some(5), Some(0)))), t0);
         assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 5.0)));
         assert_eq!(elector.next(now(t0, 4.9)), Action::WaitUntil(at(t0, 5.0)));
-        assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(_)));
+        assert!(matches!(after_a_read(&mut elector, now(t0, 5.0)), Action::Write(_)));
     }
 
     #[test]
@@ -1803,7 +1826,7 @@ mod tests {
         assert_eq!(elector.next(now(t0, 5.0)), Action::WaitUntil(at(t0, 8.0)));
         // The same record again (a poll, a re-list) does not restart it.
         elector.observe(Some(versioned(4, renewed)), at(t0, 6.0));
-        assert!(matches!(elector.next(now(t0, 8.0)), Action::Write(_)));
+        assert!(matches!(after_a_read(&mut elector, now(t0, 8.0)), Action::Write(_)));
     }
 
     #[test]
@@ -1819,7 +1842,7 @@ mod tests {
         future.renew_time = Some(MicroTime(Timestamp::from_second(32_503_680_000).unwrap()));
         elector.observe(Some(versioned(4, future)), at(t0, 1.0));
         assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
-        assert!(matches!(elector.next(now(t0, 6.0)), Action::Write(_)));
+        assert!(matches!(after_a_read(&mut elector, now(t0, 6.0)), Action::Write(_)));
     }
 
     /// A hold edited by hand (holder cleared, or duration shortened, acquireTime kept) counts until the
@@ -1837,8 +1860,8 @@ mod tests {
             let mut edited = held.clone();
             edit(&mut edited);
             elector.observe_event(WatchUpdate::Present(versioned(4, edited.clone())), at(t0, 1.0));
-            assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 5.0)));
-            assert!(matches!(elector.next(now(t0, 5.0)), Action::Write(_)));
+            assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, 5.0)));
+            assert!(matches!(after_a_read(&mut elector, now(t0, 5.0)), Action::Write(_)));
             // Its holder's release ends it at once (found by review: the hold was counted past it).
             let mut released = record(Some(""), Some(1), Some(0));
             released.acquire_time = Some(wall(-20));
@@ -1863,7 +1886,7 @@ mod tests {
         renewed.lease_duration_seconds = Some(1);
         renewed.renew_time = Some(wall(-10));
         elector.observe_event(WatchUpdate::Present(versioned(4, renewed)), at(t0, 1.0));
-        assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+        assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
     }
 
     /// A Lease deleted and created again (another uid) while another held it, seen only in a read: the
@@ -2143,7 +2166,7 @@ mod tests {
         a.observe(Some(landed), at(t0, 8.7));
         // r1's record counts from r1's send, 2 s: lost at 12 s, long before the waiter may take it (22.1 s).
         assert!(!a.usable(at(t0, 12.0)), "the deadline counts from the send of the write that landed");
-        assert!(matches!(b.next(Now::at(at(t0, 22.1), wall(22))), Action::Write(_)));
+        assert!(matches!(after_a_read(&mut b, Now::at(at(t0, 22.1), wall(22))), Action::Write(_)));
         // Acquisitions and releases too: never two alike, whatever the clock.
         let mut c = Elector::new("c", TIMING);
         c.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
@@ -2453,7 +2476,7 @@ mod tests {
         assert!(elector.take_collision(), "the collision is reported");
         assert_eq!(elector.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 15.0)));
         assert!(elector.release(now(t0, 1.0)).is_none(), "and never released by us");
-        let write = expect_write(elector.next(now(t0, 15.0)));
+        let write = expect_write(after_a_read(&mut elector, now(t0, 15.0)));
         assert_eq!(write.record.lease_transitions, Some(7));
     }
 

@@ -850,6 +850,9 @@ fn late_renewal_answer_does_not_let_two_children_run() {
         Answer(1, Reply::Normal),
         Advance(2600), // b is cut off from here on; a's expiry passes at 4.5s
         Process(0),
+        Answer(0, Reply::Normal), // a reads first: b's hold expired by what it saw, unchanged
+        Tick(0),
+        Process(0),
         Answer(0, Reply::Normal), // a takes over: b's child must be dead by now
         Advance(1000),
     ];

@@ -723,3 +723,122 @@ fn etcd_restore_under_a_holder_and_a_waiter(freeze_holder: bool) {
         assert_eq!(max_concurrency(&log), 1, "two children ran at once after the restore: {stamps:?}");
     }
 }
+
+/// Found by review (helper-107): an etcd restored to a snapshot in which the lease was free (released before the holder took it):
+/// the waiter must not start its child while the holder's still runs (the holder learns of the restore
+/// only at its next renewal, and then stops its child within its grace).
+#[test]
+fn a_restore_to_a_free_lease_never_lets_the_waiter_in_beside_the_holders_child() {
+    restore_to_a_free_or_absent_lease(false);
+}
+
+/// Found by review (helper-107): the same, with a snapshot taken before the Lease existed.
+#[test]
+fn a_restore_to_before_the_lease_existed_never_lets_the_waiter_in_beside_the_holders_child() {
+    restore_to_a_free_or_absent_lease(true);
+}
+
+fn restore_to_a_free_or_absent_lease(absent: bool) {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored-free");
+    if !absent {
+        env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    }
+    let snapshot = server.snapshot();
+    let log = env.path("log");
+    let pid = env.path("pid");
+    let seen = env.path("seen");
+    let holder_script = format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"));
+    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &holder_script]));
+    wait_for_file(&log, "start");
+    let check = format!(
+        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
+        pid = pid.display(),
+        seen = seen.display()
+    );
+    let waiter =
+        env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &stamp_script(&log, &check)]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for _ in 0..4 {
+        let before = renewed();
+        wait_until("a renewal", || renewed() != before);
+    }
+    server.restore(&snapshot);
+    wait_until("the waiter's child", || fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n')));
+    holder.signal(Signal::SIGTERM);
+    let holder = holder.finish();
+    let waiter = waiter.finish();
+    let state = fs::read_to_string(&seen).unwrap();
+    let stamps = read_stamps(&log);
+    assert!(
+        ["[]", "[Z]", "[X]"].contains(&state.trim()) && max_concurrency(&log) == 1,
+        "the holder's child was alive ({state}) as the waiter's ran: {stamps:?}\nholder:\n{}\nwaiter:\n{}",
+        holder.stderr,
+        waiter.stderr
+    );
+}
+
+/// Found by review (helper-107): a restore without `--bump-revision` hands versions out again. A waiter
+/// that knew the holder's record at version K, and whose watch (resumed from K) shows nothing at or below
+/// K, saw nothing of the restore; the holder's renewal after it brought its restored record to K again,
+/// and the waiter's write based on K (its expiry counted from the record it saw before the restore)
+/// landed on the holder's live hold, beside its child. Another's hold that expired by what was seen is
+/// now read once more before it is taken. Here the holder's mpsync is frozen after that renewal, so that
+/// its guard, not a later renewal the waiter would see, ends its child.
+#[test]
+fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_live_hold() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("reused-version");
+    let timings = ["--lease-duration", "10s", "--renew-deadline", "8s", "--retry-period", "3s"];
+    let log = env.path("log");
+    let pid = env.path("pid");
+    let seen = env.path("seen");
+    let with = |identity: &'static str, script: String| -> Vec<String> {
+        let mut args: Vec<String> = ["lock", &name, "-v", "--identity", identity].map(String::from).to_vec();
+        args.extend(timings.map(String::from));
+        args.extend(["--".to_string(), "sh".to_string(), "-c".to_string(), script]);
+        args
+    };
+    let holder = env.spawn(with("holder", format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"))));
+    wait_for_file(&log, "start");
+    let snapshot = server.snapshot();
+    // Versions handed out after the snapshot, beyond the holder's renewals: other Leases.
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", env.namespace);
+    let mut made = 0;
+    let mut make = |n: u64| {
+        for _ in 0..n {
+            made += 1;
+            let body = format!(r#"{{"metadata":{{"name":"other-{made}"}},"spec":{{}}}}"#);
+            let (status, answer) = server.call("POST", &leases, Some(&body));
+            assert_eq!(status, 201, "{answer}");
+        }
+    };
+    make(10);
+    // The waiter's child notes the state of the holder's (a zombie, the child of a frozen mpsync, is dead).
+    let check = format!(
+        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
+        pid = pid.display(),
+        seen = seen.display()
+    );
+    let waiter = env.spawn(with("waiter", stamp_script(&log, &check)));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
+    let before = version();
+    wait_until("a renewal", || version() != before);
+    let known = version();
+    // Right after a renewal the waiter saw (K): the restore, and versions up to K - 1 handed out again,
+    // so that the holder's next renewal (its first after the restore: a conflict, a read, a write on
+    // the restored record) gets K.
+    server.restore(&snapshot);
+    make(known - 1 - server.resource_version());
+    wait_until("the holder's renewal at K", || version() == known);
+    holder.signal(Signal::SIGSTOP);
+    wait_until("the waiter's child", || fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n')));
+    holder.signal(Signal::SIGKILL);
+    waiter.finish().assert_code(0);
+    let state = fs::read_to_string(&seen).unwrap();
+    assert!(["[]", "[Z]", "[X]"].contains(&state.trim()), "the holder's child was alive ({state}) as the waiter's ran");
+}
