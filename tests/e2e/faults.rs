@@ -665,14 +665,11 @@ fn an_event_before_the_read_that_settles_an_unknown_acquisition_never_stalls_the
     let server = env.server().unwrap();
     let name = env.lease_name("doubtevent");
     env.put(&name, TestEnv::foreign_record("other", 2));
-    server.fail_next_on(&format!("update:{name}"), 1, 503);
-    let before = server.requests().len();
     let ran = env.path("ran");
     let waiter = env.spawn(fast(&["lock", &name, "--timeout", "120s"], &["touch", ran.to_str().unwrap()]));
-    let looked = |log: &[crate::support::apiserver::RequestLog]| log[before..].iter().any(|r| r.verb == "get");
-    assert!(server.wait_for_requests(looked, PATIENCE), "{}", waiter.stderr());
-    // The waiter waits the record out for 2 s from that look: long after this.
-    server.fail_next_on(&format!("get:{name}"), 1_000_000, 503);
+    // The waiter waits the record out for 2 s, reads it once more, and writes: answered 503, after which
+    // every read fails for a while.
+    server.fail_next_on_then(&format!("update:{name}"), 1, 503, &format!("get:{name}"), 1_000_000, 503);
     let refused =
         |log: &[crate::support::apiserver::RequestLog]| log.iter().any(|r| r.verb == "update" && r.status == 503);
     assert!(server.wait_for_requests(refused, PATIENCE), "{}", waiter.stderr());

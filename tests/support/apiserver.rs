@@ -565,6 +565,8 @@ struct State {
     reads_429_until: Option<(Instant, bool)>,
     /// `VERB:NAME` -> remaining count and status of failures for that verb on that Lease.
     named_failures: BTreeMap<String, (usize, u16)>,
+    /// `VERB:NAME` -> failures armed for another `VERB:NAME` once its own last failure is answered.
+    chained_failures: BTreeMap<String, (String, usize, u16)>,
     after_commit: Option<AfterCommitFault>,
     watch_fault: Option<WatchFault>,
     latency: Duration,
@@ -691,6 +693,7 @@ impl TestApiServer {
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             watch_lag: Duration::ZERO,
             named_failures: BTreeMap::new(),
+            chained_failures: BTreeMap::new(),
             forbidden: BTreeSet::new(),
             unauthorized: false,
             client_certificates: tls
@@ -1028,6 +1031,15 @@ impl TestApiServer {
     /// `status`, as `fail_next` does; other requests are carried out as usual.
     pub fn fail_next_on(&self, verb_name: &str, n: usize, status: u16) {
         self.shared.lock().named_failures.insert(verb_name.to_string(), (n, status));
+    }
+
+    /// `fail_next_on(verb_name, n, status)`, and the moment its last failure is answered,
+    /// `fail_next_on(then, m, then_status)`: a window that opens on an event of the server's, not of the
+    /// test's polling (say, reads that fail right after a write was answered 503).
+    pub fn fail_next_on_then(&self, verb_name: &str, n: usize, status: u16, then: &str, m: usize, then_status: u16) {
+        let mut st = self.shared.lock();
+        st.named_failures.insert(verb_name.to_string(), (n, status));
+        st.chained_failures.insert(verb_name.to_string(), (then.to_string(), m, then_status));
     }
 
     /// Undoes `forbid(verb)`.
@@ -2155,7 +2167,12 @@ fn dispatch(shared: &Shared, request: &Request, route: Route, verb: &str, forbid
         let key = format!("{verb}:{name}");
         let mut st = shared.lock();
         if let Some((n, code)) = st.named_failures.get(&key).copied().filter(|(n, _)| *n > 0) {
-            st.named_failures.insert(key, (n - 1, code));
+            st.named_failures.insert(key.clone(), (n - 1, code));
+            if n == 1
+                && let Some((then, m, then_code)) = st.chained_failures.remove(&key)
+            {
+                st.named_failures.insert(then, (m, then_code));
+            }
             drop(st);
             return Reply::Answer(failure_response(code));
         }
