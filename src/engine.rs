@@ -211,6 +211,11 @@ impl Slot {
         self.elector.forget_loss();
     }
 
+    /// The hold ended at its renew deadline, unseen: see `Elector::lapsed`.
+    pub fn lapsed(&mut self) {
+        self.elector.lapsed(Instant::now());
+    }
+
     /// Tell the observer of the hold, once: when it becomes usable (a child may start), however the
     /// acquisition became known (its answer, a read, or the watch). Found by review: an acquisition
     /// known only from a read never reached the health server, and one that was not usable yet was

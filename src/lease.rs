@@ -702,6 +702,18 @@ impl Elector {
         }
     }
 
+    /// A hold of ours ended at its renew deadline without this process seeing what became of the lease
+    /// (frozen, or cut off from the API server): another process may have taken it over meanwhile, and an
+    /// etcd restored since may show our own record again, at the very version we knew, with nothing to
+    /// tell that versions went back. Nothing of ours is acquired, and no child runs, for a lease duration
+    /// from now: such a holder, cut off by the restore, made its last renewal before now, and its child is
+    /// gone within a lease duration of it (found by review, helper-108).
+    pub fn lapsed(&mut self, now: Instant) {
+        if let Some(until) = now.checked_add(self.timing.lease_duration) {
+            self.protect_until(until);
+        }
+    }
+
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
     pub fn observe(&mut self, current: Option<Versioned>, now: Instant) {
         self.observe_as(current, now, Seen::Snapshot);
@@ -959,7 +971,10 @@ impl Elector {
         let loss = match self.current() {
             None => Some(LossReason::Deleted),
             Some(v) if self.is_current_acquisition(&v.record) => None,
-            Some(v) if v.record.holder_identity.as_deref() == Some(self.identity.as_str()) => {
+            Some(v)
+                if v.record.holder_identity.as_deref() == Some(self.identity.as_str())
+                    && !self.undone.iter().any(|(time, token)| same_acquisition(&v.record, time, *token)) =>
+            {
                 self.collision = true;
                 Some(LossReason::Collision { identity: self.identity.clone() })
             }

@@ -1024,7 +1024,8 @@ async fn acquisition(
     // Ended by the watchdog, or past the renew deadline when a library caller's release was asked for
     // (the watchdog had cancelled the work already; the runtime ran late): lost. The CLI's guard keeps
     // the deadline on its own; a release it asks for is a release.
-    let past_deadline = inner.library && Instant::now() >= state_tx.0.borrow().deadline;
+    let lapsed = Instant::now() >= state_tx.0.borrow().deadline;
+    let past_deadline = inner.library && lapsed;
     let loss = match loss {
         None if request.is_none() || past_deadline => Some(LossReason::RenewDeadline),
         loss => loss,
@@ -1061,6 +1062,11 @@ async fn acquisition(
             (released, request.flatten())
         }
     };
+    if lapsed {
+        // Past the renew deadline (the CLI's guard, or a library caller's work, stopped at it already):
+        // what became of the lease meanwhile is unknown (see `Elector::lapsed`).
+        slot.lapsed();
+    }
     state_tx.disarm();
     let lease = slot.name().to_string();
     // The slots are free for the next acquisition before the releaser hears back, so that an acquisition

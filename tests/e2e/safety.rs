@@ -842,3 +842,68 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
     let state = fs::read_to_string(&seen).unwrap();
     assert!(["[]", "[Z]", "[X]"].contains(&state.trim()), "the holder's child was alive ({state}) as the waiter's ran");
 }
+
+/// Found by review (helper-108): an `elect` replica frozen while it held (its guard ends its child), the other replica takes
+/// over, and then etcd is restored to a snapshot taken right after the frozen replica's last renewal. When
+/// the frozen replica runs again, the record it reads is exactly the one it knew (its own hold, same
+/// version): nothing tells it that versions went back, and its own old hold was "ours to take again at
+/// once": its child ran beside the other's for half a second, under the same token. A hold that lapsed
+/// now keeps this process from acquiring for a lease duration.
+#[test]
+fn a_restore_to_a_frozen_replicas_own_last_record_never_lets_two_children_run() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored-own");
+    let alive = env.path("alive");
+    // A child that stamps while it runs, and takes half a second to shut down (within its grace, 1 s).
+    let script = format!(
+        "trap 'sleep 0.5; echo $$ $(date +%s%N) >> {a}; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
+        a = alive.display()
+    );
+    let first = env.spawn(fast(&["elect", &name, "-v", "--identity", "first"], &["sh", "-c", &script]));
+    wait_until("the first replica's child", || !read_stamps(&alive).is_empty());
+    let second = env.spawn(fast(&["elect", &name, "-v", "--identity", "second"], &["sh", "-c", &script]));
+    wait_until("the second replica to wait", || second.stderr().contains("waiting"));
+    first.signal(Signal::SIGSTOP);
+    wait_until("the first replica to stop", || pty::state(first.pid()) == Some('T'));
+    // The store as the frozen replica left it (its last renewal, or a later one it sent).
+    let snapshot = server.snapshot();
+    let holder = || env.get(&name).and_then(|(_, spec)| spec.holder_identity);
+    wait_until("the second replica to take over", || holder().as_deref() == Some("second"));
+    let pids = || {
+        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
+        pids.dedup();
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    wait_until("the second replica's child", || pids().len() == 2);
+    server.restore(&snapshot);
+    first.signal(Signal::SIGCONT);
+    // Three lease durations after the restore: one replica's child runs again (either may hold).
+    let restored = Instant::now();
+    wait_until("three lease durations", || restored.elapsed() > Duration::from_secs(12));
+    assert!(pids().len() >= 2);
+    first.signal(Signal::SIGTERM);
+    second.signal(Signal::SIGTERM);
+    let (first, second) = (first.finish(), second.finish());
+    // Each child's span of `alive` stamps; no two may overlap.
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (pid, nanos, _) in read_stamps(&alive) {
+        let span = spans.entry(pid).or_insert((nanos, nanos));
+        span.0 = span.0.min(nanos);
+        span.1 = span.1.max(nanos);
+    }
+    let spans: Vec<(u128, u128)> = spans.into_values().collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
+            assert!(
+                overlap <= 0,
+                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst:\n{}\nsecond:\n{}",
+                first.stderr,
+                second.stderr
+            );
+        }
+    }
+}
