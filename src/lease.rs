@@ -477,6 +477,11 @@ pub struct Elector {
     /// When a read (or a write's answer) was last observed: another's hold that expired by what the watch
     /// showed is read once more before it is taken over.
     read_at: Option<Instant>,
+    /// A hold of ours lapsed (see `lapsed`) and no read answered since: the lease duration that keeps
+    /// this process from acquiring counts from that read, not from the lapse (found by review,
+    /// helper-109: cut off for longer than a lease duration, the protection was over before the process
+    /// could see anything, and its own restored record was taken again at once).
+    lapsed_unread: bool,
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
@@ -536,6 +541,7 @@ impl Elector {
             strays: Vec::new(),
             undone: Vec::new(),
             read_at: None,
+            lapsed_unread: false,
             protected_until: None,
             edited_hold: None,
             slots: None,
@@ -712,6 +718,7 @@ impl Elector {
         if let Some(until) = now.checked_add(self.timing.lease_duration) {
             self.protect_until(until);
         }
+        self.lapsed_unread = true;
     }
 
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
@@ -724,6 +731,11 @@ impl Elector {
         self.awaiting_event_until = None;
         if seen == Seen::Snapshot {
             self.read_at = Some(now);
+            if std::mem::take(&mut self.lapsed_unread)
+                && let Some(until) = now.checked_add(self.timing.lease_duration)
+            {
+                self.protect_until(until);
+            }
             // The winner's event did not come first: nothing measured.
             self.lost_race_sent_at = None;
         }
@@ -1445,6 +1457,9 @@ impl Elector {
     /// A new acquisition: ours, with the next fencing token; after a deletion under another holder, not
     /// before that holder's observed expiry.
     fn acquisition(&self, base: Option<&Versioned>, now: Now) -> Action {
+        if self.lapsed_unread {
+            return Action::Read;
+        }
         if let Some(until) = self.protected_until()
             && now.instant < until
         {

@@ -1062,9 +1062,11 @@ async fn acquisition(
             (released, request.flatten())
         }
     };
-    if lapsed {
-        // Past the renew deadline (the CLI's guard, or a library caller's work, stopped at it already):
-        // what became of the lease meanwhile is unknown (see `Elector::lapsed`).
+    if lapsed || released.is_err() {
+        // Past the renew deadline (the CLI's guard, or a library caller's work, stopped at it already),
+        // or a release that was not seen to land (cut off from the API server): what became of the lease
+        // meanwhile is unknown (see `Elector::lapsed`). An etcd restored later may show our own record
+        // at the very version we knew, while another process holds the lease (found by review, helper-109).
         slot.lapsed();
     }
     state_tx.disarm();

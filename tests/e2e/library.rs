@@ -1144,3 +1144,114 @@ fn a_semaphore_on_a_failing_server_is_unavailable_as_a_plain_lease_is() {
         );
     });
 }
+
+/// Found by review (helper-109): a holder cut off from the API server asks for its release before its renew
+/// deadline (no lapse), and the release never arrives. Another process takes the lease after its
+/// duration; then etcd is restored to a snapshot taken while the first was cut off, which shows the
+/// first's hold at the very version it knew. Back in touch, the first must not take that record again at
+/// once: the other holder, whom etcd forgot, still runs its work until its next renewal fails.
+#[test]
+fn a_release_that_never_arrived_then_a_restore_never_lets_the_old_holder_in_beside_the_new() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("release-restore");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    // The other renews every 2 s: it learns of the restore up to 2 s after it.
+    let slow = Timing {
+        lease_duration: Duration::from_secs(8),
+        renew_deadline: Duration::from_secs(6),
+        retry_period: Duration::from_secs(2),
+    };
+    runtime().block_on(async {
+        let first = Lock::kube(client(&proxy.kubeconfig_through(&yaml)).await, &env.namespace, &name)
+            .timing(FAST)
+            .build()
+            .unwrap();
+        let other = Lock::kube(client(&yaml).await, &env.namespace, &name).timing(slow).build().unwrap();
+        let held = first.acquire().await.unwrap();
+        proxy.partition();
+        // Asked for at once, long before the renew deadline: it cannot arrive.
+        let released = held.release().await;
+        assert!(released.is_err(), "the release went through a partition");
+        let snapshot = server.snapshot();
+        let taken = within("the other to take over", other.acquire()).await.unwrap();
+        let token = taken.cancellation_token();
+        let cancelled = tokio::spawn(async move {
+            token.cancelled().await;
+            Instant::now()
+        });
+        server.restore(&snapshot);
+        proxy.heal();
+        let again = within("the first to acquire again", first.acquire()).await.unwrap();
+        let acquired = Instant::now();
+        let cancelled = within("the other's loss", cancelled).await.unwrap();
+        assert!(
+            cancelled <= acquired,
+            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
+             (tokens {} and {})",
+            cancelled - acquired,
+            again.fencing_token(),
+            taken.fencing_token()
+        );
+        drop(taken);
+        again.release().await.unwrap();
+    });
+}
+
+/// Found by review (helper-109): the same with a hold that lapsed at its renew deadline while cut off (no release
+/// asked for): the lease duration it keeps the process from acquiring was over long before the process
+/// could see anything again, and its own restored record was taken again at once.
+#[test]
+fn a_hold_that_lapsed_while_cut_off_then_a_restore_never_lets_the_old_holder_in_beside_the_new() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lapse-restore");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let slow = Timing {
+        lease_duration: Duration::from_secs(8),
+        renew_deadline: Duration::from_secs(6),
+        retry_period: Duration::from_secs(2),
+    };
+    runtime().block_on(async {
+        let first = Lock::kube(client(&proxy.kubeconfig_through(&yaml)).await, &env.namespace, &name)
+            .timing(FAST)
+            .build()
+            .unwrap();
+        let other = Lock::kube(client(&yaml).await, &env.namespace, &name).timing(slow).build().unwrap();
+        let held = first.acquire().await.unwrap();
+        proxy.partition();
+        let lapsed_at = {
+            let token = held.cancellation_token();
+            within("the lapse", token.cancelled()).await;
+            Instant::now()
+        };
+        drop(held);
+        let snapshot = server.snapshot();
+        let taken = within("the other to take over", other.acquire()).await.unwrap();
+        let token = taken.cancellation_token();
+        let cancelled = tokio::spawn(async move {
+            token.cancelled().await;
+            Instant::now()
+        });
+        // Cut off for longer than a lease duration after the lapse (an outage; a restore takes minutes).
+        let until = lapsed_at + FAST.lease_duration + Duration::from_secs(1);
+        eventually("a lease duration after the lapse", || Instant::now() >= until).await;
+        server.restore(&snapshot);
+        proxy.heal();
+        let again = within("the first to acquire again", first.acquire()).await.unwrap();
+        let acquired = Instant::now();
+        let cancelled = within("the other's loss", cancelled).await.unwrap();
+        assert!(
+            cancelled <= acquired,
+            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
+             (tokens {} and {})",
+            cancelled - acquired,
+            again.fencing_token(),
+            taken.fencing_token()
+        );
+        drop(taken);
+        again.release().await.unwrap();
+    });
+}
