@@ -213,7 +213,7 @@ impl Slot {
 
     /// The hold ended at its renew deadline, unseen: see `Elector::lapsed`.
     pub fn lapsed(&mut self) {
-        self.elector.lapsed(Instant::now());
+        self.elector.lapsed();
     }
 
     /// Tell the observer of the hold, once: when it becomes usable (a child may start), however the

@@ -711,14 +711,15 @@ impl Elector {
     /// A hold of ours ended at its renew deadline without this process seeing what became of the lease
     /// (frozen, or cut off from the API server): another process may have taken it over meanwhile, and an
     /// etcd restored since may show our own record again, at the very version we knew, with nothing to
-    /// tell that versions went back. Nothing of ours is acquired, and no child runs, for a lease duration
-    /// from now: such a holder, cut off by the restore, made its last renewal before now, and its child is
-    /// gone within a lease duration of it (found by review, helper-108).
-    pub fn lapsed(&mut self, now: Instant) {
-        if let Some(until) = now.checked_add(self.timing.lease_duration) {
-            self.protect_until(until);
-        }
+    /// tell that versions went back. The lease is read at once; unless that read shows another's hold at
+    /// a newer version, nothing of ours is acquired, and no child runs, for a lease duration from it: a
+    /// holder cut off by a restore made its last renewal before that read, and its child is gone within a
+    /// lease duration of it (found by review, helpers 108, 109 and 110: counted from the lapse, it was
+    /// over before a process cut off for long could read; counted from the first attempt, a graceful
+    /// handoff long after the lapse waited a whole lease duration).
+    pub fn lapsed(&mut self) {
         self.lapsed_unread = true;
+        self.needs_read = true;
     }
 
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
@@ -731,10 +732,18 @@ impl Elector {
         self.awaiting_event_until = None;
         if seen == Seen::Snapshot {
             self.read_at = Some(now);
-            if std::mem::take(&mut self.lapsed_unread)
-                && let Some(until) = now.checked_add(self.timing.lease_duration)
-            {
-                self.protect_until(until);
+            // After a lapse, the first read: a lease duration before we acquire, unless it shows another's
+            // hold at a version newer than any we knew. Then what became of the lease is known (a restore
+            // after this read would show an older version: see `versions_went_back`), and a graceful
+            // handoff from that holder need not wait (found by review, helper-110).
+            if std::mem::take(&mut self.lapsed_unread) {
+                let taken_over = current.as_ref().is_some_and(|new| {
+                    self.is_anothers_hold(&new.record)
+                        && self.current().is_some_and(|known| is_older(&known.resource_version, &new.resource_version))
+                });
+                if !taken_over && let Some(until) = now.checked_add(self.timing.lease_duration) {
+                    self.protect_until(until);
+                }
             }
             // The winner's event did not come first: nothing measured.
             self.lost_race_sent_at = None;

@@ -1035,6 +1035,13 @@ async fn acquisition(
         state_tx.0.send_modify(|state| state.lost = Some(reason.clone()));
     }
     token.cancel();
+    if lapsed {
+        // Past the renew deadline (the CLI's guard, or a library caller's work, stopped at it already):
+        // what became of the lease meanwhile is unknown (see `Elector::lapsed`). An etcd restored since may
+        // show our own record at the very version we knew, while another process holds the lease. Before
+        // the release, whose read is the first after the lapse (found by review, helpers 108 and 110).
+        slot.lapsed();
+    }
     let (released, reply) = match loss {
         Some(reason) => {
             tracing::debug!(lease = %slot.name(), reason = %reason, "lease lost");
@@ -1062,11 +1069,9 @@ async fn acquisition(
             (released, request.flatten())
         }
     };
-    if lapsed || released.is_err() {
-        // Past the renew deadline (the CLI's guard, or a library caller's work, stopped at it already),
-        // or a release that was not seen to land (cut off from the API server): what became of the lease
-        // meanwhile is unknown (see `Elector::lapsed`). An etcd restored later may show our own record
-        // at the very version we knew, while another process holds the lease (found by review, helper-109).
+    if !lapsed && released.is_err() {
+        // A release that was not seen to land (cut off from the API server): what became of the lease is
+        // unknown, as after a lapse (found by review, helper-109).
         slot.lapsed();
     }
     state_tx.disarm();

@@ -276,9 +276,7 @@ impl Runner {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
                         // A SIGHUP passed on is the child's (a reload, found by review); TERM, INT and QUIT
                         // (a container's STOPSIGNAL) end mpsync with it.
-                        // (QUIT is not: a JVM's thread dump, Go's and Python's faulthandler's, after which the
-                        // worker runs on; a standby still stops on it, see `is_stop`.)
-                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT);
+                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job

@@ -24,6 +24,7 @@ both_backends!(
     a_loss_while_the_child_stops_on_sigterm_never_starts_it_again,
     a_loss_after_a_sighup_passed_on_campaigns_again,
     observe_reports_the_expiry_of_a_holder_that_died,
+    a_loss_while_the_child_stops_on_a_quit_stopsignal_never_starts_it_again,
 );
 
 /// A leader's child: stamps `start`, records its mpsync's pid, and on SIGTERM stamps `end` and exits 0.
@@ -368,4 +369,84 @@ fn observe_reports_the_expiry_of_a_holder_that_died(env: &TestEnv) {
     observe.signal(Signal::SIGINT);
     let out = observe.finish();
     assert!(expired, "observe still says the dead holder holds it:\n{}", out.stdout);
+}
+
+/// Found by review (helper-110): a container whose STOPSIGNAL is SIGQUIT (the nginx image: QUIT is its
+/// graceful stop) is being terminated; its worker drains, and meanwhile the lease is lost. As with
+/// SIGTERM, mpsync must not campaign again and start the worker anew in a pod being terminated (03c0275
+/// had made QUIT not count, for a JVM's thread dump: README says to send that to the worker's pid).
+fn a_loss_while_the_child_stops_on_a_quit_stopsignal_never_starts_it_again(env: &TestEnv) {
+    let name = env.lease_name("quitloss");
+    let starts = env.path("starts");
+    let quits = env.path("quits");
+    let script = format!(
+        "echo $$ >> {starts}; trap 'echo quit >> {quits}' QUIT; while :; do sleep 0.05; done",
+        starts = starts.display(),
+        quits = quits.display()
+    );
+    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
+    let first = read_pid(&starts);
+    elect.signal(Signal::SIGQUIT);
+    wait_for_file(&quits, "quit");
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+    });
+    wait_until("the first child to be stopped", || !alive(first));
+    let status = elect.wait_for(PATIENCE);
+    let runs = fs::read_to_string(&starts).unwrap_or_default().lines().count();
+    if status.is_none() {
+        elect.signal(Signal::SIGKILL);
+    }
+    assert_eq!(runs, 1, "the worker was started again after the stop signal QUIT:\n{}", elect.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", elect.stderr());
+}
+
+/// Found by review (helper-110): two replicas; the leader A is frozen (SIGSTOP to its mpsync) until B
+/// takes over, then continued (its child is killed: the lease is B's). A's first read after the lapse
+/// shows B's hold at a newer version: it knows what became of the lease. A rolling update then stops B
+/// (SIGTERM): the README's graceful handoff promises that the waiting replica starts its worker "within a
+/// moment (driven by the watch)", not a lease duration (4 s) later.
+#[test]
+fn a_replica_that_lapsed_and_saw_the_takeover_takes_a_graceful_handoff_at_once() {
+    lapsed_then_handoff(Duration::ZERO);
+}
+
+/// Found by review (helper-110): the same, B handing off after A stood by for a lease duration and a half
+/// (6 s). The lease duration A waited counted from the handoff: A's first read after the lapse came only
+/// with its first attempt (its watch showed it B's hold meanwhile).
+#[test]
+fn a_replica_that_lapsed_long_ago_takes_a_graceful_handoff_at_once() {
+    lapsed_then_handoff(Duration::from_secs(6));
+}
+
+fn lapsed_then_handoff(standby: Duration) {
+    let env = TestEnv::kube();
+    let name = env.lease_name("lapsehand");
+    let (a_starts, b_starts) = (env.path("a-starts"), env.path("b-starts"));
+    let script = |starts: &std::path::Path| {
+        format!("echo $$ >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done", starts.display())
+    };
+    let a = env.spawn(fast(&["elect", &name, "-v", "--identity", "a"], &["sh", "-c", &script(&a_starts)]));
+    let a_child = read_pid(&a_starts);
+    let mut b = env.spawn(fast(&["elect", &name, "-v", "--identity", "b"], &["sh", "-c", &script(&b_starts)]));
+    wait_until("b to wait", || b.stderr().contains("waiting"));
+    a.signal(Signal::SIGSTOP);
+    read_pid(&b_starts);
+    a.signal(Signal::SIGCONT);
+    wait_until("a's first child to be gone", || !alive(a_child));
+    // A has read the lease again (B's hold) and stands by.
+    wait_until("a to see b's hold", || a.stderr().contains("held by another; waiting"));
+    // (A deliberate wait, not a race: nothing is to happen meanwhile.)
+    std::thread::sleep(standby);
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", b.stderr());
+    let released = Instant::now();
+    let again = within_patience(|| fs::read_to_string(&a_starts).unwrap_or_default().lines().count() >= 2);
+    let took = released.elapsed();
+    a.signal(Signal::SIGTERM);
+    let out = a.finish();
+    assert!(again, "a never took over:\n{}", out.stderr);
+    // Not a timing test: the fault is a wait of a whole lease duration (4 s); a handoff takes milliseconds.
+    assert!(took < Duration::from_millis(3000), "the handoff to a took {took:?} (lease duration 4s):\n{}", out.stderr);
 }
