@@ -299,18 +299,25 @@ fn preferred_holder_and_strategy_are_preserved_on_every_write(env: &TestEnv) {
 /// again and started the worker anew in a pod being terminated. It exits 123 (the lease was lost while the
 /// child ran).
 fn a_loss_while_the_child_stops_on_sigterm_never_starts_it_again(env: &TestEnv) {
-    let name = env.lease_name("termloss");
+    a_loss_while_the_child_stops_never_starts_it_again(env, Signal::SIGTERM);
+}
+
+/// A worker that traps `signal` (passed on by mpsync, a stop) and shuts down slowly; meanwhile the lease is
+/// taken. The worker runs once, and mpsync exits 123.
+fn a_loss_while_the_child_stops_never_starts_it_again(env: &TestEnv, signal: Signal) {
+    let name = env.lease_name("stoploss");
     let starts = env.path("starts");
-    let terms = env.path("terms");
+    let stops = env.path("stops");
+    let trapped = signal.as_str().trim_start_matches("SIG");
     let script = format!(
-        "echo $$ >> {starts}; trap 'echo term >> {terms}' TERM; while :; do sleep 0.05; done",
+        "echo $$ >> {starts}; trap 'echo stop >> {stops}' {trapped}; while :; do sleep 0.05; done",
         starts = starts.display(),
-        terms = terms.display()
+        stops = stops.display()
     );
     let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
     let first = read_pid(&starts);
-    elect.signal(Signal::SIGTERM);
-    wait_for_file(&terms, "term");
+    elect.signal(signal);
+    wait_for_file(&stops, "stop");
     // The lease is taken while the worker shuts down.
     env.edit(&name, |spec| {
         spec.holder_identity = Some("thief".into());
@@ -322,7 +329,7 @@ fn a_loss_while_the_child_stops_on_sigterm_never_starts_it_again(env: &TestEnv) 
     if status.is_none() {
         elect.signal(Signal::SIGKILL);
     }
-    assert_eq!(runs, 1, "the worker was started again after SIGTERM:\n{}", elect.stderr());
+    assert_eq!(runs, 1, "the worker was started again after {signal}:\n{}", elect.stderr());
     assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", elect.stderr());
 }
 
@@ -376,30 +383,7 @@ fn observe_reports_the_expiry_of_a_holder_that_died(env: &TestEnv) {
 /// SIGTERM, mpsync must not campaign again and start the worker anew in a pod being terminated (03c0275
 /// had made QUIT not count, for a JVM's thread dump: README says to send that to the worker's pid).
 fn a_loss_while_the_child_stops_on_a_quit_stopsignal_never_starts_it_again(env: &TestEnv) {
-    let name = env.lease_name("quitloss");
-    let starts = env.path("starts");
-    let quits = env.path("quits");
-    let script = format!(
-        "echo $$ >> {starts}; trap 'echo quit >> {quits}' QUIT; while :; do sleep 0.05; done",
-        starts = starts.display(),
-        quits = quits.display()
-    );
-    let mut elect = env.spawn(fast(&["elect", &name], &["sh", "-c", &script]));
-    let first = read_pid(&starts);
-    elect.signal(Signal::SIGQUIT);
-    wait_for_file(&quits, "quit");
-    env.edit(&name, |spec| {
-        spec.holder_identity = Some("thief".into());
-        spec.lease_duration_seconds = Some(1);
-    });
-    wait_until("the first child to be stopped", || !alive(first));
-    let status = elect.wait_for(PATIENCE);
-    let runs = fs::read_to_string(&starts).unwrap_or_default().lines().count();
-    if status.is_none() {
-        elect.signal(Signal::SIGKILL);
-    }
-    assert_eq!(runs, 1, "the worker was started again after the stop signal QUIT:\n{}", elect.stderr());
-    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", elect.stderr());
+    a_loss_while_the_child_stops_never_starts_it_again(env, Signal::SIGQUIT);
 }
 
 /// Found by review (helper-110): two replicas; the leader A is frozen (SIGSTOP to its mpsync) until B

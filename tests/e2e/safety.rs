@@ -650,6 +650,42 @@ fn a_renew_time_at_the_end_of_time_never_lets_two_children_run(env: &TestEnv) {
     assert_eq!(max_concurrency(&log), 1, "two children ran at once on one lease: {:?}", read_stamps(&log));
 }
 
+/// A holder's child that records its pid and drains 0.3 s on SIGTERM, and a waiter's child that notes the
+/// state of that child when it starts (a zombie, the child of a frozen mpsync, is dead).
+struct HolderWatched {
+    holder_script: String,
+    waiter_script: String,
+    seen: std::path::PathBuf,
+}
+
+impl HolderWatched {
+    fn new(env: &TestEnv, log: &std::path::Path) -> HolderWatched {
+        let (pid, seen) = (env.path("pid"), env.path("seen"));
+        let check = format!(
+            "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
+            pid = pid.display(),
+            seen = seen.display()
+        );
+        HolderWatched {
+            holder_script: format!("echo $$ > {}; {}", pid.display(), draining_script(log, "0.3")),
+            waiter_script: stamp_script(log, &check),
+            seen,
+        }
+    }
+
+    /// Whether the waiter's child has noted the holder's child's state.
+    fn noted(&self) -> bool {
+        fs::read_to_string(&self.seen).is_ok_and(|s| s.ends_with('\n'))
+    }
+
+    /// The state noted, and whether it is dead.
+    fn holder_was_dead(&self) -> (String, bool) {
+        let state = fs::read_to_string(&self.seen).unwrap();
+        let dead = ["[]", "[Z]", "[X]"].contains(&state.trim());
+        (state, dead)
+    }
+}
+
 /// An etcd restored from a snapshot under a holder and a waiter: the stored record, and the
 /// resourceVersion counter, go back to the snapshot's, and versions the two had seen are handed out again
 /// for other records. The holder goes on holding (the record restored is its own), and the waiter's child
@@ -673,20 +709,11 @@ fn etcd_restore_under_a_holder_and_a_waiter(freeze_holder: bool) {
     let server = env.server().unwrap();
     let name = env.lease_name("restored");
     let log = env.path("log");
-    let pid = env.path("pid");
-    let seen = env.path("seen");
-    let holder_script = format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"));
-    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &holder_script]));
+    let watched = HolderWatched::new(&env, &log);
+    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &watched.holder_script]));
     wait_for_file(&log, "start");
     let snapshot = server.snapshot();
-    // The waiter's child notes the state of the holder's (a zombie, the child of a frozen mpsync, is dead).
-    let check = format!(
-        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
-        pid = pid.display(),
-        seen = seen.display()
-    );
-    let waiter =
-        env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &stamp_script(&log, &check)]));
+    let waiter = env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &watched.waiter_script]));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
     // Renewals that both have seen: four versions past the snapshot's.
     let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
@@ -717,8 +744,8 @@ fn etcd_restore_under_a_holder_and_a_waiter(freeze_holder: bool) {
     let writes = server.count("update") + server.count("create");
     assert!(writes <= 80, "{writes} writes after the restore: {:?}", server.counts());
     let stamps = read_stamps(&log);
-    let state = fs::read_to_string(&seen).unwrap();
-    assert!(["[]", "[Z]", "[X]"].contains(&state.trim()), "the holder's child was alive ({state}) as the waiter's ran");
+    let (state, dead) = watched.holder_was_dead();
+    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran");
     if !freeze_holder {
         assert_eq!(max_concurrency(&log), 1, "two children ran at once after the restore: {stamps:?}");
     }
@@ -747,18 +774,10 @@ fn restore_to_a_free_or_absent_lease(absent: bool) {
     }
     let snapshot = server.snapshot();
     let log = env.path("log");
-    let pid = env.path("pid");
-    let seen = env.path("seen");
-    let holder_script = format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"));
-    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &holder_script]));
+    let watched = HolderWatched::new(&env, &log);
+    let holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "holder"], &["sh", "-c", &watched.holder_script]));
     wait_for_file(&log, "start");
-    let check = format!(
-        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
-        pid = pid.display(),
-        seen = seen.display()
-    );
-    let waiter =
-        env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &stamp_script(&log, &check)]));
+    let waiter = env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &watched.waiter_script]));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
     let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
     for _ in 0..4 {
@@ -766,14 +785,14 @@ fn restore_to_a_free_or_absent_lease(absent: bool) {
         wait_until("a renewal", || renewed() != before);
     }
     server.restore(&snapshot);
-    wait_until("the waiter's child", || fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n')));
+    wait_until("the waiter's child", || watched.noted());
     holder.signal(Signal::SIGTERM);
     let holder = holder.finish();
     let waiter = waiter.finish();
-    let state = fs::read_to_string(&seen).unwrap();
+    let (state, dead) = watched.holder_was_dead();
     let stamps = read_stamps(&log);
     assert!(
-        ["[]", "[Z]", "[X]"].contains(&state.trim()) && max_concurrency(&log) == 1,
+        dead && max_concurrency(&log) == 1,
         "the holder's child was alive ({state}) as the waiter's ran: {stamps:?}\nholder:\n{}\nwaiter:\n{}",
         holder.stderr,
         waiter.stderr
@@ -794,15 +813,14 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
     let name = env.lease_name("reused-version");
     let timings = ["--lease-duration", "10s", "--renew-deadline", "8s", "--retry-period", "3s"];
     let log = env.path("log");
-    let pid = env.path("pid");
-    let seen = env.path("seen");
+    let watched = HolderWatched::new(&env, &log);
     let with = |identity: &'static str, script: String| -> Vec<String> {
         let mut args: Vec<String> = ["lock", &name, "-v", "--identity", identity].map(String::from).to_vec();
         args.extend(timings.map(String::from));
         args.extend(["--".to_string(), "sh".to_string(), "-c".to_string(), script]);
         args
     };
-    let holder = env.spawn(with("holder", format!("echo $$ > {}; {}", pid.display(), draining_script(&log, "0.3"))));
+    let holder = env.spawn(with("holder", watched.holder_script.clone()));
     wait_for_file(&log, "start");
     let snapshot = server.snapshot();
     // Versions handed out after the snapshot, beyond the holder's renewals: other Leases.
@@ -817,13 +835,7 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
         }
     };
     make(10);
-    // The waiter's child notes the state of the holder's (a zombie, the child of a frozen mpsync, is dead).
-    let check = format!(
-        "echo \"[$(awk '{{print $3}}' /proc/$(cat {pid})/stat 2>/dev/null)]\" > {seen}",
-        pid = pid.display(),
-        seen = seen.display()
-    );
-    let waiter = env.spawn(with("waiter", stamp_script(&log, &check)));
+    let waiter = env.spawn(with("waiter", watched.waiter_script.clone()));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
     let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
     let before = version();
@@ -836,11 +848,11 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
     make(known - 1 - server.resource_version());
     wait_until("the holder's renewal at K", || version() == known);
     holder.signal(Signal::SIGSTOP);
-    wait_until("the waiter's child", || fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n')));
+    wait_until("the waiter's child", || watched.noted());
     holder.signal(Signal::SIGKILL);
     waiter.finish().assert_code(0);
-    let state = fs::read_to_string(&seen).unwrap();
-    assert!(["[]", "[Z]", "[X]"].contains(&state.trim()), "the holder's child was alive ({state}) as the waiter's ran");
+    let (state, dead) = watched.holder_was_dead();
+    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran");
 }
 
 /// Found by review (helper-108): an `elect` replica frozen while it held (its guard ends its child), the other replica takes
