@@ -1069,9 +1069,10 @@ async fn acquisition(
             (released, request.flatten())
         }
     };
-    if !lapsed && released.is_err() {
+    if released.is_err() {
         // A release that was not seen to land (cut off from the API server): what became of the lease is
-        // unknown, as after a lapse (found by review, helper-109).
+        // unknown, as after a lapse (found by review, helper-109), also after a lapse whose first read the
+        // release's settle took before its writes failed (helper-111).
         slot.lapsed();
     }
     state_tx.disarm();

@@ -1255,3 +1255,79 @@ fn a_hold_that_lapsed_while_cut_off_then_a_restore_never_lets_the_old_holder_in_
         again.release().await.unwrap();
     });
 }
+
+/// Found by review (helper-111): a hold that lapsed (renewals answered 503 until the renew deadline) while the
+/// server can still be read: the release's settle reads once (that read takes the lapse's "first read"
+/// and protects for a lease duration from it), then every release is refused until the budget is spent.
+/// The release did not land, yet it was not marked again as a lapse. Cut off for
+/// longer than a lease duration, then an etcd restore to the first's own last record: it must not take
+/// that record back at once beside the other holder.
+#[test]
+fn a_lapse_whose_release_failed_after_a_read_then_a_restore_never_lets_the_old_holder_in() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lapse-release");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let slow = Timing {
+        lease_duration: Duration::from_secs(8),
+        renew_deadline: Duration::from_secs(6),
+        retry_period: Duration::from_secs(2),
+    };
+    runtime().block_on(async {
+        let first = Lock::kube(client(&proxy.kubeconfig_through(&yaml)).await, &env.namespace, &name)
+            .timing(FAST)
+            .build()
+            .unwrap();
+        let other = Lock::kube(client(&yaml).await, &env.namespace, &name).timing(slow).build().unwrap();
+        let held = first.acquire().await.unwrap();
+        // Every write on the lease fails from now: renewals, then the releases.
+        server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+        let lapsed_at = {
+            let token = held.cancellation_token();
+            within("the lapse", token.cancelled()).await;
+            Instant::now()
+        };
+        // Asked for the release (the settle waits for the HeldLock to go).
+        drop(held);
+        let snapshot = server.snapshot();
+        // The settle: a read answered after the lapse, then a release refused after it (so the read's
+        // answer was taken in).
+        let path_end = format!("/{name}");
+        let settled_read = || {
+            let log = server.requests();
+            let after: Vec<_> = log.iter().filter(|r| r.at >= lapsed_at && r.path.ends_with(&path_end)).collect();
+            after.iter().enumerate().any(|(i, r)| {
+                r.verb == "get"
+                    && r.status == 200
+                    && after[i + 1..].iter().any(|w| w.verb == "update" && w.status == 503)
+            })
+        };
+        eventually("the settle's read, then a refused release", settled_read).await;
+        proxy.partition();
+        server.fail_next_on(&format!("update:{name}"), 0, 503);
+        let taken = within("the other to take over", other.acquire()).await.unwrap();
+        let token = taken.cancellation_token();
+        let cancelled = tokio::spawn(async move {
+            token.cancelled().await;
+            Instant::now()
+        });
+        let until = Instant::now().max(lapsed_at + FAST.lease_duration + Duration::from_secs(2));
+        eventually("a lease duration after the settle's read", || Instant::now() >= until).await;
+        server.restore(&snapshot);
+        proxy.heal();
+        let again = within("the first to acquire again", first.acquire()).await.unwrap();
+        let acquired = Instant::now();
+        let cancelled = within("the other's loss", cancelled).await.unwrap();
+        assert!(
+            cancelled <= acquired,
+            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
+             (tokens {} and {})",
+            cancelled - acquired,
+            again.fencing_token(),
+            taken.fencing_token()
+        );
+        drop(taken);
+        again.release().await.unwrap();
+    });
+}
