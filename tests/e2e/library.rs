@@ -1181,21 +1181,7 @@ fn a_release_that_never_arrived_then_a_restore_never_lets_the_old_holder_in_besi
             token.cancelled().await;
             Instant::now()
         });
-        server.restore(&snapshot);
-        proxy.heal();
-        let again = within("the first to acquire again", first.acquire()).await.unwrap();
-        let acquired = Instant::now();
-        let cancelled = within("the other's loss", cancelled).await.unwrap();
-        assert!(
-            cancelled <= acquired,
-            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
-             (tokens {} and {})",
-            cancelled - acquired,
-            again.fencing_token(),
-            taken.fencing_token()
-        );
-        drop(taken);
-        again.release().await.unwrap();
+        restore_then_no_second_holder(server, &proxy, &snapshot, &first, taken, cancelled).await;
     });
 }
 
@@ -1238,21 +1224,7 @@ fn a_hold_that_lapsed_while_cut_off_then_a_restore_never_lets_the_old_holder_in_
         // Cut off for longer than a lease duration after the lapse (an outage; a restore takes minutes).
         let until = lapsed_at + FAST.lease_duration + Duration::from_secs(1);
         eventually("a lease duration after the lapse", || Instant::now() >= until).await;
-        server.restore(&snapshot);
-        proxy.heal();
-        let again = within("the first to acquire again", first.acquire()).await.unwrap();
-        let acquired = Instant::now();
-        let cancelled = within("the other's loss", cancelled).await.unwrap();
-        assert!(
-            cancelled <= acquired,
-            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
-             (tokens {} and {})",
-            cancelled - acquired,
-            again.fencing_token(),
-            taken.fencing_token()
-        );
-        drop(taken);
-        again.release().await.unwrap();
+        restore_then_no_second_holder(server, &proxy, &snapshot, &first, taken, cancelled).await;
     });
 }
 
@@ -1314,20 +1286,33 @@ fn a_lapse_whose_release_failed_after_a_read_then_a_restore_never_lets_the_old_h
         });
         let until = Instant::now().max(lapsed_at + FAST.lease_duration + Duration::from_secs(2));
         eventually("a lease duration after the settle's read", || Instant::now() >= until).await;
-        server.restore(&snapshot);
-        proxy.heal();
-        let again = within("the first to acquire again", first.acquire()).await.unwrap();
-        let acquired = Instant::now();
-        let cancelled = within("the other's loss", cancelled).await.unwrap();
-        assert!(
-            cancelled <= acquired,
-            "the first acquired again {:?} before the other's token was cancelled: two holders at once \
-             (tokens {} and {})",
-            cancelled - acquired,
-            again.fencing_token(),
-            taken.fencing_token()
-        );
-        drop(taken);
-        again.release().await.unwrap();
+        restore_then_no_second_holder(server, &proxy, &snapshot, &first, taken, cancelled).await;
     });
+}
+
+/// The restore, then the first process back in touch: it acquires again only once the other's token is
+/// cancelled (that holder, whom etcd forgot, learns of the restore at its next renewal).
+async fn restore_then_no_second_holder(
+    server: &crate::support::apiserver::TestApiServer,
+    proxy: &FaultProxy,
+    snapshot: &crate::support::apiserver::Snapshot,
+    first: &Lock,
+    taken: mpsync::HeldLock,
+    cancelled: tokio::task::JoinHandle<Instant>,
+) {
+    server.restore(snapshot);
+    proxy.heal();
+    let again = within("the first to acquire again", first.acquire()).await.unwrap();
+    let acquired = Instant::now();
+    let cancelled = within("the other's loss", cancelled).await.unwrap();
+    assert!(
+        cancelled <= acquired,
+        "the first acquired again {:?} before the other's token was cancelled: two holders at once \
+         (tokens {} and {})",
+        cancelled - acquired,
+        again.fencing_token(),
+        taken.fencing_token()
+    );
+    drop(taken);
+    again.release().await.unwrap();
 }
