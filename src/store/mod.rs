@@ -20,7 +20,7 @@ pub mod file;
 pub mod kube;
 pub mod selector;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -130,6 +130,18 @@ impl Store {
             Store::Kube(store) => store.write(name, write).await,
             #[cfg(feature = "file")]
             Store::File(store) => store.write(name, write).await,
+        }
+    }
+
+    /// Writes sent from now on give up at `at`, if any, where they can do so unapplied: the file
+    /// backend's wait for its directory's lock. A request to the API server is bounded by its call
+    /// timeout alone.
+    pub fn give_up_at(&mut self, at: Option<Instant>) {
+        match self {
+            #[cfg(feature = "kube")]
+            Store::Kube(_) => {}
+            #[cfg(feature = "file")]
+            Store::File(store) => store.give_up_at(at),
         }
     }
 

@@ -678,3 +678,29 @@ fn an_event_before_the_read_that_settles_an_unknown_acquisition_never_stalls_the
     let done = waiter.finish();
     assert!(done.code == Some(0) && ran.exists(), "exit {:?}\n{}", done.code, done.stderr);
 }
+
+/// Found by review (helper-106, the file backend's twin on the API server): `--timeout` waited for the
+/// answer to a read on the wire at its end, up to a call timeout late. Here the waiter's read before it
+/// takes over an expired hold is answered a minute late; `--timeout 6s` still ends it at 6 s, not at its
+/// call timeout (40 s with these timings).
+#[test]
+fn timeout_does_not_wait_for_a_slow_read() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("slowread");
+    env.put(&name, TestEnv::foreign_record("someone", 3));
+    let ran = env.path("ran");
+    let slow = ["--lease-duration", "120s", "--renew-deadline", "80s", "--timeout", "6s"];
+    let args: Vec<&str> = ["lock", name.as_str(), "-v"].into_iter().chain(slow).collect();
+    let lock = env.spawn(args.into_iter().chain(["--", "touch", ran.to_str().unwrap()]));
+    wait_until("the waiter to wait", || lock.stderr().contains("waiting"));
+    assert!(server.wait_for_watch_count(1, PATIENCE), "the waiter watches");
+    // Every answer from now on comes a minute late: the read when `someone`'s hold expires (3 s after it
+    // was seen) is on the wire when the timeout ends.
+    server.set_latency(Duration::from_secs(60));
+    let done = lock.finish();
+    server.set_latency(Duration::ZERO);
+    done.assert_code(124);
+    assert!(!Path::new(&ran).exists());
+    assert!(done.elapsed < Duration::from_secs(25), "took {:?}: {}", done.elapsed, done.stderr);
+}

@@ -341,6 +341,26 @@ fn a_fifo_in_place_of_the_record_hangs_neither_waiters_nor_the_holder() {
     assert!(swapped.elapsed() < Duration::from_secs(8), "took {:?}", swapped.elapsed());
 }
 
+/// Found by review (helper-106): `--timeout 2s` ended after 3.8 s while another process held the lock
+/// directory's lock (a writer stopped in the middle of its write, or `flock DIR ...`): the last write
+/// waited for the lock until three quarters into the call timeout, past the user's timeout.
+#[test]
+fn timeout_ends_on_time_while_another_process_holds_the_lock_directory() {
+    let env = TestEnv::file();
+    let name = env.lease_name("busy");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let dir = fs::File::open(env.lock_dir()).unwrap();
+    let _busy =
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| errno).expect("flock");
+    // A call timeout of 40 s: a write would wait 30 s for the lock.
+    let ran = env.path("ran");
+    let slow = ["--lease-duration", "120s", "--renew-deadline", "80s", "--timeout", "1s"];
+    let done = env.run(["lock", &name].into_iter().chain(slow).chain(["--", "touch", ran.to_str().unwrap()]));
+    done.assert_code(124);
+    assert!(!ran.exists());
+    assert!(done.elapsed < Duration::from_secs(20), "took {:?}: {}", done.elapsed, done.stderr);
+}
+
 #[test]
 fn a_corrupt_record_makes_waiters_wait_with_one_clear_line_until_it_is_repaired() {
     let env = TestEnv::file();

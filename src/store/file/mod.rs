@@ -58,6 +58,8 @@ pub struct FileStore {
     dir: LockDir,
     namespace: String,
     call_timeout: Duration,
+    /// A write sent before this moment stops waiting for the directory's lock at it (a campaign's end).
+    give_up_at: Option<Instant>,
 }
 
 impl FileStore {
@@ -66,13 +68,19 @@ impl FileStore {
     pub fn open(dir: PathBuf, namespace: String) -> Result<FileStore, Error> {
         let dir = LockDir::new(dir);
         dir.check_usable()?;
-        Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT })
+        Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT, give_up_at: None })
     }
 
     /// Bound every call by `call_timeout` (a write that takes longer has an unknown outcome).
     pub fn with_call_timeout(mut self, call_timeout: Duration) -> FileStore {
         self.call_timeout = call_timeout;
         self
+    }
+
+    /// Writes sent from now on stop waiting for the directory's lock at `at`, if any (a busy lock is
+    /// then a write not applied, as at three quarters into the call timeout).
+    pub fn give_up_at(&mut self, at: Option<Instant>) {
+        self.give_up_at = at;
     }
 
     /// Run `work` on the blocking pool, within the call timeout. `write`: whether a timeout leaves the
@@ -87,6 +95,7 @@ impl FileStore {
     ) -> Result<T, StoreError> {
         let store = self.clone();
         let lock_by = Instant::now() + self.call_timeout * 3 / 4;
+        let lock_by = self.give_up_at.map_or(lock_by, |at| at.min(lock_by));
         let publish = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(dir::RUNNING));
         let task_publish = std::sync::Arc::clone(&publish);
         let task = tokio::task::spawn_blocking(move || dir::with_publish_gate(task_publish, || work(store, lock_by)));
