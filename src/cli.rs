@@ -436,7 +436,7 @@ pub fn write_completions(target: CompletionTarget, out: &mut dyn std::io::Write)
     use clap_complete::Shell;
     let mut command = Cli::command();
     let shell = match target {
-        CompletionTarget::Man => return clap_mangen::Man::new(command).render(out),
+        CompletionTarget::Man => return write_man_page(command, out),
         CompletionTarget::Bash => Shell::Bash,
         CompletionTarget::Zsh => Shell::Zsh,
         CompletionTarget::Fish => Shell::Fish,
@@ -444,6 +444,26 @@ pub fn write_completions(target: CompletionTarget, out: &mut dyn std::io::Write)
         CompletionTarget::Powershell => Shell::PowerShell,
     };
     clap_complete::generate(shell, &mut command, "mpsync", out);
+    Ok(())
+}
+
+/// The man page: clap_mangen's page of the top command, then each subcommand's own options in a section
+/// of its own (clap_mangen renders one command per page, and users look for `lock`'s flags in `man
+/// mpsync`).
+fn write_man_page(command: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(command.clone()).render(out)?;
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        let mut section = Vec::new();
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut section)?;
+        let heading = format!(".SH \"OPTIONS OF MPSYNC {}\"", sub.get_name().to_uppercase());
+        // Each rendering starts with the page's preamble (the quote string), given once above.
+        for line in String::from_utf8_lossy(&section)
+            .lines()
+            .filter(|line| !line.starts_with(".ie ") && !line.starts_with(".el "))
+        {
+            writeln!(out, "{}", if line == ".SH OPTIONS" { heading.as_str() } else { line })?;
+        }
+    }
     Ok(())
 }
 

@@ -292,6 +292,11 @@ fn completions_and_man_page_are_printed() {
     let man = env.run(["completions", "man"]);
     man.assert_code(0);
     assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH"), "{}", man.stdout);
+    // Each subcommand's own options are on the page (they were not: only the top command's).
+    for sub in ["LOCK", "ELECT", "STATUS", "OBSERVE", "SIDECAR"] {
+        assert!(man.stdout.contains(&format!(".SH \"OPTIONS OF MPSYNC {sub}\"")), "{sub}: {}", man.stdout);
+    }
+    assert!(man.stdout.contains("conflict\\-exit\\-code") && man.stdout.contains("\\-\\-slots"), "{}", man.stdout);
     env.run(["completions", "tcsh"]).assert_code(125);
 }
 
