@@ -255,6 +255,12 @@ impl Slot {
         self.watch = None;
     }
 
+    /// Whether a call is left in the slot: only a task that ended unfinished (dropped with its runtime, or
+    /// panicked) leaves one, since every campaign and hold that ends settles its calls.
+    pub fn call_left(&self) -> bool {
+        self.call.is_some()
+    }
+
     /// Whether this slot holds, or may hold through an unresolved write, anything to give back.
     pub fn holds_anything(&self) -> bool {
         self.elector.held().is_some() || self.elector.unresolved_write()

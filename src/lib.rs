@@ -75,7 +75,9 @@
 //! - [`Error`] (one enum; [`Result`]), [`Timing`] ([`Timing::DEFAULT`], [`Timing::validate`]),
 //!   [`LossReason`].
 //!
-//! Everything needs a tokio runtime (the current-thread one is enough) with time and I/O enabled. A
+//! Everything needs a tokio runtime (the current-thread one is enough) with timers enabled, and the
+//! Kubernetes backend I/O as well (`enable_all()` gives both); the `async` methods panic when polled
+//! outside a tokio runtime, as tokio's own timers do. A
 //! held lock is renewed by a task on the runtime that acquired it: if that runtime shuts down, the
 //! lock counts as lost at once ([`LossReason::Abandoned`]), and the same [`Lock`] acquired again
 //! writes a new hold with a larger fencing token. (A `kube::Client` cannot outlive the runtime it was
@@ -125,8 +127,10 @@
 //!
 //! What it cannot guarantee, as for the CLI:
 //!
-//! - A process (or machine, or VM) **frozen** for longer than the lease duration, then resumed, can run
-//!   its work for a moment after another holder started: nothing frozen runs to stop it. That is what
+//! - A process (or machine, or VM) **frozen** for longer than the margin (`lease_duration −
+//!   renew_deadline`: work that found the lock not lost just before its renew deadline, then froze),
+//!   then resumed, can run its work for a moment after another holder started: nothing frozen runs to
+//!   stop it. That is what
 //!   **fencing tokens** are for: [`HeldLock::fencing_token`] and [`Leadership::fencing_token`] strictly
 //!   increase across the holders of a Lease (of a slot); pass the token with every write to what the
 //!   lease protects and have it reject tokens lower than the highest it has seen (`examples/guarded_job.rs`).

@@ -919,7 +919,9 @@ async fn acquisition(
     // An acquisition whose task was dropped unfinished (its runtime shut down while it held the lease)
     // left its hold in the slots: give it back first, so that this acquisition writes anew, with a larger
     // fencing token, and never hands out that hold a second time.
-    if slots.iter().any(Slot::holds_anything) {
+    // A read left in flight counts too: a task that panicked (a runtime without timers) left it mid-poll,
+    // and polling it again panics again, for every later acquisition (found by review, helper-112).
+    if slots.iter().any(|slot| slot.holds_anything() || slot.call_left()) {
         slots.iter_mut().for_each(Slot::abandon_call);
         settle_all(&mut slots, budget).await;
     }

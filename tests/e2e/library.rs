@@ -1316,3 +1316,232 @@ async fn restore_then_no_second_holder(
     drop(taken);
     again.release().await.unwrap();
 }
+
+both_backends!(
+    an_acquire_dropped_at_any_point_leaves_nothing_held,
+    two_locks_with_one_identity_in_one_process_never_both_hold,
+);
+
+/// An `acquire()` dropped (by `tokio::time::timeout`) at every point of its way, from before
+/// its first read to after its write landed: each time, another `Lock` gets the lease promptly (given back,
+/// not expired), and the dropped lock's own next acquisition writes a larger fencing token.
+fn an_acquire_dropped_at_any_point_leaves_nothing_held(env: &TestEnv) {
+    let name = env.lease_name("review-drop-any");
+    runtime().block_on(async {
+        let a = lock(env, &name).await.timing(FAST).build().unwrap();
+        let b = lock(env, &name).await.timing(FAST).build().unwrap();
+        let mut last_token = -1;
+        for round in 0..40u64 {
+            // 0 to ~20 ms, in steps of 500 µs: before the read, during it, during the write, after it.
+            let cut = Duration::from_micros(round * 500);
+            let early = tokio::time::timeout(cut, a.acquire()).await;
+            if let Ok(held) = early {
+                // Acquired within the cut: give it back as a caller would.
+                let held = held.unwrap();
+                assert!(held.fencing_token() > last_token);
+                last_token = held.fencing_token();
+                held.release().await.unwrap();
+            }
+            let asked = Instant::now();
+            let taken = within("b to take the lease", b.acquire()).await.unwrap();
+            let waited = asked.elapsed();
+            assert!(
+                waited < FAST.lease_duration,
+                "round {round} (cut at {cut:?}): the lease was left held by the dropped acquisition; b waited {waited:?}"
+            );
+            assert!(taken.fencing_token() > last_token, "round {round}: {} after {last_token}", taken.fencing_token());
+            last_token = taken.fencing_token();
+            taken.release().await.unwrap();
+        }
+    });
+}
+
+/// Two `Lock`s given the same identity in one process (a copied configuration): the second
+/// never holds beside the first, which renews on; it takes the lease once the first releases.
+fn two_locks_with_one_identity_in_one_process_never_both_hold(env: &TestEnv) {
+    let name = env.lease_name("review-same-id");
+    runtime().block_on(async {
+        let a = lock(env, &name).await.identity("same-holder").timing(FAST).build().unwrap();
+        let b = lock(env, &name).await.identity("same-holder").timing(FAST).build().unwrap();
+        let held = a.acquire().await.unwrap();
+        assert!(b.try_acquire().await.unwrap().is_none(), "b took a's hold under the same identity");
+        // Past a lease duration while a renews: b still waits.
+        let waited = b.acquire_timeout(FAST.lease_duration * 2).await.unwrap();
+        assert!(waited.is_none(), "b acquired beside a (same identity) while a renewed");
+        assert!(!held.is_lost(), "a lost its hold to b");
+        let released = Instant::now();
+        held.release().await.unwrap();
+        let taken = within("b after a's release", b.acquire()).await.unwrap();
+        assert!(released.elapsed() < PROMPT, "b waited {:?} after a released", released.elapsed());
+        // a now must not take b's record back (same identity, not a's write).
+        assert!(a.try_acquire().await.unwrap().is_none(), "a took b's hold under the same identity");
+        taken.release().await.unwrap();
+    });
+}
+
+/// As above on the test API server with writes held 40 ms before their commit, so that most
+/// cuts fall while the acquisition's create or update is on the wire.
+#[test]
+fn an_acquire_dropped_while_its_write_is_on_the_wire_leaves_nothing_held() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    server.set_commit_delay(Duration::from_millis(40));
+    an_acquire_dropped_at_any_point_leaves_nothing_held(&env);
+}
+
+/// An acquisition dropped while its create waits for a commit that comes after the call
+/// timeout (the settle gives up on it, reads, finds nothing). The create lands later, under the dropped
+/// lock's identity. Another lock then waits a full lease duration (nobody's live code holds it); the
+/// dropped lock, acquiring again, must never hold beside the other.
+#[test]
+fn an_acquire_dropped_whose_create_lands_after_its_settle_never_holds_beside_another() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("review-late-create");
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.timing(FAST).build().unwrap();
+        let b = lock(&env, &name).await.timing(FAST).build().unwrap();
+        // call timeout is 1 s with FAST: the commit comes after the call and the settle's read.
+        server.set_commit_delay(Duration::from_millis(2500));
+        assert!(tokio::time::timeout(Duration::from_millis(200), a.acquire()).await.is_err());
+        server.set_commit_delay(Duration::ZERO);
+        let started = Instant::now();
+        // Both race for the lease; they must never hold together.
+        let (sa, sb) = (Arc::new(Mutex::new(None::<(Instant, Instant, i32)>)), Arc::new(Mutex::new(None)));
+        let run = |l: Lock, slot: Arc<Mutex<Option<(Instant, Instant, i32)>>>| async move {
+            let held = within("the lease", l.acquire()).await.unwrap();
+            let from = Instant::now();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!held.is_lost());
+            let token = held.fencing_token();
+            let until = Instant::now();
+            held.release().await.unwrap();
+            *slot.lock().unwrap() = Some((from, until, token));
+        };
+        let (fa, fb) = (run(a.clone(), Arc::clone(&sa)), run(b.clone(), Arc::clone(&sb)));
+        tokio::join!(fa, fb);
+        let (a0, a1, ta) = sa.lock().unwrap().unwrap();
+        let (b0, b1, tb) = sb.lock().unwrap().unwrap();
+        eprintln!(
+            "a held {:?}..{:?} token {ta}; b held {:?}..{:?} token {tb}; holder now {:?}",
+            a0 - started,
+            a1 - started,
+            b0 - started,
+            b1 - started,
+            off_runtime(|| env.holder(&name))
+        );
+        assert!(a1 <= b0 || b1 <= a0, "both held at once");
+        assert_ne!(ta, tb);
+    });
+}
+
+/// The late write is an update of a free record, and nobody writes before it commits: the
+/// record then names the dropped lock's identity, and nothing live holds it. How long until someone
+/// holds it again, and who?
+#[test]
+fn an_acquire_dropped_whose_update_lands_after_its_settle_never_holds_beside_another() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("review-late-update");
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.timing(FAST).build().unwrap();
+        let b = lock(&env, &name).await.timing(FAST).build().unwrap();
+        a.acquire().await.unwrap().release().await.unwrap();
+        server.set_commit_delay(Duration::from_millis(2500));
+        assert!(tokio::time::timeout(Duration::from_millis(200), a.acquire()).await.is_err());
+        server.set_commit_delay(Duration::ZERO);
+        let started = Instant::now();
+        eventually("the late update to land", || {
+            off_runtime(|| env.holder(&name)).is_some_and(|holder| holder == a.identity())
+        })
+        .await;
+        eprintln!("late update landed after {:?}", started.elapsed());
+        let (sa, sb) = (Arc::new(Mutex::new(None::<(Instant, Instant, i32)>)), Arc::new(Mutex::new(None)));
+        let run = |l: Lock, slot: Arc<Mutex<Option<(Instant, Instant, i32)>>>| async move {
+            let held = within("the lease", l.acquire()).await.unwrap();
+            let from = Instant::now();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!held.is_lost());
+            let token = held.fencing_token();
+            let until = Instant::now();
+            held.release().await.unwrap();
+            *slot.lock().unwrap() = Some((from, until, token));
+        };
+        let (fa, fb) = (run(a.clone(), Arc::clone(&sa)), run(b.clone(), Arc::clone(&sb)));
+        tokio::join!(fa, fb);
+        let (a0, a1, ta) = sa.lock().unwrap().unwrap();
+        let (b0, b1, tb) = sb.lock().unwrap().unwrap();
+        eprintln!(
+            "a held {:?}..{:?} token {ta}; b held {:?}..{:?} token {tb}",
+            a0 - started,
+            a1 - started,
+            b0 - started,
+            b1 - started,
+        );
+        assert!(a1 <= b0 || b1 <= a0, "both held at once");
+        assert_ne!(ta, tb);
+    });
+}
+
+/// Found by review (helper-112): one acquisition on a runtime built without timers fails (its task panics: an
+/// `Error::Internal` that says what the runtime needs). The same `Lock`, acquired next on a proper
+/// runtime, must work; it panicked again ("`async fn` resumed after panicking"): the read the first
+/// task left in the lock's slot is polled again.
+#[test]
+fn a_lock_works_after_an_acquisition_on_a_runtime_without_timers() {
+    let dir = temp_dir("review-no-timers");
+    let lock = Lock::file(dir.join("locks"), "no-timers").build().unwrap();
+    let bare = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    match bare.block_on(lock.acquire()) {
+        Err(Error::Internal(message)) => assert!(message.contains("enable_all"), "{message}"),
+        other => panic!("a runtime without timers: {other:?}"),
+    }
+    drop(bare);
+    runtime().block_on(async {
+        let held = within("the lease on a proper runtime", lock.acquire()).await.expect("the lock is usable again");
+        held.release().await.unwrap();
+    });
+    let _ = fs::remove_dir_all(&dir);
+}
+
+both_backends!(a_lock_whose_waiting_runtime_is_gone_acquires_on_another);
+
+/// A lock waits for a lease another lock holds, on a runtime that is then shut down (its
+/// watch and any read in flight belong to that runtime). The same `Lock`, on another runtime, must
+/// acquire once the other releases, with a clear error at worst, never a panic or a hang.
+fn a_lock_whose_waiting_runtime_is_gone_acquires_on_another(env: &TestEnv) {
+    let name = env.lease_name("review-wait-gone");
+    let holder_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (other, held) = holder_rt.block_on(async {
+        let other = lock(env, &name).await.timing(FAST).build().unwrap();
+        let held = other.acquire().await.unwrap();
+        (other, held)
+    });
+    let first = runtime();
+    let a = first.block_on(async {
+        let a = lock(env, &name).await.timing(FAST).build().unwrap();
+        // Waiting (watching) for a while.
+        assert!(tokio::time::timeout(Duration::from_millis(700), a.acquire()).await.is_err());
+        // And once more, left running in the background when the runtime goes.
+        let spawned = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire().await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(spawned);
+        a
+    });
+    drop(first);
+    holder_rt.block_on(async { held.release().await.unwrap() });
+    drop(other);
+    runtime().block_on(async {
+        let asked = Instant::now();
+        match within("the same lock on another runtime", a.acquire()).await {
+            Ok(held) => {
+                eprintln!("acquired after {:?}", asked.elapsed());
+                held.release().await.unwrap();
+            }
+            Err(err) => eprintln!("error: {err}"),
+        }
+    });
+}
