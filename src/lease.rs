@@ -1033,16 +1033,7 @@ impl Elector {
         {
             free.tried = true;
         }
-        if let Some(old) = self.pending.take()
-            && old.purpose == Purpose::Acquire
-        {
-            // An acquisition given up unresolved may still land: remember it as ours, to release or
-            // take again, never as someone else's record under our identity.
-            self.strays.push((old.record.acquire_time.clone(), old.record.lease_transitions.unwrap_or(0)));
-            if self.strays.len() > MAX_STRAYS {
-                self.strays.remove(0);
-            }
-        }
+        self.give_up_pending();
         self.pending =
             Some(PendingWrite { purpose, record: write.record.clone(), sent_at, not_before: None, checked: false });
         if let Some(held) = &mut self.held {
@@ -1240,8 +1231,25 @@ impl Elector {
         if let Some(held) = self.held.take() {
             self.previous = Some((held.acquire_time, held.fencing_token));
         }
-        self.pending = None;
+        // An acquisition whose outcome the give-back did not learn (its answer did not come within the
+        // budget) may land later: a record that shows it is ours to take again, not another's hold to
+        // wait out (found by review, helper-112: a library `Lock` whose `acquire` was dropped waited a
+        // lease duration for its own late write, and so did everyone else).
+        self.give_up_pending();
         self.lost = None;
+    }
+
+    /// Let go of the write on the wire; an acquisition among them may still land: remember it as ours,
+    /// to release or take again, never as someone else's record under our identity.
+    fn give_up_pending(&mut self) {
+        if let Some(old) = self.pending.take()
+            && old.purpose == Purpose::Acquire
+        {
+            self.strays.push((old.record.acquire_time.clone(), old.record.lease_transitions.unwrap_or(0)));
+            if self.strays.len() > MAX_STRAYS {
+                self.strays.remove(0);
+            }
+        }
     }
 
     /// Whether the record's slot marking disagrees with ours.

@@ -1435,9 +1435,9 @@ fn an_acquire_dropped_whose_create_lands_after_its_settle_never_holds_beside_ano
     });
 }
 
-/// The late write is an update of a free record, and nobody writes before it commits: the
-/// record then names the dropped lock's identity, and nothing live holds it. How long until someone
-/// holds it again, and who?
+/// The late write is an update of a free record, and nobody writes before it commits: the record then
+/// names the dropped lock's identity, and nothing live holds it. The dropped lock takes it again at once
+/// (it remembers the write as its own); the other waits for that hold's release.
 #[test]
 fn an_acquire_dropped_whose_update_lands_after_its_settle_never_holds_beside_another() {
     let env = TestEnv::kube();
@@ -1455,6 +1455,7 @@ fn an_acquire_dropped_whose_update_lands_after_its_settle_never_holds_beside_ano
             off_runtime(|| env.holder(&name)).is_some_and(|holder| holder == a.identity())
         })
         .await;
+        let landed = Instant::now();
         eprintln!("late update landed after {:?}", started.elapsed());
         let (sa, sb) = (Arc::new(Mutex::new(None::<(Instant, Instant, i32)>)), Arc::new(Mutex::new(None)));
         let run = |l: Lock, slot: Arc<Mutex<Option<(Instant, Instant, i32)>>>| async move {
@@ -1479,6 +1480,9 @@ fn an_acquire_dropped_whose_update_lands_after_its_settle_never_holds_beside_ano
             b1 - started,
         );
         assert!(a1 <= b0 || b1 <= a0, "both held at once");
+        // The dropped lock takes its own late record again at once; it waited the record out before
+        // (and so did the other), a lease duration after the late write (found by review, helper-112).
+        assert!(a0 < b0 && a0 - landed < FAST.lease_duration, "a waited {:?} for its own record", a0 - landed);
         assert_ne!(ta, tb);
     });
 }
