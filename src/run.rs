@@ -276,7 +276,7 @@ impl Runner {
                         tracing::info!(signal = %signal, "forwarding signal to the child");
                         // A SIGHUP passed on is the child's (a reload, found by review); TERM, INT and QUIT
                         // (a container's STOPSIGNAL) end mpsync with it.
-                        stopping |= matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+                        stopping |= signal != Signal::SIGHUP && crate::supervise::ENDING.contains(&signal);
                         supervisor.forward(signal);
                     }
                     // mpsync was continued; nothing renewed the lease while it was stopped. The child's job
@@ -331,7 +331,7 @@ impl Runner {
 const ADOPTION_LOOK: Duration = Duration::from_millis(100);
 
 fn is_stop(signal: Signal) -> bool {
-    matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)
+    crate::supervise::ENDING.contains(&signal)
 }
 
 /// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the

@@ -184,11 +184,23 @@ fn describe(error: &io::Error) -> String {
 }
 
 /// The signals mpsync passes on to the run loop (and, through it, to the child).
-const FORWARDED: [Signal; 7] = [
+const FORWARDED: [Signal; 15] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    // The other catchable signals whose default action ends a process (a `timeout -s ALRM`, a ulimit's
+    // XCPU or XFSZ, a container's STOPSIGNAL such as PWR): unhandled, they would kill mpsync at once and
+    // leave the lease held by a dead process until it expires (found by review, helper-113). Not the
+    // faults a process causes itself (SEGV, BUS, FPE, ILL, SYS, TRAP).
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGPWR,
+    Signal::SIGIO,
+    Signal::SIGSTKFLT,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGWINCH,
@@ -197,8 +209,22 @@ const FORWARDED: [Signal; 7] = [
 /// Job-control stop requests to mpsync.
 const JOB_STOPS: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
 
-/// Signals that ask the child to end: a stopped child must be continued to act on them.
-const ENDING: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+/// Signals that ask the child to end: a stopped child must be continued to act on them. All but HUP (a
+/// reload, passed on) also end mpsync.
+pub(crate) const ENDING: [Signal; 12] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGPWR,
+    Signal::SIGIO,
+    Signal::SIGSTKFLT,
+];
 
 /// How often the job is looked at while waiting for it to stop or to end.
 const POLL: Duration = Duration::from_millis(20);

@@ -77,42 +77,37 @@ impl Drop for SignalReceiver {
 }
 
 /// The signals that stop a command that does not supervise a child (`sidecar`, `status`, `observe`):
-/// SIGTERM, SIGINT, and SIGHUP unless it was ignored at start (`nohup`), as for `lock`. Made inside a
+/// SIGTERM, SIGINT, and the other catchable signals that end a process by default (HUP, QUIT, ALRM,
+/// XCPU, XFSZ, PWR, ...) unless ignored at start (`nohup`), as for `lock`. Made inside a
 /// runtime (they are `tokio::signal`s: these commands fork nothing, so nothing comes before the runtime).
 pub struct Stops {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: Option<tokio::signal::unix::Signal>,
+    signals: Vec<(Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Stops {
     pub fn new() -> crate::error::Result<Stops> {
         use tokio::signal::unix::{SignalKind, signal};
-        let signals = |err: io::Error| crate::error::Error::Internal(format!("cannot handle signals: {err}"));
-        let hangup = match ignored(&[Signal::SIGHUP]).contains(Signal::SIGHUP) {
-            true => None,
-            false => Some(signal(SignalKind::hangup()).map_err(signals)?),
-        };
-        Ok(Stops {
-            interrupt: signal(SignalKind::interrupt()).map_err(signals)?,
-            terminate: signal(SignalKind::terminate()).map_err(signals)?,
-            hangup,
-        })
+        let failed = |err: io::Error| crate::error::Error::Internal(format!("cannot handle signals: {err}"));
+        // Every catchable signal whose default action ends the process (see `supervise::ENDING`): one
+        // left to that action would end a side-car that holds leases at once, without giving them back.
+        let left_ignored = ignored(&crate::supervise::ENDING);
+        let signals = crate::supervise::ENDING
+            .iter()
+            .filter(|stop| !left_ignored.contains(**stop) || matches!(stop, Signal::SIGTERM | Signal::SIGINT))
+            .map(|stop| Ok((*stop, signal(SignalKind::from_raw(*stop as i32)).map_err(failed)?)))
+            .collect::<crate::error::Result<_>>()?;
+        Ok(Stops { signals })
     }
 
     /// The next stop signal.
     pub async fn next(&mut self) -> Signal {
-        let hangup = async {
-            match &mut self.hangup {
-                Some(hangup) => hangup.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.interrupt.recv() => Signal::SIGINT,
-            _ = self.terminate.recv() => Signal::SIGTERM,
-            _ = hangup => Signal::SIGHUP,
-        }
+        let received = self.signals.iter_mut().map(|(stop, receiver)| {
+            Box::pin(async move {
+                receiver.recv().await;
+                *stop
+            })
+        });
+        futures::future::select_all(received).await.0
     }
 }
 

@@ -23,6 +23,7 @@ both_backends!(
     a_restarted_side_car_never_adopts_its_lock_once_a_client_go_elector_renewed_it,
     sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet,
     drain_deadline_leaves_a_lock_whose_client_still_heartbeats_to_expire,
+    a_fatal_signal_beyond_term_drains_and_releases_as_sigterm_does,
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
     two_side_cars_without_pod_name_never_both_hold_a_lock,
     lease_prefix_keeps_every_lock_in_a_lease_of_its_own_name,
@@ -478,6 +479,20 @@ fn sigterm_drains_refusing_new_locks_and_releasing_each_once_its_client_is_quiet
     assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
     assert_eq!(env.holder(&busy).as_deref(), Some(""), "released on the way out");
     assert_eq!(env.holder(&theirs).as_deref(), Some("sidecar-b"), "a lock that is not ours is never written");
+}
+
+/// Found by review (helper-113, for `lock`; the side-car had the same fault): SIGALRM (or XFSZ, PWR, any
+/// catchable signal that ends a process by default) killed the side-car at once, and the leases it held
+/// for its clients were left to expire. It now drains as on SIGTERM, gives them back, and exits 0.
+fn a_fatal_signal_beyond_term_drains_and_releases_as_sigterm_does(env: &TestEnv) {
+    let name = env.lease_name("sc-alrm");
+    let mut a = Sidecar::start(env, Some("sidecar-a"), &["--ttl", "4s", "--drain", "60s"]);
+    a.put(&name).assert_status(200);
+    a.process.signal(Signal::SIGALRM);
+    // Its client goes quiet: the lock is released, and the side-car exits 0.
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits once its lock is released");
+    assert_eq!(status.code(), Some(0), "{status:?}: {}", a.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released on the way out: {}", a.process.stderr());
 }
 
 /// At `--drain`, a lock whose client still heartbeats is not released: it expires after its TTL from its

@@ -1201,3 +1201,89 @@ fn a_second_stop_signal_during_a_throttled_release_still_releases() {
     assert_eq!(status.code(), Some(0), "{}", lock.stderr());
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
 }
+
+both_backends!(a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases);
+
+/// Found by review (helper-113): a catchable signal whose default action ends a process, other than the
+/// TERM, INT, HUP and QUIT mpsync handled (SIGALRM from `timeout -s ALRM`, SIGXFSZ or SIGXCPU from a
+/// ulimit, SIGPWR as a container's STOPSIGNAL), killed mpsync at once: the guard SIGKILLed the child with
+/// no `--kill-signal` and no grace, and the lease stayed held by a dead process until it expired. It now
+/// ends the job and releases, as SIGTERM does, and mpsync exits 128+N.
+fn a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases(env: &TestEnv) {
+    for signal in [Signal::SIGALRM, Signal::SIGXFSZ, Signal::SIGPWR] {
+        let name = env.lease_name("fatal-signal");
+        let worker = env.path(&format!("worker-{}", signal as i32));
+        let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);
+        let worker_pid = read_pid(&worker);
+        lock.signal(signal);
+        let status = lock.wait_for(PATIENCE).expect("mpsync ends");
+        wait_until("the background worker to die", || !alive(worker_pid));
+        assert_eq!(
+            env.holder(&name).as_deref(),
+            Some(""),
+            "{signal}: mpsync ended ({status:?}) but left the lease held by a dead process: {}",
+            lock.stderr()
+        );
+        assert_eq!(status.code(), Some(128 + signal as i32), "{signal}: {}", lock.stderr());
+    }
+}
+
+/// A CronJob pod deleted while its first acquisition (a create) is held in etcd: SIGTERM
+/// comes with the write in flight. The write lands after mpsync was told to stop: the child must never
+/// run, mpsync exits 143, and the lease must not be left held by a process that is gone.
+#[test]
+fn sigterm_with_the_acquiring_write_in_flight_leaves_no_holder() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("review-inflight");
+    let ran = env.path("ran");
+    server.set_commit_delay(Duration::from_secs(2));
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &format!("touch {}", ran.display())]);
+    assert!(
+        server.wait_for_requests(|log| log.iter().any(|r| r.verb == "create" || r.verb == "update"), PATIENCE),
+        "the acquiring write was never sent"
+    );
+    lock.signal(Signal::SIGTERM);
+    let status = lock.wait_for(PATIENCE).expect("mpsync ends");
+    server.set_commit_delay(Duration::ZERO);
+    assert_eq!(status.code(), Some(143), "{}", lock.stderr());
+    assert!(!ran.exists(), "the child ran after SIGTERM");
+    assert!(
+        matches!(env.holder(&name).as_deref(), None | Some("")),
+        "left held by a dead process: {:?}; {}",
+        env.holder(&name),
+        lock.stderr()
+    );
+}
+
+/// As above, with the write committed at once but its answer late (or never), on a Lease that
+/// already exists (the acquisition is an update).
+#[test]
+fn sigterm_with_the_acquiring_update_answer_late_or_lost_leaves_no_holder() {
+    use crate::support::apiserver::AfterCommit;
+    for how in [AfterCommit::Delay(Duration::from_secs(3)), AfterCommit::Drop] {
+        let env = TestEnv::kube();
+        let Some(server) = env.server() else { return };
+        let name = env.lease_name("review-late");
+        let mut first = env.spawn(["lock", &name, "--", "true"]);
+        assert_eq!(first.wait_for(PATIENCE).and_then(|s| s.code()), Some(0), "{}", first.stderr());
+        let ran = env.path("ran");
+        let before = server.requests().len();
+        server.after_commit(1, how);
+        let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &format!("touch {}", ran.display())]);
+        assert!(
+            server.wait_for_requests(|log| log[before..].iter().any(|r| r.verb == "update"), PATIENCE),
+            "the acquiring write was never sent"
+        );
+        lock.signal(Signal::SIGTERM);
+        let status = lock.wait_for(PATIENCE).expect("mpsync ends");
+        assert_eq!(status.code(), Some(143), "{}", lock.stderr());
+        assert!(!ran.exists(), "the child ran after SIGTERM");
+        assert!(
+            matches!(env.holder(&name).as_deref(), None | Some("")),
+            "left held by a dead process: {:?}; {}",
+            env.holder(&name),
+            lock.stderr()
+        );
+    }
+}
