@@ -691,12 +691,27 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
-    if let Ok(number) = text.parse::<i32>() {
-        return Signal::try_from(number).map_err(|_| format!("no signal number {number}"));
+    let signal = match text.parse::<i32>() {
+        Ok(number) => Signal::try_from(number).map_err(|_| format!("no signal number {number}"))?,
+        Err(_) => {
+            let upper = text.to_ascii_uppercase();
+            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+            name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))?
+        }
+    };
+    // A signal whose default action neither ends nor dumps a process would end nothing: the child would
+    // run on until SIGKILL after --grace (found by review, helper-113).
+    match signal {
+        Signal::SIGSTOP
+        | Signal::SIGTSTP
+        | Signal::SIGTTIN
+        | Signal::SIGTTOU
+        | Signal::SIGCONT
+        | Signal::SIGCHLD
+        | Signal::SIGURG
+        | Signal::SIGWINCH => Err(format!("{signal} does not end a process (examples: TERM, INT, 9)")),
+        _ => Ok(signal),
     }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))
 }
 
 /// `/tmp/mpsync-$EUID`: it depends on the user alone, never on session variables (a cron job has no
@@ -811,6 +826,9 @@ mod tests {
         assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        for ends_nothing in ["STOP", "SIGCHLD", "cont", "19", "WINCH"] {
+            assert!(parse_signal(ends_nothing).unwrap_err().contains("does not end a process"), "{ends_nothing}");
+        }
     }
 
     #[test]
