@@ -524,8 +524,9 @@ impl Slot {
         let finished = match self.call.take() {
             // A read changes nothing: when nothing is held or in doubt there is nothing it could tell the
             // give-back, so it is not waited for (found by review: `--timeout 2s` ended after 3.8 s, its
-            // last read waiting for a lock directory that another process held).
-            Some(_) if self.reading && !self.holds_anything() => {
+            // last read waiting for a lock directory that another process held). Unless an acquisition
+            // given up unresolved may have landed: the read may show it, to give back (helper-114).
+            Some(_) if self.reading && !self.holds_anything() && !self.elector.has_strays() => {
                 self.elector.want_read();
                 true
             }
@@ -738,6 +739,12 @@ pub async fn settle_marker(
     slots: u32,
     deadline: Option<Instant>,
 ) -> Result<Result<(), String>, Error> {
+    // A write waiting for the file backend's lock gives up at the deadline too, unapplied, as the
+    // campaign's writes do (found by review, helper-114: `--slots 2 --timeout 1s` on a fresh semaphore
+    // waited 30 s for a busy lock directory, three quarters into a 40 s call timeout).
+    let mut store = store.clone();
+    store.give_up_at(deadline);
+    let store = &store;
     let mut failures = 0;
     let mut log = FailureLog::new(name, "reading the semaphore's marker");
     let refuse = |refusal: crate::lease::Refusal| {

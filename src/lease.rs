@@ -634,6 +634,11 @@ impl Elector {
         self.current().and_then(|current| self.slot_refusal(current))
     }
 
+    /// Whether an acquisition of ours was given up unresolved (it may have landed since, unseen).
+    pub fn has_strays(&self) -> bool {
+        !self.strays.is_empty()
+    }
+
     /// Whether anything (a record, or its absence) was observed yet.
     pub fn has_observed(&self) -> bool {
         self.observation.is_some()

@@ -33,17 +33,26 @@ impl SignalReceiver {
     /// Handle `signals` from now on: each one received is queued for [`recv`](Self::recv). The thread
     /// unblocks them for itself, so they are received whatever mask the process inherited; other threads
     /// keep their masks.
+    ///
+    /// Also the real-time signals not ignored at start, each received as SIGTERM (see [`real_time`]).
     pub fn new(signals: &[Signal]) -> io::Result<SignalReceiver> {
-        let mut iterator = Signals::new(signals.iter().map(|signal| *signal as i32))?;
+        let real_time = real_time();
+        let numbers: Vec<i32> = signals.iter().map(|signal| *signal as i32).chain(real_time.iter().copied()).collect();
+        let mut iterator = Signals::new(numbers)?;
         let handle = iterator.handle();
-        let wanted = set_of(signals);
+        let mut raw_wanted = *set_of(signals).as_ref();
+        for number in &real_time {
+            // SAFETY: sigaddset on a valid sigset_t, with a signal number the C library gave.
+            unsafe { libc::sigaddset(&mut raw_wanted, *number) };
+        }
+        // SAFETY: made from a valid SigSet by sigaddset alone.
+        let wanted = unsafe { SigSet::from_sigset_t_unchecked(raw_wanted) };
         let (sender, receiver) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new().name("mpsync-signals".into()).spawn(move || {
             let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&wanted), None);
             for number in iterator.forever() {
-                if let Ok(signal) = Signal::try_from(number)
-                    && sender.send(signal).is_err()
-                {
+                let signal = Signal::try_from(number).unwrap_or(Signal::SIGTERM);
+                if sender.send(signal).is_err() {
                     break;
                 }
             }
@@ -94,7 +103,10 @@ impl Stops {
         let signals = crate::supervise::ENDING
             .iter()
             .filter(|stop| !left_ignored.contains(**stop) || matches!(stop, Signal::SIGTERM | Signal::SIGINT))
-            .map(|stop| Ok((*stop, signal(SignalKind::from_raw(*stop as i32)).map_err(failed)?)))
+            .map(|stop| (*stop, *stop as i32))
+            // A real-time signal counts as SIGTERM (see `real_time`).
+            .chain(real_time().into_iter().map(|number| (Signal::SIGTERM, number)))
+            .map(|(stop, number)| Ok((stop, signal(SignalKind::from_raw(number)).map_err(failed)?)))
             .collect::<crate::error::Result<_>>()?;
         Ok(Stops { signals })
     }
@@ -109,6 +121,23 @@ impl Stops {
         });
         futures::future::select_all(received).await.0
     }
+}
+
+/// The real-time signals (SIGRTMIN..=SIGRTMAX, as the C library numbers them) not ignored now. Their
+/// default action ends a process, and one is a container's STOPSIGNAL (systemd's images: SIGRTMIN+3):
+/// mpsync takes each as SIGTERM, so that it ends the job and gives the lease back instead of dying of it
+/// with the lease held (found by review, helper-114). They have no names of their own in mpsync.
+pub fn real_time() -> Vec<i32> {
+    (libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .filter(|number| {
+            // SAFETY: with a null new action, sigaction(2) only reads the current one into `current`.
+            let ignored = unsafe {
+                let mut current: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(*number, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == libc::SIG_IGN
+            };
+            !ignored
+        })
+        .collect()
 }
 
 /// The signals among `signals` whose action is SIG_IGN now: at start-up, the ones the parent left ignored

@@ -794,3 +794,22 @@ fn under_hidepid_a_setuid_childs_exit_is_not_taken_for_a_job_that_survives() {
         "the setuid child's zombie was taken for a live job:\n{stderr}"
     );
 }
+
+/// Found by review (helper-114): the fix above left out the semaphore's marker. `--slots 2 --timeout 1s`
+/// on a fresh semaphore (no marker yet) waited 30 s for the busy lock directory: the marker's create was
+/// bounded by three quarters of the call timeout alone.
+#[test]
+fn timeout_ends_on_time_while_a_semaphores_marker_waits_for_the_lock_directory() {
+    let env = TestEnv::file();
+    let name = env.lease_name("busysem");
+    env.run(["lock", "warm", "--", "true"]).assert_code(0);
+    let dir = fs::File::open(env.lock_dir()).unwrap();
+    let _busy =
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| errno).expect("flock");
+    let ran = env.path("ran");
+    let slow = ["--slots", "2", "--lease-duration", "120s", "--renew-deadline", "80s", "--timeout", "1s"];
+    let done = env.run(["lock", &name].into_iter().chain(slow).chain(["--", "touch", ran.to_str().unwrap()]));
+    done.assert_code(124);
+    assert!(!ran.exists());
+    assert!(done.elapsed < Duration::from_secs(20), "took {:?}: {}", done.elapsed, done.stderr);
+}

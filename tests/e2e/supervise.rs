@@ -1287,3 +1287,28 @@ fn sigterm_with_the_acquiring_update_answer_late_or_lost_leaves_no_holder() {
         );
     }
 }
+
+both_backends!(a_real_time_signal_ends_the_job_and_releases);
+
+/// Found by review (helper-114): the fix above stopped at the named signals. A real-time signal's default
+/// action ends a process too, and SIGRTMIN+3 is a container's STOPSIGNAL for systemd images (`docker
+/// stop`): mpsync died of it at once, the guard SIGKILLed the child with no grace, and the lease stayed
+/// held by a dead process for its whole duration. It is now taken as SIGTERM (exit 143).
+fn a_real_time_signal_ends_the_job_and_releases(env: &TestEnv) {
+    let name = env.lease_name("rt-signal");
+    let worker = env.path("worker");
+    let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);
+    let worker_pid = read_pid(&worker);
+    let rt = nix::libc::SIGRTMIN() + 3;
+    // SAFETY: kill(2) on the pid of a child process this test spawned.
+    assert_eq!(unsafe { nix::libc::kill(lock.pid(), rt) }, 0);
+    let status = lock.wait_for(PATIENCE).expect("mpsync ends");
+    wait_until("the background worker to die", || !alive(worker_pid));
+    assert_eq!(
+        env.holder(&name).as_deref(),
+        Some(""),
+        "SIGRTMIN+3: mpsync ended ({status:?}) but left the lease held by a dead process: {}",
+        lock.stderr()
+    );
+    assert_eq!(status.code(), Some(143), "{}", lock.stderr());
+}
