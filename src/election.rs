@@ -209,14 +209,17 @@ impl Election {
             }
             let mut acquiring = self.lock.start(Wait::Forever);
             let held = tokio::select! {
-                acquired = &mut acquiring => match acquired? {
-                    Some(held) => held,
-                    None => return Err(Error::Internal("the campaign ended without the lease".into())),
-                },
+                // A shutdown first: work never starts after it was asked for, even when the lease came
+                // in the same poll (found by review, helper-115); what the campaign got is given back.
+                biased;
                 () = shutdown.cancelled() => {
                     acquiring.cancel().await;
                     return Ok(Outcome::Stopped);
                 }
+                acquired = &mut acquiring => match acquired? {
+                    Some(held) => held,
+                    None => return Err(Error::Internal("the campaign ended without the lease".into())),
+                },
             };
             // A child of the lease's own token: cancelled on loss by the lease's task, and by us on shutdown.
             let token = held.cancellation_token().child_token();

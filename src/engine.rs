@@ -164,6 +164,8 @@ pub struct Slot {
     read_floor: Option<String>,
     /// Whether the call on the wire is a read (it changes nothing, so it need not be waited for).
     reading: bool,
+    /// When a renewal beaten by another writer's change was last sent again at once (see `finish`).
+    raced_renewal_at: Option<Instant>,
 }
 
 impl Slot {
@@ -187,6 +189,7 @@ impl Slot {
             refused_at: None,
             read_floor: None,
             reading: false,
+            raced_renewal_at: None,
         }
     }
 
@@ -418,6 +421,7 @@ impl Slot {
             self.unreadable = matches!(result, Err(StoreError::Unreadable(_)));
         }
         let refused_at = self.refused_at.take();
+        let raced = refused_at.is_some();
         let failure = match outcome {
             Outcome::Read(Ok(current)) => {
                 // At the version the write was based on, or below it (versions gone back, an etcd
@@ -438,6 +442,21 @@ impl Slot {
                     self.elector.versions_went_back();
                 }
                 self.elector.observe(current, Instant::now());
+                // A renewal beaten by another writer's change that left the hold ours (a label, an
+                // annotation, another field set by a tool): renew on the version just read now, as
+                // client-go's read-then-write does, not a retry period later (found by review: a tool
+                // touching the Lease once a retry period made every renewal a 409 until the renew
+                // deadline, and the child was stopped). At most once per quarter retry period, so a
+                // writer that never stops cannot drive a tight loop.
+                let now = Instant::now();
+                if holding
+                    && raced
+                    && unchanged.is_none()
+                    && self.raced_renewal_at.is_none_or(|at| now >= at + self.timing().retry_period / 4)
+                    && self.elector.renew_now(now)
+                {
+                    self.raced_renewal_at = Some(now);
+                }
                 unchanged.map(|(refusal, how)| {
                     StoreError::Transient(format!("{refusal} (refused as a conflict, yet the lease is {how})"))
                 })

@@ -1106,6 +1106,18 @@ impl Elector {
         }
     }
 
+    /// A renewal lost a race to a change that left the hold ours: renew at once on the version known now.
+    /// Returns whether a renewal was brought forward.
+    pub fn renew_now(&mut self, now: Instant) -> bool {
+        match self.held.as_mut() {
+            Some(held) if self.lost.is_none() && !self.needs_read && held.next_renew_at > now => {
+                held.next_renew_at = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ask for a read before anything else (for example after a failed read).
     pub fn want_read(&mut self) {
         self.needs_read = true;

@@ -30,6 +30,7 @@ mod backends;
 mod chaos;
 mod connect;
 mod elect;
+mod elect_faults;
 mod faults;
 mod file_backend;
 mod health;
