@@ -103,6 +103,11 @@ struct Inner {
     library: bool,
 }
 
+/// How many reads a semaphore's slots may have on the wire at once (see `Slot::with_read_limit`): enough
+/// for the first look at a hundred slots to take a few round trips, few enough that a thousand reuse
+/// their connections instead of opening one each.
+const SLOT_READS_AT_ONCE: usize = 32;
+
 impl Inner {
     /// An error in the caller's words (see `library_wording`).
     fn worded(&self, err: Error) -> Error {
@@ -112,6 +117,7 @@ impl Inner {
     /// Slots that have observed nothing yet, as a new process's would.
     fn fresh_slots(&self) -> Vec<Slot> {
         let semaphore = self.slot_count.filter(|n| *n > 1);
+        let read_limit = Arc::new(tokio::sync::Semaphore::new(SLOT_READS_AT_ONCE));
         self.slot_names
             .iter()
             .map(|name| {
@@ -120,7 +126,8 @@ impl Inner {
                     Some(n) => elector.with_slots(n),
                     None => elector,
                 };
-                let slot = Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer));
+                let slot = Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer))
+                    .with_read_limit(Arc::clone(&read_limit));
                 if self.library { slot.for_library() } else { slot }
             })
             .collect()

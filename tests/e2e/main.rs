@@ -40,6 +40,7 @@ mod lock;
 mod proxy;
 mod safety;
 mod semaphore;
+mod semaphore_faults;
 mod sidecar;
 mod status;
 mod supervise;

@@ -330,6 +330,26 @@ impl TestEnv {
         }
     }
 
+    /// Set (or with `None` remove) an annotation of the Lease, as `kubectl annotate` does
+    /// (Kubernetes only).
+    pub fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
+        self.runtime.block_on(async {
+            let api = self.api.as_ref().unwrap();
+            for _ in 0..20 {
+                let mut lease = api.get(name).await.unwrap();
+                let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+                match value {
+                    Some(value) => drop(annotations.insert(key.to_string(), value.to_string())),
+                    None => drop(annotations.remove(key)),
+                }
+                if api.replace(name, &PostParams::default(), &lease).await.is_ok() {
+                    return;
+                }
+            }
+            panic!("could not annotate {name}");
+        })
+    }
+
     /// The full Lease object (Kubernetes only): for labels, annotations and exact fields.
     pub fn get_object(&self, name: &str) -> Option<Lease> {
         self.runtime.block_on(async { self.api.as_ref().unwrap().get_opt(name).await.unwrap() })

@@ -1,0 +1,380 @@
+//! Semaphores (`--slots N`) under faults (from review, helper-117): never more than N children, slots
+//! not reused before they expire, one slot per process, counts that disagree refused.
+
+use std::fs;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::apiserver::AfterCommit;
+use crate::support::*;
+
+both_backends!(
+    many_contenders_never_exceed_n,
+    sigkilled_holder_slot_not_reused_and_child_dead,
+    stopped_holder_child_dead_before_waiter_runs,
+    concurrent_first_use_with_different_counts,
+);
+
+/// A child that records its start, and whether any pid listed in `pids` is still alive when it starts
+/// ("overlap"), then writes its own pid to `pids` and runs until `gate` exists.
+fn watched_child(log: &std::path::Path, pids: &std::path::Path, gate: &std::path::Path) -> String {
+    format!(
+        "for p in $(cat {pids}.victim 2>/dev/null); do if kill -0 $p 2>/dev/null && ! grep -q '^State:.Z' /proc/$p/status; then echo overlap $(date +%s%N) $p >> {log}; fi; done; \
+         echo $$ > {pids}.$PPID; echo start $(date +%s%N) $MPSYNC_SLOT >> {log}; \
+         while [ ! -e {gate} ]; do sleep 0.05; done; echo end $(date +%s%N) >> {log}",
+        pids = pids.display(),
+        log = log.display(),
+        gate = gate.display()
+    )
+}
+
+fn many_contenders_never_exceed_n(env: &TestEnv) {
+    let name = env.lease_name("rvmany");
+    let log = env.path("log");
+    let script = stamp_script(&log, "sleep 0.3");
+    let procs: Vec<Proc> =
+        (0..6).map(|_| env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]))).collect();
+    for p in procs {
+        p.finish().assert_code(0);
+    }
+    let starts = read_stamps(&log).iter().filter(|s| s.0 == "start").count();
+    assert_eq!(starts, 6);
+    assert!(max_concurrency(&log) <= 2, "more than 2 children at once: {}", max_concurrency(&log));
+}
+
+fn sigkilled_holder_slot_not_reused_and_child_dead(env: &TestEnv) {
+    let name = env.lease_name("rvkill");
+    let log = env.path("log");
+    let pids = env.path("pids");
+    let gate = env.path("gate");
+    let script = watched_child(&log, &pids, &gate);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    let b = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    wait_until("both slots in use", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 2);
+    let victim = fs::read_to_string(format!("{}.{}", pids.display(), a.pid())).expect("A's child's pid");
+    fs::write(format!("{}.victim", pids.display()), &victim).unwrap();
+    let c = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    // C is waiting: give it time to watch.
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_at = epoch_nanos();
+    a.signal(Signal::SIGKILL);
+    let _ = a.finish();
+    wait_until("the third child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 3);
+    let stamps = read_stamps(&log);
+    let third = stamps.iter().filter(|s| s.0 == "start").nth(2).unwrap().1;
+    fs::write(&gate, "").unwrap();
+    b.finish().assert_code(0);
+    c.finish().assert_code(0);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("overlap"), "a killed holder's child still ran when the slot was reused:\n{text}");
+    // Not before the lease (4s) could have expired, counted from the kill (a renewal at most 500ms before).
+    let waited = Duration::from_nanos((third - killed_at) as u64);
+    assert!(waited >= Duration::from_millis(3400), "slot reused {waited:?} after its holder was killed\n{text}");
+}
+
+fn stopped_holder_child_dead_before_waiter_runs(env: &TestEnv) {
+    let name = env.lease_name("rvstop");
+    let log = env.path("log");
+    let pids = env.path("pids");
+    let gate = env.path("gate");
+    let script = watched_child(&log, &pids, &gate);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    let b = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    wait_until("both slots in use", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 2);
+    let victim = fs::read_to_string(format!("{}.{}", pids.display(), a.pid())).expect("A's child's pid");
+    fs::write(format!("{}.victim", pids.display()), &victim).unwrap();
+    let c = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    std::thread::sleep(Duration::from_millis(500));
+    a.signal(Signal::SIGSTOP);
+    wait_until("the third child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 3);
+    a.signal(Signal::SIGCONT);
+    let a = a.finish();
+    fs::write(&gate, "").unwrap();
+    b.finish().assert_code(0);
+    c.finish().assert_code(0);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("overlap"), "a stopped holder's child still ran when the slot was reused:\n{text}");
+    a.assert_code(123);
+}
+
+fn concurrent_first_use_with_different_counts(env: &TestEnv) {
+    for round in 0..3 {
+        let name = env.lease_name(&format!("rvrace{round}"));
+        let log = env.path(&format!("log{round}"));
+        let gate = env.path(&format!("gate{round}"));
+        let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+        let script = stamp_script(&log, &body);
+        let mut procs = Vec::new();
+        for i in 0..6 {
+            let n = if i % 2 == 0 { "2" } else { "3" };
+            procs.push((n, env.spawn(fast(&["lock", &name, "--slots", n, "--timeout", "6s"], &["sh", "-c", &script]))));
+        }
+        // Wait until every process either exited or runs a child (or waits: at most 2 or 3 run).
+        std::thread::sleep(Duration::from_secs(4));
+        let running = read_stamps(&log).iter().filter(|s| s.0 == "start").count();
+        fs::write(&gate, "").unwrap();
+        let mut codes = Vec::new();
+        for (n, p) in procs {
+            let f = p.finish();
+            codes.push((n, f.code, f.stderr.lines().last().unwrap_or("").to_string()));
+        }
+        eprintln!("round {round}: running {running}, codes {codes:?}");
+        let refused2 = codes.iter().filter(|c| c.0 == "2" && c.1 == Some(125)).count();
+        let refused3 = codes.iter().filter(|c| c.0 == "3" && c.1 == Some(125)).count();
+        assert!(refused2 == 0 || refused3 == 0, "both counts refused: {codes:?}");
+        assert!(refused2 == 3 || refused3 == 3, "neither count wholly refused: {codes:?}");
+        let n = if refused2 == 3 { 3 } else { 2 };
+        assert!(running <= n && max_concurrency(&log) <= n, "{running} children on a {n}-slot semaphore");
+    }
+}
+
+/// An acquisition whose answer is lost, on a semaphore where another slot is free: never two slots.
+#[test]
+fn lost_answers_never_leave_two_slots_held() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("rvdrop");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let script = stamp_script(&log, &body);
+    // The marker's create is write 1; the slot's acquisition write 2.
+    server.after_commit(2, AfterCommit::Drop);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &script]));
+    wait_until("the child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
+    let held: Vec<String> = (0..3)
+        .filter_map(|i| env.holder(&format!("{name}-{i}")).filter(|h| !h.is_empty()).map(|h| format!("{i}:{h}")))
+        .collect();
+    fs::write(&gate, "").unwrap();
+    a.finish().assert_code(0);
+    assert_eq!(held.len(), 1, "slots held while one child ran: {held:?}");
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// A held slot's count annotation edited by hand (to another count, or removed).
+fn edited_slot_annotation(value: Option<&str>) {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("rvedit");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let script = stamp_script(&log, &body);
+    let mut a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    wait_until("the child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
+    let slot = (0..2).map(|i| format!("{name}-{i}")).find(|s| env.holder(s).is_some_and(|h| !h.is_empty())).unwrap();
+    env.annotate(&slot, "mpsync.io/slots", value);
+    let before = cpu_ticks(a.pid());
+    let exited = a.wait_for(Duration::from_secs(6));
+    let after = cpu_ticks(a.pid());
+    let still_held = env.holder(&slot);
+    fs::write(&gate, "").unwrap();
+    let a = a.finish();
+    eprintln!(
+        "edit {value:?}: exited within 6s: {exited:?}; cpu ticks in 6s: {}; holder {still_held:?}; code {:?}\n{}",
+        after.saturating_sub(before),
+        a.code,
+        a.stderr
+    );
+    assert!(after.saturating_sub(before) < 200, "mpsync spun a core after the edit");
+}
+
+#[test]
+fn held_slot_annotation_changed() {
+    edited_slot_annotation(Some("3"));
+}
+
+#[test]
+fn held_slot_annotation_removed() {
+    edited_slot_annotation(None);
+}
+
+/// A child that registers its pid in `reg`, then counts the other live (not zombie) registered children:
+/// more than `n - 1` is an overlap. Runs `secs` seconds.
+fn registered_child(reg: &std::path::Path, log: &std::path::Path, n: usize, secs: &str) -> String {
+    format!(
+        "echo $$ > {reg}/$$; c=0; for f in {reg}/*; do p=$(basename $f); [ $p = $$ ] && continue; \
+         if kill -0 $p 2>/dev/null && ! grep -q '^State:.Z' /proc/$p/status 2>/dev/null; then c=$((c+1)); fi; done; \
+         if [ $c -ge {n} ]; then echo overlap $(date +%s%N) $c $MPSYNC_LEASE $MPSYNC_FENCING_TOKEN >> {log}; fi; \
+         echo start $(date +%s%N) $MPSYNC_LEASE $MPSYNC_FENCING_TOKEN >> {log}; sleep {secs}",
+        reg = reg.display(),
+        log = log.display()
+    )
+}
+
+/// Many short `lock --slots 2` runs while the server drops answers, fails writes, delays commits,
+/// lags and drops watches and restarts.
+#[test]
+fn semaphore_chaos_never_runs_more_than_n() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("rvchaos");
+    let log = env.path("log");
+    let reg = env.path("reg");
+    fs::create_dir_all(&reg).unwrap();
+    let script = registered_child(&reg, &log, 2, "0.7");
+    let spawn = || env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    let mut running: Vec<Proc> = (0..5).map(|_| spawn()).collect();
+    let mut spawned = 5;
+    let mut codes = Vec::new();
+    let started = std::time::Instant::now();
+    let mut step = 0;
+    while !running.is_empty() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(300));
+        step += 1;
+        match step % 12 {
+            1 => server.after_commit(1, AfterCommit::Drop),
+            3 => server.fail_next(2, 500),
+            5 => server.drop_watches(),
+            6 => server.set_watch_lag(Duration::from_millis(800)),
+            8 => server.set_watch_lag(Duration::ZERO),
+            9 => server.after_commit(1, AfterCommit::Delay(Duration::from_millis(1500))),
+            11 => server.restart(),
+            _ => {}
+        }
+        let mut still = Vec::new();
+        for mut p in running {
+            if p.wait_for(Duration::ZERO).is_some() {
+                let f = p.finish();
+                codes.push(f.code);
+                if spawned < 25 {
+                    still.push(spawn());
+                    spawned += 1;
+                }
+            } else {
+                still.push(p);
+            }
+        }
+        running = still;
+    }
+    server.after_commit(0, AfterCommit::Drop);
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("codes {codes:?}\n{text}");
+    assert!(running.is_empty(), "runs did not finish in time");
+    assert!(!text.contains("overlap"), "more than 2 children at once:\n{text}");
+}
+
+/// The acquisition's answer comes late (past the call timeout) or never, by one process of a 3-slot
+/// semaphore whose slot 0 another holds: at most one slot is held by it while its child runs.
+fn late_acquisition_answer(how: AfterCommit, shots: usize) {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("rvlate");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let script = stamp_script(&log, &body);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "3", "--identity", "ay"], &["sh", "-c", &script]));
+    wait_until("A's child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
+    server.after_commit_of("bee", shots, how);
+    let b = env.spawn(fast(&["lock", &name, "--slots", "3", "--identity", "bee"], &["sh", "-c", &script]));
+    let mut most = 0;
+    let mut seen_during_child = Vec::new();
+    wait_until("B's child to start", || {
+        let bee: Vec<usize> = (0..3).filter(|i| env.holder(&format!("{name}-{i}")).as_deref() == Some("bee")).collect();
+        let started = read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 2;
+        if started {
+            seen_during_child = bee.clone();
+        }
+        most = most.max(bee.len());
+        started
+    });
+    // While B's child runs, for a while.
+    for _ in 0..20 {
+        let bee: Vec<usize> = (0..3).filter(|i| env.holder(&format!("{name}-{i}")).as_deref() == Some("bee")).collect();
+        if bee.len() > 1 {
+            seen_during_child = bee;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(&gate, "").unwrap();
+    server.after_commit(0, AfterCommit::Drop);
+    a.finish().assert_code(0);
+    let b = b.finish();
+    eprintln!("most slots held by bee before its child: {most}; during: {seen_during_child:?}\n{}", b.stderr);
+    b.assert_code(0);
+    assert!(seen_during_child.len() <= 1, "bee held {seen_during_child:?} while its child ran");
+}
+
+#[test]
+fn late_acquisition_answer_past_call_timeout() {
+    late_acquisition_answer(AfterCommit::Delay(Duration::from_secs(4)), 1);
+}
+
+#[test]
+fn two_dropped_acquisition_answers() {
+    late_acquisition_answer(AfterCommit::Drop, 2);
+}
+
+#[test]
+fn dropped_then_gateway_504() {
+    late_acquisition_answer(AfterCommit::Gateway(504), 3);
+}
+
+both_backends!(held_slot_deleted_waiter_never_overlaps, held_slot_force_unlocked_waiter_never_overlaps);
+
+fn tampered_slot(env: &TestEnv, tamper: impl Fn(&TestEnv, &str)) {
+    let name = env.lease_name("rvtamper");
+    let log = env.path("log");
+    let pids = env.path("pids");
+    let gate = env.path("gate");
+    // A's child drains for 0.8s of its grace on SIGTERM.
+    let script = format!("trap 'sleep 0.8; exit 0' TERM; {}", watched_child(&log, &pids, &gate));
+    let a = env.spawn(fast(&["lock", &name, "--slots", "2", "--identity", "ay"], &["sh", "-c", &script]));
+    let b = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
+    wait_until("both slots in use", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 2);
+    let victim = fs::read_to_string(format!("{}.{}", pids.display(), a.pid())).expect("A's child's pid");
+    fs::write(format!("{}.victim", pids.display()), &victim).unwrap();
+    let c = env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &script]));
+    wait_until("C to wait", || c.stderr().contains("waiting"));
+    let slot = (0..2).map(|i| format!("{name}-{i}")).find(|s| env.holder(s).as_deref() == Some("ay")).unwrap();
+    tamper(env, &slot);
+    wait_until("the third child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 3);
+    let a = a.finish();
+    fs::write(&gate, "").unwrap();
+    b.finish().assert_code(0);
+    c.finish().assert_code(0);
+    let text = fs::read_to_string(&log).unwrap();
+    eprintln!("A: {:?}\n{text}", a.code);
+    assert!(!text.contains("overlap"), "the tampered slot's old child still ran when it was reused:\n{text}");
+    a.assert_code(123);
+}
+
+fn held_slot_deleted_waiter_never_overlaps(env: &TestEnv) {
+    tampered_slot(env, |env, slot| env.delete(slot));
+}
+
+fn held_slot_force_unlocked_waiter_never_overlaps(env: &TestEnv) {
+    tampered_slot(env, |env, slot| env.edit(slot, |spec| spec.holder_identity = Some(String::new())));
+}
+
+/// Found by review (helper-117): a free, fresh semaphore of 1000 slots (the most `--slots` allows) with
+/// `--no-wait` and short timings answered "not acquired" (124): the first look sent 1000 reads at once,
+/// which timed out behind one another (1 s call timeouts). A free semaphore must be acquired.
+fn a_big_free_semaphore_is_acquired_with_no_wait(env: &TestEnv) {
+    let name = env.lease_name("big");
+    let started = std::time::Instant::now();
+    let done = env.run(fast(&["lock", name.as_str(), "--slots", "1000", "--no-wait"], &["true"]));
+    eprintln!("1000 slots: exit {:?} after {:?}", done.code, started.elapsed());
+    done.assert_code(0);
+}
+both_backends!(a_big_free_semaphore_is_acquired_with_no_wait);
