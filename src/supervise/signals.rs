@@ -87,7 +87,7 @@ impl Drop for SignalReceiver {
 
 /// The signals that stop a command that does not supervise a child (`sidecar`, `status`, `observe`):
 /// SIGTERM, SIGINT, and the other catchable signals that end a process by default (HUP, QUIT, ALRM,
-/// XCPU, XFSZ, PWR, ...) unless ignored at start (`nohup`), as for `lock`. Made inside a
+/// XCPU, PWR, ...; not XFSZ, ignored) unless ignored at start (`nohup`), as for `lock`. Made inside a
 /// runtime (they are `tokio::signal`s: these commands fork nothing, so nothing comes before the runtime).
 pub struct Stops {
     signals: Vec<(Signal, tokio::signal::unix::Signal)>,
@@ -97,6 +97,7 @@ impl Stops {
     pub fn new() -> crate::error::Result<Stops> {
         use tokio::signal::unix::{SignalKind, signal};
         let failed = |err: io::Error| crate::error::Error::Internal(format!("cannot handle signals: {err}"));
+        crate::supervise::ignore_file_size_signal();
         // Every catchable signal whose default action ends the process (see `supervise::ENDING`): one
         // left to that action would end a side-car that holds leases at once, without giving them back.
         let left_ignored = ignored(&crate::supervise::ENDING);

@@ -1208,9 +1208,10 @@ both_backends!(a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases);
 /// TERM, INT, HUP and QUIT mpsync handled (SIGALRM from `timeout -s ALRM`, SIGXFSZ or SIGXCPU from a
 /// ulimit, SIGPWR as a container's STOPSIGNAL), killed mpsync at once: the guard SIGKILLed the child with
 /// no `--kill-signal` and no grace, and the lease stayed held by a dead process until it expired. It now
-/// ends the job and releases, as SIGTERM does, and mpsync exits 128+N.
+/// ends the job and releases, as SIGTERM does, and mpsync exits 128+N. (Not SIGXFSZ: the kernel raises it
+/// on mpsync's own writes, and mpsync ignores it; helper-116.)
 fn a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases(env: &TestEnv) {
-    for signal in [Signal::SIGALRM, Signal::SIGXFSZ, Signal::SIGPWR] {
+    for signal in [Signal::SIGALRM, Signal::SIGXCPU, Signal::SIGPWR] {
         let name = env.lease_name("fatal-signal");
         let worker = env.path(&format!("worker-{}", signal as i32));
         let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);
@@ -1311,4 +1312,45 @@ fn a_real_time_signal_ends_the_job_and_releases(env: &TestEnv) {
         lock.stderr()
     );
     assert_eq!(status.code(), Some(143), "{}", lock.stderr());
+}
+
+/// Found by review (helper-116): SIGXFSZ is raised by the kernel on mpsync itself when its own write
+/// goes past RLIMIT_FSIZE (its log on stderr, a file at the `ulimit -f`). Taken as a stop request, it
+/// ended the job before (or while) the child ran: exit 153, no message, a child killed for nothing
+/// (and the side-car's drain cut short by its own log line). The write fails instead; the job runs.
+#[test]
+fn own_log_past_the_file_size_limit_is_no_stop_request() {
+    let env = TestEnv::file();
+    let name = env.lease_name("review-xfsz");
+    let started = env.path("started");
+    let go = env.path("go");
+    let log = env.path("full.log");
+    fs::write(&log, vec![b'x'; 1024]).unwrap();
+    let script = format!(
+        "exec 2>/dev/null; echo started > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 5",
+        started.display(),
+        go.display()
+    );
+    let mut command = env.mpsync(["lock", "-v", &name, "--", "sh", "-c", &script]);
+    command.stdout(Stdio::null()).stderr(fs::OpenOptions::new().append(true).open(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = nix::libc::rlimit { rlim_cur: 1024, rlim_max: nix::libc::RLIM_INFINITY };
+            nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let ended_early = |child: &mut std::process::Child| child.try_wait().unwrap();
+    wait_until("the child to start, or mpsync to end", || started.exists() || ended_early(&mut child).is_some());
+    assert!(started.exists(), "mpsync ended before its child started: {:?}", child.try_wait());
+    fs::write(&go, "").unwrap();
+    let mut status = None;
+    wait_until("mpsync to end", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(5), "the child's own exit code");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
 }
