@@ -184,15 +184,18 @@ fn describe(error: &io::Error) -> String {
 }
 
 /// The signals mpsync passes on to the run loop (and, through it, to the child).
-const FORWARDED: [Signal; 14] = [
+const FORWARDED: [Signal; 15] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
     // The other catchable signals whose default action ends a process (a `timeout -s ALRM`, a ulimit's
     // XCPU or XFSZ, a container's STOPSIGNAL such as PWR): unhandled, they would kill mpsync at once and
-    // leave the lease held by a dead process until it expires (found by review, helper-113). Not the
-    // faults a process causes itself (SEGV, BUS, FPE, ILL, SYS, TRAP).
+    // leave the lease held by a dead process until it expires (found by review, helper-113). ABRT too, as
+    // `timeout -s ABRT` and systemd's watchdog send it (helper-119; a real abort() still ends mpsync: it
+    // raises ABRT again with the default action). Not the faults a process causes itself (SEGV, BUS,
+    // FPE, ILL, SYS, TRAP).
+    Signal::SIGABRT,
     Signal::SIGALRM,
     Signal::SIGVTALRM,
     Signal::SIGPROF,
@@ -210,11 +213,12 @@ const JOB_STOPS: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTO
 
 /// Signals that ask the child to end: a stopped child must be continued to act on them. All but HUP (a
 /// reload, passed on) also end mpsync.
-pub(crate) const ENDING: [Signal; 11] = [
+pub(crate) const ENDING: [Signal; 12] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    Signal::SIGABRT,
     Signal::SIGALRM,
     Signal::SIGVTALRM,
     Signal::SIGPROF,

@@ -704,3 +704,23 @@ fn timeout_does_not_wait_for_a_slow_read() {
     assert!(!Path::new(&ran).exists());
     assert!(done.elapsed < Duration::from_secs(25), "took {:?}: {}", done.elapsed, done.stderr);
 }
+
+/// Found by review (helper-119): the README said `--no-wait` against a failing API server exits 125; it
+/// counts as not acquired (as `--timeout` does, by design since stop 37), so `--conflict-exit-code` applies,
+/// with an ERROR line that names the failure. The README now says so; this pins it.
+#[test]
+fn no_wait_against_a_failing_server_is_not_acquired_with_an_error_line() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for code in [500u16, 503] {
+        let name = env.lease_name("nw-failing");
+        server.fail_next(1_000_000, code);
+        let ran = env.path(&format!("ran-{code}"));
+        let done = env
+            .run(fast(&["lock", &name, "--no-wait", "--conflict-exit-code", "7"], &["touch", ran.to_str().unwrap()]));
+        server.fail_next(0, 500);
+        assert!(!ran.exists());
+        assert_eq!(done.code, Some(7), "{code}: a failing API server under --no-wait\n{}", done.stderr);
+        assert!(done.stderr.contains("not acquired in time") && done.stderr.contains("ERROR"), "{}", done.stderr);
+    }
+}

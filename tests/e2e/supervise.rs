@@ -1211,7 +1211,7 @@ both_backends!(a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases);
 /// ends the job and releases, as SIGTERM does, and mpsync exits 128+N. (Not SIGXFSZ: the kernel raises it
 /// on mpsync's own writes, and mpsync ignores it; helper-116.)
 fn a_fatal_signal_beyond_the_four_still_ends_the_job_and_releases(env: &TestEnv) {
-    for signal in [Signal::SIGALRM, Signal::SIGXCPU, Signal::SIGPWR] {
+    for signal in [Signal::SIGALRM, Signal::SIGXCPU, Signal::SIGPWR, Signal::SIGABRT] {
         let name = env.lease_name("fatal-signal");
         let worker = env.path(&format!("worker-{}", signal as i32));
         let mut lock = env.spawn(["lock", &name, "--", "sh", "-c", &worker_script(&worker)]);

@@ -325,18 +325,18 @@ impl DirHandle<'_> {
         let problem = if stat.st_uid != euid {
             format!(
                 "is owned by uid {}, not by this user (uid {euid}): another user may have made it to tamper with \
-                 leases, and mpsync refuses it",
+                 leases, so mpsync refuses it; pass --lock-dir with a directory of your own",
                 stat.st_uid
             )
         } else if mode & 0o077 != 0 {
-            format!("is open to other users (mode {mode:04o}): mpsync refuses it; `chmod 700` it")
+            format!(
+                "is open to other users (mode {mode:04o}): mpsync refuses it; `chmod 700` it, or pass --lock-dir \
+                 with a directory of your own"
+            )
         } else {
             return Ok(());
         };
-        Err(StoreError::Fatal(Error::File(format!(
-            "lock directory {} {problem}, or pass --lock-dir with a directory of your own",
-            self.path.display()
-        ))))
+        Err(StoreError::Fatal(Error::File(format!("lock directory {} {problem}", self.path.display()))))
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
