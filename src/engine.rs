@@ -667,6 +667,11 @@ pub enum Campaigned {
     NotAcquired { last_error: Option<String> },
 }
 
+/// How many reads a semaphore's slots may have on the wire at once (see `Slot::with_read_limit`): enough
+/// for the first look at a hundred slots to take a few round trips, few enough that a thousand reuse
+/// their connections instead of opening one each.
+pub const SLOT_READS_AT_ONCE: usize = 32;
+
 /// Wait for and acquire one of `slots`. Waiting is driven by the watches; timers only wake us when an
 /// observed lease expires, when a retry is due, or at the deadline. Cancel-safe (calls in flight stay in
 /// the slots; `settle` them afterwards).
@@ -714,7 +719,10 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
         }
     }
     let mut announced = false;
-    let floor = slots.first().map_or(Duration::from_secs(10), |slot| slot.timing().call_timeout() * 2);
+    let call_timeout = slots.first().map_or(Duration::from_secs(5), |slot| slot.timing().call_timeout());
+    let floor = call_timeout * 2;
+    let batches = u32::try_from(slots.len().div_ceil(SLOT_READS_AT_ONCE)).unwrap_or(u32::MAX);
+    let first_look = call_timeout.saturating_mul(batches);
     let mut first_look_done_at = None;
     loop {
         // Held, and not waiting out another holder (see `Held::usable_from`).
@@ -739,7 +747,12 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
             first_look_done_at = Some(Instant::now());
         }
         let deadline = match wait {
-            Wait::NoWait => first_look_done_at.zip(deadline).map(|(looked, deadline)| deadline.max(looked + floor)),
+            Wait::NoWait => match first_look_done_at {
+                Some(looked) => deadline.map(|deadline| deadline.max(looked + floor)),
+                // Never unbounded: the first look takes a call timeout per batch of reads at most, unless
+                // failed reads retried take their turns too (found by review, helper-118).
+                None => deadline.map(|deadline| deadline + first_look),
+            },
             Wait::Forever | Wait::Until(_) => deadline,
         };
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {

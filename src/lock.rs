@@ -103,11 +103,6 @@ struct Inner {
     library: bool,
 }
 
-/// How many reads a semaphore's slots may have on the wire at once (see `Slot::with_read_limit`): enough
-/// for the first look at a hundred slots to take a few round trips, few enough that a thousand reuse
-/// their connections instead of opening one each.
-const SLOT_READS_AT_ONCE: usize = 32;
-
 impl Inner {
     /// An error in the caller's words (see `library_wording`).
     fn worded(&self, err: Error) -> Error {
@@ -117,7 +112,7 @@ impl Inner {
     /// Slots that have observed nothing yet, as a new process's would.
     fn fresh_slots(&self) -> Vec<Slot> {
         let semaphore = self.slot_count.filter(|n| *n > 1);
-        let read_limit = Arc::new(tokio::sync::Semaphore::new(SLOT_READS_AT_ONCE));
+        let read_limit = Arc::new(tokio::sync::Semaphore::new(engine::SLOT_READS_AT_ONCE));
         self.slot_names
             .iter()
             .map(|name| {
@@ -973,6 +968,11 @@ async fn acquisition(
     // nothing renews the slot acquired).
     let others = slots.iter_mut().enumerate().filter(|(other, slot)| *other != index && slot.holds_anything());
     settle_each(others.map(|(_, slot)| slot), budget).await;
+    // The other slots' reads still in flight, or waiting for a read permit, are never polled while this
+    // one is held: kept, they would keep the semaphore's read permits for the whole hold, and this slot's
+    // own read (after a renewal refused 409, or an unknown outcome) would wait for one until the renew
+    // deadline (found by review, helper-118). Dropped, with their watches; a next campaign reads afresh.
+    slots.iter_mut().enumerate().filter(|(other, _)| *other != index).for_each(|(_, slot)| slot.abandon_call());
     let slot = &mut slots[index];
     let Some(held) = slot.elector().held().cloned() else {
         return;

@@ -378,3 +378,51 @@ fn a_big_free_semaphore_is_acquired_with_no_wait(env: &TestEnv) {
     done.assert_code(0);
 }
 both_backends!(a_big_free_semaphore_is_acquired_with_no_wait);
+
+/// Found by review (helper-118): the slots of a semaphore share 32 read permits (`Slot::with_read_limit`).
+/// Reads of the other slots still in flight (or queued for a permit) when one slot is acquired stayed in
+/// those slots' `call`s, never polled again while the slot is held: they kept their permits. The held slot's own read
+/// (after a renewal refused 409, or an unknown outcome) then waits for a permit that never comes, and the
+/// hold is lost at the renew deadline although the server answers everything.
+#[test]
+fn a_held_slots_read_is_not_starved_by_the_other_slots_reads() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("sf-starve");
+    let n = 100;
+    // Every other slot's read fails (503), so that its reads are retried while slot 0 is acquired.
+    for i in 1..n {
+        server.fail_next_on(&format!("get:{name}-{i}"), 1_000_000, 503);
+    }
+    server.set_latency(Duration::from_millis(300));
+    let started = env.path("started");
+    let script = format!("echo slot $MPSYNC_SLOT > {}; exec sleep 1000", started.display());
+    let slots = n.to_string();
+    let mut lock = env.spawn(fast(&["lock", &name, "--slots", &slots], &["sh", "-c", &script]));
+    lock.wait_for_file(&started, "slot 0");
+    let path0 = format!("/{name}-0");
+    let updates_ok = |logs: &[crate::support::apiserver::RequestLog]| {
+        logs.iter().filter(|r| r.verb == "update" && r.path.ends_with(&path0) && r.status == 200).count()
+    };
+    let before = updates_ok(&server.requests());
+    // One renewal refused as a conflict: the holder must read slot 0, then renew.
+    server.fail_next_on(&format!("update:{name}-0"), 1, 409);
+    let renewed = server.wait_for_requests(
+        |logs| {
+            let refused = logs.iter().position(|r| r.verb == "update" && r.path.ends_with(&path0) && r.status == 409);
+            refused.is_some_and(|at| {
+                logs[at..].iter().any(|r| r.verb == "update" && r.path.ends_with(&path0) && r.status == 200)
+            })
+        },
+        PATIENCE,
+    );
+    let gets0 = server.requests().iter().filter(|r| r.verb == "get" && r.path.ends_with(&path0)).count();
+    let exited = lock.wait_for(Duration::from_millis(10));
+    lock.signal(Signal::SIGTERM);
+    let finished = lock.finish();
+    assert!(
+        renewed && exited.is_none(),
+        "slot 0 not renewed after one 409 (renewals before: {before}; reads of slot 0: {gets0}; exited: {exited:?})\n{}",
+        finished.stderr
+    );
+}
