@@ -183,30 +183,9 @@ fn describe(error: &io::Error) -> String {
     }
 }
 
-/// The signals mpsync passes on to the run loop (and, through it, to the child).
-const FORWARDED: [Signal; 15] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    // The other catchable signals whose default action ends a process (a `timeout -s ALRM`, a ulimit's
-    // XCPU or XFSZ, a container's STOPSIGNAL such as PWR): unhandled, they would kill mpsync at once and
-    // leave the lease held by a dead process until it expires (found by review, helper-113). ABRT too, as
-    // `timeout -s ABRT` and systemd's watchdog send it (helper-119; a real abort() still ends mpsync: it
-    // raises ABRT again with the default action). Not the faults a process causes itself (SEGV, BUS,
-    // FPE, ILL, SYS, TRAP).
-    Signal::SIGABRT,
-    Signal::SIGALRM,
-    Signal::SIGVTALRM,
-    Signal::SIGPROF,
-    Signal::SIGXCPU,
-    Signal::SIGPWR,
-    Signal::SIGIO,
-    Signal::SIGSTKFLT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
+/// The signals mpsync passes on to the child's group without ending it (see `forward`); with `ENDING`,
+/// the signals mpsync passes on to the run loop (and, through it, to the child).
+const PASSED_ON: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
 /// Job-control stop requests to mpsync.
 const JOB_STOPS: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
@@ -218,6 +197,12 @@ pub(crate) const ENDING: [Signal; 12] = [
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    // The other catchable signals whose default action ends a process (a `timeout -s ALRM`, a ulimit's
+    // XCPU, a container's STOPSIGNAL such as PWR): unhandled, they would kill mpsync at once and leave the
+    // lease held by a dead process until it expires (found by review, helper-113). ABRT too, as `timeout
+    // -s ABRT` and systemd's watchdog send it (helper-119; a real abort() still ends mpsync: it raises
+    // ABRT again with the default action). Not the faults a process causes itself (SEGV, BUS, FPE, ILL,
+    // SYS, TRAP), nor XFSZ (see `ignore_file_size_signal`).
     Signal::SIGABRT,
     Signal::SIGALRM,
     Signal::SIGVTALRM,
@@ -332,8 +317,13 @@ impl Supervisor {
         // First of all, before the guard's fork: a parent may have blocked what mpsync must hear (a Python
         // parent's pthread_sigmask before execv). A blocked SIGTERM would leave mpsync deaf to stop requests,
         // a blocked SIGCHLD would leave the child's exit unnoticed until some other wake-up.
-        let handled: Vec<Signal> =
-            FORWARDED.iter().chain(&JOB_STOPS).copied().chain([Signal::SIGCHLD, Signal::SIGCONT]).collect();
+        let handled: Vec<Signal> = ENDING
+            .iter()
+            .chain(&PASSED_ON)
+            .chain(&JOB_STOPS)
+            .copied()
+            .chain([Signal::SIGCHLD, Signal::SIGCONT])
+            .collect();
         pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&signals::set_of(&handled)), None)?;
         ignore_file_size_signal();
         // Ignored SIGCHLD would make the kernel reap the children itself, and their status would be lost.
@@ -343,7 +333,7 @@ impl Supervisor {
         }
         // What the parent left ignored stays ignored (nohup: SIGHUP; a shell without job control: SIGINT and
         // SIGQUIT for `cmd &`), and is not forwarded: mpsync is as immune as the parent meant its command to be.
-        let requests: Vec<Signal> = FORWARDED.iter().chain(&JOB_STOPS).copied().collect();
+        let requests: Vec<Signal> = ENDING.iter().chain(&PASSED_ON).chain(&JOB_STOPS).copied().collect();
         let ignored_at_start = signals::ignored(&requests);
 
         if options.subreaper {
