@@ -311,7 +311,7 @@ impl Running {
         }
         // Killed if the thread that waits for it dies (mpsync killed, say): never left running alone.
         let parent = nix::unistd::getpid().as_raw();
-        // SAFETY: two system calls on integers, async-signal-safe; nothing allocates or locks.
+        // SAFETY: system calls on integers, async-signal-safe; nothing allocates or locks.
         unsafe {
             command.pre_exec(move || {
                 if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0
@@ -319,6 +319,9 @@ impl Running {
                 {
                     return Err(std::io::Error::other("mpsync is exiting"));
                 }
+                // As client-go's plugin starts: no signal blocked, none ignored but what mpsync's parent
+                // meant for everything it runs (SIGHUP under nohup; a handler is reset by exec anyway).
+                crate::supervise::default_signals(Some(nix::libc::SIGHUP));
                 Ok(())
             });
         }

@@ -1238,3 +1238,27 @@ fn one_attempt_waits_for_a_slow_but_working_plugin() {
     let done = run(&env, mpsync_with(&env, &kubeconfig, &args));
     assert!(done.code == Some(0) && ran.exists(), "exit {:?}, child ran: {}\n{}", done.code, ran.exists(), done.stderr);
 }
+
+/// An exec plugin, at the first run and at a later one while a child runs, starts with no signal blocked
+/// or ignored: mpsync ignored SIGXFSZ (its own writes past a `ulimit -f`), and a plugin inherited that
+/// (a plugin that writes its cache past the limit went on with EFBIG instead of the default end).
+#[test]
+fn an_exec_plugin_starts_with_no_signal_blocked_or_ignored() {
+    let Some(env) = test_server() else { return };
+    let runs = env.path("plugin-runs");
+    let masks = env.path("plugin-masks");
+    let before = format!("grep -E '^Sig(Blk|Ign):' /proc/$$/status >> {}\n", masks.display());
+    // A token that lives 1 to 2 s: the plugin runs again for a renewal while the child runs.
+    let plugin = numbered_plugin(&env, &runs, &before, Some("2"));
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("exec-signals");
+    let script = format!("while [ \"$(wc -l < {})\" -lt 2 ]; do sleep 0.1; done", runs.display());
+    run(&env, mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sh", "-c", &script]))).assert_code(0);
+    let masks = fs::read_to_string(&masks).unwrap();
+    assert!(masks.lines().count() >= 4, "{masks}");
+    for line in masks.lines() {
+        let value = u64::from_str_radix(line.split(':').nth(1).unwrap().trim(), 16).unwrap();
+        // SIGHUP (bit 0) stays ignored under nohup, as the tests may be run.
+        assert_eq!(value & !1, 0, "the plugin has {line}");
+    }
+}
