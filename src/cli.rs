@@ -650,10 +650,18 @@ fn backend(args: BackendArgs) -> Result<Backend> {
             namespace,
         },
         BackendKind::File => {
-            let namespace = namespace.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
-            if let Some(namespace) = &namespace {
-                validate::namespace(namespace)?;
-            }
+            let namespace = match namespace {
+                Some(namespace) => Some(namespace),
+                None => match std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()) {
+                    // Named as its source, as the kube backend names it (`backend::connect`).
+                    Some(namespace) => {
+                        validate::namespace(&namespace)
+                            .map_err(|err| Error::Config(format!("the namespace from POD_NAMESPACE: {err}")))?;
+                        Some(namespace)
+                    }
+                    None => None,
+                },
+            };
             Backend::File {
                 lock_dir: args.lock_dir.unwrap_or_else(default_lock_dir),
                 namespace: namespace.unwrap_or_else(|| "default".into()),

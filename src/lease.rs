@@ -277,8 +277,9 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::SlotCountMismatch { recorded, ours } => write!(
                 f,
-                "it is a slot of a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not {ours}: every \
-                 process must pass the same --slots; to change it, stop every user and delete the slot Leases"
+                "its record is of a semaphore of {recorded} slots (annotation {SLOTS_ANNOTATION}), not {ours}: every \
+                 process must pass the same --slots; to change it, stop every user and delete the semaphore's \
+                 Leases (its name and its slots)"
             ),
             Refusal::IsASlot { recorded } => write!(
                 f,

@@ -813,3 +813,21 @@ fn timeout_ends_on_time_while_a_semaphores_marker_waits_for_the_lock_directory()
     assert!(!ran.exists());
     assert!(done.elapsed < Duration::from_secs(20), "took {:?}: {}", done.elapsed, done.stderr);
 }
+
+/// A bad `POD_NAMESPACE` (the file backend's namespace when `--namespace` names none) is refused naming
+/// the variable, as the kube backend names it, so that the user knows where to look (found by review,
+/// helper-119); `--namespace` beats it.
+#[test]
+fn a_bad_pod_namespace_is_refused_naming_the_variable() {
+    let env = TestEnv::file();
+    let name = env.lease_name("pod-ns");
+    let mut command = env.mpsync(["lock", &name, "--", "true"]);
+    command.env_remove("MPSYNC_NAMESPACE").env("POD_NAMESPACE", "Bad_NS");
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("POD_NAMESPACE") && done.stderr.contains("\"Bad_NS\""), "{}", done.stderr);
+    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    let mut command = env.mpsync(["lock", &name, "--namespace", "good", "--", "true"]);
+    command.env_remove("MPSYNC_NAMESPACE").env("POD_NAMESPACE", "Bad_NS");
+    Proc::spawn(command, &env.dir).finish().assert_code(0);
+}
