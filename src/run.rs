@@ -247,7 +247,7 @@ impl Runner {
         if held.is_lost() {
             // Lost already (mpsync was frozen or starved since it acquired): no child starts.
             tracing::error!("lost the lease before the child started");
-            drop(held);
+            give_back_lost(held).await;
             return Ok(Held::Lost);
         }
         let guard_deadline = deadlines.current().checked_add(guard_delay).map(Into::into);
@@ -287,7 +287,7 @@ impl Runner {
                             let exit = supervisor.kill_stopped_child().await;
                             health.child_exited();
                             tracing::warn!(child_exit = exit.code(), "child killed after losing the lease");
-                            drop(held);
+                            give_back_lost(held).await;
                             return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }
                         supervisor.continue_child();
@@ -299,11 +299,19 @@ impl Runner {
                             // a loss, not the child's own end.
                             tracing::error!("the child was killed at the lease's deadline");
                             supervisor.finish(config.kill_signal, config.grace).await;
-                            drop(held);
+                            give_back_lost(held).await;
                             return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }
                         tracing::info!(exit = exit.code(), "child exited");
                         supervisor.finish(config.kill_signal, config.grace).await;
+                        if held.is_lost() {
+                            // Lost while what the child left was stopped (those processes were stopped by
+                            // the deadline at the latest): said, not reported as a release (found by review,
+                            // helper-121). The child ran its course under the lease: its exit code stands.
+                            tracing::warn!("lost the lease after the child exited, while what it left was stopped");
+                            give_back_lost(held).await;
+                            return Ok(Held::Done(Exit::from(exit)));
+                        }
                         // Given back only now, after the child and its group are gone.
                         release(held, supervisor).await;
                         return Ok(Held::Done(Exit::from(exit)));
@@ -318,8 +326,9 @@ impl Runner {
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;
                     health.child_exited();
                     tracing::warn!(child_exit = exit.code(), "child stopped after losing the lease");
-                    // The lease is not ours: nothing is written. Dropping the lock lets it campaign again.
-                    drop(held);
+                    // A lease that is not ours is never written; one that is still our own record (cut off,
+                    // frozen) is given back, so that the next holder need not wait out its duration.
+                    give_back_lost(held).await;
                     return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                 }
             }
@@ -332,6 +341,18 @@ const ADOPTION_LOOK: Duration = Duration::from_millis(100);
 
 fn is_stop(signal: Signal) -> bool {
     crate::supervise::ENDING.contains(&signal)
+}
+
+/// After a loss, the job gone: give back the record if it is still our own write (nobody wrote the lease
+/// since: a freeze or a cut-off past the renew deadline), as the lock's task does once asked, before mpsync
+/// exits and ends that task (found by review, helper-121: `lock` exited 123 with its record left naming it,
+/// and the next holder waited a whole lease duration). A lease another process wrote is never written.
+/// Bounded (the release's budget); signals meanwhile wait for the caller (`elect` campaigning again must
+/// still see a SIGTERM).
+async fn give_back_lost(held: HeldLock) {
+    if let Err(err) = held.release().await {
+        tracing::debug!(error = %err, "could not give back the lost lease's record; it expires after its duration");
+    }
 }
 
 /// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the

@@ -1354,3 +1354,53 @@ fn own_log_past_the_file_size_limit_is_no_stop_request() {
     assert_eq!(status.unwrap().code(), Some(5), "the child's own exit code");
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
 }
+
+both_backends!(a_lock_frozen_past_its_deadline_gives_its_own_record_back);
+
+/// Found by review (helper-121): `mpsync lock` frozen (SIGSTOP to mpsync alone) past its renew deadline, with
+/// nobody else wanting the lease meanwhile. The guard kills the child; continued, mpsync exits 123. The
+/// record is still its own write (nobody wrote the lease since), and the lock task would give it back
+/// ("so the next holder need not wait out its duration"), but mpsync exits before that task runs: the
+/// record keeps naming a dead process, and the next `lock` waits a whole lease duration for it.
+fn a_lock_frozen_past_its_deadline_gives_its_own_record_back(env: &TestEnv) {
+    let name = env.lease_name("frozen-own");
+    let pid_file = env.path("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
+    let mut lock = env.spawn(fast(&["lock", &name, "--identity", "frozen"], &["sh", "-c", &script]));
+    let child = read_pid(&pid_file);
+    lock.signal(Signal::SIGSTOP);
+    // The guard acts at the renew deadline plus the grace and half the margin (3.5 s with FAST).
+    wait_until("the guard to kill the child", || !alive(child));
+    lock.signal(Signal::SIGCONT);
+    assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    let holder = env.holder(&name);
+    assert!(
+        holder.as_deref().is_none_or(str::is_empty),
+        "mpsync exited with its own record left held (holder {holder:?}):\n{}",
+        lock.stderr()
+    );
+}
+
+both_backends!(a_loss_while_the_childs_leftovers_are_stopped_is_said_not_called_a_release);
+
+/// Found by review (helper-121): the child exits 0 and leaves a worker that ignores SIGTERM; while mpsync
+/// waits out the grace for it, the lease is lost (deleted). mpsync logged "released the lease", which
+/// was not true. It says the lease was lost; the child's own exit code stands (it ran its course under the
+/// lease), and the worker is gone when mpsync ends.
+fn a_loss_while_the_childs_leftovers_are_stopped_is_said_not_called_a_release(env: &TestEnv) {
+    let name = env.lease_name("lost-leftovers");
+    let worker = env.path("worker");
+    let script =
+        format!("sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' & echo $! > {}; exit 0", worker.display());
+    let timing = ["--lease-duration", "40s", "--renew-deadline", "10s", "--retry-period", "1s", "--grace", "25s"];
+    let args = [&["lock", "-v", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
+    let worker_pid = read_pid(&worker);
+    wait_until("the child's exit to be seen", || lock.stderr().contains("child exited"));
+    env.delete(&name);
+    let status = lock.wait_for(PATIENCE).expect("mpsync ends");
+    assert_eq!(status.code(), Some(0), "{}", lock.stderr());
+    assert!(!alive(worker_pid), "the worker outlived mpsync");
+    assert!(lock.stderr().contains("lost the lease after the child exited"), "{}", lock.stderr());
+    assert!(!lock.stderr().contains("released the lease"), "{}", lock.stderr());
+}
