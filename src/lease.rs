@@ -1427,10 +1427,13 @@ impl Elector {
     }
 
     /// Whether this elector (a side-car's) adopts `current` as its own: held under its identity and
-    /// marked by a side-car for its token (see [`SIDECAR_ANNOTATION`]).
+    /// marked by a side-car for its token (see [`SIDECAR_ANNOTATION`]), and not a hold of ours that ended
+    /// before versions went back (found by review, helper-120: an etcd restore brought back a side-car's
+    /// released hold, and it adopted it at once while another pod's client was told it held the lock).
     pub fn adoptable(&self, current: &Versioned) -> bool {
         self.adopt
             && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && !self.undone.iter().any(|(time, token)| same_acquisition(&current.record, time, *token))
             && current
                 .metadata
                 .annotations

@@ -269,7 +269,7 @@ impl Locks {
     /// GET: the lock as JSON, or 404. While the API server fails, a lock held is answered from what
     /// this side-car knows (its clients read before they heartbeat).
     async fn get(&self, name: &str, elector: &mut Elector) -> Response {
-        match self.store.get(&self.lease_name(name)).await {
+        match self.read(&self.lease_name(name), elector).await {
             Ok(current) => {
                 elector.observe(current, Instant::now());
                 self.lock_response(200, name, elector)
@@ -280,6 +280,23 @@ impl Locks {
             }
             Err(err) => self.failure(name, err),
         }
+    }
+
+    /// Read the Lease for `elector`. Requests about one lock are served one at a time, so this read is
+    /// sent after everything the elector knows: an older version than it knows means versions went back
+    /// (an etcd restored from a snapshot), as `lock` detects it (found by review, helper-120: the side-car
+    /// compared-and-swapped against the newer version for ever, every PUT answered 503, and the lock was
+    /// never taken through it again).
+    async fn read(&self, lease: &str, elector: &mut Elector) -> Result<Option<Versioned>, StoreError> {
+        let floor = elector.current().map(|known| known.resource_version.clone());
+        let current = self.store.get(lease).await?;
+        if let (Some(read), Some(floor)) = (current.as_ref(), floor)
+            && crate::lease::is_older(&read.resource_version, &floor)
+        {
+            tracing::warn!(lease = %lease, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+            elector.versions_went_back();
+        }
+        Ok(current)
     }
 
     /// Whether this side-car holds the lock and it is surely still its own: held, usable, and within
@@ -307,7 +324,7 @@ impl Locks {
             if started.elapsed() > ATTEMPTS_WITHIN {
                 break;
             }
-            let current = match self.store.get(&lease).await {
+            let current = match self.read(&lease, elector).await {
                 Ok(current) => current,
                 Err(err) => return self.held_or_failure(name, elector, err),
             };
@@ -428,7 +445,7 @@ impl Locks {
     /// DELETE: give the lock up if this identity holds it (200), 409 if another does, 404 if no such lock.
     async fn delete(&self, name: &str, elector: &mut Elector) -> Response {
         let lease = self.lease_name(name);
-        match self.store.get(&lease).await {
+        match self.read(&lease, elector).await {
             Ok(current) => elector.observe(current, Instant::now()),
             Err(err) => return self.failure(name, err),
         }

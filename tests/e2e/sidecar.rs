@@ -1663,3 +1663,109 @@ fn a_release_still_in_flight_is_never_answered_held() {
         reply.body
     );
 }
+
+/// From review (helper-120, held up): the release of a quiet lock during the drain is committed but
+/// answered 500 (or cut off): the lock is free, and the side-car exits soon after, not at the end of `--drain`.
+#[test]
+fn a_drain_whose_release_committed_but_failed_exits_without_waiting_out_the_drain() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for how in [AfterCommit::Fail(500), AfterCommit::Drop] {
+        let env = TestEnv::kube();
+        let server = env.server().unwrap();
+        let name = env.lease_name("drain-landed");
+        let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "3s", "--drain", "60s"]);
+        a.put(&name).assert_status(200);
+        server.after_commit(1, how);
+        let signalled = Instant::now();
+        a.process.signal(Signal::SIGTERM);
+        let status = a.process.wait_for(PATIENCE).expect("the side-car exits");
+        let took = signalled.elapsed();
+        let stderr = a.process.stderr();
+        eprintln!(
+            "{how:?}: exited {status:?} after {took:?}; holder {:?}\n{}",
+            env.holder(&name),
+            stderr.lines().filter(|l| !l.contains("DEBUG")).collect::<Vec<_>>().join("\n")
+        );
+        assert_eq!(server.after_commit_pending(), 0, "the fault fired");
+        assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
+        assert!(took < Duration::from_secs(30), "{how:?}: took {took:?} to exit after a release that landed");
+    }
+}
+
+/// Found by review (helper-120): etcd restored from a snapshot taken while pod A held the lock, after A released it and B
+/// took it: A's side-car finds its own old record and adopts it at once, while B's client, told 200 a
+/// moment ago, still believes it holds the lock until its next heartbeat.
+#[test]
+fn a_restore_to_a_side_cars_old_hold_is_not_adopted_while_another_client_believes() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("restore-adopt");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    let snapshot = server.snapshot();
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    b.put(&name).assert_status(200);
+    let b_told = Instant::now();
+    server.restore(&snapshot);
+    let from_a = a.put(&name);
+    let a_at = b_told.elapsed();
+    let after_a = env.get(&name);
+    let from_b = b.put(&name);
+    eprintln!("restore: lease after A's PUT {after_a:?}\nafter B's {:?}\nB said {}", env.get(&name), from_b.body);
+    eprintln!(
+        "restore: A answered {} {:?} after B's 200; then B {}; A: {}",
+        from_a.status, a_at, from_b.status, from_a.body
+    );
+    assert!(
+        from_a.status != 200 || a_at >= Duration::from_secs(2),
+        "A's client told 200 {a_at:?} after B's client was (B's next heartbeat then answered {})",
+        from_b.status
+    );
+}
+
+/// Found by review (helper-120): after an etcd restore (versions go back), the side-cars that knew a newer version of the
+/// Lease compare-and-swap against that version for ever: every PUT is a 409 from the API server, read,
+/// 409 again, and the lock is never taken through them, however long their clients ask (each request
+/// keeps their state alive). A side-car that knew nothing takes it after its TTL.
+#[test]
+fn after_a_restore_a_side_car_that_knew_a_newer_version_takes_the_lock_again() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("restore-newer");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "3s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "3s"]);
+    a.put(&name).assert_status(200);
+    let snapshot = server.snapshot();
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    b.put(&name).assert_status(200);
+    server.restore(&snapshot);
+    // pod-a's restored hold is left to expire (3 s); then either side-car may take the lock.
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let taken = loop {
+        let (from_a, from_b) = (a.put(&name).status, b.put(&name).status);
+        seen.push((start.elapsed().as_millis() as u64 / 100, from_a, from_b));
+        let holder = env.holder(&name);
+        if start.elapsed() > Duration::from_secs(4)
+            && ((from_a == 200 && holder.as_deref() == Some("pod-a"))
+                || (from_b == 200 && holder.as_deref() == Some("pod-b")))
+        {
+            break true;
+        }
+        if start.elapsed() > PATIENCE {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("restore2: (tenths of s, A, B) {seen:?}\nholder {:?}", env.get(&name));
+    assert!(taken, "long after the restore, neither side-car took the lock: {seen:?}\n{}", b.process.stderr());
+}
