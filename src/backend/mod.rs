@@ -13,6 +13,7 @@ mod identity;
 mod pools;
 pub mod proxy;
 pub mod tls;
+mod token_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -165,6 +166,13 @@ clientCertificateData \
             }
         }
     }
+    // A token file, read as client-go reads it (trimmed; again after a 401): see `token_file`.
+    let file_token = token_file::FileToken::take(&mut config).map_err(|why| {
+        Error::Config(format!(
+            "cannot use the token file of {}: {why}",
+            user.as_deref().unwrap_or("the configuration's user")
+        ))
+    })?;
     let mut tls_config =
         config.rustls_client_config().map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
     if let Some(identity) = identity {
@@ -204,6 +212,8 @@ clientCertificateData \
         .layer(config.extra_headers_layer().map_err(unusable)?)
         .map_err(BoxError::from)
         .option_layer(token)
+        .map_err(BoxError::from)
+        .option_layer(file_token)
         .map_err(BoxError::from)
         .layer_fn(answers::MarkForeignErrors)
         .service(http);

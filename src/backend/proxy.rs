@@ -134,6 +134,7 @@ pub fn select(server: &Uri, proxy_url: Option<&str>, env: &ProxyEnv) -> Result<O
 /// Why a kubeconfig's proxy-url without `://` is refused: a scheme with no host after it (`http:/h:1`,
 /// `http:h:1`), or no scheme at all (`h:1`, `//h:1`), then with the URL to write instead.
 fn without_scheme_and_host(url: &str) -> String {
+    let url = &redacted(url);
     let bare = url.trim_start_matches('/');
     let after_scheme = bare.split_once(':').and_then(|(scheme, rest)| {
         let mut chars = scheme.chars();
@@ -163,10 +164,24 @@ fn bare_host(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// A proxy setting as messages show it: a password in it as `xxxxx`, as Go's `URL.Redacted` shows it
+/// (found by review, helper-122: an unusable `HTTPS_PROXY` was shown with its password).
+fn redacted(value: &str) -> String {
+    let start = value.find("://").map_or(0, |scheme| scheme + 3);
+    let end = value[start..].find(['/', '?', '#']).map_or(value.len(), |end| start + end);
+    match value[start..end].rsplit_once('@') {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{}{user}:xxxxx{}", &value[..start], &value[start + userinfo.len()..]),
+            None => value.to_string(),
+        },
+        None => value.to_string(),
+    }
+}
+
 /// A proxy URL as Go reads it: no scheme means `http://`; the scheme's default port when none is given.
 fn parse(value: &str, origin: &str) -> Result<Proxy, String> {
     let with_scheme = if value.contains("://") { value.to_string() } else { format!("http://{value}") };
-    let bad = |why: &str| format!("unusable proxy {value:?} in {origin}: {why}");
+    let bad = |why: &str| format!("unusable proxy {:?} in {origin}: {why}", redacted(value));
     let uri: Uri = with_scheme.parse().map_err(|err| bad(&format!("not a URL ({err})")))?;
     let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
     let (kind, default_port) = match scheme.as_str() {
@@ -601,6 +616,21 @@ mod tests {
             let err = parse(value, "HTTPS_PROXY").unwrap_err();
             assert!(err.contains(value) && err.contains("HTTPS_PROXY") && err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn an_unusable_proxy_is_named_without_its_password() {
+        for value in
+            ["https://user:s3cret@proxy:443", "ftp://us:s3cret@proxy/x", "http://user:s3cret@", "u:s3cret@p:1:2"]
+        {
+            let err = parse(value, "HTTPS_PROXY").unwrap_err();
+            assert!(!err.contains("s3cret") && err.contains("xxxxx"), "{err}");
+        }
+        let env = env(None, None, "");
+        let err = select(&"https://10.0.0.1".parse().unwrap(), Some("user:s3cret@proxy:3128"), &env).unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert_eq!(redacted("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(redacted("http://u@proxy:3128/p@x"), "http://u@proxy:3128/p@x");
     }
 
     #[test]

@@ -1262,3 +1262,80 @@ fn an_exec_plugin_starts_with_no_signal_blocked_or_ignored() {
         assert_eq!(value & !1, 0, "the plugin has {line}");
     }
 }
+
+/// Found by review (helper-122): a kubeconfig user's `tokenFile` ending in a newline (`echo $TOKEN > file`, a Secret made
+/// `--from-file`) works with kubectl (client-go trims the file's token); mpsync sent "Bearer TOKEN\n",
+/// which is no header value: `status` failed with "invalid bearer token", and `lock` retried for ever.
+#[test]
+fn a_token_file_ending_in_a_newline_authenticates_as_with_kubectl() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-file"));
+    let token = env.path("token");
+    fs::write(&token, "tok-file\n").unwrap();
+    let yaml = server.kubeconfig_yaml("default");
+    let with_file = yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {:?}", token.to_str().unwrap()));
+    assert_ne!(with_file, yaml);
+    let kubeconfig = env.path("kubeconfig-token-file");
+    fs::write(&kubeconfig, with_file).unwrap();
+    let name = env.lease_name("token-file");
+    let mut status = env.mpsync(["status", &name]);
+    status.env("MPSYNC_KUBECONFIG", &kubeconfig);
+    let done = Proc::spawn(status, &env.dir).finish();
+    assert_eq!(done.code, Some(0), "status: {}", done.stderr);
+    let mut lock = env.mpsync(["lock", "--timeout", "30s", &name, "--", "true"]);
+    lock.env("MPSYNC_KUBECONFIG", &kubeconfig);
+    let done = Proc::spawn(lock, &env.dir).finish();
+    assert_eq!(done.code, Some(0), "lock: {}", done.stderr);
+    let requests = server.requests();
+    assert!(requests.iter().all(|r| r.bearer.as_deref() == Some("tok-file") && r.status != 401), "{requests:?}");
+}
+
+/// Found by review (helper-122): a holder whose token file is rotated, the old token refused at once (a revoked token, a
+/// rotated Secret): as client-go, the file is read again after the 401, and the renewals go on with the
+/// new token; kube kept the old one for up to a minute, and the lease was lost (exit 123).
+#[test]
+fn a_rotated_token_file_is_read_again_after_a_401_and_the_holder_keeps_the_lease() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-one"));
+    let token = env.path("token");
+    fs::write(&token, "tok-one").unwrap();
+    let yaml = server.kubeconfig_yaml("default");
+    let with_file = yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {:?}", token.to_str().unwrap()));
+    let kubeconfig = env.path("kubeconfig-token-file");
+    fs::write(&kubeconfig, with_file).unwrap();
+    let name = env.lease_name("rotated");
+    let (started, stop) = (env.path("started"), env.path("stop"));
+    let script = format!("echo up > {}; while [ ! -e {} ]; do sleep 0.05; done", started.display(), stop.display());
+    let mut lock = env.mpsync([
+        "lock",
+        "--lease-duration",
+        "6s",
+        "--renew-deadline",
+        "4s",
+        "--retry-period",
+        "500ms",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    lock.env("MPSYNC_KUBECONFIG", &kubeconfig);
+    let mut holder = Proc::spawn(lock, &env.dir);
+    holder.wait_for_file(&started, "up");
+    // Rotated: the old token is refused from now on.
+    let tmp = env.path("token.new");
+    fs::write(&tmp, "tok-two").unwrap();
+    fs::rename(&tmp, &token).unwrap();
+    server.accept_token(Some("tok-two"));
+    let renewed = server.wait_for_requests(
+        |log| log.iter().any(|r| r.verb == "update" && r.status == 200 && r.bearer.as_deref() == Some("tok-two")),
+        Duration::from_secs(20),
+    );
+    fs::write(&stop, "").unwrap();
+    let done = holder.finish();
+    assert!(renewed, "no renewal with the rotated token: {}", done.stderr);
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+}
