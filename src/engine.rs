@@ -759,6 +759,11 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
             let last_error = slots.iter().find_map(|slot| slot.log.last_error().map(str::to_string));
             match &last_error {
                 Some(err) => tracing::error!(lease = %lease, last_error = %err, "lease not acquired in time"),
+                // Nothing answered yet (a proxy that is a black hole, a server that takes longer than the
+                // time given): said, as it is no "held by another" (found by review, helper-122).
+                None if !slots.iter().any(|slot| slot.looked_at || slot.elector.has_observed()) => {
+                    tracing::warn!(lease = %lease, "lease not acquired in time: no answer came from the store yet")
+                }
                 None => tracing::info!(lease = %lease, "lease not acquired in time"),
             }
             return Ok(Campaigned::NotAcquired { last_error });

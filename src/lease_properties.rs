@@ -84,6 +84,9 @@ enum Step {
     /// their timers; its child is stopped by the clock at its renew deadline (the CLI's guard and the
     /// library's watchdog run apart from the runtime), and it learns the rest when it next acts.
     Stall(usize, u64),
+    /// A process brings its next renewal forward to now, as after a renewal's 409 whose read showed the
+    /// hold still ours (`Elector::renew_now`; the model sends it at any moment, which is more).
+    RenewNow(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -99,7 +102,8 @@ fn step() -> impl Strategy<Value = Step> {
         4 => process.clone().prop_map(Step::Deliver),
         1 => process.clone().prop_map(Step::Relist),
         1 => process.clone().prop_map(Step::ChildExits),
-        1 => (process, 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
+        1 => (process.clone(), 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
+        1 => process.prop_map(Step::RenewNow),
         1 => Just(Step::Delete),
         1 => any::<bool>().prop_map(Step::Edit),
         1 => Just(Step::Recreate),
@@ -700,6 +704,10 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             Step::Relist(p) => world.relist(p)?,
             Step::ChildExits(p) => world.child_exits(p),
             Step::Stall(p, millis) => world.stall(p, millis)?,
+            Step::RenewNow(p) => {
+                let now = world.now;
+                world.procs[p].elector.renew_now(now);
+            }
             // Deleting the lease under a process that never saw its holder is the one window the README
             // states (such a process may create it at once): only deletions of a free lease, or of one whose
             // current holder every process has seen (renewals it has not seen yet do not matter).

@@ -724,3 +724,20 @@ fn no_wait_against_a_failing_server_is_not_acquired_with_an_error_line() {
         assert!(done.stderr.contains("not acquired in time") && done.stderr.contains("ERROR"), "{}", done.stderr);
     }
 }
+
+/// Found by review (helper-122): `--timeout` against a store that has not answered at all by then (a
+/// proxy that is a black hole, a server slower than the time given) exited 124 with nothing on stderr, as
+/// if another process held the lease. It says that no answer came.
+#[test]
+fn a_timeout_with_no_answer_yet_says_so() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("no-answer");
+    server.set_latency(Duration::from_secs(20));
+    let ran = env.path("ran");
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "touch", ran.to_str().unwrap()]);
+    server.set_latency(Duration::ZERO);
+    assert!(!ran.exists());
+    assert_eq!(done.code, Some(124), "{}", done.stderr);
+    assert!(done.stderr.contains("no answer came"), "{}", done.stderr);
+}
