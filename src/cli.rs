@@ -546,11 +546,15 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
 
 fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
     let ttl = sidecar.ttl;
-    if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) || ttl.as_secs() > i32::MAX as u64 {
+    if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) {
         return Err(Error::Usage(format!(
             "--ttl must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
             humantime::format_duration(ttl)
         )));
+    }
+    // As --lease-duration's (found by review, helper-120: the message above was given for this too).
+    if ttl.as_secs() > i32::MAX as u64 {
+        return Err(Error::Usage(format!("--ttl {} is too long", humantime::format_duration(ttl))));
     }
     let prefix = sidecar.lease_prefix;
     if !prefix.is_empty() && !is_dns1123_subdomain(&format!("{prefix}x")) {
@@ -784,6 +788,7 @@ mod tests {
             (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control, bidi or invisible characters"),
             (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
             (&["lock", "job", "--lease-duration", "1500ms", "--", "true"], "whole number of seconds"),
+            (&["sidecar", "--ttl", "99999999999s"], "--ttl 3168years 9months 21days 10h 44m 15s is too long"),
             (&["lock", "job", "--"], "no command given"),
             (&["lock", "job"], "no command given"),
             (&["lock", "job", "--kill-signal", "NOPE", "--", "true"], "unknown signal"),
