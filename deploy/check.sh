@@ -627,16 +627,19 @@ else
         "$root/examples/fencing-token.sh" > fencing.out 2>&1 || { cat fencing.out; exit 1; }
         grep -q 'REFUSED' fencing.out || { cat fencing.out; echo "the stale write was not refused"; exit 1; }
         # A held lease: a second cron run must skip with exit 0 and not run its command.
-        mpsync lock nightly-report -- sleep 3 &
+        # The holder keeps the lease until told to let go (a fixed `sleep` could end before the checks
+        # below on a loaded machine, and the skipped run would then rightly run).
+        mpsync lock nightly-report -- sh -c 'touch held; while [ ! -e release ]; do sleep 0.1; done' &
         holder=$!
         tries=0
-        until "$root/examples/status-json.sh" nightly-report > status.out 2>&1; do
+        until [ -e held ] && "$root/examples/status-json.sh" nightly-report > status.out 2>&1; do
             tries=$((tries + 1))
-            [ "$tries" -lt 10 ] || { cat status.out; echo "the lease never showed as held"; exit 1; }
-            sleep 1
+            [ "$tries" -lt 600 ] || { cat status.out 2>/dev/null; echo "the lease never showed as held"; touch release; exit 1; }
+            sleep 0.1
         done
-        grep -q 'held by' status.out || { cat status.out; exit 1; }
-        "$root/examples/cron-singleton.sh" touch skipped-run-ran || { echo "cron-singleton.sh did not exit 0"; exit 1; }
+        grep -q 'held by' status.out || { cat status.out; touch release; exit 1; }
+        "$root/examples/cron-singleton.sh" touch skipped-run-ran || { echo "cron-singleton.sh did not exit 0"; touch release; exit 1; }
+        touch release
         [ ! -e skipped-run-ran ] || { echo "cron-singleton.sh ran its command while the lease was held"; exit 1; }
         wait "$holder"
     ); then

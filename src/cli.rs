@@ -451,7 +451,19 @@ pub fn write_completions(target: CompletionTarget, out: &mut dyn std::io::Write)
 /// of its own (clap_mangen renders one command per page, and users look for `lock`'s flags in `man
 /// mpsync`).
 fn write_man_page(command: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    clap_mangen::Man::new(command.clone()).render(out)?;
+    // The top page, with two repairs: its SUBCOMMANDS entries name pages `mpsync-lock(1)` etc. that
+    // are not installed (the subcommands' options are sections of this page), and clap_mangen heads
+    // the after-help (the exit codes) EXTRA, where man pages say EXIT STATUS.
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for line in String::from_utf8_lossy(&page).lines() {
+        let sub = line.strip_prefix("mpsync\\-").and_then(|rest| rest.strip_suffix("(1)"));
+        match (line, sub) {
+            (".SH EXTRA", _) => writeln!(out, ".SH \"EXIT STATUS\"")?,
+            (_, Some(name)) => writeln!(out, "\\fBmpsync {name}\\fR")?,
+            _ => writeln!(out, "{line}")?,
+        }
+    }
     for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         let mut section = Vec::new();
         clap_mangen::Man::new(sub.clone()).render_options_section(&mut section)?;

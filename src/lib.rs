@@ -153,7 +153,8 @@
 //!
 //! ```toml
 //! [dependencies]
-//! mpsync = { version = "0.1", default-features = false, features = ["client"] }
+//! # mpsync is not on crates.io: depend on a checkout of its repository (or a git URL).
+//! mpsync = { path = "../mpsync", default-features = false, features = ["client"] }
 //! kube = "5"  # for its types, if the program uses kube itself
 //! k8s-openapi = { version = "0.29", features = ["v1_33"] }  # your cluster's version
 //! ```

@@ -300,6 +300,18 @@ fn completions_and_man_page_are_printed() {
     env.run(["completions", "tcsh"]).assert_code(125);
 }
 
+/// Found by review (helper-126): the man page's SUBCOMMANDS named pages `mpsync-lock(1)` ... that are
+/// never installed (`man mpsync-lock`: no manual entry), and headed the exit codes EXTRA.
+#[test]
+fn man_page_names_no_missing_pages_and_heads_exit_status() {
+    let env = TestEnv::file();
+    let man = env.run(["completions", "man"]);
+    man.assert_code(0);
+    assert!(!man.stdout.lines().any(|line| line.starts_with("mpsync\\-") && line.ends_with("(1)")), "{}", man.stdout);
+    assert!(man.stdout.contains("\\fBmpsync lock\\fR"), "{}", man.stdout);
+    assert!(man.stdout.contains(".SH \"EXIT STATUS\"") && !man.stdout.contains(".SH EXTRA"), "{}", man.stdout);
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_carrying_lease_identity_and_token() {
     let env = TestEnv::file();
