@@ -146,7 +146,7 @@ pub struct RunArgs {
     #[arg(long, env = "MPSYNC_RENEW_DEADLINE", value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub renew_deadline: Duration,
 
-    /// How often the holder renews, and how often waiters poll while the watch is down.
+    /// How often the holder renews, and how often waiters poll while the watch is down (at least 10ms).
     #[arg(long, env = "MPSYNC_RETRY_PERIOD", value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub retry_period: Duration,
 
@@ -180,12 +180,12 @@ pub struct LockArgs {
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Stop waiting for the lease after this long (exit 124). `--no-wait` wins over it, as `flock -n`
-    /// over `-w`.
+    /// Stop waiting for the lease after this long (exit 124, or --conflict-exit-code). `--no-wait` wins
+    /// over it, as `flock -n` over `-w`.
     #[arg(long, env = "MPSYNC_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
-    /// Try once; if the lease is held, exit 124 at once.
+    /// Try once; if the lease is held, exit 124 (or --conflict-exit-code) at once.
     #[arg(long)]
     pub no_wait: bool,
 
