@@ -483,6 +483,13 @@ pub struct Elector {
     /// helper-109: cut off for longer than a lease duration, the protection was over before the process
     /// could see anything, and its own restored record was taken again at once).
     lapsed_unread: bool,
+    /// A hold of ours that lapsed: from this moment (its last renewal sent + the lease duration) another
+    /// process may have taken the lease over, and an etcd restore may show our record again at the very
+    /// version we knew, so it is never given back (found by review, helper-124: a frozen `lock`'s give-back landed
+    /// on its restored record, and a newcomer ran its child beside the holder etcd forgot).
+    no_give_back_from: Option<Instant>,
+    /// When the last renewal (or acquisition) of ours that succeeded was sent, kept after the hold ends.
+    last_hold_sent: Option<Instant>,
     /// The lease vanished while another process may have held it: no acquisition of ours, and no child,
     /// before this moment (that holder's observed expiry), whatever the record says meanwhile.
     protected_until: Option<Instant>,
@@ -543,6 +550,8 @@ impl Elector {
             undone: Vec::new(),
             read_at: None,
             lapsed_unread: false,
+            no_give_back_from: None,
+            last_hold_sent: None,
             protected_until: None,
             edited_hold: None,
             slots: None,
@@ -726,6 +735,9 @@ impl Elector {
     pub fn lapsed(&mut self) {
         self.lapsed_unread = true;
         self.needs_read = true;
+        if let Some(sent) = self.last_hold_sent {
+            self.no_give_back_from = Some(sent.checked_add(self.timing.lease_duration).unwrap_or(sent));
+        }
     }
 
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
@@ -1234,6 +1246,9 @@ impl Elector {
         if !self.is_own_write(&current.record) {
             return None;
         }
+        if self.no_give_back_from.is_some_and(|from| now.instant >= from) {
+            return None;
+        }
         let mut record = current.record.clone();
         record.holder_identity = Some(String::new());
         record.lease_duration_seconds = Some(1);
@@ -1372,6 +1387,8 @@ impl Elector {
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
             self.lost_race_sent_at = None;
+            // A new acquisition: a lapse before it says nothing of it.
+            self.no_give_back_from = None;
         }
         self.held = Some(match self.held.take() {
             // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
@@ -1392,6 +1409,7 @@ impl Elector {
                     .unwrap_or(sent_at),
             },
         });
+        self.last_hold_sent = self.held.as_ref().map(|held| held.last_renew_sent);
         self.lost = None;
     }
 

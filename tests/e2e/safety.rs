@@ -919,3 +919,132 @@ fn a_restore_to_a_frozen_replicas_own_last_record_never_lets_two_children_run() 
         }
     }
 }
+
+/// Found by review (helper-124): `lock` frozen past its renew deadline, another takes over, etcd is restored to
+/// the frozen holder's own last record, and the frozen `lock` runs again: its new give-back
+/// (`give_back_lost`) compares-and-swaps a release onto the restored record at the version it knew.
+/// A third process waiting must not start its child while the takeover's child (whose holder etcd
+/// forgot) still runs.
+#[test]
+fn a_frozen_locks_give_back_after_a_restore_never_lets_a_third_in_beside_the_takeover() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("giveback-restored");
+    let alive = env.path("alive");
+    let script = format!(
+        "trap 'sleep 0.5; echo $$ $(date +%s%N) >> {a}; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
+        a = alive.display()
+    );
+    let pids = || {
+        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    let first = env.spawn(fast(&["lock", &name, "-v", "--identity", "first"], &["sh", "-c", &script]));
+    wait_until("the first child", || pids().len() == 1);
+    let second = env.spawn(fast(&["lock", &name, "-v", "--identity", "second"], &["sh", "-c", &script]));
+    let third = env.spawn(fast(&["lock", &name, "-v", "--identity", "third"], &["sh", "-c", &script]));
+    wait_until("the others to wait", || second.stderr().contains("waiting") && third.stderr().contains("waiting"));
+    first.signal(Signal::SIGSTOP);
+    wait_until("the first to stop", || pty::state(first.pid()) == Some('T'));
+    let snapshot = server.snapshot();
+    let snap_rv: u64 = env.get(&name).unwrap().0.parse().unwrap();
+    let holder = || env.get(&name).and_then(|(_, spec)| spec.holder_identity);
+    wait_until("a takeover", || matches!(holder().as_deref(), Some("second" | "third")));
+    wait_until("the takeover's child", || pids().len() == 2);
+    // The takeover renews a few times, so that the version the give-back gets is not the one it holds.
+    wait_until("renewals", || env.get(&name).unwrap().0.parse::<u64>().unwrap() > snap_rv + 3);
+    server.restore(&snapshot);
+    first.signal(Signal::SIGCONT);
+    let first = first.finish();
+    let restored = Instant::now();
+    wait_until("three lease durations", || restored.elapsed() > Duration::from_secs(12));
+    second.signal(Signal::SIGTERM);
+    third.signal(Signal::SIGTERM);
+    let (second, third) = (second.finish(), third.finish());
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (pid, nanos, _) in read_stamps(&alive) {
+        let span = spans.entry(pid).or_insert((nanos, nanos));
+        span.0 = span.0.min(nanos);
+        span.1 = span.1.max(nanos);
+    }
+    let spans: Vec<(u128, u128)> = spans.into_values().collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
+            assert!(
+                overlap <= 0,
+                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst ({:?}):\n{}\nsecond:\n{}\nthird:\n{}",
+                first.status,
+                first.stderr,
+                second.stderr,
+                third.stderr
+            );
+        }
+    }
+}
+
+/// Found by review (helper-124): as above, but the next process is a fresh one, started when the frozen `lock` has
+/// given its restored record back: it knows nothing, finds the lease free and runs its child at once,
+/// while the child of the holder etcd forgot still runs (that holder learns of the restore only at its
+/// next renewal). Without the give-back it would have found the restored hold and waited it out.
+#[test]
+fn a_frozen_locks_give_back_after_a_restore_never_lets_a_newcomer_in_beside_the_takeover() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("giveback-newcomer");
+    let alive = env.path("alive");
+    // A child that stamps while it runs, also for most of a second after SIGTERM (within its 1 s grace).
+    let script = format!(
+        "trap 'for i in 1 2 3 4 5 6 7; do echo $$ $(date +%s%N) >> {a}; sleep 0.1; done; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
+        a = alive.display()
+    );
+    let pids = || {
+        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    let first = env.spawn(fast(&["lock", &name, "-v", "--identity", "first"], &["sh", "-c", &script]));
+    wait_until("the first child", || pids().len() == 1);
+    let second = env.spawn(fast(&["lock", &name, "-v", "--identity", "second"], &["sh", "-c", &script]));
+    wait_until("the second to wait", || second.stderr().contains("waiting"));
+    first.signal(Signal::SIGSTOP);
+    wait_until("the first to stop", || pty::state(first.pid()) == Some('T'));
+    let snapshot = server.snapshot();
+    let snap_rv: u64 = env.get(&name).unwrap().0.parse().unwrap();
+    let holder = || env.get(&name).and_then(|(_, spec)| spec.holder_identity);
+    wait_until("the takeover", || holder().as_deref() == Some("second"));
+    wait_until("the takeover's child", || pids().len() == 2);
+    wait_until("renewals", || env.get(&name).unwrap().0.parse::<u64>().unwrap() > snap_rv + 3);
+    server.restore(&snapshot);
+    first.signal(Signal::SIGCONT);
+    let first = first.finish();
+    let fourth = env.spawn(fast(&["lock", &name, "-v", "--identity", "fourth"], &["sh", "-c", &script]));
+    let restored = Instant::now();
+    wait_until("three lease durations", || restored.elapsed() > Duration::from_secs(12));
+    second.signal(Signal::SIGTERM);
+    fourth.signal(Signal::SIGTERM);
+    let (second, fourth) = (second.finish(), fourth.finish());
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (pid, nanos, _) in read_stamps(&alive) {
+        let span = spans.entry(pid).or_insert((nanos, nanos));
+        span.0 = span.0.min(nanos);
+        span.1 = span.1.max(nanos);
+    }
+    let spans: Vec<(u128, u128)> = spans.into_values().collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
+            assert!(
+                overlap <= 0,
+                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst ({:?}):\n{}\nsecond:\n{}\nfourth:\n{}",
+                first.code,
+                first.stderr,
+                second.stderr,
+                fourth.stderr
+            );
+        }
+    }
+}

@@ -1366,10 +1366,15 @@ fn a_lock_frozen_past_its_deadline_gives_its_own_record_back(env: &TestEnv) {
     let name = env.lease_name("frozen-own");
     let pid_file = env.path("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
-    let mut lock = env.spawn(fast(&["lock", &name, "--identity", "frozen"], &["sh", "-c", &script]));
+    // The guard acts at the renew deadline + the grace + half the margin left (11.5 s here), well before
+    // the lease duration: a lapsed hold is given back only before its last renewal's send + the lease
+    // duration (after that an etcd restore could show the same record; found by review, helper-124), and
+    // SIGCONT may come late on a loaded machine.
+    let timing = ["--lease-duration", "20s", "--renew-deadline", "2s", "--retry-period", "500ms", "--grace", "1s"];
+    let args = [&["lock", name.as_str(), "--identity", "frozen"][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
     let child = read_pid(&pid_file);
     lock.signal(Signal::SIGSTOP);
-    // The guard acts at the renew deadline plus the grace and half the margin (3.5 s with FAST).
     wait_until("the guard to kill the child", || !alive(child));
     lock.signal(Signal::SIGCONT);
     assert_eq!(lock.wait_for(PATIENCE).and_then(|s| s.code()), Some(123), "{}", lock.stderr());
