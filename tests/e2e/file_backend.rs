@@ -831,3 +831,25 @@ fn a_bad_pod_namespace_is_refused_naming_the_variable() {
     command.env_remove("MPSYNC_NAMESPACE").env("POD_NAMESPACE", "Bad_NS");
     Proc::spawn(command, &env.dir).finish().assert_code(0);
 }
+
+/// Found by review (helper-125): an unreadable `.NAME.last` (with no `NAME.json`) makes the lease count as
+/// held, as the README says of a record mpsync cannot read: `lock` waits and gives up at `--timeout`. But
+/// `status` said "does not exist (no one has taken it yet)" and exited 0, where the README promises that
+/// `status NAME` reports such a file, exit 125, until it is repaired.
+#[test]
+fn status_reports_an_unreadable_last_record_that_keeps_lock_waiting() {
+    let env = TestEnv::file();
+    let name = env.lease_name("badlast");
+    let last = env.lock_dir().join(format!(".{name}.last"));
+    fs::write(&last, "{ not json").unwrap();
+    let ran = env.path("ran");
+    let done = env.run(["lock", &name, "--timeout", "2s", "--", "touch", ran.to_str().unwrap()]);
+    done.assert_code(124);
+    assert!(!ran.exists());
+    assert!(done.stderr.contains("counts as held"), "{}", done.stderr);
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.stderr.contains(&last.display().to_string()), "{}", status.stderr);
+    assert!(!status.stdout.contains("does not exist"), "{}", status.stdout);
+    assert_eq!(fs::read_to_string(&last).unwrap(), "{ not json", "never overwritten");
+}

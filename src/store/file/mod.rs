@@ -129,7 +129,13 @@ impl FileStore {
             let Some(dir) = store.dir.open(false)? else {
                 return Ok(None);
             };
-            Ok(read_record(dir.fd(), dir.path(), &files, Which::Record)?.map(|stored| stored.versioned))
+            if let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? {
+                return Ok(Some(stored.versioned));
+            }
+            // No record, and a last record mpsync cannot read: the lease counts as held (a create would
+            // fail the same way), so a read says why rather than "no one has taken it yet".
+            read_record(dir.fd(), dir.path(), &files, Which::Last)?;
+            Ok(None)
         })
         .await
     }
