@@ -321,7 +321,7 @@ impl Running {
                 }
                 // As client-go's plugin starts: no signal blocked, none ignored but what mpsync's parent
                 // meant for everything it runs (SIGHUP under nohup; a handler is reset by exec anyway).
-                crate::supervise::default_signals(Some(nix::libc::SIGHUP));
+                default_signals(Some(nix::libc::SIGHUP));
                 Ok(())
             });
         }
@@ -600,6 +600,32 @@ fn copy(request: &Request<Body>) -> Option<Request<Body>> {
     *again.headers_mut() = request.headers().clone();
     *again.extensions_mut() = request.extensions().clone();
     Some(again)
+}
+
+/// In a process between fork and exec (async-signal-safe: raw system calls on integers, no allocation):
+/// every signal's action back to its default but `keep`'s, and none blocked. For what mpsync runs: its
+/// child, and an exec credential plugin (which kept SIGXFSZ ignored, found by review of stop 40). The raw
+/// system calls, because glibc refuses to touch the two real-time signals it keeps for itself (32, 33),
+/// and those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
+/// empty mask, whatever the architecture's field order.
+pub(crate) fn default_signals(keep: Option<nix::libc::c_int>) {
+    let default_action = [0u64; 4];
+    let empty_set = 0u64;
+    // SAFETY: two system calls with pointers to stack values of the kernel's sizes; nothing allocates.
+    unsafe {
+        for signal in 1..=64 {
+            if signal != nix::libc::SIGKILL && signal != nix::libc::SIGSTOP && Some(signal) != keep {
+                nix::libc::syscall(nix::libc::SYS_rt_sigaction, signal, &default_action, std::ptr::null::<u64>(), 8);
+            }
+        }
+        nix::libc::syscall(
+            nix::libc::SYS_rt_sigprocmask,
+            nix::libc::SIG_SETMASK,
+            &empty_set,
+            std::ptr::null::<u64>(),
+            8,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ use kube::config::{Cluster, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use tower::{BoxError, ServiceBuilder};
 
 #[cfg(feature = "cli")]
+pub(crate) use exec::default_signals;
+
+#[cfg(feature = "cli")]
 use crate::cli::Backend;
 use crate::error::{Error, Result};
 #[cfg(feature = "cli")]

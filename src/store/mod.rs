@@ -137,6 +137,8 @@ impl Store {
     /// backend's wait for its directory's lock. A request to the API server is bounded by its call
     /// timeout alone.
     pub fn give_up_at(&mut self, at: Option<Instant>) {
+        #[cfg(not(feature = "file"))]
+        let _ = at;
         match self {
             #[cfg(feature = "kube")]
             Store::Kube(_) => {}

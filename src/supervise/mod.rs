@@ -1557,26 +1557,6 @@ fn interpreter(path: &std::path::Path) -> Option<String> {
     Some(String::from_utf8_lossy(interpreter).into_owned())
 }
 
-/// In a process between fork and exec (async-signal-safe: raw system calls on integers, no allocation):
-/// every signal's action back to its default but `keep`'s, and none blocked. For what mpsync runs: its
-/// child, and an exec credential plugin (which kept SIGXFSZ ignored, found by review of stop 40). The raw
-/// system calls, because glibc refuses to touch the two real-time signals it keeps for itself (32, 33),
-/// and those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
-/// empty mask, whatever the architecture's field order.
-pub(crate) fn default_signals(keep: Option<libc::c_int>) {
-    let default_action = [0u64; 4];
-    let empty_set = 0u64;
-    // SAFETY: two system calls with pointers to stack values of the kernel's sizes; nothing allocates.
-    unsafe {
-        for signal in 1..=64 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP && Some(signal) != keep {
-                libc::syscall(libc::SYS_rt_sigaction, signal, &default_action, std::ptr::null::<u64>(), 8);
-            }
-        }
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty_set, std::ptr::null::<u64>(), 8);
-    }
-}
-
 /// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
 /// whose locks are frozen in the child), no allocation.
 fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
@@ -1608,7 +1588,7 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
             }
         }
         // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask.
-        default_signals(None);
+        crate::backend::default_signals(None);
         // Except SIGHUP under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.
         if keep_sighup_ignored {
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
