@@ -1247,7 +1247,12 @@ fn an_exec_plugin_starts_with_no_signal_blocked_or_ignored() {
     let Some(env) = test_server() else { return };
     let runs = env.path("plugin-runs");
     let masks = env.path("plugin-masks");
-    let before = format!("grep -E '^Sig(Blk|Ign):' /proc/$$/status >> {}\n", masks.display());
+    // Read by the shell itself, with builtins: a child (grep) reading its parent's status could catch it
+    // in the moment dash blocks every signal around a vfork.
+    let before = format!(
+        "while read -r field value; do case $field in SigBlk:|SigIgn:) echo \"$field $value\" >> {};; esac; done < /proc/$$/status\n",
+        masks.display()
+    );
     // A token that lives 1 to 2 s: the plugin runs again for a renewal while the child runs.
     let plugin = numbered_plugin(&env, &runs, &before, Some("2"));
     let kubeconfig = exec_kubeconfig(&env, &plugin);
