@@ -948,16 +948,20 @@ const MARKER_PROBES: u32 = 8;
 /// The slot count that the first existing slot of semaphore `name` records (of its first `MARKER_PROBES`
 /// slots, or fewer if `slots` is smaller), if any. Only when the marker is missing: a first use reads
 /// those few absent slots once.
-async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, Error> {
+async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, StoreError> {
     for index in 0..slots.min(MARKER_PROBES) {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
                 return Ok(slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION)));
             }
             Ok(None) => {}
-            Err(StoreError::Fatal(err)) => return Err(err),
-            // Unreadable now: the campaign checks every slot again before it acquires one.
-            Err(_) => {}
+            // A record that cannot be read tells no count: the campaign checks every slot again before it
+            // acquires one.
+            Err(StoreError::Unreadable(_)) => {}
+            // A failed read is no absent slot: the marker is not written on a guess, the look is tried
+            // again (found by review, helper-127: one 503 on slot 0's probe let `--slots 2` write the
+            // deleted marker of a 3-slot semaphore in use, and every user of 3 was refused from then on).
+            Err(err) => return Err(err),
         }
     }
     Ok(None)

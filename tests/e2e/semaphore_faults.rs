@@ -390,6 +390,9 @@ fn a_held_slots_read_is_not_starved_by_the_other_slots_reads() {
     let Some(server) = env.server() else { return };
     let name = env.lease_name("sf-starve");
     let n = 100;
+    // The marker first: a probe of a slot that fails keeps it from being written (a failed read is no
+    // absent slot, helper-127).
+    env.run(fast(&["lock", &name, "--slots", &n.to_string()], &["true"])).assert_code(0);
     // Every other slot's read fails (503), so that its reads are retried while slot 0 is acquired.
     for i in 1..n {
         server.fail_next_on(&format!("get:{name}-{i}"), 1_000_000, 503);
@@ -425,4 +428,34 @@ fn a_held_slots_read_is_not_starved_by_the_other_slots_reads() {
         "slot 0 not renewed after one 409 (renewals before: {before}; reads of slot 0: {gets0}; exited: {exited:?})\n{}",
         finished.stderr
     );
+}
+
+/// Found by review (helper-127): the marker of a 3-slot semaphore in use is deleted; a process told 2 slots comes while its one read
+/// of slot 0 fails (503). It took the failed read for an absent slot and wrote the marker with 2: every
+/// user of the real count was refused from then on. It must not fix the count at 2: the users of 3 go on.
+#[test]
+fn a_failed_read_of_a_slot_never_rewrites_a_deleted_marker_with_another_count() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("marker-probe");
+    let log = env.path("log");
+    let gate = env.path("gate");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let script = stamp_script(&log, &body);
+    let a = env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &script]));
+    wait_until("A's child", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
+    env.delete(&name);
+    server.fail_next_on(&format!("get:{name}-0"), 1, 503);
+    let refused = env.run(fast(&["lock", &name, "--slots", "2"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations).and_then(|mut a| a.remove("mpsync.io/slots"));
+    let three = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
+    fs::write(&gate, "").unwrap();
+    a.finish().assert_code(0);
+    eprintln!(
+        "2: {:?}\n{}\nmarker now {marker:?}\n3: {:?}\n{}",
+        refused.code, refused.stderr, three.code, three.stderr
+    );
+    refused.assert_code(125);
+    assert!(marker.as_deref() != Some("2"), "the marker was rewritten with 2 slots");
+    three.assert_code(0);
 }
