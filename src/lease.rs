@@ -471,6 +471,8 @@ pub struct Elector {
     /// Acquisitions of ours given up with their outcome unknown (superseded by a later write): a record
     /// that shows one of them is ours to release or take again.
     strays: Vec<(Option<MicroTime>, i32)>,
+    /// When each of `strays` was sent, in the same order.
+    stray_sent: Vec<Instant>,
     /// Acquisitions of ours ended before versions went back (see `versions_went_back`): a restored record
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
@@ -547,6 +549,7 @@ impl Elector {
             previous: None,
             collision: false,
             strays: Vec::new(),
+            stray_sent: Vec::new(),
             undone: Vec::new(),
             read_at: None,
             lapsed_unread: false,
@@ -718,6 +721,7 @@ impl Elector {
         }
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
+        self.stray_sent.clear();
         if self.undone.len() > MAX_STRAYS {
             self.undone.drain(..self.undone.len() - MAX_STRAYS);
         }
@@ -810,6 +814,17 @@ impl Elector {
             (Some(known), false) => known.changed_at,
             _ => now,
         };
+        // A stray acquisition of ours (given up unresolved) shows up: its give-back, or taking it again,
+        // counts from its own send (found by review, helper-128), as for a write of ours learned late (see `applied`).
+        if changed
+            && self.held.is_none()
+            && let Some(new) = &current
+            && new.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && let Some(i) = self.strays.iter().position(|(time, token)| same_acquisition(&new.record, time, *token))
+            && let Some(&sent) = self.stray_sent.get(i)
+        {
+            self.bound_give_back(sent, now);
+        }
         // A lease that vanishes while someone else may hold it counts as held until that holder's expiry.
         // Seen in order (a watch's DELETED right after the record it removed), the record we saw last is
         // the holder's last renewal: its expiry counts from when we saw it. Seen as a snapshot (a read or
@@ -1279,8 +1294,10 @@ impl Elector {
             && old.purpose == Purpose::Acquire
         {
             self.strays.push((old.record.acquire_time.clone(), old.record.lease_transitions.unwrap_or(0)));
+            self.stray_sent.push(old.sent_at);
             if self.strays.len() > MAX_STRAYS {
                 self.strays.remove(0);
+                self.stray_sent.remove(0);
             }
         }
     }
@@ -1321,6 +1338,22 @@ impl Elector {
                 .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
         }
         write
+    }
+
+    /// A write of ours sent at `sent` that made no hold is the record known now: its give-back counts from
+    /// its own send, not from an older hold's lapse (a stale bound kept a write sent moments ago from
+    /// being given back). Learned only past its send + the lease duration (cut off meanwhile), another may
+    /// have taken over since, and an etcd restore may show this very record again: as after a lapse, it is
+    /// neither given back nor taken again for a lease duration from now (found by review, helper-128: taken
+    /// again at once, its child ran beside the holder etcd forgot, with the same fencing token).
+    fn bound_give_back(&mut self, sent: Instant, now: Instant) {
+        let bound = sent.checked_add(self.timing.lease_duration).unwrap_or(sent);
+        self.no_give_back_from = Some(bound);
+        if now >= bound
+            && let Some(until) = now.checked_add(self.timing.lease_duration)
+        {
+            self.protect_until(until);
+        }
     }
 
     /// Nothing of ours runs or is acquired before `until` (another holder's expiry, at the latest).
@@ -1377,6 +1410,7 @@ impl Elector {
                 // take again.
                 if self.held.is_none() {
                     self.previous = Some((record.acquire_time.clone(), record.lease_transitions.unwrap_or(0)));
+                    self.bound_give_back(sent_at, now);
                 }
                 return;
             }
@@ -3149,5 +3183,63 @@ mod tests {
         assert_eq!(elector.next(now(t0, 0.0)), Action::Read);
         elector.observe(Some(versioned(3, record(Some("thief"), Some(15), Some(5)))), at(t0, 1.0));
         assert!(matches!(elector.next(now(t0, 1.0)), Action::WaitUntil(_)));
+    }
+
+    /// Found by review (helper-128): an acquisition of ours whose answer was lost and that a read shows only after its
+    /// send + the lease duration (the process cut off meanwhile): by the rule of `no_give_back_from`, another may have
+    /// taken over since and an etcd restore may show this very record again, so it must not be given back.
+    #[test]
+    fn an_acquisition_learned_past_its_send_plus_the_duration_is_not_given_back() {
+        let t0 = Instant::now();
+        let mut a = Elector::new("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        // Cut off: the first read that gets through, 20 s later, shows the write landed (or a restore shows it).
+        a.observe(Some(versioned(2, w.record.clone())), at(t0, 20.0));
+        assert!(a.held().is_none(), "learned too late to hold");
+        assert!(!matches!(a.next(now(t0, 20.0)), Action::Write(_)), "taken again at once");
+        assert!(a.release(now(t0, 20.0)).is_none(), "given back 20 s after it was sent (lease duration 15 s)");
+    }
+
+    /// Found by review (helper-128): a lapse of an earlier hold leaves `no_give_back_from` set; a later write of ours
+    /// that landed without making a hold (learned past its renew deadline, but well within its lease duration) is then
+    /// never given back, although nobody can have taken over yet.
+    #[test]
+    fn a_stale_no_give_back_from_does_not_block_a_later_records_give_back() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        assert!(matches!(a.next(now(t0, 11.0)), Action::Lost(_)));
+        a.lapsed();
+        a.released();
+        a.forget_loss();
+        a.observe(Some(versioned(3, record(Some(""), Some(1), Some(4)))), at(t0, 100.0));
+        let w = match a.next(now(t0, 120.0)) {
+            Action::Write(w) => w,
+            other => panic!("{other:?}"),
+        };
+        let ticket = a.write_sent(&w, at(t0, 120.0));
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 120.1));
+        a.observe(Some(versioned(4, w.record.clone())), at(t0, 131.0));
+        assert!(a.held().is_none());
+        assert!(a.release(now(t0, 131.0)).is_some(), "its own record, 11 s after it was sent, not given back");
+    }
+
+    /// Found by review (helper-128): as above, for an acquisition given up unresolved (a stray: a library `acquire`
+    /// whose settle could not read), whose record a later campaign reads past its send + the lease duration.
+    #[test]
+    fn a_stray_seen_past_its_send_plus_the_duration_is_neither_taken_at_once_nor_given_back() {
+        let t0 = Instant::now();
+        let mut a = Elector::new("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        a.released();
+        a.observe(Some(versioned(2, w.record.clone())), at(t0, 20.0));
+        let release = a.release(now(t0, 20.0));
+        let next = a.next(now(t0, 20.0));
+        assert!(release.is_none() && !matches!(next, Action::Write(_)), "release {release:?}, next {next:?}");
     }
 }

@@ -1048,3 +1048,81 @@ fn a_frozen_locks_give_back_after_a_restore_never_lets_a_newcomer_in_beside_the_
         }
     }
 }
+
+/// Found by review (helper-128): `lock` A's acquisition is committed but its answer never reaches A, which is then cut
+/// off from the API server (a partition at its proxy) for longer than a lease duration. B, waiting, takes over after
+/// A's record expires and runs its child. etcd is restored to a snapshot holding A's record, and A's link heals: its
+/// first read shows its own write, learned long past its send + the lease duration. By the rule of fbc6e9c (after its
+/// send + the lease duration a record of ours is never written: another may have taken over, and a restore may show it
+/// again), A must not take that record over at once (nor give it back).
+#[test]
+fn an_acquisition_learned_past_its_lease_duration_after_a_restore_never_lets_two_children_run() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("late-acq-restored");
+    let alive = env.path("alive");
+    let timings = ["--lease-duration", "6s", "--renew-deadline", "3s", "--retry-period", "1s", "--grace", "2s"];
+    // A child that stamps while it runs, also for most of its grace after SIGTERM.
+    let script = format!(
+        "trap 'for i in $(seq 1 17); do echo $$ $(date +%s%N) >> {a}; sleep 0.1; done; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
+        a = alive.display()
+    );
+    let pids = || {
+        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    // A's acquisition is committed at once, its answer held back; meanwhile A is cut off.
+    server.after_commit_of("a", 1, AfterCommit::Delay(Duration::from_secs(5)));
+    let mut command = env.mpsync(
+        ["lock", &name, "-vv", "--identity", "a"].iter().copied().chain(timings).chain(["--", "sh", "-c", &script]),
+    );
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let a = Proc::spawn(command, &env.dir);
+    let holder = || env.get(&name).and_then(|(_, spec)| spec.holder_identity);
+    wait_until("A's acquisition to be committed", || holder().as_deref() == Some("a"));
+    proxy.partition();
+    let snapshot = server.snapshot();
+    let snap_rv: u64 = env.get(&name).unwrap().0.parse().unwrap();
+    let b = env.spawn(
+        ["lock", &name, "-v", "--identity", "b"].iter().copied().chain(timings).chain(["--", "sh", "-c", &script]),
+    );
+    wait_until("B's takeover", || holder().as_deref() == Some("b"));
+    wait_until("B's child", || pids().len() == 1);
+    wait_until("B's renewals", || env.get(&name).unwrap().0.parse::<u64>().unwrap() > snap_rv + 3);
+    server.restore(&snapshot);
+    proxy.heal();
+    proxy.drop_connections();
+    let restored = Instant::now();
+    wait_until("two lease durations", || restored.elapsed() > Duration::from_secs(12));
+    a.signal(Signal::SIGTERM);
+    b.signal(Signal::SIGTERM);
+    let (a, b) = (a.finish(), b.finish());
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (pid, nanos, _) in read_stamps(&alive) {
+        let span = spans.entry(pid).or_insert((nanos, nanos));
+        span.0 = span.0.min(nanos);
+        span.1 = span.1.max(nanos);
+    }
+    let spans: Vec<(u128, u128)> = spans.into_values().collect();
+    eprintln!("spans: {spans:?}");
+    for (i, x) in spans.iter().enumerate() {
+        for y in &spans[i + 1..] {
+            let overlap = x.1.min(y.1) as i128 - x.0.max(y.0) as i128;
+            assert!(
+                overlap <= 0,
+                "two children ran at once for {overlap} ns after the restore: {spans:?}\nA ({:?}):\n{}\nB ({:?}):\n{}",
+                a.code,
+                a.stderr,
+                b.code,
+                b.stderr
+            );
+        }
+    }
+    drop(proxy);
+}
