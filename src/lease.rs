@@ -744,6 +744,19 @@ impl Elector {
         }
     }
 
+    /// A hold of ours that ended at its renew deadline, found so only by a read just observed (the side-car, which
+    /// looks at each request): learned past its last renewal's send + the lease duration, another process may have
+    /// taken the lease over since and an etcd restore may show our own record again, at the very version we knew; as
+    /// for a write of ours learned that late (see `bound_give_back`), it is neither given back nor taken again
+    /// (adopted) for a lease duration from now (found by review, helper-129: a side-car cut off past its TTL adopted
+    /// its restored record 20 ms after another pod's client was told 200). Learned sooner, nobody can have taken over:
+    /// it is taken again at once, as before.
+    pub fn lapse_seen(&mut self, now: Instant) {
+        if let Some(sent) = self.last_hold_sent {
+            self.bound_give_back(sent, now);
+        }
+    }
+
     /// Record what a read (or a write's answer) showed: the current state, authoritative.
     pub fn observe(&mut self, current: Option<Versioned>, now: Instant) {
         self.observe_as(current, now, Seen::Snapshot);
@@ -1224,6 +1237,18 @@ impl Elector {
             return self.acquisition(Some(current), now);
         }
         if holder == self.identity && (self.adoptable(current) || self.is_own_write(&current.record)) {
+            // An adoption keeps the record's token but is an acquisition all the same: after a lapse, or a
+            // write of ours learned past its send + the lease duration, not before the protection is over
+            // (found by review, helper-129: a side-car cut off past its TTL adopted its own record, restored
+            // at the version it knew, 20 ms after another pod's client was told 200).
+            if self.lapsed_unread {
+                return Action::Read;
+            }
+            if let Some(until) = self.protected_until()
+                && now.instant < until
+            {
+                return Action::WaitUntil(until);
+            }
             // Our own record from an earlier hold (its child is gone), or the side-car's adoption, which
             // keeps the token, unless a larger one was seen (a create of ours that landed after a
             // deletion): then it is taken again with a new token, as any acquisition.
@@ -3241,5 +3266,117 @@ mod tests {
         let release = a.release(now(t0, 20.0));
         let next = a.next(now(t0, 20.0));
         assert!(release.is_none() && !matches!(next, Action::Write(_)), "release {release:?}, next {next:?}");
+    }
+
+    fn stored(rv: u64, write: &Write) -> Versioned {
+        let mut metadata = write.metadata.clone();
+        metadata.resource_version = Some(rv.to_string());
+        Versioned { resource_version: rv.to_string(), record: write.record.clone(), metadata }
+    }
+
+    /// Found by review (helper-129): a renewal sent while holding, answer lost, landing after the hold lapsed, learned
+    /// within its own send + the lease duration: given back.
+    #[test]
+    fn late_renewal_learned_within_its_bound_is_given_back() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let r1 = expect_write(a.next(now(t0, 2.0)));
+        apply(&mut a, &r1, 3, at(t0, 2.0), at(t0, 2.0));
+        let r2 = expect_write(a.next(now(t0, 4.0)));
+        let ticket = a.write_sent(&r2, at(t0, 4.0));
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 4.1));
+        assert!(matches!(a.next(now(t0, 12.0)), Action::Lost(_)));
+        a.lapsed();
+        a.observe(Some(versioned(4, r2.record.clone())), at(t0, 13.0));
+        assert!(a.release(now(t0, 13.0)).is_some(), "not given back within 4 + 15");
+        // Learned past it instead: neither given back nor taken again at once.
+        let mut b = holding(t0);
+        let r1 = expect_write(b.next(now(t0, 2.0)));
+        apply(&mut b, &r1, 3, at(t0, 2.0), at(t0, 2.0));
+        let r2 = expect_write(b.next(now(t0, 4.0)));
+        let ticket = b.write_sent(&r2, at(t0, 4.0));
+        b.write_result(ticket, WriteResult::Unknown, at(t0, 4.1));
+        assert!(matches!(b.next(now(t0, 12.0)), Action::Lost(_)));
+        b.lapsed();
+        b.forget_loss();
+        b.observe(Some(versioned(4, r2.record.clone())), at(t0, 20.0));
+        assert!(b.release(now(t0, 20.0)).is_none());
+        assert!(!matches!(b.next(now(t0, 20.0)), Action::Write(_)));
+        assert!(matches!(b.next(now(t0, 35.5)), Action::Write(_)), "stalled past 20 + 15");
+    }
+
+    /// Found by review (helper-129): a side-car's acquisition, answer lost, learned past its send + the lease duration
+    /// (an etcd restore may show it while another holds the lease): adopted at once?
+    #[test]
+    fn sidecar_stray_learned_late_is_not_adopted_at_once() {
+        let t0 = Instant::now();
+        let mut a = Elector::adopting("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        a.observe(Some(stored(2, &w)), at(t0, 20.0));
+        assert!(a.held().is_none(), "learned too late to hold");
+        assert!(a.release(now(t0, 20.0)).is_none(), "given back");
+        let next = a.next(now(t0, 20.0));
+        assert!(!matches!(next, Action::Write(_)), "taken again at once: {next:?}");
+    }
+
+    /// Found by review (helper-129): same, the acquisition given up first (a stray), then seen late.
+    #[test]
+    fn sidecar_given_up_stray_seen_late_is_not_adopted_at_once() {
+        let t0 = Instant::now();
+        let mut a = Elector::adopting("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 0.1));
+        a.released();
+        a.observe(Some(stored(2, &w)), at(t0, 20.0));
+        assert!(a.release(now(t0, 20.0)).is_none(), "given back");
+        let next = a.next(now(t0, 20.0));
+        assert!(!matches!(next, Action::Write(_)), "taken again at once: {next:?}");
+    }
+
+    /// Found by review (helper-129): a side-car's hold lapses (cut off), the first read long after shows its own last
+    /// renewal (restored): adopted at once?
+    #[test]
+    fn sidecar_lapsed_hold_seen_late_is_not_adopted_at_once() {
+        let t0 = Instant::now();
+        let mut a = Elector::adopting("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Applied(stored(2, &w)), t0);
+        assert!(a.held().is_some());
+        assert!(matches!(a.next(now(t0, 11.0)), Action::Lost(_)));
+        a.lapsed();
+        a.forget_loss();
+        assert_eq!(a.next(now(t0, 40.0)), Action::Read);
+        a.observe(Some(stored(2, &w)), at(t0, 40.0));
+        let next = a.next(now(t0, 40.0));
+        assert!(!matches!(next, Action::Write(_)), "taken again at once: {next:?}");
+    }
+
+    /// Found by review (helper-129): as the side-car drives it: the read first, then the loss at the renew deadline,
+    /// `lapse_seen`.
+    #[test]
+    fn sidecar_lapse_seen_late_waits_and_seen_early_adopts() {
+        for (seen, adopted) in [(40.0, false), (12.0, true)] {
+            let t0 = Instant::now();
+            let mut a = Elector::adopting("me", TIMING);
+            a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+            let w = expect_write(a.next(now(t0, 0.0)));
+            let ticket = a.write_sent(&w, t0);
+            a.write_result(ticket, WriteResult::Applied(stored(2, &w)), t0);
+            a.observe(Some(stored(2, &w)), at(t0, seen));
+            assert!(matches!(a.next(now(t0, seen)), Action::Lost(_)));
+            a.lapse_seen(at(t0, seen));
+            a.forget_loss();
+            a.observe(Some(stored(2, &w)), at(t0, seen));
+            let next = a.next(now(t0, seen));
+            assert_eq!(matches!(next, Action::Write(_)), adopted, "seen at {seen}: {next:?}");
+            assert_eq!(a.release(now(t0, seen)).is_some(), adopted, "seen at {seen}");
+        }
     }
 }

@@ -479,6 +479,11 @@ impl Locks {
             self.metrics.losses.inc();
             tracing::info!(lease = %self.lease_name(name), identity = %self.identity, reason = %reason, "no longer holding the lock");
             let current = elector.current().cloned();
+            // Past the renew deadline, unseen (cut off, or no heartbeat), and learned from the read just made
+            // (found by review, helper-129): see `Elector::lapse_seen`.
+            if matches!(reason, crate::lease::LossReason::RenewDeadline) {
+                elector.lapse_seen(Instant::now());
+            }
             elector.forget_loss();
             // The same record again: when it was first seen still counts for its expiry.
             elector.observe(current, Instant::now());

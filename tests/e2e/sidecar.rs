@@ -1694,9 +1694,9 @@ fn a_drain_whose_release_committed_but_failed_exits_without_waiting_out_the_drai
     }
 }
 
-/// Found by review (helper-120): etcd restored from a snapshot taken while pod A held the lock, after A released it and B
-/// took it: A's side-car finds its own old record and adopts it at once, while B's client, told 200 a
-/// moment ago, still believes it holds the lock until its next heartbeat.
+/// Found by review (helper-120): etcd restored from a snapshot taken while pod A held the lock, after A released it and
+/// B took it: A's side-car finds its own old record and adopts it at once, while B's client, told 200 a moment ago,
+/// still believes it holds the lock until its next heartbeat.
 #[test]
 fn a_restore_to_a_side_cars_old_hold_is_not_adopted_while_another_client_believes() {
     if TestEnv::real_cluster() {
@@ -1729,10 +1729,10 @@ fn a_restore_to_a_side_cars_old_hold_is_not_adopted_while_another_client_believe
     );
 }
 
-/// Found by review (helper-120): after an etcd restore (versions go back), the side-cars that knew a newer version of the
-/// Lease compare-and-swap against that version for ever: every PUT is a 409 from the API server, read,
-/// 409 again, and the lock is never taken through them, however long their clients ask (each request
-/// keeps their state alive). A side-car that knew nothing takes it after its TTL.
+/// Found by review (helper-120): after an etcd restore (versions go back), the side-cars that knew a newer version of
+/// the Lease compare-and-swap against that version for ever: every PUT is a 409 from the API server, read, 409 again,
+/// and the lock is never taken through them, however long their clients ask (each request keeps their state alive). A
+/// side-car that knew nothing takes it after its TTL.
 #[test]
 fn after_a_restore_a_side_car_that_knew_a_newer_version_takes_the_lock_again() {
     if TestEnv::real_cluster() {
@@ -1768,4 +1768,49 @@ fn after_a_restore_a_side_car_that_knew_a_newer_version_takes_the_lock_again() {
     };
     eprintln!("restore2: (tenths of s, A, B) {seen:?}\nholder {:?}", env.get(&name));
     assert!(taken, "long after the restore, neither side-car took the lock: {seen:?}\n{}", b.process.stderr());
+}
+
+/// Found by review (helper-129): pod A's side-car holds the lock and is cut off from the API server (its client's
+/// heartbeats answer 503 past the renew deadline). B's side-car takes the lock after the TTL and its client is told
+/// 200. etcd is restored to a snapshot taken while A held it (A's last renewal, at the very version A knows, so nothing
+/// tells A that versions went back), and A's link heals. A's record, learned long past its last renewal's send + the
+/// TTL, must not be adopted (taken again) at once: B's client, told 200 a moment ago, believes it holds the lock until
+/// its next heartbeat (a third of the TTL later).
+#[test]
+fn a_cut_off_side_cars_own_restored_record_is_not_adopted_at_once() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-cutoff-restore");
+    let (proxy, a) = side_car_through_a_fault_proxy(&env, &[]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    proxy.partition();
+    let snapshot = server.snapshot();
+    let deadline = Instant::now() + PATIENCE;
+    let b_told = loop {
+        if b.put(&name).status == 200 {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "B's side-car never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    server.restore(&snapshot);
+    proxy.heal();
+    proxy.drop_connections();
+    let from_a = a.put(&name);
+    let a_at = b_told.elapsed();
+    eprintln!(
+        "A answered {} {a_at:?} after B's 200: {}\nlease {:?}\nA:\n{}",
+        from_a.status,
+        from_a.body,
+        env.get(&name),
+        a.process.stderr()
+    );
+    assert!(
+        from_a.status != 200 || a_at >= Duration::from_secs(2),
+        "A's client told 200 {a_at:?} after B's client was, beside it (the same lock, no restore detected)"
+    );
 }
