@@ -273,12 +273,12 @@ def env_names(container):
 workloads = {
     ("Deployment", "my-leader"): (
         "mpsync",
-        ["elect", "my-leader", "--health-addr", "0.0.0.0:8080", "--", "/app/worker"],
+        ["elect", "my-leader", "--health-addr", ":8080", "--", "/app/worker"],
         {"livenessProbe": "/healthz"},
     ),
     ("Deployment", "my-leader-web"): (
         "mpsync",
-        ["elect", "my-leader-web", "--health-addr", "0.0.0.0:8080", "--", "/app/server"],
+        ["elect", "my-leader-web", "--health-addr", ":8080", "--", "/app/server"],
         {"readinessProbe": "/leader", "livenessProbe": "/healthz"},
     ),
     ("CronJob", "nightly-report"): (
@@ -288,7 +288,7 @@ workloads = {
     ),
     ("Deployment", "elector-js"): (
         "mpsync-sidecar",
-        ["sidecar", "--lease-prefix", "elector-js-", "--health-addr", "0.0.0.0:9090"],
+        ["sidecar", "--lease-prefix", "elector-js-", "--health-addr", ":9090"],
         {"startupProbe": "/healthz", "livenessProbe": "/healthz"},
     ),
 }

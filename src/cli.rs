@@ -166,9 +166,9 @@ pub struct RunArgs {
     #[arg(long, env = "MPSYNC_SLOTS", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
     pub slots: Option<u32>,
 
-    /// Serve /healthz, /leader and /metrics on this address (e.g. 0.0.0.0:8080).
+    /// Serve /healthz, /leader and /metrics on this address (e.g. :8080, every address of both families).
     #[arg(long, env = "MPSYNC_HEALTH_ADDR", value_name = "ADDR")]
-    pub health_addr: Option<std::net::SocketAddr>,
+    pub health_addr: Option<crate::health::ProbeAddr>,
 
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -270,9 +270,9 @@ pub struct SidecarArgs {
     #[arg(long, env = "MPSYNC_DRAIN", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
     pub drain: Duration,
 
-    /// Also serve /healthz and /metrics on this address, for probes (e.g. 0.0.0.0:9090).
+    /// Also serve /healthz and /metrics on this address, for probes (e.g. :9090, every address).
     #[arg(long, env = "MPSYNC_HEALTH_ADDR", value_name = "ADDR")]
-    pub health_addr: Option<SocketAddr>,
+    pub health_addr: Option<crate::health::ProbeAddr>,
 
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -325,7 +325,7 @@ pub struct RunConfig {
     pub subreaper: bool,
     /// `None`: one plain lease NAME. `Some(n)`: n leases NAME-0 .. NAME-(n-1).
     pub slots: Option<u32>,
-    pub health_addr: Option<std::net::SocketAddr>,
+    pub health_addr: Option<crate::health::ProbeAddr>,
     pub mode: Mode,
     pub program: OsString,
     pub args: Vec<OsString>,
@@ -361,7 +361,7 @@ pub struct SidecarConfig {
     pub lease_prefix: String,
     /// How long the side-car drains on SIGTERM.
     pub drain: Duration,
-    pub health_addr: Option<SocketAddr>,
+    pub health_addr: Option<crate::health::ProbeAddr>,
 }
 
 impl Cli {

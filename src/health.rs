@@ -2,18 +2,22 @@
 //! `/metrics` (Prometheus exposition, through `prometheus-client`). The run loop records events into
 //! `Health`; the HTTP side only reads it. The side-car serves its own answers through [`serve`] too.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
+use nix::errno::Errno;
+use nix::sys::socket::{setsockopt, sockopt};
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::error::{Error, Result};
 use crate::http::{self, Request, Response};
@@ -222,9 +226,46 @@ pub fn exposition(registry: &Registry, accept: Option<&str>) -> Answer {
     }
 }
 
+/// Where the probes listen (`--health-addr`): one address (`0.0.0.0:8080`, `[::1]:8080`), or every
+/// address of both families on a port (`:8080`, as Go's servers write it), for pods of any IP family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeAddr {
+    /// This address only.
+    Socket(SocketAddr),
+    /// Every address on this port: IPv6 and IPv4 on one socket, or IPv4 alone where IPv6 is off.
+    AnyAddress(u16),
+}
+
+impl FromStr for ProbeAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<ProbeAddr, String> {
+        let parsed = match text.strip_prefix(':') {
+            Some(port) => port.parse().ok().map(ProbeAddr::AnyAddress),
+            None => text.parse().ok().map(ProbeAddr::Socket),
+        };
+        parsed.ok_or_else(|| "expected IP:PORT, [IPv6]:PORT, or :PORT for every address".to_string())
+    }
+}
+
+impl fmt::Display for ProbeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeAddr::Socket(addr) => write!(f, "{addr}"),
+            ProbeAddr::AnyAddress(port) => write!(f, ":{port}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for ProbeAddr {
+    fn from(addr: SocketAddr) -> ProbeAddr {
+        ProbeAddr::Socket(addr)
+    }
+}
+
 /// Listen on `addr` and answer probes from `health` in the background. Binding happens before this
 /// returns, so a bad address is an error at start-up (exit 125), not a silent absence of probes.
-pub async fn serve(addr: SocketAddr, health: Health) -> Result<()> {
+pub async fn serve(addr: ProbeAddr, health: Health) -> Result<()> {
     let handler: http::Handler = Arc::new(move |request: Request| {
         let health = health.clone();
         Box::pin(async move { probe(&request, |path| health.answer(path, Instant::now(), request.header("accept"))) })
@@ -233,16 +274,44 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<()> {
 }
 
 /// Listen on `addr` and answer with `handler` (the probes of `lock`, `elect` or the side-car).
-pub async fn serve_probes(addr: SocketAddr, handler: http::Handler) -> Result<http::Server> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| Error::Usage(format!("--health-addr {addr}: cannot listen: {err}")))?;
+pub async fn serve_probes(addr: ProbeAddr, handler: http::Handler) -> Result<http::Server> {
+    let listener = listen(addr).map_err(|err| Error::Usage(format!("--health-addr {addr}: cannot listen: {err}")))?;
     // The address bound: a port 0 is chosen by the system (found by review: it was logged as 0).
-    let bound = listener.local_addr().unwrap_or(addr);
+    let bound = listener.local_addr().map_or_else(|_| addr.to_string(), |bound| bound.to_string());
     let server = http::Server::new(handler, LIMITS);
     server.serve(listener);
     tracing::info!(addr = %bound, "serving probes and metrics");
     Ok(server)
+}
+
+/// Bind and listen. Every address: `[::]` with `IPV6_V6ONLY` off (IPv4 arrives as mapped addresses,
+/// whatever the node's `net.ipv6.bindv6only`), or `0.0.0.0` where the kernel has no IPv6.
+fn listen(addr: ProbeAddr) -> std::io::Result<TcpListener> {
+    let port = match addr {
+        ProbeAddr::Socket(addr) if addr.is_ipv4() => return bound(TcpSocket::new_v4()?, addr),
+        ProbeAddr::Socket(addr) => return bound(TcpSocket::new_v6()?, addr),
+        ProbeAddr::AnyAddress(port) => port,
+    };
+    let dual = TcpSocket::new_v6().and_then(|socket| {
+        setsockopt(&socket, sockopt::Ipv6V6Only, &false)?;
+        bound(socket, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+    });
+    match dual {
+        Err(err) if matches!(err.raw_os_error(), Some(code) if NO_IPV6.contains(&code)) => {
+            bound(TcpSocket::new_v4()?, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+        }
+        dual => dual,
+    }
+}
+
+/// What a kernel without IPv6 answers (booted with `ipv6.disable=1`, or no address to bind).
+const NO_IPV6: [i32; 2] = [Errno::EAFNOSUPPORT as i32, Errno::EADDRNOTAVAIL as i32];
+
+/// Listen on `addr` as `std`'s `TcpListener::bind` does (`SO_REUSEADDR`, a backlog of 1024).
+fn bound(socket: TcpSocket, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Answer a probe request: GET and HEAD on the paths `answer` knows, 405 for other methods there, 404

@@ -16,7 +16,12 @@ fn free_port() -> u16 {
 
 /// GET `path`; `None` while nothing listens yet.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    get_from("127.0.0.1", port, path)
+}
+
+/// GET `path` from `host`; `None` while nothing listens yet.
+fn get_from(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
@@ -73,6 +78,28 @@ fn leader_endpoint_follows_the_lease_and_metrics_count_events(env: &TestEnv) {
     holder.signal(Signal::SIGTERM);
     holder.finish().assert_code(143);
     waiter.finish().assert_code(0);
+}
+
+/// `--health-addr :PORT`: every address of both families, as the manifests in `deploy/` use it, so a
+/// probe reaches the pod on an IPv4, IPv6 or dual-stack cluster alike.
+#[test]
+fn health_addr_with_only_a_port_answers_on_ipv4_and_ipv6() {
+    let env = TestEnv::file();
+    let port = std::net::TcpListener::bind("[::]:0").unwrap().local_addr().unwrap().port();
+    let ready = env.path("ready");
+    let script = format!("echo ready > {}; exec sleep 1000", ready.display());
+    let holder = env.spawn(["lock", "job", "--health-addr", &format!(":{port}"), "--", "sh", "-c", &script]);
+    wait_for_file(&ready, "ready");
+    for host in ["127.0.0.1", "::1"] {
+        let answer = get_from(host, port, "/leader").map(|(status, _)| status);
+        assert_eq!(answer, Some(200), "/leader over {host}");
+    }
+    holder.signal(Signal::SIGTERM);
+    holder.finish().assert_code(143);
+
+    let done = env.run(["lock", "job", "--health-addr", ":http", "--", "true"]);
+    done.assert_code(125);
+    assert!(done.stderr.contains(":PORT for every address"), "{}", done.stderr);
 }
 
 #[test]
