@@ -115,7 +115,10 @@
 //! - **Identity**: each [`Lock`] gets an identity of its own (`<POD_NAME or hostname>_<random>`) unless
 //!   given one; a record under its identity that it did not write is never taken over or shared.
 //! - **The work never outlives the process**: it runs inside it. If the process dies (even by SIGKILL),
-//!   the work dies with it, and the lease expires after its duration.
+//!   the work dies with it, and the lease expires after its duration. Processes the work starts are
+//!   not part of it: stop them when the token is cancelled (`tokio::process::Command::kill_on_drop`,
+//!   or a process group of their own that you kill), have them die with the process
+//!   (`PR_SET_PDEATHSIG`), or run them with the `mpsync` CLI, which does all of that.
 //! - **Release only after the work is done**: [`Election`] releases only after the work has returned
 //!   or been dropped; a [`HeldLock`]'s token is cancelled before its release is written, and releasing
 //!   is the caller's call, after its work. A lease that is no longer this holder's is never written.

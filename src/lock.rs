@@ -363,13 +363,20 @@ impl Lock {
         self.start(Wait::NoWait).attempt().await?.into_option(self.name())
     }
 
-    /// Wait at most `timeout`: `Ok(None)` if the lease was not acquired by then.
+    /// Wait at most `timeout`: `Ok(None)` if the lease was not acquired by then. `Duration::ZERO` is
+    /// one attempt, as [`try_acquire`](Lock::try_acquire) (and `mpsync lock --timeout 0`, `flock -w 0`);
+    /// any other timeout is a hard bound, also on the first look (a timeout shorter than the API
+    /// server's round trip may end before the lease was read).
     ///
     /// # Errors
     ///
     /// As [`acquire`](Lock::acquire), and [`Error::Unavailable`] if the API server was failing when the
     /// time ran out.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Option<HeldLock>> {
+        // Zero: one look, not none (found by review, helper-130: a free lease was never acquired).
+        if timeout.is_zero() {
+            return self.try_acquire().await;
+        }
         // A timeout too long for the clock is as good as none.
         let wait = Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until);
         self.start(wait).attempt().await?.into_option(self.name())
@@ -806,8 +813,11 @@ impl HeldLock {
     /// Give the lease back now, so that the next holder takes over at once: `holderIdentity` cleared
     /// and `leaseDurationSeconds: 1`, as client-go writes it, by a compare-and-swap, and only if the
     /// record is still this holder's own write. The cancellation token is cancelled before the release
-    /// is written. Returns once the release is written (or found unnecessary), within the API call
-    /// timeout.
+    /// is written. Returns once the release is written (or found unnecessary), within a few API call
+    /// timeouts. The release is written by the task that renews the lease, on the runtime that acquired
+    /// it: if that runtime does not run (an idle current-thread runtime, the lock released from another
+    /// runtime's thread), this ends with [`Error::Unavailable`] after four call timeouts, and the release
+    /// is written when that runtime runs again.
     ///
     /// Releasing a lease that was lost writes nothing (another holder may have it) and is not an error.
     ///
@@ -820,7 +830,19 @@ impl HeldLock {
         if self.release.send(reply_tx).await.is_err() {
             return Ok(());
         }
-        reply_rx.await.unwrap_or(Ok(()))
+        // The release is written by the task that renews the lease, on the runtime that acquired it: one
+        // that does not run (an idle current-thread runtime, released from another runtime's thread) would
+        // keep this waiting for ever. Past the time a release can take (two settle budgets, and a margin),
+        // the caller hears so; the request stays queued, and is written if that runtime runs again.
+        let bound = self.timing.call_timeout() * 4;
+        match tokio::time::timeout(bound, reply_rx).await {
+            Ok(reply) => reply.unwrap_or(Ok(())),
+            Err(_) => Err(Error::Unavailable(format!(
+                "lease {}: the release was not written within {bound:?}: the runtime that acquired the lock is \
+                 not running its task; the lease is written then, or expires after its duration",
+                self.name
+            ))),
+        }
     }
 }
 

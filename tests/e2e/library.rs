@@ -27,6 +27,7 @@ both_backends!(
     fencing_tokens_increase_across_holders,
     try_acquire_on_a_held_lease_returns_none_without_waiting,
     release_hands_over_to_a_waiter_at_once,
+    a_release_from_another_runtime_while_the_acquiring_one_sits_idle_ends,
     dropping_a_held_lock_cancels_its_token_and_releases_the_lease,
     a_lock_whose_runtime_is_gone_expires_after_its_duration,
     the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token,
@@ -254,7 +255,33 @@ fn try_acquire_on_a_held_lease_returns_none_without_waiting(env: &TestEnv) {
         assert!(!held.is_lost());
         held.release().await.unwrap();
         let held = b.try_acquire().await.unwrap().expect("a released lease is free at once");
+        // A timeout of zero is one attempt, as `try_acquire` (found by review, helper-130: it never
+        // looked, and a free lease was not acquired).
+        assert!(a.acquire_timeout(Duration::ZERO).await.unwrap().is_none(), "held by another holder");
         held.release().await.unwrap();
+        let held = a.acquire_timeout(Duration::ZERO).await.unwrap().expect("a free lease is acquired at once");
+        held.release().await.unwrap();
+    });
+}
+
+/// `release()` waits for the task that renews the lease, on the runtime that acquired it: from another
+/// runtime's thread while that one sits idle, it ends with `Unavailable` (found by review, helper-130:
+/// it waited for ever), and the release is written once that runtime runs again.
+fn a_release_from_another_runtime_while_the_acquiring_one_sits_idle_ends(env: &TestEnv) {
+    let name = env.lease_name("lib-idle-runtime");
+    let first = runtime();
+    let (held, other) = first.block_on(async {
+        let held = lock(env, &name).await.timing(FAST).build().unwrap().acquire().await.unwrap();
+        (held, lock(env, &name).await.timing(FAST).build().unwrap())
+    });
+    let asked = Instant::now();
+    let released = runtime().block_on(within("the release", held.release()));
+    assert!(matches!(released, Err(Error::Unavailable(_))), "{released:?}");
+    let bound = FAST.call_timeout() * 4;
+    assert!(asked.elapsed() >= bound, "ended before its bound: {:?}", asked.elapsed());
+    first.block_on(async {
+        let taken = within("the next holder", other.acquire()).await.unwrap();
+        taken.release().await.unwrap();
     });
 }
 
