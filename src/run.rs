@@ -260,7 +260,8 @@ impl Runner {
             });
         }
         health.child_started();
-        // As a subreaper: what mpsync adopts is told to the guard (see `Supervisor::note_adopted`).
+        // What the guard would not find through the child's group is told to it (see
+        // `Supervisor::note_escapes`).
         // A stop signal forwarded to the child: mpsync is to end with it, whatever happens to the lease.
         let mut stopping = false;
         let mut adoptions = tokio::time::interval(ADOPTION_LOOK);
@@ -320,7 +321,7 @@ impl Runner {
                 deadline = deadlines.changed() => {
                     supervisor.set_deadline(deadline.checked_add(guard_delay).map(Into::into));
                 }
-                _ = adoptions.tick(), if supervisor.adopts() => supervisor.note_adopted(),
+                _ = adoptions.tick(), if supervisor.watches_escapes() => supervisor.note_escapes(),
                 reason = held.lost() => {
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;

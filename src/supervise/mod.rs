@@ -303,6 +303,9 @@ pub struct Supervisor {
     /// The processes (pid, start time) mpsync adopted as a subreaper that the guard was told of (see
     /// `note_adopted`), until the job is let go.
     told_adopted: HashMap<i32, u64>,
+    /// The main child's children outside its group that the guard was told of (see `note_left_group`),
+    /// while they are its children.
+    told_left: HashMap<i32, u64>,
     /// mpsync's children when it started (pid, start time): inherited across an `exec` (`helper & exec
     /// mpsync ...`), never adopted, never the job's to the guard.
     inherited: Vec<(i32, u64)>,
@@ -403,6 +406,7 @@ impl Supervisor {
             own_pgrp: getpgrp(),
             spawner: gettid().as_raw(),
             told_adopted: HashMap::new(),
+            told_left: HashMap::new(),
             inherited,
             warned_adopted: false,
         })
@@ -697,6 +701,7 @@ impl Supervisor {
             guard.tell(0);
         }
         self.told_adopted.clear();
+        self.told_left.clear();
         self.warned_adopted = false;
         self.deadline = None;
         self.let_go_of_leader();
@@ -706,6 +711,46 @@ impl Supervisor {
     /// so that `note_adopted` has something to do while a child runs.
     pub fn adopts(&self) -> bool {
         self.reap_orphans && self.me.as_raw() != 1 && self.group.is_some()
+    }
+
+    /// Whether the guard is to hear, while the child runs, of processes it would not find through the
+    /// child's group should mpsync be SIGKILLed (see `note_escapes`). Not as PID 1: its death ends the
+    /// whole namespace.
+    pub fn watches_escapes(&self) -> bool {
+        self.guard.is_some() && self.me.as_raw() != 1 && self.group.is_some()
+    }
+
+    /// While a child runs, every `ADOPTION_LOOK`: tell the guard of what it would not find through the
+    /// child's group should mpsync be SIGKILLed: what mpsync adopted (`note_adopted`), and the main
+    /// child's children outside its group (`note_left_group`).
+    pub fn note_escapes(&mut self) {
+        self.note_adopted();
+        self.note_left_group();
+    }
+
+    /// Tell the guard of the main child's children that left its group (`setsid`, `timeout`, `set -m`):
+    /// should mpsync be SIGKILLed, the main child dies at once of its parent-death signal and they are
+    /// handed to init, where the guard would not find them through the group (found by review,
+    /// helper-132: `sh -c 'setsid worker & wait'` ran on beside the next holder). The guard kills them
+    /// with what they started. One that left within `ADOPTION_LOOK` of mpsync's death escapes.
+    fn note_left_group(&mut self) {
+        let (Some(guard), Some(main), Some(group)) = (&self.guard, self.main, self.group) else { return };
+        if self.me.as_raw() == 1 {
+            return;
+        }
+        let Some(children) = procfs::children_of_process(main.as_raw()) else { return };
+        self.told_left.retain(|pid, _| children.contains(pid));
+        for pid in children {
+            if self.told_left.contains_key(&pid) {
+                continue;
+            }
+            // One in the group is found through it; if it leaves the group later, a later look tells.
+            let Some(process) = ProcStat::read(pid) else { continue };
+            if process.pgrp != group.as_raw() && guard.adopted(pid, process.start) {
+                self.told_left.insert(pid, process.start);
+                debug!(pid, "the guard knows of a process that left the child's group");
+            }
+        }
     }
 
     /// As a subreaper, while a child runs: tell the guard of every process mpsync adopted since it last

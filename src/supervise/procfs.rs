@@ -180,6 +180,19 @@ pub(crate) fn children_of_threads(tasks: &[i32]) -> ThreadChildren {
     ThreadChildren::Listed(children)
 }
 
+/// The children of process `pid`'s threads (`/proc/PID/task/TID/children`), zombies included; `None` when
+/// they cannot all be read (the process or a thread gone meanwhile, no CONFIG_PROC_CHILDREN, out of
+/// descriptors): the caller looks again later.
+pub(crate) fn children_of_process(pid: i32) -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let tid = task.ok()?.file_name();
+        let list = read_small(&format!("/proc/{pid}/task/{}/children", tid.to_str()?)).ok()?;
+        children.extend(parse_pids(&list)?);
+    }
+    Some(children)
+}
+
 fn parse_pids(list: &str) -> Option<Vec<i32>> {
     list.split_whitespace().map(|pid| pid.parse().ok()).collect()
 }

@@ -27,6 +27,7 @@ both_backends!(
     lease_is_released_only_after_the_child_is_reaped,
     subreaper_reaps_orphans_and_keeps_the_childs_status,
     as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync,
+    what_the_child_started_in_a_session_of_its_own_dies_with_a_sigkill_of_mpsync,
     as_subreaper_what_the_child_left_dies_with_a_sigkill_of_mpsync_during_the_grace,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
@@ -319,6 +320,22 @@ fn as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync(env: &TestEnv)
     lock.signal(Signal::SIGKILL);
     lock.wait_for(PATIENCE).expect("killed");
     wait_until("the adopted daemon to die with mpsync", || !alive(daemon));
+}
+
+/// Found by review (helper-132): SIGKILLed, mpsync's main child dies at once of its parent-death signal, and
+/// what it had started in a session of its own (`setsid worker & wait`) was handed to init, where the guard
+/// did not find it through the child's group: it ran on, with no lease, beside the next holder.
+fn what_the_child_started_in_a_session_of_its_own_dies_with_a_sigkill_of_mpsync(env: &TestEnv) {
+    let name = env.lease_name("left-group-kill9");
+    let worker = env.path("worker");
+    let script = format!("setsid sh -c 'echo $$ > {}; exec sleep 300' & wait", worker.display());
+    let mut lock = env.spawn(["lock", &name, "-vv", "--", "sh", "-c", &script]);
+    let worker = read_pid(&worker);
+    let told = format!("the guard knows of a process that left the child's group pid={worker}");
+    wait_until("mpsync to tell its guard of the worker in a session of its own", || lock.stderr().contains(&told));
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    wait_until("the worker to die with mpsync", || !alive(worker));
 }
 
 /// Found by review: the main child exits, leaving a process in a session of its own that ignores SIGTERM;
