@@ -686,9 +686,12 @@ fn backend(args: BackendArgs) -> Result<Backend> {
     })
 }
 
+/// The least margin (`lease_duration − renew_deadline − grace`) the CLI accepts.
+pub const MIN_MARGIN: Duration = Duration::from_millis(100);
+
 /// Check the timing invariants and work out the grace period. With clocks that run at the same rate,
 /// they make the old child dead before any other process can see the lease as expired:
-/// `renew_deadline + grace < lease_duration`, and `retry_period * 1.2 < renew_deadline` (room for at
+/// `renew_deadline + grace + MIN_MARGIN <= lease_duration`, and `retry_period * 1.2 < renew_deadline` (room for at
 /// least one retry, as client-go requires).
 pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Duration> {
     timing.validate()?;
@@ -698,12 +701,19 @@ pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Durati
         Some(grace) => grace,
         None => lease_duration.saturating_sub(renew_deadline).saturating_sub(Duration::from_secs(1)),
     };
-    if renew_deadline.checked_add(grace).is_none_or(|total| total >= lease_duration) {
+    // A margin, not just an order: the guard kills at half of it before the lease expires, and a kill
+    // takes time (found by review, helper-132: 1 ns was accepted).
+    if renew_deadline
+        .checked_add(grace)
+        .and_then(|total| total.checked_add(MIN_MARGIN))
+        .is_none_or(|t| t > lease_duration)
+    {
         return Err(Error::Usage(format!(
-            "--renew-deadline ({}) + --grace ({}) must be less than --lease-duration ({}), \
+            "--renew-deadline ({}) + --grace ({}) must be at least {} less than --lease-duration ({}), \
              so a lost child is dead before anyone else can take the lease",
             show(renew_deadline),
             show(grace),
+            show(MIN_MARGIN),
             show(lease_duration)
         )));
     }
@@ -799,6 +809,24 @@ mod tests {
             (&["lock", "job", "--retry-period", "1ns", "--", "true"], "--retry-period must be at least 10ms"),
             (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control, bidi or invisible characters"),
             (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
+            // A margin of 1 ns was accepted (found by review, helper-132).
+            (
+                &[
+                    "lock",
+                    "job",
+                    "--lease-duration",
+                    "4s",
+                    "--renew-deadline",
+                    "2s",
+                    "--retry-period",
+                    "500ms",
+                    "--grace",
+                    "1999999999ns",
+                    "--",
+                    "true",
+                ],
+                "must be at least 100ms less than --lease-duration (4s)",
+            ),
             (&["lock", "job", "--lease-duration", "1500ms", "--", "true"], "whole number of seconds"),
             (&["sidecar", "--ttl", "99999999999s"], "--ttl 3168years 9months 21days 10h 44m 15s is too long"),
             (&["lock", "job", "--"], "no command given"),
