@@ -524,12 +524,15 @@ impl Lock {
         let retry_period = self.inner.timing.retry_period;
         let streams = self.inner.slot_names.iter().enumerate().map(|(index, name)| {
             let watch = self.inner.store.watch(name, retry_period);
+            let store = self.inner.store.clone();
             let slot = self.inner.slot_count.map(|_| index);
             let name = name.clone();
             type Key = (Option<String>, i32, bool, bool);
-            let start = (watch, None::<Key>, None::<crate::lease::Versioned>);
-            futures::stream::unfold(start, move |(mut watch, mut last, mut seen)| {
+            // The last record seen, and whether it came from a read at its expiry (below), not the watch.
+            let start = (watch, None::<Key>, None::<crate::lease::Versioned>, false);
+            futures::stream::unfold(start, move |(mut watch, mut last, mut seen, mut read_last)| {
                 let name = name.clone();
+                let store = store.clone();
                 async move {
                     loop {
                         // A held record turns free when its own expiry passes, with no event to say so (its
@@ -548,19 +551,42 @@ impl Lock {
                                 None => std::future::pending().await,
                             }
                         };
+                        let mut from_read = false;
                         let current = tokio::select! {
                             update = watch.updates.recv() => match update? {
+                                // Older than a read of the lease's since (below): changes nothing.
+                                crate::lease::WatchUpdate::Present(current)
+                                    if read_last && seen.as_ref().is_some_and(|known| {
+                                        crate::lease::is_older(&current.resource_version, &known.resource_version)
+                                    }) =>
+                                {
+                                    continue;
+                                }
                                 crate::lease::WatchUpdate::Present(current) => Some(current),
                                 _ => None,
                             },
-                            () = expired => seen.clone(),
+                            // Expired as the watch showed it last; the watch may be stuck (open and silent
+                            // while the holder renews): read before reporting it free (found by review,
+                            // helper-133).
+                            () = expired => match store.get(&name).await {
+                                Ok(read)
+                                    if !read.as_ref().zip(seen.as_ref()).is_some_and(|(read, known)| {
+                                        crate::lease::is_older(&read.resource_version, &known.resource_version)
+                                    }) =>
+                                {
+                                    from_read = true;
+                                    read
+                                }
+                                _ => seen.clone(),
+                            },
                         };
                         let status = LeaseStatus::new(&name, slot, current.as_ref());
                         seen = current;
+                        read_last = from_read;
                         let key = (status.holder.clone(), status.transitions, status.exists, status.held);
                         if last.as_ref() != Some(&key) {
                             last = Some(key);
-                            return Some((status, (watch, last, seen)));
+                            return Some((status, (watch, last, seen, read_last)));
                         }
                     }
                 }

@@ -210,6 +210,8 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
     let mut seen: Vec<Option<Option<Versioned>>> = vec![None; watches.len()];
     // The count a plain lease's record was last seen with (a slot of another semaphore carries one too).
     let mut count_seen = None;
+    // Whether each lease's last record came from a read at its expiry (see below), not from its watch.
+    let mut read_last = vec![false; watches.len()];
     loop {
         let updates = watches
             .iter_mut()
@@ -235,8 +237,24 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
         let (index, update) = tokio::select! {
             ((index, update), _, _) = futures::future::select_all(updates) => (index, update),
             () = expired => {
+                let now = Timestamp::now();
                 for index in 0..seen.len() {
-                    let Some(current) = seen[index].clone() else { continue };
+                    let Some(mut current) = seen[index].clone() else { continue };
+                    // A record that expired by its timestamps, as the watch showed it last: the watch may
+                    // be stuck (open and silent while the holder renews), so the lease is read before it
+                    // is reported free (found by review, helper-133: a renewed lease reported free).
+                    if current.as_ref().is_some_and(|c| {
+                        !crate::lease::held_at(&c.record, now)
+                            && last[index].as_ref().is_some_and(|(_, _, _, held)| *held)
+                    }) && let Ok(read) = store.get(&target.names[index]).await
+                        && !read.as_ref().zip(current.as_ref()).is_some_and(|(read, known)| {
+                            crate::lease::is_older(&read.resource_version, &known.resource_version)
+                        })
+                    {
+                        current = read;
+                        seen[index] = Some(current.clone());
+                        read_last[index] = true;
+                    }
                     let slot = target.slots.map(|_| index);
                     let report = Report::new(&target.names[index], slot, store.namespace(), current.as_ref(), Timestamp::now());
                     print_change(config, &mut last[index], &report)?;
@@ -246,6 +264,15 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
         };
         let current = match update {
             None => return Ok(None),
+            // An event older than a read of the lease's since (see the expiry above) changes nothing.
+            Some(WatchUpdate::Present(current))
+                if read_last[index]
+                    && seen[index].as_ref().and_then(Option::as_ref).is_some_and(|known| {
+                        crate::lease::is_older(&current.resource_version, &known.resource_version)
+                    }) =>
+            {
+                continue;
+            }
             Some(WatchUpdate::Present(current)) => Some(current),
             Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
         };
@@ -259,6 +286,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
             return Ok(Some(semaphore));
         }
+        read_last[index] = false;
         let slot = target.slots.map(|_| index);
         let name = &target.names[index];
         let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());

@@ -434,3 +434,32 @@ fn lapsed_then_handoff(standby: Duration) {
     // Not a timing test: the fault is a wait of a whole lease duration (4 s); a handoff takes milliseconds.
     assert!(took < Duration::from_millis(3000), "the handoff to a took {took:?} (lease duration 4s):\n{}", out.stderr);
 }
+
+/// Found by review (helper-133): `mpsync observe` while its watch is stuck (open and silent, no bookmark)
+/// and the holder renews all along: when the last record it saw expired by its timestamps, it reported the
+/// live lease free, and never corrected it. It now reads the lease before it reports an expiry.
+#[test]
+fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("observe-stuck");
+    let (log, go) = (env.path("log"), env.path("go"));
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let holder = env.spawn(fast(&["lock", &name, "--identity", "holder"], &["sh", "-c", &stamp_script(&log, &body)]));
+    wait_for_file(&log, "start");
+    server.set_watch_lag(Duration::from_secs(600));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    // A lease duration and a half (4 s), the holder renewing every 500 ms: no change to report. (The
+    // absence of a line can only be waited for.)
+    std::thread::sleep(Duration::from_secs(6));
+    let out = observe.stdout();
+    fs::write(&go, "").unwrap();
+    holder.finish().assert_code(0);
+    observe.signal(Signal::SIGTERM);
+    observe.finish().assert_code(0);
+    for line in out.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["held"], true, "observe reported the renewed lease as free:\n{out}");
+    }
+}

@@ -1576,3 +1576,30 @@ fn a_lock_whose_waiting_runtime_is_gone_acquires_on_another(env: &TestEnv) {
         }
     });
 }
+
+/// Found by review (helper-133): `Lock::observe` while its watch is stuck (open and silent) and a holder
+/// renews: the lease was reported free when the record seen last expired.
+#[test]
+fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lib-obsstuck");
+    let (log, go) = (env.path("log"), env.path("go"));
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let holder = env.spawn(fast(&["lock", &name, "--identity", "holder"], &["sh", "-c", &stamp_script(&log, &body)]));
+    wait_for_file(&log, "start");
+    server.set_watch_lag(Duration::from_secs(600));
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.build().unwrap();
+        let mut changes = Box::pin(a.observe());
+        let first = within("the current state", changes.next()).await.unwrap();
+        assert!(first.held && first.holder.as_deref() == Some("holder"), "{first:?}");
+        // A lease duration and a half (4 s) of renewals every 500 ms, none delivered by the watch.
+        match tokio::time::timeout(Duration::from_secs(6), changes.next()).await {
+            Err(_) => {}
+            Ok(seen) => panic!("observe reported a change of a lease renewed all along: {seen:?}"),
+        }
+    });
+    fs::write(&go, "").unwrap();
+    holder.finish().assert_code(0);
+}
