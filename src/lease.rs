@@ -531,7 +531,15 @@ pub struct Elector {
     /// The latest time written into a record this process sent (`renewTime`): every later write is
     /// stamped past it, so that no two writes of ours are alike (see `stamp`).
     last_stamp: Option<MicroTime>,
+    /// Changes to the hold we have that carry our acquisition and a `renewTime` none of our writes carried:
+    /// renewals by another process under our identity (a client-go elector given it renews any record
+    /// under its identity as its own). One is a hand edit; a second is a co-holder (see `observe`).
+    foreign_renewals: u32,
+    /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
+    sent_stamps: std::collections::VecDeque<MicroTime>,
 }
+
+const MAX_SENT_STAMPS: usize = 64;
 
 impl Elector {
     pub fn new(identity: impl Into<String>, timing: Timing) -> Elector {
@@ -568,6 +576,8 @@ impl Elector {
             watching: false,
             rng: 0x9E37_79B9_7F4A_7C15,
             last_stamp: None,
+            foreign_renewals: 0,
+            sent_stamps: std::collections::VecDeque::new(),
         }
     }
 
@@ -936,6 +946,32 @@ impl Elector {
         {
             pending.not_before = Some(pending.not_before.map_or(until, |at| at.max(until)));
         }
+        // Our hold renewed by a write we never sent (found by review, helper-131: a client-go elector under
+        // the same identity keeps acquireTime and leaseTransitions and renews it as its own, and runs its
+        // work beside our child). A single one may be a hand edit of renewTime; a second is another holder:
+        // lost, never given back (the record is the other's now), and waited out as another's hold.
+        if changed
+            && let Some(held) = &self.held
+            && let Some(v) = self.observation.as_ref().and_then(|o| o.current.as_ref())
+            && v.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && same_acquisition(&v.record, &held.acquire_time, held.fencing_token)
+            && v.record.renew_time.as_ref().is_some_and(|t| !self.sent_stamps.contains(t))
+        {
+            self.foreign_renewals += 1;
+            if self.foreign_renewals >= 2
+                && let Some(held) = self.held.take()
+            {
+                self.undone.push((held.acquire_time, held.fencing_token));
+                // A renewal of ours on the wire is no claim any more: if it lands, the record is still
+                // the other's to wait out, never ours to give back or take again.
+                if self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Renew) {
+                    self.pending = None;
+                }
+                self.collision = true;
+                self.lost = Some(LossReason::Collision { identity: self.identity.clone() });
+                return;
+            }
+        }
         self.check_held();
     }
 
@@ -1061,6 +1097,12 @@ impl Elector {
 
     /// Record that `write` is being sent now; the ticket goes back with its answer to `write_result`.
     pub fn write_sent(&mut self, write: &Write, sent_at: Instant) -> Ticket {
+        if let Some(stamp) = &write.record.renew_time {
+            if self.sent_stamps.len() >= MAX_SENT_STAMPS {
+                self.sent_stamps.pop_front();
+            }
+            self.sent_stamps.push_back(stamp.clone());
+        }
         if let Some(stamp) = &write.record.renew_time
             && self.last_stamp.as_ref().is_none_or(|last| stamp.0 > last.0)
         {
@@ -1433,7 +1475,9 @@ impl Elector {
                 // A write that lands after its hold was given up (or too late to hold anything) never makes
                 // a hold, nor a second child with an old token; the record it leaves is ours to release or
                 // take again.
-                if self.held.is_none() {
+                if self.held.is_none()
+                    && !self.undone.iter().any(|(time, token)| same_acquisition(record, time, *token))
+                {
                     self.previous = Some((record.acquire_time.clone(), record.lease_transitions.unwrap_or(0)));
                     self.bound_give_back(sent_at, now);
                 }
@@ -1442,6 +1486,7 @@ impl Elector {
         }
         let next_renew_at = sent_at + self.timing.retry_period;
         if self.held.is_none() {
+            self.foreign_renewals = 0;
             // Acquired: fewer contend than feared, or a waiter left alone would keep waiting out a
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
@@ -1895,6 +1940,44 @@ mod tests {
         elector
     }
 
+    /// Found by review (helper-131): another process under our identity (a client-go elector, whose
+    /// `IsLeader()` is true for any record under its identity) renews our hold as its own, keeping
+    /// acquireTime and leaseTransitions. A second renewTime we never wrote is a collision: the hold is
+    /// lost, the record is never given back nor taken again, also when a renewal of ours on the wire at
+    /// that moment lands afterwards; it is waited out as another's hold.
+    #[test]
+    fn renewals_under_our_identity_that_we_never_sent_are_a_collision() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut rv = 2;
+        let mut foreign = |a: &mut Elector, second: f64| {
+            let mut co = a.current().unwrap().clone();
+            co.record.renew_time = Some(wall(second as i64 + 1000));
+            co.record.lease_duration_seconds = Some(60);
+            rv += 1;
+            co.resource_version = rv.to_string();
+            a.observe(Some(co.clone()), at(t0, second));
+            co
+        };
+        foreign(&mut a, 0.5);
+        assert!(a.held().is_some(), "a single one may be an edit by hand");
+        let renewal = expect_write(a.next(now(t0, 2.0)));
+        let ticket = a.write_sent(&renewal, at(t0, 2.0));
+        let co = foreign(&mut a, 2.1);
+        assert_eq!(a.next(now(t0, 2.2)), Action::Lost(LossReason::Collision { identity: "me".into() }));
+        // Ours lands after all (on a version between): what is stored afterwards is still the other's.
+        a.write_result(ticket, WriteResult::Applied(versioned(99, renewal.record.clone())), at(t0, 2.3));
+        a.observe(Some(versioned(100, co.record.clone())), at(t0, 2.4));
+        assert!(a.release(now(t0, 2.5)).is_none(), "the other's record is never written");
+        assert!(a.held().is_none());
+        // `elect` campaigns again once its child is stopped.
+        a.forget_loss();
+        match after_a_read(&mut a, now(t0, 3.0)) {
+            Action::WaitUntil(until) => assert!(until >= at(t0, 2.4) + Duration::from_secs(60)),
+            other => panic!("expected to wait out the other's hold, got {other:?}"),
+        }
+    }
+
     #[test]
     fn nothing_observed_means_read_first() {
         let t0 = Instant::now();
@@ -2261,6 +2344,9 @@ mod tests {
         let mut edited = a.current().unwrap().clone();
         edited.record.renew_time = Some(MicroTime(STAMP_CEILING.checked_add(SignedDuration::from_micros(1)).unwrap()));
         edited.resource_version = "5".into();
+        // A second renewTime that no write of ours carried is another holder under our identity (see
+        // `foreign_renewals`): this test is about the stamp alone.
+        a.foreign_renewals = 0;
         a.observe(Some(edited.clone()), at(t0, 3.0));
         let r1 = expect_write(a.next(now(t0, 4.0)));
         assert_ne!(r1.record, edited.record, "a renewal that changes nothing");

@@ -463,3 +463,53 @@ fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
         assert_eq!(value["held"], true, "observe reported the renewed lease as free:\n{out}");
     }
 }
+
+/// Found by review (helper-131): a client-go elector started with the same identity as a running `mpsync lock`
+/// (a StatefulSet whose manifests both use the hostname, `--identity $(POD_NAME)`): client-go's
+/// `IsLeader()` is true for a record under its identity, so it renews mpsync's hold as its own at once
+/// (renewTime now, its own leaseDurationSeconds, acquireTime and leaseTransitions kept) and runs its
+/// work. README (Identity): "a record under our identity is ours only if it is our own write" and two
+/// processes under one identity "still never run beside each other". The renewals mpsync did not send
+/// must count as a collision: its child is stopped (123), not kept beside client-go's work.
+#[test]
+fn a_client_go_renewal_under_our_identity_stops_our_child() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("same-identity");
+    let starts = env.path("starts");
+    let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
+    let mut lock = env.spawn(fast(&["lock", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
+    let child = read_pid(&starts);
+    let (_, ours) = env.get(&name).unwrap();
+    // client-go under the same identity: renew every second, for twice mpsync's lease duration (4s).
+    let began = Instant::now();
+    let mut renewals = 0;
+    while began.elapsed() < Duration::from_secs(8) && alive(child) {
+        env.edit(&name, |spec| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap();
+            spec.holder_identity = Some("shared".into());
+            spec.lease_duration_seconds = Some(15);
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now));
+        });
+        renewals += 1;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let (_, last) = env.get(&name).unwrap();
+    assert_eq!((&last.acquire_time, last.lease_transitions), (&ours.acquire_time, ours.lease_transitions));
+    let still = alive(child);
+    if still {
+        lock.signal(Signal::SIGTERM);
+    }
+    let out = lock.finish();
+    assert!(
+        !still,
+        "after {renewals} renewals by another process under our identity over {:?}, mpsync's child still runs \
+         beside it:\n{}",
+        began.elapsed(),
+        out.stderr
+    );
+    out.assert_code(123);
+    assert!(out.stderr.contains("identity collision"), "{}", out.stderr);
+    // The record is the other process's now: never given back (a release would let a third in beside it).
+    assert_eq!(env.holder(&name).as_deref(), Some("shared"), "{}", out.stderr);
+}
