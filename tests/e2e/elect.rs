@@ -477,7 +477,7 @@ fn a_client_go_renewal_under_our_identity_stops_our_child() {
     let name = env.lease_name("same-identity");
     let starts = env.path("starts");
     let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
-    let mut lock = env.spawn(fast(&["lock", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
+    let lock = env.spawn(fast(&["lock", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
     let child = read_pid(&starts);
     let (_, ours) = env.get(&name).unwrap();
     // client-go under the same identity: renew every second, for twice mpsync's lease duration (4s).
