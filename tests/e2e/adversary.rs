@@ -236,7 +236,7 @@ fn processes_that_disagree_on_slots_are_refused() {
     let name = env.lease_name("sem");
     let log = env.path("log");
     let gate = env.path("gate");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let body = until_exists(&gate);
     let script = stamp_script(&log, &body);
     let a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
     let b = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));

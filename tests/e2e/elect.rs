@@ -444,7 +444,7 @@ fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
     let Some(server) = env.server() else { return };
     let name = env.lease_name("observe-stuck");
     let (log, go) = (env.path("log"), env.path("go"));
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let body = until_exists(&go);
     let holder = env.spawn(fast(&["lock", &name, "--identity", "holder"], &["sh", "-c", &stamp_script(&log, &body)]));
     wait_for_file(&log, "start");
     server.set_watch_lag(Duration::from_secs(600));

@@ -268,7 +268,7 @@ const SLOW: [&str; 6] = ["--lease-duration", "60s", "--renew-deadline", "40s", "
 
 /// A holder whose child runs until `go` exists, stamping `log`; returns once its child has started.
 fn gated_holder(env: &TestEnv, name: &str, log: &Path, go: &Path) -> Proc {
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let body = until_exists(go);
     let holder =
         env.spawn(["lock", name].iter().copied().chain(SLOW).chain(["--", "sh", "-c", &stamp_script(log, &body)]));
     wait_for_file(log, "start");

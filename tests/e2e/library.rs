@@ -634,7 +634,7 @@ fn cli_waits_for_a_library_lease_and_the_library_for_a_cli_lease(env: &TestEnv) 
         assert!(Duration::from_nanos((started - released) as u64) < PROMPT, "handed over at once");
 
         // ... and the library waits for the CLI's.
-        let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+        let body = until_exists(&go);
         let mut cli = env.spawn(["lock", &name, "--", "sh", "-c", &stamp_script(&log, &body)]);
         eventually("the CLI's child to start", || read_stamps(&log).len() == 3).await;
         let waiter = {
@@ -893,7 +893,7 @@ fn file_lock_example_waits_for_the_cli_and_takes_over_at_once() {
     let name = env.lease_name("lib-file-example");
     let log = env.path("log");
     let go = env.path("go");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let body = until_exists(&go);
     let cli = env.spawn(["lock", &name, "--", "sh", "-c", &stamp_script(&log, &body)]);
     wait_until("the CLI's child to start", || read_stamps(&log).len() == 1);
     let lock_dir = env.lock_dir().display().to_string();
@@ -1585,7 +1585,7 @@ fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
     let Some(server) = env.server() else { return };
     let name = env.lease_name("lib-obsstuck");
     let (log, go) = (env.path("log"), env.path("go"));
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let body = until_exists(&go);
     let holder = env.spawn(fast(&["lock", &name, "--identity", "holder"], &["sh", "-c", &stamp_script(&log, &body)]));
     wait_for_file(&log, "start");
     server.set_watch_lag(Duration::from_secs(600));

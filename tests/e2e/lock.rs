@@ -65,7 +65,7 @@ fn two_locks_never_overlap_and_hand_off_through_the_watch(env: &TestEnv) {
     // A retry period of 30s: if the second child started within seconds, the watch drove it.
     let slow = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
     let first_go = env.path("first-go");
-    let first_body = format!("while [ ! -e {} ]; do sleep 0.05; done", first_go.display());
+    let first_body = until_exists(&first_go);
     let mut first = env.spawn(["lock", &name].iter().copied().chain(slow).chain([
         "--",
         "sh",
@@ -344,7 +344,7 @@ fn a_waiter_watches_from_the_record_it_read_without_listing() {
     let log = env.path("log");
     let gate = env.path("gate");
     let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
-    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    let mut holder = lock(&until_exists(&gate));
     holder.wait_for_file(&log, "start");
     if let Some(server) = env.server() {
         server.reset_counts();
@@ -389,7 +389,7 @@ fn a_waiters_idle_connection_is_closed_after_30s_and_a_later_acquisition_opens_a
     let log = env.path("log");
     let gate = env.path("gate");
     let lock = |body: &str| slow_stamping_lock(&env, &name, &log, body);
-    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    let mut holder = lock(&until_exists(&gate));
     holder.wait_for_file(&log, "start");
     let before = server.requests().len();
     let mut waiter = lock("true");
@@ -435,7 +435,7 @@ fn eight_waiters_take_turns(env: &TestEnv, prefix: &str, before_release: impl Fn
     let log = env.path("log");
     let gate = env.path("gate");
     let lock = |body: &str| slow_stamping_lock(env, &name, &log, body);
-    let mut holder = lock(&format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()));
+    let mut holder = lock(&until_exists(&gate));
     holder.wait_for_file(&log, "start");
     let mut waiters: Vec<Proc> = (0..8).map(|_| lock("sleep 0.05")).collect();
     wait_until("all eight to wait", || waiters.iter().all(|w| w.stderr().contains("waiting")));

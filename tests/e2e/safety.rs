@@ -66,7 +66,7 @@ fn two_processes_given_one_identity_never_both_run(env: &TestEnv) {
     let name = env.lease_name("twin");
     let log = env.path("log");
     let gate = env.path("gate");
-    let first_body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let first_body = until_exists(&gate);
     let identity = ["--identity", "twin-pod"];
     let first =
         env.spawn(fast(&[&["lock", &name][..], &identity].concat(), &["sh", "-c", &stamp_script(&log, &first_body)]));
@@ -233,7 +233,7 @@ fn a_hand_edit_never_holds_up_the_handoff_after_the_holders_release(env: &TestEn
         let name = env.lease_name("edited-then-released");
         let log = env.path(&env.lease_name("log"));
         let gate = env.path(&env.lease_name("gate"));
-        let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+        let body = until_exists(&gate);
         let mut args = vec!["lock", name.as_str(), "--identity", "holder"];
         args.extend(timings);
         args.extend(["--", "sh", "-c"]);

@@ -24,7 +24,7 @@ both_backends!(
 );
 
 fn held_until(gate: &std::path::Path) -> String {
-    format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())
+    until_exists(gate)
 }
 
 fn a_process_told_another_slot_count_is_refused_naming_both(env: &TestEnv) {

@@ -103,7 +103,7 @@ fn concurrent_first_use_with_different_counts(env: &TestEnv) {
         let name = env.lease_name(&format!("rvrace{round}"));
         let log = env.path(&format!("log{round}"));
         let gate = env.path(&format!("gate{round}"));
-        let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+        let body = until_exists(&gate);
         let script = stamp_script(&log, &body);
         let mut procs = Vec::new();
         for i in 0..6 {
@@ -140,7 +140,7 @@ fn lost_answers_never_leave_two_slots_held() {
     let name = env.lease_name("rvdrop");
     let log = env.path("log");
     let gate = env.path("gate");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let body = until_exists(&gate);
     let script = stamp_script(&log, &body);
     // The marker's create is write 1; the slot's acquisition write 2.
     server.after_commit(2, AfterCommit::Drop);
@@ -171,7 +171,7 @@ fn edited_slot_annotation(value: Option<&str>) {
     let name = env.lease_name("rvedit");
     let log = env.path("log");
     let gate = env.path("gate");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let body = until_exists(&gate);
     let script = stamp_script(&log, &body);
     let mut a = env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &script]));
     wait_until("the child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
@@ -281,7 +281,7 @@ fn late_acquisition_answer(how: AfterCommit, shots: usize) {
     let name = env.lease_name("rvlate");
     let log = env.path("log");
     let gate = env.path("gate");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let body = until_exists(&gate);
     let script = stamp_script(&log, &body);
     let a = env.spawn(fast(&["lock", &name, "--slots", "3", "--identity", "ay"], &["sh", "-c", &script]));
     wait_until("A's child to start", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);
@@ -440,7 +440,7 @@ fn a_failed_read_of_a_slot_never_rewrites_a_deleted_marker_with_another_count() 
     let name = env.lease_name("marker-probe");
     let log = env.path("log");
     let gate = env.path("gate");
-    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let body = until_exists(&gate);
     let script = stamp_script(&log, &body);
     let a = env.spawn(fast(&["lock", &name, "--slots", "3"], &["sh", "-c", &script]));
     wait_until("A's child", || read_stamps(&log).iter().filter(|s| s.0 == "start").count() == 1);

@@ -660,6 +660,11 @@ pub fn read_stamps(path: &Path) -> Vec<(String, u128, Option<i64>)> {
         .collect()
 }
 
+/// A shell loop that waits until `gate` exists (the test creates it to let a child finish).
+pub fn until_exists(gate: &Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())
+}
+
 /// A child script that appends `start NANOS TOKEN` to `log`, runs `body`, then appends `end NANOS TOKEN`.
 pub fn stamp_script(log: &Path, body: &str) -> String {
     let log = log.display();
