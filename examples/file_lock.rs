@@ -9,7 +9,8 @@
 //! it. Then holds it for HOLD_MILLIS (default 1000), stopping early if the lease is lost, and releases
 //! it, so that a waiter takes over at once (inotify wakes it).
 //!
-//! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired in time.
+//! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired in time, 125 on a usage
+//! error or a failure.
 
 use std::error::Error;
 use std::time::Duration;
@@ -17,7 +18,18 @@ use std::time::Duration;
 use mpsync::Lock;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> std::process::ExitCode {
+    // A usage error or a failure: one line, and 125, as `mpsync` itself exits.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("file_lock: {err}");
+            std::process::ExitCode::from(125)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (lock_dir, lease) = match args.as_slice() {
         [lock_dir, lease, ..] => (lock_dir, lease),

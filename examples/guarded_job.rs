@@ -10,8 +10,8 @@
 //! the ledger rejects any write whose token is lower than the highest it has seen. This is the part of
 //! the guarantee that no lock can give alone. The job stops, too, as soon as the lease is lost.
 //!
-//! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired within a minute (as
-//! `mpsync lock` does).
+//! Exits 0 when done, 123 if the lease was lost, 124 if it was not acquired within a minute, 125 on a
+//! usage error or a failure (as `mpsync lock` does).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -23,7 +23,18 @@ use mpsync::{KubeClientBuilder, Lock};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> std::process::ExitCode {
+    // A usage error or a failure: one line, and 125, as `mpsync` itself exits.
+    match job().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("guarded_job: {err}");
+            std::process::ExitCode::from(125)
+        }
+    }
+}
+
+async fn job() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kubeconfig, lease, ledger) = match args.as_slice() {
         [kubeconfig, lease, ledger, ..] => (kubeconfig, lease, Ledger::new(ledger)),

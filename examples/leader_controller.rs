@@ -13,6 +13,8 @@
 //! The kubeconfig is named explicitly (never inferred), and its context's namespace is used. With a
 //! lease duration of D seconds, the renew deadline is D/2 and the retry period D/8 (the default is
 //! client-go's: 15s, 10s, 2s).
+//!
+//! Exits 0 after a graceful shutdown, 125 on a usage error or a failure.
 
 use std::error::Error;
 use std::time::Duration;
@@ -24,7 +26,18 @@ use tokio_util::sync::CancellationToken;
 const RESYNC: Duration = Duration::from_millis(500);
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> std::process::ExitCode {
+    // A usage error or a failure: one line, and 125, as `mpsync` itself exits.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("leader_controller: {err}");
+            std::process::ExitCode::from(125)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kubeconfig, lease) = match args.as_slice() {
         [kubeconfig, lease, ..] => (kubeconfig, lease),

@@ -909,6 +909,13 @@ fn file_lock_example_waits_for_the_cli_and_takes_over_at_once() {
     assert!(token > cli_token, "the example's token {token} follows the CLI's {cli_token}");
     assert!(done.stdout.contains("released"), "{}", done.stdout);
     assert_eq!(env.holder(&name).unwrap_or_default(), "", "released");
+    // A usage error: one line and 125, as mpsync's own (it was `Error: "usage: ..."` and 1).
+    for example in ["file_lock", "guarded_job", "leader_controller"] {
+        let usage = spawn_example(&env, example, &[]).finish();
+        usage.assert_code(125);
+        let one_line = usage.stderr.lines().count() == 1;
+        assert!(one_line && usage.stderr.starts_with(&format!("{example}: usage: {example} ")), "{}", usage.stderr);
+    }
 }
 
 /// Every invalid option is refused by `build` (or `run`), before anything is sent, with a message that
