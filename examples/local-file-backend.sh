@@ -2,7 +2,7 @@
 # local-file-backend.sh: mpsync on one machine, without Kubernetes.
 #
 # --backend file (or MPSYNC_BACKEND=file) keeps the same lease records in files under --lock-dir
-# (default $XDG_RUNTIME_DIR/mpsync, else /tmp/mpsync-$UID) with the same semantics as Leases:
+# (default /tmp/mpsync-$UID, never $XDG_RUNTIME_DIR) with the same semantics as Leases:
 # compare-and-swap, expiry, fencing tokens, release, and waiters woken as soon as the lease is
 # released. Cron jobs, CI runners and scripts on one host can lock against each other with it.
 #

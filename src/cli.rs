@@ -697,10 +697,21 @@ pub fn validate_timing(timing: Timing, grace: Option<Duration>) -> Result<Durati
     timing.validate()?;
     let Timing { lease_duration, renew_deadline, .. } = timing;
     let show = |d: Duration| humantime::format_duration(d).to_string();
+    let given = grace.is_some();
     let grace = match grace {
         Some(grace) => grace,
         None => lease_duration.saturating_sub(renew_deadline).saturating_sub(Duration::from_secs(1)),
     };
+    // A grace nobody gave is not named as the culprit (found by review, helper-136: "--grace (0s)").
+    if !given && renew_deadline.checked_add(MIN_MARGIN).is_none_or(|total| total > lease_duration) {
+        return Err(Error::Usage(format!(
+            "--renew-deadline ({}) must be at least {} less than --lease-duration ({}), \
+             so a lost child is dead before anyone else can take the lease",
+            show(renew_deadline),
+            show(MIN_MARGIN),
+            show(lease_duration)
+        )));
+    }
     // A margin, not just an order: the guard kills at half of it before the lease expires, and a kill
     // takes time (found by review, helper-132: 1 ns was accepted).
     if renew_deadline
@@ -809,6 +820,21 @@ mod tests {
             (&["lock", "job", "--retry-period", "1ns", "--", "true"], "--retry-period must be at least 10ms"),
             (&["lock", "job", "--identity", "a\u{1b}[2J", "--", "true"], "control, bidi or invisible characters"),
             (&["lock", "job", "--grace", "5s", "--", "true"], "--grace (5s)"),
+            (
+                &[
+                    "lock",
+                    "job",
+                    "--lease-duration",
+                    "3s",
+                    "--renew-deadline",
+                    "2950ms",
+                    "--retry-period",
+                    "1s",
+                    "--",
+                    "true",
+                ],
+                "--renew-deadline (2s 950ms) must be at least 100ms less than --lease-duration (3s)",
+            ),
             // A margin of 1 ns was accepted (found by review, helper-132).
             (
                 &[

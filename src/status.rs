@@ -46,6 +46,16 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
             return Ok((Target { slots: None, names: vec![config.name.clone()] }, current));
         }
     }
+    // `--slots` names a semaphore only where no record can tell: a record without a count (a plain
+    // lease, or a slot of another semaphore) is reported as the lease it is, as `lock --slots` refuses
+    // it (found by review, helper-136: a held plain lease was shown as a semaphore "0 of N held").
+    if recorded.is_none()
+        && current.is_some()
+        && let Some(given) = config.slots.filter(|n| *n > 1)
+    {
+        tracing::warn!(lease = %config.name, "--slots {given} ignored: {} is a lease of its own, not a semaphore's marker", config.name);
+        return Ok((Target { slots: None, names: vec![config.name.clone()] }, current));
+    }
     // The count the marker records wins over `--slots` (a different one would leave slots out).
     match recorded.or(config.slots.filter(|n| *n > 1)) {
         Some(n) => {

@@ -462,3 +462,25 @@ fn a_semaphore_eight_levels_down_under_a_slot_is_not_refused(env: &TestEnv) {
     }
     env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
 }
+
+both_backends!(status_with_slots_reports_a_held_plain_lease_as_the_lease_it_is);
+
+/// Found by review (helper-136). README: `--slots N` makes `status`/`observe` treat NAME as a semaphore "when its
+/// marker cannot tell". A held plain lease can tell: `lock NAME --slots 3` refuses it (exit 125, "a plain
+/// lease of that name is held"), yet `status NAME --slots 3` reported "semaphore … (0 of 3 held)" with three
+/// free slots, and `held` nowhere, while the plain lease ran its child.
+fn status_with_slots_reports_a_held_plain_lease_as_the_lease_it_is(env: &TestEnv) {
+    let name = env.lease_name("rv136-plain");
+    env.put(&name, TestEnv::foreign_record("plain-holder", 60));
+    let refused = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
+    refused.assert_code(125);
+    let text = env.run(["status", &name, "--slots", "3"]);
+    text.assert_code(0);
+    assert!(text.stdout.contains("plain-holder"), "the holder of the plain lease is shown:\n{}", text.stdout);
+    assert!(!text.stdout.contains("0 of 3 held"), "not reported as a free semaphore:\n{}", text.stdout);
+    let json = env.run(["status", &name, "--slots", "3", "-o", "json"]);
+    json.assert_code(0);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["held"], true, "{}", json.stdout);
+    assert_eq!(value["holderIdentity"], "plain-holder", "{}", json.stdout);
+}
