@@ -535,6 +535,8 @@ pub struct Elector {
     /// renewals by another process under our identity (a client-go elector given it renews any record
     /// under its identity as its own). One is a hand edit; a second is a co-holder (see `observe`).
     foreign_renewals: u32,
+    /// When the last of `foreign_renewals` was seen.
+    last_foreign_at: Option<Instant>,
     /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
     sent_stamps: std::collections::VecDeque<MicroTime>,
 }
@@ -577,6 +579,7 @@ impl Elector {
             rng: 0x9E37_79B9_7F4A_7C15,
             last_stamp: None,
             foreign_renewals: 0,
+            last_foreign_at: None,
             sent_stamps: std::collections::VecDeque::new(),
         }
     }
@@ -956,7 +959,19 @@ impl Elector {
             && v.record.holder_identity.as_deref() == Some(self.identity.as_str())
             && same_acquisition(&v.record, &held.acquire_time, held.fencing_token)
             && v.record.renew_time.as_ref().is_some_and(|t| !self.sent_stamps.contains(t))
+            // A renewal: a renewTime not seen just before (found by review, helper-134: one hand edit, then
+            // another field changed, counted twice).
+            && previous.as_ref().and_then(|o| o.current.as_ref()).map(|p| &p.record.renew_time)
+                != Some(&v.record.renew_time)
         {
+            // Two within a lease duration (the longer of ours and the record's): a co-holder renews within
+            // its renew deadline, or stops leading itself; two hand edits days apart are no co-holder
+            // (found by review, helper-134).
+            let window = holder_duration(&v.record, self.timing).max(self.timing.lease_duration);
+            if self.last_foreign_at.is_none_or(|at| now.saturating_duration_since(at) > window) {
+                self.foreign_renewals = 0;
+            }
+            self.last_foreign_at = Some(now);
             self.foreign_renewals += 1;
             if self.foreign_renewals >= 2
                 && let Some(held) = self.held.take()
@@ -1487,6 +1502,7 @@ impl Elector {
         let next_renew_at = sent_at + self.timing.retry_period;
         if self.held.is_none() {
             self.foreign_renewals = 0;
+            self.last_foreign_at = None;
             // Acquired: fewer contend than feared, or a waiter left alone would keep waiting out a
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
@@ -1537,7 +1553,10 @@ impl Elector {
     fn is_own_write(&self, record: &LeaseSpec) -> bool {
         self.is_current_acquisition(record)
             || (record.holder_identity.as_deref() == Some(self.identity.as_str())
-                && self.previous.iter().chain(&self.strays).any(|(time, token)| same_acquisition(record, time, *token)))
+                && self.previous.iter().chain(&self.strays).any(|(time, token)| same_acquisition(record, time, *token))
+                // Not a hold undone (a collision's: found by review, helper-134, a side-car's hold adopted
+                // again after its renew deadline was also `previous`, and given back from under the other).
+                && !self.undone.iter().any(|(time, token)| same_acquisition(record, time, *token)))
     }
 
     /// A live record under our identity that is not our own write (and that we do not adopt).
@@ -1683,9 +1702,14 @@ fn side_car_mark(record: &LeaseSpec) -> String {
 /// year 9000, a thousand years of microseconds short of the latest a timestamp holds.
 const STAMP_CEILING: k8s_openapi::jiff::Timestamp = k8s_openapi::jiff::Timestamp::constant(221_845_392_000, 0);
 
-/// One microsecond past `time` (none at the end of time).
+/// One microsecond past `time`, on a whole microsecond (none at the end of time): a stored time with
+/// nanoseconds (a record of `--backend file` edited by hand) is no floor with nanoseconds, or every later
+/// stamp of ours would carry them, and a record written with it is stored without them (MicroTime keeps
+/// microseconds), so that no write of ours would ever be seen to land (found by review, helper-134: the
+/// renewal on such a record was taken for another process's, an identity collision).
 fn just_after(time: &MicroTime) -> Option<MicroTime> {
-    time.0.checked_add(SignedDuration::from_micros(1)).ok().map(MicroTime)
+    let whole = k8s_openapi::jiff::Timestamp::from_microsecond(time.0.as_microsecond()).ok()?;
+    whole.checked_add(SignedDuration::from_micros(1)).ok().map(MicroTime)
 }
 
 /// Whether a stored record is exactly a write we sent: the fields we set all match.
@@ -2350,6 +2374,68 @@ mod tests {
         a.observe(Some(edited.clone()), at(t0, 3.0));
         let r1 = expect_write(a.next(now(t0, 4.0)));
         assert_ne!(r1.record, edited.record, "a renewal that changes nothing");
+    }
+
+    /// Found by review (helper-134): two hand edits of renewTime more than a lease duration apart are no
+    /// co-holder (which renews within its renew deadline); two within one are.
+    #[test]
+    fn foreign_renewals_count_two_only_within_a_lease_duration() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edit = |a: &mut Elector, rv: u32, second: f64| {
+            let mut edited = a.current().unwrap().clone();
+            edited.record.renew_time = Some(wall(500 + i64::from(rv)));
+            edited.resource_version = rv.to_string();
+            a.observe(Some(edited), at(t0, second));
+        };
+        edit(&mut a, 3, 1.0);
+        // 20 s later (our lease duration is 15 s, the record's too): a second edit, alone again.
+        edit(&mut a, 4, 21.0);
+        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        assert!(a.held().is_some());
+        edit(&mut a, 5, 23.0);
+        assert_eq!(a.loss(), Some(&LossReason::Collision { identity: "me".into() }));
+    }
+
+    /// Found by review (helper-134): one hand edit of renewTime (let be: see `foreign_renewals`), then
+    /// another field of the record changed (`kubectl edit` twice, a tool setting `leaseDurationSeconds`)
+    /// before our next renewal: the same renewTime seen again is no second renewal by anyone.
+    #[test]
+    fn one_hand_edit_seen_in_two_versions_is_no_collision() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(wall(500));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited.clone()), at(t0, 0.5));
+        edited.record.lease_duration_seconds = Some(30);
+        edited.resource_version = "4".into();
+        a.observe(Some(edited), at(t0, 0.6));
+        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        assert!(a.held().is_some());
+    }
+
+    /// Found by review (helper-134): a record of `--backend file` edited by hand to a renewTime with
+    /// nanoseconds (the file keeps what it is given; a write is stored with microseconds). The renewal
+    /// stamped one microsecond past it carried the nanoseconds, was stored without them, and so was taken
+    /// for another process's renewal under our identity: with the edit, a collision, and the child stopped.
+    #[test]
+    fn a_renewal_of_a_record_edited_to_nanoseconds_is_still_our_own() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edited = a.current().unwrap().clone();
+        let future = wall(30).0.checked_add(SignedDuration::from_nanos(123_456_789)).unwrap();
+        edited.record.renew_time = Some(MicroTime(future));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited), at(t0, 1.0));
+        let renewal = expect_write(a.next(now(t0, 2.0)));
+        // As any store keeps it: through its JSON form.
+        let stored: LeaseSpec = serde_json::from_value(serde_json::to_value(&renewal.record).unwrap()).unwrap();
+        assert_eq!(stored, renewal.record, "a stamp of ours is what a store keeps");
+        let ticket = a.write_sent(&renewal, at(t0, 2.0));
+        a.write_result(ticket, WriteResult::Applied(versioned(4, stored)), at(t0, 2.1));
+        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        assert_eq!(a.held().unwrap().last_renew_sent, at(t0, 2.0), "the renewal counts");
     }
 
     /// A wall clock set past the year 9000 reads as that year, and stamps still move on.
@@ -3464,5 +3550,40 @@ mod tests {
             assert_eq!(matches!(next, Action::Write(_)), adopted, "seen at {seen}: {next:?}");
             assert_eq!(a.release(now(t0, seen)).is_some(), adopted, "seen at {seen}");
         }
+    }
+
+    /// Found by review (helper-134): a side-car whose hold ended at its renew deadline, seen early, adopts it
+    /// again: the same acquisition, which is also `previous`. A client-go elector under the pod's identity
+    /// then renews it twice (a collision): the record, the other's now, must be neither given back nor
+    /// taken again; `previous` still named it as our own write.
+    #[test]
+    fn sidecar_collision_after_adopting_its_own_hold_again_writes_nothing() {
+        let t0 = Instant::now();
+        let mut a = Elector::adopting("me", TIMING);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let w = expect_write(a.next(now(t0, 0.0)));
+        let ticket = a.write_sent(&w, t0);
+        a.write_result(ticket, WriteResult::Applied(stored(2, &w)), t0);
+        a.observe(Some(stored(2, &w)), at(t0, 12.0));
+        assert!(matches!(a.next(now(t0, 12.0)), Action::Lost(_)));
+        a.lapse_seen(at(t0, 12.0));
+        a.forget_loss();
+        a.observe(Some(stored(2, &w)), at(t0, 12.0));
+        let adoption = expect_write(a.next(now(t0, 12.0)));
+        let ticket = a.write_sent(&adoption, at(t0, 12.0));
+        a.write_result(ticket, WriteResult::Applied(stored(3, &adoption)), at(t0, 12.1));
+        assert!(a.held().is_some(), "adopted again");
+        // client-go under our identity renews it twice, as its own.
+        for (rv, second) in [(4, 12.5), (5, 13.0)] {
+            let mut co = a.current().unwrap().clone();
+            co.record.renew_time = Some(wall(1000 + rv as i64));
+            co.resource_version = rv.to_string();
+            a.observe(Some(co), at(t0, second));
+        }
+        assert_eq!(a.next(now(t0, 13.1)), Action::Lost(LossReason::Collision { identity: "me".into() }));
+        assert!(a.release(now(t0, 13.2)).is_none(), "the other's record given back");
+        a.forget_loss();
+        let next = a.next(now(t0, 13.3));
+        assert!(!matches!(next, Action::Write(_)), "the other's record taken again: {next:?}");
     }
 }

@@ -853,3 +853,45 @@ fn status_reports_an_unreadable_last_record_that_keeps_lock_waiting() {
     assert!(!status.stdout.contains("does not exist"), "{}", status.stdout);
     assert_eq!(fs::read_to_string(&last).unwrap(), "{ not json", "never overwritten");
 }
+
+/// Found by review (helper-134): a record edited by hand to a renewTime with nanoseconds (the file keeps
+/// what it is given; `date +%FT%T.%NZ`, Go's RFC3339Nano). The holder's next renewal, stamped one
+/// microsecond past it, carried the nanoseconds and was stored without them: taken for another process's
+/// renewal under its identity, an "identity collision" on the first renewal after the edit, the child
+/// stopped (exit 123) and the record left for waiters to wait out. Before the collision rule, no renewal
+/// was ever seen to land, and the hold was lost at the renew deadline.
+#[test]
+fn a_renew_time_edited_to_nanoseconds_stops_nothing() {
+    let env = TestEnv::file();
+    let name = env.lease_name("nanos");
+    let log = env.path("log");
+    let go = env.path("go");
+    let mut holder = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    wait_for_file(&log, "start");
+    let path = env.lock_dir().join(format!("{name}.json"));
+    let version = |path: &Path| -> u64 {
+        let lease: Option<serde_json::Value> =
+            fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        lease.and_then(|lease| lease["metadata"]["resourceVersion"].as_str()?.parse().ok()).unwrap_or(0)
+    };
+    // The hand edit: renewTime 20 s ahead, with nanoseconds, at a new version.
+    let mut lease: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let edited = version(&path) + 1;
+    let ahead = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(20);
+    let stamp = format!("{}.123456789Z", ahead.strftime("%Y-%m-%dT%H:%M:%S"));
+    lease["spec"]["renewTime"] = serde_json::Value::String(stamp);
+    lease["metadata"]["resourceVersion"] = serde_json::Value::String(edited.to_string());
+    let tmp = env.lock_dir().join(format!(".{name}.edit"));
+    fs::write(&tmp, serde_json::to_vec(&lease).unwrap()).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    // Three renewals of the holder after the edit (a renew deadline's worth of them).
+    wait_until("three renewals after the edit", || {
+        version(&path) >= edited + 3 || holder.wait_for(Duration::ZERO).is_some()
+    });
+    fs::write(&go, "").unwrap();
+    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let stderr = holder.stderr();
+    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
+    assert!(!stderr.contains("collision"), "{stderr}");
+    assert_eq!(fs::read_to_string(&log).unwrap().matches("start").count(), 1);
+}

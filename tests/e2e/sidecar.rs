@@ -1814,3 +1814,43 @@ fn a_cut_off_side_cars_own_restored_record_is_not_adopted_at_once() {
         "A's client told 200 {a_at:?} after B's client was, beside it (the same lock, no restore detected)"
     );
 }
+
+/// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
+/// late) and the next heartbeat adopts it again, the same acquisition, which the side-car also remembers as
+/// the hold it had last. A client-go elector under the pod's identity then renews it twice: an identity
+/// collision, the record is the other's now. The side-car took it again (200 with a new token, its client
+/// running beside client-go's work), and a DELETE cleared client-go's record, because the hold it had last
+/// still named that acquisition as its own write.
+#[test]
+fn a_side_car_that_adopted_its_hold_again_never_takes_it_from_a_client_go_co_holder() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("sc-readopted");
+    let path = format!("/locks/{name}");
+    let sidecar = Sidecar::of_pod(&env, "pod-a", &["--ttl", "4s"]);
+    let first = sidecar.put(&name);
+    first.assert_status(200);
+    let token = first.json()["leaseTransitions"].clone();
+    // Past the renew deadline (2 s for a TTL of 4 s), within the TTL: adopted again at once.
+    std::thread::sleep(Duration::from_millis(2500));
+    let again = sidecar.put(&name);
+    again.assert_status(200);
+    assert_eq!(again.json()["leaseTransitions"], token, "adopted again, the same holding");
+    assert!(sidecar.process.stderr().contains("adopted the lock"), "{}", sidecar.process.stderr());
+    // client-go under the pod's identity renews it as its own, twice (the side-car sees each on a request).
+    let co_renew = || {
+        env.edit(&name, |record| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            record.renew_time =
+                Some(MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap()));
+            record.lease_duration_seconds = Some(15);
+        })
+    };
+    co_renew();
+    sidecar.request("GET", &path).assert_status(200);
+    co_renew();
+    let (_, renewed) = env.get(&name).unwrap();
+    let put = sidecar.put(&name);
+    assert_eq!(put.status, 409, "client-go's record taken again: {}\n{}", put.body, sidecar.process.stderr());
+    sidecar.request("DELETE", &path).assert_status(409);
+    assert_eq!(env.get(&name).unwrap().1, renewed, "client-go's record stands");
+}
