@@ -2382,7 +2382,7 @@ mod tests {
     fn foreign_renewals_count_two_only_within_a_lease_duration() {
         let t0 = Instant::now();
         let mut a = holding(t0);
-        let mut edit = |a: &mut Elector, rv: u32, second: f64| {
+        let edit = |a: &mut Elector, rv: u32, second: f64| {
             let mut edited = a.current().unwrap().clone();
             edited.record.renew_time = Some(wall(500 + i64::from(rv)));
             edited.resource_version = rv.to_string();
