@@ -28,6 +28,8 @@ both_backends!(
     subreaper_reaps_orphans_and_keeps_the_childs_status,
     as_subreaper_what_mpsync_adopted_dies_with_a_sigkill_of_mpsync,
     what_the_child_started_in_a_session_of_its_own_dies_with_a_sigkill_of_mpsync,
+    what_the_child_starts_in_a_session_of_its_own_during_the_grace_dies_with_a_sigkill_of_mpsync,
+    a_nested_mpsyncs_job_dies_with_a_sigkill_of_the_outer_mpsync,
     as_subreaper_what_the_child_left_dies_with_a_sigkill_of_mpsync_during_the_grace,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
@@ -1425,4 +1427,84 @@ fn a_loss_while_the_childs_leftovers_are_stopped_is_said_not_called_a_release(en
     assert!(!alive(worker_pid), "the worker outlived mpsync");
     assert!(lock.stderr().contains("lost the lease after the child exited"), "{}", lock.stderr());
     assert!(!lock.stderr().contains("released the lease"), "{}", lock.stderr());
+}
+
+/// Found by review (helper-135): the lease lost, mpsync stops the child (SIGTERM) and waits `--grace` for its job.
+/// The child's TERM trap starts its clean-up in a session of its own (`setsid cleanup &`) and waits for
+/// it. mpsync is SIGKILLed during the grace: the main child dies of its parent-death signal, and the
+/// clean-up, a child of the main child outside its group started after mpsync's look at the job, must go
+/// with the job (the guard was to be told of it, as while the child runs).
+fn what_the_child_starts_in_a_session_of_its_own_during_the_grace_dies_with_a_sigkill_of_mpsync(env: &TestEnv) {
+    for lost in [true, false] {
+        let name = env.lease_name("grace-left");
+        let worker = env.path(&env.lease_name("worker"));
+        let up = env.path(&env.lease_name("up"));
+        let script = format!(
+            "trap 'setsid sh -c \"trap \\\"\\\" TERM; echo \\$\\$ > {}; exec sleep 300\" & wait' TERM; echo up > {}; \
+             while :; do sleep 0.05; done",
+            worker.display(),
+            up.display()
+        );
+        let timings = ["--lease-duration", "60s", "--renew-deadline", "40s", "--grace", "15s"];
+        let head = [&["lock", &name, "-vv"][..], &timings[..]].concat();
+        let mut lock = env.spawn([&head[..], &["--", "sh", "-c", &script]].concat());
+        wait_for_file(&up, "up");
+        if lost {
+            env.edit(&name, |spec| {
+                spec.holder_identity = Some("thief".into());
+                spec.lease_duration_seconds = Some(60);
+            });
+        } else {
+            lock.signal(Signal::SIGTERM);
+        }
+        let worker = read_pid(&worker);
+        wait_until("the clean-up to run in a session of its own", || {
+            alive(worker) && fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| s.contains("(sleep)"))
+        });
+        let told = format!("the guard knows of a process that left the child's group pid={worker}");
+        // Told within 100 ms (20 ms during the grace); it was never told while mpsync stopped the job after a
+        // loss: the clean-up was handed to init with the main child's death, out of the guard's sight.
+        let was_told = within_patience(|| lock.stderr().contains(&told));
+        lock.signal(Signal::SIGKILL);
+        lock.wait_for(PATIENCE).expect("killed");
+        let died = within_patience(|| !alive(worker));
+        if !died {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+        }
+        assert!(died, "lost={lost} told={was_told}: the clean-up started during the grace ran on with no lease");
+    }
+}
+
+/// Found by review (helper-135): `mpsync lock outer -- mpsync lock inner -- sh -c 'worker & wait'` (nesting is
+/// supported: a nested mpsync gets an identity of its own). The outer mpsync is SIGKILLed: the inner
+/// mpsync dies of its parent-death signal, its child too, and the worker left in the inner child's group
+/// is the inner guard's to kill. The outer guard stops and kills the inner guard (a process of its job)
+/// meanwhile, and the worker ran on with no lease (4 of 6 runs, also before 6b4e034: 3 of 8). The guard
+/// now kills the members of a group that a process it was told of led.
+fn a_nested_mpsyncs_job_dies_with_a_sigkill_of_the_outer_mpsync(env: &TestEnv) {
+    for round in 0..3 {
+        let worker = env.path(&env.lease_name("nested-worker"));
+        let script = format!("sh -c 'trap \"\" TERM HUP; echo $$ > {}; exec sleep 300' & wait", worker.display());
+        let inner = env.mpsync(["lock", &env.lease_name("inner"), "--", "sh", "-c", &script]);
+        let mut args: Vec<std::ffi::OsString> =
+            ["lock", &env.lease_name("outer"), "-vv", "--"].iter().map(Into::into).collect();
+        args.push(inner.get_program().into());
+        args.extend(inner.get_args().map(Into::into));
+        let mut outer = env.spawn(args);
+        let worker = read_pid(&worker);
+        wait_until("the worker to run", || {
+            alive(worker) && fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| s.contains("(sleep)"))
+        });
+        // The outer guard knows of the inner mpsync's guard and child (each in a group of its own).
+        wait_until("the outer mpsync to tell its guard of the inner guard and child", || {
+            outer.stderr().matches("the guard knows of a process that left the child's group").count() >= 2
+        });
+        outer.signal(Signal::SIGKILL);
+        outer.wait_for(PATIENCE).expect("killed");
+        let died = within_patience(|| !alive(worker));
+        if !died {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+        }
+        assert!(died, "round {round}: the inner mpsync's worker ran on after a SIGKILL of the outer mpsync");
+    }
 }
