@@ -7,7 +7,8 @@
 //! processes); -1 sets a deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none); -2 adds a process
 //! mpsync adopted as a subreaper to the job, the i64 its pid (the low 22 bits) and its start time (the
 //! bits above), so that it is killed with the job should mpsync die: with mpsync's death it is handed to
-//! init, where nothing else would find it.
+//! init, where nothing else would find it. (Also a child of the main child outside its group; the guard
+//! then kills, with it, what is left of a group it leads, even once it died.)
 //!
 //! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
 //! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
