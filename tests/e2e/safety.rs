@@ -3,6 +3,7 @@
 //! that fail at once. Each window is reached on purpose, through the real binary.
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
@@ -882,13 +883,7 @@ fn a_restore_to_a_frozen_replicas_own_last_record_never_lets_two_children_run() 
     let snapshot = server.snapshot();
     let holder = || env.get(&name).and_then(|(_, spec)| spec.holder_identity);
     wait_until("the second replica to take over", || holder().as_deref() == Some("second"));
-    let pids = || {
-        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
-        pids.dedup();
-        pids.sort();
-        pids.dedup();
-        pids
-    };
+    let pids = || stamping_pids(&alive);
     wait_until("the second replica's child", || pids().len() == 2);
     server.restore(&snapshot);
     first.signal(Signal::SIGCONT);
@@ -900,24 +895,7 @@ fn a_restore_to_a_frozen_replicas_own_last_record_never_lets_two_children_run() 
     second.signal(Signal::SIGTERM);
     let (first, second) = (first.finish(), second.finish());
     // Each child's span of `alive` stamps; no two may overlap.
-    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
-    for (pid, nanos, _) in read_stamps(&alive) {
-        let span = spans.entry(pid).or_insert((nanos, nanos));
-        span.0 = span.0.min(nanos);
-        span.1 = span.1.max(nanos);
-    }
-    let spans: Vec<(u128, u128)> = spans.into_values().collect();
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
-            assert!(
-                overlap <= 0,
-                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst:\n{}\nsecond:\n{}",
-                first.stderr,
-                second.stderr
-            );
-        }
-    }
+    assert_no_two_ran_at_once(&alive, || format!("first:\n{}\nsecond:\n{}", first.stderr, second.stderr));
 }
 
 /// Found by review (helper-124): `lock` frozen past its renew deadline, another takes over, etcd is restored to
@@ -935,12 +913,7 @@ fn a_frozen_locks_give_back_after_a_restore_never_lets_a_third_in_beside_the_tak
         "trap 'sleep 0.5; echo $$ $(date +%s%N) >> {a}; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
         a = alive.display()
     );
-    let pids = || {
-        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
-        pids.sort();
-        pids.dedup();
-        pids
-    };
+    let pids = || stamping_pids(&alive);
     let first = env.spawn(fast(&["lock", &name, "-v", "--identity", "first"], &["sh", "-c", &script]));
     wait_until("the first child", || pids().len() == 1);
     let second = env.spawn(fast(&["lock", &name, "-v", "--identity", "second"], &["sh", "-c", &script]));
@@ -963,26 +936,9 @@ fn a_frozen_locks_give_back_after_a_restore_never_lets_a_third_in_beside_the_tak
     second.signal(Signal::SIGTERM);
     third.signal(Signal::SIGTERM);
     let (second, third) = (second.finish(), third.finish());
-    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
-    for (pid, nanos, _) in read_stamps(&alive) {
-        let span = spans.entry(pid).or_insert((nanos, nanos));
-        span.0 = span.0.min(nanos);
-        span.1 = span.1.max(nanos);
-    }
-    let spans: Vec<(u128, u128)> = spans.into_values().collect();
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
-            assert!(
-                overlap <= 0,
-                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst ({:?}):\n{}\nsecond:\n{}\nthird:\n{}",
-                first.status,
-                first.stderr,
-                second.stderr,
-                third.stderr
-            );
-        }
-    }
+    assert_no_two_ran_at_once(&alive, || {
+        format!("first ({:?}):\n{}\nsecond:\n{}\nthird:\n{}", first.status, first.stderr, second.stderr, third.stderr)
+    });
 }
 
 /// Found by review (helper-124): as above, but the next process is a fresh one, started when the frozen `lock` has
@@ -1000,12 +956,7 @@ fn a_frozen_locks_give_back_after_a_restore_never_lets_a_newcomer_in_beside_the_
         "trap 'for i in 1 2 3 4 5 6 7; do echo $$ $(date +%s%N) >> {a}; sleep 0.1; done; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
         a = alive.display()
     );
-    let pids = || {
-        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
-        pids.sort();
-        pids.dedup();
-        pids
-    };
+    let pids = || stamping_pids(&alive);
     let first = env.spawn(fast(&["lock", &name, "-v", "--identity", "first"], &["sh", "-c", &script]));
     wait_until("the first child", || pids().len() == 1);
     let second = env.spawn(fast(&["lock", &name, "-v", "--identity", "second"], &["sh", "-c", &script]));
@@ -1027,26 +978,9 @@ fn a_frozen_locks_give_back_after_a_restore_never_lets_a_newcomer_in_beside_the_
     second.signal(Signal::SIGTERM);
     fourth.signal(Signal::SIGTERM);
     let (second, fourth) = (second.finish(), fourth.finish());
-    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
-    for (pid, nanos, _) in read_stamps(&alive) {
-        let span = spans.entry(pid).or_insert((nanos, nanos));
-        span.0 = span.0.min(nanos);
-        span.1 = span.1.max(nanos);
-    }
-    let spans: Vec<(u128, u128)> = spans.into_values().collect();
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
-            assert!(
-                overlap <= 0,
-                "two children ran at once for {overlap} ns after the restore: {spans:?}\nfirst ({:?}):\n{}\nsecond:\n{}\nfourth:\n{}",
-                first.code,
-                first.stderr,
-                second.stderr,
-                fourth.stderr
-            );
-        }
-    }
+    assert_no_two_ran_at_once(&alive, || {
+        format!("first ({:?}):\n{}\nsecond:\n{}\nfourth:\n{}", first.code, first.stderr, second.stderr, fourth.stderr)
+    });
 }
 
 /// Found by review (helper-128): `lock` A's acquisition is committed but its answer never reaches A, which is then cut
@@ -1067,12 +1001,7 @@ fn an_acquisition_learned_past_its_lease_duration_after_a_restore_never_lets_two
         "trap 'for i in $(seq 1 17); do echo $$ $(date +%s%N) >> {a}; sleep 0.1; done; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
         a = alive.display()
     );
-    let pids = || {
-        let mut pids: Vec<String> = read_stamps(&alive).into_iter().map(|s| s.0).collect();
-        pids.sort();
-        pids.dedup();
-        pids
-    };
+    let pids = || stamping_pids(&alive);
     let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
     let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
     let proxied = env.path("kubeconfig-proxied");
@@ -1103,26 +1032,37 @@ fn an_acquisition_learned_past_its_lease_duration_after_a_restore_never_lets_two
     a.signal(Signal::SIGTERM);
     b.signal(Signal::SIGTERM);
     let (a, b) = (a.finish(), b.finish());
+    assert_no_two_ran_at_once(&alive, || format!("A ({:?}):\n{}\nB ({:?}):\n{}", a.code, a.stderr, b.code, b.stderr));
+    drop(proxy);
+}
+
+/// The pids that stamped `alive` (a child that writes `PID NANOS` lines while it runs), each once.
+fn stamping_pids(alive: &Path) -> Vec<String> {
+    let mut pids: Vec<String> = read_stamps(alive).into_iter().map(|s| s.0).collect();
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+/// No two children's spans of `alive` stamps (`PID NANOS` lines, from each child's first to its last)
+/// overlap; `context` says what the processes logged, for the failure.
+#[track_caller]
+fn assert_no_two_ran_at_once(alive: &Path, context: impl FnOnce() -> String) {
     let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
-    for (pid, nanos, _) in read_stamps(&alive) {
+    for (pid, nanos, _) in read_stamps(alive) {
         let span = spans.entry(pid).or_insert((nanos, nanos));
         span.0 = span.0.min(nanos);
         span.1 = span.1.max(nanos);
     }
     let spans: Vec<(u128, u128)> = spans.into_values().collect();
-    eprintln!("spans: {spans:?}");
-    for (i, x) in spans.iter().enumerate() {
-        for y in &spans[i + 1..] {
-            let overlap = x.1.min(y.1) as i128 - x.0.max(y.0) as i128;
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let overlap = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
             assert!(
                 overlap <= 0,
-                "two children ran at once for {overlap} ns after the restore: {spans:?}\nA ({:?}):\n{}\nB ({:?}):\n{}",
-                a.code,
-                a.stderr,
-                b.code,
-                b.stderr
+                "two children ran at once for {overlap} ns after the restore: {spans:?}\n{}",
+                context()
             );
         }
     }
-    drop(proxy);
 }
