@@ -264,7 +264,9 @@ impl Runner {
         // `Supervisor::note_escapes`).
         // A stop signal forwarded to the child: mpsync is to end with it, whatever happens to the lease.
         let mut stopping = false;
-        let mut adoptions = tokio::time::interval(ADOPTION_LOOK);
+        // The first look a tick after the start, not at once: a child as short as `true` costs no reads of
+        // /proc (what leaves the group within a tick of the start escapes a SIGKILL of mpsync either way).
+        let mut adoptions = tokio::time::interval_at(tokio::time::Instant::now() + ADOPTION_LOOK, ADOPTION_LOOK);
         adoptions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
