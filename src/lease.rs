@@ -539,9 +539,18 @@ pub struct Elector {
     last_foreign_at: Option<Instant>,
     /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
     sent_stamps: std::collections::VecDeque<MicroTime>,
+    /// Versions went back and the record read since is not observed yet: it is etcd's past, no renewal by
+    /// anyone (found by review, helper-138: a hand edit let be, brought back by a restore, counted as a
+    /// second foreign renewal; so would a restored renewal of ours older than `sent_stamps` remembers).
+    restored_unseen: bool,
+    /// The foreign `renewTime`s counted in `foreign_renewals` (the last few): one seen again (a manifest
+    /// applied again, a restore) is no new renewal.
+    counted_foreign: std::collections::VecDeque<MicroTime>,
 }
 
 const MAX_SENT_STAMPS: usize = 64;
+/// How many foreign `renewTime`s an elector remembers having counted.
+const MAX_COUNTED_FOREIGN: usize = 16;
 
 impl Elector {
     pub fn new(identity: impl Into<String>, timing: Timing) -> Elector {
@@ -581,6 +590,8 @@ impl Elector {
             foreign_renewals: 0,
             last_foreign_at: None,
             sent_stamps: std::collections::VecDeque::new(),
+            restored_unseen: false,
+            counted_foreign: std::collections::VecDeque::new(),
         }
     }
 
@@ -732,6 +743,7 @@ impl Elector {
         if let Some(Observation { current: Some(known), .. }) = self.observation.as_mut() {
             known.resource_version.clear();
         }
+        self.restored_unseen = true;
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
         self.stray_sent.clear();
@@ -776,6 +788,7 @@ impl Elector {
     }
 
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
+        let restored = std::mem::take(&mut self.restored_unseen);
         self.needs_read = false;
         self.awaiting_event_until = None;
         if seen == Seen::Snapshot {
@@ -954,6 +967,7 @@ impl Elector {
         // work beside our child). A single one may be a hand edit of renewTime; a second is another holder:
         // lost, never given back (the record is the other's now), and waited out as another's hold.
         if changed
+            && !restored
             && let Some(held) = &self.held
             && let Some(v) = self.observation.as_ref().and_then(|o| o.current.as_ref())
             && v.record.holder_identity.as_deref() == Some(self.identity.as_str())
@@ -963,7 +977,14 @@ impl Elector {
             // another field changed, counted twice).
             && previous.as_ref().and_then(|o| o.current.as_ref()).map(|p| &p.record.renew_time)
                 != Some(&v.record.renew_time)
+            && v.record.renew_time.as_ref().is_some_and(|t| !self.counted_foreign.contains(t))
         {
+            if let Some(time) = &v.record.renew_time {
+                if self.counted_foreign.len() >= MAX_COUNTED_FOREIGN {
+                    self.counted_foreign.pop_front();
+                }
+                self.counted_foreign.push_back(time.clone());
+            }
             // Two within a lease duration (the longer of ours and the record's): a co-holder renews within
             // its renew deadline, or stops leading itself; two hand edits days apart are no co-holder
             // (found by review, helper-134).
@@ -1503,6 +1524,7 @@ impl Elector {
         if self.held.is_none() {
             self.foreign_renewals = 0;
             self.last_foreign_at = None;
+            self.counted_foreign.clear();
             // Acquired: fewer contend than feared, or a waiter left alone would keep waiting out a
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
@@ -2374,6 +2396,45 @@ mod tests {
         a.observe(Some(edited.clone()), at(t0, 3.0));
         let r1 = expect_write(a.next(now(t0, 4.0)));
         assert_ne!(r1.record, edited.record, "a renewal that changes nothing");
+    }
+
+    /// Found by review (helper-138): one hand edit of renewTime (let be), then an etcd restore to a snapshot
+    /// taken just after it: the restored record shows that same edit again, no renewal by anyone.
+    #[test]
+    fn a_hand_edit_brought_back_by_a_restore_is_no_second_renewal() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(wall(500));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited.clone()), at(t0, 0.5));
+        let renewal = expect_write(a.next(now(t0, 2.0)));
+        let ticket = a.write_sent(&renewal, at(t0, 2.0));
+        a.write_result(ticket, WriteResult::Applied(versioned(4, renewal.record.clone())), at(t0, 2.1));
+        assert!(a.held().is_some());
+        a.versions_went_back();
+        a.observe(Some(edited), at(t0, 2.5));
+        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        assert!(a.held().is_some());
+    }
+
+    /// A hand edit of renewTime applied again later (a GitOps tool putting a Lease manifest back) is the
+    /// same edit, not a second renewal by anyone.
+    #[test]
+    fn the_same_foreign_renew_time_seen_again_counts_once() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        let mut edited = a.current().unwrap().clone();
+        edited.record.renew_time = Some(wall(500));
+        edited.resource_version = "3".into();
+        a.observe(Some(edited.clone()), at(t0, 0.5));
+        let renewal = expect_write(a.next(now(t0, 2.0)));
+        let ticket = a.write_sent(&renewal, at(t0, 2.0));
+        a.write_result(ticket, WriteResult::Applied(versioned(4, renewal.record.clone())), at(t0, 2.1));
+        edited.resource_version = "5".into();
+        a.observe(Some(edited), at(t0, 2.5));
+        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        assert!(a.held().is_some());
     }
 
     /// Found by review (helper-134): two hand edits of renewTime more than a lease duration apart are no

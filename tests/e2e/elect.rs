@@ -513,3 +513,47 @@ fn a_client_go_renewal_under_our_identity_stops_our_child() {
     // The record is the other process's now: never given back (a release would let a third in beside it).
     assert_eq!(env.holder(&name).as_deref(), Some("shared"), "{}", out.stderr);
 }
+
+/// From review (helper-138): `elect` (campaigning again after a loss) and a client-go elector under its
+/// identity: after the collision stops our child, the other's record (the acquisition we had, renewed by
+/// it, duration 5 s) is waited out: the child starts again only past the other's last renewal plus its
+/// duration, never while it may still run its work, and with a new fencing token.
+#[test]
+fn elect_after_a_collision_waits_out_the_co_holder_before_starting_again() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("elect-co");
+    let log = env.path("log");
+    let script = format!(
+        "trap 'exit 143' TERM; echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {}; sleep 1000 & wait",
+        log.display()
+    );
+    let elect = env.spawn(fast(&["elect", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
+    wait_for_file(&log, "start");
+    let mut last_renewal = 0u128;
+    let began = Instant::now();
+    // client-go renews every 700 ms for 3 s after our child started, then dies (no release).
+    while began.elapsed() < Duration::from_secs(3) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap();
+        env.edit(&name, |spec| {
+            spec.holder_identity = Some("shared".into());
+            spec.lease_duration_seconds = Some(5);
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now));
+        });
+        last_renewal = epoch_nanos();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    wait_until("the child to start again", || read_stamps(&log).len() >= 2 || elect.stderr().contains("panicked"));
+    elect.signal(Signal::SIGTERM);
+    let out = elect.finish();
+    let stamps = read_stamps(&log);
+    assert!(out.stderr.contains("identity collision"), "{}", out.stderr);
+    let again = stamps[1].1;
+    assert!(
+        again >= last_renewal + 5_000_000_000,
+        "started again {} ms after the other's last renewal (duration 5 s):\n{}",
+        (again as i128 - last_renewal as i128) / 1_000_000,
+        out.stderr
+    );
+    assert!(stamps[1].2 > stamps[0].2, "a new token: {stamps:?}");
+}

@@ -1066,3 +1066,138 @@ fn assert_no_two_ran_at_once(alive: &Path, context: impl FnOnce() -> String) {
         }
     }
 }
+
+/// Found by review (helper-138): one hand edit of a holder's renewTime (let be, README "Identity"), then an etcd
+/// restore to a snapshot taken just after it, within a lease duration. The restored record carries that
+/// same edited renewTime again: no new renewal by anyone, nobody else under our identity, yet it must not
+/// count as a second foreign renewal ("a second renewal ... carrying a *new* renewTime"). The holder's
+/// child must run on to its end (exit 0), with no `identity collision`.
+#[test]
+fn one_hand_edit_seen_again_after_a_restore_stops_nothing() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("edit-restore");
+    let log = env.path("log");
+    let go = env.path("go");
+    let script = format!(
+        "echo start >> {log}; while [ ! -e {go} ]; do sleep 0.05; done; echo end >> {log}",
+        log = log.display(),
+        go = go.display()
+    );
+    let mut holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "me"], &["sh", "-c", &script]));
+    wait_for_file(&log, "start");
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    // A hand edit of renewTime (`kubectl edit`): one foreign renewTime, let be.
+    env.edit(&name, |spec| {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond() - 123).unwrap();
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now));
+    });
+    let snapshot = server.snapshot();
+    // Two renewals of the holder after the edit, then the restore (all within the 4 s lease duration).
+    for _ in 0..2 {
+        let before = renewed();
+        wait_until("a renewal", || renewed() != before);
+    }
+    server.restore(&snapshot);
+    // Four renewals of the holder after the restore.
+    for _ in 0..4 {
+        let before = renewed();
+        wait_until("a renewal after the restore", || renewed() != before || holder.wait_for(Duration::ZERO).is_some());
+    }
+    fs::write(&go, "").unwrap();
+    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let stderr = holder.stderr();
+    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
+    assert!(!stderr.contains("collision"), "{stderr}");
+}
+
+/// From review (helper-138): renewals that commit but whose answers are lost (the connection cut, a 504 after
+/// the commit, an answer 1.5 s late) while the watch lags: every renewTime in the record is one the holder
+/// sent, so none is another process's renewal under its identity; the child runs to its end.
+#[test]
+fn renewals_whose_answers_are_lost_are_no_collision() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("lost-answers");
+    let log = env.path("log");
+    let go = env.path("go");
+    let script = format!(
+        "echo start >> {log}; while [ ! -e {go} ]; do sleep 0.05; done; echo end >> {log}",
+        log = log.display(),
+        go = go.display()
+    );
+    let mut holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "me"], &["sh", "-c", &script]));
+    wait_for_file(&log, "start");
+    server.set_watch_lag(Duration::from_millis(700));
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for how in [
+        AfterCommit::Drop,
+        AfterCommit::Fail(504),
+        AfterCommit::Delay(Duration::from_millis(1500)),
+        AfterCommit::Drop,
+        AfterCommit::Fail(500),
+        AfterCommit::Drop,
+    ] {
+        server.after_commit(1, how);
+        wait_until("the fault to fire", || {
+            server.after_commit_pending() == 0 || holder.wait_for(Duration::ZERO).is_some()
+        });
+        let before = renewed();
+        wait_until("a renewal", || renewed() != before || holder.wait_for(Duration::ZERO).is_some());
+    }
+    fs::write(&go, "").unwrap();
+    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let stderr = holder.stderr();
+    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
+    assert!(!stderr.contains("collision"), "{stderr}");
+}
+
+/// From review (helper-138): a client-go elector under our identity renews our hold while our renewals'
+/// answers come late (committed at once, answered 1.5 s later) and the watch lags: the collision stops
+/// our child (123), and nothing of ours is written after it (the late renewal's answer makes no hold and
+/// no give-back): the last write is the other's.
+#[test]
+fn a_co_holder_with_late_answers_to_our_renewals_is_never_written_over() {
+    co_holder_with_late_answers(Duration::from_millis(1500));
+    co_holder_with_late_answers(Duration::from_millis(600));
+}
+
+fn co_holder_with_late_answers(late: Duration) {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("co-late");
+    let starts = env.path("starts");
+    let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
+    let lock = env.spawn(fast(&["lock", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
+    let child = read_pid(&starts);
+    server.set_watch_lag(Duration::from_millis(400));
+    server.after_commit(1000, AfterCommit::Delay(late));
+    let began = Instant::now();
+    let mut last = None;
+    while began.elapsed() < Duration::from_secs(8) && alive(child) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap();
+        let stamp = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now);
+        env.edit(&name, |spec| {
+            spec.holder_identity = Some("shared".into());
+            spec.lease_duration_seconds = Some(15);
+            spec.renew_time = Some(stamp.clone());
+        });
+        last = Some(stamp);
+        let slept = Instant::now();
+        while slept.elapsed() < Duration::from_millis(700) && alive(child) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // client-go goes on renewing for a while after mpsync ended: then stops; mpsync's last word must be
+    // none. Wait for mpsync to end first.
+    let out = lock.finish();
+    server.after_commit(0, AfterCommit::Drop);
+    let still = alive(child);
+    out.assert_code(123);
+    assert!(!still, "child still runs");
+    let (_, now) = env.get(&name).unwrap();
+    assert_eq!(now.holder_identity.as_deref(), Some("shared"), "{}", out.stderr);
+    assert_eq!(now.renew_time, last, "a write of ours after the loss:\n{}", out.stderr);
+}

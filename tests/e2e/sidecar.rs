@@ -1854,3 +1854,36 @@ fn a_side_car_that_adopted_its_hold_again_never_takes_it_from_a_client_go_co_hol
     sidecar.request("DELETE", &path).assert_status(409);
     assert_eq!(env.get(&name).unwrap().1, renewed, "client-go's record stands");
 }
+
+/// From review (helper-138): the side-car's hold edited once by hand (renewTime: let be), then etcd restored to
+/// a snapshot taken just after the edit: the heartbeat after the restore reads the same edit again, which
+/// is no second renewal by anyone. The client must keep its lock (200, the same token), not be told it
+/// lost it to an "identity collision".
+#[test]
+fn a_hand_edit_brought_back_by_a_restore_keeps_the_side_cars_lock() {
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-edit-restore");
+    let sidecar = Sidecar::of_pod(&env, "pod-a", &["--ttl", "6s"]);
+    let first = sidecar.put(&name);
+    first.assert_status(200);
+    let token = first.json()["leaseTransitions"].clone();
+    env.edit(&name, |record| {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        record.renew_time =
+            Some(MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond() - 77).unwrap()));
+    });
+    let snapshot = server.snapshot();
+    // Two heartbeats (each renews at once), then the restore, then two more.
+    for _ in 0..2 {
+        let beat = sidecar.put(&name);
+        assert_eq!(beat.status, 200, "{}\n{}", beat.body, sidecar.process.stderr());
+    }
+    server.restore(&snapshot);
+    for _ in 0..2 {
+        let beat = sidecar.put(&name);
+        assert_eq!(beat.status, 200, "lost for nothing: {}\n{}", beat.body, sidecar.process.stderr());
+        assert_eq!(beat.json()["leaseTransitions"], token);
+    }
+    assert!(!sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
+}
