@@ -310,8 +310,9 @@ pub struct Supervisor {
     /// The main child's children outside its group that the guard was told of (see `note_left_group`),
     /// while they are its children.
     told_left: HashMap<i32, u64>,
-    /// The main child's children last seen in its group, and how many looks `note_left_group` made.
-    in_group: std::collections::HashSet<i32>,
+    /// The main child's children last seen in its group (true once seen there on two looks in a row), and
+    /// how many looks `note_left_group` made.
+    in_group: HashMap<i32, bool>,
     left_looks: u32,
     /// mpsync's children when it started (pid, start time): inherited across an `exec` (`helper & exec
     /// mpsync ...`), never adopted, never the job's to the guard.
@@ -414,7 +415,7 @@ impl Supervisor {
             spawner: gettid().as_raw(),
             told_adopted: HashMap::new(),
             told_left: HashMap::new(),
-            in_group: std::collections::HashSet::new(),
+            in_group: HashMap::new(),
             left_looks: 0,
             inherited,
             warned_adopted: false,
@@ -742,29 +743,38 @@ impl Supervisor {
     /// should mpsync be SIGKILLed, the main child dies at once of its parent-death signal and they are
     /// handed to init, where the guard would not find them through the group (found by review,
     /// helper-132: `sh -c 'setsid worker & wait'` ran on beside the next holder). The guard kills them
-    /// with what they started. One that left within `ADOPTION_LOOK` of mpsync's death escapes.
+    /// with what they started. One that left within `ADOPTION_LOOK` of mpsync's death escapes (a tenth of the
+    /// looks read every thread's children: one started by another thread than the main one, within a second).
     fn note_left_group(&mut self) {
         let (Some(guard), Some(main), Some(group)) = (&self.guard, self.main, self.group) else { return };
         if self.me.as_raw() == 1 {
             return;
         }
-        let Some(children) = procfs::children_of_process(main.as_raw()) else { return };
-        let listed: std::collections::HashSet<i32> = children.iter().copied().collect();
-        self.told_left.retain(|pid, _| listed.contains(pid));
-        self.in_group.retain(|pid| listed.contains(pid));
         self.left_looks = self.left_looks.wrapping_add(1);
         // A child seen in the group is looked at again every tenth look only: a process leaves its group
         // as it starts, as a rule (`setsid worker`), and thousands of children read every 100 ms cost a
-        // share of a core (found by review, helper-135).
+        // share of a core (found by review, helper-135). So are the children of threads other than the main
+        // one (where shells and most programs fork): a child of a thousand threads cost a thousand reads a
+        // look, 8% of a core (found by review, helper-137).
         let recheck = self.left_looks.is_multiple_of(IN_GROUP_RECHECK);
+        let Some(children) = procfs::children_of_process(main.as_raw(), recheck) else { return };
+        if recheck {
+            let listed: std::collections::HashSet<i32> = children.iter().copied().collect();
+            self.told_left.retain(|pid, _| listed.contains(pid));
+            self.in_group.retain(|pid, _| listed.contains(pid));
+        }
         for pid in children {
-            if self.told_left.contains_key(&pid) || (!recheck && self.in_group.contains(&pid)) {
+            // Not on the first look that sees it in the group: that look may fall between its fork and its
+            // `setsid` (the first look comes as the child starts, as its `setsid worker &` forks: found by
+            // review, helper-137, the worker then went untold for a second).
+            if self.told_left.contains_key(&pid) || (!recheck && self.in_group.get(&pid) == Some(&true)) {
                 continue;
             }
             // One in the group is found through it; if it leaves the group later, a later look tells.
             let Some(process) = ProcStat::read(pid) else { continue };
             if process.pgrp == group.as_raw() {
-                self.in_group.insert(pid);
+                let seen_before = self.in_group.contains_key(&pid);
+                self.in_group.insert(pid, seen_before);
             } else if guard.adopted(pid, process.start) {
                 self.in_group.remove(&pid);
                 self.told_left.insert(pid, process.start);
@@ -1440,8 +1450,13 @@ impl Supervisor {
                     if let Some(deadline) = self.deadline {
                         guard.deadline(guard::monotonic_at(deadline));
                     }
-                    for (pid, start) in
-                        self.told_adopted.iter().chain(self.told_kept.borrow().iter().map(|(p, s)| (p, s)))
+                    // Also what left the child's group (found by review, helper-137: after a new guard, a
+                    // `setsid worker` told to the old one was never told again, and ran on after a SIGKILL).
+                    for (pid, start) in self
+                        .told_adopted
+                        .iter()
+                        .chain(self.told_left.iter())
+                        .chain(self.told_kept.borrow().iter().map(|(p, s)| (p, s)))
                     {
                         guard.adopted(*pid, *start);
                     }

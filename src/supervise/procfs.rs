@@ -180,10 +180,14 @@ pub(crate) fn children_of_threads(tasks: &[i32]) -> ThreadChildren {
     ThreadChildren::Listed(children)
 }
 
-/// The children of process `pid`'s threads (`/proc/PID/task/TID/children`), zombies included; `None` when
-/// they cannot all be read (the process or a thread gone meanwhile, no CONFIG_PROC_CHILDREN, out of
-/// descriptors): the caller looks again later.
-pub(crate) fn children_of_process(pid: i32) -> Option<Vec<i32>> {
+/// The children of process `pid`'s threads (`/proc/PID/task/TID/children`), zombies included, or of its
+/// main thread only (`all_threads` false: one read, however many threads it has); `None` when they cannot
+/// all be read (the process or a thread gone meanwhile, no CONFIG_PROC_CHILDREN, out of descriptors): the
+/// caller looks again later.
+pub(crate) fn children_of_process(pid: i32, all_threads: bool) -> Option<Vec<i32>> {
+    if !all_threads {
+        return parse_pids(&read_small(&format!("/proc/{pid}/task/{pid}/children")).ok()?);
+    }
     let mut children = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let tid = task.ok()?.file_name();

@@ -30,6 +30,7 @@ both_backends!(
     what_the_child_started_in_a_session_of_its_own_dies_with_a_sigkill_of_mpsync,
     what_the_child_starts_in_a_session_of_its_own_during_the_grace_dies_with_a_sigkill_of_mpsync,
     a_nested_mpsyncs_job_dies_with_a_sigkill_of_the_outer_mpsync,
+    what_left_the_group_told_to_a_guard_that_died_is_told_to_the_next_one,
     as_subreaper_what_the_child_left_dies_with_a_sigkill_of_mpsync_during_the_grace,
     leftover_background_processes_are_stopped_when_the_child_exits,
     a_leftover_whose_name_is_not_utf8_is_stopped_too,
@@ -1506,5 +1507,36 @@ fn a_nested_mpsyncs_job_dies_with_a_sigkill_of_the_outer_mpsync(env: &TestEnv) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
         }
         assert!(died, "round {round}: the inner mpsync's worker ran on after a SIGKILL of the outer mpsync");
+    }
+}
+
+/// Found by review (helper-137): the guard dies (killed on its own, the OOM killer) while the child runs,
+/// and mpsync starts a new one, telling it of the group, the deadline, what it adopted and what it kept,
+/// but not of what it had told the old guard had left the child's group (`setsid worker`), nor told it
+/// again later (it counted as told): a SIGKILL of mpsync then left the worker running with no lease (3 of
+/// 3 runs).
+fn what_left_the_group_told_to_a_guard_that_died_is_told_to_the_next_one(env: &TestEnv) {
+    // Several rounds: the guard also finds the worker through the main child when it lists the processes
+    // before the main child's parent-death signal ends it (about half of the runs).
+    for round in 0..4 {
+        let name = env.lease_name("left-new-guard");
+        let worker = env.path(&env.lease_name("worker"));
+        let script = format!("setsid sh -c 'echo $$ > {}; exec sleep 300' & wait", worker.display());
+        let mut lock = env.spawn(["lock", &name, "-vv", "--", "sh", "-c", &script]);
+        let worker = read_pid(&worker);
+        let told = format!("the guard knows of a process that left the child's group pid={worker}");
+        wait_until("mpsync to tell its guard of the worker", || lock.stderr().contains(&told));
+        let stderr = lock.stderr();
+        let at = stderr.find("guard=").expect("the guard's pid is logged") + "guard=".len();
+        let guard: i32 = stderr[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGKILL);
+        wait_until("a new guard", || lock.stderr().contains("guard process started"));
+        lock.signal(Signal::SIGKILL);
+        lock.wait_for(PATIENCE).expect("killed");
+        let died = within_patience(|| !alive(worker));
+        if !died {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+        }
+        assert!(died, "round {round}: the worker told to the old guard ran on after a SIGKILL of mpsync");
     }
 }
