@@ -7,8 +7,7 @@
 //! processes); -1 sets a deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none); -2 adds a process
 //! mpsync adopted as a subreaper to the job, the i64 its pid (the low 22 bits) and its start time (the
 //! bits above), so that it is killed with the job should mpsync die: with mpsync's death it is handed to
-//! init, where nothing else would find it. (Also a child of the main child outside its group; the guard
-//! then kills, with it, what is left of a group it leads, even once it died.)
+//! init, where nothing else would find it.
 //!
 //! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
 //! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
@@ -330,7 +329,7 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adop
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
         let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
         let bitmap_bytes = PID_LIMIT / 8;
-        let size = listed_bytes + stopped_bytes + 3 * bitmap_bytes;
+        let size = listed_bytes + stopped_bytes + 2 * bitmap_bytes;
         let memory = libc::mmap(
             std::ptr::null_mut(),
             size,
@@ -348,17 +347,13 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adop
         let below = std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes), bitmap_bytes);
         let stopped_map =
             std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes + bitmap_bytes), bitmap_bytes);
-        let leaders =
-            std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes + 2 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
             let count = list_processes(listed);
             let stopped_so_far = &stopped[..stopped_count];
-            mark_leaders(&listed[..count], adopted, leaders);
-            let leaders = &*leaders;
             mark_below(&listed[..count], below, root, me, group, |p| {
-                was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || bit(leaders, p.group)
+                was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
             });
             let (mut new, mut unsettled) = (false, false);
             for p in &listed[..count] {
@@ -394,10 +389,8 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adop
         // died since (and whose pid a stranger took) is not killed; one that appeared below since is.
         let count = list_processes(listed);
         let stopped_so_far = &stopped[..stopped_count];
-        mark_leaders(&listed[..count], adopted, leaders);
-        let leaders = &*leaders;
         mark_below(&listed[..count], below, root, me, group, |p| {
-            was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || bit(leaders, p.group)
+            was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
         });
         for p in &listed[..count] {
             if bit(below, p.pid) {
@@ -489,25 +482,6 @@ fn is_one_of(processes: &[Stopped], p: &Listed) -> bool {
     processes.iter().any(|s| s.pid == p.pid && s.start == p.start)
 }
 
-/// Mark in `leaders` (a bitmap by pid) the processes of `processes` whose group is still the job's: a
-/// member of it outlives its leader's death (a nested mpsync's job, whose child died of its parent-death
-/// signal with the nested mpsync, leaving its group to the nested guard, which this guard may stop first:
-/// found by review, helper-135), and a group's id is not handed out again while it has members. Not one
-/// whose pid another process has now (its start time differs): the told process died, its group emptied,
-/// and the pid went to a stranger that leads a group or session of its own (a daemon, a shell's job,
-/// another mpsync's child): that group is the stranger's (found by review, helper-137).
-fn mark_leaders(listed: &[Listed], processes: &[Stopped], leaders: &mut [u8]) {
-    leaders.fill(0);
-    for s in processes {
-        set_bit(leaders, s.pid);
-    }
-    for p in listed {
-        if bit(leaders, p.pid) && !is_one_of(processes, p) {
-            clear_bit(leaders, p.pid);
-        }
-    }
-}
-
 /// Whether `p` is a process `kill_tree` stopped (same pid and start time), wherever it is now.
 fn was_stopped(stopped_map: &[u8], stopped: &[Stopped], p: &Listed) -> bool {
     bit(stopped_map, p.pid) && stopped.iter().any(|s| s.pid == p.pid && s.start == p.start)
@@ -544,11 +518,6 @@ fn mark_below(
 fn bit(map: &[u8], pid: libc::pid_t) -> bool {
     let pid = pid as usize % PID_LIMIT;
     map[pid / 8] & (1 << (pid % 8)) != 0
-}
-
-fn clear_bit(map: &mut [u8], pid: libc::pid_t) {
-    let pid = pid as usize % PID_LIMIT;
-    map[pid / 8] &= !(1 << (pid % 8));
 }
 
 fn set_bit(map: &mut [u8], pid: libc::pid_t) {
@@ -701,24 +670,5 @@ unsafe fn close_fds_except(keep: RawFd) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Found by review (helper-137): the guard killed every member of a group whose id was the pid of a
-    /// process it had been told of, also once that pid went to a stranger that leads a session of its own.
-    #[test]
-    fn a_told_pid_that_a_stranger_took_since_leads_no_part_of_the_job() {
-        let process = |pid, parent, group, start| Listed { pid, parent, group, state: b'S', threads: 1, start };
-        let listed = [process(100, 1, 100, 999), process(101, 100, 100, 1000), process(300, 1, 300, 8)];
-        let told = [Stopped { pid: 100, start: 5 }, Stopped { pid: 200, start: 7 }, Stopped { pid: 300, start: 8 }];
-        let mut leaders = vec![0u8; PID_LIMIT / 8];
-        mark_leaders(&listed, &told, &mut leaders);
-        assert!(!bit(&leaders, 100), "pid 100 is a stranger's now: its group is not the job's");
-        assert!(bit(&leaders, 200), "gone: what is left of its group is the job's");
-        assert!(bit(&leaders, 300), "the same process: its group is the job's");
     }
 }
