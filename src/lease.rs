@@ -2398,43 +2398,42 @@ mod tests {
         assert_ne!(r1.record, edited.record, "a renewal that changes nothing");
     }
 
-    /// Found by review (helper-138): one hand edit of renewTime (let be), then an etcd restore to a snapshot
-    /// taken just after it: the restored record shows that same edit again, no renewal by anyone.
-    #[test]
-    fn a_hand_edit_brought_back_by_a_restore_is_no_second_renewal() {
-        let t0 = Instant::now();
-        let mut a = holding(t0);
+    /// A hand edit of our hold's renewTime (to `wall(500 + rv)`) at version `rv`, observed at `second`.
+    fn hand_edit(a: &mut Elector, t0: Instant, rv: u32, second: f64) -> Versioned {
         let mut edited = a.current().unwrap().clone();
-        edited.record.renew_time = Some(wall(500));
-        edited.resource_version = "3".into();
-        a.observe(Some(edited.clone()), at(t0, 0.5));
-        let renewal = expect_write(a.next(now(t0, 2.0)));
-        let ticket = a.write_sent(&renewal, at(t0, 2.0));
-        a.write_result(ticket, WriteResult::Applied(versioned(4, renewal.record.clone())), at(t0, 2.1));
-        assert!(a.held().is_some());
-        a.versions_went_back();
-        a.observe(Some(edited), at(t0, 2.5));
-        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
+        edited.record.renew_time = Some(wall(500 + i64::from(rv)));
+        edited.resource_version = rv.to_string();
+        a.observe(Some(edited.clone()), at(t0, second));
+        edited
+    }
+
+    /// A renewal of ours, sent at `second` and applied at version `rv` a tenth of a second later.
+    fn renewal_applied(a: &mut Elector, t0: Instant, rv: u64, second: f64) {
+        let renewal = expect_write(a.next(now(t0, second)));
+        let ticket = a.write_sent(&renewal, at(t0, second));
+        a.write_result(ticket, WriteResult::Applied(versioned(rv, renewal.record.clone())), at(t0, second + 0.1));
         assert!(a.held().is_some());
     }
 
-    /// A hand edit of renewTime applied again later (a GitOps tool putting a Lease manifest back) is the
-    /// same edit, not a second renewal by anyone.
+    /// Found by review (helper-138): one hand edit of renewTime (let be), then an etcd restore to a snapshot
+    /// taken just after it: the restored record shows that same edit again, no renewal by anyone. Nor is the
+    /// same edit applied again later (a GitOps tool putting a Lease manifest back).
     #[test]
-    fn the_same_foreign_renew_time_seen_again_counts_once() {
-        let t0 = Instant::now();
-        let mut a = holding(t0);
-        let mut edited = a.current().unwrap().clone();
-        edited.record.renew_time = Some(wall(500));
-        edited.resource_version = "3".into();
-        a.observe(Some(edited.clone()), at(t0, 0.5));
-        let renewal = expect_write(a.next(now(t0, 2.0)));
-        let ticket = a.write_sent(&renewal, at(t0, 2.0));
-        a.write_result(ticket, WriteResult::Applied(versioned(4, renewal.record.clone())), at(t0, 2.1));
-        edited.resource_version = "5".into();
-        a.observe(Some(edited), at(t0, 2.5));
-        assert!(a.loss().is_none(), "lost: {:?}", a.loss());
-        assert!(a.held().is_some());
+    fn a_hand_edit_seen_again_is_no_second_renewal() {
+        for restored in [true, false] {
+            let t0 = Instant::now();
+            let mut a = holding(t0);
+            let mut edited = hand_edit(&mut a, t0, 3, 0.5);
+            renewal_applied(&mut a, t0, 4, 2.0);
+            if restored {
+                a.versions_went_back();
+            } else {
+                edited.resource_version = "5".into();
+            }
+            a.observe(Some(edited), at(t0, 2.5));
+            assert!(a.loss().is_none(), "restored {restored}: lost: {:?}", a.loss());
+            assert!(a.held().is_some());
+        }
     }
 
     /// Found by review (helper-134): two hand edits of renewTime more than a lease duration apart are no
@@ -2443,18 +2442,12 @@ mod tests {
     fn foreign_renewals_count_two_only_within_a_lease_duration() {
         let t0 = Instant::now();
         let mut a = holding(t0);
-        let edit = |a: &mut Elector, rv: u32, second: f64| {
-            let mut edited = a.current().unwrap().clone();
-            edited.record.renew_time = Some(wall(500 + i64::from(rv)));
-            edited.resource_version = rv.to_string();
-            a.observe(Some(edited), at(t0, second));
-        };
-        edit(&mut a, 3, 1.0);
+        hand_edit(&mut a, t0, 3, 1.0);
         // 20 s later (our lease duration is 15 s, the record's too): a second edit, alone again.
-        edit(&mut a, 4, 21.0);
+        hand_edit(&mut a, t0, 4, 21.0);
         assert!(a.loss().is_none(), "lost: {:?}", a.loss());
         assert!(a.held().is_some());
-        edit(&mut a, 5, 23.0);
+        hand_edit(&mut a, t0, 5, 23.0);
         assert_eq!(a.loss(), Some(&LossReason::Collision { identity: "me".into() }));
     }
 
@@ -2465,10 +2458,7 @@ mod tests {
     fn one_hand_edit_seen_in_two_versions_is_no_collision() {
         let t0 = Instant::now();
         let mut a = holding(t0);
-        let mut edited = a.current().unwrap().clone();
-        edited.record.renew_time = Some(wall(500));
-        edited.resource_version = "3".into();
-        a.observe(Some(edited.clone()), at(t0, 0.5));
+        let mut edited = hand_edit(&mut a, t0, 3, 0.5);
         edited.record.lease_duration_seconds = Some(30);
         edited.resource_version = "4".into();
         a.observe(Some(edited), at(t0, 0.6));

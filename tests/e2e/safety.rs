@@ -1077,15 +1077,7 @@ fn one_hand_edit_seen_again_after_a_restore_stops_nothing() {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
     let name = env.lease_name("edit-restore");
-    let log = env.path("log");
-    let go = env.path("go");
-    let script = format!(
-        "echo start >> {log}; while [ ! -e {go} ]; do sleep 0.05; done; echo end >> {log}",
-        log = log.display(),
-        go = go.display()
-    );
-    let mut holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "me"], &["sh", "-c", &script]));
-    wait_for_file(&log, "start");
+    let (mut holder, go) = holder_as_me(&env, &name);
     let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
     // A hand edit of renewTime (`kubectl edit`): one foreign renewTime, let be.
     env.edit(&name, |spec| {
@@ -1105,11 +1097,7 @@ fn one_hand_edit_seen_again_after_a_restore_stops_nothing() {
         let before = renewed();
         wait_until("a renewal after the restore", || renewed() != before || holder.wait_for(Duration::ZERO).is_some());
     }
-    fs::write(&go, "").unwrap();
-    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
-    let stderr = holder.stderr();
-    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
-    assert!(!stderr.contains("collision"), "{stderr}");
+    assert_child_ran_to_its_end(&mut holder, &go);
 }
 
 /// From review (helper-138): renewals that commit but whose answers are lost (the connection cut, a 504 after
@@ -1120,15 +1108,7 @@ fn renewals_whose_answers_are_lost_are_no_collision() {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
     let name = env.lease_name("lost-answers");
-    let log = env.path("log");
-    let go = env.path("go");
-    let script = format!(
-        "echo start >> {log}; while [ ! -e {go} ]; do sleep 0.05; done; echo end >> {log}",
-        log = log.display(),
-        go = go.display()
-    );
-    let mut holder = env.spawn(fast(&["lock", &name, "-v", "--identity", "me"], &["sh", "-c", &script]));
-    wait_for_file(&log, "start");
+    let (mut holder, go) = holder_as_me(&env, &name);
     server.set_watch_lag(Duration::from_millis(700));
     let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
     for how in [
@@ -1146,11 +1126,7 @@ fn renewals_whose_answers_are_lost_are_no_collision() {
         let before = renewed();
         wait_until("a renewal", || renewed() != before || holder.wait_for(Duration::ZERO).is_some());
     }
-    fs::write(&go, "").unwrap();
-    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
-    let stderr = holder.stderr();
-    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
-    assert!(!stderr.contains("collision"), "{stderr}");
+    assert_child_ran_to_its_end(&mut holder, &go);
 }
 
 /// From review (helper-138): a client-go elector under our identity renews our hold while our renewals'
@@ -1200,4 +1176,23 @@ fn co_holder_with_late_answers(late: Duration) {
     let (_, now) = env.get(&name).unwrap();
     assert_eq!(now.holder_identity.as_deref(), Some("shared"), "{}", out.stderr);
     assert_eq!(now.renew_time, last, "a write of ours after the loss:\n{}", out.stderr);
+}
+
+/// `lock NAME --identity me` (FAST timings) whose child runs until the returned gate file exists.
+fn holder_as_me(env: &TestEnv, name: &str) -> (Proc, std::path::PathBuf) {
+    let (log, go) = (env.path("log"), env.path("go"));
+    let script = format!("echo start >> {}; {}; echo end >> {}", log.display(), until_exists(&go), log.display());
+    let holder = env.spawn(fast(&["lock", name, "-v", "--identity", "me"], &["sh", "-c", &script]));
+    wait_for_file(&log, "start");
+    (holder, go)
+}
+
+/// Open `go`: the holder's child ends, and it must have run to its end (exit 0), no collision said.
+#[track_caller]
+fn assert_child_ran_to_its_end(holder: &mut Proc, go: &Path) {
+    fs::write(go, "").unwrap();
+    let code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let stderr = holder.stderr();
+    assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
+    assert!(!stderr.contains("collision"), "{stderr}");
 }
