@@ -1414,8 +1414,12 @@ both_backends!(a_loss_while_the_childs_leftovers_are_stopped_is_said_not_called_
 fn a_loss_while_the_childs_leftovers_are_stopped_is_said_not_called_a_release(env: &TestEnv) {
     let name = env.lease_name("lost-leftovers");
     let worker = env.path("worker");
-    let script =
-        format!("sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' & echo $! > {}; exit 0", worker.display());
+    // The worker writes its pid once it ignores TERM, and the child exits only then (on a loaded machine
+    // the TERM at the child's exit came before the worker's trap, and ended it at once).
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {w}; while :; do sleep 0.1; done' & while [ ! -s {w} ]; do sleep 0.01; done; exit 0",
+        w = worker.display()
+    );
     let timing = ["--lease-duration", "40s", "--renew-deadline", "10s", "--retry-period", "1s", "--grace", "25s"];
     let args = [&["lock", "-v", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
     let mut lock = env.spawn(args);
