@@ -988,7 +988,7 @@ impl Elector {
             // Two within a lease duration (the longer of ours and the record's): a co-holder renews within
             // its renew deadline, or stops leading itself; two hand edits days apart are no co-holder
             // (found by review, helper-134).
-            let window = holder_duration(&v.record, self.timing).max(self.timing.lease_duration);
+            let window = self.co_holder_window(&v.record);
             if self.last_foreign_at.is_none_or(|at| now.saturating_duration_since(at) > window) {
                 self.foreign_renewals = 0;
             }
@@ -1367,6 +1367,20 @@ impl Elector {
         if self.no_give_back_from.is_some_and(|from| now.instant >= from) {
             return None;
         }
+        // Another process may renew this record under our identity (a client-go elector given it): one
+        // renewal of it seen lately (a hand edit, or a co-holder's first), or, once our hold ended, a record
+        // whose renewTime none of our writes carried (a co-holder's renewal after our loss), and the record
+        // is left to expire. Given back, it would be free to a third process while the co-holder's work
+        // runs (found by review, helper-138: lost at its renew deadline with its renewals answered late,
+        // having seen one foreign renewal, mpsync cleared the co-holder's record).
+        let co_held = self
+            .last_foreign_at
+            .is_some_and(|at| now.instant.saturating_duration_since(at) <= self.co_holder_window(&current.record));
+        let not_ours =
+            self.held.is_none() && current.record.renew_time.as_ref().is_none_or(|t| !self.sent_stamps.contains(t));
+        if co_held || not_ours {
+            return None;
+        }
         let mut record = current.record.clone();
         record.holder_identity = Some(String::new());
         record.lease_duration_seconds = Some(1);
@@ -1403,6 +1417,12 @@ impl Elector {
                 self.stray_sent.remove(0);
             }
         }
+    }
+
+    /// How close together two foreign renewals of our hold must come to be a co-holder's (the longer of
+    /// our lease duration and the record's): a co-holder renews within its renew deadline, or stops leading.
+    fn co_holder_window(&self, record: &LeaseSpec) -> Duration {
+        holder_duration(record, self.timing).max(self.timing.lease_duration)
     }
 
     /// Whether the record's slot marking disagrees with ours.
@@ -2434,6 +2454,40 @@ mod tests {
             assert!(a.loss().is_none(), "restored {restored}: lost: {:?}", a.loss());
             assert!(a.held().is_some());
         }
+    }
+
+    /// Found by review (helper-138): a co-holder under our identity renewed our hold once, then our renewals
+    /// went unanswered until the renew deadline: lost, and the record is never given back while the other
+    /// may still renew it (free, it would go to a third process beside the co-holder's work). Nor is a
+    /// record whose renewTime none of our writes carried, seen only after the loss. A hold edited once,
+    /// longer ago than a lease duration, is given back as usual.
+    #[test]
+    fn a_hold_that_another_renewed_lately_is_never_given_back() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        hand_edit(&mut a, t0, 3, 0.5);
+        renewal_applied(&mut a, t0, 4, 2.0);
+        assert!(a.release(now(t0, 2.5)).is_none(), "held, renewed by another 2 s ago");
+        assert_eq!(a.next(now(t0, 12.5)), Action::Lost(LossReason::RenewDeadline));
+        a.forget_loss();
+        assert!(a.release(now(t0, 12.6)).is_none(), "lost, renewed by another 12 s ago");
+
+        let mut b = holding(t0);
+        assert_eq!(b.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
+        b.forget_loss();
+        assert!(b.release(now(t0, 10.6)).is_some(), "lost, the record still our own write");
+        let mut renewed = b.current().unwrap().clone();
+        renewed.record.renew_time = Some(wall(600));
+        renewed.resource_version = "3".into();
+        b.observe(Some(renewed), at(t0, 10.7));
+        assert!(b.release(now(t0, 10.8)).is_none(), "lost, renewed since by another");
+
+        let mut c = holding(t0);
+        hand_edit(&mut c, t0, 3, 0.5);
+        for (rv, second) in (4..).zip([2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0]) {
+            renewal_applied(&mut c, t0, rv, second);
+        }
+        assert!(c.release(now(t0, 16.5)).is_some(), "one edit 16 s ago, our own renewals since");
     }
 
     /// Found by review (helper-134): two hand edits of renewTime more than a lease duration apart are no

@@ -1129,6 +1129,55 @@ fn renewals_whose_answers_are_lost_are_no_collision() {
     assert_child_ran_to_its_end(&mut holder, &go);
 }
 
+/// Found by review (helper-138): a client-go elector under our identity renews our hold (every 700 ms, with
+/// a lease duration of 15 s) while our renewals' answers come late (committed at once, answered 1.5 s or
+/// 0.6 s later) and the watch lags. mpsync stops its child (123), by a collision or at its renew deadline
+/// having seen one foreign renewal, and never gives the record back: free, it would go to a third process
+/// while the co-holder's work runs.
+#[test]
+fn a_co_holder_with_late_answers_to_our_renewals_never_finds_the_lease_given_back() {
+    co_holder_with_late_answers(Duration::from_millis(1500));
+    co_holder_with_late_answers(Duration::from_millis(600));
+}
+
+fn co_holder_with_late_answers(late: Duration) {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("co-late");
+    let starts = env.path("starts");
+    let script = format!("echo $$ >> {}; exec sleep 1000", starts.display());
+    let lock = env.spawn(fast(&["lock", &name, "-v", "--identity", "shared"], &["sh", "-c", &script]));
+    let child = read_pid(&starts);
+    server.set_watch_lag(Duration::from_millis(400));
+    server.after_commit(1000, AfterCommit::Delay(late));
+    // The co-holder renews until our child is gone.
+    let began = Instant::now();
+    while alive(child) {
+        assert!(began.elapsed() < PATIENCE, "the child ran on beside the co-holder");
+        env.edit(&name, |spec| {
+            spec.holder_identity = Some("shared".into());
+            spec.lease_duration_seconds = Some(15);
+            spec.renew_time = Some(micro_now());
+        });
+        let slept = Instant::now();
+        while slept.elapsed() < Duration::from_millis(700) && alive(child) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let out = lock.finish();
+    server.after_commit(0, AfterCommit::Drop);
+    out.assert_code(123);
+    let (_, now) = env.get(&name).unwrap();
+    assert_eq!(now.holder_identity.as_deref(), Some("shared"), "given back under the co-holder:\n{}", out.stderr);
+}
+
+/// The wall clock now, to the microsecond, as a Lease stores it.
+fn micro_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now)
+}
+
 /// `lock NAME --identity me` (FAST timings) whose child runs until the returned gate file exists.
 fn holder_as_me(env: &TestEnv, name: &str) -> (Proc, std::path::PathBuf) {
     let (log, go) = (env.path("log"), env.path("go"));
