@@ -552,6 +552,14 @@ const MAX_SENT_STAMPS: usize = 64;
 /// How many foreign `renewTime`s an elector remembers having counted.
 const MAX_COUNTED_FOREIGN: usize = 16;
 
+/// Keep `time` among the last `most` remembered, forgetting the oldest.
+fn remember(times: &mut std::collections::VecDeque<MicroTime>, time: &MicroTime, most: usize) {
+    if times.len() >= most {
+        times.pop_front();
+    }
+    times.push_back(time.clone());
+}
+
 impl Elector {
     pub fn new(identity: impl Into<String>, timing: Timing) -> Elector {
         Elector {
@@ -980,10 +988,7 @@ impl Elector {
             && v.record.renew_time.as_ref().is_some_and(|t| !self.counted_foreign.contains(t))
         {
             if let Some(time) = &v.record.renew_time {
-                if self.counted_foreign.len() >= MAX_COUNTED_FOREIGN {
-                    self.counted_foreign.pop_front();
-                }
-                self.counted_foreign.push_back(time.clone());
+                remember(&mut self.counted_foreign, time, MAX_COUNTED_FOREIGN);
             }
             // Two within a lease duration (the longer of ours and the record's): a co-holder renews within
             // its renew deadline, or stops leading itself; two hand edits days apart are no co-holder
@@ -1134,10 +1139,7 @@ impl Elector {
     /// Record that `write` is being sent now; the ticket goes back with its answer to `write_result`.
     pub fn write_sent(&mut self, write: &Write, sent_at: Instant) -> Ticket {
         if let Some(stamp) = &write.record.renew_time {
-            if self.sent_stamps.len() >= MAX_SENT_STAMPS {
-                self.sent_stamps.pop_front();
-            }
-            self.sent_stamps.push_back(stamp.clone());
+            remember(&mut self.sent_stamps, stamp, MAX_SENT_STAMPS);
         }
         if let Some(stamp) = &write.record.renew_time
             && self.last_stamp.as_ref().is_none_or(|last| stamp.0 > last.0)
