@@ -179,9 +179,15 @@ fn lease_deleted_with_two_replicas(env: &TestEnv) {
     let name = env.lease_name("ef-deleted");
     let log = env.path("log");
     let leader_file = env.path("leader");
-    let reps = replicas(env, &name, 2, &[], &script(&log, &leader_file));
+    let reps = replicas(env, &name, 2, &["-v"], &script(&log, &leader_file));
     let leader = read_pid(&leader_file);
     wait_until("one /leader 200", || leaders(&reps) == vec![leader]);
+    // The follower must have seen the hold: one that never did may take a deleted lease at once (README,
+    // Semantics), and with `--backend file` its create puts the holder's last record back, which the
+    // leader then renews on (a flaky failure: no child ended).
+    wait_until("the follower to see the hold", || {
+        reps.iter().any(|r| r.proc.pid() != leader && r.proc.stderr().contains("held by another"))
+    });
     std::fs::remove_file(&leader_file).unwrap();
     env.delete(&name);
     wait_until("the old child to end", || ends(&log) >= 1);
