@@ -539,6 +539,9 @@ pub struct Elector {
     last_foreign_at: Option<Instant>,
     /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
     sent_stamps: std::collections::VecDeque<MicroTime>,
+    /// The `renewTime` of the last write of ours that was applied (kept apart from `sent_stamps`, which more
+    /// than `MAX_SENT_STAMPS` refused renewals push it out of: the record left after a loss at the renew deadline).
+    applied_stamp: Option<MicroTime>,
     /// Versions went back and the record read since is not observed yet: it is etcd's past, no renewal by
     /// anyone (found by review, helper-138: a hand edit let be, brought back by a restore, counted as a
     /// second foreign renewal; so would a restored renewal of ours older than `sent_stamps` remembers).
@@ -598,6 +601,7 @@ impl Elector {
             foreign_renewals: 0,
             last_foreign_at: None,
             sent_stamps: std::collections::VecDeque::new(),
+            applied_stamp: None,
             restored_unseen: false,
             counted_foreign: std::collections::VecDeque::new(),
         }
@@ -1370,16 +1374,20 @@ impl Elector {
             return None;
         }
         // Another process may renew this record under our identity (a client-go elector given it): one
-        // renewal of it seen lately (a hand edit, or a co-holder's first), or, once our hold ended, a record
-        // whose renewTime none of our writes carried (a co-holder's renewal after our loss), and the record
-        // is left to expire. Given back, it would be free to a third process while the co-holder's work
-        // runs (found by review, helper-138: lost at its renew deadline with its renewals answered late,
-        // having seen one foreign renewal, mpsync cleared the co-holder's record).
+        // renewal of it seen lately (a hand edit, or a co-holder's first), or a record whose renewTime none of
+        // our writes carried (a co-holder's renewal after our loss, or one first read after an etcd restore,
+        // which counts as no renewal: found by review, helper-140), and the record is left to expire. Given
+        // back, it would be free to a third process while the co-holder's work runs (found by review,
+        // helper-138: lost at its renew deadline with its renewals answered late, having seen one foreign
+        // renewal, mpsync cleared the co-holder's record).
         let co_held = self
             .last_foreign_at
             .is_some_and(|at| now.instant.saturating_duration_since(at) <= self.co_holder_window(&current.record));
-        let not_ours =
-            self.held.is_none() && current.record.renew_time.as_ref().is_none_or(|t| !self.sent_stamps.contains(t));
+        let not_ours = current
+            .record
+            .renew_time
+            .as_ref()
+            .is_none_or(|t| !self.sent_stamps.contains(t) && self.applied_stamp.as_ref() != Some(t));
         if co_held || not_ours {
             return None;
         }
@@ -1513,6 +1521,9 @@ impl Elector {
             // Our acquisition landed although another holder was seen meanwhile: its record was deleted
             // under it. Whatever we do with this write, nothing of ours runs before that holder's expiry.
             self.protect_until(until);
+        }
+        if purpose != Purpose::Release && record.renew_time.is_some() {
+            self.applied_stamp = record.renew_time.clone();
         }
         let too_late = now >= sent_at + self.timing.renew_deadline;
         // A create sent before the lease was seen with a larger token, that landed after the lease was
@@ -2490,6 +2501,50 @@ mod tests {
             renewal_applied(&mut c, t0, rv, second);
         }
         assert!(c.release(now(t0, 16.5)).is_some(), "one edit 16 s ago, our own renewals since");
+    }
+
+    /// Found by review (helper-140): renewals refused (a 500 or 429) more than `MAX_SENT_STAMPS` times before the
+    /// renew deadline: the record is still our last applied renewal, nobody else wrote it, and it is given back
+    /// (README, exit 123).
+    #[test]
+    fn a_hold_lost_after_many_refused_renewals_is_still_given_back() {
+        let t0 = Instant::now();
+        // `--retry-period 100ms` (the CLI takes down to 10ms), the default duration and deadline.
+        let timing = Timing { retry_period: Duration::from_millis(100), ..TIMING };
+        let mut a = Elector::new("me", timing);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let write = expect_write(a.next(now(t0, 0.0)));
+        apply(&mut a, &write, 2, t0, t0);
+        let mut second = 0.15;
+        let mut sent = 0;
+        while second < 9.9 {
+            if let Action::Write(w) = a.next(now(t0, second)) {
+                let ticket = a.write_sent(&w, at(t0, second));
+                a.write_result(ticket, WriteResult::NotApplied, at(t0, second + 0.01));
+                sent += 1;
+            }
+            second += 0.101;
+        }
+        assert!(sent > MAX_SENT_STAMPS, "only {sent} sent");
+        assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
+        a.forget_loss();
+        assert!(a.release(now(t0, 10.6)).is_some(), "our own record, nobody wrote it since: given back");
+    }
+
+    /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back
+    /// (an etcd restore to a snapshot taken after the co-holder renewed) counts as no renewal, so the hold stays
+    /// ours; when our child exits at once, that record is not ours to give back.
+    #[test]
+    fn a_co_holders_renewal_read_first_after_a_restore_is_never_given_back() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        renewal_applied(&mut a, t0, 10, 2.0);
+        a.versions_went_back();
+        let mut co = a.current().unwrap().clone();
+        co.record.renew_time = Some(wall(700));
+        co.resource_version = "5".into();
+        a.observe(Some(co), at(t0, 2.5));
+        assert!(a.release(now(t0, 2.6)).is_none(), "a record whose renewTime we never wrote was given back");
     }
 
     /// Found by review (helper-134): two hand edits of renewTime more than a lease duration apart are no

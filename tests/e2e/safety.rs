@@ -1196,3 +1196,52 @@ fn assert_child_ran_to_its_end(holder: &mut Proc, go: &Path) {
     assert_eq!(code, Some(0), "the holder's child was stopped for nothing:\n{stderr}");
     assert!(!stderr.contains("collision"), "{stderr}");
 }
+
+/// Found by review (helper-140): renewals refused (500) from every retry period (`--retry-period 50ms`, a legal setting) until the
+/// renew deadline: more than 64 renewals sent, none applied. The child is stopped (123); the record is still
+/// mpsync's own last applied renewal, nobody else wrote the lease, so README (exit 123) says it is given back.
+#[test]
+fn a_hold_lost_after_many_refused_renewals_is_still_given_back() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("many-refused");
+    let (pid, term, go) = (env.path("pid"), env.path("term"), env.path("go"));
+    let script = format!(
+        "trap 'echo term > {term}; while [ ! -e {go} ]; do sleep 0.05; done; exit 0' TERM; echo $$ > {pid}; while :; do sleep 0.05; done",
+        term = term.display(),
+        go = go.display(),
+        pid = pid.display()
+    );
+    let args = [
+        "lock",
+        &name,
+        "-v",
+        "--lease-duration",
+        "20s",
+        "--renew-deadline",
+        "8s",
+        "--retry-period",
+        "50ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let lock = env.spawn(args);
+    read_pid(&pid);
+    server.reset_counts();
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 500);
+    wait_for_file(&term, "term");
+    server.fail_next_on(&format!("update:{name}"), 0, 500);
+    let puts = server.count("update");
+    fs::write(&go, "").unwrap();
+    let out = lock.finish();
+    out.assert_code(123);
+    let (_, now) = env.get(&name).unwrap();
+    assert_eq!(
+        now.holder_identity.as_deref(),
+        Some(""),
+        "not given back after {puts} refused renewals (the next holder waits out the 20 s lease):\n{}",
+        out.stderr
+    );
+}
