@@ -21,6 +21,12 @@ pub use crate::validate::is_dns1123_subdomain;
 /// from the environment the child inherits.
 pub const IDENTITY_ENV: &str = "MPSYNC_HOLDER_IDENTITY";
 
+/// The variable that sets `--slots`. Removed from the environment the child inherits, as `IDENTITY_ENV`
+/// is: a nested `mpsync lock NAME` (a mutex, as written) must not become a semaphore of its parent's count
+/// (found by review, helper-141: under `MPSYNC_SLOTS=2 mpsync lock pool -- script`, the script's
+/// `mpsync lock inner` ran two children at once, and marked `inner` a semaphore for every plain user).
+pub const SLOTS_ENV: &str = "MPSYNC_SLOTS";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mpsync",
@@ -163,7 +169,7 @@ pub struct RunArgs {
     pub subreaper: bool,
 
     /// Up to N holders at once: one Lease per slot, NAME-0 .. NAME-(N-1).
-    #[arg(long, env = "MPSYNC_SLOTS", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
+    #[arg(long, env = SLOTS_ENV, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::validate::MAX_SLOTS)), value_name = "N")]
     pub slots: Option<u32>,
 
     /// Serve /healthz, /leader and /metrics on this address (e.g. :8080, every address of both families).
@@ -380,6 +386,8 @@ impl Cli {
         // SAFETY: called first thing in main, while the process is single-threaded (no runtime, no
         // supervisor threads yet), so nothing reads the environment concurrently.
         unsafe { std::env::remove_var(IDENTITY_ENV) };
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(SLOTS_ENV) };
         Ok(cli)
     }
 

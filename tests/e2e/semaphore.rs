@@ -484,3 +484,34 @@ fn status_with_slots_reports_a_held_plain_lease_as_the_lease_it_is(env: &TestEnv
     assert_eq!(value["held"], true, "{}", json.stdout);
     assert_eq!(value["holderIdentity"], "plain-holder", "{}", json.stdout);
 }
+
+/// Found by review (helper-141): `--slots` given by its variable (`MPSYNC_SLOTS=2 mpsync lock pool -- script`)
+/// reached the child, and the script's own `mpsync lock inner` became a 2-slot semaphore: two such nested
+/// children ran at once, and `inner` was marked a semaphore, refusing every plain `lock inner` (125) after.
+fn slots_given_by_the_environment_do_not_reach_a_nested_lock(env: &TestEnv) {
+    let outer = env.lease_name("env-outer");
+    let inner = env.lease_name("env-inner");
+    let log = env.path("log");
+    let body = env.path("body.sh");
+    fs::write(&body, stamp_script(&log, "echo \"slots=[$MPSYNC_SLOTS]\"; sleep 1")).unwrap();
+    let timings = FAST.join(" ");
+    let script = format!("\"$MPSYNC_BIN\" lock {inner} {timings} -- sh {}", body.display());
+    let outers: Vec<Proc> = (0..2)
+        .map(|_| {
+            let mut command = env.mpsync(fast(&["lock", &outer], &["sh", "-c", &script]));
+            command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync")).env("MPSYNC_SLOTS", "2");
+            Proc::spawn(command, &env.dir)
+        })
+        .collect();
+    for outer in outers {
+        let done = outer.finish();
+        done.assert_code(0);
+        assert!(done.stdout.contains("slots=[]"), "MPSYNC_SLOTS reached the child: {}", done.stdout);
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 4, "two inner children ran: {stamps:?}");
+    assert_eq!(max_concurrency(&log), 1, "the nested plain locks ran at once: {stamps:?}");
+    assert!(env.metadata(&inner).and_then(|m| m.annotations).is_none_or(|a| !a.contains_key("mpsync.io/slots")));
+    env.run(fast(&["lock", &inner, "--no-wait"], &["true"])).assert_code(0);
+}
+both_backends!(slots_given_by_the_environment_do_not_reach_a_nested_lock);

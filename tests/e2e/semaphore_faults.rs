@@ -459,3 +459,64 @@ fn a_failed_read_of_a_slot_never_rewrites_a_deleted_marker_with_another_count() 
     assert!(marker.as_deref() != Some("2"), "the marker was rewritten with 2 slots");
     three.assert_code(0);
 }
+
+/// From review (helper-141): an etcd restore under a full semaphore, to a snapshot taken before the semaphore existed
+/// (`absent`) or while one of its slots was still free: the waiter of the semaphore must not start its
+/// child while a holder's child still runs (each holder learns of the restore only at its next renewal).
+fn restore_under_a_full_semaphore(absent: bool) {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("sem-restore");
+    let log = env.path("log");
+    let pids = env.path("pids");
+    let gate = env.path("gate");
+    let script = watched_child(&log, &pids, &gate);
+    let starts = || read_stamps(&log).iter().filter(|s| s.0 == "start").count();
+    let snapshot_before = absent.then(|| server.snapshot());
+    let a = env.spawn(fast(&["lock", &name, "--slots", "2", "--identity", "ay"], &["sh", "-c", &script]));
+    wait_until("A's child", || starts() == 1);
+    let snapshot = snapshot_before.unwrap_or_else(|| server.snapshot());
+    let b = env.spawn(fast(&["lock", &name, "--slots", "2", "--identity", "bee"], &["sh", "-c", &script]));
+    wait_until("both slots in use", || starts() == 2);
+    // Restored to before it existed, both holds are gone; restored to A alone, A's hold is its own (it
+    // goes on: running beside it is what the second slot is for) and B's is gone.
+    let lost = if absent { vec![a.pid(), b.pid()] } else { vec![b.pid()] };
+    let victims: Vec<String> = lost
+        .iter()
+        .map(|pid| fs::read_to_string(format!("{}.{pid}", pids.display())).expect("a child's pid"))
+        .collect();
+    fs::write(format!("{}.victim", pids.display()), victims.concat()).unwrap();
+    let w = env.spawn(fast(&["lock", &name, "--slots", "2", "--identity", "wait", "-v"], &["sh", "-c", &script]));
+    wait_until("W to wait", || w.stderr().contains("waiting"));
+    let renewed = |slot: &str| env.get(slot).and_then(|(_, spec)| spec.renew_time);
+    for slot in [format!("{name}-0"), format!("{name}-1")] {
+        for _ in 0..2 {
+            let before = renewed(&slot);
+            wait_until("a renewal", || renewed(&slot) != before);
+        }
+    }
+    server.restore(&snapshot);
+    wait_until("W's child", || starts() == 3);
+    fs::write(&gate, "").unwrap();
+    let (a, b, w) = (a.finish(), b.finish(), w.finish());
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("overlap"),
+        "W's child started beside a holder's after the restore:\n{text}\nA {:?}:\n{}\nB {:?}:\n{}\nW:\n{}",
+        a.code,
+        a.stderr,
+        b.code,
+        b.stderr,
+        w.stderr
+    );
+}
+
+#[test]
+fn restore_to_before_the_semaphore_existed_never_lets_a_waiter_in_beside_a_holder() {
+    restore_under_a_full_semaphore(true);
+}
+
+#[test]
+fn restore_to_a_free_slot_never_lets_a_waiter_in_beside_a_holder() {
+    restore_under_a_full_semaphore(false);
+}
