@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use crate::backend::{block_on, open_store};
+use crate::backend::{block_on, open_store_for_reading};
 use crate::cli::{ListConfig, OutputFormat, QueryConfig};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
@@ -74,7 +74,7 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
 /// Print the lease record (or every slot) once. Exits 0 when it could be read (whether or not it exists).
 pub fn status(config: QueryConfig) -> Result<Exit> {
     until_stopped(signaled, async {
-        let store = open_store(&config.backend, CALL_TIMEOUT).await?;
+        let store = open_store_for_reading(&config.backend, CALL_TIMEOUT).await?;
         let (target, single) = target(&store, &config).await?;
         let now = Timestamp::now();
         let Some(slots) = target.slots else {
@@ -111,7 +111,7 @@ pub fn status(config: QueryConfig) -> Result<Exit> {
 /// that stdout is only the table (the header alone) or the array (empty).
 pub fn list(config: ListConfig) -> Result<Exit> {
     until_stopped(signaled, async {
-        let store = open_store(&config.backend, CALL_TIMEOUT).await?;
+        let store = open_store_for_reading(&config.backend, CALL_TIMEOUT).await?;
         let leases = store.list(config.label_selector.as_deref()).await.map_err(|err| match err {
             StoreError::Fatal(err) => err,
             other => Error::Api(format!("cannot list the leases: {other}")),
@@ -199,7 +199,7 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
         other => signaled(other),
     };
     until_stopped(stopped, async {
-        let store = open_store(&config.backend, CALL_TIMEOUT).await?;
+        let store = open_store_for_reading(&config.backend, CALL_TIMEOUT).await?;
         // Fail fast on what will never work (forbidden, namespace missing) before settling in.
         let (mut target, _) = target(&store, &config).await?;
         while let Some(semaphore) = observe_target(&store, &config, &target).await? {

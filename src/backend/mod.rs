@@ -80,6 +80,18 @@ pub async fn open_store(backend: &Backend, call_timeout: Duration) -> Result<Sto
     }
 }
 
+/// The store `--backend` names, for commands that only read (`status`, `observe`): a lock directory is
+/// neither created nor required to be writable.
+#[cfg(feature = "cli")]
+pub async fn open_store_for_reading(backend: &Backend, call_timeout: Duration) -> Result<Store> {
+    match backend {
+        Backend::File { lock_dir, namespace } => Ok(Store::File(
+            FileStore::open_for_reading(lock_dir.clone(), namespace.clone())?.with_call_timeout(call_timeout),
+        )),
+        kube => open_store(kube, call_timeout).await,
+    }
+}
+
 /// Who asks for a client: the hints in its errors name that caller's options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {

@@ -895,3 +895,47 @@ fn a_renew_time_edited_to_nanoseconds_stops_nothing() {
     assert!(!stderr.contains("collision"), "{stderr}");
     assert_eq!(fs::read_to_string(&log).unwrap().matches("start").count(), 1);
 }
+
+/// `status` and `observe` only read: a lock directory they cannot write (a file system remounted
+/// read-only, a read-only bind mount into a monitoring container; here, mode 0500) is still shown,
+/// exit 0, and a missing one is reported empty without being made. `lock` there still fails, exit 125.
+/// (Found by review, helper-142: both refused with "cannot write lock directory", exit 125.)
+#[test]
+fn status_and_observe_read_a_lock_directory_they_cannot_write() {
+    if !root() {
+        return;
+    }
+    let env = TestEnv::file();
+    let uid = test_uid(9);
+    let home = owned_dir(&env, "home", uid);
+    let lock_dir = home.join("locks");
+    let dir = lock_dir.to_str().unwrap();
+    mpsync_as(&env, uid, &["lock", "ro", "--lock-dir", dir, "--", "true"])
+        .status()
+        .expect("run mpsync")
+        .success()
+        .then_some(())
+        .expect("the first lock");
+    fs::set_permissions(&lock_dir, fs::Permissions::from_mode(0o500)).unwrap();
+
+    let status = Proc::spawn(mpsync_as(&env, uid, &["status", "ro", "--lock-dir", dir]), &env.dir).finish();
+    status.assert_code(0);
+    assert!(status.stdout.contains("lease:"), "{}", status.stdout);
+    let list = Proc::spawn(mpsync_as(&env, uid, &["status", "--lock-dir", dir]), &env.dir).finish();
+    list.assert_code(0);
+    assert!(list.stdout.lines().any(|line| line.starts_with("ro ")), "{}", list.stdout);
+
+    let observe = Proc::spawn(mpsync_as(&env, uid, &["observe", "ro", "--lock-dir", dir]), &env.dir);
+    wait_until("observe to print the record", || observe.stdout().contains("held=false"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(observe.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    observe.finish().assert_code(0);
+
+    let lock = Proc::spawn(mpsync_as(&env, uid, &["lock", "ro", "--lock-dir", dir, "--", "true"]), &env.dir).finish();
+    lock.assert_code(125);
+    assert!(lock.stderr.contains("cannot write lock directory"), "{}", lock.stderr);
+
+    let missing = home.join("missing");
+    let empty = Proc::spawn(mpsync_as(&env, uid, &["status", "--lock-dir", missing.to_str().unwrap()]), &env.dir);
+    empty.finish().assert_code(0);
+    assert!(!missing.exists(), "status made the lock directory");
+}

@@ -236,6 +236,19 @@ impl LockDir {
         }
     }
 
+    /// The checks of `check_usable` that matter to a reader: a directory there is this user's alone, and so
+    /// are its parents. A missing one is fine (no leases); nothing is created or written.
+    pub fn check_readable(&self) -> Result<(), Error> {
+        let fatal = |err: StoreError| match err {
+            StoreError::Fatal(err) => err,
+            other => Error::File(other.to_string()),
+        };
+        if self.open(false).map_err(fatal)?.is_some() {
+            self.check_parents()?;
+        }
+        Ok(())
+    }
+
     /// Every directory above the lock directory is owned by root or this user, and writable by nobody
     /// else unless sticky (as `/tmp`): otherwise another user could rename the lock directory away, and
     /// the next mpsync would make a new, empty one beside the holders of the old. OpenSSH checks the

@@ -71,6 +71,15 @@ impl FileStore {
         Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT, give_up_at: None })
     }
 
+    /// Open the lock directory for reading only (`status`, `observe`): the same checks of who owns it and
+    /// its parents, but it is neither created nor required to be writable, so a lock directory on a file
+    /// system mounted read-only (or not made yet) can still be looked at.
+    pub fn open_for_reading(dir: PathBuf, namespace: String) -> Result<FileStore, Error> {
+        let dir = LockDir::new(dir);
+        dir.check_readable()?;
+        Ok(FileStore { dir, namespace, call_timeout: DEFAULT_CALL_TIMEOUT, give_up_at: None })
+    }
+
     /// Bound every call by `call_timeout` (a write that takes longer has an unknown outcome).
     pub fn with_call_timeout(mut self, call_timeout: Duration) -> FileStore {
         self.call_timeout = call_timeout;
