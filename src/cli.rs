@@ -744,10 +744,18 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 fn parse_signal(text: &str) -> std::result::Result<Signal, String> {
+    // Real-time signals end a process too, but the child's supervision carries only the standard ones
+    // (found by review, helper-143: 34 was refused as "no signal number 34").
+    let real_time =
+        |what: &str| format!("real-time signal {what} is not supported as a kill signal (examples: TERM, INT, 9)");
     let signal = match text.parse::<i32>() {
+        Ok(number @ 32..=64) => return Err(real_time(&number.to_string())),
         Ok(number) => Signal::try_from(number).map_err(|_| format!("no signal number {number}"))?,
         Err(_) => {
             let upper = text.to_ascii_uppercase();
+            if upper.contains("RTMIN") || upper.contains("RTMAX") {
+                return Err(real_time(text));
+            }
             let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
             name.parse::<Signal>().map_err(|_| format!("unknown signal {text:?} (examples: TERM, SIGINT, 9)"))?
         }
@@ -915,6 +923,9 @@ mod tests {
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
         for ends_nothing in ["STOP", "SIGCHLD", "cont", "19", "WINCH"] {
             assert!(parse_signal(ends_nothing).unwrap_err().contains("does not end a process"), "{ends_nothing}");
+        }
+        for real_time in ["34", "64", "SIGRTMIN+3", "rtmax"] {
+            assert!(parse_signal(real_time).unwrap_err().contains("real-time signal"), "{real_time}");
         }
     }
 

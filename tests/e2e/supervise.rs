@@ -1509,3 +1509,50 @@ fn what_left_the_group_told_to_a_guard_that_died_is_told_to_the_next_one(env: &T
         assert!(died, "round {round}: the worker told to the old guard ran on after a SIGKILL of mpsync");
     }
 }
+
+both_backends!(a_loss_while_waiting_for_a_child_after_sigterm_ends_it_within_the_grace);
+
+/// From review (helper-143): SIGTERM to mpsync; the child ignores it, and mpsync waits as long as it takes, still
+/// renewing. The lease is lost meanwhile: the child must die within the grace (not run on until it pleases).
+fn a_loss_while_waiting_for_a_child_after_sigterm_ends_it_within_the_grace(env: &TestEnv) {
+    let name = env.lease_name("term-loss");
+    let pid = env.path("pid");
+    let script = format!("trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done", pid.display());
+    let timing = ["--lease-duration", "6s", "--renew-deadline", "3s", "--retry-period", "500ms", "--grace", "1s"];
+    let args = [&["lock", "-v", name.as_str()][..], &timing, &["--", "bash", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
+    let child = read_pid(&pid);
+    lock.signal(Signal::SIGTERM);
+    wait_until("the TERM to be forwarded", || lock.stderr().contains("forwarding signal"));
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_transitions = spec.lease_transitions.map(|t| t + 1);
+    });
+    let status = lock.wait_for(PATIENCE);
+    assert!(!alive(child), "the child outlived the lease: {}", lock.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+}
+
+both_backends!(ctrl_c_during_the_loss_grace_still_says_lost);
+
+/// From review (helper-143): the lease is lost and the child, ignoring TERM, is in its grace; then Ctrl-C
+/// (SIGINT to the child's group) ends it. mpsync still exits 123 (README: the lease was lost while the child
+/// ran), not dying of SIGINT as it does when a child ends of a Ctrl-C with the lease held.
+fn ctrl_c_during_the_loss_grace_still_says_lost(env: &TestEnv) {
+    let name = env.lease_name("int-grace");
+    let pid = env.path("pid");
+    let script = format!("trap '' TERM; echo $$ > {}; exec sleep 1000", pid.display());
+    let timing = ["--lease-duration", "8s", "--renew-deadline", "2s", "--retry-period", "500ms", "--grace", "4s"];
+    let args = [&["lock", "-v", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
+    let child = read_pid(&pid);
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_transitions = spec.lease_transitions.map(|t| t + 1);
+    });
+    wait_until("the loss", || lock.stderr().contains("lost"));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child), Signal::SIGINT).unwrap();
+    let status = lock.wait_for(PATIENCE).expect("mpsync exits");
+    assert!(!alive(child));
+    assert_eq!(status.code(), Some(123), "{}", lock.stderr());
+}
