@@ -537,6 +537,9 @@ pub struct Elector {
     foreign_renewals: u32,
     /// When the last of `foreign_renewals` was seen.
     last_foreign_at: Option<Instant>,
+    /// How long the hold counts as co-held after `last_foreign_at`: the co-holder window of the record that
+    /// renewal carried (the co-holder's own duration), which our renewals over it do not shorten.
+    foreign_window: Duration,
     /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
     sent_stamps: std::collections::VecDeque<MicroTime>,
     /// The `renewTime` of the last write of ours that was applied (kept apart from `sent_stamps`, which more
@@ -600,6 +603,7 @@ impl Elector {
             last_stamp: None,
             foreign_renewals: 0,
             last_foreign_at: None,
+            foreign_window: Duration::ZERO,
             sent_stamps: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
@@ -951,6 +955,15 @@ impl Elector {
             }
         }
         self.observation = Some(Observation { current, changed_at });
+        // Our own record carrying a renewTime we sent: that write was applied, whatever its answer said (one
+        // answered late or not at all, committed after the read made for it, seen now). Remembered apart from
+        // `sent_stamps` (found by review, helper-147).
+        if let Some(v) = self.current()
+            && self.is_own_write(&v.record)
+            && let Some(t) = v.record.renew_time.as_ref().filter(|t| self.sent_stamps.contains(t))
+        {
+            self.applied_stamp = Some(t.clone());
+        }
         self.note_contention(was_free, now);
 
         if self.held.is_none()
@@ -1002,6 +1015,7 @@ impl Elector {
                 self.foreign_renewals = 0;
             }
             self.last_foreign_at = Some(now);
+            self.foreign_window = window;
             self.foreign_renewals += 1;
             if self.foreign_renewals >= 2
                 && let Some(held) = self.held.take()
@@ -1014,6 +1028,13 @@ impl Elector {
                 }
                 self.collision = true;
                 self.lost = Some(LossReason::Collision { identity: self.identity.clone() });
+                // The record is the other's from now on, however short its duration reads: waited out for
+                // the co-holder window from now at least (found by the property model, helper-144: a relist
+                // showed the co-holder's renewal only as shortened by hand to 1 s, and mpsync took the
+                // record again 1 s later while the co-holder still led).
+                if let Some(until) = now.checked_add(window) {
+                    self.protect_until(until);
+                }
                 return;
             }
         }
@@ -1177,6 +1198,15 @@ impl Elector {
     pub fn write_result(&mut self, ticket: Ticket, result: WriteResult, now: Instant) {
         let is_pending =
             self.pending.as_ref().is_some_and(|p| p.sent_at == ticket.sent_at && p.record == ticket.record);
+        // A write that surely changed nothing leaves no record: its renewTime is none of ours to look for, and
+        // it does not push out of `sent_stamps` the stamps of writes that may have landed (found by review,
+        // helper-147: more than `MAX_SENT_STAMPS` refused renewals after one committed late).
+        if matches!(result, WriteResult::Conflict | WriteResult::NotApplied)
+            && let Some(stamp) = &ticket.record.renew_time
+            && let Some(at) = self.sent_stamps.iter().rposition(|sent| sent == stamp)
+        {
+            self.sent_stamps.remove(at);
+        }
         match result {
             WriteResult::Applied(stored) => {
                 let not_before = if is_pending { self.pending.take().and_then(|p| p.not_before) } else { None };
@@ -1379,10 +1409,12 @@ impl Elector {
         // which counts as no renewal: found by review, helper-140), and the record is left to expire. Given
         // back, it would be free to a third process while the co-holder's work runs (found by review,
         // helper-138: lost at its renew deadline with its renewals answered late, having seen one foreign
-        // renewal, mpsync cleared the co-holder's record).
-        let co_held = self
-            .last_foreign_at
-            .is_some_and(|at| now.instant.saturating_duration_since(at) <= self.co_holder_window(&current.record));
+        // renewal, mpsync cleared the co-holder's record). Lately: within the co-holder's duration, not only
+        // the record's, which our own renewals since shortened to ours (found by the property model,
+        // helper-144: a client-go co-holder with a 10 s renew deadline, cut off after one renewal, still led
+        // when our give-back 4.5 s later let "b" in at once).
+        let window = self.co_holder_window(&current.record).max(self.foreign_window);
+        let co_held = self.last_foreign_at.is_some_and(|at| now.instant.saturating_duration_since(at) <= window);
         let not_ours = current
             .record
             .renew_time
@@ -2529,6 +2561,48 @@ mod tests {
         assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
         a.forget_loss();
         assert!(a.release(now(t0, 10.6)).is_some(), "our own record, nobody wrote it since: given back");
+    }
+
+    /// Found by review (helper-147): a renewal whose answer was lost, not yet committed when the read for it came
+    /// (etcd slow), committed later and seen then; every renewal after it refused, more than
+    /// `MAX_SENT_STAMPS` of them, until the renew deadline. The record is our own write, nobody else wrote
+    /// the lease: given back (README, exit 123).
+    #[test]
+    fn a_renewal_committed_late_then_many_refused_is_still_given_back() {
+        let t0 = Instant::now();
+        let timing = Timing { retry_period: Duration::from_millis(100), ..TIMING };
+        let mut a = Elector::new("me", timing);
+        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
+        let write = expect_write(a.next(now(t0, 0.0)));
+        apply(&mut a, &write, 2, t0, t0);
+        let r0 = a.current().unwrap().clone();
+        // R1: sent, its answer lost; the read for it shows the record before it.
+        let r1 = expect_write(a.next(now(t0, 0.15)));
+        let ticket = a.write_sent(&r1, at(t0, 0.15));
+        a.write_result(ticket, WriteResult::Unknown, at(t0, 0.3));
+        assert_eq!(a.next(now(t0, 0.3)), Action::Read);
+        a.observe(Some(r0), at(t0, 0.31));
+        let mut second = 0.35;
+        let mut sent = 0;
+        let mut committed = false;
+        while second < 9.9 {
+            if !committed && second > 0.6 {
+                // R1 commits now, and a read (or the watch) shows it.
+                a.observe(Some(versioned(3, r1.record.clone())), at(t0, second));
+                assert!(a.held().is_some(), "our own renewal taken for another's");
+                committed = true;
+            }
+            if let Action::Write(w) = a.next(now(t0, second)) {
+                let ticket = a.write_sent(&w, at(t0, second));
+                a.write_result(ticket, WriteResult::NotApplied, at(t0, second + 0.01));
+                sent += 1;
+            }
+            second += 0.101;
+        }
+        assert!(sent > MAX_SENT_STAMPS, "only {sent} sent");
+        assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
+        a.forget_loss();
+        assert!(a.release(now(t0, 10.6)).is_some(), "our own record (R1), nobody wrote it since: not given back");
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back
