@@ -388,6 +388,10 @@ impl Cli {
         unsafe { std::env::remove_var(IDENTITY_ENV) };
         // SAFETY: as above.
         unsafe { std::env::remove_var(SLOTS_ENV) };
+        // A semaphore's child is given its slot; a nested plain lock's child must not inherit the outer one
+        // (found by review, helper-147). Nothing reads it as an option.
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("MPSYNC_SLOT") };
         Ok(cli)
     }
 

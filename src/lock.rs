@@ -705,7 +705,8 @@ impl Deadlines {
     }
 }
 
-type ReleaseReply = oneshot::Sender<Result<()>>;
+/// The answer to a release: whether a release was written (`false`: the record was not ours to give back).
+type ReleaseReply = oneshot::Sender<Result<bool>>;
 
 /// A held lease, renewed in the background until it is released, dropped or lost.
 ///
@@ -852,9 +853,16 @@ impl HeldLock {
     /// [`Error::Unavailable`] (or [`Error::Api`], [`Error::File`]) if the release could not be written:
     /// the lease then expires after its duration; nobody else can take it before that.
     pub async fn release(self) -> Result<()> {
+        self.give_back().await.map(drop)
+    }
+
+    /// As [`release`](Self::release), and says whether a release was written: `false` when the record was
+    /// not ours to give back (lost, or renewed under our identity by another writer lately: it expires
+    /// after its duration).
+    pub(crate) async fn give_back(self) -> Result<bool> {
         let (reply_tx, reply_rx) = oneshot::channel();
         if self.release.send(reply_tx).await.is_err() {
-            return Ok(());
+            return Ok(false);
         }
         // The release is written by the task that renews the lease, on the runtime that acquired it: one
         // that does not run (an idle current-thread runtime, released from another runtime's thread) would
@@ -862,7 +870,7 @@ impl HeldLock {
         // the caller hears so; the request stays queued, and is written if that runtime runs again.
         let bound = self.timing.call_timeout() * 4;
         match tokio::time::timeout(bound, reply_rx).await {
-            Ok(reply) => reply.unwrap_or(Ok(())),
+            Ok(reply) => reply.unwrap_or(Ok(false)),
             Err(_) => Err(Error::Unavailable(format!(
                 "lease {}: the release was not written within {bound:?}: the runtime that acquired the lock is \
                  not running its task; the lease is written then, or expires after its duration",
@@ -1138,7 +1146,7 @@ async fn acquisition(
     // made right after `release().await` never finds them still taken.
     drop(slots);
     if let Some(reply) = reply {
-        let _ = reply.send(released.map(drop).map_err(|err| inner.worded(store_error(&lease, "release", err))));
+        let _ = reply.send(released.map_err(|err| inner.worded(store_error(&lease, "release", err))));
     }
 }
 

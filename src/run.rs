@@ -366,13 +366,19 @@ async fn release(held: HeldLock, supervisor: &mut Supervisor) {
     while let Some(notice) = supervisor.next_notice().now_or_never() {
         tracing::debug!(?notice, "before the release");
     }
-    let release = held.release();
+    let release = held.give_back();
     tokio::pin!(release);
     loop {
         tokio::select! {
             result = &mut release => {
                 match result {
-                    Ok(()) => tracing::info!("released the lease"),
+                    Ok(true) => tracing::info!("released the lease"),
+                    // Not ours to give back (found by review, helper-147: "released" was said of a record
+                    // left to expire after another writer renewed it under our identity).
+                    Ok(false) => tracing::info!(
+                        "the lease was not given back: it is no longer this process's own record, or another \
+                         writer renewed it under this identity lately; it expires after its duration"
+                    ),
                     Err(err) => tracing::warn!(error = %err, "could not release the lease; it will expire after its duration"),
                 }
                 return;

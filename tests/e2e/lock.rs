@@ -478,3 +478,28 @@ fn help_into_a_full_stderr_exits_125_not_a_panic() {
         assert_eq!(status.code(), Some(125), "{args:?}: {status}");
     }
 }
+
+/// Found by review (helper-147): one hand edit of a held lease's renewTime (let be, README Identity), then
+/// the child exits. The record is left to expire (README), and mpsync says so: it logged "released the
+/// lease".
+fn a_release_withheld_after_one_hand_edit_is_said_so(env: &TestEnv) {
+    let name = env.lease_name("edit-once");
+    let (pid, go) = (env.path("pid"), env.path("go"));
+    let script = format!("echo $$ > {}; {}", pid.display(), until_exists(&go));
+    let lock = env.spawn(fast(&["lock", &name, "-v"], &["sh", "-c", &script]));
+    read_pid(&pid);
+    let edited = k8s_openapi::jiff::Timestamp::now();
+    let edited = k8s_openapi::jiff::Timestamp::from_microsecond(edited.as_microsecond()).unwrap();
+    env.edit(&name, |record| {
+        record.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(edited));
+    });
+    wait_until("a renewal past the edit", || env.get(&name).unwrap().1.renew_time.map(|t| t.0) != Some(edited));
+    fs::write(&go, "").unwrap();
+    let out = lock.finish();
+    out.assert_code(0);
+    let (_, spec) = env.get(&name).unwrap();
+    assert!(spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty()), "given back:\n{}", out.stderr);
+    assert!(!out.stderr.contains("released the lease"), "{}", out.stderr);
+    assert!(out.stderr.contains("the lease was not given back"), "{}", out.stderr);
+}
+both_backends!(a_release_withheld_after_one_hand_edit_is_said_so);

@@ -515,3 +515,23 @@ fn slots_given_by_the_environment_do_not_reach_a_nested_lock(env: &TestEnv) {
     env.run(fast(&["lock", &inner, "--no-wait"], &["true"])).assert_code(0);
 }
 both_backends!(slots_given_by_the_environment_do_not_reach_a_nested_lock);
+
+/// Found by review (helper-147): under a semaphore's child (`MPSYNC_SLOT=0` set for it), a nested plain
+/// `mpsync lock inner` gave its own child that same `MPSYNC_SLOT`, though README gives it only "with
+/// --slots": the inner child took itself for slot 0 of a semaphore `inner`, which has none.
+fn a_nested_plain_lock_gives_its_child_no_slot(env: &TestEnv) {
+    let outer = env.lease_name("slot-outer");
+    let inner = env.lease_name("slot-inner");
+    let timings = FAST.join(" ");
+    let script = format!("\"$MPSYNC_BIN\" lock {inner} {timings} -- sh -c 'echo \"inner-slot=[$MPSYNC_SLOT]\"'");
+    let mut command = env.mpsync(fast(&["lock", &outer, "--slots", "2"], &["sh", "-c", &script]));
+    command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync"));
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(0);
+    assert!(
+        done.stdout.contains("inner-slot=[]"),
+        "the outer slot reached the nested plain lock's child: {}",
+        done.stdout
+    );
+}
+both_backends!(a_nested_plain_lock_gives_its_child_no_slot);

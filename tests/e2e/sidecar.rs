@@ -1887,3 +1887,20 @@ fn a_hand_edit_brought_back_by_a_restore_keeps_the_side_cars_lock() {
     }
     assert!(!sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
 }
+
+/// Found by review (helper-147): one hand edit of the renewTime of a lock the side-car holds (let be,
+/// README Identity), a heartbeat, then its client's DELETE: the side-car gives the lock up (200) and leaves
+/// the record to expire, as `lock` does; it answered 409, as if another pod held the lock.
+fn delete_after_one_hand_edit_of_the_renew_time_gives_the_lock_up(env: &TestEnv) {
+    let name = env.lease_name("sc-edit-once");
+    let a = Sidecar::start(env, Some("sidecar-a"), &[]);
+    a.put(&name).assert_status(200);
+    env.edit(&name, |record| {
+        record.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    });
+    a.put(&name).assert_status(200);
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    let (_, spec) = env.get(&name).unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("sidecar-a"), "left to expire, not given back");
+}
+both_backends!(delete_after_one_hand_edit_of_the_renew_time_gives_the_lock_up);
