@@ -422,12 +422,18 @@ impl Slot {
         any
     }
 
-    /// One update from the watch: an event for the elector, or `None` when the watch task ended (it never
-    /// does on its own): poll by reads from now on.
+    /// One update from the watch: an event for the elector, or `None` when the watch task ended (it does
+    /// on its own only when its reads were refused in a way retrying will not fix: credentials refused,
+    /// get forbidden): read now, so that this process's own read meets the refusal (found by review,
+    /// helper-146: a waiter whose credentials were revoked waited, blind, for the last record seen to
+    /// expire).
     fn watch_update(&mut self, update: Option<WatchUpdate>) {
         match update {
             Some(update) => self.elector.observe_event(update, Instant::now()),
-            None => self.watch = None,
+            None => {
+                self.watch = None;
+                self.elector.want_read();
+            }
         }
     }
 

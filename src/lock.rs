@@ -503,7 +503,9 @@ impl Lock {
     /// releasing, is).
     ///
     /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
-    /// the Lease is polled every `retry_period`. The stream never ends; drop it to stop.
+    /// the Lease is polled every `retry_period`. The stream ends only when its reads are refused in a way
+    /// retrying will not fix (credentials refused, reading the Lease forbidden): [`Lock::status`] then says
+    /// why. Otherwise it never ends; drop it to stop.
     ///
     /// # Panics
     ///

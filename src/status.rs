@@ -273,7 +273,13 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             }
         };
         let current = match update {
-            None => return Ok(None),
+            // A watch ends on its own only when its reads are refused in a way retrying will not fix
+            // (credentials refused, get forbidden): read, to report that refusal (exit 125), not end as
+            // if all were well.
+            None => {
+                store.get(&target.names[index]).await.map_err(fatal)?;
+                return Ok(None);
+            }
             // An event older than a read of the lease's since (see the expiry above) changes nothing.
             Some(WatchUpdate::Present(current))
                 if read_last[index]

@@ -478,7 +478,10 @@ async fn poll_once(
         Ok(Err(err)) => {
             let err = classify(err, Verb::Get, Some(name), namespace);
             tracing::debug!(lease = %name, error = %err, "polling the lease failed");
-            !sender.is_closed()
+            // A refusal the caller's own read takes as fatal (credentials refused, get forbidden, the
+            // namespace gone): end the watch, so the caller reads by itself and sees it, rather than
+            // wait, blind, for the last record seen to expire (found by review, helper-146).
+            !matches!(err, StoreError::Fatal(_)) && !sender.is_closed()
         }
         Err(_) => !sender.is_closed(),
     }

@@ -1344,3 +1344,96 @@ fn a_rotated_token_file_is_read_again_after_a_401_and_the_holder_keeps_the_lease
     assert!(renewed, "no renewal with the rotated token: {}", done.stderr);
     assert_eq!(done.code, Some(0), "{}", done.stderr);
 }
+
+/// Found by review (helper-146): a waiter whose credentials are revoked while it waits (its token
+/// refused from now on; the holder, authenticated by its client certificate, renews on). The watch's
+/// list and its fallback get were answered 401, and the fallback swallowed it: the waiter logged "still
+/// retrying" and waited until its last-seen record expired (up to the holder's lease duration). A refusal the waiter's own read
+/// would take as fatal now ends the wait: 125, one or two lines.
+#[test]
+fn a_waiter_whose_credentials_are_revoked_exits_125() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-w"));
+    let name = env.lease_name("revoked-waiter");
+    // The holder: a client certificate, and a long lease it renews.
+    let holder_config = write_kubeconfig(
+        &env,
+        &server.kubeconfig_yaml_with(&KubeconfigOptions::new("default").client_certificate(ClientKey::Rsa)),
+    );
+    let gate = env.path("gate");
+    let mut holder = Proc::spawn(
+        mpsync_with(
+            &env,
+            &holder_config,
+            &[
+                "lock",
+                &name,
+                "--lease-duration",
+                "60s",
+                "--renew-deadline",
+                "40s",
+                "--retry-period",
+                "2s",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo up > {g}; while [ ! -e {g}.stop ]; do sleep 0.05; done", g = gate.display()),
+            ],
+        ),
+        &env.dir,
+    );
+    holder.wait_for_file(&gate, "up");
+    let token = env.path("token");
+    fs::write(&token, "tok-w").unwrap();
+    let waiter_config = token_file_kubeconfig(&env, &token);
+    let ran = env.path("ran");
+    let mut waiter = Proc::spawn(
+        mpsync_with(&env, &waiter_config, &["lock", &name, "--", "touch", ran.to_str().unwrap()]),
+        &env.dir,
+    );
+    assert!(server.wait_for_watch_count(1, PATIENCE));
+    server.accept_token(Some("tok-revoked"));
+    server.drop_watches();
+    let status = waiter.wait_for(PATIENCE);
+    fs::write(format!("{}.stop", gate.display()), "").unwrap();
+    holder.finish().assert_code(0);
+    if status.is_none() {
+        waiter.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let done = waiter.finish();
+    assert!(status.is_some(), "the waiter with refused credentials waits on:\n{}", done.stderr);
+    assert_failure(&done, 125, &["401"]);
+    assert!(!ran.exists());
+}
+
+/// Found by review (helper-146): `observe` whose credentials are revoked while it watches: 125 with the 401, not a wait for ever (nor 0).
+#[test]
+fn observe_whose_credentials_are_revoked_exits_125() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("revoked-observe");
+    env.put(&name, TestEnv::foreign_record("other", 3600));
+    server.accept_token(Some("tok-o"));
+    let token = env.path("token");
+    fs::write(&token, "tok-o").unwrap();
+    let config = token_file_kubeconfig(&env, &token);
+    let mut observer = Proc::spawn(mpsync_with(&env, &config, &["observe", &name]), &env.dir);
+    assert!(server.wait_for_watch_count(1, PATIENCE));
+    server.accept_token(Some("tok-revoked"));
+    server.drop_watches();
+    let status = observer.wait_for(PATIENCE);
+    if status.is_none() {
+        observer.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let done = observer.finish();
+    assert!(status.is_some(), "observe with refused credentials waits on:\n{}", done.stderr);
+    assert_failure(&done, 125, &["401"]);
+}
+
+/// A kubeconfig for the test server whose user reads its token from `token`.
+fn token_file_kubeconfig(env: &TestEnv, token: &std::path::Path) -> PathBuf {
+    let yaml = env.server().unwrap().kubeconfig_yaml("default");
+    let with_file = yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {:?}", token.to_str().unwrap()));
+    write_kubeconfig(env, &with_file)
+}
