@@ -55,6 +55,8 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// A connection closed to make room for a new one, and not answering a request, may take this long to
 /// finish writing its last answer before it is dropped.
 const EVICT_GRACE: Duration = Duration::from_millis(100);
+/// At most this many requests are answered on one connection; the last answer closes it.
+const MAX_REQUESTS: usize = 100;
 
 /// A request, as mpsync's servers see it: the body has been drained already.
 #[derive(Debug)]
@@ -308,7 +310,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
             let response = tokio::time::timeout(answer_timeout, service.answer(request))
                 .await
                 .unwrap_or_else(|_| Response::error(503, "no answer in time; retry").with_header("Retry-After", "1"));
-            service.answered.fetch_add(1, Ordering::Relaxed);
+            // A connection that pipelines many requests (answers it does not read) must not keep its slot,
+            // busy, while new connections (a heartbeat) wait in the backlog (found by review, helper-145):
+            // it is closed after `MAX_REQUESTS` answers, as nginx's `keepalive_requests` does.
+            let answered = service.answered.fetch_add(1, Ordering::Relaxed) + 1;
+            let response =
+                if answered >= MAX_REQUESTS { response.with_header("Connection", "close") } else { response };
             service.connection.set_idle(true);
             service.shared.became_idle.notify_one();
             Ok(response.into_hyper())

@@ -397,7 +397,25 @@ impl Locks {
                     }
                 }
                 // Another identity holds it, unexpired as this side-car has observed it.
-                Action::WaitUntil(_) => return self.lock_response(409, name, elector),
+                // Or ours, or nobody's, waited out after a lapse (see `Elector::lapse_seen`): that is not
+                // "another holds it" (found by review, helper-145: 409 named this side-car's own identity as the
+                // holder, `held: false`, for a TTL after a client came back from a pause).
+                Action::WaitUntil(until) => {
+                    // Held by another identity, or under ours by another process (not our own write): 409.
+                    let anothers = elector.current().is_some_and(|current| {
+                        current.record.holder_identity.as_deref().is_some_and(|h| !h.is_empty())
+                            && !(current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+                                && elector.adoptable(current))
+                    });
+                    if anothers {
+                        return self.lock_response(409, name, elector);
+                    }
+                    return Response::error(
+                        503,
+                        format!("lock {name} lapsed and is not surely free yet: it can be taken again later; retry"),
+                    )
+                    .with_header("Retry-After", &retry_after(until));
+                }
                 Action::Refuse(refusal) => {
                     return Response::error(409, format!("lock {name} cannot be acquired: {refusal}"));
                 }
