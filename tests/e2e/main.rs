@@ -31,6 +31,7 @@ mod chaos;
 mod connect;
 mod elect;
 mod elect_faults;
+mod elect_slots;
 mod faults;
 mod file_backend;
 mod health;
