@@ -542,6 +542,11 @@ pub struct Elector {
     foreign_window: Duration,
     /// The `renewTime`s of the last writes this process sent (at most `MAX_SENT_STAMPS`).
     sent_stamps: std::collections::VecDeque<MicroTime>,
+    /// The `renewTime`s of the last writes this process sent that were answered 409 or 429 (at most
+    /// `MAX_SENT_STAMPS`), kept apart from `sent_stamps` so that they push none of those out; still ours if
+    /// a record carries one: the answer may be a retry's (a proxy or gateway that resent the PUT after the
+    /// first one landed: found by review, helper-148), not the write's own.
+    refused_stamps: std::collections::VecDeque<MicroTime>,
     /// The `renewTime` of the last write of ours that was applied (kept apart from `sent_stamps`, which more
     /// than `MAX_SENT_STAMPS` refused renewals push it out of: the record left after a loss at the renew deadline).
     applied_stamp: Option<MicroTime>,
@@ -605,6 +610,7 @@ impl Elector {
             last_foreign_at: None,
             foreign_window: Duration::ZERO,
             sent_stamps: std::collections::VecDeque::new(),
+            refused_stamps: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
             counted_foreign: std::collections::VecDeque::new(),
@@ -960,7 +966,7 @@ impl Elector {
         // `sent_stamps` (found by review, helper-147).
         if let Some(v) = self.current()
             && self.is_own_write(&v.record)
-            && let Some(t) = v.record.renew_time.as_ref().filter(|t| self.sent_stamps.contains(t))
+            && let Some(t) = v.record.renew_time.as_ref().filter(|t| self.sent_by_us(t))
         {
             self.applied_stamp = Some(t.clone());
         }
@@ -997,7 +1003,7 @@ impl Elector {
             && let Some(v) = self.observation.as_ref().and_then(|o| o.current.as_ref())
             && v.record.holder_identity.as_deref() == Some(self.identity.as_str())
             && same_acquisition(&v.record, &held.acquire_time, held.fencing_token)
-            && v.record.renew_time.as_ref().is_some_and(|t| !self.sent_stamps.contains(t))
+            && v.record.renew_time.as_ref().is_some_and(|t| !self.sent_by_us(t))
             // A renewal: a renewTime not seen just before (found by review, helper-134: one hand edit, then
             // another field changed, counted twice).
             && previous.as_ref().and_then(|o| o.current.as_ref()).map(|p| &p.record.renew_time)
@@ -1206,6 +1212,7 @@ impl Elector {
             && let Some(at) = self.sent_stamps.iter().rposition(|sent| sent == stamp)
         {
             self.sent_stamps.remove(at);
+            remember(&mut self.refused_stamps, stamp, MAX_SENT_STAMPS);
         }
         match result {
             WriteResult::Applied(stored) => {
@@ -1419,7 +1426,7 @@ impl Elector {
             .record
             .renew_time
             .as_ref()
-            .is_none_or(|t| !self.sent_stamps.contains(t) && self.applied_stamp.as_ref() != Some(t));
+            .is_none_or(|t| !self.sent_by_us(t) && self.applied_stamp.as_ref() != Some(t));
         if co_held || not_ours {
             return None;
         }
@@ -1633,6 +1640,11 @@ impl Elector {
     /// A live record that is not a write of ours: another process holds the lease.
     fn is_anothers_hold(&self, record: &LeaseSpec) -> bool {
         is_live(record) && !self.is_own_write(record)
+    }
+
+    /// Whether one of this process's writes carried `stamp` (answered or not, refused or not).
+    fn sent_by_us(&self, stamp: &MicroTime) -> bool {
+        self.sent_stamps.contains(stamp) || self.refused_stamps.contains(stamp)
     }
 
     /// Whether `record` is our own write: the current acquisition, the one held last, or an acquisition

@@ -504,8 +504,8 @@ impl Lock {
     ///
     /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
     /// the Lease is polled every `retry_period`. The stream ends only when its reads are refused in a way
-    /// retrying will not fix (credentials refused, reading the Lease forbidden): [`Lock::status`] then says
-    /// why. Otherwise it never ends; drop it to stop.
+    /// retrying will not fix (credentials refused, reading the Lease, or one slot's, forbidden):
+    /// [`Lock::status`] then says why. Otherwise it never ends; drop it to stop.
     ///
     /// # Panics
     ///
@@ -555,18 +555,35 @@ impl Lock {
                         };
                         let mut from_read = false;
                         let current = tokio::select! {
-                            update = watch.updates.recv() => match update? {
-                                // Older than a read of the lease's since (below): changes nothing.
-                                crate::lease::WatchUpdate::Present(current)
-                                    if read_last && seen.as_ref().is_some_and(|known| {
-                                        crate::lease::is_older(&current.resource_version, &known.resource_version)
-                                    }) =>
-                                {
-                                    continue;
+                            update = watch.updates.recv() => {
+                                let update = match update {
+                                    Some(update) => update,
+                                    // The watch ends on its own only when its reads were refused: a
+                                    // refusal that has passed by now (a token refreshed) ends nothing, and
+                                    // the watch starts again; one that stands ends the stream (found by
+                                    // review, helper-148: one passing 401 ended it, and ended one slot of
+                                    // a semaphore in silence while the others went on).
+                                    None => match store.get(&name).await {
+                                        Ok(_) => {
+                                            watch = store.watch(&name, retry_period);
+                                            continue;
+                                        }
+                                        Err(_) => return None,
+                                    },
+                                };
+                                match update {
+                                    // Older than a read of the lease's since (below): changes nothing.
+                                    crate::lease::WatchUpdate::Present(current)
+                                        if read_last && seen.as_ref().is_some_and(|known| {
+                                            crate::lease::is_older(&current.resource_version, &known.resource_version)
+                                        }) =>
+                                    {
+                                        continue;
+                                    }
+                                    crate::lease::WatchUpdate::Present(current) => Some(current),
+                                    _ => None,
                                 }
-                                crate::lease::WatchUpdate::Present(current) => Some(current),
-                                _ => None,
-                            },
+                            }
                             // Expired as the watch showed it last; the watch may be stuck (open and silent
                             // while the holder renews): read before reporting it free (found by review,
                             // helper-133).
@@ -593,9 +610,14 @@ impl Lock {
                     }
                 }
             })
+            // One slot's end ends them all: its reads are refused ([`Lock::status`] says why).
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
             .boxed()
         });
         futures::stream::select_all(streams)
+            .take_while(|status| std::future::ready(status.is_some()))
+            .filter_map(std::future::ready)
     }
 }
 

@@ -276,9 +276,13 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             // A watch ends on its own only when its reads are refused in a way retrying will not fix
             // (credentials refused, get forbidden): read, to report that refusal (exit 125), not end as
             // if all were well.
+            // A refusal that has passed by the time of this read (a token refreshed, one replica of
+            // several that refused it) ends nothing: watch again (found by review, helper-148: observe
+            // ended with 0, silently, after one 401 to the watch's fallback get).
             None => {
                 store.get(&target.names[index]).await.map_err(fatal)?;
-                return Ok(None);
+                watches[index] = store.watch(&target.names[index], Duration::from_secs(2));
+                continue;
             }
             // An event older than a read of the lease's since (see the expiry above) changes nothing.
             Some(WatchUpdate::Present(current))

@@ -1245,3 +1245,102 @@ fn a_hold_lost_after_many_refused_renewals_is_still_given_back() {
         out.stderr
     );
 }
+
+/// Found by review (helper-148): a renewal that was committed, then answered 409 (a proxy or gateway in front of
+/// the API server that lost the first answer and retried the PUT on the same resourceVersion: the retry
+/// meets the write it repeats) or 429 (the retry refused by priority and fairness). The record is this
+/// process's own write; it must be neither taken for another writer's renewal (once: the lease is not
+/// given back; twice: a false identity collision that stops a healthy child) nor left to expire.
+#[test]
+fn a_renewal_committed_then_answered_409_or_429_is_still_ours() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for code in [409u16, 429] {
+        let name = env.lease_name("refused-ours");
+        let held = env.path(&format!("held-{name}"));
+        let gate = env.path(&format!("gate-{name}"));
+        let script = format!("touch {}; {}", held.display(), until_exists(&gate));
+        let lock = env.spawn(fast(&["lock", &name, "-vv"], &["sh", "-c", &script]));
+        wait_until("the child", || held.exists());
+        // One renewal committed, then answered `code`.
+        server.after_commit(1, AfterCommit::Fail(code));
+        wait_until("the faulty renewal", || server.after_commit_pending() == 0);
+        // Let a few renewals pass (500 ms each), then the child exits.
+        let rv = server.resource_version();
+        wait_until("two more renewals", || server.resource_version() >= rv + 2);
+        fs::write(&gate, "").unwrap();
+        let done = lock.finish();
+        assert!(!done.stderr.contains("identity collision"), "{code}: false collision\n{}", done.stderr);
+        done.assert_code(0);
+        assert_eq!(
+            env.holder(&name).as_deref(),
+            Some(""),
+            "{code}: our own lease, renewed by nobody else, must be given back\n{}",
+            done.stderr
+        );
+    }
+}
+
+/// Found by review (helper-148): the same, twice within a lease duration: a false identity collision stops the
+/// healthy child (exit 123) though nobody else wrote the lease.
+#[test]
+fn two_renewals_committed_then_answered_409_are_no_collision() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("refused-twice");
+    let held = env.path("held");
+    let gate = env.path("gate");
+    let script = format!("touch {}; {}", held.display(), until_exists(&gate));
+    let lock = env.spawn(fast(&["lock", &name, "-vv"], &["sh", "-c", &script]));
+    wait_until("the child", || held.exists());
+    server.after_commit(1, AfterCommit::Fail(409));
+    wait_until("the first faulty renewal", || server.after_commit_pending() == 0);
+    let rv = server.resource_version();
+    wait_until("one more renewal", || server.resource_version() >= rv + 1);
+    server.after_commit(1, AfterCommit::Fail(409));
+    wait_until("the second faulty renewal", || server.after_commit_pending() == 0);
+    let rv = server.resource_version();
+    let mut lock = lock;
+    let renewed = within_patience(|| server.resource_version() >= rv + 2 || lock.wait_for(Duration::ZERO).is_some());
+    assert!(renewed);
+    fs::write(&gate, "").unwrap();
+    let done = lock.finish();
+    assert!(!done.stderr.contains("identity collision"), "false collision\n{}", done.stderr);
+    done.assert_code(0);
+}
+
+/// Found by review (helper-148): `observe` whose watch's fallback get is refused once (401: a token refreshed on
+/// the next request, an API server replica behind a balancer that does not know the token yet), while its
+/// watch is refused (403 on watch only). The watch ends; observe's own get succeeds, and observe must
+/// watch on, not end with 0 as if interrupted (README: observe exits 0 on SIGINT or SIGTERM).
+#[test]
+fn observe_survives_a_refusal_that_passes() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("observe-refusal");
+    env.put(&name, TestEnv::foreign_record("first", 3600));
+    let mut observer = env.spawn(["observe", &name]);
+    assert!(server.wait_for_watch_count(1, PATIENCE));
+    server.fail_next_on(&format!("get:{name}"), 1, 401);
+    server.forbid("watch");
+    server.drop_watches();
+    wait_until("the refused get", || {
+        server.requests().iter().any(|r| r.verb == "get" && r.status == 401)
+            || observer.wait_for(Duration::ZERO).is_some()
+    });
+    server.allow("watch");
+    let exited = within_patience(|| observer.wait_for(Duration::ZERO).is_some() || server.watch_count() >= 1);
+    let status = observer.wait_for(Duration::from_millis(500));
+    env.put(&name, TestEnv::foreign_record("second", 3600));
+    let saw_second =
+        within_patience(|| observer.stdout().contains("second") || observer.wait_for(Duration::ZERO).is_some());
+    observer.signal(Signal::SIGTERM);
+    let done = observer.finish();
+    assert!(
+        exited && status.is_none() && saw_second && done.stdout.contains("second"),
+        "observe stopped watching: {:?}\nstdout:\n{}\nstderr:\n{}",
+        done.code,
+        done.stdout,
+        done.stderr
+    );
+}
