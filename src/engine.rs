@@ -137,6 +137,9 @@ pub struct Slot {
     store: Store,
     elector: Elector,
     watch: Option<Watch>,
+    /// A watch that ended (its fallback read refused) starts again no sooner than this: a refusal that
+    /// comes and goes must not make a watch, a get and a read in a loop without pause (found by review, helper-151).
+    watch_not_before: Option<Instant>,
     call: Option<Call>,
     /// Consecutive failed calls, and when to try again.
     failures: u32,
@@ -178,6 +181,7 @@ impl Slot {
             store,
             elector,
             watch: None,
+            watch_not_before: None,
             call: None,
             failures: 0,
             retry_at: None,
@@ -315,7 +319,11 @@ impl Slot {
             Action::Refuse(refusal) => return Progress::Refused(refusal),
             Action::WaitUntil(at) => {
                 wake = Some(at);
-                if watch_when_waiting && self.elector.held().is_none() && self.watch.is_none() {
+                if let Some(not_before) = self.watch_not_before.filter(|at| Instant::now() < *at) {
+                    if watch_when_waiting && self.elector.held().is_none() && self.watch.is_none() {
+                        wake = Some(at.min(not_before));
+                    }
+                } else if watch_when_waiting && self.elector.held().is_none() && self.watch.is_none() {
                     // From the record the elector knows: no list, and no change after it missed.
                     let (retry_period, known) = (self.timing().retry_period, self.elector.current());
                     self.watch = Some(self.store.watch_from(&self.name, retry_period, known));
@@ -432,6 +440,7 @@ impl Slot {
             Some(update) => self.elector.observe_event(update, Instant::now()),
             None => {
                 self.watch = None;
+                self.watch_not_before = Some(Instant::now() + self.timing().retry_period);
                 self.elector.want_read();
             }
         }

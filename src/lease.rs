@@ -1204,9 +1204,9 @@ impl Elector {
     pub fn write_result(&mut self, ticket: Ticket, result: WriteResult, now: Instant) {
         let is_pending =
             self.pending.as_ref().is_some_and(|p| p.sent_at == ticket.sent_at && p.record == ticket.record);
-        // A write that surely changed nothing leaves no record: its renewTime is none of ours to look for, and
-        // it does not push out of `sent_stamps` the stamps of writes that may have landed (found by review,
-        // helper-147: more than `MAX_SENT_STAMPS` refused renewals after one committed late).
+        // A write answered 409 or 429 does not push out of `sent_stamps` the stamps of writes that may have
+        // landed (found by review, helper-147: more than `MAX_SENT_STAMPS` refused renewals after one committed
+        // late); its stamp is kept apart, still ours (a proxy's retry of a committed write is answered 409).
         if matches!(result, WriteResult::Conflict | WriteResult::NotApplied)
             && let Some(stamp) = &ticket.record.renew_time
             && let Some(at) = self.sent_stamps.iter().rposition(|sent| sent == stamp)
@@ -1719,7 +1719,19 @@ impl Elector {
             .into_iter()
             .flatten()
             .filter_map(just_after)
-            .fold(wall, |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp });
+            .fold(wall.clone(), |stamp, floor| if floor.0 > stamp.0 { floor } else { stamp });
+        // Past the wall clock (a clock stepped back, stopped, behind a stored time): each process's stamps
+        // would be the same sequence, one microsecond apart, and a co-holder's renewal that landed would carry
+        // the very stamp of ours it beat, taken for ours (refused stamps count as ours): a random step of
+        // up to a millisecond keeps two writers' stamps apart (found by review, helper-151).
+        let stamp = match stamp != wall {
+            true => stamp
+                .0
+                .checked_add(SignedDuration::from_micros((crate::retry::random_u64() % 1000) as i64))
+                .map(MicroTime)
+                .unwrap_or(stamp),
+            false => stamp,
+        };
         // Past the ceiling (our own stamps there, a clock there), a record edited to be just our next stamp
         // (found by review: this compared with the floor, which can never equal it).
         match stored {
@@ -2462,7 +2474,7 @@ mod tests {
         edited.resource_version = "3".into();
         a.observe(Some(edited), at(t0, 1.0));
         let r0 = expect_write(a.next(now(t0, 2.0)));
-        assert_eq!(r0.record.renew_time.as_ref().unwrap().0, STAMP_CEILING);
+        assert!(r0.record.renew_time.as_ref().unwrap().0 >= STAMP_CEILING);
         apply(&mut a, &r0, 4, at(t0, 2.0), at(t0, 2.0));
         let mut edited = a.current().unwrap().clone();
         edited.record.renew_time = Some(MicroTime(STAMP_CEILING.checked_add(SignedDuration::from_micros(1)).unwrap()));
@@ -3150,6 +3162,79 @@ mod tests {
         assert_eq!(write.metadata.annotations.as_ref().unwrap()[SIDECAR_ANNOTATION], format!("6@{renewed}"));
         apply(&mut elector, &write, 5, t0, t0);
         assert_eq!(elector.held().unwrap().fencing_token, 6);
+    }
+
+    /// Found by review (helper-151): two side-cars given one pod identity (two containers of a pod), on one node
+    /// whose clock stepped back: both stamp each renewal one microsecond past the stored renewTime, so the
+    /// one refused (409) carried exactly the stamp of the other's that landed. Since 850b3da a refused stamp
+    /// still counts as ours: neither ever counts the other's renewals as foreign, both hold, both lead.
+    #[test]
+    fn a_co_holder_stamping_like_us_is_never_taken_for_us() {
+        let t0 = Instant::now();
+        let clock_back = |second: f64| Now::at(at(t0, second), wall(-3600));
+        let mut a = Elector::adopting("pod-a", TIMING);
+        let mut b = Elector::adopting("pod-a", TIMING);
+        let renewed = wall(-50).0.as_microsecond();
+        let mut store = marked_by_a_side_car(4, record(Some("pod-a"), Some(15), Some(6)), &format!("6@{renewed}"));
+        let mut rv = 4u64;
+        let mut put = |el: &mut Elector, w: &Write, second: f64, store: &mut Versioned| {
+            let ticket = el.write_sent(w, at(t0, second));
+            if w.resource_version() == Some(store.resource_version.as_str()) {
+                rv += 1;
+                let mut stored = versioned(rv, w.record.clone());
+                stored.metadata.annotations = w.metadata.annotations.clone();
+                *store = stored.clone();
+                el.write_result(ticket, WriteResult::Applied(stored), at(t0, second + 0.01));
+            } else {
+                el.write_result(ticket, WriteResult::Conflict, at(t0, second + 0.01));
+                el.observe(Some(store.clone()), at(t0, second + 0.02));
+            }
+        };
+        a.observe(Some(store.clone()), t0);
+        b.observe(Some(store.clone()), t0);
+        let mut second = 0.0;
+        while second < 12.0 {
+            // Both act on what they knew before either write (the watch is a little late).
+            let wa = match a.next(clock_back(second)) {
+                Action::Write(w) => Some(w),
+                _ => None,
+            };
+            let wb = match b.next(clock_back(second)) {
+                Action::Write(w) => Some(w),
+                _ => None,
+            };
+            // Whichever is first varies (both on one retry period, drifting).
+            if (second as u64 / 2) % 2 == 1 {
+                if let Some(w) = wb {
+                    put(&mut b, &w, second, &mut store);
+                }
+                if let Some(w) = wa {
+                    put(&mut a, &w, second, &mut store);
+                }
+            } else {
+                if let Some(w) = wa {
+                    put(&mut a, &w, second, &mut store);
+                }
+                if let Some(w) = wb {
+                    put(&mut b, &w, second, &mut store);
+                }
+            }
+            a.observe(Some(store.clone()), at(t0, second + 0.05));
+            b.observe(Some(store.clone()), at(t0, second + 0.05));
+            second += 2.0;
+        }
+        eprintln!(
+            "a held {:?} lost {:?}; b held {:?} lost {:?}",
+            a.held().is_some(),
+            a.lost,
+            b.held().is_some(),
+            b.lost
+        );
+        assert!(
+            !(a.held().is_some() && b.held().is_some()),
+            "two side-cars of one identity both hold after 6 renewals each (stored {:?})",
+            store.record.renew_time
+        );
     }
 
     fn marked_by_a_side_car(rv: u64, record: LeaseSpec, token: &str) -> Versioned {

@@ -564,11 +564,15 @@ impl Lock {
                                     // review, helper-148: one passing 401 ended it, and ended one slot of
                                     // a semaphore in silence while the others went on).
                                     None => match store.get(&name).await {
-                                        Ok(_) => {
+                                        // Only a refusal that stands ends the stream; anything else is
+                                        // watched again, paced (a refusal that comes and goes must not
+                                        // make a list, a get and a get in a loop without pause).
+                                        Err(StoreError::Fatal(_)) => return None,
+                                        _ => {
+                                            tokio::time::sleep(retry_period).await;
                                             watch = store.watch(&name, retry_period);
                                             continue;
                                         }
-                                        Err(_) => return None,
                                     },
                                 };
                                 match update {

@@ -281,6 +281,8 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             // ended with 0, silently, after one 401 to the watch's fallback get).
             None => {
                 store.get(&target.names[index]).await.map_err(fatal)?;
+                // Paced: a refusal that comes and goes must not spin list/get/get without pause.
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 watches[index] = store.watch(&target.names[index], Duration::from_secs(2));
                 continue;
             }

@@ -1344,3 +1344,73 @@ fn observe_survives_a_refusal_that_passes() {
         done.stderr
     );
 }
+
+/// Found by review (helper-151): a refusal that comes and goes (every other get answered 401: one API server replica
+/// of two that does not know the token yet) while list and watch are refused. Each time, the watch's
+/// fallback get is refused (the watch ends) and observe's own get succeeds (it watches again). Since 850b3da
+/// it watches again at once, with a fresh watch whose backoff starts at zero: a list, a get and a get in a
+/// loop without pause. It must be paced (the contract's poll rate: one read per retry period or so).
+#[test]
+fn observe_paces_a_refusal_that_comes_and_goes() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("observe-flaky");
+    env.put(&name, TestEnv::foreign_record("first", 3600));
+    server.forbid("list");
+    server.forbid("watch");
+    let mut observer = env.spawn(["observe", &name]);
+    assert!(server.wait_for_requests(|r| r.iter().any(|r| r.verb == "list"), PATIENCE), "no watch");
+    // Re-arm one refused get after each get that succeeded, for 3 s.
+    let get_ok = |requests: &[crate::support::apiserver::RequestLog]| {
+        requests.iter().filter(|r| r.verb == "get" && r.status == 200).count()
+    };
+    let started = Instant::now();
+    let mut armed_after = usize::MAX;
+    let before = server.requests().len();
+    while started.elapsed() < Duration::from_secs(3) && observer.wait_for(Duration::ZERO).is_none() {
+        let ok = get_ok(&server.requests());
+        if ok != armed_after {
+            server.fail_next_on(&format!("get:{name}"), 1, 401);
+            armed_after = ok;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let requests = server.requests().len() - before;
+    observer.signal(Signal::SIGTERM);
+    let done = observer.finish();
+    eprintln!("{requests} requests in 3 s; exit {:?}", done.code);
+    assert!(requests <= 30, "{requests} requests in 3 s (unpaced)\nstderr:\n{}", done.stderr);
+}
+
+/// Found by review (helper-151): the same for a waiter (`lock` on a lease another holds): its watch ends on the
+/// refused fallback get, its own read succeeds, and it watches again at once.
+#[test]
+fn a_waiter_paces_a_refusal_that_comes_and_goes() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("waiter-flaky");
+    env.put(&name, TestEnv::foreign_record("other", 3600));
+    server.forbid("list");
+    server.forbid("watch");
+    let mut waiter = env.spawn(["lock", &name, "--", "true"]);
+    assert!(server.wait_for_requests(|r| r.iter().any(|r| r.verb == "watch"), PATIENCE), "no watch");
+    let get_ok = |requests: &[crate::support::apiserver::RequestLog]| {
+        requests.iter().filter(|r| r.verb == "get" && r.status == 200).count()
+    };
+    let started = Instant::now();
+    let mut armed_after = usize::MAX;
+    let before = server.requests().len();
+    while started.elapsed() < Duration::from_secs(3) && waiter.wait_for(Duration::ZERO).is_none() {
+        let ok = get_ok(&server.requests());
+        if ok != armed_after {
+            server.fail_next_on(&format!("get:{name}"), 1, 401);
+            armed_after = ok;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let requests = server.requests().len() - before;
+    waiter.signal(Signal::SIGTERM);
+    let done = waiter.finish();
+    eprintln!("{requests} requests in 3 s; exit {:?}", done.code);
+    assert!(requests <= 30, "{requests} requests in 3 s (unpaced)\nstderr:\n{}", done.stderr);
+}
