@@ -1,26 +1,12 @@
 //! `elect --slots N`: up to N leaders at once, one per slot, and a slot's standby taking over (from
 //! review, helper-150: no e2e test ran `elect --slots` before).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::elect_faults::{free_port, get};
 use crate::support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn get(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
 
 /// start/end stamps with token and slot; TERM stamps end and exits 0; writes "$PPID $$" to `leader`.
 fn script(log: &std::path::Path, leader: &std::path::Path) -> String {

@@ -1360,22 +1360,7 @@ fn observe_paces_a_refusal_that_comes_and_goes() {
     server.forbid("watch");
     let mut observer = env.spawn(["observe", &name]);
     assert!(server.wait_for_requests(|r| r.iter().any(|r| r.verb == "list"), PATIENCE), "no watch");
-    // Re-arm one refused get after each get that succeeded, for 3 s.
-    let get_ok = |requests: &[crate::support::apiserver::RequestLog]| {
-        requests.iter().filter(|r| r.verb == "get" && r.status == 200).count()
-    };
-    let started = Instant::now();
-    let mut armed_after = usize::MAX;
-    let before = server.requests().len();
-    while started.elapsed() < Duration::from_secs(3) && observer.wait_for(Duration::ZERO).is_none() {
-        let ok = get_ok(&server.requests());
-        if ok != armed_after {
-            server.fail_next_on(&format!("get:{name}"), 1, 401);
-            armed_after = ok;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let requests = server.requests().len() - before;
+    let requests = refuse_every_other_get(server, &name, &mut observer);
     observer.signal(Signal::SIGTERM);
     let done = observer.finish();
     eprintln!("{requests} requests in 3 s; exit {:?}", done.code);
@@ -1394,13 +1379,23 @@ fn a_waiter_paces_a_refusal_that_comes_and_goes() {
     server.forbid("watch");
     let mut waiter = env.spawn(["lock", &name, "--", "true"]);
     assert!(server.wait_for_requests(|r| r.iter().any(|r| r.verb == "watch"), PATIENCE), "no watch");
+    let requests = refuse_every_other_get(server, &name, &mut waiter);
+    waiter.signal(Signal::SIGTERM);
+    let done = waiter.finish();
+    eprintln!("{requests} requests in 3 s; exit {:?}", done.code);
+    assert!(requests <= 30, "{requests} requests in 3 s (unpaced)\nstderr:\n{}", done.stderr);
+}
+
+/// For 3 s (or until `proc` ends), one refused get (401) is armed after each get of `name` that succeeded:
+/// a refusal that comes and goes. Returns how many requests the server saw meanwhile.
+fn refuse_every_other_get(server: &crate::support::apiserver::TestApiServer, name: &str, proc: &mut Proc) -> usize {
     let get_ok = |requests: &[crate::support::apiserver::RequestLog]| {
         requests.iter().filter(|r| r.verb == "get" && r.status == 200).count()
     };
     let started = Instant::now();
     let mut armed_after = usize::MAX;
     let before = server.requests().len();
-    while started.elapsed() < Duration::from_secs(3) && waiter.wait_for(Duration::ZERO).is_none() {
+    while started.elapsed() < Duration::from_secs(3) && proc.wait_for(Duration::ZERO).is_none() {
         let ok = get_ok(&server.requests());
         if ok != armed_after {
             server.fail_next_on(&format!("get:{name}"), 1, 401);
@@ -1408,9 +1403,5 @@ fn a_waiter_paces_a_refusal_that_comes_and_goes() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let requests = server.requests().len() - before;
-    waiter.signal(Signal::SIGTERM);
-    let done = waiter.finish();
-    eprintln!("{requests} requests in 3 s; exit {:?}", done.code);
-    assert!(requests <= 30, "{requests} requests in 3 s (unpaced)\nstderr:\n{}", done.stderr);
+    server.requests().len() - before
 }
