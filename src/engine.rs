@@ -635,8 +635,21 @@ impl Slot {
             // Read first when the record we know may be out of date: a write's outcome is unknown, or an
             // earlier attempt failed.
             if attempt > 0 || self.elector.unresolved_write() {
+                let floor = self.elector.current().map(|known| known.resource_version.clone());
                 match self.store.get(&self.name).await {
-                    Ok(current) => self.elector.observe(current, Instant::now()),
+                    Ok(current) => {
+                        // Versions gone back (an etcd restore) are seen here too, as by the campaign's reads:
+                        // else the give-back is sent again on the version known before, which the restored
+                        // etcd may hand out again to another's acquisition, and lands over it (found by the
+                        // property model, helper-149).
+                        if let (Some(current), Some(floor)) = (current.as_ref(), floor.as_deref())
+                            && crate::lease::is_older(&current.resource_version, floor)
+                        {
+                            tracing::warn!(lease = %self.name, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+                            self.elector.versions_went_back();
+                        }
+                        self.elector.observe(current, Instant::now())
+                    }
                     Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),
                     Err(err) => {
                         last_error = Some(err);

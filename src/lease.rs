@@ -828,6 +828,18 @@ impl Elector {
                     self.protect_until(until);
                 }
             }
+            // The first read after versions went back: the restore may have undone another's hold whose
+            // holder still runs its child (until its last renewal's send + the lease duration, before now),
+            // and shows the lease free, or as it was before. Unless the hold is ours now, nothing of ours is
+            // acquired, and no child runs, for a lease duration from now (found by the property model,
+            // helper-149's restores: a waiter that saw the versions go back took the restored free record at
+            // once, beside the child of the holder the restore undid).
+            if restored
+                && self.held().is_none()
+                && let Some(until) = now.checked_add(self.timing.lease_duration)
+            {
+                self.protect_until(until);
+            }
             // The winner's event did not come first: nothing measured.
             self.lost_race_sent_at = None;
         }
@@ -1355,6 +1367,17 @@ impl Elector {
             {
                 return Action::WaitUntil(*try_at);
             }
+            // A free record known for longer than a retry period (a stagger's draw, or a hold edited by hand
+            // or a vanished one waited out) is read once more before it is taken, as an expired hold is: an
+            // etcd restored meanwhile without `--bump-revision` may have handed its version out again to
+            // another's acquisition, which a compare-and-swap on it would overwrite, and the watch, resumed
+            // from that version, never shows (found by the property model, helper-149: a waiter that saw a
+            // hold cleared by hand took the lease 2 s later on that version, over the acquisition a restore
+            // had let another process make at it, and both children ran). Seen within a retry period (the
+            // usual handoff, on the release's event), it is taken at once.
+            if self.known_for_long(&now) {
+                return Action::Read;
+            }
             return self.acquisition(Some(current), now);
         }
         if holder == self.identity && (self.adoptable(current) || self.is_own_write(&current.record)) {
@@ -1369,6 +1392,12 @@ impl Elector {
                 && now.instant < until
             {
                 return Action::WaitUntil(until);
+            }
+            // Known for long, our own record is read once more before it is taken again, as a free one (found
+            // by the property model: a waiter whose create a restore undid took its own record again 4 s later,
+            // by a compare-and-swap on the version the restored etcd had handed out to another's create).
+            if self.known_for_long(&now) {
+                return Action::Read;
             }
             // Our own record from an earlier hold (its child is gone), or the side-car's adoption, which
             // keeps the token, unless a larger one was seen (a create of ours that landed after a
@@ -1389,6 +1418,15 @@ impl Elector {
             // A duration too long to add to the clock: as good as never.
             None => Action::WaitUntil(now.instant + Duration::from_secs(365 * 24 * 3600)),
         }
+    }
+
+    /// The record we know was last read, or seen to change, more than a retry period ago (half a second at
+    /// least: the side-car's is zero, and it reads before every decision): a write based on it is preceded
+    /// by a read (see where it is called).
+    fn known_for_long(&self, now: &Now) -> bool {
+        let Some(observation) = &self.observation else { return true };
+        let seen_at = self.read_at.map_or(observation.changed_at, |at| at.max(observation.changed_at));
+        now.instant.saturating_duration_since(seen_at) > self.timing.retry_period.max(Duration::from_millis(500))
     }
 
     /// When the record we last observed expires for us (`None`: free now, or too far to tell).
@@ -2455,7 +2493,7 @@ mod tests {
         let _ = a.next(now(t0, 3.0));
         a.forget_loss();
         a.observe(Some(free.clone()), at(t0, 3.1));
-        let first = expect_write(a.next(now(t0, 40.0)));
+        let first = expect_write(after_a_read(&mut a, now(t0, 40.0)));
         let ticket = a.write_sent(&first, at(t0, 40.0));
         a.write_result(ticket, WriteResult::Unknown, at(t0, 40.1));
         a.observe(Some(free), at(t0, 40.2));
@@ -2627,6 +2665,21 @@ mod tests {
         assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
         a.forget_loss();
         assert!(a.release(now(t0, 10.6)).is_some(), "our own record (R1), nobody wrote it since: not given back");
+    }
+
+    /// Found by the property model (helper-149's restores): a waiter that knew another's hold read the lease free
+    /// at an older version (an etcd restore undid that hold, whose holder may still run its child until its last
+    /// renewal's send + the lease duration): it took it at once. Now nothing is acquired for a lease duration.
+    #[test]
+    fn a_free_record_read_after_versions_went_back_is_not_taken_for_a_lease_duration() {
+        let t0 = Instant::now();
+        let mut a = Elector::new("me", TIMING);
+        a.observe(Some(versioned(9, record(Some("other"), Some(15), Some(3)))), t0);
+        a.versions_went_back();
+        a.observe(Some(versioned(5, record(Some(""), Some(1), Some(2)))), at(t0, 1.0));
+        assert!(!matches!(a.next(now(t0, 1.0)), Action::Write(_)), "taken at once after versions went back");
+        assert!(!matches!(a.next(now(t0, 15.9)), Action::Write(_)), "taken within a lease duration");
+        assert!(matches!(after_a_read(&mut a, now(t0, 16.1)), Action::Write(_)), "not taken after a lease duration");
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back
@@ -3620,7 +3673,7 @@ mod tests {
                 // Free, tried, lost (409); the winner's write arrives late (the widest stagger).
                 elector
                     .observe_event(WatchUpdate::Present(versioned(rv, record(Some(""), Some(1), Some(0)))), at(t0, t));
-                let write = expect_write(elector.next(now(t0, t + 10.0)));
+                let write = expect_write(after_a_read(&mut elector, now(t0, t + 10.0)));
                 let ticket = elector.write_sent(&write, at(t0, t + 10.0));
                 elector.write_result(ticket, WriteResult::Conflict, at(t0, t + 10.01));
                 elector.observe_event(
@@ -3745,7 +3798,7 @@ mod tests {
         a.released();
         a.forget_loss();
         a.observe(Some(versioned(3, record(Some(""), Some(1), Some(4)))), at(t0, 100.0));
-        let w = match a.next(now(t0, 120.0)) {
+        let w = match after_a_read(&mut a, now(t0, 120.0)) {
             Action::Write(w) => w,
             other => panic!("{other:?}"),
         };
@@ -3807,7 +3860,7 @@ mod tests {
         b.observe(Some(versioned(4, r2.record.clone())), at(t0, 20.0));
         assert!(b.release(now(t0, 20.0)).is_none());
         assert!(!matches!(b.next(now(t0, 20.0)), Action::Write(_)));
-        assert!(matches!(b.next(now(t0, 35.5)), Action::Write(_)), "stalled past 20 + 15");
+        assert!(matches!(after_a_read(&mut b, now(t0, 35.5)), Action::Write(_)), "stalled past 20 + 15");
     }
 
     /// Found by review (helper-129): a side-car's acquisition, answer lost, learned past its send + the lease duration
