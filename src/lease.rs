@@ -554,6 +554,9 @@ pub struct Elector {
     /// anyone (found by review, helper-138: a hand edit let be, brought back by a restore, counted as a
     /// second foreign renewal; so would a restored renewal of ours older than `sent_stamps` remembers).
     restored_unseen: bool,
+    /// The duration of the hold known when versions went back, if it was a hold: the first read after it
+    /// protects for that long if it is longer than ours (the restore may have undone that very hold).
+    undone_duration: Option<Duration>,
     /// The foreign `renewTime`s counted in `foreign_renewals` (the last few): one seen again (a manifest
     /// applied again, a restore) is no new renewal.
     counted_foreign: std::collections::VecDeque<MicroTime>,
@@ -613,6 +616,7 @@ impl Elector {
             refused_stamps: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
+            undone_duration: None,
             counted_foreign: std::collections::VecDeque::new(),
         }
     }
@@ -764,6 +768,9 @@ impl Elector {
     pub fn versions_went_back(&mut self) {
         if let Some(Observation { current: Some(known), .. }) = self.observation.as_mut() {
             known.resource_version.clear();
+            if is_live(&known.record) {
+                self.undone_duration = Some(holder_duration(&known.record, self.timing));
+            }
         }
         self.restored_unseen = true;
         self.undone.extend(self.previous.take());
@@ -831,12 +838,15 @@ impl Elector {
             // The first read after versions went back: the restore may have undone another's hold whose
             // holder still runs its child (until its last renewal's send + the lease duration, before now),
             // and shows the lease free, or as it was before. Unless the hold is ours now, nothing of ours is
-            // acquired, and no child runs, for a lease duration from now (found by the property model,
-            // helper-149's restores: a waiter that saw the versions go back took the restored free record at
-            // once, beside the child of the holder the restore undid).
+            // acquired, and no child runs, for a lease duration from now, or the duration of the hold known
+            // before, if longer (found by the property model, helper-149's restores: a waiter that saw the
+            // versions go back took the restored free record at once, beside the child of the holder the
+            // restore undid).
+            let undone = self.undone_duration.take();
             if restored
                 && self.held().is_none()
-                && let Some(until) = now.checked_add(self.timing.lease_duration)
+                && let Some(until) =
+                    now.checked_add(undone.map_or(self.timing.lease_duration, |d| d.max(self.timing.lease_duration)))
             {
                 self.protect_until(until);
             }
@@ -2669,7 +2679,8 @@ mod tests {
 
     /// Found by the property model (helper-149's restores): a waiter that knew another's hold read the lease free
     /// at an older version (an etcd restore undid that hold, whose holder may still run its child until its last
-    /// renewal's send + the lease duration): it took it at once. Now nothing is acquired for a lease duration.
+    /// renewal's send + the lease duration): it took it at once. Now nothing is acquired for a lease duration (or
+    /// the known hold's, if longer).
     #[test]
     fn a_free_record_read_after_versions_went_back_is_not_taken_for_a_lease_duration() {
         let t0 = Instant::now();
@@ -2680,6 +2691,13 @@ mod tests {
         assert!(!matches!(a.next(now(t0, 1.0)), Action::Write(_)), "taken at once after versions went back");
         assert!(!matches!(a.next(now(t0, 15.9)), Action::Write(_)), "taken within a lease duration");
         assert!(matches!(after_a_read(&mut a, now(t0, 16.1)), Action::Write(_)), "not taken after a lease duration");
+        // The hold known before is longer than ours: waited out for its duration.
+        let mut b = Elector::new("me", TIMING);
+        b.observe(Some(versioned(9, record(Some("other"), Some(40), Some(3)))), t0);
+        b.versions_went_back();
+        b.observe(Some(versioned(5, record(Some(""), Some(1), Some(2)))), at(t0, 1.0));
+        assert!(!matches!(b.next(now(t0, 40.9)), Action::Write(_)), "taken within the undone hold's duration");
+        assert!(matches!(after_a_read(&mut b, now(t0, 41.1)), Action::Write(_)), "not taken after it");
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back
