@@ -2607,21 +2607,27 @@ mod tests {
         assert!(c.release(now(t0, 16.5)).is_some(), "one edit 16 s ago, our own renewals since");
     }
 
-    /// Found by review (helper-140): renewals refused (a 500 or 429) more than `MAX_SENT_STAMPS` times before the
-    /// renew deadline: the record is still our last applied renewal, nobody else wrote it, and it is given back
-    /// (README, exit 123).
-    #[test]
-    fn a_hold_lost_after_many_refused_renewals_is_still_given_back() {
-        let t0 = Instant::now();
-        // `--retry-period 100ms` (the CLI takes down to 10ms), the default duration and deadline.
+    /// Holding since t0, with `--retry-period 100ms` (the CLI takes down to 10ms), the default duration and deadline.
+    fn holding_with_fast_retries(t0: Instant) -> Elector {
         let timing = Timing { retry_period: Duration::from_millis(100), ..TIMING };
         let mut a = Elector::new("me", timing);
         a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
         let write = expect_write(a.next(now(t0, 0.0)));
         apply(&mut a, &write, 2, t0, t0);
-        let mut second = 0.15;
+        a
+    }
+
+    /// From `second` until the renew deadline, every renewal refused (`NotApplied`), more than `MAX_SENT_STAMPS`
+    /// of them; `before_each` runs at every step first. Then the hold is lost at the deadline.
+    fn refuse_every_renewal(
+        a: &mut Elector,
+        t0: Instant,
+        mut second: f64,
+        mut before_each: impl FnMut(&mut Elector, f64),
+    ) {
         let mut sent = 0;
         while second < 9.9 {
+            before_each(a, second);
             if let Action::Write(w) = a.next(now(t0, second)) {
                 let ticket = a.write_sent(&w, at(t0, second));
                 a.write_result(ticket, WriteResult::NotApplied, at(t0, second + 0.01));
@@ -2632,6 +2638,16 @@ mod tests {
         assert!(sent > MAX_SENT_STAMPS, "only {sent} sent");
         assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
         a.forget_loss();
+    }
+
+    /// Found by review (helper-140): renewals refused (a 500 or 429) more than `MAX_SENT_STAMPS` times before the
+    /// renew deadline: the record is still our last applied renewal, nobody else wrote it, and it is given back
+    /// (README, exit 123).
+    #[test]
+    fn a_hold_lost_after_many_refused_renewals_is_still_given_back() {
+        let t0 = Instant::now();
+        let mut a = holding_with_fast_retries(t0);
+        refuse_every_renewal(&mut a, t0, 0.15, |_, _| {});
         assert!(a.release(now(t0, 10.6)).is_some(), "our own record, nobody wrote it since: given back");
     }
 
@@ -2642,11 +2658,7 @@ mod tests {
     #[test]
     fn a_renewal_committed_late_then_many_refused_is_still_given_back() {
         let t0 = Instant::now();
-        let timing = Timing { retry_period: Duration::from_millis(100), ..TIMING };
-        let mut a = Elector::new("me", timing);
-        a.observe(Some(versioned(1, record(Some(""), Some(1), Some(3)))), t0);
-        let write = expect_write(a.next(now(t0, 0.0)));
-        apply(&mut a, &write, 2, t0, t0);
+        let mut a = holding_with_fast_retries(t0);
         let r0 = a.current().unwrap().clone();
         // R1: sent, its answer lost; the read for it shows the record before it.
         let r1 = expect_write(a.next(now(t0, 0.15)));
@@ -2654,26 +2666,15 @@ mod tests {
         a.write_result(ticket, WriteResult::Unknown, at(t0, 0.3));
         assert_eq!(a.next(now(t0, 0.3)), Action::Read);
         a.observe(Some(r0), at(t0, 0.31));
-        let mut second = 0.35;
-        let mut sent = 0;
         let mut committed = false;
-        while second < 9.9 {
+        refuse_every_renewal(&mut a, t0, 0.35, |a, second| {
             if !committed && second > 0.6 {
                 // R1 commits now, and a read (or the watch) shows it.
                 a.observe(Some(versioned(3, r1.record.clone())), at(t0, second));
                 assert!(a.held().is_some(), "our own renewal taken for another's");
                 committed = true;
             }
-            if let Action::Write(w) = a.next(now(t0, second)) {
-                let ticket = a.write_sent(&w, at(t0, second));
-                a.write_result(ticket, WriteResult::NotApplied, at(t0, second + 0.01));
-                sent += 1;
-            }
-            second += 0.101;
-        }
-        assert!(sent > MAX_SENT_STAMPS, "only {sent} sent");
-        assert_eq!(a.next(now(t0, 10.5)), Action::Lost(LossReason::RenewDeadline));
-        a.forget_loss();
+        });
         assert!(a.release(now(t0, 10.6)).is_some(), "our own record (R1), nobody wrote it since: not given back");
     }
 
