@@ -1405,3 +1405,84 @@ fn refuse_every_other_get(server: &crate::support::apiserver::TestApiServer, nam
     }
     server.requests().len() - before
 }
+
+/// Found by review (helper-152): a holder with a long lease (20 s, renew deadline 12 s) is cut off from the API
+/// server (a partition at its proxy: its child runs on to its renew deadline), and etcd is restored to a
+/// snapshot in which the lease was free. The waiter, whose own lease duration is short (4 s), knew the holder's
+/// record (its 20 s, at versions newer than the snapshot's); its watch, cut by the restore, ends on a refusal,
+/// and it reads the restored free record at an older version within the holder's hold. It must not run its
+/// child while the holder's still runs: it protected only its own 4 s (fixed in d257489).
+#[test]
+fn a_restore_read_by_a_short_waiter_within_a_long_hold_never_lets_it_in() {
+    restore_read_by_a_waiter_under_a_cut_off_holder(true);
+}
+
+/// Found by review (helper-152): the same read within the hold, one lease duration (4 s) for both: before b65cfd4
+/// the waiter took the restored free record at once, beside the cut-off holder's child.
+#[test]
+fn a_restore_read_by_a_waiter_within_the_hold_never_lets_it_in() {
+    restore_read_by_a_waiter_under_a_cut_off_holder(false);
+}
+
+fn restore_read_by_a_waiter_under_a_cut_off_holder(long_holder: bool) {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restore-cut-off");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let snapshot = server.snapshot();
+    let log = env.path("log");
+    let watched = HolderWatched::new(&env, &log);
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let long: &[&str] = match long_holder {
+        true => &["--lease-duration", "20s", "--renew-deadline", "12s", "--retry-period", "1s"],
+        false => FAST,
+    };
+    let mut command = env.mpsync(["lock", &name, "-v", "--identity", "holder"].iter().chain(long).copied().chain([
+        "--",
+        "sh",
+        "-c",
+        &watched.holder_script,
+    ]));
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let holder = Proc::spawn(command, &env.dir);
+    wait_for_file(&log, "start");
+    let waiter = env.spawn(fast(&["lock", &name, "-v", "--identity", "waiter"], &["sh", "-c", &watched.waiter_script]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for _ in 0..2 {
+        let before = renewed();
+        wait_until("a renewal", || renewed() != before);
+    }
+    proxy.partition();
+    // The waiter's watch, cut by the restore, lists again (503), polls (a 401 that passes at once): the watch
+    // ends and the waiter reads by itself, well within the holder's hold.
+    server.fail_next(1, 503);
+    server.fail_next_on(&format!("get:{name}"), 1, 401);
+    server.restore(&snapshot);
+    server.reset_counts();
+    wait_until("the waiter's child, or the holder's exit", || {
+        watched.noted() || !alive(holder.pid()) || holder.stderr().contains("lost")
+    });
+    // Either the waiter's child started (then the holder's must be dead), or nothing ran beside it.
+    let noted = watched.noted();
+    holder.signal(Signal::SIGTERM);
+    let holder = holder.finish();
+    proxy.heal();
+    proxy.drop_connections();
+    waiter.signal(Signal::SIGTERM);
+    let waiter = waiter.finish();
+    if noted {
+        let (state, dead) = watched.holder_was_dead();
+        assert!(
+            dead,
+            "the holder's child was alive ({state}) as the waiter's ran: {:?}\nholder:\n{}\nwaiter:\n{}",
+            read_stamps(&log),
+            holder.stderr,
+            waiter.stderr
+        );
+    }
+    drop(proxy);
+}

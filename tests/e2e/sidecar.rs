@@ -1939,3 +1939,77 @@ fn a_connection_is_closed_after_a_hundred_answers(env: &TestEnv) {
     assert!(closed_by_peer(&mut stream), "the connection stayed open after 100 answers");
 }
 both_backends!(a_connection_is_closed_after_a_hundred_answers);
+
+/// Found by review (helper-152): side-cars with different TTLs (a rolling update that changes `--ttl`, or two deployments
+/// sharing a lock). pod-a's side-car (TTL 30 s) tells its client 200; pod-b's (TTL 3 s) reads pod-a's hold (409),
+/// knowing its version and its 30 s duration. etcd is restored to a snapshot in which the lock was free. pod-a's
+/// client heartbeats again only a third of its TTL (10 s) later, and believes it holds the lock until that answer
+/// (README "API failures"); pod-b's side-car must not answer 200 before then (it protected only its own 3 s
+/// until d257489).
+#[test]
+fn a_restore_never_lets_a_short_ttl_side_car_answer_200_beside_a_long_ttl_client() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("restore-ttl");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "30s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "3s"]);
+    a.put(&name).assert_status(200);
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    let snapshot = server.snapshot();
+    a.put(&name).assert_status(200);
+    let told = Instant::now();
+    b.put(&name).assert_status(409);
+    server.restore(&snapshot);
+    let mut seen = Vec::new();
+    while told.elapsed() < Duration::from_secs(9) {
+        let status = b.put(&name).status;
+        seen.push((told.elapsed().as_millis() as u64 / 100, status));
+        assert_ne!(
+            status,
+            200,
+            "pod-b's client told 200 {:?} after pod-a's (whose next heartbeat is 10 s after it): {seen:?}\npod-b:\n{}",
+            told.elapsed(),
+            b.process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Found by review (helper-152): as above with one TTL (9 s) for both side-cars: pod-b's side-car, which read pod-a's hold
+/// (409) and then, after the restore, the lock free at an older version, must not answer 200 within a third of
+/// the TTL of pod-a's 200 (pod-a's client believes it holds the lock until its next heartbeat). Before b65cfd4 it
+/// answered 200 at once.
+#[test]
+fn a_restore_never_lets_a_side_car_that_knew_the_hold_answer_200_at_once() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("restore-ttl-same");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "9s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "9s"]);
+    a.put(&name).assert_status(200);
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    let snapshot = server.snapshot();
+    a.put(&name).assert_status(200);
+    let told = Instant::now();
+    b.put(&name).assert_status(409);
+    server.restore(&snapshot);
+    let mut seen = Vec::new();
+    while told.elapsed() < Duration::from_millis(2800) {
+        let status = b.put(&name).status;
+        seen.push((told.elapsed().as_millis() as u64 / 100, status));
+        assert_ne!(
+            status,
+            200,
+            "pod-b's client told 200 {:?} after pod-a's (whose next heartbeat is 3 s after it): {seen:?}\npod-b:\n{}",
+            told.elapsed(),
+            b.process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
