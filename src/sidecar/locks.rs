@@ -112,14 +112,15 @@ impl Entry {
 /// (a heartbeat, most likely), the releases cut off by the deadline, and when to look again.
 pub struct Drained {
     pub held: Vec<String>,
-    pub busy: usize,
+    /// Locks busy with a request (a heartbeat that waits for the API server, say): looked at again later.
+    pub busy: Vec<String>,
     pub cut_off: usize,
     pub next_check: Option<Instant>,
 }
 
 impl Drained {
     pub fn done(&self) -> bool {
-        self.held.is_empty() && self.busy == 0
+        self.held.is_empty() && self.busy.is_empty()
     }
 }
 
@@ -538,11 +539,11 @@ impl Locks {
     pub async fn drain_step(&self, deadline: Instant) -> Drained {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> =
             self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
-        let mut drained = Drained { held: Vec::new(), busy: 0, cut_off: 0, next_check: None };
+        let mut drained = Drained { held: Vec::new(), busy: Vec::new(), cut_off: 0, next_check: None };
         let mut quiet = Vec::new();
         for (name, entry) in &entries {
             let Ok(entry) = entry.try_lock() else {
-                drained.busy += 1;
+                drained.busy.push(name.clone());
                 continue;
             };
             if entry.elector.release(now()).is_none() {

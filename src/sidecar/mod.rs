@@ -128,6 +128,16 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
             }
             if Instant::now() >= deadline {
                 give_up(&locks, &drained.held, "the drain deadline (--drain) passed");
+                // A lock whose request is under way at the deadline (a heartbeat waiting for a slow API
+                // server) is left as it is, and said so (found by a CI run: the side-car exited without a
+                // word about a lock it held).
+                for name in &drained.busy {
+                    tracing::warn!(
+                        lease = %locks.lease_name(name),
+                        "the drain deadline (--drain) passed while a request for the lock was under way: exiting; \
+                         the lock is not released, so if this side-car holds it, it expires after its TTL"
+                    );
+                }
                 break;
             }
             // Look again when a client may have gone quiet, and at least every second (heartbeats in
