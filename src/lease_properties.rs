@@ -53,8 +53,19 @@ const TIMING: Timing = Timing {
     renew_deadline: Duration::from_secs(2),
     retry_period: Duration::from_millis(500),
 };
-/// lease_duration - renew_deadline - 1s, as the CLI's default.
-const GRACE: Duration = Duration::from_secs(1);
+/// A process of another deployment (a rolling update that changed `--lease-duration`, a second deployment
+/// sharing the lock, a side-car with another `--ttl`): a longer lease, deadline and retry than `TIMING`.
+const LONG: Timing = Timing {
+    lease_duration: Duration::from_secs(10),
+    renew_deadline: Duration::from_secs(6),
+    retry_period: Duration::from_secs(1),
+};
+
+/// The child's grace after its process found the lease lost, as the CLI's default for `timing`:
+/// lease_duration - renew_deadline - 1s.
+fn grace(timing: Timing) -> Duration {
+    timing.lease_duration.saturating_sub(timing.renew_deadline).saturating_sub(Duration::from_secs(1))
+}
 const IDENTITIES: [&str; 3] = ["a", "b", "a"];
 /// The co-holder's number where a step names a process (its requests, its answers, its stalls).
 const CO_HOLDER: usize = IDENTITIES.len();
@@ -371,6 +382,26 @@ impl World {
         world
     }
 
+    /// Process `p` has its own `timing(p)` (each with its child's grace, `grace`): processes of deployments
+    /// with different `--lease-duration`, `--renew-deadline` and `--retry-period` sharing one lock.
+    fn with_timings(timing: impl Fn(usize) -> Timing) -> World {
+        let mut world = World::new();
+        for (p, proc) in world.procs.iter_mut().enumerate() {
+            let mut elector = Elector::new(IDENTITIES[p], timing(p)).with_seed(p as u64 + 1);
+            elector.set_watching(true);
+            proc.elector = elector;
+        }
+        world
+    }
+
+    /// The longest lease duration and renew deadline among the processes (what `HEALED_WITHIN` counts).
+    fn longest(&self) -> (Duration, Duration) {
+        let timings = self.procs.iter().map(|proc| proc.elector.timing());
+        let lease = timings.clone().map(|t| t.lease_duration).max().unwrap_or(TIMING.lease_duration);
+        let deadline = timings.map(|t| t.renew_deadline).max().unwrap_or(TIMING.renew_deadline);
+        (lease.max(TIMING.lease_duration), deadline.max(TIMING.renew_deadline))
+    }
+
     /// Process `p` starts believing in `contenders(p)` contenders.
     fn believing(contenders: impl Fn(usize) -> f64) -> World {
         let t0 = Instant::now();
@@ -503,6 +534,25 @@ impl World {
         if !self.procs.iter().all(sees_it) && !self.procs.iter().all(idle) {
             return;
         }
+        // With mixed timings: a process that sees the versions go back protects for its own lease duration, or
+        // the hold it knew if longer; a hold the restore undoes whose duration is longer than that (its
+        // holder's child may run that long) it cannot honour (the README leaves it open: helper-153 found
+        // one, a longer hold taken again unseen and then undone). Only restores every process can honour,
+        // then, unless nobody holds the lease or runs a child.
+        let undone_longest = self.states[index + 1..]
+            .iter()
+            .filter_map(|(_, state)| state.as_ref().filter(|v| is_live(&v.record)))
+            .map(|v| holder_duration(&v.record, TIMING))
+            .max()
+            .unwrap_or_default();
+        let honours = |proc: &Proc| {
+            let known = proc.elector.current().filter(|known| is_live(&known.record));
+            let known = known.map(|known| holder_duration(&known.record, TIMING)).unwrap_or_default();
+            proc.elector.timing().lease_duration.max(known) >= undone_longest
+        };
+        if !self.procs.iter().all(idle) && !self.procs.iter().all(honours) {
+            return;
+        }
         self.states.truncate(index + 1);
         self.version = version;
         self.server = state;
@@ -564,7 +614,8 @@ impl World {
         if proc.releasing {
             return proc.call.is_none().then_some(now.instant);
         }
-        let deadline = proc.elector.held().map(|h| h.deadline(TIMING));
+        let timing = proc.elector.timing();
+        let deadline = proc.elector.held().map(|h| h.deadline(timing));
         match proc.elector.next(now.clone()) {
             Action::WaitUntil(at) => Some(at),
             Action::Lost(_) | Action::Refuse(_) => Some(now.instant),
@@ -729,7 +780,7 @@ impl World {
         if self.procs[p].releasing {
             if self.procs[p].call.is_none() {
                 let since = *self.procs[p].releasing_since.get_or_insert(self.now);
-                if self.now >= since + TIMING.call_timeout() * 2 {
+                if self.now >= since + self.procs[p].elector.timing().call_timeout() * 2 {
                     self.procs[p].elector.released();
                     self.procs[p].elector.lapsed();
                     self.procs[p].releasing = false;
@@ -755,11 +806,12 @@ impl World {
             }
             return Ok(());
         }
-        let deadline = self.procs[p].elector.held().map(|held| held.deadline(TIMING));
+        let timing = self.procs[p].elector.timing();
+        let deadline = self.procs[p].elector.held().map(|held| held.deadline(timing));
         match self.procs[p].elector.next(now) {
             Action::Lost(_) => match &mut self.procs[p].child {
                 // The driver stops the child: the kill signal, then SIGKILL after the grace.
-                Some(child) => child.dead_by = Some(self.now + GRACE),
+                Some(child) => child.dead_by = Some(self.now + grace(timing)),
                 None => {
                     if deadline.is_some_and(|deadline| self.now >= deadline) {
                         self.procs[p].elector.lapsed();
@@ -860,7 +912,8 @@ impl World {
         self.last_token = Some(held.fencing_token);
         self.last_child_of = Some(p);
         self.children_started += 1;
-        self.procs[p].child = Some(Child { token: held.fencing_token, deadline: held.deadline(TIMING), dead_by: None });
+        let deadline = held.deadline(self.procs[p].elector.timing());
+        self.procs[p].child = Some(Child { token: held.fencing_token, deadline, dead_by: None });
         Ok(())
     }
 
@@ -937,7 +990,8 @@ impl World {
         let floor = request.floor.clone();
         // A read is bounded by the call timeout (the store's `get`): answered later, it was given up
         // (what it shows may be from before an etcd restore that came since, and taken as fresh).
-        let timed_out = matches!(request.kind, Kind::Read) && self.now > request.sent_at + TIMING.call_timeout();
+        let timed_out = matches!(request.kind, Kind::Read)
+            && self.now > request.sent_at + self.procs[p].elector.timing().call_timeout();
         let answer = if request.cut || timed_out { Reply::Fail } else { answer };
         self.procs[p].call = None;
         let now = self.now;
@@ -1099,13 +1153,14 @@ impl World {
     /// child is stopped at its renew deadline by the clock alone.
     fn stall(&mut self, stalled: usize, millis: u64) -> Result<(), TestCaseError> {
         let target = self.now + Duration::from_millis(millis);
-        let held = self.procs.get(stalled).and_then(|proc| proc.elector.held()).map(|held| held.deadline(TIMING));
+        let timing = self.procs.get(stalled).map_or(TIMING, |proc| proc.elector.timing());
+        let held = self.procs.get(stalled).and_then(|proc| proc.elector.held()).map(|held| held.deadline(timing));
         if let Some(child) = self.procs.get_mut(stalled).and_then(|proc| proc.child.as_mut())
             && let deadline = held.unwrap_or(child.deadline)
             && deadline <= target
             && child.dead_by.is_none()
         {
-            child.dead_by = Some(deadline.max(self.now) + GRACE);
+            child.dead_by = Some(deadline.max(self.now) + grace(timing));
         }
         self.advance_without(Some(stalled), millis)
     }
@@ -1133,14 +1188,15 @@ impl World {
     /// asked through a copy, so that a check never records a loss the process itself has not seen.)
     fn check_held(&mut self) -> Result<(), TestCaseError> {
         for p in 0..self.procs.len() {
-            if let Some(deadline) = self.procs[p].elector.held().map(|held| held.deadline(TIMING))
+            let timing = self.procs[p].elector.timing();
+            if let Some(deadline) = self.procs[p].elector.held().map(|held| held.deadline(timing))
                 && let Some(child) = self.procs[p].child.as_mut()
             {
                 child.deadline = deadline;
             }
             if let Some(held) = self.procs[p].elector.held() {
                 let acquisition = (held.acquire_time.clone(), held.fencing_token);
-                let deadline = held.deadline(TIMING);
+                let deadline = held.deadline(timing);
                 let passed = self.procs[p].expired.iter().find(|(known, _)| *known == acquisition).map(|(_, at)| *at);
                 // A write sent after the deadline is a new hold (the side-car adopts its record again with
                 // its acquireTime and token); one sent before it would be the old hold revived.
@@ -1163,7 +1219,7 @@ impl World {
             }
             let last_applied = self.procs[p].applied_sends.iter().max().copied();
             prop_assert!(
-                last_applied.is_some_and(|sent| self.now < sent + TIMING.renew_deadline),
+                last_applied.is_some_and(|sent| self.now < sent + timing.renew_deadline),
                 "process {p} holds at {:?} but its last applied write was sent at {:?}",
                 self.elapsed(),
                 last_applied.map(|sent| sent - self.t0)
@@ -1350,6 +1406,57 @@ proptest! {
         run_in(World::with_a_side_car_and_a_co_holder, steps)?;
     }
 
+    /// Mixed timings: b (process 1) runs with a longer lease, deadline and retry (`LONG`) than a#0 and a#2,
+    /// as a second deployment sharing the lock or a rolling update that changed `--lease-duration`.
+    #[test]
+    fn mixed_timings_a_longer_lease_among_shorter(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run_in(|| World::with_timings(|p| if p == 1 { LONG } else { TIMING }), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// Mixed timings the other way: a#0 and a#2 with the longer lease, b with the shorter.
+    #[test]
+    fn mixed_timings_a_shorter_lease_among_longer(steps in prop::collection::vec(step(), 1..160)) {
+        let mut world = run_in(|| World::with_timings(|p| if p == 1 { TIMING } else { LONG }), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// Mixed timings with etcd restores among the other faults.
+    #[test]
+    fn mixed_timings_with_etcd_restores(steps in prop::collection::vec(step_with_restores(), 1..160)) {
+        let mut world = run_in(|| World::with_timings(|p| if p == 1 { LONG } else { TIMING }), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// Mixed timings the other way with etcd restores.
+    #[test]
+    fn mixed_timings_the_other_way_with_etcd_restores(steps in prop::collection::vec(step_with_restores(), 1..160)) {
+        let mut world = run_in(|| World::with_timings(|p| if p == 1 { TIMING } else { LONG }), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// Mixed timings under one identity: a#2 (a copied manifest, a nested mpsync given the identity) with the
+    /// longer lease, a#0 and b with the shorter, with etcd restores.
+    #[test]
+    fn mixed_timings_under_one_identity_with_etcd_restores(steps in prop::collection::vec(step_with_restores(), 1..160)) {
+        let mut world = run_in(|| World::with_timings(|p| if p == 2 { LONG } else { TIMING }), steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// A side-car (process 2) with a longer `--ttl` than the plain processes.
+    #[test]
+    fn mixed_timings_a_side_car_with_a_longer_ttl(steps in prop::collection::vec(step_with_restores(), 1..160)) {
+        let world = || {
+            let mut world = World::with_timings(|p| if p == 2 { LONG } else { TIMING });
+            let mut side_car = Elector::adopting("a", LONG).with_seed(3);
+            side_car.set_watching(true);
+            world.procs[2].elector = side_car;
+            world
+        };
+        let mut world = run_in(world, steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
     /// A newcomer (believing it is alone: it tries at once) among a crowd that believes in many (it
     /// leaves the newcomer the first window): exclusion holds, and a child still runs.
     #[test]
@@ -1360,14 +1467,21 @@ proptest! {
 }
 
 /// The longest a healed world may take to run a child: a full lease duration to wait out a holder seen
-/// last (twice, for a deletion seen as a snapshot), the widest stagger, and a renew deadline of slack.
+/// last (twice, for a deletion seen as a snapshot), the widest stagger, and a renew deadline of slack
+/// (with `TIMING`; with mixed timings, the longest lease duration and renew deadline, see `healed_within`).
 const HEALED_WITHIN: Duration = Duration::from_secs(2 * 4 + 10 + 2);
+
+fn healed_within(world: &World) -> Duration {
+    let (lease, deadline) = world.longest();
+    HEALED_WITHIN + 2 * (lease - TIMING.lease_duration) + (deadline - TIMING.renew_deadline)
+}
 
 /// From now on nothing fails, nothing is late by more than a step of 20 ms, and children keep running:
 /// some process must hold the lease with its child running within `HEALED_WITHIN`.
 fn heal_until_a_child_runs(world: &mut World) -> Result<(), TestCaseError> {
     let healed_at = world.now;
-    while world.now < healed_at + HEALED_WITHIN {
+    let healed_within = healed_within(world);
+    while world.now < healed_at + healed_within {
         for p in 0..world.procs.len() {
             while world.requests.iter().any(|r| r.processed.is_none()) {
                 world.process(p)?;
@@ -1403,7 +1517,7 @@ fn heal_until_a_child_runs(world: &mut World) -> Result<(), TestCaseError> {
         .collect();
     prop_assert!(
         false,
-        "no child runs {HEALED_WITHIN:?} after the world healed (at {:?}): {states:?}",
+        "no child runs {healed_within:?} after the world healed (at {:?}): {states:?}",
         healed_at - world.t0
     );
     Ok(())
