@@ -413,7 +413,10 @@ impl Locks {
                     }
                     return Response::error(
                         503,
-                        format!("lock {name} lapsed and is not surely free yet: it can be taken again later; retry"),
+                        format!(
+                            "lock {name} is not surely free yet (a hold lapsed, or etcd was restored): it can be taken \
+                             again later; retry"
+                        ),
                     )
                     .with_header("Retry-After", &retry_after(until));
                 }
@@ -632,6 +635,12 @@ impl Locks {
         };
         let map = self.map();
         map.iter().filter(|(_, entry)| entry.try_lock().is_ok_and(|e| ours(&e))).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// The locks busy with a request now (a heartbeat waiting for the API server): whether they are held is
+    /// not known until it ends.
+    pub fn busy_names(&self) -> Vec<String> {
+        self.map().iter().filter(|(_, entry)| entry.try_lock().is_err()).map(|(name, _)| name.clone()).collect()
     }
 
     fn is_held(&self, entry: &Mutex<Entry>, now: Instant) -> bool {

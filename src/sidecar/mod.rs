@@ -117,6 +117,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
                     for name in locks.unreleased_names() {
                         tracing::warn!(lease = %locks.lease_name(&name), "exiting with the lock not released");
                     }
+                    left_busy(&locks, &locks.busy_names(), "a second signal came");
                     break;
                 }
             };
@@ -131,13 +132,7 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
                 // A lock whose request is under way at the deadline (a heartbeat waiting for a slow API
                 // server) is left as it is, and said so (found by a CI run: the side-car exited without a
                 // word about a lock it held).
-                for name in &drained.busy {
-                    tracing::warn!(
-                        lease = %locks.lease_name(name),
-                        "the drain deadline (--drain) passed while a request for the lock was under way: exiting; \
-                         the lock is not released, so if this side-car holds it, it expires after its TTL"
-                    );
-                }
+                left_busy(&locks, &drained.busy, "the drain deadline (--drain) passed");
                 break;
             }
             // Look again when a client may have gone quiet, and at least every second (heartbeats in
@@ -147,7 +142,12 @@ pub fn sidecar(config: SidecarConfig) -> Result<Exit> {
             tokio::select! {
                 () = tokio::time::sleep_until(next.into()) => {}
                 () = &mut another => {
-                    give_up(&locks, &drained.held, "a second signal came");
+                    tracing::warn!("a second signal came while draining: exiting");
+                    // What is held now, not at the last step: a request under way then may have ended since.
+                    give_up(&locks, &locks.unreleased_names(), "a second signal came");
+                    // As at the deadline (found by review, helper-154: a second signal during a heartbeat
+                    // under way exited without a word about its lock).
+                    left_busy(&locks, &locks.busy_names(), "a second signal came");
                     break;
                 }
             }
@@ -169,6 +169,18 @@ fn give_up(locks: &locks::Locks, held: &[String], why: &str) {
             lease = %locks.lease_name(name),
             "{why}: exiting with the lock still held for a client that heartbeats; it is not released, so it \
              expires after its TTL and no other pod takes it while the client may still believe it holds it"
+        );
+    }
+}
+
+/// Name the locks busy with a request (a heartbeat waiting for a slow API server) on the way out: not
+/// released either.
+fn left_busy(locks: &locks::Locks, busy: &[String], why: &str) {
+    for name in busy {
+        tracing::warn!(
+            lease = %locks.lease_name(name),
+            "{why} while a request for the lock was under way: exiting; the lock is not released, so if this \
+             side-car holds it, it expires after its TTL"
         );
     }
 }

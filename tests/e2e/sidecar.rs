@@ -559,6 +559,41 @@ fn a_drain_deadline_during_a_heartbeat_under_way_says_the_lock_is_not_released()
     let _ = heartbeat.join();
 }
 
+/// Found by review (helper-154): a second signal while a heartbeat is under way (waiting for a slow API server) exits
+/// at once; the lock that heartbeat is about is held and not released, and must be named, as the drain
+/// deadline names it since 10fd2cf. The second signal's paths name only `drained.held` (during the pause
+/// between drain steps) or `unreleased_names()` (which skips busy entries).
+#[test]
+fn a_second_signal_during_a_heartbeat_under_way_names_the_lock_not_released() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-busy-second");
+    // A TTL of 30 s: a request may wait 5 s for the API server; the drain would last 20 s.
+    let mut a = Sidecar::start(&env, Some("sidecar-a"), &["--ttl", "30s", "--drain", "20s"]);
+    a.put(&name).assert_status(200);
+    server.set_latency(Duration::from_secs(4));
+    let before = server.requests().len();
+    let (address, lock) = (a.address, name.clone());
+    let heartbeat = std::thread::spawn(move || try_put(address, &lock));
+    assert!(server.wait_for_requests(|log| log.len() > before, PATIENCE), "the heartbeat never reached the API server");
+    a.process.signal(Signal::SIGTERM);
+    wait_until("the drain to start", || a.process.stderr().contains("draining: refusing new acquisitions"));
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("the side-car exits on the second signal");
+    assert_eq!(status.code(), Some(0), "{}", a.process.stderr());
+    let stderr = a.process.stderr();
+    assert!(
+        stderr.lines().any(|line| line.contains("not released") && line.contains(name.as_str())),
+        "{name} not named: {stderr}"
+    );
+    server.set_latency(Duration::ZERO);
+    let _ = heartbeat.join();
+    assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"), "left to expire");
+}
+
 /// A PUT of lock `name`: its status, or `None` if the side-car is not (or no longer) there to answer.
 fn try_put(address: SocketAddr, name: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&address, PATIENCE).ok()?;
