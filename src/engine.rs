@@ -472,7 +472,7 @@ impl Slot {
                 if let (Some(current), Some(floor)) = (current.as_ref(), floor)
                     && crate::lease::is_older(&current.resource_version, &floor)
                 {
-                    tracing::warn!(lease = %self.name, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+                    crate::lease::warn_versions_went_back(&self.name);
                     self.elector.versions_went_back();
                 }
                 self.elector.observe(current, Instant::now());
@@ -645,7 +645,7 @@ impl Slot {
                         if let (Some(current), Some(floor)) = (current.as_ref(), floor.as_deref())
                             && crate::lease::is_older(&current.resource_version, floor)
                         {
-                            tracing::warn!(lease = %self.name, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+                            crate::lease::warn_versions_went_back(&self.name);
                             self.elector.versions_went_back();
                         }
                         self.elector.observe(current, Instant::now())

@@ -294,7 +294,7 @@ impl Locks {
         if let (Some(read), Some(floor)) = (current.as_ref(), floor)
             && crate::lease::is_older(&read.resource_version, &floor)
         {
-            tracing::warn!(lease = %lease, "the lease's resourceVersion went back (etcd restored?); taking the record read as new");
+            crate::lease::warn_versions_went_back(lease);
             elector.versions_went_back();
         }
         Ok(current)
