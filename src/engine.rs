@@ -333,7 +333,7 @@ impl Slot {
             _ if retry_pending => wake = self.retry_at,
             Action::Read => {
                 self.retry_at = None;
-                self.read_floor = self.elector.current().map(|known| known.resource_version.clone());
+                self.read_floor = self.elector.known_version();
                 let (store, name) = (self.store.clone(), self.name.clone());
                 self.reading = true;
                 let limit = self.read_limit.clone();
@@ -469,12 +469,7 @@ impl Slot {
                     _ => None,
                 });
                 let floor = self.read_floor.take();
-                if let (Some(current), Some(floor)) = (current.as_ref(), floor)
-                    && crate::lease::is_older(&current.resource_version, &floor)
-                {
-                    crate::lease::warn_versions_went_back(&self.name);
-                    self.elector.versions_went_back();
-                }
+                self.elector.read_answered(&self.name, floor.as_deref(), current.as_ref());
                 self.elector.observe(current, Instant::now());
                 // A renewal beaten by another writer's change that left the hold ours (a label, an
                 // annotation, another field set by a tool): renew on the version just read now, as
@@ -635,19 +630,14 @@ impl Slot {
             // Read first when the record we know may be out of date: a write's outcome is unknown, or an
             // earlier attempt failed.
             if attempt > 0 || self.elector.unresolved_write() {
-                let floor = self.elector.current().map(|known| known.resource_version.clone());
+                let floor = self.elector.known_version();
                 match self.store.get(&self.name).await {
                     Ok(current) => {
                         // Versions gone back (an etcd restore) are seen here too, as by the campaign's reads:
                         // else the give-back is sent again on the version known before, which the restored
                         // etcd may hand out again to another's acquisition, and lands over it (found by the
                         // property model, helper-149).
-                        if let (Some(current), Some(floor)) = (current.as_ref(), floor.as_deref())
-                            && crate::lease::is_older(&current.resource_version, floor)
-                        {
-                            crate::lease::warn_versions_went_back(&self.name);
-                            self.elector.versions_went_back();
-                        }
+                        self.elector.read_answered(&self.name, floor.as_deref(), current.as_ref());
                         self.elector.observe(current, Instant::now())
                     }
                     Err(StoreError::Fatal(err)) => return Err(StoreError::Fatal(err)),

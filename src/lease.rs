@@ -753,6 +753,25 @@ impl Elector {
         }
     }
 
+    /// The version of the record known now: a read sent after this that answers an older one shows the
+    /// versions went back (see `read_answered`).
+    pub(crate) fn known_version(&self) -> Option<String> {
+        self.current().map(|known| known.resource_version.clone())
+    }
+
+    /// Note that a read of lease `lease` sent when `known_version` was `floor` answered `read`: an older
+    /// version than the floor means versions went back (an etcd restored from a snapshot, or the lock
+    /// directory reset), which is warned of and taken in (`versions_went_back`) before the read is observed.
+    /// One rule for every reader: the campaign's reads, the give-back's reads and the side-car's.
+    pub(crate) fn read_answered(&mut self, lease: &str, floor: Option<&str>, read: Option<&Versioned>) {
+        if let (Some(read), Some(floor)) = (read, floor)
+            && is_older(&read.resource_version, floor)
+        {
+            warn_versions_went_back(lease);
+            self.versions_went_back();
+        }
+    }
+
     /// Versions went back (an etcd restored from a snapshot): a read sent after this process knew a
     /// version answered an older one, which no API server does otherwise. What is known stays as a
     /// record but not as a version, so that the read is taken as it is: its record, changed or not,
@@ -2032,7 +2051,7 @@ pub fn holder_duration(record: &LeaseSpec, timing: Timing) -> Duration {
 /// Say that a read answered an older resourceVersion than one known before it was sent (see
 /// `Elector::versions_went_back`): an etcd restored from a snapshot, or (the file backend) a lock directory
 /// whose files were removed or put back.
-pub(crate) fn warn_versions_went_back(lease: &str) {
+fn warn_versions_went_back(lease: &str) {
     tracing::warn!(
         lease = %lease,
         "the lease's resourceVersion went back (etcd restored, or the lock directory reset?); taking the record read as new"

@@ -635,7 +635,7 @@ impl World {
         // A read tells its process that versions went back when it answers one older than the process knew
         // (the campaign's `read_floor`, and the give-back's reads in `Engine::settle_until`).
         let floor = match (&kind, self.procs.get(p)) {
-            (Kind::Read, Some(proc)) => proc.elector.current().map(|known| known.resource_version.clone()),
+            (Kind::Read, Some(proc)) => proc.elector.known_version(),
             _ => None,
         };
         self.requests.push(Request { id, process: p, kind, sent_at: self.now, processed: None, floor, cut: false });
@@ -999,11 +999,7 @@ impl World {
         let elector = &mut self.procs[p].elector;
         match (processed, answer, ticket) {
             (Processed::Read(current), Reply::Normal, _) => {
-                if let (Some(current), Some(floor)) = (&current, &floor)
-                    && is_older(&current.resource_version, floor)
-                {
-                    elector.versions_went_back();
-                }
+                elector.read_answered("model", floor.as_deref(), current.as_ref());
                 elector.observe(current, now)
             }
             (Processed::Read(_), Reply::Fail, _) => elector.want_read(),

@@ -289,14 +289,9 @@ impl Locks {
     /// compared-and-swapped against the newer version for ever, every PUT answered 503, and the lock was
     /// never taken through it again).
     async fn read(&self, lease: &str, elector: &mut Elector) -> Result<Option<Versioned>, StoreError> {
-        let floor = elector.current().map(|known| known.resource_version.clone());
+        let floor = elector.known_version();
         let current = self.store.get(lease).await?;
-        if let (Some(read), Some(floor)) = (current.as_ref(), floor)
-            && crate::lease::is_older(&read.resource_version, &floor)
-        {
-            crate::lease::warn_versions_went_back(lease);
-            elector.versions_went_back();
-        }
+        elector.read_answered(lease, floor.as_deref(), current.as_ref());
         Ok(current)
     }
 
