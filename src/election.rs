@@ -127,7 +127,8 @@ impl Leadership {
 /// [`run`](Self::run)'s future (not spawned), so it needs no `Send` or `'static` bounds, and
 /// dropping that future drops the work. When the term ends, the work's token is cancelled; it has
 /// [`grace`](Self::grace) to return, and is then dropped. Dropping stops it at its next `.await`: code
-/// that blocks (a blocking call, a busy loop, a thread of its own) is the caller's to stop, by checking
+/// that blocks (a blocking call, a busy loop, a thread of its own), and any task the work spawns with
+/// `tokio::spawn` (dropping the work does not drop it), is the caller's to stop, by checking
 /// the token between steps, before `renew_deadline + grace` have passed since the last good renewal.
 /// The token is cancelled at the renew deadline even while such code keeps the runtime from running.
 /// That is what keeps two leaders from working at once.

@@ -874,7 +874,10 @@ impl HeldLock {
     /// runtime's thread), this ends with [`Error::Unavailable`] after four call timeouts, and the release
     /// is written when that runtime runs again.
     ///
-    /// Releasing a lease that was lost writes nothing (another holder may have it) and is not an error.
+    /// Releasing a lease that was lost writes nothing if another holder may have it, and is then not an
+    /// error. Lost at the renew deadline (cut off from the API server), the record may still be this
+    /// holder's own write: it is given back as above, and if that cannot be checked the answer is an
+    /// error as below (the lease then expires after its duration).
     ///
     /// # Errors
     ///

@@ -117,8 +117,15 @@ pub fn slot_names(name: &str, slots: Option<u32>) -> Result<Vec<String>> {
         return Ok(vec![name.to_string()]);
     }
     let names: Vec<String> = (0..n).map(|slot| format!("{name}-{slot}")).collect();
-    for slot_name in &names {
-        self::name(slot_name)?;
+    self::name(name)?;
+    if let Some(last) = names.last()
+        && self::name(last).is_err()
+    {
+        return Err(Error::Usage(format!(
+            "lease name is too long for --slots {n}: its last slot's Lease, NAME-{}, would be {} characters (at most 253)",
+            n - 1,
+            last.len()
+        )));
     }
     Ok(names)
 }
@@ -207,5 +214,17 @@ mod tests {
         assert_eq!(slot_names("pool", Some(1)).unwrap(), vec!["pool"], "one slot is the plain lease");
         assert!(slot_names("pool", Some(0)).is_err());
         assert!(slot_names(&"x".repeat(252), Some(2)).is_err());
+    }
+
+    /// Found by review (helper-155): a name valid alone but too long with its slot suffix was refused by
+    /// quoting `NAME-0`, a name the user never gave, as not a valid lease name, with no word of `--slots`.
+    #[test]
+    fn a_name_too_long_for_its_slots_says_so() {
+        let err = slot_names(&"x".repeat(252), Some(2)).unwrap_err().to_string();
+        assert!(err.contains("too long for --slots 2") && err.contains("NAME-1") && err.contains("254"), "{err}");
+        assert!(!err.contains("-0\""), "{err}");
+        assert_eq!(slot_names(&"x".repeat(250), Some(1000)).unwrap_err().to_string().lines().count(), 1);
+        let bad = slot_names("Pool", Some(2)).unwrap_err().to_string();
+        assert!(bad.contains("\"Pool\""), "the name itself is checked first: {bad}");
     }
 }
