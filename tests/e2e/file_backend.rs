@@ -939,3 +939,30 @@ fn status_and_observe_read_a_lock_directory_they_cannot_write() {
     empty.finish().assert_code(0);
     assert!(!missing.exists(), "status made the lock directory");
 }
+
+/// Found by review (helper-156): a directory made by hand at `.NAME.tmp` (or `.NAME.last`) is not removed
+/// by a writer's cleanup, so every write of the lease failed: the holder lost it (123), and every later
+/// `lock` either said `.NAME.tmp appeared while mpsync wrote it` (it had not: it was there all along) or
+/// exited 125 with `cannot replace .NAME.last: Is a directory` and no word of what to do. Now both say
+/// that a directory is in the way, the lease counts as held (124 at `--timeout`), and removing it repairs it.
+#[test]
+fn a_directory_at_a_lease_s_own_file_names_says_so_and_counts_as_held() {
+    let env = TestEnv::file();
+    for (which, file) in [("tmp", ".{}.tmp"), ("last", ".{}.last")] {
+        let name = env.lease_name(&format!("dir-{which}"));
+        env.run(["lock", &name, "--", "true"]).assert_code(0);
+        let path = env.lock_dir().join(file.replace("{}", &name));
+        let _ = fs::remove_file(&path);
+        fs::create_dir(&path).unwrap();
+        let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+        done.assert_code(124);
+        assert!(
+            done.stderr.contains("is a directory") && done.stderr.contains("until it is removed"),
+            "{}",
+            done.stderr
+        );
+        assert!(!done.stderr.contains("appeared while"), "{}", done.stderr);
+        fs::remove_dir(&path).unwrap();
+        env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
+    }
+}

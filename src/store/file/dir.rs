@@ -469,7 +469,7 @@ impl<'a> LockedDir<'a> {
             Ok(()) => {}
             // A file system without hard links: a second copy.
             Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EMLINK) => self.write_new(last_temp, bytes)?,
-            Err(Errno::EEXIST) => return Err(appeared(self.path, last_temp)),
+            Err(Errno::EEXIST) => return Err(appeared(self.fd(), self.path, last_temp)),
             Err(errno) => return Err(self.failure("write", last_temp, errno)),
         }
         if !publish() {
@@ -477,15 +477,26 @@ impl<'a> LockedDir<'a> {
             self.remove(last_temp);
             return Err(StoreError::Transient(format!("write of {record} given up by its caller before it was made")));
         }
-        renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| self.failure("replace", last, errno))?;
-        renameat(self.fd(), temp, self.fd(), record).map_err(|errno| self.failure("replace", record, errno))
+        let failure = |name: &str, errno: Errno| match errno {
+            // A directory made by hand at the name (mpsync only ever makes files): nothing was replaced, and
+            // no write of this lease can be until it is removed (found by review, helper-156: `.NAME.last`
+            // made a directory ended every later `lock` with exit 125 and no word of what to do).
+            Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => StoreError::Unreadable(format!(
+                "{} is a directory, where mpsync keeps a lease record: no write of this lease can be made \
+                 (the lease counts as held) until it is removed",
+                self.path.join(name).display()
+            )),
+            errno => self.failure("replace", name, errno),
+        };
+        renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| failure(last, errno))?;
+        renameat(self.fd(), temp, self.fd(), record).map_err(|errno| failure(record, errno))
     }
 
     /// Create `name` (it must not exist, and is never followed), write `bytes` and fsync it.
     fn write_new(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(self.fd(), name, flags, Mode::from_bits_truncate(0o600)).map_err(|errno| match errno {
-            Errno::EEXIST => appeared(self.path, name),
+            Errno::EEXIST => appeared(self.fd(), self.path, name),
             errno => self.failure("create", name, errno),
         })?;
         let mut file = std::fs::File::from(fd);
@@ -506,8 +517,20 @@ impl<'a> LockedDir<'a> {
 
 /// A temporary file made again since the writer removed it, by something other than mpsync (no other
 /// writer holds the lock): nothing was written, and the next attempt removes it again.
-fn appeared(dir: &Path, name: &str) -> StoreError {
-    StoreError::Transient(format!("{} appeared while mpsync wrote it", dir.join(name).display()))
+/// A directory there (made by hand: mpsync only ever makes files) is not removed by the writer's cleanup
+/// and would keep every write of the lease failing: say so, and what to do.
+fn appeared(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> StoreError {
+    let path = dir_path.join(name);
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR => {
+            StoreError::Unreadable(format!(
+                "{} is a directory, where mpsync writes a lease record before putting it in place: no write of \
+                 this lease can be made (the lease counts as held) until it is removed",
+                path.display()
+            ))
+        }
+        _ => StoreError::Transient(format!("{} appeared while mpsync wrote it", path.display())),
+    }
 }
 
 /// What a look at a file shows without opening it: enough to tell that it was replaced or written.
