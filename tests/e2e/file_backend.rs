@@ -966,3 +966,25 @@ fn a_directory_at_a_lease_s_own_file_names_says_so_and_counts_as_held() {
         env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
     }
 }
+
+/// A record edited by hand to the largest resourceVersion can never be written after: the lease counts as
+/// held, and the waiter's `--timeout` ends it with 124 and a line that says what to remove (it retried for
+/// ever with "cannot grow any more" and no word of what to do); `status` still reads it.
+#[test]
+fn a_record_at_the_largest_resource_version_says_what_to_remove() {
+    let env = TestEnv::file();
+    let name = env.lease_name("largest-version");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let path = env.lock_dir().join(format!("{name}.json"));
+    let record = fs::read_to_string(&path).unwrap();
+    let mut lease: serde_json::Value = serde_json::from_str(&record).unwrap();
+    lease["metadata"]["resourceVersion"] = serde_json::json!(u64::MAX.to_string());
+    fs::write(&path, lease.to_string()).unwrap();
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+    done.assert_code(124);
+    assert!(done.stderr.contains("cannot grow any more") && done.stderr.contains("remove it"), "{}", done.stderr);
+    env.run(["status", &name]).assert_code(0);
+    fs::remove_file(&path).unwrap();
+    fs::remove_file(env.lock_dir().join(format!(".{name}.last"))).unwrap();
+    env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
+}

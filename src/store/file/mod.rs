@@ -538,10 +538,15 @@ fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), Stri
     Ok((lease, version, versioned))
 }
 
+/// A record (or its `.NAME.last`) at the largest resourceVersion, which only a hand edit makes: no write of
+/// the lease can follow it, so the lease counts as held (waiters wait, or give up at `--timeout`), saying
+/// once what to do, as for a record mpsync cannot read; retrying it for ever said the same every retry.
 fn overflow(dir: &LockedDir<'_>, files: &LeaseFiles) -> StoreError {
-    StoreError::Transient(format!(
-        "lease record {}: its resourceVersion cannot grow any more",
-        dir.path().join(&files.record).display()
+    StoreError::Unreadable(format!(
+        "lease record {}: its resourceVersion cannot grow any more (edited by hand?); remove it and {} while \
+         no process uses the lease",
+        dir.path().join(&files.record).display(),
+        files.last
     ))
 }
 
