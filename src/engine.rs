@@ -594,6 +594,17 @@ impl Slot {
             }
             false => None,
         };
+        // An acquisition whose answer never came, and that no read showed, may land after the give-back:
+        // the lease then names this process as holder until it expires, and its next waiter waits that out.
+        // Said, not silent (a `--timeout` ended with 124 and the lease held in its name for its duration).
+        if self.elector.acquisition_unresolved() {
+            tracing::warn!(
+                lease = %self.name,
+                "an acquisition this process sent got no answer; if it still lands, the lease names this process \
+                 as holder until it expires (at most {}) or this process takes it again",
+                humantime::format_duration(self.timing().lease_duration)
+            );
+        }
         self.elector.released();
         self.call = None;
         // Only a hold the observer was told of ends for it: the slots of a semaphore share one observer,

@@ -718,6 +718,11 @@ impl Elector {
         self.pending.as_ref().is_some_and(|p| p.purpose != Purpose::Release)
     }
 
+    /// Whether an acquisition of ours was sent and its outcome is not known: it may land yet.
+    pub fn acquisition_unresolved(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Acquire)
+    }
+
     /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
     pub fn releasing(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Release) || self.release_base.is_some()
