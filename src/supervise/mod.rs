@@ -575,7 +575,7 @@ impl Supervisor {
     }
 
     /// After `Notice::Resumed`, with the lease still held: give the terminal back to the child if mpsync's
-    /// group has the foreground (and may hand it over), and continue the child's job.
+    /// group has the foreground (and may hand it over), and continue the child's job if mpsync stopped it.
     pub fn continue_child(&mut self) {
         let Some(pgid) = self.group else { return };
         let held = self.held.take();
@@ -585,10 +585,17 @@ impl Supervisor {
         {
             terminal.hand_to(pgid);
         }
-        if let Some(since) = held {
-            info!(pgid = pgid.as_raw(), stopped_for = ?since.elapsed(), "continuing the child's job");
+        // Only a job mpsync stopped is continued: one stopped by someone else (`kill -STOP`, a debugger) is
+        // theirs to continue, not a stray SIGCONT's to mpsync (found by review, helper-157).
+        match held {
+            Some(since) => {
+                info!(pgid = pgid.as_raw(), stopped_for = ?since.elapsed(), "continuing the child's job");
+                self.signal_job(pgid, Signal::SIGCONT);
+            }
+            None => {
+                debug!(pgid = pgid.as_raw(), "continued, with the child's job not stopped by mpsync: left as it is")
+            }
         }
-        self.signal_job(pgid, Signal::SIGCONT);
     }
 
     /// After `Notice::Resumed`, with the lease gone: SIGKILL the child's whole job without letting it run
@@ -947,6 +954,14 @@ impl Supervisor {
             }
             return true;
         }
+        // As PID 1 or subreaper, every live process of mpsync's tree has an ancestor among the job threads'
+        // own children (an orphan is adopted by mpsync). One look at /proc misses the child of a fork made
+        // after /proc was listed whose parent exited before it was read (a chain that `setsid -f`s the next
+        // link and exits): the release then let it run on (found by review, helper-157). The children
+        // files, read after the look, show that child or its parent.
+        if self.reap_orphans && self.job_threads_have_children() {
+            return true;
+        }
         if snapshot.shows_group(pgid.as_raw()) && !self.proc_hides {
             return false;
         }
@@ -956,6 +971,17 @@ impl Supervisor {
         self.let_go_of_leader();
         // EPERM is a member mpsync may not signal (a setuid program that took every uid), not an empty group.
         killpg(pgid, None) != Err(Errno::ESRCH)
+    }
+
+    /// Whether the job threads have a child (zombies included, which the next reap collects) other than the
+    /// main child's kept zombie, the guard, a child given up on, and what mpsync inherited across an exec.
+    fn job_threads_have_children(&self) -> bool {
+        let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks()) else { return false };
+        let mut except: Vec<i32> = self.leader.iter().chain(self.main.iter()).map(|pid| pid.as_raw()).collect();
+        except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+        except.extend(self.abandoned.iter().map(|pid| pid.as_raw()));
+        except.extend(self.inherited.iter().map(|(pid, _)| *pid));
+        children.iter().any(|child| !except.contains(child))
     }
 
     /// `signal` to the child's group, and to the main child if it left the group.

@@ -1556,3 +1556,104 @@ fn ctrl_c_during_the_loss_grace_still_says_lost(env: &TestEnv) {
     assert!(!alive(child));
     assert_eq!(status.code(), Some(123), "{}", lock.stderr());
 }
+
+/// Found by review (helper-157): with `--subreaper`, a chain the child leaves behind (each link appends a
+/// tick, starts the next with `setsid -f` and exits, a supervisor's restart loop in miniature) lives in
+/// mpsync's tree the whole time (each link is adopted at once), so README promises it gets `--kill-signal`,
+/// `--grace`, then SIGKILL before the release. It ignores TERM; yet a single look at /proc that misses the
+/// one live link (forked after /proc was listed, its parent gone before its stat was read) ended the wait
+/// for the job as if it were gone: the lease was released and mpsync exited while the chain ran on. The
+/// same wait ends the job after the child's exit, after a lost lease, and after SIGTERM to mpsync.
+#[test]
+fn as_subreaper_a_chain_left_by_the_child_is_gone_before_the_release() {
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        ChildExits,
+        LeaseLost,
+        Sigterm,
+    }
+    let env = TestEnv::file();
+    let stop = env.path("stop");
+    let link = env.path("link.sh");
+    fs::write(
+        &link,
+        format!(
+            "#!/bin/sh\ntrap '' TERM\n[ -e {stop} ] && exit 0\necho x >> \"$1\"\nsleep 0.02\nsetsid -f \"$0\" \"$1\"\nexit 0\n",
+            stop = stop.display(),
+        ),
+    )
+    .expect("write the link");
+    fs::set_permissions(&link, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut escaped = Vec::new();
+    for (round, end) in [End::ChildExits, End::LeaseLost, End::Sigterm].into_iter().cycle().take(6).enumerate() {
+        let name = env.lease_name(&format!("chain-{round}"));
+        let ticks = env.path(&format!("ticks-{round}"));
+        let count = || fs::read_to_string(&ticks).map(|t| t.lines().count()).unwrap_or(0);
+        let _ = fs::remove_file(&stop);
+        // The child starts the chain and waits for its first tick; then it exits 5, or waits to be ended.
+        let then = match end {
+            End::ChildExits => "exit 5",
+            End::LeaseLost | End::Sigterm => "exec sleep 1000",
+        };
+        let script = format!(
+            "setsid -f {link} {ticks}; while [ ! -s {ticks} ]; do sleep 0.01; done; {then}",
+            link = link.display(),
+            ticks = ticks.display()
+        );
+        let mut lock = env.spawn(fast(&["lock", &name, "--subreaper"], &["sh", "-c", &script]));
+        wait_until("the chain's first tick", || count() > 0);
+        let expected = match end {
+            End::ChildExits => 5,
+            End::LeaseLost => {
+                env.edit(&name, |spec| spec.holder_identity = Some("thief".into()));
+                123
+            }
+            End::Sigterm => {
+                lock.signal(Signal::SIGTERM);
+                143
+            }
+        };
+        let code = lock.wait_for(PATIENCE).and_then(|s| s.code());
+        let at_exit = count();
+        // A link lasts about 30 ms: a chain that still runs ticks many times in a second.
+        std::thread::sleep(Duration::from_millis(1000));
+        let after = count();
+        fs::write(&stop, "").expect("stop the chain");
+        assert_eq!(code, Some(expected), "{end:?}: {}", lock.stderr());
+        if after > at_exit {
+            escaped.push((end, at_exit, after));
+        }
+        wait_until("the escaped chain to end", || {
+            let before = count();
+            std::thread::sleep(Duration::from_millis(200));
+            count() == before
+        });
+    }
+    assert!(escaped.is_empty(), "the chain ran on after mpsync released the lease and exited: {escaped:?}");
+}
+
+/// Found by review (helper-157): a child stopped by a plain `kill -STOP` (a debugger) is whoever stopped
+/// it's to continue (README, "Differences from sudo"), yet a stray SIGCONT to a running mpsync (a shell's
+/// `bg` of a job that was not stopped) continued the child's whole job. mpsync continues only a job it
+/// stopped itself.
+#[test]
+fn a_stray_sigcont_to_mpsync_leaves_a_child_stopped_by_another_stopped() {
+    let env = TestEnv::file();
+    let name = env.lease_name("stray-cont");
+    let pid_file = env.path("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
+    let mut lock = env.spawn(["-vv", "lock", &name, "--", "sh", "-c", &script]);
+    let child = read_pid(&pid_file);
+    let state = || {
+        fs::read_to_string(format!("/proc/{child}/stat")).ok().and_then(|stat| {
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+        })
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    wait_until("the child to be stopped", || state().as_deref() == Some("T"));
+    lock.signal(Signal::SIGCONT);
+    wait_until("mpsync to take the SIGCONT", || lock.stderr().contains("not stopped by mpsync"));
+    assert_eq!(state().as_deref(), Some("T"), "the child was continued by a SIGCONT to mpsync");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL).unwrap();
+    lock.wait_for(PATIENCE).expect("mpsync ends with its child");
+}
