@@ -967,9 +967,9 @@ fn a_directory_at_a_lease_s_own_file_names_says_so_and_counts_as_held() {
     }
 }
 
-/// A record edited by hand to the largest resourceVersion can never be written after: the lease counts as
-/// held, and the waiter's `--timeout` ends it with 124 and a line that says what to remove (it retried for
-/// ever with "cannot grow any more" and no word of what to do); `status` still reads it.
+/// A record edited by hand to the largest resourceVersion can never be written after: it is a record mpsync
+/// cannot use, so the lease counts as held, the waiter's `--timeout` ends it with 124 and a line that says
+/// why (it retried for ever with "cannot grow any more"), and `status` reports it (125; it showed it free).
 #[test]
 fn a_record_at_the_largest_resource_version_says_what_to_remove() {
     let env = TestEnv::file();
@@ -982,8 +982,11 @@ fn a_record_at_the_largest_resource_version_says_what_to_remove() {
     fs::write(&path, lease.to_string()).unwrap();
     let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
     done.assert_code(124);
-    assert!(done.stderr.contains("cannot grow any more") && done.stderr.contains("remove it"), "{}", done.stderr);
-    env.run(["status", &name]).assert_code(0);
+    assert!(done.stderr.contains("the largest") && done.stderr.contains("counts as held"), "{}", done.stderr);
+    // `status` says so too, as for any record mpsync cannot read (it showed the lease free).
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.stderr.contains("the largest"), "{}", status.stderr);
     fs::remove_file(&path).unwrap();
     fs::remove_file(env.lock_dir().join(format!(".{name}.last"))).unwrap();
     env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);

@@ -533,14 +533,19 @@ fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), Stri
     let version: u64 = resource_version
         .parse()
         .map_err(|_| format!("has metadata.resourceVersion {resource_version:?}, not a whole number"))?;
+    // The largest version (only a hand edit makes it): no write can follow it, so it is read as what it
+    // is, a record mpsync cannot use, by `status` too (review, helper-159: `status` showed it free while
+    // `lock` waited on it).
+    if version == u64::MAX {
+        return Err(format!("has metadata.resourceVersion {version}, the largest, after which no write can follow"));
+    }
     let record = lease.spec.clone().unwrap_or_default();
     let versioned = Versioned { resource_version, record, metadata: lease.metadata.clone() };
     Ok((lease, version, versioned))
 }
 
-/// A record (or its `.NAME.last`) at the largest resourceVersion, which only a hand edit makes: no write of
-/// the lease can follow it, so the lease counts as held (waiters wait, or give up at `--timeout`), saying
-/// once what to do, as for a record mpsync cannot read; retrying it for ever said the same every retry.
+/// A next resourceVersion past the largest: unreachable, as a record at the largest is not read as a Lease
+/// (see `parse_lease`); a guard, counting the lease as held as for a record mpsync cannot read.
 fn overflow(dir: &LockedDir<'_>, files: &LeaseFiles) -> StoreError {
     StoreError::Unreadable(format!(
         "lease record {}: its resourceVersion cannot grow any more (edited by hand?); remove it and {} while \
