@@ -642,6 +642,9 @@ else
         touch release
         [ ! -e skipped-run-ran ] || { echo "cron-singleton.sh ran its command while the lease was held"; exit 1; }
         wait "$holder"
+        # A semaphore: `status -o json` prints one object per slot; the example says each, held or not.
+        mpsync lock pool --slots 2 -- "$root/examples/status-json.sh" pool > semaphore.out 2>&1 || { cat semaphore.out; exit 1; }
+        grep -q '(slot [01]): held by' semaphore.out || { cat semaphore.out; echo "no slot showed as held"; exit 1; }
     ); then
         say "ok   examples ran on the file backend with $MPSYNC_BIN"
     else
