@@ -944,11 +944,12 @@ fn status_and_observe_read_a_lock_directory_they_cannot_write() {
 /// by a writer's cleanup, so every write of the lease failed: the holder lost it (123), and every later
 /// `lock` either said `.NAME.tmp appeared while mpsync wrote it` (it had not: it was there all along) or
 /// exited 125 with `cannot replace .NAME.last: Is a directory` and no word of what to do. Now both say
-/// that a directory is in the way, the lease counts as held (124 at `--timeout`), and removing it repairs it.
+/// that a directory is in the way, the lease counts as held (124 at `--timeout`), `status` reports it (125),
+/// and removing it repairs it.
 #[test]
 fn a_directory_at_a_lease_s_own_file_names_says_so_and_counts_as_held() {
     let env = TestEnv::file();
-    for (which, file) in [("tmp", ".{}.tmp"), ("last", ".{}.last")] {
+    for (which, file) in [("tmp", ".{}.tmp"), ("last", ".{}.last"), ("last-tmp", ".{}.last.tmp")] {
         let name = env.lease_name(&format!("dir-{which}"));
         env.run(["lock", &name, "--", "true"]).assert_code(0);
         let path = env.lock_dir().join(file.replace("{}", &name));
@@ -962,6 +963,10 @@ fn a_directory_at_a_lease_s_own_file_names_says_so_and_counts_as_held() {
             done.stderr
         );
         assert!(!done.stderr.contains("appeared while"), "{}", done.stderr);
+        // `status` says so too, as `lock` does (review, helper-160: it showed the lease free).
+        let status = env.run(["status", &name]);
+        status.assert_code(125);
+        assert!(status.stderr.contains("is a directory"), "{}", status.stderr);
         fs::remove_dir(&path).unwrap();
         env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
     }

@@ -520,17 +520,25 @@ impl<'a> LockedDir<'a> {
 /// A directory there (made by hand: mpsync only ever makes files) is not removed by the writer's cleanup
 /// and would keep every write of the lease failing: say so, and what to do.
 fn appeared(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> StoreError {
-    let path = dir_path.join(name);
-    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR => {
-            StoreError::Unreadable(format!(
-                "{} is a directory, where mpsync writes a lease record before putting it in place: no write of \
-                 this lease can be made (the lease counts as held) until it is removed",
-                path.display()
-            ))
-        }
-        _ => StoreError::Transient(format!("{} appeared while mpsync wrote it", path.display())),
-    }
+    directory_in_the_way(dir, dir_path, &[name]).unwrap_or_else(|| {
+        StoreError::Transient(format!("{} appeared while mpsync wrote it", dir_path.join(name).display()))
+    })
+}
+
+/// The first of `names` (a lease's own file names) that is a directory, made by hand (mpsync only ever
+/// makes files): no write of the lease can be made until it is removed, so the lease counts as held, and
+/// a read says so too, for `status` and `observe` as for `lock` (found by review, helper-160: `status`
+/// showed such a lease free while `lock` waited on it).
+pub fn directory_in_the_way(dir: BorrowedFd<'_>, dir_path: &Path, names: &[&str]) -> Option<StoreError> {
+    let name = names.iter().find(|name| {
+        fstatat(dir, **name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|stat| SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR)
+    })?;
+    Some(StoreError::Unreadable(format!(
+        "{} is a directory, where mpsync keeps or writes a lease record: no write of this lease can be made \
+         (the lease counts as held) until it is removed",
+        dir_path.join(name).display()
+    )))
 }
 
 /// What a look at a file shows without opening it: enough to tell that it was replaced or written.

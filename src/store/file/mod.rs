@@ -138,6 +138,10 @@ impl FileStore {
             let Some(dir) = store.dir.open(false)? else {
                 return Ok(None);
             };
+            let own = [files.temp.as_str(), files.last_temp.as_str(), files.last.as_str()];
+            if let Some(in_the_way) = dir::directory_in_the_way(dir.fd(), dir.path(), &own) {
+                return Err(in_the_way);
+            }
             if let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? {
                 return Ok(Some(stored.versioned));
             }
