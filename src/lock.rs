@@ -536,16 +536,21 @@ impl Lock {
                 let name = name.clone();
                 let store = store.clone();
                 async move {
+                    // A read at the expiry below that failed: made again a retry period later, and the
+                    // expiry not reported meanwhile (found by review, helper-161: one 503 to that read,
+                    // with the watch stuck, reported a renewed lease free until the watch moved again).
+                    let mut read_again = false;
                     loop {
                         // A held record turns free when its own expiry passes, with no event to say so (its
                         // holder died): that is a change too (found by review: `held` stayed true for ever).
                         let now = k8s_openapi::jiff::Timestamp::now();
                         let expiry = seen
                             .as_ref()
-                            .filter(|current| crate::lease::held_at(&current.record, now))
+                            .filter(|current| read_again || crate::lease::held_at(&current.record, now))
                             .and_then(|current| crate::lease::expiry(&current.record));
                         let expired = async {
                             match expiry {
+                                Some(_) if read_again => tokio::time::sleep(retry_period).await,
                                 Some(at) => {
                                     let wait: Duration = at.duration_since(now).try_into().unwrap_or(Duration::ZERO);
                                     tokio::time::sleep(wait + Duration::from_millis(1)).await;
@@ -600,9 +605,16 @@ impl Lock {
                                     from_read = true;
                                     read
                                 }
-                                _ => seen.clone(),
+                                Ok(_) => seen.clone(),
+                                Err(StoreError::Fatal(_)) => return None,
+                                Err(err) => {
+                                    tracing::debug!(lease = %name, error = %err, "reading the lease at its expiry failed; reading again");
+                                    read_again = true;
+                                    continue;
+                                }
                             },
                         };
+                        read_again = false;
                         let status = LeaseStatus::new(&name, slot, current.as_ref());
                         seen = current;
                         read_last = from_read;

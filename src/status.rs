@@ -222,6 +222,10 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
     let mut count_seen = None;
     // Whether each lease's last record came from a read at its expiry (see below), not from its watch.
     let mut read_last = vec![false; watches.len()];
+    // When a read at an expiry failed: it is made again then, and the expiry is not reported meanwhile
+    // (found by review, helper-161: one 503 to that read, while the watch was stuck, reported a renewed
+    // lease free, and nothing read it again while the watch stayed stuck).
+    let mut read_again: Option<tokio::time::Instant> = None;
     loop {
         let updates = watches
             .iter_mut()
@@ -236,11 +240,12 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             .filter_map(|current| crate::lease::expiry(&current.record))
             .min();
         let expired = async {
-            match next_expiry {
-                Some(at) => {
-                    let wait = at.duration_since(now).try_into().unwrap_or(Duration::ZERO);
-                    tokio::time::sleep(wait + Duration::from_millis(1)).await;
-                }
+            let at_expiry = next_expiry.map(|at| {
+                let wait: Duration = at.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+                tokio::time::Instant::now() + wait + Duration::from_millis(1)
+            });
+            match at_expiry.into_iter().chain(read_again).min() {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -248,6 +253,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             ((index, update), _, _) = futures::future::select_all(updates) => (index, update),
             () = expired => {
                 let now = Timestamp::now();
+                read_again = None;
                 for index in 0..seen.len() {
                     let Some(mut current) = seen[index].clone() else { continue };
                     // A record that expired by its timestamps, as the watch showed it last: the watch may
@@ -256,14 +262,25 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                     if current.as_ref().is_some_and(|c| {
                         !crate::lease::held_at(&c.record, now)
                             && last[index].as_ref().is_some_and(|(_, _, _, held)| *held)
-                    }) && let Ok(read) = store.get(&target.names[index]).await
-                        && !read.as_ref().zip(current.as_ref()).is_some_and(|(read, known)| {
-                            crate::lease::is_older(&read.resource_version, &known.resource_version)
-                        })
-                    {
-                        current = read;
-                        seen[index] = Some(current.clone());
-                        read_last[index] = true;
+                    }) {
+                        match store.get(&target.names[index]).await {
+                            Ok(read)
+                                if !read.as_ref().zip(current.as_ref()).is_some_and(|(read, known)| {
+                                    crate::lease::is_older(&read.resource_version, &known.resource_version)
+                                }) =>
+                            {
+                                current = read;
+                                seen[index] = Some(current.clone());
+                                read_last[index] = true;
+                            }
+                            Ok(_) => {}
+                            Err(err @ StoreError::Fatal(_)) => return Err(fatal(err)),
+                            Err(err) => {
+                                tracing::debug!(lease = %target.names[index], error = %err, "reading the lease at its expiry failed; reading again");
+                                read_again = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                                continue;
+                            }
+                        }
                     }
                     let slot = target.slots.map(|_| index);
                     let report = Report::new(&target.names[index], slot, store.namespace(), current.as_ref(), Timestamp::now());
@@ -279,8 +296,12 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             // A refusal that has passed by the time of this read (a token refreshed, one replica of
             // several that refused it) ends nothing: watch again (found by review, helper-148: observe
             // ended with 0, silently, after one 401 to the watch's fallback get).
+            // Any other failure of that read (a 503 right then) ends nothing either (found by review,
+            // helper-161: observe ended with 125 on one 503 after a passing 401).
             None => {
-                store.get(&target.names[index]).await.map_err(fatal)?;
+                if let Err(err @ StoreError::Fatal(_)) = store.get(&target.names[index]).await {
+                    return Err(fatal(err));
+                }
                 // Paced: a refusal that comes and goes must not spin list/get/get without pause.
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 watches[index] = store.watch(&target.names[index], Duration::from_secs(2));

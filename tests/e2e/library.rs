@@ -1610,3 +1610,34 @@ fn observe_with_a_stuck_watch_does_not_report_a_renewed_lease_as_free() {
     fs::write(&go, "").unwrap();
     holder.finish().assert_code(0);
 }
+
+/// Found by review (helper-161): `Lock::observe` with a stuck watch while a holder renews, and one 503 to the read
+/// it makes at the expiry of the record seen last: the renewed lease must not be reported free.
+#[test]
+fn observe_with_a_stuck_watch_and_a_failed_read_at_expiry_does_not_report_a_renewed_lease_free() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lib-obs503");
+    let (log, go) = (env.path("log"), env.path("go"));
+    let body = until_exists(&go);
+    let holder = env.spawn(fast(&["lock", &name, "--identity", "holder"], &["sh", "-c", &stamp_script(&log, &body)]));
+    wait_for_file(&log, "start");
+    server.set_watch_lag(Duration::from_secs(600));
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.build().unwrap();
+        let mut changes = Box::pin(a.observe());
+        let first = within("the current state", changes.next()).await.unwrap();
+        assert!(first.held && first.holder.as_deref() == Some("holder"), "{first:?}");
+        server.fail_next_on(&format!("get:{name}"), 1, 503);
+        match tokio::time::timeout(Duration::from_secs(6), changes.next()).await {
+            Err(_) => {}
+            Ok(seen) => panic!("observe reported a change of a lease renewed all along: {seen:?}"),
+        }
+        assert!(
+            server.requests().iter().any(|r| r.status == 503 && r.verb == "get" && r.path.contains(&name)),
+            "the read at the expiry was not made"
+        );
+    });
+    fs::write(&go, "").unwrap();
+    holder.finish().assert_code(0);
+}

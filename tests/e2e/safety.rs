@@ -1486,3 +1486,38 @@ fn restore_read_by_a_waiter_under_a_cut_off_holder(long_holder: bool) {
     }
     drop(proxy);
 }
+
+/// Found by review (helper-161): as `observe_survives_a_refusal_that_passes`, but observe's own get after the
+/// watch ended is answered 503 (the API server shedding load right then): a failure that retrying fixes
+/// must not end observe (it ended with 125, "cannot read the lease").
+#[test]
+fn observe_survives_a_refusal_then_a_503() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("observe-401-503");
+    env.put(&name, TestEnv::foreign_record("first", 3600));
+    let mut observer = env.spawn(["observe", &name]);
+    assert!(server.wait_for_watch_count(1, PATIENCE));
+    server.fail_next_on_then(&format!("get:{name}"), 1, 401, &format!("get:{name}"), 1, 503);
+    server.forbid("watch");
+    server.drop_watches();
+    wait_until("the 503 get", || {
+        server.requests().iter().any(|r| r.verb == "get" && r.status == 503)
+            || observer.wait_for(Duration::ZERO).is_some()
+    });
+    server.allow("watch");
+    let exited = within_patience(|| observer.wait_for(Duration::ZERO).is_some() || server.watch_count() >= 1);
+    let status = observer.wait_for(Duration::from_millis(500));
+    env.put(&name, TestEnv::foreign_record("second", 3600));
+    let saw_second =
+        within_patience(|| observer.stdout().contains("second") || observer.wait_for(Duration::ZERO).is_some());
+    observer.signal(Signal::SIGTERM);
+    let done = observer.finish();
+    assert!(
+        exited && status.is_none() && saw_second && done.stdout.contains("second"),
+        "observe stopped watching: {:?}\nstdout:\n{}\nstderr:\n{}",
+        done.code,
+        done.stdout,
+        done.stderr
+    );
+}
