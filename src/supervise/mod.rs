@@ -927,10 +927,9 @@ impl Supervisor {
             && !self.proc_hides
             && !self.proc_foreign
             && self.abandoned.is_empty()
-            && let Some(leader) = self.leader
+            && self.leader.is_some()
         {
-            let mut except = vec![leader.as_raw()];
-            except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+            let except = self.known_children();
             if let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks())
                 && children.iter().all(|child| except.contains(child))
                 && procfs::group_has_others(pgid.as_raw(), &except) == Some(false)
@@ -973,15 +972,24 @@ impl Supervisor {
         killpg(pgid, None) != Err(Errno::ESRCH)
     }
 
-    /// Whether the job threads have a child (zombies included, which the next reap collects) other than the
-    /// main child's kept zombie, the guard, a child given up on, and what mpsync inherited across an exec.
+    /// Whether the job threads have a child (zombies included, which the next reap collects) other than
+    /// `known_children`.
     fn job_threads_have_children(&self) -> bool {
         let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks()) else { return false };
-        let mut except: Vec<i32> = self.leader.iter().chain(self.main.iter()).map(|pid| pid.as_raw()).collect();
-        except.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
-        except.extend(self.abandoned.iter().map(|pid| pid.as_raw()));
-        except.extend(self.inherited.iter().map(|(pid, _)| *pid));
+        let except = self.known_children();
         children.iter().any(|child| !except.contains(child))
+    }
+
+    /// The children of mpsync's that are not the job's running members: the main child (or its kept
+    /// zombie), the guard, the children given up on, and what mpsync inherited across an exec (while it
+    /// is the same process: its id with the start time it had).
+    fn known_children(&self) -> Vec<i32> {
+        let mut known: Vec<i32> = self.leader.iter().chain(self.main.iter()).map(|pid| pid.as_raw()).collect();
+        known.extend(self.guard.iter().map(|guard| guard.pid.as_raw()));
+        known.extend(self.abandoned.iter().map(|pid| pid.as_raw()));
+        let same = |(pid, start): &&(i32, u64)| ProcStat::read(*pid).is_some_and(|stat| stat.start == *start);
+        known.extend(self.inherited.iter().filter(same).map(|(pid, _)| *pid));
+        known
     }
 
     /// `signal` to the child's group, and to the main child if it left the group.

@@ -1315,34 +1315,7 @@ fn two_renewals_committed_then_answered_409_are_no_collision() {
 /// watch on, not end with 0 as if interrupted (README: observe exits 0 on SIGINT or SIGTERM).
 #[test]
 fn observe_survives_a_refusal_that_passes() {
-    let Some(env) = server_env() else { return };
-    let server = env.server().unwrap();
-    let name = env.lease_name("observe-refusal");
-    env.put(&name, TestEnv::foreign_record("first", 3600));
-    let mut observer = env.spawn(["observe", &name]);
-    assert!(server.wait_for_watch_count(1, PATIENCE));
-    server.fail_next_on(&format!("get:{name}"), 1, 401);
-    server.forbid("watch");
-    server.drop_watches();
-    wait_until("the refused get", || {
-        server.requests().iter().any(|r| r.verb == "get" && r.status == 401)
-            || observer.wait_for(Duration::ZERO).is_some()
-    });
-    server.allow("watch");
-    let exited = within_patience(|| observer.wait_for(Duration::ZERO).is_some() || server.watch_count() >= 1);
-    let status = observer.wait_for(Duration::from_millis(500));
-    env.put(&name, TestEnv::foreign_record("second", 3600));
-    let saw_second =
-        within_patience(|| observer.stdout().contains("second") || observer.wait_for(Duration::ZERO).is_some());
-    observer.signal(Signal::SIGTERM);
-    let done = observer.finish();
-    assert!(
-        exited && status.is_none() && saw_second && done.stdout.contains("second"),
-        "observe stopped watching: {:?}\nstdout:\n{}\nstderr:\n{}",
-        done.code,
-        done.stdout,
-        done.stderr
-    );
+    observe_survives_a_refusal("observe-refusal", false);
 }
 
 /// Found by review (helper-151): a refusal that comes and goes (every other get answered 401: one API server replica
@@ -1487,22 +1460,39 @@ fn restore_read_by_a_waiter_under_a_cut_off_holder(long_holder: bool) {
     drop(proxy);
 }
 
-/// Found by review (helper-161): as `observe_survives_a_refusal_that_passes`, but observe's own get after the
-/// watch ended is answered 503 (the API server shedding load right then): a failure that retrying fixes
-/// must not end observe (it ended with 125, "cannot read the lease").
+/// Found by review (helper-161): the same, but observe's own get after the watch ended is answered 503 (the API
+/// server shedding load right then): a failure that retrying fixes must not end observe (it ended with 125,
+/// "cannot read the lease").
 #[test]
 fn observe_survives_a_refusal_then_a_503() {
+    observe_survives_a_refusal("observe-401-503", true);
+}
+
+/// `observe`'s watch ends on a refused fallback get (401) while watches are refused, and with `then_503` its
+/// own get after that is answered 503: once watches are allowed again, it must watch on and report the next
+/// holder.
+fn observe_survives_a_refusal(lease: &str, then_503: bool) {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
-    let name = env.lease_name("observe-401-503");
+    let name = env.lease_name(lease);
     env.put(&name, TestEnv::foreign_record("first", 3600));
     let mut observer = env.spawn(["observe", &name]);
     assert!(server.wait_for_watch_count(1, PATIENCE));
-    server.fail_next_on_then(&format!("get:{name}"), 1, 401, &format!("get:{name}"), 1, 503);
+    let get = format!("get:{name}");
+    let last_failure = match then_503 {
+        true => {
+            server.fail_next_on_then(&get, 1, 401, &get, 1, 503);
+            503
+        }
+        false => {
+            server.fail_next_on(&get, 1, 401);
+            401
+        }
+    };
     server.forbid("watch");
     server.drop_watches();
-    wait_until("the 503 get", || {
-        server.requests().iter().any(|r| r.verb == "get" && r.status == 503)
+    wait_until("the refused get", || {
+        server.requests().iter().any(|r| r.verb == "get" && r.status == last_failure)
             || observer.wait_for(Duration::ZERO).is_some()
     });
     server.allow("watch");
