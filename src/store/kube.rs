@@ -396,15 +396,18 @@ async fn watch_loop(
                         let update = match event {
                             WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
                                 resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
-                                Some(WatchUpdate::Present(versioned(lease)))
+                                WatchUpdate::Present(versioned(lease))
                             }
                             WatchEvent::Deleted(lease) => {
                                 resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
-                                Some(WatchUpdate::Deleted { resource_version: resource_version.clone() })
+                                WatchUpdate::Deleted { resource_version: resource_version.clone() }
                             }
                             WatchEvent::Bookmark(bookmark) => {
+                                // Progress, and no sign of a healthy watch: a server or proxy can end every
+                                // stream with an error after a bookmark (found by review, helper-161: the
+                                // next list and watch were then made at once, in a loop).
                                 resource_version = bookmark.metadata.resource_version;
-                                None
+                                continue;
                             }
                             WatchEvent::Error(status) => {
                                 // 410 Gone: our version is too old; anything else: start over too. Either
@@ -420,9 +423,7 @@ async fn watch_loop(
                             failures = 0;
                             log.recovered();
                         }
-                        if let Some(update) = update
-                            && sender.send(update).await.is_err()
-                        {
+                        if sender.send(update).await.is_err() {
                             return;
                         }
                     }
@@ -443,6 +444,11 @@ async fn watch_loop(
                     break;
                 }
                 Ended::Error(err) => {
+                    // A stream that ran for a retry period was a healthy watch that broke: retried at once.
+                    if started.elapsed() >= retry_period {
+                        failures = 0;
+                        log.recovered();
+                    }
                     failures += 1;
                     log.failed(&format!("{err}; listing again"));
                     break;

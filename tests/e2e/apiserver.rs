@@ -1513,12 +1513,21 @@ fn watch_fault_error_sends_one_error_event_then_ends_cleanly() {
     );
     assert!(matches!(open.read_chunk(), Chunk::End));
 
+    // A bookmark at the current version first, then the error.
+    server.set_watch_fault(Some(WatchFault::BookmarkThenError(500)));
+    open.watch("timeoutSeconds=120&allowWatchBookmarks=true");
+    let bookmark: Value = serde_json::from_str(&open.next_line()).unwrap();
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], current.to_string());
+    assert_eq!(open.next_line(), internal);
+    assert!(matches!(open.read_chunk(), Chunk::End));
+
     server.set_watch_fault(None);
     open.watch("timeoutSeconds=120");
     let added: Value = serde_json::from_str(&open.next_line()).unwrap();
     assert_eq!(added["type"], "ADDED");
     let counts = server.counts();
-    assert_eq!(counts.get(&("watch".to_string(), 200)), Some(&5));
+    assert_eq!(counts.get(&("watch".to_string(), 200)), Some(&6));
 }
 
 #[test]

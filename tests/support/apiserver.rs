@@ -212,6 +212,9 @@ pub enum WatchFault {
     Error(u16),
     /// HTTP 200, then at once the clean end of the stream (the terminating chunk): zero events.
     EndAtOnce,
+    /// HTTP 200, a BOOKMARK at the current resourceVersion, then as `Error` (a server or proxy that
+    /// ends every stream with an error after a bookmark: the bookmark is no sign of a healthy watch).
+    BookmarkThenError(u16),
     /// HTTP 200, then 32 MiB of a line that never ends (a broken proxy or server), then silence until
     /// the watch's timeout: a client that reads a line whole, with no bound, holds all of it.
     EndlessLine,
@@ -2955,9 +2958,9 @@ struct WatchRequest {
 enum WatchStep {
     /// Lines to send now.
     Send(Vec<Arc<str>>),
-    /// timeoutSeconds passed, or a watch fault: send this line (an ERROR), if any, and end the stream
-    /// cleanly.
-    End(Option<String>),
+    /// timeoutSeconds passed, or a watch fault: send these lines (an ERROR, after a BOOKMARK), each in
+    /// a chunk of its own, and end the stream cleanly.
+    End(Vec<String>),
     /// Time to look whether the client hung up.
     CheckHangup,
     /// Dropped, restarted, stopped: close the connection abruptly.
@@ -3026,8 +3029,9 @@ fn watch_error_line(code: u16, at: u64, current: u64) -> String {
 enum WatchStart {
     /// Stream these lines (ADDED for what exists), then the events after this resourceVersion.
     Stream(Vec<String>, u64),
-    /// Send this line (an ERROR), if any, then end the stream cleanly.
-    End(Option<String>),
+    /// Send these lines (an ERROR, after a BOOKMARK), each in a chunk of its own, then end the stream
+    /// cleanly.
+    End(Vec<String>),
     /// See [`WatchFault::EndlessLine`].
     EndlessLine,
 }
@@ -3047,9 +3051,12 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
         let current = st.rv;
         let start = match (st.watch_fault, watch.since) {
             (Some(WatchFault::Error(code)), since) => {
-                WatchStart::End(Some(watch_error_line(code, since.unwrap_or(current), current)))
+                WatchStart::End(vec![watch_error_line(code, since.unwrap_or(current), current)])
             }
-            (Some(WatchFault::EndAtOnce), _) => WatchStart::End(None),
+            (Some(WatchFault::BookmarkThenError(code)), since) => {
+                WatchStart::End(vec![bookmark_line(current), watch_error_line(code, since.unwrap_or(current), current)])
+            }
+            (Some(WatchFault::EndAtOnce), _) => WatchStart::End(Vec::new()),
             (Some(WatchFault::EndlessLine), _) => WatchStart::EndlessLine,
             (None, None) => {
                 let lines: Vec<String> = st
@@ -3061,7 +3068,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 WatchStart::Stream(lines, current)
             }
             (None, Some(since)) if since < st.history_start => {
-                WatchStart::End(Some(event_line("ERROR", &expired_status(since, st.history_start))))
+                WatchStart::End(vec![event_line("ERROR", &expired_status(since, st.history_start))])
             }
             (None, Some(since)) => WatchStart::Stream(Vec::new(), since),
         };
@@ -3076,7 +3083,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
     }
     let (initial, mut last_rv) = match start {
         WatchStart::Stream(lines, rv) => (lines, rv),
-        WatchStart::End(line) => return finish_watch(io.writer(), line),
+        WatchStart::End(lines) => return finish_watch(io.writer(), lines),
         WatchStart::EndlessLine => return serve_endless_line(shared, conn, io, watch.timeout),
     };
     for line in &initial {
@@ -3097,8 +3104,11 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 }
                 if let Some(fault) = st.watch_fault {
                     break WatchStep::End(match fault {
-                        WatchFault::Error(code) => Some(watch_error_line(code, last_rv, st.rv)),
-                        WatchFault::EndAtOnce | WatchFault::EndlessLine => None,
+                        WatchFault::Error(code) => vec![watch_error_line(code, last_rv, st.rv)],
+                        WatchFault::BookmarkThenError(code) => {
+                            vec![bookmark_line(st.rv), watch_error_line(code, last_rv, st.rv)]
+                        }
+                        WatchFault::EndAtOnce | WatchFault::EndlessLine => Vec::new(),
                     });
                 }
                 let start = st.events.partition_point(|e| e.rv <= last_rv);
@@ -3119,7 +3129,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    break WatchStep::End(None);
+                    break WatchStep::End(Vec::new());
                 }
                 if watch.bookmarks && now >= next_bookmark {
                     next_bookmark = now + st.bookmark_interval;
@@ -3153,7 +3163,7 @@ fn serve_watch(shared: &Arc<Shared>, conn: u64, io: &mut Io, watch: &WatchReques
                     }
                 }
             }
-            WatchStep::End(line) => return finish_watch(io.writer(), line),
+            WatchStep::End(lines) => return finish_watch(io.writer(), lines),
             WatchStep::CheckHangup => {
                 if io.client_hung_up() {
                     io.abort();
@@ -3184,17 +3194,12 @@ fn serve_endless_line(shared: &Arc<Shared>, conn: u64, io: &mut Io, timeout: Dur
         }
         std::thread::sleep(HANGUP_CHECK);
     }
-    finish_watch(io.writer(), None)
+    finish_watch(io.writer(), Vec::new())
 }
 
-/// Sends `line` if any, then the terminating chunk: the clean end of a watch.
-fn finish_watch(w: &mut Transport, line: Option<String>) -> bool {
-    if let Some(line) = line
-        && write_chunk(w, line.as_bytes()).is_err()
-    {
-        return false;
-    }
-    write_chunk(w, b"").is_ok()
+/// Sends `lines`, a chunk each, then the terminating chunk: the clean end of a watch.
+fn finish_watch(w: &mut Transport, lines: Vec<String>) -> bool {
+    lines.iter().all(|line| write_chunk(w, line.as_bytes()).is_ok()) && write_chunk(w, b"").is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
