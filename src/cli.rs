@@ -392,6 +392,10 @@ impl Cli {
         // (found by review, helper-147). Nothing reads it as an option.
         // SAFETY: as above.
         unsafe { std::env::remove_var("MPSYNC_SLOT") };
+        // An address can be served by one process: a nested run that inherited it failed to listen, 125,
+        // and never ran its child (found by review, helper-163: a container that sets it for its probes).
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("MPSYNC_HEALTH_ADDR") };
         Ok(cli)
     }
 

@@ -188,6 +188,7 @@ clientCertificateData \
             user.as_deref().unwrap_or("the configuration's user")
         ))
     })?;
+    check_static_tokens(&config.auth_info, user.as_deref())?;
     let mut tls_config =
         config.rustls_client_config().map_err(|err| tls::setup_error(&trust, &config.cluster_url, &err))?;
     if let Some(identity) = identity {
@@ -234,6 +235,31 @@ clientCertificateData \
         .service(http);
     let client = ClientBuilder::new(service, config.default_namespace.clone()).with_valid_until(valid_until).build();
     Ok((client, namespace))
+}
+
+/// The bearer tokens the kubeconfig's user writes out (`token`, an auth provider's `id-token` or
+/// `access-token`) must fit in an HTTP header: kube's auth layer panics on one that does not (found by
+/// review, helper-164: `token: |` above the token keeps its line break, and mpsync exited 101). kubectl
+/// refuses them too; here, before kube sees them, as a configuration error.
+fn check_static_tokens(auth: &kube::config::AuthInfo, user: Option<&str>) -> Result<()> {
+    use secrecy::ExposeSecret;
+    let tokens: Vec<(&str, &str)> = match &auth.auth_provider {
+        Some(provider) => ["id-token", "access-token"]
+            .into_iter()
+            .filter_map(|key| provider.config.get(key).map(|token| (key, token.as_str())))
+            .collect(),
+        // A password comes before a token, and makes no bearer header.
+        None if auth.username.is_some() && auth.password.is_some() => Vec::new(),
+        None => auth.token.iter().map(|token| ("token", token.expose_secret())).collect(),
+    };
+    match tokens.into_iter().find(|(_, token)| http::HeaderValue::from_str(&format!("Bearer {token}")).is_err()) {
+        Some((key, _)) => Err(Error::Config(format!(
+            "cannot use the {key} of {}: it holds a line break or another character an HTTP header cannot \
+             carry\n(`{key}: |` keeps the end of the token's line: write the token on the {key} line itself)",
+            user.unwrap_or("the configuration's user")
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A configuration as kube reads it, with what mpsync needs besides.
@@ -290,6 +316,9 @@ fn usable_server(config: &kube::Config) -> Result<http::Uri> {
             shown_server(url)
         ))
     };
+    if url.authority().is_some_and(proxy::port_out_of_range) {
+        return Err(unusable("its port is not a port (1 to 65535)"));
+    }
     if url.scheme().is_none() && url.authority().is_some() {
         let auth = &config.auth_info;
         let tls = config.root_cert.is_some()

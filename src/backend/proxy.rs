@@ -197,6 +197,9 @@ fn parse(value: &str, origin: &str) -> Result<Proxy, String> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
+    if port_out_of_range(authority) {
+        return Err(bad("its port is not a port (1 to 65535)"));
+    }
     let port = authority.port_u16().unwrap_or(default_port);
     let credentials = authority.as_str().rsplit_once('@').map(|(userinfo, _)| {
         let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
@@ -489,6 +492,15 @@ async fn socks5_connect(stream: &mut TcpStream, proxy: &Proxy, host: &str, port:
     Ok(())
 }
 
+/// Whether `authority` writes a port beyond 65535: `http` reads it as no port, and the scheme's default
+/// port was used, while every message named the one written (found by review, helper-164).
+pub(crate) fn port_out_of_range(authority: &http::uri::Authority) -> bool {
+    let text = authority.as_str();
+    let host_and_port = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+    let after_host = host_and_port.rsplit_once(']').map_or(host_and_port, |(_, rest)| rest);
+    after_host.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +518,19 @@ mod tests {
         select(&server.parse().unwrap(), None, &env(Some("http://proxy:3128"), Some("http://proxy:80"), no_proxy))
             .unwrap()
             .is_some()
+    }
+
+    /// Found by review (helper-164): a port beyond 65535 was read as none, and the default port used.
+    #[test]
+    fn a_port_out_of_range_is_refused() {
+        let out = |text: &str| port_out_of_range(&text.parse().unwrap());
+        assert!(out("127.0.0.1:99999") && out("[::1]:70000") && out("user:pw@host:65536"));
+        assert!(
+            !out("127.0.0.1:65535") && !out("[::1]") && !out("[::1]:6443") && !out("user:pw@host") && !out("host:")
+        );
+        let env = env(Some("http://proxy:99999"), None, "");
+        let err = select(&"https://10.1.2.3:6443".parse().unwrap(), None, &env).unwrap_err();
+        assert!(err.contains("its port is not a port"), "{err}");
     }
 
     #[test]

@@ -1206,6 +1206,43 @@ fn a_server_url_that_can_never_work_is_a_configuration_error() {
     }
 }
 
+/// Found by review (helper-164): a server URL, or a proxy URL, whose port is beyond 65535 was read as having
+/// none: mpsync connected to the scheme's default port (443, 80) while its messages named the one written,
+/// and `lock` waited for ever. kubectl refuses such a URL; so does mpsync, at once.
+#[test]
+fn a_port_beyond_65535_is_a_configuration_error() {
+    let Some(env) = test_server() else { return };
+    let yaml = env.server().unwrap().kubeconfig_yaml("default");
+    let port = env.server().unwrap().addr().port();
+    let bad_server = yaml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:99999");
+    assert_ne!(bad_server, yaml);
+    let bad_proxy = not_loopback_kubeconfig(&env).replace("server:", "proxy-url: http://127.0.0.1:99999\n    server:");
+    for (yaml, expected) in [(bad_server, "cannot use the API server URL"), (bad_proxy, "unusable proxy")] {
+        let kubeconfig = write_kubeconfig(&env, &yaml);
+        for args in [&["lock", "x", "--", "true"][..], &["status", "x"]] {
+            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+            assert_failure(&done, 125, &[expected, "its port is not a port"]);
+        }
+    }
+}
+
+/// Found by review (helper-164): a bearer token an HTTP header cannot carry (`token: |` above the token
+/// keeps its line break; a control character) made kube's auth layer panic: exit 101, for `lock`,
+/// `status` and `observe` alike, and in the library. It is a configuration error, as for kubectl.
+#[test]
+fn a_token_with_a_line_break_is_a_configuration_error_not_a_panic() {
+    let Some(env) = test_server() else { return };
+    let yaml = env.server().unwrap().kubeconfig_yaml("default");
+    assert!(yaml.contains("  user: {}\n"), "{yaml}");
+    for token in ["    token: |\n      tok-static\n", "    token: \"tok\\u0007bell\"\n"] {
+        let kubeconfig = write_kubeconfig(&env, &yaml.replace("  user: {}\n", &format!("  user:\n{token}")));
+        for args in [&["lock", "x", "--", "true"][..], &["status", "x"], &["observe", "x"]] {
+            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+            assert_failure(&done, 125, &["cannot use the token of", "line break"]);
+        }
+    }
+}
+
 /// Found by review (helper-85): `--timeout 0` (one attempt, as `--no-wait`) waited for a hanging exec
 /// plugin until a signal came, where `--timeout 1ms` ended with 124. With one attempt, setting up the
 /// client is bounded by four lease durations (16 s here), then it is a failure (125), not a conflict: a

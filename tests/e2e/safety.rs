@@ -31,7 +31,9 @@ both_backends!(
 );
 
 /// A child of `lock` that itself runs `lock` on another lease, three times at once: each nested mpsync
-/// has an identity of its own, so the three inner children run one after the other.
+/// has an identity of its own, so the three inner children run one after the other. The outer run serves
+/// a health address from `MPSYNC_HEALTH_ADDR` (found by review, helper-163: the nested runs inherited it,
+/// could not listen there, and exited 125 without running their children).
 fn nested_runs_never_share_an_identity(env: &TestEnv) {
     let outer = env.lease_name("outer");
     let inner = env.lease_name("inner");
@@ -39,7 +41,8 @@ fn nested_runs_never_share_an_identity(env: &TestEnv) {
     let body = env.path("body.sh");
     // Each inner child also records whether the identity-setting variable leaked into it.
     let leaks = env.path("leaks");
-    let inner_body = format!("echo \"leak=[$MPSYNC_HOLDER_IDENTITY]\" >> {}; sleep 1", leaks.display());
+    let inner_body =
+        format!("echo \"leak=[$MPSYNC_HOLDER_IDENTITY$MPSYNC_HEALTH_ADDR]\" >> {}; sleep 1", leaks.display());
     fs::write(&body, stamp_script(&log, &inner_body)).unwrap();
     let timings = FAST.join(" ");
     let script = format!(
@@ -49,6 +52,8 @@ fn nested_runs_never_share_an_identity(env: &TestEnv) {
     let mut command = env.mpsync(fast(&["lock", &outer], &["sh", "-c", &script]));
     // An explicit identity for the outer run: it must not reach the nested runs.
     command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync")).env("MPSYNC_HOLDER_IDENTITY", "outer-identity");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    command.env("MPSYNC_HEALTH_ADDR", format!("127.0.0.1:{port}"));
     let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(0);
     let stamps = read_stamps(&log);
@@ -57,7 +62,10 @@ fn nested_runs_never_share_an_identity(env: &TestEnv) {
     let tokens: Vec<i64> = stamps.iter().filter(|s| s.0 == "start").filter_map(|s| s.2).collect();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must increase: {tokens:?}");
     let leaks = fs::read_to_string(&leaks).unwrap();
-    assert!(leaks.lines().all(|line| line == "leak=[]"), "MPSYNC_HOLDER_IDENTITY reached the child: {leaks}");
+    assert!(
+        leaks.lines().all(|line| line == "leak=[]"),
+        "MPSYNC_HOLDER_IDENTITY or _HEALTH_ADDR reached the child: {leaks}"
+    );
     assert_eq!(env.holder(&outer).as_deref(), Some(""));
 }
 
