@@ -73,8 +73,15 @@ pub async fn release(store: &Store, name: &str, elector: &mut Elector) -> Result
             Err(err) => {
                 tracing::debug!(lease = %name, error = %err, "release did not go through; reading the lease again");
                 last_error = Some(err);
+                // An answer older than the version known is a restore (found by review, helper-166: read as
+                // any other, the release was sent again on the version known, which the restored etcd had
+                // handed out to another's acquisition, and cleared it).
+                let floor = elector.known_version();
                 match store.get(name).await {
-                    Ok(current) => elector.observe(current, Instant::now()),
+                    Ok(current) => {
+                        elector.read_answered(name, floor.as_deref(), current.as_ref());
+                        elector.observe(current, Instant::now());
+                    }
                     Err(err) => {
                         last_error = Some(err);
                         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -988,9 +988,9 @@ impl Elector {
             }
         }
         // The edited hold's holder released it, as any holder releases (the same Lease and token, a new
-        // acquireTime). Not a Lease made again (found by the property model).
+        // acquireTime, the shape of a release). Not a Lease made again (found by the property model).
         if let (Some(hold), Some(new)) = (&self.edited_hold, &current)
-            && !is_live(&new.record)
+            && is_release(&new.record)
             && new.metadata.uid == hold.uid
             && new.record.lease_transitions == hold.token
             && new.record.acquire_time.is_some()
@@ -1277,8 +1277,11 @@ impl Elector {
                 }
             }
             WriteResult::Conflict => {
+                // An acquisition refused may have landed all the same (a proxy's retry of a write that was
+                // committed is answered 409): kept as a stray, so that a record showing it is our own, to
+                // use or give back, never a collision with ourselves (found by review, helper-163).
                 if is_pending {
-                    self.pending = None;
+                    self.give_up_pending();
                 }
                 // The watch may have shown the write that beat ours before this answer came.
                 let beaten_seen_at = self.observation.as_ref().and_then(|o| match &o.current {
@@ -1303,8 +1306,9 @@ impl Elector {
                 }
             }
             WriteResult::NotApplied => {
+                // 429 too (see `Conflict`).
                 if is_pending {
-                    self.pending = None;
+                    self.give_up_pending();
                 }
             }
             WriteResult::Unknown => {
@@ -1939,15 +1943,27 @@ fn is_live(record: &LeaseSpec) -> bool {
 /// waiter that missed renewals cannot tell it from an edit (found by review, helper-76: the first
 /// version trusted a new renewTime, and a list after unseen renewals let a waiter in beside the child):
 /// it is counted as one, until the longer expiry, or the holder's release.
+///
+/// A hold made free in any other shape than a release's (see `is_release`) is an edit too, whatever became
+/// of its acquireTime and token (found by review, helper-163: `kubectl patch` removing acquireTime with the
+/// holder, or `kubectl replace` of a bare manifest, let a waiter in at once beside the holder's child).
 fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
     let shorter = |old: &LeaseSpec, new: &LeaseSpec| match (old.lease_duration_seconds, new.lease_duration_seconds) {
         (Some(old), Some(new)) => new < old,
         (None, Some(_)) | (Some(_), None) => true,
         (None, None) => false,
     };
-    new.acquire_time == old.acquire_time
-        && new.lease_transitions == old.lease_transitions
-        && (!is_live(new) || shorter(old, new))
+    let same_acquisition = new.acquire_time == old.acquire_time && new.lease_transitions == old.lease_transitions;
+    (same_acquisition && (!is_live(new) || shorter(old, new))) || (!is_live(new) && !is_release(new))
+}
+
+/// Whether `record` is a release as mpsync and client-go (since 1.20) write it: no holder, a new acquireTime
+/// equal to its renewTime, and a duration of 1 s.
+fn is_release(record: &LeaseSpec) -> bool {
+    !is_live(record)
+        && record.acquire_time.is_some()
+        && record.acquire_time == record.renew_time
+        && record.lease_duration_seconds == Some(1)
 }
 
 /// What to do about a semaphore's marker: the Lease NAME itself, never held, annotated with the number of
@@ -2310,8 +2326,30 @@ mod tests {
             // Its holder's release ends it at once (found by review: the hold was counted past it).
             let mut released = record(Some(""), Some(1), Some(0));
             released.acquire_time = Some(wall(-20));
+            released.renew_time = released.acquire_time.clone();
             elector.observe_event(WatchUpdate::Present(versioned(5, released)), at(t0, 1.5));
             assert!(matches!(elector.next(now(t0, 1.5)), Action::Write(_)));
+        }
+        // Made free in another shape than a release's (found by review, helper-163): the holder and its
+        // acquireTime removed (its renewal time kept: from that renewal), the spec replaced by a bare
+        // manifest's, or a release as client-go before 1.20 wrote it (no times, no duration): from when it
+        // was seen, as its renewal time is gone.
+        type Edit = fn(&mut LeaseSpec);
+        let edits: [(Edit, f64); 3] = [
+            (|r| (r.holder_identity, r.acquire_time) = (None, None), 5.0),
+            (|r| *r = LeaseSpec { lease_duration_seconds: Some(15), ..LeaseSpec::default() }, 6.0),
+            (|r| *r = LeaseSpec { lease_transitions: r.lease_transitions, ..LeaseSpec::default() }, 6.0),
+        ];
+        for (edit, until) in edits {
+            let t0 = Instant::now();
+            let mut elector = Elector::new("me", TIMING);
+            let held = record(Some("other"), Some(5), Some(0));
+            elector.observe(Some(versioned(3, held.clone())), t0);
+            let mut edited = held.clone();
+            edit(&mut edited);
+            elector.observe_event(WatchUpdate::Present(versioned(4, edited)), at(t0, 1.0));
+            assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, until)));
+            assert!(matches!(after_a_read(&mut elector, now(t0, until)), Action::Write(_)));
         }
         // Cleared, and seen with a renewal not seen before: from when the edit was seen.
         let t0 = Instant::now();

@@ -116,12 +116,16 @@ fn lease_deleted_while_held_never_lets_the_waiter_in_beside_the_child(env: &Test
 /// token. The waiter took the lease at once (or a second later) while the holder's child ran on until
 /// the holder's next renewal. Now the waiter counts the hold until the expiry it had; the holder of a
 /// cleared lease stops its child at its next renewal (123); the holder of a shortened one keeps it.
+/// Found by review (helper-163): the same for a force unlock that also removes acquireTime (`kubectl patch
+/// -p '{"spec":{"holderIdentity":null,"acquireTime":null}}'`) and for a spec replaced by a bare manifest's
+/// (`kubectl replace`, `helm upgrade --force`): the waiter took the lease at once.
 fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEnv) {
     // Renewals 2 s apart leave the edit a window (and a renewal refused for the edit, 409, a second try
     // within the renew deadline); the waiter's wait (9 s) outlasts the renew deadline and grace (6 + 1 s).
     let timings = ["--lease-duration", "9s", "--renew-deadline", "6s", "--retry-period", "2s", "--grace", "1s"];
-    for clear in [true, false] {
-        let name = env.lease_name(if clear { "cleared" } else { "shortened" });
+    for edit in ["cleared", "shortened", "unlocked", "replaced"] {
+        let clear = edit != "shortened";
+        let name = env.lease_name(edit);
         let log = env.path(&env.lease_name("log"));
         let with = |head: &[&str], tail: Vec<String>| -> Vec<String> {
             let mut args: Vec<String> = head.iter().map(|s| s.to_string()).collect();
@@ -139,9 +143,11 @@ fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEn
         let renewed = |spec: &LeaseSpec| spec.renew_time.clone();
         let before = env.get(&name).map(|(_, spec)| renewed(&spec));
         wait_until("a renewal", || env.get(&name).map(|(_, spec)| renewed(&spec)) != before);
-        env.edit(&name, |spec| match clear {
-            true => spec.holder_identity = Some(String::new()),
-            false => spec.lease_duration_seconds = Some(1),
+        env.edit(&name, |spec| match edit {
+            "cleared" => spec.holder_identity = Some(String::new()),
+            "shortened" => spec.lease_duration_seconds = Some(1),
+            "unlocked" => (spec.holder_identity, spec.acquire_time) = (None, None),
+            _ => *spec = LeaseSpec { lease_duration_seconds: Some(15), ..LeaseSpec::default() },
         });
         let holder = match clear {
             true => {
@@ -169,7 +175,7 @@ fn a_lease_edited_by_hand_never_lets_the_waiter_in_beside_the_child(env: &TestEn
         assert_eq!(
             max_concurrency(&log),
             1,
-            "clear={clear}: the waiter's child ran beside the holder's: {stamps:?}\nholder:\n{}\nwaiter:\n{}",
+            "{edit}: the waiter's child ran beside the holder's: {stamps:?}\nholder:\n{}\nwaiter:\n{}",
             holder.stderr,
             waiter.stderr
         );
@@ -358,19 +364,34 @@ fn a_release_under_watches_that_end_at_once_is_seen_long_before_the_expiry() {
 
 /// The acquiring write is committed, then its answer is lost (the connection cut, or a 500 after the
 /// commit): a read settles that it was applied, and the lease is used, then released, never left held by
-/// a process that has gone.
+/// a process that has gone. Found by review (helper-163): the same for a 409 or 429 after the commit (a
+/// proxy or gateway that sent the write again), on a new Lease and on a free one: mpsync took its own
+/// record for another's under its identity (a collision), exited 124 and left the lease held in its name.
 #[test]
 fn an_acquisition_answered_after_a_cut_connection_is_used_and_released() {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
-    for how in [AfterCommit::Drop, AfterCommit::Fail(500), AfterCommit::Fail(504)] {
+    let refused = [AfterCommit::Fail(409), AfterCommit::Fail(429)];
+    let cases = [AfterCommit::Drop, AfterCommit::Fail(500), AfterCommit::Fail(504)].map(|how| (how, false));
+    for (how, free_record) in
+        cases.into_iter().chain(refused.map(|how| (how, false))).chain(refused.map(|how| (how, true)))
+    {
         // --no-wait: the record the read shows is ours, so the child runs (not "held by another").
         let name = env.lease_name("cut");
+        if free_record {
+            // Released by client-go: the acquisition is a replace.
+            env.put(&name, TestEnv::foreign_record("", 1));
+        }
         server.after_commit(1, how);
         let ran = env.path(&format!("ran-{name}"));
         let done = env.run(fast(&["lock", &name, "--no-wait"], &["touch", ran.to_str().unwrap()]));
         done.assert_code(0);
         assert!(ran.exists(), "{how:?}: the child must run\n{}", done.stderr);
+        assert!(
+            !done.stderr.contains("identity collision"),
+            "{how:?}: its own write taken for another's\n{}",
+            done.stderr
+        );
         assert_eq!(env.holder(&name).as_deref(), Some(""), "{how:?}: released after the run");
         assert_eq!(server.after_commit_pending(), 0);
     }

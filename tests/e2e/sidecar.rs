@@ -1952,6 +1952,60 @@ fn a_hand_edit_brought_back_by_a_restore_keeps_the_side_cars_lock() {
     assert!(!sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
 }
 
+/// Found by review (helper-166): a side-car's release (a client's DELETE) answered 503, then an etcd restore
+/// to a snapshot in which the lock was free (an older version), then another pod's acquisition, to which the
+/// restored etcd hands out the version the side-car knew. The side-car's read after the failed release was
+/// taken as any other (not as a restore), and its release, sent again on that version, cleared the other
+/// pod's hold (DELETE answered 200). It must see the versions go back and write nothing over another's hold.
+#[test]
+fn a_release_retried_after_a_restore_never_clears_another_pods_hold() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("sc-release-restore");
+    let sidecar = Sidecar::of_pod(&env, "pod-a", &[]);
+    sidecar.put(&name).assert_status(200);
+    sidecar.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    let snapshot = server.snapshot();
+    let free_version = server.resource_version();
+    sidecar.put(&name).assert_status(200);
+    let before = server.requests().len();
+    // Slow answers leave time to restore between the failed release and the side-car's read after it.
+    server.set_latency(Duration::from_millis(300));
+    server.fail_next_on(&format!("update:{name}"), 1, 503);
+    let address = sidecar.address;
+    let path = format!("/locks/{name}");
+    let delete = std::thread::spawn(move || request_to(address, "DELETE", &path, &[]));
+    wait_until("the release", || server.requests()[before..].iter().any(|r| r.verb == "update"));
+    server.restore(&snapshot);
+    wait_until("the read after the failed release", || {
+        let log = server.requests();
+        let release = before + log[before..].iter().position(|r| r.verb == "update").unwrap();
+        log[release + 1..].iter().any(|r| r.verb == "get")
+    });
+    // pod-b takes the restored free record (one write, before pod-a's next): the restored etcd gives its
+    // record the version pod-a knew.
+    let mut lease = server.lease(&env.namespace, &name).unwrap();
+    assert_eq!(lease["metadata"]["resourceVersion"], free_version.to_string(), "{lease}");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap().to_string();
+    lease["spec"]["holderIdentity"] = "pod-b".into();
+    lease["spec"]["leaseDurationSeconds"] = 30.into();
+    (lease["spec"]["acquireTime"], lease["spec"]["renewTime"]) = (now.clone().into(), now.into());
+    let target = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases/{name}", env.namespace);
+    let (status, body) = server.call("PUT", &target, Some(&lease.to_string()));
+    assert_eq!(status, 200, "{body}");
+    let answer = delete.join().unwrap();
+    server.set_latency(Duration::ZERO);
+    assert_eq!(
+        env.holder(&name).as_deref(),
+        Some("pod-b"),
+        "pod-a's release (DELETE answered {} {}) cleared pod-b's hold:\n{}",
+        answer.status,
+        answer.body,
+        sidecar.process.stderr()
+    );
+}
+
 /// Found by review (helper-147): one hand edit of the renewTime of a lock the side-car holds (let be,
 /// README Identity), a heartbeat, then its client's DELETE: the side-car gives the lock up (200) and leaves
 /// the record to expire, as `lock` does; it answered 409, as if another pod held the lock.
