@@ -1226,6 +1226,17 @@ impl Supervisor {
             info!(%signal, "job control: stopping mpsync");
         }
         stop_self(signal);
+        // The kernel discards the stop of a process group orphaned since the look above (the shell that
+        // could continue it died meanwhile: an ssh session dropped, a terminal closed): mpsync runs on at
+        // once, and no SIGCONT comes. As if continued at once: the run loop then continues the job or, with
+        // the lease gone, kills it (found by review, helper-166: the job stayed stopped for good, the lease
+        // renewed for it, and a SIGTERM was passed on without the SIGCONT that would let it act).
+        let resumed_queued = self.notices.iter().any(|notice| matches!(notice, Notice::Resumed(_)));
+        if self.held.is_some() && !resumed_queued && self.can_stop_self(signal).is_err() {
+            info!(%signal, "the job-control stop was discarded (mpsync's process group is orphaned now): going on");
+            self.notices.push_back(Notice::Resumed(Resume { held_for: self.held.map(|since| since.elapsed()) }));
+            return;
+        }
         debug!("continued after a job-control stop");
     }
 

@@ -1657,3 +1657,68 @@ fn a_stray_sigcont_to_mpsync_leaves_a_child_stopped_by_another_stopped() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL).unwrap();
     lock.wait_for(PATIENCE).expect("mpsync ends with its child");
 }
+
+/// Found by review (helper-166): mpsync, a background job of a shell (`set -m`), is sent SIGTSTP; while it
+/// stops the child's job (which ignores TSTP: up to half a second before SIGSTOP), the shell dies (an ssh
+/// session dropped). mpsync's group is orphaned now, and the kernel discards its own stop: it ran on at
+/// once, renewing the lease for a job held stopped for good, and a SIGTERM was passed on without the
+/// SIGCONT that would let the job act on it: mpsync never ended. It now goes on as if continued at once.
+#[test]
+fn a_job_control_stop_the_kernel_discards_leaves_nothing_stopped() {
+    let env = TestEnv::file();
+    let name = env.lease_name("orphaned-stop");
+    let (child_pid, mpsync_pid, shell_pid, ticks, log) =
+        (env.path("child.pid"), env.path("mpsync.pid"), env.path("shell.pid"), env.path("ticks"), env.path("log"));
+    let child = env.path("child.sh");
+    let body = format!(
+        "trap '' TSTP\necho $$ > {}\nwhile :; do echo tick >> {}; sleep 0.1; done\n",
+        child_pid.display(),
+        ticks.display()
+    );
+    fs::write(&child, body).unwrap();
+    let script = format!(
+        "set -m; {bin} -v lock {name} --backend file --lock-dir {dir} {fast} -- sh {child} 2> {log} & \
+         echo $! > {mpsync_pid}; echo $$ > {shell_pid}; wait",
+        bin = env!("CARGO_BIN_EXE_mpsync"),
+        dir = env.lock_dir().display(),
+        fast = FAST.join(" "),
+        child = child.display(),
+        log = log.display(),
+        mpsync_pid = mpsync_pid.display(),
+        shell_pid = shell_pid.display(),
+    );
+    let mut shell = std::process::Command::new("setsid");
+    shell.args(["bash", "-c", &script]).stdin(Stdio::null());
+    scrub(&mut shell);
+    let mut shell = shell.spawn().unwrap();
+    let lines = |path: &std::path::Path| fs::read_to_string(path).map(|text| text.lines().count()).unwrap_or(0);
+    wait_until("the child's first tick", || lines(&ticks) > 0);
+    let (child, mpsync, sh) = (read_pid(&child_pid), read_pid(&mpsync_pid), read_pid(&shell_pid));
+    // Killed whatever the outcome: a failure must not leave them running (with the test's output).
+    struct KillOnDrop([i32; 2]);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for pid in self.0 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let _kill = KillOnDrop([mpsync, child]);
+    let pid = nix::unistd::Pid::from_raw;
+    nix::sys::signal::kill(pid(mpsync), Signal::SIGTSTP).unwrap();
+    // While mpsync waits for the child's job to stop (it ignores TSTP), its parent shell dies.
+    wait_until("mpsync to stop the child's job", || {
+        fs::read_to_string(&log).unwrap_or_default().contains("job control")
+    });
+    nix::sys::signal::kill(pid(sh), Signal::SIGKILL).unwrap();
+    let _ = shell.wait();
+    wait_until("mpsync to go on", || fs::read_to_string(&log).unwrap_or_default().contains("was discarded"));
+    let before = lines(&ticks);
+    wait_until("the child to tick again", || lines(&ticks) > before);
+    nix::sys::signal::kill(pid(mpsync), Signal::SIGTERM).unwrap();
+    let ended = within_patience(|| !alive(mpsync));
+    let stderr = fs::read_to_string(&log).unwrap_or_default();
+    assert!(ended, "mpsync never ended after SIGTERM:\n{stderr}");
+    assert!(!alive(child), "the child outlived mpsync:\n{stderr}");
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "the lease was given back:\n{stderr}");
+}
