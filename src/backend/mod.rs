@@ -46,12 +46,21 @@ use proxy::ProxyEnv;
 
 /// A single-threaded runtime. Single-threaded on purpose: the child is forked from the main thread, so
 /// its parent-death signal (which fires when the forking *thread* exits) cannot fire early.
+///
+/// Its blocking pool (the file backend's calls, host-name lookups) keeps the thread it starts now, before
+/// any child exists, for the whole run: tokio panics ("OS can't spawn worker thread") where it needs a
+/// thread, cannot start one and has none left, and the child may take every process its user may have (a
+/// leak in a pod with a pids limit; found by review, helper-167: a renewal after the pool's thread had
+/// gone idle for 10 s panicked, and the lease was left held). With one kept, the work waits for it.
 #[cfg(feature = "cli")]
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(Duration::MAX)
         .build()
-        .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))
+        .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))?;
+    drop(runtime.spawn_blocking(|| {}));
+    Ok(runtime)
 }
 
 /// Run `future` to its end on a fresh `runtime()`, then leave without waiting for blocking work still

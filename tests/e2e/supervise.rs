@@ -1722,3 +1722,59 @@ fn a_job_control_stop_the_kernel_discards_leaves_nothing_stopped() {
     assert!(!alive(child), "the child outlived mpsync:\n{stderr}");
     assert_eq!(env.holder(&name).as_deref(), Some(""), "the lease was given back:\n{stderr}");
 }
+
+/// Found by review (helper-167): a child that takes every process its user may have (a leak that retries,
+/// in a pod with a pids limit), mpsync as PID 1 on the file backend with a retry period above tokio's 10 s
+/// keep-alive of an idle blocking thread. The next renewal needed a new thread, could not have one, and
+/// tokio panicked ("OS can't spawn worker thread"): the lease taken for lost, the child stopped (123), the
+/// record left held. The runtime now keeps its blocking thread: no panic, the child's own exit.
+#[test]
+fn a_child_that_takes_every_process_slot_makes_mpsync_neither_panic_nor_lose_the_lease() {
+    use std::os::unix::fs::PermissionsExt;
+    let tools = ["setpriv", "prlimit", "python3"].iter().all(|tool| {
+        std::process::Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    });
+    let namespaces = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !nix::unistd::geteuid().is_root() || !tools || !namespaces {
+        eprintln!("SKIPPED: needs root, PID namespaces, setpriv, prlimit and python3");
+        return;
+    }
+    let env = TestEnv::file();
+    // A uid of its own, so that the limit counts this test's processes alone.
+    let uid = "4244";
+    let locks = env.path("nproc-locks");
+    fs::create_dir(&locks).unwrap();
+    let id = 4244;
+    nix::unistd::chown(&locks, Some(nix::unistd::Uid::from_raw(id)), Some(nix::unistd::Gid::from_raw(id))).unwrap();
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).unwrap();
+    // Forks until it cannot, then keeps taking any slot freed for 16 s (past the 12 s retry period), exit 4.
+    let hog = env.path("hog.py");
+    let program = "import os, sys, time\n\
+                   end = None\n\
+                   while True:\n\
+                   \x20   try:\n\
+                   \x20       pid = os.fork()\n\
+                   \x20   except OSError:\n\
+                   \x20       end = end or time.time() + 16\n\
+                   \x20       if time.time() > end: break\n\
+                   \x20       time.sleep(0.001); continue\n\
+                   \x20   if pid == 0:\n\
+                   \x20       time.sleep(1000); os._exit(0)\n\
+                   sys.exit(4)\n";
+    fs::write(&hog, program).unwrap();
+    let name = env.lease_name("nproc");
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc", "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"]);
+    command.args(["prlimit", "--nproc=40:40", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "-v", "--backend", "file"]);
+    command.args(["--lease-duration", "60s", "--renew-deadline", "30s", "--retry-period", "12s"]);
+    command.arg("--lock-dir").arg(&locks);
+    command.args(["--", "python3"]).arg(&hog);
+    scrub(&mut command);
+    command.env("RUST_BACKTRACE", "0").stdin(Stdio::null());
+    let done = Proc::spawn(command, &env.dir).finish();
+    assert!(!done.stderr.contains("panicked"), "mpsync panicked:\n{}", done.stderr);
+    done.assert_code(4);
+}
