@@ -593,7 +593,7 @@ fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
     }
     let identity = match sidecar.identity {
         Some(identity) => validate::identity(identity)?,
-        None => pod_identity(),
+        None => validate::identity_from(pod_identity(), "the identity from POD_NAME (or the host name)")?,
     };
     Ok(SidecarConfig {
         listen: sidecar.listen,
@@ -636,7 +636,9 @@ fn pod_identity() -> String {
 fn identity(given: Option<String>) -> Result<String> {
     match given {
         Some(identity) => validate::identity(identity),
-        None => Ok(validate::default_identity()),
+        None => {
+            validate::identity_from(validate::default_identity(), "the identity made from POD_NAME (or the host name)")
+        }
     }
 }
 

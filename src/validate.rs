@@ -33,19 +33,25 @@ pub const MAX_IDENTITY: usize = 1024;
 
 /// An identity given explicitly: not blank, at most `MAX_IDENTITY` bytes.
 pub fn identity(identity: String) -> Result<String> {
+    identity_from(identity, "--identity")
+}
+
+/// As `identity`, for one that comes from `origin` (the side-car's `POD_NAME`: found by review,
+/// helper-165, it was written into Leases and logs unchecked).
+pub fn identity_from(identity: String, origin: &str) -> Result<String> {
     if identity.trim().is_empty() {
-        return Err(Error::Usage("--identity must not be empty".into()));
+        return Err(Error::Usage(format!("{origin} must not be empty")));
     }
     // It is printed in logs, errors and `status`: a newline or an escape sequence there would forge lines
     // or move the terminal, a bidi override would show another identity than the one held (found by review).
     if identity.chars().any(is_unshowable) {
         return Err(Error::Usage(format!(
-            "--identity {identity:?} must not contain control, bidi or invisible characters"
+            "{origin} {identity:?} must not contain control, bidi or invisible characters"
         )));
     }
     if identity.len() > MAX_IDENTITY {
         return Err(Error::Usage(format!(
-            "--identity is {} bytes long; at most {MAX_IDENTITY} are allowed",
+            "{origin} is {} bytes long; at most {MAX_IDENTITY} are allowed",
             identity.len()
         )));
     }

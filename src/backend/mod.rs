@@ -473,6 +473,20 @@ fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubecon
 
 /// One kubeconfig file, as kube reads it, its empty `current-context` counted as unset.
 fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, KubeconfigError> {
+    // kube decodes a file that starts with a UTF-16 byte-order mark two bytes at a time, and panics at an
+    // odd last byte (found by review, helper-165: a truncated UTF-16 kubeconfig made mpsync exit 101).
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.metadata().is_ok_and(|meta| meta.is_file() && meta.len() % 2 == 1)
+    {
+        let mut mark = [0u8; 2];
+        if std::io::Read::read_exact(&mut file, &mut mark).is_ok() && matches!(mark, [0xFF, 0xFE] | [0xFE, 0xFF]) {
+            let odd = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "UTF-16 (it starts with a byte-order mark) of an odd number of bytes: cut short?",
+            );
+            return Err(KubeconfigError::ReadConfig(odd, path.into()));
+        }
+    }
     let mut file = Kubeconfig::read_from(path)?;
     file.current_context = file.current_context.filter(|context| !context.is_empty());
     Ok(file)

@@ -128,6 +128,21 @@ fn without_a_ca_the_system_certificates_are_trusted_and_their_absence_says_how_t
     run(&env, command).assert_code(0);
 }
 
+/// Found by review (helper-165): a kubeconfig that starts with a UTF-16 byte-order mark and has an odd
+/// number of bytes (cut short) made kube panic (exit 101), for every command and the library.
+#[test]
+fn a_utf16_kubeconfig_cut_short_is_an_error_not_a_panic() {
+    let Some(env) = test_server() else { return };
+    let kubeconfig = env.path("utf16-cut");
+    for bytes in [&[0xFF, 0xFE, 0x00][..], &[0xFE, 0xFF, 0x00, 0x61, 0x00]] {
+        std::fs::write(&kubeconfig, bytes).unwrap();
+        for args in [&["lock", "x", "--", "true"][..], &["status", "x"]] {
+            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+            assert_failure(&done, 125, &["UTF-16", "odd number of bytes"]);
+        }
+    }
+}
+
 #[test]
 fn a_bad_ca_file_is_an_error_naming_it() {
     let Some(env) = test_server() else { return };

@@ -893,6 +893,30 @@ fn listen_address_in_use_or_bad_options_exit_125() {
     let done = env.run(["sidecar", "--ttl", "1500ms"]);
     done.assert_code(125);
     assert!(done.stderr.contains("--ttl"), "{}", done.stderr);
+    // Found by review (helper-165): the identity from POD_NAME was written into Leases and logs unchecked
+    // (a line break forged a log line; 3000 bytes passed the limit of 1024). It is checked as --identity is.
+    for pod in ["pod-a\nINFO forged".to_string(), "p".repeat(3000)] {
+        let mut command = env.mpsync(["sidecar", "--listen", "127.0.0.1:0"]);
+        command.env("POD_NAME", &pod);
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(125);
+        assert!(done.stderr.contains("the identity from POD_NAME"), "{}", done.stderr);
+    }
+}
+
+/// Found by review (helper-165): `--drain` beyond the clock's reach made the side-car panic at SIGTERM, its
+/// locks left held until their TTL. It drains as long as its clients take: here one that stops at once.
+#[test]
+fn a_drain_beyond_the_clocks_reach_drains_and_releases() {
+    let env = TestEnv::file();
+    let name = env.lease_name("huge-drain");
+    let sidecar = Sidecar::start(&env, Some("pod-a"), &["--ttl", "2s", "--drain", "18446744073709551615s"]);
+    sidecar.put(&name).assert_status(200);
+    sidecar.process.signal(Signal::SIGTERM);
+    let done = sidecar.process.finish();
+    done.assert_code(0);
+    assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "{}", done.stderr);
 }
 
 /// Issue 11, item 10: `/healthz` on the protocol's address and on `--health-addr` (for the kubelet's
