@@ -505,7 +505,9 @@ impl Lock {
     /// Driven by a watch (inotify for the file backend) that reconnects on its own; while it is down
     /// the Lease is polled every `retry_period`. The stream ends only when its reads are refused in a way
     /// retrying will not fix (credentials refused, reading the Lease, or one slot's, forbidden):
-    /// [`Lock::status`] then says why. Otherwise it never ends; drop it to stop.
+    /// [`Lock::status`] then says why. Otherwise it never ends; drop it to stop. While a lease's record
+    /// cannot be used (with the file backend: not a Lease, or a directory in the way of its writes),
+    /// nothing more is reported of that lease; [`Lock::status`] says why.
     ///
     /// # Panics
     ///

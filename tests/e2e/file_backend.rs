@@ -996,3 +996,131 @@ fn a_record_at_the_largest_resource_version_says_what_to_remove() {
     fs::remove_file(env.lock_dir().join(format!(".{name}.last"))).unwrap();
     env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
 }
+
+/// Found by review (helper-166): `observe` of a semaphore reads its slots through their watches only, and
+/// the file watch did not look for a directory at a slot's own file names: slot 0 was printed free
+/// (`held=false`) behind `.NAME-0.tmp` made a directory, while `status` reported it (125) and `lock` counted
+/// it as held. Now the watch takes it as a failed read (one WARN saying which directory), reports nothing
+/// of that slot meanwhile, and reports it once the directory is removed.
+#[test]
+fn observe_of_a_semaphore_reports_no_slot_free_behind_a_directory_in_the_way() {
+    let env = TestEnv::file();
+    let name = env.lease_name("pool-dir");
+    env.run(["lock", &name, "--slots", "2", "--", "true"]).assert_code(0);
+    let in_the_way = env.lock_dir().join(format!(".{name}-0.tmp"));
+    fs::create_dir(&in_the_way).unwrap();
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.stderr.contains("is a directory"), "{}", status.stderr);
+    let observe = env.spawn(["observe", &name]);
+    let settled =
+        within_patience(|| observe.stdout().contains("slot=1") && observe.stderr().contains("is a directory"));
+    let (out, err) = (observe.stdout(), observe.stderr());
+    let slot_0_free = |out: &str| out.lines().any(|line| line.contains("slot=0") && line.contains("held=false"));
+    assert!(settled, "observe did not report slot 1 and the directory in the way of slot 0:\n{out}\n{err}");
+    assert!(!slot_0_free(&out), "observe reported slot 0 free while status says it counts as held:\n{out}\n{err}");
+    fs::remove_dir(&in_the_way).unwrap();
+    let reported = within_patience(|| slot_0_free(&observe.stdout()));
+    let (out, err) = (observe.stdout(), observe.stderr());
+    observe.signal(nix::sys::signal::Signal::SIGTERM);
+    observe.finish().assert_code(0);
+    assert!(reported, "observe did not report slot 0 once the directory was removed:\n{out}\n{err}");
+}
+
+/// Found by review (helper-166): `status` without NAME listed a lease behind a directory at `.NAME.tmp` as
+/// `free`, while `status NAME` reported it (125) and `lock` waited on it (124 at `--timeout`). Now the
+/// listing leaves it out with a warning that says which directory is in the way, as it does a record it
+/// cannot read.
+#[test]
+fn the_listing_leaves_out_a_lease_behind_a_directory_in_the_way_and_says_why() {
+    let env = TestEnv::file();
+    let name = env.lease_name("list-dir");
+    let other = env.lease_name("list-ok");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    env.run(["lock", &other, "--", "true"]).assert_code(0);
+    fs::create_dir(env.lock_dir().join(format!(".{name}.tmp"))).unwrap();
+    env.run(["lock", &name, "--timeout", "1s", "--", "true"]).assert_code(124);
+    env.run(["status", &name]).assert_code(125);
+    let list = env.run(["status"]);
+    list.assert_code(0);
+    assert!(
+        !list.stdout.lines().any(|line| line.starts_with(&name)),
+        "the listing shows the lease while lock waits on it:\n{}\n{}",
+        list.stdout,
+        list.stderr
+    );
+    assert!(list.stdout.lines().any(|line| line.starts_with(&other)), "{}", list.stdout);
+    assert!(
+        list.stderr.contains(&format!(".{name}.tmp is a directory")) && list.stderr.contains("counts as held"),
+        "{}",
+        list.stderr
+    );
+}
+
+/// Found by review (helper-166): the library's `Lock::observe` reads through the same file watches: a
+/// slot of a semaphore behind a directory at `.NAME-0.tmp`, and a plain lease behind one at
+/// `.NAME.last.tmp`, were reported `held: false`, while `Lock::status` failed on them and `lock` counted them
+/// as held. Now nothing is reported of such a lease until the directory is removed; then its state is.
+#[test]
+fn library_observe_reports_no_lease_free_behind_a_directory_in_the_way() {
+    use futures::StreamExt;
+    let env = TestEnv::file();
+    let pool = env.lease_name("libpool-dir");
+    let plain = env.lease_name("libplain-dir");
+    env.run(["lock", &pool, "--slots", "2", "--", "true"]).assert_code(0);
+    env.run(["lock", &plain, "--", "true"]).assert_code(0);
+    let slot_dir = env.lock_dir().join(format!(".{pool}-0.tmp"));
+    let plain_dir = env.lock_dir().join(format!(".{plain}.last.tmp"));
+    fs::create_dir(&slot_dir).unwrap();
+    fs::create_dir(&plain_dir).unwrap();
+    env.run(["lock", &plain, "--timeout", "1s", "--", "true"]).assert_code(124);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // A quiet second after the last item: what is reported of a lease the watch cannot read.
+        let quiet = Duration::from_secs(1);
+        let semaphore = mpsync::Lock::file(env.lock_dir(), &pool).slots(2).build().unwrap();
+        assert!(semaphore.status().await.is_err(), "status reads slot 0 behind the directory");
+        let mut changes = Box::pin(semaphore.observe());
+        let mut seen = Vec::new();
+        while let Ok(Some(change)) =
+            tokio::time::timeout(if seen.is_empty() { PATIENCE } else { quiet }, changes.next()).await
+        {
+            seen.push(change);
+        }
+        assert!(seen.iter().any(|s| s.name.ends_with("-1")), "slot 1 not reported: {seen:?}");
+        assert!(!seen.iter().any(|s| s.name.ends_with("-0")), "slot 0 reported behind the directory: {seen:?}");
+        fs::remove_dir(&slot_dir).unwrap();
+        let after = tokio::time::timeout(PATIENCE, changes.next()).await;
+        assert!(
+            matches!(&after, Ok(Some(s)) if s.name.ends_with("-0") && !s.held),
+            "slot 0 not reported free once the directory was removed: {after:?}"
+        );
+
+        let lease = mpsync::Lock::file(env.lock_dir(), &plain).build().unwrap();
+        assert!(lease.status().await.is_err(), "status reads the lease behind the directory");
+        let mut changes = Box::pin(lease.observe());
+        let first = tokio::time::timeout(quiet, changes.next()).await;
+        assert!(first.is_err(), "observe reported the lease behind the directory: {first:?}");
+        fs::remove_dir(&plain_dir).unwrap();
+        let after = tokio::time::timeout(PATIENCE, changes.next()).await;
+        assert!(matches!(&after, Ok(Some(s)) if !s.held), "not reported once the directory was removed: {after:?}");
+    });
+}
+
+/// A `lock` that waits on a lease behind a directory in the way takes it once the directory is removed
+/// (its watch reports the record again after failed reads, though it did not change).
+#[test]
+fn a_waiter_takes_the_lease_once_the_directory_in_the_way_is_removed() {
+    let env = TestEnv::file();
+    let name = env.lease_name("dir-waiter");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let in_the_way = env.lock_dir().join(format!(".{name}.last"));
+    fs::remove_file(&in_the_way).unwrap();
+    fs::create_dir(&in_the_way).unwrap();
+    let waiter = env.spawn(["lock", &name, "--timeout", "60s", "--", "true"]);
+    wait_until("the waiter to say a directory is in the way", || waiter.stderr().contains("is a directory"));
+    fs::remove_dir(&in_the_way).unwrap();
+    let started = Instant::now();
+    waiter.finish().assert_code(0);
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}

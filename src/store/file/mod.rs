@@ -138,8 +138,7 @@ impl FileStore {
             let Some(dir) = store.dir.open(false)? else {
                 return Ok(None);
             };
-            let own = [files.temp.as_str(), files.last_temp.as_str(), files.last.as_str()];
-            if let Some(in_the_way) = dir::directory_in_the_way(dir.fd(), dir.path(), &own) {
+            if let Some(in_the_way) = dir::directory_in_the_way(dir.fd(), dir.path(), &files.written()) {
                 return Err(in_the_way);
             }
             if let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? {
@@ -157,7 +156,10 @@ impl FileStore {
     /// [`selector`](crate::store::selector)), ordered by name. Only `NAME.json` files are records: the
     /// hidden `.NAME.last` copies and writes in progress are not leases of their own. A record takes its
     /// name from `metadata.name` (long names are hashed on disk); a `*.json` that is not the record of the
-    /// lease it names (not a Lease, unreadable, a copy under another name) is left out with a warning.
+    /// lease it names (not a Lease, unreadable, a copy under another name) is left out with a warning, and
+    /// so is one behind a directory in the way of its writes: `get` and every write fail on such a lease,
+    /// which counts as held, so it is not listed as what its record says (found by review, helper-166: it
+    /// was listed `free` while `lock` waited on it).
     pub async fn list(&self, label_selector: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
         let requirements = match label_selector {
             Some(text) => super::selector::parse(text)?,
@@ -517,9 +519,12 @@ fn listed_record(
         Ok(lease) => lease.metadata.name.unwrap_or_default(),
         Err(err) => return Ok(Err(format!("is not a valid Lease ({err})"))),
     };
-    match LeaseFiles::new(&name) {
-        Ok(files) if files.record == file => {}
+    let files = match LeaseFiles::new(&name) {
+        Ok(files) if files.record == file => files,
         _ => return Ok(Err(format!("holds lease {name:?}, which is not kept in this file"))),
+    };
+    if let Some(in_the_way) = dir::directory_in_the_way(dir, dir_path, &files.written()) {
+        return Ok(Err(format!("is the record of lease {name}, but {in_the_way}")));
     }
     Ok(parse_lease(&name, &contents.bytes).map(|(_, _, versioned)| Some(versioned)))
 }
@@ -607,6 +612,12 @@ fn observe(
     let look = dir::glance(handle.fd(), &files.record);
     if unless == Some(look) && !matches!(subscribed, Some(Subscribed::Yes(_))) {
         return (Ok(None), look, subscribed);
+    }
+    // A failed read, as for `get`: the record is not what the lease is while no write of it can be made
+    // (found by review, helper-166: `observe` of a semaphore, and the library's, reported a slot free
+    // behind such a directory while `lock` counted it as held).
+    if let Some(in_the_way) = dir::directory_in_the_way(handle.fd(), handle.path(), &files.written()) {
+        return (Err(in_the_way), look, subscribed);
     }
     let current = read_record(handle.fd(), handle.path(), files, Which::Record).map(|stored| match stored {
         Some(stored) => WatchUpdate::Present(stored.versioned),

@@ -51,6 +51,12 @@ impl LeaseFiles {
             last_temp: format!(".{stem}.last.tmp"),
         })
     }
+
+    /// The names mpsync writes besides the record: a directory at one of them (made by hand) is in the way
+    /// of every write of the lease (see `dir::directory_in_the_way`).
+    pub fn written(&self) -> [&str; 3] {
+        [&self.temp, &self.last_temp, &self.last]
+    }
 }
 
 /// What a lease's file names start with.
