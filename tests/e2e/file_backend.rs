@@ -1124,3 +1124,32 @@ fn a_waiter_takes_the_lease_once_the_directory_in_the_way_is_removed() {
     waiter.finish().assert_code(0);
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
+
+/// Found by review (helper-166): a record edited by hand to one below the largest resourceVersion was shown
+/// by `status` (exit 0), while `lock` ended at once with an internal error (125: "would be written
+/// unreadable"), as the write after it would have been at the largest. No write can follow it either: it is
+/// a record mpsync cannot use, as one at the largest is, so the lease counts as held (124 at `--timeout`),
+/// `status` reports it (125), and both say what to remove.
+#[test]
+fn a_record_one_below_the_largest_resource_version_counts_as_held() {
+    let env = TestEnv::file();
+    let name = env.lease_name("below-largest");
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let path = env.lock_dir().join(format!("{name}.json"));
+    let mut lease: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    lease["metadata"]["resourceVersion"] = serde_json::json!((u64::MAX - 1).to_string());
+    fs::remove_file(env.lock_dir().join(format!(".{name}.last"))).unwrap();
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, lease.to_string()).unwrap();
+    let status = env.run(["status", &name]);
+    status.assert_code(125);
+    assert!(status.stderr.contains("no write can follow") && status.stderr.contains("remove"), "{}", status.stderr);
+    let done = env.run(["lock", &name, "--timeout", "1s", "--", "true"]);
+    done.assert_code(124);
+    assert!(done.stderr.contains("no write can follow") && done.stderr.contains("counts as held"), "{}", done.stderr);
+    let list = env.run(["status"]);
+    list.assert_code(0);
+    assert!(!list.stdout.lines().any(|line| line.starts_with(&name)), "{}", list.stdout);
+    fs::remove_file(&path).unwrap();
+    env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
+}

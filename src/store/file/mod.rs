@@ -245,7 +245,11 @@ impl FileStore {
         }
         let last = read_record(dir.fd(), dir.path(), &files, Which::Last)?;
         let version = match &last {
-            Some(last) => last.version.checked_add(1).ok_or_else(|| overflow(&dir, &files))?,
+            Some(last) => last
+                .version
+                .checked_add(1)
+                .filter(|next| *next <= LAST_VERSION)
+                .ok_or_else(|| overflow(&dir, &files))?,
             None => 1,
         };
         if let Some(last) = last {
@@ -363,7 +367,12 @@ impl FileStore {
                 .map_or(stored.version, |last| last.version),
             None => stored.version,
         };
-        let next = stored.version.max(last_version).checked_add(1).ok_or_else(|| overflow(&dir, &files))?;
+        let next = stored
+            .version
+            .max(last_version)
+            .checked_add(1)
+            .filter(|next| *next <= LAST_VERSION)
+            .ok_or_else(|| overflow(&dir, &files))?;
         // Metadata (labels, annotations, creationTimestamp) is kept; the spec is the caller's, whole,
         // as a Kubernetes replace does.
         let mut lease = stored.lease;
@@ -441,7 +450,7 @@ impl FileStore {
                 dir::MAX_RECORD
             ))));
         }
-        let (_, _, written) = parse_lease(&files.name, &bytes).map_err(|why| {
+        let (_, _, written) = parse_lease(files, &bytes).map_err(|why| {
             StoreError::Fatal(Error::Internal(format!("lease {} would be written unreadable: {why}", files.name)))
         })?;
         dir.install(&bytes, &files.record, &files.last, &files.temp, &files.last_temp)?;
@@ -499,7 +508,7 @@ fn read_record(
         Some(Err(unreadable_file)) => return Err(unreadable(unreadable_file.to_string())),
         Some(Ok(contents)) => contents,
     };
-    let (lease, version, versioned) = parse_lease(&files.name, &contents.bytes).map_err(unreadable)?;
+    let (lease, version, versioned) = parse_record(files, &contents.bytes).map_err(unreadable)?;
     Ok(Some(Stored { lease, version, versioned, identity: contents.identity }))
 }
 
@@ -526,12 +535,37 @@ fn listed_record(
     if let Some(in_the_way) = dir::directory_in_the_way(dir, dir_path, &files.written()) {
         return Ok(Err(format!("is the record of lease {name}, but {in_the_way}")));
     }
-    Ok(parse_lease(&name, &contents.bytes).map(|(_, _, versioned)| Some(versioned)))
+    Ok(parse_record(&files, &contents.bytes).map(|(_, _, versioned)| Some(versioned)))
 }
 
-/// Parse a record of the lease `name`: the Lease, its resourceVersion as a number, and what the store
-/// returns; or why it is not one.
-fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), String> {
+/// The largest resourceVersion a write makes: the largest, `u64::MAX`, is never written (only a hand edit
+/// makes a record at it or at this one).
+const LAST_VERSION: u64 = u64::MAX - 1;
+
+/// Parse a record of the lease as it is read: the Lease, its resourceVersion as a number, and what the
+/// store returns; or why it is not one mpsync can use.
+///
+/// A record at `LAST_VERSION` or above is not: no write can follow it, so it is read as what it is, a
+/// record mpsync cannot use, by `status` and `observe` as by `lock` (found by review, helper-159, at the
+/// largest; helper-166, one below it: `status` showed the lease free while `lock` ended with an internal
+/// error, the write after it being at the largest). The write that makes one (after a hand edit to the
+/// version below) is the lease's last.
+fn parse_record(files: &LeaseFiles, bytes: &[u8]) -> Result<(Lease, u64, Versioned), String> {
+    let (lease, version, versioned) = parse_lease(files, bytes)?;
+    if version == LAST_VERSION {
+        return Err(format!(
+            "has metadata.resourceVersion {version}, one below the largest, after which no write can follow \
+             (mpsync never writes the largest); remove {} and {} while no process uses the lease",
+            files.record, files.last
+        ));
+    }
+    Ok((lease, version, versioned))
+}
+
+/// Parse a record of the lease as it is written (see `parse_record` for one that is read): the Lease, its
+/// resourceVersion as a number, and what the store returns; or why it is not one.
+fn parse_lease(files: &LeaseFiles, bytes: &[u8]) -> Result<(Lease, u64, Versioned), String> {
+    let name = files.name.as_str();
     let lease: Lease = serde_json::from_slice(bytes).map_err(|err| format!("is not a valid Lease ({err})"))?;
     if let Some(other) = lease.metadata.name.as_deref().filter(|other| *other != name) {
         return Err(format!("holds lease {other:?}, not {name:?}"));
@@ -542,19 +576,20 @@ fn parse_lease(name: &str, bytes: &[u8]) -> Result<(Lease, u64, Versioned), Stri
     let version: u64 = resource_version
         .parse()
         .map_err(|_| format!("has metadata.resourceVersion {resource_version:?}, not a whole number"))?;
-    // The largest version (only a hand edit makes it): no write can follow it, so it is read as what it
-    // is, a record mpsync cannot use, by `status` too (review, helper-159: `status` showed it free while
-    // `lock` waited on it).
-    if version == u64::MAX {
-        return Err(format!("has metadata.resourceVersion {version}, the largest, after which no write can follow"));
+    if version > LAST_VERSION {
+        return Err(format!(
+            "has metadata.resourceVersion {version}, the largest, after which no write can follow; remove {} and \
+             {} while no process uses the lease",
+            files.record, files.last
+        ));
     }
     let record = lease.spec.clone().unwrap_or_default();
     let versioned = Versioned { resource_version, record, metadata: lease.metadata.clone() };
     Ok((lease, version, versioned))
 }
 
-/// A next resourceVersion past the largest: unreachable, as a record at the largest is not read as a Lease
-/// (see `parse_lease`); a guard, counting the lease as held as for a record mpsync cannot read.
+/// A next resourceVersion past `LAST_VERSION`: unreachable, as a record at it or above is not read as a
+/// Lease (see `parse_record`); a guard, counting the lease as held as for a record mpsync cannot read.
 fn overflow(dir: &LockedDir<'_>, files: &LeaseFiles) -> StoreError {
     StoreError::Unreadable(format!(
         "lease record {}: its resourceVersion cannot grow any more (edited by hand?); remove it and {} while \
