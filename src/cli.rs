@@ -382,7 +382,12 @@ impl Cli {
                 unsafe { std::env::remove_var(&name) };
             }
         }
-        let cli = Cli::try_parse_from(std::env::args_os()).map_err(usage_error)?;
+        let matches = <Cli as clap::CommandFactory>::command().try_get_matches_from(std::env::args_os());
+        let matches = matches.map_err(usage_error)?;
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).map_err(usage_error)?;
+        if let Some((_, command)) = matches.subcommand() {
+            other_backends_options(command)?;
+        }
         // SAFETY: called first thing in main, while the process is single-threaded (no runtime, no
         // supervisor threads yet), so nothing reads the environment concurrently.
         unsafe { std::env::remove_var(IDENTITY_ENV) };
@@ -496,6 +501,33 @@ fn write_man_page(command: clap::Command, out: &mut dyn std::io::Write) -> std::
 }
 
 /// Render a clap error as mpsync's usage error: help and version are not errors.
+/// An option of the backend not chosen, given on the command line, is an error: taken as meant, it would
+/// have been ignored without a word (found by review, helper-165: `lock NAME --lock-dir D` without
+/// `--backend file` locked on the API server, beside a holder of NAME in D). From the environment (a
+/// profile that sets `MPSYNC_LOCK_DIR` for every run) it is left unused.
+fn other_backends_options(command: &clap::ArgMatches) -> Result<()> {
+    let given = |id: &str| {
+        command.try_contains_id(id).unwrap_or(false)
+            && command.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let Ok(Some(backend)) = command.try_get_one::<BackendKind>("backend") else { return Ok(()) };
+    let (others, theirs, fix) = match backend {
+        BackendKind::Kube => (&["lock_dir"][..], "--backend file", "add --backend file"),
+        BackendKind::File => (&["kubeconfig", "context"][..], "the kube backend", "leave out --backend file"),
+    };
+    match others.iter().find(|id| given(id)) {
+        Some(id) => Err(Error::Usage(format!(
+            "--{} is an option of {theirs}, and this run uses {}: {fix}, or leave the option out",
+            id.replace('_', "-"),
+            match backend {
+                BackendKind::Kube => "the kube backend",
+                BackendKind::File => "--backend file",
+            }
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn usage_error(err: clap::Error) -> Error {
     use clap::error::ErrorKind;
     match err.kind() {
