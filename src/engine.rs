@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::lease::{Action, Elector, LossReason, Marker, Now, Refusal, Ticket, Timing, Versioned, Write, WriteResult};
 use crate::retry::{FailureLog, backoff};
 use crate::store::{Store, StoreError, Watch, WatchUpdate};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
 use tokio::sync::mpsc;
 
 /// The time now, both clocks; wall time truncated to microseconds, as MicroTime stores it, so that a
@@ -178,6 +179,10 @@ pub struct Slot {
     raced_renewal_at: Option<Instant>,
     /// Shared by the slots of a large semaphore: how many of their reads may be on the wire at once.
     read_limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// For a slot of a semaphore: its index.
+    slot_index: Option<usize>,
+    /// The first live record of a plain lease seen on this slot's name (see `plain_hold_renewed`).
+    plain_seen: Option<LeaseSpec>,
 }
 
 impl Slot {
@@ -204,7 +209,15 @@ impl Slot {
             reading: false,
             raced_renewal_at: None,
             read_limit: None,
+            slot_index: None,
+            plain_seen: None,
         }
+    }
+
+    /// This is slot `index` of a semaphore: an identity collision on it is said of that slot alone.
+    pub fn as_slot(mut self, index: usize) -> Slot {
+        self.slot_index = Some(index);
+        self
     }
 
     /// Share `limit` with the other slots of a semaphore: at most that many reads of theirs on the wire
@@ -302,6 +315,33 @@ impl Slot {
             && self.elector.held().is_none()
             && self.elector.current().is_some_and(|c| !c.record.holder_identity.as_deref().unwrap_or("").is_empty())
             && matches!(self.elector.next(now()), Action::WaitUntil(_))
+    }
+
+    /// For a slot of a semaphore: the record seen last is a plain lease's (no slot count) that names a
+    /// holder. It is waited out as any holder's, on this process's clock, before any slot is acquired; if it
+    /// changes while live meanwhile (its holder renews, or another plain lock takes it), the semaphore is
+    /// refused: the refusal, the first time it shows. Found by review, helper-162: refused at sight, a dead
+    /// holder's record refused the semaphore for ever.
+    fn plain_hold_renewed(&mut self) -> Option<Refusal> {
+        let current = self.elector.current().filter(|current| is_plain_hold(current))?;
+        match &self.plain_seen {
+            None => {
+                let holder = crate::lease::shown(current.record.holder_identity.as_deref().unwrap_or_default());
+                tracing::info!(lease = %self.name, holder = %holder, "a plain lease of that name is held: waiting it out");
+                self.plain_seen = Some(current.record.clone());
+                None
+            }
+            Some(seen) if *seen != current.record => {
+                Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Whether the record seen last is a plain lease's hold not waited out yet (see `plain_hold_renewed`).
+    fn plain_hold_pending(&self, now: Instant) -> bool {
+        self.elector.current().is_some_and(is_plain_hold)
+            && self.elector.observed_expiry().is_none_or(|expiry| now < expiry)
     }
 
     /// The holder of the record seen last, if any.
@@ -546,7 +586,20 @@ impl Slot {
 
     fn report_collision(&mut self) {
         if self.elector.take_collision() {
-            if !self.collision_reported {
+            if !self.collision_reported
+                && let Some(index) = self.slot_index
+            {
+                // A semaphore's slot: exclusion is per slot, and another slot may be used (found by review,
+                // helper-162: "never running beside it" was said, and then the process ran on slot 1).
+                self.collision_reported = true;
+                tracing::warn!(
+                    lease = %self.name,
+                    identity = %self.elector.identity(),
+                    "slot {index} is held under this identity by another process: not using it; give every \
+                     process its own {}",
+                    self.identity_option
+                );
+            } else if !self.collision_reported {
                 self.collision_reported = true;
                 tracing::error!(
                     lease = %self.name,
@@ -703,6 +756,12 @@ pub enum Campaigned {
     NotAcquired { last_error: Option<String> },
 }
 
+/// A live record of a plain lease (it names a holder, and no slot count).
+fn is_plain_hold(current: &Versioned) -> bool {
+    !current.record.holder_identity.as_deref().unwrap_or("").is_empty()
+        && current.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(crate::lease::SLOTS_ANNOTATION))
+}
+
 /// How many reads a semaphore's slots may have on the wire at once (see `Slot::with_read_limit`): enough
 /// for the first look at a hundred slots to take a few round trips, few enough that a thousand reuse
 /// their connections instead of opening one each.
@@ -760,6 +819,8 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
     let batches = u32::try_from(slots.len().div_ceil(SLOT_READS_AT_ONCE)).unwrap_or(u32::MAX);
     let first_look = call_timeout.saturating_mul(batches);
     let mut first_look_done_at = None;
+    // One slot is a plain lease (`--slots 1` too).
+    let semaphore = slots.len() > 1;
     loop {
         // Held, and not waiting out another holder (see `Held::usable_from`).
         if let Some(index) = slots.iter().position(|slot| slot.elector.usable(Instant::now())) {
@@ -805,16 +866,30 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
             return Ok(Campaigned::NotAcquired { last_error });
         }
         // A semaphore whose count (or a slot's name) disagrees with ours is refused on whichever slot
-        // shows it, before any slot is acquired.
+        // shows it, before any slot is acquired; so is one whose slot name a plain lease's holder renews.
         if let Some((slot, refusal)) = slots.iter().find_map(|slot| Some((slot, slot.elector.refusal()?))) {
             return Err(Error::Api(format!("lease {}: cannot be acquired: {refusal}", slot.name)));
         }
+        let now = Instant::now();
+        if semaphore
+            && let Some((slot, refusal)) =
+                slots.iter_mut().find_map(|slot| Some((slot.name.clone(), slot.plain_hold_renewed()?)))
+        {
+            return Err(Error::Api(format!("lease {slot}: cannot be acquired: {refusal}")));
+        }
+        // One attempt waits for no holder, a plain lease's neither.
+        if wait == Wait::NoWait && semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now)) {
+            tracing::info!(lease = %lease, "a plain lease of a slot's name is held by another process; not waiting (--no-wait)");
+            return Ok(Campaigned::NotAcquired { last_error: None });
+        }
         // No acquisition before every slot was looked at once (a semaphore's count is checked on all of
-        // them before anyone acquires), and never two at once. A slot that cannot be read (a corrupt
-        // record, say) counts as held: it is retried, with a warning, while the others are used.
+        // them before anyone acquires), nor while a plain lease's hold on a slot's name is not waited out,
+        // and never two at once. A slot that cannot be read (a corrupt record, say) counts as held: it is
+        // retried, with a warning, while the others are used.
         let may_acquire = AtomicBool::new(
             slots.iter().all(|slot| slot.looked_at || slot.elector.has_observed())
-                && !slots.iter().any(Slot::acquisition_pending),
+                && !slots.iter().any(Slot::acquisition_pending)
+                && !(semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now))),
         );
         let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
         let (progress, index) = tokio::select! {
@@ -835,14 +910,20 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
 
 /// Settle a semaphore's marker (see `lease::semaphore_marker`) before any of its slots is acquired:
 /// create it, or check that it records `slots` (and is no other semaphore's slot). Transient failures are
-/// retried (with backoff) until `deadline`, if any: then `Ok(Err(the last error))`, which is "not
-/// acquired", as for a campaign that met the same.
+/// retried (with backoff) until `deadline`, if any: then `Ok(Err(Some(the last error)))`, which is "not
+/// acquired", as for a campaign that met the same. A plain lease's live record of that name is waited out
+/// (`timing` for a record that gives no duration), looked at again every retry period: marked if it
+/// stays unchanged for its holder's duration, refused if it changes while live (found by review,
+/// helper-162: a dead holder's record refused the semaphore for ever). One attempt (`no_wait`) waits for
+/// no holder: `Ok(Err(None))`, held by another.
 pub async fn settle_marker(
     store: &Store,
     name: &str,
     slots: u32,
+    timing: Timing,
+    no_wait: bool,
     deadline: Option<Instant>,
-) -> Result<Result<(), String>, Error> {
+) -> Result<Result<(), Option<String>>, Error> {
     // A write waiting for the file backend's lock gives up at the deadline too, unapplied, as the
     // campaign's writes do (found by review, helper-114: `--slots 2 --timeout 1s` on a fresh semaphore
     // waited 30 s for a busy lock directory, three quarters into a 40 s call timeout).
@@ -857,6 +938,8 @@ pub async fn settle_marker(
     let mut last_error = None;
     let mut looked = false;
     let mut conflicts = 0;
+    // A plain lease's live record of that name, and when it is waited out (its duration from first seen).
+    let mut plain_seen: Option<(LeaseSpec, Instant)> = None;
     loop {
         // Never past the deadline after a first look, whatever kept it from settling (found by review:
         // writes whose outcome stayed unknown were looked at again at once, for ever).
@@ -865,13 +948,37 @@ pub async fn settle_marker(
             && Instant::now() >= deadline
         {
             let why = last_error.unwrap_or_else(|| "no answer in time".to_string());
-            return Ok(Err(format!("semaphore {name}: cannot settle its marker: {why}")));
+            return Ok(Err(Some(format!("semaphore {name}: cannot settle its marker: {why}"))));
         }
-        let look = look_at_marker(store, name, slots).await;
+        let waited_out = plain_seen.as_ref().filter(|(_, until)| Instant::now() >= *until).map(|(seen, _)| seen);
+        let look = look_at_marker(store, name, slots, waited_out).await;
         conflicts = if matches!(look, Err(StoreError::Conflict(_))) { conflicts + 1 } else { 0 };
         let failure = match look {
             Ok(MarkerLook::Settled) => return Ok(Ok(())),
             Ok(MarkerLook::Refused(refusal)) => return refuse(refusal),
+            Ok(MarkerLook::PlainHold(record)) => {
+                let holder = crate::lease::shown(record.holder_identity.as_deref().unwrap_or_default());
+                if no_wait {
+                    tracing::info!(lease = %name, holder = %holder, "a plain lease of that name is held by another process; not waiting (--no-wait)");
+                    return Ok(Err(None));
+                }
+                let until = match &plain_seen {
+                    None => {
+                        let until = Instant::now() + crate::lease::holder_duration(&record, timing);
+                        tracing::info!(lease = %name, holder = %holder, "a plain lease of that name is held: waiting it out");
+                        plain_seen = Some((record, until));
+                        until
+                    }
+                    Some((seen, _)) if *seen != record => {
+                        return refuse(Refusal::NotASlot { holder: record.holder_identity.unwrap_or_default() });
+                    }
+                    Some((_, until)) => *until,
+                };
+                last_error = Some(format!("a plain lease of that name, held by {holder}, has not expired yet"));
+                let next = (Instant::now() + timing.retry_period.max(Duration::from_millis(500))).min(until);
+                sleep_until(Some(deadline.map_or(next, |deadline| next.min(deadline)))).await;
+                continue;
+            }
             // Written, or someone else wrote first: look again at once.
             Ok(MarkerLook::Again) => None,
             Err(StoreError::Conflict(_)) if conflicts == 1 => None,
@@ -898,16 +1005,24 @@ enum MarkerLook {
     /// It records our count.
     Settled,
     Refused(crate::lease::Refusal),
+    /// A plain lease's live record of that name, not waited out: wait.
+    PlainHold(LeaseSpec),
     /// It was written just now: look again.
     Again,
 }
 
-async fn look_at_marker(store: &Store, name: &str, slots: u32) -> Result<MarkerLook, StoreError> {
+async fn look_at_marker(
+    store: &Store,
+    name: &str,
+    slots: u32,
+    waited_out: Option<&LeaseSpec>,
+) -> Result<MarkerLook, StoreError> {
     let current = store.get(name).await?;
-    let write = match crate::lease::semaphore_marker(current.as_ref(), slots) {
-        Marker::Refuse(refusal) => return Ok(MarkerLook::Refused(refusal)),
-        Marker::Ready => None,
-        Marker::Write(write) => Some(write),
+    let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
+        (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => return Ok(MarkerLook::PlainHold(current.record)),
+        (Marker::Refuse(refusal), _) => return Ok(MarkerLook::Refused(refusal)),
+        (Marker::Ready, _) => None,
+        (Marker::Write(write), _) => Some(write),
     };
     // Another semaphore's slot carries its count too: it is no marker of ours, whatever the count.
     if let Some((semaphore, index, slots)) = semaphore_of(store, name).await? {
@@ -965,6 +1080,43 @@ pub async fn semaphore_of(store: &Store, name: &str) -> Result<Option<(String, u
         }
         _ => None,
     })
+}
+
+/// Before a plain lock of `name` (or `--slots 1`): refuse it if `name` is a slot of a semaphore, which may
+/// have left that slot untaken so far (found by review, helper-162: a plain `lock pool-1` ran on the live
+/// semaphore `pool`'s slot 1, and every user of `pool` was refused while it did). Transient failures are
+/// retried until `deadline`, as `settle_marker` does: then `Ok(Err(Some(the last error)))`, not acquired.
+pub async fn refuse_a_slot_name(
+    store: &Store,
+    name: &str,
+    deadline: Option<Instant>,
+) -> Result<Result<(), Option<String>>, Error> {
+    if crate::lease::slot_parent(name).is_none() {
+        return Ok(Ok(()));
+    }
+    let mut log = FailureLog::new(name, "finding whether it is a semaphore's slot");
+    let mut failures = 0;
+    loop {
+        failures += 1;
+        let err = match semaphore_of(store, name).await {
+            Ok(None) => return Ok(Ok(())),
+            Ok(Some((semaphore, index, slots))) => {
+                return Err(Error::Api(format!(
+                    "lease {name}: cannot be acquired: it is slot {index} of the semaphore {semaphore} ({slots} \
+                     slots), not a plain lease: use --slots {slots} with {semaphore}, or another name"
+                )));
+            }
+            Err(StoreError::Fatal(err)) => return Err(err),
+            Err(err) => err.to_string(),
+        };
+        log.failed(&err);
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Ok(Err(Some(format!("lease {name}: cannot tell whether it is a semaphore's slot: {err}"))));
+        }
+        let pause = backoff(Duration::from_secs(2), failures);
+        let pause = deadline.map_or(pause, |deadline| pause.min(deadline.saturating_duration_since(Instant::now())));
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// How many levels up `semaphore_of` looks.

@@ -260,7 +260,7 @@ pub enum Refusal {
     SlotCountMismatch { recorded: String, ours: u32 },
     /// A plain lock on a lease that is a slot of a semaphore.
     IsASlot { recorded: String },
-    /// A semaphore slot whose name is taken by a plain lease that is held.
+    /// A semaphore's marker or slot whose name is taken by a plain lease whose holder renews it.
     NotASlot { holder: String },
     /// A semaphore whose name is a slot of another semaphore (`P-i` of `P`, which records `slots`).
     SlotOfAnother { semaphore: String, index: usize, slots: u32 },
@@ -288,8 +288,8 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::NotASlot { holder } => write!(
                 f,
-                "a plain lease of that name is held by {holder:?}: a semaphore's slot names must not collide with \
-                 other leases; choose another name"
+                "a plain lease of that name is held by {holder:?}, who renews it: a semaphore's name and slot names \
+                 must not collide with other leases; choose another name"
             ),
             Refusal::SlotOfAnother { semaphore, index, slots } => write!(
                 f,
@@ -629,7 +629,7 @@ impl Elector {
     }
 
     /// This lease is one slot of a semaphore of `slots` slots: its records carry the count, and a record
-    /// that says otherwise (or a plain lease of the same name that is held) is refused, never taken.
+    /// that says otherwise is refused, never taken (a plain lease's is waited out: see `slot_refusal`).
     pub fn with_slots(mut self, slots: u32) -> Elector {
         self.slots = Some(slots);
         self
@@ -688,8 +688,8 @@ impl Elector {
     }
 
     /// Whether the record seen last forbids this process the lease for good (a semaphore's count that
-    /// differs, a slot name taken by a plain lease that is held): checked on every slot of a semaphore
-    /// before any is acquired.
+    /// differs, a plain lock on a semaphore's slot): checked on every slot of a semaphore before any is
+    /// acquired.
     pub fn refusal(&self) -> Option<Refusal> {
         if self.held.is_some() {
             return None;
@@ -1550,7 +1550,8 @@ impl Elector {
         holder_duration(record, self.timing).max(self.timing.lease_duration)
     }
 
-    /// Whether the record's slot marking disagrees with ours.
+    /// Whether the record's slot marking disagrees with ours (a count that differs, or a plain lock on a
+    /// slot).
     fn slot_refusal(&self, current: &Versioned) -> Option<Refusal> {
         let recorded = current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)).cloned();
         match (self.slots, recorded) {
@@ -1558,9 +1559,11 @@ impl Elector {
                 Some(Refusal::SlotCountMismatch { recorded, ours })
             }
             (None, Some(recorded)) => Some(Refusal::IsASlot { recorded }),
-            (Some(_), None) if self.is_anothers_hold(&current.record) => {
-                Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
-            }
+            // A plain lease's live record on a slot's name is waited out as any holder's, and then taken as
+            // a slot: the campaign acquires no slot meanwhile, and refuses the semaphore if the record
+            // changes while live, its holder renewing (see `engine::Slot::plain_hold_renewed`). Refused
+            // here at sight, a dead holder's record refused the semaphore for ever (found by review,
+            // helper-162).
             _ => None,
         }
     }
@@ -1976,11 +1979,16 @@ pub enum Marker {
     Ready,
     /// Write this (create the marker, or mark a free plain lease of that name), then look again.
     Write(Write),
-    /// The count differs, or the name is a plain lease that is held.
+    /// The count differs, or the name is a plain lease that is held: `NotASlot` until it is waited out
+    /// (see below).
     Refuse(Refusal),
 }
 
-pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
+/// `waited_out`: a plain lease's live record of that name that this process saw unchanged for its
+/// holder's duration, on its own clock (as any holder is waited out): the record is free now, and is
+/// marked (found by review, helper-162: a dead holder's record was refused for ever). Any other live
+/// record of a plain lease is `NotASlot`: the caller waits it out, and refuses if it changes meanwhile.
+pub fn semaphore_marker(current: Option<&Versioned>, slots: u32, waited_out: Option<&LeaseSpec>) -> Marker {
     let mark = |mut write: Write| {
         write
             .metadata
@@ -1995,10 +2003,11 @@ pub fn semaphore_marker(current: Option<&Versioned>, slots: u32) -> Marker {
     match current.metadata.annotations.as_ref().and_then(|a| a.get(SLOTS_ANNOTATION)) {
         Some(recorded) if *recorded == slots.to_string() => Marker::Ready,
         Some(recorded) => Marker::Refuse(Refusal::SlotCountMismatch { recorded: recorded.clone(), ours: slots }),
-        None if is_live(&current.record) => {
+        None if is_live(&current.record) && waited_out != Some(&current.record) => {
             Marker::Refuse(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
         }
-        None => mark(Write::replace(current, current.record.clone())),
+        // The marker is never held.
+        None => mark(Write::replace(current, LeaseSpec { holder_identity: None, ..current.record.clone() })),
     }
 }
 
@@ -3421,7 +3430,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_writes_its_count_and_refuses_another_count_or_a_held_plain_lease() {
+    fn a_slot_writes_its_count_refuses_another_count_and_waits_out_a_plain_hold() {
         let t0 = Instant::now();
         let mut slot = Elector::new("me", TIMING).with_slots(3);
         slot.observe(None, t0);
@@ -3434,9 +3443,17 @@ mod tests {
         assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(refusal.clone()), "even when free");
         assert_eq!(slot.refusal(), Some(refusal));
 
+        // A plain lease's hold is waited out as any other (the campaign refuses it if it is renewed
+        // meanwhile), then becomes a slot (found by review, helper-162: refused at sight, for ever).
         let mut slot = Elector::new("me", TIMING).with_slots(3);
         slot.observe(Some(versioned(4, record(Some("plain-holder"), Some(15), Some(2)))), t0);
-        assert_eq!(slot.next(now(t0, 0.0)), Action::Refuse(Refusal::NotASlot { holder: "plain-holder".into() }));
+        assert_eq!(slot.refusal(), None);
+        assert_eq!(slot.next(now(t0, 0.0)), Action::WaitUntil(at(t0, 15.0)));
+        assert_eq!(slot.next(now(t0, 15.0)), Action::Read);
+        slot.observe(Some(versioned(4, record(Some("plain-holder"), Some(15), Some(2)))), at(t0, 15.0));
+        let write = expect_write(slot.next(now(t0, 15.0)));
+        assert_eq!(write.record.holder_identity.as_deref(), Some("me"));
+        assert_eq!(write.metadata.annotations.as_ref().unwrap()[SLOTS_ANNOTATION], "3");
         // A free plain lease of that name becomes a slot.
         let mut slot = Elector::new("me", TIMING).with_slots(3);
         slot.observe(Some(versioned(4, record(Some(""), Some(1), Some(2)))), t0);
@@ -3453,20 +3470,29 @@ mod tests {
 
     #[test]
     fn the_semaphore_marker_fixes_the_count_first_come() {
-        let Marker::Write(create) = semaphore_marker(None, 3) else { panic!() };
+        let Marker::Write(create) = semaphore_marker(None, 3, None) else { panic!() };
         assert!(create.is_create());
         assert_eq!(create.record.holder_identity, None, "the marker is never held");
         let marker = annotated(5, create.record.clone(), "3");
-        assert_eq!(semaphore_marker(Some(&marker), 3), Marker::Ready);
+        assert_eq!(semaphore_marker(Some(&marker), 3, None), Marker::Ready);
         assert_eq!(
-            semaphore_marker(Some(&marker), 2),
+            semaphore_marker(Some(&marker), 2, None),
             Marker::Refuse(Refusal::SlotCountMismatch { recorded: "3".into(), ours: 2 })
         );
         let held_plain = versioned(6, record(Some("someone"), Some(15), Some(0)));
-        assert!(matches!(semaphore_marker(Some(&held_plain), 2), Marker::Refuse(Refusal::NotASlot { .. })));
+        assert!(matches!(semaphore_marker(Some(&held_plain), 2, None), Marker::Refuse(Refusal::NotASlot { .. })));
         let free_plain = versioned(6, record(Some(""), Some(1), Some(0)));
-        let Marker::Write(mark) = semaphore_marker(Some(&free_plain), 2) else { panic!() };
+        let Marker::Write(mark) = semaphore_marker(Some(&free_plain), 2, None) else { panic!() };
         assert_eq!(mark.resource_version(), Some("6"));
+        // A plain hold waited out unchanged is free: marked, its holder cleared (found by review, helper-162).
+        let Marker::Write(mark) = semaphore_marker(Some(&held_plain), 2, Some(&held_plain.record)) else { panic!() };
+        assert_eq!((mark.resource_version(), mark.record.holder_identity.as_deref()), (Some("6"), None));
+        assert_eq!(mark.metadata.annotations.as_ref().unwrap()[SLOTS_ANNOTATION], "2");
+        // Another record than the one waited out (renewed meanwhile) is not.
+        let renewed = versioned(7, record(Some("someone"), Some(15), Some(0)));
+        let mut waited = held_plain.record.clone();
+        waited.renew_time = None;
+        assert!(matches!(semaphore_marker(Some(&renewed), 2, Some(&waited)), Marker::Refuse(Refusal::NotASlot { .. })));
     }
 
     #[test]

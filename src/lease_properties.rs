@@ -1749,7 +1749,7 @@ mod semaphore {
                             continue;
                         }
                         let count = world.procs[p].count;
-                        match semaphore_marker(world.server.get(NAME), count) {
+                        match semaphore_marker(world.server.get(NAME), count, None) {
                             Marker::Ready => world.procs[p].marker_ready = true,
                             Marker::Refuse(_) => world.procs[p].refused = true,
                             Marker::Write(write) => {

@@ -115,7 +115,8 @@ impl Inner {
         let read_limit = Arc::new(tokio::sync::Semaphore::new(engine::SLOT_READS_AT_ONCE));
         self.slot_names
             .iter()
-            .map(|name| {
+            .enumerate()
+            .map(|(index, name)| {
                 let elector = Elector::new(self.identity.clone(), self.timing).with_seed(crate::retry::random_u64());
                 let elector = match semaphore {
                     Some(n) => elector.with_slots(n),
@@ -123,6 +124,7 @@ impl Inner {
                 };
                 let slot = Slot::new(name.clone(), self.store.clone(), elector, Arc::clone(&self.observer))
                     .with_read_limit(Arc::clone(&read_limit));
+                let slot = if semaphore.is_some() { slot.as_slot(index) } else { slot };
                 if self.library { slot.for_library() } else { slot }
             })
             .collect()
@@ -1035,11 +1037,20 @@ async fn acquisition(
         Wait::NoWait => Some(started + inner.timing.lease_duration),
     };
     let campaign = async {
-        if let Some(n) = inner.slot_count.filter(|n| *n > 1)
-            && let Err(last_error) = engine::settle_marker(&inner.store, &inner.name, n, marker_deadline).await?
-        {
-            tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
-            return Ok(Campaigned::NotAcquired { last_error: Some(last_error) });
+        // A semaphore settles its marker; a plain lease is refused on a semaphore's slot, which a plain
+        // hold would lock the semaphore's users out of.
+        let settled = match inner.slot_count.filter(|n| *n > 1) {
+            Some(n) => {
+                let no_wait = wait == Wait::NoWait;
+                engine::settle_marker(&inner.store, &inner.name, n, inner.timing, no_wait, marker_deadline).await?
+            }
+            None => engine::refuse_a_slot_name(&inner.store, &inner.name, marker_deadline).await?,
+        };
+        if let Err(last_error) = settled {
+            if let Some(last_error) = &last_error {
+                tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
+            }
+            return Ok(Campaigned::NotAcquired { last_error });
         }
         engine::campaign_from(&mut slots, wait, &inner.name, started).await
     };

@@ -56,6 +56,7 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
         tracing::warn!(lease = %config.name, "--slots {given} ignored: {} is a lease of its own, not a semaphore's marker", config.name);
         return Ok((Target { slots: None, names: vec![config.name.clone()] }, current));
     }
+    supported(&config.name, recorded)?;
     // The count the marker records wins over `--slots` (a different one would leave slots out).
     match recorded.or(config.slots.filter(|n| *n > 1)) {
         Some(n) => {
@@ -68,6 +69,19 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
             Ok((Target { slots: Some(n), names }, None))
         }
         None => Ok((Target { slots: None, names: vec![config.name.clone()] }, current)),
+    }
+}
+
+/// A count recorded by a marker that mpsync cannot watch the slots of is said as such, not blamed on a
+/// `--slots` never given (found by review, helper-162: "--slots must be between 1 and 1000, not 5000").
+fn supported(name: &str, recorded: Option<u32>) -> Result<()> {
+    match recorded {
+        Some(n) if n > crate::validate::MAX_SLOTS => Err(Error::Api(format!(
+            "semaphore {name} records {n} slots (annotation {}), more than mpsync supports ({})",
+            crate::lease::SLOTS_ANNOTATION,
+            crate::validate::MAX_SLOTS
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -210,10 +224,14 @@ pub fn observe(config: QueryConfig) -> Result<Exit> {
 }
 
 /// Print the changes of `target`'s leases until a plain lease turns out to be a semaphore's marker (it was
-/// watched before the semaphore's first use): then the semaphore, to watch from then on. `None` when the
-/// watches end.
+/// watched before the semaphore's first use), or a semaphore's marker records another count than the one
+/// watched: then the semaphore, to watch from then on. `None` when the watches end.
 async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) -> Result<Option<Target>> {
     let mut watches: Vec<_> = target.names.iter().map(|name| store.watch(name, Duration::from_secs(2))).collect();
+    // A semaphore's marker is watched too: the count it records wins, also over `--slots` given before the
+    // semaphore's first use, and over the count of a semaphore deleted and made again (found by review,
+    // helper-162: slots beyond the count chosen at the start were never reported).
+    let mut marker = target.slots.map(|_| store.watch(&config.name, Duration::from_secs(2)));
     let mut last: Vec<Option<(String, i32, bool, bool)>> = vec![None; watches.len()];
     // The record each lease was last seen with: a held record turns free when its own expiry passes,
     // with no event to say so (its holder died), and that is reported too.
@@ -249,8 +267,34 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                 None => std::future::pending().await,
             }
         };
+        let has_marker = marker.is_some();
+        let marker_update = async { marker.as_mut().expect("guarded").updates.recv().await };
         let (index, update) = tokio::select! {
             ((index, update), _, _) = futures::future::select_all(updates) => (index, update),
+            update = marker_update, if has_marker => {
+                match update {
+                    // As for a slot's watch (below): its reads were refused.
+                    None => {
+                        if let Err(err @ StoreError::Fatal(_)) = store.get(&config.name).await {
+                            return Err(fatal(err));
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        marker = Some(store.watch(&config.name, Duration::from_secs(2)));
+                    }
+                    Some(WatchUpdate::Present(current)) if slot_count(&current).is_some_and(|n| Some(n) != target.slots) => {
+                        supported(&config.name, slot_count(&current))?;
+                        if let Some(semaphore) = semaphore_now(store, config).await
+                            && semaphore.slots != target.slots
+                        {
+                            let n = semaphore.names.len();
+                            tracing::info!(lease = %config.name, "the semaphore's marker records {n} slots now: watching them");
+                            return Ok(Some(semaphore));
+                        }
+                    }
+                    Some(_) => {}
+                }
+                continue;
+            }
             () = expired => {
                 let now = Timestamp::now();
                 read_again = None;
@@ -320,14 +364,13 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
         };
         let count = current.as_ref().and_then(slot_count);
-        if target.slots.is_none()
-            && count.is_some()
-            && std::mem::replace(&mut count_seen, count) != count
-            && let Some(semaphore) = semaphore_now(store, config).await
-        {
-            let n = semaphore.names.len();
-            tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
-            return Ok(Some(semaphore));
+        if target.slots.is_none() && count.is_some() && std::mem::replace(&mut count_seen, count) != count {
+            supported(&config.name, count)?;
+            if let Some(semaphore) = semaphore_now(store, config).await {
+                let n = semaphore.names.len();
+                tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
+                return Ok(Some(semaphore));
+            }
         }
         read_last[index] = false;
         let slot = target.slots.map(|_| index);

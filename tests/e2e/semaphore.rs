@@ -65,20 +65,24 @@ fn slot_leases_and_plain_leases_never_mix(env: &TestEnv) {
     let name = env.lease_name("mix");
     let gate = env.path("gate");
     let log = env.path("log");
-    // A semaphore in use: its slot 0 and its marker refuse plain locks. (Its slot 1, never written yet, is a
-    // plain lease to whoever takes it first; the semaphore then refuses to share it: below.)
+    // A semaphore in use: its slot 0 and its marker refuse plain locks (its slot 1, never written yet, too:
+    // semaphore_faults).
     let holder =
         env.spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &stamp_script(&log, &held_until(&gate))]));
     wait_for_file(&log, "start");
-    for plain in [format!("{name}-0"), name.clone()] {
+    for (plain, why) in [
+        (format!("{name}-0"), format!("slot 0 of the semaphore {name} (2 slots)")),
+        (name.clone(), "belongs to a semaphore of 2 slots".to_string()),
+    ] {
         let done = env.run(fast(&["lock", &plain, "--no-wait"], &["true"]));
         done.assert_code(125);
-        assert!(done.stderr.contains("belongs to a semaphore of 2 slots"), "{plain}: {}", done.stderr);
+        assert!(done.stderr.contains(&why), "{plain}: {}", done.stderr);
     }
     fs::write(&gate, "").unwrap();
     holder.finish().assert_code(0);
 
-    // A plain lease that is held, named like a slot: the semaphore refuses rather than share it.
+    // A plain lease that is held (and renewed), named like a slot: the semaphore refuses rather than share
+    // it.
     let other = env.lease_name("mix2");
     let plain_gate = env.path("plain-gate");
     let plain_log = env.path("plain-log");
@@ -466,14 +470,16 @@ fn a_semaphore_eight_levels_down_under_a_slot_is_not_refused(env: &TestEnv) {
 both_backends!(status_with_slots_reports_a_held_plain_lease_as_the_lease_it_is);
 
 /// Found by review (helper-136). README: `--slots N` makes `status`/`observe` treat NAME as a semaphore "when its
-/// marker cannot tell". A held plain lease can tell: `lock NAME --slots 3` refuses it (exit 125, "a plain
-/// lease of that name is held"), yet `status NAME --slots 3` reported "semaphore … (0 of 3 held)" with three
+/// marker cannot tell". A held plain lease can tell: `lock NAME --slots 3` does not take it (refused if its
+/// holder renews it), yet `status NAME --slots 3` reported "semaphore … (0 of 3 held)" with three
 /// free slots, and `held` nowhere, while the plain lease ran its child.
 fn status_with_slots_reports_a_held_plain_lease_as_the_lease_it_is(env: &TestEnv) {
     let name = env.lease_name("rv136-plain");
     env.put(&name, TestEnv::foreign_record("plain-holder", 60));
+    // Held by another: `--no-wait` does not wait it out (helper-162: refused at sight, 125, a dead holder's
+    // record refused the semaphore for ever; a holder that renews it is refused).
     let refused = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
-    refused.assert_code(125);
+    refused.assert_code(124);
     let text = env.run(["status", &name, "--slots", "3"]);
     text.assert_code(0);
     assert!(text.stdout.contains("plain-holder"), "the holder of the plain lease is shown:\n{}", text.stdout);

@@ -520,3 +520,201 @@ fn restore_to_before_the_semaphore_existed_never_lets_a_waiter_in_beside_a_holde
 fn restore_to_a_free_slot_never_lets_a_waiter_in_beside_a_holder() {
     restore_under_a_full_semaphore(false);
 }
+
+both_backends!(
+    a_dead_plain_holders_expired_record_on_a_slot_name_becomes_a_slot,
+    a_dead_plain_holders_expired_record_on_the_marker_name_becomes_the_marker,
+    a_renewing_plain_holder_on_the_marker_name_keeps_the_semaphore_out,
+    a_plain_lock_on_a_live_semaphores_untaken_slot_name_is_refused,
+    observe_given_fewer_slots_before_first_use_reports_every_recorded_slot,
+    observe_follows_a_semaphore_recreated_with_more_slots,
+    status_of_a_marker_recording_more_than_1000_slots_names_no_flag_never_given,
+    one_identity_on_two_slots_is_a_warning_per_slot_not_a_collision,
+);
+
+/// A plain `lock NAME` whose mpsync is SIGKILLed (its guard kills the child; nothing releases the record).
+fn dead_plain_holder(env: &TestEnv, name: &str) {
+    let log = env.path(&format!("{name}.log"));
+    let plain = env.spawn(fast(&["lock", name], &["sh", "-c", &stamp_script(&log, "sleep 100")]));
+    wait_for_file(&log, "start");
+    plain.signal(Signal::SIGKILL);
+    plain.finish();
+}
+
+/// From review (helper-162): a dead plain holder's record on a slot name refused the semaphore for ever,
+/// long after it expired ("a plain lease of that name is held by ..."). It is waited out, as any holder,
+/// and then becomes a slot; a plain lock of that name is refused from then on.
+fn a_dead_plain_holders_expired_record_on_a_slot_name_becomes_a_slot(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let slot1 = format!("{name}-1");
+    dead_plain_holder(env, &slot1);
+    // One attempt does not wait it out, as for any holder.
+    let ran = env.path("ran");
+    let once = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["touch", ran.to_str().unwrap()]));
+    once.assert_code(124);
+    assert!(!ran.exists(), "{}", once.stderr);
+    let user = env.run(fast(&["lock", &name, "--slots", "2", "--timeout", "20s"], &["true"]));
+    user.assert_code(0);
+    // Both slots used at once: the plain record's name is a slot now.
+    let gate = env.path("gate");
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let log = env.path(&format!("log{i}"));
+        holders.push(env.spawn(fast(
+            &["lock", &name, "--slots", "2", "--timeout", "20s"],
+            &["sh", "-c", &stamp_script(&log, &until_exists(&gate))],
+        )));
+        wait_for_file(&log, "start");
+    }
+    let plain = env.run(fast(&["lock", &slot1, "--no-wait"], &["true"]));
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
+    plain.assert_code(125);
+}
+
+/// The same on the marker's name: a dead plain holder's record of NAME is waited out, then marked.
+fn a_dead_plain_holders_expired_record_on_the_marker_name_becomes_the_marker(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    dead_plain_holder(env, &name);
+    env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(124);
+    let user = env.run(fast(&["lock", &name, "--slots", "2", "--timeout", "20s"], &["true"]));
+    user.assert_code(0);
+    let plain = env.run(fast(&["lock", &name, "--no-wait"], &["true"]));
+    plain.assert_code(125);
+    assert!(plain.stderr.contains("belongs to a semaphore of 2 slots"), "{}", plain.stderr);
+}
+
+/// A plain holder of NAME that keeps renewing keeps the semaphore NAME out (125), however long it runs.
+fn a_renewing_plain_holder_on_the_marker_name_keeps_the_semaphore_out(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let plain = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamp_script(&log, &until_exists(&gate))]));
+    wait_for_file(&log, "start");
+    let ran = env.path("ran");
+    let user = env.run(fast(&["lock", &name, "--slots", "2"], &["touch", ran.to_str().unwrap()]));
+    fs::write(&gate, "").unwrap();
+    plain.finish().assert_code(0);
+    user.assert_code(125);
+    assert!(!ran.exists(), "the semaphore's child ran beside the plain holder");
+    assert!(user.stderr.contains("plain lease of that name is held"), "{}", user.stderr);
+    assert!(user.stderr.lines().count() <= 2, "{}", user.stderr);
+}
+
+/// From review (helper-162): a plain `lock pool-1` on the live semaphore `pool`'s slot 1, never taken yet,
+/// was accepted, and then every user of the semaphore exited 125 while it ran. It is refused, as `lock
+/// pool-0 --slots 3` is.
+fn a_plain_lock_on_a_live_semaphores_untaken_slot_name_is_refused(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
+    let slot1 = format!("{name}-1");
+    let ran = env.path("ran");
+    for head in [&["lock", &slot1, "--no-wait"][..], &["elect", &slot1][..]] {
+        let command = head[0];
+        let plain = env.run(fast(head, &["touch", ran.to_str().unwrap()]));
+        plain.assert_code(125);
+        assert!(plain.stderr.contains(&format!("slot 1 of the semaphore {name}")), "{command}: {}", plain.stderr);
+        assert!(plain.stderr.lines().count() <= 2, "{}", plain.stderr);
+    }
+    assert!(!ran.exists(), "a plain lock ran on a semaphore's slot");
+    env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
+}
+
+/// Three holders of the 3-slot semaphore `name`, each running until `gate` exists.
+fn three_holders(env: &TestEnv, name: &str, gate: &std::path::Path) -> Vec<Proc> {
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let log = env.path(&format!("log{i}"));
+        holders.push(
+            env.spawn(fast(&["lock", name, "--slots", "3"], &["sh", "-c", &stamp_script(&log, &until_exists(gate))])),
+        );
+        wait_for_file(&log, "start");
+    }
+    holders
+}
+
+fn reported_slot_2_held(observe: &Proc) -> bool {
+    within_patience(|| observe.stdout().lines().any(|l| l.contains("\"slot\":2") && l.contains("\"held\":true")))
+}
+
+/// From review (helper-162): `observe pool --slots 2` started before the semaphore's first use, which is
+/// then used with 3 slots, never reported slot 2 (the count the marker records wins).
+fn observe_given_fewer_slots_before_first_use_reports_every_recorded_slot(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let observe = env.spawn(["observe", &name, "--slots", "2", "-o", "json"]);
+    wait_until("observe's first lines", || observe.stdout().lines().count() >= 2);
+    let gate = env.path("gate");
+    let holders = three_holders(env, &name, &gate);
+    let saw_slot_2 = reported_slot_2_held(&observe);
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
+    observe.signal(Signal::SIGTERM);
+    let observed = observe.finish();
+    assert!(saw_slot_2, "observe never reported slot 2:\n{}\n{}", observed.stdout, observed.stderr);
+}
+
+/// From review (helper-162): `observe pool` on a 2-slot semaphore, whose Leases are then deleted and which
+/// is used again with 3 slots (README, "Changing N"), never reported slot 2.
+fn observe_follows_a_semaphore_recreated_with_more_slots(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first lines", || observe.stdout().lines().count() >= 2);
+    for lease in [name.clone(), format!("{name}-0"), format!("{name}-1")] {
+        env.delete(&lease);
+    }
+    let gate = env.path("gate");
+    let holders = three_holders(env, &name, &gate);
+    let saw_slot_2 = reported_slot_2_held(&observe);
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
+    observe.signal(Signal::SIGTERM);
+    let observed = observe.finish();
+    assert!(saw_slot_2, "observe never reported slot 2:\n{}\n{}", observed.stdout, observed.stderr);
+}
+
+/// From review (helper-162): a marker recording 5000 slots made `status NAME` (no `--slots`) say "--slots
+/// must be between 1 and 1000, not 5000", of a flag never given.
+fn status_of_a_marker_recording_more_than_1000_slots_names_no_flag_never_given(env: &TestEnv) {
+    let name = env.lease_name("huge");
+    env.put_slot(&name, 5000, TestEnv::foreign_record("", 1));
+    for command in ["status", "observe"] {
+        let done = env.run([command, &name]);
+        done.assert_code(125);
+        assert!(!done.stderr.contains("--slots"), "{command}: {}", done.stderr);
+        assert!(
+            done.stderr.contains(&format!("semaphore {name} records 5000 slots")) && done.stderr.contains("(1000)"),
+            "{command}: {}",
+            done.stderr
+        );
+        assert!(done.stderr.lines().count() <= 2, "{}", done.stderr);
+    }
+}
+
+/// From review (helper-162): two processes given one `--identity` on a semaphore: the second logged the
+/// ERROR "identity collision ... never running beside it" of slot 0, then ran on slot 1 (safe: exclusion
+/// is per slot). Said per slot, as a warning.
+fn one_identity_on_two_slots_is_a_warning_per_slot_not_a_collision(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let first = env.spawn(fast(
+        &["lock", &name, "--slots", "2", "--identity", "same"],
+        &["sh", "-c", &stamp_script(&log, &until_exists(&gate))],
+    ));
+    wait_for_file(&log, "start");
+    let second = env.run(fast(&["lock", &name, "--slots", "2", "--identity", "same", "--no-wait"], &["true"]));
+    fs::write(&gate, "").unwrap();
+    first.finish().assert_code(0);
+    second.assert_code(0);
+    assert!(
+        !second.stderr.contains("ERROR") && !second.stderr.contains("never running beside it"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("slot 0 is held under this identity by another process"), "{}", second.stderr);
+}
