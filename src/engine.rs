@@ -62,8 +62,9 @@ pub async fn release(store: &Store, name: &str, elector: &mut Elector) -> Result
     let mut last_error = None;
     for _attempt in 0..4 {
         let Some(write) = elector.release(now()) else {
+            let landed = last_error.is_some() && elector.release_landed();
             elector.released();
-            return Ok(false);
+            return Ok(landed);
         };
         match send(store, name, elector, &write).await {
             Ok(_) => {
@@ -720,7 +721,7 @@ impl Slot {
             }
             // Only a record that is our own write is ever released.
             let Some(write) = self.elector.release(now()) else {
-                return Ok(false);
+                return Ok(attempt > 0 && self.elector.release_landed());
             };
             match send(&self.store, &self.name, &mut self.elector, &write).await {
                 Ok(_) => return Ok(true),

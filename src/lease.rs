@@ -723,6 +723,15 @@ impl Elector {
         self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Acquire)
     }
 
+    /// Whether the record known is a release of ours that landed (free, with a renewTime one of our writes
+    /// carried), whatever its answer said: a release committed and then answered 409 or 429 (a proxy's
+    /// retry of it) was reported as not given back (found by review, helper-163).
+    pub fn release_landed(&self) -> bool {
+        self.current().is_some_and(|known| {
+            !is_live(&known.record) && known.record.renew_time.as_ref().is_some_and(|stamp| self.sent_by_us(stamp))
+        })
+    }
+
     /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
     pub fn releasing(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Release) || self.release_base.is_some()

@@ -362,6 +362,30 @@ fn a_release_under_watches_that_end_at_once_is_seen_long_before_the_expiry() {
     server.set_watch_fault(None);
 }
 
+/// Found by review (helper-163): a release committed, then answered 409 or 429 (a proxy that sent it twice):
+/// the lease ended free, but mpsync said it was not given back and would expire after its duration.
+#[test]
+fn a_release_committed_then_refused_is_said_to_be_a_release() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    for code in [409u16, 429] {
+        let name = env.lease_name("release-refused");
+        let (gate, started) = (env.path(&format!("gate-{code}")), env.path(&format!("started-{code}")));
+        let script = format!("touch {}; {}", started.display(), until_exists(&gate));
+        // No renewal while the fault is armed: a long retry period.
+        let timings = ["--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "10s"];
+        let holder = env.spawn(["lock", &name, "-v"].into_iter().chain(timings).chain(["--", "sh", "-c", &script]));
+        wait_until("the child to start", || started.exists());
+        server.after_commit(1, AfterCommit::Fail(code));
+        fs::write(&gate, "").unwrap();
+        let done = holder.finish();
+        done.assert_code(0);
+        assert_eq!(env.holder(&name).as_deref(), Some(""), "{code}: the release landed\n{}", done.stderr);
+        assert!(done.stderr.contains("released the lease"), "{code}: said not to be given back:\n{}", done.stderr);
+        assert!(!done.stderr.contains("not given back"), "{code}:\n{}", done.stderr);
+    }
+}
+
 /// The acquiring write is committed, then its answer is lost (the connection cut, or a 500 after the
 /// commit): a read settles that it was applied, and the lease is used, then released, never left held by
 /// a process that has gone. Found by review (helper-163): the same for a 409 or 429 after the commit (a
