@@ -41,8 +41,20 @@ pub fn run(config: Config) -> Result<Exit> {
 
 fn run_lease_command(config: RunConfig) -> Result<Exit> {
     // The supervisor forks its guard process: before the runtime starts any thread.
-    let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper })
-        .map_err(|err| Error::Internal(format!("cannot start supervision: {err}")))?;
+    let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper }).map_err(|err| {
+        // After `unshare --pid` without `--fork`, mpsync's children would be in a PID namespace it is not
+        // in, and it can start no thread (EINVAL): say so (found by review, helper-167).
+        let namespace = |file: &str| std::fs::read_link(format!("/proc/self/ns/{file}")).ok();
+        match err.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32)
+            && namespace("pid") != namespace("pid_for_children")
+        {
+            true => Error::Usage(format!(
+                "cannot start supervision: {err}: mpsync is in another PID namespace than the one its children \
+                 would be in (`unshare --pid` without `--fork`?)\nstart it with `unshare --pid --fork`"
+            )),
+            false => Error::Internal(format!("cannot start supervision: {err}")),
+        }
+    })?;
     block_on(async move {
         // `--timeout` counts from here: setting up the client (an exec credential plugin, which may take
         // long) is part of the wait. A stop signal, or the timeout, ends it (the plugin is killed).

@@ -1778,3 +1778,28 @@ fn a_child_that_takes_every_process_slot_makes_mpsync_neither_panic_nor_lose_the
     assert!(!done.stderr.contains("panicked"), "mpsync panicked:\n{}", done.stderr);
     done.assert_code(4);
 }
+
+/// Found by review (helper-167): after `unshare --pid` without `--fork`, mpsync's children would be in a PID
+/// namespace it is not in, and it could start no thread: "cannot start supervision: Invalid argument".
+/// It says what is wrong and what to do.
+#[test]
+fn unshare_pid_without_fork_says_what_is_wrong() {
+    let namespaces = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !namespaces {
+        eprintln!("SKIPPED: `unshare --pid` is not permitted here");
+        return;
+    }
+    let env = TestEnv::file();
+    let name = env.lease_name("no-fork");
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--backend", "file"]);
+    command.arg("--lock-dir").arg(env.lock_dir()).args(["--", "true"]);
+    scrub(&mut command);
+    let done = Proc::spawn(command, &env.dir).finish();
+    done.assert_code(125);
+    assert!(done.stderr.contains("unshare --pid --fork"), "{}", done.stderr);
+    assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
+}
