@@ -40,6 +40,7 @@ pub fn run(config: Config) -> Result<Exit> {
 }
 
 fn run_lease_command(config: RunConfig) -> Result<Exit> {
+    crate::supervise::check_program(&config.program).map_err(spawn_failure)?;
     // The supervisor forks its guard process: before the runtime starts any thread.
     let supervisor = Supervisor::start(SuperviseOptions { subreaper: config.subreaper }).map_err(|err| {
         // After `unshare --pid` without `--fork`, mpsync's children would be in a PID namespace it is not
@@ -265,11 +266,7 @@ impl Runner {
         let guard_deadline = deadlines.current().checked_add(guard_delay).map(Into::into);
         if let Err(err) = supervisor.spawn(&command, guard_deadline) {
             release(held, supervisor).await;
-            return Err(match err {
-                SpawnError::NotFound(program) => Error::CommandNotFound(program),
-                SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
-                SpawnError::Other(program, err) => Error::Internal(format!("{program}: cannot start: {err}")),
-            });
+            return Err(spawn_failure(err));
         }
         health.child_started();
         // What the guard would not find through the child's group is told to it (see
@@ -399,5 +396,14 @@ async fn release(held: HeldLock, supervisor: &mut Supervisor) {
             // gone, and a lease left held would keep every waiter out for a lease duration.
             notice = supervisor.next_notice() => tracing::debug!(?notice, "while releasing"),
         }
+    }
+}
+
+/// A command that did not start, as mpsync's error (127, 126, or 125).
+fn spawn_failure(err: SpawnError) -> Error {
+    match err {
+        SpawnError::NotFound(program) => Error::CommandNotFound(program),
+        SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
+        SpawnError::Other(program, err) => Error::Internal(format!("{program}: cannot start: {err}")),
     }
 }

@@ -1670,6 +1670,32 @@ fn spawn_error(name: String, program: &OsStr, error: io::Error) -> SpawnError {
     }
 }
 
+/// Whether `program` can be exec'd, looked up as execvp looks it up: checked before the lease is taken, so
+/// that a command that is not there, or cannot run, costs no Lease write, no fencing token and no semaphore
+/// marker (found by review, helper-165). The spawn checks again (the file may change meanwhile), and
+/// finds what this cannot (a script whose interpreter is missing).
+pub fn check_program(program: &OsStr) -> Result<(), SpawnError> {
+    let name = program.to_string_lossy().into_owned();
+    if find_program(program).is_some() {
+        return Ok(());
+    }
+    let not_executable = |path: &std::path::Path| match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Some(io::Error::from_raw_os_error(libc::EISDIR)),
+        Ok(_) => Some(io::Error::from_raw_os_error(libc::EACCES)),
+        Err(_) => None,
+    };
+    let found = match program.as_bytes().contains(&b'/') {
+        true => not_executable(std::path::Path::new(program)),
+        // As bash: a file of that name on PATH that cannot run is "Permission denied" (126), not "not found".
+        false => std::env::var_os("PATH")
+            .and_then(|path| std::env::split_paths(&path).filter_map(|dir| not_executable(&dir.join(program))).next()),
+    };
+    match found {
+        Some(error) => Err(SpawnError::NotExecutable(name, error)),
+        None => Err(SpawnError::NotFound(name)),
+    }
+}
+
 /// The file exec would have run: `program` itself if it has a slash, else the first executable regular file
 /// of that name on PATH (as execvp looks).
 fn find_program(program: &OsStr) -> Option<std::path::PathBuf> {

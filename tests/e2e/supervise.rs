@@ -1079,13 +1079,17 @@ mod issue13 {
         let trace = env.path("trace");
         let mpsync = env!("CARGO_BIN_EXE_mpsync");
         let name = env.lease_name("nospawn");
+        // A script whose interpreter is missing: found before the lease is taken, its exec fails after.
+        let script = env.path("script");
+        fs::write(&script, format!("#!{}\n", env.path("no-such-interpreter").display())).unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut command = std::process::Command::new("strace");
         command.args(["-f", "-qq", "-e", "trace=kill", "-e", "signal=none", "-o"]).arg(&trace);
-        command.args([mpsync, "lock", &name, "--", "/nonexistent-mpsync-command"]);
+        command.args([mpsync, "lock", &name, "--"]).arg(&script);
         scrub(&mut command);
         command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(std::process::Stdio::null());
         let done = Proc::spawn(command, &env.dir).finish();
-        done.assert_code(127);
+        done.assert_code(126);
         let trace = fs::read_to_string(&trace).unwrap();
         let group_kills: Vec<&str> = trace.lines().filter(|line| line.contains("kill(-")).collect();
         assert!(group_kills.is_empty(), "the guard killed a group after a failed spawn: {group_kills:?}");

@@ -239,10 +239,12 @@ fn a_failed_spawn_gives_the_terminal_back() {
     let env = TestEnv::file();
     let mut terminal = shell(&env);
     let name = env.lease_name("nospawn");
-    terminal.type_line(&format!(
-        "sh -c 'mpsync lock {name} -- /nonexistent-mpsync-command; echo rc=$?; read a; echo got:$a'"
-    ));
-    terminal.expect("rc=127");
+    // Its interpreter is missing: found before the lease is taken, the exec fails after.
+    let script = env.path("script");
+    fs::write(&script, format!("#!{}\n", env.path("no-such-interpreter").display())).unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    terminal.type_line(&format!("sh -c 'mpsync lock {name} -- {}; echo rc=$?; read a; echo got:$a'", script.display()));
+    terminal.expect("rc=126");
     terminal.type_line("hello");
     terminal.expect("got:hello");
     // `sh -c` may still be exiting when its last words show: bash takes the terminal back after it.
