@@ -101,8 +101,8 @@ impl KubeClientBuilder {
         self
     }
 
-    /// How long opening one connection may take: the TCP connect, and the proxy's handshake if any
-    /// (not the TLS handshake or the request, which the calls' own timeouts bound).
+    /// How long opening one connection may take: the TCP connect, the proxy's handshake if any, and the
+    /// TLS handshake (not the request, which the calls' own timeouts bound).
     pub fn connect_timeout(mut self, timeout: Duration) -> KubeClientBuilder {
         self.connect_timeout = timeout;
         self

@@ -399,11 +399,13 @@ async fn release(held: HeldLock, supervisor: &mut Supervisor) {
     }
 }
 
-/// A command that did not start, as mpsync's error (127, 126, or 125).
+/// A command that did not start, as mpsync's error (127, 126, or 125). Its name as text shows it: a line
+/// break or an escape sequence in it would forge a line or move the terminal (found by review, helper-165).
 fn spawn_failure(err: SpawnError) -> Error {
+    let shown = |program: String| crate::lease::shown(&program);
     match err {
-        SpawnError::NotFound(program) => Error::CommandNotFound(program),
-        SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(program, err.to_string()),
-        SpawnError::Other(program, err) => Error::Internal(format!("{program}: cannot start: {err}")),
+        SpawnError::NotFound(program) => Error::CommandNotFound(shown(program)),
+        SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(shown(program), err.to_string()),
+        SpawnError::Other(program, err) => Error::Internal(format!("{}: cannot start: {err}", shown(program))),
     }
 }

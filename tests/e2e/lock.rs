@@ -55,6 +55,10 @@ fn missing_command_exits_127_and_leaves_the_lease_free(env: &TestEnv) {
             assert_eq!(env.get(&name), None, "nothing is written when the command is not there");
         }
     }
+    // Its name as text shows it (found by review, helper-165: a line break in it forged a line).
+    let done = env.run(["lock", &env.lease_name("forged"), "--", "x\nmpsync: forged"]);
+    done.assert_code(127);
+    assert_eq!(done.stderr.trim().lines().count(), 1, "{}", done.stderr);
 }
 
 fn non_executable_command_exits_126(env: &TestEnv) {
