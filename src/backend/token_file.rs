@@ -23,8 +23,16 @@ const REREAD: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct FileToken {
     path: PathBuf,
-    /// The header, and when it was read (None: read again at the next request).
-    state: Arc<Mutex<(HeaderValue, Option<Instant>)>>,
+    state: Arc<Mutex<Token>>,
+}
+
+/// The token last read, and what became of the reads.
+struct Token {
+    header: HeaderValue,
+    /// When it was read (None: read again at the next request, after a refusal).
+    read_at: Option<Instant>,
+    /// A read under way, on a thread of its own.
+    reading: bool,
 }
 
 impl FileToken {
@@ -40,29 +48,57 @@ impl FileToken {
         }
         let path = PathBuf::from(auth.token_file.take().unwrap_or_default());
         let header = read(&path)?;
-        Ok(Some(FileToken { path, state: Arc::new(Mutex::new((header, Some(Instant::now())))) }))
+        let token = Token { header, read_at: Some(Instant::now()), reading: false };
+        Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)) }))
     }
 
+    /// The header for the next request. The file is read again on a thread of its own, never on the
+    /// runtime's: a read that blocks (a FIFO, a hung mount) held up every timer and signal of mpsync, which
+    /// renewed nothing, and, its child killed by the guard at the deadline, never exited (found by review,
+    /// helper-164, helper-165). The read a refusal asks for is waited for a little (the next request is
+    /// to use a rotated token, as client-go's does); the minute's is not.
     fn header(&self) -> HeaderValue {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.1.is_none_or(|at| at.elapsed() >= REREAD) {
-            match read(&self.path) {
-                Ok(header) => state.0 = header,
+        let refused = state.read_at.is_none();
+        if state.reading || !(refused || state.read_at.is_some_and(|at| at.elapsed() >= REREAD)) {
+            return state.header.clone();
+        }
+        state.reading = true;
+        let (path, shared) = (self.path.clone(), Arc::clone(&self.state));
+        let (done, read_done) = std::sync::mpsc::channel();
+        let reader = move || {
+            let read = read(&path);
+            let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match read {
+                Ok(header) => state.header = header,
                 // As client-go: the last token read, until the file gives one again.
                 Err(why) => tracing::debug!(error = %why, "keeping the last token read"),
             }
-            state.1 = Some(Instant::now());
+            (state.read_at, state.reading) = (Some(Instant::now()), false);
+            let _ = done.send(());
+        };
+        if std::thread::Builder::new().name("mpsync-token".into()).spawn(reader).is_err() {
+            // No thread to be had (the child took every process): the last token, and a try at the next request.
+            state.reading = false;
+            return state.header.clone();
         }
-        state.0.clone()
+        drop(state);
+        if refused {
+            let _ = read_done.recv_timeout(REFUSED_READ_WAIT);
+        }
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).header.clone()
     }
 
     fn refused(&self, header: &HeaderValue) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.0 == *header {
-            state.1 = None;
+        if state.header == *header {
+            state.read_at = None;
         }
     }
 }
+
+/// How long a request waits for the read of the token file that a refusal asked for.
+const REFUSED_READ_WAIT: Duration = Duration::from_millis(500);
 
 /// The file's token, trimmed, as a bearer header.
 fn read(path: &std::path::Path) -> Result<HeaderValue, String> {

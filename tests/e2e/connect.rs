@@ -1397,6 +1397,46 @@ fn a_rotated_token_file_is_read_again_after_a_401_and_the_holder_keeps_the_lease
     assert_eq!(done.code, Some(0), "{}", done.stderr);
 }
 
+/// Found by review (helper-164, helper-165): a holder's token file replaced by one whose read blocks (a FIFO
+/// with no writer; a hung NFS or FUSE mount), read again after a 401: the read ran on the runtime's thread,
+/// so nothing was renewed, no timer or signal acted, the guard killed the child at the deadline (no
+/// SIGTERM first), and mpsync never exited. The read runs apart now: the lease is lost for the refusals,
+/// as any, the child gets SIGTERM, and mpsync exits 123.
+#[test]
+fn a_token_file_whose_read_blocks_holds_up_nothing() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-one"));
+    let token = env.path("token");
+    fs::write(&token, "tok-one").unwrap();
+    let kubeconfig = token_file_kubeconfig(&env, &token);
+    let name = env.lease_name("fifo-token");
+    let (pid_file, trapped) = (env.path("child.pid"), env.path("trapped"));
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; echo $$ > {}; while :; do sleep 0.05; done",
+        trapped.display(),
+        pid_file.display()
+    );
+    let mut holder =
+        Proc::spawn(mpsync_with(&env, &kubeconfig, &fast(&["lock", &name], &["sh", "-c", &script])), &env.dir);
+    let child = read_pid(&pid_file);
+    fs::remove_file(&token).unwrap();
+    nix::unistd::mkfifo(&token, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The old token is refused from now on: the next renewal gets 401, and the file is read again.
+    server.accept_token(Some("tok-two"));
+    let exited = holder.wait_for(PATIENCE);
+    if exited.is_none() {
+        // Unblock the read, so that the test ends.
+        let _ = fs::write(&token, "tok-two");
+        holder.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let done = holder.finish();
+    assert!(exited.is_some(), "mpsync never exited: its runtime waits on the token file's read\n{}", done.stderr);
+    assert!(!alive(child), "{}", done.stderr);
+    assert!(trapped.exists(), "the child was killed without SIGTERM first (by the guard)\n{}", done.stderr);
+    done.assert_code(123);
+}
+
 /// Found by review (helper-146): a waiter whose credentials are revoked while it waits (its token
 /// refused from now on; the holder, authenticated by its client certificate, renews on). The watch's
 /// list and its fallback get were answered 401, and the fallback swallowed it: the waiter logged "still
