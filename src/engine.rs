@@ -339,10 +339,16 @@ impl Slot {
         }
     }
 
-    /// Whether the record seen last is a plain lease's hold not waited out yet (see `plain_hold_renewed`).
-    fn plain_hold_pending(&self, now: Instant) -> bool {
-        self.elector.current().is_some_and(is_plain_hold)
-            && self.elector.observed_expiry().is_none_or(|expiry| now < expiry)
+    /// Whether a plain lease's hold on this slot's name is not waited out yet (see `plain_hold_renewed`): the
+    /// record seen last is one, or, once one was seen, this slot's elector still protects it, the record
+    /// deleted or made free by hand since (found by review, helper-172: a force unlock or a deletion let the
+    /// semaphore take another slot at once, beside the plain holder's child).
+    fn plain_hold_pending(&mut self, now: Instant) -> bool {
+        let live = self.elector.current().is_some_and(is_plain_hold)
+            && self.elector.observed_expiry().is_none_or(|expiry| now < expiry);
+        live || (self.plain_seen.is_some()
+            && self.elector.held().is_none()
+            && matches!(self.elector.next(crate::engine::now()), Action::WaitUntil(_)))
     }
 
     /// The holder of the record seen last, if any.
@@ -879,7 +885,7 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
             return Err(Error::Api(format!("lease {slot}: cannot be acquired: {refusal}")));
         }
         // One attempt waits for no holder, a plain lease's neither.
-        if wait == Wait::NoWait && semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now)) {
+        if wait == Wait::NoWait && semaphore && slots.iter_mut().any(|slot| slot.plain_hold_pending(now)) {
             tracing::info!(lease = %lease, "a plain lease of a slot's name is held by another process; not waiting (--no-wait)");
             return Ok(Campaigned::NotAcquired { last_error: None });
         }
@@ -887,10 +893,11 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
         // them before anyone acquires), nor while a plain lease's hold on a slot's name is not waited out,
         // and never two at once. A slot that cannot be read (a corrupt record, say) counts as held: it is
         // retried, with a warning, while the others are used.
+        let plain_hold_pending = semaphore && slots.iter_mut().any(|slot| slot.plain_hold_pending(now));
         let may_acquire = AtomicBool::new(
             slots.iter().all(|slot| slot.looked_at || slot.elector.has_observed())
                 && !slots.iter().any(Slot::acquisition_pending)
-                && !(semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now))),
+                && !plain_hold_pending,
         );
         let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
         let (progress, index) = tokio::select! {
@@ -941,6 +948,8 @@ pub async fn settle_marker(
     let mut conflicts = 0;
     // A plain lease's live record of that name, and when it is waited out (its duration from first seen).
     let mut plain_seen: Option<(LeaseSpec, Instant)> = None;
+    // Whether that record was seen deleted or made free by hand since.
+    let mut plain_gone = false;
     loop {
         // Never past the deadline after a first look, whatever kept it from settling (found by review:
         // writes whose outcome stayed unknown were looked at again at once, for ever).
@@ -952,7 +961,11 @@ pub async fn settle_marker(
             return Ok(Err(Some(format!("semaphore {name}: cannot settle its marker: {why}"))));
         }
         let waited_out = plain_seen.as_ref().filter(|(_, until)| Instant::now() >= *until).map(|(seen, _)| seen);
-        let look = look_at_marker(store, name, slots, waited_out).await;
+        // Once a plain hold was seen, nothing is written before it is waited out, whatever the record shows
+        // meanwhile, unless it is the release of a holder (found by review, helper-172: deleted, or made
+        // free by hand, it was marked at once, and the semaphore's child ran beside the plain holder's).
+        let pending = plain_seen.as_ref().filter(|_| waited_out.is_none()).map(|(seen, _)| seen);
+        let look = look_at_marker(store, name, slots, waited_out, pending).await;
         conflicts = if matches!(look, Err(StoreError::Conflict(_))) { conflicts + 1 } else { 0 };
         let failure = match look {
             Ok(MarkerLook::Settled) => return Ok(Ok(())),
@@ -976,6 +989,22 @@ pub async fn settle_marker(
                     Some((_, until)) => *until,
                 };
                 last_error = Some(format!("a plain lease of that name, held by {holder}, has not expired yet"));
+                let next = (Instant::now() + timing.retry_period.max(Duration::from_millis(500))).min(until);
+                sleep_until(Some(deadline.map_or(next, |deadline| next.min(deadline)))).await;
+                continue;
+            }
+            Ok(MarkerLook::Unseen) => {
+                // Deleted or made free by hand while waited out: renewals may have come unseen between two
+                // looks, so it counts as held a full duration from when that was first seen, as a plain
+                // waiter counts it.
+                if !std::mem::replace(&mut plain_gone, true)
+                    && let Some((seen, until)) = plain_seen.as_mut()
+                {
+                    let full = crate::lease::holder_duration(seen, timing).max(timing.lease_duration);
+                    *until = (*until).max(Instant::now() + full);
+                    tracing::info!(lease = %name, "the plain lease of that name was deleted or made free by hand: waiting out the hold it had");
+                }
+                let until = plain_seen.as_ref().map_or_else(Instant::now, |(_, until)| *until);
                 let next = (Instant::now() + timing.retry_period.max(Duration::from_millis(500))).min(until);
                 sleep_until(Some(deadline.map_or(next, |deadline| next.min(deadline)))).await;
                 continue;
@@ -1010,6 +1039,9 @@ enum MarkerLook {
     PlainHold(LeaseSpec),
     /// It was written just now: look again.
     Again,
+    /// A plain hold seen before and not waited out is gone (deleted, or made free by hand, not released):
+    /// wait.
+    Unseen,
 }
 
 async fn look_at_marker(
@@ -1017,12 +1049,15 @@ async fn look_at_marker(
     name: &str,
     slots: u32,
     waited_out: Option<&LeaseSpec>,
+    pending: Option<&LeaseSpec>,
 ) -> Result<MarkerLook, StoreError> {
     let current = store.get(name).await?;
+    let released = current.as_ref().is_some_and(|current| crate::lease::is_release(&current.record));
     let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
         (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => return Ok(MarkerLook::PlainHold(current.record)),
         (Marker::Refuse(refusal), _) => return Ok(MarkerLook::Refused(refusal)),
         (Marker::Ready, _) => None,
+        (Marker::Write(_), _) if pending.is_some() && !released => return Ok(MarkerLook::Unseen),
         (Marker::Write(write), _) => Some(write),
     };
     // Another semaphore's slot carries its count too: it is no marker of ours, whatever the count.

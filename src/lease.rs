@@ -727,8 +727,10 @@ impl Elector {
     /// carried), whatever its answer said: a release committed and then answered 409 or 429 (a proxy's
     /// retry of it) was reported as not given back (found by review, helper-163).
     pub fn release_landed(&self) -> bool {
+        // The shape of a release too: a hand edit that clears the holder keeps the holder's last renewTime
+        // (found by review, helper-172: "released the lease" was said of a lease another made free).
         self.current().is_some_and(|known| {
-            !is_live(&known.record) && known.record.renew_time.as_ref().is_some_and(|stamp| self.sent_by_us(stamp))
+            is_release(&known.record) && known.record.renew_time.as_ref().is_some_and(|stamp| self.sent_by_us(stamp))
         })
     }
 
@@ -1971,7 +1973,7 @@ fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
 
 /// Whether `record` is a release as mpsync and client-go (since 1.20) write it: no holder, a new acquireTime
 /// equal to its renewTime, and a duration of 1 s.
-fn is_release(record: &LeaseSpec) -> bool {
+pub(crate) fn is_release(record: &LeaseSpec) -> bool {
     !is_live(record)
         && record.acquire_time.is_some()
         && record.acquire_time == record.renew_time

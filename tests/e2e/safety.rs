@@ -386,6 +386,29 @@ fn a_release_committed_then_refused_is_said_to_be_a_release() {
     }
 }
 
+/// Found by review (helper-172): a lease made free by hand (a force unlock keeps the holder's last
+/// renewTime) while its child ends: the holder's release is refused (409), and a read shows the free record
+/// with its own renewTime; it said "released the lease" of a lease it never gave back.
+#[test]
+fn a_lease_made_free_by_hand_is_not_said_to_be_released() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("freed-by-hand");
+    let (gate, started) = (env.path("gate"), env.path("started"));
+    let script = format!("touch {}; {}", started.display(), until_exists(&gate));
+    // No renewal before the child ends: a long retry period.
+    let timings = ["--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "10s"];
+    let holder = env.spawn(["lock", &name, "-v"].into_iter().chain(timings).chain(["--", "sh", "-c", &script]));
+    wait_until("the child to start", || started.exists());
+    env.edit(&name, |spec| spec.holder_identity = None);
+    fs::write(&gate, "").unwrap();
+    let done = holder.finish();
+    assert!(
+        !done.stderr.contains("released the lease"),
+        "said released of a lease it never gave back:\n{}",
+        done.stderr
+    );
+}
+
 /// The acquiring write is committed, then its answer is lost (the connection cut, or a 500 after the
 /// commit): a read settles that it was applied, and the lease is used, then released, never left held by
 /// a process that has gone. Found by review (helper-163): the same for a 409 or 429 after the commit (a

@@ -718,3 +718,45 @@ fn one_identity_on_two_slots_is_a_warning_per_slot_not_a_collision(env: &TestEnv
     );
     assert!(second.stderr.contains("slot 0 is held under this identity by another process"), "{}", second.stderr);
 }
+
+both_backends!(a_plain_hold_deleted_or_made_free_while_waited_out_is_still_waited_out);
+
+/// Found by review (helper-172): a semaphore waits out a plain lease's hold on its marker's name or a slot's
+/// name (366b544); the record is then deleted, or made free by hand (a "force unlock"), before its holder's
+/// child has ended. The marker was written at once, or another slot taken, and the semaphore's child ran
+/// beside the plain holder's. It is waited out now, as a plain waiter waits out the same edits.
+fn a_plain_hold_deleted_or_made_free_while_waited_out_is_still_waited_out(env: &TestEnv) {
+    for (on_slot, delete) in [(false, true), (false, false), (true, true), (true, false)] {
+        let name = env.lease_name("plain-tamper");
+        let held = if on_slot { format!("{name}-0") } else { name.clone() };
+        let log = env.path(&env.lease_name("log"));
+        // The plain holder renews every 3 s: the semaphore sees its record unchanged between two renewals.
+        // Its child takes half a second of its grace to end.
+        let holder = env.spawn(
+            ["lock", held.as_str(), "--lease-duration", "9s", "--renew-deadline", "6s", "--retry-period", "3s"]
+                .into_iter()
+                .chain(["--", "sh", "-c", &draining_script(&log, "0.5")]),
+        );
+        wait_for_file(&log, "start");
+        let semaphore =
+            env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+        wait_until("the semaphore to wait the plain hold out", || semaphore.stderr().contains("waiting it out"));
+        match delete {
+            true => env.delete(&held),
+            false => env.edit(&held, |spec| spec.holder_identity = None),
+        }
+        // The plain holder stops its child at its next renewal (123); the semaphore's runs after it.
+        let holder = holder.finish();
+        holder.assert_code(123);
+        let semaphore = semaphore.finish();
+        semaphore.assert_code(0);
+        assert_eq!(
+            max_concurrency(&log),
+            1,
+            "slot name {on_slot}, deleted {delete}: the semaphore's child ran beside the plain holder's: {:?}\nholder:\n{}\nsemaphore:\n{}",
+            read_stamps(&log),
+            holder.stderr,
+            semaphore.stderr
+        );
+    }
+}
