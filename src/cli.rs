@@ -511,18 +511,22 @@ fn other_backends_options(command: &clap::ArgMatches) -> Result<()> {
             && command.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     };
     let Ok(Some(backend)) = command.try_get_one::<BackendKind>("backend") else { return Ok(()) };
-    let (others, theirs, fix) = match backend {
-        BackendKind::Kube => (&["lock_dir"][..], "--backend file", "add --backend file"),
-        BackendKind::File => (&["kubeconfig", "context"][..], "the kube backend", "leave out --backend file"),
+    // Named as it was given (found by review, helper-173: "leave out --backend file" of a backend that
+    // came from MPSYNC_BACKEND).
+    let from_env = command.value_source("backend") == Some(clap::parser::ValueSource::EnvVariable);
+    let (others, theirs, ours, fix) = match (backend, from_env) {
+        (BackendKind::Kube, _) => (&["lock_dir"][..], "--backend file", "the kube backend", "add --backend file"),
+        (BackendKind::File, false) => {
+            (&["kubeconfig", "context"][..], "the kube backend", "--backend file", "leave out --backend file")
+        }
+        (BackendKind::File, true) => {
+            (&["kubeconfig", "context"][..], "the kube backend", "MPSYNC_BACKEND=file", "unset MPSYNC_BACKEND")
+        }
     };
     match others.iter().find(|id| given(id)) {
         Some(id) => Err(Error::Usage(format!(
-            "--{} is an option of {theirs}, and this run uses {}: {fix}, or leave the option out",
-            id.replace('_', "-"),
-            match backend {
-                BackendKind::Kube => "the kube backend",
-                BackendKind::File => "--backend file",
-            }
+            "--{} is an option of {theirs}, and this run uses {ours}: {fix}, or leave the option out",
+            id.replace('_', "-")
         ))),
         None => Ok(()),
     }

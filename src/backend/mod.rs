@@ -475,21 +475,53 @@ fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubecon
 fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, KubeconfigError> {
     // kube decodes a file that starts with a UTF-16 byte-order mark two bytes at a time, and panics at an
     // odd last byte (found by review, helper-165: a truncated UTF-16 kubeconfig made mpsync exit 101).
-    if let Ok(mut file) = std::fs::File::open(path)
-        && file.metadata().is_ok_and(|meta| meta.is_file() && meta.len() % 2 == 1)
-    {
-        let mut mark = [0u8; 2];
-        if std::io::Read::read_exact(&mut file, &mut mark).is_ok() && matches!(mark, [0xFF, 0xFE] | [0xFE, 0xFF]) {
-            let odd = std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "UTF-16 (it starts with a byte-order mark) of an odd number of bytes: cut short?",
-            );
-            return Err(KubeconfigError::ReadConfig(odd, path.into()));
+    // A regular file is looked at first; what can be read once only (a pipe, `--kubeconfig <(vault ...)`,
+    // a FIFO: helper-173) is read here, whole, and parsed as kube would.
+    let odd_utf16 = |path: &Path| {
+        let why = "UTF-16 (it starts with a byte-order mark) of an odd number of bytes: cut short?";
+        KubeconfigError::ReadConfig(std::io::Error::new(std::io::ErrorKind::InvalidData, why), path.into())
+    };
+    let is_utf16 = |head: &[u8]| matches!(head, [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..]);
+    let mut file = match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            let bytes = std::fs::read(path).map_err(|err| KubeconfigError::ReadConfig(err, path.into()))?;
+            if is_utf16(&bytes) && bytes.len() % 2 == 1 {
+                return Err(odd_utf16(path));
+            }
+            Kubeconfig::from_yaml(
+                &decode_kubeconfig(&bytes).map_err(|err| KubeconfigError::ReadConfig(err, path.into()))?,
+            )?
         }
-    }
-    let mut file = Kubeconfig::read_from(path)?;
+        _ => {
+            if let Ok(mut file) = std::fs::File::open(path)
+                && file.metadata().is_ok_and(|meta| meta.is_file() && meta.len() % 2 == 1)
+            {
+                let mut mark = [0u8; 2];
+                if std::io::Read::read_exact(&mut file, &mut mark).is_ok() && is_utf16(&mark) {
+                    return Err(odd_utf16(path));
+                }
+            }
+            Kubeconfig::read_from(path)?
+        }
+    };
     file.current_context = file.current_context.filter(|context| !context.is_empty());
     Ok(file)
+}
+
+/// A kubeconfig's text, decoded as kube decodes a file: UTF-16 after its byte-order mark (of an even
+/// length, checked by the caller), UTF-8 with or without one.
+fn decode_kubeconfig(bytes: &[u8]) -> std::io::Result<String> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("invalid {what}"));
+    let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16| {
+        let units: Vec<u16> = rest.chunks_exact(2).map(|pair| from([pair[0], pair[1]])).collect();
+        String::from_utf16(&units).map_err(|_| invalid("UTF-16"))
+    };
+    match bytes {
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8(rest.to_vec()).map_err(|_| invalid("UTF-8")),
+        _ => String::from_utf8(bytes.to_vec()).map_err(|_| invalid("UTF-8")),
+    }
 }
 
 /// Where a pod's service-account files are mounted.

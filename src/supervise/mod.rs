@@ -1233,7 +1233,8 @@ impl Supervisor {
         // renewed for it, and a SIGTERM was passed on without the SIGCONT that would let it act).
         let resumed_queued = self.notices.iter().any(|notice| matches!(notice, Notice::Resumed(_)));
         if self.held.is_some() && !resumed_queued && self.can_stop_self(signal).is_err() {
-            info!(%signal, "the job-control stop was discarded (mpsync's process group is orphaned now): going on");
+            // (Or it stopped, and the kernel continued it as its group became orphaned: the same answer.)
+            info!(%signal, "mpsync's process group is orphaned now (its stop discarded, or ended by the kernel): going on");
             self.notices.push_back(Notice::Resumed(Resume { held_for: self.held.map(|since| since.elapsed()) }));
             return;
         }

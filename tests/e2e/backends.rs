@@ -307,5 +307,9 @@ fn an_option_of_the_other_backend_is_refused() {
         let done = file.run(["lock", &name, option, "x", "--", "true"]);
         done.assert_code(125);
         assert!(done.stderr.contains(&format!("{option} is an option of the kube backend")), "{}", done.stderr);
+        // `TestEnv::file` chooses the backend with MPSYNC_BACKEND: named so (helper-173).
+        assert!(done.stderr.contains("unset MPSYNC_BACKEND"), "{}", done.stderr);
+        let done = file.run(["lock", &name, "--backend", "file", option, "x", "--", "true"]);
+        assert!(done.stderr.contains("leave out --backend file"), "{}", done.stderr);
     }
 }

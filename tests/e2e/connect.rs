@@ -141,6 +141,20 @@ fn a_utf16_kubeconfig_cut_short_is_an_error_not_a_panic() {
             assert_failure(&done, 125, &["UTF-16", "odd number of bytes"]);
         }
     }
+    // Through a pipe (`--kubeconfig <(vault ...)`), read once (found by review, helper-173: it panicked so).
+    let mut command = std::process::Command::new("bash");
+    let mpsync = env!("CARGO_BIN_EXE_mpsync");
+    command.args(["-c", &format!("{mpsync} status x --kubeconfig <(printf '\\xff\\xfeabc')")]);
+    scrub(&mut command);
+    assert_failure(&run(&env, command), 125, &["UTF-16", "odd number of bytes"]);
+    // And one that is fine is used as a file would be: the test server answers.
+    let yaml = env.server().unwrap().kubeconfig_yaml("default");
+    std::fs::write(env.path("ok.yaml"), &yaml).unwrap();
+    let mut command = std::process::Command::new("bash");
+    command.args(["-c", &format!("{mpsync} status x --kubeconfig <(cat {})", env.path("ok.yaml").display())]);
+    scrub(&mut command);
+    let done = run(&env, command);
+    assert!(done.stderr.contains("not found") || done.code == Some(0), "{:?}\n{}", done.code, done.stderr);
 }
 
 #[test]

@@ -1716,7 +1716,7 @@ fn a_job_control_stop_the_kernel_discards_leaves_nothing_stopped() {
     });
     nix::sys::signal::kill(pid(sh), Signal::SIGKILL).unwrap();
     let _ = shell.wait();
-    wait_until("mpsync to go on", || fs::read_to_string(&log).unwrap_or_default().contains("was discarded"));
+    wait_until("mpsync to go on", || fs::read_to_string(&log).unwrap_or_default().contains("orphaned now"));
     let before = lines(&ticks);
     wait_until("the child to tick again", || lines(&ticks) > before);
     nix::sys::signal::kill(pid(mpsync), Signal::SIGTERM).unwrap();
