@@ -65,7 +65,16 @@ async fn target(store: &Store, config: &QueryConfig) -> Result<(Target, Option<V
             {
                 tracing::warn!(lease = %config.name, "--slots {given} ignored: the semaphore records {recorded} slots");
             }
-            let names = crate::validate::slot_names(&config.name, Some(n))?;
+            // A count the marker records is named so, not blamed on a --slots never given (found by review,
+            // helper-172).
+            let names = crate::validate::slot_names(&config.name, Some(n)).map_err(|err| match recorded {
+                Some(n) => Error::Usage(err.to_string().replacen(
+                    &format!("for --slots {n}"),
+                    &format!("for the {n} slots that semaphore {} records", config.name),
+                    1,
+                )),
+                None => err,
+            })?;
             Ok((Target { slots: Some(n), names }, None))
         }
         None => Ok((Target { slots: None, names: vec![config.name.clone()] }, current)),
@@ -283,7 +292,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                     }
                     Some(WatchUpdate::Present(current)) if slot_count(&current).is_some_and(|n| Some(n) != target.slots) => {
                         supported(&config.name, slot_count(&current))?;
-                        if let Some(semaphore) = semaphore_now(store, config).await
+                        if let Some(semaphore) = semaphore_now(store, config).await?
                             && semaphore.slots != target.slots
                         {
                             let n = semaphore.names.len();
@@ -366,7 +375,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
         let count = current.as_ref().and_then(slot_count);
         if target.slots.is_none() && count.is_some() && std::mem::replace(&mut count_seen, count) != count {
             supported(&config.name, count)?;
-            if let Some(semaphore) = semaphore_now(store, config).await {
+            if let Some(semaphore) = semaphore_now(store, config).await? {
                 let n = semaphore.names.len();
                 tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
                 return Ok(Some(semaphore));
@@ -397,21 +406,24 @@ fn print_change(config: &QueryConfig, last: &mut Option<(String, i32, bool, bool
 /// The semaphore NAME is now, if it is one. Failures are retried with backoff until an answer (found by
 /// review: one 503 here ended `observe`; the marker does not change again, so the next change of its
 /// record cannot be waited for).
-async fn semaphore_now(store: &Store, config: &QueryConfig) -> Option<Target> {
+async fn semaphore_now(store: &Store, config: &QueryConfig) -> Result<Option<Target>> {
     let mut log = crate::retry::FailureLog::new(&config.name, "finding whether it is a semaphore now");
     for failures in 1.. {
         match target(store, config).await {
             Ok((target, _)) => {
                 log.recovered();
-                return target.slots.is_some().then_some(target);
+                return Ok(target.slots.is_some().then_some(target));
             }
+            // A semaphore whose slots cannot be watched (their names too long) is said, not retried for
+            // ever without a word on stdout (found by review, helper-172).
+            Err(err @ Error::Usage(_)) => return Err(err),
             Err(err) => {
                 log.failed(&err.to_string());
                 tokio::time::sleep(crate::retry::backoff(Duration::from_secs(2), failures)).await;
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Write to stdout, flushed (`observe` reports as changes come). A reader that has gone (EPIPE:

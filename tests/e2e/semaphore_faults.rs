@@ -694,6 +694,21 @@ fn status_of_a_marker_recording_more_than_1000_slots_names_no_flag_never_given(e
         );
         assert!(done.stderr.lines().count() <= 2, "{}", done.stderr);
     }
+    // Found by review (helper-172): a marker of a 250-character name recording 1000 slots, whose last slot's
+    // name would be 254 characters: named by the count it records, not a --slots never given; and an
+    // observe that watched the name before the marker appeared ends with it (it retried for ever, silent).
+    let base = env.lease_name("long");
+    let long = format!("{base}{}", "x".repeat(250 - base.len()));
+    let observe = env.spawn(["observe", &long, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().count() >= 1);
+    env.put_slot(&long, 1000, TestEnv::foreign_record("", 1));
+    let observed = observe.finish();
+    let done = env.run(["status", &long]);
+    for done in [done, observed] {
+        done.assert_code(125);
+        assert!(!done.stderr.contains("--slots"), "{}", done.stderr);
+        assert!(done.stderr.contains("for the 1000 slots that semaphore"), "{}", done.stderr);
+    }
 }
 
 /// From review (helper-162): two processes given one `--identity` on a semaphore: the second logged the
