@@ -346,8 +346,14 @@ impl Slot {
     fn plain_hold_pending(&mut self, now: Instant) -> bool {
         let live = self.elector.current().is_some_and(is_plain_hold)
             && self.elector.observed_expiry().is_none_or(|expiry| now < expiry);
+        // Only while no one holds that slot now: one of the semaphore's own processes holding it is no
+        // reason for the others to wait (found by review, helper-174: a 2-slot semaphore acted as a mutex).
         live || (self.plain_seen.is_some()
             && self.elector.held().is_none()
+            && self
+                .elector
+                .current()
+                .is_none_or(|current| current.record.holder_identity.as_deref().unwrap_or("").is_empty())
             && matches!(self.elector.next(crate::engine::now()), Action::WaitUntil(_)))
     }
 
@@ -1056,6 +1062,9 @@ async fn look_at_marker(
     let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
         (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => return Ok(MarkerLook::PlainHold(current.record)),
         (Marker::Refuse(refusal), _) => return Ok(MarkerLook::Refused(refusal)),
+        // A marker another process wrote over the hold this one saw (it never saw it) does not end the wait
+        // (found by review, helper-174).
+        (Marker::Ready, _) if pending.is_some() => return Ok(MarkerLook::Unseen),
         (Marker::Ready, _) => None,
         (Marker::Write(_), _) if pending.is_some() && !released => return Ok(MarkerLook::Unseen),
         (Marker::Write(write), _) => Some(write),

@@ -775,3 +775,111 @@ fn a_plain_hold_deleted_or_made_free_while_waited_out_is_still_waited_out(env: &
         );
     }
 }
+
+both_backends!(
+    a_marker_written_by_another_over_a_hold_seen_gone_does_not_end_the_wait,
+    a_plain_hold_on_a_slot_name_that_ended_leaves_the_semaphore_its_slots,
+);
+
+/// Found by review (helper-174): S1 waits out a plain lease's hold on the marker's name, sees it deleted or
+/// made free by hand, and waits on; S2, which never saw the hold, writes the marker (as the README allows).
+/// S1 took that marker for settled and ran its child beside the plain holder's.
+fn a_marker_written_by_another_over_a_hold_seen_gone_does_not_end_the_wait(env: &TestEnv) {
+    for delete in [true, false] {
+        let name = env.lease_name("seen-gone");
+        let (plog, log) = (env.path(&env.lease_name("plog")), env.path(&env.lease_name("log")));
+        let holder = env.spawn(
+            ["lock", name.as_str(), "--lease-duration", "12s", "--renew-deadline", "8s", "--retry-period", "4s"]
+                .into_iter()
+                .chain(["--", "sh", "-c", &draining_script(&plog, "0.5")]),
+        );
+        wait_for_file(&plog, "start");
+        let s1 = env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+        wait_until("S1 to wait the plain hold out", || s1.stderr().contains("waiting it out"));
+        match delete {
+            true => env.delete(&name),
+            false => env.edit(&name, |spec| spec.holder_identity = None),
+        }
+        wait_until("S1 to see it gone", || s1.stderr().contains("deleted or made free by hand"));
+        let s2 = env.run(fast(&["lock", &name, "--slots", "2"], &["true"]));
+        let s1 = s1.finish();
+        // With the file backend, S2's create put the deleted record back (its holder is waited out): the
+        // plain holder renews on, and both semaphore processes refuse (125). Ended here, then.
+        let mut holder = holder;
+        if holder.wait_for(Duration::ZERO).is_none() && s1.code == Some(125) {
+            holder.signal(Signal::SIGTERM);
+        }
+        let holder = holder.finish();
+        let ended = read_stamps(&plog).iter().find(|s| s.0 == "end").map(|s| s.1);
+        let started = read_stamps(&log).iter().find(|s| s.0 == "start").map(|s| s.1);
+        assert!(
+            started.is_none_or(|started| ended.is_some_and(|ended| started > ended)),
+            "delete {delete}: S1 started at {started:?}, the plain holder's child ended at {ended:?}\nS1:\n{}\nS2:\n{}\nholder:\n{}",
+            s1.stderr,
+            s2.stderr,
+            holder.stderr
+        );
+    }
+}
+
+/// Found by review (helper-174): after a plain lease's hold on slot 0's name ended (released, or a dead
+/// holder's record expired), three processes of a 2-slot semaphore: while one of them held slot 0, the
+/// third could not take slot 1 when it was freed (the semaphore acted as a mutex until slot 0 was let go).
+fn a_plain_hold_on_a_slot_name_that_ended_leaves_the_semaphore_its_slots(env: &TestEnv) {
+    for dead in [false, true] {
+        let name = env.lease_name("third");
+        let slot0 = format!("{name}-0");
+        let (plog, pgate) = (env.path(&env.lease_name("plog")), env.path(&env.lease_name("pgate")));
+        let (log, gate) = (env.path(&env.lease_name("log")), env.path(&env.lease_name("gate")));
+        let holder = env.spawn(fast(&["lock", &slot0], &["sh", "-c", &stamp_script(&plog, &until_exists(&pgate))]));
+        wait_for_file(&plog, "start");
+        if dead {
+            holder.signal(Signal::SIGKILL);
+        }
+        // Each child waits for its own slot's gate.
+        let body = format!("while [ ! -e {}-$MPSYNC_SLOT ]; do sleep 0.05; done", gate.display());
+        let script = stamp_script(&log, &body);
+        let semaphore: Vec<Proc> =
+            (0..3).map(|_| env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &script]))).collect();
+        for process in &semaphore {
+            wait_until("the semaphore to wait the plain hold out", || process.stderr().contains("waiting it out"));
+        }
+        fs::write(&pgate, "").unwrap();
+        holder.finish();
+        let starts = || read_stamps(&log).iter().filter(|s| s.0 == "start").count();
+        wait_until("two slots in use", || starts() == 2);
+        fs::write(format!("{}-1", gate.display()), "").unwrap();
+        // The third takes slot 1 at once; only if it cannot does the wait time out.
+        let third = within_patience(|| starts() == 3);
+        fs::write(format!("{}-0", gate.display()), "").unwrap();
+        let done: Vec<Finished> = semaphore.into_iter().map(Proc::finish).collect();
+        assert!(
+            third,
+            "dead {dead}: the third never took the freed slot 1 while slot 0 was held: {:?}",
+            read_stamps(&log)
+        );
+        for done in done {
+            done.assert_code(0);
+        }
+    }
+}
+
+/// Found by review (helper-174): on the file backend, a semaphore's marker created over a plain lease's
+/// record deleted by hand (`rm NAME.json`) under its live holder puts that record back, with the semaphore's
+/// count: the semaphore took it for its marker and ran its child beside the plain holder's, which renewed
+/// on. A live record is never a marker: the semaphore waits that holder out, and refuses (125) as it renews.
+#[test]
+fn a_marker_put_back_over_a_live_plain_hold_is_no_marker() {
+    let env = TestEnv::file();
+    let name = env.lease_name("put-back");
+    let (plog, log) = (env.path("plog"), env.path("log"));
+    let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &draining_script(&plog, "0.2")]));
+    wait_for_file(&plog, "start");
+    env.delete(&name);
+    let semaphore = env.run(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &stamp_script(&log, "true")]));
+    holder.signal(Signal::SIGTERM);
+    let holder = holder.finish();
+    assert!(read_stamps(&log).is_empty(), "the semaphore's child ran beside the plain holder's:\n{}", semaphore.stderr);
+    semaphore.assert_code(125);
+    assert!(holder.stderr.is_empty() || !holder.stderr.contains("panicked"), "{}", holder.stderr);
+}
