@@ -1060,7 +1060,15 @@ async fn look_at_marker(
     let current = store.get(name).await?;
     let released = current.as_ref().is_some_and(|current| crate::lease::is_release(&current.record));
     let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
-        (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => return Ok(MarkerLook::PlainHold(current.record)),
+        (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => {
+            // A live record that carries a count may be another semaphore's slot: said so, as for a free one.
+            if current.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(crate::lease::SLOTS_ANNOTATION))
+                && let Some((semaphore, index, slots)) = semaphore_of(store, name).await?
+            {
+                return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotOfAnother { semaphore, index, slots }));
+            }
+            return Ok(MarkerLook::PlainHold(current.record));
+        }
         (Marker::Refuse(refusal), _) => return Ok(MarkerLook::Refused(refusal)),
         // A marker another process wrote over the hold this one saw (it never saw it) does not end the wait
         // (found by review, helper-174).
