@@ -2335,32 +2335,15 @@ mod tests {
     /// expiry it had: from its last renewal seen, while the edit carries that renewal's time.
     #[test]
     fn a_hold_edited_by_hand_counts_until_the_expiry_it_had() {
-        for edit in [
-            |r: &mut LeaseSpec| r.holder_identity = Some(String::new()),
-            |r: &mut LeaseSpec| r.lease_duration_seconds = Some(1),
-        ] {
-            let t0 = Instant::now();
-            let mut elector = Elector::new("me", TIMING);
-            let held = record(Some("other"), Some(5), Some(0));
-            elector.observe(Some(versioned(3, held.clone())), t0);
-            let mut edited = held.clone();
-            edit(&mut edited);
-            elector.observe_event(WatchUpdate::Present(versioned(4, edited.clone())), at(t0, 1.0));
-            assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, 5.0)));
-            assert!(matches!(after_a_read(&mut elector, now(t0, 5.0)), Action::Write(_)));
-            // Its holder's release ends it at once (found by review: the hold was counted past it).
-            let mut released = record(Some(""), Some(1), Some(0));
-            released.acquire_time = Some(wall(-20));
-            released.renew_time = released.acquire_time.clone();
-            elector.observe_event(WatchUpdate::Present(versioned(5, released)), at(t0, 1.5));
-            assert!(matches!(elector.next(now(t0, 1.5)), Action::Write(_)));
-        }
-        // Made free in another shape than a release's (found by review, helper-163): the holder and its
-        // acquireTime removed (its renewal time kept: from that renewal), the spec replaced by a bare
-        // manifest's, or a release as client-go before 1.20 wrote it (no times, no duration): from when it
-        // was seen, as its renewal time is gone.
+        // Made free, or shortened, by hand: counted until the expiry the hold had. Made free in another
+        // shape than a release's (found by review, helper-163): the holder and its acquireTime removed (its
+        // renewal time kept: from that renewal), the spec replaced by a bare manifest's, or a release as
+        // client-go before 1.20 wrote it (no times, no duration): from when it was seen, as its renewal
+        // time is gone.
         type Edit = fn(&mut LeaseSpec);
-        let edits: [(Edit, f64); 3] = [
+        let edits: [(Edit, f64); 5] = [
+            (|r| r.holder_identity = Some(String::new()), 5.0),
+            (|r| r.lease_duration_seconds = Some(1), 5.0),
             (|r| (r.holder_identity, r.acquire_time) = (None, None), 5.0),
             (|r| *r = LeaseSpec { lease_duration_seconds: Some(15), ..LeaseSpec::default() }, 6.0),
             (|r| *r = LeaseSpec { lease_transitions: r.lease_transitions, ..LeaseSpec::default() }, 6.0),
@@ -2375,6 +2358,12 @@ mod tests {
             elector.observe_event(WatchUpdate::Present(versioned(4, edited)), at(t0, 1.0));
             assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, until)));
             assert!(matches!(after_a_read(&mut elector, now(t0, until)), Action::Write(_)));
+            // Its holder's release ends it at once (found by review: the hold was counted past it).
+            let mut released = record(Some(""), Some(1), Some(0));
+            released.acquire_time = Some(wall(-20));
+            released.renew_time = released.acquire_time.clone();
+            elector.observe_event(WatchUpdate::Present(versioned(5, released)), at(t0, 1.5));
+            assert!(matches!(elector.next(now(t0, 1.5)), Action::Write(_)));
         }
         // Cleared, and seen with a renewal not seen before: from when the edit was seen.
         let t0 = Instant::now();

@@ -634,8 +634,20 @@ fn three_holders(env: &TestEnv, name: &str, gate: &std::path::Path) -> Vec<Proc>
     holders
 }
 
-fn reported_slot_2_held(observe: &Proc) -> bool {
-    within_patience(|| observe.stdout().lines().any(|l| l.contains("\"slot\":2") && l.contains("\"held\":true")))
+/// Three holders of the 3-slot semaphore `name` start while `observe` (of `name`) runs; it must report
+/// slot 2 held.
+fn observe_reports_slot_2_of_three_holders(env: &TestEnv, name: &str, observe: Proc) {
+    let gate = env.path("gate");
+    let holders = three_holders(env, name, &gate);
+    let saw_slot_2 =
+        within_patience(|| observe.stdout().lines().any(|l| l.contains("\"slot\":2") && l.contains("\"held\":true")));
+    fs::write(&gate, "").unwrap();
+    for holder in holders {
+        holder.finish().assert_code(0);
+    }
+    observe.signal(Signal::SIGTERM);
+    let observed = observe.finish();
+    assert!(saw_slot_2, "observe never reported slot 2:\n{}\n{}", observed.stdout, observed.stderr);
 }
 
 /// From review (helper-162): `observe pool --slots 2` started before the semaphore's first use, which is
@@ -644,16 +656,7 @@ fn observe_given_fewer_slots_before_first_use_reports_every_recorded_slot(env: &
     let name = env.lease_name("pool");
     let observe = env.spawn(["observe", &name, "--slots", "2", "-o", "json"]);
     wait_until("observe's first lines", || observe.stdout().lines().count() >= 2);
-    let gate = env.path("gate");
-    let holders = three_holders(env, &name, &gate);
-    let saw_slot_2 = reported_slot_2_held(&observe);
-    fs::write(&gate, "").unwrap();
-    for holder in holders {
-        holder.finish().assert_code(0);
-    }
-    observe.signal(Signal::SIGTERM);
-    let observed = observe.finish();
-    assert!(saw_slot_2, "observe never reported slot 2:\n{}\n{}", observed.stdout, observed.stderr);
+    observe_reports_slot_2_of_three_holders(env, &name, observe);
 }
 
 /// From review (helper-162): `observe pool` on a 2-slot semaphore, whose Leases are then deleted and which
@@ -666,16 +669,7 @@ fn observe_follows_a_semaphore_recreated_with_more_slots(env: &TestEnv) {
     for lease in [name.clone(), format!("{name}-0"), format!("{name}-1")] {
         env.delete(&lease);
     }
-    let gate = env.path("gate");
-    let holders = three_holders(env, &name, &gate);
-    let saw_slot_2 = reported_slot_2_held(&observe);
-    fs::write(&gate, "").unwrap();
-    for holder in holders {
-        holder.finish().assert_code(0);
-    }
-    observe.signal(Signal::SIGTERM);
-    let observed = observe.finish();
-    assert!(saw_slot_2, "observe never reported slot 2:\n{}\n{}", observed.stdout, observed.stderr);
+    observe_reports_slot_2_of_three_holders(env, &name, observe);
 }
 
 /// From review (helper-162): a marker recording 5000 slots made `status NAME` (no `--slots`) say "--slots
