@@ -79,6 +79,10 @@ enum Reply {
     Normal,
     /// The connection broke or the server failed after processing: the client learns nothing.
     Fail,
+    /// Processed (a write may have committed), then answered as refused: 409 (`true`), as a proxy's or a
+    /// client's retry of a committed write is answered, or 429 (`false`), as that retry may be throttled.
+    /// A read so answered failed.
+    Refused(bool),
 }
 
 #[derive(Clone, Debug)]
@@ -170,8 +174,12 @@ fn step() -> impl Strategy<Value = Step> {
         3 => process.clone().prop_map(Step::Tick),
         3 => (process.clone(), 1usize..4).prop_map(|(p, k)| Step::LookAndTick(p, k)),
         5 => process.clone().prop_map(Step::Process),
-        4 => (process.clone(), prop_oneof![3 => Just(Reply::Normal), 1 => Just(Reply::Fail)])
-            .prop_map(|(p, a)| Step::Answer(p, a)),
+        4 => (process.clone(), prop_oneof![
+            6 => Just(Reply::Normal),
+            2 => Just(Reply::Fail),
+            1 => any::<bool>().prop_map(Reply::Refused)
+        ])
+        .prop_map(|(p, a)| Step::Answer(p, a)),
         1 => process.clone().prop_map(Step::Timeout),
         4 => process.clone().prop_map(Step::Deliver),
         1 => process.clone().prop_map(Step::Relist),
@@ -1044,9 +1052,13 @@ impl World {
                 elector.read_answered("model", floor.as_deref(), current.as_ref());
                 elector.observe(current, now)
             }
-            (Processed::Read(_), Reply::Fail, _) => elector.want_read(),
+            (Processed::Read(_), Reply::Fail | Reply::Refused(_), _) => elector.want_read(),
             (Processed::Write(result), Reply::Normal, Some(ticket)) => elector.write_result(ticket, result, now),
             (Processed::Write(_), Reply::Fail, Some(ticket)) => elector.write_result(ticket, WriteResult::Unknown, now),
+            (Processed::Write(_), Reply::Refused(conflict), Some(ticket)) => {
+                let refused = if conflict { WriteResult::Conflict } else { WriteResult::NotApplied };
+                elector.write_result(ticket, refused, now)
+            }
             (Processed::Write(_), _, None) => unreachable!("writes carry tickets"),
         }
         self.note_collision(p, before);
