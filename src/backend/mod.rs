@@ -505,7 +505,32 @@ fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, Kubeconf
         }
     };
     file.current_context = file.current_context.filter(|context| !context.is_empty());
+    unset_empty(&mut file, path);
     Ok(file)
+}
+
+/// An empty `certificate-authority-data`, `certificate-authority` or `tokenFile` is none, as client-go has
+/// them (`len(...) > 0`), as mpsync has an empty `token` or `client-key` (found by review, helper-179: a
+/// templated `certificate-authority-data: ""` beside a CA file was an error, exit 125). kube has made an
+/// empty path the kubeconfig's directory by then (`dir.join("")`, with its trailing slash).
+fn unset_empty(file: &mut Kubeconfig, path: &Path) {
+    let emptied = path.parent().and_then(|dir| dir.join("").to_str().map(str::to_owned));
+    let empty_path = |value: &Option<String>| {
+        value.as_ref().is_some_and(|value| value.is_empty() || Some(value) == emptied.as_ref())
+    };
+    for cluster in file.clusters.iter_mut().filter_map(|named| named.cluster.as_mut()) {
+        if cluster.certificate_authority_data.as_ref().is_some_and(|data| data.trim().is_empty()) {
+            cluster.certificate_authority_data = None;
+        }
+        if empty_path(&cluster.certificate_authority) {
+            cluster.certificate_authority = None;
+        }
+    }
+    for auth in file.auth_infos.iter_mut().filter_map(|named| named.auth_info.as_mut()) {
+        if empty_path(&auth.token_file) {
+            auth.token_file = None;
+        }
+    }
 }
 
 /// A kubeconfig's text, decoded as kube decodes a file: UTF-16 after its byte-order mark (of an even

@@ -493,12 +493,13 @@ async fn socks5_connect(stream: &mut TcpStream, proxy: &Proxy, host: &str, port:
 }
 
 /// Whether `authority` writes a port beyond 65535: `http` reads it as no port, and the scheme's default
-/// port was used, while every message named the one written (found by review, helper-164).
+/// port was used, while every message named the one written (found by review, helper-164); or port 0,
+/// which no connection reaches (it was retried as an outage: helper-179).
 pub(crate) fn port_out_of_range(authority: &http::uri::Authority) -> bool {
     let text = authority.as_str();
     let host_and_port = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
     let after_host = host_and_port.rsplit_once(']').map_or(host_and_port, |(_, rest)| rest);
-    after_host.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
+    after_host.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..)))
 }
 
 #[cfg(test)]
@@ -525,6 +526,7 @@ mod tests {
     fn a_port_out_of_range_is_refused() {
         let out = |text: &str| port_out_of_range(&text.parse().unwrap());
         assert!(out("127.0.0.1:99999") && out("[::1]:70000") && out("user:pw@host:65536"));
+        assert!(out("127.0.0.1:0") && out("[::1]:00") && out("host:0"));
         assert!(
             !out("127.0.0.1:65535") && !out("[::1]") && !out("[::1]:6443") && !out("user:pw@host") && !out("host:")
         );

@@ -1688,8 +1688,7 @@ pub fn check_program(program: &OsStr) -> Result<(), SpawnError> {
     let found = match program.as_bytes().contains(&b'/') {
         true => not_executable(std::path::Path::new(program)),
         // As bash: a file of that name on PATH that cannot run is "Permission denied" (126), not "not found".
-        false => std::env::var_os("PATH")
-            .and_then(|path| std::env::split_paths(&path).filter_map(|dir| not_executable(&dir.join(program))).next()),
+        false => std::env::split_paths(&search_path()).filter_map(|dir| not_executable(&dir.join(program))).next(),
     };
     match found {
         Some(error) => Err(SpawnError::NotExecutable(name, error)),
@@ -1697,19 +1696,29 @@ pub fn check_program(program: &OsStr) -> Result<(), SpawnError> {
     }
 }
 
-/// The file exec would have run: `program` itself if it has a slash, else the first executable regular file
-/// of that name on PATH (as execvp looks).
+/// The file exec would have run: `program` itself if it has a slash, else the first regular file of that
+/// name on PATH that this process may execute (as execvp looks). Whether it may is the kernel's answer for
+/// the effective user (`faccessat` with `AT_EACCESS`), not the mode bits: a file whose only execute bits
+/// are for others, one owned by another user, or one on a `noexec` mount cannot run (found by review,
+/// helper-179: any execute bit passed, and the lease was written before exec failed).
 fn find_program(program: &OsStr) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use nix::unistd::{AccessFlags, faccessat};
     let runnable = |path: &std::path::Path| {
-        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file())
+            && faccessat(AT_FDCWD, path, AccessFlags::X_OK, AtFlags::AT_EACCESS).is_ok()
     };
     if program.as_bytes().contains(&b'/') {
         let path = std::path::PathBuf::from(program);
         return runnable(&path).then_some(path);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| runnable(candidate))
+    std::env::split_paths(&search_path()).map(|dir| dir.join(program)).find(|candidate| runnable(candidate))
+}
+
+/// The directories execvp searches: PATH, or glibc's default when PATH is unset (found by review,
+/// helper-179: `env -i mpsync lock x -- true` said "command not found", where execvp runs /bin/true).
+fn search_path() -> std::ffi::OsString {
+    std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into())
 }
 
 /// The interpreter a script's `#!` line names.

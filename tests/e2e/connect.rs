@@ -1243,15 +1243,52 @@ fn a_port_beyond_65535_is_a_configuration_error() {
     let Some(env) = test_server() else { return };
     let yaml = env.server().unwrap().kubeconfig_yaml("default");
     let port = env.server().unwrap().addr().port();
-    let bad_server = yaml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:99999");
-    assert_ne!(bad_server, yaml);
-    let bad_proxy = not_loopback_kubeconfig(&env).replace("server:", "proxy-url: http://127.0.0.1:99999\n    server:");
-    for (yaml, expected) in [(bad_server, "cannot use the API server URL"), (bad_proxy, "unusable proxy")] {
-        let kubeconfig = write_kubeconfig(&env, &yaml);
-        for args in [&["lock", "x", "--", "true"][..], &["status", "x"]] {
-            let done = run(&env, mpsync_with(&env, &kubeconfig, args));
-            assert_failure(&done, 125, &[expected, "its port is not a port"]);
+    // Port 0 too, which no connection reaches: it was retried as an outage (found by review, helper-179).
+    for bad in ["99999", "0"] {
+        let bad_server = yaml.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{bad}"));
+        assert_ne!(bad_server, yaml);
+        let bad_proxy = not_loopback_kubeconfig(&env)
+            .replace("server:", &format!("proxy-url: http://127.0.0.1:{bad}\n    server:"));
+        for (yaml, expected) in [(bad_server, "cannot use the API server URL"), (bad_proxy, "unusable proxy")] {
+            let kubeconfig = write_kubeconfig(&env, &yaml);
+            for args in [&["lock", "x", "--", "true"][..], &["status", "x"]] {
+                let done = run(&env, mpsync_with(&env, &kubeconfig, args));
+                assert_failure(&done, 125, &[expected, "its port is not a port"]);
+            }
         }
+    }
+}
+
+/// Found by review (helper-179): an empty `certificate-authority-data`, `certificate-authority` or
+/// `tokenFile` is none for client-go (`len(...) > 0`), as an empty `token` or `client-key` already was for
+/// mpsync; templated kubeconfigs write them so (`certificate-authority-data: "${CA}"`). mpsync exited 125
+/// ("cannot read certificate-authority /dir/: Is a directory", kube having made "" the kubeconfig's
+/// directory).
+#[test]
+fn an_empty_ca_or_token_file_counts_as_unset_as_for_kubectl() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let ca_file = env.path("ca.crt");
+    fs::write(&ca_file, server.ca_pem()).unwrap();
+    let base = server.kubeconfig_yaml("default");
+    let data_line = base.lines().find(|line| line.contains("certificate-authority-data:")).unwrap().to_string();
+    let indent = &data_line[..data_line.len() - data_line.trim_start().len()];
+    let ca_file_line = format!("{indent}certificate-authority: {}", ca_file.display());
+    let cases = [
+        base.replace(&data_line, &format!("{indent}certificate-authority-data: \"\"\n{ca_file_line}")),
+        base.replace(&data_line, &format!("{data_line}\n{indent}certificate-authority: \"\"")),
+        base.replace("user: {}", "user: {tokenFile: \"\"}"),
+        // Alone: the system's roots, which SSL_CERT_FILE makes the test CA.
+        base.replace(&data_line, &format!("{indent}certificate-authority: \"\"")),
+        base.replace(&data_line, &format!("{indent}certificate-authority-data: \"  \"")),
+    ];
+    for yaml in cases {
+        assert_ne!(yaml, base);
+        let kubeconfig = write_kubeconfig(&env, &yaml);
+        let mut command = mpsync_with(&env, &kubeconfig, &["status", "x"]);
+        command.env("SSL_CERT_FILE", &ca_file);
+        let done = run(&env, command);
+        assert_eq!(done.code, Some(0), "{yaml}\n{}", done.stderr);
     }
 }
 

@@ -16,6 +16,8 @@ both_backends!(
     child_killed_by_a_signal_gives_128_plus_n,
     missing_command_exits_127_and_leaves_the_lease_free,
     non_executable_command_exits_126,
+    a_command_this_user_may_not_execute_writes_nothing,
+    a_command_is_found_with_path_unset_as_execvp_finds_it,
     two_locks_never_overlap_and_hand_off_through_the_watch,
     no_wait_on_a_held_lease_exits_124_at_once,
     timeout_on_a_held_lease_exits_124_after_it_passes,
@@ -71,6 +73,69 @@ fn non_executable_command_exits_126(env: &TestEnv) {
         done.assert_code(126);
         assert_eq!(env.get(&name), None, "nothing is written when the command cannot run");
     }
+}
+
+/// Found by review (helper-179): a file with an execute bit that this user may not use (only the group's
+/// bit; the owner's none) passed the check before the lease, which was written (with `--slots`, the marker
+/// and a slot left) before exec failed. Root is made an ordinary owner here: CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH are dropped from the bounding set before mpsync is exec'd.
+fn a_command_this_user_may_not_execute_writes_nothing(env: &TestEnv) {
+    use std::os::unix::process::CommandExt;
+    let program = env.path("group-only-x");
+    fs::write(&program, "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o010)).unwrap();
+    for slots in [&[][..], &["--slots", "2"]] {
+        let name = env.lease_name("group-x");
+        let args: Vec<&str> = ["lock", name.as_str()].into_iter().chain(slots.iter().copied()).collect();
+        let mut command = env.mpsync(args.iter().copied().chain(["--", program.to_str().unwrap()]));
+        // SAFETY: prctl on integers only, async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                for capability in [1, 2] {
+                    if nix::libc::geteuid() == 0
+                        && nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, capability, 0, 0, 0) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(126);
+        assert!(done.stderr.contains("Permission denied"), "{}", done.stderr);
+        for lease in [name.clone(), format!("{name}-0")] {
+            assert_eq!(env.get(&lease), None, "{lease} was written:\n{}", done.stderr);
+        }
+    }
+    // A script on a noexec mount (a hardened /tmp, an emptyDir), whose interpreter runs fine: as root too,
+    // and the error names the script, not its interpreter.
+    let mount_point = env.path("noexec");
+    fs::create_dir_all(&mount_point).unwrap();
+    let mount = ["-t", "tmpfs", "-o", "noexec,size=1m", "tmpfs", mount_point.to_str().unwrap()];
+    if !std::process::Command::new("mount").args(mount).status().is_ok_and(|status| status.success()) {
+        eprintln!("the noexec part skipped: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let script = mount_point.join("job.sh");
+    fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let name = env.lease_name("noexec-mount");
+    let done = env.run(["lock", name.as_str(), "--", script.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount").arg(&mount_point).status();
+    done.assert_code(126);
+    assert!(!done.stderr.contains("interpreter"), "{}", done.stderr);
+    assert_eq!(env.get(&name), None, "the lease was written:\n{}", done.stderr);
+}
+
+/// Found by review (helper-179): with PATH unset, execvp searches glibc's default path (/bin:/usr/bin), as
+/// bash and `env -i` do; the check before the lease said "command not found" (127).
+fn a_command_is_found_with_path_unset_as_execvp_finds_it(env: &TestEnv) {
+    let name = env.lease_name("no-path");
+    let mut command = env.mpsync(["lock", name.as_str(), "--", "true"]);
+    command.env_remove("PATH");
+    Proc::spawn(command, &env.dir).finish().assert_code(0);
 }
 
 fn two_locks_never_overlap_and_hand_off_through_the_watch(env: &TestEnv) {
