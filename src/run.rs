@@ -295,10 +295,14 @@ impl Runner {
                     // runs again only if the lease is still held (its renew deadline has not passed).
                     Notice::Resumed(resume) => {
                         if held.is_lost() {
-                            tracing::error!(?resume, "continued after the renew deadline; killing the stopped child");
-                            let exit = supervisor.kill_stopped_child().await;
+                            // A job job control holds stopped is killed without running again (`stop` does
+                            // that); one mpsync never stopped (mpsync alone was frozen, by `kill -STOP`) ran
+                            // all along, and is stopped as after any loss, with the kill signal and the grace
+                            // (found by review, helper-177: it was SIGKILLed at once).
+                            tracing::error!(?resume, "continued after the renew deadline; stopping the child");
+                            let exit = supervisor.stop(config.kill_signal, config.grace).await;
                             health.child_exited();
-                            tracing::warn!(child_exit = exit.code(), "child killed after losing the lease");
+                            tracing::warn!(child_exit = exit.code(), "child stopped after losing the lease");
                             give_back_lost(held).await;
                             return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }

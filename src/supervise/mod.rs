@@ -17,8 +17,10 @@
 //!   - [`Notice::Resumed`]: mpsync got SIGCONT while it has a child. If the child's job was stopped by job
 //!     control ([`Resume::held_for`]), it is still stopped. Check that the lease is still held (its renew
 //!     deadline has not passed) **before** anything else, then call [`Supervisor::continue_child`] if it
-//!     is, or [`Supervisor::kill_stopped_child`] if it is not (the job is SIGKILLed without ever running
-//!     again). The supervisor never continues a job it stopped on its own.
+//!     is, or [`Supervisor::stop`] if it is not: a job held stopped is SIGKILLed without ever running again
+//!     (as [`Supervisor::kill_stopped_child`] does), one mpsync never stopped (mpsync alone was frozen by
+//!     `kill -STOP`: it ran on) gets the kill signal and the grace. The supervisor never continues a job
+//!     it stopped on its own.
 //! - [`Supervisor::next_event`] is the same without [`Notice::Resumed`] (it continues the child at once, with
 //!   no lease check): for the run loop as it was before job control, until it moves to `next_notice`.
 //! - To stop a running child (lease lost, or a signal that should end it), call [`Supervisor::stop`]: it returns
@@ -124,14 +126,14 @@ pub enum Notice {
     /// The main child exited and was reaped.
     ChildExited(ChildExit),
     /// mpsync was continued (SIGCONT) while it has a child: check the lease, then `continue_child` or
-    /// `kill_stopped_child`.
+    /// `stop`.
     Resumed(Resume),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resume {
     /// How long the child's job has been stopped by job control, if it was: it is still stopped, and waits
-    /// for `continue_child` or `kill_stopped_child`. `None`: mpsync was continued without having stopped the
+    /// for `continue_child`, or `stop` (which kills it as `kill_stopped_child` does). `None`: mpsync was continued without having stopped the
     /// job (after a `kill -STOP` of mpsync, which it cannot see, the child may have run on meanwhile).
     pub held_for: Option<Duration>,
 }

@@ -1807,3 +1807,37 @@ fn unshare_pid_without_fork_says_what_is_wrong() {
     assert!(done.stderr.contains("unshare --pid --fork"), "{}", done.stderr);
     assert!(done.stderr.trim().lines().count() <= 2, "{}", done.stderr);
 }
+
+/// Found by review (helper-177): mpsync frozen by a plain `kill -STOP` (a debugger, `systemctl kill -s
+/// STOP`) past its renew deadline, well before the guard's, then continued. mpsync never stopped the
+/// child: it ran all along, and is stopped as after any loss, with `--kill-signal` and `--grace`. It was
+/// SIGKILLed at once ("killing the stopped child"): the SIGCONT was taken for the end of a job-control stop.
+#[test]
+fn a_running_child_gets_the_kill_signal_when_mpsync_is_continued_past_its_deadline() {
+    let env = TestEnv::file();
+    let name = env.lease_name("freeze-cont");
+    let (log, up) = (env.path("log"), env.path("up"));
+    let script = format!(
+        "trap 'echo got-TERM >> {log}; sleep 0.3; echo clean >> {log}; exit 0' TERM; echo up > {up}; \
+         while :; do sleep 0.05; done",
+        log = log.display(),
+        up = up.display()
+    );
+    // The guard's deadline is 3 s + 2 s + 2.5 s after the last renewal's send: far from the freeze's end.
+    let timing = ["--lease-duration", "10s", "--renew-deadline", "3s", "--retry-period", "200ms", "--grace", "2s"];
+    let args = [&["lock", name.as_str(), "-v"][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
+    lock.wait_for_file(&up, "up");
+    lock.signal(Signal::SIGSTOP);
+    // Past the renew deadline (3 s after the last renewal's send, at most 200 ms before the stop).
+    std::thread::sleep(Duration::from_millis(4000));
+    lock.signal(Signal::SIGCONT);
+    let done = lock.finish();
+    done.assert_code(123);
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.contains("got-TERM") && log.contains("clean"),
+        "the running child got no --kill-signal, or no --grace ({log:?}):\n{}",
+        done.stderr
+    );
+}
