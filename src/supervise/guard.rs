@@ -49,13 +49,19 @@ pub(crate) struct Guard {
 impl Guard {
     /// Fork a new guard, disarmed. Sound even when other threads exist: the forked process makes only
     /// async-signal-safe calls.
-    pub fn spawn() -> io::Result<Guard> {
+    ///
+    /// `inherited` are mpsync's children (pid, start time) from before it started, inherited across an
+    /// `exec` (`helper & exec mpsync ...`): no part of any job, they and what they start are never killed
+    /// (found by review, helper-177: at the deadline the guard killed them as children of mpsync).
+    pub fn spawn(inherited: &[(i32, u64)]) -> io::Result<Guard> {
         let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
         // mpsync never blocks on its guard: a guard stopped by someone (SIGSTOP) must not stop the renewals
         // once the pipe is full. A message that does not fit is dropped; the next deadline is sent anyway.
         nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         // mpsync, as the guard must know it: its own parent later may be whoever adopted it.
         let mpsync = nix::unistd::getpid().as_raw();
+        // Made before the fork: the guard allocates nothing (it reads its copy of this memory).
+        let inherited: Vec<Stopped> = inherited.iter().map(|&(pid, start)| Stopped { pid, start }).collect();
         // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
         // before it has ignored everything.
         let mut previous = SigSet::empty();
@@ -65,7 +71,7 @@ impl Guard {
         let forked = unsafe { fork() };
         if let Ok(ForkResult::Child) = forked {
             // SAFETY: we are the freshly forked guard; `read` is the pipe's read end.
-            unsafe { guard_main(read.as_raw_fd(), mpsync) }
+            unsafe { guard_main(read.as_raw_fd(), mpsync, &inherited) }
         }
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
         match forked? {
@@ -149,7 +155,7 @@ pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
 /// # Safety
 /// Call only in a freshly forked child: it closes every file descriptor but `read_fd` and never returns.
 /// It makes only async-signal-safe calls and does not allocate.
-unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
+unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped]) -> ! {
     // SAFETY: plain system calls on integers and stack buffers; nothing allocates or takes a lock.
     unsafe {
         for signal in 1..=libc::SIGRTMAX() {
@@ -212,7 +218,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
                 let group = if still_ours(armed, leader_start) { armed } else { 0 };
                 let root = if libc::getppid() == mpsync { mpsync } else { NO_ROOT };
                 if root == mpsync || adopted_count > 0 {
-                    kill_tree(root, me, group, &adopted[..adopted_count]);
+                    kill_tree(root, me, group, &adopted[..adopted_count], inherited);
                 }
                 if group > 0 {
                     libc::kill(-group, libc::SIGKILL);
@@ -286,7 +292,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t) -> ! {
             // other groups, found through them, and the processes mpsync adopted, by pid and start time,
             // with what they started (not below mpsync: its children were handed to init, and its pid may
             // be anyone's now).
-            kill_tree(NO_ROOT, me, group, &adopted[..adopted_count]);
+            kill_tree(NO_ROOT, me, group, &adopted[..adopted_count], inherited);
             if group > 0 {
                 libc::kill(-group, libc::SIGKILL);
             }
@@ -309,7 +315,8 @@ const PID_LIMIT: usize = 1 << 22;
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` (same pid and start time), but `me`
-/// (the guard), whatever its group or session: the job
+/// (the guard) and `inherited` (same pid and start time) with what they started, whatever its group or
+/// session: the job
 /// as mpsync defines it (a member of the group that left mpsync's tree still answers for what it started).
 /// Stopping first keeps the tree whole while it is walked: a stopped process neither forks nor exits, so
 /// none of its children is handed to init out of sight. A process stopped stays part of the job, with what
@@ -322,7 +329,13 @@ const PID_LIMIT: usize = 1 << 22;
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
-unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adopted: &[Stopped]) {
+unsafe fn kill_tree(
+    root: libc::pid_t,
+    me: libc::pid_t,
+    group: libc::pid_t,
+    adopted: &[Stopped],
+    inherited: &[Stopped],
+) {
     // SAFETY: the mapping is ours alone, and big enough for the two tables and the two bitmaps laid out in
     // it (the tables first: their alignment is the mapping's).
     unsafe {
@@ -352,7 +365,7 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adop
         while growing_rounds < 16 {
             let count = list_processes(listed);
             let stopped_so_far = &stopped[..stopped_count];
-            mark_below(&listed[..count], below, root, me, group, |p| {
+            mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
                 was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
             });
             let (mut new, mut unsettled) = (false, false);
@@ -389,7 +402,7 @@ unsafe fn kill_tree(root: libc::pid_t, me: libc::pid_t, group: libc::pid_t, adop
         // died since (and whose pid a stranger took) is not killed; one that appeared below since is.
         let count = list_processes(listed);
         let stopped_so_far = &stopped[..stopped_count];
-        mark_below(&listed[..count], below, root, me, group, |p| {
+        mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
         });
         for p in &listed[..count] {
@@ -488,18 +501,22 @@ fn was_stopped(stopped_map: &[u8], stopped: &[Stopped], p: &Listed) -> bool {
 }
 
 /// Mark in `below` (a bitmap by pid) the descendants of `root`, and the members of `group` (if not 0) and
-/// the processes `seed` picks, with their descendants, but `me` and `root`, one generation per pass.
+/// the processes `seed` picks, with their descendants, but `root` and the `spared` (the guard itself, and
+/// mpsync's inherited children, by pid and start time, with what they started: as `Supervisor::job`
+/// leaves them out), one generation per pass.
 fn mark_below(
     listed: &[Listed],
     below: &mut [u8],
     root: libc::pid_t,
-    me: libc::pid_t,
+    spared: (libc::pid_t, &[Stopped]),
     group: libc::pid_t,
     seed: impl Fn(&Listed) -> bool,
 ) {
+    let (me, inherited) = spared;
+    let spared = |p: &Listed| p.pid == me || p.pid == root || is_one_of(inherited, p);
     below.fill(0);
     for p in listed {
-        if p.pid != me && p.pid != root && ((group > 0 && p.group == group) || seed(p)) {
+        if !spared(p) && ((group > 0 && p.group == group) || seed(p)) {
             set_bit(below, p.pid);
         }
     }
@@ -507,7 +524,7 @@ fn mark_below(
     while changed {
         changed = false;
         for p in listed {
-            if p.pid != me && p.pid != root && !bit(below, p.pid) && (p.parent == root || bit(below, p.parent)) {
+            if !bit(below, p.pid) && (p.parent == root || bit(below, p.parent)) && !spared(p) {
                 set_bit(below, p.pid);
                 changed = true;
             }

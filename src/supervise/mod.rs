@@ -317,7 +317,7 @@ pub struct Supervisor {
     in_group: HashMap<i32, bool>,
     left_looks: u32,
     /// mpsync's children when it started (pid, start time): inherited across an `exec` (`helper & exec
-    /// mpsync ...`), never adopted, never the job's to the guard.
+    /// mpsync ...`), never adopted, never the job's; every guard is given them, and spares them.
     inherited: Vec<(i32, u64)>,
     /// Whether the warning that the guard cannot remember every adopted process was given (once a job).
     warned_adopted: bool,
@@ -355,8 +355,15 @@ impl Supervisor {
         let me = getpid();
         let reap_orphans = me.as_raw() == 1 || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
 
+        // mpsync's children now were inherited across an `exec`: never the job's, nor the guard's to kill.
+        let inherited: Vec<(i32, u64)> = match procfs::children_of_threads(&[me.as_raw()]) {
+            ThreadChildren::Listed(children) => {
+                children.into_iter().filter_map(|pid| ProcStat::read(pid).map(|p| (pid, p.start))).collect()
+            }
+            _ => Vec::new(),
+        };
         // The guard before the signal thread, while no other thread exists (it would be sound later too).
-        let guard = Guard::spawn()?;
+        let guard = Guard::spawn(&inherited)?;
 
         let mut listened: Vec<Signal> = requests.iter().copied().filter(|s| !ignored_at_start.contains(*s)).collect();
         listened.extend([Signal::SIGCHLD, Signal::SIGCONT]);
@@ -382,14 +389,6 @@ impl Supervisor {
             ignored = ?ignored_at_start.iter().collect::<Vec<_>>(),
             "supervisor started"
         );
-        let inherited = match procfs::children_of_threads(&[me.as_raw()]) {
-            ThreadChildren::Listed(children) => children
-                .into_iter()
-                .filter(|pid| *pid != guard.pid.as_raw())
-                .filter_map(|pid| ProcStat::read(pid).map(|p| (pid, p.start)))
-                .collect(),
-            _ => Vec::new(),
-        };
         Ok(Supervisor {
             signals,
             notices: VecDeque::new(),
@@ -1491,7 +1490,7 @@ impl Supervisor {
     }
 
     fn rearm_guard(&mut self) {
-        match Guard::spawn() {
+        match Guard::spawn(&self.inherited) {
             Ok(guard) => {
                 if let Some(pgid) = self.group {
                     guard.tell(pgid.as_raw());

@@ -1841,3 +1841,47 @@ fn a_running_child_gets_the_kill_signal_when_mpsync_is_continued_past_its_deadli
         done.stderr
     );
 }
+
+/// Found by review (helper-177): `helper & exec mpsync lock ...`, mpsync frozen (`kill -STOP`) past its
+/// lease: the guard kills the child's job at its deadline, and killed the helper mpsync inherited across
+/// the exec too (everything below mpsync), which is no part of the job.
+#[test]
+fn the_guard_at_the_deadline_leaves_a_helper_inherited_across_exec_alone() {
+    let env = TestEnv::file();
+    let name = env.lease_name("guard-inherited");
+    let (helper, child) = (env.path("helper.pid"), env.path("child.pid"));
+    let body = format!("echo $$ > {}; sleep 1000", child.display());
+    let timing = ["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "200ms", "--grace", "500ms"];
+    let lock = env.mpsync([&["lock", name.as_str()][..], &timing, &["--", "sh", "-c", &body]].concat());
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("sleep 1000 & echo $! > {}; exec \"$0\" \"$@\"", helper.display()))
+        .arg(lock.get_program())
+        .args(lock.get_args())
+        .stdin(Stdio::null());
+    for (key, value) in lock.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut proc = Proc::spawn(command, &env.dir);
+    let (helper_pid, child_pid) = (read_pid(&helper), read_pid(&child));
+    proc.signal(Signal::SIGSTOP);
+    let child_killed = within_patience(|| !alive(child_pid));
+    let helper_alive = alive(helper_pid);
+    proc.signal(Signal::SIGCONT);
+    let status = proc.wait_for(PATIENCE);
+    let helper_alive_at_end = alive(helper_pid);
+    for pid in [helper_pid, child_pid] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(child_killed, "the guard did not kill the child of a frozen mpsync:\n{}", proc.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", proc.stderr());
+    assert!(
+        helper_alive && helper_alive_at_end,
+        "the guard killed the helper mpsync inherited across exec (alive when the child died: {helper_alive}):\n{}",
+        proc.stderr()
+    );
+}
