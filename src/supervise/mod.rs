@@ -642,7 +642,8 @@ impl Supervisor {
     }
 
     /// After the main child exited: stop what is left of its job (`kill_signal`, `grace`, SIGKILL): its group,
-    /// and as PID 1 or subreaper the processes it left to mpsync; then hand the terminal back and disarm the
+    /// its children the guard was told had left the group (`note_left_group`), and as PID 1 or subreaper the
+    /// processes it left to mpsync, each with what it started; then hand the terminal back and disarm the
     /// guard. Call it before releasing the lease.
     ///
     /// Cheap when nothing is left (the usual case). Called while the child still runs, it stops the child as
@@ -660,6 +661,13 @@ impl Supervisor {
             return;
         }
         self.note_adopted();
+        // What the guard was told had left the child's group (its children in other groups) is the job's,
+        // as it would be to the guard should mpsync die now: ended with the rest, not left running past the
+        // release (found by review, helper-177: `setsid worker &` ran on beside the next holder's child).
+        // Counted by pid and start time: one gone since is no process of the job.
+        for (&pid, &start) in &self.told_left {
+            self.keep((pid, start));
+        }
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
             self.end_job(pgid, kill_signal, true);

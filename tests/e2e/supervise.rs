@@ -1885,3 +1885,29 @@ fn the_guard_at_the_deadline_leaves_a_helper_inherited_across_exec_alone() {
         proc.stderr()
     );
 }
+
+/// Found by review (helper-177): the child starts a worker in a session of its own (`setsid worker &`),
+/// mpsync tells its guard of it (a SIGKILL of mpsync would kill it), and the child exits: the worker ran
+/// on past the release, beside the next holder's child. It is ended with the job (`--kill-signal`) first.
+#[test]
+fn a_worker_mpsync_told_its_guard_of_is_ended_before_the_release() {
+    let env = TestEnv::file();
+    let name = env.lease_name("told-left");
+    let (worker, go) = (env.path("worker"), env.path("go"));
+    let script = format!(
+        "setsid sleep 1001 & echo $! > {}; while [ ! -e {} ]; do sleep 0.02; done; exit 0",
+        worker.display(),
+        go.display()
+    );
+    let lock = env.spawn(["lock", &name, "-vv", "--", "sh", "-c", &script]);
+    let pid = read_pid(&worker);
+    let told = format!("the guard knows of a process that left the child's group pid={pid}");
+    wait_until("mpsync to tell its guard of the worker", || lock.stderr().contains(&told));
+    fs::write(&go, "").unwrap();
+    let done = lock.finish();
+    let alive_after = alive(pid);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    done.assert_code(0);
+    assert!(!alive_after, "the worker runs on after the release:\n{}", done.stderr);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", done.stderr);
+}
