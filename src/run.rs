@@ -374,6 +374,9 @@ async fn give_back_lost(held: HeldLock) {
 /// Give the lease back (see `HeldLock::release`, bounded by the call timeout); a failure only means the
 /// lease expires after its duration instead. Signals meanwhile are taken and logged, not acted on.
 async fn release(held: HeldLock, supervisor: &mut Supervisor) {
+    // A job-control stop (Ctrl-Z), one asked for while `finish` waited included, is not carried out from
+    // now on: stopped, mpsync would hold the lease for a job that is gone (found by review, helper-177).
+    supervisor.drop_stop_requests();
     // A stop signal that came before the release began (while `finish` waited for what the child left) is
     // no reason to skip it: the job is gone, and a release is one bounded call.
     while let Some(notice) = supervisor.next_notice().now_or_never() {

@@ -259,6 +259,8 @@ pub struct Supervisor {
     notices: VecDeque<Notice>,
     /// A job-control stop to carry out, at the next `next_notice`.
     stop_request: Option<(Signal, StopCause)>,
+    /// Whether job-control stops are dropped, not carried out (see `drop_stop_requests`).
+    stops_dropped: bool,
     /// Reap adopted orphans too (PID 1 or subreaper).
     reap_orphans: bool,
     /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
@@ -393,6 +395,7 @@ impl Supervisor {
             signals,
             notices: VecDeque::new(),
             stop_request: None,
+            stops_dropped: false,
             reap_orphans,
             proc_hides: procfs::hides_processes(),
             proc_foreign,
@@ -438,7 +441,10 @@ impl Supervisor {
                 return notice;
             }
             if let Some((signal, cause)) = self.stop_request.take() {
-                self.suspend(signal, cause);
+                match self.stops_dropped {
+                    true => debug!(%signal, "job-control stop dropped: mpsync is ending"),
+                    false => self.suspend(signal, cause),
+                }
                 continue;
             }
             let signal = self.signals.recv().await;
@@ -523,6 +529,14 @@ impl Supervisor {
         self.group = Some(pid);
         debug!(pid = pid.as_raw(), program = %name, terminal = tty >= 0, "child started");
         Ok(pid.as_raw() as u32)
+    }
+
+    /// mpsync is ending: the job is gone and the lease is being given back. Job-control stops (one asked
+    /// for already included) are dropped from now on, not carried out: stopped, mpsync would hold the lease
+    /// for a job that no longer exists until someone continues it (found by review, helper-177: Ctrl-Z
+    /// during the leftovers' grace stopped mpsync in its release).
+    pub fn drop_stop_requests(&mut self) {
+        self.stops_dropped = true;
     }
 
     /// Whether a main child is running (spawned and not yet reaped).

@@ -1911,3 +1911,32 @@ fn a_worker_mpsync_told_its_guard_of_is_ended_before_the_release() {
     assert!(!alive_after, "the worker runs on after the release:\n{}", done.stderr);
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", done.stderr);
 }
+
+/// Found by review (helper-177): Ctrl-Z (SIGTSTP) while mpsync waits out `--grace` for what its exited
+/// child left (a leftover that ignores TERM), mpsync in a group a shell could continue. mpsync carried
+/// out the stop in its release and sat stopped with the lease held, for a child that no longer existed.
+/// Nothing of the job is left to stop: the stop request is dropped, and the lease given back.
+#[test]
+fn ctrl_z_while_waiting_for_the_leftovers_does_not_stop_mpsync_holding_the_lease() {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-release");
+    let left = env.path("left.pid");
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.1; done' & sleep 0.3; exit 0",
+        left.display()
+    );
+    let mut command = env.mpsync(["lock", &name, "-vv", "--grace", "2s", "--", "sh", "-c", &script]);
+    command.process_group(0);
+    let mut lock = Proc::spawn(command, &env.dir);
+    let leftover = read_pid(&left);
+    wait_until("the leftovers to be stopped", || lock.stderr().contains("the child left processes behind"));
+    lock.signal(Signal::SIGTSTP);
+    // The grace (2 s) and the SIGKILL round are over well before this.
+    let released = within_patience(|| env.holder(&name).as_deref() == Some(""));
+    let holder = env.holder(&name);
+    lock.signal(Signal::SIGCONT);
+    let status = lock.wait_for(PATIENCE);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(leftover), Signal::SIGKILL);
+    assert!(released, "mpsync stopped itself with the lease held (holder {holder:?}):\n{}", lock.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+}
