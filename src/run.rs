@@ -319,12 +319,23 @@ impl Runner {
                             return Ok(if stopping { Held::LostWhileStopping } else { Held::Lost });
                         }
                         tracing::info!(exit = exit.code(), "child exited");
+                        let lost_before = held.is_lost();
                         supervisor.finish(config.kill_signal, config.grace).await;
                         if held.is_lost() {
                             // Lost while what the child left was stopped (those processes were stopped by
                             // the deadline at the latest): said, not reported as a release (found by review,
                             // helper-121). The child ran its course under the lease: its exit code stands.
-                            tracing::warn!("lost the lease after the child exited, while what it left was stopped");
+                            // Or lost already when its exit was seen (mpsync frozen past the renew deadline
+                            // as the child exited): said as such (found by review, helper-177).
+                            match lost_before {
+                                true => tracing::warn!(
+                                    "the lease was lost by the time the child's exit was seen (mpsync could not \
+                                     act: frozen or starved)"
+                                ),
+                                false => tracing::warn!(
+                                    "lost the lease after the child exited, while what it left was stopped"
+                                ),
+                            }
                             give_back_lost(held).await;
                             return Ok(Held::Done(Exit::from(exit)));
                         }

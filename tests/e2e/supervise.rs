@@ -1940,3 +1940,33 @@ fn ctrl_z_while_waiting_for_the_leftovers_does_not_stop_mpsync_holding_the_lease
     assert!(released, "mpsync stopped itself with the lease held (holder {holder:?}):\n{}", lock.stderr());
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
 }
+
+/// Found by review (helper-177): mpsync frozen (`kill -STOP`) past its renew deadline while its child
+/// exits on its own, then continued before the guard's deadline. The child ran its course (its code
+/// stands); the log said "lost the lease after the child exited, while what it left was stopped", of a
+/// child that left nothing. It says the lease was lost by the time the exit was seen.
+#[test]
+fn a_child_exit_seen_after_a_freeze_past_the_deadline_is_said_as_such() {
+    let env = TestEnv::file();
+    let name = env.lease_name("exit-frozen");
+    let (pid, go) = (env.path("pid"), env.path("go"));
+    let script = format!("echo $$ > {}; while [ ! -e {} ]; do sleep 0.02; done; exit 4", pid.display(), go.display());
+    // The guard's deadline is 2 s + 2 s + 3 s after the last renewal's send: far from the freeze's end.
+    let timing = ["--lease-duration", "10s", "--renew-deadline", "2s", "--retry-period", "200ms", "--grace", "2s"];
+    let args = [&["lock", name.as_str(), "-v"][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let lock = env.spawn(args);
+    let child = read_pid(&pid);
+    lock.signal(Signal::SIGSTOP);
+    let frozen = Instant::now();
+    fs::write(&go, "").unwrap();
+    wait_until("the child to exit", || {
+        fs::read_to_string(format!("/proc/{child}/stat")).ok().is_none_or(|stat| stat.contains(") Z "))
+    });
+    // Past the renew deadline (2 s after the last renewal's send, at most 200 ms before the freeze).
+    std::thread::sleep(Duration::from_millis(3000).saturating_sub(frozen.elapsed()));
+    lock.signal(Signal::SIGCONT);
+    let done = lock.finish();
+    done.assert_code(4);
+    assert!(done.stderr.contains("the lease was lost by the time the child's exit was seen"), "{}", done.stderr);
+    assert!(!done.stderr.contains("while what it left was stopped"), "{}", done.stderr);
+}
