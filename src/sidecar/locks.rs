@@ -356,6 +356,24 @@ impl Locks {
                         )
                         .with_header("Retry-After", "1");
                     }
+                    // A semaphore's slot, taken yet or not, is never a plain lock (found by review, helper-178:
+                    // the side-car took `pool-1`, never taken by the live semaphore `pool`, and every user of
+                    // `pool` was refused while its client heartbeat). Read before a new hold only, as `lock` does.
+                    if !holding && !adopting && crate::lease::slot_parent(&lease).is_some() {
+                        match engine::semaphore_of(&self.store, &lease).await {
+                            Ok(None) => {}
+                            Ok(Some((semaphore, index, slots))) => {
+                                return Response::error(
+                                    409,
+                                    format!(
+                                        "lock {name} cannot be acquired: it is slot {index} of the semaphore \
+                                         {semaphore} ({slots} slots), not a plain lock"
+                                    ),
+                                );
+                            }
+                            Err(err) => return self.failure(name, err),
+                        }
+                    }
                     sent_create |= write.is_create();
                     match engine::send(&self.store, &lease, elector, &write).await {
                         Ok(_) => match elector.held() {

@@ -27,7 +27,24 @@ both_backends!(
     simultaneous_puts_from_two_side_cars_leave_exactly_one_holder,
     two_side_cars_without_pod_name_never_both_hold_a_lock,
     lease_prefix_keeps_every_lock_in_a_lease_of_its_own_name,
+    a_side_car_never_takes_an_untaken_slot_of_a_live_semaphore,
 );
+
+/// Found by review (helper-178): the side-car took `pool-1`, a slot the live semaphore `pool` had never
+/// taken, as a plain lock (`lock pool-1` is refused there, 125), and while its client heartbeat every user of
+/// `pool` was refused (125), slot 0 free. Slot names never mix with plain locks: 409.
+fn a_side_car_never_takes_an_untaken_slot_of_a_live_semaphore(env: &TestEnv) {
+    let pool = env.lease_name("sc-pool");
+    env.run(["lock", &pool, "--slots", "2", "--", "true"]).assert_code(0);
+    let sidecar = Sidecar::start(env, Some("pod-s"), &[]);
+    let refused = sidecar.put(&format!("{pool}-1"));
+    refused.assert_status(409);
+    assert!(refused.body.contains(&format!("slot 1 of the semaphore {pool}")), "{}", refused.body);
+    assert_eq!(env.get(&format!("{pool}-1")), None, "the side-car wrote the slot's name");
+    env.run(["lock", &pool, "--slots", "2", "--no-wait", "--", "true"]).assert_code(0);
+    // A name that only looks like a slot (no semaphore above it) is a plain lock as before.
+    sidecar.put(&env.lease_name("plain-7")).assert_status(200);
+}
 
 /// A running side-car and the addresses it listens on (the first is where requests go).
 struct Sidecar {
