@@ -184,6 +184,14 @@ pub struct Slot {
     slot_index: Option<usize>,
     /// The first live record of a plain lease seen on this slot's name (see `plain_hold_renewed`).
     plain_seen: Option<LeaseSpec>,
+    /// Until when that hold counts as not waited out, whatever this slot's record shows meanwhile; `None`
+    /// once it is over (see `plain_hold_pending`).
+    plain_until: Option<Instant>,
+    /// Whether that hold was seen gone (deleted, made free by hand, or taken by another) and its wait
+    /// extended for it.
+    plain_gone: bool,
+    /// An acquisition of this slot lost a race to a record not seen yet (a read or an event shows it).
+    race_unseen: bool,
 }
 
 impl Slot {
@@ -212,6 +220,9 @@ impl Slot {
             read_limit: None,
             slot_index: None,
             plain_seen: None,
+            plain_until: None,
+            plain_gone: false,
+            race_unseen: false,
         }
     }
 
@@ -323,38 +334,63 @@ impl Slot {
     /// changes while live meanwhile (its holder renews, or another plain lock takes it), the semaphore is
     /// refused: the refusal, the first time it shows. Found by review, helper-162: refused at sight, a dead
     /// holder's record refused the semaphore for ever.
+    ///
+    /// The wait ends at its holder's duration from when this process first saw the record, or at once when
+    /// the record shows the hold released (client-go's release shape) or this process holds the slot. Seen
+    /// gone any other way (deleted, made free by hand, or taken by another process of the semaphore, which
+    /// may never have seen the hold), renewals may have come unseen before: it lasts a full duration from
+    /// then, as a plain waiter counts the same edits. Found by review, helper-175: ended once the record
+    /// named any holder, another process's hold of that slot let this one take another slot at once, beside
+    /// the plain holder's child.
     fn plain_hold_renewed(&mut self) -> Option<Refusal> {
-        let current = self.elector.current().filter(|current| is_plain_hold(current))?;
-        match &self.plain_seen {
-            None => {
+        let now = Instant::now();
+        let timing = self.timing();
+        if self.plain_until.is_some_and(|until| now >= until) {
+            self.plain_until = None;
+        }
+        let current = self.elector.current();
+        match (current.filter(|current| is_plain_hold(current)), &self.plain_seen) {
+            (Some(current), None) => {
                 let holder = crate::lease::shown(current.record.holder_identity.as_deref().unwrap_or_default());
                 tracing::info!(lease = %self.name, holder = %holder, "a plain lease of that name is held: waiting it out");
+                self.plain_until = Some(now + crate::lease::holder_duration(&current.record, timing));
                 self.plain_seen = Some(current.record.clone());
                 None
             }
-            Some(seen) if *seen != current.record => {
+            (Some(current), Some(seen)) if *seen != current.record => {
                 Some(Refusal::NotASlot { holder: current.record.holder_identity.clone().unwrap_or_default() })
             }
-            Some(_) => None,
+            // The hold seen is no longer on the record, and its wait is not over.
+            (None, Some(seen)) if self.plain_until.is_some() => {
+                if self.elector.held().is_some()
+                    || current.is_some_and(|current| crate::lease::is_release(&current.record))
+                {
+                    self.plain_until = None;
+                } else if !std::mem::replace(&mut self.plain_gone, true) {
+                    let full = crate::lease::holder_duration(seen, timing).max(timing.lease_duration);
+                    self.plain_until = self.plain_until.max(Some(now + full));
+                    let how = match current {
+                        Some(current) if !current.record.holder_identity.as_deref().unwrap_or("").is_empty() => {
+                            "taken by another process, which may not have seen the hold"
+                        }
+                        _ => "deleted or made free by hand",
+                    };
+                    tracing::info!(lease = %self.name, "the plain lease of that name was {how}: waiting out the hold it had");
+                }
+                None
+            }
+            _ => None,
         }
     }
 
     /// Whether a plain lease's hold on this slot's name is not waited out yet (see `plain_hold_renewed`): the
-    /// record seen last is one, or, once one was seen, this slot's elector still protects it, the record
-    /// deleted or made free by hand since (found by review, helper-172: a force unlock or a deletion let the
-    /// semaphore take another slot at once, beside the plain holder's child).
-    fn plain_hold_pending(&mut self, now: Instant) -> bool {
+    /// record seen last is one, or, once one was seen, its wait is not over, whatever the record shows now
+    /// (found by review, helper-172: a force unlock or a deletion let the semaphore take another slot at
+    /// once, beside the plain holder's child).
+    fn plain_hold_pending(&self, now: Instant) -> bool {
         let live = self.elector.current().is_some_and(is_plain_hold)
             && self.elector.observed_expiry().is_none_or(|expiry| now < expiry);
-        // Only while no one holds that slot now: one of the semaphore's own processes holding it is no
-        // reason for the others to wait (found by review, helper-174: a 2-slot semaphore acted as a mutex).
-        live || (self.plain_seen.is_some()
-            && self.elector.held().is_none()
-            && self
-                .elector
-                .current()
-                .is_none_or(|current| current.record.holder_identity.as_deref().unwrap_or("").is_empty())
-            && matches!(self.elector.next(crate::engine::now()), Action::WaitUntil(_)))
+        live || self.plain_until.is_some_and(|until| now < until)
     }
 
     /// The holder of the record seen last, if any.
@@ -497,7 +533,10 @@ impl Slot {
     /// expire).
     fn watch_update(&mut self, update: Option<WatchUpdate>) {
         match update {
-            Some(update) => self.elector.observe_event(update, Instant::now()),
+            Some(update) => {
+                self.race_unseen = false;
+                self.elector.observe_event(update, Instant::now());
+            }
             None => {
                 self.watch = None;
                 self.watch_not_before = Some(Instant::now() + self.timing().retry_period);
@@ -529,6 +568,7 @@ impl Slot {
                     _ => None,
                 });
                 let floor = self.read_floor.take();
+                self.race_unseen = false;
                 self.elector.read_answered(&self.name, floor.as_deref(), current.as_ref());
                 self.elector.observe(current, Instant::now());
                 // A renewal beaten by another writer's change that left the hold ours (a label, an
@@ -563,6 +603,12 @@ impl Slot {
                 match result {
                     // A lost race is settled by reading again (or by the next event), not retried.
                     Err(StoreError::Conflict(refusal)) => {
+                        // Unless the winner's record is known already (the watch showed it).
+                        self.race_unseen = !holding
+                            && self.elector.current().is_none_or(|current| {
+                                let holder = current.record.holder_identity.as_deref().unwrap_or("");
+                                holder.is_empty() || holder == self.elector.identity()
+                            });
                         self.refused_at = Some((self.sent_base.take(), refusal));
                         None
                     }
@@ -891,24 +937,30 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
             return Err(Error::Api(format!("lease {slot}: cannot be acquired: {refusal}")));
         }
         // One attempt waits for no holder, a plain lease's neither.
-        if wait == Wait::NoWait && semaphore && slots.iter_mut().any(|slot| slot.plain_hold_pending(now)) {
+        if wait == Wait::NoWait && semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now)) {
             tracing::info!(lease = %lease, "a plain lease of a slot's name is held by another process; not waiting (--no-wait)");
             return Ok(Campaigned::NotAcquired { last_error: None });
         }
         // No acquisition before every slot was looked at once (a semaphore's count is checked on all of
         // them before anyone acquires), nor while a plain lease's hold on a slot's name is not waited out,
         // and never two at once. A slot that cannot be read (a corrupt record, say) counts as held: it is
-        // retried, with a warning, while the others are used.
-        let plain_hold_pending = semaphore && slots.iter_mut().any(|slot| slot.plain_hold_pending(now));
+        // retried, with a warning, while the others are used. A slot whose acquisition lost a race to a
+        // record not seen yet is looked at before another is acquired: that record may be a plain lease's
+        // (found by review, helper-175: with the file backend, slot 0's create put back a plain holder's
+        // record deleted by hand, and slot 1 was taken before slot 0's read showed that hold).
+        let held_back = semaphore && slots.iter().any(|slot| slot.plain_hold_pending(now) || slot.race_unseen);
         let may_acquire = AtomicBool::new(
             slots.iter().all(|slot| slot.looked_at || slot.elector.has_observed())
                 && !slots.iter().any(Slot::acquisition_pending)
-                && !plain_hold_pending,
+                && !held_back,
         );
+        // Woken when a plain hold's wait ends, as no slot's step may be.
+        let plain_hold_over = slots.iter().filter_map(|slot| slot.plain_until).min().filter(|_| held_back);
+        let wake = deadline.into_iter().chain(plain_hold_over).min();
         let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
         let (progress, index) = tokio::select! {
             (progress, index, _) = futures::future::select_all(steps) => (progress, index),
-            () = sleep_until(deadline) => continue,
+            () = sleep_until(wake) => continue,
         };
         match progress {
             Progress::Acquired | Progress::Changed => {}
@@ -1015,6 +1067,11 @@ pub async fn settle_marker(
                 sleep_until(Some(deadline.map_or(next, |deadline| next.min(deadline)))).await;
                 continue;
             }
+            Ok(MarkerLook::Released) => {
+                plain_seen = None;
+                plain_gone = false;
+                None
+            }
             // Written, or someone else wrote first: look again at once.
             Ok(MarkerLook::Again) => None,
             Err(StoreError::Conflict(_)) if conflicts == 1 => None,
@@ -1048,6 +1105,8 @@ enum MarkerLook {
     /// A plain hold seen before and not waited out is gone (deleted, or made free by hand, not released):
     /// wait.
     Unseen,
+    /// A plain hold seen before and not waited out was released: its wait is over; look again.
+    Released,
 }
 
 async fn look_at_marker(
@@ -1058,7 +1117,12 @@ async fn look_at_marker(
     pending: Option<&LeaseSpec>,
 ) -> Result<MarkerLook, StoreError> {
     let current = store.get(name).await?;
-    let released = current.as_ref().is_some_and(|current| crate::lease::is_release(&current.record));
+    // The hold seen released ends the wait at once: marked now, the marker read back next was taken for
+    // another's written over a hold seen gone, and waited out a full duration more (found by review,
+    // helper-175).
+    if pending.is_some() && current.as_ref().is_some_and(|current| crate::lease::is_release(&current.record)) {
+        return Ok(MarkerLook::Released);
+    }
     let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
         (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => {
             // A live record that carries a count may be another semaphore's slot: said so, as for a free one.
@@ -1074,7 +1138,7 @@ async fn look_at_marker(
         // (found by review, helper-174).
         (Marker::Ready, _) if pending.is_some() => return Ok(MarkerLook::Unseen),
         (Marker::Ready, _) => None,
-        (Marker::Write(_), _) if pending.is_some() && !released => return Ok(MarkerLook::Unseen),
+        (Marker::Write(_), _) if pending.is_some() => return Ok(MarkerLook::Unseen),
         (Marker::Write(write), _) => Some(write),
     };
     // Another semaphore's slot carries its count too: it is no marker of ours, whatever the count.

@@ -1598,6 +1598,11 @@ impl Elector {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(SLOTS_ANNOTATION.to_string(), slots.to_string());
+        } else if let Some(annotations) = write.metadata.annotations.as_mut() {
+            // A plain lease's writes carry no count, whatever its record got meanwhile (found by review,
+            // helper-175: a count put on a plain holder's record by another's create was renewed on, and
+            // a semaphore took the record for a slot's).
+            annotations.remove(SLOTS_ANNOTATION);
         }
         write
     }
@@ -3474,6 +3479,22 @@ mod tests {
         let mut slot = Elector::new("me", TIMING).with_slots(3);
         slot.observe(Some(versioned(4, record(Some(""), Some(1), Some(2)))), t0);
         assert!(matches!(slot.next(now(t0, 0.0)), Action::Write(_)));
+    }
+
+    /// Found by review (helper-175): a plain lease's writes carry no slot count, also when its held record
+    /// got one meanwhile (the file backend put a record deleted under its holder back with a semaphore's
+    /// count, and the holder renewed it on, taken for a slot's).
+    #[test]
+    fn a_plain_holders_renewal_carries_no_slot_count() {
+        let t0 = Instant::now();
+        let mut plain = holding(t0);
+        let held = plain.current().unwrap().record.clone();
+        plain.observe(Some(annotated(3, held, "2")), at(t0, 0.5));
+        assert!(plain.held().is_some());
+        let renewal = expect_write(after_a_read(&mut plain, now(t0, 2.0)));
+        assert_eq!(renewal.record.holder_identity.as_deref(), Some("me"));
+        assert_eq!(renewal.resource_version(), Some("3"));
+        assert!(!renewal.metadata.annotations.unwrap_or_default().contains_key(SLOTS_ANNOTATION));
     }
 
     #[test]

@@ -825,7 +825,14 @@ fn a_plain_hold_on_a_slot_name_that_ended_leaves_the_semaphore_its_slots(env: &T
         let slot0 = format!("{name}-0");
         let (plog, pgate) = (env.path(&env.lease_name("plog")), env.path(&env.lease_name("pgate")));
         let (log, gate) = (env.path(&env.lease_name("log")), env.path(&env.lease_name("gate")));
-        let holder = env.spawn(fast(&["lock", &slot0], &["sh", "-c", &stamp_script(&plog, &until_exists(&pgate))]));
+        // A live holder renews no sooner than the release: a renewal seen while waited out refuses the
+        // semaphore (125), as a loaded machine's slow start showed (helper-180).
+        let timing: &[&str] = match dead {
+            true => &["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "500ms"],
+            false => &["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"],
+        };
+        let script = stamp_script(&plog, &until_exists(&pgate));
+        let holder = env.spawn(["lock", slot0.as_str()].iter().chain(timing).chain(&["--", "sh", "-c", &script]));
         wait_for_file(&plog, "start");
         if dead {
             holder.signal(Signal::SIGKILL);
@@ -876,4 +883,127 @@ fn a_marker_put_back_over_a_live_plain_hold_is_no_marker() {
     assert!(read_stamps(&log).is_empty(), "the semaphore's child ran beside the plain holder's:\n{}", semaphore.stderr);
     semaphore.assert_code(125);
     assert!(holder.stderr.is_empty() || !holder.stderr.contains("panicked"), "{}", holder.stderr);
+}
+
+/// A child that stamps `start NANOS SLOT` and `end NANOS SLOT` around `body`.
+fn slot_script(log: &std::path::Path, body: &str) -> String {
+    let log = log.display();
+    format!("echo start $(date +%s%N) $MPSYNC_SLOT >> {log}; {body}; echo end $(date +%s%N) $MPSYNC_SLOT >> {log}")
+}
+
+/// The time of the first stamp `word` in `log`.
+fn first_stamp(log: &std::path::Path, word: &str) -> Option<u128> {
+    read_stamps(log).iter().find(|s| s.0 == word).map(|s| s.1)
+}
+
+both_backends!(
+    a_plain_hold_on_a_slot_name_seen_gone_is_waited_out_when_another_process_takes_that_slot,
+    a_released_plain_hold_on_the_marker_name_ends_the_semaphores_wait_at_once,
+);
+
+/// Found by review (helper-175): S1 waits out a plain lease's hold on slot 0's name and sees it deleted or
+/// made free by hand under its live holder; S2, which never saw the hold, then takes slot 0. S1 took that
+/// for the end of the wait and ran its child on slot 1 at once, beside the plain holder's (which ran on
+/// until its next renewal). The hold is waited out a full duration from when it was seen gone.
+fn a_plain_hold_on_a_slot_name_seen_gone_is_waited_out_when_another_process_takes_that_slot(env: &TestEnv) {
+    for delete in [true, false] {
+        let name = env.lease_name("gone");
+        let slot0 = format!("{name}-0");
+        let (plog, log1) = (env.path(&env.lease_name("plog")), env.path(&env.lease_name("log1")));
+        let (log2, gate2) = (env.path(&env.lease_name("log2")), env.path(&env.lease_name("gate2")));
+        // The plain holder renews every 4 s: it runs on for up to that long after the edit.
+        let holder = env.spawn(
+            ["lock", slot0.as_str(), "--lease-duration", "12s", "--renew-deadline", "8s", "--retry-period", "4s"]
+                .into_iter()
+                .chain(["--", "sh", "-c", &draining_script(&plog, "0.5")]),
+        );
+        wait_for_file(&plog, "start");
+        let s1 = env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &slot_script(&log1, "true")]));
+        wait_until("S1 to wait the plain hold out", || s1.stderr().contains("waiting it out"));
+        match delete {
+            true => env.delete(&slot0),
+            false => env.edit(&slot0, |spec| spec.holder_identity = None),
+        }
+        wait_until("S1 to see it gone", || s1.stderr().contains("waiting out the hold it had"));
+        let s2 = env
+            .spawn(fast(&["lock", &name, "--slots", "2"], &["sh", "-c", &slot_script(&log2, &until_exists(&gate2))]));
+        let (mut holder, mut s1) = (holder, s1);
+        // With the file backend, S2's create of a slot deleted under its live holder puts the holder's record
+        // back: the holder renews on, and S1 and S2 refuse it (125). Ended here, then.
+        let limit = std::time::Instant::now() + Duration::from_secs(25);
+        while std::time::Instant::now() < limit
+            && (holder.wait_for(Duration::ZERO).is_none() || s1.wait_for(Duration::ZERO).is_none())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if holder.wait_for(Duration::ZERO).is_none() {
+            holder.signal(Signal::SIGTERM);
+        }
+        let holder = holder.finish();
+        fs::write(&gate2, "").unwrap();
+        let (s1, s2) = (s1.finish(), s2.finish());
+        let (started, ended) = (first_stamp(&log1, "start"), first_stamp(&plog, "end"));
+        assert!(
+            started.is_none_or(|started| ended.is_some_and(|ended| started > ended)),
+            "delete {delete}: S1 started at {started:?} (slot {:?}), the plain holder's child ended at {ended:?}\nS1:\n{}\nS2:\n{}\nholder:\n{}",
+            read_stamps(&log1).first().and_then(|s| s.2),
+            s1.stderr,
+            s2.stderr,
+            holder.stderr
+        );
+    }
+}
+
+/// Found by review (helper-175): a plain holder of NAME that ends properly (its release written) while a
+/// semaphore waits it out. The semaphore marked the released record, then took its own marker, read back,
+/// for another's written over a hold seen gone, and waited a full lease duration more. A release ends the
+/// wait: the semaphore runs within a few retry periods.
+fn a_released_plain_hold_on_the_marker_name_ends_the_semaphores_wait_at_once(env: &TestEnv) {
+    let name = env.lease_name("rel");
+    let (plog, log, gate) = (env.path("plog"), env.path("log"), env.path("gate"));
+    let holder = env.spawn(fast(&["lock", &name], &["sh", "-c", &stamp_script(&plog, &until_exists(&gate))]));
+    wait_for_file(&plog, "start");
+    let semaphore = env.spawn(
+        ["lock", name.as_str(), "--slots", "2", "-v", "--lease-duration", "20s", "--renew-deadline", "14s"]
+            .into_iter()
+            .chain(["--retry-period", "1s", "--", "sh", "-c", &stamp_script(&log, "true")]),
+    );
+    wait_until("the semaphore to wait the plain hold out", || semaphore.stderr().contains("waiting it out"));
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    let released_at = std::time::Instant::now();
+    wait_for_file(&log, "start");
+    let took = released_at.elapsed();
+    let semaphore = semaphore.finish();
+    semaphore.assert_code(0);
+    assert!(took < Duration::from_secs(10), "the semaphore started {took:?} after a release:\n{}", semaphore.stderr);
+}
+
+/// Found by review (helper-175): with the file backend, a plain lease's record on slot 0's name deleted by
+/// hand (`rm NAME-0.json`) under its live holder, then put back by a semaphore's create of slot 0, which
+/// gave it the create's count: the semaphore took the plain holder for another process's hold of slot 0,
+/// and ran its child on slot 1 beside the plain holder's, which renewed on. Put back, the record stays a
+/// plain lease's: the semaphore waits it out, and refuses (125) as its holder renews it.
+#[test]
+fn a_plain_hold_put_back_on_a_slot_name_is_no_slot() {
+    let env = TestEnv::file();
+    let name = env.lease_name("put-back");
+    let slot0 = format!("{name}-0");
+    let (plog, log) = (env.path("plog"), env.path("log"));
+    let holder = env.spawn(fast(&["lock", &slot0], &["sh", "-c", &draining_script(&plog, "0.2")]));
+    wait_for_file(&plog, "start");
+    env.delete(&slot0);
+    let semaphore = env.run(fast(
+        &["lock", &name, "--slots", "2", "-v", "--timeout", "20s"],
+        &["sh", "-c", &slot_script(&log, "true")],
+    ));
+    let annotations = env.metadata(&slot0).and_then(|m| m.annotations).unwrap_or_default();
+    let mut holder = holder;
+    let holder_ran_on = holder.wait_for(Duration::ZERO).is_none();
+    holder.signal(Signal::SIGTERM);
+    let holder = holder.finish();
+    assert!(read_stamps(&log).is_empty(), "the semaphore's child ran beside the plain holder's:\n{}", semaphore.stderr);
+    semaphore.assert_code(125);
+    assert!(holder_ran_on, "the plain holder lost its lease:\n{}", holder.stderr);
+    assert!(!annotations.contains_key("mpsync.io/slots"), "{annotations:?}");
 }

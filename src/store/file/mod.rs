@@ -264,16 +264,18 @@ impl FileStore {
                     lease.metadata.labels = metadata.labels.clone();
                     lease.metadata.annotations = metadata.annotations.clone();
                 } else {
-                    // Held, it may be a holder's that crashed: its slot count is the create's all the same
-                    // (found by review: a semaphore deleted and made again with another count, after a user
-                    // crashed, was refused for good). A holder alive renews with its own count, and is
-                    // refused then; a dead one is waited out.
+                    // Held, a slot's record may be a holder's that crashed: its slot count is the create's all
+                    // the same (found by review: a semaphore deleted and made again with another count, after
+                    // a user crashed, was refused for good). A holder alive renews with its own count, and is
+                    // refused then; a dead one is waited out. A plain lease's record (no count) stays one:
+                    // given the create's count, a semaphore took its live holder for another process's hold of
+                    // that slot, and ran beside it (found by review, helper-175).
                     let key = crate::lease::SLOTS_ANNOTATION;
                     let count = metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
                     let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
                     match count {
-                        Some(count) => annotations.insert(key.to_string(), count),
-                        None => annotations.remove(key),
+                        Some(count) if annotations.contains_key(key) => annotations.insert(key.to_string(), count),
+                        _ => annotations.remove(key),
                     };
                 }
                 self.write_lease(&dir, &files, &lease)?;
