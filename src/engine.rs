@@ -393,6 +393,17 @@ impl Slot {
         live || self.plain_until.is_some_and(|until| now < until)
     }
 
+    /// Whether the record seen last is the plain lease's hold first seen on this slot's name, waited out
+    /// unchanged (see `plain_hold_renewed`): free to take.
+    fn plain_hold_waited_out(&self, now: Instant) -> bool {
+        self.plain_until.is_none()
+            && !self.plain_hold_pending(now)
+            && self
+                .elector
+                .current()
+                .is_some_and(|current| is_plain_hold(current) && self.plain_seen.as_ref() == Some(&current.record))
+    }
+
     /// The holder of the record seen last, if any.
     pub fn holder(&self) -> Option<String> {
         self.elector.current()?.record.holder_identity.clone().filter(|h| !h.is_empty())
@@ -957,7 +968,15 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
         // Woken when a plain hold's wait ends, as no slot's step may be.
         let plain_hold_over = slots.iter().filter_map(|slot| slot.plain_until).min().filter(|_| held_back);
         let wake = deadline.into_iter().chain(plain_hold_over).min();
-        let steps = slots.iter_mut().map(|slot| Box::pin(slot.step(&may_acquire, true)));
+        // A plain lease's record on a slot's name, waited out, is the slot taken: made a slot, it costs no
+        // later user that wait again (found by review, helper-175: another slot was taken each time, every
+        // user waited a dead holder's record out, and `--no-wait` never acquired, with that slot free).
+        let first = slots.iter().position(|slot| semaphore && slot.plain_hold_waited_out(now));
+        let no_acquisition = AtomicBool::new(false);
+        let steps = slots.iter_mut().enumerate().map(|(index, slot)| {
+            let may_acquire = if first.is_none_or(|first| first == index) { &may_acquire } else { &no_acquisition };
+            Box::pin(slot.step(may_acquire, true))
+        });
         let (progress, index) = tokio::select! {
             (progress, index, _) = futures::future::select_all(steps) => (progress, index),
             () = sleep_until(wake) => continue,
@@ -1250,14 +1269,20 @@ async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Vers
 /// How many of a semaphore's first slots are read for a recorded count before its marker is written.
 const MARKER_PROBES: u32 = 8;
 
-/// The slot count that the first existing slot of semaphore `name` records (of its first `MARKER_PROBES`
-/// slots, or fewer if `slots` is smaller), if any. Only when the marker is missing: a first use reads
-/// those few absent slots once.
+/// The slot count that the first existing slot of semaphore `name` that records one records (of its first
+/// `MARKER_PROBES` slots, or fewer if `slots` is smaller), if any. Only when the marker is missing: a first
+/// use reads those few absent slots once. A record with no count (a plain lease's, on a slot's name) tells
+/// none: the slots past it are read on (found by review, helper-175: a free plain record on slot 0's name
+/// hid slot 1's count of 3, and `--slots 2` wrote the deleted marker; every user of 3 was refused then).
 async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, StoreError> {
     for index in 0..slots.min(MARKER_PROBES) {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
-                return Ok(slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION)));
+                if let Some(count) =
+                    slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION))
+                {
+                    return Ok(Some(count));
+                }
             }
             Ok(None) => {}
             // A record that cannot be read tells no count: the campaign checks every slot again before it

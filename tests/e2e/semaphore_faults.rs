@@ -1007,3 +1007,44 @@ fn a_plain_hold_put_back_on_a_slot_name_is_no_slot() {
     assert!(holder_ran_on, "the plain holder lost its lease:\n{}", holder.stderr);
     assert!(!annotations.contains_key("mpsync.io/slots"), "{annotations:?}");
 }
+
+both_backends!(a_deleted_marker_is_written_again_only_with_the_count_past_a_plain_record_on_a_slot_name);
+
+/// Found by review (helper-175): a 3-slot semaphore whose marker was deleted while slot 1 is held; slot 0's
+/// name holds a plain lease's free record (no count). Its count was read from the first record found,
+/// slot 0's, which has none: `--slots 2` wrote the marker "2", and every user of 3 was refused from then
+/// on. The records past it are read: `--slots 2` is refused (125), the marker is not written, and `--slots
+/// 3` runs on slot 0.
+fn a_deleted_marker_is_written_again_only_with_the_count_past_a_plain_record_on_a_slot_name(env: &TestEnv) {
+    let name = env.lease_name("probe");
+    let mut free = TestEnv::foreign_record("", 1);
+    free.holder_identity = None;
+    env.put(&format!("{name}-0"), free);
+    env.put_slot(&format!("{name}-1"), 3, TestEnv::foreign_record("someone", 30));
+    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "the marker was written with another count than the slots record: {marker:?}");
+    two.assert_code(125);
+    assert!(two.stderr.contains("3 slots"), "{}", two.stderr);
+    env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
+}
+
+both_backends!(a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once);
+
+/// Found by review (helper-175): a dead plain holder's record on slot 1's name, a slot no one used. Each
+/// user of the semaphore waited it out and then took slot 0, so the record stayed: every user waited a
+/// lease duration before it started, and `--no-wait` never acquired (124), with slot 0 free. The record
+/// waited out is the slot taken, a slot from then on.
+fn a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once(env: &TestEnv) {
+    let name = env.lease_name("once");
+    let slot1 = format!("{name}-1");
+    dead_plain_holder(env, &slot1);
+    let log = env.path("log");
+    let first =
+        env.run(fast(&["lock", &name, "--slots", "2", "--timeout", "20s"], &["sh", "-c", &slot_script(&log, "true")]));
+    first.assert_code(0);
+    assert_eq!(read_stamps(&log).first().and_then(|s| s.2), Some(1), "{}", first.stderr);
+    let annotations = env.metadata(&slot1).and_then(|m| m.annotations).unwrap_or_default();
+    assert_eq!(annotations.get("mpsync.io/slots").map(String::as_str), Some("2"));
+    env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
+}
