@@ -618,6 +618,7 @@ impl Supervisor {
     /// `next_notice` then does not report), as `stop` does.
     pub async fn kill_stopped_child(&mut self) -> ChildExit {
         if let Some(pgid) = self.group {
+            self.keep_told_left();
             self.held = None;
             warn!(pgid = pgid.as_raw(), "killing the child's job without continuing it");
             self.kill_job(pgid).await;
@@ -645,6 +646,7 @@ impl Supervisor {
         }
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
+            self.keep_told_left();
             self.note_escapes();
             self.end_job(pgid, kill_signal, true);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
@@ -675,13 +677,7 @@ impl Supervisor {
             return;
         }
         self.note_adopted();
-        // What the guard was told had left the child's group (its children in other groups) is the job's,
-        // as it would be to the guard should mpsync die now: ended with the rest, not left running past the
-        // release (found by review, helper-177: `setsid worker &` ran on beside the next holder's child).
-        // Counted by pid and start time: one gone since is no process of the job.
-        for (&pid, &start) in &self.told_left {
-            self.keep((pid, start));
-        }
+        self.keep_told_left();
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
             self.end_job(pgid, kill_signal, true);
@@ -690,6 +686,19 @@ impl Supervisor {
             }
         }
         self.release_group();
+    }
+
+    /// What the guard was told had left the child's group (its children in other groups) is the job's, as it
+    /// would be to the guard should mpsync die now: ended with the rest, not left running past the release
+    /// (found by review, helper-177: `setsid worker &` ran on beside the next holder's child), however the
+    /// job ends: also when the child died while job control held the job stopped (helper-183: the worker,
+    /// init's child by then, was continued by the kernel and ran beside the next holder's child). Counted
+    /// by pid and start time: one gone since is no process of the job.
+    fn keep_told_left(&mut self) {
+        let told: Vec<_> = self.told_left.iter().map(|(&pid, &start)| (pid, start)).collect();
+        for process in told {
+            self.keep(process);
+        }
     }
 
     /// The main child's exit as reported by `stop`-like calls: taken from the queue if it is there, so that
@@ -1706,12 +1715,18 @@ pub fn check_program(program: &OsStr) -> Result<(), SpawnError> {
     let not_executable = |path: &std::path::Path| match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Some(io::Error::from_raw_os_error(libc::EISDIR)),
         Ok(_) => Some(io::Error::from_raw_os_error(libc::EACCES)),
-        Err(_) => None,
+        Err(err) => Some(err),
     };
     let found = match program.as_bytes().contains(&b'/') {
-        true => not_executable(std::path::Path::new(program)),
-        // As bash: a file of that name on PATH that cannot run is "Permission denied" (126), not "not found".
-        false => std::env::split_paths(&search_path()).filter_map(|dir| not_executable(&dir.join(program))).next(),
+        // As bash: only a file that is not there is "not found" (127); a path that cannot be followed
+        // (`/usr/bin/true/`, a symlink loop, a directory this user may not search, a name too long) says
+        // why (126) (found by review, helper-183: all were 127, "command not found").
+        true => not_executable(std::path::Path::new(program)).filter(|err| err.raw_os_error() != Some(libc::ENOENT)),
+        // As bash: a file of that name on PATH that cannot run is "Permission denied" (126), not "not found";
+        // a directory on PATH that is not there, or not a directory, is passed over, as execvp does.
+        false => std::env::split_paths(&search_path())
+            .filter_map(|dir| not_executable(&dir.join(program)))
+            .find(|err| !matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))),
     };
     match found {
         Some(error) => Err(SpawnError::NotExecutable(name, error)),

@@ -68,9 +68,16 @@ fn non_executable_command_exits_126(env: &TestEnv) {
     let script = env.path("not-executable.sh");
     fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
-    for command in [script.as_os_str(), env.dir.as_os_str()] {
+    // A path that cannot be followed says why, as bash does (found by review, helper-183: "command not
+    // found", 127): a file taken for a directory, a symlink loop.
+    let through_a_file = format!("{}/", script.display());
+    let looped = env.path("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let commands = [script.as_os_str(), env.dir.as_os_str(), through_a_file.as_ref(), looped.as_os_str()];
+    for (command, why) in commands.into_iter().zip(["", "", "Not a directory", "symbolic links"]) {
         let done = env.run(["lock".as_ref(), name.as_ref(), "--".as_ref(), command]);
         done.assert_code(126);
+        assert!(done.stderr.contains(why), "{}", done.stderr);
         assert_eq!(env.get(&name), None, "nothing is written when the command cannot run");
     }
 }

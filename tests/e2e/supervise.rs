@@ -1912,6 +1912,37 @@ fn a_worker_mpsync_told_its_guard_of_is_ended_before_the_release() {
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", done.stderr);
 }
 
+/// Found by review (helper-183): the same worker, when the main child dies while job control holds the job
+/// stopped (Ctrl-Z, then a `kill -9` of the child or the OOM killer): the job was killed without being
+/// continued, but the worker, init's child by then, was left behind, stopped; the kernel continues an
+/// orphaned stopped group, and it ran on beside the next holder's child. It is killed with the job.
+#[test]
+fn a_worker_mpsync_told_its_guard_of_is_killed_when_the_child_dies_while_held_stopped() {
+    use crate::support::pty::state;
+    let env = TestEnv::file();
+    let name = env.lease_name("told-held");
+    let (worker, main) = (env.path("worker.pid"), env.path("main.pid"));
+    let script = format!("setsid sleep 1002 & echo $! > {}; echo $$ > {}; wait", worker.display(), main.display());
+    let mut command = env.mpsync(["lock", &name, "-vv", "--grace", "1s", "--", "sh", "-c", &script]);
+    command.process_group(0);
+    let mut lock = Proc::spawn(command, &env.dir);
+    let (worker, main) = (read_pid(&worker), read_pid(&main));
+    let told = format!("the guard knows of a process that left the child's group pid={worker}");
+    wait_until("mpsync to tell its guard of the worker", || lock.stderr().contains(&told));
+    lock.signal(Signal::SIGTSTP);
+    wait_until("mpsync to stop itself", || state(lock.pid()) == Some('T'));
+    wait_until("the worker to be stopped with the job", || state(worker) == Some('T'));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(main), Signal::SIGKILL);
+    wait_until("the child to die", || !alive(main));
+    lock.signal(Signal::SIGCONT);
+    let status = lock.wait_for(PATIENCE);
+    let left = alive(worker);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+    assert!(status.is_some(), "mpsync did not exit:\n{}", lock.stderr());
+    assert!(!left, "the worker was left behind after the release:\n{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
+}
+
 /// Found by review (helper-177): Ctrl-Z (SIGTSTP) while mpsync waits out `--grace` for what its exited
 /// child left (a leftover that ignores TERM), mpsync in a group a shell could continue. mpsync carried
 /// out the stop in its release and sat stopped with the lease held, for a child that no longer existed.
