@@ -182,8 +182,10 @@ pub struct Slot {
     read_limit: Option<Arc<tokio::sync::Semaphore>>,
     /// For a slot of a semaphore: its index.
     slot_index: Option<usize>,
-    /// The first live record of a plain lease seen on this slot's name (see `plain_hold_renewed`).
+    /// The first live record of a plain lease seen on this slot's name (see `plain_hold_renewed`), and the
+    /// uid of the Lease that carried it.
     plain_seen: Option<LeaseSpec>,
+    plain_seen_uid: Option<String>,
     /// Until when that hold counts as not waited out, whatever this slot's record shows meanwhile; `None`
     /// once it is over (see `plain_hold_pending`).
     plain_until: Option<Instant>,
@@ -220,6 +222,7 @@ impl Slot {
             read_limit: None,
             slot_index: None,
             plain_seen: None,
+            plain_seen_uid: None,
             plain_until: None,
             plain_gone: false,
             race_unseen: false,
@@ -355,6 +358,7 @@ impl Slot {
                 tracing::info!(lease = %self.name, holder = %holder, "a plain lease of that name is held: waiting it out");
                 self.plain_until = Some(now + crate::lease::holder_duration(&current.record, timing));
                 self.plain_seen = Some(current.record.clone());
+                self.plain_seen_uid = current.metadata.uid.clone();
                 None
             }
             (Some(current), Some(seen)) if *seen != current.record => {
@@ -362,9 +366,13 @@ impl Slot {
             }
             // The hold seen is no longer on the record, and its wait is not over.
             (None, Some(seen)) if self.plain_until.is_some() => {
-                if self.elector.held().is_some()
-                    || current.is_some_and(|current| crate::lease::is_release(&current.record))
-                {
+                // Only the plain holder's own release, seen before anything else came of the hold: once it
+                // was seen gone, a release is of whoever took the name since, and says nothing of the plain
+                // holder's child (found by review, helper-184: another process's release of the slot, or a
+                // later plain lock's, let this one take a slot beside the plain holder's child).
+                let released = !self.plain_gone
+                    && current.is_some_and(|current| released_by(seen, self.plain_seen_uid.as_deref(), current));
+                if self.elector.held().is_some() || released {
                     self.plain_until = None;
                 } else if !std::mem::replace(&mut self.plain_gone, true) {
                     let full = crate::lease::holder_duration(seen, timing).max(timing.lease_duration);
@@ -1023,8 +1031,10 @@ pub async fn settle_marker(
     let mut last_error = None;
     let mut looked = false;
     let mut conflicts = 0;
-    // A plain lease's live record of that name, and when it is waited out (its duration from first seen).
+    // A plain lease's live record of that name, and when it is waited out (its duration from first seen);
+    // the uid of the Lease that carried it.
     let mut plain_seen: Option<(LeaseSpec, Instant)> = None;
+    let mut plain_seen_uid: Option<String> = None;
     // Whether that record was seen deleted or made free by hand since.
     let mut plain_gone = false;
     loop {
@@ -1042,12 +1052,14 @@ pub async fn settle_marker(
         // meanwhile, unless it is the release of a holder (found by review, helper-172: deleted, or made
         // free by hand, it was marked at once, and the semaphore's child ran beside the plain holder's).
         let pending = plain_seen.as_ref().filter(|_| waited_out.is_none()).map(|(seen, _)| seen);
+        // Once it was seen gone, no release ends its wait (see `plain_hold_renewed`).
+        let pending = pending.map(|seen| (seen, (!plain_gone).then_some(plain_seen_uid.as_deref())));
         let look = look_at_marker(store, name, slots, waited_out, pending).await;
         conflicts = if matches!(look, Err(StoreError::Conflict(_))) { conflicts + 1 } else { 0 };
         let failure = match look {
             Ok(MarkerLook::Settled) => return Ok(Ok(())),
             Ok(MarkerLook::Refused(refusal)) => return refuse(refusal),
-            Ok(MarkerLook::PlainHold(record)) => {
+            Ok(MarkerLook::PlainHold(record, uid)) => {
                 let holder = crate::lease::shown(record.holder_identity.as_deref().unwrap_or_default());
                 if no_wait {
                     tracing::info!(lease = %name, holder = %holder, "a plain lease of that name is held by another process; not waiting (--no-wait)");
@@ -1058,6 +1070,7 @@ pub async fn settle_marker(
                         let until = Instant::now() + crate::lease::holder_duration(&record, timing);
                         tracing::info!(lease = %name, holder = %holder, "a plain lease of that name is held: waiting it out");
                         plain_seen = Some((record, until));
+                        plain_seen_uid = uid;
                         until
                     }
                     Some((seen, _)) if *seen != record => {
@@ -1112,13 +1125,22 @@ pub async fn settle_marker(
     }
 }
 
+/// Whether `current` is the release of the plain hold `seen` (of the Lease with uid `seen_uid`) by its own
+/// holder: a release (client-go's shape) of the same Lease (not one deleted and made again by another
+/// process) that kept the hold's token (another process's acquisition since would have raised it).
+fn released_by(seen: &LeaseSpec, seen_uid: Option<&str>, current: &crate::lease::Versioned) -> bool {
+    crate::lease::is_release(&current.record)
+        && current.record.lease_transitions.unwrap_or(0) == seen.lease_transitions.unwrap_or(0)
+        && seen_uid.is_none_or(|uid| current.metadata.uid.as_deref().is_none_or(|current| current == uid))
+}
+
 /// What one look at a semaphore's marker found.
 enum MarkerLook {
     /// It records our count.
     Settled,
     Refused(crate::lease::Refusal),
     /// A plain lease's live record of that name, not waited out: wait.
-    PlainHold(LeaseSpec),
+    PlainHold(LeaseSpec, Option<String>),
     /// It was written just now: look again.
     Again,
     /// A plain hold seen before and not waited out is gone (deleted, or made free by hand, not released):
@@ -1133,15 +1155,18 @@ async fn look_at_marker(
     name: &str,
     slots: u32,
     waited_out: Option<&LeaseSpec>,
-    pending: Option<&LeaseSpec>,
+    pending: Option<(&LeaseSpec, Option<Option<&str>>)>,
 ) -> Result<MarkerLook, StoreError> {
     let current = store.get(name).await?;
     // The hold seen released ends the wait at once: marked now, the marker read back next was taken for
     // another's written over a hold seen gone, and waited out a full duration more (found by review,
-    // helper-175).
-    if pending.is_some() && current.as_ref().is_some_and(|current| crate::lease::is_release(&current.record)) {
+    // helper-175). Only its own holder's release, and only while it was not seen gone (`None` then).
+    if let Some((seen, Some(uid))) = pending
+        && current.as_ref().is_some_and(|current| released_by(seen, uid, current))
+    {
         return Ok(MarkerLook::Released);
     }
+    let pending = pending.map(|(seen, _)| seen);
     let write = match (crate::lease::semaphore_marker(current.as_ref(), slots, waited_out), current) {
         (Marker::Refuse(Refusal::NotASlot { .. }), Some(current)) => {
             // A live record that carries a count may be another semaphore's slot: said so, as for a free one.
@@ -1150,7 +1175,7 @@ async fn look_at_marker(
             {
                 return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotOfAnother { semaphore, index, slots }));
             }
-            return Ok(MarkerLook::PlainHold(current.record));
+            return Ok(MarkerLook::PlainHold(current.record, current.metadata.uid));
         }
         (Marker::Refuse(refusal), _) => return Ok(MarkerLook::Refused(refusal)),
         // A marker another process wrote over the hold this one saw (it never saw it) does not end the wait

@@ -2,7 +2,7 @@
 //! not reused before they expire, one slot per process, counts that disagree refused.
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -1047,4 +1047,155 @@ fn a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once(env: &TestEnv) 
     let annotations = env.metadata(&slot1).and_then(|m| m.annotations).unwrap_or_default();
     assert_eq!(annotations.get("mpsync.io/slots").map(String::as_str), Some("2"));
     env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
+}
+
+both_backends!(
+    another_processs_release_never_ends_the_wait_for_a_plain_hold_seen_gone,
+    a_plain_hold_seen_gone_is_waited_out_without_a_release,
+);
+
+/// S1 waits out a plain holder P's hold on NAME-0 (P's child runs). NAME-0 is deleted (kube) or made free
+/// by hand (both); S1 sees that and extends its wait to a full duration (README). S2 (never saw the hold)
+/// takes slot 0 (slot 1 is held by another semaphore process), runs a short child, and releases slot 0
+/// properly. Found by review (helper-184): S1 took that release for the plain holder's and ended its wait
+/// at once: its child ran while
+/// P's still ran (P learnt of its loss only at its next renewal). Slot 0's own elector still waits the
+/// hand edit out, so S1 shows it on slot 1, given back by its holder meanwhile.
+fn another_processs_release_never_ends_the_wait_for_a_plain_hold_seen_gone(env: &TestEnv) {
+    released_after_seen_gone(env, true);
+}
+
+/// Control: the same without S2 (no release on slot 0's name): S1 waits the hold out (passes).
+fn a_plain_hold_seen_gone_is_waited_out_without_a_release(env: &TestEnv) {
+    released_after_seen_gone(env, false);
+}
+
+fn released_after_seen_gone(env: &TestEnv, with_s2: bool) {
+    let ways: &[bool] = match env.backend {
+        Backend::Kube => &[true, false],
+        // A create over a deleted record puts the plain holder's record back with the file backend.
+        Backend::File => &[false],
+    };
+    for &delete in ways {
+        let name = env.lease_name("relgone");
+        let slot0 = format!("{name}-0");
+        let slot1 = format!("{name}-1");
+        let (plog, log1, log2) =
+            (env.path(&env.lease_name("plog")), env.path(&env.lease_name("log1")), env.path(&env.lease_name("log2")));
+        // Slot 1 is held by another semaphore process (alive, as far as anyone can tell).
+        env.put_slot(&slot1, 2, TestEnv::foreign_record("other-semaphore-process", 600));
+        // The plain holder renews every 8 s.
+        let holder = env.spawn(
+            ["lock", slot0.as_str(), "--lease-duration", "20s", "--renew-deadline", "15s", "--retry-period", "8s"]
+                .into_iter()
+                .chain(["--", "sh", "-c", &draining_script(&plog, "0.2")]),
+        );
+        wait_for_file(&plog, "start");
+        let s1 =
+            env.spawn(fast(&["lock", &name, "--slots", "2", "-vv"], &["sh", "-c", &slot_script(&log1, "sleep 1")]));
+        wait_until("S1 to wait the plain hold out", || s1.stderr().contains("waiting it out"));
+        let edited_at = Instant::now();
+        match delete {
+            true => env.delete(&slot0),
+            false => env.edit(&slot0, |spec| spec.holder_identity = None),
+        }
+        wait_until("S1 to see it gone", || s1.stderr().contains("waiting out the hold it had"));
+        // S2 takes slot 0 and gives it back at once.
+        let s2 = if with_s2 {
+            env.run(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &slot_script(&log2, "true")]))
+        } else {
+            env.run(["status", name.as_str()])
+        };
+        // The other semaphore process gives slot 1 back properly (as mpsync and client-go release).
+        std::thread::sleep(Duration::from_millis(1500));
+        env.release_as_client_go(&slot1);
+        let (mut holder, mut s1) = (holder, s1);
+        let limit = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < limit
+            && (holder.wait_for(Duration::ZERO).is_none() || s1.wait_for(Duration::ZERO).is_none())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if holder.wait_for(Duration::ZERO).is_none() {
+            holder.signal(Signal::SIGTERM);
+        }
+        if s1.wait_for(Duration::ZERO).is_none() {
+            s1.signal(Signal::SIGTERM);
+        }
+        let (holder, s1) = (holder.finish(), s1.finish());
+        let (started, ended) = (first_stamp(&log1, "start"), first_stamp(&plog, "end"));
+        let s2_ran = first_stamp(&log2, "start");
+        eprintln!(
+            "delete {delete}: edit at +0; S2 ran at {:?}; S1 started at {:?} ms; P's child ended at {:?} ms (S2 exit {:?})",
+            s2_ran.map(|t| t as i128),
+            started.zip(ended).map(|(s, e)| (s as i128 - e as i128) / 1_000_000),
+            ended.map(|_| edited_at.elapsed()),
+            s2.status.code(),
+        );
+        assert!(
+            started.is_none_or(|started| ended.is_some_and(|ended| started > ended)),
+            "delete {delete}: S1's child started at {started:?} (slot {:?}), before the plain holder's child ended at {ended:?}\nS1:\n{}\nS2:\n{}\nholder:\n{}",
+            read_stamps(&log1).first().and_then(|s| s.2),
+            s1.stderr,
+            s2.stderr,
+            holder.stderr
+        );
+        let _ = fs::remove_file(&plog);
+    }
+}
+
+both_backends!(a_later_plain_locks_release_never_ends_the_wait_for_a_hold_seen_gone_on_the_marker_name);
+
+/// The marker's name: S waits out P's plain hold of NAME (P's child runs); NAME is deleted (kube) or made
+/// free by hand (both); S sees it and waits a full duration (README). Q, a plain `lock NAME` started after
+/// the edit (it never saw P's hold), takes NAME, runs a short child and releases properly. Found by review
+/// (helper-184): S took Q's release for the end of P's hold, marked NAME and ran its child on a slot while
+/// P's child still ran.
+fn a_later_plain_locks_release_never_ends_the_wait_for_a_hold_seen_gone_on_the_marker_name(env: &TestEnv) {
+    let ways: &[bool] = match env.backend {
+        Backend::Kube => &[true, false],
+        Backend::File => &[false],
+    };
+    for &delete in ways {
+        let name = env.lease_name("markgone");
+        let (plog, slog, qlog) =
+            (env.path(&env.lease_name("plog")), env.path(&env.lease_name("slog")), env.path(&env.lease_name("qlog")));
+        let holder = env.spawn(
+            ["lock", name.as_str(), "--lease-duration", "20s", "--renew-deadline", "15s", "--retry-period", "8s"]
+                .into_iter()
+                .chain(["--", "sh", "-c", &draining_script(&plog, "0.2")]),
+        );
+        wait_for_file(&plog, "start");
+        let s = env.spawn(fast(&["lock", &name, "--slots", "2", "-v"], &["sh", "-c", &slot_script(&slog, "sleep 1")]));
+        wait_until("S to wait the plain hold out", || s.stderr().contains("waiting it out"));
+        match delete {
+            true => env.delete(&name),
+            false => env.edit(&name, |spec| spec.holder_identity = None),
+        }
+        wait_until("S to see it gone", || s.stderr().contains("waiting out the hold it had"));
+        let q = env.run(fast(&["lock", &name, "-v"], &["sh", "-c", &slot_script(&qlog, "true")]));
+        let (mut holder, mut s) = (holder, s);
+        let limit = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < limit
+            && (holder.wait_for(Duration::ZERO).is_none() || s.wait_for(Duration::ZERO).is_none())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for p in [&mut holder, &mut s] {
+            if p.wait_for(Duration::ZERO).is_none() {
+                p.signal(Signal::SIGTERM);
+            }
+        }
+        let (holder, s) = (holder.finish(), s.finish());
+        let (started, ended) = (first_stamp(&slog, "start"), first_stamp(&plog, "end"));
+        assert!(
+            started.is_none_or(|started| ended.is_some_and(|ended| started > ended)),
+            "delete {delete}: S's child started {:?} ms after P's child ended (negative: before)\nS:\n{}\nQ (exit {:?}):\n{}\nP:\n{}",
+            started.zip(ended).map(|(s, e)| (s as i128 - e as i128) / 1_000_000),
+            s.stderr,
+            q.code,
+            q.stderr,
+            holder.stderr
+        );
+    }
 }
