@@ -742,6 +742,16 @@ impl Slot {
                  as holder until it expires (at most {}) or this process takes it again",
                 humantime::format_duration(self.timing().lease_duration)
             );
+        } else if self.elector.stray_in_doubt() {
+            // Answered 409 or 429, and no read since: a proxy's retry of a committed write is answered so
+            // (found by review, helper-176: said of nothing, the lease was left held in the name of a process
+            // that had exited).
+            tracing::warn!(
+                lease = %self.name,
+                "an acquisition this process sent was refused, but may have been committed all the same (409 or \
+                 429 to a retry); if it was, the lease names this process as holder until it expires (at most {})",
+                humantime::format_duration(self.timing().lease_duration)
+            );
         }
         self.elector.released();
         self.call = None;
@@ -777,8 +787,13 @@ impl Slot {
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
             // Read first when the record we know may be out of date: a write's outcome is unknown, or an
-            // earlier attempt failed.
-            if attempt > 0 || self.elector.unresolved_write() {
+            // acquisition of ours given up unresolved (answered 409 or 429, say) may have landed unseen while
+            // nothing is held (found by review, helper-176: a `lock --timeout` that ended between the 409 and
+            // its read left the lease held in its name), or an earlier attempt failed.
+            if attempt > 0
+                || self.elector.unresolved_write()
+                || (self.elector.held().is_none() && self.elector.has_strays())
+            {
                 let floor = self.elector.known_version();
                 match self.store.get(&self.name).await {
                     Ok(current) => {

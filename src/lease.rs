@@ -438,6 +438,8 @@ struct PendingWrite {
     /// A read since the send showed the write not applied (it may still land later, as any request the
     /// client gave up on may).
     checked: bool,
+    /// The version the write was based on (`None`: a create).
+    base: Option<String>,
 }
 
 /// One process's view of one lease.
@@ -473,6 +475,11 @@ pub struct Elector {
     strays: Vec<(Option<MicroTime>, i32)>,
     /// When each of `strays` was sent, in the same order.
     stray_sent: Vec<Instant>,
+    /// The last stray was given up (answered 409 or 429: it may have been committed all the same) while the
+    /// record known was still the one it was based on (`None`: absent, for a create): until a read, or a
+    /// record at another version, shows what became of it, it is in doubt as a write on the wire is (see
+    /// `acquisition_in_doubt`).
+    stray_base: Option<Option<String>>,
     /// Acquisitions of ours ended before versions went back (see `versions_went_back`): a restored record
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
@@ -591,6 +598,7 @@ impl Elector {
             collision: false,
             strays: Vec::new(),
             stray_sent: Vec::new(),
+            stray_base: None,
             undone: Vec::new(),
             read_at: None,
             lapsed_unread: false,
@@ -707,10 +715,24 @@ impl Elector {
         self.observation.is_some()
     }
 
-    /// Whether an acquisition is on the wire, or its outcome unknown and not yet checked by a read: while
-    /// it is, no other slot of the same process may send one (a process never takes two slots).
+    /// Whether an acquisition is on the wire, or its outcome unknown and not yet checked by a read, or one
+    /// answered 409 or 429 may have been committed all the same (a proxy's or a client's retry of a committed
+    /// write is answered so) and nothing seen since tells: while it is, no other slot of the same process may
+    /// send one (a process never takes two slots; found by review, helper-176: a semaphore whose slot 0's
+    /// acquisition was committed and then answered 409 ran its child on slot 1, and left slot 0 held).
     pub fn acquisition_in_doubt(&self) -> bool {
-        self.held.is_none() && self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Acquire && !p.checked)
+        self.held.is_none() && (self.acquisition_unchecked() || self.stray_base.is_some())
+    }
+
+    /// Whether an acquisition is on the wire, or its outcome unknown and not yet checked by a read.
+    fn acquisition_unchecked(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.purpose == Purpose::Acquire && !p.checked)
+    }
+
+    /// Whether an acquisition of ours was answered 409 or 429 and nothing seen since tells whether it was
+    /// committed: the give-back reads first.
+    pub fn stray_in_doubt(&self) -> bool {
+        self.stray_base.is_some()
     }
 
     /// Whether a write was sent whose outcome is not known: the process may hold the lease through it.
@@ -811,6 +833,7 @@ impl Elector {
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
         self.stray_sent.clear();
+        self.stray_base = None;
         if self.undone.len() > MAX_STRAYS {
             self.undone.drain(..self.undone.len() - MAX_STRAYS);
         }
@@ -853,6 +876,16 @@ impl Elector {
 
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
         let restored = std::mem::take(&mut self.restored_unseen);
+        // A stray in doubt is settled by a read, or by a record at another version than its base: after that
+        // one, a write based on it can no longer land, and if it did land, that record is it.
+        if seen == Seen::Snapshot
+            || self
+                .stray_base
+                .as_ref()
+                .is_some_and(|base| current.as_ref().map(|v| &v.resource_version) != base.as_ref())
+        {
+            self.stray_base = None;
+        }
         self.needs_read = false;
         self.awaiting_event_until = None;
         if seen == Seen::Snapshot {
@@ -1049,6 +1082,31 @@ impl Elector {
             && pending.purpose == Purpose::Acquire
         {
             pending.not_before = Some(pending.not_before.map_or(until, |at| at.max(until)));
+        }
+        // A record of ours (an earlier hold, a stray) renewed by a write we never sent while we hold nothing: a
+        // client-go elector under our identity leads on it as on its own. It is waited out for the co-holder
+        // window, neither taken again nor given back meanwhile (found by the property model, review helper-176:
+        // lost at its renew deadline, mpsync took again the record a co-holder had renewed twice since, as its
+        // earlier hold, and gave it back at its child's exit, and "b" ran while the co-holder still led).
+        if changed
+            && !restored
+            && self.held.is_none()
+            && let Some(v) = self.observation.as_ref().and_then(|o| o.current.as_ref())
+            && self.is_own_write(&v.record)
+            && let Some(time) = v.record.renew_time.as_ref()
+            && !self.sent_by_us(time)
+            && self.applied_stamp.as_ref() != Some(time)
+            && previous.as_ref().and_then(|o| o.current.as_ref()).map(|p| &p.record.renew_time)
+                != Some(&v.record.renew_time)
+            && !self.counted_foreign.contains(time)
+        {
+            let (time, window) = (time.clone(), self.co_holder_window(&v.record));
+            remember(&mut self.counted_foreign, &time, MAX_COUNTED_FOREIGN);
+            self.last_foreign_at = Some(now);
+            self.foreign_window = window;
+            if let Some(until) = now.checked_add(window) {
+                self.protect_until(until);
+            }
         }
         // Our hold renewed by a write we never sent (found by review, helper-131: a client-go elector under
         // the same identity keeps acquireTime and leaseTransitions and renews it as its own, and runs its
@@ -1248,8 +1306,14 @@ impl Elector {
             free.tried = true;
         }
         self.give_up_pending();
-        self.pending =
-            Some(PendingWrite { purpose, record: write.record.clone(), sent_at, not_before: None, checked: false });
+        self.pending = Some(PendingWrite {
+            purpose,
+            record: write.record.clone(),
+            sent_at,
+            not_before: None,
+            checked: false,
+            base: write.resource_version().map(str::to_string),
+        });
         if let Some(held) = &mut self.held {
             // Renewals keep their cadence whether or not this one succeeds, as client-go's do.
             held.next_renew_at = sent_at + self.timing.retry_period;
@@ -1393,12 +1457,16 @@ impl Elector {
         // An acquisition of ours whose outcome is unknown is settled by a read, whatever events came since
         // (one that does not show our write does not settle it), and the campaign sends nothing else until
         // it is (found by review: an event before that read left a waiter on a free lease for ever).
-        if self.needs_read || self.acquisition_in_doubt() {
+        if self.needs_read || self.acquisition_unchecked() {
             return Action::Read;
         }
         if let Some(until) = self.awaiting_event_until {
             // What we know is stale (a race was lost): wait for the event, read if none comes.
             return if now.instant < until { Action::WaitUntil(until) } else { Action::Read };
+        }
+        // An acquisition answered 409 or 429 that may have been committed: read (other slots wait for it).
+        if self.stray_base.is_some() {
+            return Action::Read;
         }
         let Some(observation) = &self.observation else {
             return Action::Read;
@@ -1546,6 +1614,9 @@ impl Elector {
         if let Some(old) = self.pending.take()
             && old.purpose == Purpose::Acquire
         {
+            if !old.checked && self.known_version() == old.base {
+                self.stray_base = Some(old.base.clone());
+            }
             self.strays.push((old.record.acquire_time.clone(), old.record.lease_transitions.unwrap_or(0)));
             self.stray_sent.push(old.sent_at);
             if self.strays.len() > MAX_STRAYS {
@@ -3886,6 +3957,43 @@ mod tests {
         assert_eq!(elector.stagger(), Duration::from_millis(100), "measured from the event: 30 ms");
         // What it knows is the winner's record: it waits out that holder, and reads nothing meanwhile.
         assert_eq!(elector.next(now(t0, 2.5)), Action::WaitUntil(at(t0, 15.03)));
+    }
+
+    /// Found by review (helper-176): an acquisition answered 409 or 429 may have been committed (a proxy's
+    /// retry of it): until a read, or a record at another version than its base, shows what became of it, it
+    /// is in doubt (no other slot of the process acquires), and the campaign reads once the awaited event
+    /// did not come.
+    #[test]
+    fn an_acquisition_refused_409_or_429_is_in_doubt_until_a_read_or_a_newer_record() {
+        let t0 = Instant::now();
+        for result in [WriteResult::Conflict, WriteResult::NotApplied] {
+            let mut elector = Elector::new("me", TIMING).with_seed(7);
+            elector.set_watching(true);
+            elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+            let write = expect_write(elector.next(now(t0, 0.0)));
+            let ticket = elector.write_sent(&write, t0);
+            elector.write_result(ticket, result.clone(), at(t0, 0.1));
+            assert!(elector.acquisition_in_doubt(), "{result:?}");
+            assert!(matches!(elector.next(now(t0, 3.0)), Action::Read), "{result:?}: no event came: a read");
+            // An event at the same version settles nothing; one at the next does, whoever wrote it.
+            elector.observe_event(WatchUpdate::Present(versioned(3, record(Some(""), Some(1), Some(0)))), at(t0, 0.2));
+            assert!(elector.acquisition_in_doubt(), "{result:?}");
+            elector.observe_event(
+                WatchUpdate::Present(versioned(4, record(Some("winner"), Some(15), Some(1)))),
+                at(t0, 0.3),
+            );
+            assert!(!elector.acquisition_in_doubt(), "{result:?}");
+        }
+        // A read settles it, and shows our own write: taken again, not another's.
+        let mut elector = Elector::new("me", TIMING);
+        elector.observe(Some(versioned(3, record(Some(""), Some(1), Some(0)))), t0);
+        let write = expect_write(elector.next(now(t0, 0.0)));
+        let ticket = elector.write_sent(&write, t0);
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 0.1));
+        elector.observe(Some(versioned(4, write.record.clone())), at(t0, 0.2));
+        assert!(!elector.acquisition_in_doubt());
+        assert!(!elector.take_collision(), "its own write");
+        assert!(matches!(elector.next(now(t0, 0.2)), Action::Write(_)), "its own record is taken again");
     }
 
     #[test]

@@ -2039,3 +2039,25 @@ fn a_restore_between_a_free_record_seen_and_its_taking_is_left_open() {
     let mut world = run_in(|| World::with_timings(|p| if p == 1 { LONG } else { TIMING }), steps).expect("the steps");
     heal_until_a_child_runs(&mut world).expect("one child at a time, and one runs");
 }
+
+/// Found by the property model (review, helper-176; `a_client_go_co_holder_under_our_identity` at 6000 cases):
+/// a#0 lost its hold at its renew deadline (stalled); the client-go co-holder under "a" then renewed a#0's
+/// record twice while a#0 held nothing. a#0 took the record again as its own earlier hold and, at its child's
+/// exit, gave it back: "b" ran while the co-holder still led.
+#[test]
+fn a_record_a_co_holder_renewed_after_our_loss_is_neither_taken_again_nor_given_back() {
+    use Step::*;
+    let steps = vec![
+        Tick(2),
+        Tick(1),
+        Healthy(101),
+        Advance(1288),
+        Stall(0, 1012),
+        Healthy(1301),
+        Stall(3, 2632),
+        Healthy(4101),
+        ChildExits(0),
+        Healthy(201),
+    ];
+    run_in(|| World::with_a_co_holder(TIMING.lease_duration), steps).expect("b waits for the co-holder");
+}

@@ -458,6 +458,36 @@ fn an_acquisition_answered_after_a_cut_connection_is_used_and_released() {
     }
 }
 
+/// Found by review (helper-176): `lock --timeout` whose acquisition is committed and then answered 409 (a
+/// proxy's retry of it), and whose deadline passes before anything shows what became of it (a lost race's 409
+/// waits a retry period for the winner's event, and the watch lags): it exited 124 and left the lease held in
+/// its name for its duration, as the give-back read nothing. It reads, and gives its own record back. The
+/// acquisition comes when another's 3 s record expires; the deadline, at 5 s, within the 4 s retry period.
+#[test]
+fn a_timeout_before_a_refused_committed_acquisition_is_seen_gives_the_lease_back() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("refused-timeout");
+    env.put(&name, TestEnv::foreign_record("h", 3));
+    server.set_watch_lag(Duration::from_secs(10));
+    server.after_commit(1, AfterCommit::Fail(409));
+    let ran = env.path("ran");
+    let timings = ["--lease-duration", "20s", "--renew-deadline", "10s", "--retry-period", "4s", "--timeout", "5s"];
+    let args = ["lock", &name, "-v"].into_iter().chain(timings).chain(["--", "touch", ran.to_str().unwrap()]);
+    let done = env.run(args);
+    server.set_watch_lag(Duration::ZERO);
+    eprintln!("exit {:?}\n{}", done.code, done.stderr);
+    assert_eq!(server.after_commit_pending(), 0, "the acquisition was answered 409\n{}", done.stderr);
+    match done.code {
+        Some(124) => assert!(!ran.exists(), "the child ran, yet exit 124\n{}", done.stderr),
+        _ => {
+            done.assert_code(0);
+        }
+    }
+    let holder = env.holder(&name);
+    assert!(holder.as_deref().is_none_or(str::is_empty), "left held by {holder:?}\n{}", done.stderr);
+}
+
 /// SIGTERM while the acquiring write's answer is still on its way: mpsync exits 143 without starting the
 /// child, and gives back the lease that write took.
 #[test]

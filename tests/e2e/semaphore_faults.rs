@@ -1199,3 +1199,32 @@ fn a_later_plain_locks_release_never_ends_the_wait_for_a_hold_seen_gone_on_the_m
         );
     }
 }
+
+/// Found by review (helper-176): `--slots 2 --no-wait` whose marker's create and slot 0's acquisition are
+/// committed and then answered 409 or 429 (a proxy's or a gateway's retry of the write): the child ran on
+/// slot 1, and slot 0 was left held in the name of the process that had exited, with no word. No other slot
+/// is tried while such an acquisition may have landed: the child runs once, and no slot is left held.
+#[test]
+fn an_acquisition_committed_then_refused_takes_no_second_slot_and_leaves_none_held() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    for code in [409, 429] {
+        let name = env.lease_name("refused");
+        server.after_commit(2, AfterCommit::Fail(code));
+        let ran = env.path(&format!("ran-{code}"));
+        let script = format!("echo $MPSYNC_SLOT >> {}", ran.display());
+        let done = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait", "-v"], &["sh", "-c", &script]));
+        server.after_commit(0, AfterCommit::Fail(code));
+        done.assert_code(0);
+        let slots = fs::read_to_string(&ran).unwrap_or_default();
+        assert_eq!(slots.lines().count(), 1, "{code}: the child must run once: {slots:?}\n{}", done.stderr);
+        for slot in 0..2 {
+            let holder = env.holder(&format!("{name}-{slot}"));
+            assert!(
+                holder.as_deref().is_none_or(str::is_empty),
+                "{code}: slot {slot} left held by {holder:?}\n{}",
+                done.stderr
+            );
+        }
+    }
+}
