@@ -811,9 +811,11 @@ impl Slot {
                     }
                 }
             }
-            // Only a record that is our own write is ever released.
+            // Only a record that is our own write is ever released. Read after a refused release: said given
+            // back if it landed, or if the lease went on from our hold meanwhile (found by review, helper-176:
+            // a waiter that took it on the release's event made it "not given back").
             let Some(write) = self.elector.release(now()) else {
-                return Ok(attempt > 0 && self.elector.release_landed());
+                return Ok(attempt > 0 && (self.elector.release_landed() || self.elector.release_went_on()));
             };
             match send(&self.store, &self.name, &mut self.elector, &write).await {
                 Ok(_) => return Ok(true),

@@ -458,6 +458,10 @@ pub struct Elector {
     /// at the API server), and even after a later write replaced it as `pending`. A compare-and-swap on
     /// that version can land only while the record is still at it.
     release_base: Option<String>,
+    /// The version the last release of ours was sent against, and the token it carried, kept after
+    /// `release_base` is cleared: a read after the release was refused tells from them whether the lease
+    /// went on from our hold (see `release_landed`).
+    release_sent_on: Option<(String, i32)>,
     held: Option<Held>,
     /// Set by a held lease turning out lost; cleared by `forget_loss` and `released`.
     lost: Option<LossReason>,
@@ -590,6 +594,7 @@ impl Elector {
             observation: None,
             pending: None,
             release_base: None,
+            release_sent_on: None,
             held: None,
             lost: None,
             needs_read: true,
@@ -754,6 +759,21 @@ impl Elector {
         self.current().is_some_and(|known| {
             is_release(&known.record) && known.record.renew_time.as_ref().is_some_and(|stamp| self.sent_by_us(stamp))
         })
+    }
+
+    /// Whether the record known shows that the lease went on from our hold after a release of ours was sent:
+    /// at a version past the one the release was sent on (where the lease was ours), another holder, or a
+    /// later token (another's acquisition, then maybe its release). Given up either way: on our release, or
+    /// (one sent just before our hold's expiry) taken over at it (found by review, helper-176: a waiter took
+    /// the lease on the release's event, and ran and released, before the read after the release's 409, and
+    /// "not given back" was said). A hand edit that clears our holder keeps our token.
+    pub fn release_went_on(&self) -> bool {
+        let (Some(known), Some((base, token))) = (self.current(), self.release_sent_on.as_ref()) else {
+            return false;
+        };
+        is_older(base, &known.resource_version)
+            && (known.record.holder_identity.as_deref().is_some_and(|h| !h.is_empty() && h != self.identity)
+                || known.record.lease_transitions.unwrap_or(0) > *token)
     }
 
     /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
@@ -1294,6 +1314,8 @@ impl Elector {
         }
         let purpose = if self.is_release(write) {
             self.release_base = write.resource_version().map(str::to_string);
+            self.release_sent_on =
+                self.release_base.clone().map(|base| (base, write.record.lease_transitions.unwrap_or(0)));
             Purpose::Release
         } else if self.held.is_some() {
             Purpose::Renew
@@ -1767,8 +1789,9 @@ impl Elector {
             // contention long gone (the belief otherwise fades only on handoffs to others).
             self.contenders = (self.contenders * CONTENTION_DECAY_ON_ACQUIRE).max(1.0);
             self.lost_race_sent_at = None;
-            // A new acquisition: a lapse before it says nothing of it.
+            // A new acquisition: a lapse before it says nothing of it, nor a release before it.
             self.no_give_back_from = None;
+            self.release_sent_on = None;
         }
         self.held = Some(match self.held.take() {
             // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
@@ -3994,6 +4017,34 @@ mod tests {
         assert!(!elector.acquisition_in_doubt());
         assert!(!elector.take_collision(), "its own write");
         assert!(matches!(elector.next(now(t0, 0.2)), Action::Write(_)), "its own record is taken again");
+    }
+
+    /// Found by review (helper-176): a release refused 409 (a proxy's retry of it after the commit), and a read
+    /// that shows another holder at a version past the release's: the release landed and the lease went on.
+    #[test]
+    fn a_refused_release_read_taken_over_at_a_newer_version_went_on() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let release = elector.release(now(t0, 1.0)).expect("ours to give back");
+        let base: u64 = release.resource_version().unwrap().parse().unwrap();
+        let ticket = elector.write_sent(&release, at(t0, 1.0));
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 1.1));
+        assert!(!elector.release_went_on());
+        elector.observe(Some(versioned(base + 2, record(Some("waiter"), Some(15), Some(5)))), at(t0, 1.2));
+        assert!(elector.release_went_on());
+        // Or already released by it: free, with its token.
+        elector.observe(Some(versioned(base + 3, record(Some(""), Some(1), Some(5)))), at(t0, 1.3));
+        assert!(elector.release_went_on());
+        // A record under our own identity that is not ours (a co-holder's), or our hold made free by hand
+        // (our token), is no sign of it.
+        let mut elector = holding(t0);
+        let release = elector.release(now(t0, 1.0)).expect("ours to give back");
+        let ticket = elector.write_sent(&release, at(t0, 1.0));
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 1.1));
+        elector.observe(Some(versioned(base + 2, record(Some("me"), Some(15), Some(4)))), at(t0, 1.2));
+        assert!(!elector.release_went_on());
+        elector.observe(Some(versioned(base + 3, record(Some(""), Some(15), Some(4)))), at(t0, 1.3));
+        assert!(!elector.release_went_on());
     }
 
     #[test]

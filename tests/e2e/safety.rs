@@ -488,6 +488,40 @@ fn a_timeout_before_a_refused_committed_acquisition_is_seen_gives_the_lease_back
     assert!(holder.as_deref().is_none_or(str::is_empty), "left held by {holder:?}\n{}", done.stderr);
 }
 
+/// Found by review (helper-176): a release committed and then answered 409 (a proxy's retry of it; answers
+/// come 300 ms late, commits and events at once), while a waiter takes the lease on the release's event
+/// (and runs `true` and gives it back) before the holder's read after the 409: the holder said "the lease
+/// was not given back ... it expires after its duration" of a lease it gave back. It says it released it.
+#[test]
+fn a_release_answered_409_after_the_waiter_took_over_is_said_released() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("release-conflict");
+    let gate = env.path("gate");
+    let started = env.path("started");
+    let timings = ["--lease-duration", "40s", "--renew-deadline", "30s", "--retry-period", "10s"];
+    let body = format!("touch {}; {}", started.display(), until_exists(&gate));
+    let holder_args = ["lock", &name, "--identity", "h", "-v"].into_iter().chain(timings);
+    let holder = env.spawn(holder_args.chain(["--", "sh", "-c", &body]));
+    wait_until("the child to start", || started.exists());
+    let waiter = env.spawn(["lock", &name, "--identity", "w", "-v"].into_iter().chain(timings).chain(["--", "true"]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    wait_until("the waiter's watch", || server.watch_count() >= 1);
+    server.set_latency(Duration::from_millis(300));
+    server.after_commit_of("h", 1, AfterCommit::Fail(409));
+    fs::write(&gate, "").unwrap();
+    let (held, waited) = (holder.finish(), waiter.finish());
+    server.set_latency(Duration::ZERO);
+    held.assert_code(0);
+    waited.assert_code(0);
+    assert!(
+        held.stderr.contains("released the lease") && !held.stderr.contains("not given back"),
+        "the release landed (the waiter took the lease on it), yet the holder said otherwise:\n{}\nwaiter:\n{}",
+        held.stderr,
+        waited.stderr
+    );
+}
+
 /// SIGTERM while the acquiring write's answer is still on its way: mpsync exits 143 without starting the
 /// child, and gives back the lease that write took.
 #[test]
