@@ -62,7 +62,9 @@ pub async fn release(store: &Store, name: &str, elector: &mut Elector) -> Result
     let mut last_error = None;
     for _attempt in 0..4 {
         let Some(write) = elector.release(now()) else {
-            let landed = last_error.is_some() && elector.release_landed();
+            // Read after a refused release: given back if it landed, or if the lease went on from our hold
+            // meanwhile (a waiter took it on the release's event: found by review, helper-182).
+            let landed = last_error.is_some() && (elector.release_landed() || elector.release_went_on());
             elector.released();
             return Ok(landed);
         };

@@ -504,11 +504,14 @@ impl Locks {
             None => Response::error(404, format!("no lock {name}")),
             // Free now (released, or it already was).
             Some(holder) if holder.is_empty() => self.lock_response(200, name, elector),
-            // Ours, but not ours to give back (another writer renewed it under this identity lately): the
-            // lock is given up all the same, and the record left to expire (found by review, helper-147: 409,
-            // as if another pod held it).
-            Some(_) if held && !released => {
-                tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was renewed under this identity by another writer lately, so it is left to expire");
+            // Held until now: released, and maybe taken since (a waiter took it on the release: found by
+            // review, helper-182, "left to expire" was said); or ours, but not ours to give back (another
+            // writer renewed it under this identity lately): the lock is given up all the same, and the
+            // record left to expire (found by review, helper-147: 409, as if another pod held it).
+            Some(_) if held => {
+                if !released {
+                    tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was renewed under this identity by another writer lately, so it is left to expire");
+                }
                 self.lock_response(200, name, elector)
             }
             Some(_) => self.lock_response(409, name, elector),

@@ -1629,6 +1629,41 @@ fn a_release_cut_off_after_its_commit_is_never_answered_held() {
     assert_ne!(heartbeat.status, 200, "A's client is told it holds the lock pod-b holds: {}", heartbeat.body);
 }
 
+/// A DELETE whose release committed and was then answered 409 (a proxy's retry of it; answers come
+/// 300 ms late, commits and events at once), while a waiting `mpsync lock` takes the lock on the release's
+/// event (and runs `true` and gives it back) before the side-car's read after the 409: the side-car said
+/// the lock "was renewed under this identity by another writer lately, so it is left to expire" of a
+/// lock it gave back (found by review, helper-182). It says it released it.
+#[test]
+fn a_delete_answered_409_after_a_waiter_took_over_is_said_released() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("delconflict");
+    let path = format!("/locks/{name}");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "30s"]);
+    a.put(&name).assert_status(200);
+    let timings = ["--lease-duration", "40s", "--renew-deadline", "30s", "--retry-period", "10s"];
+    let waiter = env.spawn(["lock", &name, "--identity", "w", "-v"].into_iter().chain(timings).chain(["--", "true"]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    wait_until("the waiter's watch", || server.watch_count() >= 1);
+    server.set_latency(Duration::from_millis(300));
+    server.after_commit_of("pod-a", 1, AfterCommit::Fail(409));
+    let deleted = a.request("DELETE", &path);
+    let waited = waiter.finish();
+    server.set_latency(Duration::ZERO);
+    deleted.assert_status(200);
+    waited.assert_code(0);
+    let logs = a.process.stderr();
+    assert!(
+        logs.contains("released the lock") && !logs.contains("left to expire"),
+        "the release landed (the waiter took the lock on it), yet the side-car said otherwise:\n{logs}\nwaiter:\n{}",
+        waited.stderr
+    );
+}
+
 /// Found by review (helper-91): a POST (create only) whose create committed but whose answer was lost
 /// was answered 409 "exists", though the side-car held the lock it had just created.
 #[test]
