@@ -1228,3 +1228,54 @@ fn an_acquisition_committed_then_refused_takes_no_second_slot_and_leaves_none_he
         }
     }
 }
+
+both_backends!(a_plain_waiter_from_before_the_marker_never_runs_on_a_slot_name);
+
+/// Found by review (helper-175, left open until now): a plain `lock pool-1` that checked `pool` before the
+/// semaphore's marker existed, and waited behind another plain holder of `pool-1`, took it at that holder's
+/// release, when the semaphore, which saw the release too, took a slot: both children ran, the plain one on
+/// a slot's name. A plain lock of a slot's name reads the marker again once it holds the name: the marker
+/// written, it gives the name back and exits 125 without running its child.
+fn a_plain_waiter_from_before_the_marker_never_runs_on_a_slot_name(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    let slot1 = format!("{name}-1");
+    let (plog, pgate) = (env.path("plog"), env.path("pgate"));
+    let (log, gate) = (env.path("log"), env.path("gate"));
+    let ran = env.path("ran");
+    // Nobody renews within the test: a renewal of the plain hold seen while waited out refuses the semaphore.
+    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let script = stamp_script(&plog, &until_exists(&pgate));
+    let holder = env.spawn(["lock", slot1.as_str(), "-v"].into_iter().chain(timing).chain(["--", "sh", "-c", &script]));
+    wait_for_file(&plog, "start");
+    // The waiter's brief hold, if the semaphore waits it out (its release not seen as its own), costs 6 s.
+    let short = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
+    let waiter = env.spawn(["lock", slot1.as_str(), "-v"].into_iter().chain(short).chain([
+        "--",
+        "touch",
+        ran.to_str().unwrap(),
+    ]));
+    wait_until("the plain waiter to wait", || waiter.stderr().contains("waiting"));
+    let semaphore = env.spawn(["lock", name.as_str(), "--slots", "2", "-v"].into_iter().chain(timing).chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, &until_exists(&gate)),
+    ]));
+    wait_until("the semaphore to wait the plain hold out", || semaphore.stderr().contains("waiting it out"));
+    fs::write(&pgate, "").unwrap();
+    holder.finish().assert_code(0);
+    let waiter = waiter.finish();
+    assert!(!ran.exists(), "the plain waiter ran on the semaphore's slot name:\n{}", waiter.stderr);
+    waiter.assert_code(125);
+    assert!(waiter.stderr.contains(&format!("slot 1 of the semaphore {name}")), "{}", waiter.stderr);
+    // The semaphore runs its child; or, if it saw the waiter's brief hold in place of the one it waited out,
+    // it took that for a renewal and refused to share (125), as documented.
+    fs::write(&gate, "").unwrap();
+    let semaphore = semaphore.finish();
+    match semaphore.code {
+        Some(0) => assert!(first_stamp(&log, "start").is_some(), "{}", semaphore.stderr),
+        _ => {
+            semaphore.assert_code(125);
+        }
+    }
+}
