@@ -771,9 +771,12 @@ impl Elector {
         let (Some(known), Some((base, token))) = (self.current(), self.release_sent_on.as_ref()) else {
             return false;
         };
+        // Never a record under our own identity: a hand edit of our hold's token (found by review, helper-186:
+        // "released" was said of a record that named us until it expired), or a co-holder's hold.
+        let holder = known.record.holder_identity.as_deref().unwrap_or("");
         is_older(base, &known.resource_version)
-            && (known.record.holder_identity.as_deref().is_some_and(|h| !h.is_empty() && h != self.identity)
-                || known.record.lease_transitions.unwrap_or(0) > *token)
+            && holder != self.identity
+            && (!holder.is_empty() || known.record.lease_transitions.unwrap_or(0) > *token)
     }
 
     /// Whether a release of ours was sent and its outcome is not known: the lease may be free already.
@@ -4044,6 +4047,10 @@ mod tests {
         elector.observe(Some(versioned(base + 2, record(Some("me"), Some(15), Some(4)))), at(t0, 1.2));
         assert!(!elector.release_went_on());
         elector.observe(Some(versioned(base + 3, record(Some(""), Some(15), Some(4)))), at(t0, 1.3));
+        assert!(!elector.release_went_on());
+        // Nor our hold with its token raised by hand (found by review, helper-186): it names us until it
+        // expires.
+        elector.observe(Some(versioned(base + 4, record(Some("me"), Some(15), Some(5)))), at(t0, 1.4));
         assert!(!elector.release_went_on());
     }
 

@@ -12,10 +12,16 @@ thread_local! {
 }
 
 fn seed() -> u64 {
+    use std::hash::BuildHasher;
+    // The operating system's randomness (std's hash keys come from getrandom(2)): time, pid and an address
+    // alone were the same in two containers whose mpsync is PID 1, with no address-space randomisation,
+    // under one frozen clock (one libfaketime FAKETIME), and so was every "random" stamp step they drew
+    // (found by review, helper-186: two processes given one identity stamped their creates alike every
+    // time, and both ran their child).
+    let os = std::hash::RandomState::new().hash_one(0u64);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let local = 0u8;
-    // Time, pid and an address: different across processes started in the same nanosecond.
-    (nanos ^ (u64::from(std::process::id()) << 32) ^ (&local as *const u8 as u64)) | 1
+    (os ^ nanos ^ (u64::from(std::process::id()) << 32) ^ (&local as *const u8 as u64)) | 1
 }
 
 /// A pseudo-random number (xorshift64*): for spreading retries apart, never for secrets.

@@ -1654,3 +1654,42 @@ fn observe_survives_a_refusal(lease: &str, then_503: bool) {
         done.stderr
     );
 }
+
+both_backends!(two_containers_under_one_frozen_clock_draw_their_stamps_apart);
+
+/// Found by review (helper-186): the stamps' random step (1 to 1000 microseconds past the wall clock) came
+/// from a generator seeded by the wall clock, the pid and a stack address only. Two containers whose mpsync
+/// is PID 1, with no address-space randomisation, under one frozen clock (one libfaketime FAKETIME; here the
+/// shim, at one given time), drew the same step every time: two such processes given one identity wrote
+/// the same create, and the one answered 409 took the other's record for its own, beside the other's child.
+/// Three such runs, one after the other, each on a lease of its own: the seed comes from the operating
+/// system now, so their acquisitions' stamps differ but one time in a thousand for any two (all three
+/// alike: one time in a million).
+fn two_containers_under_one_frozen_clock_draw_their_stamps_apart(env: &TestEnv) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root, for unshare --pid");
+        return;
+    }
+    let shim = build_shim(env, "freezewall");
+    let mut stamps = Vec::new();
+    for i in 0..3 {
+        let name = env.lease_name(&format!("frozen-twin{i}"));
+        let inner = env.mpsync(["lock", name.as_str(), "--identity", "twin", "--", "true"]);
+        let mut command = std::process::Command::new("unshare");
+        // The shim leaves the environment of the process it is loaded in: given by env(1) to mpsync alone.
+        command.args(["--pid", "--fork", "--mount-proc", "--kill-child", "setarch", "-R", "env"]);
+        command.arg(format!("LD_PRELOAD={}", shim.display())).arg("MPSYNC_TEST_WALL_NS=1700000000123456789");
+        command.arg(inner.get_program()).args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let done = Proc::spawn(command, &env.dir).finish();
+        done.assert_code(0);
+        let (_, record) = env.get(&name).expect("the lease exists");
+        stamps.push(record.acquire_time.expect("an acquireTime").0);
+    }
+    assert!(stamps.iter().any(|stamp| *stamp != stamps[0]), "every run drew the same stamp: {stamps:?}");
+}

@@ -8,7 +8,19 @@
 static int (*real_clock_gettime)(clockid_t, struct timespec *);
 static struct timespec frozen;
 static int have;
-__attribute__((constructor)) static void init(void) { unsetenv("LD_PRELOAD"); }
+// MPSYNC_TEST_WALL_NS (nanoseconds since the epoch), if set: stops there instead, the same time for every
+// process given it (two processes under one libfaketime FAKETIME).
+__attribute__((constructor)) static void init(void) {
+    const char *at = getenv("MPSYNC_TEST_WALL_NS");
+    if (at) {
+        unsigned long long ns = strtoull(at, 0, 10);
+        frozen.tv_sec = ns / 1000000000ULL;
+        frozen.tv_nsec = ns % 1000000000ULL;
+        have = 1;
+    }
+    unsetenv("LD_PRELOAD");
+    unsetenv("MPSYNC_TEST_WALL_NS");
+}
 int clock_gettime(clockid_t id, struct timespec *ts) {
     if (!real_clock_gettime) real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
     int r = real_clock_gettime(id, ts);
