@@ -58,9 +58,13 @@ impl Leadership {
 
     /// A token cancelled when the term ends: leadership lost (at the renew deadline at the latest,
     /// before anyone else can take over), or the election shut down. Pass it down to everything the
-    /// leader does.
+    /// leader does. Cancelling it yourself (to stop your own workers, say) stops only them, as with
+    /// [`HeldLock::cancellation_token`](crate::HeldLock::cancellation_token): the term goes on, and
+    /// [`lost`](Self::lost) and [`is_lost`](Self::is_lost) still tell only of its end.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.token.clone()
+        // A child (found by review, helper-188: the term's own token was handed out, and work that
+        // cancelled it to stop its workers made every clone say the term was lost while it led on).
+        self.token.child_token()
     }
 
     /// Resolves when the term ends (see [`cancellation_token`](Self::cancellation_token)): `select!` on

@@ -80,6 +80,13 @@ pub struct Timing {
     pub retry_period: Duration,
 }
 
+/// [`Timing::DEFAULT`].
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::DEFAULT
+    }
+}
+
 impl Timing {
     /// client-go's defaults: 15s, 10s, 2s.
     pub const DEFAULT: Timing = Timing {

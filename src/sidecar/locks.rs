@@ -268,11 +268,23 @@ impl Locks {
     }
 
     /// GET: the lock as JSON, or 404. While the API server fails, a lock held is answered from what
-    /// this side-car knows (its clients read before they heartbeat).
+    /// this side-car knows (its clients read before they heartbeat). A lock held past its renew deadline
+    /// is not surely its own any more: 503, however the read went (found by review, helper-188: the stock
+    /// clients' heartbeat is a GET, then a PUT if the GET was 200; a GET answered 200 past the deadline
+    /// left the client sure of the lock until the PUT's answer, which came after another pod's client was
+    /// told it held it).
     async fn get(&self, name: &str, elector: &mut Elector) -> Response {
         match self.read(&self.lease_name(name), elector).await {
             Ok(current) => {
                 elector.observe(current, Instant::now());
+                if elector.held().is_some() && !self.holding(elector) {
+                    tracing::warn!(lease = %self.lease_name(name), "not renewed within its renew deadline: the lock is not surely held");
+                    return Response::error(
+                        503,
+                        format!("lock {name}: not renewed in time, not surely held; heartbeat (PUT) again"),
+                    )
+                    .with_header("Retry-After", "1");
+                }
                 self.lock_response(200, name, elector)
             }
             Err(err) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {

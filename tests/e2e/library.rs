@@ -33,6 +33,7 @@ both_backends!(
     the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token,
     a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run,
     cancelling_the_token_oneself_stops_only_the_work,
+    cancelling_the_leadership_token_oneself_stops_only_the_work,
     election_cancels_the_work_on_loss_and_drops_it_after_the_grace,
     election_drops_at_once_work_whose_grace_ran_out_while_the_runtime_did_not_run,
     election_does_not_run_again_work_that_returned_after_the_loss,
@@ -464,6 +465,38 @@ fn cancelling_the_token_oneself_stops_only_the_work(env: &TestEnv) {
         assert!(lock.try_acquire().await.unwrap().is_none(), "still held");
         held.release().await.unwrap();
     });
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
+}
+
+/// Found by review (helper-188): the same for a `Leadership`, whose token was the term's own: work that
+/// cancelled it to stop its workers was told the term was lost (`is_lost`, `lost`) while it led on.
+fn cancelling_the_leadership_token_oneself_stops_only_the_work(env: &TestEnv) {
+    let name = env.lease_name("lib-own-cancel-term");
+    let outcome = runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        let (watcher, identity) = (lock.clone(), lock.identity().to_string());
+        Election::new(lock)
+            .run(|leadership| {
+                let (watcher, identity) = (watcher.clone(), identity.clone());
+                async move {
+                    leadership.cancellation_token().cancel();
+                    tokio::time::sleep(FAST.renew_deadline + Duration::from_millis(500)).await;
+                    let lost = leadership.is_lost();
+                    let held = watcher.status().await.unwrap()[0].holder.as_deref() == Some(identity.as_str());
+                    (lost, held, leadership.cancellation_token().is_cancelled())
+                }
+            })
+            .await
+            .unwrap()
+    });
+    match outcome {
+        Outcome::Finished((lost, held, fresh_cancelled)) => {
+            assert!(!lost, "cancelling the work's token must not end the term");
+            assert!(held, "still led");
+            assert!(!fresh_cancelled, "a fresh token is not cancelled");
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
 }
 

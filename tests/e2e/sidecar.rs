@@ -1664,6 +1664,38 @@ fn a_delete_answered_409_after_a_waiter_took_over_is_said_released() {
     );
 }
 
+/// Found by review (helper-188): the stock clients' heartbeat is a GET, then a PUT if the GET was 200. A GET
+/// on a lock this side-car held past its renew deadline (its renewals refused meanwhile, its reads fine) was
+/// answered 200, and the client stayed sure of the lock until the PUT's answer, which came after another
+/// pod's client was told it held the lock. Past the renew deadline a GET is 503, however the read went.
+#[test]
+fn a_get_past_the_renew_deadline_of_a_lock_held_is_not_answered_200() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("lateget");
+    let path = format!("/locks/{name}");
+    // TTL 6 s: a renew deadline of 3 s (6 s less a third, less the 1 s answer budget).
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    // The renewal was sent before its answer: its renew deadline is at most 3 s after this.
+    let answered = Instant::now();
+    a.request("GET", &path).assert_status(200);
+    // Renewals refused from now on; reads answered.
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+    wait_until("the renew deadline to pass", || answered.elapsed() > Duration::from_millis(3300));
+    let late = a.request("GET", &path);
+    let put = a.put(&name);
+    server.fail_next_on(&format!("update:{name}"), 0, 503);
+    assert_ne!(late.status, 200, "a GET past the renew deadline was answered as held: {}", late.body);
+    assert_ne!(put.status, 200, "{}", put.body);
+    // Renewed again, it is held again.
+    a.put(&name).assert_status(200);
+    a.request("GET", &path).assert_status(200);
+}
+
 /// Found by review (helper-91): a POST (create only) whose create committed but whose answer was lost
 /// was answered 409 "exists", though the side-car held the lock it had just created.
 #[test]
