@@ -45,9 +45,10 @@
 //!
 //! # Reaping
 //!
-//! The main child and the guard are reaped by pid. As PID 1 or subreaper, every other zombie child is
-//! reaped too, except what mpsync itself runs with `std::process::Command` (a kubeconfig exec credential
-//! plugin, run by kube for a token refresh on a thread of the runtime's blocking pool), whose waiter must
+//! The main child and the guard are reaped by pid. As PID 1 or subreaper (with `--subreaper`, or for as long
+//! as mpsync ends or stops a job: see `Supervisor::adopt_from_now`), every other zombie child is reaped too,
+//! except what mpsync itself runs with `std::process::Command` (a kubeconfig exec credential plugin, run by
+//! kube for a token refresh on a thread of the runtime's blocking pool), whose waiter must
 //! get its status: the children of mpsync's threads other than the one that spawns the child and the main
 //! thread, which adopts orphans (see `Supervisor::runs_itself`). Not the children in mpsync's own process
 //! group: a process of the job can move itself into it (it is in mpsync's session). The other way, a
@@ -263,6 +264,9 @@ pub struct Supervisor {
     stops_dropped: bool,
     /// Reap adopted orphans too (PID 1 or subreaper).
     reap_orphans: bool,
+    /// mpsync became a child subreaper only to end (or stop) the job (see `adopt_from_now`), not with
+    /// `--subreaper` or as PID 1: it is one no more once the job is let go.
+    adopting_to_end: bool,
     /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
     /// group (see `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
     proc_hides: bool,
@@ -397,6 +401,7 @@ impl Supervisor {
             stop_request: None,
             stops_dropped: false,
             reap_orphans,
+            adopting_to_end: false,
             proc_hides: procfs::hides_processes(),
             proc_foreign,
             warned_unreadable_proc: false,
@@ -578,10 +583,11 @@ impl Supervisor {
     /// is stopped before them and SIGCONT follows them (`end_job`), so that a stopped process acts on them;
     /// except while job control holds the job stopped (mpsync was stopped too): then the run loop's answer
     /// to `Notice::Resumed`, which is coming, decides whether it runs again.
-    pub fn forward(&self, signal: Signal) {
+    pub fn forward(&mut self, signal: Signal) {
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child");
             if ENDING.contains(&signal) {
+                self.adopt_from_now();
                 self.end_job(pgid, signal, self.held.is_none());
             } else {
                 self.signal_child(pgid, signal);
@@ -618,6 +624,7 @@ impl Supervisor {
     /// `next_notice` then does not report), as `stop` does.
     pub async fn kill_stopped_child(&mut self) -> ChildExit {
         if let Some(pgid) = self.group {
+            self.adopt_from_now();
             self.keep_told_left();
             self.held = None;
             warn!(pgid = pgid.as_raw(), "killing the child's job without continuing it");
@@ -646,6 +653,7 @@ impl Supervisor {
         }
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?kill_signal, ?grace, "stopping the child's job");
+            self.adopt_from_now();
             self.keep_told_left();
             self.note_escapes();
             self.end_job(pgid, kill_signal, true);
@@ -680,6 +688,9 @@ impl Supervisor {
         self.keep_told_left();
         if self.job_alive(pgid) {
             debug!(pgid = pgid.as_raw(), ?kill_signal, "the child left processes behind; stopping them");
+            // Only now: a subreaper, mpsync would look at all of /proc for the job's end, where the usual
+            // end of a job (nothing left) takes a few system calls (see `job_alive`).
+            self.adopt_from_now();
             self.end_job(pgid, kill_signal, true);
             if !self.wait_for(Until::JobGone(pgid), Instant::now() + grace).await {
                 self.kill_job(pgid).await;
@@ -699,6 +710,55 @@ impl Supervisor {
         for process in told {
             self.keep(process);
         }
+    }
+
+    /// From here on, what the job's processes leave when they exit is mpsync's, not init's: mpsync becomes a
+    /// child subreaper, as `--subreaper` makes it, the moment it begins to end the job (`stop`, `forward` of
+    /// an ending signal, `finish` with something left, `kill_stopped_child`) or to stop it (`suspend`). A
+    /// process the job starts meanwhile in a session of its own (a TERM trap's `setsid cleanup &`, a TSTP
+    /// handler's worker) is then adopted when its parent exits: the looks at the job find it, it is ended
+    /// before the release, the guard is told of it (`note_adopted`), and at the deadline the guard kills
+    /// it with everything below mpsync, also when mpsync was frozen before it could look (found by review,
+    /// helper-187: such a clean-up, init's child once the main child exited, ran on past the release,
+    /// beside the next holder's child). Until the job is let go (`stop_adopting`).
+    fn adopt_from_now(&mut self) {
+        if self.reap_orphans || self.group.is_none() {
+            return;
+        }
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => {
+                self.reap_orphans = true;
+                self.adopting_to_end = true;
+                debug!("mpsync is a child subreaper until the child's job is gone");
+            }
+            Err(error) => warn!(
+                %error,
+                "cannot become a child subreaper: what the child's job starts in a session of its own as it ends \
+                 may run on"
+            ),
+        }
+    }
+
+    /// The job is gone: mpsync, a subreaper only to end it (`adopt_from_now`), is none any more, as before
+    /// the job, so that `elect`'s next term runs as its first did. The zombies it adopted are reaped first;
+    /// what it adopted that SIGKILL could not end (`kill_job` gave up on it) stays its child, reaped
+    /// quietly once it goes (`abandoned`).
+    fn stop_adopting(&mut self) {
+        if !self.adopting_to_end {
+            return;
+        }
+        if let Err(error) = nix::sys::prctl::set_child_subreaper(false) {
+            warn!(%error, "cannot stop being a child subreaper; going on as one");
+            return;
+        }
+        self.reap();
+        let known = self.known_children();
+        if let ThreadChildren::Listed(children) = procfs::children_of_threads(&self.job_tasks()) {
+            self.abandoned.extend(children.into_iter().filter(|pid| !known.contains(pid)).map(Pid::from_raw));
+        }
+        self.adopting_to_end = false;
+        self.reap_orphans = false;
+        debug!("mpsync is no longer a child subreaper");
     }
 
     /// The main child's exit as reported by `stop`-like calls: taken from the queue if it is there, so that
@@ -755,6 +815,7 @@ impl Supervisor {
         self.warned_adopted = false;
         self.deadline = None;
         self.let_go_of_leader();
+        self.stop_adopting();
     }
 
     /// Whether mpsync adopts orphans as a subreaper (not as PID 1: its death ends the whole namespace),
@@ -1249,8 +1310,19 @@ impl Supervisor {
         }
         if let Some(pgid) = self.group {
             info!(pgid = pgid.as_raw(), %signal, "job control: stopping the child's job, then mpsync");
+            self.adopt_from_now();
             self.stop_job(pgid, signal);
             self.held = Some(std::time::Instant::now());
+            // The child exited instead of stopping (a TSTP handler that starts a worker and exits: found by
+            // review, helper-187): mpsync does not stop with the lease held for a child that is gone. The
+            // run loop hears of the exit and ends what the child left (stopped with the job) as after any
+            // exit.
+            self.reap();
+            if self.main.is_none() {
+                self.held = None;
+                info!(pgid = pgid.as_raw(), "the child exited as its job was being stopped: mpsync does not stop");
+                return;
+            }
             if let Some(terminal) = self.terminal.as_mut() {
                 terminal.take_back(Some(pgid), true);
             }
@@ -1323,6 +1395,10 @@ impl Supervisor {
             // `setsid cleanup &`): should mpsync be SIGKILLed now, it is handed to init with the main child's
             // death, out of the guard's sight (found by review, helper-135).
             self.note_escapes();
+            // And is the job's, ended with it, once its parent exited too (found by review, helper-187: told
+            // to the guard, it was left out of the job, and ran on past the release). What mpsync adopts it
+            // finds anyway (`adopt_from_now`); this where it cannot become a subreaper.
+            self.keep_told_left();
             let done = match until {
                 Until::JobGone(pgid) => self.main.is_none() && !self.job_alive(pgid),
             };

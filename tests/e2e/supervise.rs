@@ -2001,3 +2001,291 @@ fn a_child_exit_seen_after_a_freeze_past_the_deadline_is_said_as_such() {
     assert!(done.stderr.contains("the lease was lost by the time the child's exit was seen"), "{}", done.stderr);
     assert!(!done.stderr.contains("while what it left was stopped"), "{}", done.stderr);
 }
+
+both_backends!(a_worker_started_in_the_loss_grace_is_ended_before_the_release);
+
+/// The child's TERM trap for the grace tests: it starts a clean-up in a session of its own that ignores
+/// TERM (`setsid cleanup &`, writing its pid to `worker` and running `sleep {marker}`), lingers `linger`
+/// seconds, and exits 0 well within the grace.
+fn cleanup_in_the_grace_script(worker: &std::path::Path, up: &std::path::Path, marker: &str, linger: &str) -> String {
+    format!(
+        "trap 'setsid sh -c \"trap \\\"\\\" TERM; echo \\$\\$ > {w}; exec sleep {marker}\" & sleep {linger}; exit 0' TERM; \
+         echo up > {u}; while :; do sleep 0.05; done",
+        w = worker.display(),
+        u = up.display(),
+    )
+}
+
+/// Found by review (helper-187): the lease is lost, mpsync sends TERM and waits `--grace` (15 s). The
+/// child's TERM trap starts a clean-up in a session of its own and exits 0.6 s (or 0.15 s) later. mpsync
+/// told its guard of the clean-up, but never counted it as part of the job: once the main child exited,
+/// the clean-up was init's child, the job looked gone, and mpsync exited 123 with it running and the guard
+/// disarmed (the next holder's child ran beside it). It is ended before the release.
+fn a_worker_started_in_the_loss_grace_is_ended_before_the_release(env: &TestEnv) {
+    for linger in ["0.6", "0.15"] {
+        let name = env.lease_name("grace-setsid");
+        let (worker, up) = (env.path(&env.lease_name("worker")), env.path(&env.lease_name("up")));
+        let script = cleanup_in_the_grace_script(&worker, &up, "1891", linger);
+        let timing =
+            ["--lease-duration", "30s", "--renew-deadline", "10s", "--retry-period", "500ms", "--grace", "15s"];
+        let args = [&["lock", "-vv", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+        let mut lock = env.spawn(args);
+        wait_for_file(&up, "up");
+        env.edit(&name, |spec| {
+            spec.holder_identity = Some("thief".into());
+            spec.lease_duration_seconds = Some(60);
+        });
+        let cleanup = read_pid(&worker);
+        let status = lock.wait_for(PATIENCE);
+        let left = alive(cleanup);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cleanup), Signal::SIGKILL);
+        assert!(!left, "linger {linger}: the clean-up ran on after mpsync exited ({status:?}):\n{}", lock.stderr());
+        assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+    }
+}
+
+/// Found by review (helper-187): the same clean-up, with `--subreaper` and as PID 1 (where mpsync adopted it
+/// already): ended before mpsync exits, as before.
+#[test]
+fn with_subreaper_or_as_pid_1_a_worker_started_in_the_loss_grace_is_ended_too() {
+    let env = TestEnv::file();
+    let pid1 = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+    let modes: &[&str] = match pid1.is_ok_and(|s| s.success()) {
+        true => &["--subreaper", "pid1"],
+        false => {
+            eprintln!("SKIPPED as PID 1: `unshare --pid --fork --mount-proc` is not permitted here");
+            &["--subreaper"]
+        }
+    };
+    for (round, mode) in modes.iter().enumerate() {
+        let name = env.lease_name("grace-setsid-reaper");
+        let (worker, up) = (env.path(&env.lease_name("worker")), env.path(&env.lease_name("up")));
+        let marker = format!("189{round}2");
+        let script = cleanup_in_the_grace_script(&worker, &up, &marker, "0.6");
+        let timing =
+            ["--lease-duration", "30s", "--renew-deadline", "10s", "--retry-period", "500ms", "--grace", "15s"];
+        let args = [&["lock", "-vv", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+        let mut lock = match *mode {
+            "pid1" => {
+                let mut command = std::process::Command::new("unshare");
+                command.args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_mpsync")]).args(&args);
+                scrub(&mut command);
+                command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
+                Proc::spawn(command, &env.dir)
+            }
+            subreaper => {
+                let mut args = args.clone();
+                args.insert(1, subreaper);
+                env.spawn(args)
+            }
+        };
+        wait_for_file(&up, "up");
+        env.edit(&name, |spec| {
+            spec.holder_identity = Some("thief".into());
+            spec.lease_duration_seconds = Some(60);
+        });
+        read_pid(&worker);
+        let cleanup = running_with_marker(&format!("sleep\0{marker}"));
+        let status = lock.wait_for(PATIENCE);
+        let left = running_with_marker(&format!("sleep\0{marker}"));
+        for pid in cleanup.iter().chain(&left) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        assert!(
+            left.is_empty(),
+            "{mode}: the clean-up {left:?} ran on after mpsync exited ({status:?}):\n{}",
+            lock.stderr()
+        );
+        assert_eq!(status.and_then(|s| s.code()), Some(123), "{mode}: {}", lock.stderr());
+    }
+}
+
+/// Found by review (helper-187): the consequence of the clean-up that outlived the loss: the next holder
+/// (a second `mpsync lock`, once the thief's short record expired) ran its child beside it.
+#[test]
+fn the_next_holders_child_never_runs_beside_a_worker_started_in_the_loss_grace() {
+    let env = TestEnv::file();
+    let name = env.lease_name("beside");
+    let (worker, up) = (env.path("worker"), env.path("up"));
+    let script = cleanup_in_the_grace_script(&worker, &up, "1893", "0.6");
+    let timing = ["--lease-duration", "30s", "--renew-deadline", "10s", "--retry-period", "500ms", "--grace", "15s"];
+    let args = [&["lock", "-v", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut first = env.spawn(args);
+    wait_for_file(&up, "up");
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+    });
+    let status = first.wait_for(PATIENCE);
+    let cleanup = read_pid(&worker);
+    let probe = format!("if kill -0 {cleanup} 2>/dev/null; then echo BESIDE; else echo alone; fi");
+    let second = env.run(["lock", name.as_str(), "--", "sh", "-c", &probe]);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cleanup), Signal::SIGKILL);
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", first.stderr());
+    second.assert_code(0);
+    assert!(
+        second.stdout.contains("alone"),
+        "the next holder's child ran beside the first holder's clean-up (pid {cleanup}):\nfirst:\n{}\nsecond:\n{}",
+        first.stderr(),
+        second.stderr
+    );
+}
+
+/// Found by review (helper-187): `elect`'s next term. The lease is lost (a thief's record of 1 s); the
+/// child's TERM trap starts its clean-up in a session of its own and exits within the grace; elect
+/// campaigned again, took the lease once the thief's record expired, and started its command again while
+/// the previous term's clean-up ran: two children of one election at once. The clean-up is ended before
+/// the term ends; and mpsync, a subreaper only to end that term's job, is none in the next.
+#[test]
+fn elects_next_term_never_starts_beside_the_previous_terms_cleanup() {
+    let env = TestEnv::file();
+    let name = env.lease_name("elect-beside");
+    let (worker, beside, terms) = (env.path("worker"), env.path("beside"), env.path("terms"));
+    let script = format!(
+        "echo term >> {t}; if [ -s {w} ] && kill -0 $(cat {w}) 2>/dev/null; then echo BESIDE > {b}; fi; \
+         trap 'setsid sh -c \"trap \\\"\\\" TERM; echo \\$\\$ > {w}; exec sleep 1894\" & sleep 0.6; exit 0' TERM; \
+         while :; do sleep 0.05; done",
+        w = worker.display(),
+        b = beside.display(),
+        t = terms.display()
+    );
+    let timing = ["--lease-duration", "30s", "--renew-deadline", "10s", "--retry-period", "500ms", "--grace", "15s"];
+    let args = [&["elect", "-vv", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut elect = env.spawn(args);
+    wait_for_file(&terms, "term");
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+    });
+    let cleanup = read_pid(&worker);
+    let second_term = within_patience(|| fs::read_to_string(&terms).is_ok_and(|t| t.lines().count() >= 2));
+    let was_beside = fs::read_to_string(&beside).is_ok_and(|b| b.contains("BESIDE"));
+    elect.signal(Signal::SIGTERM);
+    let status = elect.wait_for(PATIENCE);
+    for pid in running_with_marker(&format!("sleep\0{}", 1894)).into_iter().chain([cleanup]) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(second_term, "elect did not start a second term:\n{}", elect.stderr());
+    assert!(!was_beside, "the second term started while the first term's clean-up ran:\n{}", elect.stderr());
+    assert!(status.is_some(), "elect did not exit:\n{}", elect.stderr());
+    let stderr = elect.stderr();
+    let first_release = stderr.find("child stopped after losing the lease").expect("the first term lost");
+    assert!(
+        stderr[first_release..].contains("no longer a child subreaper"),
+        "mpsync stays a subreaper after the term it became one for:\n{stderr}"
+    );
+}
+
+/// Found by review (helper-187): the lease is lost and mpsync waits out the grace (TERM sent); mpsync is then
+/// frozen (`kill -STOP`), and meanwhile the child's TERM trap starts its clean-up in a session of its own
+/// and exits. Nobody told the guard of the clean-up (mpsync was frozen), its parent was gone, and at the
+/// lease's deadline the guard found it through nothing: it ran on. mpsync, a subreaper from the moment it
+/// starts ending the job, adopts it, and the guard kills everything below mpsync.
+#[test]
+fn a_worker_started_in_the_grace_while_mpsync_is_frozen_is_killed_at_the_deadline() {
+    let env = TestEnv::file();
+    let name = env.lease_name("grace-frozen");
+    let (worker, up, go) = (env.path("worker"), env.path("up"), env.path("go"));
+    let script = format!(
+        "trap 'while [ ! -e {g} ]; do sleep 0.02; done; setsid sh -c \"trap \\\"\\\" TERM; echo \\$\\$ > {w}; exec sleep 1895\" & sleep 0.2; exit 0' TERM; \
+         echo up > {u}; while :; do sleep 0.05; done",
+        w = worker.display(),
+        u = up.display(),
+        g = go.display()
+    );
+    let timing = ["--lease-duration", "8s", "--renew-deadline", "2s", "--retry-period", "300ms", "--grace", "4s"];
+    let args = [&["lock", "-vv", name.as_str()][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut lock = env.spawn(args);
+    wait_for_file(&up, "up");
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(60);
+    });
+    wait_until("mpsync to stop the child", || lock.stderr().contains("stopping the child's job"));
+    lock.signal(Signal::SIGSTOP);
+    let frozen = Instant::now();
+    fs::write(&go, "").unwrap();
+    let cleanup = read_pid(&worker);
+    // The guard's deadline: 2 s + 4 s + 1 s after the last renewal's send, which came before the loss.
+    while frozen.elapsed() < Duration::from_secs(9) && alive(cleanup) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (left, at) = (alive(cleanup), frozen.elapsed());
+    lock.signal(Signal::SIGCONT);
+    let status = lock.wait_for(PATIENCE);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cleanup), Signal::SIGKILL);
+    assert!(!left, "the clean-up ran on {at:?} after mpsync froze, past the guard's deadline:\n{}", lock.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(123), "{}", lock.stderr());
+}
+
+/// Found by review (helper-187): SIGTERM to mpsync (a rolling update) is forwarded to the job; the child's
+/// TERM trap starts its clean-up in a session of its own and exits 60 ms later, before the run loop's next
+/// look (every 100 ms) told the guard of it: the clean-up, init's child, ran on past the release (most
+/// rounds). mpsync adopts it, as a subreaper from the forward on, and ends it with the job.
+#[test]
+fn a_worker_started_by_a_forwarded_term_trap_is_ended_before_the_release() {
+    let env = TestEnv::file();
+    let mut escaped = Vec::new();
+    for round in 0..6 {
+        let name = env.lease_name("term-setsid");
+        let (worker, up) = (env.path(&env.lease_name("worker")), env.path(&env.lease_name("up")));
+        let script = cleanup_in_the_grace_script(&worker, &up, "1896", "0.06");
+        let mut lock = env.spawn(["lock", "-vv", name.as_str(), "--grace", "3s", "--", "sh", "-c", &script]);
+        wait_for_file(&up, "up");
+        lock.signal(Signal::SIGTERM);
+        let status = lock.wait_for(PATIENCE);
+        let cleanup = read_pid(&worker);
+        let left = alive(cleanup);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cleanup), Signal::SIGKILL);
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+        if left {
+            escaped.push(round);
+        }
+    }
+    assert!(escaped.is_empty(), "the clean-up ran on after the release in rounds {escaped:?}");
+}
+
+/// Found by review (helper-187): Ctrl-Z (SIGTSTP to mpsync, in a group of its own): mpsync passes TSTP to
+/// the job first. The child's TSTP handler starts a worker in a session of its own and exits. The job
+/// showed nothing left to stop (the worker was init's), mpsync stopped itself with the lease held, and the
+/// worker ran on, never stopped, while nothing renewed the lease. mpsync adopts the worker (a subreaper from
+/// the stop on) and stops it with the job; and since the child has exited, mpsync does not stop itself: it
+/// ends what the child left and releases, with the child's code.
+#[test]
+fn a_worker_started_by_a_tstp_handler_is_stopped_and_ended_with_the_job() {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-trap");
+    let (worker, up) = (env.path("worker"), env.path("up"));
+    let script = format!(
+        concat!(
+            "import os, signal, subprocess, time\n",
+            "def on_tstp(signum, frame):\n",
+            "    subprocess.Popen(['sh', '-c', 'echo $$ > {w}; exec sleep 1897'], start_new_session=True)\n",
+            "    os._exit(0)\n",
+            "signal.signal(signal.SIGTSTP, on_tstp)\n",
+            "open('{u}', 'w').write('up')\n",
+            "while True:\n",
+            "    time.sleep(0.05)\n"
+        ),
+        w = worker.display(),
+        u = up.display()
+    );
+    let mut command = env.mpsync(["lock", "-vv", name.as_str(), "--grace", "2s", "--", "python3", "-c", &script]);
+    command.process_group(0);
+    let mut lock = Proc::spawn(command, &env.dir);
+    wait_for_file(&up, "up");
+    lock.signal(Signal::SIGTSTP);
+    let cleanup = read_pid(&worker);
+    let status = lock.wait_for(PATIENCE);
+    let stopped = crate::support::pty::state(lock.pid()) == Some('T');
+    if status.is_none() {
+        lock.signal(Signal::SIGCONT);
+        lock.wait_for(PATIENCE);
+    }
+    let left = alive(cleanup);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cleanup), Signal::SIGKILL);
+    assert!(status.is_some(), "mpsync did not exit (stopped: {stopped}):\n{}", lock.stderr());
+    assert!(!left, "the worker ran on after mpsync exited ({status:?}):\n{}", lock.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
+}
