@@ -418,6 +418,9 @@ struct EditedHold {
     acquire_time: Option<MicroTime>,
     token: Option<i32>,
     until: Instant,
+    /// Another hold was seen since the edit (another acquisition): every later release is someone else's,
+    /// whatever token it carries.
+    taken_since: bool,
 }
 
 /// A free record seen, and the draw that spreads this process's attempt on it.
@@ -1049,6 +1052,7 @@ impl Elector {
                         acquire_time: old.record.acquire_time.clone(),
                         token: old.record.lease_transitions,
                         until,
+                        taken_since: false,
                     });
                 }
             } else if new.metadata.uid.is_some() && new.metadata.uid != old.metadata.uid {
@@ -1061,9 +1065,22 @@ impl Elector {
                 }
             }
         }
+        // A live record of another acquisition since the edit: a newcomer took the lease. Its release may
+        // carry the edited hold's token (an edit that put an older record back lowered the token: found by
+        // review, helper-185, the newcomer's release was taken for the hold's own, and this waiter ran beside
+        // the hold's child), so no release ends the hold's wait from then on.
+        if let (Some(hold), Some(new)) = (&mut self.edited_hold, &current)
+            && is_live(&new.record)
+            && (new.metadata.uid != hold.uid
+                || new.record.acquire_time != hold.acquire_time
+                || new.record.lease_transitions != hold.token)
+        {
+            hold.taken_since = true;
+        }
         // The edited hold's holder released it, as any holder releases (the same Lease and token, a new
         // acquireTime, the shape of a release). Not a Lease made again (found by the property model).
         if let (Some(hold), Some(new)) = (&self.edited_hold, &current)
+            && !hold.taken_since
             && is_release(&new.record)
             && new.metadata.uid == hold.uid
             && new.record.lease_transitions == hold.token
@@ -2504,6 +2521,30 @@ mod tests {
         renewed.renew_time = Some(wall(-10));
         elector.observe_event(WatchUpdate::Present(versioned(4, renewed)), at(t0, 1.0));
         assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
+    }
+
+    /// Found by review (helper-185): a hold made free by hand with an older record put back (its token
+    /// lowered), then taken by a newcomer at the hold's token, and released by it: that release is not the
+    /// edited hold's own, and the hold still counts until the expiry it had.
+    #[test]
+    fn a_newcomers_release_at_the_edited_holds_token_does_not_end_its_wait() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        let held = record(Some("other"), Some(5), Some(1));
+        elector.observe(Some(versioned(3, held.clone())), t0);
+        let mut edited = held;
+        (edited.holder_identity, edited.lease_transitions) = (Some(String::new()), Some(0));
+        elector.observe_event(WatchUpdate::Present(versioned(4, edited)), at(t0, 1.0));
+        let mut newcomer = record(Some("q"), Some(5), Some(1));
+        newcomer.acquire_time = Some(wall(-5));
+        newcomer.renew_time = newcomer.acquire_time.clone();
+        elector.observe_event(WatchUpdate::Present(versioned(5, newcomer)), at(t0, 1.2));
+        let mut released = record(Some(""), Some(1), Some(1));
+        released.acquire_time = Some(wall(-4));
+        released.renew_time = released.acquire_time.clone();
+        elector.observe_event(WatchUpdate::Present(versioned(6, released)), at(t0, 1.5));
+        assert_eq!(elector.next(now(t0, 1.5)), Action::WaitUntil(at(t0, 5.0)), "the hold is waited out");
+        assert!(matches!(after_a_read(&mut elector, now(t0, 5.0)), Action::Write(_)));
     }
 
     /// A Lease deleted and created again (another uid) while another held it, seen only in a read: the

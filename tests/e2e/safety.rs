@@ -1693,3 +1693,42 @@ fn two_containers_under_one_frozen_clock_draw_their_stamps_apart(env: &TestEnv) 
     }
     assert!(stamps.iter().any(|stamp| *stamp != stamps[0]), "every run drew the same stamp: {stamps:?}");
 }
+
+both_backends!(a_newcomers_release_after_a_hand_edit_that_lowered_the_token_never_ends_the_wait);
+
+/// Found by review (helper-185): P holds NAME (token 1) and W waits. NAME is made free by hand with an
+/// older record put back (token 0: `kubectl apply` of a saved manifest); a newcomer Q takes it (token 1
+/// again), runs `true` and releases it. W took Q's release for P's own (the same Lease and token) and ran
+/// beside P's child, which ran on until P's next renewal. W waits P's hold out, as after any hand edit.
+fn a_newcomers_release_after_a_hand_edit_that_lowered_the_token_never_ends_the_wait(env: &TestEnv) {
+    let name = env.lease_name("lowered");
+    let log = env.path("log");
+    let stamp = k8s_openapi::jiff::Timestamp::now();
+    let stamp = k8s_openapi::jiff::Timestamp::from_microsecond(stamp.as_microsecond()).unwrap();
+    let free = LeaseSpec {
+        holder_identity: Some(String::new()),
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(stamp)),
+        renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(stamp)),
+        lease_transitions: Some(0),
+        ..LeaseSpec::default()
+    };
+    env.put(&name, free);
+    let timings = ["--lease-duration", "20s", "--renew-deadline", "15s", "--retry-period", "8s"];
+    let args = ["lock", name.as_str(), "--identity", "p"].into_iter().chain(timings);
+    let holder = env.spawn(args.chain(["--", "sh", "-c", &draining_script(&log, "0.2")]));
+    wait_for_file(&log, "start");
+    let waiter = env.spawn(["lock", name.as_str(), "--identity", "w", "-v"].into_iter().chain([
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    env.edit(&name, |spec| (spec.holder_identity, spec.lease_transitions) = (None, Some(0)));
+    env.run(fast(&["lock", &name, "--identity", "q"], &["true"])).assert_code(0);
+    // P learns of the edit at its next renewal (8 s), stops its child and exits 123; W runs after that.
+    holder.finish().assert_code(123);
+    waiter.finish().assert_code(0);
+    assert_eq!(max_concurrency(&log), 1, "two children ran at once: {:?}", read_stamps(&log));
+}
