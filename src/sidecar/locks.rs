@@ -268,23 +268,35 @@ impl Locks {
     }
 
     /// GET: the lock as JSON, or 404. While the API server fails, a lock held is answered from what
-    /// this side-car knows (its clients read before they heartbeat). A lock held past its renew deadline
-    /// is not surely its own any more: 503, however the read went (found by review, helper-188: the stock
-    /// clients' heartbeat is a GET, then a PUT if the GET was 200; a GET answered 200 past the deadline
-    /// left the client sure of the lock until the PUT's answer, which came after another pod's client was
-    /// told it held it).
+    /// this side-car knows (its clients read before they heartbeat). A lock held past its renew deadline,
+    /// or taken, is not surely its own any more: 503, however the read went (found by review, helper-188:
+    /// the stock clients' heartbeat is a GET, then a PUT if the GET was 200; a GET answered 200 past the
+    /// deadline left the client sure of the lock until the PUT's answer, which came after another pod's
+    /// client was told it held it).
     async fn get(&self, name: &str, elector: &mut Elector) -> Response {
+        let held = elector.held().is_some();
         match self.read(&self.lease_name(name), elector).await {
-            Ok(current) => {
-                elector.observe(current, Instant::now());
-                if elector.held().is_some() && !self.holding(elector) {
-                    tracing::warn!(lease = %self.lease_name(name), "not renewed within its renew deadline: the lock is not surely held");
+            // Held until now, and not surely any more (past its renew deadline, or taken): 503, and the hold
+            // let go, as a PUT would learn of it, so that the next GET answers from the record and a PUT may
+            // take the lock again (found by review, helper-191: kept, the hold made every GET 503 for ever,
+            // and a restarted stock client, which PUTs only after a GET answered 200 or 404, never got the
+            // lock back; and a late GET after another pod took the lock was answered 200).
+            Ok(current) if held => {
+                self.decide(name, elector, current);
+                if !self.holding(elector) {
+                    tracing::warn!(lease = %self.lease_name(name), "the lock is no longer surely held (not renewed in time, or taken)");
                     return Response::error(
                         503,
-                        format!("lock {name}: not renewed in time, not surely held; heartbeat (PUT) again"),
+                        format!(
+                            "lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"
+                        ),
                     )
                     .with_header("Retry-After", "1");
                 }
+                self.lock_response(200, name, elector)
+            }
+            Ok(current) => {
+                elector.observe(current, Instant::now());
                 self.lock_response(200, name, elector)
             }
             Err(err) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {

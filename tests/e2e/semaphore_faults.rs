@@ -1279,3 +1279,29 @@ fn a_plain_waiter_from_before_the_marker_never_runs_on_a_slot_name(env: &TestEnv
         }
     }
 }
+
+/// Found by review (helper-191): the read of `P` again after a plain lock of a slot-like name acquires
+/// (above) runs while nothing renews the hold. On a slow API server (each answer 1.5 s, under the 2 s call
+/// timeout of a 4 s renew deadline), a plain lock of `P-0-0` (`P` a semaphore, `P-0` its slot: two reads)
+/// passed its renew deadline in that check (1.5 s for the acquisition, 3 s for the reads), and its child
+/// never ran. The check ends a call timeout before the renew deadline at the latest, and the hold goes on
+/// with a warning if it cannot tell by then: the first renewal lands 0.5 s before the deadline.
+#[test]
+fn the_second_slot_name_check_on_a_slow_server_never_costs_the_hold() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("slow-check");
+    env.run(["lock", name.as_str(), "--slots", "2", "--", "true"]).assert_code(0);
+    let nested = format!("{name}-0-0");
+    let ran = env.path("ran");
+    server.set_latency(Duration::from_millis(1500));
+    let timings = ["--lease-duration", "8s", "--renew-deadline", "4s", "--retry-period", "500ms"];
+    let args = ["lock", nested.as_str(), "-v"].into_iter().chain(timings);
+    let done = env.run(args.chain(["--", "touch", ran.to_str().unwrap()]));
+    server.set_latency(Duration::ZERO);
+    done.assert_code(0);
+    assert!(ran.exists(), "the child never ran:\n{}", done.stderr);
+}

@@ -1696,6 +1696,63 @@ fn a_get_past_the_renew_deadline_of_a_lock_held_is_not_answered_200() {
     a.request("GET", &path).assert_status(200);
 }
 
+/// Found by review (helper-191): a client that stopped heartbeating (crashed; the stock client's `release()`
+/// sends no DELETE either) left the lock held past its renew deadline, and every GET after that was answered
+/// 503 for as long as GETs kept coming: a restarted stock client, which PUTs only after a GET answered 200
+/// or 404, never got the lock back. The first late GET is 503 and lets the hold go; the next is answered
+/// from the record, and a PUT takes the lock again.
+#[test]
+fn a_lock_whose_client_stopped_is_answered_503_once_then_from_its_record() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("stopped");
+    let path = format!("/locks/{name}");
+    // TTL 6 s: a renew deadline of 3 s.
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    let answered = Instant::now();
+    wait_until("the renew deadline to pass", || answered.elapsed() > Duration::from_millis(3300));
+    let late = a.request("GET", &path);
+    let next = a.request("GET", &path);
+    assert_ne!(late.status, 200, "a GET past the renew deadline was answered as held: {}", late.body);
+    assert_eq!(next.status, 200, "the GET after it is answered from the record: {}", next.body);
+    let deadline = Instant::now() + PATIENCE;
+    while a.put(&name).status != 200 {
+        assert!(Instant::now() < deadline, "the pod's client never got its lock back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Found by review (helper-191): B's client is late; A's client takes the lock once B's TTL has passed.
+/// B's late heartbeat GET was answered 200 (the read had shown A's hold, which let B's go first), and B's
+/// client stayed sure of the lock until its PUT was answered 409, while A's client held it. It is 503.
+#[test]
+fn a_late_get_after_another_pod_took_the_lock_is_not_answered_200() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("late");
+    let path = format!("/locks/{name}");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
+    b.put(&name).assert_status(200);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = a.put(&name);
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never took the lock: {} {}", reply.status, reply.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let late = b.request("GET", &path);
+    b.put(&name).assert_status(409);
+    assert_ne!(late.status, 200, "B's late GET was answered 200 while pod-a's client held the lock: {}", late.body);
+}
+
 /// Found by review (helper-91): a POST (create only) whose create committed but whose answer was lost
 /// was answered 409 "exists", though the side-car held the lock it had just created.
 #[test]
