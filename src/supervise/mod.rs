@@ -587,7 +587,12 @@ impl Supervisor {
         if let Some(pgid) = self.group {
             debug!(pgid = pgid.as_raw(), ?signal, "forwarding signal to the child");
             if ENDING.contains(&signal) {
-                self.adopt_from_now();
+                // Not for a HUP, which the run loop passes on as the child's reload (found by review,
+                // helper-190: a subreaper from then until the end, mpsync took what an inherited helper left
+                // for the job's, and killed it).
+                if signal != Signal::SIGHUP {
+                    self.adopt_from_now();
+                }
                 self.end_job(pgid, signal, self.held.is_none());
             } else {
                 self.signal_child(pgid, signal);
@@ -617,6 +622,10 @@ impl Supervisor {
                 debug!(pgid = pgid.as_raw(), "continued, with the child's job not stopped by mpsync: left as it is")
             }
         }
+        // The job runs on: mpsync, a subreaper only to stop it, is none again (found by review, helper-190: on
+        // after `fg` until the job's end, it took what an inherited helper left for the job's). What it
+        // adopted meanwhile stays its child, and the job's.
+        self.stop_adopting();
     }
 
     /// After `Notice::Resumed`, with the lease gone: SIGKILL the child's whole job without letting it run

@@ -2289,3 +2289,76 @@ fn a_worker_started_by_a_tstp_handler_is_stopped_and_ended_with_the_job() {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
 }
+
+/// Found by review (helper-190): a SIGHUP passed on (the child's reload) made mpsync a child subreaper until
+/// the job's end, as an ending signal does: a daemon that a helper mpsync inherited across `exec` started
+/// after that (`setsid -f`) was adopted, taken for the job's and killed at the child's end. A HUP adopts
+/// nothing: that daemon is no more the job's than it would be without the HUP (README: what mpsync
+/// inherited is not the job's). The same after Ctrl-Z (SIGTSTP to mpsync) and SIGCONT: mpsync is no
+/// subreaper once the job runs again.
+#[test]
+fn a_sighup_passed_on_leaves_an_inherited_helpers_daemon_alone() {
+    inherited_helpers_daemon_after(Signal::SIGHUP);
+}
+
+#[test]
+fn a_job_stopped_and_continued_leaves_an_inherited_helpers_daemon_alone() {
+    inherited_helpers_daemon_after(Signal::SIGTSTP);
+}
+
+fn inherited_helpers_daemon_after(signal: Signal) {
+    let env = TestEnv::file();
+    let name = env.lease_name("hup-helper");
+    let d = env.dir.display().to_string();
+    let helper = format!(
+        "while [ ! -e {d}/go ]; do sleep 0.05; done; \
+         setsid -f sh -c 'echo $$ > {d}/daemon; exec sleep 1903' </dev/null >/dev/null 2>&1; exec sleep 1000"
+    );
+    let child = format!(
+        "trap 'echo hup >> {d}/hups' HUP; echo up > {d}/up; while [ ! -e {d}/end ]; do sleep 0.05; done; exit 0"
+    );
+    let lock = env.mpsync(["lock", "-v", name.as_str(), "--grace", "2s", "--", "sh", "-c", &child]);
+    // `helper & exec mpsync ...`: the helper is mpsync's child, inherited across the exec.
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("sh -c \"$0\" & echo $! > {d}/helper; exec \"$@\""))
+        .arg(&helper)
+        .arg(lock.get_program())
+        .args(lock.get_args())
+        .stdin(Stdio::null());
+    for (key, value) in lock.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut mpsync = Proc::spawn(command, &env.dir);
+    wait_for_file(&env.path("up"), "up");
+    match signal {
+        Signal::SIGHUP => {
+            mpsync.signal(Signal::SIGHUP);
+            wait_for_file(&env.path("hups"), "hup");
+        }
+        _ => {
+            mpsync.signal(signal);
+            wait_until("mpsync to stop", || pty::state(mpsync.pid()) == Some('T'));
+            mpsync.signal(Signal::SIGCONT);
+            wait_until("mpsync to run again", || pty::state(mpsync.pid()) != Some('T'));
+            wait_until("the job to run again", || mpsync.stderr().contains("continuing the child's job"));
+        }
+    }
+    fs::write(env.path("go"), "").unwrap();
+    wait_until("the daemon", || {
+        env.path("daemon").exists() && fs::read_to_string(env.path("daemon")).unwrap().ends_with('\n')
+    });
+    let (daemon, helper) = (read_pid(&env.path("daemon")), read_pid(&env.path("helper")));
+    fs::write(env.path("end"), "").unwrap();
+    let status = mpsync.wait_for(PATIENCE);
+    let ran_on = alive(daemon);
+    for pid in [daemon, helper] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", mpsync.stderr());
+    assert!(ran_on, "the inherited helper's daemon was taken for the job's and killed:\n{}", mpsync.stderr());
+}
