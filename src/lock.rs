@@ -1081,24 +1081,12 @@ async fn acquisition(
     // written before refuses us here, before any child runs (found by review, helper-175: the plain waiter
     // took the name at its holder's release and ran beside the semaphore's child). A read that keeps
     // failing for a call timeout cannot tell: the hold goes on, as when the marker came later. Nothing renews
-    // the hold meanwhile, so the check ends a call timeout before its renew deadline at the latest, leaving
-    // the first renewal time to land (found by review, helper-191: on an API server answering in 0.9 s, the
-    // reads of `P` and its parents took the hold past its renew deadline, and the child never ran).
+    // the hold meanwhile: on an API server slow enough that these reads take it past its renew deadline, it is
+    // lost before the child starts (found by review, helper-191), never kept unchecked (cutting the check short
+    // to keep the hold let a waiter whose acquisition was answered late skip it, and run on the slot's name
+    // beside the semaphore's child: found by review, helper-192).
     if inner.slot_count.is_none_or(|n| n <= 1) && crate::lease::slot_parent(&inner.name).is_some() {
-        let held_until = slots[index].elector().held().map(|held| held.deadline(inner.timing));
-        let until = held_until
-            .and_then(|deadline| deadline.checked_sub(budget))
-            .map_or(Instant::now(), |latest| latest.min(Instant::now() + budget));
-        let check = engine::refuse_a_slot_name(&inner.store, &inner.name, Some(until));
-        let check = async {
-            match tokio::time::timeout_at(until.into(), check).await {
-                Ok(checked) => checked,
-                Err(_) => Ok(Err(Some(format!(
-                    "lease {}: cannot tell in time whether it is a semaphore's slot (the API server is slow)",
-                    inner.name
-                )))),
-            }
-        };
+        let check = engine::refuse_a_slot_name(&inner.store, &inner.name, Some(Instant::now() + budget));
         let checked = tokio::select! {
             checked = check => Some(checked),
             () = cancel.cancelled() => None,

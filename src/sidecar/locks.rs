@@ -268,42 +268,49 @@ impl Locks {
     }
 
     /// GET: the lock as JSON, or 404. While the API server fails, a lock held is answered from what
-    /// this side-car knows (its clients read before they heartbeat). A lock held past its renew deadline,
-    /// or taken, is not surely its own any more: 503, however the read went (found by review, helper-188:
-    /// the stock clients' heartbeat is a GET, then a PUT if the GET was 200; a GET answered 200 past the
-    /// deadline left the client sure of the lock until the PUT's answer, which came after another pod's
-    /// client was told it held it).
+    /// this side-car knows (its clients read before they heartbeat). The stock clients' heartbeat is a GET,
+    /// then a PUT if the GET was 200: a GET on a lock held until now is answered 200 only while that PUT's
+    /// answer still comes before anyone else can take the lock (its record still ours, and the TTL less
+    /// one answer's time not passed since the last renewal); else 503, once, and the hold is let go as a
+    /// PUT learns a loss, so that the next GET answers from the record and a PUT may take it again (found
+    /// by review, helper-188: a GET answered 200 long past the renew deadline left the client sure of the
+    /// lock until after another pod's client was told it held it; helper-191: a GET answered 503 without
+    /// letting the hold go was 503 for ever, and a stock client never took its lock again).
     async fn get(&self, name: &str, elector: &mut Elector) -> Response {
-        let held = elector.held().is_some();
-        match self.read(&self.lease_name(name), elector).await {
-            // Held until now, and not surely any more (past its renew deadline, or taken): 503, and the hold
-            // let go, as a PUT would learn of it, so that the next GET answers from the record and a PUT may
-            // take the lock again (found by review, helper-191: kept, the hold made every GET 503 for ever,
-            // and a restarted stock client, which PUTs only after a GET answered 200 or 404, never got the
-            // lock back; and a late GET after another pod took the lock was answered 200).
-            Ok(current) if held => {
+        let before = elector.held().map(|held| {
+            let answerable_until = held.last_renew_sent + self.ttl.saturating_sub(answer_within(self.ttl));
+            (held.fencing_token, held.acquire_time.clone(), answerable_until)
+        });
+        let read = self.read(&self.lease_name(name), elector).await;
+        match (read, before) {
+            (Ok(current), Some((token, acquire_time, answerable_until))) => {
                 self.decide(name, elector, current);
-                if !self.holding(elector) {
-                    tracing::warn!(lease = %self.lease_name(name), "the lock is no longer surely held (not renewed in time, or taken)");
-                    return Response::error(
-                        503,
-                        format!(
-                            "lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"
-                        ),
-                    )
-                    .with_header("Retry-After", "1");
+                let still_ours = elector.current().is_some_and(|current| {
+                    current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+                        && current.record.lease_transitions.unwrap_or(0) == token
+                        && current.record.acquire_time == acquire_time
+                });
+                if self.holding(elector) || (still_ours && !elector.releasing() && Instant::now() < answerable_until) {
+                    return self.lock_response(200, name, elector);
                 }
-                self.lock_response(200, name, elector)
+                tracing::warn!(lease = %self.lease_name(name), "the lock is no longer surely held (not renewed in time, or taken)");
+                Response::error(
+                    503,
+                    format!(
+                        "lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"
+                    ),
+                )
+                .with_header("Retry-After", "1")
             }
-            Ok(current) => {
+            (Ok(current), None) => {
                 elector.observe(current, Instant::now());
                 self.lock_response(200, name, elector)
             }
-            Err(err) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {
+            (Err(err), _) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {
                 self.note_error(name, &err, "answering from the lock held");
                 self.lock_response(200, name, elector)
             }
-            Err(err) => self.failure(name, err),
+            (Err(err), _) => self.failure(name, err),
         }
     }
 

@@ -267,6 +267,9 @@ pub struct Supervisor {
     /// mpsync became a child subreaper only to end (or stop) the job (see `adopt_from_now`), not with
     /// `--subreaper` or as PID 1: it is one no more once the job is let go.
     adopting_to_end: bool,
+    /// An ending signal (not a HUP) was passed on to the job: it is ending, and a `continue_child` (`kill %1`
+    /// on a stopped job sends TERM, then CONT) leaves mpsync a subreaper until it is gone.
+    ending: bool,
     /// /proc is mounted with `hidepid` and mpsync lacks CAP_SYS_PTRACE: it may hide members of the child's
     /// group (see `procfs::hides_processes`), so only kill(2) can tell that the group is empty.
     proc_hides: bool,
@@ -402,6 +405,7 @@ impl Supervisor {
             stops_dropped: false,
             reap_orphans,
             adopting_to_end: false,
+            ending: false,
             proc_hides: procfs::hides_processes(),
             proc_foreign,
             warned_unreadable_proc: false,
@@ -591,6 +595,7 @@ impl Supervisor {
                 // helper-190: a subreaper from then until the end, mpsync took what an inherited helper left
                 // for the job's, and killed it).
                 if signal != Signal::SIGHUP {
+                    self.ending = true;
                     self.adopt_from_now();
                 }
                 self.end_job(pgid, signal, self.held.is_none());
@@ -624,8 +629,12 @@ impl Supervisor {
         }
         // The job runs on: mpsync, a subreaper only to stop it, is none again (found by review, helper-190: on
         // after `fg` until the job's end, it took what an inherited helper left for the job's). What it
-        // adopted meanwhile stays its child, and the job's.
-        self.stop_adopting();
+        // adopted meanwhile stays its child, and the job's. Not while the job is ending on a signal passed
+        // on (found by review, helper-192: `kill %1` sends TERM, then CONT, and the TERM trap's clean-up,
+        // init's then, ran on past the release).
+        if !self.ending {
+            self.stop_adopting();
+        }
     }
 
     /// After `Notice::Resumed`, with the lease gone: SIGKILL the child's whole job without letting it run
@@ -825,6 +834,7 @@ impl Supervisor {
         self.deadline = None;
         self.let_go_of_leader();
         self.stop_adopting();
+        self.ending = false;
     }
 
     /// Whether mpsync adopts orphans as a subreaper (not as PID 1: its death ends the whole namespace),

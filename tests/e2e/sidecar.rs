@@ -1677,15 +1677,16 @@ fn a_get_past_the_renew_deadline_of_a_lock_held_is_not_answered_200() {
     let server = env.server().unwrap();
     let name = env.lease_name("lateget");
     let path = format!("/locks/{name}");
-    // TTL 6 s: a renew deadline of 3 s (6 s less a third, less the 1 s answer budget).
+    // TTL 6 s: a GET is 200 until 5 s after the last renewal (the TTL less the 1 s answer budget), so that
+    // the PUT after it is answered before the TTL.
     let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
     a.put(&name).assert_status(200);
-    // The renewal was sent before its answer: its renew deadline is at most 3 s after this.
+    // The renewal was sent before its answer: 5 s after it is at most 5 s after this.
     let answered = Instant::now();
     a.request("GET", &path).assert_status(200);
     // Renewals refused from now on; reads answered.
     server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
-    wait_until("the renew deadline to pass", || answered.elapsed() > Duration::from_millis(3300));
+    wait_until("the TTL less an answer's time to pass", || answered.elapsed() > Duration::from_millis(5300));
     let late = a.request("GET", &path);
     let put = a.put(&name);
     server.fail_next_on(&format!("update:{name}"), 0, 503);
@@ -1709,11 +1710,11 @@ fn a_lock_whose_client_stopped_is_answered_503_once_then_from_its_record() {
     let env = TestEnv::kube();
     let name = env.lease_name("stopped");
     let path = format!("/locks/{name}");
-    // TTL 6 s: a renew deadline of 3 s.
+    // TTL 6 s: a GET is 200 until 5 s after the last renewal.
     let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
     a.put(&name).assert_status(200);
     let answered = Instant::now();
-    wait_until("the renew deadline to pass", || answered.elapsed() > Duration::from_millis(3300));
+    wait_until("the TTL less an answer's time to pass", || answered.elapsed() > Duration::from_millis(5300));
     let late = a.request("GET", &path);
     let next = a.request("GET", &path);
     assert_ne!(late.status, 200, "a GET past the renew deadline was answered as held: {}", late.body);

@@ -2362,3 +2362,42 @@ fn inherited_helpers_daemon_after(signal: Signal) {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", mpsync.stderr());
     assert!(ran_on, "the inherited helper's daemon was taken for the job's and killed:\n{}", mpsync.stderr());
 }
+
+/// Found by review (helper-192): `kill %1` of a job stopped by Ctrl-Z sends mpsync TERM, then CONT (or CONT
+/// first, as it comes): the job ends on the TERM, but the CONT turned off the subreaper mpsync had become to
+/// stop it, and the TERM trap's `setsid -f` clean-up, init's, ran on past the release. While a job ends on
+/// a signal passed on, mpsync stays a subreaper until it is gone.
+#[test]
+fn a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release() {
+    for term_first in [true, false] {
+        let env = TestEnv::file();
+        let name = env.lease_name("tstp-term");
+        let d = env.dir.display().to_string();
+        let child = format!(
+            "trap 'setsid -f sh -c \"echo \\$\\$ > {d}/cleanup; exec sleep 1905\" </dev/null >/dev/null 2>&1; exit 0' TERM; \
+             echo up > {d}/up; while :; do sleep 0.05; done"
+        );
+        let mut mpsync = env.spawn(["lock", "-v", name.as_str(), "--grace", "3s", "--", "sh", "-c", &child]);
+        wait_for_file(&env.path("up"), "up");
+        mpsync.signal(Signal::SIGTSTP);
+        wait_until("mpsync to stop", || pty::state(mpsync.pid()) == Some('T'));
+        let (first, then) =
+            if term_first { (Signal::SIGTERM, Signal::SIGCONT) } else { (Signal::SIGCONT, Signal::SIGTERM) };
+        mpsync.signal(first);
+        mpsync.signal(then);
+        let status = mpsync.wait_for(PATIENCE);
+        let cleanup = env.path("cleanup");
+        let ran_on = cleanup.exists() && {
+            let pid = read_pid(&cleanup);
+            let alive = alive(pid);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            alive
+        };
+        assert!(status.is_some(), "mpsync did not exit:\n{}", mpsync.stderr());
+        assert!(
+            !ran_on,
+            "term first {term_first}: the TERM trap's clean-up ran on after the release:\n{}",
+            mpsync.stderr()
+        );
+    }
+}
