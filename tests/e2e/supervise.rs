@@ -2326,7 +2326,9 @@ fn inherited_helpers_daemon_after(signal: Signal) {
         .arg(&helper)
         .arg(lock.get_program())
         .args(lock.get_args())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A group of its own (see `a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release`).
+        .process_group(0);
     for (key, value) in lock.get_envs() {
         match value {
             Some(value) => command.env(key, value),
@@ -2377,7 +2379,11 @@ fn a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release() {
             "trap 'setsid -f sh -c \"echo \\$\\$ > {d}/cleanup; exec sleep 1905\" </dev/null >/dev/null 2>&1; exit 0' TERM; \
              echo up > {d}/up; while :; do sleep 0.05; done"
         );
-        let mut mpsync = env.spawn(["lock", "-v", name.as_str(), "--grace", "3s", "--", "sh", "-c", &child]);
+        // A group of its own, whose parent (this test) is in another group of the session: a stop signal to
+        // a process of an orphaned group (the test run under setsid) is discarded by the kernel.
+        let mut command = env.mpsync(["lock", "-v", name.as_str(), "--grace", "3s", "--", "sh", "-c", &child]);
+        command.process_group(0);
+        let mut mpsync = Proc::spawn(command, &env.dir);
         wait_for_file(&env.path("up"), "up");
         mpsync.signal(Signal::SIGTSTP);
         wait_until("mpsync to stop", || pty::state(mpsync.pid()) == Some('T'));
