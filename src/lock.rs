@@ -1054,11 +1054,42 @@ async fn acquisition(
         }
         engine::campaign_from(&mut slots, wait, &inner.name, started).await
     };
-    let campaigned = tokio::select! {
+    let mut campaigned = tokio::select! {
         campaigned = campaign => Some(campaigned),
         () = cancel.cancelled() => None,
         () = result_tx.closed() => None,
     };
+    // A plain lease on a slot's name, checked at the start: a semaphore may have been first used since (its
+    // marker written while this process waited behind another plain holder of the name). Read again, now
+    // that the name is ours: a marker written after our hold landed sees that hold, and waits it out; one
+    // written before refuses us here, before any child runs (found by review, helper-175: the plain waiter
+    // took the name at its holder's release and ran beside the semaphore's child). A read that keeps
+    // failing for a call timeout cannot tell: the hold goes on, as when the marker came later. Nothing renews
+    // the hold meanwhile: on an API server slow enough that these reads take it past its renew deadline, it is
+    // lost before the child starts (found by review, helper-191), never kept unchecked (cutting the check short
+    // to keep the hold let a waiter whose acquisition was answered late skip it, and run on the slot's name
+    // beside the semaphore's child: found by review, helper-192).
+    let plain_on_slot_name =
+        inner.slot_count.is_none_or(|n| n <= 1) && crate::lease::slot_parent(&inner.name).is_some();
+    if plain_on_slot_name && matches!(campaigned, Some(Ok(Campaigned::Acquired(_)))) {
+        let check = engine::refuse_a_slot_name(&inner.store, &inner.name, Some(Instant::now() + budget));
+        let checked = tokio::select! {
+            checked = check => Some(checked),
+            () = cancel.cancelled() => None,
+            () = result_tx.closed() => None,
+        };
+        match checked {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(last_error))) => {
+                if let Some(last_error) = last_error {
+                    tracing::warn!(lease = %inner.name, error = %last_error, "holding the lease all the same");
+                }
+            }
+            Some(Err(err)) => campaigned = Some(Err(err)),
+            None => campaigned = None,
+        }
+    }
+    // Not acquired, refused, or given up: whatever may be held is given back.
     let index = match campaigned {
         Some(Ok(Campaigned::Acquired(index))) => index,
         other => {
@@ -1075,44 +1106,6 @@ async fn acquisition(
             return;
         }
     };
-    // A plain lease on a slot's name, checked at the start: a semaphore may have been first used since (its
-    // marker written while this process waited behind another plain holder of the name). Read again, now
-    // that the name is ours: a marker written after our hold landed sees that hold, and waits it out; one
-    // written before refuses us here, before any child runs (found by review, helper-175: the plain waiter
-    // took the name at its holder's release and ran beside the semaphore's child). A read that keeps
-    // failing for a call timeout cannot tell: the hold goes on, as when the marker came later. Nothing renews
-    // the hold meanwhile: on an API server slow enough that these reads take it past its renew deadline, it is
-    // lost before the child starts (found by review, helper-191), never kept unchecked (cutting the check short
-    // to keep the hold let a waiter whose acquisition was answered late skip it, and run on the slot's name
-    // beside the semaphore's child: found by review, helper-192).
-    if inner.slot_count.is_none_or(|n| n <= 1) && crate::lease::slot_parent(&inner.name).is_some() {
-        let check = engine::refuse_a_slot_name(&inner.store, &inner.name, Some(Instant::now() + budget));
-        let checked = tokio::select! {
-            checked = check => Some(checked),
-            () = cancel.cancelled() => None,
-            () = result_tx.closed() => None,
-        };
-        let refused = match checked {
-            Some(Ok(Ok(()))) => None,
-            Some(Ok(Err(last_error))) => {
-                if let Some(last_error) = last_error {
-                    tracing::warn!(lease = %inner.name, error = %last_error, "holding the lease all the same");
-                }
-                None
-            }
-            Some(Err(err)) => Some(Some(err)),
-            None => Some(None),
-        };
-        if let Some(refusal) = refused {
-            drop(active);
-            settle_all(&mut slots, budget).await;
-            drop(slots);
-            if let Some(err) = refusal {
-                drop(result_tx.send(Err(inner.worded(err))));
-            }
-            return;
-        }
-    }
     // A process holds one slot: any other it holds, or may hold through an acquisition whose outcome was
     // unknown, is given back now, all together (one after the other, each could take two budgets while
     // nothing renews the slot acquired).

@@ -161,7 +161,9 @@ impl Locks {
     }
 
     fn elector(&self) -> Elector {
-        Elector::adopting(self.identity.clone(), self.timing)
+        // Seeded apart, as `lock` seeds its own: side-cars of one Deployment would otherwise draw one
+        // stagger sequence, and collide on a freed lock again after every lost race.
+        Elector::adopting(self.identity.clone(), self.timing).with_seed(crate::retry::random_u64())
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
