@@ -3,6 +3,7 @@
 use mpsync::cli::Cli;
 
 fn main() {
+    mpsync::supervise::signals::catch_early();
     let exit = match Cli::parse_args() {
         Ok(cli) => {
             mpsync::logging::init(cli.log_format, cli.verbose, cli.quiet);

@@ -377,6 +377,7 @@ impl Supervisor {
         let mut listened: Vec<Signal> = requests.iter().copied().filter(|s| !ignored_at_start.contains(*s)).collect();
         listened.extend([Signal::SIGCHLD, Signal::SIGCONT]);
         let signals = SignalReceiver::new(&listened)?;
+        signals::replay_early();
         // mpsync's own terminal access must never stop it: it never reads the terminal, its log lines must
         // reach a `stty tostop` terminal from the background, and it takes the foreground back from the
         // background. Blocked here (the main thread, and the threads it starts later), not ignored: a

@@ -15,12 +15,69 @@
 //! a default action back (to stop, or to die of a signal) sets it with `sigaction` itself.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc;
+
+/// The stop signals that came, as PID 1, before mpsync had its handlers (see [`catch_early`]): bit `n` is
+/// signal `n`.
+static EARLY: AtomicU64 = AtomicU64::new(0);
+
+/// Set once the early signals are replayed: signal-hook keeps `note_early` as the handler before its own,
+/// and calls it for every later signal too, which must not be noted (and replayed again) then.
+static REPLAYED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_early(signal: libc::c_int) {
+    if (1..64).contains(&signal) && !REPLAYED.load(Ordering::SeqCst) {
+        EARLY.fetch_or(1 << signal, Ordering::SeqCst);
+    }
+}
+
+/// First thing in `main`. As PID 1, the kernel discards a signal that has no handler, so a SIGTERM sent in
+/// the milliseconds before mpsync set up its signal thread (a pod deleted as it starts) would be lost, and
+/// the pod would run on to its SIGKILL. As PID 1, each stop signal left at its default action is noted from
+/// here on, and [`replay_early`] sends it again once it is handled. What the parent left ignored stays
+/// ignored. Not PID 1, a stop signal this early ends mpsync at once, as it should: nothing is held yet.
+pub fn catch_early() {
+    if std::process::id() != 1 {
+        return;
+    }
+    for signal in crate::supervise::ENDING {
+        // SAFETY: sigaction(2) with a null new action only reads the current one; the handler installed
+        // then only does an atomic or, which is async-signal-safe.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal as i32, std::ptr::null(), &mut current) != 0
+                || current.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = note_early as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal as i32, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Once the stop signals are handled: send again to this process each one that [`catch_early`] noted.
+pub fn replay_early() {
+    if REPLAYED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let caught = EARLY.swap(0, Ordering::SeqCst);
+    for number in (1..64).filter(|n| caught & (1 << n) != 0) {
+        if let Ok(signal) = Signal::try_from(number) {
+            tracing::debug!(signal = %signal, "a stop signal that came before mpsync handled it, received now");
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), signal);
+        }
+    }
+}
 
 /// Signals received by a thread of their own, to be awaited with [`SignalReceiver::recv`].
 pub struct SignalReceiver {
@@ -109,6 +166,7 @@ impl Stops {
             .chain(real_time().into_iter().map(|number| (Signal::SIGTERM, number)))
             .map(|(stop, number)| Ok((stop, signal(SignalKind::from_raw(number)).map_err(failed)?)))
             .collect::<crate::error::Result<_>>()?;
+        replay_early();
         Ok(Stops { signals })
     }
 

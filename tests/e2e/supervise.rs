@@ -653,6 +653,43 @@ fn as_pid_1_a_child_that_stops_itself_goes_on() {
     assert!(done.stdout.contains("went on"), "{}", done.stdout);
 }
 
+/// As PID 1, the kernel discards a signal that has no handler: a SIGTERM that came before mpsync had set up
+/// its signal thread (a pod deleted as it starts) was lost, and mpsync went on to take the lease and run the
+/// child. The stop is kept now, and ends mpsync before anything is acquired (143). mpsync is held in that
+/// window on purpose by a shim (`pauseearly.c`), while the test sends the signal.
+#[test]
+fn as_pid_1_a_stop_signal_before_the_handlers_is_kept() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork --mount-proc` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let env = TestEnv::file();
+    let shim = build_shim(&env, "pauseearly");
+    let pause = env.path("pause");
+    fs::create_dir_all(&pause).unwrap();
+    let ran = env.path("ran");
+    let name = env.lease_name("pid1-early");
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_mpsync"), "lock", &name, "--"]);
+    command.args(["sh", "-c", &format!("touch {}", ran.display())]);
+    scrub(&mut command);
+    command.env("MPSYNC_BACKEND", "file").env("MPSYNC_LOCK_DIR", env.lock_dir()).stdin(Stdio::null());
+    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_PAUSE_DIR", &pause);
+    let unshare = Proc::spawn(command, &env.dir);
+    wait_until("mpsync to pause before its handlers", || pause.join("paused").exists());
+    // mpsync, PID 1 inside, is unshare's only child.
+    let children = format!("/proc/{0}/task/{0}/children", unshare.pid());
+    let mpsync: i32 = fs::read_to_string(&children).unwrap().trim().parse().expect("unshare's one child");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(mpsync), Signal::SIGTERM).unwrap();
+    fs::write(pause.join("go"), "").unwrap();
+    let done = unshare.finish();
+    done.assert_code(143);
+    assert!(!ran.exists(), "the child ran after the stop signal:\n{}", done.stderr);
+    // Nothing was left held.
+    env.run(["lock", "--no-wait", &name, "--", "true"]).assert_code(0);
+}
+
 #[test]
 fn as_pid_1_mpsync_reaps_orphans_and_returns_the_childs_status() {
     let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
