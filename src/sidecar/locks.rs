@@ -56,6 +56,21 @@ pub fn answer_within(ttl: Duration) -> Duration {
     (ttl / 6).min(Duration::from_secs(5))
 }
 
+/// How long before the TTL, counted from a renewal's send, runs out every answer about that hold is given
+/// (a fifth of [`answer_within`]: 1 s for the default TTL): the client told 200 before counts on the lock
+/// until the answer to its next heartbeat, and another pod may take the lock the TTL after that renewal
+/// (found by review, helper-193: a client that sent its PUT 300 ms after a GET answered 200 near the end
+/// was told of the loss 185 ms after another pod's client was told 200).
+fn answer_margin(ttl: Duration) -> Duration {
+    answer_within(ttl) / 5
+}
+
+/// A request on a lock surely held whose API call has not come back this long before the renew deadline
+/// is answered from the hold, 200, rather than after it, 503 (found by review, helper-193: a heartbeat
+/// stuck on an API server that hung for 4 s was answered 503 just past the renew deadline, and a stock
+/// client gave up a lock that was never at risk).
+const FROM_THE_HOLD_BEFORE_DEADLINE: Duration = Duration::from_millis(100);
+
 /// The protocol's methods on `/locks/NAME`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -204,16 +219,35 @@ impl Locks {
                         return self.too_slow(name, None);
                     };
                     entry.used = Instant::now();
+                    // Held until now, and past what it could still answer: 503 once (see `get`).
+                    if self.let_go_if_past(name, &mut entry.elector) {
+                        return self.no_longer_surely_held(name);
+                    }
+                    let deadline = self.answer_by(deadline, &entry.elector);
                     match tokio::time::timeout_at(deadline, self.get(name, &mut entry.elector)).await {
                         Ok(response) => response,
-                        Err(_) => self.too_slow(name, Some(&entry.elector)),
+                        Err(_) => {
+                            let response = self.too_slow(name, Some(&entry.elector));
+                            self.let_go_if_lost(name, &mut entry.elector);
+                            response
+                        }
                     }
                 }
-                // Nothing to remember about a lock only read: a temporary elector answers.
-                None => match tokio::time::timeout_at(deadline, self.get(name, &mut self.elector())).await {
-                    Ok(response) => response,
-                    Err(_) => self.too_slow(name, None),
-                },
+                // Nothing to remember about a lock only read: a temporary elector answers. Unless the lock
+                // is this side-car's to adopt (held under its identity before a restart): its clients'
+                // heartbeats are answered by when they may count on it (see `answer_by`), also a PUT whose
+                // read then hangs (found by review, helper-193).
+                None => {
+                    let mut elector = self.elector();
+                    let response = match tokio::time::timeout_at(deadline, self.get(name, &mut elector)).await {
+                        Ok(response) => response,
+                        Err(_) => self.too_slow(name, None),
+                    };
+                    if self.adoption_answer_by(&elector).is_some() {
+                        self.remember(name, elector);
+                    }
+                    response
+                }
             },
             Method::Delete => {
                 let delete = async {
@@ -253,12 +287,18 @@ impl Locks {
                 // Only for the next request, and only if it is a POST (found by review: a flag left by
                 // PUTs answered a POST long after 200 for a lock held all along).
                 let in_doubt = std::mem::take(&mut entry.create_in_doubt) && post;
+                self.let_go_if_past(name, &mut entry.elector);
+                let deadline = self.answer_by(deadline, &entry.elector);
                 let acquire = self.acquire(name, &mut entry.elector, post, in_doubt);
                 let response = match tokio::time::timeout_at(deadline, acquire).await {
                     Ok(response) => response,
                     Err(_) => {
                         entry.create_in_doubt = post && (in_doubt || entry.elector.acquisition_in_doubt());
-                        self.too_slow(name, Some(&entry.elector))
+                        let response = self.too_slow(name, Some(&entry.elector));
+                        // Cut off past what it could still answer (see `answer_by`): the hold is let go,
+                        // so that the next PUT takes the lock afresh rather than be cut off at once again.
+                        self.let_go_if_lost(name, &mut entry.elector);
+                        response
                     }
                 };
                 if response.status == 200 {
@@ -295,14 +335,7 @@ impl Locks {
                 if self.holding(elector) || (still_ours && !elector.releasing() && Instant::now() < answerable_until) {
                     return self.lock_response(200, name, elector);
                 }
-                tracing::warn!(lease = %self.lease_name(name), "the lock is no longer surely held (not renewed in time, or taken)");
-                Response::error(
-                    503,
-                    format!(
-                        "lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"
-                    ),
-                )
-                .with_header("Retry-After", "1")
+                self.no_longer_surely_held(name)
             }
             (Ok(current), None) => {
                 elector.observe(current, Instant::now());
@@ -312,7 +345,10 @@ impl Locks {
                 self.note_error(name, &err, "answering from the lock held");
                 self.lock_response(200, name, elector)
             }
-            (Err(err), _) => self.failure(name, err),
+            (Err(err), _) => {
+                self.let_go_if_lost(name, elector);
+                self.failure(name, err)
+            }
         }
     }
 
@@ -407,8 +443,26 @@ impl Locks {
                             Err(err) => return self.failure(name, err),
                         }
                     }
+                    // An adoption of a record written before a restart of this side-car is answered while
+                    // the client told 200 then may still count on it (see `adoption_answer_by`).
+                    let answer_by = if adopting { self.adoption_answer_by(elector) } else { None };
+                    if answer_by.is_some_and(|by| by <= Instant::now()) {
+                        return Response::error(
+                            503,
+                            format!("lock {name} is about to expire without a heartbeat: it can be taken again once expired; retry"),
+                        )
+                        .with_header("Retry-After", "1");
+                    }
                     sent_create |= write.is_create();
-                    match engine::send(&self.store, &lease, elector, &write).await {
+                    let send = engine::send(&self.store, &lease, elector, &write);
+                    let sent = match answer_by {
+                        Some(by) => match tokio::time::timeout_at(by.into(), send).await {
+                            Ok(sent) => sent,
+                            Err(_) => return self.too_slow(name, None),
+                        },
+                        None => send.await,
+                    };
+                    match sent {
                         Ok(_) => match elector.held() {
                             Some(held) if !elector.usable(Instant::now()) => {
                                 return Response::error(
@@ -479,6 +533,93 @@ impl Locks {
         tracing::warn!(lease = %lease, error = %last_race, "the lease kept changing; asking the client to retry");
         Response::error(503, format!("lock {name} kept changing under every attempt ({last_race}); retry"))
             .with_header("Retry-After", "1")
+    }
+
+    /// When a request on a lock must be answered at the latest: within [`answer_within`] of its arrival
+    /// (`arrival_deadline`), and, on a lock this side-car has held until now, while what it answers is
+    /// still true. Surely held: just before the renew deadline, when a 200 from the hold is still right
+    /// (see `too_slow`). Held past that (not surely any more): [`answer_margin`] before the TTL runs out
+    /// from the last renewal's send, when another pod may take it, whatever this request then finds.
+    fn answer_by(&self, arrival_deadline: tokio::time::Instant, elector: &Elector) -> tokio::time::Instant {
+        let Some(held) = elector.held() else {
+            // Not held (a hold let go, or one held before a restart): a record of ours to adopt.
+            return self.adoption_answer_by(elector).map_or(arrival_deadline, |by| arrival_deadline.min(by.into()));
+        };
+        let from_the_hold = held.deadline(self.timing).checked_sub(FROM_THE_HOLD_BEFORE_DEADLINE);
+        let by = match from_the_hold {
+            Some(at) if self.holding(elector) && Instant::now() < at => at,
+            _ => self.hold_answer_by(held),
+        };
+        arrival_deadline.min(by.into())
+    }
+
+    /// When answers about `held` end, surely held or not: [`answer_margin`] before the TTL runs out from
+    /// its last renewal's send.
+    fn hold_answer_by(&self, held: &crate::lease::Held) -> Instant {
+        held.last_renew_sent + self.ttl.saturating_sub(answer_margin(self.ttl))
+    }
+
+    /// A request that comes past the end of a hold's answers (`hold_answer_by`): the hold is let go first,
+    /// and the request answered from the record, as by a side-car that never held it (a late heartbeat of a
+    /// lock taken since is 409, not 503).
+    /// Whether it was let go.
+    fn let_go_if_past(&self, name: &str, elector: &mut Elector) -> bool {
+        let past = elector.held().is_some_and(|held| self.hold_answer_by(held) <= Instant::now());
+        if past {
+            self.let_go_if_lost(name, elector);
+        }
+        past
+    }
+
+    /// 503 about a lock this side-car held until now that is no longer surely its own.
+    fn no_longer_surely_held(&self, name: &str) -> Response {
+        tracing::warn!(lease = %self.lease_name(name), "the lock is no longer surely held (not renewed in time, or taken)");
+        Response::error(
+            503,
+            format!("lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"),
+        )
+        .with_header("Retry-After", "1")
+    }
+
+    /// A record under this identity that this side-car adopts, unexpired (written before a restart of
+    /// the side-car, or by a hold it let go): a client told 200 about it may count on it until the TTL runs
+    /// out from its `renewTime`, read on this pod's wall clock, the one its writer stamped it with. The
+    /// adoption is answered by then, less [`answer_margin`]; `None` once it ran out, when a compare-and-swap
+    /// alone decides (found by review, helper-193: a restarted side-car's adoption, cut off from the API
+    /// server, was answered 503 after another pod's client was told 200). A wall clock stepped back since
+    /// that write makes this later by the step.
+    fn adoption_answer_by(&self, elector: &Elector) -> Option<Instant> {
+        let current = elector.current().filter(|current| {
+            elector.held().is_none()
+                && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+                && elector.adoptable(current)
+        })?;
+        let record = &current.record;
+        let renewed = record.renew_time.as_ref()?.0;
+        let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
+        let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default();
+        let left = duration.checked_sub(age).filter(|left| !left.is_zero())?;
+        Some(Instant::now() + left.saturating_sub(answer_margin(self.ttl)))
+    }
+
+    /// Keep `elector`, which read a lock this side-car was not tracking, as that lock's (if still untracked).
+    fn remember(&self, name: &str, elector: Elector) {
+        let Some(entry) = self.entry(name) else { return };
+        if let Ok(mut entry) = entry.try_lock()
+            && entry.elector.current().is_none()
+            && entry.elector.held().is_none()
+        {
+            entry.elector = elector;
+        }
+    }
+
+    /// A request about a hold no longer surely ours ended without reading the record (its read failed, or
+    /// was cut off): the hold is let go all the same, as `decide` lets it go, so that the 503 answered now
+    /// comes once (found by review, helper-193: every GET was 503 until one read went through).
+    fn let_go_if_lost(&self, name: &str, elector: &mut Elector) {
+        if elector.held().is_some() && !self.holding(elector) {
+            self.settle_loss(name, elector);
+        }
     }
 
     /// A request not done within [`answer_within`] (an API call that hangs, or a request for the same lock
@@ -555,6 +696,13 @@ impl Locks {
     /// in time) has nothing left to stop here: it is noted and the lock is judged afresh.
     fn decide(&self, name: &str, elector: &mut Elector, current: Option<Versioned>) -> Action {
         elector.observe(current, Instant::now());
+        self.settle_loss(name, elector);
+        elector.next(now())
+    }
+
+    /// A loss the elector sees now (taken, deleted, or no heartbeat in time) is noted and forgotten: the
+    /// lock is judged afresh from the record last read.
+    fn settle_loss(&self, name: &str, elector: &mut Elector) {
         if let Action::Lost(reason) = elector.next(now()) {
             self.metrics.losses.inc();
             tracing::info!(lease = %self.lease_name(name), identity = %self.identity, reason = %reason, "no longer holding the lock");
@@ -568,7 +716,6 @@ impl Locks {
             // The same record again: when it was first seen still counts for its expiry.
             elector.observe(current, Instant::now());
         }
-        elector.next(now())
     }
 
     /// Release the lock if the record last read is our own write (see `engine::release`).

@@ -43,6 +43,7 @@ mod safety;
 mod semaphore;
 mod semaphore_faults;
 mod sidecar;
+mod sidecar_answers;
 mod status;
 mod supervise;
 mod terminal;

@@ -1,0 +1,399 @@
+//! `mpsync sidecar`: when each answer about a lock comes, modelled one interleaving at a time (found by
+//! review, helper-193). A write's send and its answer are separate events; the API server is cut off (a
+//! blackhole, as a half-open connection) between two requests of one heartbeat; a client sends its PUT
+//! late after its GET; a side-car restarts between two heartbeats. The promise: a client told 200 learns of
+//! a loss before another pod's client is told 200.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
+use crate::support::*;
+
+struct Sidecar {
+    process: Proc,
+    address: SocketAddr,
+}
+
+impl Sidecar {
+    fn spawn(command: Command, env: &TestEnv) -> Sidecar {
+        let mut process = Proc::spawn(command, &env.dir);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(address) =
+                process.stdout().lines().find_map(|line| line.strip_prefix("listening on ")?.parse().ok())
+            {
+                return Sidecar { process, address };
+            }
+            if let Some(status) = process.wait_for(Duration::ZERO) {
+                panic!("the side-car exited ({status}) before listening:\n{}", process.stderr());
+            }
+            assert!(Instant::now() < deadline, "no listen line:\n{}", process.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn args<'a>(identity: &'a str, ttl: Option<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", identity];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        args.extend(extra);
+        args
+    }
+
+    /// A side-car talking to the API server directly.
+    fn direct(env: &TestEnv, identity: &str, ttl: Option<&str>, extra: &[&str]) -> Sidecar {
+        Sidecar::spawn(env.mpsync(Sidecar::args(identity, ttl, extra)), env)
+    }
+
+    /// A side-car that reaches the API server through a fault proxy of its own.
+    fn proxied(env: &TestEnv, identity: &str, ttl: Option<&str>, extra: &[&str]) -> (FaultProxy, Sidecar) {
+        let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
+        let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+        let proxied = env.path(&format!("kubeconfig-proxied-{}", proxy.addr().port()));
+        std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+        let mut command = env.mpsync(Sidecar::args(identity, ttl, extra));
+        command.env("MPSYNC_KUBECONFIG", &proxied);
+        (proxy, Sidecar::spawn(command, env))
+    }
+
+    fn request(&self, method: &str, name: &str) -> u16 {
+        request_to(self.address, method, name)
+    }
+}
+
+/// `METHOD /locks/NAME` as the metaparticle clients send it, on a connection of its own: the status.
+fn request_to(address: SocketAddr, method: &str, name: &str) -> u16 {
+    let length = if matches!(method, "PUT" | "POST") { "Content-Length: 0\r\n" } else { "" };
+    let request = format!(
+        "{method} /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\n{length}Connection: close\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    while !received.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => received.push(byte[0]),
+            other => panic!("no response head ({other:?}): {:?}", String::from_utf8_lossy(&received)),
+        }
+    }
+    let head = String::from_utf8(received).unwrap();
+    head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("{head:?}"))
+}
+
+/// B's client: PUT every 20 ms until one is answered 200; returns when that answer came.
+fn poll_until_held(
+    address: SocketAddr,
+    name: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<Instant>> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+            if request_to(address, "PUT", &name) == 200 {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+}
+
+fn sleep_until(at: Instant) {
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+/// TTL 6 s: answer_within 1 s, renew deadline 3 s, a GET on a lock held until now answered 200 until the
+/// last renewal's send + 5 s. A's client renews (PUT 200), then heartbeats with a GET just before that
+/// bound, answered 200 from a read that went through; right after that read A's side-car is cut off from
+/// the API server (a blackhole). A's client sends its PUT `gap` after the GET's answer: the PUT is answered
+/// 503 by the renewal + 6 s less the margin (0.2 s), however late it came: before, a second (answer_within)
+/// after it arrived. B's side-car saw A's renewal at once (its client PUTs every 20 ms) and takes the lock
+/// at that renewal + 6 s. Until its PUT's answer, A's client counts on the lock (it was told 200 by the GET
+/// of this heartbeat); B's client must not be told 200 before then.
+/// Returns (A's PUT answered, B's 200), or None when the GET was not 200 (the timing missed).
+fn get_just_before_the_bound_then_put(gap: Duration, get_at: Duration) -> Option<(Instant, Instant, Instant)> {
+    let env = TestEnv::kube();
+    let name = env.lease_name("bound");
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(a.request("PUT", &name), 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
+    // The renewal's send is after `sent`: `sent + get_at` is before its send + get_at.
+    sleep_until(sent + get_at);
+    let got = a.request("GET", &name);
+    let get_answered = Instant::now();
+    proxy.partition();
+    if got != 200 {
+        eprintln!("GET answered {got} at {:?} after the PUT was sent: timing missed", get_answered - sent);
+        stop.store(true, Ordering::SeqCst);
+        let _ = poller.join();
+        return None;
+    }
+    sleep_until(get_answered + gap);
+    let put = a.request("PUT", &name);
+    let put_answered = Instant::now();
+    assert_ne!(put, 200, "A's PUT was answered 200 while cut off past its renew deadline");
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "A: PUT sent at 0; GET 200 answered at {:?}; PUT {} answered at {:?}; B told 200 at {:?}",
+        get_answered - sent,
+        put,
+        put_answered - sent,
+        taken - sent
+    );
+    proxy.heal();
+    Some((get_answered, put_answered, taken))
+}
+
+fn assert_no_overlap(gap: Duration, get_at: Duration) {
+    let Some((_, put_answered, taken)) = get_just_before_the_bound_then_put(gap, get_at) else {
+        panic!("inconclusive: the GET was not answered 200");
+    };
+    assert!(
+        put_answered < taken,
+        "A's client, told 200 by its heartbeat's GET, learned of the loss (its PUT's answer) {:?} after B's \
+         client was told it held the lock",
+        put_answered - taken
+    );
+}
+
+/// A client that PUTs 300 ms after its GET's answer (a GIL, a GC pause, CPU throttling). Found by review,
+/// helper-193: its PUT was answered 185 ms after B's client was told 200, 6 of 6 runs.
+#[test]
+fn a_put_sent_late_after_a_get_near_the_end_is_answered_before_another_pod_holds_the_lock() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let gap = std::env::var("MPSYNC_TEST_GAP_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(300);
+    assert_no_overlap(Duration::from_millis(gap), Duration::from_millis(4900));
+}
+
+/// A restarted side-car (same identity) knows no last renewal: it bounds its answers about the lock its
+/// predecessor held by the record's renewTime on the pod's wall clock. Here 5.4 s after the last renewal
+/// (TTL 6 s), its PUT (the API server cut off) is answered 503 by 5.8 s. Found by review, helper-193: it
+/// was answered a second after it came, after B's client was told 200 (3 of 3 runs).
+#[test]
+fn a_restarted_side_cars_adoption_is_answered_before_another_pod_holds_the_lock() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("restart");
+    let mut first = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(first.request("PUT", &name), 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let (proxy, second) = Sidecar::proxied(&env, "pod-a", Some("6s"), &[]);
+    sleep_until(sent + Duration::from_millis(5400));
+    let head = second.request("HEAD", &name);
+    let get = second.request("GET", &name);
+    let get_answered = Instant::now();
+    proxy.partition();
+    let put = second.request("PUT", &name);
+    let put_answered = Instant::now();
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "HEAD {head}, GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
+        get_answered - sent,
+        put_answered - sent,
+        taken - sent
+    );
+    proxy.heal();
+    assert_ne!(put, 200);
+    assert!(
+        get != 200 || put_answered < taken,
+        "the restarted side-car answered the GET 200 {:?} after the last renewal was sent (the side-car that \
+         renewed it answers 503 past 5 s); the PUT after it was answered {:?} after B's client was told 200",
+        get_answered - sent,
+        put_answered - taken
+    );
+}
+
+/// Liveness: the stock Python client (GET and PUT every 10 s, default TTL 30 s) through a side-car whose
+/// API server is unreachable for 4 s (a blackhole that catches the heartbeat's read; the connection it was
+/// on stays stuck, as a half-open one after an outage). The lock was never at risk (the last renewal was
+/// 10 s before, the TTL is 30 s), and nothing else fails: the heartbeat is answered from the hold just
+/// before the renew deadline. Found by review, helper-193: it was answered 503 just past it (3 of 3 runs).
+#[test]
+fn python_lock_is_kept_through_an_api_call_hung_at_its_heartbeat() {
+    let Some(python) = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty()) else {
+        eprintln!("SKIPPED: MPSYNC_TEST_PYTHON is not set");
+        return;
+    };
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("outage");
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", None, &[]);
+    let holder = python_hold(&env, &python, &name, a.address);
+    let renewed = wait_for_heartbeat(&env, &name, &holder, None);
+    // The next heartbeat is 10 s after this one: cut off from 9 s to 13 s.
+    std::thread::sleep(Duration::from_secs(9));
+    proxy.partition();
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.heal();
+    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for_heartbeat(&env, &name, &holder, Some(renewed.clone()))
+    }))
+    .unwrap_or_else(|_| panic!("lost its lock; the side-car:\n{}", a.process.stderr()));
+    eprintln!("renewed again: {next}");
+    // And the one after.
+    wait_for_heartbeat(&env, &name, &holder, Some(next));
+    assert!(!holder.stdout().contains("stopped"), "{}\n{}", holder.stdout(), a.process.stderr());
+}
+
+/// The metaparticle Python client's hold loop (see tests/e2e/sidecar.rs).
+const PYTHON_HOLD: &str = r"
+import importlib.util, os, sys, time
+sys.path.insert(0, os.path.dirname(importlib.util.find_spec('metaparticle_sync').origin))
+from metaparticle_sync import Lock
+lock = Lock(sys.argv[1], base_uri=sys.argv[2])
+print('acquired' if lock.acquire(blocking=False) else 'refused', flush=True)
+while True:
+    thread = lock.maintainer
+    if thread is None or not thread.is_alive():
+        print('stopped', flush=True)
+        break
+    time.sleep(0.1)
+time.sleep(3600)
+";
+
+fn python_hold(env: &TestEnv, python: &str, name: &str, address: SocketAddr) -> Proc {
+    let mut command = Command::new(python);
+    command.args(["-c", PYTHON_HOLD, name, &format!("http://{address}")]);
+    for proxy in PROXY_VARIABLES {
+        command.env_remove(proxy);
+    }
+    command.env("no_proxy", "*").env("NO_PROXY", "*");
+    let holder = Proc::spawn(command, &env.dir);
+    wait_until("the Python client to acquire", || holder.stdout().contains("acquired"));
+    holder
+}
+
+fn renew_time(env: &TestEnv, name: &str) -> Option<String> {
+    env.server()?.lease("default", name)?["spec"]["renewTime"].as_str().map(str::to_string)
+}
+
+/// Wait for renewTime to move past `before` (or the current one): the client's next heartbeat.
+#[track_caller]
+fn wait_for_heartbeat(env: &TestEnv, name: &str, holder: &Proc, before: Option<String>) -> String {
+    let before = before.or_else(|| renew_time(env, name));
+    let deadline = Instant::now() + PATIENCE + Duration::from_secs(10);
+    loop {
+        let now = renew_time(env, name);
+        if let Some(now) = now.filter(|now| Some(now) != before.as_ref()) {
+            return now;
+        }
+        assert!(!holder.stdout().contains("stopped"), "the client stopped heartbeating:\n{}", holder.stdout());
+        assert!(Instant::now() < deadline, "no heartbeat renewed the lease");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A heartbeat (GET then PUT) that comes past the renew deadline but before the GET's bound: the GET lets
+/// the hold go, the PUT takes the lock again, the same holding (token, acquireTime), as a renewal.
+#[test]
+fn a_late_heartbeat_keeps_its_token() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("token");
+    let a = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(a.request("PUT", &name), 200);
+    let (_, before) = env.get(&name).unwrap();
+    sleep_until(sent + Duration::from_millis(3800));
+    let get = a.request("GET", &name);
+    let put = a.request("PUT", &name);
+    let (_, after) = env.get(&name).unwrap();
+    eprintln!(
+        "GET {get} PUT {put}; token {:?} -> {:?}; acquireTime {:?} -> {:?}\n{}",
+        before.lease_transitions,
+        after.lease_transitions,
+        before.acquire_time,
+        after.acquire_time,
+        a.process.stderr()
+    );
+    assert_eq!((get, put), (200, 200));
+    assert_eq!(after.lease_transitions, before.lease_transitions, "a new token for one client's continuous hold");
+    assert_eq!(after.acquire_time, before.acquire_time);
+}
+
+/// A GET on a lock held until now, past the bound, is answered 503 once, however the read went: the hold is
+/// let go, and the next GET answers from the record. Found by review, helper-193: a 503 whose read failed
+/// let nothing go, and the next GET (the API server back) was 503 again.
+#[test]
+fn a_get_answered_503_on_a_failed_read_lets_the_hold_go() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("once");
+    let a = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(a.request("PUT", &name), 200);
+    sleep_until(sent + Duration::from_millis(5200));
+    server.fail_next(1_000_000, 503);
+    let first = a.request("GET", &name);
+    server.fail_next(0, 503);
+    let second = a.request("GET", &name);
+    let third = a.request("GET", &name);
+    eprintln!("GETs: {first} {second} {third} (last at {:?})", sent.elapsed());
+    assert_eq!(first, 503);
+    assert_eq!(second, 200, "503 twice: the first 503 (a failed read) let nothing go");
+}
+
+/// Liveness: the stock Python client through a side-car whose API server is slow for one heartbeat: every
+/// answer 2.6 s late (well under the 5 s call timeout; nothing fails). The GET's read takes 2.6 s, the PUT's
+/// read 2.6 s, and its write's answer would come 2.6 s later, past the PUT's 5 s budget: the PUT is answered
+/// from the hold just before its renew deadline (15 s), and the write, which lands, is taken for its own by
+/// the next heartbeat. Found by review, helper-193: the PUT was answered 503 at 15.2 s (3 of 3 runs).
+#[test]
+fn python_lock_is_kept_through_one_slow_heartbeat() {
+    let Some(python) = std::env::var("MPSYNC_TEST_PYTHON").ok().filter(|p| !p.is_empty()) else {
+        eprintln!("SKIPPED: MPSYNC_TEST_PYTHON is not set");
+        return;
+    };
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("slow");
+    let a = Sidecar::direct(&env, "pod-a", None, &[]);
+    let holder = python_hold(&env, &python, &name, a.address);
+    let renewed = wait_for_heartbeat(&env, &name, &holder, None);
+    std::thread::sleep(Duration::from_secs(9));
+    let latency = std::env::var("MPSYNC_TEST_LATENCY_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(2600);
+    server.set_latency(Duration::from_millis(latency));
+    std::thread::sleep(Duration::from_secs(10));
+    server.set_latency(Duration::ZERO);
+    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut last = renewed.clone();
+        // The slow heartbeat's write lands; then the next one.
+        for _ in 0..2 {
+            last = wait_for_heartbeat(&env, &name, &holder, Some(last));
+        }
+        last
+    }))
+    .unwrap_or_else(|_| panic!("lost its lock; the side-car:\n{}", a.process.stderr()));
+    eprintln!("renewed again: {next}");
+    assert!(!holder.stdout().contains("stopped"), "{}\n{}", holder.stdout(), a.process.stderr());
+}
