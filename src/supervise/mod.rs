@@ -629,8 +629,9 @@ impl Supervisor {
             }
         }
         // The job runs on: mpsync, a subreaper only to stop it, is none again (found by review, helper-190: on
-        // after `fg` until the job's end, it took what an inherited helper left for the job's). What it
-        // adopted meanwhile stays its child, and the job's. Not while the job is ending on a signal passed
+        // after `fg` until the job's end, it took what an inherited helper left for the job's; `suspend` has
+        // done so already, before mpsync stopped). What it adopted meanwhile stays its child, and the job's
+        // (`keep_stopped_job`). Not while the job is ending on a signal passed
         // on (found by review, helper-192: `kill %1` sends TERM, then CONT, and the TERM trap's clean-up,
         // init's then, ran on past the release).
         if !self.ending {
@@ -739,7 +740,10 @@ impl Supervisor {
     /// before the release, the guard is told of it (`note_adopted`), and at the deadline the guard kills
     /// it with everything below mpsync, also when mpsync was frozen before it could look (found by review,
     /// helper-187: such a clean-up, init's child once the main child exited, ran on past the release,
-    /// beside the next holder's child). Until the job is let go (`stop_adopting`).
+    /// beside the next holder's child). Until the job is let go (`stop_adopting`), or for a stop until the
+    /// job is seen stopped (`suspend`). It reaches the processes that exist already on Linux 4.11 or later
+    /// only (the kernel marks every descendant then: propagate_has_child_subreaper); before, none of the
+    /// job's, all descendants of a child forked before.
     fn adopt_from_now(&mut self) {
         if self.reap_orphans || self.group.is_none() {
             return;
@@ -1333,6 +1337,7 @@ impl Supervisor {
             self.adopt_from_now();
             self.stop_job(pgid, signal);
             self.held = Some(std::time::Instant::now());
+            self.keep_stopped_job(pgid);
             // The child exited instead of stopping (a TSTP handler that starts a worker and exits: found by
             // review, helper-187): mpsync does not stop with the lease held for a child that is gone. The
             // run loop hears of the exit and ends what the child left (stopped with the job) as after any
@@ -1346,8 +1351,20 @@ impl Supervisor {
             if let Some(terminal) = self.terminal.as_mut() {
                 terminal.take_back(Some(pgid), true);
             }
+            // The job holds still: it starts nothing, and an orphan mpsync adopted while stopped could only
+            // be another's, such as the daemon of a helper inherited across `exec` (found by review,
+            // helper-192: taken for the job's after `bg`, and killed with it). What the job is was kept
+            // above. Not while the job is ending on a signal passed on (see `continue_child`).
+            if !self.ending {
+                self.stop_adopting();
+            }
         } else {
             info!(%signal, "job control: stopping mpsync");
+        }
+        if self.continued_meanwhile() {
+            info!(%signal, "job control: continued before mpsync stopped; not stopping");
+            self.take_signal(Signal::SIGCONT);
+            return;
         }
         stop_self(signal);
         // The kernel discards the stop of a process group orphaned since the look above (the shell that
@@ -1363,6 +1380,43 @@ impl Supervisor {
             return;
         }
         debug!("continued after a job-control stop");
+    }
+
+    /// The job is stopped: what it is now, what mpsync adopted as it stopped included (a TSTP handler's
+    /// `setsid -f worker`, its parent gone), is kept as the job's and told to the guard, so that a SIGKILL
+    /// of mpsync, stopped or after `bg`, kills it (found by review, helper-192: after `bg` mpsync was no
+    /// subreaper, never told its guard of the worker, and a SIGKILL left it running beside the next holder's
+    /// child). One that runs (the child of a fork that ended as its parent stopped, after the last look)
+    /// is stopped too.
+    fn keep_stopped_job(&self, pgid: Pid) {
+        for process in self.job(&Snapshot::take(), pgid) {
+            if !process.is_stopped() {
+                let _ = kill(Pid::from_raw(process.pid), Signal::SIGSTOP);
+            }
+            let id = (process.pid, process.start);
+            self.keep(id);
+            self.tell_kept(id);
+        }
+    }
+
+    /// Whether mpsync was continued while it stopped the job: a SIGCONT already received (`kill -TSTP`, then
+    /// `kill -CONT`, within the half second the job gets to stop on its own), and no stop request after it.
+    /// Stopped now, mpsync would wait for a SIGCONT that came already, and stay stopped for good, the lease
+    /// unrenewed (found by review, helper-192). Other signals are taken as at any time.
+    fn continued_meanwhile(&mut self) -> bool {
+        let mut continued = false;
+        while let Some(signal) = self.signals.try_recv() {
+            match signal {
+                Signal::SIGCONT => {
+                    continued = true;
+                    self.stop_request = None;
+                }
+                // Stopping anyway: the stop that comes now.
+                Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => continued = false,
+                signal => self.take_signal(signal),
+            }
+        }
+        continued
     }
 
     /// Why mpsync cannot stop itself with `signal`, if it cannot.

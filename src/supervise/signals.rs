@@ -117,6 +117,11 @@ impl SignalReceiver {
         Ok(SignalReceiver { receiver, open: true, thread: Some((handle, thread)) })
     }
 
+    /// A signal already received and not yet taken, if there is one: never waits.
+    pub fn try_recv(&mut self) -> Option<Signal> {
+        self.receiver.try_recv().ok()
+    }
+
     /// The next signal received; pending for ever once the thread is gone (it never stops on its own).
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Signal {

@@ -2347,32 +2347,12 @@ fn inherited_helpers_daemon_after(signal: Signal) {
     let env = TestEnv::file();
     let name = env.lease_name("hup-helper");
     let d = env.dir.display().to_string();
-    let helper = format!(
-        "while [ ! -e {d}/go ]; do sleep 0.05; done; \
-         setsid -f sh -c 'echo $$ > {d}/daemon; exec sleep 1903' </dev/null >/dev/null 2>&1; exec sleep 1000"
-    );
     let child = format!(
         "trap 'echo hup >> {d}/hups' HUP; echo up > {d}/up; while [ ! -e {d}/end ]; do sleep 0.05; done; exit 0"
     );
     let lock = env.mpsync(["lock", "-v", name.as_str(), "--grace", "2s", "--", "sh", "-c", &child]);
     // `helper & exec mpsync ...`: the helper is mpsync's child, inherited across the exec.
-    let mut command = std::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("sh -c \"$0\" & echo $! > {d}/helper; exec \"$@\""))
-        .arg(&helper)
-        .arg(lock.get_program())
-        .args(lock.get_args())
-        .stdin(Stdio::null())
-        // A group of its own (see `a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release`).
-        .process_group(0);
-    for (key, value) in lock.get_envs() {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
-    let mut mpsync = Proc::spawn(command, &env.dir);
+    let mut mpsync = spawn_after_a_helper(&env, &helper_starting_a_daemon(&d, "1903"), lock);
     wait_for_file(&env.path("up"), "up");
     match signal {
         Signal::SIGHUP => {
@@ -2443,4 +2423,336 @@ fn a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release() {
             mpsync.stderr()
         );
     }
+}
+
+/// `sh -c 'helper & exec mpsync ...'`, with `lock` as the mpsync command, in a group of its own (see
+/// `a_stopped_job_sent_term_and_cont_ends_the_trap_cleanup_before_the_release`): the helper (`sh -c
+/// helper`, its pid in `DIR/helper`) is mpsync's child, inherited across the exec.
+fn spawn_after_a_helper(env: &TestEnv, helper: &str, lock: std::process::Command) -> Proc {
+    let d = env.dir.display();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("sh -c \"$0\" & echo $! > {d}/helper; exec \"$@\""))
+        .arg(helper)
+        .arg(lock.get_program())
+        .args(lock.get_args())
+        .stdin(Stdio::null())
+        .process_group(0);
+    for (key, value) in lock.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    Proc::spawn(command, &env.dir)
+}
+
+/// An inherited helper that waits for `DIR/go`, then starts a daemon (`setsid -f`, its pid in `DIR/daemon`,
+/// `sleep MARKER`) and sleeps on.
+fn helper_starting_a_daemon(d: &str, marker: &str) -> String {
+    format!(
+        "while [ ! -e {d}/go ]; do sleep 0.05; done; \
+         setsid -f sh -c 'echo $$ > {d}/daemon; exec sleep {marker}' </dev/null >/dev/null 2>&1; exec sleep 1000"
+    )
+}
+
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// A python child whose TSTP handler starts a worker in a session of its own (`setsid -f`: its parent exits
+/// at once, so mpsync, a subreaper to stop the job, adopts it; its pid in `DIR/worker`, `sleep MARKER`), and
+/// runs on (mpsync then stops the job with SIGSTOP), until `DIR/end` exists: then it exits 7.
+fn tstp_worker_script(d: &str, marker: &str) -> String {
+    format!(
+        concat!(
+            "import os, signal, subprocess, time\n",
+            "def on_tstp(signum, frame):\n",
+            "    subprocess.call(['setsid', '-f', 'sh', '-c', 'echo $$ > {d}/worker; exec sleep {m}'])\n",
+            "signal.signal(signal.SIGTSTP, on_tstp)\n",
+            "open('{d}/up', 'w').write('up')\n",
+            "while not os.path.exists('{d}/end'):\n",
+            "    time.sleep(0.05)\n",
+            "os._exit(7)\n"
+        ),
+        d = d,
+        m = marker
+    )
+}
+
+/// mpsync in a group of its own running `tstp_worker_script`, sent SIGTSTP: returns it stopped, and the
+/// worker's pid.
+fn stopped_with_an_adopted_worker(env: &TestEnv, args: &[&str]) -> (Proc, i32) {
+    let mut command = env.mpsync(args);
+    command.process_group(0);
+    let lock = Proc::spawn(command, &env.dir);
+    wait_for_file(&env.path("up"), "up");
+    lock.signal(Signal::SIGTSTP);
+    let worker = read_pid(&env.path("worker"));
+    wait_until("mpsync to stop", || pty::state(lock.pid()) == Some('T'));
+    (lock, worker)
+}
+
+/// Found by review (helper-192): Ctrl-Z (TSTP to mpsync); the child's TSTP handler starts a worker with
+/// `setsid -f`, which mpsync adopts as it stops the job. It never told its guard of the worker: `bg` made it
+/// no subreaper again (nor did `adopts()` hold any more), so a SIGKILL of mpsync, stopped or after `bg`,
+/// left the worker running beside the next holder. The job, seen stopped, is kept and told to the guard
+/// before mpsync stops.
+#[test]
+fn a_worker_adopted_as_the_job_stops_dies_with_a_sigkill_of_mpsync_after_bg() {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-bg-kill");
+    let script = tstp_worker_script(&env.dir.display().to_string(), "19601");
+    let args = ["lock", "-vv", name.as_str(), "--grace", "2s", "--", "python3", "-c", &script];
+    let (mut lock, worker) = stopped_with_an_adopted_worker(&env, &args);
+    lock.signal(Signal::SIGCONT);
+    wait_until("the job to run again", || lock.stderr().contains("continuing the child's job"));
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    let died = within_patience(|| !alive(worker));
+    sigkill(worker);
+    assert!(died, "the worker adopted as the job stopped ran on after a SIGKILL of mpsync:\n{}", lock.stderr());
+}
+
+#[test]
+fn a_worker_adopted_as_the_job_stops_dies_with_a_sigkill_of_mpsync_while_stopped() {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-stopped-kill");
+    let script = tstp_worker_script(&env.dir.display().to_string(), "19602");
+    let args = ["lock", "-vv", name.as_str(), "--grace", "2s", "--", "python3", "-c", &script];
+    let (mut lock, worker) = stopped_with_an_adopted_worker(&env, &args);
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    let died = within_patience(|| !alive(worker));
+    sigkill(worker);
+    assert!(died, "the worker adopted as the job stopped ran on after a SIGKILL of mpsync:\n{}", lock.stderr());
+}
+
+/// The promise behind the two tests above: once the SIGKILLed holder's lease expired, the next holder's
+/// child runs alone.
+#[test]
+fn the_next_holder_never_runs_beside_a_worker_adopted_as_the_job_stopped() {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-beside");
+    let script = tstp_worker_script(&env.dir.display().to_string(), "19603");
+    let args = fast(&["lock", "-v", name.as_str()], &["python3", "-c", &script]);
+    let (mut lock, worker) = stopped_with_an_adopted_worker(&env, &args);
+    lock.signal(Signal::SIGCONT);
+    wait_until("the job to run again", || lock.stderr().contains("continuing the child's job"));
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("killed");
+    let probe =
+        format!("if grep -q '^State:.*[RST]' /proc/{worker}/status 2>/dev/null; then echo BESIDE; else echo alone; fi");
+    let second = env.run(["lock", name.as_str(), "--", "sh", "-c", &probe]);
+    sigkill(worker);
+    second.assert_code(0);
+    assert!(
+        second.stdout.contains("alone"),
+        "the next holder's child ran beside the first holder's worker (pid {worker}): {}\nfirst:\n{}",
+        second.stdout,
+        lock.stderr()
+    );
+}
+
+/// How the job of `stopped_with_an_adopted_worker` goes on, and ends.
+#[derive(Clone, Copy, Debug)]
+enum AfterTheStop {
+    /// `bg`, then the lease is lost (a thief's record): exit 123.
+    BgThenLoss,
+    /// The lease is lost while mpsync is stopped, then CONT: exit 123.
+    LossWhileStoppedThenCont,
+    /// `bg`, then the child exits 7 on its own.
+    BgThenExit,
+}
+
+/// The worker adopted as the job stopped (and kept: see
+/// `a_worker_adopted_as_the_job_stops_dies_with_a_sigkill_of_mpsync_after_bg`) is the job's however it
+/// ends: gone when mpsync exits.
+fn a_worker_adopted_as_the_job_stops_is_ended_with_it(then: AfterTheStop, marker: &str) {
+    let env = TestEnv::file();
+    let name = env.lease_name("tstp-then");
+    let d = env.dir.display().to_string();
+    let script = tstp_worker_script(&d, marker);
+    let timing = ["--lease-duration", "8s", "--renew-deadline", "2s", "--retry-period", "300ms", "--grace", "3s"];
+    let args = [&["lock", "-vv", name.as_str()][..], &timing, &["--", "python3", "-c", &script]].concat();
+    let (mut lock, worker) = stopped_with_an_adopted_worker(&env, &args);
+    match then {
+        AfterTheStop::BgThenLoss => {
+            lock.signal(Signal::SIGCONT);
+            wait_until("the job to run again", || lock.stderr().contains("continuing the child's job"));
+            env.edit(&name, |spec| {
+                spec.holder_identity = Some("thief".into());
+                spec.lease_duration_seconds = Some(60);
+            });
+        }
+        AfterTheStop::LossWhileStoppedThenCont => {
+            // Past the renew deadline (2 s), before the guard's deadline (2 + 3 + 1.5 s): nothing to wait for
+            // but time, mpsync being stopped.
+            std::thread::sleep(Duration::from_secs(3));
+            lock.signal(Signal::SIGCONT);
+        }
+        AfterTheStop::BgThenExit => {
+            lock.signal(Signal::SIGCONT);
+            wait_until("the job to run again", || lock.stderr().contains("continuing the child's job"));
+            fs::write(env.path("end"), "").unwrap();
+        }
+    }
+    let status = lock.wait_for(PATIENCE);
+    let left = alive(worker);
+    sigkill(worker);
+    assert!(status.is_some(), "{then:?}: mpsync did not exit:\n{}", lock.stderr());
+    assert!(!left, "{then:?}: the adopted worker ran on after mpsync exited ({status:?}):\n{}", lock.stderr());
+    let want = if matches!(then, AfterTheStop::BgThenExit) { 7 } else { 123 };
+    assert_eq!(status.and_then(|s| s.code()), Some(want), "{then:?}: {}", lock.stderr());
+}
+
+#[test]
+fn a_worker_adopted_as_the_job_stops_is_ended_with_it_after_bg_and_a_loss() {
+    a_worker_adopted_as_the_job_stops_is_ended_with_it(AfterTheStop::BgThenLoss, "19604");
+}
+
+#[test]
+fn a_worker_adopted_as_the_job_stops_is_ended_with_it_after_a_loss_while_stopped() {
+    a_worker_adopted_as_the_job_stops_is_ended_with_it(AfterTheStop::LossWhileStoppedThenCont, "19605");
+}
+
+#[test]
+fn a_worker_adopted_as_the_job_stops_is_ended_with_it_after_bg_and_the_childs_exit() {
+    a_worker_adopted_as_the_job_stops_is_ended_with_it(AfterTheStop::BgThenExit, "19606");
+}
+
+/// Found by review (helper-192): `helper & exec mpsync lock ...`, and the helper starts a daemon (`setsid
+/// -f`) while Ctrl-Z holds the job and mpsync stopped. mpsync was still the subreaper it became to stop
+/// the job: it adopted the daemon, and after `bg` took it for the job's and killed it at the child's end.
+/// A stopped job starts nothing: mpsync is no subreaper once it has stopped the job.
+#[test]
+fn an_inherited_helpers_daemon_started_while_the_job_is_stopped_is_left_alone() {
+    let env = TestEnv::file();
+    let name = env.lease_name("helper-while-stopped");
+    let d = env.dir.display().to_string();
+    let child = format!("echo up > {d}/up; while [ ! -e {d}/end ]; do sleep 0.05; done; exit 0");
+    let lock = env.mpsync(["lock", "-vv", name.as_str(), "--grace", "2s", "--", "sh", "-c", &child]);
+    let mut mpsync = spawn_after_a_helper(&env, &helper_starting_a_daemon(&d, "19607"), lock);
+    wait_for_file(&env.path("up"), "up");
+    mpsync.signal(Signal::SIGTSTP);
+    wait_until("mpsync to stop", || pty::state(mpsync.pid()) == Some('T'));
+    fs::write(env.path("go"), "").unwrap();
+    let (daemon, helper) = (read_pid(&env.path("daemon")), read_pid(&env.path("helper")));
+    // Its parent (`setsid -f`) exits at once: the daemon is init's (or mpsync's, were it a subreaper still).
+    wait_until("the daemon's parent to exit", || pty::stat_field(daemon, 4) != Some(helper));
+    let parent = pty::stat_field(daemon, 4);
+    mpsync.signal(Signal::SIGCONT);
+    wait_until("the job to run again", || mpsync.stderr().contains("continuing the child's job"));
+    fs::write(env.path("end"), "").unwrap();
+    let status = mpsync.wait_for(PATIENCE);
+    let ran_on = alive(daemon);
+    sigkill(daemon);
+    sigkill(helper);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", mpsync.stderr());
+    assert_ne!(parent, Some(mpsync.pid()), "mpsync, stopped, adopted the helper's daemon:\n{}", mpsync.stderr());
+    assert!(ran_on, "the inherited helper's daemon was taken for the job's and killed:\n{}", mpsync.stderr());
+}
+
+/// The same daemon, started while mpsync is stopped past the guard's deadline, then CONT (the lease is lost:
+/// exit 123): neither the guard at the deadline nor the end of the job kills it (README: what mpsync
+/// inherited is not the job's, "also at the lease's deadline, mpsync frozen").
+#[test]
+fn an_inherited_helpers_daemon_started_during_a_stop_past_the_deadline_is_left_alone() {
+    let env = TestEnv::file();
+    let name = env.lease_name("helper-long-stop");
+    let d = env.dir.display().to_string();
+    let child = format!("echo up > {d}/up; while :; do sleep 0.05; done");
+    let lock = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["sh", "-c", &child]));
+    let mut mpsync = spawn_after_a_helper(&env, &helper_starting_a_daemon(&d, "19608"), lock);
+    wait_for_file(&env.path("up"), "up");
+    mpsync.signal(Signal::SIGTSTP);
+    wait_until("mpsync to stop", || pty::state(mpsync.pid()) == Some('T'));
+    fs::write(env.path("go"), "").unwrap();
+    let (daemon, helper) = (read_pid(&env.path("daemon")), read_pid(&env.path("helper")));
+    // The guard's deadline (2 s + 1 s + 0.5 s after the last renewal) kills the stopped child.
+    let child_pid = mpsync.stderr().lines().find_map(|line| {
+        let after = line.split("child started").nth(1)?;
+        after.split("pid=").nth(1)?.split_whitespace().next()?.parse::<i32>().ok()
+    });
+    wait_until("the guard's deadline to kill the child", || child_pid.is_some_and(|pid| !alive(pid)));
+    let after_deadline = alive(daemon);
+    mpsync.signal(Signal::SIGCONT);
+    let status = mpsync.wait_for(PATIENCE);
+    let after_exit = alive(daemon);
+    sigkill(daemon);
+    sigkill(helper);
+    assert!(status.is_some(), "mpsync did not exit:\n{}", mpsync.stderr());
+    assert!(after_deadline, "the guard killed the inherited helper's daemon at the deadline:\n{}", mpsync.stderr());
+    assert!(after_exit, "the inherited helper's daemon was killed at the job's end:\n{}", mpsync.stderr());
+}
+
+/// Found by review (helper-192): `kill -TSTP <mpsync>; kill -CONT <mpsync>` while the child handles TSTP
+/// (mpsync waits up to 0.5 s for the job to stop before SIGSTOP): the CONT came before mpsync stopped
+/// itself, and it then stayed stopped for good, the lease unrenewed. A CONT queued by then means no stop.
+#[test]
+fn a_sigcont_that_comes_while_mpsync_stops_the_job_is_not_lost() {
+    let env = TestEnv::file();
+    let name = env.lease_name("early-cont");
+    let d = env.dir.display().to_string();
+    let script = format!(
+        concat!(
+            "import os, signal, time\n",
+            "signal.signal(signal.SIGTSTP, lambda s, f: None)\n",
+            "open('{d}/up', 'w').write('up')\n",
+            "while not os.path.exists('{d}/end'):\n",
+            "    time.sleep(0.05)\n",
+            "os._exit(0)\n"
+        ),
+        d = d
+    );
+    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
+    command.process_group(0);
+    let mut lock = Proc::spawn(command, &env.dir);
+    wait_for_file(&env.path("up"), "up");
+    lock.signal(Signal::SIGTSTP);
+    wait_until("mpsync to begin stopping the job", || lock.stderr().contains("job control: stopping the child's job"));
+    lock.signal(Signal::SIGCONT);
+    let continued = within_patience(|| lock.stderr().contains("continuing the child's job"));
+    let state = pty::state(lock.pid());
+    fs::write(env.path("end"), "").unwrap();
+    if state == Some('T') {
+        lock.signal(Signal::SIGCONT);
+    }
+    let status = lock.wait_for(PATIENCE);
+    assert!(
+        continued,
+        "mpsync stayed stopped (state {state:?}) after a CONT that came as it stopped:\n{}",
+        lock.stderr()
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {}", lock.stderr());
+}
+
+/// What README says: a TERM, INT or QUIT passed on that the child traps and carries on after leaves mpsync
+/// a child subreaper until the job's end, and it cannot tell whose orphan a process is: a daemon an
+/// inherited helper starts (`setsid -f`) after that is adopted, taken for the job's, and ended with it.
+#[test]
+fn after_a_trapped_quit_an_inherited_helpers_later_daemon_is_ended_with_the_job() {
+    let env = TestEnv::file();
+    let name = env.lease_name("quit-helper");
+    let d = env.dir.display().to_string();
+    let child = format!(
+        "trap 'echo got >> {d}/got' QUIT; echo up > {d}/up; while [ ! -e {d}/end ]; do sleep 0.05; done; exit 0"
+    );
+    let lock = env.mpsync(["lock", "-v", name.as_str(), "--grace", "2s", "--", "sh", "-c", &child]);
+    let mut mpsync = spawn_after_a_helper(&env, &helper_starting_a_daemon(&d, "19609"), lock);
+    wait_for_file(&env.path("up"), "up");
+    mpsync.signal(Signal::SIGQUIT);
+    wait_for_file(&env.path("got"), "got");
+    fs::write(env.path("go"), "").unwrap();
+    let (daemon, helper) = (read_pid(&env.path("daemon")), read_pid(&env.path("helper")));
+    wait_until("mpsync to adopt the daemon", || pty::stat_field(daemon, 4) == Some(mpsync.pid()));
+    fs::write(env.path("end"), "").unwrap();
+    let status = mpsync.wait_for(PATIENCE);
+    let ran_on = alive(daemon);
+    sigkill(daemon);
+    sigkill(helper);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", mpsync.stderr());
+    assert!(!ran_on, "the daemon mpsync adopted after the trapped QUIT ran on:\n{}", mpsync.stderr());
 }
