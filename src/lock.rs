@@ -368,7 +368,8 @@ impl Lock {
     /// Wait at most `timeout`: `Ok(None)` if the lease was not acquired by then. `Duration::ZERO` is
     /// one attempt, as [`try_acquire`](Lock::try_acquire) (and `mpsync lock --timeout 0`, `flock -w 0`);
     /// any other timeout is a hard bound, also on the first look (a timeout shorter than the API
-    /// server's round trip may end before the lease was read).
+    /// server's round trip may end before the lease was read), but for the time it takes to give back
+    /// a hold taken as it ran out (one release, within a call timeout).
     ///
     /// # Errors
     ///
@@ -1036,59 +1037,92 @@ async fn acquisition(
         Wait::Until(at) => Some(at),
         Wait::NoWait => Some(started + inner.timing.lease_duration),
     };
-    let campaign = async {
-        // A semaphore settles its marker; a plain lease is refused on a semaphore's slot, which a plain
-        // hold would lock the semaphore's users out of.
-        let settled = match inner.slot_count.filter(|n| *n > 1) {
-            Some(n) => {
-                let no_wait = wait == Wait::NoWait;
-                engine::settle_marker(&inner.store, &inner.name, n, inner.timing, no_wait, marker_deadline).await?
-            }
-            None => engine::refuse_a_slot_name(&inner.store, &inner.name, marker_deadline).await?,
-        };
-        if let Err(last_error) = settled {
-            if let Some(last_error) = &last_error {
-                tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
-            }
-            return Ok(Campaigned::NotAcquired { last_error });
-        }
-        engine::campaign_from(&mut slots, wait, &inner.name, started).await
-    };
-    let mut campaigned = tokio::select! {
-        campaigned = campaign => Some(campaigned),
-        () = cancel.cancelled() => None,
-        () = result_tx.closed() => None,
-    };
-    // A plain lease on a slot's name, checked at the start: a semaphore may have been first used since (its
-    // marker written while this process waited behind another plain holder of the name). Read again, now
-    // that the name is ours: a marker written after our hold landed sees that hold, and waits it out; one
-    // written before refuses us here, before any child runs (found by review, helper-175: the plain waiter
-    // took the name at its holder's release and ran beside the semaphore's child). A read that keeps
-    // failing for a call timeout cannot tell: the hold goes on, as when the marker came later. Nothing renews
-    // the hold meanwhile: on an API server slow enough that these reads take it past its renew deadline, it is
-    // lost before the child starts (found by review, helper-191), never kept unchecked (cutting the check short
-    // to keep the hold let a waiter whose acquisition was answered late skip it, and run on the slot's name
-    // beside the semaphore's child: found by review, helper-192).
     let plain_on_slot_name =
         inner.slot_count.is_none_or(|n| n <= 1) && crate::lease::slot_parent(&inner.name).is_some();
-    if plain_on_slot_name && matches!(campaigned, Some(Ok(Campaigned::Acquired(_)))) {
-        let check = engine::refuse_a_slot_name(&inner.store, &inner.name, Some(Instant::now() + budget));
-        let checked = tokio::select! {
-            checked = check => Some(checked),
+    let campaigned = loop {
+        let campaign = async {
+            // A semaphore settles its marker; a plain lease is refused on a semaphore's slot, which a plain
+            // hold would lock the semaphore's users out of.
+            let settled = match inner.slot_count.filter(|n| *n > 1) {
+                Some(n) => {
+                    let no_wait = wait == Wait::NoWait;
+                    engine::settle_marker(&inner.store, &inner.name, n, inner.timing, no_wait, marker_deadline).await?
+                }
+                None => engine::refuse_a_slot_name(&inner.store, &inner.name, marker_deadline).await?,
+            };
+            if let Err(last_error) = settled {
+                if let Some(last_error) = &last_error {
+                    tracing::error!(lease = %inner.name, last_error = %last_error, "lease not acquired in time");
+                }
+                return Ok(Campaigned::NotAcquired { last_error });
+            }
+            engine::campaign_from(&mut slots, wait, &inner.name, started).await
+        };
+        let campaigned = tokio::select! {
+            campaigned = campaign => Some(campaigned),
             () = cancel.cancelled() => None,
             () = result_tx.closed() => None,
         };
-        match checked {
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(last_error))) => {
-                if let Some(last_error) = last_error {
-                    tracing::warn!(lease = %inner.name, error = %last_error, "holding the lease all the same");
+        // A plain lease on a slot's name, checked at the start: a semaphore may have been first used since (its
+        // marker written while this process waited behind another plain holder of the name). Read again, now
+        // that the name is ours: a marker written after our hold landed sees that hold, and waits it out; one
+        // written before refuses us here, before any child runs (found by review, helper-175: the plain waiter
+        // took the name at its holder's release and ran beside the semaphore's child). Never cut short to keep
+        // the hold (found by review, helper-192: a waiter whose acquisition was answered late skipped it and ran
+        // on the slot's name beside the semaphore's child): the hold is renewed while it runs, so that a slow
+        // API server takes it past no renew deadline (found by review, helper-195: on an API server answering in
+        // 1.5 s the hold was lost before the child started, exit 123, and `elect` on such a name never ran its
+        // child); one lost all the same is campaigned for again. A read that keeps failing (or is too slow) for a
+        // call timeout cannot tell: the hold goes on, as when the marker came later; past `--timeout`, it is given
+        // back, not acquired (found by review, helper-195: the child started after the timeout).
+        let index = match &campaigned {
+            Some(Ok(Campaigned::Acquired(index))) if plain_on_slot_name => *index,
+            _ => break campaigned,
+        };
+        let check_until = match wait {
+            Wait::Until(at) => at.min(Instant::now() + budget),
+            _ => Instant::now() + budget,
+        };
+        let check = tokio::time::timeout_at(
+            check_until.into(),
+            engine::refuse_a_slot_name(&inner.store, &inner.name, Some(check_until)),
+        );
+        let renewed = engine::hold(&mut slots[index], std::future::pending(), |_| {});
+        let checked = tokio::select! {
+            checked = check => checked,
+            lost = renewed => {
+                tracing::warn!(lease = %inner.name, reason = ?lost, "lost the lease while checking it is no semaphore's slot");
+                settle_all(&mut slots, budget).await;
+                if wait == Wait::NoWait {
+                    break Some(Ok(Campaigned::NotAcquired { last_error: None }));
                 }
+                continue;
             }
-            Some(Err(err)) => campaigned = Some(Err(err)),
-            None => campaigned = None,
+            () = cancel.cancelled() => break None,
+            () = result_tx.closed() => break None,
+        };
+        match checked {
+            Ok(Ok(Ok(()))) => break campaigned,
+            Ok(Err(err)) => break Some(Err(err)),
+            // Not told (reads that kept failing, or too slow): past `--timeout`, not acquired (the hold is
+            // given back below); else the hold goes on, as when the marker came later.
+            unknown => {
+                let why = match unknown {
+                    Ok(Ok(Err(Some(why)))) => why,
+                    _ => format!(
+                        "lease {}: cannot tell in time whether it is a semaphore's slot (the API server is slow)",
+                        inner.name
+                    ),
+                };
+                if matches!(wait, Wait::Until(at) if Instant::now() >= at) {
+                    tracing::error!(lease = %inner.name, last_error = %why, "lease not acquired in time");
+                    break Some(Ok(Campaigned::NotAcquired { last_error: Some(why) }));
+                }
+                tracing::warn!(lease = %inner.name, error = %why, "holding the lease all the same");
+                break campaigned;
+            }
         }
-    }
+    };
     // Not acquired, refused, or given up: whatever may be held is given back.
     let index = match campaigned {
         Some(Ok(Campaigned::Acquired(index))) => index,

@@ -108,6 +108,9 @@ struct Entry {
     /// A POST was cut off by its budget while its create was on the wire: a POST retried after it may
     /// find the lock its own (found by review: it was answered 409, and the lock held for nobody).
     create_in_doubt: bool,
+    /// A new hold of a name `P-N` not yet checked against a semaphore `P` (see `checked_slot_name`): no PUT
+    /// is answered 200 until it is.
+    slot_name_unchecked: bool,
 }
 
 impl Entry {
@@ -119,6 +122,7 @@ impl Entry {
             longest_gap: Duration::ZERO,
             token: None,
             create_in_doubt: false,
+            slot_name_unchecked: false,
         }
     }
 }
@@ -289,12 +293,16 @@ impl Locks {
                 let in_doubt = std::mem::take(&mut entry.create_in_doubt) && post;
                 self.let_go_if_past(name, &mut entry.elector);
                 let deadline = self.answer_by(deadline, &entry.elector);
-                let acquire = self.acquire(name, &mut entry.elector, post, in_doubt);
+                let entry = &mut *entry;
+                let acquire = self.acquire(name, &mut entry.elector, &mut entry.slot_name_unchecked, post, in_doubt);
                 let response = match tokio::time::timeout_at(deadline, acquire).await {
                     Ok(response) => response,
                     Err(_) => {
                         entry.create_in_doubt = post && (in_doubt || entry.elector.acquisition_in_doubt());
-                        let response = self.too_slow(name, Some(&entry.elector));
+                        // Cut off before a new hold of a slot name was checked: not 200 (found by review,
+                        // helper-195); the next PUT checks it.
+                        let elector = Some(&entry.elector).filter(|_| !entry.slot_name_unchecked);
+                        let response = self.too_slow(name, elector);
                         // Cut off past what it could still answer (see `answer_by`): the hold is let go,
                         // so that the next PUT takes the lock afresh rather than be cut off at once again.
                         self.let_go_if_lost(name, &mut entry.elector);
@@ -378,8 +386,20 @@ impl Locks {
     /// PUT (acquire or heartbeat) and POST (`create_only`: create it, or 409 if it exists): 200 when this
     /// identity holds the lock, 409 with the lock when another identity holds it unexpired.
     /// `created_before`: an earlier POST's create may have made the lock ours (see `Entry`).
-    async fn acquire(&self, name: &str, elector: &mut Elector, create_only: bool, created_before: bool) -> Response {
+    async fn acquire(
+        &self,
+        name: &str,
+        elector: &mut Elector,
+        slot_name_unchecked: &mut bool,
+        create_only: bool,
+        created_before: bool,
+    ) -> Response {
         let lease = self.lease_name(name);
+        if !self.holding(elector) {
+            *slot_name_unchecked = false;
+        } else if *slot_name_unchecked {
+            return self.checked_slot_name(name, elector, slot_name_unchecked).await;
+        }
         let started = Instant::now();
         let mut last_race = String::new();
         let mut sent_create = created_before;
@@ -485,6 +505,10 @@ impl Locks {
                                         "acquired the lock"
                                     };
                                     tracing::info!(lease = %lease, identity = %self.identity, token = held.fencing_token, "{how}");
+                                }
+                                if !holding && !adopting && crate::lease::slot_parent(&lease).is_some() {
+                                    *slot_name_unchecked = true;
+                                    return self.checked_slot_name(name, elector, slot_name_unchecked).await;
                                 }
                                 return self.lock_response(200, name, elector);
                             }
@@ -715,6 +739,47 @@ impl Locks {
             elector.forget_loss();
             // The same record again: when it was first seen still counts for its expiry.
             elector.observe(current, Instant::now());
+        }
+    }
+
+    /// A new hold of a name `P-N`, read at the start as no semaphore's slot: read `P` again now that the
+    /// name is ours, as `lock` does. A semaphore first used meanwhile (its marker written before our hold
+    /// landed) refuses it: given back, 409 (found by review, helper-195: the side-car held `P-1` while the
+    /// semaphore `P` ran, and every other user of `P` was refused while its client heartbeat). A marker
+    /// written after our hold landed sees that hold, and waits it out. A read that fails cannot tell: the
+    /// hold goes on, 200, as when the marker came later; one cut off by the
+    /// request's budget is answered 503, never 200 (found by review, helper-192, for `lock`: a check cut
+    /// short was skipped), and the next PUT reads again.
+    async fn checked_slot_name(&self, name: &str, elector: &mut Elector, unchecked: &mut bool) -> Response {
+        let lease = self.lease_name(name);
+        match engine::semaphore_of(&self.store, &lease).await {
+            Ok(Some((semaphore, index, slots))) => {
+                *unchecked = false;
+                if let Err(err) = self.release(name, elector).await {
+                    tracing::warn!(lease = %lease, error = %err, "cannot give the semaphore's slot name back; it expires after its TTL");
+                    elector.released();
+                }
+                Response::error(
+                    409,
+                    format!(
+                        "lock {name} cannot be acquired: it is slot {index} of the semaphore {semaphore} ({slots} \
+                         slots), not a plain lock"
+                    ),
+                )
+            }
+            Ok(None) => {
+                *unchecked = false;
+                self.lock_response(200, name, elector)
+            }
+            Err(err) => {
+                *unchecked = false;
+                self.note_error(
+                    name,
+                    &err,
+                    "cannot tell whether it is a semaphore's slot; holding the lock all the same",
+                );
+                self.lock_response(200, name, elector)
+            }
         }
     }
 

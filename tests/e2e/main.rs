@@ -44,6 +44,7 @@ mod semaphore;
 mod semaphore_faults;
 mod sidecar;
 mod sidecar_answers;
+mod slot_name_check;
 mod status;
 mod supervise;
 mod terminal;
