@@ -69,14 +69,18 @@ fn three_replicas_of_two_slots_and_a_sigkill() {
         .collect();
     wait_until("two children", || count(&log, "start") == 2);
     wait_until("two /leader 200", || reps.iter().filter(|r| get(r.1, "/leader") == Some(200)).count() == 2);
+    // The third replica stands by. On a loaded machine a leader may miss its 2 s renew deadline and its
+    // slot pass to the standby (a child ended, then another started in that slot): never two per slot.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(count(&log, "start"), 2);
-    let first: i32 = lines(&leader)[0].split_whitespace().next().unwrap().parse().unwrap();
-    let idx = reps.iter().position(|r| r.0.pid() == first).unwrap();
+    check_per_slot(&log);
+    let before = count(&log, "start");
+    assert!(before == 2 || lines(&log).iter().any(|l| l.starts_with("end")), "log:\n{}", lines(&log).join("\n"));
+    // SIGKILL a leader: its standby takes the slot over.
+    let idx = reps.iter().position(|r| get(r.1, "/leader") == Some(200)).expect("a leader");
     let (mut victim, _) = reps.remove(idx);
     victim.signal(Signal::SIGKILL);
     victim.wait_for(PATIENCE);
-    wait_until("a third child", || count(&log, "start") == 3);
+    wait_until("another child", || count(&log, "start") > before);
     wait_until("two /leader 200", || reps.iter().filter(|r| get(r.1, "/leader") == Some(200)).count() == 2);
     for (p, _) in reps {
         p.signal(Signal::SIGTERM);
