@@ -23,8 +23,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc;
 
-/// The stop signals that came, as PID 1, before mpsync had its handlers (see [`catch_early`]): bit `n` is
-/// signal `n`.
+/// The stop signals that came, as PID 1, before mpsync had its handlers (see [`catch_early`]): bit `n - 1`
+/// is signal `n` (1 to 64, the real-time ones included).
 static EARLY: AtomicU64 = AtomicU64::new(0);
 
 /// Set once the early signals are replayed: signal-hook keeps `note_early` as the handler before its own,
@@ -32,8 +32,8 @@ static EARLY: AtomicU64 = AtomicU64::new(0);
 static REPLAYED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn note_early(signal: libc::c_int) {
-    if (1..64).contains(&signal) && !REPLAYED.load(Ordering::SeqCst) {
-        EARLY.fetch_or(1 << signal, Ordering::SeqCst);
+    if (1..=64).contains(&signal) && !REPLAYED.load(Ordering::SeqCst) {
+        EARLY.fetch_or(1 << (signal - 1), Ordering::SeqCst);
     }
 }
 
@@ -41,26 +41,27 @@ extern "C" fn note_early(signal: libc::c_int) {
 /// the milliseconds before mpsync set up its signal thread (a pod deleted as it starts) would be lost, and
 /// the pod would run on to its SIGKILL. As PID 1, each stop signal left at its default action is noted from
 /// here on, and [`replay_early`] sends it again once it is handled. What the parent left ignored stays
-/// ignored. Not PID 1, a stop signal this early ends mpsync at once, as it should: nothing is held yet.
+/// ignored. The real-time signals count (one is systemd images' STOPSIGNAL, taken as SIGTERM: found by
+/// review, helper-197). Not PID 1, a stop signal this early ends mpsync at once, as it should: nothing is
+/// held yet.
 pub fn catch_early() {
     if std::process::id() != 1 {
         return;
     }
-    for signal in crate::supervise::ENDING {
+    let ending = crate::supervise::ENDING.iter().map(|signal| *signal as i32);
+    for signal in ending.chain(libc::SIGRTMIN()..=libc::SIGRTMAX()) {
         // SAFETY: sigaction(2) with a null new action only reads the current one; the handler installed
         // then only does an atomic or, which is async-signal-safe.
         unsafe {
             let mut current: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal as i32, std::ptr::null(), &mut current) != 0
-                || current.sa_sigaction != libc::SIG_DFL
-            {
+            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 || current.sa_sigaction != libc::SIG_DFL {
                 continue;
             }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = note_early as extern "C" fn(libc::c_int) as libc::sighandler_t;
             action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal as i32, &action, std::ptr::null_mut());
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }
@@ -71,11 +72,10 @@ pub fn replay_early() {
         return;
     }
     let caught = EARLY.swap(0, Ordering::SeqCst);
-    for number in (1..64).filter(|n| caught & (1 << n) != 0) {
-        if let Ok(signal) = Signal::try_from(number) {
-            tracing::debug!(signal = %signal, "a stop signal that came before mpsync handled it, received now");
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), signal);
-        }
+    for number in (1..=64).filter(|n: &i32| caught & (1 << (n - 1)) != 0) {
+        tracing::debug!(signal = number, "a stop signal that came before mpsync handled it, received now");
+        // SAFETY: kill(2) of this process with a signal number it handles (nix's `Signal` has no real-time ones).
+        unsafe { libc::kill(libc::getpid(), number) };
     }
 }
 
