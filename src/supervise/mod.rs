@@ -1332,6 +1332,7 @@ impl Supervisor {
             }
             return;
         }
+        self.signals.watch_continued();
         if let Some(pgid) = self.group {
             info!(pgid = pgid.as_raw(), %signal, "job control: stopping the child's job, then mpsync");
             self.adopt_from_now();
@@ -1402,9 +1403,11 @@ impl Supervisor {
     /// Whether mpsync was continued while it stopped the job: a SIGCONT already received (`kill -TSTP`, then
     /// `kill -CONT`, within the half second the job gets to stop on its own), and no stop request after it.
     /// Stopped now, mpsync would wait for a SIGCONT that came already, and stay stopped for good, the lease
-    /// unrenewed (found by review, helper-192). Other signals are taken as at any time.
+    /// unrenewed (found by review, helper-192). Also a SIGCONT delivered and not yet passed on by the signal
+    /// thread (found by review, helper-197); it is taken again when it comes, to no effect. Other signals are
+    /// taken as at any time.
     fn continued_meanwhile(&mut self) -> bool {
-        let mut continued = false;
+        let (mut continued, mut stopped_again) = (false, false);
         while let Some(signal) = self.signals.try_recv() {
             match signal {
                 Signal::SIGCONT => {
@@ -1412,11 +1415,11 @@ impl Supervisor {
                     self.stop_request = None;
                 }
                 // Stopping anyway: the stop that comes now.
-                Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => continued = false,
+                Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => (continued, stopped_again) = (false, true),
                 signal => self.take_signal(signal),
             }
         }
-        continued
+        continued || (!stopped_again && self.signals.continued())
     }
 
     /// Why mpsync cannot stop itself with `signal`, if it cannot.

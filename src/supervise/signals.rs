@@ -82,6 +82,8 @@ pub fn replay_early() {
 /// Signals received by a thread of their own, to be awaited with [`SignalReceiver::recv`].
 pub struct SignalReceiver {
     receiver: mpsc::UnboundedReceiver<Signal>,
+    /// Set as the kernel delivers a SIGCONT (when it is listened for), before the thread passes it on.
+    continued: std::sync::Arc<AtomicBool>,
     open: bool,
     thread: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
 }
@@ -96,6 +98,10 @@ impl SignalReceiver {
         let real_time = real_time();
         let numbers: Vec<i32> = signals.iter().map(|signal| *signal as i32).chain(real_time.iter().copied()).collect();
         let mut iterator = Signals::new(numbers)?;
+        let continued = std::sync::Arc::new(AtomicBool::new(false));
+        if signals.contains(&Signal::SIGCONT) {
+            signal_hook::flag::register(libc::SIGCONT, continued.clone())?;
+        }
         let handle = iterator.handle();
         let mut raw_wanted = *set_of(signals).as_ref();
         for number in &real_time {
@@ -114,7 +120,18 @@ impl SignalReceiver {
                 }
             }
         })?;
-        Ok(SignalReceiver { receiver, open: true, thread: Some((handle, thread)) })
+        Ok(SignalReceiver { receiver, continued, open: true, thread: Some((handle, thread)) })
+    }
+
+    /// From now on, note each SIGCONT as the kernel delivers it (see [`continued`](Self::continued)).
+    pub fn watch_continued(&self) {
+        self.continued.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a SIGCONT was delivered since [`watch_continued`](Self::watch_continued), even one the
+    /// thread has not passed on yet (it may run late on a busy machine: found by review, helper-197).
+    pub fn continued(&self) -> bool {
+        self.continued.load(Ordering::SeqCst)
     }
 
     /// A signal already received and not yet taken, if there is one: never waits.
