@@ -2768,3 +2768,60 @@ fn after_a_trapped_quit_an_inherited_helpers_later_daemon_is_ended_with_the_job(
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", mpsync.stderr());
     assert!(!ran_on, "the daemon mpsync adopted after the trapped QUIT ran on:\n{}", mpsync.stderr());
 }
+
+/// Found by review (helper-197): a SIGCONT that comes while mpsync stops the job was looked for only in the
+/// signal channel just before mpsync stopped itself. One the kernel had delivered but the signal thread had
+/// not yet passed on (a busy machine's scheduler) was not seen: mpsync stopped itself after the only CONT it
+/// would get, and stayed stopped for good (the job with it, the lease unrenewed, until the guard killed the
+/// job at the lease's deadline). The shim (`holdsignals.c`) holds the signal thread after its wake-up. Now
+/// mpsync goes on and continues the child's job (the lease is still held).
+#[test]
+fn a_sigcont_delivered_but_not_yet_passed_on_while_the_job_stops_is_not_lost() {
+    let env = TestEnv::file();
+    let shim = build_shim(&env, "holdsignals");
+    let hold = env.path("hold-dir");
+    fs::create_dir_all(&hold).unwrap();
+    let name = env.lease_name("cont-race");
+    let d = env.dir.display().to_string();
+    let script = format!(
+        concat!(
+            "import os, signal, time\n",
+            "signal.signal(signal.SIGTSTP, lambda s, f: None)\n",
+            "open('{d}/up', 'w').write('up')\n",
+            "while not os.path.exists('{d}/end'):\n",
+            "    time.sleep(0.05)\n",
+            "os._exit(0)\n"
+        ),
+        d = d
+    );
+    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
+    command.process_group(0);
+    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_HOLD_DIR", &hold);
+    let mut lock = Proc::spawn(command, &env.dir);
+    wait_for_file(&env.path("up"), "up");
+    lock.signal(Signal::SIGTSTP);
+    // mpsync is in `stop_job` now: the child handles TSTP, so mpsync waits up to 0.5 s before SIGSTOP.
+    wait_until("mpsync to begin stopping the job", || lock.stderr().contains("job control: stopping the child's job"));
+    fs::write(hold.join("hold"), "").unwrap();
+    lock.signal(Signal::SIGCONT);
+    wait_until("the signal thread to wake up for the CONT", || hold.join("held").exists());
+    // Either mpsync stops itself (the CONT unseen) or it goes on (the CONT seen).
+    wait_until("mpsync to stop itself, or to continue the job", || {
+        pty::state(lock.pid()) == Some('T') || lock.stderr().contains("continuing the child's job")
+    });
+    let stopped_after_the_cont = pty::state(lock.pid()) == Some('T');
+    fs::write(hold.join("release"), "").unwrap();
+    let continued = within_patience(|| lock.stderr().contains("continuing the child's job"));
+    let state = pty::state(lock.pid());
+    fs::write(env.path("end"), "").unwrap();
+    if state == Some('T') {
+        lock.signal(Signal::SIGCONT);
+    }
+    let status = lock.wait_for(PATIENCE);
+    assert!(
+        continued && !stopped_after_the_cont,
+        "mpsync stopped itself after the only CONT it got (state {state:?}), and stayed stopped:\n{}",
+        lock.stderr()
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+}
