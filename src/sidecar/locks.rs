@@ -99,7 +99,7 @@ struct Entry {
     elector: Elector,
     /// When a request last used this lock.
     used: Instant,
-    /// While held: when the last heartbeat (a PUT or POST answered 200) came, and the longest gap
+    /// While held: when the last heartbeat (a GET, PUT or POST answered 200) came, and the longest gap
     /// between two of them, which tells how often its client heartbeats.
     heartbeat: Option<Instant>,
     longest_gap: Duration,
@@ -228,14 +228,22 @@ impl Locks {
                         return self.no_longer_surely_held(name);
                     }
                     let deadline = self.answer_by(deadline, &entry.elector);
-                    match tokio::time::timeout_at(deadline, self.get(name, &mut entry.elector)).await {
+                    let response = match tokio::time::timeout_at(deadline, self.get(name, &mut entry.elector)).await {
                         Ok(response) => response,
                         Err(_) => {
                             let response = self.too_slow(name, Some(&entry.elector));
                             self.let_go_if_lost(name, &mut entry.elector);
                             response
                         }
+                    };
+                    // The stock clients' heartbeat is a GET, then a PUT: a GET answered 200 about a lock held
+                    // is one too, for draining (found by review, helper-198: a drain released the lock just
+                    // after its GET was answered 200, and another pod's client was told 200 before the PUT
+                    // told this one of the loss).
+                    if response.status == 200 && entry.elector.held().is_some() {
+                        entry.heartbeat_answered(Instant::now());
                     }
+                    response
                 }
                 // Nothing to remember about a lock only read: a temporary elector answers. Unless the lock
                 // is this side-car's to adopt (held under its identity before a restart): its clients'
@@ -395,8 +403,12 @@ impl Locks {
         created_before: bool,
     ) -> Response {
         let lease = self.lease_name(name);
+        // A slot's name is unchecked from a request that began without a hold until `P` was read after the
+        // hold: a new one, one taken back (a lapse, a restart), or one learned by a read (a create whose answer
+        // was lost). Any 200 that holds it checks it first (found by review, helper-198: a hold taken back past
+        // the renew deadline, or learned by a retry, was answered 200 unchecked beside a live semaphore).
         if !self.holding(elector) {
-            *slot_name_unchecked = false;
+            *slot_name_unchecked = crate::lease::slot_parent(&lease).is_some();
         } else if *slot_name_unchecked {
             return self.checked_slot_name(name, elector, slot_name_unchecked).await;
         }
@@ -411,7 +423,7 @@ impl Locks {
             }
             let current = match self.read(&lease, elector).await {
                 Ok(current) => current,
-                Err(err) => return self.held_or_failure(name, elector, err),
+                Err(err) => return self.held_or_failure(name, elector, *slot_name_unchecked, err),
             };
             if create_only && current.is_some() {
                 elector.observe(current, Instant::now());
@@ -421,7 +433,7 @@ impl Locks {
                 if sent_create && self.holding(elector) {
                     self.metrics.acquisitions.inc();
                     tracing::info!(lease = %lease, identity = %self.identity, "acquired the lock");
-                    return self.lock_response(200, name, elector);
+                    return self.held_answer(name, elector, slot_name_unchecked).await;
                 }
                 let under_our_name = elector
                     .current()
@@ -506,11 +518,7 @@ impl Locks {
                                     };
                                     tracing::info!(lease = %lease, identity = %self.identity, token = held.fencing_token, "{how}");
                                 }
-                                if !holding && !adopting && crate::lease::slot_parent(&lease).is_some() {
-                                    *slot_name_unchecked = true;
-                                    return self.checked_slot_name(name, elector, slot_name_unchecked).await;
-                                }
-                                return self.lock_response(200, name, elector);
+                                return self.held_answer(name, elector, slot_name_unchecked).await;
                             }
                             None => last_race = "the write did not leave the lock ours".into(),
                         },
@@ -518,7 +526,7 @@ impl Locks {
                             self.metrics.api_error("conflict");
                             last_race = err;
                         }
-                        Err(err) => return self.held_or_failure(name, elector, err),
+                        Err(err) => return self.held_or_failure(name, elector, *slot_name_unchecked, err),
                     }
                 }
                 // Another identity holds it, unexpired as this side-car has observed it.
@@ -550,7 +558,7 @@ impl Locks {
                 Action::Read | Action::Lost(_) => last_race = "the lease changed while it was read".into(),
             }
         }
-        if self.holding(elector) {
+        if self.holding(elector) && !*slot_name_unchecked {
             tracing::warn!(lease = %lease, error = %last_race, "cannot renew the lock now; it is still held");
             return self.lock_response(200, name, elector);
         }
@@ -662,8 +670,8 @@ impl Locks {
 
     /// A failed call while acquiring or renewing: a lock still surely held is answered 200 (the next
     /// heartbeat renews it); otherwise the failure.
-    fn held_or_failure(&self, name: &str, elector: &Elector, err: StoreError) -> Response {
-        if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) {
+    fn held_or_failure(&self, name: &str, elector: &Elector, slot_name_unchecked: bool, err: StoreError) -> Response {
+        if self.holding(elector) && !slot_name_unchecked && !matches!(err, StoreError::Fatal(_)) {
             self.note_error(name, &err, "the lock is still held; the next heartbeat renews it");
             return self.lock_response(200, name, elector);
         }
@@ -742,7 +750,16 @@ impl Locks {
         }
     }
 
-    /// A new hold of a name `P-N`, read at the start as no semaphore's slot: read `P` again now that the
+    /// 200 for a lock held now: once checked, if it is a slot's name not checked yet (see `checked_slot_name`).
+    async fn held_answer(&self, name: &str, elector: &mut Elector, slot_name_unchecked: &mut bool) -> Response {
+        match *slot_name_unchecked {
+            true => self.checked_slot_name(name, elector, slot_name_unchecked).await,
+            false => self.lock_response(200, name, elector),
+        }
+    }
+
+    /// A hold of a name `P-N` that a request began without (new, taken back, or learned by a read), read at
+    /// the start as no semaphore's slot: read `P` again now that the
     /// name is ours, as `lock` does. A semaphore first used meanwhile (its marker written before our hold
     /// landed) refuses it: given back, 409 (found by review, helper-195: the side-car held `P-1` while the
     /// semaphore `P` ran, and every other user of `P` was refused while its client heartbeat). A marker
@@ -961,7 +978,7 @@ impl Locks {
 }
 
 impl Entry {
-    /// A PUT or POST was answered 200: a heartbeat of the holding it belongs to.
+    /// A GET, PUT or POST was answered 200 about the lock held: a heartbeat of the holding it belongs to.
     fn heartbeat_answered(&mut self, at: Instant) {
         let token = self.elector.held().map(|held| held.fencing_token);
         match (self.heartbeat, self.token == token) {

@@ -397,3 +397,144 @@ fn python_lock_is_kept_through_one_slow_heartbeat() {
     eprintln!("renewed again: {next}");
     assert!(!holder.stdout().contains("stopped"), "{}\n{}", holder.stdout(), a.process.stderr());
 }
+
+/// `METHOD /locks/NAME`, or 0 when the side-car is gone (refused, or closed without an answer): a client
+/// learns of a loss that way too.
+fn try_request_to(address: SocketAddr, method: &str, name: &str) -> u16 {
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, PATIENCE) else { return 0 };
+    let length = if matches!(method, "PUT" | "POST") { "Content-Length: 0\r\n" } else { "" };
+    let request = format!("{method} /locks/{name} HTTP/1.1\r\nHost: localhost\r\n{length}Connection: close\r\n\r\n");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// Found by review (helper-198): draining counted only a PUT or POST answered 200 as a heartbeat. A GET
+/// answered 200 just before the quiet mark did not hold the release back: the release freed the lock at
+/// once, and another pod's client was told 200 before the PUT of that very heartbeat told A's client of the
+/// loss. TTL 6 s (quiet after 4 s); A's client heartbeats late once (a pause): its GET 2.5 s after its last
+/// PUT is answered 200, its PUT follows 1.8 s later, past the quiet mark counted from the PUT.
+#[test]
+fn draining_holds_a_lock_whose_get_heartbeat_was_answered_200() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("drain-get");
+    let a = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    assert_eq!(a.request("PUT", &name), 200);
+    let put_answered = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_until_held(b.address, name.clone(), stop.clone());
+    a.process.signal(nix::sys::signal::Signal::SIGTERM);
+    wait_until("A's side-car to drain", || a.process.stderr().contains("draining: refusing new acquisitions"));
+    sleep_until(put_answered + Duration::from_millis(2500));
+    let get = try_request_to(a.address, "GET", &name);
+    let get_answered = Instant::now();
+    assert_eq!(get, 200, "the heartbeat's GET was not answered 200\n{}", a.process.stderr());
+    sleep_until(get_answered + Duration::from_millis(1800));
+    let put = try_request_to(a.address, "PUT", &name);
+    let learned = Instant::now();
+    let taken = poller.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        put == 200 || taken.is_none_or(|taken| learned < taken),
+        "A's client, told 200 by its heartbeat's GET while draining, learned of the loss (PUT {put}) {:?} after B's \
+         client was told it held the lock\n{}",
+        taken.map(|taken| learned.saturating_duration_since(taken)),
+        a.process.stderr()
+    );
+}
+
+/// The side-car's PUT of `P-1` on a side-car behind a fault proxy (answers 400 ms late), with the semaphore
+/// `P` first marked (2 slots, free) between its first read of `P` and its create of `P-1`; `cut` is called
+/// once the create has landed (its answer, or the read of `P` after it, still held by the proxy) and
+/// partitions the proxy. Returns when the create came to the API server; it landed.
+fn put_of_a_slot_name_cut_off(
+    env: &TestEnv,
+    a: &Sidecar,
+    proxy: &FaultProxy,
+    pool: &str,
+    cut_after_the_check_began: bool,
+) -> Instant {
+    let server = env.server().unwrap();
+    let slot1 = format!("{pool}-1");
+    proxy.delay_responses(Duration::from_millis(400));
+    let before = server.requests().len();
+    let put = {
+        let (address, slot1) = (a.address, slot1.clone());
+        std::thread::spawn(move || request_to(address, "PUT", &slot1))
+    };
+    let pool_path = format!("/{pool}");
+    wait_until("the side-car's first read of P", || {
+        server.requests().split_off(before).iter().any(|r| r.verb == "get" && r.path.ends_with(&pool_path))
+    });
+    let spec =
+        k8s_openapi::api::coordination::v1::LeaseSpec { holder_identity: Some(String::new()), ..Default::default() };
+    env.put_slot(pool, 2, spec);
+    let marked = server.requests().len();
+    let mut created_at = None;
+    wait_until("the side-car's create of P-1 (and its check of P after it)", || {
+        let requests = server.requests().split_off(marked);
+        let Some(create) = requests.iter().position(|r| r.verb == "create" && r.status != 0) else {
+            return false;
+        };
+        created_at = Some(requests[create].at);
+        !cut_after_the_check_began
+            || requests[create + 1..].iter().any(|r| r.verb == "get" && r.path.ends_with(&pool_path))
+    });
+    proxy.partition();
+    let first = put.join().unwrap();
+    proxy.delay_responses(Duration::ZERO);
+    proxy.heal();
+    proxy.drop_connections();
+    assert_eq!(env.holder(&slot1).as_deref(), Some("pod-a"), "the create of {slot1} did not land");
+    assert_eq!(first, 503, "the first PUT was not cut off as modelled\n{}", a.process.stderr());
+    created_at.unwrap()
+}
+
+/// Found by review (helper-198): a PUT of `P-1` whose check of `P` after the hold was cut off is 503, and
+/// the next PUT reads again; but one that came after the hold's renew deadline took the record back as an
+/// adoption, which skipped the check: 200, `P-1` held as a plain lock beside the live semaphore `P`. The
+/// stock clients come back that late (5 s of budget and a 10 s sleep reach the default renew deadline).
+/// TTL 18 s (renew deadline 9 s).
+#[test]
+fn a_slot_name_check_cut_off_is_done_by_a_put_after_the_renew_deadline() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let pool = env.lease_name("pool-late");
+    let slot1 = format!("{pool}-1");
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", Some("18s"), &["-vv"]);
+    let created = put_of_a_slot_name_cut_off(&env, &a, &proxy, &pool, true);
+    // The client's next heartbeat, past the renew deadline (9 s after the create was sent), before the TTL.
+    sleep_until(created + Duration::from_millis(9500));
+    let _ = a.request("GET", &slot1);
+    let second = a.request("PUT", &slot1);
+    assert_eq!(second, 409, "{slot1}, the semaphore {pool}'s slot, was answered {second}\n{}", a.process.stderr());
+    assert_ne!(env.holder(&slot1).as_deref(), Some("pod-a"), "{slot1} was not given back");
+}
+
+/// Found by review (helper-198): the create of `P-1` lands, its answer is lost, the PUT is 503 with no hold
+/// known. The client's prompt retry read the record, found its own create, held the lock and answered 200,
+/// with no read of `P` after the hold (the check was only for a hold this request's write made new).
+#[test]
+fn a_slot_name_hold_found_by_a_retry_is_checked() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let pool = env.lease_name("pool-retry");
+    let slot1 = format!("{pool}-1");
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", Some("18s"), &["-vv"]);
+    put_of_a_slot_name_cut_off(&env, &a, &proxy, &pool, false);
+    let second = a.request("PUT", &slot1);
+    assert_eq!(second, 409, "{slot1}, the semaphore {pool}'s slot, was answered {second}\n{}", a.process.stderr());
+    assert_ne!(env.holder(&slot1).as_deref(), Some("pod-a"), "{slot1} was not given back");
+}
