@@ -1092,7 +1092,17 @@ async fn acquisition(
             checked = check => checked,
             lost = renewed => {
                 tracing::warn!(lease = %inner.name, reason = ?lost, "lost the lease while checking it is no semaphore's slot");
-                settle_all(&mut slots, budget).await;
+                // Lost at its renew deadline, or not seen given back: what became of the lease meanwhile is
+                // unknown, as for a hold (see `Elector::lapsed`). An etcd restored since may show our own record
+                // at the very version we knew while another process holds the lease (found by review,
+                // helper-199: taken again at once, its child ran beside the other's, the token repeated).
+                if matches!(lost, Some(LossReason::RenewDeadline)) {
+                    slots[index].lapsed();
+                }
+                if let Err(err) = slots[index].settle(budget).await {
+                    tracing::warn!(lease = %inner.name, error = %err, "could not give the lease back; it expires after its duration");
+                    slots[index].lapsed();
+                }
                 if wait == Wait::NoWait {
                     break Some(Ok(Campaigned::NotAcquired { last_error: None }));
                 }

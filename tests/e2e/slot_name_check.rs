@@ -2,9 +2,11 @@
 //! slow API server, with `--timeout`, cancelled, and through the side-car (found by review, helper-195).
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::apiserver::AfterCommit;
+use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 /// A plain holder of `slot` (long timings, identity "holder") that runs until `pgate` exists, and a plain
@@ -593,5 +595,121 @@ fn the_side_car_gives_back_a_slot_name_a_semaphore_was_first_used_on_meanwhile()
     assert!(
         !status_line.contains(" 200"),
         "the side-car answered 200 for {slot1}, slot 1 of the live semaphore {pool} whose child ran: {reply}"
+    );
+}
+
+const RESTORE_TIMINGS: [&str; 6] = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "3s"];
+
+/// A child that notes its pid as `$MPSYNC_IDENTITY.pid` under `dir`, and the state of every other child
+/// whose pid file is there (`[S]` alive, `[]`/`[Z]` gone) in `seen`, then runs until killed.
+fn noting_child(dir: &Path, seen: &Path) -> String {
+    let (dir, seen) = (dir.display(), seen.display());
+    format!(
+        "for f in {dir}/*.pid; do [ -e \"$f\" ] || continue; p=$(cat \"$f\"); \
+         echo \"$MPSYNC_IDENTITY saw $(basename $f) [$(awk '{{print $3}}' /proc/$p/stat 2>/dev/null)]\" >> {seen}; \
+         done; echo \"$MPSYNC_IDENTITY started\" >> {seen}; echo $$ > {dir}/$MPSYNC_IDENTITY.pid; exec sleep 600"
+    )
+}
+
+/// Found by review (helper-199): `elect P-1` whose hold is lost at its renew deadline *during* the second
+/// slot-name check (its answer came late, then its API server went silent), and an etcd restored afterwards
+/// to the snapshot that shows its record at the very version it knew, while another process (which took
+/// the lease over after the observed expiry) runs its child. The check's loss gave the name back and
+/// campaigned again without marking the lapse that the hold's own loss marks: its restored record was taken
+/// again at once, and its child started beside the other's (the token repeated).
+#[test]
+fn a_hold_lost_during_the_check_is_a_lapse_never_retaken_beside_a_holder_an_etcd_restore_undid() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let base = env.lease_name("pool");
+    let slot = format!("{base}-1");
+    let dir = env.path("children");
+    fs::create_dir_all(&dir).unwrap();
+    let seen = env.path("seen");
+    let script = noting_child(&dir, &seen);
+
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let proxied = env.path("kubeconfig-proxied");
+    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    // A first holder H (direct), so that L waits behind it with its connections open.
+    let gate = env.path("gate");
+    let h = env.spawn(["lock", &slot, "--identity", "H", "--", "sh", "-c", &until_exists(&gate)]);
+    wait_until("H to hold the name", || env.holder(&slot).as_deref() == Some("H"));
+    let args = ["elect", &slot, "-v", "--identity", "L"].into_iter().chain(RESTORE_TIMINGS);
+    let mut command = env.mpsync(args.chain(["--", "sh", "-c", &script]));
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let l = Proc::spawn(command, env.path("").parent().unwrap());
+    wait_until("L to wait behind H", || l.stderr().contains("waiting"));
+    // Every answer to L 2 s late from now on (below its 3 s call timeout): its acquisition is learned 2 s
+    // after it was sent, so that its check (a call timeout long) runs past the renew deadline (4 s from the
+    // send).
+    proxy.delay_responses(Duration::from_secs(2));
+    fs::write(&gate, "").unwrap();
+    h.finish().assert_code(0);
+
+    // L's acquisition committed (its answer still 2 s away): the etcd snapshot, then nothing more of L's
+    // reaches the server (its check's reads of P, its renewals, its give-back).
+    within_patience(|| env.holder(&slot).as_deref() == Some("L"));
+    assert_eq!(env.holder(&slot).as_deref(), Some("L"), "L never acquired:\n{}", l.stderr());
+    let snapshot = server.snapshot();
+    proxy.delay_requests(Duration::from_secs(600));
+
+    let args = ["elect", &slot, "-v", "--identity", "W"].into_iter().chain(RESTORE_TIMINGS);
+    let w = env.spawn(args.chain(["--", "sh", "-c", &script]));
+
+    let lost_in_check =
+        within_patience(|| l.stderr().contains("lost the lease while checking it is no semaphore's slot"));
+    if !lost_in_check {
+        // The scenario's window missed (a loaded machine): nothing to check.
+        eprintln!("inconclusive: L did not lose its hold during the check:\nL:\n{}\nW:\n{}", l.stderr(), w.stderr());
+        return;
+    }
+    // From now on L is cut off altogether (it sees nothing of W's takeover either), until after the restore.
+    proxy.partition();
+    assert!(env.holder(&slot).as_deref() == Some("L"), "W took over before L was cut off: {:?}", env.holder(&slot));
+    // W takes over after the observed expiry, runs its child, and renews once (it knows a version newer
+    // than any the restore hands out again at once).
+    wait_for_file(&seen, "W started");
+    let renewed = || env.get(&slot).and_then(|(_, spec)| spec.renew_time);
+    let before = renewed();
+    wait_until("a renewal of W's", || renewed() != before);
+
+    // The etcd restore; L reaches the server again.
+    eprintln!("before restore: {:?}", env.get(&slot));
+    server.restore(&snapshot);
+    eprintln!("after restore: {:?}", env.get(&slot));
+    let t0 = std::time::Instant::now();
+    proxy.heal();
+    proxy.drop_connections();
+    proxy.delay_requests(Duration::ZERO);
+    proxy.delay_responses(Duration::ZERO);
+
+    // The next child to start, whoever's (L's, or W's again once the restore ended its hold).
+    let noted = within_patience(|| fs::read_to_string(&seen).unwrap_or_default().matches(" started").count() >= 2);
+    let lines = fs::read_to_string(&seen).unwrap_or_default();
+    eprintln!("children:\n{lines}\nL:\n{}\nW:\n{}", l.stderr(), w.stderr());
+    for r in server.requests() {
+        if r.at >= t0 - Duration::from_secs(8) {
+            eprintln!(
+                "{:>8.3} {} {} {} conn{}",
+                r.at.saturating_duration_since(t0).as_secs_f64(),
+                r.verb,
+                r.path,
+                r.status,
+                r.conn
+            );
+        }
+    }
+    assert!(noted, "no child ran after the restore");
+    let dead = |line: &str| ["[]", "[Z]", "[X]"].iter().any(|s| line.ends_with(s));
+    let beside = lines.lines().any(|line| line.contains(" saw ") && !dead(line));
+    assert!(
+        !beside,
+        "a child started beside a live one (L took its restored record again at once after a hold lost during the \
+         slot-name check: no lapse):\n{lines}"
     );
 }
