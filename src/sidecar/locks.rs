@@ -410,7 +410,7 @@ impl Locks {
         if !self.holding(elector) {
             *slot_name_unchecked = crate::lease::slot_parent(&lease).is_some();
         } else if *slot_name_unchecked {
-            return self.checked_slot_name(name, elector, slot_name_unchecked).await;
+            return self.checked_slot_name(name, elector, slot_name_unchecked, false).await;
         }
         let started = Instant::now();
         let mut last_race = String::new();
@@ -433,7 +433,7 @@ impl Locks {
                 if sent_create && self.holding(elector) {
                     self.metrics.acquisitions.inc();
                     tracing::info!(lease = %lease, identity = %self.identity, "acquired the lock");
-                    return self.held_answer(name, elector, slot_name_unchecked).await;
+                    return self.held_answer(name, elector, slot_name_unchecked, false).await;
                 }
                 let under_our_name = elector
                     .current()
@@ -459,8 +459,10 @@ impl Locks {
                     }
                     // A semaphore's slot, taken yet or not, is never a plain lock (found by review, helper-178:
                     // the side-car took `pool-1`, never taken by the live semaphore `pool`, and every user of
-                    // `pool` was refused while its client heartbeat). Read before a new hold only, as `lock` does.
-                    if !holding && !adopting && crate::lease::slot_parent(&lease).is_some() {
+                    // `pool` was refused while its client heartbeat). Read before a new hold, as `lock` does, and
+                    // before a record of ours is taken back: one let go for a marker (see `checked_slot_name`)
+                    // is left to expire, not renewed by each PUT of its client.
+                    if !holding && crate::lease::slot_parent(&lease).is_some() {
                         match engine::semaphore_of(&self.store, &lease).await {
                             Ok(None) => {}
                             Ok(Some((semaphore, index, slots))) => {
@@ -518,7 +520,8 @@ impl Locks {
                                     };
                                     tracing::info!(lease = %lease, identity = %self.identity, token = held.fencing_token, "{how}");
                                 }
-                                return self.held_answer(name, elector, slot_name_unchecked).await;
+                                let new_hold = !holding && !adopting;
+                                return self.held_answer(name, elector, slot_name_unchecked, new_hold).await;
                             }
                             None => last_race = "the write did not leave the lock ours".into(),
                         },
@@ -751,28 +754,47 @@ impl Locks {
     }
 
     /// 200 for a lock held now: once checked, if it is a slot's name not checked yet (see `checked_slot_name`).
-    async fn held_answer(&self, name: &str, elector: &mut Elector, slot_name_unchecked: &mut bool) -> Response {
+    async fn held_answer(
+        &self,
+        name: &str,
+        elector: &mut Elector,
+        slot_name_unchecked: &mut bool,
+        new_hold: bool,
+    ) -> Response {
         match *slot_name_unchecked {
-            true => self.checked_slot_name(name, elector, slot_name_unchecked).await,
+            true => self.checked_slot_name(name, elector, slot_name_unchecked, new_hold).await,
             false => self.lock_response(200, name, elector),
         }
     }
 
     /// A hold of a name `P-N` that a request began without (new, taken back, or learned by a read), read at
-    /// the start as no semaphore's slot: read `P` again now that the
-    /// name is ours, as `lock` does. A semaphore first used meanwhile (its marker written before our hold
-    /// landed) refuses it: given back, 409 (found by review, helper-195: the side-car held `P-1` while the
-    /// semaphore `P` ran, and every other user of `P` was refused while its client heartbeat). A marker
-    /// written after our hold landed sees that hold, and waits it out. A read that fails cannot tell: the
-    /// hold goes on, 200, as when the marker came later; one cut off by the
-    /// request's budget is answered 503, never 200 (found by review, helper-192, for `lock`: a check cut
-    /// short was skipped), and the next PUT reads again.
-    async fn checked_slot_name(&self, name: &str, elector: &mut Elector, unchecked: &mut bool) -> Response {
+    /// the start as no semaphore's slot: read `P` again now that the name is ours, as `lock` does. A
+    /// semaphore first used meanwhile (its marker written before our hold landed) refuses it: 409, the name
+    /// given back if this request's write made the hold new (`new_hold`), else let go and left to expire,
+    /// since its client may still count on an earlier 200 (found by review, helper-195: the side-car held
+    /// `P-1` while the semaphore `P` ran, and every other user of `P` was refused while its client heartbeat).
+    /// A marker written after our hold landed sees that hold, and waits it out. A read that fails cannot
+    /// tell: the hold goes on, 200, as when the marker came later; one cut off by the request's budget is
+    /// answered 503, never 200 (found by review, helper-192, for `lock`: a check cut short was skipped), and
+    /// the next PUT reads again.
+    async fn checked_slot_name(
+        &self,
+        name: &str,
+        elector: &mut Elector,
+        unchecked: &mut bool,
+        new_hold: bool,
+    ) -> Response {
         let lease = self.lease_name(name);
         match engine::semaphore_of(&self.store, &lease).await {
             Ok(Some((semaphore, index, slots))) => {
                 *unchecked = false;
-                if let Err(err) = self.release(name, elector).await {
+                if !new_hold {
+                    // Taken back, found by a read, or held since a request cut off: its client may still count
+                    // on an earlier 200 until this answer, and a release would end the semaphore's wait at once
+                    // (found by review, helper-201). Let go, and left to expire: the semaphore waits it out.
+                    tracing::warn!(lease = %lease, "the semaphore's slot name is let go; it expires after its TTL");
+                    elector.released();
+                } else if let Err(err) = self.release(name, elector).await {
                     tracing::warn!(lease = %lease, error = %err, "cannot give the semaphore's slot name back; it expires after its TTL");
                     elector.released();
                 }

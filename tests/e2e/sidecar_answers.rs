@@ -538,3 +538,70 @@ fn a_slot_name_hold_found_by_a_retry_is_checked() {
     assert_eq!(second, 409, "{slot1}, the semaphore {pool}'s slot, was answered {second}\n{}", a.process.stderr());
     assert_ne!(env.holder(&slot1).as_deref(), Some("pod-a"), "{slot1} was not given back");
 }
+
+/// Found by review (helper-201). A client holds `P-0` through its pod's side-car (told 200: `P` was no
+/// semaphore then). The side-car restarts (kill -9), and the client's next heartbeat, well within the TTL
+/// of the 200 it counts on, reaches the new side-car, which adopts the record (the answers to its writes
+/// come 2 s after their commit). Meanwhile the semaphore `P` is first used: its marker sees the plain hold
+/// of `P-0` and waits it out. The adoption is followed by a read of `P`, which finds the marker: the
+/// side-car gave `P-0` back *before* it answered the heartbeat 409, and the release ended the semaphore's
+/// wait at once: its child started while the client still counted on `P-0`. The name is let go, to
+/// expire, instead. The semaphore's child notes whether the client had its answer when it started.
+#[test]
+fn a_slot_name_taken_back_is_never_given_to_the_semaphore_before_its_client_is_answered() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-adopted");
+    let slot0 = format!("{pool}-0");
+    let sidecar = |listen: &str| {
+        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
+        Sidecar::spawn(env.mpsync(args), &env)
+    };
+    let mut first = sidecar("127.0.0.1:0");
+    assert_eq!(first.request("PUT", &slot0), 200);
+    let told_200 = Instant::now();
+    // The side-car restarts on the same address; the client heartbeats within the TTL of its 200.
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let second = sidecar(&first.address.to_string());
+    server.after_commit_of("pod-a", 2, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+    let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
+    let before = renewed();
+    assert!(told_200.elapsed() < Duration::from_secs(9), "too slow a set-up: {:?}", told_200.elapsed());
+    let answered = env.path("answered");
+    let heartbeat = {
+        let (answered, slot0, address) = (answered.clone(), slot0.clone(), second.address);
+        std::thread::spawn(move || {
+            let status = request_to(address, "PUT", &slot0);
+            std::fs::write(&answered, "").unwrap();
+            status
+        })
+    };
+    // The adoption committed (its answer 2 s away): the semaphore is first used now, and waits the plain
+    // hold of P-0 out.
+    wait_until("the side-car's adoption to commit", || renewed() != before);
+    let (gate, seen) = (env.path("gate"), env.path("seen"));
+    let child = format!(
+        "if [ -e {a} ]; then echo after $MPSYNC_LEASE >> {s}; else echo before $MPSYNC_LEASE >> {s}; fi; {wait}",
+        a = answered.display(),
+        s = seen.display(),
+        wait = until_exists(&gate)
+    );
+    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &child]);
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    let status = heartbeat.join().unwrap();
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
+    assert_eq!(status, 409, "{}", second.process.stderr());
+    let noted = w.wait_for_file(&seen, "e");
+    std::fs::write(&gate, "").unwrap();
+    w.finish().assert_code(0);
+    assert!(
+        !noted.contains("before"),
+        "the semaphore's child ({noted:?}) started before the side-car's client (told 200 for {slot0}) was told it \
+         lost the lock\n{}",
+        second.process.stderr()
+    );
+}
