@@ -2706,18 +2706,7 @@ fn an_inherited_helpers_daemon_started_during_a_stop_past_the_deadline_is_left_a
 fn a_sigcont_that_comes_while_mpsync_stops_the_job_is_not_lost() {
     let env = TestEnv::file();
     let name = env.lease_name("early-cont");
-    let d = env.dir.display().to_string();
-    let script = format!(
-        concat!(
-            "import os, signal, time\n",
-            "signal.signal(signal.SIGTSTP, lambda s, f: None)\n",
-            "open('{d}/up', 'w').write('up')\n",
-            "while not os.path.exists('{d}/end'):\n",
-            "    time.sleep(0.05)\n",
-            "os._exit(0)\n"
-        ),
-        d = d
-    );
+    let script = tstp_ignoring_child(&env);
     let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
     command.process_group(0);
     let mut lock = Proc::spawn(command, &env.dir);
@@ -2782,18 +2771,7 @@ fn a_sigcont_delivered_but_not_yet_passed_on_while_the_job_stops_is_not_lost() {
     let hold = env.path("hold-dir");
     fs::create_dir_all(&hold).unwrap();
     let name = env.lease_name("cont-race");
-    let d = env.dir.display().to_string();
-    let script = format!(
-        concat!(
-            "import os, signal, time\n",
-            "signal.signal(signal.SIGTSTP, lambda s, f: None)\n",
-            "open('{d}/up', 'w').write('up')\n",
-            "while not os.path.exists('{d}/end'):\n",
-            "    time.sleep(0.05)\n",
-            "os._exit(0)\n"
-        ),
-        d = d
-    );
+    let script = tstp_ignoring_child(&env);
     let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
     command.process_group(0);
     command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_HOLD_DIR", &hold);
@@ -2824,4 +2802,20 @@ fn a_sigcont_delivered_but_not_yet_passed_on_while_the_job_stops_is_not_lost() {
         lock.stderr()
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", lock.stderr());
+}
+
+/// A Python child that handles SIGTSTP (so mpsync waits for its job to stop before SIGSTOP), writes `up`
+/// in the test's directory, and exits 0 once `end` exists there.
+fn tstp_ignoring_child(env: &TestEnv) -> String {
+    format!(
+        concat!(
+            "import os, signal, time\n",
+            "signal.signal(signal.SIGTSTP, lambda s, f: None)\n",
+            "open('{d}/up', 'w').write('up')\n",
+            "while not os.path.exists('{d}/end'):\n",
+            "    time.sleep(0.05)\n",
+            "os._exit(0)\n"
+        ),
+        d = env.dir.display()
+    )
 }
