@@ -1332,7 +1332,16 @@ impl Supervisor {
             }
             return;
         }
-        self.signals.watch_continued();
+        // A stop asked for by a signal is carried out unless a SIGCONT was delivered after it (however the
+        // signal thread ordered them); one the child made, unless a SIGCONT comes from now on.
+        let mark = match cause {
+            StopCause::Signal => 0,
+            StopCause::Child => self.signals.mark(),
+        };
+        if cause == StopCause::Signal && self.signals.continued_since(mark) {
+            info!(%signal, "job control: continued after the stop was asked for; not stopping");
+            return;
+        }
         if let Some(pgid) = self.group {
             info!(pgid = pgid.as_raw(), %signal, "job control: stopping the child's job, then mpsync");
             self.adopt_from_now();
@@ -1362,8 +1371,8 @@ impl Supervisor {
         } else {
             info!(%signal, "job control: stopping mpsync");
         }
-        if self.continued_meanwhile() {
-            info!(%signal, "job control: continued before mpsync stopped; not stopping");
+        if let Some(why) = self.continued_meanwhile(mark) {
+            info!(%signal, why, "job control: not stopping");
             self.take_signal(Signal::SIGCONT);
             return;
         }
@@ -1400,26 +1409,29 @@ impl Supervisor {
         }
     }
 
-    /// Whether mpsync was continued while it stopped the job: a SIGCONT already received (`kill -TSTP`, then
-    /// `kill -CONT`, within the half second the job gets to stop on its own), and no stop request after it.
-    /// Stopped now, mpsync would wait for a SIGCONT that came already, and stay stopped for good, the lease
-    /// unrenewed (found by review, helper-192). Also a SIGCONT delivered and not yet passed on by the signal
-    /// thread (found by review, helper-197); it is taken again when it comes, to no effect. Other signals are
-    /// taken as at any time.
-    fn continued_meanwhile(&mut self) -> bool {
-        let (mut continued, mut stopped_again) = (false, false);
+    /// Why mpsync is not to stop now, after it stopped the job, if so: it was continued meanwhile (`kill -TSTP`,
+    /// then `kill -CONT`, within the half second the job gets to stop on its own), the last job-control signal
+    /// delivered a SIGCONT after `mark` (see `SignalReceiver::continued_since`). Stopped now, mpsync would
+    /// wait for a SIGCONT that came already, and stay stopped for good, the lease unrenewed (found by review,
+    /// helpers 192, 197 and 200). Or it is to end (SIGTERM meanwhile: found by review, helper-200; it stayed
+    /// stopped with the request to end unanswered). The signals passed on meanwhile are taken as at any time.
+    fn continued_meanwhile(&mut self, mark: u64) -> Option<&'static str> {
+        let mut ending = false;
         while let Some(signal) = self.signals.try_recv() {
             match signal {
-                Signal::SIGCONT => {
-                    continued = true;
-                    self.stop_request = None;
+                // Their order is the handlers' (see `continued_since`), not the channel's.
+                Signal::SIGCONT | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => {}
+                signal => {
+                    ending |= ENDING.contains(&signal) && signal != Signal::SIGHUP;
+                    self.take_signal(signal);
                 }
-                // Stopping anyway: the stop that comes now.
-                Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => (continued, stopped_again) = (false, true),
-                signal => self.take_signal(signal),
             }
         }
-        continued || (!stopped_again && self.signals.continued())
+        if self.signals.continued_since(mark) {
+            self.stop_request = None;
+            return Some("continued before mpsync stopped");
+        }
+        ending.then_some("asked to end before mpsync stopped")
     }
 
     /// Why mpsync cannot stop itself with `signal`, if it cannot.

@@ -79,11 +79,30 @@ pub fn replay_early() {
     }
 }
 
+/// When the job-control signals were delivered: each one's handler counts it, and notes its count as the
+/// last stop (SIGTSTP, SIGTTIN, SIGTTOU) or the last SIGCONT.
+#[derive(Default)]
+struct JobControlOrder {
+    count: AtomicU64,
+    last_stop: AtomicU64,
+    last_cont: AtomicU64,
+}
+
+impl JobControlOrder {
+    fn delivered(&self, is_stop: bool) {
+        let at = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        match is_stop {
+            true => self.last_stop.fetch_max(at, Ordering::SeqCst),
+            false => self.last_cont.fetch_max(at, Ordering::SeqCst),
+        };
+    }
+}
+
 /// Signals received by a thread of their own, to be awaited with [`SignalReceiver::recv`].
 pub struct SignalReceiver {
     receiver: mpsc::UnboundedReceiver<Signal>,
-    /// Set as the kernel delivers a SIGCONT (when it is listened for), before the thread passes it on.
-    continued: std::sync::Arc<AtomicBool>,
+    /// The job-control signals in the order the kernel delivered them (see [`JobControlOrder`]).
+    order: std::sync::Arc<JobControlOrder>,
     open: bool,
     thread: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
 }
@@ -98,9 +117,16 @@ impl SignalReceiver {
         let real_time = real_time();
         let numbers: Vec<i32> = signals.iter().map(|signal| *signal as i32).chain(real_time.iter().copied()).collect();
         let mut iterator = Signals::new(numbers)?;
-        let continued = std::sync::Arc::new(AtomicBool::new(false));
-        if signals.contains(&Signal::SIGCONT) {
-            signal_hook::flag::register(libc::SIGCONT, continued.clone())?;
+        let order = std::sync::Arc::new(JobControlOrder::default());
+        for signal in signals {
+            let is_stop = match signal {
+                Signal::SIGCONT => false,
+                Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => true,
+                _ => continue,
+            };
+            let order = std::sync::Arc::clone(&order);
+            // SAFETY: the action only does atomic operations, which are async-signal-safe.
+            unsafe { signal_hook::low_level::register(*signal as i32, move || order.delivered(is_stop)) }?;
         }
         let handle = iterator.handle();
         let mut raw_wanted = *set_of(signals).as_ref();
@@ -120,18 +146,21 @@ impl SignalReceiver {
                 }
             }
         })?;
-        Ok(SignalReceiver { receiver, continued, open: true, thread: Some((handle, thread)) })
+        Ok(SignalReceiver { receiver, order, open: true, thread: Some((handle, thread)) })
     }
 
-    /// From now on, note each SIGCONT as the kernel delivers it (see [`continued`](Self::continued)).
-    pub fn watch_continued(&self) {
-        self.continued.store(false, Ordering::SeqCst);
+    /// A mark of the job-control signals delivered so far, for [`continued_since`](Self::continued_since).
+    pub fn mark(&self) -> u64 {
+        self.order.count.load(Ordering::SeqCst)
     }
 
-    /// Whether a SIGCONT was delivered since [`watch_continued`](Self::watch_continued), even one the
-    /// thread has not passed on yet (it may run late on a busy machine: found by review, helper-197).
-    pub fn continued(&self) -> bool {
-        self.continued.load(Ordering::SeqCst)
+    /// Whether the last job-control signal delivered is a SIGCONT, delivered after `mark` (0: any). Told by
+    /// the handlers as the kernel delivers them: the thread may not have passed one on yet (it may run late
+    /// on a busy machine: found by review, helper-197), and passes on those pending together in the order of
+    /// their numbers, a SIGCONT before a SIGTSTP that came first (found by review, helper-200).
+    pub fn continued_since(&self, mark: u64) -> bool {
+        let cont = self.order.last_cont.load(Ordering::SeqCst);
+        cont > mark && cont > self.order.last_stop.load(Ordering::SeqCst)
     }
 
     /// A signal already received and not yet taken, if there is one: never waits.
