@@ -11,10 +11,6 @@ use crate::support::*;
 
 both_backends!(force_unlock_with_two_replicas, lease_deleted_with_two_replicas, signals_to_a_follower);
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The status of `GET path` on a replica's health port, if it answered.
 pub(crate) fn get(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::elect_faults::{free_port, get};
+use crate::elect_faults::get;
 use crate::support::*;
 
 /// start/end stamps with token and slot; TERM stamps end and exits 0; writes "$PPID $$" to `leader`.

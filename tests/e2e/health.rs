@@ -10,10 +10,6 @@ use crate::support::*;
 
 both_backends!(leader_endpoint_follows_the_lease_and_metrics_count_events);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// GET `path`; `None` while nothing listens yet.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     get_from("127.0.0.1", port, path)

@@ -52,7 +52,7 @@ fn nested_runs_never_share_an_identity(env: &TestEnv) {
     let mut command = env.mpsync(fast(&["lock", &outer], &["sh", "-c", &script]));
     // An explicit identity for the outer run: it must not reach the nested runs.
     command.env("MPSYNC_BIN", env!("CARGO_BIN_EXE_mpsync")).env("MPSYNC_HOLDER_IDENTITY", "outer-identity");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     command.env("MPSYNC_HEALTH_ADDR", format!("127.0.0.1:{port}"));
     let done = Proc::spawn(command, &env.dir).finish();
     done.assert_code(0);

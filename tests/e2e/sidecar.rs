@@ -941,7 +941,7 @@ fn a_drain_beyond_the_clocks_reach_drains_and_releases() {
 #[test]
 fn healthz_and_metrics_on_the_side_car_and_its_health_addr() {
     let env = TestEnv::file();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let health: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--health-addr", &health.to_string()]);
     sidecar.request("GET", "/healthz").assert_status(200);
@@ -969,7 +969,7 @@ fn healthz_and_metrics_on_the_side_car_and_its_health_addr() {
 #[test]
 fn a_flood_of_names_and_connections_returns_memory_to_a_bound() {
     let env = TestEnv::file();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let health: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sidecar = Sidecar::start(&env, Some("sidecar-a"), &["--ttl", "3s", "--health-addr", &health.to_string()]);
     let pid = sidecar.process.pid();

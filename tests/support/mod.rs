@@ -699,3 +699,19 @@ pub fn draining_script(log: &Path, drain: &str) -> String {
          while :; do sleep 0.05; done"
     )
 }
+
+/// A TCP port on 127.0.0.1 free now, for a process to listen on. Drawn below the ephemeral range
+/// (/proc/sys/net/ipv4/ip_local_port_range, 32768 up), which the outgoing connections of every test share:
+/// a port the kernel handed out for `bind(":0")`, then closed, could be taken by one of those before the
+/// process listened on it (a run failed so: "Address already in use").
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(COUNTER.fetch_add(1, Ordering::SeqCst));
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
