@@ -1657,6 +1657,15 @@ impl Elector {
         self.lost = None;
     }
 
+    /// Let a hold go, its record left to expire: nothing is held from now on, and the record, our own write,
+    /// is never given back (until an acquisition of ours again), since its holder's client may still count on
+    /// it (the side-car's slot name found a semaphore's: see `Locks::checked_slot_name`). A drain neither waits
+    /// on it nor releases it (found by review, helper-203).
+    pub fn let_expire(&mut self, now: Instant) {
+        self.released();
+        self.no_give_back_from = Some(now);
+    }
+
     /// Let go of the write on the wire; an acquisition among them may still land: remember it as ours,
     /// to release or take again, never as someone else's record under our identity.
     fn give_up_pending(&mut self) {

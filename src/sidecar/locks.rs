@@ -793,7 +793,7 @@ impl Locks {
                     // on an earlier 200 until this answer, and a release would end the semaphore's wait at once
                     // (found by review, helper-201). Let go, and left to expire: the semaphore waits it out.
                     tracing::warn!(lease = %lease, "the semaphore's slot name is let go; it expires after its TTL");
-                    elector.released();
+                    elector.let_expire(Instant::now());
                 } else if let Err(err) = self.release(name, elector).await {
                     tracing::warn!(lease = %lease, error = %err, "cannot give the semaphore's slot name back; it expires after its TTL");
                     elector.released();

@@ -616,3 +616,59 @@ fn let_go_to_expire(env: &TestEnv, a: &Sidecar, slot: &str) {
     assert_eq!(a.request("PUT", slot), 409, "{}", a.process.stderr());
     assert_eq!(renewed(), before, "{slot} was renewed after it was let go\n{}", a.process.stderr());
 }
+
+/// Found by review (helper-203): a slot's name let go to expire stayed its side-car's own write to give
+/// back, and a drain took it for a lock held: it waited for the client to go quiet (a stock client told 409
+/// asks again every 10 s, so until `--drain`), then released the record that was to be left to expire. A
+/// lock let go is no lock held: the drain ends at once, and writes nothing to `P-0`. Set up as
+/// `a_slot_name_taken_back_is_never_given_to_the_semaphore_before_its_client_is_answered`.
+#[test]
+fn a_drain_neither_waits_on_nor_releases_a_slot_name_let_go() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-drain");
+    let slot0 = format!("{pool}-0");
+    let sidecar = |listen: &str| {
+        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s", "--drain", "30s"];
+        Sidecar::spawn(env.mpsync(args), &env)
+    };
+    let mut first = sidecar("127.0.0.1:0");
+    assert_eq!(first.request("PUT", &slot0), 200);
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let mut second = sidecar(&first.address.to_string());
+    server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+    let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
+    let before = renewed();
+    let heartbeat = {
+        let (slot0, address) = (slot0.clone(), second.address);
+        std::thread::spawn(move || request_to(address, "PUT", &slot0))
+    };
+    wait_until("the side-car's adoption to commit", || renewed() != before);
+    let gate = env.path("gate");
+    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &until_exists(&gate)]);
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
+    assert_eq!(heartbeat.join().unwrap(), 409, "{}", second.process.stderr());
+    assert!(second.process.stderr().contains("let go"), "{}", second.process.stderr());
+    let let_go = renewed();
+    // The side-car is stopped: it holds no lock for any client, so its drain is over at once.
+    second.process.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = Instant::now();
+    let exited = second.process.wait_for(PATIENCE);
+    let took = stopped.elapsed();
+    std::fs::write(&gate, "").unwrap();
+    let _ = w.child.kill();
+    let stderr = second.process.stderr();
+    assert!(exited.is_some(), "the side-car did not exit\n{stderr}");
+    assert!(
+        !stderr.contains("releasing it") && !stderr.contains("still held for a client"),
+        "the drain took {slot0}, let go to expire, for a lock held\n{stderr}"
+    );
+    assert_eq!(renewed(), let_go, "the drain wrote {slot0}, let go to expire\n{stderr}");
+    // The quiet mark is 12 s after the client's last request (two thirds of the TTL).
+    assert!(took < Duration::from_secs(10), "the drain waited {took:?} on {slot0}, a lock let go\n{stderr}");
+}
