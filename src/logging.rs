@@ -98,6 +98,13 @@ fn start_writer() -> std::io::Result<()> {
 }
 
 fn write_lines(receiver: Receiver<Vec<u8>>) {
+    // Its writes to a terminal never stop mpsync, in the background under `stty tostop` either (the kernel
+    // lets a thread that blocks SIGTTOU write): this thread starts before the supervisor blocks them for the
+    // threads it starts (found by review, helper-202: mpsync stopped itself for its own log line, or its
+    // group's SIGTTOU storm stopped the child before its exec).
+    let terminal_stops = [nix::sys::signal::Signal::SIGTTIN, nix::sys::signal::Signal::SIGTTOU];
+    let set: nix::sys::signal::SigSet = terminal_stops.into_iter().collect();
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None);
     while let Ok(line) = receiver.recv() {
         write_all(&line);
         let Some(sink) = SINK.get() else { continue };

@@ -1965,6 +1965,13 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
                 return Err(io::Error::last_os_error());
             }
         }
+        // A stop pending since the fork, blocked until now, was sent to mpsync's group (a Ctrl-Z, a SIGTTOU of
+        // a write), which mpsync acts on itself: discarded (ignoring a signal discards it), not taken as the
+        // child's own, which would stop it before its exec while mpsync waits for that (found by review,
+        // helper-202).
+        for stop in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            libc::signal(stop, libc::SIG_IGN);
+        }
         // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask.
         crate::backend::default_signals(None);
         // Except SIGHUP under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.

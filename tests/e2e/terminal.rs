@@ -342,3 +342,47 @@ fn a_lost_lease_leaves_no_dead_foreground_nor_the_killed_jobs_modes() {
     terminal.wait_until("the shell to have the terminal", || terminal.foreground() == terminal.shell());
     assert!(canonical(&terminal), "the killed job's modes outlived it");
 }
+
+/// Found by review (helper-202). README: "mpsync's own log lines never stop it (`stty tostop` is not
+/// honoured for them)". The log writer thread ("mpsync-log") started before the supervisor blocked SIGTTOU
+/// for the threads after it, and wrote with SIGTTOU unblocked: in the background on a `stty tostop`
+/// terminal each log line made the kernel send SIGTTOU to mpsync's group; mpsync stopped the child's job
+/// and itself, or the storm stopped the child before its exec while mpsync waited for it (the run lost).
+#[test]
+fn own_log_lines_never_stop_a_background_mpsync_on_a_tostop_terminal() {
+    let env = TestEnv::file();
+    let mut terminal = shell(&env);
+    let name = env.lease_name("tostop-log");
+    let dir = env.dir.display();
+    terminal.type_line("stty tostop; echo tostop-$((2 + 3))");
+    terminal.expect("tostop-5");
+    terminal.type_line(&format!(
+        "mpsync lock {name} -v {SLOW_ARGS} -- sh -c 'echo $$ > {dir}/child.pid; echo > {dir}/done' & \
+         echo $! > {dir}/mpsync.pid"
+    ));
+    let mpsync = read_pid(&env.path("mpsync.pid"));
+    // The child runs and mpsync ends, its log lines on the terminal; or mpsync stops itself (or jams).
+    let mut seen_stopped = false;
+    let ended = within_patience(|| {
+        seen_stopped |= all_stopped(mpsync);
+        state(mpsync).is_none() && env.path("done").exists()
+    });
+    let child_state = fs::read_to_string(env.path("child.pid")).ok().and_then(|pid| state(pid.trim().parse().ok()?));
+    let mpsync_state = state(mpsync);
+    let held_by = env.holder(&name);
+    terminal.type_line("");
+    terminal.type_line("jobs -l; echo jobs-$((4 + 4))");
+    terminal.expect("jobs-8");
+    let text = terminal.text();
+    if !ended {
+        // Clean up what this test started: mpsync by its pid (its guard kills the child's group).
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(mpsync), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        ended && !seen_stopped,
+        "in the background on a `stty tostop` terminal, mpsync -v was stopped by its own log lines or jammed \
+         (ended {ended}, seen stopped {seen_stopped}, mpsync state {mpsync_state:?}, child state {child_state:?}, \
+         lease holder {held_by:?}):\n{text}"
+    );
+    assert!(text.contains("acquired the lease"), "{text}");
+}
