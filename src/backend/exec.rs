@@ -319,6 +319,10 @@ impl Running {
                 {
                     return Err(std::io::Error::other("mpsync is exiting"));
                 }
+                // A stop sent to mpsync's group since the fork, blocked until now, is mpsync's: it would stop
+                // the plugin before its exec, for good, in a group nobody continues (found by review,
+                // helper-204).
+                discard_pending_stops();
                 // As client-go's plugin starts: no signal blocked, none ignored but what mpsync's parent
                 // meant for everything it runs (SIGHUP under nohup; a handler is reset by exec anyway).
                 default_signals(Some(nix::libc::SIGHUP));
@@ -600,6 +604,20 @@ fn copy(request: &Request<Body>) -> Option<Request<Body>> {
     *again.headers_mut() = request.headers().clone();
     *again.extensions_mut() = request.extensions().clone();
     Some(again)
+}
+
+/// In a process between fork and exec, once it has left mpsync's process group: a job-control stop pending
+/// since the fork (blocked, as mpsync's threads block them) was sent to mpsync's group, which mpsync acts on
+/// itself; it is discarded (ignoring a signal discards it), and the default action put back for the stops
+/// that come from now on.
+pub(crate) fn discard_pending_stops() {
+    for stop in [nix::libc::SIGTSTP, nix::libc::SIGTTIN, nix::libc::SIGTTOU] {
+        // SAFETY: signal(2) with SIG_IGN, then SIG_DFL: no handler code runs.
+        unsafe {
+            nix::libc::signal(stop, nix::libc::SIG_IGN);
+            nix::libc::signal(stop, nix::libc::SIG_DFL);
+        }
+    }
 }
 
 /// In a process between fork and exec (async-signal-safe: raw system calls on integers, no allocation):

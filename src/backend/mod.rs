@@ -26,7 +26,7 @@ use kube::config::{Cluster, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use tower::{BoxError, ServiceBuilder};
 
 #[cfg(feature = "cli")]
-pub(crate) use exec::default_signals;
+pub(crate) use exec::{default_signals, discard_pending_stops};
 
 #[cfg(feature = "cli")]
 use crate::cli::Backend;

@@ -381,8 +381,12 @@ impl Supervisor {
         // mpsync's own terminal access must never stop it: it never reads the terminal, its log lines must
         // reach a `stty tostop` terminal from the background, and it takes the foreground back from the
         // background. Blocked here (the main thread, and the threads it starts later), not ignored: a
-        // SIGTTIN or SIGTTOU *sent* to mpsync still reaches the signal thread as a job-control request.
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals::set_of(&[Signal::SIGTTIN, Signal::SIGTTOU])), None)?;
+        // SIGTTIN or SIGTTOU *sent* to mpsync still reaches the signal thread as a job-control request. With
+        // SIGTSTP and SIGCONT (a SIGCONT continues mpsync all the same): the signal thread alone takes the
+        // job-control signals, one after the other, so that their handlers count them in the order they came
+        // (see `JobControlOrder`; taken by two threads at once, a SIGCONT's count could come after the next
+        // SIGTSTP's: mpsync then took a Ctrl-Z for one already continued, and did not stop).
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals::set_of(&signals::JOB_CONTROL)), None)?;
 
         let terminal = Terminal::open();
         let proc_foreign = procfs::of_another_pid_namespace(me);
@@ -1940,10 +1944,20 @@ fn interpreter(path: &std::path::Path) -> Option<String> {
 fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
     // SAFETY: plain system calls on integers and on stack-allocated sigsets; nothing allocates or locks.
     unsafe {
+        // Every signal blocked until they are all back to their defaults (`default_signals`): one that comes
+        // meanwhile (a Ctrl-C once the child has the terminal) must not run mpsync's handler here, and be lost
+        // (found by review, helper-204); it takes its default action at the unblocking, before the exec.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         // Its own process group, so signals (and, on loss, SIGKILL) reach everything it starts.
         if libc::setpgid(0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
+        // A stop pending since the fork was sent to mpsync's group, which mpsync acts on itself: discarded,
+        // not taken as the child's own, which would stop it before its exec while mpsync waits for that
+        // (found by review, helper-202). Before the child takes the terminal: a Ctrl-Z after that is its own.
+        crate::backend::discard_pending_stops();
         let pid = libc::getpid();
         if tty >= 0 {
             // The terminal's foreground before the command can read it. From mpsync's group, which is not the
@@ -1964,13 +1978,6 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
                 // EPIPE: the guard is gone (`spawn` says so).
                 return Err(io::Error::last_os_error());
             }
-        }
-        // A stop pending since the fork, blocked until now, was sent to mpsync's group (a Ctrl-Z, a SIGTTOU of
-        // a write), which mpsync acts on itself: discarded (ignoring a signal discards it), not taken as the
-        // child's own, which would stop it before its exec while mpsync waits for that (found by review,
-        // helper-202).
-        for stop in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
-            libc::signal(stop, libc::SIG_IGN);
         }
         // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask.
         crate::backend::default_signals(None);

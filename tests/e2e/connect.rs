@@ -1580,3 +1580,86 @@ fn token_file_kubeconfig(env: &TestEnv, token: &std::path::Path) -> PathBuf {
     let with_file = yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {:?}", token.to_str().unwrap()));
     write_kubeconfig(env, &with_file)
 }
+
+/// The processes below `root` (pid, state, comm) as /proc shows them now.
+fn descendants(root: i32) -> Vec<(i32, char, String)> {
+    let mut all = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = stat[stat.find('(').unwrap() + 1..close].to_string();
+        let mut rest = stat[close + 2..].split(' ');
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        all.push((pid, ppid, state, comm));
+    }
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for (pid, ppid, state, comm) in &all {
+            if *ppid == parent {
+                found.push((*pid, *state, comm.clone()));
+                parents.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+/// Found by review (helper-204). An exec credential plugin is forked with the job-control stops blocked (a
+/// thread of the blocking pool inherits the main thread's mask), and `default_signals` unblocks them with
+/// their default action: a SIGTTOU sent to mpsync's group between the fork and std's setpgid (a tostop write
+/// by a member of mpsync's group, a `kill -TTOU`) stopped the plugin before its exec, in a process group of
+/// its own that nothing ever continues. `Command::spawn` waited for the exec for ever: the client's set-up
+/// hung, and mpsync with it (a token refresh would hang the same way, and the lease be lost). The plugin
+/// discards such a stop now, as the supervised child does.
+///
+/// mpsync runs in a session of its own (its group orphaned), so that the SIGTTOU does not stop mpsync
+/// itself (a stop it cannot carry out); a shim (ttouwindow.c) sends it in the window. The supervised child
+/// gets the same SIGTTOU in the same window, and runs.
+#[test]
+fn a_stop_sent_to_mpsyncs_group_as_an_exec_plugin_is_forked_does_not_stop_the_plugin_for_good() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let shim = build_shim(&env, "ttouwindow");
+    let runs = env.path("plugin-runs");
+    let plugin = write_plugin(
+        &env,
+        &format!(
+            "echo run >> {}\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\
+             \"status\":{{\"token\":\"tok\"}}}}'\n",
+            runs.display()
+        ),
+    );
+    env.server().unwrap().accept_token(Some("tok"));
+    let kubeconfig = exec_kubeconfig(&env, &plugin);
+    let name = env.lease_name("ttou-plugin");
+    let ran = env.path("child-ran");
+    let mut command = env.mpsync(["lock", "-v", &name, "--", "touch", ran.to_str().unwrap()]);
+    command.env("MPSYNC_KUBECONFIG", &kubeconfig).env("LD_PRELOAD", &shim);
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+        });
+    }
+    let mut proc = Proc::spawn(command, &env.dir);
+    let status = proc.wait_for(PATIENCE);
+    let mpsync = proc.pid();
+    let below = descendants(mpsync);
+    if status.is_none() {
+        // Clean up what this test started: mpsync by its pid (the stopped plugin dies with it: its
+        // parent-death signal).
+        proc.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        status.is_some_and(|status| status.success()) && ran.exists(),
+        "mpsync did not run its command (exit {status:?}); the plugin ran {} times; below mpsync: {below:?} \
+         (a process in state T is the plugin, stopped before its exec);\nstderr:\n{}",
+        fs::read_to_string(&runs).map_or(0, |text| text.lines().count()),
+        proc.stderr()
+    );
+}

@@ -913,8 +913,10 @@ mod issue13 {
     fn a_holder_stopped_by_job_control_never_keeps_the_lock_directory_locked() {
         let env = TestEnv::file();
         let name = env.lease_name("tstp-dir");
-        // Renewing all the time: a write is in progress at any moment with a good chance.
-        let timings = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "10ms"];
+        // Renewing all the time: a write is in progress at any moment with a good chance. A long renew
+        // deadline: stops back to back leave the renewals little time on a loaded machine (one run went 4 s
+        // without one, and lost the lease).
+        let timings = ["--lease-duration", "20s", "--renew-deadline", "15s", "--retry-period", "10ms", "--grace", "2s"];
         let args: Vec<&str> = ["lock", &name]
             .into_iter()
             .chain(timings)
@@ -928,6 +930,11 @@ mod issue13 {
             assert!(!holds_flock(a.pid(), &env.lock_dir()), "round {round}: stopped with the lock directory locked");
             a.signal(Signal::SIGCONT);
             wait_until("A to run again", || state(a.pid()) != Some('T'));
+            if round % 50 == 49 {
+                let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+                let before = renewed();
+                wait_until("a renewal between the stops", || renewed() != before);
+            }
         }
     }
 

@@ -386,3 +386,33 @@ fn own_log_lines_never_stop_a_background_mpsync_on_a_tostop_terminal() {
     );
     assert!(text.contains("acquired the lease"), "{text}");
 }
+
+/// Found by review (helper-204). The supervised child took the terminal's foreground in `prepare_child`
+/// before it reset mpsync's signal handlers, with SIGINT, SIGQUIT and SIGTSTP unblocked: a Ctrl-C typed in
+/// that window ran mpsync's inherited handler in the child, and was lost (the command ran on, rc 0). The
+/// child blocks every signal until its handlers are the defaults: the Ctrl-C kills it then, as a shell's
+/// job (rc 130). The shim (intrwindow.c) sends the SIGINT right after the child's tcsetpgrp.
+#[test]
+fn a_ctrl_c_as_the_child_takes_the_terminal_is_not_lost() {
+    use crate::support::pty::Terminal;
+    let env = TestEnv::file();
+    let shim = build_shim(&env, "intrwindow");
+    let mut terminal =
+        Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())]);
+    let name = env.lease_name("intr-window");
+    let ran = env.path("command-ran");
+    // (Not `...; echo rc=$?`: bash drops the rest of a list whose command died of SIGINT.)
+    terminal.type_line(&format!(
+        "LD_PRELOAD={} mpsync lock {name} -- sh -c 'echo > {}'",
+        shim.display(),
+        ran.display()
+    ));
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=");
+    let text = terminal.text();
+    assert!(
+        text.contains("rc=130") && !ran.exists(),
+        "a Ctrl-C as the child took the terminal was lost: the command ran (ran {}):\n{text}",
+        ran.exists()
+    );
+}
