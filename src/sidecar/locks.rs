@@ -696,6 +696,19 @@ impl Locks {
         // Held under our identity but unknown to this process (written before a restart): adopt it first,
         // so that it is our own write to release.
         if elector.held().is_none() && elector.current().is_some_and(|current| elector.adoptable(current)) {
+            // Not a slot's name under a semaphore's marker (one let go to expire, or a restart's): taken back,
+            // it would be renewed under the semaphore that waits it out, which then refuses it as a plain
+            // holder's that renews (found by review, helper-205). Given up, and left to expire.
+            if crate::lease::slot_parent(&lease).is_some() {
+                match engine::semaphore_of(&self.store, &lease).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it is a semaphore's slot now, so it is left to expire");
+                        return self.lock_response(200, name, elector);
+                    }
+                    Err(err) => return self.failure(name, err),
+                }
+            }
             let current = elector.current().cloned();
             if let Action::Write(write) = self.decide(name, elector, current)
                 && let Err(err) = engine::send(&self.store, &lease, elector, &write).await
@@ -795,8 +808,10 @@ impl Locks {
                     tracing::warn!(lease = %lease, "the semaphore's slot name is let go; it expires after its TTL");
                     elector.let_expire(Instant::now());
                 } else if let Err(err) = self.release(name, elector).await {
+                    // No client counts on it: left to expire, and no drain waits on it (found by review,
+                    // helper-205).
                     tracing::warn!(lease = %lease, error = %err, "cannot give the semaphore's slot name back; it expires after its TTL");
-                    elector.released();
+                    elector.let_expire(Instant::now());
                 }
                 Response::error(
                     409,

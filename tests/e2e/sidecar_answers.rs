@@ -672,3 +672,170 @@ fn a_drain_neither_waits_on_nor_releases_a_slot_name_let_go() {
     // The quiet mark is 12 s after the client's last request (two thirds of the TTL).
     assert!(took < Duration::from_secs(10), "the drain waited {took:?} on {slot0}, a lock let go\n{stderr}");
 }
+
+/// Set up as `a_drain_neither_waits_on_nor_releases_a_slot_name_let_go` (sidecar_answers.rs): `P-0` held
+/// through a side-car, which restarts; the client's heartbeat is adopted (answer 2 s after the commit), the
+/// semaphore `P` is first used meanwhile and waits the plain hold of `P-0` out, the adoption's check of `P`
+/// finds the marker: 409, `P-0` let go to expire. Returns the side-car, the semaphore, its child's "started"
+/// file and its gate.
+fn let_go_slot_name(
+    env: &TestEnv,
+    pool: &str,
+    extra: &[&str],
+) -> (Sidecar, Proc, std::path::PathBuf, std::path::PathBuf) {
+    let server = env.server().unwrap();
+    let slot0 = format!("{pool}-0");
+    let sidecar = |listen: &str| {
+        let mut args = vec!["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
+        args.extend(extra);
+        Sidecar::spawn(env.mpsync(args), env)
+    };
+    let mut first = sidecar("127.0.0.1:0");
+    assert_eq!(first.request("PUT", &slot0), 200);
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let second = sidecar(&first.address.to_string());
+    server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+    let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
+    let before = renewed();
+    let heartbeat = {
+        let (slot0, address) = (slot0.clone(), second.address);
+        std::thread::spawn(move || request_to(address, "PUT", &slot0))
+    };
+    wait_until("the side-car's adoption to commit", || renewed() != before);
+    let (gate, started) = (env.path("gate"), env.path("started"));
+    let child = format!("echo $MPSYNC_LEASE >> {}; {}", started.display(), until_exists(&gate));
+    let w = env.spawn(["lock", pool, "--slots", "2", "-v", "--", "sh", "-c", &child]);
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(pool), w.stderr());
+    assert_eq!(heartbeat.join().unwrap(), 409, "{}", second.process.stderr());
+    assert!(second.process.stderr().contains("let go"), "{}", second.process.stderr());
+    (second, w, started, gate)
+}
+
+/// Found by review (helper-205). A slot's name let go to expire (the client told 409 at its heartbeat) is
+/// then DELETEd by its client. The DELETE took the record back first, with no read of `P`: that renewed
+/// `P-0` under `pod-a` while the semaphore waited that plain hold out, and the semaphore, seeing the plain
+/// holder renew the slot's name, was refused ("who renews it"). The DELETE reads `P` first now: a slot's
+/// name is given up and left to expire, and the semaphore goes on.
+#[test]
+fn a_delete_of_a_slot_name_let_go_never_renews_it_under_the_waiting_semaphore() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-del");
+    let slot0 = format!("{pool}-0");
+    let (sidecar, mut w, started, gate) = let_go_slot_name(&env, &pool, &[]);
+    let marked = server.requests().len();
+    let status = sidecar.request("DELETE", &slot0);
+    // What the DELETE wrote to P-0: at most a release (holder cleared), never a live record of pod-a's.
+    let updates = server
+        .requests()
+        .split_off(marked)
+        .into_iter()
+        .filter(|r| r.verb == "update" && r.path.ends_with(&format!("/leases/{slot0}")))
+        .count();
+    // The semaphore goes on: its child starts (P-0 released, or expired), or it exits.
+    let outcome = within_patience(|| std::fs::read_to_string(&started).is_ok() || w.wait_for(Duration::ZERO).is_some());
+    std::fs::write(&gate, "").unwrap();
+    let exited = w.wait_for(PATIENCE);
+    let (w_err, s_err) = (w.stderr(), sidecar.process.stderr());
+    assert!(outcome, "the semaphore neither started nor exited\n{w_err}");
+    assert!(
+        !w_err.contains("who renews it") && exited.is_some_and(|s| s.success()),
+        "the DELETE ({status}) of {slot0}, let go to expire, renewed it under the waiting semaphore ({updates} \
+         updates of {slot0}), which was refused: {exited:?}\n--- semaphore:\n{w_err}\n--- side-car:\n{s_err}"
+    );
+    assert!(updates <= 1, "the DELETE ({status}) wrote {slot0} {updates} times (an adoption, then a release)\n{s_err}");
+}
+
+/// Found by review (helper-205). The same refusal without any let-go: a side-car restarted in the pod, whose
+/// client's lock `P-0` is waited out by the semaphore `P` (first used after the client's 200). The client
+/// DELETEs it: the new side-car took the record back first (renewing it), then released it, and the
+/// semaphore was refused.
+#[test]
+fn a_delete_through_a_restarted_side_car_never_renews_a_slot_name_under_the_waiting_semaphore() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let pool = env.lease_name("pool-del2");
+    let slot0 = format!("{pool}-0");
+    let sidecar = |listen: &str| {
+        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
+        Sidecar::spawn(env.mpsync(args), &env)
+    };
+    let mut first = sidecar("127.0.0.1:0");
+    assert_eq!(first.request("PUT", &slot0), 200);
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let (gate, started) = (env.path("gate"), env.path("started"));
+    let child = format!("echo $MPSYNC_LEASE >> {}; {}", started.display(), until_exists(&gate));
+    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &child]);
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
+    let second = sidecar(&first.address.to_string());
+    let status = second.request("DELETE", &slot0);
+    let outcome = within_patience(|| std::fs::read_to_string(&started).is_ok() || w.wait_for(Duration::ZERO).is_some());
+    std::fs::write(&gate, "").unwrap();
+    let exited = w.wait_for(PATIENCE);
+    let (w_err, s_err) = (w.stderr(), second.process.stderr());
+    assert!(outcome, "the semaphore neither started nor exited\n{w_err}");
+    assert!(
+        !w_err.contains("who renews it") && exited.is_some_and(|s| s.success()),
+        "the DELETE ({status}) of {slot0} renewed it under the waiting semaphore, which was refused: {exited:?}\n\
+         --- semaphore:\n{w_err}\n--- side-car:\n{s_err}"
+    );
+}
+
+/// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
+/// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
+/// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
+/// and waited for that client to go quiet. It is left to expire now, as a name let go.
+#[test]
+fn a_drain_never_waits_on_a_new_slot_name_hold_whose_give_back_failed() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-gb");
+    let slot0 = format!("{pool}-0");
+    let args = ["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "18s", "--drain", "30s"];
+    let sidecar = Sidecar::spawn(env.mpsync(args), &env);
+    // The create's answer comes 2 s after its commit: the semaphore is first used meanwhile.
+    server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+    let put = {
+        let (slot0, address) = (slot0.clone(), sidecar.address);
+        std::thread::spawn(move || request_to(address, "PUT", &slot0))
+    };
+    wait_until("the side-car's create to commit", || env.holder(&slot0).as_deref() == Some("pod-a"));
+    let gate = env.path("gate");
+    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &until_exists(&gate)]);
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
+    // Every give-back of P-0 fails.
+    server.fail_next_on(&format!("update:{slot0}"), 8, 500);
+    assert_eq!(put.join().unwrap(), 409, "{}", sidecar.process.stderr());
+    let mut sidecar = sidecar;
+    assert!(
+        sidecar.process.stderr().contains("cannot give the semaphore's slot name back"),
+        "the give-back did not fail as modelled\n{}",
+        sidecar.process.stderr()
+    );
+    server.fail_next_on(&format!("update:{slot0}"), 0, 500);
+    sidecar.process.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = Instant::now();
+    let exited = sidecar.process.wait_for(PATIENCE);
+    let took = stopped.elapsed();
+    std::fs::write(&gate, "").unwrap();
+    let _ = w.child.kill();
+    let stderr = sidecar.process.stderr();
+    assert!(exited.is_some(), "the side-car did not exit\n{stderr}");
+    assert!(
+        took < Duration::from_secs(8) && !stderr.contains("still held for a client"),
+        "the drain waited {took:?} on {slot0}, a hold no client was ever told of\n{stderr}"
+    );
+}
