@@ -80,7 +80,7 @@ pub fn replay_early() {
 }
 
 /// The job-control signals: taken by the signal thread alone (the others block them), so that their
-/// handlers run one after the other (see [`JobControlOrder`]).
+/// handlers run one after the other (see `JobControlOrder`).
 pub const JOB_CONTROL: [Signal; 4] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGCONT];
 
 /// The handler of the job-control signal `signal` blocks the others while it runs: the kernel otherwise
