@@ -1946,7 +1946,8 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
     unsafe {
         // Every signal blocked until they are all back to their defaults (`default_signals`): one that comes
         // meanwhile (a Ctrl-C once the child has the terminal) must not run mpsync's handler here, and be lost
-        // (found by review, helper-204); it takes its default action at the unblocking, before the exec.
+        // (found by review, helper-204); it takes its default action at the unblocking, before the exec (but
+        // for what mpsync ignores, and a stop: below).
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
@@ -1979,12 +1980,29 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
                 return Err(io::Error::last_os_error());
             }
         }
-        // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask.
-        crate::backend::default_signals(None);
-        // Except SIGHUP under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.
-        if keep_sighup_ignored {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        // Blocked since the fork, a signal mpsync ignores was kept pending, not discarded: discarded now, as
+        // it would have been (under nohup, a SIGHUP as the child started killed it; so did a Ctrl-C for the
+        // shell's foreground job under `cmd &` without job control: found by review, helper-206).
+        for signal in 1..=64 {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut action) == 0 && action.sa_sigaction == libc::SIG_IGN {
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
         }
+        // A stop that came once the child had the terminal (a Ctrl-Z) is the job's: mpsync carries it out,
+        // stopping the job and then itself, once the child runs. Taken here, it would stop the child before
+        // its exec, and mpsync, waiting for that exec, with it (found by review, helper-206).
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        for stop in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            if libc::sigismember(&pending, stop) == 1 {
+                libc::signal(stop, libc::SIG_IGN);
+                libc::kill(parent, libc::SIGTSTP);
+            }
+        }
+        // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask. Except SIGHUP
+        // under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.
+        crate::backend::default_signals(keep_sighup_ignored.then_some(libc::SIGHUP));
         // If mpsync dies the child dies with it (the guard takes care of the rest of the group). This fires
         // when the forking *thread* exits, which is why spawn runs on the main thread.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {

@@ -3039,3 +3039,52 @@ fn a_sigterm_while_mpsync_stops_the_job_is_answered_not_left_stopped() {
     assert_eq!(status.and_then(|s| s.code()), Some(143), "{log}");
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released: {log}");
 }
+
+/// mpsync in a session of its own (so that `kill(0, ...)` from the shim reaches only mpsync's group), with
+/// `ignored` left ignored by its parent, as `nohup` (SIGHUP) or a shell without job control (`cmd &`: SIGINT)
+/// start it. The shim (childwindow.c) sends `ignored` to mpsync's group just before the child's
+/// setpgid(0, 0). Found by review (helper-206): the child, which blocks every signal until its handlers are
+/// the defaults, kept it pending (a blocked signal is not discarded as ignored) and died of it at the
+/// unblocking, before its exec. It is discarded now, as an ignored signal is.
+fn a_signal_ignored_at_start_sent_as_the_child_forks(ignored: nix::sys::signal::Signal) {
+    let env = TestEnv::file();
+    let shim = build_shim(&env, "childwindow");
+    let name = env.lease_name("ignored-window");
+    let ran = env.path("child-ran");
+    let script = format!("grep SigIgn /proc/self/status > {}", ran.display());
+    let mut command = env.mpsync(["lock", &name, "--", "sh", "-c", &script]);
+    command.env("LD_PRELOAD", &shim).env("CHILDWINDOW_SETPGID_SIGNAL", (ignored as i32).to_string());
+    let number = ignored as i32;
+    // SAFETY: setsid(2) and signal(2) are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::libc::signal(number, nix::libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let finished = Proc::spawn(command, &env.dir).finish();
+    assert!(
+        finished.status.success() && ran.exists(),
+        "{ignored} that mpsync's parent left ignored, sent to mpsync's group as the child was forked, kept the \
+         command from running (mpsync exit {:?}, command ran: {}):\n{}",
+        finished.code,
+        ran.exists(),
+        finished.stderr
+    );
+    if ignored == nix::sys::signal::Signal::SIGHUP {
+        let sig_ign = fs::read_to_string(&ran).unwrap_or_default();
+        let mask = u64::from_str_radix(sig_ign.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0);
+        assert!(mask & 1 != 0, "under nohup the command has SIGHUP ignored: {sig_ign}");
+    }
+}
+
+#[test]
+fn under_nohup_a_sighup_as_the_child_forks_does_not_kill_it() {
+    a_signal_ignored_at_start_sent_as_the_child_forks(nix::sys::signal::Signal::SIGHUP);
+}
+
+#[test]
+fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
+    a_signal_ignored_at_start_sent_as_the_child_forks(nix::sys::signal::Signal::SIGINT);
+}

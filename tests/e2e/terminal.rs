@@ -391,20 +391,21 @@ fn own_log_lines_never_stop_a_background_mpsync_on_a_tostop_terminal() {
 /// before it reset mpsync's signal handlers, with SIGINT, SIGQUIT and SIGTSTP unblocked: a Ctrl-C typed in
 /// that window ran mpsync's inherited handler in the child, and was lost (the command ran on, rc 0). The
 /// child blocks every signal until its handlers are the defaults: the Ctrl-C kills it then, as a shell's
-/// job (rc 130). The shim (intrwindow.c) sends the SIGINT right after the child's tcsetpgrp.
+/// job (rc 130). The shim (childwindow.c) sends the SIGINT right after the child's tcsetpgrp.
 #[test]
 fn a_ctrl_c_as_the_child_takes_the_terminal_is_not_lost() {
     use crate::support::pty::Terminal;
     let env = TestEnv::file();
-    let shim = build_shim(&env, "intrwindow");
+    let shim = build_shim(&env, "childwindow");
     let mut terminal =
         Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())]);
     let name = env.lease_name("intr-window");
     let ran = env.path("command-ran");
     // (Not `...; echo rc=$?`: bash drops the rest of a list whose command died of SIGINT.)
     terminal.type_line(&format!(
-        "LD_PRELOAD={} mpsync lock {name} -- sh -c 'echo > {}'",
+        "LD_PRELOAD={} CHILDWINDOW_TCSETPGRP_SIGNAL={} mpsync lock {name} -- sh -c 'echo > {}'",
         shim.display(),
+        nix::libc::SIGINT,
         ran.display()
     ));
     terminal.type_line("echo rc=$?");
@@ -415,4 +416,54 @@ fn a_ctrl_c_as_the_child_takes_the_terminal_is_not_lost() {
         "a Ctrl-C as the child took the terminal was lost: the command ran (ran {}):\n{text}",
         ran.exists()
     );
+}
+
+/// Found by review (helper-206). Ctrl-Z typed as the child takes the terminal (right after its tcsetpgrp,
+/// before its handlers are the defaults): blocked there, it took its default action at the unblocking, and
+/// the child stopped *before its exec*, while mpsync's main thread waited in `Command::spawn` for that exec:
+/// nothing ran, the shell never showed "Stopped", and the guard killed the child at the lease's deadline.
+/// The child passes such a stop on to mpsync now, which stops the job and then itself; `fg` continues it.
+#[test]
+fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
+    let env = TestEnv::file();
+    let shim = build_shim(&env, "childwindow");
+    let mut terminal =
+        Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())]);
+    let name = env.lease_name("tstp-window");
+    let ran = env.path("command-ran");
+    // The command waits for `gate` (written once mpsync has stopped): it must not be over before mpsync carries
+    // the stop out.
+    let gate = env.path("gate");
+    terminal.type_line(&format!(
+        "LD_PRELOAD={} CHILDWINDOW_TCSETPGRP_SIGNAL={} mpsync lock {name} {SLOW_ARGS} -- sh -c '{}; echo > {}'",
+        shim.display(),
+        nix::libc::SIGTSTP,
+        until_exists(&gate),
+        ran.display()
+    ));
+    // The shell shows "Stopped" once mpsync has stopped.
+    within_patience(|| terminal.text().contains("Stopped"));
+    let foreground = terminal.foreground();
+    let foreground_state = state(foreground);
+    let foreground_program = fs::read_to_string(format!("/proc/{foreground}/comm")).unwrap_or_default();
+    let parent = crate::support::pty::stat_field(foreground, 4).unwrap_or(-1);
+    let mpsync_wchan = fs::read_to_string(format!("/proc/{parent}/wchan")).unwrap_or_default();
+    let stopped_shown = terminal.text().contains("Stopped");
+    if !stopped_shown && foreground > 0 && foreground != terminal.shell() {
+        // Clean up what this test started: the stopped child (its parent then goes on).
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(foreground), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        stopped_shown,
+        "a Ctrl-Z as the child took the terminal did not stop mpsync: the terminal's foreground {foreground} is \
+         {foreground_program:?} (not exec'd yet) in state {foreground_state:?}; its parent {parent} waits in \
+         {mpsync_wchan:?}; the terminal:\n{}",
+        terminal.text()
+    );
+    fs::write(&gate, "").unwrap();
+    terminal.type_line("fg");
+    terminal.type_line("echo rc=$?");
+    terminal.expect("rc=");
+    let text = terminal.text();
+    assert!(text.contains("rc=0") && ran.exists(), "after fg the command did not run (ran {}):\n{text}", ran.exists());
 }
