@@ -102,10 +102,9 @@ fn write_lines(receiver: Receiver<Vec<u8>>) {
     // lets a thread that blocks SIGTTOU write): this thread starts before the supervisor blocks them for the
     // threads it starts (found by review, helper-202: mpsync stopped itself for its own log line, or its
     // group's SIGTTOU storm stopped the child before its exec). SIGTSTP and SIGCONT too: only the signal
-    // thread takes the job-control signals (see `supervise::signals::JOB_CONTROL`).
-    use nix::sys::signal::Signal;
-    let job_control = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGCONT];
-    let set: nix::sys::signal::SigSet = job_control.into_iter().collect();
+    // thread takes the job-control signals.
+    use crate::supervise::signals::{JOB_CONTROL, set_of};
+    let set = set_of(&JOB_CONTROL);
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None);
     while let Ok(line) = receiver.recv() {
         write_all(&line);
