@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 
-use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 fn server_env() -> Option<TestEnv> {
@@ -135,10 +134,7 @@ fn a_blocked_stderr_never_lets_the_child_outlive_the_lease() {
     let name = env.lease_name("stderr");
     let log = env.path("log");
     let pid_file = env.path("pid");
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
 
     let (stderr_read, stderr_write) = full_pipe();
     let script = format!("echo $$ > {}; {}", pid_file.display(), draining_script(&log, "0"));
@@ -272,10 +268,7 @@ fn a_freeze_shorter_than_the_lease_duration_never_lets_the_child_outlive_the_lea
     let name = env.lease_name("freeze");
     let log = env.path("log");
     let pid_file = env.path("pid");
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
 
     // The old child notes SIGTERM and goes on draining: only the SIGKILL at the end of the grace stops it.
     let script = format!(

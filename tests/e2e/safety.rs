@@ -10,7 +10,6 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use nix::sys::signal::Signal;
 
 use crate::support::apiserver::{AfterCommit, WatchFault};
-use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
 
 both_backends!(
@@ -553,10 +552,7 @@ fn a_late_renewal_answer_never_lets_the_old_child_outlive_the_lease() {
     let name = env.lease_name("late");
     let log = env.path("log");
     let timings = ["--lease-duration", "8s", "--renew-deadline", "6s", "--retry-period", "1s", "--grace", "1s"];
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
 
     // Held by someone else for a second: the holder-to-be waits for it, and so watches the lease.
     env.put(&name, TestEnv::foreign_record("someone", 1));
@@ -1145,10 +1141,7 @@ fn an_acquisition_learned_past_its_lease_duration_after_a_restore_never_lets_two
         a = alive.display()
     );
     let pids = || stamping_pids(&alive);
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
     // A's acquisition is committed at once, its answer held back; meanwhile A is cut off.
     server.after_commit_of("a", 1, AfterCommit::Delay(Duration::from_secs(5)));
     let mut command = env.mpsync(
@@ -1548,10 +1541,7 @@ fn restore_read_by_a_waiter_under_a_cut_off_holder(long_holder: bool) {
     let snapshot = server.snapshot();
     let log = env.path("log");
     let watched = HolderWatched::new(&env, &log);
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
     let long: &[&str] = match long_holder {
         true => &["--lease-duration", "20s", "--renew-deadline", "12s", "--retry-period", "1s"],
         false => FAST,

@@ -1301,11 +1301,7 @@ fn api_failures_answer_503_or_403_and_the_side_car_carries_on() {
 
 /// Side-car "pod-a" (TTL 6 s, and `extra`) that reaches the API server through a fault proxy of its own.
 fn side_car_through_a_fault_proxy(env: &TestEnv, extra: &[&str]) -> (crate::support::proxy::FaultProxy, Sidecar) {
-    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
-    let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
     let mut args = vec!["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"];
     args.extend(extra);
     let mut command = env.mpsync(args);

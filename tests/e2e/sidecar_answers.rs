@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
+use crate::support::proxy::FaultProxy;
 use crate::support::*;
 
 struct Sidecar {
@@ -53,10 +53,7 @@ impl Sidecar {
 
     /// A side-car that reaches the API server through a fault proxy of its own.
     fn proxied(env: &TestEnv, identity: &str, ttl: Option<&str>, extra: &[&str]) -> (FaultProxy, Sidecar) {
-        let yaml = std::fs::read_to_string(&env.kubeconfig).unwrap();
-        let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-        let proxied = env.path(&format!("kubeconfig-proxied-{}", proxy.addr().port()));
-        std::fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+        let (proxy, proxied) = env.proxied_kubeconfig();
         let mut command = env.mpsync(Sidecar::args(identity, ttl, extra));
         command.env("MPSYNC_KUBECONFIG", &proxied);
         (proxy, Sidecar::spawn(command, env))

@@ -6,8 +6,51 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::apiserver::AfterCommit;
-use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
 use crate::support::*;
+
+/// The waiters' timings: lease 6 s, renew deadline 4 s, retry period 2 s (as [`SHORT`]).
+const SHORT_ARGS: [&str; 6] = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
+
+/// A holder of `slot` with long timings, identity `identity`, whose child runs until `pgate` exists; returned
+/// once its child started.
+fn long_holder(env: &TestEnv, slot: &str, identity: &str) -> (Proc, std::path::PathBuf) {
+    let (plog, pgate) = (env.path("plog"), env.path("pgate"));
+    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
+    let args = ["lock", slot, "-v", "--identity", identity].into_iter().chain(timing);
+    let holder = env.spawn(args.chain(["--", "sh", "-c", &stamp_script(&plog, &until_exists(&pgate))]));
+    wait_for_file(&plog, "start");
+    (holder, pgate)
+}
+
+/// Whether `log` (the requests since some point) shows the second check of a slot name: an acquisition of
+/// it (`verb`, answered when `answered`), then a read of `parent`.
+fn checking(log: &[crate::support::apiserver::RequestLog], verb: &str, answered: bool, parent: &str) -> bool {
+    let written = log.iter().position(|r| r.verb == verb && (r.status != 0) == answered);
+    written.is_some_and(|at| log[at + 1..].iter().any(|r| r.verb == "get" && r.path.ends_with(&format!("/{parent}"))))
+}
+
+/// A `Lock` of `slot` with [`SHORT`] timings and identity `identity`, through its own client.
+async fn slot_lock(env: &TestEnv, slot: &str, identity: &str) -> mpsync::Lock {
+    let client = mpsync::KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
+    mpsync::Lock::kube(client, &env.namespace, slot).identity(identity).timing(SHORT).build().unwrap()
+}
+
+/// How long after `since` the test server showed `slot` free (within 20 s; after it showed it held by
+/// `first_held_by`, if given), polling while the runtime runs the library's give-back.
+async fn given_back(env: &TestEnv, slot: &str, since: Instant, first_held_by: Option<&str>) -> Option<Duration> {
+    let server = env.server().unwrap();
+    let mut seen = first_held_by.is_none();
+    while since.elapsed() < Duration::from_secs(20) {
+        let lease = server.lease(&env.namespace, slot);
+        let holder = lease.as_ref().and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
+        seen |= holder.is_some() && holder.as_deref() == first_held_by;
+        if seen && holder.as_deref().is_none_or(str::is_empty) {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
 
 /// A plain holder of `slot` (long timings, identity "holder") that runs until `pgate` exists, and a plain
 /// waiter (lease 6 s, renew deadline 4 s, call timeout 2 s) behind it whose child touches `ran`.
@@ -16,15 +59,9 @@ fn holder_and_waiter(
     slot: &str,
     extra: &[&str],
 ) -> (Proc, Proc, std::path::PathBuf, std::path::PathBuf) {
-    let (plog, pgate) = (env.path("plog"), env.path("pgate"));
     let ran = env.path("ran");
-    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
-    let script = stamp_script(&plog, &until_exists(&pgate));
-    let args = ["lock", slot, "-v", "--identity", "holder"].into_iter().chain(timing);
-    let holder = env.spawn(args.chain(["--", "sh", "-c", &script]));
-    wait_for_file(&plog, "start");
-    let short = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
-    let args = ["lock", slot, "-vv", "--identity", "waiter"].into_iter().chain(short).chain(extra.iter().copied());
+    let (holder, pgate) = long_holder(env, slot, "holder");
+    let args = ["lock", slot, "-vv", "--identity", "waiter"].into_iter().chain(SHORT_ARGS).chain(extra.iter().copied());
     let waiter = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
     wait_until("the plain waiter to wait", || waiter.stderr().contains("waiting"));
     (holder, waiter, pgate, ran)
@@ -99,18 +136,25 @@ fn two_level_name(env: &TestEnv, base: &str) -> String {
     format!("{parent}-1")
 }
 
+/// A test API server's environment (none on a real cluster: these tests set faults), a base name made of
+/// `prefix`, and its [`two_level_name`].
+fn two_level_env(prefix: &str) -> Option<(TestEnv, String, String)> {
+    if TestEnv::real_cluster() {
+        return None;
+    }
+    let env = TestEnv::kube();
+    let base = env.lease_name(prefix);
+    let slot = two_level_name(&env, &base);
+    Some((env, base, slot))
+}
+
 /// A check that answers (no semaphore) but slowly. Every answer 1.5 s late, the waiter's own watch event 3 s
 /// late: the acquisition and the two reads of the check go past the first renew deadline (4 s); the hold is
 /// renewed meanwhile, and the child runs. Found by review, helper-195: exit 123, no child (4 of 4).
 #[test]
 fn on_a_slow_server_a_slow_check_of_p_keeps_the_hold_and_runs_the_child() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, _, slot)) = two_level_env("pool") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("pool");
-    let slot = two_level_name(&env, &base);
     let (holder, waiter, pgate, ran) = holder_and_waiter(&env, &slot, &[]);
     server.set_latency(Duration::from_millis(1500));
     server.set_watch_lag(Duration::from_secs(3));
@@ -148,18 +192,12 @@ const SHORT: mpsync::Timing = mpsync::Timing {
 /// helper-195: the check took the hold past its renew deadline, and `acquire` handed out a lock lost already.
 #[test]
 fn library_acquire_of_a_slot_name_on_a_slow_server_hands_out_a_live_lock() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, _, slot)) = two_level_env("lib") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("lib");
-    let slot = two_level_name(&env, &base);
     server.set_latency(Duration::from_millis(1500));
     server.set_watch_lag(Duration::from_secs(3));
     lib_runtime().block_on(async {
-        let client = mpsync::KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
-        let lock = mpsync::Lock::kube(client, &env.namespace, &slot).timing(SHORT).build().unwrap();
+        let lock = slot_lock(&env, &slot, "lib").await;
         let started = Instant::now();
         let held = lock.acquire().await.expect("acquired");
         dump(server, started);
@@ -176,30 +214,17 @@ fn library_acquire_of_a_slot_name_on_a_slow_server_hands_out_a_live_lock() {
 /// the acquisition landed): the hold must be given back, never left held.
 #[test]
 fn library_acquire_dropped_during_the_check_gives_the_name_back() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, base, slot)) = two_level_env("lib") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("lib");
-    let slot = two_level_name(&env, &base);
     let parent = format!("{base}-0");
     server.set_latency(Duration::from_millis(700));
     lib_runtime().block_on(async {
-        let client = mpsync::KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
-        let lock = mpsync::Lock::kube(client, &env.namespace, &slot).timing(SHORT).build().unwrap();
+        let lock = slot_lock(&env, &slot, "lib").await;
         let t0 = Instant::now();
         let before = server.requests().len();
         // The check: a GET of `{base}-0` received after the create of the slot was answered.
         let in_check = async {
-            loop {
-                let log = server.requests().split_off(before);
-                let created = log.iter().position(|r| r.verb == "create" && r.status != 0);
-                if let Some(at) = created
-                    && log[at + 1..].iter().any(|r| r.verb == "get" && r.path.ends_with(&format!("/{parent}")))
-                {
-                    return;
-                }
+            while !checking(&server.requests().split_off(before), "create", true, &parent) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
@@ -210,16 +235,7 @@ fn library_acquire_dropped_during_the_check_gives_the_name_back() {
         let dropped = Instant::now();
         eprintln!("dropped during the check at {:?}", dropped - t0);
         // Keep the runtime running for the give-back in the background.
-        let mut free_after = None;
-        while dropped.elapsed() < Duration::from_secs(20) {
-            let lease = server.lease(&env.namespace, &slot);
-            let holder = lease.as_ref().and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
-            if holder.as_deref().is_none_or(str::is_empty) {
-                free_after = Some(dropped.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let free_after = given_back(&env, &slot, dropped, None).await;
         dump(server, t0);
         eprintln!("given back after {free_after:?}");
         let free_after = free_after.expect("the name was never given back");
@@ -233,20 +249,14 @@ fn library_acquire_dropped_during_the_check_gives_the_name_back() {
 /// review, helper-195: every term was lost in the second check, before the child started, for ever.
 #[test]
 fn elect_on_a_slot_name_on_a_slow_server_runs_its_child() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, _, slot)) = two_level_env("pool") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("pool");
-    let slot = two_level_name(&env, &base);
     let plain = env.lease_name("plain");
     server.set_latency(Duration::from_millis(1500));
     server.set_watch_lag(Duration::from_secs(3));
-    let short = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
     let (ran_slot, ran_plain) = (env.path("ran-slot"), env.path("ran-plain"));
     let run = |name: &str, ran: &std::path::Path| {
-        let args = ["elect", name, "-v"].into_iter().chain(short);
+        let args = ["elect", name, "-v"].into_iter().chain(SHORT_ARGS);
         env.spawn(args.chain(["--", "sh", "-c", &format!("touch {}; sleep 600", ran.display())]))
     };
     let on_slot = run(&slot, &ran_slot);
@@ -274,27 +284,16 @@ fn elect_on_a_slot_name_on_a_slow_server_runs_its_child() {
 /// exit 143, no child, the name given back (not left to expire).
 #[test]
 fn sigterm_during_the_check_gives_the_name_back() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, base, slot)) = two_level_env("pool") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("pool");
-    let slot = two_level_name(&env, &base);
     let parent = format!("{base}-0");
     let ran = env.path("ran");
     server.set_latency(Duration::from_millis(1000));
     let before = server.requests().len();
     let t0 = Instant::now();
-    let short = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
-    let args = ["lock", slot.as_str(), "-vv"].into_iter().chain(short);
+    let args = ["lock", slot.as_str(), "-vv"].into_iter().chain(SHORT_ARGS);
     let p = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
-    wait_until("the second check", || {
-        let log = server.requests().split_off(before);
-        let created = log.iter().position(|r| r.verb == "create" && r.status != 0);
-        created
-            .is_some_and(|at| log[at + 1..].iter().any(|r| r.verb == "get" && r.path.ends_with(&format!("/{parent}"))))
-    });
+    wait_until("the second check", || checking(&server.requests().split_off(before), "create", true, &parent));
     p.signal(nix::sys::signal::Signal::SIGTERM);
     let signalled = Instant::now();
     let p = p.finish();
@@ -318,18 +317,12 @@ fn sigterm_during_the_check_gives_the_name_back() {
 /// Found by review, helper-195: a held lock was returned after the timeout.
 #[test]
 fn library_acquire_timeout_of_a_slot_name_bounds_the_check() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, _, slot)) = two_level_env("lib") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("lib");
-    let slot = two_level_name(&env, &base);
     server.set_latency(Duration::from_millis(700));
     let bound = Duration::from_millis(3200);
     lib_runtime().block_on(async {
-        let client = mpsync::KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
-        let lock = mpsync::Lock::kube(client, &env.namespace, &slot).timing(SHORT).build().unwrap();
+        let lock = slot_lock(&env, &slot, "lib").await;
         let started = Instant::now();
         let got = lock.acquire_timeout(bound).await;
         let elapsed = started.elapsed();
@@ -349,18 +342,12 @@ fn library_acquire_timeout_of_a_slot_name_bounds_the_check() {
 /// the child started after the timeout.
 #[test]
 fn lock_timeout_of_a_slot_name_bounds_the_check() {
-    if TestEnv::real_cluster() {
-        return;
-    }
-    let env = TestEnv::kube();
+    let Some((env, _, slot)) = two_level_env("pool") else { return };
     let server = env.server().unwrap();
-    let base = env.lease_name("pool");
-    let slot = two_level_name(&env, &base);
     let log = env.path("log");
     server.set_latency(Duration::from_millis(700));
-    let short = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "2s"];
     let started = epoch_nanos();
-    let args = ["lock", slot.as_str(), "-v", "--timeout", "3200ms"].into_iter().chain(short);
+    let args = ["lock", slot.as_str(), "-v", "--timeout", "3200ms"].into_iter().chain(SHORT_ARGS);
     let p = env.run(args.chain(["--", "sh", "-c", &stamp_script(&log, "true")]));
     server.set_latency(Duration::ZERO);
     let start = read_stamps(&log).iter().find(|s| s.0 == "start").map(|s| Duration::from_nanos((s.1 - started) as u64));
@@ -436,14 +423,9 @@ fn library_acquire_dropped_during_the_check_with_its_write_unanswered_gives_the_
     let server = env.server().unwrap();
     let name = env.lease_name("lib");
     let slot1 = format!("{name}-1");
-    let (plog, pgate) = (env.path("plog"), env.path("pgate"));
-    let timing = ["--lease-duration", "60s", "--renew-deadline", "40s", "--retry-period", "30s"];
-    let args = ["lock", slot1.as_str(), "-v", "--identity", "holder"].into_iter().chain(timing);
-    let holder = env.spawn(args.chain(["--", "sh", "-c", &stamp_script(&plog, &until_exists(&pgate))]));
-    wait_for_file(&plog, "start");
+    let (holder, pgate) = long_holder(&env, &slot1, "holder");
     lib_runtime().block_on(async {
-        let client = mpsync::KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
-        let lock = mpsync::Lock::kube(client, &env.namespace, &slot1).identity("lib").timing(SHORT).build().unwrap();
+        let lock = slot_lock(&env, &slot1, "lib").await;
         let before = server.requests().len();
         let t0 = Instant::now();
         let mut gate_written = false;
@@ -472,21 +454,10 @@ fn library_acquire_dropped_during_the_check_with_its_write_unanswered_gives_the_
         }
         let dropped = Instant::now();
         eprintln!("dropped during the check, write unanswered, at {:?}", dropped - t0);
-        let mut free_after = None;
-        let mut seen_lib = false;
-        while dropped.elapsed() < Duration::from_secs(20) {
-            let lease = server.lease(&env.namespace, &slot1);
-            let holder = lease.as_ref().and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
-            seen_lib |= holder.as_deref() == Some("lib");
-            if seen_lib && holder.as_deref().is_none_or(str::is_empty) {
-                free_after = Some(dropped.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let free_after = given_back(&env, &slot1, dropped, Some("lib")).await;
         server.set_latency(Duration::ZERO);
         dump(server, t0);
-        eprintln!("seen held by lib: {seen_lib}; given back after {free_after:?}");
+        eprintln!("held by lib, then given back after {free_after:?}");
         let free_after = free_after.expect("the name was never given back");
         assert!(free_after < SHORT.lease_duration, "the name was left to expire: {free_after:?}");
     });
@@ -500,7 +471,6 @@ fn library_acquire_dropped_during_the_check_with_its_write_unanswered_gives_the_
 /// semaphore refused (5 of 5).
 #[test]
 fn the_side_car_gives_back_a_slot_name_a_semaphore_was_first_used_on_meanwhile() {
-    use crate::support::proxy::{FaultProxy, kubeconfig_upstream};
     if TestEnv::real_cluster() {
         return;
     }
@@ -508,10 +478,7 @@ fn the_side_car_gives_back_a_slot_name_a_semaphore_was_first_used_on_meanwhile()
     let server = env.server().unwrap();
     let pool = env.lease_name("scpool");
     let slot1 = format!("{pool}-1");
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
     let mut command = env.mpsync(["sidecar", "-vv", "--listen", "127.0.0.1:0", "--identity", "pod-a"]);
     command.env("MPSYNC_KUBECONFIG", &proxied);
     let mut sidecar = Proc::spawn(command, &env.dir);
@@ -631,10 +598,7 @@ fn a_hold_lost_during_the_check_is_a_lapse_never_retaken_beside_a_holder_an_etcd
     let seen = env.path("seen");
     let script = noting_child(&dir, &seen);
 
-    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
-    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
-    let proxied = env.path("kubeconfig-proxied");
-    fs::write(&proxied, proxy.kubeconfig_through(&yaml)).unwrap();
+    let (proxy, proxied) = env.proxied_kubeconfig();
     // A first holder H (direct), so that L waits behind it with its connections open.
     let gate = env.path("gate");
     let h = env.spawn(["lock", &slot, "--identity", "H", "--", "sh", "-c", &until_exists(&gate)]);

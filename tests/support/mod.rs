@@ -150,6 +150,16 @@ impl TestEnv {
         self.dir.join(name)
     }
 
+    /// A fault proxy in front of this environment's API server, and a kubeconfig (in this test's temp dir)
+    /// that reaches the server through it.
+    pub fn proxied_kubeconfig(&self) -> (proxy::FaultProxy, PathBuf) {
+        let yaml = fs::read_to_string(&self.kubeconfig).unwrap();
+        let proxy = proxy::FaultProxy::start(&proxy::kubeconfig_upstream(&yaml).unwrap());
+        let path = self.path(&format!("kubeconfig-proxied-{}", proxy.addr().port()));
+        fs::write(&path, proxy.kubeconfig_through(&yaml)).unwrap();
+        (proxy, path)
+    }
+
     /// `mpsync ARGS...` with this environment's backend, and nothing inherited that could point it
     /// anywhere else.
     pub fn mpsync<I, S>(&self, args: I) -> Command
