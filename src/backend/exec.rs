@@ -325,7 +325,7 @@ impl Running {
                 discard_pending_stops();
                 // As client-go's plugin starts: no signal blocked, none ignored but what mpsync's parent
                 // meant for everything it runs (SIGHUP under nohup; a handler is reset by exec anyway).
-                default_signals(Some(nix::libc::SIGHUP));
+                default_signals(&[nix::libc::SIGHUP]);
                 Ok(())
             });
         }
@@ -621,18 +621,18 @@ pub(crate) fn discard_pending_stops() {
 }
 
 /// In a process between fork and exec (async-signal-safe: raw system calls on integers, no allocation):
-/// every signal's action back to its default but `keep`'s, and none blocked. For what mpsync runs: its
+/// every signal's action back to its default but those in `keep` (0 stands for none), and none blocked. For what mpsync runs: its
 /// child, and an exec credential plugin (which kept SIGXFSZ ignored, found by review of stop 40). The raw
 /// system calls, because glibc refuses to touch the two real-time signals it keeps for itself (32, 33),
 /// and those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
 /// empty mask, whatever the architecture's field order.
-pub(crate) fn default_signals(keep: Option<nix::libc::c_int>) {
+pub(crate) fn default_signals(keep: &[nix::libc::c_int]) {
     let default_action = [0u64; 4];
     let empty_set = 0u64;
     // SAFETY: two system calls with pointers to stack values of the kernel's sizes; nothing allocates.
     unsafe {
         for signal in 1..=64 {
-            if signal != nix::libc::SIGKILL && signal != nix::libc::SIGSTOP && Some(signal) != keep {
+            if signal != nix::libc::SIGKILL && signal != nix::libc::SIGSTOP && !keep.contains(&signal) {
                 nix::libc::syscall(nix::libc::SYS_rt_sigaction, signal, &default_action, std::ptr::null::<u64>(), 8);
             }
         }

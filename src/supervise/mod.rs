@@ -1941,6 +1941,23 @@ fn interpreter(path: &std::path::Path) -> Option<String> {
 
 /// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
 /// whose locks are frozen in the child), no allocation.
+/// The job-control stops a terminal or a shell sends.
+const STOPS: [libc::c_int; 3] = [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+
+/// In the child between fork and exec: mpsync's pid, to which [`pass_stop_on`] passes a stop.
+static PASS_STOPS_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The child's handler for a stop, from its `prepare_child` until its exec: SIGTSTP to mpsync, which stops
+/// the job and itself (async-signal-safe: one system call; errno kept).
+extern "C" fn pass_stop_on(_: libc::c_int) {
+    // SAFETY: errno is this thread's; kill(2) is async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::kill(PASS_STOPS_TO.load(std::sync::atomic::Ordering::Relaxed), libc::SIGTSTP);
+        *libc::__errno_location() = errno;
+    }
+}
+
 fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
     // SAFETY: plain system calls on integers and on stack-allocated sigsets; nothing allocates or locks.
     unsafe {
@@ -1989,20 +2006,22 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
                 libc::sigaction(signal, &action, std::ptr::null_mut());
             }
         }
-        // A stop that came once the child had the terminal (a Ctrl-Z) is the job's: mpsync carries it out,
+        // A stop that comes once the child has the terminal (a Ctrl-Z) is the job's: mpsync carries it out,
         // stopping the job and then itself, once the child runs. Taken here, it would stop the child before
-        // its exec, and mpsync, waiting for that exec, with it (found by review, helper-206).
-        let mut pending: libc::sigset_t = std::mem::zeroed();
-        libc::sigpending(&mut pending);
-        for stop in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
-            if libc::sigismember(&pending, stop) == 1 {
-                libc::signal(stop, libc::SIG_IGN);
-                libc::kill(parent, libc::SIGTSTP);
-            }
+        // its exec, and mpsync, waiting for that exec, with it (found by review, helper-206; and a stop that
+        // came after the child's one look at its pending ones, helper-207). So until the exec, which puts the
+        // default back, a handler passes every stop on to mpsync: one pending now, at the unblocking below.
+        PASS_STOPS_TO.store(parent, std::sync::atomic::Ordering::Relaxed);
+        let mut pass_on: libc::sigaction = std::mem::zeroed();
+        pass_on.sa_sigaction = pass_stop_on as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        pass_on.sa_flags = libc::SA_RESTART;
+        for stop in STOPS {
+            libc::sigaction(stop, &pass_on, std::ptr::null_mut());
         }
         // Neither mpsync's handlers, nor signals ignored when mpsync started, nor its mask. Except SIGHUP
         // under nohup: nohup's promise (immune to hangups) is for the command mpsync runs too.
-        crate::backend::default_signals(keep_sighup_ignored.then_some(libc::SIGHUP));
+        let hup = if keep_sighup_ignored { libc::SIGHUP } else { 0 };
+        crate::backend::default_signals(&[STOPS[0], STOPS[1], STOPS[2], hup]);
         // If mpsync dies the child dies with it (the guard takes care of the rest of the group). This fires
         // when the forking *thread* exits, which is why spawn runs on the main thread.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {

@@ -425,6 +425,22 @@ fn a_ctrl_c_as_the_child_takes_the_terminal_is_not_lost() {
 /// The child passes such a stop on to mpsync now, which stops the job and then itself; `fg` continues it.
 #[test]
 fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
+    ctrl_z_in_the_childs_window("CHILDWINDOW_TCSETPGRP_SIGNAL", "as the child took the terminal");
+}
+
+/// Found by review (helper-207). The same Ctrl-Z typed later in the child's window, once its signals were the
+/// defaults and unblocked, before its exec (the shim sends it before the prctl; the exec's PATH search is
+/// longer still): it stopped the child before its exec, as above. Until its exec, the child passes every
+/// stop on to mpsync from a handler (exec puts the default back).
+#[test]
+fn a_ctrl_z_after_the_childs_defaults_before_its_exec_stops_the_job_and_mpsync() {
+    ctrl_z_in_the_childs_window("CHILDWINDOW_PRCTL_SIGNAL", "after the child's defaults were back, before its exec");
+}
+
+/// Ctrl-Z typed (the shim childwindow.c: SIGTSTP to the child's group, which has the terminal) at the point
+/// of the child's window that `shim_variable` names: mpsync stops the job and then itself (the shell shows
+/// "Stopped"); after `fg` the command runs, rc 0.
+fn ctrl_z_in_the_childs_window(shim_variable: &str, when: &str) {
     let env = TestEnv::file();
     let shim = build_shim(&env, "childwindow");
     let mut terminal =
@@ -435,7 +451,7 @@ fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
     // the stop out.
     let gate = env.path("gate");
     terminal.type_line(&format!(
-        "LD_PRELOAD={} CHILDWINDOW_TCSETPGRP_SIGNAL={} mpsync lock {name} {SLOW_ARGS} -- sh -c '{}; echo > {}'",
+        "LD_PRELOAD={} {shim_variable}={} mpsync lock {name} {SLOW_ARGS} -- sh -c '{}; echo > {}'",
         shim.display(),
         nix::libc::SIGTSTP,
         until_exists(&gate),
@@ -455,9 +471,9 @@ fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
     }
     assert!(
         stopped_shown,
-        "a Ctrl-Z as the child took the terminal did not stop mpsync: the terminal's foreground {foreground} is \
-         {foreground_program:?} (not exec'd yet) in state {foreground_state:?}; its parent {parent} waits in \
-         {mpsync_wchan:?}; the terminal:\n{}",
+        "a Ctrl-Z {when} did not stop mpsync: the terminal's foreground {foreground} is {foreground_program:?} \
+         (not exec'd yet) in state {foreground_state:?}; its parent {parent} waits in {mpsync_wchan:?}; the \
+         terminal:\n{}",
         terminal.text()
     );
     fs::write(&gate, "").unwrap();

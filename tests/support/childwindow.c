@@ -3,7 +3,9 @@
  * - CHILDWINDOW_SETPGID_SIGNAL=N: signal N to the group the child is leaving, mpsync's, just before its
  *   setpgid(0, 0) (a `kill -N -PGID`, a terminal hang-up or a Ctrl-C meant for mpsync's group);
  * - CHILDWINDOW_TCSETPGRP_SIGNAL=N: signal N to the child's own group right after it took the terminal's
- *   foreground (a key typed then: Ctrl-Z, or a hang-up).
+ *   foreground (a key typed then: Ctrl-Z, or a hang-up);
+ * - CHILDWINDOW_PRCTL_SIGNAL=N: signal N to the child's own group just before its prctl(PR_SET_PDEATHSIG),
+ *   once its signals are the defaults and unblocked, before its exec (from review, helper-207).
  * (Not MPSYNC_*: mpsync takes those out of its child's environment.) The guard (also mpsync's child, ignoring
  * everything) may send one too: harmless. */
 #define _GNU_SOURCE
@@ -12,7 +14,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdarg.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <unistd.h>
 static int parent_is_mpsync(void) {
@@ -43,4 +47,17 @@ int tcsetpgrp(int fd, pid_t pgrp) {
     if (result == 0 && pgrp == getpid()) signal = wanted("CHILDWINDOW_TCSETPGRP_SIGNAL");
     if (signal > 0) kill(0, signal);
     return result;
+}
+int prctl(int option, ...) {
+    va_list args;
+    va_start(args, option);
+    unsigned long a2 = va_arg(args, unsigned long), a3 = va_arg(args, unsigned long),
+                  a4 = va_arg(args, unsigned long), a5 = va_arg(args, unsigned long);
+    va_end(args);
+    int (*real)(int, ...) = dlsym(RTLD_NEXT, "prctl");
+    int signal = 0;
+    /* The supervised child only: in a group of its own by then. */
+    if (option == PR_SET_PDEATHSIG && getpid() == getpgrp()) signal = wanted("CHILDWINDOW_PRCTL_SIGNAL");
+    if (signal > 0) kill(0, signal);
+    return real(option, a2, a3, a4, a5);
 }
