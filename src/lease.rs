@@ -1634,13 +1634,34 @@ impl Elector {
         if co_held || not_ours {
             return None;
         }
+        Some(self.release_of(current, now))
+    }
+
+    /// The write that gives back, as it was read, a record we adopt but do not hold (see [`Elector::adoptable`]:
+    /// a side-car's, written before a restart), without taking it back first: a take-back is a renewal, and
+    /// a semaphore first used meanwhile, waiting out this plain hold of its slot's name, refuses a name whose
+    /// plain holder renews it; a release it waits for (found by review, helper-208). `None` for a record let
+    /// go to expire ([`Elector::let_expire`]), never given back, or one we hold (see [`Elector::release`]).
+    pub fn give_back_adoptable(&self, now: Now) -> Option<Write> {
+        let current = self.current()?;
+        if self.held.is_some()
+            || !self.adoptable(current)
+            || self.no_give_back_from.is_some_and(|from| now.instant >= from)
+        {
+            return None;
+        }
+        Some(self.release_of(current, now))
+    }
+
+    /// `current` released: holder cleared, duration 1s, as client-go writes it, on its version.
+    fn release_of(&self, current: &Versioned, now: Now) -> Write {
         let mut record = current.record.clone();
         record.holder_identity = Some(String::new());
         record.lease_duration_seconds = Some(1);
         let stamp = self.stamp(now.wall, None);
         record.acquire_time = Some(stamp.clone());
         record.renew_time = Some(stamp);
-        Some(Write::replace(current, record))
+        Write::replace(current, record)
     }
 
     /// After a release was applied, or found unnecessary, or given up: we hold nothing and have nothing

@@ -693,28 +693,24 @@ impl Locks {
             Ok(current) => elector.observe(current, Instant::now()),
             Err(err) => return self.failure(name, err),
         }
-        // Held under our identity but unknown to this process (written before a restart): adopt it first,
-        // so that it is our own write to release.
+        // Held under our identity but unknown to this process (written before a restart): given back as it was
+        // read, never taken back first (a renewal: a semaphore first used meanwhile, waiting out this plain
+        // hold of its slot's name, refused the name whose plain holder renewed it: found by review, helper-205,
+        // then helper-208 for a semaphore's first use racing the DELETE). One let go to expire is given up as
+        // it is, never given back.
         if elector.held().is_none() && elector.current().is_some_and(|current| elector.adoptable(current)) {
-            // Not a slot's name under a semaphore's marker (one let go to expire, or a restart's): taken back,
-            // it would be renewed under the semaphore that waits it out, which then refuses it as a plain
-            // holder's that renews (found by review, helper-205). Given up, and left to expire.
-            if crate::lease::slot_parent(&lease).is_some() {
-                match engine::semaphore_of(&self.store, &lease).await {
-                    Ok(None) => {}
-                    Ok(Some(_)) => {
-                        tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it is a semaphore's slot now, so it is left to expire");
-                        return self.lock_response(200, name, elector);
-                    }
-                    Err(err) => return self.failure(name, err),
+            let Some(write) = elector.give_back_adoptable(now()) else {
+                tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was let go, so it is left to expire");
+                return self.lock_response(200, name, elector);
+            };
+            return match engine::send(&self.store, &lease, elector, &write).await {
+                Ok(_) => {
+                    elector.released();
+                    tracing::info!(lease = %lease, identity = %self.identity, "released the lock");
+                    self.lock_response(200, name, elector)
                 }
-            }
-            let current = elector.current().cloned();
-            if let Action::Write(write) = self.decide(name, elector, current)
-                && let Err(err) = engine::send(&self.store, &lease, elector, &write).await
-            {
-                return self.failure(name, err);
-            }
+                Err(err) => self.failure(name, err),
+            };
         }
         let held = elector.held().is_some();
         let released = match self.release(name, elector).await {

@@ -553,17 +553,9 @@ fn a_slot_name_taken_back_is_never_given_to_the_semaphore_before_its_client_is_a
     let server = env.server().unwrap();
     let pool = env.lease_name("pool-adopted");
     let slot0 = format!("{pool}-0");
-    let sidecar = |listen: &str| {
-        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
-        Sidecar::spawn(env.mpsync(args), &env)
-    };
-    let mut first = sidecar("127.0.0.1:0");
-    assert_eq!(first.request("PUT", &slot0), 200);
-    let told_200 = Instant::now();
+    let (address, told_200) = held_by_a_killed_pod_a(&env, &slot0, &[]);
     // The side-car restarts on the same address; the client heartbeats within the TTL of its 200.
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
-    let second = sidecar(&first.address.to_string());
+    let second = pod_a(&env, &address, &[]);
     server.after_commit_of("pod-a", 2, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
     let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
     let before = renewed();
@@ -628,15 +620,8 @@ fn a_drain_neither_waits_on_nor_releases_a_slot_name_let_go() {
     let server = env.server().unwrap();
     let pool = env.lease_name("pool-drain");
     let slot0 = format!("{pool}-0");
-    let sidecar = |listen: &str| {
-        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s", "--drain", "30s"];
-        Sidecar::spawn(env.mpsync(args), &env)
-    };
-    let mut first = sidecar("127.0.0.1:0");
-    assert_eq!(first.request("PUT", &slot0), 200);
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
-    let mut second = sidecar(&first.address.to_string());
+    let (address, _) = held_by_a_killed_pod_a(&env, &slot0, &["--drain", "30s"]);
+    let mut second = pod_a(&env, &address, &["--drain", "30s"]);
     server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
     let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
     let before = renewed();
@@ -670,6 +655,37 @@ fn a_drain_neither_waits_on_nor_releases_a_slot_name_let_go() {
     assert!(took < Duration::from_secs(10), "the drain waited {took:?} on {slot0}, a lock let go\n{stderr}");
 }
 
+/// `mpsync sidecar --identity pod-a --ttl 18s EXTRA` listening on `listen`.
+fn pod_a(env: &TestEnv, listen: &str, extra: &[&str]) -> Sidecar {
+    let mut args = vec!["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
+    args.extend(extra);
+    Sidecar::spawn(env.mpsync(args), env)
+}
+
+/// `name` held by pod-a's side-car (its client told 200 at the instant returned), which is then killed: its
+/// record is left, written before a restart, to be found by a side-car restarted on the address returned.
+fn held_by_a_killed_pod_a(env: &TestEnv, name: &str, extra: &[&str]) -> (String, Instant) {
+    let mut first = pod_a(env, "127.0.0.1:0", extra);
+    assert_eq!(first.request("PUT", name), 200);
+    let told_200 = Instant::now();
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    (first.address.to_string(), told_200)
+}
+
+/// `lock POOL --slots 2` whose child notes its lease in `started` and runs until `gate` exists.
+fn semaphore_of_2(env: &TestEnv, pool: &str) -> (Proc, std::path::PathBuf, std::path::PathBuf) {
+    let (gate, started) = (env.path("gate"), env.path("started"));
+    let child = format!("echo $MPSYNC_LEASE >> {}; {}", started.display(), until_exists(&gate));
+    (env.spawn(["lock", pool, "--slots", "2", "-v", "--", "sh", "-c", &child]), started, gate)
+}
+
+/// Until the semaphore `w` says it waits out a plain hold of its slot's name.
+fn waiting_out_the_plain_hold(env: &TestEnv, pool: &str, w: &Proc) {
+    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(pool), w.stderr());
+}
+
 /// Set up as `a_drain_neither_waits_on_nor_releases_a_slot_name_let_go` (sidecar_answers.rs): `P-0` held
 /// through a side-car, which restarts; the client's heartbeat is adopted (answer 2 s after the commit), the
 /// semaphore `P` is first used meanwhile and waits the plain hold of `P-0` out, the adoption's check of `P`
@@ -682,16 +698,8 @@ fn let_go_slot_name(
 ) -> (Sidecar, Proc, std::path::PathBuf, std::path::PathBuf) {
     let server = env.server().unwrap();
     let slot0 = format!("{pool}-0");
-    let sidecar = |listen: &str| {
-        let mut args = vec!["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
-        args.extend(extra);
-        Sidecar::spawn(env.mpsync(args), env)
-    };
-    let mut first = sidecar("127.0.0.1:0");
-    assert_eq!(first.request("PUT", &slot0), 200);
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
-    let second = sidecar(&first.address.to_string());
+    let (address, _) = held_by_a_killed_pod_a(env, &slot0, extra);
+    let second = pod_a(env, &address, extra);
     server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
     let renewed = || env.get(&slot0).and_then(|(_, spec)| spec.renew_time);
     let before = renewed();
@@ -700,11 +708,8 @@ fn let_go_slot_name(
         std::thread::spawn(move || request_to(address, "PUT", &slot0))
     };
     wait_until("the side-car's adoption to commit", || renewed() != before);
-    let (gate, started) = (env.path("gate"), env.path("started"));
-    let child = format!("echo $MPSYNC_LEASE >> {}; {}", started.display(), until_exists(&gate));
-    let w = env.spawn(["lock", pool, "--slots", "2", "-v", "--", "sh", "-c", &child]);
-    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
-    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(pool), w.stderr());
+    let (w, started, gate) = semaphore_of_2(env, pool);
+    waiting_out_the_plain_hold(env, pool, &w);
     assert_eq!(heartbeat.join().unwrap(), 409, "{}", second.process.stderr());
     assert!(second.process.stderr().contains("let go"), "{}", second.process.stderr());
     (second, w, started, gate)
@@ -760,20 +765,10 @@ fn a_delete_through_a_restarted_side_car_never_renews_a_slot_name_under_the_wait
     let env = TestEnv::kube();
     let pool = env.lease_name("pool-del2");
     let slot0 = format!("{pool}-0");
-    let sidecar = |listen: &str| {
-        let args = ["sidecar", "-v", "--listen", listen, "--identity", "pod-a", "--ttl", "18s"];
-        Sidecar::spawn(env.mpsync(args), &env)
-    };
-    let mut first = sidecar("127.0.0.1:0");
-    assert_eq!(first.request("PUT", &slot0), 200);
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
-    let (gate, started) = (env.path("gate"), env.path("started"));
-    let child = format!("echo $MPSYNC_LEASE >> {}; {}", started.display(), until_exists(&gate));
-    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &child]);
-    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
-    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
-    let second = sidecar(&first.address.to_string());
+    let (address, _) = held_by_a_killed_pod_a(&env, &slot0, &[]);
+    let (mut w, started, gate) = semaphore_of_2(&env, &pool);
+    waiting_out_the_plain_hold(&env, &pool, &w);
+    let second = pod_a(&env, &address, &[]);
     let status = second.request("DELETE", &slot0);
     let outcome = within_patience(|| std::fs::read_to_string(&started).is_ok() || w.wait_for(Duration::ZERO).is_some());
     std::fs::write(&gate, "").unwrap();
@@ -784,6 +779,57 @@ fn a_delete_through_a_restarted_side_car_never_renews_a_slot_name_under_the_wait
         !w_err.contains("who renews it") && exited.is_some_and(|s| s.success()),
         "the DELETE ({status}) of {slot0} renewed it under the waiting semaphore, which was refused: {exited:?}\n\
          --- semaphore:\n{w_err}\n--- side-car:\n{s_err}"
+    );
+}
+
+/// Found by review (helper-208). The same, with the semaphore first used as the DELETE comes: the DELETE read
+/// `P` (no marker yet), then took `P-0` back (a renewal of pod-a's record) to release it; the semaphore, whose
+/// marker committed between the two and which read `P-0` before the take-back landed, saw the plain holder
+/// renew it and was refused. The DELETE gives the record back as it read it, never renewing it.
+/// Interleaving: the marker's create commits 1.5 s after it came; the DELETE comes meanwhile; its write
+/// commits 3 s after it came, after the semaphore has read `P-0`.
+#[test]
+fn a_delete_through_a_restarted_side_car_racing_a_semaphores_first_use_never_renews_the_slot_name() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-race");
+    let slot0 = format!("{pool}-0");
+    let (address, _) = held_by_a_killed_pod_a(&env, &slot0, &[]);
+    let second = pod_a(&env, &address, &[]);
+    let from = server.requests().len();
+    server.set_commit_delay(Duration::from_millis(1500));
+    let (mut w, started, gate) = semaphore_of_2(&env, &pool);
+    let create_came =
+        server.wait_for_requests(|log| log.iter().skip(from).any(|r| r.verb == "create" && r.status == 0), PATIENCE);
+    assert!(create_came, "the semaphore's marker create never came\n{}", w.stderr());
+    server.set_commit_delay(Duration::from_secs(3));
+    let marked = server.requests().len();
+    let delete = {
+        let (slot0, address) = (slot0.clone(), second.address);
+        std::thread::spawn(move || request_to(address, "DELETE", &slot0))
+    };
+    let update_of_slot0 = format!("/leases/{slot0}");
+    let write_came = server.wait_for_requests(
+        |log| log.iter().skip(marked).any(|r| r.verb == "update" && r.path.ends_with(&update_of_slot0)),
+        PATIENCE,
+    );
+    server.set_commit_delay(Duration::ZERO);
+    let status = delete.join().unwrap();
+    let outcome = within_patience(|| std::fs::read_to_string(&started).is_ok() || w.wait_for(Duration::ZERO).is_some());
+    std::fs::write(&gate, "").unwrap();
+    let exited = w.wait_for(PATIENCE);
+    let (w_err, s_err) = (w.stderr(), second.process.stderr());
+    assert!(outcome, "the semaphore neither started nor exited\n{w_err}");
+    // 503 when the write's 3 s ran past the answer's budget (TTL 18 s): it landed all the same.
+    assert!(matches!(status, 200 | 503), "the DELETE: {status}\n{s_err}");
+    assert!(
+        !w_err.contains("who renews it") && exited.is_some_and(|s| s.success()),
+        "the DELETE (a write of {slot0} came: {write_came}) read {pool} before the semaphore's marker committed, \
+         and renewed {slot0} under the waiting semaphore, which was refused: {exited:?}\n--- semaphore:\n{w_err}\n\
+         --- side-car:\n{s_err}"
     );
 }
 
