@@ -2784,16 +2784,8 @@ fn after_a_trapped_quit_an_inherited_helpers_later_daemon_is_ended_with_the_job(
 #[test]
 fn a_sigcont_delivered_but_not_yet_passed_on_while_the_job_stops_is_not_lost() {
     let env = TestEnv::file();
-    let shim = build_shim(&env, "holdsignals");
-    let hold = env.path("hold-dir");
-    fs::create_dir_all(&hold).unwrap();
-    let name = env.lease_name("cont-race");
     let script = tstp_ignoring_child(&env);
-    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
-    command.process_group(0);
-    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_HOLD_DIR", &hold);
-    let mut lock = Proc::spawn(command, &env.dir);
-    wait_for_file(&env.path("up"), "up");
+    let (mut lock, hold, _) = held_lock(&env, "cont-race", &["holdsignals"], &["python3", "-c", &script]);
     lock.signal(Signal::SIGTSTP);
     // mpsync is in `stop_job` now: the child handles TSTP, so mpsync waits up to 0.5 s before SIGSTOP.
     wait_until("mpsync to begin stopping the job", || lock.stderr().contains("job control: stopping the child's job"));
@@ -2838,6 +2830,22 @@ fn tstp_ignoring_child(env: &TestEnv) -> String {
 }
 
 // Job-control signals handed on in one batch by a late signal thread (found by review, helper-200).
+
+/// `mpsync lock` (fast timings, `-vv`, a process group of its own) of `child`, which writes `up` in the test's
+/// directory, with `shims` preloaded (holdsignals.c, holdmain.c): returned once the child is up, with the
+/// shims' hold directory and the lease's name.
+fn held_lock(env: &TestEnv, prefix: &str, shims: &[&str], child: &[&str]) -> (Proc, std::path::PathBuf, String) {
+    let preload: Vec<String> = shims.iter().map(|shim| build_shim(env, shim).display().to_string()).collect();
+    let hold = env.path("hold-dir");
+    fs::create_dir_all(&hold).unwrap();
+    let name = env.lease_name(prefix);
+    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], child));
+    command.process_group(0);
+    command.env("LD_PRELOAD", preload.join(":")).env("MPSYNC_TEST_HOLD_DIR", &hold);
+    let mut lock = Proc::spawn(command, &env.dir);
+    lock.wait_for_file(&env.path("up"), "up");
+    (lock, hold, name)
+}
 
 /// The thread id of mpsync's signal thread ("mpsync-signals").
 fn signal_thread(pid: i32) -> i32 {
@@ -2894,19 +2902,11 @@ fn touch(path: &Path) {
 #[test]
 fn a_tstp_then_a_cont_handed_on_in_one_batch_leave_mpsync_running() {
     let env = TestEnv::file();
-    let shim = build_shim(&env, "holdsignals");
-    let hold = env.path("hold-dir");
-    fs::create_dir_all(&hold).unwrap();
-    let name = env.lease_name("tstp-cont-batch");
     let d = env.dir.display().to_string();
     let script = format!(
         "trap 'echo got > {d}/usr1' USR1; echo up > {d}/up; while [ ! -e {d}/end ]; do sleep 0.05; done; exit 0"
     );
-    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["sh", "-c", &script]));
-    command.process_group(0);
-    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_HOLD_DIR", &hold);
-    let mut lock = Proc::spawn(command, &env.dir);
-    lock.wait_for_file(&env.path("up"), "up");
+    let (mut lock, hold, _) = held_lock(&env, "tstp-cont-batch", &["holdsignals"], &["sh", "-c", &script]);
     let thread = signal_thread(lock.pid());
     touch(&hold.join("hold"));
     // The TSTP wakes the thread, which is held before it looks at what is pending.
@@ -2942,19 +2942,9 @@ fn a_tstp_then_a_cont_handed_on_in_one_batch_leave_mpsync_running() {
 #[test]
 fn a_cont_after_a_second_tstp_while_the_job_stops_is_not_lost() {
     let env = TestEnv::file();
-    let signals_shim = build_shim(&env, "holdsignals");
-    let main_shim = build_shim(&env, "holdmain");
-    let hold = env.path("hold-dir");
-    fs::create_dir_all(&hold).unwrap();
-    let name = env.lease_name("tstp-tstp-cont");
     let script = tstp_ignoring_child(&env);
-    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
-    command.process_group(0);
-    command
-        .env("LD_PRELOAD", format!("{}:{}", signals_shim.display(), main_shim.display()))
-        .env("MPSYNC_TEST_HOLD_DIR", &hold);
-    let mut lock = Proc::spawn(command, &env.dir);
-    lock.wait_for_file(&env.path("up"), "up");
+    let (mut lock, hold, _) =
+        held_lock(&env, "tstp-tstp-cont", &["holdsignals", "holdmain"], &["python3", "-c", &script]);
     let thread = signal_thread(lock.pid());
     touch(&hold.join("holdmain"));
     lock.signal(Signal::SIGTSTP);
@@ -3000,19 +2990,9 @@ fn a_cont_after_a_second_tstp_while_the_job_stops_is_not_lost() {
 #[test]
 fn a_sigterm_while_mpsync_stops_the_job_is_answered_not_left_stopped() {
     let env = TestEnv::file();
-    let signals_shim = build_shim(&env, "holdsignals");
-    let main_shim = build_shim(&env, "holdmain");
-    let hold = env.path("hold-dir");
-    fs::create_dir_all(&hold).unwrap();
-    let name = env.lease_name("tstp-term");
     let script = tstp_ignoring_child(&env);
-    let mut command = env.mpsync(fast(&["lock", "-vv", name.as_str()], &["python3", "-c", &script]));
-    command.process_group(0);
-    command
-        .env("LD_PRELOAD", format!("{}:{}", signals_shim.display(), main_shim.display()))
-        .env("MPSYNC_TEST_HOLD_DIR", &hold);
-    let mut lock = Proc::spawn(command, &env.dir);
-    lock.wait_for_file(&env.path("up"), "up");
+    let (mut lock, hold, name) =
+        held_lock(&env, "tstp-term", &["holdsignals", "holdmain"], &["python3", "-c", &script]);
     touch(&hold.join("holdmain"));
     lock.signal(Signal::SIGTSTP);
     wait_until("mpsync's main thread to be held in stop_job", || hold.join("mainheld").exists());
