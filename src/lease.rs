@@ -1641,16 +1641,28 @@ impl Elector {
     /// a side-car's, written before a restart), without taking it back first: a take-back is a renewal, and
     /// a semaphore first used meanwhile, waiting out this plain hold of its slot's name, refuses a name whose
     /// plain holder renews it; a release it waits for (found by review, helper-208). `None` for a record let
-    /// go to expire ([`Elector::let_expire`]), never given back, or one we hold (see [`Elector::release`]).
+    /// go to expire ([`Elector::let_expire`]), never given back, one we hold (see [`Elector::release`]), and one
+    /// that [`Elector::next`] would not take back now: after a lapse, or while versions that went back are
+    /// in doubt (an etcd restore brought it back over another's hold, whose client was told it holds the
+    /// lease: found by review, helper-210), or below a token seen.
     pub fn give_back_adoptable(&self, now: Now) -> Option<Write> {
         let current = self.current()?;
         if self.held.is_some()
             || !self.adoptable(current)
             || self.no_give_back_from.is_some_and(|from| now.instant >= from)
+            || self.in_doubt_for_adoption(&now)
+            || self.below_token_floor(&current.record)
         {
             return None;
         }
         Some(self.release_of(current, now))
+    }
+
+    /// After a lapse not read since, or within the protection after versions went back or a late write
+    /// (see `protected_until`): a record of ours is not written, neither taken back (as in `next`) nor
+    /// given back.
+    fn in_doubt_for_adoption(&self, now: &Now) -> bool {
+        self.lapsed_unread || self.protected_until().is_some_and(|until| now.instant < until)
     }
 
     /// `current` released: holder cleared, duration 1s, as client-go writes it, on its version.

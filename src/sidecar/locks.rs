@@ -696,11 +696,11 @@ impl Locks {
         // Held under our identity but unknown to this process (written before a restart): given back as it was
         // read, never taken back first (a renewal: a semaphore first used meanwhile, waiting out this plain
         // hold of its slot's name, refused the name whose plain holder renewed it: found by review, helper-205,
-        // then helper-208 for a semaphore's first use racing the DELETE). One let go to expire is given up as
-        // it is, never given back.
+        // then helper-208 for a semaphore's first use racing the DELETE). One let go to expire, or in doubt
+        // (versions went back: found by review, helper-210), is given up as it is, never given back.
         if elector.held().is_none() && elector.current().is_some_and(|current| elector.adoptable(current)) {
             let Some(write) = elector.give_back_adoptable(now()) else {
-                tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was let go, so it is left to expire");
+                tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was let go, or is in doubt, so it is left to expire");
                 return self.lock_response(200, name, elector);
             };
             return match engine::send(&self.store, &lease, elector, &write).await {

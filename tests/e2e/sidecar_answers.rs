@@ -833,6 +833,50 @@ fn a_delete_through_a_restarted_side_car_racing_a_semaphores_first_use_never_ren
     );
 }
 
+/// Found by review (helper-210). An etcd restore (without `--bump-revision`) undoes pod-b's hold, whose client
+/// was just told 200, and brings back a record of pod-a's from before its side-car restarted (adoptable: its
+/// mark matches). pod-a's side-car, which knew pod-b's newer version, sees the versions go back: a PUT waits
+/// the undone hold out, but the DELETE gave the restored record back at once, and a third process took the
+/// lease while pod-b's client counted on its 200. The DELETE gives up a record in doubt, left to expire.
+#[test]
+fn a_delete_after_versions_went_back_never_frees_the_restored_record_at_once() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored");
+    let (address, _) = held_by_a_killed_pod_a(&env, &name, &[]);
+    let snapshot = server.snapshot();
+    // Restarted: it takes the lock back, and its client gives it up. Killed again.
+    let mut second = pod_a(&env, &address, &[]);
+    assert_eq!(second.request("PUT", &name), 200, "{}", second.process.stderr());
+    assert_eq!(second.request("DELETE", &name), 200, "{}", second.process.stderr());
+    second.process.child.kill().unwrap();
+    second.process.wait_for(PATIENCE).expect("killed");
+    let b = Sidecar::direct(&env, "pod-b", Some("18s"), &[]);
+    assert_eq!(b.request("PUT", &name), 200, "{}", b.process.stderr());
+    let b_told_200 = Instant::now();
+    // pod-a's side-car, restarted once more, learns of pod-b's hold.
+    let third = pod_a(&env, &address, &[]);
+    assert_eq!(third.request("PUT", &name), 409, "{}", third.process.stderr());
+    server.restore(&snapshot);
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"), "the restore did not bring pod-a's record back");
+    let status = third.request("DELETE", &name);
+    let after = env.get(&name).unwrap().1;
+    let c = env.run(["lock", &name, "--identity", "pod-c", "--no-wait", "--", "true"]);
+    let since_b = b_told_200.elapsed();
+    assert!(
+        after.holder_identity.as_deref() != Some("") && c.code != Some(0),
+        "DELETE answered {status}; pod-a's side-car, which saw the versions go back, gave the restored record \
+         back at once ({after:?}), and pod-c took the lease {since_b:?} after pod-b's client was told 200 (its \
+         TTL 18 s); lock exited {:?}\n{}",
+        c.code,
+        third.process.stderr()
+    );
+    assert_eq!(status, 200, "the DELETE gives the lock up\n{}", third.process.stderr());
+}
+
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
 /// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
 /// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
