@@ -1947,13 +1947,13 @@ const STOPS: [libc::c_int; 3] = [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
 /// In the child between fork and exec: mpsync's pid, to which [`pass_stop_on`] passes a stop.
 static PASS_STOPS_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// The child's handler for a stop, from its `prepare_child` until its exec: SIGTSTP to mpsync, which stops
-/// the job and itself (async-signal-safe: one system call; errno kept).
-extern "C" fn pass_stop_on(_: libc::c_int) {
+/// The child's handler for a stop, from its `prepare_child` until its exec: the same stop to mpsync, which
+/// stops the job and then itself with it (async-signal-safe: one system call; errno kept).
+extern "C" fn pass_stop_on(stop: libc::c_int) {
     // SAFETY: errno is this thread's; kill(2) is async-signal-safe.
     unsafe {
         let errno = *libc::__errno_location();
-        libc::kill(PASS_STOPS_TO.load(std::sync::atomic::Ordering::Relaxed), libc::SIGTSTP);
+        libc::kill(PASS_STOPS_TO.load(std::sync::atomic::Ordering::Relaxed), stop);
         *libc::__errno_location() = errno;
     }
 }

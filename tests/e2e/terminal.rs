@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::support::pty::{CTRL_C, CTRL_Z, Terminal, stat_field, state};
 use crate::support::*;
+use nix::sys::signal::Signal;
 
 /// FAST, as typed on a command line.
 const FAST_ARGS: &str = "--lease-duration 4s --renew-deadline 2s --retry-period 500ms";
@@ -425,7 +426,7 @@ fn a_ctrl_c_as_the_child_takes_the_terminal_is_not_lost() {
 /// The child passes such a stop on to mpsync now, which stops the job and then itself; `fg` continues it.
 #[test]
 fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
-    ctrl_z_in_the_childs_window("CHILDWINDOW_TCSETPGRP_SIGNAL", "as the child took the terminal");
+    stop_in_the_childs_window("CHILDWINDOW_TCSETPGRP_SIGNAL", Signal::SIGTSTP, false);
 }
 
 /// Found by review (helper-207). The same Ctrl-Z typed later in the child's window, once its signals were the
@@ -434,46 +435,59 @@ fn a_ctrl_z_as_the_child_takes_the_terminal_stops_the_job_and_mpsync() {
 /// stop on to mpsync from a handler (exec puts the default back).
 #[test]
 fn a_ctrl_z_after_the_childs_defaults_before_its_exec_stops_the_job_and_mpsync() {
-    ctrl_z_in_the_childs_window("CHILDWINDOW_PRCTL_SIGNAL", "after the child's defaults were back, before its exec");
+    stop_in_the_childs_window("CHILDWINDOW_PRCTL_SIGNAL", Signal::SIGTSTP, false);
 }
 
-/// Ctrl-Z typed (the shim childwindow.c: SIGTSTP to the child's group, which has the terminal) at the point
-/// of the child's window that `shim_variable` names: mpsync stops the job and then itself (the shell shows
-/// "Stopped"); after `fg` the command runs, rc 0.
-fn ctrl_z_in_the_childs_window(shim_variable: &str, when: &str) {
+/// A SIGTTIN there is passed on as itself (review, helper-209: as a SIGTSTP, mpsync stopped with a SIGTSTP, and
+/// one started with SIGTSTP ignored took no stop at all); under nohup, the command still starts with SIGHUP
+/// alone ignored.
+#[test]
+fn a_ttin_before_the_childs_exec_stops_the_job_and_mpsync_for_tty_input() {
+    stop_in_the_childs_window("CHILDWINDOW_PRCTL_SIGNAL", Signal::SIGTTIN, true);
+}
+
+/// `stop` sent (the shim childwindow.c: to the child's group, which has the terminal) at the point of the
+/// child's window that `shim_variable` names, mpsync run under `nohup` if asked: mpsync stops the job and then
+/// itself (the shell shows it stopped by `stop`); after `fg` the command runs, rc 0, with nothing blocked or
+/// caught, and nothing ignored but SIGHUP under nohup.
+fn stop_in_the_childs_window(shim_variable: &str, stop: Signal, nohup: bool) {
     let env = TestEnv::file();
     let shim = build_shim(&env, "childwindow");
     let mut terminal =
         Terminal::bash([("MPSYNC_BACKEND", "file".into()), ("MPSYNC_LOCK_DIR", env.lock_dir().into_os_string())]);
-    let name = env.lease_name("tstp-window");
-    let ran = env.path("command-ran");
-    // The command waits for `gate` (written once mpsync has stopped): it must not be over before mpsync carries
-    // the stop out.
-    let gate = env.path("gate");
+    let name = env.lease_name("stop-window");
+    // The command notes its signal state once `gate` exists (written once mpsync has stopped): it must not be
+    // over before mpsync carries the stop out.
+    let (gate, status) = (env.path("gate"), env.path("status"));
+    let (nohup, output) = match nohup {
+        true => ("nohup", format!("> {} 2>&1", env.path("nohup.out").display())),
+        false => ("", String::new()),
+    };
     terminal.type_line(&format!(
-        "LD_PRELOAD={} {shim_variable}={} mpsync lock {name} {SLOW_ARGS} -- sh -c '{}; echo > {}'",
+        "LD_PRELOAD={} {shim_variable}={} {nohup} mpsync lock -v {name} {SLOW_ARGS} -- sh -c '{}; exec cat /proc/self/status > {}' {output}",
         shim.display(),
-        nix::libc::SIGTSTP,
+        stop as i32,
         until_exists(&gate),
-        ran.display()
+        status.display()
     ));
-    // The shell shows "Stopped" once mpsync has stopped.
-    within_patience(|| terminal.text().contains("Stopped"));
+    // (Whatever the stop signal: bash names it only in its POSIX mode.)
+    let shown = "Stopped";
+    within_patience(|| terminal.text().contains(shown));
     let foreground = terminal.foreground();
     let foreground_state = state(foreground);
     let foreground_program = fs::read_to_string(format!("/proc/{foreground}/comm")).unwrap_or_default();
     let parent = crate::support::pty::stat_field(foreground, 4).unwrap_or(-1);
     let mpsync_wchan = fs::read_to_string(format!("/proc/{parent}/wchan")).unwrap_or_default();
-    let stopped_shown = terminal.text().contains("Stopped");
+    let stopped_shown = terminal.text().contains(shown);
     if !stopped_shown && foreground > 0 && foreground != terminal.shell() {
         // Clean up what this test started: the stopped child (its parent then goes on).
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(foreground), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(foreground), Signal::SIGKILL);
     }
     assert!(
         stopped_shown,
-        "a Ctrl-Z {when} did not stop mpsync: the terminal's foreground {foreground} is {foreground_program:?} \
-         (not exec'd yet) in state {foreground_state:?}; its parent {parent} waits in {mpsync_wchan:?}; the \
-         terminal:\n{}",
+        "a {stop} at {shim_variable} did not stop mpsync: the terminal's foreground {foreground} is \
+         {foreground_program:?} (not exec'd yet) in state {foreground_state:?}; its parent {parent} waits in \
+         {mpsync_wchan:?}; the terminal:\n{}",
         terminal.text()
     );
     fs::write(&gate, "").unwrap();
@@ -481,5 +495,17 @@ fn ctrl_z_in_the_childs_window(shim_variable: &str, when: &str) {
     terminal.type_line("echo rc=$?");
     terminal.expect("rc=");
     let text = terminal.text();
-    assert!(text.contains("rc=0") && ran.exists(), "after fg the command did not run (ran {}):\n{text}", ran.exists());
+    let status = fs::read_to_string(&status).unwrap_or_default();
+    assert!(text.contains("rc=0") && !status.is_empty(), "after fg the command did not run:\n{text}");
+    // mpsync's log, under nohup: it stops the job and itself with the stop that came.
+    let log = fs::read_to_string(env.path("nohup.out")).unwrap_or_default();
+    let said = "job control: stopping the child's job, then mpsync pgid=";
+    assert!(
+        nohup.is_empty() || log.lines().any(|line| line.contains(said) && line.ends_with(&format!("signal={stop}"))),
+        "mpsync did not stop with the {stop} that came:\n{log}"
+    );
+    let ignored = if nohup.is_empty() { "0000000000000000" } else { "0000000000000001" };
+    for (field, value) in [("SigBlk", "0000000000000000"), ("SigIgn", ignored), ("SigCgt", "0000000000000000")] {
+        assert!(status.contains(&format!("{field}:\t{value}")), "the command's {field} is not {value}:\n{status}");
+    }
 }
