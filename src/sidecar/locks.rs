@@ -693,6 +693,11 @@ impl Locks {
             Ok(current) => elector.observe(current, Instant::now()),
             Err(err) => return self.failure(name, err),
         }
+        // A hold lost meanwhile (taken, or past its renew deadline) is let go first, as by a GET or a PUT: one
+        // learned past its last renewal's send + the TTL is then neither given back nor taken again for a TTL
+        // (see `Elector::lapse_seen`: found by review, helper-211, a DELETE cleared the record an etcd restore
+        // had brought back over another pod's hold, whose client had been told 200).
+        self.let_go_if_lost(name, elector);
         // Held under our identity but unknown to this process (written before a restart): given back as it was
         // read, never taken back first (a renewal: a semaphore first used meanwhile, waiting out this plain
         // hold of its slot's name, refused the name whose plain holder renewed it: found by review, helper-205,

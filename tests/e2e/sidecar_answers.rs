@@ -817,6 +817,7 @@ fn a_delete_through_a_restarted_side_car_racing_a_semaphores_first_use_never_ren
         PATIENCE,
     );
     server.set_commit_delay(Duration::ZERO);
+    assert!(write_came, "the DELETE wrote nothing to {slot0}\n{}", second.process.stderr());
     let status = delete.join().unwrap();
     let outcome = within_patience(|| std::fs::read_to_string(&started).is_ok() || w.wait_for(Duration::ZERO).is_some());
     std::fs::write(&gate, "").unwrap();
@@ -875,6 +876,47 @@ fn a_delete_after_versions_went_back_never_frees_the_restored_record_at_once() {
         third.process.stderr()
     );
     assert_eq!(status, 200, "the DELETE gives the lock up\n{}", third.process.stderr());
+}
+
+/// Found by review (helper-211). The helper-129 set-up with a DELETE: pod-a's side-car holds the lock (TTL
+/// 6 s) and is cut off; pod-b's takes it over after the TTL, its client told 200; an etcd restore (without
+/// `--bump-revision`) brings back pod-a's last renewal at the very version pod-a knew; the link heals and
+/// pod-a's client DELETEs. The side-car still counted the hold as its own and released it: the restored record
+/// cleared, and pod-c's client was told 200 beside pod-b's. A hold learned lost this late is left to expire.
+#[test]
+fn a_delete_long_past_a_cut_off_holds_ttl_never_frees_the_restored_record() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("del-restore");
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let c = Sidecar::direct(&env, "pod-c", Some("6s"), &[]);
+    assert_eq!(a.request("PUT", &name), 200);
+    proxy.partition();
+    let snapshot = server.snapshot();
+    let stop = Arc::new(AtomicBool::new(false));
+    let b_told = poll_until_held(b.address, name.clone(), stop).join().unwrap();
+    let b_told = b_told.unwrap_or_else(|| panic!("pod-b's side-car never took the lock:\n{}", b.process.stderr()));
+    server.restore(&snapshot);
+    proxy.heal();
+    proxy.drop_connections();
+    let deleted = a.request("DELETE", &name);
+    let after_delete = env.holder(&name);
+    let from_c = c.request("PUT", &name);
+    let c_at = b_told.elapsed();
+    eprintln!(
+        "pod-a's DELETE {deleted}; held after it by {after_delete:?}; pod-c's PUT {from_c} {c_at:?} after pod-b's 200"
+    );
+    assert_eq!(
+        after_delete.as_deref(),
+        Some("pod-a"),
+        "pod-a's DELETE gave back its restored record, learned long past its last renewal's send + the TTL\n{}",
+        a.process.stderr()
+    );
+    assert!(from_c != 200, "pod-c's client told 200 {c_at:?} after pod-b's client was, beside it");
 }
 
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
