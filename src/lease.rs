@@ -1624,17 +1624,20 @@ impl Elector {
         // the record's, which our own renewals since shortened to ours (found by the property model,
         // helper-144: a client-go co-holder with a 10 s renew deadline, cut off after one renewal, still led
         // when our give-back 4.5 s later let "b" in at once).
-        let window = self.co_holder_window(&current.record).max(self.foreign_window);
-        let co_held = self.last_foreign_at.is_some_and(|at| now.instant.saturating_duration_since(at) <= window);
-        let not_ours = current
-            .record
-            .renew_time
-            .as_ref()
-            .is_none_or(|t| !self.sent_by_us(t) && self.applied_stamp.as_ref() != Some(t));
-        if co_held || not_ours {
+        if self.renewed_by_another(&current.record, &now) {
             return None;
         }
         Some(self.release_of(current, now))
+    }
+
+    /// Whether `record`, under our identity, may be another process's renewal (see `release`): one renewal
+    /// not ours seen within the co-holder's duration, or a renewTime none of our writes carried.
+    fn renewed_by_another(&self, record: &LeaseSpec, now: &Now) -> bool {
+        let window = self.co_holder_window(record).max(self.foreign_window);
+        let co_held = self.last_foreign_at.is_some_and(|at| now.instant.saturating_duration_since(at) <= window);
+        let not_ours =
+            record.renew_time.as_ref().is_none_or(|t| !self.sent_by_us(t) && self.applied_stamp.as_ref() != Some(t));
+        co_held || not_ours
     }
 
     /// The write that gives back, as it was read, a record we adopt but do not hold (see [`Elector::adoptable`]:
@@ -1644,7 +1647,9 @@ impl Elector {
     /// go to expire ([`Elector::let_expire`]), never given back, one we hold (see [`Elector::release`]), and one
     /// that [`Elector::next`] would not take back now: after a lapse, or while versions that went back are
     /// in doubt (an etcd restore brought it back over another's hold, whose client was told it holds the
-    /// lease: found by review, helper-210), or below a token seen.
+    /// lease: found by review, helper-210), or below a token seen. Nor, once this process held the lease, one
+    /// that [`Elector::release`] would not give back: renewed by another writer under our identity (a second
+    /// side-car given the pod's name, renewing it for its client: found by review, helper-212).
     pub fn give_back_adoptable(&self, now: Now) -> Option<Write> {
         let current = self.current()?;
         if self.held.is_some()
@@ -1652,6 +1657,7 @@ impl Elector {
             || self.no_give_back_from.is_some_and(|from| now.instant >= from)
             || self.in_doubt_for_adoption(&now)
             || self.below_token_floor(&current.record)
+            || (self.last_hold_sent.is_some() && self.renewed_by_another(&current.record, &now))
         {
             return None;
         }

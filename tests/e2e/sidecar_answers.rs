@@ -919,6 +919,58 @@ fn a_delete_long_past_a_cut_off_holds_ttl_never_frees_the_restored_record() {
     assert!(from_c != 200, "pod-c's client told 200 {c_at:?} after pod-b's client was, beside it");
 }
 
+/// Found by review (helper-212). Two side-cars given one identity (the README's Identity section: a copied
+/// manifest, a StatefulSet's replacement pod while the old one drains), TTL 12 s. A1's client is told 200, then
+/// goes quiet; A2 adopts the record for its own client, which heartbeats every second. At 9 s (past A1's renew
+/// deadline, before its last renewal's send + the TTL) A1's client DELETEs: A1 let its hold go, found the
+/// record adoptable, and gave it back over A2's renewals, and pod-b's client was told 200 beside A2's. A
+/// record this process held, renewed since by another writer, is left to expire, as `release` leaves it.
+#[test]
+fn a_delete_past_the_renew_deadline_never_frees_a_record_a_co_holder_renews() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("co-holder");
+    let a1 = Sidecar::direct(&env, "pod-a", Some("12s"), &[]);
+    let a2 = Sidecar::direct(&env, "pod-a", Some("12s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("12s"), &[]);
+    let a1_renewed = Instant::now();
+    assert_eq!(a1.request("PUT", &name), 200, "{}", a1.process.stderr());
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    let before = renewed();
+    assert_eq!(a2.request("PUT", &name), 200, "A2 did not adopt A1's record\n{}", a2.process.stderr());
+    assert_ne!(renewed(), before, "A2's PUT did not renew the record");
+    // A2's client heartbeats every second from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats = {
+        let (stop, address, name) = (Arc::clone(&stop), a2.address, name.clone());
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                answers.push(request_to(address, "PUT", &name));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            answers
+        })
+    };
+    // Past A1's renew deadline (6 s), well before its last renewal's send + the TTL (12 s); later (a loaded
+    // machine), A1 sees its hold lost past the TTL, and leaves it to expire all the same.
+    sleep_until(a1_renewed + Duration::from_secs(9));
+    let deleted = a1.request("DELETE", &name);
+    let after = env.holder(&name);
+    let from_b = b.request("PUT", &name);
+    stop.store(true, Ordering::SeqCst);
+    let answers = heartbeats.join().unwrap();
+    assert!(
+        after.as_deref() == Some("pod-a") && from_b != 200,
+        "A1's DELETE ({deleted}) freed the record A2 renews for its client: held by {after:?} after it; \
+         pod-b's PUT {from_b}\n--- A1:\n{}\n--- A2's heartbeats: {answers:?}",
+        a1.process.stderr()
+    );
+    assert_eq!(deleted, 200, "the DELETE gives the lock up, left to expire\n{}", a1.process.stderr());
+}
+
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
 /// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
 /// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
