@@ -263,7 +263,11 @@ impl Locks {
             },
             Method::Delete => {
                 let delete = async {
-                    match self.known(name) {
+                    // Its entry, made if needed: a PUT of the same name at the same time (a restarted side-car's
+                    // adoption) is answered before this DELETE reads, or after it gave the lock back, never
+                    // from a hold the DELETE has just given back behind its elector (found by review,
+                    // helper-211 and helper-212, not reached end to end).
+                    match self.entry(name) {
                         Some(entry) => {
                             let mut entry = entry.lock().await;
                             entry.used = Instant::now();
