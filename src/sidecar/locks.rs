@@ -195,9 +195,14 @@ impl Locks {
 
     /// The entry of `name`, made if needed; `None` when `MAX_LOCKS` are tracked already.
     fn entry(&self, name: &str) -> Option<Arc<Mutex<Entry>>> {
+        self.entry_made(name).map(|(entry, _)| entry)
+    }
+
+    /// [`Locks::entry`], and whether it was made now.
+    fn entry_made(&self, name: &str) -> Option<(Arc<Mutex<Entry>>, bool)> {
         let mut map = self.map();
         if let Some(entry) = map.get(name) {
-            return Some(Arc::clone(entry));
+            return Some((Arc::clone(entry), false));
         }
         if map.len() >= MAX_LOCKS {
             drop(map);
@@ -210,7 +215,25 @@ impl Locks {
         let entry = Arc::new(Mutex::new(Entry::new(self.elector())));
         map.insert(name.to_string(), Arc::clone(&entry));
         self.metrics.tracked.set(map.len() as i64);
-        Some(entry)
+        Some((entry, true))
+    }
+
+    /// Forget the entry a DELETE made for `name` if it left nothing to remember: nothing held, no write of ours
+    /// on the wire, and no other request using it. DELETEs of names never held (bad input: a clean-up loop's
+    /// typo) never fill the table, and new locks are not refused for them (found by review, helper-213).
+    fn forget_if_blank(&self, name: &str, entry: &Arc<Mutex<Entry>>) {
+        let mut map = self.map();
+        // The map's reference and ours: no other request has it, nor can take it while the map is locked.
+        if Arc::strong_count(entry) != 2 {
+            return;
+        }
+        let blank = entry.try_lock().is_ok_and(|entry| {
+            entry.elector.held().is_none() && !entry.elector.releasing() && !entry.elector.unresolved_write()
+        });
+        if blank && map.get(name).is_some_and(|known| Arc::ptr_eq(known, entry)) {
+            map.remove(name);
+            self.metrics.tracked.set(map.len() as i64);
+        }
     }
 
     /// Answer `method` on the (valid) lock `name`.
@@ -267,13 +290,19 @@ impl Locks {
                     // adoption) is answered before this DELETE reads, or after it gave the lock back, never
                     // from a hold the DELETE has just given back behind its elector (found by review,
                     // helper-211 and helper-212, not reached end to end).
-                    match self.entry(name) {
-                        Some(entry) => {
-                            let mut entry = entry.lock().await;
-                            entry.used = Instant::now();
-                            entry.heartbeat = None;
-                            entry.create_in_doubt = false;
-                            self.delete(name, &mut entry.elector).await
+                    match self.entry_made(name) {
+                        Some((entry, made)) => {
+                            let response = {
+                                let mut entry = entry.lock().await;
+                                entry.used = Instant::now();
+                                entry.heartbeat = None;
+                                entry.create_in_doubt = false;
+                                self.delete(name, &mut entry.elector).await
+                            };
+                            if made {
+                                self.forget_if_blank(name, &entry);
+                            }
+                            response
                         }
                         None => self.delete(name, &mut self.elector()).await,
                     }

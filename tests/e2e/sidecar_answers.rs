@@ -971,6 +971,51 @@ fn a_delete_past_the_renew_deadline_never_frees_a_record_a_co_holder_renews() {
     assert_eq!(deleted, 200, "the DELETE gives the lock up, left to expire\n{}", a1.process.stderr());
 }
 
+/// Found by review (helper-213). A DELETE makes the lock's entry (so that a PUT of the same name waits for
+/// it), also for a name no Lease exists for (404); kept for twice the TTL, such entries filled the table with
+/// bad input (a clean-up loop's typo): after 4096 (`MAX_LOCKS`) of them every PUT of a new lock was refused 503.
+/// An entry a DELETE made and left blank is forgotten at once.
+#[test]
+fn deletes_of_unknown_names_never_fill_the_lock_table() {
+    use std::sync::atomic::AtomicUsize;
+    const MAX_LOCKS: usize = 4096;
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let a = Sidecar::direct(&env, "pod-a", Some("60s"), &[]);
+    let prefix = env.lease_name("ghost");
+    let (next, not_found) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (next, not_found, prefix, address) =
+                (Arc::clone(&next), Arc::clone(&not_found), prefix.clone(), a.address);
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= MAX_LOCKS {
+                        break;
+                    }
+                    if request_to(address, "DELETE", &format!("{prefix}-x{i}")) == 404 {
+                        not_found.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(not_found.load(Ordering::SeqCst), MAX_LOCKS, "DELETEs of unknown names were not all 404");
+    let status = a.request("PUT", &env.lease_name("real"));
+    assert_eq!(
+        status,
+        200,
+        "after {MAX_LOCKS} DELETEs of names that never existed (each 404), a PUT of a new lock was refused\n{}",
+        a.process.stderr()
+    );
+}
+
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
 /// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
 /// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
