@@ -218,9 +218,12 @@ impl Locks {
         Some((entry, true))
     }
 
-    /// Forget the entry a DELETE made for `name` if it left nothing to remember: nothing held, no write of ours
-    /// on the wire, and no other request using it. DELETEs of names never held (bad input: a clean-up loop's
-    /// typo) never fill the table, and new locks are not refused for them (found by review, helper-213).
+    /// Forget the entry a DELETE made for `name` if it left nothing to remember: no such Lease (404), and no
+    /// other request using it. DELETEs of names that do not exist (bad input: a clean-up loop's typo) never fill
+    /// the table, and new locks are not refused for them (found by review, helper-213). One that read a record
+    /// is kept, as any: the version it knows is what shows an etcd restore to a later request (forgotten, a
+    /// restarted side-car's give-back was, and its next PUT adopted the record a restore brought back, beside
+    /// another pod's hold: found by review, helper-214).
     fn forget_if_blank(&self, name: &str, entry: &Arc<Mutex<Entry>>) {
         let mut map = self.map();
         // The map's reference and ours: no other request has it, nor can take it while the map is locked.
@@ -228,7 +231,10 @@ impl Locks {
             return;
         }
         let blank = entry.try_lock().is_ok_and(|entry| {
-            entry.elector.held().is_none() && !entry.elector.releasing() && !entry.elector.unresolved_write()
+            entry.elector.current().is_none()
+                && entry.elector.held().is_none()
+                && !entry.elector.releasing()
+                && !entry.elector.unresolved_write()
         });
         if blank && map.get(name).is_some_and(|known| Arc::ptr_eq(known, entry)) {
             map.remove(name);

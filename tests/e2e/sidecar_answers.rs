@@ -1016,6 +1016,39 @@ fn deletes_of_unknown_names_never_fill_the_lock_table() {
     );
 }
 
+/// Found by review (helper-214). A restarted side-car's DELETE gives back the record of the lock its
+/// predecessor held, then an etcd restore (without `--bump-revision`) brings that record back over pod-b's
+/// hold, whose client was just told 200. The entry the DELETE made was forgotten as blank, and with it the
+/// version it wrote: the next PUT's fresh elector could not see the versions go back, adopted the restored
+/// record, and answered 200 beside pod-b's client. An entry that read a record is kept.
+#[test]
+fn a_delete_entry_that_read_a_record_is_kept_to_see_a_restore() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("kept");
+    let (address, _) = held_by_a_killed_pod_a(&env, &name, &[]);
+    let snapshot = server.snapshot();
+    let second = pod_a(&env, &address, &[]);
+    assert_eq!(second.request("DELETE", &name), 200, "{}", second.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "the DELETE did not give the record back");
+    let b = Sidecar::direct(&env, "pod-b", Some("18s"), &[]);
+    assert_eq!(b.request("PUT", &name), 200, "{}", b.process.stderr());
+    let b_told_200 = Instant::now();
+    server.restore(&snapshot);
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"), "the restore did not bring pod-a's record back");
+    let put = second.request("PUT", &name);
+    let since_b = b_told_200.elapsed();
+    assert!(
+        put != 200,
+        "pod-a's client told 200 {since_b:?} after pod-b's client was (TTL 18 s): the entry its DELETE made, which \
+         knew the version it wrote, was forgotten, and a fresh elector adopted the restored record\n{}",
+        second.process.stderr()
+    );
+}
+
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
 /// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
 /// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
