@@ -621,10 +621,10 @@ pub(crate) fn discard_pending_stops() {
 }
 
 /// In a process between fork and exec (async-signal-safe: raw system calls on integers, no allocation):
-/// every signal's action back to its default but those in `keep` (0 stands for none), and none blocked. For what mpsync runs: its
-/// child, and an exec credential plugin (which kept SIGXFSZ ignored, found by review of stop 40). The raw
-/// system calls, because glibc refuses to touch the two real-time signals it keeps for itself (32, 33),
-/// and those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
+/// every signal's action back to its default but those in `keep` (0 stands for none), and none blocked. For
+/// what mpsync runs: its child, and an exec credential plugin (which kept SIGXFSZ ignored, found by review of
+/// stop 40). The raw system calls, because glibc refuses to touch the two real-time signals it keeps for
+/// itself (32, 33), and those can be inherited ignored too. An all-zero kernel `struct sigaction` is SIG_DFL, no flags,
 /// empty mask, whatever the architecture's field order.
 pub(crate) fn default_signals(keep: &[nix::libc::c_int]) {
     let default_action = [0u64; 4];

@@ -1939,8 +1939,6 @@ fn interpreter(path: &std::path::Path) -> Option<String> {
     Some(String::from_utf8_lossy(interpreter).into_owned())
 }
 
-/// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
-/// whose locks are frozen in the child), no allocation.
 /// The job-control stops a terminal or a shell sends.
 const STOPS: [libc::c_int; 3] = [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
 
@@ -1958,6 +1956,8 @@ extern "C" fn pass_stop_on(stop: libc::c_int) {
     }
 }
 
+/// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
+/// whose locks are frozen in the child), no allocation.
 fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
     // SAFETY: plain system calls on integers and on stack-allocated sigsets; nothing allocates or locks.
     unsafe {
