@@ -38,7 +38,7 @@ fn as_user(uid: u32, program: &str, args: &[&str]) -> Command {
 
 /// The mpsync binary where other users can run it: linked (or copied) into the test's directory, for the
 /// build may sit in a directory only root may enter (a clone in `mktemp -d`).
-fn mpsync_for_others(env: &TestEnv) -> String {
+pub(crate) fn mpsync_for_others(env: &TestEnv) -> String {
     let bin = env.path("bin");
     let path = bin.join("mpsync");
     if !path.exists() {

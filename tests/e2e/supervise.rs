@@ -1827,10 +1827,8 @@ fn a_child_that_takes_every_process_slot_makes_mpsync_neither_panic_nor_lose_the
                    sys.exit(4)\n";
     fs::write(&hog, program).unwrap();
     let name = env.lease_name("nproc");
-    // The binary copied where uid 4244 can reach it: a checkout may sit in a directory only root may enter
-    // (`mktemp -d`, mode 0700: "prlimit: failed to execute ... Permission denied").
-    let mpsync = env.path("mpsync");
-    fs::copy(env!("CARGO_BIN_EXE_mpsync"), &mpsync).unwrap();
+    // Where uid 4244 can run it: a checkout may sit in a directory only root may enter (`mktemp -d`).
+    let mpsync = crate::file_backend::mpsync_for_others(&env);
     let mut command = std::process::Command::new("unshare");
     command.args(["--pid", "--fork", "--mount-proc", "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"]);
     command.args(["prlimit", "--nproc=40:40"]).arg(&mpsync).args(["lock", &name, "-v", "--backend", "file"]);
