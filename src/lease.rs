@@ -1579,7 +1579,10 @@ impl Elector {
             // restored without `--bump-revision`: the holder's renewals bring its restored record back to
             // the version we know, and a watch from there shows none of them): a read first, so that the
             // write is based on the record as it is now, not on a version that now names another record.
-            Some(expiry) if self.read_at.is_none_or(|at| at < expiry) => Action::Read,
+            // So too when that read is older than a retry period, as for a free record (found by the property
+            // model: read just after the expiry, taken 3 s later once a protection was over, on a version the
+            // etcd restored meanwhile had handed out again to a restarted side-car's hold).
+            Some(expiry) if self.read_at.is_none_or(|at| at < expiry) || self.known_for_long(&now) => Action::Read,
             Some(_) => self.acquisition(Some(current), now),
             // A duration too long to add to the clock: as good as never.
             None => Action::WaitUntil(now.instant + Duration::from_secs(365 * 24 * 3600)),
