@@ -977,7 +977,10 @@ impl Drop for Active {
 ///
 /// One attempt (`NoWait`) does not wait for another acquisition of this lock that campaigns or holds:
 /// the lease is not to be had. It does wait for one that is only giving back what it got (a lock
-/// released or dropped just now), which takes at most the call timeout.
+/// released or dropped just now), for as long as a give-back takes (its call on the wire, then one
+/// settle budget: each a call timeout). A give-back whose write got no answer in that time (an API server
+/// slower than the call timeout) leaves the lease held by this `Lock` as far as it knows, and the attempt
+/// answers so, `None`, as documented (review, rv217).
 async fn take_slots(
     inner: &Inner,
     wait: Wait,

@@ -10,11 +10,11 @@ use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mpsync::{AfterLoss, Election, Error, KubeClientBuilder, Lock, LockBuilder, LossReason, Outcome, Timing};
 use nix::sys::signal::Signal;
 use tokio::sync::{Notify, mpsc};
@@ -42,6 +42,8 @@ both_backends!(
     client_go_record_is_respected_then_taken_over_in_its_format,
     status_and_observe_follow_the_holder,
     semaphore_slots_hold_one_holder_each,
+    a_panic_in_election_work_gives_the_lease_back,
+    two_elections_on_clones_of_one_lock_lead_one_at_a_time,
 );
 
 /// Short timings, as the CLI tests' `FAST`: grace is 4 - 2 - 1 = 1s.
@@ -1156,6 +1158,61 @@ fn an_unreachable_api_server_is_unavailable_not_held() {
             other => panic!("one attempt through a partition: {other:?}"),
         }
         assert!(asked.elapsed() >= FAST.lease_duration, "retried for a lease duration: {:?}", asked.elapsed());
+    });
+}
+
+/// Work that panics inside `Election::run` (the program catches the panic and goes on) leaves no lease held
+/// by nobody: it is given back, and another holder takes it well before a lease duration (review, rv217).
+fn a_panic_in_election_work_gives_the_lease_back(env: &TestEnv) {
+    let name = env.lease_name("lib-panic");
+    runtime().block_on(async {
+        let a = lock(env, &name).await.build().unwrap();
+        let b = lock(env, &name).await.build().unwrap();
+        let election = Election::new(a);
+        let run = election.run(|_leadership| async move {
+            tokio::task::yield_now().await;
+            panic!("the work panicked");
+        });
+        let panicked = std::panic::AssertUnwindSafe(run).catch_unwind().await;
+        assert!(panicked.is_err(), "the work's panic reaches the caller");
+        let asked = Instant::now();
+        let taken = within("b", b.acquire()).await.unwrap();
+        assert!(asked.elapsed() < PROMPT, "b waited {:?}", asked.elapsed());
+        taken.release().await.unwrap();
+    });
+}
+
+/// Two elections over clones of one `Lock` (one holder, one identity) never lead at once, and both lead in
+/// turn (review, rv217).
+fn two_elections_on_clones_of_one_lock_lead_one_at_a_time(env: &TestEnv) {
+    let name = env.lease_name("lib-clones");
+    runtime().block_on(async {
+        let lock = lock(env, &name).await.timing(FAST).build().unwrap();
+        let leading = Arc::new(AtomicUsize::new(0));
+        let terms = Arc::new(AtomicUsize::new(0));
+        let elect = |lock: Lock| {
+            let (leading, terms) = (Arc::clone(&leading), Arc::clone(&terms));
+            async move {
+                Election::new(lock)
+                    .run(|leadership| {
+                        let (leading, terms) = (Arc::clone(&leading), Arc::clone(&terms));
+                        async move {
+                            assert_eq!(leading.fetch_add(1, Ordering::SeqCst), 0, "two leaders at once");
+                            terms.fetch_add(1, Ordering::SeqCst);
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                                () = leadership.lost() => {}
+                            }
+                            leading.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    })
+                    .await
+            }
+        };
+        let (x, y) = within("both elections", async { tokio::join!(elect(lock.clone()), elect(lock.clone())) }).await;
+        assert!(matches!(x, Ok(Outcome::Finished(()))), "{x:?}");
+        assert!(matches!(y, Ok(Outcome::Finished(()))), "{y:?}");
+        assert_eq!(terms.load(Ordering::SeqCst), 2, "both led, in turn");
     });
 }
 
