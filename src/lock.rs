@@ -829,6 +829,15 @@ impl HeldLock {
     ///
     /// Does not resolve on [`release`](Self::release) (which consumes the lock). Cancel-safe.
     pub async fn lost(&self) -> LossReason {
+        let reason = self.loss().await;
+        // The token too, as documented, whatever the watchdog does: a renewal answered in the instant between
+        // the deadline passing here and the watchdog waking moved the deadline on, and the watchdog then
+        // cancelled nothing, so `is_lost` read false again after this had resolved (review, rv217).
+        self.token.cancel();
+        reason
+    }
+
+    async fn loss(&self) -> LossReason {
         let mut state = self.state.clone();
         loop {
             let HoldState { deadline, lost } = state.borrow_and_update().clone();
@@ -1434,6 +1443,28 @@ mod tests {
         let metrics = health.answer("/metrics", Instant::now(), None).unwrap().body;
         let _ = std::fs::remove_dir_all(&dir);
         assert!(metrics.contains("mpsync_losses_total 1"), "{metrics}");
+    }
+
+    /// Review (rv217): `lost()` resolved on the deadline it saw passed, and a renewal answered in that
+    /// instant moved the deadline on before the watchdog woke, which then cancelled nothing: `is_lost()` read
+    /// false again, and the token, documented to be cancelled when `lost()` resolves, never was. The state
+    /// the renewing task would publish is stood in for here.
+    #[tokio::test(flavor = "current_thread")]
+    async fn once_lost_resolves_the_token_is_cancelled_whatever_the_deadline_does_next() {
+        let dir = std::env::temp_dir().join(format!("mpsync-lock-lost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let lock = Lock::file(&dir, "lost").build().unwrap();
+        let mut held = lock.acquire().await.unwrap();
+        let passed = HoldState { deadline: Instant::now(), lost: None };
+        let (published, state) = watch::channel(passed);
+        held.state = state;
+        assert_eq!(held.lost().await, LossReason::RenewDeadline);
+        // The renewal sent before that deadline is answered now: the deadline moves on.
+        published.send(HoldState { deadline: Instant::now() + Duration::from_secs(60), lost: None }).unwrap();
+        let (lost, cancelled) = (held.is_lost(), held.cancellation_token().is_cancelled());
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(lost && cancelled, "after lost() resolved: is_lost {lost}, token cancelled {cancelled}");
     }
 
     /// Found by review: under tokio's paused test clock (which a program's own tests may use), a held
