@@ -455,9 +455,11 @@ impl Locks {
         let mut last_race = String::new();
         let mut sent_create = created_before;
         let mut create_only = create_only;
-        let mut marker_checked = false;
+        // `P` was read just before this attempt's read of the Lease (see below): not read again before its write.
+        let mut marker_just_read = false;
         // A lost compare-and-swap or an unknown outcome: read again and decide again, a few times.
         for _attempt in 0..3 {
+            let marker_read = std::mem::take(&mut marker_just_read);
             if started.elapsed() > ATTEMPTS_WITHIN {
                 break;
             }
@@ -502,19 +504,22 @@ impl Locks {
                     // `pool` was refused while its client heartbeat). Read before a new hold, as `lock` does, and
                     // before a record of ours is taken back: one let go for a marker (see `checked_slot_name`)
                     // is left to expire, not renewed by each PUT of its client.
-                    if !holding && !marker_checked && crate::lease::slot_parent(&lease).is_some() {
+                    if !holding && !marker_read && crate::lease::slot_parent(&lease).is_some() {
                         match engine::semaphore_of(&self.store, &lease).await {
                             // Decided again now: the write is based on the read of the lease, and one older than
                             // a retry period is read again first (`Elector::next`), as when the marker read is slow:
                             // an etcd restored meanwhile may have handed its version out again to another's hold
-                            // (review, rv216, not reached end to end: the restore cuts the marker read).
-                            Ok(None) => {
-                                marker_checked = true;
-                                match elector.next(now()) {
-                                    Action::Write(again) => write = again,
-                                    _ => continue,
+                            // (review, rv216, not reached end to end: the restore cuts the marker read). Only that
+                            // next attempt skips the read of `P`: one after a lost race reads it again (found by
+                            // review, rv218: a marker written meanwhile went unseen, and a failed check after the
+                            // hold answered 200 for the semaphore's slot).
+                            Ok(None) => match elector.next(now()) {
+                                Action::Write(again) => write = again,
+                                _ => {
+                                    marker_just_read = true;
+                                    continue;
                                 }
-                            }
+                            },
                             Ok(Some((semaphore, index, slots))) => {
                                 return Response::error(
                                     409,

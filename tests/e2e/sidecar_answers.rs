@@ -552,6 +552,58 @@ fn a_slot_names_write_after_a_slow_read_of_p_is_based_on_a_fresh_read() {
     assert_eq!(a.request("DELETE", &slot1), 200);
 }
 
+/// Found by review (rv218, a regression of the fresh read above): a PUT of `P-1` (free; no semaphore yet)
+/// reads `P`, none, and its compare-and-swap is refused (409: another writer's change). Meanwhile the
+/// semaphore `P` is first used, its marker written. The PUT's next attempt wrote `P-1` with no read of `P`
+/// before it, and the one read after the hold failed (500): "cannot tell, holding the lock all the same",
+/// 200, a plain hold of a live semaphore's slot. Every attempt without a hold reads `P` before its write
+/// (that read fails here: 503, nothing held), but the one right after a slow read of `P`.
+#[test]
+fn a_slot_names_retry_after_a_lost_race_reads_p_again_before_its_write() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let pool = env.lease_name("pool-race");
+    let slot1 = format!("{pool}-1");
+    assert!(env.run(["lock", slot1.as_str(), "--", "true"]).code == Some(0), "{slot1} made, free");
+    // A TTL of 30 s: each request about a lock is answered within 5 s.
+    let (proxy, a) = Sidecar::proxied(&env, "pod-a", Some("30s"), &["-vv"]);
+    // Answers 300 ms late: the test acts on the first read of `P`'s arrival, 900 ms at least before the next
+    // one. (The write follows that read at once, within the 500 ms after which the Lease's read is old; if it
+    // came later, a round that reads the Lease again comes first, and the outcome is the same.)
+    proxy.delay_responses(Duration::from_millis(300));
+    server.fail_next_on(&format!("update:{slot1}"), 1, 409);
+    let before = server.requests().len();
+    let address = a.address;
+    let name = slot1.clone();
+    let put = std::thread::spawn(move || request_to(address, "PUT", &name));
+    let of = |r: &crate::support::apiserver::RequestLog, verb: &str, name: &str| {
+        r.verb == verb && r.path.ends_with(&format!("/{name}"))
+    };
+    // The first read of `P` has arrived (it finds none): the semaphore is first used now, its marker written,
+    // and the next read of `P` fails.
+    assert!(
+        server.wait_for_requests(|log| log.iter().skip(before).any(|r| of(r, "get", &pool)), PATIENCE),
+        "P never read"
+    );
+    env.put_slot(&pool, 2, k8s_openapi::api::coordination::v1::LeaseSpec::default());
+    server.fail_next_on(&format!("get:{pool}"), 1, 500);
+    let answer = put.join().unwrap();
+    proxy.delay_responses(Duration::ZERO);
+    let log = server.requests().split_off(before);
+    let shown: Vec<String> = log.iter().map(|r| format!("{} {} {}", r.verb, r.path, r.status)).collect();
+    assert_ne!(
+        answer,
+        200,
+        "{slot1} is slot 1 of the semaphore {pool} (its marker written before the hold): answered 200, held by \
+         {:?} as a plain lock: {shown:#?}\n{}",
+        env.holder(&slot1),
+        a.process.stderr()
+    );
+}
+
 /// Found by review (helper-198): the create of `P-1` lands, its answer is lost, the PUT is 503 with no hold
 /// known. The client's prompt retry read the record, found its own create, held the lock and answered 200,
 /// with no read of `P` after the hold (the check was only for a hold this request's write made new).
