@@ -1561,8 +1561,15 @@ impl Supervisor {
             }
         }
         if let Some(pid) = self.guard.as_ref().map(|guard| guard.pid) {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
                 Ok(WaitStatus::StillAlive) => {}
+                // Stopped by someone (`kill -STOP`, `pkill -STOP mpsync`): as useless as a dead guard, and never
+                // noticed before (found by review, rv223: a SIGKILL of mpsync later left the job running beside
+                // the next holder's child). Continued at once; mpsync never stops it.
+                Ok(WaitStatus::Stopped(_, signal)) => {
+                    warn!(pid = pid.as_raw(), %signal, "the guard process was stopped; continuing it");
+                    let _ = kill(pid, Signal::SIGCONT);
+                }
                 Ok(status) => self.reaped(status),
                 Err(Errno::ECHILD) => self.guard_died(),
                 Err(error) => debug!(pid = pid.as_raw(), %error, "waitpid failed"),

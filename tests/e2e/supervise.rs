@@ -1057,6 +1057,94 @@ mod issue13 {
         wait_until("the worker to die with mpsync", || !alive(worker_pid));
     }
 
+    /// The guards (`mpsync-guard`, alive) whose parent is `mpsync`.
+    fn guards_of(mpsync: i32) -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| crate::support::pty::stat_field(*pid, 4) == Some(mpsync))
+            .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "mpsync-guard"))
+            .filter(|pid| alive(*pid))
+            .collect()
+    }
+
+    /// A subreaper that reaps every child it is handed, as tini does as a container's PID 1, in the test's
+    /// session and process group; it runs its arguments and writes their pid to `$PID_FILE`.
+    const SUBREAPER: &str = r#"
+        syscall(157, 36, 1, 0, 0, 0) == 0 or die "prctl: $!";   # PR_SET_CHILD_SUBREAPER (x86_64)
+        my $pid = fork() // die "fork: $!";
+        if ($pid == 0) { exec(@ARGV) or die "exec: $!"; }
+        open(my $f, ">", $ENV{PID_FILE}) or die; print $f "$pid\n"; close($f);
+        while (waitpid(-1, 0) > 0) {}
+    "#;
+
+    /// Found by review (rv223): a guard stopped by someone (`kill -STOP` of it, or `pkill -STOP mpsync`, which
+    /// matches both, then `pkill -CONT -x mpsync`) was never noticed, and stayed stopped for the rest of the
+    /// job: a SIGKILL of mpsync then left the job running. mpsync continues it at once.
+    #[test]
+    fn a_guard_stopped_by_someone_is_continued_at_once() {
+        let env = TestEnv::file();
+        let name = env.lease_name("guard-stopped");
+        let mpsync = env.spawn(["lock", &name, "--", "sleep", "1000"]);
+        let mut guards = vec![];
+        wait_until("mpsync's guard", || {
+            guards = guards_of(mpsync.pid());
+            guards.len() == 1
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(guards[0]), Signal::SIGSTOP).unwrap();
+        wait_until("mpsync to see its guard stopped", || {
+            mpsync.stderr().contains("the guard process was stopped; continuing it")
+        });
+        wait_until("the guard to run again", || {
+            crate::support::pty::state(guards[0]).is_some_and(|state| state != 'T')
+        });
+        mpsync.signal(Signal::SIGTERM);
+    }
+
+    /// Found by review (rv223): mpsync frozen, its guard stopped, then mpsync SIGKILLed (the OOM killer), under a
+    /// subreaper of its session (tini as a container's PID 1): the guard's group was not orphaned, so nothing
+    /// continued it, and the job ran on beside the next holder's child. mpsync's death continues it now (its
+    /// parent-death signal is SIGCONT), and it ends the job.
+    #[test]
+    fn a_guard_stopped_when_mpsync_is_killed_still_ends_the_job() {
+        let env = TestEnv::file();
+        let name = env.lease_name("guard-stopped-kill");
+        let worker = env.path("worker");
+        let script = format!("sleep 1000 & echo $! > {}; wait", worker.display());
+        let inner = env.mpsync(["lock", &name, "--", "sh", "-c", &script]);
+        let pid_file = env.path("mpsync-pid");
+        let mut command = std::process::Command::new("perl");
+        command.arg("-e").arg(SUBREAPER).arg(inner.get_program()).args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command.env("PID_FILE", &pid_file).stdin(std::process::Stdio::null());
+        let mut reaper = Proc::spawn(command, &env.dir);
+        let mpsync = read_pid(&pid_file);
+        let worker_pid = read_pid(&worker);
+        let mut guards = vec![];
+        wait_until("mpsync's guard", || {
+            guards = guards_of(mpsync);
+            guards.len() == 1
+        });
+        let (mpsync_pid, guard) = (nix::unistd::Pid::from_raw(mpsync), nix::unistd::Pid::from_raw(guards[0]));
+        nix::sys::signal::kill(mpsync_pid, Signal::SIGSTOP).unwrap();
+        wait_until("mpsync to show stopped", || crate::support::pty::state(mpsync) == Some('T'));
+        nix::sys::signal::kill(guard, Signal::SIGSTOP).unwrap();
+        wait_until("the guard to show stopped", || crate::support::pty::state(guards[0]) == Some('T'));
+        nix::sys::signal::kill(mpsync_pid, Signal::SIGKILL).unwrap();
+        let ended = within_patience(|| !alive(worker_pid));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker_pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(guard, Signal::SIGKILL);
+        reaper.signal(Signal::SIGKILL);
+        let _ = reaper.wait_for(PATIENCE);
+        assert!(ended, "the job's worker ran on after a SIGKILL of mpsync whose guard was stopped");
+    }
+
     /// Issue 13, item 4: started by a parent that blocks TERM, INT, HUP and CHLD, mpsync still hears a stop
     /// request, and notices its child's exit at once (not at the next renewal).
     #[test]
