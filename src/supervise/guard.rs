@@ -158,6 +158,13 @@ pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
 unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped]) -> ! {
     // SAFETY: plain system calls on integers and stack buffers; nothing allocates or takes a lock.
     unsafe {
+        // Continued when mpsync dies, if stopped then (SIGCONT continues a stopped process even where it is
+        // ignored): it then reads end-of-file and ends the job (found by review, rv223: a guard stopped by
+        // someone, under a subreaper of mpsync's session, was never continued, and after a SIGKILL of mpsync the
+        // job ran on beside the next holder's child). mpsync forks it from its main thread, whose end is its own.
+        // First of all, so that the window before it is as short as can be (review, rv224); a parent gone
+        // already is seen too, as the pipe's end-of-file, since this guard runs then.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT as libc::c_ulong, 0, 0, 0);
         for signal in 1..=libc::SIGRTMAX() {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::signal(signal, libc::SIG_IGN);
@@ -166,11 +173,6 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // Continued when mpsync dies, if stopped then (SIGCONT continues a stopped process even where it is
-        // ignored): it then reads end-of-file and ends the job (found by review, rv223: a guard stopped by
-        // someone, under a subreaper of mpsync's session, was never continued, and after a SIGKILL of mpsync the
-        // job ran on beside the next holder's child). mpsync forks it from its main thread, whose end is its own.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT as libc::c_ulong, 0, 0, 0);
         // Out of mpsync's group: neither Ctrl-C nor a kill of mpsync's group reaches it.
         libc::setpgid(0, 0);
         // A name of its own, so that killing mpsync by name leaves the guard to do its work.
