@@ -424,6 +424,15 @@ impl World {
         world
     }
 
+    /// A side-car (process 2, as `with_a_side_car`) with a longer `--ttl` (`LONG`) than the plain processes.
+    fn with_a_side_car_of_a_longer_ttl() -> World {
+        let mut world = World::with_timings(|p| if p == 2 { LONG } else { TIMING });
+        let mut side_car = Elector::adopting("a", LONG).with_seed(3);
+        side_car.set_watching(true);
+        world.procs[2].elector = side_car;
+        world
+    }
+
     /// A client-go elector under the identity "a" of processes 0 and 2 (see [`CoHolder`]), with
     /// `renew_deadline`.
     fn with_a_co_holder(renew_deadline: Duration) -> World {
@@ -1670,14 +1679,7 @@ proptest! {
     /// A side-car (process 2) with a longer `--ttl` than the plain processes.
     #[test]
     fn mixed_timings_a_side_car_with_a_longer_ttl(steps in prop::collection::vec(step_with_restores(), 1..160)) {
-        let world = || {
-            let mut world = World::with_timings(|p| if p == 2 { LONG } else { TIMING });
-            let mut side_car = Elector::adopting("a", LONG).with_seed(3);
-            side_car.set_watching(true);
-            world.procs[2].elector = side_car;
-            world
-        };
-        let mut world = run_in(world, steps)?;
+        let mut world = run_in(World::with_a_side_car_of_a_longer_ttl, steps)?;
         heal_until_a_child_runs(&mut world)?;
     }
 
@@ -1694,14 +1696,7 @@ proptest! {
     /// The same with a side-car whose `--ttl` is longer than the plain processes' lease.
     #[test]
     fn a_restarting_side_car_with_a_longer_ttl(steps in prop::collection::vec(step_with_a_restarting_side_car(), 1..160)) {
-        let world = || {
-            let mut world = World::with_timings(|p| if p == 2 { LONG } else { TIMING });
-            let mut side_car = Elector::adopting("a", LONG).with_seed(3);
-            side_car.set_watching(true);
-            world.procs[2].elector = side_car;
-            world
-        };
-        let mut world = run_in(world, steps)?;
+        let mut world = run_in(World::with_a_side_car_of_a_longer_ttl, steps)?;
         heal_until_a_child_runs(&mut world)?;
     }
 

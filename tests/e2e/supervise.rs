@@ -1036,16 +1036,7 @@ mod issue13 {
         let script = format!("sleep 1000 & echo $! > {}; wait", worker.display());
         let mpsync = env.spawn(["lock", &name, "--", "sh", "-c", &script]);
         let worker_pid = read_pid(&worker);
-        let guards = || {
-            fs::read_dir("/proc")
-                .unwrap()
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| crate::support::pty::stat_field(*pid, 4) == Some(mpsync.pid()))
-                .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "mpsync-guard"))
-                .filter(|pid| alive(*pid))
-                .collect::<Vec<i32>>()
-        };
+        let guards = || guards_of(mpsync.pid());
         let mut first = vec![];
         wait_until("a guard named mpsync-guard", || {
             first = guards();
