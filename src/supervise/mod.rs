@@ -1563,7 +1563,7 @@ impl Supervisor {
         if let Some(pid) = self.guard.as_ref().map(|guard| guard.pid) {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
                 Ok(WaitStatus::StillAlive) => {}
-                // Stopped by someone (`kill -STOP`, `pkill -STOP mpsync`): as useless as a dead guard, and never
+                // Stopped by someone (`kill -STOP` of its pid): as useless as a dead guard, and never
                 // noticed before (found by review, rv223: a SIGKILL of mpsync later left the job running beside
                 // the next holder's child). Continued at once; mpsync never stops it.
                 Ok(WaitStatus::Stopped(_, signal)) => {
