@@ -89,7 +89,7 @@ pub struct Locks {
     prefix: String,
     ttl: Duration,
     timing: Timing,
-    entries: std::sync::Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    entries: std::sync::Mutex<HashMap<String, Arc<Tracked>>>,
     /// After SIGTERM: no new acquisitions; heartbeats are still answered.
     draining: AtomicBool,
     metrics: Metrics,
@@ -111,6 +111,62 @@ struct Entry {
     /// A new hold of a name `P-N` not yet checked against a semaphore `P` (see `checked_slot_name`): no PUT
     /// is answered 200 until it is.
     slot_name_unchecked: bool,
+}
+
+/// A lock's [`Entry`], locked by the request that uses it, and a copy of its hold's renew deadline as the last
+/// request left it, for the metrics: an entry busy with a request (a heartbeat waiting for the API server)
+/// counts as held if it was when that request began (found by review, rv225: a lock held read 0 while its
+/// heartbeat was on the wire).
+struct Tracked {
+    entry: Mutex<Entry>,
+    held_until: std::sync::Mutex<Option<Instant>>,
+    timing: Timing,
+}
+
+impl Tracked {
+    fn new(entry: Entry, timing: Timing) -> Tracked {
+        Tracked { entry: Mutex::new(entry), held_until: std::sync::Mutex::new(None), timing }
+    }
+
+    async fn lock(&self) -> TrackedGuard<'_> {
+        TrackedGuard { entry: self.entry.lock().await, tracked: self }
+    }
+
+    fn try_lock(&self) -> Result<TrackedGuard<'_>, tokio::sync::TryLockError> {
+        Ok(TrackedGuard { entry: self.entry.try_lock()?, tracked: self })
+    }
+
+    /// The renew deadline of the hold as the last request left it, if it was held.
+    fn held_until(&self) -> Option<Instant> {
+        *self.held_until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An [`Entry`] locked: unlocking it updates [`Tracked::held_until`].
+struct TrackedGuard<'a> {
+    entry: tokio::sync::MutexGuard<'a, Entry>,
+    tracked: &'a Tracked,
+}
+
+impl std::ops::Deref for TrackedGuard<'_> {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl std::ops::DerefMut for TrackedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Entry {
+        &mut self.entry
+    }
+}
+
+impl Drop for TrackedGuard<'_> {
+    fn drop(&mut self) {
+        let held_until = self.entry.elector.held().map(|held| held.deadline(self.tracked.timing));
+        *self.tracked.held_until.lock().unwrap_or_else(PoisonError::into_inner) = held_until;
+    }
 }
 
 impl Entry {
@@ -185,21 +241,21 @@ impl Locks {
         Elector::adopting(self.identity.clone(), self.timing).with_seed(crate::retry::random_u64())
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Tracked>>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn known(&self, name: &str) -> Option<Arc<Mutex<Entry>>> {
+    fn known(&self, name: &str) -> Option<Arc<Tracked>> {
         self.map().get(name).cloned()
     }
 
     /// The entry of `name`, made if needed; `None` when `MAX_LOCKS` are tracked already.
-    fn entry(&self, name: &str) -> Option<Arc<Mutex<Entry>>> {
+    fn entry(&self, name: &str) -> Option<Arc<Tracked>> {
         self.entry_made(name).map(|(entry, _)| entry)
     }
 
     /// [`Locks::entry`], and whether it was made now.
-    fn entry_made(&self, name: &str) -> Option<(Arc<Mutex<Entry>>, bool)> {
+    fn entry_made(&self, name: &str) -> Option<(Arc<Tracked>, bool)> {
         let mut map = self.map();
         if let Some(entry) = map.get(name) {
             return Some((Arc::clone(entry), false));
@@ -212,7 +268,7 @@ impl Locks {
                 return None;
             }
         }
-        let entry = Arc::new(Mutex::new(Entry::new(self.elector())));
+        let entry = Arc::new(Tracked::new(Entry::new(self.elector()), self.timing));
         map.insert(name.to_string(), Arc::clone(&entry));
         self.metrics.tracked.set(map.len() as i64);
         Some((entry, true))
@@ -224,7 +280,7 @@ impl Locks {
     /// is kept, as any: the version it knows is what shows an etcd restore to a later request (forgotten, a
     /// restarted side-car's give-back was, and its next PUT adopted the record a restore brought back, beside
     /// another pod's hold: found by review, helper-214).
-    fn forget_if_blank(&self, name: &str, entry: &Arc<Mutex<Entry>>) {
+    fn forget_if_blank(&self, name: &str, entry: &Arc<Tracked>) {
         let mut map = self.map();
         // The map's reference and ours: no other request has it, nor can take it while the map is locked.
         if Arc::strong_count(entry) != 2 {
@@ -911,7 +967,7 @@ impl Locks {
     /// of any request ([`answer_within`]) from when it starts: a release that has not gone through by then
     /// (a hung API server) is given up, and its lock, if the write did not land, expires after its TTL.
     pub async fn drain_step(&self, deadline: Instant) -> Drained {
-        let entries: Vec<(String, Arc<Mutex<Entry>>)> =
+        let entries: Vec<(String, Arc<Tracked>)> =
             self.map().iter().map(|(name, entry)| (name.clone(), Arc::clone(entry))).collect();
         let mut drained = Drained { held: Vec::new(), busy: Vec::new(), cut_off: 0, next_check: None };
         let mut quiet = Vec::new();
@@ -1014,8 +1070,8 @@ impl Locks {
         self.map().iter().filter(|(_, entry)| entry.try_lock().is_err()).map(|(name, _)| name.clone()).collect()
     }
 
-    fn is_held(&self, entry: &Mutex<Entry>, now: Instant) -> bool {
-        entry.try_lock().is_ok_and(|entry| entry.elector.held().is_some_and(|h| now < h.deadline(self.timing)))
+    fn is_held(&self, entry: &Tracked, now: Instant) -> bool {
+        entry.held_until().is_some_and(|deadline| now < deadline)
     }
 
     fn lock_response(&self, status: u16, name: &str, elector: &Elector) -> Response {

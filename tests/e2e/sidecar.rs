@@ -611,6 +611,33 @@ fn a_second_signal_during_a_heartbeat_under_way_names_the_lock_not_released() {
     assert_eq!(env.holder(&name).as_deref(), Some("sidecar-a"), "left to expire");
 }
 
+/// Found by review (rv225): `mpsync_sidecar_locks_held` read 0 while the heartbeat of a lock held waited for a
+/// slow API server (its entry was busy, and a busy entry did not count). It counts as held as it was when the
+/// heartbeat began, until its renew deadline.
+#[test]
+fn a_lock_held_counts_as_held_in_the_metrics_while_its_heartbeat_is_under_way() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-busy-metric");
+    // A TTL of 30 s: a request may wait 5 s for the API server, and the renew deadline is far off.
+    let a = Sidecar::start(&env, Some("sidecar-a"), &["--ttl", "30s"]);
+    a.put(&name).assert_status(200);
+    assert_eq!(a.metric("mpsync_sidecar_locks_held"), 1.0);
+    server.set_latency(Duration::from_secs(4));
+    let before = server.requests().len();
+    let (address, lock) = (a.address, name.clone());
+    let heartbeat = std::thread::spawn(move || try_put(address, &lock));
+    assert!(server.wait_for_requests(|log| log.len() > before, PATIENCE), "the heartbeat never reached the API server");
+    let held = a.metric("mpsync_sidecar_locks_held");
+    server.set_latency(Duration::ZERO);
+    assert_eq!(heartbeat.join().unwrap(), Some(200));
+    assert_eq!(held, 1.0, "while the heartbeat was under way");
+    assert_eq!(a.metric("mpsync_sidecar_locks_held"), 1.0, "after it");
+}
+
 /// A PUT of lock `name`: its status, or `None` if the side-car is not (or no longer) there to answer.
 fn try_put(address: SocketAddr, name: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&address, PATIENCE).ok()?;
