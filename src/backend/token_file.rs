@@ -52,20 +52,31 @@ impl FileToken {
         Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)) }))
     }
 
-    /// The header for the next request. The file is read again on a thread of its own, never on the
-    /// runtime's: a read that blocks (a FIFO, a hung mount) held up every timer and signal of mpsync, which
-    /// renewed nothing, and, its child killed by the guard at the deadline, never exited (found by review,
-    /// helper-164, helper-165). The read a refusal asks for is waited for a little (the next request is
-    /// to use a rotated token, as client-go's does); the minute's is not.
-    fn header(&self) -> HeaderValue {
+    /// The header for the next request, once `read` (if any) is done. The file is read again on a thread
+    /// of its own, never on the runtime's: a read that blocks (a FIFO, a hung mount) held up every timer and
+    /// signal of mpsync, which renewed nothing, and, its child killed by the guard at the deadline, never
+    /// exited (found by review, helper-164, helper-165). The read a refusal asks for is waited for a little
+    /// (the next request is to use a rotated token, as client-go's does), asynchronously: waited for on the
+    /// runtime's thread, it held up every timer and signal for as long (found by review, rv226); the
+    /// minute's read is not waited for.
+    async fn header(&self, read: Option<tokio::sync::oneshot::Receiver<()>>) -> HeaderValue {
+        if let Some(read) = read {
+            let _ = tokio::time::timeout(REFUSED_READ_WAIT, read).await;
+        }
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).header.clone()
+    }
+
+    /// Start a read of the file if one is due: after a refusal (the read to wait for is returned), or a
+    /// minute after the last.
+    fn read_if_due(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let refused = state.read_at.is_none();
         if state.reading || !(refused || state.read_at.is_some_and(|at| at.elapsed() >= REREAD)) {
-            return state.header.clone();
+            return None;
         }
         state.reading = true;
         let (path, shared) = (self.path.clone(), Arc::clone(&self.state));
-        let (done, read_done) = std::sync::mpsc::channel();
+        let (done, read_done) = tokio::sync::oneshot::channel();
         let reader = move || {
             let read = read(&path);
             let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -80,13 +91,9 @@ impl FileToken {
         if std::thread::Builder::new().name("mpsync-token".into()).spawn(reader).is_err() {
             // No thread to be had (the child took every process): the last token, and a try at the next request.
             state.reading = false;
-            return state.header.clone();
+            return None;
         }
-        drop(state);
-        if refused {
-            let _ = read_done.recv_timeout(REFUSED_READ_WAIT);
-        }
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).header.clone()
+        refused.then_some(read_done)
     }
 
     fn refused(&self, header: &HeaderValue) {
@@ -97,8 +104,9 @@ impl FileToken {
     }
 }
 
-/// How long a request waits for the read of the token file that a refusal asked for.
-const REFUSED_READ_WAIT: Duration = Duration::from_millis(500);
+/// How long a request waits for the read of the token file that a refusal asked for (in the unit tests, long
+/// enough for a loaded machine: the test's read always ends).
+const REFUSED_READ_WAIT: Duration = Duration::from_millis(if cfg!(test) { 30_000 } else { 500 });
 
 /// The file's token, trimmed, as a bearer header.
 fn read(path: &std::path::Path) -> Result<HeaderValue, String> {
@@ -146,12 +154,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let header = self.source.header();
-        request.headers_mut().insert(AUTHORIZATION, header.clone());
         let source = self.source.clone();
-        let future = self.inner.call(request);
+        let read = source.read_if_due();
+        // The service made ready by `poll_ready` is the one called, after the wait (tower's way).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
         async move {
-            let response = future.await.map_err(Into::into)?;
+            let header = source.header(read).await;
+            request.headers_mut().insert(AUTHORIZATION, header.clone());
+            let response = inner.call(request).await.map_err(Into::into)?;
             if response.status() == StatusCode::UNAUTHORIZED {
                 // As client-go: the file is read again for the next request (a rotated token).
                 source.refused(&header);
@@ -159,5 +170,47 @@ where
             Ok(response)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review (rv226): after a 401, the next request waited for the file's read on the runtime's
+    /// thread, holding up every timer and signal for up to half a second. Here the file is a FIFO whose writer is
+    /// a task on the same runtime: that task runs while the request waits, and the request takes its token.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_read_after_a_refusal_is_waited_for_without_holding_up_the_runtime() {
+        let dir = std::env::temp_dir().join(format!("mpsync-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        config.auth_info.token_file = Some(path.display().to_string());
+        let source = FileToken::take(&mut config).unwrap().expect("the token file is the credential");
+        source.refused(&HeaderValue::from_static("Bearer old"));
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+        let seen = Arc::new(Mutex::new(None));
+        let inner = {
+            let seen = Arc::clone(&seen);
+            tower::service_fn(move |request: Request<Body>| {
+                *seen.lock().unwrap() = request.headers().get(AUTHORIZATION).cloned();
+                async { Ok::<_, std::convert::Infallible>(Response::new(())) }
+            })
+        };
+        let mut service = source.layer(inner);
+        let writer = {
+            let path = path.clone();
+            // Opened for writing once the read has it open: the read is under way (on its thread).
+            tokio::spawn(async move { std::fs::write(&path, "new\n").unwrap() })
+        };
+        let call = service.call(Request::new(Body::empty()));
+        call.await.unwrap();
+        writer.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(seen.lock().unwrap().as_ref().unwrap(), "Bearer new");
     }
 }
