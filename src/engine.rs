@@ -919,8 +919,11 @@ async fn campaign_slots(slots: &mut [Slot], wait: Wait, lease: &str, started: In
     // One slot is a plain lease (`--slots 1` too).
     let semaphore = slots.len() > 1;
     loop {
-        // Held, and not waiting out another holder (see `Held::usable_from`).
-        if let Some(index) = slots.iter().position(|slot| slot.elector.usable(Instant::now())) {
+        // Held, and not waiting out another holder (see `Held::usable_from`); never past `--timeout`, not even
+        // a hold whose answer came with the deadline, seen late (mpsync frozen or starved across it): it is
+        // given back, not acquired (found by review, rv227: the child started after the timeout).
+        let past_timeout = matches!(wait, Wait::Until(at) if Instant::now() >= at);
+        if !past_timeout && let Some(index) = slots.iter().position(|slot| slot.elector.usable(Instant::now())) {
             slots[index].tell_acquired();
             return Ok(Campaigned::Acquired(index));
         }

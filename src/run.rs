@@ -221,7 +221,8 @@ impl Runner {
     /// Run the child while holding `held`: forward signals, stop the child if the lease is lost, give
     /// the lease back after the child has been reaped.
     async fn hold(&mut self, held: HeldLock) -> Result<Held> {
-        let Runner { config, supervisor, health, lock, .. } = self;
+        let Runner { config, supervisor, health, lock, started } = self;
+        let started = *started;
         let token = held.fencing_token();
         let span = tracing::info_span!("held", lease = %held.name(), identity = %config.identity, token);
         let _entered = span.enter();
@@ -229,8 +230,21 @@ impl Runner {
 
         // A stop signal that arrived while the acquisition was on the wire still ends the wait: give the
         // lease back rather than start a child only to stop it. Every queued event is looked at, so a
-        // USR1 ahead of a TERM cannot hide it.
-        while let Some(notice) = supervisor.next_notice().now_or_never() {
+        // USR1 ahead of a TERM cannot hide it. One that came and is not queued yet (pending, or not yet
+        // passed on by the signal thread, which may run late: found by review, rv227, with mpsync continued
+        // after a freeze during which a SIGTERM came and its acquisition was answered) is waited for.
+        let on_the_way = supervisor.stop_on_the_way();
+        let until = tokio::time::Instant::now() + STOP_ON_THE_WAY;
+        loop {
+            // Unconstrained: a notice queued is taken whatever tokio's cooperative budget says.
+            let notice = match tokio::task::unconstrained(supervisor.next_notice()).now_or_never() {
+                Some(notice) => notice,
+                None if on_the_way => match tokio::time::timeout_at(until, supervisor.next_notice()).await {
+                    Ok(notice) => notice,
+                    Err(_) => break,
+                },
+                None => break,
+            };
             if let Notice::Signal(signal) = notice
                 && is_stop(signal)
             {
@@ -262,6 +276,15 @@ impl Runner {
             tracing::error!("lost the lease before the child started");
             give_back_lost(held).await;
             return Ok(Held::Lost);
+        }
+        // `--timeout` is when mpsync stops waiting: an acquisition it sees only after that (frozen or starved
+        // as its answer came) is given back, and no child starts (found by review, rv227).
+        if let Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } = config.mode
+            && started.checked_add(timeout).is_some_and(|at| Instant::now() >= at)
+        {
+            tracing::error!(lease = %held.name(), "acquired only after --timeout passed; giving the lease back");
+            release(held, supervisor).await;
+            return Ok(Held::Done(Exit::NotAcquired(conflict_exit_code)));
         }
         let guard_deadline = deadlines.current().checked_add(guard_delay).map(Into::into);
         if let Err(err) = supervisor.spawn(&command, guard_deadline) {
@@ -362,6 +385,11 @@ impl Runner {
         }
     }
 }
+
+/// How long a stop signal that has come is waited for, before the child starts, to be queued (see
+/// `Supervisor::stop_on_the_way`): the signal thread passes it on in microseconds, or, on a loaded machine,
+/// a few milliseconds.
+const STOP_ON_THE_WAY: Duration = Duration::from_secs(1);
 
 /// How often mpsync, as a subreaper, looks for processes it adopted, to tell its guard.
 const ADOPTION_LOOK: Duration = Duration::from_millis(100);

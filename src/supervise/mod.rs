@@ -466,6 +466,12 @@ impl Supervisor {
         }
     }
 
+    /// Whether a stop signal has come that `next_notice` may not report yet (see
+    /// `SignalReceiver::stop_on_the_way`): it reports it soon.
+    pub fn stop_on_the_way(&self) -> bool {
+        self.signals.stop_on_the_way()
+    }
+
     /// Start the child in its own process group, and in the terminal's foreground when mpsync's group has
     /// it (see `terminal.rs` for when).
     ///

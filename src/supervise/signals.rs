@@ -125,11 +125,25 @@ impl JobControlOrder {
     }
 }
 
+/// The stop signals (`supervise::ENDING`, and the real-time ones) delivered, and those of them the thread
+/// has passed on, for [`SignalReceiver::stop_on_the_way`].
+#[derive(Default)]
+struct StopCount {
+    /// Counted by each one's handler, before signal-hook's own action writes to its pipe.
+    delivered: AtomicU64,
+    /// What `delivered` read when the thread took a stop signal from the pipe, stored once it was queued: every
+    /// stop delivered up to then is queued, or one later than it is.
+    passed_on: AtomicU64,
+}
+
 /// Signals received by a thread of their own, to be awaited with [`SignalReceiver::recv`].
 pub struct SignalReceiver {
     receiver: mpsc::UnboundedReceiver<Signal>,
     /// The job-control signals in the order the kernel delivered them (see [`JobControlOrder`]).
     order: std::sync::Arc<JobControlOrder>,
+    stops: std::sync::Arc<StopCount>,
+    /// The stop signals listened for, for `sigpending`.
+    stop_set: libc::sigset_t,
     open: bool,
     thread: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
 }
@@ -143,6 +157,24 @@ impl SignalReceiver {
     pub fn new(signals: &[Signal]) -> io::Result<SignalReceiver> {
         let real_time = real_time();
         let numbers: Vec<i32> = signals.iter().map(|signal| *signal as i32).chain(real_time.iter().copied()).collect();
+        let is_stop = |number: i32| {
+            real_time.contains(&number) || crate::supervise::ENDING.iter().any(|stop| *stop as i32 == number)
+        };
+        let stops = std::sync::Arc::new(StopCount::default());
+        let mut stop_set = *SigSet::empty().as_ref();
+        for number in numbers.iter().copied().filter(|number| is_stop(*number)) {
+            let count = std::sync::Arc::clone(&stops);
+            // Before the iterator's own action (actions run in the order they were registered): a stop
+            // counted as delivered is in the pipe only after it is counted. SAFETY: the action only does an
+            // atomic add, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(number, move || {
+                    count.delivered.fetch_add(1, Ordering::SeqCst);
+                })
+            }?;
+            // SAFETY: sigaddset on a valid sigset_t, with a signal number that was registered just now.
+            unsafe { libc::sigaddset(&mut stop_set, number) };
+        }
         let mut iterator = Signals::new(numbers)?;
         let order = std::sync::Arc::new(JobControlOrder::default());
         for signal in signals {
@@ -165,16 +197,42 @@ impl SignalReceiver {
         // SAFETY: made from a valid SigSet by sigaddset alone.
         let wanted = unsafe { SigSet::from_sigset_t_unchecked(raw_wanted) };
         let (sender, receiver) = mpsc::unbounded_channel();
+        let count = std::sync::Arc::clone(&stops);
+        let stop_numbers = stop_set;
         let thread = std::thread::Builder::new().name("mpsync-signals".into()).spawn(move || {
             let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&wanted), None);
             for number in iterator.forever() {
                 let signal = Signal::try_from(number).unwrap_or(Signal::SIGTERM);
+                let delivered = count.delivered.load(Ordering::SeqCst);
                 if sender.send(signal).is_err() {
                     break;
                 }
+                // SAFETY: sigismember on a valid set, with a signal number the iterator gave.
+                if unsafe { libc::sigismember(&stop_numbers, number) } == 1 {
+                    count.passed_on.fetch_max(delivered, Ordering::SeqCst);
+                }
             }
         })?;
-        Ok(SignalReceiver { receiver, order, open: true, thread: Some((handle, thread)) })
+        Ok(SignalReceiver { receiver, order, stops, stop_set, open: true, thread: Some((handle, thread)) })
+    }
+
+    /// Whether a stop signal has come that may not be queued yet: pending (delivered to no thread yet), or
+    /// delivered and not yet passed on by the thread, which may run late on a busy machine. It is queued
+    /// soon after. Once this says no, every stop signal that came before the call is queued (found by
+    /// review, rv227: a SIGTERM that came while mpsync was frozen, its acquisition's answer on the way, was
+    /// not queued yet when mpsync, continued, looked for one before it started the child, and the child
+    /// started).
+    pub fn stop_on_the_way(&self) -> bool {
+        // First: a pending stop is delivered to this thread (which does not block it) as the call returns,
+        // and then counted.
+        let mut pending = *SigSet::empty().as_ref();
+        // SAFETY: sigpending(2) writes the pending set into a valid sigset_t.
+        let pending_stop = unsafe { libc::sigpending(&mut pending) } == 0
+            && (1..=64).any(|number| {
+                // SAFETY: sigismember on two valid sets, with a signal number in range.
+                unsafe { libc::sigismember(&pending, number) == 1 && libc::sigismember(&self.stop_set, number) == 1 }
+            });
+        pending_stop || self.stops.delivered.load(Ordering::SeqCst) > self.stops.passed_on.load(Ordering::SeqCst)
     }
 
     /// A mark of the job-control signals delivered so far, for [`continued_since`](Self::continued_since).

@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 
-use crate::support::apiserver::WatchFault;
+use crate::support::apiserver::{RequestLog, WatchFault};
 use crate::support::*;
 
 #[track_caller]
@@ -760,4 +760,75 @@ fn a_timeout_with_an_acquisition_unanswered_says_it_may_still_land() {
     assert!(done.stderr.contains("if it still lands") && done.stderr.contains("at most 4s"), "{}", done.stderr);
     // The create, committed after mpsync gave up on it, names it as holder.
     wait_until("the late create lands", || env.get(&name).is_some());
+}
+
+/// Found by review (rv227): `lock --timeout 3s` on a free lease, frozen (a loaded node, `kill -STOP`) while
+/// its create is on the wire; the server commits and answers meanwhile, and mpsync runs again only after its
+/// 3 s are over. Its timeout and the create's answer were then ready together, and about one attempt in two
+/// the campaign took the acquisition first: the child started after `--timeout` had passed, exit 0. Now the
+/// acquisition is given back: exit 124, no child, the lease free. Five attempts, each on a fresh lease.
+#[test]
+fn a_child_never_starts_after_the_timeout_passed_even_if_acquired_in_time() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    // Long timings: nothing of the lease's own timers comes due while mpsync is frozen.
+    let timings = ["--lease-duration", "30s", "--renew-deadline", "20s", "--timeout", "3s"];
+    let is_create = |r: &RequestLog| r.verb == "create";
+    for attempt in 0..5 {
+        let name = env.lease_name("late-win");
+        let ran = env.path(&format!("ran-{attempt}"));
+        server.set_commit_delay(Duration::from_millis(1500));
+        let from = server.requests().len();
+        let args = ["lock", name.as_str()].into_iter().chain(timings);
+        let lock = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
+        assert!(server.wait_for_requests(|log| log[from..].iter().any(is_create), PATIENCE), "{}", lock.stderr());
+        lock.signal(Signal::SIGSTOP);
+        let sent = server.requests()[from..].iter().find(|r| is_create(r)).map(|r| r.at).unwrap();
+        let answered = |log: &[RequestLog]| log[from..].iter().any(|r| is_create(r) && r.status == 201);
+        assert!(server.wait_for_requests(answered, PATIENCE), "the create was never answered");
+        server.set_commit_delay(Duration::ZERO);
+        // mpsync's 3 s count from its start, before its create was sent: over by then.
+        while sent.elapsed() < Duration::from_millis(3300) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lock.signal(Signal::SIGCONT);
+        let done = lock.finish();
+        assert!(!ran.exists(), "attempt {attempt}: the child started after --timeout passed:\n{}", done.stderr);
+        assert_eq!(done.code, Some(124), "attempt {attempt}:\n{}", done.stderr);
+        let holder = env.holder(&name);
+        assert!(holder.as_deref().is_none_or(str::is_empty), "attempt {attempt}: held by {holder:?}\n{}", done.stderr);
+    }
+}
+
+/// Found by review (rv227), seen under load: as above without `--timeout`, and SIGTERM sent while mpsync is
+/// frozen, after its create was answered; then SIGCONT. The SIGTERM came before mpsync saw its acquisition,
+/// but mpsync's signal thread had not passed it on yet when the run loop looked for a stop before starting
+/// the child, and the child started. Now a stop signal that has come and is not queued yet is waited for:
+/// exit 143, no child, the lease free.
+#[test]
+fn a_child_never_starts_after_a_stop_signal_that_came_with_the_acquisitions_answer() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let timings = ["--lease-duration", "30s", "--renew-deadline", "20s"];
+    let is_create = |r: &RequestLog| r.verb == "create";
+    for attempt in 0..8 {
+        let name = env.lease_name("term-win");
+        let ran = env.path(&format!("ran-term-{attempt}"));
+        server.set_commit_delay(Duration::from_millis(800));
+        let from = server.requests().len();
+        let args = ["lock", name.as_str()].into_iter().chain(timings);
+        let lock = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
+        assert!(server.wait_for_requests(|log| log[from..].iter().any(is_create), PATIENCE), "{}", lock.stderr());
+        lock.signal(Signal::SIGSTOP);
+        let answered = |log: &[RequestLog]| log[from..].iter().any(|r| is_create(r) && r.status == 201);
+        assert!(server.wait_for_requests(answered, PATIENCE), "the create was never answered");
+        server.set_commit_delay(Duration::ZERO);
+        lock.signal(Signal::SIGTERM);
+        lock.signal(Signal::SIGCONT);
+        let done = lock.finish();
+        assert!(!ran.exists(), "attempt {attempt}: the child started after SIGTERM came:\n{}", done.stderr);
+        assert_eq!(done.code, Some(143), "attempt {attempt}:\n{}", done.stderr);
+        let holder = env.holder(&name);
+        assert!(holder.as_deref().is_none_or(str::is_empty), "attempt {attempt}: held by {holder:?}\n{}", done.stderr);
+    }
 }
