@@ -762,6 +762,30 @@ fn a_timeout_with_an_acquisition_unanswered_says_it_may_still_land() {
     wait_until("the late create lands", || env.get(&name).is_some());
 }
 
+/// `lock NAME` with `args` and the child `touch ran`, frozen (SIGSTOP) while its create is on the wire (the
+/// server holds its commit for `commit_delay`), and left frozen once it is answered: the process, and when
+/// the create was sent.
+fn frozen_as_its_create_is_answered(
+    env: &TestEnv,
+    name: &str,
+    args: &[&str],
+    ran: &Path,
+    commit_delay: Duration,
+) -> (Proc, std::time::Instant) {
+    let server = env.server().unwrap();
+    let is_create = |r: &RequestLog| r.verb == "create";
+    server.set_commit_delay(commit_delay);
+    let from = server.requests().len();
+    let lock = env.spawn([&["lock", name], args, &["--", "touch", ran.to_str().unwrap()]].concat());
+    assert!(server.wait_for_requests(|log| log[from..].iter().any(is_create), PATIENCE), "{}", lock.stderr());
+    lock.signal(Signal::SIGSTOP);
+    let sent = server.requests()[from..].iter().find(|r| is_create(r)).map(|r| r.at).unwrap();
+    let answered = |log: &[RequestLog]| log[from..].iter().any(|r| is_create(r) && r.status == 201);
+    assert!(server.wait_for_requests(answered, PATIENCE), "the create was never answered");
+    server.set_commit_delay(Duration::ZERO);
+    (lock, sent)
+}
+
 /// Found by review (rv227): `lock --timeout 3s` on a free lease, frozen (a loaded node, `kill -STOP`) while
 /// its create is on the wire; the server commits and answers meanwhile, and mpsync runs again only after its
 /// 3 s are over. Its timeout and the create's answer were then ready together, and about one attempt in two
@@ -770,23 +794,12 @@ fn a_timeout_with_an_acquisition_unanswered_says_it_may_still_land() {
 #[test]
 fn a_child_never_starts_after_the_timeout_passed_even_if_acquired_in_time() {
     let Some(env) = server_env() else { return };
-    let server = env.server().unwrap();
     // Long timings: nothing of the lease's own timers comes due while mpsync is frozen.
-    let timings = ["--lease-duration", "30s", "--renew-deadline", "20s", "--timeout", "3s"];
-    let is_create = |r: &RequestLog| r.verb == "create";
+    let args = ["--lease-duration", "30s", "--renew-deadline", "20s", "--timeout", "3s"];
     for attempt in 0..5 {
         let name = env.lease_name("late-win");
         let ran = env.path(&format!("ran-{attempt}"));
-        server.set_commit_delay(Duration::from_millis(1500));
-        let from = server.requests().len();
-        let args = ["lock", name.as_str()].into_iter().chain(timings);
-        let lock = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
-        assert!(server.wait_for_requests(|log| log[from..].iter().any(is_create), PATIENCE), "{}", lock.stderr());
-        lock.signal(Signal::SIGSTOP);
-        let sent = server.requests()[from..].iter().find(|r| is_create(r)).map(|r| r.at).unwrap();
-        let answered = |log: &[RequestLog]| log[from..].iter().any(|r| is_create(r) && r.status == 201);
-        assert!(server.wait_for_requests(answered, PATIENCE), "the create was never answered");
-        server.set_commit_delay(Duration::ZERO);
+        let (lock, sent) = frozen_as_its_create_is_answered(&env, &name, &args, &ran, Duration::from_millis(1500));
         // mpsync's 3 s count from its start, before its create was sent: over by then.
         while sent.elapsed() < Duration::from_millis(3300) {
             std::thread::sleep(Duration::from_millis(20));
@@ -808,21 +821,11 @@ fn a_child_never_starts_after_the_timeout_passed_even_if_acquired_in_time() {
 #[test]
 fn a_child_never_starts_after_a_stop_signal_that_came_with_the_acquisitions_answer() {
     let Some(env) = server_env() else { return };
-    let server = env.server().unwrap();
-    let timings = ["--lease-duration", "30s", "--renew-deadline", "20s"];
-    let is_create = |r: &RequestLog| r.verb == "create";
+    let args = ["--lease-duration", "30s", "--renew-deadline", "20s"];
     for attempt in 0..8 {
         let name = env.lease_name("term-win");
         let ran = env.path(&format!("ran-term-{attempt}"));
-        server.set_commit_delay(Duration::from_millis(800));
-        let from = server.requests().len();
-        let args = ["lock", name.as_str()].into_iter().chain(timings);
-        let lock = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
-        assert!(server.wait_for_requests(|log| log[from..].iter().any(is_create), PATIENCE), "{}", lock.stderr());
-        lock.signal(Signal::SIGSTOP);
-        let answered = |log: &[RequestLog]| log[from..].iter().any(|r| is_create(r) && r.status == 201);
-        assert!(server.wait_for_requests(answered, PATIENCE), "the create was never answered");
-        server.set_commit_delay(Duration::ZERO);
+        let (lock, _) = frozen_as_its_create_is_answered(&env, &name, &args, &ran, Duration::from_millis(800));
         lock.signal(Signal::SIGTERM);
         lock.signal(Signal::SIGCONT);
         let done = lock.finish();
