@@ -109,7 +109,7 @@ pub trait Observer: Send + Sync {
     fn confirmed(&self, _sent_at: Instant) {}
     /// The held lease was lost.
     fn lost(&self) {}
-    /// The lease was given back (or found no longer ours).
+    /// The lease is given back: told as the give-back begins, before its write is sent.
     fn released(&self) {}
     /// A call to the store failed (`kind`: conflict, unknown, transient, fatal).
     fn api_error(&self, _kind: &'static str) {}
@@ -707,6 +707,15 @@ impl Slot {
     /// start, a write whose answer took a whole call timeout used it up, and a lease whose acquisition
     /// had landed was left held for its duration.
     pub async fn settle(&mut self, budget: Duration) -> Result<bool, StoreError> {
+        // A hold being given back is over for the observer from now, not once the release is answered: the
+        // next holder may take the lease as soon as the release is committed (found by review, rv229: the
+        // old holder's `/leader` answered 200 beside the new holder's until the release's answer came).
+        // Only a hold the observer was told of ends for it: the slots of a semaphore share one observer,
+        // and another slot given back (an acquisition that landed late) must not end the one in use (found
+        // by review).
+        if std::mem::take(&mut self.told_acquired) {
+            self.observer.released();
+        }
         // The give-back's writes are bounded by `budget` alone, also after a campaign cut short.
         self.store.give_up_at(None);
         let finished = match self.call.take() {
@@ -757,17 +766,8 @@ impl Slot {
         }
         self.elector.released();
         self.call = None;
-        // Only a hold the observer was told of ends for it: the slots of a semaphore share one observer,
-        // and another slot given back (an acquisition that landed late) must not end the one in use (found
-        // by review).
-        let told = std::mem::replace(&mut self.told_acquired, false);
         match result {
-            Some(Ok(released)) => {
-                if told {
-                    self.observer.released();
-                }
-                Ok(released)
-            }
+            Some(Ok(released)) => Ok(released),
             Some(Err(err)) => Err(err),
             None => Err(StoreError::Transient(format!("releasing lease {} took longer than {budget:?}", self.name))),
         }

@@ -168,6 +168,8 @@ impl Health {
         // Past the renew deadline the lease counts as lost, whether or not the engine said so yet (a probe
         // answered in the same tick as its deadline: found by review).
         let overdue = held.is_some_and(|sent| now.saturating_duration_since(sent) > self.inner.overdue_after);
+        // The gauge says what `/leader` says (found by review, rv229: held, while `/leader` said overdue).
+        self.inner.lease_held.set(i64::from(held.is_some() && !overdue));
         match path {
             "/healthz" => Some(match overdue {
                 true => Answer::text(503, "renewal overdue\n"),
@@ -344,6 +346,9 @@ mod tests {
         assert_eq!(status("/healthz", t0 + Duration::from_secs(9)), 200);
         assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 503, "overdue");
         assert_eq!(status("/leader", t0 + Duration::from_secs(11)), 503, "overdue: lost by the renew deadline");
+        // The gauge agrees (found by review, rv229: it said held).
+        let metrics = health.answer("/metrics", t0 + Duration::from_secs(11), None).unwrap().body;
+        assert!(metrics.lines().any(|line| line == "mpsync_lease_held 0"), "{metrics}");
         health.renewed(t0 + Duration::from_secs(4), t0 + Duration::from_secs(8));
         assert_eq!(status("/healthz", t0 + Duration::from_secs(11)), 200);
         // A late answer about an older renewal does not move the renewal time back.

@@ -206,6 +206,54 @@ fn an_acquisition_known_from_a_read_is_reported_as_leading() {
     holder.finish().assert_code(143);
 }
 
+/// Found by review (rv229): a holder whose child exited gives the lease back; the API server commits the
+/// release, and its answer comes late. The waiter, on its watch, takes the lease at once, and its `/leader`
+/// answers 200; the old holder's answered 200 too until the release's answer came (a call timeout here):
+/// two leaders for a load balancer. It answers 503 from when it begins to give the lease back. `cmd` is
+/// `lock` or `elect`.
+fn leader_ends_as_the_release_begins(cmd: &str) {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("health-release");
+    // The holder's next renewal is 8 s after its acquisition: its next write is the release.
+    let timings = ["--lease-duration", "15s", "--renew-deadline", "10s", "--retry-period", "8s"];
+    let start = |identity: &str, port: u16, ready: &std::path::Path| {
+        let addr = format!("127.0.0.1:{port}");
+        let script = format!("echo $$ > {}.tmp && mv {0}.tmp {0}; exec sleep 1000", ready.display());
+        let head = [cmd, name.as_str(), "--identity", identity, "--health-addr", addr.as_str()];
+        env.spawn([&head[..], &timings, &["--", "sh", "-c", script.as_str()]].concat())
+    };
+    let (a_port, b_port) = (free_port(), free_port());
+    let (a_pid, b_ready) = (env.path("a.pid"), env.path("b.ready"));
+    let a = start("leader-a", a_port, &a_pid);
+    wait_for_file(&a_pid, "\n");
+    wait_for_status(a_port, "/leader", 200);
+    let b = start("leader-b", b_port, &b_ready);
+    wait_for_status(b_port, "/leader", 503);
+    assert!(server.wait_for_watch_count(1, PATIENCE), "the waiter never watched");
+
+    server.after_commit_of("leader-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(20)));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(read_pid(&a_pid)), Signal::SIGTERM).unwrap();
+    wait_for_file(&b_ready, "\n");
+    wait_for_status(b_port, "/leader", 200);
+    let old = get(a_port, "/leader").map(|(status, _)| status);
+    let done = a.finish();
+    assert_ne!(old, Some(200), "the old holder's /leader said leader beside the new holder's:\n{}", done.stderr);
+    assert_eq!(env.holder(&name).as_deref(), Some("leader-b"));
+    b.signal(Signal::SIGTERM);
+    b.finish().assert_code(143);
+}
+
+#[test]
+fn leader_ends_as_lock_begins_its_release() {
+    leader_ends_as_the_release_begins("lock");
+}
+
+#[test]
+fn leader_ends_as_elect_begins_its_release() {
+    leader_ends_as_the_release_begins("elect");
+}
+
 /// Found by review: a connection that sent part of a request head, closed to make room for a new one, was
 /// closed gracefully, and hyper reads a begun head until its timeout (10 s) before it closes: 32 of them
 /// (the health server's cap) kept a probe out for 10 s. Such a connection is dropped after a short grace.
