@@ -271,20 +271,25 @@ impl Runner {
         let margin = config.timing.lease_duration.saturating_sub(config.timing.renew_deadline + config.grace);
         let guard_delay = config.grace + margin / 2;
         let mut deadlines = held.deadlines();
+        // `--timeout` is when mpsync stops waiting: an acquisition it sees only after that (frozen or starved
+        // as its answer came) is given back, and no child starts (found by review, rv227). Exit 124 (or
+        // `--conflict-exit-code`) also if the hold was lost meanwhile: no child ran (found by review, rv228:
+        // exit 123, which says a child was stopped).
+        if let Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } = config.mode
+            && started.checked_add(timeout).is_some_and(|at| Instant::now() >= at)
+        {
+            tracing::error!(lease = %held.name(), "acquired only after --timeout passed; giving the lease back");
+            match held.is_lost() {
+                true => give_back_lost(held).await,
+                false => release(held, supervisor).await,
+            }
+            return Ok(Held::Done(Exit::NotAcquired(conflict_exit_code)));
+        }
         if held.is_lost() {
             // Lost already (mpsync was frozen or starved since it acquired): no child starts.
             tracing::error!("lost the lease before the child started");
             give_back_lost(held).await;
             return Ok(Held::Lost);
-        }
-        // `--timeout` is when mpsync stops waiting: an acquisition it sees only after that (frozen or starved
-        // as its answer came) is given back, and no child starts (found by review, rv227).
-        if let Mode::Lock { wait: WaitFlag::Timeout(timeout), conflict_exit_code } = config.mode
-            && started.checked_add(timeout).is_some_and(|at| Instant::now() >= at)
-        {
-            tracing::error!(lease = %held.name(), "acquired only after --timeout passed; giving the lease back");
-            release(held, supervisor).await;
-            return Ok(Held::Done(Exit::NotAcquired(conflict_exit_code)));
         }
         let guard_deadline = deadlines.current().checked_add(guard_delay).map(Into::into);
         if let Err(err) = supervisor.spawn(&command, guard_deadline) {

@@ -33,6 +33,8 @@ struct Token {
     read_at: Option<Instant>,
     /// A read under way, on a thread of its own.
     reading: bool,
+    /// The read under way that a refusal asked for: its end, for every request made meanwhile to wait for.
+    refusal_read: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl FileToken {
@@ -48,7 +50,7 @@ impl FileToken {
         }
         let path = PathBuf::from(auth.token_file.take().unwrap_or_default());
         let header = read(&path)?;
-        let token = Token { header, read_at: Some(Instant::now()), reading: false };
+        let token = Token { header, read_at: Some(Instant::now()), reading: false, refusal_read: None };
         Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)) }))
     }
 
@@ -59,24 +61,28 @@ impl FileToken {
     /// (the next request is to use a rotated token, as client-go's does), asynchronously: waited for on the
     /// runtime's thread, it held up every timer and signal for as long (found by review, rv226); the
     /// minute's read is not waited for.
-    async fn header(&self, read: Option<tokio::sync::oneshot::Receiver<()>>) -> HeaderValue {
-        if let Some(read) = read {
-            let _ = tokio::time::timeout(REFUSED_READ_WAIT, read).await;
+    async fn header(&self, read: Option<tokio::sync::watch::Receiver<bool>>) -> HeaderValue {
+        if let Some(mut read) = read {
+            let _ = tokio::time::timeout(REFUSED_READ_WAIT, read.wait_for(|done| *done)).await;
         }
         self.state.lock().unwrap_or_else(PoisonError::into_inner).header.clone()
     }
 
-    /// Start a read of the file if one is due: after a refusal (the read to wait for is returned), or a
-    /// minute after the last.
-    fn read_if_due(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// Start a read of the file if one is due: after a refusal, or a minute after the last. The read a
+    /// refusal asked for is returned, to wait for: also to requests made while it is under way (found by
+    /// review, rv228: they went out with the token refused).
+    fn read_if_due(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.reading {
+            return state.refusal_read.clone();
+        }
         let refused = state.read_at.is_none();
-        if state.reading || !(refused || state.read_at.is_some_and(|at| at.elapsed() >= REREAD)) {
+        if !(refused || state.read_at.is_some_and(|at| at.elapsed() >= REREAD)) {
             return None;
         }
         state.reading = true;
         let (path, shared) = (self.path.clone(), Arc::clone(&self.state));
-        let (done, read_done) = tokio::sync::oneshot::channel();
+        let (done, read_done) = tokio::sync::watch::channel(false);
         let reader = move || {
             let read = read(&path);
             let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,15 +91,16 @@ impl FileToken {
                 // As client-go: the last token read, until the file gives one again.
                 Err(why) => tracing::debug!(error = %why, "keeping the last token read"),
             }
-            (state.read_at, state.reading) = (Some(Instant::now()), false);
-            let _ = done.send(());
+            (state.read_at, state.reading, state.refusal_read) = (Some(Instant::now()), false, None);
+            let _ = done.send(true);
         };
         if std::thread::Builder::new().name("mpsync-token".into()).spawn(reader).is_err() {
             // No thread to be had (the child took every process): the last token, and a try at the next request.
             state.reading = false;
             return None;
         }
-        refused.then_some(read_done)
+        state.refusal_read = refused.then_some(read_done);
+        state.refusal_read.clone()
     }
 
     fn refused(&self, header: &HeaderValue) {
@@ -193,11 +200,11 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
-        let seen = Arc::new(Mutex::new(None));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let inner = {
             let seen = Arc::clone(&seen);
             tower::service_fn(move |request: Request<Body>| {
-                *seen.lock().unwrap() = request.headers().get(AUTHORIZATION).cloned();
+                seen.lock().unwrap().push(request.headers().get(AUTHORIZATION).cloned().unwrap());
                 async { Ok::<_, std::convert::Infallible>(Response::new(())) }
             })
         };
@@ -207,10 +214,15 @@ mod tests {
             // Opened for writing once the read has it open: the read is under way (on its thread).
             tokio::spawn(async move { std::fs::write(&path, "new\n").unwrap() })
         };
-        let call = service.call(Request::new(Body::empty()));
-        call.await.unwrap();
+        // The first request starts the read; the second is made while it is under way, and waits for it too
+        // (found by review, rv228: it went out with the token refused).
+        let first = service.call(Request::new(Body::empty()));
+        let second = service.call(Request::new(Body::empty()));
+        let (first, second) = tokio::join!(first, second);
+        first.unwrap();
+        second.unwrap();
         writer.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(seen.lock().unwrap().as_ref().unwrap(), "Bearer new");
+        assert_eq!(*seen.lock().unwrap(), ["Bearer new", "Bearer new"]);
     }
 }

@@ -813,6 +813,48 @@ fn a_child_never_starts_after_the_timeout_passed_even_if_acquired_in_time() {
     }
 }
 
+/// Found by review (rv228): `lock NAME-0 --timeout 5s` (a plain lease on a name shaped like a semaphore's
+/// slot) acquires in time, then reads the would-be marker `NAME` once more (the check after the hold); mpsync
+/// is frozen while that read is on the wire, and continued after both `--timeout` and the renew deadline
+/// passed. No child started, but now and then (when the check's answer was taken before its timer) the exit
+/// was 123, "lost while the child ran". It is 124: not acquired in time. Eight attempts.
+#[test]
+fn a_hold_seen_after_the_timeout_and_its_renew_deadline_exits_124() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let timings = ["--lease-duration", "6s", "--renew-deadline", "3s", "--retry-period", "500ms", "--timeout", "5s"];
+    for attempt in 0..8 {
+        let parent = env.lease_name("timeout-slot");
+        let name = format!("{parent}-0");
+        let ran = env.path(&format!("ran-slot-{attempt}"));
+        server.set_latency(Duration::from_millis(300));
+        let from = server.requests().len();
+        let args = ["lock", name.as_str()].into_iter().chain(timings);
+        let lock = env.spawn(args.chain(["--", "touch", ran.to_str().unwrap()]));
+        let parent_path = format!("/{parent}");
+        let is_check = |r: &RequestLog| r.verb == "get" && r.path.ends_with(&parent_path);
+        // The check after the hold: a read of `NAME` sent after the create was answered.
+        let check_sent = |log: &[RequestLog]| {
+            let created = log[from..].iter().find(|r| r.verb == "create" && r.status == 201);
+            created.is_some_and(|created| log[from..].iter().any(|r| is_check(r) && r.at > created.at))
+        };
+        assert!(server.wait_for_requests(check_sent, PATIENCE), "{}", lock.stderr());
+        lock.signal(Signal::SIGSTOP);
+        let started = server.requests()[from].at;
+        let answered = |log: &[RequestLog]| log[from..].iter().filter(|r| is_check(r)).all(|r| r.status != 0);
+        assert!(server.wait_for_requests(answered, PATIENCE), "the check was never answered");
+        server.set_latency(Duration::ZERO);
+        // Past mpsync's 5 s (counted from before its first request) and the renew deadline (3 s).
+        while started.elapsed() < Duration::from_millis(6500) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lock.signal(Signal::SIGCONT);
+        let done = lock.finish();
+        assert!(!ran.exists(), "attempt {attempt}: the child started after --timeout passed:\n{}", done.stderr);
+        assert_eq!(done.code, Some(124), "attempt {attempt}:\n{}", done.stderr);
+    }
+}
+
 /// Found by review (rv227), seen under load: as above without `--timeout`, and SIGTERM sent while mpsync is
 /// frozen, after its create was answered; then SIGCONT. The SIGTERM came before mpsync saw its acquisition,
 /// but mpsync's signal thread had not passed it on yet when the run loop looked for a stop before starting
