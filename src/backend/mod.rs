@@ -191,7 +191,7 @@ clientCertificateData \
         }
     }
     // A token file, read as client-go reads it (trimmed; again after a 401): see `token_file`.
-    let file_token = token_file::FileToken::take(&mut config).map_err(|why| {
+    let file_token = token_file::FileToken::take(&mut config, call_timeout).map_err(|why| {
         Error::Config(format!(
             "cannot use the token file of {}: {why}",
             user.as_deref().unwrap_or("the configuration's user")

@@ -24,6 +24,8 @@ const REREAD: Duration = Duration::from_secs(60);
 pub struct FileToken {
     path: PathBuf,
     state: Arc<Mutex<Token>>,
+    /// How long the requests wait for the read a refusal asked for (see `REFUSED_READ_WAIT`).
+    read_wait: Duration,
 }
 
 /// The token last read, and what became of the reads.
@@ -33,14 +35,16 @@ struct Token {
     read_at: Option<Instant>,
     /// A read under way, on a thread of its own.
     reading: bool,
-    /// The read under way that a refusal asked for: its end, for every request made meanwhile to wait for.
-    refusal_read: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The read under way that a refusal asked for: its end, for the requests made meanwhile to wait for,
+    /// and the one time until which they all wait for it.
+    refusal_read: Option<(tokio::sync::watch::Receiver<bool>, Instant)>,
 }
 
 impl FileToken {
     /// The token file `config`'s user names, taken out of `config` (kube then reads none), where it is the
-    /// credential kube would use; its first read now, an error (in words) if it gives no token.
-    pub fn take(config: &mut kube::Config) -> Result<Option<FileToken>, String> {
+    /// credential kube would use; its first read now, an error (in words) if it gives no token. Each
+    /// request has `call_timeout`: a quarter of it at most is spent waiting for a read.
+    pub fn take(config: &mut kube::Config, call_timeout: Duration) -> Result<Option<FileToken>, String> {
         let auth = &mut config.auth_info;
         let first = auth.auth_provider.is_some()
             || (auth.username.is_some() && auth.password.is_some())
@@ -51,7 +55,8 @@ impl FileToken {
         let path = PathBuf::from(auth.token_file.take().unwrap_or_default());
         let header = read(&path)?;
         let token = Token { header, read_at: Some(Instant::now()), reading: false, refusal_read: None };
-        Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)) }))
+        let read_wait = REFUSED_READ_WAIT.min(call_timeout / 4);
+        Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)), read_wait }))
     }
 
     /// The header for the next request, once `read` (if any) is done. The file is read again on a thread
@@ -61,20 +66,22 @@ impl FileToken {
     /// (the next request is to use a rotated token, as client-go's does), asynchronously: waited for on the
     /// runtime's thread, it held up every timer and signal for as long (found by review, rv226); the
     /// minute's read is not waited for.
-    async fn header(&self, read: Option<tokio::sync::watch::Receiver<bool>>) -> HeaderValue {
-        if let Some(mut read) = read {
-            let _ = tokio::time::timeout(REFUSED_READ_WAIT, read.wait_for(|done| *done)).await;
+    async fn header(&self, read: Option<(tokio::sync::watch::Receiver<bool>, Instant)>) -> HeaderValue {
+        if let Some((mut read, until)) = read {
+            let _ = tokio::time::timeout_at(until.into(), read.wait_for(|done| *done)).await;
         }
         self.state.lock().unwrap_or_else(PoisonError::into_inner).header.clone()
     }
 
     /// Start a read of the file if one is due: after a refusal, or a minute after the last. The read a
-    /// refusal asked for is returned, to wait for: also to requests made while it is under way (found by
-    /// review, rv228: they went out with the token refused).
-    fn read_if_due(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+    /// refusal asked for is returned, to wait for, with when to stop waiting: also to requests made while
+    /// it is under way (found by review, rv228: they went out with the token refused), until that one time
+    /// (a read that never ends, a hung mount, held up every request by as much, each past its call timeout
+    /// with short timings: found by review, rv230).
+    fn read_if_due(&self) -> Option<(tokio::sync::watch::Receiver<bool>, Instant)> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.reading {
-            return state.refusal_read.clone();
+            return state.refusal_read.clone().filter(|(_, until)| Instant::now() < *until);
         }
         let refused = state.read_at.is_none();
         if !(refused || state.read_at.is_some_and(|at| at.elapsed() >= REREAD)) {
@@ -99,7 +106,7 @@ impl FileToken {
             state.reading = false;
             return None;
         }
-        state.refusal_read = refused.then_some(read_done);
+        state.refusal_read = refused.then(|| (read_done, Instant::now() + self.read_wait));
         state.refusal_read.clone()
     }
 
@@ -111,8 +118,9 @@ impl FileToken {
     }
 }
 
-/// How long a request waits for the read of the token file that a refusal asked for (in the unit tests, long
-/// enough for a loaded machine: the test's read always ends).
+/// How long the requests wait for the read of the token file that a refusal asked for, at most (a quarter of
+/// the call timeout if that is less); in the unit tests, long enough for a loaded machine (the test's read
+/// always ends).
 const REFUSED_READ_WAIT: Duration = Duration::from_millis(if cfg!(test) { 30_000 } else { 500 });
 
 /// The file's token, trimmed, as a bearer header.
@@ -195,7 +203,8 @@ mod tests {
         std::fs::write(&path, "old\n").unwrap();
         let mut config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         config.auth_info.token_file = Some(path.display().to_string());
-        let source = FileToken::take(&mut config).unwrap().expect("the token file is the credential");
+        let call_timeout = Duration::from_secs(600);
+        let source = FileToken::take(&mut config, call_timeout).unwrap().expect("the token file is the credential");
         source.refused(&HeaderValue::from_static("Bearer old"));
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();

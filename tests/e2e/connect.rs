@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::support::apiserver::{ClientKey, KubeconfigOptions, Trust};
+use crate::support::apiserver::{ClientKey, KubeconfigOptions, RequestLog, Trust};
 use crate::support::connect_proxy::ConnectProxy;
 use crate::support::proxy::FaultProxy;
 use crate::support::*;
@@ -1575,6 +1575,46 @@ fn observe_whose_credentials_are_revoked_exits_125() {
 }
 
 /// A kubeconfig for the test server whose user reads its token from `token`.
+/// Found by review (rv230): after a 401, every request made while the token file's read is under way waits
+/// for it, once (a shared end, and at most a quarter of the call timeout); a read that never ends (a hung
+/// mount: a FIFO with no writer) held up every later request by half a second, for ever, and with a call
+/// timeout of half a second (`--renew-deadline 1s`) every renewal timed out before it was sent: the holder
+/// lost a lease whose token the API server accepted again (the 401 was a passing refusal, a webhook that
+/// failed once). The renewals go on with the last token read.
+#[test]
+fn a_hung_token_read_after_one_401_holds_up_no_renewal_for_long() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    server.accept_token(Some("tok-one"));
+    let token = env.path("token");
+    fs::write(&token, "tok-one").unwrap();
+    let kubeconfig = token_file_kubeconfig(&env, &token);
+    let name = env.lease_name("hung-token");
+    let (started, stop) = (env.path("started"), env.path("stop"));
+    let script = format!("echo up > {}; while [ ! -e {} ]; do sleep 0.05; done", started.display(), stop.display());
+    let timings = ["--lease-duration", "3s", "--renew-deadline", "1s", "--retry-period", "200ms"];
+    let args = [&["lock", name.as_str()][..], &timings, &["--", "sh", "-c", script.as_str()]].concat();
+    let mut holder = Proc::spawn(mpsync_with(&env, &kubeconfig, &args), &env.dir);
+    holder.wait_for_file(&started, "up");
+    // The file's next read blocks for ever; no read is due before a refusal (or a minute).
+    fs::remove_file(&token).unwrap();
+    nix::unistd::mkfifo(&token, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // One passing refusal: a renewal answered 401, then the same token is accepted again.
+    server.unauthorized(true);
+    let refused = server.wait_for_requests(|log| log.iter().any(|r| r.status == 401), PATIENCE);
+    server.unauthorized(false);
+    assert!(refused, "no request was refused");
+    let after = server.requests().len();
+    let renewed =
+        |log: &[RequestLog]| log[after..].iter().filter(|r| r.verb == "update" && r.status == 200).count() >= 10;
+    let renewed = server.wait_for_requests(renewed, PATIENCE);
+    let exited = holder.wait_for(Duration::ZERO);
+    fs::write(&stop, "").unwrap();
+    let done = holder.finish();
+    assert!(renewed && exited.is_none(), "the renewals stopped after the 401 (exited: {exited:?}):\n{}", done.stderr);
+    done.assert_code(0);
+}
+
 fn token_file_kubeconfig(env: &TestEnv, token: &std::path::Path) -> PathBuf {
     let yaml = env.server().unwrap().kubeconfig_yaml("default");
     let with_file = yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {:?}", token.to_str().unwrap()));
