@@ -275,10 +275,13 @@ impl Slot {
         self.elector.lapsed();
     }
 
-    /// Tell the observer of the hold, once: when it becomes usable (a child may start), however the
-    /// acquisition became known (its answer, a read, or the watch). Found by review: an acquisition
+    /// Tell the observer of the hold, once: when the campaign takes it, usable (a child may start), however
+    /// the acquisition became known (its answer, a read, or the watch). Found by review: an acquisition
     /// known only from a read never reached the health server, and one that was not usable yet was
-    /// reported at once.
+    /// reported at once. Only the slot taken is told: told too, another slot of a semaphore (acquired
+    /// meanwhile, given back as one the process does not use) ended the shared observer's hold as it was
+    /// given back, and `/leader` answered 503 while the child ran (found by review, rv230); so did an
+    /// acquisition seen after `--timeout`, reported as leading until it was given back.
     fn tell_acquired(&mut self) {
         if !self.told_acquired
             && let Some(held) = self.elector.held()
@@ -508,11 +511,9 @@ impl Slot {
         {
             self.observer.confirmed(held.last_renew_sent);
         }
+        // Not told to the observer here: the campaign tells it of the one slot it takes (see `tell_acquired`).
         match (was_usable, self.elector.usable(Instant::now())) {
-            (false, true) => {
-                self.tell_acquired();
-                Progress::Acquired
-            }
+            (false, true) => Progress::Acquired,
             _ => Progress::Changed,
         }
     }
