@@ -2273,7 +2273,7 @@ pub fn holder_duration(record: &LeaseSpec, timing: Timing) -> Duration {
 /// Say that a read answered an older resourceVersion than one known before it was sent (see
 /// `Elector::versions_went_back`): an etcd restored from a snapshot, or (the file backend) a lock directory
 /// whose files were removed or put back.
-fn warn_versions_went_back(lease: &str) {
+pub(crate) fn warn_versions_went_back(lease: &str) {
     tracing::warn!(
         lease = %lease,
         "the lease's resourceVersion went back (etcd restored, or the lock directory reset?); taking the record read as new"

@@ -586,13 +586,22 @@ impl Lock {
                                     },
                                 };
                                 match update {
-                                    // Older than a read of the lease's since (below): changes nothing.
-                                    crate::lease::WatchUpdate::Present(current)
+                                    // Older than a read of the lease's since (below): a read tells whether
+                                    // it changes anything (see `read_behind_an_older_event`).
+                                    crate::lease::WatchUpdate::Present(event)
                                         if read_last && seen.as_ref().is_some_and(|known| {
-                                            crate::lease::is_older(&current.resource_version, &known.resource_version)
+                                            crate::lease::is_older(&event.resource_version, &known.resource_version)
                                         }) =>
                                     {
-                                        continue;
+                                        let known = seen.as_ref().map(|known| known.resource_version.clone()).unwrap_or_default();
+                                        match read_behind_an_older_event(&store, &name, &known, retry_period).await {
+                                            Ok(None) => continue,
+                                            Ok(Some(read)) => {
+                                                from_read = true;
+                                                read
+                                            }
+                                            Err(_) => return None,
+                                        }
                                     }
                                     crate::lease::WatchUpdate::Present(current) => Some(current),
                                     _ => None,
@@ -602,15 +611,17 @@ impl Lock {
                             // while the holder renews): read before reporting it free (found by review,
                             // helper-133).
                             () = expired => match store.get(&name).await {
-                                Ok(read)
-                                    if !read.as_ref().zip(seen.as_ref()).is_some_and(|(read, known)| {
+                                Ok(read) => {
+                                    // Older than the record known: versions went back, and the read is the
+                                    // record now (found by review, rv231: the stale record was reported).
+                                    if read.as_ref().zip(seen.as_ref()).is_some_and(|(read, known)| {
                                         crate::lease::is_older(&read.resource_version, &known.resource_version)
-                                    }) =>
-                                {
+                                    }) {
+                                        crate::lease::warn_versions_went_back(&name);
+                                    }
                                     from_read = true;
                                     read
                                 }
-                                Ok(_) => seen.clone(),
                                 Err(StoreError::Fatal(_)) => return None,
                                 Err(err) => {
                                     tracing::debug!(lease = %name, error = %err, "reading the lease at its expiry failed; reading again");
@@ -960,6 +971,36 @@ impl std::fmt::Debug for HeldLock {
 
 /// Whether a lease is lost by what its task said and by the clock now: a process frozen past the renew
 /// deadline knows at once when it runs again, before the task has run.
+/// After a read at an expiry showed the record at version `known` (see `Lock::observe`), the watch delivered
+/// an older record: a watch behind that read (stuck, catching up), or versions that went back (an etcd
+/// restored, a lock directory put back). A read tells which, made again every `pause` until one answers:
+/// `None` when nothing changed (the read is at `known`); else the record read, which is the record now
+/// (found by review, rv231: every later event was skipped, and a new holder never reported, until the
+/// versions passed the read's). `Err` for a refusal that stands.
+pub(crate) async fn read_behind_an_older_event(
+    store: &Store,
+    name: &str,
+    known: &str,
+    pause: Duration,
+) -> std::result::Result<Option<Option<crate::lease::Versioned>>, StoreError> {
+    let read = loop {
+        match store.get(name).await {
+            Ok(read) => break read,
+            Err(err @ StoreError::Fatal(_)) => return Err(err),
+            Err(err) => {
+                tracing::debug!(lease = %name, error = %err, "reading the lease failed; reading again");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    match read.as_ref().map(|read| read.resource_version.as_str()) {
+        Some(version) if crate::lease::is_older(version, known) => crate::lease::warn_versions_went_back(name),
+        Some(version) if version == known => return Ok(None),
+        _ => {}
+    }
+    Ok(Some(read))
+}
+
 pub(crate) fn lost_now(state: &watch::Receiver<HoldState>) -> bool {
     let state = state.borrow();
     state.lost.is_some() || Instant::now() >= state.deadline

@@ -317,16 +317,19 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                             && last[index].as_ref().is_some_and(|(_, _, _, held)| *held)
                     }) {
                         match store.get(&target.names[index]).await {
-                            Ok(read)
-                                if !read.as_ref().zip(current.as_ref()).is_some_and(|(read, known)| {
+                            Ok(read) => {
+                                // A read older than the record known: versions went back (an etcd restored,
+                                // a lock directory put back), and the read is the record now (found by review,
+                                // rv231: the stale record was reported, then every event skipped, below).
+                                if read.as_ref().zip(current.as_ref()).is_some_and(|(read, known)| {
                                     crate::lease::is_older(&read.resource_version, &known.resource_version)
-                                }) =>
-                            {
+                                }) {
+                                    crate::lease::warn_versions_went_back(&target.names[index]);
+                                }
                                 current = read;
                                 seen[index] = Some(current.clone());
                                 read_last[index] = true;
                             }
-                            Ok(_) => {}
                             Err(err @ StoreError::Fatal(_)) => return Err(fatal(err)),
                             Err(err) => {
                                 tracing::debug!(lease = %target.names[index], error = %err, "reading the lease at its expiry failed; reading again");
@@ -360,13 +363,27 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                 watches[index] = store.watch(&target.names[index], Duration::from_secs(2));
                 continue;
             }
-            // An event older than a read of the lease's since (see the expiry above) changes nothing.
-            Some(WatchUpdate::Present(current))
+            // An event older than a read of the lease's since (see the expiry above): a read tells whether it
+            // changes anything (see `read_behind_an_older_event`).
+            Some(WatchUpdate::Present(event))
                 if read_last[index]
                     && seen[index].as_ref().and_then(Option::as_ref).is_some_and(|known| {
-                        crate::lease::is_older(&current.resource_version, &known.resource_version)
+                        crate::lease::is_older(&event.resource_version, &known.resource_version)
                     }) =>
             {
+                let known = seen[index].clone().flatten().map(|known| known.resource_version).unwrap_or_default();
+                let pause = Duration::from_secs(2);
+                let read =
+                    match crate::lock::read_behind_an_older_event(store, &target.names[index], &known, pause).await {
+                        Ok(Some(read)) => read,
+                        Ok(None) => continue,
+                        Err(err) => return Err(fatal(err)),
+                    };
+                let slot = target.slots.map(|_| index);
+                let report =
+                    Report::new(&target.names[index], slot, store.namespace(), read.as_ref(), Timestamp::now());
+                seen[index] = Some(read);
+                print_change(config, &mut last[index], &report)?;
                 continue;
             }
             Some(WatchUpdate::Present(current)) => Some(current),

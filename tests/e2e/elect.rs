@@ -544,6 +544,58 @@ fn a_stuck_watch_and_a_failed_read_at_expiry_never_make_observe_report_a_renewed
     observe_with_a_stuck_watch("observe-stuck503", true);
 }
 
+/// Found by review (rv231): `observe` reported a dead holder's expiry after reading the lease at it; then
+/// versions went back (`restore_versions`: an etcd restored from a snapshot without `--bump-revision`, a lock
+/// directory put back from a backup), and another holder took the lease at a version older than the one
+/// read. Every event from then on was taken for a stuck watch's and skipped: the new holder was never
+/// reported, the lease shown free while it was held. A read tells now, and the read record is reported.
+fn observe_after_versions_went_back(env: &TestEnv, name: &str, restore_versions: impl FnOnce()) {
+    for i in 0..5 {
+        env.put(name, TestEnv::foreign_record(&format!("earlier-{i}"), 3600));
+    }
+    env.put(name, TestEnv::foreign_record("dead-holder", 2));
+    let observer = env.spawn(["observe", name]);
+    wait_until("observe to report the holder", || observer.stdout().contains("holder=dead-holder held=true"));
+    // Its expiry passes (2 s): observe reads the lease then, and reports it free.
+    wait_until("observe to report the expiry", || observer.stdout().contains("holder=dead-holder held=false"));
+    restore_versions();
+    env.put(name, TestEnv::foreign_record("new-holder", 3600));
+    let reported = within_patience(|| observer.stdout().contains("holder=new-holder held=true"));
+    observer.signal(Signal::SIGTERM);
+    let done = observer.finish();
+    assert!(reported, "the new holder was never reported:\n{}\n{}", done.stdout, done.stderr);
+}
+
+#[test]
+fn observe_reports_a_new_holder_after_an_etcd_restore_that_follows_a_read_at_an_expiry() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("restore-observe");
+    env.put(&name, TestEnv::foreign_record("", 1));
+    let snapshot = server.snapshot();
+    observe_after_versions_went_back(&env, &name, || server.restore(&snapshot));
+}
+
+#[test]
+fn observe_reports_a_new_holder_after_the_lock_directory_is_put_back_after_a_read_at_an_expiry() {
+    let env = TestEnv::file();
+    let name = env.lease_name("putback-observe");
+    env.put(&name, TestEnv::foreign_record("", 1));
+    let backup = env.dir.join("backup");
+    fs::create_dir_all(&backup).unwrap();
+    let files = [format!("{name}.json"), format!(".{name}.last")];
+    for file in &files {
+        fs::copy(env.lock_dir().join(file), backup.join(file)).unwrap();
+    }
+    observe_after_versions_went_back(&env, &name, || {
+        for file in &files {
+            let temp = env.lock_dir().join(format!("{file}.restore"));
+            fs::copy(backup.join(file), &temp).unwrap();
+            fs::rename(&temp, env.lock_dir().join(file)).unwrap();
+        }
+    });
+}
+
 /// `mpsync observe` with its watch stuck while the holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record it saw last: no line may say the lease is
 /// free.

@@ -1688,6 +1688,41 @@ fn observe_with_a_stuck_watch_and_a_failed_read_at_expiry_does_not_report_a_rene
     observe_with_a_stuck_watch("lib-obs503", true);
 }
 
+/// Found by review (rv231), as for `mpsync observe` (tests/e2e/elect.rs): `Lock::observe` reported a dead
+/// holder's expiry after reading the lease at it; then etcd was restored from a snapshot (versions went
+/// back), and another holder took the lease at a version older than the one read. Every event from then on
+/// was skipped, and the new holder never reported. A read tells now, and the read record is reported.
+#[test]
+fn observe_reports_a_new_holder_after_an_etcd_restore_that_follows_a_read_at_an_expiry() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lib-restore-observe");
+    env.put(&name, TestEnv::foreign_record("", 1));
+    let snapshot = server.snapshot();
+    for i in 0..5 {
+        env.put(&name, TestEnv::foreign_record(&format!("earlier-{i}"), 3600));
+    }
+    env.put(&name, TestEnv::foreign_record("dead-holder", 2));
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.build().unwrap();
+        let mut changes = Box::pin(a.observe());
+        let first = within("the current state", changes.next()).await.unwrap();
+        assert!(first.held && first.holder.as_deref() == Some("dead-holder"), "{first:?}");
+        // Its expiry passes (2 s): read then, and reported free.
+        let expired = within("the expiry", changes.next()).await.unwrap();
+        assert!(!expired.held && expired.holder.as_deref() == Some("dead-holder"), "{expired:?}");
+        // Off the runtime: the test's own client blocks on a runtime of its own.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                server.restore(&snapshot);
+                env.put(&name, TestEnv::foreign_record("new-holder", 3600));
+            });
+        });
+        let next = within("the new holder", changes.next()).await.unwrap();
+        assert!(next.held && next.holder.as_deref() == Some("new-holder"), "{next:?}");
+    });
+}
+
 /// `Lock::observe` with its watch stuck while a holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record seen last: no change may be reported.
 fn observe_with_a_stuck_watch(lease: &str, failed_read: bool) {
