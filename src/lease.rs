@@ -60,6 +60,16 @@ pub enum WatchUpdate {
     Absent { resource_version: String },
 }
 
+impl WatchUpdate {
+    /// The version it is as of (empty when unknown).
+    pub fn resource_version(&self) -> &str {
+        match self {
+            WatchUpdate::Present(current) => &current.resource_version,
+            WatchUpdate::Deleted { resource_version } | WatchUpdate::Absent { resource_version } => resource_version,
+        }
+    }
+}
+
 /// How an observation was made: in order after the one before (a watch event), or as a snapshot that
 /// may have skipped changes (a read, a list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

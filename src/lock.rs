@@ -588,9 +588,11 @@ impl Lock {
                                 match update {
                                     // Older than a read of the lease's since (below): a read tells whether
                                     // it changes anything (see `read_behind_an_older_event`).
-                                    crate::lease::WatchUpdate::Present(event)
+                                    // A deletion too (found by review, rv232: a stale deletion was
+                                    // reported after the newer record read).
+                                    event
                                         if read_last && seen.as_ref().is_some_and(|known| {
-                                            crate::lease::is_older(&event.resource_version, &known.resource_version)
+                                            crate::lease::is_older(event.resource_version(), &known.resource_version)
                                         }) =>
                                     {
                                         let known = seen.as_ref().map(|known| known.resource_version.clone()).unwrap_or_default();

@@ -365,10 +365,11 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             }
             // An event older than a read of the lease's since (see the expiry above): a read tells whether it
             // changes anything (see `read_behind_an_older_event`).
-            Some(WatchUpdate::Present(event))
+            // A deletion too (found by review, rv232: a stale deletion was reported after the newer record read).
+            Some(event)
                 if read_last[index]
                     && seen[index].as_ref().and_then(Option::as_ref).is_some_and(|known| {
-                        crate::lease::is_older(&event.resource_version, &known.resource_version)
+                        crate::lease::is_older(event.resource_version(), &known.resource_version)
                     }) =>
             {
                 let known = seen[index].clone().flatten().map(|known| known.resource_version).unwrap_or_default();

@@ -596,6 +596,42 @@ fn observe_reports_a_new_holder_after_the_lock_directory_is_put_back_after_a_rea
     });
 }
 
+/// Found by review (rv232): `observe`'s watch lags while an operator deletes a dead holder's lease and
+/// another holder creates it anew; at the dead holder's expiry observe reads the lease and reports the new
+/// holder. When the watch caught up, its DELETED event, older than that read, was reported ("absent" for a
+/// lease that exists and is held), then the new holder a second time. It is checked as any older event.
+#[test]
+fn observe_never_reports_a_stale_deletion_after_a_newer_read() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("stale-delete");
+    env.put(&name, TestEnv::foreign_record("dead", 2));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    server.set_watch_lag(Duration::from_secs(600));
+    env.delete(&name);
+    env.put(&name, TestEnv::foreign_record("new", 3600));
+    // The dead holder's record expires (2 s): observe reads the lease then, and reports the new holder.
+    wait_until("the new holder, read at the expiry", || observe.stdout().contains("\"new\""));
+    server.set_watch_lag(Duration::ZERO);
+    // A later change, to wait for: everything the watch held back comes before it.
+    env.edit(&name, |spec| spec.holder_identity = Some("third".into()));
+    wait_until("the third holder", || observe.stdout().contains("\"third\""));
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    done.assert_code(0);
+    let holders: Vec<(bool, String)> = done
+        .stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (value["exists"].as_bool().unwrap(), value["holderIdentity"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    let wanted = [(true, "dead".to_string()), (true, "new".into()), (true, "third".into())];
+    assert_eq!(holders, wanted, "a stale change reported after a newer record:\n{}", done.stdout);
+}
+
 /// `mpsync observe` with its watch stuck while the holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record it saw last: no line may say the lease is
 /// free.

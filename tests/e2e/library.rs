@@ -1723,6 +1723,38 @@ fn observe_reports_a_new_holder_after_an_etcd_restore_that_follows_a_read_at_an_
     });
 }
 
+/// Found by review (rv232), as for `mpsync observe` (tests/e2e/elect.rs): a stale deletion, delivered by a
+/// lagging watch after the newer record read at an expiry, was reported.
+#[test]
+fn observe_never_reports_a_stale_deletion_after_a_newer_read() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lib-stale-delete");
+    env.put(&name, TestEnv::foreign_record("dead", 2));
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.build().unwrap();
+        let mut changes = Box::pin(a.observe());
+        let first = within("the current state", changes.next()).await.unwrap();
+        assert!(first.held && first.holder.as_deref() == Some("dead"), "{first:?}");
+        server.set_watch_lag(Duration::from_secs(600));
+        // Off the runtime: the test's own client blocks on a runtime of its own.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                env.delete(&name);
+                env.put(&name, TestEnv::foreign_record("new", 3600));
+            });
+        });
+        let read = within("the new holder, read at the expiry", changes.next()).await.unwrap();
+        assert!(read.held && read.holder.as_deref() == Some("new"), "{read:?}");
+        server.set_watch_lag(Duration::ZERO);
+        std::thread::scope(|scope| {
+            scope.spawn(|| env.edit(&name, |spec| spec.holder_identity = Some("third".into())));
+        });
+        let next = within("the third holder", changes.next()).await.unwrap();
+        assert!(next.exists && next.holder.as_deref() == Some("third"), "a stale change reported: {next:?}");
+    });
+}
+
 /// `Lock::observe` with its watch stuck while a holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record seen last: no change may be reported.
 fn observe_with_a_stuck_watch(lease: &str, failed_read: bool) {
