@@ -590,10 +590,14 @@ impl Lock {
                                     // it changes anything (see `read_behind_an_older_event`).
                                     // A deletion too (found by review, rv232: a stale deletion was
                                     // reported after the newer record read).
+                                    // After a read that found no lease, any record (found by review,
+                                    // rv234: a lagging watch's stale holder was reported after the read
+                                    // had found the lease deleted).
                                     event
-                                        if read_last && seen.as_ref().is_some_and(|known| {
-                                            crate::lease::is_older(event.resource_version(), &known.resource_version)
-                                        }) =>
+                                        if read_last && match seen.as_ref() {
+                                            Some(known) => crate::lease::is_older(event.resource_version(), &known.resource_version),
+                                            None => matches!(event, crate::lease::WatchUpdate::Present(_)),
+                                        } =>
                                     {
                                         let known = seen.as_ref().map(|known| known.resource_version.clone()).unwrap_or_default();
                                         match read_behind_an_older_event(&store, &name, &known, retry_period).await {
@@ -976,7 +980,8 @@ impl std::fmt::Debug for HeldLock {
 /// After a read at an expiry showed the record at version `known` (see `Lock::observe`), the watch delivered
 /// an older record: a watch behind that read (stuck, catching up), or versions that went back (an etcd
 /// restored, a lock directory put back). A read tells which, made again every `pause` until one answers:
-/// `None` when nothing changed (the read is at `known`); else the record read, which is the record now
+/// `None` when nothing changed (the read is at `known`; `known` is empty after a read that found no lease,
+/// and then any read is reported, an absent one changing nothing); else the record read, which is the record now
 /// (found by review, rv231: every later event was skipped, and a new holder never reported, until the
 /// versions passed the read's). `Err` for a refusal that stands.
 pub(crate) async fn read_behind_an_older_event(

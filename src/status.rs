@@ -366,11 +366,15 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             // An event older than a read of the lease's since (see the expiry above): a read tells whether it
             // changes anything (see `read_behind_an_older_event`).
             // A deletion too (found by review, rv232: a stale deletion was reported after the newer record read).
+            // After a read that found no lease, any record (found by review, rv234: a lagging watch's stale
+            // holder was reported after the read had found the lease deleted).
             Some(event)
                 if read_last[index]
-                    && seen[index].as_ref().and_then(Option::as_ref).is_some_and(|known| {
-                        crate::lease::is_older(event.resource_version(), &known.resource_version)
-                    }) =>
+                    && match seen[index].as_ref() {
+                        Some(Some(known)) => crate::lease::is_older(event.resource_version(), &known.resource_version),
+                        Some(None) => matches!(event, WatchUpdate::Present(_)),
+                        None => false,
+                    } =>
             {
                 let known = seen[index].clone().flatten().map(|known| known.resource_version).unwrap_or_default();
                 let pause = Duration::from_secs(2);

@@ -632,6 +632,35 @@ fn observe_never_reports_a_stale_deletion_after_a_newer_read() {
     assert_eq!(holders, wanted, "a stale change reported after a newer record:\n{}", done.stdout);
 }
 
+/// Found by review (rv234): the lease, held by "old" (2 s), is given to "mid" (1 h) and then deleted while
+/// `observe`'s watch lags; at old's expiry observe reads the lease and finds none. When the watch caught up,
+/// its MODIFIED("mid") event, older than that read, was reported as the lease now (held by mid), then the
+/// absence again. After a read that found no lease, a record the watch brings is checked with a read.
+#[test]
+fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("stale-holder");
+    env.put(&name, TestEnv::foreign_record("old", 2));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    server.set_watch_lag(Duration::from_secs(600));
+    env.edit(&name, |spec| {
+        spec.holder_identity = Some("mid".into());
+        spec.lease_duration_seconds = Some(3600);
+    });
+    env.delete(&name);
+    wait_until("the absence, read at the expiry", || observe.stdout().contains("\"exists\":false"));
+    server.set_watch_lag(Duration::ZERO);
+    // A later change, to wait for: everything the watch held back comes before it.
+    env.put(&name, TestEnv::foreign_record("third", 3600));
+    wait_until("the third holder", || observe.stdout().contains("\"third\""));
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    done.assert_code(0);
+    assert!(!done.stdout.contains("\"mid\""), "a stale holder reported after a newer read:\n{}", done.stdout);
+}
+
 /// `mpsync observe` with its watch stuck while the holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record it saw last: no line may say the lease is
 /// free.
