@@ -975,8 +975,6 @@ impl std::fmt::Debug for HeldLock {
     }
 }
 
-/// Whether a lease is lost by what its task said and by the clock now: a process frozen past the renew
-/// deadline knows at once when it runs again, before the task has run.
 /// After a read at an expiry showed the record at version `known` (see `Lock::observe`), the watch delivered
 /// an older record: a watch behind that read (stuck, catching up), or versions that went back (an etcd
 /// restored, a lock directory put back). A read tells which, made again every `pause` until one answers:
@@ -1008,6 +1006,8 @@ pub(crate) async fn read_behind_an_older_event(
     Ok(Some(read))
 }
 
+/// Whether a lease is lost by what its task said and by the clock now: a process frozen past the renew
+/// deadline knows at once when it runs again, before the task has run.
 pub(crate) fn lost_now(state: &watch::Receiver<HoldState>) -> bool {
     let state = state.borrow();
     state.lost.is_some() || Instant::now() >= state.deadline
