@@ -592,7 +592,12 @@ impl Lock {
                                     // reported after the newer record read).
                                     // After a read that found no lease, any record (found by review,
                                     // rv234: a lagging watch's stale holder was reported after the read
-                                    // had found the lease deleted).
+                                    // had found the lease deleted). A deletion or an absence then changes
+                                    // nothing, and is passed over with the check kept (found by review,
+                                    // rv236: a stale deletion ended the check, and the stale holder after
+                                    // it was reported).
+                                    crate::lease::WatchUpdate::Absent { .. } | crate::lease::WatchUpdate::Deleted { .. }
+                                        if read_last && seen.is_none() => continue,
                                     event
                                         if read_last && match seen.as_ref() {
                                             Some(known) => crate::lease::is_older(event.resource_version(), &known.resource_version),

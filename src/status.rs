@@ -345,6 +345,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                 continue;
             }
         };
+        let mut from_read = false;
         let current = match update {
             // A watch ends on its own only when its reads are refused in a way retrying will not fix
             // (credentials refused, get forbidden): read, to report that refusal (exit 125), not end as
@@ -367,7 +368,14 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             // changes anything (see `read_behind_an_older_event`).
             // A deletion too (found by review, rv232: a stale deletion was reported after the newer record read).
             // After a read that found no lease, any record (found by review, rv234: a lagging watch's stale
-            // holder was reported after the read had found the lease deleted).
+            // holder was reported after the read had found the lease deleted). A deletion or an absence then
+            // changes nothing, and is passed over with the check kept (found by review, rv236: a stale
+            // deletion ended the check, and the stale holder after it was reported).
+            Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. })
+                if read_last[index] && matches!(seen[index], Some(None)) =>
+            {
+                continue;
+            }
             Some(event)
                 if read_last[index]
                     && match seen[index].as_ref() {
@@ -378,18 +386,17 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
             {
                 let known = seen[index].clone().flatten().map(|known| known.resource_version).unwrap_or_default();
                 let pause = Duration::from_secs(2);
-                let read =
-                    match crate::lock::read_behind_an_older_event(store, &target.names[index], &known, pause).await {
-                        Ok(Some(read)) => read,
-                        Ok(None) => continue,
-                        Err(err) => return Err(fatal(err)),
-                    };
-                let slot = target.slots.map(|_| index);
-                let report =
-                    Report::new(&target.names[index], slot, store.namespace(), read.as_ref(), Timestamp::now());
-                seen[index] = Some(read);
-                print_change(config, &mut last[index], &report)?;
-                continue;
+                match crate::lock::read_behind_an_older_event(store, &target.names[index], &known, pause).await {
+                    // The record read is the record now, and it goes the way of any record (below), the
+                    // check for a marker too (found by review, rv236: a plain lease made a semaphore's marker,
+                    // first seen here, was never watched as one); it stays a read's.
+                    Ok(Some(read)) => {
+                        from_read = true;
+                        read
+                    }
+                    Ok(None) => continue,
+                    Err(err) => return Err(fatal(err)),
+                }
             }
             Some(WatchUpdate::Present(current)) => Some(current),
             Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
@@ -403,7 +410,7 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                 return Ok(Some(semaphore));
             }
         }
-        read_last[index] = false;
+        read_last[index] = from_read;
         let slot = target.slots.map(|_| index);
         let name = &target.names[index];
         let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());

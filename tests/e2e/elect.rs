@@ -661,6 +661,68 @@ fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
     assert!(!done.stdout.contains("\"mid\""), "a stale holder reported after a newer read:\n{}", done.stdout);
 }
 
+/// Found by review (rv236): the lease, held by "old" (2 s), is deleted, created by "ghost" (1 h) and deleted again while observe's
+/// watch lags; at old's expiry observe reads the lease and finds none. When the watch catches up, its
+/// stale DELETED (of old's record) clears the check, and the stale ADDED("ghost") after it is reported as
+/// the lease now, held, after the newer absence.
+#[test]
+fn observe_never_reports_a_stale_holder_after_a_stale_deletion_following_an_absent_read() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("ghost");
+    env.put(&name, TestEnv::foreign_record("old", 2));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    server.set_watch_lag(Duration::from_secs(600));
+    env.delete(&name);
+    env.put(&name, TestEnv::foreign_record("ghost", 3600));
+    env.delete(&name);
+    wait_until("the absence, read at the expiry", || observe.stdout().contains("\"exists\":false"));
+    server.set_watch_lag(Duration::ZERO);
+    // A later change, to wait for: everything the watch held back comes before it.
+    env.put(&name, TestEnv::foreign_record("third", 3600));
+    wait_until("the third holder", || observe.stdout().contains("\"third\""));
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    done.assert_code(0);
+    assert!(!done.stdout.contains("\"ghost\""), "a stale holder reported after a newer read:\n{}", done.stdout);
+}
+
+/// Found by review (rv236): `mpsync observe NAME` of a plain lease: a read at its expiry finds it deleted; then NAME is made the
+/// marker of a 2-slot semaphore, and the watch (dropped) lists it again. The listed marker, checked with a
+/// read (90728d6), was reported as a plain lease and the check for a marker skipped; the marker does not
+/// change again, so observe never watched the slots, and a holder of slot 0 was never reported.
+#[test]
+fn observe_follows_a_marker_that_appears_after_an_absent_read() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("marker");
+    env.put(&name, TestEnv::foreign_record("old", 2));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
+    server.set_watch_lag(Duration::from_secs(600));
+    env.delete(&name);
+    wait_until("the absence, read at the expiry", || observe.stdout().contains("\"exists\":false"));
+    env.put_slot(&name, 2, Default::default());
+    let watches = server.count("watch");
+    server.drop_watches();
+    // The watch lists again: the marker comes as a record (checked with a read: the read before found none).
+    assert!(
+        server.wait_for_counts(
+            |counts| counts.iter().filter(|((v, _), _)| v == "watch").map(|(_, n)| n).sum::<usize>() > watches,
+            PATIENCE
+        ),
+        "the watch never started again"
+    );
+    server.set_watch_lag(Duration::ZERO);
+    env.put_slot(&format!("{name}-0"), 2, TestEnv::foreign_record("slotholder", 3600));
+    let reported = within_patience(|| observe.stdout().contains("\"slotholder\""));
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    done.assert_code(0);
+    assert!(reported, "the holder of slot 0 was never reported:\n{}\n{}", done.stdout, done.stderr);
+}
+
 /// `mpsync observe` with its watch stuck while the holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record it saw last: no line may say the lease is
 /// free.

@@ -1790,6 +1790,39 @@ fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
     });
 }
 
+/// Found by review (rv236), as for `mpsync observe` (tests/e2e/elect.rs): a stale deletion after a read
+/// that found no lease cleared the check, and the stale holder after it was reported.
+#[test]
+fn observe_never_reports_a_stale_holder_after_a_stale_deletion_following_an_absent_read() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("lib-ghost");
+    env.put(&name, TestEnv::foreign_record("old", 2));
+    runtime().block_on(async {
+        let a = lock(&env, &name).await.build().unwrap();
+        let mut changes = Box::pin(a.observe());
+        let first = within("the current state", changes.next()).await.unwrap();
+        assert!(first.held && first.holder.as_deref() == Some("old"), "{first:?}");
+        server.set_watch_lag(Duration::from_secs(600));
+        // Off the runtime: the test's own client blocks on a runtime of its own.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                env.delete(&name);
+                env.put(&name, TestEnv::foreign_record("ghost", 3600));
+                env.delete(&name);
+            });
+        });
+        let read = within("the absence, read at the expiry", changes.next()).await.unwrap();
+        assert!(!read.exists, "{read:?}");
+        server.set_watch_lag(Duration::ZERO);
+        std::thread::scope(|scope| {
+            scope.spawn(|| env.put(&name, TestEnv::foreign_record("third", 3600)));
+        });
+        let next = within("the third holder", changes.next()).await.unwrap();
+        assert!(next.exists && next.holder.as_deref() == Some("third"), "a stale change reported: {next:?}");
+    });
+}
+
 /// `Lock::observe` with its watch stuck while a holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record seen last: no change may be reported.
 fn observe_with_a_stuck_watch(lease: &str, failed_read: bool) {
