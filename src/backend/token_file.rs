@@ -38,6 +38,10 @@ struct Token {
     /// The read under way that a refusal asked for: its end, for the requests made meanwhile to wait for,
     /// and the one time until which they all wait for it.
     refusal_read: Option<(tokio::sync::watch::Receiver<bool>, Instant)>,
+    /// The token refused while a read was under way: if that read gives the same token, the refusal stands
+    /// and the file is read again at the next request (found by review, rv232: a 401 during the minute's
+    /// read was forgotten when it ended, and the refused token used until the next 401).
+    refused_while_reading: Option<HeaderValue>,
 }
 
 impl FileToken {
@@ -54,7 +58,13 @@ impl FileToken {
         }
         let path = PathBuf::from(auth.token_file.take().unwrap_or_default());
         let header = read(&path)?;
-        let token = Token { header, read_at: Some(Instant::now()), reading: false, refusal_read: None };
+        let token = Token {
+            header,
+            read_at: Some(Instant::now()),
+            reading: false,
+            refusal_read: None,
+            refused_while_reading: None,
+        };
         let read_wait = REFUSED_READ_WAIT.min(call_timeout / 4);
         Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)), read_wait }))
     }
@@ -98,7 +108,8 @@ impl FileToken {
                 // As client-go: the last token read, until the file gives one again.
                 Err(why) => tracing::debug!(error = %why, "keeping the last token read"),
             }
-            (state.read_at, state.reading, state.refusal_read) = (Some(Instant::now()), false, None);
+            let refused = state.refused_while_reading.take().is_some_and(|refused| refused == state.header);
+            (state.read_at, state.reading, state.refusal_read) = ((!refused).then(Instant::now), false, None);
             let _ = done.send(true);
         };
         if std::thread::Builder::new().name("mpsync-token".into()).spawn(reader).is_err() {
@@ -114,6 +125,9 @@ impl FileToken {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.header == *header {
             state.read_at = None;
+            if state.reading {
+                state.refused_while_reading = Some(header.clone());
+            }
         }
     }
 }
@@ -233,5 +247,35 @@ mod tests {
         writer.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(*seen.lock().unwrap(), ["Bearer new", "Bearer new"]);
+    }
+
+    /// Found by review (rv232): a 401 that came while the minute's read was under way was forgotten when that
+    /// read ended (it gave the same token): the token refused was used on until the next 401. Now the next
+    /// request reads the file again.
+    #[test]
+    fn a_refusal_during_the_minutes_read_is_not_forgotten() {
+        let dir = std::env::temp_dir().join(format!("mpsync-token-test-minute-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        config.auth_info.token_file = Some(path.display().to_string());
+        let source = FileToken::take(&mut config, Duration::from_secs(600)).unwrap().expect("the token file");
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The minute has passed: the next request starts a read, which blocks on the FIFO until it is written.
+        source.state.lock().unwrap().read_at = Instant::now().checked_sub(REREAD);
+        assert!(source.read_if_due().is_none(), "the minute's read is not waited for");
+        source.refused(&HeaderValue::from_static("Bearer old"));
+        std::fs::write(&path, "old\n").unwrap();
+        let started = Instant::now();
+        while source.state.lock().unwrap().reading {
+            assert!(started.elapsed() < Duration::from_secs(60), "the read never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let state = source.state.lock().unwrap();
+        assert_eq!(state.header, HeaderValue::from_static("Bearer old"));
+        assert!(state.read_at.is_none(), "the refusal during the read was forgotten");
     }
 }
