@@ -562,6 +562,8 @@ pub struct Elector {
     /// The latest time written into a record this process sent (`renewTime`): every later write is
     /// stamped past it, so that no two writes of ours are alike (see `stamp`).
     last_stamp: Option<MicroTime>,
+    /// The whole second of `last_stamp`, and when a write of ours first carried it (see `renewal`).
+    stamp_second: Option<(i64, Instant)>,
     /// Changes to the hold we have that carry our acquisition and a `renewTime` none of our writes carried:
     /// renewals by another process under our identity (a client-go elector given it renews any record
     /// under its identity as its own). One is a hand edit; a second is a co-holder (see `observe`).
@@ -642,6 +644,7 @@ impl Elector {
             watching: false,
             rng: 0x9E37_79B9_7F4A_7C15,
             last_stamp: None,
+            stamp_second: None,
             foreign_renewals: 0,
             last_foreign_at: None,
             foreign_window: Duration::ZERO,
@@ -1348,6 +1351,10 @@ impl Elector {
             && self.last_stamp.as_ref().is_none_or(|last| stamp.0 > last.0)
         {
             self.last_stamp = Some(stamp.clone());
+            let second = stamp.0.as_second();
+            if self.stamp_second.is_none_or(|(last, _)| last != second) {
+                self.stamp_second = Some((second, sent_at));
+            }
         }
         let purpose = if self.is_release(write) {
             self.release_base = write.resource_version().map(str::to_string);
@@ -2064,11 +2071,38 @@ impl Elector {
         Action::Write(self.marked(write))
     }
 
+    /// A renewal of `current`. Its `renewTime` moves to a later whole second at least every quarter of the
+    /// lease duration (every second at the least), even when the wall clock is not past the stored time
+    /// (stopped, stepped back, behind a time edited into the future), where `stamp` alone moves it by
+    /// microseconds: client-go's elector compares records with their times at whole seconds (its
+    /// `LeaderElectionRecord`, `metav1.Time`), and takes a lease it has seen unchanged for
+    /// `leaseDurationSeconds` (found by review, rv238: a holder whose clock stood still, or was stepped back
+    /// an hour, renewed unseen by client-go, which took the lease beside the holder's child). A whole
+    /// second per quarter duration lets a clock stepped back catch the stamps up, but for durations under 4 s.
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
         let mut record = current.record.clone();
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
-        record.renew_time = Some(self.stamp(now.wall, record.renew_time.as_ref()));
+        let stored = record.renew_time.clone();
+        let mut stamp = self.stamp(now.wall, stored.as_ref());
+        let second = stamp.0.as_second();
+        let every = (self.timing.lease_duration / 4).max(Duration::from_secs(1));
+        if stored.is_some_and(|stored| stored.0.as_second() >= second)
+            && self.stamp_second.is_none_or(|(last, since)| {
+                last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)
+            })
+        {
+            let step = SignedDuration::from_micros((1 + crate::retry::random_u64() % 1000) as i64);
+            if let Some(next) = second
+                .checked_add(1)
+                .and_then(|next| k8s_openapi::jiff::Timestamp::from_second(next).ok())
+                .and_then(|next| next.checked_add(step).ok())
+                .filter(|next| *next <= STAMP_CEILING)
+            {
+                stamp = MicroTime(next);
+            }
+        }
+        record.renew_time = Some(stamp);
         self.marked(Write::replace(current, record))
     }
 
@@ -2738,6 +2772,35 @@ mod tests {
         // A clock stepped back an hour: still past the stored one.
         let renew = expect_write(elector.next(Now::at(at(t0, 8.0), wall(-3600))));
         assert!(renew.record.renew_time.unwrap().0 > stored.0);
+    }
+
+    /// Found by review (rv238): client-go's elector compares records with their times at whole seconds, and
+    /// takes a lease it has seen unchanged for its duration. With the wall clock stopped (or stepped back an
+    /// hour), renewals moved `renewTime` by microseconds only, and the second it compares never changed. Now
+    /// it changes at least every quarter of the lease duration, and not faster: a clock stepped back catches
+    /// the stamps up.
+    #[test]
+    fn a_renewal_moves_the_whole_second_client_go_compares_even_when_the_wall_clock_stands_still() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let first = elector.current().unwrap().record.renew_time.clone().unwrap().0.as_second();
+        let mut changed_at = 0.0;
+        let mut last = first;
+        for (rv, second) in (3..20).zip((1..).map(|n| n as f64 * 2.0)) {
+            let renew = expect_write(elector.next(Now::at(at(t0, second), wall(0))));
+            let renewed = renew.record.renew_time.clone().unwrap().0.as_second();
+            if renewed != last {
+                (changed_at, last) = (second, renewed);
+            }
+            // A quarter of 15 s, and a retry period (2 s) for the renewal to come.
+            assert!(second - changed_at <= 6.0, "the whole second unchanged from {changed_at} s to {second} s");
+            apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
+        }
+        // 34 s of renewals: about one second each 4 s (the renewals are 2 s apart), never one per renewal.
+        assert!((5..=9).contains(&(last - first)), "moved {} s in 34 s", last - first);
+        // A clock stepped back an hour: the second still moves.
+        let renew = expect_write(elector.next(Now::at(at(t0, 40.0), wall(-3600))));
+        assert!(renew.record.renew_time.unwrap().0.as_second() > last);
     }
 
     /// Found by review: a record edited to the last microsecond a timestamp holds (the API server accepts

@@ -28,6 +28,7 @@ mod adversary;
 mod apiserver;
 mod backends;
 mod chaos;
+mod client_go;
 mod connect;
 mod elect;
 mod elect_faults;
