@@ -1003,12 +1003,22 @@ pub(crate) async fn read_behind_an_older_event(
             }
         }
     };
+    Ok(behind_an_older_event(name, read, known))
+}
+
+/// What `read`, made after an older event than the read at version `known` (see
+/// `read_behind_an_older_event`), shows: `None` when nothing changed, else the record now.
+pub(crate) fn behind_an_older_event(
+    name: &str,
+    read: Option<crate::lease::Versioned>,
+    known: &str,
+) -> Option<Option<crate::lease::Versioned>> {
     match read.as_ref().map(|read| read.resource_version.as_str()) {
         Some(version) if crate::lease::is_older(version, known) => crate::lease::warn_versions_went_back(name),
-        Some(version) if version == known => return Ok(None),
+        Some(version) if version == known => return None,
         _ => {}
     }
-    Ok(Some(read))
+    Some(read)
 }
 
 /// Whether a lease is lost by what its task said and by the clock now: a process frozen past the renew

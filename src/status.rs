@@ -253,6 +253,9 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
     // (found by review, helper-161: one 503 to that read, while the watch was stuck, reported a renewed
     // lease free, and nothing read it again while the watch stayed stuck).
     let mut read_again: Option<tokio::time::Instant> = None;
+    // Leases whose check of an older event (below) failed: read again with the expiries', and their older
+    // events passed over meanwhile.
+    let mut check_again = vec![false; watches.len()];
     loop {
         let updates = watches
             .iter_mut()
@@ -300,6 +303,16 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                             return Ok(Some(semaphore));
                         }
                     }
+                    // NAME made a lease of its own (the semaphore deleted, and NAME taken by a plain `lock`):
+                    // watched as that lease from then on, as a new `observe` would (found by review, rv237: the
+                    // old semaphore's slots were watched on, and NAME's holder never reported).
+                    Some(WatchUpdate::Present(current)) if slot_count(&current).is_none() => {
+                        let now = target_now(store, config).await?;
+                        if now.slots.is_none() {
+                            tracing::info!(lease = %config.name, "a lease of its own now, not a semaphore's marker: watching it");
+                            return Ok(Some(now));
+                        }
+                    }
                     Some(_) => {}
                 }
                 continue;
@@ -312,7 +325,8 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                     // A record that expired by its timestamps, as the watch showed it last: the watch may
                     // be stuck (open and silent while the holder renews), so the lease is read before it
                     // is reported free (found by review, helper-133: a renewed lease reported free).
-                    if current.as_ref().is_some_and(|c| {
+                    // And a lease whose check of an older event failed.
+                    if check_again[index] || current.as_ref().is_some_and(|c| {
                         !crate::lease::held_at(&c.record, now)
                             && last[index].as_ref().is_some_and(|(_, _, _, held)| *held)
                     }) {
@@ -329,6 +343,14 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                                 current = read;
                                 seen[index] = Some(current.clone());
                                 read_last[index] = true;
+                                check_again[index] = false;
+                                // What a read shows is checked as any record (below): a plain lease made a
+                                // semaphore's marker is followed from here too.
+                                if let Some(semaphore) =
+                                    became_a_semaphore(store, config, target, &mut count_seen, current.as_ref()).await?
+                                {
+                                    return Ok(Some(semaphore));
+                                }
                             }
                             Err(err @ StoreError::Fatal(_)) => return Err(fatal(err)),
                             Err(err) => {
@@ -384,39 +406,70 @@ async fn observe_target(store: &Store, config: &QueryConfig, target: &Target) ->
                         None => false,
                     } =>
             {
+                // A check already due (its read failed) is made with the expiries', not for each event.
+                if check_again[index] {
+                    continue;
+                }
                 let known = seen[index].clone().flatten().map(|known| known.resource_version).unwrap_or_default();
-                let pause = Duration::from_secs(2);
-                match crate::lock::read_behind_an_older_event(store, &target.names[index], &known, pause).await {
+                let name = &target.names[index];
+                // One attempt: a read that fails is made again with the expiries' (above), and the other
+                // leases' changes are reported meanwhile (found by review, rv237: a read retried here until
+                // it answered held up every other slot's reports for as long).
+                match store.get(name).await {
                     // The record read is the record now, and it goes the way of any record (below), the
                     // check for a marker too (found by review, rv236: a plain lease made a semaphore's marker,
                     // first seen here, was never watched as one); it stays a read's.
-                    Ok(Some(read)) => {
-                        from_read = true;
-                        read
+                    Ok(read) => match crate::lock::behind_an_older_event(name, read, &known) {
+                        Some(read) => {
+                            from_read = true;
+                            read
+                        }
+                        None => continue,
+                    },
+                    Err(err @ StoreError::Fatal(_)) => return Err(fatal(err)),
+                    Err(err) => {
+                        tracing::debug!(lease = %name, error = %err, "reading the lease failed; reading again");
+                        check_again[index] = true;
+                        read_again.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(2));
+                        continue;
                     }
-                    Ok(None) => continue,
-                    Err(err) => return Err(fatal(err)),
                 }
             }
             Some(WatchUpdate::Present(current)) => Some(current),
             Some(WatchUpdate::Absent { .. } | WatchUpdate::Deleted { .. }) => None,
         };
-        let count = current.as_ref().and_then(slot_count);
-        if target.slots.is_none() && count.is_some() && std::mem::replace(&mut count_seen, count) != count {
-            supported(&config.name, count)?;
-            if let Some(semaphore) = semaphore_now(store, config).await? {
-                let n = semaphore.names.len();
-                tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
-                return Ok(Some(semaphore));
-            }
+        if let Some(semaphore) = became_a_semaphore(store, config, target, &mut count_seen, current.as_ref()).await? {
+            return Ok(Some(semaphore));
         }
         read_last[index] = from_read;
+        check_again[index] = false;
         let slot = target.slots.map(|_| index);
         let name = &target.names[index];
         let report = Report::new(name, slot, store.namespace(), current.as_ref(), Timestamp::now());
         seen[index] = Some(current);
         print_change(config, &mut last[index], &report)?;
     }
+}
+
+/// The semaphore to watch from now on, if `current` (the record of the plain lease `target` watches) makes
+/// it a semaphore's marker: a count it carries that was not seen before (`count_seen`).
+async fn became_a_semaphore(
+    store: &Store,
+    config: &QueryConfig,
+    target: &Target,
+    count_seen: &mut Option<u32>,
+    current: Option<&Versioned>,
+) -> Result<Option<Target>> {
+    let count = current.and_then(slot_count);
+    if target.slots.is_none() && count.is_some() && std::mem::replace(count_seen, count) != count {
+        supported(&config.name, count)?;
+        if let Some(semaphore) = semaphore_now(store, config).await? {
+            let n = semaphore.names.len();
+            tracing::info!(lease = %config.name, "now the marker of a semaphore of {n} slots: watching them");
+            return Ok(Some(semaphore));
+        }
+    }
+    Ok(None)
 }
 
 /// Print `report` if it differs from the last one printed for its lease.
@@ -436,23 +489,30 @@ fn print_change(config: &QueryConfig, last: &mut Option<(String, i32, bool, bool
 /// review: one 503 here ended `observe`; the marker does not change again, so the next change of its
 /// record cannot be waited for).
 async fn semaphore_now(store: &Store, config: &QueryConfig) -> Result<Option<Target>> {
+    let now = target_now(store, config).await?;
+    Ok(now.slots.is_some().then_some(now))
+}
+
+/// What NAME is now (a semaphore or a lease of its own), with failures retried as by `semaphore_now`.
+async fn target_now(store: &Store, config: &QueryConfig) -> Result<Target> {
     let mut log = crate::retry::FailureLog::new(&config.name, "finding whether it is a semaphore now");
-    for failures in 1.. {
+    let mut failures: u32 = 0;
+    loop {
         match target(store, config).await {
             Ok((target, _)) => {
                 log.recovered();
-                return Ok(target.slots.is_some().then_some(target));
+                return Ok(target);
             }
             // A semaphore whose slots cannot be watched (their names too long) is said, not retried for
             // ever without a word on stdout (found by review, helper-172).
             Err(err @ Error::Usage(_)) => return Err(err),
             Err(err) => {
                 log.failed(&err.to_string());
+                failures = failures.saturating_add(1);
                 tokio::time::sleep(crate::retry::backoff(Duration::from_secs(2), failures)).await;
             }
         }
     }
-    Ok(None)
 }
 
 /// Write to stdout, flushed (`observe` reports as changes come). A reader that has gone (EPIPE:

@@ -723,6 +723,81 @@ fn observe_follows_a_marker_that_appears_after_an_absent_read() {
     assert!(reported, "the holder of slot 0 was never reported:\n{}\n{}", done.stdout, done.stderr);
 }
 
+both_backends!(observe_of_a_semaphore_follows_its_name_made_a_plain_lease_again);
+
+/// Found by review (rv237): `mpsync observe pool` of a semaphore in use (it watches the marker and the slots). Every user
+/// stops, the operator deletes the semaphore's Leases (README, "Changing N"), and a plain `lock pool`
+/// takes the name (README: "a plain `lock NAME` after that takes `NAME`"). observe's marker watch saw
+/// the plain record (no count) and passed it over: the plain holder was never reported, and the lines
+/// showed two free slots of a semaphore that no longer existed while NAME was held.
+fn observe_of_a_semaphore_follows_its_name_made_a_plain_lease_again(env: &TestEnv) {
+    let name = env.lease_name("pool");
+    env.run(fast(&["lock", &name, "--slots", "2"], &["true"])).assert_code(0);
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's lines for both slots", || observe.stdout().lines().count() >= 2);
+    for lease in [name.clone(), format!("{name}-0"), format!("{name}-1")] {
+        env.delete(&lease);
+    }
+    let (gate, log) = (env.path("gate"), env.path("log"));
+    let holder = env.spawn(fast(
+        &["lock", &name, "--identity", "plainholder"],
+        &["sh", "-c", &stamp_script(&log, &until_exists(&gate))],
+    ));
+    wait_for_file(&log, "start");
+    let reported = within_patience(|| observe.stdout().contains("\"plainholder\""));
+    fs::write(&gate, "").unwrap();
+    holder.finish().assert_code(0);
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    assert!(reported, "the plain holder of {name} was never reported:\n{}\n{}", done.stdout, done.stderr);
+}
+
+/// Found by review (rv237): `mpsync observe pool` of a 2-slot semaphore. Slot 1's holder dies while the watches lag; slot 1
+/// is given to "ghost", then "mid"; at the dead holder's expiry observe reads slot 1 (mid). When the
+/// watches catch up, ghost's event (older than that read) is checked with another read
+/// (`read_behind_an_older_event`), which was retried every 2 s inside observe's one loop until a get of
+/// slot 1 answered. While slot 1's gets failed (a 503 per name), every other slot's change and the
+/// marker's went unreported: slot 0 changing hands was never shown. Now that read is made once, and
+/// again with the expiries' reads.
+#[test]
+fn observe_reports_other_slots_while_one_slots_check_read_keeps_failing() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("pool");
+    let (slot0, slot1) = (format!("{name}-0"), format!("{name}-1"));
+    env.put_slot(&name, 2, Default::default());
+    env.put_slot(&slot0, 2, TestEnv::foreign_record("a", 3600));
+    env.put_slot(&slot1, 2, TestEnv::foreign_record("dead", 2));
+    let observe = env.spawn(["observe", &name, "-o", "json"]);
+    wait_until("observe's lines for both slots", || {
+        let out = observe.stdout();
+        out.contains("\"a\"") && out.contains("\"dead\"")
+    });
+    server.set_watch_lag(Duration::from_secs(600));
+    env.edit(&slot1, |spec| {
+        spec.holder_identity = Some("ghost".into());
+        spec.lease_duration_seconds = Some(3600);
+    });
+    env.edit(&slot1, |spec| spec.holder_identity = Some("mid".into()));
+    wait_until("mid, read at dead's expiry", || observe.stdout().contains("\"mid\""));
+    server.fail_next_on(&format!("get:{slot1}"), 1_000_000, 503);
+    server.set_watch_lag(Duration::ZERO);
+    // ghost's event, older than the read, is checked with a get of slot 1: answered 503.
+    wait_until("observe's check read of slot 1 to fail", || {
+        server.requests().iter().any(|r| r.status == 503 && r.verb == "get" && r.path.ends_with(&slot1))
+    });
+    env.edit(&slot0, |spec| spec.holder_identity = Some("b".into()));
+    let reported = within_patience(|| observe.stdout().contains("\"b\""));
+    server.fail_next_on(&format!("get:{slot1}"), 0, 503);
+    observe.signal(Signal::SIGTERM);
+    let done = observe.finish();
+    assert!(
+        reported,
+        "slot 0's new holder was not reported while slot 1's reads failed:\n{}\n{}",
+        done.stdout, done.stderr
+    );
+}
+
 /// `mpsync observe` with its watch stuck while the holder renews every 500 ms (lease duration 4 s), and with
 /// `failed_read` one 503 to its read at the expiry of the record it saw last: no line may say the lease is
 /// free.
