@@ -638,45 +638,43 @@ fn observe_never_reports_a_stale_deletion_after_a_newer_read() {
 /// absence again. After a read that found no lease, a record the watch brings is checked with a read.
 #[test]
 fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
-    let env = TestEnv::kube();
-    let Some(server) = env.server() else { return };
-    let name = env.lease_name("stale-holder");
-    env.put(&name, TestEnv::foreign_record("old", 2));
-    let observe = env.spawn(["observe", &name, "-o", "json"]);
-    wait_until("observe's first line", || observe.stdout().lines().next().is_some());
-    server.set_watch_lag(Duration::from_secs(600));
-    env.edit(&name, |spec| {
-        spec.holder_identity = Some("mid".into());
-        spec.lease_duration_seconds = Some(3600);
+    observe_never_reports_a_stale_holder_after_an_absent_read("stale-holder", "mid", |env, name| {
+        env.edit(name, |spec| {
+            spec.holder_identity = Some("mid".into());
+            spec.lease_duration_seconds = Some(3600);
+        });
+        env.delete(name);
     });
-    env.delete(&name);
-    wait_until("the absence, read at the expiry", || observe.stdout().contains("\"exists\":false"));
-    server.set_watch_lag(Duration::ZERO);
-    // A later change, to wait for: everything the watch held back comes before it.
-    env.put(&name, TestEnv::foreign_record("third", 3600));
-    wait_until("the third holder", || observe.stdout().contains("\"third\""));
-    observe.signal(Signal::SIGTERM);
-    let done = observe.finish();
-    done.assert_code(0);
-    assert!(!done.stdout.contains("\"mid\""), "a stale holder reported after a newer read:\n{}", done.stdout);
 }
 
-/// Found by review (rv236): the lease, held by "old" (2 s), is deleted, created by "ghost" (1 h) and deleted again while observe's
-/// watch lags; at old's expiry observe reads the lease and finds none. When the watch catches up, its
-/// stale DELETED (of old's record) clears the check, and the stale ADDED("ghost") after it is reported as
-/// the lease now, held, after the newer absence.
+/// Found by review (rv236): the lease, held by "old" (2 s), is deleted, created by "ghost" (1 h) and deleted
+/// again while observe's watch lags; at old's expiry observe reads the lease and finds none. When the watch
+/// caught up, its stale DELETED (of old's record) cleared the check, and the stale ADDED("ghost") after it
+/// was reported as the lease now, held, after the newer absence.
 #[test]
 fn observe_never_reports_a_stale_holder_after_a_stale_deletion_following_an_absent_read() {
+    observe_never_reports_a_stale_holder_after_an_absent_read("ghost", "ghost", |env, name| {
+        env.delete(name);
+        env.put(name, TestEnv::foreign_record("ghost", 3600));
+        env.delete(name);
+    });
+}
+
+/// The lease, held by "old" (2 s), is changed by `changes` (ending deleted) while `observe`'s watch lags; at
+/// old's expiry observe reads it and finds none. The `stale` holder the watch brings later is never reported.
+fn observe_never_reports_a_stale_holder_after_an_absent_read(
+    prefix: &str,
+    stale: &str,
+    changes: impl FnOnce(&TestEnv, &str),
+) {
     let env = TestEnv::kube();
     let Some(server) = env.server() else { return };
-    let name = env.lease_name("ghost");
+    let name = env.lease_name(prefix);
     env.put(&name, TestEnv::foreign_record("old", 2));
     let observe = env.spawn(["observe", &name, "-o", "json"]);
     wait_until("observe's first line", || observe.stdout().lines().next().is_some());
     server.set_watch_lag(Duration::from_secs(600));
-    env.delete(&name);
-    env.put(&name, TestEnv::foreign_record("ghost", 3600));
-    env.delete(&name);
+    changes(&env, &name);
     wait_until("the absence, read at the expiry", || observe.stdout().contains("\"exists\":false"));
     server.set_watch_lag(Duration::ZERO);
     // A later change, to wait for: everything the watch held back comes before it.
@@ -685,13 +683,15 @@ fn observe_never_reports_a_stale_holder_after_a_stale_deletion_following_an_abse
     observe.signal(Signal::SIGTERM);
     let done = observe.finish();
     done.assert_code(0);
-    assert!(!done.stdout.contains("\"ghost\""), "a stale holder reported after a newer read:\n{}", done.stdout);
+    let stale = format!("\"{stale}\"");
+    assert!(!done.stdout.contains(&stale), "a stale holder reported after a newer read:\n{}", done.stdout);
 }
 
-/// Found by review (rv236): `mpsync observe NAME` of a plain lease: a read at its expiry finds it deleted; then NAME is made the
-/// marker of a 2-slot semaphore, and the watch (dropped) lists it again. The listed marker, checked with a
-/// read (90728d6), was reported as a plain lease and the check for a marker skipped; the marker does not
-/// change again, so observe never watched the slots, and a holder of slot 0 was never reported.
+/// Found by review (rv236): `mpsync observe NAME` of a plain lease: a read at its expiry finds it deleted;
+/// then NAME is made the marker of a 2-slot semaphore, and the watch (dropped) lists it again. The listed
+/// marker, checked with a read (90728d6), was reported as a plain lease and the check for a marker skipped;
+/// the marker does not change again, so observe never watched the slots, and a holder of slot 0 was never
+/// reported.
 #[test]
 fn observe_follows_a_marker_that_appears_after_an_absent_read() {
     let env = TestEnv::kube();

@@ -1759,34 +1759,12 @@ fn observe_never_reports_a_stale_deletion_after_a_newer_read() {
 /// lagging watch after a read at an expiry had found the lease deleted, was reported.
 #[test]
 fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
-    let env = TestEnv::kube();
-    let Some(server) = env.server() else { return };
-    let name = env.lease_name("lib-stale-holder");
-    env.put(&name, TestEnv::foreign_record("old", 2));
-    runtime().block_on(async {
-        let a = lock(&env, &name).await.build().unwrap();
-        let mut changes = Box::pin(a.observe());
-        let first = within("the current state", changes.next()).await.unwrap();
-        assert!(first.held && first.holder.as_deref() == Some("old"), "{first:?}");
-        server.set_watch_lag(Duration::from_secs(600));
-        // Off the runtime: the test's own client blocks on a runtime of its own.
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                env.edit(&name, |spec| {
-                    spec.holder_identity = Some("mid".into());
-                    spec.lease_duration_seconds = Some(3600);
-                });
-                env.delete(&name);
-            });
+    observe_never_reports_a_stale_holder_after_an_absent_read("lib-stale-holder", |env, name| {
+        env.edit(name, |spec| {
+            spec.holder_identity = Some("mid".into());
+            spec.lease_duration_seconds = Some(3600);
         });
-        let read = within("the absence, read at the expiry", changes.next()).await.unwrap();
-        assert!(!read.exists, "{read:?}");
-        server.set_watch_lag(Duration::ZERO);
-        std::thread::scope(|scope| {
-            scope.spawn(|| env.put(&name, TestEnv::foreign_record("third", 3600)));
-        });
-        let next = within("the third holder", changes.next()).await.unwrap();
-        assert!(next.exists && next.holder.as_deref() == Some("third"), "a stale change reported: {next:?}");
+        env.delete(name);
     });
 }
 
@@ -1794,31 +1772,40 @@ fn observe_never_reports_a_stale_holder_after_a_read_found_the_lease_deleted() {
 /// that found no lease cleared the check, and the stale holder after it was reported.
 #[test]
 fn observe_never_reports_a_stale_holder_after_a_stale_deletion_following_an_absent_read() {
+    observe_never_reports_a_stale_holder_after_an_absent_read("lib-ghost", |env, name| {
+        env.delete(name);
+        env.put(name, TestEnv::foreign_record("ghost", 3600));
+        env.delete(name);
+    });
+}
+
+/// The lease, held by "old" (2 s), is changed by `changes` (ending deleted) while `Lock::observe`'s watch
+/// lags; at old's expiry it reads the lease and finds none. The next change reported is the next holder's.
+fn observe_never_reports_a_stale_holder_after_an_absent_read(
+    prefix: &str,
+    changes: impl FnOnce(&TestEnv, &str) + Send,
+) {
     let env = TestEnv::kube();
     let Some(server) = env.server() else { return };
-    let name = env.lease_name("lib-ghost");
+    let name = env.lease_name(prefix);
     env.put(&name, TestEnv::foreign_record("old", 2));
     runtime().block_on(async {
         let a = lock(&env, &name).await.build().unwrap();
-        let mut changes = Box::pin(a.observe());
-        let first = within("the current state", changes.next()).await.unwrap();
+        let mut changes_seen = Box::pin(a.observe());
+        let first = within("the current state", changes_seen.next()).await.unwrap();
         assert!(first.held && first.holder.as_deref() == Some("old"), "{first:?}");
         server.set_watch_lag(Duration::from_secs(600));
         // Off the runtime: the test's own client blocks on a runtime of its own.
         std::thread::scope(|scope| {
-            scope.spawn(|| {
-                env.delete(&name);
-                env.put(&name, TestEnv::foreign_record("ghost", 3600));
-                env.delete(&name);
-            });
+            scope.spawn(|| changes(&env, &name));
         });
-        let read = within("the absence, read at the expiry", changes.next()).await.unwrap();
+        let read = within("the absence, read at the expiry", changes_seen.next()).await.unwrap();
         assert!(!read.exists, "{read:?}");
         server.set_watch_lag(Duration::ZERO);
         std::thread::scope(|scope| {
             scope.spawn(|| env.put(&name, TestEnv::foreign_record("third", 3600)));
         });
-        let next = within("the third holder", changes.next()).await.unwrap();
+        let next = within("the third holder", changes_seen.next()).await.unwrap();
         assert!(next.exists && next.holder.as_deref() == Some("third"), "a stale change reported: {next:?}");
     });
 }
