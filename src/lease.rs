@@ -84,7 +84,7 @@ pub struct Timing {
     /// How long a holder's lease stays valid without renewal (whole seconds).
     pub lease_duration: Duration,
     /// The lease counts as lost when no renewal succeeded for this long, counted from the send of the
-    /// last one that did.
+    /// last one that did and that moved `renewTime` to another whole second (what a client-go elector sees).
     pub renew_deadline: Duration,
     /// How often the holder renews, and how often waiters poll while their watch is down.
     pub retry_period: Duration,
@@ -106,7 +106,8 @@ impl Timing {
     };
 
     /// Check the timings against each other: a whole number of seconds for the duration, the renew
-    /// deadline below it, and room for at least one retry within the deadline (as client-go requires).
+    /// deadline below it, and room for at least one retry within the deadline (as client-go requires);
+    /// with renewals under a second apart, room for one a second (`1s` plus twice the retry period).
     pub fn validate(&self) -> Result<(), crate::Error> {
         let show = |d: Duration| humantime::format_duration(d).to_string();
         let usage = |message: String| Err(crate::Error::Usage(message));
@@ -142,6 +143,19 @@ impl Timing {
                 "--retry-period ({}) times 1.2 must be less than --renew-deadline ({})",
                 show(retry_period),
                 show(renew_deadline)
+            ));
+        }
+        // Renewals under a second apart are seen by client-go once a second only (see `Held::deadline`),
+        // so the deadline counts from one a second: it must leave room for the next (found by review,
+        // rv240).
+        if retry_period < Duration::from_secs(1)
+            && renew_deadline.as_secs_f64() < 1.0 + 2.0 * retry_period.as_secs_f64()
+        {
+            return usage(format!(
+                "--renew-deadline ({}) must be at least 1s plus twice --retry-period ({}) when that is under 1s: \
+                 client-go sees renewals at whole seconds",
+                show(renew_deadline),
+                show(retry_period)
             ));
         }
         Ok(())
@@ -396,8 +410,11 @@ pub struct Held {
     pub fencing_token: i32,
     /// `acquireTime` as written by our acquisition: with the token, what makes a record our own write.
     pub acquire_time: Option<MicroTime>,
-    /// When the last renewal (or the acquisition) that succeeded was sent.
+    /// When the last renewal (or the acquisition) that succeeded, and that moved `renewTime` to another
+    /// whole second, was sent (see `Held::deadline`).
     pub last_renew_sent: Instant,
+    /// The whole second of `renewTime` that renewal wrote.
+    pub renew_second: Option<i64>,
     /// When the next renewal is due.
     pub next_renew_at: Instant,
     /// No child may start before this: an acquisition that landed after the lease was seen held by
@@ -406,7 +423,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// When the lease counts as lost unless a renewal sent before then succeeds.
+    /// When the lease counts as lost unless a renewal sent before then succeeds. Counted from a renewal
+    /// that moved `renewTime` to another whole second: a client-go elector compares records with their times
+    /// at whole seconds (its `LeaderElectionRecord`), and a renewal within the same second is no change to
+    /// it (found by review, rv240: with renewals under a second apart, the deadline counted from one client-go
+    /// could not see, and a client-go elector took the lease beside the child).
     pub fn deadline(&self, timing: Timing) -> Instant {
         self.last_renew_sent + timing.renew_deadline
     }
@@ -1876,6 +1897,7 @@ impl Elector {
             }
         }
         let next_renew_at = sent_at + self.timing.retry_period;
+        let renew_second = record.renew_time.as_ref().map(|time| time.0.as_second());
         if self.held.is_none() {
             self.foreign_renewals = 0;
             self.last_foreign_at = None;
@@ -1890,8 +1912,14 @@ impl Elector {
         }
         self.held = Some(match self.held.take() {
             // A renewal keeps the token of the acquisition; an older success never moves the deadline back.
+            // One that leaves `renewTime` in the second of the last one counted is no change to client-go,
+            // and counts for nothing (see `Held::deadline`).
+            Some(held) if renew_second == held.renew_second => {
+                Held { next_renew_at: next_renew_at.max(held.next_renew_at), ..held }
+            }
             Some(held) => Held {
                 last_renew_sent: sent_at.max(held.last_renew_sent),
+                renew_second,
                 next_renew_at: next_renew_at.max(held.next_renew_at),
                 ..held
             },
@@ -1899,6 +1927,7 @@ impl Elector {
                 fencing_token: record.lease_transitions.unwrap_or(0),
                 acquire_time: record.acquire_time.clone(),
                 last_renew_sent: sent_at,
+                renew_second,
                 next_renew_at,
                 usable_from: [Some(sent_at), not_before, self.protected_until()]
                     .into_iter()
@@ -2071,14 +2100,19 @@ impl Elector {
         Action::Write(self.marked(write))
     }
 
-    /// A renewal of `current`. Its `renewTime` moves to a later whole second at least every quarter of the
-    /// lease duration (every second at the least), even when the wall clock is not past the stored time
-    /// (stopped, stepped back, behind a time edited into the future), where `stamp` alone moves it by
-    /// microseconds: client-go's elector compares records with their times at whole seconds (its
-    /// `LeaderElectionRecord`, `metav1.Time`), and takes a lease it has seen unchanged for
-    /// `leaseDurationSeconds` (found by review, rv238: a holder whose clock stood still, or was stepped back
-    /// an hour, renewed unseen by client-go, which took the lease beside the holder's child). A whole
-    /// second per quarter duration lets a clock stepped back catch the stamps up, but for durations under 4 s.
+    /// A renewal of `current`. Its `renewTime` moves to a later whole second once a second (of the monotonic
+    /// clock) at least, even when the wall clock is not past the stored time (stopped, stepped back, behind a
+    /// time edited into the future), where `stamp` alone moves it by microseconds: client-go's elector
+    /// compares records with their times at whole seconds (its `LeaderElectionRecord`, `metav1.Time`), and
+    /// takes a lease it has seen unchanged for `leaseDurationSeconds` (found by review, rv238: a holder whose
+    /// clock stood still, or was stepped back an hour, renewed unseen by client-go, which took the lease
+    /// beside the holder's child); and only a renewal that moves it counts (`Held::deadline`). Never faster
+    /// than the real time, so the stamps never run away from it; a clock stepped back catches them up when
+    /// renewals are more than a second apart. Past `STAMP_CEILING` too, into the thousand years kept past it
+    /// (found by review, rv239: stopped at the ceiling, a record edited to its last second was renewed unseen
+    /// by client-go again). Not in the first renewal of a process that has sent no stamp (the side-car
+    /// adopting a record at its start, which counts a lock's time from `renewTime`): that one stays on the
+    /// wall clock.
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
         let mut record = current.record.clone();
         record.holder_identity = Some(self.identity.clone());
@@ -2086,9 +2120,9 @@ impl Elector {
         let stored = record.renew_time.clone();
         let mut stamp = self.stamp(now.wall, stored.as_ref());
         let second = stamp.0.as_second();
-        let every = (self.timing.lease_duration / 4).max(Duration::from_secs(1));
+        let every = Duration::from_secs(1);
         if stored.is_some_and(|stored| stored.0.as_second() >= second)
-            && self.stamp_second.is_none_or(|(last, since)| {
+            && self.stamp_second.is_some_and(|(last, since)| {
                 last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)
             })
         {
@@ -2097,7 +2131,6 @@ impl Elector {
                 .checked_add(1)
                 .and_then(|next| k8s_openapi::jiff::Timestamp::from_second(next).ok())
                 .and_then(|next| next.checked_add(step).ok())
-                .filter(|next| *next <= STAMP_CEILING)
             {
                 stamp = MicroTime(next);
             }
@@ -2777,8 +2810,8 @@ mod tests {
     /// Found by review (rv238): client-go's elector compares records with their times at whole seconds, and
     /// takes a lease it has seen unchanged for its duration. With the wall clock stopped (or stepped back an
     /// hour), renewals moved `renewTime` by microseconds only, and the second it compares never changed. Now
-    /// it changes at least every quarter of the lease duration, and not faster: a clock stepped back catches
-    /// the stamps up.
+    /// it changes once a second at least, and not faster: renewals 2 s apart each move it by a second, and a
+    /// clock stepped back catches the stamps up.
     #[test]
     fn a_renewal_moves_the_whole_second_client_go_compares_even_when_the_wall_clock_stands_still() {
         let t0 = Instant::now();
@@ -2792,15 +2825,37 @@ mod tests {
             if renewed != last {
                 (changed_at, last) = (second, renewed);
             }
-            // A quarter of 15 s, and a retry period (2 s) for the renewal to come.
-            assert!(second - changed_at <= 6.0, "the whole second unchanged from {changed_at} s to {second} s");
+            // Renewals 2 s apart: each moves it.
+            assert!(second - changed_at <= 0.0, "the whole second unchanged from {changed_at} s to {second} s");
             apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
         }
-        // 34 s of renewals: about one second each 4 s (the renewals are 2 s apart), never one per renewal.
-        assert!((5..=9).contains(&(last - first)), "moved {} s in 34 s", last - first);
+        // 34 s of renewals: one second each (never faster than the real time).
+        assert_eq!(last - first, 17, "moved {} s in 34 s", last - first);
         // A clock stepped back an hour: the second still moves.
         let renew = expect_write(elector.next(Now::at(at(t0, 40.0), wall(-3600))));
         assert!(renew.record.renew_time.unwrap().0.as_second() > last);
+    }
+
+    /// Found by review (rv239): a record edited to the last second below `STAMP_CEILING` (the year 9000).
+    /// The whole-second move stopped at the ceiling, and renewals moved `renewTime` by microseconds again,
+    /// unseen by client-go. It moves on past the ceiling, in the thousand years kept there.
+    #[test]
+    fn a_renewal_moves_the_whole_second_past_the_stamp_ceiling() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let mut edited = elector.current().unwrap().clone();
+        let below = STAMP_CEILING.checked_sub(SignedDuration::from_millis(500)).unwrap();
+        edited.record.renew_time = Some(MicroTime(below));
+        edited.resource_version = "3".into();
+        elector.observe(Some(edited), at(t0, 1.0));
+        let mut seconds = std::collections::BTreeSet::new();
+        for (rv, second) in (4..16).zip((1..).map(|n| n as f64 * 2.0)) {
+            let renew = expect_write(elector.next(now(t0, second)));
+            seconds.insert(renew.record.renew_time.clone().unwrap().0.as_second());
+            apply(&mut elector, &renew, rv, at(t0, second), at(t0, second));
+        }
+        // 22 s of renewals, 2 s apart: a new second each.
+        assert!(seconds.len() >= 11, "the whole second stayed at {seconds:?}");
     }
 
     /// Found by review: a record edited to the last microsecond a timestamp holds (the API server accepts
@@ -3151,7 +3206,8 @@ mod tests {
         for (rv, second) in [(3, 2.0), (4, 4.0), (5, 6.0)] {
             let renew = expect_write(a.next(Now::at(at(t0, second), far.clone())));
             let stamp = renew.record.renew_time.clone().unwrap();
-            assert!(stamp.0 > last.0 && stamp.0 <= STAMP_CEILING.checked_add(SignedDuration::from_secs(1)).unwrap());
+            // Past the ceiling by whole seconds at most (one a quarter duration: see `renewal`).
+            assert!(stamp.0 > last.0 && stamp.0 <= STAMP_CEILING.checked_add(SignedDuration::from_secs(3)).unwrap());
             apply(&mut a, &renew, rv, at(t0, second), at(t0, second));
             last = stamp;
         }

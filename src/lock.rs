@@ -1493,7 +1493,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let timing = Timing {
             lease_duration: Duration::from_secs(3),
-            renew_deadline: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(1500),
             retry_period: Duration::from_millis(200),
         };
         let health = crate::health::Health::new(timing);

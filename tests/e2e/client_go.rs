@@ -1,6 +1,6 @@
 //! A client-go elector beside mpsync on one Lease (CONTRACT: client-go electors respect mpsync's holds).
 //! Each test plays the other writer (a client-go `LeaderElector` over a `LeaseLock`) by its own rules,
-//! against the real binary (found by review, rv238).
+//! against the real binary (found by review, rv238, rv239, rv240).
 //!
 //! client-go's rule (k8s.io/client-go/tools/leaderelection, `tryAcquireOrRenew`): the lease is read, turned
 //! into a `LeaderElectionRecord` and marshalled to JSON (`LeaseLock.Get`); when those bytes differ from the
@@ -33,16 +33,30 @@ fn client_go_raw(spec: &LeaseSpec) -> String {
     )
 }
 
-/// A client-go elector watching `name` (it polls every 50 ms: more often than client-go's retry period,
-/// so it sees every change client-go could, and later than client-go would). Returns the epoch nanos at
-/// which it took the lease by client-go's rule (its compare-and-swap answered), or `None` if it never
-/// could within `patience`.
-fn client_go_elector_takes(env: &TestEnv, name: &str, patience: Duration) -> Option<u128> {
+/// A client-go elector polling `name` every 5 ms (a client-go `RetryPeriod` may be that short, and any
+/// elector's poll may land right after a change). `on_record(prev, new, since_visible)` is called for every
+/// record read that differs at full precision from the one before, with how long ago client-go last saw a
+/// change: the test arms faults there. Returns the epoch nanos at which the elector's acquisition was
+/// written, or `None` within `patience`.
+fn client_go_elector_takes(
+    env: &TestEnv,
+    name: &str,
+    patience: Duration,
+    mut on_record: impl FnMut(&LeaseSpec, &LeaseSpec, Duration),
+    mut before_taking: impl FnMut(),
+) -> Option<u128> {
     let mut observed: Option<String> = None;
     let mut observed_at = Instant::now();
+    let mut last: Option<LeaseSpec> = None;
     let started = Instant::now();
     while started.elapsed() < patience {
         if let Some((_, spec)) = env.get(name) {
+            if let Some(prev) = &last
+                && prev != &spec
+            {
+                on_record(prev, &spec, observed_at.elapsed());
+            }
+            last = Some(spec.clone());
             let raw = client_go_raw(&spec);
             if observed.as_ref() != Some(&raw) {
                 observed = Some(raw);
@@ -51,11 +65,9 @@ fn client_go_elector_takes(env: &TestEnv, name: &str, patience: Duration) -> Opt
             let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
             let held = !spec.holder_identity.as_deref().unwrap_or("").is_empty();
             if held && observed_at.elapsed() >= duration {
-                // Expired by client-go's rule: it writes its acquisition (a compare-and-swap on what it read).
+                before_taking();
                 let taken = observed.clone().unwrap();
-                let mut took = false;
                 env.edit(name, |spec| {
-                    // Only the record it judged (a renewal in between that client-go sees is a change).
                     if client_go_raw(spec) != taken {
                         return;
                     }
@@ -67,50 +79,66 @@ fn client_go_elector_takes(env: &TestEnv, name: &str, patience: Duration) -> Opt
                     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
                 });
                 if env.holder(name).as_deref() == Some("client-go-elector") {
-                    took = true;
-                }
-                if took {
                     return Some(epoch_nanos());
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
     None
 }
 
 /// The holder's child: stamps `alive NANOS` every 50 ms until stopped.
-fn alive_script(alive: &Path) -> String {
-    format!("while :; do echo alive $(date +%s%N) >> {}; sleep 0.05; done", alive.display())
+fn alive_script(alive: &Path, ignore_term: bool) -> String {
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    format!("{trap}while :; do echo alive $(date +%s%N) >> {}; sleep 0.05; done", alive.display())
+}
+
+fn assert_child_gone_before(alive: &Path, taken_at: u128, done: &Finished) {
+    let last_alive = read_stamps(alive).iter().map(|s| s.1).max().unwrap();
+    assert!(
+        last_alive < taken_at,
+        "a client-go elector took the lease (the record unchanged at whole seconds for leaseDurationSeconds) \
+         while mpsync's child still ran, {:?} after the takeover; mpsync exited {:?}\n{}",
+        Duration::from_nanos((last_alive - taken_at) as u64),
+        done.code,
+        done.stderr
+    );
 }
 
 /// Run `lock` under `shim` (with `vars`), let a client-go elector watch it, and fail if the elector takes
 /// the lease while mpsync's child still runs.
 fn client_go_never_takes_the_lease_beside_the_child(env: &TestEnv, prefix: &str, shim: &Path, vars: &[(&str, &str)]) {
+    client_go_never_takes_a_lease_beside_the_child(env, prefix, Some(shim), vars, |_| {});
+}
+
+/// As `client_go_never_takes_the_lease_beside_the_child`, with `shim` if any, and `then` done once the
+/// child runs, before the client-go elector starts.
+fn client_go_never_takes_a_lease_beside_the_child(
+    env: &TestEnv,
+    prefix: &str,
+    shim: Option<&Path>,
+    vars: &[(&str, &str)],
+    then: impl FnOnce(&str),
+) {
     let name = env.lease_name(prefix);
     let alive = env.path("alive");
-    let mut command = env.mpsync(fast(&["lock", &name, "-v"], &["sh", "-c", &alive_script(&alive)]));
-    command.env("LD_PRELOAD", shim);
+    let mut command = env.mpsync(fast(&["lock", &name, "-v"], &["sh", "-c", &alive_script(&alive, false)]));
+    if let Some(shim) = shim {
+        command.env("LD_PRELOAD", shim);
+    }
     for (key, value) in vars {
         command.env(key, value);
     }
     let mut holder = Proc::spawn(command, &env.dir);
     holder.wait_for_file(&alive, "alive");
+    then(&name);
     // Three lease durations (4 s each) and more: a renewing holder is never expired by client-go's rule.
-    let taken = client_go_elector_takes(env, &name, Duration::from_secs(14));
+    let taken = client_go_elector_takes(env, &name, Duration::from_secs(14), |_, _, _| {}, || {});
     if let Some(taken_at) = taken {
         // The client-go elector leads from `taken_at`. mpsync's child must not run past it.
         let done = holder.finish();
-        let last_alive = read_stamps(&alive).iter().map(|s| s.1).max().unwrap();
-        assert!(
-            last_alive < taken_at,
-            "a client-go elector took the lease (by its own rule: the record unchanged, at whole seconds, for \
-             leaseDurationSeconds) while mpsync's child still ran, {:?} after the takeover; mpsync exited \
-             {:?}\n{}",
-            Duration::from_nanos((last_alive - taken_at) as u64),
-            done.code,
-            done.stderr
-        );
+        assert_child_gone_before(&alive, taken_at, &done);
         return;
     }
     holder.signal(Signal::SIGTERM);
@@ -155,4 +183,190 @@ fn a_client_go_elector_never_takes_the_lease_of_a_holder_whose_clock_is_right() 
     let env = TestEnv::kube();
     let shim = build_shim(&env, "stepwall");
     client_go_never_takes_the_lease_beside_the_child(&env, "cg-control", &shim, &[("MPSYNC_TEST_AHEAD_S", "0")]);
+}
+
+/// Found by review (rv239): a record edited to a time in the last second below the year 9000 (where mpsync's
+/// own stamps stop: `STAMP_CEILING`), which the API server accepts and mpsync takes for a hand edit of its
+/// hold. The renewals' move to the next whole second stopped at that ceiling, and they moved `renewTime` by
+/// microseconds again: a client-go elector took the lease a lease duration later, beside the child.
+#[test]
+fn a_client_go_elector_sees_the_renewals_after_a_record_edited_just_below_the_stamp_ceiling() {
+    let env = TestEnv::kube();
+    client_go_never_takes_a_lease_beside_the_child(&env, "cg-ceiling", None, &[], |name| {
+        let edited: k8s_openapi::jiff::Timestamp = "8999-12-31T23:59:59.5Z".parse().unwrap();
+        env.edit(name, |spec| spec.renew_time = Some(MicroTime(edited)));
+        // mpsync renews on top of the edit (it keeps the hold: one foreign renewal is a hand edit).
+        wait_until("a renewal past the edited renewTime", || {
+            env.get(name).is_some_and(|(_, spec)| spec.renew_time.is_some_and(|t| t.0 > edited))
+        });
+    });
+}
+
+/// Found by review (rv240): `--lease-duration 1s --renew-deadline 500ms --retry-period 400ms` was accepted.
+/// Renewals 400 ms apart move `renewTime`'s whole second once a second, so client-go sees changes up to
+/// 1.4 s apart, longer than the lease: a client-go elector took the lease of a healthy holder. A renew
+/// deadline that leaves no room for a renewal client-go sees is refused (125), and one that does is never
+/// taken from a healthy holder.
+#[test]
+fn a_renew_deadline_shorter_than_a_second_of_renewals_is_refused() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("cg-short");
+    let timing = ["--lease-duration", "1s", "--renew-deadline", "500ms", "--retry-period", "400ms"];
+    let done = env.run([&["lock", &name][..], &timing, &["--", "true"]].concat());
+    done.assert_code(125);
+    assert!(done.stderr.contains("client-go sees renewals at whole seconds"), "{}", done.stderr);
+    assert!(env.holder(&name).is_none(), "refused, yet the lease was taken");
+}
+
+/// The shortest renewals a client-go elector can follow: a 2 s lease renewed every 250 ms, a renew deadline
+/// of 1.5 s. A client-go elector never takes it from a healthy holder.
+#[test]
+fn a_client_go_elector_never_takes_a_short_lease_renewed_under_a_second_apart() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("cg-short-ok");
+    let alive = env.path("alive");
+    let script = alive_script(&alive, false);
+    let timing = ["--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "250ms"];
+    let command = [&["lock", &name, "-v"][..], &timing, &["--", "sh", "-c", &script]].concat();
+    let mut holder = Proc::spawn(env.mpsync(command), &env.dir);
+    holder.wait_for_file(&alive, "alive");
+    if let Some(taken_at) = client_go_elector_takes(&env, &name, Duration::from_secs(8), |_, _, _| {}, || {}) {
+        let done = holder.finish();
+        assert_child_gone_before(&alive, taken_at, &done);
+        panic!("a client-go elector took the lease of a healthy holder:\n{}", done.stderr);
+    }
+    holder.signal(Signal::SIGTERM);
+    let done = holder.finish();
+    assert!(!done.stderr.contains("lost"), "the holder lost the lease:\n{}", done.stderr);
+}
+
+/// Found by review (rv240): the margin `lease_duration - renew_deadline - grace` may be as small as 100 ms
+/// (`--lease-duration 4s --renew-deadline 2s --grace 1900ms`), but a client-go elector sees a renewal only
+/// when `renewTime` enters a new whole second. Renewal A enters second S (client-go sees it at once);
+/// renewal B, ~0.5 s later, stays in second S (client-go sees nothing; mpsync's renew deadline counted from
+/// B's send); then the API server fails every renewal. mpsync lost at B + 2 s and SIGKILLed at B + 3.9 s;
+/// client-go took the lease at A + 4 s, before that. Now the deadline counts from A.
+#[test]
+fn the_renew_deadline_counts_from_a_renewal_client_go_could_see() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("cg-margin");
+    let alive = env.path("alive");
+    let script = alive_script(&alive, true);
+    let mut holder = Proc::spawn(
+        env.mpsync([
+            "lock",
+            &name,
+            "-v",
+            "--lease-duration",
+            "4s",
+            "--renew-deadline",
+            "2s",
+            "--retry-period",
+            "500ms",
+            "--grace",
+            "1900ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        &env.dir,
+    );
+    holder.wait_for_file(&alive, "alive");
+    let update = format!("update:{name}");
+    let mut armed = false;
+    let taken = client_go_elector_takes(
+        &env,
+        &name,
+        Duration::from_secs(20),
+        |prev, new, since_visible| {
+            let second = |s: &LeaseSpec| s.renew_time.as_ref().map(|t| t.0.as_second());
+            // A renewal client-go cannot see (same holder, same whole second), well after the one it saw:
+            // from now on, every renewal fails (503), as an API server that went away.
+            if !armed
+                && prev.holder_identity == new.holder_identity
+                && prev.renew_time != new.renew_time
+                && second(prev) == second(new)
+                && client_go_raw(prev) == client_go_raw(new)
+                && since_visible >= Duration::from_millis(300)
+            {
+                server.fail_next_on(&update, 1_000_000, 503);
+                armed = true;
+            }
+        },
+        || server.fail_next_on(&update, 0, 503),
+    );
+    server.fail_next_on(&update, 0, 503);
+    match taken {
+        Some(taken_at) => {
+            let done = holder.finish();
+            assert_child_gone_before(&alive, taken_at, &done);
+        }
+        None => panic!("the client-go elector never took the lease (armed: {armed}): the scenario did not happen"),
+    }
+}
+
+/// Found by review (rv240), as above for the library, with `Timing { 4s, 3950ms, 500ms }` (no grace: the
+/// library's work stops when told). A `HeldLock`'s token was cancelled at the renew deadline counted from
+/// a renewal client-go could not see (same whole second): a client-go elector that saw the renewal before
+/// it took the lease first, and work that stopped the moment it was told still ran beside the new leader.
+#[test]
+fn a_held_locks_token_is_cancelled_before_a_client_go_elector_takes_over() {
+    use mpsync::{KubeClientBuilder, Lock, Timing};
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("cg-lib");
+    let timing = Timing {
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_millis(3950),
+        retry_period: Duration::from_millis(500),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let held = runtime.block_on(async {
+        let client = KubeClientBuilder::new().kubeconfig(&env.kubeconfig).build().await.unwrap();
+        let lock = Lock::kube(client, &env.namespace, &name).timing(timing).build().expect("accepted by the library");
+        lock.acquire().await.unwrap()
+    });
+    let token = held.cancellation_token();
+    let update = format!("update:{name}");
+    let taken = std::thread::scope(|scope| {
+        let elector = scope.spawn(|| {
+            let mut armed = false;
+            client_go_elector_takes(
+                &env,
+                &name,
+                Duration::from_secs(20),
+                |prev, new, since_visible| {
+                    let second = |s: &LeaseSpec| s.renew_time.as_ref().map(|t| t.0.as_second());
+                    if !armed
+                        && prev.holder_identity == new.holder_identity
+                        && prev.renew_time != new.renew_time
+                        && second(prev) == second(new)
+                        && client_go_raw(prev) == client_go_raw(new)
+                        && since_visible >= Duration::from_millis(300)
+                    {
+                        server.fail_next_on(&update, 1_000_000, 503);
+                        armed = true;
+                    }
+                },
+                || server.fail_next_on(&update, 0, 503),
+            )
+        });
+        // The holder's side: the moment its work is told to stop.
+        let cancelled_at = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), token.cancelled()).await.expect("the token is cancelled");
+            epoch_nanos()
+        });
+        (elector.join().unwrap(), cancelled_at)
+    });
+    server.fail_next_on(&update, 0, 503);
+    let (taken_at, cancelled_at) = taken;
+    let taken_at = taken_at.expect("the client-go elector took the lease");
+    assert!(
+        cancelled_at < taken_at,
+        "a client-go elector took the lease {:?} before the HeldLock's token was cancelled (Timing {timing:?})",
+        Duration::from_nanos((cancelled_at - taken_at) as u64)
+    );
+    drop(held);
 }

@@ -1592,7 +1592,9 @@ fn a_hung_token_read_after_one_401_holds_up_no_renewal_for_long() {
     let name = env.lease_name("hung-token");
     let (started, stop) = (env.path("started"), env.path("stop"));
     let script = format!("echo up > {}; while [ ! -e {} ]; do sleep 0.05; done", started.display(), stop.display());
-    let timings = ["--lease-duration", "3s", "--renew-deadline", "1s", "--retry-period", "200ms"];
+    // The shortest call timeout the CLI allows (600 ms: a 1s renew deadline, as the review used, is refused
+    // now with renewals under a second apart, which client-go cannot follow at 1s).
+    let timings = ["--lease-duration", "3s", "--renew-deadline", "1200ms", "--retry-period", "100ms"];
     let args = [&["lock", name.as_str()][..], &timings, &["--", "sh", "-c", script.as_str()]].concat();
     let mut holder = Proc::spawn(mpsync_with(&env, &kubeconfig, &args), &env.dir);
     holder.wait_for_file(&started, "up");
