@@ -2121,10 +2121,16 @@ impl Elector {
         let mut stamp = self.stamp(now.wall, stored.as_ref());
         let second = stamp.0.as_second();
         let every = Duration::from_secs(1);
-        if stored.is_some_and(|stored| stored.0.as_second() >= second)
-            && self.stamp_second.is_some_and(|(last, since)| {
-                last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)
-            })
+        let stored_second = stored.as_ref().map(|stored| stored.0.as_second());
+        // A stored second other than the one last counted (a write of ours that landed uncounted: committed,
+        // then answered 409 or never; a hand edit) is one client-go has seen: a renewal in it would be no
+        // change to client-go, yet counted (found by review, rv241).
+        let uncounted = self.held.as_ref().is_some_and(|held| held.renew_second != stored_second);
+        if stored_second.is_some_and(|stored| stored >= second)
+            && (uncounted
+                || self.stamp_second.is_some_and(|(last, since)| {
+                    last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)
+                }))
         {
             let step = SignedDuration::from_micros((1 + crate::retry::random_u64() % 1000) as i64);
             if let Some(next) = second
@@ -3339,6 +3345,37 @@ mod tests {
         // The next attempt keeps the cadence: one retry period after the failed one.
         assert_eq!(elector.next(now(t0, 2.0)), Action::WaitUntil(at(t0, 4.0)));
         assert_eq!(expect_write(elector.next(now(t0, 4.0))).resource_version(), Some("9"));
+    }
+
+    /// Found by review (rv241): a renewal W1 that entered a new whole second landed but was answered 409
+    /// (a proxy's retry of the committed write): never counted. The renewal after it, on the version read,
+    /// stayed in W1's second (no change to client-go, which has seen W1) and was counted from its own send.
+    /// Now a renewal on a record whose second is not the one last counted moves to the next second.
+    #[test]
+    fn a_renewal_in_the_second_of_an_uncounted_landed_one_moves_on() {
+        let t0 = Instant::now();
+        let mut elector = holding_with_fast_retries(t0);
+        let first = elector.held().unwrap().renew_second;
+        let w1 = expect_write(elector.next(now(t0, 1.0)));
+        assert_ne!(w1.record.renew_time.as_ref().map(|t| t.0.as_second()), first, "W1 enters a new second");
+        let ticket = elector.write_sent(&w1, at(t0, 1.0));
+        elector.write_result(ticket, WriteResult::Conflict, at(t0, 1.0));
+        assert_eq!(elector.next(now(t0, 1.0)), Action::Read);
+        elector.observe(Some(versioned(3, w1.record.clone())), at(t0, 1.05));
+        assert_eq!(elector.held().unwrap().renew_second, first, "W1 is not counted");
+        let w2 = loop {
+            match elector.next(Now::at(at(t0, 1.1), wall(1))) {
+                Action::Write(write) => break write,
+                Action::WaitUntil(until) if until <= at(t0, 1.1) => continue,
+                Action::WaitUntil(until) => match elector.next(Now::at(until, wall(1))) {
+                    Action::Write(write) => break write,
+                    other => panic!("expected a renewal, got {other:?}"),
+                },
+                other => panic!("expected a renewal, got {other:?}"),
+            }
+        };
+        let second = |write: &Write| write.record.renew_time.as_ref().unwrap().0.as_second();
+        assert!(second(&w2) > second(&w1), "W2 stays in W1's second, which client-go has seen");
     }
 
     #[test]

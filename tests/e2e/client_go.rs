@@ -16,6 +16,7 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 
+use crate::support::apiserver::AfterCommit;
 use crate::support::*;
 
 /// What client-go's `LeaseLock.Get` marshals (`LeaderElectionRecord`): times at whole seconds.
@@ -369,4 +370,157 @@ fn a_held_locks_token_is_cancelled_before_a_client_go_elector_takes_over() {
         Duration::from_nanos((cancelled_at - taken_at) as u64)
     );
     drop(held);
+}
+
+fn second(spec: &LeaseSpec) -> Option<i64> {
+    spec.renew_time.as_ref().map(|t| t.0.as_second())
+}
+
+/// The record as the server stores it, read from its state (no HTTP: the read faults armed for the holder
+/// never reach this elector's polls).
+fn stored(env: &TestEnv, name: &str) -> Option<LeaseSpec> {
+    let lease = env.server()?.lease(&env.namespace, name)?;
+    serde_json::from_value(lease.get("spec")?.clone()).ok()
+}
+
+/// Found by review (rv241): a renewal W1 enters a new whole second S+1 and is committed, but its answer is
+/// 409 (a proxy's retry of the committed write: the case `write_result` names). The pending write is given
+/// up, so W1 is never counted (`applied` is not called for it; the read only sets `applied_stamp`). The
+/// hold is still ours, so a renewal W2 follows on the version read (`renew_now`); it stays in second S+1
+/// (no move: `stamp_second` has S+1 since W1's send, under a second ago). `applied` compared W2's second
+/// with the last one COUNTED (S, `held.renew_second`), not with the record it replaced, and counted W2
+/// from its own send. A client-go elector saw S+1 since W1 landed; W2 is no change to it. Here the holder's
+/// read after the 409 is answered 429 for a few hundred ms, so W2 is sent ~0.3 s after W1; then every
+/// renewal fails. mpsync's renew deadline runs from W2, its SIGKILL comes at W2 + 2 s + 1.9 s, while the
+/// client-go elector took the lease at W1 + 4 s, beside the child. Now a renewal on a record whose second is
+/// not the one last counted moves to the next second, a change client-go sees.
+#[test]
+fn a_renewal_whose_second_a_committed_but_refused_renewal_entered_is_not_counted() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("cg-refused");
+    let alive = env.path("alive");
+    // The holder learns of its writes from their answers, not from the watch (an event of W1 before its
+    // 409 would count it): its watch events come late.
+    server.set_watch_lag(Duration::from_secs(30));
+    let script = format!("trap '' TERM; while :; do echo alive $(date +%s%N) >> {}; sleep 0.05; done", alive.display());
+    let mut holder = Proc::spawn(
+        env.mpsync([
+            "lock",
+            &name,
+            "-v",
+            "--lease-duration",
+            "4s",
+            "--renew-deadline",
+            "2s",
+            "--retry-period",
+            "500ms",
+            "--grace",
+            "1900ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        &env.dir,
+    );
+    holder.wait_for_file(&alive, "alive");
+    let update = format!("update:{name}");
+
+    // The client-go elector, polling every 2 ms.
+    let mut observed: Option<String> = None;
+    let mut observed_at = Instant::now();
+    let mut last: Option<LeaseSpec> = None;
+    // 0: waiting for a renewal that stays in its second; 1: armed, waiting for W1; 2: waiting for W2;
+    // 3: every renewal fails.
+    let mut phase = 0;
+    let mut w1: Option<(LeaseSpec, Instant)> = None;
+    let mut tries = 0;
+    let started = Instant::now();
+    let mut taken_at = None;
+    while started.elapsed() < Duration::from_secs(60) && taken_at.is_none() {
+        let Some(spec) = stored(&env, &name) else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        if let Some(prev) = last.clone()
+            && prev != spec
+            && prev.holder_identity == spec.holder_identity
+            && prev.renew_time != spec.renew_time
+        {
+            match phase {
+                0 if second(&prev) == second(&spec) && tries < 20 => {
+                    // The next renewal, 500 ms on, enters the next second early in it: it commits, and is
+                    // answered 409; the holder's read after it is refused for a while.
+                    server.after_commit(1, AfterCommit::Fail(409));
+                    server.reads_429_for(Duration::from_millis(850), false);
+                    tries += 1;
+                    phase = 1;
+                }
+                1 => {
+                    if second(&spec) != second(&prev) {
+                        w1 = Some((spec.clone(), Instant::now()));
+                        phase = 2;
+                    } else {
+                        phase = 0;
+                    }
+                }
+                2 => {
+                    let (first, at) = w1.clone().unwrap();
+                    // W2 in W1's second (the scenario), or moved past the wall clock's second (a fix that
+                    // makes W2 a change client-go sees): either way, every renewal fails from now on. W2
+                    // in the next second by the wall clock only: the scenario missed, try again.
+                    let ahead = second(&spec) > Some(k8s_openapi::jiff::Timestamp::now().as_second());
+                    if (second(&spec) == second(&first) && at.elapsed() >= Duration::from_millis(200)) || ahead {
+                        // W2: no change to client-go. From now on the API server refuses every renewal.
+                        server.fail_next_on(&update, 1_000_000, 503);
+                        phase = 3;
+                    } else {
+                        phase = 0;
+                    }
+                }
+                _ => {}
+            }
+        }
+        last = Some(spec.clone());
+        let raw = client_go_raw(&spec);
+        if observed.as_ref() != Some(&raw) {
+            observed = Some(raw);
+            observed_at = Instant::now();
+        }
+        let held = !spec.holder_identity.as_deref().unwrap_or("").is_empty();
+        if held && observed_at.elapsed() >= Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0) as u64) {
+            server.fail_next_on(&update, 0, 503);
+            let taken = observed.clone().unwrap();
+            env.edit(&name, |spec| {
+                if client_go_raw(spec) != taken {
+                    return;
+                }
+                let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+                spec.holder_identity = Some("client-go-elector".into());
+                spec.lease_duration_seconds = Some(4);
+                spec.acquire_time = Some(now.clone());
+                spec.renew_time = Some(now);
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            });
+            if env.holder(&name).as_deref() == Some("client-go-elector") {
+                taken_at = Some(epoch_nanos());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.fail_next_on(&update, 0, 503);
+    let taken_at =
+        taken_at.unwrap_or_else(|| panic!("no takeover (phase {phase}, tries {tries}): scenario not reached"));
+    assert_eq!(phase, 3, "taken without the scenario: phase {phase}");
+    let done = holder.finish();
+    let last_alive = read_stamps(&alive).iter().map(|s| s.1).max().unwrap();
+    assert!(
+        last_alive < taken_at,
+        "a client-go elector took the lease (unchanged at whole seconds for 4 s since W1) while mpsync's child \
+         still ran, {:?} after the takeover; mpsync exited {:?}\n{}",
+        Duration::from_nanos((last_alive - taken_at) as u64),
+        done.code,
+        done.stderr
+    );
 }
