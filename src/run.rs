@@ -375,7 +375,7 @@ impl Runner {
                 deadline = deadlines.changed() => {
                     supervisor.set_deadline(deadline.checked_add(guard_delay).map(Into::into));
                 }
-                _ = adoptions.tick(), if supervisor.watches_escapes() => supervisor.note_escapes(),
+                _ = adoptions.tick(), if supervisor.tends() => supervisor.tend(),
                 reason = held.lost() => {
                     tracing::error!(reason = %reason, "lost the lease; stopping the child");
                     let exit = supervisor.stop(config.kill_signal, config.grace).await;

@@ -305,6 +305,8 @@ pub struct Supervisor {
     /// Main children given up on after SIGKILL (uninterruptible sleep): reaped quietly when they go.
     abandoned: Vec<Pid>,
     guard: Option<Guard>,
+    /// Since when no guard could be started again, and when that was last said (see `tend`).
+    unguarded: Option<(std::time::Instant, std::time::Instant)>,
     /// The child's deadline, as the guard knows it (see `set_deadline`).
     deadline: Option<std::time::Instant>,
     /// The controlling terminal, if mpsync has one.
@@ -425,6 +427,7 @@ impl Supervisor {
             last_exit: None,
             abandoned: Vec::new(),
             guard: Some(guard),
+            unguarded: None,
             deadline: None,
             terminal,
             ignored_at_start,
@@ -865,9 +868,27 @@ impl Supervisor {
         self.guard.is_some() && self.me.as_raw() != 1 && self.group.is_some()
     }
 
-    /// While a child runs, every `ADOPTION_LOOK`: tell the guard of what it would not find through the
-    /// child's group should mpsync be SIGKILLed: what mpsync adopted (`note_adopted`), and the main
-    /// child's children outside its group (`note_left_group`).
+    /// Whether `tend` has anything to do while the child runs.
+    pub fn tends(&self) -> bool {
+        self.watches_escapes() || (self.guard.is_none() && self.group.is_some())
+    }
+
+    /// While a child runs, every `ADOPTION_LOOK`: a guard started again if there is none (one died, and
+    /// another could not be started then: found by review, rv242, a child then ran unguarded for the rest of
+    /// its life, and outlived a SIGKILL of mpsync beside the next holder), and what it would not find
+    /// through the child's group told to it (`note_escapes`).
+    pub fn tend(&mut self) {
+        if self.guard.is_none() && self.group.is_some() {
+            self.rearm_guard();
+        }
+        if self.watches_escapes() {
+            self.note_escapes();
+        }
+    }
+
+    /// Tell the guard of what it would not find through the child's group should mpsync be SIGKILLed: what
+    /// mpsync adopted (`note_adopted`), and the main child's children outside its group
+    /// (`note_left_group`).
     pub fn note_escapes(&mut self) {
         self.note_adopted();
         self.note_left_group();
@@ -1721,13 +1742,38 @@ impl Supervisor {
                         guard.adopted(*pid, *start);
                     }
                 }
-                debug!(guard = guard.pid.as_raw(), "guard process started");
+                match self.unguarded.take() {
+                    Some((since, _)) => warn!(
+                        guard = guard.pid.as_raw(),
+                        unguarded_for = ?since.elapsed(),
+                        "guard process started again"
+                    ),
+                    None => debug!(guard = guard.pid.as_raw(), "guard process started"),
+                }
                 self.guard = Some(guard);
             }
-            Err(error) => error!(%error, "cannot start a guard process; trying again at the next spawn"),
+            // Tried again every `ADOPTION_LOOK` while a child runs (`tend`), and at the next spawn; said
+            // once, and again every `UNGUARDED_SAY_AGAIN` while it lasts.
+            Err(error) => {
+                let now = std::time::Instant::now();
+                match &mut self.unguarded {
+                    Some((_, said)) if said.elapsed() < UNGUARDED_SAY_AGAIN => {}
+                    Some((since, said)) => {
+                        *said = now;
+                        error!(%error, unguarded_for = ?since.elapsed(), "still no guard process: the child runs unguarded (should mpsync be killed or frozen, nothing stops it at the lease's deadline); trying again");
+                    }
+                    None => {
+                        self.unguarded = Some((now, now));
+                        error!(%error, "cannot start a guard process; trying again");
+                    }
+                }
+            }
         }
     }
 }
+
+/// How often a child that runs unguarded (see `Supervisor::tend`) is said to be.
+const UNGUARDED_SAY_AGAIN: Duration = Duration::from_secs(10);
 
 /// How long the supervisor's end waits for its guard to exit.
 const GUARD_EXIT: Duration = Duration::from_secs(2);

@@ -1048,6 +1048,48 @@ mod issue13 {
         wait_until("the worker to die with mpsync", || !alive(worker_pid));
     }
 
+    /// Found by review (rv242): the guard dies while mpsync cannot start another (the OOM killer takes the
+    /// guard while the pod is at its memory or pids limit; here no file descriptor to spare, for a moment).
+    /// mpsync said "trying again at the next spawn", and a `lock` has no next spawn: the job ran unguarded
+    /// for the rest of its life, and a SIGKILL of mpsync left its worker running beside the next holder.
+    /// Now mpsync starts a guard again as soon as it can, while the child runs.
+    #[test]
+    fn a_guard_that_could_not_be_restarted_is_started_again_while_the_child_runs() {
+        let prlimit =
+            std::process::Command::new("prlimit").arg("--version").stdout(std::process::Stdio::null()).status();
+        if !nix::unistd::geteuid().is_root() || !prlimit.is_ok_and(|status| status.success()) {
+            eprintln!("SKIPPED: needs root and prlimit(1)");
+            return;
+        }
+        let env = TestEnv::kube();
+        let name = env.lease_name("guardless");
+        let worker = env.path("worker");
+        let script = format!("sleep 1000 & echo $! > {}; wait", worker.display());
+        let mpsync = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+        let worker_pid = read_pid(&worker);
+        let guards = || guards_of(mpsync.pid());
+        let mut first = vec![];
+        wait_until("a guard", || {
+            first = guards();
+            first.len() == 1
+        });
+        let nofile = |soft: &str| {
+            let pid = mpsync.pid().to_string();
+            let limit = format!("--nofile={soft}:");
+            let status = std::process::Command::new("prlimit").args(["--pid", &pid, &limit]).status().unwrap();
+            assert!(status.success(), "prlimit --pid {pid} {limit}");
+        };
+        // No descriptor to spare for a moment: the guard's pipe cannot be made. The guard dies meanwhile.
+        nofile("3");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+        wait_until("mpsync to fail to start a new guard", || mpsync.stderr().contains("cannot start a guard process"));
+        nofile("1024");
+        wait_until("a new guard, while the child runs", || guards().iter().any(|pid| *pid != first[0]));
+        assert!(mpsync.stderr().contains("guard process started again"), "{}", mpsync.stderr());
+        mpsync.signal(Signal::SIGKILL);
+        wait_until("the worker to die with mpsync", || !alive(worker_pid));
+    }
+
     /// The guards (`mpsync-guard`, alive) whose parent is `mpsync`.
     fn guards_of(mpsync: i32) -> Vec<i32> {
         fs::read_dir("/proc")
