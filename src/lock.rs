@@ -341,6 +341,10 @@ impl Lock {
     /// Cancel-safe: dropping the future stops the campaign and gives back, in the background, anything
     /// it may have acquired.
     ///
+    /// One acquisition at a time per `Lock`: this waits for an earlier [`HeldLock`] of it to be released
+    /// or dropped, also one that was lost (its work is to stop first); a retry loop after a loss drops the
+    /// lost one before it acquires again.
+    ///
     /// # Errors
     ///
     /// [`Error::Api`] or [`Error::File`] when retrying cannot help: the API server refused (RBAC,
