@@ -2110,9 +2110,10 @@ impl Elector {
     /// than the real time, so the stamps never run away from it; a clock stepped back catches them up when
     /// renewals are more than a second apart. Past `STAMP_CEILING` too, into the thousand years kept past it
     /// (found by review, rv239: stopped at the ceiling, a record edited to its last second was renewed unseen
-    /// by client-go again). Not in the first renewal of a process that has sent no stamp (the side-car
-    /// adopting a record at its start, which counts a lock's time from `renewTime`): that one stays on the
-    /// wall clock.
+    /// by client-go again). The first renewal of a process that has sent no stamp (the side-car adopting a
+    /// record at its start) moves too: it is counted from its own send, so it must be a change client-go
+    /// sees (found by review, rv243: an adoption in the adopted record's second was counted from its send,
+    /// while client-go counted from that record's, and a client was told 200 after client-go took the lock).
     fn renewal(&self, current: &Versioned, now: Now) -> Write {
         let mut record = current.record.clone();
         record.holder_identity = Some(self.identity.clone());
@@ -2128,7 +2129,7 @@ impl Elector {
         let uncounted = self.held.as_ref().is_some_and(|held| held.renew_second != stored_second);
         if stored_second.is_some_and(|stored| stored >= second)
             && (uncounted
-                || self.stamp_second.is_some_and(|(last, since)| {
+                || self.stamp_second.is_none_or(|(last, since)| {
                     last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)
                 }))
         {

@@ -743,7 +743,10 @@ impl Locks {
         let record = &current.record;
         let renewed = record.renew_time.as_ref()?.0;
         let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
-        let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default();
+        // A second more: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to
+        // the next whole second, for client-go: see `Elector::renewal`).
+        let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default()
+            + Duration::from_secs(1);
         let left = duration.checked_sub(age).filter(|left| !left.is_zero())?;
         Some(Instant::now() + left.saturating_sub(answer_margin(self.ttl)))
     }

@@ -9,6 +9,8 @@
 //! as RFC 3339 with whole seconds: a renewal whose `renewTime` stays within the same second as the one before
 //! (and changes nothing else) is no change to a client-go elector, however many microseconds it moved.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -523,4 +525,185 @@ fn a_renewal_whose_second_a_committed_but_refused_renewal_entered_is_not_counted
         done.code,
         done.stderr
     );
+}
+
+/// `mpsync sidecar --ttl 3s` under identity `pod`, through `kubeconfig` if given; its address.
+fn side_car(env: &TestEnv, pod: &str, kubeconfig: Option<&Path>) -> (Proc, SocketAddr) {
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", pod, "--ttl", "3s"]);
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("MPSYNC_KUBECONFIG", kubeconfig);
+    }
+    let mut process = Proc::spawn(command, &env.dir);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(address) =
+            process.stdout().lines().find_map(|line| line.strip_prefix("listening on ")?.parse().ok())
+        {
+            return (process, address);
+        }
+        assert!(process.wait_for(Duration::ZERO).is_none(), "the side-car exited:\n{}", process.stderr());
+        assert!(Instant::now() < deadline, "the side-car did not listen:\n{}", process.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `PUT /locks/NAME` as the metaparticle clients send it: the status.
+fn put(address: SocketAddr, name: &str) -> u16 {
+    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let request = format!(
+        "PUT /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"))
+}
+
+/// Sleep until the wall clock's fraction of a second is `fraction` (in the next second if past it).
+fn until_fraction(fraction: f64) {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let into = now.subsec_nanosecond() as f64 / 1e9;
+    let wait = if into < fraction { fraction - into } else { 1.0 - into + fraction };
+    std::thread::sleep(Duration::from_secs_f64(wait));
+}
+
+/// Found by review (rv243): a restarted side-car's adoption (`Elector::renewal` with nothing held, no stamp sent
+/// by this process) stayed on the wall clock, and so in the whole second of the record it adopted when it came
+/// within that second: no change at all to a client-go elector, which had seen that record since the old
+/// side-car wrote it. Yet `applied` made a new `Held` counted from the adoption's own send, so every answer
+/// about the hold ran up to a second later than the client-go elector's clock. Now the adoption moves to a
+/// later whole second: a change client-go sees.
+///
+/// Here (`--ttl 3s`: renew deadline 1.5 s, answers within 0.5 s) the old side-car writes the lock at S.05 and is
+/// killed; the new one adopts it at S.85 (same second: nothing client-go sees). Its calls to the API server then
+/// hang. The client heartbeats every TTL/3 (1 s), the model the side-car's timing is built on: the heartbeat at
+/// S+1.85 is answered 200 from the hold (its deadline counted from S.85), the one at S+2.85 is answered 503 only
+/// at S+3.35, while a client-go elector took the lease at S+3.05 (3 s after it saw the record change). The
+/// client believed it held the lock for ~0.3 s beside the new leader.
+#[test]
+fn a_side_car_adoption_sent_in_the_adopted_records_second_is_a_change_client_go_sees() {
+    adoption_then_hung_api_server(true);
+}
+
+/// The same with the adoption sent in the next whole second (a change client-go sees at once): the client
+/// learns of the loss before the client-go elector takes the lease.
+#[test]
+fn a_side_car_adoption_in_a_new_second_is_followed_by_the_clients_loss_in_time() {
+    adoption_then_hung_api_server(false);
+}
+
+fn adoption_then_hung_api_server(same_second: bool) {
+    let env = TestEnv::kube();
+    let Some(_server) = env.server() else { return };
+    let (proxy, proxied) = env.proxied_kubeconfig();
+    let mut attempts = 0;
+    let (name, adopted_at, seen, second_car) = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "the adoption was never sent in the second wanted");
+        let name = env.lease_name("adopt-second");
+        let (mut first_car, first) = side_car(&env, "pod-a", None);
+        let (second_car, second_address) = side_car(&env, "pod-a", Some(&proxied));
+        // The old side-car's write, early in second S; client-go sees it as soon as it is answered.
+        until_fraction(0.03);
+        assert_eq!(put(first, &name), 200);
+        let first_seen = Instant::now();
+        let written = stored(&env, &name).expect("written");
+        first_car.child.kill().unwrap();
+        first_car.wait_for(PATIENCE).expect("killed");
+        // The restarted side-car's adoption, late in the same second.
+        if same_second {
+            until_fraction(0.85);
+        } else {
+            until_fraction(0.5);
+            until_fraction(0.05);
+        }
+        let sent = Instant::now();
+        let sent_second = k8s_openapi::jiff::Timestamp::now().as_second();
+        assert_eq!(put(second_address, &name), 200, "{}", second_car.stderr());
+        let answered = Instant::now();
+        let adopted = stored(&env, &name).expect("adopted");
+        assert_eq!(adopted.lease_transitions, written.lease_transitions, "adopted, not taken anew");
+        // Sent in the second of the record it adopts (or, for the other case, in a later one).
+        if same_second == (Some(sent_second) == second(&written)) {
+            // What client-go saw last, and since when (the adoption, if it changed anything client-go compares,
+            // from its answer: the latest it can have been seen).
+            let seen = match client_go_raw(&adopted) == client_go_raw(&written) {
+                true => (client_go_raw(&written), first_seen),
+                false => (client_go_raw(&adopted), answered),
+            };
+            break (name, sent, seen, second_car);
+        }
+        drop(second_car);
+    };
+    // From now on the new side-car's calls to the API server hang.
+    proxy.delay_responses(Duration::from_secs(20));
+
+    std::thread::scope(|scope| {
+        // The client: a heartbeat every TTL/3, until the first answer that is not 200.
+        let address = {
+            let line = second_car.stdout();
+            line.lines().find_map(|l| l.strip_prefix("listening on ")?.parse::<SocketAddr>().ok()).unwrap()
+        };
+        let client = scope.spawn({
+            let name = name.clone();
+            move || {
+                for k in 1..=5u32 {
+                    let at = adopted_at + Duration::from_secs(k as u64);
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    let status = put(address, &name);
+                    let answered = epoch_nanos();
+                    if status != 200 {
+                        return (k, status, answered);
+                    }
+                }
+                panic!("every heartbeat was answered 200 while the API server hung");
+            }
+        });
+
+        // The client-go elector: it saw the record change when the old side-car's write was answered.
+        let (mut observed, mut observed_at) = seen;
+        let mut taken_at = None;
+        let started = Instant::now();
+        while taken_at.is_none() && started.elapsed() < Duration::from_secs(20) {
+            let spec = stored(&env, &name).unwrap();
+            let raw = client_go_raw(&spec);
+            if raw != observed {
+                observed = raw;
+                observed_at = Instant::now();
+            }
+            let held = !spec.holder_identity.as_deref().unwrap_or("").is_empty();
+            if held && observed_at.elapsed() >= Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0) as u64) {
+                let taken = observed.clone();
+                env.edit(&name, |spec| {
+                    if client_go_raw(spec) != taken {
+                        return;
+                    }
+                    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+                    spec.holder_identity = Some("client-go-elector".into());
+                    spec.lease_duration_seconds = Some(4);
+                    spec.acquire_time = Some(now.clone());
+                    spec.renew_time = Some(now);
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                });
+                if env.holder(&name).as_deref() == Some("client-go-elector") {
+                    taken_at = Some(epoch_nanos());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let taken_at = taken_at.expect("the client-go elector took the lease");
+        let (k, status, told_at) = client.join().unwrap();
+        proxy.delay_responses(Duration::ZERO);
+        assert!(
+            told_at <= taken_at,
+            "a client-go elector took the lease {:?} before the side-car's client learned it had lost it (heartbeat \
+             {k} after the adoption, answered {status}); the adoption, in the adopted record's second, was counted \
+             from its own send\n{}",
+            Duration::from_nanos((told_at - taken_at) as u64),
+            second_car.stderr()
+        );
+    });
 }
