@@ -1139,7 +1139,20 @@ impl Elector {
             && self.is_own_write(&v.record)
             && let Some(t) = v.record.renew_time.as_ref().filter(|t| self.sent_by_us(t))
         {
-            self.applied_stamp = Some(t.clone());
+            let (t, ours_now) = (t.clone(), self.is_current_acquisition(&v.record));
+            // A renewal of our hold that landed uncounted (committed, then answered 409) is a change a
+            // client-go elector may have seen: a later one in its second is none, and counts for nothing
+            // (see `Held::deadline`). Only a later second: an older write's event changes nothing (found by
+            // review, rv243: otherwise each such write made the next jump a second, and the stamps ran ahead
+            // of the real time by a second a retry period).
+            let second = t.0.as_second();
+            if ours_now
+                && let Some(held) = self.held.as_mut()
+                && held.renew_second.is_none_or(|counted| counted < second)
+            {
+                held.renew_second = Some(second);
+            }
+            self.applied_stamp = Some(t);
         }
         self.note_contention(was_free, now);
 
@@ -3351,19 +3364,21 @@ mod tests {
     /// Found by review (rv241): a renewal W1 that entered a new whole second landed but was answered 409
     /// (a proxy's retry of the committed write): never counted. The renewal after it, on the version read,
     /// stayed in W1's second (no change to client-go, which has seen W1) and was counted from its own send.
-    /// Now a renewal on a record whose second is not the one last counted moves to the next second.
+    /// Now the second of a landed write of ours, once seen, is one a later renewal in it does not count
+    /// for (and the stamps move on once a second, not a second a renewal: review rv243).
     #[test]
-    fn a_renewal_in_the_second_of_an_uncounted_landed_one_moves_on() {
+    fn a_renewal_in_the_second_of_an_uncounted_landed_one_is_not_counted() {
         let t0 = Instant::now();
         let mut elector = holding_with_fast_retries(t0);
         let first = elector.held().unwrap().renew_second;
         let w1 = expect_write(elector.next(now(t0, 1.0)));
-        assert_ne!(w1.record.renew_time.as_ref().map(|t| t.0.as_second()), first, "W1 enters a new second");
+        let second = |write: &Write| write.record.renew_time.as_ref().unwrap().0.as_second();
+        assert_ne!(Some(second(&w1)), first, "W1 enters a new second");
         let ticket = elector.write_sent(&w1, at(t0, 1.0));
         elector.write_result(ticket, WriteResult::Conflict, at(t0, 1.0));
         assert_eq!(elector.next(now(t0, 1.0)), Action::Read);
         elector.observe(Some(versioned(3, w1.record.clone())), at(t0, 1.05));
-        assert_eq!(elector.held().unwrap().renew_second, first, "W1 is not counted");
+        assert_eq!(elector.held().unwrap().last_renew_sent, t0, "W1 is not counted");
         let w2 = loop {
             match elector.next(Now::at(at(t0, 1.1), wall(1))) {
                 Action::Write(write) => break write,
@@ -3375,8 +3390,16 @@ mod tests {
                 other => panic!("expected a renewal, got {other:?}"),
             }
         };
-        let second = |write: &Write| write.record.renew_time.as_ref().unwrap().0.as_second();
-        assert!(second(&w2) > second(&w1), "W2 stays in W1's second, which client-go has seen");
+        let sent = at(t0, 1.2);
+        let ticket = elector.write_sent(&w2, sent);
+        elector.write_result(ticket, WriteResult::Applied(versioned(4, w2.record.clone())), sent);
+        if second(&w2) == second(&w1) {
+            assert_eq!(elector.held().unwrap().last_renew_sent, t0, "W2, in W1's second, counted");
+        } else {
+            assert_eq!(elector.held().unwrap().last_renew_sent, sent, "W2, in a later second, not counted");
+        }
+        // Not a second a renewal: W2 was sent 0.1 s after W1.
+        assert!(second(&w2) <= second(&w1) + 1);
     }
 
     #[test]
