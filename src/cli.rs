@@ -608,11 +608,24 @@ fn run_config(run: RunArgs, mode: Mode, verb: &str) -> Result<RunConfig> {
     })
 }
 
+/// The shortest `--ttl` of the side-car.
+const MIN_TTL: Duration = Duration::from_secs(3);
+
 fn sidecar_config(sidecar: SidecarArgs) -> Result<SidecarConfig> {
     let ttl = sidecar.ttl;
     if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) {
         return Err(Error::Usage(format!(
             "--ttl must be a whole number of seconds, at least 1s (got {}): Leases store it in seconds",
+            humantime::format_duration(ttl)
+        )));
+    }
+    // The renew deadline is half the TTL, and renewals count once a second, as client-go sees them (found by
+    // review, rv246: with `--ttl 1s` every hold lapsed between heartbeats).
+    if ttl < MIN_TTL {
+        return Err(Error::Usage(format!(
+            "--ttl must be at least {} (got {}): renewals count once a second, as client-go sees them, and the \
+             renew deadline is half the TTL",
+            humantime::format_duration(MIN_TTL),
             humantime::format_duration(ttl)
         )));
     }

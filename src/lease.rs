@@ -601,6 +601,9 @@ pub struct Elector {
     /// a record carries one: the answer may be a retry's (a proxy or gateway that resent the PUT after the
     /// first one landed: found by review, helper-148), not the write's own.
     refused_stamps: std::collections::VecDeque<MicroTime>,
+    /// The sends of the writes answered 409 of `refused_stamps`: one that landed all the same (a proxy's retry
+    /// of a committed write), seen later, counts from its send (see `observe_as`).
+    refused_sends: std::collections::VecDeque<(MicroTime, Instant)>,
     /// The `renewTime` of the last write of ours that was applied (kept apart from `sent_stamps`, which more
     /// than `MAX_SENT_STAMPS` refused renewals push it out of: the record left after a loss at the renew deadline).
     applied_stamp: Option<MicroTime>,
@@ -671,6 +674,7 @@ impl Elector {
             foreign_window: Duration::ZERO,
             sent_stamps: std::collections::VecDeque::new(),
             refused_stamps: std::collections::VecDeque::new(),
+            refused_sends: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
             undone_duration: None,
@@ -1145,12 +1149,22 @@ impl Elector {
             // (see `Held::deadline`). Only a later second: an older write's event changes nothing (found by
             // review, rv243: otherwise each such write made the next jump a second, and the stamps ran ahead
             // of the real time by a second a retry period).
+            // One answered 409 counts from its send, as any write of ours learned late, unless it was learned
+            // after the renew deadline (found by review, rv246: never counted, it held up every later renewal
+            // in its second, and a hold renewed on time was lost).
             let second = t.0.as_second();
+            let sent = self.refused_sends.iter().rev().find(|(stamp, _)| *stamp == t).map(|(_, sent)| *sent);
+            let timing = self.timing;
             if ours_now
                 && let Some(held) = self.held.as_mut()
                 && held.renew_second.is_none_or(|counted| counted < second)
             {
                 held.renew_second = Some(second);
+                if let Some(sent) = sent
+                    && now < held.deadline(timing)
+                {
+                    held.last_renew_sent = held.last_renew_sent.max(sent);
+                }
             }
             self.applied_stamp = Some(t);
         }
@@ -1434,6 +1448,12 @@ impl Elector {
         {
             self.sent_stamps.remove(at);
             remember(&mut self.refused_stamps, stamp, MAX_SENT_STAMPS);
+            if matches!(result, WriteResult::Conflict) {
+                if self.refused_sends.len() >= MAX_SENT_STAMPS {
+                    self.refused_sends.pop_front();
+                }
+                self.refused_sends.push_back((stamp.clone(), ticket.sent_at));
+            }
         }
         match result {
             WriteResult::Applied(stored) => {
@@ -2139,7 +2159,10 @@ impl Elector {
         // A stored second other than the one last counted (a write of ours that landed uncounted: committed,
         // then answered 409 or never; a hand edit) is one client-go has seen: a renewal in it would be no
         // change to client-go, yet counted (found by review, rv241).
-        let uncounted = self.held.as_ref().is_some_and(|held| held.renew_second != stored_second);
+        // With nothing held (an adoption, also after a hold lapsed), any stored second is one client-go has seen
+        // (found by review, rv246: a side-car's adoption again in its lapsed hold's second was counted from its
+        // send).
+        let uncounted = self.held.as_ref().is_none_or(|held| held.renew_second != stored_second);
         if stored_second.is_some_and(|stored| stored >= second)
             && (uncounted
                 || self.stamp_second.is_none_or(|(last, since)| {
@@ -3364,8 +3387,8 @@ mod tests {
     /// Found by review (rv241): a renewal W1 that entered a new whole second landed but was answered 409
     /// (a proxy's retry of the committed write): never counted. The renewal after it, on the version read,
     /// stayed in W1's second (no change to client-go, which has seen W1) and was counted from its own send.
-    /// Now the second of a landed write of ours, once seen, is one a later renewal in it does not count
-    /// for (and the stamps move on once a second, not a second a renewal: review rv243).
+    /// Now a landed write of ours, once seen, counts from its send, and a later renewal in its second counts
+    /// for nothing (and the stamps move on once a second, not a second a renewal: review rv243).
     #[test]
     fn a_renewal_in_the_second_of_an_uncounted_landed_one_is_not_counted() {
         let t0 = Instant::now();
@@ -3378,7 +3401,9 @@ mod tests {
         elector.write_result(ticket, WriteResult::Conflict, at(t0, 1.0));
         assert_eq!(elector.next(now(t0, 1.0)), Action::Read);
         elector.observe(Some(versioned(3, w1.record.clone())), at(t0, 1.05));
-        assert_eq!(elector.held().unwrap().last_renew_sent, t0, "W1 is not counted");
+        // W1, seen landed, counts from its send (found by review, rv246: never counted, it held up every later
+        // renewal in its second until the deadline).
+        assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 1.0), "W1 counts from its send");
         let w2 = loop {
             match elector.next(Now::at(at(t0, 1.1), wall(1))) {
                 Action::Write(write) => break write,
@@ -3394,7 +3419,7 @@ mod tests {
         let ticket = elector.write_sent(&w2, sent);
         elector.write_result(ticket, WriteResult::Applied(versioned(4, w2.record.clone())), sent);
         if second(&w2) == second(&w1) {
-            assert_eq!(elector.held().unwrap().last_renew_sent, t0, "W2, in W1's second, counted");
+            assert_eq!(elector.held().unwrap().last_renew_sent, at(t0, 1.0), "W2, in W1's second, counted");
         } else {
             assert_eq!(elector.held().unwrap().last_renew_sent, sent, "W2, in a later second, not counted");
         }

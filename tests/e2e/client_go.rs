@@ -707,3 +707,103 @@ fn adoption_then_hung_api_server(same_second: bool) {
         );
     });
 }
+
+/// Found by review (rv246; a spurious loss; `lock --lease-duration 3s --renew-deadline 1600ms --retry-period 300ms`, the
+/// shortest renew deadline `Timing::validate` accepts for that retry period). Renewals 300 ms apart; the
+/// first one in each whole second is counted. The renewal W1 that enters second X+1 is committed and then
+/// answered 409 (a proxy's retry of the committed write). The read after it shows W1 landed (our stamp, our
+/// acquisition), yet W1 was never counted: `observe` only moved `held.renew_second` to X+1, so every later
+/// renewal in X+1 counted for nothing either, and the next counted one was the first in X+2, about 2 s after
+/// the last counted one: past the 1.6 s renew deadline. The child was stopped (123), though every renewal
+/// landed on time. Now W1, seen landed, counts from its send (CONTRACT §3).
+#[test]
+fn a_committed_renewal_answered_409_and_then_read_back_counts_from_its_send() {
+    renewal_entering_a_new_second_fails(true);
+}
+
+/// Control: the same renewal refused outright (503, nothing committed) costs one retry period only, and the
+/// hold is kept: the test above fails for the commit, not for the timings.
+#[test]
+fn a_renewal_entering_a_new_second_refused_outright_costs_one_retry_only() {
+    renewal_entering_a_new_second_fails(false);
+}
+
+fn renewal_entering_a_new_second_fails(committed: bool) {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("cg-landed");
+    // The holder learns of W1 from its answer and the read after it, not from an early watch event.
+    server.set_watch_lag(Duration::from_secs(30));
+    let mut holder = Proc::spawn(
+        env.mpsync([
+            "lock",
+            &name,
+            "-v",
+            "--lease-duration",
+            "3s",
+            "--renew-deadline",
+            "1600ms",
+            "--retry-period",
+            "300ms",
+            "--",
+            "sleep",
+            "60",
+        ]),
+        &env.dir,
+    );
+    // Held, and renewing.
+    let started = Instant::now();
+    while env.holder(&name).is_none() {
+        assert!(started.elapsed() < PATIENCE, "never acquired:\n{}", holder.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut last = stored(&env, &name).unwrap();
+    let mut armed_at: Option<Instant> = None;
+    let mut landed = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some(status) = holder.wait_for(Duration::ZERO) {
+            panic!(
+                "mpsync lost a lease whose every renewal landed ({status}); W1 landed (committed, answered 409, read \
+                 back) {:?} before; armed {:?} before\n{}",
+                landed.map(|at: Instant| at.elapsed()),
+                armed_at.map(|at| at.elapsed()),
+                holder.stderr()
+            );
+        }
+        let spec = stored(&env, &name).unwrap();
+        if spec.renew_time != last.renew_time {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let fraction = now.subsec_nanosecond() as f64 / 1e9;
+            match armed_at {
+                // A renewal late in the wall clock's second, in that second: the next one, 300 ms on, enters
+                // the next second. It commits and is answered 409.
+                None if second(&spec) == Some(now.as_second()) && (0.72..0.9).contains(&fraction) => {
+                    if committed {
+                        server.after_commit(1, AfterCommit::Fail(409));
+                    } else {
+                        server.fail_next_on(&format!("update:{name}"), 1, 503);
+                    }
+                    armed_at = Some(Instant::now());
+                }
+                Some(_) if landed.is_none() => {
+                    assert!(!committed || second(&spec) != second(&last), "W1 did not enter a new second");
+                    landed = Some(Instant::now());
+                }
+                _ => {}
+            }
+            last = spec;
+        }
+        // Five seconds after W1 the hold is surely kept: the scenario passed.
+        if landed.is_some_and(|at| at.elapsed() >= Duration::from_secs(5)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(landed.is_some(), "the scenario was never reached");
+    assert_eq!(server.after_commit_pending(), 0, "the 409 after the commit was never given");
+    server.fail_next_on(&format!("update:{name}"), 0, 503);
+    holder.signal(nix::sys::signal::Signal::SIGTERM);
+    let done = holder.finish();
+    assert_ne!(done.code, Some(123), "lost:\n{}", done.stderr);
+}

@@ -1244,7 +1244,10 @@ fn renewals_whose_answers_are_lost_are_no_collision() {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
     let name = env.lease_name("lost-answers");
-    let (mut holder, go) = holder_as_me(&env, &name);
+    // A renew deadline with room for a renewal answered late in the second of the one before (which counts
+    // for nothing: see README "Renewal") and one lost after it: what is tested is that none is a collision.
+    let timing = ["--lease-duration", "8s", "--renew-deadline", "5s", "--retry-period", "500ms"];
+    let (mut holder, go) = holder_as_me_with(&env, &name, &timing);
     server.set_watch_lag(Duration::from_millis(700));
     let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
     for how in [
@@ -1316,9 +1319,15 @@ fn micro_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {
 
 /// `lock NAME --identity me` (FAST timings) whose child runs until the returned gate file exists.
 fn holder_as_me(env: &TestEnv, name: &str) -> (Proc, std::path::PathBuf) {
+    holder_as_me_with(env, name, FAST)
+}
+
+/// `holder_as_me` with `timing`.
+fn holder_as_me_with(env: &TestEnv, name: &str, timing: &[&str]) -> (Proc, std::path::PathBuf) {
     let (log, go) = (env.path("log"), env.path("go"));
     let script = format!("echo start >> {}; {}; echo end >> {}", log.display(), until_exists(&go), log.display());
-    let holder = env.spawn(fast(&["lock", name, "-v", "--identity", "me"], &["sh", "-c", &script]));
+    let command = [&["lock", name, "-v", "--identity", "me"][..], timing, &["--", "sh", "-c", &script]].concat();
+    let holder = env.spawn(command);
     wait_for_file(&log, "start");
     (holder, go)
 }

@@ -937,6 +937,11 @@ fn listen_address_in_use_or_bad_options_exit_125() {
     let done = env.run(["sidecar", "--ttl", "1500ms"]);
     done.assert_code(125);
     assert!(done.stderr.contains("--ttl"), "{}", done.stderr);
+    // Found by review (rv246): renewals count once a second (as client-go sees them), and the renew deadline
+    // is half the TTL: with `--ttl 1s` every hold lapsed between heartbeats.
+    let done = env.run(["sidecar", "--ttl", "2s"]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("--ttl must be at least 3s"), "{}", done.stderr);
     // Found by review (helper-165): the identity from POD_NAME was written into Leases and logs unchecked
     // (a line break forged a log line; 3000 bytes passed the limit of 1024). It is checked as --identity is.
     for pod in ["pod-a\nINFO forged".to_string(), "p".repeat(3000)] {
@@ -954,7 +959,7 @@ fn listen_address_in_use_or_bad_options_exit_125() {
 fn a_drain_beyond_the_clocks_reach_drains_and_releases() {
     let env = TestEnv::file();
     let name = env.lease_name("huge-drain");
-    let sidecar = Sidecar::start(&env, Some("pod-a"), &["--ttl", "2s", "--drain", "18446744073709551615s"]);
+    let sidecar = Sidecar::start(&env, Some("pod-a"), &["--ttl", "3s", "--drain", "18446744073709551615s"]);
     sidecar.put(&name).assert_status(200);
     sidecar.process.signal(Signal::SIGTERM);
     let done = sidecar.process.finish();
