@@ -743,11 +743,11 @@ impl Locks {
         let record = &current.record;
         let renewed = record.renew_time.as_ref()?.0;
         let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
-        // A second more: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to
-        // the next whole second, for client-go: see `Elector::renewal`).
-        let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default()
-            + Duration::from_secs(1);
+        let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default();
         let left = duration.checked_sub(age).filter(|left| !left.is_zero())?;
+        // A second less: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to the
+        // next whole second, for client-go: see `Elector::renewal`); answered at once when that leaves nothing.
+        let left = left.saturating_sub(Duration::from_secs(1));
         Some(Instant::now() + left.saturating_sub(answer_margin(self.ttl)))
     }
 
