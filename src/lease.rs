@@ -1959,7 +1959,20 @@ impl Elector {
             None => Held {
                 fencing_token: record.lease_transitions.unwrap_or(0),
                 acquire_time: record.acquire_time.clone(),
-                last_renew_sent: sent_at,
+                last_renew_sent: match self.current() {
+                    // An adoption left in the second of the record it adopted (see `renewal`): no change to
+                    // client-go, which has seen that record since it landed, under a second before this send.
+                    Some(base)
+                        if same_acquisition(
+                            record,
+                            &base.record.acquire_time,
+                            base.record.lease_transitions.unwrap_or(0),
+                        ) && base.record.renew_time.as_ref().map(|t| t.0.as_second()) == renew_second =>
+                    {
+                        sent_at.checked_sub(Duration::from_secs(1)).unwrap_or(sent_at)
+                    }
+                    _ => sent_at,
+                },
                 renew_second,
                 next_renew_at,
                 usable_from: [Some(sent_at), not_before, self.protected_until()]
@@ -2152,6 +2165,7 @@ impl Elector {
         record.holder_identity = Some(self.identity.clone());
         record.lease_duration_seconds = Some(self.our_duration_seconds());
         let stored = record.renew_time.clone();
+        let wall_second = now.wall.0.as_second();
         let mut stamp = self.stamp(now.wall, stored.as_ref());
         let second = stamp.0.as_second();
         let every = Duration::from_secs(1);
@@ -2163,7 +2177,15 @@ impl Elector {
         // (found by review, rv246: a side-car's adoption again in its lapsed hold's second was counted from its
         // send).
         let uncounted = self.held.as_ref().is_none_or(|held| held.renew_second != stored_second);
-        if stored_second.is_some_and(|stored| stored >= second)
+        // With nothing held, not past the wall clock's second (or our own last stamp's) by more than one: else
+        // side-cars restarted again and again within a second each took the stamps a second further ahead of
+        // the real time (found by review, rv248: four seconds, and a restarted side-car's answers, bounded by
+        // the record's age, came after a client-go elector took the lock). Such an adoption, left in the
+        // stored second, counts from a second before its send (see `applied`).
+        let bounded = self.held.is_some()
+            || second <= wall_second.max(self.last_stamp.as_ref().map_or(i64::MIN, |t| t.0.as_second()));
+        if bounded
+            && stored_second.is_some_and(|stored| stored >= second)
             && (uncounted
                 || self.stamp_second.is_none_or(|(last, since)| {
                     last != second || now.instant.checked_duration_since(since).is_some_and(|passed| passed >= every)

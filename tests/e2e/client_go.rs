@@ -221,15 +221,15 @@ fn a_renew_deadline_shorter_than_a_second_of_renewals_is_refused() {
     assert!(env.holder(&name).is_none(), "refused, yet the lease was taken");
 }
 
-/// The shortest renewals a client-go elector can follow: a 2 s lease renewed every 250 ms, a renew deadline
-/// of 1.5 s. A client-go elector never takes it from a healthy holder.
+/// Renewals under a second apart (every 250 ms; a 4 s lease, a renew deadline of 2 s): only one a second
+/// counts, and a client-go elector never takes the lease from a healthy holder.
 #[test]
-fn a_client_go_elector_never_takes_a_short_lease_renewed_under_a_second_apart() {
+fn a_client_go_elector_never_takes_a_lease_renewed_under_a_second_apart() {
     let env = TestEnv::kube();
     let name = env.lease_name("cg-short-ok");
     let alive = env.path("alive");
     let script = alive_script(&alive, false);
-    let timing = ["--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "250ms"];
+    let timing = ["--lease-duration", "4s", "--renew-deadline", "2s", "--retry-period", "250ms"];
     let command = [&["lock", &name, "-v"][..], &timing, &["--", "sh", "-c", &script]].concat();
     let mut holder = Proc::spawn(env.mpsync(command), &env.dir);
     holder.wait_for_file(&alive, "alive");
@@ -244,7 +244,8 @@ fn a_client_go_elector_never_takes_a_short_lease_renewed_under_a_second_apart() 
 }
 
 /// Found by review (rv240): the margin `lease_duration - renew_deadline - grace` may be as small as 100 ms
-/// (`--lease-duration 4s --renew-deadline 2s --grace 1900ms`), but a client-go elector sees a renewal only
+/// (`--lease-duration 4s --renew-deadline 2s --grace 1900ms`; 300 ms here, room for a loaded machine, and
+/// still under the half second the old count gave away), but a client-go elector sees a renewal only
 /// when `renewTime` enters a new whole second. Renewal A enters second S (client-go sees it at once);
 /// renewal B, ~0.5 s later, stays in second S (client-go sees nothing; mpsync's renew deadline counted from
 /// B's send); then the API server fails every renewal. mpsync lost at B + 2 s and SIGKILLed at B + 3.9 s;
@@ -268,7 +269,7 @@ fn the_renew_deadline_counts_from_a_renewal_client_go_could_see() {
             "--retry-period",
             "500ms",
             "--grace",
-            "1900ms",
+            "1700ms",
             "--",
             "sh",
             "-c",
@@ -310,7 +311,8 @@ fn the_renew_deadline_counts_from_a_renewal_client_go_could_see() {
     }
 }
 
-/// Found by review (rv240), as above for the library, with `Timing { 4s, 3950ms, 500ms }` (no grace: the
+/// Found by review (rv240), as above for the library, with `Timing { 4s, 3950ms, 500ms }` (3700 ms here: see
+/// above) (no grace: the
 /// library's work stops when told). A `HeldLock`'s token was cancelled at the renew deadline counted from
 /// a renewal client-go could not see (same whole second): a client-go elector that saw the renewal before
 /// it took the lease first, and work that stopped the moment it was told still ran beside the new leader.
@@ -322,7 +324,7 @@ fn a_held_locks_token_is_cancelled_before_a_client_go_elector_takes_over() {
     let name = env.lease_name("cg-lib");
     let timing = Timing {
         lease_duration: Duration::from_secs(4),
-        renew_deadline: Duration::from_millis(3950),
+        renew_deadline: Duration::from_millis(3700),
         retry_period: Duration::from_millis(500),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -393,9 +395,9 @@ fn stored(env: &TestEnv, name: &str) -> Option<LeaseSpec> {
 /// with the last one COUNTED (S, `held.renew_second`), not with the record it replaced, and counted W2
 /// from its own send. A client-go elector saw S+1 since W1 landed; W2 is no change to it. Here the holder's
 /// read after the 409 is answered 429 for a few hundred ms, so W2 is sent ~0.3 s after W1; then every
-/// renewal fails. mpsync's renew deadline runs from W2, its SIGKILL comes at W2 + 2 s + 1.9 s, while the
-/// client-go elector took the lease at W1 + 4 s, beside the child. Now a renewal on a record whose second is
-/// not the one last counted moves to the next second, a change client-go sees.
+/// renewal fails. mpsync's renew deadline ran from W2, its SIGKILL came at W2 + 2 s + the grace (1.9 s; 1.7 s
+/// here, room for a loaded machine), while the client-go elector took the lease at W1 + 4 s, beside the child.
+/// Now W1, seen landed, counts from its send, and W2, in its second, counts for nothing.
 #[test]
 fn a_renewal_whose_second_a_committed_but_refused_renewal_entered_is_not_counted() {
     let env = TestEnv::kube();
@@ -418,7 +420,7 @@ fn a_renewal_whose_second_a_committed_but_refused_renewal_entered_is_not_counted
             "--retry-period",
             "500ms",
             "--grace",
-            "1900ms",
+            "1700ms",
             "--",
             "sh",
             "-c",
@@ -708,8 +710,9 @@ fn adoption_then_hung_api_server(same_second: bool) {
     });
 }
 
-/// Found by review (rv246; a spurious loss; `lock --lease-duration 3s --renew-deadline 1600ms --retry-period 300ms`, the
-/// shortest renew deadline `Timing::validate` accepts for that retry period). Renewals 300 ms apart; the
+/// Found by review (rv246; a spurious loss; `lock --lease-duration 3s --renew-deadline 1600ms --retry-period 300ms`,
+/// the shortest renew deadline `Timing::validate` accepts for that retry period; 1800 ms here, room for a
+/// loaded machine, still under the 2 s the old count needed). Renewals 300 ms apart; the
 /// first one in each whole second is counted. The renewal W1 that enters second X+1 is committed and then
 /// answered 409 (a proxy's retry of the committed write). The read after it shows W1 landed (our stamp, our
 /// acquisition), yet W1 was never counted: `observe` only moved `held.renew_second` to X+1, so every later
@@ -742,7 +745,7 @@ fn renewal_entering_a_new_second_fails(committed: bool) {
             "--lease-duration",
             "3s",
             "--renew-deadline",
-            "1600ms",
+            "1800ms",
             "--retry-period",
             "300ms",
             "--",
@@ -806,4 +809,180 @@ fn renewal_entering_a_new_second_fails(committed: bool) {
     holder.signal(nix::sys::signal::Signal::SIGTERM);
     let done = holder.finish();
     assert_ne!(done.code, Some(123), "lost:\n{}", done.stderr);
+}
+
+fn cg_raw(spec: &LeaseSpec) -> String {
+    let s = |t: &Option<MicroTime>| t.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MIN);
+    format!(
+        "{}|{}|{}|{}|{}",
+        spec.holder_identity.clone().unwrap_or_default(),
+        spec.lease_duration_seconds.unwrap_or(0),
+        s(&spec.acquire_time),
+        s(&spec.renew_time),
+        spec.lease_transitions.unwrap_or(0)
+    )
+}
+
+fn stored_spec(env: &TestEnv, name: &str) -> Option<LeaseSpec> {
+    let lease = env.server()?.lease(&env.namespace, name)?;
+    serde_json::from_value(lease.get("spec")?.clone()).ok()
+}
+
+fn side_car_with_ttl(env: &TestEnv, pod: &str, ttl: &str, kubeconfig: Option<&Path>) -> (Proc, SocketAddr) {
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", pod, "--ttl", ttl]);
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("MPSYNC_KUBECONFIG", kubeconfig);
+    }
+    let mut process = Proc::spawn(command, &env.dir);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(address) =
+            process.stdout().lines().find_map(|line| line.strip_prefix("listening on ")?.parse().ok())
+        {
+            return (process, address);
+        }
+        assert!(process.wait_for(Duration::ZERO).is_none(), "the side-car exited:\n{}", process.stderr());
+        assert!(Instant::now() < deadline, "the side-car did not listen:\n{}", process.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn request_status(address: SocketAddr, method: &str, name: &str) -> u16 {
+    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let request = format!(
+        "{method} /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"))
+}
+
+fn until_fraction_of_a_second(fraction: f64) {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let into = now.subsec_nanosecond() as f64 / 1e9;
+    let wait = if into < fraction { fraction - into } else { 1.0 - into + fraction };
+    std::thread::sleep(Duration::from_secs_f64(wait));
+}
+
+/// Found by review (rv248). Each restart of a side-car adopts the record under its identity, and an adoption with nothing
+/// held jumps to the stored whole second + 1 whenever the stored second is not behind its wall clock
+/// (`Elector::renewal`, `uncounted` = nothing held, no once-a-second limit). A few quick restarts (a crash loop)
+/// within one second so push `renewTime` several seconds ahead of the writer's clock, and it stays that far
+/// ahead afterwards. `Locks::adoption_answer_by` reads the record's age off `renewTime` on the wall clock and
+/// allows for one second ahead only: the next restarted side-car answers its client's heartbeat up to
+/// (seconds ahead - 1) later than the TTL counted from when the record was written, which is when a client-go
+/// elector saw it change. Here (`--ttl 12s`: answers within 2 s, margin 0.4 s) five side-car processes under
+/// one identity take/adopt the lock within one second (the last write stamped ~4 s ahead); the client is
+/// told 200 by the last one's GET 9.8 s later (8.8 s here: see below), the pod restarts, and the client's PUT
+/// reaches the new side-car (which had read the record) at +11 s while its API calls hang. It should be
+/// answered by +11.6 s (the TTL from the write, less the margin); it is answered 503 at +13 s, a second after
+/// a client-go elector took the lease at +12 s. Now an adoption with nothing held moves past the wall clock's
+/// second by one at most, and one left in the stored second counts from a second before its send (so its
+/// GET at 9.8 s is 503 now).
+#[test]
+fn a_crash_looping_side_car_never_runs_renew_time_ahead_nor_answers_after_client_go_took() {
+    crash_loop_then_late_heartbeat(5);
+}
+
+/// The control: one side-car process (no adoption, `renewTime` on its clock): the heartbeat is answered in time.
+#[test]
+fn a_restarted_side_car_answers_a_late_heartbeat_before_client_go_takes_the_lease() {
+    crash_loop_then_late_heartbeat(1);
+}
+
+fn crash_loop_then_late_heartbeat(processes: usize) {
+    let env = TestEnv::kube();
+    let Some(_server) = env.server() else { return };
+    let (proxy, proxied) = env.proxied_kubeconfig();
+    let name = env.lease_name("cg-ahead");
+    let mut cars: Vec<(Proc, SocketAddr)> =
+        (0..processes).map(|_| side_car_with_ttl(&env, "pod-a", "12s", None)).collect();
+    let (new_car, new_address) = side_car_with_ttl(&env, "pod-a", "12s", Some(&proxied));
+    // A crash loop: each process takes (or adopts) the lock at a heartbeat, then dies.
+    until_fraction_of_a_second(0.02);
+    let mut last = None;
+    let n = cars.len();
+    for (i, (car, address)) in cars.iter_mut().enumerate() {
+        assert_eq!(request_status(*address, "PUT", &name), 200, "{}", car.stderr());
+        if i + 1 < n {
+            car.child.kill().unwrap();
+            car.wait_for(PATIENCE).expect("killed");
+        } else {
+            last = Some(Instant::now());
+        }
+    }
+    let written_at = last.unwrap();
+    let written = stored_spec(&env, &name).expect("written");
+    let wall = k8s_openapi::jiff::Timestamp::now().as_second();
+    let ahead = written.renew_time.as_ref().unwrap().0.as_second() - wall;
+    eprintln!("renewTime is {ahead} whole seconds ahead of the wall clock after the crash loop");
+    assert!(ahead <= 1, "renewTime ran {ahead} whole seconds ahead of the wall clock in a crash loop");
+    // The new side-car reads the record (a GET of the client's), then its API calls hang.
+    assert_eq!(request_status(new_address, "GET", &name), 200, "{}", new_car.stderr());
+    proxy.delay_responses(Duration::from_secs(30));
+
+    std::thread::scope(|scope| {
+        let last_address = cars[n - 1].1;
+        let client = scope.spawn({
+            let name = name.clone();
+            move || {
+                // Told 200 by the old side-car (its GET answers from a record still its own until TTL - 2 s).
+                std::thread::sleep(
+                    (written_at + Duration::from_millis(8800)).saturating_duration_since(Instant::now()),
+                );
+                let got = request_status(last_address, "GET", &name);
+                let got_at = epoch_nanos();
+                // The pod restarts; the client's PUT reaches the new side-car.
+                std::thread::sleep((written_at + Duration::from_secs(11)).saturating_duration_since(Instant::now()));
+                let status = request_status(new_address, "PUT", &name);
+                (got, got_at, status, epoch_nanos())
+            }
+        });
+        // The client-go elector: it saw the record change (at the latest) when the last write was answered.
+        let (mut observed, mut observed_at) = (cg_raw(&written), written_at);
+        let mut taken_at = None;
+        let started = Instant::now();
+        while taken_at.is_none() && started.elapsed() < Duration::from_secs(30) {
+            let spec = stored_spec(&env, &name).unwrap();
+            if cg_raw(&spec) != observed {
+                observed = cg_raw(&spec);
+                observed_at = Instant::now();
+            }
+            let held = !spec.holder_identity.as_deref().unwrap_or("").is_empty();
+            if held && observed_at.elapsed() >= Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0) as u64) {
+                let taken = observed.clone();
+                env.edit(&name, |spec| {
+                    if cg_raw(spec) != taken {
+                        return;
+                    }
+                    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+                    spec.holder_identity = Some("client-go-elector".into());
+                    spec.lease_duration_seconds = Some(12);
+                    spec.acquire_time = Some(now.clone());
+                    spec.renew_time = Some(now);
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                });
+                if env.holder(&name).as_deref() == Some("client-go-elector") {
+                    taken_at = Some(epoch_nanos());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let taken_at = taken_at.expect("the client-go elector took the lease");
+        let (got, got_at, status, told_at) = client.join().unwrap();
+        proxy.delay_responses(Duration::ZERO);
+        assert_eq!(got, 200, "the old side-car's GET");
+        assert!(got_at < taken_at);
+        assert!(
+            told_at <= taken_at,
+            "a client-go elector took the lease {:?} before the restarted side-car answered the client's heartbeat \
+             ({status}); renewTime was {ahead} s ahead of the wall clock after the crash loop's adoptions\n{}",
+            Duration::from_nanos((told_at - taken_at) as u64),
+            new_car.stderr()
+        );
+    });
 }
