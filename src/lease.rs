@@ -2025,6 +2025,14 @@ impl Elector {
             && !self.undone.iter().any(|(time, token)| same_acquisition(&current.record, time, *token))
     }
 
+    /// When the last renewal of ours counted for `record` was sent, if `record` is a hold of ours that this
+    /// process wrote (its `renewTime` one of our stamps): what a client-go elector saw of it, on our own
+    /// clock, with no wall clock in between.
+    pub fn own_hold_sent(&self, record: &LeaseSpec) -> Option<Instant> {
+        let stamp = record.renew_time.as_ref()?;
+        (self.is_own_write(record) && self.sent_by_us(stamp)).then_some(self.last_hold_sent).flatten()
+    }
+
     /// Whether this elector (a side-car's) adopts `current` as its own: held under its identity and
     /// marked by a side-car for its token (see [`SIDECAR_ANNOTATION`]), and not a hold of ours that ended
     /// before versions went back (found by review, helper-120: an etcd restore brought back a side-car's

@@ -743,6 +743,12 @@ impl Locks {
         let record = &current.record;
         let renewed = record.renew_time.as_ref()?.0;
         let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
+        // A hold this process wrote (lapsed, and adopted again): bounded by its own last counted renewal's send,
+        // no clock read (a second off what is left, below, would refuse it needlessly in its last second).
+        if let Some(sent) = elector.own_hold_sent(record) {
+            let until = sent.checked_add(duration).filter(|until| *until > Instant::now())?;
+            return Some(until.checked_sub(answer_margin(self.ttl)).unwrap_or(until));
+        }
         let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default();
         let left = duration.checked_sub(age).filter(|left| !left.is_zero())?;
         // A second less: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to the
