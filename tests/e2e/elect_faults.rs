@@ -154,8 +154,13 @@ fn force_unlock_with_two_replicas(env: &TestEnv) {
     let name = env.lease_name("ef-unlock");
     let log = env.path("log");
     let leader_file = env.path("leader");
-    let reps = replicas(env, &name, 2, &[], &script(&log, &leader_file));
+    let reps = replicas(env, &name, 2, &["-v"], &script(&log, &leader_file));
     let leader = read_pid(&leader_file);
+    // The follower must have seen the hold: one that never did takes a lease it first sees free at once
+    // (README, Semantics; a flaky failure under load: the two children overlapped by half a second).
+    wait_until("the follower to see the hold", || {
+        reps.iter().any(|r| r.proc.pid() != leader && r.proc.stderr().contains("held by another"))
+    });
     std::fs::remove_file(&leader_file).unwrap();
     env.edit(&name, |spec| spec.holder_identity = Some(String::new()));
     wait_until("the old child to end", || ends(&log) >= 1);
