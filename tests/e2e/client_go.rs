@@ -529,9 +529,9 @@ fn a_renewal_whose_second_a_committed_but_refused_renewal_entered_is_not_counted
     );
 }
 
-/// `mpsync sidecar --ttl 3s` under identity `pod`, through `kubeconfig` if given; its address.
-fn side_car(env: &TestEnv, pod: &str, kubeconfig: Option<&Path>) -> (Proc, SocketAddr) {
-    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", pod, "--ttl", "3s"]);
+/// `mpsync sidecar --ttl TTL` under identity `pod`, through `kubeconfig` if given; its address.
+fn side_car(env: &TestEnv, pod: &str, ttl: &str, kubeconfig: Option<&Path>) -> (Proc, SocketAddr) {
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", pod, "--ttl", ttl]);
     if let Some(kubeconfig) = kubeconfig {
         command.env("MPSYNC_KUBECONFIG", kubeconfig);
     }
@@ -549,12 +549,12 @@ fn side_car(env: &TestEnv, pod: &str, kubeconfig: Option<&Path>) -> (Proc, Socke
     }
 }
 
-/// `PUT /locks/NAME` as the metaparticle clients send it: the status.
-fn put(address: SocketAddr, name: &str) -> u16 {
+/// `METHOD /locks/NAME` as the metaparticle clients send it: the status.
+fn request_status(address: SocketAddr, method: &str, name: &str) -> u16 {
     let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let request = format!(
-        "PUT /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\nContent-Length: 0\r\n\
+        "{method} /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\nContent-Length: 0\r\n\
          Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).unwrap();
@@ -606,11 +606,11 @@ fn adoption_then_hung_api_server(same_second: bool) {
         attempts += 1;
         assert!(attempts <= 5, "the adoption was never sent in the second wanted");
         let name = env.lease_name("adopt-second");
-        let (mut first_car, first) = side_car(&env, "pod-a", None);
-        let (second_car, second_address) = side_car(&env, "pod-a", Some(&proxied));
+        let (mut first_car, first) = side_car(&env, "pod-a", "3s", None);
+        let (second_car, second_address) = side_car(&env, "pod-a", "3s", Some(&proxied));
         // The old side-car's write, early in second S; client-go sees it as soon as it is answered.
         until_fraction(0.03);
-        assert_eq!(put(first, &name), 200);
+        assert_eq!(request_status(first, "PUT", &name), 200);
         let first_seen = Instant::now();
         let written = stored(&env, &name).expect("written");
         first_car.child.kill().unwrap();
@@ -624,7 +624,7 @@ fn adoption_then_hung_api_server(same_second: bool) {
         }
         let sent = Instant::now();
         let sent_second = k8s_openapi::jiff::Timestamp::now().as_second();
-        assert_eq!(put(second_address, &name), 200, "{}", second_car.stderr());
+        assert_eq!(request_status(second_address, "PUT", &name), 200, "{}", second_car.stderr());
         let answered = Instant::now();
         let adopted = stored(&env, &name).expect("adopted");
         assert_eq!(adopted.lease_transitions, written.lease_transitions, "adopted, not taken anew");
@@ -655,7 +655,7 @@ fn adoption_then_hung_api_server(same_second: bool) {
                 for k in 1..=5u32 {
                     let at = adopted_at + Duration::from_secs(k as u64);
                     std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                    let status = put(address, &name);
+                    let status = request_status(address, "PUT", &name);
                     let answered = epoch_nanos();
                     if status != 200 {
                         return (k, status, answered);
@@ -811,63 +811,6 @@ fn renewal_entering_a_new_second_fails(committed: bool) {
     assert_ne!(done.code, Some(123), "lost:\n{}", done.stderr);
 }
 
-fn cg_raw(spec: &LeaseSpec) -> String {
-    let s = |t: &Option<MicroTime>| t.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MIN);
-    format!(
-        "{}|{}|{}|{}|{}",
-        spec.holder_identity.clone().unwrap_or_default(),
-        spec.lease_duration_seconds.unwrap_or(0),
-        s(&spec.acquire_time),
-        s(&spec.renew_time),
-        spec.lease_transitions.unwrap_or(0)
-    )
-}
-
-fn stored_spec(env: &TestEnv, name: &str) -> Option<LeaseSpec> {
-    let lease = env.server()?.lease(&env.namespace, name)?;
-    serde_json::from_value(lease.get("spec")?.clone()).ok()
-}
-
-fn side_car_with_ttl(env: &TestEnv, pod: &str, ttl: &str, kubeconfig: Option<&Path>) -> (Proc, SocketAddr) {
-    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", pod, "--ttl", ttl]);
-    if let Some(kubeconfig) = kubeconfig {
-        command.env("MPSYNC_KUBECONFIG", kubeconfig);
-    }
-    let mut process = Proc::spawn(command, &env.dir);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(address) =
-            process.stdout().lines().find_map(|line| line.strip_prefix("listening on ")?.parse().ok())
-        {
-            return (process, address);
-        }
-        assert!(process.wait_for(Duration::ZERO).is_none(), "the side-car exited:\n{}", process.stderr());
-        assert!(Instant::now() < deadline, "the side-car did not listen:\n{}", process.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn request_status(address: SocketAddr, method: &str, name: &str) -> u16 {
-    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).expect("connect to the side-car");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let request = format!(
-        "{method} /locks/{name} HTTP/1.1\r\nHost: localhost\r\naccept: application/json\r\nContent-Length: 0\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"))
-}
-
-fn until_fraction_of_a_second(fraction: f64) {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let into = now.subsec_nanosecond() as f64 / 1e9;
-    let wait = if into < fraction { fraction - into } else { 1.0 - into + fraction };
-    std::thread::sleep(Duration::from_secs_f64(wait));
-}
-
 /// Found by review (rv248). Each restart of a side-car adopts the record under its identity, and an adoption with nothing
 /// held jumps to the stored whole second + 1 whenever the stored second is not behind its wall clock
 /// (`Elector::renewal`, `uncounted` = nothing held, no once-a-second limit). A few quick restarts (a crash loop)
@@ -899,11 +842,10 @@ fn crash_loop_then_late_heartbeat(processes: usize) {
     let Some(_server) = env.server() else { return };
     let (proxy, proxied) = env.proxied_kubeconfig();
     let name = env.lease_name("cg-ahead");
-    let mut cars: Vec<(Proc, SocketAddr)> =
-        (0..processes).map(|_| side_car_with_ttl(&env, "pod-a", "12s", None)).collect();
-    let (new_car, new_address) = side_car_with_ttl(&env, "pod-a", "12s", Some(&proxied));
+    let mut cars: Vec<(Proc, SocketAddr)> = (0..processes).map(|_| side_car(&env, "pod-a", "12s", None)).collect();
+    let (new_car, new_address) = side_car(&env, "pod-a", "12s", Some(&proxied));
     // A crash loop: each process takes (or adopts) the lock at a heartbeat, then dies.
-    until_fraction_of_a_second(0.02);
+    until_fraction(0.02);
     let mut last = None;
     let n = cars.len();
     for (i, (car, address)) in cars.iter_mut().enumerate() {
@@ -916,7 +858,7 @@ fn crash_loop_then_late_heartbeat(processes: usize) {
         }
     }
     let written_at = last.unwrap();
-    let written = stored_spec(&env, &name).expect("written");
+    let written = stored(&env, &name).expect("written");
     let wall = k8s_openapi::jiff::Timestamp::now().as_second();
     let ahead = written.renew_time.as_ref().unwrap().0.as_second() - wall;
     eprintln!("renewTime is {ahead} whole seconds ahead of the wall clock after the crash loop");
@@ -943,20 +885,20 @@ fn crash_loop_then_late_heartbeat(processes: usize) {
             }
         });
         // The client-go elector: it saw the record change (at the latest) when the last write was answered.
-        let (mut observed, mut observed_at) = (cg_raw(&written), written_at);
+        let (mut observed, mut observed_at) = (client_go_raw(&written), written_at);
         let mut taken_at = None;
         let started = Instant::now();
         while taken_at.is_none() && started.elapsed() < Duration::from_secs(30) {
-            let spec = stored_spec(&env, &name).unwrap();
-            if cg_raw(&spec) != observed {
-                observed = cg_raw(&spec);
+            let spec = stored(&env, &name).unwrap();
+            if client_go_raw(&spec) != observed {
+                observed = client_go_raw(&spec);
                 observed_at = Instant::now();
             }
             let held = !spec.holder_identity.as_deref().unwrap_or("").is_empty();
             if held && observed_at.elapsed() >= Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0) as u64) {
                 let taken = observed.clone();
                 env.edit(&name, |spec| {
-                    if cg_raw(spec) != taken {
+                    if client_go_raw(spec) != taken {
                         return;
                     }
                     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
