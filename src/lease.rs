@@ -2287,6 +2287,11 @@ fn is_live(record: &LeaseSpec) -> bool {
 /// A hold made free in any other shape than a release's (see `is_release`) is an edit too, whatever became
 /// of its acquireTime and token (found by review, helper-163: `kubectl patch` removing acquireTime with the
 /// holder, or `kubectl replace` of a bare manifest, let a waiter in at once beside the holder's child).
+///
+/// So is a release with a lower token than the hold's: a holder's release keeps its token, so this one is an
+/// older record put back, by hand or by an etcd restore whose lower versions a write since hid (found by the
+/// property model: a restore to a release before the hold, then a hand edit, showed that release at the very
+/// version the hold had been seen at, and a waiter took it at once beside the holder's child).
 fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
     let shorter = |old: &LeaseSpec, new: &LeaseSpec| match (old.lease_duration_seconds, new.lease_duration_seconds) {
         (Some(old), Some(new)) => new < old,
@@ -2294,7 +2299,9 @@ fn is_hand_edit(old: &LeaseSpec, new: &LeaseSpec) -> bool {
         (None, None) => false,
     };
     let same_acquisition = new.acquire_time == old.acquire_time && new.lease_transitions == old.lease_transitions;
-    (same_acquisition && (!is_live(new) || shorter(old, new))) || (!is_live(new) && !is_release(new))
+    let token_went_back = new.lease_transitions.unwrap_or(0) < old.lease_transitions.unwrap_or(0);
+    (same_acquisition && (!is_live(new) || shorter(old, new)))
+        || (!is_live(new) && (!is_release(new) || token_went_back))
 }
 
 /// Whether `record` is a release as mpsync and client-go (since 1.20) write it: no holder, a new acquireTime

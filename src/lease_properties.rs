@@ -2288,3 +2288,39 @@ fn a_record_a_co_holder_renewed_after_our_loss_is_neither_taken_again_nor_given_
     ];
     run_in(|| World::with_a_co_holder(TIMING.lease_duration), steps).expect("b waits for the co-holder");
 }
+
+/// Found by this model (`a_restarting_side_car_with_a_longer_ttl`): etcd restored to a release before the
+/// side-car's hold, then a hand edit of that release, which brings it back at the very version a#0 had seen
+/// the hold at. a#0 took it at once, beside the side-car's child; no holder's release lowers its token, so it
+/// is waited out as a hand edit now (`is_hand_edit`).
+#[test]
+fn a_restored_release_at_a_version_seen_before_is_waited_out() {
+    use Step::*;
+    let steps = vec![
+        Healthy(401),
+        Healthy(2101),
+        Advance(515),
+        Advance(753),
+        Advance(1332),
+        SideCarRestarts(2),
+        RenewNow(0),
+        Healthy(1301),
+        Stall(0, 443),
+        Advance(474),
+        Serve(2),
+        Advance(983),
+        Serve(2),
+        Advance(1064),
+        Advance(936),
+        Serve(2),
+        Advance(0),
+        Process(0),
+        Advance(1001),
+        Restore(5),
+        Edit(HandEdit::Clear),
+        Relist(0),
+        Advance(0),
+    ];
+    let mut world = run_in(World::with_a_side_car_of_a_longer_ttl, steps).expect("exclusion");
+    heal_until_a_child_runs(&mut world).expect("a child runs, after the side-car's");
+}

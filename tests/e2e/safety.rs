@@ -995,6 +995,59 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
     assert!(dead, "the holder's child was alive ({state}) as the waiter's ran");
 }
 
+/// Found by the property model: an etcd restored to a snapshot in which the lease was released (before the
+/// holder took it), and then the Lease annotated by hand, so that the restored release comes back at a version
+/// past any the waiter knew. The versions show nothing; the release's token, lower than the hold's, does: no
+/// holder's release lowers its token, so the waiter waits out the hold it saw, as after a hand edit, and its
+/// child never starts beside the holder's (before, it took the "release" at once). The holder's mpsync is
+/// frozen through it all, so that its guard, not a renewal's conflict, ends its child.
+#[test]
+fn a_restored_release_that_a_hand_edit_brings_past_the_known_version_never_lets_the_waiter_in_beside_the_child() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored-release");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let snapshot = server.snapshot();
+    let timings = ["--lease-duration", "10s", "--renew-deadline", "8s", "--retry-period", "3s"];
+    let log = env.path("log");
+    let watched = HolderWatched::new(&env, &log);
+    let with = |identity: &'static str, script: String| -> Vec<String> {
+        let mut args: Vec<String> = ["lock", &name, "-v", "--identity", identity].map(String::from).to_vec();
+        args.extend(timings.map(String::from));
+        args.extend(["--".to_string(), "sh".to_string(), "-c".to_string(), script]);
+        args
+    };
+    let holder = env.spawn(with("holder", watched.holder_script.clone()));
+    wait_for_file(&log, "start");
+    let waiter = env.spawn(with("waiter", watched.waiter_script.clone()));
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
+    let before = version();
+    wait_until("a renewal", || version() != before);
+    // Right after a renewal, both frozen: the holder's next renewal is a retry period away.
+    holder.signal(Signal::SIGSTOP);
+    waiter.signal(Signal::SIGSTOP);
+    let known = version();
+    server.restore(&snapshot);
+    // Versions up to the one known handed out again (other Leases), and the annotation past it.
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", env.namespace);
+    for made in 0..known.saturating_sub(server.resource_version()) {
+        let body = format!(r#"{{"metadata":{{"name":"other-{made}"}},"spec":{{}}}}"#);
+        let (status, answer) = server.call("POST", &leases, Some(&body));
+        assert_eq!(status, 201, "{answer}");
+    }
+    env.annotate(&name, "example.com/touched", Some("by hand"));
+    let (restored, spec) = env.get(&name).unwrap();
+    assert!(restored.parse::<u64>().unwrap() > known, "the restored release at {restored}, past {known}");
+    assert_eq!(spec.holder_identity.as_deref(), Some(""), "the release restored: {spec:?}");
+    waiter.signal(Signal::SIGCONT);
+    wait_until("the waiter's child", || watched.noted());
+    holder.signal(Signal::SIGKILL);
+    waiter.finish().assert_code(0);
+    let (state, dead) = watched.holder_was_dead();
+    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran");
+}
+
 /// Found by review (helper-108): an `elect` replica frozen while it held (its guard ends its child), the other replica takes
 /// over, and then etcd is restored to a snapshot taken right after the frozen replica's last renewal. When
 /// the frozen replica runs again, the record it reads is exactly the one it knew (its own hold, same
