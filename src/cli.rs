@@ -414,6 +414,9 @@ impl Cli {
 
     /// Turn the raw flags into the one validated `Config`.
     pub fn into_config(self) -> Result<Config> {
+        // Before anything draws a random number or makes a `HashMap` (an identity's suffix is the first).
+        crate::retry::check_randomness()
+            .map_err(|err| Error::Internal(format!("no randomness to be had: {err}; mpsync needs one of them")))?;
         match self.command {
             CommandArgs::Lock(lock) => {
                 let wait = match (lock.no_wait, lock.timeout) {

@@ -24,6 +24,28 @@ fn seed() -> u64 {
     (os ^ nanos ^ (u64::from(std::process::id()) << 32) ^ (&local as *const u8 as u64)) | 1
 }
 
+/// Whether this process can have randomness as std takes it for its hash keys (and so for every `HashMap`):
+/// getrandom(2), else /dev/urandom. With neither (a seccomp profile refusing getrandom in an image without
+/// /dev), std panics at the first `HashMap`; checked first, it is a clear error (found by review, rv247: exit
+/// 101 and a panic's message).
+pub fn check_randomness() -> std::io::Result<()> {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is writable for its whole length.
+    let got = unsafe { nix::libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), nix::libc::GRND_NONBLOCK) };
+    let refused = std::io::Error::last_os_error();
+    if got >= 0 || matches!(refused.raw_os_error(), Some(nix::libc::EAGAIN | nix::libc::EINTR)) {
+        return Ok(());
+    }
+    use std::io::Read;
+    match std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut buf)) {
+        Ok(()) => Ok(()),
+        Err(err) => Err(std::io::Error::new(
+            err.kind(),
+            format!("getrandom(2) refused ({refused}) and /dev/urandom unreadable ({err})"),
+        )),
+    }
+}
+
 /// A pseudo-random number (xorshift64*): for spreading retries apart, never for secrets.
 pub fn random_u64() -> u64 {
     STATE.with(|state| {

@@ -54,6 +54,18 @@ use proxy::ProxyEnv;
 /// gone idle for 10 s panicked, and the lease was left held). With one kept, the work waits for it.
 #[cfg(feature = "cli")]
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    // tokio panics, rather than fail, where the first runtime's signal driver cannot open its socket pair
+    // (found by review, rv247: `ulimit -n 9` to 11 ended in a panic, exit 101). So room for the runtime's
+    // descriptors (its epoll, its waker, that pair and a copy of it) is made sure of first, all at once.
+    let room = (0..4).map(|_| std::os::unix::net::UnixStream::pair()).collect::<std::io::Result<Vec<_>>>();
+    if let Err(err) = room {
+        let mut limit = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        let soft =
+            (unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur);
+        let limit = soft.map(|soft| format!(" (ulimit -n is {soft})")).unwrap_or_default();
+        return Err(Error::Internal(format!("cannot start the runtime: {err}{limit}")));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::MAX)

@@ -536,9 +536,13 @@ impl Supervisor {
                 }
                 self.deadline = None;
                 self.reap();
-                // Exec never fails with EPIPE; only the write to a dead guard in `prepare_child` does.
-                if error.raw_os_error() == Some(libc::EPIPE) {
-                    return Err(SpawnError::Other(name, io::Error::other("the guard process is gone")));
+                if let Some((step, error)) = set_up_failure(&error) {
+                    let error = match step {
+                        // EPIPE: the guard is gone.
+                        SetUp::Guard => io::Error::other("the guard process is gone"),
+                        step => io::Error::new(error.kind(), format!("{}: {error}", step.what())),
+                    };
+                    return Err(SpawnError::Other(name, error));
                 }
                 return Err(spawn_error(name, &command.program, error));
             }
@@ -2015,6 +2019,47 @@ extern "C" fn pass_stop_on(stop: libc::c_int) {
     }
 }
 
+/// A step of `prepare_child` of its own, not the exec. std passes back from the forked child only the number
+/// of its error, as for the exec's: the step is carried in bits no errno uses, so that a step refused (a
+/// seccomp profile refusing prctl) is mpsync's failure, exit 125, not the command's "not executable", 126
+/// (found by review, rv247).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SetUp {
+    Group = 1,
+    Guard = 2,
+    DeathSignal = 3,
+}
+
+impl SetUp {
+    const SHIFT: u32 = 20;
+
+    fn what(self) -> &'static str {
+        match self {
+            SetUp::Group => "cannot give the command its own process group",
+            SetUp::Guard => "cannot tell the guard process of the command",
+            SetUp::DeathSignal => "cannot set the command's death signal (prctl PR_SET_PDEATHSIG)",
+        }
+    }
+}
+
+/// This thread's errno, tagged with `step` (async-signal-safe: an `io::Error` of a number allocates nothing).
+fn set_up_failed(step: SetUp) -> io::Error {
+    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    io::Error::from_raw_os_error(((step as i32) << SetUp::SHIFT) | (errno & ((1 << SetUp::SHIFT) - 1)))
+}
+
+/// The step and the error of a failure tagged by `set_up_failed`, if `error` is one.
+fn set_up_failure(error: &io::Error) -> Option<(SetUp, io::Error)> {
+    let code = error.raw_os_error()?;
+    let step = match code >> SetUp::SHIFT {
+        1 => SetUp::Group,
+        2 => SetUp::Guard,
+        3 => SetUp::DeathSignal,
+        _ => return None,
+    };
+    Some((step, io::Error::from_raw_os_error(code & ((1 << SetUp::SHIFT) - 1))))
+}
+
 /// Runs in the forked child, between fork and exec: only async-signal-safe calls (mpsync has other threads,
 /// whose locks are frozen in the child), no allocation.
 fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_ignored: bool) -> io::Result<()> {
@@ -2029,7 +2074,7 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         // Its own process group, so signals (and, on loss, SIGKILL) reach everything it starts.
         if libc::setpgid(0, 0) != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(set_up_failed(SetUp::Group));
         }
         // A stop pending since the fork was sent to mpsync's group, which mpsync acts on itself: discarded,
         // not taken as the child's own, which would stop it before its exec while mpsync waits for that
@@ -2052,8 +2097,7 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             let message = guard::message(pid, 0);
             if libc::write(guard_fd, message.as_ptr().cast(), message.len()) != message.len() as isize {
-                // EPIPE: the guard is gone (`spawn` says so).
-                return Err(io::Error::last_os_error());
+                return Err(set_up_failed(SetUp::Guard));
             }
         }
         // Blocked since the fork, a signal mpsync ignores was kept pending, not discarded: discarded now, as
@@ -2084,7 +2128,7 @@ fn prepare_child(parent: libc::pid_t, tty: RawFd, guard_fd: RawFd, keep_sighup_i
         // If mpsync dies the child dies with it (the guard takes care of the rest of the group). This fires
         // when the forking *thread* exits, which is why spawn runs on the main thread.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(set_up_failed(SetUp::DeathSignal));
         }
         // mpsync may have died before the line above: then no signal would ever come.
         if libc::getppid() != parent {

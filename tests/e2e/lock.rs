@@ -589,3 +589,62 @@ fn a_release_withheld_after_one_hand_edit_is_said_so(env: &TestEnv) {
     assert!(out.stderr.contains("the lease was not given back"), "{}", out.stderr);
 }
 both_backends!(a_release_withheld_after_one_hand_edit_is_said_so);
+
+/// Found by review (rv247): with only a few descriptors left (`ulimit -n` of 9 to 11), tokio's runtime
+/// panicked opening its signal pipe (exit 101). Now a clear error, exit 125, naming the limit; and nothing
+/// was taken.
+#[test]
+fn too_few_open_files_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::file();
+    let name = env.lease_name("few-files");
+    for files in [8, 9, 10, 11] {
+        let mut command = env.mpsync(["lock", &name, "--", "true"]);
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = nix::libc::rlimit { rlim_cur: files, rlim_max: files };
+                nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+        let out = Proc::spawn(command, &env.dir).finish();
+        out.assert_code(125);
+        assert!(out.stderr.contains("Too many open files") && !out.stderr.contains("panicked"), "{}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
+    assert!(env.get(&name).is_none(), "a lease was written: {:?}", env.get(&name));
+}
+
+/// Found by review (rv247): with no randomness at all (a seccomp profile refusing getrandom(2), and no
+/// /dev/urandom in the image), std panicked at mpsync's first `HashMap` (exit 101). Now a clear error,
+/// exit 125. An LD_PRELOAD shim refuses both here.
+#[test]
+fn no_randomness_is_a_clear_error() {
+    let env = TestEnv::file();
+    let name = env.lease_name("no-random");
+    let shim = build_shim(&env, "refuse");
+    let mut command = env.mpsync(["lock", &name, "--", "true"]);
+    command.env("LD_PRELOAD", &shim).env("REFUSE_RANDOM", "1");
+    let out = Proc::spawn(command, &env.dir).finish();
+    out.assert_code(125);
+    assert!(out.stderr.contains("no randomness") && !out.stderr.contains("panicked"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(env.get(&name).is_none(), "a lease was written: {:?}", env.get(&name));
+}
+
+/// Found by review (rv247): a seccomp profile refusing prctl(2) made the child's set-up fail before its
+/// exec, and mpsync said the command was "not executable" (126). It is mpsync's failure: exit 125, saying
+/// what was refused; the lease, taken, is given back.
+#[test]
+fn a_refused_death_signal_is_mpsyncs_failure_not_the_commands() {
+    let env = TestEnv::file();
+    let name = env.lease_name("no-pdeathsig");
+    let shim = build_shim(&env, "refuse");
+    let mut command = env.mpsync(["lock", &name, "--", "true"]);
+    command.env("LD_PRELOAD", &shim).env("REFUSE_PDEATHSIG", "1");
+    let out = Proc::spawn(command, &env.dir).finish();
+    out.assert_code(125);
+    assert!(out.stderr.contains("death signal") && out.stderr.contains("Operation not permitted"), "{}", out.stderr);
+    assert_eq!(env.holder(&name).as_deref(), Some(""), "given back:\n{}", out.stderr);
+}
