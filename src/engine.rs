@@ -1215,7 +1215,7 @@ async fn look_at_marker(
     let Some(write) = write else { return Ok(MarkerLook::Settled) };
     // No marker (or a free plain lease to mark), but slots that say another count (the marker alone was
     // deleted): the count is theirs; writing ours would lock their users out.
-    if let Some(recorded) = slot_count_of(store, name, slots).await?
+    if let Some(recorded) = slot_count_of(store, name).await?
         && recorded != slots.to_string()
     {
         return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots }));
@@ -1318,12 +1318,13 @@ async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Vers
 const MARKER_PROBES: u32 = 8;
 
 /// The slot count that the first existing slot of semaphore `name` that records one records (of its first
-/// `MARKER_PROBES` slots, or fewer if `slots` is smaller), if any. Only when the marker is missing: a first
-/// use reads those few absent slots once. A record with no count (a plain lease's, on a slot's name) tells
+/// `MARKER_PROBES` slots, whatever count this process was given: found by review, rv250, `--slots 2` read
+/// only slots 0 and 1 of a semaphore of 3 whose slot 2 alone remained, and wrote the deleted marker with 2),
+/// if any. Only when the marker is missing: a first use reads those few absent slots once. A record with no count (a plain lease's, on a slot's name) tells
 /// none: the slots past it are read on (found by review, helper-175: a free plain record on slot 0's name
 /// hid slot 1's count of 3, and `--slots 2` wrote the deleted marker; every user of 3 was refused then).
-async fn slot_count_of(store: &Store, name: &str, slots: u32) -> Result<Option<String>, StoreError> {
-    for index in 0..slots.min(MARKER_PROBES) {
+async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
+    for index in 0..MARKER_PROBES {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
                 if let Some(count) =

@@ -1029,6 +1029,24 @@ fn a_deleted_marker_is_written_again_only_with_the_count_past_a_plain_record_on_
     env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
 }
 
+both_backends!(a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_count_given);
+
+/// Found by review (rv250): a 3-slot semaphore whose marker was deleted (with slots 0 and 1: a clean-up half
+/// done) while slot 2 is held. A process told `--slots 2` read only slots 0 and 1 (the first of its own
+/// count, not the first eight), found neither, and wrote the marker "2": it ran its child beside slot 2's,
+/// and every user of 3 was refused from then on. The first eight slots are read whatever the count given:
+/// `--slots 2` is refused (125), the marker is not written, and `--slots 3` runs.
+fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_count_given(env: &TestEnv) {
+    let name = env.lease_name("probe-past");
+    env.put_slot(&format!("{name}-2"), 3, TestEnv::foreign_record("someone", 30));
+    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "the marker was written with another count than slot 2 records: {marker:?}");
+    two.assert_code(125);
+    assert!(two.stderr.contains("3 slots"), "{}", two.stderr);
+    env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
+}
+
 both_backends!(a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once);
 
 /// Found by review (helper-175): a dead plain holder's record on slot 1's name, a slot no one used. Each
