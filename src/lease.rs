@@ -611,6 +611,9 @@ pub struct Elector {
     /// anyone (found by review, helper-138: a hand edit let be, brought back by a restore, counted as a
     /// second foreign renewal; so would a restored renewal of ours older than `sent_stamps` remembers).
     restored_unseen: bool,
+    /// The record being observed is the answer to a write of ours (`write_result`), or shows one in doubt:
+    /// a write of ours landing now, not the past, whatever its token (see `observe_as`).
+    landing: bool,
     /// The duration of the hold known when versions went back, if it was a hold: the first read after it
     /// protects for that long if it is longer than ours (the restore may have undone that very hold).
     undone_duration: Option<Duration>,
@@ -677,6 +680,7 @@ impl Elector {
             refused_sends: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
+            landing: false,
             undone_duration: None,
             counted_foreign: std::collections::VecDeque::new(),
         }
@@ -901,6 +905,12 @@ impl Elector {
             }
         }
         self.restored_unseen = true;
+        self.own_past_undone();
+    }
+
+    /// Our holds that ended, and acquisitions given up unresolved, are no longer ours to take again, nor to
+    /// give back: what shows them now may be etcd's past (see `versions_went_back`).
+    fn own_past_undone(&mut self) {
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
         self.stray_sent.clear();
@@ -947,6 +957,7 @@ impl Elector {
 
     fn observe_as(&mut self, current: Option<Versioned>, now: Instant, seen: Seen) {
         let restored = std::mem::take(&mut self.restored_unseen);
+        let mut landing = std::mem::take(&mut self.landing);
         // A stray in doubt is settled by a read, or by a record at another version than its base: after that
         // one, a write based on it can no longer land, and if it did land, that record is it.
         if seen == Seen::Snapshot
@@ -1016,6 +1027,7 @@ impl Elector {
             && same_write(&pending.record, &new.record)
         {
             let pending = self.pending.take().expect("checked");
+            landing = true;
             self.applied(pending.purpose, &new.record, pending.sent_at, pending.not_before, now, true);
         } else if seen == Seen::Snapshot
             && let Some(pending) = self.pending.as_mut()
@@ -1024,14 +1036,45 @@ impl Elector {
             pending.checked = true;
         }
 
-        if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
-            self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
-        }
-
         let previous = self.observation.take();
         let changed = previous
             .as_ref()
             .is_none_or(|known| known.current.as_ref().map(|v| &v.record) != current.as_ref().map(|v| &v.record));
+        // A record whose token is below the largest one seen is the past: no writer lowers a token (an
+        // acquisition takes the next one, a release and a renewal keep it), so it is etcd restored, with
+        // versions since handed out again past the ones known (other writers in the cluster, then one
+        // write to the Lease: no read answers an older version, see `read_answered`), or an older record
+        // put back by hand (`kubectl apply` of a saved Lease). Whatever it shows, the hold known before
+        // may run on, until its holder's next renewal fails: as after versions that went back, nothing of
+        // ours is acquired for a lease duration from now, or that hold's duration if longer, and no hold
+        // of ours that ended is ours to take again (found by review, rv249: a waiter counted a restored
+        // short hold for its own second, an `elect` replica took its restored old hold again at once, and
+        // a side-car adopted its own, each beside the child of the holder seen before).
+        // (Not a create of ours that lands now below a token seen since its send: see `applied`.)
+        if changed
+            && !landing
+            && let Some(new) = current.as_ref()
+            && self.below_token_floor(&new.record)
+        {
+            tracing::warn!(
+                token = new.record.lease_transitions.unwrap_or(0),
+                seen = self.token_floor.unwrap_or(0),
+                "the lease's leaseTransitions went back (etcd restored, or an older record put back?); the hold seen before is waited out"
+            );
+            let known = previous.as_ref().and_then(|known| known.current.as_ref()).filter(|v| is_live(&v.record));
+            let undone = known.map_or(self.timing.lease_duration, |known| {
+                holder_duration(&known.record, self.timing).max(self.timing.lease_duration)
+            });
+            self.own_past_undone();
+            if self.held().is_none()
+                && let Some(until) = now.checked_add(undone)
+            {
+                self.protect_until(until);
+            }
+        }
+        if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
+            self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
+        }
         let changed_at = match (&previous, changed) {
             (Some(known), false) => known.changed_at,
             _ => now,
@@ -1468,6 +1511,7 @@ impl Elector {
                 if stale {
                     self.check_held();
                 } else {
+                    self.landing = true;
                     self.observe(Some(stored), now);
                 }
             }
@@ -2731,9 +2775,43 @@ mod tests {
         assert_eq!(after_a_read(&mut elector, now(t0, 2.0)), Action::WaitUntil(at(t0, 6.0)));
     }
 
+    /// Found by review (rv249): a live record whose token is below one seen (etcd restored, the versions since
+    /// brought past the ones known by other writers and one write to the Lease; or a saved record put back) is
+    /// the past: the hold seen before is waited out for a lease duration from then (15 s here), not the
+    /// restored record's own 1 s.
+    #[test]
+    fn a_live_record_whose_token_went_back_is_waited_out_as_the_past() {
+        let t0 = Instant::now();
+        let mut elector = Elector::new("me", TIMING);
+        elector.set_watching(true);
+        elector.observe(Some(versioned(3, record(Some("holder"), Some(10), Some(2)))), t0);
+        elector.observe_event(WatchUpdate::Present(versioned(9, record(Some("short"), Some(1), Some(1)))), at(t0, 1.0));
+        assert_eq!(after_a_read(&mut elector, now(t0, 3.0)), Action::WaitUntil(at(t0, 16.0)));
+        assert!(matches!(after_a_read(&mut elector, now(t0, 16.0)), Action::Write(_)));
+    }
+
+    /// Found by review (rv249): a hold of ours that ended, another's hold (a higher token) seen since, and then
+    /// our old record again at a newer version (a restore brought past the versions known): not ours to take
+    /// again at once, beside the other holder's child; waited out as the past.
+    #[test]
+    fn our_old_hold_shown_again_below_a_token_seen_is_not_taken_again_at_once() {
+        let t0 = Instant::now();
+        let mut elector = holding(t0);
+        let ours = elector.current().expect("held").clone();
+        elector.lose(LossReason::RenewDeadline);
+        elector.forget_loss();
+        let token = ours.record.lease_transitions.unwrap_or(0);
+        let other = record(Some("other"), Some(15), Some(token + 1));
+        elector.observe_event(WatchUpdate::Present(versioned(5, other)), at(t0, 1.0));
+        elector.observe_event(WatchUpdate::Present(versioned(9, ours.record.clone())), at(t0, 2.0));
+        assert!(!matches!(after_a_read(&mut elector, now(t0, 2.0)), Action::Write(_)), "taken again at once");
+        assert!(!matches!(after_a_read(&mut elector, now(t0, 16.9)), Action::Write(_)), "within a lease duration");
+    }
+
     /// Found by review (helper-185): a hold made free by hand with an older record put back (its token
     /// lowered), then taken by a newcomer at the hold's token, and released by it: that release is not the
-    /// edited hold's own, and the hold still counts until the expiry it had.
+    /// edited hold's own, and the hold still counts. (Since rv249, a token gone back is waited out as etcd's
+    /// past: a lease duration from when it was seen, longer here than the hold's own expiry.)
     #[test]
     fn a_newcomers_release_at_the_edited_holds_token_does_not_end_its_wait() {
         let t0 = Instant::now();
@@ -2751,8 +2829,8 @@ mod tests {
         released.acquire_time = Some(wall(-4));
         released.renew_time = released.acquire_time.clone();
         elector.observe_event(WatchUpdate::Present(versioned(6, released)), at(t0, 1.5));
-        assert_eq!(elector.next(now(t0, 1.5)), Action::WaitUntil(at(t0, 5.0)), "the hold is waited out");
-        assert!(matches!(after_a_read(&mut elector, now(t0, 5.0)), Action::Write(_)));
+        assert_eq!(elector.next(now(t0, 1.5)), Action::WaitUntil(at(t0, 16.0)), "the hold is waited out");
+        assert!(matches!(after_a_read(&mut elector, now(t0, 16.0)), Action::Write(_)));
     }
 
     /// A Lease deleted and created again (another uid) while another held it, seen only in a read: the

@@ -132,6 +132,11 @@ enum Step {
     /// its process knew when it sent it tells that process that versions went back, as the driver's
     /// `read_floor` does. Fencing tokens handed out since may repeat (the README says so).
     Restore(usize),
+    /// Other objects' writes (any in the cluster: etcd's revision is global): the version counter moves on
+    /// by `n`, the Lease unchanged. After a restore they hand the versions it took back out again, so that
+    /// the Lease's next write (an annotation, `HandEdit::Annotate`) shows the restored record at a version
+    /// past any a process knew, and no read answers an older one (found by review, rv249).
+    OtherWrites(u64),
     /// A process's current call is refused unprocessed (429, priority and fairness): a write surely
     /// changed nothing (`WriteResult::NotApplied`), a read is tried again.
     Reject(usize),
@@ -158,6 +163,8 @@ enum HandEdit {
     /// The spec replaced by a bare manifest's (only a duration, 15 s), the same object (uid) and token
     /// (`kubectl replace` of the Lease's manifest; the model keeps the token, whose reset a deletion covers).
     Replace,
+    /// An annotation changed (`kubectl annotate`): the record as it was, at a new version.
+    Annotate,
 }
 
 /// The steps of `step()`, and those of the co-holder (`CO_HOLDER`): it acts (its GET, or its UPDATE on
@@ -200,7 +207,8 @@ fn step() -> impl Strategy<Value = Step> {
             Just(HandEdit::Clear),
             Just(HandEdit::Shorten),
             Just(HandEdit::Unlock),
-            Just(HandEdit::Replace)
+            Just(HandEdit::Replace),
+            Just(HandEdit::Annotate)
         ]
         .prop_map(Step::Edit),
         1 => Just(Step::Recreate),
@@ -213,6 +221,7 @@ fn step_with_restores() -> impl Strategy<Value = Step> {
     prop_oneof![
         40 => step(),
         1 => (0usize..6).prop_map(Step::Restore),
+        1 => (1u64..8).prop_map(Step::OtherWrites),
     ]
 }
 
@@ -555,6 +564,7 @@ impl World {
                 *record =
                     LeaseSpec { lease_duration_seconds: Some(15), lease_transitions: token, ..LeaseSpec::default() };
             }
+            HandEdit::Annotate => {}
         }
         self.commit(Some(edited));
     }
@@ -1512,6 +1522,7 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             }
             Step::Recreate => {}
             Step::Restore(back) => world.restore(back),
+            Step::OtherWrites(n) => world.version += n,
             Step::Reject(p) => world.reject(p)?,
             Step::SideCarRestarts(p) => world.side_car_restarts(p),
             Step::ClientDeletes(p) => world.client_deletes(p)?,

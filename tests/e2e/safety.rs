@@ -998,28 +998,54 @@ fn a_version_handed_out_again_after_a_restore_never_lets_a_waiter_overwrite_a_li
 /// Found by the property model: an etcd restored to a snapshot in which the lease was released (before the
 /// holder took it), and then the Lease annotated by hand, so that the restored release comes back at a version
 /// past any the waiter knew. The versions show nothing; the release's token, lower than the hold's, does: no
-/// holder's release lowers its token, so the waiter waits out the hold it saw, as after a hand edit, and its
-/// child never starts beside the holder's (before, it took the "release" at once). The holder's mpsync is
-/// frozen through it all, so that its guard, not a renewal's conflict, ends its child.
+/// holder's release lowers its token, so the waiter waits out the hold it saw, and its child never starts
+/// beside the holder's (before, it took the "release" at once).
 #[test]
 fn a_restored_release_that_a_hand_edit_brings_past_the_known_version_never_lets_the_waiter_in_beside_the_child() {
+    restored_past_the_known_version(false);
+}
+
+/// Found by review (rv249): the same with a snapshot of a short job's hold (token 1, `leaseDurationSeconds:
+/// 1`) before the holder's (token 2, 10 s): the waiter took it for a new holder's, waited its 1 s, and ran
+/// beside the holder's child. A record whose token went back is the past, whatever it shows: the hold seen
+/// before is waited out (a lease duration from then, or its own if longer).
+#[test]
+fn a_restored_older_hold_with_a_shorter_duration_never_lets_the_waiter_in_beside_the_child() {
+    restored_past_the_known_version(true);
+}
+
+/// A snapshot (a release, or a short job's hold), a holder and a waiter; right after a renewal both are frozen,
+/// etcd restored and the Lease brought past every version known (`TestEnv::versions_past`); the waiter runs
+/// again. The holder stays frozen, so that its guard, not a renewal's conflict, ends its child.
+fn restored_past_the_known_version(short_hold: bool) {
     let Some(env) = server_env() else { return };
     let server = env.server().unwrap();
-    let name = env.lease_name("restored-release");
-    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let name = env.lease_name("restored-past");
+    let restored = match short_hold {
+        true => {
+            let now = || k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            let short = LeaseSpec {
+                holder_identity: Some("short-job".into()),
+                lease_duration_seconds: Some(1),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(1),
+                ..Default::default()
+            };
+            env.put(&name, short);
+            "short-job"
+        }
+        false => {
+            env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+            ""
+        }
+    };
     let snapshot = server.snapshot();
-    let timings = ["--lease-duration", "10s", "--renew-deadline", "8s", "--retry-period", "3s"];
     let log = env.path("log");
     let watched = HolderWatched::new(&env, &log);
-    let with = |identity: &'static str, script: String| -> Vec<String> {
-        let mut args: Vec<String> = ["lock", &name, "-v", "--identity", identity].map(String::from).to_vec();
-        args.extend(timings.map(String::from));
-        args.extend(["--".to_string(), "sh".to_string(), "-c".to_string(), script]);
-        args
-    };
-    let holder = env.spawn(with("holder", watched.holder_script.clone()));
+    let holder = env.spawn(restore_timings(&["lock", &name, "-v", "--identity", "holder"], &watched.holder_script));
     wait_for_file(&log, "start");
-    let waiter = env.spawn(with("waiter", watched.waiter_script.clone()));
+    let waiter = env.spawn(restore_timings(&["lock", &name, "-v", "--identity", "waiter"], &watched.waiter_script));
     wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
     let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
     let before = version();
@@ -1029,23 +1055,87 @@ fn a_restored_release_that_a_hand_edit_brings_past_the_known_version_never_lets_
     waiter.signal(Signal::SIGSTOP);
     let known = version();
     server.restore(&snapshot);
-    // Versions up to the one known handed out again (other Leases), and the annotation past it.
-    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", env.namespace);
-    for made in 0..known.saturating_sub(server.resource_version()) {
-        let body = format!(r#"{{"metadata":{{"name":"other-{made}"}},"spec":{{}}}}"#);
-        let (status, answer) = server.call("POST", &leases, Some(&body));
-        assert_eq!(status, 201, "{answer}");
-    }
-    env.annotate(&name, "example.com/touched", Some("by hand"));
-    let (restored, spec) = env.get(&name).unwrap();
-    assert!(restored.parse::<u64>().unwrap() > known, "the restored release at {restored}, past {known}");
-    assert_eq!(spec.holder_identity.as_deref(), Some(""), "the release restored: {spec:?}");
+    env.versions_past(&name, known);
+    assert_eq!(env.holder(&name).as_deref(), Some(restored), "the record restored");
     waiter.signal(Signal::SIGCONT);
     wait_until("the waiter's child", || watched.noted());
     holder.signal(Signal::SIGKILL);
-    waiter.finish().assert_code(0);
+    let waiter = waiter.finish();
+    waiter.assert_code(0);
     let (state, dead) = watched.holder_was_dead();
-    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran");
+    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran\nwaiter:\n{}", waiter.stderr);
+}
+
+/// Found by review (rv249): an `elect` replica ("first") frozen while it held (its guard ends its child);
+/// "second" takes over, and first, running again, campaigns. etcd is restored to first's old hold (token 1)
+/// and the Lease annotated, past any version first knew: first took its "own earlier hold" again at once
+/// (with a new token), beside second's child. A hold of ours that ended is not ours to take again once a record
+/// shows a token below one seen since. Second is frozen, so that its guard ends its child.
+#[test]
+fn an_elect_replicas_restored_old_hold_brought_past_the_known_version_is_not_taken_beside_the_takeover() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored-own-past");
+    let stamps = env.path("alive");
+    let script = format!(
+        "trap 'sleep 0.3; echo $$ $(date +%s%N) >> {a}; exit 0' TERM; while :; do echo $$ $(date +%s%N) >> {a}; sleep 0.05; done",
+        a = stamps.display()
+    );
+    // The pids that stamped, in the order of their first stamp.
+    let pids = || {
+        let mut order: Vec<String> = Vec::new();
+        for (pid, _, _) in read_stamps(&stamps) {
+            if !order.contains(&pid) {
+                order.push(pid);
+            }
+        }
+        order
+    };
+    let first = env.spawn(restore_timings(&["elect", &name, "-v", "--identity", "first"], &script));
+    wait_until("the first replica's child", || pids().len() == 1);
+    let snapshot = server.snapshot();
+    let second = env.spawn(restore_timings(&["elect", &name, "-v", "--identity", "second"], &script));
+    wait_until("the second replica to wait", || second.stderr().contains("waiting"));
+    first.signal(Signal::SIGSTOP);
+    wait_until("the second replica to take over", || env.holder(&name).as_deref() == Some("second"));
+    wait_until("the second replica's child", || pids().len() == 2);
+    first.signal(Signal::SIGCONT);
+    wait_until("the first replica to wait on the second's hold", || first.stderr().contains("waiting"));
+    let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
+    let before = version();
+    wait_until("a renewal by the second replica", || version() != before);
+    second.signal(Signal::SIGSTOP);
+    first.signal(Signal::SIGSTOP);
+    let known = version();
+    server.restore(&snapshot);
+    env.versions_past(&name, known);
+    assert_eq!(env.holder(&name).as_deref(), Some("first"));
+    first.signal(Signal::SIGCONT);
+    let second_child = pids()[1].parse::<i32>().unwrap();
+    wait_until("the second's guard to end its child", || !alive(second_child));
+    second.signal(Signal::SIGKILL);
+    first.signal(Signal::SIGTERM);
+    let first = first.finish();
+    let _ = second.finish();
+    // Each child's span, from its first stamp to its last: no two overlap.
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (pid, nanos, _) in read_stamps(&stamps) {
+        let span = spans.entry(pid).or_insert((nanos, nanos));
+        (span.0, span.1) = (span.0.min(nanos), span.1.max(nanos));
+    }
+    let mut spans: Vec<(u128, u128)> = spans.into_values().collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two children ran at once: {spans:?}\nfirst:\n{}", first.stderr);
+    }
+}
+
+/// `mpsync HEAD... --lease-duration 10s --renew-deadline 8s --retry-period 3s -- sh -c SCRIPT`.
+fn restore_timings(head: &[&str], script: &str) -> Vec<String> {
+    let timings = ["--lease-duration", "10s", "--renew-deadline", "8s", "--retry-period", "3s"];
+    let mut args: Vec<String> = head.iter().chain(&timings).map(|arg| arg.to_string()).collect();
+    args.extend(["--", "sh", "-c", script].map(String::from));
+    args
 }
 
 /// Found by review (helper-108): an `elect` replica frozen while it held (its guard ends its child), the other replica takes

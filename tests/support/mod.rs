@@ -342,6 +342,23 @@ impl TestEnv {
         }
     }
 
+    /// After `TestApiServer::restore`: versions handed out again up to `known` (other Leases, as any cluster's
+    /// other writers hand them out: etcd's revision is global), then `kubectl annotate` of Lease `name`, so that
+    /// the restored record comes back at a version past `known`, and no read tells of the restore by its
+    /// version (test server only).
+    pub fn versions_past(&self, name: &str, known: u64) {
+        let server = self.server().expect("the test server");
+        let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace);
+        for made in 0..known.saturating_sub(server.resource_version()) {
+            let body = format!(r#"{{"metadata":{{"name":"other-{made}"}},"spec":{{}}}}"#);
+            let (status, answer) = server.call("POST", &leases, Some(&body));
+            assert_eq!(status, 201, "{answer}");
+        }
+        self.annotate(name, "example.com/touched", Some("by hand"));
+        let restored: u64 = self.get(name).expect("the lease").0.parse().unwrap();
+        assert!(restored > known, "the restored record at {restored}, not past {known}");
+    }
+
     /// Set (or with `None` remove) an annotation of the Lease, as `kubectl annotate` does
     /// (Kubernetes only).
     pub fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
