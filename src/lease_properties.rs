@@ -326,6 +326,8 @@ struct Proc {
 /// from the answer; from the send it is no weaker than mpsync's rule); a 409 or a failed call is a failed
 /// attempt, tried again a retry period later.
 struct CoHolder {
+    /// Its identity: "a" (a co-holder under processes 0 and 2's identity), or "c" (a contender of its own).
+    identity: &'static str,
     renew_deadline: Duration,
     /// The request it waits for.
     call: Option<u64>,
@@ -339,6 +341,14 @@ struct CoHolder {
     leads_until: Option<Instant>,
 }
 
+/// `record` with its times cut to whole seconds, as client-go's `LeaderElectionRecord` holds them.
+fn at_whole_seconds(record: &LeaseSpec) -> LeaseSpec {
+    let cut = |time: &Option<MicroTime>| {
+        time.as_ref().map(|t| MicroTime(Timestamp::from_second(t.0.as_second()).expect("a second of a timestamp")))
+    };
+    LeaseSpec { acquire_time: cut(&record.acquire_time), renew_time: cut(&record.renew_time), ..record.clone() }
+}
+
 impl CoHolder {
     fn leads(&self, now: Instant) -> bool {
         self.leads_until.is_some_and(|until| now < until)
@@ -349,7 +359,7 @@ impl CoHolder {
         let duration = i32::try_from(CO_HOLDER_DURATION.as_secs()).expect("small");
         let Some(current) = read else {
             let record = LeaseSpec {
-                holder_identity: Some(IDENTITIES[0].to_string()),
+                holder_identity: Some(self.identity.to_string()),
                 lease_duration_seconds: Some(duration),
                 acquire_time: Some(now.wall.clone()),
                 renew_time: Some(now.wall),
@@ -360,14 +370,14 @@ impl CoHolder {
         };
         let (observed, observed_at) = self.observed.as_ref()?;
         let holder = observed.holder_identity.as_deref().unwrap_or("");
-        let leader = holder == IDENTITIES[0];
+        let leader = holder == self.identity;
         let valid = u64::try_from(observed.lease_duration_seconds.unwrap_or(0))
             .is_ok_and(|seconds| now.instant < *observed_at + Duration::from_secs(seconds));
         if !holder.is_empty() && valid && !leader {
             return None;
         }
         let mut record = current.record.clone();
-        record.holder_identity = Some(IDENTITIES[0].to_string());
+        record.holder_identity = Some(self.identity.to_string());
         record.lease_duration_seconds = Some(duration);
         record.renew_time = Some(now.wall.clone());
         if !leader {
@@ -382,6 +392,9 @@ struct World {
     t0: Instant,
     now: Instant,
     wall_seconds: i64,
+    /// The wall clock follows `now` to the microsecond (each reading one past the last at least), rather
+    /// than a second per reading: for a client-go elector, which compares records at whole seconds.
+    real_wall: Option<i64>,
     server: Option<Versioned>,
     version: u64,
     requests: Vec<Request>,
@@ -445,8 +458,22 @@ impl World {
     /// A client-go elector under the identity "a" of processes 0 and 2 (see [`CoHolder`]), with
     /// `renew_deadline`.
     fn with_a_co_holder(renew_deadline: Duration) -> World {
+        World::with_a_client_go_elector(IDENTITIES[0], renew_deadline)
+    }
+
+    /// A client-go elector of its own identity "c", with client-go's default timing (a renew deadline of
+    /// 10 s): it takes the lease from mpsync only when it saw the record unchanged at whole seconds for the
+    /// record's duration (CONTRACT: client-go electors respect mpsync's hold).
+    fn with_a_client_go_contender() -> World {
+        let mut world = World::with_a_client_go_elector("c", Duration::from_secs(10));
+        world.real_wall = Some(0);
+        world
+    }
+
+    fn with_a_client_go_elector(identity: &'static str, renew_deadline: Duration) -> World {
         let mut world = World::new();
         world.co_holder = Some(CoHolder {
+            identity,
             renew_deadline,
             call: None,
             read: None,
@@ -490,10 +517,13 @@ impl World {
     /// Process `p` starts believing in `contenders(p)` contenders.
     fn believing(contenders: impl Fn(usize) -> f64) -> World {
         let t0 = Instant::now();
+        // Every run the same: the stamps' random steps too.
+        crate::retry::reseed(0x5EED);
         World {
             t0,
             now: t0,
             wall_seconds: 0,
+            real_wall: None,
             server: None,
             version: 100,
             requests: Vec::new(),
@@ -542,6 +572,14 @@ impl World {
     }
 
     fn clock(&mut self) -> Now {
+        if let Some(last) = self.real_wall {
+            // Each reading more than a stamp's random step (up to 1000 µs) past the last: two processes of
+            // one identity never stamp alike (real clocks never read alike to the microsecond on every step
+            // of the model, where every process acts at the same instant).
+            let micros = (1_800_000_000 * 1_000_000 + (self.now - self.t0).as_micros() as i64).max(last + 1001);
+            self.real_wall = Some(micros);
+            return Now::at(self.now, MicroTime(Timestamp::from_microsecond(micros).unwrap()));
+        }
         // Whole seconds would repeat; a counter keeps every written time distinct, as real clocks do.
         self.wall_seconds += 1;
         Now::at(self.now, MicroTime(Timestamp::from_second(1_800_000_000 + self.wall_seconds).unwrap()))
@@ -823,8 +861,12 @@ impl World {
         co.call = None;
         match (processed, answer) {
             (Processed::Read(current), Reply::Normal) => {
+                // client-go compares the record as it marshals it: its times at whole seconds (`metav1.Time`).
                 if let Some(current) = &current
-                    && co.observed.as_ref().is_none_or(|(record, _)| *record != current.record)
+                    && co
+                        .observed
+                        .as_ref()
+                        .is_none_or(|(record, _)| at_whole_seconds(record) != at_whole_seconds(&current.record))
                 {
                     co.observed = Some((current.record.clone(), now));
                 }
@@ -837,8 +879,8 @@ impl World {
                     let starts = !co.leads(now);
                     co.leads_until = co.leads_until.max(Some(sent_at + co.renew_deadline));
                     if starts {
-                        for (p, proc) in self.procs.iter().enumerate().filter(|(p, _)| IDENTITIES[*p] != IDENTITIES[0])
-                        {
+                        let identity = co.identity;
+                        for (p, proc) in self.procs.iter().enumerate().filter(|(p, _)| IDENTITIES[*p] != identity) {
                             let grace = grace(proc.elector.timing());
                             let running = proc.child.as_ref().filter(|c| c.alive(now, grace));
                             prop_assert!(
@@ -1021,8 +1063,8 @@ impl World {
             "process {p} starts a child at {:?} under a hold it lost to a collision",
             self.elapsed()
         );
-        if IDENTITIES[p] != IDENTITIES[0]
-            && let Some(co) = &self.co_holder
+        if let Some(co) = &self.co_holder
+            && IDENTITIES[p] != co.identity
         {
             prop_assert!(
                 !co.leads(self.now),
@@ -1368,7 +1410,7 @@ impl World {
         // client-go keeps no memory of a hold: it takes a lease deleted, cleared or shortened under another
         // identity's hold at once, which no rule of ours can prevent. With a co-holder, only its own
         // identity's records (and free ones) are edited by hand.
-        let co_holder_allows = self.co_holder.is_none() || holder.is_empty() || holder == IDENTITIES[0];
+        let co_holder_allows = self.co_holder.as_ref().is_none_or(|co| holder.is_empty() || holder == co.identity);
         co_holder_allows
             && (holder.is_empty()
                 || self.procs.iter().all(|p| {
@@ -1642,6 +1684,13 @@ proptest! {
     fn etcd_restores_under_a_crowd(steps in prop::collection::vec(step_with_restores(), 1..160)) {
         let mut world = run_in(|| World::believing(|p| if p == 0 { 1.0 } else { 100.0 }), steps)?;
         heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// A client-go elector of another identity ("c"), which compares records at whole seconds: it never
+    /// starts leading while a child of ours runs, and no child of ours starts while it leads.
+    #[test]
+    fn a_client_go_contender_of_another_identity(steps in prop::collection::vec(step_with_a_co_holder(), 1..160)) {
+        run_in(World::with_a_client_go_contender, steps)?;
     }
 
     /// A side-car and a client-go co-holder, both under the identity "a".

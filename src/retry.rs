@@ -46,6 +46,12 @@ pub fn check_randomness() -> std::io::Result<()> {
     }
 }
 
+/// This thread's draws from `seed` on (the property model: each run repeatable, stamps included).
+#[cfg(test)]
+pub(crate) fn reseed(seed: u64) {
+    STATE.with(|state| state.set(seed | 1));
+}
+
 /// A pseudo-random number (xorshift64*): for spreading retries apart, never for secrets.
 pub fn random_u64() -> u64 {
     STATE.with(|state| {
