@@ -440,6 +440,31 @@ struct Observation {
     changed_at: Instant,
 }
 
+/// The newest record seen of a Lease, for `Elector::is_the_past`.
+#[derive(Clone, Debug)]
+struct Latest {
+    uid: Option<String>,
+    token: i32,
+    holder: Option<String>,
+    acquire_time: Option<MicroTime>,
+    renew_time: Option<MicroTime>,
+    /// A release (no holder) at this token.
+    released: bool,
+}
+
+impl Latest {
+    fn of(seen: &Versioned) -> Latest {
+        Latest {
+            uid: seen.metadata.uid.clone(),
+            token: seen.record.lease_transitions.unwrap_or(0),
+            holder: seen.record.holder_identity.clone(),
+            acquire_time: seen.record.acquire_time.clone(),
+            renew_time: seen.record.renew_time.clone(),
+            released: !is_live(&seen.record),
+        }
+    }
+}
+
 /// Another's hold edited by hand, counted until the expiry it had (see `is_hand_edit`).
 #[derive(Clone, Debug)]
 struct EditedHold {
@@ -510,6 +535,9 @@ pub struct Elector {
     /// The largest `leaseTransitions` ever observed: a lease created again after a deletion continues
     /// from there, so tokens keep increasing for every process that saw the old one.
     token_floor: Option<i32>,
+    /// The newest record seen of the Lease (by its token, and for one acquisition by its renewTime), to
+    /// tell a record of the past (`is_the_past`).
+    latest: Option<Latest>,
     /// The acquisition (acquireTime, token) of the lease held last, after it was lost or released: a
     /// record that still shows it is ours to release or take again at once, not a collision.
     previous: Option<(Option<MicroTime>, i32)>,
@@ -648,6 +676,7 @@ impl Elector {
             lost: None,
             needs_read: true,
             token_floor: None,
+            latest: None,
             previous: None,
             collision: false,
             strays: Vec::new(),
@@ -1040,26 +1069,23 @@ impl Elector {
         let changed = previous
             .as_ref()
             .is_none_or(|known| known.current.as_ref().map(|v| &v.record) != current.as_ref().map(|v| &v.record));
-        // A record whose token is below the largest one seen is the past: no writer lowers a token (an
-        // acquisition takes the next one, a release and a renewal keep it), so it is etcd restored, with
-        // versions since handed out again past the ones known (other writers in the cluster, then one
-        // write to the Lease: no read answers an older version, see `read_answered`), or an older record
-        // put back by hand (`kubectl apply` of a saved Lease). Whatever it shows, the hold known before
-        // may run on, until its holder's next renewal fails: as after versions that went back, nothing of
-        // ours is acquired for a lease duration from now, or that hold's duration if longer, and no hold
-        // of ours that ended is ours to take again (found by review, rv249: a waiter counted a restored
-        // short hold for its own second, an `elect` replica took its restored old hold again at once, and
-        // a side-car adopted its own, each beside the child of the holder seen before).
+        // A record older than one seen of the same Lease is the past (see `is_the_past`): etcd restored, with
+        // versions since handed out again past the ones known (other writers in the cluster, then one write
+        // to the Lease: no read answers an older version, see `read_answered`), or an older record put back
+        // by hand (`kubectl apply` of a saved Lease). Whatever it shows, the hold known before may run on,
+        // until its holder's next renewal fails: as after versions that went back, nothing of ours is
+        // acquired for a lease duration from now, or that hold's duration if longer, and no hold of ours
+        // that ended is ours to take again (found by review, rv249: a waiter counted a restored short hold
+        // for its own second, an `elect` replica took its restored old hold again at once, and a side-car
+        // adopted its own, each beside the child of the holder seen before; rv251: a restored older renewal
+        // of the hold seen, at its token).
         // (Not a create of ours that lands now below a token seen since its send: see `applied`.)
-        if changed
-            && !landing
-            && let Some(new) = current.as_ref()
-            && self.below_token_floor(&new.record)
-        {
+        let past = changed && !landing && current.as_ref().is_some_and(|new| self.is_the_past(new));
+        if let Some(new) = current.as_ref().filter(|_| past) {
             tracing::warn!(
                 token = new.record.lease_transitions.unwrap_or(0),
                 seen = self.token_floor.unwrap_or(0),
-                "the lease's leaseTransitions went back (etcd restored, or an older record put back?); the hold seen before is waited out"
+                "the lease went back to an older record (etcd restored, or an older record put back?); the hold seen before is waited out"
             );
             let known = previous.as_ref().and_then(|known| known.current.as_ref()).filter(|v| is_live(&v.record));
             let undone = known.map_or(self.timing.lease_duration, |known| {
@@ -1074,6 +1100,9 @@ impl Elector {
         }
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
             self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
+        }
+        if let Some(new) = current.as_ref().filter(|_| !past) {
+            self.latest = Some(Latest::of(new));
         }
         let changed_at = match (&previous, changed) {
             (Some(known), false) => known.changed_at,
@@ -2091,6 +2120,32 @@ impl Elector {
                 .as_ref()
                 .and_then(|annotations| annotations.get(SIDECAR_ANNOTATION))
                 .is_some_and(|mark| *mark == side_car_mark(&current.record))
+    }
+
+    /// Whether `new` is older than the newest record seen of the same Lease (its uid): no writer lowers a
+    /// token (an acquisition takes the next one, a release and a renewal keep it), nor moves an acquisition's
+    /// `renewTime` back (mpsync's renewals never do; a client-go holder's only with its clock stepped back,
+    /// when waiting longer is all this costs), nor makes a new hold at the token of a release (an acquisition
+    /// after a release takes the next one). A Lease made again (another uid) is no past: its tokens start
+    /// again (README: deleting a Lease resets them; found by review, rv251: a Lease deleted and made again by
+    /// client-go electors was warned of at every write and refused for a lease duration after each).
+    fn is_the_past(&self, new: &Versioned) -> bool {
+        let Some(latest) = &self.latest else { return false };
+        if new.metadata.uid != latest.uid {
+            return false;
+        }
+        let token = new.record.lease_transitions.unwrap_or(0);
+        match token.cmp(&latest.token) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                (latest.released && is_live(&new.record))
+                    || (is_live(&new.record)
+                        && new.record.acquire_time == latest.acquire_time
+                        && new.record.holder_identity == latest.holder
+                        && matches!((&new.record.renew_time, &latest.renew_time), (Some(new), Some(seen)) if new.0 < seen.0))
+            }
+        }
     }
 
     /// Whether `record`'s token is below the largest one this process has seen: a create of ours that

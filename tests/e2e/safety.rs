@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use nix::sys::signal::Signal;
 
 use crate::support::apiserver::{AfterCommit, WatchFault};
@@ -1023,7 +1024,6 @@ fn restored_past_the_known_version(short_hold: bool) {
     let name = env.lease_name("restored-past");
     let restored = match short_hold {
         true => {
-            let now = || k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
             let short = LeaseSpec {
                 holder_identity: Some("short-job".into()),
                 lease_duration_seconds: Some(1),
@@ -1128,6 +1128,138 @@ fn an_elect_replicas_restored_old_hold_brought_past_the_known_version_is_not_tak
     for pair in spans.windows(2) {
         assert!(pair[0].1 <= pair[1].0, "two children ran at once: {spans:?}\nfirst:\n{}", first.stderr);
     }
+}
+
+/// Found by review (rv251): a renewal of the hold seen restored, at the very token seen last.
+/// "short-job" (a client-go elector, 2 s) holds at token 1; the snapshot is taken; short-job renews, and the
+/// waiter (10 s) starts and reads that renewal. The waiter is cut off (a network partition). short-job
+/// releases (client-go: the token kept); "holder" (mpsync, 10 s) takes the lease at token 2 and runs its
+/// child; right after a renewal it is frozen too, so that its guard, not a conflict, ends its child. etcd is
+/// restored to the snapshot and the Lease brought past every version known (`versions_past`). The waiter
+/// reconnects and reads short-job's hold at token 1 — the token it saw last, so `token_floor` says nothing —
+/// but with a renewTime OLDER than the one it read for that very acquisition (no renewal lowers it: this is
+/// the past, and the waiter knew a version newer than the one restored). It counts the record as a fresh
+/// renewal of a 2 s hold, and takes the lease ~2 s later, while the holder's child (guard: 8 s after its last
+/// renewal) still runs. After a restore that it can see, a waiter must wait a lease duration (README).
+#[test]
+fn a_restored_older_renewal_of_the_hold_seen_is_waited_out_as_the_past() {
+    let Some(env) = server_env() else { return };
+    let server = env.server().unwrap();
+    let name = env.lease_name("restored-renewal");
+    let acquired = now();
+    let hold = |renew: MicroTime| LeaseSpec {
+        holder_identity: Some("short-job".into()),
+        lease_duration_seconds: Some(2),
+        acquire_time: Some(acquired.clone()),
+        renew_time: Some(renew),
+        lease_transitions: Some(1),
+        ..Default::default()
+    };
+    env.put(&name, hold(acquired.clone()));
+    let snapshot = server.snapshot();
+    // short-job's next renewal (a later renewTime, same acquisition and token).
+    env.put(&name, hold(now()));
+    let log = env.path("log");
+    let watched = HolderWatched::new(&env, &log);
+    // The waiter reaches the server through a fault proxy: cut off (its connections blackholed, nothing
+    // buffered for it to read later), it misses the release and the takeover.
+    let (proxy, proxied) = env.proxied_kubeconfig();
+    let mut command =
+        env.mpsync(restore_timings(&["lock", &name, "-v", "--identity", "waiter"], &watched.waiter_script));
+    command.env("MPSYNC_KUBECONFIG", &proxied);
+    let waiter = Proc::spawn(command, &env.dir);
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    proxy.partition();
+    // short-job releases as client-go does (token kept); the holder takes the lease (token 2).
+    env.release_as_client_go(&name);
+    let holder = env.spawn(restore_timings(&["lock", &name, "-v", "--identity", "holder"], &watched.holder_script));
+    wait_for_file(&log, "start");
+    assert_eq!(env.get(&name).unwrap().1.lease_transitions, Some(2), "the holder's token");
+    let version = || env.get(&name).unwrap().0.parse::<u64>().unwrap();
+    let before = version();
+    wait_until("a renewal", || version() != before);
+    holder.signal(Signal::SIGSTOP);
+    let known = version();
+    server.restore(&snapshot);
+    env.versions_past(&name, known);
+    assert_eq!(env.holder(&name).as_deref(), Some("short-job"), "the record restored");
+    proxy.heal();
+    proxy.drop_connections();
+    wait_until("the waiter's child", || watched.noted());
+    holder.signal(Signal::SIGKILL);
+    let waiter = waiter.finish();
+    waiter.assert_code(0);
+    let (state, dead) = watched.holder_was_dead();
+    assert!(dead, "the holder's child was alive ({state}) as the waiter's ran\nwaiter:\n{}", waiter.stderr);
+}
+
+/// Found by review (rv251): a Lease deleted and made again is no restore. A waiter (lease duration 60 s) sees "old"'s hold at token 5. The Lease is deleted (the waiter sees the
+/// deletion on its watch) and made again by a client-go elector that never saw the old one (token 0, as the
+/// README allows: "Deleting the Lease resets the fencing tokens for processes that never saw the old
+/// record"); it renews a few times and releases. The old hold had expired long before; the lease is free.
+/// The waiter takes it at once, and logs no restore (the first rule of the past, by the token alone, took
+/// every change of the new Lease for the past: a warning per renewal, and a whole lease duration, 60 s, of
+/// wait after each, the release included). The past is told only within one Lease (its uid).
+#[test]
+fn a_lease_deleted_and_made_again_with_reset_tokens_is_no_restore() {
+    let Some(env) = server_env() else { return };
+    let name = env.lease_name("made-again");
+    let mut old = TestEnv::foreign_record("old", 1);
+    old.lease_transitions = Some(5);
+    env.put(&name, old);
+    let log = env.path("log");
+    let waiter = env.spawn([
+        "lock",
+        &name,
+        "-v",
+        "--identity",
+        "waiter",
+        "--lease-duration",
+        "60s",
+        "--renew-deadline",
+        "40s",
+        "--retry-period",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        &stamp_script(&log, "true"),
+    ]);
+    wait_until("the waiter to wait", || waiter.stderr().contains("waiting"));
+    env.delete(&name);
+    wait_until("the deletion", || env.get(&name).is_none());
+    // Made again by a client-go elector that never saw the old record: token 0, 1 s.
+    env.put(&name, TestEnv::foreign_record("new", 1));
+    for _ in 0..3 {
+        let before = env.get(&name).unwrap().0;
+        env.edit(&name, |spec| spec.renew_time = Some(now()));
+        assert_ne!(env.get(&name).unwrap().0, before);
+    }
+    env.release_as_client_go(&name);
+    let released = Instant::now();
+    let ran = {
+        let deadline = released + Duration::from_secs(20);
+        loop {
+            if fs::read_to_string(&log).unwrap_or_default().contains("start") {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let stderr = waiter.stderr();
+    let warnings = stderr.matches("went back to an older record").count();
+    waiter.signal(Signal::SIGKILL);
+    assert!(ran, "the free lease was not taken within 20 s of its release (lease duration 60 s)\nwaiter:\n{stderr}");
+    assert_eq!(warnings, 0, "a Lease made again was logged as etcd's past {warnings} times\nwaiter:\n{stderr}");
+}
+
+/// The wall clock now, to the microsecond (as a Lease holds it).
+fn now() -> MicroTime {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap())
 }
 
 /// `mpsync HEAD... --lease-duration 10s --renew-deadline 8s --retry-period 3s -- sh -c SCRIPT`.
