@@ -1153,3 +1153,47 @@ fn a_record_one_below_the_largest_resource_version_counts_as_held() {
     fs::remove_file(&path).unwrap();
     env.run(["lock", &name, "--timeout", "10s", "--", "true"]).assert_code(0);
 }
+
+/// Found by review (rv252): `rsync backup/NAME.json dir/` (and `mv`, `install`, `cp --remove-destination`,
+/// an editor's save) writes the restored file under a temporary name and renames it into place, so
+/// `NAME.json` goes back to the backup while `.NAME.last`, the hard link mpsync keeps beside it, still holds
+/// the live holder's record. A process that never saw the holder read the restored free record, and its
+/// compare-and-swap at the restored version landed: it ran beside the holder's child, with the holder's
+/// token. The store writes the last write back (a larger version and token than the record put back) and
+/// refuses the write: the newcomer finds the lease held.
+#[test]
+fn an_older_record_renamed_into_place_never_lets_a_new_process_in_beside_the_holder() {
+    let env = TestEnv::file();
+    let name = env.lease_name("restored");
+    let log = env.path("log");
+    let go = env.path("go");
+    let record = env.lock_dir().join(format!("{name}.json"));
+
+    // Yesterday's run, and the nightly backup of the lock directory taken after it (the lease free).
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let backup = fs::read(&record).unwrap();
+
+    // Today's holder.
+    let mut holder = env.spawn(steady(&["lock", &name], &["sh", "-c", &stamped_until(&log, &go)]));
+    wait_for_file(&log, "start");
+
+    // rsync restores the backup: a temporary file renamed over the record.
+    let temp = env.lock_dir().join(format!(".{name}.json.rsync-tmp"));
+    fs::write(&temp, &backup).unwrap();
+    fs::rename(&temp, &record).unwrap();
+
+    // A cron job that never saw the holder, with --no-wait: it must find the lease held.
+    let cron = env.run(["lock", &name, "--no-wait", "--", "sh", "-c", &stamp_script(&log, "true")]);
+    fs::write(&go, "").unwrap();
+    let holder_code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let stamps = read_stamps(&log);
+    assert_eq!(
+        cron.code,
+        Some(124),
+        "a process that never saw the holder ran beside its child after {} was renamed back to a backup \
+         (.{name}.last still showed the holder); holder exited {holder_code:?}; stamps {stamps:?}\n{}",
+        record.display(),
+        cron.stderr
+    );
+    assert_eq!(holder_code, Some(0), "{}", holder.stderr());
+}

@@ -361,20 +361,35 @@ impl FileStore {
         }
         // `.NAME.last` is normally this very file; after a crash between its two renames it is one write
         // ahead, and versions continue from there.
-        let last_version = match dir.identity(&files.last)? {
-            Some(identity) if identity == stored.identity => stored.version,
-            Some(_) => read_record(dir.fd(), dir.path(), &files, Which::Last)
-                .ok()
-                .flatten()
-                .map_or(stored.version, |last| last.version),
-            None => stored.version,
+        let last = match dir.identity(&files.last)? {
+            Some(identity) if identity == stored.identity => None,
+            Some(_) => read_record(dir.fd(), dir.path(), &files, Which::Last).ok().flatten(),
+            None => None,
         };
+        let last_version = last.as_ref().map_or(stored.version, |last| last.version);
         let next = stored
             .version
             .max(last_version)
             .checked_add(1)
             .filter(|next| *next <= LAST_VERSION)
             .ok_or_else(|| overflow(&dir, &files))?;
+        // An older record put back under the last write, at a lower token (a backup renamed into place:
+        // `rsync`, `mv`, an editor's save; `.NAME.last`, a hard link of the record as last written, stays):
+        // the last write is the lease's, and may be a live hold. It is written back, at the next version, and
+        // this write is refused: its writer reads it, and waits out the hold it shows (found by review, rv252:
+        // a process that never saw the holder took the free record put back, beside the holder's child, with
+        // the holder's very token).
+        let token = |record: &LeaseSpec| record.lease_transitions.unwrap_or(0);
+        if let Some(last) = last.filter(|last| {
+            last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
+        }) {
+            let mut lease = last.lease;
+            lease.metadata.resource_version = Some(next.to_string());
+            self.write_lease(&dir, &files, &lease)?;
+            return Err(StoreError::Conflict(format!(
+                "lease {name} changed: an older record was put back under its last write, which is restored"
+            )));
+        }
         // Metadata (labels, annotations, creationTimestamp) is kept; the spec is the caller's, whole,
         // as a Kubernetes replace does.
         let mut lease = stored.lease;
