@@ -623,10 +623,7 @@ fn too_few_open_files_is_a_clear_error() {
 fn no_randomness_is_a_clear_error() {
     let env = TestEnv::file();
     let name = env.lease_name("no-random");
-    let shim = build_shim(&env, "refuse");
-    let mut command = env.mpsync(["lock", &name, "--", "true"]);
-    command.env("LD_PRELOAD", &shim).env("REFUSE_RANDOM", "1");
-    let out = Proc::spawn(command, &env.dir).finish();
+    let out = lock_refused(&env, &name, "REFUSE_RANDOM");
     out.assert_code(125);
     assert!(out.stderr.contains("no randomness") && !out.stderr.contains("panicked"), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
@@ -640,11 +637,16 @@ fn no_randomness_is_a_clear_error() {
 fn a_refused_death_signal_is_mpsyncs_failure_not_the_commands() {
     let env = TestEnv::file();
     let name = env.lease_name("no-pdeathsig");
-    let shim = build_shim(&env, "refuse");
-    let mut command = env.mpsync(["lock", &name, "--", "true"]);
-    command.env("LD_PRELOAD", &shim).env("REFUSE_PDEATHSIG", "1");
-    let out = Proc::spawn(command, &env.dir).finish();
+    let out = lock_refused(&env, &name, "REFUSE_PDEATHSIG");
     out.assert_code(125);
     assert!(out.stderr.contains("death signal") && out.stderr.contains("Operation not permitted"), "{}", out.stderr);
     assert_eq!(env.holder(&name).as_deref(), Some(""), "given back:\n{}", out.stderr);
+}
+
+/// `mpsync lock NAME -- true` under the shim `tests/support/refuse.c`, refusing what `refusal` names.
+fn lock_refused(env: &TestEnv, name: &str, refusal: &str) -> Finished {
+    let shim = build_shim(env, "refuse");
+    let mut command = env.mpsync(["lock", name, "--", "true"]);
+    command.env("LD_PRELOAD", &shim).env(refusal, "1");
+    Proc::spawn(command, &env.dir).finish()
 }
