@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::support::apiserver::AfterCommit;
 use crate::support::*;
 
 both_backends!(force_unlock_with_two_replicas, lease_deleted_with_two_replicas, signals_to_a_follower);
@@ -335,3 +336,64 @@ fn another_writer_touching_the_lease_does_not_cost_leadership(env: &TestEnv) {
     check_log(&log, true);
 }
 both_backends!(another_writer_touching_the_lease_does_not_cost_leadership);
+
+/// Found sound by review (rv254), kept as a guard: three terms, each ended by an outage of writes (503), whose next writes commit and then fail (or are cut off), for longer
+/// than the renew deadline. Each term's job leaves a worker that ignores SIGTERM. Checked: the tokens the
+/// children get strictly increase and are the record's own; nothing of term k (its worker's heartbeats
+/// included) runs once term k+1's child has started; `/leader` never says 200 while no child runs.
+#[test]
+fn rewon_terms_never_overlap_across_write_outages() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("rewin");
+    let log = env.path("log");
+    let beats = env.path("beats");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let script = format!(
+        "echo start $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; \
+         sh -c 'trap \"\" TERM; while :; do echo alive $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {beats}; sleep 0.02; done' & \
+         trap 'echo end $(date +%s%N) $MPSYNC_FENCING_TOKEN >> {log}; exit 0' TERM; while :; do sleep 0.05; done",
+        log = log.display(),
+        beats = beats.display()
+    );
+    let mut elect = env.spawn(fast(&["elect", &name, "--health-addr", &addr], &["sh", "-c", &script]));
+    let starts = |log: &std::path::Path| read_stamps(log).iter().filter(|s| s.0 == "start").count();
+    let ends = |log: &std::path::Path| read_stamps(log).iter().filter(|s| s.0 == "end").count();
+    let mut tokens_seen = Vec::new();
+    for term in 0..3 {
+        wait_until("the term's child", || starts(&log) > term);
+        let token = read_stamps(&log).iter().filter(|s| s.0 == "start").nth(term).unwrap().2.unwrap();
+        let record = env.get(&name).unwrap().1.lease_transitions.unwrap_or(0) as i64;
+        assert_eq!(token, record, "the child's token is not the record's");
+        tokens_seen.push(token);
+        wait_until("/leader 200", || get(port, "/leader") == Some(200));
+        server.page_on_writes(Some(503));
+        wait_until("the term's child to end", || ends(&log) > term);
+        // The child ended: nothing of this term may lead any more.
+        assert_eq!(get(port, "/leader"), Some(503), "/leader 200 after the child was stopped");
+        server.page_on_writes(None);
+        // The give-back and the next acquisition's answers are lost after they commit.
+        server.after_commit(2, if term % 2 == 0 { AfterCommit::Fail(500) } else { AfterCommit::Drop });
+    }
+    wait_until("a fourth term", || starts(&log) > 3);
+    elect.signal(Signal::SIGTERM);
+    let status = elect.wait_for(PATIENCE);
+    let stamps = read_stamps(&log);
+    let alive = read_stamps(&beats);
+    eprintln!("stamps {stamps:?}\n{}", elect.stderr());
+    assert!(tokens_seen.windows(2).all(|w| w[0] < w[1]), "tokens: {tokens_seen:?}");
+    assert_eq!(max_concurrency(&log), 1);
+    let started: Vec<_> = stamps.iter().filter(|s| s.0 == "start").collect();
+    for pair in started.windows(2) {
+        let (previous, next) = (pair[0], pair[1]);
+        let late: Vec<_> = alive.iter().filter(|b| b.2 == previous.2 && b.1 >= next.1).collect();
+        assert!(
+            late.is_empty(),
+            "term {:?}'s worker ran after term {:?}'s child started: {late:?}",
+            previous.2,
+            next.2
+        );
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", elect.stderr());
+}
