@@ -1101,7 +1101,10 @@ impl Elector {
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
             self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
         }
-        if let Some(new) = current.as_ref().filter(|_| !past) {
+        // The past, once seen and waited out from now, is the lease's history from then on: what is written on
+        // it is no past again (found by review, rv253: after a restore, every write of the restored record's
+        // lineage, below the token seen before, was warned of and waited out again, until tokens passed it).
+        if let Some(new) = current.as_ref() {
             self.latest = Some(Latest::of(new));
         }
         let changed_at = match (&previous, changed) {

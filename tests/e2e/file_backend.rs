@@ -1197,3 +1197,48 @@ fn an_older_record_renamed_into_place_never_lets_a_new_process_in_beside_the_hol
     );
     assert_eq!(holder_code, Some(0), "{}", holder.stderr());
 }
+
+/// Found by review (rv253): the file backend after an acquirer died between its write's two renames (`.NAME.last` renamed into place
+/// with its acquisition, `NAME.json` not yet: SIGKILL or the OOM killer in that window, or a power loss on a
+/// persistent `--lock-dir` that kept the first rename and not the second). The acquirer is dead and never
+/// started a child; the lease is free (a release at token 1). The code says "after a crash between its two
+/// renames it is one write ahead, and versions continue from there", but 763c513 took `.NAME.last` for an
+/// older record put back (rv252), wrote the dead acquisition back and refused the write: the lease was held
+/// by a dead process for its duration (here an hour), and `--no-wait` exited 124 on a free lease. A crash
+/// leaves `.NAME.tmp` (renamed last) beside `.NAME.last`, and a put-back does not: that tells them apart.
+#[test]
+fn a_crash_between_the_file_backends_two_renames_does_not_leave_the_dead_acquirers_hold() {
+    let env = TestEnv::file();
+    let name = env.lease_name("crashed");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let dir = env.lock_dir();
+    let record = dir.join(format!("{name}.json"));
+    let last = dir.join(format!(".{name}.last"));
+    let mut lease: serde_json::Value = serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "", "released");
+    let version: u64 = lease["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let token = lease["spec"]["leaseTransitions"].as_i64().unwrap_or(0);
+    let stamp = serde_json::to_value(now_micros()).unwrap();
+    lease["metadata"]["resourceVersion"] = (version + 1).to_string().into();
+    lease["spec"]["holderIdentity"] = "crashed".into();
+    lease["spec"]["leaseDurationSeconds"] = 3600.into();
+    lease["spec"]["acquireTime"] = stamp.clone();
+    lease["spec"]["renewTime"] = stamp;
+    lease["spec"]["leaseTransitions"] = (token + 1).into();
+    // The dead writer's install up to its crash: `.NAME.tmp` written, linked as `.NAME.last.tmp`, that
+    // renamed over `.NAME.last`; `NAME.json` untouched.
+    let (temp, last_temp) = (dir.join(format!(".{name}.tmp")), dir.join(format!(".{name}.last.tmp")));
+    fs::write(&temp, format!("{lease}\n")).unwrap();
+    let mode = fs::metadata(&record).unwrap().permissions();
+    fs::set_permissions(&temp, mode).unwrap();
+    fs::hard_link(&temp, &last_temp).unwrap();
+    fs::rename(&last_temp, &last).unwrap();
+    let run = env.run(fast(&["lock", &name, "--no-wait"], &["true"]));
+    assert_eq!(
+        run.code,
+        Some(0),
+        "a free lease refused after a crashed write; now held by {:?}\n{}",
+        env.holder(&name),
+        run.stderr
+    );
+}

@@ -471,6 +471,12 @@ pub fn build_shim(env: &TestEnv, name: &str) -> PathBuf {
     shim
 }
 
+/// The wall clock now, to the microsecond (as a Lease holds it).
+pub fn now_micros() -> MicroTime {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap())
+}
+
 pub fn temp_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(&format!("mpsync-test-{prefix}")));
     fs::create_dir_all(&dir).unwrap();

@@ -379,9 +379,13 @@ impl FileStore {
         // this write is refused: its writer reads it, and waits out the hold it shows (found by review, rv252:
         // a process that never saw the holder took the free record put back, beside the holder's child, with
         // the holder's very token).
+        // Not after a crash between the two renames (`.NAME.tmp`, renamed last, still there): then the last
+        // write was never the record, nobody saw it, and its writer is gone (found by review, rv253: a dead
+        // acquirer's write was written back, and a free lease counted as held by it for its duration).
         let token = |record: &LeaseSpec| record.lease_transitions.unwrap_or(0);
+        let crashed = dir.identity(&files.temp)?.is_some();
         if let Some(last) = last.filter(|last| {
-            last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
+            !crashed && last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
         }) {
             let mut lease = last.lease;
             lease.metadata.resource_version = Some(next.to_string());
