@@ -117,8 +117,12 @@ impl KubeClientBuilder {
     ///
     /// [`Error::Config`](crate::Error::Config): no configuration found, a kubeconfig that cannot be read
     /// or parsed, a context it does not have, a CA that cannot be read or parsed, a proxy URL that
-    /// cannot be used, or credentials kube cannot use.
+    /// cannot be used, credentials kube cannot use, or a `connect_timeout` of zero (no connection could
+    /// ever open).
     pub async fn build(self) -> Result<kube::Client> {
+        if self.connect_timeout.is_zero() {
+            return Err(crate::Error::Config("the connect timeout must be more than zero".into()));
+        }
         let (client, _namespace) =
             connect(self.kubeconfig, self.context, None, self.connect_timeout, Caller::Library).await?;
         Ok(client)

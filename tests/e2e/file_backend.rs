@@ -1242,3 +1242,47 @@ fn a_crash_between_the_file_backends_two_renames_does_not_leave_the_dead_acquire
         run.stderr
     );
 }
+
+/// Found by review (rv255): the write-back brought back a hold its holder had released. The holder's release
+/// is a compare-and-swap on the version of the lease's last write (`.NAME.last`), and the store compared it
+/// with the record put back under it: refused. The holder exited (its child done); the next writer then wrote
+/// the released hold back, and the lease was held by a dead process for its whole duration (here 120 s: a
+/// `--no-wait` job refused). A write based on `.NAME.last`'s version knew the lease's last write: it goes on
+/// from it (over both files).
+#[test]
+fn a_release_on_the_last_write_under_a_put_back_is_not_undone_by_the_write_back() {
+    let env = TestEnv::file();
+    let name = env.lease_name("released-under");
+    let log = env.path("log");
+    let go = env.path("go");
+    let record = env.lock_dir().join(format!("{name}.json"));
+
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let backup = fs::read(&record).unwrap();
+
+    let long = ["--lease-duration", "120s", "--renew-deadline", "100s", "--retry-period", "1s"];
+    let command = stamped_until(&log, &go);
+    let args: Vec<&str> = [&["lock", name.as_str()][..], &long, &["--", "sh", "-c", command.as_str()]].concat();
+    let mut holder = env.spawn(args);
+    wait_for_file(&log, "start");
+
+    // rv252's put-back (rsync: a temporary file renamed over the record).
+    let temp = env.lock_dir().join(format!(".{name}.json.rsync-tmp"));
+    fs::write(&temp, &backup).unwrap();
+    fs::rename(&temp, &record).unwrap();
+
+    // The child ends before the holder's next renewal: it releases (its compare-and-swap on its last write).
+    fs::write(&go, "").unwrap();
+    let holder_code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    let holder_err = holder.stderr();
+
+    let cron = env.run(["lock", &name, "--no-wait", "--", "true"]);
+    assert_eq!(
+        cron.code,
+        Some(0),
+        "the lease its holder released (exit {holder_code:?}) was written back as held (holder now {:?}); \
+         --no-wait refused\nholder:\n{holder_err}\ncron:\n{}",
+        env.holder(&name),
+        cron.stderr
+    );
+}

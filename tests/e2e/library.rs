@@ -1090,6 +1090,12 @@ fn kube_client_builder_refuses_an_unusable_configuration_with_clear_errors() {
                 KubeClientBuilder::new().kubeconfig(&gone_ca),
                 vec![ca_file.display().to_string()],
             ),
+            // Found by review (rv256): accepted, it made every connection time out at once.
+            (
+                "a connect timeout of zero",
+                KubeClientBuilder::new().kubeconfig(&good).connect_timeout(std::time::Duration::ZERO),
+                vec!["connect timeout".into(), "more than zero".into()],
+            ),
         ];
         for (what, builder, expected) in cases {
             match builder.build().await {

@@ -344,21 +344,6 @@ impl FileStore {
         let Some(stored) = read_record(dir.fd(), dir.path(), &files, Which::Record)? else {
             return Err(StoreError::Conflict(format!("lease {name} does not exist")));
         };
-        if stored.versioned.resource_version != resource_version {
-            return Err(StoreError::Conflict(format!(
-                "lease {name} changed: its resourceVersion is {}, not {resource_version}",
-                stored.versioned.resource_version
-            )));
-        }
-        // Another record that happens to be at the same version (found by review: a lock directory swapped
-        // for another under a holder, whose versions also began at 1): its holder's, not ours.
-        if let (Some(ours), Some(stored_uid)) = (uid, stored.lease.metadata.uid.as_deref())
-            && ours != stored_uid
-        {
-            return Err(StoreError::Conflict(format!(
-                "lease {name} was made again: its uid is {stored_uid}, not {ours}"
-            )));
-        }
         // `.NAME.last` is normally this very file; after a crash between its two renames it is one write
         // ahead, and versions continue from there.
         let last = match dir.identity(&files.last)? {
@@ -375,28 +360,49 @@ impl FileStore {
             .ok_or_else(|| overflow(&dir, &files))?;
         // An older record put back under the last write, at a lower token (a backup renamed into place:
         // `rsync`, `mv`, an editor's save; `.NAME.last`, a hard link of the record as last written, stays):
-        // the last write is the lease's, and may be a live hold. It is written back, at the next version, and
-        // this write is refused: its writer reads it, and waits out the hold it shows (found by review, rv252:
-        // a process that never saw the holder took the free record put back, beside the holder's child, with
-        // the holder's very token).
+        // the last write is the lease's, and may be a live hold. A write based on it (its holder's renewal or
+        // release) goes on from it; any other is refused, and the last write written back at the next version:
+        // its writer reads that, and waits out the hold it shows (found by review, rv252: a process that never
+        // saw the holder took the free record put back, beside the holder's child, with the holder's very
+        // token; rv255: the holder's release, refused, left its hold to be written back after it had gone).
         // Not after a crash between the two renames (`.NAME.tmp`, renamed last, still there): then the last
         // write was never the record, nobody saw it, and its writer is gone (found by review, rv253: a dead
         // acquirer's write was written back, and a free lease counted as held by it for its duration).
         let token = |record: &LeaseSpec| record.lease_transitions.unwrap_or(0);
         let crashed = dir.identity(&files.temp)?.is_some();
-        if let Some(last) = last.filter(|last| {
+        let put_back = last.filter(|last| {
             !crashed && last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
-        }) {
-            let mut lease = last.lease;
-            lease.metadata.resource_version = Some(next.to_string());
-            self.write_lease(&dir, &files, &lease)?;
+        });
+        let base = match put_back {
+            Some(last) if last.versioned.resource_version == resource_version => last,
+            Some(last) => {
+                let mut lease = last.lease;
+                lease.metadata.resource_version = Some(next.to_string());
+                self.write_lease(&dir, &files, &lease)?;
+                return Err(StoreError::Conflict(format!(
+                    "lease {name} changed: an older record was put back under its last write, which is restored"
+                )));
+            }
+            None => stored,
+        };
+        if base.versioned.resource_version != resource_version {
             return Err(StoreError::Conflict(format!(
-                "lease {name} changed: an older record was put back under its last write, which is restored"
+                "lease {name} changed: its resourceVersion is {}, not {resource_version}",
+                base.versioned.resource_version
+            )));
+        }
+        // Another record that happens to be at the same version (found by review: a lock directory swapped
+        // for another under a holder, whose versions also began at 1): its holder's, not ours.
+        if let (Some(ours), Some(stored_uid)) = (uid, base.lease.metadata.uid.as_deref())
+            && ours != stored_uid
+        {
+            return Err(StoreError::Conflict(format!(
+                "lease {name} was made again: its uid is {stored_uid}, not {ours}"
             )));
         }
         // Metadata (labels, annotations, creationTimestamp) is kept; the spec is the caller's, whole,
         // as a Kubernetes replace does.
-        let mut lease = stored.lease;
+        let mut lease = base.lease;
         edit(&mut lease.metadata);
         lease.metadata.resource_version = Some(next.to_string());
         lease.spec = Some(record.clone());
@@ -420,8 +426,12 @@ impl FileStore {
             match seen {
                 Some(before) => dir.identity(&files.record).is_ok_and(|now| now != before),
                 None => match read_record(dir.fd(), dir.path(), files, Which::Record) {
+                    // (Unless `.NAME.last`, another file, is at the version expected: a record put back under
+                    // the last write, which the locked path settles; see `replace_with`.)
                     Ok(Some(stored))
-                        if expected.is_none_or(|expected| stored.versioned.resource_version != expected) =>
+                        if expected.is_none_or(|expected| {
+                            stored.versioned.resource_version != expected && !last_is_at(dir, files, &stored, expected)
+                        }) =>
                     {
                         true
                     }
@@ -477,6 +487,15 @@ impl FileStore {
         dir.install(&bytes, &files.record, &files.last, &files.temp, &files.last_temp)?;
         Ok(written)
     }
+}
+
+/// Whether `.NAME.last` is another file than the record `stored` and at version `expected`.
+fn last_is_at(dir: &dir::DirHandle<'_>, files: &LeaseFiles, stored: &Stored, expected: &str) -> bool {
+    dir.identity(&files.last).ok().flatten().is_some_and(|identity| identity != stored.identity)
+        && read_record(dir.fd(), dir.path(), files, Which::Last)
+            .ok()
+            .flatten()
+            .is_some_and(|last| last.versioned.resource_version == expected)
 }
 
 /// Which of a lease's record files to read.
