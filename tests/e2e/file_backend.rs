@@ -1198,51 +1198,6 @@ fn an_older_record_renamed_into_place_never_lets_a_new_process_in_beside_the_hol
     assert_eq!(holder_code, Some(0), "{}", holder.stderr());
 }
 
-/// Found by review (rv253): the file backend after an acquirer died between its write's two renames (`.NAME.last` renamed into place
-/// with its acquisition, `NAME.json` not yet: SIGKILL or the OOM killer in that window, or a power loss on a
-/// persistent `--lock-dir` that kept the first rename and not the second). The acquirer is dead and never
-/// started a child; the lease is free (a release at token 1). The code says "after a crash between its two
-/// renames it is one write ahead, and versions continue from there", but 763c513 took `.NAME.last` for an
-/// older record put back (rv252), wrote the dead acquisition back and refused the write: the lease was held
-/// by a dead process for its duration (here an hour), and `--no-wait` exited 124 on a free lease. A crash
-/// leaves `.NAME.tmp` (renamed last) beside `.NAME.last`, and a put-back does not: that tells them apart.
-#[test]
-fn a_crash_between_the_file_backends_two_renames_does_not_leave_the_dead_acquirers_hold() {
-    let env = TestEnv::file();
-    let name = env.lease_name("crashed");
-    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
-    let dir = env.lock_dir();
-    let record = dir.join(format!("{name}.json"));
-    let last = dir.join(format!(".{name}.last"));
-    let mut lease: serde_json::Value = serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "", "released");
-    let version: u64 = lease["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    let token = lease["spec"]["leaseTransitions"].as_i64().unwrap_or(0);
-    let stamp = serde_json::to_value(now_micros()).unwrap();
-    lease["metadata"]["resourceVersion"] = (version + 1).to_string().into();
-    lease["spec"]["holderIdentity"] = "crashed".into();
-    lease["spec"]["leaseDurationSeconds"] = 3600.into();
-    lease["spec"]["acquireTime"] = stamp.clone();
-    lease["spec"]["renewTime"] = stamp;
-    lease["spec"]["leaseTransitions"] = (token + 1).into();
-    // The dead writer's install up to its crash: `.NAME.tmp` written, linked as `.NAME.last.tmp`, that
-    // renamed over `.NAME.last`; `NAME.json` untouched.
-    let (temp, last_temp) = (dir.join(format!(".{name}.tmp")), dir.join(format!(".{name}.last.tmp")));
-    fs::write(&temp, format!("{lease}\n")).unwrap();
-    let mode = fs::metadata(&record).unwrap().permissions();
-    fs::set_permissions(&temp, mode).unwrap();
-    fs::hard_link(&temp, &last_temp).unwrap();
-    fs::rename(&last_temp, &last).unwrap();
-    let run = env.run(fast(&["lock", &name, "--no-wait"], &["true"]));
-    assert_eq!(
-        run.code,
-        Some(0),
-        "a free lease refused after a crashed write; now held by {:?}\n{}",
-        env.holder(&name),
-        run.stderr
-    );
-}
-
 /// Found by review (rv255): the write-back brought back a hold its holder had released. The holder's release
 /// is a compare-and-swap on the version of the lease's last write (`.NAME.last`), and the store compared it
 /// with the record put back under it: refused. The holder exited (its child done); the next writer then wrote
@@ -1285,4 +1240,72 @@ fn a_release_on_the_last_write_under_a_put_back_is_not_undone_by_the_write_back(
         env.holder(&name),
         cron.stderr
     );
+}
+
+/// `mpsync ARGS` under the shim `tests/support/killwrite.c`, SIGKILLed in the window `on` of a write.
+fn killed_in(env: &TestEnv, on: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut command = env.mpsync(args);
+    command.env("LD_PRELOAD", build_shim(env, "killwrite")).env("MPSYNC_TEST_KILL_ON", on);
+    let mut proc = Proc::spawn(command, &env.dir);
+    let status = proc.wait_for(PATIENCE).expect("the shimmed mpsync ended");
+    assert_eq!(status.signal(), Some(9), "set-up: not killed in the window {on} ({status:?})\n{}", proc.stderr());
+}
+
+/// Found by review (rv257): the process that catches a put-back (a free record renamed over the holder's) writes
+/// the holder's record back with a write's two renames; killed between them (SIGKILL, the OOM killer), it left
+/// a state that read as a crashed write, and the next process went on from the free record put back and ran
+/// beside the holder's child. `install` puts `NAME.json` in place first now: killed between, the holder's record
+/// is the record, and `.NAME.last` is one write behind, never ahead.
+#[test]
+fn a_put_back_caught_by_a_writer_killed_between_its_renames_lets_nobody_in_beside_the_holder() {
+    let env = TestEnv::file();
+    let name = env.lease_name("putback-killed");
+    let (log, go) = (env.path("log"), env.path("go"));
+    let record = env.lock_dir().join(format!("{name}.json"));
+    env.run(["lock", &name, "--", "true"]).assert_code(0);
+    let backup = fs::read(&record).unwrap();
+    let slow = ["--lease-duration", "120s", "--renew-deadline", "100s", "--retry-period", "20s"];
+    let command = stamped_until(&log, &go);
+    let args: Vec<&str> = [&["lock", name.as_str()][..], &slow, &["--", "sh", "-c", command.as_str()]].concat();
+    let mut holder = env.spawn(args);
+    wait_for_file(&log, "start");
+    let temp = env.lock_dir().join(format!(".{name}.json.rsync-tmp"));
+    fs::write(&temp, &backup).unwrap();
+    fs::rename(&temp, &record).unwrap();
+    // A cron job catches the put-back, and is killed between the renames of its write-back.
+    killed_in(&env, "last", &["lock", &name, "--no-wait", "--", "true"]);
+    let cron = env.run(["lock", &name, "--no-wait", "--", "sh", "-c", &stamp_script(&log, "true")]);
+    fs::write(&go, "").unwrap();
+    let holder_code = holder.wait_for(PATIENCE).and_then(|s| s.code());
+    assert_eq!(
+        cron.code,
+        Some(124),
+        "a process ran beside the holder's child: {:?}\n{}",
+        read_stamps(&log),
+        cron.stderr
+    );
+    assert_eq!(holder_code, Some(0), "{}", holder.stderr());
+}
+
+/// Found by review (rv253, rv257): an acquirer killed before its write is in place (its `.NAME.tmp` written,
+/// not yet renamed over `NAME.json`), then the next writer killed as it removes that leftover: the lease is
+/// free, and the next process takes it. (Killed after its record is in place, an acquirer holds the lease,
+/// dead, until its duration runs out, as after any crash once a write is made.)
+#[test]
+fn writers_killed_before_their_write_is_in_place_leave_the_lease_free() {
+    let env = TestEnv::file();
+    let name = env.lease_name("killed-before");
+    env.run(fast(&["lock", &name], &["true"])).assert_code(0);
+    let long = ["--lease-duration", "3600s", "--renew-deadline", "3000s", "--retry-period", "10s"];
+    let args: Vec<&str> = [&["lock", name.as_str()][..], &long, &["--", "true"]].concat();
+    killed_in(&env, "record", &args);
+    assert!(env.lock_dir().join(format!(".{name}.tmp")).exists(), "set-up: no crash leftover");
+    killed_in(&env, "unlink", &["lock", &name, "--no-wait", "--", "true"]);
+    env.run(fast(&["lock", &name, "--no-wait"], &["true"])).assert_code(0);
+    // A lease created by an acquirer killed before its record was in place: free too.
+    let new = env.lease_name("killed-create");
+    let args: Vec<&str> = [&["lock", new.as_str()][..], &long, &["--", "true"]].concat();
+    killed_in(&env, "record", &args);
+    env.run(fast(&["lock", &new, "--no-wait"], &["true"])).assert_code(0);
 }

@@ -430,9 +430,12 @@ impl<'a> LockedDir<'a> {
     }
 
     /// Put `bytes` in place as `record`, and the same file as `last`: written to `temp` (created afresh,
-    /// never through a link), fsynced, linked as `last_temp`, then renamed over `last` and `record`, so a
-    /// reader never sees half a record and `last` is never older than `record`. The directory is fsynced
-    /// last: a failure there changes nothing about the outcome.
+    /// never through a link), fsynced, linked as `last_temp`, then renamed over `record` and then over
+    /// `last`, so a reader never sees half a record and `last` is never ahead of `record` (a crash between
+    /// the renames leaves it one write behind): a `last` ahead of `record` is an older record put back over
+    /// `record`, never a write of mpsync's (found by review, rv257: with `last` renamed first, a write killed
+    /// between its renames looked like a put-back, and a put-back's write-back killed there like a crash). The
+    /// directory is fsynced last: a failure there changes nothing about the outcome.
     pub fn install(
         &self,
         bytes: &[u8],
@@ -488,8 +491,8 @@ impl<'a> LockedDir<'a> {
             )),
             errno => self.failure("replace", name, errno),
         };
-        renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| failure(last, errno))?;
-        renameat(self.fd(), temp, self.fd(), record).map_err(|errno| failure(record, errno))
+        renameat(self.fd(), temp, self.fd(), record).map_err(|errno| failure(record, errno))?;
+        renameat(self.fd(), last_temp, self.fd(), last).map_err(|errno| failure(last, errno))
     }
 
     /// Create `name` (it must not exist, and is never followed), write `bytes` and fsync it.

@@ -10,7 +10,9 @@
 //! - `.NAME.last`: the same file (a hard link), kept when `NAME.json` is deleted. A deleted record does
 //!   not reset the lease: `resourceVersion` keeps growing (a compare-and-swap never succeeds on a version
 //!   seen before), and the next create puts the last record back instead, so that its holder is waited
-//!   out and fencing tokens never repeat.
+//!   out and fencing tokens never repeat (`NAME.json` is renamed into place first: after a crash between
+//!   the two renames `.NAME.last` is one write behind, and a token of that write, whose writer died with
+//!   it, may be handed out again once `NAME.json` is deleted).
 //! - `.NAME.tmp`, `.NAME.last.tmp`: a write in progress (left behind only by a crash; the next write of
 //!   the lease removes them).
 //!
@@ -345,7 +347,7 @@ impl FileStore {
             return Err(StoreError::Conflict(format!("lease {name} does not exist")));
         };
         // `.NAME.last` is normally this very file; after a crash between its two renames it is one write
-        // ahead, and versions continue from there.
+        // behind (see `install`).
         let last = match dir.identity(&files.last)? {
             Some(identity) if identity == stored.identity => None,
             Some(_) => read_record(dir.fd(), dir.path(), &files, Which::Last).ok().flatten(),
@@ -365,13 +367,12 @@ impl FileStore {
         // its writer reads that, and waits out the hold it shows (found by review, rv252: a process that never
         // saw the holder took the free record put back, beside the holder's child, with the holder's very
         // token; rv255: the holder's release, refused, left its hold to be written back after it had gone).
-        // Not after a crash between the two renames (`.NAME.tmp`, renamed last, still there): then the last
-        // write was never the record, nobody saw it, and its writer is gone (found by review, rv253: a dead
-        // acquirer's write was written back, and a free lease counted as held by it for its duration).
+        // A crash between a write's two renames leaves `.NAME.last` behind, never ahead (`install`: found by
+        // review, rv253 and rv257, when it was the other way round, a dead acquirer's write was taken for the
+        // last write and written back, and a write-back killed between its renames for a crash).
         let token = |record: &LeaseSpec| record.lease_transitions.unwrap_or(0);
-        let crashed = dir.identity(&files.temp)?.is_some();
         let put_back = last.filter(|last| {
-            !crashed && last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
+            last.version > stored.version && token(&last.versioned.record) > token(&stored.versioned.record)
         });
         let base = match put_back {
             Some(last) if last.versioned.resource_version == resource_version => last,
