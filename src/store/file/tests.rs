@@ -656,19 +656,23 @@ fn the_watch_reports_a_deletion_as_an_absence_as_of_the_last_version() {
 }
 
 #[test]
-fn versions_continue_from_the_kept_copy_after_a_crash_between_the_renames() {
+fn a_crash_between_the_renames_leaves_the_kept_copy_behind_and_the_next_write_catches_it_up() {
     let temp = TempDir::new("crash");
     let store = open(&temp);
     let rt = runtime();
     rt.block_on(store.create("job", &held_by("a"))).expect("created");
-    // As if a writer died after putting version 2 in place as `.job.last` but before `job.json`.
+    // As if a writer died after putting version 2 in place as `job.json` but before `.job.last` (which
+    // `install` renames second: it is left one write behind, never ahead).
     let mut ahead: serde_json::Value =
         serde_json::from_slice(&fs::read(temp.path().join("job.json")).expect("record")).expect("JSON");
     ahead["metadata"]["resourceVersion"] = "2".into();
-    fs::remove_file(temp.path().join(".job.last")).expect("unlinked");
-    fs::write(temp.path().join(".job.last"), serde_json::to_vec(&ahead).expect("JSON")).expect("written");
-    let replaced = rt.block_on(store.replace("job", "1", &held_by("b"))).expect("replaced");
-    assert_eq!(replaced.resource_version, "3", "version 2 may have been seen by nobody, but is never reused");
+    fs::remove_file(temp.path().join("job.json")).expect("unlinked");
+    fs::write(temp.path().join("job.json"), serde_json::to_vec(&ahead).expect("JSON")).expect("written");
+    let replaced = rt.block_on(store.replace("job", "2", &held_by("b"))).expect("replaced");
+    assert_eq!(replaced.resource_version, "3", "on from the record in place");
+    let last: serde_json::Value =
+        serde_json::from_slice(&fs::read(temp.path().join(".job.last")).expect("kept copy")).expect("JSON");
+    assert_eq!(last["metadata"]["resourceVersion"], "3", "the kept copy caught up");
 }
 
 #[test]
