@@ -364,7 +364,12 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     let context = context.filter(|context| !context.is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
-        let file = read_kubeconfig_file(&path).map_err(|err| {
+        let file = off_the_runtime({
+            let path = path.clone();
+            move || read_kubeconfig_file(&path)
+        })
+        .await
+        .map_err(|err| {
             Error::Config(format!(
                 "cannot use kubeconfig {}: {}\n{}",
                 path.display(),
@@ -394,7 +399,10 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     };
     let read = match &env_paths {
         Some(paths) if paths.is_empty() => None,
-        _ => Some(read_kubeconfig(env_paths.as_deref())),
+        _ => {
+            let paths = env_paths.clone();
+            Some(off_the_runtime(move || read_kubeconfig(paths.as_deref())).await)
+        }
     };
     // A kubeconfig is there ($KUBECONFIG names a file that is there, or ~/.kube/config is there), with
     // something in it: it must be usable, in a pod too, as for kubectl. Falling back to the pod's service
@@ -481,6 +489,18 @@ fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubecon
         }
         None => read_kubeconfig_file(&std::env::home_dir().ok_or(KubeconfigError::FindPath)?.join(".kube/config")),
     }
+}
+
+/// `read` (a kubeconfig's files) on a thread of the runtime's blocking pool: a FIFO whose writer says nothing
+/// yet (`--kubeconfig <(vault ...)` waiting for a login), or a file on a hung mount, blocks that thread only, and
+/// a stop signal or `--timeout` still ends the set-up (found by review, rv258: read on the runtime's own thread,
+/// it held every subcommand past SIGTERM and `--timeout`).
+async fn off_the_runtime(
+    read: impl FnOnce() -> std::result::Result<Kubeconfig, KubeconfigError> + Send + 'static,
+) -> std::result::Result<Kubeconfig, KubeconfigError> {
+    tokio::task::spawn_blocking(read).await.unwrap_or_else(|err| {
+        Err(KubeconfigError::ReadConfig(std::io::Error::other(format!("its read ended: {err}")), PathBuf::new()))
+    })
 }
 
 /// One kubeconfig file, as kube reads it, its empty `current-context` counted as unset.

@@ -1705,3 +1705,60 @@ fn a_stop_sent_to_mpsyncs_group_as_an_exec_plugin_is_forked_does_not_stop_the_pl
         proc.stderr()
     );
 }
+
+/// Wait (within PATIENCE) until mpsync opens `fifo` for reading, then open it for writing and return the
+/// writer: mpsync's read then waits for data that does not come while the writer is held (a non-blocking
+/// open for writing succeeds exactly when there is a reader).
+fn writer_once_read(fifo: &std::path::Path) -> std::os::fd::OwnedFd {
+    use nix::fcntl::{OFlag, open};
+    let mut writer = None;
+    let read =
+        within_patience(|| match open(fifo, OFlag::O_WRONLY | OFlag::O_NONBLOCK, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => {
+                writer = Some(fd);
+                true
+            }
+            Err(_) => false,
+        });
+    assert!(read, "mpsync never opened the kubeconfig FIFO {}", fifo.display());
+    writer.unwrap()
+}
+
+/// `mpsync ARGS --kubeconfig FIFO [-- COMMAND]` whose FIFO's writer says nothing yet (`--kubeconfig <(vault
+/// ...)` waiting for a login), then `signal` (or none: `--timeout`): mpsync ends with `expected`, and writes
+/// nothing. Found by review (rv258): the kubeconfig was read on the runtime's own thread, and the stop signal
+/// and `--timeout` were never served.
+fn ends_while_its_kubeconfig_fifo_is_silent(args: &[&str], signal: Option<nix::sys::signal::Signal>, expected: i32) {
+    let env = TestEnv::kube();
+    let fifo = env.path("kubeconfig.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let split = args.iter().position(|arg| *arg == "--").unwrap_or(args.len());
+    let mut command = env.mpsync(&args[..split]);
+    command.arg("--kubeconfig").arg(&fifo).args(&args[split..]);
+    let mut mpsync = Proc::spawn(command, &env.dir);
+    let writer = writer_once_read(&fifo);
+    if let Some(signal) = signal {
+        mpsync.signal(signal);
+    }
+    let status = mpsync.wait_for(PATIENCE);
+    drop(writer);
+    assert_eq!(status.and_then(|s| s.code()), Some(expected), "{args:?} {signal:?}: {status:?}\n{}", mpsync.stderr());
+    if let Some(server) = env.server() {
+        assert_eq!(server.count("create") + server.count("update"), 0, "nothing written");
+    }
+}
+
+#[test]
+fn every_subcommand_ends_on_a_stop_signal_while_its_kubeconfig_fifo_is_silent() {
+    use nix::sys::signal::Signal;
+    ends_while_its_kubeconfig_fifo_is_silent(&["status", "fifo-a"], Some(Signal::SIGTERM), 143);
+    ends_while_its_kubeconfig_fifo_is_silent(&["observe", "fifo-a"], Some(Signal::SIGTERM), 0);
+    ends_while_its_kubeconfig_fifo_is_silent(&["lock", "fifo-a", "--", "true"], Some(Signal::SIGTERM), 143);
+    ends_while_its_kubeconfig_fifo_is_silent(&["elect", "fifo-a", "--", "true"], Some(Signal::SIGHUP), 129);
+    ends_while_its_kubeconfig_fifo_is_silent(&["sidecar", "--listen", "127.0.0.1:0"], Some(Signal::SIGTERM), 143);
+}
+
+#[test]
+fn lock_timeout_ends_the_wait_while_its_kubeconfig_fifo_is_silent() {
+    ends_while_its_kubeconfig_fifo_is_silent(&["lock", "fifo-t", "--timeout", "2s", "--", "true"], None, 124);
+}
