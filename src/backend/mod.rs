@@ -181,6 +181,7 @@ pub async fn connect(
     }
     // kube's TLS configuration, with the user's client certificate loaded by mpsync (`identity`), and
     // the connector kube would build around it (`ConfigExt::rustls_https_connector_with_connector`).
+    identity::read_off_the_runtime(&mut config.auth_info).await;
     let mut identity = identity::take(&mut config, user.as_deref())?;
     // The exec credential plugin, run by mpsync (see `exec`): once now, killed if this is given up on.
     let mut token = None;
@@ -203,7 +204,7 @@ clientCertificateData \
         }
     }
     // A token file, read as client-go reads it (trimmed; again after a 401): see `token_file`.
-    let file_token = token_file::FileToken::take(&mut config, call_timeout).map_err(|why| {
+    let file_token = token_file::FileToken::take_off_the_runtime(&mut config, call_timeout).await.map_err(|why| {
         Error::Config(format!(
             "cannot use the token file of {}: {why}",
             user.as_deref().unwrap_or("the configuration's user")
@@ -705,12 +706,29 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
         && let Some(entry) = file.clusters.iter_mut().find(|named| &named.name == name)
         && let Some(found) = entry.cluster.as_mut()
     {
-        tls::check_kubeconfig_ca(found, name, origin)?;
+        // A CA file is read on the runtime's blocking pool (see `off_the_runtime`; found by review, rv259), and
+        // carried as data from then on: kube would read it again, on the runtime's own thread.
+        let ca_file = match (&found.certificate_authority_data, &found.certificate_authority) {
+            (None, Some(path)) if found.insecure_skip_tls_verify != Some(true) => {
+                let path = PathBuf::from(path);
+                Some(
+                    tokio::task::spawn_blocking(move || std::fs::read(path))
+                        .await
+                        .unwrap_or_else(|err| Err(std::io::Error::other(format!("its read ended: {err}")))),
+                )
+            }
+            _ => None,
+        };
+        tls::check_kubeconfig_ca_read(found, name, origin, ca_file.as_ref())?;
         ca = match (&found.certificate_authority_data, &found.certificate_authority) {
             (Some(_), _) => Some(format!("the certificate-authority-data of cluster {name:?} in {origin}")),
             (None, Some(path)) => Some(format!("certificate-authority {path} (cluster {name:?} in {origin})")),
             (None, None) => None,
         };
+        if let Some(Ok(pem)) = ca_file {
+            found.certificate_authority_data =
+                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem));
+        }
         cluster = Some(found.clone());
         // kube parses this proxy-url, else HTTPS_PROXY, itself, and refuses a value it cannot parse, even
         // where kubectl would use no proxy (a server on loopback, or in NO_PROXY) and with messages that do

@@ -34,6 +34,16 @@ pub enum Trust {
 /// Check a kubeconfig cluster's CA before kube loads it, so that a bad one is an error that names it.
 /// With `insecure-skip-tls-verify` the CA is dropped unread: there is nothing to verify with it.
 pub fn check_kubeconfig_ca(cluster: &mut Cluster, cluster_name: &str, origin: &str) -> Result<()> {
+    check_kubeconfig_ca_read(cluster, cluster_name, origin, None)
+}
+
+/// [`check_kubeconfig_ca`], with the `certificate-authority` file read already (`read`), if it was.
+pub fn check_kubeconfig_ca_read(
+    cluster: &mut Cluster,
+    cluster_name: &str,
+    origin: &str,
+    read: Option<&std::io::Result<Vec<u8>>>,
+) -> Result<()> {
     if cluster.insecure_skip_tls_verify == Some(true) {
         cluster.certificate_authority = None;
         cluster.certificate_authority_data = None;
@@ -47,8 +57,12 @@ pub fn check_kubeconfig_ca(cluster: &mut Cluster, cluster_name: &str, origin: &s
         check_pem(&pem, &what)?;
     } else if let Some(file) = &cluster.certificate_authority {
         let what = format!("certificate-authority {file} (cluster {cluster_name:?} in {origin})");
-        let pem = std::fs::read(file).map_err(|err| Error::Config(format!("cannot read {what}: {err}")))?;
-        check_pem(&pem, &what)?;
+        let cannot = |err: &std::io::Error| Error::Config(format!("cannot read {what}: {err}"));
+        match read {
+            Some(Ok(pem)) => check_pem(pem, &what)?,
+            Some(Err(err)) => return Err(cannot(err)),
+            None => check_pem(&std::fs::read(file).map_err(|err| cannot(&err))?, &what)?,
+        }
     }
     Ok(())
 }

@@ -48,16 +48,41 @@ impl FileToken {
     /// The token file `config`'s user names, taken out of `config` (kube then reads none), where it is the
     /// credential kube would use; its first read now, an error (in words) if it gives no token. Each
     /// request has `call_timeout`: a quarter of it at most is spent waiting for a read.
+    #[cfg(test)]
     pub fn take(config: &mut kube::Config, call_timeout: Duration) -> Result<Option<FileToken>, String> {
+        let Some(path) = FileToken::path(config) else { return Ok(None) };
+        let header = read(&path)?;
+        Ok(Some(FileToken::first(path, header, call_timeout)))
+    }
+
+    /// [`FileToken::take`], its first read on the runtime's blocking pool: a FIFO whose writer says nothing
+    /// yet, or a hung mount, holds that thread only, and a stop signal or `--timeout` still ends the set-up
+    /// (found by review, rv259).
+    pub async fn take_off_the_runtime(
+        config: &mut kube::Config,
+        call_timeout: Duration,
+    ) -> Result<Option<FileToken>, String> {
+        let Some(path) = FileToken::path(config) else { return Ok(None) };
+        let first = path.clone();
+        let header = tokio::task::spawn_blocking(move || read(&first))
+            .await
+            .unwrap_or_else(|err| Err(format!("its read ended: {err}")))?;
+        Ok(Some(FileToken::first(path, header, call_timeout)))
+    }
+
+    /// The token file, taken out of `config`, where it is the credential kube would use.
+    fn path(config: &mut kube::Config) -> Option<PathBuf> {
         let auth = &mut config.auth_info;
         let first = auth.auth_provider.is_some()
             || (auth.username.is_some() && auth.password.is_some())
             || auth.token.is_some();
         if first || auth.token_file.is_none() {
-            return Ok(None);
+            return None;
         }
-        let path = PathBuf::from(auth.token_file.take().unwrap_or_default());
-        let header = read(&path)?;
+        Some(PathBuf::from(auth.token_file.take().unwrap_or_default()))
+    }
+
+    fn first(path: PathBuf, header: HeaderValue, call_timeout: Duration) -> FileToken {
         let token = Token {
             header,
             read_at: Some(Instant::now()),
@@ -66,7 +91,7 @@ impl FileToken {
             refused_while_reading: None,
         };
         let read_wait = REFUSED_READ_WAIT.min(call_timeout / 4);
-        Ok(Some(FileToken { path, state: Arc::new(Mutex::new(token)), read_wait }))
+        FileToken { path, state: Arc::new(Mutex::new(token)), read_wait }
     }
 
     /// The header for the next request, once `read` (if any) is done. The file is read again on a thread

@@ -1762,3 +1762,84 @@ fn every_subcommand_ends_on_a_stop_signal_while_its_kubeconfig_fifo_is_silent() 
 fn lock_timeout_ends_the_wait_while_its_kubeconfig_fifo_is_silent() {
     ends_while_its_kubeconfig_fifo_is_silent(&["lock", "fifo-t", "--timeout", "2s", "--", "true"], None, 124);
 }
+
+/// `mpsync ARGS` with a kubeconfig made of the test server's by `edit(yaml, fifo)`, whose FIFO's writer says
+/// nothing yet; then `signal` (or none: `--timeout`). mpsync ends with `expected`, and writes nothing. Found by
+/// review (rv259): the files a kubeconfig names (its CA, its token file) were still read on the runtime's own
+/// thread.
+fn ends_while_a_named_file_is_silent(
+    what: &str,
+    edit: impl Fn(&str, &str) -> String,
+    args: &[&str],
+    signal: Option<nix::sys::signal::Signal>,
+    expected: i32,
+) {
+    if TestEnv::real_cluster() {
+        eprintln!("skipped: this test writes kubeconfigs for the test API server");
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let fifo = env.path(&format!("{what}.fifo"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let yaml = server.kubeconfig_yaml("default");
+    let edited = edit(&yaml, fifo.to_str().unwrap());
+    assert_ne!(edited, yaml, "{what}: the kubeconfig was not edited");
+    let kubeconfig = env.path(&format!("kubeconfig-{what}"));
+    fs::write(&kubeconfig, edited).unwrap();
+    let mut command = env.mpsync(args);
+    command.env("MPSYNC_KUBECONFIG", &kubeconfig);
+    let mut mpsync = Proc::spawn(command, &env.dir);
+    let writer = writer_once_read(&fifo);
+    if let Some(signal) = signal {
+        mpsync.signal(signal);
+    }
+    let status = mpsync.wait_for(PATIENCE);
+    drop(writer);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(expected),
+        "{what} {args:?} {signal:?}: mpsync did not end while the file its kubeconfig names was silent: \
+         {status:?}\n{}",
+        mpsync.stderr()
+    );
+    assert_eq!(server.count("create") + server.count("update"), 0, "nothing written");
+}
+
+/// `certificate-authority: FIFO` instead of the inline data.
+fn ca_file(yaml: &str, fifo: &str) -> String {
+    let data_line = yaml.lines().find(|line| line.contains("certificate-authority-data:")).unwrap().to_string();
+    let indent = &data_line[..data_line.len() - data_line.trim_start().len()];
+    yaml.replace(&data_line, &format!("{indent}certificate-authority: {fifo}"))
+}
+
+/// `tokenFile: FIFO` for the user.
+fn token_file(yaml: &str, fifo: &str) -> String {
+    yaml.replace("  user: {}", &format!("  user:\n    tokenFile: {fifo:?}"))
+}
+
+#[test]
+fn lock_ends_on_a_stop_signal_or_its_timeout_while_the_kubeconfigs_ca_file_is_silent() {
+    use nix::sys::signal::Signal;
+    ends_while_a_named_file_is_silent("ca", ca_file, &["lock", "ca-t", "--timeout", "2s", "--", "true"], None, 124);
+    ends_while_a_named_file_is_silent("ca", ca_file, &["lock", "ca-s", "--", "true"], Some(Signal::SIGTERM), 143);
+}
+
+#[test]
+fn lock_ends_on_a_stop_signal_or_its_timeout_while_the_kubeconfigs_token_file_is_silent() {
+    use nix::sys::signal::Signal;
+    ends_while_a_named_file_is_silent(
+        "token",
+        token_file,
+        &["lock", "tok-t", "--timeout", "2s", "--", "true"],
+        None,
+        124,
+    );
+    ends_while_a_named_file_is_silent(
+        "token",
+        token_file,
+        &["lock", "tok-s", "--", "true"],
+        Some(Signal::SIGTERM),
+        143,
+    );
+}
