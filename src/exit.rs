@@ -84,6 +84,17 @@ pub fn exit_process(exit: Exit) -> ! {
     std::process::exit(exit.code())
 }
 
+/// [`exit_process`] without the flush of stdout, for a thread other than the one that may be blocked
+/// writing to it (std's own exit leaves a stdout that another thread holds as it is).
+pub fn exit_process_unflushed(exit: Exit) -> ! {
+    if let Some(signal) = exit.reraise_signal()
+        && std::process::id() != 1
+    {
+        die_of(signal);
+    }
+    std::process::exit(exit.code())
+}
+
 /// Die of `signal`, with its default action: no handler, unblocked, and (SIGQUIT) no core file.
 fn die_of(signal: i32) {
     // SAFETY: plain system calls on integers and a stack-allocated sigset: reset the action, unblock,

@@ -552,9 +552,13 @@ fn signaled(signal: Signal) -> Exit {
 /// Run a query until a stop signal (SIGTERM, SIGINT, SIGHUP unless ignored), at any point: while the
 /// client is set up (an exec credential plugin may take long: it is killed with the set-up), or while it
 /// reads or waits. The exit is `stopped(signal)`.
-fn until_stopped(stopped: impl FnOnce(Signal) -> Exit, query: impl Future<Output = Result<Exit>>) -> Result<Exit> {
+fn until_stopped(
+    stopped: impl Fn(Signal) -> Exit + Send + Copy + 'static,
+    query: impl Future<Output = Result<Exit>>,
+) -> Result<Exit> {
     block_on(async {
         let mut stops = Stops::new()?;
+        stop_even_when_blocked(stopped);
         tokio::select! {
             exit = query => exit,
             signal = stops.next() => {
@@ -563,6 +567,25 @@ fn until_stopped(stopped: impl FnOnce(Signal) -> Exit, query: impl Future<Output
             }
         }
     })
+}
+
+/// A stop signal that the query cannot serve within a second ends the process from a thread of its own: the
+/// query's thread may be blocked writing to a stdout nobody reads (a full pipe; found by review, rv258: SIGTERM
+/// and SIGINT were never served, only SIGKILL ended `status` and `observe`). Nothing is held to give back.
+fn stop_even_when_blocked(stopped: impl Fn(Signal) -> Exit + Send + 'static) {
+    let mut wanted = vec![Signal::SIGTERM, Signal::SIGINT];
+    if !crate::supervise::signals::ignored(&[Signal::SIGHUP]).contains(Signal::SIGHUP) {
+        wanted.push(Signal::SIGHUP);
+    }
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(wanted.iter().map(|signal| *signal as i32)) else {
+        return;
+    };
+    let _ = std::thread::Builder::new().name("mpsync-stop".into()).stack_size(64 * 1024).spawn(move || {
+        if let Some(Ok(signal)) = signals.forever().next().map(Signal::try_from) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            crate::exit::exit_process_unflushed(stopped(signal));
+        }
+    });
 }
 
 /// A lease record in the words `status` and `observe` print.

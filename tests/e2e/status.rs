@@ -256,3 +256,61 @@ fn an_empty_listing_into_a_closed_stderr_is_no_panic() {
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{:?}", output.status);
 }
+
+both_backends!(observe_ends_on_sigterm_while_its_stdout_is_full, status_ends_on_sigterm_while_its_stdout_is_full);
+
+/// Found by review (rv258): `status` and `observe` blocked writing to a stdout nobody reads (a stuck consumer;
+/// here a pipe of one page, full) did not end on SIGTERM: only SIGKILL ended them. `ARGS` write more than the
+/// pipe holds; once it is full (mpsync is blocked writing), SIGTERM ends it with `expected`.
+fn stopped_while_stdout_is_full(env: &TestEnv, args: &[&str], expected: i32) {
+    use std::os::fd::AsRawFd;
+    let (read, write) = nix::unistd::pipe().unwrap();
+    // SAFETY: fcntl on a pipe we own.
+    let size = unsafe { nix::libc::fcntl(write.as_raw_fd(), nix::libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    // Full: a one-page pipe takes a small write only into the room its page has left.
+    let full = || {
+        let mut queued: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD into a c_int we own; F_GETPIPE_SZ on a pipe we own.
+        let capacity = unsafe {
+            nix::libc::ioctl(read.as_raw_fd(), nix::libc::FIONREAD, &mut queued);
+            nix::libc::fcntl(read.as_raw_fd(), nix::libc::F_GETPIPE_SZ)
+        };
+        queued + 256 >= capacity
+    };
+    let stderr = env.path("full.stderr");
+    let mut command = env.mpsync(args);
+    command.stdout(std::process::Stdio::from(write)).stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = command.spawn().unwrap();
+    let ended = |child: &mut std::process::Child| child.try_wait().unwrap().is_some();
+    assert!(within_patience(|| full() || ended(&mut child)), "{args:?}: its stdout never filled");
+    assert!(!ended(&mut child), "{args:?} ended before its stdout filled: {}", fs_read(&stderr));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let mut status = None;
+    within_patience(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(read);
+    assert_eq!(status.and_then(|s| s.code()), Some(expected), "{args:?}: {status:?}\n{}", fs_read(&stderr));
+}
+
+fn fs_read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// `observe P --slots 100` prints a line per slot at once (about 7 KB): SIGTERM ends it with 0.
+fn observe_ends_on_sigterm_while_its_stdout_is_full(env: &TestEnv) {
+    let pool = env.lease_name("pool");
+    stopped_while_stdout_is_full(env, &["observe", &pool, "--slots", "100"], 0);
+}
+
+/// `status P --slots 100 -o json` prints a JSON object per slot (tens of KB): SIGTERM ends it with 143.
+fn status_ends_on_sigterm_while_its_stdout_is_full(env: &TestEnv) {
+    let pool = env.lease_name("pool");
+    stopped_while_stdout_is_full(env, &["status", &pool, "--slots", "100", "-o", "json"], 143);
+}
