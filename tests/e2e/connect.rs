@@ -1735,14 +1735,27 @@ fn ends_while_its_kubeconfig_fifo_is_silent(args: &[&str], signal: Option<nix::s
     let split = args.iter().position(|arg| *arg == "--").unwrap_or(args.len());
     let mut command = env.mpsync(&args[..split]);
     command.arg("--kubeconfig").arg(&fifo).args(&args[split..]);
+    ends_while_the_fifo_is_silent(&env, command, &fifo, signal, expected, &format!("{args:?}"));
+}
+
+/// Start `command`, wait until it reads `fifo` (whose writer then says nothing), send `signal` (if any): it
+/// ends with `expected`, and writes nothing.
+fn ends_while_the_fifo_is_silent(
+    env: &TestEnv,
+    command: Command,
+    fifo: &std::path::Path,
+    signal: Option<nix::sys::signal::Signal>,
+    expected: i32,
+    what: &str,
+) {
     let mut mpsync = Proc::spawn(command, &env.dir);
-    let writer = writer_once_read(&fifo);
+    let writer = writer_once_read(fifo);
     if let Some(signal) = signal {
         mpsync.signal(signal);
     }
     let status = mpsync.wait_for(PATIENCE);
     drop(writer);
-    assert_eq!(status.and_then(|s| s.code()), Some(expected), "{args:?} {signal:?}: {status:?}\n{}", mpsync.stderr());
+    assert_eq!(status.and_then(|s| s.code()), Some(expected), "{what} {signal:?}: {status:?}\n{}", mpsync.stderr());
     if let Some(server) = env.server() {
         assert_eq!(server.count("create") + server.count("update"), 0, "nothing written");
     }
@@ -1789,21 +1802,7 @@ fn ends_while_a_named_file_is_silent(
     fs::write(&kubeconfig, edited).unwrap();
     let mut command = env.mpsync(args);
     command.env("MPSYNC_KUBECONFIG", &kubeconfig);
-    let mut mpsync = Proc::spawn(command, &env.dir);
-    let writer = writer_once_read(&fifo);
-    if let Some(signal) = signal {
-        mpsync.signal(signal);
-    }
-    let status = mpsync.wait_for(PATIENCE);
-    drop(writer);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(expected),
-        "{what} {args:?} {signal:?}: mpsync did not end while the file its kubeconfig names was silent: \
-         {status:?}\n{}",
-        mpsync.stderr()
-    );
-    assert_eq!(server.count("create") + server.count("update"), 0, "nothing written");
+    ends_while_the_fifo_is_silent(&env, command, &fifo, signal, expected, &format!("{what} {args:?}"));
 }
 
 /// `certificate-authority: FIFO` instead of the inline data.
