@@ -290,6 +290,8 @@ fn sigterm_while_stopping_for_a_loss() {
     let a = term_during_loss_stop(&[]);
     let b = term_during_loss_stop(&["--exit-on-loss"]);
     eprintln!("codes: campaign-again {a:?}, exit-on-loss {b:?}");
+    // Without --exit-on-loss it would have campaigned again: stopped by the signal (README, 128+N).
+    assert_eq!(a, Some(143));
     assert_eq!(b, Some(123));
 }
 

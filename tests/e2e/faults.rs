@@ -877,3 +877,42 @@ fn a_child_never_starts_after_a_stop_signal_that_came_with_the_acquisitions_answ
         assert!(holder.as_deref().is_none_or(str::is_empty), "attempt {attempt}: held by {holder:?}\n{}", done.stderr);
     }
 }
+
+/// `lock` frozen (SIGSTOP) while the answer to its acquisition is on its way, and woken past the renew deadline
+/// counted from that write's send (rv254's window, kept as a guard): the call timeout fires as it wakes (an
+/// outcome unknown), the read finds the record its own, and it runs the command once and gives the lease back,
+/// with `--no-wait` too (one attempt: the write it made); or, with `--no-wait`, says "not acquired" (124) and
+/// runs nothing. Never 123 (a child stopped) with no child run, and never the lease left held.
+#[test]
+fn frozen_while_the_acquisitions_answer_comes_runs_once_or_not_at_all() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for no_wait in [false, true] {
+        let env = TestEnv::kube();
+        let server = env.server().unwrap();
+        let name = env.lease_name("frozen-answer");
+        let ran = env.path("ran");
+        server.after_commit(1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+        let mut args = vec!["lock", &name, "--identity", "frozen"];
+        if no_wait {
+            args.push("--no-wait");
+        }
+        args.extend(CALL_3S);
+        args.extend(["--", "touch", ran.to_str().unwrap()]);
+        let lock = env.spawn(args);
+        wait_until("the create to be committed", || env.holder(&name).as_deref() == Some("frozen"));
+        lock.signal(Signal::SIGSTOP);
+        // Past the renew deadline (6 s) counted from the acquisition's send: waiting out time itself.
+        std::thread::sleep(Duration::from_secs(7));
+        lock.signal(Signal::SIGCONT);
+        let done = lock.finish();
+        let fine = match (done.code, no_wait) {
+            (Some(0), _) => ran.exists(),
+            (Some(124), true) => !ran.exists(),
+            _ => false,
+        };
+        assert!(fine, "--no-wait {no_wait}: exit {:?}, ran {}:\n{}", done.code, ran.exists(), done.stderr);
+        assert_eq!(env.holder(&name).as_deref(), Some(""), "left held:\n{}", done.stderr);
+    }
+}
