@@ -934,7 +934,10 @@ impl HeldLock {
     /// # Errors
     ///
     /// [`Error::Unavailable`] (or [`Error::Api`], [`Error::File`]) if the release could not be written:
-    /// the lease then expires after its duration; nobody else can take it before that.
+    /// the lease then expires after its duration; nobody else can take it before that. Also
+    /// [`Error::Unavailable`] if the runtime that acquired the lock was shut down meanwhile (the hold is
+    /// lost, [`LossReason::Abandoned`], and nothing can write the release: the lease expires after its
+    /// duration).
     pub async fn release(self) -> Result<()> {
         self.give_back().await.map(drop)
     }
@@ -945,6 +948,16 @@ impl HeldLock {
     pub(crate) async fn give_back(self) -> Result<bool> {
         let (reply_tx, reply_rx) = oneshot::channel();
         if self.release.send(reply_tx).await.is_err() {
+            // The task that renewed the lease has ended: the hold was lost, and given back if it could be. Not
+            // when its runtime was shut down: nothing was written, and the caller hears so (found by review,
+            // rv261: `Ok` read as "handed over").
+            if self.state.borrow().lost == Some(LossReason::Abandoned) {
+                return Err(Error::Unavailable(format!(
+                    "lease {}: the runtime that acquired the lock was shut down, so the release cannot be written; \
+                     the lease expires after its duration",
+                    self.name
+                )));
+            }
             return Ok(false);
         }
         // The release is written by the task that renews the lease, on the runtime that acquired it: one
