@@ -573,17 +573,17 @@ fn until_stopped(
 /// query's thread may be blocked writing to a stdout nobody reads (a full pipe; found by review, rv258: SIGTERM
 /// and SIGINT were never served, only SIGKILL ended `status` and `observe`). Nothing is held to give back.
 fn stop_even_when_blocked(stopped: impl Fn(Signal) -> Exit + Send + 'static) {
-    let mut wanted = vec![Signal::SIGTERM, Signal::SIGINT];
-    if !crate::supervise::signals::ignored(&[Signal::SIGHUP]).contains(Signal::SIGHUP) {
-        wanted.push(Signal::SIGHUP);
-    }
-    let Ok(mut signals) = signal_hook::iterator::Signals::new(wanted.iter().map(|signal| *signal as i32)) else {
+    // The very signals `Stops` serves (found by review, rv260: ALRM, PWR, a real-time STOPSIGNAL were caught,
+    // never acted on).
+    let stops = crate::supervise::signals::stop_numbers();
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(stops.iter().map(|(_, number)| *number)) else {
         return;
     };
     let _ = std::thread::Builder::new().name("mpsync-stop".into()).stack_size(64 * 1024).spawn(move || {
-        if let Some(Ok(signal)) = signals.forever().next().map(Signal::try_from) {
+        let number = signals.forever().next();
+        if let Some((signal, _)) = stops.iter().find(|(_, stop)| Some(*stop) == number) {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            crate::exit::exit_process_unflushed(stopped(signal));
+            crate::exit::exit_process_unflushed(stopped(*signal));
         }
     });
 }

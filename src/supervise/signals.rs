@@ -279,6 +279,21 @@ impl Drop for SignalReceiver {
     }
 }
 
+/// The stop signals of a command that does not supervise a child, as `Stops` handles them: each with the
+/// signal it counts as and its number. Every catchable signal whose default action ends the process (see
+/// `supervise::ENDING`; one left to that action would end a side-car that holds leases at once, without
+/// giving them back), but those ignored at start other than TERM and INT; and the real-time ones, which
+/// count as SIGTERM (see `real_time`).
+pub(crate) fn stop_numbers() -> Vec<(Signal, i32)> {
+    let left_ignored = ignored(&crate::supervise::ENDING);
+    crate::supervise::ENDING
+        .iter()
+        .filter(|stop| !left_ignored.contains(**stop) || matches!(stop, Signal::SIGTERM | Signal::SIGINT))
+        .map(|stop| (*stop, *stop as i32))
+        .chain(real_time().into_iter().map(|number| (Signal::SIGTERM, number)))
+        .collect()
+}
+
 /// The signals that stop a command that does not supervise a child (`sidecar`, `status`, `observe`):
 /// SIGTERM, SIGINT, and the other catchable signals that end a process by default (HUP, QUIT, ALRM,
 /// XCPU, PWR, ...; not XFSZ, ignored) unless ignored at start (`nohup`), as for `lock`. Made inside a
@@ -292,15 +307,8 @@ impl Stops {
         use tokio::signal::unix::{SignalKind, signal};
         let failed = |err: io::Error| crate::error::Error::Internal(format!("cannot handle signals: {err}"));
         crate::supervise::ignore_file_size_signal();
-        // Every catchable signal whose default action ends the process (see `supervise::ENDING`): one
-        // left to that action would end a side-car that holds leases at once, without giving them back.
-        let left_ignored = ignored(&crate::supervise::ENDING);
-        let signals = crate::supervise::ENDING
-            .iter()
-            .filter(|stop| !left_ignored.contains(**stop) || matches!(stop, Signal::SIGTERM | Signal::SIGINT))
-            .map(|stop| (*stop, *stop as i32))
-            // A real-time signal counts as SIGTERM (see `real_time`).
-            .chain(real_time().into_iter().map(|number| (Signal::SIGTERM, number)))
+        let signals = stop_numbers()
+            .into_iter()
             .map(|(stop, number)| Ok((stop, signal(SignalKind::from_raw(number)).map_err(failed)?)))
             .collect::<crate::error::Result<_>>()?;
         replay_early();

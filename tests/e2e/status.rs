@@ -257,12 +257,17 @@ fn an_empty_listing_into_a_closed_stderr_is_no_panic() {
     assert_eq!(output.status.code(), Some(0), "{:?}", output.status);
 }
 
-both_backends!(observe_ends_on_sigterm_while_its_stdout_is_full, status_ends_on_sigterm_while_its_stdout_is_full);
+both_backends!(
+    observe_ends_on_sigterm_while_its_stdout_is_full,
+    status_ends_on_sigterm_while_its_stdout_is_full,
+    status_and_observe_end_on_every_stop_signal_while_their_stdout_is_full,
+);
 
 /// Found by review (rv258): `status` and `observe` blocked writing to a stdout nobody reads (a stuck consumer;
 /// here a pipe of one page, full) did not end on SIGTERM: only SIGKILL ended them. `ARGS` write more than the
-/// pipe holds; once it is full (mpsync is blocked writing), SIGTERM ends it with `expected`.
-fn stopped_while_stdout_is_full(env: &TestEnv, args: &[&str], expected: i32) {
+/// pipe holds; once it is full (mpsync is blocked writing), signal `signal` (a number: a real-time one has no
+/// name) ends it with `expected`.
+fn stopped_while_stdout_is_full(env: &TestEnv, args: &[&str], signal: i32, expected: i32) {
     use std::os::fd::AsRawFd;
     let (read, write) = nix::unistd::pipe().unwrap();
     // SAFETY: fcntl on a pipe we own.
@@ -285,7 +290,8 @@ fn stopped_while_stdout_is_full(env: &TestEnv, args: &[&str], expected: i32) {
     let ended = |child: &mut std::process::Child| child.try_wait().unwrap().is_some();
     assert!(within_patience(|| full() || ended(&mut child)), "{args:?}: its stdout never filled");
     assert!(!ended(&mut child), "{args:?} ended before its stdout filled: {}", fs_read(&stderr));
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    // SAFETY: kill(2) of our own child, with a signal number (real-time ones included).
+    unsafe { nix::libc::kill(child.id() as i32, signal) };
     let mut status = None;
     within_patience(|| {
         status = child.try_wait().unwrap();
@@ -296,7 +302,12 @@ fn stopped_while_stdout_is_full(env: &TestEnv, args: &[&str], expected: i32) {
         let _ = child.wait();
     }
     drop(read);
-    assert_eq!(status.and_then(|s| s.code()), Some(expected), "{args:?}: {status:?}\n{}", fs_read(&stderr));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(expected),
+        "{args:?}, signal {signal}: {status:?}\n{}",
+        fs_read(&stderr)
+    );
 }
 
 fn fs_read(path: &std::path::Path) -> String {
@@ -306,11 +317,24 @@ fn fs_read(path: &std::path::Path) -> String {
 /// `observe P --slots 100` prints a line per slot at once (about 7 KB): SIGTERM ends it with 0.
 fn observe_ends_on_sigterm_while_its_stdout_is_full(env: &TestEnv) {
     let pool = env.lease_name("pool");
-    stopped_while_stdout_is_full(env, &["observe", &pool, "--slots", "100"], 0);
+    stopped_while_stdout_is_full(env, &["observe", &pool, "--slots", "100"], nix::libc::SIGTERM, 0);
 }
 
 /// `status P --slots 100 -o json` prints a JSON object per slot (tens of KB): SIGTERM ends it with 143.
 fn status_ends_on_sigterm_while_its_stdout_is_full(env: &TestEnv) {
     let pool = env.lease_name("pool");
-    stopped_while_stdout_is_full(env, &["status", &pool, "--slots", "100", "-o", "json"], 143);
+    stopped_while_stdout_is_full(env, &["status", &pool, "--slots", "100", "-o", "json"], nix::libc::SIGTERM, 143);
+}
+
+/// Found by review (rv260): so do the other stop signals `status` and `observe` serve (`timeout -s ALRM`, a
+/// container's STOPSIGNAL: PWR, or systemd images' SIGRTMIN+3, which counts as SIGTERM). Before, the thread
+/// that ends them while blocked served TERM, INT and HUP only: the others were caught, and never acted on.
+fn status_and_observe_end_on_every_stop_signal_while_their_stdout_is_full(env: &TestEnv) {
+    let pool = env.lease_name("pool");
+    let status = ["status", &pool, "--slots", "100", "-o", "json"];
+    let observe = ["observe", &pool, "--slots", "100"];
+    stopped_while_stdout_is_full(env, &status, nix::libc::SIGALRM, 128 + nix::libc::SIGALRM);
+    stopped_while_stdout_is_full(env, &status, nix::libc::SIGRTMIN() + 3, 143);
+    stopped_while_stdout_is_full(env, &observe, nix::libc::SIGPWR, 128 + nix::libc::SIGPWR);
+    stopped_while_stdout_is_full(env, &observe, nix::libc::SIGRTMIN() + 3, 0);
 }
