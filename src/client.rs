@@ -111,7 +111,10 @@ impl KubeClientBuilder {
     /// Read the configuration and build the client. Nothing is sent to the API server yet (the first
     /// request opens the first connection), but an exec credential plugin that the kubeconfig names
     /// runs now, for as long as it takes; dropping the future kills it (with its process group, when it
-    /// is not interactive).
+    /// is not interactive). The files the configuration names (the kubeconfig itself, its CA, a client
+    /// certificate and key, a token file) are read on threads of their own: one that does not come (a FIFO
+    /// whose writer says nothing yet, a hung mount) holds up neither the runtime nor its drop once the
+    /// future is dropped (the thread ends when the read does).
     ///
     /// # Errors
     ///

@@ -38,33 +38,9 @@ impl ResolvesClientCert for ClientIdentity {
     }
 }
 
-/// Take the user's client certificate and key out of `config` (kube then loads none), loaded and
+/// Take the user's client certificate and key out of `auth` (kube then loads none), loaded and
 /// checked; None when the user has neither. `user` names the user in errors ("user \"x\" in FILE").
-/// The client certificate and key files `auth` names, read on the runtime's blocking pool and carried as data
-/// from then on (a FIFO whose writer says nothing yet, or a hung mount, holds that thread only, and a stop
-/// signal or `--timeout` still ends the set-up: found by review, rv259). A file that cannot be read is left
-/// named, for `take` to say why.
-pub async fn read_off_the_runtime(auth: &mut kube::config::AuthInfo) {
-    use base64::Engine;
-    let read = |file: Option<String>| async move {
-        let file = file.filter(|file| !file.is_empty())?;
-        let read = tokio::task::spawn_blocking(move || std::fs::read(Path::new(&file))).await.ok()?;
-        read.ok().map(|pem| base64::engine::general_purpose::STANDARD.encode(pem))
-    };
-    if auth.client_certificate_data.as_ref().is_none_or(|data| data.trim().is_empty())
-        && let Some(data) = read(auth.client_certificate.clone()).await
-    {
-        auth.client_certificate_data = Some(data);
-    }
-    if auth.client_key_data.as_ref().is_none_or(|data| data.expose_secret().trim().is_empty())
-        && let Some(data) = read(auth.client_key.clone()).await
-    {
-        auth.client_key_data = Some(data.into());
-    }
-}
-
-pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<ClientIdentity>> {
-    let auth = &mut config.auth_info;
+pub fn take(auth: &mut kube::config::AuthInfo, user: Option<&str>) -> Result<Option<ClientIdentity>> {
     let cert = (auth.client_certificate_data.take(), auth.client_certificate.take());
     let key = (auth.client_key_data.take().map(|key| key.expose_secret().to_string()), auth.client_key.take());
     let user = user.unwrap_or("the configuration's user");
@@ -84,7 +60,7 @@ pub fn take(config: &mut kube::Config, user: Option<&str>) -> Result<Option<Clie
     };
     let identity = from_pem(&cert_pem, &key_pem, fail)?;
     // client-go does not run an exec plugin for a user with a client certificate of its own.
-    config.auth_info.exec = None;
+    auth.exec = None;
     Ok(Some(identity))
 }
 

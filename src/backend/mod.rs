@@ -181,8 +181,18 @@ pub async fn connect(
     }
     // kube's TLS configuration, with the user's client certificate loaded by mpsync (`identity`), and
     // the connector kube would build around it (`ConfigExt::rustls_https_connector_with_connector`).
-    identity::read_off_the_runtime(&mut config.auth_info).await;
-    let mut identity = identity::take(&mut config, user.as_deref())?;
+    // On a thread of its own, as it may read files (see `off_the_runtime`).
+    let mut identity = {
+        let (mut auth, user) = (std::mem::take(&mut config.auth_info), user.clone());
+        let (auth, identity) = off_the_runtime(move || {
+            let identity = identity::take(&mut auth, user.as_deref());
+            (auth, identity)
+        })
+        .await
+        .ok_or_else(|| Error::Internal("cannot start a thread to read the client certificate and key".into()))?;
+        config.auth_info = auth;
+        identity?
+    };
     // The exec credential plugin, run by mpsync (see `exec`): once now, killed if this is given up on.
     let mut token = None;
     let mut valid_until = None;
@@ -365,7 +375,7 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
     let context = context.filter(|context| !context.is_empty());
     let options = KubeConfigOptions { context: context.clone(), cluster: None, user: None };
     if let Some(path) = kubeconfig {
-        let file = off_the_runtime({
+        let file = kubeconfig_off_the_runtime({
             let path = path.clone();
             move || read_kubeconfig_file(&path)
         })
@@ -402,7 +412,7 @@ async fn resolve(kubeconfig: Option<PathBuf>, context: Option<String>, caller: C
         Some(paths) if paths.is_empty() => None,
         _ => {
             let paths = env_paths.clone();
-            Some(off_the_runtime(move || read_kubeconfig(paths.as_deref())).await)
+            Some(kubeconfig_off_the_runtime(move || read_kubeconfig(paths.as_deref())).await)
         }
     };
     // A kubeconfig is there ($KUBECONFIG names a file that is there, or ~/.kube/config is there), with
@@ -492,15 +502,31 @@ fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubecon
     }
 }
 
-/// `read` (a kubeconfig's files) on a thread of the runtime's blocking pool: a FIFO whose writer says nothing
-/// yet (`--kubeconfig <(vault ...)` waiting for a login), or a file on a hung mount, blocks that thread only, and
-/// a stop signal or `--timeout` still ends the set-up (found by review, rv258: read on the runtime's own thread,
-/// it held every subcommand past SIGTERM and `--timeout`).
-async fn off_the_runtime(
+/// `read` (a kubeconfig, a file it names) on a thread of its own: a FIFO whose writer says nothing yet
+/// (`--kubeconfig <(vault ...)` waiting for a login), or a file on a hung mount, blocks that thread only, and a
+/// stop signal or `--timeout` still ends the set-up (found by review, rv258: read on the runtime's own thread,
+/// it held every subcommand past SIGTERM and `--timeout`). Not on the runtime's blocking pool: a read given up
+/// on there held up the drop of a library caller's runtime (a `#[tokio::main]` returning after a
+/// `tokio::time::timeout` around `KubeClientBuilder::build`) until the file came (found by review, rv260).
+/// `None` if no thread could be started, or the read panicked.
+pub(crate) async fn off_the_runtime<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mpsync-read".into())
+        .spawn(move || {
+            let _ = done.send(read());
+        })
+        .ok()?;
+    answer.await.ok()
+}
+
+/// A kubeconfig read by [`off_the_runtime`].
+async fn kubeconfig_off_the_runtime(
     read: impl FnOnce() -> std::result::Result<Kubeconfig, KubeconfigError> + Send + 'static,
 ) -> std::result::Result<Kubeconfig, KubeconfigError> {
-    tokio::task::spawn_blocking(read).await.unwrap_or_else(|err| {
-        Err(KubeconfigError::ReadConfig(std::io::Error::other(format!("its read ended: {err}")), PathBuf::new()))
+    off_the_runtime(read).await.unwrap_or_else(|| {
+        let why = "no thread to read it on, or its read failed";
+        Err(KubeconfigError::ReadConfig(std::io::Error::other(why), PathBuf::new()))
     })
 }
 
@@ -706,15 +732,15 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
         && let Some(entry) = file.clusters.iter_mut().find(|named| &named.name == name)
         && let Some(found) = entry.cluster.as_mut()
     {
-        // A CA file is read on the runtime's blocking pool (see `off_the_runtime`; found by review, rv259), and
+        // A CA file is read on a thread of its own (see `off_the_runtime`; found by review, rv259), and
         // carried as data from then on: kube would read it again, on the runtime's own thread.
         let ca_file = match (&found.certificate_authority_data, &found.certificate_authority) {
             (None, Some(path)) if found.insecure_skip_tls_verify != Some(true) => {
                 let path = PathBuf::from(path);
                 Some(
-                    tokio::task::spawn_blocking(move || std::fs::read(path))
+                    off_the_runtime(move || std::fs::read(path))
                         .await
-                        .unwrap_or_else(|err| Err(std::io::Error::other(format!("its read ended: {err}")))),
+                        .unwrap_or_else(|| Err(std::io::Error::other("no thread to read it on, or its read failed"))),
                 )
             }
             _ => None,

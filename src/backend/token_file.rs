@@ -55,7 +55,7 @@ impl FileToken {
         Ok(Some(FileToken::first(path, header, call_timeout)))
     }
 
-    /// [`FileToken::take`], its first read on the runtime's blocking pool: a FIFO whose writer says nothing
+    /// [`FileToken::take`], its first read on a thread of its own (`off_the_runtime`): a FIFO whose writer says nothing
     /// yet, or a hung mount, holds that thread only, and a stop signal or `--timeout` still ends the set-up
     /// (found by review, rv259).
     pub async fn take_off_the_runtime(
@@ -64,9 +64,9 @@ impl FileToken {
     ) -> Result<Option<FileToken>, String> {
         let Some(path) = FileToken::path(config) else { return Ok(None) };
         let first = path.clone();
-        let header = tokio::task::spawn_blocking(move || read(&first))
+        let header = super::off_the_runtime(move || read(&first))
             .await
-            .unwrap_or_else(|err| Err(format!("its read ended: {err}")))?;
+            .unwrap_or_else(|| Err("no thread to read it on, or its read failed".into()))?;
         Ok(Some(FileToken::first(path, header, call_timeout)))
     }
 

@@ -1842,3 +1842,59 @@ fn lock_ends_on_a_stop_signal_or_its_timeout_while_the_kubeconfigs_token_file_is
         143,
     );
 }
+
+/// `client-certificate` and `client-key: FIFO` for the user.
+fn client_certificate_file(yaml: &str, fifo: &str) -> String {
+    yaml.replace("  user: {}", &format!("  user:\n    client-certificate: {fifo:?}\n    client-key: {fifo:?}"))
+}
+
+/// The library: `KubeClientBuilder::build` given up on (a `tokio::time::timeout` around it) while a file of its
+/// kubeconfig is a FIFO whose writer says nothing: the kubeconfig itself, its CA, a client certificate, a token
+/// file. The program's runtime is dropped at once after (a `#[tokio::main]` returning). Found by review (rv260):
+/// the reads were left on the runtime's blocking pool, whose drop waited for them until the FIFO was written:
+/// the program hung at its exit.
+#[test]
+fn a_client_build_given_up_on_holds_up_no_runtimes_drop_while_a_file_is_silent() {
+    if TestEnv::real_cluster() {
+        eprintln!("skipped: this test writes kubeconfigs for the test API server");
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let yaml = server.kubeconfig_yaml("default");
+    let itself = |_: &str, fifo: &str| fifo.to_string();
+    type Edit<'a> = &'a dyn Fn(&str, &str) -> String;
+    let cases: [(&str, Edit); 4] = [
+        ("kubeconfig", &itself),
+        ("ca", &ca_file),
+        ("client-certificate", &client_certificate_file),
+        ("token", &token_file),
+    ];
+    for (what, edit) in cases {
+        let fifo = env.path(&format!("lib-{what}.fifo"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let kubeconfig = match what {
+            "kubeconfig" => fifo.clone(),
+            _ => {
+                let path = env.path(&format!("kubeconfig-lib-{what}"));
+                fs::write(&path, edit(&yaml, fifo.to_str().unwrap())).unwrap();
+                path
+            }
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let program = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let gave_up = runtime.block_on(async {
+                let build = mpsync::KubeClientBuilder::new().kubeconfig(&kubeconfig).build();
+                tokio::time::timeout(Duration::from_secs(1), build).await.is_err()
+            });
+            drop(runtime);
+            let _ = done_tx.send(gave_up);
+        });
+        let ended = done_rx.recv_timeout(PATIENCE);
+        // The read still under way (if any) ends, so that nothing of this test is left behind.
+        drop(writer_once_read(&fifo));
+        let _ = program.join();
+        assert_eq!(ended, Ok(true), "{what}: the runtime's drop waited for a read given up on {PATIENCE:?} before");
+    }
+}
