@@ -3,11 +3,11 @@
 //!
 //! It holds the read end of a pipe whose only write ends are mpsync's and, until exec, a just-forked
 //! child's: end-of-file means mpsync is gone. Messages are 12 bytes, a native-endian i32 and i64: a
-//! positive i32 arms it with that process group; 0 disarms it (and forgets any deadline, and the adopted
-//! processes); -1 sets a deadline, the i64 (CLOCK_MONOTONIC nanoseconds; 0 for none); -2 adds a process
-//! mpsync adopted as a subreaper to the job, the i64 its pid (the low 22 bits) and its start time (the
-//! bits above), so that it is killed with the job should mpsync die: with mpsync's death it is handed to
-//! init, where nothing else would find it.
+//! positive i32 arms it with that process group (its leader, the child, is part of the job wherever it
+//! goes); 0 disarms it (and forgets any deadline, and the adopted processes); -1 sets a deadline, the i64
+//! (CLOCK_MONOTONIC nanoseconds; 0 for none); -2 adds a process mpsync adopted as a subreaper to the job,
+//! the i64 its pid (the low 22 bits) and its start time (the bits above), so that it is killed with the job
+//! should mpsync die: with mpsync's death it is handed to init, where nothing else would find it.
 //!
 //! The deadline is the lease's, independent of mpsync's own timers: the last moment the child may run
 //! (the renew deadline, counted from the send of the last good renewal, plus the grace and half of what is
@@ -196,6 +196,11 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
         let me = libc::getpid();
         let mut armed: libc::pid_t = 0;
         let mut leader_start: u64 = 0;
+        // Whether the process that armed the guard (pid `armed`, started at `leader_start`) is the child
+        // itself: then it is killed, with what it started, even once it left its group (found by review,
+        // rv263: a child that cleared its parent-death signal and joined mpsync's group ran on after a SIGKILL
+        // of mpsync, beside the next holder's child).
+        let mut leader = false;
         let mut deadline: i64 = 0;
         let mut adopted = [Stopped { pid: 0, start: 0 }; MAX_ADOPTED];
         let mut adopted_count = 0;
@@ -224,8 +229,9 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
                 // pid may be anyone's (and its children were handed to another process).
                 let group = if still_ours(armed, leader_start) { armed } else { 0 };
                 let root = if libc::getppid() == mpsync { mpsync } else { NO_ROOT };
-                if root == mpsync || adopted_count > 0 {
-                    kill_tree(root, me, group, &adopted[..adopted_count], inherited);
+                let child = Stopped { pid: if leader { armed } else { 0 }, start: leader_start };
+                if root == mpsync || adopted_count > 0 || leader {
+                    kill_tree(root, me, group, (&adopted[..adopted_count], child), inherited);
                 }
                 if group > 0 {
                     libc::kill(-group, libc::SIGKILL);
@@ -246,7 +252,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
                     argument.copy_from_slice(&message[4..]);
                     match command {
                         -1 => deadline = i64::from_ne_bytes(argument),
-                        0 => (armed, deadline, adopted_count) = (0, 0, 0),
+                        0 => (armed, deadline, adopted_count, leader) = (0, 0, 0, false),
                         ADOPTED => {
                             let packed = i64::from_ne_bytes(argument);
                             let process = Stopped {
@@ -281,8 +287,14 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
                         }
                         pgid => {
                             armed = pgid.max(0);
-                            // The child arms the guard itself, before its exec: it is alive now.
-                            leader_start = stat_of(armed).map_or(0, |p| p.start);
+                            // The child arms the guard itself, before its exec, in its own new group: it is
+                            // alive now. Part of the job wherever it goes (`leader`). A process of that pid in
+                            // another group is not the child (a new guard armed for a group whose leader has
+                            // gone, its pid reused): its group only may be the child's.
+                            (leader_start, leader) = match stat_of(armed) {
+                                Some(p) => (p.start, p.group == armed),
+                                None => (0, false),
+                            };
                         }
                     }
                     filled = 0;
@@ -294,12 +306,13 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
             }
         }
         let group = if armed > 0 && still_ours(armed, leader_start) { armed } else { 0 };
-        if group > 0 || adopted_count > 0 {
+        let child = Stopped { pid: if armed > 0 && leader { armed } else { 0 }, start: leader_start };
+        if group > 0 || adopted_count > 0 || child.pid > 0 {
             // mpsync is gone while the child's job runs: the group goes, and what its members started in
-            // other groups, found through them, and the processes mpsync adopted, by pid and start time,
-            // with what they started (not below mpsync: its children were handed to init, and its pid may
-            // be anyone's now).
-            kill_tree(NO_ROOT, me, group, &adopted[..adopted_count], inherited);
+            // other groups, found through them, and the child itself wherever it went, and the processes
+            // mpsync adopted, by pid and start time, with what they started (not below mpsync: its children
+            // were handed to init, and its pid may be anyone's now).
+            kill_tree(NO_ROOT, me, group, (&adopted[..adopted_count], child), inherited);
             if group > 0 {
                 libc::kill(-group, libc::SIGKILL);
             }
@@ -321,7 +334,8 @@ const MAX_PROCESSES: usize = 1 << 16;
 const PID_LIMIT: usize = 1 << 22;
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
-/// child's, if still the child's; 0 for none), or below one of `adopted` (same pid and start time), but `me`
+/// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
+/// start time; pid 0 for none), but `me`
 /// (the guard) and `inherited` (same pid and start time) with what they started, whatever its group or
 /// session: the job
 /// as mpsync defines it (a member of the group that left mpsync's tree still answers for what it started).
@@ -340,7 +354,7 @@ unsafe fn kill_tree(
     root: libc::pid_t,
     me: libc::pid_t,
     group: libc::pid_t,
-    adopted: &[Stopped],
+    (adopted, child): (&[Stopped], Stopped),
     inherited: &[Stopped],
 ) {
     // SAFETY: the mapping is ours alone, and big enough for the two tables and the two bitmaps laid out in
@@ -373,7 +387,7 @@ unsafe fn kill_tree(
             let count = list_processes(listed);
             let stopped_so_far = &stopped[..stopped_count];
             mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
-                was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
+                was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
             });
             let (mut new, mut unsettled) = (false, false);
             for p in &listed[..count] {
@@ -410,7 +424,7 @@ unsafe fn kill_tree(
         let count = list_processes(listed);
         let stopped_so_far = &stopped[..stopped_count];
         mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
-            was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p)
+            was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
         for p in &listed[..count] {
             if bit(below, p.pid) {

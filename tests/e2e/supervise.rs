@@ -43,6 +43,7 @@ both_backends!(
     a_proc_mpsync_cannot_read_for_want_of_descriptors_holds_the_release,
     a_helper_inherited_across_exec_is_no_part_of_the_job,
     a_stop_signal_during_the_leftovers_grace_still_releases,
+    a_child_that_left_its_group_and_its_parent_death_signal_dies_with_a_sigkill_of_mpsync,
 );
 
 /// `helper & exec mpsync lock ...` (a container entrypoint's log shipper): the helper is mpsync's child
@@ -221,6 +222,35 @@ fn sigkill_of_mpsync_also_kills_what_a_member_of_the_group_started_in_another_se
     lock.signal(Signal::SIGKILL);
     lock.wait_for(PATIENCE).expect("mpsync dies");
     wait_until("the worker in its own session to die with mpsync", || !alive(worker_pid));
+}
+
+/// Found by review (rv263): the child itself clears its parent-death signal (`setpriv --pdeathsig clear`, or
+/// the kernel, at the exec of a set-group-ID binary or one with file capabilities) and moves into mpsync's own
+/// group (`setpgid`, allowed within a session), after starting a worker. mpsync is SIGKILLed: the guard kills
+/// the child wherever it went, and what it started. Before, it killed the child's group (empty by then) and what
+/// left it, found through the group's members, but not the child, which ran on, init's child, beside the next
+/// holder's child.
+fn a_child_that_left_its_group_and_its_parent_death_signal_dies_with_a_sigkill_of_mpsync(env: &TestEnv) {
+    let name = env.lease_name("pdeath-moved");
+    let (child_file, worker_file) = (env.path("child"), env.path("worker"));
+    let script = format!(
+        "import ctypes, os, subprocess, time\n\
+         ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n\
+         worker = subprocess.Popen(['sleep', '1000'])\n\
+         os.setpgid(0, os.getpgid(os.getppid()))\n\
+         open({worker:?}, 'w').write(f'{{worker.pid}}\\n')\n\
+         open({child:?}, 'w').write(f'{{os.getpid()}}\\n')\n\
+         time.sleep(1000)\n",
+        worker = worker_file.display().to_string(),
+        child = child_file.display().to_string(),
+    );
+    let mut lock = env.spawn(["lock", &name, "--", "python3", "-c", &script]);
+    let child = read_pid(&child_file);
+    let worker = read_pid(&worker_file);
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("mpsync dies");
+    wait_until("the child in mpsync's group to die with mpsync", || !alive(child));
+    wait_until("what it started to die with it", || !alive(worker));
 }
 
 fn child_ignoring_sigterm_is_sigkilled_after_grace(env: &TestEnv) {
