@@ -947,26 +947,33 @@ impl HeldLock {
     /// after its duration).
     pub(crate) async fn give_back(self) -> Result<bool> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if self.release.send(reply_tx).await.is_err() {
-            // The task that renewed the lease has ended: the hold was lost, and given back if it could be. Not
-            // when its runtime was shut down: nothing was written, and the caller hears so (found by review,
-            // rv261: `Ok` read as "handed over").
-            if self.state.borrow().lost == Some(LossReason::Abandoned) {
-                return Err(Error::Unavailable(format!(
-                    "lease {}: the runtime that acquired the lock was shut down, so the release cannot be written; \
-                     the lease expires after its duration",
-                    self.name
-                )));
-            }
-            return Ok(false);
-        }
         // The release is written by the task that renews the lease, on the runtime that acquired it: one
         // that does not run (an idle current-thread runtime, released from another runtime's thread) would
         // keep this waiting for ever. Past the time a release can take (two settle budgets, and a margin),
         // the caller hears so; the request stays queued, and is written if that runtime runs again.
         let bound = self.timing.call_timeout() * 4;
+        // The task may have ended (before the request, or with it queued or under way): the hold was lost, and
+        // given back if it could be. Not when its runtime was shut down: nothing was written, and the caller
+        // hears so (found by review, rv261, rv262: `Ok` read as "handed over"). Said once the task is wholly
+        // gone, its state's sender with it: the parts of a task dropped go one by one.
+        let name = self.name.clone();
+        let ended = |mut state: watch::Receiver<HoldState>| async move {
+            let _ = tokio::time::timeout(bound, async { while state.changed().await.is_ok() {} }).await;
+            let abandoned = state.borrow().lost == Some(LossReason::Abandoned);
+            match abandoned {
+                true => Err(Error::Unavailable(format!(
+                    "lease {name}: the runtime that acquired the lock was shut down, so the release cannot be \
+                     written; the lease expires after its duration"
+                ))),
+                false => Ok(false),
+            }
+        };
+        if self.release.send(reply_tx).await.is_err() {
+            return ended(self.state.clone()).await;
+        }
         match tokio::time::timeout(bound, reply_rx).await {
-            Ok(reply) => reply.unwrap_or(Ok(false)),
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => ended(self.state.clone()).await,
             Err(_) => Err(Error::Unavailable(format!(
                 "lease {}: the release was not written within {bound:?}: the runtime that acquired the lock is \
                  not running its task; the lease is written then, or expires after its duration",

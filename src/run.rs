@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use nix::sys::signal::Signal;
 
-use crate::backend::{block_on, open_store};
+use crate::backend::{block_on, open_store, with_process_limit};
 use crate::cli::{Config, Mode, RunConfig, Wait as WaitFlag};
 use crate::engine::{Observer, Wait};
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ fn run_lease_command(config: RunConfig) -> Result<Exit> {
                 "cannot start supervision: {err}: mpsync is in another PID namespace than the one its children \
                  would be in (`unshare --pid` without `--fork`?)\nstart it with `unshare --pid --fork`"
             )),
-            false => Error::Internal(format!("cannot start supervision: {err}")),
+            false => Error::Internal(format!("cannot start supervision: {}", with_process_limit(&err))),
         }
     })?;
     block_on(async move {
@@ -457,6 +457,8 @@ fn spawn_failure(err: SpawnError) -> Error {
     match err {
         SpawnError::NotFound(program) => Error::CommandNotFound(shown(program)),
         SpawnError::NotExecutable(program, err) => Error::CommandNotExecutable(shown(program), err.to_string()),
-        SpawnError::Other(program, err) => Error::Internal(format!("{}: cannot start: {err}", shown(program))),
+        SpawnError::Other(program, err) => {
+            Error::Internal(format!("{}: cannot start: {}", shown(program), with_process_limit(&err)))
+        }
     }
 }

@@ -59,20 +59,45 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     // descriptors (its epoll, its waker, that pair and a copy of it) is made sure of first, all at once.
     let room = (0..4).map(|_| std::os::unix::net::UnixStream::pair()).collect::<std::io::Result<Vec<_>>>();
     if let Err(err) = room {
-        let mut limit = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes the struct it is given.
-        let soft =
-            (unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur);
-        let limit = soft.map(|soft| format!(" (ulimit -n is {soft})")).unwrap_or_default();
-        return Err(Error::Internal(format!("cannot start the runtime: {err}{limit}")));
+        return Err(Error::Internal(format!(
+            "cannot start the runtime: {err}{}",
+            limit_hint(nix::libc::RLIMIT_NOFILE)
+        )));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::MAX)
         .build()
         .map_err(|err| Error::Internal(format!("cannot start the runtime: {err}")))?;
+    // So does its blocking pool where it cannot start its thread (found by review, rv262: `ulimit -u 2` ended
+    // `status` in a panic, exit 101): a thread is started first, to find out.
+    if let Err(err) = std::thread::Builder::new().name("mpsync-probe".into()).spawn(|| {}).map(|probe| probe.join()) {
+        let limit = limit_hint(nix::libc::RLIMIT_NPROC);
+        return Err(Error::Internal(format!("cannot start the runtime: cannot start a thread: {err}{limit}")));
+    }
     drop(runtime.spawn_blocking(|| {}));
     Ok(runtime)
+}
+
+/// " (ulimit -n is N)" for `RLIMIT_NOFILE`, " (ulimit -u is N)" for `RLIMIT_NPROC`: what an error of too few
+/// descriptors or processes (EMFILE, EAGAIN) adds, so that the user sees which limit it met.
+#[cfg(feature = "cli")]
+pub(crate) fn limit_hint(resource: nix::libc::__rlimit_resource_t) -> String {
+    let option = if resource == nix::libc::RLIMIT_NPROC { 'u' } else { 'n' };
+    let mut limit = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    let soft = (unsafe { nix::libc::getrlimit(resource, &mut limit) } == 0).then_some(limit.rlim_cur);
+    soft.map(|soft| format!(" (ulimit -{option} is {soft})")).unwrap_or_default()
+}
+
+/// What `err` says, with the process limit (`limit_hint`) when it is one of too few processes (EAGAIN from
+/// fork or clone).
+#[cfg(feature = "cli")]
+pub(crate) fn with_process_limit(err: &std::io::Error) -> String {
+    match err.raw_os_error() == Some(nix::libc::EAGAIN) {
+        true => format!("{err}{}", limit_hint(nix::libc::RLIMIT_NPROC)),
+        false => err.to_string(),
+    }
 }
 
 /// Run `future` to its end on a fresh `runtime()`, then leave without waiting for blocking work still
@@ -189,7 +214,7 @@ pub async fn connect(
             (auth, identity)
         })
         .await
-        .ok_or_else(|| Error::Internal("cannot start a thread to read the client certificate and key".into()))?;
+        .ok_or_else(|| Error::Internal("the read of the client certificate and key failed".into()))?;
         config.auth_info = auth;
         identity?
     };
@@ -508,15 +533,21 @@ fn read_kubeconfig(env_paths: Option<&[PathBuf]>) -> std::result::Result<Kubecon
 /// it held every subcommand past SIGTERM and `--timeout`). Not on the runtime's blocking pool: a read given up
 /// on there held up the drop of a library caller's runtime (a `#[tokio::main]` returning after a
 /// `tokio::time::timeout` around `KubeClientBuilder::build`) until the file came (found by review, rv260).
-/// `None` if no thread could be started, or the read panicked.
+/// Where no thread can be started (`ulimit -u`), read here, as before (found by review, rv262: a readable
+/// kubeconfig was said to be unreadable). `None` if the read panicked.
 pub(crate) async fn off_the_runtime<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let (done, answer) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("mpsync-read".into())
-        .spawn(move || {
+    let read = Arc::new(std::sync::Mutex::new(Some(read)));
+    let on_the_thread = Arc::clone(&read);
+    let started = std::thread::Builder::new().name("mpsync-read".into()).spawn(move || {
+        let read = on_the_thread.lock().ok().and_then(|mut read| read.take());
+        if let Some(read) = read {
             let _ = done.send(read());
-        })
-        .ok()?;
+        }
+    });
+    if started.is_err() {
+        return read.lock().ok().and_then(|mut read| read.take()).map(|read| read());
+    }
     answer.await.ok()
 }
 
@@ -524,10 +555,9 @@ pub(crate) async fn off_the_runtime<T: Send + 'static>(read: impl FnOnce() -> T 
 async fn kubeconfig_off_the_runtime(
     read: impl FnOnce() -> std::result::Result<Kubeconfig, KubeconfigError> + Send + 'static,
 ) -> std::result::Result<Kubeconfig, KubeconfigError> {
-    off_the_runtime(read).await.unwrap_or_else(|| {
-        let why = "no thread to read it on, or its read failed";
-        Err(KubeconfigError::ReadConfig(std::io::Error::other(why), PathBuf::new()))
-    })
+    off_the_runtime(read)
+        .await
+        .unwrap_or_else(|| Err(KubeconfigError::ReadConfig(std::io::Error::other("its read failed"), PathBuf::new())))
 }
 
 /// One kubeconfig file, as kube reads it, its empty `current-context` counted as unset.
@@ -740,7 +770,7 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
                 Some(
                     off_the_runtime(move || std::fs::read(path))
                         .await
-                        .unwrap_or_else(|| Err(std::io::Error::other("no thread to read it on, or its read failed"))),
+                        .unwrap_or_else(|| Err(std::io::Error::other("its read failed"))),
                 )
             }
             _ => None,

@@ -64,9 +64,8 @@ impl FileToken {
     ) -> Result<Option<FileToken>, String> {
         let Some(path) = FileToken::path(config) else { return Ok(None) };
         let first = path.clone();
-        let header = super::off_the_runtime(move || read(&first))
-            .await
-            .unwrap_or_else(|| Err("no thread to read it on, or its read failed".into()))?;
+        let header =
+            super::off_the_runtime(move || read(&first)).await.unwrap_or_else(|| Err("its read failed".into()))?;
         Ok(Some(FileToken::first(path, header, call_timeout)))
     }
 

@@ -31,6 +31,7 @@ both_backends!(
     dropping_a_held_lock_cancels_its_token_and_releases_the_lease,
     a_lock_whose_runtime_is_gone_expires_after_its_duration,
     the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_token,
+    a_release_asked_for_before_the_runtime_is_shut_down_says_nothing_was_written,
     a_token_is_cancelled_before_another_takes_over_even_when_the_runtime_does_not_run,
     cancelling_the_token_oneself_stops_only_the_work,
     cancelling_the_leadership_token_oneself_stops_only_the_work,
@@ -422,6 +423,24 @@ fn the_same_lock_after_its_runtime_is_gone_hands_out_a_new_hold_with_a_larger_to
         again.release().await.unwrap();
     });
     assert_eq!(env.holder(&name).as_deref(), Some(""), "released");
+}
+
+/// Found by review (rv262): a release asked for from another runtime while the acquiring one sits idle (the
+/// request queued), and that runtime then shut down: nothing writes the release, and the answer says so. Before,
+/// it answered `Ok`, while the record named this holder until it expired.
+fn a_release_asked_for_before_the_runtime_is_shut_down_says_nothing_was_written(env: &TestEnv) {
+    let name = env.lease_name("lib-queued-release");
+    let first = runtime();
+    let held = first.block_on(async { lock(env, &name).await.timing(FAST).build().unwrap().acquire().await.unwrap() });
+    runtime().block_on(async move {
+        let mut release = Box::pin(held.release());
+        // The first poll queues the request; the acquiring runtime is idle, so nothing answers it yet.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(release.as_mut().poll(&mut context).is_pending(), "the release waits for the acquiring runtime");
+        std::thread::spawn(move || drop(first)).join().unwrap();
+        let err = within("the answer", release).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)) && err.to_string().contains("shut down"), "{err}");
+    });
 }
 
 /// The release of a hold whose runtime was shut down writes nothing, and says so (found by review, rv261:

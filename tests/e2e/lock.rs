@@ -616,6 +616,52 @@ fn too_few_open_files_is_a_clear_error() {
     assert!(env.get(&name).is_none(), "a lease was written: {:?}", env.get(&name));
 }
 
+/// Found by review (rv262): a process limit (`ulimit -u`, a pod's pids limit) that leaves no thread to start
+/// ended `status` and `lock` in a panic (tokio's "OS can't spawn worker thread", exit 101), or said that a
+/// readable kubeconfig could not be read. Now each runs, or fails with a clear error (125) that names the
+/// limit; and nothing is left held. As a user of its own for each run (root ignores RLIMIT_NPROC, and the
+/// zombie guards of earlier runs, which a lazy PID 1 reaps late, would count against it).
+#[test]
+fn too_few_processes_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    if TestEnv::real_cluster() {
+        eprintln!("skipped: another user may not read the real cluster's kubeconfig");
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("few-processes");
+    let mut wrong = Vec::new();
+    for (run, processes) in (1..=8).enumerate() {
+        for args in [vec!["status", name.as_str()], vec!["lock", name.as_str(), "--no-wait", "--", "true"]] {
+            let uid = 30_000 + (std::process::id() % 500) * 100 + 2 * run as u32 + u32::from(args[0] == "lock");
+            let mut command = env.mpsync(&args);
+            // SAFETY: setgroups, setgid, setuid and setrlimit are async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = nix::libc::rlimit { rlim_cur: processes, rlim_max: processes };
+                    if nix::libc::setgroups(0, std::ptr::null()) != 0
+                        || nix::libc::setgid(uid) != 0
+                        || nix::libc::setuid(uid) != 0
+                        || nix::libc::setrlimit(nix::libc::RLIMIT_NPROC, &limit) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let out = Proc::spawn(command, &env.dir).finish();
+            let clear = out.code == Some(125) && out.stderr.contains("ulimit -u") && out.stderr.lines().count() <= 2;
+            let fine = matches!(out.code, Some(0) | Some(1)) || clear;
+            if !fine || out.stderr.contains("panicked") || out.stderr.contains("readable kubeconfig") {
+                wrong.push(format!("ulimit -u {processes}, {args:?}: exit {:?}\n{}", out.code, out.stderr));
+            }
+            let holder = env.holder(&name);
+            assert!(holder.as_deref().is_none_or(str::is_empty), "left held by {holder:?}:\n{}", out.stderr);
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// Found by review (rv247): with no randomness at all (a seccomp profile refusing getrandom(2), and no
 /// /dev/urandom in the image), std panicked at mpsync's first `HashMap` (exit 101). Now a clear error,
 /// exit 125. An LD_PRELOAD shim refuses both here.
