@@ -450,6 +450,15 @@ impl Locks {
             }
             (Ok(current), None) => {
                 elector.observe(current, Instant::now());
+                // A live record under this identity that this side-car does not hold (its predecessor's, before
+                // a restart; a hold it let go): its client's GET, then PUT, counts on it as on a hold, and is
+                // answered 200 only while the PUT after it is still answered before anyone else can take the
+                // lock (see `adoption_answer_by`); past that, 503 (found by review, rv265: a restarted
+                // side-car's GET was answered 200 from the record near the end of the TTL, and the PUT after
+                // it told its client of the loss after another pod's client was told 200).
+                if self.own_record_past_its_answers(elector) {
+                    return self.no_longer_surely_held(name);
+                }
                 self.lock_response(200, name, elector)
             }
             (Err(err), _) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {
@@ -725,6 +734,16 @@ impl Locks {
             format!("lock {name}: no longer surely held (not renewed in time, or taken); heartbeat (PUT) again"),
         )
         .with_header("Retry-After", "1")
+    }
+
+    /// Whether the record `elector` read is under this identity, unexpired, and not held by it, and a client told
+    /// 200 about it could no longer count on it: not adoptable, or past [`adoption_answer_by`](Self::adoption_answer_by).
+    fn own_record_past_its_answers(&self, elector: &Elector) -> bool {
+        let Some(current) = elector.current() else { return false };
+        elector.held().is_none()
+            && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && crate::lease::held_at(&current.record, k8s_openapi::jiff::Timestamp::now())
+            && self.adoption_answer_by(elector).is_none_or(|until| Instant::now() >= until)
     }
 
     /// A record under this identity that this side-car adopts, unexpired (written before a restart of

@@ -220,6 +220,51 @@ fn a_restarted_side_cars_adoption_is_answered_before_another_pod_holds_the_lock(
     );
 }
 
+/// Found by review (rv265): the same, with the API server answering, and the stock clients' heartbeat: a GET
+/// near the end of the TTL (5.85 s after the last renewal, TTL 6 s), then the PUT 300 ms later (a GIL, a GC
+/// pause). The restarted side-car answered the GET 200 from the record, with no bound, and the PUT told its
+/// client of the loss after B's client was told 200 (3 of 3 runs). A side-car that held the lock until now
+/// answers that GET 503; so does a restarted one now.
+#[test]
+fn a_restarted_side_cars_get_near_the_end_is_answered_before_another_pod_holds_the_lock() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("restart-get");
+    let mut first = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(first.request("PUT", &name), 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    let second = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    sleep_until(sent + Duration::from_millis(5850));
+    let get = second.request("GET", &name);
+    let get_answered = Instant::now();
+    sleep_until(get_answered + Duration::from_millis(300));
+    let put = second.request("PUT", &name);
+    let put_answered = Instant::now();
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
+        get_answered - sent,
+        put_answered - sent,
+        taken - sent
+    );
+    // A GET answered after B's client was told 200 (a machine so loaded that the restart took the whole TTL)
+    // shows B's hold.
+    assert!(
+        get != 200 || put_answered < taken || get_answered > taken,
+        "the restarted side-car answered the GET 200 {:?} after the last renewal was sent; the PUT after it was \
+         answered {:?} after B's client was told 200",
+        get_answered - sent,
+        put_answered - taken
+    );
+}
+
 /// Liveness: the stock Python client (GET and PUT every 10 s, default TTL 30 s) through a side-car whose
 /// API server is unreachable for 4 s (a blackhole that catches the heartbeat's read; the connection it was
 /// on stays stuck, as a half-open one after an outage). The lock was never at risk (the last renewal was
