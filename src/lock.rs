@@ -754,6 +754,9 @@ pub(crate) struct HoldState {
     /// The lease counts as lost at this moment unless a renewal sent before it succeeds.
     deadline: Instant,
     lost: Option<LossReason>,
+    /// The task that renewed the lease was dropped unfinished (its runtime shut down): nothing gives the lease
+    /// back any more.
+    dropped: bool,
 }
 
 /// The renew deadline of a held lock as it moves (see `HeldLock::deadlines`).
@@ -866,7 +869,7 @@ impl HeldLock {
     async fn loss(&self) -> LossReason {
         let mut state = self.state.clone();
         loop {
-            let HoldState { deadline, lost } = state.borrow_and_update().clone();
+            let HoldState { deadline, lost, .. } = state.borrow_and_update().clone();
             if let Some(reason) = lost {
                 return reason;
             }
@@ -935,9 +938,9 @@ impl HeldLock {
     ///
     /// [`Error::Unavailable`] (or [`Error::Api`], [`Error::File`]) if the release could not be written:
     /// the lease then expires after its duration; nobody else can take it before that. Also
-    /// [`Error::Unavailable`] if the runtime that acquired the lock was shut down meanwhile (the hold is
-    /// lost, [`LossReason::Abandoned`], and nothing can write the release: the lease expires after its
-    /// duration).
+    /// [`Error::Unavailable`] if the runtime that acquired the lock was shut down while the record may still
+    /// have been this holder's (before a loss, which then is [`LossReason::Abandoned`], or after one at the
+    /// renew deadline): nothing can write the release, and the lease expires after its duration.
     pub async fn release(self) -> Result<()> {
         self.give_back().await.map(drop)
     }
@@ -953,14 +956,17 @@ impl HeldLock {
         // the caller hears so; the request stays queued, and is written if that runtime runs again.
         let bound = self.timing.call_timeout() * 4;
         // The task may have ended (before the request, or with it queued or under way): the hold was lost, and
-        // given back if it could be. Not when its runtime was shut down: nothing was written, and the caller
-        // hears so (found by review, rv261, rv262: `Ok` read as "handed over"). Said once the task is wholly
-        // gone, its state's sender with it: the parts of a task dropped go one by one.
+        // given back if it could be. Not when its runtime was shut down while the record may still have been
+        // its own (before a loss, or after one at the renew deadline): nothing was written, and the caller
+        // hears so (found by review, rv261, rv262, rv264: `Ok` read as "handed over"). Said once the task is
+        // wholly gone, its state's sender with it: the parts of a task dropped go one by one.
         let name = self.name.clone();
         let ended = |mut state: watch::Receiver<HoldState>| async move {
             let _ = tokio::time::timeout(bound, async { while state.changed().await.is_ok() {} }).await;
-            let abandoned = state.borrow().lost == Some(LossReason::Abandoned);
-            match abandoned {
+            let state = state.borrow();
+            let unwritten =
+                state.dropped && matches!(state.lost, Some(LossReason::Abandoned | LossReason::RenewDeadline));
+            match unwritten {
                 true => Err(Error::Unavailable(format!(
                     "lease {name}: the runtime that acquired the lock was shut down, so the release cannot be \
                      written; the lease expires after its duration"
@@ -1270,7 +1276,8 @@ async fn acquisition(
     // that work watching the token never outlives what renews the lease. (Declared before the state's
     // sender, so that a task dropped unfinished says why before the token fires.)
     let _cancel_on_drop = token.clone().drop_guard();
-    let (state_tx, state_rx) = watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None });
+    let (state_tx, state_rx) =
+        watch::channel(HoldState { deadline: held.deadline(inner.timing), lost: None, dropped: false });
     // Lost however this task ends unfinished (dropped with its runtime): then nothing renews the lease,
     // and the holder must know at once.
     let mut state_tx = LostOnDrop(state_tx, true);
@@ -1395,12 +1402,9 @@ impl Drop for LostOnDrop {
         if !self.1 {
             return;
         }
-        self.0.send_if_modified(|state| {
-            let abandoned = state.lost.is_none();
-            if abandoned {
-                state.lost = Some(LossReason::Abandoned);
-            }
-            abandoned
+        self.0.send_modify(|state| {
+            state.dropped = true;
+            state.lost.get_or_insert(LossReason::Abandoned);
         });
     }
 }
@@ -1542,12 +1546,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let lock = Lock::file(&dir, "lost").build().unwrap();
         let mut held = lock.acquire().await.unwrap();
-        let passed = HoldState { deadline: Instant::now(), lost: None };
+        let passed = HoldState { deadline: Instant::now(), lost: None, dropped: false };
         let (published, state) = watch::channel(passed);
         held.state = state;
         assert_eq!(held.lost().await, LossReason::RenewDeadline);
         // The renewal sent before that deadline is answered now: the deadline moves on.
-        published.send(HoldState { deadline: Instant::now() + Duration::from_secs(60), lost: None }).unwrap();
+        published
+            .send(HoldState { deadline: Instant::now() + Duration::from_secs(60), lost: None, dropped: false })
+            .unwrap();
         let (lost, cancelled) = (held.is_lost(), held.cancellation_token().is_cancelled());
         drop(held);
         let _ = std::fs::remove_dir_all(&dir);

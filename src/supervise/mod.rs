@@ -1735,6 +1735,15 @@ impl Supervisor {
                     if let Some(deadline) = self.deadline {
                         guard.deadline(guard::monotonic_at(deadline));
                     }
+                    // The child itself, by pid and start time (its zombie keeps the pid until `release_group`):
+                    // armed with a group the child may have left, the new guard would not know it for the child
+                    // (found by review, rv264: a child that cleared its parent-death signal and joined mpsync's
+                    // group ran on after a SIGKILL of mpsync, once its first guard had been replaced).
+                    if let Some(main) = self.main
+                        && let Some(process) = ProcStat::read(main.as_raw())
+                    {
+                        guard.adopted(main.as_raw(), process.start);
+                    }
                     // Also what left the child's group (found by review, helper-137: after a new guard, a
                     // `setsid worker` told to the old one was never told again, and ran on after a SIGKILL).
                     for (pid, start) in self

@@ -1341,6 +1341,62 @@ fn a_release_that_never_arrived_then_a_restore_never_lets_the_old_holder_in_besi
     });
 }
 
+/// A `tracing` writer into a shared buffer.
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Found by review (rv264): a hold lost at its renew deadline while cut off from the API server (its record may
+/// still be its own), whose runtime is then shut down: nothing can write the release, and `release()` says so.
+/// Before, it answered `Ok`, as if given back, while the record named this holder until it expired.
+#[test]
+fn a_release_after_a_loss_at_the_renew_deadline_whose_runtime_is_gone_says_nothing_was_written() {
+    let env = TestEnv::kube();
+    if env.server().is_none() {
+        return;
+    }
+    let name = env.lease_name("lapsed-runtime-gone");
+    let yaml = fs::read_to_string(&env.kubeconfig).unwrap();
+    let proxy = FaultProxy::start(&kubeconfig_upstream(&yaml).unwrap());
+    let first = runtime();
+    let held = first.block_on(async {
+        let lock = Lock::kube(client(&proxy.kubeconfig_through(&yaml)).await, &env.namespace, &name);
+        lock.timing(FAST).build().unwrap().acquire().await.unwrap()
+    });
+    // The task that renews the lease runs on this thread (a current-thread runtime): what it logs says when it
+    // has taken the loss in (its state says why: the renew deadline), before its runtime is shut down.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let writer = Arc::clone(&log);
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || LogWriter(Arc::clone(&writer)))
+        .finish();
+    let _logged = tracing::subscriber::set_default(subscriber);
+    proxy.partition();
+    let reason = first.block_on(within("the loss at the renew deadline", held.lost()));
+    assert_eq!(reason, LossReason::RenewDeadline);
+    first.block_on(within("the task to take the loss in", async {
+        while !String::from_utf8_lossy(&log.lock().unwrap()).contains("lease lost") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }));
+    drop(first);
+    let released = runtime().block_on(within("the answer", held.release()));
+    proxy.heal();
+    let err = released.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)) && err.to_string().contains("shut down"), "{err}");
+}
+
 /// Found by review (helper-109): the same with a hold that lapsed at its renew deadline while cut off (no release
 /// asked for): the lease duration it keeps the process from acquiring was over long before the process
 /// could see anything again, and its own restored record was taken again at once.

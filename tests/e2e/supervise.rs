@@ -44,6 +44,7 @@ both_backends!(
     a_helper_inherited_across_exec_is_no_part_of_the_job,
     a_stop_signal_during_the_leftovers_grace_still_releases,
     a_child_that_left_its_group_and_its_parent_death_signal_dies_with_a_sigkill_of_mpsync,
+    a_child_that_left_its_group_dies_with_a_sigkill_of_mpsync_after_its_guard_was_replaced,
 );
 
 /// `helper & exec mpsync lock ...` (a container entrypoint's log shipper): the helper is mpsync's child
@@ -231,7 +232,17 @@ fn sigkill_of_mpsync_also_kills_what_a_member_of_the_group_started_in_another_se
 /// left it, found through the group's members, but not the child, which ran on, init's child, beside the next
 /// holder's child.
 fn a_child_that_left_its_group_and_its_parent_death_signal_dies_with_a_sigkill_of_mpsync(env: &TestEnv) {
-    let name = env.lease_name("pdeath-moved");
+    let (mut lock, child, worker) = a_child_that_leaves_its_group(env, "pdeath-moved");
+    lock.signal(Signal::SIGKILL);
+    lock.wait_for(PATIENCE).expect("mpsync dies");
+    wait_until("the child in mpsync's group to die with mpsync", || !alive(child));
+    wait_until("what it started to die with it", || !alive(worker));
+}
+
+/// `lock` whose child clears its parent-death signal, starts a worker, and moves into mpsync's group: mpsync,
+/// the child's pid, the worker's.
+fn a_child_that_leaves_its_group(env: &TestEnv, name: &str) -> (Proc, i32, i32) {
+    let name = env.lease_name(name);
     let (child_file, worker_file) = (env.path("child"), env.path("worker"));
     let script = format!(
         "import ctypes, os, subprocess, time\n\
@@ -244,13 +255,40 @@ fn a_child_that_left_its_group_and_its_parent_death_signal_dies_with_a_sigkill_o
         worker = worker_file.display().to_string(),
         child = child_file.display().to_string(),
     );
-    let mut lock = env.spawn(["lock", &name, "--", "python3", "-c", &script]);
-    let child = read_pid(&child_file);
-    let worker = read_pid(&worker_file);
+    let lock = env.spawn(["lock", &name, "--", "python3", "-c", &script]);
+    let (child, worker) = (read_pid(&child_file), read_pid(&worker_file));
+    (lock, child, worker)
+}
+
+/// Found by review (rv264): the same after the guard died (the OOM killer, a `kill`) once the child had moved:
+/// the guard mpsync started again, armed with the child's group, did not know the child, in another group by
+/// then, for the child, and it ran on after the SIGKILL of mpsync. mpsync tells the new guard of the child.
+fn a_child_that_left_its_group_dies_with_a_sigkill_of_mpsync_after_its_guard_was_replaced(env: &TestEnv) {
+    let (mut lock, child, worker) = a_child_that_leaves_its_group(env, "pdeath-moved-reguarded");
+    let guards = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| crate::support::pty::stat_field(*pid, 4) == Some(lock.pid()))
+            .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "mpsync-guard"))
+            .filter(|pid| alive(*pid))
+            .collect::<Vec<i32>>()
+    };
+    let mut first = vec![];
+    wait_until("a guard", || {
+        first = guards();
+        first.len() == 1
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+    wait_until("a new guard", || guards().iter().any(|pid| *pid != first[0]));
     lock.signal(Signal::SIGKILL);
     lock.wait_for(PATIENCE).expect("mpsync dies");
-    wait_until("the child in mpsync's group to die with mpsync", || !alive(child));
-    wait_until("what it started to die with it", || !alive(worker));
+    let gone = within_patience(|| !alive(child) && !alive(worker));
+    for pid in [child, worker] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(gone, "the child ({child}) or its worker ({worker}) outlived mpsync's SIGKILL");
 }
 
 fn child_ignoring_sigterm_is_sigkilled_after_grace(env: &TestEnv) {
