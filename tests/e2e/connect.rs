@@ -982,6 +982,26 @@ fn proxy_credentials_from_the_url_are_sent_as_basic_authentication() {
     assert!(requests.iter().all(|r| r.proxy_authorization.as_deref() == Some(expected.as_str())), "{requests:?}");
 }
 
+/// Found by review (rv267): `status` through a proxy that accepts connections and never answers (a black hole
+/// behind a load balancer) said only "timed out after 10s", one run in three: the bound on opening a connection
+/// equalled the call's, and the call's came first. The proxy is named, every time (three runs at once).
+#[test]
+fn a_black_hole_proxy_is_named() {
+    let Some(env) = test_server() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&kept);
+    thread::spawn(move || listener.incoming().flatten().for_each(|stream| keep.lock().unwrap().push(stream)));
+    let options = KubeconfigOptions::new("default").proxy_url(&format!("http://{addr}"));
+    let kubeconfig = write_kubeconfig(&env, &env.server().unwrap().kubeconfig_yaml_with(&options));
+    let runs: Vec<Proc> =
+        (0..3).map(|_| Proc::spawn(mpsync_with(&env, &kubeconfig, &["status", "black-hole"]), &env.dir)).collect();
+    for done in runs.into_iter().map(Proc::finish) {
+        assert_failure(&done, 125, &[&format!("proxy http://{addr}")]);
+    }
+}
+
 #[test]
 fn a_refusing_proxy_is_named_with_its_answer() {
     let Some(env) = test_server() else { return };
