@@ -736,13 +736,21 @@ impl Locks {
         .with_header("Retry-After", "1")
     }
 
-    /// Whether the record `elector` read is under this identity, unexpired, and not held by it, and a client told
-    /// 200 about it could no longer count on it: not adoptable, or past [`adoption_answer_by`](Self::adoption_answer_by).
+    /// Whether the record `elector` read is this side-car's to adopt (under its identity, not held by it: its
+    /// predecessor's before a restart, or a hold it let go), and a client told 200 about it could no longer
+    /// count on it: past [`adoption_answer_by`](Self::adoption_answer_by), until the record expires by its own
+    /// stamps (a few seconds at most; from then the GET answers from the record, and the PUT after it decides).
+    /// Any other record is answered from: a record under this identity that it may not adopt (written by another
+    /// tool, one with no `renewTime`, or one stamped ahead) is no hold of its clients', and a GET answered 503
+    /// about it would keep the stock clients, which PUT only after a GET answered 200 or 404, from ever
+    /// acquiring it (found by review, rv266).
     fn own_record_past_its_answers(&self, elector: &Elector) -> bool {
         let Some(current) = elector.current() else { return false };
         elector.held().is_none()
             && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
-            && crate::lease::held_at(&current.record, k8s_openapi::jiff::Timestamp::now())
+            && elector.adoptable(current)
+            && crate::lease::expiry(&current.record)
+                .is_some_and(|expires| expires > k8s_openapi::jiff::Timestamp::now())
             && self.adoption_answer_by(elector).is_none_or(|until| Instant::now() >= until)
     }
 

@@ -265,6 +265,42 @@ fn a_restarted_side_cars_get_near_the_end_is_answered_before_another_pod_holds_t
     );
 }
 
+both_backends!(a_record_under_the_pods_identity_it_may_not_adopt_lets_the_stock_client_acquire);
+
+/// Found by review (rv266): a Lease under the pod's identity that the side-car may not adopt (no side-car mark:
+/// written by hand, by another tool, `mpsync lock` given the pod's name), nobody renewing it, with no
+/// `renewTime`, or stamped ten minutes ahead (a writer whose clock runs ahead). The side-car's PUT takes it once
+/// its duration has passed since it saw it, as any record another process holds; its GET answers from the
+/// record, so the stock clients (a GET, then a PUT only after 200 or 404) get there. After bcfea94 every GET was
+/// 503 until the wall clock passed the record's expiry (for ever, with no `renewTime`).
+fn a_record_under_the_pods_identity_it_may_not_adopt_lets_the_stock_client_acquire(env: &TestEnv) {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let record = |renew: Option<MicroTime>| LeaseSpec {
+        holder_identity: Some("pod-a".into()),
+        lease_duration_seconds: Some(3),
+        acquire_time: renew.clone(),
+        renew_time: renew,
+        lease_transitions: Some(0),
+        ..LeaseSpec::default()
+    };
+    let ahead = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(600);
+    let ahead = k8s_openapi::jiff::Timestamp::from_microsecond(ahead.as_microsecond()).unwrap();
+    let (unstamped, stamped_ahead) = (env.lease_name("no-renew-time"), env.lease_name("stamped-ahead"));
+    env.put(&unstamped, record(None));
+    env.put(&stamped_ahead, record(Some(MicroTime(ahead))));
+    let a = Sidecar::direct(env, "pod-a", Some("3s"), &[]);
+    for name in [unstamped, stamped_ahead] {
+        let mut last = (0, None);
+        let acquired = within_patience(|| {
+            let get = a.request("GET", &name);
+            last = (get, matches!(get, 200 | 404).then(|| a.request("PUT", &name)));
+            last.1 == Some(200)
+        });
+        assert!(acquired, "{name}: the stock client never acquired the lock (last GET {}, PUT {:?})", last.0, last.1);
+    }
+}
+
 /// Liveness: the stock Python client (GET and PUT every 10 s, default TTL 30 s) through a side-car whose
 /// API server is unreachable for 4 s (a blackhole that catches the heartbeat's read; the connection it was
 /// on stays stuck, as a half-open one after an outage). The lock was never at risk (the last renewal was
