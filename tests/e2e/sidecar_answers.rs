@@ -175,6 +175,22 @@ fn a_put_sent_late_after_a_get_near_the_end_is_answered_before_another_pod_holds
     assert_no_overlap(Duration::from_millis(gap), Duration::from_millis(4900));
 }
 
+/// Pod A's side-car (TTL 6 s) takes `name` for its client, and is killed (a crash, an OOM kill) at once; pod
+/// B's client PUTs every 20 ms through B's side-car. When A's PUT was sent, B's side-car, and B's poller.
+fn held_by_a_side_car_killed_then(
+    env: &TestEnv,
+    name: &str,
+) -> (Instant, Sidecar, std::thread::JoinHandle<Option<Instant>>) {
+    let mut first = Sidecar::direct(env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(env, "pod-b", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(first.request("PUT", name), 200);
+    let poller = poll_until_held(b.address, name.to_string(), Arc::new(AtomicBool::new(false)));
+    first.process.child.kill().unwrap();
+    first.process.wait_for(PATIENCE).expect("killed");
+    (sent, b, poller)
+}
+
 /// A restarted side-car (same identity) knows no last renewal: it bounds its answers about the lock its
 /// predecessor held by the record's renewTime on the pod's wall clock. Here 5.4 s after the last renewal
 /// (TTL 6 s), its PUT (the API server cut off) is answered 503 by 5.8 s. Found by review, helper-193: it
@@ -186,14 +202,7 @@ fn a_restarted_side_cars_adoption_is_answered_before_another_pod_holds_the_lock(
     }
     let env = TestEnv::kube();
     let name = env.lease_name("restart");
-    let mut first = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
-    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
-    let sent = Instant::now();
-    assert_eq!(first.request("PUT", &name), 200);
-    let stop = Arc::new(AtomicBool::new(false));
-    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
+    let (sent, _b, poller) = held_by_a_side_car_killed_then(&env, &name);
     let (proxy, second) = Sidecar::proxied(&env, "pod-a", Some("6s"), &[]);
     sleep_until(sent + Duration::from_millis(5400));
     let head = second.request("HEAD", &name);
@@ -232,14 +241,7 @@ fn a_restarted_side_cars_get_near_the_end_is_answered_before_another_pod_holds_t
     }
     let env = TestEnv::kube();
     let name = env.lease_name("restart-get");
-    let mut first = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
-    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
-    let sent = Instant::now();
-    assert_eq!(first.request("PUT", &name), 200);
-    let stop = Arc::new(AtomicBool::new(false));
-    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
-    first.process.child.kill().unwrap();
-    first.process.wait_for(PATIENCE).expect("killed");
+    let (sent, _b, poller) = held_by_a_side_car_killed_then(&env, &name);
     let second = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
     sleep_until(sent + Duration::from_millis(5850));
     let get = second.request("GET", &name);
