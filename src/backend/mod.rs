@@ -206,8 +206,13 @@ pub async fn connect(
     }
     // kube's TLS configuration, with the user's client certificate loaded by mpsync (`identity`), and
     // the connector kube would build around it (`ConfigExt::rustls_https_connector_with_connector`).
-    // On a thread of its own, as it may read files (see `off_the_runtime`).
-    let mut identity = {
+    // On a thread of its own where it reads files (see `off_the_runtime`).
+    let names_files = |auth: &kube::config::AuthInfo| {
+        [&auth.client_certificate, &auth.client_key].iter().any(|file| file.as_ref().is_some_and(|f| !f.is_empty()))
+    };
+    let mut identity = if !names_files(&config.auth_info) {
+        identity::take(&mut config.auth_info, user.as_deref())?
+    } else {
         let (mut auth, user) = (std::mem::take(&mut config.auth_info), user.clone());
         let (auth, identity) = off_the_runtime(move || {
             let identity = identity::take(&mut auth, user.as_deref());
