@@ -111,6 +111,17 @@ struct Entry {
     /// A new hold of a name `P-N` not yet checked against a semaphore `P` (see `checked_slot_name`): no PUT
     /// is answered 200 until it is.
     slot_name_unchecked: bool,
+    /// The acquisition of this identity's record a GET was last answered 503 about (see `told_once`).
+    loss_told: Option<Acquisition>,
+}
+
+/// An acquisition of a record, by its `acquireTime` and token (`leaseTransitions`).
+type Acquisition = (Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>, i32);
+
+/// The acquisition of the record `elector` last saw.
+fn acquisition_of(elector: &Elector) -> Option<Acquisition> {
+    let current = elector.current()?;
+    Some((current.record.acquire_time.clone(), current.record.lease_transitions.unwrap_or(0)))
 }
 
 /// A lock's [`Entry`], locked by the request that uses it, and a copy of its hold's renew deadline as the last
@@ -179,6 +190,7 @@ impl Entry {
             token: None,
             create_in_doubt: false,
             slot_name_unchecked: false,
+            loss_told: None,
         }
     }
 }
@@ -310,6 +322,7 @@ impl Locks {
                     entry.used = Instant::now();
                     // Held until now, and past what it could still answer: 503 once (see `get`).
                     if self.let_go_if_past(name, &mut entry.elector) {
+                        entry.loss_told = acquisition_of(&entry.elector);
                         return self.no_longer_surely_held(name);
                     }
                     let deadline = self.answer_by(deadline, &entry.elector);
@@ -321,6 +334,8 @@ impl Locks {
                             response
                         }
                     };
+                    let entry = &mut *entry;
+                    let response = self.told_once(name, &entry.elector, &mut entry.loss_told, response);
                     // The stock clients' heartbeat is a GET, then a PUT: a GET answered 200 about a lock held
                     // is one too, for draining (found by review, helper-198: a drain released the lock just
                     // after its GET was answered 200, and another pod's client was told 200 before the PUT
@@ -340,8 +355,10 @@ impl Locks {
                         Ok(response) => response,
                         Err(_) => self.too_slow(name, None),
                     };
+                    let mut loss_told = None;
+                    let response = self.told_once(name, &elector, &mut loss_told, response);
                     if self.adoption_answer_by(&elector).is_some() {
-                        self.remember(name, elector);
+                        self.remember(name, elector, loss_told);
                     }
                     response
                 }
@@ -414,6 +431,8 @@ impl Locks {
                 };
                 if response.status == 200 {
                     entry.heartbeat_answered(Instant::now());
+                    // Held again (an adoption keeps the acquisition): its client counts on it anew.
+                    entry.loss_told = None;
                 }
                 response
             }
@@ -450,15 +469,6 @@ impl Locks {
             }
             (Ok(current), None) => {
                 elector.observe(current, Instant::now());
-                // A live record under this identity that this side-car does not hold (its predecessor's, before
-                // a restart; a hold it let go): its client's GET, then PUT, counts on it as on a hold, and is
-                // answered 200 only while the PUT after it is still answered before anyone else can take the
-                // lock (see `adoption_answer_by`); past that, 503 (found by review, rv265: a restarted
-                // side-car's GET was answered 200 from the record near the end of the TTL, and the PUT after
-                // it told its client of the loss after another pod's client was told 200).
-                if self.own_record_past_its_answers(elector) {
-                    return self.no_longer_surely_held(name);
-                }
                 self.lock_response(200, name, elector)
             }
             (Err(err), _) if self.holding(elector) && !matches!(err, StoreError::Fatal(_)) => {
@@ -736,22 +746,53 @@ impl Locks {
         .with_header("Retry-After", "1")
     }
 
+    /// A GET's `response`, 503 once about a record this side-car may adopt that its clients can no longer count
+    /// on: a live record under its identity that it does not hold (its predecessor's, before a restart; a hold
+    /// it let go) is, to its client's heartbeat (a GET, then a PUT), a hold, and is answered 200 only while the
+    /// PUT after it is still answered before anyone else can take the lock (see `own_record_past_its_answers`;
+    /// found by review, rv265: a restarted side-car's GET was answered 200 from the record near the end of the
+    /// TTL, and the PUT after it told its client of the loss after another pod's client was told 200). Once:
+    /// a GET answered 503 about that acquisition (`loss_told`) has told the client, and the next is answered from
+    /// the record, so that the stock clients, which PUT only after a GET answered 200 or 404, take the lock
+    /// again (found by review, helper-191, helper-193).
+    fn told_once(
+        &self,
+        name: &str,
+        elector: &Elector,
+        loss_told: &mut Option<Acquisition>,
+        response: Response,
+    ) -> Response {
+        let acquisition = acquisition_of(elector);
+        let response =
+            match response.status == 200 && self.own_record_past_its_answers(elector) && *loss_told != acquisition {
+                true => self.no_longer_surely_held(name),
+                false => response,
+            };
+        if response.status == 503 {
+            *loss_told = acquisition;
+        }
+        response
+    }
+
     /// Whether the record `elector` read is this side-car's to adopt (under its identity, not held by it: its
     /// predecessor's before a restart, or a hold it let go), and a client told 200 about it could no longer
-    /// count on it: past [`adoption_answer_by`](Self::adoption_answer_by), until the record expires by its own
-    /// stamps (a few seconds at most; from then the GET answers from the record, and the PUT after it decides).
-    /// Any other record is answered from: a record under this identity that it may not adopt (written by another
-    /// tool, one with no `renewTime`, or one stamped ahead) is no hold of its clients', and a GET answered 503
-    /// about it would keep the stock clients, which PUT only after a GET answered 200 or 404, from ever
-    /// acquiring it (found by review, rv266).
+    /// count on it: past the GET's bound, until the record expires (a few seconds at most; from then the GET
+    /// answers from the record, and the PUT after it decides). The GET's bound leaves the PUT after it what a
+    /// hold's does (`answer_within`, less [`answer_margin`]: the stock heartbeat is a GET, then a PUT), within
+    /// [`adoption_answer_by`](Self::adoption_answer_by) (found by review, rv269: bounded by the PUT's own bound,
+    /// a GET was answered 200 with no time left for the PUT, and another pod's client was told 200 first).
+    /// Its end is on the clock its bound was: a hold this process wrote expires its duration after its send,
+    /// on the monotonic clock (rv269: after the wall clock was stepped back an hour, every GET was 503 for an
+    /// hour, and the stock clients never acquired the free lock). Any other record is answered from: a record
+    /// under this identity that it may not adopt (written by another tool, one with no `renewTime`) is no hold
+    /// of its clients', and a GET answered 503 about it would keep the stock clients, which PUT only after a
+    /// GET answered 200 or 404, from ever acquiring it (found by review, rv266).
     fn own_record_past_its_answers(&self, elector: &Elector) -> bool {
-        let Some(current) = elector.current() else { return false };
-        elector.held().is_none()
-            && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
-            && elector.adoptable(current)
-            && crate::lease::expiry(&current.record)
-                .is_some_and(|expires| expires > k8s_openapi::jiff::Timestamp::now())
-            && self.adoption_answer_by(elector).is_none_or(|until| Instant::now() >= until)
+        let Some((answer_by, expires)) = self.adoption_window(elector) else { return false };
+        let for_the_put = answer_within(self.ttl).saturating_sub(answer_margin(self.ttl));
+        let get_by = answer_by.checked_sub(for_the_put).unwrap_or(answer_by);
+        let now = Instant::now();
+        now >= get_by && now < expires
     }
 
     /// A record under this identity that this side-car adopts, unexpired (written before a restart of
@@ -762,6 +803,11 @@ impl Locks {
     /// server, was answered 503 after another pod's client was told 200). A wall clock stepped back since
     /// that write makes this later by the step.
     fn adoption_answer_by(&self, elector: &Elector) -> Option<Instant> {
+        self.adoption_window(elector).map(|(answer_by, _)| answer_by)
+    }
+
+    /// [`adoption_answer_by`](Self::adoption_answer_by), and when the record expires, on the same clock.
+    fn adoption_window(&self, elector: &Elector) -> Option<(Instant, Instant)> {
         let current = elector.current().filter(|current| {
             elector.held().is_none()
                 && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
@@ -770,28 +816,30 @@ impl Locks {
         let record = &current.record;
         let renewed = record.renew_time.as_ref()?.0;
         let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
+        let now = Instant::now();
         // A hold this process wrote (lapsed, and adopted again): bounded by its own last counted renewal's send,
         // no clock read (a second off what is left, below, would refuse it needlessly in its last second).
         if let Some(sent) = elector.own_hold_sent(record) {
-            let until = sent.checked_add(duration).filter(|until| *until > Instant::now())?;
-            return Some(until.checked_sub(answer_margin(self.ttl)).unwrap_or(until));
+            let expires = sent.checked_add(duration).filter(|expires| *expires > now)?;
+            return Some((expires.checked_sub(answer_margin(self.ttl)).unwrap_or(expires), expires));
         }
         let age = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(renewed)).unwrap_or_default();
         let left = duration.checked_sub(age).filter(|left| !left.is_zero())?;
         // A second less: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to the
         // next whole second, for client-go: see `Elector::renewal`); answered at once when that leaves nothing.
-        let left = left.saturating_sub(Duration::from_secs(1));
-        Some(Instant::now() + left.saturating_sub(answer_margin(self.ttl)))
+        let answer_by = now + left.saturating_sub(Duration::from_secs(1)).saturating_sub(answer_margin(self.ttl));
+        Some((answer_by, now + left))
     }
 
     /// Keep `elector`, which read a lock this side-car was not tracking, as that lock's (if still untracked).
-    fn remember(&self, name: &str, elector: Elector) {
+    fn remember(&self, name: &str, elector: Elector, loss_told: Option<Acquisition>) {
         let Some(entry) = self.entry(name) else { return };
         if let Ok(mut entry) = entry.try_lock()
             && entry.elector.current().is_none()
             && entry.elector.held().is_none()
         {
             entry.elector = elector;
+            entry.loss_told = loss_told;
         }
     }
 

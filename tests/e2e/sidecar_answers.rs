@@ -303,6 +303,181 @@ fn a_record_under_the_pods_identity_it_may_not_adopt_lets_the_stock_client_acqui
     }
 }
 
+/// Found by review (rv269): a hold let go at a GET past its renew deadline (TTL 6 s: renew deadline 3 s), still answered 200 from
+/// the record (before 5 s). A later GET at 5.55 s after the renewal's send: a side-car still holding the lock
+/// answers it 503 (past the TTL less one answer's time, 5 s); with the hold let go, `adoption_answer_by`
+/// (`own_hold_sent` + TTL - margin = 5.8 s) answers it 200. The client's PUT 0.6 s later (within the 0.8 s the
+/// held case allows) is answered after B's client was told 200.
+#[test]
+fn a_get_about_a_hold_let_go_leaves_the_put_after_it_its_time() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("let-go-get");
+    let a = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let sent = Instant::now();
+    assert_eq!(a.request("PUT", &name), 200);
+    let poller = poll_until_held(b.address, name.clone(), Arc::new(AtomicBool::new(false)));
+    // Past the renew deadline (3 s), before the GET bound (5 s): 200, and the hold is let go.
+    sleep_until(sent + Duration::from_millis(3400));
+    let first = a.request("GET", &name);
+    eprintln!("first GET {first} at {:?}", sent.elapsed());
+    // Past the GET bound of a hold (5 s), before the end of its answers (5.8 s).
+    sleep_until(sent + Duration::from_millis(5550));
+    let get = a.request("GET", &name);
+    let get_answered = Instant::now();
+    sleep_until(get_answered + Duration::from_millis(600));
+    let put = a.request("PUT", &name);
+    let put_answered = Instant::now();
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
+        get_answered - sent,
+        put_answered - sent,
+        taken - sent
+    );
+    assert!(
+        get != 200 || put_answered < taken || get_answered > taken,
+        "A's side-car answered the GET 200 {:?} after the last renewal's send (a hold answers 503 past 5 s); the \
+         PUT after it ({put}) was answered {:?} after B's client was told 200",
+        get_answered - sent,
+        put_answered - taken
+    );
+}
+
+/// The wall clock, as the side-car stamps records.
+fn wall() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+/// The Instant at which the wall clock reads `at`.
+fn instant_of(at: k8s_openapi::jiff::Timestamp) -> Instant {
+    let (now_wall, now) = (wall(), Instant::now());
+    let ahead = at.duration_since(now_wall);
+    match Duration::try_from(ahead) {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}
+
+/// Found by review (rv269): the record `adoption_answer_by` reads a restarted side-car's bound from: an adoption (a side-car restarted
+/// once) in the same wall second as the record it adopts moves `renewTime` to the next whole second
+/// (`Elector::renewal`, for client-go), up to a second ahead of its send. Restarted again (a crash loop), the
+/// side-car answers a GET 200 until that `renewTime` + TTL - 1 s - margin: up to the send + TTL - margin (5.8 s),
+/// where a side-car holding the lock stops at the send + TTL - answer_within (5 s). The PUT 0.6 s after that GET
+/// is answered after B's client was told 200.
+#[test]
+fn a_side_car_restarted_twice_leaves_the_put_after_a_get_its_time() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let name = env.lease_name("restarted-twice");
+    // Each started ahead, and sent nothing before its predecessor is killed: as restarted then.
+    let mut a1 = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let mut a2 = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let a3 = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    // Early in a wall second, so that A2's adoption falls in the second of A1's acquisition.
+    let next_second = k8s_openapi::jiff::Timestamp::from_second(wall().as_second() + 1).unwrap();
+    sleep_until(instant_of(next_second) + Duration::from_millis(5));
+    assert_eq!(a1.request("PUT", &name), 200);
+    a1.process.child.kill().unwrap();
+    a1.process.wait_for(PATIENCE).expect("killed");
+    let sent_wall = wall();
+    let sent = Instant::now();
+    assert_eq!(a2.request("PUT", &name), 200, "A2 adopts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_until_held(b.address, name.clone(), Arc::clone(&stop));
+    a2.process.child.kill().unwrap();
+    a2.process.wait_for(PATIENCE).expect("killed");
+    let renewed = env.get(&name).unwrap().1.renew_time.unwrap().0;
+    let ahead = renewed.duration_since(sent_wall);
+    eprintln!("A2's adoption sent at {sent_wall}, renewTime {renewed} ({ahead:?} ahead)");
+    if ahead < k8s_openapi::jiff::SignedDuration::from_millis(600) {
+        // A machine so slow that the adoption fell in the next second: nothing to see.
+        eprintln!("inconclusive: the adoption's renewTime is not far enough ahead ({ahead:?})");
+        stop.store(true, Ordering::SeqCst);
+        let _ = poller.join();
+        return;
+    }
+    // 0.15 s before the restarted side-car's GET bound (renewTime + 6 - 1 - 0.2).
+    sleep_until(instant_of(renewed) + Duration::from_millis(4650));
+    let get = a3.request("GET", &name);
+    let get_answered = Instant::now();
+    sleep_until(get_answered + Duration::from_millis(600));
+    let put = a3.request("PUT", &name);
+    let put_answered = Instant::now();
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?} (from A2's send)",
+        get_answered - sent,
+        put_answered - sent,
+        taken - sent
+    );
+    assert!(
+        get != 200 || put_answered < taken || get_answered > taken,
+        "the restarted side-car answered the GET 200 {:?} after the last renewal's send (a hold answers 503 past \
+         5 s); the PUT after it ({put}) was answered {:?} after B's client was told 200",
+        get_answered - sent,
+        put_answered - taken
+    );
+}
+
+/// Found by review (rv269), liveness: a side-car whose wall clock ran an hour ahead when its client took the lock, then was stepped back
+/// (NTP; the `stepwall` shim, as in client_go.rs). The client stops heartbeating; its hold is let go (a GET
+/// answered 503 once, as documented). From then `own_record_past_its_answers` answers every GET 503 until the
+/// wall clock passes the record's own stamps (`renewTime` + TTL: an hour away), since `adoption_answer_by`
+/// for a hold this process wrote (`own_hold_sent`) ran out on the monotonic clock. The stock client (GET, then
+/// PUT only after 200 or 404) never gets the free lock again through its side-car, for an hour; other pods'
+/// side-cars take it after the TTL.
+#[test]
+fn a_stock_client_gets_a_lock_let_go_again_after_a_wall_clock_step_back() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let shim = build_shim(&env, "stepwall");
+    let name = env.lease_name("let-go-step");
+    let spawned = Instant::now();
+    let mut command = env.mpsync(["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "6s"]);
+    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_AHEAD_S", "3600").env("MPSYNC_TEST_STEP_AFTER_MS", "4000");
+    let a = Sidecar::spawn(command, &env);
+    assert_eq!(a.request("PUT", &name), 200);
+    let renewed = env.get(&name).unwrap().1.renew_time.unwrap().0;
+    if renewed.duration_since(wall()) < k8s_openapi::jiff::SignedDuration::from_secs(3000) {
+        // A machine so slow that the PUT came after the step: nothing to see.
+        eprintln!("inconclusive: the PUT came after the step ({renewed})");
+        return;
+    }
+    let put_at = Instant::now();
+    // The client stops heartbeating. Past the step (4 s from the start) and the hold's TTL (6 s).
+    sleep_until((spawned + Duration::from_millis(5000)).max(put_at + Duration::from_millis(7000)));
+    let first = a.request("GET", &name);
+    eprintln!("first GET after the hold's TTL: {first}");
+    // The lock is free to take now (nobody renewed it for a TTL); a stock client's acquisition through A:
+    let mut last = (0, None);
+    let acquired = within_patience(|| {
+        let get = a.request("GET", &name);
+        last = (get, matches!(get, 200 | 404).then(|| a.request("PUT", &name)));
+        if last.1 == Some(200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        false
+    });
+    assert!(
+        acquired,
+        "the stock client never acquired the free lock through its side-car (last GET {}, PUT {:?}); a PUT sent \
+         anyway: {}",
+        last.0,
+        last.1,
+        a.request("PUT", &name)
+    );
+}
+
 /// Liveness: the stock Python client (GET and PUT every 10 s, default TTL 30 s) through a side-car whose
 /// API server is unreachable for 4 s (a blackhole that catches the heartbeat's read; the connection it was
 /// on stays stuck, as a half-open one after an outage). The lock was never at risk (the last renewal was
