@@ -137,6 +137,15 @@ enum Step {
     /// the Lease's next write (an annotation, `HandEdit::Annotate`) shows the restored record at a version
     /// past any a process knew, and no read answers an older one (found by review, rv249).
     OtherWrites(u64),
+    /// `Restore(k)`, then other objects' writes hand the versions it took back out again, up to `n` past the
+    /// newest the version counter had reached before it (so past any a process knew), and then one write to
+    /// the Lease (`kubectl annotate`) shows the restored record (its uid, its spec) at the next version: the
+    /// past comes back at a version newer than any known, and no read answers an older one (found by review,
+    /// rv249, rv251 and rv253; the three steps apart, as `Restore`, `OtherWrites` and `Edit(Annotate)`, the
+    /// searches did not reach it). While the versions are handed out again the Lease stays at the restored
+    /// version, below any a process knew: no compare-and-swap of a process lands on it (unlike a restore
+    /// whose versions the Lease itself takes again, see `World::restore`).
+    RestoreAndAnnotate(usize, u64),
     /// A process's current call is refused unprocessed (429, priority and fairness): a write surely
     /// changed nothing (`WriteResult::NotApplied`), a read is tried again.
     Reject(usize),
@@ -216,10 +225,27 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// The steps of `step()`, and etcd restores (see `Step::Restore`).
+/// The steps of `step()`, and etcd restores (see `Step::Restore`, `Step::RestoreAndAnnotate`).
 fn step_with_restores() -> impl Strategy<Value = Step> {
     prop_oneof![
         40 => step(),
+        1 => (0usize..6).prop_map(Step::Restore),
+        1 => (1u64..8).prop_map(Step::OtherWrites),
+        1 => (0usize..6, 0u64..4).prop_map(|(back, n)| Step::RestoreAndAnnotate(back, n)),
+    ]
+}
+
+/// The steps of `step()`, and etcd restores whose versions are handed out again and then shown by a write to
+/// the Lease (`Step::RestoreAndAnnotate`), with holds made and renewed (healthy stretches) and holders stalled
+/// or their calls lost, so that a restore undoes a hold whose child still runs and a waiter sees its past.
+fn step_with_restores_handed_out_again() -> impl Strategy<Value = Step> {
+    let process = 0..IDENTITIES.len();
+    prop_oneof![
+        24 => step(),
+        4 => (0u64..3000).prop_map(Step::Healthy),
+        2 => (process.clone(), 0u64..3000).prop_map(|(p, millis)| Step::Stall(p, millis)),
+        2 => process.clone().prop_map(Step::Serve),
+        3 => (0usize..6, 0u64..4).prop_map(|(back, n)| Step::RestoreAndAnnotate(back, n)),
         1 => (0usize..6).prop_map(Step::Restore),
         1 => (1u64..8).prop_map(Step::OtherWrites),
     ]
@@ -422,6 +448,8 @@ struct World {
     restarts: u64,
     /// When the Lease was last deleted, recreated or edited by hand.
     hand_changed_at: Option<Instant>,
+    /// The newest version handed out so far (after each step), whatever restores took back since.
+    newest_version: u64,
 }
 
 impl World {
@@ -568,6 +596,7 @@ impl World {
             restored: false,
             restarts: 0,
             hand_changed_at: None,
+            newest_version: 0,
         }
     }
 
@@ -651,7 +680,43 @@ impl World {
 
     /// etcd restored to the state stored `back + 1` commits ago (see `Step::Restore`).
     fn restore(&mut self, back: usize) {
-        let Some(index) = self.states.len().checked_sub(back + 2) else { return };
+        self.restore_if(back, true);
+    }
+
+    /// `Step::RestoreAndAnnotate`: etcd restored (if the model makes that restore), the versions handed out
+    /// again by other objects' writes up to `n` past the newest reached before, and the Lease annotated.
+    fn restore_and_annotate(&mut self, back: usize, n: u64) {
+        // The newest version handed out so far: the counter's, or one before an earlier restore took it back.
+        let newest = self.newest_version.max(self.version);
+        // A process that never saw the hold the restore undoes (its watch lagged behind the acquisition) sees
+        // the restored record as the lease's next, as any record: the window of a deletion under a process that
+        // never saw the holder (the README states it, and asks for `--bump-revision`). Only restores of a
+        // Lease free, absent, or held in an acquisition every process has seen.
+        let acquisition = |r: &LeaseSpec| (r.holder_identity.clone(), r.acquire_time.clone(), r.lease_transitions);
+        let seen_by_all = self.server.as_ref().filter(|v| is_live(&v.record)).is_none_or(|current| {
+            self.procs.iter().all(|p| {
+                p.elector.current().is_some_and(|known| acquisition(&known.record) == acquisition(&current.record))
+            })
+        });
+        if !seen_by_all {
+            return;
+        }
+        // The Lease stays below every version a process knew until the annotation, past them all: a process
+        // that would take a record it knows unread only sends a compare-and-swap that fails.
+        if !self.restore_if(back, false) {
+            return;
+        }
+        self.version = self.version.max(newest + n);
+        if self.server.is_some() {
+            self.edit(HandEdit::Annotate);
+        }
+    }
+
+    /// The restore of `restore`, if the model makes it (see there), and whether it did; `unread_window`: not
+    /// when a process would take a record it knows without reading (its version may be handed out again to
+    /// the Lease).
+    fn restore_if(&mut self, back: usize, unread_window: bool) -> bool {
+        let Some(index) = self.states.len().checked_sub(back + 2) else { return false };
         let (version, state) = self.states[index].clone();
         // mpsync sees a restore only when a read answers an older version than one it knew (the README
         // says so): a process that knows no version newer than the one restored (it saw nothing since, or
@@ -666,7 +731,7 @@ impl World {
         };
         let idle = |proc: &Proc| proc.elector.held().is_none() && proc.child.is_none();
         if !self.procs.iter().all(sees_it) && !self.procs.iter().all(idle) {
-            return;
+            return false;
         }
         // A process that learned the lease free (or its own record, or a hold expired) within a retry period
         // takes it on that version at once, without a read (the usual handoff, on the release's event): if the
@@ -682,8 +747,8 @@ impl World {
                 takeable && known.resource_version.parse::<u64>().is_ok_and(|known| known > version)
             }) && !proc.elector.known_for_long(&now)
         };
-        if self.procs.iter().any(takes_unread) {
-            return;
+        if unread_window && self.procs.iter().any(takes_unread) {
+            return false;
         }
         // With mixed timings: a process that sees the versions go back protects for its own lease duration, or
         // the hold it knew if longer; a hold the restore undoes whose duration is longer than that (its
@@ -702,7 +767,7 @@ impl World {
             proc.elector.timing().lease_duration.max(known) >= undone_longest
         };
         if !self.procs.iter().all(idle) && !self.procs.iter().all(honours) {
-            return;
+            return false;
         }
         self.states.truncate(index + 1);
         self.version = version;
@@ -724,6 +789,7 @@ impl World {
                 request.cut = true;
             }
         }
+        true
     }
 
     /// A 429 to process `p`'s current call, if the server has not processed it.
@@ -1565,10 +1631,15 @@ fn run_traced(mut world: World, steps: Vec<Step>, trace: bool) -> Result<World, 
             Step::Recreate => {}
             Step::Restore(back) => world.restore(back),
             Step::OtherWrites(n) => world.version += n,
+            Step::RestoreAndAnnotate(back, n) => {
+                world.hand_changed_at = Some(world.now);
+                world.restore_and_annotate(back, n)
+            }
             Step::Reject(p) => world.reject(p)?,
             Step::SideCarRestarts(p) => world.side_car_restarts(p),
             Step::ClientDeletes(p) => world.client_deletes(p)?,
         }
+        world.newest_version = world.newest_version.max(world.version);
         world.check_held()?;
         if trace {
             show_state(&world);
@@ -1757,6 +1828,15 @@ proptest! {
     #[test]
     fn a_restarting_side_car_with_a_longer_ttl(steps in prop::collection::vec(step_with_a_restarting_side_car(), 1..160)) {
         let mut world = run_in(World::with_a_side_car_of_a_longer_ttl, steps)?;
+        heal_until_a_child_runs(&mut world)?;
+    }
+
+    /// etcd restores whose versions other objects' writes hand out again, past any a process knew, before a
+    /// write to the Lease shows the restored record (`Step::RestoreAndAnnotate`): its past, at a new
+    /// version, is waited out as the hold seen before (`Elector::is_the_past`), and a child still runs.
+    #[test]
+    fn etcd_restores_whose_versions_are_handed_out_again(steps in prop::collection::vec(step_with_restores_handed_out_again(), 1..160)) {
+        let mut world = run(steps)?;
         heal_until_a_child_runs(&mut world)?;
     }
 
@@ -2383,4 +2463,29 @@ fn a_restored_release_at_a_version_seen_before_is_waited_out() {
     ];
     let mut world = run_in(World::with_a_side_car_of_a_longer_ttl, steps).expect("exclusion");
     heal_until_a_child_runs(&mut world).expect("a child runs, after the side-car's");
+}
+
+/// Found by this model (`etcd_restores_whose_versions_are_handed_out_again`, with `Elector::is_the_past` made to
+/// answer no): "b" held the lease (token 1), everyone had seen it; etcd was restored to a#0's older hold (token 0),
+/// other objects' writes handed the versions out again, and an annotation of the Lease showed that hold at a
+/// version past any known. a#0 took the restored record (its own older hold) at once, beside "b"'s child. A changed
+/// record of the same uid at a lower token is the past now: waited out for a lease duration.
+#[test]
+fn a_restored_older_hold_shown_by_an_annotation_past_every_known_version_is_waited_out() {
+    use Step::*;
+    let steps = vec![
+        Healthy(601),
+        Stall(1, 2197),
+        Process(0),
+        Advance(0),
+        Deliver(1),
+        Advance(703),
+        Healthy(1601),
+        Healthy(2701),
+        Healthy(301),
+        RestoreAndAnnotate(3, 0),
+        Healthy(0),
+    ];
+    let mut world = run(steps).expect("exclusion");
+    heal_until_a_child_runs(&mut world).expect("a child runs");
 }
