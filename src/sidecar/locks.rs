@@ -111,17 +111,6 @@ struct Entry {
     /// A new hold of a name `P-N` not yet checked against a semaphore `P` (see `checked_slot_name`): no PUT
     /// is answered 200 until it is.
     slot_name_unchecked: bool,
-    /// The acquisition of this identity's record a GET was last answered 503 about (see `told_once`).
-    loss_told: Option<Acquisition>,
-}
-
-/// An acquisition of a record, by its `acquireTime` and token (`leaseTransitions`).
-type Acquisition = (Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>, i32);
-
-/// The acquisition of the record `elector` last saw.
-fn acquisition_of(elector: &Elector) -> Option<Acquisition> {
-    let current = elector.current()?;
-    Some((current.record.acquire_time.clone(), current.record.lease_transitions.unwrap_or(0)))
 }
 
 /// A lock's [`Entry`], locked by the request that uses it, and a copy of its hold's renew deadline as the last
@@ -190,7 +179,6 @@ impl Entry {
             token: None,
             create_in_doubt: false,
             slot_name_unchecked: false,
-            loss_told: None,
         }
     }
 }
@@ -322,7 +310,6 @@ impl Locks {
                     entry.used = Instant::now();
                     // Held until now, and past what it could still answer: 503 once (see `get`).
                     if self.let_go_if_past(name, &mut entry.elector) {
-                        entry.loss_told = acquisition_of(&entry.elector);
                         return self.no_longer_surely_held(name);
                     }
                     let deadline = self.answer_by(deadline, &entry.elector);
@@ -334,8 +321,7 @@ impl Locks {
                             response
                         }
                     };
-                    let entry = &mut *entry;
-                    let response = self.told_once(name, &entry.elector, &mut entry.loss_told, response);
+                    let response = self.past_its_answers(name, &entry.elector, response);
                     // The stock clients' heartbeat is a GET, then a PUT: a GET answered 200 about a lock held
                     // is one too, for draining (found by review, helper-198: a drain released the lock just
                     // after its GET was answered 200, and another pod's client was told 200 before the PUT
@@ -355,10 +341,9 @@ impl Locks {
                         Ok(response) => response,
                         Err(_) => self.too_slow(name, None),
                     };
-                    let mut loss_told = None;
-                    let response = self.told_once(name, &elector, &mut loss_told, response);
+                    let response = self.past_its_answers(name, &elector, response);
                     if self.adoption_answer_by(&elector).is_some() {
-                        self.remember(name, elector, loss_told);
+                        self.remember(name, elector);
                     }
                     response
                 }
@@ -431,8 +416,6 @@ impl Locks {
                 };
                 if response.status == 200 {
                     entry.heartbeat_answered(Instant::now());
-                    // Held again (an adoption keeps the acquisition): its client counts on it anew.
-                    entry.loss_told = None;
                 }
                 response
             }
@@ -443,9 +426,9 @@ impl Locks {
     /// this side-car knows (its clients read before they heartbeat). The stock clients' heartbeat is a GET,
     /// then a PUT if the GET was 200: a GET on a lock held until now is answered 200 only while that PUT's
     /// answer still comes before anyone else can take the lock (its record still ours, and the TTL less
-    /// one answer's time not passed since the last renewal); else 503, once, and the hold is let go as a
-    /// PUT learns a loss, so that the next GET answers from the record and a PUT may take it again (found
-    /// by review, helper-188: a GET answered 200 long past the renew deadline left the client sure of the
+    /// one answer's time not passed since the last renewal); else 503, and the hold is let go as a PUT learns
+    /// a loss; GETs are 503 until the record expires (see `past_its_answers`: at most `answer_within`), then
+    /// answered from the record, and a PUT may take it again (found by review, helper-188: a GET answered 200 long past the renew deadline left the client sure of the
     /// lock until after another pod's client was told it held it; helper-191: a GET answered 503 without
     /// letting the hold go was 503 for ever, and a stock client never took its lock again).
     async fn get(&self, name: &str, elector: &mut Elector) -> Response {
@@ -746,32 +729,19 @@ impl Locks {
         .with_header("Retry-After", "1")
     }
 
-    /// A GET's `response`, 503 once about a record this side-car may adopt that its clients can no longer count
-    /// on: a live record under its identity that it does not hold (its predecessor's, before a restart; a hold
-    /// it let go) is, to its client's heartbeat (a GET, then a PUT), a hold, and is answered 200 only while the
-    /// PUT after it is still answered before anyone else can take the lock (see `own_record_past_its_answers`;
+    /// A GET's `response`, 503 about a record this side-car may adopt that its clients can no longer count on:
+    /// a live record under its identity that it does not hold (its predecessor's, before a restart; a hold it
+    /// let go) is, to its clients' heartbeats (a GET, then a PUT), a hold, and is answered 200 only while the PUT
+    /// after it is still answered before anyone else can take the lock (see `own_record_past_its_answers`;
     /// found by review, rv265: a restarted side-car's GET was answered 200 from the record near the end of the
-    /// TTL, and the PUT after it told its client of the loss after another pod's client was told 200). Once:
-    /// a GET answered 503 about that acquisition (`loss_told`) has told the client, and the next is answered from
-    /// the record, so that the stock clients, which PUT only after a GET answered 200 or 404, take the lock
-    /// again (found by review, helper-191, helper-193).
-    fn told_once(
-        &self,
-        name: &str,
-        elector: &Elector,
-        loss_told: &mut Option<Acquisition>,
-        response: Response,
-    ) -> Response {
-        let acquisition = acquisition_of(elector);
-        let response =
-            match response.status == 200 && self.own_record_past_its_answers(elector) && *loss_told != acquisition {
-                true => self.no_longer_surely_held(name),
-                false => response,
-            };
-        if response.status == 503 {
-            *loss_told = acquisition;
+    /// TTL, and the PUT after it told its client of the loss after another pod's client was told 200). To every
+    /// GET until the record expires, not once: the side-car cannot tell its clients apart, and a 503 told to
+    /// one (or to a probe's HEAD) left another of the pod told 200 (found by review, rv270).
+    fn past_its_answers(&self, name: &str, elector: &Elector, response: Response) -> Response {
+        match response.status == 200 && self.own_record_past_its_answers(elector) {
+            true => self.no_longer_surely_held(name),
+            false => response,
         }
-        response
     }
 
     /// Whether the record `elector` read is this side-car's to adopt (under its identity, not held by it: its
@@ -832,14 +802,13 @@ impl Locks {
     }
 
     /// Keep `elector`, which read a lock this side-car was not tracking, as that lock's (if still untracked).
-    fn remember(&self, name: &str, elector: Elector, loss_told: Option<Acquisition>) {
+    fn remember(&self, name: &str, elector: Elector) {
         let Some(entry) = self.entry(name) else { return };
         if let Ok(mut entry) = entry.try_lock()
             && entry.elector.current().is_none()
             && entry.elector.held().is_none()
         {
             entry.elector = elector;
-            entry.loss_told = loss_told;
         }
     }
 
