@@ -630,11 +630,24 @@ fn too_few_processes_is_a_clear_error() {
     }
     let env = TestEnv::kube();
     let name = env.lease_name("few-processes");
+    let binary = env.path("mpsync");
+    fs::copy(env!("CARGO_BIN_EXE_mpsync"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
     let mut wrong = Vec::new();
     for (run, processes) in (1..=8).enumerate() {
         for args in [vec!["status", name.as_str()], vec!["lock", name.as_str(), "--no-wait", "--", "true"]] {
             let uid = 30_000 + (std::process::id() % 500) * 100 + 2 * run as u32 + u32::from(args[0] == "lock");
-            let mut command = env.mpsync(&args);
+            // The binary as a copy in the test's own directory: the build's may be under a directory other users
+            // cannot enter (a checkout in a `mktemp -d`, or under /root). Its environment as `env.mpsync` makes it.
+            let template = env.mpsync(&args);
+            let mut command = std::process::Command::new(&binary);
+            command.args(template.get_args()).stdin(std::process::Stdio::null());
+            for (key, value) in template.get_envs() {
+                match value {
+                    Some(value) => command.env(key, value),
+                    None => command.env_remove(key),
+                };
+            }
             // SAFETY: setgroups, setgid, setuid and setrlimit are async-signal-safe.
             unsafe {
                 command.pre_exec(move || {
