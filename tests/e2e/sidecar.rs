@@ -2272,6 +2272,21 @@ fn a_client_back_after_its_ttl_is_told_to_retry_not_409(env: &TestEnv) {
 }
 both_backends!(a_client_back_after_its_ttl_is_told_to_retry_not_409);
 
+/// The stock clients never DELETE: every lock of theirs ends by expiring under the pod's identity. Once the
+/// side-car has forgotten such a lock (no request for twice the TTL), the next acquisition through it (a GET,
+/// then a PUT) is answered 200 at once: the side-car remembers that the record it wrote expired on its own
+/// clock. (A record it did not see expire, its predecessor's before a restart, that the wall clock says has
+/// expired, waits a TTL: sidecar_answers.rs, rv271.)
+fn the_next_acquisition_of_a_lock_forgotten_after_it_expired_is_at_once(env: &TestEnv) {
+    let name = env.lease_name("forgotten");
+    let a = Sidecar::start(env, Some("pod-a"), &["--ttl", "3s"]);
+    a.put(&name).assert_status(200);
+    wait_until("the side-car to forget the lock", || a.metric("mpsync_sidecar_locks_tracked") == 0.0);
+    a.request("GET", &format!("/locks/{name}")).assert_status(200);
+    a.put(&name).assert_status(200);
+}
+both_backends!(the_next_acquisition_of_a_lock_forgotten_after_it_expired_is_at_once);
+
 /// Found by review (helper-145): connections that pipeline requests and never read the answers kept the
 /// side-car's connection slots busy while a heartbeat waited in the listen backlog past the TTL. A
 /// connection is answered at most 100 times, the last answer with `Connection: close`.

@@ -107,6 +107,42 @@ fn sleep_until(at: Instant) {
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
 }
 
+/// A's client's heartbeat through `side_car`: its GET at `get_at` after `sent` (its last renewal's send), its
+/// PUT `gap` after the GET's answer (a GIL, a GC pause), then B's client's `poller` joined. The promise: a
+/// client told 200 by the GET learns of the loss (the PUT's answer) before B's client is told 200. A GET
+/// answered after B's client was told 200 (a machine so loaded that the restart took the whole TTL) shows
+/// B's hold. `why`: why that GET should have been 503, for the failure message.
+fn heartbeat_then_put(
+    side_car: &Sidecar,
+    name: &str,
+    sent: Instant,
+    get_at: Duration,
+    gap: Duration,
+    poller: std::thread::JoinHandle<Option<Instant>>,
+    why: &str,
+) {
+    sleep_until(sent + get_at);
+    let get = side_car.request("GET", name);
+    let get_answered = Instant::now();
+    sleep_until(get_answered + gap);
+    let put = side_car.request("PUT", name);
+    let put_answered = Instant::now();
+    let taken = poller.join().unwrap().expect("B's client never got the lock");
+    eprintln!(
+        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
+        get_answered - sent,
+        put_answered - sent,
+        taken - sent
+    );
+    assert!(
+        get != 200 || put_answered < taken || get_answered > taken,
+        "A's client, told 200 by its heartbeat's GET {:?} after the last renewal's send ({why}), learned of the \
+         loss (its PUT {put}) {:?} after B's client was told it held the lock",
+        get_answered - sent,
+        put_answered - taken
+    );
+}
+
 /// TTL 6 s: answer_within 1 s, renew deadline 3 s, a GET on a lock held until now answered 200 until the
 /// last renewal's send + 5 s. A's client renews (PUT 200), then heartbeats with a GET just before that
 /// bound, answered 200 from a read that went through; right after that read A's side-car is cut off from
@@ -243,28 +279,8 @@ fn a_restarted_side_cars_get_near_the_end_is_answered_before_another_pod_holds_t
     let name = env.lease_name("restart-get");
     let (sent, _b, poller) = held_by_a_side_car_killed_then(&env, &name);
     let second = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
-    sleep_until(sent + Duration::from_millis(5850));
-    let get = second.request("GET", &name);
-    let get_answered = Instant::now();
-    sleep_until(get_answered + Duration::from_millis(300));
-    let put = second.request("PUT", &name);
-    let put_answered = Instant::now();
-    let taken = poller.join().unwrap().expect("B's client never got the lock");
-    eprintln!(
-        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
-        get_answered - sent,
-        put_answered - sent,
-        taken - sent
-    );
-    // A GET answered after B's client was told 200 (a machine so loaded that the restart took the whole TTL)
-    // shows B's hold.
-    assert!(
-        get != 200 || put_answered < taken || get_answered > taken,
-        "the restarted side-car answered the GET 200 {:?} after the last renewal was sent; the PUT after it was \
-         answered {:?} after B's client was told 200",
-        get_answered - sent,
-        put_answered - taken
-    );
+    let why = "a side-car that renewed it answers 503 past 5 s";
+    heartbeat_then_put(&second, &name, sent, Duration::from_millis(5850), Duration::from_millis(300), poller, why);
 }
 
 both_backends!(a_record_under_the_pods_identity_it_may_not_adopt_lets_the_stock_client_acquire);
@@ -325,26 +341,8 @@ fn a_get_about_a_hold_let_go_leaves_the_put_after_it_its_time() {
     let first = a.request("GET", &name);
     eprintln!("first GET {first} at {:?}", sent.elapsed());
     // Past the GET bound of a hold (5 s), before the end of its answers (5.8 s).
-    sleep_until(sent + Duration::from_millis(5550));
-    let get = a.request("GET", &name);
-    let get_answered = Instant::now();
-    sleep_until(get_answered + Duration::from_millis(600));
-    let put = a.request("PUT", &name);
-    let put_answered = Instant::now();
-    let taken = poller.join().unwrap().expect("B's client never got the lock");
-    eprintln!(
-        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?}",
-        get_answered - sent,
-        put_answered - sent,
-        taken - sent
-    );
-    assert!(
-        get != 200 || put_answered < taken || get_answered > taken,
-        "A's side-car answered the GET 200 {:?} after the last renewal's send (a hold answers 503 past 5 s); the \
-         PUT after it ({put}) was answered {:?} after B's client was told 200",
-        get_answered - sent,
-        put_answered - taken
-    );
+    let why = "a hold answers 503 past 5 s";
+    heartbeat_then_put(&a, &name, sent, Duration::from_millis(5550), Duration::from_millis(600), poller, why);
 }
 
 /// The wall clock, as the side-car stamps records.
@@ -404,31 +402,14 @@ fn a_side_car_restarted_twice_leaves_the_put_after_a_get_its_time() {
         return;
     }
     // 0.15 s before the restarted side-car's GET bound (renewTime + 6 - 1 - 0.2).
-    sleep_until(instant_of(renewed) + Duration::from_millis(4650));
-    let get = a3.request("GET", &name);
-    let get_answered = Instant::now();
-    sleep_until(get_answered + Duration::from_millis(600));
-    let put = a3.request("PUT", &name);
-    let put_answered = Instant::now();
-    let taken = poller.join().unwrap().expect("B's client never got the lock");
-    eprintln!(
-        "GET {get} answered at {:?}; PUT {put} answered at {:?}; B told 200 at {:?} (from A2's send)",
-        get_answered - sent,
-        put_answered - sent,
-        taken - sent
-    );
-    assert!(
-        get != 200 || put_answered < taken || get_answered > taken,
-        "the restarted side-car answered the GET 200 {:?} after the last renewal's send (a hold answers 503 past \
-         5 s); the PUT after it ({put}) was answered {:?} after B's client was told 200",
-        get_answered - sent,
-        put_answered - taken
-    );
+    let get_at = (instant_of(renewed) + Duration::from_millis(4650)).saturating_duration_since(sent);
+    let why = "the time from A2's send; a hold answers 503 past 5 s";
+    heartbeat_then_put(&a3, &name, sent, get_at, Duration::from_millis(600), poller, why);
 }
 
 /// Found by review (rv269), liveness: a side-car whose wall clock ran an hour ahead when its client took the lock, then was stepped back
-/// (NTP; the `stepwall` shim, as in client_go.rs). The client stops heartbeating; its hold is let go (a GET
-/// answered 503 once, as documented). From then `own_record_past_its_answers` answers every GET 503 until the
+/// (NTP; the `stepwall` shim, as in client_go.rs). The client stops heartbeating; its hold is let go (its GETs
+/// are answered 503 until the hold's TTL has run out since its last renewal's send, as documented). From then `own_record_past_its_answers` answers every GET 503 until the
 /// wall clock passes the record's own stamps (`renewTime` + TTL: an hour away), since `adoption_answer_by`
 /// for a hold this process wrote (`own_hold_sent`) ran out on the monotonic clock. The stock client (GET, then
 /// PUT only after 200 or 404) never gets the free lock again through its side-car, for an hour; other pods'
@@ -478,6 +459,65 @@ fn a_stock_client_gets_a_lock_let_go_again_after_a_wall_clock_step_back() {
     );
 }
 
+/// Found by review (rv271): pod A's side-car (TTL 6 s) holds the lock for its client and is killed; its successor
+/// in the pod runs with the wall clock stepped a second forward since the last renewal (NTP's step after a VM
+/// resumed; the `stepwall` shim). The client's heartbeat GET at 5.3 s must be 503 (past the GET's bound, 5 s,
+/// and the record unexpired: B's side-car takes it at 6 s). The restarted side-car read the record's age on
+/// its wall clock as 6.3 s, took it for expired and answered the GET 200 from the record, and the PUT 0.79 s
+/// later (unbounded) was answered 409 after B's client was told 200. A record of its predecessor's that the wall
+/// clock says is expired is now answered 503, and not adopted, until the side-car has seen it unchanged for its
+/// duration: the wall clock cannot tell an expired record from a clock stepped forward.
+#[test]
+fn a_restarted_side_car_whose_wall_clock_stepped_forward_answers_before_another_pod_holds_the_lock() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let shim = build_shim(&env, "stepwall");
+    let name = env.lease_name("step-forward");
+    let mut a1 = Sidecar::direct(&env, "pod-a", Some("6s"), &[]);
+    let b = Sidecar::direct(&env, "pod-b", Some("6s"), &[]);
+    let mut command = env.mpsync(Sidecar::args("pod-a", Some("6s"), &[]));
+    command.env("LD_PRELOAD", &shim).env("MPSYNC_TEST_AHEAD_S", "1").env("MPSYNC_TEST_STEP_AFTER_MS", "3600000");
+    // Started ahead: as restarted then.
+    let a2 = Sidecar::spawn(command, &env);
+    let sent = Instant::now();
+    assert_eq!(a1.request("PUT", &name), 200, "A's client holds the lock");
+    let poller = poll_until_held(b.address, name.clone(), Arc::new(AtomicBool::new(false)));
+    a1.process.child.kill().unwrap();
+    a1.process.wait_for(PATIENCE).expect("killed");
+    let why = "past the GET's bound, 5 s, with the wall clock a second ahead";
+    heartbeat_then_put(&a2, &name, sent, Duration::from_millis(5300), Duration::from_millis(790), poller, why);
+}
+
+/// A restarted side-car whose predecessor's record the wall clock says has expired lets the stock client
+/// acquire it once the side-car has seen it unchanged for its duration (a TTL at most), as any other pod's
+/// side-car takes it.
+#[test]
+fn a_restarted_side_car_lets_the_stock_client_take_its_predecessors_expired_record() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("expired-own");
+    let mut a1 = Sidecar::direct(&env, "pod-a", Some("3s"), &[]);
+    assert_eq!(a1.request("PUT", &name), 200, "A's client holds the lock");
+    a1.process.child.kill().unwrap();
+    a1.process.wait_for(PATIENCE).expect("killed");
+    let a2 = Sidecar::direct(&env, "pod-a", Some("3s"), &[]);
+    // Expired on the wall clock (3 s, and the second a renewTime may be ahead) before the first request.
+    let renewed = env.get(&name).unwrap().1.renew_time.unwrap().0;
+    sleep_until(instant_of(renewed) + Duration::from_millis(4100));
+    let mut last = (0, None);
+    let acquired = within_patience(|| {
+        let get = a2.request("GET", &name);
+        last = (get, matches!(get, 200 | 404).then(|| a2.request("PUT", &name)));
+        if last.1 == Some(200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        false
+    });
+    assert!(acquired, "the stock client never acquired its pod's expired lock (last GET {}, PUT {:?})", last.0, last.1);
+}
+
 /// Found by review (rv270): pod A (TTL 6 s: answer_within 1 s, margin 0.2 s, a hold's GET answered 200 until the renewal's send + 5 s,
 /// its answers until + 5.8 s). Two clients of pod A hold `name` (both PUT 200: "two processes in one pod both
 /// get 200 for the same lock"), and neither renews in time. At 5.1 s `first` (client 1's heartbeat GET, or a
@@ -509,28 +549,9 @@ fn second_client_of_the_pod(name_prefix: &str, first: &str, restarted: bool) {
     sleep_until(sent + Duration::from_millis(5100));
     let told = a.request(first, &name);
     let told_at = sent.elapsed();
-    sleep_until(sent + Duration::from_millis(5500));
-    let get = a.request("GET", &name);
-    let get_answered = Instant::now();
-    sleep_until(get_answered + Duration::from_millis(700));
-    let put = a.request("PUT", &name);
-    let put_answered = Instant::now();
-    let taken = poller.join().unwrap().expect("B's client never got the lock");
-    eprintln!(
-        "{first} (client 1) {told} at {told_at:?}; client 2: GET {get} answered at {:?}; PUT {put} answered at {:?}; \
-         B told 200 at {:?}",
-        get_answered - sent,
-        put_answered - sent,
-        taken - sent
-    );
-    assert!(
-        get != 200 || put_answered < taken || get_answered > taken,
-        "client 2 of pod A, told 200 by its heartbeat's GET {:?} after the last renewal's send (past the GET's \
-         bound, 5 s; the one 503 went to client 1's {first}), learned of the loss (its PUT {put}) {:?} after B's \
-         client was told it held the lock",
-        get_answered - sent,
-        put_answered - taken
-    );
+    eprintln!("{first} (client 1) {told} at {told_at:?}");
+    let why = format!("client 2 of pod A, past the GET's bound, 5 s; the one 503 went to client 1's {first}");
+    heartbeat_then_put(&a, &name, sent, Duration::from_millis(5500), Duration::from_millis(700), poller, &why);
 }
 
 /// The hold let go in this side-car, told by client 1's GET, or by a probe's HEAD (a readiness check, a
