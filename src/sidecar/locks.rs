@@ -90,10 +90,10 @@ pub struct Locks {
     ttl: Duration,
     timing: Timing,
     entries: std::sync::Mutex<HashMap<String, Arc<Tracked>>>,
-    /// Of locks whose state was forgotten: the side-car mark (see [`crate::lease::SIDECAR_ANNOTATION`]) of
-    /// the last record this side-car wrote, whose TTL had run out on its own clock (see `adoption_window`).
-    /// At most `MAX_LOCKS`.
-    lapsed: std::sync::Mutex<HashMap<String, String>>,
+    /// Of locks whose state was forgotten: the side-car mark (see [`crate::lease::SIDECAR_ANNOTATION`]) and
+    /// the version of the last record this side-car wrote, whose TTL had run out on its own clock (see
+    /// `adoption_window`). At most `MAX_LOCKS`.
+    lapsed: std::sync::Mutex<HashMap<String, (String, String)>>,
     /// After SIGTERM: no new acquisitions; heartbeats are still answered.
     draining: AtomicBool,
     metrics: Metrics,
@@ -1157,25 +1157,30 @@ impl Locks {
         forgotten
     }
 
-    /// The side-car mark of the record `elector` knows, if this side-car wrote it and its TTL has run out
-    /// since on this side-car's own clock: what a request after the lock's state is forgotten may take for
-    /// expired, whatever the wall clock says (see `adoption_window`).
-    fn lapsed_mark(&self, elector: &Elector, now: Instant) -> Option<String> {
-        let record = &elector.current()?.record;
-        let sent = elector.own_hold_sent(record)?;
-        let duration = record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
+    /// The side-car mark and version of the record `elector` knows, if this side-car wrote it and its TTL
+    /// has run out since on this side-car's own clock: what a request after the lock's state is forgotten
+    /// may take for expired, whatever the wall clock says (see `adoption_window`).
+    fn lapsed_mark(&self, elector: &Elector, now: Instant) -> Option<(String, String)> {
+        let current = elector.current()?;
+        let sent = elector.own_hold_sent(&current.record)?;
+        let duration = current.record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
         if sent.checked_add(duration).is_none_or(|expires| expires > now) {
             return None;
         }
-        elector.current()?.metadata.annotations.as_ref()?.get(crate::lease::SIDECAR_ANNOTATION).cloned()
+        let mark = current.metadata.annotations.as_ref()?.get(crate::lease::SIDECAR_ANNOTATION)?;
+        Some((mark.clone(), current.resource_version.clone()))
     }
 
     /// Whether `current` is a record this side-car wrote whose TTL ran out on its own clock before the
-    /// lock's state was forgotten (see [`Locks::lapsed_mark`]).
+    /// lock's state was forgotten (see [`Locks::lapsed_mark`]), at the same version: an etcd restored with
+    /// `--bump-revision` may bring that record back after another pod held the lock, at another version.
     fn known_lapsed(&self, name: &str, current: &Versioned) -> bool {
-        let mark = current.metadata.annotations.as_ref().and_then(|a| a.get(crate::lease::SIDECAR_ANNOTATION));
+        let Some(mark) = current.metadata.annotations.as_ref().and_then(|a| a.get(crate::lease::SIDECAR_ANNOTATION))
+        else {
+            return false;
+        };
         let known = self.lapsed.lock().unwrap_or_else(PoisonError::into_inner);
-        mark.is_some_and(|mark| known.get(name) == Some(mark))
+        known.get(name).is_some_and(|(known_mark, version)| known_mark == mark && *version == current.resource_version)
     }
 
     /// Locks held now (for the metrics): entries busy with a request count as they were.
