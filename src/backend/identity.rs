@@ -134,9 +134,9 @@ fn load((data, file): (Option<String>, Option<String>), field: &str) -> std::res
             .map_err(|err| format!("{field}-data is not base64: {err}"));
     }
     match file {
-        Some(file) => {
-            std::fs::read(Path::new(&file)).map(Some).map_err(|err| format!("cannot read {field} {file}: {err}"))
-        }
+        Some(file) => super::read_config_file(Path::new(&file))
+            .map(Some)
+            .map_err(|err| format!("cannot read {field} {file}: {err}")),
         None => Ok(None),
     }
 }

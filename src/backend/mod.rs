@@ -560,6 +560,21 @@ pub(crate) async fn off_the_runtime<T: Send + 'static>(read: impl FnOnce() -> T 
     answer.await.ok()
 }
 
+/// The most a configuration file (a kubeconfig, a CA bundle, a client certificate or key, a token file) is
+/// read of: a few kilobytes is usual. More is refused, not read for ever (`--kubeconfig /dev/zero`).
+const CONFIG_FILE_CAP: u64 = 16 << 20;
+
+/// Read the configuration file `path` whole, up to [`CONFIG_FILE_CAP`].
+pub(crate) fn read_config_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path)?, CONFIG_FILE_CAP + 1), &mut bytes)?;
+    if bytes.len() as u64 > CONFIG_FILE_CAP {
+        let why = format!("more than {} MiB: not a configuration file", CONFIG_FILE_CAP >> 20);
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    }
+    Ok(bytes)
+}
+
 /// A kubeconfig read by [`off_the_runtime`].
 async fn kubeconfig_off_the_runtime(
     read: impl FnOnce() -> std::result::Result<Kubeconfig, KubeconfigError> + Send + 'static,
@@ -582,7 +597,7 @@ fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, Kubeconf
     let is_utf16 = |head: &[u8]| matches!(head, [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..]);
     let mut file = match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() && !meta.is_dir() => {
-            let bytes = std::fs::read(path).map_err(|err| KubeconfigError::ReadConfig(err, path.into()))?;
+            let bytes = read_config_file(path).map_err(|err| KubeconfigError::ReadConfig(err, path.into()))?;
             if is_utf16(&bytes) && bytes.len() % 2 == 1 {
                 return Err(odd_utf16(path));
             }
@@ -777,7 +792,7 @@ async fn from_kubeconfig(mut file: Kubeconfig, options: &KubeConfigOptions, orig
             (None, Some(path)) if found.insecure_skip_tls_verify != Some(true) => {
                 let path = PathBuf::from(path);
                 Some(
-                    off_the_runtime(move || std::fs::read(path))
+                    off_the_runtime(move || read_config_file(&path))
                         .await
                         .unwrap_or_else(|| Err(std::io::Error::other("its read failed"))),
                 )

@@ -61,7 +61,9 @@ pub fn check_kubeconfig_ca_read(
         match read {
             Some(Ok(pem)) => check_pem(pem, &what)?,
             Some(Err(err)) => return Err(cannot(err)),
-            None => check_pem(&std::fs::read(file).map_err(|err| cannot(&err))?, &what)?,
+            None => {
+                check_pem(&super::read_config_file(std::path::Path::new(file)).map_err(|err| cannot(&err))?, &what)?
+            }
         }
     }
     Ok(())

@@ -163,8 +163,9 @@ const REFUSED_READ_WAIT: Duration = Duration::from_millis(if cfg!(test) { 30_000
 
 /// The file's token, trimmed, as a bearer header.
 fn read(path: &std::path::Path) -> Result<HeaderValue, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|err| format!("cannot read token file {}: {err}", path.display()))?;
+    let cannot = |err: &dyn std::fmt::Display| format!("cannot read token file {}: {err}", path.display());
+    let bytes = super::read_config_file(path).map_err(|err| cannot(&err))?;
+    let text = String::from_utf8(bytes).map_err(|err| cannot(&err))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("token file {} holds no token", path.display()));

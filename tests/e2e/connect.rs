@@ -128,6 +128,29 @@ fn without_a_ca_the_system_certificates_are_trusted_and_their_absence_says_how_t
     run(&env, command).assert_code(0);
 }
 
+/// A configuration file that never ends (`/dev/zero` given as the kubeconfig, the CA, a client key, a token
+/// file: a typo, a template gone wrong) is a clear error, exit 125, not a read for ever that fills memory.
+#[test]
+fn a_configuration_file_that_never_ends_is_an_error() {
+    let Some(env) = test_server() else { return };
+    let server = env.server().unwrap();
+    let done = run(&env, mpsync_with(&env, &PathBuf::from("/dev/zero"), &["status", "x"]));
+    assert_failure(&done, 125, &["/dev/zero", "more than 16 MiB"]);
+    let options = KubeconfigOptions::new("default").trust(Trust::CaFile(PathBuf::from("/dev/zero")));
+    let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml_with(&options));
+    assert_failure(
+        &run(&env, mpsync_with(&env, &kubeconfig, &["status", "x"])),
+        125,
+        &["/dev/zero", "more than 16 MiB"],
+    );
+    let yaml = server.kubeconfig_yaml("default");
+    for user in ["tokenFile: /dev/zero", "client-certificate: /dev/zero\n    client-key: /dev/zero"] {
+        let kubeconfig = write_kubeconfig(&env, &yaml.replace("  user: {}", &format!("  user:\n    {user}")));
+        let done = run(&env, mpsync_with(&env, &kubeconfig, &["status", "x"]));
+        assert_failure(&done, 125, &["/dev/zero", "more than 16 MiB"]);
+    }
+}
+
 /// Found by review (helper-165): a kubeconfig that starts with a UTF-16 byte-order mark and has an odd
 /// number of bytes (cut short) made kube panic (exit 101), for every command and the library.
 #[test]
