@@ -1314,11 +1314,12 @@ async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Vers
     }
 }
 
-/// How many of a semaphore's first slots are read for a recorded count before its marker is written.
+/// How many of a semaphore's first slots are read for a recorded count before its marker is written (then,
+/// if none records one, the namespace's Leases are listed).
 const MARKER_PROBES: u32 = 8;
 
 /// The slot count that the first existing slot of semaphore `name` that records one records (of its first
-/// `MARKER_PROBES` slots, whatever count this process was given: found by review, rv250, `--slots 2` read
+/// `MARKER_PROBES` slots, then of any in the namespace, whatever count this process was given: found by review, rv250, `--slots 2` read
 /// only slots 0 and 1 of a semaphore of 3 whose slot 2 alone remained, and wrote the deleted marker with 2),
 /// if any. Only when the marker is missing: a first use reads those few absent slots once. A record with no count (a plain lease's, on a slot's name) tells
 /// none: the slots past it are read on (found by review, helper-175: a free plain record on slot 0's name
@@ -1343,7 +1344,21 @@ async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, Stor
             Err(err) => return Err(err),
         }
     }
-    Ok(None)
+    // Past the probes: a semaphore of more slots whose first ones were deleted too (found by review, rv273:
+    // slots 8 and 9 of 10 held, the marker and the free slots 0 to 7 deleted, and `--slots 2` wrote the
+    // marker and ran two children beside theirs). One list of the namespace's Leases tells; where listing is
+    // forbidden, the probes are all there is (README).
+    match store.list(None).await {
+        Ok(leases) => Ok(leases.into_iter().find_map(|lease| {
+            let slot_of_name = lease.metadata.name.as_deref().and_then(crate::lease::slot_parent)?.0 == name;
+            slot_of_name.then(|| lease.metadata.annotations?.remove(crate::lease::SLOTS_ANNOTATION)).flatten()
+        })),
+        Err(StoreError::Fatal(err)) => {
+            tracing::debug!(semaphore = %name, error = %err, "cannot list Leases: only the first slots were read for a count");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Renew `slot` until it is lost (returned) or `stop` completes (then `None`: the caller releases).

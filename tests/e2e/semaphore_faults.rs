@@ -1047,6 +1047,24 @@ fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_coun
     env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
 }
 
+both_backends!(a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_probes);
+
+/// Found by review (rv273): a 10-slot semaphore whose marker was deleted with its free slots 0 to 7 (`kubectl
+/// delete lease`) while slots 8 and 9 are held. The first eight slots were read for a count, none was found,
+/// and `--slots 2` wrote the marker "2" and ran two children beside the two of 10; every user of 10 was refused
+/// from then on. Past the probes the namespace's Leases are listed: `--slots 2` is refused (125), the marker
+/// is not written, and `--slots 10` runs.
+fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_probes(env: &TestEnv) {
+    let name = env.lease_name("probe-list");
+    env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone", 30));
+    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "the marker was written with another count than slot 9 records: {marker:?}");
+    two.assert_code(125);
+    assert!(two.stderr.contains("10 slots"), "{}", two.stderr);
+    env.run(fast(&["lock", &name, "--slots", "10", "--no-wait"], &["true"])).assert_code(0);
+}
+
 both_backends!(a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once);
 
 /// Found by review (helper-175): a dead plain holder's record on slot 1's name, a slot no one used. Each
