@@ -90,10 +90,6 @@ pub struct Locks {
     ttl: Duration,
     timing: Timing,
     entries: std::sync::Mutex<HashMap<String, Arc<Tracked>>>,
-    /// Of locks whose state was forgotten: the side-car mark (see [`crate::lease::SIDECAR_ANNOTATION`]) and
-    /// the version of the last record this side-car wrote, whose TTL had run out on its own clock (see
-    /// `adoption_window`). At most `MAX_LOCKS`.
-    lapsed: std::sync::Mutex<HashMap<String, (String, String)>>,
     /// After SIGTERM: no new acquisitions; heartbeats are still answered.
     draining: AtomicBool,
     metrics: Metrics,
@@ -212,7 +208,6 @@ impl Locks {
             ttl,
             timing: timing(ttl),
             entries: std::sync::Mutex::new(HashMap::new()),
-            lapsed: std::sync::Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             metrics,
         }
@@ -317,10 +312,10 @@ impl Locks {
                     if self.let_go_if_past(name, &mut entry.elector) {
                         return self.no_longer_surely_held(name);
                     }
-                    if self.past_the_adoptions_bound(name, &entry.elector) {
+                    if self.past_the_adoptions_bound(&entry.elector) {
                         return self.no_longer_surely_held(name);
                     }
-                    let deadline = self.answer_by(name, deadline, &entry.elector);
+                    let deadline = self.answer_by(deadline, &entry.elector);
                     let response = match tokio::time::timeout_at(deadline, self.get(name, &mut entry.elector)).await {
                         Ok(response) => response,
                         Err(_) => {
@@ -350,7 +345,7 @@ impl Locks {
                         Err(_) => self.too_slow(name, None),
                     };
                     let response = self.past_its_answers(name, &elector, response);
-                    if self.adoption_answer_by(name, &elector).is_some() {
+                    if self.adoption_answer_by(&elector).is_some() {
                         self.remember(name, elector);
                     }
                     response
@@ -401,14 +396,14 @@ impl Locks {
                 };
                 entry.used = Instant::now();
                 self.let_go_if_past(name, &mut entry.elector);
-                if self.past_the_adoptions_bound(name, &entry.elector) {
+                if self.past_the_adoptions_bound(&entry.elector) {
                     return self.not_surely_adoptable(name);
                 }
                 let post = method == Method::Post;
                 // Only for the next request, and only if it is a POST (found by review: a flag left by
                 // PUTs answered a POST long after 200 for a lock held all along).
                 let in_doubt = std::mem::take(&mut entry.create_in_doubt) && post;
-                let deadline = self.answer_by(name, deadline, &entry.elector);
+                let deadline = self.answer_by(deadline, &entry.elector);
                 let entry = &mut *entry;
                 let acquire = self.acquire(name, &mut entry.elector, &mut entry.slot_name_unchecked, post, in_doubt);
                 let response = match tokio::time::timeout_at(deadline, acquire).await {
@@ -603,7 +598,7 @@ impl Locks {
                     }
                     // An adoption of a record written before a restart of this side-car is answered while
                     // the client told 200 then may still count on it (see `adoption_answer_by`).
-                    let answer_by = if adopting { self.adoption_answer_by(name, elector) } else { None };
+                    let answer_by = if adopting { self.adoption_answer_by(elector) } else { None };
                     if answer_by.is_some_and(|by| by <= Instant::now()) {
                         return self.not_surely_adoptable(name);
                     }
@@ -695,12 +690,10 @@ impl Locks {
     /// still true. Surely held: just before the renew deadline, when a 200 from the hold is still right
     /// (see `too_slow`). Held past that (not surely any more): [`answer_margin`] before the TTL runs out
     /// from the last renewal's send, when another pod may take it, whatever this request then finds.
-    fn answer_by(&self, name: &str, arrival_deadline: tokio::time::Instant, elector: &Elector) -> tokio::time::Instant {
+    fn answer_by(&self, arrival_deadline: tokio::time::Instant, elector: &Elector) -> tokio::time::Instant {
         let Some(held) = elector.held() else {
             // Not held (a hold let go, or one held before a restart): a record of ours to adopt.
-            return self
-                .adoption_answer_by(name, elector)
-                .map_or(arrival_deadline, |by| arrival_deadline.min(by.into()));
+            return self.adoption_answer_by(elector).map_or(arrival_deadline, |by| arrival_deadline.min(by.into()));
         };
         let from_the_hold = held.deadline(self.timing).checked_sub(FROM_THE_HOLD_BEFORE_DEADLINE);
         let by = match from_the_hold {
@@ -731,8 +724,8 @@ impl Locks {
     /// Whether a request about a record of ours to adopt comes past the bound of its answers (see
     /// [`adoption_answer_by`](Self::adoption_answer_by)): it is answered 503 at once, not read (a read would
     /// be cut off at once, and logged as an API server too slow to answer).
-    fn past_the_adoptions_bound(&self, name: &str, elector: &Elector) -> bool {
-        elector.held().is_none() && self.adoption_answer_by(name, elector).is_some_and(|by| by <= Instant::now())
+    fn past_the_adoptions_bound(&self, elector: &Elector) -> bool {
+        elector.held().is_none() && self.adoption_answer_by(elector).is_some_and(|by| by <= Instant::now())
     }
 
     /// 503 to a PUT about a record of ours to adopt past the bound of its answers.
@@ -764,7 +757,7 @@ impl Locks {
     /// GET until the record expires, not once: the side-car cannot tell its clients apart, and a 503 told to
     /// one (or to a probe's HEAD) left another of the pod told 200 (found by review, rv270).
     fn past_its_answers(&self, name: &str, elector: &Elector, response: Response) -> Response {
-        match response.status == 200 && self.own_record_past_its_answers(name, elector) {
+        match response.status == 200 && self.own_record_past_its_answers(elector) {
             true => self.no_longer_surely_held(name),
             false => response,
         }
@@ -784,8 +777,8 @@ impl Locks {
     /// under this identity that it may not adopt (written by another tool, one with no `renewTime`) is no hold
     /// of its clients', and a GET answered 503 about it would keep the stock clients, which PUT only after a
     /// GET answered 200 or 404, from ever acquiring it (found by review, rv266).
-    fn own_record_past_its_answers(&self, name: &str, elector: &Elector) -> bool {
-        let Some((answer_by, expires)) = self.adoption_window(name, elector) else { return false };
+    fn own_record_past_its_answers(&self, elector: &Elector) -> bool {
+        let Some((answer_by, expires)) = self.adoption_window(elector) else { return false };
         let for_the_put = answer_within(self.ttl).saturating_sub(answer_margin(self.ttl));
         let get_by = answer_by.checked_sub(for_the_put).unwrap_or(answer_by);
         let now = Instant::now();
@@ -800,12 +793,12 @@ impl Locks {
     /// 200). A wall clock stepped back since that write makes this later by the step. Once the wall clock
     /// says it ran out, now, until this side-car has seen the record unchanged for its duration (a clock
     /// stepped forward looks the same: rv271); `None` from then, when a compare-and-swap alone decides.
-    fn adoption_answer_by(&self, name: &str, elector: &Elector) -> Option<Instant> {
-        self.adoption_window(name, elector).map(|(answer_by, _)| answer_by)
+    fn adoption_answer_by(&self, elector: &Elector) -> Option<Instant> {
+        self.adoption_window(elector).map(|(answer_by, _)| answer_by)
     }
 
     /// [`adoption_answer_by`](Self::adoption_answer_by), and when the record expires, on the same clock.
-    fn adoption_window(&self, name: &str, elector: &Elector) -> Option<(Instant, Instant)> {
+    fn adoption_window(&self, elector: &Elector) -> Option<(Instant, Instant)> {
         let current = elector.current().filter(|current| {
             elector.held().is_none()
                 && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
@@ -829,12 +822,9 @@ impl Locks {
             // its duration, on its own clock, as another pod does, a client's GET is 503 and its PUT adopts
             // nothing (found by review, rv271: a GET answered 200 from the record 5.3 s after the last
             // renewal, TTL 6 s, with the clock a second ahead, and the PUT after it was answered 409 after
-            // another pod's client was told 200). Unless this side-car wrote the record and saw its TTL run
-            // out, before the lock's state was forgotten (a client back after a pause, a stock client's next
-            // acquisition: they never DELETE).
-            if self.known_lapsed(name, current) {
-                return None;
-            }
+            // another pod's client was told 200). So too for a lock whose state it forgot: a record of its own
+            // read again after its TTL ran out may be one an etcd restore brought back, as when its loss is
+            // learned late (see `Elector::lapse_seen`; found by review, rv272).
             return elector.observed_expiry().filter(|expiry| now < *expiry).map(|expiry| (now, expiry));
         };
         // A second less: a renewal's `renewTime` may be up to a second past its writer's clock (it moves to the
@@ -1123,8 +1113,7 @@ impl Locks {
         let mut map = self.map();
         let before = map.len();
         let idle_after = self.ttl * 2;
-        let mut lapsed = Vec::new();
-        map.retain(|name, entry| {
+        map.retain(|_, entry| {
             // In use, or waited for, by a request.
             if Arc::strong_count(entry) > 1 {
                 return true;
@@ -1133,54 +1122,14 @@ impl Locks {
                 return true;
             };
             let held = entry.elector.held().is_some_and(|held| now < held.deadline(self.timing));
-            let keep = held || now.saturating_duration_since(entry.used) <= idle_after;
-            if !keep && let Some(mark) = self.lapsed_mark(&entry.elector, now) {
-                lapsed.push((name.clone(), mark));
-            }
-            keep
+            held || now.saturating_duration_since(entry.used) <= idle_after
         });
-        if !lapsed.is_empty() {
-            let mut known = self.lapsed.lock().unwrap_or_else(PoisonError::into_inner);
-            for (name, mark) in lapsed {
-                // Bounded: past it, what was known is let go (a lock of ours expired then waits a TTL).
-                if known.len() >= MAX_LOCKS && !known.contains_key(&name) {
-                    known.clear();
-                }
-                known.insert(name, mark);
-            }
-        }
         let forgotten = before - map.len();
         if map.capacity() > 2 * map.len() + 64 {
             map.shrink_to_fit();
         }
         self.metrics.tracked.set(map.len() as i64);
         forgotten
-    }
-
-    /// The side-car mark and version of the record `elector` knows, if this side-car wrote it and its TTL
-    /// has run out since on this side-car's own clock: what a request after the lock's state is forgotten
-    /// may take for expired, whatever the wall clock says (see `adoption_window`).
-    fn lapsed_mark(&self, elector: &Elector, now: Instant) -> Option<(String, String)> {
-        let current = elector.current()?;
-        let sent = elector.own_hold_sent(&current.record)?;
-        let duration = current.record.lease_duration_seconds.map_or(self.ttl, |s| Duration::from_secs(s.max(0) as u64));
-        if sent.checked_add(duration).is_none_or(|expires| expires > now) {
-            return None;
-        }
-        let mark = current.metadata.annotations.as_ref()?.get(crate::lease::SIDECAR_ANNOTATION)?;
-        Some((mark.clone(), current.resource_version.clone()))
-    }
-
-    /// Whether `current` is a record this side-car wrote whose TTL ran out on its own clock before the
-    /// lock's state was forgotten (see [`Locks::lapsed_mark`]), at the same version: an etcd restored with
-    /// `--bump-revision` may bring that record back after another pod held the lock, at another version.
-    fn known_lapsed(&self, name: &str, current: &Versioned) -> bool {
-        let Some(mark) = current.metadata.annotations.as_ref().and_then(|a| a.get(crate::lease::SIDECAR_ANNOTATION))
-        else {
-            return false;
-        };
-        let known = self.lapsed.lock().unwrap_or_else(PoisonError::into_inner);
-        known.get(name).is_some_and(|(known_mark, version)| known_mark == mark && *version == current.resource_version)
     }
 
     /// Locks held now (for the metrics): entries busy with a request count as they were.
