@@ -62,6 +62,22 @@ impl Sidecar {
     fn request(&self, method: &str, name: &str) -> u16 {
         request_to(self.address, method, name)
     }
+
+    /// The stock clients' acquisition of `name`: a GET, then a PUT only after 200 or 404, every `pause`, until
+    /// a PUT is answered 200 (true) or patience runs out. The answers of the last attempt are `Err`'s.
+    fn stock_acquisition(&self, name: &str, pause: Duration) -> Result<(), (u16, Option<u16>)> {
+        let mut last = (0, None);
+        let acquired = within_patience(|| {
+            let get = self.request("GET", name);
+            last = (get, matches!(get, 200 | 404).then(|| self.request("PUT", name)));
+            if last.1 == Some(200) {
+                return true;
+            }
+            std::thread::sleep(pause);
+            false
+        });
+        if acquired { Ok(()) } else { Err(last) }
+    }
 }
 
 /// `METHOD /locks/NAME` as the metaparticle clients send it, on a connection of its own: the status.
@@ -309,13 +325,9 @@ fn a_record_under_the_pods_identity_it_may_not_adopt_lets_the_stock_client_acqui
     env.put(&stamped_ahead, record(Some(MicroTime(ahead))));
     let a = Sidecar::direct(env, "pod-a", Some("3s"), &[]);
     for name in [unstamped, stamped_ahead] {
-        let mut last = (0, None);
-        let acquired = within_patience(|| {
-            let get = a.request("GET", &name);
-            last = (get, matches!(get, 200 | 404).then(|| a.request("PUT", &name)));
-            last.1 == Some(200)
-        });
-        assert!(acquired, "{name}: the stock client never acquired the lock (last GET {}, PUT {:?})", last.0, last.1);
+        if let Err((get, put)) = a.stock_acquisition(&name, Duration::ZERO) {
+            panic!("{name}: the stock client never acquired the lock (last GET {get}, PUT {put:?})");
+        }
     }
 }
 
@@ -439,24 +451,13 @@ fn a_stock_client_gets_a_lock_let_go_again_after_a_wall_clock_step_back() {
     let first = a.request("GET", &name);
     eprintln!("first GET after the hold's TTL: {first}");
     // The lock is free to take now (nobody renewed it for a TTL); a stock client's acquisition through A:
-    let mut last = (0, None);
-    let acquired = within_patience(|| {
-        let get = a.request("GET", &name);
-        last = (get, matches!(get, 200 | 404).then(|| a.request("PUT", &name)));
-        if last.1 == Some(200) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        false
-    });
-    assert!(
-        acquired,
-        "the stock client never acquired the free lock through its side-car (last GET {}, PUT {:?}); a PUT sent \
-         anyway: {}",
-        last.0,
-        last.1,
-        a.request("PUT", &name)
-    );
+    if let Err((get, put)) = a.stock_acquisition(&name, Duration::from_millis(500)) {
+        panic!(
+            "the stock client never acquired the free lock through its side-car (last GET {get}, PUT {put:?}); a PUT \
+             sent anyway: {}",
+            a.request("PUT", &name)
+        );
+    }
 }
 
 /// Found by review (rv271): pod A's side-car (TTL 6 s) holds the lock for its client and is killed; its successor
@@ -505,17 +506,9 @@ fn a_restarted_side_car_lets_the_stock_client_take_its_predecessors_expired_reco
     // Expired on the wall clock (3 s, and the second a renewTime may be ahead) before the first request.
     let renewed = env.get(&name).unwrap().1.renew_time.unwrap().0;
     sleep_until(instant_of(renewed) + Duration::from_millis(4100));
-    let mut last = (0, None);
-    let acquired = within_patience(|| {
-        let get = a2.request("GET", &name);
-        last = (get, matches!(get, 200 | 404).then(|| a2.request("PUT", &name)));
-        if last.1 == Some(200) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        false
-    });
-    assert!(acquired, "the stock client never acquired its pod's expired lock (last GET {}, PUT {:?})", last.0, last.1);
+    if let Err((get, put)) = a2.stock_acquisition(&name, Duration::from_millis(200)) {
+        panic!("the stock client never acquired its pod's expired lock (last GET {get}, PUT {put:?})");
+    }
 }
 
 /// Found by review (rv270): pod A (TTL 6 s: answer_within 1 s, margin 0.2 s, a hold's GET answered 200 until the renewal's send + 5 s,
