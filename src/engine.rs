@@ -1215,7 +1215,7 @@ async fn look_at_marker(
     let Some(write) = write else { return Ok(MarkerLook::Settled) };
     // No marker (or a free plain lease to mark), but slots that say another count (the marker alone was
     // deleted): the count is theirs; writing ours would lock their users out.
-    if let Some(recorded) = slot_count_of(store, name).await?
+    if let Some(recorded) = slot_count_of(store, name, slots).await?
         && recorded != slots.to_string()
     {
         return Ok(MarkerLook::Refused(crate::lease::Refusal::SlotCountMismatch { recorded, ours: slots }));
@@ -1319,18 +1319,19 @@ async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Vers
 const MARKER_PROBES: u32 = 8;
 
 /// The slot count that the first existing slot of semaphore `name` that records one records (of its first
-/// `MARKER_PROBES` slots, then of any in the namespace, whatever count this process was given: found by review, rv250, `--slots 2` read
-/// only slots 0 and 1 of a semaphore of 3 whose slot 2 alone remained, and wrote the deleted marker with 2),
-/// if any. Only when the marker is missing: a first use reads those few absent slots once. A record with no count (a plain lease's, on a slot's name) tells
-/// none: the slots past it are read on (found by review, helper-175: a free plain record on slot 0's name
-/// hid slot 1's count of 3, and `--slots 2` wrote the deleted marker; every user of 3 was refused then).
-async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
+/// `MARKER_PROBES` slots, then of any in the namespace, whatever count this process was given: found by
+/// review, rv250, `--slots 2` read only slots 0 and 1 of a semaphore of 3 whose slot 2 alone remained, and wrote
+/// the deleted marker with 2; rv273, the same for slots past the eighth), if any. Only when the marker is
+/// missing: a first use reads those few absent slots, and lists the Leases, once. A record with no count (a
+/// plain lease's, on a slot's name) tells none: the slots past it are read on (found by review, helper-175: a
+/// free plain record on slot 0's name hid slot 1's count of 3, and `--slots 2` wrote the deleted marker; every
+/// user of 3 was refused then). Nor does one that cannot be a slot of `name` (see [`slot_count_as_slot`]);
+/// among the listed ones, a count other than `ours` is the one told.
+async fn slot_count_of(store: &Store, name: &str, ours: u32) -> Result<Option<String>, StoreError> {
     for index in 0..MARKER_PROBES {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
-                if let Some(count) =
-                    slot.metadata.annotations.and_then(|mut a| a.remove(crate::lease::SLOTS_ANNOTATION))
-                {
+                if let Some(count) = slot_count_as_slot(&slot, index as usize, &[]) {
                     return Ok(Some(count));
                 }
             }
@@ -1346,19 +1347,57 @@ async fn slot_count_of(store: &Store, name: &str) -> Result<Option<String>, Stor
     }
     // Past the probes: a semaphore of more slots whose first ones were deleted too (found by review, rv273:
     // slots 8 and 9 of 10 held, the marker and the free slots 0 to 7 deleted, and `--slots 2` wrote the
-    // marker and ran two children beside theirs). One list of the namespace's Leases tells; where listing is
-    // forbidden, the probes are all there is (README).
-    match store.list(None).await {
-        Ok(leases) => Ok(leases.into_iter().find_map(|lease| {
-            let slot_of_name = lease.metadata.name.as_deref().and_then(crate::lease::slot_parent)?.0 == name;
-            slot_of_name.then(|| lease.metadata.annotations?.remove(crate::lease::SLOTS_ANNOTATION)).flatten()
-        })),
-        Err(StoreError::Fatal(err)) => {
-            tracing::debug!(semaphore = %name, error = %err, "cannot list Leases: only the first slots were read for a count");
-            Ok(None)
+    // marker and ran two children beside theirs). One list of the namespace's Leases tells; where the API
+    // server forbids listing, the probes are all there is (README). Any other failure is no answer: the
+    // marker is not written on it (found by review, rv275: a 401 was taken for a refusal by RBAC).
+    let leases = match store.list(None).await {
+        Ok(leases) => leases,
+        Err(err) if err.is_forbidden() => {
+            tracing::warn!(semaphore = %name, error = %err, "cannot list Leases: only the first slots were read for a count");
+            return Ok(None);
         }
-        Err(err) => Err(err),
+        Err(err) => return Err(err),
+    };
+    let mut found = None;
+    for lease in &leases {
+        let Some((semaphore, index)) = lease.metadata.name.as_deref().and_then(crate::lease::slot_parent) else {
+            continue;
+        };
+        if semaphore != name {
+            continue;
+        }
+        if let Some(count) = slot_count_as_slot(lease, index, &leases) {
+            if count != ours.to_string() {
+                return Ok(Some(count));
+            }
+            found = Some(count);
+        }
     }
+    Ok(found)
+}
+
+/// The count `lease` (named `NAME-index`) records, if it can be a slot of the semaphore `NAME`, whose marker
+/// is missing: a slot's index is below its count, and a slot was held once (it has a `renewTime`), which a
+/// marker made afresh never was (found by review, rv275: the marker of the semaphore `NAME-12` of 3 slots,
+/// or of `NAME-2026`, was taken for a slot of `NAME`, and its count refused `NAME`'s users); nor has a slot
+/// slots of its own, with its count, among the Leases `listed`. A count that is no number is told as it is,
+/// to be refused: nothing tells what it is.
+fn slot_count_as_slot(
+    lease: &crate::lease::Versioned,
+    index: usize,
+    listed: &[crate::lease::Versioned],
+) -> Option<String> {
+    let count = lease.metadata.annotations.as_ref()?.get(crate::lease::SLOTS_ANNOTATION)?;
+    let Ok(n) = count.parse::<usize>() else { return Some(count.clone()) };
+    let own_slots = |slot: &crate::lease::Versioned| {
+        slot.metadata.name.as_deref().and_then(crate::lease::slot_parent).is_some_and(|(parent, at)| {
+            Some(parent) == lease.metadata.name.as_deref()
+                && at < n
+                && slot.metadata.annotations.as_ref().and_then(|a| a.get(crate::lease::SLOTS_ANNOTATION)) == Some(count)
+        })
+    };
+    let marker = lease.record.renew_time.is_none() || listed.iter().any(own_slots);
+    (index < n && !marker).then(|| count.clone())
 }
 
 /// Renew `slot` until it is lost (returned) or `stop` completes (then `None`: the caller releases).

@@ -898,9 +898,14 @@ impl Locks {
         // read, never taken back first (a renewal: a semaphore first used meanwhile, waiting out this plain
         // hold of its slot's name, refused the name whose plain holder renewed it: found by review, helper-205,
         // then helper-208 for a semaphore's first use racing the DELETE). One let go to expire, or in doubt
-        // (versions went back: found by review, helper-210), is given up as it is, never given back.
+        // (versions went back: found by review, helper-210), is given up as it is, never given back. So is one
+        // past the bound of its answers, as a PUT adopts none then (see `adoption_answer_by`): a record the wall
+        // clock says has expired, not yet seen unchanged for its TTL, may be one an etcd restore brought back
+        // over another pod's hold (found by review, rv274: the DELETE freed it, and the pod's client was told 200
+        // before the other pod's client learned of the loss).
         if elector.held().is_none() && elector.current().is_some_and(|current| elector.adoptable(current)) {
-            let Some(write) = elector.give_back_adoptable(now()) else {
+            let give_back = (!self.past_the_adoptions_bound(elector)).then(|| elector.give_back_adoptable(now()));
+            let Some(write) = give_back.flatten() else {
                 tracing::info!(lease = %lease, identity = %self.identity, "gave the lock up; it was let go, or is in doubt, so it is left to expire");
                 return self.lock_response(200, name, elector);
             };

@@ -50,6 +50,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is the API server's own refusal by RBAC (a 403 with a Kubernetes Status, which the kube
+    /// store words "...: forbidden: ..."), not a gateway's 403 or any other lasting failure.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, StoreError::Fatal(Error::Api(message)) if message.contains(": forbidden: "))
+    }
+
     /// A short, stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

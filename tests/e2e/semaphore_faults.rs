@@ -1065,6 +1065,63 @@ fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_prob
     env.run(fast(&["lock", &name, "--slots", "10", "--no-wait"], &["true"])).assert_code(0);
 }
 
+both_backends!(a_deleted_markers_count_is_not_read_from_another_semaphores_marker);
+
+/// Found by review (rv275): rv273's semaphore of 10 (marker and slots 0 to 7 deleted, slots 8 and 9 held),
+/// and an unrelated semaphore `NAME-12` of 3 slots, which mpsync accepts (NAME has no marker). The listed
+/// Leases are sorted by name ("NAME-12" first), and the first `NAME-i` with a count was taken: `--slots 3`
+/// wrote NAME's marker with 3 and ran its child beside the two of 10. `NAME-12` of 3 is no slot (12 >= 3).
+fn a_deleted_markers_count_is_not_read_from_another_semaphores_marker(env: &TestEnv) {
+    let name = env.lease_name("list-marker");
+    env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
+    env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
+    env.run(fast(&["lock", &format!("{name}-12"), "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
+    let three = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "the marker was written with another count than slots 8 and 9 record: {marker:?}");
+    three.assert_code(125);
+    assert!(three.stderr.contains("10 slots"), "{}", three.stderr);
+}
+
+both_backends!(semaphores_named_like_slots_of_a_new_one_do_not_refuse_it);
+
+/// Found by review (rv275), in plain use, nothing deleted: semaphores `NAME-2026` of 4 slots (a dated name),
+/// and `NAME-5` of 10, first used before `NAME` of 2. Their markers record a count, and their names parse as
+/// slots of NAME: `lock NAME --slots 2` exited 125 ("a semaphore of 4 slots"), for ever. No semaphore of 4
+/// has a slot 2026; `NAME-5`'s marker was never held, and has slots of its own.
+fn semaphores_named_like_slots_of_a_new_one_do_not_refuse_it(env: &TestEnv) {
+    let name = env.lease_name("dated");
+    env.run(fast(&["lock", &format!("{name}-2026"), "--slots", "4", "--no-wait"], &["true"])).assert_code(0);
+    env.run(fast(&["lock", &format!("{name}-5"), "--slots", "10", "--no-wait"], &["true"])).assert_code(0);
+    env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
+}
+
+/// Found by review (rv275): the list of Leases answered 401 once (an authentication webhook's hiccup, a token
+/// being rotated) was taken for a refusal by RBAC, and `--slots 2` wrote the marker beside slots of 10. Only
+/// the API server's 403 lets the first eight slots decide; here the marker is not written.
+#[test]
+fn a_list_answered_401_does_not_let_the_marker_be_written() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("list-401");
+    env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
+    env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
+    // Every answer 700 ms late: the list comes well after the last probe (slot 7's get) is seen.
+    server.set_latency(Duration::from_millis(700));
+    let probe7 = format!("/{name}-7");
+    let two = env.spawn(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    wait_until("the last probe (slot 7's get)", || {
+        server.requests().iter().any(|r| r.verb == "get" && r.path.ends_with(&probe7))
+    });
+    server.fail_next(1, 401);
+    let two = two.finish();
+    server.set_latency(Duration::ZERO);
+    let lists: Vec<u16> = server.requests().iter().filter(|r| r.verb == "list").map(|r| r.status).collect();
+    assert_eq!(lists.first(), Some(&401), "the 401 did not land on the list: {lists:?}");
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "a list answered 401 let --slots 2 write the marker: {marker:?}\n{}", two.stderr);
+}
+
 both_backends!(a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once);
 
 /// Found by review (helper-175): a dead plain holder's record on slot 1's name, a slot no one used. Each

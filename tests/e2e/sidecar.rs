@@ -2296,40 +2296,52 @@ fn the_stock_client_takes_its_pods_lock_again_once_the_side_car_forgot_it(env: &
 }
 both_backends!(the_stock_client_takes_its_pods_lock_again_once_the_side_car_forgot_it);
 
-/// Found by review (rv272): pod A's client takes a lock and stops (no DELETE); an etcd snapshot holds A's
-/// record. Pod B takes the lock once it expired, and heartbeats; A's side-car forgets the idle lock. etcd is
-/// restored (A's record back at its own version, as `--bump-revision` leaves it). A side-car that remembered
-/// its expired record took it back at once, GET and PUT 200, while B's client, told 200 just before the
-/// restore, counted on the lock until its next heartbeat. It waits a TTL, as for a loss learned late.
+/// Pod A's client takes `name` (TTL 3 s) and stops (the stock clients never DELETE); an etcd snapshot holds
+/// A's record. Pod B takes the lock once it expired, and heartbeats; A's side-car forgets the idle lock
+/// (`forgotten`), or is restarted. B's client is told 200, and etcd is restored: A's record is back at its
+/// own version (as `--bump-revision` leaves each key's). A's side-car and B's.
+fn restored_over_another_pods_hold(env: &TestEnv, name: &str, forgotten: bool) -> (Sidecar, Sidecar) {
+    let server = env.server().unwrap();
+    let mut a = Sidecar::start(env, Some("pod-a"), &["--ttl", "3s"]);
+    let b = Sidecar::start(env, Some("pod-b"), &["--ttl", "3s"]);
+    a.put(name).assert_status(200);
+    let snapshot = server.snapshot();
+    let taken = within_patience(|| {
+        let taken = b.put(name).status == 200;
+        std::thread::sleep(Duration::from_millis(200));
+        taken
+    });
+    assert!(taken, "B's client never got the lock");
+    if forgotten {
+        // Twice the TTL without a request about it, while B's client heartbeats.
+        wait_until("A's side-car to forget the lock", || {
+            b.put(name).assert_status(200);
+            std::thread::sleep(Duration::from_millis(300));
+            a.metric("mpsync_sidecar_locks_tracked") == 0.0
+        });
+    } else {
+        a.process.child.kill().unwrap();
+        a.process.wait_for(PATIENCE).expect("killed");
+        a = Sidecar::start(env, Some("pod-a"), &["--ttl", "3s"]);
+    }
+    b.put(name).assert_status(200);
+    server.restore(&snapshot);
+    server.restart();
+    (a, b)
+}
+
+/// Found by review (rv272): a side-car that remembered its expired record once it forgot the lock took the
+/// restored record back at once, GET and PUT 200, while B's client, told 200 just before the restore, counted
+/// on the lock until its next heartbeat. It waits a TTL, as for a loss learned late.
 #[test]
 fn a_forgotten_lock_that_an_etcd_restore_brings_back_is_not_taken_beside_another_pods_hold() {
     if TestEnv::real_cluster() {
         return;
     }
     let env = TestEnv::kube();
-    let server = env.server().unwrap();
     let name = env.lease_name("forgotten-restore");
-    let path = format!("/locks/{name}");
-    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "3s"]);
-    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "3s"]);
-    a.put(&name).assert_status(200);
-    let snapshot = server.snapshot();
-    let taken = within_patience(|| {
-        let taken = b.put(&name).status == 200;
-        std::thread::sleep(Duration::from_millis(200));
-        taken
-    });
-    assert!(taken, "B's client never got the lock");
-    // A's side-car forgets the idle lock (twice the TTL without a request) while B's client heartbeats.
-    wait_until("A's side-car to forget the lock", || {
-        b.put(&name).assert_status(200);
-        std::thread::sleep(Duration::from_millis(300));
-        a.metric("mpsync_sidecar_locks_tracked") == 0.0
-    });
-    b.put(&name).assert_status(200);
-    server.restore(&snapshot);
-    server.restart();
-    let get = a.request("GET", &path).status;
+    let (a, b) = restored_over_another_pods_hold(&env, &name, true);
+    let get = a.request("GET", &format!("/locks/{name}")).status;
     let put = matches!(get, 200 | 404).then(|| a.put(&name).status);
     let b_next = b.put(&name).status;
     assert_ne!(
@@ -2338,6 +2350,37 @@ fn a_forgotten_lock_that_an_etcd_restore_brings_back_is_not_taken_beside_another
         "A's side-car took back its restored record at once (GET {get}), while B's client, told 200 just before the \
          restore, counted on the lock (its next heartbeat: {b_next})"
     );
+}
+
+/// Found by review (rv274): the same, and a process of pod A sends DELETE. While GET and PUT were 503 (the
+/// record the wall clock says has expired, not yet seen unchanged for a TTL), the DELETE gave the restored
+/// record back: the lock free, A's client told 200 by its GET and PUT at once, B's client told of the loss
+/// only at its next heartbeat. The DELETE gives the lock up and leaves the record to expire.
+#[test]
+fn a_delete_does_not_give_back_a_restored_record_over_another_pods_hold() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    for forgotten in [true, false] {
+        let name = env.lease_name(if forgotten { "delete-forgotten" } else { "delete-restarted" });
+        let path = format!("/locks/{name}");
+        let (a, b) = restored_over_another_pods_hold(&env, &name, forgotten);
+        let delete = a.request("DELETE", &path).status;
+        let holder = env.get(&name).map(|(_, record)| record.holder_identity.unwrap_or_default());
+        let get = a.request("GET", &path).status;
+        let put = matches!(get, 200 | 404).then(|| a.put(&name).status);
+        let b_next = b.put(&name).status;
+        let why = if forgotten { "forgot the lock" } else { "was restarted" };
+        assert_eq!(delete, 200, "{why}: the DELETE gives the lock up");
+        assert_ne!(
+            holder.as_deref(),
+            Some(""),
+            "A's side-car ({why}) gave back its restored record over B's hold (B's client told 200 just before the \
+             restore); A's client's GET {get}, PUT {put:?}; B's next heartbeat {b_next}"
+        );
+        assert_ne!(put, Some(200), "{why}: A's client was told 200 while B's client counted on the lock ({b_next})");
+    }
 }
 
 /// Found by review (helper-145): connections that pipeline requests and never read the answers kept the
