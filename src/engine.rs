@@ -1314,20 +1314,48 @@ async fn readable(store: &Store, name: &str) -> Result<Option<crate::lease::Vers
     }
 }
 
-/// How many of a semaphore's first slots are read for a recorded count before its marker is written (then,
-/// if none records one, the namespace's Leases are listed).
+/// How many of a semaphore's first slots are read for a recorded count before its marker is written, where
+/// the API server forbids listing the namespace's Leases.
 const MARKER_PROBES: u32 = 8;
 
-/// The slot count that the first existing slot of semaphore `name` that records one records (of its first
-/// `MARKER_PROBES` slots, then of any in the namespace, whatever count this process was given: found by
-/// review, rv250, `--slots 2` read only slots 0 and 1 of a semaphore of 3 whose slot 2 alone remained, and wrote
-/// the deleted marker with 2; rv273, the same for slots past the eighth), if any. Only when the marker is
-/// missing: a first use reads those few absent slots, and lists the Leases, once. A record with no count (a
-/// plain lease's, on a slot's name) tells none: the slots past it are read on (found by review, helper-175: a
-/// free plain record on slot 0's name hid slot 1's count of 3, and `--slots 2` wrote the deleted marker; every
-/// user of 3 was refused then). Nor does one that cannot be a slot of `name` (see [`slot_count_as_slot`]);
-/// among the listed ones, a count other than `ours` is the one told.
+/// A count other than `ours` that a slot of semaphore `name` records, else `ours` if one records it, else
+/// none: read when the marker is missing, before it is written (a first use, or a marker deleted while
+/// slots remain: found by review, helper-175, rv250, rv273, `--slots 2` wrote the deleted marker of a
+/// semaphore whose slots past the first it read were held, and ran its children beside theirs). One list
+/// of the namespace's Leases, and every `NAME-i` in it that can be a slot (see [`slot_count_as_slot`]); where
+/// the API server forbids listing, the first `MARKER_PROBES` slots are read. Any other failure of the list
+/// is no answer: the marker is not written on it (found by review, rv275: a 401 was taken for a refusal).
 async fn slot_count_of(store: &Store, name: &str, ours: u32) -> Result<Option<String>, StoreError> {
+    let listed = match store.list(None).await {
+        Ok(listed) => listed,
+        Err(err) if err.is_forbidden() => {
+            tracing::warn!(semaphore = %name, error = %err, "cannot list Leases: only the first slots are read for a count");
+            return probed_slot_count(store, name).await;
+        }
+        Err(err) => return Err(err),
+    };
+    let mut found = None;
+    for lease in &listed {
+        let Some((semaphore, index)) = lease.metadata.name.as_deref().and_then(crate::lease::slot_parent) else {
+            continue;
+        };
+        if semaphore != name {
+            continue;
+        }
+        if let Some(count) = slot_count_as_slot(lease, index, &listed) {
+            if count != ours.to_string() {
+                return Ok(Some(count));
+            }
+            found = Some(count);
+        }
+    }
+    Ok(found)
+}
+
+/// The count the first of semaphore `name`'s first `MARKER_PROBES` slots that records one records (whatever
+/// count this process was given: found by review, rv250). A record with no count (a plain lease's, on a
+/// slot's name) tells none: the slots past it are read on (found by review, helper-175).
+async fn probed_slot_count(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
     for index in 0..MARKER_PROBES {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
@@ -1345,49 +1373,24 @@ async fn slot_count_of(store: &Store, name: &str, ours: u32) -> Result<Option<St
             Err(err) => return Err(err),
         }
     }
-    // Past the probes: a semaphore of more slots whose first ones were deleted too (found by review, rv273:
-    // slots 8 and 9 of 10 held, the marker and the free slots 0 to 7 deleted, and `--slots 2` wrote the
-    // marker and ran two children beside theirs). One list of the namespace's Leases tells; where the API
-    // server forbids listing, the probes are all there is (README). Any other failure is no answer: the
-    // marker is not written on it (found by review, rv275: a 401 was taken for a refusal by RBAC).
-    let leases = match store.list(None).await {
-        Ok(leases) => leases,
-        Err(err) if err.is_forbidden() => {
-            tracing::warn!(semaphore = %name, error = %err, "cannot list Leases: only the first slots were read for a count");
-            return Ok(None);
-        }
-        Err(err) => return Err(err),
-    };
-    let mut found = None;
-    for lease in &leases {
-        let Some((semaphore, index)) = lease.metadata.name.as_deref().and_then(crate::lease::slot_parent) else {
-            continue;
-        };
-        if semaphore != name {
-            continue;
-        }
-        if let Some(count) = slot_count_as_slot(lease, index, &leases) {
-            if count != ours.to_string() {
-                return Ok(Some(count));
-            }
-            found = Some(count);
-        }
-    }
-    Ok(found)
+    Ok(None)
 }
 
 /// The count `lease` (named `NAME-index`) records, if it can be a slot of the semaphore `NAME`, whose marker
-/// is missing: a slot's index is below its count, and a slot was held once (it has a `renewTime`), which a
-/// marker made afresh never was (found by review, rv275: the marker of the semaphore `NAME-12` of 3 slots,
-/// or of `NAME-2026`, was taken for a slot of `NAME`, and its count refused `NAME`'s users); nor has a slot
-/// slots of its own, with its count, among the Leases `listed`. A count that is no number is told as it is,
-/// to be refused: nothing tells what it is.
+/// is missing. A held one is (a marker never is: found by review, rv276, a held slot whose name was also
+/// another semaphore's was passed over). A free one that is another semaphore's marker is not (found by
+/// review, rv275: the marker of `NAME-12` of 3, or of `NAME-2026` of 4, gave `NAME` its count): its index is
+/// not below the count it records, or it was never held (no `renewTime`), or it has slots of its own, with its
+/// count, among the Leases `listed`. A count that is no number is told as it is, to be refused.
 fn slot_count_as_slot(
     lease: &crate::lease::Versioned,
     index: usize,
     listed: &[crate::lease::Versioned],
 ) -> Option<String> {
     let count = lease.metadata.annotations.as_ref()?.get(crate::lease::SLOTS_ANNOTATION)?;
+    if lease.record.holder_identity.as_deref().is_some_and(|holder| !holder.is_empty()) {
+        return Some(count.clone());
+    }
     let Ok(n) = count.parse::<usize>() else { return Some(count.clone()) };
     let own_slots = |slot: &crate::lease::Versioned| {
         slot.metadata.name.as_deref().and_then(crate::lease::slot_parent).is_some_and(|(parent, at)| {
@@ -1396,8 +1399,8 @@ fn slot_count_as_slot(
                 && slot.metadata.annotations.as_ref().and_then(|a| a.get(crate::lease::SLOTS_ANNOTATION)) == Some(count)
         })
     };
-    let marker = lease.record.renew_time.is_none() || listed.iter().any(own_slots);
-    (index < n && !marker).then(|| count.clone())
+    let marker = index >= n || lease.record.renew_time.is_none() || listed.iter().any(own_slots);
+    (!marker).then(|| count.clone())
 }
 
 /// Renew `slot` until it is lost (returned) or `stop` completes (then `None`: the caller releases).

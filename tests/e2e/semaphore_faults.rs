@@ -1096,6 +1096,43 @@ fn semaphores_named_like_slots_of_a_new_one_do_not_refuse_it(env: &TestEnv) {
     env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"])).assert_code(0);
 }
 
+both_backends!(a_deleted_markers_count_is_not_read_from_a_marker_written_over_a_once_used_plain_lease);
+
+/// Found by review (rv276): the same as the last two, with the semaphore `NAME-1` of 3 first used as a plain
+/// lease (its marker keeps the released record's `renewTime`, so it looked held once): read by the eight
+/// probes, which never looked for slots of its own, as slot 1 of NAME. Beside slots 8 and 9 of 10, `--slots 3`
+/// wrote NAME's marker with 3 and ran its child. The namespace's Leases are listed first, and `NAME-1-0`, of
+/// 3, shows `NAME-1` a marker.
+fn a_deleted_markers_count_is_not_read_from_a_marker_written_over_a_once_used_plain_lease(env: &TestEnv) {
+    let name = env.lease_name("plain-marker");
+    env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
+    env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
+    env.run(fast(&["lock", &format!("{name}-1"), "--no-wait"], &["true"])).assert_code(0);
+    env.run(fast(&["lock", &format!("{name}-1"), "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
+    let three = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "NAME's marker was written beside slots 8 and 9 of 10: {marker:?}\n{}", three.stderr);
+    three.assert_code(125);
+    assert!(three.stderr.contains("10 slots"), "{}", three.stderr);
+}
+
+both_backends!(a_held_slot_is_read_for_the_count_whatever_else_is_listed);
+
+/// Found by review (rv276): slots 8 and 9 of 10 held, whose names were also used as semaphores of 10 of their
+/// own (`NAME-8-0` and `NAME-9-0` remain): the list passed over them as markers "with slots of their own",
+/// and `--slots 2` wrote the marker beside them. A held record is a slot: a marker is never held.
+fn a_held_slot_is_read_for_the_count_whatever_else_is_listed(env: &TestEnv) {
+    let name = env.lease_name("own-slots");
+    env.put_slot(&format!("{name}-8-0"), 10, TestEnv::foreign_record("", 1));
+    env.put_slot(&format!("{name}-9-0"), 10, TestEnv::foreign_record("", 1));
+    env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
+    env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
+    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    let marker = env.metadata(&name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "NAME's marker was written beside held slots of 10: {marker:?}\n{}", two.stderr);
+    two.assert_code(125);
+}
+
 /// Found by review (rv275): the list of Leases answered 401 once (an authentication webhook's hiccup, a token
 /// being rotated) was taken for a refusal by RBAC, and `--slots 2` wrote the marker beside slots of 10. Only
 /// the API server's 403 lets the first eight slots decide; here the marker is not written.
@@ -1106,12 +1143,12 @@ fn a_list_answered_401_does_not_let_the_marker_be_written() {
     let name = env.lease_name("list-401");
     env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
     env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
-    // Every answer 700 ms late: the list comes well after the last probe (slot 7's get) is seen.
+    // Every answer 700 ms late: the list comes well after the marker's read is seen.
     server.set_latency(Duration::from_millis(700));
-    let probe7 = format!("/{name}-7");
+    let marker_path = format!("/{name}");
     let two = env.spawn(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
-    wait_until("the last probe (slot 7's get)", || {
-        server.requests().iter().any(|r| r.verb == "get" && r.path.ends_with(&probe7))
+    wait_until("the marker's read", || {
+        server.requests().iter().any(|r| r.verb == "get" && r.path.ends_with(&marker_path))
     });
     server.fail_next(1, 401);
     let two = two.finish();
@@ -1120,6 +1157,21 @@ fn a_list_answered_401_does_not_let_the_marker_be_written() {
     assert_eq!(lists.first(), Some(&401), "the 401 did not land on the list: {lists:?}");
     let marker = env.metadata(&name).and_then(|m| m.annotations);
     assert!(marker.is_none(), "a list answered 401 let --slots 2 write the marker: {marker:?}\n{}", two.stderr);
+}
+
+/// Where the API server forbids listing Leases (a Role with `resourceNames`), the first eight slots are read
+/// for a deleted marker's count, with a warning: slot 2 of 3 held refuses `--slots 2`.
+#[test]
+fn a_deleted_markers_count_is_read_from_the_first_slots_where_listing_is_forbidden() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("list-forbidden");
+    env.put_slot(&format!("{name}-2"), 3, TestEnv::foreign_record("someone", 30));
+    server.forbid("list");
+    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
+    two.assert_code(125);
+    assert!(two.stderr.contains("3 slots") && two.stderr.contains("cannot list Leases"), "{}", two.stderr);
+    assert!(env.metadata(&name).is_none(), "the marker was written");
 }
 
 both_backends!(a_dead_plain_record_on_an_unused_slot_name_is_waited_out_once);
