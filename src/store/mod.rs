@@ -51,9 +51,11 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether this is the API server's own refusal by RBAC (a 403 with a Kubernetes Status, which the kube
-    /// store words "...: forbidden: ..."), not a gateway's 403 or any other lasting failure.
+    /// store words "VERB lease(s) ...: forbidden: ...", with no colon before it), not a gateway's 403 or any
+    /// other lasting failure (whose words, its body's included, come after a colon).
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, StoreError::Fatal(Error::Api(message)) if message.contains(": forbidden: "))
+        matches!(self, StoreError::Fatal(Error::Api(message))
+            if message.split_once(": forbidden: ").is_some_and(|(what, _)| !what.contains(':')))
     }
 
     /// A short, stable name for logs and metrics.
@@ -176,3 +178,24 @@ impl Store {
 }
 
 pub use crate::retry::{FailureLog, backoff, jittered};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_api_servers_own_refusal_is_forbidden() {
+        let api = |message: &str| StoreError::Fatal(Error::Api(message.to_string()));
+        let rbac = "list leases in namespace default: forbidden: User \"x\" cannot list resource \"leases\"; listing \
+                    needs only the list verb";
+        assert!(api(rbac).is_forbidden());
+        let gateway = "list leases in namespace default: 403 with no Kubernetes Status (from a proxy or gateway, or \
+                       the API server's own filters): <h1>Error: forbidden: denied</h1>";
+        assert!(!api(gateway).is_forbidden());
+        assert!(
+            !api("list leases in namespace default: 401 Unauthorized: the API server rejected the credentials")
+                .is_forbidden()
+        );
+        assert!(!StoreError::Transient("list leases: forbidden: no".into()).is_forbidden());
+    }
+}
