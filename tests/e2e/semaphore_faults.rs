@@ -1010,6 +1010,17 @@ fn a_plain_hold_put_back_on_a_slot_name_is_no_slot() {
 
 both_backends!(a_deleted_marker_is_written_again_only_with_the_count_past_a_plain_record_on_a_slot_name);
 
+/// `lock NAME --slots ours --no-wait` on a semaphore whose marker is missing, beside slots that record
+/// `recorded`: refused (125, naming that count), and the marker not written, which would lock their users out.
+#[track_caller]
+fn refused_for_the_recorded_count(env: &TestEnv, name: &str, ours: u32, recorded: u32) {
+    let refused = env.run(fast(&["lock", name, "--slots", &ours.to_string(), "--no-wait"], &["true"]));
+    let marker = env.metadata(name).and_then(|m| m.annotations);
+    assert!(marker.is_none(), "the marker was written with {ours}, beside slots of {recorded}: {marker:?}");
+    refused.assert_code(125);
+    assert!(refused.stderr.contains(&format!("{recorded} slots")), "{}", refused.stderr);
+}
+
 /// Found by review (helper-175): a 3-slot semaphore whose marker was deleted while slot 1 is held; slot 0's
 /// name holds a plain lease's free record (no count). Its count was read from the first record found,
 /// slot 0's, which has none: `--slots 2` wrote the marker "2", and every user of 3 was refused from then
@@ -1021,11 +1032,7 @@ fn a_deleted_marker_is_written_again_only_with_the_count_past_a_plain_record_on_
     free.holder_identity = None;
     env.put(&format!("{name}-0"), free);
     env.put_slot(&format!("{name}-1"), 3, TestEnv::foreign_record("someone", 30));
-    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
-    let marker = env.metadata(&name).and_then(|m| m.annotations);
-    assert!(marker.is_none(), "the marker was written with another count than the slots record: {marker:?}");
-    two.assert_code(125);
-    assert!(two.stderr.contains("3 slots"), "{}", two.stderr);
+    refused_for_the_recorded_count(env, &name, 2, 3);
     env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
 }
 
@@ -1039,11 +1046,7 @@ both_backends!(a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_p
 fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_count_given(env: &TestEnv) {
     let name = env.lease_name("probe-past");
     env.put_slot(&format!("{name}-2"), 3, TestEnv::foreign_record("someone", 30));
-    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
-    let marker = env.metadata(&name).and_then(|m| m.annotations);
-    assert!(marker.is_none(), "the marker was written with another count than slot 2 records: {marker:?}");
-    two.assert_code(125);
-    assert!(two.stderr.contains("3 slots"), "{}", two.stderr);
+    refused_for_the_recorded_count(env, &name, 2, 3);
     env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
 }
 
@@ -1057,11 +1060,7 @@ both_backends!(a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_p
 fn a_deleted_marker_is_written_again_only_with_the_count_of_a_slot_past_the_probes(env: &TestEnv) {
     let name = env.lease_name("probe-list");
     env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone", 30));
-    let two = env.run(fast(&["lock", &name, "--slots", "2", "--no-wait"], &["true"]));
-    let marker = env.metadata(&name).and_then(|m| m.annotations);
-    assert!(marker.is_none(), "the marker was written with another count than slot 9 records: {marker:?}");
-    two.assert_code(125);
-    assert!(two.stderr.contains("10 slots"), "{}", two.stderr);
+    refused_for_the_recorded_count(env, &name, 2, 10);
     env.run(fast(&["lock", &name, "--slots", "10", "--no-wait"], &["true"])).assert_code(0);
 }
 
@@ -1076,11 +1075,7 @@ fn a_deleted_markers_count_is_not_read_from_another_semaphores_marker(env: &Test
     env.put_slot(&format!("{name}-8"), 10, TestEnv::foreign_record("someone", 30));
     env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
     env.run(fast(&["lock", &format!("{name}-12"), "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
-    let three = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
-    let marker = env.metadata(&name).and_then(|m| m.annotations);
-    assert!(marker.is_none(), "the marker was written with another count than slots 8 and 9 record: {marker:?}");
-    three.assert_code(125);
-    assert!(three.stderr.contains("10 slots"), "{}", three.stderr);
+    refused_for_the_recorded_count(env, &name, 3, 10);
 }
 
 both_backends!(semaphores_named_like_slots_of_a_new_one_do_not_refuse_it);
@@ -1109,11 +1104,7 @@ fn a_deleted_markers_count_is_not_read_from_a_marker_written_over_a_once_used_pl
     env.put_slot(&format!("{name}-9"), 10, TestEnv::foreign_record("someone-else", 30));
     env.run(fast(&["lock", &format!("{name}-1"), "--no-wait"], &["true"])).assert_code(0);
     env.run(fast(&["lock", &format!("{name}-1"), "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
-    let three = env.run(fast(&["lock", &name, "--slots", "3", "--no-wait"], &["true"]));
-    let marker = env.metadata(&name).and_then(|m| m.annotations);
-    assert!(marker.is_none(), "NAME's marker was written beside slots 8 and 9 of 10: {marker:?}\n{}", three.stderr);
-    three.assert_code(125);
-    assert!(three.stderr.contains("10 slots"), "{}", three.stderr);
+    refused_for_the_recorded_count(env, &name, 3, 10);
 }
 
 both_backends!(a_held_slot_is_read_for_the_count_whatever_else_is_listed);
