@@ -1330,7 +1330,7 @@ async fn slot_count_of(store: &Store, name: &str, ours: u32) -> Result<Option<St
         Ok(listed) => listed,
         Err(err) if err.is_forbidden() => {
             tracing::warn!(semaphore = %name, error = %err, "cannot list Leases: only the first slots are read for a count");
-            return probed_slot_count(store, name).await;
+            return probed_slot_count(store, name, ours).await;
         }
         Err(err) => return Err(err),
     };
@@ -1352,15 +1352,20 @@ async fn slot_count_of(store: &Store, name: &str, ours: u32) -> Result<Option<St
     Ok(found)
 }
 
-/// The count the first of semaphore `name`'s first `MARKER_PROBES` slots that records one records (whatever
-/// count this process was given: found by review, rv250). A record with no count (a plain lease's, on a
-/// slot's name) tells none: the slots past it are read on (found by review, helper-175).
-async fn probed_slot_count(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
+/// [`slot_count_of`] from semaphore `name`'s first `MARKER_PROBES` slots, all read (found by review, rv278:
+/// the first that recorded a count was taken, another semaphore's free marker whose own slots a probe cannot
+/// see, and a held slot of 10 after it was never read). A record with no count (a plain lease's, on a slot's
+/// name) tells none (found by review, helper-175).
+async fn probed_slot_count(store: &Store, name: &str, ours: u32) -> Result<Option<String>, StoreError> {
+    let mut found = None;
     for index in 0..MARKER_PROBES {
         match store.get(&format!("{name}-{index}")).await {
             Ok(Some(slot)) => {
                 if let Some(count) = slot_count_as_slot(&slot, index as usize, &[]) {
-                    return Ok(Some(count));
+                    if count != ours.to_string() {
+                        return Ok(Some(count));
+                    }
+                    found = Some(count);
                 }
             }
             Ok(None) => {}
@@ -1373,7 +1378,7 @@ async fn probed_slot_count(store: &Store, name: &str) -> Result<Option<String>, 
             Err(err) => return Err(err),
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// The count `lease` (named `NAME-index`) records, if it can be a slot of the semaphore `NAME`, whose marker

@@ -1124,6 +1124,51 @@ fn a_held_slot_is_read_for_the_count_whatever_else_is_listed(env: &TestEnv) {
     two.assert_code(125);
 }
 
+/// Found by review (rv278): listing forbidden (a Role with `resourceNames`), so the first eight slots are read.
+/// Slot 5 of a semaphore of 10 is held; `NAME-1` is the free marker of a semaphore of 3 of its own (once a plain
+/// lease: it keeps a `renewTime`, and a probe cannot see its own slots). The first count found, `NAME-1`'s 3,
+/// was taken before slot 5 was read: `--slots 3` wrote NAME's marker and ran its child beside slot 5's holder.
+/// Every probe is read, and a count other than ours refuses, as with listing allowed.
+#[test]
+fn a_held_slot_among_the_first_eight_is_read_where_listing_is_forbidden() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let name = env.lease_name("probe-order");
+    env.put_slot(&format!("{name}-5"), 10, TestEnv::foreign_record("someone", 30));
+    env.run(fast(&["lock", &format!("{name}-1"), "--no-wait"], &["true"])).assert_code(0);
+    env.run(fast(&["lock", &format!("{name}-1"), "--slots", "3", "--no-wait"], &["true"])).assert_code(0);
+    server.forbid("list");
+    refused_for_the_recorded_count(&env, &name, 3, 10);
+    server.allow("list");
+    refused_for_the_recorded_count(&env, &name, 3, 10);
+}
+
+/// Found by review (rv278): a semaphore's first use in a namespace of many large Leases (1500 of 20 KB: 30 MB).
+/// The list of the namespace was one call, bounded by the call timeout (600 ms here): it timed out every time,
+/// and the free semaphore was never acquired (`--no-wait`: 124), while a plain lock was at once. It is read a
+/// page at a time, as kubectl reads.
+#[test]
+fn a_semaphores_first_use_in_a_namespace_of_many_large_leases() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let padding = "x".repeat(20_000);
+    for i in 0..1500 {
+        let annotations = [("example.com/state".to_string(), padding.clone())].into();
+        let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            annotations: Some(annotations),
+            ..Default::default()
+        };
+        env.create_with(&format!("other-{i}x"), metadata, TestEnv::foreign_record("", 1));
+    }
+    let timings = ["--lease-duration", "3s", "--renew-deadline", "1200ms", "--retry-period", "100ms"];
+    let name = env.lease_name("big-namespace");
+    let first =
+        env.run([&["lock", name.as_str(), "--slots", "2", "--no-wait"][..], &timings, &["--", "true"]].concat());
+    first.assert_code(0);
+}
+
 /// Found by review (rv275): the list of Leases answered 401 once (an authentication webhook's hiccup, a token
 /// being rotated) was taken for a refusal by RBAC, and `--slots 2` wrote the marker beside slots of 10. Only
 /// the API server's 403 lets the first eight slots decide; here the marker is not written.

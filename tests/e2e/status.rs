@@ -10,6 +10,7 @@ use crate::support::*;
 both_backends!(
     listing_shows_every_lease_held_or_free_as_a_table_and_as_json,
     listing_filters_by_label_selector,
+    listing_reads_every_page,
     empty_listing_says_so_on_stderr_and_exits_0,
     unparsable_selector_is_refused_on_one_line_with_exit_125,
     listing_shows_a_semaphore_as_its_slots_held_of_its_count,
@@ -120,6 +121,20 @@ fn listing_filters_by_label_selector(env: &TestEnv) {
         let items = json_array(&env.run(["status", "-l", selector, "-o", "json"]));
         assert_eq!(names_in(&items), expected, "-l {selector} -o json");
     }
+}
+
+/// More Leases than one page of a list holds (100: the API server is asked a page at a time, as kubectl
+/// asks): every one is listed, once, in order.
+fn listing_reads_every_page(env: &TestEnv) {
+    let run = env.lease_name("pages");
+    let mut expected: Vec<String> = (0..250).map(|i| format!("{run}-x{i}")).collect();
+    for name in &expected {
+        env.put_labeled(name, &[("mpsync-test", &run)], TestEnv::foreign_record("", 1));
+    }
+    expected.sort();
+    let listed: Vec<String> =
+        rows(&env.run(["status", "-l", &format!("mpsync-test={run}")])).into_iter().map(|row| row[0].clone()).collect();
+    assert_eq!(listed, expected);
 }
 
 fn empty_listing_says_so_on_stderr_and_exits_0(env: &TestEnv) {

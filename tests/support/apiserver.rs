@@ -1765,6 +1765,21 @@ fn not_found(name: &str) -> Response {
     )
 }
 
+/// The `(namespace, name)` a list's `continue` token (see `list_or_watch`) goes on after.
+fn continue_key(token: &str) -> Option<(String, String)> {
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| token.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    let (ns, name) =
+        String::from_utf8(bytes).ok()?.split_once('/').map(|(ns, name)| (ns.to_string(), name.to_string()))?;
+    Some((ns, name))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 fn bad_request(message: &str) -> Response {
     status_response(400, "BadRequest", message, None)
 }
@@ -2402,19 +2417,42 @@ impl Store<'_> {
                 Ok(labels) => labels,
                 Err(response) => return Reply::Answer(response),
             };
+            // Pages, as kube-apiserver gives them: `limit` items at most, and a `continue` token (opaque to
+            // clients) while more remain; a token that is not one of ours is refused, 400.
+            let limit = request.param("limit").and_then(|limit| limit.parse::<usize>().ok()).filter(|n| *n > 0);
+            let after = match request.param("continue").filter(|token| !token.is_empty()) {
+                None => None,
+                Some(token) => match continue_key(&token) {
+                    Some(key) => Some(key),
+                    None => return Reply::Answer(bad_request("continue key is not valid: illegal base64 data")),
+                },
+            };
             let st = self.shared.lock();
-            let items: Vec<Value> = st
+            let mut matching = st
                 .objects
                 .iter()
-                .filter(|((ns, name), object)| filter.matches(ns, name) && labels.matches(object))
-                .map(|(_, object)| list_item(object))
-                .collect();
+                .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+                .filter(|((ns, name), object)| filter.matches(ns, name) && labels.matches(object));
+            let mut items: Vec<Value> = Vec::new();
+            let mut last = None;
+            for (key, object) in matching.by_ref().take(limit.unwrap_or(usize::MAX)) {
+                items.push(list_item(object));
+                last = Some(key.clone());
+            }
+            let remaining = matching.count();
+            let mut metadata = json!({"resourceVersion": st.rv.to_string()});
+            if remaining > 0
+                && let Some((ns, name)) = last
+            {
+                metadata["continue"] = json!(hex(format!("{ns}/{name}").as_bytes()));
+                metadata["remainingItemCount"] = json!(remaining);
+            }
             return Reply::Answer(json_response(
                 200,
                 &json!({
                     "kind": "LeaseList",
                     "apiVersion": API_VERSION,
-                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "metadata": metadata,
                     "items": items,
                 }),
             ));
