@@ -67,12 +67,13 @@ impl KubeStore {
     /// all the same (found by review, rv278: one list of 30 MB of Leases timed out for ever, and one of
     /// 70 MB was past the largest answer read).
     pub async fn list(&self, label_selector: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
-        let mut params = match label_selector {
+        let first = match label_selector {
             Some(selector) => ListParams::default().labels(selector),
             None => ListParams::default(),
         }
         .limit(LIST_PAGE);
-        let mut leases = Vec::new();
+        let (mut params, mut leases, mut restarts) = (first.clone(), Vec::new(), 0);
+        let mut tokens = std::collections::HashSet::new();
         loop {
             let page = match timeout(self.call_timeout, self.api.list(&params)).await {
                 Err(_) => {
@@ -81,16 +82,35 @@ impl KubeStore {
                         self.namespace, self.call_timeout
                     )));
                 }
+                // A continue token expired (410: etcd compacted the version the list began at): the list
+                // begins again, as kubectl's does, a few times.
+                Ok(Err(kube::Error::Api(status)))
+                    if status.code == 410 && params.continue_token.is_some() && restarts < 3 =>
+                {
+                    restarts += 1;
+                    (params, leases) = (first.clone(), Vec::new());
+                    tokens.clear();
+                    continue;
+                }
                 Ok(Err(err)) => return Err(classify(err, Verb::List, None, &self.namespace)),
                 Ok(Ok(page)) => page,
             };
             leases.extend(page.items.into_iter().map(versioned));
             match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                // A token given twice would page for ever (a proxy that mangles them).
+                Some(token) if !tokens.insert(token.clone()) => {
+                    return Err(StoreError::Transient(format!(
+                        "list leases in namespace {}: the API server gave the same continue token twice",
+                        self.namespace
+                    )));
+                }
                 Some(token) => params = params.continue_token(&token),
                 None => break,
             }
         }
         leases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        // A Lease on two pages (a server that pages loosely) is listed once.
+        leases.dedup_by(|a, b| a.metadata.name == b.metadata.name);
         Ok(leases)
     }
 

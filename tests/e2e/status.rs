@@ -137,6 +137,31 @@ fn listing_reads_every_page(env: &TestEnv) {
     assert_eq!(listed, expected);
 }
 
+/// A list's `continue` token that expired before the next page was asked for (410 Expired: etcd compacted
+/// the version the list began at): the list begins again, as kubectl's does, and every Lease is listed.
+#[test]
+fn a_list_whose_continue_token_expired_begins_again() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let run = env.lease_name("expired-pages");
+    let mut expected: Vec<String> = (0..150).map(|i| format!("{run}-x{i}")).collect();
+    for name in &expected {
+        env.put_labeled(name, &[("mpsync-test", &run)], TestEnv::foreign_record("", 1));
+    }
+    expected.sort();
+    // Every answer 500 ms late: the second page is asked for well after the first list is seen.
+    server.set_latency(std::time::Duration::from_millis(500));
+    let status = env.spawn(["status", "-l", &format!("mpsync-test={run}")]);
+    wait_until("the first page's request", || server.requests().iter().any(|r| r.verb == "list"));
+    server.fail_next(1, 410);
+    let done = status.finish();
+    server.set_latency(std::time::Duration::ZERO);
+    let lists: Vec<u16> = server.requests().iter().filter(|r| r.verb == "list").map(|r| r.status).collect();
+    assert_eq!(lists.get(1), Some(&410), "the 410 did not land on the second page: {lists:?}");
+    let listed: Vec<String> = rows(&done).into_iter().map(|row| row[0].clone()).collect();
+    assert_eq!(listed, expected, "{}", done.stderr);
+}
+
 fn empty_listing_says_so_on_stderr_and_exits_0(env: &TestEnv) {
     let selector = format!("mpsync-test={}", env.lease_name("nothing"));
     let text = env.run(["status", "-l", &selector]);

@@ -1830,6 +1830,15 @@ fn failure_response(code: u16) -> Response {
             "the server is currently unable to handle the request",
             Some(json!({})),
         ),
+        // A list's `continue` token past etcd's compaction, as kube-apiserver words it.
+        410 => status_response(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You can start a new \
+             list without the continue parameter, or use the continue token in this response to retrieve the \
+             remainder of the results.",
+            Some(json!({})),
+        ),
         504 => status_response(
             504,
             "Timeout",
