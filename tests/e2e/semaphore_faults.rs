@@ -1169,6 +1169,33 @@ fn a_semaphores_first_use_in_a_namespace_of_many_large_leases() {
     first.assert_code(0);
 }
 
+/// Found by review (rv280): a semaphore's first use lists the namespace's Leases, a page at a time; 2000 of them
+/// (20 pages) on an API server answering in 700 ms. `--timeout 2s` answered after every page was read (8.5 s
+/// for ten). A look at the marker ends by the deadline (or a call's time from its start): not acquired, 124,
+/// within a few seconds of it.
+#[test]
+fn a_semaphores_first_use_keeps_its_timeout_however_many_pages_the_list_has() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("many-pages");
+    for i in 0..2000 {
+        env.put(&format!("{name}-other-x{i}"), TestEnv::foreign_record("", 1));
+    }
+    server.set_latency(Duration::from_millis(700));
+    let done = env.run(fast(&["lock", &name, "--slots", "2", "--timeout", "2s"], &["true"]));
+    server.set_latency(Duration::ZERO);
+    done.assert_code(124);
+    assert!(
+        done.elapsed < Duration::from_secs(9),
+        "`--timeout 2s` answered after {:?}:\n{}",
+        done.elapsed,
+        done.stderr
+    );
+}
+
 /// Found by review (rv275): the list of Leases answered 401 once (an authentication webhook's hiccup, a token
 /// being rotated) was taken for a refusal by RBAC, and `--slots 2` wrote the marker beside slots of 10. Only
 /// the API server's 403 lets the first eight slots decide; here the marker is not written.

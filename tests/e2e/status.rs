@@ -162,6 +162,23 @@ fn a_list_whose_continue_token_expired_begins_again() {
     assert_eq!(listed, expected, "{}", done.stderr);
 }
 
+/// Found by review (rv280): a list whose pages never end (a proxy that hands back the `continue` token it was
+/// asked with) was read for ever, tens of thousands of requests, memory growing. The same token twice is an
+/// error: exit 125.
+#[test]
+fn a_list_whose_pages_never_end_is_an_error() {
+    let env = TestEnv::kube();
+    let Some(server) = env.server() else { return };
+    let run = env.lease_name("endless");
+    for i in 0..150 {
+        env.put_labeled(&format!("{run}-x{i}"), &[("mpsync-test", &run)], TestEnv::foreign_record("", 1));
+    }
+    server.set_endless_lists(true);
+    let done = env.run(["status", "-l", &format!("mpsync-test={run}")]);
+    done.assert_code(125);
+    assert!(done.stderr.contains("the same continue token twice"), "{}", done.stderr);
+}
+
 fn empty_listing_says_so_on_stderr_and_exits_0(env: &TestEnv) {
     let selector = format!("mpsync-test={}", env.lease_name("nothing"));
     let text = env.run(["status", "-l", &selector]);

@@ -572,6 +572,8 @@ struct State {
     chained_failures: BTreeMap<String, (String, usize, u16)>,
     after_commit: Option<AfterCommitFault>,
     watch_fault: Option<WatchFault>,
+    /// Continued pages of a list carry the token they were asked with (see `set_endless_lists`).
+    endless_lists: bool,
     latency: Duration,
     commit_delay: Duration,
     bookmark_interval: Duration,
@@ -691,6 +693,7 @@ impl TestApiServer {
             reads_429_until: None,
             after_commit: None,
             watch_fault: None,
+            endless_lists: false,
             latency: Duration::ZERO,
             commit_delay: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
@@ -966,6 +969,12 @@ impl TestApiServer {
     pub fn set_bookmark_interval(&self, interval: Duration) {
         self.shared.lock().bookmark_interval = interval.max(Duration::from_millis(1));
         self.shared.changed.notify_all();
+    }
+
+    /// While on, every continued page of a list carries, as its own `continue`, the token it was asked with:
+    /// a proxy or aggregated server whose chain of pages never ends.
+    pub fn set_endless_lists(&self, on: bool) {
+        self.shared.lock().endless_lists = on;
     }
 
     /// While `Some`, every watch, those open now included, gets the fault: an ERROR event then the end
@@ -2455,6 +2464,11 @@ impl Store<'_> {
             {
                 metadata["continue"] = json!(hex(format!("{ns}/{name}").as_bytes()));
                 metadata["remainingItemCount"] = json!(remaining);
+            }
+            if st.endless_lists
+                && let Some(token) = request.param("continue").filter(|token| !token.is_empty())
+            {
+                metadata["continue"] = json!(token);
             }
             return Reply::Answer(json_response(
                 200,
