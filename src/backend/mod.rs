@@ -605,6 +605,14 @@ fn read_kubeconfig_file(path: &Path) -> std::result::Result<Kubeconfig, Kubeconf
                 &decode_kubeconfig(&bytes).map_err(|err| KubeconfigError::ReadConfig(err, path.into()))?,
             )?
         }
+        // A regular file is read whole by kube: one past the cap is refused first (found by review, rv282).
+        Ok(meta) if meta.is_file() && meta.len() > CONFIG_FILE_CAP => {
+            let why = format!("more than {} MiB: not a configuration file", CONFIG_FILE_CAP >> 20);
+            return Err(KubeconfigError::ReadConfig(
+                std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+                path.into(),
+            ));
+        }
         _ => {
             if let Ok(mut file) = std::fs::File::open(path)
                 && file.metadata().is_ok_and(|meta| meta.is_file() && meta.len() % 2 == 1)

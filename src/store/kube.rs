@@ -74,6 +74,8 @@ impl KubeStore {
         .limit(LIST_PAGE);
         let (mut params, mut leases, mut restarts) = (first.clone(), Vec::new(), 0);
         let mut tokens = std::collections::HashSet::new();
+        // The last name the pages so far have reached.
+        let mut high: Option<String> = None;
         loop {
             let page = match timeout(self.call_timeout, self.api.list(&params)).await {
                 Err(_) => {
@@ -88,14 +90,25 @@ impl KubeStore {
                     if status.code == 410 && params.continue_token.is_some() && restarts < 3 =>
                 {
                     restarts += 1;
-                    (params, leases) = (first.clone(), Vec::new());
+                    (params, leases, high) = (first.clone(), Vec::new(), None);
                     tokens.clear();
                     continue;
                 }
                 Ok(Err(err)) => return Err(classify(err, Verb::List, None, &self.namespace)),
                 Ok(Ok(page)) => page,
             };
-            leases.extend(page.items.into_iter().map(versioned));
+            // Pages come in order of name, each after the last (kube-apiserver's, from etcd's keys): one that
+            // goes back is a list begun again (a proxy that drops `continue`), which would page for ever
+            // (found by review, rv282).
+            let items: Vec<Versioned> = page.items.into_iter().map(versioned).collect();
+            if high.is_some() && items.iter().any(|lease| lease.metadata.name <= high) {
+                return Err(StoreError::Transient(format!(
+                    "list leases in namespace {}: a page of the list went back to Leases it had listed",
+                    self.namespace
+                )));
+            }
+            high = high.max(items.iter().filter_map(|lease| lease.metadata.name.clone()).max());
+            leases.extend(items);
             match page.metadata.continue_.filter(|token| !token.is_empty()) {
                 // A token given twice would page for ever (a proxy that mangles them).
                 Some(token) if !tokens.insert(token.clone()) => {
@@ -109,8 +122,6 @@ impl KubeStore {
             }
         }
         leases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        // A Lease on two pages (a server that pages loosely) is listed once.
-        leases.dedup_by(|a, b| a.metadata.name == b.metadata.name);
         Ok(leases)
     }
 

@@ -136,6 +136,11 @@ fn a_configuration_file_that_never_ends_is_an_error() {
     let server = env.server().unwrap();
     let done = run(&env, mpsync_with(&env, &PathBuf::from("/dev/zero"), &["status", "x"]));
     assert_failure(&done, 125, &["/dev/zero", "more than 16 MiB"]);
+    // A regular file past the cap (sparse here), as kube would read whole (found by review, rv282).
+    let huge = env.path("huge-kubeconfig");
+    fs::File::create(&huge).unwrap().set_len(17 << 20).unwrap();
+    let done = run(&env, mpsync_with(&env, &huge, &["status", "x"]));
+    assert_failure(&done, 125, &["huge-kubeconfig", "more than 16 MiB"]);
     let options = KubeconfigOptions::new("default").trust(Trust::CaFile(PathBuf::from("/dev/zero")));
     let kubeconfig = write_kubeconfig(&env, &server.kubeconfig_yaml_with(&options));
     assert_failure(
