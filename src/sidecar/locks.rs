@@ -1062,10 +1062,15 @@ impl Locks {
         let mut drained = Drained { held: Vec::new(), busy: Vec::new(), cut_off: 0, next_check: None };
         let mut quiet = Vec::new();
         for (name, entry) in &entries {
-            let Ok(entry) = entry.try_lock() else {
+            let Ok(mut entry) = entry.try_lock() else {
                 drained.busy.push(name.clone());
                 continue;
             };
+            // A hold past its renew deadline, unseen (cut off, no request since), is let go first, as by a
+            // request: learned past its last renewal's send + the TTL, it is not given back (found by review,
+            // rv282: an etcd restore had handed the version known out again, to another pod's takeover, and the
+            // drain's release freed that pod's hold while its client held the lock).
+            self.let_go_if_lost(name, &mut entry.elector);
             if entry.elector.release(now()).is_none() {
                 continue; // Not ours (any more): nothing to give back.
             }

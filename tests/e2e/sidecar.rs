@@ -2108,6 +2108,49 @@ fn a_cut_off_side_cars_own_restored_record_is_not_adopted_at_once() {
     );
 }
 
+/// Found by review (rv282): a side-car's drain gave back a hold that had lapsed unseen (the side-car cut off from the
+/// API server past the renew deadline, with no request since to learn it) by a write at the version it knew, without
+/// the bound its answers keep (the last renewal's send + the TTL). etcd restored to a snapshot taken before that last
+/// renewal hands the same version out again, to B's takeover once A's restored record expired: the drain's release
+/// landed on B's hold and freed the lock while B's client was told it held it.
+#[test]
+fn a_drain_never_gives_back_a_hold_that_lapsed_unseen_past_its_bound() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-drain-lapsed");
+    let (proxy, mut a) = side_car_through_a_fault_proxy(&env, &["--drain", "60s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    let snapshot = server.snapshot();
+    let (before, _) = env.get(&name).unwrap();
+    // A renews: the version it knows now is one the restore hands out again.
+    wait_until("A's side-car to renew the lock", || {
+        a.put(&name).assert_status(200);
+        env.get(&name).unwrap().0 != before
+    });
+    let (known, _) = env.get(&name).unwrap();
+    proxy.partition();
+    server.restore(&snapshot);
+    let deadline = Instant::now() + PATIENCE;
+    while b.put(&name).status != 200 {
+        assert!(Instant::now() < deadline, "B's side-car never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (taken, record) = env.get(&name).unwrap();
+    assert_eq!(record.holder_identity.as_deref(), Some("pod-b"));
+    assert_eq!(taken, known, "the restore handed the version A knows out again, to B's takeover");
+    proxy.heal();
+    proxy.drop_connections();
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("A's side-car drains and exits");
+    eprintln!("A exited {status:?}:\n{}", a.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-b"), "A's drain freed B's hold: {:?}", env.get(&name));
+    b.put(&name).assert_status(200);
+}
+
 /// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
 /// late) and the next heartbeat adopts it again, the same acquisition, which the side-car also remembers as
 /// the hold it had last. A client-go elector under the pod's identity then renews it twice: an identity
