@@ -623,6 +623,49 @@ fn list_honours_the_field_selector() {
     assert_eq!(resp.json()["items"], json!([]));
 }
 
+/// Pages as kube-apiserver (etcd3) gives them: later pages are read at the first page's resourceVersion, a
+/// consistent snapshot whatever is written meanwhile; `remainingItemCount` only without selectors; a token
+/// whose version was compacted is 410 Expired, one that cannot be read 400.
+#[test]
+fn a_paged_list_reads_one_snapshot_and_its_token_expires_with_compaction() {
+    let server = TestApiServer::start();
+    for name in ["a", "b", "c"] {
+        create(&server, name, "x");
+    }
+    let names = |list: &Value| -> Vec<String> {
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    let first = call(&server, "GET", &format!("{LEASES}?limit=1"), None).json();
+    let rv = first["metadata"]["resourceVersion"].clone();
+    assert_eq!(names(&first), ["a"]);
+    assert_eq!(first["metadata"]["remainingItemCount"], 2);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    // Written meanwhile: not seen by the list's later pages.
+    assert_eq!(call(&server, "DELETE", &format!("{LEASES}/b"), None).status, 200);
+    create(&server, "bb", "x");
+    let second = call(&server, "GET", &format!("{LEASES}?limit=1&continue={token}"), None).json();
+    assert_eq!(names(&second), ["b"], "{second}");
+    assert_eq!(second["metadata"]["resourceVersion"], rv, "a continued page is read at the list's version");
+    let token2 = second["metadata"]["continue"].as_str().unwrap().to_string();
+    let last = call(&server, "GET", &format!("{LEASES}?limit=1&continue={token2}"), None).json();
+    assert_eq!(names(&last), ["c"]);
+    assert_eq!(last["metadata"].get("continue"), None);
+    // A new list sees the writes.
+    assert_eq!(names(&call(&server, "GET", LEASES, None).json()), ["a", "bb", "c"]);
+    // With a selector, no remainingItemCount.
+    let selected = call(&server, "GET", &format!("{LEASES}?limit=1&fieldSelector=metadata.name!%3Dc"), None).json();
+    assert!(selected["metadata"]["continue"].is_string(), "{selected}");
+    assert_eq!(selected["metadata"].get("remainingItemCount"), None, "{selected}");
+    // Compacted past the list's version: 410 Expired, as kube-apiserver words it.
+    server.compact();
+    let expired = call(&server, "GET", &format!("{LEASES}?limit=1&continue={token2}"), None);
+    assert_eq!(expired.status, 410, "{}", expired.body);
+    assert_eq!(expired.json()["reason"], "Expired");
+    let bad = call(&server, "GET", &format!("{LEASES}?limit=1&continue=not-a-token!"), None);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.json()["message"].as_str().unwrap().starts_with("continue key is not valid"), "{}", bad.body);
+}
+
 #[test]
 fn list_with_an_unsupported_field_selector_is_400() {
     let server = TestApiServer::start();

@@ -80,6 +80,8 @@ const FIRST_RESOURCE_VERSION: u64 = 100;
 const RESTART_GAP: u64 = 1000;
 /// Events kept for watches that start from a resourceVersion; older ones are forgotten.
 const MAX_HISTORY: usize = 50_000;
+/// How many paged lists' snapshots are kept for their continued pages (see `State::list_snapshots`).
+const MAX_LIST_SNAPSHOTS: usize = 8;
 /// The real server's request body limit (3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 const MAX_HEADER_LINE: usize = 16 * 1024;
@@ -574,6 +576,9 @@ struct State {
     watch_fault: Option<WatchFault>,
     /// Continued pages of a list carry the token they were asked with (see `set_endless_lists`).
     endless_lists: bool,
+    /// The objects as they were at each resourceVersion a paged list began at, the few newest: its later
+    /// pages are read from them, a consistent snapshot, as etcd reads them at the list's revision.
+    list_snapshots: BTreeMap<u64, Arc<BTreeMap<(String, String), Value>>>,
     latency: Duration,
     commit_delay: Duration,
     bookmark_interval: Duration,
@@ -628,6 +633,8 @@ impl State {
             let drop = self.events.len() - MAX_HISTORY / 2;
             self.history_start = self.events[drop - 1].rv;
             self.events.drain(..drop);
+            let start = self.history_start;
+            self.list_snapshots.retain(|at, _| *at >= start);
         }
     }
 
@@ -694,6 +701,7 @@ impl TestApiServer {
             after_commit: None,
             watch_fault: None,
             endless_lists: false,
+            list_snapshots: BTreeMap::new(),
             latency: Duration::ZERO,
             commit_delay: Duration::ZERO,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
@@ -1020,16 +1028,20 @@ impl TestApiServer {
         st.objects = snapshot.objects.clone();
         st.history_start = st.rv;
         st.events.clear();
+        st.list_snapshots.clear();
         st.kill_conns(false);
         self.shared.changed.notify_all();
     }
 
-    /// Forgets the event history: a watch from any resourceVersion older than the current one gets
-    /// the 410 ERROR line. Open watches go on.
+    /// Forgets the event history, as etcd's compaction at the current revision: a watch from any
+    /// resourceVersion older than the current one gets the 410 ERROR line, and so does a list's page
+    /// continued from an older one. Open watches go on.
     pub fn compact(&self) {
         let mut st = self.shared.lock();
         st.history_start = st.rv;
         st.events.clear();
+        let rv = st.rv;
+        st.list_snapshots.retain(|at, _| *at >= rv);
     }
 
     /// Answers 403 Forbidden to every Lease request with this verb: get, list, watch, create, update,
@@ -1774,19 +1786,31 @@ fn not_found(name: &str) -> Response {
     )
 }
 
-/// The `(namespace, name)` a list's `continue` token (see `list_or_watch`) goes on after.
-fn continue_key(token: &str) -> Option<(String, String)> {
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect::<Option<Vec<u8>>>()?;
-    let (ns, name) =
-        String::from_utf8(bytes).ok()?.split_once('/').map(|(ns, name)| (ns.to_string(), name.to_string()))?;
-    Some((ns, name))
+/// A list's `continue` token, as kube-apiserver makes it: unpadded URL-safe base64 of
+/// `{"v":"meta.k8s.io/v1","rv":RV,"start":"KEY\u0000"}`, where KEY is the last key given.
+fn continue_token(rv: u64, namespace: &str, name: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{namespace}/{name}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+/// The list's resourceVersion and the `(namespace, name)` a `continue` token (see `continue_token`) goes on
+/// after; or the message of kube-apiserver's 400 for a token it cannot read.
+fn continue_key(token: &str) -> Result<(u64, (String, String)), String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|err| format!("continue key is not valid: {err}"))?;
+    let key: Value = serde_json::from_slice(&bytes).map_err(|err| format!("continue key is not valid: {err}"))?;
+    if key["v"] != "meta.k8s.io/v1" {
+        return Err("continue key is not valid: server does not recognize this encoded key".into());
+    }
+    let rv = key["rv"].as_u64().filter(|rv| *rv > 0);
+    let start = key["start"].as_str().and_then(|start| start.strip_suffix('\u{0}'));
+    let Some((rv, (ns, name))) = rv.zip(start.and_then(|start| start.split_once('/'))) else {
+        return Err(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into()
+        );
+    };
+    Ok((rv, (ns.to_string(), name.to_string())))
 }
 
 fn bad_request(message: &str) -> Response {
@@ -2436,20 +2460,29 @@ impl Store<'_> {
                 Err(response) => return Reply::Answer(response),
             };
             // Pages, as kube-apiserver gives them: `limit` items at most, and a `continue` token (opaque to
-            // clients) while more remain; a token that is not one of ours is refused, 400.
+            // clients) while more remain, which names the list's resourceVersion and the last key given. Later
+            // pages are read at that version, a consistent snapshot, as etcd reads them: past a compaction of
+            // it, or after a restore, the page is 410 Expired. A token that is not one of ours is refused, 400.
             let limit = request.param("limit").and_then(|limit| limit.parse::<usize>().ok()).filter(|n| *n > 0);
             let after = match request.param("continue").filter(|token| !token.is_empty()) {
                 None => None,
                 Some(token) => match continue_key(&token) {
-                    Some(key) => Some(key),
-                    None => return Reply::Answer(bad_request("continue key is not valid: illegal base64 data")),
+                    Ok(key) => Some(key),
+                    Err(message) => return Reply::Answer(bad_request(&message)),
                 },
             };
-            let st = self.shared.lock();
-            let mut matching = st
-                .objects
+            let mut st = self.shared.lock();
+            let (rv, objects) = match &after {
+                None => (st.rv, None),
+                Some((rv, _)) => match st.list_snapshots.get(rv) {
+                    Some(objects) => (*rv, Some(Arc::clone(objects))),
+                    None => return Reply::Answer(failure_response(410)),
+                },
+            };
+            let objects = objects.as_deref().unwrap_or(&st.objects);
+            let mut matching = objects
                 .iter()
-                .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+                .filter(|(key, _)| after.as_ref().is_none_or(|(_, after)| *key > after))
                 .filter(|((ns, name), object)| filter.matches(ns, name) && labels.matches(object));
             let mut items: Vec<Value> = Vec::new();
             let mut last = None;
@@ -2458,12 +2491,22 @@ impl Store<'_> {
                 last = Some(key.clone());
             }
             let remaining = matching.count();
-            let mut metadata = json!({"resourceVersion": st.rv.to_string()});
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
             if remaining > 0
                 && let Some((ns, name)) = last
             {
-                metadata["continue"] = json!(hex(format!("{ns}/{name}").as_bytes()));
-                metadata["remainingItemCount"] = json!(remaining);
+                metadata["continue"] = json!(continue_token(rv, &ns, &name));
+                // Only for a list without selectors: with one, the count is not known without reading on.
+                if filter.terms.is_empty() && labels.terms.is_empty() {
+                    metadata["remainingItemCount"] = json!(remaining);
+                }
+                if after.is_none() && !st.list_snapshots.contains_key(&rv) {
+                    let objects = Arc::new(st.objects.clone());
+                    st.list_snapshots.insert(rv, objects);
+                    while st.list_snapshots.len() > MAX_LIST_SNAPSHOTS {
+                        st.list_snapshots.pop_first();
+                    }
+                }
             }
             if st.endless_lists
                 && let Some(token) = request.param("continue").filter(|token| !token.is_empty())
