@@ -1309,3 +1309,26 @@ fn writers_killed_before_their_write_is_in_place_leave_the_lease_free() {
     killed_in(&env, "record", &args);
     env.run(fast(&["lock", &new, "--no-wait"], &["true"])).assert_code(0);
 }
+
+/// From review (rv283): a record that cannot be written for a file size limit (`ulimit -f` below a record's
+/// size) is refused with a hint that names the limit, as a full disk is, not only "File too large".
+#[test]
+fn a_file_size_limit_too_low_for_a_record_is_named() {
+    let env = TestEnv::file();
+    let name = env.lease_name("fsize");
+    let mut command = env.mpsync(["lock", &name, "--", "true"]);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = nix::libc::rlimit { rlim_cur: 64, rlim_max: nix::libc::RLIM_INFINITY };
+            nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("ulimit -f"), "{stderr}");
+    assert!(stderr.lines().count() <= 2, "{stderr}");
+    assert_eq!(env.holder(&name), None, "nothing written");
+}

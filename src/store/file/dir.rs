@@ -644,6 +644,7 @@ pub fn io_failure(action: &str, path: &Path, err: &io::Error) -> StoreError {
             "; pass --lock-dir with a directory you can write, or fix its permissions"
         }
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "; free some space on its file system",
+        io::ErrorKind::FileTooLarge => "; a file size limit (`ulimit -f`) is too low for a record",
         _ => "",
     };
     StoreError::Fatal(Error::File(format!("cannot {action} {}: {err}{hint}", path.display())))
