@@ -1401,7 +1401,7 @@ async fn probed_slot_count(store: &Store, name: &str, ours: u32) -> Result<Optio
 /// review, rv275: the marker of `NAME-12` of 3, or of `NAME-2026` of 4, gave `NAME` its count): its index is
 /// not below the count it records, or it was never held (no `renewTime`), or it has slots of its own, with its
 /// count, among the Leases `listed`. A count that is no number is told as it is, to be refused.
-fn slot_count_as_slot(
+pub(crate) fn slot_count_as_slot(
     lease: &crate::lease::Versioned,
     index: usize,
     listed: &[crate::lease::Versioned],
