@@ -1049,6 +1049,24 @@ impl Locks {
         Ok(released)
     }
 
+    /// A quiet lock's release while draining: the lock is read first, as a DELETE reads it, and released only if
+    /// the record read is still ours to give back. The version known from the last request may have been handed
+    /// out again since, to another pod's takeover, by an etcd restore that undid the last renewal: another
+    /// side-car that saw the record before that renewal counts its expiry from then, before this hold's send +
+    /// the TTL (found by review, rv285: released on the version known, the write landed on that pod's hold while
+    /// its client held the lock).
+    async fn give_back_quiet(&self, name: &str, elector: &mut Elector) -> Result<bool, StoreError> {
+        let lease = self.lease_name(name);
+        let current = self.read(&lease, elector).await?;
+        elector.observe(current, Instant::now());
+        self.let_go_if_lost(name, elector);
+        let released = self.release(name, elector).await?;
+        if !released {
+            tracing::info!(lease = %lease, identity = %self.identity, "the lock is not ours to give back any more (taken since, or in doubt); it is left as it is");
+        }
+        Ok(released)
+    }
+
     /// While draining: release every lock whose client has gone quiet, that is, sent no heartbeat for
     /// two thirds of the TTL (a client told 200 heartbeats again within a third: twice that) and for one and a
     /// half times the longest gap it ever left between two. Locks whose
@@ -1094,7 +1112,9 @@ impl Locks {
             // A lock that went quiet just before the deadline (SIGTERM right after its client's last
             // heartbeat) still gets a whole budget (found by review: its release was cut off at once).
             let until = deadline.max(Instant::now() + answer_within(self.ttl));
-            let cut_off = match tokio::time::timeout_at(until.into(), self.release(name, &mut entry.elector)).await {
+            let cut_off = match tokio::time::timeout_at(until.into(), self.give_back_quiet(name, &mut entry.elector))
+                .await
+            {
                 Ok(Ok(_)) => false,
                 Ok(Err(err)) => {
                     tracing::warn!(lease = %lease, error = %err, "cannot release the lock; it expires after its TTL");

@@ -2151,6 +2151,51 @@ fn a_drain_never_gives_back_a_hold_that_lapsed_unseen_past_its_bound() {
     b.put(&name).assert_status(200);
 }
 
+/// Found by review (rv285): the drain released a quiet lock by a compare-and-swap on the version its last request
+/// knew, without reading the lock first (a DELETE reads first). An etcd restore to a snapshot taken before that
+/// hold's last renewal brings the earlier record back at the version B's side-car saw it at; B counts its expiry from
+/// then, takes the lock before A's last send + the TTL, and its takeover is handed the version A knows. A's client
+/// went quiet after that renewal (it counts on the lock until its next heartbeat, a third of the TTL later, long
+/// before B takes it); SIGTERM: the drain's release landed on B's hold, and C's client was told 200 beside B's.
+/// TTL 12 s: renew deadline 6 s, quiet after 8 s; A acquires at t0 (B asks: 409, its clock from t0), renews at t0+4;
+/// the restore; B takes the lock at t0+12, A's drain finds its client quiet from then, before A's bound (t0+16).
+#[test]
+fn a_drain_reads_the_lock_before_releasing_it() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-drain-reads");
+    let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s", "--drain", "60s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+    let c = Sidecar::start(&env, Some("pod-c"), &["--ttl", "12s"]);
+    a.put(&name).assert_status(200);
+    let t0 = Instant::now();
+    let snapshot = server.snapshot();
+    let (acquired, _) = env.get(&name).unwrap();
+    b.put(&name).assert_status(409);
+    std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
+    a.put(&name).assert_status(200);
+    let (known, _) = env.get(&name).unwrap();
+    assert_ne!(known, acquired, "A's heartbeat renewed the lock");
+    server.restore(&snapshot);
+    let deadline = Instant::now() + PATIENCE;
+    while b.put(&name).status != 200 {
+        assert!(Instant::now() < deadline, "B's side-car never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (taken, record) = env.get(&name).unwrap();
+    assert_eq!(record.holder_identity.as_deref(), Some("pod-b"));
+    assert_eq!(taken, known, "the restore handed the version A knows out again, to B's takeover");
+    a.process.signal(Signal::SIGTERM);
+    let status = a.process.wait_for(PATIENCE).expect("A's side-car drains and exits");
+    eprintln!("A exited {status:?}:\n{}", a.process.stderr());
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-b"), "A's drain freed B's hold: {:?}", env.get(&name));
+    c.put(&name).assert_status(409);
+    b.put(&name).assert_status(200);
+}
+
 /// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
 /// late) and the next heartbeat adopts it again, the same acquisition, which the side-car also remembers as
 /// the hold it had last. A client-go elector under the pod's identity then renews it twice: an identity
