@@ -509,3 +509,78 @@ fn stop_in_the_childs_window(shim_variable: &str, stop: Signal, nohup: bool) {
         assert!(status.contains(&format!("{field}:\t{value}")), "the command's {field} is not {value}:\n{status}");
     }
 }
+
+/// The live children of `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| stat_field(pid, 4) == Some(parent))
+        .collect()
+}
+
+fn numbers<T: std::str::FromStr>(path: &Path) -> Vec<T> {
+    fs::read_to_string(path).unwrap_or_default().lines().filter_map(|line| line.trim().parse().ok()).collect()
+}
+
+/// Found by review (rv286): Ctrl-Z while the child's job runs (a script whose workers run in groups of their own:
+/// `set -m`), then the lease runs out while job control holds the job stopped, and the guard kills it at the
+/// deadline. It killed in pid order, the script (the workers' parent) first: the workers' stopped groups were
+/// orphaned, and the kernel sent them SIGHUP and SIGCONT; a worker that ignores SIGHUP ran again before its own
+/// SIGKILL came, and the helpers it started in that instant (in no listing the guard took) ran on beside the next
+/// holder's child. Children are now killed before their parents: one with SIGKILL pending never runs again.
+#[test]
+fn the_guards_kill_of_a_stopped_job_lets_none_of_it_run_again() {
+    const WORKERS: usize = 32;
+    let env = TestEnv::file();
+    let contfork = build_program(&env, "contfork");
+    let mut terminal = shell(&env);
+    let name = env.lease_name("guard-stopped");
+    let dir = env.dir.display();
+    let workers: String = (0..WORKERS).map(|i| format!("{} {dir}/w{i} & ", contfork.display())).collect();
+    terminal.type_line(&format!(
+        "mpsync lock {name} {FAST_ARGS} -- bash -c 'echo $$ > {dir}/child.pid; set -m; {workers}wait'"
+    ));
+    let (child, mpsync) = child_and_mpsync(&env.path("child.pid"));
+    terminal.wait_until("the workers to beat", || (0..WORKERS).all(|i| env.path(&format!("w{i}")).exists()));
+    terminal.wait_until("the child to have the terminal", || terminal.foreground() == child);
+    let workers = children_of(child);
+    assert_eq!(workers.len(), WORKERS, "{}", terminal.text());
+
+    terminal.key(CTRL_Z);
+    terminal.expect("Stopped");
+    terminal.wait_until("the job and mpsync to stop", || {
+        workers.iter().chain([&child, &mpsync]).all(|&pid| state(pid) == Some('T'))
+    });
+    // The next holder gets the lease once it has run out.
+    let script = format!("date +%s%N > {dir}/start2; sleep 3; date +%s%N > {dir}/end2");
+    let mut args = vec!["lock", &name];
+    args.extend(FAST_ARGS.split(' '));
+    args.extend(["--", "sh", "-c", &script]);
+    let second = env.spawn(args);
+    wait_until("the next holder's child to finish", || env.path("end2").exists());
+    second.finish().assert_code(0);
+    let start2: u128 = numbers(&env.path("start2"))[0];
+    let end2: u128 = numbers(&env.path("end2"))[0];
+
+    let mut beside = 0;
+    let mut helpers = Vec::new();
+    for i in 0..WORKERS {
+        let late = numbers::<u128>(&env.path(&format!("w{i}.late")));
+        beside += late.into_iter().filter(|stamp| (start2..=end2).contains(stamp)).count();
+        helpers.extend(numbers::<i32>(&env.path(&format!("w{i}.late.pid"))));
+    }
+    let running: Vec<i32> = helpers.iter().copied().filter(|&pid| !matches!(state(pid), None | Some('Z'))).collect();
+    for &pid in &helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    terminal.hang_up();
+    wait_until("mpsync to end after the hang-up", || matches!(state(mpsync), None | Some('Z')));
+    assert!(
+        helpers.is_empty(),
+        "the stopped job's workers ran again as the guard killed them, and started {} helpers: {beside} beats \
+         while the next holder's child ran; still running: {running:?}",
+        helpers.len()
+    );
+}

@@ -471,6 +471,15 @@ pub fn build_shim(env: &TestEnv, name: &str) -> PathBuf {
     shim
 }
 
+/// tests/support/NAME.c built as a program in the test's directory.
+pub fn build_program(env: &TestEnv, name: &str) -> PathBuf {
+    let program = env.path(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/support/{name}.c"));
+    let built = Command::new("cc").args(["-O2", "-o"]).arg(&program).arg(source).status();
+    assert!(built.expect("run cc").success(), "cc could not build the program {name}");
+    program
+}
+
 /// The wall clock now, to the microsecond (as a Lease holds it).
 pub fn now_micros() -> MicroTime {
     let now = k8s_openapi::jiff::Timestamp::now();
