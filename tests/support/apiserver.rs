@@ -544,14 +544,16 @@ struct AfterCommitFault {
     holder: Option<String>,
 }
 
+/// (namespace, name) -> stored Lease.
+type Objects = BTreeMap<(String, String), Value>;
+
 struct State {
     /// The global resourceVersion counter: the resourceVersion of the last write.
     rv: u64,
     /// A watch from a resourceVersion below this gets 410 Expired.
     history_start: u64,
     namespaces: BTreeSet<String>,
-    /// (namespace, name) -> stored Lease.
-    objects: BTreeMap<(String, String), Value>,
+    objects: Objects,
     /// Every write since `history_start`, oldest first.
     events: Vec<Event>,
     /// Remaining count and status of injected failures.
@@ -578,7 +580,7 @@ struct State {
     endless_lists: bool,
     /// The objects as they were at each resourceVersion a paged list began at, the few newest: its later
     /// pages are read from them, a consistent snapshot, as etcd reads them at the list's revision.
-    list_snapshots: BTreeMap<u64, Arc<BTreeMap<(String, String), Value>>>,
+    list_snapshots: BTreeMap<u64, Arc<Objects>>,
     latency: Duration,
     commit_delay: Duration,
     bookmark_interval: Duration,
