@@ -632,6 +632,10 @@ pub struct Elector {
     /// The sends of the writes answered 409 of `refused_stamps`: one that landed all the same (a proxy's retry
     /// of a committed write), seen later, counts from its send (see `observe_as`).
     refused_sends: std::collections::VecDeque<(MicroTime, Instant)>,
+    /// The counted renewals of the hold held now (the whole second of `renewTime` each moved it to, and its
+    /// send), oldest first, at most `MAX_SENT_STAMPS`: a restore that shows an older one of them makes the
+    /// hold count from that one's send again (see `observe_as`).
+    hold_sends: std::collections::VecDeque<(i64, Instant)>,
     /// The `renewTime` of the last write of ours that was applied (kept apart from `sent_stamps`, which more
     /// than `MAX_SENT_STAMPS` refused renewals push it out of: the record left after a loss at the renew deadline).
     applied_stamp: Option<MicroTime>,
@@ -655,6 +659,14 @@ const MAX_SENT_STAMPS: usize = 64;
 const MAX_COUNTED_FOREIGN: usize = 16;
 
 /// Keep `time` among the last `most` remembered, forgetting the oldest.
+/// Remember a counted renewal of the hold (see `Elector::hold_sends`).
+fn remember_send(sends: &mut std::collections::VecDeque<(i64, Instant)>, send: (i64, Instant)) {
+    if sends.len() >= MAX_SENT_STAMPS {
+        sends.pop_front();
+    }
+    sends.push_back(send);
+}
+
 fn remember(times: &mut std::collections::VecDeque<MicroTime>, time: &MicroTime, most: usize) {
     if times.len() >= most {
         times.pop_front();
@@ -707,6 +719,7 @@ impl Elector {
             sent_stamps: std::collections::VecDeque::new(),
             refused_stamps: std::collections::VecDeque::new(),
             refused_sends: std::collections::VecDeque::new(),
+            hold_sends: std::collections::VecDeque::new(),
             applied_stamp: None,
             restored_unseen: false,
             landing: false,
@@ -1098,6 +1111,9 @@ impl Elector {
                 self.protect_until(until);
             }
         }
+        if (past || restored) && self.adopt {
+            self.count_from_restored_renewal(current.as_ref(), now);
+        }
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
             self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
         }
@@ -1240,6 +1256,8 @@ impl Elector {
                 {
                     held.last_renew_sent = held.last_renew_sent.max(sent);
                 }
+                let counted = (second, held.last_renew_sent);
+                remember_send(&mut self.hold_sends, counted);
             }
             self.applied_stamp = Some(t);
         }
@@ -2008,6 +2026,7 @@ impl Elector {
         let next_renew_at = sent_at + self.timing.retry_period;
         let renew_second = record.renew_time.as_ref().map(|time| time.0.as_second());
         if self.held.is_none() {
+            self.hold_sends.clear();
             self.foreign_renewals = 0;
             self.last_foreign_at = None;
             self.counted_foreign.clear();
@@ -2059,7 +2078,54 @@ impl Elector {
             },
         });
         self.last_hold_sent = self.held.as_ref().map(|held| held.last_renew_sent);
+        if let Some(held) = &self.held
+            && let Some(second) = held.renew_second
+            && self.hold_sends.back().is_none_or(|(last, _)| *last != second)
+        {
+            remember_send(&mut self.hold_sends, (second, held.last_renew_sent));
+        }
         self.lost = None;
+    }
+
+    /// The side-car's hold shown by `current` at a renewal older than the one it counts from (etcd restored: the
+    /// renewals since are undone): another pod's side-car looks at the lock only when its client asks, so it may
+    /// have seen that very record and none since, and counts its expiry from then. The hold counts from the send
+    /// of that renewal (or of the last one sent before that record's `renewTime`, a hand edit's) again, until a
+    /// renewal lands (found by review, rv288: a side-car whose renewal failed after such a restore answered its
+    /// client 200 up to the undone renewal's renew deadline, and another pod's side-car, counting from the
+    /// restored record, took the lock and told its client 200 before that). A renewal older than those
+    /// remembered counts as past its deadline now. (`lock` and `elect` go on from the hold as it was: their
+    /// waiters watch the lease, and a record they see again after renewals counts from when it is seen.)
+    fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, now: Instant) {
+        let Some(record) = current.map(|v| &v.record).filter(|record| self.is_current_acquisition(record)) else {
+            return;
+        };
+        let Some(second) = record.renew_time.as_ref().map(|time| time.0.as_second()) else { return };
+        let timing = self.timing;
+        let Some(held) = self.held.as_mut().filter(|held| held.renew_second.is_some_and(|counted| second < counted))
+        else {
+            return;
+        };
+        let from = match self.hold_sends.iter().rposition(|(counted, _)| *counted <= second) {
+            Some(at) => {
+                let sent = self.hold_sends[at].1;
+                self.hold_sends.truncate(at + 1);
+                sent
+            }
+            None => {
+                self.hold_sends.clear();
+                now.checked_sub(timing.renew_deadline).unwrap_or(now)
+            }
+        };
+        if from < held.last_renew_sent {
+            tracing::warn!(
+                token = held.fencing_token,
+                "the lease shows an older renewal of this hold (etcd restored?): the hold counts from that renewal"
+            );
+            held.last_renew_sent = from;
+            held.renew_second = Some(second);
+            self.last_hold_sent = Some(from);
+        }
     }
 
     /// Whether `record` carries the acquisition (identity, time and token) of the lease we hold, or of
@@ -3341,6 +3407,46 @@ mod tests {
         b.observe(Some(versioned(5, record(Some(""), Some(1), Some(2)))), at(t0, 1.0));
         assert!(!matches!(b.next(now(t0, 40.9)), Action::Write(_)), "taken within the undone hold's duration");
         assert!(matches!(after_a_read(&mut b, now(t0, 41.1)), Action::Write(_)), "not taken after it");
+    }
+
+    /// Found by review (rv288): a restore that undoes renewals of a side-car's hold shows an older one of them; other
+    /// side-cars, which look only when asked, count the record's expiry from when they saw it, so the hold counts
+    /// from that renewal's send again (and from the next renewal that lands); one older than those remembered
+    /// counts as past its deadline. A `lock` or `elect` hold goes on as it was.
+    #[test]
+    fn a_side_cars_hold_whose_renewals_a_restore_undid_counts_from_the_renewal_shown() {
+        let t0 = Instant::now();
+        let mut a = holding(t0);
+        a.adopt = true;
+        renewal_applied(&mut a, t0, 10, 2.0);
+        let restored = a.current().unwrap().clone();
+        renewal_applied(&mut a, t0, 11, 4.0);
+        assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 14.0));
+        a.versions_went_back();
+        a.observe(Some(Versioned { resource_version: "10".into(), ..restored }), at(t0, 5.0));
+        assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 12.0), "counted from the renewal restored");
+        renewal_applied(&mut a, t0, 11, 6.0);
+        assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 16.0), "counted from the next renewal");
+        // Restored to the acquisition, older than any renewal remembered after many: past its deadline.
+        let mut b = holding(t0);
+        b.adopt = true;
+        let acquisition = b.current().unwrap().clone();
+        for i in 0..(MAX_SENT_STAMPS as u64 + 2) {
+            renewal_applied(&mut b, t0, 10 + i, 2.0 * (i + 1) as f64);
+        }
+        b.versions_went_back();
+        let late = 2.0 * (MAX_SENT_STAMPS + 2) as f64 + 0.5;
+        b.observe(Some(acquisition), at(t0, late));
+        assert!(b.held().unwrap().deadline(TIMING) <= at(t0, late), "past its deadline");
+        assert!(matches!(b.next(now(t0, late)), Action::Lost(LossReason::RenewDeadline)));
+        // `lock` and `elect` go on from the hold as it was.
+        let mut c = holding(t0);
+        renewal_applied(&mut c, t0, 10, 2.0);
+        let restored = c.current().unwrap().clone();
+        renewal_applied(&mut c, t0, 11, 4.0);
+        c.versions_went_back();
+        c.observe(Some(Versioned { resource_version: "10".into(), ..restored }), at(t0, 5.0));
+        assert_eq!(c.held().unwrap().deadline(TIMING), at(t0, 14.0));
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back

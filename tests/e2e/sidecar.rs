@@ -110,6 +110,18 @@ impl Sidecar {
         self.request("PUT", &format!("/locks/{name}"))
     }
 
+    /// Its client's PUT every 100 ms until one is answered 200: when that was.
+    fn put_until_held(&self, name: &str) -> Instant {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.put(name).status == 200 {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "the side-car never took the lock {name}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn metrics(&self) -> String {
         self.request("GET", "/metrics").assert_status(200).body.clone()
     }
@@ -2082,14 +2094,7 @@ fn a_cut_off_side_cars_own_restored_record_is_not_adopted_at_once() {
     a.put(&name).assert_status(200);
     proxy.partition();
     let snapshot = server.snapshot();
-    let deadline = Instant::now() + PATIENCE;
-    let b_told = loop {
-        if b.put(&name).status == 200 {
-            break Instant::now();
-        }
-        assert!(Instant::now() < deadline, "B's side-car never took the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let b_told = b.put_until_held(&name);
     server.restore(&snapshot);
     proxy.heal();
     proxy.drop_connections();
@@ -2134,11 +2139,7 @@ fn a_drain_never_gives_back_a_hold_that_lapsed_unseen_past_its_bound() {
     let (known, _) = env.get(&name).unwrap();
     proxy.partition();
     server.restore(&snapshot);
-    let deadline = Instant::now() + PATIENCE;
-    while b.put(&name).status != 200 {
-        assert!(Instant::now() < deadline, "B's side-car never took the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    b.put_until_held(&name);
     let (taken, record) = env.get(&name).unwrap();
     assert_eq!(record.holder_identity.as_deref(), Some("pod-b"));
     assert_eq!(taken, known, "the restore handed the version A knows out again, to B's takeover");
@@ -2180,11 +2181,7 @@ fn a_drain_reads_the_lock_before_releasing_it() {
     let (known, _) = env.get(&name).unwrap();
     assert_ne!(known, acquired, "A's heartbeat renewed the lock");
     server.restore(&snapshot);
-    let deadline = Instant::now() + PATIENCE;
-    while b.put(&name).status != 200 {
-        assert!(Instant::now() < deadline, "B's side-car never took the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    b.put_until_held(&name);
     let (taken, record) = env.get(&name).unwrap();
     assert_eq!(record.holder_identity.as_deref(), Some("pod-b"));
     assert_eq!(taken, known, "the restore handed the version A knows out again, to B's takeover");
@@ -2194,6 +2191,45 @@ fn a_drain_reads_the_lock_before_releasing_it() {
     assert_eq!(env.holder(&name).as_deref(), Some("pod-b"), "A's drain freed B's hold: {:?}", env.get(&name));
     c.put(&name).assert_status(409);
     b.put(&name).assert_status(200);
+}
+
+/// Found by review (rv288): A's client holds the lock (PUT at t0, B's side-car sees that record: 409) and renews it at
+/// t0+4; etcd is restored to a snapshot taken before that renewal, which undoes it. A's client heartbeats at t0+9.5
+/// and the renewal fails (503): the side-car answered 200 "still held", counting from the undone renewal (its renew
+/// deadline t0+10), while B's side-car, counting from the restored record it saw at t0, took the lock at t0+12 and
+/// told its client 200 while A's counted on the lock until its next heartbeat (t0+13.5). The hold counts from the
+/// renewal the restored record shows: past its renew deadline (t0+6), the heartbeat is 503.
+#[test]
+fn a_hold_whose_renewal_a_restore_undid_counts_from_the_renewal_restored() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-undone");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+    a.put(&name).assert_status(200);
+    let t0 = Instant::now();
+    let snapshot = server.snapshot();
+    b.put(&name).assert_status(409);
+    let (acquired, _) = env.get(&name).unwrap();
+    std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
+    a.put(&name).assert_status(200);
+    assert_ne!(env.get(&name).unwrap().0, acquired, "A's heartbeat renewed the lock");
+    server.restore(&snapshot);
+    std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+    let heartbeat = a.put(&name);
+    let told_a = Instant::now();
+    server.fail_next_on(&format!("update:{name}"), 0, 503);
+    let told_b = b.put_until_held(&name);
+    eprintln!("A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
+    assert!(
+        heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
+        "B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next heartbeat, 4 s later)",
+        told_b - told_a
+    );
 }
 
 /// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
