@@ -357,13 +357,14 @@ unsafe fn kill_tree(
     (adopted, child): (&[Stopped], Stopped),
     inherited: &[Stopped],
 ) {
-    // SAFETY: the mapping is ours alone, and big enough for the two tables and the two bitmaps laid out in
-    // it (the tables first: their alignment is the mapping's).
+    // SAFETY: the mapping is ours alone, and big enough for the three tables and the four bitmaps laid out in
+    // it (the tables first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
         let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
+        let groups_bytes = PID_LIMIT * std::mem::size_of::<libc::pid_t>();
         let bitmap_bytes = PID_LIMIT / 8;
-        let size = listed_bytes + stopped_bytes + 2 * bitmap_bytes;
+        let size = listed_bytes + stopped_bytes + groups_bytes + 4 * bitmap_bytes;
         let memory = libc::mmap(
             std::ptr::null_mut(),
             size,
@@ -378,9 +379,13 @@ unsafe fn kill_tree(
         let bytes = memory.cast::<u8>();
         let listed = std::slice::from_raw_parts_mut(bytes.cast::<Listed>(), MAX_PROCESSES);
         let stopped = std::slice::from_raw_parts_mut(bytes.add(listed_bytes).cast::<Stopped>(), MAX_PROCESSES);
-        let below = std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes), bitmap_bytes);
-        let stopped_map =
-            std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes + bitmap_bytes), bitmap_bytes);
+        let group_of =
+            std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes).cast::<libc::pid_t>(), PID_LIMIT);
+        let maps = bytes.add(listed_bytes + stopped_bytes + groups_bytes);
+        let below = std::slice::from_raw_parts_mut(maps, bitmap_bytes);
+        let stopped_map = std::slice::from_raw_parts_mut(maps.add(bitmap_bytes), bitmap_bytes);
+        let blocked_groups = std::slice::from_raw_parts_mut(maps.add(2 * bitmap_bytes), bitmap_bytes);
+        let impure = std::slice::from_raw_parts_mut(maps.add(3 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -426,57 +431,99 @@ unsafe fn kill_tree(
         mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
-        kill_children_first(&listed[..count], below, stopped_map);
+        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
+        kill_children_first(&listed[..count], below, scratch);
         libc::munmap(memory, size);
     }
 }
 
-/// How many rounds `kill_children_first` kills leaves in before it kills the rest at once.
+/// How many rounds `kill_children_first` kills in before it kills the rest at once.
 const MAX_DEPTH: usize = 256;
 
-/// SIGKILL every process of `listed` marked in `below`, each before its parent: a parent killed first orphans
-/// its children's stopped process groups, and the kernel continues those (SIGHUP, then SIGCONT) as it dies,
-/// so a member that ignores SIGHUP would run again, and start processes out of sight, before its own SIGKILL
-/// came (found by review, rv286: a job stopped by Ctrl-Z, killed at the deadline in pid order, script first).
-/// A process with SIGKILL pending never runs again, whatever continues it. In rounds: each kills what has
-/// nothing left to kill below it. `below` is cleared as it goes; `parents` is scratch (any content).
+/// The working memory of `kill_children_first`, indexed by pid (or group id), of any content.
+struct Scratch<'a> {
+    group_of: &'a mut [libc::pid_t],
+    blocked: &'a mut [u8],
+    blocked_groups: &'a mut [u8],
+    impure: &'a mut [u8],
+}
+
+/// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a
+/// stopped process group (SIGHUP, then SIGCONT) the moment it is orphaned, when the last of its members whose
+/// parent is in another group of the session dies, or that parent dies: a member not yet killed then, that
+/// ignores SIGHUP, would run and start processes out of sight (found by review: rv286, a job stopped by Ctrl-Z
+/// killed in pid order, a script before its workers' groups; rv290, the main child killed before the rest of its
+/// group, whose other members were init's). A process with SIGKILL pending never runs again, whatever continues
+/// it. So a group made only of the job's processes is killed whole, at once (`kill(-group)`: the kernel queues
+/// the signal on every member before any can die), and only once no process still to be killed in another group
+/// has its parent in it; a process of a group with others in it (mpsync's, a stranger's) alone, once none of its
+/// children is still to be killed. In rounds; after `MAX_DEPTH`, or a round that kills nothing (pids taken again
+/// between two reads), the rest at once. `below` is cleared as it goes.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls only.
-unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], parents: &mut [u8]) {
+unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
+    let Scratch { group_of, blocked, blocked_groups, impure } = scratch;
+    let slot = |pid: libc::pid_t| pid as usize % PID_LIMIT;
     for p in listed {
-        clear_bit(parents, p.pid);
-        clear_bit(parents, p.parent);
+        group_of[slot(p.pid)] = p.group;
+        clear_bit(impure, p.group);
     }
+    for p in listed.iter().filter(|p| !bit(below, p.pid)) {
+        set_bit(impure, p.group);
+    }
+    let kill = |pid: libc::pid_t| {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
     for _round in 0..MAX_DEPTH {
+        for p in listed {
+            clear_bit(blocked, p.pid);
+            clear_bit(blocked, p.parent);
+            clear_bit(blocked_groups, p.group);
+            clear_bit(blocked_groups, group_of[slot(p.parent)]);
+        }
         let mut left = false;
         for p in listed.iter().filter(|p| bit(below, p.pid)) {
-            set_bit(parents, p.parent);
             left = true;
+            set_bit(blocked, p.parent);
+            let parents_group = group_of[slot(p.parent)];
+            if parents_group > 0 && parents_group != p.group {
+                set_bit(blocked_groups, parents_group);
+            }
         }
         if !left {
             return;
         }
         let mut killed = false;
-        for p in listed {
-            if bit(below, p.pid) && !bit(parents, p.pid) {
-                // SAFETY: kill(2) is async-signal-safe.
-                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        for i in 0..listed.len() {
+            let p = listed[i];
+            if !bit(below, p.pid) {
+                continue;
+            }
+            if !bit(impure, p.group) && p.group > 0 {
+                if bit(blocked_groups, p.group) {
+                    continue;
+                }
+                kill(-p.group);
+                for q in listed[i..].iter().filter(|q| q.group == p.group) {
+                    kill(q.pid);
+                    clear_bit(below, q.pid);
+                }
+                killed = true;
+            } else if !bit(blocked, p.pid) {
+                kill(p.pid);
                 clear_bit(below, p.pid);
                 killed = true;
             }
         }
-        for p in listed {
-            clear_bit(parents, p.parent);
-        }
         if !killed {
-            break; // A loop in what was listed (a pid taken again between two reads): the rest at once.
+            break;
         }
     }
     for p in listed {
         if bit(below, p.pid) {
-            // SAFETY: kill(2) is async-signal-safe.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            kill(p.pid);
             clear_bit(below, p.pid);
         }
     }

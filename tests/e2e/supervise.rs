@@ -3259,3 +3259,45 @@ fn under_nohup_a_sighup_as_the_child_forks_does_not_kill_it() {
 fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
     a_signal_ignored_at_start_sent_as_the_child_forks(nix::sys::signal::Signal::SIGINT);
 }
+
+/// Found by review (rv290): the child's group was tied to the session by the child alone (a member's parent in
+/// another group of it: mpsync). A chain of 200 members of that group hung below a head reparented to init (its
+/// parent exited). The guard killed each process before its parent, in rounds, the chain leaf first and the
+/// child, a leaf, in the first round: the child's death orphaned the group while the guard held it stopped, the
+/// kernel continued it (SIGHUP, SIGCONT), and every member not yet killed ran its SIGCONT handler; the helpers it
+/// started (in sessions of their own, never listed) ran on past the lease, beside the next holder's child. A
+/// group made only of the job's processes is now killed whole, at once.
+#[test]
+fn the_guards_kill_never_orphans_a_stopped_group_before_all_of_it_is_killed() {
+    let env = TestEnv::file();
+    let chain = build_program(&env, "chain");
+    let name = env.lease_name("guard-chain");
+    let dir = env.dir.display().to_string();
+    let chain_path = chain.display().to_string();
+    let mut first = env.spawn(fast(&["lock", &name], &[&chain_path, &dir, "200"]));
+    first.wait_for_file(&env.path("ready"), "1");
+    let child = read_pid(&env.path("child.pid"));
+    let head = read_pid(&env.path("head.pid"));
+    let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+    // mpsync frozen: the guard kills the job at the lease's deadline.
+    first.signal(Signal::SIGSTOP);
+    wait_until("the guard to kill the child and the chain", || gone(child) && gone(head));
+    let script = format!("date +%s%N > {dir}/start2; sleep 2; date +%s%N > {dir}/end2");
+    let second = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    wait_until("the next holder's child to finish", || env.path("end2").exists());
+    second.finish().assert_code(0);
+    let helpers: Vec<i32> =
+        fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
+    let running: Vec<i32> = helpers.iter().copied().filter(|&pid| !gone(pid)).collect();
+    for &pid in &helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    first.signal(Signal::SIGCONT);
+    let _ = first.wait_for(PATIENCE);
+    assert!(
+        helpers.is_empty(),
+        "the guard's kill orphaned the child's stopped group before all of it was killed: {} helpers started by its \
+         SIGCONT handlers; still running: {running:?}",
+        helpers.len()
+    );
+}
