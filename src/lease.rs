@@ -728,6 +728,12 @@ impl Elector {
         }
     }
 
+    /// When the last renewal (or acquisition) of ours that counts was sent, kept after the hold ends: moved back
+    /// when a restore shows an older renewal of the hold (see `count_from_restored_renewal`).
+    pub fn last_hold_sent(&self) -> Option<Instant> {
+        self.last_hold_sent
+    }
+
     /// An elector that adopts records held under its identity, as its own, keeping their token. Only the
     /// side-car does this, on purpose: its identity is the pod's, stable across restarts of the side-car,
     /// and the lock it finds under that identity belongs to the clients in the pod, which still heartbeat.
@@ -1111,7 +1117,7 @@ impl Elector {
                 self.protect_until(until);
             }
         }
-        if (past || restored) && self.adopt {
+        if past || restored {
             self.count_from_restored_renewal(current.as_ref(), now);
         }
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
@@ -2087,36 +2093,34 @@ impl Elector {
         self.lost = None;
     }
 
-    /// The side-car's hold shown by `current` at a renewal older than the one it counts from (etcd restored: the
-    /// renewals since are undone): another pod's side-car looks at the lock only when its client asks, so it may
-    /// have seen that very record and none since, and counts its expiry from then. The hold counts from the send
-    /// of that renewal (or of the last one sent before that record's `renewTime`, a hand edit's) again, until a
-    /// renewal lands (found by review, rv288: a side-car whose renewal failed after such a restore answered its
-    /// client 200 up to the undone renewal's renew deadline, and another pod's side-car, counting from the
-    /// restored record, took the lock and told its client 200 before that). A renewal older than those
-    /// remembered counts as past its deadline now. (`lock` and `elect` go on from the hold as it was: their
-    /// waiters watch the lease, and a record they see again after renewals counts from when it is seen.)
+    /// Our hold shown by `current` at a renewal older than the one it counts from (etcd restored: the renewals since
+    /// are undone): another process may have seen that very record and none since (a side-car looks only when its
+    /// client asks; a waiter's watch may lag), and counts its expiry from then. The hold counts from the send of that
+    /// renewal (or of the last one sent before that record's `renewTime`, a hand edit's) again, until a renewal
+    /// lands; past its renew deadline so counted, it is lost (found by review, rv288: a side-car whose renewal failed
+    /// after such a restore answered its client 200 up to the undone renewal's renew deadline, and another pod's
+    /// side-car, counting from the restored record, took the lock and told its client 200 before that; rv289: a
+    /// `lock` holder that read the restore ran its child on beside a waiter whose watch had lagged). A renewal older
+    /// than those remembered counts as past its deadline now.
     fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, now: Instant) {
         let Some(record) = current.map(|v| &v.record).filter(|record| self.is_current_acquisition(record)) else {
             return;
         };
         let Some(second) = record.renew_time.as_ref().map(|time| time.0.as_second()) else { return };
-        let timing = self.timing;
-        let Some(held) = self.held.as_mut().filter(|held| held.renew_second.is_some_and(|counted| second < counted))
-        else {
+        if self.held.as_ref().is_none_or(|held| held.renew_second.is_none_or(|counted| second >= counted)) {
+            return;
+        }
+        let Some(at) = self.hold_sends.iter().rposition(|(counted, _)| *counted <= second) else {
+            // Older than any renewal of this hold remembered (or than its acquisition, a side-car's adoption of
+            // it): others may have seen it long ago. Lost now.
+            tracing::warn!("the lease shows a renewal of this hold older than any remembered (etcd restored?): lost");
+            self.hold_sends.clear();
+            self.lose(LossReason::RenewDeadline);
             return;
         };
-        let from = match self.hold_sends.iter().rposition(|(counted, _)| *counted <= second) {
-            Some(at) => {
-                let sent = self.hold_sends[at].1;
-                self.hold_sends.truncate(at + 1);
-                sent
-            }
-            None => {
-                self.hold_sends.clear();
-                now.checked_sub(timing.renew_deadline).unwrap_or(now)
-            }
-        };
+        let from = self.hold_sends[at].1;
+        self.hold_sends.truncate(at + 1);
+        let Some(held) = self.held.as_mut() else { return };
         if from < held.last_renew_sent {
             tracing::warn!(
                 token = held.fencing_token,
@@ -2124,6 +2128,8 @@ impl Elector {
             );
             held.last_renew_sent = from;
             held.renew_second = Some(second);
+            // Renewed at once: what is left of the hold may be short.
+            held.next_renew_at = held.next_renew_at.min(now);
             self.last_hold_sent = Some(from);
         }
     }
@@ -3409,15 +3415,14 @@ mod tests {
         assert!(matches!(after_a_read(&mut b, now(t0, 41.1)), Action::Write(_)), "not taken after it");
     }
 
-    /// Found by review (rv288): a restore that undoes renewals of a side-car's hold shows an older one of them; other
-    /// side-cars, which look only when asked, count the record's expiry from when they saw it, so the hold counts
-    /// from that renewal's send again (and from the next renewal that lands); one older than those remembered
-    /// counts as past its deadline. A `lock` or `elect` hold goes on as it was.
+    /// Found by review (rv288, rv289): a restore that undoes renewals of the hold held now shows an older one of them;
+    /// others who saw that record and none since (a side-car asked only now, a waiter whose watch lagged) count its
+    /// expiry from when they saw it, so the hold counts from that renewal's send again (and from the next renewal
+    /// that lands), renewed at once; one older than those remembered counts as past its deadline.
     #[test]
-    fn a_side_cars_hold_whose_renewals_a_restore_undid_counts_from_the_renewal_shown() {
+    fn a_hold_whose_renewals_a_restore_undid_counts_from_the_renewal_shown() {
         let t0 = Instant::now();
         let mut a = holding(t0);
-        a.adopt = true;
         renewal_applied(&mut a, t0, 10, 2.0);
         let restored = a.current().unwrap().clone();
         renewal_applied(&mut a, t0, 11, 4.0);
@@ -3425,11 +3430,11 @@ mod tests {
         a.versions_went_back();
         a.observe(Some(Versioned { resource_version: "10".into(), ..restored }), at(t0, 5.0));
         assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 12.0), "counted from the renewal restored");
+        assert!(matches!(a.next(now(t0, 5.0)), Action::Write(_)), "renewed at once");
         renewal_applied(&mut a, t0, 11, 6.0);
         assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 16.0), "counted from the next renewal");
         // Restored to the acquisition, older than any renewal remembered after many: past its deadline.
         let mut b = holding(t0);
-        b.adopt = true;
         let acquisition = b.current().unwrap().clone();
         for i in 0..(MAX_SENT_STAMPS as u64 + 2) {
             renewal_applied(&mut b, t0, 10 + i, 2.0 * (i + 1) as f64);
@@ -3437,16 +3442,8 @@ mod tests {
         b.versions_went_back();
         let late = 2.0 * (MAX_SENT_STAMPS + 2) as f64 + 0.5;
         b.observe(Some(acquisition), at(t0, late));
-        assert!(b.held().unwrap().deadline(TIMING) <= at(t0, late), "past its deadline");
+        assert!(b.held().is_none(), "lost");
         assert!(matches!(b.next(now(t0, late)), Action::Lost(LossReason::RenewDeadline)));
-        // `lock` and `elect` go on from the hold as it was.
-        let mut c = holding(t0);
-        renewal_applied(&mut c, t0, 10, 2.0);
-        let restored = c.current().unwrap().clone();
-        renewal_applied(&mut c, t0, 11, 4.0);
-        c.versions_went_back();
-        c.observe(Some(Versioned { resource_version: "10".into(), ..restored }), at(t0, 5.0));
-        assert_eq!(c.held().unwrap().deadline(TIMING), at(t0, 14.0));
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back

@@ -446,6 +446,11 @@ impl Locks {
         match (read, before) {
             (Ok(current), Some((token, acquire_time, answerable_until))) => {
                 self.decide(name, elector, current);
+                // A restore that showed an older renewal of the hold moves its answers' bound back too (found by
+                // review, rv289: answered 200 from the renewal undone, just before another pod's client was).
+                let answerable_until = elector.last_hold_sent().map_or(answerable_until, |sent| {
+                    answerable_until.min(sent + self.ttl.saturating_sub(answer_within(self.ttl)))
+                });
                 let still_ours = elector.current().is_some_and(|current| {
                     current.record.holder_identity.as_deref() == Some(self.identity.as_str())
                         && current.record.lease_transitions.unwrap_or(0) == token

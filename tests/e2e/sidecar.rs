@@ -2232,6 +2232,45 @@ fn a_hold_whose_renewal_a_restore_undid_counts_from_the_renewal_restored() {
     );
 }
 
+/// Found by review (rv289): the same restore, and A's client, late, heartbeats with a GET (the stock clients' GET, then
+/// PUT), or a probe's HEAD, just past B's expiry of the restored record (B saw it at t0: t0+12.3). A's side-car read
+/// the restored record (the hold counts from t0 now) but answered from the bound of its answers computed before that
+/// read, from the renewal undone (t0+4+10): 200, and B's client was told 200 at once after.
+#[test]
+fn a_read_after_a_restore_that_undid_a_renewal_is_not_answered_200_from_it() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for method in ["GET", "HEAD"] {
+        let env = TestEnv::kube();
+        let server = env.server().unwrap();
+        let name = env.lease_name("sc-undone-read");
+        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+        a.put(&name).assert_status(200);
+        let t0 = Instant::now();
+        let snapshot = server.snapshot();
+        b.put(&name).assert_status(409);
+        let b_saw = Instant::now();
+        let (acquired, _) = env.get(&name).unwrap();
+        std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
+        a.put(&name).assert_status(200);
+        assert_ne!(env.get(&name).unwrap().0, acquired, "A's heartbeat renewed the lock");
+        server.restore(&snapshot);
+        std::thread::sleep((b_saw + Duration::from_millis(12_300)).saturating_duration_since(Instant::now()));
+        let read = a.request(method, &format!("/locks/{name}"));
+        let told_a = Instant::now();
+        let told_b = b.put_until_held(&name);
+        eprintln!("{method}: A told {} at t0+{:?}\nA:\n{}", read.status, told_a - t0, a.process.stderr());
+        assert!(
+            read.status != 200 || told_b >= told_a + Duration::from_secs(4),
+            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
+             heartbeat, 4 s later)",
+            told_b - told_a
+        );
+    }
+}
+
 /// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
 /// late) and the next heartbeat adopts it again, the same acquisition, which the side-car also remembers as
 /// the hold it had last. A client-go elector under the pod's identity then renews it twice: an identity
