@@ -3260,6 +3260,36 @@ fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
     a_signal_ignored_at_start_sent_as_the_child_forks(nix::sys::signal::Signal::SIGINT);
 }
 
+/// `program DIR args...` (tests/support/PROGRAM.c) as the child of `lock`, with mpsync frozen once DIR/ready is
+/// written: the guard kills the job at the lease's deadline (DIR/child.pid and DIR/`first`.pid gone), and the next
+/// holder runs its child. Every process of the job starts a helper on SIGCONT (in a session of its own, never
+/// listed by the guard), which appends its pid to DIR/late.pid: those pids, each killed.
+fn helpers_after_the_guards_kill(env: &TestEnv, program: &str, args: &[&str], first: &str) -> Vec<i32> {
+    let program = build_program(env, program).display().to_string();
+    let name = env.lease_name("guard-groups");
+    let dir = env.dir.display().to_string();
+    let command = [&[program.as_str(), dir.as_str()][..], args].concat();
+    let mut holder = env.spawn(fast(&["lock", &name], &command));
+    holder.wait_for_file(&env.path("ready"), "1");
+    let child = read_pid(&env.path("child.pid"));
+    let first = read_pid(&env.path(&format!("{first}.pid")));
+    let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+    holder.signal(Signal::SIGSTOP);
+    wait_until("the guard to kill the job", || gone(child) && gone(first));
+    let script = format!("sleep 2; touch {dir}/end2");
+    let next = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    wait_until("the next holder's child to finish", || env.path("end2").exists());
+    next.finish().assert_code(0);
+    let helpers: Vec<i32> =
+        fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
+    for &pid in &helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    holder.signal(Signal::SIGCONT);
+    let _ = holder.wait_for(PATIENCE);
+    helpers
+}
+
 /// Found by review (rv290): the child's group was tied to the session by the child alone (a member's parent in
 /// another group of it: mpsync). A chain of 200 members of that group hung below a head reparented to init (its
 /// parent exited). The guard killed each process before its parent, in rounds, the chain leaf first and the
@@ -3269,35 +3299,15 @@ fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
 /// group made only of the job's processes is now killed whole, at once.
 #[test]
 fn the_guards_kill_never_orphans_a_stopped_group_before_all_of_it_is_killed() {
-    let env = TestEnv::file();
-    let chain = build_program(&env, "chain");
-    let name = env.lease_name("guard-chain");
-    let dir = env.dir.display().to_string();
-    let chain_path = chain.display().to_string();
-    let mut first = env.spawn(fast(&["lock", &name], &[&chain_path, &dir, "200"]));
-    first.wait_for_file(&env.path("ready"), "1");
-    let child = read_pid(&env.path("child.pid"));
-    let head = read_pid(&env.path("head.pid"));
-    let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
-    // mpsync frozen: the guard kills the job at the lease's deadline.
-    first.signal(Signal::SIGSTOP);
-    wait_until("the guard to kill the child and the chain", || gone(child) && gone(head));
-    let script = format!("date +%s%N > {dir}/start2; sleep 2; date +%s%N > {dir}/end2");
-    let second = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
-    wait_until("the next holder's child to finish", || env.path("end2").exists());
-    second.finish().assert_code(0);
-    let helpers: Vec<i32> =
-        fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
-    let running: Vec<i32> = helpers.iter().copied().filter(|&pid| !gone(pid)).collect();
-    for &pid in &helpers {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    first.signal(Signal::SIGCONT);
-    let _ = first.wait_for(PATIENCE);
-    assert!(
-        helpers.is_empty(),
-        "the guard's kill orphaned the child's stopped group before all of it was killed: {} helpers started by its \
-         SIGCONT handlers; still running: {running:?}",
-        helpers.len()
-    );
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "chain", &["200"], "head");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
+/// Found by review (rv292): a chain of 300 groups, each the parent of the next, the first with 200 more members:
+/// after 256 rounds the rest was killed in pid order, the main child first, which orphaned the first group with its
+/// members not yet killed. The rounds go on as long as it takes.
+#[test]
+fn the_guards_kill_of_a_chain_of_300_groups_orphans_none() {
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "groupchain", &["300", "200"], "a");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
 }
