@@ -2093,20 +2093,26 @@ impl Elector {
         self.lost = None;
     }
 
-    /// Our hold shown by `current` at a renewal older than the one it counts from (etcd restored: the renewals since
-    /// are undone): another process may have seen that very record and none since (a side-car looks only when its
-    /// client asks; a waiter's watch may lag), and counts its expiry from then. The hold counts from the send of that
-    /// renewal (or of the last one sent before that record's `renewTime`, a hand edit's) again, until a renewal
-    /// lands; past its renew deadline so counted, it is lost (found by review, rv288: a side-car whose renewal failed
-    /// after such a restore answered its client 200 up to the undone renewal's renew deadline, and another pod's
-    /// side-car, counting from the restored record, took the lock and told its client 200 before that; rv289: a
-    /// `lock` holder that read the restore ran its child on beside a waiter whose watch had lagged). A renewal older
-    /// than those remembered counts as past its deadline now.
+    /// Our hold shown by `current` at a renewal of ours older than the one it counts from (etcd restored: the
+    /// renewals since are undone): another process may have seen that very record and none since (a side-car looks
+    /// only when its client asks; a waiter's watch may lag), and counts its expiry from then. The hold counts from
+    /// the send of that renewal again, until a renewal lands; past its renew deadline so counted, it is lost (found
+    /// by review, rv288: a side-car whose renewal failed after such a restore answered its client 200 up to the
+    /// undone renewal's renew deadline, and another pod's side-car, counting from the restored record, took the lock
+    /// and told its client 200 before that; rv289: a `lock` holder that read the restore ran its child on beside a
+    /// waiter whose watch had lagged). One of ours older than this hold's first write (a side-car's hold adopted
+    /// again since) is lost now. One older than the last writes remembered (`MAX_SENT_STAMPS`) counts as before:
+    /// no view of the lease lags that far behind (a side-car forgets a lock it was not asked about for twice the
+    /// TTL).
     fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, now: Instant) {
         let Some(record) = current.map(|v| &v.record).filter(|record| self.is_current_acquisition(record)) else {
             return;
         };
-        let Some(second) = record.renew_time.as_ref().map(|time| time.0.as_second()) else { return };
+        // Only a renewal this process sent: a `renewTime` it never wrote is a hand edit's (or a co-holder's), which
+        // every other process saw as a change when it came, and counts from then (found by review, rv291: an edit
+        // that set it an hour back cost a healthy holder its lease).
+        let Some(time) = record.renew_time.as_ref().filter(|time| self.sent_by_us(time)) else { return };
+        let second = time.0.as_second();
         if self.held.as_ref().is_none_or(|held| held.renew_second.is_none_or(|counted| second >= counted)) {
             return;
         }
@@ -3433,17 +3439,25 @@ mod tests {
         assert!(matches!(a.next(now(t0, 5.0)), Action::Write(_)), "renewed at once");
         renewal_applied(&mut a, t0, 11, 6.0);
         assert_eq!(a.held().unwrap().deadline(TIMING), at(t0, 16.0), "counted from the next renewal");
-        // Restored to the acquisition, older than any renewal remembered after many: past its deadline.
+        // Restored to the acquisition, older than the writes remembered after many: counted as before.
         let mut b = holding(t0);
         let acquisition = b.current().unwrap().clone();
         for i in 0..(MAX_SENT_STAMPS as u64 + 2) {
             renewal_applied(&mut b, t0, 10 + i, 2.0 * (i + 1) as f64);
         }
+        let deadline = b.held().unwrap().deadline(TIMING);
         b.versions_went_back();
         let late = 2.0 * (MAX_SENT_STAMPS + 2) as f64 + 0.5;
         b.observe(Some(acquisition), at(t0, late));
-        assert!(b.held().is_none(), "lost");
-        assert!(matches!(b.next(now(t0, late)), Action::Lost(LossReason::RenewDeadline)));
+        assert_eq!(b.held().unwrap().deadline(TIMING), deadline);
+        // A hand edit that moves renewTime back (a time this process never wrote) counts as before too.
+        let mut c = holding(t0);
+        renewal_applied(&mut c, t0, 10, 2.0);
+        let mut edited = c.current().unwrap().clone();
+        edited.record.renew_time = Some(wall(-3600));
+        edited.resource_version = "11".into();
+        c.observe(Some(edited), at(t0, 3.0));
+        assert_eq!(c.held().unwrap().deadline(TIMING), at(t0, 12.0));
     }
 
     /// Found by review (helper-140): a co-holder's renewal first seen as the record read after versions went back

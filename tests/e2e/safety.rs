@@ -943,6 +943,28 @@ fn a_holder_that_reads_a_restore_counts_from_the_renewal_restored_beside_a_waite
     assert_eq!(max_concurrency(&log), 1, "the waiter's child ran beside the holder's: {stamps:?}");
 }
 
+/// Found by review (rv291): a healthy holder's `renewTime` edited an hour back by hand (a tool, `kubectl edit`) looks
+/// like an older record of the same acquisition; counted from "that renewal", the holder lost the lease at once and
+/// stopped its child. A time it never wrote is an edit every process saw as a change when it came: the hold goes on.
+#[test]
+fn a_hand_edit_that_moves_renew_time_back_costs_the_holder_nothing() {
+    let env = TestEnv::kube();
+    let name = env.lease_name("edit-back");
+    let timing = ["--lease-duration", "8s", "--renew-deadline", "5s", "--retry-period", "500ms"];
+    let (mut holder, go) = holder_as_me_with(&env, &name, &timing);
+    env.edit(&name, |spec| {
+        let back = spec.renew_time.as_ref().unwrap().0 - k8s_openapi::jiff::SignedDuration::from_hours(1);
+        spec.renew_time = Some(MicroTime(back));
+    });
+    // Renewals after the edit, past its renew deadline (5 s) counted from the hour before.
+    let renewed = || env.get(&name).and_then(|(_, spec)| spec.renew_time);
+    for _ in 0..4 {
+        let before = renewed();
+        wait_until("a renewal after the edit", || renewed() != before || holder.wait_for(Duration::ZERO).is_some());
+    }
+    assert_child_ran_to_its_end(&mut holder, &go);
+}
+
 /// Found by review (helper-107): an etcd restored to a snapshot in which the lease was free (released before the holder took it):
 /// the waiter must not start its child while the holder's still runs (the holder learns of the restore
 /// only at its next renewal, and then stops its child within its grace).
