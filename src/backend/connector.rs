@@ -103,15 +103,19 @@ impl Service<Uri> for Connector {
 /// Bounds opening a connection whole, the TLS handshake included (found by review: the TLS layer above
 /// `Connector` had no bound, and hyper finishes a connection it no longer needs in a task of its own,
 /// so a server that accepted and never answered the handshake kept a task and a socket for ever).
+/// Through a proxy, the message names it too: the proxy's own bound (in `Connector`) is the same, and either
+/// may end first (found by CI: a black-hole proxy went unnamed when this bound came first).
 #[derive(Clone)]
 pub struct Bounded<C> {
     inner: C,
     timeout: Duration,
+    proxy: Option<Arc<str>>,
 }
 
 impl<C> Bounded<C> {
-    pub fn new(inner: C, timeout: Duration) -> Bounded<C> {
-        Bounded { inner, timeout }
+    /// `proxy` is the proxy's name in messages, if connections go through one.
+    pub fn new(inner: C, timeout: Duration, proxy: Option<&Proxy>) -> Bounded<C> {
+        Bounded { inner, timeout, proxy: proxy.map(|proxy| Arc::from(proxy.to_string())) }
     }
 }
 
@@ -134,12 +138,16 @@ where
     fn call(&mut self, server: Uri) -> Self::Future {
         let timeout = self.timeout;
         let shown = super::shown_server(&server);
+        let through = match &self.proxy {
+            Some(proxy) => format!(" through {proxy}: no tunnel or connection (TLS handshake included)"),
+            None => ": no connection (TLS handshake included)".to_string(),
+        };
         let connecting = self.inner.call(server);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => Err(ConnectError(format!(
-                    "cannot connect to {shown}: no connection (TLS handshake included) within {}",
+                    "cannot connect to {shown}{through} within {}",
                     humantime::format_duration(timeout)
                 ))
                 .into()),
@@ -187,7 +195,7 @@ mod tests {
             .https_only()
             .enable_http1()
             .wrap_connector(Connector::new(None, Duration::from_secs(30)));
-        let mut bounded = Bounded::new(https, Duration::from_millis(300));
+        let mut bounded = Bounded::new(https, Duration::from_millis(300), None);
         let uri: Uri = format!("https://127.0.0.1:{port}").parse().unwrap();
         let started = std::time::Instant::now();
         let result = runtime.block_on(async { bounded.call(uri).await.map(|_| ()) });
@@ -198,6 +206,31 @@ mod tests {
         let mut rest = Vec::new();
         let _ = accepted.read_to_end(&mut rest);
         assert!(rest.starts_with(&[0x16]), "a ClientHello, then the end: {rest:?}");
+    }
+
+    /// A connection that never opens, through a proxy: whichever bound ends first, the proxy is named.
+    #[test]
+    fn a_connection_that_never_opens_through_a_proxy_names_it() {
+        #[derive(Clone)]
+        struct Never;
+        impl Service<Uri> for Never {
+            type Response = ();
+            type Error = ConnectError;
+            type Future = std::future::Pending<Result<(), ConnectError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Uri) -> Self::Future {
+                std::future::pending()
+            }
+        }
+        let uri: Uri = "https://127.0.0.1:6443".parse().unwrap();
+        let proxy = http_proxy(3128);
+        let mut bounded = Bounded::new(Never, Duration::from_millis(50), Some(&proxy));
+        let err = runtime().block_on(bounded.call(uri.clone())).err().unwrap().to_string();
+        assert!(err.contains(&proxy.to_string()) && err.contains("https://127.0.0.1:6443/"), "{err}");
+        let err = runtime().block_on(Bounded::new(Never, Duration::from_millis(50), None).call(uri)).err().unwrap();
+        assert!(!err.to_string().contains("proxy"), "{err}");
     }
 
     #[test]

@@ -272,8 +272,9 @@ clientCertificateData \
     // review, rv267: `status` through a proxy that never answered did not name the proxy, one run in three).
     let connect_within = call_timeout.saturating_sub((call_timeout / 10).min(Duration::from_secs(1)));
     let https = connector::Bounded::new(
-        builder.enable_http1().wrap_connector(Connector::new(proxy, connect_within)),
+        builder.enable_http1().wrap_connector(Connector::new(proxy.clone(), connect_within)),
         connect_within,
+        proxy.as_ref(),
     );
     // Watches get a pool of their own, so that a waiter's acquisition on a watch event finds an idle
     // connection (see `pools`); idle connections are closed as they expire, not kept until the next
