@@ -3,24 +3,17 @@
  * EXTRA more members of its group. Every process of the job ignores SIGHUP and, on SIGCONT, forks a helper that
  * calls setsid(), appends its pid to DIR/late.pid and appends a timestamp to DIR/late every 10 ms for 30 s.
  * Files: DIR/child.pid, DIR/a.pid, DIR/ready (when all is up). */
-#include <fcntl.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
+
+#include "late.h"
 
 static char dir[2048];
 
 static void put(const char *name, long value) {
-    char path[4096], buf[64];
+    char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    int n = snprintf(buf, sizeof buf, "%ld\n", value);
-    (void)!write(fd, buf, n);
-    close(fd);
+    append(path, value);
 }
 
 static int exists(const char *name) {
@@ -28,24 +21,6 @@ static int exists(const char *name) {
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return stat(path, &st) == 0;
-}
-
-static void helper(void) {
-    setsid();
-    put("late.pid", (long)getpid());
-    for (int i = 0; i < 3000; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        put("late", (long)ts.tv_sec * 1000000000L + ts.tv_nsec);
-        struct timespec s = {0, 10000000};
-        nanosleep(&s, 0);
-    }
-    _exit(0);
-}
-
-static void on_cont(int signal) {
-    (void)signal;
-    if (fork() == 0) helper();
 }
 
 static void idle(void) {
@@ -59,14 +34,16 @@ static void extras(int n) {
 
 static void wait_for(const char *name) {
     while (!exists(name)) {
-        struct timespec s = {0, 2000000};
-        nanosleep(&s, 0);
+        pause_ms(2);
     }
 }
 
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     snprintf(dir, sizeof dir, "%s", argv[1]);
+    snprintf(late_pid_path, sizeof late_pid_path, "%s/late.pid", dir);
+    snprintf(late_path, sizeof late_path, "%s/late", dir);
+    late_count = 3000, late_period_ms = 10, late_new_session = 1;
     int depth = atoi(argv[2]), extra = atoi(argv[3]);
     signal(SIGHUP, SIG_IGN);
     signal(SIGCONT, on_cont);
