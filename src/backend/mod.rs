@@ -79,15 +79,24 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(runtime)
 }
 
-/// " (ulimit -n is N)" for `RLIMIT_NOFILE`, " (ulimit -u is N)" for `RLIMIT_NPROC`: what an error of too few
-/// descriptors or processes (EMFILE, EAGAIN) adds, so that the user sees which limit it met.
+/// " (ulimit -n is N)" for `RLIMIT_NOFILE`, " (ulimit -u is N)" for `RLIMIT_NPROC` (with "; ulimit -v is N"
+/// where address space is limited): what an error of too few descriptors or processes (EMFILE, EAGAIN) adds, so
+/// that the user sees which limit it met.
 #[cfg(feature = "cli")]
 pub(crate) fn limit_hint(resource: nix::libc::__rlimit_resource_t) -> String {
     let option = if resource == nix::libc::RLIMIT_NPROC { 'u' } else { 'n' };
     let mut limit = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given.
     let soft = (unsafe { nix::libc::getrlimit(resource, &mut limit) } == 0).then_some(limit.rlim_cur);
-    soft.map(|soft| format!(" (ulimit -{option} is {soft})")).unwrap_or_default()
+    // A thread's stack takes address space too: where that is limited, EAGAIN may be its limit instead.
+    let mut space = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: as above.
+    let space = (resource == nix::libc::RLIMIT_NPROC
+        && unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_AS, &mut space) } == 0
+        && space.rlim_cur != nix::libc::RLIM_INFINITY)
+        .then(|| format!("; ulimit -v is {}", space.rlim_cur / 1024))
+        .unwrap_or_default();
+    soft.map(|soft| format!(" (ulimit -{option} is {soft}{space})")).unwrap_or_default()
 }
 
 /// What `err` says, with the process limit (`limit_hint`) when it is one of too few processes (EAGAIN from

@@ -62,6 +62,10 @@ impl Guard {
         let mpsync = nix::unistd::getpid().as_raw();
         // Made before the fork: the guard allocates nothing (it reads its copy of this memory).
         let inherited: Vec<Stopped> = inherited.iter().map(|&(pid, start)| Stopped { pid, start }).collect();
+        // So is the working memory of its kill, mapped here so that a mapping refused (`ulimit -v`) is an error
+        // now, not a kill that falls back to the armed group alone when it is needed (found by review, rv293).
+        // The guard keeps its copy; only the pages its kill touches ever take memory.
+        let working = Working::map()?;
         // Block every signal across fork, so that the guard cannot run an inherited handler (or die of Ctrl-C)
         // before it has ignored everything.
         let mut previous = SigSet::empty();
@@ -71,8 +75,9 @@ impl Guard {
         let forked = unsafe { fork() };
         if let Ok(ForkResult::Child) = forked {
             // SAFETY: we are the freshly forked guard; `read` is the pipe's read end.
-            unsafe { guard_main(read.as_raw_fd(), mpsync, &inherited) }
+            unsafe { guard_main(read.as_raw_fd(), mpsync, &inherited, working.bytes) }
         }
+        drop(working);
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
         match forked? {
             ForkResult::Parent { child } => Ok(Guard { pid: child, pipe: write }),
@@ -121,6 +126,46 @@ pub(crate) fn message(command: i32, argument: i64) -> [u8; MESSAGE] {
     bytes
 }
 
+/// The working memory of the guard's kill (`kill_tree`): an anonymous private mapping of `WORKING_BYTES`,
+/// mapped by mpsync before it forks the guard, which keeps its own copy.
+struct Working {
+    bytes: *mut u8,
+}
+
+impl Working {
+    fn map() -> io::Result<Working> {
+        // SAFETY: a new anonymous mapping, at an address of the kernel's choosing; nothing else is touched.
+        let memory = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                WORKING_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if memory == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            return Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot map the guard process's {} MiB of working memory (address space; see `ulimit -v`): {error}",
+                    WORKING_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(Working { bytes: memory.cast() })
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map` made, which nothing in this process uses (the guard has its own copy).
+        unsafe { libc::munmap(self.bytes.cast(), WORKING_BYTES) };
+    }
+}
+
 /// The size of a message: under PIPE_BUF, so every write of one is atomic.
 pub(crate) const MESSAGE: usize = 12;
 
@@ -155,7 +200,7 @@ pub(crate) fn monotonic_at(at: std::time::Instant) -> i64 {
 /// # Safety
 /// Call only in a freshly forked child: it closes every file descriptor but `read_fd` and never returns.
 /// It makes only async-signal-safe calls and does not allocate.
-unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped]) -> ! {
+unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped], working: *mut u8) -> ! {
     // SAFETY: plain system calls on integers and stack buffers; nothing allocates or takes a lock.
     unsafe {
         // Continued when mpsync dies, if stopped then (SIGCONT continues a stopped process even where it is
@@ -231,7 +276,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
                 let root = if libc::getppid() == mpsync { mpsync } else { NO_ROOT };
                 let child = Stopped { pid: if leader { armed } else { 0 }, start: leader_start };
                 if root == mpsync || adopted_count > 0 || leader {
-                    kill_tree(root, me, group, (&adopted[..adopted_count], child), inherited);
+                    kill_tree(working, root, me, group, (&adopted[..adopted_count], child), inherited);
                 }
                 if group > 0 {
                     libc::kill(-group, libc::SIGKILL);
@@ -312,7 +357,7 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped])
             // other groups, found through them, and the child itself wherever it went, and the processes
             // mpsync adopted, by pid and start time, with what they started (not below mpsync: its children
             // were handed to init, and its pid may be anyone's now).
-            kill_tree(NO_ROOT, me, group, (&adopted[..adopted_count], child), inherited);
+            kill_tree(working, NO_ROOT, me, group, (&adopted[..adopted_count], child), inherited);
             if group > 0 {
                 libc::kill(-group, libc::SIGKILL);
             }
@@ -332,6 +377,12 @@ const NO_ROOT: libc::pid_t = -1;
 const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
+/// `kill_tree`'s working memory: three tables (the processes listed, those stopped, a group id for each pid)
+/// and four bitmaps of pids, about 21 MiB.
+const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
+    + MAX_PROCESSES * std::mem::size_of::<Stopped>()
+    + PID_LIMIT * std::mem::size_of::<libc::pid_t>()
+    + 4 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -351,32 +402,22 @@ const PID_LIMIT: usize = 1 << 22;
 /// # Safety
 /// Async-signal-safe: raw system calls on stack buffers and one anonymous mapping; no allocator, no lock.
 unsafe fn kill_tree(
+    working: *mut u8,
     root: libc::pid_t,
     me: libc::pid_t,
     group: libc::pid_t,
     (adopted, child): (&[Stopped], Stopped),
     inherited: &[Stopped],
 ) {
-    // SAFETY: the mapping is ours alone, and big enough for the three tables and the four bitmaps laid out in
-    // it (the tables first: their alignment is the mapping's). Only the pages touched take memory.
+    // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
+    // `WORKING_BYTES` long: big enough for the three tables and the four bitmaps laid out in it (the tables
+    // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
         let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
         let groups_bytes = PID_LIMIT * std::mem::size_of::<libc::pid_t>();
         let bitmap_bytes = PID_LIMIT / 8;
-        let size = listed_bytes + stopped_bytes + groups_bytes + 4 * bitmap_bytes;
-        let memory = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if memory == libc::MAP_FAILED {
-            return;
-        }
-        let bytes = memory.cast::<u8>();
+        let bytes = working;
         let listed = std::slice::from_raw_parts_mut(bytes.cast::<Listed>(), MAX_PROCESSES);
         let stopped = std::slice::from_raw_parts_mut(bytes.add(listed_bytes).cast::<Stopped>(), MAX_PROCESSES);
         let group_of =
@@ -433,7 +474,8 @@ unsafe fn kill_tree(
         });
         let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
         kill_children_first(&listed[..count], below, scratch);
-        libc::munmap(memory, size);
+        // Zero-filled again, and its memory given back, for a kill that may come later.
+        libc::madvise(working.cast(), WORKING_BYTES, libc::MADV_DONTNEED);
     }
 }
 

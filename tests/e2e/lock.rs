@@ -616,6 +616,47 @@ fn too_few_open_files_is_a_clear_error() {
     assert!(env.get(&name).is_none(), "a lease was written: {:?}", env.get(&name));
 }
 
+/// From review (rv293): the guard's kill needs about 21 MiB of address space, mapped when it acted; under a
+/// `ulimit -v` that left too little, the mapping failed then and the kill fell back to the child's group alone,
+/// silently. It is mapped before the guard starts now: the least address space `lock` fails with is a clear
+/// error (125) that names the limit, and nothing was taken. So is `status`'s (a thread that cannot start for
+/// address space said only "ulimit -u is ..."). Found by halving the limit: where exactly mpsync starts to fail
+/// depends on the build.
+#[test]
+fn too_little_address_space_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::file();
+    let name = env.lease_name("few-bytes");
+    let run = |args: &[&str], mib: u64| {
+        let mut command = env.mpsync(args);
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = nix::libc::rlimit { rlim_cur: mib << 20, rlim_max: mib << 20 };
+                nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit);
+                Ok(())
+            });
+        }
+        Proc::spawn(command, &env.dir).finish()
+    };
+    for (args, says) in [(["lock", &name, "--", "true"].as_slice(), "guard"), (&["status", &name], "thread")] {
+        // Runs with `hi` MiB, not with `lo`.
+        let (mut lo, mut hi) = (1u64, 4096u64);
+        run(args, hi).assert_code(0);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if run(args, mid).code == Some(0) { hi = mid } else { lo = mid }
+        }
+        let out = run(args, lo);
+        out.assert_code(125);
+        let stderr = &out.stderr;
+        assert!(stderr.contains(says) && stderr.contains("ulimit -v"), "{args:?} with {lo} MiB: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let holder = env.holder(&name);
+    assert!(holder.as_deref().is_none_or(str::is_empty), "left held by {holder:?}");
+}
+
 /// Found by review (rv262): a process limit (`ulimit -u`, a pod's pids limit) that leaves no thread to start
 /// ended `status` and `lock` in a panic (tokio's "OS can't spawn worker thread", exit 101), or said that a
 /// readable kubeconfig could not be read. Now each runs, or fails with a clear error (125) that names the
