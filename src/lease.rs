@@ -1118,7 +1118,7 @@ impl Elector {
             }
         }
         if past || restored {
-            self.count_from_restored_renewal(current.as_ref(), now);
+            self.count_from_restored_renewal(current.as_ref(), restored, now);
         }
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
             self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
@@ -2101,27 +2101,35 @@ impl Elector {
     /// undone renewal's renew deadline, and another pod's side-car, counting from the restored record, took the lock
     /// and told its client 200 before that; rv289: a `lock` holder that read the restore ran its child on beside a
     /// waiter whose watch had lagged). One of ours older than this hold's first write (a side-car's hold adopted
-    /// again since) is lost now. One older than the last writes remembered (`MAX_SENT_STAMPS`) counts as before:
+    /// again since) is lost now, and so, after versions went back, is a side-car's hold shown at a renewal its
+    /// predecessor wrote (the side-car before a restart: rv294). One older than the last writes remembered (`MAX_SENT_STAMPS`) counts as before:
     /// no view of the lease lags that far behind (a side-car forgets a lock it was not asked about for twice the
     /// TTL).
-    fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, now: Instant) {
+    fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, restored: bool, now: Instant) {
         let Some(record) = current.map(|v| &v.record).filter(|record| self.is_current_acquisition(record)) else {
             return;
         };
-        // Only a renewal this process sent: a `renewTime` it never wrote is a hand edit's (or a co-holder's), which
-        // every other process saw as a change when it came, and counts from then (found by review, rv291: an edit
-        // that set it an hour back cost a healthy holder its lease).
-        let Some(time) = record.renew_time.as_ref().filter(|time| self.sent_by_us(time)) else { return };
+        let Some(time) = record.renew_time.as_ref() else { return };
         let second = time.0.as_second();
         if self.held.as_ref().is_none_or(|held| held.renew_second.is_none_or(|counted| second >= counted)) {
+            return;
+        }
+        // Only a renewal this process sent: a `renewTime` it never wrote is a hand edit's (or a co-holder's), which
+        // every other process saw as a change when it came, and counts from then (found by review, rv291: an edit
+        // that set it an hour back cost a healthy holder its lease). But not after versions went back, for a hold a
+        // side-car may have adopted: its predecessor (the side-car before a restart) wrote that renewal, from before
+        // the adoption, and it is lost (found by review, rv294: counted as a hand edit's, the hold counted on from
+        // the adoption undone, and its client was told 200 beside another pod's).
+        if !self.sent_by_us(time) {
+            if self.adopt && restored {
+                self.lose_to_restore(now);
+            }
             return;
         }
         let Some(at) = self.hold_sends.iter().rposition(|(counted, _)| *counted <= second) else {
             // Older than any renewal of this hold remembered (or than its acquisition, a side-car's adoption of
             // it): others may have seen it long ago. Lost now.
-            tracing::warn!("the lease shows a renewal of this hold older than any remembered (etcd restored?): lost");
-            self.hold_sends.clear();
-            self.lose(LossReason::RenewDeadline);
+            self.lose_to_restore(now);
             return;
         };
         let from = self.hold_sends[at].1;
@@ -2138,6 +2146,18 @@ impl Elector {
             held.next_renew_at = held.next_renew_at.min(now);
             self.last_hold_sent = Some(from);
         }
+    }
+
+    /// Our hold, shown by a restore at a renewal older than any of it remembered, is lost now. When that renewal was
+    /// sent is not known, and what is bounded by the hold's last renewal (a side-car's answers, its give-back) counts
+    /// from a lease duration ago (found by review, rv294: bounded from the renewal undone, a side-car answered a GET
+    /// 200 and another pod's client was told 200 9 ms later).
+    fn lose_to_restore(&mut self, now: Instant) {
+        tracing::warn!("the lease shows a renewal of this hold older than any remembered (etcd restored?): lost");
+        self.hold_sends.clear();
+        let back = now.checked_sub(self.timing.lease_duration).unwrap_or(now);
+        self.last_hold_sent = Some(self.last_hold_sent.map_or(back, |sent| sent.min(back)));
+        self.lose(LossReason::RenewDeadline);
     }
 
     /// Whether `record` carries the acquisition (identity, time and token) of the lease we hold, or of

@@ -2271,6 +2271,89 @@ fn a_read_after_a_restore_that_undid_a_renewal_is_not_answered_200_from_it() {
     }
 }
 
+/// Found by review (rv294): the restore of `a_hold_whose_renewal_a_restore_undid_counts_from_the_renewal_restored`,
+/// with A's side-car restarted (the same pod) before its renewal at t0+4, an adoption: the restored record is A's
+/// hold, written by the side-car before, a `renewTime` the one now never sent. It counted that as a hand edit's and
+/// the hold on from its own adoption, undone (renew deadline t0+10): the heartbeat at t0+9.5, its renewal failed,
+/// was answered 200, and B's client was told 200 2.5 s later. A hold adopted, shown by a restore at a renewal from
+/// before its adoption, is lost.
+#[test]
+fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-undone-adopted");
+    let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+    a.put(&name).assert_status(200);
+    let t0 = Instant::now();
+    let snapshot = server.snapshot();
+    b.put(&name).assert_status(409);
+    let (acquired, _) = env.get(&name).unwrap();
+    a.process.child.kill().unwrap();
+    a.process.wait_for(PATIENCE).expect("the side-car killed");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+    std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
+    a.put(&name).assert_status(200);
+    assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+    assert_ne!(env.get(&name).unwrap().0, acquired, "A's adoption renewed the lock");
+    server.restore(&snapshot);
+    std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
+    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+    let heartbeat = a.put(&name);
+    let told_a = Instant::now();
+    server.fail_next_on(&format!("update:{name}"), 0, 503);
+    let told_b = b.put_until_held(&name);
+    eprintln!("A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
+    assert!(
+        heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
+        "B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next heartbeat, 4 s later)",
+        told_b - told_a
+    );
+}
+
+/// Found by review (rv294): A's hold (R0 at t0; B's side-car sees it: 409) lapses at its renew deadline and A's
+/// client's late heartbeat at t0+6.5 adopts it again; etcd is restored to R0, older than this hold's first write: lost,
+/// but its answers were still bounded from the adoption undone, and a GET (or a probe's HEAD) at B's expiry of R0
+/// (t0+12.3) was answered 200, B's client told 200 within 20 ms after.
+#[test]
+fn a_hold_a_restore_showed_lost_is_not_answered_200_to_a_read() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for method in ["GET", "HEAD"] {
+        let env = TestEnv::kube();
+        let server = env.server().unwrap();
+        let name = env.lease_name("sc-undone-lost");
+        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+        a.put(&name).assert_status(200);
+        let t0 = Instant::now();
+        let snapshot = server.snapshot();
+        b.put(&name).assert_status(409);
+        let b_saw = Instant::now();
+        let (acquired, _) = env.get(&name).unwrap();
+        std::thread::sleep((t0 + Duration::from_millis(6_500)).saturating_duration_since(Instant::now()));
+        a.put(&name).assert_status(200);
+        assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+        assert_ne!(env.get(&name).unwrap().0, acquired, "A's late heartbeat renewed the lock");
+        server.restore(&snapshot);
+        std::thread::sleep((b_saw + Duration::from_millis(12_300)).saturating_duration_since(Instant::now()));
+        let read = a.request(method, &format!("/locks/{name}"));
+        let told_a = Instant::now();
+        let told_b = b.put_until_held(&name);
+        eprintln!("{method}: A told {} at t0+{:?}\nA:\n{}", read.status, told_a - t0, a.process.stderr());
+        assert!(
+            read.status != 200 || told_b >= told_a + Duration::from_secs(4),
+            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
+             heartbeat, 4 s later)",
+            told_b - told_a
+        );
+    }
+}
+
 /// Found by review (helper-134): a side-car's hold ends at its renew deadline (its client's heartbeat came
 /// late) and the next heartbeat adopts it again, the same acquisition, which the side-car also remembers as
 /// the hold it had last. A client-go elector under the pod's identity then renews it twice: an identity
