@@ -91,11 +91,14 @@ pub(crate) fn limit_hint(resource: nix::libc::__rlimit_resource_t) -> String {
     // A thread's stack takes address space too: where that is limited, EAGAIN may be its limit instead.
     let mut space = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: as above.
-    let space = (resource == nix::libc::RLIMIT_NPROC
+    let space = if resource == nix::libc::RLIMIT_NPROC
         && unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_AS, &mut space) } == 0
-        && space.rlim_cur != nix::libc::RLIM_INFINITY)
-        .then(|| format!("; ulimit -v is {}", space.rlim_cur / 1024))
-        .unwrap_or_default();
+        && space.rlim_cur != nix::libc::RLIM_INFINITY
+    {
+        format!("; ulimit -v is {}", space.rlim_cur / 1024)
+    } else {
+        String::new()
+    };
     soft.map(|soft| format!(" (ulimit -{option} is {soft}{space})")).unwrap_or_default()
 }
 
