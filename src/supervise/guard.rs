@@ -377,12 +377,15 @@ const NO_ROOT: libc::pid_t = -1;
 const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
-/// `kill_tree`'s working memory: three tables (the processes listed, those stopped, a group id for each pid)
-/// and four bitmaps of pids, about 21 MiB.
+/// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
+const MAX_ANCHORS: usize = 4096;
+/// `kill_tree`'s working memory: four tables (the processes listed, those stopped, a group id for each pid, the
+/// anchors) and five bitmaps of pids, about 22 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<libc::pid_t>()
-    + 4 * (PID_LIMIT / 8);
+    + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
+    + 5 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -417,16 +420,22 @@ unsafe fn kill_tree(
         let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
         let groups_bytes = PID_LIMIT * std::mem::size_of::<libc::pid_t>();
         let bitmap_bytes = PID_LIMIT / 8;
+        let anchors_bytes = MAX_ANCHORS * std::mem::size_of::<libc::pid_t>();
         let bytes = working;
         let listed = std::slice::from_raw_parts_mut(bytes.cast::<Listed>(), MAX_PROCESSES);
         let stopped = std::slice::from_raw_parts_mut(bytes.add(listed_bytes).cast::<Stopped>(), MAX_PROCESSES);
         let group_of =
             std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes).cast::<libc::pid_t>(), PID_LIMIT);
-        let maps = bytes.add(listed_bytes + stopped_bytes + groups_bytes);
+        let anchors = std::slice::from_raw_parts_mut(
+            bytes.add(listed_bytes + stopped_bytes + groups_bytes).cast::<libc::pid_t>(),
+            MAX_ANCHORS,
+        );
+        let maps = bytes.add(listed_bytes + stopped_bytes + groups_bytes + anchors_bytes);
         let below = std::slice::from_raw_parts_mut(maps, bitmap_bytes);
         let stopped_map = std::slice::from_raw_parts_mut(maps.add(bitmap_bytes), bitmap_bytes);
         let blocked_groups = std::slice::from_raw_parts_mut(maps.add(2 * bitmap_bytes), bitmap_bytes);
         let impure = std::slice::from_raw_parts_mut(maps.add(3 * bitmap_bytes), bitmap_bytes);
+        let anchored = std::slice::from_raw_parts_mut(maps.add(4 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -472,10 +481,86 @@ unsafe fn kill_tree(
         mark_below(&listed[..count], below, root, (me, inherited), group, |p| {
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
+        let listed = &listed[..count];
+        let anchor_count = anchor_groups(listed, below, anchors, anchored);
+        // Every group anchored stays tied to the session while its members die, whatever the order: all at once.
+        for p in listed {
+            if bit(below, p.pid) && bit(anchored, p.group) {
+                libc::kill(p.pid, libc::SIGKILL);
+                clear_bit(below, p.pid);
+            }
+        }
         let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
-        kill_children_first(&listed[..count], below, scratch);
+        kill_children_first(listed, below, scratch);
+        // Once what they anchored has SIGKILL pending: nothing their groups' orphaning continues can run again.
+        // (The guard ignores SIGCHLD: they are reaped as they die.)
+        for &anchor in &anchors[..anchor_count] {
+            libc::kill(anchor, libc::SIGKILL);
+        }
+        for &anchor in &anchors[..anchor_count] {
+            libc::waitpid(anchor, std::ptr::null_mut(), 0);
+        }
         // Zero-filled again, and its memory given back, for a kill that may come later.
         libc::madvise(working.cast(), WORKING_BYTES, libc::MADV_DONTNEED);
+    }
+}
+
+/// Give every process group of the job in the guard's own session (the session of mpsync, and of the job unless it
+/// made one of its own) a member of the guard's: an anchor, a child of the guard that does nothing, moved into it
+/// (`setpgid`, which a parent may do to its child within its session). The kernel continues a stopped group the
+/// moment it is orphaned, when the last of its members whose parent is in another group of the session dies, or
+/// that parent dies (see `kill_children_first`); an anchor's parent is the guard, in a group of its own in that
+/// session, so a group anchored is orphaned by no death among its members or theirs, and its members are killed in
+/// any order. That holds where no order can: groups that tie each other to the session (found by review, rv292:
+/// `setpgid` into the group of another branch; rv295: a job member that joined mpsync's own group, that group's
+/// only tie, killed before the group's other members, which ran their SIGCONT handlers past the lease). The anchors
+/// go once what they anchored has SIGKILL pending. At most `MAX_ANCHORS`; a group not anchored (in a session the
+/// job made, or where a fork fails) is killed in order as before. `anchored` is set for each group anchored, and
+/// must be clear; returns how many anchors `anchors` holds.
+///
+/// # Safety
+/// Async-signal-safe: fork(2) in the guard, which has one thread, and raw system calls.
+unsafe fn anchor_groups(listed: &[Listed], below: &[u8], anchors: &mut [libc::pid_t], anchored: &mut [u8]) -> usize {
+    // SAFETY: raw system calls; the anchor (the forked child) only waits to be killed.
+    unsafe {
+        let (session, guard, own_group) = (libc::getsid(0), libc::getpid(), libc::getpgrp());
+        let mut count = 0;
+        for p in listed {
+            if count == anchors.len() {
+                break;
+            }
+            if !bit(below, p.pid)
+                || p.session != session
+                || p.group <= 0
+                || p.group == own_group
+                || bit(anchored, p.group)
+            {
+                continue;
+            }
+            let anchor = libc::fork();
+            if anchor == 0 {
+                // Gone with the guard, whatever happens to it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                if libc::getppid() != guard {
+                    libc::_exit(0);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+            if anchor < 0 {
+                break;
+            }
+            if libc::setpgid(anchor, p.group) == 0 {
+                set_bit(anchored, p.group);
+                anchors[count] = anchor;
+                count += 1;
+            } else {
+                libc::kill(anchor, libc::SIGKILL);
+                libc::waitpid(anchor, std::ptr::null_mut(), 0);
+            }
+        }
+        count
     }
 }
 
@@ -501,8 +586,8 @@ struct Scratch<'a> {
 /// member of each the parent of a member of the other; or pids taken again between two reads) ends the rounds:
 /// every group left made only of the job's processes is killed whole, one right after another, and then the rest.
 /// That is not safe for such a cycle (rv292: a group orphaned by the death of the other's members is continued
-/// before its own kill comes; the README's "What escapes" says so): an order that counted each group's ties to
-/// the session would find one. `below` is cleared as it goes.
+/// before its own kill comes): in the guard's session the groups are anchored first (`anchor_groups`) and never
+/// come here; in a session the job made, the README's "What escapes" says so. `below` is cleared as it goes.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls only.
@@ -585,6 +670,8 @@ struct Listed {
     pid: libc::pid_t,
     parent: libc::pid_t,
     group: libc::pid_t,
+    /// The session: its leader's pid.
+    session: libc::pid_t,
     /// The state letter of its main thread (`R`, `S`, `T`, ...).
     state: u8,
     /// How many threads it has.
@@ -807,16 +894,17 @@ unsafe fn read_stat(path: &[u8], pid: libc::pid_t) -> Option<Listed> {
             }
             Some(value)
         };
-        // Fields 3 (state), 4 (ppid), 5 (pgrp) ... 22 (starttime). A zombie is kept: one whose main thread has exited
+        // Fields 3 (state), 4 (ppid), 5 (pgrp), 6 (session) ... 20 (num_threads), 22 (starttime). A zombie is kept: one whose main thread has exited
         // while other threads run shows `Z` too, and it and its children must go; a true zombie has no
         // children left, and a signal to it does nothing.
         let mut fields = stat[close + 1..].split(|b| *b == b' ').filter(|field| !field.is_empty());
         let state = *fields.next()?.first()?;
         let parent = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
         let group = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
-        let threads = u32::try_from(number(fields.nth(14)?)?).ok()?;
+        let session = libc::pid_t::try_from(number(fields.next()?)?).ok()?;
+        let threads = u32::try_from(number(fields.nth(13)?)?).ok()?;
         let start = number(fields.nth(1)?)?;
-        Some(Listed { pid, parent, group, state, threads, start })
+        Some(Listed { pid, parent, group, session, state, threads, start })
     }
 }
 

@@ -3265,11 +3265,31 @@ fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
 /// holder runs its child. Every process of the job starts a helper on SIGCONT (in a session of its own, never
 /// listed by the guard), which appends its pid to DIR/late.pid: those pids, each killed.
 fn helpers_after_the_guards_kill(env: &TestEnv, program: &str, args: &[&str], first: &str) -> Vec<i32> {
+    helpers_after_the_guards_kill_in(env, program, args, first, false)
+}
+
+/// `helpers_after_the_guards_kill`, with mpsync in a session of its own if `own_session` (as under ssh, systemd or
+/// a container's entrypoint).
+fn helpers_after_the_guards_kill_in(
+    env: &TestEnv,
+    program: &str,
+    args: &[&str],
+    first: &str,
+    own_session: bool,
+) -> Vec<i32> {
+    use std::os::unix::process::CommandExt;
     let program = build_program(env, program).display().to_string();
     let name = env.lease_name("guard-groups");
     let dir = env.dir.display().to_string();
     let command = [&[program.as_str(), dir.as_str()][..], args].concat();
-    let mut holder = env.spawn(fast(&["lock", &name], &command));
+    let mut command = env.mpsync(fast(&["lock", &name], &command));
+    if own_session {
+        // SAFETY: setsid(2) is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+    }
+    let mut holder = Proc::spawn(command, &env.dir);
     holder.wait_for_file(&env.path("ready"), "1");
     let child = read_pid(&env.path("child.pid"));
     let first = read_pid(&env.path(&format!("{first}.pid")));
@@ -3300,6 +3320,27 @@ fn helpers_after_the_guards_kill(env: &TestEnv, program: &str, args: &[&str], fi
 #[test]
 fn the_guards_kill_never_orphans_a_stopped_group_before_all_of_it_is_killed() {
     let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "chain", &["200"], "head");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
+/// Found by review (rv292): two groups of the job that tie each other to the session (a member of each the parent of
+/// a member of the other, made by a `setpgid` into the group of another branch), 200 more members in each: no order
+/// of kills orphans neither, and the group orphaned first was continued before its own kill came. Each group is
+/// anchored to the session by a process of the guard's while its members die.
+#[test]
+fn the_guards_kill_of_groups_that_tie_each_other_to_the_session_orphans_neither() {
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "groupcycle", &["200"], "a");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
+/// Found by review (rv295): mpsync in a session of its own (ssh, systemd, a container's entrypoint); a job member X
+/// joined mpsync's group, X's parent in the child's group, so X alone tied that group to the session; the main child
+/// joined it too, with a chain of 200 below it. The guard killed the members of that group (shared with mpsync: not
+/// killed whole) each once its children were gone, X first: the group was orphaned and continued with the rest of
+/// it held stopped, and every one of them ran its SIGCONT handler past the lease.
+#[test]
+fn the_guards_kill_never_orphans_a_group_the_job_shares_with_mpsync() {
+    let helpers = helpers_after_the_guards_kill_in(&TestEnv::file(), "sharedgroup", &["200"], "x", true);
     assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
 }
 

@@ -1,0 +1,68 @@
+/* sharedgroup DIR DEPTH (from review, rv295): a job one of whose process groups is shared with a process that is
+ * not the job's: mpsync's own group S, with mpsync in a session of its own (ssh, systemd, a container), so that
+ * nothing outside the job ties S to the session. The main child C forks Y (stays in C's group G); Y forks X, which
+ * joins S: X's parent is in G, so X alone ties S to the session. Then C itself joins S and forks a chain of DEPTH
+ * processes in S, each the parent of the next (none of them ties S: their parents are in S). Every process of the
+ * job ignores SIGHUP and, on SIGCONT, forks a helper (see late.h) that calls setsid(), appends its pid to
+ * DIR/late.pid and a timestamp to DIR/late every 10 ms for 30 s. Files: DIR/child.pid, DIR/x.pid, DIR/ready. */
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "late.h"
+
+static char dir[2048];
+
+static void put(const char *name, long value) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    append(path, value);
+}
+
+static int exists(const char *name) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0;
+}
+
+static void idle(void) {
+    for (;;) pause();
+}
+
+static void wait_for(const char *name) {
+    while (!exists(name)) pause_ms(2);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    snprintf(dir, sizeof dir, "%s", argv[1]);
+    snprintf(late_pid_path, sizeof late_pid_path, "%s/late.pid", dir);
+    snprintf(late_path, sizeof late_path, "%s/late", dir);
+    late_count = 3000, late_period_ms = 10, late_new_session = 1;
+    int depth = atoi(argv[2]);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGCONT, on_cont);
+    put("child.pid", (long)getpid());
+    pid_t shared = getpgid(getppid());
+    if (fork() == 0) {
+        /* Y, in the child's group. */
+        if (fork() == 0) {
+            /* X: joins the shared group; its parent Y is in another group of the session. */
+            if (setpgid(0, shared) != 0) _exit(1);
+            put("x.pid", (long)getpid());
+            idle();
+        }
+        idle();
+    }
+    wait_for("x.pid");
+    if (setpgid(0, shared) != 0) return 1;
+    if (fork() == 0) {
+        for (int level = 1; level < depth; level++)
+            if (fork() != 0) idle();
+        put("deep.ready", 1);
+        idle();
+    }
+    wait_for("deep.ready");
+    put("ready", 1);
+    idle();
+}
