@@ -377,6 +377,19 @@ const NO_ROOT: libc::pid_t = -1;
 const MAX_PROCESSES: usize = 1 << 16;
 /// The largest pid the kernel hands out (`pid_max` cannot exceed it on 64-bit Linux).
 const PID_LIMIT: usize = 1 << 22;
+/// How long, in nanoseconds, `kill_tree` waits for what it killed in anchored groups to die before their anchors go.
+const EXITING: i64 = 500_000_000;
+
+/// Whether `k`, sent SIGKILL, has yet to die: its pid is still its own and not a zombie whose threads are all gone.
+/// Async-signal-safe.
+unsafe fn is_exiting(k: &Stopped) -> bool {
+    // SAFETY: reads /proc only.
+    match unsafe { stat_of(k.pid) } {
+        Some(p) => p.start == k.start && !(p.state == b'Z' && p.threads <= 1),
+        None => false,
+    }
+}
+
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
 /// `kill_tree`'s working memory: four tables (the processes listed, those stopped, a group id for each pid, the
@@ -482,23 +495,47 @@ unsafe fn kill_tree(
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
         let listed = &listed[..count];
-        let anchor_count = anchor_groups(listed, below, anchors, anchored);
+        let mut lifeline = [-1; 2];
+        let anchor_count = match libc::pipe2(lifeline.as_mut_ptr(), libc::O_CLOEXEC) {
+            0 => anchor_groups(listed, below, lifeline, anchors, anchored),
+            _ => 0,
+        };
         // Every group anchored stays tied to the session while its members die, whatever the order: all at once.
+        // (`stopped` is done with: it lists what is killed so, to wait for.)
+        let mut killed = 0;
         for p in listed {
             if bit(below, p.pid) && bit(anchored, p.group) {
                 libc::kill(p.pid, libc::SIGKILL);
                 clear_bit(below, p.pid);
+                stopped[killed] = Stopped { pid: p.pid, start: p.start };
+                killed += 1;
             }
         }
         let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
         kill_children_first(listed, below, scratch);
-        // Once what they anchored has SIGKILL pending: nothing their groups' orphaning continues can run again.
+        // The anchors go once what they anchored has died (or after `EXITING`: a process in uninterruptible sleep),
+        // and first leave their groups for the guard's, which signals nobody: an anchor that died in a group would
+        // be the last tie of one orphaned but for it, and the kernel would continue what is stopped in it, such as
+        // a stranger held stopped by job control, or mpsync frozen (found by a test: a frozen mpsync in the test
+        // harness's group, which a job member of another test had joined, was continued and sent SIGHUP).
+        let since = monotonic_nanos();
+        while stopped[..killed].iter().any(|k| is_exiting(k)) && monotonic_nanos() - since < EXITING {
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            libc::nanosleep(&pause, std::ptr::null_mut());
+        }
+        let own_group = libc::getpgrp();
+        for &anchor in &anchors[..anchor_count] {
+            libc::setpgid(anchor, own_group);
+        }
         // (The guard ignores SIGCHLD: they are reaped as they die.)
         for &anchor in &anchors[..anchor_count] {
             libc::kill(anchor, libc::SIGKILL);
         }
         for &anchor in &anchors[..anchor_count] {
             libc::waitpid(anchor, std::ptr::null_mut(), 0);
+        }
+        for fd in lifeline.into_iter().filter(|fd| *fd >= 0) {
+            libc::close(fd);
         }
         // Zero-filled again, and its memory given back, for a kill that may come later.
         libc::madvise(working.cast(), WORKING_BYTES, libc::MADV_DONTNEED);
@@ -520,7 +557,13 @@ unsafe fn kill_tree(
 ///
 /// # Safety
 /// Async-signal-safe: fork(2) in the guard, which has one thread, and raw system calls.
-unsafe fn anchor_groups(listed: &[Listed], below: &[u8], anchors: &mut [libc::pid_t], anchored: &mut [u8]) -> usize {
+unsafe fn anchor_groups(
+    listed: &[Listed],
+    below: &[u8],
+    lifeline: [libc::c_int; 2],
+    anchors: &mut [libc::pid_t],
+    anchored: &mut [u8],
+) -> usize {
     // SAFETY: raw system calls; the anchor (the forked child) only waits to be killed.
     unsafe {
         let (session, guard, own_group) = (libc::getsid(0), libc::getpid(), libc::getpgrp());
@@ -539,14 +582,19 @@ unsafe fn anchor_groups(listed: &[Listed], below: &[u8], anchors: &mut [libc::pi
             }
             let anchor = libc::fork();
             if anchor == 0 {
-                // Gone with the guard, whatever happens to it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                if libc::getppid() != guard {
-                    libc::_exit(0);
+                // Gone with the guard, whatever happens to it (its end of `lifeline` closes), but out of the group
+                // first, which signals nobody (see `kill_tree`): a guard killed while it kills leaves what it
+                // stopped stopped, not continued.
+                libc::close(lifeline[1]);
+                let mut byte = 0u8;
+                while libc::getppid() == guard {
+                    let got = libc::read(lifeline[0], (&raw mut byte).cast(), 1);
+                    if got == 0 || (got < 0 && Errno::last() != Errno::EINTR) {
+                        break;
+                    }
                 }
-                loop {
-                    libc::pause();
-                }
+                libc::setpgid(0, 0);
+                libc::_exit(0);
             }
             if anchor < 0 {
                 break;

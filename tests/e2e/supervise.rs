@@ -3265,18 +3265,18 @@ fn a_sigint_ignored_at_start_as_the_child_forks_does_not_kill_it() {
 /// holder runs its child. Every process of the job starts a helper on SIGCONT (in a session of its own, never
 /// listed by the guard), which appends its pid to DIR/late.pid: those pids, each killed.
 fn helpers_after_the_guards_kill(env: &TestEnv, program: &str, args: &[&str], first: &str) -> Vec<i32> {
-    helpers_after_the_guards_kill_in(env, program, args, first, false)
+    helpers_after_the_guards_kill_in(env, program, args, first, false).0
 }
 
 /// `helpers_after_the_guards_kill`, with mpsync in a session of its own if `own_session` (as under ssh, systemd or
-/// a container's entrypoint).
+/// a container's entrypoint); and the state of mpsync, frozen, once the next holder's child is done.
 fn helpers_after_the_guards_kill_in(
     env: &TestEnv,
     program: &str,
     args: &[&str],
     first: &str,
     own_session: bool,
-) -> Vec<i32> {
+) -> (Vec<i32>, Option<char>) {
     use std::os::unix::process::CommandExt;
     let program = build_program(env, program).display().to_string();
     let name = env.lease_name("guard-groups");
@@ -3300,6 +3300,7 @@ fn helpers_after_the_guards_kill_in(
     let next = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
     wait_until("the next holder's child to finish", || env.path("end2").exists());
     next.finish().assert_code(0);
+    let frozen = crate::support::pty::state(holder.pid());
     let helpers: Vec<i32> =
         fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
     for &pid in &helpers {
@@ -3307,7 +3308,7 @@ fn helpers_after_the_guards_kill_in(
     }
     holder.signal(Signal::SIGCONT);
     let _ = holder.wait_for(PATIENCE);
-    helpers
+    (helpers, frozen)
 }
 
 /// Found by review (rv290): the child's group was tied to the session by the child alone (a member's parent in
@@ -3337,11 +3338,15 @@ fn the_guards_kill_of_groups_that_tie_each_other_to_the_session_orphans_neither(
 /// joined mpsync's group, X's parent in the child's group, so X alone tied that group to the session; the main child
 /// joined it too, with a chain of 200 below it. The guard killed the members of that group (shared with mpsync: not
 /// killed whole) each once its children were gone, X first: the group was orphaned and continued with the rest of
-/// it held stopped, and every one of them ran its SIGCONT handler past the lease.
+/// it held stopped, and every one of them ran its SIGCONT handler past the lease. Nor does the guard's anchor, as it
+/// goes, orphan that group (nothing else ties it to the session) and so continue mpsync, frozen in it (found by a
+/// test run: a frozen mpsync in the test harness's group, which a job member of another test had joined, was
+/// continued and sent SIGHUP).
 #[test]
 fn the_guards_kill_never_orphans_a_group_the_job_shares_with_mpsync() {
-    let helpers = helpers_after_the_guards_kill_in(&TestEnv::file(), "sharedgroup", &["200"], "x", true);
+    let (helpers, frozen) = helpers_after_the_guards_kill_in(&TestEnv::file(), "sharedgroup", &["200"], "x", true);
     assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+    assert_eq!(frozen, Some('T'), "mpsync, frozen, was continued by the guard's kill");
 }
 
 /// Found by review (rv292): a chain of 300 groups, each the parent of the next, the first with 200 more members:
