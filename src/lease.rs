@@ -1118,7 +1118,7 @@ impl Elector {
             }
         }
         if past || restored {
-            self.count_from_restored_renewal(current.as_ref(), restored, now);
+            self.count_from_restored_renewal(current.as_ref(), now);
         }
         if let Some(transitions) = current.as_ref().and_then(|v| v.record.lease_transitions) {
             self.token_floor = Some(self.token_floor.map_or(transitions, |floor| floor.max(transitions)));
@@ -2101,11 +2101,11 @@ impl Elector {
     /// undone renewal's renew deadline, and another pod's side-car, counting from the restored record, took the lock
     /// and told its client 200 before that; rv289: a `lock` holder that read the restore ran its child on beside a
     /// waiter whose watch had lagged). One of ours older than this hold's first write (a side-car's hold adopted
-    /// again since) is lost now, and so, after versions went back, is a side-car's hold shown at a renewal its
-    /// predecessor wrote (the side-car before a restart: rv294). One older than the last writes remembered (`MAX_SENT_STAMPS`) counts as before:
+    /// again since) is lost now, and so is a side-car's hold shown at a renewal it never sent (its predecessor's,
+    /// the side-car before a restart: rv294, rv297; or a hand edit's). One older than the last writes remembered (`MAX_SENT_STAMPS`) counts as before:
     /// no view of the lease lags that far behind (a side-car forgets a lock it was not asked about for twice the
     /// TTL).
-    fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, restored: bool, now: Instant) {
+    fn count_from_restored_renewal(&mut self, current: Option<&Versioned>, now: Instant) {
         let Some(record) = current.map(|v| &v.record).filter(|record| self.is_current_acquisition(record)) else {
             return;
         };
@@ -2116,12 +2116,13 @@ impl Elector {
         }
         // Only a renewal this process sent: a `renewTime` it never wrote is a hand edit's (or a co-holder's), which
         // every other process saw as a change when it came, and counts from then (found by review, rv291: an edit
-        // that set it an hour back cost a healthy holder its lease). But not after versions went back, for a hold a
-        // side-car may have adopted: its predecessor (the side-car before a restart) wrote that renewal, from before
-        // the adoption, and it is lost (found by review, rv294: counted as a hand edit's, the hold counted on from
-        // the adoption undone, and its client was told 200 beside another pod's).
+        // that set it an hour back cost a healthy holder its lease). But not for a hold a side-car may have adopted:
+        // its predecessor (the side-car before a restart) may have written that renewal, from before the adoption,
+        // and a restore brought it back; it cannot be told from a hand edit, and is lost (found by review, rv294:
+        // counted as a hand edit's, the hold counted on from the adoption undone, and its client was told 200 beside
+        // another pod's; rv297: the same once the Lease's version had passed any the side-car knew).
         if !self.sent_by_us(time) {
-            if self.adopt && restored {
+            if self.adopt {
                 self.lose_to_restore(now);
             }
             return;
@@ -2192,7 +2193,7 @@ impl Elector {
     }
 
     /// A live record under our identity that is not our own write (and that we do not adopt).
-    fn is_foreign_under_our_identity(&self, current: &Versioned) -> bool {
+    pub fn is_foreign_under_our_identity(&self, current: &Versioned) -> bool {
         !self.adoptable(current)
             && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
             && !self.is_own_write(&current.record)

@@ -2314,6 +2314,108 @@ fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200() {
     );
 }
 
+/// Found by review (rv297): the restore of `a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200`,
+/// seen not as versions going back but, as the README says it is seen too, as an older record once the cluster's
+/// writes and one write to the Lease (an annotation) brought its version past any the side-car knew: the
+/// predecessor's renewal was counted as a hand edit's, and a GET or PUT whose renewal failed was answered 200 at
+/// t0+9.5, 2.5 s before B's client was told 200.
+#[test]
+fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200_once_versions_pass_it() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    for method in ["GET", "PUT"] {
+        let env = TestEnv::kube();
+        let server = env.server().unwrap();
+        let name = env.lease_name("sc-undone-past");
+        let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+        a.put(&name).assert_status(200);
+        let t0 = Instant::now();
+        let snapshot = server.snapshot();
+        b.put(&name).assert_status(409);
+        let (acquired, _) = env.get(&name).unwrap();
+        a.process.child.kill().unwrap();
+        a.process.wait_for(PATIENCE).expect("the side-car killed");
+        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+        std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
+        a.put(&name).assert_status(200);
+        assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+        let (adopted, _) = env.get(&name).unwrap();
+        assert_ne!(adopted, acquired, "A's adoption renewed the lock");
+        server.restore(&snapshot);
+        env.versions_past(&name, adopted.parse().unwrap());
+        std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
+        server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+        let heartbeat = a.request(method, &format!("/locks/{name}"));
+        let told_a = Instant::now();
+        server.fail_next_on(&format!("update:{name}"), 0, 503);
+        let told_b = b.put_until_held(&name);
+        eprintln!("{method}: A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
+        assert!(
+            heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
+            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
+             heartbeat, 4 s later)",
+            told_b - told_a
+        );
+    }
+}
+
+/// Found by review (rv297): a restarted side-car's adoption undone by a restore to its predecessor's renewal (lost),
+/// then a second restore to an older record of the same acquisition: every PUT for a TTL was answered 409 naming the
+/// pod's own identity as the holder, with no Retry-After (409 is for another's hold). It is 503 with Retry-After, and
+/// the lock comes back to the pod's client within about a TTL.
+#[test]
+fn a_side_cars_own_record_restored_twice_is_503_not_409_and_comes_back() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-restored-twice");
+    let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    let older = server.snapshot();
+    let (first, _) = env.get(&name).unwrap();
+    // A heartbeat a second later renews it (a later renewTime, a newer version).
+    std::thread::sleep(Duration::from_millis(1_100));
+    a.put(&name).assert_status(200);
+    assert_ne!(env.get(&name).unwrap().0, first, "the heartbeat renewed");
+    let newer = server.snapshot();
+    a.process.child.kill().unwrap();
+    a.process.wait_for(PATIENCE).expect("the side-car killed");
+    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+    server.restore(&newer);
+    a.request("GET", &format!("/locks/{name}"));
+    server.restore(&older);
+    a.request("GET", &format!("/locks/{name}"));
+    let restored = Instant::now();
+    let deadline = restored + PATIENCE;
+    loop {
+        let reply = a.put(&name);
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            reply.status == 503 && reply.header("retry-after").is_some(),
+            "{} {:?}, the holder {:?}: {}",
+            reply.status,
+            reply.header("retry-after"),
+            env.holder(&name),
+            reply.body
+        );
+        assert!(Instant::now() < deadline, "the lock never came back:\n{}", a.process.stderr());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        restored.elapsed() < Duration::from_secs(24),
+        "taken again only {:?} after the restores",
+        restored.elapsed()
+    );
+}
+
 /// Found by review (rv294): A's hold (R0 at t0; B's side-car sees it: 409) lapses at its renew deadline and A's
 /// client's late heartbeat at t0+6.5 adopts it again; etcd is restored to R0, older than this hold's first write: lost,
 /// but its answers were still bounded from the adoption undone, and a GET (or a probe's HEAD) at B's expiry of R0
