@@ -557,6 +557,9 @@ pub struct Elector {
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
     undone: Vec<(Option<MicroTime>, i32)>,
+    /// Of those, and of holds lost to a restore (see `lose_to_restore`), the ones a restore ended (not a co-holder
+    /// under our identity): a side-car answers 503 for them, not 409 (see `is_own_undone_by_restore`).
+    restore_undone: Vec<(Option<MicroTime>, i32)>,
     /// When a read (or a write's answer) was last observed: another's hold that expired by what the watch
     /// showed is read once more before it is taken over.
     read_at: Option<Instant>,
@@ -695,6 +698,7 @@ impl Elector {
             stray_sent: Vec::new(),
             stray_base: None,
             undone: Vec::new(),
+            restore_undone: Vec::new(),
             read_at: None,
             lapsed_unread: false,
             no_give_back_from: None,
@@ -959,6 +963,11 @@ impl Elector {
     /// Our holds that ended, and acquisitions given up unresolved, are no longer ours to take again, nor to
     /// give back: what shows them now may be etcd's past (see `versions_went_back`).
     fn own_past_undone(&mut self) {
+        let ended = self.previous.iter().chain(self.strays.iter()).cloned();
+        self.restore_undone.extend(ended);
+        if self.restore_undone.len() > MAX_STRAYS {
+            self.restore_undone.drain(..self.restore_undone.len() - MAX_STRAYS);
+        }
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
         self.stray_sent.clear();
@@ -2159,6 +2168,16 @@ impl Elector {
         let back = now.checked_sub(self.timing.lease_duration).unwrap_or(now);
         self.last_hold_sent = Some(self.last_hold_sent.map_or(back, |sent| sent.min(back)));
         self.lose(LossReason::RenewDeadline);
+        self.restore_undone.extend(self.previous.clone());
+        if self.restore_undone.len() > MAX_STRAYS {
+            self.restore_undone.drain(..self.restore_undone.len() - MAX_STRAYS);
+        }
+    }
+
+    /// Whether `current` shows an acquisition of ours that a restore ended (see `restore_undone`).
+    pub fn is_own_undone_by_restore(&self, current: &Versioned) -> bool {
+        current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && self.restore_undone.iter().any(|(time, token)| same_acquisition(&current.record, time, *token))
     }
 
     /// Whether `record` carries the acquisition (identity, time and token) of the lease we hold, or of
@@ -2193,7 +2212,7 @@ impl Elector {
     }
 
     /// A live record under our identity that is not our own write (and that we do not adopt).
-    pub fn is_foreign_under_our_identity(&self, current: &Versioned) -> bool {
+    fn is_foreign_under_our_identity(&self, current: &Versioned) -> bool {
         !self.adoptable(current)
             && current.record.holder_identity.as_deref() == Some(self.identity.as_str())
             && !self.is_own_write(&current.record)

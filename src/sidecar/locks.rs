@@ -657,15 +657,15 @@ impl Locks {
                 // "another holds it" (found by review, helper-145: 409 named this side-car's own identity as the
                 // holder, `held: false`, for a TTL after a client came back from a pause).
                 Action::WaitUntil(until) => {
-                    // Held by another identity, or under ours by another process (not our own write, nor one a
-                    // restore undid: found by review, rv297, 409 named the pod's own identity for a TTL after two
-                    // restores in a row): 409.
-                    let anothers =
-                        elector.current().is_some_and(|current| match current.record.holder_identity.as_deref() {
-                            Some(holder) if holder == self.identity => elector.is_foreign_under_our_identity(current),
-                            Some(holder) => !holder.is_empty(),
-                            None => false,
-                        });
+                    // Held by another identity, or under ours by another process (not our own write): 409. Not
+                    // for a hold of ours a restore ended (found by review, rv297: 409 named the pod's own identity
+                    // for a TTL after two restores in a row), but for a co-holder's under our identity all the same
+                    // (rv298: a client-go elector's renewals, after a collision or a lapse, are another's hold).
+                    let anothers = elector.current().is_some_and(|current| {
+                        current.record.holder_identity.as_deref().is_some_and(|h| !h.is_empty())
+                            && !(current.record.holder_identity.as_deref() == Some(self.identity.as_str())
+                                && (elector.adoptable(current) || elector.is_own_undone_by_restore(current)))
+                    });
                     if anothers {
                         return self.lock_response(409, name, elector);
                     }

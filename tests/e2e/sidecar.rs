@@ -2416,6 +2416,41 @@ fn a_side_cars_own_record_restored_twice_is_503_not_409_and_comes_back() {
     );
 }
 
+/// Found by review (rv298): a client-go elector under the pod's identity renewing the side-car's record, twice (an
+/// identity collision), or leading on it after the side-car let a lapsed hold go, holds the lock: another process's
+/// hold, 409, as the README says, not 503 "not surely free yet (... etcd was restored)" as rv297's change first had it.
+#[test]
+fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
+    let env = TestEnv::kube();
+    let co_renew = |name: &str, ahead: u64, duration: Option<i32>| {
+        env.edit(name, |record| {
+            let at = k8s_openapi::jiff::Timestamp::now() + Duration::from_secs(ahead);
+            record.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at));
+            if let Some(duration) = duration {
+                record.lease_duration_seconds = Some(duration);
+            }
+        })
+    };
+    // A collision: client-go renews twice, each seen by a heartbeat.
+    let name = env.lease_name("sc-cogo");
+    let sidecar = Sidecar::of_pod(&env, "pod-a", &["--ttl", "30s"]);
+    sidecar.put(&name).assert_status(200);
+    co_renew(&name, 0, None);
+    let _ = sidecar.put(&name);
+    co_renew(&name, 2, None);
+    assert_ne!(sidecar.put(&name).status, 200);
+    assert!(sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
+    sidecar.put(&name).assert_status(409);
+    // A lapse: quiet past the renew deadline (6 - 2 - 1 = 3 s), a GET lets the hold go; client-go leads on it.
+    let name = env.lease_name("sc-cogo-lapsed");
+    let sidecar = Sidecar::of_pod(&env, "pod-a", &["--ttl", "6s"]);
+    sidecar.put(&name).assert_status(200);
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = sidecar.request("GET", &format!("/locks/{name}"));
+    co_renew(&name, 0, Some(15));
+    sidecar.put(&name).assert_status(409);
+}
+
 /// Found by review (rv294): A's hold (R0 at t0; B's side-car sees it: 409) lapses at its renew deadline and A's
 /// client's late heartbeat at t0+6.5 adopts it again; etcd is restored to R0, older than this hold's first write: lost,
 /// but its answers were still bounded from the adoption undone, and a GET (or a probe's HEAD) at B's expiry of R0
