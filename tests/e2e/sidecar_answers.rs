@@ -1478,7 +1478,9 @@ fn a_delete_entry_that_read_a_record_is_kept_to_see_a_restore() {
 /// Found by review (helper-205). A new hold of `P-0` (the create this PUT made) whose check of `P` finds the
 /// marker is given back; when that give-back failed (the API server answers 500), the record stayed the
 /// side-car's own write to give back, and a drain took it for a lock held for a client (told 409, never 200)
-/// and waited for that client to go quiet. It is left to expire now, as a name let go.
+/// and waited for that client to go quiet. It is left to expire now, as a name let go. (The interleaving needs the
+/// semaphore's marker made while the create's answer is held, 2 s: where the semaphore started too late on a loaded
+/// machine, and the side-car found no marker and answered 200, it is built again, up to three times.)
 #[test]
 fn a_drain_never_waits_on_a_new_slot_name_hold_whose_give_back_failed() {
     if TestEnv::real_cluster() {
@@ -1486,41 +1488,53 @@ fn a_drain_never_waits_on_a_new_slot_name_hold_whose_give_back_failed() {
     }
     let env = TestEnv::kube();
     let server = env.server().unwrap();
-    let pool = env.lease_name("pool-gb");
-    let slot0 = format!("{pool}-0");
-    let args = ["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "18s", "--drain", "30s"];
-    let sidecar = Sidecar::spawn(env.mpsync(args), &env);
-    // The create's answer comes 2 s after its commit: the semaphore is first used meanwhile.
-    server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
-    let put = {
-        let (slot0, address) = (slot0.clone(), sidecar.address);
-        std::thread::spawn(move || request_to(address, "PUT", &slot0))
-    };
-    wait_until("the side-car's create to commit", || env.holder(&slot0).as_deref() == Some("pod-a"));
-    let gate = env.path("gate");
-    let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &until_exists(&gate)]);
-    let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
-    assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
-    // Every give-back of P-0 fails.
-    server.fail_next_on(&format!("update:{slot0}"), 8, 500);
-    assert_eq!(put.join().unwrap(), 409, "{}", sidecar.process.stderr());
-    let mut sidecar = sidecar;
-    assert!(
-        sidecar.process.stderr().contains("cannot give the semaphore's slot name back"),
-        "the give-back did not fail as modelled\n{}",
-        sidecar.process.stderr()
-    );
-    server.fail_next_on(&format!("update:{slot0}"), 0, 500);
-    sidecar.process.signal(nix::sys::signal::Signal::SIGTERM);
-    let stopped = Instant::now();
-    let exited = sidecar.process.wait_for(PATIENCE);
-    let took = stopped.elapsed();
-    std::fs::write(&gate, "").unwrap();
-    let _ = w.child.kill();
-    let stderr = sidecar.process.stderr();
-    assert!(exited.is_some(), "the side-car did not exit\n{stderr}");
-    assert!(
-        took < Duration::from_secs(8) && !stderr.contains("still held for a client"),
-        "the drain waited {took:?} on {slot0}, a hold no client was ever told of\n{stderr}"
-    );
+    for attempt in 1..=3 {
+        let pool = env.lease_name("pool-gb");
+        let slot0 = format!("{pool}-0");
+        let args =
+            ["sidecar", "-v", "--listen", "127.0.0.1:0", "--identity", "pod-a", "--ttl", "18s", "--drain", "30s"];
+        let mut sidecar = Sidecar::spawn(env.mpsync(args), &env);
+        // Every give-back of P-0 fails (the create is no update).
+        server.fail_next_on(&format!("update:{slot0}"), 8, 500);
+        // The create's answer comes 2 s after its commit: the semaphore is first used meanwhile.
+        server.after_commit_of("pod-a", 1, crate::support::apiserver::AfterCommit::Delay(Duration::from_secs(2)));
+        let put = {
+            let (slot0, address) = (slot0.clone(), sidecar.address);
+            std::thread::spawn(move || request_to(address, "PUT", &slot0))
+        };
+        wait_until("the side-car's create to commit", || env.holder(&slot0).as_deref() == Some("pod-a"));
+        let gate = env.path(&format!("gate-{attempt}"));
+        let mut w = env.spawn(["lock", &pool, "--slots", "2", "-v", "--", "sh", "-c", &until_exists(&gate)]);
+        let status = put.join().unwrap();
+        if status == 200 && attempt < 3 {
+            eprintln!("attempt {attempt}: the semaphore came after the side-car's check; again");
+            std::fs::write(&gate, "").unwrap();
+            let _ = w.child.kill();
+            let _ = sidecar.process.child.kill();
+            server.fail_next_on(&format!("update:{slot0}"), 0, 500);
+            continue;
+        }
+        assert_eq!(status, 409, "{}", sidecar.process.stderr());
+        let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
+        assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
+        assert!(
+            sidecar.process.stderr().contains("cannot give the semaphore's slot name back"),
+            "the give-back did not fail as modelled\n{}",
+            sidecar.process.stderr()
+        );
+        server.fail_next_on(&format!("update:{slot0}"), 0, 500);
+        sidecar.process.signal(nix::sys::signal::Signal::SIGTERM);
+        let stopped = Instant::now();
+        let exited = sidecar.process.wait_for(PATIENCE);
+        let took = stopped.elapsed();
+        std::fs::write(&gate, "").unwrap();
+        let _ = w.child.kill();
+        let stderr = sidecar.process.stderr();
+        assert!(exited.is_some(), "the side-car did not exit\n{stderr}");
+        assert!(
+            took < Duration::from_secs(8) && !stderr.contains("still held for a client"),
+            "the drain waited {took:?} on {slot0}, a hold no client was ever told of\n{stderr}"
+        );
+        return;
+    }
 }
