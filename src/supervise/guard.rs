@@ -495,17 +495,23 @@ unsafe fn kill_tree(
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
         let listed = &listed[..count];
-        let mut lifeline = [-1; 2];
-        let anchor_count = match libc::pipe2(lifeline.as_mut_ptr(), libc::O_CLOEXEC) {
-            0 => anchor_groups(listed, below, lifeline, anchors, anchored),
+        // The anchors' lifeline (see `anchor_groups`): they leave their groups when its write end, the guard's
+        // alone, closes. `ready` carries each anchor's word back.
+        let (mut lifeline, mut ready) = ([-1; 2], [-1; 2]);
+        let anchor_count = match (
+            libc::pipe2(lifeline.as_mut_ptr(), libc::O_CLOEXEC),
+            libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC),
+        ) {
+            (0, 0) => anchor_groups(listed, below, (lifeline, ready), anchors, anchored),
             _ => 0,
         };
-        // Every group anchored stays tied to the session while its members die, whatever the order: all at once.
-        // (`stopped` is done with: it lists what is killed so, to wait for.)
+        // Every group anchored stays tied to the session while its members die, whatever the order. The rest first,
+        // in order (found by review, rv300: with some groups not anchored, at a process limit, a group whose only
+        // tie was a parent in an anchored group was orphaned by that parent's kill, and continued, before its own).
+        // (`stopped` is done with: it lists the anchored groups' members, to kill, then to wait for.)
         let mut killed = 0;
         for p in listed {
             if bit(below, p.pid) && bit(anchored, p.group) {
-                libc::kill(p.pid, libc::SIGKILL);
                 clear_bit(below, p.pid);
                 stopped[killed] = Stopped { pid: p.pid, start: p.start };
                 killed += 1;
@@ -513,29 +519,25 @@ unsafe fn kill_tree(
         }
         let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
         kill_children_first(listed, below, scratch);
+        for k in &stopped[..killed] {
+            libc::kill(k.pid, libc::SIGKILL);
+        }
         // The anchors go once what they anchored has died (or after `EXITING`: a process in uninterruptible sleep),
-        // and first leave their groups for the guard's, which signals nobody: an anchor that died in a group would
-        // be the last tie of one orphaned but for it, and the kernel would continue what is stopped in it, such as
-        // a stranger held stopped by job control, or mpsync frozen (found by a test: a frozen mpsync in the test
-        // harness's group, which a job member of another test had joined, was continued and sent SIGHUP).
+        // and leave their groups first, which signals nobody: an anchor that died in a group would be the last tie
+        // of one orphaned but for it, and the kernel would continue what is stopped in it, such as a stranger held
+        // stopped by job control, or mpsync frozen (found by a test: a frozen mpsync in the test harness's group,
+        // which a job member of another test had joined, was continued and sent SIGHUP; rv296).
         let since = monotonic_nanos();
         while stopped[..killed].iter().any(|k| is_exiting(k)) && monotonic_nanos() - since < EXITING {
             let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
             libc::nanosleep(&pause, std::ptr::null_mut());
         }
-        let own_group = libc::getpgrp();
-        for &anchor in &anchors[..anchor_count] {
-            libc::setpgid(anchor, own_group);
-        }
-        // (The guard ignores SIGCHLD: they are reaped as they die.)
-        for &anchor in &anchors[..anchor_count] {
-            libc::kill(anchor, libc::SIGKILL);
-        }
-        for &anchor in &anchors[..anchor_count] {
-            libc::waitpid(anchor, std::ptr::null_mut(), 0);
-        }
-        for fd in lifeline.into_iter().filter(|fd| *fd >= 0) {
+        for fd in lifeline.into_iter().chain(ready).filter(|fd| *fd >= 0) {
             libc::close(fd);
+        }
+        // (The guard ignores SIGCHLD: they are reaped as they end.)
+        for &keeper in &anchors[..anchor_count] {
+            libc::waitpid(keeper, std::ptr::null_mut(), 0);
         }
         // Zero-filled again, and its memory given back, for a kill that may come later.
         libc::madvise(working.cast(), WORKING_BYTES, libc::MADV_DONTNEED);
@@ -543,30 +545,34 @@ unsafe fn kill_tree(
 }
 
 /// Give every process group of the job in the guard's own session (the session of mpsync, and of the job unless it
-/// made one of its own) a member of the guard's: an anchor, a child of the guard that does nothing, moved into it
-/// (`setpgid`, which a parent may do to its child within its session). The kernel continues a stopped group the
-/// moment it is orphaned, when the last of its members whose parent is in another group of the session dies, or
-/// that parent dies (see `kill_children_first`); an anchor's parent is the guard, in a group of its own in that
-/// session, so a group anchored is orphaned by no death among its members or theirs, and its members are killed in
-/// any order. That holds where no order can: groups that tie each other to the session (found by review, rv292:
-/// `setpgid` into the group of another branch; rv295: a job member that joined mpsync's own group, that group's
-/// only tie, killed before the group's other members, which ran their SIGCONT handlers past the lease). The anchors
-/// go once what they anchored has SIGKILL pending. At most `MAX_ANCHORS`; a group not anchored (in a session the
-/// job made, or where a fork fails) is killed in order as before. `anchored` is set for each group anchored, and
-/// must be clear; returns how many anchors `anchors` holds.
+/// made one of its own) a member that is not the job's: an anchor, moved into it (`setpgid`, which a parent may do to
+/// its child within its session) by its keeper, a child of the guard in the guard's own group. The kernel continues a
+/// stopped group the moment it is orphaned, when the last of its members whose parent is in another group of the
+/// session dies, or that parent dies (see `kill_children_first`); the anchor's parent is its keeper, so a group
+/// anchored is orphaned by no death among its members or theirs, and its members are killed in any order. That holds
+/// where no order can: groups that tie each other to the session (found by review, rv292: `setpgid` into the group
+/// of another branch; rv295: a job member that joined mpsync's own group, that group's only tie, killed before the
+/// group's other members, which ran their SIGCONT handlers past the lease). The anchor is the keeper's child, not the
+/// guard's: were the guard killed, the kernel's reparenting of its children would orphan the group an anchor of its
+/// own held (found by review, rv299, rv300); a keeper reparented is in the guard's group, and orphans nothing. When
+/// the guard closes `lifeline`'s write end (or dies), each anchor leaves its group (`setpgid` signals nobody) and
+/// ends, and its keeper after it. Each keeper says on `ready` which group its anchor is in (0: none). At most
+/// `MAX_ANCHORS`; a group not anchored (in a session the job made, or where a fork fails: a process limit) is killed
+/// in order first. `anchored` is set for each group anchored, and must be clear; returns how many keepers
+/// `anchors` holds.
 ///
 /// # Safety
 /// Async-signal-safe: fork(2) in the guard, which has one thread, and raw system calls.
 unsafe fn anchor_groups(
     listed: &[Listed],
     below: &[u8],
-    lifeline: [libc::c_int; 2],
+    (lifeline, ready): ([libc::c_int; 2], [libc::c_int; 2]),
     anchors: &mut [libc::pid_t],
     anchored: &mut [u8],
 ) -> usize {
-    // SAFETY: raw system calls; the anchor (the forked child) only waits to be killed.
+    // SAFETY: raw system calls; keepers and anchors (the forked children) only wait and leave.
     unsafe {
-        let (session, guard, own_group) = (libc::getsid(0), libc::getpid(), libc::getpgrp());
+        let (session, own_group) = (libc::getsid(0), libc::getpgrp());
         let mut count = 0;
         for p in listed {
             if count == anchors.len() {
@@ -580,35 +586,72 @@ unsafe fn anchor_groups(
             {
                 continue;
             }
-            let anchor = libc::fork();
-            if anchor == 0 {
-                // Gone with the guard, whatever happens to it (its end of `lifeline` closes), but out of the group
-                // first, which signals nobody (see `kill_tree`): a guard killed while it kills leaves what it
-                // stopped stopped, not continued.
-                libc::close(lifeline[1]);
-                let mut byte = 0u8;
-                while libc::getppid() == guard {
-                    let got = libc::read(lifeline[0], (&raw mut byte).cast(), 1);
-                    if got == 0 || (got < 0 && Errno::last() != Errno::EINTR) {
-                        break;
-                    }
-                }
-                libc::setpgid(0, 0);
-                libc::_exit(0);
+            let keeper = libc::fork();
+            if keeper == 0 {
+                keep_anchor(p.group, lifeline, ready);
             }
-            if anchor < 0 {
+            if keeper < 0 {
                 break;
             }
-            if libc::setpgid(anchor, p.group) == 0 {
-                set_bit(anchored, p.group);
-                anchors[count] = anchor;
-                count += 1;
-            } else {
-                libc::kill(anchor, libc::SIGKILL);
-                libc::waitpid(anchor, std::ptr::null_mut(), 0);
+            anchors[count] = keeper;
+            count += 1;
+            // The keeper's word: the group its anchor is in, or 0 where it could not be placed. One that does not
+            // come in time (a machine that slow) leaves its group to be killed in order; its anchor, if placed,
+            // leaves with the others.
+            let mut word = [0u8; 4];
+            let mut fds = libc::pollfd { fd: ready[0], events: libc::POLLIN, revents: 0 };
+            if libc::poll(&mut fds, 1, 1000) == 1 && libc::read(ready[0], word.as_mut_ptr().cast(), 4) == 4 {
+                let group = libc::pid_t::from_ne_bytes(word);
+                if group > 0 {
+                    set_bit(anchored, group);
+                }
             }
         }
         count
+    }
+}
+
+/// A keeper's life (see `anchor_groups`): fork the anchor, move it into `group`, say so on `ready`, and wait, with
+/// the anchor, for `lifeline` to end; the anchor leaves the group and ends, and the keeper once it has.
+///
+/// # Safety
+/// Only in a freshly forked keeper; never returns.
+unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [libc::c_int; 2]) -> ! {
+    // SAFETY: raw system calls on descriptors this process inherited.
+    unsafe {
+        libc::close(lifeline[1]);
+        libc::close(ready[0]);
+        let wait_for_the_end = || {
+            let mut byte = 0u8;
+            loop {
+                let got = libc::read(lifeline[0], (&raw mut byte).cast(), 1);
+                if got == 0 || (got < 0 && Errno::last() != Errno::EINTR) {
+                    return;
+                }
+            }
+        };
+        let anchor = libc::fork();
+        if anchor == 0 {
+            libc::close(ready[1]);
+            wait_for_the_end();
+            libc::setpgid(0, 0);
+            libc::_exit(0);
+        }
+        if anchor < 0 || libc::setpgid(anchor, group) != 0 {
+            if anchor > 0 {
+                // Not in the group: nothing to leave.
+                libc::kill(anchor, libc::SIGKILL);
+            }
+            let none = 0 as libc::pid_t;
+            libc::write(ready[1], none.to_ne_bytes().as_ptr().cast(), 4);
+            libc::_exit(1);
+        }
+        libc::write(ready[1], group.to_ne_bytes().as_ptr().cast(), 4);
+        libc::close(ready[1]);
+        wait_for_the_end();
+        // The anchor leaves its group and ends; its keeper only after it (SIGCHLD is ignored: it is reaped so).
+        libc::waitpid(anchor, std::ptr::null_mut(), 0);
+        libc::_exit(0);
     }
 }
 

@@ -47,5 +47,6 @@ mod sidecar;
 mod sidecar_answers;
 mod slot_name_check;
 mod status;
+mod stuck;
 mod supervise;
 mod terminal;

@@ -1,0 +1,80 @@
+/* stuckgroup DIR MNT WHO (from review, rv299): mpsync runs in a session of its own; a job member X joins mpsync's
+ * group S, with its parent Y in the child's group, so X alone ties S to the session (as sharedgroup.c). One
+ * process of the job looks up MNT/hang (a FUSE mount whose daemon never answers: uninterruptible sleep that
+ * SIGKILL does not end): X and its parent Y if WHO is "x" (so that X's parent stays in the child's group until X
+ * dies), or H, another child of the main child in its group, if "h".
+ * Files: DIR/child.pid, DIR/x.pid, DIR/ready (once the lookup was sent, DIR/hung.pid written by the daemon). */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static char dir[2048], mnt[2048];
+
+static void put(const char *name, long value) {
+    char path[4096], buf[64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int n = snprintf(buf, sizeof buf, "%ld\n", value);
+    (void)!write(fd, buf, n);
+    close(fd);
+}
+
+static int exists(const char *name) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0;
+}
+
+static void pause_ms(int ms) {
+    struct timespec s = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&s, 0);
+}
+
+static void hang(void) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/hang-%d", mnt, (int)getpid());
+    stat(path, &st);
+    for (;;) pause();
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    snprintf(dir, sizeof dir, "%s", argv[1]);
+    snprintf(mnt, sizeof mnt, "%s", argv[2]);
+    int x_hangs = strcmp(argv[3], "x") == 0;
+    put("child.pid", (long)getpid());
+    pid_t shared = getpgid(getppid());
+    if (fork() == 0) {
+        /* Y, in the child's group. */
+        if (fork() == 0) {
+            /* X: joins mpsync's group; its parent Y is in another group of the session. */
+            if (setpgid(0, shared) != 0) _exit(1);
+            put("x.pid", (long)getpid());
+            if (x_hangs) hang();
+            for (;;) pause();
+        }
+        while (!exists("x.pid")) pause_ms(2);
+        if (x_hangs) hang();
+        for (;;) pause();
+    }
+    while (!exists("x.pid")) pause_ms(2);
+    if (!x_hangs && fork() == 0) hang();
+    for (;;) {
+        char path[4096], buf[256];
+        snprintf(path, sizeof path, "%s/hung.pid", dir);
+        int fd = open(path, O_RDONLY), lines = 0;
+        ssize_t n = fd < 0 ? 0 : read(fd, buf, sizeof buf);
+        if (fd >= 0) close(fd);
+        for (ssize_t i = 0; i < n; i++) lines += buf[i] == '\n';
+        if (lines >= (x_hangs ? 2 : 1)) break;
+        pause_ms(2);
+    }
+    put("ready", 1);
+    for (;;) pause();
+}
