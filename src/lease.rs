@@ -557,8 +557,10 @@ pub struct Elector {
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
     undone: Vec<(Option<MicroTime>, i32)>,
-    /// Of those, and of holds lost to a restore (see `lose_to_restore`), the ones a restore ended (not a co-holder
-    /// under our identity): a side-car answers 503 for them, not 409 (see `is_own_undone_by_restore`).
+    /// The holds lost to a restore (see `lose_to_restore`), not to a co-holder under our identity, nor ended
+    /// otherwise before one (found by review, rv300: a hold lost to a client-go elector's renewals, then any
+    /// restore, was answered 503 for as long as that elector renewed): a side-car answers 503 for them, not 409 (see
+    /// `is_own_undone_by_restore`).
     restore_undone: Vec<(Option<MicroTime>, i32)>,
     /// When a read (or a write's answer) was last observed: another's hold that expired by what the watch
     /// showed is read once more before it is taken over.
@@ -963,11 +965,6 @@ impl Elector {
     /// Our holds that ended, and acquisitions given up unresolved, are no longer ours to take again, nor to
     /// give back: what shows them now may be etcd's past (see `versions_went_back`).
     fn own_past_undone(&mut self) {
-        let ended = self.previous.iter().chain(self.strays.iter()).cloned();
-        self.restore_undone.extend(ended);
-        if self.restore_undone.len() > MAX_STRAYS {
-            self.restore_undone.drain(..self.restore_undone.len() - MAX_STRAYS);
-        }
         self.undone.extend(self.previous.take());
         self.undone.append(&mut self.strays);
         self.stray_sent.clear();

@@ -2418,7 +2418,8 @@ fn a_side_cars_own_record_restored_twice_is_503_not_409_and_comes_back() {
 
 /// Found by review (rv298): a client-go elector under the pod's identity renewing the side-car's record, twice (an
 /// identity collision), or leading on it after the side-car let a lapsed hold go, holds the lock: another process's
-/// hold, 409, as the README says, not 503 "not surely free yet (... etcd was restored)" as rv297's change first had it.
+/// hold, 409, as the README says, not 503 "not surely free yet (... etcd was restored)" as rv297's change first had it;
+/// also after a restore (rv300).
 #[test]
 fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
     let env = TestEnv::kube();
@@ -2441,6 +2442,14 @@ fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
     assert_ne!(sidecar.put(&name).status, 200);
     assert!(sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
     sidecar.put(&name).assert_status(409);
+    // Still after a restore (rv300: a hold lost to a co-holder was counted among those a restore ended: 503).
+    if let Some(server) = env.server() {
+        let snapshot = server.snapshot();
+        co_renew(&name, 3, None);
+        sidecar.put(&name).assert_status(409);
+        server.restore(&snapshot);
+        sidecar.put(&name).assert_status(409);
+    }
     // A lapse: quiet past the renew deadline (6 - 2 - 1 = 3 s), a GET lets the hold go; client-go leads on it.
     let name = env.lease_name("sc-cogo-lapsed");
     let sidecar = Sidecar::of_pod(&env, "pod-a", &["--ttl", "6s"]);
@@ -2449,6 +2458,13 @@ fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
     let _ = sidecar.request("GET", &format!("/locks/{name}"));
     co_renew(&name, 0, Some(15));
     sidecar.put(&name).assert_status(409);
+    if let Some(server) = env.server() {
+        let snapshot = server.snapshot();
+        co_renew(&name, 1, Some(15));
+        sidecar.put(&name).assert_status(409);
+        server.restore(&snapshot);
+        sidecar.put(&name).assert_status(409);
+    }
 }
 
 /// Found by review (rv294): A's hold (R0 at t0; B's side-car sees it: 409) lapses at its renew deadline and A's
