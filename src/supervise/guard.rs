@@ -210,6 +210,9 @@ unsafe fn guard_main(read_fd: RawFd, mpsync: libc::pid_t, inherited: &[Stopped],
         // First of all, so that the window before it is as short as can be (review, rv224); a parent gone
         // already is seen too, as the pipe's end-of-file, since this guard runs then.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT as libc::c_ulong, 0, 0, 0);
+        // An anchor whose keeper was killed (see `anchor_groups`) comes back to the guard, in a group of the session
+        // other than its own, and still ties it (found by review, rv301: reparented to init, it orphaned the group).
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         for signal in 1..=libc::SIGRTMAX() {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::signal(signal, libc::SIG_IGN);
@@ -535,9 +538,14 @@ unsafe fn kill_tree(
         for fd in lifeline.into_iter().chain(ready).filter(|fd| *fd >= 0) {
             libc::close(fd);
         }
-        // (The guard ignores SIGCHLD: they are reaped as they end.)
-        for &keeper in &anchors[..anchor_count] {
-            libc::waitpid(keeper, std::ptr::null_mut(), 0);
+        // Their end, for a moment at most: a keeper stopped by someone must not hold up the guard (it ignores
+        // SIGCHLD: they are reaped as they end).
+        let since = monotonic_nanos();
+        while anchors[..anchor_count].iter().any(|&keeper| libc::kill(keeper, 0) == 0)
+            && monotonic_nanos() - since < EXITING
+        {
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            libc::nanosleep(&pause, std::ptr::null_mut());
         }
         // Zero-filled again, and its memory given back, for a kill that may come later.
         libc::madvise(working.cast(), WORKING_BYTES, libc::MADV_DONTNEED);
@@ -617,39 +625,57 @@ unsafe fn anchor_groups(
 /// # Safety
 /// Only in a freshly forked keeper; never returns.
 unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [libc::c_int; 2]) -> ! {
-    // SAFETY: raw system calls on descriptors this process inherited.
+    // SAFETY: raw system calls on descriptors this process inherited or made.
     unsafe {
         libc::close(lifeline[1]);
         libc::close(ready[0]);
-        let wait_for_the_end = || {
+        let wait_for_the_end_of = |fd: libc::c_int| {
             let mut byte = 0u8;
             loop {
-                let got = libc::read(lifeline[0], (&raw mut byte).cast(), 1);
+                let got = libc::read(fd, (&raw mut byte).cast(), 1);
                 if got == 0 || (got < 0 && Errno::last() != Errno::EINTR) {
                     return;
                 }
             }
         };
+        let fail = || -> ! {
+            let none = 0 as libc::pid_t;
+            libc::write(ready[1], none.to_ne_bytes().as_ptr().cast(), 4);
+            libc::_exit(1)
+        };
+        // Closed once the keeper has placed the anchor (or failed to): only then does the anchor watch the lifeline,
+        // so that it never leaves before the keeper moves it in (found by review, rv301).
+        let mut placed = [-1; 2];
+        if libc::pipe2(placed.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            fail();
+        }
         let anchor = libc::fork();
         if anchor == 0 {
             libc::close(ready[1]);
-            wait_for_the_end();
+            libc::close(placed[1]);
+            wait_for_the_end_of(placed[0]);
+            wait_for_the_end_of(lifeline[0]);
             libc::setpgid(0, 0);
             libc::_exit(0);
         }
-        if anchor < 0 || libc::setpgid(anchor, group) != 0 {
-            if anchor > 0 {
-                // Not in the group: nothing to leave.
-                libc::kill(anchor, libc::SIGKILL);
-            }
-            let none = 0 as libc::pid_t;
-            libc::write(ready[1], none.to_ne_bytes().as_ptr().cast(), 4);
-            libc::_exit(1);
+        if anchor < 0 {
+            fail();
+        }
+        let in_place = libc::setpgid(anchor, group) == 0;
+        libc::close(placed[1]);
+        if !in_place {
+            // Not in the group: nothing to leave.
+            libc::kill(anchor, libc::SIGKILL);
+            fail();
         }
         libc::write(ready[1], group.to_ne_bytes().as_ptr().cast(), 4);
         libc::close(ready[1]);
-        wait_for_the_end();
-        // The anchor leaves its group and ends; its keeper only after it (SIGCHLD is ignored: it is reaped so).
+        wait_for_the_end_of(lifeline[0]);
+        // Out of the group, which signals nobody, and ended, even if someone stopped it (found by review, rv301: a
+        // stopped anchor never read the lifeline's end, and its keeper, then the guard, waited for it for ever).
+        libc::setpgid(anchor, libc::getpgrp());
+        libc::kill(anchor, libc::SIGKILL);
+        // (SIGCHLD is ignored: it is reaped as it ends.)
         libc::waitpid(anchor, std::ptr::null_mut(), 0);
         libc::_exit(0);
     }

@@ -146,41 +146,50 @@ fn guard_of(mpsync: i32) -> i32 {
 /// the kernel orphaned the group there and then (SIGHUP, SIGCONT), before the anchor could leave: mpsync, frozen,
 /// was continued, and the helper it inherited (no part of the job), held stopped with it, was hung up and died. An
 /// anchor is its keeper's child now, and a keeper, in the guard's own group, orphans nothing as it is reparented.
+/// Nor does a keeper killed (its anchor comes back to the guard, a subreaper), and an anchor stopped by someone is
+/// still taken out and ended (rv301: it held up its keeper, and the guard, for ever).
 #[test]
-fn a_guard_killed_while_it_waits_for_a_member_in_d_state_continues_nothing() {
-    let env = TestEnv::file();
-    let Some(mut cleanup) = mount_hanging_fuse(&env) else { return };
-    let (holder, helper) = holder_with_inherited_helper(&env, "h", &mut cleanup);
-    let mpsync = holder.pid();
-    let x = read_pid(&env.path("x.pid"));
-    let guard = guard_of(mpsync);
-    assert!(alive(helper));
-    // mpsync and its helper are held stopped (`kill -STOP -<group>`, or a debugger's freeze of both).
-    signal(helper, Signal::SIGSTOP);
-    holder.signal(Signal::SIGSTOP);
-    wait_until("the helper to stop", || crate::support::pty::state(helper) == Some('T'));
-    // The guard acts at the lease's deadline: an anchor (its keeper's child) shows up in mpsync's group, and stays
-    // while the member in uninterruptible sleep does not die (500 ms).
-    let mut anchor = 0;
-    wait_until("the guard's anchor in mpsync's group", || {
-        anchor = children_of(guard)
-            .into_iter()
-            .flat_map(children_of)
-            .find(|&pid| stat(pid).is_some_and(|s| s.2 == mpsync))
-            .unwrap_or(0);
-        anchor > 0
-    });
-    // X, the job's member in mpsync's group, dies at once of the guard's SIGKILL: the anchor is the group's last tie.
-    wait_until("X to die", || !alive(x));
-    signal(guard, Signal::SIGKILL);
-    wait_until("the anchor to end", || !alive(anchor));
-    let frozen = crate::support::pty::state(mpsync);
-    let helper_ran_on = dies_soon(helper);
-    holder.signal(Signal::SIGCONT);
-    assert_eq!(
-        frozen,
-        Some('T'),
-        "mpsync, frozen, was continued when its guard died in the middle of its kill (the inherited helper died: {helper_ran_on})"
-    );
-    assert!(!helper_ran_on, "mpsync's inherited helper (not the job's) was hung up and died");
+fn a_guard_or_anchor_disturbed_while_it_waits_for_a_member_in_d_state_continues_nothing() {
+    for disturb in ["kill the guard", "kill the keeper", "stop the anchor"] {
+        let env = TestEnv::file();
+        let Some(mut cleanup) = mount_hanging_fuse(&env) else { return };
+        let (holder, helper) = holder_with_inherited_helper(&env, "h", &mut cleanup);
+        let mpsync = holder.pid();
+        let x = read_pid(&env.path("x.pid"));
+        let guard = guard_of(mpsync);
+        assert!(alive(helper));
+        // mpsync and its helper are held stopped (`kill -STOP -<group>`, or a debugger's freeze of both).
+        signal(helper, Signal::SIGSTOP);
+        holder.signal(Signal::SIGSTOP);
+        wait_until("the helper to stop", || crate::support::pty::state(helper) == Some('T'));
+        // The guard acts at the lease's deadline: an anchor (its keeper's child) shows up in mpsync's group, and
+        // stays while the member in uninterruptible sleep does not die (500 ms).
+        let (mut keeper, mut anchor) = (0, 0);
+        wait_until("the guard's anchor in mpsync's group", || {
+            for k in children_of(guard) {
+                if let Some(a) = children_of(k).into_iter().find(|&pid| stat(pid).is_some_and(|s| s.2 == mpsync)) {
+                    (keeper, anchor) = (k, a);
+                    return true;
+                }
+            }
+            false
+        });
+        // X, the job's member in mpsync's group, dies at once of the guard's SIGKILL: the anchor is its last tie.
+        wait_until("X to die", || !alive(x));
+        match disturb {
+            "kill the guard" => signal(guard, Signal::SIGKILL),
+            "kill the keeper" => signal(keeper, Signal::SIGKILL),
+            _ => signal(anchor, Signal::SIGSTOP),
+        }
+        wait_until("the anchor to end", || !alive(anchor));
+        let frozen = crate::support::pty::state(mpsync);
+        let helper_ran_on = dies_soon(helper);
+        holder.signal(Signal::SIGCONT);
+        assert_eq!(
+            frozen,
+            Some('T'),
+            "{disturb}: mpsync, frozen, was continued (the inherited helper died: {helper_ran_on})"
+        );
+        assert!(!helper_ran_on, "{disturb}: mpsync's inherited helper (not the job's) was hung up and died");
+    }
 }
