@@ -1550,6 +1550,10 @@ impl Supervisor {
                 self.stop_request.get_or_insert((signal, StopCause::Signal));
             }
             Signal::SIGCONT => {
+                // A child that ended while mpsync was stopped is reported first, whichever of SIGCHLD and SIGCONT the
+                // signal thread passed on first: it ran its course before the loss was seen (found by CI: a child
+                // that exited while mpsync was frozen past its renew deadline was stopped as after a loss, exit 123).
+                self.reap();
                 let resumed = Notice::Resumed(Resume { held_for: self.held.map(|since| since.elapsed()) });
                 let queued = self.notices.iter().any(|notice| matches!(notice, Notice::Resumed(_)));
                 if self.group.is_some() && !queued {
