@@ -678,7 +678,7 @@ fn two_side_cars_without_pod_name_never_both_hold_a_lock(env: &TestEnv) {
         second.put(&name).assert_status(409);
         first.put(&name).assert_status(200);
     }
-    assert!(second.process.stderr().contains("POD_NAME is not set"), "{}", second.process.stderr());
+    second.process.wait_for_log("POD_NAME is not set");
 }
 
 fn simultaneous_puts_from_two_side_cars_leave_exactly_one_holder(env: &TestEnv) {
@@ -2297,7 +2297,7 @@ fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200() {
     let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
     std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
     a.put(&name).assert_status(200);
-    assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+    a.process.wait_for_log("adopted the lock");
     assert_ne!(env.get(&name).unwrap().0, acquired, "A's adoption renewed the lock");
     server.restore(&snapshot);
     std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
@@ -2340,7 +2340,7 @@ fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200_once_
         let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
         std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
         a.put(&name).assert_status(200);
-        assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+        a.process.wait_for_log("adopted the lock");
         let (adopted, _) = env.get(&name).unwrap();
         assert_ne!(adopted, acquired, "A's adoption renewed the lock");
         server.restore(&snapshot);
@@ -2386,7 +2386,7 @@ fn a_side_cars_own_record_restored_twice_is_503_not_409_and_comes_back() {
     a.process.wait_for(PATIENCE).expect("the side-car killed");
     let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "6s"]);
     a.put(&name).assert_status(200);
-    assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+    a.process.wait_for_log("adopted the lock");
     server.restore(&newer);
     a.request("GET", &format!("/locks/{name}"));
     server.restore(&older);
@@ -2440,7 +2440,7 @@ fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
     let _ = sidecar.put(&name);
     co_renew(&name, 2, None);
     assert_ne!(sidecar.put(&name).status, 200);
-    assert!(sidecar.process.stderr().contains("collision"), "{}", sidecar.process.stderr());
+    sidecar.process.wait_for_log("collision");
     sidecar.put(&name).assert_status(409);
     // Still after a restore (rv300: a hold lost to a co-holder was counted among those a restore ended: 503).
     if let Some(server) = env.server() {
@@ -2490,7 +2490,7 @@ fn a_hold_a_restore_showed_lost_is_not_answered_200_to_a_read() {
         let (acquired, _) = env.get(&name).unwrap();
         std::thread::sleep((t0 + Duration::from_millis(6_500)).saturating_duration_since(Instant::now()));
         a.put(&name).assert_status(200);
-        assert!(a.process.stderr().contains("adopted the lock"), "{}", a.process.stderr());
+        a.process.wait_for_log("adopted the lock");
         assert_ne!(env.get(&name).unwrap().0, acquired, "A's late heartbeat renewed the lock");
         server.restore(&snapshot);
         std::thread::sleep((b_saw + Duration::from_millis(12_300)).saturating_duration_since(Instant::now()));
@@ -2528,7 +2528,7 @@ fn a_side_car_that_adopted_its_hold_again_never_takes_it_from_a_client_go_co_hol
     let again = sidecar.put(&name);
     again.assert_status(200);
     assert_eq!(again.json()["leaseTransitions"], token, "adopted again, the same holding");
-    assert!(sidecar.process.stderr().contains("adopted the lock"), "{}", sidecar.process.stderr());
+    sidecar.process.wait_for_log("adopted the lock");
     // client-go under the pod's identity renews it as its own, twice (the side-car sees each on a request).
     let co_renew = || {
         env.edit(&name, |record| {

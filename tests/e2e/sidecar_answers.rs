@@ -1061,7 +1061,7 @@ fn a_drain_neither_waits_on_nor_releases_a_slot_name_let_go() {
     let waits = within_patience(|| w.stderr().contains("a plain lease of that name is held: waiting it out"));
     assert!(waits, "the semaphore did not wait the plain hold out: {:?}\n{}", env.get(&pool), w.stderr());
     assert_eq!(heartbeat.join().unwrap(), 409, "{}", second.process.stderr());
-    assert!(second.process.stderr().contains("let go"), "{}", second.process.stderr());
+    second.process.wait_for_log("let go");
     let let_go = renewed();
     // The side-car is stopped: it holds no lock for any client, so its drain is over at once.
     second.process.signal(nix::sys::signal::Signal::SIGTERM);
@@ -1137,7 +1137,7 @@ fn let_go_slot_name(
     let (w, started, gate) = semaphore_of_2(env, pool);
     waiting_out_the_plain_hold(env, pool, &w);
     assert_eq!(heartbeat.join().unwrap(), 409, "{}", second.process.stderr());
-    assert!(second.process.stderr().contains("let go"), "{}", second.process.stderr());
+    second.process.wait_for_log("let go");
     (second, w, started, gate)
 }
 

@@ -598,6 +598,16 @@ impl Proc {
         contents
     }
 
+    /// Wait (within PATIENCE) until this process has logged `needle`. Its log lines reach stderr through a
+    /// thread of their own (see `src/logging.rs`), so a line logged before an answer may be written after it:
+    /// never assert on a running process's stderr at once.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str) {
+        if !within_patience(|| self.stderr().contains(needle)) {
+            panic!("timed out after {PATIENCE:?} waiting for the log to say {needle:?}; stderr:\n{}", self.stderr());
+        }
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
