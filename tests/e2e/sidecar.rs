@@ -1696,6 +1696,7 @@ fn a_delete_answered_409_after_a_waiter_took_over_is_said_released() {
     server.set_latency(Duration::ZERO);
     deleted.assert_status(200);
     waited.assert_code(0);
+    a.process.wait_for_log("released the lock");
     let logs = a.process.stderr();
     assert!(
         logs.contains("released the lock") && !logs.contains("left to expire"),
