@@ -9,17 +9,7 @@
 
 #include "late.h"
 
-static char dir[2048];
-
-static void put(const char *name, long value) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    append(path, value);
-}
-
 static void chain(int depth) {
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGCONT, on_cont);
     if (depth > 0) {
         if (fork() == 0) chain(depth - 1);
     } else {
@@ -30,15 +20,13 @@ static void chain(int depth) {
 
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
-    snprintf(dir, sizeof dir, "%s", argv[1]);
-    snprintf(late_pid_path, sizeof late_pid_path, "%s/late.pid", dir);
-    snprintf(late_path, sizeof late_path, "%s/late", dir);
-    late_count = 3000, late_period_ms = 10, late_new_session = 1;
+    use_dir(argv[1]);
     int depth = atoi(argv[2]);
     pid_t middle = fork();
     if (middle == 0) {
         pid_t head = fork();
         if (head == 0) {
+            late_in_dir();
             put("head.pid", (long)getpid());
             chain(depth);
         }

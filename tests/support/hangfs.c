@@ -12,6 +12,8 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include "jobfiles.h"
+
 static char mnt[2048];
 
 static void on_term(int s) {
@@ -20,18 +22,10 @@ static void on_term(int s) {
     _exit(0);
 }
 
-static void append(const char *dir, const char *name, long v) {
-    char path[4096], buf[64];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    int n = snprintf(buf, sizeof buf, "%ld\n", v);
-    (void)!write(fd, buf, n);
-    close(fd);
-}
-
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
     snprintf(mnt, sizeof mnt, "%s", argv[1]);
+    use_dir(argv[2]);
     signal(SIGTERM, on_term);
     signal(SIGHUP, SIG_IGN);
     int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
@@ -39,7 +33,7 @@ int main(int argc, char **argv) {
     char opts[256];
     snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", fd);
     if (mount("rv299fuse", mnt, "fuse", MS_NOSUID | MS_NODEV, opts) != 0) { perror("mount"); return 1; }
-    append(argv[2], "fuse.ready", 1);
+    put("fuse.ready", 1);
     static char buf[1 << 20 | 1 << 16];
     for (;;) {
         ssize_t n = read(fd, buf, sizeof buf);
@@ -67,7 +61,7 @@ int main(int argc, char **argv) {
             oh->len = sizeof *oh + sizeof *ao;
             (void)!write(fd, out, oh->len);
         } else if (in->opcode == FUSE_LOOKUP) {
-            append(argv[2], "hung.pid", (long)in->pid);
+            put("hung.pid", (long)in->pid);
         } else if (in->opcode == FUSE_INTERRUPT || in->opcode == FUSE_FORGET || in->opcode == FUSE_BATCH_FORGET) {
             /* no answer */
         } else {

@@ -1,35 +1,14 @@
 /* What a job's process in the guard tests does when it is continued (SIGCONT): it forks a helper that records
  * its pid, then appends a timestamp (ns since the epoch) to a file, again and again, for a while. A stamp
- * written after the guard's kill began is a process of the job that ran on. Shared by chain.c, groupchain.c
- * and contfork.c. Set the four `late_*` settings, then install `on_cont` for SIGCONT. */
-#include <fcntl.h>
+ * written after the guard's kill began is a process of the job that ran on. Shared by chain.c, groupchain.c,
+ * groupcycle.c, sharedgroup.c and contfork.c. Set the four `late_*` settings, then install `on_cont` for SIGCONT;
+ * or call `late_in_dir` for the usual ones. */
 #include <signal.h>
-#include <stdio.h>
-#include <time.h>
-#include <unistd.h>
+
+#include "jobfiles.h"
 
 static char late_pid_path[4096], late_path[4096];
 static int late_count, late_period_ms, late_new_session;
-
-/* Appends VALUE and a newline to PATH. */
-static void append(const char *path, long long value) {
-    char buf[64];
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    int n = snprintf(buf, sizeof buf, "%lld\n", value);
-    (void)!write(fd, buf, n);
-    close(fd);
-}
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void pause_ms(int ms) {
-    struct timespec s = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&s, 0);
-}
 
 static void late_helper(void) {
     if (late_new_session) setsid();
@@ -44,4 +23,14 @@ static void late_helper(void) {
 static void on_cont(int signal) {
     (void)signal;
     if (fork() == 0) late_helper();
+}
+
+/* This process and what it forks ignore SIGHUP and, on SIGCONT, fork a helper that calls setsid(), appends its
+ * pid to DIR/late.pid and a timestamp to DIR/late every 10 ms for 30 s. */
+static void late_in_dir(void) {
+    snprintf(late_pid_path, sizeof late_pid_path, "%s/late.pid", dir);
+    snprintf(late_path, sizeof late_path, "%s/late", dir);
+    late_count = 3000, late_period_ms = 10, late_new_session = 1;
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGCONT, on_cont);
 }

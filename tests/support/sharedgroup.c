@@ -6,42 +6,14 @@
  * job ignores SIGHUP and, on SIGCONT, forks a helper (see late.h) that calls setsid(), appends its pid to
  * DIR/late.pid and a timestamp to DIR/late every 10 ms for 30 s. Files: DIR/child.pid, DIR/x.pid, DIR/ready. */
 #include <stdlib.h>
-#include <sys/stat.h>
 
 #include "late.h"
 
-static char dir[2048];
-
-static void put(const char *name, long value) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    append(path, value);
-}
-
-static int exists(const char *name) {
-    char path[4096];
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return stat(path, &st) == 0;
-}
-
-static void idle(void) {
-    for (;;) pause();
-}
-
-static void wait_for(const char *name) {
-    while (!exists(name)) pause_ms(2);
-}
-
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
-    snprintf(dir, sizeof dir, "%s", argv[1]);
-    snprintf(late_pid_path, sizeof late_pid_path, "%s/late.pid", dir);
-    snprintf(late_path, sizeof late_path, "%s/late", dir);
-    late_count = 3000, late_period_ms = 10, late_new_session = 1;
+    use_dir(argv[1]);
+    late_in_dir();
     int depth = atoi(argv[2]);
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGCONT, on_cont);
     put("child.pid", (long)getpid());
     pid_t shared = getpgid(getppid());
     if (fork() == 0) {

@@ -4,36 +4,12 @@
  * SIGKILL does not end): X and its parent Y if WHO is "x" (so that X's parent stays in the child's group until X
  * dies), or H, another child of the main child in its group, if "h".
  * Files: DIR/child.pid, DIR/x.pid, DIR/ready (once the lookup was sent, DIR/hung.pid written by the daemon). */
-#include <fcntl.h>
 #include <signal.h>
-#include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-static char dir[2048], mnt[2048];
+#include "jobfiles.h"
 
-static void put(const char *name, long value) {
-    char path[4096], buf[64];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    int n = snprintf(buf, sizeof buf, "%ld\n", value);
-    (void)!write(fd, buf, n);
-    close(fd);
-}
-
-static int exists(const char *name) {
-    char path[4096];
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return stat(path, &st) == 0;
-}
-
-static void pause_ms(int ms) {
-    struct timespec s = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&s, 0);
-}
+static char mnt[2048];
 
 static void hang(void) {
     char path[4096];
@@ -45,7 +21,7 @@ static void hang(void) {
 
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
-    snprintf(dir, sizeof dir, "%s", argv[1]);
+    use_dir(argv[1]);
     snprintf(mnt, sizeof mnt, "%s", argv[2]);
     int x_hangs = strcmp(argv[3], "x") == 0;
     put("child.pid", (long)getpid());
@@ -59,11 +35,11 @@ int main(int argc, char **argv) {
             if (x_hangs) hang();
             for (;;) pause();
         }
-        while (!exists("x.pid")) pause_ms(2);
+        wait_for("x.pid");
         if (x_hangs) hang();
         for (;;) pause();
     }
-    while (!exists("x.pid")) pause_ms(2);
+    wait_for("x.pid");
     if (!x_hangs && fork() == 0) hang();
     for (;;) {
         char path[4096], buf[256];

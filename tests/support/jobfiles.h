@@ -1,0 +1,62 @@
+/* What the C programs of the guard tests share: files in the directory DIR a test names (argv[1]), which the
+ * test and the job's processes wait on. Call `use_dir(argv[1])` first. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static char dir[2048];
+
+static void use_dir(const char *path) {
+    snprintf(dir, sizeof dir, "%s", path);
+}
+
+/* Appends VALUE and a newline to PATH. */
+static void append(const char *path, long long value) {
+    char buf[64];
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int n = snprintf(buf, sizeof buf, "%lld\n", value);
+    (void)!write(fd, buf, n);
+    close(fd);
+}
+
+/* Appends VALUE and a newline to DIR/NAME. */
+static void put(const char *name, long value) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    append(path, value);
+}
+
+static int exists(const char *name) {
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0;
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void pause_ms(int ms) {
+    struct timespec s = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&s, 0);
+}
+
+/* Waits until DIR/NAME exists. */
+static void wait_for(const char *name) {
+    while (!exists(name)) pause_ms(2);
+}
+
+static void idle(void) {
+    for (;;) pause();
+}
+
+/* Forks N children that idle. */
+static void idle_children(int n) {
+    for (int i = 0; i < n; i++)
+        if (fork() == 0) idle();
+}
