@@ -2194,6 +2194,72 @@ fn a_drain_reads_the_lock_before_releasing_it() {
     b.put(&name).assert_status(200);
 }
 
+/// The restore the tests below share (TTL 12 s: renew deadline 6 s, a heartbeat every 4 s): A's client acquires
+/// at t0 (B's side-car sees that record, 409, at `b_saw`), A's side-car (restarted first if `restart`: then its
+/// renewal is an adoption) renews the hold at t0 + `renew_at`, and etcd is restored to t0's snapshot, which undoes
+/// that renewal.
+struct UndoneRenewal {
+    env: TestEnv,
+    name: String,
+    a: Sidecar,
+    b: Sidecar,
+    t0: Instant,
+    b_saw: Instant,
+    /// The version of the renewal undone.
+    renewed: String,
+}
+
+fn a_renewal_undone_by_a_restore(prefix: &str, restart: bool, renew_at: Duration) -> UndoneRenewal {
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name(prefix);
+    let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
+    a.put(&name).assert_status(200);
+    let t0 = Instant::now();
+    let snapshot = server.snapshot();
+    b.put(&name).assert_status(409);
+    let b_saw = Instant::now();
+    let (acquired, _) = env.get(&name).unwrap();
+    if restart {
+        a.process.child.kill().unwrap();
+        a.process.wait_for(PATIENCE).expect("the side-car killed");
+        a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
+    }
+    std::thread::sleep((t0 + renew_at).saturating_duration_since(Instant::now()));
+    a.put(&name).assert_status(200);
+    if restart || renew_at > Duration::from_secs(6) {
+        a.process.wait_for_log("adopted the lock");
+    }
+    let (renewed, _) = env.get(&name).unwrap();
+    assert_ne!(renewed, acquired, "A's side-car renewed the lock");
+    server.restore(&snapshot);
+    UndoneRenewal { env, name, a, b, t0, b_saw, renewed }
+}
+
+impl UndoneRenewal {
+    /// A's client asks with METHOD at `at` (each renewal failing, 503, if `renewals_fail`), then B's client asks
+    /// until it is told 200: if A's was told 200, B's must come no sooner than A's next heartbeat, 4 s later.
+    fn a_asks_at(&self, at: Instant, method: &str, renewals_fail: bool) {
+        let (server, name) = (self.env.server().unwrap(), &self.name);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        if renewals_fail {
+            server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
+        }
+        let asked = self.a.request(method, &format!("/locks/{name}"));
+        let told_a = Instant::now();
+        server.fail_next_on(&format!("update:{name}"), 0, 503);
+        let told_b = self.b.put_until_held(name);
+        eprintln!("{method}: A told {asked:?} at t0+{:?}\nA:\n{}", told_a - self.t0, self.a.process.stderr());
+        assert!(
+            asked.status != 200 || told_b >= told_a + Duration::from_secs(4),
+            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
+             heartbeat, 4 s later)",
+            told_b - told_a
+        );
+    }
+}
+
 /// Found by review (rv288): A's client holds the lock (PUT at t0, B's side-car sees that record: 409) and renews it at
 /// t0+4; etcd is restored to a snapshot taken before that renewal, which undoes it. A's client heartbeats at t0+9.5
 /// and the renewal fails (503): the side-car answered 200 "still held", counting from the undone renewal (its renew
@@ -2205,32 +2271,8 @@ fn a_hold_whose_renewal_a_restore_undid_counts_from_the_renewal_restored() {
     if TestEnv::real_cluster() {
         return;
     }
-    let env = TestEnv::kube();
-    let server = env.server().unwrap();
-    let name = env.lease_name("sc-undone");
-    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
-    a.put(&name).assert_status(200);
-    let t0 = Instant::now();
-    let snapshot = server.snapshot();
-    b.put(&name).assert_status(409);
-    let (acquired, _) = env.get(&name).unwrap();
-    std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
-    a.put(&name).assert_status(200);
-    assert_ne!(env.get(&name).unwrap().0, acquired, "A's heartbeat renewed the lock");
-    server.restore(&snapshot);
-    std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
-    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
-    let heartbeat = a.put(&name);
-    let told_a = Instant::now();
-    server.fail_next_on(&format!("update:{name}"), 0, 503);
-    let told_b = b.put_until_held(&name);
-    eprintln!("A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
-    assert!(
-        heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
-        "B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next heartbeat, 4 s later)",
-        told_b - told_a
-    );
+    let undone = a_renewal_undone_by_a_restore("sc-undone", false, Duration::from_secs(4));
+    undone.a_asks_at(undone.t0 + Duration::from_millis(9_500), "PUT", true);
 }
 
 /// Found by review (rv289): the same restore, and A's client, late, heartbeats with a GET (the stock clients' GET, then
@@ -2243,32 +2285,8 @@ fn a_read_after_a_restore_that_undid_a_renewal_is_not_answered_200_from_it() {
         return;
     }
     for method in ["GET", "HEAD"] {
-        let env = TestEnv::kube();
-        let server = env.server().unwrap();
-        let name = env.lease_name("sc-undone-read");
-        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
-        a.put(&name).assert_status(200);
-        let t0 = Instant::now();
-        let snapshot = server.snapshot();
-        b.put(&name).assert_status(409);
-        let b_saw = Instant::now();
-        let (acquired, _) = env.get(&name).unwrap();
-        std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
-        a.put(&name).assert_status(200);
-        assert_ne!(env.get(&name).unwrap().0, acquired, "A's heartbeat renewed the lock");
-        server.restore(&snapshot);
-        std::thread::sleep((b_saw + Duration::from_millis(12_300)).saturating_duration_since(Instant::now()));
-        let read = a.request(method, &format!("/locks/{name}"));
-        let told_a = Instant::now();
-        let told_b = b.put_until_held(&name);
-        eprintln!("{method}: A told {} at t0+{:?}\nA:\n{}", read.status, told_a - t0, a.process.stderr());
-        assert!(
-            read.status != 200 || told_b >= told_a + Duration::from_secs(4),
-            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
-             heartbeat, 4 s later)",
-            told_b - told_a
-        );
+        let undone = a_renewal_undone_by_a_restore("sc-undone-read", false, Duration::from_secs(4));
+        undone.a_asks_at(undone.b_saw + Duration::from_millis(12_300), method, false);
     }
 }
 
@@ -2283,36 +2301,8 @@ fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200() {
     if TestEnv::real_cluster() {
         return;
     }
-    let env = TestEnv::kube();
-    let server = env.server().unwrap();
-    let name = env.lease_name("sc-undone-adopted");
-    let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-    let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
-    a.put(&name).assert_status(200);
-    let t0 = Instant::now();
-    let snapshot = server.snapshot();
-    b.put(&name).assert_status(409);
-    let (acquired, _) = env.get(&name).unwrap();
-    a.process.child.kill().unwrap();
-    a.process.wait_for(PATIENCE).expect("the side-car killed");
-    let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-    std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
-    a.put(&name).assert_status(200);
-    a.process.wait_for_log("adopted the lock");
-    assert_ne!(env.get(&name).unwrap().0, acquired, "A's adoption renewed the lock");
-    server.restore(&snapshot);
-    std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
-    server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
-    let heartbeat = a.put(&name);
-    let told_a = Instant::now();
-    server.fail_next_on(&format!("update:{name}"), 0, 503);
-    let told_b = b.put_until_held(&name);
-    eprintln!("A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
-    assert!(
-        heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
-        "B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next heartbeat, 4 s later)",
-        told_b - told_a
-    );
+    let undone = a_renewal_undone_by_a_restore("sc-undone-adopted", true, Duration::from_secs(4));
+    undone.a_asks_at(undone.t0 + Duration::from_millis(9_500), "PUT", true);
 }
 
 /// Found by review (rv297): the restore of `a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200`,
@@ -2326,39 +2316,9 @@ fn a_restarted_side_cars_adoption_that_a_restore_undid_is_not_answered_200_once_
         return;
     }
     for method in ["GET", "PUT"] {
-        let env = TestEnv::kube();
-        let server = env.server().unwrap();
-        let name = env.lease_name("sc-undone-past");
-        let mut a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
-        a.put(&name).assert_status(200);
-        let t0 = Instant::now();
-        let snapshot = server.snapshot();
-        b.put(&name).assert_status(409);
-        let (acquired, _) = env.get(&name).unwrap();
-        a.process.child.kill().unwrap();
-        a.process.wait_for(PATIENCE).expect("the side-car killed");
-        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-        std::thread::sleep((t0 + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
-        a.put(&name).assert_status(200);
-        a.process.wait_for_log("adopted the lock");
-        let (adopted, _) = env.get(&name).unwrap();
-        assert_ne!(adopted, acquired, "A's adoption renewed the lock");
-        server.restore(&snapshot);
-        env.versions_past(&name, adopted.parse().unwrap());
-        std::thread::sleep((t0 + Duration::from_millis(9_500)).saturating_duration_since(Instant::now()));
-        server.fail_next_on(&format!("update:{name}"), 1_000_000, 503);
-        let heartbeat = a.request(method, &format!("/locks/{name}"));
-        let told_a = Instant::now();
-        server.fail_next_on(&format!("update:{name}"), 0, 503);
-        let told_b = b.put_until_held(&name);
-        eprintln!("{method}: A's heartbeat at t0+{:?}: {heartbeat:?}\nA:\n{}", told_a - t0, a.process.stderr());
-        assert!(
-            heartbeat.status != 200 || told_b >= told_a + Duration::from_secs(4),
-            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
-             heartbeat, 4 s later)",
-            told_b - told_a
-        );
+        let undone = a_renewal_undone_by_a_restore("sc-undone-past", true, Duration::from_secs(4));
+        undone.env.versions_past(&undone.name, undone.renewed.parse().unwrap());
+        undone.a_asks_at(undone.t0 + Duration::from_millis(9_500), method, true);
     }
 }
 
@@ -2478,33 +2438,8 @@ fn a_hold_a_restore_showed_lost_is_not_answered_200_to_a_read() {
         return;
     }
     for method in ["GET", "HEAD"] {
-        let env = TestEnv::kube();
-        let server = env.server().unwrap();
-        let name = env.lease_name("sc-undone-lost");
-        let a = Sidecar::start(&env, Some("pod-a"), &["--ttl", "12s"]);
-        let b = Sidecar::start(&env, Some("pod-b"), &["--ttl", "12s"]);
-        a.put(&name).assert_status(200);
-        let t0 = Instant::now();
-        let snapshot = server.snapshot();
-        b.put(&name).assert_status(409);
-        let b_saw = Instant::now();
-        let (acquired, _) = env.get(&name).unwrap();
-        std::thread::sleep((t0 + Duration::from_millis(6_500)).saturating_duration_since(Instant::now()));
-        a.put(&name).assert_status(200);
-        a.process.wait_for_log("adopted the lock");
-        assert_ne!(env.get(&name).unwrap().0, acquired, "A's late heartbeat renewed the lock");
-        server.restore(&snapshot);
-        std::thread::sleep((b_saw + Duration::from_millis(12_300)).saturating_duration_since(Instant::now()));
-        let read = a.request(method, &format!("/locks/{name}"));
-        let told_a = Instant::now();
-        let told_b = b.put_until_held(&name);
-        eprintln!("{method}: A told {} at t0+{:?}\nA:\n{}", read.status, told_a - t0, a.process.stderr());
-        assert!(
-            read.status != 200 || told_b >= told_a + Duration::from_secs(4),
-            "{method}: B's client was told 200 {:?} after A's client was told 200 (A's holds it until its next \
-             heartbeat, 4 s later)",
-            told_b - told_a
-        );
+        let undone = a_renewal_undone_by_a_restore("sc-undone-lost", false, Duration::from_millis(6_500));
+        undone.a_asks_at(undone.b_saw + Duration::from_millis(12_300), method, false);
     }
 }
 
