@@ -554,7 +554,8 @@ unsafe fn kill_tree(
 
 /// Give every process group of the job in the guard's own session (the session of mpsync, and of the job unless it
 /// made one of its own) a member that is not the job's: an anchor, moved into it (`setpgid`, which a parent may do to
-/// its child within its session) by its keeper, a child of the guard in the guard's own group. The kernel continues a
+/// its child within its session) by its keeper, a child of the guard in the guard's own group (in a group of its own
+/// where it anchors the guard's group, which the job may join too). The kernel continues a
 /// stopped group the moment it is orphaned, when the last of its members whose parent is in another group of the
 /// session dies, or that parent dies (see `kill_children_first`); the anchor's parent is its keeper, so a group
 /// anchored is orphaned by no death among its members or theirs, and its members are killed in any order. That holds
@@ -580,18 +581,13 @@ unsafe fn anchor_groups(
 ) -> usize {
     // SAFETY: raw system calls; keepers and anchors (the forked children) only wait and leave.
     unsafe {
-        let (session, own_group) = (libc::getsid(0), libc::getpgrp());
+        let session = libc::getsid(0);
         let mut count = 0;
         for p in listed {
             if count == anchors.len() {
                 break;
             }
-            if !bit(below, p.pid)
-                || p.session != session
-                || p.group <= 0
-                || p.group == own_group
-                || bit(anchored, p.group)
-            {
+            if !bit(below, p.pid) || p.session != session || p.group <= 0 || bit(anchored, p.group) {
                 continue;
             }
             let keeper = libc::fork();
@@ -647,6 +643,13 @@ unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [li
         // so that it never leaves before the keeper moves it in (found by review, rv301).
         let mut placed = [-1; 2];
         if libc::pipe2(placed.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            fail();
+        }
+        // The guard's own group, which the job joined: the keeper makes a group of its own first, so that the anchor's
+        // parent is in another group of the session (found by review, rv302: once mpsync was dead, a job member whose
+        // parent was in the child's group alone tied the guard's group, and its kill continued the rest of the job
+        // held stopped there).
+        if group == libc::getpgrp() && libc::setpgid(0, 0) != 0 {
             fail();
         }
         let anchor = libc::fork();

@@ -3349,6 +3349,53 @@ fn the_guards_kill_never_orphans_a_group_the_job_shares_with_mpsync() {
     assert_eq!(frozen, Some('T'), "mpsync, frozen, was continued by the guard's kill");
 }
 
+/// Found by review (rv302): job members joined the guard's own group: X, whose parent is in the child's group, and
+/// 200 more, W, children of the main child. mpsync is SIGKILLed: the main child dies of its parent-death signal (the W
+/// are init's now; mpsync had told its guard of them), and the guard's own tie to the session, mpsync, is gone: X
+/// alone tied the guard's group. The guard anchored every group of the job but its own, whose members it killed one
+/// by one (the guard is in it: not killed whole), X first: the group was orphaned with the W held stopped, and the
+/// kernel continued them; their SIGCONT handlers' helpers ran on past the lease. The guard's group is anchored too.
+#[test]
+fn the_guards_kill_never_orphans_its_own_group_that_the_job_joined() {
+    let env = TestEnv::file();
+    let program = build_program(&env, "guardgroup").display().to_string();
+    let name = env.lease_name("guard-own-group");
+    let dir = env.dir.display().to_string();
+    let mut holder = env.spawn(fast(&["lock", "-vv", &name], &[program.as_str(), dir.as_str(), "200"]));
+    holder.wait_for_file(&env.path("ready"), "1");
+    let child = read_pid(&env.path("child.pid"));
+    let x = read_pid(&env.path("x.pid"));
+    let read_ws = || -> Vec<i32> {
+        fs::read_to_string(env.path("w.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    wait_until("the 200 W to join the guard's group", || read_ws().len() == 200);
+    let ws = read_ws();
+    // mpsync tells its guard of each child of the main child in another group (within 100 ms): all 200 W.
+    wait_until("mpsync to tell its guard of the W", || {
+        holder.stderr().matches("the guard knows of a process that left the child's group").count() >= ws.len()
+    });
+    holder.signal(Signal::SIGKILL);
+    let _ = holder.wait_for(PATIENCE);
+    let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+    let killed = within_patience(|| gone(child) && gone(x) && ws.iter().all(|&w| gone(w)));
+    // The next holder runs its child once the lease expired.
+    let script = format!("sleep 2; touch {dir}/end2");
+    let next = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    wait_until("the next holder's child to finish", || env.path("end2").exists());
+    next.finish().assert_code(0);
+    let helpers: Vec<i32> =
+        fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
+    for &pid in helpers.iter().chain(&ws).chain([&x]) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(killed, "the guard did not kill the job");
+    assert!(
+        helpers.is_empty(),
+        "{} helpers started by the job's SIGCONT handlers after the guard's kill",
+        helpers.len()
+    );
+}
+
 /// Found by review (rv292): a chain of 300 groups, each the parent of the next, the first with 200 more members:
 /// after 256 rounds the rest was killed in pid order, the main child first, which orphaned the first group with its
 /// members not yet killed. The rounds go on as long as it takes.
