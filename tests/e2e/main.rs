@@ -38,6 +38,7 @@ mod file_backend;
 mod health;
 mod image;
 mod library;
+mod library_faults;
 mod lock;
 mod proxy;
 mod safety;
