@@ -139,7 +139,7 @@ fn contend(prefix: &str, slots: Option<u32>, contenders: usize, rounds: usize, f
 /// between them.
 fn after_commits(server: &TestApiServer, faults: &[AfterCommit], apart: Duration) {
     for fault in faults {
-        server.after_commit(1, fault.clone());
+        server.after_commit(1, *fault);
         let until = Instant::now() + PATIENCE;
         while server.after_commit_pending() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
