@@ -557,11 +557,11 @@ pub struct Elector {
     /// that shows one may undo its end while another process holds the lease, so it is waited out as
     /// another's hold, but it is no identity collision.
     undone: Vec<(Option<MicroTime>, i32)>,
-    /// The holds lost to a restore (see `lose_to_restore`), not to a co-holder under our identity, nor ended
-    /// otherwise before one (found by review, rv300: a hold lost to a client-go elector's renewals, then any
-    /// restore, was answered 503 for as long as that elector renewed): a side-car answers 503 for them, not 409 (see
-    /// `is_own_undone_by_restore`).
-    restore_undone: Vec<(Option<MicroTime>, i32)>,
+    /// The holds lost to a restore (see `lose_to_restore`), with the `renewTime` the restored record showed: while
+    /// the lease shows that record, or an older one of the same acquisition (a second restore), a side-car answers
+    /// 503 for it, not 409 (see `is_own_undone_by_restore`); once another process renewed it under our identity (a
+    /// client-go co-holder, a later `renewTime`), it is that process's hold.
+    restore_undone: Vec<(Option<MicroTime>, i32, Option<MicroTime>)>,
     /// When a read (or a write's answer) was last observed: another's hold that expired by what the watch
     /// showed is read once more before it is taken over.
     read_at: Option<Instant>,
@@ -2129,14 +2129,14 @@ impl Elector {
         // another pod's; rv297: the same once the Lease's version had passed any the side-car knew).
         if !self.sent_by_us(time) {
             if self.adopt {
-                self.lose_to_restore(now);
+                self.lose_to_restore(record.renew_time.clone(), now);
             }
             return;
         }
         let Some(at) = self.hold_sends.iter().rposition(|(counted, _)| *counted <= second) else {
             // Older than any renewal of this hold remembered (or than its acquisition, a side-car's adoption of
             // it): others may have seen it long ago. Lost now.
-            self.lose_to_restore(now);
+            self.lose_to_restore(record.renew_time.clone(), now);
             return;
         };
         let from = self.hold_sends[at].1;
@@ -2159,22 +2159,32 @@ impl Elector {
     /// sent is not known, and what is bounded by the hold's last renewal (a side-car's answers, its give-back) counts
     /// from a lease duration ago (found by review, rv294: bounded from the renewal undone, a side-car answered a GET
     /// 200 and another pod's client was told 200 9 ms later).
-    fn lose_to_restore(&mut self, now: Instant) {
+    fn lose_to_restore(&mut self, restored: Option<MicroTime>, now: Instant) {
         tracing::warn!("the lease shows a renewal of this hold older than any remembered (etcd restored?): lost");
         self.hold_sends.clear();
         let back = now.checked_sub(self.timing.lease_duration).unwrap_or(now);
         self.last_hold_sent = Some(self.last_hold_sent.map_or(back, |sent| sent.min(back)));
         self.lose(LossReason::RenewDeadline);
-        self.restore_undone.extend(self.previous.clone());
+        self.restore_undone.extend(self.previous.clone().map(|(time, token)| (time, token, restored)));
         if self.restore_undone.len() > MAX_STRAYS {
             self.restore_undone.drain(..self.restore_undone.len() - MAX_STRAYS);
         }
     }
 
-    /// Whether `current` shows an acquisition of ours that a restore ended (see `restore_undone`).
+    /// Whether `current` shows a record of ours whose end a restore undid, or that a restore ended: an acquisition of
+    /// ours that ended before versions went back, at a renewal this process sent (a release undone: found by review,
+    /// rv305, answered 409 naming the side-car's own identity), or one lost to a restore, as the restore showed it
+    /// (see `restore_undone`), or an older record of it (a second restore: rv297). Not once another process renewed it
+    /// under our identity (a client-go co-holder: rv300, rv305, answered 503 for as long as it renewed): that is the
+    /// other's hold.
     pub fn is_own_undone_by_restore(&self, current: &Versioned) -> bool {
-        current.record.holder_identity.as_deref() == Some(self.identity.as_str())
-            && self.restore_undone.iter().any(|(time, token)| same_acquisition(&current.record, time, *token))
+        let record = &current.record;
+        record.holder_identity.as_deref() == Some(self.identity.as_str())
+            && (self.restore_undone.iter().any(|(time, token, restored)| {
+                same_acquisition(record, time, *token)
+                    && record.renew_time.as_ref().map(|t| t.0) <= restored.as_ref().map(|t| t.0)
+            }) || (record.renew_time.as_ref().is_some_and(|stamp| self.sent_by_us(stamp))
+                && self.undone.iter().any(|(time, token)| same_acquisition(record, time, *token))))
     }
 
     /// Whether `record` carries the acquisition (identity, time and token) of the lease we hold, or of

@@ -2428,6 +2428,66 @@ fn a_client_go_co_holder_under_the_pods_identity_is_answered_409() {
     }
 }
 
+/// Found by review (rv305): the order of `a_client_go_co_holder_under_the_pods_identity_is_answered_409`'s restore the
+/// other way round: a restarted side-car's adoption undone by a restore (lost), then a client-go elector under the
+/// pod's identity leads on the restored record, renewing it: answered 503 "not surely free yet" for as long as it
+/// renewed, since that record showed a hold a restore ended. It is another process's hold: 409.
+#[test]
+fn a_client_go_co_holder_of_a_hold_a_restore_ended_is_answered_409() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-restore-cogo");
+    let mut a = Sidecar::of_pod(&env, "pod-a", &["--ttl", "30s"]);
+    a.put(&name).assert_status(200);
+    let snapshot = server.snapshot();
+    a.process.child.kill().unwrap();
+    a.process.wait_for(PATIENCE).expect("the side-car killed");
+    // The adoption's renewal lands in a later whole second than the restored one.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let a = Sidecar::of_pod(&env, "pod-a", &["--ttl", "30s"]);
+    a.put(&name).assert_status(200);
+    a.process.wait_for_log("adopted the lock");
+    server.restore(&snapshot);
+    let lost = a.put(&name);
+    lost.assert_status(503);
+    assert!(lost.header("retry-after").is_some(), "{lost:?}");
+    for ahead in 1..=2 {
+        env.edit(&name, |record| {
+            let at = k8s_openapi::jiff::Timestamp::now() + Duration::from_secs(ahead);
+            record.renew_time = Some(MicroTime(at));
+            record.lease_duration_seconds = Some(15);
+        });
+        a.put(&name).assert_status(409);
+    }
+}
+
+/// Found by review (rv305): the side-car's release undone by a restore (nobody took the lock in between): its own
+/// record is back, which it waits out (it may be etcd's past while another pod holds the lock), answered 409 naming
+/// the pod's own identity as the holder, with no Retry-After. It is 503 with Retry-After: 409 is for another's hold.
+#[test]
+fn a_release_a_restore_undid_is_503_not_409_naming_the_pod() {
+    if TestEnv::real_cluster() {
+        return;
+    }
+    let env = TestEnv::kube();
+    let server = env.server().unwrap();
+    let name = env.lease_name("sc-release-undone");
+    let a = Sidecar::of_pod(&env, "pod-a", &["--ttl", "6s"]);
+    a.put(&name).assert_status(200);
+    let snapshot = server.snapshot();
+    a.request("DELETE", &format!("/locks/{name}")).assert_status(200);
+    server.restore(&snapshot);
+    assert_eq!(env.holder(&name).as_deref(), Some("pod-a"), "the release undone");
+    let reply = a.put(&name);
+    reply.assert_status(503);
+    assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    // Taken again once that record expired.
+    a.put_until_held(&name);
+}
+
 /// Found by review (rv294): A's hold (R0 at t0; B's side-car sees it: 409) lapses at its renew deadline and A's
 /// client's late heartbeat at t0+6.5 adopts it again; etcd is restored to R0, older than this hold's first write: lost,
 /// but its answers were still bounded from the adoption undone, and a GET (or a probe's HEAD) at B's expiry of R0
