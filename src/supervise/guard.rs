@@ -396,12 +396,12 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
 /// `kill_tree`'s working memory: four tables (the processes listed, those stopped, a group id for each pid, the
-/// anchors) and five bitmaps of pids, about 22 MiB.
+/// anchors) and seven bitmaps of pids, about 23 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<libc::pid_t>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
-    + 5 * (PID_LIMIT / 8);
+    + 7 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -452,6 +452,8 @@ unsafe fn kill_tree(
         let blocked_groups = std::slice::from_raw_parts_mut(maps.add(2 * bitmap_bytes), bitmap_bytes);
         let impure = std::slice::from_raw_parts_mut(maps.add(3 * bitmap_bytes), bitmap_bytes);
         let anchored = std::slice::from_raw_parts_mut(maps.add(4 * bitmap_bytes), bitmap_bytes);
+        let in_session = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
+        let untying = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -498,6 +500,16 @@ unsafe fn kill_tree(
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
         let listed = &listed[..count];
+        let session = libc::getsid(0);
+        for p in listed {
+            group_of[slot(p.pid)] = p.group;
+            if p.session == session {
+                set_bit(in_session, p.pid);
+            } else {
+                clear_bit(in_session, p.pid);
+            }
+        }
+        let ties = |p: &Listed| ties(p, group_of, in_session);
         // The anchors' lifeline (see `anchor_groups`): they leave their groups when its write end, the guard's
         // alone, closes. `ready` carries each anchor's word back.
         let (mut lifeline, mut ready) = ([-1; 2], [-1; 2]);
@@ -505,22 +517,26 @@ unsafe fn kill_tree(
             libc::pipe2(lifeline.as_mut_ptr(), libc::O_CLOEXEC),
             libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC),
         ) {
-            (0, 0) => anchor_groups(listed, below, (lifeline, ready), anchors, anchored),
+            (0, 0) => anchor_groups(listed, below, (lifeline, ready), anchors, (anchored, impure)),
             _ => 0,
         };
         // Every group anchored stays tied to the session while its members die, whatever the order. The rest first,
         // in order (found by review, rv300: with some groups not anchored, at a process limit, a group whose only
         // tie was a parent in an anchored group was orphaned by that parent's kill, and continued, before its own).
         // (`stopped` is done with: it lists the anchored groups' members, to kill, then to wait for.)
+        // Those that tie their group to the session last, should an anchor have gone meanwhile (see
+        // `kill_children_first`).
         let mut killed = 0;
-        for p in listed {
-            if bit(below, p.pid) && bit(anchored, p.group) {
-                clear_bit(below, p.pid);
-                stopped[killed] = Stopped { pid: p.pid, start: p.start };
-                killed += 1;
+        for tying in [false, true] {
+            for p in listed {
+                if bit(below, p.pid) && bit(anchored, p.group) && ties(p) == tying {
+                    clear_bit(below, p.pid);
+                    stopped[killed] = Stopped { pid: p.pid, start: p.start };
+                    killed += 1;
+                }
             }
         }
-        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure };
+        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure, in_session, untying };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
             libc::kill(k.pid, libc::SIGKILL);
@@ -577,37 +593,53 @@ unsafe fn anchor_groups(
     below: &[u8],
     (lifeline, ready): ([libc::c_int; 2], [libc::c_int; 2]),
     anchors: &mut [libc::pid_t],
-    anchored: &mut [u8],
+    (anchored, impure): (&mut [u8], &mut [u8]),
 ) -> usize {
     // SAFETY: raw system calls; keepers and anchors (the forked children) only wait and leave.
     unsafe {
         let session = libc::getsid(0);
-        let mut count = 0;
+        // Groups with processes that are not the job's first (the guard's, mpsync's, a stranger's): they are killed
+        // member by member, where a group of the job alone is killed whole; should forks run out (a process limit),
+        // those are anchored (found by review, rv304).
         for p in listed {
-            if count == anchors.len() {
-                break;
-            }
-            if !bit(below, p.pid) || p.session != session || p.group <= 0 || bit(anchored, p.group) {
-                continue;
-            }
-            let keeper = libc::fork();
-            if keeper == 0 {
-                keep_anchor(p.group, lifeline, ready);
-            }
-            if keeper < 0 {
-                break;
-            }
-            anchors[count] = keeper;
-            count += 1;
-            // The keeper's word: the group its anchor is in, or 0 where it could not be placed. One that does not
-            // come in time (a machine that slow) leaves its group to be killed in order; its anchor, if placed,
-            // leaves with the others.
-            let mut word = [0u8; 4];
-            let mut fds = libc::pollfd { fd: ready[0], events: libc::POLLIN, revents: 0 };
-            if libc::poll(&mut fds, 1, 1000) == 1 && libc::read(ready[0], word.as_mut_ptr().cast(), 4) == 4 {
-                let group = libc::pid_t::from_ne_bytes(word);
-                if group > 0 {
-                    set_bit(anchored, group);
+            clear_bit(impure, p.group);
+        }
+        for p in listed.iter().filter(|p| !bit(below, p.pid)) {
+            set_bit(impure, p.group);
+        }
+        let mut count = 0;
+        for impure_first in [true, false] {
+            for p in listed {
+                if count == anchors.len() {
+                    return count;
+                }
+                if !bit(below, p.pid)
+                    || p.session != session
+                    || p.group <= 0
+                    || bit(anchored, p.group)
+                    || bit(impure, p.group) != impure_first
+                {
+                    continue;
+                }
+                let keeper = libc::fork();
+                if keeper == 0 {
+                    keep_anchor(p.group, lifeline, ready);
+                }
+                if keeper < 0 {
+                    return count;
+                }
+                anchors[count] = keeper;
+                count += 1;
+                // The keeper's word: the group its anchor is in, or 0 where it could not be placed. One that does
+                // not come in time (a machine that slow) leaves its group to be killed in order; its anchor, if
+                // placed, leaves with the others.
+                let mut word = [0u8; 4];
+                let mut fds = libc::pollfd { fd: ready[0], events: libc::POLLIN, revents: 0 };
+                if libc::poll(&mut fds, 1, 1000) == 1 && libc::read(ready[0], word.as_mut_ptr().cast(), 4) == 4 {
+                    let group = libc::pid_t::from_ne_bytes(word);
+                    if group > 0 {
+                        set_bit(anchored, group);
+                    }
                 }
             }
         }
@@ -684,12 +716,30 @@ unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [li
     }
 }
 
-/// The working memory of `kill_children_first`, indexed by pid (or group id), of any content.
+/// The working memory of `kill_children_first`, indexed by pid (or group id): `group_of` and `in_session` as
+/// `kill_tree` filled them for the processes listed (see `ties`), the rest of any content.
 struct Scratch<'a> {
     group_of: &'a mut [libc::pid_t],
     blocked: &'a mut [u8],
     blocked_groups: &'a mut [u8],
     impure: &'a mut [u8],
+    in_session: &'a [u8],
+    untying: &'a mut [u8],
+}
+
+/// `pid`'s place in the tables indexed by pid.
+fn slot(pid: libc::pid_t) -> usize {
+    pid as usize % PID_LIMIT
+}
+
+/// Whether `p` ties its group to its session: its parent is in another group of the same session, so that the
+/// group is orphaned (and continued by the kernel, if stopped) when `p` dies, were it the last such member. By the
+/// tables `kill_tree` filled for the processes listed: `group_of`, each one's group, and `in_session`, whether it
+/// is in the guard's session (two processes outside it are taken for one session's: at worst a member is killed
+/// later than it could be).
+fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
+    let parents_group = group_of[slot(p.parent)];
+    p.parent > 0 && parents_group > 0 && parents_group != p.group && bit(in_session, p.pid) == bit(in_session, p.parent)
 }
 
 /// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a
@@ -700,8 +750,12 @@ struct Scratch<'a> {
 /// group, whose other members were init's). A process with SIGKILL pending never runs again, whatever continues
 /// it. So a group made only of the job's processes is killed whole, at once (`kill(-group)`: the kernel queues
 /// the signal on every member before any can die), and only once no process still to be killed in another group
-/// has its parent in it; a process of a group with others in it (mpsync's, a stranger's) alone, once none of its
-/// children is still to be killed. In rounds, as many as it takes (found by review, rv292: after 256, a chain of
+/// has its parent in it; a process of a group with others in it (mpsync's, the guard's, a stranger's) alone, once
+/// none of its children is still to be killed, and, if it ties the group to the session (`ties`), once no member of
+/// the group that does not is still to be killed (found by review, rv304: at a process limit, where the guard's
+/// own group could not be anchored, the one member whose parent was in another group of the session was killed
+/// first, which orphaned the group with 400 members of the job held stopped in it, and the kernel continued
+/// them). In rounds, as many as it takes (found by review, rv292: after 256, a chain of
 /// 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the session, a
 /// member of each the parent of a member of the other; or pids taken again between two reads) ends the rounds:
 /// every group left made only of the job's processes is killed whole, one right after another, and then the rest.
@@ -712,8 +766,7 @@ struct Scratch<'a> {
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
-    let Scratch { group_of, blocked, blocked_groups, impure } = scratch;
-    let slot = |pid: libc::pid_t| pid as usize % PID_LIMIT;
+    let Scratch { group_of, blocked, blocked_groups, impure, in_session, untying } = scratch;
     for p in listed {
         group_of[slot(p.pid)] = p.group;
         clear_bit(impure, p.group);
@@ -731,10 +784,14 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             clear_bit(blocked, p.parent);
             clear_bit(blocked_groups, p.group);
             clear_bit(blocked_groups, group_of[slot(p.parent)]);
+            clear_bit(untying, p.group);
         }
         let mut left = false;
         for p in listed.iter().filter(|p| bit(below, p.pid)) {
             left = true;
+            if !ties(p, group_of, in_session) {
+                set_bit(untying, p.group);
+            }
             set_bit(blocked, p.parent);
             let parents_group = group_of[slot(p.parent)];
             if parents_group > 0 && parents_group != p.group {
@@ -760,7 +817,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                     clear_bit(below, q.pid);
                 }
                 killed = true;
-            } else if !bit(blocked, p.pid) {
+            } else if !bit(blocked, p.pid) && !(bit(untying, p.group) && ties(&p, group_of, in_session)) {
                 kill(p.pid);
                 clear_bit(below, p.pid);
                 killed = true;

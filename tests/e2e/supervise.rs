@@ -3375,42 +3375,131 @@ fn the_guards_kill_never_orphans_a_group_the_job_shares_with_mpsync() {
 #[test]
 fn the_guards_kill_never_orphans_its_own_group_that_the_job_joined() {
     let env = TestEnv::file();
-    let program = build_program(&env, "guardgroup").display().to_string();
+    let continued = continued_by_the_guards_kill_of_its_own_group(&env, &["200"], |command, _| command);
+    assert!(continued.is_empty(), "{} of the job's processes continued after the guard's kill", continued.len());
+}
+
+/// Found by review (rv304): the same at a process limit (`ulimit -u`, as a pod's pids limit) that the job reached,
+/// with 30 groups of one process before X, 400 W: the guard could anchor a few groups only, with what mpsync's death
+/// gave back, the first in pid order, not its own, whose members it killed one by one, X first. Groups shared with
+/// processes that are not the job's are anchored first, and a member that ties its group to the session is killed
+/// only after the rest of its group.
+#[test]
+fn the_guards_kill_at_a_process_limit_never_orphans_its_own_group_that_the_job_joined() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root, to act as a user of its own");
+        return;
+    }
+    let env = TestEnv::file();
+    let uid = 40_000 + std::process::id() % 10_000;
+    for dir in [env.dir.clone(), env.lock_dir()] {
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+    }
+    /// Whatever the outcome, no process of the test's user is left.
+    struct KillAllOf(u32);
+    impl Drop for KillAllOf {
+        fn drop(&mut self) {
+            for pid in processes_of(self.0) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let _cleanup = KillAllOf(uid);
+    // The limit for the holder only: what the job left must not keep the next holder from running its child.
+    let continued = continued_by_the_guards_kill_of_its_own_group(&env, &["400", "30", "fill"], |command, holder| {
+        as_a_user_with_a_process_limit(&command, uid, holder.then_some(700))
+    });
+    let left: Vec<i32> = processes_of(uid).into_iter().filter(|&pid| !is_zombie(pid)).collect();
+    assert!(continued.is_empty(), "{} of the job's processes continued after the guard's kill", continued.len());
+    assert!(left.is_empty(), "processes of the job's user left: {left:?}");
+}
+
+/// `guardgroup DIR ARGS` (tests/support/guardgroup.c) as the child of `lock -vv`, each mpsync's command made by `run`
+/// (true for the holder's);
+/// mpsync SIGKILLed once it told its guard of every W; the next holder runs its child once the lease expired. The
+/// pids of the job's processes that were continued (DIR/cont), and helpers they started, each killed.
+fn continued_by_the_guards_kill_of_its_own_group(
+    env: &TestEnv,
+    args: &[&str],
+    run: impl Fn(std::process::Command, bool) -> std::process::Command,
+) -> Vec<i32> {
+    let program = build_program(env, "guardgroup").display().to_string();
     let name = env.lease_name("guard-own-group");
     let dir = env.dir.display().to_string();
-    let mut holder = env.spawn(fast(&["lock", "-vv", &name], &[program.as_str(), dir.as_str(), "200"]));
+    let command = [&[program.as_str(), dir.as_str()][..], args].concat();
+    let mut holder = Proc::spawn(run(env.mpsync(fast(&["lock", "-vv", &name], &command)), true), &env.dir);
     holder.wait_for_file(&env.path("ready"), "1");
     let child = read_pid(&env.path("child.pid"));
     let x = read_pid(&env.path("x.pid"));
-    let read_ws = || -> Vec<i32> {
-        fs::read_to_string(env.path("w.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    let pids = |file: &str| -> Vec<i32> {
+        fs::read_to_string(env.path(file)).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
     };
-    wait_until("the 200 W to join the guard's group", || read_ws().len() == 200);
-    let ws = read_ws();
-    // mpsync tells its guard of each child of the main child in another group (within 100 ms): all 200 W.
+    let ws = pids("w.pid");
+    // mpsync tells its guard of each child of the main child in another group (within 100 ms): every W.
     wait_until("mpsync to tell its guard of the W", || {
         holder.stderr().matches("the guard knows of a process that left the child's group").count() >= ws.len()
     });
     holder.signal(Signal::SIGKILL);
     let _ = holder.wait_for(PATIENCE);
     let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
-    let killed = within_patience(|| gone(child) && gone(x) && ws.iter().all(|&w| gone(w)));
-    // The next holder runs its child once the lease expired.
+    wait_until("the guard to kill the job", || gone(child) && gone(x) && ws.iter().all(|&w| gone(w)));
     let script = format!("sleep 2; touch {dir}/end2");
-    let next = env.spawn(fast(&["lock", &name], &["sh", "-c", &script]));
+    let next = Proc::spawn(run(env.mpsync(fast(&["lock", &name], &["sh", "-c", &script])), false), &env.dir);
     wait_until("the next holder's child to finish", || env.path("end2").exists());
     next.finish().assert_code(0);
-    let helpers: Vec<i32> =
-        fs::read_to_string(env.path("late.pid")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
-    for &pid in helpers.iter().chain(&ws).chain([&x]) {
+    for pid in pids("late.pid") {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     }
-    assert!(killed, "the guard did not kill the job");
-    assert!(
-        helpers.is_empty(),
-        "{} helpers started by the job's SIGCONT handlers after the guard's kill",
-        helpers.len()
-    );
+    pids("cont")
+}
+
+/// `command` run as `uid` (no passwd entry needed: a process count of its own), with a process limit (`ulimit -u`)
+/// if given.
+fn as_a_user_with_a_process_limit(
+    command: &std::process::Command,
+    uid: u32,
+    limit: Option<u64>,
+) -> std::process::Command {
+    let id = uid.to_string();
+    let mut wrapped = std::process::Command::new("setpriv");
+    wrapped.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"]).arg(command.get_program());
+    wrapped.args(command.get_args()).stdin(Stdio::null());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    let Some(limit) = limit else { return wrapped };
+    // SAFETY: setrlimit(2) is async-signal-safe.
+    unsafe {
+        wrapped.pre_exec(move || {
+            let limit = nix::libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            match nix::libc::setrlimit(nix::libc::RLIMIT_NPROC, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    wrapped
+}
+
+/// Whether `pid` is a zombie (or gone).
+fn is_zombie(pid: i32) -> bool {
+    crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'))
+}
+
+/// Every process of `uid` now.
+fn processes_of(uid: u32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e.metadata().ok()?.uid())))
+        .filter(|&(_, owner)| owner == uid)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Found by review (rv292): a chain of 300 groups, each the parent of the next, the first with 200 more members:

@@ -1,10 +1,12 @@
-/* guardgroup DIR N (from review, rv302): job members that join the guard's own process group. The main child C
- * finds the guard (its parent's child named mpsync-guard) and the guard's group P. C forks Y (stays in C's group G);
- * Y forks X, which joins P: X's parent Y is in another group of the session, so once mpsync is dead (the guard then
- * init's) X alone ties P to the session. Then C forks N processes W that join P too; C dies with mpsync (its
- * parent-death signal), so the W are init's and tie nothing. Every process of the job ignores SIGHUP and, on
- * SIGCONT, forks a helper (see late.h) in a session of its own. Files: DIR/child.pid, DIR/x.pid, DIR/w.pid (one
- * line a W), DIR/ready. */
+/* guardgroup DIR N [G fill] (from review, rv302, rv304): job members that join the guard's own process group. The main
+ * child C finds the guard (its parent's child named mpsync-guard) and the guard's group P. With G, C first makes G
+ * groups of one process each (the guard anchors groups in pid order). C forks Y (stays in C's group G); Y forks X,
+ * which joins P: X's parent Y is in another group of the session, so once mpsync is dead (the guard then init's) X
+ * alone ties P to the session. Then C forks N processes W that join P too; C dies with mpsync (its parent-death
+ * signal), so the W are init's and tie nothing. With "fill", C then forks idle processes until fork(2) fails (a
+ * process limit: `ulimit -u`). Every process of the job ignores SIGHUP and, on SIGCONT, appends its pid to DIR/cont,
+ * then forks a helper (see late.h) in a session of its own. Files: DIR/child.pid, DIR/x.pid, DIR/w.pid (one line a
+ * W), DIR/ready. */
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,14 +40,27 @@ static pid_t guard_group(pid_t mpsync) {
     return found;
 }
 
+/* A process continued says so first: the helper's fork may fail at a process limit. */
+static void say_then_fork(int signal) {
+    put("cont", (long)getpid());
+    on_cont(signal);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) return 2;
+    if (argc != 3 && argc != 5) return 2;
     use_dir(argv[1]);
     late_in_dir();
-    int n = atoi(argv[2]);
+    signal(SIGCONT, say_then_fork);
+    int n = atoi(argv[2]), groups = argc == 5 ? atoi(argv[3]) : 0, fill = argc == 5 && strcmp(argv[4], "fill") == 0;
     put("child.pid", (long)getpid());
     pid_t guard = guard_group(getppid());
     if (guard <= 0) return 3;
+    for (int i = 0; i < groups; i++) {
+        if (fork() == 0) {
+            setpgid(0, 0);
+            idle();
+        }
+    }
     if (fork() == 0) {
         /* Y, in the child's group. */
         if (fork() == 0) {
@@ -63,6 +78,11 @@ int main(int argc, char **argv) {
             put("w.pid", (long)getpid());
             idle();
         }
+    }
+    while (fill) {
+        pid_t filler = fork();
+        if (filler == 0) idle();
+        if (filler < 0) break;
     }
     put("ready", 1);
     idle();
