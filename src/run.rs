@@ -338,11 +338,10 @@ impl Runner {
                     }
                     Notice::ChildExited(exit) => {
                         health.child_exited();
-                        // The guard kills only once its deadline has come: a SIGKILL seen before then is the
-                        // child's own end (the OOM killer, `kill -9 $$`), also when mpsync, frozen, sees it only
-                        // past the renew deadline (found by review, rv302: said as a loss, exit 123).
-                        let guard_due =
-                            deadlines.current().checked_add(guard_delay).is_none_or(|at| Instant::now() >= at);
+                        // The guard kills only once the deadline it was told has come: a SIGKILL seen before then
+                        // is the child's own end (the OOM killer, `kill -9 $$`), also when mpsync, frozen, sees it
+                        // only past the renew deadline (found by review, rv302: said as a loss, exit 123).
+                        let guard_due = supervisor.guard_deadline().is_some_and(|at| Instant::now() >= at);
                         if exit == ChildExit::Signaled(Signal::SIGKILL as i32) && held.is_lost() && guard_due {
                             // Killed past the lease's deadline (by the guard, while mpsync could not act):
                             // a loss, not the child's own end.

@@ -591,6 +591,11 @@ impl Supervisor {
         }
     }
 
+    /// The deadline the guard was last told (see `set_deadline`): it kills the child's job once that has come.
+    pub fn guard_deadline(&self) -> Option<std::time::Instant> {
+        self.deadline
+    }
+
     /// The guard process's pid, while it lives (for tests and diagnostics).
     pub fn guard_pid(&self) -> Option<i32> {
         self.guard.as_ref().map(|guard| guard.pid.as_raw())
