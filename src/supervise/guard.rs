@@ -817,7 +817,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                     clear_bit(below, q.pid);
                 }
                 killed = true;
-            } else if !bit(blocked, p.pid) && !(bit(untying, p.group) && ties(&p, group_of, in_session)) {
+            } else if !(bit(blocked, p.pid) || (bit(untying, p.group) && ties(&p, group_of, in_session))) {
                 kill(p.pid);
                 clear_bit(below, p.pid);
                 killed = true;
