@@ -2236,6 +2236,41 @@ fn a_child_that_killed_itself_while_mpsync_was_frozen_is_not_a_loss() {
     child_end_seen_after_a_freeze_past_the_deadline("kill -9 $$", 137);
 }
 
+/// mpsync frozen past the guard's deadline (from review, rv307): the guard kills the child. A loss: `lock` exits 123
+/// and gives the lease back; `elect` campaigns again and runs its child again.
+#[test]
+fn a_child_the_guard_killed_while_mpsync_was_frozen_is_a_loss() {
+    for mode in ["lock", "elect"] {
+        let env = TestEnv::file();
+        let name = env.lease_name("guard-killed");
+        let pids = env.path("pids");
+        let read_pids = || -> Vec<i32> {
+            fs::read_to_string(&pids).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+        };
+        let script = format!("echo $$ >> {}; exec sleep 1000", pids.display());
+        let timing = ["--lease-duration", "10s", "--renew-deadline", "2s", "--retry-period", "200ms", "--grace", "2s"];
+        let args = [&[mode, name.as_str(), "-v"][..], &timing, &["--", "sh", "-c", &script]].concat();
+        let mpsync = env.spawn(args);
+        wait_until("the child", || !read_pids().is_empty());
+        let child = read_pids()[0];
+        mpsync.signal(Signal::SIGSTOP);
+        let gone = |pid: i32| crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+        wait_until("the guard to kill the child", || gone(child));
+        mpsync.signal(Signal::SIGCONT);
+        if mode == "lock" {
+            let done = mpsync.finish();
+            done.assert_code(123);
+            assert!(done.stderr.contains("killed at the lease's deadline"), "{}", done.stderr);
+            assert!(env.holder(&name).is_none_or(|h| h.is_empty()), "left held: {:?}", env.holder(&name));
+        } else {
+            wait_until("elect to run its child again", || read_pids().len() >= 2);
+            mpsync.signal(Signal::SIGTERM);
+            let done = mpsync.finish();
+            assert!(done.stderr.contains("killed at the lease's deadline"), "{}", done.stderr);
+        }
+    }
+}
+
 /// The child ends with `end` while mpsync is frozen; mpsync is continued past its renew deadline, before the guard's:
 /// it exits `code`, saying the lease was lost by the time the child's end was seen.
 fn child_end_seen_after_a_freeze_past_the_deadline(end: &str, code: i32) {
