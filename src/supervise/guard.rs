@@ -396,12 +396,12 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
 /// `kill_tree`'s working memory: four tables (the processes listed, those stopped, a group id for each pid, the
-/// anchors) and seven bitmaps of pids, about 23 MiB.
+/// anchors) and ten bitmaps of pids, about 24 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<libc::pid_t>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
-    + 7 * (PID_LIMIT / 8);
+    + 10 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -454,6 +454,9 @@ unsafe fn kill_tree(
         let anchored = std::slice::from_raw_parts_mut(maps.add(4 * bitmap_bytes), bitmap_bytes);
         let in_session = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
         let untying = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
+        let tied_once = std::slice::from_raw_parts_mut(maps.add(7 * bitmap_bytes), bitmap_bytes);
+        let tied_twice = std::slice::from_raw_parts_mut(maps.add(8 * bitmap_bytes), bitmap_bytes);
+        let tied_for_good = std::slice::from_raw_parts_mut(maps.add(9 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -536,7 +539,8 @@ unsafe fn kill_tree(
                 }
             }
         }
-        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure, in_session, untying };
+        let ties = Ties { in_session, untying, once: tied_once, twice: tied_twice, for_good: tied_for_good };
+        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure, ties };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
             libc::kill(k.pid, libc::SIGKILL);
@@ -723,8 +727,19 @@ struct Scratch<'a> {
     blocked: &'a mut [u8],
     blocked_groups: &'a mut [u8],
     impure: &'a mut [u8],
+    ties: Ties<'a>,
+}
+
+/// What `kill_children_first` knows of the ties of each group to its session (see `ties`), by group id: `in_session`
+/// (by pid) as `kill_tree` filled it; `untying`, a member still to be killed that does not tie it; `once` and `twice`,
+/// one or two members still to be killed that tie it (at a round's start: `twice` is cleared by a tie's kill in
+/// the round); `for_good`, a process that is not the job's ties it (mpsync, the guard while mpsync lives).
+struct Ties<'a> {
     in_session: &'a [u8],
     untying: &'a mut [u8],
+    once: &'a mut [u8],
+    twice: &'a mut [u8],
+    for_good: &'a mut [u8],
 }
 
 /// `pid`'s place in the tables indexed by pid.
@@ -751,11 +766,11 @@ fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
 /// it. So a group made only of the job's processes is killed whole, at once (`kill(-group)`: the kernel queues
 /// the signal on every member before any can die), and only once no process still to be killed in another group
 /// has its parent in it; a process of a group with others in it (mpsync's, the guard's, a stranger's) alone, once
-/// none of its children is still to be killed, and, if it ties the group to the session (`ties`), once no member of
-/// the group that does not is still to be killed (found by review, rv304: at a process limit, where the guard's
-/// own group could not be anchored, the one member whose parent was in another group of the session was killed
-/// first, which orphaned the group with 400 members of the job held stopped in it, and the kernel continued
-/// them). In rounds, as many as it takes (found by review, rv292: after 256, a chain of
+/// none of its children is still to be killed, and, if it is the last that ties the group to the session (`ties`;
+/// a process that is not the job's may tie it too), once no member of the group that does not tie it is still to
+/// be killed (found by review, rv304: at a process limit, where the guard's own group could not be anchored, the one
+/// member whose parent was in another group of the session was killed first, which orphaned the group with 400
+/// members of the job held stopped in it, and the kernel continued them). In rounds, as many as it takes (found by review, rv292: after 256, a chain of
 /// 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the session, a
 /// member of each the parent of a member of the other; or pids taken again between two reads) ends the rounds:
 /// every group left made only of the job's processes is killed whole, one right after another, and then the rest.
@@ -766,13 +781,18 @@ fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
-    let Scratch { group_of, blocked, blocked_groups, impure, in_session, untying } = scratch;
+    let Scratch { group_of, blocked, blocked_groups, impure, ties: tied } = scratch;
+    let Ties { in_session, untying, once, twice, for_good } = tied;
     for p in listed {
         group_of[slot(p.pid)] = p.group;
         clear_bit(impure, p.group);
+        clear_bit(for_good, p.group);
     }
     for p in listed.iter().filter(|p| !bit(below, p.pid)) {
         set_bit(impure, p.group);
+        if ties(p, group_of, in_session) {
+            set_bit(for_good, p.group);
+        }
     }
     let kill = |pid: libc::pid_t| {
         // SAFETY: kill(2) is async-signal-safe.
@@ -785,12 +805,18 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             clear_bit(blocked_groups, p.group);
             clear_bit(blocked_groups, group_of[slot(p.parent)]);
             clear_bit(untying, p.group);
+            clear_bit(once, p.group);
+            clear_bit(twice, p.group);
         }
         let mut left = false;
         for p in listed.iter().filter(|p| bit(below, p.pid)) {
             left = true;
             if !ties(p, group_of, in_session) {
                 set_bit(untying, p.group);
+            } else if bit(once, p.group) {
+                set_bit(twice, p.group);
+            } else {
+                set_bit(once, p.group);
             }
             set_bit(blocked, p.parent);
             let parents_group = group_of[slot(p.parent)];
@@ -817,7 +843,18 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                     clear_bit(below, q.pid);
                 }
                 killed = true;
-            } else if !(bit(blocked, p.pid) || (bit(untying, p.group) && ties(&p, group_of, in_session))) {
+            } else if !bit(blocked, p.pid) {
+                // The last tie of its group waits for the rest of the group's members (found by review, rv304), unless
+                // a process that is not the job's ties it too; only one tie of a group a round, where there are
+                // others (rv306: every tie waiting for the rest, which waited for their children, one of whose groups
+                // waited for a tie, made a cycle, and the rounds ended).
+                let tie = ties(&p, group_of, in_session);
+                if tie && bit(untying, p.group) && !bit(for_good, p.group) && !bit(twice, p.group) {
+                    continue;
+                }
+                if tie {
+                    clear_bit(twice, p.group);
+                }
                 kill(p.pid);
                 clear_bit(below, p.pid);
                 killed = true;

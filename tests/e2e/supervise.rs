@@ -3431,15 +3431,6 @@ fn the_guards_kill_at_a_process_limit_never_orphans_its_own_group_that_the_job_j
         fs::create_dir_all(&dir).unwrap();
         std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
     }
-    /// Whatever the outcome, no process of the test's user is left.
-    struct KillAllOf(u32);
-    impl Drop for KillAllOf {
-        fn drop(&mut self) {
-            for pid in processes_of(self.0) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
     let _cleanup = KillAllOf(uid);
     // The limit for the holder only: what the job left must not keep the next holder from running its child.
     let continued = continued_by_the_guards_kill_of_its_own_group(&env, &["400", "30", "fill"], |command, holder| {
@@ -3516,6 +3507,17 @@ fn as_a_user_with_a_process_limit(
     uid: u32,
     limit: Option<u64>,
 ) -> std::process::Command {
+    as_a_user(command, uid, limit, false)
+}
+
+/// `command` run as `uid`, with a process limit if given, in a session of its own if `own_session` (ssh, systemd, a
+/// container's entrypoint).
+fn as_a_user(
+    command: &std::process::Command,
+    uid: u32,
+    limit: Option<u64>,
+    own_session: bool,
+) -> std::process::Command {
     let id = uid.to_string();
     let mut wrapped = std::process::Command::new("setpriv");
     wrapped.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"]).arg(command.get_program());
@@ -3526,10 +3528,13 @@ fn as_a_user_with_a_process_limit(
             None => wrapped.env_remove(key),
         };
     }
-    let Some(limit) = limit else { return wrapped };
-    // SAFETY: setrlimit(2) is async-signal-safe.
+    // SAFETY: setsid(2) and setrlimit(2) are async-signal-safe.
     unsafe {
         wrapped.pre_exec(move || {
+            if own_session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            let Some(limit) = limit else { return Ok(()) };
             let limit = nix::libc::rlimit { rlim_cur: limit, rlim_max: limit };
             match nix::libc::setrlimit(nix::libc::RLIMIT_NPROC, &limit) {
                 0 => Ok(()),
@@ -3538,6 +3543,61 @@ fn as_a_user_with_a_process_limit(
         });
     }
     wrapped
+}
+
+/// Whatever the outcome, no process of the test's user is left (killed three times over, 100 ms apart: what a
+/// process being killed forks meanwhile is killed too).
+struct KillAllOf(u32);
+
+impl Drop for KillAllOf {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for pid in processes_of(self.0) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Found by review (rv306): at a process limit (no anchors), two members tie mpsync's group S to the session (mpsync
+/// in a session of its own): A, whose parent is the main child, and T, whose parent M is in a group H that members of
+/// S tie to the session in turn (tests/support/sharedties.c). A rule of cd4b9f6's, every member that ties its group
+/// killed only after the rest of it, made a cycle (T waited for the rest of S, which waited for its children in H, and
+/// H for T); the rounds ended, the rest was killed in pid order, both ties before the rest of S, and the kernel
+/// continued 402 of the job's processes held stopped there. Only a group's last tie waits.
+#[test]
+fn the_guards_kill_at_a_process_limit_of_a_group_with_two_ties_orphans_none() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root, to act as a user of its own");
+        return;
+    }
+    let env = TestEnv::file();
+    let uid = 50_000 + std::process::id() % 10_000;
+    for dir in [env.dir.clone(), env.lock_dir()] {
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+    }
+    let _cleanup = KillAllOf(uid);
+    let program = build_program(&env, "sharedties").display().to_string();
+    let name = env.lease_name("shared-ties");
+    let dir = env.dir.display().to_string();
+    let command = env.mpsync(fast(&["lock", &name], &[program.as_str(), dir.as_str(), "400", "cycle"]));
+    let mut holder = Proc::spawn(as_a_user(&command, uid, Some(1400), true), &env.dir);
+    holder.wait_for_file(&env.path("ready"), "1");
+    let pids = |file: &str| -> Vec<i32> {
+        fs::read_to_string(env.path(file)).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    let (child, a, ws) = (read_pid(&env.path("child.pid")), read_pid(&env.path("a.pid")), pids("w.pid"));
+    holder.signal(Signal::SIGSTOP);
+    wait_until("the guard to kill the job", || is_zombie(child) && is_zombie(a) && ws.iter().all(|&w| is_zombie(w)));
+    for pid in pids("late.pid") {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    holder.signal(Signal::SIGKILL);
+    let _ = holder.wait_for(PATIENCE);
+    let continued = pids("cont");
+    assert!(continued.is_empty(), "{} of the job's processes continued after the guard's kill began", continued.len());
 }
 
 /// Whether `pid` is a zombie (or gone).
