@@ -429,7 +429,7 @@ unsafe fn kill_tree(
     inherited: &[Stopped],
 ) {
     // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
-    // `WORKING_BYTES` long: big enough for the three tables and the four bitmaps laid out in it (the tables
+    // `WORKING_BYTES` long: big enough for the four tables and the ten bitmaps laid out in it (the tables
     // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
@@ -750,11 +750,19 @@ fn slot(pid: libc::pid_t) -> usize {
 /// Whether `p` ties its group to its session: its parent is in another group of the same session, so that the
 /// group is orphaned (and continued by the kernel, if stopped) when `p` dies, were it the last such member. By the
 /// tables `kill_tree` filled for the processes listed: `group_of`, each one's group, and `in_session`, whether it
-/// is in the guard's session (two processes outside it are taken for one session's: at worst a member is killed
-/// later than it could be).
+/// is in the guard's session. Only there: outside it, whether two processes share a session is not known, and a
+/// false tie would let the real last one go first; so there, as before these rules, only the order of children
+/// before parents holds. Nor a zombie, which the kernel does not count (found by review, rv308: a zombie of the
+/// job counted as a second tie, and the one live tie of the guard's group was killed before the rest of it).
 fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
     let parents_group = group_of[slot(p.parent)];
-    p.parent > 0 && parents_group > 0 && parents_group != p.group && bit(in_session, p.pid) == bit(in_session, p.parent)
+    let dead = matches!(p.state, b'Z' | b'X') && p.threads <= 1;
+    p.parent > 0
+        && !dead
+        && parents_group > 0
+        && parents_group != p.group
+        && bit(in_session, p.pid)
+        && bit(in_session, p.parent)
 }
 
 /// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a
@@ -1159,5 +1167,44 @@ unsafe fn close_fds_except(keep: RawFd) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process in the guard's session (or not), its state and thread count as /proc shows them.
+    fn process(pid: libc::pid_t, parent: libc::pid_t, group: libc::pid_t, state: u8, threads: u32) -> Listed {
+        Listed { pid, parent, group, session: 1, state, threads, start: 0 }
+    }
+
+    #[test]
+    fn only_a_live_member_of_the_guards_session_whose_parent_is_in_another_group_of_it_ties_its_group() {
+        let mut group_of = vec![0; PID_LIMIT];
+        let mut in_session = vec![0u8; PID_LIMIT / 8];
+        // 10 in group 10 and 11 in group 11, both in the guard's session; 12 in group 12 outside it.
+        for (pid, inside) in [(10, true), (11, true), (12, false)] {
+            group_of[slot(pid)] = pid;
+            if inside {
+                set_bit(&mut in_session, pid);
+            }
+        }
+        for (pid, inside) in [(20, true), (21, true), (22, true), (23, false), (24, true)] {
+            group_of[slot(pid)] = 30;
+            if inside {
+                set_bit(&mut in_session, pid);
+            }
+        }
+        let ties = |p: Listed| ties(&p, &group_of, &in_session);
+        assert!(ties(process(20, 10, 30, b'T', 1)), "a stopped member whose parent is in another group");
+        assert!(ties(process(21, 11, 30, b'R', 3)), "a running one, of three threads");
+        assert!(!ties(process(22, 10, 30, b'Z', 1)), "a zombie (found by review, rv308)");
+        assert!(ties(process(22, 10, 30, b'Z', 2)), "a zombie leader whose other threads still run");
+        assert!(!ties(process(23, 12, 30, b'T', 1)), "outside the guard's session: not known");
+        assert!(!ties(process(24, 12, 30, b'T', 1)), "its parent outside the guard's session");
+        assert!(!ties(process(24, 20, 30, b'T', 1)), "its parent in its own group");
+        assert!(!ties(process(24, 99, 30, b'T', 1)), "its parent not listed");
+        assert!(!ties(process(24, 0, 30, b'T', 1)), "no parent");
     }
 }
