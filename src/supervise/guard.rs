@@ -395,13 +395,13 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
-/// `kill_tree`'s working memory: four tables (the processes listed, those stopped, a group id for each pid, the
-/// anchors) and ten bitmaps of pids, about 24 MiB.
+/// `kill_tree`'s working memory: four tables (the processes listed, those stopped, where each pid is listed, the
+/// anchors) and nine bitmaps of pids, about 24 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
-    + PID_LIMIT * std::mem::size_of::<libc::pid_t>()
+    + PID_LIMIT * std::mem::size_of::<u32>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
-    + 10 * (PID_LIMIT / 8);
+    + 9 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -429,34 +429,32 @@ unsafe fn kill_tree(
     inherited: &[Stopped],
 ) {
     // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
-    // `WORKING_BYTES` long: big enough for the four tables and the ten bitmaps laid out in it (the tables
+    // `WORKING_BYTES` long: big enough for the four tables and the nine bitmaps laid out in it (the tables
     // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
         let stopped_bytes = MAX_PROCESSES * std::mem::size_of::<Stopped>();
-        let groups_bytes = PID_LIMIT * std::mem::size_of::<libc::pid_t>();
+        let places_bytes = PID_LIMIT * std::mem::size_of::<u32>();
         let bitmap_bytes = PID_LIMIT / 8;
         let anchors_bytes = MAX_ANCHORS * std::mem::size_of::<libc::pid_t>();
         let bytes = working;
         let listed = std::slice::from_raw_parts_mut(bytes.cast::<Listed>(), MAX_PROCESSES);
         let stopped = std::slice::from_raw_parts_mut(bytes.add(listed_bytes).cast::<Stopped>(), MAX_PROCESSES);
-        let group_of =
-            std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes).cast::<libc::pid_t>(), PID_LIMIT);
+        let place_of = std::slice::from_raw_parts_mut(bytes.add(listed_bytes + stopped_bytes).cast::<u32>(), PID_LIMIT);
         let anchors = std::slice::from_raw_parts_mut(
-            bytes.add(listed_bytes + stopped_bytes + groups_bytes).cast::<libc::pid_t>(),
+            bytes.add(listed_bytes + stopped_bytes + places_bytes).cast::<libc::pid_t>(),
             MAX_ANCHORS,
         );
-        let maps = bytes.add(listed_bytes + stopped_bytes + groups_bytes + anchors_bytes);
+        let maps = bytes.add(listed_bytes + stopped_bytes + places_bytes + anchors_bytes);
         let below = std::slice::from_raw_parts_mut(maps, bitmap_bytes);
         let stopped_map = std::slice::from_raw_parts_mut(maps.add(bitmap_bytes), bitmap_bytes);
         let blocked_groups = std::slice::from_raw_parts_mut(maps.add(2 * bitmap_bytes), bitmap_bytes);
         let impure = std::slice::from_raw_parts_mut(maps.add(3 * bitmap_bytes), bitmap_bytes);
         let anchored = std::slice::from_raw_parts_mut(maps.add(4 * bitmap_bytes), bitmap_bytes);
-        let in_session = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
-        let untying = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
-        let tied_once = std::slice::from_raw_parts_mut(maps.add(7 * bitmap_bytes), bitmap_bytes);
-        let tied_twice = std::slice::from_raw_parts_mut(maps.add(8 * bitmap_bytes), bitmap_bytes);
-        let tied_for_good = std::slice::from_raw_parts_mut(maps.add(9 * bitmap_bytes), bitmap_bytes);
+        let untying = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
+        let tied_once = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
+        let tied_twice = std::slice::from_raw_parts_mut(maps.add(7 * bitmap_bytes), bitmap_bytes);
+        let tied_for_good = std::slice::from_raw_parts_mut(maps.add(8 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -503,16 +501,11 @@ unsafe fn kill_tree(
             was_stopped(stopped_map, stopped_so_far, p) || is_one_of(adopted, p) || is_one_of(&[child], p)
         });
         let listed = &listed[..count];
-        let session = libc::getsid(0);
-        for p in listed {
-            group_of[slot(p.pid)] = p.group;
-            if p.session == session {
-                set_bit(in_session, p.pid);
-            } else {
-                clear_bit(in_session, p.pid);
-            }
+        for (i, p) in listed.iter().enumerate() {
+            place_of[slot(p.pid)] = i as u32 + 1;
         }
-        let ties = |p: &Listed| ties(p, group_of, in_session);
+        let place_of = &*place_of;
+        let ties = |p: &Listed| ties(p, listed, place_of);
         // The anchors' lifeline (see `anchor_groups`): they leave their groups when its write end, the guard's
         // alone, closes. `ready` carries each anchor's word back.
         let (mut lifeline, mut ready) = ([-1; 2], [-1; 2]);
@@ -539,8 +532,8 @@ unsafe fn kill_tree(
                 }
             }
         }
-        let ties = Ties { in_session, untying, once: tied_once, twice: tied_twice, for_good: tied_for_good };
-        let scratch = Scratch { group_of, blocked: stopped_map, blocked_groups, impure, ties };
+        let ties = Ties { untying, once: tied_once, twice: tied_twice, for_good: tied_for_good };
+        let scratch = Scratch { place_of, blocked: stopped_map, blocked_groups, impure, ties };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
             libc::kill(k.pid, libc::SIGKILL);
@@ -720,22 +713,21 @@ unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [li
     }
 }
 
-/// The working memory of `kill_children_first`, indexed by pid (or group id): `group_of` and `in_session` as
-/// `kill_tree` filled them for the processes listed (see `ties`), the rest of any content.
+/// The working memory of `kill_children_first`, indexed by pid (or group id): `place_of` as `kill_tree` filled it
+/// for the processes listed (see `parent_of`), the rest of any content.
 struct Scratch<'a> {
-    group_of: &'a mut [libc::pid_t],
+    place_of: &'a [u32],
     blocked: &'a mut [u8],
     blocked_groups: &'a mut [u8],
     impure: &'a mut [u8],
     ties: Ties<'a>,
 }
 
-/// What `kill_children_first` knows of the ties of each group to its session (see `ties`), by group id: `in_session`
-/// (by pid) as `kill_tree` filled it; `untying`, a member still to be killed that does not tie it; `once` and `twice`,
+/// What `kill_children_first` knows of the ties of each group to its session (see `ties`), by group id: `untying`, a
+/// member still to be killed that does not tie it; `once` and `twice`,
 /// one or two members still to be killed that tie it (at a round's start: `twice` is cleared by a tie's kill in
 /// the round); `for_good`, a process that is not the job's ties it (mpsync, the guard while mpsync lives).
 struct Ties<'a> {
-    in_session: &'a [u8],
     untying: &'a mut [u8],
     once: &'a mut [u8],
     twice: &'a mut [u8],
@@ -747,22 +739,29 @@ fn slot(pid: libc::pid_t) -> usize {
     pid as usize % PID_LIMIT
 }
 
+/// Whether `p` has died: a zombie whose threads are all gone (one whose main thread has exited, its other threads
+/// running on, is alive).
+fn is_dead(p: &Listed) -> bool {
+    matches!(p.state, b'Z' | b'X') && p.threads <= 1
+}
+
+/// `p`'s parent as `listed` shows it, by `place_of`, which `kill_tree` filled with the place in `listed` (from 1) of
+/// each pid listed; none if its parent is not listed.
+fn parent_of<'a>(p: &Listed, listed: &'a [Listed], place_of: &[u32]) -> Option<&'a Listed> {
+    let place = *place_of.get(slot(p.parent))? as usize;
+    listed.get(place.checked_sub(1)?).filter(|parent| p.parent > 0 && parent.pid == p.parent)
+}
+
 /// Whether `p` ties its group to its session: its parent is in another group of the same session, so that the
-/// group is orphaned (and continued by the kernel, if stopped) when `p` dies, were it the last such member. By the
-/// tables `kill_tree` filled for the processes listed: `group_of`, each one's group, and `in_session`, whether it
-/// is in the guard's session. Only there: outside it, whether two processes share a session is not known, and a
-/// false tie would let the real last one go first; so there, as before these rules, only the order of children
-/// before parents holds. Nor a zombie, which the kernel does not count (found by review, rv308: a zombie of the
-/// job counted as a second tie, and the one live tie of the guard's group was killed before the rest of it).
-fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
-    let parents_group = group_of[slot(p.parent)];
-    let dead = matches!(p.state, b'Z' | b'X') && p.threads <= 1;
-    p.parent > 0
-        && !dead
-        && parents_group > 0
-        && parents_group != p.group
-        && bit(in_session, p.pid)
-        && bit(in_session, p.parent)
+/// group is orphaned (and continued by the kernel, if stopped) when `p` dies, were it the last such member. In
+/// every session (found by review, rv309: counted only in the guard's, where whether two processes shared a
+/// session was all it knew, a group of the job in a session the job made lost its one tie before the rest of it).
+/// Not a zombie, which the kernel does not count (found by review, rv308: a zombie of the job counted as a second
+/// tie, and the one live tie of the guard's group was killed before the rest of it).
+fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
+    !is_dead(p)
+        && parent_of(p, listed, place_of)
+            .is_some_and(|parent| parent.group > 0 && parent.group != p.group && parent.session == p.session)
 }
 
 /// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a
@@ -789,16 +788,16 @@ fn ties(p: &Listed, group_of: &[libc::pid_t], in_session: &[u8]) -> bool {
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
-    let Scratch { group_of, blocked, blocked_groups, impure, ties: tied } = scratch;
-    let Ties { in_session, untying, once, twice, for_good } = tied;
+    let Scratch { place_of, blocked, blocked_groups, impure, ties: tied } = scratch;
+    let Ties { untying, once, twice, for_good } = tied;
+    let parents_group = |p: &Listed| parent_of(p, listed, place_of).map_or(0, |parent| parent.group);
     for p in listed {
-        group_of[slot(p.pid)] = p.group;
         clear_bit(impure, p.group);
         clear_bit(for_good, p.group);
     }
     for p in listed.iter().filter(|p| !bit(below, p.pid)) {
         set_bit(impure, p.group);
-        if ties(p, group_of, in_session) {
+        if ties(p, listed, place_of) {
             set_bit(for_good, p.group);
         }
     }
@@ -811,7 +810,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             clear_bit(blocked, p.pid);
             clear_bit(blocked, p.parent);
             clear_bit(blocked_groups, p.group);
-            clear_bit(blocked_groups, group_of[slot(p.parent)]);
+            clear_bit(blocked_groups, parents_group(p));
             clear_bit(untying, p.group);
             clear_bit(once, p.group);
             clear_bit(twice, p.group);
@@ -819,7 +818,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         let mut left = false;
         for p in listed.iter().filter(|p| bit(below, p.pid)) {
             left = true;
-            if !ties(p, group_of, in_session) {
+            if !ties(p, listed, place_of) {
                 set_bit(untying, p.group);
             } else if bit(once, p.group) {
                 set_bit(twice, p.group);
@@ -827,7 +826,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 set_bit(once, p.group);
             }
             set_bit(blocked, p.parent);
-            let parents_group = group_of[slot(p.parent)];
+            let parents_group = parents_group(p);
             if parents_group > 0 && parents_group != p.group {
                 set_bit(blocked_groups, parents_group);
             }
@@ -856,7 +855,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 // a process that is not the job's ties it too; only one tie of a group a round, where there are
                 // others (rv306: every tie waiting for the rest, which waited for their children, one of whose groups
                 // waited for a tie, made a cycle, and the rounds ended).
-                let tie = ties(&p, group_of, in_session);
+                let tie = ties(&p, listed, place_of);
                 if tie && bit(untying, p.group) && !bit(for_good, p.group) && !bit(twice, p.group) {
                     continue;
                 }
@@ -1174,37 +1173,32 @@ unsafe fn close_fds_except(keep: RawFd) {
 mod tests {
     use super::*;
 
-    /// A process in the guard's session (or not), its state and thread count as /proc shows them.
-    fn process(pid: libc::pid_t, parent: libc::pid_t, group: libc::pid_t, state: u8, threads: u32) -> Listed {
-        Listed { pid, parent, group, session: 1, state, threads, start: 0 }
+    /// A process as /proc shows it: its parent, group, session, state and thread count.
+    fn process(pid: libc::pid_t, parent: libc::pid_t, (group, session): (libc::pid_t, libc::pid_t)) -> Listed {
+        Listed { pid, parent, group, session, state: b'T', threads: 1, start: 0 }
     }
 
     #[test]
-    fn only_a_live_member_of_the_guards_session_whose_parent_is_in_another_group_of_it_ties_its_group() {
-        let mut group_of = vec![0; PID_LIMIT];
-        let mut in_session = vec![0u8; PID_LIMIT / 8];
-        // 10 in group 10 and 11 in group 11, both in the guard's session; 12 in group 12 outside it.
-        for (pid, inside) in [(10, true), (11, true), (12, false)] {
-            group_of[slot(pid)] = pid;
-            if inside {
-                set_bit(&mut in_session, pid);
-            }
+    fn only_a_live_member_whose_parent_is_in_another_group_of_its_session_ties_its_group() {
+        // 10 and 11 lead groups of session 1; 12 leads session 12; 13 is in group 10 of session 1.
+        let mut listed = vec![process(10, 1, (10, 1)), process(11, 1, (11, 1)), process(12, 1, (12, 12))];
+        listed.push(process(13, 10, (10, 1)));
+        let mut place_of = vec![0; PID_LIMIT];
+        for (i, p) in listed.iter().enumerate() {
+            place_of[slot(p.pid)] = i as u32 + 1;
         }
-        for (pid, inside) in [(20, true), (21, true), (22, true), (23, false), (24, true)] {
-            group_of[slot(pid)] = 30;
-            if inside {
-                set_bit(&mut in_session, pid);
-            }
-        }
-        let ties = |p: Listed| ties(&p, &group_of, &in_session);
-        assert!(ties(process(20, 10, 30, b'T', 1)), "a stopped member whose parent is in another group");
-        assert!(ties(process(21, 11, 30, b'R', 3)), "a running one, of three threads");
-        assert!(!ties(process(22, 10, 30, b'Z', 1)), "a zombie (found by review, rv308)");
-        assert!(ties(process(22, 10, 30, b'Z', 2)), "a zombie leader whose other threads still run");
-        assert!(!ties(process(23, 12, 30, b'T', 1)), "outside the guard's session: not known");
-        assert!(!ties(process(24, 12, 30, b'T', 1)), "its parent outside the guard's session");
-        assert!(!ties(process(24, 20, 30, b'T', 1)), "its parent in its own group");
-        assert!(!ties(process(24, 99, 30, b'T', 1)), "its parent not listed");
-        assert!(!ties(process(24, 0, 30, b'T', 1)), "no parent");
+        let ties = |p: Listed| ties(&p, &listed, &place_of);
+        let in_group_30 = |pid, parent, session| process(pid, parent, (30, session));
+        assert!(ties(in_group_30(20, 10, 1)), "a stopped member whose parent is in another group of its session");
+        assert!(ties(Listed { threads: 3, state: b'R', ..in_group_30(21, 11, 1) }), "a running one, of three threads");
+        assert!(ties(in_group_30(22, 13, 1)), "its parent not the leader of its group");
+        assert!(!ties(Listed { state: b'Z', ..in_group_30(23, 10, 1) }), "a zombie (found by review, rv308)");
+        assert!(ties(Listed { state: b'Z', threads: 2, ..in_group_30(23, 10, 1) }), "a zombie leader with threads");
+        assert!(ties(in_group_30(24, 12, 12)), "in a session other than the guard's (found by review, rv309)");
+        assert!(!ties(in_group_30(25, 12, 1)), "its parent in another session");
+        assert!(!ties(in_group_30(26, 10, 12)), "its parent in another session, seen from that parent's");
+        assert!(!ties(process(27, 13, (10, 1))), "its parent in its own group");
+        assert!(!ties(in_group_30(28, 99, 1)), "its parent not listed");
+        assert!(!ties(in_group_30(29, 0, 1)), "no parent");
     }
 }

@@ -3600,6 +3600,31 @@ fn the_guards_kill_at_a_process_limit_of_a_group_with_two_ties_orphans_none() {
     assert!(continued.is_empty(), "{} of the job's processes continued after the guard's kill began", continued.len());
 }
 
+/// From review (rv309, which found it with groups that tie each other, a cycle the README admits): a process group of
+/// the job in a session the job made (`setsid`), shared with a process that escaped (its parent exited: init's, not
+/// the job's), tied to that session by one member X, whose parent is in another group of the session, one nothing
+/// ties (tests/support/adoptedtie.c). The guard counted ties only in its own session: it killed X in its first
+/// round, with the rest of X's group (the session's leader above a chain of 300, and 3,000 more) still to be killed,
+/// and X's death orphaned the group with them held stopped: the kernel continued them (140 to 282 helpers started,
+/// three runs of three). A group's last tie waits for the rest of it in every session.
+#[test]
+fn the_guards_kill_of_a_shared_group_in_a_session_the_job_made_waits_for_its_last_tie() {
+    let (continued, helpers) = continued_by_the_guards_kill_of_a_group_tied_from_below(&[], "x");
+    assert!(
+        continued == 0 && helpers == 0,
+        "{continued} of the job's processes continued after the guard's kill began; {helpers} helpers started"
+    );
+}
+
+/// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
+/// helpers they started; the guard's kill is over once `first` has died (and the main child).
+fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {
+    let env = TestEnv::file();
+    let helpers = helpers_after_the_guards_kill(&env, "adoptedtie", &[&["300", "3000"], mode].concat(), first);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(read_pid(&env.path("b.pid"))), Signal::SIGKILL);
+    (fs::read_to_string(env.path("cont")).unwrap_or_default().lines().count(), helpers.len())
+}
+
 /// Whether `pid` is a zombie (or gone).
 fn is_zombie(pid: i32) -> bool {
     crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'))
