@@ -801,6 +801,10 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             set_bit(for_good, p.group);
         }
     }
+    // A zombie has died already: its kill does nothing. What its parent's death does to its group, below.
+    for p in listed.iter().filter(|p| is_dead(p)) {
+        clear_bit(below, p.pid);
+    }
     let kill = |pid: libc::pid_t| {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -833,6 +837,21 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         }
         if !left {
             return;
+        }
+        // The death of a process looks at the groups of all its children in other groups of its session, the dead
+        // ones too: a group nothing ties any more, with a zombie whose parent is that process, is orphaned by its
+        // death, and continued if stopped. Such a parent waits until the group has no member of the job left to
+        // kill. (A group a live member ties has its last tie killed after the rest of it.)
+        for z in listed.iter().filter(|z| is_dead(z) && bit(untying, z.group)) {
+            if bit(once, z.group) || bit(for_good, z.group) {
+                continue;
+            }
+            if let Some(parent) = parent_of(z, listed, place_of)
+                .filter(|parent| bit(below, parent.pid) && parent.group != z.group && parent.session == z.session)
+            {
+                set_bit(blocked, parent.pid);
+                set_bit(blocked_groups, parent.group);
+            }
         }
         let mut killed = false;
         for i in 0..listed.len() {

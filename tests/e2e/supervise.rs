@@ -3616,6 +3616,19 @@ fn the_guards_kill_of_a_shared_group_in_a_session_the_job_made_waits_for_its_las
     );
 }
 
+/// The same with X a zombie its parent P has not reaped (tests/support/adoptedtie.c, "zombie"): nothing ties X's
+/// group, but the kernel looks at the groups of all the children of a process that dies, zombies too, and P's death
+/// orphans X's group all the same. The guard killed P (its group, whole) once X was (a zombie: nothing to do), long
+/// before the rest of X's group, and the kernel continued that. A zombie's parent waits for the rest of its group.
+#[test]
+fn the_guards_kill_of_the_parent_of_a_zombie_waits_for_the_rest_of_the_zombies_group() {
+    let (continued, helpers) = continued_by_the_guards_kill_of_a_group_tied_from_below(&["zombie"], "e");
+    assert!(
+        continued == 0 && helpers == 0,
+        "{continued} of the job's processes continued after the guard's kill began; {helpers} helpers started"
+    );
+}
+
 /// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
 /// helpers they started; the guard's kill is over once `first` has died (and the main child).
 fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {

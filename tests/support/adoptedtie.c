@@ -1,18 +1,21 @@
-/* adoptedtie DIR DEPTH WIDE (from review, rv309): a process group of the job in a session the job made, shared with
- * a process that is not the job's, and tied to that session by one member X whose parent P is in another group of
- * the session, a group nothing ties: the guard must kill X only after the rest of X's group.
+/* adoptedtie DIR DEPTH WIDE [zombie] (from review, rv309): a process group of the job in a session the job made,
+ * shared with a process that is not the job's, and tied to that session by one member X whose parent P is in another
+ * group of the session, a group nothing ties: the guard must kill X only after the rest of X's group.
  * The main child C forks E, which calls setsid(): session S, group E (E's parent C is in another session: E ties
  * nothing). E forks Q, which forks B (in group E) and exits: B is init's, not the job's as the guard sees it (a
  * process that escaped, as the README admits), and makes group E one the guard kills member by member. Then C
  * becomes a child subreaper. E forks H, which makes a group of its own and forks P; P forks X, which joins group E
  * (X's parent P is in group H of S: X ties group E to S); H exits, and P is C's, in another session: nothing ties
- * group H. E forks WIDE processes that idle, and a chain of DEPTH processes, all in group E, each link the parent of
- * the next: the guard kills the chain children first, a link a round, E after it (the idle ones, listed, make each
- * round longer). Were X killed in the first round, its death would orphan group E while E and the chain are held
- * stopped, and the kernel would continue them. Every process of the job (not B) ignores SIGHUP and, on SIGCONT,
- * appends its pid to DIR/cont and forks a helper (late.h). B ends by itself after two minutes. Files:
- * DIR/child.pid, e.pid, x.pid, p.pid, b.pid, DIR/ready. */
+ * group H. With "zombie", X exits once in group E, and P leaves it unreaped: nothing ties group E, but P's death
+ * would orphan it all the same (the kernel looks at the groups of a dead process's children, zombies too). E forks
+ * WIDE processes that idle, and a chain of DEPTH processes, all in group E, each link the parent of the next: the
+ * guard kills the chain children first, a link a round, E after it (the idle ones, listed, make each round longer).
+ * Were X (or P) killed in the first rounds, its death would orphan group E while E and the chain are held stopped,
+ * and the kernel would continue them. Every process of the job (not B) ignores SIGHUP and, on SIGCONT, appends its
+ * pid to DIR/cont and forks a helper (late.h). B ends by itself after two minutes. Files: DIR/child.pid, e.pid,
+ * x.pid, p.pid, b.pid, DIR/ready. */
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
@@ -24,7 +27,8 @@ static void say_then_fork(int signal) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) return 2;
+    if (argc != 4 && argc != 5) return 2;
+    int zombie = argc == 5 && strcmp(argv[4], "zombie") == 0;
     use_dir(argv[1]);
     late_in_dir();
     signal(SIGCONT, say_then_fork);
@@ -59,9 +63,14 @@ int main(int argc, char **argv) {
                     /* X: joins group E; its parent P is in group H of the session. */
                     if (setpgid(0, e) != 0) _exit(1);
                     put("x.pid", (long)getpid());
+                    if (zombie) _exit(0);
                     idle();
                 }
                 wait_for("x.pid");
+                if (zombie) {
+                    siginfo_t info;
+                    waitid(P_ALL, 0, &info, WEXITED | WNOWAIT);
+                }
                 put("p.pid", (long)getpid());
                 idle();
             }
