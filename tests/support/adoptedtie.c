@@ -79,13 +79,7 @@ int main(int argc, char **argv) {
         }
         waitpid(h, 0, 0);
         idle_children(wide);
-        if (fork() == 0) {
-            for (int level = 1; level < depth; level++)
-                if (fork() != 0) idle();
-            put("deep.ready", 1);
-            idle();
-        }
-        wait_for("deep.ready");
+        idle_chain(depth);
         put("ready", 1);
         idle();
     }

@@ -60,3 +60,15 @@ static void idle_children(int n) {
     for (int i = 0; i < n; i++)
         if (fork() == 0) idle();
 }
+
+/* Forks a chain of DEPTH processes that idle, in the caller's group, each the parent of the next; returns once the
+ * last one is up (DIR/deep.ready). */
+static void idle_chain(int depth) {
+    if (fork() == 0) {
+        for (int level = 1; level < depth; level++)
+            if (fork() != 0) idle();
+        put("deep.ready", 1);
+        idle();
+    }
+    wait_for("deep.ready");
+}

@@ -28,13 +28,7 @@ int main(int argc, char **argv) {
     }
     wait_for("x.pid");
     if (setpgid(0, shared) != 0) return 1;
-    if (fork() == 0) {
-        for (int level = 1; level < depth; level++)
-            if (fork() != 0) idle();
-        put("deep.ready", 1);
-        idle();
-    }
-    wait_for("deep.ready");
+    idle_chain(depth);
     put("ready", 1);
     idle();
 }
