@@ -3421,17 +3421,8 @@ fn the_guards_kill_never_orphans_its_own_group_that_the_job_joined() {
 /// only after the rest of its group.
 #[test]
 fn the_guards_kill_at_a_process_limit_never_orphans_its_own_group_that_the_job_joined() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root, to act as a user of its own");
-        return;
-    }
     let env = TestEnv::file();
-    let uid = 40_000 + std::process::id() % 10_000;
-    for dir in [env.dir.clone(), env.lock_dir()] {
-        fs::create_dir_all(&dir).unwrap();
-        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
-    }
-    let _cleanup = KillAllOf(uid);
+    let Some((uid, _cleanup)) = a_user_of_its_own(&env, 40_000) else { return };
     // The limit for the holder only: what the job left must not keep the next holder from running its child.
     let continued = continued_by_the_guards_kill_of_its_own_group(&env, &["400", "30", "fill"], |command, holder| {
         as_a_user_with_a_process_limit(&command, uid, holder.then_some(700))
@@ -3568,17 +3559,8 @@ impl Drop for KillAllOf {
 /// continued 402 of the job's processes held stopped there. Only a group's last tie waits.
 #[test]
 fn the_guards_kill_at_a_process_limit_of_a_group_with_two_ties_orphans_none() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root, to act as a user of its own");
-        return;
-    }
     let env = TestEnv::file();
-    let uid = 50_000 + std::process::id() % 10_000;
-    for dir in [env.dir.clone(), env.lock_dir()] {
-        fs::create_dir_all(&dir).unwrap();
-        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
-    }
-    let _cleanup = KillAllOf(uid);
+    let Some((uid, _cleanup)) = a_user_of_its_own(&env, 50_000) else { return };
     let program = build_program(&env, "sharedties").display().to_string();
     let name = env.lease_name("shared-ties");
     let dir = env.dir.display().to_string();
@@ -3641,6 +3623,21 @@ fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first:
 /// Whether `pid` is a zombie (or gone).
 fn is_zombie(pid: i32) -> bool {
     crate::support::pty::state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'))
+}
+
+/// A uid of the test's own (`base` plus this process's pid modulo 10,000) that owns `env`'s directories, and a guard
+/// that kills every process of it when dropped; none unless root (the test is skipped).
+fn a_user_of_its_own(env: &TestEnv, base: u32) -> Option<(u32, KillAllOf)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root, to act as a user of its own");
+        return None;
+    }
+    let uid = base + std::process::id() % 10_000;
+    for dir in [env.dir.clone(), env.lock_dir()] {
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+    }
+    Some((uid, KillAllOf(uid)))
 }
 
 /// Every process of `uid` now.
