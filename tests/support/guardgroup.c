@@ -61,16 +61,7 @@ int main(int argc, char **argv) {
             idle();
         }
     }
-    if (fork() == 0) {
-        /* Y, in the child's group. */
-        if (fork() == 0) {
-            /* X: joins the guard's group; its parent Y is in another group of the session. */
-            if (setpgid(0, guard) != 0) _exit(1);
-            put("x.pid", (long)getpid());
-            idle();
-        }
-        idle();
-    }
+    fork_tie(guard, idle);
     wait_for("x.pid");
     for (int i = 0; i < n; i++) {
         if (fork() == 0) {

@@ -72,3 +72,17 @@ static void idle_chain(int depth) {
     }
     wait_for("deep.ready");
 }
+
+/* Forks Y, in the caller's group; Y forks X, which joins GROUP: X's parent Y is in another group of the session, so
+ * X ties GROUP to it. X writes DIR/x.pid; then X, and Y once it is written, call HOLD, which does not return. */
+static void fork_tie(pid_t group, void (*hold)(void)) {
+    if (fork() == 0) {
+        if (fork() == 0) {
+            if (setpgid(0, group) != 0) _exit(1);
+            put("x.pid", (long)getpid());
+            hold();
+        }
+        wait_for("x.pid");
+        hold();
+    }
+}

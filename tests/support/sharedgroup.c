@@ -16,16 +16,7 @@ int main(int argc, char **argv) {
     int depth = atoi(argv[2]);
     put("child.pid", (long)getpid());
     pid_t shared = getpgid(getppid());
-    if (fork() == 0) {
-        /* Y, in the child's group. */
-        if (fork() == 0) {
-            /* X: joins the shared group; its parent Y is in another group of the session. */
-            if (setpgid(0, shared) != 0) _exit(1);
-            put("x.pid", (long)getpid());
-            idle();
-        }
-        idle();
-    }
+    fork_tie(shared, idle);
     wait_for("x.pid");
     if (setpgid(0, shared) != 0) return 1;
     idle_chain(depth);

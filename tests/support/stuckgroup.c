@@ -10,6 +10,7 @@
 #include "jobfiles.h"
 
 static char mnt[2048];
+static int x_hangs;
 
 static void hang(void) {
     char path[4096];
@@ -19,26 +20,20 @@ static void hang(void) {
     for (;;) pause();
 }
 
+/* X and Y (see fork_tie) hang if WHO is "x"; else they idle. */
+static void hang_if_x(void) {
+    if (x_hangs) hang();
+    idle();
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     use_dir(argv[1]);
     snprintf(mnt, sizeof mnt, "%s", argv[2]);
-    int x_hangs = strcmp(argv[3], "x") == 0;
+    x_hangs = strcmp(argv[3], "x") == 0;
     put("child.pid", (long)getpid());
     pid_t shared = getpgid(getppid());
-    if (fork() == 0) {
-        /* Y, in the child's group. */
-        if (fork() == 0) {
-            /* X: joins mpsync's group; its parent Y is in another group of the session. */
-            if (setpgid(0, shared) != 0) _exit(1);
-            put("x.pid", (long)getpid());
-            if (x_hangs) hang();
-            for (;;) pause();
-        }
-        wait_for("x.pid");
-        if (x_hangs) hang();
-        for (;;) pause();
-    }
+    fork_tie(shared, hang_if_x);
     wait_for("x.pid");
     if (!x_hangs && fork() == 0) hang();
     for (;;) {
