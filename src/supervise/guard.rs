@@ -396,12 +396,12 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
 /// `kill_tree`'s working memory: four tables (the processes listed, those stopped, where each pid is listed, the
-/// anchors) and nine bitmaps of pids, about 24 MiB.
+/// anchors) and eight bitmaps of pids, about 23 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<u32>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
-    + 9 * (PID_LIMIT / 8);
+    + 8 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -429,7 +429,7 @@ unsafe fn kill_tree(
     inherited: &[Stopped],
 ) {
     // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
-    // `WORKING_BYTES` long: big enough for the four tables and the nine bitmaps laid out in it (the tables
+    // `WORKING_BYTES` long: big enough for the four tables and the eight bitmaps laid out in it (the tables
     // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
@@ -454,7 +454,6 @@ unsafe fn kill_tree(
         let untying = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
         let tied_once = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
         let tied_twice = std::slice::from_raw_parts_mut(maps.add(7 * bitmap_bytes), bitmap_bytes);
-        let tied_for_good = std::slice::from_raw_parts_mut(maps.add(8 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -532,7 +531,7 @@ unsafe fn kill_tree(
                 }
             }
         }
-        let ties = Ties { untying, once: tied_once, twice: tied_twice, for_good: tied_for_good };
+        let ties = Ties { untying, once: tied_once, twice: tied_twice };
         let scratch = Scratch { place_of, blocked: stopped_map, blocked_groups, impure, ties };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
@@ -726,12 +725,11 @@ struct Scratch<'a> {
 /// What `kill_children_first` knows of the ties of each group to its session (see `ties`), by group id: `untying`, a
 /// member still to be killed that does not tie it; `once` and `twice`,
 /// one or two members still to be killed that tie it (at a round's start: `twice` is cleared by a tie's kill in
-/// the round); `for_good`, a process that is not the job's ties it (mpsync, the guard while mpsync lives).
+/// the round).
 struct Ties<'a> {
     untying: &'a mut [u8],
     once: &'a mut [u8],
     twice: &'a mut [u8],
-    for_good: &'a mut [u8],
 }
 
 /// `pid`'s place in the tables indexed by pid.
@@ -764,42 +762,41 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
             .is_some_and(|parent| parent.group > 0 && parent.group != p.group && parent.session == p.session)
 }
 
-/// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a
-/// stopped process group (SIGHUP, then SIGCONT) the moment it is orphaned, when the last of its members whose
-/// parent is in another group of the session dies, or that parent dies: a member not yet killed then, that
-/// ignores SIGHUP, would run and start processes out of sight (found by review: rv286, a job stopped by Ctrl-Z
-/// killed in pid order, a script before its workers' groups; rv290, the main child killed before the rest of its
-/// group, whose other members were init's). A process with SIGKILL pending never runs again, whatever continues
-/// it. So a group made only of the job's processes is killed whole, at once (`kill(-group)`: the kernel queues
-/// the signal on every member before any can die), and only once no process still to be killed in another group
-/// has its parent in it; a process of a group with others in it (mpsync's, the guard's, a stranger's) alone, once
-/// none of its children is still to be killed, and, if it is the last that ties the group to the session (`ties`;
-/// a process that is not the job's may tie it too), once no member of the group that does not tie it is still to
-/// be killed (found by review, rv304: at a process limit, where the guard's own group could not be anchored, the one
-/// member whose parent was in another group of the session was killed first, which orphaned the group with 400
-/// members of the job held stopped in it, and the kernel continued them). In rounds, as many as it takes (found by review, rv292: after 256, a chain of
-/// 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the session, a
-/// member of each the parent of a member of the other; or pids taken again between two reads) ends the rounds:
-/// every group left made only of the job's processes is killed whole, one right after another, and then the rest.
-/// That is not safe for such a cycle (rv292: a group orphaned by the death of the other's members is continued
-/// before its own kill comes): in the guard's session the groups are anchored first (`anchor_groups`) and never
-/// come here; in a session the job made, the README's "What escapes" says so. `below` is cleared as it goes.
+/// SIGKILL every process of `listed` marked in `below` so that none of them runs again. The kernel continues a stopped
+/// process group (SIGHUP, then SIGCONT) the moment it is orphaned, when the last of its members whose parent is in
+/// another group of the session dies, or that parent dies: a member not yet killed then, that ignores SIGHUP, would run
+/// and start processes out of sight (found by review: rv286, a job stopped by Ctrl-Z killed in pid order, a script
+/// before its workers' groups; rv290, the main child killed before the rest of its group, whose other members were
+/// init's). A process with SIGKILL pending never runs again, whatever continues it. So a group made only of the job's
+/// processes is killed whole, at once (`kill(-group)`: the kernel queues the signal on every member before any can
+/// die), and only once no process still to be killed in another group has its parent in it; a process of a group with
+/// others in it (mpsync's, the guard's, a stranger's) alone, once none of its children is still to be killed (in its
+/// own group too, which the kernel does not look at when it dies: of two ties of a group, the one with children in it
+/// goes after the other; the other first, a test at a process limit with two ties of mpsync's group saw 254 of the
+/// job's processes continued), and, if it is the last of the job that ties the group to the session (`ties`), once no
+/// member of the group that does not tie it is still to be killed (found by review, rv304: at a process limit, where
+/// the guard's own group could not be anchored, the one member whose parent was in another group of the session was
+/// killed first, which orphaned the group with 400 members of the job held stopped in it, and the kernel continued
+/// them); the parent of a zombie in another group of its session that nothing ties, once that group has no member of
+/// the job left to kill. In rounds, as many as it takes (found by review, rv292: after 256, a chain of 300 groups was
+/// killed in pid order). A round that kills nothing (groups that tie each other to the session, a member of each the
+/// parent of a member of the other; or pids taken again between two reads) ends the rounds: every group left made only
+/// of the job's processes is killed whole, one right after another, and then the rest. That is not safe for such a
+/// cycle (rv292: a group orphaned by the death of the other's members is continued before its own kill comes): in the
+/// guard's session the groups are anchored first (`anchor_groups`) and never come here; in a session the job made, the
+/// README's "What escapes" says so. `below` is cleared as it goes.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
     let Scratch { place_of, blocked, blocked_groups, impure, ties: tied } = scratch;
-    let Ties { untying, once, twice, for_good } = tied;
+    let Ties { untying, once, twice } = tied;
     let parents_group = |p: &Listed| parent_of(p, listed, place_of).map_or(0, |parent| parent.group);
     for p in listed {
         clear_bit(impure, p.group);
-        clear_bit(for_good, p.group);
     }
     for p in listed.iter().filter(|p| !bit(below, p.pid)) {
         set_bit(impure, p.group);
-        if ties(p, listed, place_of) {
-            set_bit(for_good, p.group);
-        }
     }
     // A zombie has died already: its kill does nothing. What its parent's death does to its group, below.
     for p in listed.iter().filter(|p| is_dead(p)) {
@@ -843,7 +840,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         // death, and continued if stopped. Such a parent waits until the group has no member of the job left to
         // kill. (A group a live member ties has its last tie killed after the rest of it.)
         for z in listed.iter().filter(|z| is_dead(z) && bit(untying, z.group)) {
-            if bit(once, z.group) || bit(for_good, z.group) {
+            if bit(once, z.group) {
                 continue;
             }
             if let Some(parent) = parent_of(z, listed, place_of)
@@ -870,12 +867,13 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 }
                 killed = true;
             } else if !bit(blocked, p.pid) {
-                // The last tie of its group waits for the rest of the group's members (found by review, rv304), unless
-                // a process that is not the job's ties it too; only one tie of a group a round, where there are
-                // others (rv306: every tie waiting for the rest, which waited for their children, one of whose groups
-                // waited for a tie, made a cycle, and the rounds ended).
+                // The last tie of its group waits for the rest of the group's members (found by review, rv304), even
+                // where a process that is not the job's ties it too (rv311: such a process may die meanwhile, of the
+                // kill itself: it read a pipe the job held); only one tie of a group a round, where there are others
+                // (rv306: every tie waiting for the rest, which waited for their children, one of whose groups waited
+                // for a tie, made a cycle, and the rounds ended).
                 let tie = ties(&p, listed, place_of);
-                if tie && bit(untying, p.group) && !bit(for_good, p.group) && !bit(twice, p.group) {
+                if tie && bit(untying, p.group) && !bit(twice, p.group) {
                     continue;
                 }
                 if tie {

@@ -16,17 +16,7 @@ int main(int argc, char **argv) {
     if (fork() == 0) {
         setpgid(0, 0);
         put("a.pid", (long)getpid());
-        pid_t next = fork();
-        if (next == 0) {
-            for (int level = 1; level < depth; level++) {
-                setpgid(0, 0);
-                if (fork() != 0) idle();
-            }
-            setpgid(0, 0);
-            put("deep.ready", 1);
-            idle();
-        }
-        wait_for("deep.ready");
+        idle_chain(depth, 1);
         idle_children(extra);
         put("ready", 1);
         idle();

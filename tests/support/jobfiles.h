@@ -61,12 +61,15 @@ static void idle_children(int n) {
         if (fork() == 0) idle();
 }
 
-/* Forks a chain of DEPTH processes that idle, in the caller's group, each the parent of the next; returns once the
- * last one is up (DIR/deep.ready). */
-static void idle_chain(int depth) {
+/* Forks a chain of DEPTH processes that idle, each the parent of the next, in the caller's group or, if OWN_GROUPS,
+ * each in a group of its own; returns once the last one is up (DIR/deep.ready). */
+static void idle_chain(int depth, int own_groups) {
     if (fork() == 0) {
-        for (int level = 1; level < depth; level++)
+        for (int level = 1; level < depth; level++) {
+            if (own_groups) setpgid(0, 0);
             if (fork() != 0) idle();
+        }
+        if (own_groups) setpgid(0, 0);
         put("deep.ready", 1);
         idle();
     }

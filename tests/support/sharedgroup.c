@@ -19,7 +19,7 @@ int main(int argc, char **argv) {
     fork_tie(shared, idle);
     wait_for("x.pid");
     if (setpgid(0, shared) != 0) return 1;
-    idle_chain(depth);
+    idle_chain(depth, 0);
     put("ready", 1);
     idle();
 }
