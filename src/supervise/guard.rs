@@ -780,11 +780,13 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
 /// them); the parent of a zombie in another group of its session that nothing ties, once that group has no member of
 /// the job left to kill. In rounds, as many as it takes (found by review, rv292: after 256, a chain of 300 groups was
 /// killed in pid order). A round that kills nothing (groups that tie each other to the session, a member of each the
-/// parent of a member of the other; or pids taken again between two reads) ends the rounds: every group left made only
-/// of the job's processes is killed whole, one right after another, and then the rest. That is not safe for such a
-/// cycle (rv292: a group orphaned by the death of the other's members is continued before its own kill comes): in the
-/// guard's session the groups are anchored first (`anchor_groups`) and never come here; in a session the job made, the
-/// README's "What escapes" says so. `below` is cleared as it goes.
+/// parent of a member of the other; waits that make a cycle where the kernel has none, a group tied by a process
+/// outside the job; or pids taken again between two reads) is followed by one kill that breaks the cycle, and the
+/// rounds go on (rv313); where no process fits, every group left made only of the job's processes is killed whole,
+/// one right after another, and then the rest. Neither is safe for a cycle the kernel has too (rv292: a group orphaned
+/// by the death of the other's members is continued before its own kill comes): in the guard's session the groups are
+/// anchored first (`anchor_groups`) and never come here; in a session the job made, the README's "What escapes" says
+/// so. `below` is cleared as it goes.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls only.
@@ -884,8 +886,29 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 killed = true;
             }
         }
-        if !killed {
-            break;
+        if killed {
+            continue;
+        }
+        // A round that killed nothing: the waits make a cycle. One kill breaks it, then the rounds go on in order:
+        // of a process that its parent, still to be killed, waits for, and that is no last tie waiting for the rest
+        // of its group (with its group, if made only of the job's processes). Not every group left at once (found by
+        // review, rv313: a group in no cycle, whose one tie's parent was alone in a group made only of the job's,
+        // was orphaned by that group's kill, and continued, before the rest of it was killed).
+        let breaker = listed.iter().find(|p| {
+            bit(below, p.pid)
+                && parent_of(p, listed, place_of).is_some_and(|parent| bit(below, parent.pid))
+                && !(ties(p, listed, place_of) && bit(untying, p.group))
+        });
+        let Some(&p) = breaker else { break };
+        if !bit(impure, p.group) && p.group > 0 {
+            kill(-p.group);
+            for q in listed.iter().filter(|q| q.group == p.group) {
+                kill(q.pid);
+                clear_bit(below, q.pid);
+            }
+        } else {
+            kill(p.pid);
+            clear_bit(below, p.pid);
         }
     }
     for p in listed {

@@ -3625,6 +3625,29 @@ fn the_guards_kill_waits_for_a_groups_last_tie_of_the_job_where_a_process_outsid
     );
 }
 
+/// From review (rv313): in a session the job made, groups H and K each with a member the parent of a member of the
+/// other, but H tied to the session by X, a process outside the job that lives on (so no order of kills orphans
+/// either); and group E (shared with B, outside the job), whose only tie is Q1, child of Wp, alone in a group W
+/// nothing ties, with 300 members R of the job each the parent of a member of K (tests/support/stalledties.c). A safe
+/// order exists (K whole, U, T, the Rs, E, Q1, W); the guard's rounds stall on H and K (K waits for T, T for U, U for
+/// D in K). After a stall it killed every group made only of the job's processes whole, W among them, before Q1:
+/// Wp's death orphaned group E, held stopped, and the kernel continued E, Q1 and the Rs (up to 302, 3 runs of 4). One
+/// kill breaks a stall now, and the rounds go on in order.
+#[test]
+fn the_guards_kill_breaks_a_stall_with_one_kill_and_goes_on_in_order() {
+    let env = TestEnv::file();
+    let helpers = helpers_after_the_guards_kill(&env, "stalledties", &["300", "300"], "q1");
+    for outside in ["b.pid", "x.pid"] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(read_pid(&env.path(outside))), Signal::SIGKILL);
+    }
+    let continued = fs::read_to_string(env.path("cont")).unwrap_or_default().lines().count();
+    assert!(
+        continued == 0 && helpers.is_empty(),
+        "{continued} of the job's processes continued after the guard's kill began; {} helpers started",
+        helpers.len()
+    );
+}
+
 /// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
 /// helpers they started; the guard's kill is over once `first` has died (and the main child).
 fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {
