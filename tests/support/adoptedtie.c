@@ -20,15 +20,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "late.h"
-
-static void say_then_fork(int signal) {
-    put("cont", (long)getpid());
-    on_cont(signal);
-}
 
 static void wait_for_eof(int fd) {
     char byte;
@@ -115,8 +109,5 @@ int main(int argc, char **argv) {
         put("ready", 1);
         idle();
     }
-    wait_for("b.escaped");
-    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return 1;
-    put("subreaper", 1);
-    idle();
+    subreaper_once("b.escaped");
 }

@@ -41,11 +41,6 @@ static pid_t guard_group(pid_t mpsync) {
 }
 
 /* A process continued says so first: the helper's fork may fail at a process limit. */
-static void say_then_fork(int signal) {
-    put("cont", (long)getpid());
-    on_cont(signal);
-}
-
 int main(int argc, char **argv) {
     if (argc != 3 && argc != 5) return 2;
     use_dir(argv[1]);

@@ -1,6 +1,7 @@
 /* What the C programs of the guard tests share: files in the directory DIR a test names (argv[1]), which the
  * test and the job's processes wait on. Call `use_dir(argv[1])` first. */
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -88,4 +89,25 @@ static void fork_tie(pid_t group, void (*hold)(void)) {
         wait_for("x.pid");
         hold();
     }
+}
+
+/* How many lines DIR/NAME has (0 if it does not exist). */
+static int lines(const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int n = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        if (c == '\n') n++;
+    fclose(f);
+    return n;
+}
+
+/* Once DIR/NAME exists, makes this process a child subreaper, says so (DIR/subreaper), and idles. */
+static void subreaper_once(const char *name) {
+    wait_for(name);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) _exit(1);
+    put("subreaper", 1);
+    idle();
 }

@@ -34,3 +34,9 @@ static void late_in_dir(void) {
     signal(SIGHUP, SIG_IGN);
     signal(SIGCONT, on_cont);
 }
+
+/* A SIGCONT handler: appends this process's pid to DIR/cont, then forks a helper (`on_cont`). */
+static void say_then_fork(int signal) {
+    put("cont", (long)getpid());
+    on_cont(signal);
+}

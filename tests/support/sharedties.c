@@ -12,23 +12,6 @@
 
 #include "late.h"
 
-static void say_then_fork(int signal) {
-    put("cont", (long)getpid());
-    on_cont(signal);
-}
-
-static int lines(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    int n = 0, c;
-    while ((c = fgetc(f)) != EOF)
-        if (c == '\n') n++;
-    fclose(f);
-    return n;
-}
-
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     use_dir(argv[1]);

@@ -24,27 +24,9 @@
  * t.pid, u.pid, d.pid, w.pid, q1.pid, r.pid, DIR/ready. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "late.h"
-
-static void say_then_fork(int signal) {
-    put("cont", (long)getpid());
-    on_cont(signal);
-}
-
-static int lines(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    int n = 0, c;
-    while ((c = fgetc(f)) != EOF)
-        if (c == '\n') n++;
-    fclose(f);
-    return n;
-}
 
 static pid_t read_pid_file(const char *name) {
     char path[4096];
@@ -173,8 +155,5 @@ int main(int argc, char **argv) {
         put("ready", 1);
         idle();
     }
-    wait_for("b.escaped");
-    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return 1;
-    put("subreaper", 1);
-    idle();
+    subreaper_once("b.escaped");
 }
