@@ -396,12 +396,12 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
 /// `kill_tree`'s working memory: four tables (the processes listed, those stopped, where each pid is listed, the
-/// anchors) and eight bitmaps of pids, about 23 MiB.
+/// anchors) and nine bitmaps of pids, about 24 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<u32>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
-    + 8 * (PID_LIMIT / 8);
+    + 9 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
 /// child's, if still the child's; 0 for none), or below one of `adopted` or the `child` itself (same pid and
@@ -429,7 +429,7 @@ unsafe fn kill_tree(
     inherited: &[Stopped],
 ) {
     // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
-    // `WORKING_BYTES` long: big enough for the four tables and the eight bitmaps laid out in it (the tables
+    // `WORKING_BYTES` long: big enough for the four tables and the nine bitmaps laid out in it (the tables
     // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
@@ -454,6 +454,7 @@ unsafe fn kill_tree(
         let untying = std::slice::from_raw_parts_mut(maps.add(5 * bitmap_bytes), bitmap_bytes);
         let tied_once = std::slice::from_raw_parts_mut(maps.add(6 * bitmap_bytes), bitmap_bytes);
         let tied_twice = std::slice::from_raw_parts_mut(maps.add(7 * bitmap_bytes), bitmap_bytes);
+        let tied_outside = std::slice::from_raw_parts_mut(maps.add(8 * bitmap_bytes), bitmap_bytes);
         let mut stopped_count = 0;
         let (mut growing_rounds, mut settling_since) = (0, None);
         while growing_rounds < 16 {
@@ -531,7 +532,7 @@ unsafe fn kill_tree(
                 }
             }
         }
-        let ties = Ties { untying, once: tied_once, twice: tied_twice };
+        let ties = Ties { untying, once: tied_once, twice: tied_twice, outside: tied_outside };
         let scratch = Scratch { place_of, blocked: stopped_map, blocked_groups, impure, ties };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
@@ -725,11 +726,12 @@ struct Scratch<'a> {
 /// What `kill_children_first` knows of the ties of each group to its session (see `ties`), by group id: `untying`, a
 /// member still to be killed that does not tie it; `once` and `twice`,
 /// one or two members still to be killed that tie it (at a round's start: `twice` is cleared by a tie's kill in
-/// the round).
+/// the round); `outside`, a live process that is not the job's ties it.
 struct Ties<'a> {
     untying: &'a mut [u8],
     once: &'a mut [u8],
     twice: &'a mut [u8],
+    outside: &'a mut [u8],
 }
 
 /// `pid`'s place in the tables indexed by pid.
@@ -769,36 +771,40 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
 /// before its workers' groups; rv290, the main child killed before the rest of its group, whose other members were
 /// init's). A process with SIGKILL pending never runs again, whatever continues it. So a group made only of the job's
 /// processes is killed whole, at once (`kill(-group)`: the kernel queues the signal on every member before any can
-/// die), and only once no process still to be killed in another group has its parent in it; a process of a group with
-/// others in it (mpsync's, the guard's, a stranger's) alone, once none of its children is still to be killed (in its
-/// own group too, which the kernel does not look at when it dies: of two ties of a group, the one with children in it
-/// goes after the other; the other first, a test at a process limit with two ties of mpsync's group saw 254 of the
-/// job's processes continued), and, if it is the last of the job that ties the group to the session (`ties`), once no
-/// member of the group that does not tie it is still to be killed (found by review, rv304: at a process limit, where
-/// the guard's own group could not be anchored, the one member whose parent was in another group of the session was
-/// killed first, which orphaned the group with 400 members of the job held stopped in it, and the kernel continued
-/// them); the parent of a zombie in another group of its session that nothing ties, once that group has no member of
-/// the job left to kill. In rounds, as many as it takes (found by review, rv292: after 256, a chain of 300 groups was
-/// killed in pid order). A round that kills nothing (groups that tie each other to the session, a member of each the
-/// parent of a member of the other; waits that make a cycle where the kernel has none, a group tied by a process
-/// outside the job; or pids taken again between two reads) is followed by one kill that breaks the cycle, and the
-/// rounds go on (rv313); where no process fits, every group left made only of the job's processes is killed whole,
-/// one right after another, and then the rest. Neither is safe for a cycle the kernel has too (rv292: a group orphaned
-/// by the death of the other's members is continued before its own kill comes): in the guard's session the groups are
-/// anchored first (`anchor_groups`) and never come here; in a session the job made, the README's "What escapes" says
-/// so. `below` is cleared as it goes.
+/// die), and only once no process still to be killed in another group of its session has its parent in it; a process of
+/// a group with others in it (mpsync's, the guard's, a stranger's) alone, once none of its children in its session is
+/// still to be killed (in its own group too, which the kernel does not look at when it dies: of two ties of a group,
+/// the one with children in it goes after the other; the other first, a test at a process limit with two ties of
+/// mpsync's group saw 254 of the job's processes continued), and, if it is the last of the job that ties the group to
+/// the session (`ties`), once no member of the group that does not tie it is still to be killed (found by review,
+/// rv304: at a process limit, where the guard's own group could not be anchored, the one member whose parent was in
+/// another group of the session was killed first, which orphaned the group with 400 members of the job held stopped in
+/// it, and the kernel continued them); the parent of a zombie in another group of its session that nothing ties, once
+/// that group has no member of the job left to kill. In rounds, as many as it takes (found by review, rv292: after 256,
+/// a chain of 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the
+/// session, a member of each the parent of a member of the other; waits that make a cycle where the kernel has none, a
+/// group tied by a process outside the job; or pids taken again between two reads) is followed by one kill that breaks
+/// the cycle and orphans no group with members of the job left, and the rounds go on (rv313, rv314); where no kill
+/// fits, every group left made only of the job's processes is killed whole, one right after another, and then the rest.
+/// Neither is safe for a cycle the kernel has too (rv292: a group orphaned by the death of the other's members is
+/// continued before its own kill comes): in the guard's session the groups are anchored first (`anchor_groups`) and
+/// never come here; in a session the job made, the README's "What escapes" says so. `below` is cleared as it goes.
 ///
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
     let Scratch { place_of, blocked, blocked_groups, impure, ties: tied } = scratch;
-    let Ties { untying, once, twice } = tied;
+    let Ties { untying, once, twice, outside } = tied;
     let parents_group = |p: &Listed| parent_of(p, listed, place_of).map_or(0, |parent| parent.group);
     for p in listed {
         clear_bit(impure, p.group);
+        clear_bit(outside, p.group);
     }
     for p in listed.iter().filter(|p| !bit(below, p.pid)) {
         set_bit(impure, p.group);
+        if ties(p, listed, place_of) {
+            set_bit(outside, p.group);
+        }
     }
     // A zombie has died already: its kill does nothing. What its parent's death does to its group, below.
     for p in listed.iter().filter(|p| is_dead(p)) {
@@ -827,6 +833,11 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 set_bit(twice, p.group);
             } else {
                 set_bit(once, p.group);
+            }
+            // The death of a process looks at no group in another session: a child there holds nothing up (found
+            // by review, rv314: such waits made a stall where the kernel has no cycle).
+            if parent_of(p, listed, place_of).is_some_and(|parent| parent.session != p.session) {
+                continue;
             }
             set_bit(blocked, p.parent);
             let parents_group = parents_group(p);
@@ -889,15 +900,29 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         if killed {
             continue;
         }
-        // A round that killed nothing: the waits make a cycle. One kill breaks it, then the rounds go on in order:
-        // of a process that its parent, still to be killed, waits for, and that is no last tie waiting for the rest
-        // of its group (with its group, if made only of the job's processes). Not every group left at once (found by
-        // review, rv313: a group in no cycle, whose one tie's parent was alone in a group made only of the job's,
-        // was orphaned by that group's kill, and continued, before the rest of it was killed).
+        // A round that killed nothing: the waits make a cycle. Where a kill breaks it that orphans no group with
+        // members of the job left to kill, that one, then the rounds go on in order (found by review, rv313: waits
+        // the kernel does not share, on a group a process outside the job ties, stalled the rounds, and every group
+        // left killed at once orphaned a group in no cycle, whose one tie's parent was among them; rv314: a breaker
+        // chosen by its place alone did the same). A process whose death orphans nothing: no child of it (or of its
+        // group, killed whole) in another group of its session that has members of the job left and no tie outside
+        // the job, and, killed alone, no last tie of its group. `blocked` and `blocked_groups` mark the rest.
+        for p in listed {
+            clear_bit(blocked, p.pid);
+            clear_bit(blocked_groups, p.group);
+        }
+        for c in listed.iter().filter(|c| bit(below, c.pid) || is_dead(c)) {
+            let Some(parent) = parent_of(c, listed, place_of) else { continue };
+            let left_to_kill = bit(untying, c.group) || bit(once, c.group);
+            if parent.group != c.group && parent.session == c.session && left_to_kill && !bit(outside, c.group) {
+                set_bit(blocked, parent.pid);
+                set_bit(blocked_groups, parent.group);
+            }
+        }
         let breaker = listed.iter().find(|p| {
-            bit(below, p.pid)
-                && parent_of(p, listed, place_of).is_some_and(|parent| bit(below, parent.pid))
-                && !(ties(p, listed, place_of) && bit(untying, p.group))
+            let whole = !bit(impure, p.group) && p.group > 0;
+            let last_tie = ties(p, listed, place_of) && !bit(twice, p.group) && !bit(outside, p.group);
+            bit(below, p.pid) && if whole { !bit(blocked_groups, p.group) } else { !bit(blocked, p.pid) && !last_tie }
         });
         let Some(&p) = breaker else { break };
         if !bit(impure, p.group) && p.group > 0 {

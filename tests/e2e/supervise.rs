@@ -3648,6 +3648,18 @@ fn the_guards_kill_breaks_a_stall_with_one_kill_and_goes_on_in_order() {
     );
 }
 
+/// From review (rv314): in a session the job made, a group W whose only tie's parent is alone in a group G, and a
+/// member of W that made a session of its own with another member of W its child (tests/support/crosssession.c). The
+/// kernel looks at no group in another session when a process dies, but the guard made W and H wait on each other
+/// across sessions; the kill that broke that stall was the first process in pid order whose parent was still to be
+/// killed, G, and its death orphaned W, held stopped. The guard no longer waits across sessions, and breaks a stall
+/// only with a kill that orphans no group with members of the job left (or, where none does, as before).
+#[test]
+fn the_guards_kill_never_waits_across_sessions_nor_breaks_a_stall_by_orphaning_a_group() {
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "crosssession", &["3000"], "w");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
 /// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
 /// helpers they started; the guard's kill is over once `first` has died (and the main child).
 fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {
