@@ -796,6 +796,12 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
     let Scratch { place_of, blocked, blocked_groups, impure, ties: tied } = scratch;
     let Ties { untying, once, twice, outside } = tied;
     let parents_group = |p: &Listed| parent_of(p, listed, place_of).map_or(0, |parent| parent.group);
+    // The death of a process looks at no group in another session, and a child that made a session of its own can
+    // never tie a group of its parent's session, whoever adopts it: such a child holds nothing up (found by review,
+    // rv314: such waits made a stall where the kernel has no cycle). Not one whose parent left (rv315: a subreaper
+    // of the child's session that adopts it at its parent's death makes it a tie again).
+    let left_for_a_session_of_its_own =
+        |p: &Listed| p.session == p.pid && parent_of(p, listed, place_of).is_some_and(|q| q.session != p.session);
     for p in listed {
         clear_bit(impure, p.group);
         clear_bit(outside, p.group);
@@ -834,9 +840,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             } else {
                 set_bit(once, p.group);
             }
-            // The death of a process looks at no group in another session: a child there holds nothing up (found
-            // by review, rv314: such waits made a stall where the kernel has no cycle).
-            if parent_of(p, listed, place_of).is_some_and(|parent| parent.session != p.session) {
+            if left_for_a_session_of_its_own(p) {
                 continue;
             }
             set_bit(blocked, p.parent);
@@ -917,6 +921,11 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             if parent.group != c.group && parent.session == c.session && left_to_kill && !bit(outside, c.group) {
                 set_bit(blocked, parent.pid);
                 set_bit(blocked_groups, parent.group);
+            }
+            // Killed alone, a process waits for all its children, as in the rounds (rv315: one in its group, adopted
+            // by a subreaper of the session, ties that group, and the subreaper's death may orphan it).
+            if bit(below, c.pid) && !left_for_a_session_of_its_own(c) {
+                set_bit(blocked, parent.pid);
             }
         }
         let breaker = listed.iter().find(|p| {

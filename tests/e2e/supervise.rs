@@ -3660,6 +3660,17 @@ fn the_guards_kill_never_waits_across_sessions_nor_breaks_a_stall_by_orphaning_a
     assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
 }
 
+/// From review (rv315, by reading): the test above's rule made a child in another session than its parent hold up
+/// nothing; but where the parent left (it made a session of its own) and the child stayed, in a group of its own, a
+/// subreaper of the child's session adopts the child at the parent's death, and the child ties its group again: the
+/// subreaper's death then orphans it (tests/support/leftsession.c). Only a child that made a session of its own
+/// holds nothing up.
+#[test]
+fn the_guards_kill_waits_for_a_child_its_parents_new_session_left_behind() {
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "leftsession", &["20", "300"], "d");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
 /// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
 /// helpers they started; the guard's kill is over once `first` has died (and the main child).
 fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {
