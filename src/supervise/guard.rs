@@ -855,13 +855,15 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         // The death of a process looks at the groups of all its children in other groups of its session, the dead
         // ones too: a group nothing ties any more, with a zombie whose parent is that process, is orphaned by its
         // death, and continued if stopped. Such a parent waits until the group has no member of the job left to
-        // kill. (A group a live member ties has its last tie killed after the rest of it.)
+        // kill. (A group a live member ties has its last tie killed after the rest of it.) Also a parent in another
+        // session, unless the zombie made that session: a subreaper of the zombie's session adopts it at the parent's
+        // death, and the subreaper's death orphans the group (found by review, rv316, by reading).
         for z in listed.iter().filter(|z| is_dead(z) && bit(untying, z.group)) {
-            if bit(once, z.group) {
+            if bit(once, z.group) || left_for_a_session_of_its_own(z) {
                 continue;
             }
-            if let Some(parent) = parent_of(z, listed, place_of)
-                .filter(|parent| bit(below, parent.pid) && parent.group != z.group && parent.session == z.session)
+            if let Some(parent) =
+                parent_of(z, listed, place_of).filter(|parent| bit(below, parent.pid) && parent.group != z.group)
             {
                 set_bit(blocked, parent.pid);
                 set_bit(blocked_groups, parent.group);
@@ -918,13 +920,16 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         for c in listed.iter().filter(|c| bit(below, c.pid) || is_dead(c)) {
             let Some(parent) = parent_of(c, listed, place_of) else { continue };
             let left_to_kill = bit(untying, c.group) || bit(once, c.group);
-            if parent.group != c.group && parent.session == c.session && left_to_kill && !bit(outside, c.group) {
+            // A child in another session too, unless it made that session (rv316: one whose parent left is adopted by a
+            // subreaper of its session at the parent's death, and ties its group again).
+            let cut_off = left_for_a_session_of_its_own(c);
+            if parent.group != c.group && !cut_off && left_to_kill && !bit(outside, c.group) {
                 set_bit(blocked, parent.pid);
                 set_bit(blocked_groups, parent.group);
             }
             // Killed alone, a process waits for all its children, as in the rounds (rv315: one in its group, adopted
             // by a subreaper of the session, ties that group, and the subreaper's death may orphan it).
-            if bit(below, c.pid) && !left_for_a_session_of_its_own(c) {
+            if bit(below, c.pid) && !cut_off {
                 set_bit(blocked, parent.pid);
             }
         }
