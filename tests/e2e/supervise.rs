@@ -3671,6 +3671,16 @@ fn the_guards_kill_waits_for_a_child_its_parents_new_session_left_behind() {
     assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
 }
 
+/// From review (rv316, by reading): the same for a zombie. X, which left its session, has a zombie child P in a group
+/// of the session it left, whose one live member Q heads a chain of 300 groups (tests/support/zombieleft.c). The
+/// zombie rule looked only at parents in the zombie's session: X went first, P was adopted by the session's leader
+/// M, a subreaper, and M's death orphaned P's group with Q held stopped. Fails 3 of 3 without the fix.
+#[test]
+fn the_guards_kill_waits_for_the_group_of_a_zombie_whose_parent_left_its_session() {
+    let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "zombieleft", &["300"], "q");
+    assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
+}
+
 /// How many of the job's processes tests/support/adoptedtie.c ran past the guard's kill, with `mode`, and how many
 /// helpers they started; the guard's kill is over once `first` has died (and the main child).
 fn continued_by_the_guards_kill_of_a_group_tied_from_below(mode: &[&str], first: &str) -> (usize, usize) {
