@@ -820,6 +820,15 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     };
+    // A group made only of the job's processes, whole: the kernel queues the signal on every member before any can
+    // die; then each member `listed` shows from there on, by its pid too.
+    let kill_whole = |group: libc::pid_t, members: &[Listed], below: &mut [u8]| {
+        kill(-group);
+        for q in members.iter().filter(|q| q.group == group) {
+            kill(q.pid);
+            clear_bit(below, q.pid);
+        }
+    };
     for _round in 0..listed.len() {
         for p in listed {
             clear_bit(blocked, p.pid);
@@ -879,11 +888,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
                 if bit(blocked_groups, p.group) {
                     continue;
                 }
-                kill(-p.group);
-                for q in listed[i..].iter().filter(|q| q.group == p.group) {
-                    kill(q.pid);
-                    clear_bit(below, q.pid);
-                }
+                kill_whole(p.group, &listed[i..], below);
                 killed = true;
             } else if !bit(blocked, p.pid) {
                 // The last tie of its group waits for the rest of the group's members (found by review, rv304), even
@@ -940,11 +945,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         });
         let Some(&p) = breaker else { break };
         if !bit(impure, p.group) && p.group > 0 {
-            kill(-p.group);
-            for q in listed.iter().filter(|q| q.group == p.group) {
-                kill(q.pid);
-                clear_bit(below, q.pid);
-            }
+            kill_whole(p.group, listed, below);
         } else {
             kill(p.pid);
             clear_bit(below, p.pid);
