@@ -395,12 +395,13 @@ unsafe fn is_exiting(k: &Stopped) -> bool {
 
 /// The most process groups `kill_tree` anchors (see `anchor_groups`); the rest are killed in order.
 const MAX_ANCHORS: usize = 4096;
-/// `kill_tree`'s working memory: four tables (the processes listed, those stopped, where each pid is listed, the
-/// anchors) and nine bitmaps of pids, about 24 MiB.
+/// `kill_tree`'s working memory: five tables (the processes listed, those stopped, where each pid is listed, the
+/// anchors, the groups of the parents of each group's ties) and nine bitmaps of pids, about 24 MiB.
 const WORKING_BYTES: usize = MAX_PROCESSES * std::mem::size_of::<Listed>()
     + MAX_PROCESSES * std::mem::size_of::<Stopped>()
     + PID_LIMIT * std::mem::size_of::<u32>()
     + MAX_ANCHORS * std::mem::size_of::<libc::pid_t>()
+    + MAX_PROCESSES * std::mem::size_of::<libc::pid_t>()
     + 9 * (PID_LIMIT / 8);
 
 /// Stop, then SIGKILL, every process below `root` (mpsync, or `NO_ROOT`), or below a member of `group` (the
@@ -429,7 +430,7 @@ unsafe fn kill_tree(
     inherited: &[Stopped],
 ) {
     // SAFETY: `working` is the guard's copy of its working memory (`Working`), zero-filled, ours alone, and
-    // `WORKING_BYTES` long: big enough for the four tables and the nine bitmaps laid out in it (the tables
+    // `WORKING_BYTES` long: big enough for the five tables and the nine bitmaps laid out in it (the tables
     // first: their alignment is the mapping's). Only the pages touched take memory.
     unsafe {
         let listed_bytes = MAX_PROCESSES * std::mem::size_of::<Listed>();
@@ -445,7 +446,12 @@ unsafe fn kill_tree(
             bytes.add(listed_bytes + stopped_bytes + places_bytes).cast::<libc::pid_t>(),
             MAX_ANCHORS,
         );
-        let maps = bytes.add(listed_bytes + stopped_bytes + places_bytes + anchors_bytes);
+        let tie_parents = std::slice::from_raw_parts_mut(
+            bytes.add(listed_bytes + stopped_bytes + places_bytes + anchors_bytes).cast::<libc::pid_t>(),
+            MAX_PROCESSES,
+        );
+        let tie_parents_bytes = MAX_PROCESSES * std::mem::size_of::<libc::pid_t>();
+        let maps = bytes.add(listed_bytes + stopped_bytes + places_bytes + anchors_bytes + tie_parents_bytes);
         let below = std::slice::from_raw_parts_mut(maps, bitmap_bytes);
         let stopped_map = std::slice::from_raw_parts_mut(maps.add(bitmap_bytes), bitmap_bytes);
         let blocked_groups = std::slice::from_raw_parts_mut(maps.add(2 * bitmap_bytes), bitmap_bytes);
@@ -533,7 +539,7 @@ unsafe fn kill_tree(
             }
         }
         let ties = Ties { untying, once: tied_once, twice: tied_twice, outside: tied_outside };
-        let scratch = Scratch { place_of, blocked: stopped_map, blocked_groups, impure, ties };
+        let scratch = Scratch { place_of, tie_parents, blocked: stopped_map, blocked_groups, impure, ties };
         kill_children_first(listed, below, scratch);
         for k in &stopped[..killed] {
             libc::kill(k.pid, libc::SIGKILL);
@@ -714,9 +720,11 @@ unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [li
 }
 
 /// The working memory of `kill_children_first`, indexed by pid (or group id): `place_of` as `kill_tree` filled it
-/// for the processes listed (see `parent_of`), the rest of any content.
+/// for the processes listed (see `parent_of`), the rest of any content; `tie_parents`, indexed by the place in the
+/// listing of a group's leader, as long as the listing.
 struct Scratch<'a> {
     place_of: &'a [u32],
+    tie_parents: &'a mut [libc::pid_t],
     blocked: &'a mut [u8],
     blocked_groups: &'a mut [u8],
     impure: &'a mut [u8],
@@ -784,7 +792,7 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
 /// a chain of 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the
 /// session, a member of each the parent of a member of the other; waits that make a cycle where the kernel has none, a
 /// group tied by a process outside the job; or pids taken again between two reads) is followed by one kill that breaks
-/// the cycle and orphans no group with members of the job left, and the rounds go on (rv313, rv314); where no kill
+/// the cycle and orphans no group with members of the job left, and the rounds go on (rv313, rv314, rv317); where no kill
 /// fits, every group left made only of the job's processes is killed whole, one right after another, and then the rest.
 /// Neither is safe for a cycle the kernel has too (rv292: a group orphaned by the death of the other's members is
 /// continued before its own kill comes): in the guard's session the groups are anchored first (`anchor_groups`) and
@@ -793,7 +801,7 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
 /// # Safety
 /// Async-signal-safe: raw system calls only.
 unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scratch<'_>) {
-    let Scratch { place_of, blocked, blocked_groups, impure, ties: tied } = scratch;
+    let Scratch { place_of, tie_parents, blocked, blocked_groups, impure, ties: tied } = scratch;
     let Ties { untying, once, twice, outside } = tied;
     let parents_group = |p: &Listed| parent_of(p, listed, place_of).map_or(0, |parent| parent.group);
     // The death of a process looks at no group in another session, and a child that made a session of its own can
@@ -922,13 +930,47 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
             clear_bit(blocked, p.pid);
             clear_bit(blocked_groups, p.group);
         }
+        // A group made only of the job's processes (killed whole) that a member of the job still to kill ties, whose
+        // parent is still to kill too, stays tied by it while that parent's group lives: each such group's
+        // `tie_parents`, the group of the parents of those ties, or -1 where there are two or more (found by review,
+        // rv317: a group the job's own tie kept tied held up the kill of the other group of a cycle, which the kernel
+        // does not have, and the fallback orphaned a group in no cycle).
+        let leaders_place = |group: libc::pid_t| {
+            let place = (*place_of.get(slot(group))? as usize).checked_sub(1)?;
+            listed.get(place).filter(|leader| group > 0 && leader.pid == group).map(|_| place)
+        };
+        for p in listed {
+            if let Some(place) = leaders_place(p.group) {
+                tie_parents[place] = 0;
+            }
+        }
+        for m in listed.iter().filter(|m| bit(below, m.pid) && !bit(impure, m.group) && ties(m, listed, place_of)) {
+            let (Some(parent), Some(place)) = (parent_of(m, listed, place_of), leaders_place(m.group)) else {
+                continue;
+            };
+            if bit(below, parent.pid) {
+                tie_parents[place] = match tie_parents[place] {
+                    0 => parent.group,
+                    group if group == parent.group => group,
+                    _ => -1,
+                };
+            }
+        }
+        // Whether `group`, made only of the job's processes, stays tied when the processes of `dying` die.
+        let tied_apart_from = |group: libc::pid_t, dying: libc::pid_t| {
+            !bit(impure, group)
+                && leaders_place(group).is_some_and(|place| {
+                    matches!(tie_parents[place], -1) || tie_parents[place] > 0 && tie_parents[place] != dying
+                })
+        };
         for c in listed.iter().filter(|c| bit(below, c.pid) || is_dead(c)) {
             let Some(parent) = parent_of(c, listed, place_of) else { continue };
             let left_to_kill = bit(untying, c.group) || bit(once, c.group);
             // A child in another session too, unless it made that session (rv316: one whose parent left is adopted by a
             // subreaper of its session at the parent's death, and ties its group again).
             let cut_off = left_for_a_session_of_its_own(c);
-            if parent.group != c.group && !cut_off && left_to_kill && !bit(outside, c.group) {
+            let tied = bit(outside, c.group) || tied_apart_from(c.group, parent.group);
+            if parent.group != c.group && !cut_off && left_to_kill && !tied {
                 set_bit(blocked, parent.pid);
                 set_bit(blocked_groups, parent.group);
             }

@@ -1,4 +1,4 @@
-/* stalledties DIR N [YS] (from review, rv313): in a session the job made, the guard's rounds stall on groups H and K
+/* stalledties DIR N [YS [job]] (from review, rv313): in a session the job made, the guard's rounds stall on groups H and K
  * that a process outside the job keeps tied to the session (so any order of kills is safe for them); the guard must
  * break the stall and go on in order, not kill a group W before the group E it is the only tie of, which is in no
  * cycle at all (as it did when every group of the job's alone was killed whole at once after a stall).
@@ -20,7 +20,10 @@
  * Every process of the job (not B, nor X) ignores SIGHUP and, on SIGCONT, appends its pid to DIR/cont and forks a
  * helper (late.h). With YS (argv[3]), E also forks YS processes Y before the Rs, each in a group of its own (after W
  * in pid order) and the parent of a member of K: the fallback kills their groups after W's, before the Rs, which
- * only widens the window. B and X end by themselves after two minutes. Files: DIR/child.pid, e.pid, b.pid, x.pid, p.pid,
+ * only widens the window. With "job" (argv[4], from review, rv317), X is E's child, of the job: H stays tied by the job's
+ * own X, whose parent E waits for it, when K is killed whole; the kernel has no cycle either, and the guard's breaker
+ * must find that kill, not fall back to killing every group of the job's alone at once (W's before group E's
+ * members). B and X end by themselves after two minutes. Files: DIR/child.pid, e.pid, b.pid, x.pid, p.pid,
  * t.pid, u.pid, d.pid, w.pid, q1.pid, r.pid, DIR/ready. */
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +47,9 @@ static void outside_idle(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3 && argc != 4) return 2;
-    int ys = argc == 4 ? atoi(argv[3]) : 0;
+    if (argc < 3 || argc > 5) return 2;
+    int ys = argc >= 4 ? atoi(argv[3]) : 0;
+    int x_of_the_job = argc == 5 && strcmp(argv[4], "job") == 0;
     use_dir(argv[1]);
     late_in_dir();
     signal(SIGCONT, say_then_fork);
@@ -61,13 +65,13 @@ int main(int argc, char **argv) {
             if (fork() == 0) {
                 /* B: not the job's once Q is gone; stays in group E. */
                 signal(SIGCONT, SIG_DFL);
-                if (fork() == 0) {
+                if (!x_of_the_job && fork() == 0) {
                     /* X: a group H of its own; its parent B is in group E: X ties H. */
                     if (setpgid(0, 0) != 0) _exit(1);
                     put("x.pid", (long)getpid());
                     outside_idle();
                 }
-                wait_for("x.pid");
+                if (!x_of_the_job) wait_for("x.pid");
                 put("b.pid", (long)getpid());
                 outside_idle();
             }
@@ -77,6 +81,13 @@ int main(int argc, char **argv) {
         waitpid(q, 0, 0);
         put("b.escaped", 1);
         wait_for("subreaper");
+        if (x_of_the_job && fork() == 0) {
+            /* X, of the job: a group H of its own; its parent E is in group E: X ties H, and E waits for X. */
+            if (setpgid(0, 0) != 0) _exit(1);
+            put("x.pid", (long)getpid());
+            idle();
+        }
+        wait_for("x.pid");
         pid_t h = read_pid_file("x.pid");
         if (fork() == 0) {
             /* P: a group K of its own. */
