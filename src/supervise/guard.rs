@@ -791,9 +791,10 @@ fn ties(p: &Listed, listed: &[Listed], place_of: &[u32]) -> bool {
 /// that group has no member of the job left to kill. In rounds, as many as it takes (found by review, rv292: after 256,
 /// a chain of 300 groups was killed in pid order). A round that kills nothing (groups that tie each other to the
 /// session, a member of each the parent of a member of the other; waits that make a cycle where the kernel has none, a
-/// group tied by a process outside the job; or pids taken again between two reads) is followed by one kill that breaks
-/// the cycle and orphans no group with members of the job left, and the rounds go on (rv313, rv314, rv317); where no kill
-/// fits, every group left made only of the job's processes is killed whole, one right after another, and then the rest.
+/// group tied by a process outside the job, or by a second tie of the job; or pids taken again between two reads) is
+/// followed by one kill that breaks the cycle and orphans no group with members of the job left, and the rounds go on
+/// (rv313, rv314, rv317); where no kill fits, every group left made only of the job's processes is killed whole, one
+/// right after another, and then the rest.
 /// Neither is safe for a cycle the kernel has too (rv292: a group orphaned by the death of the other's members is
 /// continued before its own kill comes): in the guard's session the groups are anchored first (`anchor_groups`) and
 /// never come here; in a session the job made, the README's "What escapes" says so. `below` is cleared as it goes.
