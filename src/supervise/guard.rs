@@ -510,6 +510,14 @@ unsafe fn kill_tree(
         for (i, p) in listed.iter().enumerate() {
             place_of[slot(p.pid)] = i as u32 + 1;
         }
+        // And at the id of a group whose leader is not listed (it died, and the group lives on: found by review,
+        // rv318), the place of a member (see `group_place`). The kernel hands out no pid a group still has as its id.
+        for (i, p) in listed.iter().enumerate() {
+            let leader_listed = listed_as(p.group, listed, place_of).is_some();
+            if p.group > 0 && !leader_listed && group_place(p.group, listed, place_of).is_none() {
+                place_of[slot(p.group)] = i as u32 + 1;
+            }
+        }
         let place_of = &*place_of;
         let ties = |p: &Listed| ties(p, listed, place_of);
         // The anchors' lifeline (see `anchor_groups`): they leave their groups when its write end, the guard's
@@ -720,8 +728,8 @@ unsafe fn keep_anchor(group: libc::pid_t, lifeline: [libc::c_int; 2], ready: [li
 }
 
 /// The working memory of `kill_children_first`, indexed by pid (or group id): `place_of` as `kill_tree` filled it
-/// for the processes listed (see `parent_of`), the rest of any content; `tie_parents`, indexed by the place in the
-/// listing of a group's leader, as long as the listing.
+/// for the processes listed (see `parent_of`) and the groups listed (see `group_place`), the rest of any content;
+/// `tie_parents`, indexed by `group_place`, as long as the listing.
 struct Scratch<'a> {
     place_of: &'a [u32],
     tie_parents: &'a mut [libc::pid_t],
@@ -756,8 +764,20 @@ fn is_dead(p: &Listed) -> bool {
 /// `p`'s parent as `listed` shows it, by `place_of`, which `kill_tree` filled with the place in `listed` (from 1) of
 /// each pid listed; none if its parent is not listed.
 fn parent_of<'a>(p: &Listed, listed: &'a [Listed], place_of: &[u32]) -> Option<&'a Listed> {
-    let place = *place_of.get(slot(p.parent))? as usize;
-    listed.get(place.checked_sub(1)?).filter(|parent| p.parent > 0 && parent.pid == p.parent)
+    listed_as(p.parent, listed, place_of)
+}
+
+/// The process `listed` shows with `pid`, by `place_of`.
+fn listed_as<'a>(pid: libc::pid_t, listed: &'a [Listed], place_of: &[u32]) -> Option<&'a Listed> {
+    let place = *place_of.get(slot(pid))? as usize;
+    listed.get(place.checked_sub(1)?).filter(|q| pid > 0 && q.pid == pid)
+}
+
+/// A place in `listed` (from 0) that stands for `group`, by `place_of`: the leader's, or where the leader is not
+/// listed, a member's, which `kill_tree` wrote at the group's id; none where the leader is listed in another group.
+fn group_place(group: libc::pid_t, listed: &[Listed], place_of: &[u32]) -> Option<usize> {
+    let place = (*place_of.get(slot(group))? as usize).checked_sub(1)?;
+    listed.get(place).filter(|member| group > 0 && member.group == group).map(|_| place)
 }
 
 /// Whether `p` ties its group to its session: its parent is in another group of the same session, so that the
@@ -936,17 +956,14 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         // `tie_parents`, the group of the parents of those ties, or -1 where there are two or more (found by review,
         // rv317: a group the job's own tie kept tied held up the kill of the other group of a cycle, which the kernel
         // does not have, and the fallback orphaned a group in no cycle).
-        let leaders_place = |group: libc::pid_t| {
-            let place = (*place_of.get(slot(group))? as usize).checked_sub(1)?;
-            listed.get(place).filter(|leader| group > 0 && leader.pid == group).map(|_| place)
-        };
+        let group_place_of = |group: libc::pid_t| group_place(group, listed, place_of);
         for p in listed {
-            if let Some(place) = leaders_place(p.group) {
+            if let Some(place) = group_place_of(p.group) {
                 tie_parents[place] = 0;
             }
         }
         for m in listed.iter().filter(|m| bit(below, m.pid) && !bit(impure, m.group) && ties(m, listed, place_of)) {
-            let (Some(parent), Some(place)) = (parent_of(m, listed, place_of), leaders_place(m.group)) else {
+            let (Some(parent), Some(place)) = (parent_of(m, listed, place_of), group_place_of(m.group)) else {
                 continue;
             };
             if bit(below, parent.pid) {
@@ -960,7 +977,7 @@ unsafe fn kill_children_first(listed: &[Listed], below: &mut [u8], scratch: Scra
         // Whether `group`, made only of the job's processes, stays tied when the processes of `dying` die.
         let tied_apart_from = |group: libc::pid_t, dying: libc::pid_t| {
             !bit(impure, group)
-                && leaders_place(group).is_some_and(|place| {
+                && group_place_of(group).is_some_and(|place| {
                     matches!(tie_parents[place], -1) || tie_parents[place] > 0 && tie_parents[place] != dying
                 })
         };
