@@ -3758,3 +3758,47 @@ fn the_guards_kill_of_a_chain_of_300_groups_orphans_none() {
     let helpers = helpers_after_the_guards_kill(&TestEnv::file(), "groupchain", &["300", "200"], "a");
     assert!(helpers.is_empty(), "{} helpers started by the job's SIGCONT handlers", helpers.len());
 }
+
+/// How many of the job's processes tests/support/breakerleft.c ran past the guard's kill, with `mode`, and how many
+/// helpers they started; the processes outside the job it made (B, B2, X) are killed after.
+fn continued_by_the_guards_kill_breaking_a_stall_with(mode: &str) -> (usize, usize) {
+    let env = TestEnv::file();
+    let helpers = helpers_after_the_guards_kill(&env, "breakerleft", &[mode, "5", "500", "2000"], "y");
+    for outside in ["b.pid", "b2.pid", "x.pid"].map(|file| env.path(file)).iter().filter(|path| path.exists()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(read_pid(outside)), Signal::SIGKILL);
+    }
+    (fs::read_to_string(env.path("cont")).unwrap_or_default().lines().count(), helpers.len())
+}
+
+/// From review (rv315, by reading): in a session S the job made, whose leader Z is a child subreaper, the guard's
+/// rounds stall on groups a process outside the job ties (as in tests/support/stalledties.c); P, in a group shared
+/// with B (outside the job), so killed alone, and tying nothing (its parent Y left S for a session of its own), has a
+/// child C in its group, with a chain of 500 groups below C that waits for the stall's end; Z's chain of 5 does too
+/// (tests/support/breakerleft.c, alone). 5b3ee5b's stall breaker killed P first, as a process with no child in
+/// another group of its session: C became Z's child and tied P's group, and Z's death, after Z's chain, orphaned the
+/// group with C held stopped until the end of C's chain. A process killed alone to break a stall waits for all its
+/// children. Fails 4 of 4 with 5b3ee5b's guard, 3 of 3 with this one but for that rule; passes with f23b743's.
+#[test]
+fn the_guards_kill_breaks_a_stall_with_no_process_whose_child_is_left_to_kill() {
+    let (continued, helpers) = continued_by_the_guards_kill_breaking_a_stall_with("alone");
+    assert!(
+        continued == 0 && helpers == 0,
+        "{continued} of the job's processes continued after the guard's kill began; {helpers} helpers started"
+    );
+}
+
+/// From review (rv316, by reading): the same stall, and Y, alone in its group, whose only child P stayed in S when Y
+/// left it for a session of its own, P in a group shared with B, with a chain of 500 groups below P that waits for
+/// the stall's end (tests/support/breakerleft.c, whole). f23b743's stall breaker killed Y's group whole, judged by
+/// its children in Y's own session only: P became Z's child and tied its group, and Z's death, after Z's chain,
+/// orphaned the group with P held stopped until the end of P's chain. A group killed whole to break a stall waits for
+/// a child in another session too, unless the child made that session. Fails 3 of 3 with f23b743's guard, 2 of 2 with
+/// this one but for that rule; passes with this one but for rv315's.
+#[test]
+fn the_guards_kill_breaks_a_stall_with_no_group_whose_child_its_session_left_behind() {
+    let (continued, helpers) = continued_by_the_guards_kill_breaking_a_stall_with("whole");
+    assert!(
+        continued == 0 && helpers == 0,
+        "{continued} of the job's processes continued after the guard's kill began; {helpers} helpers started"
+    );
+}
