@@ -37,22 +37,7 @@
 
 #include "late.h"
 
-static pid_t pid_in(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "r");
-    int pid = 0;
-    if (!f || fscanf(f, "%d", &pid) != 1) _exit(1);
-    fclose(f);
-    return pid;
-}
-
 static int wide;
-
-static void outside_idle(void) {
-    for (int i = 0; i < 6000; i++) pause_ms(20);
-    _exit(0);
-}
 
 /* Forks a process that forks B, in the caller's group, and exits (B is init's: no subreaper yet); B forks X, in a
  * group H of its own, and the WIDE, if WITH_X. Waits for the process's end. B writes DIR/NAME. */
@@ -149,21 +134,7 @@ int main(int argc, char **argv) {
             /* PK */
             setpgid(0, 0);
             pid_t k = getpid();
-            if (fork() == 0) {
-                /* T */
-                if (setpgid(0, h) != 0) _exit(1);
-                if (fork() == 0) {
-                    /* U */
-                    if (fork() == 0) {
-                        /* D */
-                        if (setpgid(0, k) != 0) _exit(1);
-                        put("d.pid", (long)getpid());
-                        idle();
-                    }
-                    idle();
-                }
-                idle();
-            }
+            fork_crossing(h, k);
             put("k.pid", (long)k);
             idle();
         }

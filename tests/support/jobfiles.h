@@ -104,6 +104,43 @@ static int lines(const char *name) {
     return n;
 }
 
+/* The pid another process wrote in DIR/NAME; exits 1 if there is none. */
+static pid_t pid_in(const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    int pid = 0;
+    if (!f || fscanf(f, "%d", &pid) != 1) _exit(1);
+    fclose(f);
+    return pid;
+}
+
+/* Idles two minutes, then exits: a process outside the job, which the guard does not kill, ends by itself. */
+static void outside_idle(void) {
+    for (int i = 0; i < 6000; i++) pause_ms(20);
+    _exit(0);
+}
+
+/* Forks T, which joins group H; T forks U (in H), and U forks D, which joins group K: each of H and K has a member
+ * whose parent is in the other (the caller is in K). Each writes its pid (DIR/t.pid, u.pid, d.pid) and idles. */
+static void fork_crossing(pid_t h, pid_t k) {
+    if (fork() != 0) return;
+    if (setpgid(0, h) != 0) _exit(1);
+    put("t.pid", (long)getpid());
+    if (fork() == 0) {
+        /* U: in H, its parent T in H. */
+        put("u.pid", (long)getpid());
+        if (fork() == 0) {
+            /* D: joins K. */
+            if (setpgid(0, k) != 0) _exit(1);
+            put("d.pid", (long)getpid());
+            idle();
+        }
+        idle();
+    }
+    idle();
+}
+
 /* Once DIR/NAME exists, makes this process a child subreaper, says so (DIR/subreaper), and idles. */
 static void subreaper_once(const char *name) {
     wait_for(name);

@@ -30,16 +30,6 @@
 
 #include "late.h"
 
-static pid_t read_pid_file(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "r");
-    int pid = 0;
-    if (!f || fscanf(f, "%d", &pid) != 1) _exit(1);
-    fclose(f);
-    return pid;
-}
-
 /* A group of a process of its own, which exits once the file `until` exists (its parent reaps it): the group lives
  * on without its leader. Its id. */
 static pid_t passing_leader(const char *until) {
@@ -51,11 +41,6 @@ static pid_t passing_leader(const char *until) {
     }
     setpgid(l, l);
     return l;
-}
-
-static void outside_idle(void) {
-    for (int i = 0; i < 6000; i++) pause_ms(20);
-    _exit(0);
 }
 
 int main(int argc, char **argv) {
@@ -103,34 +88,18 @@ int main(int argc, char **argv) {
             idle();
         }
         wait_for("x.pid");
-        pid_t h = leaderless ? lh : read_pid_file("x.pid");
+        pid_t h = leaderless ? lh : pid_in("x.pid");
         pid_t lk = leaderless ? passing_leader("p.pid") : 0;
         if (fork() == 0) {
             /* P: a group K of its own. */
             setpgid(0, lk);
             pid_t k = getpgrp();
             put("p.pid", (long)getpid());
-            if (fork() == 0) {
-                /* T: joins H. */
-                if (setpgid(0, h) != 0) _exit(1);
-                put("t.pid", (long)getpid());
-                if (fork() == 0) {
-                    /* U: in H, its parent T in H. */
-                    put("u.pid", (long)getpid());
-                    if (fork() == 0) {
-                        /* D: joins K. */
-                        if (setpgid(0, k) != 0) _exit(1);
-                        put("d.pid", (long)getpid());
-                        idle();
-                    }
-                    idle();
-                }
-                idle();
-            }
+            fork_crossing(h, k);
             idle();
         }
         wait_for("d.pid");
-        pid_t k = leaderless ? lk : read_pid_file("p.pid");
+        pid_t k = leaderless ? lk : pid_in("p.pid");
         if (leaderless) {
             waitpid(lh, 0, 0);
             waitpid(lk, 0, 0);
